@@ -1,0 +1,62 @@
+//! # annal: an embedded, append-only event store
+//!
+//! annal stores events in an append-only log of segment files whose format is
+//! documented byte for byte in `spec/format.md`. Writers append batches
+//! atomically with optimistic concurrency per stream; readers replay the log
+//! through memory mappings, zero-copy, checking a CRC per record.
+//!
+//! ## Overview of types and modules
+//!
+//! * [`Log`]: the writer (one per log, across processes): [`Log::append`],
+//!   [`Log::sync`], [`Log::view`], [`Log::close`]. Configured by [`Options`]
+//!   ([`Durability`], segment size, limits, the I/O seam).
+//! * [`EventData`]: an event to append. [`ExpectedVersion`]: the concurrency
+//!   condition. [`AppendResult`]: positions and the stream's new version.
+//! * [`LogView`]: a consistent point-in-time view; [`LogView::read_all`]
+//!   yields [`RecordRef`]s that borrow from the mapping.
+//! * [`Reader`]: views for processes that do not hold the writer lock.
+//! * [`Error`]: the one error type, with path and byte offset.
+//! * [`io`]: the I/O seam through which the writer does every file operation.
+//!
+//! ## Example
+//!
+//! ```
+//! # fn main() -> annal::Result<()> {
+//! use annal::{Durability, EventData, ExpectedVersion, Log, Options, Reader};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let log = Log::open(dir.path(), Options::default().durability(Durability::Fsync))?;
+//! log.append("order-7", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
+//!
+//! // Another process (or thread) reads without the lock.
+//! let mut reader = Reader::open(dir.path())?;
+//! let view = reader.view()?;
+//! let types: Vec<String> = view
+//!     .read_all(0)
+//!     .map(|r| r.map(|r| r.event_type().to_owned()))
+//!     .collect::<annal::Result<_>>()?;
+//! assert_eq!(types, ["Placed"]);
+//! log.close()?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used)]
+
+mod error;
+pub mod format;
+mod head;
+pub mod io;
+mod log;
+mod mmap;
+mod record;
+mod recovery;
+pub mod segment;
+mod view;
+
+pub use error::{Error, Result};
+pub use head::HEAD_FILE;
+pub use log::{AppendResult, Clock, Durability, ExpectedVersion, Log, Options, Recovery, Truncation};
+pub use record::{EventData, RecordRef};
+pub use recovery::LOCK_FILE;
+pub use uuid::Uuid;
+pub use view::{LogView, ReadAll, ReadOptions, Reader};

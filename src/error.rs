@@ -1,0 +1,165 @@
+//! The one error type of annal.
+//!
+//! Every variant that concerns a file carries its path, and every variant that
+//! concerns a place in a file carries the byte offset, so that a message alone
+//! says where to look.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::ExpectedVersion;
+
+/// Result alias used throughout annal.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in annal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What annal was doing ("open", "write", "fsync", ...).
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Bytes that must be valid are not: a CRC mismatch, a bad length, a broken
+    /// invariant. Nothing was modified.
+    #[error("corrupt log data in {path} at byte offset {offset}: {detail}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset in that file of the damaged structure.
+        offset: u64,
+        /// What was expected and what was found.
+        detail: String,
+    },
+    /// A file was written by a format version this build cannot read.
+    #[error(
+        "{path} at byte offset {offset}: format version {found} is not supported \
+         (this build reads versions {oldest} to {current}); use a newer annal"
+    )]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// Offset of the version field.
+        offset: u64,
+        /// The version found.
+        found: u16,
+        /// Oldest version this build reads.
+        oldest: u16,
+        /// Newest version this build reads and writes.
+        current: u16,
+    },
+    /// The optimistic-concurrency check of an append failed; nothing was written.
+    #[error("wrong expected version for stream {stream:?}: expected {expected}, but the stream {}", ActualVersion(*actual))]
+    WrongExpectedVersion {
+        /// The stream appended to.
+        stream: String,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's current version (`None`: the stream does not exist).
+        actual: Option<u64>,
+    },
+    /// Another writer (in this or another process) holds the log.
+    #[error("{path} is locked by another writer; close it first or open the log read-only")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The directory exists but is not an annal log.
+    #[error("{path} is not an annal log: {detail}")]
+    NotALog {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// A write or fsync failed earlier; the writer refuses further writes
+    /// because the state of unsynced data is unknown. Reopen the log.
+    #[error("the log writer is poisoned by an earlier I/O failure ({cause}); reopen the log to recover")]
+    Poisoned {
+        /// The failure that poisoned the writer.
+        cause: String,
+    },
+    /// An argument is outside what annal accepts (empty batch, oversized event, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+}
+
+struct ActualVersion(Option<u64>);
+
+impl fmt::Display for ActualVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("does not exist"),
+            Some(v) => write!(f, "is at version {v}"),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Damage found by a parser, before the path is known. Parsers work on `&[u8]`
+/// and report offsets relative to the start of the file they were given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Damage {
+    pub offset: u64,
+    pub kind: DamageKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DamageKind {
+    Corrupt(String),
+    Version(u16),
+}
+
+impl Damage {
+    pub(crate) fn corrupt(offset: u64, detail: impl Into<String>) -> Damage {
+        Damage {
+            offset,
+            kind: DamageKind::Corrupt(detail.into()),
+        }
+    }
+
+    pub(crate) fn detail(&self) -> String {
+        match &self.kind {
+            DamageKind::Corrupt(d) => d.clone(),
+            DamageKind::Version(v) => format!("unsupported format version {v}"),
+        }
+    }
+
+    /// Attach the file path.
+    pub(crate) fn at(self, path: impl Into<PathBuf>) -> Error {
+        match self.kind {
+            DamageKind::Corrupt(detail) => Error::Corrupt {
+                path: path.into(),
+                offset: self.offset,
+                detail,
+            },
+            DamageKind::Version(found) => Error::UnsupportedVersion {
+                path: path.into(),
+                offset: self.offset,
+                found,
+                oldest: crate::format::OLDEST_SUPPORTED_FORMAT_VERSION,
+                current: crate::format::CURRENT_FORMAT_VERSION,
+            },
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The head file `annal.head` (spec 5.2): the writer's record of the durable
+//! and the visible end of the log, in two alternating CRC-protected slots.
+//!
+//! The writer writes a slot only after the bytes it describes are written
+//! (`visible_end`) or durable (`durable_end`), so any intact slot states a true
+//! fact; a torn slot is ignored in favour of the other.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use zerocopy::IntoBytes;
+
+use crate::error::{Damage, Error, Result};
+use crate::format::{HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot};
+use crate::io::{Io, IoFile};
+
+/// File name of the head file.
+pub const HEAD_FILE: &str = "annal.head";
+
+/// The decoded current slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Slot sequence number.
+    pub sequence: u64,
+    /// Base position of the segment the ends refer to.
+    pub segment_base: u64,
+    /// File offset below which every byte is durable.
+    pub durable_end: u64,
+    /// File offset up to which readers may deliver.
+    pub visible_end: u64,
+    /// Position of the first record past `visible_end`.
+    pub next_position: u64,
+}
+
+/// Decode the current slot from the head file's bytes. `Ok(None)` if no slot
+/// is valid; the damage of each invalid slot is returned for reporting.
+pub(crate) fn decode(bytes: &[u8]) -> (Option<Head>, Vec<Damage>) {
+    let mut best: Option<Head> = None;
+    let mut damage = Vec::new();
+    for i in 0..2 {
+        let at = i * HEAD_SLOT_LEN;
+        let slot = bytes.get(at..).unwrap_or(&[]);
+        match HeadSlot::parse(slot, at as u64) {
+            Ok(s) => {
+                let h = Head {
+                    sequence: s.sequence.get(),
+                    segment_base: s.segment_base.get(),
+                    durable_end: s.durable_end.get(),
+                    visible_end: s.visible_end.get(),
+                    next_position: s.next_position.get(),
+                };
+                if best.is_none_or(|b| h.sequence > b.sequence) {
+                    best = Some(h);
+                }
+            }
+            Err(d) => damage.push(d),
+        }
+    }
+    (best, damage)
+}
+
+/// Read the head file of `dir`. `Ok(None)` if it does not exist or no slot is
+/// valid.
+pub(crate) fn read(dir: &Path) -> Result<Option<Head>> {
+    let path = dir.join(HEAD_FILE);
+    let mut bytes = Vec::with_capacity(HEAD_FILE_LEN);
+    match File::open(&path) {
+        Ok(f) => {
+            f.take(HEAD_FILE_LEN as u64)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io("read", &path, e))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", &path, e)),
+    }
+    Ok(decode(&bytes).0)
+}
+
+/// The writer's handle on the head file.
+#[derive(Debug)]
+pub(crate) struct HeadWriter {
+    file: Box<dyn IoFile>,
+    path: PathBuf,
+    sequence: u64,
+}
+
+impl HeadWriter {
+    /// Create a new head file in `dir` atomically (temp file, fsync, rename,
+    /// directory fsync) holding `head` in slot 0, replacing any existing one.
+    pub(crate) fn create(io: &dyn Io, dir: &Path, head: Head) -> Result<HeadWriter> {
+        let path = dir.join(HEAD_FILE);
+        let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
+        let mut bytes = [0u8; HEAD_FILE_LEN];
+        let slot = HeadSlot::new(1, head.segment_base, head.durable_end, head.visible_end, head.next_position);
+        bytes[..HEAD_SLOT_LEN].copy_from_slice(slot.as_bytes());
+        let _ = io.remove(&tmp);
+        let f = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_at(0, &bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        f.sync().map_err(|e| Error::io("fsync", &tmp, e))?;
+        drop(f);
+        io.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
+        io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+        let file = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
+        Ok(HeadWriter { file, path, sequence: 1 })
+    }
+
+    /// Write the next slot (not synced; see the module docs).
+    pub(crate) fn write(&mut self, head: Head) -> Result<()> {
+        let seq = self.sequence + 1;
+        let slot = HeadSlot::new(seq, head.segment_base, head.durable_end, head.visible_end, head.next_position);
+        let at = if seq % 2 == 1 { 0 } else { HEAD_SLOT_LEN as u64 };
+        self.file
+            .write_at(at, slot.as_bytes())
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.sequence = seq;
+        Ok(())
+    }
+
+    /// Make the head file durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.file.sync().map_err(|e| Error::io("fsync", &self.path, e))
+    }
+}

@@ -1,0 +1,116 @@
+//! The I/O seam: every file operation of the writer goes through [`Io`].
+//!
+//! The writer creates, writes, syncs, renames and truncates files only through
+//! this trait, so tests substitute a backend that injects failures or
+//! simulates a crash (keeping written and durable bytes apart). [`StdIo`] is
+//! the real implementation over `std::fs`. Readers do not use the seam: they
+//! only read (and map) files.
+
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+/// File-system operations of the writer.
+pub trait Io: Send + Sync + Debug {
+    /// Create a new file (failing if it exists), open for writing.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>>;
+    /// Open an existing file for writing.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>>;
+    /// Rename `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Remove a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Make the directory's entries (creates, renames, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// A file open for writing through the seam.
+pub trait IoFile: Send + Sync + Debug {
+    /// Write all of `buf` at `offset`.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Make the written data durable (`fdatasync`).
+    fn sync(&self) -> io::Result<()>;
+    /// Set the file's length.
+    fn truncate(&self, len: u64) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdIo;
+
+/// A file of [`StdIo`].
+#[derive(Debug)]
+pub struct StdFile(File);
+
+/// Mode of every file annal creates: read and write for the owner, read for
+/// the group and others, never world-writable.
+pub const FILE_MODE: u32 = 0o644;
+
+fn options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(FILE_MODE);
+    }
+    o
+}
+
+impl Io for StdIo {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        Ok(Box::new(StdFile(options().create_new(true).open(path)?)))
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        Ok(Box::new(StdFile(options().open(path)?)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl IoFile for StdFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.0.write_all_at(buf, offset)
+        }
+        #[cfg(not(unix))]
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = &self.0;
+            f.seek(SeekFrom::Start(offset))?;
+            f.write_all(buf)
+        }
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+}
+
+/// Read exactly `buf.len()` bytes at `offset` (readers' `pread`).
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(buf)
+    }
+}

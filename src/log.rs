@@ -1,0 +1,792 @@
+//! The writer: [`Log`], its [`Options`], appends with optimistic concurrency,
+//! group commit, segment rolls, and clean close.
+//!
+//! # Concurrency
+//!
+//! * `state` (a mutex) holds the stream versions and the tail layout. An append
+//!   checks the expected version, assigns positions and a timestamp, and
+//!   encodes its batch into the pending buffer, all under `state`: the check
+//!   and the append are one atomic step.
+//! * Then the appender waits in `commit_until` for its bytes to be written (and
+//!   made durable, with [`Durability::Fsync`]). The first waiter that finds no
+//!   commit in progress becomes the leader: it takes *everything* pending, writes
+//!   it with one `write`, makes it durable with one fsync, and wakes the others.
+//!   No mutex is held across the write or the fsync (the leader holds only the
+//!   `busy` flag), so appenders keep encoding into the next group meanwhile.
+//! * A failed write or fsync poisons the writer: every later call fails with
+//!   [`Error::Poisoned`] until the log is reopened (after a failed fsync Linux
+//!   may drop dirty pages and report success later).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::format::{FRAME_HEADER_LEN, MAX_RECORD_LEN, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::head::{Head, HeadWriter};
+use crate::io::{Io, IoFile, StdIo};
+use crate::mmap::Mapping;
+use crate::record::{EventData, Stamp, encode_record};
+use crate::recovery::{self, Recovered};
+use crate::segment::{encode_seal, finish_batch_header, segment_file_name};
+use crate::view::{LogView, ViewSegment};
+
+use zerocopy::IntoBytes;
+
+/// When an append counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The batch is handed to the operating system before `append` returns: a
+    /// killed process loses nothing, a power cut may lose the unsynced tail.
+    /// Call [`Log::sync`] to make everything appended so far durable.
+    #[default]
+    Buffered,
+    /// The batch is durable (fsynced) before `append` returns. Concurrent
+    /// appenders share fsyncs (group commit).
+    Fsync,
+}
+
+/// The optimistic-concurrency condition of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must exist.
+    StreamExists,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::StreamExists => f.write_str("an existing stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Global position of the batch's first event.
+    pub first_position: u64,
+    /// Global position of the batch's last event.
+    pub last_position: u64,
+    /// The stream's version after the append (the version of its last event):
+    /// pass it as `ExpectedVersion::Exact` to the next append.
+    pub stream_version: u64,
+}
+
+/// A clock returning nanoseconds since the Unix epoch.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// How to open a log for writing.
+///
+/// ```
+/// use annal::{Durability, Options};
+/// let opts = Options::default().durability(Durability::Fsync).segment_size(64 << 20);
+/// ```
+#[derive(Clone)]
+pub struct Options {
+    pub(crate) segment_size: u64,
+    pub(crate) durability: Durability,
+    pub(crate) max_event_bytes: u64,
+    pub(crate) max_batch_bytes: u64,
+    pub(crate) create: bool,
+    pub(crate) io: Arc<dyn Io>,
+    pub(crate) clock: Clock,
+    pub(crate) log_id: Option<[u8; 16]>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("segment_size", &self.segment_size)
+            .field("durability", &self.durability)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("create", &self.create)
+            .field("io", &self.io)
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_clock() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_size: 256 << 20,
+            durability: Durability::Buffered,
+            max_event_bytes: 64 << 20,
+            max_batch_bytes: 256 << 20,
+            create: true,
+            io: Arc::new(StdIo),
+            clock: Arc::new(system_clock),
+            log_id: None,
+        }
+    }
+}
+
+impl Options {
+    /// Target size of a segment file in bytes (default 256 MiB). A batch that
+    /// does not fit starts a new segment; a batch larger than this is written
+    /// alone into a segment of its own.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+    /// Durability of appends (default [`Durability::Buffered`]).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Largest metadata + payload of one event (default 64 MiB; at most what
+    /// the format's `u32` record length allows, about 4 GiB).
+    pub fn max_event_bytes(mut self, bytes: u64) -> Self {
+        self.max_event_bytes = bytes;
+        self
+    }
+    /// Largest encoded batch (default 256 MiB).
+    pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
+        self.max_batch_bytes = bytes;
+        self
+    }
+    /// Create the log if the directory is missing or empty (default `true`).
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+    /// Route every file operation of the writer through `io` (the I/O seam;
+    /// used by tests to inject failures and simulate crashes).
+    pub fn io(mut self, io: Arc<dyn Io>) -> Self {
+        self.io = io;
+        self
+    }
+    /// Use `clock` (nanoseconds since the Unix epoch) for append timestamps.
+    /// Timestamps never go backwards whatever the clock does.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// Use this log id when creating a log (default: random). For golden
+    /// vectors and tests.
+    pub fn log_id(mut self, id: [u8; 16]) -> Self {
+        self.log_id = Some(id);
+        self
+    }
+}
+
+/// What opening the log did to recover from a crash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The log did not exist and was created.
+    pub created: bool,
+    /// A torn tail was removed from the active segment.
+    pub truncated: Option<Truncation>,
+    /// An active segment whose header was torn (a crash while creating it, so
+    /// it held no events) was rewritten as an empty segment.
+    pub reinitialized: Option<PathBuf>,
+    /// Temporary files of an interrupted write that were deleted.
+    pub removed_temp_files: Vec<PathBuf>,
+}
+
+/// A torn tail removed by recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Where the file was cut (its new length).
+    pub offset: u64,
+    /// How many bytes were removed.
+    pub bytes_removed: u64,
+    /// Why the data at `offset` was not a complete batch.
+    pub reason: String,
+}
+
+/// An append-only event log, open for writing. `Send + Sync`: share it
+/// between threads with an `Arc`.
+///
+/// ```
+/// # fn main() -> annal::Result<()> {
+/// use annal::{EventData, ExpectedVersion, Log, Options};
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), Options::default())?;
+/// let r = log.append("order-42", ExpectedVersion::NoStream, &[
+///     EventData::new("OrderPlaced", br#"{"total":10}"#.as_slice()),
+///     EventData::new("ItemAdded", br#"{"sku":"A"}"#.as_slice()),
+/// ])?;
+/// assert_eq!((r.first_position, r.stream_version), (0, 1));
+/// let again = log.append("order-42", ExpectedVersion::Exact(0), &[EventData::new("X", b"".as_slice())]);
+/// assert!(matches!(again, Err(annal::Error::WrongExpectedVersion { actual: Some(1), .. })));
+/// log.close()?;
+/// # Ok(()) }
+/// ```
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    log_id: [u8; 16],
+    _lock: File,
+    state: Mutex<State>,
+    commit: Mutex<Commit>,
+    commit_cv: Condvar,
+    poisoned: AtomicBool,
+    io: Mutex<IoState>,
+    published: Mutex<Published>,
+    recovery: Recovery,
+}
+
+/// Appender-side state: what has been assigned (written or pending).
+struct State {
+    streams: HashMap<String, u64>,
+    next_position: u64,
+    last_timestamp: u64,
+    seg_end: u64,
+    seg_has_batches: bool,
+    /// Durable end of the active segment as last reported by a commit (or 128
+    /// for a segment not yet synced), carried into each frame header.
+    seg_durable: u64,
+    seg_base: u64,
+    /// Complete chunks and rolls waiting for the leader, in order.
+    pending: Vec<Op>,
+    /// The open write buffer (after everything in `pending`).
+    cur: Vec<u8>,
+    spare: Vec<u8>,
+    /// Bytes assigned so far (a log sequence number of bytes, across segments).
+    lsn: u64,
+    closed: bool,
+}
+
+enum Op {
+    Write(Vec<u8>),
+    Roll { base: u64, prev_timestamp: u64 },
+}
+
+struct Commit {
+    busy: bool,
+    written: u64,
+    durable: u64,
+    poison: Option<String>,
+}
+
+/// Owned by the commit leader (the `busy` flag makes it exclusive).
+struct IoState {
+    file: Box<dyn IoFile>,
+    path: PathBuf,
+    base: u64,
+    offset: u64,
+    durable: u64,
+    head: HeadWriter,
+}
+
+/// What views see.
+struct Published {
+    sealed: Vec<ViewSegment>,
+    active_base: u64,
+    active_path: Arc<PathBuf>,
+    active_file: File,
+    visible_end: u64,
+    next_position: u64,
+    map: Option<Arc<Mapping>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves the data consistent
+    // enough to report errors; never propagate the poison as a panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Log {
+    /// Open (or create) the log in directory `dir` for writing, recovering
+    /// from a crash if needed (see [`Log::recovery`]).
+    ///
+    /// Fails with [`Error::Locked`] if another writer holds the log,
+    /// [`Error::NotALog`] if `dir` holds other files, and [`Error::Corrupt`] if
+    /// data below the durable boundary is damaged (nothing is modified then).
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
+        let dir = dir.as_ref().to_owned();
+        let Recovered {
+            lock,
+            log_id,
+            streams,
+            next_position,
+            last_timestamp,
+            sealed,
+            active_base,
+            active_end,
+            report,
+        } = recovery::open(&dir, &opts)?;
+        let io = &*opts.io;
+        let active_path = dir.join(segment_file_name(active_base));
+        let file = io.open(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
+        let head = HeadWriter::create(
+            io,
+            &dir,
+            Head {
+                sequence: 1,
+                segment_base: active_base,
+                durable_end: active_end,
+                visible_end: active_end,
+                next_position,
+            },
+        )?;
+        let active_file = File::open(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
+        let inner = Inner {
+            log_id,
+            _lock: lock,
+            state: Mutex::new(State {
+                streams,
+                next_position,
+                last_timestamp,
+                seg_end: active_end,
+                seg_has_batches: active_end > SEGMENT_HEADER_LEN as u64,
+                seg_durable: active_end,
+                seg_base: active_base,
+                pending: Vec::new(),
+                cur: Vec::new(),
+                spare: Vec::new(),
+                lsn: 0,
+                closed: false,
+            }),
+            commit: Mutex::new(Commit {
+                busy: false,
+                written: 0,
+                durable: 0,
+                poison: None,
+            }),
+            commit_cv: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+            io: Mutex::new(IoState {
+                file,
+                path: active_path.clone(),
+                base: active_base,
+                offset: active_end,
+                durable: active_end,
+                head,
+            }),
+            published: Mutex::new(Published {
+                sealed,
+                active_base,
+                active_path: Arc::new(active_path),
+                active_file,
+                visible_end: active_end,
+                next_position,
+                map: None,
+            }),
+            recovery: report,
+            dir,
+            opts,
+        };
+        Ok(Log { inner: Arc::new(inner) })
+    }
+
+    /// What opening the log did: creation, a removed torn tail, ...
+    pub fn recovery(&self) -> &Recovery {
+        &self.inner.recovery
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn durability(&self) -> Durability {
+        self.inner.opts.durability
+    }
+
+    /// The current version of `stream` (the version of its last event), or
+    /// `None` if it has no events. Includes appends not yet durable.
+    pub fn stream_version(&self, stream: &str) -> Option<u64> {
+        lock(&self.inner.state).streams.get(stream).copied()
+    }
+
+    /// The position the next appended event will get.
+    pub fn next_position(&self) -> u64 {
+        lock(&self.inner.state).next_position
+    }
+
+    /// Append `events` to `stream` as one atomic batch, if the stream is at
+    /// `expected`. With [`Durability::Fsync`] the batch is durable when this
+    /// returns; with [`Durability::Buffered`] it is handed to the OS.
+    pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData<'_>]) -> Result<AppendResult> {
+        let inner = &*self.inner;
+        let batch_len = inner.check_batch(stream, events)?;
+        let (target, result) = inner.enqueue(stream, expected, events, batch_len)?;
+        inner.commit_until(target, inner.opts.durability == Durability::Fsync)?;
+        Ok(result)
+    }
+
+    /// Make every event appended so far durable (one fsync, shared with
+    /// concurrent appenders).
+    pub fn sync(&self) -> Result<()> {
+        let target = lock(&self.inner.state).lsn;
+        self.inner.commit_until(target, true)
+    }
+
+    /// A consistent view of everything visible now (written, or with
+    /// [`Durability::Fsync`] durable), for reading.
+    pub fn view(&self) -> Result<LogView> {
+        let mut p = lock(&self.inner.published);
+        let map = match &p.map {
+            Some(m) if m.bytes().len() as u64 == p.visible_end => m.clone(),
+            _ => {
+                let m = Arc::new(Mapping::map(&p.active_file, p.visible_end, &p.active_path)?);
+                p.map = Some(m.clone());
+                m
+            }
+        };
+        let mut segs = Vec::with_capacity(p.sealed.len() + 1);
+        segs.extend(p.sealed.iter().cloned());
+        segs.push(ViewSegment {
+            base: p.active_base,
+            path: p.active_path.clone(),
+            map,
+        });
+        Ok(LogView::new(segs, p.next_position))
+    }
+
+    /// Make everything durable, mark the log cleanly closed (its durable
+    /// boundary is its end) and release the lock. Dropping a `Log` does the
+    /// same but cannot report errors.
+    pub fn close(self) -> Result<()> {
+        self.inner.close()
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.inner.close();
+    }
+}
+
+impl Inner {
+    fn check_batch(&self, stream: &str, events: &[EventData<'_>]) -> Result<u64> {
+        if events.is_empty() {
+            return Err(Error::InvalidArgument("an append needs at least one event".into()));
+        }
+        if stream.is_empty() || stream.len() > u16::MAX as usize {
+            return Err(Error::InvalidArgument(format!(
+                "a stream name must be 1 to 65535 bytes, found {} bytes",
+                stream.len()
+            )));
+        }
+        if u32::try_from(events.len()).is_err() {
+            return Err(Error::InvalidArgument("too many events in one batch".into()));
+        }
+        let mut total = FRAME_HEADER_LEN as u64;
+        for (i, ev) in events.iter().enumerate() {
+            if ev.event_type.is_empty() || ev.event_type.len() > u16::MAX as usize {
+                return Err(Error::InvalidArgument(format!(
+                    "event {i}: an event type must be 1 to 65535 bytes, found {} bytes",
+                    ev.event_type.len()
+                )));
+            }
+            let body = ev.metadata.len() as u64 + ev.payload.len() as u64;
+            let len = ev.record_len(stream);
+            if body > self.opts.max_event_bytes || len > MAX_RECORD_LEN {
+                return Err(Error::InvalidArgument(format!(
+                    "event {i}: metadata + payload is {body} bytes, more than max_event_bytes ({}) or the format limit",
+                    self.opts.max_event_bytes.min(MAX_RECORD_LEN)
+                )));
+            }
+            total += len;
+        }
+        if total > self.opts.max_batch_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "the batch encodes to {total} bytes, more than max_batch_bytes ({})",
+                self.opts.max_batch_bytes
+            )));
+        }
+        Ok(total)
+    }
+
+    /// The atomic step: check the expected version, assign positions, encode.
+    fn enqueue(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[EventData<'_>],
+        batch_len: u64,
+    ) -> Result<(u64, AppendResult)> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(self.poison_error());
+        }
+        let current = st.streams.get(stream).copied();
+        let ok = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::StreamExists => current.is_some(),
+            ExpectedVersion::Exact(v) => current == Some(v),
+        };
+        if !ok {
+            return Err(Error::WrongExpectedVersion {
+                stream: stream.to_owned(),
+                expected,
+                actual: current,
+            });
+        }
+        if st.seg_has_batches && st.seg_end + batch_len > self.opts.segment_size {
+            let seal = encode_seal(st.next_position, st.seg_durable);
+            let (base, prev_timestamp) = (st.next_position, st.last_timestamp);
+            st.push_bytes(&seal);
+            let chunk = std::mem::take(&mut st.cur);
+            st.pending.push(Op::Write(chunk));
+            st.pending.push(Op::Roll { base, prev_timestamp });
+            st.seg_base = base;
+            st.seg_end = SEGMENT_HEADER_LEN as u64;
+            st.seg_has_batches = false;
+            st.seg_durable = SEGMENT_HEADER_LEN as u64;
+        }
+        let timestamp = (self.opts.clock)().max(st.last_timestamp);
+        let first_position = st.next_position;
+        let first_version = current.map_or(0, |v| v + 1);
+        let durable = st.seg_durable;
+        let buf = &mut st.cur;
+        let start = buf.len();
+        buf.resize(start + FRAME_HEADER_LEN, 0);
+        for (i, ev) in events.iter().enumerate() {
+            let stamp = Stamp {
+                position: first_position + i as u64,
+                stream_version: first_version + i as u64,
+                timestamp,
+                event_id: ev.id.unwrap_or_else(Uuid::now_v7).into_bytes(),
+            };
+            encode_record(buf, stream, ev, &stamp);
+        }
+        finish_batch_header(&mut buf[start..], first_position, events.len() as u32, durable);
+        let n = events.len() as u64;
+        st.next_position += n;
+        st.last_timestamp = timestamp;
+        st.seg_end += batch_len;
+        st.seg_has_batches = true;
+        st.lsn += batch_len;
+        let last_version = first_version + n - 1;
+        match st.streams.get_mut(stream) {
+            Some(v) => *v = last_version,
+            None => {
+                st.streams.insert(stream.to_owned(), last_version);
+            }
+        }
+        Ok((
+            st.lsn,
+            AppendResult {
+                first_position,
+                last_position: first_position + n - 1,
+                stream_version: last_version,
+            },
+        ))
+    }
+
+    fn poison_error(&self) -> Error {
+        let cause = lock(&self.commit).poison.clone().unwrap_or_default();
+        Error::Poisoned { cause }
+    }
+
+    /// Wait until `target` is written (and durable if `durable`), leading a
+    /// group commit if no one else is.
+    fn commit_until(&self, target: u64, durable: bool) -> Result<()> {
+        let mut c = lock(&self.commit);
+        loop {
+            if let Some(cause) = &c.poison {
+                return Err(Error::Poisoned { cause: cause.clone() });
+            }
+            if c.written >= target && (!durable || c.durable >= target) {
+                return Ok(());
+            }
+            if c.busy {
+                c = self.commit_cv.wait(c).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            c.busy = true;
+            let need_sync = durable || self.opts.durability == Durability::Fsync;
+            drop(c);
+            let res = self.lead(need_sync);
+            c = lock(&self.commit);
+            c.busy = false;
+            match res {
+                Ok((written, synced)) => {
+                    c.written = written;
+                    if synced {
+                        c.durable = written;
+                    }
+                }
+                Err(e) => {
+                    self.poisoned.store(true, Ordering::Release);
+                    c.poison = Some(e.to_string());
+                    self.commit_cv.notify_all();
+                    return Err(e);
+                }
+            }
+            self.commit_cv.notify_all();
+        }
+    }
+
+    /// The leader's work: write everything pending in one write per segment,
+    /// roll segments, fsync if asked, publish the new ends and the head slot.
+    fn lead(&self, sync: bool) -> Result<(u64, bool)> {
+        let (ops, lsn, next_position) = {
+            let mut st = lock(&self.state);
+            let mut ops = std::mem::take(&mut st.pending);
+            if !st.cur.is_empty() {
+                let spare = std::mem::take(&mut st.spare);
+                ops.push(Op::Write(std::mem::replace(&mut st.cur, spare)));
+            }
+            (ops, st.lsn, st.next_position)
+        };
+        let mut io = lock(&self.io);
+        let mut spare = None;
+        for op in ops {
+            match op {
+                Op::Write(mut bytes) => {
+                    io.file
+                        .write_at(io.offset, &bytes)
+                        .map_err(|e| Error::io("write", &io.path, e))?;
+                    io.offset += bytes.len() as u64;
+                    bytes.clear();
+                    spare = Some(bytes);
+                }
+                Op::Roll { base, prev_timestamp } => self.roll(&mut io, base, prev_timestamp)?,
+            }
+        }
+        if sync && io.durable < io.offset {
+            io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
+            io.durable = io.offset;
+        }
+        let visible = match self.opts.durability {
+            Durability::Fsync => io.durable,
+            Durability::Buffered => io.offset,
+        };
+        let visible_position = if visible == io.offset { next_position } else { lock(&self.published).next_position };
+        let head = Head {
+            sequence: 0,
+            segment_base: io.base,
+            durable_end: io.durable,
+            visible_end: visible,
+            next_position: visible_position,
+        };
+        io.head.write(head)?;
+        {
+            let mut p = lock(&self.published);
+            p.visible_end = visible;
+            p.next_position = visible_position;
+        }
+        let (base, durable) = (io.base, io.durable);
+        drop(io);
+        let mut st = lock(&self.state);
+        if st.seg_base == base {
+            st.seg_durable = st.seg_durable.max(durable);
+        }
+        if let Some(b) = spare
+            && st.spare.capacity() < b.capacity()
+        {
+            st.spare = b;
+        }
+        Ok((lsn, sync))
+    }
+
+    /// Seal is already written; make the segment durable, then create the next.
+    fn roll(&self, io: &mut IoState, base: u64, prev_timestamp: u64) -> Result<()> {
+        let fs = &*self.opts.io;
+        io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
+        let sealed_len = io.offset;
+        let path = self.dir.join(segment_file_name(base));
+        let file = fs.create(&path).map_err(|e| Error::io("create", &path, e))?;
+        let header = SegmentHeader::new(self.log_id, base, prev_timestamp, (self.opts.clock)());
+        file.write_at(0, header.as_bytes())
+            .map_err(|e| Error::io("write", &path, e))?;
+        file.sync().map_err(|e| Error::io("fsync", &path, e))?;
+        fs.sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        let read_file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        {
+            let mut p = lock(&self.published);
+            let map = Mapping::map(&p.active_file, sealed_len, &p.active_path)?;
+            let sealed = ViewSegment {
+                base: p.active_base,
+                path: p.active_path.clone(),
+                map: Arc::new(map),
+            };
+            p.sealed.push(sealed);
+            p.active_base = base;
+            p.active_path = Arc::new(path.clone());
+            p.active_file = read_file;
+            p.visible_end = SEGMENT_HEADER_LEN as u64;
+            p.next_position = base;
+            p.map = None;
+        }
+        io.file = file;
+        io.path = path;
+        io.base = base;
+        io.offset = SEGMENT_HEADER_LEN as u64;
+        io.durable = SEGMENT_HEADER_LEN as u64;
+        Ok(())
+    }
+
+    fn close(&self) -> Result<()> {
+        {
+            let st = lock(&self.state);
+            if st.closed {
+                return Ok(());
+            }
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            lock(&self.state).closed = true;
+            return Err(self.poison_error());
+        }
+        let target = lock(&self.state).lsn;
+        self.commit_until(target, true)?;
+        let mut st = lock(&self.state);
+        st.closed = true;
+        let mut io = lock(&self.io);
+        if io.durable < io.offset {
+            io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
+            io.durable = io.offset;
+        }
+        let head = Head {
+            sequence: 0,
+            segment_base: io.base,
+            durable_end: io.durable,
+            visible_end: io.offset,
+            next_position: st.next_position,
+        };
+        io.head.write(head)?;
+        io.head.sync()
+    }
+}
+
+impl State {
+    fn push_bytes(&mut self, bytes: &[u8]) {
+        self.cur.extend_from_slice(bytes);
+        self.lsn += bytes.len() as u64;
+        self.seg_end += bytes.len() as u64;
+    }
+}

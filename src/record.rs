@@ -1,0 +1,288 @@
+//! Events going in ([`EventData`]) and records coming out ([`RecordRef`]).
+//!
+//! This module owns the record layout of spec section 3.2: encoding a record
+//! into a buffer, and parsing one from bytes. A [`RecordRef`] borrows every
+//! variable part (stream name, event type, metadata, payload) from the bytes it
+//! was parsed from, which for replay are the memory-mapped segment: reading a
+//! record copies nothing and allocates nothing.
+
+use std::borrow::Cow;
+
+use uuid::Uuid;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::format::{RECORD_CRC_START, RECORD_HEADER_LEN, RecordHeader, align_up};
+
+/// One event to append: its type, payload and metadata, an optional id and the
+/// payload's schema version.
+///
+/// ```
+/// use annal::EventData;
+/// let e = EventData::new("OrderPlaced", br#"{"total":42}"#.as_slice())
+///     .with_metadata(br#"{"user":"ann"}"#.as_slice())
+///     .with_schema_version(2);
+/// assert_eq!(e.event_type, "OrderPlaced");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventData<'a> {
+    /// The event type, e.g. `OrderPlaced` (1 to 65,535 bytes of UTF-8).
+    pub event_type: Cow<'a, str>,
+    /// The payload bytes (opaque to annal).
+    pub payload: Cow<'a, [u8]>,
+    /// Metadata bytes (opaque to annal): user times, correlation ids, ...
+    pub metadata: Cow<'a, [u8]>,
+    /// The event id; generated (UUID v7) at append when `None`.
+    pub id: Option<Uuid>,
+    /// Schema version of the payload, for upcasting.
+    pub schema_version: u32,
+}
+
+impl<'a> EventData<'a> {
+    /// An event with the given type and payload, no metadata, a generated id,
+    /// and schema version 0.
+    pub fn new(event_type: impl Into<Cow<'a, str>>, payload: impl Into<Cow<'a, [u8]>>) -> Self {
+        EventData {
+            event_type: event_type.into(),
+            payload: payload.into(),
+            metadata: Cow::Borrowed(&[]),
+            id: None,
+            schema_version: 0,
+        }
+    }
+
+    /// Set the metadata.
+    pub fn with_metadata(mut self, metadata: impl Into<Cow<'a, [u8]>>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
+
+    /// Set the event id.
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Set the payload's schema version.
+    pub fn with_schema_version(mut self, v: u32) -> Self {
+        self.schema_version = v;
+        self
+    }
+
+    /// The number of bytes this event occupies as a record in `stream`.
+    pub(crate) fn record_len(&self, stream: &str) -> u64 {
+        record_len(stream.len(), self.event_type.len(), self.metadata.len(), self.payload.len())
+    }
+}
+
+/// `record_len` of spec 3.2 for the given part lengths.
+pub(crate) fn record_len(stream: usize, event_type: usize, metadata: usize, payload: usize) -> u64 {
+    align_up(RECORD_HEADER_LEN as u64 + stream as u64 + event_type as u64 + metadata as u64 + payload as u64)
+}
+
+/// The fields of a record that the writer decides.
+pub(crate) struct Stamp {
+    pub position: u64,
+    pub stream_version: u64,
+    pub timestamp: u64,
+    pub event_id: [u8; 16],
+}
+
+/// Append one record to `out`. The caller has checked every length against the
+/// format limits (see `Log::append`).
+pub(crate) fn encode_record(out: &mut Vec<u8>, stream: &str, ev: &EventData<'_>, stamp: &Stamp) {
+    let len = ev.record_len(stream);
+    let start = out.len();
+    let header = RecordHeader {
+        record_len: U32::new(len as u32),
+        crc: U32::ZERO,
+        position: U64::new(stamp.position),
+        stream_version: U64::new(stamp.stream_version),
+        timestamp: U64::new(stamp.timestamp),
+        event_id: stamp.event_id,
+        schema_version: U32::new(ev.schema_version),
+        flags: U16::ZERO,
+        stream_len: U16::new(stream.len() as u16),
+        type_len: U16::new(ev.event_type.len() as u16),
+        reserved0: U16::ZERO,
+        metadata_len: U32::new(ev.metadata.len() as u32),
+        payload_len: U32::new(ev.payload.len() as u32),
+        reserved1: U32::ZERO,
+    };
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(stream.as_bytes());
+    out.extend_from_slice(ev.event_type.as_bytes());
+    out.extend_from_slice(&ev.metadata);
+    out.extend_from_slice(&ev.payload);
+    out.resize(start + len as usize, 0);
+    let crc = crc32fast::hash(&out[start + RECORD_CRC_START..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// One event as stored in the log, borrowed from the bytes it was read from
+/// (for replay: the memory-mapped segment).
+#[derive(Clone, Copy)]
+pub struct RecordRef<'a> {
+    header: &'a RecordHeader,
+    stream: &'a str,
+    event_type: &'a str,
+    metadata: &'a [u8],
+    payload: &'a [u8],
+}
+
+impl<'a> RecordRef<'a> {
+    /// The event's global position in the log (0-based, contiguous).
+    pub fn position(&self) -> u64 {
+        self.header.position.get()
+    }
+    /// The event's version within its stream (0-based, contiguous).
+    pub fn stream_version(&self) -> u64 {
+        self.header.stream_version.get()
+    }
+    /// Append time: nanoseconds since the Unix epoch; never decreases with position.
+    pub fn timestamp(&self) -> u64 {
+        self.header.timestamp.get()
+    }
+    /// The event id.
+    pub fn event_id(&self) -> Uuid {
+        Uuid::from_bytes(self.header.event_id)
+    }
+    /// The payload's schema version.
+    pub fn schema_version(&self) -> u32 {
+        self.header.schema_version.get()
+    }
+    /// The stream name.
+    pub fn stream(&self) -> &'a str {
+        self.stream
+    }
+    /// The event type.
+    pub fn event_type(&self) -> &'a str {
+        self.event_type
+    }
+    /// The metadata bytes.
+    pub fn metadata(&self) -> &'a [u8] {
+        self.metadata
+    }
+    /// The payload bytes.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+}
+
+impl std::fmt::Debug for RecordRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordRef")
+            .field("position", &self.position())
+            .field("stream", &self.stream)
+            .field("stream_version", &self.stream_version())
+            .field("event_type", &self.event_type)
+            .field("timestamp", &self.timestamp())
+            .field("event_id", &self.event_id())
+            .field("schema_version", &self.schema_version())
+            .field("metadata_len", &self.metadata.len())
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// Parse the record at the start of `bytes` (which may hold more after it).
+/// Returns the record and its length. Errors are `(offset within bytes, detail)`.
+pub(crate) fn parse_record(bytes: &[u8], verify_crc: bool) -> Result<(RecordRef<'_>, usize), (usize, String)> {
+    let Ok((header, _)) = RecordHeader::ref_from_prefix(bytes) else {
+        return Err((
+            0,
+            format!(
+                "expected a {RECORD_HEADER_LEN}-byte record header, found {} bytes before the end of the frame",
+                bytes.len()
+            ),
+        ));
+    };
+    let len = header.record_len.get() as usize;
+    let (s, t, m, p) = (
+        header.stream_len.get() as usize,
+        header.type_len.get() as usize,
+        header.metadata_len.get() as usize,
+        header.payload_len.get() as usize,
+    );
+    let want = record_len(s, t, m, p);
+    if len as u64 != want {
+        return Err((
+            0,
+            format!("expected record_len {want} (from the part lengths {s}+{t}+{m}+{p}), found {len}"),
+        ));
+    }
+    let Some(rec) = bytes.get(..len) else {
+        return Err((
+            0,
+            format!("record_len {len} runs past the end of its frame ({} bytes remain)", bytes.len()),
+        ));
+    };
+    if verify_crc {
+        let got = crc32fast::hash(&rec[RECORD_CRC_START..]);
+        if got != header.crc.get() {
+            return Err((
+                4,
+                format!("record CRC mismatch: stored {:#010x}, computed {got:#010x}", header.crc.get()),
+            ));
+        }
+        if header.flags.get() != 0 || header.reserved0.get() != 0 || header.reserved1.get() != 0 {
+            return Err((52, "expected record flags and reserved fields to be zero in format v1".into()));
+        }
+    }
+    if s == 0 || t == 0 {
+        return Err((54, "expected a non-empty stream name and event type".into()));
+    }
+    // Lengths were checked above: RECORD_HEADER_LEN + s + t + m + p <= len <= rec.len().
+    let body = &rec[RECORD_HEADER_LEN..];
+    let (stream, body) = body.split_at(s);
+    let (event_type, body) = body.split_at(t);
+    let (metadata, body) = body.split_at(m);
+    let (payload, padding) = body.split_at(p);
+    if verify_crc && padding.iter().any(|&b| b != 0) {
+        return Err((len - padding.len(), "expected zero padding bytes".into()));
+    }
+    let Ok(stream) = std::str::from_utf8(stream) else {
+        return Err((RECORD_HEADER_LEN, "expected the stream name to be UTF-8".into()));
+    };
+    let Ok(event_type) = std::str::from_utf8(event_type) else {
+        return Err((RECORD_HEADER_LEN + s, "expected the event type to be UTF-8".into()));
+    };
+    Ok((
+        RecordRef {
+            header,
+            stream,
+            event_type,
+            metadata,
+            payload,
+        },
+        len,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip_and_crc() {
+        let ev = EventData::new("Type", b"payload".as_slice()).with_metadata(b"m".as_slice());
+        let mut out = Vec::new();
+        let stamp = Stamp {
+            position: 7,
+            stream_version: 3,
+            timestamp: 99,
+            event_id: [1; 16],
+        };
+        encode_record(&mut out, "s-1", &ev, &stamp);
+        assert_eq!(out.len() % 8, 0);
+        let (r, len) = parse_record(&out, true).unwrap();
+        assert_eq!(len, out.len());
+        assert_eq!((r.position(), r.stream_version(), r.timestamp()), (7, 3, 99));
+        assert_eq!((r.stream(), r.event_type(), r.metadata(), r.payload()), ("s-1", "Type", &b"m"[..], &b"payload"[..]));
+        for i in 8..out.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0x10;
+            assert!(parse_record(&bad, true).is_err(), "flip at {i} undetected");
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! Reading: consistent views of a log, replay, and readers in other processes.
+//!
+//! A [`LogView`] is a point-in-time view: the segments visible when it was
+//! taken, each held by an `Arc` of its mapping, so records borrowed from a
+//! view stay valid for as long as the view lives, whatever the writer does
+//! meanwhile. [`LogView::read_all`] replays it: each batch is validated
+//! (structure always, CRCs unless disabled) before any of its records is
+//! returned, so a reader never returns part of an incomplete batch and never
+//! returns a record whose bytes fail their CRC.
+//!
+//! [`Reader`] gives views to a process that does not hold the writer lock: it
+//! learns the visible end from the head file (spec 7) and validates new bytes
+//! of the active segment by copying them before mapping them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Damage, Error, Result};
+use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_SEAL, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::head;
+use crate::io::read_exact_at;
+use crate::mmap::Mapping;
+use crate::record::{RecordRef, parse_record};
+use crate::segment::{parse_segment_file_name, segment_file_name, validate_frame};
+
+/// One segment as seen by a view.
+#[derive(Debug, Clone)]
+pub(crate) struct ViewSegment {
+    pub base: u64,
+    pub path: Arc<PathBuf>,
+    pub map: Arc<Mapping>,
+}
+
+/// A consistent, point-in-time view of a log's visible records.
+///
+/// Cheap to clone; `Send + Sync`. Records read through it borrow from its
+/// memory mappings.
+///
+/// ```
+/// # fn main() -> annal::Result<()> {
+/// use annal::{EventData, ExpectedVersion, Log, Options};
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), Options::default())?;
+/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
+/// let view = log.view()?;
+/// for rec in view.read_all(0) {
+///     let rec = rec?;
+///     assert_eq!(rec.stream(), "order-1");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LogView {
+    segments: Arc<[ViewSegment]>,
+    next_position: u64,
+}
+
+/// How to read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    /// Check every record's CRC as it is read (default `true`). Turn off only
+    /// for trusted replays of logs that `annal check` verified.
+    pub verify_crc: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions { verify_crc: true }
+    }
+}
+
+impl LogView {
+    pub(crate) fn new(segments: Vec<ViewSegment>, next_position: u64) -> LogView {
+        LogView {
+            segments: segments.into(),
+            next_position,
+        }
+    }
+
+    /// One past the position of the last visible record (the number of visible
+    /// records).
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// Number of segments in the view.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Total mapped bytes of the view.
+    pub fn len_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.map.bytes().len() as u64).sum()
+    }
+
+    /// Replay every visible record from position `from` on, in position order,
+    /// checking CRCs.
+    pub fn read_all(&self, from: u64) -> ReadAll<'_> {
+        self.read_all_with(from, ReadOptions::default())
+    }
+
+    /// Replay with explicit [`ReadOptions`].
+    pub fn read_all_with(&self, from: u64, opts: ReadOptions) -> ReadAll<'_> {
+        // The last segment whose base is <= from.
+        let seg = self.segments.partition_point(|s| s.base <= from).saturating_sub(1);
+        let pos = self.segments.get(seg).map_or(0, |s| s.base);
+        ReadAll {
+            view: self,
+            seg,
+            off: SEGMENT_HEADER_LEN,
+            pos,
+            from,
+            verify: opts.verify_crc,
+            batch: &[],
+            path: Path::new(""),
+            done: false,
+        }
+    }
+}
+
+/// Iterator over records of a [`LogView`], created by [`LogView::read_all`].
+///
+/// Yields `Err` once (then ends) if it meets damaged data.
+#[derive(Debug)]
+pub struct ReadAll<'a> {
+    view: &'a LogView,
+    seg: usize,
+    off: usize,
+    /// Position of the next frame's first record.
+    pos: u64,
+    from: u64,
+    verify: bool,
+    /// Remaining records of the current, validated batch.
+    batch: &'a [u8],
+    /// The file `batch` lies in.
+    path: &'a Path,
+    done: bool,
+}
+
+impl<'a> ReadAll<'a> {
+    fn fail(&mut self, path: &Path, d: Damage) -> Option<Result<RecordRef<'a>>> {
+        self.done = true;
+        Some(Err(d.at(path)))
+    }
+}
+
+impl<'a> Iterator for ReadAll<'a> {
+    type Item = Result<RecordRef<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if !self.batch.is_empty() {
+                // The batch was validated as a whole; parsing cannot fail, but
+                // is still bounds-checked.
+                let (rec, len) = match parse_record(self.batch, false) {
+                    Ok(r) => r,
+                    Err((_, d)) => {
+                        self.done = true;
+                        return Some(Err(Error::Corrupt {
+                            path: self.path.to_owned(),
+                            offset: 0,
+                            detail: d,
+                        }));
+                    }
+                };
+                self.batch = self.batch.get(len..).unwrap_or(&[]);
+                if rec.position() < self.from {
+                    continue;
+                }
+                return Some(Ok(rec));
+            }
+            let view: &'a LogView = self.view;
+            let seg = view.segments.get(self.seg)?;
+            let bytes = seg.map.bytes();
+            if self.off == SEGMENT_HEADER_LEN && seg.base != self.pos {
+                let d = Damage::corrupt(
+                    32,
+                    format!("expected the segment to start at position {}, found base position {}", self.pos, seg.base),
+                );
+                return self.fail(&seg.path, d);
+            }
+            let Some(rest) = bytes.get(self.off..).filter(|r| !r.is_empty()) else {
+                self.seg += 1;
+                self.off = SEGMENT_HEADER_LEN;
+                continue;
+            };
+            let off = self.off as u64;
+            let h = match FrameHeader::parse(rest, off) {
+                Ok(h) => h,
+                Err(d) => return self.fail(&seg.path, d),
+            };
+            let (len, first, count) = (h.frame_len.get(), h.first_position.get(), h.record_count.get() as u64);
+            if first != self.pos {
+                let d = Damage::corrupt(
+                    off + 16,
+                    format!("expected a frame starting at position {}, found {first}", self.pos),
+                );
+                return self.fail(&seg.path, d);
+            }
+            if len > rest.len() as u64 {
+                let d = Damage::corrupt(
+                    off + 8,
+                    format!("frame_len {len} runs past the end of the segment ({} bytes remain)", rest.len()),
+                );
+                return self.fail(&seg.path, d);
+            }
+            if h.kind == FRAME_KIND_SEAL || first + count <= self.from {
+                // A seal, or a batch wholly before `from`: skip it unread.
+                self.off += len as usize;
+                self.pos = first + count;
+                continue;
+            }
+            if let Err(d) = validate_frame(rest, off, self.verify) {
+                return self.fail(&seg.path, d);
+            }
+            self.batch = &rest[FRAME_HEADER_LEN..len as usize];
+            self.path = &seg.path;
+            self.off += len as usize;
+            self.pos = first + count;
+        }
+    }
+}
+
+/// Reads a log without holding the writer lock, from any process.
+///
+/// Each call to [`Reader::view`] refreshes: it reads the head file to learn
+/// what the writer has made visible (with `Durability::Fsync`, only what is
+/// durable), validates the new bytes of the active segment by copying them,
+/// and maps only what it validated.
+#[derive(Debug)]
+pub struct Reader {
+    dir: PathBuf,
+    sealed: Vec<ViewSegment>,
+    /// Next position after the sealed segments.
+    sealed_next: u64,
+    active: Option<ActiveRead>,
+}
+
+#[derive(Debug)]
+struct ActiveRead {
+    base: u64,
+    path: Arc<PathBuf>,
+    file: File,
+    validated_end: u64,
+    next_position: u64,
+    map: Option<Arc<Mapping>>,
+    buf: Vec<u8>,
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let mut bases = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        if let Some(base) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+
+/// Read and check the segment header of `file`.
+pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result<SegmentHeader> {
+    let mut buf = [0u8; SEGMENT_HEADER_LEN];
+    let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    let n = (len as usize).min(SEGMENT_HEADER_LEN);
+    read_exact_at(file, &mut buf[..n], 0).map_err(|e| Error::io("read", path, e))?;
+    let h = *SegmentHeader::parse(&buf[..n]).map_err(|d| d.at(path))?;
+    if h.base_position.get() != base {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            offset: 32,
+            detail: format!("expected base_position {base} (from the file name), found {}", h.base_position.get()),
+        });
+    }
+    Ok(h)
+}
+
+/// Open a sealed segment: check its header and that it ends with a seal, then
+/// map it whole. Returns the segment and the seal's next position.
+pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
+    let path = dir.join(segment_file_name(base));
+    let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    read_segment_header(&file, &path, base)?;
+    let map = Mapping::map(&file, file.metadata().map_err(|e| Error::io("stat", &path, e))?.len(), &path)?;
+    let bytes = map.bytes();
+    let seal_at = bytes.len().saturating_sub(FRAME_HEADER_LEN).max(SEGMENT_HEADER_LEN);
+    let seal = validate_frame(&bytes[seal_at..], seal_at as u64, true)
+        .and_then(|f| {
+            if f.kind == FRAME_KIND_SEAL {
+                Ok(f)
+            } else {
+                Err(Damage::corrupt(seal_at as u64, "expected a seal frame at the end of a sealed segment, found a batch"))
+            }
+        })
+        .map_err(|d| {
+            Error::Corrupt {
+                path: path.clone(),
+                offset: d.offset,
+                detail: format!(
+                    "a segment followed by another must end with a seal (is it truncated?): {}",
+                    d.detail()
+                ),
+            }
+        })?;
+    Ok((
+        ViewSegment {
+            base,
+            path: Arc::new(path),
+            map: Arc::new(map),
+        },
+        seal.first_position,
+    ))
+}
+
+impl Reader {
+    /// Open the log in `dir` for reading. Never modifies anything and never
+    /// takes the writer lock.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Reader> {
+        let dir = dir.as_ref().to_owned();
+        if list_segments(&dir)?.is_empty() {
+            return Err(Error::NotALog {
+                path: dir,
+                detail: "it holds no segment files (*.seg)".into(),
+            });
+        }
+        Ok(Reader {
+            dir,
+            sealed: Vec::new(),
+            sealed_next: 0,
+            active: None,
+        })
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Refresh and return a view of everything currently visible.
+    pub fn view(&mut self) -> Result<LogView> {
+        let bases = list_segments(&self.dir)?;
+        let head = head::read(&self.dir)?;
+        if let Some(h) = head
+            && bases.binary_search(&h.segment_base).is_err()
+        {
+            return Err(Error::Corrupt {
+                path: self.dir.join(head::HEAD_FILE),
+                offset: 24,
+                detail: format!("the head names segment {}, which does not exist", segment_file_name(h.segment_base)),
+            });
+        }
+        // Segments visible: all, or up to the head's segment.
+        let visible: Vec<u64> = match head {
+            Some(h) => bases.iter().copied().filter(|&b| b <= h.segment_base).collect(),
+            None => bases.clone(),
+        };
+        let Some((&last, sealed)) = visible.split_last() else {
+            return Ok(LogView::new(Vec::new(), 0));
+        };
+        for &base in &sealed[self.sealed.len().min(sealed.len())..] {
+            if base != self.sealed_next {
+                return Err(Error::Corrupt {
+                    path: self.dir.join(segment_file_name(base)),
+                    offset: 32,
+                    detail: format!("expected a segment starting at position {}, found {base}", self.sealed_next),
+                });
+            }
+            let (seg, next) = open_sealed(&self.dir, base)?;
+            self.sealed.push(seg);
+            self.sealed_next = next;
+            if self.active.as_ref().is_some_and(|a| a.base == base) {
+                self.active = None;
+            }
+        }
+        if self.active.as_ref().is_none_or(|a| a.base != last) {
+            let path = self.dir.join(segment_file_name(last));
+            let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+            read_segment_header(&file, &path, last)?;
+            self.active = Some(ActiveRead {
+                base: last,
+                path: Arc::new(path),
+                file,
+                validated_end: SEGMENT_HEADER_LEN as u64,
+                next_position: last,
+                map: None,
+                buf: Vec::new(),
+            });
+        }
+        let Some(active) = self.active.as_mut() else {
+            return Ok(LogView::new(self.sealed.clone(), self.sealed_next));
+        };
+        let (limit, durable) = match head {
+            Some(h) if h.segment_base == last => (h.visible_end, h.durable_end),
+            _ => (u64::MAX, 0),
+        };
+        active.validate(limit, durable)?;
+        let mut segs = self.sealed.clone();
+        let map = match &active.map {
+            Some(m) if m.bytes().len() as u64 == active.validated_end => m.clone(),
+            _ => {
+                let m = Arc::new(Mapping::map(&active.file, active.validated_end, &active.path)?);
+                active.map = Some(m.clone());
+                m
+            }
+        };
+        segs.push(ViewSegment {
+            base: active.base,
+            path: active.path.clone(),
+            map,
+        });
+        Ok(LogView::new(segs, active.next_position))
+    }
+}
+
+impl ActiveRead {
+    /// Validate complete frames from `validated_end` up to `limit` by copying
+    /// them. Damage below `durable` is corruption; past it, the writer may be
+    /// mid-write (or crashed), so validation stops quietly.
+    fn validate(&mut self, limit: u64, durable: u64) -> Result<()> {
+        let file_len = self.file.metadata().map_err(|e| Error::io("stat", &*self.path, e))?.len();
+        let limit = limit.min(file_len);
+        loop {
+            let off = self.validated_end;
+            if off + FRAME_HEADER_LEN as u64 > limit {
+                break;
+            }
+            let mut hdr = [0u8; FRAME_HEADER_LEN];
+            read_exact_at(&self.file, &mut hdr, off).map_err(|e| Error::io("read", &*self.path, e))?;
+            let step = FrameHeader::parse(&hdr, off).map(|h| h.frame_len.get()).and_then(|len| {
+                if off + len > limit {
+                    return Ok(None);
+                }
+                // len <= limit - off <= file length: a checked allocation.
+                self.buf.resize(len as usize, 0);
+                read_exact_at(&self.file, &mut self.buf, off)
+                    .map_err(|e| Damage::corrupt(off, format!("read failed: {e}")))?;
+                let f = validate_frame(&self.buf, off, true)?;
+                if f.first_position != self.next_position {
+                    return Err(Damage::corrupt(
+                        off + 16,
+                        format!("expected a frame starting at position {}, found {}", self.next_position, f.first_position),
+                    ));
+                }
+                Ok(Some(f))
+            });
+            match step {
+                Ok(Some(f)) => {
+                    self.validated_end = off + f.len;
+                    self.next_position = f.next_position();
+                }
+                Ok(None) => break,
+                Err(d) if off < durable => return Err(d.at(&*self.path)),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+}
