@@ -184,7 +184,10 @@ impl SegmentHeader {
         let Ok((h, _)) = SegmentHeader::ref_from_prefix(file) else {
             return Err(Damage::corrupt(
                 0,
-                format!("expected a {SEGMENT_HEADER_LEN}-byte segment header, found a file of {} bytes", file.len()),
+                format!(
+                    "expected a {SEGMENT_HEADER_LEN}-byte segment header, found a file of {} bytes",
+                    file.len()
+                ),
             ));
         };
         if h.magic != SEGMENT_MAGIC {
@@ -211,12 +214,23 @@ impl SegmentHeader {
             ));
         }
         for (name, off, bytes) in [
-            ("reserved0", offset_of!(SegmentHeader, reserved0), h.reserved0.as_bytes()),
-            ("chain_start", offset_of!(SegmentHeader, chain_start), &h.chain_start[..]),
+            (
+                "reserved0",
+                offset_of!(SegmentHeader, reserved0),
+                h.reserved0.as_bytes(),
+            ),
+            (
+                "chain_start",
+                offset_of!(SegmentHeader, chain_start),
+                &h.chain_start[..],
+            ),
             ("reserved1", offset_of!(SegmentHeader, reserved1), &h.reserved1[..]),
         ] {
             if !all_zero(bytes) {
-                return Err(Damage::corrupt(off as u64, format!("expected segment header field {name} to be zero")));
+                return Err(Damage::corrupt(
+                    off as u64,
+                    format!("expected segment header field {name} to be zero"),
+                ));
             }
         }
         Ok(h)
@@ -227,7 +241,13 @@ impl SegmentHeader {
 
 impl FrameHeader {
     /// A new frame header with its CRC filled in.
-    pub(crate) fn new(kind: u8, frame_len: u64, first_position: u64, record_count: u32, durable_end: u64) -> FrameHeader {
+    pub(crate) fn new(
+        kind: u8,
+        frame_len: u64,
+        first_position: u64,
+        record_count: u32,
+        durable_end: u64,
+    ) -> FrameHeader {
         let mut h = FrameHeader {
             magic: FRAME_MAGIC,
             header_crc: U32::ZERO,
@@ -259,13 +279,19 @@ impl FrameHeader {
             ));
         };
         if h.magic != FRAME_MAGIC {
-            return Err(Damage::corrupt(off, format!("expected frame magic \"BTCH\", found {:02x?}", h.magic)));
+            return Err(Damage::corrupt(
+                off,
+                format!("expected frame magic \"BTCH\", found {:02x?}", h.magic),
+            ));
         }
         let want = crc(&h.as_bytes()[FRAME_CRC_START..]);
         if h.header_crc.get() != want {
             return Err(Damage::corrupt(
                 off + 4,
-                format!("frame header CRC mismatch: expected {want:#010x}, found {:#010x}", h.header_crc.get()),
+                format!(
+                    "frame header CRC mismatch: expected {want:#010x}, found {:#010x}",
+                    h.header_crc.get()
+                ),
             ));
         }
         let len = h.frame_len.get();
@@ -277,7 +303,10 @@ impl FrameHeader {
         }
         match h.kind {
             FRAME_KIND_BATCH if h.record_count.get() == 0 => {
-                return Err(Damage::corrupt(off + 24, "expected a batch to hold at least one record, found 0"));
+                return Err(Damage::corrupt(
+                    off + 24,
+                    "expected a batch to hold at least one record, found 0",
+                ));
             }
             FRAME_KIND_SEAL if h.record_count.get() != 0 || len != FRAME_HEADER_LEN as u64 => {
                 return Err(Damage::corrupt(
@@ -290,7 +319,10 @@ impl FrameHeader {
             }
             FRAME_KIND_BATCH | FRAME_KIND_SEAL => {}
             other => {
-                return Err(Damage::corrupt(off + 28, format!("expected frame kind 1 or 2, found {other}")));
+                return Err(Damage::corrupt(
+                    off + 28,
+                    format!("expected frame kind 1 or 2, found {other}"),
+                ));
             }
         }
         if h.flags != 0 || h.reserved.get() != 0 || !all_zero(&h.chain) {
@@ -303,7 +335,9 @@ impl FrameHeader {
         if durable < SEGMENT_HEADER_LEN as u64 || durable > off {
             return Err(Damage::corrupt(
                 off + 32,
-                format!("expected durable_end between {SEGMENT_HEADER_LEN} and the frame offset {off}, found {durable}"),
+                format!(
+                    "expected durable_end between {SEGMENT_HEADER_LEN} and the frame offset {off}, found {durable}"
+                ),
             ));
         }
         Ok(h)
@@ -314,7 +348,13 @@ impl FrameHeader {
 
 impl HeadSlot {
     /// A new slot with its CRC filled in.
-    pub(crate) fn new(sequence: u64, segment_base: u64, durable_end: u64, visible_end: u64, next_position: u64) -> HeadSlot {
+    pub(crate) fn new(
+        sequence: u64,
+        segment_base: u64,
+        durable_end: u64,
+        visible_end: u64,
+        next_position: u64,
+    ) -> HeadSlot {
         let mut s = HeadSlot {
             magic: HEAD_MAGIC,
             crc: U32::ZERO,
@@ -335,21 +375,33 @@ impl HeadSlot {
     /// Parse one slot; `at` is its file offset, for error messages.
     pub(crate) fn parse(bytes: &[u8], at: u64) -> Result<&HeadSlot, Damage> {
         let Ok((s, _)) = HeadSlot::ref_from_prefix(bytes) else {
-            return Err(Damage::corrupt(at, format!("expected a {HEAD_SLOT_LEN}-byte head slot, found {} bytes", bytes.len())));
+            return Err(Damage::corrupt(
+                at,
+                format!("expected a {HEAD_SLOT_LEN}-byte head slot, found {} bytes", bytes.len()),
+            ));
         };
         if s.magic != HEAD_MAGIC {
-            return Err(Damage::corrupt(at, format!("expected head magic \"HEAD\", found {:02x?}", s.magic)));
+            return Err(Damage::corrupt(
+                at,
+                format!("expected head magic \"HEAD\", found {:02x?}", s.magic),
+            ));
         }
         let want = crc(&s.as_bytes()[HEAD_CRC_START..]);
         if s.crc.get() != want {
             return Err(Damage::corrupt(
                 at + 4,
-                format!("head slot CRC mismatch: expected {want:#010x}, found {:#010x}", s.crc.get()),
+                format!(
+                    "head slot CRC mismatch: expected {want:#010x}, found {:#010x}",
+                    s.crc.get()
+                ),
             ));
         }
         check_version(s.format_version.get(), at + 8)?;
         if s.flags.get() != 0 || s.reserved0.get() != 0 || s.reserved1.get() != 0 {
-            return Err(Damage::corrupt(at + 10, "expected head slot flags and reserved fields to be zero"));
+            return Err(Damage::corrupt(
+                at + 10,
+                "expected head slot flags and reserved fields to be zero",
+            ));
         }
         let (d, v) = (s.durable_end.get(), s.visible_end.get());
         if d < SEGMENT_HEADER_LEN as u64 || d > v {
@@ -426,7 +478,10 @@ mod tests {
         assert_eq!(p.base_position.get(), 42);
         let f = FrameHeader::new(FRAME_KIND_BATCH, 144, 3, 1, 128);
         assert_eq!(FrameHeader::parse(f.as_bytes(), 128).unwrap().first_position.get(), 3);
-        assert!(FrameHeader::parse(f.as_bytes(), 127).is_err(), "durable_end past the frame offset");
+        assert!(
+            FrameHeader::parse(f.as_bytes(), 127).is_err(),
+            "durable_end past the frame offset"
+        );
         let s = HeadSlot::new(1, 0, 128, 200, 9);
         assert_eq!(HeadSlot::parse(s.as_bytes(), 0).unwrap().next_position.get(), 9);
     }

@@ -92,7 +92,13 @@ impl HeadWriter {
         let path = dir.join(HEAD_FILE);
         let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
         let mut bytes = [0u8; HEAD_FILE_LEN];
-        let slot = HeadSlot::new(1, head.segment_base, head.durable_end, head.visible_end, head.next_position);
+        let slot = HeadSlot::new(
+            1,
+            head.segment_base,
+            head.durable_end,
+            head.visible_end,
+            head.next_position,
+        );
         bytes[..HEAD_SLOT_LEN].copy_from_slice(slot.as_bytes());
         let _ = io.remove(&tmp);
         let f = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
@@ -102,13 +108,23 @@ impl HeadWriter {
         io.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
         io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
         let file = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
-        Ok(HeadWriter { file, path, sequence: 1 })
+        Ok(HeadWriter {
+            file,
+            path,
+            sequence: 1,
+        })
     }
 
     /// Write the next slot (not synced; see the module docs).
     pub(crate) fn write(&mut self, head: Head) -> Result<()> {
         let seq = self.sequence + 1;
-        let slot = HeadSlot::new(seq, head.segment_base, head.durable_end, head.visible_end, head.next_position);
+        let slot = HeadSlot::new(
+            seq,
+            head.segment_base,
+            head.durable_end,
+            head.visible_end,
+            head.next_position,
+        );
         let at = if seq % 2 == 1 { 0 } else { HEAD_SLOT_LEN as u64 };
         self.file
             .write_at(at, slot.as_bytes())

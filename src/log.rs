@@ -242,7 +242,9 @@ pub struct Log {
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("dir", &self.inner.dir).finish_non_exhaustive()
+        f.debug_struct("Log")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -685,7 +687,11 @@ impl Inner {
             Durability::Fsync => io.durable,
             Durability::Buffered => io.offset,
         };
-        let visible_position = if visible == io.offset { next_position } else { lock(&self.published).next_position };
+        let visible_position = if visible == io.offset {
+            next_position
+        } else {
+            lock(&self.published).next_position
+        };
         let head = Head {
             sequence: 0,
             segment_base: io.base,

@@ -50,7 +50,10 @@ impl Mapping {
             return Ok(Mapping { map: None });
         }
         let Ok(len_usize) = usize::try_from(len) else {
-            return Err(Error::InvalidArgument(format!("{}: {len} bytes cannot be mapped", path.display())));
+            return Err(Error::InvalidArgument(format!(
+                "{}: {len} bytes cannot be mapped",
+                path.display()
+            )));
         };
         // SAFETY: per the module documentation, the bytes `[0, len)` of this
         // file are never modified by annal while any mapping of them lives

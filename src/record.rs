@@ -71,7 +71,12 @@ impl<'a> EventData<'a> {
 
     /// The number of bytes this event occupies as a record in `stream`.
     pub(crate) fn record_len(&self, stream: &str) -> u64 {
-        record_len(stream.len(), self.event_type.len(), self.metadata.len(), self.payload.len())
+        record_len(
+            stream.len(),
+            self.event_type.len(),
+            self.metadata.len(),
+            self.payload.len(),
+        )
     }
 }
 
@@ -214,7 +219,10 @@ pub(crate) fn parse_record(bytes: &[u8], verify_crc: bool) -> Result<(RecordRef<
     let Some(rec) = bytes.get(..len) else {
         return Err((
             0,
-            format!("record_len {len} runs past the end of its frame ({} bytes remain)", bytes.len()),
+            format!(
+                "record_len {len} runs past the end of its frame ({} bytes remain)",
+                bytes.len()
+            ),
         ));
     };
     if verify_crc {
@@ -222,11 +230,17 @@ pub(crate) fn parse_record(bytes: &[u8], verify_crc: bool) -> Result<(RecordRef<
         if got != header.crc.get() {
             return Err((
                 4,
-                format!("record CRC mismatch: stored {:#010x}, computed {got:#010x}", header.crc.get()),
+                format!(
+                    "record CRC mismatch: stored {:#010x}, computed {got:#010x}",
+                    header.crc.get()
+                ),
             ));
         }
         if header.flags.get() != 0 || header.reserved0.get() != 0 || header.reserved1.get() != 0 {
-            return Err((52, "expected record flags and reserved fields to be zero in format v1".into()));
+            return Err((
+                52,
+                "expected record flags and reserved fields to be zero in format v1".into(),
+            ));
         }
     }
     if s == 0 || t == 0 {
@@ -278,7 +292,10 @@ mod tests {
         let (r, len) = parse_record(&out, true).unwrap();
         assert_eq!(len, out.len());
         assert_eq!((r.position(), r.stream_version(), r.timestamp()), (7, 3, 99));
-        assert_eq!((r.stream(), r.event_type(), r.metadata(), r.payload()), ("s-1", "Type", &b"m"[..], &b"payload"[..]));
+        assert_eq!(
+            (r.stream(), r.event_type(), r.metadata(), r.payload()),
+            ("s-1", "Type", &b"m"[..], &b"payload"[..])
+        );
         for i in 8..out.len() {
             let mut bad = out.clone();
             bad[i] ^= 0x10;

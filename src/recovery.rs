@@ -212,7 +212,11 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 Ok(())
             }
             Some(id) if id == h.log_id => Ok(()),
-            Some(_) => Err(corrupt(path, 16, "the segment's log_id differs from the log's: it belongs to another log")),
+            Some(_) => Err(corrupt(
+                path,
+                16,
+                "the segment's log_id differs from the log's: it belongs to another log",
+            )),
         }
     };
     let mut next = listing.segments.first().copied().unwrap_or(0);
@@ -242,7 +246,10 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
             return Err(corrupt(
                 &path,
                 bytes.len() as u64,
-                format!("the head says bytes up to {} are durable, but the file ends here", h.durable_end),
+                format!(
+                    "the head says bytes up to {} are durable, but the file ends here",
+                    h.durable_end
+                ),
             ));
         }
         last_ts = walk.last_timestamp;
@@ -261,9 +268,15 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
             // Torn while being created: it cannot hold a frame (spec 6, step 4).
             let _ = d;
             if !sealed_bases.is_empty() && last != next {
-                return Err(corrupt(&path, 32, format!("expected a segment starting at position {next}, found {last}")));
+                return Err(corrupt(
+                    &path,
+                    32,
+                    format!("expected a segment starting at position {next}, found {last}"),
+                ));
             }
-            let id = log_id.or(opts.log_id).unwrap_or_else(|| uuid::Uuid::new_v4().into_bytes());
+            let id = log_id
+                .or(opts.log_id)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().into_bytes());
             log_id = Some(id);
             let header = SegmentHeader::new(id, last, last_ts, (opts.clock)());
             create_segment(io, dir, &header, false)?;
@@ -276,7 +289,10 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 return Err(corrupt(
                     &path,
                     32,
-                    format!("expected base_position {last} (from the file name), found {}", header.base_position.get()),
+                    format!(
+                        "expected base_position {last} (from the file name), found {}",
+                        header.base_position.get()
+                    ),
                 ));
             }
             if !sealed_bases.is_empty() && last != next {

@@ -85,7 +85,10 @@ pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool) -> Result
     let Some(body) = usize::try_from(len).ok().and_then(|l| bytes.get(FRAME_HEADER_LEN..l)) else {
         return Err(Damage::corrupt(
             off + 8,
-            format!("frame_len {len} runs past the end of the file ({} bytes remain)", bytes.len()),
+            format!(
+                "frame_len {len} runs past the end of the file ({} bytes remain)",
+                bytes.len()
+            ),
         ));
     };
     if h.kind == FRAME_KIND_SEAL {
@@ -110,7 +113,11 @@ pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool) -> Result
                 if rec.stream() != r0.stream() {
                     return Err(Damage::corrupt(
                         at + 72,
-                        format!("expected stream {:?} throughout the batch, found {:?}", r0.stream(), rec.stream()),
+                        format!(
+                            "expected stream {:?} throughout the batch, found {:?}",
+                            r0.stream(),
+                            rec.stream()
+                        ),
                     ));
                 }
                 if rec.stream_version() != v0 + i {
@@ -134,7 +141,11 @@ pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool) -> Result
     if !rest.is_empty() {
         return Err(Damage::corrupt(
             at,
-            format!("expected {} records to fill the frame, found {} bytes left over", frame.count, rest.len()),
+            format!(
+                "expected {} records to fill the frame, found {} bytes left over",
+                frame.count,
+                rest.len()
+            ),
         ));
     }
     Ok(Frame {
@@ -212,7 +223,10 @@ pub(crate) fn walk_segment(
         if frame.first_position != w.next_position {
             w.stop = Some(Damage::corrupt(
                 off + 16,
-                format!("expected the frame to start at position {}, found {}", w.next_position, frame.first_position),
+                format!(
+                    "expected the frame to start at position {}, found {}",
+                    w.next_position, frame.first_position
+                ),
             ));
             break;
         }

@@ -179,7 +179,10 @@ impl<'a> Iterator for ReadAll<'a> {
             if self.off == SEGMENT_HEADER_LEN && seg.base != self.pos {
                 let d = Damage::corrupt(
                     32,
-                    format!("expected the segment to start at position {}, found base position {}", self.pos, seg.base),
+                    format!(
+                        "expected the segment to start at position {}, found base position {}",
+                        self.pos, seg.base
+                    ),
                 );
                 return self.fail(&seg.path, d);
             }
@@ -204,7 +207,10 @@ impl<'a> Iterator for ReadAll<'a> {
             if len > rest.len() as u64 {
                 let d = Damage::corrupt(
                     off + 8,
-                    format!("frame_len {len} runs past the end of the segment ({} bytes remain)", rest.len()),
+                    format!(
+                        "frame_len {len} runs past the end of the segment ({} bytes remain)",
+                        rest.len()
+                    ),
                 );
                 return self.fail(&seg.path, d);
             }
@@ -264,7 +270,6 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
-
 /// Read and check the segment header of `file`.
 pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result<SegmentHeader> {
     let mut buf = [0u8; SEGMENT_HEADER_LEN];
@@ -276,7 +281,10 @@ pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result
         return Err(Error::Corrupt {
             path: path.to_owned(),
             offset: 32,
-            detail: format!("expected base_position {base} (from the file name), found {}", h.base_position.get()),
+            detail: format!(
+                "expected base_position {base} (from the file name), found {}",
+                h.base_position.get()
+            ),
         });
     }
     Ok(h)
@@ -288,7 +296,11 @@ pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
     let path = dir.join(segment_file_name(base));
     let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
     read_segment_header(&file, &path, base)?;
-    let map = Mapping::map(&file, file.metadata().map_err(|e| Error::io("stat", &path, e))?.len(), &path)?;
+    let map = Mapping::map(
+        &file,
+        file.metadata().map_err(|e| Error::io("stat", &path, e))?.len(),
+        &path,
+    )?;
     let bytes = map.bytes();
     let seal_at = bytes.len().saturating_sub(FRAME_HEADER_LEN).max(SEGMENT_HEADER_LEN);
     let seal = validate_frame(&bytes[seal_at..], seal_at as u64, true)
@@ -296,18 +308,19 @@ pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
             if f.kind == FRAME_KIND_SEAL {
                 Ok(f)
             } else {
-                Err(Damage::corrupt(seal_at as u64, "expected a seal frame at the end of a sealed segment, found a batch"))
+                Err(Damage::corrupt(
+                    seal_at as u64,
+                    "expected a seal frame at the end of a sealed segment, found a batch",
+                ))
             }
         })
-        .map_err(|d| {
-            Error::Corrupt {
-                path: path.clone(),
-                offset: d.offset,
-                detail: format!(
-                    "a segment followed by another must end with a seal (is it truncated?): {}",
-                    d.detail()
-                ),
-            }
+        .map_err(|d| Error::Corrupt {
+            path: path.clone(),
+            offset: d.offset,
+            detail: format!(
+                "a segment followed by another must end with a seal (is it truncated?): {}",
+                d.detail()
+            ),
         })?;
     Ok((
         ViewSegment {
@@ -353,7 +366,10 @@ impl Reader {
             return Err(Error::Corrupt {
                 path: self.dir.join(head::HEAD_FILE),
                 offset: 24,
-                detail: format!("the head names segment {}, which does not exist", segment_file_name(h.segment_base)),
+                detail: format!(
+                    "the head names segment {}, which does not exist",
+                    segment_file_name(h.segment_base)
+                ),
             });
         }
         // Segments visible: all, or up to the head's segment.
@@ -369,7 +385,10 @@ impl Reader {
                 return Err(Error::Corrupt {
                     path: self.dir.join(segment_file_name(base)),
                     offset: 32,
-                    detail: format!("expected a segment starting at position {}, found {base}", self.sealed_next),
+                    detail: format!(
+                        "expected a segment starting at position {}, found {base}",
+                        self.sealed_next
+                    ),
                 });
             }
             let (seg, next) = open_sealed(&self.dir, base)?;
@@ -424,7 +443,11 @@ impl ActiveRead {
     /// them. Damage below `durable` is corruption; past it, the writer may be
     /// mid-write (or crashed), so validation stops quietly.
     fn validate(&mut self, limit: u64, durable: u64) -> Result<()> {
-        let file_len = self.file.metadata().map_err(|e| Error::io("stat", &*self.path, e))?.len();
+        let file_len = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("stat", &*self.path, e))?
+            .len();
         let limit = limit.min(file_len);
         loop {
             let off = self.validated_end;
@@ -433,23 +456,28 @@ impl ActiveRead {
             }
             let mut hdr = [0u8; FRAME_HEADER_LEN];
             read_exact_at(&self.file, &mut hdr, off).map_err(|e| Error::io("read", &*self.path, e))?;
-            let step = FrameHeader::parse(&hdr, off).map(|h| h.frame_len.get()).and_then(|len| {
-                if off + len > limit {
-                    return Ok(None);
-                }
-                // len <= limit - off <= file length: a checked allocation.
-                self.buf.resize(len as usize, 0);
-                read_exact_at(&self.file, &mut self.buf, off)
-                    .map_err(|e| Damage::corrupt(off, format!("read failed: {e}")))?;
-                let f = validate_frame(&self.buf, off, true)?;
-                if f.first_position != self.next_position {
-                    return Err(Damage::corrupt(
-                        off + 16,
-                        format!("expected a frame starting at position {}, found {}", self.next_position, f.first_position),
-                    ));
-                }
-                Ok(Some(f))
-            });
+            let step = FrameHeader::parse(&hdr, off)
+                .map(|h| h.frame_len.get())
+                .and_then(|len| {
+                    if off + len > limit {
+                        return Ok(None);
+                    }
+                    // len <= limit - off <= file length: a checked allocation.
+                    self.buf.resize(len as usize, 0);
+                    read_exact_at(&self.file, &mut self.buf, off)
+                        .map_err(|e| Damage::corrupt(off, format!("read failed: {e}")))?;
+                    let f = validate_frame(&self.buf, off, true)?;
+                    if f.first_position != self.next_position {
+                        return Err(Damage::corrupt(
+                            off + 16,
+                            format!(
+                                "expected a frame starting at position {}, found {}",
+                                self.next_position, f.first_position
+                            ),
+                        ));
+                    }
+                    Ok(Some(f))
+                });
             match step {
                 Ok(Some(f)) => {
                     self.validated_end = off + f.len;
