@@ -572,6 +572,13 @@ impl Inner {
         let first_position = st.next_position;
         let first_version = current.map_or(0, |v| v + 1);
         let durable = st.seg_durable;
+        // Generated ids: one UUID v7 per batch, then its 62 random low bits
+        // counted up, so ids stay unique and ordered within the batch.
+        let id_base = if events.iter().any(|e| e.id.is_none()) {
+            Uuid::now_v7().as_u128()
+        } else {
+            0
+        };
         let buf = &mut st.cur;
         let start = buf.len();
         buf.resize(start + FRAME_HEADER_LEN, 0);
@@ -580,7 +587,7 @@ impl Inner {
                 position: first_position + i as u64,
                 stream_version: first_version + i as u64,
                 timestamp,
-                event_id: ev.id.unwrap_or_else(Uuid::now_v7).into_bytes(),
+                event_id: ev.id.map_or_else(|| generated_id(id_base, i as u64), Uuid::into_bytes),
             };
             encode_record(buf, stream, ev, &stamp);
         }
@@ -787,6 +794,14 @@ impl Inner {
         io.head.write(head)?;
         io.head.sync()
     }
+}
+
+/// The `i`-th generated id of a batch whose first generated id is `base` (a UUID
+/// v7): the low 62 bits (`rand_b`) count up, wrapping within those bits, so the
+/// version and variant bits are untouched.
+fn generated_id(base: u128, i: u64) -> [u8; 16] {
+    const LOW: u128 = (1 << 62) - 1;
+    ((base & !LOW) | (base.wrapping_add(i as u128) & LOW)).to_be_bytes()
 }
 
 impl State {

@@ -129,8 +129,10 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, stream: &str, ev: &EventData<'_>,
 #[derive(Clone, Copy)]
 pub struct RecordRef<'a> {
     header: &'a RecordHeader,
-    stream: &'a str,
-    event_type: &'a str,
+    // UTF-8 is checked when the record's batch is validated; the accessors
+    // convert lazily so replay that does not look at names pays nothing.
+    stream: &'a [u8],
+    event_type: &'a [u8],
     metadata: &'a [u8],
     payload: &'a [u8],
 }
@@ -158,10 +160,19 @@ impl<'a> RecordRef<'a> {
     }
     /// The stream name.
     pub fn stream(&self) -> &'a str {
+        // Validated as UTF-8 with its batch (`validate_frame`); never empty then.
+        std::str::from_utf8(self.stream).unwrap_or_default()
+    }
+    /// The stream name as stored (UTF-8 bytes), without conversion.
+    pub fn stream_bytes(&self) -> &'a [u8] {
         self.stream
     }
     /// The event type.
     pub fn event_type(&self) -> &'a str {
+        std::str::from_utf8(self.event_type).unwrap_or_default()
+    }
+    /// The event type as stored (UTF-8 bytes), without conversion.
+    pub fn event_type_bytes(&self) -> &'a [u8] {
         self.event_type
     }
     /// The metadata bytes.
@@ -178,9 +189,9 @@ impl std::fmt::Debug for RecordRef<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordRef")
             .field("position", &self.position())
-            .field("stream", &self.stream)
+            .field("stream", &self.stream())
             .field("stream_version", &self.stream_version())
-            .field("event_type", &self.event_type)
+            .field("event_type", &self.event_type())
             .field("timestamp", &self.timestamp())
             .field("event_id", &self.event_id())
             .field("schema_version", &self.schema_version())
@@ -192,6 +203,8 @@ impl std::fmt::Debug for RecordRef<'_> {
 
 /// Parse the record at the start of `bytes` (which may hold more after it).
 /// Returns the record and its length. Errors are `(offset within bytes, detail)`.
+/// Stream name and event type are not checked for UTF-8 here: batch
+/// validation does that once per distinct value (see `validate_frame`).
 pub(crate) fn parse_record(bytes: &[u8], verify_crc: bool) -> Result<(RecordRef<'_>, usize), (usize, String)> {
     let Ok((header, _)) = RecordHeader::ref_from_prefix(bytes) else {
         return Err((
@@ -255,12 +268,6 @@ pub(crate) fn parse_record(bytes: &[u8], verify_crc: bool) -> Result<(RecordRef<
     if verify_crc && padding.iter().any(|&b| b != 0) {
         return Err((len - padding.len(), "expected zero padding bytes".into()));
     }
-    let Ok(stream) = std::str::from_utf8(stream) else {
-        return Err((RECORD_HEADER_LEN, "expected the stream name to be UTF-8".into()));
-    };
-    let Ok(event_type) = std::str::from_utf8(event_type) else {
-        return Err((RECORD_HEADER_LEN + s, "expected the event type to be UTF-8".into()));
-    };
     Ok((
         RecordRef {
             header,

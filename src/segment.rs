@@ -12,7 +12,8 @@ use zerocopy::IntoBytes;
 
 use crate::error::Damage;
 use crate::format::{
-    ALIGN, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
+    ALIGN, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    SegmentHeader,
 };
 use crate::record::{RecordRef, parse_record};
 
@@ -96,7 +97,8 @@ pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool) -> Result
     }
     let mut rest = body;
     let mut at = off + FRAME_HEADER_LEN as u64;
-    let mut first: Option<(RecordRef<'_>, u64)> = None;
+    let mut first: Option<RecordRef<'_>> = None;
+    let mut prev_type: &[u8] = &[];
     let mut last_ts = 0;
     for i in 0..frame.count as u64 {
         let (rec, rlen) = parse_record(rest, verify_crc).map_err(|(o, d)| Damage::corrupt(at + o as u64, d))?;
@@ -107,23 +109,43 @@ pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool) -> Result
                 format!("expected record position {want_pos}, found {}", rec.position()),
             ));
         }
+        // UTF-8 is checked once per distinct stream name and event type.
+        if rec.event_type_bytes() != prev_type {
+            if std::str::from_utf8(rec.event_type_bytes()).is_err() {
+                let o = at + (RECORD_HEADER_LEN + rec.stream_bytes().len()) as u64;
+                return Err(Damage::corrupt(o, "expected the event type to be UTF-8"));
+            }
+            prev_type = rec.event_type_bytes();
+        }
         match &first {
-            None => first = Some((rec, rec.stream_version())),
-            Some((r0, v0)) => {
-                if rec.stream() != r0.stream() {
+            None => {
+                if std::str::from_utf8(rec.stream_bytes()).is_err() {
                     return Err(Damage::corrupt(
-                        at + 72,
+                        at + RECORD_HEADER_LEN as u64,
+                        "expected the stream name to be UTF-8",
+                    ));
+                }
+                first = Some(rec);
+            }
+            Some(r0) => {
+                if rec.stream_bytes() != r0.stream_bytes() {
+                    return Err(Damage::corrupt(
+                        at + RECORD_HEADER_LEN as u64,
                         format!(
                             "expected stream {:?} throughout the batch, found {:?}",
                             r0.stream(),
-                            rec.stream()
+                            String::from_utf8_lossy(rec.stream_bytes())
                         ),
                     ));
                 }
-                if rec.stream_version() != v0 + i {
+                if rec.stream_version() != r0.stream_version() + i {
                     return Err(Damage::corrupt(
                         at + 16,
-                        format!("expected stream version {}, found {}", v0 + i, rec.stream_version()),
+                        format!(
+                            "expected stream version {}, found {}",
+                            r0.stream_version() + i,
+                            rec.stream_version()
+                        ),
                     ));
                 }
                 if rec.timestamp() < last_ts {

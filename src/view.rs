@@ -94,6 +94,12 @@ impl LogView {
         self.segments.iter().map(|s| s.map.bytes().len() as u64).sum()
     }
 
+    /// The visible bytes of each segment, in log order: the memory mappings
+    /// records borrow from (for verification tools and benchmarks).
+    pub fn segment_bytes(&self) -> impl Iterator<Item = &[u8]> {
+        self.segments.iter().map(|s| s.map.bytes())
+    }
+
     /// Replay every visible record from position `from` on, in position order,
     /// checking CRCs.
     pub fn read_all(&self, from: u64) -> ReadAll<'_> {
