@@ -60,3 +60,16 @@ pub use record::{EventData, RecordRef};
 pub use recovery::LOCK_FILE;
 pub use uuid::Uuid;
 pub use view::{LogView, ReadAll, ReadOptions, Reader};
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn shared_types_are_send_and_sync() {
+        assert_send_sync::<crate::Log>();
+        assert_send_sync::<crate::LogView>();
+        assert_send_sync::<crate::Reader>();
+        assert_send_sync::<crate::Error>();
+    }
+}
