@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use zerocopy::IntoBytes;
 
-use crate::error::{Damage, Error, Result};
+use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot};
 use crate::io::{Io, IoFile};
 
@@ -33,9 +33,11 @@ pub struct Head {
     pub next_position: u64,
 }
 
-/// Decode the current slot from the head file's bytes. `Ok(None)` if no slot
-/// is valid; the damage of each invalid slot is returned for reporting.
-pub(crate) fn decode(bytes: &[u8]) -> (Option<Head>, Vec<Damage>) {
+/// Decode the current slot from the head file's bytes. `None` if no slot is
+/// valid; the damage of each invalid slot is returned for reporting. A slot
+/// that is intact (magic and CRC) but of an unsupported format version is an
+/// error, not a slot to ignore: a newer writer wrote it.
+pub(crate) fn decode(bytes: &[u8]) -> Result<(Option<Head>, Vec<Damage>), Damage> {
     let mut best: Option<Head> = None;
     let mut damage = Vec::new();
     for i in 0..2 {
@@ -54,10 +56,16 @@ pub(crate) fn decode(bytes: &[u8]) -> (Option<Head>, Vec<Damage>) {
                     best = Some(h);
                 }
             }
+            Err(
+                d @ Damage {
+                    kind: DamageKind::Version(_),
+                    ..
+                },
+            ) => return Err(d),
             Err(d) => damage.push(d),
         }
     }
-    (best, damage)
+    Ok((best, damage))
 }
 
 /// Read the head file of `dir`. `Ok(None)` if it does not exist or no slot is
@@ -74,7 +82,7 @@ pub(crate) fn read(dir: &Path) -> Result<Option<Head>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", &path, e)),
     }
-    Ok(decode(&bytes).0)
+    Ok(decode(&bytes).map_err(|d| d.at(&path))?.0)
 }
 
 /// The writer's handle on the head file.

@@ -220,6 +220,16 @@ impl<'a> Iterator for ReadAll<'a> {
                 );
                 return self.fail(&seg.path, d);
             }
+            if h.kind == FRAME_KIND_SEAL && rest.len() as u64 != len {
+                let d = Damage::corrupt(
+                    off + len,
+                    format!(
+                        "expected the segment to end at its seal, found {} more bytes",
+                        rest.len() as u64 - len
+                    ),
+                );
+                return self.fail(&seg.path, d);
+            }
             if h.kind == FRAME_KIND_SEAL || first + count <= self.from {
                 // A seal, or a batch wholly before `from`: skip it unread.
                 self.off += len as usize;
@@ -343,6 +353,22 @@ impl Reader {
     /// takes the writer lock.
     pub fn open(dir: impl AsRef<Path>) -> Result<Reader> {
         let dir = dir.as_ref().to_owned();
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::NotALog {
+                    path: dir,
+                    detail: "it is not a directory".into(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotALog {
+                    path: dir,
+                    detail: "it does not exist".into(),
+                });
+            }
+            Err(e) => return Err(Error::io("stat", &dir, e)),
+        }
         if list_segments(&dir)?.is_empty() {
             return Err(Error::NotALog {
                 path: dir,
@@ -493,6 +519,15 @@ impl ActiveRead {
                 Err(d) if off < durable => return Err(d.at(&*self.path)),
                 Err(_) => break,
             }
+        }
+        if self.validated_end < durable {
+            return Err(Error::Corrupt {
+                path: self.path.to_path_buf(),
+                offset: self.validated_end,
+                detail: format!(
+                    "the head file says bytes up to {durable} are durable, but complete batches end here                      (the file is {file_len} bytes long): durable data is missing or damaged"
+                ),
+            });
         }
         Ok(())
     }

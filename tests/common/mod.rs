@@ -1,0 +1,250 @@
+//! Helpers shared by the integration tests: scratch directories, crash images,
+//! owned copies of records, a small seeded RNG and byte surgery on segments.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use annal::{LogView, RecordRef, Uuid};
+
+/// A fresh temporary directory. Uses `/dev/shm` when it exists (many cases
+/// below open logs, and every open fsyncs), else the system temp dir. The
+/// semantics tested do not depend on the file system: crash images are copies.
+pub fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(d) = tempfile::Builder::new().prefix("annal-test-").tempdir_in(shm)
+    {
+        return d;
+    }
+    tempfile::Builder::new()
+        .prefix("annal-test-")
+        .tempdir()
+        .expect("create a temp dir")
+}
+
+/// An owned copy of everything a record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rec {
+    pub position: u64,
+    pub stream: String,
+    pub stream_version: u64,
+    pub event_type: String,
+    pub metadata: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub event_id: Uuid,
+    pub schema_version: u32,
+    pub timestamp: u64,
+}
+
+impl Rec {
+    pub fn of(r: &RecordRef<'_>) -> Rec {
+        Rec {
+            position: r.position(),
+            stream: r.stream().to_owned(),
+            stream_version: r.stream_version(),
+            event_type: r.event_type().to_owned(),
+            metadata: r.metadata().to_owned(),
+            payload: r.payload().to_owned(),
+            event_id: r.event_id(),
+            schema_version: r.schema_version(),
+            timestamp: r.timestamp(),
+        }
+    }
+}
+
+/// Every record from `from` on, or the first error.
+pub fn read_all(view: &LogView, from: u64) -> annal::Result<Vec<Rec>> {
+    view.read_all(from).map(|r| r.map(|r| Rec::of(&r))).collect()
+}
+
+/// The records returned before the first error, and that error (if any).
+pub fn read_until_err(view: &LogView, from: u64) -> (Vec<Rec>, Option<annal::Error>) {
+    let mut out = Vec::new();
+    for r in view.read_all(from) {
+        match r {
+            Ok(r) => out.push(Rec::of(&r)),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    (out, None)
+}
+
+/// Read a whole log through `annal::Reader` (no lock).
+pub fn read_with_reader(dir: &Path) -> annal::Result<Vec<Rec>> {
+    let mut reader = annal::Reader::open(dir)?;
+    let view = reader.view()?;
+    read_all(&view, 0)
+}
+
+/// The segment files of `dir`, in log order.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("read log dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Copy every file of the log in `src` (segments and head, not the lock) into `dst`.
+pub fn copy_log(src: &Path, dst: &Path) {
+    for e in fs::read_dir(src).expect("read log dir") {
+        let e = e.expect("dir entry");
+        let name = e.file_name();
+        if name == annal::LOCK_FILE {
+            continue;
+        }
+        fs::copy(e.path(), dst.join(&name)).expect("copy log file");
+    }
+}
+
+/// What a killed writer leaves: a copy of the log directory taken while the
+/// writer is still open (nothing closed cleanly, nothing fsynced by close).
+pub fn crash_image(dir: &Path) -> tempfile::TempDir {
+    let img = scratch();
+    copy_log(dir, img.path());
+    img
+}
+
+/// A fresh copy of a log (image or cleanly closed log) to damage.
+pub fn fresh_copy(src: &Path) -> tempfile::TempDir {
+    let d = scratch();
+    copy_log(src, d.path());
+    d
+}
+
+/// Name -> bytes of every file in `dir` except the lock file.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for e in fs::read_dir(dir).expect("read dir") {
+        let e = e.expect("dir entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == annal::LOCK_FILE {
+            continue;
+        }
+        m.insert(name, fs::read(e.path()).expect("read file"));
+    }
+    m
+}
+
+/// Names of every entry in `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn file_len(p: &Path) -> u64 {
+    fs::metadata(p).expect("stat").len()
+}
+
+/// Replace the bytes of file `p` with `f(bytes)`.
+pub fn edit(p: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut b = fs::read(p).expect("read file");
+    f(&mut b);
+    fs::write(p, &b).expect("write file");
+}
+
+pub fn file_name(p: &Path) -> String {
+    p.file_name().expect("file name").to_string_lossy().into_owned()
+}
+
+pub fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+pub fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// A frame found by walking a segment's bytes (no validation beyond lengths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameAt {
+    pub offset: u64,
+    pub len: u64,
+    pub kind: u8,
+    pub first_position: u64,
+    pub record_count: u32,
+}
+
+/// Walk the frames of an undamaged segment file (spec 3.1: frame_len at 8,
+/// first_position at 16, record_count at 24, kind at 28).
+pub fn frames(seg: &[u8]) -> Vec<FrameAt> {
+    let mut out = Vec::new();
+    let mut off = 128usize;
+    while off + 72 <= seg.len() {
+        assert_eq!(&seg[off..off + 4], b"BTCH", "frame magic at {off}");
+        let len = u64_at(seg, off + 8);
+        out.push(FrameAt {
+            offset: off as u64,
+            len,
+            kind: seg[off + 28],
+            first_position: u64_at(seg, off + 16),
+            record_count: u32_at(seg, off + 24),
+        });
+        off += len as usize;
+    }
+    assert_eq!(off, seg.len(), "frames fill the segment");
+    out
+}
+
+/// Recompute the segment header CRC (bytes [0,124) stored at 124).
+pub fn fix_segment_header_crc(seg: &mut [u8]) {
+    let crc = crc32fast::hash(&seg[..124]);
+    seg[124..128].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Recompute the CRC of the frame header at `off` (bytes [8,72) stored at 4).
+pub fn fix_frame_header_crc(seg: &mut [u8], off: usize) {
+    let crc = crc32fast::hash(&seg[off + 8..off + 72]);
+    seg[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// splitmix64: small, seedable, good enough for test data.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform-ish in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// The seed for a randomized test: `ANNAL_TEST_SEED` if set, else derived from
+/// the clock. Printed so that a failure can be reproduced.
+pub fn seed(test: &str) -> u64 {
+    let s = match std::env::var("ANNAL_TEST_SEED") {
+        Ok(v) => v.parse().expect("ANNAL_TEST_SEED must be a u64"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    };
+    println!("{test}: seed {s} (rerun with ANNAL_TEST_SEED={s})");
+    s
+}
+
+/// A payload of `n` bytes derived from `tag` (deterministic, not all equal).
+pub fn payload(tag: u64, n: usize) -> Vec<u8> {
+    let mut r = Rng::new(tag.wrapping_mul(0x1234_5678_9ABC_DEF1) ^ n as u64);
+    r.bytes(n)
+}
