@@ -76,11 +76,23 @@ fn take_lock(dir: &Path, io: &dyn Io) -> Result<File> {
         }
     }
     let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::Locked { path }),
-        Err(TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    // A lock released by a closing writer can look held for a moment: a child
+    // process forked by another thread shares the lock file's description
+    // between its fork and its exec (the descriptor is close-on-exec). Retry a
+    // few times, about 30 ms in all, before reporting `Locked`.
+    let mut wait = std::time::Duration::from_millis(2);
+    for attempt in 0.. {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if attempt < 4 => {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
     }
+    Err(Error::Locked { path })
 }
 
 fn create_segment(io: &dyn Io, dir: &Path, header: &SegmentHeader, fresh: bool) -> Result<()> {

@@ -390,8 +390,10 @@ impl Reader {
 
     /// Refresh and return a view of everything currently visible.
     pub fn view(&mut self) -> Result<LogView> {
-        let bases = list_segments(&self.dir)?;
+        // The head first: the writer creates a segment before any head slot
+        // names it, so every segment the head names is in the listing after.
         let head = head::read(&self.dir)?;
+        let bases = list_segments(&self.dir)?;
         if let Some(h) = head
             && bases.binary_search(&h.segment_base).is_err()
         {
