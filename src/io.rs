@@ -23,6 +23,10 @@ pub trait Io: Send + Sync + Debug {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Make the directory's entries (creates, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Create a directory and its missing parents.
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
 }
 
 /// A file open for writing through the seam.

@@ -130,7 +130,12 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound && opts.create => {
-            fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+            io.create_dir(dir).map_err(|e| Error::io("create directory", dir, e))?;
+            // The new directory's entry is durable once its parent is synced.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                io.sync_dir(parent)
+                    .map_err(|e| Error::io("fsync directory", parent, e))?;
+            }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(Error::NotALog {
