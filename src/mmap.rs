@@ -24,6 +24,9 @@
 //!    existing mapping keeps the old inode's bytes.
 //! 4. Iterators and views hold an `Arc<Mapping>`, so a mapping outlives every
 //!    slice borrowed from it.
+//! 5. **Recovery** maps the whole active segment while it holds the writer lock
+//!    (so no annal process writes to the file), reads it, and drops the
+//!    mapping before it truncates a torn tail.
 //!
 //! Changes to the files by anything other than annal (an editor, a disk fault)
 //! are outside this contract; `annal check` exists to detect them, and every

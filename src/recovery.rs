@@ -18,6 +18,7 @@ use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::head::{self, HEAD_FILE};
 use crate::io::Io;
 use crate::log::{Options, Recovery, Truncation};
+use crate::mmap::Mapping;
 use crate::segment::{frame_records, parse_segment_file_name, resync_max_durable, segment_file_name, walk_segment};
 use crate::view::{ViewSegment, open_sealed};
 
@@ -276,11 +277,16 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
 
     // The active segment.
     let path = dir.join(segment_file_name(last));
-    let bytes = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
-    let file_len = bytes.len() as u64;
+    let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+    // Mapped, not copied: we hold the writer lock, so no annal process changes
+    // the file while this mapping lives (see `mmap`, case 5). It is dropped
+    // before recovery truncates the file.
+    let map = Mapping::map(&file, file_len, &path)?;
+    let bytes = map.bytes();
     let mut active_base = last;
     let active_end;
-    match SegmentHeader::parse(&bytes) {
+    match SegmentHeader::parse(bytes) {
         Err(d) if bytes.len() <= SEGMENT_HEADER_LEN && head.is_none_or(|h| h.segment_base != last) => {
             // Torn while being created: it cannot hold a frame (spec 6, step 4).
             let _ = d;
@@ -302,6 +308,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         }
         Err(d) => return Err(d.at(&path)),
         Ok(header) => {
+            let header = *header;
             if header.base_position.get() != last {
                 return Err(corrupt(
                     &path,
@@ -319,14 +326,14 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                     format!("expected a segment starting at position {next} (is one missing?), found {last}"),
                 ));
             }
-            check_log_id(header, &path)?;
-            let walk = walk_segment(&bytes, header, true, &mut on_batch);
+            check_log_id(&header, &path)?;
+            let walk = walk_segment(bytes, &header, true, &mut on_batch);
             let head_durable = head.filter(|h| h.segment_base == last).map_or(0, |h| h.durable_end);
             if let Some(d) = walk.stop {
                 let x = walk.end;
                 let boundary = (SEGMENT_HEADER_LEN as u64)
                     .max(walk.max_durable)
-                    .max(resync_max_durable(&bytes, x))
+                    .max(resync_max_durable(bytes, x))
                     .max(head_durable);
                 if x < boundary {
                     return Err(corrupt(
@@ -339,6 +346,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                         ),
                     ));
                 }
+                drop(map);
                 let f = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
                 f.truncate(x).map_err(|e| Error::io("truncate", &path, e))?;
                 f.sync().map_err(|e| Error::io("fsync", &path, e))?;
