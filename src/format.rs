@@ -101,6 +101,113 @@ pub(crate) struct HeadSlot {
     pub reserved1: U64,
 }
 
+/// Header of a segment index file (spec 17.1).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+pub(crate) struct IdxHeader {
+    pub magic: [u8; 8],
+    pub index_version: U16,
+    pub flags: U16,
+    pub reserved0: U32,
+    pub segment_base: U64,
+    pub segment_len: U64,
+    pub hash_mask: U64,
+    pub stream_count: U32,
+    pub stream_entry_count: U32,
+    pub category_count: U32,
+    pub category_entry_count: U32,
+    pub type_count: U32,
+    pub type_entry_count: U32,
+    pub frame_count: U32,
+    pub names_len: U32,
+    pub seal_crc: U32,
+    pub reserved1: [u8; 52],
+}
+
+/// Stream row of a segment index (spec 17.2).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+pub(crate) struct IdxStreamRow {
+    pub hash: U64,
+    pub name_offset: U32,
+    pub name_len: U16,
+    pub reserved0: U16,
+    pub first_version: U64,
+    pub last_version: U64,
+    pub entry_start: U32,
+    pub entry_count: U32,
+    pub prev_segment: U64,
+    pub prev_row: U32,
+    pub reserved1: U32,
+}
+
+/// Category or event type row of a segment index (spec 17.2).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+pub(crate) struct IdxNamedRow {
+    pub hash: U64,
+    pub name_offset: U32,
+    pub name_len: U16,
+    pub reserved0: U16,
+    pub entry_start: U32,
+    pub entry_count: U32,
+    pub reserved1: U64,
+}
+
+/// Header of the stream table (spec 18).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+pub(crate) struct StbHeader {
+    pub magic: [u8; 8],
+    pub table_version: U16,
+    pub flags: U16,
+    pub reserved0: U32,
+    pub next_segment: U64,
+    pub hash_mask: U64,
+    pub stream_count: U64,
+    pub names_len: U64,
+    pub reserved1: [u8; 16],
+}
+
+/// Row of the stream table (spec 18).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+pub(crate) struct StbRow {
+    pub hash: U64,
+    pub name_offset: U32,
+    pub name_len: U16,
+    pub reserved0: U16,
+    pub last_version: U64,
+    pub segment: U64,
+    pub row: U32,
+    pub reserved1: U32,
+}
+
+/// Magic of segment index files.
+pub const IDX_MAGIC: [u8; 8] = *b"ANNALIDX";
+/// Magic of the stream table.
+pub const STB_MAGIC: [u8; 8] = *b"ANNALSTB";
+/// Version of the index file layout.
+pub const INDEX_VERSION: u16 = 1;
+/// Version of the stream table layout.
+pub const STREAM_TABLE_VERSION: u16 = 1;
+/// Bytes of an index header.
+pub const IDX_HEADER_LEN: usize = size_of::<IdxHeader>();
+/// Bytes of an index stream row.
+pub const IDX_STREAM_ROW_LEN: usize = size_of::<IdxStreamRow>();
+/// Bytes of an index category or type row.
+pub const IDX_NAMED_ROW_LEN: usize = size_of::<IdxNamedRow>();
+/// Bytes of a stream table header.
+pub const STB_HEADER_LEN: usize = size_of::<StbHeader>();
+/// Bytes of a stream table row.
+pub const STB_ROW_LEN: usize = size_of::<StbRow>();
+
+const _: () = assert!(IDX_HEADER_LEN == 128);
+const _: () = assert!(IDX_STREAM_ROW_LEN == 56);
+const _: () = assert!(IDX_NAMED_ROW_LEN == 32);
+const _: () = assert!(STB_HEADER_LEN == 64);
+const _: () = assert!(STB_ROW_LEN == 40);
+
 /// Bytes of the segment header.
 pub const SEGMENT_HEADER_LEN: usize = size_of::<SegmentHeader>();
 /// Offset of the segment header's CRC; the CRC covers `[0, SEGMENT_HEADER_CRC_OFFSET)`.
@@ -464,6 +571,26 @@ mod tests {
         assert_eq!(offset_of!(HeadSlot, visible_end), 40);
         assert_eq!(offset_of!(HeadSlot, next_position), 48);
         assert_eq!(offset_of!(HeadSlot, reserved1), 56);
+
+        assert_eq!(offset_of!(IdxHeader, segment_base), 16);
+        assert_eq!(offset_of!(IdxHeader, hash_mask), 32);
+        assert_eq!(offset_of!(IdxHeader, stream_count), 40);
+        assert_eq!(offset_of!(IdxHeader, frame_count), 64);
+        assert_eq!(offset_of!(IdxHeader, names_len), 68);
+        assert_eq!(offset_of!(IdxHeader, seal_crc), 72);
+        assert_eq!(offset_of!(IdxHeader, reserved1), 76);
+        assert_eq!(offset_of!(IdxStreamRow, first_version), 16);
+        assert_eq!(offset_of!(IdxStreamRow, entry_start), 32);
+        assert_eq!(offset_of!(IdxStreamRow, prev_segment), 40);
+        assert_eq!(offset_of!(IdxStreamRow, prev_row), 48);
+        assert_eq!(offset_of!(IdxNamedRow, entry_start), 16);
+        assert_eq!(offset_of!(IdxNamedRow, reserved1), 24);
+        assert_eq!(offset_of!(StbHeader, next_segment), 16);
+        assert_eq!(offset_of!(StbHeader, stream_count), 32);
+        assert_eq!(offset_of!(StbHeader, names_len), 40);
+        assert_eq!(offset_of!(StbRow, last_version), 16);
+        assert_eq!(offset_of!(StbRow, segment), 24);
+        assert_eq!(offset_of!(StbRow, row), 32);
     }
 
     #[test]

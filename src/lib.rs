@@ -42,22 +42,30 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+mod blockfile;
 mod error;
 pub mod format;
+mod hash;
 mod head;
+mod index;
 pub mod io;
 mod log;
 mod mmap;
+mod query;
 mod record;
 mod recovery;
 pub mod segment;
+mod streamtable;
 mod view;
 
 pub use error::{Error, Result};
+pub use hash::{category_of, stream_hash};
 pub use head::HEAD_FILE;
 pub use log::{AppendResult, Clock, Durability, ExpectedVersion, Log, Options, Recovery, Truncation};
+pub use query::{Direction, ReadAllBackward, ReadNamed, ReadStream};
 pub use record::{EventData, RecordRef};
 pub use recovery::LOCK_FILE;
+pub use streamtable::STREAM_TABLE_FILE;
 pub use uuid::Uuid;
 pub use view::{LogView, ReadAll, ReadOptions, Reader};
 

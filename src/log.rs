@@ -21,19 +21,22 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::format::{FRAME_HEADER_LEN, MAX_RECORD_LEN, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::hash::stream_hash;
 use crate::head::{Head, HeadWriter};
+use crate::index::{self, IdxFile, Index, IndexCell, MemIndex, Prev};
 use crate::io::{Io, IoFile, StdIo};
 use crate::mmap::Mapping;
 use crate::record::{EventData, Stamp, encode_record};
 use crate::recovery::{self, Recovered};
 use crate::segment::{encode_seal, finish_batch_header, segment_file_name};
+use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 use crate::view::{LogView, ViewSegment};
 
 use zerocopy::IntoBytes;
@@ -106,6 +109,7 @@ pub struct Options {
     pub(crate) io: Arc<dyn Io>,
     pub(crate) clock: Clock,
     pub(crate) log_id: Option<[u8; 16]>,
+    pub(crate) hash_mask: u64,
 }
 
 impl std::fmt::Debug for Options {
@@ -138,6 +142,7 @@ impl Default for Options {
             io: Arc::new(StdIo),
             clock: Arc::new(system_clock),
             log_id: None,
+            hash_mask: u64::MAX,
         }
     }
 }
@@ -189,6 +194,15 @@ impl Options {
         self.log_id = Some(id);
         self
     }
+    /// Narrow the stream hash written into new index files and stream tables
+    /// (spec 19) to `mask`. Only for tests that force hash collisions: with a
+    /// narrow mask, many streams share a hash, which costs lookups time but
+    /// never mixes streams.
+    #[doc(hidden)]
+    pub fn stream_hash_mask(mut self, mask: u64) -> Self {
+        self.hash_mask = mask;
+        self
+    }
 }
 
 /// What opening the log did to recover from a crash.
@@ -203,6 +217,11 @@ pub struct Recovery {
     pub reinitialized: Option<PathBuf>,
     /// Temporary files of an interrupted write that were deleted.
     pub removed_temp_files: Vec<PathBuf>,
+    /// Index files that were missing (a crash between sealing a segment and
+    /// indexing it) and were rebuilt from their segments.
+    pub rebuilt_indexes: Vec<PathBuf>,
+    /// The stream table was missing, damaged or behind and was rebuilt.
+    pub rebuilt_stream_table: bool,
 }
 
 /// A torn tail removed by recovery.
@@ -257,6 +276,8 @@ struct Inner {
     commit: Mutex<Commit>,
     commit_cv: Condvar,
     poisoned: AtomicBool,
+    /// A lookup found the stream table damaged; the leader rebuilds it.
+    table_damaged: AtomicBool,
     io: Mutex<IoState>,
     published: Mutex<Published>,
     recovery: Recovery,
@@ -264,7 +285,13 @@ struct Inner {
 
 /// Appender-side state: what has been assigned (written or pending).
 struct State {
-    streams: HashMap<String, u64>,
+    /// Index of the active segment, including batches not yet written.
+    index: Arc<RwLock<MemIndex>>,
+    /// Sealed segments whose streams are not yet in the stream table, oldest
+    /// first (between a roll being queued and the leader writing the table).
+    unpersisted: Vec<(u64, Arc<RwLock<MemIndex>>)>,
+    /// The stream table covering the other sealed segments.
+    table: Option<Arc<StreamTable>>,
     next_position: u64,
     last_timestamp: u64,
     seg_end: u64,
@@ -285,7 +312,12 @@ struct State {
 
 enum Op {
     Write(Vec<u8>),
-    Roll { base: u64, prev_timestamp: u64 },
+    Roll {
+        base: u64,
+        prev_timestamp: u64,
+        sealed: Arc<RwLock<MemIndex>>,
+        next: Arc<RwLock<MemIndex>>,
+    },
 }
 
 struct Commit {
@@ -308,6 +340,8 @@ struct IoState {
 /// What views see.
 struct Published {
     sealed: Vec<ViewSegment>,
+    table: Option<Arc<StreamTable>>,
+    active_index: Arc<IndexCell>,
     active_base: u64,
     active_path: Arc<PathBuf>,
     active_file: File,
@@ -334,10 +368,11 @@ impl Log {
         let Recovered {
             lock,
             log_id,
-            streams,
             next_position,
             last_timestamp,
             sealed,
+            table,
+            active_index,
             active_base,
             active_end,
             report,
@@ -361,7 +396,9 @@ impl Log {
             log_id,
             _lock: lock,
             state: Mutex::new(State {
-                streams,
+                index: active_index.clone(),
+                unpersisted: Vec::new(),
+                table: table.clone(),
                 next_position,
                 last_timestamp,
                 seg_end: active_end,
@@ -382,6 +419,7 @@ impl Log {
             }),
             commit_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
+            table_damaged: AtomicBool::new(false),
             io: Mutex::new(IoState {
                 file,
                 path: active_path.clone(),
@@ -392,6 +430,8 @@ impl Log {
             }),
             published: Mutex::new(Published {
                 sealed,
+                table,
+                active_index: Arc::new(IndexCell::new(active_base, None, Some(Index::Mem(active_index)))),
                 active_base,
                 active_path: Arc::new(active_path),
                 active_file,
@@ -423,8 +463,9 @@ impl Log {
 
     /// The current version of `stream` (the version of its last event), or
     /// `None` if it has no events. Includes appends not yet durable.
-    pub fn stream_version(&self, stream: &str) -> Option<u64> {
-        lock(&self.inner.state).streams.get(stream).copied()
+    pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+        let st = lock(&self.inner.state);
+        self.inner.current_version(&st, stream)
     }
 
     /// The position the next appended event will get.
@@ -468,8 +509,9 @@ impl Log {
             base: p.active_base,
             path: p.active_path.clone(),
             map,
+            index: p.active_index.clone(),
         });
-        Ok(LogView::new(segs, p.next_position))
+        Ok(LogView::new(segs, p.next_position, p.table.clone()))
     }
 
     /// Make everything durable, mark the log cleanly closed (its durable
@@ -542,7 +584,7 @@ impl Inner {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(self.poison_error());
         }
-        let current = st.streams.get(stream).copied();
+        let current = self.current_version(&st, stream)?;
         let ok = match expected {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => current.is_none(),
@@ -562,7 +604,16 @@ impl Inner {
             st.push_bytes(&seal);
             let chunk = std::mem::take(&mut st.cur);
             st.pending.push(Op::Write(chunk));
-            st.pending.push(Op::Roll { base, prev_timestamp });
+            let next = Arc::new(RwLock::new(MemIndex::default()));
+            let sealed = std::mem::replace(&mut st.index, next.clone());
+            let sealed_base = st.seg_base;
+            st.unpersisted.push((sealed_base, sealed.clone()));
+            st.pending.push(Op::Roll {
+                base,
+                prev_timestamp,
+                sealed,
+                next,
+            });
             st.seg_base = base;
             st.seg_end = SEGMENT_HEADER_LEN as u64;
             st.seg_has_batches = false;
@@ -579,6 +630,7 @@ impl Inner {
         } else {
             0
         };
+        let frame_offset = st.seg_end;
         let buf = &mut st.cur;
         let start = buf.len();
         buf.resize(start + FRAME_HEADER_LEN, 0);
@@ -599,12 +651,13 @@ impl Inner {
         st.seg_has_batches = true;
         st.lsn += batch_len;
         let last_version = first_version + n - 1;
-        match st.streams.get_mut(stream) {
-            Some(v) => *v = last_version,
-            None => {
-                st.streams.insert(stream.to_owned(), last_version);
-            }
-        }
+        let mut rec_off = frame_offset + FRAME_HEADER_LEN as u64;
+        let records = events.iter().map(|ev| {
+            let here = rec_off;
+            rec_off += ev.record_len(stream);
+            (here, &*ev.event_type)
+        });
+        write_index(&st.index).add_batch(frame_offset, first_position, stream, first_version, n, records);
         Ok((
             st.lsn,
             AppendResult {
@@ -683,7 +736,12 @@ impl Inner {
                     bytes.clear();
                     spare = Some(bytes);
                 }
-                Op::Roll { base, prev_timestamp } => self.roll(&mut io, base, prev_timestamp)?,
+                Op::Roll {
+                    base,
+                    prev_timestamp,
+                    sealed,
+                    next,
+                } => self.roll(&mut io, base, prev_timestamp, sealed, next)?,
             }
         }
         if sync && io.durable < io.offset {
@@ -712,6 +770,11 @@ impl Inner {
             p.visible_end = visible;
             p.next_position = visible_position;
         }
+        if self.table_damaged.load(Ordering::Acquire) {
+            let sealed = lock(&self.published).sealed.clone();
+            let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
+            self.install_table(&bytes, None)?;
+        }
         let (base, durable) = (io.base, io.durable);
         drop(io);
         let mut st = lock(&self.state);
@@ -727,7 +790,14 @@ impl Inner {
     }
 
     /// Seal is already written; make the segment durable, then create the next.
-    fn roll(&self, io: &mut IoState, base: u64, prev_timestamp: u64) -> Result<()> {
+    fn roll(
+        &self,
+        io: &mut IoState,
+        base: u64,
+        prev_timestamp: u64,
+        sealed: Arc<RwLock<MemIndex>>,
+        next: Arc<RwLock<MemIndex>>,
+    ) -> Result<()> {
         let fs = &*self.opts.io;
         io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
         let sealed_len = io.offset;
@@ -740,28 +810,110 @@ impl Inner {
         fs.sync_dir(&self.dir)
             .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
         let read_file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
-        {
+        let sealed_seg = {
             let mut p = lock(&self.published);
             let map = Mapping::map(&p.active_file, sealed_len, &p.active_path)?;
-            let sealed = ViewSegment {
+            let idx_path = self.dir.join(index_file_name(p.active_base));
+            let seg = ViewSegment {
                 base: p.active_base,
                 path: p.active_path.clone(),
                 map: Arc::new(map),
+                index: Arc::new(IndexCell::new(
+                    p.active_base,
+                    Some(idx_path),
+                    Some(Index::Mem(sealed.clone())),
+                )),
             };
-            p.sealed.push(sealed);
+            p.sealed.push(seg.clone());
             p.active_base = base;
             p.active_path = Arc::new(path.clone());
             p.active_file = read_file;
+            p.active_index = Arc::new(IndexCell::new(base, None, Some(Index::Mem(next))));
             p.visible_end = SEGMENT_HEADER_LEN as u64;
             p.next_position = base;
             p.map = None;
-        }
+            seg
+        };
         io.file = file;
         io.path = path;
         io.base = base;
         io.offset = SEGMENT_HEADER_LEN as u64;
         io.durable = SEGMENT_HEADER_LEN as u64;
+        self.index_sealed(&sealed_seg, &sealed, base)
+    }
+
+    /// Write the index of a just-sealed segment and the new stream table
+    /// (spec 17, 18), then let readers use them.
+    fn index_sealed(&self, seg: &ViewSegment, mem: &RwLock<MemIndex>, next_segment: u64) -> Result<()> {
+        let bytes = seg.map.bytes();
+        let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
+        let old_table = lock(&self.published).table.clone();
+        let earlier: Vec<ViewSegment> = {
+            let p = lock(&self.published);
+            p.sealed.iter().filter(|s| s.base < seg.base).cloned().collect()
+        };
+        let mut resolve = |name: &str| resolve_prev(old_table.as_deref(), &earlier, name);
+        let (idx_bytes, rows) = read_index(mem).encode(
+            seg.base,
+            bytes.len() as u64,
+            seal_crc,
+            self.opts.hash_mask,
+            &mut resolve,
+        );
+        let idx_path = self.dir.join(index_file_name(seg.base));
+        write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;
+        let idx = IdxFile::open_for(&idx_path, seg.base, bytes).map_err(|d| d.at(&idx_path))?;
+        seg.index.set(Index::Disk(Arc::new(idx)));
+        let table_bytes =
+            match streamtable::merge(old_table.as_deref(), &rows, seg.base, next_segment, self.opts.hash_mask) {
+                Ok(b) => b,
+                // The old table is damaged: rebuild it from every index.
+                Err(_) => rebuild_table(&lock(&self.published).sealed, next_segment, self.opts.hash_mask)?,
+            };
+        self.install_table(&table_bytes, Some(seg.base))
+    }
+
+    /// Write `bytes` as the stream table and let readers and appenders use it;
+    /// `covered` is a segment whose in-memory streams it now covers.
+    fn install_table(&self, bytes: &[u8], covered: Option<u64>) -> Result<()> {
+        let path = self.dir.join(STREAM_TABLE_FILE);
+        write_derived(&*self.opts.io, &self.dir, &path, bytes)?;
+        let table = StreamTable::open(&path).map_err(|d| d.at(&path))?.map(Arc::new);
+        lock(&self.published).table = table.clone();
+        let mut st = lock(&self.state);
+        st.table = table;
+        if let Some(base) = covered {
+            st.unpersisted.retain(|(b, _)| *b != base);
+        }
+        self.table_damaged.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// The current version of `stream`: the active index, then segments sealed
+    /// but not yet in the stream table, then the table (or, if the table is
+    /// damaged, the sealed segments' indexes).
+    fn current_version(&self, st: &State, stream: &str) -> Result<Option<u64>> {
+        if let Some(s) = read_index(&st.index).streams.get(stream) {
+            return Ok(Some(s.last_version));
+        }
+        for (_, m) in st.unpersisted.iter().rev() {
+            if let Some(s) = read_index(m).streams.get(stream) {
+                return Ok(Some(s.last_version));
+            }
+        }
+        if let Some(t) = &st.table {
+            match t.lookup(stream) {
+                Ok(e) => return Ok(e.map(|e| e.last_version)),
+                Err(_) => self.table_damaged.store(true, Ordering::Release),
+            }
+        }
+        let sealed = lock(&self.published).sealed.clone();
+        for seg in sealed.iter().rev() {
+            if let Some(i) = seg.find_stream(stream)? {
+                return Ok(Some(i.last_version));
+            }
+        }
+        Ok(None)
     }
 
     fn close(&self) -> Result<()> {
@@ -777,8 +929,11 @@ impl Inner {
         }
         let target = lock(&self.state).lsn;
         self.commit_until(target, true)?;
-        let mut st = lock(&self.state);
-        st.closed = true;
+        let next_position = {
+            let mut st = lock(&self.state);
+            st.closed = true;
+            st.next_position
+        };
         let mut io = lock(&self.io);
         if io.durable < io.offset {
             io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
@@ -789,11 +944,83 @@ impl Inner {
             segment_base: io.base,
             durable_end: io.durable,
             visible_end: io.offset,
-            next_position: st.next_position,
+            next_position,
         };
         io.head.write(head)?;
         io.head.sync()
     }
+}
+
+/// The newest segment before the one being indexed that holds `name`, and
+/// its row there: from the stream table, or, if the table is damaged, by
+/// searching the earlier segments' indexes.
+pub(crate) fn resolve_prev(table: Option<&StreamTable>, earlier: &[ViewSegment], name: &str) -> Prev {
+    if let Some(t) = table
+        && let Ok(found) = t.lookup(name)
+    {
+        return found.map_or(Prev::NONE, |e| e.at);
+    }
+    for seg in earlier.iter().rev() {
+        if let Ok(Some(i)) = seg.find_stream(name) {
+            return Prev {
+                segment: seg.base,
+                row: i.row,
+            };
+        }
+    }
+    Prev::NONE
+}
+
+/// Build a stream table covering `sealed` (all sealed segments, in order)
+/// from their indexes: the repair path, `O(segments × streams)`.
+pub(crate) fn rebuild_table(sealed: &[ViewSegment], next_segment: u64, hash_mask: u64) -> Result<Vec<u8>> {
+    let mut latest: HashMap<Box<str>, TableEntry> = HashMap::new();
+    for seg in sealed {
+        let idx = seg.index.get(seg.map.bytes())?;
+        for (name, row, last_version) in seg.stream_rows(&idx)? {
+            latest.insert(
+                name,
+                TableEntry {
+                    last_version,
+                    at: Prev { segment: seg.base, row },
+                },
+            );
+        }
+    }
+    let mut rows: Vec<(u64, &[u8], TableEntry)> = latest
+        .iter()
+        .map(|(n, e)| (stream_hash(n.as_bytes()) & hash_mask, n.as_bytes(), *e))
+        .collect();
+    rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    Ok(streamtable::encode(rows.into_iter(), next_segment, hash_mask))
+}
+
+/// Write a derived file atomically through the seam: temp file, fsync,
+/// rename, directory fsync (spec 1).
+pub(crate) fn write_derived(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = io.remove(&tmp);
+    let f = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_at(0, bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    f.sync().map_err(|e| Error::io("fsync", &tmp, e))?;
+    drop(f);
+    io.rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+    io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// The file name of the index of the segment based at `base`.
+pub(crate) fn index_file_name(base: u64) -> String {
+    format!("{base:020}.idx")
+}
+
+fn read_index(m: &RwLock<MemIndex>) -> std::sync::RwLockReadGuard<'_, MemIndex> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_index(m: &RwLock<MemIndex>) -> std::sync::RwLockWriteGuard<'_, MemIndex> {
+    m.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The `i`-th generated id of a batch whose first generated id is `base` (a UUID

@@ -6,20 +6,22 @@
 //! the active segment, and only after everything before them was validated;
 //! any other damage is returned as [`Error::Corrupt`] with nothing modified.
 
-use std::collections::HashMap;
 use std::fs::{self, File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use zerocopy::IntoBytes;
 
 use crate::error::{Error, Result};
 use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::head::{self, HEAD_FILE};
+use crate::index::{self, MemIndex};
 use crate::io::Io;
-use crate::log::{Options, Recovery, Truncation};
+use crate::log::{Options, Recovery, Truncation, index_file_name, rebuild_table, resolve_prev, write_derived};
 use crate::mmap::Mapping;
-use crate::segment::{frame_records, parse_segment_file_name, resync_max_durable, segment_file_name, walk_segment};
+use crate::segment::{parse_segment_file_name, resync_max_durable, segment_file_name, validate_frame, walk_segment};
+use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
 use crate::view::{ViewSegment, open_sealed};
 
 /// File name of the lock file.
@@ -29,10 +31,11 @@ pub const LOCK_FILE: &str = "annal.lock";
 pub(crate) struct Recovered {
     pub lock: File,
     pub log_id: [u8; 16],
-    pub streams: HashMap<String, u64>,
     pub next_position: u64,
     pub last_timestamp: u64,
     pub sealed: Vec<ViewSegment>,
+    pub table: Option<Arc<StreamTable>>,
+    pub active_index: Arc<RwLock<MemIndex>>,
     pub active_base: u64,
     pub active_end: u64,
     pub report: Recovery,
@@ -187,10 +190,11 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         return Ok(Recovered {
             lock,
             log_id,
-            streams: HashMap::new(),
             next_position: 0,
             last_timestamp: 0,
             sealed: Vec::new(),
+            table: None,
+            active_index: Arc::new(RwLock::new(MemIndex::default())),
             active_base: 0,
             active_end: SEGMENT_HEADER_LEN as u64,
             report,
@@ -211,17 +215,6 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         ));
     }
 
-    let mut streams: HashMap<String, u64> = HashMap::new();
-    let mut on_batch = |frame: &[u8], _: &crate::segment::Frame| {
-        for rec in frame_records(frame) {
-            match streams.get_mut(rec.stream()) {
-                Some(v) => *v = rec.stream_version(),
-                None => {
-                    streams.insert(rec.stream().to_owned(), rec.stream_version());
-                }
-            }
-        }
-    };
     let mut log_id: Option<[u8; 16]> = None;
     let mut check_log_id = |h: &SegmentHeader, path: &Path| -> Result<()> {
         match log_id {
@@ -237,9 +230,9 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
             )),
         }
     };
+    // Sealed segments: header and seal only; their records are not read.
     let mut next = listing.segments.first().copied().unwrap_or(0);
-    let mut last_ts = 0;
-    let mut sealed = Vec::with_capacity(sealed_bases.len() + 1);
+    let mut sealed: Vec<ViewSegment> = Vec::with_capacity(sealed_bases.len() + 1);
     for &base in sealed_bases {
         let path = dir.join(segment_file_name(base));
         if base != next {
@@ -249,14 +242,10 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 format!("expected a segment starting at position {next} (is one missing?), found {base}"),
             ));
         }
-        let (seg, _) = open_sealed(dir, base)?;
+        let (seg, seal_next) = open_sealed(dir, base)?;
         let bytes = seg.map.bytes();
         let header = SegmentHeader::parse(bytes).map_err(|d| d.at(&path))?;
         check_log_id(header, &path)?;
-        let walk = walk_segment(bytes, header, false, &mut on_batch);
-        if let Some(d) = walk.stop {
-            return Err(d.at(&path));
-        }
         if let Some(h) = head
             && h.segment_base == base
             && h.durable_end > bytes.len() as u64
@@ -270,8 +259,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 ),
             ));
         }
-        last_ts = walk.last_timestamp;
-        next = walk.next_position;
+        next = seal_next;
         sealed.push(seg);
     }
 
@@ -285,26 +273,32 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
     let map = Mapping::map(&file, file_len, &path)?;
     let bytes = map.bytes();
     let mut active_base = last;
-    let active_end;
+    let mut active_index = MemIndex::default();
+    let mut active_end = SEGMENT_HEADER_LEN as u64;
+    let last_ts;
+    let mut active_sealed = false;
+    if !sealed_bases.is_empty() && last != next {
+        return Err(corrupt(
+            &path,
+            32,
+            format!("expected a segment starting at position {next} (is one missing?), found {last}"),
+        ));
+    }
     match SegmentHeader::parse(bytes) {
-        Err(d) if bytes.len() <= SEGMENT_HEADER_LEN && head.is_none_or(|h| h.segment_base != last) => {
+        Err(_) if bytes.len() <= SEGMENT_HEADER_LEN && head.is_none_or(|h| h.segment_base != last) => {
             // Torn while being created: it cannot hold a frame (spec 6, step 4).
-            let _ = d;
-            if !sealed_bases.is_empty() && last != next {
-                return Err(corrupt(
-                    &path,
-                    32,
-                    format!("expected a segment starting at position {next}, found {last}"),
-                ));
-            }
+            last_ts = match sealed.last() {
+                Some(prev) => last_timestamp_of(prev)?,
+                None => 0,
+            };
             let id = log_id
                 .or(opts.log_id)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().into_bytes());
             log_id = Some(id);
+            drop(map);
             let header = SegmentHeader::new(id, last, last_ts, (opts.clock)());
             create_segment(io, dir, &header, false)?;
             report.reinitialized = Some(path.clone());
-            active_end = SEGMENT_HEADER_LEN as u64;
         }
         Err(d) => return Err(d.at(&path)),
         Ok(header) => {
@@ -319,15 +313,11 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                     ),
                 ));
             }
-            if !sealed_bases.is_empty() && last != next {
-                return Err(corrupt(
-                    &path,
-                    32,
-                    format!("expected a segment starting at position {next} (is one missing?), found {last}"),
-                ));
-            }
             check_log_id(&header, &path)?;
-            let walk = walk_segment(bytes, &header, true, &mut on_batch);
+            let walk = walk_segment(bytes, &header, true, |frame, _| {
+                let off = frame.as_ptr() as usize - bytes.as_ptr() as usize;
+                active_index.add_frame(frame, off as u64);
+            });
             let head_durable = head.filter(|h| h.segment_base == last).map_or(0, |h| h.durable_end);
             if let Some(d) = walk.stop {
                 let x = walk.end;
@@ -366,42 +356,132 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
             last_ts = walk.last_timestamp;
             next = walk.next_position;
             active_end = walk.end;
-            if walk.sealed {
-                // Sealed, but the next segment was never created (spec 6, step 4).
-                let f = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
-                f.sync().map_err(|e| Error::io("fsync", &path, e))?;
-                drop(f);
-                let (seg, _) = open_sealed(dir, last)?;
-                sealed.push(seg);
-                let header = SegmentHeader::new(header.log_id, next, last_ts, (opts.clock)());
-                create_segment(io, dir, &header, true)?;
-                active_base = next;
-                return Ok(Recovered {
-                    lock,
-                    log_id: header.log_id,
-                    streams,
-                    next_position: next,
-                    last_timestamp: last_ts,
-                    sealed,
-                    active_base,
-                    active_end: SEGMENT_HEADER_LEN as u64,
-                    report,
-                });
-            }
+            active_sealed = walk.sealed;
         }
     }
     // Everything kept is made durable before the head says so (spec 6, step 5).
     let f = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
     f.sync().map_err(|e| Error::io("fsync", &path, e))?;
+    drop(f);
+    let log_id = log_id.unwrap_or_default();
+    if active_sealed {
+        // Sealed, but the next segment was never created (spec 6, step 4).
+        let (seg, _) = open_sealed(dir, last)?;
+        sealed.push(seg);
+        let header = SegmentHeader::new(log_id, next, last_ts, (opts.clock)());
+        create_segment(io, dir, &header, true)?;
+        active_base = next;
+        active_end = SEGMENT_HEADER_LEN as u64;
+        active_index = MemIndex::default();
+    }
+    ensure_indexes(io, dir, &sealed, opts.hash_mask, &mut report)?;
+    let table = ensure_table(io, dir, &sealed, active_base, opts.hash_mask, &mut report)?;
     Ok(Recovered {
         lock,
-        log_id: log_id.unwrap_or_default(),
-        streams,
+        log_id,
         next_position: next,
         last_timestamp: last_ts,
         sealed,
+        table,
+        active_index: Arc::new(RwLock::new(active_index)),
         active_base,
         active_end,
         report,
     })
+}
+
+/// The timestamp of the last record of a sealed segment (from its index).
+fn last_timestamp_of(seg: &ViewSegment) -> Result<u64> {
+    let bytes = seg.map.bytes();
+    let n = seg.with_index(|i| Ok(i.frame_count()))?;
+    let Some(last) = n.checked_sub(1) else {
+        return Ok(SegmentHeader::parse(bytes)
+            .map_err(|d| d.at(&*seg.path))?
+            .prev_timestamp
+            .get());
+    };
+    let Some((_, off)) = seg.with_index(|i| i.frame(last))? else {
+        return Ok(0);
+    };
+    let rest = bytes.get(off as usize..).unwrap_or(&[]);
+    Ok(validate_frame(rest, off, true)
+        .map_err(|d| d.at(&*seg.path))?
+        .last_timestamp)
+}
+
+/// Write the index of every sealed segment that has none (a crash between
+/// sealing and indexing), spec 17.4. Existing indexes are not read.
+fn ensure_indexes(io: &dyn Io, dir: &Path, sealed: &[ViewSegment], mask: u64, report: &mut Recovery) -> Result<()> {
+    for (i, seg) in sealed.iter().enumerate() {
+        let idx_path = dir.join(index_file_name(seg.base));
+        if idx_path.exists() {
+            continue;
+        }
+        let bytes = seg.map.bytes();
+        let mem = MemIndex::rebuild(bytes).map_err(|d| d.at(&*seg.path))?;
+        let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
+        let earlier = &sealed[..i];
+        let (idx, _) = mem.encode(seg.base, bytes.len() as u64, seal_crc, mask, &mut |name| {
+            resolve_prev(None, earlier, name)
+        });
+        write_derived(io, dir, &idx_path, &idx)?;
+        report.rebuilt_indexes.push(idx_path);
+    }
+    Ok(())
+}
+
+/// Open the stream table, bringing it up to date with the sealed segments
+/// (spec 18): merge the segments it does not cover, or rebuild it.
+fn ensure_table(
+    io: &dyn Io,
+    dir: &Path,
+    sealed: &[ViewSegment],
+    active_base: u64,
+    mask: u64,
+    report: &mut Recovery,
+) -> Result<Option<Arc<StreamTable>>> {
+    let path = dir.join(STREAM_TABLE_FILE);
+    if sealed.is_empty() {
+        return Ok(None);
+    }
+    let reopen = |path: &Path| -> Result<StreamTable> {
+        StreamTable::open(path)
+            .map_err(|d| d.at(path))?
+            .ok_or_else(|| corrupt(path, 0, "the stream table just written is missing"))
+    };
+    let table = match StreamTable::open(&path) {
+        Ok(Some(t)) if t.next_segment() == active_base => Some(t),
+        Ok(Some(mut t)) if sealed.iter().any(|s| s.base == t.next_segment()) => {
+            // Merge the segments sealed after the table was written.
+            for (i, seg) in sealed.iter().enumerate() {
+                if seg.base < t.next_segment() {
+                    continue;
+                }
+                let next_segment = sealed.get(i + 1).map_or(active_base, |s| s.base);
+                let rows = seg.stream_rows(&seg.index.get(seg.map.bytes())?)?;
+                let bytes = match streamtable::merge(Some(&t), &rows, seg.base, next_segment, mask) {
+                    Ok(b) => b,
+                    Err(_) => rebuild_table(sealed, active_base, mask)?,
+                };
+                write_derived(io, dir, &path, &bytes)?;
+                t = reopen(&path)?;
+                if t.next_segment() == active_base {
+                    break;
+                }
+            }
+            report.rebuilt_stream_table = true;
+            Some(t)
+        }
+        _ => None,
+    };
+    let table = match table {
+        Some(t) => Some(t),
+        None => {
+            let b = rebuild_table(sealed, active_base, mask)?;
+            write_derived(io, dir, &path, &b)?;
+            report.rebuilt_stream_table = true;
+            Some(reopen(&path)?)
+        }
+    };
+    Ok(table.map(Arc::new))
 }

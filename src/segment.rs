@@ -178,11 +178,18 @@ pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool) -> Result
 
 /// Iterate the records of a frame that [`validate_frame`] accepted.
 pub(crate) fn frame_records(frame_bytes: &[u8]) -> impl Iterator<Item = RecordRef<'_>> {
-    let mut rest = frame_bytes.get(FRAME_HEADER_LEN..).unwrap_or(&[]);
+    frame_records_at(frame_bytes).map(|(_, r)| r)
+}
+
+/// Iterate `(offset within the frame, record)` for a frame that
+/// [`validate_frame`] accepted.
+pub(crate) fn frame_records_at(frame_bytes: &[u8]) -> impl Iterator<Item = (usize, RecordRef<'_>)> {
+    let mut at = FRAME_HEADER_LEN;
     std::iter::from_fn(move || {
-        let (rec, len) = parse_record(rest, false).ok()?;
-        rest = rest.get(len..).unwrap_or(&[]);
-        Some(rec)
+        let (rec, len) = parse_record(frame_bytes.get(at..)?, false).ok()?;
+        let here = at;
+        at += len;
+        Some((here, rec))
     })
 }
 

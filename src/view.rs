@@ -14,15 +14,19 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::error::{Damage, Error, Result};
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_SEAL, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{
+    FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
+};
 use crate::head;
+use crate::index::{Index, IndexCell, MemIndex, NO_ROW, StreamInfo};
 use crate::io::read_exact_at;
 use crate::mmap::Mapping;
 use crate::record::{RecordRef, parse_record};
 use crate::segment::{parse_segment_file_name, segment_file_name, validate_frame};
+use crate::streamtable::{STREAM_TABLE_FILE, StreamTable};
 
 /// One segment as seen by a view.
 #[derive(Debug, Clone)]
@@ -30,6 +34,54 @@ pub(crate) struct ViewSegment {
     pub base: u64,
     pub path: Arc<PathBuf>,
     pub map: Arc<Mapping>,
+    pub index: Arc<IndexCell>,
+}
+
+impl ViewSegment {
+    /// Run `f` on this segment's index; if the index file turns out damaged,
+    /// rebuild the index from the segment (reported by the cell) and retry.
+    pub(crate) fn with_index<T>(&self, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<T> {
+        let idx = self.index.get(self.map.bytes())?;
+        match f(&idx) {
+            Ok(t) => Ok(t),
+            Err(d) if matches!(idx, Index::Disk(_)) => {
+                let idx = self.index.damaged(self.map.bytes(), d)?;
+                f(&idx).map_err(|d| d.at(&*self.path))
+            }
+            Err(d) => Err(d.at(&*self.path)),
+        }
+    }
+
+    /// Find a stream in this segment's index.
+    pub(crate) fn find_stream(&self, name: &str) -> Result<Option<StreamInfo>> {
+        self.with_index(|i| i.find_stream(name))
+    }
+
+    /// The stream's entry at `row` (checked against the name), or found by name.
+    pub(crate) fn stream_at(&self, row: u32, name: &str) -> Result<Option<StreamInfo>> {
+        self.with_index(|i| i.stream_at(row, name))
+    }
+
+    /// `(name, row, last_version)` of every stream in the segment (rows are
+    /// `NO_ROW` for an index that lives in memory).
+    pub(crate) fn stream_rows(&self, idx: &Index) -> Result<Vec<(Box<str>, u32, u64)>> {
+        match idx {
+            Index::Disk(f) => match f.stream_rows() {
+                Ok(rows) => Ok(rows),
+                Err(d) => {
+                    let idx = self.index.damaged(self.map.bytes(), d)?;
+                    self.stream_rows(&idx)
+                }
+            },
+            Index::Mem(m) => Ok(m
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .streams
+                .iter()
+                .map(|(n, s)| (n.clone(), NO_ROW, s.last_version))
+                .collect()),
+        }
+    }
 }
 
 /// A consistent, point-in-time view of a log's visible records.
@@ -52,7 +104,8 @@ pub(crate) struct ViewSegment {
 /// ```
 #[derive(Debug, Clone)]
 pub struct LogView {
-    segments: Arc<[ViewSegment]>,
+    pub(crate) segments: Arc<[ViewSegment]>,
+    pub(crate) table: Option<Arc<StreamTable>>,
     next_position: u64,
 }
 
@@ -71,11 +124,18 @@ impl Default for ReadOptions {
 }
 
 impl LogView {
-    pub(crate) fn new(segments: Vec<ViewSegment>, next_position: u64) -> LogView {
+    pub(crate) fn new(segments: Vec<ViewSegment>, next_position: u64, table: Option<Arc<StreamTable>>) -> LogView {
         LogView {
             segments: segments.into(),
+            table,
             next_position,
         }
+    }
+
+    /// Damage found in index files while reading (each was rebuilt from its
+    /// segment, so reads stayed correct), as messages naming the file.
+    pub fn index_damage(&self) -> Vec<String> {
+        self.segments.iter().filter_map(|s| s.index.damage()).collect()
     }
 
     /// One past the position of the last visible record (the number of visible
@@ -267,6 +327,8 @@ struct ActiveRead {
     base: u64,
     path: Arc<PathBuf>,
     file: File,
+    index: Arc<RwLock<MemIndex>>,
+    cell: Arc<IndexCell>,
     validated_end: u64,
     next_position: u64,
     map: Option<Arc<Mapping>>,
@@ -338,11 +400,13 @@ pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
                 d.detail()
             ),
         })?;
+    let idx_path = dir.join(crate::log::index_file_name(base));
     Ok((
         ViewSegment {
             base,
             path: Arc::new(path),
             map: Arc::new(map),
+            index: Arc::new(IndexCell::new(base, Some(idx_path), None)),
         },
         seal.first_position,
     ))
@@ -412,7 +476,7 @@ impl Reader {
             None => bases.clone(),
         };
         let Some((&last, sealed)) = visible.split_last() else {
-            return Ok(LogView::new(Vec::new(), 0));
+            return Ok(LogView::new(Vec::new(), 0, None));
         };
         for &base in &sealed[self.sealed.len().min(sealed.len())..] {
             if base != self.sealed_next {
@@ -436,18 +500,26 @@ impl Reader {
             let path = self.dir.join(segment_file_name(last));
             let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
             read_segment_header(&file, &path, last)?;
+            let index = Arc::new(RwLock::new(MemIndex::default()));
             self.active = Some(ActiveRead {
                 base: last,
                 path: Arc::new(path),
                 file,
+                cell: Arc::new(IndexCell::new(last, None, Some(Index::Mem(index.clone())))),
+                index,
                 validated_end: SEGMENT_HEADER_LEN as u64,
                 next_position: last,
                 map: None,
                 buf: Vec::new(),
             });
         }
+        let table = match StreamTable::open(&self.dir.join(STREAM_TABLE_FILE)) {
+            Ok(t) => t.map(Arc::new),
+            // A damaged table is not used: lookups search the indexes.
+            Err(_) => None,
+        };
         let Some(active) = self.active.as_mut() else {
-            return Ok(LogView::new(self.sealed.clone(), self.sealed_next));
+            return Ok(LogView::new(self.sealed.clone(), self.sealed_next, table));
         };
         let (limit, durable) = match head {
             Some(h) if h.segment_base == last => (h.visible_end, h.durable_end),
@@ -467,8 +539,9 @@ impl Reader {
             base: active.base,
             path: active.path.clone(),
             map,
+            index: active.cell.clone(),
         });
-        Ok(LogView::new(segs, active.next_position))
+        Ok(LogView::new(segs, active.next_position, table))
     }
 }
 
@@ -514,6 +587,12 @@ impl ActiveRead {
                 });
             match step {
                 Ok(Some(f)) => {
+                    if f.kind == FRAME_KIND_BATCH {
+                        self.index
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .add_frame(&self.buf, off);
+                    }
                     self.validated_end = off + f.len;
                     self.next_position = f.next_position();
                 }

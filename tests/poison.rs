@@ -200,7 +200,7 @@ fn run(case: Case) {
     // Appends work again, at the versions the reopened log has.
     for i in 0..STREAMS {
         assert_eq!(
-            log.stream_version(&stream(i)),
+            log.stream_version(&stream(i)).unwrap(),
             last.get(&stream(i)).copied(),
             "{name}: recovered version"
         );
@@ -208,7 +208,7 @@ fn run(case: Case) {
     let mut more = Vec::new();
     for i in 0..STREAMS * 3 {
         let s = stream(i);
-        let expected = expected_for(log.stream_version(&s));
+        let expected = expected_for(log.stream_version(&s).unwrap());
         let p = payloads(100_000 + i, 2);
         let r = log
             .append(&s, expected, &support::events("Again", &p))

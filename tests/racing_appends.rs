@@ -126,7 +126,7 @@ fn exact_races(durability: Durability, rounds: u64) {
         winners.push((wt, w));
     }
     assert_eq!(
-        log.stream_version(stream),
+        log.stream_version(stream).unwrap(),
         Some(winners.last().expect("rounds").1.stream_version)
     );
     drop(log); // the only other handles were in the joined threads
@@ -265,7 +265,7 @@ fn many_threads_many_streams_keep_versions_exact() {
                     let evs = support::events("Mixed", &payloads);
                     let expected = match rng.range(0, 2) {
                         0 => ExpectedVersion::Any,
-                        _ => match log.stream_version(&stream) {
+                        _ => match log.stream_version(&stream).unwrap() {
                             Some(v) => ExpectedVersion::Exact(v),
                             None => ExpectedVersion::NoStream,
                         },
@@ -310,7 +310,7 @@ fn many_threads_many_streams_keep_versions_exact() {
     }
     let in_memory: HashMap<String, Option<u64>> = (0..STREAMS)
         .map(|s| format!("s-{s}"))
-        .map(|s| (s.clone(), log.stream_version(&s)))
+        .map(|s| (s.clone(), log.stream_version(&s).unwrap()))
         .collect();
     drop(log);
     println!("{} acknowledged appends, {conflicts} conflicts", acks.len());

@@ -227,7 +227,7 @@ fn run(ops: Vec<Op>, durability: Durability, clock: Option<Clock>, final_k: u64)
             Op::Append { stream, events, expect } => {
                 let name = STREAMS[stream];
                 let current = versions.get(name).copied();
-                assert_eq!(log.stream_version(name), current);
+                assert_eq!(log.stream_version(name).unwrap(), current);
                 let (expected, ok) = resolve(expect, current);
                 let data: Vec<EventData<'_>> = events
                     .iter()
@@ -258,7 +258,7 @@ fn run(ops: Vec<Op>, durability: Durability, clock: Option<Clock>, final_k: u64)
                     }
                     assert_eq!(log.next_position(), before, "a rejected append changed the log");
                     assert_eq!(
-                        log.stream_version(name),
+                        log.stream_version(name).unwrap(),
                         current,
                         "a rejected append changed the stream"
                     );
@@ -299,7 +299,7 @@ fn run(ops: Vec<Op>, durability: Durability, clock: Option<Clock>, final_k: u64)
                 );
                 assert_eq!(log.next_position(), model.len() as u64);
                 for (s, v) in &versions {
-                    assert_eq!(log.stream_version(s), Some(*v), "stream {s} after reopen");
+                    assert_eq!(log.stream_version(s).unwrap(), Some(*v), "stream {s} after reopen");
                 }
                 verify(&log, dir.path(), &mut model, k);
             }

@@ -1,0 +1,615 @@
+//! Reads served by the indexes: one stream (forward or backward), a category,
+//! an event type, and the whole log backward.
+//!
+//! A stream read finds the stream's newest segment (the segments the stream
+//! table does not cover, newest first, then the table) and follows each index
+//! row's `prev` pointer to the previous segment holding the stream: one row per
+//! segment that holds the stream, never a search per segment or per event
+//! (spec 19). Records are read from the mapped segments, each batch validated
+//! (CRCs included) before any of its records is returned.
+
+use std::path::Path;
+
+use crate::error::{Damage, Error, Result};
+use crate::index::{NO_SEGMENT, Named, StreamInfo};
+use crate::record::{RecordRef, parse_record};
+use crate::segment::{frame_records, validate_frame};
+use crate::view::{LogView, ViewSegment};
+
+/// The direction of a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Oldest first.
+    Forward,
+    /// Newest first.
+    Backward,
+}
+
+/// One segment holding a stream.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    seg: usize,
+    info: StreamInfo,
+}
+
+fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        path: path.to_owned(),
+        offset,
+        detail: detail.into(),
+    }
+}
+
+impl LogView {
+    /// The position in `segments` of the segment based at `base`.
+    fn segment_at(&self, base: u64) -> Option<usize> {
+        self.segments.binary_search_by_key(&base, |s| s.base).ok()
+    }
+
+    /// The segment holding `position`, if any.
+    fn segment_of(&self, position: u64) -> usize {
+        self.segments.partition_point(|s| s.base <= position).saturating_sub(1)
+    }
+
+    /// Search segments `[0, below)` newest first for `name`.
+    fn search_before(&self, below: usize, name: &str) -> Result<Option<(usize, StreamInfo)>> {
+        for i in (0..below).rev() {
+            if let Some(info) = self.segments[i].find_stream(name)? {
+                return Ok(Some((i, info)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The newest segment holding `name`.
+    fn newest_link(&self, name: &str) -> Result<Option<(usize, StreamInfo)>> {
+        let covered = self.table.as_ref().map_or(0, |t| t.next_segment());
+        let mut i = self.segments.len();
+        while i > 0 {
+            i -= 1;
+            let seg = &self.segments[i];
+            if seg.base < covered {
+                i += 1;
+                break;
+            }
+            if let Some(info) = seg.find_stream(name)? {
+                return Ok(Some((i, info)));
+            }
+        }
+        let Some(table) = &self.table else { return Ok(None) };
+        match table.lookup(name) {
+            Ok(None) => Ok(None),
+            Ok(Some(e)) => match self.segment_at(e.at.segment).filter(|&j| j < i) {
+                Some(j) => match self.segments[j].stream_at(e.at.row, name)? {
+                    Some(info) => Ok(Some((j, info))),
+                    None => self.search_before(i, name),
+                },
+                None => self.search_before(i, name),
+            },
+            // A damaged table is not trusted: search the indexes it covers.
+            Err(_) => self.search_before(i, name),
+        }
+    }
+
+    /// The segments holding `name`, oldest first; with `stop_at`, no older
+    /// than the newest one whose first version is at or below it.
+    fn stream_chain(&self, name: &str, stop_at: Option<u64>) -> Result<Vec<Link>> {
+        let mut links = Vec::new();
+        let mut cur = self.newest_link(name)?;
+        while let Some((j, info)) = cur {
+            links.push(Link { seg: j, info });
+            if stop_at.is_some_and(|v| info.first_version <= v) {
+                break;
+            }
+            cur = match info.prev {
+                Some(p) if p.segment == NO_SEGMENT => None,
+                Some(p) => match self.segment_at(p.segment).filter(|&k| k < j) {
+                    Some(k) => match self.segments[k].stream_at(p.row, name)? {
+                        Some(i) => Some((k, i)),
+                        None => self.search_before(j, name)?,
+                    },
+                    None => {
+                        let seg = &self.segments[j];
+                        return Err(corrupt(
+                            &seg.path.with_extension("idx"),
+                            0,
+                            format!(
+                                "stream {name:?}'s previous segment {} is not an earlier segment of this log",
+                                p.segment
+                            ),
+                        ));
+                    }
+                },
+                // An index rebuilt in memory does not know: search.
+                None => self.search_before(j, name)?,
+            };
+        }
+        links.reverse();
+        Ok(links)
+    }
+
+    /// Read the events of one stream: from version `from_version` on
+    /// (`Forward`) or down (`Backward`; pass `u64::MAX` for the newest), at
+    /// most `max_count` of them.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use annal::{Direction, EventData, ExpectedVersion, Log, Options};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), Options::default())?;
+    /// for i in 0..5u8 {
+    ///     log.append("order-1", ExpectedVersion::Any, &[EventData::new("E", vec![i])])?;
+    ///     log.append("order-2", ExpectedVersion::Any, &[EventData::new("E", vec![i])])?;
+    /// }
+    /// let view = log.view()?;
+    /// let newest_two: Vec<u64> = view
+    ///     .read_stream("order-1", u64::MAX, Direction::Backward, 2)
+    ///     .map(|r| r.map(|r| r.stream_version()))
+    ///     .collect::<annal::Result<_>>()?;
+    /// assert_eq!(newest_two, [4, 3]);
+    /// # Ok(()) }
+    /// ```
+    pub fn read_stream(&self, stream: &str, from_version: u64, dir: Direction, max_count: u64) -> ReadStream<'_> {
+        let stop = match dir {
+            Direction::Forward => Some(from_version),
+            Direction::Backward => None,
+        };
+        let (links, err) = match self.stream_chain(stream, stop) {
+            Ok(l) => (l, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let link = match dir {
+            Direction::Forward => 0,
+            Direction::Backward => links.len(),
+        };
+        ReadStream {
+            view: self,
+            name: stream.into(),
+            links,
+            link,
+            entry: None,
+            dir,
+            from_version,
+            remaining: max_count,
+            buf: Vec::new(),
+            err,
+            done: false,
+        }
+    }
+
+    /// The version of the newest visible event of `stream`, or `None` if it
+    /// has none.
+    pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+        self.read_stream(stream, u64::MAX, Direction::Backward, 1)
+            .next()
+            .transpose()
+            .map(|r| r.map(|r| r.stream_version()))
+    }
+
+    /// Read the events of every stream of `category` (streams named
+    /// `<category>-<id>`, spec 19) from position `from` on, in position order.
+    pub fn read_category(&self, category: &str, from: u64) -> ReadNamed<'_> {
+        self.read_named(Named::Category, category, from)
+    }
+
+    /// Read the events of type `event_type` from position `from` on, in
+    /// position order.
+    pub fn read_event_type(&self, event_type: &str, from: u64) -> ReadNamed<'_> {
+        self.read_named(Named::Type, event_type, from)
+    }
+
+    fn read_named(&self, kind: Named, name: &str, from: u64) -> ReadNamed<'_> {
+        ReadNamed {
+            view: self,
+            kind,
+            name: name.into(),
+            from,
+            seg: self.segment_of(from),
+            cur: None,
+            buf: Vec::new(),
+            done: self.segments.is_empty(),
+        }
+    }
+
+    /// Read every record from position `from` down to position 0, newest
+    /// first.
+    pub fn read_all_backward(&self, from: u64) -> ReadAllBackward<'_> {
+        ReadAllBackward {
+            view: self,
+            from,
+            seg: self.segment_of(from.min(self.next_position().saturating_sub(1))) + 1,
+            frame: None,
+            buf: Vec::new(),
+            done: self.segments.is_empty(),
+        }
+    }
+}
+
+/// Validate the batch at `off` of `seg` and push its records accepted by
+/// `keep` onto `buf` in the order they are to be popped (`rev`: reversed
+/// position order is popped last-first, i.e. newest first). `Ok(false)` if the
+/// batch lies past the visible end of the segment.
+fn load_batch<'a>(
+    seg: &'a ViewSegment,
+    off: u64,
+    buf: &mut Vec<RecordRef<'a>>,
+    newest_first: bool,
+    keep: impl Fn(&RecordRef<'a>) -> bool,
+) -> Result<bool> {
+    let bytes: &'a [u8] = seg.map.bytes();
+    let Some(rest) = usize::try_from(off)
+        .ok()
+        .and_then(|o| bytes.get(o..))
+        .filter(|r| !r.is_empty())
+    else {
+        return Ok(false);
+    };
+    let f = validate_frame(rest, off, true).map_err(|d| d.at(&*seg.path))?;
+    let frame = &rest[..f.len as usize];
+    let start = buf.len();
+    buf.extend(frame_records(frame).filter(|r| keep(r)));
+    if !newest_first {
+        buf[start..].reverse();
+    }
+    Ok(true)
+}
+
+/// Iterator over one stream's records, created by [`LogView::read_stream`].
+#[derive(Debug)]
+pub struct ReadStream<'a> {
+    view: &'a LogView,
+    name: Box<str>,
+    links: Vec<Link>,
+    /// Forward: the link being read. Backward: one past it.
+    link: usize,
+    /// The next entry of the current link to read.
+    entry: Option<u32>,
+    dir: Direction,
+    from_version: u64,
+    remaining: u64,
+    /// Records of the current batch still to yield, to be popped from the end.
+    buf: Vec<RecordRef<'a>>,
+    err: Option<Error>,
+    done: bool,
+}
+
+impl<'a> ReadStream<'a> {
+    fn step(&mut self) -> Result<Option<RecordRef<'a>>> {
+        loop {
+            if self.remaining == 0 {
+                return Ok(None);
+            }
+            if let Some(r) = self.buf.pop() {
+                self.remaining -= 1;
+                return Ok(Some(r));
+            }
+            let li = match self.dir {
+                Direction::Forward => self.link,
+                Direction::Backward => match self.link.checked_sub(1) {
+                    Some(l) => l,
+                    None => return Ok(None),
+                },
+            };
+            let Some(link) = self.links.get(li).copied() else {
+                return Ok(None);
+            };
+            let view: &'a LogView = self.view;
+            let seg: &'a ViewSegment = &view.segments[link.seg];
+            let name = &*self.name;
+            let from = self.from_version;
+            let entry = match self.entry {
+                Some(e) => Some(e),
+                None => first_entry(seg, name, &link.info, self.dir, from)?,
+            };
+            let Some(e) = entry else {
+                self.next_link();
+                continue;
+            };
+            let Some((_, off)) = seg.with_index(|i| i.stream_entry(name, &link.info, e))? else {
+                self.next_link();
+                continue;
+            };
+            self.entry = match self.dir {
+                Direction::Forward => Some(e + 1),
+                Direction::Backward => e.checked_sub(1),
+            };
+            if self.dir == Direction::Backward && self.entry.is_none() {
+                // After this batch, go on with the previous link.
+                self.link = li;
+            }
+            let newest_first = self.dir == Direction::Backward;
+            let visible = load_batch(seg, off, &mut self.buf, newest_first, |r| match self.dir {
+                Direction::Forward => r.stream_version() >= from,
+                Direction::Backward => r.stream_version() <= from,
+            })?;
+            if !visible {
+                // Entries past the visible end of the active segment.
+                match self.dir {
+                    Direction::Forward => return Ok(None),
+                    Direction::Backward => continue,
+                }
+            }
+        }
+    }
+
+    fn next_link(&mut self) {
+        self.entry = None;
+        match self.dir {
+            Direction::Forward => self.link += 1,
+            Direction::Backward => self.link = self.link.saturating_sub(1),
+        }
+    }
+}
+
+/// The entry to start at in `link`: forward, the last batch whose first
+/// version is at or below `from` (or the first); backward, the last batch
+/// whose first version is at or below `from`.
+fn first_entry(seg: &ViewSegment, name: &str, info: &StreamInfo, dir: Direction, from: u64) -> Result<Option<u32>> {
+    let n = info.entry_count;
+    if n == 0 {
+        return Ok(None);
+    }
+    // Largest i with entry(i).first_version <= from.
+    let (mut lo, mut hi) = (0u32, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let v = seg
+            .with_index(|i| i.stream_entry(name, info, mid))?
+            .map_or(u64::MAX, |e| e.0);
+        if v <= from {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(match (dir, lo) {
+        (Direction::Forward, 0) => Some(0),
+        (Direction::Forward, l) => Some(l - 1),
+        (Direction::Backward, 0) => None,
+        (Direction::Backward, l) => Some(l - 1),
+    })
+}
+
+impl<'a> Iterator for ReadStream<'a> {
+    type Item = Result<RecordRef<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if let Some(e) = self.err.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        match self.step() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Iterator over a category's or an event type's records, created by
+/// [`LogView::read_category`] and [`LogView::read_event_type`].
+#[derive(Debug)]
+pub struct ReadNamed<'a> {
+    view: &'a LogView,
+    kind: Named,
+    name: Box<str>,
+    from: u64,
+    seg: usize,
+    /// `(entry_start, entry_count, next entry)` in the current segment.
+    cur: Option<(u32, u32, u32)>,
+    buf: Vec<RecordRef<'a>>,
+    done: bool,
+}
+
+/// The position stored at an entry's offset: a frame's first position or a
+/// record's position (for the binary search only; reading validates).
+fn entry_position(bytes: &[u8], kind: Named, off: u64) -> u64 {
+    let at = off as usize + if kind == Named::Category { 16 } else { 8 };
+    bytes
+        .get(at..at + 8)
+        .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
+}
+
+impl<'a> ReadNamed<'a> {
+    fn step(&mut self) -> Result<Option<RecordRef<'a>>> {
+        loop {
+            if let Some(r) = self.buf.pop() {
+                return Ok(Some(r));
+            }
+            let view: &'a LogView = self.view;
+            let Some(seg) = view.segments.get(self.seg) else {
+                return Ok(None);
+            };
+            let (kind, name, from) = (self.kind, &*self.name, self.from);
+            let (start, count, i) = match self.cur {
+                Some(c) => c,
+                None => match seg.with_index(|x| x.find_named(kind, name))? {
+                    None => {
+                        self.seg += 1;
+                        continue;
+                    }
+                    Some((start, count)) => {
+                        // First entry at or after `from` (binary search).
+                        let bytes = seg.map.bytes();
+                        let (mut lo, mut hi) = (0u32, count);
+                        while lo < hi {
+                            let mid = lo + (hi - lo) / 2;
+                            let off = seg
+                                .with_index(|x| x.named_entry(kind, name, start, mid))?
+                                .unwrap_or(u64::MAX);
+                            let before = match kind {
+                                // A batch wholly before `from`: its first position plus its count.
+                                Named::Category => {
+                                    let count = bytes
+                                        .get(off as usize + 24..off as usize + 28)
+                                        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                                    entry_position(bytes, kind, off).saturating_add(count as u64) <= from
+                                }
+                                Named::Type => entry_position(bytes, kind, off) < from,
+                            };
+                            if before {
+                                lo = mid + 1;
+                            } else {
+                                hi = mid;
+                            }
+                        }
+                        (start, count, lo)
+                    }
+                },
+            };
+            if i >= count {
+                self.cur = None;
+                self.seg += 1;
+                continue;
+            }
+            self.cur = Some((start, count, i + 1));
+            let Some(off) = seg.with_index(|x| x.named_entry(kind, name, start, i))? else {
+                self.cur = None;
+                self.seg += 1;
+                continue;
+            };
+            match kind {
+                Named::Category => {
+                    if !load_batch(seg, off, &mut self.buf, false, |r| r.position() >= from)? {
+                        return Ok(None);
+                    }
+                }
+                Named::Type => {
+                    let bytes: &'a [u8] = seg.map.bytes();
+                    let Some(rest) = bytes.get(off as usize..).filter(|r| !r.is_empty()) else {
+                        return Ok(None);
+                    };
+                    let (rec, _) =
+                        parse_record(rest, true).map_err(|(o, d)| Damage::corrupt(off + o as u64, d).at(&*seg.path))?;
+                    if rec.event_type() != name {
+                        return Err(corrupt(
+                            &seg.path.with_extension("idx"),
+                            0,
+                            format!(
+                                "index entry for type {name:?} points at a record of type {:?}",
+                                rec.event_type()
+                            ),
+                        ));
+                    }
+                    if rec.position() >= from {
+                        return Ok(Some(rec));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for ReadNamed<'a> {
+    type Item = Result<RecordRef<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Iterator over every record, newest first, created by
+/// [`LogView::read_all_backward`].
+#[derive(Debug)]
+pub struct ReadAllBackward<'a> {
+    view: &'a LogView,
+    from: u64,
+    /// One past the segment being read.
+    seg: usize,
+    /// The next frame (index in the segment's frame list) to read, going down.
+    frame: Option<u32>,
+    buf: Vec<RecordRef<'a>>,
+    done: bool,
+}
+
+impl<'a> ReadAllBackward<'a> {
+    fn step(&mut self) -> Result<Option<RecordRef<'a>>> {
+        loop {
+            if let Some(r) = self.buf.pop() {
+                return Ok(Some(r));
+            }
+            let view: &'a LogView = self.view;
+            let Some(si) = self.seg.checked_sub(1) else {
+                return Ok(None);
+            };
+            let seg = &view.segments[si];
+            let from = self.from;
+            let fi = match self.frame {
+                Some(f) => f,
+                None => {
+                    // The last frame whose first position is at or below `from`.
+                    let n = seg.with_index(|x| Ok(x.frame_count()))?;
+                    let (mut lo, mut hi) = (0u32, n);
+                    while lo < hi {
+                        let mid = lo + (hi - lo) / 2;
+                        let p = seg.with_index(|x| x.frame(mid))?.map_or(u64::MAX, |f| f.0);
+                        if p <= from {
+                            lo = mid + 1;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    match lo.checked_sub(1) {
+                        Some(f) => f,
+                        None => {
+                            self.seg = si;
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.frame = fi.checked_sub(1);
+            if self.frame.is_none() {
+                self.seg = si;
+            }
+            let Some((_, off)) = seg.with_index(|x| x.frame(fi))? else {
+                continue;
+            };
+            // Frames past the visible end (active segment) are skipped.
+            load_batch(seg, off, &mut self.buf, true, |r| r.position() <= from)?;
+        }
+    }
+}
+
+impl<'a> Iterator for ReadAllBackward<'a> {
+    type Item = Result<RecordRef<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
