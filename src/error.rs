@@ -87,6 +87,16 @@ pub enum Error {
         /// The failure that poisoned the writer.
         cause: String,
     },
+    /// An append repeats part of an earlier append (some of its event ids
+    /// match the events stored at the expected versions, some do not).
+    /// Nothing was written.
+    #[error("idempotency conflict on stream {stream:?}: {detail}")]
+    IdempotencyConflict {
+        /// The stream appended to.
+        stream: String,
+        /// Which ids matched.
+        detail: String,
+    },
     /// An argument is outside what annal accepts (empty batch, oversized event, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
@@ -620,6 +621,10 @@ pub(crate) struct IndexCell {
     state: RwLock<Option<Index>>,
     /// Damage found in the index file (reported; the index was rebuilt).
     damage: Mutex<Option<Error>>,
+    /// The writer rewrote the file after the damage.
+    rewritten: AtomicBool,
+    /// Counter the writer watches: bumped when damage is found.
+    notify: OnceLock<Arc<AtomicU64>>,
 }
 
 impl IndexCell {
@@ -632,7 +637,20 @@ impl IndexCell {
             base,
             state: RwLock::new(index),
             damage: Mutex::new(None),
+            rewritten: AtomicBool::new(false),
+            notify: OnceLock::new(),
         }
+    }
+
+    /// Have `counter` bumped whenever damage is found in this index (the
+    /// writer then rewrites the file).
+    pub(crate) fn notify(&self, counter: &Arc<AtomicU64>) {
+        let _ = self.notify.set(counter.clone());
+    }
+
+    /// The index file was rewritten from the in-memory index now in use.
+    pub(crate) fn mark_rewritten(&self) {
+        self.rewritten.store(true, Ordering::Release);
     }
 
     /// Replace the index in use (the writer, once it wrote the file).
@@ -677,6 +695,9 @@ impl IndexCell {
                 detail: "index file is missing".into(),
             });
         }
+        if let Some(n) = self.notify.get() {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(Index::Mem(Arc::new(RwLock::new(mem))))
     }
 
@@ -702,7 +723,12 @@ impl IndexCell {
 
     /// Whether the index in use was rebuilt (its file is damaged or missing).
     pub(crate) fn needs_rewrite(&self) -> bool {
-        self.damage.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.damage.lock().unwrap_or_else(|p| p.into_inner()).is_some() && !self.rewritten.load(Ordering::Acquire)
+    }
+
+    /// The index currently in use, if one was loaded.
+    pub(crate) fn current(&self) -> Option<Index> {
+        lock_read(&self.state).clone()
     }
 }
 

@@ -17,10 +17,10 @@
 //!   [`Error::Poisoned`] until the log is reopened (after a failed fsync Linux
 //!   may drop dirty pages and report success later).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,7 @@ use crate::head::{Head, HeadWriter};
 use crate::index::{self, IdxFile, Index, IndexCell, MemIndex, Prev};
 use crate::io::{Io, IoFile, StdIo};
 use crate::mmap::Mapping;
+use crate::query::Direction;
 use crate::record::{EventData, Stamp, encode_record};
 use crate::recovery::{self, Recovered};
 use crate::segment::{encode_seal, finish_batch_header, segment_file_name};
@@ -110,6 +111,7 @@ pub struct Options {
     pub(crate) clock: Clock,
     pub(crate) log_id: Option<[u8; 16]>,
     pub(crate) hash_mask: u64,
+    pub(crate) idempotency_window: usize,
 }
 
 impl std::fmt::Debug for Options {
@@ -143,6 +145,7 @@ impl Default for Options {
             clock: Arc::new(system_clock),
             log_id: None,
             hash_mask: u64::MAX,
+            idempotency_window: 100_000,
         }
     }
 }
@@ -192,6 +195,13 @@ impl Options {
     /// vectors and tests.
     pub fn log_id(mut self, id: [u8; 16]) -> Self {
         self.log_id = Some(id);
+        self
+    }
+    /// How many of the most recent events with application-supplied ids are
+    /// remembered for idempotent retries with `ExpectedVersion::Any` (default
+    /// 100,000; about 80 bytes each). See [`Log::append`].
+    pub fn idempotency_window(mut self, events: usize) -> Self {
+        self.idempotency_window = events;
         self
     }
     /// Narrow the stream hash written into new index files and stream tables
@@ -278,6 +288,10 @@ struct Inner {
     poisoned: AtomicBool,
     /// A lookup found the stream table damaged; the leader rebuilds it.
     table_damaged: AtomicBool,
+    /// Bumped by index cells when a reader finds an index file damaged.
+    index_damage: Arc<AtomicU64>,
+    /// The value of `index_damage` the leader last handled.
+    index_damage_handled: AtomicU64,
     io: Mutex<IoState>,
     published: Mutex<Published>,
     recovery: Recovery,
@@ -292,6 +306,10 @@ struct State {
     unpersisted: Vec<(u64, Arc<RwLock<MemIndex>>)>,
     /// The stream table covering the other sealed segments.
     table: Option<Arc<StreamTable>>,
+    /// Recently appended events with application-supplied ids, for
+    /// idempotent retries (bounded by `Options::idempotency_window`).
+    recent_ids: HashMap<[u8; 16], RecentId>,
+    recent_order: VecDeque<[u8; 16]>,
     next_position: u64,
     last_timestamp: u64,
     seg_end: u64,
@@ -308,6 +326,13 @@ struct State {
     /// Bytes assigned so far (a log sequence number of bytes, across segments).
     lsn: u64,
     closed: bool,
+}
+
+/// Where a recently appended event with an application-supplied id went.
+struct RecentId {
+    stream: Arc<str>,
+    version: u64,
+    position: u64,
 }
 
 enum Op {
@@ -392,6 +417,10 @@ impl Log {
             },
         )?;
         let active_file = File::open(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
+        let index_damage = Arc::new(AtomicU64::new(0));
+        for seg in &sealed {
+            seg.index.notify(&index_damage);
+        }
         let inner = Inner {
             log_id,
             _lock: lock,
@@ -399,6 +428,8 @@ impl Log {
                 index: active_index.clone(),
                 unpersisted: Vec::new(),
                 table: table.clone(),
+                recent_ids: HashMap::new(),
+                recent_order: VecDeque::new(),
                 next_position,
                 last_timestamp,
                 seg_end: active_end,
@@ -420,6 +451,8 @@ impl Log {
             commit_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
             table_damaged: AtomicBool::new(false),
+            index_damage,
+            index_damage_handled: AtomicU64::new(0),
             io: Mutex::new(IoState {
                 file,
                 path: active_path.clone(),
@@ -476,6 +509,38 @@ impl Log {
     /// Append `events` to `stream` as one atomic batch, if the stream is at
     /// `expected`. With [`Durability::Fsync`] the batch is durable when this
     /// returns; with [`Durability::Buffered`] it is handed to the OS.
+    ///
+    /// # Idempotent retries
+    ///
+    /// When every event carries an id ([`EventData::with_id`]), repeating an
+    /// append (a retry after a timeout) returns the original result and writes
+    /// nothing:
+    ///
+    /// * `Exact(n)` (and `NoStream`, as `n` = none): if the stream is past `n`
+    ///   and the events stored at versions `n+1..` have exactly these ids, in
+    ///   order, it is a retry. If only the first few match, the append fails
+    ///   with [`Error::IdempotencyConflict`]; if none match, with
+    ///   [`Error::WrongExpectedVersion`].
+    /// * `Any` and `StreamExists`: if the first id is among the most recent
+    ///   [`Options::idempotency_window`] events with application-supplied ids
+    ///   and belongs to this stream, the batch must repeat the stored events
+    ///   exactly (a retry) or fails with [`Error::IdempotencyConflict`]. Ids
+    ///   older than the window are not detected: use `Exact` for retries that
+    ///   can come late.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use annal::{EventData, ExpectedVersion, Log, Options, Uuid};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), Options::default())?;
+    /// let id = Uuid::from_u128(7);
+    /// let batch = [EventData::new("Paid", b"{}".as_slice()).with_id(id)];
+    /// let first = log.append("order-9", ExpectedVersion::NoStream, &batch)?;
+    /// let retry = log.append("order-9", ExpectedVersion::NoStream, &batch)?;
+    /// assert_eq!(first, retry);
+    /// assert_eq!(log.view()?.next_position(), 1, "the retry wrote nothing");
+    /// # Ok(()) }
+    /// ```
     pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData<'_>]) -> Result<AppendResult> {
         let inner = &*self.inner;
         let batch_len = inner.check_batch(stream, events)?;
@@ -494,24 +559,7 @@ impl Log {
     /// A consistent view of everything visible now (written, or with
     /// [`Durability::Fsync`] durable), for reading.
     pub fn view(&self) -> Result<LogView> {
-        let mut p = lock(&self.inner.published);
-        let map = match &p.map {
-            Some(m) if m.bytes().len() as u64 == p.visible_end => m.clone(),
-            _ => {
-                let m = Arc::new(Mapping::map(&p.active_file, p.visible_end, &p.active_path)?);
-                p.map = Some(m.clone());
-                m
-            }
-        };
-        let mut segs = Vec::with_capacity(p.sealed.len() + 1);
-        segs.extend(p.sealed.iter().cloned());
-        segs.push(ViewSegment {
-            base: p.active_base,
-            path: p.active_path.clone(),
-            map,
-            index: p.active_index.clone(),
-        });
-        Ok(LogView::new(segs, p.next_position, p.table.clone()))
+        self.inner.view()
     }
 
     /// Make everything durable, mark the log cleanly closed (its durable
@@ -585,6 +633,12 @@ impl Inner {
             return Err(self.poison_error());
         }
         let current = self.current_version(&st, stream)?;
+        if events.iter().all(|e| e.id.is_some())
+            && let Some(r) = self.idempotent(&st, stream, expected, current, events)?
+        {
+            // A retry of an append that is already in the log: wait for it.
+            return Ok((st.lsn, r));
+        }
         let ok = match expected {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => current.is_none(),
@@ -658,6 +712,24 @@ impl Inner {
             (here, &*ev.event_type)
         });
         write_index(&st.index).add_batch(frame_offset, first_position, stream, first_version, n, records);
+        if self.opts.idempotency_window > 0 && events.iter().any(|e| e.id.is_some()) {
+            let name: Arc<str> = stream.into();
+            for (i, ev) in events.iter().enumerate() {
+                if let Some(id) = ev.id {
+                    st.remember(
+                        id.into_bytes(),
+                        &name,
+                        first_version + i as u64,
+                        first_position + i as u64,
+                    );
+                }
+            }
+            while st.recent_order.len() > self.opts.idempotency_window {
+                if let Some(old) = st.recent_order.pop_front() {
+                    st.recent_ids.remove(&old);
+                }
+            }
+        }
         Ok((
             st.lsn,
             AppendResult {
@@ -770,6 +842,11 @@ impl Inner {
             p.visible_end = visible;
             p.next_position = visible_position;
         }
+        let damage = self.index_damage.load(Ordering::Acquire);
+        if damage != self.index_damage_handled.load(Ordering::Acquire) {
+            self.rewrite_damaged_indexes()?;
+            self.index_damage_handled.store(damage, Ordering::Release);
+        }
         if self.table_damaged.load(Ordering::Acquire) {
             let sealed = lock(&self.published).sealed.clone();
             let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
@@ -824,6 +901,7 @@ impl Inner {
                     Some(Index::Mem(sealed.clone())),
                 )),
             };
+            seg.index.notify(&self.index_damage);
             p.sealed.push(seg.clone());
             p.active_base = base;
             p.active_path = Arc::new(path.clone());
@@ -873,6 +951,37 @@ impl Inner {
         self.install_table(&table_bytes, Some(seg.base))
     }
 
+    /// Rewrite the index files that readers found damaged, from the indexes
+    /// they rebuilt in memory (spec 17.4).
+    fn rewrite_damaged_indexes(&self) -> Result<()> {
+        let (sealed, table) = {
+            let p = lock(&self.published);
+            (p.sealed.clone(), p.table.clone())
+        };
+        for (i, seg) in sealed.iter().enumerate() {
+            if !seg.index.needs_rewrite() {
+                continue;
+            }
+            let Some(Index::Mem(mem)) = seg.index.current() else {
+                continue;
+            };
+            let bytes = seg.map.bytes();
+            let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
+            let earlier = &sealed[..i];
+            let (idx_bytes, _) = read_index(&mem).encode(
+                seg.base,
+                bytes.len() as u64,
+                seal_crc,
+                self.opts.hash_mask,
+                &mut |name| resolve_prev(table.as_deref(), earlier, name),
+            );
+            let idx_path = self.dir.join(index_file_name(seg.base));
+            write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;
+            seg.index.mark_rewritten();
+        }
+        Ok(())
+    }
+
     /// Write `bytes` as the stream table and let readers and appenders use it;
     /// `covered` is a segment whose in-memory streams it now covers.
     fn install_table(&self, bytes: &[u8], covered: Option<u64>) -> Result<()> {
@@ -887,6 +996,96 @@ impl Inner {
         }
         self.table_damaged.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// If this append repeats one already in the log (same ids, same stream,
+    /// consecutive versions), the original result. Errors if it repeats only
+    /// part of one.
+    fn idempotent(
+        &self,
+        st: &State,
+        stream: &str,
+        expected: ExpectedVersion,
+        current: Option<u64>,
+        events: &[EventData<'_>],
+    ) -> Result<Option<AppendResult>> {
+        let ids: Vec<[u8; 16]> = events.iter().filter_map(|e| e.id.map(Uuid::into_bytes)).collect();
+        let k = ids.len() as u64;
+        // The stored (version, position, id) of the stream's events from `v0`.
+        let stored = |v0: u64| -> Result<Vec<(u64, u64, [u8; 16])>> {
+            let mut out = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                match st.recent_ids.get(id) {
+                    Some(r) if &*r.stream == stream && r.version == v0 + i as u64 => {
+                        out.push((r.version, r.position, *id))
+                    }
+                    _ => break,
+                }
+            }
+            if out.len() == ids.len() || !out.is_empty() {
+                return Ok(out);
+            }
+            // Not remembered: read what the log holds (written events).
+            let view = self.view()?;
+            let mut out = Vec::new();
+            for r in view.read_stream(stream, v0, Direction::Forward, k) {
+                let r = r?;
+                out.push((r.stream_version(), r.position(), r.event_id().into_bytes()));
+            }
+            Ok(out)
+        };
+        let v0 = match expected {
+            ExpectedVersion::Exact(n) if current.is_some_and(|c| c > n) => n + 1,
+            ExpectedVersion::Exact(_) => return Ok(None),
+            ExpectedVersion::NoStream if current.is_some() => 0,
+            ExpectedVersion::NoStream => return Ok(None),
+            ExpectedVersion::Any | ExpectedVersion::StreamExists => match st.recent_ids.get(&ids[0]) {
+                Some(r) if &*r.stream == stream => r.version,
+                _ => return Ok(None),
+            },
+        };
+        let found = stored(v0)?;
+        let matching = found.iter().zip(&ids).take_while(|((_, _, a), b)| a == *b).count() as u64;
+        if matching == 0 {
+            return Ok(None);
+        }
+        if matching < k {
+            return Err(Error::IdempotencyConflict {
+                stream: stream.to_owned(),
+                detail: format!(
+                    "the first {matching} of {k} event ids match the events stored at versions {v0}.., the rest do not: \
+                     a retry must repeat the original batch exactly"
+                ),
+            });
+        }
+        let (first, last) = (found[0], found[k as usize - 1]);
+        Ok(Some(AppendResult {
+            first_position: first.1,
+            last_position: last.1,
+            stream_version: last.0,
+        }))
+    }
+
+    /// A view of everything visible now.
+    fn view(&self) -> Result<LogView> {
+        let mut p = lock(&self.published);
+        let map = match &p.map {
+            Some(m) if m.bytes().len() as u64 == p.visible_end => m.clone(),
+            _ => {
+                let m = Arc::new(Mapping::map(&p.active_file, p.visible_end, &p.active_path)?);
+                p.map = Some(m.clone());
+                m
+            }
+        };
+        let mut segs = Vec::with_capacity(p.sealed.len() + 1);
+        segs.extend(p.sealed.iter().cloned());
+        segs.push(ViewSegment {
+            base: p.active_base,
+            path: p.active_path.clone(),
+            map,
+            index: p.active_index.clone(),
+        });
+        Ok(LogView::new(segs, p.next_position, p.table.clone()))
     }
 
     /// The current version of `stream`: the active index, then segments sealed
@@ -955,20 +1154,32 @@ impl Inner {
 /// its row there: from the stream table, or, if the table is damaged, by
 /// searching the earlier segments' indexes.
 pub(crate) fn resolve_prev(table: Option<&StreamTable>, earlier: &[ViewSegment], name: &str) -> Prev {
-    if let Some(t) = table
-        && let Ok(found) = t.lookup(name)
-    {
-        return found.map_or(Prev::NONE, |e| e.at);
-    }
-    for seg in earlier.iter().rev() {
-        if let Ok(Some(i)) = seg.find_stream(name) {
-            return Prev {
-                segment: seg.base,
-                row: i.row,
-            };
+    let search = |segs: &[ViewSegment]| {
+        for seg in segs.iter().rev() {
+            if let Ok(Some(i)) = seg.find_stream(name) {
+                return Some(Prev {
+                    segment: seg.base,
+                    row: i.row,
+                });
+            }
         }
+        None
+    };
+    let Some(t) = table else {
+        return search(earlier).unwrap_or(Prev::NONE);
+    };
+    // Segments the table does not cover are searched first (newest first).
+    let covered = earlier.partition_point(|s| s.base < t.next_segment());
+    if let Some(p) = search(&earlier[covered..]) {
+        return p;
     }
-    Prev::NONE
+    let below = earlier.last().map_or(0, |s| s.base + 1);
+    match t.lookup(name) {
+        Ok(None) => Prev::NONE,
+        // The table may cover segments after the one being indexed.
+        Ok(Some(e)) if e.at.segment < below => e.at,
+        _ => search(&earlier[..covered]).unwrap_or(Prev::NONE),
+    }
 }
 
 /// Build a stream table covering `sealed` (all sealed segments, in order)
@@ -1032,6 +1243,20 @@ fn generated_id(base: u128, i: u64) -> [u8; 16] {
 }
 
 impl State {
+    fn remember(&mut self, id: [u8; 16], stream: &Arc<str>, version: u64, position: u64) {
+        let prev = self.recent_ids.insert(
+            id,
+            RecentId {
+                stream: stream.clone(),
+                version,
+                position,
+            },
+        );
+        if prev.is_none() {
+            self.recent_order.push_back(id);
+        }
+    }
+
     fn push_bytes(&mut self, bytes: &[u8]) {
         self.cur.extend_from_slice(bytes);
         self.lsn += bytes.len() as u64;
