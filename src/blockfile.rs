@@ -88,7 +88,7 @@ impl BlockFile {
         let expect_len = table_offset
             .checked_add(blocks.saturating_mul(4))
             .and_then(|x| x.checked_add(FOOTER_LEN as u64));
-        if table_offset % 8 != 0 || blocks != expect_blocks || expect_len != Some(len as u64) {
+        if !table_offset.is_multiple_of(8) || blocks != expect_blocks || expect_len != Some(len as u64) {
             return Err(Damage::corrupt(
                 foff,
                 format!(

@@ -171,7 +171,7 @@ impl MemIndex {
         seal_crc: u32,
         hash_mask: u64,
         resolve: &mut dyn FnMut(&str) -> Prev,
-    ) -> (Vec<u8>, Vec<(Box<str>, u32, u64)>) {
+    ) -> (Vec<u8>, Vec<StreamRowSummary>) {
         let h = |name: &str| stream_hash(name.as_bytes()) & hash_mask;
         let mut streams: Vec<(&str, &MemStream)> = self.streams.iter().map(|(k, v)| (&**k, v)).collect();
         streams.sort_unstable_by(|a, b| (h(a.0), a.0.as_bytes()).cmp(&(h(b.0), b.0.as_bytes())));
@@ -295,6 +295,9 @@ impl MemIndex {
 }
 
 // ------------------------------------------------------------------ on disk
+
+/// `(name, row, last_version)` of a stream row, for the stream table.
+pub(crate) type StreamRowSummary = (Box<str>, u32, u64);
 
 /// Which named section of an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
