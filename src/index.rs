@@ -626,6 +626,8 @@ pub(crate) struct IndexCell {
     damage: Mutex<Option<Error>>,
     /// The writer rewrote the file after the damage.
     rewritten: AtomicBool,
+    /// The index in use was rebuilt because the file did not exist.
+    missing: AtomicBool,
     /// Counter the writer watches: bumped when damage is found.
     notify: OnceLock<Arc<AtomicU64>>,
 }
@@ -641,6 +643,7 @@ impl IndexCell {
             state: RwLock::new(index),
             damage: Mutex::new(None),
             rewritten: AtomicBool::new(false),
+            missing: AtomicBool::new(false),
             notify: OnceLock::new(),
         }
     }
@@ -649,6 +652,21 @@ impl IndexCell {
     /// writer then rewrites the file).
     pub(crate) fn notify(&self, counter: &Arc<AtomicU64>) {
         let _ = self.notify.set(counter.clone());
+    }
+
+    /// If the index in use was rebuilt because its file did not exist, and
+    /// the file exists now, switch to it (frees the in-memory index).
+    pub(crate) fn retry_disk(&self, segment: &[u8]) {
+        if !self.missing.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(p) = &self.path
+            && p.exists()
+            && let Ok(f) = IdxFile::open_for(p, self.base, segment)
+        {
+            self.set(Index::Disk(Arc::new(f)));
+            self.missing.store(false, Ordering::Release);
+        }
     }
 
     /// The index file was rewritten from the in-memory index now in use.
@@ -691,15 +709,14 @@ impl IndexCell {
         let mem = MemIndex::rebuild(segment).map_err(|d| d.at(&seg_path))?;
         if path.exists() {
             *self.damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.at(path));
+            if let Some(n) = self.notify.get() {
+                n.fetch_add(1, Ordering::AcqRel);
+            }
         } else {
-            *self.damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(Error::Corrupt {
-                path: path.to_owned(),
-                offset: 0,
-                detail: "index file is missing".into(),
-            });
-        }
-        if let Some(n) = self.notify.get() {
-            n.fetch_add(1, Ordering::AcqRel);
+            // Not written yet (a reader racing the writer's sealer) or
+            // deleted (the writer rebuilds it when it opens the log): not
+            // damage; `retry_disk` picks the file up once it exists.
+            self.missing.store(true, Ordering::Release);
         }
         Ok(Index::Mem(Arc::new(RwLock::new(mem))))
     }

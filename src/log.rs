@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
@@ -288,6 +288,9 @@ struct Inner {
     poisoned: AtomicBool,
     /// A lookup found the stream table damaged; the leader rebuilds it.
     table_damaged: AtomicBool,
+    /// Jobs for the sealer thread, which indexes sealed segments.
+    sealer_tx: Mutex<Option<mpsc::Sender<SealJob>>>,
+    sealer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Bumped by index cells when a reader finds an index file damaged.
     index_damage: Arc<AtomicU64>,
     /// The value of `index_damage` the leader last handled.
@@ -326,6 +329,13 @@ struct State {
     /// Bytes assigned so far (a log sequence number of bytes, across segments).
     lsn: u64,
     closed: bool,
+}
+
+/// A sealed segment to index (spec 17) and fold into the stream table.
+struct SealJob {
+    seg: ViewSegment,
+    mem: Arc<RwLock<MemIndex>>,
+    next_segment: u64,
 }
 
 /// Where a recently appended event with an application-supplied id went.
@@ -453,6 +463,8 @@ impl Log {
             table_damaged: AtomicBool::new(false),
             index_damage,
             index_damage_handled: AtomicU64::new(0),
+            sealer_tx: Mutex::new(None),
+            sealer: Mutex::new(None),
             io: Mutex::new(IoState {
                 file,
                 path: active_path.clone(),
@@ -476,7 +488,16 @@ impl Log {
             dir,
             opts,
         };
-        Ok(Log { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        let (tx, rx) = mpsc::channel::<SealJob>();
+        let worker = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("annal-sealer".into())
+            .spawn(move || worker.run_sealer(rx))
+            .map_err(|e| Error::io("spawn the sealer thread for", inner.dir.clone(), e))?;
+        *self::lock(&inner.sealer_tx) = Some(tx);
+        *self::lock(&inner.sealer) = Some(handle);
+        Ok(Log { inner })
     }
 
     /// What opening the log did: creation, a removed torn tail, ...
@@ -917,7 +938,47 @@ impl Inner {
         io.base = base;
         io.offset = SEGMENT_HEADER_LEN as u64;
         io.durable = SEGMENT_HEADER_LEN as u64;
-        self.index_sealed(&sealed_seg, &sealed, base)
+        // Indexing runs on the sealer thread, so appends never wait for it.
+        let job = SealJob {
+            seg: sealed_seg,
+            mem: sealed,
+            next_segment: base,
+        };
+        match lock(&self.sealer_tx).as_ref().map(|tx| tx.send(job)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(mpsc::SendError(job))) => self.index_sealed(&job.seg, &job.mem, job.next_segment),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// The sealer thread: index each sealed segment in order. A failure
+    /// poisons the writer like any failed write.
+    fn run_sealer(&self, rx: mpsc::Receiver<SealJob>) {
+        for job in rx {
+            if self.poisoned.load(Ordering::Acquire) {
+                continue;
+            }
+            if let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment) {
+                self.poison(&e);
+            }
+        }
+    }
+
+    fn poison(&self, e: &Error) {
+        self.poisoned.store(true, Ordering::Release);
+        let mut c = lock(&self.commit);
+        if c.poison.is_none() {
+            c.poison = Some(e.to_string());
+        }
+        self.commit_cv.notify_all();
+    }
+
+    /// Stop the sealer thread after it has indexed every sealed segment.
+    fn stop_sealer(&self) {
+        drop(lock(&self.sealer_tx).take());
+        if let Some(h) = lock(&self.sealer).take() {
+            let _ = h.join();
+        }
     }
 
     /// Write the index of a just-sealed segment and the new stream table
@@ -1124,10 +1185,17 @@ impl Inner {
         }
         if self.poisoned.load(Ordering::Acquire) {
             lock(&self.state).closed = true;
+            self.stop_sealer();
             return Err(self.poison_error());
         }
         let target = lock(&self.state).lsn;
-        self.commit_until(target, true)?;
+        let committed = self.commit_until(target, true);
+        self.stop_sealer();
+        committed?;
+        if self.poisoned.load(Ordering::Acquire) {
+            lock(&self.state).closed = true;
+            return Err(self.poison_error());
+        }
         let next_position = {
             let mut st = lock(&self.state);
             st.closed = true;

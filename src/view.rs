@@ -513,6 +513,9 @@ impl Reader {
                 buf: Vec::new(),
             });
         }
+        for seg in &self.sealed {
+            seg.index.retry_disk(seg.map.bytes());
+        }
         let table = match StreamTable::open(&self.dir.join(STREAM_TABLE_FILE)) {
             Ok(t) => t.map(Arc::new),
             // A damaged table is not used: lookups search the indexes.
