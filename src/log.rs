@@ -1007,7 +1007,10 @@ impl Inner {
             match streamtable::merge(old_table.as_deref(), &rows, seg.base, next_segment, self.opts.hash_mask) {
                 Ok(b) => b,
                 // The old table is damaged: rebuild it from every index.
-                Err(_) => rebuild_table(&lock(&self.published).sealed, next_segment, self.opts.hash_mask)?,
+                Err(_) => {
+                    let sealed = lock(&self.published).sealed.clone();
+                    rebuild_table(&sealed, next_segment, self.opts.hash_mask)?
+                }
             };
         self.install_table(&table_bytes, Some(seg.base))
     }
