@@ -170,11 +170,36 @@ impl LogView {
     pub fn read_all_with(&self, from: u64, opts: ReadOptions) -> ReadAll<'_> {
         // The last segment whose base is <= from.
         let seg = self.segments.partition_point(|s| s.base <= from).saturating_sub(1);
-        let pos = self.segments.get(seg).map_or(0, |s| s.base);
+        let mut pos = self.segments.get(seg).map_or(0, |s| s.base);
+        let mut off = SEGMENT_HEADER_LEN;
+        // Seek with the index's frame list: the last batch starting at or
+        // before `from`. Without it (an error), walk the frames from the start.
+        if let Some(s) = self.segments.get(seg)
+            && from > s.base
+            && let Ok(Some((p, o))) = s.with_index(|x| {
+                let (mut lo, mut hi) = (0u32, x.frame_count());
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if x.frame(mid)?.is_some_and(|f| f.0 <= from) {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                match lo.checked_sub(1) {
+                    Some(i) => x.frame(i),
+                    None => Ok(None),
+                }
+            })
+            && (o as usize) < s.map.bytes().len()
+            && o as usize >= SEGMENT_HEADER_LEN
+        {
+            (pos, off) = (p, o as usize);
+        }
         ReadAll {
             view: self,
             seg,
-            off: SEGMENT_HEADER_LEN,
+            off,
             pos,
             from,
             verify: opts.verify_crc,
