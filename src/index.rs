@@ -115,12 +115,16 @@ impl MemIndex {
                 }
             }
         }
-        for (off, ty) in records {
-            match self.types.get_mut(ty) {
-                Some(v) => v.push(off),
-                None => {
-                    self.types.insert(ty.into(), vec![off]);
-                }
+        // One lookup per run of records of the same type.
+        let mut records = records.peekable();
+        while let Some((off, ty)) = records.next() {
+            let v = match self.types.get_mut(ty) {
+                Some(v) => v,
+                None => self.types.entry(ty.into()).or_default(),
+            };
+            v.push(off);
+            while let Some((o, _)) = records.next_if(|&(_, t)| t == ty) {
+                v.push(o);
             }
         }
         self.frames.push((first_position, frame_offset));
@@ -130,7 +134,8 @@ impl MemIndex {
     pub(crate) fn add_frame(&mut self, frame: &[u8], frame_offset: u64) {
         let mut recs = frame_records_at(frame).peekable();
         let Some((_, first)) = recs.peek().copied() else { return };
-        let count = frame_records_at(frame).count() as u64;
+        // `record_count` of the validated frame header.
+        let count = frame.get(24..28).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as u64;
         let stream = first.stream();
         self.add_batch(
             frame_offset,

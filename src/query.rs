@@ -13,7 +13,7 @@ use std::path::Path;
 use crate::error::{Damage, Error, Result};
 use crate::index::{NO_SEGMENT, Named, StreamInfo};
 use crate::record::{RecordRef, parse_record};
-use crate::segment::{frame_records, validate_frame};
+use crate::segment::validate_frame_each;
 use crate::view::{LogView, ViewSegment};
 
 /// The direction of a read.
@@ -244,10 +244,17 @@ fn load_batch<'a>(
     else {
         return Ok(false);
     };
-    let f = validate_frame(rest, off, true).map_err(|d| d.at(&*seg.path))?;
-    let frame = &rest[..f.len as usize];
     let start = buf.len();
-    buf.extend(frame_records(frame).filter(|r| keep(r)));
+    let checked = validate_frame_each(rest, off, true, |_, r| {
+        if keep(&r) {
+            buf.push(r);
+        }
+    });
+    if let Err(d) = checked {
+        // Never return part of a batch that is not complete.
+        buf.truncate(start);
+        return Err(d.at(&*seg.path));
+    }
     if !newest_first {
         buf[start..].reverse();
     }

@@ -73,6 +73,18 @@ pub(crate) fn finish_batch_header(out: &mut [u8], first_position: u64, count: u3
 /// the frame. Record structure is always checked; with `verify_crc` also the
 /// CRCs, reserved fields and padding.
 pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool) -> Result<Frame, Damage> {
+    validate_frame_each(bytes, off, verify_crc, |_, _| {})
+}
+
+/// [`validate_frame`], calling `each(offset in frame, record)` for every
+/// record as it is checked (one pass). If it returns an error, records already
+/// passed to `each` belong to a batch that is not complete: discard them.
+pub(crate) fn validate_frame_each<'a>(
+    bytes: &'a [u8],
+    off: u64,
+    verify_crc: bool,
+    mut each: impl FnMut(usize, RecordRef<'a>),
+) -> Result<Frame, Damage> {
     let h = FrameHeader::parse(bytes, off)?;
     let len = h.frame_len.get();
     let frame = Frame {
@@ -157,6 +169,7 @@ pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool) -> Result
             }
         }
         last_ts = rec.timestamp();
+        each((at - off) as usize, rec);
         rest = &rest[rlen..];
         at += rlen as u64;
     }
@@ -186,6 +199,9 @@ pub(crate) fn frame_records(frame_bytes: &[u8]) -> impl Iterator<Item = RecordRe
 pub(crate) fn frame_records_at(frame_bytes: &[u8]) -> impl Iterator<Item = (usize, RecordRef<'_>)> {
     let mut at = FRAME_HEADER_LEN;
     std::iter::from_fn(move || {
+        if at >= frame_bytes.len() {
+            return None;
+        }
         let (rec, len) = parse_record(frame_bytes.get(at..)?, false).ok()?;
         let here = at;
         at += len;

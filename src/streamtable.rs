@@ -219,10 +219,17 @@ pub(crate) fn merge(
         })
         .collect();
     new.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let old_rows: Vec<(u64, &[u8], TableEntry)> = match old {
+    let mut old_rows: Vec<(u64, &[u8], TableEntry)> = match old {
         Some(t) => t.rows().collect::<Result<_, _>>()?,
         None => Vec::new(),
     };
+    if old.is_some_and(|t| t.mask != hash_mask) {
+        // Written with another hash mask: rehash, so one mask holds throughout.
+        for r in &mut old_rows {
+            r.0 = stream_hash(r.1) & hash_mask;
+        }
+        old_rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    }
     let mut out = Vec::with_capacity(old_rows.len() + new.len());
     let (mut i, mut j) = (0, 0);
     while i < old_rows.len() || j < new.len() {
