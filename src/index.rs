@@ -135,7 +135,9 @@ impl MemIndex {
         let mut recs = frame_records_at(frame).peekable();
         let Some((_, first)) = recs.peek().copied() else { return };
         // `record_count` of the validated frame header.
-        let count = frame.get(24..28).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as u64;
+        let count = frame
+            .get(24..28)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as u64;
         let stream = first.stream();
         self.add_batch(
             frame_offset,
@@ -409,15 +411,20 @@ impl IdxFile {
     }
 
     /// Open `path` for `segment` (the sealed segment's bytes).
-    pub(crate) fn open_for(path: &Path, base: u64, segment: &[u8]) -> Result<IdxFile, Damage> {
+    /// `Ok(None)` if the file does not exist.
+    pub(crate) fn open_for(path: &Path, base: u64, segment: &[u8]) -> Result<Option<IdxFile>, Damage> {
         let seal_crc = seal_crc(segment)?;
-        let file = std::fs::File::open(path).map_err(|e| Damage::corrupt(0, format!("cannot open: {e}")))?;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Damage::corrupt(0, format!("cannot open: {e}"))),
+        };
         let len = file
             .metadata()
             .map_err(|e| Damage::corrupt(0, format!("cannot stat: {e}")))?
             .len();
         let map = Mapping::map(&file, len, path).map_err(|e| Damage::corrupt(0, format!("cannot map: {e}")))?;
-        IdxFile::open(map, base, segment.len() as u64, seal_crc)
+        IdxFile::open(map, base, segment.len() as u64, seal_crc).map(Some)
     }
 
     fn mask(&self) -> u64 {
@@ -666,8 +673,7 @@ impl IndexCell {
             return;
         }
         if let Some(p) = &self.path
-            && p.exists()
-            && let Ok(f) = IdxFile::open_for(p, self.base, segment)
+            && let Ok(Some(f)) = IdxFile::open_for(p, self.base, segment)
         {
             self.set(Index::Disk(Arc::new(f)));
             self.missing.store(false, Ordering::Release);
@@ -696,8 +702,9 @@ impl IndexCell {
         }
         let idx = match &self.path {
             Some(p) => match IdxFile::open_for(p, self.base, segment) {
-                Ok(f) => Index::Disk(Arc::new(f)),
-                Err(d) => self.rebuilt(p, segment, d)?,
+                Ok(Some(f)) => Index::Disk(Arc::new(f)),
+                Ok(None) => self.rebuilt(p, segment, None)?,
+                Err(d) => self.rebuilt(p, segment, Some(d))?,
             },
             None => {
                 // Live cells are created with their index; nothing to open.
@@ -709,10 +716,12 @@ impl IndexCell {
         Ok(idx)
     }
 
-    fn rebuilt(&self, path: &Path, segment: &[u8], d: Damage) -> Result<Index, Error> {
+    /// Rebuild from the segment; `damage`: what was wrong with the file
+    /// (`None`: it does not exist).
+    fn rebuilt(&self, path: &Path, segment: &[u8], damage: Option<Damage>) -> Result<Index, Error> {
         let seg_path = path.with_extension("seg");
         let mem = MemIndex::rebuild(segment).map_err(|d| d.at(&seg_path))?;
-        if path.exists() {
+        if let Some(d) = damage {
             *self.damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.at(path));
             if let Some(n) = self.notify.get() {
                 n.fetch_add(1, Ordering::AcqRel);
@@ -732,7 +741,7 @@ impl IndexCell {
         let Some(p) = self.path.clone() else {
             return Err(d.at(""));
         };
-        let idx = self.rebuilt(&p, segment, d)?;
+        let idx = self.rebuilt(&p, segment, Some(d))?;
         *lock_write(&self.state) = Some(idx.clone());
         Ok(idx)
     }

@@ -489,6 +489,9 @@ impl Log {
             opts,
         };
         let inner = Arc::new(inner);
+        // Index files found damaged while opening (rebuilding the stream
+        // table reads them) are replaced now.
+        inner.rewrite_damaged_indexes()?;
         let (tx, rx) = mpsc::channel::<SealJob>();
         let worker = inner.clone();
         let handle = std::thread::Builder::new()
@@ -1001,7 +1004,13 @@ impl Inner {
         );
         let idx_path = self.dir.join(index_file_name(seg.base));
         write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;
-        let idx = IdxFile::open_for(&idx_path, seg.base, bytes).map_err(|d| d.at(&idx_path))?;
+        let idx = IdxFile::open_for(&idx_path, seg.base, bytes)
+            .map_err(|d| d.at(&idx_path))?
+            .ok_or_else(|| Error::Corrupt {
+                path: idx_path.clone(),
+                offset: 0,
+                detail: "the index file just written is missing".into(),
+            })?;
         seg.index.set(Index::Disk(Arc::new(idx)));
         let table_bytes =
             match streamtable::merge(old_table.as_deref(), &rows, seg.base, next_segment, self.opts.hash_mask) {
@@ -1195,6 +1204,9 @@ impl Inner {
         let committed = self.commit_until(target, true);
         self.stop_sealer();
         committed?;
+        if let Err(e) = self.rewrite_damaged_indexes() {
+            self.poison(&e);
+        }
         if self.poisoned.load(Ordering::Acquire) {
             lock(&self.state).closed = true;
             return Err(self.poison_error());

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use crate::error::{Damage, Error, Result};
-use crate::index::{NO_SEGMENT, Named, StreamInfo};
+use crate::index::{Index, NO_SEGMENT, Named, StreamInfo};
 use crate::record::{RecordRef, parse_record};
 use crate::segment::validate_frame_each;
 use crate::view::{LogView, ViewSegment};
@@ -25,12 +25,16 @@ pub enum Direction {
     Backward,
 }
 
-/// One segment holding a stream.
-#[derive(Debug, Clone, Copy)]
+/// One segment holding a stream, with the index the row was read from: entry
+/// numbers are only meaningful within that index, so a read keeps using it.
+#[derive(Debug, Clone)]
 struct Link {
     seg: usize,
+    index: Index,
     info: StreamInfo,
 }
+
+type Hit = (usize, Index, StreamInfo);
 
 fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> Error {
     Error::Corrupt {
@@ -52,17 +56,25 @@ impl LogView {
     }
 
     /// Search segments `[0, below)` newest first for `name`.
-    fn search_before(&self, below: usize, name: &str) -> Result<Option<(usize, StreamInfo)>> {
+    fn search_before(&self, below: usize, name: &str) -> Result<Option<Hit>> {
         for i in (0..below).rev() {
-            if let Some(info) = self.segments[i].find_stream(name)? {
-                return Ok(Some((i, info)));
+            if let (idx, Some(info)) = self.segments[i].pinned(|x| x.find_stream(name))? {
+                return Ok(Some((i, idx, info)));
             }
         }
         Ok(None)
     }
 
+    /// The stream's row `row` in segment `i` (checked against the name).
+    fn row_at(&self, i: usize, row: u32, name: &str) -> Result<Option<Hit>> {
+        Ok(match self.segments[i].pinned(|x| x.stream_at(row, name))? {
+            (idx, Some(info)) => Some((i, idx, info)),
+            (_, None) => None,
+        })
+    }
+
     /// The newest segment holding `name`.
-    fn newest_link(&self, name: &str) -> Result<Option<(usize, StreamInfo)>> {
+    fn newest_link(&self, name: &str) -> Result<Option<Hit>> {
         let covered = self.table.as_ref().map_or(0, |t| t.next_segment());
         let mut i = self.segments.len();
         while i > 0 {
@@ -72,16 +84,16 @@ impl LogView {
                 i += 1;
                 break;
             }
-            if let Some(info) = seg.find_stream(name)? {
-                return Ok(Some((i, info)));
+            if let (idx, Some(info)) = seg.pinned(|x| x.find_stream(name))? {
+                return Ok(Some((i, idx, info)));
             }
         }
         let Some(table) = &self.table else { return Ok(None) };
         match table.lookup(name) {
             Ok(None) => Ok(None),
             Ok(Some(e)) => match self.segment_at(e.at.segment).filter(|&j| j < i) {
-                Some(j) => match self.segments[j].stream_at(e.at.row, name)? {
-                    Some(info) => Ok(Some((j, info))),
+                Some(j) => match self.row_at(j, e.at.row, name)? {
+                    Some(hit) => Ok(Some(hit)),
                     None => self.search_before(i, name),
                 },
                 None => self.search_before(i, name),
@@ -96,16 +108,16 @@ impl LogView {
     fn stream_chain(&self, name: &str, stop_at: Option<u64>) -> Result<Vec<Link>> {
         let mut links = Vec::new();
         let mut cur = self.newest_link(name)?;
-        while let Some((j, info)) = cur {
-            links.push(Link { seg: j, info });
+        while let Some((j, index, info)) = cur {
+            links.push(Link { seg: j, index, info });
             if stop_at.is_some_and(|v| info.first_version <= v) {
                 break;
             }
             cur = match info.prev {
                 Some(p) if p.segment == NO_SEGMENT => None,
                 Some(p) => match self.segment_at(p.segment).filter(|&k| k < j) {
-                    Some(k) => match self.segments[k].stream_at(p.row, name)? {
-                        Some(i) => Some((k, i)),
+                    Some(k) => match self.row_at(k, p.row, name)? {
+                        Some(hit) => Some(hit),
                         None => self.search_before(j, name)?,
                     },
                     None => {
@@ -297,22 +309,21 @@ impl<'a> ReadStream<'a> {
                     None => return Ok(None),
                 },
             };
-            let Some(link) = self.links.get(li).copied() else {
+            let Some(seg_i) = self.links.get(li).map(|l| l.seg) else {
                 return Ok(None);
             };
             let view: &'a LogView = self.view;
-            let seg: &'a ViewSegment = &view.segments[link.seg];
-            let name = &*self.name;
+            let seg: &'a ViewSegment = &view.segments[seg_i];
             let from = self.from_version;
             let entry = match self.entry {
                 Some(e) => Some(e),
-                None => first_entry(seg, name, &link.info, self.dir, from)?,
+                None => self.first_entry(li)?,
             };
             let Some(e) = entry else {
                 self.next_link();
                 continue;
             };
-            let Some((_, off)) = seg.with_index(|i| i.stream_entry(name, &link.info, e))? else {
+            let Some((_, off)) = self.entry_at(li, e)? else {
                 self.next_link();
                 continue;
             };
@@ -339,6 +350,55 @@ impl<'a> ReadStream<'a> {
         }
     }
 
+    /// Entry `e` of link `li`: `(first_version, frame_offset)`. If the index
+    /// file turns out damaged, the link moves to the rebuilt index.
+    fn entry_at(&mut self, li: usize, e: u32) -> Result<Option<(u64, u64)>> {
+        let name = &*self.name;
+        let link = &mut self.links[li];
+        match link.index.stream_entry(name, &link.info, e) {
+            Ok(x) => Ok(x),
+            Err(d) => {
+                let seg = &self.view.segments[link.seg];
+                let (idx, info) = seg.repinned(d, |x| x.find_stream(name))?;
+                let Some(info) = info else {
+                    return Err(corrupt(
+                        &seg.path,
+                        0,
+                        format!("stream {name:?} is not in its rebuilt index"),
+                    ));
+                };
+                (link.index, link.info) = (idx, info);
+                link.index
+                    .stream_entry(name, &link.info, e)
+                    .map_err(|d| d.at(&*seg.path))
+            }
+        }
+    }
+
+    /// The entry to start at in link `li`: the last batch whose first version
+    /// is at or below `from_version` (forward: or the first batch).
+    fn first_entry(&mut self, li: usize) -> Result<Option<u32>> {
+        let n = self.links[li].info.entry_count;
+        let from = self.from_version;
+        let (mut lo, mut hi) = (0u32, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let v = self.entry_at(li, mid)?.map_or(u64::MAX, |e| e.0);
+            if v <= from {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(match (self.dir, lo, n) {
+            (_, _, 0) => None,
+            (Direction::Forward, 0, _) => Some(0),
+            (Direction::Forward, l, _) => Some(l - 1),
+            (Direction::Backward, 0, _) => None,
+            (Direction::Backward, l, _) => Some(l - 1),
+        })
+    }
+
     fn next_link(&mut self) {
         self.entry = None;
         match self.dir {
@@ -346,35 +406,6 @@ impl<'a> ReadStream<'a> {
             Direction::Backward => self.link = self.link.saturating_sub(1),
         }
     }
-}
-
-/// The entry to start at in `link`: forward, the last batch whose first
-/// version is at or below `from` (or the first); backward, the last batch
-/// whose first version is at or below `from`.
-fn first_entry(seg: &ViewSegment, name: &str, info: &StreamInfo, dir: Direction, from: u64) -> Result<Option<u32>> {
-    let n = info.entry_count;
-    if n == 0 {
-        return Ok(None);
-    }
-    // Largest i with entry(i).first_version <= from.
-    let (mut lo, mut hi) = (0u32, n);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let v = seg
-            .with_index(|i| i.stream_entry(name, info, mid))?
-            .map_or(u64::MAX, |e| e.0);
-        if v <= from {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    Ok(match (dir, lo) {
-        (Direction::Forward, 0) => Some(0),
-        (Direction::Forward, l) => Some(l - 1),
-        (Direction::Backward, 0) => None,
-        (Direction::Backward, l) => Some(l - 1),
-    })
 }
 
 impl<'a> Iterator for ReadStream<'a> {
@@ -408,11 +439,12 @@ impl<'a> Iterator for ReadStream<'a> {
 pub struct ReadNamed<'a> {
     view: &'a LogView,
     kind: Named,
-    name: Box<str>,
+    name: std::sync::Arc<str>,
     from: u64,
     seg: usize,
-    /// `(entry_start, entry_count, next entry)` in the current segment.
-    cur: Option<(u32, u32, u32)>,
+    /// The current segment's index (pinned), `(entry_start, entry_count)` in
+    /// it, and the next entry.
+    cur: Option<(Index, u32, u32, u32)>,
     buf: Vec<RecordRef<'a>>,
     done: bool,
 }
@@ -427,6 +459,27 @@ fn entry_position(bytes: &[u8], kind: Named, off: u64) -> u64 {
 }
 
 impl<'a> ReadNamed<'a> {
+    /// Entry `i` of the current segment's list, from the pinned index; if the
+    /// index file turns out damaged, move to the rebuilt index.
+    fn entry(&mut self, i: u32) -> Result<Option<u64>> {
+        let (kind, name) = (self.kind, &*self.name);
+        let seg = &self.view.segments[self.seg];
+        let Some((index, start, count, _)) = self.cur.as_mut() else {
+            return Ok(None);
+        };
+        match index.named_entry(kind, name, *start, i) {
+            Ok(x) => Ok(x),
+            Err(d) => {
+                let (idx, found) = seg.repinned(d, |x| x.find_named(kind, name))?;
+                let Some((s, c)) = found else {
+                    return Err(corrupt(&seg.path, 0, format!("{name:?} is not in the rebuilt index")));
+                };
+                (*index, *start, *count) = (idx, s, c);
+                index.named_entry(kind, name, s, i).map_err(|d| d.at(&*seg.path))
+            }
+        }
+    }
+
     fn step(&mut self) -> Result<Option<RecordRef<'a>>> {
         loop {
             if let Some(r) = self.buf.pop() {
@@ -436,50 +489,53 @@ impl<'a> ReadNamed<'a> {
             let Some(seg) = view.segments.get(self.seg) else {
                 return Ok(None);
             };
-            let (kind, name, from) = (self.kind, &*self.name, self.from);
-            let (start, count, i) = match self.cur {
-                Some(c) => c,
-                None => match seg.with_index(|x| x.find_named(kind, name))? {
-                    None => {
-                        self.seg += 1;
-                        continue;
-                    }
-                    Some((start, count)) => {
-                        // First entry at or after `from` (binary search).
-                        let bytes = seg.map.bytes();
-                        let (mut lo, mut hi) = (0u32, count);
-                        while lo < hi {
-                            let mid = lo + (hi - lo) / 2;
-                            let off = seg
-                                .with_index(|x| x.named_entry(kind, name, start, mid))?
-                                .unwrap_or(u64::MAX);
-                            let before = match kind {
-                                // A batch wholly before `from`: its first position plus its count.
-                                Named::Category => {
-                                    let count = bytes
-                                        .get(off as usize + 24..off as usize + 28)
-                                        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                                    entry_position(bytes, kind, off).saturating_add(count as u64) <= from
-                                }
-                                Named::Type => entry_position(bytes, kind, off) < from,
-                            };
-                            if before {
-                                lo = mid + 1;
-                            } else {
-                                hi = mid;
-                            }
+            let name_arc = self.name.clone();
+            let (kind, name, from) = (self.kind, &*name_arc, self.from);
+            if self.cur.is_none() {
+                let (index, found) = seg.pinned(|x| x.find_named(kind, name))?;
+                let Some((start, count)) = found else {
+                    self.seg += 1;
+                    continue;
+                };
+                self.cur = Some((index, start, count, 0));
+                // First entry at or after `from` (binary search).
+                let bytes = seg.map.bytes();
+                let (mut lo, mut hi) = (0u32, count);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    let off = self.entry(mid)?.unwrap_or(u64::MAX);
+                    let before = match kind {
+                        // A batch wholly before `from`: its first position plus its count.
+                        Named::Category => {
+                            let count = bytes
+                                .get(off as usize + 24..off as usize + 28)
+                                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                            entry_position(bytes, kind, off).saturating_add(count as u64) <= from
                         }
-                        (start, count, lo)
+                        Named::Type => entry_position(bytes, kind, off) < from,
+                    };
+                    if before {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
                     }
-                },
+                }
+                if let Some(c) = self.cur.as_mut() {
+                    c.3 = lo;
+                }
+            }
+            let Some((count, i)) = self.cur.as_ref().map(|c| (c.2, c.3)) else {
+                continue;
             };
             if i >= count {
                 self.cur = None;
                 self.seg += 1;
                 continue;
             }
-            self.cur = Some((start, count, i + 1));
-            let Some(off) = seg.with_index(|x| x.named_entry(kind, name, start, i))? else {
+            if let Some(c) = self.cur.as_mut() {
+                c.3 = i + 1;
+            }
+            let Some(off) = self.entry(i)? else {
                 self.cur = None;
                 self.seg += 1;
                 continue;

@@ -41,25 +41,32 @@ impl ViewSegment {
     /// Run `f` on this segment's index; if the index file turns out damaged,
     /// rebuild the index from the segment (reported by the cell) and retry.
     pub(crate) fn with_index<T>(&self, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<T> {
+        self.pinned(f).map(|(_, t)| t)
+    }
+
+    /// [`ViewSegment::with_index`], also returning the index used, so that a
+    /// read can keep using the same index (entry numbers and row handles are
+    /// only meaningful within one index).
+    pub(crate) fn pinned<T>(&self, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
         let idx = self.index.get(self.map.bytes())?;
         match f(&idx) {
-            Ok(t) => Ok(t),
-            Err(d) if matches!(idx, Index::Disk(_)) => {
-                let idx = self.index.damaged(self.map.bytes(), d)?;
-                f(&idx).map_err(|d| d.at(&*self.path))
-            }
+            Ok(t) => Ok((idx, t)),
+            Err(d) if matches!(idx, Index::Disk(_)) => self.repinned(d, f),
             Err(d) => Err(d.at(&*self.path)),
         }
+    }
+
+    /// The index file is damaged (`d`): switch to the index rebuilt from the
+    /// segment and run `f` on it.
+    pub(crate) fn repinned<T>(&self, d: Damage, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
+        let idx = self.index.damaged(self.map.bytes(), d)?;
+        let t = f(&idx).map_err(|d| d.at(&*self.path))?;
+        Ok((idx, t))
     }
 
     /// Find a stream in this segment's index.
     pub(crate) fn find_stream(&self, name: &str) -> Result<Option<StreamInfo>> {
         self.with_index(|i| i.find_stream(name))
-    }
-
-    /// The stream's entry at `row` (checked against the name), or found by name.
-    pub(crate) fn stream_at(&self, row: u32, name: &str) -> Result<Option<StreamInfo>> {
-        self.with_index(|i| i.stream_at(row, name))
     }
 
     /// `(name, row, last_version)` of every stream in the segment (rows are
