@@ -513,6 +513,11 @@ impl Log {
         &self.inner.dir
     }
 
+    /// The I/O seam the writer uses (for derived files such as snapshots).
+    pub(crate) fn io(&self) -> &Arc<dyn Io> {
+        &self.inner.opts.io
+    }
+
     /// The options the log was opened with.
     pub fn durability(&self) -> Durability {
         self.inner.opts.durability
