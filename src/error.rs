@@ -97,6 +97,19 @@ pub enum Error {
         /// Which ids matched.
         detail: String,
     },
+    /// A payload could not be decoded as the requested event type.
+    #[error("cannot decode the {event_type:?} event at position {position}: {detail}")]
+    Decode {
+        /// Position of the record.
+        position: u64,
+        /// Its event type.
+        event_type: String,
+        /// What the decoder said.
+        detail: String,
+    },
+    /// A value could not be encoded (postcard).
+    #[error("cannot encode: {0}")]
+    Encode(String),
     /// An argument is outside what annal accepts (empty batch, oversized event, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -56,6 +56,7 @@ mod record;
 mod recovery;
 pub mod segment;
 mod streamtable;
+pub mod typed;
 mod view;
 
 pub use error::{Error, Result};
@@ -66,6 +67,7 @@ pub use query::{Direction, ReadAllBackward, ReadNamed, ReadStream};
 pub use record::{EventData, RecordRef};
 pub use recovery::LOCK_FILE;
 pub use streamtable::STREAM_TABLE_FILE;
+pub use typed::{Event, Typed, Upcasters};
 pub use uuid::Uuid;
 pub use view::{LogView, ReadAll, ReadOptions, Reader};
 

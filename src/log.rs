@@ -578,6 +578,18 @@ impl Log {
         Ok(result)
     }
 
+    /// Append typed events (encoded with postcard, see [`crate::typed`]) as
+    /// one atomic batch.
+    pub fn append_typed<E: crate::typed::Event>(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[E],
+    ) -> Result<AppendResult> {
+        let data = events.iter().map(crate::typed::encode).collect::<Result<Vec<_>>>()?;
+        self.append(stream, expected, &data)
+    }
+
     /// Make every event appended so far durable (one fsync, shared with
     /// concurrent appenders).
     pub fn sync(&self) -> Result<()> {

@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use crate::error::{Damage, Error, Result};
+use crate::format::FRAME_HEADER_LEN;
 use crate::index::{Index, NO_SEGMENT, Named, StreamInfo};
 use crate::record::{RecordRef, parse_record};
 use crate::segment::validate_frame_each;
@@ -221,6 +222,89 @@ impl LogView {
             buf: Vec::new(),
             done: self.segments.is_empty(),
         }
+    }
+
+    /// The first position whose append time is after `time` (nanoseconds
+    /// since the Unix epoch): the number of events appended at or before
+    /// `time`. Found by binary search, over segments and then over the batches
+    /// of one segment (timestamps never decrease with position, spec 9).
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use annal::{EventData, ExpectedVersion, Log, Options};
+    /// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// let now = Arc::new(AtomicU64::new(1_000));
+    /// let clock = now.clone();
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let opts = Options::default().clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    /// let log = Log::open(dir.path(), opts)?;
+    /// for t in [1_000, 2_000, 3_000] {
+    ///     now.store(t, Ordering::SeqCst);
+    ///     log.append("s-1", ExpectedVersion::Any, &[EventData::new("E", b"".as_slice())])?;
+    /// }
+    /// let view = log.view()?;
+    /// assert_eq!(view.position_at_time(2_500)?, 2);
+    /// // The log as it was at time 2,500:
+    /// assert_eq!(view.read_all(0).until(view.position_at_time(2_500)?).count(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn position_at_time(&self, time: u64) -> Result<u64> {
+        // Timestamp of the first record of batch `off` in `seg` (search only;
+        // the batch that decides is validated below).
+        let first_ts = |seg: &ViewSegment, off: u64| -> Option<u64> {
+            let at = off as usize + FRAME_HEADER_LEN + 24;
+            seg.map.bytes().get(at..at + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        };
+        let first_of = |seg: &ViewSegment| -> Result<Option<u64>> {
+            Ok(match seg.with_index(|x| x.frame(0))? {
+                Some((_, off)) if (off as usize) < seg.map.bytes().len() => first_ts(seg, off),
+                _ => None,
+            })
+        };
+        // The last segment whose first event is at or before `time`.
+        let (mut lo, mut hi) = (0usize, self.segments.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match first_of(&self.segments[mid])? {
+                Some(ts) if ts <= time => lo = mid + 1,
+                Some(_) => hi = mid,
+                // An empty (active) segment: treat as after `time`.
+                None => hi = mid,
+            }
+        }
+        let Some(si) = lo.checked_sub(1) else {
+            return Ok(self.segments.first().map_or(0, |s| s.base));
+        };
+        let seg = &self.segments[si];
+        let n = seg.with_index(|x| Ok(x.frame_count()))?;
+        let visible = seg.map.bytes().len() as u64;
+        // The last visible batch whose first event is at or before `time`.
+        let (mut lo, mut hi) = (0u32, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let before = match seg.with_index(|x| x.frame(mid))? {
+                Some((_, off)) if off < visible => first_ts(seg, off).is_some_and(|ts| ts <= time),
+                _ => false,
+            };
+            if before {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let Some((first, off)) = lo.checked_sub(1).map(|f| seg.with_index(|x| x.frame(f))).transpose()?.flatten()
+        else {
+            return Ok(seg.base);
+        };
+        let rest = seg.map.bytes().get(off as usize..).unwrap_or(&[]);
+        let mut after = first;
+        validate_frame_each(rest, off, true, |_, r| {
+            if r.timestamp() <= time {
+                after = r.position() + 1;
+            }
+        })
+        .map_err(|d| d.at(&*seg.path))?;
+        Ok(after)
     }
 
     /// Read every record from position `from` down to position 0, newest

@@ -211,9 +211,18 @@ impl LogView {
             from,
             verify: opts.verify_crc,
             batch: &[],
+            until: u64::MAX,
             path: Path::new(""),
             done: false,
         }
+    }
+}
+
+impl<'a> ReadAll<'a> {
+    /// Stop before position `until` (exclusive).
+    pub fn until(mut self, until: u64) -> ReadAll<'a> {
+        self.until = until;
+        self
     }
 }
 
@@ -231,6 +240,8 @@ pub struct ReadAll<'a> {
     verify: bool,
     /// Remaining records of the current, validated batch.
     batch: &'a [u8],
+    /// Stop before this position.
+    until: u64,
     /// The file `batch` lies in.
     path: &'a Path,
     done: bool,
@@ -268,6 +279,10 @@ impl<'a> Iterator for ReadAll<'a> {
                 self.batch = self.batch.get(len..).unwrap_or(&[]);
                 if rec.position() < self.from {
                     continue;
+                }
+                if rec.position() >= self.until {
+                    self.done = true;
+                    return None;
                 }
                 return Some(Ok(rec));
             }
