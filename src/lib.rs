@@ -42,6 +42,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+mod aggregate;
 mod blockfile;
 mod error;
 pub mod format;
@@ -51,21 +52,28 @@ mod index;
 pub mod io;
 mod log;
 mod mmap;
+mod projection;
 mod query;
 mod record;
 mod recovery;
 pub mod segment;
+mod snapshot;
 mod streamtable;
 pub mod typed;
 mod view;
 
+pub use aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
 pub use error::{Error, Result};
 pub use hash::{category_of, stream_hash};
 pub use head::HEAD_FILE;
 pub use log::{AppendResult, Clock, Durability, ExpectedVersion, Log, Options, Recovery, Truncation};
+pub use projection::Projection;
 pub use query::{Direction, ReadAllBackward, ReadNamed, ReadStream};
 pub use record::{EventData, RecordRef};
 pub use recovery::LOCK_FILE;
+pub use snapshot::Snapshot;
+#[doc(hidden)]
+pub use snapshot::testing as snapshot_testing;
 pub use streamtable::STREAM_TABLE_FILE;
 pub use typed::{Event, Typed, Upcasters};
 pub use uuid::Uuid;

@@ -253,7 +253,10 @@ impl LogView {
         // the batch that decides is validated below).
         let first_ts = |seg: &ViewSegment, off: u64| -> Option<u64> {
             let at = off as usize + FRAME_HEADER_LEN + 24;
-            seg.map.bytes().get(at..at + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            seg.map
+                .bytes()
+                .get(at..at + 8)
+                .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
         };
         let first_of = |seg: &ViewSegment| -> Result<Option<u64>> {
             Ok(match seg.with_index(|x| x.frame(0))? {
@@ -292,7 +295,11 @@ impl LogView {
                 hi = mid;
             }
         }
-        let Some((first, off)) = lo.checked_sub(1).map(|f| seg.with_index(|x| x.frame(f))).transpose()?.flatten()
+        let Some((first, off)) = lo
+            .checked_sub(1)
+            .map(|f| seg.with_index(|x| x.frame(f)))
+            .transpose()?
+            .flatten()
         else {
             return Ok(seg.base);
         };

@@ -2,20 +2,33 @@
 //! upcasting of older schema versions, and time-based positions.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use annal::typed::{decode, encode};
 use annal::{Event, EventData, ExpectedVersion, Log, Options, Typed, Upcasters};
 use serde::{Deserialize, Serialize};
 
 struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    // Per thread: the tests of this file run in parallel.
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn allocs() -> usize {
+    ALLOCS.with(|c| c.get())
+}
+
+fn count() {
+    ALLOCS.with(|c| c.set(c.get() + 1));
+}
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -24,7 +37,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -71,7 +84,7 @@ fn decoding_borrows_from_the_mapping_and_allocates_nothing() {
         .map(|b| b.as_ptr() as usize..b.as_ptr() as usize + b.len())
         .collect();
     let inside = |p: *const u8| ranges.iter().any(|r| r.contains(&(p as usize)));
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     let (mut n, mut cents) = (0u64, 0u64);
     for rec in view.read_all(0) {
         let rec = rec.unwrap();
@@ -91,7 +104,7 @@ fn decoding_borrows_from_the_mapping_and_allocates_nothing() {
         }
         n += 1;
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = allocs() - before;
     assert_eq!((n, cents), (200, (0..100).sum()));
     assert_eq!(allocs, 0, "typed replay of {n} events allocated {allocs} times");
 }

@@ -1,0 +1,379 @@
+//! Aggregates and their repository: commands in, events out, state rebuilt
+//! from events (and snapshots), with optimistic concurrency and retries.
+//!
+//! [`Repository::load`] takes the newest valid snapshot whose schema version
+//! matches (if any) and replays only the events after it; a corrupt or
+//! mismatched snapshot is skipped with a warning and the state is rebuilt from
+//! events, so the loaded state is the same with or without snapshots.
+//! [`Repository::execute`] loads, handles the command, appends the resulting
+//! events with `ExpectedVersion::Exact` (or `NoStream`), and on
+//! `WrongExpectedVersion` reloads and retries a bounded number of times.
+//! [`Repository::load_as_of`] answers temporal queries: the state as of a
+//! version, a global position, or an append time.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::log::{AppendResult, ExpectedVersion, Log};
+use crate::query::Direction;
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::typed::{Event, Typed, Upcasters};
+use crate::view::LogView;
+
+/// A consistency boundary: state folded from its events, deciding on commands.
+///
+/// The state is also what snapshots hold (postcard), so it is `Serialize +
+/// DeserializeOwned`; bump [`Aggregate::SNAPSHOT_VERSION`] when its shape
+/// changes and older snapshots are ignored.
+pub trait Aggregate: Default + Serialize + DeserializeOwned {
+    /// The events of this aggregate.
+    type Event: Event + DeserializeOwned;
+    /// The commands it handles.
+    type Command;
+    /// Why a command is refused.
+    type Error: fmt::Display + fmt::Debug;
+    /// Schema version of the snapshot payload.
+    const SNAPSHOT_VERSION: u32 = 0;
+    /// Decide: the events a command produces (none is fine), or a refusal.
+    fn handle(&self, command: &Self::Command) -> std::result::Result<Vec<Self::Event>, Self::Error>;
+    /// Evolve: fold one event into the state.
+    fn apply(&mut self, event: &Self::Event);
+}
+
+/// A loaded aggregate.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// The stream version it reflects (`None`: no events).
+    pub version: Option<u64>,
+    /// The stream version of the snapshot it started from, if any.
+    pub snapshot_version: Option<u64>,
+    /// Events replayed on top of the snapshot (or from the start).
+    pub replayed: u64,
+    /// Snapshots skipped (corrupt, or of another schema), one message each.
+    pub warnings: Vec<String>,
+}
+
+/// Which past state to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// After the event with this stream version.
+    Version(u64),
+    /// After every event of the stream at or before this global position.
+    Position(u64),
+    /// After every event of the stream appended at or before this time
+    /// (nanoseconds since the Unix epoch).
+    Time(u64),
+}
+
+/// What [`Repository::execute`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// The append, or `None` if the command produced no events.
+    pub appended: Option<AppendResult>,
+    /// Attempts made (1 unless another writer raced this one).
+    pub attempts: u32,
+    /// Whether a snapshot was written after the append.
+    pub snapshot_written: bool,
+}
+
+/// Why [`Repository::execute`] failed.
+#[derive(Debug)]
+pub enum ExecuteError<E> {
+    /// The aggregate refused the command.
+    Rejected(E),
+    /// Every attempt met a concurrent append to the stream.
+    Conflict {
+        /// The stream.
+        stream: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The log failed.
+    Log(Error),
+}
+
+impl<E: fmt::Display> fmt::Display for ExecuteError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecuteError::Rejected(e) => write!(f, "command rejected: {e}"),
+            ExecuteError::Conflict { stream, attempts } => write!(
+                f,
+                "stream {stream:?} kept changing under the command: gave up after {attempts} attempts"
+            ),
+            ExecuteError::Log(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: fmt::Display + fmt::Debug> std::error::Error for ExecuteError<E> {}
+
+impl<E> From<Error> for ExecuteError<E> {
+    fn from(e: Error) -> Self {
+        ExecuteError::Log(e)
+    }
+}
+
+/// Loads and runs aggregates of type `A` stored in a [`Log`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use annal::{Aggregate, Event, Log, Options, Repository};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Counter { value: i64 }
+/// #[derive(Serialize, Deserialize)]
+/// enum CounterEvent { Added(i64) }
+/// impl Event for CounterEvent {
+///     fn event_type(&self) -> &'static str { "Added" }
+/// }
+/// impl Aggregate for Counter {
+///     type Event = CounterEvent;
+///     type Command = i64;
+///     type Error = String;
+///     fn handle(&self, add: &i64) -> Result<Vec<CounterEvent>, String> {
+///         if self.value + add < 0 { return Err("would go negative".into()) }
+///         Ok(vec![CounterEvent::Added(*add)])
+///     }
+///     fn apply(&mut self, CounterEvent::Added(n): &CounterEvent) { self.value += n }
+/// }
+///
+/// let dir = tempfile::tempdir()?;
+/// let log = Log::open(dir.path(), Options::default())?;
+/// let repo = Repository::<Counter>::new(&log).snapshot_every(2, 1);
+/// for n in [5, 3, -2] {
+///     repo.execute("counter-1", &n)?;
+/// }
+/// assert!(repo.execute("counter-1", &-10).is_err());
+/// let loaded = repo.load("counter-1")?;
+/// assert_eq!((loaded.state.value, loaded.version), (6, Some(2)));
+/// # Ok(()) }
+/// ```
+pub struct Repository<'l, A: Aggregate> {
+    log: &'l Log,
+    upcasters: Upcasters,
+    store: SnapshotStore,
+    every: Option<u64>,
+    keep: usize,
+    use_snapshots: bool,
+    max_attempts: u32,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> fmt::Debug for Repository<'_, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("log", &self.log)
+            .field("snapshot_every", &self.every)
+            .field("keep", &self.keep)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'l, A: Aggregate> Repository<'l, A> {
+    /// A repository over `log`, without snapshots, retrying a conflicting
+    /// `execute` up to 5 times.
+    pub fn new(log: &'l Log) -> Self {
+        Repository {
+            log,
+            upcasters: Upcasters::new(),
+            store: SnapshotStore::new(log.dir(), log.io().clone()),
+            every: None,
+            keep: 1,
+            use_snapshots: true,
+            max_attempts: 5,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Apply these upcasters to every event read.
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// Write a snapshot whenever an append takes the stream across a multiple
+    /// of `events` events, keeping the newest `keep` snapshots per stream.
+    pub fn snapshot_every(mut self, events: u64, keep: usize) -> Self {
+        self.every = (events > 0).then_some(events);
+        self.keep = keep.max(1);
+        self
+    }
+
+    /// Never read snapshots: every load replays the stream from its first
+    /// event (to compare, or to rule snapshots out).
+    pub fn ignore_snapshots(mut self) -> Self {
+        self.use_snapshots = false;
+        self
+    }
+
+    /// How many times `execute` tries before giving up on conflicts.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Load the current state of `stream`.
+    pub fn load(&self, stream: &str) -> Result<Loaded<A>> {
+        self.load_upto(&self.log.view()?, stream, u64::MAX)
+    }
+
+    /// Load the state of `stream` as it was at a version, a global position
+    /// or a time. Snapshots at or before that point are used.
+    pub fn load_as_of(&self, stream: &str, as_of: AsOf) -> Result<Loaded<A>> {
+        let view = self.log.view()?;
+        let position = match as_of {
+            AsOf::Version(v) => return self.load_upto(&view, stream, v),
+            AsOf::Position(p) => p,
+            AsOf::Time(t) => match view.position_at_time(t)?.checked_sub(1) {
+                Some(p) => p,
+                None => return Ok(empty()),
+            },
+        };
+        // The stream's newest event at or before `position`.
+        let mut version = None;
+        for r in view.read_stream(stream, u64::MAX, Direction::Backward, u64::MAX) {
+            let r = r?;
+            if r.position() <= position {
+                version = Some(r.stream_version());
+                break;
+            }
+        }
+        match version {
+            Some(v) => self.load_upto(&view, stream, v),
+            None => Ok(empty()),
+        }
+    }
+
+    /// Load `stream` up to version `max` from `view`.
+    fn load_upto(&self, view: &LogView, stream: &str, max: u64) -> Result<Loaded<A>> {
+        let mut loaded = empty::<A>();
+        let mut from = 0;
+        if self.use_snapshots {
+            let (snap, warnings) = self.store.load(stream, A::SNAPSHOT_VERSION, Some(max))?;
+            loaded.warnings = warnings;
+            if let Some(s) = snap {
+                match postcard::from_bytes::<A>(&s.payload) {
+                    Ok(state) => {
+                        loaded.state = state;
+                        loaded.version = Some(s.stream_version);
+                        loaded.snapshot_version = Some(s.stream_version);
+                        from = s.stream_version + 1;
+                    }
+                    Err(e) => loaded.warnings.push(format!(
+                        "snapshot of {stream:?} at version {} does not decode ({e}); rebuilding from events",
+                        s.stream_version
+                    )),
+                }
+            }
+        }
+        for r in view.read_stream(stream, from, Direction::Forward, u64::MAX) {
+            let r = r?;
+            if r.stream_version() > max {
+                break;
+            }
+            let typed = Typed::new(r, &self.upcasters)?;
+            let event: A::Event = typed.decode()?;
+            loaded.state.apply(&event);
+            loaded.version = Some(r.stream_version());
+            loaded.replayed += 1;
+        }
+        Ok(loaded)
+    }
+
+    /// Load, handle `command`, append the events; retry on conflicts.
+    pub fn execute(&self, stream: &str, command: &A::Command) -> std::result::Result<Executed, ExecuteError<A::Error>> {
+        for attempt in 1..=self.max_attempts {
+            let view = self.log.view()?;
+            let mut loaded = self.load_upto(&view, stream, u64::MAX)?;
+            let events = loaded.state.handle(command).map_err(ExecuteError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    appended: None,
+                    attempts: attempt,
+                    snapshot_written: false,
+                });
+            }
+            let expected = match loaded.version {
+                Some(v) => ExpectedVersion::Exact(v),
+                None => ExpectedVersion::NoStream,
+            };
+            match self.log.append_typed(stream, expected, &events) {
+                Ok(r) => {
+                    let mut snapshot_written = false;
+                    if let Some(every) = self.every {
+                        let before = loaded.version.map_or(0, |v| v + 1);
+                        let after = r.stream_version + 1;
+                        if before / every != after / every {
+                            for e in &events {
+                                loaded.state.apply(e);
+                            }
+                            self.write_snapshot(stream, &loaded.state, r.stream_version, r.last_position)?;
+                            snapshot_written = true;
+                        }
+                    }
+                    return Ok(Executed {
+                        appended: Some(r),
+                        attempts: attempt,
+                        snapshot_written,
+                    });
+                }
+                Err(Error::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(ExecuteError::Log(e)),
+            }
+        }
+        Err(ExecuteError::Conflict {
+            stream: stream.to_owned(),
+            attempts: self.max_attempts,
+        })
+    }
+
+    /// Write a snapshot of `stream`'s current state now.
+    pub fn snapshot(&self, stream: &str) -> Result<Option<u64>> {
+        let view = self.log.view()?;
+        let loaded = self.load_upto(&view, stream, u64::MAX)?;
+        let Some(version) = loaded.version else { return Ok(None) };
+        let Some(last) = view
+            .read_stream(stream, version, Direction::Forward, 1)
+            .next()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        self.write_snapshot(stream, &loaded.state, version, last.position())?;
+        Ok(Some(version))
+    }
+
+    fn write_snapshot(&self, stream: &str, state: &A, version: u64, position: u64) -> Result<()> {
+        // The events a snapshot covers must be durable before it is: a power
+        // cut must not keep a snapshot of events it took back (spec 20.4).
+        self.log.sync()?;
+        let payload = postcard::to_allocvec(state).map_err(|e| Error::Encode(e.to_string()))?;
+        let snap = Snapshot {
+            stream: stream.to_owned(),
+            stream_version: version,
+            position,
+            schema_version: A::SNAPSHOT_VERSION,
+            payload,
+        };
+        self.store.save(&snap, self.keep)?;
+        Ok(())
+    }
+}
+
+fn empty<A: Aggregate>() -> Loaded<A> {
+    Loaded {
+        state: A::default(),
+        version: None,
+        snapshot_version: None,
+        replayed: 0,
+        warnings: Vec::new(),
+    }
+}
