@@ -3,7 +3,9 @@
 //! revenue-per-customer projection rebuilt sequentially and in parallel, and a
 //! temporal query ("what did this order look like before payment").
 //!
-//! Run: `cargo run --release --example orders [ORDERS]` (default 20,000).
+//! Run: `cargo run --release --example orders [ORDERS] [BIG]` (defaults 20,000
+//! orders, and one long order of 2,000 items; `BIG` = 100000 loads a
+//! 100,000-event stream with and without its snapshot).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -165,6 +167,7 @@ impl Projection for Revenue {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orders: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let big_items: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(2_000);
     let tmp = tempfile::Builder::new().prefix("annal-orders-").tempdir()?;
     let log = Log::open(tmp.path(), Options::default().segment_size(64 << 20))?;
     let repo = Repository::<Order>::new(&log).snapshot_every(100, 2);
@@ -220,7 +223,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             customer: "customer-vip".into(),
         },
     )?;
-    for k in 0..2_000u64 {
+    for k in 0..big_items {
         repo.execute(
             big,
             &Command::AddItem {
