@@ -139,6 +139,15 @@ impl Error {
     }
 }
 
+/// An [`Error::Corrupt`] naming `path` and `offset`.
+pub(crate) fn corrupt(path: &std::path::Path, offset: u64, detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        path: path.to_owned(),
+        offset,
+        detail: detail.into(),
+    }
+}
+
 /// Damage found by a parser, before the path is known. Parsers work on `&[u8]`
 /// and report offsets relative to the start of the file they were given.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,11 +22,10 @@
 //! as the error, and no partial model is returned.
 
 use std::ops::Range;
-use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::error::{Result, corrupt};
 use crate::format::{FRAME_KIND_SEAL, SEGMENT_HEADER_LEN};
 use crate::index::Index;
 use crate::query::Direction;
@@ -139,14 +138,6 @@ struct Cut {
 impl Cut {
     fn key(&self) -> (usize, usize) {
         (self.seg, self.off)
-    }
-}
-
-fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> Error {
-    Error::Corrupt {
-        path: path.to_owned(),
-        offset,
-        detail: detail.into(),
     }
 }
 

@@ -8,9 +8,7 @@
 //! (spec 19). Records are read from the mapped segments, each batch validated
 //! (CRCs included) before any of its records is returned.
 
-use std::path::Path;
-
-use crate::error::{Damage, Error, Result};
+use crate::error::{Damage, Error, Result, corrupt};
 use crate::format::FRAME_HEADER_LEN;
 use crate::index::{Index, NO_SEGMENT, Named, StreamInfo};
 use crate::record::{RecordRef, parse_record};
@@ -36,14 +34,6 @@ struct Link {
 }
 
 type Hit = (usize, Index, StreamInfo);
-
-fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> Error {
-    Error::Corrupt {
-        path: path.to_owned(),
-        offset,
-        detail: detail.into(),
-    }
-}
 
 impl LogView {
     /// The position in `segments` of the segment based at `base`.
@@ -328,6 +318,21 @@ impl LogView {
     }
 }
 
+/// An iterator's answer for one step: an error or the end ends it for good.
+fn fused<T>(done: &mut bool, step: Result<Option<T>>) -> Option<Result<T>> {
+    match step {
+        Ok(Some(r)) => Some(Ok(r)),
+        Ok(None) => {
+            *done = true;
+            None
+        }
+        Err(e) => {
+            *done = true;
+            Some(Err(e))
+        }
+    }
+}
+
 /// Validate the batch at `off` of `seg` and push its records accepted by
 /// `keep` onto `buf` in the order they are to be popped (`rev`: reversed
 /// position order is popped last-first, i.e. newest first). `Ok(false)` if the
@@ -510,17 +515,8 @@ impl<'a> Iterator for ReadStream<'a> {
             self.done = true;
             return Some(Err(e));
         }
-        match self.step() {
-            Ok(Some(r)) => Some(Ok(r)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let step = self.step();
+        fused(&mut self.done, step)
     }
 }
 
@@ -670,17 +666,8 @@ impl<'a> Iterator for ReadNamed<'a> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(r)) => Some(Ok(r)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let step = self.step();
+        fused(&mut self.done, step)
     }
 }
 
@@ -754,16 +741,7 @@ impl<'a> Iterator for ReadAllBackward<'a> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(r)) => Some(Ok(r)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let step = self.step();
+        fused(&mut self.done, step)
     }
 }

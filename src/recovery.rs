@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use zerocopy::IntoBytes;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, corrupt};
 use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::head::{self, HEAD_FILE};
 use crate::index::{self, MemIndex};
@@ -112,14 +112,6 @@ fn create_segment(io: &dyn Io, dir: &Path, header: &SegmentHeader, fresh: bool) 
         .map_err(|e| Error::io("write", &path, e))?;
     file.sync().map_err(|e| Error::io("fsync", &path, e))?;
     io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
-}
-
-fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> Error {
-    Error::Corrupt {
-        path: path.to_owned(),
-        offset,
-        detail: detail.into(),
-    }
 }
 
 /// Open `dir` for writing: see the module docs.
