@@ -44,6 +44,7 @@
 
 mod aggregate;
 mod blockfile;
+mod check;
 mod error;
 pub mod format;
 mod hash;
@@ -59,10 +60,12 @@ mod recovery;
 pub mod segment;
 mod snapshot;
 mod streamtable;
+mod subscription;
 pub mod typed;
 mod view;
 
 pub use aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
+pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use hash::{category_of, stream_hash};
 pub use head::HEAD_FILE;
@@ -75,6 +78,7 @@ pub use snapshot::Snapshot;
 #[doc(hidden)]
 pub use snapshot::testing as snapshot_testing;
 pub use streamtable::STREAM_TABLE_FILE;
+pub use subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, SubscriptionFilter};
 pub use typed::{Event, Typed, Upcasters};
 pub use uuid::Uuid;
 pub use view::{LogView, ReadAll, ReadOptions, Reader};

@@ -297,6 +297,9 @@ struct Inner {
     index_damage_handled: AtomicU64,
     io: Mutex<IoState>,
     published: Mutex<Published>,
+    /// Bumped (and notified) each time the leader publishes new visible ends,
+    /// for subscriptions waiting for new events.
+    published_epoch: (Mutex<u64>, Condvar),
     recovery: Recovery,
 }
 
@@ -484,6 +487,7 @@ impl Log {
                 next_position,
                 map: None,
             }),
+            published_epoch: (Mutex::new(0), Condvar::new()),
             recovery: report,
             dir,
             opts,
@@ -608,6 +612,22 @@ impl Log {
     /// same but cannot report errors.
     pub fn close(self) -> Result<()> {
         self.inner.close()
+    }
+
+    /// How many times new visible ends were published (for subscriptions:
+    /// read it before taking a view, then wait for it to change).
+    pub(crate) fn published_epoch(&self) -> u64 {
+        *lock(&self.inner.published_epoch.0)
+    }
+
+    /// Wait until the published epoch differs from `seen` or `timeout` passes;
+    /// returns the current epoch.
+    pub(crate) fn wait_published(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let (m, cv) = &self.inner.published_epoch;
+        let g = cv
+            .wait_timeout_while(lock(m), timeout, |e| *e == seen)
+            .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+        *g
     }
 }
 
@@ -883,6 +903,7 @@ impl Inner {
             p.visible_end = visible;
             p.next_position = visible_position;
         }
+        self.bump_published_epoch();
         let damage = self.index_damage.load(Ordering::Acquire);
         if damage != self.index_damage_handled.load(Ordering::Acquire) {
             self.rewrite_damaged_indexes()?;
@@ -982,6 +1003,11 @@ impl Inner {
                 self.poison(&e);
             }
         }
+    }
+
+    fn bump_published_epoch(&self) {
+        *lock(&self.published_epoch.0) += 1;
+        self.published_epoch.1.notify_all();
     }
 
     fn poison(&self, e: &Error) {

@@ -1,16 +1,25 @@
 //! The `annal` command-line tool: a thin face over the library.
 
-use std::path::PathBuf;
+mod check;
+mod dump;
+mod jsonfmt;
+mod read;
+mod write;
+
+use std::fmt;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// annal: inspect and verify annal event logs.
-///
-/// Exit codes: 0 success; 1 the command ran and found a problem; 2 the command
-/// could not run (bad arguments, not a log, unreadable path).
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  the command ran and found a problem or was refused (wrong expected version,
+     log locked by a writer, corrupt data, a bad input line)
+  2  the command could not run (bad arguments, not a log, unreadable path)";
+
+/// annal: append to, read, follow and inspect annal event logs.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,54 +27,105 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Replay every record of a log (without taking the writer lock), checking
-    /// each record's CRC, and print a summary.
-    ///
-    /// Example: annal stats /var/lib/myapp/events
-    Stats {
-        /// The log directory.
-        dir: PathBuf,
-    },
+    /// Append one event to a stream (creating the log if the directory is empty).
+    #[command(after_help = write::APPEND_HELP)]
+    Append(write::AppendArgs),
+    /// Append events from JSON lines (the output of `annal read --json`).
+    #[command(after_help = write::IMPORT_HELP)]
+    Import(write::ImportArgs),
+    /// Print events (the whole log, a stream, a category or an event type).
+    #[command(after_help = read::READ_HELP)]
+    Read(read::ReadArgs),
+    /// Follow a log like `tail -f`, printing events as they are appended.
+    #[command(after_help = read::TAIL_HELP)]
+    Tail(read::TailArgs),
+    /// Replay every record (checking CRCs) and print a summary of the log.
+    #[command(after_help = read::STATS_HELP)]
+    Stats(read::StatsArgs),
+    /// Print the structure of one log file (segment, index, stream table, snapshot).
+    #[command(after_help = dump::DUMP_HELP)]
+    Dump(dump::DumpArgs),
+    #[command(about = "Verify every file of a log (segments, indexes, stream table, snapshots); --repair fixes")]
+    Check(check::CheckArgs),
 }
+
+/// A failure of a command: a message for stderr and the exit code.
+pub struct Failure {
+    /// 1: ran and found a problem or was refused; 2: could not run.
+    pub code: u8,
+    /// Plain, actionable message.
+    pub message: String,
+}
+
+impl Failure {
+    /// The command ran and found a problem (exit 1).
+    pub fn problem(message: impl fmt::Display) -> Failure {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+
+    /// The command could not run (exit 2).
+    pub fn usage(message: impl fmt::Display) -> Failure {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<annal::Error> for Failure {
+    fn from(e: annal::Error) -> Failure {
+        let code = match &e {
+            annal::Error::WrongExpectedVersion { .. }
+            | annal::Error::Locked { .. }
+            | annal::Error::IdempotencyConflict { .. }
+            | annal::Error::Corrupt { .. }
+            | annal::Error::Poisoned { .. }
+            | annal::Error::Decode { .. } => 1,
+            _ => 2,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What every command returns.
+pub type CmdResult = Result<(), Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Stats { dir } => match stats(&dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e @ annal::Error::Corrupt { .. }) => {
-                eprintln!("annal: {e}");
-                ExitCode::from(1)
-            }
-            Err(e) => {
-                eprintln!("annal: {e}");
-                ExitCode::from(2)
-            }
-        },
+    let result = match &cli.command {
+        Command::Append(a) => write::append(a),
+        Command::Import(a) => write::import(a),
+        Command::Read(a) => read::read(a),
+        Command::Tail(a) => read::tail(a),
+        Command::Stats(a) => read::stats(a),
+        Command::Dump(a) => dump::dump(a),
+        Command::Check(a) => return check::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`annal read | head`): not an error.
+        Err(f) if f.code == 0 => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("annal: {}", f.message);
+            ExitCode::from(f.code)
+        }
     }
 }
 
-fn stats(dir: &std::path::Path) -> annal::Result<()> {
-    let mut reader = annal::Reader::open(dir)?;
-    let view = reader.view()?;
-    let mut streams = std::collections::HashSet::new();
-    let (mut events, mut first_ts, mut last_ts) = (0u64, None, 0u64);
-    for rec in view.read_all(0) {
-        let rec = rec?;
-        events += 1;
-        first_ts.get_or_insert(rec.timestamp());
-        last_ts = rec.timestamp();
-        if !streams.contains(rec.stream()) {
-            streams.insert(rec.stream().to_owned());
+/// Map an output error: a closed pipe ends the command quietly (exit 0).
+pub fn out_err(e: std::io::Error) -> Failure {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Failure {
+            code: 0,
+            message: String::new(),
         }
+    } else {
+        Failure::usage(format!("cannot write to standard output: {e}"))
     }
-    println!("directory:  {}", dir.display());
-    println!("segments:   {}", view.segment_count());
-    println!("bytes:      {}", view.len_bytes());
-    println!("events:     {events}");
-    println!("streams:    {}", streams.len());
-    if let Some(f) = first_ts {
-        println!("timestamps: {f} .. {last_ts} (ns since the Unix epoch)");
-    }
-    Ok(())
 }

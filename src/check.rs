@@ -1,0 +1,1019 @@
+//! `annal check`: verify every file of a log against the format (spec
+//! sections 2–6, 16–18, 20), and optionally repair what can be repaired
+//! without removing events from sealed segments.
+//!
+//! What is checked:
+//!
+//! * every segment (in parallel): its header, the framing of every frame,
+//!   every record's CRC, positions contiguous within and across segments,
+//!   stream versions contiguous per stream (within and across segments,
+//!   starting at 0), batch completeness (spec 3.3), the seal of every sealed
+//!   segment, and one `log_id` throughout;
+//! * every index file: its blocks, header and counts, and its whole content,
+//!   byte for byte, against the index rebuilt from its segment; its `prev`
+//!   pointers against the newest earlier segment holding each stream;
+//! * the stream table: blocks, header and content against the table rebuilt
+//!   from the segments it covers;
+//! * the head file, and every snapshot file (decoded and checked, spec 20.3).
+//!
+//! How findings are classified:
+//!
+//! * damage below the durable boundary of the active segment (spec 5.1), or
+//!   anywhere in a sealed segment, or in a derived file, is a **problem**;
+//! * a missing index file or stream table is a **problem** (the next writer
+//!   open, or `--repair`, rebuilds it), except while a writer holds the log and
+//!   may still be writing it, or for a sealed last segment (a crash right after
+//!   sealing), which are **warnings**;
+//! * with no writer, a torn tail past the durable boundary is a **warning**: the
+//!   next writer open (or `--repair`) removes it. While a writer holds the log,
+//!   the end it is writing is in progress and only noted as a warning.
+//!
+//! Checking is read-only. With [`CheckOptions::repair`], the check takes the
+//! writer lock (by opening the log, whose recovery cuts a torn tail and
+//! rebuilds missing derived files), removes damaged index files, a damaged
+//! stream table and damaged snapshot files, reopens the log so that the derived
+//! files are rebuilt from the segments, and checks again. It never removes
+//! events from sealed segments.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Damage, DamageKind, Error, Result};
+use crate::format::{
+    FRAME_HEADER_LEN, FRAME_KIND_BATCH, HEAD_FILE_LEN, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN, SEGMENT_HEADER_LEN,
+    STB_HEADER_LEN, STB_ROW_LEN, SegmentHeader,
+};
+use crate::head::{self, HEAD_FILE, Head};
+use crate::index::{self, IdxFile, MemIndex, NO_ROW, NO_SEGMENT, Prev};
+use crate::log::{Log, Options, index_file_name};
+use crate::mmap::Mapping;
+use crate::recovery::LOCK_FILE;
+use crate::segment::{frame_records, parse_segment_file_name, resync_max_durable, segment_file_name, walk_segment};
+use crate::snapshot::{SNAPSHOT_DIR, SnapshotStore};
+use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
+
+/// A progress callback: `(bytes checked so far, bytes to check in all)`.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Options of [`check`].
+#[derive(Clone, Default)]
+pub struct CheckOptions {
+    repair: bool,
+    progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for CheckOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckOptions")
+            .field("repair", &self.repair)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl CheckOptions {
+    /// Repair what can be repaired (see the module documentation): takes the
+    /// writer lock, so it fails with [`Error::Locked`] while a writer holds
+    /// the log.
+    pub fn repair(mut self, repair: bool) -> Self {
+        self.repair = repair;
+        self
+    }
+
+    /// Call `f(done, total)` (in bytes) as the check progresses, from any
+    /// thread.
+    pub fn progress(mut self, f: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+}
+
+/// One finding of [`check`]: where, and what was expected and found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The file concerned.
+    pub file: PathBuf,
+    /// Byte offset in that file.
+    pub offset: u64,
+    /// What was expected and what was found.
+    pub detail: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}: {}", self.file.display(), self.offset, self.detail)
+    }
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Damage: the log (or a derived file) is not as the format requires.
+    pub problems: Vec<Finding>,
+    /// Things that are not damage but worth knowing (a torn tail that the
+    /// next writer open removes, a writer in progress, ...).
+    pub warnings: Vec<Finding>,
+    /// What `repair` did, one line per action (empty without repair).
+    pub repairs: Vec<String>,
+    /// A writer held the log during the check.
+    pub writer_active: bool,
+    /// Files checked.
+    pub files: u64,
+    /// Records checked (CRC included).
+    pub records: u64,
+    /// Bytes checked.
+    pub bytes: u64,
+    /// Time taken.
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+impl CheckReport {
+    /// No problems (warnings allowed).
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Check the log in `dir`; see the module documentation.
+///
+/// Returns `Err` only when the check could not run: `dir` is not a log, or a
+/// file could not be read ([`Error::NotALog`], [`Error::Io`]), or repair was
+/// asked for while another writer holds the log ([`Error::Locked`]). Damage is
+/// reported in [`CheckReport::problems`], not as an error.
+///
+/// ```
+/// # fn main() -> annal::Result<()> {
+/// use annal::{CheckOptions, EventData, ExpectedVersion, Log, Options};
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), Options::default())?;
+/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
+/// log.close()?;
+/// let report = annal::check(dir.path(), CheckOptions::default())?;
+/// assert!(report.is_ok(), "{:?}", report.problems);
+/// assert_eq!(report.records, 1);
+/// # Ok(()) }
+/// ```
+pub fn check(dir: &Path, opts: CheckOptions) -> Result<CheckReport> {
+    let start = Instant::now();
+    let segments = list_segments(dir)?;
+    if segments.is_empty() {
+        return Err(Error::NotALog {
+            path: dir.to_owned(),
+            detail: "it holds no segment files (*.seg)".into(),
+        });
+    }
+    let progress = opts.progress.as_deref();
+    if !opts.repair {
+        let writer_active = writer_holds_lock(dir);
+        let mut report = scan(dir, writer_active, progress)?.report;
+        report.elapsed = start.elapsed();
+        return Ok(report);
+    }
+
+    let mut repairs = Vec::new();
+    let log_opts = || Options::default().create(false).stream_hash_mask(hash_mask_of(dir));
+    let log = match Log::open(dir, log_opts()) {
+        Ok(log) => Some(log),
+        Err(e @ Error::Locked { .. }) => return Err(e),
+        Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. })) => {
+            repairs.push(format!("repair refused, nothing was changed: {e}"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(log) = log else {
+        let mut report = scan(dir, writer_holds_lock(dir), progress)?.report;
+        report.repairs = repairs;
+        report.elapsed = start.elapsed();
+        return Ok(report);
+    };
+    describe_recovery(log.recovery(), &mut repairs);
+    let first = scan(dir, false, progress);
+    let first = match first {
+        Ok(s) => s,
+        Err(e) => {
+            log.close()?;
+            return Err(e);
+        }
+    };
+    if first.remove.is_empty() {
+        log.close()?;
+        let mut report = first.report;
+        report.repairs = repairs;
+        report.elapsed = start.elapsed();
+        return Ok(report);
+    }
+    for (path, why) in &first.remove {
+        match fs::remove_file(path) {
+            Ok(()) => repairs.push(format!("removed {} ({why})", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                let _ = log.close();
+                return Err(Error::io("remove", path, e));
+            }
+        }
+    }
+    log.close()?;
+    // Reopening rebuilds the removed index files and stream table.
+    let log = Log::open(dir, log_opts())?;
+    describe_recovery(log.recovery(), &mut repairs);
+    let second = scan(dir, false, progress);
+    log.close()?;
+    let mut report = second?.report;
+    report.repairs = repairs;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+fn describe_recovery(r: &crate::log::Recovery, out: &mut Vec<String>) {
+    if let Some(t) = &r.truncated {
+        out.push(format!(
+            "cut the torn tail of {} at byte {} ({} bytes removed: {})",
+            t.path.display(),
+            t.offset,
+            t.bytes_removed,
+            t.reason
+        ));
+    }
+    if let Some(p) = &r.reinitialized {
+        out.push(format!("rewrote the torn header of the empty segment {}", p.display()));
+    }
+    for p in &r.removed_temp_files {
+        out.push(format!("removed the temporary file {}", p.display()));
+    }
+    for p in &r.rebuilt_indexes {
+        out.push(format!("rebuilt the index {} from its segment", p.display()));
+    }
+    if r.rebuilt_stream_table {
+        out.push(format!("rebuilt the stream table {STREAM_TABLE_FILE}"));
+    }
+}
+
+/// Whether another process (or another open in this one) holds the writer
+/// lock. Takes a shared lock on a separate open of the lock file and releases
+/// it at once, so a writer is never kept waiting.
+fn writer_holds_lock(dir: &Path) -> bool {
+    let Ok(f) = File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    match f.try_lock_shared() {
+        Ok(()) => {
+            let _ = f.unlock();
+            false
+        }
+        Err(TryLockError::WouldBlock) => true,
+        Err(TryLockError::Error(_)) => false,
+    }
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    match fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::NotALog {
+                path: dir.to_owned(),
+                detail: "it is not a directory".into(),
+            });
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::NotALog {
+                path: dir.to_owned(),
+                detail: "it does not exist".into(),
+            });
+        }
+        Err(e) => return Err(Error::io("stat", dir, e)),
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        if let Some(base) = parse_segment_file_name(&entry.file_name().to_string_lossy()) {
+            out.push(base);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    let s = b.get(at..at + 8)?;
+    let mut x = [0u8; 8];
+    x.copy_from_slice(s);
+    Some(u64::from_le_bytes(x))
+}
+
+/// The hash mask the log's derived files use (default if none is readable).
+fn hash_mask_of(dir: &Path) -> u64 {
+    let mut mask = None;
+    if let Ok(b) = fs::read(dir.join(STREAM_TABLE_FILE)) {
+        mask = u64_at(&b, 24);
+    }
+    mask.unwrap_or(u64::MAX)
+}
+
+fn finding(file: &Path, offset: u64, detail: impl Into<String>) -> Finding {
+    Finding {
+        file: file.to_owned(),
+        offset,
+        detail: detail.into(),
+    }
+}
+
+fn damage_finding(file: &Path, d: &Damage) -> Finding {
+    let detail = match &d.kind {
+        DamageKind::Corrupt(s) => s.clone(),
+        DamageKind::Version(v) => format!("unsupported format version {v} (use a newer annal)"),
+    };
+    finding(file, d.offset, detail)
+}
+
+/// The result of one scan, and what repair should remove.
+struct Scan {
+    report: CheckReport,
+    remove: Vec<(PathBuf, &'static str)>,
+}
+
+/// Where a stream's events are in one segment.
+struct StreamSpan {
+    first_version: u64,
+    /// Offset of the first batch of the stream in the segment.
+    first_offset: u64,
+    last_version: u64,
+}
+
+/// Index status of a sealed segment.
+enum IdxState {
+    /// Not applicable (active segment, or the segment itself is damaged).
+    None,
+    Missing,
+    Damaged,
+    /// Valid; the prev pointers it holds, per stream row.
+    Valid(Vec<(Box<str>, u32, Prev)>),
+}
+
+/// What checking one segment found.
+struct SegOut {
+    base: u64,
+    path: PathBuf,
+    problems: Vec<Finding>,
+    warnings: Vec<Finding>,
+    records: u64,
+    bytes: u64,
+    log_id: Option<[u8; 16]>,
+    /// Whether the segment was readable to its end (or its durable end).
+    complete: bool,
+    sealed: bool,
+    next_position: u64,
+    spans: Vec<(Box<str>, StreamSpan)>,
+    /// `(name, row, last_version)` per stream row (sealed segments).
+    rows: Vec<(Box<str>, u32, u64)>,
+    idx: IdxState,
+    idx_bytes: u64,
+}
+
+struct SegCtx<'a> {
+    dir: &'a Path,
+    head: Option<Head>,
+    writer_active: bool,
+    progress: Option<&'a (dyn Fn(u64, u64) + Send + Sync)>,
+    done: AtomicU64,
+    total: u64,
+}
+
+impl SegCtx<'_> {
+    fn advance(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(p) = self.progress {
+            p(done.min(self.total), self.total);
+        }
+    }
+}
+
+fn scan(dir: &Path, writer_active: bool, progress: Option<&(dyn Fn(u64, u64) + Send + Sync)>) -> Result<Scan> {
+    let mut report = CheckReport {
+        writer_active,
+        ..CheckReport::default()
+    };
+    let mut remove = Vec::new();
+    if writer_active {
+        report.warnings.push(finding(
+            &dir.join(LOCK_FILE),
+            0,
+            "a writer holds the log; what it is still writing is in progress and not reported as damage",
+        ));
+    }
+    // The head is read before the segments, so that the durable end it states
+    // was already written when the active segment is read.
+    let head_path = dir.join(HEAD_FILE);
+    let head = match fs::read(&head_path) {
+        Ok(bytes) => {
+            report.files += 1;
+            report.bytes += bytes.len() as u64;
+            if bytes.len() != HEAD_FILE_LEN {
+                report.warnings.push(finding(
+                    &head_path,
+                    bytes.len() as u64,
+                    format!("expected a {HEAD_FILE_LEN}-byte head file, found {} bytes", bytes.len()),
+                ));
+            }
+            match head::decode(&bytes) {
+                Ok((Some(h), _)) => Some(h),
+                Ok((None, damage)) => {
+                    let d = damage
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| Damage::corrupt(0, "no valid slot"));
+                    report.warnings.push(finding(
+                        &head_path,
+                        d.offset,
+                        format!(
+                            "no valid head slot ({}); the durable boundary is taken from the frames alone, \
+                             and the next writer open rewrites the head",
+                            d.detail()
+                        ),
+                    ));
+                    None
+                }
+                Err(d) => {
+                    report.problems.push(damage_finding(&head_path, &d));
+                    None
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io("read", &head_path, e)),
+    };
+
+    let bases = list_segments(dir)?;
+    let mut total = 0u64;
+    for &b in &bases {
+        let p = dir.join(segment_file_name(b));
+        total += fs::metadata(&p).map_err(|e| Error::io("stat", &p, e))?.len();
+    }
+    let ctx = SegCtx {
+        dir,
+        head,
+        writer_active,
+        progress,
+        done: AtomicU64::new(0),
+        total,
+    };
+    if let Some(h) = head
+        && bases.binary_search(&h.segment_base).is_err()
+    {
+        report.problems.push(finding(
+            &head_path,
+            24,
+            format!(
+                "the head says segment {} holds durable data, but that file does not exist",
+                segment_file_name(h.segment_base)
+            ),
+        ));
+    }
+    let last = bases.len() - 1;
+    let outs: Vec<SegOut> = bases
+        .par_iter()
+        .enumerate()
+        .map(|(i, &base)| check_segment(&ctx, base, i == last, i + 1 < last))
+        .collect::<Result<_>>()?;
+
+    // Sequential checks across segments, in order.
+    let mut next_expected: Option<u64> = None;
+    let mut log_id: Option<[u8; 16]> = None;
+    let mut versions: HashMap<Box<str>, u64> = HashMap::new();
+    // Per stream: its newest sealed segment and row, and its last version there.
+    let mut latest: HashMap<Box<str>, TableEntry> = HashMap::new();
+    let table_path = dir.join(STREAM_TABLE_FILE);
+    let table = StreamTable::open(&table_path);
+    let table_next = match &table {
+        Ok(Some(t)) => Some(t.next_segment()),
+        _ => None,
+    };
+    let mut table_expect: Option<HashMap<Box<str>, TableEntry>> = None;
+    let active_base = outs.last().map_or(0, |o| o.base);
+    let mut any_sealed = false;
+    let mut chain_ok = true;
+    for (i, o) in outs.iter().enumerate() {
+        report.records += o.records;
+        report.bytes += o.bytes + o.idx_bytes;
+        report.files += 1 + u64::from(o.idx_bytes > 0);
+        report.problems.extend(o.problems.iter().cloned());
+        report.warnings.extend(o.warnings.iter().cloned());
+        if table_next == Some(o.base) {
+            table_expect = Some(latest.clone());
+        }
+        if let Some(n) = next_expected
+            && n != o.base
+        {
+            chain_ok = false;
+            report.problems.push(finding(
+                &o.path,
+                32,
+                format!(
+                    "expected a segment starting at position {n} (is one missing?), found {}",
+                    o.base
+                ),
+            ));
+        }
+        next_expected = if o.complete && o.sealed {
+            Some(o.next_position)
+        } else {
+            None
+        };
+        if let Some(id) = o.log_id {
+            match log_id {
+                None => log_id = Some(id),
+                Some(l) if l != id => report.problems.push(finding(
+                    &o.path,
+                    16,
+                    "the segment's log_id differs from the first segment's: it belongs to another log",
+                )),
+                Some(_) => {}
+            }
+        }
+        for (name, s) in &o.spans {
+            let want = versions.get(name).map_or(0, |v| v + 1);
+            if s.first_version != want && (i == 0 || chain_ok) {
+                report.problems.push(finding(
+                    &o.path,
+                    s.first_offset + FRAME_HEADER_LEN as u64 + 16,
+                    format!(
+                        "expected stream {name:?} to continue at version {want}, found version {}",
+                        s.first_version
+                    ),
+                ));
+            }
+            versions.insert(name.clone(), s.last_version);
+        }
+        if o.sealed && o.complete {
+            any_sealed = true;
+            let idx_path = dir.join(index_file_name(o.base));
+            if let IdxState::Valid(prevs) = &o.idx {
+                for (name, row, prev) in prevs {
+                    let want = latest.get(name).map_or(Prev::NONE, |e| e.at);
+                    if *prev != want {
+                        report.problems.push(finding(
+                            &idx_path,
+                            (IDX_HEADER_LEN + *row as usize * IDX_STREAM_ROW_LEN + 40) as u64,
+                            format!(
+                                "expected stream {name:?} (row {row}) to point back to {}, found {}",
+                                prev_text(want),
+                                prev_text(*prev)
+                            ),
+                        ));
+                        remove.push((idx_path.clone(), "a damaged index"));
+                    }
+                }
+            }
+            if matches!(o.idx, IdxState::Damaged) {
+                remove.push((idx_path.clone(), "a damaged index"));
+            }
+            for (name, row, last_version) in &o.rows {
+                let at = Prev {
+                    segment: o.base,
+                    row: *row,
+                };
+                latest.insert(
+                    name.clone(),
+                    TableEntry {
+                        last_version: *last_version,
+                        at,
+                    },
+                );
+            }
+        }
+    }
+    if table_next.is_some_and(|n| n > active_base) || (table_next.is_some() && table_expect.is_none()) {
+        table_expect = Some(latest.clone());
+    }
+
+    // The stream table.
+    match table {
+        Ok(None) if any_sealed => {
+            let f = finding(
+                &table_path,
+                0,
+                "the stream table is missing; the next writer open (or annal check --repair) rebuilds it",
+            );
+            if writer_active {
+                report.warnings.push(f)
+            } else {
+                report.problems.push(f)
+            }
+        }
+        Ok(None) => {}
+        Err(d) => {
+            report.problems.push(damage_finding(&table_path, &d));
+            remove.push((table_path.clone(), "a damaged stream table"));
+        }
+        Ok(Some(t)) => {
+            let bytes = fs::read(&table_path).map_err(|e| Error::io("read", &table_path, e))?;
+            report.files += 1;
+            report.bytes += bytes.len() as u64;
+            let next = t.next_segment();
+            let mask = u64_at(&bytes, 24).unwrap_or(u64::MAX);
+            if !bases.contains(&next) && next != outs.last().map_or(0, |o| o.next_position) {
+                report.problems.push(finding(
+                    &table_path,
+                    16,
+                    format!("expected next_segment to be the base of a segment, found {next}"),
+                ));
+                remove.push((table_path.clone(), "a damaged stream table"));
+            } else if let Some(entries) = &table_expect {
+                let mut rows: Vec<(u64, &[u8], TableEntry)> = entries
+                    .iter()
+                    .map(|(n, e)| (crate::hash::stream_hash(n.as_bytes()) & mask, n.as_bytes(), *e))
+                    .collect();
+                rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+                let expected = streamtable::encode(rows.into_iter(), next, mask);
+                if let Some(f) = compare_derived(&table_path, &expected, &bytes, STB_HEADER_LEN, STB_ROW_LEN) {
+                    report.problems.push(f);
+                    remove.push((table_path.clone(), "a damaged stream table"));
+                }
+                if next < active_base && !outs.last().is_some_and(|o| o.sealed) {
+                    let covered_sealed = outs.iter().any(|o| o.base >= next && o.base < active_base);
+                    if covered_sealed && !writer_active {
+                        report.warnings.push(finding(
+                            &table_path,
+                            16,
+                            format!(
+                                "the stream table covers segments below {next} only; the next writer open \
+                                 brings it up to date"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    check_snapshots(dir, &mut report, &mut remove)?;
+    Ok(Scan { report, remove })
+}
+
+fn prev_text(p: Prev) -> String {
+    if p.segment == NO_SEGMENT {
+        "no earlier segment".into()
+    } else {
+        format!("segment {} row {}", p.segment, p.row)
+    }
+}
+
+/// Compare a derived file with the bytes rebuilt from the segments; on a
+/// difference, say where and (for the block region) whether the block's CRC
+/// fails too.
+fn compare_derived(path: &Path, expected: &[u8], found: &[u8], header_len: usize, row_len: usize) -> Option<Finding> {
+    if expected == found {
+        return None;
+    }
+    let at = expected.iter().zip(found).position(|(a, b)| a != b);
+    let Some(at) = at else {
+        return Some(finding(
+            path,
+            expected.len().min(found.len()) as u64,
+            format!(
+                "expected {} bytes (rebuilt from the segments), found {} bytes",
+                expected.len(),
+                found.len()
+            ),
+        ));
+    };
+    let region = if at < header_len {
+        "the header".to_owned()
+    } else if found.len() >= blockfile_footer() && at >= found.len() - blockfile_footer() {
+        "the footer".to_owned()
+    } else {
+        format!(
+            "block {} (a row of {row_len} bytes at most starts near byte {})",
+            at / crate::blockfile::BLOCK,
+            at - (at - header_len) % row_len
+        )
+    };
+    Some(finding(
+        path,
+        at as u64,
+        format!(
+            "the content differs from what the segments say, in {region}: expected byte {:#04x}, found {:#04x}",
+            expected[at], found[at]
+        ),
+    ))
+}
+
+const fn blockfile_footer() -> usize {
+    crate::blockfile::FOOTER_LEN
+}
+
+/// Read a segment: sealed segments are mapped (annal never writes them
+/// again); the last one is copied, because a writer may append to it.
+enum SegBytes {
+    Map(Mapping),
+    Copy(Vec<u8>),
+}
+
+impl SegBytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            SegBytes::Map(m) => m.bytes(),
+            SegBytes::Copy(v) => v,
+        }
+    }
+}
+
+fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors: bool) -> Result<SegOut> {
+    let path = ctx.dir.join(segment_file_name(base));
+    let data = if is_last {
+        SegBytes::Copy(fs::read(&path).map_err(|e| Error::io("read", &path, e))?)
+    } else {
+        let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        SegBytes::Map(Mapping::map(&f, len, &path)?)
+    };
+    let bytes = data.bytes();
+    let mut out = SegOut {
+        base,
+        path: path.clone(),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        records: 0,
+        bytes: bytes.len() as u64,
+        log_id: None,
+        complete: false,
+        sealed: false,
+        next_position: base,
+        spans: Vec::new(),
+        rows: Vec::new(),
+        idx: IdxState::None,
+        idx_bytes: 0,
+    };
+    let head_durable = ctx.head.filter(|h| h.segment_base == base).map_or(0, |h| h.durable_end);
+    let header = match SegmentHeader::parse(bytes) {
+        Ok(h) => h,
+        Err(d) => {
+            let boundary = head_durable.max(resync_max_durable(bytes, SEGMENT_HEADER_LEN as u64));
+            if is_last && boundary <= SEGMENT_HEADER_LEN as u64 && !ctx.writer_active {
+                out.warnings.push(finding(
+                    &path,
+                    d.offset,
+                    format!(
+                        "{} in the segment header of the active segment, which holds no durable data; the next \
+                         writer open (or annal check --repair) rewrites it",
+                        d.detail()
+                    ),
+                ));
+            } else if !(is_last && ctx.writer_active && bytes.len() < SEGMENT_HEADER_LEN) {
+                out.problems.push(damage_finding(&path, &d));
+            }
+            ctx.advance(bytes.len() as u64);
+            return Ok(out);
+        }
+    };
+    out.log_id = Some(header.log_id);
+    if header.base_position.get() != base {
+        out.problems.push(finding(
+            &path,
+            32,
+            format!(
+                "expected base_position {base} (from the file name), found {}",
+                header.base_position.get()
+            ),
+        ));
+    }
+
+    let mut mem = MemIndex::default();
+    let mut spans: HashMap<Box<str>, StreamSpan> = HashMap::new();
+    let mut version_problems = Vec::new();
+    let mut records = 0u64;
+    let mut reported = 0u64;
+    let seg_start = bytes.as_ptr() as usize;
+    let walk = walk_segment(bytes, header, true, |frame, f| {
+        if f.kind != FRAME_KIND_BATCH {
+            return;
+        }
+        let off = (frame.as_ptr() as usize - seg_start) as u64;
+        records += f.count as u64;
+        if let Some(r) = frame_records(frame).next() {
+            let v = r.stream_version();
+            let last = v + f.count as u64 - 1;
+            match spans.get_mut(r.stream()) {
+                Some(s) => {
+                    if v != s.last_version + 1 {
+                        version_problems.push(finding(
+                            &path,
+                            off + FRAME_HEADER_LEN as u64 + 16,
+                            format!(
+                                "expected stream {:?} to continue at version {}, found version {v}",
+                                r.stream(),
+                                s.last_version + 1
+                            ),
+                        ));
+                    }
+                    s.last_version = last;
+                }
+                None => {
+                    spans.insert(
+                        r.stream().into(),
+                        StreamSpan {
+                            first_version: v,
+                            first_offset: off,
+                            last_version: last,
+                        },
+                    );
+                }
+            }
+        }
+        mem.add_frame(frame, off);
+        let end = off + f.len;
+        if end - reported >= 8 << 20 {
+            ctx.advance(end - reported);
+            reported = end;
+        }
+    });
+    ctx.advance(bytes.len() as u64 - reported.min(bytes.len() as u64));
+    out.records = records;
+    out.problems.extend(version_problems);
+    out.spans = spans.into_iter().collect();
+    out.next_position = walk.next_position;
+    out.sealed = walk.sealed;
+
+    match &walk.stop {
+        None if !is_last && !walk.sealed => {
+            out.problems.push(finding(
+                &path,
+                walk.end,
+                "expected a seal frame at the end of a segment that has a successor, found the end of the file",
+            ));
+        }
+        None => {
+            out.complete = true;
+            if head_durable > bytes.len() as u64 {
+                out.problems.push(finding(
+                    &path,
+                    bytes.len() as u64,
+                    format!("the head says bytes up to {head_durable} are durable, but the file ends here"),
+                ));
+            }
+        }
+        Some(d) if !is_last => {
+            out.problems.push(finding(
+                &path,
+                d.offset,
+                format!(
+                    "{} (in a sealed segment, which is durable in full: this is damage, not a torn write)",
+                    d.detail()
+                ),
+            ));
+        }
+        Some(d) => {
+            let x = walk.end;
+            let boundary = (SEGMENT_HEADER_LEN as u64)
+                .max(walk.max_durable)
+                .max(resync_max_durable(bytes, x))
+                .max(head_durable);
+            if x < boundary {
+                out.problems.push(finding(
+                    &path,
+                    d.offset,
+                    format!(
+                        "{}; the damaged frame starts at byte {x}, below the durable boundary at byte {boundary}, \
+                         so this is damage to durable data, not a torn write",
+                        d.detail()
+                    ),
+                ));
+            } else {
+                out.complete = true;
+                let n = bytes.len() as u64 - x;
+                let detail = if ctx.writer_active {
+                    format!(
+                        "the writer is still writing bytes {x}..{} ({n} bytes); not checked",
+                        bytes.len()
+                    )
+                } else {
+                    format!(
+                        "torn tail: the {n} bytes from byte {x} (past the durable boundary at byte {boundary}) are \
+                         an incomplete write ({}); the next writer open (or annal check --repair) removes them",
+                        d.detail()
+                    )
+                };
+                out.warnings.push(finding(&path, x, detail));
+            }
+        }
+    }
+
+    // The index of a sealed segment.
+    if out.complete && walk.sealed && walk.stop.is_none() {
+        let idx_path = ctx.dir.join(index_file_name(base));
+        let seal_crc = index::seal_crc(bytes).unwrap_or(0);
+        match IdxFile::open_for(&idx_path, base, bytes) {
+            Ok(None) => {
+                out.idx = IdxState::Missing;
+                let f = finding(
+                    &idx_path,
+                    0,
+                    "the index file is missing; the next writer open (or annal check --repair) rebuilds it",
+                );
+                if is_last || (ctx.writer_active && !has_two_successors) {
+                    out.warnings.push(f);
+                } else {
+                    out.problems.push(f);
+                }
+            }
+            Err(d) => {
+                out.idx = IdxState::Damaged;
+                out.idx_bytes = fs::metadata(&idx_path).map_or(0, |m| m.len());
+                out.problems.push(damage_finding(&idx_path, &d));
+            }
+            Ok(Some(file)) => {
+                let found = fs::read(&idx_path).map_err(|e| Error::io("read", &idx_path, e))?;
+                out.idx_bytes = found.len() as u64;
+                let mask = u64_at(&found, 32).unwrap_or(u64::MAX);
+                let mut prevs: HashMap<Box<str>, Prev> = HashMap::new();
+                let mut lookup_damage = None;
+                for name in mem.streams.keys() {
+                    match file.find_stream(name) {
+                        Ok(Some(info)) => {
+                            prevs.insert(name.clone(), info.prev.unwrap_or(Prev::NONE));
+                        }
+                        Ok(None) => {}
+                        Err(d) => {
+                            lookup_damage.get_or_insert(d);
+                        }
+                    }
+                }
+                let (expected, rows) = mem.encode(base, bytes.len() as u64, seal_crc, mask, &mut |n| {
+                    prevs.get(n).copied().unwrap_or(Prev::NONE)
+                });
+                if let Some(d) = lookup_damage {
+                    out.idx = IdxState::Damaged;
+                    out.problems.push(damage_finding(&idx_path, &d));
+                } else if let Some(f) =
+                    compare_derived(&idx_path, &expected, &found, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN)
+                {
+                    out.idx = IdxState::Damaged;
+                    out.problems.push(f);
+                } else {
+                    out.idx = IdxState::Valid(
+                        rows.iter()
+                            .map(|(n, r, _)| (n.clone(), *r, prevs.get(n).copied().unwrap_or(Prev::NONE)))
+                            .collect(),
+                    );
+                }
+                out.rows = rows;
+            }
+        }
+        if out.rows.is_empty() && !mem.streams.is_empty() {
+            let (_, rows) = mem.encode(base, bytes.len() as u64, seal_crc, hash_mask_of(ctx.dir), &mut |_| {
+                Prev::NONE
+            });
+            out.rows = rows;
+        }
+        debug_assert!(out.rows.iter().all(|r| r.1 != NO_ROW));
+    }
+    Ok(out)
+}
+
+fn check_snapshots(dir: &Path, report: &mut CheckReport, remove: &mut Vec<(PathBuf, &'static str)>) -> Result<()> {
+    let sdir = dir.join(SNAPSHOT_DIR);
+    let rd = match fs::read_dir(&sdir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read directory", &sdir, e)),
+    };
+    let mut paths = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("read directory", &sdir, e))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".snap") {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort();
+    for p in paths {
+        let bytes = fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
+        report.files += 1;
+        report.bytes += bytes.len() as u64;
+        match SnapshotStore::decode(&p, &bytes) {
+            Ok(_) => {}
+            Err(Error::Corrupt { path, offset, detail }) => {
+                report.problems.push(finding(&path, offset, detail));
+                remove.push((p, "a damaged snapshot; the aggregate is replayed from events instead"));
+            }
+            Err(e) => {
+                report.problems.push(finding(&p, 0, e.to_string()));
+                remove.push((
+                    p,
+                    "an unreadable snapshot; the aggregate is replayed from events instead",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
