@@ -29,6 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Append.
     let log = Log::open(&dir, Options::default().durability(durability))?;
+    // A directory given on the command line may already hold a log: append
+    // after what is there and replay only what this run appended.
+    let first = log.next_position();
+    let bytes_before = log.view()?.len_bytes();
     let payload = vec![b'x'; PAYLOAD];
     let events: Vec<EventData<'_>> = (0..BATCH)
         .map(|_| EventData::new("ItemAdded", payload.as_slice()).with_metadata(br#"{"by":"quickstart"}"#.as_slice()))
@@ -42,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let buffered_secs = start.elapsed().as_secs_f64();
     log.sync()?;
     let append_secs = start.elapsed().as_secs_f64();
-    let bytes = log.view()?.len_bytes();
+    let bytes = log.view()?.len_bytes() - bytes_before;
     log.close()?;
     names.clear();
 
@@ -53,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let view = log.view()?;
     let start = Instant::now();
     let (mut count, mut payload_bytes) = (0u64, 0u64);
-    for rec in view.read_all(0) {
+    for rec in view.read_all(first) {
         let rec = rec?;
         count += 1;
         payload_bytes += rec.payload().len() as u64;
