@@ -114,6 +114,22 @@ impl BlockFile {
         })
     }
 
+    /// Map the file at `path` and check its footer and block table
+    /// (`Ok(None)` if it does not exist).
+    pub(crate) fn open_path(path: &std::path::Path, magic: [u8; 8]) -> Result<Option<BlockFile>, Damage> {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Damage::corrupt(0, format!("cannot open: {e}"))),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Damage::corrupt(0, format!("cannot stat: {e}")))?
+            .len();
+        let map = Mapping::map(&file, len, path).map_err(|e| Damage::corrupt(0, format!("cannot map: {e}")))?;
+        BlockFile::open(map, magic).map(Some)
+    }
+
     /// Length of the checked region.
     pub(crate) fn len(&self) -> usize {
         self.table_offset

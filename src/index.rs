@@ -26,7 +26,6 @@ use crate::format::{
     IdxNamedRow, IdxStreamRow, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::hash::{category_of, stream_hash};
-use crate::mmap::Mapping;
 use crate::segment::{frame_records_at, walk_segment};
 
 /// No earlier segment.
@@ -343,8 +342,7 @@ pub(crate) struct StreamInfo {
 impl IdxFile {
     /// Open and check the header of an index for the segment with the given
     /// base, length and seal CRC.
-    pub(crate) fn open(map: Mapping, base: u64, segment_len: u64, seal_crc: u32) -> Result<IdxFile, Damage> {
-        let bf = BlockFile::open(map, IDX_MAGIC)?;
+    pub(crate) fn open(bf: BlockFile, base: u64, segment_len: u64, seal_crc: u32) -> Result<IdxFile, Damage> {
         let h = IdxHeader::read_from_bytes(bf.get(0, IDX_HEADER_LEN)?)
             .map_err(|_| Damage::corrupt(0, "index header is too short"))?;
         if h.magic != IDX_MAGIC || h.index_version.get() != INDEX_VERSION {
@@ -414,17 +412,10 @@ impl IdxFile {
     /// `Ok(None)` if the file does not exist.
     pub(crate) fn open_for(path: &Path, base: u64, segment: &[u8]) -> Result<Option<IdxFile>, Damage> {
         let seal_crc = seal_crc(segment)?;
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Damage::corrupt(0, format!("cannot open: {e}"))),
-        };
-        let len = file
-            .metadata()
-            .map_err(|e| Damage::corrupt(0, format!("cannot stat: {e}")))?
-            .len();
-        let map = Mapping::map(&file, len, path).map_err(|e| Damage::corrupt(0, format!("cannot map: {e}")))?;
-        IdxFile::open(map, base, segment.len() as u64, seal_crc).map(Some)
+        match BlockFile::open_path(path, IDX_MAGIC)? {
+            Some(bf) => IdxFile::open(bf, base, segment.len() as u64, seal_crc).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn mask(&self) -> u64 {

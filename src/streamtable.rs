@@ -16,7 +16,6 @@ use crate::error::Damage;
 use crate::format::{STB_HEADER_LEN, STB_MAGIC, STB_ROW_LEN, STREAM_TABLE_VERSION, StbHeader, StbRow};
 use crate::hash::stream_hash;
 use crate::index::Prev;
-use crate::mmap::Mapping;
 
 /// File name of the stream table.
 pub const STREAM_TABLE_FILE: &str = "annal.streams";
@@ -42,17 +41,9 @@ pub(crate) struct TableEntry {
 impl StreamTable {
     /// Open `path` (`Ok(None)` if it does not exist).
     pub(crate) fn open(path: &Path) -> Result<Option<StreamTable>, Damage> {
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Damage::corrupt(0, format!("cannot open: {e}"))),
+        let Some(bf) = BlockFile::open_path(path, STB_MAGIC)? else {
+            return Ok(None);
         };
-        let len = file
-            .metadata()
-            .map_err(|e| Damage::corrupt(0, format!("cannot stat: {e}")))?
-            .len();
-        let map = Mapping::map(&file, len, path).map_err(|e| Damage::corrupt(0, format!("cannot map: {e}")))?;
-        let bf = BlockFile::open(map, STB_MAGIC)?;
         let h = StbHeader::read_from_bytes(bf.get(0, STB_HEADER_LEN)?)
             .map_err(|_| Damage::corrupt(0, "stream table header is too short"))?;
         if h.magic != STB_MAGIC || h.table_version.get() != STREAM_TABLE_VERSION {
