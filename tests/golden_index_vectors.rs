@@ -41,6 +41,8 @@
 //! ANNAL_REGENERATE_VECTORS=1 cargo test --test golden_index_vectors
 //! ```
 
+mod golden;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,11 @@ use std::sync::{Arc, OnceLock};
 use annal::{Direction, EventData, ExpectedVersion, Log, LogView, Options, Reader, RecordRef, Uuid};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use golden::{
+    Event, EventJson, HeadSlot, assert_bytes_eq, batch_frame, crc, event_data, event_of, file_names, frame_header,
+    head_file, head_slot, hex, id_from, lines, planned_clock, put, record, regenerating, segment_header, vectors_dir,
+};
 
 // ============================================================== the plan
 
@@ -92,15 +99,6 @@ const STB_ROW_LEN: usize = 40;
 const NO_SEGMENT: u64 = 0xFFFF_FFFF_FFFF_FFFF;
 const NO_ROW: u32 = 0xFFFF_FFFF;
 
-#[derive(Debug, Clone, Copy)]
-struct Event {
-    event_type: &'static str,
-    payload: &'static str,
-    metadata: &'static str,
-    id: [u8; 16],
-    schema_version: u32,
-}
-
 /// One `append` call: one or more events of one stream, one timestamp (the
 /// writer's clock reading for it).
 #[derive(Debug, Clone, Copy)]
@@ -108,17 +106,6 @@ struct Batch {
     stream: &'static str,
     timestamp: u64,
     events: &'static [Event],
-}
-
-/// The 16 bytes `first, first + 1, ..., first + 15`.
-const fn id_from(first: u8) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        b[i] = first + i as u8;
-        i += 1;
-    }
-    b
 }
 
 const fn ev(event_type: &'static str, payload: &'static str, metadata: &'static str, id: u8, sv: u32) -> Event {
@@ -237,127 +224,9 @@ fn category(stream: &str) -> Option<&str> {
 // Spec 2, 3 and 5.2, as in tests/golden_vectors.rs; the offsets are the
 // `offset` column of the tables.
 
-fn crc(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
-}
-
-fn put(buf: &mut [u8], offset: usize, bytes: &[u8]) {
-    buf[offset..offset + bytes.len()].copy_from_slice(bytes);
-}
-
-/// Spec 2.1: the segment header (128 bytes).
-fn segment_header(base_position: u64, prev_timestamp: u64, created_at: u64) -> Vec<u8> {
-    let mut h = vec![0u8; 128];
-    put(&mut h, 0, b"ANNALSEG"); // magic
-    put(&mut h, 8, &1u16.to_le_bytes()); // format_version
-    put(&mut h, 16, &LOG_ID);
-    put(&mut h, 32, &base_position.to_le_bytes());
-    put(&mut h, 40, &prev_timestamp.to_le_bytes());
-    put(&mut h, 48, &created_at.to_le_bytes());
-    let c = crc(&h[0..124]);
-    put(&mut h, 124, &c.to_le_bytes()); // header_crc of [0, 124)
-    h
-}
-
-/// Spec 3.2: one record.
-fn record(position: u64, stream_version: u64, timestamp: u64, stream: &str, ev: &Event) -> Vec<u8> {
-    let parts = [
-        stream.as_bytes(),
-        ev.event_type.as_bytes(),
-        ev.metadata.as_bytes(),
-        ev.payload.as_bytes(),
-    ];
-    let len = (72 + parts.iter().map(|p| p.len()).sum::<usize>()).next_multiple_of(8);
-    let mut r = vec![0u8; len];
-    put(&mut r, 0, &(len as u32).to_le_bytes()); // record_len
-    put(&mut r, 8, &position.to_le_bytes());
-    put(&mut r, 16, &stream_version.to_le_bytes());
-    put(&mut r, 24, &timestamp.to_le_bytes());
-    put(&mut r, 32, &ev.id);
-    put(&mut r, 48, &ev.schema_version.to_le_bytes());
-    put(&mut r, 54, &(stream.len() as u16).to_le_bytes());
-    put(&mut r, 56, &(ev.event_type.len() as u16).to_le_bytes());
-    put(&mut r, 60, &(ev.metadata.len() as u32).to_le_bytes());
-    put(&mut r, 64, &(ev.payload.len() as u32).to_le_bytes());
-    let mut at = 72;
-    for p in parts {
-        put(&mut r, at, p);
-        at += p.len();
-    }
-    let c = crc(&r[8..]);
-    put(&mut r, 4, &c.to_le_bytes()); // crc of [8, record_len)
-    r
-}
-
-/// Spec 3.1: a frame header of `kind` (1 batch, 2 seal) for a frame of
-/// `frame_len` bytes.
-fn frame_header(kind: u8, frame_len: u64, first_position: u64, record_count: u32, durable_end: u64) -> Vec<u8> {
-    let mut f = vec![0u8; 72];
-    put(&mut f, 0, b"BTCH");
-    put(&mut f, 8, &frame_len.to_le_bytes());
-    put(&mut f, 16, &first_position.to_le_bytes());
-    put(&mut f, 24, &record_count.to_le_bytes());
-    f[28] = kind;
-    put(&mut f, 32, &durable_end.to_le_bytes());
-    let c = crc(&f[8..72]);
-    put(&mut f, 4, &c.to_le_bytes()); // header_crc of [8, 72)
-    f
-}
-
-/// Spec 3.3: an event batch.
-fn batch_frame(first_position: u64, durable_end: u64, records: &[Vec<u8>]) -> Vec<u8> {
-    let frame_len = 72 + records.iter().map(Vec::len).sum::<usize>() as u64;
-    let mut f = frame_header(1, frame_len, first_position, records.len() as u32, durable_end);
-    for r in records {
-        f.extend_from_slice(r);
-    }
-    f
-}
-
 /// Spec 3.4: a seal.
 fn seal_frame(next_position: u64, durable_end: u64) -> Vec<u8> {
     frame_header(2, 72, next_position, 0, durable_end)
-}
-
-/// The values of one head slot (spec 5.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct HeadSlot {
-    sequence: u64,
-    segment_base: u64,
-    durable_end: u64,
-    visible_end: u64,
-    next_position: u64,
-}
-
-impl HeadSlot {
-    /// Spec 5.2: odd sequence numbers go to slot 0, even ones to slot 1.
-    fn file_offset(&self) -> u64 {
-        if self.sequence % 2 == 1 { 0 } else { 64 }
-    }
-}
-
-/// Spec 5.2: one 64-byte head slot.
-fn head_slot(s: &HeadSlot) -> [u8; 64] {
-    let mut b = [0u8; 64];
-    put(&mut b, 0, b"HEAD");
-    put(&mut b, 8, &1u16.to_le_bytes());
-    put(&mut b, 16, &s.sequence.to_le_bytes());
-    put(&mut b, 24, &s.segment_base.to_le_bytes());
-    put(&mut b, 32, &s.durable_end.to_le_bytes());
-    put(&mut b, 40, &s.visible_end.to_le_bytes());
-    put(&mut b, 48, &s.next_position.to_le_bytes());
-    let c = crc(&b[8..64]);
-    put(&mut b, 4, &c.to_le_bytes());
-    b
-}
-
-/// The head file after writing `slots` in order, each in place.
-fn head_file(slots: &[HeadSlot]) -> Vec<u8> {
-    let mut f = vec![0u8; 128];
-    for s in slots {
-        put(&mut f, s.file_offset() as usize, &head_slot(s));
-    }
-    f
 }
 
 /// The segment files, the writer's clock readings and its head slots.
@@ -389,7 +258,7 @@ struct AssembledLog {
 ///   end of the active segment).
 fn assemble_log(batches: &[Batch]) -> AssembledLog {
     let mut clock_readings = vec![T0];
-    let mut segments = vec![(0u64, segment_header(0, 0, T0))];
+    let mut segments = vec![(0u64, segment_header(LOG_ID, 0, 0, T0))];
     let mut head_history = vec![HeadSlot {
         sequence: 1,
         segment_base: 0,
@@ -415,7 +284,7 @@ fn assemble_log(batches: &[Batch]) -> AssembledLog {
             seg.extend_from_slice(&seal_frame(position, SEGMENT_HEADER_LEN));
             let created_at = b.timestamp + ROLL_CLOCK_DELAY;
             clock_readings.push(created_at);
-            segments.push((position, segment_header(position, last_timestamp, created_at)));
+            segments.push((position, segment_header(LOG_ID, position, last_timestamp, created_at)));
         }
         let (base, seg) = segments.last_mut().expect("a segment");
         seg.extend_from_slice(&frame);
@@ -1041,20 +910,12 @@ fn derived_files(segments: &[ParsedSegment]) -> Vec<(String, Vec<u8>)> {
 
 // ============================================================ JSON
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn hex64(x: u64) -> String {
     format!("{x:#018x}")
 }
 
 fn hex32(x: u32) -> String {
     format!("{x:#010x}")
-}
-
-fn lines(text: &[&str]) -> Vec<String> {
-    text.iter().map(|s| (*s).to_owned()).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1075,20 +936,6 @@ struct HashVectorsJson {
     offset_basis: String,
     prime: String,
     vectors: Vec<HashVectorJson>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct EventJson {
-    position: u64,
-    stream: String,
-    stream_version: u64,
-    timestamp: u64,
-    /// Canonical UUID text; its 32 hex digits are the 16 stored bytes in order.
-    event_id: String,
-    schema_version: u32,
-    event_type: String,
-    metadata: String,
-    payload: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1788,14 +1635,6 @@ fn build_vector() -> Vector {
     }
 }
 
-fn vectors_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/vectors/v1")
-}
-
-fn regenerating() -> bool {
-    std::env::var_os("ANNAL_REGENERATE_VECTORS").is_some_and(|v| v == "1")
-}
-
 fn write_vector(v: &Vector) {
     let dir = vectors_dir().join(VECTOR);
     if dir.exists() {
@@ -1824,42 +1663,10 @@ fn vector() -> &'static Vector {
 
 fn load_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
     vector();
-    let path = vectors_dir().join(name);
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "read {}: {e} (generate the vectors with ANNAL_REGENERATE_VECTORS=1)",
-            path.display()
-        )
-    });
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+    golden::load_json(name)
 }
 
 // ============================================================ helpers
-
-fn assert_bytes_eq(what: &str, got: &[u8], want: &[u8]) {
-    if got == want {
-        return;
-    }
-    let first = got
-        .iter()
-        .zip(want)
-        .position(|(a, b)| a != b)
-        .unwrap_or(got.len().min(want.len()));
-    panic!(
-        "{what}: {} bytes, expected {} bytes; first difference at byte offset {first}: got {:02x?}, expected {:02x?}",
-        got.len(),
-        want.len(),
-        got.get(first..(first + 16).min(got.len())).unwrap_or(&[]),
-        want.get(first..(first + 16).min(want.len())).unwrap_or(&[]),
-    );
-}
-
-fn file_names(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .expect("read directory")
-        .map(|e| e.expect("directory entry").file_name().to_string_lossy().into_owned())
-        .collect()
-}
 
 fn committed_dir() -> PathBuf {
     vector();
@@ -1881,46 +1688,7 @@ fn committed_segments() -> Vec<(String, Vec<u8>)> {
 
 /// A fresh copy of the committed vector directory.
 fn copy_vector() -> tempfile::TempDir {
-    let src = committed_dir();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    for entry in fs::read_dir(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display())) {
-        let entry = entry.expect("directory entry");
-        fs::copy(entry.path(), tmp.path().join(entry.file_name())).expect("copy vector file");
-    }
-    tmp
-}
-
-/// A clock returning `readings` in order (then the last one again), and the
-/// number of times it was called.
-fn planned_clock(readings: Vec<u64>) -> (Arc<dyn Fn() -> u64 + Send + Sync>, Arc<AtomicUsize>) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let clock = move || {
-        let i = c.fetch_add(1, Ordering::SeqCst);
-        readings[i.min(readings.len() - 1)]
-    };
-    (Arc::new(clock), calls)
-}
-
-fn event_data(e: &Event) -> EventData<'static> {
-    EventData::new(e.event_type, e.payload.as_bytes())
-        .with_metadata(e.metadata.as_bytes())
-        .with_id(Uuid::from_bytes(e.id))
-        .with_schema_version(e.schema_version)
-}
-
-fn event_of(r: &RecordRef<'_>) -> EventJson {
-    EventJson {
-        position: r.position(),
-        stream: r.stream().to_owned(),
-        stream_version: r.stream_version(),
-        timestamp: r.timestamp(),
-        event_id: r.event_id().to_string(),
-        schema_version: r.schema_version(),
-        event_type: r.event_type().to_owned(),
-        metadata: String::from_utf8_lossy(r.metadata()).into_owned(),
-        payload: String::from_utf8_lossy(r.payload()).into_owned(),
-    }
+    golden::copy_dir(&committed_dir())
 }
 
 fn collect<'a>(it: impl Iterator<Item = annal::Result<RecordRef<'a>>>) -> annal::Result<Vec<EventJson>> {

@@ -16,6 +16,8 @@
 //! ANNAL_REGENERATE_VECTORS=1 cargo test --test snapshot_files
 //! ```
 
+mod golden;
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,8 @@ use annal::{Error, Snapshot, stream_hash};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use golden::{crc, hex, put, regenerating, vectors_dir};
 
 // ============================================================== the plan
 
@@ -61,14 +65,6 @@ const GOLDEN_PAYLOAD: [u8; 7] = [0xac, 0x02, 0x01, 0x03, b'A', b'-', b'7'];
 //
 // Everything in this section follows the table of spec 20.2; the offsets are
 // its `offset` column.
-
-fn crc(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
-}
-
-fn put(buf: &mut [u8], offset: usize, bytes: &[u8]) {
-    buf[offset..offset + bytes.len()].copy_from_slice(bytes);
-}
 
 /// Spec 20.2: header (64 bytes), stream name, payload; the CRC at 60 covers
 /// `[0, 60)` followed by `[64, end)`.
@@ -123,10 +119,6 @@ fn length_offset(len: usize) -> u64 {
 }
 
 // ======================================================== the vector
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct FieldJson {
@@ -285,14 +277,6 @@ fn build_vector() -> Vector {
     let mut json_text = serde_json::to_string_pretty(&json).expect("serialize JSON");
     json_text.push('\n');
     Vector { file, bytes, json_text }
-}
-
-fn vectors_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/vectors/v1")
-}
-
-fn regenerating() -> bool {
-    std::env::var_os("ANNAL_REGENERATE_VECTORS").is_some_and(|v| v == "1")
 }
 
 /// The spec-assembled vector; with `ANNAL_REGENERATE_VECTORS=1`, written to
