@@ -45,9 +45,9 @@ mod golden;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 
 use annal::{Direction, EventData, ExpectedVersion, Log, LogView, Options, Reader, RecordRef, Uuid};
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,7 @@ use serde_json::Value;
 
 use golden::{
     Event, EventJson, HeadSlot, assert_bytes_eq, batch_frame, crc, event_data, event_of, file_names, frame_header,
-    head_file, head_slot, hex, id_from, lines, planned_clock, put, record, regenerating, segment_header, vectors_dir,
+    head_file, hex, id_from, lines, planned_clock, put, record, regenerating, segment_header, vectors_dir,
 };
 
 // ============================================================== the plan

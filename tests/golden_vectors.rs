@@ -30,17 +30,17 @@ mod golden;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 
-use annal::{Error, EventData, ExpectedVersion, Log, LogView, Options, Reader, RecordRef, Uuid};
+use annal::{Error, EventData, ExpectedVersion, Log, LogView, Options, Reader, Uuid};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use golden::{
-    Event, EventJson, HeadSlot, assert_bytes_eq, batch_frame, crc, event_data, event_of, file_names, head_file, head_slot,
-    hex, id_from, lines, planned_clock, put, record, regenerating, segment_header, vectors_dir,
+    Event, EventJson, HeadSlot, assert_bytes_eq, batch_frame, crc, event_data, event_of, file_names, head_file, hex,
+    id_from, lines, planned_clock, record, regenerating, segment_header, vectors_dir,
 };
 
 // ============================================================== the plan
