@@ -15,20 +15,9 @@ use annal::{Direction, Error, EventData, ExpectedVersion, Log, LogView, Options,
 
 // ------------------------------------------------------------------ helpers
 
-/// A fresh temporary directory (in `/dev/shm` when it exists: every open and
-/// every seal fsyncs).
-pub fn scratch() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir()
-        && let Ok(d) = tempfile::Builder::new().prefix("annal-streams-").tempdir_in(shm)
-    {
-        return d;
-    }
-    tempfile::Builder::new()
-        .prefix("annal-streams-")
-        .tempdir()
-        .expect("create a temp dir")
-}
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{Rng, scratch};
 
 /// Copy every regular file of `from` into `to` (created), except temporary
 /// files; a file that disappears meanwhile (renamed by the writer) is skipped.
@@ -56,38 +45,6 @@ pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-/// A small deterministic RNG (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, n)` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next_u64() as u8).collect()
-    }
-    /// Random bytes, fewer than `max`.
-    pub fn bytes_below(&mut self, max: u64) -> Vec<u8> {
-        let len = self.below(max) as usize;
-        self.bytes(len)
-    }
-    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
 }
 
 thread_local! {
