@@ -1,0 +1,223 @@
+//! Shared by every bench: sizes and their scaling, criterion settings, a
+//! seeded RNG, the SQLite baseline's schema, and the figure descriptions that
+//! `benches/ratios.rs` turns into the table of ratios.
+//!
+//! Sizes: each bench has a default that keeps a full `cargo bench` short on 2
+//! cores; `ANNAL_BENCH_SCALE` multiplies every size (e.g. `10` for the issue's
+//! 10M-event shapes), and `cargo bench -- --test` (CI) uses small sizes so
+//! every bench runs once quickly.
+#![allow(dead_code)] // each bench uses part of this module
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::Criterion;
+use rusqlite::Connection;
+
+/// True when the bench binary runs in criterion's test mode
+/// (`cargo bench -- --test`): build small inputs, run each routine once.
+pub fn test_mode() -> bool {
+    std::env::args().any(|a| a == "--test")
+}
+
+/// An environment variable as an integer (`_` separators allowed).
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.replace('_', "").parse().ok())
+}
+
+/// `ANNAL_BENCH_SCALE` (default 1).
+pub fn scale() -> f64 {
+    std::env::var("ANNAL_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .unwrap_or(1.0)
+}
+
+/// A size: `ci` in test mode, else `default` times the scale, unless the
+/// variable `var` gives it exactly.
+pub fn size(var: &str, default: u64, ci: u64) -> u64 {
+    if let Some(v) = env_u64(var) {
+        return v.max(1);
+    }
+    if test_mode() {
+        return ci.max(1);
+    }
+    ((default as f64 * scale()) as u64).max(1)
+}
+
+/// Criterion settings shared by all benches: short warm-up and measurement so
+/// that a full `cargo bench` stays within minutes. Command-line flags
+/// (`--measurement-time`, `--warm-up-time`, `--sample-size`) override them.
+pub fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(700))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+        .without_plots()
+}
+
+/// splitmix64: a small seeded generator (no `rand` dependency needed).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// A payload of `len` bytes that does not compress to nothing.
+pub fn payload(len: usize) -> Vec<u8> {
+    let mut rng = Rng(len as u64);
+    (0..len).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// A scratch directory for a bench's files, under `ANNAL_BENCH_DIR` if set
+/// (default: the system temp directory).
+pub fn scratch(prefix: &str) -> tempfile::TempDir {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    match std::env::var_os("ANNAL_BENCH_DIR") {
+        Some(d) => {
+            std::fs::create_dir_all(&d).expect("create ANNAL_BENCH_DIR");
+            b.tempdir_in(d)
+        }
+        None => b.tempdir(),
+    }
+    .expect("create a scratch directory")
+}
+
+/// `synchronous` setting of the SQLite baseline.
+#[derive(Clone, Copy, Debug)]
+pub enum Sync {
+    /// `synchronous = NORMAL` (WAL: no fsync per commit), against `Buffered`.
+    Normal,
+    /// `synchronous = FULL` (an fsync per commit), against `Fsync`.
+    Full,
+}
+
+/// The SQLite events table a user would otherwise pick: WAL, an integer
+/// primary key as the global position, `UNIQUE(stream, version)`.
+pub fn sqlite_open(path: &Path, sync: Sync) -> Connection {
+    let db = Connection::open(path).expect("open sqlite");
+    let sync = match sync {
+        Sync::Normal => "NORMAL",
+        Sync::Full => "FULL",
+    };
+    db.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {sync};
+         CREATE TABLE IF NOT EXISTS events (
+             position INTEGER PRIMARY KEY,
+             stream TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             type TEXT NOT NULL,
+             ts INTEGER NOT NULL,
+             data BLOB NOT NULL,
+             metadata BLOB NOT NULL,
+             UNIQUE (stream, version)
+         );"
+    ))
+    .expect("create the sqlite schema");
+    db
+}
+
+/// The insert statement of the SQLite baseline.
+pub const SQLITE_INSERT: &str = "INSERT INTO events (position, stream, version, type, ts, data, metadata)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Milliseconds since the epoch, as annal stamps events.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where criterion writes its results (the same rule criterion uses).
+pub fn criterion_dir() -> PathBuf {
+    if let Some(h) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(h);
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(t).join("criterion");
+    }
+    // Bench binaries run from the package root; the target dir is beside it
+    // unless configured elsewhere, and the binary lives in <target>/release/deps.
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.ancestors().nth(3).map(|t| t.join("criterion")))
+        .unwrap_or_else(|| PathBuf::from("target/criterion"))
+}
+
+/// What one iteration of a benchmark group processes, and which ratios the
+/// table shows: written to `<criterion dir>/<group>/annal-figure.json` for
+/// `benches/ratios.rs`. Not written in test mode.
+pub struct Figure {
+    group: String,
+    events: u64,
+    bytes: u64,
+    rows: Vec<serde_json::Value>,
+    metrics: Vec<serde_json::Value>,
+}
+
+impl Figure {
+    /// A group whose every iteration handles `events` events and `bytes`
+    /// bytes of user data (payloads; 0 when not meaningful).
+    pub fn new(group: &str, events: u64, bytes: u64) -> Figure {
+        Figure {
+            group: group.to_owned(),
+            events,
+            bytes,
+            rows: Vec::new(),
+            metrics: Vec::new(),
+        }
+    }
+
+    /// A table row for the bench function `bench`, with ratios against other
+    /// functions of the group: `(name, other bench, target)`; the ratio is
+    /// `time(other) / time(bench)` (above 1: `bench` is faster), and `target`
+    /// is the least ratio the issue asks for.
+    pub fn row(mut self, bench: &str, vs: &[(&str, &str, Option<f64>)]) -> Figure {
+        let vs: Vec<_> = vs
+            .iter()
+            .map(|(name, other, target)| serde_json::json!({"name": name, "bench": other, "target": target}))
+            .collect();
+        self.rows.push(serde_json::json!({"bench": bench, "vs": vs}));
+        self
+    }
+
+    /// A measured quantity other than time (e.g. events per fsync) of the
+    /// bench function `bench`, with the least value the issue asks for.
+    pub fn metric(mut self, bench: &str, name: &str, value: f64, target: Option<f64>) -> Figure {
+        self.metrics
+            .push(serde_json::json!({"bench": bench, "name": name, "value": value, "target": target}));
+        self
+    }
+
+    /// Write the description (not in test mode).
+    pub fn save(self) {
+        if test_mode() {
+            return;
+        }
+        let dir = criterion_dir().join(&self.group);
+        let body = serde_json::json!({
+            "group": self.group,
+            "events": self.events,
+            "bytes": self.bytes,
+            "rows": self.rows,
+            "metrics": self.metrics,
+        });
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = std::fs::write(dir.join("annal-figure.json"), format!("{body:#}\n"));
+        }
+    }
+}
