@@ -153,7 +153,11 @@ fn main() {
                 stale.push(format!("{group}/{bench}"));
             }
             let per_s = if ns > 0.0 { 1e9 / ns } else { 0.0 };
-            let ev = if events > 0.0 { fmt_rate(events * per_s) } else { String::new() };
+            let ev = if events > 0.0 {
+                fmt_rate(events * per_s)
+            } else {
+                String::new()
+            };
             let mb = match bytes * per_s / 1e6 {
                 0.0 => String::new(),
                 m if m < 10.0 => format!("{m:.2}"),
@@ -221,7 +225,10 @@ fn main() {
     }
     println!("\nTargets: {met} met, {missed} missed.");
     if !unmeasured.is_empty() {
-        println!("Described but without results (filtered out?): {}", unmeasured.join(", "));
+        println!(
+            "Described but without results (filtered out?): {}",
+            unmeasured.join(", ")
+        );
     }
     if !stale.is_empty() {
         println!(
