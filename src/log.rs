@@ -812,6 +812,7 @@ impl Inner {
             0
         };
         let frame_offset = st.seg_end;
+        let crc = crc32fast::Hasher::new();
         let buf = &mut st.cur;
         let start = buf.len();
         buf.resize(start + FRAME_HEADER_LEN, 0);
@@ -822,7 +823,7 @@ impl Inner {
                 timestamp,
                 event_id: ev.id.map_or_else(|| generated_id(id_base, i as u64), Uuid::into_bytes),
             };
-            encode_record(buf, stream, ev, &stamp);
+            encode_record(buf, stream, ev, &stamp, &crc);
         }
         finish_batch_header(&mut buf[start..], first_position, events.len() as u32, durable);
         let n = events.len() as u64;

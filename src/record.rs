@@ -94,8 +94,17 @@ pub(crate) struct Stamp {
 }
 
 /// Append one record to `out`. The caller has checked every length against the
-/// format limits (see `Log::append`).
-pub(crate) fn encode_record(out: &mut Vec<u8>, stream: &str, ev: &EventData<'_>, stamp: &Stamp) {
+/// format limits (see `Log::append`). `crc` is a fresh hasher, cloned for the
+/// record's CRC: a writer encoding a batch makes one and spares the CPU
+/// feature detection of `crc32fast::hash` per record.
+#[inline]
+pub(crate) fn encode_record(
+    out: &mut Vec<u8>,
+    stream: &str,
+    ev: &EventData<'_>,
+    stamp: &Stamp,
+    crc: &crc32fast::Hasher,
+) {
     let len = ev.record_len(stream);
     let start = out.len();
     let header = RecordHeader {
@@ -120,8 +129,9 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, stream: &str, ev: &EventData<'_>,
     out.extend_from_slice(&ev.metadata);
     out.extend_from_slice(&ev.payload);
     out.resize(start + len as usize, 0);
-    let crc = crc32fast::hash(&out[start + RECORD_CRC_START..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    let mut h = crc.clone();
+    h.update(&out[start + RECORD_CRC_START..]);
+    out[start + 4..start + 8].copy_from_slice(&h.finalize().to_le_bytes());
 }
 
 /// One event as stored in the log, borrowed from the bytes it was read from
@@ -205,68 +215,54 @@ impl std::fmt::Debug for RecordRef<'_> {
 /// Returns the record and its length. Errors are `(offset within bytes, detail)`.
 /// Stream name and event type are not checked for UTF-8 here: batch
 /// validation does that once per distinct value (see `validate_frame`).
+#[inline]
 pub(crate) fn parse_record(bytes: &[u8], verify_crc: bool) -> Result<(RecordRef<'_>, usize), (usize, String)> {
+    parse_record_with(bytes, verify_crc.then(crc32fast::Hasher::new).as_ref())
+}
+
+/// [`parse_record`], checking the CRC (and reserved fields and padding) when
+/// given a fresh hasher: batch validation makes one per frame and clones it
+/// for each record, which spares the CPU feature detection of
+/// `crc32fast::hash` per record.
+#[inline(always)]
+pub(crate) fn parse_record_with<'a>(
+    bytes: &'a [u8],
+    crc: Option<&crc32fast::Hasher>,
+) -> Result<(RecordRef<'a>, usize), (usize, String)> {
+    let verify_crc = crc.is_some();
     let Ok((header, _)) = RecordHeader::ref_from_prefix(bytes) else {
-        return Err((
-            0,
-            format!(
-                "expected a {RECORD_HEADER_LEN}-byte record header, found {} bytes before the end of the frame",
-                bytes.len()
-            ),
-        ));
+        return Err(short_header(bytes.len()));
     };
     let len = header.record_len.get() as usize;
-    let (s, t, m, p) = (
-        header.stream_len.get() as usize,
-        header.type_len.get() as usize,
-        header.metadata_len.get() as usize,
-        header.payload_len.get() as usize,
-    );
+    let (s, t, m, p) = part_lens(header);
     let want = record_len(s, t, m, p);
     if len as u64 != want {
-        return Err((
-            0,
-            format!("expected record_len {want} (from the part lengths {s}+{t}+{m}+{p}), found {len}"),
-        ));
+        return Err(bad_record_len(header, len));
     }
     let Some(rec) = bytes.get(..len) else {
-        return Err((
-            0,
-            format!(
-                "record_len {len} runs past the end of its frame ({} bytes remain)",
-                bytes.len()
-            ),
-        ));
+        return Err(past_frame(len, bytes.len()));
     };
-    if verify_crc {
-        let got = crc32fast::hash(&rec[RECORD_CRC_START..]);
+    if let Some(proto) = crc {
+        let mut h = proto.clone();
+        h.update(rec.get(RECORD_CRC_START..).unwrap_or_default());
+        let got = h.finalize();
         if got != header.crc.get() {
-            return Err((
-                4,
-                format!(
-                    "record CRC mismatch: stored {:#010x}, computed {got:#010x}",
-                    header.crc.get()
-                ),
-            ));
+            return Err(crc_mismatch(header, got));
         }
         if header.flags.get() != 0 || header.reserved0.get() != 0 || header.reserved1.get() != 0 {
-            return Err((
-                52,
-                "expected record flags and reserved fields to be zero in format v1".into(),
-            ));
+            return Err(nonzero_reserved());
         }
     }
     if s == 0 || t == 0 {
-        return Err((54, "expected a non-empty stream name and event type".into()));
+        return Err(empty_name());
     }
-    // Lengths were checked above: RECORD_HEADER_LEN + s + t + m + p <= len <= rec.len().
-    let body = &rec[RECORD_HEADER_LEN..];
-    let (stream, body) = body.split_at(s);
-    let (event_type, body) = body.split_at(t);
-    let (metadata, body) = body.split_at(m);
-    let (payload, padding) = body.split_at(p);
-    if verify_crc && padding.iter().any(|&b| b != 0) {
-        return Err((len - padding.len(), "expected zero padding bytes".into()));
+    // Lengths were checked above: RECORD_HEADER_LEN + s + t + m + p == len
+    // minus padding, and len <= rec.len(); the checked splits cannot fail.
+    let Some((stream, event_type, metadata, payload, padding)) = split_parts(rec, s, t, m, p) else {
+        return Err(bad_record_len(header, len));
+    };
+    if verify_crc && !zero_padding(rec, padding) {
+        return Err(nonzero_padding(len, padding.len()));
     }
     Ok((
         RecordRef {
@@ -278,6 +274,133 @@ pub(crate) fn parse_record(bytes: &[u8], verify_crc: bool) -> Result<(RecordRef<
         },
         len,
     ))
+}
+
+/// Parse the next record of a batch that `validate_frame` accepted, and
+/// return it with the bytes after it.
+///
+/// Validation already checked every record of the batch (lengths, CRCs,
+/// names), so this only follows the lengths; it still bounds-checks every
+/// slice and returns `None`, rather than panicking, on bytes that do not
+/// parse (which a validated batch never holds).
+#[inline]
+pub(crate) fn parse_validated(bytes: &[u8]) -> Option<(RecordRef<'_>, &[u8])> {
+    let (header, _) = RecordHeader::ref_from_prefix(bytes).ok()?;
+    let (rec, rest) = bytes.split_at_checked(header.record_len.get() as usize)?;
+    let (s, t, m, p) = part_lens(header);
+    let (stream, event_type, metadata, payload, _) = split_parts(rec, s, t, m, p)?;
+    Some((
+        RecordRef {
+            header,
+            stream,
+            event_type,
+            metadata,
+            payload,
+        },
+        rest,
+    ))
+}
+
+/// Whether `padding`, the end of the record `rec`, is all zero bytes. There
+/// are at most 7 (records are padded to a multiple of 8 bytes), so this reads
+/// the record's last 8 bytes as one word.
+#[inline(always)]
+fn zero_padding(rec: &[u8], padding: &[u8]) -> bool {
+    match (padding.len(), rec.last_chunk::<8>()) {
+        (0, _) => true,
+        (n @ 1..=7, Some(last)) => u64::from_le_bytes(*last) >> (64 - 8 * n) == 0,
+        _ => padding.iter().all(|&b| b == 0),
+    }
+}
+
+/// `(stream_len, type_len, metadata_len, payload_len)` of a record header.
+#[inline(always)]
+fn part_lens(h: &RecordHeader) -> (usize, usize, usize, usize) {
+    (
+        h.stream_len.get() as usize,
+        h.type_len.get() as usize,
+        h.metadata_len.get() as usize,
+        h.payload_len.get() as usize,
+    )
+}
+
+/// The parts of the record `rec` (header included) and its padding.
+type Parts<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a [u8], &'a [u8]);
+
+/// Split `rec` after its header into stream, type, metadata, payload and
+/// padding; `None` if the lengths do not fit.
+#[inline(always)]
+fn split_parts(rec: &[u8], s: usize, t: usize, m: usize, p: usize) -> Option<Parts<'_>> {
+    let body = rec.get(RECORD_HEADER_LEN..)?;
+    let (stream, body) = body.split_at_checked(s)?;
+    let (event_type, body) = body.split_at_checked(t)?;
+    let (metadata, body) = body.split_at_checked(m)?;
+    let (payload, padding) = body.split_at_checked(p)?;
+    Some((stream, event_type, metadata, payload, padding))
+}
+
+// Error details, kept out of the parsing fast path.
+
+#[cold]
+#[inline(never)]
+fn short_header(have: usize) -> (usize, String) {
+    (
+        0,
+        format!("expected a {RECORD_HEADER_LEN}-byte record header, found {have} bytes before the end of the frame"),
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn bad_record_len(h: &RecordHeader, len: usize) -> (usize, String) {
+    let (s, t, m, p) = part_lens(h);
+    let want = record_len(s, t, m, p);
+    (
+        0,
+        format!("expected record_len {want} (from the part lengths {s}+{t}+{m}+{p}), found {len}"),
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn past_frame(len: usize, have: usize) -> (usize, String) {
+    (
+        0,
+        format!("record_len {len} runs past the end of its frame ({have} bytes remain)"),
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn crc_mismatch(h: &RecordHeader, got: u32) -> (usize, String) {
+    (
+        4,
+        format!(
+            "record CRC mismatch: stored {:#010x}, computed {got:#010x}",
+            h.crc.get()
+        ),
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn nonzero_reserved() -> (usize, String) {
+    (
+        52,
+        "expected record flags and reserved fields to be zero in format v1".into(),
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn empty_name() -> (usize, String) {
+    (54, "expected a non-empty stream name and event type".into())
+}
+
+#[cold]
+#[inline(never)]
+fn nonzero_padding(len: usize, padding: usize) -> (usize, String) {
+    (len - padding, "expected zero padding bytes".into())
 }
 
 #[cfg(test)]
@@ -294,7 +417,7 @@ mod tests {
             timestamp: 99,
             event_id: [1; 16],
         };
-        encode_record(&mut out, "s-1", &ev, &stamp);
+        encode_record(&mut out, "s-1", &ev, &stamp, &crc32fast::Hasher::new());
         assert_eq!(out.len() % 8, 0);
         let (r, len) = parse_record(&out, true).unwrap();
         assert_eq!(len, out.len());
@@ -307,6 +430,37 @@ mod tests {
             let mut bad = out.clone();
             bad[i] ^= 0x10;
             assert!(parse_record(&bad, true).is_err(), "flip at {i} undetected");
+        }
+    }
+
+    #[test]
+    fn every_padding_length_is_checked() {
+        let stamp = Stamp {
+            position: 0,
+            stream_version: 0,
+            timestamp: 0,
+            event_id: [0; 16],
+        };
+        for p in 0..8usize {
+            let payload = vec![0xa5u8; p];
+            let ev = EventData::new("T", payload.as_slice());
+            let mut out = Vec::new();
+            encode_record(&mut out, "s", &ev, &stamp, &crc32fast::Hasher::new());
+            let pad = out.len() - (RECORD_HEADER_LEN + 2 + p);
+            let (r, len) = parse_record(&out, true).unwrap();
+            assert_eq!((r.payload(), len), (payload.as_slice(), out.len()));
+            let (r, rest) = parse_validated(&out).unwrap();
+            assert_eq!((r.payload(), rest.len()), (payload.as_slice(), 0));
+            for i in out.len() - pad..out.len() {
+                let mut bad = out.clone();
+                bad[i] = 1;
+                // With the CRC recomputed, only the padding check catches it.
+                let crc = crc32fast::hash(&bad[RECORD_CRC_START..]);
+                bad[4..8].copy_from_slice(&crc.to_le_bytes());
+                let err = parse_record(&bad, true).unwrap_err();
+                assert_eq!(err.0, out.len() - pad, "padding byte {i} of {pad}");
+                assert!(parse_record(&bad, false).is_ok());
+            }
         }
     }
 }

@@ -16,11 +16,13 @@ use zerocopy::IntoBytes;
 use crate::error::{Error, Result, corrupt};
 use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::head::{self, HEAD_FILE};
-use crate::index::{self, MemIndex};
+use crate::index::{self, IndexBuilder, MemIndex};
 use crate::io::Io;
 use crate::log::{Options, Recovery, Truncation, index_file_name, rebuild_table, resolve_prev, write_derived};
 use crate::mmap::Mapping;
-use crate::segment::{parse_segment_file_name, resync_max_durable, segment_file_name, validate_frame, walk_segment};
+use crate::segment::{
+    parse_segment_file_name, resync_max_durable, segment_file_name, validate_frame, walk_segment_records,
+};
 use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
 use crate::view::{ViewSegment, open_sealed};
 
@@ -306,10 +308,11 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 ));
             }
             check_log_id(&header, &path)?;
-            let walk = walk_segment(bytes, &header, true, |frame, _| {
-                let off = frame.as_ptr() as usize - bytes.as_ptr() as usize;
-                active_index.add_frame(frame, off as u64);
-            });
+            // One pass: every record is validated (CRC included) and indexed
+            // as the walk reads it; a batch enters the index once complete.
+            let mut builder = IndexBuilder::default();
+            let walk = walk_segment_records(bytes, &header, true, &mut builder);
+            active_index = builder.finish();
             let head_durable = head.filter(|h| h.segment_base == last).map_or(0, |h| h.durable_end);
             if let Some(d) = walk.stop {
                 let x = walk.end;

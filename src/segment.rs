@@ -15,7 +15,7 @@ use crate::format::{
     ALIGN, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
     SegmentHeader,
 };
-use crate::record::{RecordRef, parse_record};
+use crate::record::{RecordRef, parse_record, parse_record_with};
 
 /// Suffix of segment file names.
 pub const SEGMENT_SUFFIX: &str = ".seg";
@@ -112,8 +112,9 @@ pub(crate) fn validate_frame_each<'a>(
     let mut first: Option<RecordRef<'_>> = None;
     let mut prev_type: &[u8] = &[];
     let mut last_ts = 0;
+    let crc = verify_crc.then(crc32fast::Hasher::new);
     for i in 0..frame.count as u64 {
-        let (rec, rlen) = parse_record(rest, verify_crc).map_err(|(o, d)| Damage::corrupt(at + o as u64, d))?;
+        let (rec, rlen) = parse_record_with(rest, crc.as_ref()).map_err(|(o, d)| Damage::corrupt(at + o as u64, d))?;
         let want_pos = frame.first_position + i;
         if rec.position() != want_pos {
             return Err(Damage::corrupt(
@@ -122,7 +123,7 @@ pub(crate) fn validate_frame_each<'a>(
             ));
         }
         // UTF-8 is checked once per distinct stream name and event type.
-        if rec.event_type_bytes() != prev_type {
+        if !same_bytes(rec.event_type_bytes(), prev_type) {
             if std::str::from_utf8(rec.event_type_bytes()).is_err() {
                 let o = at + (RECORD_HEADER_LEN + rec.stream_bytes().len()) as u64;
                 return Err(Damage::corrupt(o, "expected the event type to be UTF-8"));
@@ -140,7 +141,7 @@ pub(crate) fn validate_frame_each<'a>(
                 first = Some(rec);
             }
             Some(r0) => {
-                if rec.stream_bytes() != r0.stream_bytes() {
+                if !same_bytes(rec.stream_bytes(), r0.stream_bytes()) {
                     return Err(Damage::corrupt(
                         at + RECORD_HEADER_LEN as u64,
                         format!(
@@ -189,6 +190,22 @@ pub(crate) fn validate_frame_each<'a>(
     })
 }
 
+/// `a == b`, inline: names are short, and a call to `memcmp` for each record
+/// costs more than comparing them here.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (p, q) in (&mut x).zip(&mut y) {
+        if p.iter().zip(q).fold(0u8, |acc, (i, j)| acc | (i ^ j)) != 0 {
+            return false;
+        }
+    }
+    x.remainder().iter().zip(y.remainder()).all(|(i, j)| i == j)
+}
+
 /// Iterate the records of a frame that [`validate_frame`] accepted.
 pub(crate) fn frame_records(frame_bytes: &[u8]) -> impl Iterator<Item = RecordRef<'_>> {
     frame_records_at(frame_bytes).map(|(_, r)| r)
@@ -235,7 +252,68 @@ pub(crate) fn walk_segment(
     file: &[u8],
     header: &SegmentHeader,
     verify_crc: bool,
-    mut on_batch: impl FnMut(&[u8], &Frame),
+    on_batch: impl FnMut(&[u8], &Frame),
+) -> Walk {
+    /// Hands each complete batch's bytes to `on_batch`; ignores records.
+    struct Batches<'f, F> {
+        file: &'f [u8],
+        on_batch: F,
+    }
+    impl<'a, F: FnMut(&[u8], &Frame)> RecordSink<'a> for Batches<'_, F> {
+        fn record(&mut self, _: u64, _: u64, _: &RecordRef<'a>) {}
+        fn batch(&mut self, frame_offset: u64, frame: &Frame) {
+            let bytes = self
+                .file
+                .get(frame_offset as usize..)
+                .and_then(|b| b.get(..frame.len as usize))
+                .unwrap_or_default();
+            (self.on_batch)(bytes, frame);
+        }
+    }
+    walk_segment_records(file, header, verify_crc, &mut Batches { file, on_batch })
+}
+
+/// The largest `durable_end` of any frame header (valid magic and CRC) at a
+/// multiple-of-8 offset at or after `from` (spec 6, resynchronisation).
+pub(crate) fn resync_max_durable(file: &[u8], from: u64) -> u64 {
+    let mut best = 0;
+    let mut off = from.next_multiple_of(ALIGN);
+    while let Some(bytes) = file.get(off as usize..) {
+        if bytes.len() < FRAME_HEADER_LEN {
+            break;
+        }
+        if bytes.starts_with(&crate::format::FRAME_MAGIC)
+            && let Ok(h) = FrameHeader::parse(bytes, off)
+        {
+            best = best.max(h.durable_end.get());
+        }
+        off += ALIGN;
+    }
+    best
+}
+
+/// What [`walk_segment_records`] reports as it walks.
+pub(crate) trait RecordSink<'a> {
+    /// A record at file offset `record_offset` of the frame at `frame_offset`,
+    /// just validated; its batch may still turn out not to be complete.
+    fn record(&mut self, frame_offset: u64, record_offset: u64, rec: &RecordRef<'a>);
+    /// The batch at `frame_offset`, whose records were just reported, is
+    /// complete and continues the segment's chains.
+    fn batch(&mut self, frame_offset: u64, frame: &Frame);
+}
+
+/// [`walk_segment`] in one pass over the bytes, for callers that want every
+/// record (recovery and index rebuilds): each record is handed to
+/// `sink.record` as its frame is validated, and `sink.batch` follows once the
+/// whole batch is complete and continues the segment's chain of positions and
+/// timestamps. Records reported since the last `batch` for which no `batch`
+/// follows (the walk stopped in their frame) belong to a batch that is not
+/// complete: the sink discards them. Offsets are file offsets.
+pub(crate) fn walk_segment_records<'a>(
+    file: &'a [u8],
+    header: &SegmentHeader,
+    verify_crc: bool,
+    sink: &mut impl RecordSink<'a>,
 ) -> Walk {
     let mut w = Walk {
         end: SEGMENT_HEADER_LEN as u64,
@@ -258,7 +336,11 @@ pub(crate) fn walk_segment(
             ));
             break;
         }
-        let frame = match validate_frame(bytes, off, verify_crc) {
+        let mut first_ts = None;
+        let frame = match validate_frame_each(bytes, off, verify_crc, |at, rec| {
+            first_ts.get_or_insert(rec.timestamp());
+            sink.record(off, off + at as u64, &rec);
+        }) {
             Ok(f) => f,
             Err(d) => {
                 w.stop = Some(d);
@@ -276,7 +358,7 @@ pub(crate) fn walk_segment(
             break;
         }
         if frame.kind == FRAME_KIND_BATCH {
-            let first_ts = frame_records(bytes).next().map_or(0, |r| r.timestamp());
+            let first_ts = first_ts.unwrap_or(0);
             if first_ts < w.last_timestamp {
                 w.stop = Some(Damage::corrupt(
                     off + FRAME_HEADER_LEN as u64 + 24,
@@ -285,7 +367,7 @@ pub(crate) fn walk_segment(
                 break;
             }
             w.last_timestamp = frame.last_timestamp;
-            on_batch(&bytes[..frame.len as usize], &frame);
+            sink.batch(off, &frame);
         } else {
             w.sealed = true;
         }
@@ -294,25 +376,6 @@ pub(crate) fn walk_segment(
         w.end = off + frame.len;
     }
     w
-}
-
-/// The largest `durable_end` of any frame header (valid magic and CRC) at a
-/// multiple-of-8 offset at or after `from` (spec 6, resynchronisation).
-pub(crate) fn resync_max_durable(file: &[u8], from: u64) -> u64 {
-    let mut best = 0;
-    let mut off = from.next_multiple_of(ALIGN);
-    while let Some(bytes) = file.get(off as usize..) {
-        if bytes.len() < FRAME_HEADER_LEN {
-            break;
-        }
-        if bytes.starts_with(&crate::format::FRAME_MAGIC)
-            && let Ok(h) = FrameHeader::parse(bytes, off)
-        {
-            best = best.max(h.durable_end.get());
-        }
-        off += ALIGN;
-    }
-    best
 }
 
 #[cfg(test)]

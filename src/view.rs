@@ -24,7 +24,7 @@ use crate::head;
 use crate::index::{Index, IndexCell, MemIndex, NO_ROW, StreamInfo};
 use crate::io::read_exact_at;
 use crate::mmap::Mapping;
-use crate::record::{RecordRef, parse_record};
+use crate::record::{RecordRef, parse_validated};
 use crate::segment::{parse_segment_file_name, segment_file_name, validate_frame};
 use crate::streamtable::{STREAM_TABLE_FILE, StreamTable};
 
@@ -250,41 +250,45 @@ pub struct ReadAll<'a> {
 impl<'a> ReadAll<'a> {
     fn fail(&mut self, path: &Path, d: Damage) -> Option<Result<RecordRef<'a>>> {
         self.done = true;
+        self.batch = &[];
         Some(Err(d.at(path)))
     }
-}
 
-impl<'a> Iterator for ReadAll<'a> {
-    type Item = Result<RecordRef<'a>>;
+    /// The next record of the current batch, which was validated as a whole
+    /// (CRCs included) before its first record was returned; `None` when the
+    /// batch is used up (or when a bad length would run past it, which a
+    /// validated batch never has: `next_frame` then reports it).
+    #[inline(always)]
+    fn next_in_batch(&mut self) -> Option<Option<Result<RecordRef<'a>>>> {
+        let (rec, rest) = parse_validated(self.batch)?;
+        self.batch = rest;
+        if rec.position() >= self.until {
+            self.done = true;
+            self.batch = &[];
+            return Some(None);
+        }
+        Some(Some(Ok(rec)))
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// Move to the next batch frame (validating it) and return its first
+    /// record at or after `from`; or the end, or the damage met.
+    #[inline(never)]
+    fn next_frame(&mut self) -> Option<Result<RecordRef<'a>>> {
         loop {
             if self.done {
                 return None;
             }
             if !self.batch.is_empty() {
-                // The batch was validated as a whole; parsing cannot fail, but
-                // is still bounds-checked.
-                let (rec, len) = match parse_record(self.batch, false) {
-                    Ok(r) => r,
-                    Err((_, d)) => {
-                        self.done = true;
-                        return Some(Err(Error::Corrupt {
-                            path: self.path.to_owned(),
-                            offset: 0,
-                            detail: d,
-                        }));
-                    }
-                };
-                self.batch = self.batch.get(len..).unwrap_or(&[]);
-                if rec.position() < self.from {
-                    continue;
+                if let Some(r) = self.next_in_batch() {
+                    return r;
                 }
-                if rec.position() >= self.until {
-                    self.done = true;
-                    return None;
-                }
-                return Some(Ok(rec));
+                self.done = true;
+                self.batch = &[];
+                return Some(Err(Error::Corrupt {
+                    path: self.path.to_owned(),
+                    offset: 0,
+                    detail: "a record of a validated batch no longer parses (the file changed under the reader)".into(),
+                }));
             }
             let view: &'a LogView = self.view;
             let seg = view.segments.get(self.seg)?;
@@ -343,13 +347,42 @@ impl<'a> Iterator for ReadAll<'a> {
                 self.pos = first + count;
                 continue;
             }
+            if !self.verify {
+                // Without CRCs, validation reads only the record headers,
+                // each found from the previous one's length: a chain of
+                // dependent loads from memory. Touch every cache line of
+                // the frame first, with independent loads the CPU overlaps.
+                let lines = rest.get(..len as usize).unwrap_or_default().chunks(64);
+                std::hint::black_box(lines.fold(0u8, |a, l| a ^ l.first().copied().unwrap_or(0)));
+            }
             if let Err(d) = validate_frame(rest, off, self.verify) {
                 return self.fail(&seg.path, d);
             }
-            self.batch = &rest[FRAME_HEADER_LEN..len as usize];
+            // `validate_frame` checked that the frame fits in `rest`.
+            self.batch = rest.get(FRAME_HEADER_LEN..len as usize).unwrap_or_default();
             self.path = &seg.path;
             self.off += len as usize;
             self.pos = first + count;
+            // Records are numbered contiguously from `first` (validated):
+            // skip those before `from`.
+            for _ in first..self.from {
+                match parse_validated(self.batch) {
+                    Some((_, rest)) => self.batch = rest,
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for ReadAll<'a> {
+    type Item = Result<RecordRef<'a>>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_in_batch() {
+            Some(r) => r,
+            None => self.next_frame(),
         }
     }
 }
