@@ -37,6 +37,17 @@ pub trait IoFile: Send + Sync + Debug {
     fn sync(&self) -> io::Result<()>;
     /// Set the file's length.
     fn truncate(&self, len: u64) -> io::Result<()>;
+    /// Reserve disk space for `len` bytes from `offset` without changing the
+    /// file's length, so later writes there need not allocate block by block.
+    /// A hint: a backend may do nothing (and return `Ok(false)`), and the
+    /// writer ignores its errors (the write itself reports a full disk).
+    /// Returns whether space was reserved; the writer then releases what is
+    /// left past the end with [`IoFile::truncate`] to the file's length when
+    /// it seals the segment or closes the log.
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
 }
 
 /// The real file system.
@@ -100,6 +111,20 @@ impl IoFile for StdFile {
     }
     fn truncate(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+    /// `fallocate` with `FALLOC_FL_KEEP_SIZE` on Linux (a no-op elsewhere).
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<bool> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{FallocateFlags, fallocate};
+            fallocate(&self.0, FallocateFlags::KEEP_SIZE, offset, len)?;
+            Ok(true)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (offset, len);
+            Ok(false)
+        }
     }
 }
 
