@@ -188,7 +188,7 @@ fn main() {
                         (
                             format!("{r:.2}× {name} ({})", fmt_time(other_ns)),
                             verdict,
-                            target.map_or(String::new(), |t| format!("≥ {t}×")),
+                            target.map_or(String::new(), |t| format!("≥ {t:.2}×")),
                         )
                     }
                     None => (format!("{name}: no result"), "", String::new()),

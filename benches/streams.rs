@@ -295,7 +295,7 @@ fn open(c: &mut Criterion) {
     g.finish();
     drop(tmp);
     let vs = format!("open of the {} log", label("", small).trim_start_matches('_'));
-    Figure::new("open", large, 0)
+    Figure::new("open", 0, 0)
         .row(&large_name, &[(vs.as_str(), small_name.as_str(), Some(1.0 / 1.2))])
         .save();
 }
@@ -323,7 +323,7 @@ fn open_active(c: &mut Criterion) {
         g.bench_function(name.as_str(), |b| b.iter(|| open_close(&dir)));
     }
     g.finish();
-    Figure::new("open_active", n, 0)
+    Figure::new("open_active", 0, 0)
         .row("active_tiny", &[(full_name.as_str(), full_name.as_str(), None)])
         .save();
 }

@@ -303,6 +303,9 @@ struct Inner {
     recovery: Recovery,
     /// Threads inside `append` (for the group commit's gathering).
     appenders: AtomicUsize,
+    /// Appends queued since the leader last took the pending bytes (changed
+    /// under the state lock; read without it while gathering).
+    queued_appends: AtomicUsize,
     /// How long the last fsync of a group took, in microseconds.
     last_sync_micros: AtomicU64,
 }
@@ -351,8 +354,6 @@ struct State {
     spare: Vec<u8>,
     /// Bytes assigned so far (a log sequence number of bytes, across segments).
     lsn: u64,
-    /// Appends queued since the leader last took the pending bytes.
-    queued_appends: usize,
     closed: bool,
     ids: IdGen,
 }
@@ -556,7 +557,6 @@ impl Log {
                 cur: Vec::new(),
                 spare: Vec::new(),
                 lsn: 0,
-                queued_appends: 0,
                 closed: false,
                 ids: IdGen::default(),
             }),
@@ -598,6 +598,7 @@ impl Log {
             published_epoch: (Mutex::new(Epoch::default()), Condvar::new()),
             recovery: report,
             appenders: AtomicUsize::new(0),
+            queued_appends: AtomicUsize::new(0),
             last_sync_micros: AtomicU64::new(0),
             dir,
             opts,
@@ -878,7 +879,7 @@ impl Inner {
         st.seg_end += batch_len;
         st.seg_has_batches = true;
         st.lsn += batch_len;
-        st.queued_appends += 1;
+        self.queued_appends.fetch_add(1, Ordering::AcqRel);
         let last_version = first_version + n - 1;
         let mut rec_off = frame_offset + FRAME_HEADER_LEN as u64;
         let records = events.iter().map(|ev| {
@@ -977,7 +978,7 @@ impl Inner {
         let start = Instant::now();
         let (mut seen, mut changed) = (usize::MAX, start);
         loop {
-            let queued = lock(&self.state).queued_appends;
+            let queued = self.queued_appends.load(Ordering::Acquire);
             let now = Instant::now();
             if queued >= self.appenders.load(Ordering::Acquire) || now - start >= limit {
                 return;
@@ -997,7 +998,7 @@ impl Inner {
         let (ops, lsn, next_position) = {
             let mut st = lock(&self.state);
             let mut ops = std::mem::take(&mut st.pending);
-            st.queued_appends = 0;
+            self.queued_appends.store(0, Ordering::Release);
             if !st.cur.is_empty() {
                 let spare = std::mem::take(&mut st.spare);
                 ops.push(Op::Write(std::mem::replace(&mut st.cur, spare)));
