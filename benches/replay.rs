@@ -31,7 +31,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use annal::{Durability, EventData, ExpectedVersion, Log, LogView, Options, ReadOptions};
-use common::{Figure, Sync};
+use common::Figure;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rusqlite::Connection;
 
@@ -39,8 +39,6 @@ const PAYLOAD: usize = 256;
 const BATCH: u64 = 100;
 const STREAMS: u64 = 1000;
 const EVENT_TYPE: &str = "ItemAdded";
-/// Batches per SQLite transaction while building the baseline's table.
-const SQLITE_TX_BATCHES: u64 = 100;
 
 /// Append `n` events (batches of `BATCH`, round-robin over `STREAMS` streams).
 fn build_log(log: &Log, n: u64, payload: &[u8]) {
@@ -57,37 +55,6 @@ fn build_log(log: &Log, n: u64, payload: &[u8]) {
         b += 1;
     }
     log.sync().expect("sync");
-}
-
-/// The same events, stream and versions in SQLite.
-fn build_sqlite(db: &mut Connection, view: &LogView) {
-    let ts = common::now_ms();
-    let mut records = view.read_all(0);
-    loop {
-        let tx = db.transaction().expect("begin");
-        let mut wrote = 0;
-        {
-            let mut ins = tx.prepare_cached(common::SQLITE_INSERT).expect("prepare");
-            for r in records.by_ref().take((SQLITE_TX_BATCHES * BATCH) as usize) {
-                let r = r.expect("read");
-                ins.execute(rusqlite::params![
-                    r.position() as i64,
-                    r.stream(),
-                    r.stream_version() as i64,
-                    r.event_type(),
-                    ts,
-                    r.payload(),
-                    r.metadata()
-                ])
-                .expect("insert");
-                wrote += 1;
-            }
-        }
-        tx.commit().expect("commit");
-        if wrote == 0 {
-            break;
-        }
-    }
 }
 
 fn annal_sum(view: &LogView, opts: ReadOptions) -> u64 {
@@ -141,8 +108,7 @@ fn replay(c: &mut Criterion) {
     build_log(&log, n, &payload);
     let view = log.view().expect("view");
     assert_eq!(view.next_position(), n);
-    let mut db = common::sqlite_open(&dir.path().join("events.sqlite"), Sync::Normal);
-    build_sqlite(&mut db, &view);
+    let db = common::sqlite_copy(&dir.path().join("events.sqlite"), &view);
     db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
         .expect("checkpoint");
     eprintln!(

@@ -53,7 +53,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use annal::{Direction, EventData, ExpectedVersion, Log, LogView, Options};
-use common::{Figure, Rng, Sync};
+use common::{Figure, Rng};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use rusqlite::Connection;
 
@@ -128,34 +128,6 @@ fn build_read_log(dir: &Path, n: u64, names: &[String]) {
     log.close().expect("close");
 }
 
-/// The same events in SQLite, copied from the annal log, in transactions of
-/// 10,000 rows.
-fn build_sqlite(path: &Path, view: &LogView) -> Connection {
-    let mut db = common::sqlite_open(path, Sync::Normal);
-    let mut recs = view.read_all(0).peekable();
-    while recs.peek().is_some() {
-        let tx = db.transaction().expect("begin");
-        {
-            let mut ins = tx.prepare_cached(common::SQLITE_INSERT).expect("prepare");
-            for r in recs.by_ref().take(10_000) {
-                let r = r.expect("read");
-                ins.execute(rusqlite::params![
-                    r.position() as i64,
-                    r.stream(),
-                    r.stream_version() as i64,
-                    r.event_type(),
-                    r.timestamp() as i64,
-                    r.payload(),
-                    r.metadata(),
-                ])
-                .expect("insert");
-            }
-        }
-        tx.commit().expect("commit");
-    }
-    db
-}
-
 /// Every event of `stream`, forward: `(events, payload bytes)`.
 fn annal_read(view: &LogView, stream: &str) -> (u64, u64) {
     let (mut n, mut sum) = (0, 0);
@@ -190,7 +162,7 @@ fn read_stream(c: &mut Criterion) {
     describe("read_stream log", &log_dir);
     let log = Log::open(&log_dir, Options::default()).expect("open");
     let view = log.view().expect("view");
-    let db = build_sqlite(&tmp.path().join("events.sqlite"), &view);
+    let db = common::sqlite_copy(&tmp.path().join("events.sqlite"), &view);
     // Both sides return the same events: every stream's (together, every
     // event of the log) if there are at most 10,000 streams, else a sample.
     assert_eq!(view.next_position(), n);

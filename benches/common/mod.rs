@@ -135,6 +135,35 @@ pub fn sqlite_open(path: &Path, sync: Sync) -> Connection {
 pub const SQLITE_INSERT: &str = "INSERT INTO events (position, stream, version, type, ts, data, metadata)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
+/// The same events in SQLite (a table of [`sqlite_open`]): every record of
+/// `view`, positions, versions and timestamps included, in transactions of
+/// 10,000 rows.
+pub fn sqlite_copy(path: &Path, view: &annal::LogView) -> Connection {
+    let mut db = sqlite_open(path, Sync::Normal);
+    let mut recs = view.read_all(0).peekable();
+    while recs.peek().is_some() {
+        let tx = db.transaction().expect("begin");
+        {
+            let mut ins = tx.prepare_cached(SQLITE_INSERT).expect("prepare");
+            for r in recs.by_ref().take(10_000) {
+                let r = r.expect("read");
+                ins.execute(rusqlite::params![
+                    r.position() as i64,
+                    r.stream(),
+                    r.stream_version() as i64,
+                    r.event_type(),
+                    r.timestamp() as i64,
+                    r.payload(),
+                    r.metadata(),
+                ])
+                .expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    db
+}
+
 /// Milliseconds since the epoch, as annal stamps events.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
