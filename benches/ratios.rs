@@ -31,6 +31,31 @@ fn median_ns(dir: &Path, group: &str, bench: &str) -> Option<(f64, SystemTime)> 
     Some((ns, when))
 }
 
+/// Targets met and missed so far.
+#[derive(Default)]
+struct Tally {
+    met: usize,
+    missed: usize,
+}
+
+impl Tally {
+    /// The verdict on `value` against `target` (the least value asked for),
+    /// counted.
+    fn judge(&mut self, value: f64, target: Option<f64>) -> &'static str {
+        match target {
+            Some(t) if value >= t => {
+                self.met += 1;
+                "met"
+            }
+            Some(_) => {
+                self.missed += 1;
+                "**missed**"
+            }
+            None => "",
+        }
+    }
+}
+
 fn fmt_time(ns: f64) -> String {
     if ns >= 1e9 {
         format!("{:.2} s", ns / 1e9)
@@ -125,7 +150,7 @@ fn main() {
     println!("| figure | annal | time/iter | events/s | MB/s | ratio | target | |");
     println!("|---|---|--:|--:|--:|---|--:|---|");
 
-    let (mut met, mut missed) = (0, 0);
+    let mut tally = Tally::default();
     let mut stale = Vec::new();
     let mut unmeasured = Vec::new();
     let newest = groups
@@ -174,17 +199,7 @@ fn main() {
                     Some((other_ns, _)) => {
                         let r = other_ns / ns;
                         let target = c["target"].as_f64();
-                        let verdict = match target {
-                            Some(t) if r >= t => {
-                                met += 1;
-                                "met"
-                            }
-                            Some(_) => {
-                                missed += 1;
-                                "**missed**"
-                            }
-                            None => "",
-                        };
+                        let verdict = tally.judge(r, target);
                         (
                             format!("{r:.2}× {name} ({})", fmt_time(other_ns)),
                             verdict,
@@ -208,22 +223,12 @@ fn main() {
             let value = m["value"].as_f64().unwrap_or(0.0);
             let bench = m["bench"].as_str().unwrap_or("?");
             let target = m["target"].as_f64();
-            let verdict = match target {
-                Some(t) if value >= t => {
-                    met += 1;
-                    "met"
-                }
-                Some(_) => {
-                    missed += 1;
-                    "**missed**"
-                }
-                None => "",
-            };
+            let verdict = tally.judge(value, target);
             let target = target.map_or(String::new(), |t| format!("≥ {t}"));
             println!("| | {bench} | | | | {value:.1} {name} | {target} | {verdict} |");
         }
     }
-    println!("\nTargets: {met} met, {missed} missed.");
+    println!("\nTargets: {} met, {} missed.", tally.met, tally.missed);
     if !unmeasured.is_empty() {
         println!(
             "Described but without results (filtered out?): {}",

@@ -29,13 +29,11 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use annal::{Durability, EventData, ExpectedVersion, Log, Options, Projection, RecordRef};
+use annal::{Projection, RecordRef};
 use common::Figure;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 const PAYLOAD: usize = 256;
-const BATCH: u64 = 100;
-const STREAMS: u64 = 1000;
 const TYPES: [&str; 4] = ["OrderPlaced", "ItemAdded", "PaymentConfirmed", "OrderShipped"];
 const BUCKETS: usize = 64;
 
@@ -97,37 +95,12 @@ impl Projection for Stats {
     }
 }
 
-/// Append `n` events (batches of `BATCH`, round-robin over `STREAMS` streams).
-fn build_log(log: &Log, n: u64, payload: &[u8]) {
-    let names: Vec<String> = (0..STREAMS).map(|i| format!("order-{i}")).collect();
-    let full: Vec<EventData<'_>> = (0..BATCH as usize)
-        .map(|i| EventData::new(TYPES[i % TYPES.len()], payload))
-        .collect();
-    let mut done = 0;
-    let mut b = 0;
-    while done < n {
-        let k = (n - done).min(BATCH);
-        let stream = &names[(b % STREAMS) as usize];
-        log.append(stream, ExpectedVersion::Any, &full[..k as usize])
-            .expect("append");
-        done += k;
-        b += 1;
-    }
-    log.sync().expect("sync");
-}
-
 fn rebuild(c: &mut Criterion) {
     let n = common::size("ANNAL_BENCH_REBUILD_EVENTS", 1_000_000, 20_000);
     let payload = common::payload(PAYLOAD);
 
     let start = Instant::now();
-    let dir = common::scratch("annal-bench-rebuild-");
-    let log = Log::open(
-        dir.path().join("log"),
-        Options::default().durability(Durability::Buffered),
-    )
-    .expect("open");
-    build_log(&log, n, &payload);
+    let (_dir, log) = common::batched_log("annal-bench-rebuild-", n, &payload, &TYPES);
     let view = log.view().expect("view");
     assert_eq!(view.next_position(), n);
     eprintln!(

@@ -30,32 +30,13 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use annal::{Durability, EventData, ExpectedVersion, Log, LogView, Options, ReadOptions};
+use annal::{LogView, ReadOptions};
 use common::Figure;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rusqlite::Connection;
 
 const PAYLOAD: usize = 256;
-const BATCH: u64 = 100;
-const STREAMS: u64 = 1000;
 const EVENT_TYPE: &str = "ItemAdded";
-
-/// Append `n` events (batches of `BATCH`, round-robin over `STREAMS` streams).
-fn build_log(log: &Log, n: u64, payload: &[u8]) {
-    let names: Vec<String> = (0..STREAMS).map(|i| format!("order-{i}")).collect();
-    let full: Vec<EventData<'_>> = (0..BATCH).map(|_| EventData::new(EVENT_TYPE, payload)).collect();
-    let mut done = 0;
-    let mut b = 0;
-    while done < n {
-        let k = (n - done).min(BATCH);
-        let stream = &names[(b % STREAMS) as usize];
-        log.append(stream, ExpectedVersion::Any, &full[..k as usize])
-            .expect("append");
-        done += k;
-        b += 1;
-    }
-    log.sync().expect("sync");
-}
 
 fn annal_sum(view: &LogView, opts: ReadOptions) -> u64 {
     let mut sum = 0u64;
@@ -99,13 +80,7 @@ fn replay(c: &mut Criterion) {
     let payload = common::payload(PAYLOAD);
 
     let start = Instant::now();
-    let dir = common::scratch("annal-bench-replay-");
-    let log = Log::open(
-        dir.path().join("log"),
-        Options::default().durability(Durability::Buffered),
-    )
-    .expect("open");
-    build_log(&log, n, &payload);
+    let (dir, log) = common::batched_log("annal-bench-replay-", n, &payload, &[EVENT_TYPE]);
     let view = log.view().expect("view");
     assert_eq!(view.next_position(), n);
     let db = common::sqlite_copy(&dir.path().join("events.sqlite"), &view);

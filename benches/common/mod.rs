@@ -96,6 +96,33 @@ pub fn scratch(prefix: &str) -> tempfile::TempDir {
     .expect("create a scratch directory")
 }
 
+/// A fresh log of `n` events (`Durability::Buffered`) in a new scratch
+/// directory: batches of 100 events with payload `payload`, batch `b` to
+/// stream `order-{b % 1000}`, event `i` of a batch of type
+/// `types[i % types.len()]`; synced before it is returned.
+pub fn batched_log(prefix: &str, n: u64, payload: &[u8], types: &[&str]) -> (tempfile::TempDir, annal::Log) {
+    const BATCH: u64 = 100;
+    const STREAMS: u64 = 1000;
+    let dir = scratch(prefix);
+    let opts = annal::Options::default().durability(annal::Durability::Buffered);
+    let log = annal::Log::open(dir.path().join("log"), opts).expect("open");
+    let names: Vec<String> = (0..STREAMS).map(|i| format!("order-{i}")).collect();
+    let full: Vec<annal::EventData<'_>> = (0..BATCH as usize)
+        .map(|i| annal::EventData::new(types[i % types.len()], payload))
+        .collect();
+    let (mut done, mut b) = (0, 0);
+    while done < n {
+        let k = (n - done).min(BATCH);
+        let stream = &names[(b % STREAMS) as usize];
+        log.append(stream, annal::ExpectedVersion::Any, &full[..k as usize])
+            .expect("append");
+        done += k;
+        b += 1;
+    }
+    log.sync().expect("sync");
+    (dir, log)
+}
+
 /// `synchronous` setting of the SQLite baseline.
 #[derive(Clone, Copy, Debug)]
 pub enum Sync {
