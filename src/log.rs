@@ -284,7 +284,9 @@ struct Inner {
     _lock: File,
     state: Mutex<State>,
     commit: Mutex<Commit>,
-    commit_cv: Condvar,
+    /// `Commit::written` and `Commit::durable`, readable without the lock.
+    written_end: AtomicU64,
+    durable_end: AtomicU64,
     poisoned: AtomicBool,
     /// A lookup found the stream table damaged; the leader rebuilds it.
     table_damaged: AtomicBool,
@@ -418,8 +420,11 @@ struct Epoch {
 
 struct Commit {
     busy: bool,
-    /// Appenders blocked on `commit_cv` (notified only when non-zero).
-    waiters: usize,
+    /// Appenders waiting while another leads, parked: the leader unparks them
+    /// all when it is done. Those whose bytes it covered return at once,
+    /// checking [`Inner::reached`] without taking this lock; the others
+    /// compete to lead next.
+    parked: Vec<std::thread::Thread>,
     written: u64,
     durable: u64,
     poison: Option<String>,
@@ -562,12 +567,13 @@ impl Log {
             }),
             commit: Mutex::new(Commit {
                 busy: false,
-                waiters: 0,
+                parked: Vec::new(),
                 written: 0,
                 durable: 0,
                 poison: None,
             }),
-            commit_cv: Condvar::new(),
+            written_end: AtomicU64::new(0),
+            durable_end: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             table_damaged: AtomicBool::new(false),
             index_damage,
@@ -933,9 +939,14 @@ impl Inner {
                 return Ok(());
             }
             if c.busy {
-                c.waiters += 1;
-                c = self.commit_cv.wait(c).unwrap_or_else(|p| p.into_inner());
-                c.waiters -= 1;
+                c.parked.push(std::thread::current());
+                drop(c);
+                // Unparked by the leader when it is done (or spuriously).
+                std::thread::park();
+                if self.reached(target, durable) {
+                    return Ok(());
+                }
+                c = lock(&self.commit);
                 continue;
             }
             c.busy = true;
@@ -950,21 +961,29 @@ impl Inner {
             match res {
                 Ok((written, synced)) => {
                     c.written = written;
+                    self.written_end.store(written, Ordering::Release);
                     if synced {
                         c.durable = written;
+                        self.durable_end.store(written, Ordering::Release);
                     }
                 }
                 Err(e) => {
                     self.poisoned.store(true, Ordering::Release);
                     c.poison = Some(e.to_string());
-                    self.commit_cv.notify_all();
+                    unpark_all(&mut c);
                     return Err(e);
                 }
             }
-            if c.waiters > 0 {
-                self.commit_cv.notify_all();
-            }
+            unpark_all(&mut c);
         }
+    }
+
+    /// Whether the bytes up to `target` are written (and durable, if asked),
+    /// without taking the commit lock (a poisoned writer counts as not).
+    fn reached(&self, target: u64, durable: bool) -> bool {
+        !self.poisoned.load(Ordering::Acquire)
+            && self.written_end.load(Ordering::Acquire) >= target
+            && (!durable || self.durable_end.load(Ordering::Acquire) >= target)
     }
 
     /// Before a group's fsync, give appenders that are on their way (inside
@@ -1173,7 +1192,7 @@ impl Inner {
         if c.poison.is_none() {
             c.poison = Some(e.to_string());
         }
-        self.commit_cv.notify_all();
+        unpark_all(&mut c);
     }
 
     /// Stop the sealer thread after it has indexed every sealed segment.
@@ -1508,6 +1527,13 @@ pub(crate) fn write_derived(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) 
 /// The file name of the index of the segment based at `base`.
 pub(crate) fn index_file_name(base: u64) -> String {
     format!("{base:020}.idx")
+}
+
+/// Wake every appender parked in `Inner::commit_until`.
+fn unpark_all(c: &mut Commit) {
+    for t in c.parked.drain(..) {
+        t.unpark();
+    }
 }
 
 fn read_index(m: &RwLock<MemIndex>) -> std::sync::RwLockReadGuard<'_, MemIndex> {
