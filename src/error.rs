@@ -116,6 +116,14 @@ pub enum Error {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// The audit chain's key is missing, not needed, or not the log's.
+    #[error("{path}: {detail}")]
+    ChainKey {
+        /// The segment whose header names the log's key (or says it has none).
+        path: PathBuf,
+        /// What was expected and what was given.
+        detail: String,
+    },
 }
 
 struct ActualVersion(Option<u64>);

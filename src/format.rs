@@ -1,4 +1,5 @@
-//! The on-disk structures of format v1, in one place.
+//! The on-disk structures of the log format (version 2, reading version 1 too),
+//! in one place.
 //!
 //! Each struct here is the byte table of the same name in `spec/format.md`,
 //! defined with zerocopy's little-endian field types so that it has alignment
@@ -15,7 +16,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::error::{Damage, DamageKind};
 
 /// The format version this build writes.
-pub const CURRENT_FORMAT_VERSION: u16 = 1;
+pub const CURRENT_FORMAT_VERSION: u16 = 2;
 /// The oldest format version this build reads.
 pub const OLDEST_SUPPORTED_FORMAT_VERSION: u16 = 1;
 
@@ -44,8 +45,42 @@ pub(crate) struct SegmentHeader {
     pub prev_timestamp: U64,
     pub created_at: U64,
     pub chain_start: [u8; 32],
-    pub reserved1: [u8; 36],
+    pub key_id: [u8; 16],
+    pub reserved1: [u8; 20],
     pub header_crc: U32,
+}
+
+/// What every segment header of one log says about the whole log: its id,
+/// the format version it is written in, its `log_flags` (the audit chain,
+/// spec 21) and the id of its chain key (keyed mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LogFormat {
+    pub log_id: [u8; 16],
+    pub version: u16,
+    pub flags: u16,
+    pub key_id: [u8; 16],
+}
+
+impl LogFormat {
+    /// What the segment header `h` says.
+    pub(crate) fn of(h: &SegmentHeader) -> LogFormat {
+        LogFormat {
+            log_id: h.log_id,
+            version: h.format_version.get(),
+            flags: h.log_flags.get(),
+            key_id: h.key_id,
+        }
+    }
+
+    /// Whether the log carries the audit chain.
+    pub(crate) fn chained(&self) -> bool {
+        self.flags & crate::chain::LOG_FLAG_CHAIN != 0
+    }
+
+    /// Whether the chain is keyed.
+    pub(crate) fn keyed(&self) -> bool {
+        self.flags & crate::chain::LOG_FLAG_KEYED != 0
+    }
 }
 
 /// Frame header (spec section 3.1).
@@ -216,6 +251,8 @@ pub const SEGMENT_HEADER_CRC_OFFSET: usize = offset_of!(SegmentHeader, header_cr
 pub const FRAME_HEADER_LEN: usize = size_of::<FrameHeader>();
 /// The frame header CRC covers `[FRAME_CRC_START, FRAME_HEADER_LEN)`.
 pub const FRAME_CRC_START: usize = offset_of!(FrameHeader, frame_len);
+/// Offset of the 32-byte chain slot in a frame header (spec 3.1, 21).
+pub const FRAME_CHAIN_OFFSET: usize = offset_of!(FrameHeader, chain);
 /// Bytes of a record header.
 pub const RECORD_HEADER_LEN: usize = size_of::<RecordHeader>();
 /// The record CRC covers `[RECORD_CRC_START, record_len)`.
@@ -267,19 +304,27 @@ fn check_version(found: u16, offset: u64) -> Result<(), Damage> {
 // ---------------------------------------------------------------- segment header
 
 impl SegmentHeader {
-    /// A new header with its CRC filled in.
-    pub(crate) fn new(log_id: [u8; 16], base_position: u64, prev_timestamp: u64, created_at: u64) -> SegmentHeader {
+    /// A new header with its CRC filled in. `chain_start` is the chain hash
+    /// before the segment's first batch (zero if the log has no chain).
+    pub(crate) fn new(
+        log: &LogFormat,
+        base_position: u64,
+        prev_timestamp: u64,
+        created_at: u64,
+        chain_start: [u8; 32],
+    ) -> SegmentHeader {
         let mut h = SegmentHeader {
             magic: SEGMENT_MAGIC,
-            format_version: U16::new(CURRENT_FORMAT_VERSION),
-            log_flags: U16::ZERO,
+            format_version: U16::new(log.version),
+            log_flags: U16::new(log.flags),
             reserved0: U32::ZERO,
-            log_id,
+            log_id: log.log_id,
             base_position: U64::new(base_position),
             prev_timestamp: U64::new(prev_timestamp),
             created_at: U64::new(created_at),
-            chain_start: [0; 32],
-            reserved1: [0; 36],
+            chain_start: if log.chained() { chain_start } else { [0; 32] },
+            key_id: if log.keyed() { log.key_id } else { [0; 16] },
+            reserved1: [0; 20],
             header_crc: U32::ZERO,
         };
         h.header_crc = U32::new(crc(&h.as_bytes()[..SEGMENT_HEADER_CRC_OFFSET]));
@@ -314,23 +359,33 @@ impl SegmentHeader {
                 ),
             ));
         }
-        if h.log_flags.get() != 0 {
+        let (version, flags) = (h.format_version.get(), h.log_flags.get());
+        let known = if version >= 2 {
+            crate::chain::LOG_FLAG_CHAIN | crate::chain::LOG_FLAG_KEYED
+        } else {
+            0
+        };
+        let keyed_without_chain =
+            flags & crate::chain::LOG_FLAG_KEYED != 0 && flags & crate::chain::LOG_FLAG_CHAIN == 0;
+        if flags & !known != 0 || keyed_without_chain {
             return Err(Damage::corrupt(
                 offset_of!(SegmentHeader, log_flags) as u64,
-                format!("expected log_flags 0 in format v1, found {:#06x}", h.log_flags.get()),
+                format!(
+                    "expected log_flags of format v{version} (bits {known:#x}, keyed only with the chain), found {flags:#06x}"
+                ),
             ));
         }
+        let log = LogFormat::of(h);
+        let chain_start: &[u8] = if log.chained() { &[] } else { &h.chain_start[..] };
+        let key_id: &[u8] = if log.keyed() { &[] } else { &h.key_id[..] };
         for (name, off, bytes) in [
             (
                 "reserved0",
                 offset_of!(SegmentHeader, reserved0),
                 h.reserved0.as_bytes(),
             ),
-            (
-                "chain_start",
-                offset_of!(SegmentHeader, chain_start),
-                &h.chain_start[..],
-            ),
+            ("chain_start", offset_of!(SegmentHeader, chain_start), chain_start),
+            ("key_id", offset_of!(SegmentHeader, key_id), key_id),
             ("reserved1", offset_of!(SegmentHeader, reserved1), &h.reserved1[..]),
         ] {
             if !all_zero(bytes) {
@@ -369,6 +424,18 @@ impl FrameHeader {
         };
         h.header_crc = U32::new(crc(&h.as_bytes()[FRAME_CRC_START..]));
         h
+    }
+
+    /// Store `chain` in the chain slot of the frame header at the start of
+    /// `frame` and recompute its CRC. `frame` holds at least the header.
+    pub(crate) fn set_chain(frame: &mut [u8], chain: &[u8; 32]) {
+        if let Some(slot) = frame.get_mut(FRAME_CHAIN_OFFSET..FRAME_HEADER_LEN) {
+            slot.copy_from_slice(chain);
+        }
+        if let Some(body) = frame.get(FRAME_CRC_START..FRAME_HEADER_LEN) {
+            let c = crc(body).to_le_bytes();
+            frame[4..8].copy_from_slice(&c);
+        }
     }
 
     /// Parse the frame header at the start of `bytes`, which lie at file
@@ -432,10 +499,12 @@ impl FrameHeader {
                 ));
             }
         }
-        if h.flags != 0 || h.reserved.get() != 0 || !all_zero(&h.chain) {
+        // The chain slot is covered by the CRC; its value is the audit
+        // chain's business (spec 21), checked by `check`, not by readers.
+        if h.flags != 0 || h.reserved.get() != 0 {
             return Err(Damage::corrupt(
                 off + 29,
-                "expected frame flags, reserved and chain fields to be zero in format v1",
+                "expected frame flags and reserved fields to be zero",
             ));
         }
         let durable = h.durable_end.get();
@@ -456,6 +525,7 @@ impl FrameHeader {
 impl HeadSlot {
     /// A new slot with its CRC filled in.
     pub(crate) fn new(
+        version: u16,
         sequence: u64,
         segment_base: u64,
         durable_end: u64,
@@ -465,7 +535,7 @@ impl HeadSlot {
         let mut s = HeadSlot {
             magic: HEAD_MAGIC,
             crc: U32::ZERO,
-            format_version: U16::new(CURRENT_FORMAT_VERSION),
+            format_version: U16::new(version),
             flags: U16::ZERO,
             reserved0: U32::ZERO,
             sequence: U64::new(sequence),
@@ -536,7 +606,8 @@ mod tests {
         assert_eq!(offset_of!(SegmentHeader, prev_timestamp), 40);
         assert_eq!(offset_of!(SegmentHeader, created_at), 48);
         assert_eq!(offset_of!(SegmentHeader, chain_start), 56);
-        assert_eq!(offset_of!(SegmentHeader, reserved1), 88);
+        assert_eq!(offset_of!(SegmentHeader, key_id), 88);
+        assert_eq!(offset_of!(SegmentHeader, reserved1), 104);
         assert_eq!(offset_of!(SegmentHeader, header_crc), 124);
 
         assert_eq!(offset_of!(FrameHeader, header_crc), 4);
@@ -598,9 +669,16 @@ mod tests {
         assert_eq!(crc(b"123456789"), 0xCBF4_3926);
     }
 
+    const PLAIN: LogFormat = LogFormat {
+        log_id: [7; 16],
+        version: CURRENT_FORMAT_VERSION,
+        flags: 0,
+        key_id: [0; 16],
+    };
+
     #[test]
     fn headers_round_trip() {
-        let h = SegmentHeader::new([7; 16], 42, 5, 6);
+        let h = SegmentHeader::new(&PLAIN, 42, 5, 6, [0; 32]);
         let p = SegmentHeader::parse(h.as_bytes()).unwrap();
         assert_eq!(p.base_position.get(), 42);
         let f = FrameHeader::new(FRAME_KIND_BATCH, 144, 3, 1, 128);
@@ -609,17 +687,40 @@ mod tests {
             FrameHeader::parse(f.as_bytes(), 127).is_err(),
             "durable_end past the frame offset"
         );
-        let s = HeadSlot::new(1, 0, 128, 200, 9);
+        let s = HeadSlot::new(2, 1, 0, 128, 200, 9);
         assert_eq!(HeadSlot::parse(s.as_bytes(), 0).unwrap().next_position.get(), 9);
     }
 
     #[test]
     fn unknown_version_is_rejected() {
-        let mut h = SegmentHeader::new([7; 16], 0, 0, 0);
+        let mut h = SegmentHeader::new(&PLAIN, 0, 0, 0, [0; 32]);
         h.format_version = U16::new(9);
         h.header_crc = U32::new(crc(&h.as_bytes()[..SEGMENT_HEADER_CRC_OFFSET]));
         let e = SegmentHeader::parse(h.as_bytes()).unwrap_err();
         assert_eq!(e.kind, DamageKind::Version(9));
         assert_eq!(e.offset, 8);
+    }
+
+    #[test]
+    fn log_flags_follow_the_version() {
+        let chained = LogFormat {
+            flags: crate::chain::LOG_FLAG_CHAIN | crate::chain::LOG_FLAG_KEYED,
+            key_id: [3; 16],
+            ..PLAIN
+        };
+        let h = SegmentHeader::new(&chained, 0, 0, 0, [5; 32]);
+        assert_eq!(LogFormat::of(SegmentHeader::parse(h.as_bytes()).unwrap()), chained);
+        // Keyed without the chain, unknown bits, and any flag in v1 are refused.
+        for (version, flags) in [(2, 2), (2, 4), (1, 1)] {
+            let mut h = SegmentHeader::new(&PLAIN, 0, 0, 0, [0; 32]);
+            h.format_version = U16::new(version);
+            h.log_flags = U16::new(flags);
+            h.header_crc = U32::new(crc(&h.as_bytes()[..SEGMENT_HEADER_CRC_OFFSET]));
+            assert_eq!(
+                SegmentHeader::parse(h.as_bytes()).unwrap_err().offset,
+                10,
+                "{version} {flags}"
+            );
+        }
     }
 }

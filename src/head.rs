@@ -91,16 +91,20 @@ pub(crate) struct HeadWriter {
     file: Box<dyn IoFile>,
     path: PathBuf,
     sequence: u64,
+    /// The log's format version, written into every slot.
+    version: u16,
 }
 
 impl HeadWriter {
     /// Create a new head file in `dir` atomically (temp file, fsync, rename,
     /// directory fsync) holding `head` in slot 0, replacing any existing one.
-    pub(crate) fn create(io: &dyn Io, dir: &Path, head: Head) -> Result<HeadWriter> {
+    /// Slots carry format version `version` (that of the log's segments).
+    pub(crate) fn create(io: &dyn Io, dir: &Path, head: Head, version: u16) -> Result<HeadWriter> {
         let path = dir.join(HEAD_FILE);
         let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
         let mut bytes = [0u8; HEAD_FILE_LEN];
         let slot = HeadSlot::new(
+            version,
             1,
             head.segment_base,
             head.durable_end,
@@ -120,6 +124,7 @@ impl HeadWriter {
             file,
             path,
             sequence: 1,
+            version,
         })
     }
 
@@ -127,6 +132,7 @@ impl HeadWriter {
     pub(crate) fn write(&mut self, head: Head) -> Result<()> {
         let seq = self.sequence + 1;
         let slot = HeadSlot::new(
+            self.version,
             seq,
             head.segment_base,
             head.durable_end,

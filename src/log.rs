@@ -26,8 +26,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
+use crate::chain::{Anchor, ChainHash, ChainKey, Chainer};
 use crate::error::{Error, Result};
-use crate::format::{FRAME_HEADER_LEN, MAX_RECORD_LEN, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{
+    FRAME_HEADER_LEN, FRAME_KIND_BATCH, FrameHeader, LogFormat, MAX_RECORD_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+};
 use crate::hash::stream_hash;
 use crate::head::{Head, HeadWriter};
 use crate::index::{self, IdxFile, Index, IndexCell, MemIndex, Prev};
@@ -40,7 +43,7 @@ use crate::segment::{encode_seal, finish_batch_header, segment_file_name};
 use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 use crate::view::{LogView, ViewSegment};
 
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +115,9 @@ pub struct Options {
     pub(crate) log_id: Option<[u8; 16]>,
     pub(crate) hash_mask: u64,
     pub(crate) idempotency_window: usize,
+    pub(crate) chain: bool,
+    pub(crate) chain_key: Option<ChainKey>,
+    pub(crate) format_version: u16,
 }
 
 impl std::fmt::Debug for Options {
@@ -146,6 +152,9 @@ impl Default for Options {
             log_id: None,
             hash_mask: u64::MAX,
             idempotency_window: 100_000,
+            chain: true,
+            chain_key: None,
+            format_version: crate::format::CURRENT_FORMAT_VERSION,
         }
     }
 }
@@ -202,6 +211,29 @@ impl Options {
     /// 100,000; about 80 bytes each). See [`Log::append`].
     pub fn idempotency_window(mut self, events: usize) -> Self {
         self.idempotency_window = events;
+        self
+    }
+    /// Whether a log created by this open carries the audit chain (spec 21;
+    /// default `true`). A log's segment headers say whether it has the chain;
+    /// an existing log keeps what it was created with, whatever this says.
+    pub fn chain(mut self, on: bool) -> Self {
+        self.chain = on;
+        self
+    }
+    /// The secret key of a keyed audit chain (spec 21.4). A log created with
+    /// a key is keyed for good: opening it for writing needs the same key
+    /// (its id is in every segment header), and verifying its chain needs it
+    /// too. Giving a key to an existing log that is not keyed is an error.
+    /// The key is never written to the log.
+    pub fn chain_key(mut self, key: ChainKey) -> Self {
+        self.chain_key = Some(key);
+        self
+    }
+    /// Create new logs in an older format version (`1`: no audit chain).
+    /// Only for compatibility tests; existing logs keep their version.
+    #[doc(hidden)]
+    pub fn format_version(mut self, version: u16) -> Self {
+        self.format_version = version;
         self
     }
     /// Narrow the stream hash written into new index files and stream tables
@@ -280,7 +312,7 @@ impl std::fmt::Debug for Log {
 struct Inner {
     dir: PathBuf,
     opts: Options,
-    log_id: [u8; 16],
+    format: LogFormat,
     _lock: File,
     state: Mutex<State>,
     commit: Mutex<Commit>,
@@ -442,6 +474,10 @@ struct IoState {
     /// [`IoFile::reserve`]); `reserved_past_end` says whether any was.
     reserved: u64,
     reserved_past_end: bool,
+    /// The audit chain's hash after the last batch written (spec 21), and
+    /// the position after that batch.
+    chain: ChainHash,
+    chain_position: u64,
 }
 
 /// A group commit's leader stops gathering appenders after this long without
@@ -514,7 +550,8 @@ impl Log {
         let dir = dir.as_ref().to_owned();
         let Recovered {
             lock,
-            log_id,
+            format,
+            chain,
             next_position,
             last_timestamp,
             sealed,
@@ -537,6 +574,7 @@ impl Log {
                 visible_end: active_end,
                 next_position,
             },
+            format.version,
         )?;
         let active_file = File::open(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
         let index_damage = Arc::new(AtomicU64::new(0));
@@ -544,7 +582,7 @@ impl Log {
             seg.index.notify(&index_damage);
         }
         let inner = Inner {
-            log_id,
+            format,
             _lock: lock,
             state: Mutex::new(State {
                 index: active_index.clone(),
@@ -589,6 +627,8 @@ impl Log {
                 reserved: active_end,
                 reserved_past_end: false,
                 head,
+                chain,
+                chain_position: next_position,
             }),
             published: Mutex::new(Published {
                 sealed,
@@ -637,6 +677,33 @@ impl Log {
     /// The I/O seam the writer uses (for derived files such as snapshots).
     pub(crate) fn io(&self) -> &Arc<dyn Io> {
         &self.inner.opts.io
+    }
+
+    /// The head of the audit chain (spec 21): the position after the last
+    /// batch written and the chain hash there, for an auditor to keep outside
+    /// the log (see [`crate::check`] with an anchor). `None` if the log has no
+    /// chain. Waits for a group commit in progress.
+    pub fn anchor(&self) -> Option<Anchor> {
+        if !self.inner.format.chained() {
+            return None;
+        }
+        let io = lock(&self.inner.io);
+        Some(Anchor {
+            position: io.chain_position,
+            hash: io.chain,
+        })
+    }
+
+    /// Whether the log carries the audit chain (spec 21), and whether it is
+    /// keyed: `(chained, keyed)`.
+    pub fn chain_mode(&self) -> (bool, bool) {
+        (self.inner.format.chained(), self.inner.format.keyed())
+    }
+
+    /// The log's format version (`2` for logs this build creates; a log
+    /// created in version 1 stays in version 1).
+    pub fn format_version(&self) -> u16 {
+        self.inner.format.version
     }
 
     /// The options the log was opened with.
@@ -1029,6 +1096,10 @@ impl Inner {
         for op in ops {
             match op {
                 Op::Write(mut bytes) => {
+                    if self.format.chained() {
+                        let chainer = Chainer::new(self.opts.chain_key.as_ref());
+                        (io.chain, io.chain_position) = chain_frames(&chainer, io.chain, io.chain_position, &mut bytes);
+                    }
                     io.reserve_for(bytes.len() as u64, self.opts.segment_size);
                     io.file
                         .write_at(io.offset, &bytes)
@@ -1114,7 +1185,7 @@ impl Inner {
         let sealed_len = io.offset;
         let path = self.dir.join(segment_file_name(base));
         let file = fs.create(&path).map_err(|e| Error::io("create", &path, e))?;
-        let header = SegmentHeader::new(self.log_id, base, prev_timestamp, (self.opts.clock)());
+        let header = SegmentHeader::new(&self.format, base, prev_timestamp, (self.opts.clock)(), io.chain);
         file.write_at(0, header.as_bytes())
             .map_err(|e| Error::io("write", &path, e))?;
         file.sync().map_err(|e| Error::io("fsync", &path, e))?;
@@ -1530,6 +1601,30 @@ pub(crate) fn index_file_name(base: u64) -> String {
 }
 
 /// Wake every appender parked in `Inner::commit_until`.
+/// Fill in the chain slot of every frame in `bytes` (whole frames, as the
+/// writer encoded them), continuing the chain from `chain`, the hash after
+/// the batch that ends at `position` (spec 21.2). Returns the chain hash and
+/// the position after the last batch.
+fn chain_frames(chainer: &Chainer<'_>, mut chain: ChainHash, mut position: u64, bytes: &mut [u8]) -> (ChainHash, u64) {
+    let mut at = 0;
+    while let Some(frame) = bytes.get_mut(at..) {
+        let Ok((h, _)) = FrameHeader::ref_from_prefix(frame) else {
+            break;
+        };
+        let (kind, len) = (h.kind, h.frame_len.get() as usize);
+        let next = h.first_position.get() + u64::from(h.record_count.get());
+        let end = len.min(frame.len());
+        let frame = &mut frame[..end];
+        if kind == FRAME_KIND_BATCH {
+            chain = chainer.link(&chain, frame);
+            position = next;
+        }
+        FrameHeader::set_chain(frame, &chain);
+        at += len.max(FRAME_HEADER_LEN);
+    }
+    (chain, position)
+}
+
 fn unpark_all(c: &mut Commit) {
     for t in c.parked.drain(..) {
         t.unpark();

@@ -13,8 +13,9 @@ use std::sync::{Arc, RwLock};
 
 use zerocopy::IntoBytes;
 
+use crate::chain::{ChainHash, Chainer, LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
 use crate::error::{Error, Result, corrupt};
-use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::head::{self, HEAD_FILE};
 use crate::index::{self, IndexBuilder, MemIndex};
 use crate::io::Io;
@@ -32,7 +33,9 @@ pub const LOCK_FILE: &str = "annal.lock";
 /// The state a writer starts from.
 pub(crate) struct Recovered {
     pub lock: File,
-    pub log_id: [u8; 16],
+    pub format: LogFormat,
+    /// The chain hash after the last complete batch (zero without a chain).
+    pub chain: ChainHash,
     pub next_position: u64,
     pub last_timestamp: u64,
     pub sealed: Vec<ViewSegment>,
@@ -177,13 +180,15 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
     }
 
     let Some((&last, sealed_bases)) = listing.segments.split_last() else {
-        let log_id = opts.log_id.unwrap_or_else(|| uuid::Uuid::new_v4().into_bytes());
-        let header = SegmentHeader::new(log_id, 0, 0, (opts.clock)());
+        let format = new_format(opts)?;
+        let chain = genesis(&format, opts);
+        let header = SegmentHeader::new(&format, 0, 0, (opts.clock)(), chain);
         create_segment(io, dir, &header, true)?;
         report.created = true;
         return Ok(Recovered {
             lock,
-            log_id,
+            format,
+            chain,
             next_position: 0,
             last_timestamp: 0,
             sealed: Vec::new(),
@@ -209,19 +214,28 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         ));
     }
 
-    let mut log_id: Option<[u8; 16]> = None;
-    let mut check_log_id = |h: &SegmentHeader, path: &Path| -> Result<()> {
-        match log_id {
+    let mut format: Option<LogFormat> = None;
+    let mut check_format = |h: &SegmentHeader, path: &Path| -> Result<()> {
+        let found = LogFormat::of(h);
+        match format {
             None => {
-                log_id = Some(h.log_id);
+                check_key(&found, opts, path)?;
+                format = Some(found);
                 Ok(())
             }
-            Some(id) if id == h.log_id => Ok(()),
-            Some(_) => Err(corrupt(
-                path,
-                16,
-                "the segment's log_id differs from the log's: it belongs to another log",
-            )),
+            Some(f) if f == found => Ok(()),
+            Some(f) => {
+                let (offset, what) = if f.log_id != found.log_id {
+                    (16, "log_id differs from the log's: it belongs to another log")
+                } else if f.version != found.version {
+                    (8, "format version differs from the log's")
+                } else if f.flags != found.flags {
+                    (10, "log_flags (audit chain) differ from the log's")
+                } else {
+                    (88, "chain key id differs from the log's")
+                };
+                Err(corrupt(path, offset, format!("the segment's {what}")))
+            }
         }
     };
     // Sealed segments: header and seal only; their records are not read.
@@ -239,7 +253,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         let (seg, seal_next) = open_sealed(dir, base)?;
         let bytes = seg.map.bytes();
         let header = SegmentHeader::parse(bytes).map_err(|d| d.at(&path))?;
-        check_log_id(header, &path)?;
+        check_format(header, &path)?;
         if let Some(h) = head
             && h.segment_base == base
             && h.durable_end > bytes.len() as u64
@@ -270,6 +284,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
     let mut active_index = MemIndex::default();
     let mut active_end = SEGMENT_HEADER_LEN as u64;
     let last_ts;
+    let chain: ChainHash;
     let mut active_sealed = false;
     if !sealed_bases.is_empty() && last != next {
         return Err(corrupt(
@@ -285,12 +300,17 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 Some(prev) => last_timestamp_of(prev)?,
                 None => 0,
             };
-            let id = log_id
-                .or(opts.log_id)
-                .unwrap_or_else(|| uuid::Uuid::new_v4().into_bytes());
-            log_id = Some(id);
+            let f = match format {
+                Some(f) => f,
+                None => new_format(opts)?,
+            };
+            format = Some(f);
+            chain = match sealed.last() {
+                Some(prev) => seal_chain(prev.map.bytes()),
+                None => genesis(&f, opts),
+            };
             drop(map);
-            let header = SegmentHeader::new(id, last, last_ts, (opts.clock)());
+            let header = SegmentHeader::new(&f, last, last_ts, (opts.clock)(), chain);
             create_segment(io, dir, &header, false)?;
             report.reinitialized = Some(path.clone());
         }
@@ -307,7 +327,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                     ),
                 ));
             }
-            check_log_id(&header, &path)?;
+            check_format(&header, &path)?;
             // One pass: every record is validated (CRC included) and indexed
             // as the walk reads it; a batch enters the index once complete.
             let mut builder = IndexBuilder::default();
@@ -349,6 +369,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 ));
             }
             last_ts = walk.last_timestamp;
+            chain = walk.chain;
             next = walk.next_position;
             active_end = walk.end;
             active_sealed = walk.sealed;
@@ -358,12 +379,14 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
     let f = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
     f.sync().map_err(|e| Error::io("fsync", &path, e))?;
     drop(f);
-    let log_id = log_id.unwrap_or_default();
+    let Some(format) = format else {
+        return Err(corrupt(&path, 0, "no segment header was read"));
+    };
     if active_sealed {
         // Sealed, but the next segment was never created (spec 6, step 4).
         let (seg, _) = open_sealed(dir, last)?;
         sealed.push(seg);
-        let header = SegmentHeader::new(log_id, next, last_ts, (opts.clock)());
+        let header = SegmentHeader::new(&format, next, last_ts, (opts.clock)(), chain);
         create_segment(io, dir, &header, true)?;
         active_base = next;
         active_end = SEGMENT_HEADER_LEN as u64;
@@ -373,7 +396,8 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
     let table = ensure_table(io, dir, &sealed, active_base, opts.hash_mask, &mut report)?;
     Ok(Recovered {
         lock,
-        log_id,
+        format,
+        chain,
         next_position: next,
         last_timestamp: last_ts,
         sealed,
@@ -383,6 +407,72 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         active_end,
         report,
     })
+}
+
+/// The format of a log created by this open.
+fn new_format(opts: &Options) -> Result<LogFormat> {
+    let chained = opts.chain && opts.format_version >= 2;
+    if opts.chain_key.is_some() && !chained {
+        return Err(Error::InvalidArgument(
+            "a chain key was given for a log created without the audit chain".into(),
+        ));
+    }
+    let mut flags = 0;
+    if chained {
+        flags |= LOG_FLAG_CHAIN;
+    }
+    if opts.chain_key.is_some() {
+        flags |= LOG_FLAG_KEYED;
+    }
+    Ok(LogFormat {
+        log_id: opts.log_id.unwrap_or_else(|| uuid::Uuid::new_v4().into_bytes()),
+        version: opts.format_version,
+        flags,
+        key_id: opts.chain_key.as_ref().map(|k| k.id()).unwrap_or_default(),
+    })
+}
+
+/// The chain hash before a log's first batch (zero without a chain).
+fn genesis(format: &LogFormat, opts: &Options) -> ChainHash {
+    if format.chained() {
+        Chainer::new(opts.chain_key.as_ref()).genesis(&format.log_id)
+    } else {
+        [0; 32]
+    }
+}
+
+/// The chain hash in the seal of a sealed segment (its last frame).
+fn seal_chain(bytes: &[u8]) -> ChainHash {
+    let at = bytes.len().saturating_sub(FRAME_HEADER_LEN) + FRAME_CHAIN_OFFSET;
+    let mut out = [0; 32];
+    if let Some(c) = bytes.get(at..at + 32) {
+        out.copy_from_slice(c);
+    }
+    out
+}
+
+/// A writer of a keyed log needs its key; a key for a log that is not keyed
+/// is refused (it would protect nothing).
+fn check_key(found: &LogFormat, opts: &Options, path: &Path) -> Result<()> {
+    match (&opts.chain_key, found.keyed()) {
+        (None, true) => Err(Error::ChainKey {
+            path: path.to_owned(),
+            detail: "the log's audit chain is keyed: opening it for writing needs its key".into(),
+        }),
+        (Some(_), false) => Err(Error::ChainKey {
+            path: path.to_owned(),
+            detail: "a chain key was given, but the log's audit chain is not keyed".into(),
+        }),
+        (Some(k), true) if k.id() != found.key_id => Err(Error::ChainKey {
+            path: path.to_owned(),
+            detail: format!(
+                "the key given (id {}) is not the log's chain key (id {})",
+                crate::chain::hex(&k.id()),
+                crate::chain::hex(&found.key_id)
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The timestamp of the last record of a sealed segment (from its index).

@@ -12,8 +12,8 @@ use zerocopy::IntoBytes;
 
 use crate::error::Damage;
 use crate::format::{
-    ALIGN, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
-    SegmentHeader,
+    ALIGN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::record::{RecordRef, parse_record, parse_record_with};
 
@@ -238,6 +238,9 @@ pub(crate) struct Walk {
     pub last_timestamp: u64,
     /// Largest `durable_end` among the complete frames.
     pub max_durable: u64,
+    /// The chain slot of the last complete batch, or the header's
+    /// `chain_start` if there is none (stored values, not verified).
+    pub chain: [u8; 32],
     /// The last complete frame is a seal.
     pub sealed: bool,
     /// Why the walk stopped before the end of the bytes, if it did.
@@ -320,6 +323,7 @@ pub(crate) fn walk_segment_records<'a>(
         next_position: header.base_position.get(),
         last_timestamp: header.prev_timestamp.get(),
         max_durable: SEGMENT_HEADER_LEN as u64,
+        chain: header.chain_start,
         sealed: false,
         stop: None,
     };
@@ -367,6 +371,9 @@ pub(crate) fn walk_segment_records<'a>(
                 break;
             }
             w.last_timestamp = frame.last_timestamp;
+            if let Some(c) = bytes.get(FRAME_CHAIN_OFFSET..FRAME_HEADER_LEN) {
+                w.chain.copy_from_slice(c);
+            }
             sink.batch(off, &frame);
         } else {
             w.sealed = true;

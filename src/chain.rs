@@ -1,0 +1,265 @@
+//! The audit chain (spec section 21): a BLAKE3 hash chain over batches that
+//! makes any change to the history of a log evident.
+//!
+//! This module owns the exact hash inputs (genesis, links), the optional
+//! secret key of keyed mode ([`ChainKey`]), and [`Anchor`]s (a position and
+//! the chain hash there, kept outside the log by an auditor). It works on
+//! `&[u8]` and never touches files except to read or write a key file.
+//!
+//! Invariants: `link` hashes exactly the frame bytes the spec lists (the frame
+//! header after its CRC field, up to the chain slot, then the records), so a
+//! changed byte of a batch, a removed, reordered or inserted batch, all change
+//! every later chain hash. The key never reaches a log file; only its
+//! [`ChainKey::id`] (a one-way derivation) does.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::format::{FRAME_CHAIN_OFFSET, FRAME_CRC_START, FRAME_HEADER_LEN};
+
+/// A chain hash: 32 bytes of BLAKE3 output.
+pub type ChainHash = [u8; 32];
+
+/// ASCII prefix of the genesis input (spec 21.2).
+const GENESIS_DOMAIN: &[u8] = b"annal chain v2\0\0";
+/// BLAKE3 `derive_key` context of a key's id (spec 21.4).
+const KEY_ID_CONTEXT: &str = "annal 2026-11 chain key id";
+
+/// `log_flags` bit 0: the log carries the audit chain.
+pub const LOG_FLAG_CHAIN: u16 = 1;
+/// `log_flags` bit 1: the chain is keyed (BLAKE3 keyed mode).
+pub const LOG_FLAG_KEYED: u16 = 2;
+
+/// The secret key of keyed mode: 32 bytes, given to the writer and to `check`
+/// and never stored in the log.
+///
+/// ```
+/// let key = annal::ChainKey::generate()?;
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("chain.key");
+/// key.write_file(&path)?;
+/// assert_eq!(annal::ChainKey::from_file(&path)?.id(), key.id());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChainKey([u8; 32]);
+
+impl fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        write!(f, "ChainKey(id {})", hex(&self.id()))
+    }
+}
+
+impl ChainKey {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> ChainKey {
+        ChainKey(bytes)
+    }
+
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Result<ChainKey> {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k)
+            .map_err(|e| Error::InvalidArgument(format!("the operating system gave no random bytes: {e}")))?;
+        Ok(ChainKey(k))
+    }
+
+    /// Read a key file: 64 hexadecimal digits, optionally followed by a
+    /// newline (the form [`ChainKey::write_file`] writes).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<ChainKey> {
+        let path = path.as_ref();
+        let text = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+        let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
+        let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+        parse_hex32(trimmed).map(ChainKey).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: expected a key file of 64 hexadecimal digits (a 32-byte key), found {} bytes that are not",
+                path.display(),
+                text.len()
+            ))
+        })
+    }
+
+    /// Write the key as 64 hexadecimal digits and a newline to a new file,
+    /// readable and writable by its owner only (mode 0600 on Unix). Fails if
+    /// the file exists.
+    pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        use std::io::Write;
+        let path = path.as_ref();
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let mut f = o.open(path).map_err(|e| Error::io("create", path, e))?;
+        f.write_all(format!("{}\n", hex(&self.0)).as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("write", path, e))
+    }
+
+    /// The key's public id (spec 21.4): a one-way derivation stored in every
+    /// segment header of a keyed log, so that a wrong key is told apart from
+    /// a tampered log. It reveals nothing usable about the key.
+    pub fn id(&self) -> [u8; 16] {
+        let full = blake3::derive_key(KEY_ID_CONTEXT, &self.0);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&full[..16]);
+        id
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// The hash function of a log's chain: plain BLAKE3, or BLAKE3 keyed mode.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Chainer<'k> {
+    key: Option<&'k [u8; 32]>,
+}
+
+impl<'k> Chainer<'k> {
+    /// Plain BLAKE3 (`key = None`) or keyed.
+    pub(crate) fn new(key: Option<&'k ChainKey>) -> Chainer<'k> {
+        Chainer {
+            key: key.map(ChainKey::bytes),
+        }
+    }
+
+    fn hasher(&self) -> blake3::Hasher {
+        match self.key {
+            Some(k) => blake3::Hasher::new_keyed(k),
+            None => blake3::Hasher::new(),
+        }
+    }
+
+    /// The chain hash before the first batch of the log (spec 21.2).
+    pub(crate) fn genesis(&self, log_id: &[u8; 16]) -> ChainHash {
+        let mut h = self.hasher();
+        h.update(GENESIS_DOMAIN);
+        h.update(log_id);
+        *h.finalize().as_bytes()
+    }
+
+    /// The chain hash after the batch frame `frame` (its whole bytes, header
+    /// included; the header's CRC and chain slot are not hashed), given the
+    /// chain hash before it (spec 21.2). `frame` must hold at least the
+    /// 72-byte header.
+    pub(crate) fn link(&self, prev: &ChainHash, frame: &[u8]) -> ChainHash {
+        let mut h = self.hasher();
+        h.update(prev);
+        h.update(frame.get(FRAME_CRC_START..FRAME_CHAIN_OFFSET).unwrap_or_default());
+        h.update(frame.get(FRAME_HEADER_LEN..).unwrap_or_default());
+        *h.finalize().as_bytes()
+    }
+}
+
+/// A point in a log's history that an auditor keeps outside the log: the
+/// number of events before it (`position`, always at a batch boundary) and
+/// the chain hash after the batch that ends there. Written and parsed as
+/// `POSITION:HASH` with the hash in 64 lowercase hexadecimal digits.
+///
+/// ```
+/// let a: annal::Anchor = "42:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".parse()?;
+/// assert_eq!(a.position, 42);
+/// assert_eq!(a.to_string().parse::<annal::Anchor>()?, a);
+/// # Ok::<(), annal::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Anchor {
+    /// Events before the anchor: the position of the first event after it.
+    pub position: u64,
+    /// The chain hash at that point (the genesis hash for position 0).
+    pub hash: ChainHash,
+}
+
+impl fmt::Display for Anchor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.position, hex(&self.hash))
+    }
+}
+
+impl FromStr for Anchor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Anchor> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "expected an anchor POSITION:HASH (a number, a colon, 64 hexadecimal digits), found {s:?}"
+            ))
+        };
+        let (p, h) = s.trim().split_once(':').ok_or_else(bad)?;
+        let position = p.parse().map_err(|_| bad())?;
+        let hash = parse_hex32(h.as_bytes()).ok_or_else(bad)?;
+        Ok(Anchor { position, hash })
+    }
+}
+
+/// Lowercase hexadecimal digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn parse_hex32(text: &[u8]) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let digit = |c: u8| (c as char).to_digit(16);
+        *o = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_and_plain_differ_and_links_cover_records() {
+        let key = ChainKey::from_bytes([9; 32]);
+        let plain = Chainer::new(None);
+        let keyed = Chainer::new(Some(&key));
+        assert_ne!(plain.genesis(&[1; 16]), keyed.genesis(&[1; 16]));
+        assert_ne!(plain.genesis(&[1; 16]), plain.genesis(&[2; 16]));
+        let mut frame = vec![0u8; 200];
+        let g = plain.genesis(&[1; 16]);
+        let a = plain.link(&g, &frame);
+        // The CRC field and the chain slot are not hashed.
+        frame[4] = 1;
+        frame[40] = 1;
+        assert_eq!(plain.link(&g, &frame), a);
+        frame[8] = 1;
+        assert_ne!(plain.link(&g, &frame), a);
+        frame[8] = 0;
+        frame[199] = 1;
+        assert_ne!(plain.link(&g, &frame), a);
+    }
+
+    #[test]
+    fn anchors_parse_and_print() {
+        let a = Anchor {
+            position: 7,
+            hash: [0xab; 32],
+        };
+        assert_eq!(a.to_string().parse::<Anchor>().unwrap(), a);
+        for bad in ["", "7", "x:ab", "7:abc", &format!("7:{}", "g".repeat(64))] {
+            assert!(bad.parse::<Anchor>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_id_is_stable() {
+        let k = ChainKey::from_bytes([0; 32]);
+        assert_eq!(k.id(), ChainKey::from_bytes([0; 32]).id());
+        assert_ne!(k.id(), ChainKey::from_bytes([1; 32]).id());
+        assert!(!format!("{k:?}").contains("0000000000"));
+    }
+}
