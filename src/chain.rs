@@ -70,33 +70,14 @@ impl ChainKey {
     /// Read a key file: 64 hexadecimal digits, optionally followed by a
     /// newline (the form [`ChainKey::write_file`] writes).
     pub fn from_file(path: impl AsRef<Path>) -> Result<ChainKey> {
-        let path = path.as_ref();
-        let text = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-        let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
-        let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
-        parse_hex32(trimmed).map(ChainKey).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{}: expected a key file of 64 hexadecimal digits (a 32-byte key), found {} bytes that are not",
-                path.display(),
-                text.len()
-            ))
-        })
+        read_hex_file(path.as_ref(), "chain key").map(ChainKey)
     }
 
     /// Write the key as 64 hexadecimal digits and a newline to a new file,
     /// readable and writable by its owner only (mode 0600 on Unix). Fails if
     /// the file exists.
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
-        use std::io::Write;
-        let path = path.as_ref();
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-        let mut f = o.open(path).map_err(|e| Error::io("create", path, e))?;
-        f.write_all(format!("{}\n", hex(&self.0)).as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io("write", path, e))
+        write_hex_file(path.as_ref(), &self.0, 0o600)
     }
 
     /// The key's public id (spec 21.4): a one-way derivation stored in every
@@ -112,6 +93,148 @@ impl ChainKey {
     pub(crate) fn bytes(&self) -> &[u8; 32] {
         &self.0
     }
+}
+
+/// Bytes of a checkpoint frame's body (spec 3.5): public key, signature,
+/// body CRC, reserved.
+pub(crate) const CHECKPOINT_BODY_LEN: usize = 104;
+/// Domain prefix of the signed message (spec 21.5): 19 ASCII bytes, 5 zeros.
+const CHECKPOINT_DOMAIN: &[u8; 24] = b"annal checkpoint v2\0\0\0\0\0";
+
+/// The ed25519 key a writer signs checkpoints with (spec 21.5). Keep it
+/// secret; give its [`PublicKey`] to auditors.
+///
+/// ```
+/// let key = annal::SigningKey::generate()?;
+/// let dir = tempfile::tempdir()?;
+/// key.write_file(dir.path().join("signing.key"))?;
+/// key.public_key().write_file(dir.path().join("signing.pub"))?;
+/// let back = annal::PublicKey::from_file(dir.path().join("signing.pub"))?;
+/// assert_eq!(back, key.public_key());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct SigningKey(ed25519_dalek::SigningKey);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey(public {})", hex(&self.public_key().0))
+    }
+}
+
+impl SigningKey {
+    /// A key from its 32-byte secret seed.
+    pub fn from_bytes(seed: [u8; 32]) -> SigningKey {
+        SigningKey(ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Result<SigningKey> {
+        Ok(SigningKey::from_bytes(*ChainKey::generate()?.bytes()))
+    }
+
+    /// Read a key file (64 hexadecimal digits: the secret seed).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<SigningKey> {
+        read_hex_file(path.as_ref(), "signing key").map(SigningKey::from_bytes)
+    }
+
+    /// Write the secret seed to a new file (mode 0600 on Unix).
+    pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_hex_file(path.as_ref(), &self.0.to_bytes(), 0o600)
+    }
+
+    /// The public key that verifies this key's signatures.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key().to_bytes())
+    }
+
+    /// Sign the checkpoint of `log_id` at `position` with chain hash `chain`.
+    pub(crate) fn sign(&self, log_id: &[u8; 16], position: u64, chain: &ChainHash) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.0.sign(&checkpoint_message(log_id, position, chain)).to_bytes()
+    }
+}
+
+/// An ed25519 public key (RFC 8032 encoding) that verifies signed checkpoints.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", hex(&self.0))
+    }
+}
+
+impl PublicKey {
+    /// Read a public key file (64 hexadecimal digits).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<PublicKey> {
+        read_hex_file(path.as_ref(), "public key").map(PublicKey)
+    }
+
+    /// Write the key to a new file (mode 0644 on Unix).
+    pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_hex_file(path.as_ref(), &self.0, 0o644)
+    }
+
+    /// Whether `signature` is this key's signature of the checkpoint of
+    /// `log_id` at `position` with chain hash `chain` (spec 21.5).
+    pub fn verify(&self, log_id: &[u8; 16], position: u64, chain: &ChainHash, signature: &[u8; 64]) -> bool {
+        use ed25519_dalek::Verifier;
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.0) else {
+            return false;
+        };
+        let sig = ed25519_dalek::Signature::from_bytes(signature);
+        key.verify(&checkpoint_message(log_id, position, chain), &sig).is_ok()
+    }
+}
+
+fn checkpoint_message(log_id: &[u8; 16], position: u64, chain: &ChainHash) -> [u8; 80] {
+    let mut m = [0u8; 80];
+    m[..24].copy_from_slice(CHECKPOINT_DOMAIN);
+    m[24..40].copy_from_slice(log_id);
+    m[40..48].copy_from_slice(&position.to_le_bytes());
+    m[48..].copy_from_slice(chain);
+    m
+}
+
+/// Fill in the body of a checkpoint frame (spec 3.5): `body` is the frame's
+/// bytes `[72, 176)`.
+pub(crate) fn fill_checkpoint(body: &mut [u8], key: &SigningKey, log_id: &[u8; 16], position: u64, chain: &ChainHash) {
+    if body.len() < CHECKPOINT_BODY_LEN {
+        return;
+    }
+    body[..32].copy_from_slice(&key.public_key().0);
+    body[32..96].copy_from_slice(&key.sign(log_id, position, chain));
+    let crc = crc32fast::hash(&body[..96]).to_le_bytes();
+    body[96..100].copy_from_slice(&crc);
+    body[100..104].fill(0);
+}
+
+fn read_hex_file(path: &Path, what: &str) -> Result<[u8; 32]> {
+    let text = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
+    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+    parse_hex32(trimmed).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{}: expected a {what} file of 64 hexadecimal digits (32 bytes), found {} bytes that are not",
+            path.display(),
+            text.len()
+        ))
+    })
+}
+
+fn write_hex_file(path: &Path, bytes: &[u8; 32], mode: u32) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = o.open(path).map_err(|e| Error::io("create", path, e))?;
+    f.write_all(format!("{}\n", hex(bytes)).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("write", path, e))
 }
 
 /// The hash function of a log's chain: plain BLAKE3, or BLAKE3 keyed mode.
@@ -253,6 +376,22 @@ mod tests {
         for bad in ["", "7", "x:ab", "7:abc", &format!("7:{}", "g".repeat(64))] {
             assert!(bad.parse::<Anchor>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn checkpoints_verify_only_with_their_key_and_content() {
+        let k = SigningKey::from_bytes([3; 32]);
+        let sig = k.sign(&[1; 16], 10, &[2; 32]);
+        let p = k.public_key();
+        assert!(p.verify(&[1; 16], 10, &[2; 32], &sig));
+        assert!(!p.verify(&[1; 16], 11, &[2; 32], &sig));
+        assert!(!p.verify(&[1; 16], 10, &[3; 32], &sig));
+        assert!(!p.verify(&[9; 16], 10, &[2; 32], &sig));
+        assert!(
+            !SigningKey::from_bytes([4; 32])
+                .public_key()
+                .verify(&[1; 16], 10, &[2; 32], &sig)
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub const HEAD_MAGIC: [u8; 4] = *b"HEAD";
 pub const FRAME_KIND_BATCH: u8 = 1;
 /// Frame kind: the seal that ends a sealed segment.
 pub const FRAME_KIND_SEAL: u8 = 2;
+/// Frame kind: a signed checkpoint (spec 3.5, version 2).
+pub const FRAME_KIND_CHECKPOINT: u8 = 3;
+/// Length of a checkpoint frame: header and body (spec 3.5).
+pub const CHECKPOINT_FRAME_LEN: usize = 176;
 
 /// Segment header (spec section 2.1).
 #[repr(C)]
@@ -491,11 +495,20 @@ impl FrameHeader {
                     ),
                 ));
             }
-            FRAME_KIND_BATCH | FRAME_KIND_SEAL => {}
+            FRAME_KIND_CHECKPOINT if h.record_count.get() != 0 || len != CHECKPOINT_FRAME_LEN as u64 => {
+                return Err(Damage::corrupt(
+                    off,
+                    format!(
+                        "expected a checkpoint frame of {CHECKPOINT_FRAME_LEN} bytes and 0 records, found {len} bytes and {} records",
+                        h.record_count.get()
+                    ),
+                ));
+            }
+            FRAME_KIND_BATCH | FRAME_KIND_SEAL | FRAME_KIND_CHECKPOINT => {}
             other => {
                 return Err(Damage::corrupt(
                     off + 28,
-                    format!("expected frame kind 1 or 2, found {other}"),
+                    format!("expected frame kind 1, 2 or 3, found {other}"),
                 ));
             }
         }

@@ -66,7 +66,7 @@ pub mod typed;
 mod view;
 
 pub use aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
-pub use chain::{Anchor, ChainHash, ChainKey};
+pub use chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use hash::{category_of, stream_hash};

@@ -26,10 +26,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-use crate::chain::{Anchor, ChainHash, ChainKey, Chainer};
+use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, SigningKey, fill_checkpoint};
 use crate::error::{Error, Result};
 use crate::format::{
-    FRAME_HEADER_LEN, FRAME_KIND_BATCH, FrameHeader, LogFormat, MAX_RECORD_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+    CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FrameHeader, LogFormat,
+    MAX_RECORD_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::hash::stream_hash;
 use crate::head::{Head, HeadWriter};
@@ -117,6 +118,8 @@ pub struct Options {
     pub(crate) idempotency_window: usize,
     pub(crate) chain: bool,
     pub(crate) chain_key: Option<ChainKey>,
+    pub(crate) signing_key: Option<SigningKey>,
+    pub(crate) checkpoint_every: u64,
     pub(crate) format_version: u16,
 }
 
@@ -154,6 +157,8 @@ impl Default for Options {
             idempotency_window: 100_000,
             chain: true,
             chain_key: None,
+            signing_key: None,
+            checkpoint_every: 100_000,
             format_version: crate::format::CURRENT_FORMAT_VERSION,
         }
     }
@@ -227,6 +232,21 @@ impl Options {
     /// The key is never written to the log.
     pub fn chain_key(mut self, key: ChainKey) -> Self {
         self.chain_key = Some(key);
+        self
+    }
+    /// Sign the head of the audit chain with `key` (spec 21.5): the writer
+    /// writes a signed checkpoint after every
+    /// [`checkpoint_every`](Options::checkpoint_every) events, before every
+    /// seal and when the log is closed. Anyone with the
+    /// [`PublicKey`](crate::PublicKey) can then verify the history up to each
+    /// checkpoint without any secret. Needs a log with the chain.
+    pub fn signing_key(mut self, key: SigningKey) -> Self {
+        self.signing_key = Some(key);
+        self
+    }
+    /// Events between signed checkpoints (default 100,000; at least 1).
+    pub fn checkpoint_every(mut self, events: u64) -> Self {
+        self.checkpoint_every = events.max(1);
         self
     }
     /// Create new logs in an older format version (`1`: no audit chain).
@@ -390,6 +410,8 @@ struct State {
     lsn: u64,
     closed: bool,
     ids: IdGen,
+    /// Events since the last signed checkpoint (with a signing key).
+    unsigned_events: u64,
 }
 
 /// Generated event ids: UUID v7 (RFC 9562). A fresh v7 (a random draw, one
@@ -602,6 +624,7 @@ impl Log {
                 lsn: 0,
                 closed: false,
                 ids: IdGen::default(),
+                unsigned_events: u64::from(active_end > SEGMENT_HEADER_LEN as u64),
             }),
             commit: Mutex::new(Commit {
                 busy: false,
@@ -902,6 +925,7 @@ impl Inner {
             });
         }
         if st.seg_has_batches && st.seg_end + batch_len > self.opts.segment_size {
+            self.push_checkpoint(&mut st);
             let seal = encode_seal(st.next_position, st.seg_durable);
             let (base, prev_timestamp) = (st.next_position, st.last_timestamp);
             st.push_bytes(&seal);
@@ -952,6 +976,10 @@ impl Inner {
         st.seg_end += batch_len;
         st.seg_has_batches = true;
         st.lsn += batch_len;
+        st.unsigned_events += n;
+        if st.unsigned_events >= self.opts.checkpoint_every {
+            self.push_checkpoint(&mut st);
+        }
         self.queued_appends.fetch_add(1, Ordering::AcqRel);
         let last_version = first_version + n - 1;
         let mut rec_off = frame_offset + FRAME_HEADER_LEN as u64;
@@ -987,6 +1015,27 @@ impl Inner {
                 stream_version: last_version,
             },
         ))
+    }
+
+    /// With a signing key, queue a checkpoint frame for the leader to sign
+    /// (spec 3.5) if events were appended since the last one.
+    fn push_checkpoint(&self, st: &mut State) {
+        if self.opts.signing_key.is_none() || st.unsigned_events == 0 {
+            return;
+        }
+        let h = FrameHeader::new(
+            FRAME_KIND_CHECKPOINT,
+            CHECKPOINT_FRAME_LEN as u64,
+            st.next_position,
+            0,
+            st.seg_durable,
+        );
+        let mut frame = [0u8; CHECKPOINT_FRAME_LEN];
+        frame[..FRAME_HEADER_LEN].copy_from_slice(h.as_bytes());
+        st.push_bytes(&frame);
+        st.seg_end += CHECKPOINT_FRAME_LEN as u64;
+        st.lsn += CHECKPOINT_FRAME_LEN as u64;
+        st.unsigned_events = 0;
     }
 
     fn poison_error(&self) -> Error {
@@ -1098,7 +1147,9 @@ impl Inner {
                 Op::Write(mut bytes) => {
                     if self.format.chained() {
                         let chainer = Chainer::new(self.opts.chain_key.as_ref());
-                        (io.chain, io.chain_position) = chain_frames(&chainer, io.chain, io.chain_position, &mut bytes);
+                        let signer = self.opts.signing_key.as_ref().map(|k| (k, &self.format.log_id));
+                        (io.chain, io.chain_position) =
+                            chain_frames(&chainer, signer, io.chain, io.chain_position, &mut bytes);
                     }
                     io.reserve_for(bytes.len() as u64, self.opts.segment_size);
                     io.file
@@ -1490,7 +1541,11 @@ impl Inner {
             self.stop_sealer();
             return Err(self.poison_error());
         }
-        let target = lock(&self.state).lsn;
+        let target = {
+            let mut st = lock(&self.state);
+            self.push_checkpoint(&mut st);
+            st.lsn
+        };
         let committed = self.commit_until(target, true);
         self.stop_sealer();
         committed?;
@@ -1603,9 +1658,16 @@ pub(crate) fn index_file_name(base: u64) -> String {
 /// Wake every appender parked in `Inner::commit_until`.
 /// Fill in the chain slot of every frame in `bytes` (whole frames, as the
 /// writer encoded them), continuing the chain from `chain`, the hash after
-/// the batch that ends at `position` (spec 21.2). Returns the chain hash and
-/// the position after the last batch.
-fn chain_frames(chainer: &Chainer<'_>, mut chain: ChainHash, mut position: u64, bytes: &mut [u8]) -> (ChainHash, u64) {
+/// the batch that ends at `position` (spec 21.2), and sign checkpoint frames
+/// with `signer` (spec 21.5). Returns the chain hash and the position after
+/// the last batch.
+fn chain_frames(
+    chainer: &Chainer<'_>,
+    signer: Option<(&SigningKey, &[u8; 16])>,
+    mut chain: ChainHash,
+    mut position: u64,
+    bytes: &mut [u8],
+) -> (ChainHash, u64) {
     let mut at = 0;
     while let Some(frame) = bytes.get_mut(at..) {
         let Ok((h, _)) = FrameHeader::ref_from_prefix(frame) else {
@@ -1618,6 +1680,10 @@ fn chain_frames(chainer: &Chainer<'_>, mut chain: ChainHash, mut position: u64, 
         if kind == FRAME_KIND_BATCH {
             chain = chainer.link(&chain, frame);
             position = next;
+        } else if kind == FRAME_KIND_CHECKPOINT
+            && let Some((key, log_id)) = signer
+        {
+            fill_checkpoint(&mut frame[FRAME_HEADER_LEN..], key, log_id, position, &chain);
         }
         FrameHeader::set_chain(frame, &chain);
         at += len.max(FRAME_HEADER_LEN);

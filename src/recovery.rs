@@ -412,9 +412,9 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
 /// The format of a log created by this open.
 fn new_format(opts: &Options) -> Result<LogFormat> {
     let chained = opts.chain && opts.format_version >= 2;
-    if opts.chain_key.is_some() && !chained {
+    if (opts.chain_key.is_some() || opts.signing_key.is_some()) && !chained {
         return Err(Error::InvalidArgument(
-            "a chain key was given for a log created without the audit chain".into(),
+            "a chain key or signing key was given for a log created without the audit chain".into(),
         ));
     }
     let mut flags = 0;
@@ -454,6 +454,12 @@ fn seal_chain(bytes: &[u8]) -> ChainHash {
 /// A writer of a keyed log needs its key; a key for a log that is not keyed
 /// is refused (it would protect nothing).
 fn check_key(found: &LogFormat, opts: &Options, path: &Path) -> Result<()> {
+    if opts.signing_key.is_some() && !found.chained() {
+        return Err(Error::ChainKey {
+            path: path.to_owned(),
+            detail: "a signing key was given, but the log has no audit chain to sign".into(),
+        });
+    }
     match (&opts.chain_key, found.keyed()) {
         (None, true) => Err(Error::ChainKey {
             path: path.to_owned(),

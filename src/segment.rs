@@ -12,8 +12,8 @@ use zerocopy::IntoBytes;
 
 use crate::error::Damage;
 use crate::format::{
-    ALIGN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN, SegmentHeader,
+    ALIGN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FrameHeader,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::record::{RecordRef, parse_record, parse_record_with};
 
@@ -105,6 +105,27 @@ pub(crate) fn validate_frame_each<'a>(
         ));
     };
     if h.kind == FRAME_KIND_SEAL {
+        return Ok(frame);
+    }
+    if h.kind == FRAME_KIND_CHECKPOINT {
+        // Public key and signature under the body CRC, then 4 zero bytes
+        // (spec 3.5); the signature itself is `check`'s business.
+        let want = crc32fast::hash(body.get(..96).unwrap_or_default());
+        let found = body
+            .get(96..100)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if want != found {
+            return Err(Damage::corrupt(
+                off + 168,
+                format!("checkpoint body CRC mismatch: expected {want:#010x}, found {found:#010x}"),
+            ));
+        }
+        if body.get(100..104).is_none_or(|r| r != [0; 4]) {
+            return Err(Damage::corrupt(
+                off + 172,
+                "expected the checkpoint's reserved bytes to be zero",
+            ));
+        }
         return Ok(frame);
     }
     let mut rest = body;
@@ -375,7 +396,7 @@ pub(crate) fn walk_segment_records<'a>(
                 w.chain.copy_from_slice(c);
             }
             sink.batch(off, &frame);
-        } else {
+        } else if frame.kind == FRAME_KIND_SEAL {
             w.sealed = true;
         }
         w.max_durable = w.max_durable.max(frame.durable_end);

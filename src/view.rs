@@ -341,8 +341,9 @@ impl<'a> ReadAll<'a> {
                 );
                 return self.fail(&seg.path, d);
             }
-            if h.kind == FRAME_KIND_SEAL || first + count <= self.from {
-                // A seal, or a batch wholly before `from`: skip it unread.
+            if h.kind != FRAME_KIND_BATCH || first + count <= self.from {
+                // A seal or checkpoint, or a batch wholly before `from`: skip
+                // it unread.
                 self.off += len as usize;
                 self.pos = first + count;
                 continue;
