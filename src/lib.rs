@@ -45,6 +45,7 @@
 mod aggregate;
 mod blockfile;
 mod chain;
+mod chaining;
 mod check;
 mod error;
 pub mod format;

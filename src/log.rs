@@ -26,11 +26,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, SigningKey, fill_checkpoint};
+use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, SigningKey};
+use crate::chaining::{ChainState, HasherThread, write_chained};
 use crate::error::{Error, Result};
 use crate::format::{
-    CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FrameHeader, LogFormat,
-    MAX_RECORD_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+    CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_KIND_CHECKPOINT, FrameHeader, LogFormat, MAX_RECORD_LEN,
+    SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::hash::stream_hash;
 use crate::head::{Head, HeadWriter};
@@ -44,7 +45,7 @@ use crate::segment::{encode_seal, finish_batch_header, segment_file_name};
 use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 use crate::view::{LogView, ViewSegment};
 
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -500,6 +501,8 @@ struct IoState {
     /// the position after that batch.
     chain: ChainHash,
     chain_position: u64,
+    /// Hashes large chunks while they are written (see `chaining`).
+    hasher: Option<HasherThread>,
 }
 
 /// A group commit's leader stops gathering appenders after this long without
@@ -652,6 +655,11 @@ impl Log {
                 head,
                 chain,
                 chain_position: next_position,
+                hasher: if format.chained() {
+                    HasherThread::start(opts.chain_key.clone())
+                } else {
+                    None
+                },
             }),
             published: Mutex::new(Published {
                 sealed,
@@ -1144,17 +1152,25 @@ impl Inner {
         let mut spare = None;
         for op in ops {
             match op {
-                Op::Write(mut bytes) => {
-                    if self.format.chained() {
-                        let chainer = Chainer::new(self.opts.chain_key.as_ref());
-                        let signer = self.opts.signing_key.as_ref().map(|k| (k, &self.format.log_id));
-                        (io.chain, io.chain_position) =
-                            chain_frames(&chainer, signer, io.chain, io.chain_position, &mut bytes);
-                    }
+                Op::Write(bytes) => {
                     io.reserve_for(bytes.len() as u64, self.opts.segment_size);
-                    io.file
-                        .write_at(io.offset, &bytes)
-                        .map_err(|e| Error::io("write", &io.path, e))?;
+                    let (base, path) = (io.offset, io.path.clone());
+                    let write = |off: usize, b: &[u8]| io.file.write_at(base + off as u64, b);
+                    let mut bytes = if self.format.chained() {
+                        let mut state = ChainState {
+                            chainer: Chainer::new(self.opts.chain_key.as_ref()),
+                            signer: self.opts.signing_key.as_ref().map(|k| (k, &self.format.log_id)),
+                            chain: io.chain,
+                            position: io.chain_position,
+                        };
+                        let bytes = write_chained(&mut state, io.hasher.as_ref(), bytes, write)
+                            .map_err(|e| Error::io("write", &path, e))?;
+                        (io.chain, io.chain_position) = (state.chain, state.position);
+                        bytes
+                    } else {
+                        write(0, &bytes).map_err(|e| Error::io("write", &path, e))?;
+                        bytes
+                    };
                     io.offset += bytes.len() as u64;
                     bytes.clear();
                     spare = Some(bytes);
@@ -1656,41 +1672,6 @@ pub(crate) fn index_file_name(base: u64) -> String {
 }
 
 /// Wake every appender parked in `Inner::commit_until`.
-/// Fill in the chain slot of every frame in `bytes` (whole frames, as the
-/// writer encoded them), continuing the chain from `chain`, the hash after
-/// the batch that ends at `position` (spec 21.2), and sign checkpoint frames
-/// with `signer` (spec 21.5). Returns the chain hash and the position after
-/// the last batch.
-fn chain_frames(
-    chainer: &Chainer<'_>,
-    signer: Option<(&SigningKey, &[u8; 16])>,
-    mut chain: ChainHash,
-    mut position: u64,
-    bytes: &mut [u8],
-) -> (ChainHash, u64) {
-    let mut at = 0;
-    while let Some(frame) = bytes.get_mut(at..) {
-        let Ok((h, _)) = FrameHeader::ref_from_prefix(frame) else {
-            break;
-        };
-        let (kind, len) = (h.kind, h.frame_len.get() as usize);
-        let next = h.first_position.get() + u64::from(h.record_count.get());
-        let end = len.min(frame.len());
-        let frame = &mut frame[..end];
-        if kind == FRAME_KIND_BATCH {
-            chain = chainer.link(&chain, frame);
-            position = next;
-        } else if kind == FRAME_KIND_CHECKPOINT
-            && let Some((key, log_id)) = signer
-        {
-            fill_checkpoint(&mut frame[FRAME_HEADER_LEN..], key, log_id, position, &chain);
-        }
-        FrameHeader::set_chain(frame, &chain);
-        at += len.max(FRAME_HEADER_LEN);
-    }
-    (chain, position)
-}
-
 fn unpark_all(c: &mut Commit) {
     for t in c.parked.drain(..) {
         t.unpark();

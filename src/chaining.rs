@@ -1,0 +1,310 @@
+//! The writer's side of the audit chain (spec 21): filling in the chain slot
+//! of every frame the group-commit leader writes, and signing checkpoints.
+//!
+//! Hashing a batch costs about a third of what writing it costs, so for large
+//! chunks the leader overlaps the two: a hasher thread computes the links
+//! while the leader writes the chunk with every frame's magic zeroed, then the
+//! leader fills in the chain slots and rewrites only the frame headers.
+//!
+//! Invariant: a frame is never in the file with a valid header but without
+//! its chain. Until its header is rewritten, a frame has no magic, so to
+//! recovery and readers it is an incomplete frame past the durable boundary
+//! (the chunk is not synced before the headers are in): a crash between the
+//! two writes leaves a torn tail, never a batch with a wrong chain.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use zerocopy::FromBytes;
+
+use crate::chain::{ChainHash, ChainKey, Chainer, SigningKey, fill_checkpoint};
+use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FrameHeader};
+
+/// Chunks at least this large, with frames of at least [`OVERLAP_MIN_FRAME`]
+/// bytes on average, are hashed on the hasher thread while they are written.
+const OVERLAP_MIN_CHUNK: usize = 16 << 10;
+const OVERLAP_MIN_FRAME: usize = 8 << 10;
+/// How long the hasher thread spins for its next job before it blocks.
+const HASHER_SPIN: Duration = Duration::from_micros(200);
+
+/// One frame of a chunk: where it is, its kind, and the chain hash its slot
+/// must hold.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Link {
+    offset: usize,
+    len: usize,
+    kind: u8,
+    chain: ChainHash,
+}
+
+/// The links of every frame in `bytes` (whole frames as the writer encoded
+/// them), continuing from `chain`, the hash after the batch that ends at
+/// `position`. Returns the links and the chain hash and position after the
+/// last batch. Reads only: the magic and chain slots are not hashed.
+pub(crate) fn links(
+    chainer: &Chainer<'_>,
+    mut chain: ChainHash,
+    mut position: u64,
+    bytes: &[u8],
+) -> (Vec<Link>, ChainHash, u64) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(rest) = bytes.get(at..) {
+        let Ok((h, _)) = FrameHeader::ref_from_prefix(rest) else {
+            break;
+        };
+        let (kind, len) = (h.kind, (h.frame_len.get() as usize).clamp(FRAME_HEADER_LEN, rest.len()));
+        if kind == FRAME_KIND_BATCH {
+            chain = chainer.link(&chain, &rest[..len]);
+            position = h.first_position.get() + u64::from(h.record_count.get());
+        }
+        out.push(Link {
+            offset: at,
+            len,
+            kind,
+            chain,
+        });
+        at += len;
+    }
+    (out, chain, position)
+}
+
+/// Fill in the chain slots (and checkpoint signatures) of the frames in
+/// `bytes`, restoring each frame's magic.
+fn apply(bytes: &mut [u8], links: &[Link], signer: Option<(&SigningKey, &[u8; 16])>) {
+    for l in links {
+        let Some(frame) = bytes.get_mut(l.offset..l.offset + l.len) else {
+            continue;
+        };
+        frame[..4].copy_from_slice(&crate::format::FRAME_MAGIC);
+        if l.kind == FRAME_KIND_CHECKPOINT
+            && let Some((key, log_id)) = signer
+        {
+            let position = u64::from_le_bytes(frame[16..24].try_into().unwrap_or_default());
+            fill_checkpoint(&mut frame[FRAME_HEADER_LEN..], key, log_id, position, &l.chain);
+        }
+        FrameHeader::set_chain(frame, &l.chain);
+    }
+}
+
+/// A hashing job: a chunk and the chain state before it.
+struct Job {
+    bytes: Arc<Vec<u8>>,
+    chain: ChainHash,
+    position: u64,
+}
+
+type Done = (Vec<Link>, ChainHash, u64);
+
+/// What the leader and the hasher thread share. The leader offers a job; the
+/// hasher takes it if it gets there first. If the leader finishes its write
+/// and finds the job still on offer, it takes it back and hashes it itself,
+/// so a hasher thread that is not scheduled (a busy machine) never makes the
+/// leader wait: at worst the chunk is hashed on the leader's thread, as with
+/// no hasher at all.
+#[derive(Default)]
+struct Shared {
+    slot: Mutex<Slot>,
+    /// A job is on offer (a hint for the hasher's polling).
+    offered: AtomicBool,
+    /// The hasher took a job and has not yet delivered its result.
+    busy: AtomicBool,
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct Slot {
+    job: Option<Job>,
+    done: Option<Done>,
+}
+
+/// The leader's handle on the hasher thread (owned with the writer's I/O
+/// state, so only the leader uses it). Dropping it stops the thread.
+pub(crate) struct HasherThread {
+    shared: Arc<Shared>,
+    thread: std::thread::Thread,
+}
+
+impl std::fmt::Debug for HasherThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HasherThread")
+    }
+}
+
+impl Drop for HasherThread {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+fn lock(m: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HasherThread {
+    /// Start a hasher thread for a chain keyed with `key` (or plain), if the
+    /// machine has a second core to run it on.
+    pub(crate) fn start(key: Option<ChainKey>) -> Option<HasherThread> {
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            return None;
+        }
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("annal-hasher".into())
+            .spawn(move || {
+                let chainer = Chainer::new(key.as_ref());
+                while let Some(job) = next_job(&s) {
+                    let r = links(&chainer, job.chain, job.position, &job.bytes);
+                    drop(job.bytes);
+                    lock(&s.slot).done = Some(r);
+                    s.busy.store(false, Ordering::Release);
+                }
+            })
+            .ok()?;
+        Some(HasherThread {
+            shared,
+            thread: handle.thread().clone(),
+        })
+    }
+
+    fn offer(&self, job: Job) {
+        let mut slot = lock(&self.shared.slot);
+        slot.job = Some(job);
+        slot.done = None;
+        self.shared.offered.store(true, Ordering::Release);
+        drop(slot);
+        self.thread.unpark();
+    }
+
+    /// The result of the job offered last: hashed by the hasher thread, or
+    /// taken back and hashed here if the hasher had not started it.
+    fn collect(&self, chainer: &Chainer<'_>) -> Option<Done> {
+        let job = {
+            let mut slot = lock(&self.shared.slot);
+            self.shared.offered.store(false, Ordering::Release);
+            slot.job.take()
+        };
+        if let Some(job) = job {
+            return Some(links(chainer, job.chain, job.position, &job.bytes));
+        }
+        // The hasher is on it (or done): it is running, so wait briefly.
+        let start = Instant::now();
+        while self.shared.busy.load(Ordering::Acquire) {
+            if start.elapsed() < HASHER_SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        lock(&self.shared.slot).done.take()
+    }
+}
+
+/// The next job: spin briefly (appends in a stream come every few tens of
+/// microseconds, and waking a parked thread costs more), then park until the
+/// leader offers one. `None` when the handle was dropped.
+fn next_job(s: &Shared) -> Option<Job> {
+    let mut start = Instant::now();
+    loop {
+        if s.stop.load(Ordering::Acquire) {
+            return None;
+        }
+        if s.offered.load(Ordering::Acquire) {
+            let mut slot = lock(&s.slot);
+            s.offered.store(false, Ordering::Release);
+            if let Some(job) = slot.job.take() {
+                s.busy.store(true, Ordering::Release);
+                return Some(job);
+            }
+        }
+        if start.elapsed() < HASHER_SPIN {
+            std::hint::spin_loop();
+        } else {
+            std::thread::park();
+            start = Instant::now();
+        }
+    }
+}
+
+/// The chain state the leader carries from chunk to chunk.
+pub(crate) struct ChainState<'a> {
+    pub chainer: Chainer<'a>,
+    pub signer: Option<(&'a SigningKey, &'a [u8; 16])>,
+    pub chain: ChainHash,
+    pub position: u64,
+}
+
+/// Write the chunk `bytes` with `write(offset in chunk, bytes)` (the caller
+/// maps it to a file offset), chaining every frame: inline for small chunks,
+/// overlapped with the write on `hasher` for large ones. Returns the chunk
+/// (its buffer is reused) and leaves `state` after its last batch.
+pub(crate) fn write_chained<E>(
+    state: &mut ChainState<'_>,
+    hasher: Option<&HasherThread>,
+    mut bytes: Vec<u8>,
+    mut write: impl FnMut(usize, &[u8]) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let frames = count_frames(&bytes);
+    let overlap =
+        hasher.filter(|_| frames > 0 && bytes.len() >= OVERLAP_MIN_CHUNK && bytes.len() / frames >= OVERLAP_MIN_FRAME);
+    let Some(h) = overlap else {
+        let (l, chain, position) = links(&state.chainer, state.chain, state.position, &bytes);
+        apply(&mut bytes, &l, state.signer);
+        write(0, &bytes)?;
+        (state.chain, state.position) = (chain, position);
+        return Ok(bytes);
+    };
+    // Hide every frame (no magic) until its chain slot is filled in.
+    let mut at = 0;
+    while let Some(rest) = bytes.get_mut(at..) {
+        let Ok((hdr, _)) = FrameHeader::ref_from_prefix(rest) else {
+            break;
+        };
+        let len = (hdr.frame_len.get() as usize).max(FRAME_HEADER_LEN);
+        rest[..4].fill(0);
+        at += len;
+    }
+    let shared = Arc::new(bytes);
+    h.offer(Job {
+        bytes: shared.clone(),
+        chain: state.chain,
+        position: state.position,
+    });
+    let written = write(0, &shared);
+    let result = h.collect(&state.chainer);
+    let mut bytes = Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
+    let (l, chain, position) = match result {
+        Some(r) => r,
+        // The hasher thread is gone: hash here.
+        None => links(&state.chainer, state.chain, state.position, &bytes),
+    };
+    written?;
+    apply(&mut bytes, &l, state.signer);
+    for link in &l {
+        // A checkpoint's body (signature) is written with its header.
+        let len = if link.kind == FRAME_KIND_CHECKPOINT {
+            link.len
+        } else {
+            FRAME_HEADER_LEN
+        };
+        write(link.offset, &bytes[link.offset..link.offset + len])?;
+    }
+    (state.chain, state.position) = (chain, position);
+    Ok(bytes)
+}
+
+fn count_frames(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(rest) = bytes.get(at..) {
+        let Ok((h, _)) = FrameHeader::ref_from_prefix(rest) else {
+            break;
+        };
+        at += (h.frame_len.get() as usize).max(FRAME_HEADER_LEN);
+        n += 1;
+    }
+    n
+}
