@@ -1560,7 +1560,7 @@ fn check_chain(outs: &[SegOut], opts: &CheckOptions, report: &mut CheckReport) {
             if expected == a.hash && chainer.is_some() {
                 (
                     true,
-                    format!("holds: the history before position {p} is the one the anchor was taken from"),
+                    format!("the history before position {p} is the one the anchor was taken from"),
                     file.clone(),
                     offset,
                     false,
@@ -1697,7 +1697,9 @@ mod tests {
         let header = *SegmentHeader::parse(bytes).unwrap();
         let start = bytes.as_ptr() as usize;
         let mut v = Vec::new();
-        walk_segment(bytes, &header, false, |frame, f| v.push((frame.as_ptr() as usize - start, *f)));
+        walk_segment(bytes, &header, false, |frame, f| {
+            v.push((frame.as_ptr() as usize - start, *f))
+        });
         v
     }
 
@@ -1790,20 +1792,34 @@ mod tests {
         let before = anchors.iter().rfind(|a| a.position <= f.first_position).unwrap();
         let after = anchors.iter().find(|a| a.position > f.first_position).unwrap();
         let r = run(dir.path(), CheckOptions::default().anchor(*before).anchor(*after));
-        let chain: Vec<_> = r.problems.iter().filter(|p| p.detail.starts_with("audit chain")).collect();
+        let chain: Vec<_> = r
+            .problems
+            .iter()
+            .filter(|p| p.detail.starts_with("audit chain"))
+            .collect();
         assert_eq!(chain.len(), 1, "{:?}", r.problems);
         assert_eq!(chain[0].file, seg);
         assert_eq!(chain[0].offset, off as u64 + 40);
         let pos = f.first_position;
         assert!(
-            chain[0].detail.contains(&format!("history differs from position {pos} on")),
+            chain[0]
+                .detail
+                .contains(&format!("history differs from position {pos} on")),
             "{}",
             chain[0].detail
         );
         assert!(r.anchors[0].ok, "{:?}", r.anchors[0]);
         assert!(!r.anchors[1].ok);
-        assert!(r.anchors[1].detail.contains("broken before the anchor"), "{}", r.anchors[1].detail);
-        assert!(matches!(r.chain, ChainStatus::Verified { broken: 1, .. }), "{:?}", r.chain);
+        assert!(
+            r.anchors[1].detail.contains("broken before the anchor"),
+            "{}",
+            r.anchors[1].detail
+        );
+        assert!(
+            matches!(r.chain, ChainStatus::Verified { broken: 1, .. }),
+            "{:?}",
+            r.chain
+        );
     }
 
     #[test]
@@ -1838,7 +1854,11 @@ mod tests {
             CheckOptions::default().anchor(*last).anchor(*before).anchor(*after),
         );
         assert!(!r.is_ok());
-        assert!(!r.anchors[0].ok && r.anchors[1].ok && !r.anchors[2].ok, "{:?}", r.anchors);
+        assert!(
+            !r.anchors[0].ok && r.anchors[1].ok && !r.anchors[2].ok,
+            "{:?}",
+            r.anchors
+        );
         let d = &r.anchors[2].detail;
         assert!(d.contains("it was rewritten"), "{d}");
         assert!(
@@ -1866,11 +1886,26 @@ mod tests {
             position: end.position,
             hash: [7; 32],
         };
-        let r = run(dir.path(), CheckOptions::default().anchor(past).anchor(inside).anchor(wrong));
+        let r = run(
+            dir.path(),
+            CheckOptions::default().anchor(past).anchor(inside).anchor(wrong),
+        );
         assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
-        assert!(r.anchors[0].detail.contains("the log ends at position 10, before the anchor at position 12"));
-        assert!(r.anchors[1].detail.contains("not a batch boundary"), "{}", r.anchors[1].detail);
-        assert!(r.anchors[2].detail.contains("it was rewritten"), "{}", r.anchors[2].detail);
+        assert!(
+            r.anchors[0]
+                .detail
+                .contains("the log ends at position 10, before the anchor at position 12")
+        );
+        assert!(
+            r.anchors[1].detail.contains("not a batch boundary"),
+            "{}",
+            r.anchors[1].detail
+        );
+        assert!(
+            r.anchors[2].detail.contains("it was rewritten"),
+            "{}",
+            r.anchors[2].detail
+        );
     }
 
     #[test]
@@ -1884,7 +1919,11 @@ mod tests {
 
         let r = run(dir.path(), CheckOptions::default());
         assert!(r.is_ok(), "{:?}", r.problems);
-        assert!(r.warnings.iter().any(|w| w.detail.starts_with("keyed audit chain not verified: no key given")));
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.detail.starts_with("keyed audit chain not verified: no key given"))
+        );
         assert!(matches!(r.chain, ChainStatus::NotVerified { keyed: true, .. }));
 
         let r = run(dir.path(), CheckOptions::default().key(key).anchor(a));
@@ -1899,7 +1938,11 @@ mod tests {
         ));
 
         let r = run(dir.path(), CheckOptions::default().key(ChainKey::from_bytes([4; 32])));
-        assert!(r.problems.iter().any(|p| p.detail.starts_with("the key given is not the log's chain key")));
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.detail.starts_with("the key given is not the log's chain key"))
+        );
 
         // An unkeyed rewrite of a keyed log's segment breaks a join.
         let seg = segs(dir.path())[1].clone();
@@ -1909,7 +1952,11 @@ mod tests {
         b[124..128].copy_from_slice(&crc.to_le_bytes());
         fs::write(&seg, &b).unwrap();
         let r = run(dir.path(), CheckOptions::default());
-        let p = r.problems.iter().find(|p| p.detail.contains("previous segment's seal")).unwrap();
+        let p = r
+            .problems
+            .iter()
+            .find(|p| p.detail.contains("previous segment's seal"))
+            .unwrap();
         assert_eq!((p.file.clone(), p.offset), (seg, 56));
     }
 
@@ -1929,7 +1976,10 @@ mod tests {
             position: 2,
             hash: [0; 32],
         };
-        let r = run(dir.path(), CheckOptions::default().anchor(a).key(ChainKey::from_bytes([1; 32])));
+        let r = run(
+            dir.path(),
+            CheckOptions::default().anchor(a).key(ChainKey::from_bytes([1; 32])),
+        );
         assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
         assert!(!r.anchors[0].ok);
 
