@@ -94,13 +94,20 @@ fn anchor_then_append_then_check_holds_and_an_edit_is_found() {
     let s = stdout(&out);
     assert!(s.contains(&format!("anchor {first}: holds")), "{s}");
     assert!(s.contains(&format!("anchor {second}: holds")), "{s}");
-    assert!(s.contains("audit chain: verified (unkeyed): 50 batch links recomputed, all hold"), "{s}");
+    assert!(
+        s.contains("audit chain: verified (unkeyed): 50 batch links recomputed, all hold"),
+        "{s}"
+    );
 
     // A wrong hash at a true boundary.
     let wrong = format!("40:{}", "0".repeat(64));
     let out = run(&["check", p(&dir), "--anchor", &wrong]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stdout(&out).contains("history before position 40 differs from the anchor"), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("history before position 40 differs from the anchor"),
+        "{}",
+        text(&out)
+    );
 
     // Edit a payload byte of the first record of the third batch of the second
     // segment, and fix that record's CRC: every frame still validates.
@@ -132,7 +139,10 @@ fn anchor_then_append_then_check_holds_and_an_edit_is_found() {
         off + 40
     );
     assert!(s.contains(&want), "expected {want:?} in\n{s}");
-    assert!(s.contains(&format!("history differs from position {position} on")), "{s}");
+    assert!(
+        s.contains(&format!("history differs from position {position} on")),
+        "{s}"
+    );
     assert_eq!(s.matches("audit chain broken").count(), 1, "{s}");
 
     // The earlier anchor (before the edit) still holds; the later one does not.
@@ -143,7 +153,13 @@ fn anchor_then_append_then_check_holds_and_an_edit_is_found() {
     let anchors = doc["anchors"].as_array().expect("anchors");
     assert_eq!(anchors[0]["ok"], Value::Bool(true), "{doc}");
     assert_eq!(anchors[1]["ok"], Value::Bool(false), "{doc}");
-    assert!(anchors[1]["detail"].as_str().unwrap_or("").contains("broken before the anchor"), "{doc}");
+    assert!(
+        anchors[1]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("broken before the anchor"),
+        "{doc}"
+    );
     assert_eq!(doc["chain"]["status"], "verified", "{doc}");
     assert_eq!(doc["chain"]["broken"], 1, "{doc}");
 }
@@ -173,13 +189,27 @@ fn keyed_logs_need_the_key_to_verify() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(stdout(&out).trim().len(), 32, "prints the key id: {}", text(&out));
     let out = run(&["keygen", p(&key)]);
-    assert_eq!(out.status.code(), Some(2), "an existing key file is kept: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an existing key file is kept: {}",
+        text(&out)
+    );
     assert_eq!(run(&["keygen", p(&other)]).status.code(), Some(0));
 
     for i in 0..3 {
         let data = format!("{{\"i\":{i}}}");
         let out = run(&[
-            "append", p(&dir), "--key", p(&key), "--stream", "s", "--type", "T", "--data", &data,
+            "append",
+            p(&dir),
+            "--key",
+            p(&key),
+            "--stream",
+            "s",
+            "--type",
+            "T",
+            "--data",
+            &data,
         ]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     }
@@ -203,18 +233,36 @@ fn keyed_logs_need_the_key_to_verify() {
 
     let out = run(&["check", p(&dir), "--key", p(&key), "--anchor", &anchor]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(stdout(&out).contains("audit chain: verified (keyed): 3 batch links"), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("audit chain: verified (keyed): 3 batch links"),
+        "{}",
+        text(&out)
+    );
 
     let out = run(&["check", p(&dir), "--key", p(&other)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stdout(&out).contains("the key given is not the log's chain key"), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("the key given is not the log's chain key"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
 fn logs_without_the_chain_have_no_anchor() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
-    let out = run(&["append", p(&dir), "--no-chain", "--stream", "s", "--type", "T", "--data", "{}"]);
+    let out = run(&[
+        "append",
+        p(&dir),
+        "--no-chain",
+        "--stream",
+        "s",
+        "--type",
+        "T",
+        "--data",
+        "{}",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = run(&["anchor", p(&dir)]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
