@@ -1234,7 +1234,10 @@ impl ChainLinks {
     /// One complete batch frame at file offset `off`: recompute its link from
     /// the stored hash before it (if `chainer`), and continue from its stored
     /// hash, so that one changed batch is one finding.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the walk callback hands over its state piecewise"
+    )]
     fn batch(
         &mut self,
         ctx: &SegCtx<'_>,
