@@ -14,7 +14,17 @@
 //!   pointers against the newest earlier segment holding each stream;
 //! * the stream table: blocks, header and content against the table rebuilt
 //!   from the segments it covers;
-//! * the head file, and every snapshot file (decoded and checked, spec 20.3).
+//! * the head file, and every snapshot file (decoded and checked, spec 20.3);
+//! * the audit chain (spec 21), in logs that carry it: every batch's link is
+//!   recomputed from the chain hash stored before it (in the same parallel
+//!   pass over each segment), every seal against its segment's last batch,
+//!   and the segments' `chain_start` against the genesis hash and the previous
+//!   segment's seal. A keyed chain needs its key ([`CheckOptions::key`]);
+//!   without it only the stored values are compared with each other (a
+//!   warning says so). Each [`Anchor`] given ([`CheckOptions::anchor`]) is
+//!   checked against the history before its position; the verdicts are in
+//!   [`CheckReport::anchors`] and a summary in [`CheckReport::chain`]. In logs
+//!   without the chain, every chain slot must be zero.
 //!
 //! How findings are classified:
 //!
@@ -47,10 +57,11 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, hex};
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{
-    FRAME_HEADER_LEN, FRAME_KIND_BATCH, HEAD_FILE_LEN, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN, SEGMENT_HEADER_LEN,
-    STB_HEADER_LEN, STB_ROW_LEN, SegmentHeader,
+    FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, HEAD_FILE_LEN, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN,
+    LogFormat, SEGMENT_HEADER_LEN, STB_HEADER_LEN, STB_ROW_LEN, SegmentHeader,
 };
 use crate::head::{self, HEAD_FILE, Head};
 use crate::index::{self, IdxFile, MemIndex, NO_ROW, NO_SEGMENT, Prev};
@@ -69,6 +80,8 @@ pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 pub struct CheckOptions {
     repair: bool,
     progress: Option<ProgressFn>,
+    key: Option<ChainKey>,
+    anchors: Vec<Anchor>,
 }
 
 impl fmt::Debug for CheckOptions {
@@ -76,6 +89,8 @@ impl fmt::Debug for CheckOptions {
         f.debug_struct("CheckOptions")
             .field("repair", &self.repair)
             .field("progress", &self.progress.is_some())
+            .field("key", &self.key)
+            .field("anchors", &self.anchors)
             .finish()
     }
 }
@@ -95,6 +110,98 @@ impl CheckOptions {
         self.progress = Some(Arc::new(f));
         self
     }
+
+    /// The secret key of a keyed audit chain (spec 21.4), to recompute its
+    /// links. Without it, a keyed chain is not verified (a warning). A key
+    /// whose id is not the log's `key_id`, or a key given for a log whose
+    /// chain is not keyed, is a problem. With [`CheckOptions::repair`], the
+    /// key is also given to the writer open that repairs (a keyed log needs
+    /// it).
+    pub fn key(mut self, key: ChainKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Check that the log's history up to `anchor.position` is the one the
+    /// anchor was taken from (see [`AnchorVerdict`]). May be given several
+    /// times.
+    pub fn anchor(mut self, anchor: Anchor) -> Self {
+        self.anchors.push(anchor);
+        self
+    }
+}
+
+/// What [`check`] found of the audit chain (spec 21).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ChainStatus {
+    /// The log carries no audit chain (format version 1, or created without
+    /// it), or no segment header could be read.
+    #[default]
+    Absent,
+    /// Every link was recomputed from the batches' bytes.
+    Verified {
+        /// The chain is keyed (and the key given was the log's).
+        keyed: bool,
+        /// Batches whose link was recomputed.
+        batches: u64,
+        /// Broken links found (each is also a problem).
+        broken: u64,
+    },
+    /// The links could not be recomputed; only the stored chain values were
+    /// compared with each other.
+    NotVerified {
+        /// The chain is keyed.
+        keyed: bool,
+        /// Why (no key given, a wrong key, segments that disagree on the
+        /// log's format).
+        reason: String,
+    },
+}
+
+impl fmt::Display for ChainStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainStatus::Absent => write!(f, "absent (the log has no audit chain)"),
+            ChainStatus::Verified { keyed, batches, broken } => {
+                let kind = if *keyed { "keyed" } else { "unkeyed" };
+                if *broken == 0 {
+                    write!(f, "verified ({kind}): {batches} batch links recomputed, all hold")
+                } else {
+                    write!(
+                        f,
+                        "verified ({kind}): {batches} batch links recomputed, {broken} broken"
+                    )
+                }
+            }
+            ChainStatus::NotVerified { keyed, reason } => {
+                let kind = if *keyed { "keyed" } else { "unkeyed" };
+                write!(f, "not verified ({kind}): {reason}")
+            }
+        }
+    }
+}
+
+/// The verdict on one anchor given to [`check`] ([`CheckOptions::anchor`]).
+///
+/// An anchor holds iff the log has the audit chain, its position is a batch
+/// boundary of the log (or 0), no link of the chain before it is broken, and
+/// the chain hash recomputed there equals the anchor's hash: then the history
+/// before the anchor's position is the one the anchor was taken from. An
+/// anchor that does not hold is also a problem in [`CheckReport::problems`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnchorVerdict {
+    /// The anchor, as given.
+    #[serde(serialize_with = "anchor_as_text")]
+    pub anchor: Anchor,
+    /// It holds.
+    pub ok: bool,
+    /// Why it holds, or where the history differs from it.
+    pub detail: String,
+}
+
+fn anchor_as_text<S: serde::Serializer>(a: &Anchor, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(a)
 }
 
 /// One finding of [`check`]: where, and what was expected and found.
@@ -135,6 +242,10 @@ pub struct CheckReport {
     /// Time taken.
     #[serde(skip)]
     pub elapsed: Duration,
+    /// The audit chain: absent, verified, or not verified and why.
+    pub chain: ChainStatus,
+    /// One verdict per anchor given, in the order given.
+    pub anchors: Vec<AnchorVerdict>,
 }
 
 impl CheckReport {
@@ -172,33 +283,38 @@ pub fn check(dir: &Path, opts: CheckOptions) -> Result<CheckReport> {
             detail: "it holds no segment files (*.seg)".into(),
         });
     }
-    let progress = opts.progress.as_deref();
     if !opts.repair {
         let writer_active = writer_holds_lock(dir);
-        let mut report = scan(dir, writer_active, progress)?.report;
+        let mut report = scan(dir, writer_active, &opts)?.report;
         report.elapsed = start.elapsed();
         return Ok(report);
     }
 
     let mut repairs = Vec::new();
-    let log_opts = || Options::default().create(false).stream_hash_mask(hash_mask_of(dir));
+    let log_opts = || {
+        let o = Options::default().create(false).stream_hash_mask(hash_mask_of(dir));
+        match &opts.key {
+            Some(k) => o.chain_key(k.clone()),
+            None => o,
+        }
+    };
     let log = match Log::open(dir, log_opts()) {
         Ok(log) => Some(log),
         Err(e @ Error::Locked { .. }) => return Err(e),
-        Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. })) => {
+        Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. } | Error::ChainKey { .. })) => {
             repairs.push(format!("repair refused, nothing was changed: {e}"));
             None
         }
         Err(e) => return Err(e),
     };
     let Some(log) = log else {
-        let mut report = scan(dir, writer_holds_lock(dir), progress)?.report;
+        let mut report = scan(dir, writer_holds_lock(dir), &opts)?.report;
         report.repairs = repairs;
         report.elapsed = start.elapsed();
         return Ok(report);
     };
     describe_recovery(log.recovery(), &mut repairs);
-    let first = scan(dir, false, progress);
+    let first = scan(dir, false, &opts);
     let first = match first {
         Ok(s) => s,
         Err(e) => {
@@ -227,7 +343,7 @@ pub fn check(dir: &Path, opts: CheckOptions) -> Result<CheckReport> {
     // Reopening rebuilds the removed index files and stream table.
     let log = Log::open(dir, log_opts())?;
     describe_recovery(log.recovery(), &mut repairs);
-    let second = scan(dir, false, progress);
+    let second = scan(dir, false, &opts);
     log.close()?;
     let mut report = second?.report;
     report.repairs = repairs;
@@ -378,6 +494,30 @@ struct SegOut {
     rows: Vec<(Box<str>, u32, u64)>,
     idx: IdxState,
     idx_bytes: u64,
+    /// The format its header states (`None` if the header is unreadable).
+    format: Option<LogFormat>,
+    /// The header's `chain_start`.
+    chain_start: ChainHash,
+    /// The seal's file offset and chain slot (sealed segments).
+    seal_chain: Option<(u64, ChainHash)>,
+    /// Batch links recomputed.
+    links: u64,
+    /// Broken links found in the segment (batch links, the seal).
+    breaks: Vec<Break>,
+    /// `(position, stored chain, frame offset)` for each anchor position at
+    /// which a batch of this segment ends.
+    anchor_points: Vec<(u64, ChainHash, u64)>,
+    /// `(position, batch first position, batch end, frame offset)` for each
+    /// anchor position strictly inside a batch of this segment.
+    anchor_inside: Vec<(u64, u64, u64, u64)>,
+}
+
+/// A broken link of the audit chain.
+#[derive(Clone)]
+struct Break {
+    finding: Finding,
+    /// The smallest anchor position whose history it concerns.
+    affects: u64,
 }
 
 struct SegCtx<'a> {
@@ -387,6 +527,10 @@ struct SegCtx<'a> {
     progress: Option<&'a (dyn Fn(u64, u64) + Send + Sync)>,
     done: AtomicU64,
     total: u64,
+    /// The chain key given, if any.
+    key: Option<&'a ChainKey>,
+    /// The anchors' positions, sorted, without duplicates.
+    anchors: Vec<u64>,
 }
 
 impl SegCtx<'_> {
@@ -398,7 +542,8 @@ impl SegCtx<'_> {
     }
 }
 
-fn scan(dir: &Path, writer_active: bool, progress: Option<&(dyn Fn(u64, u64) + Send + Sync)>) -> Result<Scan> {
+fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
+    let progress = opts.progress.as_deref();
     let mut report = CheckReport {
         writer_active,
         ..CheckReport::default()
@@ -466,6 +611,13 @@ fn scan(dir: &Path, writer_active: bool, progress: Option<&(dyn Fn(u64, u64) + S
         progress,
         done: AtomicU64::new(0),
         total,
+        key: opts.key.as_ref(),
+        anchors: {
+            let mut a: Vec<u64> = opts.anchors.iter().map(|a| a.position).collect();
+            a.sort_unstable();
+            a.dedup();
+            a
+        },
     };
     if let Some(h) = head
         && bases.binary_search(&h.segment_base).is_err()
@@ -592,6 +744,7 @@ fn scan(dir: &Path, writer_active: bool, progress: Option<&(dyn Fn(u64, u64) + S
             }
         }
     }
+    check_chain(&outs, opts, &mut report);
     if table_next.is_some_and(|n| n > active_base) || (table_next.is_some() && table_expect.is_none()) {
         table_expect = Some(latest.clone());
     }
@@ -753,6 +906,13 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors:
         rows: Vec::new(),
         idx: IdxState::None,
         idx_bytes: 0,
+        format: None,
+        chain_start: [0; 32],
+        seal_chain: None,
+        links: 0,
+        breaks: Vec::new(),
+        anchor_points: Vec::new(),
+        anchor_inside: Vec::new(),
     };
     let head_durable = ctx.head.filter(|h| h.segment_base == base).map_or(0, |h| h.durable_end);
     let header = match SegmentHeader::parse(bytes) {
@@ -777,6 +937,24 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors:
         }
     };
     out.log_id = Some(header.log_id);
+    let format = LogFormat::of(header);
+    out.format = Some(format);
+    out.chain_start = header.chain_start;
+    // The links are recomputed when the chain is unkeyed, or keyed and the
+    // key given is the log's (the sequential pass reports the other cases).
+    let chainer = match (format.chained(), format.keyed(), ctx.key) {
+        (true, false, _) => Some(Chainer::new(None)),
+        (true, true, Some(k)) if k.id() == format.key_id => Some(Chainer::new(Some(k))),
+        _ => None,
+    };
+    let mut chain = ChainLinks {
+        prev: header.chain_start,
+        links: 0,
+        breaks: Vec::new(),
+        zero_problems: Vec::new(),
+        anchor_points: Vec::new(),
+        anchor_inside: Vec::new(),
+    };
     if header.base_position.get() != base {
         out.problems.push(finding(
             &path,
@@ -830,6 +1008,7 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors:
                 }
             }
         }
+        chain.batch(ctx, &path, format.chained(), chainer.as_ref(), frame, f, off);
         mem.add_frame(frame, off);
         let end = off + f.len;
         if end - reported >= 8 << 20 {
@@ -843,6 +1022,17 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors:
     out.spans = spans.into_iter().collect();
     out.next_position = walk.next_position;
     out.sealed = walk.sealed;
+    if walk.sealed {
+        let seal_off = walk.end.saturating_sub(FRAME_HEADER_LEN as u64);
+        let seal = chain_slot(bytes.get(seal_off as usize..).unwrap_or_default());
+        out.seal_chain = Some((seal_off, seal));
+        chain.seal(&path, format.chained(), seal, seal_off, walk.next_position);
+    }
+    out.links = chain.links;
+    out.breaks = chain.breaks;
+    out.problems.extend(chain.zero_problems);
+    out.anchor_points = chain.anchor_points;
+    out.anchor_inside = chain.anchor_inside;
 
     match &walk.stop {
         None if !is_last && !walk.sealed => {
@@ -1016,4 +1206,825 @@ fn check_snapshots(dir: &Path, report: &mut CheckReport, remove: &mut Vec<(PathB
         }
     }
     Ok(())
+}
+
+/// The 32-byte chain slot of the frame header at the start of `frame` (zero
+/// if the frame is too short, which a validated frame never is).
+fn chain_slot(frame: &[u8]) -> ChainHash {
+    let mut c = [0u8; 32];
+    if let Some(s) = frame.get(FRAME_CHAIN_OFFSET..FRAME_HEADER_LEN) {
+        c.copy_from_slice(s);
+    }
+    c
+}
+
+/// The audit chain of one segment, as its batches are walked.
+struct ChainLinks {
+    /// The stored chain hash before the next batch.
+    prev: ChainHash,
+    links: u64,
+    breaks: Vec<Break>,
+    /// Non-zero chain slots in a log without the chain.
+    zero_problems: Vec<Finding>,
+    anchor_points: Vec<(u64, ChainHash, u64)>,
+    anchor_inside: Vec<(u64, u64, u64, u64)>,
+}
+
+impl ChainLinks {
+    /// One complete batch frame at file offset `off`: recompute its link from
+    /// the stored hash before it (if `chainer`), and continue from its stored
+    /// hash, so that one changed batch is one finding.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the walk callback hands over its state piecewise"
+    )]
+    fn batch(
+        &mut self,
+        ctx: &SegCtx<'_>,
+        path: &Path,
+        chained: bool,
+        chainer: Option<&Chainer<'_>>,
+        frame: &[u8],
+        f: &crate::segment::Frame,
+        off: u64,
+    ) {
+        let stored = chain_slot(frame);
+        let slot = off + FRAME_CHAIN_OFFSET as u64;
+        if !chained {
+            if stored != [0; 32] {
+                self.zero_problems.push(finding(
+                    path,
+                    slot,
+                    format!(
+                        "expected a zero chain slot in a log without the audit chain, found {}",
+                        hex(&stored)
+                    ),
+                ));
+            }
+            return;
+        }
+        if let Some(c) = chainer {
+            let computed = c.link(&self.prev, frame);
+            self.links += 1;
+            if computed != stored {
+                let p = f.first_position;
+                self.breaks.push(Break {
+                    finding: finding(
+                        path,
+                        slot,
+                        format!(
+                            "audit chain broken: the batch at position {p} hashes to {}, but its chain slot holds \
+                             {}; history differs from position {p} on",
+                            hex(&computed),
+                            hex(&stored)
+                        ),
+                    ),
+                    affects: p + 1,
+                });
+            }
+        }
+        self.prev = stored;
+        let end = f.next_position();
+        let mut i = ctx.anchors.partition_point(|&a| a <= f.first_position);
+        while let Some(&a) = ctx.anchors.get(i)
+            && a <= end
+        {
+            if a == end {
+                self.anchor_points.push((a, stored, off));
+            } else {
+                self.anchor_inside.push((a, f.first_position, end, off));
+            }
+            i += 1;
+        }
+    }
+
+    /// The seal (at file offset `off`, after position `next`): its chain slot
+    /// must repeat the last batch's (or `chain_start` without a batch).
+    fn seal(&mut self, path: &Path, chained: bool, seal: ChainHash, off: u64, next: u64) {
+        let slot = off + FRAME_CHAIN_OFFSET as u64;
+        if !chained {
+            if seal != [0; 32] {
+                self.zero_problems.push(finding(
+                    path,
+                    slot,
+                    format!(
+                        "expected a zero chain slot in the seal of a log without the audit chain, found {}",
+                        hex(&seal)
+                    ),
+                ));
+            }
+        } else if seal != self.prev {
+            self.breaks.push(Break {
+                finding: finding(
+                    path,
+                    slot,
+                    format!(
+                        "audit chain broken: the seal's chain slot holds {}, but the chain after the segment's last \
+                         batch is {}; history differs from position {next} on",
+                        hex(&seal),
+                        hex(&self.prev)
+                    ),
+                ),
+                affects: next + 1,
+            });
+        }
+    }
+}
+
+/// The sequential part of the audit chain check: the log's format across
+/// segments, the key, genesis and the joins between segments, then the
+/// anchors. Sets `report.chain` and `report.anchors`.
+fn check_chain(outs: &[SegOut], opts: &CheckOptions, report: &mut CheckReport) {
+    let Some(first) = outs.iter().find(|o| o.format.is_some()) else {
+        for a in &opts.anchors {
+            let detail = "no segment header of the log could be read (see the problems above)".to_owned();
+            if let Some(o) = outs.first() {
+                report.problems.push(anchor_finding(a, &o.path, 0, &detail));
+            }
+            report.anchors.push(AnchorVerdict {
+                anchor: *a,
+                ok: false,
+                detail,
+            });
+        }
+        return;
+    };
+    let Some(fmt) = first.format else { return };
+    let mut agree = true;
+    for o in outs {
+        if let Some(f) = o.format
+            && (f.version, f.flags, f.key_id) != (fmt.version, fmt.flags, fmt.key_id)
+        {
+            agree = false;
+            report.problems.push(finding(
+                &o.path,
+                8,
+                format!(
+                    "the segment's format (version {}, log_flags {:#06x}, key_id {}) differs from the first \
+                     segment's (version {}, log_flags {:#06x}, key_id {})",
+                    f.version,
+                    f.flags,
+                    hex(&f.key_id),
+                    fmt.version,
+                    fmt.flags,
+                    hex(&fmt.key_id)
+                ),
+            ));
+        }
+    }
+
+    if !fmt.chained() {
+        if opts.key.is_some() {
+            report.problems.push(finding(
+                &first.path,
+                10,
+                format!(
+                    "a chain key was given, but the log has no audit chain (format version {}, log_flags {:#06x})",
+                    fmt.version, fmt.flags
+                ),
+            ));
+        }
+        report.chain = ChainStatus::Absent;
+        for a in &opts.anchors {
+            let detail = format!(
+                "the log has no audit chain (format version {}, log_flags {:#06x}): no anchor can hold",
+                fmt.version, fmt.flags
+            );
+            report.problems.push(anchor_finding(a, &first.path, 10, &detail));
+            report.anchors.push(AnchorVerdict {
+                anchor: *a,
+                ok: false,
+                detail,
+            });
+        }
+        return;
+    }
+
+    let keyed = fmt.keyed();
+    // Why the links could not be recomputed, if they could not.
+    let mut not_verified = None;
+    let mut key = None;
+    match (keyed, &opts.key) {
+        (false, Some(_)) => report.problems.push(finding(
+            &first.path,
+            10,
+            "a chain key was given, but the log's audit chain is not keyed",
+        )),
+        (false, None) => {}
+        (true, None) => {
+            report.warnings.push(finding(
+                &first.path,
+                88,
+                "keyed audit chain not verified: no key given (only the stored chain values were compared with \
+                 each other; give the key to verify every link)",
+            ));
+            not_verified = Some("no key given".to_owned());
+        }
+        (true, Some(k)) if k.id() != fmt.key_id => {
+            report.problems.push(finding(
+                &first.path,
+                88,
+                format!(
+                    "the key given is not the log's chain key: its id is {}, the log's key_id is {}",
+                    hex(&k.id()),
+                    hex(&fmt.key_id)
+                ),
+            ));
+            not_verified = Some("the key given is not the log's chain key".to_owned());
+        }
+        (true, Some(k)) => key = Some(k),
+    }
+    if !agree && not_verified.is_none() {
+        not_verified = Some("the segments disagree on the log's format (see the problems)".to_owned());
+    }
+    let chainer = not_verified.is_none().then(|| Chainer::new(key));
+
+    // Breaks in log order: genesis, then per segment its join and its own.
+    let mut breaks: Vec<Break> = Vec::new();
+    if let (Some(c), Some(o), Some(log_id)) = (&chainer, outs.first(), first.log_id)
+        && o.format.is_some()
+    {
+        let genesis = c.genesis(&log_id);
+        if o.chain_start != genesis {
+            breaks.push(Break {
+                finding: finding(
+                    &o.path,
+                    56,
+                    format!(
+                        "audit chain broken: the first segment's chain_start holds {}, but the genesis hash of the \
+                         log is {}; history differs from position {} on",
+                        hex(&o.chain_start),
+                        hex(&genesis),
+                        o.base
+                    ),
+                ),
+                affects: 0,
+            });
+        }
+    }
+    // Where reading the log stopped first (damage, a missing segment).
+    let mut damaged_at: Option<u64> = outs.first().filter(|o| o.base != 0).map(|_| 0);
+    let mut expect_next: Option<u64> = None;
+    let mut links = 0;
+    for (i, o) in outs.iter().enumerate() {
+        if damaged_at.is_none() && (expect_next.is_some_and(|n| n != o.base) || o.format.is_none()) {
+            damaged_at = Some(expect_next.unwrap_or(o.base));
+        }
+        if i > 0
+            && let Some(prev) = outs.get(i - 1)
+            && prev.complete
+            && let Some((_, seal)) = prev.seal_chain
+            && o.format.is_some()
+            && o.chain_start != seal
+        {
+            breaks.push(Break {
+                finding: finding(
+                    &o.path,
+                    56,
+                    format!(
+                        "audit chain broken: the segment's chain_start holds {}, but the previous segment's seal \
+                         holds {}; history differs from position {} on",
+                        hex(&o.chain_start),
+                        hex(&seal),
+                        o.base
+                    ),
+                ),
+                affects: o.base + 1,
+            });
+        }
+        breaks.extend(o.breaks.iter().cloned());
+        links += o.links;
+        if damaged_at.is_none() && !o.complete {
+            damaged_at = Some(o.next_position);
+        }
+        expect_next = Some(o.next_position);
+    }
+    report.problems.extend(breaks.iter().map(|b| b.finding.clone()));
+    report.chain = match not_verified {
+        None => ChainStatus::Verified {
+            keyed,
+            batches: links,
+            broken: breaks.len() as u64,
+        },
+        Some(reason) => ChainStatus::NotVerified { keyed, reason },
+    };
+
+    // The anchors.
+    let log_end = outs.last().map_or(0, |o| o.next_position);
+    let mut verdicts: Vec<(AnchorVerdict, Finding, bool)> = Vec::new();
+    for a in &opts.anchors {
+        let p = a.position;
+        let differs = format!(
+            "history before position {p} differs from the anchor, though the stored chain is self-consistent: it \
+             was rewritten"
+        );
+        // The stored chain hash at `p`, where it is stored.
+        let point = if p == 0 {
+            outs.first()
+                .filter(|o| o.base == 0)
+                .map(|o| (o.chain_start, &o.path, 56))
+        } else {
+            outs.iter().find_map(|o| {
+                o.anchor_points
+                    .iter()
+                    .find(|x| x.0 == p)
+                    .map(|x| (x.1, &o.path, x.2 + FRAME_CHAIN_OFFSET as u64))
+            })
+        };
+        let (ok, detail, file, offset, rewritten) = if let Some(d) = damaged_at.filter(|&d| d < p || d == 0) {
+            let o = outs.iter().rfind(|o| o.base <= d).or(outs.first());
+            let (file, off) = o.map_or((first.path.clone(), 0), |o| (o.path.clone(), 0));
+            (
+                false,
+                format!(
+                    "the log cannot be read past position {d} (see the problems above), before the anchor at \
+                     position {p}: the history before it cannot be verified"
+                ),
+                file,
+                off,
+                false,
+            )
+        } else if let Some(b) = breaks.iter().find(|b| b.affects <= p) {
+            (
+                false,
+                format!(
+                    "the audit chain is broken before the anchor at position {p}: {}",
+                    b.finding
+                ),
+                b.finding.file.clone(),
+                b.finding.offset,
+                false,
+            )
+        } else if let Some((stored, file, offset)) = point {
+            let expected = match &chainer {
+                Some(c) if p == 0 => first.log_id.map(|id| c.genesis(&id)).unwrap_or(stored),
+                _ => stored,
+            };
+            if expected == a.hash && chainer.is_some() {
+                (
+                    true,
+                    format!("the history before position {p} is the one the anchor was taken from"),
+                    file.clone(),
+                    offset,
+                    false,
+                )
+            } else if expected == a.hash {
+                (
+                    false,
+                    format!(
+                        "not verified: the stored chain at position {p} equals the anchor, but the links cannot be \
+                         recomputed ({})",
+                        match &report.chain {
+                            ChainStatus::NotVerified { reason, .. } => reason.as_str(),
+                            _ => "unknown",
+                        }
+                    ),
+                    file.clone(),
+                    offset,
+                    false,
+                )
+            } else if chainer.is_some() {
+                (false, differs, file.clone(), offset, true)
+            } else {
+                (
+                    false,
+                    format!(
+                        "history before position {p} differs from the anchor: the chain stored there is {}",
+                        hex(&stored)
+                    ),
+                    file.clone(),
+                    offset,
+                    false,
+                )
+            }
+        } else if p > log_end {
+            let o = outs.last().unwrap_or(first);
+            (
+                false,
+                format!(
+                    "the log ends at position {log_end}, before the anchor at position {p}: events were removed, or \
+                     the anchor is from another log"
+                ),
+                o.path.clone(),
+                o.bytes,
+                false,
+            )
+        } else if let Some((o, x)) = outs
+            .iter()
+            .find_map(|o| o.anchor_inside.iter().find(|x| x.0 == p).map(|x| (o, x)))
+        {
+            (
+                false,
+                format!(
+                    "position {p} is not a batch boundary of the log: the batch of positions {}..{} spans it; the \
+                     anchor is from another log, or the history was rewritten",
+                    x.1, x.2
+                ),
+                o.path.clone(),
+                x.3,
+                false,
+            )
+        } else {
+            (
+                false,
+                format!("position {p} is not a batch boundary of the log"),
+                first.path.clone(),
+                0,
+                false,
+            )
+        };
+        let f = finding(&file, offset, format!("anchor {a}: {detail}"));
+        verdicts.push((AnchorVerdict { anchor: *a, ok, detail }, f, rewritten));
+    }
+    // A rewrite lies between the latest anchor that holds and the earliest
+    // that does not.
+    let holding: Vec<u64> = verdicts
+        .iter()
+        .filter(|v| v.0.ok)
+        .map(|v| v.0.anchor.position)
+        .collect();
+    for (mut v, mut f, rewritten) in verdicts {
+        let p = v.anchor.position;
+        if rewritten && let Some(q) = holding.iter().copied().filter(|&q| q < p).max() {
+            let more = format!(" (the anchor at position {q} holds: the rewrite is between positions {q} and {p})");
+            f.detail.push_str(&more);
+            v.detail.push_str(&more);
+        }
+        if !v.ok {
+            report.problems.push(f);
+        }
+        report.anchors.push(v);
+    }
+}
+
+fn anchor_finding(a: &Anchor, file: &Path, offset: u64, detail: &str) -> Finding {
+    finding(file, offset, format!("anchor {a}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{EventData, ExpectedVersion};
+
+    fn opts() -> Options {
+        Options::default().segment_size(8 * 1024)
+    }
+
+    /// Append `n` batches of 2 events; returns the anchor after each batch.
+    fn append(log: &Log, n: usize) -> Vec<Anchor> {
+        (0..n)
+            .map(|i| {
+                let p = vec![b'x'; 100 + i % 40];
+                log.append(
+                    &format!("s-{}", i % 5),
+                    ExpectedVersion::Any,
+                    &[EventData::new("A", p.clone()), EventData::new("B", p)],
+                )
+                .unwrap();
+                log.anchor().unwrap()
+            })
+            .collect()
+    }
+
+    fn segs(dir: &Path) -> Vec<PathBuf> {
+        list_segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|b| dir.join(segment_file_name(b)))
+            .collect()
+    }
+
+    /// File offsets of the batch frames of a segment file.
+    fn batch_offsets(bytes: &[u8]) -> Vec<(usize, crate::segment::Frame)> {
+        let header = *SegmentHeader::parse(bytes).unwrap();
+        let start = bytes.as_ptr() as usize;
+        let mut v = Vec::new();
+        walk_segment(bytes, &header, false, |frame, f| {
+            v.push((frame.as_ptr() as usize - start, *f))
+        });
+        v
+    }
+
+    /// Change a payload byte of the first record of the frame at `off`, and
+    /// fix that record's CRC, so that only the chain can tell.
+    fn edit_record(bytes: &mut [u8], off: usize) {
+        let rec = off + FRAME_HEADER_LEN;
+        let len = u32::from_le_bytes(bytes[rec..rec + 4].try_into().unwrap()) as usize;
+        // The payload ends the record body (before padding); flip a byte well
+        // inside it.
+        let at = rec + len - 20;
+        bytes[at] ^= 0x20;
+        let crc = crc32fast::hash(&bytes[rec + 8..rec + len]);
+        bytes[rec + 4..rec + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Recompute every chain value of the log (as a forger without a key
+    /// would for an unkeyed log), fixing header and frame CRCs.
+    fn rechain(dir: &Path) {
+        let mut prev = None;
+        for p in segs(dir) {
+            let mut b = fs::read(&p).unwrap();
+            let h = *SegmentHeader::parse(&b).unwrap();
+            let c = Chainer::new(None);
+            let start = prev.unwrap_or_else(|| c.genesis(&h.log_id));
+            b[56..88].copy_from_slice(&start);
+            let crc = crc32fast::hash(&b[..124]);
+            b[124..128].copy_from_slice(&crc.to_le_bytes());
+            let mut chain = start;
+            let mut off = SEGMENT_HEADER_LEN;
+            while off + FRAME_HEADER_LEN <= b.len() {
+                let len = u64::from_le_bytes(b[off + 8..off + 16].try_into().unwrap()) as usize;
+                if b[off + 28] == FRAME_KIND_BATCH {
+                    chain = c.link(&chain, &b[off..off + len]);
+                }
+                b[off + 40..off + 72].copy_from_slice(&chain);
+                let crc = crc32fast::hash(&b[off + 8..off + 72]);
+                b[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
+                off += len;
+            }
+            fs::write(&p, &b).unwrap();
+            prev = Some(chain);
+        }
+    }
+
+    fn run(dir: &Path, o: CheckOptions) -> CheckReport {
+        check(dir, o).unwrap()
+    }
+
+    #[test]
+    fn a_clean_chain_verifies_and_anchors_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let genesis = log.anchor().unwrap();
+        let anchors = append(&log, 60);
+        assert_eq!(crate::head_anchor(dir.path()).unwrap(), log.anchor());
+        log.close().unwrap();
+        assert!(segs(dir.path()).len() >= 3, "several segments");
+        assert_eq!(genesis.position, 0);
+        let mut o = CheckOptions::default().anchor(genesis);
+        for a in anchors.iter().step_by(7) {
+            o = o.anchor(*a);
+        }
+        let r = run(dir.path(), o);
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert_eq!(
+            r.chain,
+            ChainStatus::Verified {
+                keyed: false,
+                batches: 60,
+                broken: 0
+            }
+        );
+        assert_eq!(r.anchors.len(), 10);
+        assert!(r.anchors.iter().all(|v| v.ok), "{:?}", r.anchors);
+    }
+
+    #[test]
+    fn an_edited_batch_is_one_finding_with_file_offset_and_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let anchors = append(&log, 60);
+        log.close().unwrap();
+        let seg = segs(dir.path())[1].clone();
+        let mut b = fs::read(&seg).unwrap();
+        let (off, f) = batch_offsets(&b)[2];
+        edit_record(&mut b, off);
+        fs::write(&seg, &b).unwrap();
+
+        let before = anchors.iter().rfind(|a| a.position <= f.first_position).unwrap();
+        let after = anchors.iter().find(|a| a.position > f.first_position).unwrap();
+        let r = run(dir.path(), CheckOptions::default().anchor(*before).anchor(*after));
+        let chain: Vec<_> = r
+            .problems
+            .iter()
+            .filter(|p| p.detail.starts_with("audit chain"))
+            .collect();
+        assert_eq!(chain.len(), 1, "{:?}", r.problems);
+        assert_eq!(chain[0].file, seg);
+        assert_eq!(chain[0].offset, off as u64 + 40);
+        let pos = f.first_position;
+        assert!(
+            chain[0]
+                .detail
+                .contains(&format!("history differs from position {pos} on")),
+            "{}",
+            chain[0].detail
+        );
+        assert!(r.anchors[0].ok, "{:?}", r.anchors[0]);
+        assert!(!r.anchors[1].ok);
+        assert!(
+            r.anchors[1].detail.contains("broken before the anchor"),
+            "{}",
+            r.anchors[1].detail
+        );
+        assert!(
+            matches!(r.chain, ChainStatus::Verified { broken: 1, .. }),
+            "{:?}",
+            r.chain
+        );
+    }
+
+    #[test]
+    fn a_rewritten_chain_is_caught_by_anchors_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let anchors = append(&log, 60);
+        log.close().unwrap();
+        let seg = segs(dir.path())[1].clone();
+        let mut b = fs::read(&seg).unwrap();
+        let (off, f) = batch_offsets(&b)[1];
+        edit_record(&mut b, off);
+        fs::write(&seg, &b).unwrap();
+        rechain(dir.path());
+        // The indexes name their segment's seal CRC: the forger rebuilds them.
+        for e in fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "idx") {
+                fs::remove_file(p).unwrap();
+            }
+        }
+        Log::open(dir.path(), opts()).unwrap().close().unwrap();
+        // Self-consistent: no finding without anchors.
+        let r = run(dir.path(), CheckOptions::default());
+        assert!(r.is_ok(), "{:?}", r.problems);
+
+        let before = anchors.iter().rfind(|a| a.position <= f.first_position).unwrap();
+        let after = anchors.iter().find(|a| a.position > f.first_position).unwrap();
+        let last = anchors.last().unwrap();
+        let r = run(
+            dir.path(),
+            CheckOptions::default().anchor(*last).anchor(*before).anchor(*after),
+        );
+        assert!(!r.is_ok());
+        assert!(
+            !r.anchors[0].ok && r.anchors[1].ok && !r.anchors[2].ok,
+            "{:?}",
+            r.anchors
+        );
+        let d = &r.anchors[2].detail;
+        assert!(d.contains("it was rewritten"), "{d}");
+        assert!(
+            d.contains(&format!("between positions {} and {}", before.position, after.position)),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn anchors_past_the_end_or_inside_a_batch_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let anchors = append(&log, 5);
+        log.close().unwrap();
+        let end = anchors.last().unwrap();
+        let past = Anchor {
+            position: end.position + 2,
+            hash: end.hash,
+        };
+        let inside = Anchor {
+            position: end.position - 1,
+            hash: end.hash,
+        };
+        let wrong = Anchor {
+            position: end.position,
+            hash: [7; 32],
+        };
+        let r = run(
+            dir.path(),
+            CheckOptions::default().anchor(past).anchor(inside).anchor(wrong),
+        );
+        assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
+        assert!(
+            r.anchors[0]
+                .detail
+                .contains("the log ends at position 10, before the anchor at position 12")
+        );
+        assert!(
+            r.anchors[1].detail.contains("not a batch boundary"),
+            "{}",
+            r.anchors[1].detail
+        );
+        assert!(
+            r.anchors[2].detail.contains("it was rewritten"),
+            "{}",
+            r.anchors[2].detail
+        );
+    }
+
+    #[test]
+    fn keyed_chains_need_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ChainKey::from_bytes([3; 32]);
+        let log = Log::open(dir.path(), opts().chain_key(key.clone())).unwrap();
+        let anchors = append(&log, 30);
+        log.close().unwrap();
+        let a = *anchors.last().unwrap();
+
+        let r = run(dir.path(), CheckOptions::default());
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.detail.starts_with("keyed audit chain not verified: no key given"))
+        );
+        assert!(matches!(r.chain, ChainStatus::NotVerified { keyed: true, .. }));
+
+        let r = run(dir.path(), CheckOptions::default().key(key).anchor(a));
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert!(matches!(
+            r.chain,
+            ChainStatus::Verified {
+                keyed: true,
+                batches: 30,
+                broken: 0
+            }
+        ));
+
+        let r = run(dir.path(), CheckOptions::default().key(ChainKey::from_bytes([4; 32])));
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.detail.starts_with("the key given is not the log's chain key"))
+        );
+
+        // An unkeyed rewrite of a keyed log's segment breaks a join.
+        let seg = segs(dir.path())[1].clone();
+        let mut b = fs::read(&seg).unwrap();
+        b[56] ^= 1;
+        let crc = crc32fast::hash(&b[..124]);
+        b[124..128].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&seg, &b).unwrap();
+        let r = run(dir.path(), CheckOptions::default());
+        let p = r
+            .problems
+            .iter()
+            .find(|p| p.detail.contains("previous segment's seal"))
+            .unwrap();
+        assert_eq!((p.file.clone(), p.offset), (seg, 56));
+    }
+
+    #[test]
+    fn logs_without_the_chain_must_have_zero_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts().chain(false)).unwrap();
+        assert_eq!(log.anchor(), None);
+        append_plain(&log);
+        log.close().unwrap();
+        assert_eq!(crate::head_anchor(dir.path()).unwrap(), None);
+        let r = run(dir.path(), CheckOptions::default());
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert_eq!(r.chain, ChainStatus::Absent);
+
+        let a = Anchor {
+            position: 2,
+            hash: [0; 32],
+        };
+        let r = run(
+            dir.path(),
+            CheckOptions::default().anchor(a).key(ChainKey::from_bytes([1; 32])),
+        );
+        assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+        assert!(!r.anchors[0].ok);
+
+        let seg = segs(dir.path())[0].clone();
+        let mut b = fs::read(&seg).unwrap();
+        let (off, _) = batch_offsets(&b)[0];
+        b[off + 50] = 1;
+        let crc = crc32fast::hash(&b[off + 8..off + 72]);
+        b[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&seg, &b).unwrap();
+        let r = run(dir.path(), CheckOptions::default());
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert_eq!(r.problems[0].offset, off as u64 + 40);
+    }
+
+    #[test]
+    fn v1_logs_have_no_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts().format_version(1)).unwrap();
+        append_plain(&log);
+        log.close().unwrap();
+        assert_eq!(crate::head_anchor(dir.path()).unwrap(), None);
+        let r = run(dir.path(), CheckOptions::default());
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert_eq!(r.chain, ChainStatus::Absent);
+    }
+
+    fn append_plain(log: &Log) {
+        for _ in 0..3 {
+            log.append("s", ExpectedVersion::Any, &[EventData::new("A", b"x".as_slice())])
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn head_anchor_of_an_empty_log_is_genesis() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let g = log.anchor().unwrap();
+        assert_eq!(crate::head_anchor(dir.path()).unwrap(), Some(g));
+        let r = run(dir.path(), CheckOptions::default().anchor(g));
+        assert!(r.is_ok() && r.anchors[0].ok, "{:?} {:?}", r.problems, r.anchors);
+        log.close().unwrap();
+    }
 }

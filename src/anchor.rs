@@ -1,0 +1,110 @@
+//! The head of a log's audit chain read from its files (spec 21), for an
+//! auditor who takes anchors while a writer runs: [`head_anchor`] and
+//! [`chain_head`].
+//!
+//! Read-only and lock-free: it goes through [`Reader::view`], so it sees what
+//! readers see (up to the head file's `visible_end`), never takes the writer
+//! lock and works while a writer appends. Cost: the reader's view (the active
+//! segment's visible bytes validated, each sealed segment's seal read), then a
+//! walk over the frame headers of the last segment only.
+
+use std::path::Path;
+
+use crate::chain::{Anchor, ChainHash};
+use crate::error::{Error, Result};
+use crate::format::{
+    FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FrameHeader, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader,
+};
+use crate::view::Reader;
+
+/// The head of a log's audit chain and what the log says about its chain:
+/// what [`chain_head`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    /// The position after the last visible batch and the chain hash there.
+    pub anchor: Anchor,
+    /// The chain is keyed (spec 21.4): verifying it needs the key.
+    pub keyed: bool,
+    /// The log's id (from its segment headers).
+    pub log_id: [u8; 16],
+}
+
+/// The anchor at the head of the log in `dir`: the position after the last
+/// visible batch and the chain hash stored with that batch (or the chain
+/// hash before the last segment's first batch if it holds none: the genesis
+/// hash for an empty log). `None` if the log has no audit chain.
+///
+/// Read-only: it never takes the writer lock, and works while a writer
+/// appends (it sees what a [`Reader`] sees). It does not read the whole log:
+/// only the visible part of the last segment is read and validated.
+///
+/// Errors: [`Error::NotALog`] if `dir` holds no log; [`Error::Corrupt`] for
+/// damage a reader would report; [`Error::Io`].
+///
+/// ```
+/// # fn main() -> annal::Result<()> {
+/// use annal::{EventData, ExpectedVersion, Log, Options};
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), Options::default())?;
+/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
+/// log.sync()?;
+/// let anchor = annal::head_anchor(dir.path())?.expect("new logs carry the chain");
+/// assert_eq!(anchor.position, 1);
+/// assert_eq!(Some(anchor), log.anchor());
+/// log.close()?;
+/// # Ok(()) }
+/// ```
+pub fn head_anchor(dir: &Path) -> Result<Option<Anchor>> {
+    Ok(chain_head(dir)?.map(|h| h.anchor))
+}
+
+/// [`head_anchor`], with whether the chain is keyed and the log's id.
+pub fn chain_head(dir: &Path) -> Result<Option<ChainHead>> {
+    let view = Reader::open(dir)?.view()?;
+    let Some(bytes) = view.segment_bytes().last() else {
+        return Err(Error::NotALog {
+            path: dir.to_owned(),
+            detail: "it holds no visible segment".into(),
+        });
+    };
+    // The reader validated the header and every frame of these bytes.
+    let header = SegmentHeader::parse(bytes).map_err(|d| d.at(dir))?;
+    let format = LogFormat::of(header);
+    if !format.chained() {
+        return Ok(None);
+    }
+    Ok(Some(ChainHead {
+        anchor: Anchor {
+            position: view.next_position(),
+            hash: last_chain(bytes, header.chain_start),
+        },
+        keyed: format.keyed(),
+        log_id: header.log_id,
+    }))
+}
+
+/// The chain slot of the last batch among the frames of `segment` (a
+/// segment's bytes whose frames are all complete), or `chain_start` if it
+/// holds no batch. Walks frame headers only.
+fn last_chain(segment: &[u8], chain_start: ChainHash) -> ChainHash {
+    let mut chain = chain_start;
+    let mut off = SEGMENT_HEADER_LEN;
+    while let Some(frame) = segment.get(off..) {
+        let Ok(h) = FrameHeader::parse(frame, off as u64) else {
+            break;
+        };
+        let Ok(len) = usize::try_from(h.frame_len.get()) else {
+            break;
+        };
+        if h.kind == FRAME_KIND_BATCH
+            && let Some(slot) = frame.get(FRAME_CHAIN_OFFSET..FRAME_HEADER_LEN)
+        {
+            chain.copy_from_slice(slot);
+        }
+        if len == 0 {
+            break;
+        }
+        off += len;
+    }
+    chain
+}
