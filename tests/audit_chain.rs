@@ -310,9 +310,14 @@ fn self_consistent_forged_segment_is_caught_at_the_next_join_and_by_a_later_anch
     let anchors = build(d.path(), small(), 40, 4);
     let (fd, mut f) = forge(d.path());
     assert!(f.segments.len() >= 4);
-    let at = middle_batch(&f, 1, 1);
-    let edited = f.batch(at).first_position();
-    f.batch_mut(at).records[0].payload = b"rewritten".to_vec();
+    // Every event of segment 1 rewritten (same sizes, so that the segment
+    // still ends where the next begins).
+    let edited = f.segments[1].base();
+    for b in &mut f.segments[1].batches {
+        for r in &mut b.records {
+            r.payload.iter_mut().for_each(|x| *x = b'X');
+        }
+    }
     // Recompute segment 1's chain from its stored chain_start: the segment is
     // consistent in itself, and its seal agrees with its last batch.
     f.write(Chain::Unkeyed(Scope::Segment(1)));
