@@ -1560,7 +1560,7 @@ fn check_chain(outs: &[SegOut], opts: &CheckOptions, report: &mut CheckReport) {
             if expected == a.hash && chainer.is_some() {
                 (
                     true,
-                    format!("holds: the history before position {p} is the one the anchor was taken from"),
+                    format!("the history before position {p} is the one the anchor was taken from"),
                     file.clone(),
                     offset,
                     false,
@@ -1656,4 +1656,372 @@ fn check_chain(outs: &[SegOut], opts: &CheckOptions, report: &mut CheckReport) {
 
 fn anchor_finding(a: &Anchor, file: &Path, offset: u64, detail: &str) -> Finding {
     finding(file, offset, format!("anchor {a}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{EventData, ExpectedVersion};
+
+    fn opts() -> Options {
+        Options::default().segment_size(8 * 1024)
+    }
+
+    /// Append `n` batches of 2 events; returns the anchor after each batch.
+    fn append(log: &Log, n: usize) -> Vec<Anchor> {
+        (0..n)
+            .map(|i| {
+                let p = vec![b'x'; 100 + i % 40];
+                log.append(
+                    &format!("s-{}", i % 5),
+                    ExpectedVersion::Any,
+                    &[EventData::new("A", p.clone()), EventData::new("B", p)],
+                )
+                .unwrap();
+                log.anchor().unwrap()
+            })
+            .collect()
+    }
+
+    fn segs(dir: &Path) -> Vec<PathBuf> {
+        list_segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|b| dir.join(segment_file_name(b)))
+            .collect()
+    }
+
+    /// File offsets of the batch frames of a segment file.
+    fn batch_offsets(bytes: &[u8]) -> Vec<(usize, crate::segment::Frame)> {
+        let header = *SegmentHeader::parse(bytes).unwrap();
+        let start = bytes.as_ptr() as usize;
+        let mut v = Vec::new();
+        walk_segment(bytes, &header, false, |frame, f| {
+            v.push((frame.as_ptr() as usize - start, *f))
+        });
+        v
+    }
+
+    /// Change a payload byte of the first record of the frame at `off`, and
+    /// fix that record's CRC, so that only the chain can tell.
+    fn edit_record(bytes: &mut [u8], off: usize) {
+        let rec = off + FRAME_HEADER_LEN;
+        let len = u32::from_le_bytes(bytes[rec..rec + 4].try_into().unwrap()) as usize;
+        // The payload ends the record body (before padding); flip a byte well
+        // inside it.
+        let at = rec + len - 20;
+        bytes[at] ^= 0x20;
+        let crc = crc32fast::hash(&bytes[rec + 8..rec + len]);
+        bytes[rec + 4..rec + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Recompute every chain value of the log (as a forger without a key
+    /// would for an unkeyed log), fixing header and frame CRCs.
+    fn rechain(dir: &Path) {
+        let mut prev = None;
+        for p in segs(dir) {
+            let mut b = fs::read(&p).unwrap();
+            let h = *SegmentHeader::parse(&b).unwrap();
+            let c = Chainer::new(None);
+            let start = prev.unwrap_or_else(|| c.genesis(&h.log_id));
+            b[56..88].copy_from_slice(&start);
+            let crc = crc32fast::hash(&b[..124]);
+            b[124..128].copy_from_slice(&crc.to_le_bytes());
+            let mut chain = start;
+            let mut off = SEGMENT_HEADER_LEN;
+            while off + FRAME_HEADER_LEN <= b.len() {
+                let len = u64::from_le_bytes(b[off + 8..off + 16].try_into().unwrap()) as usize;
+                if b[off + 28] == FRAME_KIND_BATCH {
+                    chain = c.link(&chain, &b[off..off + len]);
+                }
+                b[off + 40..off + 72].copy_from_slice(&chain);
+                let crc = crc32fast::hash(&b[off + 8..off + 72]);
+                b[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
+                off += len;
+            }
+            fs::write(&p, &b).unwrap();
+            prev = Some(chain);
+        }
+    }
+
+    fn run(dir: &Path, o: CheckOptions) -> CheckReport {
+        check(dir, o).unwrap()
+    }
+
+    #[test]
+    fn a_clean_chain_verifies_and_anchors_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let genesis = log.anchor().unwrap();
+        let anchors = append(&log, 60);
+        assert_eq!(crate::head_anchor(dir.path()).unwrap(), log.anchor());
+        log.close().unwrap();
+        assert!(segs(dir.path()).len() >= 3, "several segments");
+        assert_eq!(genesis.position, 0);
+        let mut o = CheckOptions::default().anchor(genesis);
+        for a in anchors.iter().step_by(7) {
+            o = o.anchor(*a);
+        }
+        let r = run(dir.path(), o);
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert_eq!(
+            r.chain,
+            ChainStatus::Verified {
+                keyed: false,
+                batches: 60,
+                broken: 0
+            }
+        );
+        assert_eq!(r.anchors.len(), 10);
+        assert!(r.anchors.iter().all(|v| v.ok), "{:?}", r.anchors);
+    }
+
+    #[test]
+    fn an_edited_batch_is_one_finding_with_file_offset_and_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let anchors = append(&log, 60);
+        log.close().unwrap();
+        let seg = segs(dir.path())[1].clone();
+        let mut b = fs::read(&seg).unwrap();
+        let (off, f) = batch_offsets(&b)[2];
+        edit_record(&mut b, off);
+        fs::write(&seg, &b).unwrap();
+
+        let before = anchors.iter().rfind(|a| a.position <= f.first_position).unwrap();
+        let after = anchors.iter().find(|a| a.position > f.first_position).unwrap();
+        let r = run(dir.path(), CheckOptions::default().anchor(*before).anchor(*after));
+        let chain: Vec<_> = r
+            .problems
+            .iter()
+            .filter(|p| p.detail.starts_with("audit chain"))
+            .collect();
+        assert_eq!(chain.len(), 1, "{:?}", r.problems);
+        assert_eq!(chain[0].file, seg);
+        assert_eq!(chain[0].offset, off as u64 + 40);
+        let pos = f.first_position;
+        assert!(
+            chain[0]
+                .detail
+                .contains(&format!("history differs from position {pos} on")),
+            "{}",
+            chain[0].detail
+        );
+        assert!(r.anchors[0].ok, "{:?}", r.anchors[0]);
+        assert!(!r.anchors[1].ok);
+        assert!(
+            r.anchors[1].detail.contains("broken before the anchor"),
+            "{}",
+            r.anchors[1].detail
+        );
+        assert!(
+            matches!(r.chain, ChainStatus::Verified { broken: 1, .. }),
+            "{:?}",
+            r.chain
+        );
+    }
+
+    #[test]
+    fn a_rewritten_chain_is_caught_by_anchors_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let anchors = append(&log, 60);
+        log.close().unwrap();
+        let seg = segs(dir.path())[1].clone();
+        let mut b = fs::read(&seg).unwrap();
+        let (off, f) = batch_offsets(&b)[1];
+        edit_record(&mut b, off);
+        fs::write(&seg, &b).unwrap();
+        rechain(dir.path());
+        // The indexes name their segment's seal CRC: the forger rebuilds them.
+        for e in fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "idx") {
+                fs::remove_file(p).unwrap();
+            }
+        }
+        Log::open(dir.path(), opts()).unwrap().close().unwrap();
+        // Self-consistent: no finding without anchors.
+        let r = run(dir.path(), CheckOptions::default());
+        assert!(r.is_ok(), "{:?}", r.problems);
+
+        let before = anchors.iter().rfind(|a| a.position <= f.first_position).unwrap();
+        let after = anchors.iter().find(|a| a.position > f.first_position).unwrap();
+        let last = anchors.last().unwrap();
+        let r = run(
+            dir.path(),
+            CheckOptions::default().anchor(*last).anchor(*before).anchor(*after),
+        );
+        assert!(!r.is_ok());
+        assert!(
+            !r.anchors[0].ok && r.anchors[1].ok && !r.anchors[2].ok,
+            "{:?}",
+            r.anchors
+        );
+        let d = &r.anchors[2].detail;
+        assert!(d.contains("it was rewritten"), "{d}");
+        assert!(
+            d.contains(&format!("between positions {} and {}", before.position, after.position)),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn anchors_past_the_end_or_inside_a_batch_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let anchors = append(&log, 5);
+        log.close().unwrap();
+        let end = anchors.last().unwrap();
+        let past = Anchor {
+            position: end.position + 2,
+            hash: end.hash,
+        };
+        let inside = Anchor {
+            position: end.position - 1,
+            hash: end.hash,
+        };
+        let wrong = Anchor {
+            position: end.position,
+            hash: [7; 32],
+        };
+        let r = run(
+            dir.path(),
+            CheckOptions::default().anchor(past).anchor(inside).anchor(wrong),
+        );
+        assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
+        assert!(
+            r.anchors[0]
+                .detail
+                .contains("the log ends at position 10, before the anchor at position 12")
+        );
+        assert!(
+            r.anchors[1].detail.contains("not a batch boundary"),
+            "{}",
+            r.anchors[1].detail
+        );
+        assert!(
+            r.anchors[2].detail.contains("it was rewritten"),
+            "{}",
+            r.anchors[2].detail
+        );
+    }
+
+    #[test]
+    fn keyed_chains_need_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ChainKey::from_bytes([3; 32]);
+        let log = Log::open(dir.path(), opts().chain_key(key.clone())).unwrap();
+        let anchors = append(&log, 30);
+        log.close().unwrap();
+        let a = *anchors.last().unwrap();
+
+        let r = run(dir.path(), CheckOptions::default());
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.detail.starts_with("keyed audit chain not verified: no key given"))
+        );
+        assert!(matches!(r.chain, ChainStatus::NotVerified { keyed: true, .. }));
+
+        let r = run(dir.path(), CheckOptions::default().key(key).anchor(a));
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert!(matches!(
+            r.chain,
+            ChainStatus::Verified {
+                keyed: true,
+                batches: 30,
+                broken: 0
+            }
+        ));
+
+        let r = run(dir.path(), CheckOptions::default().key(ChainKey::from_bytes([4; 32])));
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.detail.starts_with("the key given is not the log's chain key"))
+        );
+
+        // An unkeyed rewrite of a keyed log's segment breaks a join.
+        let seg = segs(dir.path())[1].clone();
+        let mut b = fs::read(&seg).unwrap();
+        b[56] ^= 1;
+        let crc = crc32fast::hash(&b[..124]);
+        b[124..128].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&seg, &b).unwrap();
+        let r = run(dir.path(), CheckOptions::default());
+        let p = r
+            .problems
+            .iter()
+            .find(|p| p.detail.contains("previous segment's seal"))
+            .unwrap();
+        assert_eq!((p.file.clone(), p.offset), (seg, 56));
+    }
+
+    #[test]
+    fn logs_without_the_chain_must_have_zero_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts().chain(false)).unwrap();
+        assert_eq!(log.anchor(), None);
+        append_plain(&log);
+        log.close().unwrap();
+        assert_eq!(crate::head_anchor(dir.path()).unwrap(), None);
+        let r = run(dir.path(), CheckOptions::default());
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert_eq!(r.chain, ChainStatus::Absent);
+
+        let a = Anchor {
+            position: 2,
+            hash: [0; 32],
+        };
+        let r = run(
+            dir.path(),
+            CheckOptions::default().anchor(a).key(ChainKey::from_bytes([1; 32])),
+        );
+        assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+        assert!(!r.anchors[0].ok);
+
+        let seg = segs(dir.path())[0].clone();
+        let mut b = fs::read(&seg).unwrap();
+        let (off, _) = batch_offsets(&b)[0];
+        b[off + 50] = 1;
+        let crc = crc32fast::hash(&b[off + 8..off + 72]);
+        b[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&seg, &b).unwrap();
+        let r = run(dir.path(), CheckOptions::default());
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert_eq!(r.problems[0].offset, off as u64 + 40);
+    }
+
+    #[test]
+    fn v1_logs_have_no_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts().format_version(1)).unwrap();
+        append_plain(&log);
+        log.close().unwrap();
+        assert_eq!(crate::head_anchor(dir.path()).unwrap(), None);
+        let r = run(dir.path(), CheckOptions::default());
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert_eq!(r.chain, ChainStatus::Absent);
+    }
+
+    fn append_plain(log: &Log) {
+        for _ in 0..3 {
+            log.append("s", ExpectedVersion::Any, &[EventData::new("A", b"x".as_slice())])
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn head_anchor_of_an_empty_log_is_genesis() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        let g = log.anchor().unwrap();
+        assert_eq!(crate::head_anchor(dir.path()).unwrap(), Some(g));
+        let r = run(dir.path(), CheckOptions::default().anchor(g));
+        assert!(r.is_ok() && r.anchors[0].ok, "{:?} {:?}", r.problems, r.anchors);
+        log.close().unwrap();
+    }
 }

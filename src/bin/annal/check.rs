@@ -4,11 +4,17 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use annal::{CheckOptions, CheckReport, Error, Finding};
+use annal::{Anchor, CheckOptions, CheckReport, Error, Finding};
 
 /// Verify every file of a log: segments (framing, every record's CRC,
 /// positions, stream versions, batch completeness), index files and the stream
 /// table (against the segments), the head file and snapshot files.
+///
+/// The audit chain, in logs that carry it: every batch's link is recomputed
+/// (a keyed chain needs --key; without it only the stored values are compared,
+/// with a warning). Each --anchor POSITION:HASH (from `annal anchor`) is
+/// checked: it holds if the history before POSITION is the one it was taken
+/// from; otherwise check says where the history differs.
 ///
 /// Read-only unless --repair. A torn tail past the durable boundary (a crash)
 /// is a warning, not a problem: the next writer open, or --repair, removes it.
@@ -18,11 +24,12 @@ use annal::{CheckOptions, CheckReport, Error, Finding};
 ///
 /// Exit codes: 0 no problems (warnings allowed); 1 problems found, or --repair
 /// refused because another writer holds the log; 2 the check could not run
-/// (not a log, unreadable).
+/// (not a log, unreadable, a bad --key file).
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  annal check /var/lib/myapp/events\n  annal check --json /var/lib/myapp/events \
-                       > report.json\n  annal check --repair /var/lib/myapp/events   (stop the writer first)"
+                       > report.json\n  annal check --repair /var/lib/myapp/events   (stop the writer first)\n  annal check \
+                       /var/lib/myapp/events --anchor 1200:9f86d081...   (from `annal anchor`)"
 )]
 pub struct CheckArgs {
     /// The log directory.
@@ -35,11 +42,31 @@ pub struct CheckArgs {
     /// removes events from sealed segments. Prints what it did.
     #[arg(long)]
     pub repair: bool,
+    /// An anchor POSITION:HASH printed by `annal anchor` earlier: check that the
+    /// history before POSITION is unchanged. Repeatable.
+    #[arg(long = "anchor", value_name = "POSITION:HASH")]
+    pub anchors: Vec<Anchor>,
+    /// The key file of a keyed audit chain (see `annal keygen`), to verify its
+    /// links (and, with --repair, to open the log for writing).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 /// Run `annal check`.
 pub fn run(args: &CheckArgs) -> ExitCode {
     let mut opts = CheckOptions::default().repair(args.repair);
+    for a in &args.anchors {
+        opts = opts.anchor(*a);
+    }
+    if let Some(p) = &args.key {
+        match crate::audit::read_key(p) {
+            Ok(k) => opts = opts.key(k),
+            Err(f) => {
+                eprintln!("annal: {}", f.message);
+                return ExitCode::from(f.code);
+            }
+        }
+    }
     let bar = if !args.json && std::io::stderr().is_terminal() {
         let pb = indicatif::ProgressBar::new(0);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -94,6 +121,8 @@ fn print_json(r: &CheckReport) {
         "problems": r.problems,
         "warnings": r.warnings,
         "repairs": r.repairs,
+        "chain": r.chain,
+        "anchors": r.anchors,
         "summary": {
             "files": r.files,
             "records": r.records,
@@ -121,6 +150,11 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
     }
     for f in &r.warnings {
         print_finding("WARNING", f);
+    }
+    println!("audit chain: {}", r.chain);
+    for v in &r.anchors {
+        let verdict = if v.ok { "holds" } else { "DIFFERS" };
+        println!("anchor {}: {verdict}: {}", v.anchor, v.detail);
     }
     println!(
         "checked {} files, {} records, {} bytes in {:.3} s ({:.0} MB/s)",

@@ -1,5 +1,6 @@
 //! The `annal` command-line tool: a thin face over the library.
 
+mod audit;
 mod check;
 mod dump;
 mod jsonfmt;
@@ -47,6 +48,12 @@ enum Command {
     Dump(dump::DumpArgs),
     #[command(about = "Verify every file of a log (segments, indexes, stream table, snapshots); --repair fixes")]
     Check(check::CheckArgs),
+    /// Print the anchor at the head of the audit chain (POSITION:HASH), to keep outside the system.
+    #[command(after_help = audit::ANCHOR_HELP)]
+    Anchor(audit::AnchorArgs),
+    /// Write a new secret key for a keyed audit chain to a new file; print its id.
+    #[command(after_help = audit::KEYGEN_HELP)]
+    Keygen(audit::KeygenArgs),
 }
 
 /// A failure of a command: a message for stderr and the exit code.
@@ -106,6 +113,8 @@ fn main() -> ExitCode {
         Command::Stats(a) => read::stats(a),
         Command::Dump(a) => dump::dump(a),
         Command::Check(a) => return check::run(a),
+        Command::Anchor(a) => audit::anchor(a),
+        Command::Keygen(a) => audit::keygen(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

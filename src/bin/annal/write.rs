@@ -72,6 +72,8 @@ pub struct AppendArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    chain: crate::audit::WriteChainArgs,
 }
 
 fn parse_expected(s: &str) -> Result<ExpectedVersion, String> {
@@ -121,7 +123,8 @@ pub fn append(a: &AppendArgs) -> CmdResult {
     } else {
         Durability::Buffered
     };
-    let log = Log::open(&a.dir, Options::default().durability(durability))?;
+    let log = Log::open(&a.dir, a.chain.apply(Options::default().durability(durability))?)
+        .map_err(crate::audit::open_failure)?;
     let mut ev = EventData::new(a.event_type.as_str(), payload);
     if let Some(m) = &a.metadata {
         ev = ev.with_metadata(m.as_bytes());
@@ -173,6 +176,8 @@ pub struct ImportArgs {
     /// Exit only once every imported event is durable (fsynced).
     #[arg(long)]
     sync: bool,
+    #[command(flatten)]
+    chain: crate::audit::WriteChainArgs,
 }
 
 /// One parsed input line.
@@ -280,7 +285,7 @@ pub fn import(a: &ImportArgs) -> CmdResult {
             (Box::new(BufReader::with_capacity(1 << 20, f)), size)
         }
     };
-    let log = Log::open(&a.dir, Options::default())?;
+    let log = Log::open(&a.dir, a.chain.apply(Options::default())?).map_err(crate::audit::open_failure)?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = match size {
             Some(n) => indicatif::ProgressBar::new(n).with_style(

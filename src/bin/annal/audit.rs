@@ -1,0 +1,125 @@
+//! The audit chain on the command line: `annal anchor`, `annal keygen`, and
+//! the `--key` / `--no-chain` options of the commands that write.
+
+use std::path::{Path, PathBuf};
+
+use annal::{ChainKey, Options};
+use clap::Args;
+
+use crate::{CmdResult, Failure, out_err};
+
+pub const ANCHOR_HELP: &str = "Examples:
+  annal anchor /var/lib/myapp/events              prints POSITION:HASH
+  annal anchor /var/lib/myapp/events --json
+
+Keep the anchor outside the system (a ticket, an email, a notary, another
+machine). Later, `annal check DIR --anchor POSITION:HASH` proves that the
+history before POSITION is unchanged (exit 0), or says where it differs
+(exit 1). Read-only: works while a writer appends, and sees what readers see.
+
+Exit codes: 0 printed; 1 the log is damaged; 2 could not run (not a log, or
+the log has no audit chain: it was created with --no-chain or by annal 0.x
+format version 1).";
+
+pub const KEYGEN_HELP: &str = "Example:
+  annal keygen /secure/place/events.key
+  annal append ./events --key /secure/place/events.key --stream s --type T --data '{}'
+  annal check ./events --key /secure/place/events.key
+
+The key file holds 64 hexadecimal digits (mode 0600). A log created with a key
+is keyed for good: every writer needs the key, and so does `check` to verify
+the chain. Keep the key away from the log's machine and its backups: whoever
+holds it can rewrite the chain. The log stores only the key's id (printed).
+
+Exit codes: 0 written; 2 could not run (the file exists, or cannot be written).";
+
+/// Options of the commands that open a log for writing.
+#[derive(Args, Debug)]
+pub struct WriteChainArgs {
+    /// The key file of a keyed audit chain (see `annal keygen`): needed to
+    /// write to a keyed log; a log created with it is keyed.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Create the log without the audit chain (no effect on an existing log,
+    /// which keeps what it was created with).
+    #[arg(long, conflicts_with = "key")]
+    no_chain: bool,
+}
+
+impl WriteChainArgs {
+    /// `opts` with the chain options given.
+    pub fn apply(&self, opts: Options) -> Result<Options, Failure> {
+        let opts = opts.chain(!self.no_chain);
+        Ok(match &self.key {
+            Some(p) => opts.chain_key(read_key(p)?),
+            None => opts,
+        })
+    }
+}
+
+/// A failure to open a log for writing, with a hint for key errors.
+pub fn open_failure(e: annal::Error) -> Failure {
+    let hint = matches!(e, annal::Error::ChainKey { .. });
+    let mut f = Failure::from(e);
+    if hint {
+        f.message
+            .push_str(" (the key file is given with --key FILE; see annal keygen --help)");
+    }
+    f
+}
+
+/// Read a key file (exit 2 if it cannot be read or is not a key).
+pub fn read_key(path: &Path) -> Result<ChainKey, Failure> {
+    ChainKey::from_file(path).map_err(|e| Failure::usage(format!("cannot use the key file: {e}")))
+}
+
+/// Arguments of `annal anchor`.
+#[derive(Args, Debug)]
+pub struct AnchorArgs {
+    /// The log directory.
+    dir: PathBuf,
+    /// Print {"position", "hash", "keyed", "log_id"} as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run `annal anchor`.
+pub fn anchor(a: &AnchorArgs) -> CmdResult {
+    let Some(head) = annal::chain_head(&a.dir)? else {
+        return Err(Failure::usage(format!(
+            "{}: the log has no audit chain (it was created with --no-chain, or in format version 1), so it has \
+             no anchor",
+            a.dir.display()
+        )));
+    };
+    use std::io::Write;
+    let line = if a.json {
+        serde_json::json!({
+            "position": head.anchor.position,
+            "hash": head.anchor.to_string().split_once(':').map(|(_, h)| h.to_owned()).unwrap_or_default(),
+            "keyed": head.keyed,
+            "log_id": annal::Uuid::from_bytes(head.log_id).simple().to_string(),
+        })
+        .to_string()
+    } else {
+        head.anchor.to_string()
+    };
+    writeln!(std::io::stdout(), "{line}").map_err(out_err)
+}
+
+/// Arguments of `annal keygen`.
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// The key file to create (fails if it exists).
+    file: PathBuf,
+}
+
+/// Run `annal keygen`.
+pub fn keygen(a: &KeygenArgs) -> CmdResult {
+    let key = ChainKey::generate()?;
+    key.write_file(&a.file)?;
+    let id = annal::Uuid::from_bytes(key.id()).simple().to_string();
+    eprintln!("annal: wrote a new chain key to {} (its id follows)", a.file.display());
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{id}").map_err(out_err)
+}
