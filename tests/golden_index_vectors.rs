@@ -1651,37 +1651,37 @@ fn build_vector(fmt: Format) -> Vector {
         .flat_map(|s| s.frames.iter().flat_map(|f| f.records.iter().cloned()))
         .collect();
     let mut description = lines(&[
-            "A cleanly closed log of three segments written by annal's writer with Options::default() \
+        "A cleanly closed log of three segments written by annal's writer with Options::default() \
              .segment_size(900), Durability::Buffered, an explicit log id, clock and event ids, then closed: \
              segments 0 and 4 are sealed and have index files (spec 17), segment 8 is the active segment (its \
              index lives in memory only); annal.streams (spec 18) covers the two sealed segments.",
-            "Appends: order-1 [OrderPlaced, ItemAdded] (one batch of two events), customer-9 [Registered], order \
+        "Appends: order-1 [OrderPlaced, ItemAdded] (one batch of two events), customer-9 [Registered], order \
              [Audited]; then (segment 4) order-2 [OrderPlaced], order-1 [OrderShipped], order-1 [ItemAdded, \
              ItemAdded]; then (segment 8) customer-9 [EmailChanged], order-2 [OrderShipped]. Categories: order \
              (order-1, order-2) and customer (customer-9); the stream 'order' has no '-' and so no category, \
              although its name equals the category 'order'.",
-            "Spec 8: a batch goes into the active segment if it fits within segment_size, else the segment is \
+        "Spec 8: a batch goes into the active segment if it fits within segment_size, else the segment is \
              sealed and the batch starts the next one. The sizes are chosen so that counting or not counting the \
              72-byte seal in 'fits' gives the same split.",
-            "Every frame's durable_end (seals included) is 128: nothing but the sealed segments (at each roll) \
+        "Every frame's durable_end (seals included) is 128: nothing but the sealed segments (at each roll) \
              was fsynced before close, and a new segment's durable end starts at its header.",
-            "Index files: rows sorted by (hash, name bytes), entries as spec 17.2. The order of names in the name \
+        "Index files: rows sorted by (hash, name bytes), entries as spec 17.2. The order of names in the name \
              area is not fixed by the spec; annal (and these vectors) store each row's name once per row, stream \
              rows first, then category rows, then event type rows, each in row order, without sharing (so 'order' \
              is stored twice in segment 0's index: a stream name and a category name). The stream table stores \
              its names in row order.",
-            "hash, hash_mask and CRC values are hex strings; every other integer is an exact JSON number (u64; \
+        "hash, hash_mask and CRC values are hex strings; every other integer is an exact JSON number (u64; \
              prev_segment 18446744073709551615 and prev_row 4294967295 mean none). metadata and payload are the \
              bytes as UTF-8 text.",
-            "layout: the file offset at which each part of a derived file starts (name_padding: the 0-7 zero \
+        "layout: the file offset at which each part of a derived file starts (name_padding: the 0-7 zero \
              bytes after the name area; block_crc_table: table_offset of spec 16; footer: the 32-byte footer). \
              footer: the footer's fields and the block CRC table (one CRC per 4096-byte block of [0, \
              table_offset)). Each row lists its own entries (stream entries, frame_offsets of category entries, \
              record_offsets of event type entries).",
-            "reads: calls on a view of the log (annal::Reader or annal::Log) and the positions of the records \
+        "reads: calls on a view of the log (annal::Reader or annal::Log) and the positions of the records \
              they return, in order; the records are those listed under segments.",
-            "The directory holds no annal.lock (a writer creates it when it opens the log).",
-        ]);
+        "The directory holds no annal.lock (a writer creates it when it opens the log).",
+    ]);
     if fmt.version >= 2 {
         description.extend(lines(&[
             "Format v2 (spec 21): every segment header has log_flags 1 (CHAIN); segment 0's chain_start is the \
@@ -2005,7 +2005,11 @@ fn committed_derived_files_follow_from_the_committed_segments() {
         );
         for (name, want) in &derived {
             let got = fs::read(dir.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
-            assert_bytes_eq(&format!("committed v{}/{name} vs spec assembly", fmt.version), &got, want);
+            assert_bytes_eq(
+                &format!("committed v{}/{name} vs spec assembly", fmt.version),
+                &got,
+                want,
+            );
         }
         // No index for the active segment.
         assert!(!dir.join("00000000000000000008.idx").exists());

@@ -935,7 +935,10 @@ fn regenerated_vectors_are_byte_identical_to_the_committed_ones() {
         write_vector_to(&base, v);
     }
     for version in [1u16, 2] {
-        assert_tree_committed(&tmp.path().join(format!("v{version}")), &golden::vectors_dir_of(version));
+        assert_tree_committed(
+            &tmp.path().join(format!("v{version}")),
+            &golden::vectors_dir_of(version),
+        );
     }
 }
 
@@ -943,7 +946,11 @@ fn regenerated_vectors_are_byte_identical_to_the_committed_ones() {
 /// the spec's arithmetic (header 128, frames back to back, 8-aligned).
 #[test]
 fn simple_json_layout_is_consistent() {
-    for (fmt, name) in [(Format::V1, "simple"), (Format::V2, "simple"), (Format::V2_KEYED, "keyed")] {
+    for (fmt, name) in [
+        (Format::V1, "simple"),
+        (Format::V2, "simple"),
+        (Format::V2_KEYED, "keyed"),
+    ] {
         let j: SimpleJson = load_json(&fmt, &format!("{name}.json"));
         assert_eq!(j.format_version, fmt.version);
         let mut at = SEGMENT_HEADER_LEN;
@@ -1012,11 +1019,24 @@ fn v2_chain_values_follow_the_definition() {
             let frame = &seg[f.offset as usize..(f.offset + f.frame_len) as usize];
             assert_eq!(u64_at(frame, 8), f.frame_len);
             chain = fmt.link(&chain, frame);
-            assert_eq!(chain_at(frame, 40), chain, "{label}: chain slot of the frame at {}", f.offset);
+            assert_eq!(
+                chain_at(frame, 40),
+                chain,
+                "{label}: chain slot of the frame at {}",
+                f.offset
+            );
             assert_eq!(f.chain.as_deref(), Some(hex(&chain).as_str()));
-            assert_eq!(crc(&frame[8..72]).to_le_bytes(), frame[4..8], "{label}: header_crc covers the chain");
+            assert_eq!(
+                crc(&frame[8..72]).to_le_bytes(),
+                frame[4..8],
+                "{label}: header_crc covers the chain"
+            );
         }
-        let next = j.segment.frames.last().map_or(0, |f| f.first_position + u64::from(f.record_count));
+        let next = j
+            .segment
+            .frames
+            .last()
+            .map_or(0, |f| f.first_position + u64::from(f.record_count));
         assert_eq!(c.anchor, format!("{next}:{}", hex(&chain)));
     }
     // The keyed chain and the plain one differ from the genesis on.
@@ -1049,7 +1069,11 @@ fn v2_differs_from_v1_only_in_version_flags_and_chain() {
     let h1 = fs::read(dir_of(&Format::V1).join("simple").join(HEAD_FILE)).expect("read v1 head");
     let h2 = fs::read(dir_of(&Format::V2).join("simple").join(HEAD_FILE)).expect("read v2 head");
     for slot in [0usize, 64] {
-        assert_eq!((u16_at(&h1, slot + 8), u16_at(&h2, slot + 8)), (1, 2), "head slot format_version");
+        assert_eq!(
+            (u16_at(&h1, slot + 8), u16_at(&h2, slot + 8)),
+            (1, 2),
+            "head slot format_version"
+        );
         assert_eq!(h1[slot + 16..slot + 64], h2[slot + 16..slot + 64], "head slot fields");
     }
 }

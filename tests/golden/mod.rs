@@ -168,7 +168,14 @@ pub fn segment_header_in(
 
 /// Spec 2.1: the segment header of a format v1 segment.
 pub fn segment_header(log_id: [u8; 16], base_position: u64, prev_timestamp: u64, created_at: u64) -> Vec<u8> {
-    segment_header_in(&Format::V1, log_id, base_position, prev_timestamp, created_at, &ZERO_CHAIN)
+    segment_header_in(
+        &Format::V1,
+        log_id,
+        base_position,
+        prev_timestamp,
+        created_at,
+        &ZERO_CHAIN,
+    )
 }
 
 /// Spec 3.2: one record (72-byte header, body, zero padding to a multiple of 8).
