@@ -9,6 +9,11 @@
 //! * `spec/vectors/v1/indexed/` + `indexed.json`: a cleanly closed log of two
 //!   sealed segments and an active one, with the `.idx` file of each sealed
 //!   segment and the stream table, and the results of index-served reads.
+//! * `spec/vectors/v2/indexed/` + `indexed.json`: the same log in format v2
+//!   (the audit chain, spec 21, computed here with the `blake3` crate): the
+//!   chain crosses the seals, and the seals' CRCs (the indexes' `seal_crc`)
+//!   differ from v1's. `index.json` does not depend on the log format and is
+//!   only in `v1/`.
 //!
 //! Everything is assembled here from the tables of `spec/format.md` alone,
 //! with neither annal's encoders nor `annal::format` (only `crc32fast` for the

@@ -1,22 +1,30 @@
-//! Golden vectors of annal's log format v1 (`spec/format.md`, section 15).
+//! Golden vectors of annal's log format (`spec/format.md`, section 15), v1
+//! and v2.
 //!
-//! `spec/vectors/v1/` holds three vectors, each a log directory and a JSON
-//! description of it:
+//! `spec/vectors/v1/` (frozen: format v1, no chain) and `spec/vectors/v2/`
+//! (format v2, the audit chain of spec 21) each hold these vectors, each a
+//! log directory and a JSON description of it:
 //!
 //! * `simple/` + `simple.json`: one segment with two batches, cleanly closed;
 //! * `torn/` + `torn.json`: the same two batches and a third one cut short in
 //!   the middle of its record, with the head file a crashed writer leaves;
 //! * `corrupt/` + `corrupt.json`: `simple/` with one byte of a durable record
-//!   flipped.
+//!   flipped;
+//!
+//! and `v2/` also `keyed/` + `keyed.json`: `simple/` written with a keyed
+//! chain (the published TEST key `[0x42; 32]`).
 //!
 //! The bytes are assembled here from the tables of `spec/format.md` alone, by
-//! the small helpers of the "spec assembly" section below, which use neither
-//! annal's encoder nor `annal::format` (only `crc32fast` for the CRC). The
-//! tests check that
+//! the helpers of `tests/golden/mod.rs`, which use neither annal's encoder,
+//! `annal::format` nor annal's chain code (only `crc32fast` for the CRC and
+//! the `blake3` crate for the chain, straight from spec 21.2). The tests
+//! check that
 //!
-//! 1. the committed files and JSON equal the spec assembly;
+//! 1. the committed files and JSON equal the spec assembly, and regenerating
+//!    gives the committed files byte for byte (so v1 stays frozen);
 //! 2. annal's writer, given the same log id, clock and event ids, writes the
-//!    same bytes (and, for the torn vector, the same crash image);
+//!    same bytes (and, for the torn vector, the same crash image): v1 with
+//!    `Options::format_version(1)`, v2 by default, keyed with the test key;
 //! 3. recovery of the torn vector and the error reported for the corrupt
 //!    vector are the ones the JSON documents.
 //!
