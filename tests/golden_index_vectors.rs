@@ -9,6 +9,11 @@
 //! * `spec/vectors/v1/indexed/` + `indexed.json`: a cleanly closed log of two
 //!   sealed segments and an active one, with the `.idx` file of each sealed
 //!   segment and the stream table, and the results of index-served reads.
+//! * `spec/vectors/v2/indexed/` + `indexed.json`: the same log in format v2
+//!   (the audit chain, spec 21, computed here with the `blake3` crate): the
+//!   chain crosses the seals, and the seals' CRCs (the indexes' `seal_crc`)
+//!   differ from v1's. `index.json` does not depend on the log format and is
+//!   only in `v1/`.
 //!
 //! Everything is assembled here from the tables of `spec/format.md` alone,
 //! with neither annal's encoders nor `annal::format` (only `crc32fast` for the
@@ -45,7 +50,7 @@ mod golden;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 
@@ -54,8 +59,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use golden::{
-    Event, EventJson, HeadSlot, assert_bytes_eq, batch_frame, crc, event_data, event_of, file_names, frame_header,
-    head_file, hex, id_from, lines, planned_clock, put, record, regenerating, segment_header, vectors_dir,
+    Event, EventJson, Format, HeadSlot, assert_bytes_eq, assert_tree_committed, batch_frame_in, chain_hex, crc,
+    event_data, event_of, file_names, frame_header_with_chain, head_file_in, hex, id_from, lines, planned_clock, put,
+    record, regenerating, segment_header_in,
 };
 
 // ============================================================== the plan
@@ -224,15 +230,18 @@ fn category(stream: &str) -> Option<&str> {
 // Spec 2, 3 and 5.2, as in tests/golden_vectors.rs; the offsets are the
 // `offset` column of the tables.
 
-/// Spec 3.4: a seal.
-fn seal_frame(next_position: u64, durable_end: u64) -> Vec<u8> {
-    frame_header(2, 72, next_position, 0, durable_end)
+/// Spec 3.4: a seal; with the chain (21.2), its chain slot holds the chain
+/// after the segment's last batch.
+fn seal_frame(next_position: u64, durable_end: u64, chain: &[u8; 32]) -> Vec<u8> {
+    frame_header_with_chain(2, 72, next_position, 0, durable_end, chain)
 }
 
 /// The segment files, the writer's clock readings and its head slots.
 struct AssembledLog {
     /// `(base_position, bytes)` per segment, in log order.
     segments: Vec<(u64, Vec<u8>)>,
+    /// The chain after the last batch (zero without the chain).
+    chain: [u8; 32],
     clock_readings: Vec<u64>,
     head_history: Vec<HeadSlot>,
 }
@@ -256,9 +265,14 @@ struct AssembledLog {
 ///   log is created, one after each append (durable end 128, visible end = the
 ///   end of the batch in its segment), two at close (durable = visible = the
 ///   end of the active segment).
-fn assemble_log(batches: &[Batch]) -> AssembledLog {
+///
+/// In format `fmt`: with the chain, segment 0's `chain_start` is the genesis,
+/// each batch links to the one before, a seal carries the chain after the
+/// segment's last batch and the next segment starts from it (spec 21.2).
+fn assemble_log(fmt: &Format, batches: &[Batch]) -> AssembledLog {
     let mut clock_readings = vec![T0];
-    let mut segments = vec![(0u64, segment_header(LOG_ID, 0, 0, T0))];
+    let mut chain = fmt.genesis(&LOG_ID);
+    let mut segments = vec![(0u64, segment_header_in(fmt, LOG_ID, 0, 0, T0, &chain))];
     let mut head_history = vec![HeadSlot {
         sequence: 1,
         segment_base: 0,
@@ -278,14 +292,18 @@ fn assemble_log(batches: &[Batch]) -> AssembledLog {
             .enumerate()
             .map(|(i, e)| record(position + i as u64, first_version + i as u64, b.timestamp, b.stream, e))
             .collect();
-        let frame = batch_frame(position, SEGMENT_HEADER_LEN, &records);
+        let (frame, after) = batch_frame_in(fmt, &chain, position, SEGMENT_HEADER_LEN, &records);
         let (_, seg) = segments.last_mut().expect("a segment");
         if seg.len() as u64 > SEGMENT_HEADER_LEN && (seg.len() + frame.len()) as u64 > SEGMENT_SIZE {
-            seg.extend_from_slice(&seal_frame(position, SEGMENT_HEADER_LEN));
+            seg.extend_from_slice(&seal_frame(position, SEGMENT_HEADER_LEN, &chain));
             let created_at = b.timestamp + ROLL_CLOCK_DELAY;
             clock_readings.push(created_at);
-            segments.push((position, segment_header(LOG_ID, position, last_timestamp, created_at)));
+            segments.push((
+                position,
+                segment_header_in(fmt, LOG_ID, position, last_timestamp, created_at, &chain),
+            ));
         }
+        chain = after;
         let (base, seg) = segments.last_mut().expect("a segment");
         seg.extend_from_slice(&frame);
         position += b.events.len() as u64;
@@ -311,6 +329,7 @@ fn assemble_log(batches: &[Batch]) -> AssembledLog {
     }
     AssembledLog {
         segments,
+        chain,
         clock_readings,
         head_history,
     }
@@ -351,6 +370,8 @@ struct ParsedFrame {
     len: u64,
     first_position: u64,
     durable_end: u64,
+    /// The chain slot (spec 3.1).
+    chain: [u8; 32],
     records: Vec<ParsedRecord>,
 }
 
@@ -359,6 +380,7 @@ struct ParsedSeal {
     offset: u64,
     first_position: u64,
     durable_end: u64,
+    chain: [u8; 32],
     header_crc: u32,
 }
 
@@ -366,9 +388,13 @@ struct ParsedSeal {
 struct ParsedSegment {
     file: String,
     length: u64,
+    format_version: u16,
+    log_flags: u16,
     base_position: u64,
     prev_timestamp: u64,
     created_at: u64,
+    chain_start: [u8; 32],
+    key_id: [u8; 16],
     /// The event batches, in file order.
     frames: Vec<ParsedFrame>,
     /// The seal, if the segment is sealed.
@@ -384,9 +410,13 @@ fn parse_segment(file: &str, b: &[u8]) -> ParsedSegment {
     let mut seg = ParsedSegment {
         file: file.to_owned(),
         length: b.len() as u64,
+        format_version: u16_at(b, 8),
+        log_flags: u16_at(b, 10),
         base_position: u64_at(b, 32),
         prev_timestamp: u64_at(b, 40),
         created_at: u64_at(b, 48),
+        chain_start: b[56..88].try_into().expect("32 bytes"),
+        key_id: b[88..104].try_into().expect("16 bytes"),
         frames: Vec::new(),
         seal: None,
     };
@@ -400,12 +430,14 @@ fn parse_segment(file: &str, b: &[u8]) -> ParsedSegment {
         let first_position = u64_at(h, 16);
         let record_count = u32_at(h, 24);
         let durable_end = u64_at(h, 32);
+        let chain: [u8; 32] = h[40..72].try_into().expect("32 bytes");
         match h[28] {
             2 => {
                 seg.seal = Some(ParsedSeal {
                     offset: at as u64,
                     first_position,
                     durable_end,
+                    chain,
                     header_crc: u32_at(h, 4),
                 });
             }
@@ -441,6 +473,7 @@ fn parse_segment(file: &str, b: &[u8]) -> ParsedSegment {
                     len: frame_len as u64,
                     first_position,
                     durable_end,
+                    chain,
                     records,
                 });
             }
@@ -954,6 +987,9 @@ struct FrameJson {
     first_position: u64,
     record_count: u32,
     durable_end: u64,
+    /// Format v2 with the chain: the chain slot (the chain after the batch), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<String>,
     records: Vec<RecordJson>,
 }
 
@@ -966,6 +1002,10 @@ struct SealJson {
     first_position: u64,
     record_count: u32,
     durable_end: u64,
+    /// Format v2 with the chain: the chain slot (the chain after the
+    /// segment's last batch), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<String>,
     /// The seal's `header_crc`: the index's `seal_crc`.
     header_crc: String,
 }
@@ -977,6 +1017,14 @@ struct SegmentJson {
     base_position: u64,
     prev_timestamp: u64,
     created_at: u64,
+    /// Format v2: the header's `log_flags`, `chain_start` (hex; the genesis
+    /// for segment 0, the previous seal's chain after) and `key_id` (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_flags: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
     /// The event batches, in file order.
     frames: Vec<FrameJson>,
     /// The seal frame (null for the active segment).
@@ -1193,6 +1241,10 @@ struct IndexedJson {
     description: Vec<String>,
     format_version: u16,
     log_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_flags: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<ChainJson>,
     files: Vec<String>,
     writer: WriterJson,
     segments: Vec<SegmentJson>,
@@ -1216,13 +1268,33 @@ fn event_json(r: &ParsedRecord) -> EventJson {
     }
 }
 
+/// Format v2: the audit chain of the log (spec 21).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ChainJson {
+    /// `BLAKE3` (plain; the indexed vector is not keyed).
+    hash: String,
+    /// H("annal chain v2\0\0" || log_id), hex.
+    genesis: String,
+    /// `Log::anchor()` of the closed log: `POSITION:HEX64`.
+    anchor: String,
+}
+
 fn segment_json(s: &ParsedSegment) -> SegmentJson {
+    let v2 = s.format_version >= 2;
+    let fmt = Format {
+        version: s.format_version,
+        chain: s.log_flags & 1 != 0,
+        key: None,
+    };
     SegmentJson {
         file: s.file.clone(),
         length: s.length,
         base_position: s.base_position,
         prev_timestamp: s.prev_timestamp,
         created_at: s.created_at,
+        log_flags: v2.then_some(s.log_flags),
+        chain_start: v2.then(|| hex(&s.chain_start)),
+        key_id: v2.then(|| hex(&s.key_id)),
         frames: s
             .frames
             .iter()
@@ -1233,6 +1305,7 @@ fn segment_json(s: &ParsedSegment) -> SegmentJson {
                 first_position: f.first_position,
                 record_count: f.records.len() as u32,
                 durable_end: f.durable_end,
+                chain: chain_hex(&fmt, &f.chain),
                 records: f
                     .records
                     .iter()
@@ -1251,6 +1324,7 @@ fn segment_json(s: &ParsedSegment) -> SegmentJson {
             first_position: x.first_position,
             record_count: 0,
             durable_end: x.durable_end,
+            chain: chain_hex(&fmt, &x.chain),
             header_crc: hex32(x.header_crc),
         }),
     }
@@ -1541,6 +1615,7 @@ fn expected_reads(events: &[ParsedRecord]) -> Vec<ReadJson> {
 // ========================================================= the vector
 
 struct Vector {
+    fmt: Format,
     /// `(file name, bytes)` of every file of `indexed/`.
     files: Vec<(String, Vec<u8>)>,
     json_text: String,
@@ -1557,8 +1632,8 @@ fn parse_all(segments: &[(String, Vec<u8>)]) -> Vec<ParsedSegment> {
     segments.iter().map(|(n, b)| parse_segment(n, b)).collect()
 }
 
-fn build_vector() -> Vector {
-    let log = assemble_log(&BATCHES);
+fn build_vector(fmt: Format) -> Vector {
+    let log = assemble_log(&fmt, &BATCHES);
     let seg_files: Vec<(String, Vec<u8>)> = log
         .segments
         .iter()
@@ -1574,47 +1649,71 @@ fn build_vector() -> Vector {
         files.push((m.file.clone(), b.clone()));
     }
     files.push((STREAM_TABLE_FILE.to_owned(), table_bytes.clone()));
-    files.push((HEAD_FILE.to_owned(), head_file(&log.head_history)));
+    files.push((HEAD_FILE.to_owned(), head_file_in(fmt.version, &log.head_history)));
     files.sort();
     let events: Vec<ParsedRecord> = parsed
         .iter()
         .flat_map(|s| s.frames.iter().flat_map(|f| f.records.iter().cloned()))
         .collect();
-    let json = IndexedJson {
-        description: lines(&[
-            "A cleanly closed log of three segments written by annal's writer with Options::default() \
+    let mut description = lines(&[
+        "A cleanly closed log of three segments written by annal's writer with Options::default() \
              .segment_size(900), Durability::Buffered, an explicit log id, clock and event ids, then closed: \
              segments 0 and 4 are sealed and have index files (spec 17), segment 8 is the active segment (its \
              index lives in memory only); annal.streams (spec 18) covers the two sealed segments.",
-            "Appends: order-1 [OrderPlaced, ItemAdded] (one batch of two events), customer-9 [Registered], order \
+        "Appends: order-1 [OrderPlaced, ItemAdded] (one batch of two events), customer-9 [Registered], order \
              [Audited]; then (segment 4) order-2 [OrderPlaced], order-1 [OrderShipped], order-1 [ItemAdded, \
              ItemAdded]; then (segment 8) customer-9 [EmailChanged], order-2 [OrderShipped]. Categories: order \
              (order-1, order-2) and customer (customer-9); the stream 'order' has no '-' and so no category, \
              although its name equals the category 'order'.",
-            "Spec 8: a batch goes into the active segment if it fits within segment_size, else the segment is \
+        "Spec 8: a batch goes into the active segment if it fits within segment_size, else the segment is \
              sealed and the batch starts the next one. The sizes are chosen so that counting or not counting the \
              72-byte seal in 'fits' gives the same split.",
-            "Every frame's durable_end (seals included) is 128: nothing but the sealed segments (at each roll) \
+        "Every frame's durable_end (seals included) is 128: nothing but the sealed segments (at each roll) \
              was fsynced before close, and a new segment's durable end starts at its header.",
-            "Index files: rows sorted by (hash, name bytes), entries as spec 17.2. The order of names in the name \
+        "Index files: rows sorted by (hash, name bytes), entries as spec 17.2. The order of names in the name \
              area is not fixed by the spec; annal (and these vectors) store each row's name once per row, stream \
              rows first, then category rows, then event type rows, each in row order, without sharing (so 'order' \
              is stored twice in segment 0's index: a stream name and a category name). The stream table stores \
              its names in row order.",
-            "hash, hash_mask and CRC values are hex strings; every other integer is an exact JSON number (u64; \
+        "hash, hash_mask and CRC values are hex strings; every other integer is an exact JSON number (u64; \
              prev_segment 18446744073709551615 and prev_row 4294967295 mean none). metadata and payload are the \
              bytes as UTF-8 text.",
-            "layout: the file offset at which each part of a derived file starts (name_padding: the 0-7 zero \
+        "layout: the file offset at which each part of a derived file starts (name_padding: the 0-7 zero \
              bytes after the name area; block_crc_table: table_offset of spec 16; footer: the 32-byte footer). \
              footer: the footer's fields and the block CRC table (one CRC per 4096-byte block of [0, \
              table_offset)). Each row lists its own entries (stream entries, frame_offsets of category entries, \
              record_offsets of event type entries).",
-            "reads: calls on a view of the log (annal::Reader or annal::Log) and the positions of the records \
+        "reads: calls on a view of the log (annal::Reader or annal::Log) and the positions of the records \
              they return, in order; the records are those listed under segments.",
-            "The directory holds no annal.lock (a writer creates it when it opens the log).",
-        ]),
-        format_version: 1,
+        "The directory holds no annal.lock (a writer creates it when it opens the log).",
+    ]);
+    if fmt.version >= 2 {
+        description.extend(lines(&[
+            "Format v2 (spec 21): every segment header has log_flags 1 (CHAIN); segment 0's chain_start is the \
+             genesis H(\"annal chain v2\\0\\0\" || log_id), each later segment's chain_start is the chain in \
+             the seal of the segment before; each batch frame's chain slot [40, 72) holds the chain after it, \
+             H(chain before || frame bytes [8, 40) || frame bytes [72, frame_len)), and each seal's chain slot \
+             the chain after its segment's last batch; the slots are covered by header_crc, so the seals' \
+             header_crc (the indexes' seal_crc) differ from v1's. The head file's slots carry format_version 2.",
+            "chain, chain_start and key_id are lowercase hex (key_id zero: not keyed). chain.anchor is \
+             Log::anchor() of the closed log: POSITION:HASH, the position after the last batch and the chain \
+             there.",
+        ]));
+    }
+    let json = IndexedJson {
+        description,
+        format_version: fmt.version,
         log_id: hex(&LOG_ID),
+        log_flags: (fmt.version >= 2).then(|| fmt.log_flags()),
+        chain: fmt.chain.then(|| ChainJson {
+            hash: "BLAKE3".to_owned(),
+            genesis: hex(&fmt.genesis(&LOG_ID)),
+            anchor: format!(
+                "{}:{}",
+                BATCHES.iter().map(|b| b.events.len() as u64).sum::<u64>(),
+                hex(&log.chain)
+            ),
+        }),
         files: files.iter().map(|(n, _)| n.clone()).collect(),
         writer: WriterJson {
             durability: "Buffered".to_owned(),
@@ -1629,14 +1728,18 @@ fn build_vector() -> Vector {
         reads: expected_reads(&events),
     };
     Vector {
+        fmt,
         files,
         json_text: to_json_text(&json),
         hash_json_text: to_json_text(&hash_vectors_json()),
     }
 }
 
-fn write_vector(v: &Vector) {
-    let dir = vectors_dir().join(VECTOR);
+/// Write `v` under `base` (its format's vector directory, or a temporary
+/// one); `index.json` does not depend on the log format version and is
+/// written with the v1 set only.
+fn write_vector_to(base: &Path, v: &Vector) {
+    let dir = base.join(VECTOR);
     if dir.exists() {
         fs::remove_dir_all(&dir).expect("remove old vector directory");
     }
@@ -1644,38 +1747,57 @@ fn write_vector(v: &Vector) {
     for (name, bytes) in &v.files {
         fs::write(dir.join(name), bytes).expect("write vector file");
     }
-    fs::write(vectors_dir().join(format!("{VECTOR}.json")), &v.json_text).expect("write indexed.json");
-    fs::write(vectors_dir().join("index.json"), &v.hash_json_text).expect("write index.json");
+    fs::write(base.join(format!("{VECTOR}.json")), &v.json_text).expect("write indexed.json");
+    if v.fmt.version == 1 {
+        fs::write(base.join("index.json"), &v.hash_json_text).expect("write index.json");
+    }
 }
 
-/// The spec-assembled vector; with `ANNAL_REGENERATE_VECTORS=1`, written to
-/// `spec/vectors/v1/` (once per test process, before any test reads it).
-fn vector() -> &'static Vector {
-    static V: OnceLock<Vector> = OnceLock::new();
+/// The spec-assembled vectors, v1 then v2; with
+/// `ANNAL_REGENERATE_VECTORS=1`, written to `spec/vectors/v1/` and
+/// `spec/vectors/v2/` (once per test process, before any test reads them).
+fn vectors() -> &'static [Vector; 2] {
+    static V: OnceLock<[Vector; 2]> = OnceLock::new();
     V.get_or_init(|| {
-        let v = build_vector();
+        let v = [build_vector(Format::V1), build_vector(Format::V2)];
         if regenerating() {
-            write_vector(&v);
+            for x in &v {
+                fs::create_dir_all(x.fmt.vectors_dir()).expect("create vectors directory");
+                write_vector_to(&x.fmt.vectors_dir(), x);
+            }
         }
         v
     })
 }
 
+fn vector(fmt: &Format) -> &'static Vector {
+    vectors()
+        .iter()
+        .find(|v| v.fmt == *fmt)
+        .expect("a vector of the format")
+}
+
+/// `index.json` (format independent): in `spec/vectors/v1/`.
 fn load_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    vector();
+    vectors();
     golden::load_json(name)
+}
+
+fn load_indexed_json(fmt: &Format) -> IndexedJson {
+    vectors();
+    golden::load_json_from(&fmt.vectors_dir(), &format!("{VECTOR}.json"))
 }
 
 // ============================================================ helpers
 
-fn committed_dir() -> PathBuf {
-    vector();
-    vectors_dir().join(VECTOR)
+fn committed_dir(fmt: &Format) -> PathBuf {
+    vectors();
+    fmt.vectors_dir().join(VECTOR)
 }
 
 /// The committed segment files, `(name, bytes)` in log order.
-fn committed_segments() -> Vec<(String, Vec<u8>)> {
-    let dir = committed_dir();
+fn committed_segments(fmt: &Format) -> Vec<(String, Vec<u8>)> {
+    let dir = committed_dir(fmt);
     file_names(&dir)
         .into_iter()
         .filter(|n| n.ends_with(".seg"))
@@ -1687,8 +1809,17 @@ fn committed_segments() -> Vec<(String, Vec<u8>)> {
 }
 
 /// A fresh copy of the committed vector directory.
-fn copy_vector() -> tempfile::TempDir {
-    golden::copy_dir(&committed_dir())
+fn copy_vector(fmt: &Format) -> tempfile::TempDir {
+    golden::copy_dir(&committed_dir(fmt))
+}
+
+/// Options of a writer creating a log in `fmt`.
+fn options(fmt: &Format) -> Options {
+    if fmt.version == 1 {
+        Options::default().format_version(1)
+    } else {
+        Options::default()
+    }
 }
 
 fn collect<'a>(it: impl Iterator<Item = annal::Result<RecordRef<'a>>>) -> annal::Result<Vec<EventJson>> {
@@ -1768,7 +1899,7 @@ fn hash_vectors_match_the_spec_and_the_library() {
     let j: HashVectorsJson = load_json("index.json");
     assert_eq!(
         serde_json::to_value(&j).expect("to value"),
-        serde_json::from_str::<Value>(&vector().hash_json_text).expect("parse generated"),
+        serde_json::from_str::<Value>(&vector(&Format::V1).hash_json_text).expect("parse generated"),
         "index.json differs from the spec computation"
     );
     for name in ["", "a", "foobar", "order-42", "order", "customer-9"] {
@@ -1793,31 +1924,35 @@ fn hash_vectors_match_the_spec_and_the_library() {
             v.name
         );
     }
+    // index.json does not depend on the log format version: one copy, in v1/.
+    assert!(!Format::V2.vectors_dir().join("index.json").exists());
 }
 
 /// Section 8 read two ways (the seal counted in "fits" or not) splits the
 /// plan's batches into the same segments, so the vector does not depend on it.
 #[test]
 fn the_plan_splits_the_same_way_under_both_readings_of_section_8() {
-    let log = assemble_log(&BATCHES);
-    let parsed: Vec<ParsedSegment> = log
-        .segments
-        .iter()
-        .map(|(b, s)| parse_segment(&format!("{b:020}.seg"), s))
-        .collect();
-    assert_eq!(parsed.len(), 3, "two sealed segments and the active one");
-    for (i, s) in parsed.iter().enumerate() {
-        let content_end = s.seal.map_or(s.length, |x| x.offset);
-        assert!(
-            content_end + FRAME_HEADER_LEN <= SEGMENT_SIZE,
-            "segment {i}: its batches and a seal fit"
-        );
-        if let Some(next) = parsed.get(i + 1) {
-            let first = &next.frames[0];
+    for fmt in [Format::V1, Format::V2] {
+        let log = assemble_log(&fmt, &BATCHES);
+        let parsed: Vec<ParsedSegment> = log
+            .segments
+            .iter()
+            .map(|(b, s)| parse_segment(&format!("{b:020}.seg"), s))
+            .collect();
+        assert_eq!(parsed.len(), 3, "two sealed segments and the active one");
+        for (i, s) in parsed.iter().enumerate() {
+            let content_end = s.seal.map_or(s.length, |x| x.offset);
             assert!(
-                content_end + first.len > SEGMENT_SIZE,
-                "segment {i}: the next batch does not fit even without the seal"
+                content_end + FRAME_HEADER_LEN <= SEGMENT_SIZE,
+                "segment {i}: its batches and a seal fit"
             );
+            if let Some(next) = parsed.get(i + 1) {
+                let first = &next.frames[0];
+                assert!(
+                    content_end + first.len > SEGMENT_SIZE,
+                    "segment {i}: the next batch does not fit even without the seal"
+                );
+            }
         }
     }
 }
@@ -1825,98 +1960,156 @@ fn the_plan_splits_the_same_way_under_both_readings_of_section_8() {
 /// (a) The committed segments, head file and JSON are the spec assembly.
 #[test]
 fn committed_vector_equals_the_spec_assembly() {
-    let v = vector();
-    let dir = committed_dir();
-    let want: BTreeSet<String> = v.files.iter().map(|(n, _)| n.clone()).collect();
-    assert_eq!(file_names(&dir), want, "files of {}", dir.display());
-    for (name, bytes) in &v.files {
-        let got = fs::read(dir.join(name)).expect("read vector file");
-        assert_bytes_eq(&format!("{VECTOR}/{name}"), &got, bytes);
+    for v in vectors() {
+        let dir = committed_dir(&v.fmt);
+        let label = format!("v{}/{VECTOR}", v.fmt.version);
+        let want: BTreeSet<String> = v.files.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(file_names(&dir), want, "files of {}", dir.display());
+        for (name, bytes) in &v.files {
+            let got = fs::read(dir.join(name)).expect("read vector file");
+            assert_bytes_eq(&format!("{label}/{name}"), &got, bytes);
+        }
+        let j: Value = golden::load_json_from(&v.fmt.vectors_dir(), &format!("{VECTOR}.json"));
+        let want: Value = serde_json::from_str(&v.json_text).expect("parse generated JSON");
+        assert_eq!(j, want, "{label}.json differs from the spec assembly");
     }
-    let j: Value = load_json(&format!("{VECTOR}.json"));
-    let want: Value = serde_json::from_str(&v.json_text).expect("parse generated JSON");
-    assert_eq!(j, want, "{VECTOR}.json differs from the spec assembly");
+}
+
+/// Regenerating the vectors (into a temporary directory) gives the committed
+/// files byte for byte, JSON text included: the v1 set (with `index.json`)
+/// is frozen, and the v2 set is what the generator writes.
+#[test]
+fn regenerated_vectors_are_byte_identical_to_the_committed_ones() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for v in vectors() {
+        let base = tmp.path().join(format!("v{}", v.fmt.version));
+        fs::create_dir_all(&base).expect("create directory");
+        write_vector_to(&base, v);
+        assert_tree_committed(&base, &v.fmt.vectors_dir());
+    }
 }
 
 /// (a) The committed index files and stream table are what the spec tables
 /// give for the events of the committed segment files.
 #[test]
 fn committed_derived_files_follow_from_the_committed_segments() {
-    let dir = committed_dir();
-    let segments = committed_segments();
-    assert_eq!(segments.len(), 3);
-    let parsed = parse_all(&segments);
-    let derived = derived_files(&parsed);
-    let names: Vec<&str> = derived.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "00000000000000000000.idx",
-            "00000000000000000004.idx",
-            STREAM_TABLE_FILE
-        ]
-    );
-    for (name, want) in &derived {
-        let got = fs::read(dir.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
-        assert_bytes_eq(&format!("committed {name} vs spec assembly"), &got, want);
+    for fmt in [Format::V1, Format::V2] {
+        let dir = committed_dir(&fmt);
+        let segments = committed_segments(&fmt);
+        assert_eq!(segments.len(), 3);
+        let parsed = parse_all(&segments);
+        let derived = derived_files(&parsed);
+        let names: Vec<&str> = derived.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "00000000000000000000.idx",
+                "00000000000000000004.idx",
+                STREAM_TABLE_FILE
+            ]
+        );
+        for (name, want) in &derived {
+            let got = fs::read(dir.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+            assert_bytes_eq(
+                &format!("committed v{}/{name} vs spec assembly", fmt.version),
+                &got,
+                want,
+            );
+        }
+        // No index for the active segment.
+        assert!(!dir.join("00000000000000000008.idx").exists());
     }
-    // No index for the active segment.
-    assert!(!dir.join("00000000000000000008.idx").exists());
 }
 
 /// The JSON's layout arithmetic is consistent with spec 16-18.
 #[test]
 fn indexed_json_layout_is_consistent() {
-    let j: IndexedJson = load_json(&format!("{VECTOR}.json"));
-    assert_eq!(j.indexes.len(), 2);
-    for (ix, seg) in j.indexes.iter().zip(&j.segments) {
-        let (h, l) = (&ix.header, &ix.layout);
-        assert_eq!(h.segment_base, seg.base_position);
-        assert_eq!(h.segment_len, seg.length);
-        assert_eq!(Some(&h.seal_crc), seg.seal.as_ref().map(|s| &s.header_crc));
-        assert_eq!(l.stream_rows, 128);
-        assert_eq!(l.stream_entries, l.stream_rows + 56 * u64::from(h.stream_count));
-        assert_eq!(l.category_rows, l.stream_entries + 16 * u64::from(h.stream_entry_count));
-        assert_eq!(l.category_entries, l.category_rows + 32 * u64::from(h.category_count));
-        assert_eq!(l.type_rows, l.category_entries + 8 * u64::from(h.category_entry_count));
-        assert_eq!(l.type_entries, l.type_rows + 32 * u64::from(h.type_count));
-        assert_eq!(l.frames, l.type_entries + 8 * u64::from(h.type_entry_count));
-        assert_eq!(l.name_area, l.frames + 16 * u64::from(h.frame_count));
-        assert_eq!(l.name_padding, l.name_area + u64::from(h.names_len));
-        assert_eq!(l.block_crc_table, l.name_padding.next_multiple_of(8));
-        assert_eq!(ix.footer.table_offset, l.block_crc_table);
-        assert_eq!(ix.footer.block_count, l.block_crc_table.div_ceil(4096));
-        assert_eq!(ix.length, l.footer + 32);
-        assert_eq!(l.footer, l.block_crc_table + 4 * ix.footer.block_count);
-        assert_eq!(ix.name_area.len() as u64, u64::from(h.names_len));
-        let frames: Vec<(u64, u64)> = seg.frames.iter().map(|f| (f.first_position, f.offset)).collect();
-        let listed: Vec<(u64, u64)> = ix.frames.iter().map(|f| (f.first_position, f.frame_offset)).collect();
-        assert_eq!(listed, frames, "{}: frame entries", ix.file);
-        for r in &ix.stream_rows {
-            let at = r.name_offset as usize;
-            assert_eq!(&ix.name_area[at..at + r.name_len as usize], r.name);
+    for fmt in [Format::V1, Format::V2] {
+        let j = load_indexed_json(&fmt);
+        assert_eq!(j.format_version, fmt.version);
+        assert_eq!(j.indexes.len(), 2);
+        for (ix, seg) in j.indexes.iter().zip(&j.segments) {
+            let (h, l) = (&ix.header, &ix.layout);
+            assert_eq!(h.segment_base, seg.base_position);
+            assert_eq!(h.segment_len, seg.length);
+            assert_eq!(Some(&h.seal_crc), seg.seal.as_ref().map(|s| &s.header_crc));
+            assert_eq!(l.stream_rows, 128);
+            assert_eq!(l.stream_entries, l.stream_rows + 56 * u64::from(h.stream_count));
+            assert_eq!(l.category_rows, l.stream_entries + 16 * u64::from(h.stream_entry_count));
+            assert_eq!(l.category_entries, l.category_rows + 32 * u64::from(h.category_count));
+            assert_eq!(l.type_rows, l.category_entries + 8 * u64::from(h.category_entry_count));
+            assert_eq!(l.type_entries, l.type_rows + 32 * u64::from(h.type_count));
+            assert_eq!(l.frames, l.type_entries + 8 * u64::from(h.type_entry_count));
+            assert_eq!(l.name_area, l.frames + 16 * u64::from(h.frame_count));
+            assert_eq!(l.name_padding, l.name_area + u64::from(h.names_len));
+            assert_eq!(l.block_crc_table, l.name_padding.next_multiple_of(8));
+            assert_eq!(ix.footer.table_offset, l.block_crc_table);
+            assert_eq!(ix.footer.block_count, l.block_crc_table.div_ceil(4096));
+            assert_eq!(ix.length, l.footer + 32);
+            assert_eq!(l.footer, l.block_crc_table + 4 * ix.footer.block_count);
+            assert_eq!(ix.name_area.len() as u64, u64::from(h.names_len));
+            let frames: Vec<(u64, u64)> = seg.frames.iter().map(|f| (f.first_position, f.offset)).collect();
+            let listed: Vec<(u64, u64)> = ix.frames.iter().map(|f| (f.first_position, f.frame_offset)).collect();
+            assert_eq!(listed, frames, "{}: frame entries", ix.file);
+            for r in &ix.stream_rows {
+                let at = r.name_offset as usize;
+                assert_eq!(&ix.name_area[at..at + r.name_len as usize], r.name);
+            }
+        }
+        let t = &j.stream_table;
+        assert_eq!(t.layout.rows, 64);
+        assert_eq!(t.layout.name_area, 64 + 40 * t.header.stream_count);
+        assert_eq!(t.header.next_segment, j.segments[2].base_position);
+        assert_eq!(t.length, t.layout.footer + 32);
+        assert_eq!(t.footer.table_offset, t.layout.block_crc_table);
+    }
+}
+
+/// The chain across segments of the committed v2 files follows from spec
+/// 21.2 (computed here with the `blake3` crate): segment 0 starts at the
+/// genesis, each batch links to the one before, each seal carries the chain
+/// after its segment's last batch and the next segment starts from it; the
+/// JSON says the same.
+#[test]
+fn indexed_v2_chain_crosses_segments_as_defined() {
+    let fmt = Format::V2;
+    let j = load_indexed_json(&fmt);
+    let parsed = parse_all(&committed_segments(&fmt));
+    let mut chain = fmt.genesis(&LOG_ID);
+    for (s, sj) in parsed.iter().zip(&j.segments) {
+        assert_eq!((s.format_version, s.log_flags), (2, 1), "{}", s.file);
+        assert_eq!(s.chain_start, chain, "{}: chain_start", s.file);
+        assert_eq!(sj.chain_start.as_deref(), Some(hex(&chain).as_str()));
+        assert_eq!(s.key_id, [0; 16], "{}: key_id", s.file);
+        let bytes = fs::read(committed_dir(&fmt).join(&s.file)).expect("read segment");
+        for (f, fj) in s.frames.iter().zip(&sj.frames) {
+            chain = fmt.link(&chain, &bytes[f.offset as usize..(f.offset + f.len) as usize]);
+            assert_eq!(f.chain, chain, "{}: chain of the batch at {}", s.file, f.offset);
+            assert_eq!(fj.chain.as_deref(), Some(hex(&chain).as_str()));
+        }
+        if let Some(seal) = &s.seal {
+            assert_eq!(seal.chain, chain, "{}: the seal's chain", s.file);
         }
     }
-    let t = &j.stream_table;
-    assert_eq!(t.layout.rows, 64);
-    assert_eq!(t.layout.name_area, 64 + 40 * t.header.stream_count);
-    assert_eq!(t.header.next_segment, j.segments[2].base_position);
-    assert_eq!(t.length, t.layout.footer + 32);
-    assert_eq!(t.footer.table_offset, t.layout.block_crc_table);
+    let c = j.chain.as_ref().expect("chain in JSON");
+    assert_eq!(c.genesis, hex(&fmt.genesis(&LOG_ID)));
+    assert_eq!(c.anchor, format!("10:{}", hex(&chain)));
+    // v1: no chain anywhere.
+    for s in parse_all(&committed_segments(&Format::V1)) {
+        assert_eq!((s.format_version, s.log_flags, s.chain_start), (1, 0, [0; 32]));
+        assert!(s.frames.iter().all(|f| f.chain == [0; 32]));
+        assert!(s.seal.is_none_or(|x| x.chain == [0; 32]));
+    }
 }
 
 /// (b) annal's writer, given the plan's log id, clock, event ids and segment
 /// size, writes every file of the vector byte for byte.
-#[test]
-fn writer_produces_the_indexed_vector() {
-    let j: IndexedJson = load_json(&format!("{VECTOR}.json"));
+fn check_writer_produces_indexed(fmt: Format) {
+    let j = load_indexed_json(&fmt);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
     let (clock, calls) = planned_clock(j.writer.clock_readings.clone());
-    let opts = Options::default()
-        .segment_size(SEGMENT_SIZE)
-        .log_id(LOG_ID)
-        .clock(clock);
+    let opts = options(&fmt).segment_size(SEGMENT_SIZE).log_id(LOG_ID).clock(clock);
     let log = Log::open(&dir, opts).expect("create log");
     assert!(log.recovery().created);
     for b in &BATCHES {
@@ -1924,6 +2117,13 @@ fn writer_produces_the_indexed_vector() {
         log.append(b.stream, ExpectedVersion::Any, &events)
             .unwrap_or_else(|e| panic!("append to {}: {e}", b.stream));
     }
+    assert_eq!(log.format_version(), fmt.version);
+    assert_eq!(log.chain_mode(), (fmt.chain, false));
+    assert_eq!(
+        log.anchor().map(|a| a.to_string()),
+        j.chain.as_ref().map(|c| c.anchor.clone()),
+        "Log::anchor"
+    );
     log.close().expect("close");
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -1933,22 +2133,33 @@ fn writer_produces_the_indexed_vector() {
     let mut want: BTreeSet<String> = j.files.iter().cloned().collect();
     want.insert(LOCK_FILE.to_owned());
     assert_eq!(file_names(&dir), want, "files the writer leaves");
-    let committed = committed_dir();
+    let committed = committed_dir(&fmt);
     for name in &j.files {
         assert_bytes_eq(
-            &format!("writer's {name} vs the {VECTOR} vector"),
+            &format!("writer's {name} vs the v{} {VECTOR} vector", fmt.version),
             &fs::read(dir.join(name)).expect("read written file"),
             &fs::read(committed.join(name)).expect("read vector file"),
         );
     }
 }
 
+/// (b) With `format_version(1)`, the writer writes the v1 indexed vector.
+#[test]
+fn writer_produces_the_indexed_vector() {
+    check_writer_produces_indexed(Format::V1);
+}
+
+/// (b) A new log (format v2) is the v2 indexed vector byte for byte.
+#[test]
+fn writer_produces_the_indexed_v2_vector() {
+    check_writer_produces_indexed(Format::V2);
+}
+
 /// (c) A reader of the committed vector returns exactly the reads of the JSON,
 /// through the committed index files and stream table, and changes nothing.
-#[test]
-fn indexed_vector_reads_back_through_a_reader() {
-    let j: IndexedJson = load_json(&format!("{VECTOR}.json"));
-    let tmp = copy_vector();
+fn check_reads_back_through_a_reader(fmt: Format) {
+    let j = load_indexed_json(&fmt);
+    let tmp = copy_vector(&fmt);
     let before: Vec<(String, Vec<u8>)> = j
         .files
         .iter()
@@ -1971,13 +2182,22 @@ fn indexed_vector_reads_back_through_a_reader() {
     assert_eq!(file_names(tmp.path()), j.files.iter().cloned().collect::<BTreeSet<_>>());
 }
 
+#[test]
+fn indexed_vector_reads_back_through_a_reader() {
+    check_reads_back_through_a_reader(Format::V1);
+}
+
+#[test]
+fn indexed_v2_vector_reads_back_through_a_reader() {
+    check_reads_back_through_a_reader(Format::V2);
+}
+
 /// (c) A writer opening the committed vector finds nothing to recover or
 /// rebuild, returns exactly the reads of the JSON, and leaves the segments,
 /// index files and stream table as they are.
-#[test]
-fn indexed_vector_reads_back_through_a_writer() {
-    let j: IndexedJson = load_json(&format!("{VECTOR}.json"));
-    let tmp = copy_vector();
+fn check_reads_back_through_a_writer(fmt: Format) {
+    let j = load_indexed_json(&fmt);
+    let tmp = copy_vector(&fmt);
     let keep = unchanged_file_names(&j);
     let before: Vec<(String, Vec<u8>)> = keep
         .iter()
@@ -1988,6 +2208,12 @@ fn indexed_vector_reads_back_through_a_writer() {
         log.recovery(),
         &annal::Recovery::default(),
         "nothing recovered or rebuilt"
+    );
+    assert_eq!(log.format_version(), fmt.version, "an existing log keeps its version");
+    assert_eq!(
+        log.anchor().map(|a| a.to_string()),
+        j.chain.as_ref().map(|c| c.anchor.clone()),
+        "Log::anchor of the reopened log"
     );
     assert_eq!(log.next_position(), 10);
     let mut newest: HashMap<&str, u64> = HashMap::new();
@@ -2015,4 +2241,14 @@ fn indexed_vector_reads_back_through_a_writer() {
             bytes,
         );
     }
+}
+
+#[test]
+fn indexed_vector_reads_back_through_a_writer() {
+    check_reads_back_through_a_writer(Format::V1);
+}
+
+#[test]
+fn indexed_v2_vector_reads_back_through_a_writer() {
+    check_reads_back_through_a_writer(Format::V2);
 }
