@@ -165,6 +165,13 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+impl fmt::Display for PublicKey {
+    /// The 64 hexadecimal digits of a public key file.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
 impl PublicKey {
     /// Read a public key file (64 hexadecimal digits).
     pub fn from_file(path: impl AsRef<Path>) -> Result<PublicKey> {

@@ -24,7 +24,10 @@
 //!   warning says so). Each [`Anchor`] given ([`CheckOptions::anchor`]) is
 //!   checked against the history before its position; the verdicts are in
 //!   [`CheckReport::anchors`] and a summary in [`CheckReport::chain`]. In logs
-//!   without the chain, every chain slot must be zero.
+//!   without the chain, every chain slot must be zero. Checkpoint frames
+//!   (spec 3.5) repeat the stored chain; with a public key
+//!   ([`CheckOptions::public_key`]) their signatures are verified and every
+//!   sealed segment must end with one ([`CheckReport::signatures`]).
 //!
 //! How findings are classified:
 //!
@@ -57,11 +60,11 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, hex};
+use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, PublicKey, hex};
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{
-    FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, HEAD_FILE_LEN, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN,
-    LogFormat, SEGMENT_HEADER_LEN, STB_HEADER_LEN, STB_ROW_LEN, SegmentHeader,
+    FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, HEAD_FILE_LEN, IDX_HEADER_LEN,
+    IDX_STREAM_ROW_LEN, LogFormat, SEGMENT_HEADER_LEN, STB_HEADER_LEN, STB_ROW_LEN, SegmentHeader,
 };
 use crate::head::{self, HEAD_FILE, Head};
 use crate::index::{self, IdxFile, MemIndex, NO_ROW, NO_SEGMENT, Prev};
@@ -82,6 +85,7 @@ pub struct CheckOptions {
     progress: Option<ProgressFn>,
     key: Option<ChainKey>,
     anchors: Vec<Anchor>,
+    public_key: Option<PublicKey>,
 }
 
 impl fmt::Debug for CheckOptions {
@@ -91,6 +95,7 @@ impl fmt::Debug for CheckOptions {
             .field("progress", &self.progress.is_some())
             .field("key", &self.key)
             .field("anchors", &self.anchors)
+            .field("public_key", &self.public_key)
             .finish()
     }
 }
@@ -129,6 +134,28 @@ impl CheckOptions {
         self.anchors.push(anchor);
         self
     }
+
+    /// Verify the signed checkpoints (spec 21.5) with `key`: every
+    /// checkpoint must be signed by it and its signature must verify, and
+    /// every sealed segment must end with a checkpoint before its seal. The
+    /// result is in [`CheckReport::signatures`].
+    pub fn public_key(mut self, key: PublicKey) -> Self {
+        self.public_key = Some(key);
+        self
+    }
+}
+
+/// What [`check`] found of the signed checkpoints (spec 21.5), when given a
+/// public key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SignatureSummary {
+    /// Checkpoints whose signature verified with the key given.
+    pub verified: u64,
+    /// The position of the newest verified checkpoint: the history before it
+    /// is attested by the key's holder (if the chain verified too).
+    pub last_signed_position: Option<u64>,
+    /// Events after the newest verified checkpoint (not yet signed).
+    pub unsigned_events: u64,
 }
 
 /// What [`check`] found of the audit chain (spec 21).
@@ -246,6 +273,9 @@ pub struct CheckReport {
     pub chain: ChainStatus,
     /// One verdict per anchor given, in the order given.
     pub anchors: Vec<AnchorVerdict>,
+    /// The signed checkpoints, if a public key was given
+    /// ([`CheckOptions::public_key`]).
+    pub signatures: Option<SignatureSummary>,
 }
 
 impl CheckReport {
@@ -510,6 +540,9 @@ struct SegOut {
     /// `(position, batch first position, batch end, frame offset)` for each
     /// anchor position strictly inside a batch of this segment.
     anchor_inside: Vec<(u64, u64, u64, u64)>,
+    /// Checkpoints whose signature verified, and the newest one's position.
+    signed: u64,
+    last_signed: Option<u64>,
 }
 
 /// A broken link of the audit chain.
@@ -531,6 +564,8 @@ struct SegCtx<'a> {
     key: Option<&'a ChainKey>,
     /// The anchors' positions, sorted, without duplicates.
     anchors: Vec<u64>,
+    /// The public key of signed checkpoints, if given.
+    public_key: Option<&'a PublicKey>,
 }
 
 impl SegCtx<'_> {
@@ -618,6 +653,7 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
             a.dedup();
             a
         },
+        public_key: opts.public_key.as_ref(),
     };
     if let Some(h) = head
         && bases.binary_search(&h.segment_base).is_err()
@@ -635,7 +671,7 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
     let outs: Vec<SegOut> = bases
         .par_iter()
         .enumerate()
-        .map(|(i, &base)| check_segment(&ctx, base, i == last, i + 1 < last))
+        .map(|(i, &base)| check_segment(&ctx, base, i == last))
         .collect::<Result<_>>()?;
 
     // Sequential checks across segments, in order.
@@ -745,6 +781,15 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
         }
     }
     check_chain(&outs, opts, &mut report);
+    if opts.public_key.is_some() {
+        let end = outs.last().map_or(0, |o| o.next_position);
+        let last_signed_position = outs.iter().filter_map(|o| o.last_signed).max();
+        report.signatures = Some(SignatureSummary {
+            verified: outs.iter().map(|o| o.signed).sum(),
+            last_signed_position,
+            unsigned_events: end.saturating_sub(last_signed_position.unwrap_or(0)),
+        });
+    }
     if table_next.is_some_and(|n| n > active_base) || (table_next.is_some() && table_expect.is_none()) {
         table_expect = Some(latest.clone());
     }
@@ -881,7 +926,7 @@ impl SegBytes {
     }
 }
 
-fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors: bool) -> Result<SegOut> {
+fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
     let path = ctx.dir.join(segment_file_name(base));
     let data = if is_last {
         SegBytes::Copy(fs::read(&path).map_err(|e| Error::io("read", &path, e))?)
@@ -913,6 +958,8 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors:
         breaks: Vec::new(),
         anchor_points: Vec::new(),
         anchor_inside: Vec::new(),
+        signed: 0,
+        last_signed: None,
     };
     let head_durable = ctx.head.filter(|h| h.segment_base == base).map_or(0, |h| h.durable_end);
     let header = match SegmentHeader::parse(bytes) {
@@ -954,6 +1001,9 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors:
         zero_problems: Vec::new(),
         anchor_points: Vec::new(),
         anchor_inside: Vec::new(),
+        last_is_checkpoint: false,
+        signed: 0,
+        last_signed: None,
     };
     if header.base_position.get() != base {
         out.problems.push(finding(
@@ -973,10 +1023,14 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors:
     let mut reported = 0u64;
     let seg_start = bytes.as_ptr() as usize;
     let walk = walk_segment(bytes, header, true, |frame, f| {
+        let off = (frame.as_ptr() as usize - seg_start) as u64;
+        if f.kind == FRAME_KIND_CHECKPOINT {
+            chain.checkpoint(ctx, &path, &format, frame, f, off);
+            return;
+        }
         if f.kind != FRAME_KIND_BATCH {
             return;
         }
-        let off = (frame.as_ptr() as usize - seg_start) as u64;
         records += f.count as u64;
         if let Some(r) = frame_records(frame).next() {
             let v = r.stream_version();
@@ -1027,7 +1081,17 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors:
         let seal = chain_slot(bytes.get(seal_off as usize..).unwrap_or_default());
         out.seal_chain = Some((seal_off, seal));
         chain.seal(&path, format.chained(), seal, seal_off, walk.next_position);
+        if ctx.public_key.is_some() && format.chained() && !chain.last_is_checkpoint {
+            chain.zero_problems.push(finding(
+                &path,
+                seal_off,
+                "expected a signed checkpoint just before the seal of a sealed segment (spec 21.5); it is missing: \
+                 the checkpoint was removed, or the writer had no signing key",
+            ));
+        }
     }
+    out.signed = chain.signed;
+    out.last_signed = chain.last_signed;
     out.links = chain.links;
     out.breaks = chain.breaks;
     out.problems.extend(chain.zero_problems);
@@ -1110,7 +1174,11 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool, has_two_successors:
                     0,
                     "the index file is missing; the next writer open (or annal check --repair) rebuilds it",
                 );
-                if is_last || (ctx.writer_active && !has_two_successors) {
+                // A writer's sealer thread indexes sealed segments in the
+                // background and may lag several segments behind a burst of
+                // rolls: while a writer holds the log, a missing index is in
+                // progress.
+                if is_last || ctx.writer_active {
                     out.warnings.push(f);
                 } else {
                     out.problems.push(f);
@@ -1228,9 +1296,82 @@ struct ChainLinks {
     zero_problems: Vec<Finding>,
     anchor_points: Vec<(u64, ChainHash, u64)>,
     anchor_inside: Vec<(u64, u64, u64, u64)>,
+    /// The last frame seen is a checkpoint.
+    last_is_checkpoint: bool,
+    signed: u64,
+    last_signed: Option<u64>,
 }
 
 impl ChainLinks {
+    /// One complete checkpoint frame at file offset `off` (spec 3.5, 21.5):
+    /// its chain slot repeats the stored chain after the batch before it; with
+    /// a public key, its signature verifies.
+    fn checkpoint(
+        &mut self,
+        ctx: &SegCtx<'_>,
+        path: &Path,
+        log: &LogFormat,
+        frame: &[u8],
+        f: &crate::segment::Frame,
+        off: u64,
+    ) {
+        let stored = chain_slot(frame);
+        let p = f.first_position;
+        self.last_is_checkpoint = true;
+        if !log.chained() {
+            self.zero_problems.push(finding(
+                path,
+                off + 28,
+                "expected no checkpoint frame in a log without the audit chain",
+            ));
+            return;
+        }
+        if stored != self.prev {
+            self.breaks.push(Break {
+                finding: finding(
+                    path,
+                    off + FRAME_CHAIN_OFFSET as u64,
+                    format!(
+                        "audit chain broken: the checkpoint at position {p} holds chain {}, but the chain after the \
+                         batch before it is {}; the checkpoint was altered",
+                        hex(&stored),
+                        hex(&self.prev)
+                    ),
+                ),
+                affects: p + 1,
+            });
+        }
+        let Some(pk) = ctx.public_key else { return };
+        let (Some(key), Some(sig)) = (frame.get(72..104), frame.get(104..168)) else {
+            return;
+        };
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(sig);
+        if key != pk.0 {
+            self.zero_problems.push(finding(
+                path,
+                off + 72,
+                format!(
+                    "the checkpoint at position {p} is signed by public key {}, not by the key given ({})",
+                    hex(key),
+                    hex(&pk.0)
+                ),
+            ));
+        } else if !pk.verify(&log.log_id, p, &stored, &signature) {
+            self.zero_problems.push(finding(
+                path,
+                off + 104,
+                format!(
+                    "the signature of the checkpoint at position {p} does not verify: the checkpoint (its position \
+                     or chain hash) was forged or altered"
+                ),
+            ));
+        } else {
+            self.signed += 1;
+            self.last_signed = Some(p);
+        }
+    }
+
     /// One complete batch frame at file offset `off`: recompute its link from
     /// the stored hash before it (if `chainer`), and continue from its stored
     /// hash, so that one changed batch is one finding.
@@ -1248,6 +1389,7 @@ impl ChainLinks {
         f: &crate::segment::Frame,
         off: u64,
     ) {
+        self.last_is_checkpoint = false;
         let stored = chain_slot(frame);
         let slot = off + FRAME_CHAIN_OFFSET as u64;
         if !chained {

@@ -70,7 +70,7 @@ mod view;
 pub use aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
 pub use anchor::{ChainHead, chain_head, head_anchor};
 pub use chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};
-pub use check::{AnchorVerdict, ChainStatus};
+pub use check::{AnchorVerdict, ChainStatus, SignatureSummary};
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use hash::{category_of, stream_hash};

@@ -1041,8 +1041,6 @@ impl Inner {
         let mut frame = [0u8; CHECKPOINT_FRAME_LEN];
         frame[..FRAME_HEADER_LEN].copy_from_slice(h.as_bytes());
         st.push_bytes(&frame);
-        st.seg_end += CHECKPOINT_FRAME_LEN as u64;
-        st.lsn += CHECKPOINT_FRAME_LEN as u64;
         st.unsigned_events = 0;
     }
 

@@ -269,7 +269,7 @@ pub(crate) struct Walk {
 }
 
 /// Walk the frames of a whole segment file held in `file`, calling `on_batch`
-/// with each complete batch's bytes. Stops at the first frame that is not
+/// with each complete batch's (and checkpoint's) bytes. Stops at the first frame that is not
 /// complete, at a position or timestamp that breaks the chain, or at bytes after
 /// a seal.
 pub(crate) fn walk_segment(
@@ -285,6 +285,9 @@ pub(crate) fn walk_segment(
     }
     impl<'a, F: FnMut(&[u8], &Frame)> RecordSink<'a> for Batches<'_, F> {
         fn record(&mut self, _: u64, _: u64, _: &RecordRef<'a>) {}
+        fn checkpoint(&mut self, frame_offset: u64, frame: &Frame) {
+            self.batch(frame_offset, frame);
+        }
         fn batch(&mut self, frame_offset: u64, frame: &Frame) {
             let bytes = self
                 .file
@@ -324,6 +327,8 @@ pub(crate) trait RecordSink<'a> {
     /// The batch at `frame_offset`, whose records were just reported, is
     /// complete and continues the segment's chains.
     fn batch(&mut self, frame_offset: u64, frame: &Frame);
+    /// The complete checkpoint frame at `frame_offset` (spec 3.5).
+    fn checkpoint(&mut self, _frame_offset: u64, _frame: &Frame) {}
 }
 
 /// [`walk_segment`] in one pass over the bytes, for callers that want every
@@ -398,6 +403,8 @@ pub(crate) fn walk_segment_records<'a>(
             sink.batch(off, &frame);
         } else if frame.kind == FRAME_KIND_SEAL {
             w.sealed = true;
+        } else {
+            sink.checkpoint(off, &frame);
         }
         w.max_durable = w.max_durable.max(frame.durable_end);
         w.next_position = frame.next_position();

@@ -98,11 +98,8 @@ fn checkpoints_are_signed_every_n_events_before_seals_and_at_close() {
     assert!(all.iter().enumerate().all(|(i, r)| r.position == i as u64));
     assert_eq!(log.anchor().unwrap(), anchor, "reopening continues from the same head");
     log.close().unwrap();
-    assert!(
-        annal::check(dir.path(), annal::CheckOptions::default())
-            .unwrap()
-            .is_ok()
-    );
+    let r = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert!(r.is_ok(), "{:?}", r.problems);
 }
 
 #[test]
@@ -156,4 +153,108 @@ fn signing_needs_a_chain() {
     let dir = scratch();
     let err = Log::open(dir.path(), Options::default().chain(false).signing_key(signer())).unwrap_err();
     assert!(err.to_string().contains("audit chain"), "{err}");
+}
+
+/// Recompute every chain slot of a one-segment log after an edit, as a forger
+/// without the signing key would (unkeyed BLAKE3, spec 21.2), fixing the
+/// frame header CRCs.
+fn rechain(seg: &mut [u8]) {
+    let mut prev = [0u8; 32];
+    prev.copy_from_slice(&seg[56..88]);
+    for f in frames(seg) {
+        let o = f.offset as usize;
+        if f.kind == 1 {
+            let mut h = blake3::Hasher::new();
+            h.update(&prev);
+            h.update(&seg[o + 8..o + 40]);
+            h.update(&seg[o + 72..o + f.len as usize]);
+            prev = *h.finalize().as_bytes();
+        }
+        seg[o + 40..o + 72].copy_from_slice(&prev);
+        common::fix_frame_header_crc(seg, o);
+    }
+}
+
+fn problems(dir: &std::path::Path, pk: Option<PublicKey>) -> Vec<String> {
+    let mut o = annal::CheckOptions::default();
+    if let Some(k) = pk {
+        o = o.public_key(k);
+    }
+    annal::check(dir, o)
+        .unwrap()
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[test]
+fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
+    let dir = scratch();
+    let opts = Options::default().signing_key(signer()).checkpoint_every(6);
+    let log = Log::open(dir.path(), opts).unwrap();
+    append_n(&log, 10, 2); // checkpoints at 6, 12, 18 events and at close (20)
+    let head = log.anchor().unwrap();
+    log.close().unwrap();
+    let pk = signer().public_key();
+
+    let r = annal::check(dir.path(), annal::CheckOptions::default().public_key(pk)).unwrap();
+    assert!(r.is_ok(), "{:?}", r.problems);
+    let s = r.signatures.unwrap();
+    assert_eq!(
+        (s.verified, s.last_signed_position, s.unsigned_events),
+        (4, Some(head.position), 0)
+    );
+    // Another key: every checkpoint is reported as signed by someone else.
+    let other = SigningKey::from_bytes([9; 32]).public_key();
+    let p = problems(dir.path(), Some(other));
+    assert_eq!(p.len(), 4, "{p:?}");
+    assert!(p.iter().all(|m| m.contains("not by the key given")), "{p:?}");
+
+    // A forger edits event 7 (in the 4th batch), fixes its CRC and recomputes
+    // the whole unkeyed chain: self-consistent, so without the public key
+    // check sees nothing; with it, the checkpoints after the edit fail.
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let f = frames(&bytes)
+        .into_iter()
+        .find(|f| f.kind == 1 && f.first_position == 6)
+        .unwrap();
+    let rec = f.offset as usize + 72;
+    let rec_len = common::u32_at(&bytes, rec) as usize;
+    bytes[rec + rec_len - 9] ^= 0x40; // a payload byte (before the padding)
+    let crc = crc32fast::hash(&bytes[rec + 8..rec + rec_len]);
+    bytes[rec + 4..rec + 8].copy_from_slice(&crc.to_le_bytes());
+    rechain(&mut bytes);
+    fs::write(&seg, &bytes).unwrap();
+    assert_eq!(
+        problems(dir.path(), None),
+        Vec::<String>::new(),
+        "an unkeyed rewrite is self-consistent"
+    );
+    let p = problems(dir.path(), Some(pk));
+    assert_eq!(p.len(), 3, "the checkpoints at 12, 18 and 20 no longer verify: {p:?}");
+    assert!(p.iter().all(|m| m.contains("does not verify")), "{p:?}");
+    assert!(p[0].contains("position 12"), "{p:?}");
+}
+
+#[test]
+fn an_altered_checkpoint_breaks_the_chain() {
+    let dir = scratch();
+    let log = Log::open(dir.path(), Options::default().signing_key(signer()).checkpoint_every(4)).unwrap();
+    append_n(&log, 4, 2);
+    log.close().unwrap();
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let cp = frames(&bytes).into_iter().find(|f| f.kind == CHECKPOINT).unwrap();
+    let o = cp.offset as usize;
+    bytes[o + 50] ^= 1;
+    common::fix_frame_header_crc(&mut bytes, o);
+    fs::write(&seg, &bytes).unwrap();
+    let p = problems(dir.path(), None);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].contains(&format!("at byte {}", o + 40)) && p[0].contains("checkpoint was altered"),
+        "{p:?}"
+    );
 }

@@ -44,12 +44,27 @@ pub struct WriteChainArgs {
     /// which keeps what it was created with).
     #[arg(long, conflicts_with = "key")]
     no_chain: bool,
+    /// An ed25519 signing key file (see `annal keygen --signing`): write
+    /// signed checkpoints of the audit chain.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_chain")]
+    signing_key: Option<PathBuf>,
+    /// Events between signed checkpoints (with --signing-key).
+    #[arg(long, value_name = "N", requires = "signing_key")]
+    checkpoint_every: Option<u64>,
 }
 
 impl WriteChainArgs {
     /// `opts` with the chain options given.
     pub fn apply(&self, opts: Options) -> Result<Options, Failure> {
-        let opts = opts.chain(!self.no_chain);
+        let mut opts = opts.chain(!self.no_chain);
+        if let Some(p) = &self.signing_key {
+            let k = annal::SigningKey::from_file(p)
+                .map_err(|e| Failure::usage(format!("cannot use the signing key file: {e}")))?;
+            opts = opts.signing_key(k);
+        }
+        if let Some(n) = self.checkpoint_every {
+            opts = opts.checkpoint_every(n);
+        }
         Ok(match &self.key {
             Some(p) => opts.chain_key(read_key(p)?),
             None => opts,
@@ -112,10 +127,32 @@ pub fn anchor(a: &AnchorArgs) -> CmdResult {
 pub struct KeygenArgs {
     /// The key file to create (fails if it exists).
     file: PathBuf,
+    /// Write an ed25519 signing key for signed checkpoints instead, and its
+    /// public key to FILE.pub (for auditors: `annal check --public-key`).
+    #[arg(long)]
+    signing: bool,
 }
 
 /// Run `annal keygen`.
 pub fn keygen(a: &KeygenArgs) -> CmdResult {
+    if a.signing {
+        let key = annal::SigningKey::generate()?;
+        let mut public = a.file.clone().into_os_string();
+        public.push(".pub");
+        let public = PathBuf::from(public);
+        if public.exists() {
+            return Err(Failure::usage(format!("{} exists; not overwritten", public.display())));
+        }
+        key.write_file(&a.file)?;
+        key.public_key().write_file(&public)?;
+        eprintln!(
+            "annal: wrote a new signing key to {} and its public key to {} (follows)",
+            a.file.display(),
+            public.display()
+        );
+        use std::io::Write;
+        return writeln!(std::io::stdout(), "{}", key.public_key()).map_err(out_err);
+    }
     let key = ChainKey::generate()?;
     key.write_file(&a.file)?;
     let id = annal::Uuid::from_bytes(key.id()).simple().to_string();

@@ -50,6 +50,11 @@ pub struct CheckArgs {
     /// links (and, with --repair, to open the log for writing).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// The public key file of signed checkpoints (see `annal keygen
+    /// --signing`): verify every checkpoint's signature, and that every
+    /// sealed segment ends with one. Needs no secret.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
 }
 
 /// Run `annal check`.
@@ -64,6 +69,15 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             Err(f) => {
                 eprintln!("annal: {}", f.message);
                 return ExitCode::from(f.code);
+            }
+        }
+    }
+    if let Some(p) = &args.public_key {
+        match annal::PublicKey::from_file(p) {
+            Ok(k) => opts = opts.public_key(k),
+            Err(e) => {
+                eprintln!("annal: cannot use the public key file: {e}");
+                return ExitCode::from(2);
             }
         }
     }
@@ -123,6 +137,7 @@ fn print_json(r: &CheckReport) {
         "repairs": r.repairs,
         "chain": r.chain,
         "anchors": r.anchors,
+        "signatures": r.signatures,
         "summary": {
             "files": r.files,
             "records": r.records,
@@ -155,6 +170,19 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
     for v in &r.anchors {
         let verdict = if v.ok { "holds" } else { "DIFFERS" };
         println!("anchor {}: {verdict}: {}", v.anchor, v.detail);
+    }
+    if let Some(s) = &r.signatures {
+        match s.last_signed_position {
+            Some(p) => println!(
+                "signed checkpoints: {} verified; the newest signs the history before position {p}; {} event(s) \
+                 after it are not signed yet",
+                s.verified, s.unsigned_events
+            ),
+            None => println!(
+                "signed checkpoints: none verified; {} event(s) are not signed",
+                s.unsigned_events
+            ),
+        }
     }
     println!(
         "checked {} files, {} records, {} bytes in {:.3} s ({:.0} MB/s)",
