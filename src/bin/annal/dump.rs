@@ -14,8 +14,9 @@ pub const DUMP_HELP: &str = "Examples:
   annal dump ./events/annal.streams
 
 Segments (.seg): the header fields, then every frame (offset, kind, len,
-first_position, count, durable_end, header CRC) and every record (offset, len,
-position, stream, version, type, lengths, CRC ok/bad). Index files (.idx), the
+first_position, count, durable_end, audit chain hash, header CRC), every
+record (offset, len, position, stream, version, type, lengths, CRC ok/bad) and
+every signed checkpoint (public key, signature, body CRC). Index files (.idx), the
 stream table (annal.streams) and snapshots (.snap): the header fields and
 checksums. The file type is recognised by its magic bytes. Parsing stops with
 a message at the first structure that cannot be parsed.
@@ -138,6 +139,8 @@ fn dump_segment(b: &Bytes<'_>, d: &mut Dump) {
     d.line(format!("  base_position:  {}", b.u64(32)));
     d.line(format!("  prev_timestamp: {}", b.u64(40)));
     d.line(format!("  created_at:     {}", b.u64(48)));
+    d.line(format!("  chain_start:    {}", hex(b.get(56, 32).unwrap_or_default())));
+    d.line(format!("  key_id:         {}", hex(b.get(88, 16).unwrap_or_default())));
     d.line(format!("  header_crc:     {:#010x} {}", b.u32(124), ok(crc_ok)));
     let mut off = 128usize;
     let (mut frames, mut records) = (0u64, 0u64);
@@ -165,12 +168,14 @@ fn dump_segment(b: &Bytes<'_>, d: &mut Dump) {
         let kind_name = match kind {
             1 => "batch",
             2 => "seal",
+            3 => "checkpoint",
             _ => "invalid",
         };
         d.problems += u64::from(!hcrc_ok);
         d.line(format!(
             "frame @{off} kind={kind}({kind_name}) len={frame_len} first_position={first} count={count} \
-             durable_end={durable_end} header_crc={}",
+             durable_end={durable_end} chain={} header_crc={}",
+            hex(b.get(off + 40, 32).unwrap_or_default()),
             ok(hcrc_ok)
         ));
         frames += 1;
@@ -239,6 +244,16 @@ fn dump_segment(b: &Bytes<'_>, d: &mut Dump) {
                     ));
                     return;
                 }
+            }
+            3 => {
+                let body_ok = frame_len == 176 && b.crc(off + 72, off + 168) == b.u32(off + 168);
+                d.problems += u64::from(!body_ok);
+                d.line(format!(
+                    "  checkpoint public_key={} signature={} body_crc={}",
+                    hex(b.get(off + 72, 32).unwrap_or_default()),
+                    hex(b.get(off + 104, 64).unwrap_or_default()),
+                    ok(body_ok)
+                ));
             }
             _ => {
                 d.stop = Some(format!("frame at offset {off}: invalid kind {kind}"));
