@@ -308,3 +308,73 @@ fn count_frames(bytes: &[u8]) -> usize {
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{FRAME_KIND_SEAL, FRAME_MAGIC};
+    use zerocopy::IntoBytes;
+
+    /// A chunk of `n` batch frames of `len` bytes (records are opaque to the
+    /// chain), then a checkpoint and a seal.
+    fn chunk(n: usize, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let h = FrameHeader::new(FRAME_KIND_BATCH, len as u64, 10 * i as u64, 10, 128);
+            out.extend_from_slice(h.as_bytes());
+            out.extend((FRAME_HEADER_LEN..len).map(|b| (b * 7 + i) as u8));
+        }
+        let cp = FrameHeader::new(FRAME_KIND_CHECKPOINT, 176, 10 * n as u64, 0, 128);
+        out.extend_from_slice(cp.as_bytes());
+        out.extend_from_slice(&[0; 104]);
+        let seal = FrameHeader::new(FRAME_KIND_SEAL, 72, 10 * n as u64, 0, 128);
+        out.extend_from_slice(seal.as_bytes());
+        out
+    }
+
+    /// The chunk as chained, the writes made, the chain and position after.
+    type Run = (Vec<u8>, Vec<(usize, Vec<u8>)>, ChainHash, u64);
+
+    fn run(hasher: Option<&HasherThread>, bytes: Vec<u8>) -> Run {
+        let key = SigningKey::from_bytes([1; 32]);
+        let mut state = ChainState {
+            chainer: Chainer::new(None),
+            signer: Some((&key, &[2; 16])),
+            chain: [3; 32],
+            position: 0,
+        };
+        let mut writes = Vec::new();
+        let out = write_chained::<()>(&mut state, hasher, bytes, |off, b| {
+            writes.push((off, b.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (out, writes, state.chain, state.position)
+    }
+
+    #[test]
+    fn overlapped_hashing_gives_the_inline_result_and_hides_frames_until_chained() {
+        let Some(h) = HasherThread::start(None) else { return };
+        for round in 0..20 {
+            let bytes = chunk(3, 24 << 10);
+            let (inline, w1, c1, p1) = run(None, bytes.clone());
+            let (overlap, w2, c2, p2) = run(Some(&h), bytes);
+            assert_eq!(inline, overlap, "round {round}");
+            assert_eq!((c1, p1), (c2, p2));
+            assert_eq!(p1, 30);
+            assert_eq!(w1.len(), 1, "inline: one write");
+            // Overlapped: the chunk first, with no frame magic anywhere, then
+            // each frame's header (the checkpoint with its signature).
+            assert_eq!(w2.len(), 1 + 5);
+            let first = &w2[0].1;
+            for f in [0, 24 << 10, 48 << 10, 72 << 10, (72 << 10) + 176] {
+                assert_ne!(first[f..f + 4], FRAME_MAGIC, "frame at {f} hidden");
+            }
+            let mut patched = first.clone();
+            for (off, b) in &w2[1..] {
+                patched[*off..*off + b.len()].copy_from_slice(b);
+            }
+            assert_eq!(patched, overlap, "the header writes complete the chunk");
+        }
+    }
+}
