@@ -15,7 +15,20 @@
 //!   writes for the batch, plus crc32fast over them, to a plain file (and
 //!   `sync_data` after each batch for the Fsync shapes).
 //!
-//! All three write into a fresh file, log or database every 64 MiB (outside
+//! In the Buffered 256 B groups, two more rows give the cost of the audit
+//! chain (format v2: a BLAKE3 hash per batch, on by default, so `annal`
+//! above includes it):
+//!
+//! * `annal_nochain`: the same appends to a log opened with
+//!   `Options::chain(false)`;
+//! * `annal_keyed`: the same appends to a keyed chain
+//!   (`Options::chain_key`, BLAKE3 keyed mode).
+//!
+//! The figure "chain on ÷ chain off" is `time(annal_nochain) / time(annal)`,
+//! the throughput with the chain over the throughput without it; the issue
+//! asks for at least 0.75× at batches of 100 × 256 B.
+//!
+//! All of them write into a fresh file, log or database every 64 MiB (outside
 //! the timed region), so they run in the same page-cache regime and annal's
 //! segment rolls (one per 256 MiB) are not part of these figures.
 //!
@@ -29,9 +42,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use annal::{Durability, EventData, ExpectedVersion, Log, Options};
+use annal::{ChainKey, Durability, EventData, ExpectedVersion, Log, Options};
 use common::{Figure, Sync};
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rusqlite::Connection;
 
 const STREAMS: u64 = 1000;
@@ -207,20 +221,16 @@ fn bench_shape(c: &mut Criterion, names: &[String], durability: Durability, payl
         g.sampling_mode(SamplingMode::Flat).sample_size(10);
     }
     let opts = Options::default().durability(durability);
-    let mut annal = AnnalTarget {
-        dir: common::scratch("annal-bench-append-"),
-        opts,
-        log: None,
-        events: &events,
-        names,
-        next: 0,
-    };
-    annal.fresh();
-    let mut written = 0;
-    g.bench_function("annal", |b| {
-        b.iter_custom(|iters| timed(&mut annal, &mut written, on_disk, iters))
-    });
-    drop(annal);
+    // The chain's cost, in the shapes the issue names (Buffered, 256 B).
+    let chain_rows = !fsync && payload_len == 256;
+    let shape = (&events[..], names, on_disk);
+    bench_annal(&mut g, "annal", opts.clone(), (true, false), shape);
+    if chain_rows {
+        let off = opts.clone().chain(false);
+        bench_annal(&mut g, "annal_nochain", off, (false, false), shape);
+        let keyed = opts.clone().chain_key(ChainKey::from_bytes([7; 32]));
+        bench_annal(&mut g, "annal_keyed", keyed, (true, true), shape);
+    }
 
     let mut sqlite = SqliteTarget {
         dir: common::scratch("annal-bench-sqlite-"),
@@ -259,16 +269,53 @@ fn bench_shape(c: &mut Criterion, names: &[String], durability: Durability, payl
     } else {
         ("SQLite NORMAL", "write_all+crc")
     };
-    let (t_sqlite, t_limit) = match (fsync, payload_len, batch) {
-        (false, 256, 100) => (Some(3.0), Some(0.7)),
-        _ => (None, None),
+    let (t_sqlite, t_limit, t_chain) = match (fsync, payload_len, batch) {
+        (false, 256, 100) => (Some(3.0), Some(0.7), Some(0.75)),
+        _ => (None, None, None),
     };
-    Figure::new(&group, batch, batch * payload_len as u64)
-        .row(
-            "annal",
-            &[(sqlite_name, "sqlite", t_sqlite), (limit_name, "limit", t_limit)],
-        )
-        .save();
+    let mut vs = vec![(sqlite_name, "sqlite", t_sqlite), (limit_name, "limit", t_limit)];
+    if chain_rows {
+        // time(annal_nochain) / time(annal): chain on ÷ chain off throughput.
+        vs.push((CHAIN_OFF, "annal_nochain", t_chain));
+    }
+    let mut figure = Figure::new(&group, batch, batch * payload_len as u64).row("annal", &vs);
+    if chain_rows {
+        figure = figure.row("annal_nochain", &[(limit_name, "limit", None)]).row(
+            "annal_keyed",
+            &[(CHAIN_OFF, "annal_nochain", None), ("plain chain", "annal", None)],
+        );
+    }
+    figure.save();
+}
+
+/// The name of the "chain on ÷ chain off" ratio in the table.
+const CHAIN_OFF: &str = "chain off (on ÷ off)";
+
+/// One `annal` row: appends of `events` (to streams `names`, `on_disk` bytes
+/// each) to a fresh log opened with `opts`, whose `Log::chain_mode()` must be
+/// `mode`.
+fn bench_annal(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    opts: Options,
+    mode: (bool, bool),
+    (events, names, on_disk): (&[EventData<'_>], &[String], u64),
+) {
+    let mut annal = AnnalTarget {
+        dir: common::scratch("annal-bench-append-"),
+        opts,
+        log: None,
+        events,
+        names,
+        next: 0,
+    };
+    annal.fresh();
+    let log = annal.log.as_ref().expect("open log");
+    assert_eq!(log.chain_mode(), mode, "{name}: (chained, keyed)");
+    let mut written = 0;
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| timed(&mut annal, &mut written, on_disk, iters))
+    });
 }
 
 criterion_group! {
