@@ -262,6 +262,9 @@ fn bench_shape(c: &mut Criterion, names: &[String], durability: Durability, payl
         b.iter_custom(|iters| timed(&mut limit, &mut written, on_disk, iters))
     });
     drop(limit);
+    if chain_rows {
+        g.bench_function("blake3", |b| b.iter(|| black_box(blake3::hash(black_box(&raw)))));
+    }
     g.finish();
 
     let (sqlite_name, limit_name) = if fsync {
@@ -280,10 +283,13 @@ fn bench_shape(c: &mut Criterion, names: &[String], durability: Durability, payl
     }
     let mut figure = Figure::new(&group, batch, batch * payload_len as u64).row("annal", &vs);
     if chain_rows {
-        figure = figure.row("annal_nochain", &[(limit_name, "limit", None)]).row(
-            "annal_keyed",
-            &[(CHAIN_OFF, "annal_nochain", None), ("plain chain", "annal", None)],
-        );
+        figure = figure
+            .row("annal_nochain", &[(limit_name, "limit", None)])
+            .row(
+                "annal_keyed",
+                &[(CHAIN_OFF, "annal_nochain", None), ("plain chain", "annal", None)],
+            )
+            .row("blake3", &[]);
     }
     figure.save();
 }
