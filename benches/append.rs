@@ -301,9 +301,9 @@ fn bench_shape(c: &mut Criterion, names: &[String], durability: Durability, payl
 
 /// The chain's cost measured a second way, robust to a machine whose load
 /// changes between criterion's functions: rounds of a few batches to a log
-/// with the chain, then as many to a log without it, alternating, for about
-/// 1.5 s; returns the median over rounds of `time(off) / time(on)` (chain on
-/// ÷ chain off throughput).
+/// with the chain and as many to a log without it (which goes first
+/// alternates), for about 1.5 s; returns the median over rounds of
+/// `time(off) / time(on)` (chain on ÷ chain off throughput).
 fn interleaved_ratio(opts: &Options, (events, names, on_disk): (&[EventData<'_>], &[String], u64)) -> f64 {
     let target = |o: Options| {
         let mut t = AnnalTarget {
@@ -328,8 +328,14 @@ fn interleaved_ratio(opts: &Options, (events, names, on_disk): (&[EventData<'_>]
     let start = Instant::now();
     let mut ratios = Vec::new();
     while ratios.len() < min_rounds || start.elapsed() < budget {
-        let t_on = timed(&mut on, &mut w_on, on_disk, per_round);
-        let t_off = timed(&mut off, &mut w_off, on_disk, per_round);
+        // Alternate which goes first, so neither always follows the other.
+        let (t_on, t_off) = if ratios.len() % 2 == 0 {
+            let t_on = timed(&mut on, &mut w_on, on_disk, per_round);
+            (t_on, timed(&mut off, &mut w_off, on_disk, per_round))
+        } else {
+            let t_off = timed(&mut off, &mut w_off, on_disk, per_round);
+            (timed(&mut on, &mut w_on, on_disk, per_round), t_off)
+        };
         ratios.push(t_off.as_secs_f64() / t_on.as_secs_f64().max(1e-12));
     }
     ratios.sort_by(f64::total_cmp);
