@@ -15,7 +15,20 @@
 //!   writes for the batch, plus crc32fast over them, to a plain file (and
 //!   `sync_data` after each batch for the Fsync shapes).
 //!
-//! All three write into a fresh file, log or database every 64 MiB (outside
+//! In the Buffered 256 B groups, two more rows give the cost of the audit
+//! chain (format v2: a BLAKE3 hash per batch, on by default, so `annal`
+//! above includes it):
+//!
+//! * `annal_nochain`: the same appends to a log opened with
+//!   `Options::chain(false)`;
+//! * `annal_keyed`: the same appends to a keyed chain
+//!   (`Options::chain_key`, BLAKE3 keyed mode).
+//!
+//! The figure "chain on ÷ chain off" is `time(annal_nochain) / time(annal)`,
+//! the throughput with the chain over the throughput without it; the issue
+//! asks for at least 0.75× at batches of 100 × 256 B.
+//!
+//! All of them write into a fresh file, log or database every 64 MiB (outside
 //! the timed region), so they run in the same page-cache regime and annal's
 //! segment rolls (one per 256 MiB) are not part of these figures.
 //!
@@ -29,9 +42,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use annal::{Durability, EventData, ExpectedVersion, Log, Options};
+use annal::{ChainKey, Durability, EventData, ExpectedVersion, Log, Options};
 use common::{Figure, Sync};
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rusqlite::Connection;
 
 const STREAMS: u64 = 1000;
@@ -207,20 +221,18 @@ fn bench_shape(c: &mut Criterion, names: &[String], durability: Durability, payl
         g.sampling_mode(SamplingMode::Flat).sample_size(10);
     }
     let opts = Options::default().durability(durability);
-    let mut annal = AnnalTarget {
-        dir: common::scratch("annal-bench-append-"),
-        opts,
-        log: None,
-        events: &events,
-        names,
-        next: 0,
-    };
-    annal.fresh();
-    let mut written = 0;
-    g.bench_function("annal", |b| {
-        b.iter_custom(|iters| timed(&mut annal, &mut written, on_disk, iters))
-    });
-    drop(annal);
+    // The chain's cost, in the shapes the issue names (Buffered, 256 B).
+    let chain_rows = !fsync && payload_len == 256;
+    let shape = (&events[..], names, on_disk);
+    let measured = bench_annal(&mut g, "annal", opts.clone(), (true, false), shape);
+    if chain_rows {
+        let off = opts.clone().chain(false);
+        bench_annal(&mut g, "annal_nochain", off, (false, false), shape);
+        let keyed = opts.clone().chain_key(ChainKey::from_bytes([7; 32]));
+        bench_annal(&mut g, "annal_keyed", keyed, (true, true), shape);
+    }
+    // Only when the group is not filtered out.
+    let interleaved = (chain_rows && measured).then(|| interleaved_ratio(&opts, shape));
 
     let mut sqlite = SqliteTarget {
         dir: common::scratch("annal-bench-sqlite-"),
@@ -252,6 +264,9 @@ fn bench_shape(c: &mut Criterion, names: &[String], durability: Durability, payl
         b.iter_custom(|iters| timed(&mut limit, &mut written, on_disk, iters))
     });
     drop(limit);
+    if chain_rows {
+        g.bench_function("blake3", |b| b.iter(|| black_box(blake3::hash(black_box(&raw)))));
+    }
     g.finish();
 
     let (sqlite_name, limit_name) = if fsync {
@@ -259,16 +274,110 @@ fn bench_shape(c: &mut Criterion, names: &[String], durability: Durability, payl
     } else {
         ("SQLite NORMAL", "write_all+crc")
     };
-    let (t_sqlite, t_limit) = match (fsync, payload_len, batch) {
-        (false, 256, 100) => (Some(3.0), Some(0.7)),
-        _ => (None, None),
+    let (t_sqlite, t_limit, t_chain) = match (fsync, payload_len, batch) {
+        (false, 256, 100) => (Some(3.0), Some(0.7), Some(0.75)),
+        _ => (None, None, None),
     };
-    Figure::new(&group, batch, batch * payload_len as u64)
-        .row(
-            "annal",
-            &[(sqlite_name, "sqlite", t_sqlite), (limit_name, "limit", t_limit)],
-        )
-        .save();
+    let mut vs = vec![(sqlite_name, "sqlite", t_sqlite), (limit_name, "limit", t_limit)];
+    if chain_rows {
+        // time(annal_nochain) / time(annal): chain on ÷ chain off throughput.
+        vs.push((CHAIN_OFF, "annal_nochain", t_chain));
+    }
+    let mut figure = Figure::new(&group, batch, batch * payload_len as u64).row("annal", &vs);
+    if chain_rows {
+        figure = figure
+            .row("annal_nochain", &[(limit_name, "limit", None)])
+            .row(
+                "annal_keyed",
+                &[(CHAIN_OFF, "annal_nochain", None), ("plain chain", "annal", None)],
+            )
+            .row("blake3", &[]);
+    }
+    if let Some(r) = interleaved {
+        figure = figure.metric("annal", "× chain on ÷ off (interleaved rounds)", r, None);
+    }
+    figure.save();
+}
+
+/// The chain's cost measured a second way, robust to a machine whose load
+/// changes between criterion's functions: rounds of a few batches to a log
+/// with the chain and as many to a log without it (which goes first
+/// alternates), for about 1.5 s; returns the median over rounds of
+/// `time(off) / time(on)` (chain on ÷ chain off throughput).
+fn interleaved_ratio(opts: &Options, (events, names, on_disk): (&[EventData<'_>], &[String], u64)) -> f64 {
+    let target = |o: Options| {
+        let mut t = AnnalTarget {
+            dir: common::scratch("annal-bench-append-"),
+            opts: o,
+            log: None,
+            events,
+            names,
+            next: 0,
+        };
+        t.fresh();
+        t
+    };
+    let (mut on, mut off) = (target(opts.clone()), target(opts.clone().chain(false)));
+    let (mut w_on, mut w_off) = (0, 0);
+    let per_round = (1000 / events.len() as u64).max(1);
+    let (min_rounds, budget) = if common::test_mode() {
+        (2, Duration::ZERO)
+    } else {
+        (20, Duration::from_millis(1500))
+    };
+    let start = Instant::now();
+    let mut ratios = Vec::new();
+    while ratios.len() < min_rounds || start.elapsed() < budget {
+        // Alternate which goes first, so neither always follows the other.
+        let (t_on, t_off) = if ratios.len() % 2 == 0 {
+            let t_on = timed(&mut on, &mut w_on, on_disk, per_round);
+            (t_on, timed(&mut off, &mut w_off, on_disk, per_round))
+        } else {
+            let t_off = timed(&mut off, &mut w_off, on_disk, per_round);
+            (timed(&mut on, &mut w_on, on_disk, per_round), t_off)
+        };
+        ratios.push(t_off.as_secs_f64() / t_on.as_secs_f64().max(1e-12));
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    eprintln!(
+        "chain on ÷ off, interleaved: {median:.3} (median of {} rounds of {per_round} batches each)",
+        ratios.len()
+    );
+    median
+}
+
+/// The name of the "chain on ÷ chain off" ratio in the table.
+const CHAIN_OFF: &str = "chain off (on ÷ off)";
+
+/// One `annal` row: appends of `events` (to streams `names`, `on_disk` bytes
+/// each) to a fresh log opened with `opts`, whose `Log::chain_mode()` must be
+/// `mode`. Returns whether criterion ran it (false when filtered out).
+fn bench_annal(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    opts: Options,
+    mode: (bool, bool),
+    (events, names, on_disk): (&[EventData<'_>], &[String], u64),
+) -> bool {
+    let mut annal = AnnalTarget {
+        dir: common::scratch("annal-bench-append-"),
+        opts,
+        log: None,
+        events,
+        names,
+        next: 0,
+    };
+    annal.fresh();
+    let log = annal.log.as_ref().expect("open log");
+    assert_eq!(log.chain_mode(), mode, "{name}: (chained, keyed)");
+    let mut written = 0;
+    let mut ran = false;
+    g.bench_function(name, |b| {
+        ran = true;
+        b.iter_custom(|iters| timed(&mut annal, &mut written, on_disk, iters))
+    });
+    ran
 }
 
 criterion_group! {

@@ -225,7 +225,12 @@ fn main() {
             let target = m["target"].as_f64();
             let verdict = tally.judge(value, target);
             let target = target.map_or(String::new(), |t| format!("≥ {t}"));
-            println!("| | {bench} | | | | {value:.1} {name} | {target} | {verdict} |");
+            let value = if value.abs() < 10.0 {
+                format!("{value:.2}")
+            } else {
+                format!("{value:.1}")
+            };
+            println!("| | {bench} | | | | {value} {name} | {target} | {verdict} |");
         }
     }
     println!("\nTargets: {} met, {} missed.", tally.met, tally.missed);

@@ -101,10 +101,22 @@ pub fn scratch(prefix: &str) -> tempfile::TempDir {
 /// stream `order-{b % 1000}`, event `i` of a batch of type
 /// `types[i % types.len()]`; synced before it is returned.
 pub fn batched_log(prefix: &str, n: u64, payload: &[u8], types: &[&str]) -> (tempfile::TempDir, annal::Log) {
+    batched_log_with(prefix, n, payload, types, annal::Options::default())
+}
+
+/// [`batched_log`] with the log opened with `opts` (its durability replaced
+/// by `Buffered`), e.g. `Options::default().chain(false)`.
+pub fn batched_log_with(
+    prefix: &str,
+    n: u64,
+    payload: &[u8],
+    types: &[&str],
+    opts: annal::Options,
+) -> (tempfile::TempDir, annal::Log) {
     const BATCH: u64 = 100;
     const STREAMS: u64 = 1000;
     let dir = scratch(prefix);
-    let opts = annal::Options::default().durability(annal::Durability::Buffered);
+    let opts = opts.durability(annal::Durability::Buffered);
     let log = annal::Log::open(dir.path().join("log"), opts).expect("open");
     let names: Vec<String> = (0..STREAMS).map(|i| format!("order-{i}")).collect();
     let full: Vec<annal::EventData<'_>> = (0..BATCH as usize)
