@@ -250,10 +250,7 @@ fn kill_while_the_sealer_lags_behind() {
             }
             log.close().expect("close");
         }
-        let mut child = ChildProc::spawn(
-            CHILD_FN,
-            &[(ENV_DIR, &dir_s), (ENV_SEED, "7"), (ENV_STALL, "1")],
-        );
+        let mut child = ChildProc::spawn(CHILD_FN, &[(ENV_DIR, &dir_s), (ENV_SEED, "7"), (ENV_STALL, "1")]);
         loop {
             let line = child.line(PATIENCE).expect("child line");
             if line.starts_with("ROLLED") {
@@ -284,7 +281,11 @@ fn kill_while_the_sealer_lags_behind() {
             report.warnings.len()
         );
         assert!(report.is_ok(), "{when}: {:#?}", report.problems);
-        assert!(missing >= 3, "{when}: the sealer lagged several segments: {:#?}", report.warnings);
+        assert!(
+            missing >= 3,
+            "{when}: the sealer lagged several segments: {:#?}",
+            report.warnings
+        );
         let log = Log::open(dir.path(), opts()).expect("reopen");
         assert!(log.recovery().rebuilt_indexes.len() >= 3, "{:?}", log.recovery());
         let (got, _) = read_and_verify(&log, &when);
@@ -416,7 +417,12 @@ fn read_and_verify(log: &Log, when: &str) -> (Vec<Got>, u64) {
                 .last()
                 .unwrap_or_else(|| panic!("{when}: position 0 is event {} of a batch", header.index));
             assert_eq!(
-                (prev.header.key, prev.header.index + 1, prev.header.count, prev.stream.as_str()),
+                (
+                    prev.header.key,
+                    prev.header.index + 1,
+                    prev.header.count,
+                    prev.stream.as_str()
+                ),
                 (header.key, header.index, header.count, r.stream()),
                 "{when}: position {pos}: the batch does not continue"
             );
@@ -501,7 +507,9 @@ fn killed_writers_lose_no_acknowledged_event() {
 
         let mut child = ChildProc::spawn(CHILD_FN, &[(ENV_DIR, &dir_s), (ENV_SEED, &child_seed)]);
         let mut lines: Vec<String> = Vec::new();
-        let first = child.line(PATIENCE).unwrap_or_else(|| panic!("{when}: the child said nothing"));
+        let first = child
+            .line(PATIENCE)
+            .unwrap_or_else(|| panic!("{when}: the child said nothing"));
         assert_eq!(first, format!("OPENING {EOL}"), "{when}");
         if !at_startup {
             let ready = child.line(PATIENCE).unwrap_or_else(|| panic!("{when}: no READY"));
@@ -530,7 +538,10 @@ fn killed_writers_lose_no_acknowledged_event() {
             if line.starts_with("READY ") && line.ends_with(EOL) {
                 let next: u64 = line.split(' ').nth(1).and_then(|n| n.parse().ok()).expect("READY n");
                 let known = acked.last().map_or(0, |a| a.first + a.count);
-                assert!(next >= known, "{when}: the child opened at {next}, before acknowledged {known}");
+                assert!(
+                    next >= known,
+                    "{when}: the child opened at {next}, before acknowledged {known}"
+                );
                 ready = true;
                 continue;
             }
@@ -623,7 +634,10 @@ fn verify_round(dir: &Path, when: &str, acked: &mut Vec<Acked>, kills_here: u64,
         log.close().unwrap_or_else(|e| panic!("{when}: close: {e}"));
         check_ok(dir, &format!("{when}: check after recovery and an append"), true);
         let log = Log::open(dir, opts()).unwrap_or_else(|e| panic!("{when}: clean reopen: {e}"));
-        assert!(log.recovery().truncated.is_none(), "{when}: a clean close leaves no tail");
+        assert!(
+            log.recovery().truncated.is_none(),
+            "{when}: a clean close leaves no tail"
+        );
         let (got, _) = read_and_verify(&log, when);
         assert_acked(&got, acked, when);
         log.close().expect("close");
@@ -699,7 +713,11 @@ fn recovery_after_a_kill_before_indexing_writes_a_correct_stream_table() {
         }
         let when = format!("table removed {drop_table}, {drop_last} indexes removed");
         let report = annal::check(dir.path(), CheckOptions::default()).expect("check");
-        assert!(report.is_ok(), "{when}: a crash state, not damage: {:#?}", report.problems);
+        assert!(
+            report.is_ok(),
+            "{when}: a crash state, not damage: {:#?}",
+            report.problems
+        );
         let log = Log::open(dir.path(), opts()).expect("reopen");
         assert_eq!(log.recovery().rebuilt_indexes.len(), drop_last, "{when}");
         let (got, _) = read_and_verify(&log, &when);

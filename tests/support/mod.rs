@@ -621,7 +621,10 @@ pub struct SvHeader {
 /// A payload of `len` bytes (at least [`SV_HEADER`]): the header (key, index,
 /// count, len, flags) then bytes generated from key and index.
 pub fn sv_payload(h: SvHeader, len: usize) -> Vec<u8> {
-    assert!(len >= SV_HEADER, "a self-verifying payload has at least {SV_HEADER} bytes");
+    assert!(
+        len >= SV_HEADER,
+        "a self-verifying payload has at least {SV_HEADER} bytes"
+    );
     let mut p = Vec::with_capacity(len);
     p.extend_from_slice(&h.key.to_le_bytes());
     p.extend_from_slice(&h.index.to_le_bytes());
