@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annal::io::{Io, IoFile, StdIo};
-use annal::{ChainStatus, CheckOptions, Durability, EventData, ExpectedVersion, Log, Options, Uuid};
+use annal::{ChainStatus, CheckOptions, Direction, Durability, EventData, ExpectedVersion, Log, Options, Uuid};
 use support::{ChildProc, Rng, SV_HEADER, SvHeader, child_say, payload_digest, sv_check, sv_payload};
 
 const CHILD_FN: &str = "kill_child";
@@ -443,6 +443,37 @@ fn read_and_verify(log: &Log, when: &str) -> (Vec<Got>, u64) {
         );
     }
     assert_eq!(view.next_position(), out.len() as u64, "{when}: next_position");
+    // Reads by stream (through the indexes and the stream table, which
+    // recovery may just have rebuilt) agree with the full read, both ways,
+    // and the writer knows each stream's version.
+    for (stream, last) in &versions {
+        let want: Vec<u64> = (0..out.len() as u64)
+            .filter(|&p| out[p as usize].stream == *stream)
+            .collect();
+        for dir in [Direction::Forward, Direction::Backward] {
+            let mut got: Vec<u64> = view
+                .read_stream(
+                    stream,
+                    if dir == Direction::Forward { 0 } else { u64::MAX },
+                    dir,
+                    u64::MAX,
+                )
+                .map(|r| {
+                    r.map(|r| r.position())
+                        .unwrap_or_else(|e| panic!("{when}: read_stream({stream}, {dir:?}): {e}"))
+                })
+                .collect();
+            if dir == Direction::Backward {
+                got.reverse();
+            }
+            assert_eq!(got, want, "{when}: read_stream({stream}, {dir:?})");
+        }
+        assert_eq!(
+            log.stream_version(stream).expect("stream_version"),
+            Some(*last),
+            "{when}: Log::stream_version({stream})"
+        );
+    }
     (out, batches)
 }
 
