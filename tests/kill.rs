@@ -50,7 +50,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use annal::io::{Io, IoFile, StdIo};
@@ -68,6 +68,17 @@ const HAS_ID: u32 = 1;
 /// The last word of every complete report line (a line cut by the kill lacks it).
 const EOL: &str = "~";
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The tests of this file run one at a time: a child spawned by one test
+/// shares every open file description of this process until its exec, the
+/// writer lock included, so a log another test just closed could look held
+/// (`CheckReport::writer_active`) or locked for a moment (see
+/// `writer_lock.rs`).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn opts() -> Options {
     Options::default()
@@ -226,6 +237,7 @@ impl Io for StallIdx {
 /// rebuilds them and loses nothing.
 #[test]
 fn kill_while_the_sealer_lags_behind() {
+    let _serial = serial();
     for round in 0..2u64 {
         let dir = common::scratch();
         let dir_s = dir.path().to_str().expect("utf-8 scratch dir").to_owned();
@@ -507,6 +519,7 @@ fn assert_acked(got: &[Got], acked: &[Acked], when: &str) {
 
 #[test]
 fn killed_writers_lose_no_acknowledged_event() {
+    let _serial = serial();
     let seed = common::seed("kill");
     let rounds: u64 = std::env::var("ANNAL_KILL_ROUNDS").map_or(50, |v| v.parse().expect("ANNAL_KILL_ROUNDS"));
     let mut rng = Rng::new(seed);
@@ -713,6 +726,7 @@ fn print_stats(st: &Stats, seed: u64, elapsed: Duration) {
 /// whose index it had just rebuilt).
 #[test]
 fn recovery_after_a_kill_before_indexing_writes_a_correct_stream_table() {
+    let _serial = serial();
     for (drop_table, drop_last) in [(true, 0usize), (true, 1), (true, 2), (false, 1), (false, 2)] {
         let dir = common::scratch();
         let log = Log::open(dir.path(), opts()).expect("open");
@@ -765,6 +779,7 @@ fn recovery_after_a_kill_before_indexing_writes_a_correct_stream_table() {
 /// looked the sealed segment up through an in-memory index).
 #[test]
 fn kill_during_a_roll_before_indexing() {
+    let _serial = serial();
     let dir = common::scratch();
     let dir_s = dir.path().to_str().expect("utf-8 scratch dir").to_owned();
     let mut child = ChildProc::spawn(CHILD_FN, &[(ENV_DIR, &dir_s), (ENV_SEED, "11"), (ENV_STALL, "roll")]);
