@@ -33,10 +33,13 @@
 //!
 //! * damage below the durable boundary of the active segment (spec 5.1), or
 //!   anywhere in a sealed segment, or in a derived file, is a **problem**;
-//! * a missing index file or stream table is a **problem** (the next writer
-//!   open, or `--repair`, rebuilds it), except while a writer holds the log and
-//!   may still be writing it, or for a sealed last segment (a crash right after
-//!   sealing), which are **warnings**;
+//! * a missing index file is a **problem** (the next writer open, or
+//!   `--repair`, rebuilds it), except while a writer holds the log and may
+//!   still be writing it, or for a sealed last segment or the sealed segments
+//!   after the newest one that has an index (a crash right after sealing, or
+//!   while the sealer thread lagged behind), which are **warnings**; a missing
+//!   stream table is a **warning** (a crash before its first write leaves
+//!   none; the next writer open builds it);
 //! * with no writer, a torn tail past the durable boundary is a **warning**: the
 //!   next writer open (or `--repair`) removes it. While a writer holds the log,
 //!   the end it is writing is in progress and only noted as a warning.
@@ -566,6 +569,11 @@ struct SegCtx<'a> {
     anchors: Vec<u64>,
     /// The public key of signed checkpoints, if given.
     public_key: Option<&'a PublicKey>,
+    /// The base of the newest segment that has an index file. The sealer
+    /// indexes sealed segments in order (and recovery rebuilds missing ones
+    /// in order), so the sealed segments after it lacking an index are what
+    /// a crash while the sealer lagged behind leaves.
+    last_indexed: Option<u64>,
 }
 
 impl SegCtx<'_> {
@@ -654,6 +662,11 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
             a
         },
         public_key: opts.public_key.as_ref(),
+        last_indexed: bases
+            .iter()
+            .rev()
+            .copied()
+            .find(|&b| dir.join(index_file_name(b)).exists()),
     };
     if let Some(h) = head
         && bases.binary_search(&h.segment_base).is_err()
@@ -802,11 +815,14 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
                 0,
                 "the stream table is missing; the next writer open (or annal check --repair) rebuilds it",
             );
-            if writer_active {
-                report.warnings.push(f)
-            } else {
-                report.problems.push(f)
-            }
+            // The table is written for the first time after the first
+            // sealed segment's index (by the sealer thread, or by the open
+            // that recovers a log without one, after every missing index):
+            // a crash before that write leaves no table, whatever indexes
+            // exist. Once written it is only ever replaced by a rename. So a
+            // missing table is a state a crash can leave, and it holds no
+            // event: a warning.
+            report.warnings.push(f);
         }
         Ok(None) => {}
         Err(d) => {
@@ -1177,8 +1193,10 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
                 // A writer's sealer thread indexes sealed segments in the
                 // background and may lag several segments behind a burst of
                 // rolls: while a writer holds the log, a missing index is in
-                // progress.
-                if is_last || ctx.writer_active {
+                // progress, and after a crash the sealed segments after the
+                // last one indexed may all lack theirs (spec 17.4).
+                let after_last_indexed = ctx.last_indexed.is_none_or(|b| base > b);
+                if is_last || ctx.writer_active || after_last_indexed {
                     out.warnings.push(f);
                 } else {
                     out.problems.push(f);

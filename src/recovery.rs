@@ -516,6 +516,10 @@ fn ensure_indexes(io: &dyn Io, dir: &Path, sealed: &[ViewSegment], mask: u64, re
             resolve_prev(None, earlier, name)
         });
         write_derived(io, dir, &idx_path, &idx)?;
+        // The segment's cell may already hold an index rebuilt in memory
+        // (recovery looked the segment up before this): switch it to the file,
+        // so that the stream table built next records the file's rows.
+        seg.index.retry_disk(bytes);
         report.rebuilt_indexes.push(idx_path);
     }
     Ok(())

@@ -176,8 +176,10 @@ fn forger_round_trip_is_exact_and_clean() {
     assert_structurally_valid(&r);
     assert!(chain_problems(&r).is_empty(), "{:#?}", r.problems);
     assert!(r.problems.iter().all(is_derived), "{:#?}", r.problems);
+    // Deleting every index and the stream table is also what a crash before
+    // the sealer's first write leaves: reported, as warnings (spec 17.4).
     assert!(
-        r.problems.iter().any(is_derived),
+        r.problems.iter().chain(&r.warnings).any(is_derived),
         "the forger deletes the derived files"
     );
     assert!(verdicts(&r).iter().all(|&ok| ok), "{:#?}", r.anchors);

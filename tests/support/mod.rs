@@ -596,3 +596,92 @@ pub fn within<T: Send + 'static>(timeout: Duration, what: &str, f: impl FnOnce()
         Err(RecvTimeoutError::Timeout) => panic!("{what} did not finish within {timeout:?} (deadlock?)"),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Self-verifying payloads: a record's content can be checked from the record
+// alone (the kill test and the cross-process concurrency suite)
+// ---------------------------------------------------------------------------
+
+/// Length of the header of a self-verifying payload.
+pub const SV_HEADER: usize = 24;
+
+/// What the header of a self-verifying payload says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SvHeader {
+    /// Random per batch: ties the events of one batch together.
+    pub key: u64,
+    /// Index of the event in its batch.
+    pub index: u32,
+    /// Events in the batch.
+    pub count: u32,
+    /// Free bits for the test (for example: the event carries an id).
+    pub flags: u32,
+}
+
+/// A payload of `len` bytes (at least [`SV_HEADER`]): the header (key, index,
+/// count, len, flags) then bytes generated from key and index.
+pub fn sv_payload(h: SvHeader, len: usize) -> Vec<u8> {
+    assert!(
+        len >= SV_HEADER,
+        "a self-verifying payload has at least {SV_HEADER} bytes"
+    );
+    let mut p = Vec::with_capacity(len);
+    p.extend_from_slice(&h.key.to_le_bytes());
+    p.extend_from_slice(&h.index.to_le_bytes());
+    p.extend_from_slice(&h.count.to_le_bytes());
+    p.extend_from_slice(&(len as u32).to_le_bytes());
+    p.extend_from_slice(&h.flags.to_le_bytes());
+    let mut r = Rng::new(h.key ^ (u64::from(h.index) << 40) ^ len as u64);
+    while p.len() < len {
+        let w = r.next_u64().to_le_bytes();
+        let n = (len - p.len()).min(8);
+        p.extend_from_slice(&w[..n]);
+    }
+    p
+}
+
+/// Check a self-verifying payload against its own header; the header, or why
+/// the payload is not one.
+pub fn sv_check(p: &[u8]) -> Result<SvHeader, String> {
+    if p.len() < SV_HEADER {
+        return Err(format!("payload of {} bytes is shorter than the header", p.len()));
+    }
+    let u32_at = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&p[..8]);
+    let h = SvHeader {
+        key: u64::from_le_bytes(key),
+        index: u32_at(8),
+        count: u32_at(12),
+        flags: u32_at(20),
+    };
+    let len = u32_at(16) as usize;
+    if len != p.len() {
+        return Err(format!("header says {len} bytes, the payload has {}", p.len()));
+    }
+    if h.index >= h.count {
+        return Err(format!("index {} of a batch of {}", h.index, h.count));
+    }
+    if sv_payload(h, len) != p {
+        return Err(format!("content differs from what header {h:?} generates"));
+    }
+    Ok(h)
+}
+
+/// FNV-1a (64 bits) over each payload's length and bytes: a digest of a batch.
+pub fn payload_digest<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for p in payloads {
+        for b in (p.len() as u64).to_le_bytes() {
+            eat(b);
+        }
+        for &b in p {
+            eat(b);
+        }
+    }
+    h
+}
