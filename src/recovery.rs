@@ -516,6 +516,10 @@ fn ensure_indexes(io: &dyn Io, dir: &Path, sealed: &[ViewSegment], mask: u64, re
             resolve_prev(None, earlier, name)
         });
         write_derived(io, dir, &idx_path, &idx)?;
+        // The cell may hold an index rebuilt in memory while the file was
+        // missing (its rows are unnumbered): use the file from now on, so that
+        // the stream table merged next names real rows.
+        seg.index.retry_disk(bytes);
         report.rebuilt_indexes.push(idx_path);
     }
     Ok(())
