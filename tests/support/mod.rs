@@ -1092,12 +1092,13 @@ fn image_file(ino: &PInode, mode: &str, rng: &mut Rng, stats: &mut ImageStats) -
             }
         }
     }
-    if mode == "random" && !ino.pending.is_empty() && rng.range(0, 9) == 0 {
-        // ALICE: the file's length grew but its new blocks hold garbage or zeros.
+    let full_len = apply_ops(&ino.durable, &ino.pending).len();
+    if mode == "random" && b.len() < full_len && rng.range(0, 3) == 0 {
+        // ALICE: the file's new length reached the disk but the data of its
+        // appended blocks did not: they hold garbage or zeros.
         stats.garbage_tails += 1;
-        let extra = rng.range(1, 3 * SECTOR);
         let zeros = rng.range(0, 1) == 0;
-        for _ in 0..extra {
+        while b.len() < full_len {
             b.push(if zeros { 0 } else { rng.next_u64() as u8 });
         }
     }
@@ -1217,7 +1218,10 @@ impl Io for PowerIo {
 impl IoFile for PowerFile {
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         let mut st = self.io.lock();
-        st.point(false, format_args!("write ino {} at {offset} len {}", self.ino, buf.len()));
+        st.point(
+            false,
+            format_args!("write ino {} at {offset} len {}", self.ino, buf.len()),
+        );
         self.inner.write_at(offset, buf)?;
         st.inodes[self.ino].pending.push(FileOp::Write {
             offset,
