@@ -636,7 +636,6 @@ fn power_cut_at_thousands_of_crash_points() {
         t.reader_errors,
         t.reader_records,
         t.reader_open_errors,
-        t.reader_view_errors_with_acks,
         t.reader_behind,
         t.acked_events,
         t.snapshot_used,
