@@ -925,7 +925,7 @@ impl PState {
     }
 
     fn capture(&mut self, op: u64, kind: PointKind, variant: u32) {
-        // Variant 0 at a sync point is the plain durable image half the time;
+        // Variant 0 is the plain durable image a quarter of the time;
         // otherwise mostly random outcomes, sometimes everything kept.
         let roll = self.rng.range(0, 99);
         let mode = if variant == 0 && roll < 25 {
