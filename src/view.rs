@@ -449,6 +449,14 @@ pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result
     Ok(h)
 }
 
+/// The segment file at `path` is no longer than a header and holds no valid
+/// header: torn while being created.
+fn torn_at_creation(path: &Path, base: u64) -> bool {
+    let Ok(file) = File::open(path) else { return false };
+    let Ok(meta) = file.metadata() else { return false };
+    meta.len() <= SEGMENT_HEADER_LEN as u64 && read_segment_header(&file, path, base).is_err()
+}
+
 /// Open a sealed segment: check its header and that it ends with a seal, then
 /// map it whole. Returns the segment and the seal's next position.
 pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
@@ -552,10 +560,20 @@ impl Reader {
             });
         }
         // Segments visible: all, or up to the head's segment.
-        let visible: Vec<u64> = match head {
+        let mut visible: Vec<u64> = match head {
             Some(h) => bases.iter().copied().filter(|&b| b <= h.segment_base).collect(),
             None => bases.clone(),
         };
+        // Without a head to rule it out, a newest segment torn while being
+        // created (no whole header: a power cut during a roll) holds nothing;
+        // the next writer open rewrites it (spec 6, step 4). Not visible, so
+        // that the segments before it stay readable.
+        if head.is_none()
+            && let [.., _, newest] = visible[..]
+            && torn_at_creation(&self.dir.join(segment_file_name(newest)), newest)
+        {
+            visible.pop();
+        }
         let Some((&last, sealed)) = visible.split_last() else {
             return Ok(LogView::new(Vec::new(), 0, None));
         };

@@ -6,7 +6,7 @@
 //! Every test file uses only part of this module.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -684,4 +684,660 @@ pub fn payload_digest<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> u64 {
         }
     }
     h
+}
+
+// ---------------------------------------------------------------------------
+// A power-cut simulator: durable vs pending file writes and directory entries
+// ---------------------------------------------------------------------------
+
+/// Bytes of a disk sector: the unit of a torn write.
+pub const SECTOR: u64 = 512;
+
+#[derive(Debug, Clone)]
+enum FileOp {
+    Write { offset: u64, data: Vec<u8> },
+    Truncate(u64),
+}
+
+/// One file (an inode): what the last `sync` made durable, and the writes and
+/// truncations since, in order.
+#[derive(Debug, Clone, Default)]
+struct PInode {
+    durable: Vec<u8>,
+    pending: Vec<FileOp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    File(usize),
+    Dir,
+}
+
+#[derive(Debug, Clone)]
+enum DirOp {
+    Link(String, Entry),
+    Rename(String, String, usize),
+    Unlink(String),
+}
+
+/// One directory: its durable entries (as of its last `sync_dir`), the
+/// entries operations since then, and the current entries.
+#[derive(Debug, Clone, Default)]
+struct PDir {
+    durable: BTreeMap<String, Entry>,
+    pending: Vec<DirOp>,
+    current: BTreeMap<String, Entry>,
+}
+
+/// Why a crash point was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointKind {
+    /// Just before a file `sync` or a `sync_dir`.
+    Sync,
+    /// Just before any other operation (sampled).
+    Op,
+    /// Asked for by the workload ([`PowerIo::capture_now`]).
+    Explicit,
+}
+
+/// What the workload has acknowledged, recorded with each image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PowerCtx {
+    /// Positions below this are durable-acknowledged.
+    pub acked: u64,
+    /// Positions below this were appended (acknowledged or not).
+    pub written: u64,
+    /// The workload's snapshot saves that returned `Ok`.
+    pub snapshots: u64,
+}
+
+/// Counts of what the random outcomes did to one image.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImageStats {
+    pub pending_writes: u64,
+    pub dropped_writes: u64,
+    pub kept_writes: u64,
+    pub partial_writes: u64,
+    pub torn_writes: u64,
+    pub garbage_tails: u64,
+    pub pending_truncates: u64,
+    pub dropped_truncates: u64,
+    pub pending_dir_ops: u64,
+    pub lost_dir_ops: u64,
+}
+
+impl ImageStats {
+    pub fn add(&mut self, o: &ImageStats) {
+        self.pending_writes += o.pending_writes;
+        self.dropped_writes += o.dropped_writes;
+        self.kept_writes += o.kept_writes;
+        self.partial_writes += o.partial_writes;
+        self.torn_writes += o.torn_writes;
+        self.garbage_tails += o.garbage_tails;
+        self.pending_truncates += o.pending_truncates;
+        self.dropped_truncates += o.dropped_truncates;
+        self.pending_dir_ops += o.pending_dir_ops;
+        self.lost_dir_ops += o.lost_dir_ops;
+    }
+}
+
+/// What a power cut at one instant left on disk.
+#[derive(Debug, Clone)]
+pub struct CrashImage {
+    /// Index of the operation the power was cut before (0-based).
+    pub op: u64,
+    pub kind: PointKind,
+    /// Which of the images taken at this point (several outcomes per point).
+    pub variant: u32,
+    /// The outcome mode: "durable", "all-kept" or "random".
+    pub mode: &'static str,
+    pub ctx: PowerCtx,
+    /// Directories (relative to the log directory) that exist in the image.
+    pub dirs: Vec<PathBuf>,
+    /// Files (relative to the log directory) and their bytes.
+    pub files: BTreeMap<PathBuf, Vec<u8>>,
+    /// For each file of the image: the length its last `sync` made durable.
+    pub durable_len: BTreeMap<PathBuf, u64>,
+    pub stats: ImageStats,
+}
+
+impl CrashImage {
+    /// Write the image into the (empty) directory `dst`.
+    pub fn write_to(&self, dst: &Path) {
+        std::fs::create_dir_all(dst).expect("create image dir");
+        for d in &self.dirs {
+            std::fs::create_dir_all(dst.join(d)).expect("create image dir");
+        }
+        for (p, bytes) in &self.files {
+            std::fs::write(dst.join(p), bytes).expect("write image file");
+        }
+    }
+}
+
+/// Which operations become crash points.
+#[derive(Debug, Clone)]
+pub struct CapturePlan {
+    /// Images taken before every `sync` and `sync_dir`.
+    pub per_sync: u32,
+    /// Probability (per mille) that any other operation is a crash point.
+    pub op_permille: u64,
+    /// Images taken at a sampled other operation.
+    pub per_op: u32,
+    pub seed: u64,
+}
+
+struct PState {
+    root: PathBuf,
+    inodes: Vec<PInode>,
+    dirs: BTreeMap<PathBuf, PDir>,
+    ops: u64,
+    plan: CapturePlan,
+    rng: Rng,
+    ctx: PowerCtx,
+    captured: Vec<CrashImage>,
+    enabled: bool,
+}
+
+/// [`StdIo`] that also keeps what a power cut would leave: per file its
+/// durable bytes and its pending writes and truncations; per directory its
+/// durable entries and its pending creates, renames and removes (durable after
+/// `sync_dir`). Before chosen operations (every sync, a sample of the others)
+/// it takes crash images: durable bytes plus, for each pending write
+/// independently, dropped, kept, kept in part (cut at a sector boundary or a
+/// byte) or torn (garbage over some of its sectors); files may grow with
+/// garbage; pending directory operations are lost or kept (a rename is
+/// atomic). Images are kept in memory until [`PowerIo::take_images`].
+#[derive(Clone)]
+pub struct PowerIo {
+    st: Arc<Mutex<PState>>,
+}
+
+impl std::fmt::Debug for PowerIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PowerIo")
+    }
+}
+
+impl PowerIo {
+    /// A simulator for the log directory `root` (which must exist and be empty).
+    pub fn new(root: &Path, plan: CapturePlan) -> PowerIo {
+        let mut dirs = BTreeMap::new();
+        dirs.insert(PathBuf::new(), PDir::default());
+        let rng = Rng::new(plan.seed);
+        PowerIo {
+            st: Arc::new(Mutex::new(PState {
+                root: root.to_owned(),
+                inodes: Vec::new(),
+                dirs,
+                ops: 0,
+                plan,
+                rng,
+                ctx: PowerCtx::default(),
+                captured: Vec::new(),
+                enabled: true,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record what the workload has acknowledged so far.
+    pub fn set_ctx(&self, ctx: PowerCtx) {
+        self.lock().ctx = ctx;
+    }
+
+    /// Turn crash points on or off (operations are modelled either way).
+    pub fn set_enabled(&self, on: bool) {
+        self.lock().enabled = on;
+    }
+
+    /// Operations seen so far.
+    pub fn ops(&self) -> u64 {
+        self.lock().ops
+    }
+
+    /// Take `n` images now (a crash point after the last operation).
+    pub fn capture_now(&self, n: u32) {
+        let mut st = self.lock();
+        let op = st.ops;
+        for v in 0..n {
+            st.capture(op, PointKind::Explicit, v);
+        }
+    }
+
+    /// The images taken since the last call.
+    pub fn take_images(&self) -> Vec<CrashImage> {
+        std::mem::take(&mut self.lock().captured)
+    }
+
+    /// The log directory as the model has it now with every pending
+    /// operation kept (the live directory's files, for a self-check).
+    pub fn current_files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let st = self.lock();
+        let mut out = BTreeMap::new();
+        st.walk_current(Path::new(""), &mut out);
+        out
+    }
+}
+
+fn apply_ops(base: &[u8], ops: &[FileOp]) -> Vec<u8> {
+    let mut b = base.to_vec();
+    for op in ops {
+        match op {
+            FileOp::Write { offset, data } => write_into(&mut b, *offset, data),
+            FileOp::Truncate(len) => b.resize(*len as usize, 0),
+        }
+    }
+    b
+}
+
+fn write_into(b: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let end = offset as usize + data.len();
+    if b.len() < end {
+        b.resize(end, 0);
+    }
+    b[offset as usize..end].copy_from_slice(data);
+}
+
+impl PState {
+    fn rel(&self, path: &Path) -> Option<PathBuf> {
+        path.strip_prefix(&self.root).ok().map(Path::to_owned)
+    }
+
+    fn split(rel: &Path) -> (PathBuf, String) {
+        let parent = rel.parent().map(Path::to_owned).unwrap_or_default();
+        let name = rel.file_name().expect("file name").to_string_lossy().into_owned();
+        (parent, name)
+    }
+
+    fn dir_op(&mut self, dir: &Path, op: DirOp) {
+        let d = self.dirs.entry(dir.to_owned()).or_default();
+        match &op {
+            DirOp::Link(name, e) => {
+                d.current.insert(name.clone(), *e);
+            }
+            DirOp::Rename(from, to, ino) => {
+                d.current.remove(from);
+                d.current.insert(to.clone(), Entry::File(*ino));
+            }
+            DirOp::Unlink(name) => {
+                d.current.remove(name);
+            }
+        }
+        d.pending.push(op);
+    }
+
+    fn lookup(&self, rel: &Path) -> Option<usize> {
+        let (parent, name) = Self::split(rel);
+        match self.dirs.get(&parent)?.current.get(&name)? {
+            Entry::File(i) => Some(*i),
+            Entry::Dir => None,
+        }
+    }
+
+    /// Count an operation; take images first if it is a crash point.
+    fn point(&mut self, sync: bool, what: std::fmt::Arguments<'_>) {
+        let op = self.ops;
+        if std::env::var_os("ANNAL_POWER_TRACE").is_some() {
+            eprintln!("power op {op}: {what}");
+        }
+        self.ops += 1;
+        if !self.enabled {
+            return;
+        }
+        let (kind, n) = if sync {
+            (PointKind::Sync, self.plan.per_sync)
+        } else if self.rng.range(0, 999) < self.plan.op_permille {
+            (PointKind::Op, self.plan.per_op)
+        } else {
+            return;
+        };
+        for v in 0..n {
+            self.capture(op, kind, v);
+        }
+    }
+
+    fn walk_current(&self, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        let Some(d) = self.dirs.get(dir) else { return };
+        for (name, e) in &d.current {
+            let p = dir.join(name);
+            match e {
+                Entry::File(i) => {
+                    let ino = &self.inodes[*i];
+                    out.insert(p, apply_ops(&ino.durable, &ino.pending));
+                }
+                Entry::Dir => self.walk_current(&p, out),
+            }
+        }
+    }
+
+    fn capture(&mut self, op: u64, kind: PointKind, variant: u32) {
+        // Variant 0 is the plain durable image a quarter of the time;
+        // otherwise mostly random outcomes, sometimes everything kept.
+        let roll = self.rng.range(0, 99);
+        let mode = if variant == 0 && roll < 25 {
+            "durable"
+        } else if roll >= 92 {
+            "all-kept"
+        } else {
+            "random"
+        };
+        let mut img = CrashImage {
+            op,
+            kind,
+            variant,
+            mode,
+            ctx: self.ctx,
+            dirs: Vec::new(),
+            files: BTreeMap::new(),
+            durable_len: BTreeMap::new(),
+            stats: ImageStats::default(),
+        };
+        // Directory operations: per directory, a prefix (journalled file
+        // systems) or each independently.
+        let mut rng = self.rng.clone();
+        let dirs = self.dirs.clone();
+        let mut done = std::collections::HashSet::new();
+        self.image_dir(&dirs, Path::new(""), &mut img, &mut rng, &mut done);
+        self.rng = rng;
+        self.captured.push(img);
+    }
+
+    fn image_dir(
+        &self,
+        dirs: &BTreeMap<PathBuf, PDir>,
+        dir: &Path,
+        img: &mut CrashImage,
+        rng: &mut Rng,
+        done: &mut std::collections::HashSet<usize>,
+    ) {
+        let Some(d) = dirs.get(dir) else { return };
+        if !dir.as_os_str().is_empty() {
+            img.dirs.push(dir.to_owned());
+        }
+        let mut names = d.durable.clone();
+        let n = d.pending.len();
+        img.stats.pending_dir_ops += n as u64;
+        let keep: Vec<bool> = match img.mode {
+            "durable" => vec![false; n],
+            "all-kept" => vec![true; n],
+            _ => {
+                if rng.range(0, 1) == 0 {
+                    let k = rng.range(0, n as u64) as usize;
+                    (0..n).map(|i| i < k).collect()
+                } else {
+                    (0..n).map(|_| rng.range(0, 1) == 0).collect()
+                }
+            }
+        };
+        for (op, keep) in d.pending.iter().zip(keep) {
+            if !keep {
+                img.stats.lost_dir_ops += 1;
+                continue;
+            }
+            match op {
+                DirOp::Link(name, e) => {
+                    names.insert(name.clone(), *e);
+                }
+                DirOp::Rename(from, to, ino) => {
+                    // Atomic: the new name replaces the old one, all at once.
+                    names.remove(from);
+                    names.insert(to.clone(), Entry::File(*ino));
+                }
+                DirOp::Unlink(name) => {
+                    names.remove(name);
+                }
+            }
+        }
+        for (name, e) in names {
+            let p = dir.join(&name);
+            match e {
+                Entry::File(i) => {
+                    if !done.insert(i) {
+                        // Two names for one file: possible only with lost
+                        // operations kept out of order; keep the first.
+                        continue;
+                    }
+                    let ino = &self.inodes[i];
+                    img.durable_len.insert(p.clone(), ino.durable.len() as u64);
+                    let bytes = image_file(ino, img.mode, rng, &mut img.stats);
+                    img.files.insert(p, bytes);
+                }
+                Entry::Dir => self.image_dir(dirs, &p, img, rng, done),
+            }
+        }
+    }
+}
+
+/// The bytes a power cut leaves of one file.
+fn image_file(ino: &PInode, mode: &str, rng: &mut Rng, stats: &mut ImageStats) -> Vec<u8> {
+    let mut b = ino.durable.clone();
+    for op in &ino.pending {
+        match op {
+            FileOp::Truncate(len) => {
+                stats.pending_truncates += 1;
+                if mode == "all-kept" || (mode == "random" && rng.range(0, 1) == 0) {
+                    b.resize(*len as usize, 0);
+                } else {
+                    stats.dropped_truncates += 1;
+                }
+            }
+            FileOp::Write { offset, data } => {
+                stats.pending_writes += 1;
+                let choice = match mode {
+                    "durable" => 0,
+                    "all-kept" => 1,
+                    _ => rng.range(0, 9),
+                };
+                match choice {
+                    0..=2 => stats.dropped_writes += 1,
+                    3..=5 => {
+                        stats.kept_writes += 1;
+                        write_into(&mut b, *offset, data);
+                    }
+                    6 | 7 => {
+                        // A prefix, cut at a sector boundary or at any byte.
+                        stats.partial_writes += 1;
+                        let len = data.len() as u64;
+                        let first_boundary = (offset / SECTOR + 1) * SECTOR;
+                        let cut = if rng.range(0, 1) == 0 && first_boundary < offset + len {
+                            let last = (offset + len - 1) / SECTOR * SECTOR;
+                            let k = rng.range(first_boundary / SECTOR, last / SECTOR) * SECTOR;
+                            k - offset
+                        } else {
+                            rng.range(0, len.saturating_sub(1))
+                        };
+                        write_into(&mut b, *offset, &data[..cut as usize]);
+                    }
+                    _ => {
+                        // Torn: each sector new, old or garbage, at least one garbage.
+                        stats.torn_writes += 1;
+                        let end = offset + data.len() as u64;
+                        if (b.len() as u64) < end {
+                            b.resize(end as usize, 0);
+                        }
+                        let first = offset / SECTOR;
+                        let last = (end.max(1) - 1) / SECTOR;
+                        let forced = rng.range(first, last);
+                        for s in first..=last {
+                            let lo = (s * SECTOR).max(*offset);
+                            let hi = ((s + 1) * SECTOR).min(end);
+                            let pick = if s == forced { 2 } else { rng.range(0, 2) };
+                            match pick {
+                                0 => b[lo as usize..hi as usize]
+                                    .copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]),
+                                1 => {}
+                                _ => {
+                                    for x in &mut b[lo as usize..hi as usize] {
+                                        *x = rng.next_u64() as u8;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let full_len = apply_ops(&ino.durable, &ino.pending).len();
+    if mode == "random" && b.len() < full_len && rng.range(0, 3) == 0 {
+        // ALICE: the file's new length reached the disk but the data of its
+        // appended blocks did not: they hold garbage or zeros.
+        stats.garbage_tails += 1;
+        let zeros = rng.range(0, 1) == 0;
+        while b.len() < full_len {
+            b.push(if zeros { 0 } else { rng.next_u64() as u8 });
+        }
+    }
+    b
+}
+
+#[derive(Debug)]
+struct PowerFile {
+    inner: Box<dyn IoFile>,
+    ino: usize,
+    io: PowerIo,
+}
+
+impl Io for PowerIo {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        let mut st = self.lock();
+        let Some(rel) = st.rel(path) else {
+            return StdIo.create(path);
+        };
+        st.point(false, format_args!("create {}", rel.display()));
+        let inner = StdIo.create(path)?;
+        let ino = st.inodes.len();
+        st.inodes.push(PInode::default());
+        let (dir, name) = PState::split(&rel);
+        st.dir_op(&dir, DirOp::Link(name, Entry::File(ino)));
+        Ok(Box::new(PowerFile {
+            inner,
+            ino,
+            io: self.clone(),
+        }))
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        let mut st = self.lock();
+        let Some(rel) = st.rel(path) else {
+            return StdIo.open(path);
+        };
+        st.point(false, format_args!("open {}", rel.display()));
+        let inner = StdIo.open(path)?;
+        let ino = match st.lookup(&rel) {
+            Some(i) => i,
+            None => {
+                // Not made through the seam: all of it is durable (and its
+                // entry too).
+                let bytes = std::fs::read(path)?;
+                let ino = st.inodes.len();
+                st.inodes.push(PInode {
+                    durable: bytes,
+                    pending: Vec::new(),
+                });
+                let (dir, name) = PState::split(&rel);
+                let d = st.dirs.entry(dir).or_default();
+                d.durable.insert(name.clone(), Entry::File(ino));
+                d.current.insert(name, Entry::File(ino));
+                ino
+            }
+        };
+        Ok(Box::new(PowerFile {
+            inner,
+            ino,
+            io: self.clone(),
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let (Some(rf), Some(rt)) = (st.rel(from), st.rel(to)) else {
+            return StdIo.rename(from, to);
+        };
+        st.point(false, format_args!("rename {} {}", rf.display(), rt.display()));
+        StdIo.rename(from, to)?;
+        let (df, nf) = PState::split(&rf);
+        let (dt, nt) = PState::split(&rt);
+        assert_eq!(df, dt, "PowerIo models renames within one directory only");
+        let ino = st.lookup(&rf).expect("renamed file is known to the model");
+        st.dir_op(&df, DirOp::Rename(nf, nt, ino));
+        Ok(())
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let Some(rel) = st.rel(path) else {
+            return StdIo.remove(path);
+        };
+        st.point(false, format_args!("remove {}", rel.display()));
+        StdIo.remove(path)?;
+        let (dir, name) = PState::split(&rel);
+        st.dir_op(&dir, DirOp::Unlink(name));
+        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let Some(rel) = st.rel(dir) else {
+            return StdIo.sync_dir(dir);
+        };
+        st.point(true, format_args!("sync_dir {}", rel.display()));
+        StdIo.sync_dir(dir)?;
+        if let Some(d) = st.dirs.get_mut(&rel) {
+            d.durable = d.current.clone();
+            d.pending.clear();
+        }
+        Ok(())
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let Some(rel) = st.rel(dir) else {
+            return std::fs::create_dir_all(dir);
+        };
+        st.point(false, format_args!("create_dir {}", rel.display()));
+        std::fs::create_dir_all(dir)?;
+        if !rel.as_os_str().is_empty() && !st.dirs.contains_key(&rel) {
+            st.dirs.insert(rel.clone(), PDir::default());
+            let (parent, name) = PState::split(&rel);
+            st.dir_op(&parent, DirOp::Link(name, Entry::Dir));
+        }
+        Ok(())
+    }
+}
+
+impl IoFile for PowerFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let mut st = self.io.lock();
+        st.point(
+            false,
+            format_args!("write ino {} at {offset} len {}", self.ino, buf.len()),
+        );
+        self.inner.write_at(offset, buf)?;
+        st.inodes[self.ino].pending.push(FileOp::Write {
+            offset,
+            data: buf.to_vec(),
+        });
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        let mut st = self.io.lock();
+        st.point(true, format_args!("sync ino {}", self.ino));
+        self.inner.sync()?;
+        let ino = &mut st.inodes[self.ino];
+        ino.durable = apply_ops(&ino.durable, &ino.pending);
+        ino.pending.clear();
+        Ok(())
+    }
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        let mut st = self.io.lock();
+        st.point(false, format_args!("truncate ino {} to {len}", self.ino));
+        self.inner.truncate(len)?;
+        st.inodes[self.ino].pending.push(FileOp::Truncate(len));
+        Ok(())
+    }
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let mut st = self.io.lock();
+        st.point(false, format_args!("reserve ino {} {offset}+{len}", self.ino));
+        // Space only: neither the length nor the content changes.
+        self.inner.reserve(offset, len)
+    }
 }
