@@ -516,6 +516,11 @@ fn ensure_indexes(io: &dyn Io, dir: &Path, sealed: &[ViewSegment], mask: u64, re
             resolve_prev(None, earlier, name)
         });
         write_derived(io, dir, &idx_path, &idx)?;
+        // If the index was already used (and rebuilt in memory, e.g. for the
+        // last timestamp of a segment whose successor is reinitialized),
+        // switch to the file: an in-memory index knows no rows, and the
+        // stream table rebuilt next must point at real rows.
+        seg.index.retry_disk(bytes);
         report.rebuilt_indexes.push(idx_path);
     }
     Ok(())
