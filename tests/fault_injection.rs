@@ -42,7 +42,7 @@
 //! and `EIO`, verifies signatures at every point, runs three more workloads
 //! (rolls with `Fsync`, recovery of a keyed and signed log, signed
 //! checkpoints with `Fsync` and rolls) and 8 random workloads instead of 1
-//! (about 2,500 fault points, ~6 minutes). `ANNAL_TEST_SEED` fixes the seed
+//! (about 3,000 fault points, ~6 minutes). `ANNAL_TEST_SEED` fixes the seed
 //! of the random workloads.
 
 mod common;
