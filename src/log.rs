@@ -1326,11 +1326,13 @@ impl Inner {
     }
 
     fn poison(&self, e: &Error) {
-        self.poisoned.store(true, Ordering::Release);
+        // The cause first, then the flag (both under the commit lock): a
+        // thread that sees the flag must find the cause.
         let mut c = lock(&self.commit);
         if c.poison.is_none() {
             c.poison = Some(e.to_string());
         }
+        self.poisoned.store(true, Ordering::Release);
         unpark_all(&mut c);
     }
 

@@ -1341,3 +1341,291 @@ impl IoFile for PowerFile {
         self.inner.reserve(offset, len)
     }
 }
+
+// ---------------------------------------------------------------------------
+// An I/O seam that fails the n-th operation of one kind (fault injection)
+// ---------------------------------------------------------------------------
+
+/// The kinds of operation of the I/O seam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OpKind {
+    Create,
+    Open,
+    Rename,
+    Remove,
+    SyncDir,
+    CreateDir,
+    Write,
+    Sync,
+    Truncate,
+    Reserve,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 10] = [
+        OpKind::Create,
+        OpKind::Open,
+        OpKind::Rename,
+        OpKind::Remove,
+        OpKind::SyncDir,
+        OpKind::CreateDir,
+        OpKind::Write,
+        OpKind::Sync,
+        OpKind::Truncate,
+        OpKind::Reserve,
+    ];
+
+    /// The `op` of the `annal::Error::Io` a failure of this kind gives.
+    pub fn error_op(self) -> &'static str {
+        match self {
+            OpKind::Create => "create",
+            OpKind::Open => "open",
+            OpKind::Rename => "rename",
+            OpKind::Remove => "remove",
+            OpKind::SyncDir => "fsync directory",
+            OpKind::CreateDir => "create directory",
+            OpKind::Write => "write",
+            OpKind::Sync => "fsync",
+            OpKind::Truncate => "truncate",
+            OpKind::Reserve => "reserve",
+        }
+    }
+}
+
+/// Which thread made a call: annal's sealer thread (`annal-sealer`), which
+/// writes index files and stream tables concurrently with the writer, or any
+/// other. Counting per role keeps the numbering deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Main,
+    Sealer,
+}
+
+impl Role {
+    fn current() -> Role {
+        if std::thread::current().name() == Some("annal-sealer") {
+            Role::Sealer
+        } else {
+            Role::Main
+        }
+    }
+}
+
+/// How an injected failure fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// `ENOSPC` (disk full), nothing written.
+    NoSpace,
+    /// `EIO`, nothing written.
+    Eio,
+    /// A write of which a prefix (`len / 2` bytes, at least 1 if any) reaches
+    /// the file before `ENOSPC`.
+    Short,
+}
+
+/// The failure to inject: the `n`-th (0-based, counted from [`FaultIo::arm`])
+/// operation of `kind` made by `role` fails once; every other call works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub role: Role,
+    pub kind: OpKind,
+    pub n: u64,
+    pub mode: FaultMode,
+}
+
+/// One operation seen through the seam while armed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpRecord {
+    pub role: Role,
+    pub kind: OpKind,
+    pub path: PathBuf,
+    /// Bytes written (`write_at`), else 0.
+    pub len: usize,
+    /// Made after the fault fired.
+    pub after_fault: bool,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    armed: bool,
+    fault: Option<Fault>,
+    counts: HashMap<(Role, OpKind), u64>,
+    ops: Vec<OpRecord>,
+    /// The operation that failed, once it did.
+    fired: Option<OpRecord>,
+}
+
+/// [`StdIo`] that records every operation made while armed (kind, path,
+/// thread role) and fails one chosen operation ([`Fault`]).
+#[derive(Debug, Clone, Default)]
+pub struct FaultIo {
+    state: Arc<Mutex<FaultState>>,
+}
+
+#[derive(Debug)]
+struct FaultFile {
+    inner: Box<dyn IoFile>,
+    path: PathBuf,
+    io: FaultIo,
+}
+
+impl FaultIo {
+    pub fn new() -> FaultIo {
+        FaultIo::default()
+    }
+
+    fn st(&self) -> MutexGuard<'_, FaultState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start recording and counting (and failing `fault`, if any).
+    pub fn arm(&self, fault: Option<Fault>) {
+        let mut s = self.st();
+        s.armed = true;
+        s.fault = fault;
+    }
+
+    /// Stop recording and failing.
+    pub fn disarm(&self) {
+        self.st().armed = false;
+    }
+
+    /// Operations per (role, kind) made while armed.
+    pub fn counts(&self) -> HashMap<(Role, OpKind), u64> {
+        self.st().counts.clone()
+    }
+
+    /// Every operation made while armed, in order.
+    pub fn ops(&self) -> Vec<OpRecord> {
+        self.st().ops.clone()
+    }
+
+    /// The operation that failed, if the fault fired.
+    pub fn fired(&self) -> Option<OpRecord> {
+        self.st().fired.clone()
+    }
+
+    /// Record one call; `Some(mode)` if it must fail.
+    fn enter(&self, kind: OpKind, path: &Path) -> Option<FaultMode> {
+        self.enter_len(kind, path, 0)
+    }
+
+    fn enter_len(&self, kind: OpKind, path: &Path, len: usize) -> Option<FaultMode> {
+        let mut s = self.st();
+        if !s.armed {
+            return None;
+        }
+        let role = Role::current();
+        let n = {
+            let c = s.counts.entry((role, kind)).or_insert(0);
+            *c += 1;
+            *c - 1
+        };
+        let after_fault = s.fired.is_some();
+        let rec = OpRecord {
+            role,
+            kind,
+            path: path.to_owned(),
+            len,
+            after_fault,
+        };
+        s.ops.push(rec.clone());
+        match s.fault {
+            Some(f) if f.role == role && f.kind == kind && f.n == n => {
+                s.fired = Some(rec);
+                Some(f.mode)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn fault_error(mode: FaultMode, kind: OpKind, path: &Path) -> io::Error {
+    let (code, name) = match mode {
+        FaultMode::Eio => (5, "EIO"),
+        FaultMode::NoSpace | FaultMode::Short => (28, "ENOSPC"),
+    };
+    io::Error::new(
+        io::Error::from_raw_os_error(code).kind(),
+        format!("injected {name} on {} of {}", kind.error_op(), path.display()),
+    )
+}
+
+impl Io for FaultIo {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        if let Some(m) = self.enter(OpKind::Create, path) {
+            return Err(fault_error(m, OpKind::Create, path));
+        }
+        Ok(Box::new(FaultFile {
+            inner: StdIo.create(path)?,
+            path: path.to_owned(),
+            io: self.clone(),
+        }))
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        if let Some(m) = self.enter(OpKind::Open, path) {
+            return Err(fault_error(m, OpKind::Open, path));
+        }
+        Ok(Box::new(FaultFile {
+            inner: StdIo.open(path)?,
+            path: path.to_owned(),
+            io: self.clone(),
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if let Some(m) = self.enter(OpKind::Rename, from) {
+            return Err(fault_error(m, OpKind::Rename, from));
+        }
+        StdIo.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        if let Some(m) = self.enter(OpKind::Remove, path) {
+            return Err(fault_error(m, OpKind::Remove, path));
+        }
+        StdIo.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if let Some(m) = self.enter(OpKind::SyncDir, dir) {
+            return Err(fault_error(m, OpKind::SyncDir, dir));
+        }
+        StdIo.sync_dir(dir)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        if let Some(m) = self.enter(OpKind::CreateDir, dir) {
+            return Err(fault_error(m, OpKind::CreateDir, dir));
+        }
+        StdIo.create_dir(dir)
+    }
+}
+
+impl IoFile for FaultFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        match self.io.enter_len(OpKind::Write, &self.path, buf.len()) {
+            None => self.inner.write_at(offset, buf),
+            Some(FaultMode::Short) => {
+                let part = (buf.len() / 2).max(buf.len().min(1));
+                self.inner.write_at(offset, &buf[..part])?;
+                Err(fault_error(FaultMode::Short, OpKind::Write, &self.path))
+            }
+            Some(m) => Err(fault_error(m, OpKind::Write, &self.path)),
+        }
+    }
+    fn sync(&self) -> io::Result<()> {
+        if let Some(m) = self.io.enter(OpKind::Sync, &self.path) {
+            return Err(fault_error(m, OpKind::Sync, &self.path));
+        }
+        self.inner.sync()
+    }
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        if let Some(m) = self.io.enter(OpKind::Truncate, &self.path) {
+            return Err(fault_error(m, OpKind::Truncate, &self.path));
+        }
+        self.inner.truncate(len)
+    }
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if let Some(m) = self.io.enter(OpKind::Reserve, &self.path) {
+            return Err(fault_error(m, OpKind::Reserve, &self.path));
+        }
+        self.inner.reserve(offset, len)
+    }
+}
