@@ -715,7 +715,10 @@ fn cases_for(kind: Kind, file: &str, bytes: &[u8], rng: &mut Rng, extra_files: &
             }
         }
         // Within one batch.
-        if let Some(w) = recs.windows(2).find(|w| w[0].0 == w[1].0 && w[0].2 - w[0].1 == w[1].2 - w[1].1) {
+        if let Some(w) = recs
+            .windows(2)
+            .find(|w| w[0].0 == w[1].0 && w[0].2 - w[0].1 == w[1].2 - w[1].1)
+        {
             cases.push(mk(
                 Damage::Swap,
                 format!("records at {} and {} of one batch swapped", w[0].1, w[1].1),
@@ -900,9 +903,13 @@ fn read_log(dir: &Path, r: &Reference, what: &str) -> (Result<Vec<Rec>, String>,
 }
 
 fn checkpoint_body(label: &str) -> bool {
-    ["(checkpoint public_key)", "(checkpoint signature)", "(checkpoint body_crc"]
-        .iter()
-        .any(|w| label.contains(w))
+    [
+        "(checkpoint public_key)",
+        "(checkpoint signature)",
+        "(checkpoint body_crc",
+    ]
+    .iter()
+    .any(|w| label.contains(w))
 }
 
 fn run_case(r: &Reference, c: &Case, stats: &mut BTreeMap<(Kind, Damage), Tally2>, failures: &mut Vec<String>) {
@@ -924,10 +931,9 @@ fn run_case(r: &Reference, c: &Case, stats: &mut BTreeMap<(Kind, Damage), Tally2
     };
     let ok = match &c.expect {
         Expect::Problem(ranges) => {
-            let hit = report
-                .problems
-                .iter()
-                .any(|f| names_file(f, dir, &c.file) && ranges.iter().any(|&(lo, hi)| lo <= f.offset && f.offset <= hi));
+            let hit = report.problems.iter().any(|f| {
+                names_file(f, dir, &c.file) && ranges.iter().any(|&(lo, hi)| lo <= f.offset && f.offset <= hi)
+            });
             if hit {
                 st.detected += 1;
             } else {
@@ -946,7 +952,9 @@ fn run_case(r: &Reference, c: &Case, stats: &mut BTreeMap<(Kind, Damage), Tally2
             let hit = report.problems.iter().any(|f| {
                 names_file(f, dir, &c.file)
                     || name.as_deref().is_some_and(|n| f.detail.contains(n))
-                    || (c.kind.is_segment() && c.successor.as_deref().is_some_and(|n| names_file(f, dir, n)) && f.offset < 128)
+                    || (c.kind.is_segment()
+                        && c.successor.as_deref().is_some_and(|n| names_file(f, dir, n))
+                        && f.offset < 128)
             });
             if hit {
                 st.detected += 1;
@@ -1162,5 +1170,10 @@ fn corruption_matrix() {
     for f in &failures {
         println!("FAIL {f}");
     }
-    assert!(failures.is_empty(), "{} of {} cases failed (see above)", failures.len(), cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed (see above)",
+        failures.len(),
+        cases.len()
+    );
 }
