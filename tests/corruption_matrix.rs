@@ -29,7 +29,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use annal::{
     Aggregate, CheckOptions, CheckReport, Direction, Durability, Event, EventData, ExpectedVersion, Log, Options,
@@ -95,7 +95,7 @@ fn build() -> Reference {
         .segment_size(SEGMENT_SIZE)
         .durability(Durability::Buffered)
         .signing_key(signer())
-        .checkpoint_every(40);
+        .checkpoint_every(1000);
     let log = Log::open(dir.path(), opts).expect("create the reference log");
     let repo = Repository::<Tally>::new(&log).snapshot_every(3, 3);
     let mut i: u64 = 0;
@@ -1114,6 +1114,14 @@ fn corruption_matrix() {
             Kind::Snapshot => (snap.clone(), vec![]),
         };
         let bytes = fs::read(base.join(&file)).expect("read reference file");
+        if kind.is_segment() {
+            // Checkpoints before every seal and at close (spec 21.5).
+            assert!(
+                common::frames(&bytes).iter().any(|f| f.kind == 3),
+                "the {} holds a signed checkpoint",
+                kind.name()
+            );
+        }
         cases.extend(cases_for(kind, &file, &bytes, &mut rng, &extra));
     }
     let seg_names: Vec<String> = segs.iter().map(|p| common::file_name(p)).collect();
