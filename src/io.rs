@@ -23,9 +23,16 @@ pub trait Io: Send + Sync + Debug {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Make the directory's entries (creates, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Create a directory and its missing parents.
+    /// Create a directory and its missing parents (mode [`DIR_MODE`]).
     fn create_dir(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(DIR_MODE);
+        }
+        b.create(dir)
     }
 }
 
@@ -62,6 +69,13 @@ pub struct StdFile(File);
 /// the group and others, never world-writable.
 pub const FILE_MODE: u32 = 0o644;
 
+/// Mode of every directory annal creates (the log directory, `snapshots/`):
+/// never world-writable.
+pub const DIR_MODE: u32 = 0o755;
+
+/// Options to open a file for writing: mode [`FILE_MODE`] when created, and
+/// never through a symlink (`O_NOFOLLOW` on Linux): a link planted under a
+/// name annal writes is an error, not a way out of the log directory.
 fn options() -> OpenOptions {
     let mut o = OpenOptions::new();
     o.read(true).write(true);
@@ -70,7 +84,19 @@ fn options() -> OpenOptions {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(FILE_MODE);
     }
+    no_follow(&mut o);
     o
+}
+
+/// Add `O_NOFOLLOW` (Linux): opening a symlink fails with `ELOOP`.
+pub(crate) fn no_follow(o: &mut OpenOptions) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = o;
 }
 
 impl Io for StdIo {

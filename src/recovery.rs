@@ -77,14 +77,19 @@ fn list(dir: &Path) -> Result<Listing> {
 
 fn take_lock(dir: &Path, io: &dyn Io) -> Result<File> {
     let path = dir.join(LOCK_FILE);
-    if !path.exists() {
+    // `symlink_metadata`: a (dangling) symlink counts as existing, and is then
+    // refused by the open below (`O_NOFOLLOW`), never followed.
+    if fs::symlink_metadata(&path).is_err() {
         match io.create(&path) {
             Ok(_) => io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io("create", &path, e)),
         }
     }
-    let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let mut o = fs::OpenOptions::new();
+    o.read(true);
+    crate::io::no_follow(&mut o);
+    let file = o.open(&path).map_err(|e| Error::io("open", &path, e))?;
     // A lock released by a closing writer can look held for a moment: a child
     // process forked by another thread shares the lock file's description
     // between its fork and its exec (the descriptor is close-on-exec). Retry a

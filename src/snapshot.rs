@@ -363,6 +363,18 @@ impl SnapshotStore {
         self.io
             .create_dir(&self.dir)
             .map_err(|e| Error::io("create directory", &self.dir, e))?;
+        // Never write snapshots through a symlinked folder (out of the log).
+        match std::fs::symlink_metadata(&self.dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::io(
+                    "create directory",
+                    &self.dir,
+                    io::Error::other("it is a symbolic link or not a directory; annal does not follow symlinks"),
+                ));
+            }
+            Err(e) => return Err(Error::io("stat", &self.dir, e)),
+        }
         self.io
             .sync_dir(&self.log_dir)
             .map_err(|e| Error::io("fsync directory", &self.log_dir, e))?;
