@@ -72,7 +72,7 @@ pub enum AsOf {
 }
 
 /// What [`Repository::execute`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Executed {
     /// The append, or `None` if the command produced no events.
     pub appended: Option<AppendResult>,
@@ -80,6 +80,13 @@ pub struct Executed {
     pub attempts: u32,
     /// Whether a snapshot was written after the append.
     pub snapshot_written: bool,
+    /// Why the snapshot due after the append could not be written. The
+    /// command's events are in the log all the same (so `execute` returns
+    /// `Ok`: retrying it would apply the command twice); the aggregate loads
+    /// from the previous snapshot and the events after it. A failure to save
+    /// a snapshot file does not poison the log; a failure of the `sync` that
+    /// precedes it does, like any failed fsync.
+    pub snapshot_error: Option<std::sync::Arc<Error>>,
 }
 
 /// Why [`Repository::execute`] failed.
@@ -299,6 +306,7 @@ impl<'l, A: Aggregate> Repository<'l, A> {
                     appended: None,
                     attempts: attempt,
                     snapshot_written: false,
+                    snapshot_error: None,
                 });
             }
             let expected = match loaded.version {
@@ -307,7 +315,7 @@ impl<'l, A: Aggregate> Repository<'l, A> {
             };
             match self.log.append_typed(stream, expected, &events) {
                 Ok(r) => {
-                    let mut snapshot_written = false;
+                    let (mut snapshot_written, mut snapshot_error) = (false, None);
                     if let Some(every) = self.every {
                         let before = loaded.version.map_or(0, |v| v + 1);
                         let after = r.stream_version + 1;
@@ -315,14 +323,17 @@ impl<'l, A: Aggregate> Repository<'l, A> {
                             for e in &events {
                                 loaded.state.apply(e);
                             }
-                            self.write_snapshot(stream, &loaded.state, r.stream_version, r.last_position)?;
-                            snapshot_written = true;
+                            match self.write_snapshot(stream, &loaded.state, r.stream_version, r.last_position) {
+                                Ok(()) => snapshot_written = true,
+                                Err(e) => snapshot_error = Some(std::sync::Arc::new(e)),
+                            }
                         }
                     }
                     return Ok(Executed {
                         appended: Some(r),
                         attempts: attempt,
                         snapshot_written,
+                        snapshot_error,
                     });
                 }
                 Err(Error::WrongExpectedVersion { .. }) => continue,

@@ -550,7 +550,11 @@ fn run_workload(w: &Workload, dir: &Path, fault: Option<Fault>) -> (Observed, Ve
                     Ok(x) => {
                         let r = x.appended.expect("an event was appended");
                         acks.push(Ack::new(&s, r, vec![p]));
-                        Ok(())
+                        // The events are in; the snapshot after them failed.
+                        match x.snapshot_error {
+                            Some(e) => Err(std::sync::Arc::try_unwrap(e).expect("the only reference")),
+                            None => Ok(()),
+                        }
                     }
                     Err(ExecuteError::Log(e)) => {
                         let after = log.stream_version(&s).expect("stream_version");
@@ -1074,4 +1078,34 @@ fn poisoned_by_the_sealer_always_names_the_cause() {
             }
         }
     }
+}
+
+/// A snapshot that cannot be written after a command's append does not make
+/// `execute` fail: the command's events are in the log (a retry would apply
+/// it twice). The error is reported in `Executed::snapshot_error`, the log
+/// stays usable, and the aggregate loads from its events.
+#[test]
+fn a_failed_snapshot_after_an_append_is_reported_not_returned_as_failure() {
+    let dir = common::scratch();
+    let io = Arc::new(FaultIo::new());
+    let log = Log::open(dir.path(), Options::default().io(io.clone())).expect("open");
+    let repo = repo(&log);
+    repo.execute("counter-x", &1).expect("first command");
+    // The snapshot due after the second event: fail the creation of its
+    // temp file (the first file created from here on).
+    io.arm(Some(Fault {
+        role: Role::Main,
+        kind: OpKind::Create,
+        n: 0,
+        mode: FaultMode::NoSpace,
+    }));
+    let x = repo.execute("counter-x", &2).expect("the append went in");
+    io.disarm();
+    assert!(x.appended.is_some());
+    assert!(!x.snapshot_written);
+    let e = x.snapshot_error.expect("the snapshot failure is reported");
+    assert!(matches!(&*e, Error::Io { op: "create", .. }), "{e}");
+    // Not poisoned: the next command appends.
+    repo.execute("counter-x", &3).expect("the log stays usable");
+    assert_eq!(repo.load("counter-x").expect("load").state.value, 6);
 }
