@@ -16,6 +16,114 @@ use crate::segment::{RecordSink, frame_records, resync_max_durable, walk_segment
 use crate::streamtable::StreamTable;
 use crate::{CheckOptions, Direction, Log, Options, Reader};
 
+/// Recompute every checksum a length walk of the segment in `bytes` reaches
+/// (the header CRC, each frame header CRC, each record CRC), so that a
+/// fuzzer's mutations get past the checksums to the decoders behind them.
+pub fn fix_segment_crcs(bytes: &mut [u8]) {
+    use crate::format::{FRAME_CRC_START, FRAME_HEADER_LEN, RECORD_CRC_START, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+    let crc_at = |b: &mut [u8], range: std::ops::Range<usize>, at: usize| {
+        if let Some(c) = b.get(range).map(crc32fast::hash) {
+            b[at..at + 4].copy_from_slice(&c.to_le_bytes());
+        }
+    };
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return;
+    }
+    crc_at(bytes, 0..SEGMENT_HEADER_LEN - 4, SEGMENT_HEADER_LEN - 4);
+    let u64_at = |b: &[u8], at: usize| {
+        b.get(at..at + 8)
+            .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or_default()))
+    };
+    let u32_at = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map_or(0, |x| u32::from_le_bytes(x.try_into().unwrap_or_default()))
+    };
+    let mut off = SEGMENT_HEADER_LEN;
+    while off + FRAME_HEADER_LEN <= bytes.len() && bytes[off..].starts_with(&crate::format::FRAME_MAGIC) {
+        let len = u64_at(bytes, off + 8);
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| off.checked_add(l))
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        if bytes[off + 28] == FRAME_KIND_BATCH {
+            let mut r = off + FRAME_HEADER_LEN;
+            while r + RECORD_HEADER_LEN <= end {
+                let rlen = u32_at(bytes, r) as usize;
+                if rlen < RECORD_HEADER_LEN || r + rlen > end {
+                    break;
+                }
+                crc_at(bytes, r + RECORD_CRC_START..r + rlen, r + 4);
+                r += rlen;
+            }
+        }
+        crc_at(bytes, off + FRAME_CRC_START..off + FRAME_HEADER_LEN, off + 4);
+        if len < FRAME_HEADER_LEN as u64 || end >= bytes.len() {
+            break;
+        }
+        off = end;
+    }
+}
+
+/// Recompute a block file's block CRC table, table CRC and footer CRC
+/// (spec 17), where its footer's `table_offset` fits the file.
+pub fn fix_blockfile(bytes: &mut [u8]) {
+    use crate::blockfile::{BLOCK, FOOTER_LEN};
+    let Some(foot) = bytes.len().checked_sub(FOOTER_LEN) else {
+        return;
+    };
+    let table = bytes[foot..foot + 8].try_into().map_or(u64::MAX, u64::from_le_bytes);
+    let Ok(table) = usize::try_from(table) else { return };
+    let blocks = table.div_ceil(BLOCK);
+    if table > foot || blocks.checked_mul(4).and_then(|t| t.checked_add(table)) != Some(foot) {
+        return;
+    }
+    for b in 0..blocks {
+        let c = crc32fast::hash(&bytes[b * BLOCK..((b + 1) * BLOCK).min(table)]);
+        bytes[table + b * 4..table + b * 4 + 4].copy_from_slice(&c.to_le_bytes());
+    }
+    let c = crc32fast::hash(&bytes[table..foot]);
+    bytes[foot + 16..foot + 20].copy_from_slice(&c.to_le_bytes());
+    let c = crc32fast::hash(&bytes[foot..foot + 20]);
+    bytes[foot + 20..foot + 24].copy_from_slice(&c.to_le_bytes());
+}
+
+/// Recompute the CRC of both head slots (spec 16).
+pub fn fix_head_crcs(bytes: &mut [u8]) {
+    use crate::format::{HEAD_CRC_START, HEAD_SLOT_LEN};
+    for i in 0..2 {
+        let at = i * HEAD_SLOT_LEN;
+        if bytes.len() >= at + HEAD_SLOT_LEN {
+            let c = crc32fast::hash(&bytes[at + HEAD_CRC_START..at + HEAD_SLOT_LEN]);
+            bytes[at + 4..at + 8].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+}
+
+/// Recompute a snapshot file's CRC (spec 20.2: every byte but the CRC field
+/// at 60..64 of the 64-byte header).
+pub fn fix_snapshot_crc(bytes: &mut [u8]) {
+    if bytes.len() >= 64 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&bytes[..60]);
+        h.update(&bytes[64..]);
+        let c = h.finalize();
+        bytes[60..64].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+/// Run `f` on `bytes`, then on a copy whose checksums `fix` recomputed (if
+/// that changed anything): what fuzz targets and property tests call, so
+/// that mutations reach the decoders behind the checksums.
+pub fn with_fixed(bytes: &[u8], fix: impl Fn(&mut [u8]), f: impl Fn(&[u8])) {
+    f(bytes);
+    let mut v = bytes.to_vec();
+    fix(&mut v);
+    if v != bytes {
+        f(&v);
+    }
+}
+
 /// Names probed in lookups (a few that the golden vectors hold, and some that
 /// they do not).
 const PROBE_NAMES: [&str; 6] = ["order-1", "order-7", "user-2", "Placed", "", "x"];
@@ -270,11 +378,14 @@ const KINDS: usize = 7;
 
 /// Split fuzzer input into the files of a log directory: a sequence of
 /// chunks `[kind: u8][len: u16 LE][len bytes]` (a short last chunk takes what
-/// is left). `kind % 7`: 0 the segment at base 0; 1 a second segment, named by
-/// the base position in its header (1 if it has none); 2 the index of
-/// segment 0; 3 the index of the second segment; 4 `annal.head`;
-/// 5 `annal.streams`; 6 a snapshot file. A later chunk of the same kind
-/// replaces an earlier one. Returns `(relative path, bytes)`.
+/// is left). With bit 7 of `kind` set, the chunk's checksums are recomputed
+/// first ([`fix_segment_crcs`], [`fix_blockfile`], [`fix_head_crcs`]).
+/// `(kind & 0x7f) % 7`: 0 the segment at base 0; 1 another segment, named by
+/// the base position in its header (else the previous such name, else 1);
+/// 2 the index of segment 0; 3 the index of the last other segment;
+/// 4 `annal.head`; 5 `annal.streams`; 6 a snapshot file. A later chunk for
+/// the same file name replaces an earlier one. Returns `(relative path,
+/// bytes)`.
 pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut second_base = 1u64;
@@ -287,20 +398,42 @@ pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
         let len = len.min(body.len());
         let (bytes, next) = body.split_at(len);
         rest = next;
-        let name = match *kind as usize % KINDS {
-            0 => crate::segment::segment_file_name(0),
+        let mut bytes = bytes.to_vec();
+        let fix = kind & 0x80 != 0;
+        let name = match (kind & 0x7f) as usize % KINDS {
+            0 => {
+                if fix {
+                    fix_segment_crcs(&mut bytes);
+                }
+                crate::segment::segment_file_name(0)
+            }
             1 => {
-                if let Ok(h) = SegmentHeader::parse(bytes)
+                if fix {
+                    fix_segment_crcs(&mut bytes);
+                }
+                if let Ok(h) = SegmentHeader::parse(&bytes)
                     && h.base_position.get() != 0
                 {
                     second_base = h.base_position.get();
                 }
                 crate::segment::segment_file_name(second_base)
             }
-            2 => crate::log::index_file_name(0),
-            3 => crate::log::index_file_name(second_base),
-            4 => crate::HEAD_FILE.to_owned(),
-            5 => crate::STREAM_TABLE_FILE.to_owned(),
+            k @ (2 | 3 | 5) => {
+                if fix {
+                    fix_blockfile(&mut bytes);
+                }
+                match k {
+                    2 => crate::log::index_file_name(0),
+                    3 => crate::log::index_file_name(second_base),
+                    _ => crate::STREAM_TABLE_FILE.to_owned(),
+                }
+            }
+            4 => {
+                if fix {
+                    fix_head_crcs(&mut bytes);
+                }
+                crate::HEAD_FILE.to_owned()
+            }
             _ => format!(
                 "{}/{}",
                 crate::snapshot::SNAPSHOT_DIR,
@@ -308,14 +441,14 @@ pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
             ),
         };
         files.retain(|(n, _)| *n != name);
-        files.push((name, bytes.to_vec()));
+        files.push((name, bytes));
     }
     files
 }
 
 /// The inverse of [`split_dir`] for the files of a real log directory
-/// (to seed corpora): segment 0, the first other segment, their indexes, the
-/// head, the stream table and one snapshot, where present.
+/// (to seed corpora): every segment and its index, the head, the stream table
+/// and one snapshot, where present.
 pub fn join_dir(dir: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     let mut push = |kind: u8, bytes: &[u8]| {
@@ -331,12 +464,13 @@ pub fn join_dir(dir: &Path) -> Vec<u8> {
         .filter_map(|e| crate::segment::parse_segment_file_name(e.file_name().to_str()?))
         .collect();
     bases.sort_unstable();
-    for (i, base) in bases.iter().take(2).enumerate() {
-        if let Ok(b) = std::fs::read(dir.join(crate::segment::segment_file_name(*base))) {
-            push(i as u8, &b);
+    for base in bases {
+        let other = u8::from(base != 0);
+        if let Ok(b) = std::fs::read(dir.join(crate::segment::segment_file_name(base))) {
+            push(other, &b);
         }
-        if let Ok(b) = std::fs::read(dir.join(crate::log::index_file_name(*base))) {
-            push(2 + i as u8, &b);
+        if let Ok(b) = std::fs::read(dir.join(crate::log::index_file_name(base))) {
+            push(2 + other, &b);
         }
     }
     for (kind, name) in [(4, crate::HEAD_FILE), (5, crate::STREAM_TABLE_FILE)] {

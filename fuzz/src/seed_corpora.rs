@@ -17,15 +17,41 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// A v2 log with signed checkpoint frames, sealed segments, indexes and a
+/// stream table (the golden vectors have no checkpoints).
+fn signed_log(dir: &Path) {
+    use annal::{EventData, ExpectedVersion, Log, Options, SigningKey};
+    let _ = std::fs::remove_dir_all(dir);
+    let opts = Options::default()
+        .segment_size(1024)
+        .signing_key(SigningKey::from_bytes([7; 32]))
+        .checkpoint_every(3);
+    let log = Log::open(dir, opts).expect("open");
+    for i in 0..12u64 {
+        let ev = EventData::new("Placed", format!("{{\"n\":{i}}}").into_bytes()).with_metadata(b"m".as_slice());
+        log.append(&format!("order-{}", i % 3), ExpectedVersion::Any, &[ev])
+            .expect("append");
+    }
+    log.close().expect("close");
+}
+
 fn main() {
     let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/vectors");
-    let mut n = 0;
+    let signed = std::env::temp_dir().join(format!("annal-seed-{}", std::process::id()));
+    signed_log(&signed);
+    let mut cases: Vec<(String, PathBuf)> = vec![("signed".into(), signed.clone())];
     for version in ["v1", "v2"] {
         for case in files(&vectors.join(version)) {
+            let tag = format!("{version}-{}", case.file_name().unwrap_or_default().to_string_lossy());
+            cases.push((tag, case));
+        }
+    }
+    let mut n = 0;
+    {
+        for (tag, case) in cases {
             if !case.is_dir() {
                 continue;
             }
-            let tag = format!("{version}-{}", case.file_name().unwrap_or_default().to_string_lossy());
             let joined = annal::fuzzing::join_dir(&case);
             if !joined.is_empty() {
                 write("open_dir", &tag, &joined);
@@ -40,7 +66,7 @@ fn main() {
                     Some("snap") => "snapshot",
                     Some("idx") => {
                         let seg = std::fs::read(f.with_extension("seg")).unwrap_or_default();
-                        let mut input = vec![1u8];
+                        let mut input = vec![3u8];
                         input.extend_from_slice(&(seg.len().min(u16::MAX as usize) as u16).to_le_bytes());
                         input.extend_from_slice(&seg[..seg.len().min(u16::MAX as usize)]);
                         input.extend_from_slice(&bytes);
@@ -60,5 +86,6 @@ fn main() {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&signed);
     println!("wrote {n} seeds under corpus/");
 }
