@@ -597,3 +597,74 @@ fn fuzz_regressions() {
     }
     println!("fuzz regressions replayed: {total}");
 }
+
+/// A batch of `n >= 2` records in a valid vector segment: (segment bytes,
+/// frame offset).
+fn segment_with_batch_of(n: u32) -> (Vec<u8>, usize) {
+    for v in ["v2", "v1"] {
+        for case in ["simple", "keyed", "indexed", "torn"] {
+            let p = vectors().join(v).join(case).join("00000000000000000000.seg");
+            let Ok(seg) = std::fs::read(&p) else { continue };
+            if let Some(f) = common::frames(&seg)
+                .into_iter()
+                .find(|f| f.kind == 1 && f.record_count >= n)
+            {
+                return (seg, f.offset as usize);
+            }
+        }
+    }
+    panic!("no vector segment has a batch of {n} records");
+}
+
+/// Found by the property test above: a batch whose first record has stream
+/// version `u64::MAX` (checksums valid) made batch validation compute
+/// `u64::MAX + 1` for the next record, a panic in debug builds.
+#[test]
+fn stream_version_at_u64_max_is_damage_not_a_panic() {
+    let _g = lock();
+    let (mut seg, off) = segment_with_batch_of(2);
+    let rec = off + 72;
+    seg[rec + 16..rec + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+    fix_segment_crcs(&mut seg);
+    fuzzing::segment(&seg);
+    let dir = common::scratch();
+    std::fs::write(dir.path().join("00000000000000000000.seg"), &seg).expect("write");
+    let read = annal::Reader::open(dir.path())
+        .and_then(|mut r| r.view())
+        .and_then(|v| {
+            v.read_all(0)
+                .map(|r| r.map(|r| r.position()))
+                .collect::<annal::Result<Vec<_>>>()
+        });
+    // Without a head file the damaged batch reads as a torn tail: either way
+    // none of its records is returned.
+    let batch_first = common::u64_at(&seg, off + 16);
+    match read {
+        Ok(positions) => assert!(positions.iter().all(|p| *p < batch_first), "{positions:?}"),
+        Err(e) => assert!(e.to_string().contains("00000000000000000000.seg"), "{e}"),
+    }
+    fuzzing::open_dir(dir.path());
+}
+
+/// Found while fixing the above: a frame whose `first_position +
+/// record_count` does not fit in 64 bits (a segment based at `u64::MAX`, its
+/// checksums valid) overflowed when the walk computed the next position.
+#[test]
+fn positions_past_u64_max_are_damage_not_a_panic() {
+    let _g = lock();
+    let (mut seg, _) = segment_with_batch_of(1);
+    seg[40..48].copy_from_slice(&u64::MAX.to_le_bytes()); // header base_position
+    let first = common::frames(&seg)[0];
+    let off = first.offset as usize;
+    seg[off + 16..off + 24].copy_from_slice(&u64::MAX.to_le_bytes()); // first_position
+    let mut rec = off + 72;
+    for i in 0..first.record_count as u64 {
+        seg[rec + 8..rec + 16].copy_from_slice(&u64::MAX.wrapping_add(i).to_le_bytes());
+        rec += common::u32_at(&seg, rec) as usize;
+    }
+    fix_segment_crcs(&mut seg);
+    fuzzing::segment(&seg);
+    let dir = common::scratch();
+    std::fs::write(dir.path().join("18446744073709551615.seg"), &seg).expect("write");
+    fuzzing::open_dir(dir.path());
+}
