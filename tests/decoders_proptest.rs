@@ -668,3 +668,39 @@ fn positions_past_u64_max_are_damage_not_a_panic() {
     std::fs::write(dir.path().join("18446744073709551615.seg"), &seg).expect("write");
     fuzzing::open_dir(dir.path());
 }
+
+/// Found by `log_directories_survive_mutated_files` (ANNAL_FUZZ_CASES=6): a
+/// one-record batch whose stream version is `u64::MAX` (checksums valid)
+/// made `check` compute the batch's last version as `u64::MAX + 1 - 1`, a
+/// panic in debug builds. Now it is a finding: the stream starts at 0.
+#[test]
+fn check_reports_a_stream_version_at_u64_max() {
+    let _g = lock();
+    let dir = common::scratch();
+    let log = Log::open(dir.path(), Options::default()).expect("open");
+    log.append(
+        "order-1",
+        ExpectedVersion::Any,
+        &[EventData::new("Placed", b"{}".as_slice())],
+    )
+    .expect("append");
+    log.append(
+        "order-1",
+        ExpectedVersion::Any,
+        &[EventData::new("Placed", b"{}".as_slice())],
+    )
+    .expect("append");
+    log.close().expect("close");
+    let seg = dir.path().join("00000000000000000000.seg");
+    common::edit(&seg, |b| {
+        let f = common::frames(b)[0];
+        let rec = f.offset as usize + 72;
+        b[rec + 16..rec + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+        fix_segment_crcs(b);
+    });
+    let report = annal::check(dir.path(), annal::CheckOptions::default()).expect("check runs");
+    assert!(!report.is_ok(), "the version is reported");
+    let text = format!("{:?}", report.problems);
+    assert!(text.contains("00000000000000000000.seg"), "{text}");
+    fuzzing::open_dir(dir.path());
+}
