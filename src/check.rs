@@ -742,7 +742,8 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
             }
         }
         for (name, s) in &o.spans {
-            let want = versions.get(name).map_or(0, |v| v + 1);
+            // Saturating: versions come from the files (found by fuzzing).
+            let want = versions.get(name).map_or(0, |v: &u64| v.saturating_add(1));
             if s.first_version != want && (i == 0 || chain_ok) {
                 report.problems.push(finding(
                     &o.path,
@@ -1050,17 +1051,19 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
         records += f.count as u64;
         if let Some(r) = frame_records(frame).next() {
             let v = r.stream_version();
-            let last = v + f.count as u64 - 1;
+            // Batch validation checked that v + (count - 1) fits (count >= 1).
+            let last = v.saturating_add(f.count as u64 - 1);
             match spans.get_mut(r.stream()) {
                 Some(s) => {
-                    if v != s.last_version + 1 {
+                    // Checked: versions come from the file (found by fuzzing).
+                    if s.last_version.checked_add(1) != Some(v) {
                         version_problems.push(finding(
                             &path,
                             off + FRAME_HEADER_LEN as u64 + 16,
                             format!(
                                 "expected stream {:?} to continue at version {}, found version {v}",
                                 r.stream(),
-                                s.last_version + 1
+                                s.last_version.saturating_add(1)
                             ),
                         ));
                     }
@@ -1356,7 +1359,7 @@ impl ChainLinks {
                         hex(&self.prev)
                     ),
                 ),
-                affects: p + 1,
+                affects: p.saturating_add(1),
             });
         }
         let Some(pk) = ctx.public_key else { return };
@@ -1439,7 +1442,7 @@ impl ChainLinks {
                             hex(&stored)
                         ),
                     ),
-                    affects: p + 1,
+                    affects: p.saturating_add(1),
                 });
             }
         }
@@ -1485,7 +1488,7 @@ impl ChainLinks {
                         hex(&self.prev)
                     ),
                 ),
-                affects: next + 1,
+                affects: next.saturating_add(1),
             });
         }
     }
@@ -1649,7 +1652,7 @@ fn check_chain(outs: &[SegOut], opts: &CheckOptions, report: &mut CheckReport) {
                         o.base
                     ),
                 ),
-                affects: o.base + 1,
+                affects: o.base.saturating_add(1),
             });
         }
         breaks.extend(o.breaks.iter().cloned());

@@ -512,6 +512,19 @@ impl FrameHeader {
                 ));
             }
         }
+        // Positions are u64 (spec 3.1): a frame's records must not run past
+        // the last one (found by fuzzing: the sum overflowed, a panic in
+        // debug builds).
+        if h.first_position
+            .get()
+            .checked_add(u64::from(h.record_count.get()))
+            .is_none()
+        {
+            return Err(Damage::corrupt(
+                off + 16,
+                "expected first_position + record_count to fit in 64 bits",
+            ));
+        }
         // The chain slot is covered by the CRC; its value is the audit
         // chain's business (spec 21), checked by `check`, not by readers.
         if h.flags != 0 || h.reserved.get() != 0 {

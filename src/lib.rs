@@ -50,6 +50,8 @@ mod chaining;
 mod check;
 mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hash;
 mod head;
 mod index;

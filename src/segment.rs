@@ -172,12 +172,14 @@ pub(crate) fn validate_frame_each<'a>(
                         ),
                     ));
                 }
-                if rec.stream_version() != r0.stream_version() + i {
+                // Checked: the first record's version comes from the file
+                // (found by fuzzing: it overflowed, a panic in debug builds).
+                if r0.stream_version().checked_add(i) != Some(rec.stream_version()) {
                     return Err(Damage::corrupt(
                         at + 16,
                         format!(
-                            "expected stream version {}, found {}",
-                            r0.stream_version() + i,
+                            "expected stream version {} + {i}, found {}",
+                            r0.stream_version(),
                             rec.stream_version()
                         ),
                     ));

@@ -1,0 +1,504 @@
+//! Decoder entry points for fuzzers and property tests, **not a stable API**.
+//!
+//! Each function takes untrusted bytes (or a directory of untrusted files) and
+//! runs them through the same decoders that recovery, `check` and readers use.
+//! The property the callers check: no panic, no hang, no allocation sized by
+//! an unchecked length. Results are discarded; errors are expected.
+//!
+//! Used by `fuzz/fuzz_targets/*` (cargo-fuzz) and `tests/decoders_proptest.rs`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::format::{FRAME_KIND_BATCH, SegmentHeader};
+use crate::index::{IdxFile, MemIndex, Named};
+use crate::segment::{RecordSink, frame_records, resync_max_durable, walk_segment_records};
+use crate::streamtable::StreamTable;
+use crate::{CheckOptions, Direction, Log, Options, Reader};
+
+/// Recompute every checksum a length walk of the segment in `bytes` reaches
+/// (the header CRC, each frame header CRC, each record CRC), so that a
+/// fuzzer's mutations get past the checksums to the decoders behind them.
+pub fn fix_segment_crcs(bytes: &mut [u8]) {
+    use crate::format::{FRAME_CRC_START, FRAME_HEADER_LEN, RECORD_CRC_START, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+    let crc_at = |b: &mut [u8], range: std::ops::Range<usize>, at: usize| {
+        if let Some(c) = b.get(range).map(crc32fast::hash) {
+            b[at..at + 4].copy_from_slice(&c.to_le_bytes());
+        }
+    };
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return;
+    }
+    crc_at(bytes, 0..SEGMENT_HEADER_LEN - 4, SEGMENT_HEADER_LEN - 4);
+    let u64_at = |b: &[u8], at: usize| {
+        b.get(at..at + 8)
+            .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or_default()))
+    };
+    let u32_at = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map_or(0, |x| u32::from_le_bytes(x.try_into().unwrap_or_default()))
+    };
+    let mut off = SEGMENT_HEADER_LEN;
+    while off + FRAME_HEADER_LEN <= bytes.len() && bytes[off..].starts_with(&crate::format::FRAME_MAGIC) {
+        let len = u64_at(bytes, off + 8);
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| off.checked_add(l))
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        if bytes[off + 28] == FRAME_KIND_BATCH {
+            let mut r = off + FRAME_HEADER_LEN;
+            while r + RECORD_HEADER_LEN <= end {
+                let rlen = u32_at(bytes, r) as usize;
+                if rlen < RECORD_HEADER_LEN || r + rlen > end {
+                    break;
+                }
+                crc_at(bytes, r + RECORD_CRC_START..r + rlen, r + 4);
+                r += rlen;
+            }
+        }
+        crc_at(bytes, off + FRAME_CRC_START..off + FRAME_HEADER_LEN, off + 4);
+        if len < FRAME_HEADER_LEN as u64 || end >= bytes.len() {
+            break;
+        }
+        off = end;
+    }
+}
+
+/// Recompute a block file's block CRC table, table CRC and footer CRC
+/// (spec 17), where its footer's `table_offset` fits the file.
+pub fn fix_blockfile(bytes: &mut [u8]) {
+    use crate::blockfile::{BLOCK, FOOTER_LEN};
+    let Some(foot) = bytes.len().checked_sub(FOOTER_LEN) else {
+        return;
+    };
+    let table = bytes[foot..foot + 8].try_into().map_or(u64::MAX, u64::from_le_bytes);
+    let Ok(table) = usize::try_from(table) else { return };
+    let blocks = table.div_ceil(BLOCK);
+    if table > foot || blocks.checked_mul(4).and_then(|t| t.checked_add(table)) != Some(foot) {
+        return;
+    }
+    for b in 0..blocks {
+        let c = crc32fast::hash(&bytes[b * BLOCK..((b + 1) * BLOCK).min(table)]);
+        bytes[table + b * 4..table + b * 4 + 4].copy_from_slice(&c.to_le_bytes());
+    }
+    let c = crc32fast::hash(&bytes[table..foot]);
+    bytes[foot + 16..foot + 20].copy_from_slice(&c.to_le_bytes());
+    let c = crc32fast::hash(&bytes[foot..foot + 20]);
+    bytes[foot + 20..foot + 24].copy_from_slice(&c.to_le_bytes());
+}
+
+/// Recompute the CRC of both head slots (spec 16).
+pub fn fix_head_crcs(bytes: &mut [u8]) {
+    use crate::format::{HEAD_CRC_START, HEAD_SLOT_LEN};
+    for i in 0..2 {
+        let at = i * HEAD_SLOT_LEN;
+        if bytes.len() >= at + HEAD_SLOT_LEN {
+            let c = crc32fast::hash(&bytes[at + HEAD_CRC_START..at + HEAD_SLOT_LEN]);
+            bytes[at + 4..at + 8].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+}
+
+/// Recompute a snapshot file's CRC (spec 20.2: every byte but the CRC field
+/// at 60..64 of the 64-byte header).
+pub fn fix_snapshot_crc(bytes: &mut [u8]) {
+    if bytes.len() >= 64 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&bytes[..60]);
+        h.update(&bytes[64..]);
+        let c = h.finalize();
+        bytes[60..64].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+/// Run `f` on `bytes`, then on a copy whose checksums `fix` recomputed (if
+/// that changed anything): what fuzz targets and property tests call, so
+/// that mutations reach the decoders behind the checksums.
+pub fn with_fixed(bytes: &[u8], fix: impl Fn(&mut [u8]), f: impl Fn(&[u8])) {
+    f(bytes);
+    let mut v = bytes.to_vec();
+    fix(&mut v);
+    if v != bytes {
+        f(&v);
+    }
+}
+
+/// Names probed in lookups (a few that the golden vectors hold, and some that
+/// they do not).
+const PROBE_NAMES: [&str; 6] = ["order-1", "order-7", "user-2", "Placed", "", "x"];
+
+/// Walk a whole segment file as recovery, `check` and readers do: header
+/// parse, frame walk with CRCs (batches, checkpoints, seal), record parsing,
+/// the resynchronisation scan, and an index rebuild followed by lookups.
+pub fn segment(bytes: &[u8]) {
+    let Ok(header) = SegmentHeader::parse(bytes) else {
+        return;
+    };
+    struct Sink(u64);
+    impl<'a> RecordSink<'a> for Sink {
+        fn record(&mut self, _: u64, _: u64, rec: &crate::RecordRef<'a>) {
+            self.0 = self
+                .0
+                .wrapping_add(rec.payload().len() as u64 + rec.stream().len() as u64 + rec.event_type().len() as u64);
+        }
+        fn batch(&mut self, _: u64, f: &crate::segment::Frame) {
+            self.0 = self.0.wrapping_add(f.len);
+        }
+    }
+    for verify in [true, false] {
+        let walk = walk_segment_records(bytes, header, verify, &mut Sink(0));
+        let _ = resync_max_durable(bytes, walk.end);
+    }
+    let mut batches = Vec::new();
+    crate::segment::walk_segment(bytes, header, true, |b, f| {
+        if f.kind == FRAME_KIND_BATCH && batches.len() < 64 {
+            batches.push(b.to_vec());
+        }
+    });
+    for b in &batches {
+        for r in frame_records(b) {
+            let _ = (r.event_id(), r.metadata().len(), r.schema_version());
+        }
+    }
+    let _ = crate::index::seal_crc(bytes);
+    if let Ok(idx) = MemIndex::rebuild(bytes) {
+        let idx = crate::index::Index::Mem(std::sync::Arc::new(std::sync::RwLock::new(idx)));
+        probe_index(&idx);
+    }
+}
+
+fn probe_index(idx: &crate::index::Index) {
+    for name in PROBE_NAMES {
+        if let Ok(Some(s)) = idx.find_stream(name) {
+            for i in 0..s.entry_count.min(8) {
+                let _ = idx.stream_entry(name, &s, i);
+            }
+            let _ = idx.stream_at(s.row, name);
+        }
+        for kind in [Named::Category, Named::Type] {
+            if let Ok(Some((start, count))) = idx.find_named(kind, name) {
+                for i in 0..count.min(8) {
+                    let _ = idx.named_entry(kind, name, start, i);
+                }
+            }
+        }
+    }
+    let n = idx.frame_count();
+    for i in [0, 1, n / 2, n.saturating_sub(1), n, u32::MAX] {
+        let _ = idx.frame(i);
+    }
+}
+
+static SCRATCH: AtomicU64 = AtomicU64::new(0);
+
+/// A scratch path unique to this process and call, under `TMPDIR` (fuzzers
+/// are faster with `TMPDIR=/dev/shm`).
+fn scratch(tag: &str) -> PathBuf {
+    let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("annal-fuzz-{}-{n}-{tag}", std::process::id()))
+}
+
+/// Open `bytes` as the index file (spec 17) of `segment_bytes` (a sealed
+/// segment; when `None`, the index is checked against a segment whose length
+/// and seal CRC are taken from the index header itself, so that the body is
+/// reached) and run every lookup. The index is opened by path, so the bytes
+/// are written to a scratch file first.
+pub fn index(bytes: &[u8], segment_bytes: Option<&[u8]>) {
+    let path = scratch("idx");
+    if std::fs::write(&path, bytes).is_err() {
+        return;
+    }
+    let opened = match segment_bytes {
+        Some(seg) => {
+            let base = SegmentHeader::parse(seg).map_or(0, |h| h.base_position.get());
+            IdxFile::open_for(&path, base, seg)
+        }
+        None => {
+            // Header fields at spec 17 offsets 16 (base), 24 (length), 32 (seal CRC).
+            let u64_at = |at: usize| {
+                bytes
+                    .get(at..at + 8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            };
+            let seal = bytes
+                .get(32..36)
+                .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
+            match crate::blockfile::BlockFile::open_path(&path, crate::format::IDX_MAGIC) {
+                Ok(Some(bf)) => IdxFile::open(bf, u64_at(16), u64_at(24), seal).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    let Ok(Some(idx)) = opened else { return };
+    if let Ok(rows) = idx.stream_rows() {
+        for (name, row, _) in rows.iter().take(16) {
+            let _ = idx.stream_at(*row, name);
+            if let Ok(Some(s)) = idx.find_stream(name) {
+                for i in 0..s.entry_count.min(8) {
+                    let _ = idx.stream_entry(&s, i);
+                }
+            }
+        }
+    }
+    probe_index(&crate::index::Index::Disk(std::sync::Arc::new(idx)));
+}
+
+/// Open `bytes` as the stream table (spec 18) and run lookups and a full row
+/// scan.
+pub fn stream_table(bytes: &[u8]) {
+    let path = scratch("streams");
+    if std::fs::write(&path, bytes).is_err() {
+        return;
+    }
+    let opened = StreamTable::open(&path);
+    let _ = std::fs::remove_file(&path);
+    let Ok(Some(t)) = opened else { return };
+    let _ = t.next_segment();
+    let mut names = Vec::new();
+    for row in t.rows() {
+        match row {
+            Ok((_, name, _)) => {
+                if names.len() < 16 {
+                    names.push(String::from_utf8_lossy(name).into_owned());
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    for name in names.iter().map(String::as_str).chain(PROBE_NAMES) {
+        let _ = t.lookup(name);
+    }
+}
+
+/// Decode `bytes` as a snapshot file (spec 20.3), under a snapshot file name
+/// and under a name that is not one.
+pub fn snapshot(bytes: &[u8]) {
+    let _ = crate::snapshot::testing::decode(Path::new("x.snap"), bytes);
+    let name = crate::snapshot::testing::file_name("order-7", 3);
+    let _ = crate::snapshot::testing::decode(Path::new(&name), bytes);
+}
+
+/// Decode `bytes` as a head file (spec 16).
+pub fn head(bytes: &[u8]) {
+    let _ = crate::head::decode(bytes);
+}
+
+/// Everything that reads a log directory: `check` (read-only, then with
+/// repair), `Reader` views replayed forward, backward, per stream, category
+/// and event type, `Log::open` (writer recovery) followed by a replay, one
+/// append and a close, and a last reader pass. Modifies `dir`.
+pub fn open_dir(dir: &Path) {
+    let _ = crate::check(dir, CheckOptions::default());
+    let _ = crate::anchor::chain_head(dir);
+    replay_reader(dir);
+    let _ = crate::check(dir, CheckOptions::default().repair(true));
+    if let Ok(log) = Log::open(dir, Options::default().create(false)) {
+        if let Ok(view) = log.view() {
+            replay_view(&view);
+        }
+        let _ = log.append(
+            "order-7",
+            crate::ExpectedVersion::Any,
+            &[crate::EventData::new("Placed", b"{}".as_slice())],
+        );
+        let _ = log.close();
+    }
+    replay_reader(dir);
+}
+
+fn replay_reader(dir: &Path) {
+    let Ok(mut reader) = Reader::open(dir) else { return };
+    if let Ok(view) = reader.view() {
+        replay_view(&view);
+    }
+}
+
+/// Panic if an iterator yields more items than the log has bytes: it would
+/// be looping.
+fn bounded<T>(it: impl Iterator<Item = crate::Result<T>>, bound: u64, what: &str, mut f: impl FnMut(T)) {
+    let mut n = 0u64;
+    for item in it {
+        n += 1;
+        assert!(
+            n <= bound,
+            "{what} yielded more than {bound} items: an endless iterator"
+        );
+        match item {
+            Ok(x) => f(x),
+            Err(_) => break,
+        }
+    }
+}
+
+fn replay_view(view: &crate::LogView) {
+    let bound = view.len_bytes() / 8 + 16;
+    let mut streams = Vec::new();
+    let mut types = Vec::new();
+    let _ = view.index_damage();
+    bounded(view.read_all(0), bound, "read_all", |r| {
+        if streams.len() < 4 && !streams.iter().any(|s: &String| s == r.stream()) {
+            streams.push(r.stream().to_owned());
+        }
+        if types.len() < 2 && !types.iter().any(|s: &String| s == r.event_type()) {
+            types.push(r.event_type().to_owned());
+        }
+    });
+    let next = view.next_position();
+    for from in [1, next / 2, next.saturating_sub(1)] {
+        bounded(view.read_all(from), bound, "read_all(from)", |_| {});
+    }
+    bounded(
+        view.read_all_backward(next.saturating_sub(1)),
+        bound,
+        "read_all_backward",
+        |_| {},
+    );
+    for s in streams.iter().map(String::as_str).chain(["order-7", "nope"]) {
+        for dir in [Direction::Forward, Direction::Backward] {
+            bounded(view.read_stream(s, 0, dir, u64::MAX), bound, "read_stream", |_| {});
+        }
+        let _ = view.stream_version(s);
+        if let Some(cat) = crate::category_of(s) {
+            bounded(view.read_category(cat, 0), bound, "read_category", |_| {});
+        }
+    }
+    for t in types.iter().map(String::as_str).chain(["Placed"]) {
+        bounded(view.read_event_type(t, 0), bound, "read_event_type", |_| {});
+    }
+    for t in [0, 1_000, u64::MAX] {
+        let _ = view.position_at_time(t);
+    }
+}
+
+/// File kinds of [`split_dir`] chunks.
+const KINDS: usize = 7;
+
+/// Split fuzzer input into the files of a log directory: a sequence of
+/// chunks `[kind: u8][len: u16 LE][len bytes]` (a short last chunk takes what
+/// is left). With bit 7 of `kind` set, the chunk's checksums are recomputed
+/// first ([`fix_segment_crcs`], [`fix_blockfile`], [`fix_head_crcs`]).
+/// `(kind & 0x7f) % 7`: 0 the segment at base 0; 1 another segment, named by
+/// the base position in its header (else the previous such name, else 1);
+/// 2 the index of segment 0; 3 the index of the last other segment;
+/// 4 `annal.head`; 5 `annal.streams`; 6 a snapshot file. A later chunk for
+/// the same file name replaces an earlier one. Returns `(relative path,
+/// bytes)`.
+pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut second_base = 1u64;
+    let mut rest = data;
+    while let [kind, rest2 @ ..] = rest {
+        let (len, body) = match rest2 {
+            [a, b, body @ ..] => (u16::from_le_bytes([*a, *b]) as usize, body),
+            _ => (0, &[][..]),
+        };
+        let len = len.min(body.len());
+        let (bytes, next) = body.split_at(len);
+        rest = next;
+        let mut bytes = bytes.to_vec();
+        let fix = kind & 0x80 != 0;
+        let name = match (kind & 0x7f) as usize % KINDS {
+            0 => {
+                if fix {
+                    fix_segment_crcs(&mut bytes);
+                }
+                crate::segment::segment_file_name(0)
+            }
+            1 => {
+                if fix {
+                    fix_segment_crcs(&mut bytes);
+                }
+                if let Ok(h) = SegmentHeader::parse(&bytes)
+                    && h.base_position.get() != 0
+                {
+                    second_base = h.base_position.get();
+                }
+                crate::segment::segment_file_name(second_base)
+            }
+            k @ (2 | 3 | 5) => {
+                if fix {
+                    fix_blockfile(&mut bytes);
+                }
+                match k {
+                    2 => crate::log::index_file_name(0),
+                    3 => crate::log::index_file_name(second_base),
+                    _ => crate::STREAM_TABLE_FILE.to_owned(),
+                }
+            }
+            4 => {
+                if fix {
+                    fix_head_crcs(&mut bytes);
+                }
+                crate::HEAD_FILE.to_owned()
+            }
+            _ => format!(
+                "{}/{}",
+                crate::snapshot::SNAPSHOT_DIR,
+                crate::snapshot::testing::file_name("order-7", 3)
+            ),
+        };
+        files.retain(|(n, _)| *n != name);
+        files.push((name, bytes));
+    }
+    files
+}
+
+/// The inverse of [`split_dir`] for the files of a real log directory
+/// (to seed corpora): every segment and its index, the head, the stream table
+/// and one snapshot, where present.
+pub fn join_dir(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut push = |kind: u8, bytes: &[u8]| {
+        let len = bytes.len().min(u16::MAX as usize);
+        out.push(kind);
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        out.extend_from_slice(&bytes[..len]);
+    };
+    let mut bases: Vec<u64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| crate::segment::parse_segment_file_name(e.file_name().to_str()?))
+        .collect();
+    bases.sort_unstable();
+    for base in bases {
+        let other = u8::from(base != 0);
+        if let Ok(b) = std::fs::read(dir.join(crate::segment::segment_file_name(base))) {
+            push(other, &b);
+        }
+        if let Ok(b) = std::fs::read(dir.join(crate::log::index_file_name(base))) {
+            push(2 + other, &b);
+        }
+    }
+    for (kind, name) in [(4, crate::HEAD_FILE), (5, crate::STREAM_TABLE_FILE)] {
+        if let Ok(b) = std::fs::read(dir.join(name)) {
+            push(kind, &b);
+        }
+    }
+    let snaps = dir.join(crate::snapshot::SNAPSHOT_DIR);
+    if let Some(e) = std::fs::read_dir(snaps).into_iter().flatten().flatten().next()
+        && let Ok(b) = std::fs::read(e.path())
+    {
+        push(6, &b);
+    }
+    out
+}
+
+/// Write the files of [`split_dir`]`(data)` into a fresh scratch directory,
+/// run [`open_dir`] on it, and remove it.
+pub fn open_dir_bytes(data: &[u8]) {
+    let dir = scratch("dir");
+    if std::fs::create_dir_all(dir.join(crate::snapshot::SNAPSHOT_DIR)).is_err() {
+        return;
+    }
+    let ok = split_dir(data)
+        .iter()
+        .all(|(name, bytes)| std::fs::write(dir.join(name), bytes).is_ok());
+    if ok {
+        open_dir(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
