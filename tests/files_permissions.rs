@@ -387,9 +387,14 @@ fn a_symlinked_snapshots_folder_is_refused() {
     // reported (Executed::snapshot_error), and so is an explicit snapshot.
     let x = repo.execute("count-1", &1).expect("the command's event is appended");
     let msg = format!("{:?}", x.snapshot_error);
-    assert!(!x.snapshot_written && x.snapshot_error.is_some(), "a snapshot into a symlinked folder is refused: {msg}");
+    assert!(
+        !x.snapshot_written && x.snapshot_error.is_some(),
+        "a snapshot into a symlinked folder is refused: {msg}"
+    );
     assert!(msg.contains("snapshots"), "the error names the folder: {msg}");
-    let e = repo.snapshot("count-1").expect_err("an explicit snapshot is refused too");
+    let e = repo
+        .snapshot("count-1")
+        .expect_err("an explicit snapshot is refused too");
     assert!(e.to_string().contains("snapshots"), "{e}");
     log.close().expect("close");
     assert_outside_untouched(&outside, "snapshots folder");
