@@ -32,11 +32,10 @@ use std::fs;
 use std::path::Path;
 
 use annal::{
-    Aggregate, CheckOptions, CheckReport, Direction, Durability, Event, EventData, ExpectedVersion, Log, Options,
-    PublicKey, Repository, SigningKey,
+    Aggregate, CheckOptions, CheckReport, Direction, Durability, EventData, ExpectedVersion, Log, Options, PublicKey,
+    Repository, SigningKey,
 };
 use common::{Rec, Rng, u32_at, u64_at};
-use serde::{Deserialize, Serialize};
 
 const SEGMENT_SIZE: u64 = 12 * 1024;
 const TALLY: &str = "tally-1";
@@ -48,35 +47,7 @@ fn signer() -> SigningKey {
 // ---------------------------------------------------------------------------
 // An aggregate, so that the log has snapshot files.
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Tally {
-    sum: i64,
-    digest: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum TallyEvent {
-    Added(i64),
-}
-
-impl Event for TallyEvent {
-    fn event_type(&self) -> &'static str {
-        "Added"
-    }
-}
-
-impl Aggregate for Tally {
-    type Event = TallyEvent;
-    type Command = Vec<i64>;
-    type Error = String;
-    fn handle(&self, values: &Vec<i64>) -> Result<Vec<TallyEvent>, String> {
-        Ok(values.iter().map(|v| TallyEvent::Added(*v)).collect())
-    }
-    fn apply(&mut self, TallyEvent::Added(v): &TallyEvent) {
-        self.sum += v;
-        self.digest = self.digest.wrapping_mul(31).wrapping_add(*v as u64);
-    }
-}
+use common::{Tally, TallyEvent};
 
 // ---------------------------------------------------------------------------
 // The reference log.

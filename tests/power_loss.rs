@@ -47,47 +47,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use annal::{
-    Aggregate, ChainKey, ChainStatus, CheckOptions, Durability, Event, EventData, ExpectedVersion, Log, Options,
-    Repository, SigningKey,
+    ChainKey, ChainStatus, CheckOptions, Durability, EventData, ExpectedVersion, Log, Options, Repository, SigningKey,
 };
-use serde::{Deserialize, Serialize};
 use support::{CapturePlan, CrashImage, ImageStats, PointKind, PowerCtx, PowerIo, Rng};
 
 // ---------------------------------------------------------------------------
 // An aggregate whose state depends on every event and their order
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Tally {
-    sum: i64,
-    digest: u64,
-    count: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum TallyEvent {
-    Added(i64),
-}
-
-impl Event for TallyEvent {
-    fn event_type(&self) -> &'static str {
-        "Added"
-    }
-}
-
-impl Aggregate for Tally {
-    type Event = TallyEvent;
-    type Command = Vec<i64>;
-    type Error = String;
-    fn handle(&self, values: &Vec<i64>) -> Result<Vec<TallyEvent>, String> {
-        Ok(values.iter().map(|v| TallyEvent::Added(*v)).collect())
-    }
-    fn apply(&mut self, TallyEvent::Added(v): &TallyEvent) {
-        self.sum += v;
-        self.digest = self.digest.wrapping_mul(31).wrapping_add(*v as u64);
-        self.count += 1;
-    }
-}
+use common::{Tally, TallyEvent};
 
 const TALLIES: [&str; 2] = ["tally-a", "tally-b"];
 

@@ -256,3 +256,42 @@ pub fn payload(tag: u64, n: usize) -> Vec<u8> {
     let mut r = Rng::new(tag.wrapping_mul(0x1234_5678_9ABC_DEF1) ^ n as u64);
     r.bytes(n)
 }
+
+// ---------------------------------------------------------------------------
+// An aggregate whose state depends on every event and their order (for tests
+// that need snapshot files)
+// ---------------------------------------------------------------------------
+
+/// Sum, order-dependent digest and count of the values added.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
+    pub sum: i64,
+    pub digest: u64,
+    pub count: u64,
+}
+
+/// The one event of [`Tally`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum TallyEvent {
+    Added(i64),
+}
+
+impl annal::Event for TallyEvent {
+    fn event_type(&self) -> &'static str {
+        "Added"
+    }
+}
+
+impl annal::Aggregate for Tally {
+    type Event = TallyEvent;
+    type Command = Vec<i64>;
+    type Error = String;
+    fn handle(&self, values: &Vec<i64>) -> Result<Vec<TallyEvent>, String> {
+        Ok(values.iter().map(|v| TallyEvent::Added(*v)).collect())
+    }
+    fn apply(&mut self, TallyEvent::Added(v): &TallyEvent) {
+        self.sum += v;
+        self.digest = self.digest.wrapping_mul(31).wrapping_add(*v as u64);
+        self.count += 1;
+    }
+}
