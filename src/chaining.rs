@@ -49,25 +49,37 @@ pub(crate) fn links(
     bytes: &[u8],
 ) -> (Vec<Link>, ChainHash, u64) {
     let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(rest) = bytes.get(at..) {
-        let Ok((h, _)) = FrameHeader::ref_from_prefix(rest) else {
+    for (offset, len) in frames(bytes) {
+        let frame = &bytes[offset..offset + len];
+        let Ok((h, _)) = FrameHeader::ref_from_prefix(frame) else {
             break;
         };
-        let (kind, len) = (h.kind, (h.frame_len.get() as usize).clamp(FRAME_HEADER_LEN, rest.len()));
-        if kind == FRAME_KIND_BATCH {
-            chain = chainer.link(&chain, &rest[..len]);
+        if h.kind == FRAME_KIND_BATCH {
+            chain = chainer.link(&chain, frame);
             position = h.first_position.get() + u64::from(h.record_count.get());
         }
         out.push(Link {
-            offset: at,
+            offset,
             len,
-            kind,
+            kind: h.kind,
             chain,
         });
-        at += len;
     }
     (out, chain, position)
+}
+
+/// `(offset, len)` of each frame in `bytes` (whole frames, as the writer
+/// encoded them), from their headers' `frame_len`.
+fn frames(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let rest = bytes.get(at..)?;
+        let (h, _) = FrameHeader::ref_from_prefix(rest).ok()?;
+        let len = (h.frame_len.get() as usize).clamp(FRAME_HEADER_LEN, rest.len());
+        let here = at;
+        at += len;
+        Some((here, len))
+    })
 }
 
 /// Fill in the chain slots (and checkpoint signatures) of the frames in
@@ -247,9 +259,10 @@ pub(crate) fn write_chained<E>(
     mut bytes: Vec<u8>,
     mut write: impl FnMut(usize, &[u8]) -> Result<(), E>,
 ) -> Result<Vec<u8>, E> {
-    let frames = count_frames(&bytes);
-    let overlap =
-        hasher.filter(|_| frames > 0 && bytes.len() >= OVERLAP_MIN_CHUNK && bytes.len() / frames >= OVERLAP_MIN_FRAME);
+    let spans: Vec<(usize, usize)> = frames(&bytes).collect();
+    let overlap = hasher.filter(|_| {
+        !spans.is_empty() && bytes.len() >= OVERLAP_MIN_CHUNK && bytes.len() / spans.len() >= OVERLAP_MIN_FRAME
+    });
     let Some(h) = overlap else {
         let (l, chain, position) = links(&state.chainer, state.chain, state.position, &bytes);
         apply(&mut bytes, &l, state.signer);
@@ -258,14 +271,8 @@ pub(crate) fn write_chained<E>(
         return Ok(bytes);
     };
     // Hide every frame (no magic) until its chain slot is filled in.
-    let mut at = 0;
-    while let Some(rest) = bytes.get_mut(at..) {
-        let Ok((hdr, _)) = FrameHeader::ref_from_prefix(rest) else {
-            break;
-        };
-        let len = (hdr.frame_len.get() as usize).max(FRAME_HEADER_LEN);
-        rest[..4].fill(0);
-        at += len;
+    for &(offset, _) in &spans {
+        bytes[offset..offset + 4].fill(0);
     }
     let shared = Arc::new(bytes);
     h.offer(Job {
@@ -294,19 +301,6 @@ pub(crate) fn write_chained<E>(
     }
     (state.chain, state.position) = (chain, position);
     Ok(bytes)
-}
-
-fn count_frames(bytes: &[u8]) -> usize {
-    let mut n = 0;
-    let mut at = 0;
-    while let Some(rest) = bytes.get(at..) {
-        let Ok((h, _)) = FrameHeader::ref_from_prefix(rest) else {
-            break;
-        };
-        at += (h.frame_len.get() as usize).max(FRAME_HEADER_LEN);
-        n += 1;
-    }
-    n
 }
 
 #[cfg(test)]

@@ -1155,23 +1155,25 @@ impl Inner {
             match op {
                 Op::Write(bytes) => {
                     io.reserve_for(bytes.len() as u64, self.opts.segment_size);
-                    let (base, path) = (io.offset, io.path.clone());
-                    let write = |off: usize, b: &[u8]| io.file.write_at(base + off as u64, b);
-                    let mut bytes = if self.format.chained() {
+                    let st: &IoState = &io;
+                    let write = |off: usize, b: &[u8]| st.file.write_at(st.offset + off as u64, b);
+                    let (mut bytes, chained) = if self.format.chained() {
                         let mut state = ChainState {
                             chainer: Chainer::new(self.opts.chain_key.as_ref()),
                             signer: self.opts.signing_key.as_ref().map(|k| (k, &self.format.log_id)),
-                            chain: io.chain,
-                            position: io.chain_position,
+                            chain: st.chain,
+                            position: st.chain_position,
                         };
-                        let bytes = write_chained(&mut state, io.hasher.as_ref(), bytes, write)
-                            .map_err(|e| Error::io("write", &path, e))?;
-                        (io.chain, io.chain_position) = (state.chain, state.position);
-                        bytes
+                        let bytes = write_chained(&mut state, st.hasher.as_ref(), bytes, write)
+                            .map_err(|e| Error::io("write", &st.path, e))?;
+                        (bytes, Some((state.chain, state.position)))
                     } else {
-                        write(0, &bytes).map_err(|e| Error::io("write", &path, e))?;
-                        bytes
+                        write(0, &bytes).map_err(|e| Error::io("write", &st.path, e))?;
+                        (bytes, None)
                     };
+                    if let Some(c) = chained {
+                        (io.chain, io.chain_position) = c;
+                    }
                     io.offset += bytes.len() as u64;
                     bytes.clear();
                     spare = Some(bytes);
