@@ -117,7 +117,7 @@ impl BlockFile {
     /// Map the file at `path` and check its footer and block table
     /// (`Ok(None)` if it does not exist).
     pub(crate) fn open_path(path: &std::path::Path, magic: [u8; 8]) -> Result<Option<BlockFile>, Damage> {
-        let file = match std::fs::File::open(path) {
+        let file = match crate::io::open_read(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Damage::corrupt(0, format!("cannot open: {e}"))),

@@ -948,7 +948,7 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
     let data = if is_last {
         SegBytes::Copy(fs::read(&path).map_err(|e| Error::io("read", &path, e))?)
     } else {
-        let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let f = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
         let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
         SegBytes::Map(Mapping::map(&f, len, &path)?)
     };

@@ -5,7 +5,6 @@
 //! (`visible_end`) or durable (`durable_end`), so any intact slot states a true
 //! fact; a torn slot is ignored in favour of the other.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -73,7 +72,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Option<Head>, Vec<Damage>), Damage
 pub(crate) fn read(dir: &Path) -> Result<Option<Head>> {
     let path = dir.join(HEAD_FILE);
     let mut bytes = Vec::with_capacity(HEAD_FILE_LEN);
-    match File::open(&path) {
+    match crate::io::open_read(&path) {
         Ok(f) => {
             f.take(HEAD_FILE_LEN as u64)
                 .read_to_end(&mut bytes)

@@ -154,6 +154,63 @@ impl IoFile for StdFile {
     }
 }
 
+/// Open a file of the log for reading, the one way every reader, `check` and
+/// recovery open a file:
+///
+/// * never through a symlink (`O_NOFOLLOW` on Linux): a link under a log's
+///   file name is refused (`ELOOP`), never followed out of the directory;
+/// * never blocking (`O_NONBLOCK`): a FIFO under a log's file name opens at
+///   once instead of waiting for a writer, and is then refused;
+/// * only a regular file: a FIFO, device, socket or directory is an error of
+///   kind [`io::ErrorKind::InvalidInput`] that says what was found.
+///
+/// `O_NONBLOCK` has no effect on reads of a regular file.
+pub(crate) fn open_read(path: &Path) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    no_follow(&mut o);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32);
+    }
+    let file = o.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("expected a regular file, found {}", file_kind(&kind)),
+    ))
+}
+
+/// A word for a file type, for messages.
+pub(crate) fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symlink"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
 /// Read exactly `buf.len()` bytes at `offset` (readers' `pread`).
 pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     #[cfg(unix)]

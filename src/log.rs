@@ -604,7 +604,7 @@ impl Log {
             },
             format.version,
         )?;
-        let active_file = File::open(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
+        let active_file = crate::io::open_read(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
         let index_damage = Arc::new(AtomicU64::new(0));
         for seg in &sealed {
             seg.index.notify(&index_damage);
@@ -1261,7 +1261,7 @@ impl Inner {
         file.sync().map_err(|e| Error::io("fsync", &path, e))?;
         fs.sync_dir(&self.dir)
             .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
-        let read_file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let read_file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
         let sealed_seg = {
             let mut p = lock(&self.published);
             let map = Mapping::map(&p.active_file, sealed_len, &p.active_path)?;

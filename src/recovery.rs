@@ -278,7 +278,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
 
     // The active segment.
     let path = dir.join(segment_file_name(last));
-    let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
     // Mapped, not copied: we hold the writer lock, so no annal process changes
     // the file while this mapping lives (see `mmap`, case 5). It is dropped

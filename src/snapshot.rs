@@ -14,7 +14,6 @@
 //!
 //! [`SnapshotHeader`] is the normative byte layout of spec 20.2.
 
-use std::fs::File;
 use std::io;
 use std::mem::{offset_of, size_of};
 use std::path::{Path, PathBuf};
@@ -269,7 +268,7 @@ enum Read {
 /// before the lengths it states are checked against the file's size, so no
 /// content decides how much is allocated.
 fn read_file(path: &Path) -> Read {
-    let file = match File::open(path) {
+    let file = match crate::io::open_read(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Read::Gone,
         Err(e) => return Read::Unreadable(Error::io("open", path, e)),

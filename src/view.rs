@@ -452,7 +452,7 @@ pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result
 /// The segment file at `path` is no longer than a header and holds no valid
 /// header: torn while being created.
 fn torn_at_creation(path: &Path, base: u64) -> bool {
-    let Ok(file) = File::open(path) else { return false };
+    let Ok(file) = crate::io::open_read(path) else { return false };
     let Ok(meta) = file.metadata() else { return false };
     meta.len() <= SEGMENT_HEADER_LEN as u64 && read_segment_header(&file, path, base).is_err()
 }
@@ -461,7 +461,7 @@ fn torn_at_creation(path: &Path, base: u64) -> bool {
 /// map it whole. Returns the segment and the seal's next position.
 pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
     let path = dir.join(segment_file_name(base));
-    let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
     read_segment_header(&file, &path, base)?;
     let map = Mapping::map(
         &file,
@@ -597,7 +597,7 @@ impl Reader {
         }
         if self.active.as_ref().is_none_or(|a| a.base != last) {
             let path = self.dir.join(segment_file_name(last));
-            let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+            let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
             read_segment_header(&file, &path, last)?;
             let index = Arc::new(RwLock::new(MemIndex::default()));
             self.active = Some(ActiveRead {
