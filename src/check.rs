@@ -53,7 +53,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File, TryLockError};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -408,21 +408,8 @@ fn describe_recovery(r: &crate::log::Recovery, out: &mut Vec<String>) {
     }
 }
 
-/// Whether another process (or another open in this one) holds the writer
-/// lock. Takes a shared lock on a separate open of the lock file and releases
-/// it at once, so a writer is never kept waiting.
 fn writer_holds_lock(dir: &Path) -> bool {
-    let Ok(f) = File::open(dir.join(LOCK_FILE)) else {
-        return false;
-    };
-    match f.try_lock_shared() {
-        Ok(()) => {
-            let _ = f.unlock();
-            false
-        }
-        Err(TryLockError::WouldBlock) => true,
-        Err(TryLockError::Error(_)) => false,
-    }
+    crate::io::lock_held(&dir.join(LOCK_FILE))
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {

@@ -185,6 +185,24 @@ pub(crate) fn open_read(path: &Path) -> io::Result<File> {
     ))
 }
 
+/// Whether a process (this one included, through another open) holds the
+/// writer lock on the lock file at `path`. Takes a shared lock on a separate
+/// read-only open and releases it at once, so a writer is never kept waiting
+/// longer than its retry. A missing or non-regular lock file is not held.
+pub(crate) fn lock_held(path: &Path) -> bool {
+    let Ok(f) = open_read(path) else {
+        return false;
+    };
+    match f.try_lock_shared() {
+        Ok(()) => {
+            let _ = f.unlock();
+            false
+        }
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
+    }
+}
+
 /// A word for a file type, for messages.
 pub(crate) fn file_kind(kind: &std::fs::FileType) -> &'static str {
     #[cfg(unix)]

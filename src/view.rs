@@ -452,7 +452,9 @@ pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result
 /// The segment file at `path` is no longer than a header and holds no valid
 /// header: torn while being created.
 fn torn_at_creation(path: &Path, base: u64) -> bool {
-    let Ok(file) = crate::io::open_read(path) else { return false };
+    let Ok(file) = crate::io::open_read(path) else {
+        return false;
+    };
     let Ok(meta) = file.metadata() else { return false };
     meta.len() <= SEGMENT_HEADER_LEN as u64 && read_segment_header(&file, path, base).is_err()
 }
