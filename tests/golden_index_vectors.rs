@@ -60,8 +60,8 @@ use serde_json::Value;
 
 use golden::{
     Event, EventJson, Format, HeadSlot, assert_bytes_eq, assert_tree_committed, batch_frame_in, chain_hex, crc,
-    event_data, event_of, file_names, frame_header_with_chain, head_file_in, head_slot, hex, id_from, lines, planned_clock, put,
-    record, regenerating, segment_header_in,
+    event_data, event_of, file_names, frame_header_with_chain, head_file_in, head_slot, hex, id_from, lines,
+    planned_clock, put, record, regenerating, segment_header_in,
 };
 
 // ============================================================== the plan
@@ -2301,7 +2301,11 @@ fn json_crcs_are_the_crcs_of_the_committed_bytes() {
             }
             for f in frames {
                 let off = f["offset"].as_u64().expect("offset") as usize;
-                assert_eq!(hex_crc(&f["header_crc"]), crc(&b[off + 8..off + 72]), "{file}: frame at {off}");
+                assert_eq!(
+                    hex_crc(&f["header_crc"]),
+                    crc(&b[off + 8..off + 72]),
+                    "{file}: frame at {off}"
+                );
                 for r in f.get("records").and_then(Value::as_array).into_iter().flatten() {
                     let at = r["offset"].as_u64().expect("offset") as usize;
                     let len = r["record_len"].as_u64().expect("record_len") as usize;

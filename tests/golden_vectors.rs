@@ -48,8 +48,8 @@ use serde_json::Value;
 
 use golden::{
     Event, EventJson, Format, HeadSlot, assert_bytes_eq, assert_tree_committed, batch_frame_in, chain_hex, crc,
-    event_data, event_of, file_names, head_file_in, head_slot, hex, id_from, lines, planned_clock, record, regenerating,
-    segment_header_in,
+    event_data, event_of, file_names, head_file_in, head_slot, hex, id_from, lines, planned_clock, record,
+    regenerating, segment_header_in,
 };
 
 // ============================================================== the plan
@@ -1432,8 +1432,16 @@ fn json_crcs_are_the_crcs_of_the_committed_bytes() {
         for f in frames {
             let off = f["offset"].as_u64().expect("offset") as usize;
             let h = &seg[off..off + 72];
-            assert_eq!(want(&f["header_crc"], "frame header_crc"), crc(&h[8..]), "{label}: frame at {off}");
-            assert_eq!(u32_at(h, 4), crc(&h[8..]), "{label}: stored header_crc of the frame at {off}");
+            assert_eq!(
+                want(&f["header_crc"], "frame header_crc"),
+                crc(&h[8..]),
+                "{label}: frame at {off}"
+            );
+            assert_eq!(
+                u32_at(h, 4),
+                crc(&h[8..]),
+                "{label}: stored header_crc of the frame at {off}"
+            );
             for r in f["records"].as_array().expect("records") {
                 let at = r["offset"].as_u64().expect("offset") as usize;
                 let len = r["record_len"].as_u64().expect("record_len") as usize;
@@ -1451,8 +1459,16 @@ fn json_crcs_are_the_crcs_of_the_committed_bytes() {
         assert!(n > 0, "{label}: records listed");
         for s in j["head"]["slots"].as_array().expect("slots") {
             let at = s["file_offset"].as_u64().expect("file_offset") as usize;
-            assert_eq!(want(&s["crc"], "slot crc"), crc(&head[at + 8..at + 64]), "{label}: head slot at {at}");
-            assert_eq!(u32_at(head, at + 4), crc(&head[at + 8..at + 64]), "{label}: stored slot crc at {at}");
+            assert_eq!(
+                want(&s["crc"], "slot crc"),
+                crc(&head[at + 8..at + 64]),
+                "{label}: head slot at {at}"
+            );
+            assert_eq!(
+                u32_at(head, at + 4),
+                crc(&head[at + 8..at + 64]),
+                "{label}: stored slot crc at {at}"
+            );
         }
     }
     for (fmt, name) in [
