@@ -60,8 +60,8 @@ use serde_json::Value;
 
 use golden::{
     Event, EventJson, Format, HeadSlot, assert_bytes_eq, assert_tree_committed, batch_frame_in, chain_hex, crc,
-    event_data, event_of, file_names, frame_header_with_chain, head_file_in, hex, id_from, lines, planned_clock, put,
-    record, regenerating, segment_header_in,
+    event_data, event_of, file_names, frame_header_with_chain, head_file_in, head_slot, hex, id_from, lines,
+    planned_clock, put, record, regenerating, segment_header_in,
 };
 
 // ============================================================== the plan
@@ -353,6 +353,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 struct ParsedRecord {
     offset: u64,
     len: u64,
+    /// The record's `crc` field (spec 3.2).
+    crc: u32,
     position: u64,
     stream_version: u64,
     timestamp: u64,
@@ -368,6 +370,8 @@ struct ParsedRecord {
 struct ParsedFrame {
     offset: u64,
     len: u64,
+    /// The frame's `header_crc` (spec 3.1).
+    header_crc: u32,
     first_position: u64,
     durable_end: u64,
     /// The chain slot (spec 3.1).
@@ -388,6 +392,8 @@ struct ParsedSeal {
 struct ParsedSegment {
     file: String,
     length: u64,
+    /// The segment header's `header_crc` (spec 2.1).
+    header_crc: u32,
     format_version: u16,
     log_flags: u16,
     base_position: u64,
@@ -410,6 +416,7 @@ fn parse_segment(file: &str, b: &[u8]) -> ParsedSegment {
     let mut seg = ParsedSegment {
         file: file.to_owned(),
         length: b.len() as u64,
+        header_crc: u32_at(b, 124),
         format_version: u16_at(b, 8),
         log_flags: u16_at(b, 10),
         base_position: u64_at(b, 32),
@@ -455,6 +462,7 @@ fn parse_segment(file: &str, b: &[u8]) -> ParsedSegment {
                     records.push(ParsedRecord {
                         offset: r_at as u64,
                         len: len as u64,
+                        crc: u32_at(r, 4),
                         position: u64_at(r, 8),
                         stream_version: u64_at(r, 16),
                         timestamp: u64_at(r, 24),
@@ -471,6 +479,7 @@ fn parse_segment(file: &str, b: &[u8]) -> ParsedSegment {
                 seg.frames.push(ParsedFrame {
                     offset: at as u64,
                     len: frame_len as u64,
+                    header_crc: u32_at(h, 4),
                     first_position,
                     durable_end,
                     chain,
@@ -521,10 +530,10 @@ fn push_padded(body: &mut Vec<u8>, names: &[u8]) {
     body.resize(body.len().next_multiple_of(8), 0);
 }
 
-/// The name area (spec 17.2, 18) holds names "in any order": its order is
-/// **not fixed by the spec**. annal writes each row's name once per row, in
-/// section order (stream rows, then category rows, then event type rows) and
-/// row order, with no sharing: a name used by two rows is stored twice.
+/// The name area (spec 17.2, 18): spec 17.2 fixes its order. Each row's name
+/// is stored once per row, in section order (stream rows, then category rows,
+/// then event type rows) and row order, with no sharing: a name used by two
+/// rows is stored twice.
 #[derive(Debug, Default)]
 struct NameArea {
     bytes: Vec<u8>,
@@ -975,6 +984,8 @@ struct HashVectorsJson {
 struct RecordJson {
     offset: u64,
     record_len: u64,
+    /// The record's `crc` field (spec 3.2), hex.
+    crc: String,
     #[serde(flatten)]
     event: EventJson,
 }
@@ -987,6 +998,8 @@ struct FrameJson {
     first_position: u64,
     record_count: u32,
     durable_end: u64,
+    /// The frame header's `header_crc` (spec 3.1), hex.
+    header_crc: String,
     /// Format v2 with the chain: the chain slot (the chain after the batch), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     chain: Option<String>,
@@ -1017,6 +1030,8 @@ struct SegmentJson {
     base_position: u64,
     prev_timestamp: u64,
     created_at: u64,
+    /// The segment header's `header_crc` (spec 2.1), hex.
+    header_crc: String,
     /// Format v2: the header's `log_flags`, `chain_start` (hex; the genesis
     /// for segment 0, the previous seal's chain after) and `key_id` (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1034,6 +1049,8 @@ struct SegmentJson {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct HeadSlotJson {
     file_offset: u64,
+    /// The slot's `crc` field (spec 5.2), hex.
+    crc: String,
     #[serde(flatten)]
     slot: HeadSlot,
 }
@@ -1292,6 +1309,7 @@ fn segment_json(s: &ParsedSegment) -> SegmentJson {
         base_position: s.base_position,
         prev_timestamp: s.prev_timestamp,
         created_at: s.created_at,
+        header_crc: hex32(s.header_crc),
         log_flags: v2.then_some(s.log_flags),
         chain_start: v2.then(|| hex(&s.chain_start)),
         key_id: v2.then(|| hex(&s.key_id)),
@@ -1305,6 +1323,7 @@ fn segment_json(s: &ParsedSegment) -> SegmentJson {
                 first_position: f.first_position,
                 record_count: f.records.len() as u32,
                 durable_end: f.durable_end,
+                header_crc: hex32(f.header_crc),
                 chain: chain_hex(&fmt, &f.chain),
                 records: f
                     .records
@@ -1312,6 +1331,7 @@ fn segment_json(s: &ParsedSegment) -> SegmentJson {
                     .map(|r| RecordJson {
                         offset: r.offset,
                         record_len: r.len,
+                        crc: hex32(r.crc),
                         event: event_json(r),
                     })
                     .collect(),
@@ -1330,12 +1350,13 @@ fn segment_json(s: &ParsedSegment) -> SegmentJson {
     }
 }
 
-fn head_json(history: &[HeadSlot]) -> HeadJson {
+fn head_json(version: u16, history: &[HeadSlot]) -> HeadJson {
     let mut slots: Vec<HeadSlotJson> = Vec::new();
     for s in history {
         slots.retain(|j| j.file_offset != s.file_offset());
         slots.push(HeadSlotJson {
             file_offset: s.file_offset(),
+            crc: hex32(u32_at(&head_slot(version, s), 4)),
             slot: *s,
         });
     }
@@ -1670,14 +1691,16 @@ fn build_vector(fmt: Format) -> Vector {
              72-byte seal in 'fits' gives the same split.",
         "Every frame's durable_end (seals included) is 128: nothing but the sealed segments (at each roll) \
              was fsynced before close, and a new segment's durable end starts at its header.",
-        "Index files: rows sorted by (hash, name bytes), entries as spec 17.2. The order of names in the name \
-             area is not fixed by the spec; annal (and these vectors) store each row's name once per row, stream \
-             rows first, then category rows, then event type rows, each in row order, without sharing (so 'order' \
-             is stored twice in segment 0's index: a stream name and a category name). The stream table stores \
-             its names in row order.",
-        "hash, hash_mask and CRC values are hex strings; every other integer is an exact JSON number (u64; \
-             prev_segment 18446744073709551615 and prev_row 4294967295 mean none). metadata and payload are the \
-             bytes as UTF-8 text.",
+        "Index files: rows sorted by (masked hash, name bytes), entries as spec 17.2; frame entries list the \
+             batches only (no seal, no checkpoint). The name area holds each row's name once per row, as spec \
+             17.2 fixes it: stream rows first, then category rows, then event type rows, each in row order, \
+             without sharing (so 'order' is stored twice in segment 0's index: a stream name and a category \
+             name). The stream table stores its names in row order (spec 18).",
+        "hash, hash_mask and CRC values are hex strings (a CRC: 0x and 8 lowercase hex digits); every other \
+             integer is an exact JSON number (u64; prev_segment 18446744073709551615 and prev_row 4294967295 mean \
+             none). metadata and payload are the bytes as UTF-8 text. The CRCs listed: each segment header's \
+             header_crc (spec 2.1), each frame's and seal's header_crc (3.1), each record's crc (3.2), each head \
+             slot's crc (5.2), and the derived files' block CRCs, table_crc and footer_crc (16).",
         "layout: the file offset at which each part of a derived file starts (name_padding: the 0-7 zero \
              bytes after the name area; block_crc_table: table_offset of spec 16; footer: the 32-byte footer). \
              footer: the footer's fields and the block CRC table (one CRC per 4096-byte block of [0, \
@@ -1722,7 +1745,7 @@ fn build_vector(fmt: Format) -> Vector {
             head_slots_written: log.head_history.clone(),
         },
         segments: parsed.iter().map(segment_json).collect(),
-        head: head_json(&log.head_history),
+        head: head_json(fmt.version, &log.head_history),
         indexes: indexes.iter().zip(&idx_bytes).map(|(m, b)| index_json(m, b)).collect(),
         stream_table: table_json(&table, &table_bytes),
         reads: expected_reads(&events),
@@ -2251,4 +2274,51 @@ fn indexed_vector_reads_back_through_a_writer() {
 #[test]
 fn indexed_v2_vector_reads_back_through_a_writer() {
     check_reads_back_through_a_writer(Format::V2);
+}
+
+/// Every segment and head CRC `indexed.json` lists is the CRC the spec's
+/// tables name, computed here from the committed bytes: each segment
+/// header's over `[0, 124)` (spec 2.1), each frame's and seal's header over
+/// its `[8, 72)` (3.1), each record's over its `[8, record_len)` (3.2), each
+/// head slot's over its `[8, 64)` (5.2).
+#[test]
+fn json_crcs_are_the_crcs_of_the_committed_bytes() {
+    let hex_crc = |v: &Value| -> u32 {
+        let s = v.as_str().expect("a CRC is a hex string");
+        u32::from_str_radix(s.strip_prefix("0x").expect("0x prefix"), 16).expect("hex")
+    };
+    for fmt in [Format::V1, Format::V2] {
+        let dir = committed_dir(&fmt);
+        let j: Value = golden::load_json_from(&fmt.vectors_dir(), &format!("{VECTOR}.json"));
+        let mut records = 0;
+        for s in j["segments"].as_array().expect("segments") {
+            let file = s["file"].as_str().expect("file");
+            let b = fs::read(dir.join(file)).expect("read segment");
+            assert_eq!(hex_crc(&s["header_crc"]), crc(&b[..124]), "{file}: header_crc");
+            let mut frames: Vec<&Value> = s["frames"].as_array().expect("frames").iter().collect();
+            if !s["seal"].is_null() {
+                frames.push(&s["seal"]);
+            }
+            for f in frames {
+                let off = f["offset"].as_u64().expect("offset") as usize;
+                assert_eq!(
+                    hex_crc(&f["header_crc"]),
+                    crc(&b[off + 8..off + 72]),
+                    "{file}: frame at {off}"
+                );
+                for r in f.get("records").and_then(Value::as_array).into_iter().flatten() {
+                    let at = r["offset"].as_u64().expect("offset") as usize;
+                    let len = r["record_len"].as_u64().expect("record_len") as usize;
+                    assert_eq!(hex_crc(&r["crc"]), crc(&b[at + 8..at + len]), "{file}: record at {at}");
+                    records += 1;
+                }
+            }
+        }
+        assert!(records > 0, "records listed");
+        let head = fs::read(dir.join("annal.head")).expect("read head");
+        for s in j["head"]["slots"].as_array().expect("slots") {
+            let at = s["file_offset"].as_u64().expect("file_offset") as usize;
+            assert_eq!(hex_crc(&s["crc"]), crc(&head[at + 8..at + 64]), "head slot at {at}");
+        }
+    }
 }

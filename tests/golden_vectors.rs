@@ -48,8 +48,8 @@ use serde_json::Value;
 
 use golden::{
     Event, EventJson, Format, HeadSlot, assert_bytes_eq, assert_tree_committed, batch_frame_in, chain_hex, crc,
-    event_data, event_of, file_names, head_file_in, hex, id_from, lines, planned_clock, record, regenerating,
-    segment_header_in,
+    event_data, event_of, file_names, head_file_in, head_slot, hex, id_from, lines, planned_clock, record,
+    regenerating, segment_header_in,
 };
 
 // ============================================================== the plan
@@ -127,6 +127,12 @@ const BATCH_3: Batch = Batch {
 /// event type.
 const TORN_RECORD_BYTES_KEPT: u64 = 72 + 7 + 5;
 
+/// The description line of every vector that lists CRCs.
+const CRC_NOTE: &str = "CRC values are hex strings (0x and 8 lowercase hex digits) of the u32 stored little-endian in the \
+                        field: the segment header's header_crc (spec 2.1), each frame's header_crc (3.1), each record's \
+                        crc (3.2) and each head slot's crc (5.2); every one is CRC-32/ISO-HDLC as spec 'Conventions' \
+                        says, over the bytes the spec's tables name.";
+
 /// The corrupt vector flips the first payload byte of the first record
 /// (`{` = 0x7b becomes `z` = 0x7a) with this mask.
 const FLIP_MASK: u8 = 0x01;
@@ -140,6 +146,8 @@ const FLIP_MASK: u8 = 0x01;
 struct RecordLayout {
     offset: u64,
     len: u64,
+    /// The record's `crc` field (spec 3.2).
+    crc: u32,
     position: u64,
     stream_version: u64,
     timestamp: u64,
@@ -155,6 +163,8 @@ struct FrameLayout {
     durable_end: u64,
     /// The chain after the batch (spec 21.2; zero without the chain).
     chain: [u8; 32],
+    /// The frame's `header_crc` (spec 3.1).
+    header_crc: u32,
     records: Vec<RecordLayout>,
 }
 
@@ -192,6 +202,7 @@ fn assemble_segment(fmt: &Format, batches: &[Batch]) -> (Vec<u8>, Vec<FrameLayou
             layouts.push(RecordLayout {
                 offset: at,
                 len: r.len() as u64,
+                crc: u32_at(&r, 4),
                 position: pos,
                 stream_version: version,
                 timestamp: b.timestamp,
@@ -209,6 +220,7 @@ fn assemble_segment(fmt: &Format, batches: &[Batch]) -> (Vec<u8>, Vec<FrameLayou
             first_position: position,
             durable_end: SEGMENT_HEADER_LEN,
             chain,
+            header_crc: u32_at(&frame, 4),
             records: layouts,
         });
         seg.extend_from_slice(&frame);
@@ -269,6 +281,8 @@ struct RecordJson {
     /// File offset of the record.
     offset: u64,
     record_len: u64,
+    /// The record's `crc` field (spec 3.2), hex.
+    crc: String,
     #[serde(flatten)]
     event: EventJson,
 }
@@ -282,6 +296,8 @@ struct FrameJson {
     first_position: u64,
     record_count: u32,
     durable_end: u64,
+    /// The frame header's `header_crc` (spec 3.1), hex.
+    header_crc: String,
     /// Format v2 with the chain: the frame's chain slot (the chain after this
     /// batch), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,6 +312,8 @@ struct SegmentJson {
     base_position: u64,
     prev_timestamp: u64,
     created_at: u64,
+    /// The segment header's `header_crc` (spec 2.1), hex.
+    header_crc: String,
     /// Format v2: the header's `log_flags`, `chain_start` (hex) and `key_id`
     /// (hex; zero unless keyed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,6 +329,8 @@ struct SegmentJson {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct HeadSlotJson {
     file_offset: u64,
+    /// The slot's `crc` field (spec 5.2), hex.
+    crc: String,
     #[serde(flatten)]
     slot: HeadSlot,
 }
@@ -377,6 +397,8 @@ struct TornFrameJson {
     first_position: u64,
     record_count: u32,
     durable_end: u64,
+    /// The intact header's `header_crc`, hex.
+    header_crc: String,
     /// Format v2 with the chain: what the intact header's chain slot says
     /// (the chain after the whole batch), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -477,6 +499,7 @@ fn record_json(r: &RecordLayout) -> RecordJson {
     RecordJson {
         offset: r.offset,
         record_len: r.len,
+        crc: hex32(r.crc),
         event: event_json(r),
     }
 }
@@ -489,6 +512,7 @@ fn frame_json(fmt: &Format, f: &FrameLayout) -> FrameJson {
         first_position: f.first_position,
         record_count: f.records.len() as u32,
         durable_end: f.durable_end,
+        header_crc: hex32(f.header_crc),
         chain: chain_hex(fmt, &f.chain),
         records: f.records.iter().map(record_json).collect(),
     }
@@ -496,12 +520,14 @@ fn frame_json(fmt: &Format, f: &FrameLayout) -> FrameJson {
 
 fn segment_json(fmt: &Format, length: u64, frames: &[FrameLayout]) -> SegmentJson {
     let v2 = fmt.version >= 2;
+    let header = segment_header_in(fmt, LOG_ID, 0, 0, CREATED_AT, &fmt.genesis(&LOG_ID));
     SegmentJson {
         file: SEGMENT_FILE.to_owned(),
         length,
         base_position: 0,
         prev_timestamp: 0,
         created_at: CREATED_AT,
+        header_crc: hex32(u32_at(&header, 124)),
         log_flags: v2.then(|| fmt.log_flags()),
         chain_start: v2.then(|| hex(&fmt.genesis(&LOG_ID))),
         key_id: v2.then(|| hex(&fmt.key_id())),
@@ -536,12 +562,13 @@ fn chain_json(fmt: &Format, last: Option<&FrameLayout>) -> Option<ChainJson> {
     })
 }
 
-fn head_json(history: &[HeadSlot]) -> HeadJson {
+fn head_json(version: u16, history: &[HeadSlot]) -> HeadJson {
     let mut slots: Vec<HeadSlotJson> = Vec::new();
     for s in history {
         slots.retain(|j| j.file_offset != s.file_offset());
         slots.push(HeadSlotJson {
             file_offset: s.file_offset(),
+            crc: hex32(u32_at(&head_slot(version, s), 4)),
             slot: *s,
         });
     }
@@ -630,6 +657,7 @@ fn build_simple(fmt: Format, name: &'static str) -> Vector {
         "Every frame's durable_end is 128: nothing was fsynced before close. The head's current slot has \
          durable_end = visible_end = the segment length (spec 5.2, a cleanly closed log).",
         "Offsets are file offsets. metadata and payload are the bytes as UTF-8 text. Integers are exact u64.",
+        CRC_NOTE,
         "The directory holds no annal.lock (a writer creates it when it opens the log).",
     ]);
     if fmt.version >= 2 {
@@ -644,7 +672,7 @@ fn build_simple(fmt: Format, name: &'static str) -> Vector {
         files: vec![SEGMENT_FILE.to_owned(), HEAD_FILE.to_owned()],
         writer: writer_json(&batches, &history),
         segment: segment_json(&fmt, segment.len() as u64, &frames),
-        head: head_json(&history),
+        head: head_json(fmt.version, &history),
     };
     Vector::new(fmt, name, segment, head_file_in(fmt.version, &history), &json)
 }
@@ -673,6 +701,7 @@ fn build_torn(fmt: Format) -> Vector {
         "The head file is the one the writer left: the crash struck during the write of batch 3, before the \
          head slot that follows that write, so the current slot is the one written after batch 2 \
          (durable_end 128, visible_end = end of batch 2).",
+        CRC_NOTE,
         "Recovery (spec 6): the durable boundary B is 128 (every frame header and the head say 128); the first \
          frame that is not complete is batch 3 at X = end of batch 2 >= B, so the tail [X, end) is removed \
          and the two complete batches remain.",
@@ -701,11 +730,12 @@ fn build_torn(fmt: Format) -> Vector {
             first_position: torn.first_position,
             record_count: torn.records.len() as u32,
             durable_end: torn.durable_end,
+            header_crc: hex32(torn.header_crc),
             chain: chain_hex(&fmt, &torn.chain),
             bytes_in_file: cut - torn.offset,
             records: torn.records.iter().map(record_json).collect(),
         },
-        head: head_json(&history),
+        head: head_json(fmt.version, &history),
         expected_recovery: RecoveryJson {
             durable_boundary: SEGMENT_HEADER_LEN,
             first_incomplete_frame: x,
@@ -891,6 +921,15 @@ fn file_name(path: &Path) -> String {
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// A CRC as the JSON writes it: `0x` and 8 lowercase hex digits.
+fn hex32(x: u32) -> String {
+    format!("{x:#010x}")
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -1365,4 +1404,84 @@ fn corrupt_vector_is_reported_and_nothing_removed() {
 #[test]
 fn corrupt_v2_vector_is_reported_and_nothing_removed() {
     check_corrupt_is_reported(Format::V2);
+}
+
+/// Every CRC the JSON lists is the CRC the spec's tables name, computed here
+/// from the committed bytes: the segment header's over `[0, 124)` (spec 2.1),
+/// each frame header's over its `[8, 72)` (3.1), each record's over its
+/// `[8, record_len)` (3.2), each head slot's over its `[8, 64)` (5.2).
+#[test]
+fn json_crcs_are_the_crcs_of_the_committed_bytes() {
+    fn check(label: &str, seg: &[u8], head: &[u8], j: &Value) {
+        let want = |v: &Value, what: &str| -> u32 {
+            let s = v.as_str().unwrap_or_else(|| panic!("{label}: {what} is a hex string"));
+            u32::from_str_radix(s.strip_prefix("0x").expect("0x prefix"), 16).expect("hex")
+        };
+        let segment = &j["segment"];
+        assert_eq!(
+            want(&segment["header_crc"], "segment header_crc"),
+            crc(&seg[..124]),
+            "{label}: segment header_crc"
+        );
+        assert_eq!(u32_at(seg, 124), crc(&seg[..124]), "{label}: stored header_crc");
+        let mut frames: Vec<&Value> = segment["frames"].as_array().expect("frames").iter().collect();
+        if let Some(t) = j.get("torn_frame") {
+            frames.push(t);
+        }
+        let mut n = 0;
+        for f in frames {
+            let off = f["offset"].as_u64().expect("offset") as usize;
+            let h = &seg[off..off + 72];
+            assert_eq!(
+                want(&f["header_crc"], "frame header_crc"),
+                crc(&h[8..]),
+                "{label}: frame at {off}"
+            );
+            assert_eq!(
+                u32_at(h, 4),
+                crc(&h[8..]),
+                "{label}: stored header_crc of the frame at {off}"
+            );
+            for r in f["records"].as_array().expect("records") {
+                let at = r["offset"].as_u64().expect("offset") as usize;
+                let len = r["record_len"].as_u64().expect("record_len") as usize;
+                let w = want(&r["crc"], "record crc");
+                if at + len <= seg.len() {
+                    assert_eq!(w, crc(&seg[at + 8..at + len]), "{label}: record at {at}");
+                    assert_eq!(u32_at(seg, at + 4), w, "{label}: stored crc of the record at {at}");
+                } else {
+                    // The torn record: its header reached the file, its body did not.
+                    assert_eq!(u32_at(seg, at + 4), w, "{label}: stored crc of the torn record at {at}");
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 0, "{label}: records listed");
+        for s in j["head"]["slots"].as_array().expect("slots") {
+            let at = s["file_offset"].as_u64().expect("file_offset") as usize;
+            assert_eq!(
+                want(&s["crc"], "slot crc"),
+                crc(&head[at + 8..at + 64]),
+                "{label}: head slot at {at}"
+            );
+            assert_eq!(
+                u32_at(head, at + 4),
+                crc(&head[at + 8..at + 64]),
+                "{label}: stored slot crc at {at}"
+            );
+        }
+    }
+    for (fmt, name) in [
+        (Format::V1, "simple"),
+        (Format::V1, "torn"),
+        (Format::V2, "simple"),
+        (Format::V2, "torn"),
+        (Format::V2_KEYED, "keyed"),
+    ] {
+        let dir = dir_of(&fmt);
+        let seg = fs::read(dir.join(name).join(SEGMENT_FILE)).expect("read segment");
+        let head = fs::read(dir.join(name).join(HEAD_FILE)).expect("read head");
+        let j: Value = golden::load_json_from(&dir, &format!("{name}.json"));
+        check(&format!("v{}/{name}", fmt.version), &seg, &head, &j);
+    }
 }
