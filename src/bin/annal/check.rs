@@ -73,11 +73,11 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         }
     }
     if let Some(p) = &args.public_key {
-        match annal::PublicKey::from_file(p) {
+        match crate::audit::read_public_key(p) {
             Ok(k) => opts = opts.public_key(k),
-            Err(e) => {
-                eprintln!("annal: cannot use the public key file: {e}");
-                return ExitCode::from(2);
+            Err(f) => {
+                eprintln!("annal: {}", f.message);
+                return ExitCode::from(f.code);
             }
         }
     }
