@@ -9,27 +9,32 @@ use clap::Args;
 use crate::{CmdResult, Failure, out_err};
 
 pub const ANCHOR_HELP: &str = "Examples:
-  annal anchor /var/lib/myapp/events              prints POSITION:HASH
-  annal anchor /var/lib/myapp/events --json
+  annal anchor ./events
+  annal anchor ./events --json
 
+Prints POSITION:HASH (with --json: {\"position\", \"hash\", \"keyed\", \"log_id\"}).
 Keep the anchor outside the system (a ticket, an email, a notary, another
 machine). Later, `annal check DIR --anchor POSITION:HASH` proves that the
 history before POSITION is unchanged (exit 0), or says where it differs
-(exit 1). Read-only: works while a writer appends, and sees what readers see.
+(exit 1: the history was changed, or the anchor given is not the one printed
+here, e.g. mistyped). Read-only: works while a writer appends, and sees what
+readers see.
 
 Exit codes: 0 printed; 1 the log is damaged; 2 could not run (not a log, or
 the log has no audit chain: it was created with --no-chain or by annal 0.x
 format version 1).";
 
-pub const KEYGEN_HELP: &str = "Example:
-  annal keygen /secure/place/events.key
-  annal append ./events --key /secure/place/events.key --stream s --type T --data '{}'
-  annal check ./events --key /secure/place/events.key
+pub const KEYGEN_HELP: &str = "Examples:
+  annal keygen ./events.key
+  annal append ./keyed --key ./events.key --stream s --type T --data '{}'
+  annal check ./keyed --key ./events.key
 
-The key file holds 64 hexadecimal digits (mode 0600). A log created with a key
-is keyed for good: every writer needs the key, and so does `check` to verify
-the chain. Keep the key away from the log's machine and its backups: whoever
-holds it can rewrite the chain. The log stores only the key's id (printed).
+The key file holds 64 hexadecimal digits (mode 0600). A key file that group
+or others can read is refused by every command, naming the file and its mode.
+A log created with a key is keyed for good: every writer needs the key, and
+so does `check` to verify the chain. Keep the key away from the log's machine
+and its backups: whoever holds it can rewrite the chain. The log stores only
+the key's id (printed).
 
 Exit codes: 0 written; 2 could not run (the file exists, or cannot be written).";
 
