@@ -11,8 +11,8 @@ use crate::{CmdResult, Failure, out_err};
 pub const DUMP_HELP: &str = "Examples:
   annal dump ./events/00000000000000000000.seg
   annal dump ./events/annal.head
-  annal append ./rolled --segment-size 1K --stream s --type T --data '{\"n\":1}'
-  annal append ./rolled --segment-size 1K --stream s --type T --data '{\"n\":2}'
+  annal append ./rolled --segment-size 256 --stream s --type T --data '{\"n\":1}'
+  annal append ./rolled --segment-size 256 --stream s --type T --data '{\"n\":2}'
   annal dump ./rolled/00000000000000000000.idx
   annal dump ./rolled/annal.streams
 
@@ -27,7 +27,7 @@ first structure that cannot be parsed. Names are escaped as in `annal read`.
 
 Index files and the stream table exist only once a segment was sealed: a log
 smaller than its segment size (256 MiB by default) has none yet. The examples
-above make one that rolls at 1 KiB (--segment-size of `annal append`).
+above make one that rolls at 256 bytes (--segment-size of `annal append`).
 
 Exit codes: 0 the file parsed and every checksum matched; 1 a bad checksum or
 an unparseable structure was found; 2 could not run (unreadable or missing
@@ -86,8 +86,8 @@ fn missing(path: &Path, e: &std::io::Error) -> Failure {
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let why = if file.ends_with(".idx") || file == annal::STREAM_TABLE_FILE {
         " (index files and the stream table are written once a segment is sealed: a log smaller than its \
-         segment size, 256 MiB by default, has none yet; `annal append DIR --segment-size 1K ...` makes a log \
-         that rolls at 1 KiB)"
+         segment size, 256 MiB by default, has none yet; `annal append DIR --segment-size 256 ...` makes a log \
+         that rolls at 256 bytes)"
     } else {
         ""
     };

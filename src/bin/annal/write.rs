@@ -32,7 +32,7 @@ pub const APPEND_HELP: &str = "Examples:
   annal append ./events --stream order-42 --type OrderPaid --expected-version 0 --sync --data '{}'
   echo '{\"sku\":\"A-7\"}' | annal append ./events --stream order-42 --type ItemAdded --json
   annal append ./events --stream order-42 --type OrderPaid --expected-version 0 --data '{}'   # exit 1
-  annal append ./small --segment-size 1K --stream s --type T --data '{\"n\":1}'
+  annal append ./small --segment-size 256 --stream s --type T --data '{\"n\":1}'
 
 Prints the event's position and the stream's new version. With --sync, exits 0
 only once the event is durable (fsynced).
@@ -58,7 +58,7 @@ data file).";
 pub const IMPORT_HELP: &str = "Examples:
   annal read ./events --json | annal import ./copy
   annal read ./events --json > events.jsonl
-  annal import ./copy2 events.jsonl --batch 500 --sync --segment-size 1K
+  annal import ./copy2 events.jsonl --batch 1 --sync --segment-size 256
 
 Input: one JSON object per line:
   {\"stream\": \"order-1\", \"type\": \"Placed\", \"data\": {...}, \"metadata\": {...}, \"id\": \"<uuid>\"}
