@@ -184,8 +184,8 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
         println!("anchor {}: {verdict}: {}", v.anchor, escape_controls(&v.detail));
         if !v.ok {
             println!(
-                "  (either the history was changed, or this anchor is not the one `annal anchor` printed for this \
-                 log: compare it character by character with the copy kept outside the system)"
+                "  (either the history was changed, or this anchor was mistyped or taken from another log: compare it \
+                 character by character with the copy kept outside the system)"
             );
         }
     }
