@@ -426,3 +426,54 @@ fn a_wrong_anchor_may_be_mistyped() {
     let out = text(&o.stdout);
     assert!(out.contains("DIFFERS") && out.contains("mistyped"), "{out}");
 }
+
+#[test]
+fn a_failed_write_says_how_many_events_were_imported() {
+    // The file size limit makes a segment write fail (EFBIG; SIGXFSZ ignored)
+    // after some batches were written: a real write failure, mid-import.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    let input = tmp.path().join("in.jsonl");
+    let line = "{\"stream\":\"s\",\"type\":\"T\",\"data\":{\"n\":1234567890}}\n";
+    std::fs::write(&input, line.repeat(1000)).expect("write");
+    let cmd = format!(
+        "trap '' XFSZ; ulimit -f 64; exec '{}' import '{}' '{}' --batch 10",
+        env!("CARGO_BIN_EXE_annal"),
+        p(&dir),
+        p(&input)
+    );
+    let o = Command::new("sh").args(["-c", &cmd]).output().expect("sh");
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    // "lines A-B: write ...: File too large ...; the N events before line A were imported"
+    let (lines, rest) = err.split_once(": write ").expect(&err);
+    let first: u64 = lines
+        .rsplit(' ')
+        .next()
+        .and_then(|r| r.split('-').next())
+        .and_then(|a| a.parse().ok())
+        .expect(&err);
+    let tail = format!("the {} events before line {first} were imported", first - 1);
+    assert!(rest.contains(&tail), "{err}");
+    assert_eq!(events(&dir).len() as u64, first - 1, "{err}");
+}
+
+#[test]
+fn import_from_a_terminal_says_so_and_creates_nothing_until_a_line() {
+    // `script` gives the command a terminal; its input ends at once.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    let cmd = format!("'{}' import '{}'", env!("CARGO_BIN_EXE_annal"), p(&dir));
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let out = text(&o.stdout);
+    assert!(out.contains("reading JSON lines from the terminal"), "{out}");
+    assert!(!dir.exists(), "{out}");
+}
