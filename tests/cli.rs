@@ -207,7 +207,10 @@ fn append_to_a_log_held_by_a_writer_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("locked"), "{}", text(&out.stderr));
     // The log is opened at the first valid line (an empty input opens nothing).
-    let out = run_stdin(&["import", p(tmp.path())], b"{\"stream\":\"s\",\"type\":\"T\",\"data\":1}\n");
+    let out = run_stdin(
+        &["import", p(tmp.path())],
+        b"{\"stream\":\"s\",\"type\":\"T\",\"data\":1}\n",
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("locked"), "{}", text(&out.stderr));
     log.close().expect("close");

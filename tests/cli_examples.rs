@@ -23,7 +23,10 @@ fn bin() -> PathBuf {
 }
 
 fn help(sub: &str) -> String {
-    let out = Command::new(bin()).args([sub, "--help"]).output().expect("run annal --help");
+    let out = Command::new(bin())
+        .args([sub, "--help"])
+        .output()
+        .expect("run annal --help");
     assert!(out.status.success(), "annal {sub} --help failed");
     String::from_utf8(out.stdout).expect("UTF-8 help")
 }
@@ -134,9 +137,15 @@ fn every_help_example_runs_as_printed() {
     run_all(tmp.path(), &all);
     // What the examples promise about their results.
     let (_, out, _) = run_line(tmp.path(), "annal read ./events --stream order-42");
-    assert!(out.contains("ItemAdded  {\"sku\":\"A-7\"}\n"), "stdin payload without its newline:\n{out}");
+    assert!(
+        out.contains("ItemAdded  {\"sku\":\"A-7\"}\n"),
+        "stdin payload without its newline:\n{out}"
+    );
     assert!(tmp.path().join("rolled/00000000000000000000.idx").exists());
-    assert!(tmp.path().join("copy2/00000000000000000001.seg").exists(), "--segment-size made segments");
+    assert!(
+        tmp.path().join("copy2/00000000000000000001.seg").exists(),
+        "--segment-size made segments"
+    );
 }
 
 #[test]

@@ -37,7 +37,10 @@ fn run_stdin(args: &[&str], stdin: &[u8]) -> Output {
 /// Run `annal ARGS` through `sh` with at most 1 GiB of address space, so an
 /// input read whole (a device) makes the process fail, not the machine.
 fn run_bounded(script_args: &str) -> Output {
-    let cmd = format!("ulimit -v 1048576; exec '{}' {script_args}", env!("CARGO_BIN_EXE_annal"));
+    let cmd = format!(
+        "ulimit -v 1048576; exec '{}' {script_args}",
+        env!("CARGO_BIN_EXE_annal")
+    );
     Command::new("sh").args(["-c", &cmd]).output().expect("run sh")
 }
 
@@ -69,7 +72,10 @@ fn events(dir: &Path) -> Vec<(String, String, Vec<u8>, Vec<u8>)> {
 fn segments(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .expect("read_dir")
-        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".seg")))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        })
         .count()
 }
 
@@ -81,7 +87,18 @@ fn append_and_import_take_a_segment_size() {
     let dir = tmp.path().join("a");
     for n in 0..3 {
         let data = format!("{{\"n\":{n}}}");
-        let o = run(&["append", p(&dir), "--segment-size", "256", "--stream", "s", "--type", "T", "--data", &data]);
+        let o = run(&[
+            "append",
+            p(&dir),
+            "--segment-size",
+            "256",
+            "--stream",
+            "s",
+            "--type",
+            "T",
+            "--data",
+            &data,
+        ]);
         assert!(o.status.success(), "{}", text(&o.stderr));
     }
     assert_eq!(segments(&dir), 3, "a batch larger than 256 bytes fills a segment");
@@ -90,12 +107,37 @@ fn append_and_import_take_a_segment_size() {
 
     let lines = "{\"stream\":\"s\",\"type\":\"T\",\"data\":1}\n".repeat(4);
     let copy = tmp.path().join("b");
-    let o = run_stdin(&["import", p(&copy), "--segment-size", "256", "--batch", "1"], lines.as_bytes());
+    let o = run_stdin(
+        &["import", p(&copy), "--segment-size", "256", "--batch", "1"],
+        lines.as_bytes(),
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(segments(&copy), 4);
-    let o = run(&["append", p(&dir), "--segment-size", "0", "--stream", "s", "--type", "T", "--data", "1"]);
+    let o = run(&[
+        "append",
+        p(&dir),
+        "--segment-size",
+        "0",
+        "--stream",
+        "s",
+        "--type",
+        "T",
+        "--data",
+        "1",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    let o = run(&["append", p(&dir), "--segment-size", "1K", "--stream", "s", "--type", "T", "--data", "1"]);
+    let o = run(&[
+        "append",
+        p(&dir),
+        "--segment-size",
+        "1K",
+        "--stream",
+        "s",
+        "--type",
+        "T",
+        "--data",
+        "1",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
@@ -117,7 +159,10 @@ fn read_stats_and_dump_escape_control_characters_in_names() {
             log.append(
                 s,
                 annal::ExpectedVersion::Any,
-                &[annal::EventData::new("T\x1b]0;title\x07", b"line1\nline2\x1b[2J".as_slice())],
+                &[annal::EventData::new(
+                    "T\x1b]0;title\x07",
+                    b"line1\nline2\x1b[2J".as_slice(),
+                )],
             )
             .expect("append");
         }
@@ -129,9 +174,15 @@ fn read_stats_and_dump_escape_control_characters_in_names() {
     let out = text(&o.stdout);
     assert_eq!(out.lines().count(), hostile.len(), "one line per event:\n{out}");
     assert!(!out.chars().any(unsafe_char), "{out:?}");
-    assert!(out.contains("evil\\n ") && out.contains("nul\\0name") && out.contains("esc\\u{1b}[31mred"), "{out}");
+    assert!(
+        out.contains("evil\\n ") && out.contains("nul\\0name") && out.contains("esc\\u{1b}[31mred"),
+        "{out}"
+    );
     assert!(out.contains("line1\\nline2\\u{1b}[2J"), "{out}");
-    assert!(!out.lines().any(|l| l.trim_start().starts_with("9  2026")), "a forged line:\n{out}");
+    assert!(
+        !out.lines().any(|l| l.trim_start().starts_with("9  2026")),
+        "a forged line:\n{out}"
+    );
 
     let o = run(&["stats", p(&dir)]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -143,11 +194,36 @@ fn read_stats_and_dump_escape_control_characters_in_names() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(!text(&o.stdout).chars().any(unsafe_char));
 
+    // Error messages quoting a name are escaped too.
+    let o = run(&[
+        "append",
+        p(&dir),
+        "--stream",
+        hostile[2],
+        "--type",
+        "T",
+        "--expected-version",
+        "7",
+        "--data",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("wrong expected version") && !err.chars().any(unsafe_char),
+        "{err:?}"
+    );
+
     // JSON output stays JSON (escaped by JSON's rules) and round-trips the names.
     let o = run(&["read", p(&dir), "--json"]);
     let names: Vec<String> = text(&o.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["stream"].as_str().expect("s").to_owned())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["stream"]
+                .as_str()
+                .expect("s")
+                .to_owned()
+        })
         .collect();
     assert_eq!(names, hostile);
 }
@@ -162,7 +238,20 @@ fn a_key_file_readable_by_others_is_refused_naming_file_and_mode() {
     let o = run(&["keygen", p(&key)]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let dir = tmp.path().join("log");
-    let append = |key: &str| run(&["append", p(&dir), "--key", key, "--stream", "s", "--type", "T", "--data", "1"]);
+    let append = |key: &str| {
+        run(&[
+            "append",
+            p(&dir),
+            "--key",
+            key,
+            "--stream",
+            "s",
+            "--type",
+            "T",
+            "--data",
+            "1",
+        ])
+    };
     assert!(append(p(&key)).status.success());
     for mode in [0o644, 0o640, 0o604, 0o666] {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -181,7 +270,18 @@ fn a_key_file_readable_by_others_is_refused_naming_file_and_mode() {
     assert!(run(&["keygen", "--signing", p(&sk)]).status.success());
     std::fs::set_permissions(&sk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let signed = tmp.path().join("signed");
-    let o = run(&["append", p(&signed), "--signing-key", p(&sk), "--stream", "s", "--type", "T", "--data", "1"]);
+    let o = run(&[
+        "append",
+        p(&signed),
+        "--signing-key",
+        p(&sk),
+        "--stream",
+        "s",
+        "--type",
+        "T",
+        "--data",
+        "1",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("0644"), "{}", text(&o.stderr));
 }
@@ -191,7 +291,10 @@ fn a_key_from_a_device_is_refused_without_reading_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
     for opt in ["--key", "--signing-key"] {
-        let o = run_bounded(&format!("append '{}' {opt} /dev/zero --stream s --type T --data 1", p(&dir)));
+        let o = run_bounded(&format!(
+            "append '{}' {opt} /dev/zero --stream s --type T --data 1",
+            p(&dir)
+        ));
         assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
         assert!(text(&o.stderr).contains("not a regular file"), "{}", text(&o.stderr));
     }
@@ -213,7 +316,18 @@ const EXACT: &str = r#"{"b":18446744073709551616,"a":12345678901234567890123,"c"
 fn read_json_and_import_keep_json_byte_exact() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
-    let o = run(&["append", p(&dir), "--stream", "s", "--type", "T", "--data", EXACT, "--metadata", "[1.0,{\"z\":0,\"a\":1}]"]);
+    let o = run(&[
+        "append",
+        p(&dir),
+        "--stream",
+        "s",
+        "--type",
+        "T",
+        "--data",
+        EXACT,
+        "--metadata",
+        "[1.0,{\"z\":0,\"a\":1}]",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     // Stored as given, read back as written.
     assert_eq!(events(&dir)[0].2, EXACT.as_bytes());
@@ -233,7 +347,10 @@ fn read_json_and_import_keep_json_byte_exact() {
     let o = run_stdin(&["import", p(&copy)], raw.as_bytes());
     assert!(o.status.success(), "{}", text(&o.stderr));
     let last = events(&copy).pop().expect("event");
-    assert_eq!((last.2.as_slice(), last.3.as_slice()), (EXACT.as_bytes(), b"{\"k\":1,\"k\":2}".as_slice()));
+    assert_eq!(
+        (last.2.as_slice(), last.3.as_slice()),
+        (EXACT.as_bytes(), b"{\"k\":1,\"k\":2}".as_slice())
+    );
 
     // Bytes that are JSON but would not come back exactly go as base64.
     for (i, data) in [" {}", "{\n}", "{} "].into_iter().enumerate() {
@@ -271,7 +388,10 @@ fn a_stream_name_with_nul_is_refused_at_import_and_append() {
     let o = run_stdin(&["import", p(&dir)], input.as_bytes());
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
-    assert!(err.contains("line 2") && err.contains("NUL") && err.contains("the 1 events before it"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("NUL") && err.contains("the 1 events before it"),
+        "{err}"
+    );
     assert_eq!(events(&dir).len(), 1);
 }
 
@@ -295,7 +415,10 @@ fn a_bad_line_keeps_every_line_before_it_in_the_same_batch() {
         let o = run_stdin(&["import", p(&dir)], input.as_bytes());
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(err.contains("line 3") && err.contains("the 2 events before it were imported"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("the 2 events before it were imported"),
+            "{err}"
+        );
         assert_eq!(events(&dir).len(), 2, "{err}");
     }
 }
@@ -304,7 +427,10 @@ fn a_bad_line_keeps_every_line_before_it_in_the_same_batch() {
 fn an_import_json_error_names_one_line() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
-    let o = run_stdin(&["import", p(&dir)], b"{\"stream\":\"s\",\"type\":\"T\",\"data\":1}\n\n{\"stream\": x}\n");
+    let o = run_stdin(
+        &["import", p(&dir)],
+        b"{\"stream\":\"s\",\"type\":\"T\",\"data\":1}\n\n{\"stream\": x}\n",
+    );
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("line 3: ") && err.contains("column"), "{err}");
@@ -337,10 +463,18 @@ fn endless_inputs_are_refused_within_the_limits() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let o = run_bounded(&format!("append '{d}' --stream s --type T --data-file /dev/zero"));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("longer than 67108864 bytes"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("longer than 67108864 bytes"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = run_bounded(&format!("append '{d}' --stream s --type T < /dev/zero"));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("from stdin is longer than"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("from stdin is longer than"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(!dir.exists());
 }
 
@@ -357,7 +491,10 @@ fn an_oversized_event_line_is_refused_with_its_number() {
     let o = run_stdin(&["import", p(&dir)], input.as_bytes());
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("line 2") && err.contains("more than the 67108864 bytes"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("more than the 67108864 bytes"),
+        "{err}"
+    );
     assert!(err.contains("the 1 events before it were imported"), "{err}");
     assert_eq!(events(&dir).len(), 1);
 }
@@ -391,10 +528,18 @@ fn negative_from_gets_a_message_that_helps() {
 fn dump_explains_missing_derived_files_and_dumps_the_head() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
-    assert!(run(&["append", p(&dir), "--stream", "s", "--type", "T", "--data", "1"]).status.success());
+    assert!(
+        run(&["append", p(&dir), "--stream", "s", "--type", "T", "--data", "1"])
+            .status
+            .success()
+    );
     let o = run(&["dump", p(&dir.join("00000000000000000000.idx"))]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("written once a segment is sealed"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("written once a segment is sealed"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = run(&["dump", p(&dir.join(annal::HEAD_FILE))]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
@@ -414,7 +559,11 @@ fn a_wrong_anchor_may_be_mistyped() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
     for _ in 0..2 {
-        assert!(run(&["append", p(&dir), "--stream", "s", "--type", "T", "--data", "1"]).status.success());
+        assert!(
+            run(&["append", p(&dir), "--stream", "s", "--type", "T", "--data", "1"])
+                .status
+                .success()
+        );
     }
     let anchor = text(&run(&["anchor", p(&dir)]).stdout).trim().to_owned();
     let (pos, hash) = anchor.split_once(':').expect("anchor");

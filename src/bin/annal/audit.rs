@@ -143,13 +143,16 @@ fn read_key_file(path: &Path, what: &str, secret: bool) -> Result<[u8; 32], Fail
     let mut key = [0u8; 32];
     let hex = |c: u8| (c as char).to_digit(16);
     let ok = trimmed.len() == 64
-        && key.iter_mut().zip(trimmed.chunks(2)).all(|(k, pair)| match (hex(pair[0]), hex(pair[1])) {
-            (Some(h), Some(l)) => {
-                *k = (h * 16 + l) as u8;
-                true
-            }
-            _ => false,
-        });
+        && key
+            .iter_mut()
+            .zip(trimmed.chunks(2))
+            .all(|(k, pair)| match (hex(pair[0]), hex(pair[1])) {
+                (Some(h), Some(l)) => {
+                    *k = (h * 16 + l) as u8;
+                    true
+                }
+                _ => false,
+            });
     if !ok {
         let found = if text.len() as u64 > KEY_FILE_MAX {
             format!("more than {KEY_FILE_MAX} bytes")

@@ -210,9 +210,11 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
         r.elapsed.as_secs_f64(),
         mb_per_sec(r)
     );
+    let dir = dir.display().to_string();
+    let dir = escape_controls(&dir);
     match (r.problems.len(), r.warnings.len()) {
-        (0, 0) => println!("{}: ok", dir.display()),
-        (0, w) => println!("{}: ok, {w} warning(s)", dir.display()),
-        (p, w) => println!("{}: {p} problem(s), {w} warning(s)", dir.display()),
+        (0, 0) => println!("{dir}: ok"),
+        (0, w) => println!("{dir}: ok, {w} warning(s)"),
+        (p, w) => println!("{dir}: {p} problem(s), {w} warning(s)"),
     }
 }

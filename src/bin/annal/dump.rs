@@ -83,7 +83,10 @@ fn name(b: &[u8]) -> String {
 /// Why `path` cannot be dumped when it does not exist: a derived file that
 /// is not written yet gets an explanation.
 fn missing(path: &Path, e: &std::io::Error) -> Failure {
-    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let why = if file.ends_with(".idx") || file == annal::STREAM_TABLE_FILE {
         " (index files and the stream table are written once a segment is sealed: a log smaller than its \
          segment size, 256 MiB by default, has none yet; `annal append DIR --segment-size 256 ...` makes a log \
@@ -456,7 +459,9 @@ fn dump_head(b: &Bytes<'_>, d: &mut Dump) {
     for slot in 0..2usize {
         let o = slot * 64;
         let Some(bytes) = b.get(o, 64) else {
-            d.stop = Some(format!("the head file needs 128 bytes (two 64-byte slots), the file has {len}"));
+            d.stop = Some(format!(
+                "the head file needs 128 bytes (two 64-byte slots), the file has {len}"
+            ));
             return;
         };
         if bytes.iter().all(|&x| x == 0) {
@@ -479,6 +484,8 @@ fn dump_head(b: &Bytes<'_>, d: &mut Dump) {
         d.line(format!("  reserved1:      {}", b.u64(o + 56)));
     }
     if len != 128 {
-        d.stop = Some(format!("the head file has {len} bytes, expected 128 (two 64-byte slots)"));
+        d.stop = Some(format!(
+            "the head file has {len} bytes, expected 128 (two 64-byte slots)"
+        ));
     }
 }

@@ -297,7 +297,10 @@ mod tests {
     #[test]
     fn escape_neutralises_controls_and_bidi() {
         assert_eq!(escape("order-1"), "order-1");
-        assert_eq!(escape("a\nb\0c\u{1b}[31m\u{7f}\u{85}\u{202e}\\"), "a\\nb\\0c\\u{1b}[31m\\u{7f}\\u{85}\\u{202e}\\\\");
+        assert_eq!(
+            escape("a\nb\0c\u{1b}[31m\u{7f}\u{85}\u{202e}\\"),
+            "a\\nb\\0c\\u{1b}[31m\\u{7f}\\u{85}\\u{202e}\\\\"
+        );
         assert_eq!(escape_controls("a\\b\n"), "a\\b\\n");
     }
 

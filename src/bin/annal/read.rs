@@ -334,11 +334,7 @@ pub fn stats(a: &StatsArgs) -> CmdResult {
     }
     let mut s = String::new();
     use std::fmt::Write as _;
-    let _ = writeln!(
-        s,
-        "directory:     {}",
-        escape_controls(&a.dir.display().to_string())
-    );
+    let _ = writeln!(s, "directory:     {}", escape_controls(&a.dir.display().to_string()));
     let _ = writeln!(s, "segments:      {}", view.segment_count());
     let _ = writeln!(s, "segment bytes: {}", view.len_bytes());
     let _ = writeln!(s, "events:        {events}");

@@ -143,9 +143,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{s:?} is not a size (bytes, or a number with K, M or G)"))?;
-    let bytes = n
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
+    let bytes = n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))?;
     if bytes == 0 {
         return Err("a segment size must be at least 1 byte".into());
     }
@@ -153,7 +151,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// The options every writing command opens a log with.
-fn write_options(size: &SegmentSizeArg, chain: &crate::audit::WriteChainArgs, d: Durability) -> Result<Options, Failure> {
+fn write_options(
+    size: &SegmentSizeArg,
+    chain: &crate::audit::WriteChainArgs,
+    d: Durability,
+) -> Result<Options, Failure> {
     let mut opts = Options::default()
         .durability(d)
         .max_event_bytes(MAX_EVENT_BYTES)
@@ -179,7 +181,10 @@ fn parse_expected(s: &str) -> Result<ExpectedVersion, String> {
 /// Refuse a stream name the log cannot take or no command could name again.
 fn check_stream_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > u16::MAX as usize {
-        return Err(format!("a stream name must be 1 to 65535 bytes, found {} bytes", s.len()));
+        return Err(format!(
+            "a stream name must be 1 to 65535 bytes, found {} bytes",
+            s.len()
+        ));
     }
     if s.contains('\0') {
         return Err(format!(
@@ -194,7 +199,10 @@ fn check_stream_name(s: &str) -> Result<(), String> {
 /// Refuse an event type the log cannot take.
 fn check_type_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > u16::MAX as usize {
-        return Err(format!("an event type must be 1 to 65535 bytes, found {} bytes", s.len()));
+        return Err(format!(
+            "an event type must be 1 to 65535 bytes, found {} bytes",
+            s.len()
+        ));
     }
     Ok(())
 }
@@ -220,7 +228,9 @@ fn check_event(stream: &str, event_type: &str, metadata: usize, payload: usize) 
 /// Validate JSON given for `what` (one value, nested at most 128 deep); the
 /// text is stored as given, never re-serialised.
 fn check_json(what: &str, s: &str) -> Result<(), Failure> {
-    json_value(s).map(|_| ()).map_err(|e| Failure::usage(format!("{what} is not valid JSON: {e}")))
+    json_value(s)
+        .map(|_| ())
+        .map_err(|e| Failure::usage(format!("{what} is not valid JSON: {e}")))
 }
 
 /// Read at most `limit` bytes from `r`; more is an error naming `what`.
@@ -255,7 +265,8 @@ pub fn append(a: &AppendArgs) -> CmdResult {
             d.as_bytes().to_vec()
         }
         (None, Some(f)) => {
-            let file = File::open(f).map_err(|e| Failure::usage(format!("cannot open --data-file {}: {e}", f.display())))?;
+            let file =
+                File::open(f).map_err(|e| Failure::usage(format!("cannot open --data-file {}: {e}", f.display())))?;
             read_bounded(file, room, 0, &format!("--data-file {}", f.display()))?
         }
         (None, None) => {
@@ -578,7 +589,8 @@ pub fn import(a: &ImportArgs) -> CmdResult {
     writeln!(
         std::io::stdout(),
         "imported {} events in {} batches",
-        done.imported, done.batches
+        done.imported,
+        done.batches
     )
     .map_err(out_err)?;
     Ok(())
@@ -623,9 +635,9 @@ fn import_lines(
                     done,
                     match e {
                         LineError::Io(e) => format!("cannot read: {e}"),
-                        LineError::TooLong => format!(
-                            "longer than {MAX_LINE_BYTES} bytes, more than a line of the largest event needs"
-                        ),
+                        LineError::TooLong => {
+                            format!("longer than {MAX_LINE_BYTES} bytes, more than a line of the largest event needs")
+                        }
                     },
                 ));
             }
