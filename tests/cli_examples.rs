@@ -148,6 +148,60 @@ fn every_help_example_runs_as_printed() {
     );
 }
 
+/// The sessions of README's ```console blocks: each `$ ` line is a command,
+/// the lines after it its output. `$ cat FILE` shows a file the session
+/// uses: its output lines are written to FILE before the line runs.
+fn readme_sessions(text: &str) -> Vec<(String, Option<(String, String)>)> {
+    let mut out: Vec<(String, Option<(String, String)>)> = Vec::new();
+    let mut inside = false;
+    let mut shown = String::new();
+    let flush = |out: &mut Vec<(String, Option<(String, String)>)>, shown: &mut String| {
+        if let Some((cmd, file)) = out.last_mut()
+            && let Some(name) = cmd.strip_prefix("cat ")
+        {
+            *file = Some((name.trim().to_owned(), std::mem::take(shown)));
+        }
+        shown.clear();
+    };
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            if inside {
+                flush(&mut out, &mut shown);
+            }
+            inside = line.trim() == "```console";
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if let Some(cmd) = line.strip_prefix("$ ") {
+            flush(&mut out, &mut shown);
+            out.push((cmd.trim().to_owned(), None));
+        } else {
+            shown.push_str(line);
+            shown.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn every_readme_session_runs_as_printed() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
+    let sessions = readme_sessions(&readme);
+    assert!(sessions.len() >= 10, "README's console blocks: {sessions:?}");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (cmd, file) in &sessions {
+        if let Some((name, content)) = file {
+            std::fs::write(tmp.path().join(name), content).expect("write a shown file");
+        }
+        run_all(tmp.path(), &[("README.md console".to_owned(), cmd.clone())]);
+    }
+    // The session's promise: JSON data kept as written.
+    let (_, out, _) = run_line(tmp.path(), "annal read ./events --json");
+    assert!(out.contains("\"data\":{\"total\":42}"), "{out}");
+}
+
 #[test]
 fn every_readme_example_runs_as_printed() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
@@ -166,6 +220,14 @@ fn the_extractors_see_comments_and_exit_codes() {
     assert_eq!(expected_code("annal read ./e   # one JSON object per line"), 0);
     let h = "About\n\nExamples:\n  annal a\n  annal b | head\n\nMore text\n  indented\n";
     assert_eq!(help_examples(h), ["annal a", "annal b | head"]);
-    let r = "```sh\ncargo test\nannal a   # c\n\n# only a comment\n```\n```console\n$ annal z\n```\n";
+    let r =
+        "```sh\ncargo test\nannal a   # c\n\n# only a comment\n```\n```console\n$ cat f\nx\ny\n$ annal z\nout\n```\n";
     assert_eq!(readme_examples(r), ["annal a   # c"]);
+    assert_eq!(
+        readme_sessions(r),
+        [
+            ("cat f".to_owned(), Some(("f".to_owned(), "x\ny\n".to_owned()))),
+            ("annal z".to_owned(), None)
+        ]
+    );
 }

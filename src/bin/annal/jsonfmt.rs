@@ -202,9 +202,13 @@ pub fn record_json(rec: &RecordRef<'_>) -> String {
 }
 
 /// Whether `c` must not reach a terminal raw: C0 controls, DEL, C1 controls,
-/// and the Unicode bidirectional controls (which reorder what is displayed).
+/// the Unicode line and paragraph separators (a line break to some
+/// terminals and viewers) and the bidirectional controls (which reorder what
+/// is displayed).
 fn is_unsafe(c: char) -> bool {
     c.is_control()
+        || c == '\u{2028}'
+        || c == '\u{2029}'
         || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
@@ -302,6 +306,7 @@ mod tests {
             "a\\nb\\0c\\u{1b}[31m\\u{7f}\\u{85}\\u{202e}\\\\"
         );
         assert_eq!(escape_controls("a\\b\n"), "a\\b\\n");
+        assert_eq!(escape("p\u{2028}q\u{2066}"), "p\\u{2028}q\\u{2066}");
     }
 
     #[test]
