@@ -45,10 +45,10 @@ newline is removed (so `echo '{}' |` stores `{}`). A payload plus metadata of
 more than 64 MiB is refused before it is read whole. A stream name must be 1
 to 65535 bytes without a NUL character (no command could name it again).
 
---segment-size sets the size at which a log created by this command rolls to
-a new segment (default 256 MiB; small values make the sealed segments, index
-files and stream table appear on small logs, for trying `annal dump`). An
-existing log rolls at the size given to the command that writes to it.
+--segment-size is the size at which this command rolls to a new segment
+(default 256 MiB). It is not stored in the log: each command that writes uses
+the size it is given. Small values make sealed segments, index files and a
+stream table appear on small logs (to try `annal dump`).
 
 Exit codes: 0 appended; 1 refused (wrong expected version, idempotency
 conflict, log locked by another writer); 2 could not run (bad arguments, data
