@@ -206,8 +206,13 @@ fn append_to_a_log_held_by_a_writer_exits_1() {
     let out = run(&["append", p(tmp.path()), "--stream", "s", "--type", "T", "--data", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("locked"), "{}", text(&out.stderr));
-    let out = run_stdin(&["import", p(tmp.path())], b"");
+    // The log is opened at the first valid line (an empty input opens nothing).
+    let out = run_stdin(
+        &["import", p(tmp.path())],
+        b"{\"stream\":\"s\",\"type\":\"T\",\"data\":1}\n",
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("locked"), "{}", text(&out.stderr));
     log.close().expect("close");
 }
 
@@ -313,10 +318,10 @@ fn stats_and_dump_describe_a_real_log() {
     let s = text(&out.stdout);
     for field in [
         "segments:",
-        "bytes:",
-        "events:     200",
-        "streams:    7",
-        "positions:  0 .. 199",
+        "segment bytes:",
+        "events:        200",
+        "streams:       7",
+        "positions:     0 .. 199",
         "largest streams:",
     ] {
         assert!(s.contains(field), "missing {field:?} in\n{s}");

@@ -294,7 +294,7 @@ fn help_has_an_example() {
         .output()
         .expect("run");
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("annal check /var/lib"),
+        String::from_utf8_lossy(&o.stdout).contains("annal check ./events"),
         "{}",
         text(&o)
     );

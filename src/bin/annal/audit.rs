@@ -9,27 +9,32 @@ use clap::Args;
 use crate::{CmdResult, Failure, out_err};
 
 pub const ANCHOR_HELP: &str = "Examples:
-  annal anchor /var/lib/myapp/events              prints POSITION:HASH
-  annal anchor /var/lib/myapp/events --json
+  annal anchor ./events
+  annal anchor ./events --json
 
+Prints POSITION:HASH (with --json: {\"position\", \"hash\", \"keyed\", \"log_id\"}).
 Keep the anchor outside the system (a ticket, an email, a notary, another
 machine). Later, `annal check DIR --anchor POSITION:HASH` proves that the
 history before POSITION is unchanged (exit 0), or says where it differs
-(exit 1). Read-only: works while a writer appends, and sees what readers see.
+(exit 1: the history was changed, or the anchor given is not the one printed
+here, e.g. mistyped). Read-only: works while a writer appends, and sees what
+readers see.
 
 Exit codes: 0 printed; 1 the log is damaged; 2 could not run (not a log, or
 the log has no audit chain: it was created with --no-chain or by annal 0.x
 format version 1).";
 
-pub const KEYGEN_HELP: &str = "Example:
-  annal keygen /secure/place/events.key
-  annal append ./events --key /secure/place/events.key --stream s --type T --data '{}'
-  annal check ./events --key /secure/place/events.key
+pub const KEYGEN_HELP: &str = "Examples:
+  annal keygen ./events.key
+  annal append ./keyed --key ./events.key --stream s --type T --data '{}'
+  annal check ./keyed --key ./events.key
 
-The key file holds 64 hexadecimal digits (mode 0600). A log created with a key
-is keyed for good: every writer needs the key, and so does `check` to verify
-the chain. Keep the key away from the log's machine and its backups: whoever
-holds it can rewrite the chain. The log stores only the key's id (printed).
+The key file holds 64 hexadecimal digits (mode 0600). A key file that group
+or others can read is refused by every command, naming the file and its mode.
+A log created with a key is keyed for good: every writer needs the key, and
+so does `check` to verify the chain. Keep the key away from the log's machine
+and its backups: whoever holds it can rewrite the chain. The log stores only
+the key's id (printed).
 
 Exit codes: 0 written; 2 could not run (the file exists, or cannot be written).";
 
@@ -58,9 +63,8 @@ impl WriteChainArgs {
     pub fn apply(&self, opts: Options) -> Result<Options, Failure> {
         let mut opts = opts.chain(!self.no_chain);
         if let Some(p) = &self.signing_key {
-            let k = annal::SigningKey::from_file(p)
-                .map_err(|e| Failure::usage(format!("cannot use the signing key file: {e}")))?;
-            opts = opts.signing_key(k);
+            let k = read_key_file(p, "signing key", true)?;
+            opts = opts.signing_key(annal::SigningKey::from_bytes(k));
         }
         if let Some(n) = self.checkpoint_every {
             opts = opts.checkpoint_every(n);
@@ -83,9 +87,81 @@ pub fn open_failure(e: annal::Error) -> Failure {
     f
 }
 
-/// Read a key file (exit 2 if it cannot be read or is not a key).
+/// Read a chain key file (exit 2 if it cannot be read, is not a key, or
+/// can be read by group or others).
 pub fn read_key(path: &Path) -> Result<ChainKey, Failure> {
-    ChainKey::from_file(path).map_err(|e| Failure::usage(format!("cannot use the key file: {e}")))
+    read_key_file(path, "chain key", true).map(ChainKey::from_bytes)
+}
+
+/// Read a public key file (any mode: it is no secret).
+pub fn read_public_key(path: &Path) -> Result<annal::PublicKey, Failure> {
+    read_key_file(path, "public key", false).map(annal::PublicKey)
+}
+
+/// The longest key file taken: 64 hexadecimal digits and a line end.
+const KEY_FILE_MAX: u64 = 66;
+
+/// Read a file of 64 hexadecimal digits (optionally followed by a newline,
+/// as `annal keygen` writes it): a regular file, opened without following a
+/// symlink at the last component or blocking on a FIFO, and never read past
+/// [`KEY_FILE_MAX`] bytes (a key "file" that is a device cannot grow memory).
+/// A `secret` key readable by group or others is refused, as ssh does, naming
+/// the file and its mode.
+fn read_key_file(path: &Path, what: &str, secret: bool) -> Result<[u8; 32], Failure> {
+    use std::io::Read;
+    let bad = |m: String| Failure::usage(format!("cannot use the {what} file {}: {m}", path.display()));
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK: opening a FIFO must not wait for a writer.
+        o.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    let f = o.open(path).map_err(|e| bad(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("it is not a regular file".into()));
+    }
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(bad(format!(
+                "its mode is {mode:04o}, so group or others can read it; a secret key must be readable by its owner                  only (chmod 600 {})",
+                path.display()
+            )));
+        }
+    }
+    let mut text = Vec::new();
+    f.take(KEY_FILE_MAX + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| bad(e.to_string()))?;
+    let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
+    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+    let mut key = [0u8; 32];
+    let hex = |c: u8| (c as char).to_digit(16);
+    let ok = trimmed.len() == 64
+        && key
+            .iter_mut()
+            .zip(trimmed.chunks(2))
+            .all(|(k, pair)| match (hex(pair[0]), hex(pair[1])) {
+                (Some(h), Some(l)) => {
+                    *k = (h * 16 + l) as u8;
+                    true
+                }
+                _ => false,
+            });
+    if !ok {
+        let found = if text.len() as u64 > KEY_FILE_MAX {
+            format!("more than {KEY_FILE_MAX} bytes")
+        } else {
+            format!("{} bytes that are not", text.len())
+        };
+        return Err(bad(format!("expected 64 hexadecimal digits (32 bytes), found {found}")));
+    }
+    Ok(key)
 }
 
 /// Arguments of `annal anchor`.

@@ -6,6 +6,19 @@ use std::process::ExitCode;
 
 use annal::{Anchor, CheckOptions, CheckReport, Error, Finding};
 
+use crate::jsonfmt::escape_controls;
+
+/// Examples of `annal check --help`: each runs as printed (tests/cli_examples.rs).
+const CHECK_HELP: &str = "Examples:
+  annal check ./events
+  annal check --json ./events > report.json
+  annal check --repair ./events
+  annal check ./events --anchor \"$(annal anchor ./events)\"
+
+--repair takes the writer lock: stop the writer first (with a writer running,
+it exits 1 and changes nothing). --anchor takes a line printed by
+`annal anchor` earlier (kept outside the system).";
+
 /// Verify every file of a log: segments (framing, every record's CRC,
 /// positions, stream versions, batch completeness), index files and the stream
 /// table (against the segments), the head file and snapshot files.
@@ -18,19 +31,18 @@ use annal::{Anchor, CheckOptions, CheckReport, Error, Finding};
 ///
 /// Read-only unless --repair. A torn tail past the durable boundary (a crash)
 /// is a warning, not a problem: the next writer open, or --repair, removes it.
-/// A missing index file or stream table is a problem that the next writer
-/// open, or --repair, rebuilds. While a writer holds the log, what it is still
-/// writing is not reported as damage.
+/// A missing index file of a sealed segment is a problem, except for the last
+/// segment and the sealed segments after the newest one that has an index (a
+/// crash right after sealing, or a sealer that lagged behind), which are
+/// warnings; a missing stream table is a warning. The next writer open, or
+/// --repair, rebuilds them. While a writer holds the log, what it is still
+/// writing (a missing index included) is not reported as damage.
 ///
 /// Exit codes: 0 no problems (warnings allowed); 1 problems found, or --repair
 /// refused because another writer holds the log; 2 the check could not run
 /// (not a log, unreadable, a bad --key file).
 #[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Examples:\n  annal check /var/lib/myapp/events\n  annal check --json /var/lib/myapp/events \
-                       > report.json\n  annal check --repair /var/lib/myapp/events   (stop the writer first)\n  annal check \
-                       /var/lib/myapp/events --anchor 1200:9f86d081...   (from `annal anchor`)"
-)]
+#[command(after_help = CHECK_HELP)]
 pub struct CheckArgs {
     /// The log directory.
     pub dir: PathBuf,
@@ -73,11 +85,11 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         }
     }
     if let Some(p) = &args.public_key {
-        match annal::PublicKey::from_file(p) {
+        match crate::audit::read_public_key(p) {
             Ok(k) => opts = opts.public_key(k),
-            Err(e) => {
-                eprintln!("annal: cannot use the public key file: {e}");
-                return ExitCode::from(2);
+            Err(f) => {
+                eprintln!("annal: {}", f.message);
+                return ExitCode::from(f.code);
             }
         }
     }
@@ -153,7 +165,7 @@ fn print_json(r: &CheckReport) {
 }
 
 fn print_finding(kind: &str, f: &Finding) {
-    println!("{kind}: {f}");
+    println!("{kind}: {}", escape_controls(&f.to_string()));
 }
 
 fn print_text(dir: &std::path::Path, r: &CheckReport) {
@@ -169,7 +181,13 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
     println!("audit chain: {}", r.chain);
     for v in &r.anchors {
         let verdict = if v.ok { "holds" } else { "DIFFERS" };
-        println!("anchor {}: {verdict}: {}", v.anchor, v.detail);
+        println!("anchor {}: {verdict}: {}", v.anchor, escape_controls(&v.detail));
+        if !v.ok {
+            println!(
+                "  (either the history was changed, or this anchor was mistyped or taken from another log: compare it \
+                 character by character with the copy kept outside the system)"
+            );
+        }
     }
     if let Some(s) = &r.signatures {
         match s.last_signed_position {
@@ -185,16 +203,18 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
         }
     }
     println!(
-        "checked {} files, {} records, {} bytes in {:.3} s ({:.0} MB/s)",
+        "checked {} files ({} bytes in all files), {} records in {:.3} s ({:.0} MB/s)",
         r.files,
-        r.records,
         r.bytes,
+        r.records,
         r.elapsed.as_secs_f64(),
         mb_per_sec(r)
     );
+    let dir = dir.display().to_string();
+    let dir = escape_controls(&dir);
     match (r.problems.len(), r.warnings.len()) {
-        (0, 0) => println!("{}: ok", dir.display()),
-        (0, w) => println!("{}: ok, {w} warning(s)", dir.display()),
-        (p, w) => println!("{}: {p} problem(s), {w} warning(s)", dir.display()),
+        (0, 0) => println!("{dir}: ok"),
+        (0, w) => println!("{dir}: ok, {w} warning(s)"),
+        (p, w) => println!("{dir}: {p} problem(s), {w} warning(s)"),
     }
 }

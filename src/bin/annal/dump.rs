@@ -2,7 +2,7 @@
 //! bounds-checked code of its own (spec/format.md), never trusting a length.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -10,26 +10,34 @@ use crate::{CmdResult, Failure, out_err};
 
 pub const DUMP_HELP: &str = "Examples:
   annal dump ./events/00000000000000000000.seg
-  annal dump ./events/00000000000000000000.idx
-  annal dump ./events/annal.streams
+  annal dump ./events/annal.head
+  annal append ./rolled --segment-size 256 --stream s --type T --data '{\"n\":1}'
+  annal append ./rolled --segment-size 256 --stream s --type T --data '{\"n\":2}'
+  annal dump ./rolled/00000000000000000000.idx
+  annal dump ./rolled/annal.streams
 
 Segments (.seg): the header fields, then every frame (offset, kind, len,
 first_position, count, durable_end, audit chain hash, header CRC), every
 record (offset, len, position, stream, version, type, lengths, CRC ok/bad) and
-every signed checkpoint (public key, signature, body CRC). Index files (.idx), the
-stream table (annal.streams) and snapshots (.snap): the header fields and
-checksums. The file type is recognised by its magic bytes. Parsing stops with
-a message at the first structure that cannot be parsed.
+every signed checkpoint (public key, signature, body CRC). Index files (.idx),
+the stream table (annal.streams) and snapshots (.snap): the header fields and
+checksums. The head file (annal.head): both slots, with their CRCs. The file
+type is recognised by its magic bytes. Parsing stops with a message at the
+first structure that cannot be parsed. Names are escaped as in `annal read`.
+
+Index files and the stream table exist only once a segment was sealed: a log
+smaller than its segment size (256 MiB by default) has none yet. The examples
+above make one that rolls at 256 bytes (--segment-size of `annal append`).
 
 Exit codes: 0 the file parsed and every checksum matched; 1 a bad checksum or
-an unparseable structure was found; 2 could not run (unreadable file, not an
-annal file).";
+an unparseable structure was found; 2 could not run (unreadable or missing
+file, not an annal file).";
 
 /// Arguments of `annal dump`.
 #[derive(Args)]
 pub struct DumpArgs {
     /// The file: a segment (.seg), an index (.idx), the stream table
-    /// (annal.streams) or a snapshot (.snap).
+    /// (annal.streams), the head file (annal.head) or a snapshot (.snap).
     file: PathBuf,
 }
 
@@ -69,7 +77,49 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn name(b: &[u8]) -> String {
-    format!("{:?}", String::from_utf8_lossy(b))
+    format!("\"{}\"", crate::jsonfmt::escape(&String::from_utf8_lossy(b)))
+}
+
+/// Why `path` cannot be dumped when it does not exist: a derived file that
+/// is not written yet gets an explanation.
+fn missing(path: &Path, e: &std::io::Error) -> Failure {
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let why = if file.ends_with(".idx") || file == annal::STREAM_TABLE_FILE {
+        " (index files and the stream table are written once a segment is sealed: a log smaller than its \
+         segment size, 256 MiB by default, has none yet; `annal append DIR --segment-size 256 ...` makes a log \
+         that rolls at 256 bytes)"
+    } else {
+        ""
+    };
+    Failure::usage(format!("cannot read {}: {e}{why}", path.display()))
+}
+
+/// Read the whole of a regular file (never a FIFO or device, which could
+/// block or never end), at most its size when opened.
+fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
+    use std::io::Read;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    let f = o.open(path).map_err(|e| missing(path, &e))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Failure::usage(format!("{} is not a regular file", path.display())));
+    }
+    let mut bytes = Vec::new();
+    f.take(meta.len())
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    Ok(bytes)
 }
 
 /// The outcome of a dump: the text so far and, if any, the problem found.
@@ -88,7 +138,7 @@ impl Dump {
 
 /// Run `annal dump`.
 pub fn dump(a: &DumpArgs) -> CmdResult {
-    let bytes = std::fs::read(&a.file).map_err(|e| Failure::usage(format!("cannot read {}: {e}", a.file.display())))?;
+    let bytes = read_file(&a.file)?;
     let mut d = Dump {
         text: String::new(),
         problems: 0,
@@ -101,9 +151,14 @@ pub fn dump(a: &DumpArgs) -> CmdResult {
         Some(b"ANNALIDX") => dump_index(&b, &mut d),
         Some(b"ANNALSTB") => dump_stream_table(&b, &mut d),
         Some(b"ANNALSNP") => dump_snapshot(&b, &mut d),
+        _ if b.get(0, 4) == Some(b"HEAD")
+            || a.file.file_name().is_some_and(|n| n == annal::HEAD_FILE) && b.get(0, 4) == Some(&[0; 4]) =>
+        {
+            dump_head(&b, &mut d)
+        }
         _ => {
             return Err(Failure::usage(format!(
-                "{} is not an annal segment, index, stream table or snapshot file (its first 8 bytes are {})",
+                "{} is not an annal segment, index, stream table, head or snapshot file (its first 8 bytes are {})",
                 a.file.display(),
                 hex(b.get(0, 8).unwrap_or(&bytes))
             )));
@@ -394,6 +449,43 @@ fn dump_snapshot(b: &Bytes<'_>, d: &mut Dump) {
     if expect != len as u64 {
         d.stop = Some(format!(
             "the header gives a file length of {expect}, the file has {len} bytes"
+        ));
+    }
+}
+
+/// The head file (spec 5.2): two 64-byte slots.
+fn dump_head(b: &Bytes<'_>, d: &mut Dump) {
+    let len = b.0.len();
+    for slot in 0..2usize {
+        let o = slot * 64;
+        let Some(bytes) = b.get(o, 64) else {
+            d.stop = Some(format!(
+                "the head file needs 128 bytes (two 64-byte slots), the file has {len}"
+            ));
+            return;
+        };
+        if bytes.iter().all(|&x| x == 0) {
+            d.line(format!("slot {slot} @{o}: empty (all zero: not written yet)"));
+            continue;
+        }
+        let crc_ok = b.get(o, 4) == Some(b"HEAD") && b.crc(o + 8, o + 64) == b.u32(o + 4);
+        d.problems += u64::from(!crc_ok);
+        d.line(format!("slot {slot} @{o}:"));
+        d.line(format!("  magic:          {}", name(b.get(o, 4).unwrap_or_default())));
+        d.line(format!("  crc:            {:#010x} {}", b.u32(o + 4), ok(crc_ok)));
+        d.line(format!("  format_version: {}", b.u16(o + 8)));
+        d.line(format!("  flags:          {}", b.u16(o + 10)));
+        d.line(format!("  reserved0:      {}", b.u32(o + 12)));
+        d.line(format!("  sequence:       {}", b.u64(o + 16)));
+        d.line(format!("  segment_base:   {}", b.u64(o + 24)));
+        d.line(format!("  durable_end:    {}", b.u64(o + 32)));
+        d.line(format!("  visible_end:    {}", b.u64(o + 40)));
+        d.line(format!("  next_position:  {}", b.u64(o + 48)));
+        d.line(format!("  reserved1:      {}", b.u64(o + 56)));
+    }
+    if len != 128 {
+        d.stop = Some(format!(
+            "the head file has {len} bytes, expected 128 (two 64-byte slots)"
         ));
     }
 }

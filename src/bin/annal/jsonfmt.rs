@@ -1,7 +1,7 @@
 //! JSON and text renderings of records, RFC 3339 timestamps and base64.
 
 use annal::RecordRef;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -86,27 +86,101 @@ pub fn rfc3339(ns: u64) -> String {
     )
 }
 
-/// Insert `bytes` as `key` (a JSON value) when they are UTF-8 JSON, otherwise as
-/// `key_base64`.
-fn put_bytes(obj: &mut Map<String, Value>, key: &str, bytes: &[u8]) {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) if !bytes.is_empty() => {
-            obj.insert(key.into(), v);
+/// Deepest nesting of arrays and objects that `read --json` writes as JSON
+/// (serde_json's default recursion limit when parsing into a `Value`).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// `bytes` as JSON text if they are exactly one JSON value that a JSON-lines
+/// consumer can take back byte for byte: valid UTF-8, one value by
+/// serde_json's grammar (numbers of any size and duplicate keys are kept as
+/// written, never re-serialised), nested at most [`MAX_JSON_DEPTH`] deep, with
+/// no whitespace around it and no line break in it. Otherwise the reason it is not.
+pub fn exact_json(bytes: &[u8]) -> Result<&str, String> {
+    let s = std::str::from_utf8(bytes).map_err(|e| format!("it is not UTF-8 ({e})"))?;
+    let raw = json_value(s)?;
+    if raw.len() != s.len() {
+        return Err("it has whitespace before or after the JSON value".into());
+    }
+    if s.contains(['\n', '\r']) {
+        return Err("it has a line break".into());
+    }
+    Ok(s)
+}
+
+/// Check that `s` is one JSON value (whitespace around it allowed) nested at
+/// most [`MAX_JSON_DEPTH`] deep; return the value's text without the
+/// whitespace. Nothing is re-serialised: the text is kept as written.
+pub fn json_value(s: &str) -> Result<&str, String> {
+    let raw: &serde_json::value::RawValue = serde_json::from_str(s).map_err(|e| json_error(&e))?;
+    check_depth(raw.get())?;
+    // `raw` borrows from `s`: find its place to return a slice of `s`.
+    let start = raw.get().as_ptr() as usize - s.as_ptr() as usize;
+    Ok(&s[start..start + raw.get().len()])
+}
+
+/// A serde_json error without its "at line L column C" suffix (the caller
+/// says where: JSON given on the command line or in an import line is one line).
+pub fn json_error(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let msg = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
+    if e.column() > 0 {
+        format!("{msg} at column {}", e.column())
+    } else {
+        msg
+    }
+}
+
+/// Refuse JSON text (already known to be valid) nested deeper than
+/// [`MAX_JSON_DEPTH`].
+pub fn check_depth(text: &str) -> Result<(), String> {
+    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
         }
-        _ => {
-            obj.insert(format!("{key}_base64"), Value::String(base64_encode(bytes)));
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
+    }
+    if max > MAX_JSON_DEPTH {
+        Err(format!(
+            "it nests arrays and objects {max} deep, more than {MAX_JSON_DEPTH} (what serde_json parses)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Append `,"key":<bytes>` when the bytes are exact JSON (see [`exact_json`]),
+/// otherwise `,"key_base64":"..."`.
+fn push_bytes(out: &mut String, key: &str, bytes: &[u8]) {
+    match exact_json(bytes) {
+        Ok(json) => {
+            out.push_str(&format!(",\"{key}\":"));
+            out.push_str(json);
+        }
+        Err(_) => out.push_str(&format!(",\"{key}_base64\":\"{}\"", base64_encode(bytes))),
     }
 }
 
 /// One record as a JSON object (the line format of `read --json` and `import`),
-/// its fields in a fixed, readable order.
+/// its fields in a fixed, readable order. `data` and `metadata` are written
+/// byte for byte as stored when they are JSON (see [`exact_json`]);
+/// `schema_version` only when it is not 0, `metadata` only when not empty.
 pub fn record_json(rec: &RecordRef<'_>) -> String {
-    let mut o = Map::new();
-    put_bytes(&mut o, "data", rec.payload());
-    if !rec.metadata().is_empty() {
-        put_bytes(&mut o, "metadata", rec.metadata());
-    }
     let mut s = format!(
         "{{\"position\":{},\"stream\":{},\"version\":{},\"type\":{},\"timestamp\":\"{}\",\"id\":\"{}\"",
         rec.position(),
@@ -119,43 +193,88 @@ pub fn record_json(rec: &RecordRef<'_>) -> String {
     if rec.schema_version() != 0 {
         s.push_str(&format!(",\"schema_version\":{}", rec.schema_version()));
     }
-    for key in ["data", "data_base64", "metadata", "metadata_base64"] {
-        if let Some(v) = o.get(key) {
-            s.push_str(&format!(",\"{key}\":{v}"));
-        }
+    push_bytes(&mut s, "data", rec.payload());
+    if !rec.metadata().is_empty() {
+        push_bytes(&mut s, "metadata", rec.metadata());
     }
     s.push('}');
     s
 }
 
-/// A short, readable rendering of bytes for the text format.
+/// Whether `c` must not reach a terminal raw: C0 controls, DEL, C1 controls,
+/// the Unicode line and paragraph separators (a line break to some
+/// terminals and viewers) and the bidirectional controls (which reorder what
+/// is displayed).
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || c == '\u{2028}'
+        || c == '\u{2029}'
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` made safe for human output: control characters (C0, DEL, C1), the
+/// bidirectional controls and the backslash are escaped (`\n`, `\0`,
+/// `\u{1b}`, `\\`), so that a stream name, type or message can neither
+/// forge an output line nor drive the terminal. Everything else is unchanged.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, true)
+}
+
+/// As [`escape`], but a backslash stays as it is: for whole messages, whose
+/// names were escaped where they were formatted.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, false)
+}
+
+fn escape_with(s: &str, backslash: bool) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| (backslash && c == '\\') || is_unsafe(c)) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' if backslash => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if is_unsafe(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A short, readable rendering of bytes for the text format: UTF-8 text with
+/// its control characters escaped (see [`escape`]), cut at 200 bytes; other
+/// bytes as `<N bytes binary>`.
 fn text_bytes(bytes: &[u8]) -> String {
     const MAX: usize = 200;
     match std::str::from_utf8(bytes) {
-        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t') => {
+        Ok(s) => {
             if s.len() > MAX {
                 let mut end = MAX;
                 while !s.is_char_boundary(end) {
                     end -= 1;
                 }
-                format!("{}... ({} bytes)", &s[..end], bytes.len())
+                format!("{}... ({} bytes)", escape(&s[..end]), bytes.len())
             } else {
-                s.to_owned()
+                escape(s).into_owned()
             }
         }
         _ => format!("<{} bytes binary>", bytes.len()),
     }
 }
 
-/// One record as one readable line.
+/// One record as one readable line (names, types and text escaped).
 pub fn record_text(rec: &RecordRef<'_>) -> String {
     let mut line = format!(
         "{:>8}  {}  {}@{}  {}  {}",
         rec.position(),
         rfc3339(rec.timestamp()),
-        rec.stream(),
+        escape(rec.stream()),
         rec.stream_version(),
-        rec.event_type(),
+        escape(rec.event_type()),
         text_bytes(rec.payload())
     );
     if !rec.metadata().is_empty() {
@@ -177,6 +296,40 @@ mod tests {
         }
         assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64_encode(b"fo"), "Zm8=");
+    }
+
+    #[test]
+    fn escape_neutralises_controls_and_bidi() {
+        assert_eq!(escape("order-1"), "order-1");
+        assert_eq!(
+            escape("a\nb\0c\u{1b}[31m\u{7f}\u{85}\u{202e}\\"),
+            "a\\nb\\0c\\u{1b}[31m\\u{7f}\\u{85}\\u{202e}\\\\"
+        );
+        assert_eq!(escape_controls("a\\b\n"), "a\\b\\n");
+        assert_eq!(escape("p\u{2028}q\u{2066}"), "p\\u{2028}q\\u{2066}");
+    }
+
+    #[test]
+    fn exact_json_keeps_bytes_and_refuses_what_does_not_round_trip() {
+        for ok in [
+            "18446744073709551616",
+            "{\"a\":1E5,\"a\":12345678901234567890123}",
+            "{\"z\":1,\"a\":2}",
+            "[1e400]",
+            "null",
+            "{\"a\" : [ 1 ,2 ]}",
+        ] {
+            assert_eq!(exact_json(ok.as_bytes()), Ok(ok));
+        }
+        for bad in ["", " 1", "1 ", "{\n}", "{", "[1,]", "\u{1}", "{\"a\":\"\u{1}\"}"] {
+            assert!(exact_json(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(exact_json(b"\xff").is_err());
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        assert!(exact_json(deep.as_bytes()).unwrap_err().contains("129 deep"));
+        let ok = format!("{}\"[[\"{}", "[".repeat(128), "]".repeat(128));
+        assert!(exact_json(ok.as_bytes()).is_ok());
+        assert_eq!(json_value(" {} \n"), Ok("{}"));
     }
 
     #[test]

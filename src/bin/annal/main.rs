@@ -121,7 +121,9 @@ fn main() -> ExitCode {
         // The reader of our output went away (`annal read | head`): not an error.
         Err(f) if f.code == 0 => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("annal: {}", f.message);
+            // Messages may quote names from the log or the input: never let
+            // them forge a line or drive the terminal.
+            eprintln!("annal: {}", jsonfmt::escape_controls(&f.message));
             ExitCode::from(f.code)
         }
     }

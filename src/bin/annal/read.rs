@@ -2,14 +2,14 @@
 //! `annal::Reader`, without the writer lock.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use annal::{Direction, Reader, RecordRef};
 use clap::Args;
 
-use crate::jsonfmt::{record_json, record_text, rfc3339};
+use crate::jsonfmt::{escape, escape_controls, record_json, record_text, rfc3339};
 use crate::{CmdResult, Failure, out_err};
 
 pub const READ_HELP: &str = "Examples:
@@ -17,39 +17,76 @@ pub const READ_HELP: &str = "Examples:
   annal read ./events --stream order-42 --json
   annal read ./events --category order --from 1000 --limit 20
   annal read ./events --backward --limit 10
-  annal read ./old --json | annal import ./new
+  annal read ./events --json | annal import ./copy-of-events
 
 --from is a stream version with --stream, a global position otherwise
-(inclusive; with --backward the reading goes down from it). With --json, one
-object per line: position, stream, version, type, timestamp (RFC 3339 UTC),
-id, data (JSON) or data_base64, metadata or metadata_base64.
+(inclusive; with --backward the reading goes down from it; use --backward to
+read from the end: there are no negative positions).
+
+With --json, one object per line: position, stream, version, type, timestamp
+(RFC 3339 UTC), id, then schema_version (only when it is not 0), then data and
+metadata (metadata only when not empty). data and metadata are written byte for
+byte as stored when the bytes are UTF-8 JSON: one JSON value as serde_json
+parses it (numbers of any size, repeated keys and key order kept exactly as
+written; arrays and objects nested at most 128 deep), with no whitespace
+around it and no line break in it; otherwise as data_base64 / metadata_base64
+(standard base64 of the exact bytes). So `read --json | import` copies every
+payload exactly.
+
+Without --json, one line per event; control characters in names, types and
+text (newline, NUL, ESC, DEL, C1, bidirectional controls) and the backslash
+are escaped (\\n, \\0, \\u{1b}, \\\\); non-UTF-8 payloads print as <N bytes binary>.
 
 Reads without the writer lock, so it works while a writer is running.
 Exit codes: 0 success; 1 corrupt data found; 2 could not run (bad arguments,
 not a log, unreadable path).";
 
 pub const TAIL_HELP: &str = "Examples:
-  annal tail ./events
-  annal tail ./events --stream order-42 --from 0 --json | jq .type
+  annal tail ./events --from 0 --limit 3
+  annal tail ./events --stream order-42 --from 0 --limit 2 --json | head -n 1
 
 Starts at the end of the log (only new events) unless --from is given (a
 stream version with --stream, a global position otherwise), and follows until
-interrupted (Ctrl-C). A stream that does not exist yet is waited for. Each
-event is written and flushed as it arrives. Output as for `annal read`.
+interrupted (Ctrl-C), or until --limit events were printed. A stream that does
+not exist yet is waited for. Each event is written and flushed as it arrives.
+Output as for `annal read`.
 
-Exit codes: 0 the output was closed; 1 corrupt data found; 2 could not run
-(bad arguments, not a log, unreadable path).";
+Exit codes: 0 --limit reached or the output was closed; 1 corrupt data found;
+2 could not run (bad arguments, not a log, unreadable path).";
 
 pub const STATS_HELP: &str = "Examples:
   annal stats ./events
   annal stats ./events --json
 
 Replays every record (checking each CRC) without the writer lock and prints
-segments, bytes, events, streams, first and last position and timestamp, and
-the 10 largest streams.
+the number of segments, the segment bytes (the bytes of the segment files
+that hold events; `annal check` counts the bytes of every file it reads),
+events, streams, first and last position and timestamp, and the 10 largest
+streams (names escaped as in `annal read`). On a terminal, a progress bar
+shows the replay.
 
 Exit codes: 0 success; 1 corrupt data found; 2 could not run (not a log,
 unreadable path).";
+
+/// A position or stream version for --from.
+fn parse_from(s: &str) -> Result<u64, String> {
+    s.parse::<u64>().map_err(|_| {
+        if s.starts_with('-') {
+            format!(
+                "{s:?}: positions and versions start at 0 and are never negative; to read from the end, use \
+                 --backward (without --from), e.g. --backward --limit 10"
+            )
+        } else {
+            format!("{s:?} is not a position or version (a whole number from 0 to 18446744073709551615)")
+        }
+    })
+}
+
+/// A count for --limit.
+fn parse_limit(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .map_err(|_| format!("{s:?} is not a count of events (a whole number from 0)"))
+}
 
 /// Arguments of `annal read`.
 #[derive(Args)]
@@ -66,13 +103,13 @@ pub struct ReadArgs {
     #[arg(long)]
     event_type: Option<String>,
     /// Start here: a stream version with --stream, a global position otherwise.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_from)]
     from: Option<u64>,
     /// Newest first.
     #[arg(long)]
     backward: bool,
     /// Print at most this many events.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_limit)]
     limit: Option<u64>,
     /// One JSON object per line.
     #[arg(long)]
@@ -163,8 +200,11 @@ pub struct TailArgs {
     category: Option<String>,
     /// Start here (a stream version with --stream, a global position otherwise)
     /// instead of at the end of the log.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_from)]
     from: Option<u64>,
+    /// Exit 0 once this many events were printed.
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_limit)]
+    limit: Option<u64>,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -182,6 +222,10 @@ pub fn tail(a: &TailArgs) -> CmdResult {
     let mut start_at_end = a.stream.is_some() && a.from.is_none();
     let mut out = std::io::stdout().lock();
     let poll = Duration::from_millis(75);
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    if left == 0 {
+        return Ok(());
+    }
     loop {
         let view = reader.view()?;
         if start_at_end {
@@ -199,6 +243,10 @@ pub fn tail(a: &TailArgs) -> CmdResult {
             if wanted {
                 write_record(&mut out, &rec, a.json)?;
                 out.flush().map_err(out_err)?;
+                left -= 1;
+                if left == 0 {
+                    return Ok(());
+                }
             }
         }
         drop(view);
@@ -224,9 +272,34 @@ pub fn stats(a: &StatsArgs) -> CmdResult {
     let mut events = 0u64;
     let mut first: Option<(u64, u64)> = None;
     let mut last: Option<(u64, u64)> = None;
+    // A replay of a big log takes a while: show it on a terminal.
+    let bar = if !a.json && std::io::stderr().is_terminal() {
+        let pb = indicatif::ProgressBar::new(view.next_position());
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec}, {eta})",
+        ) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        Some(pb)
+    } else {
+        None
+    };
     for rec in view.read_all(0) {
-        let rec = rec?;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(pb) = &bar {
+                    pb.finish_and_clear();
+                }
+                return Err(e.into());
+            }
+        };
         events += 1;
+        if let Some(pb) = &bar
+            && events.is_multiple_of(1 << 16)
+        {
+            pb.set_position(rec.position());
+        }
         first.get_or_insert((rec.position(), rec.timestamp()));
         last = Some((rec.position(), rec.timestamp()));
         match streams.get_mut(rec.stream()) {
@@ -236,6 +309,9 @@ pub fn stats(a: &StatsArgs) -> CmdResult {
             }
         }
     }
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
     let mut top: Vec<(&String, &u64)> = streams.iter().collect();
     top.sort_by(|x, y| y.1.cmp(x.1).then_with(|| x.0.cmp(y.0)));
     top.truncate(10);
@@ -244,7 +320,7 @@ pub fn stats(a: &StatsArgs) -> CmdResult {
         let v = serde_json::json!({
             "directory": a.dir.display().to_string(),
             "segments": view.segment_count(),
-            "bytes": view.len_bytes(),
+            "segment_bytes": view.len_bytes(),
             "events": events,
             "streams": streams.len(),
             "first_position": first.map(|f| f.0),
@@ -258,19 +334,19 @@ pub fn stats(a: &StatsArgs) -> CmdResult {
     }
     let mut s = String::new();
     use std::fmt::Write as _;
-    let _ = writeln!(s, "directory:  {}", a.dir.display());
-    let _ = writeln!(s, "segments:   {}", view.segment_count());
-    let _ = writeln!(s, "bytes:      {}", view.len_bytes());
-    let _ = writeln!(s, "events:     {events}");
-    let _ = writeln!(s, "streams:    {}", streams.len());
+    let _ = writeln!(s, "directory:     {}", escape_controls(&a.dir.display().to_string()));
+    let _ = writeln!(s, "segments:      {}", view.segment_count());
+    let _ = writeln!(s, "segment bytes: {}", view.len_bytes());
+    let _ = writeln!(s, "events:        {events}");
+    let _ = writeln!(s, "streams:       {}", streams.len());
     if let (Some(f), Some(l)) = (first, last) {
-        let _ = writeln!(s, "positions:  {} .. {}", f.0, l.0);
-        let _ = writeln!(s, "timestamps: {} .. {}", rfc3339(f.1), rfc3339(l.1));
+        let _ = writeln!(s, "positions:     {} .. {}", f.0, l.0);
+        let _ = writeln!(s, "timestamps:    {} .. {}", rfc3339(f.1), rfc3339(l.1));
     }
     if !top.is_empty() {
         let _ = writeln!(s, "largest streams:");
         for (name, n) in &top {
-            let _ = writeln!(s, "  {n:>10}  {name}");
+            let _ = writeln!(s, "  {n:>10}  {}", escape(name));
         }
     }
     out.write_all(s.as_bytes()).map_err(out_err)?;
