@@ -68,7 +68,8 @@ pub fn chain_head(dir: &Path) -> Result<Option<ChainHead>> {
         });
     };
     // The reader validated the header and every frame of these bytes.
-    let header = SegmentHeader::parse(bytes).map_err(|d| d.at(dir))?;
+    let seg_path = view.last_segment_path().unwrap_or(dir);
+    let header = SegmentHeader::parse(bytes).map_err(|d| d.at(seg_path))?;
     let format = LogFormat::of(header);
     if !format.chained() {
         return Ok(None);

@@ -903,11 +903,14 @@ impl IndexCell {
             Some(p) => match IdxFile::open_for(p, self.base, segment) {
                 Ok(Some(f)) => Index::Disk(Arc::new(f)),
                 Ok(None) => self.rebuilt(p, segment, None)?,
+                // Not damage: the file may well be intact (EMFILE, ENOMEM,
+                // ...). Reported as such, and nothing is rebuilt or rewritten.
+                Err(d) if d.is_io() => return Err(d.at(p)),
                 Err(d) => self.rebuilt(p, segment, Some(d))?,
             },
             None => {
                 // Live cells are created with their index; nothing to open.
-                let mem = MemIndex::rebuild(segment).map_err(|d| d.at(""))?;
+                let mem = MemIndex::rebuild(segment).map_err(|d| d.at(self.segment_path()))?;
                 Index::Mem(Arc::new(RwLock::new(mem)))
             }
         };
@@ -938,11 +941,21 @@ impl IndexCell {
     /// `segment`.
     pub(crate) fn damaged(&self, segment: &[u8], d: Damage) -> Result<Index, Error> {
         let Some(p) = self.path.clone() else {
-            return Err(d.at(""));
+            return Err(d.at(self.segment_path()));
         };
         let idx = self.rebuilt(&p, segment, Some(d))?;
         *lock_write(&self.state) = Some(idx.clone());
         Ok(idx)
+    }
+
+    /// The segment file this index describes (for messages): beside the
+    /// index file, or, for the active segment's cell (no index file), its
+    /// name alone, the directory being unknown here.
+    fn segment_path(&self) -> PathBuf {
+        match &self.path {
+            Some(p) => p.with_extension("seg"),
+            None => PathBuf::from(crate::segment::segment_file_name(self.base)),
+        }
     }
 
     /// The damage found in this segment's index file, if any.

@@ -89,7 +89,7 @@ pub use streamtable::STREAM_TABLE_FILE;
 pub use subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, SubscriptionFilter};
 pub use typed::{Event, Typed, Upcasters};
 pub use uuid::Uuid;
-pub use view::{LogView, ReadAll, ReadOptions, Reader};
+pub use view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered};
 
 #[cfg(test)]
 mod tests {

@@ -572,6 +572,8 @@ fn ensure_table(
             report.rebuilt_stream_table = true;
             Some(t)
         }
+        // An I/O failure is not damage: the table may be intact.
+        Err(d) if d.is_io() => return Err(d.at(&path)),
         _ => None,
     };
     let table = match table {

@@ -23,9 +23,12 @@ use crate::format::{
 use crate::head;
 use crate::index::{Index, IndexCell, MemIndex, NO_ROW, StreamInfo};
 use crate::io::read_exact_at;
+use crate::recovery::LOCK_FILE;
 use crate::mmap::Mapping;
 use crate::record::{RecordRef, parse_validated};
-use crate::segment::{parse_segment_file_name, segment_file_name, validate_frame};
+use crate::segment::{
+    MAX_FRAME_LEN, parse_segment_file_name, resync_max_durable_in, segment_file_name, validate_frame,
+};
 use crate::streamtable::{STREAM_TABLE_FILE, StreamTable};
 
 /// One segment as seen by a view.
@@ -114,6 +117,43 @@ pub struct LogView {
     pub(crate) segments: Arc<[ViewSegment]>,
     pub(crate) table: Option<Arc<StreamTable>>,
     next_position: u64,
+    unrecovered: Option<Unrecovered>,
+}
+
+/// Where a [`Reader`]'s view stops vouching for a log that was not cleanly
+/// closed and has not been recovered since: what [`LogView::unrecovered`]
+/// returns.
+///
+/// The view delivers every event below `position`, each validated. Past byte
+/// `offset` of `segment` the files hold bytes that the head file does not
+/// declare visible and durable (a writer crashed, or the power was cut, before
+/// it recorded them), or the head has no valid slot for that segment: those
+/// bytes may hold events that were acknowledged, or a torn write that recovery
+/// will cut. Nothing past them is delivered until a writer opens the log
+/// (which recovers it) or `annal check --repair` runs.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrecovered {
+    /// The segment file holding the bytes the view cannot vouch for.
+    pub segment: PathBuf,
+    /// The byte offset in `segment` past which the view cannot vouch.
+    pub offset: u64,
+    /// The first position the view does not deliver (its
+    /// [`LogView::next_position`]).
+    pub position: u64,
+}
+
+impl std::fmt::Display for Unrecovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the log was not cleanly closed and has not been recovered: events from position {} on \
+             (past byte {} of {}) cannot be vouched for; open it with a writer or run `annal check --repair`",
+            self.position,
+            self.offset,
+            self.segment.display()
+        )
+    }
 }
 
 /// How to read.
@@ -136,7 +176,25 @@ impl LogView {
             segments: segments.into(),
             table,
             next_position,
+            unrecovered: None,
         }
+    }
+
+    /// Set when no writer holds the log and it was not cleanly closed nor
+    /// recovered since: the view delivers every event below
+    /// [`Unrecovered::position`] and cannot vouch for what the files hold
+    /// past [`Unrecovered::offset`] of [`Unrecovered::segment`] (bytes the
+    /// head file does not declare visible and durable, or no valid head slot
+    /// for the active segment). Such bytes may hold acknowledged events (the
+    /// head file is not synced at every commit) or a torn write; they are
+    /// delivered once a writer opens the log (which recovers it) or after
+    /// `annal check --repair`.
+    ///
+    /// `None` for a cleanly closed or recovered log, while a writer holds the
+    /// log (bytes past the visible end are then a write in progress), and for
+    /// the writer's own views.
+    pub fn unrecovered(&self) -> Option<&Unrecovered> {
+        self.unrecovered.as_ref()
     }
 
     /// Damage found in index files while reading (each was rebuilt from its
@@ -159,6 +217,11 @@ impl LogView {
     /// Total mapped bytes of the view.
     pub fn len_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.map.bytes().len() as u64).sum()
+    }
+
+    /// The path of the last segment of the view (for messages).
+    pub(crate) fn last_segment_path(&self) -> Option<&Path> {
+        self.segments.last().map(|s| s.path.as_path())
     }
 
     /// The visible bytes of each segment, in log order: the memory mappings
@@ -412,9 +475,37 @@ struct ActiveRead {
     cell: Arc<IndexCell>,
     validated_end: u64,
     next_position: u64,
+    /// Largest `durable_end` among the validated frames (spec 5.1, rule 2).
+    max_durable: u64,
+    /// The file's length at the last validation.
+    file_len: u64,
+    /// The last resynchronisation scan: (from, file length, its maximum).
+    resync: Option<(u64, u64, u64)>,
     map: Option<Arc<Mapping>>,
     buf: Vec<u8>,
 }
+
+/// `pread` exactly `buf.len()` bytes at `off` of `path`: an OS failure is
+/// [`Error::Io`]; a file that ends first (it shrank under the reader) is
+/// [`Error::Corrupt`] at the offset where the bytes are missing.
+fn pread(file: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<()> {
+    match read_exact_at(file, buf, off) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {
+            path: path.to_owned(),
+            offset: off,
+            detail: format!(
+                "expected {} bytes here, found the end of the file (it was cut while being read)",
+                buf.len()
+            ),
+        }),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Bytes read per step of a reader's resynchronisation scan (plus a frame
+/// header's worth of overlap): its memory, whatever the file's length.
+const RESYNC_CHUNK: u64 = 1 << 20;
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
@@ -433,8 +524,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
 pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result<SegmentHeader> {
     let mut buf = [0u8; SEGMENT_HEADER_LEN];
     let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-    let n = (len as usize).min(SEGMENT_HEADER_LEN);
-    read_exact_at(file, &mut buf[..n], 0).map_err(|e| Error::io("read", path, e))?;
+    let n = usize::try_from(len).unwrap_or(usize::MAX).min(SEGMENT_HEADER_LEN);
+    pread(file, &mut buf[..n], 0, path)?;
     let h = *SegmentHeader::parse(&buf[..n]).map_err(|d| d.at(path))?;
     if h.base_position.get() != base {
         return Err(Error::Corrupt {
@@ -471,8 +562,20 @@ pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
         &path,
     )?;
     let bytes = map.bytes();
+    // The file may be shorter than a header and a seal (truncated, or cut
+    // between the header check and the stat): no slice is taken unchecked.
     let seal_at = bytes.len().saturating_sub(FRAME_HEADER_LEN).max(SEGMENT_HEADER_LEN);
-    let seal = validate_frame(&bytes[seal_at..], seal_at as u64, true)
+    let seal = match bytes.get(seal_at..).filter(|b| b.len() >= FRAME_HEADER_LEN) {
+        Some(tail) => validate_frame(tail, seal_at as u64, true),
+        None => Err(Damage::corrupt(
+            bytes.len() as u64,
+            format!(
+                "expected a {SEGMENT_HEADER_LEN}-byte header and a {FRAME_HEADER_LEN}-byte seal, found a file of {} bytes",
+                bytes.len()
+            ),
+        )),
+    };
+    let seal = seal
         .and_then(|f| {
             if f.kind == FRAME_KIND_SEAL {
                 Ok(f)
@@ -610,6 +713,9 @@ impl Reader {
                 index,
                 validated_end: SEGMENT_HEADER_LEN as u64,
                 next_position: last,
+                max_durable: SEGMENT_HEADER_LEN as u64,
+                file_len: 0,
+                resync: None,
                 map: None,
                 buf: Vec::new(),
             });
@@ -622,14 +728,18 @@ impl Reader {
             // A damaged table is not used: lookups search the indexes.
             Err(_) => None,
         };
+        let newest = bases.last().copied();
         let Some(active) = self.active.as_mut() else {
             return Ok(LogView::new(self.sealed.clone(), self.sealed_next, table));
         };
-        let (limit, durable) = match head {
+        // Spec 5.1 rule 3: the head's current slot counts if it names the
+        // active segment (whether it is the newer slot or, the newer one
+        // being torn, the older).
+        let (limit, head_durable) = match head {
             Some(h) if h.segment_base == last => (h.visible_end, h.durable_end),
             _ => (u64::MAX, 0),
         };
-        active.validate(limit, durable)?;
+        active.validate(limit, head_durable)?;
         let mut segs = self.sealed.clone();
         let map = match &active.map {
             Some(m) if m.bytes().len() as u64 == active.validated_end => m.clone(),
@@ -645,75 +755,202 @@ impl Reader {
             map,
             index: active.cell.clone(),
         });
-        Ok(LogView::new(segs, active.next_position, table))
+        let mut view = LogView::new(segs, active.next_position, table);
+        view.unrecovered = self.unrecovered(head, newest, view.next_position)?;
+        Ok(view)
+    }
+
+    /// The not-yet-recovered signal of a view just taken (see
+    /// [`LogView::unrecovered`]): `head` is the head's current slot, `newest`
+    /// the newest segment file, `position` the view's next position.
+    fn unrecovered(&self, head: Option<head::Head>, newest: Option<u64>, position: u64) -> Result<Option<Unrecovered>> {
+        let Some(active) = self.active.as_ref() else {
+            return Ok(None);
+        };
+        let head_names_active = head.is_some_and(|h| h.segment_base == active.base);
+        // Bytes past what the view delivers in the segment it reads last, or
+        // no head slot vouching for that segment while it holds frames.
+        let mut doubt = (active.file_len > active.validated_end
+            || (!head_names_active && active.file_len > SEGMENT_HEADER_LEN as u64))
+            .then(|| (active.path.to_path_buf(), active.validated_end));
+        // A newer segment the (stale) head does not name yet, holding frames.
+        if doubt.is_none()
+            && let Some(n) = newest.filter(|&n| n > active.base)
+        {
+            let path = self.dir.join(segment_file_name(n));
+            let len = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(Error::io("stat", &path, e)),
+            };
+            if len > SEGMENT_HEADER_LEN as u64 {
+                doubt = Some((path, SEGMENT_HEADER_LEN as u64));
+            }
+        }
+        let Some((segment, offset)) = doubt else {
+            return Ok(None);
+        };
+        // Probed last: a writer that took the lock since recovered the log
+        // (or is appending, which is normal).
+        if crate::io::lock_held(&self.dir.join(LOCK_FILE)) {
+            return Ok(None);
+        }
+        Ok(Some(Unrecovered {
+            segment,
+            offset,
+            position,
+        }))
     }
 }
 
 impl ActiveRead {
-    /// Validate complete frames from `validated_end` up to `limit` by copying
-    /// them. Damage below `durable` is corruption; past it, the writer may be
-    /// mid-write (or crashed), so validation stops quietly.
-    fn validate(&mut self, limit: u64, durable: u64) -> Result<()> {
+    /// Validate complete frames from `validated_end` up to `limit` (the
+    /// head's `visible_end`, or no limit) by copying them. A frame that is not
+    /// complete at offset `X` below the durable boundary `B` (spec 5.1: the
+    /// largest of 128, `head_durable` and the `durable_end` of every valid
+    /// frame header in the file, found past the damage by resynchronisation)
+    /// is corruption; at or past `B` it is a torn or in-progress write, and
+    /// validation stops there quietly.
+    fn validate(&mut self, limit: u64, head_durable: u64) -> Result<()> {
         let file_len = self
             .file
             .metadata()
             .map_err(|e| Error::io("stat", &*self.path, e))?
             .len();
-        let limit = limit.min(file_len);
-        loop {
+        self.file_len = file_len;
+        let end = limit.min(file_len);
+        let stop = loop {
             let off = self.validated_end;
-            if off + FRAME_HEADER_LEN as u64 > limit {
-                break;
+            if off >= end {
+                break None;
+            }
+            let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
+                break Some(Damage::corrupt(
+                    off,
+                    format!(
+                        "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
+                        file_len - off
+                    ),
+                ));
+            };
+            if hdr_end > end {
+                // The visible end falls inside: not visible yet.
+                break None;
             }
             let mut hdr = [0u8; FRAME_HEADER_LEN];
-            read_exact_at(&self.file, &mut hdr, off).map_err(|e| Error::io("read", &*self.path, e))?;
-            let step = FrameHeader::parse(&hdr, off)
-                .map(|h| h.frame_len.get())
-                .and_then(|len| {
-                    if off + len > limit {
-                        return Ok(None);
-                    }
-                    // len <= limit - off <= file length: a checked allocation.
-                    self.buf.resize(len as usize, 0);
-                    read_exact_at(&self.file, &mut self.buf, off)
-                        .map_err(|e| Damage::corrupt(off, format!("read failed: {e}")))?;
-                    let f = validate_frame(&self.buf, off, true)?;
-                    if f.first_position != self.next_position {
-                        return Err(Damage::corrupt(
-                            off + 16,
-                            format!(
-                                "expected a frame starting at position {}, found {}",
-                                self.next_position, f.first_position
-                            ),
-                        ));
-                    }
-                    Ok(Some(f))
+            pread(&self.file, &mut hdr, off, &self.path)?;
+            let h = match FrameHeader::parse(&hdr, off) {
+                Ok(h) => h,
+                Err(d) => break Some(d),
+            };
+            let len = h.frame_len.get();
+            // Before any allocation or read: a length from the file bounds
+            // nothing (spec 8; a sparse file can claim any length).
+            if len > MAX_FRAME_LEN {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!("frame_len {len} is more than the largest frame a reader accepts ({MAX_FRAME_LEN} bytes)"),
+                ));
+            }
+            let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!(
+                        "frame_len {len} runs past the end of the file ({} bytes remain)",
+                        file_len - off
+                    ),
+                ));
+            };
+            if frame_end > end {
+                break None;
+            }
+            // len <= MAX_FRAME_LEN: a bounded allocation.
+            let Ok(len_usize) = usize::try_from(len) else {
+                break Some(Damage::corrupt(off + 8, format!("frame_len {len} cannot be held in memory")));
+            };
+            self.buf.resize(len_usize, 0);
+            pread(&self.file, &mut self.buf, off, &self.path)?;
+            let f = match validate_frame(&self.buf, off, true) {
+                Ok(f) => f,
+                Err(d) => break Some(d),
+            };
+            if f.first_position != self.next_position {
+                break Some(Damage::corrupt(
+                    off + 16,
+                    format!(
+                        "expected a frame starting at position {}, found {}",
+                        self.next_position, f.first_position
+                    ),
+                ));
+            }
+            if f.kind == FRAME_KIND_BATCH {
+                self.index
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add_frame(&self.buf, off);
+            }
+            self.validated_end = frame_end;
+            self.next_position = f.next_position();
+            self.max_durable = self.max_durable.max(f.durable_end);
+        };
+        // Large buffers are not kept between refreshes.
+        if self.buf.capacity() > RESYNC_CHUNK as usize {
+            self.buf = Vec::new();
+        }
+        if let Some(d) = stop {
+            let x = self.validated_end;
+            let known = (SEGMENT_HEADER_LEN as u64).max(head_durable).max(self.max_durable);
+            let boundary = if x < known { known } else { known.max(self.resync(x, file_len)?) };
+            if x < boundary {
+                return Err(Error::Corrupt {
+                    path: self.path.to_path_buf(),
+                    offset: d.offset,
+                    detail: format!(
+                        "{}; the damaged frame starts at byte {x}, below the durable boundary at byte {boundary}, \
+                         so this is damage to durable data, not a torn write (the events from position {} on \
+                         cannot be read)",
+                        d.detail(),
+                        self.next_position
+                    ),
                 });
-            match step {
-                Ok(Some(f)) => {
-                    if f.kind == FRAME_KIND_BATCH {
-                        self.index
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .add_frame(&self.buf, off);
-                    }
-                    self.validated_end = off + f.len;
-                    self.next_position = f.next_position();
-                }
-                Ok(None) => break,
-                Err(d) if off < durable => return Err(d.at(&*self.path)),
-                Err(_) => break,
             }
         }
-        if self.validated_end < durable {
+        if self.validated_end < head_durable {
             return Err(Error::Corrupt {
                 path: self.path.to_path_buf(),
                 offset: self.validated_end,
                 detail: format!(
-                    "the head file says bytes up to {durable} are durable, but complete batches end here                      (the file is {file_len} bytes long): durable data is missing or damaged"
+                    "the head file says bytes up to {head_durable} are durable, but complete batches end here \
+                     (the file is {file_len} bytes long): durable data is missing or damaged"
                 ),
             });
         }
         Ok(())
+    }
+
+    /// The largest `durable_end` of a valid frame header at or past `from`
+    /// (spec 6, resynchronisation), read by copying the file in bounded
+    /// pieces: memory stays at one piece whatever the file's length. The
+    /// result is kept until the file's length or `from` changes.
+    fn resync(&mut self, from: u64, file_len: u64) -> Result<u64> {
+        if let Some((f, l, best)) = self.resync
+            && f == from
+            && l == file_len
+        {
+            return Ok(best);
+        }
+        let mut best = 0;
+        let mut at = from.next_multiple_of(crate::format::ALIGN);
+        let mut chunk = Vec::new();
+        while at < file_len {
+            let n = (file_len - at).min(RESYNC_CHUNK + FRAME_HEADER_LEN as u64);
+            // n <= RESYNC_CHUNK + 72.
+            chunk.resize(n as usize, 0);
+            pread(&self.file, &mut chunk, at, &self.path)?;
+            best = best.max(resync_max_durable_in(&chunk, at, from, at.saturating_add(RESYNC_CHUNK)));
+            at = at.saturating_add(RESYNC_CHUNK);
+        }
+        self.resync = Some((from, file_len, best));
+        Ok(best)
     }
 }
