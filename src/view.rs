@@ -550,6 +550,34 @@ fn torn_at_creation(path: &Path, base: u64) -> bool {
     meta.len() <= SEGMENT_HEADER_LEN as u64 && read_segment_header(&file, path, base).is_err()
 }
 
+/// Check the bytes of a sealed segment as mapped: a header, and a seal as its
+/// last frame. The bytes may be of any length (the file may have been cut, or
+/// have shrunk between the header check and the mapping): no slice is taken
+/// unchecked.
+fn sealed_segment_seal(bytes: &[u8]) -> Result<crate::segment::Frame, Damage> {
+    let min = SEGMENT_HEADER_LEN + FRAME_HEADER_LEN;
+    if bytes.len() < min {
+        return Err(Damage::corrupt(
+            bytes.len() as u64,
+            format!(
+                "expected at least a {SEGMENT_HEADER_LEN}-byte header and a {FRAME_HEADER_LEN}-byte seal ({min} bytes), found a file of {} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    SegmentHeader::parse(bytes)?;
+    let seal_at = bytes.len() - FRAME_HEADER_LEN;
+    let tail = bytes.get(seal_at..).unwrap_or_default();
+    let f = validate_frame(tail, seal_at as u64, true)?;
+    if f.kind != FRAME_KIND_SEAL {
+        return Err(Damage::corrupt(
+            seal_at as u64,
+            "expected a seal frame at the end of a sealed segment, found a batch",
+        ));
+    }
+    Ok(f)
+}
+
 /// Open a sealed segment: check its header and that it ends with a seal, then
 /// map it whole. Returns the segment and the seal's next position.
 pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
@@ -561,39 +589,14 @@ pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
         file.metadata().map_err(|e| Error::io("stat", &path, e))?.len(),
         &path,
     )?;
-    let bytes = map.bytes();
-    // The file may be shorter than a header and a seal (truncated, or cut
-    // between the header check and the stat): no slice is taken unchecked.
-    let seal_at = bytes.len().saturating_sub(FRAME_HEADER_LEN).max(SEGMENT_HEADER_LEN);
-    let seal = match bytes.get(seal_at..).filter(|b| b.len() >= FRAME_HEADER_LEN) {
-        Some(tail) => validate_frame(tail, seal_at as u64, true),
-        None => Err(Damage::corrupt(
-            bytes.len() as u64,
-            format!(
-                "expected a {SEGMENT_HEADER_LEN}-byte header and a {FRAME_HEADER_LEN}-byte seal, found a file of {} bytes",
-                bytes.len()
-            ),
-        )),
-    };
-    let seal = seal
-        .and_then(|f| {
-            if f.kind == FRAME_KIND_SEAL {
-                Ok(f)
-            } else {
-                Err(Damage::corrupt(
-                    seal_at as u64,
-                    "expected a seal frame at the end of a sealed segment, found a batch",
-                ))
-            }
-        })
-        .map_err(|d| Error::Corrupt {
-            path: path.clone(),
-            offset: d.offset,
-            detail: format!(
-                "a segment followed by another must end with a seal (is it truncated?): {}",
-                d.detail()
-            ),
-        })?;
+    let seal = sealed_segment_seal(map.bytes()).map_err(|d| Error::Corrupt {
+        path: path.clone(),
+        offset: d.offset,
+        detail: format!(
+            "a segment followed by another must end with a seal (is it truncated?): {}",
+            d.detail()
+        ),
+    })?;
     let idx_path = dir.join(crate::log::index_file_name(base));
     Ok((
         ViewSegment {
@@ -952,5 +955,33 @@ impl ActiveRead {
         }
         self.resync = Some((from, file_len, best));
         Ok(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventData, ExpectedVersion, Log, Options};
+
+    /// A sealed segment's bytes of any length (a file cut, or shrinking
+    /// between the header check and the mapping) give damage naming an
+    /// offset inside them, never a panic; only the whole segment passes.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn sealed_segment_bytes_of_every_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), Options::default().segment_size(600)).unwrap();
+        for i in 0..8u8 {
+            log.append("s", ExpectedVersion::Any, &[EventData::new("E", vec![i; 100])])
+                .unwrap();
+        }
+        log.close().unwrap();
+        let bytes = std::fs::read(dir.path().join(segment_file_name(0))).unwrap();
+        assert!(bytes.len() > 300);
+        assert!(sealed_segment_seal(&bytes).is_ok());
+        for len in 0..bytes.len() {
+            let d = sealed_segment_seal(&bytes[..len]).unwrap_err();
+            assert!(d.offset <= len as u64, "{len}: {d:?}");
+        }
     }
 }
