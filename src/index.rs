@@ -879,6 +879,24 @@ impl IndexCell {
         }
     }
 
+    /// Whether the index in use was rebuilt because its file did not exist
+    /// (so [`IndexCell::retry_disk`] may switch to the file).
+    pub(crate) fn is_missing(&self) -> bool {
+        self.missing.load(Ordering::Acquire)
+    }
+
+    /// A cell for the same segment and index file holding nothing yet (it
+    /// opens the file on first use): for a cache that lets go of this one's
+    /// mapping. Damage found in this cell is not carried over (the file is
+    /// checked again when opened); the writer's notification is.
+    pub(crate) fn fresh(&self) -> IndexCell {
+        let cell = IndexCell::new(self.base, self.path.clone(), None);
+        if let Some(n) = self.notify.get() {
+            cell.notify(n);
+        }
+        cell
+    }
+
     /// The index file was rewritten from the in-memory index now in use.
     pub(crate) fn mark_rewritten(&self) {
         self.rewritten.store(true, Ordering::Release);

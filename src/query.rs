@@ -242,16 +242,16 @@ impl LogView {
     pub fn position_at_time(&self, time: u64) -> Result<u64> {
         // Timestamp of the first record of batch `off` in `seg` (search only;
         // the batch that decides is validated below).
-        let first_ts = |seg: &ViewSegment, off: u64| -> Option<u64> {
+        let first_ts = |seg: &ViewSegment, off: u64| -> Result<Option<u64>> {
             let at = offset_plus(off, FRAME_HEADER_LEN + 24);
-            seg.map
-                .bytes()
+            Ok(seg
+                .bytes()?
                 .get(at..at.saturating_add(8))
-                .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])))
         };
         let first_of = |seg: &ViewSegment| -> Result<Option<u64>> {
             Ok(match seg.with_index(|x| x.frame(0))? {
-                Some((_, off)) if (off as usize) < seg.map.bytes().len() => first_ts(seg, off),
+                Some((_, off)) if off < seg.len() => first_ts(seg, off)?,
                 _ => None,
             })
         };
@@ -271,13 +271,13 @@ impl LogView {
         };
         let seg = &self.segments[si];
         let n = seg.with_index(|x| Ok(x.frame_count()))?;
-        let visible = seg.map.bytes().len() as u64;
+        let visible = seg.len();
         // The last visible batch whose first event is at or before `time`.
         let (mut lo, mut hi) = (0u32, n);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let before = match seg.with_index(|x| x.frame(mid))? {
-                Some((_, off)) if off < visible => first_ts(seg, off).is_some_and(|ts| ts <= time),
+                Some((_, off)) if off < visible => first_ts(seg, off)?.is_some_and(|ts| ts <= time),
                 _ => false,
             };
             if before {
@@ -294,7 +294,7 @@ impl LogView {
         else {
             return Ok(seg.base);
         };
-        let rest = seg.map.bytes().get(off as usize..).unwrap_or(&[]);
+        let rest = seg.bytes()?.get(offset_plus(off, 0)..).unwrap_or(&[]);
         let mut after = first;
         validate_frame_each(rest, off, true, |_, r| {
             if r.timestamp() <= time {
@@ -338,7 +338,7 @@ fn fused<T>(done: &mut bool, step: Result<Option<T>>) -> Option<Result<T>> {
 /// (the first record, parsed with its CRC checked), or `None` past the
 /// visible end. Used to check an index hit before using it.
 fn batch_head(seg: &ViewSegment, off: u64) -> Result<Option<(&[u8], u64)>> {
-    let bytes = seg.map.bytes();
+    let bytes = seg.bytes()?;
     let Some(rest) = bytes.get(offset_plus(off, 0)..).filter(|r| !r.is_empty()) else {
         return Ok(None);
     };
@@ -363,7 +363,7 @@ fn load_batch<'a>(
     newest_first: bool,
     keep: impl Fn(&RecordRef<'a>) -> bool,
 ) -> Result<bool> {
-    let bytes: &'a [u8] = seg.map.bytes();
+    let bytes: &'a [u8] = seg.bytes()?;
     let Some(rest) = usize::try_from(off)
         .ok()
         .and_then(|o| bytes.get(o..))
@@ -703,7 +703,7 @@ impl<'a> ReadNamed<'a> {
                 };
                 self.cur = Some((index, start, count, 0));
                 // First entry at or after `from` (binary search).
-                let bytes = seg.map.bytes();
+                let bytes = seg.bytes()?;
                 let (mut lo, mut hi) = (0u32, count);
                 while lo < hi {
                     let mid = lo + (hi - lo) / 2;
@@ -764,7 +764,7 @@ impl<'a> ReadNamed<'a> {
                     }
                 }
                 Named::Type => {
-                    let bytes: &'a [u8] = seg.map.bytes();
+                    let bytes: &'a [u8] = seg.bytes()?;
                     let Some(rest) = bytes.get(off as usize..).filter(|r| !r.is_empty()) else {
                         return Ok(None);
                     };

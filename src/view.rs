@@ -51,7 +51,7 @@ impl ViewSegment {
     /// read can keep using the same index (entry numbers and row handles are
     /// only meaningful within one index).
     pub(crate) fn pinned<T>(&self, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
-        let idx = self.index.get(self.map.bytes())?;
+        let idx = self.index.get(self.bytes()?)?;
         match f(&idx) {
             Ok(t) => Ok((idx, t)),
             Err(d) if matches!(idx, Index::Disk(_)) => self.repinned(d, f),
@@ -62,9 +62,19 @@ impl ViewSegment {
     /// The index file is damaged (`d`): switch to the index rebuilt from the
     /// segment and run `f` on it.
     pub(crate) fn repinned<T>(&self, d: Damage, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
-        let idx = self.index.damaged(self.map.bytes(), d)?;
+        let idx = self.index.damaged(self.bytes()?, d)?;
         let t = f(&idx).map_err(|d| d.at(&*self.path))?;
         Ok((idx, t))
+    }
+
+    /// The segment's mapped bytes (a sealed segment is mapped on first use).
+    pub(crate) fn bytes(&self) -> Result<&[u8]> {
+        self.map.try_bytes()
+    }
+
+    /// The segment's length as mapped (or to be mapped), mapping nothing.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len()
     }
 
     /// Find a stream in this segment's index.
@@ -79,7 +89,7 @@ impl ViewSegment {
             Index::Disk(f) => match f.stream_rows() {
                 Ok(rows) => Ok(rows),
                 Err(d) => {
-                    let idx = self.index.damaged(self.map.bytes(), d)?;
+                    let idx = self.index.damaged(self.bytes()?, d)?;
                     self.stream_rows(&idx)
                 }
             },
@@ -216,7 +226,7 @@ impl LogView {
 
     /// Total mapped bytes of the view.
     pub fn len_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.map.bytes().len() as u64).sum()
+        self.segments.iter().map(|s| s.len()).sum()
     }
 
     /// The path of the last segment of the view (for messages).
@@ -225,7 +235,9 @@ impl LogView {
     }
 
     /// The visible bytes of each segment, in log order: the memory mappings
-    /// records borrow from (for verification tools and benchmarks).
+    /// records borrow from (for verification tools and benchmarks). Maps
+    /// every segment it yields (for as long as the view lives); a segment that
+    /// cannot be mapped yields no bytes (reads report the error).
     pub fn segment_bytes(&self) -> impl Iterator<Item = &[u8]> {
         self.segments.iter().map(|s| s.map.bytes())
     }
@@ -261,7 +273,7 @@ impl LogView {
                     None => Ok(None),
                 }
             })
-            && (o as usize) < s.map.bytes().len()
+            && o < s.len()
             && o as usize >= SEGMENT_HEADER_LEN
         {
             (pos, off) = (p, o as usize);
@@ -355,7 +367,14 @@ impl<'a> ReadAll<'a> {
             }
             let view: &'a LogView = self.view;
             let seg = view.segments.get(self.seg)?;
-            let bytes = seg.map.bytes();
+            let bytes = match seg.bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    self.done = true;
+                    self.batch = &[];
+                    return Some(Err(e));
+                }
+            };
             if self.off == SEGMENT_HEADER_LEN && seg.base != self.pos {
                 let d = Damage::corrupt(
                     32,
@@ -464,6 +483,8 @@ pub struct Reader {
     /// Next position after the sealed segments.
     sealed_next: u64,
     active: Option<ActiveRead>,
+    /// At most this many sealed segments stay mapped between views.
+    max_mapped: usize,
 }
 
 #[derive(Debug)]
@@ -550,46 +571,46 @@ fn torn_at_creation(path: &Path, base: u64) -> bool {
     meta.len() <= SEGMENT_HEADER_LEN as u64 && read_segment_header(&file, path, base).is_err()
 }
 
-/// Check the bytes of a sealed segment as mapped: a header, and a seal as its
-/// last frame. The bytes may be of any length (the file may have been cut, or
-/// have shrunk between the header check and the mapping): no slice is taken
-/// unchecked.
-fn sealed_segment_seal(bytes: &[u8]) -> Result<crate::segment::Frame, Damage> {
-    let min = SEGMENT_HEADER_LEN + FRAME_HEADER_LEN;
-    if bytes.len() < min {
+/// Check the end of a sealed segment of `len` bytes whose last
+/// `min(len, 72)` bytes are `tail`: it holds a header and a seal as its last
+/// frame. Any length is handled (the file may have been cut, or shrink while
+/// being read): no slice is taken unchecked.
+fn sealed_segment_seal(len: u64, tail: &[u8]) -> Result<crate::segment::Frame, Damage> {
+    let min = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64;
+    if len < min || tail.len() < FRAME_HEADER_LEN {
         return Err(Damage::corrupt(
-            bytes.len() as u64,
-            format!(
-                "expected at least a {SEGMENT_HEADER_LEN}-byte header and a {FRAME_HEADER_LEN}-byte seal ({min} bytes), found a file of {} bytes",
-                bytes.len()
-            ),
+            len,
+            format!("expected at least a {SEGMENT_HEADER_LEN}-byte header and a {FRAME_HEADER_LEN}-byte seal ({min} bytes), found a file of {len} bytes"),
         ));
     }
-    SegmentHeader::parse(bytes)?;
-    let seal_at = bytes.len() - FRAME_HEADER_LEN;
-    let tail = bytes.get(seal_at..).unwrap_or_default();
-    let f = validate_frame(tail, seal_at as u64, true)?;
+    let seal_at = len - FRAME_HEADER_LEN as u64;
+    let f = validate_frame(tail, seal_at, true)?;
     if f.kind != FRAME_KIND_SEAL {
         return Err(Damage::corrupt(
-            seal_at as u64,
+            seal_at,
             "expected a seal frame at the end of a sealed segment, found a batch",
         ));
     }
     Ok(f)
 }
 
-/// Open a sealed segment: check its header and that it ends with a seal, then
-/// map it whole. Returns the segment and the seal's next position.
-pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
+/// Open a sealed segment: check its header and that it ends with a seal (by
+/// copying those bytes), and give it a mapping made on first use (so opening
+/// a log maps nothing of its sealed segments). Returns the segment, the
+/// seal's next position and the header.
+pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, u64, SegmentHeader)> {
     let path = dir.join(segment_file_name(base));
     let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
-    read_segment_header(&file, &path, base)?;
-    let map = Mapping::map(
-        &file,
-        file.metadata().map_err(|e| Error::io("stat", &path, e))?.len(),
-        &path,
-    )?;
-    let seal = sealed_segment_seal(map.bytes()).map_err(|d| Error::Corrupt {
+    let header = read_segment_header(&file, &path, base)?;
+    let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+    let mut tail = [0u8; FRAME_HEADER_LEN];
+    let n = if len >= (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64 {
+        pread(&file, &mut tail, len - FRAME_HEADER_LEN as u64, &path)?;
+        FRAME_HEADER_LEN
+    } else {
+        0
+    };
+    let seal = sealed_segment_seal(len, &tail[..n]).map_err(|d| Error::Corrupt {
         path: path.clone(),
         offset: d.offset,
         detail: format!(
@@ -601,12 +622,43 @@ pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
     Ok((
         ViewSegment {
             base,
+            map: Arc::new(Mapping::lazy(path.clone(), len)),
             path: Arc::new(path),
-            map: Arc::new(map),
             index: Arc::new(IndexCell::new(base, Some(idx_path), None)),
         },
         seal.first_position,
+        header,
     ))
+}
+
+/// [`open_sealed_header`] without the header.
+pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
+    open_sealed_header(dir, base).map(|(s, n, _)| (s, n))
+}
+
+/// Default bound on the sealed segments a [`Reader`] keeps mapped.
+pub(crate) const DEFAULT_MAX_MAPPED: usize = 512;
+
+/// Keep at most `max` of `sealed` mapped (segment or index file): let go of
+/// the least recently mapped others, replacing them by segments that map
+/// again on first use. Views taken before keep what they hold.
+pub(crate) fn trim_mappings(sealed: &mut [ViewSegment], max: usize) {
+    let mut live: Vec<(u64, usize)> = sealed
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.map.is_mapped() || s.index.current().is_some())
+        .map(|(i, s)| (s.map.mapped_at(), i))
+        .collect();
+    if live.len() <= max {
+        return;
+    }
+    live.sort_unstable();
+    for &(_, i) in &live[..live.len() - max] {
+        let s = &mut sealed[i];
+        let Some(fresh) = s.map.fresh() else { continue };
+        s.map = Arc::new(fresh);
+        s.index = Arc::new(s.index.fresh());
+    }
 }
 
 impl Reader {
@@ -641,12 +693,27 @@ impl Reader {
             sealed: Vec::new(),
             sealed_next: 0,
             active: None,
+            max_mapped: DEFAULT_MAX_MAPPED,
         })
     }
 
     /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Keep at most `n` sealed segments (each with its index file) mapped
+    /// between views (default 512): each view maps the segments it reads on
+    /// first use, and holds them until it is dropped; this reader lets go of
+    /// the least recently mapped beyond `n` when it takes the next view. For
+    /// tests.
+    #[doc(hidden)]
+    pub fn set_max_mapped_segments(&mut self, n: usize) {
+        self.max_mapped = n;
+    }
+
+    fn trim_mappings(&mut self) {
+        trim_mappings(&mut self.sealed, self.max_mapped);
     }
 
     /// Refresh and return a view of everything currently visible.
@@ -724,8 +791,13 @@ impl Reader {
             });
         }
         for seg in &self.sealed {
-            seg.index.retry_disk(seg.map.bytes());
+            if seg.index.is_missing()
+                && let Ok(bytes) = seg.bytes()
+            {
+                seg.index.retry_disk(bytes);
+            }
         }
+        self.trim_mappings();
         let table = match StreamTable::open(&self.dir.join(STREAM_TABLE_FILE)) {
             Ok(t) => t.map(Arc::new),
             // A damaged table is not used: lookups search the indexes.
@@ -978,9 +1050,10 @@ mod tests {
         log.close().unwrap();
         let bytes = std::fs::read(dir.path().join(segment_file_name(0))).unwrap();
         assert!(bytes.len() > 300);
-        assert!(sealed_segment_seal(&bytes).is_ok());
+        let tail = |len: usize| &bytes[len.saturating_sub(FRAME_HEADER_LEN)..len];
+        assert!(sealed_segment_seal(bytes.len() as u64, tail(bytes.len())).is_ok());
         for len in 0..bytes.len() {
-            let d = sealed_segment_seal(&bytes[..len]).unwrap_err();
+            let d = sealed_segment_seal(len as u64, tail(len)).unwrap_err();
             assert!(d.offset <= len as u64, "{len}: {d:?}");
         }
     }
