@@ -23,9 +23,9 @@ use crate::format::{
 use crate::head;
 use crate::index::{Index, IndexCell, MemIndex, NO_ROW, StreamInfo};
 use crate::io::read_exact_at;
-use crate::recovery::LOCK_FILE;
 use crate::mmap::Mapping;
 use crate::record::{RecordRef, parse_validated};
+use crate::recovery::LOCK_FILE;
 use crate::segment::{
     MAX_FRAME_LEN, parse_segment_file_name, resync_max_durable_in, segment_file_name, validate_frame,
 };
@@ -580,7 +580,9 @@ fn sealed_segment_seal(len: u64, tail: &[u8]) -> Result<crate::segment::Frame, D
     if len < min || tail.len() < FRAME_HEADER_LEN {
         return Err(Damage::corrupt(
             len,
-            format!("expected at least a {SEGMENT_HEADER_LEN}-byte header and a {FRAME_HEADER_LEN}-byte seal ({min} bytes), found a file of {len} bytes"),
+            format!(
+                "expected at least a {SEGMENT_HEADER_LEN}-byte header and a {FRAME_HEADER_LEN}-byte seal ({min} bytes), found a file of {len} bytes"
+            ),
         ));
     }
     let seal_at = len - FRAME_HEADER_LEN as u64;
@@ -941,7 +943,10 @@ impl ActiveRead {
             }
             // len <= MAX_FRAME_LEN: a bounded allocation.
             let Ok(len_usize) = usize::try_from(len) else {
-                break Some(Damage::corrupt(off + 8, format!("frame_len {len} cannot be held in memory")));
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!("frame_len {len} cannot be held in memory"),
+                ));
             };
             self.buf.resize(len_usize, 0);
             pread(&self.file, &mut self.buf, off, &self.path)?;
@@ -975,7 +980,11 @@ impl ActiveRead {
         if let Some(d) = stop {
             let x = self.validated_end;
             let known = (SEGMENT_HEADER_LEN as u64).max(head_durable).max(self.max_durable);
-            let boundary = if x < known { known } else { known.max(self.resync(x, file_len)?) };
+            let boundary = if x < known {
+                known
+            } else {
+                known.max(self.resync(x, file_len)?)
+            };
             if x < boundary {
                 return Err(Error::Corrupt {
                     path: self.path.to_path_buf(),

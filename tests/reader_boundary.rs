@@ -25,7 +25,11 @@ fn build() -> tempfile::TempDir {
     let dir = common::scratch();
     let log = Log::open(dir.path(), fsync_opts()).expect("open");
     for i in 0..30u64 {
-        let stream = if i >= 20 { "late".to_owned() } else { format!("s-{}", i % 3) };
+        let stream = if i >= 20 {
+            "late".to_owned()
+        } else {
+            format!("s-{}", i % 3)
+        };
         let events: Vec<_> = (0..3)
             .map(|j| EventData::new("Happened", common::payload(i * 10 + j, 40 + (i as usize * 7) % 50)))
             .collect();
@@ -77,7 +81,10 @@ fn expect_reader_error(dir: &Path, seg: &Path, range: std::ops::Range<u64>, labe
     match &err {
         Error::Corrupt { path, offset, detail } => {
             assert_eq!(path, seg, "{label}: {err}");
-            assert!(range.contains(offset), "{label}: offset {offset} not in {range:?}: {detail}");
+            assert!(
+                range.contains(offset),
+                "{label}: offset {offset} not in {range:?}: {detail}"
+            );
             assert!(
                 detail.contains("below the durable boundary"),
                 "{label}: the message states X and B: {detail}"
@@ -104,7 +111,10 @@ fn damage_in_a_durable_frame_with_both_head_slots_invalid_is_an_error() {
     expect_reader_error(dir.path(), &seg, range, "both slots invalid");
     // Recovery agrees: the same damage, nothing removed.
     let before = common::snapshot(dir.path());
-    assert!(matches!(Log::open(dir.path(), fsync_opts()), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        Log::open(dir.path(), fsync_opts()),
+        Err(Error::Corrupt { .. })
+    ));
     assert!(common::snapshot(dir.path()) == before);
 }
 
@@ -131,7 +141,12 @@ fn damage_found_only_by_resynchronisation_is_an_error() {
     let fr = frames(&bytes);
     let mid = fr[fr.len() / 2];
     common::edit(&seg, |b| b[mid.offset as usize + 20] ^= 0x01);
-    expect_reader_error(dir.path(), &seg, mid.offset..mid.offset + mid.len, "no head, header damaged");
+    expect_reader_error(
+        dir.path(),
+        &seg,
+        mid.offset..mid.offset + mid.len,
+        "no head, header damaged",
+    );
 }
 
 #[test]
@@ -196,12 +211,18 @@ fn the_signal_is_absent_for_a_closed_log_and_while_a_writer_holds_it() {
     let view = Reader::open(img.path()).expect("reader").view().expect("view");
     let n = read_all(&view, 0).expect("read").len() as u64;
     assert!(older_visible < bytes.len() as u64, "the older slot lags");
-    assert!(n <= last.first_position, "the reader holds back the batch the head does not declare");
+    assert!(
+        n <= last.first_position,
+        "the reader holds back the batch the head does not declare"
+    );
     let u = view.unrecovered().expect("the image is not recovered");
     assert_eq!(u.position, n);
     assert_eq!(u.segment, seg);
     // A writer recovers it: the signal is gone, every event is there.
-    Log::open(img.path(), Options::default()).expect("recover").close().expect("close");
+    Log::open(img.path(), Options::default())
+        .expect("recover")
+        .close()
+        .expect("close");
     let view = Reader::open(img.path()).expect("reader").view().expect("view");
     assert_eq!(view.unrecovered(), None);
     assert_eq!(read_all(&view, 0).expect("read").len(), 91);

@@ -114,7 +114,10 @@ fn an_index_that_cannot_be_opened_is_an_io_error_not_damage() {
         match kind {
             "directory" => fs::create_dir(&idx).expect("mkdir"),
             _ => {
-                let st = std::process::Command::new("mkfifo").arg(&idx).status().expect("run mkfifo");
+                let st = std::process::Command::new("mkfifo")
+                    .arg(&idx)
+                    .status()
+                    .expect("run mkfifo");
                 assert!(st.success(), "mkfifo");
             }
         }
@@ -156,8 +159,12 @@ fn a_frame_claiming_4_gib_is_refused_before_any_allocation() {
     let dir = common::scratch();
     let log = Log::open(dir.path(), Options::default().durability(Durability::Fsync)).expect("open");
     for i in 0..6u64 {
-        log.append("s", ExpectedVersion::Any, &[EventData::new("E", common::payload(i, 30))])
-            .expect("append");
+        log.append(
+            "s",
+            ExpectedVersion::Any,
+            &[EventData::new("E", common::payload(i, 30))],
+        )
+        .expect("append");
     }
     log.close().expect("close");
     let seg = segments(dir.path()).pop().expect("segment");
@@ -180,7 +187,10 @@ fn a_frame_claiming_4_gib_is_refused_before_any_allocation() {
             assert_eq!(offset, victim.offset + 8, "{detail}");
             // The refusal comes from the length check that precedes the
             // buffer's allocation and the frame's read.
-            assert!(detail.contains("more than the largest frame a reader accepts"), "{detail}");
+            assert!(
+                detail.contains("more than the largest frame a reader accepts"),
+                "{detail}"
+            );
         }
         other => panic!("expected Error::Corrupt, got {other:?}"),
     }

@@ -77,7 +77,10 @@ fn swap_entries(idx: &mut [u8], rows_at: usize, row_len: usize, count: usize, en
     );
     let field = entry_len - 8;
     for k in 0..4 {
-        let (x, y) = (entries_at + (sa + k) * entry_len + field, entries_at + (sb + k) * entry_len + field);
+        let (x, y) = (
+            entries_at + (sa + k) * entry_len + field,
+            entries_at + (sb + k) * entry_len + field,
+        );
         for j in 0..8 {
             idx.swap(x + j, y + j);
         }
