@@ -98,7 +98,7 @@ impl Mapping {
         Ok(Mapping {
             map: OnceLock::from(m),
             init: Mutex::new(()),
-            source: None,
+            source: Some(path.to_owned()),
             len,
             used: AtomicU64::new(tick()),
         })
@@ -171,8 +171,10 @@ impl Mapping {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// A lazy mapping of the same range, not mapped yet (for a cache that
-    /// lets go of this one).
+    /// A lazy mapping of the same range of the same file, not mapped yet
+    /// (for a cache that lets go of this one). Only for a file that annal
+    /// never changes again (a sealed segment): the lazy mapping requires the
+    /// file to still be `len` bytes long.
     pub(crate) fn fresh(&self) -> Option<Mapping> {
         self.source.as_ref().map(|p| Mapping::lazy(p.clone(), self.len))
     }

@@ -229,6 +229,11 @@ impl LogView {
         self.segments.iter().map(|s| s.len()).sum()
     }
 
+    /// The bytes of the last segment of the view, mapping no other.
+    pub(crate) fn last_segment_bytes(&self) -> Option<Result<&[u8]>> {
+        self.segments.last().map(|s| s.bytes())
+    }
+
     /// The path of the last segment of the view (for messages).
     pub(crate) fn last_segment_path(&self) -> Option<&Path> {
         self.segments.last().map(|s| s.path.as_path())
@@ -638,8 +643,23 @@ pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
     open_sealed_header(dir, base).map(|(s, n, _)| (s, n))
 }
 
-/// Default bound on the sealed segments a [`Reader`] keeps mapped.
+/// Default bound on the sealed segments a [`Reader`] (or the writer) keeps
+/// mapped between views.
 pub(crate) const DEFAULT_MAX_MAPPED: usize = 512;
+
+static MAX_MAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_MAPPED);
+
+/// The bound on sealed segments kept mapped between views, for readers opened
+/// from now on and for writers (default 512).
+pub(crate) fn max_mapped() -> usize {
+    MAX_MAPPED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Set the process-wide bound of [`max_mapped`]. For tests.
+#[doc(hidden)]
+pub fn set_default_max_mapped_segments(n: usize) {
+    MAX_MAPPED.store(n, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Keep at most `max` of `sealed` mapped (segment or index file): let go of
 /// the least recently mapped others, replacing them by segments that map
@@ -695,7 +715,7 @@ impl Reader {
             sealed: Vec::new(),
             sealed_next: 0,
             active: None,
-            max_mapped: DEFAULT_MAX_MAPPED,
+            max_mapped: max_mapped(),
         })
     }
 
