@@ -5,7 +5,7 @@
 //! `check` share. Everything here works on `&[u8]`: the caller decides whether
 //! the bytes come from a copy (`pread`) or from a mapping.
 //!
-//! Invariants upheld by [`validate_frame`]: a frame reported valid is complete
+//! Invariants upheld by `validate_frame`: a frame reported valid is complete
 //! (spec 3.3), so any record parsed from it afterwards parses without error.
 
 use zerocopy::IntoBytes;

@@ -739,6 +739,31 @@ impl Reader {
     }
 
     /// Refresh and return a view of everything currently visible.
+    ///
+    /// What is visible (spec 7): the segments before the head file's segment
+    /// in full, and in the head's segment the complete batches up to the
+    /// head's `visible_end`; with no valid head slot, every complete batch.
+    /// Every batch of the active segment is validated (by copying it) before
+    /// it is delivered.
+    ///
+    /// Damage is never a quiet end of the log: a batch that is not complete
+    /// at an offset `X` below the active segment's durable boundary `B` (spec
+    /// 5.1: the largest of 128, the head slot's `durable_end` if it names the
+    /// segment, and the `durable_end` of every valid frame header in the
+    /// segment, found past the damage by scanning) is [`Error::Corrupt`]
+    /// naming the segment, the offset of the damage, `X` and `B`. Past `B` it
+    /// is a torn or in-progress write, and the view ends before it.
+    ///
+    /// If no writer holds the log and it was not cleanly closed nor recovered
+    /// since (a crash, a power cut), the files may hold events past what the
+    /// head declares, which this view holds back: [`LogView::unrecovered`]
+    /// then says from which position on the view cannot vouch for the log.
+    /// A writer's [`Log::open`](crate::Log::open) (or `annal check --repair`)
+    /// recovers it.
+    ///
+    /// Sealed segments are mapped when first read; the view keeps what it
+    /// mapped until it is dropped, and this reader keeps at most 512 sealed
+    /// segments mapped between views.
     pub fn view(&mut self) -> Result<LogView> {
         // The head first: the writer creates a segment before any head slot
         // names it, so every segment the head names is in the listing after.
