@@ -507,6 +507,9 @@ struct ActiveRead {
     file_len: u64,
     /// The last resynchronisation scan: (from, file length, its maximum).
     resync: Option<(u64, u64, u64)>,
+    /// The last check of the bytes past the visible end: (validated end,
+    /// file length) it covered.
+    probed: Option<(u64, u64)>,
     map: Option<Arc<Mapping>>,
     buf: Vec<u8>,
 }
@@ -833,6 +836,7 @@ impl Reader {
                 max_durable: SEGMENT_HEADER_LEN as u64,
                 file_len: 0,
                 resync: None,
+                probed: None,
                 map: None,
                 buf: Vec::new(),
             });
@@ -862,6 +866,18 @@ impl Reader {
             _ => (u64::MAX, 0),
         };
         active.validate(limit, head_durable)?;
+        // Bytes past the visible end with no writer to account for them (a
+        // crash left the head behind): damage there below the durable
+        // boundary is corruption too, found by checking them (not
+        // delivered).
+        let mut writer: Option<bool> = None;
+        if active.file_len > active.validated_end {
+            let held = crate::io::lock_held(&self.dir.join(LOCK_FILE));
+            writer = Some(held);
+            if !held {
+                active.probe_past_visible(head_durable)?;
+            }
+        }
         let mut segs = self.sealed.clone();
         let map = match &active.map {
             Some(m) if m.bytes().len() as u64 == active.validated_end => m.clone(),
@@ -878,14 +894,20 @@ impl Reader {
             index: active.cell.clone(),
         });
         let mut view = LogView::new(segs, active.next_position, table);
-        view.unrecovered = self.unrecovered(head, newest, view.next_position)?;
+        view.unrecovered = self.unrecovered(head, newest, view.next_position, writer)?;
         Ok(view)
     }
 
     /// The not-yet-recovered signal of a view just taken (see
     /// [`LogView::unrecovered`]): `head` is the head's current slot, `newest`
     /// the newest segment file, `position` the view's next position.
-    fn unrecovered(&self, head: Option<head::Head>, newest: Option<u64>, position: u64) -> Result<Option<Unrecovered>> {
+    fn unrecovered(
+        &self,
+        head: Option<head::Head>,
+        newest: Option<u64>,
+        position: u64,
+        writer: Option<bool>,
+    ) -> Result<Option<Unrecovered>> {
         let Some(active) = self.active.as_ref() else {
             return Ok(None);
         };
@@ -914,7 +936,7 @@ impl Reader {
         };
         // Probed last: a writer that took the lock since recovered the log
         // (or is appending, which is normal).
-        if crate::io::lock_held(&self.dir.join(LOCK_FILE)) {
+        if writer.unwrap_or_else(|| crate::io::lock_held(&self.dir.join(LOCK_FILE))) {
             return Ok(None);
         }
         Ok(Some(Unrecovered {
@@ -1054,6 +1076,104 @@ impl ActiveRead {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// With no writer holding the log: check the frames past the visible end
+    /// (which are not delivered) as [`ActiveRead::validate`] checks those
+    /// before it, so that damage below the durable boundary there is
+    /// reported too, not hidden behind a head file a crash left behind. The
+    /// result is kept until the visible end or the file's length changes.
+    fn probe_past_visible(&mut self, head_durable: u64) -> Result<()> {
+        let file_len = self.file_len;
+        if self.probed == Some((self.validated_end, file_len)) {
+            return Ok(());
+        }
+        let (mut off, mut next, mut max_durable) = (self.validated_end, self.next_position, self.max_durable);
+        let mut buf = Vec::new();
+        let stop = loop {
+            if off >= file_len {
+                break None;
+            }
+            let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
+                break Some(Damage::corrupt(
+                    off,
+                    format!(
+                        "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
+                        file_len - off
+                    ),
+                ));
+            };
+            let mut hdr = [0u8; FRAME_HEADER_LEN];
+            pread(&self.file, &mut hdr, off, &self.path)?;
+            let h = match FrameHeader::parse(&hdr, off) {
+                Ok(h) => h,
+                Err(d) => break Some(d),
+            };
+            let len = h.frame_len.get();
+            if len > MAX_FRAME_LEN {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!("frame_len {len} is more than the largest frame a reader accepts ({MAX_FRAME_LEN} bytes)"),
+                ));
+            }
+            let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!(
+                        "frame_len {len} runs past the end of the file ({} bytes remain)",
+                        file_len - off
+                    ),
+                ));
+            };
+            let Ok(len_usize) = usize::try_from(len) else {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!("frame_len {len} cannot be held in memory"),
+                ));
+            };
+            debug_assert!(hdr_end <= frame_end);
+            buf.resize(len_usize, 0);
+            pread(&self.file, &mut buf, off, &self.path)?;
+            let f = match validate_frame(&buf, off, true) {
+                Ok(f) => f,
+                Err(d) => break Some(d),
+            };
+            if f.first_position != next {
+                break Some(Damage::corrupt(
+                    off + 16,
+                    format!(
+                        "expected a frame starting at position {next}, found {}",
+                        f.first_position
+                    ),
+                ));
+            }
+            max_durable = max_durable.max(f.durable_end);
+            next = f.next_position();
+            off = frame_end;
+        };
+        if let Some(d) = stop {
+            let known = (SEGMENT_HEADER_LEN as u64).max(head_durable).max(max_durable);
+            let boundary = if off < known {
+                known
+            } else {
+                known.max(self.resync(off, file_len)?)
+            };
+            if off < boundary {
+                return Err(Error::Corrupt {
+                    path: self.path.to_path_buf(),
+                    offset: d.offset,
+                    detail: format!(
+                        "{}; the damaged frame starts at byte {off}, past the end the head file declares visible \
+                         ({}) but below the durable boundary at byte {boundary}, so this is damage to durable data \
+                         in a log that was not recovered (the events from position {next} on cannot be read)",
+                        d.detail(),
+                        self.validated_end
+                    ),
+                });
+            }
+        }
+        self.probed = Some((self.validated_end, file_len));
         Ok(())
     }
 

@@ -129,6 +129,44 @@ fn damage_in_a_durable_frame_with_only_the_older_head_slot_valid_is_an_error() {
 }
 
 #[test]
+fn damage_past_a_lagging_head_but_below_the_boundary_is_an_error() {
+    // The only valid slot (the older) declares visible and durable only the
+    // first third of the batches (a crash left the head behind); a batch of
+    // the last third is damaged. The reader does not deliver past the head,
+    // but the damage lies below the durable boundary that the later frames
+    // carry: an error, not a quiet (if signalled) end.
+    let log = build();
+    let dir = fresh_copy(log.path());
+    let seg = segments(dir.path()).pop().expect("a segment");
+    let bytes = fs::read(&seg).expect("read segment");
+    let fr = frames(&bytes);
+    let lag = fr[fr.len() / 3];
+    let newer = newer_slot(dir.path());
+    let older = 1 - newer;
+    common::edit(&dir.path().join(HEAD), |h| {
+        let at = older * SLOT;
+        h[at + 32..at + 40].copy_from_slice(&lag.offset.to_le_bytes());
+        h[at + 40..at + 48].copy_from_slice(&lag.offset.to_le_bytes());
+        h[at + 48..at + 56].copy_from_slice(&lag.first_position.to_le_bytes());
+        let crc = crc32fast::hash(&h[at + 8..at + SLOT]);
+        h[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    });
+    break_slot(dir.path(), newer);
+    // Undamaged, the reader holds back and says so.
+    let view = Reader::open(dir.path()).expect("reader").view().expect("view");
+    assert_eq!(view.next_position(), lag.first_position);
+    assert_eq!(view.unrecovered().map(|u| u.position), Some(lag.first_position));
+    let victim = fr[fr.len() * 2 / 3];
+    common::edit(&seg, |b| b[(victim.offset + victim.len - 12) as usize] ^= 0x01);
+    expect_reader_error(
+        dir.path(),
+        &seg,
+        victim.offset..victim.offset + victim.len,
+        "lagging head",
+    );
+}
+
+#[test]
 fn damage_found_only_by_resynchronisation_is_an_error() {
     // No head at all, and the damage is in the frame header itself (its
     // CRC): the walk stops there; only the frames past it, found by the
