@@ -487,7 +487,8 @@ pub struct Reader {
     sealed: Vec<ViewSegment>,
     /// Next position after the sealed segments.
     sealed_next: u64,
-    active: Option<ActiveRead>,
+    /// Boxed: a `Reader` stays small to move around.
+    active: Option<Box<ActiveRead>>,
     /// At most this many sealed segments stay mapped between views.
     max_mapped: usize,
 }
@@ -825,7 +826,7 @@ impl Reader {
             let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
             read_segment_header(&file, &path, last)?;
             let index = Arc::new(RwLock::new(MemIndex::default()));
-            self.active = Some(ActiveRead {
+            self.active = Some(Box::new(ActiveRead {
                 base: last,
                 path: Arc::new(path),
                 file,
@@ -839,7 +840,7 @@ impl Reader {
                 probed: None,
                 map: None,
                 buf: Vec::new(),
-            });
+            }));
         }
         for seg in &self.sealed {
             if seg.index.is_missing()
