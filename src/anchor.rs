@@ -61,14 +61,16 @@ pub fn head_anchor(dir: &Path) -> Result<Option<Anchor>> {
 /// [`head_anchor`], with whether the chain is keyed and the log's id.
 pub fn chain_head(dir: &Path) -> Result<Option<ChainHead>> {
     let view = Reader::open(dir)?.view()?;
-    let Some(bytes) = view.segment_bytes().last() else {
+    // The last segment only (`segment_bytes().last()` would map them all).
+    let Some(bytes) = view.last_segment_bytes().transpose()? else {
         return Err(Error::NotALog {
             path: dir.to_owned(),
             detail: "it holds no visible segment".into(),
         });
     };
     // The reader validated the header and every frame of these bytes.
-    let header = SegmentHeader::parse(bytes).map_err(|d| d.at(dir))?;
+    let seg_path = view.last_segment_path().unwrap_or(dir);
+    let header = SegmentHeader::parse(bytes).map_err(|d| d.at(seg_path))?;
     let format = LogFormat::of(header);
     if !format.chained() {
         return Ok(None);

@@ -116,17 +116,24 @@ impl BlockFile {
 
     /// Map the file at `path` and check its footer and block table
     /// (`Ok(None)` if it does not exist).
+    ///
+    /// A failure to open, stat or map the file (`EMFILE`, `EACCES`, `ENOMEM`,
+    /// a directory or FIFO under the name, ...) says nothing about its bytes:
+    /// it is returned as an I/O failure ([`Damage::is_io`], which
+    /// [`Damage::at`] turns into `Error::Io`), never as damage, so that no
+    /// caller rebuilds or rewrites an intact file because of it.
     pub(crate) fn open_path(path: &std::path::Path, magic: [u8; 8]) -> Result<Option<BlockFile>, Damage> {
         let file = match crate::io::open_read(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Damage::corrupt(0, format!("cannot open: {e}"))),
+            Err(e) => return Err(Damage::io("open", &e)),
         };
-        let len = file
-            .metadata()
-            .map_err(|e| Damage::corrupt(0, format!("cannot stat: {e}")))?
-            .len();
-        let map = Mapping::map(&file, len, path).map_err(|e| Damage::corrupt(0, format!("cannot map: {e}")))?;
+        let len = file.metadata().map_err(|e| Damage::io("stat", &e))?.len();
+        let map = match Mapping::map(&file, len, path) {
+            Ok(m) => m,
+            Err(crate::error::Error::Io { source, .. }) => return Err(Damage::io("mmap", &source)),
+            Err(e) => return Err(Damage::corrupt(0, e.to_string())),
+        };
         BlockFile::open(map, magic).map(Some)
     }
 

@@ -468,6 +468,7 @@ fn damage_finding(file: &Path, d: &Damage) -> Finding {
     let detail = match &d.kind {
         DamageKind::Corrupt(s) => s.clone(),
         DamageKind::Version(v) => format!("unsupported format version {v} (use a newer annal)"),
+        DamageKind::Io(_) => d.detail(),
     };
     finding(file, d.offset, detail)
 }

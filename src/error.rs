@@ -168,6 +168,28 @@ pub(crate) struct Damage {
 pub(crate) enum DamageKind {
     Corrupt(String),
     Version(u16),
+    /// Not damage: an operating-system call failed while opening or reading
+    /// the file (`at` turns it into [`Error::Io`], never corruption).
+    Io(IoFailure),
+}
+
+/// An I/O failure carried through code that reports [`Damage`], rebuilt as an
+/// `io::Error` (same OS error code) when the path is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IoFailure {
+    pub op: &'static str,
+    kind: io::ErrorKind,
+    raw: Option<i32>,
+    message: String,
+}
+
+impl IoFailure {
+    fn to_io_error(&self) -> io::Error {
+        match self.raw {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(self.kind, self.message.clone()),
+        }
+    }
 }
 
 impl Damage {
@@ -178,10 +200,29 @@ impl Damage {
         }
     }
 
+    /// An I/O failure (`op` failed with `e`), not damage.
+    pub(crate) fn io(op: &'static str, e: &io::Error) -> Damage {
+        Damage {
+            offset: 0,
+            kind: DamageKind::Io(IoFailure {
+                op,
+                kind: e.kind(),
+                raw: e.raw_os_error(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Whether this is an I/O failure rather than damage.
+    pub(crate) fn is_io(&self) -> bool {
+        matches!(self.kind, DamageKind::Io(_))
+    }
+
     pub(crate) fn detail(&self) -> String {
         match &self.kind {
             DamageKind::Corrupt(d) => d.clone(),
             DamageKind::Version(v) => format!("unsupported format version {v}"),
+            DamageKind::Io(f) => format!("{} failed: {}", f.op, f.message),
         }
     }
 
@@ -199,6 +240,11 @@ impl Damage {
                 found,
                 oldest: crate::format::OLDEST_SUPPORTED_FORMAT_VERSION,
                 current: crate::format::CURRENT_FORMAT_VERSION,
+            },
+            DamageKind::Io(f) => Error::Io {
+                op: f.op,
+                path: path.into(),
+                source: f.to_io_error(),
             },
         }
     }

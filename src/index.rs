@@ -879,6 +879,24 @@ impl IndexCell {
         }
     }
 
+    /// Whether the index in use was rebuilt because its file did not exist
+    /// (so [`IndexCell::retry_disk`] may switch to the file).
+    pub(crate) fn is_missing(&self) -> bool {
+        self.missing.load(Ordering::Acquire)
+    }
+
+    /// A cell for the same segment and index file holding nothing yet (it
+    /// opens the file on first use): for a cache that lets go of this one's
+    /// mapping. Damage found in this cell is not carried over (the file is
+    /// checked again when opened); the writer's notification is.
+    pub(crate) fn fresh(&self) -> IndexCell {
+        let cell = IndexCell::new(self.base, self.path.clone(), None);
+        if let Some(n) = self.notify.get() {
+            cell.notify(n);
+        }
+        cell
+    }
+
     /// The index file was rewritten from the in-memory index now in use.
     pub(crate) fn mark_rewritten(&self) {
         self.rewritten.store(true, Ordering::Release);
@@ -903,11 +921,14 @@ impl IndexCell {
             Some(p) => match IdxFile::open_for(p, self.base, segment) {
                 Ok(Some(f)) => Index::Disk(Arc::new(f)),
                 Ok(None) => self.rebuilt(p, segment, None)?,
+                // Not damage: the file may well be intact (EMFILE, ENOMEM,
+                // ...). Reported as such, and nothing is rebuilt or rewritten.
+                Err(d) if d.is_io() => return Err(d.at(p)),
                 Err(d) => self.rebuilt(p, segment, Some(d))?,
             },
             None => {
                 // Live cells are created with their index; nothing to open.
-                let mem = MemIndex::rebuild(segment).map_err(|d| d.at(""))?;
+                let mem = MemIndex::rebuild(segment).map_err(|d| d.at(self.segment_path()))?;
                 Index::Mem(Arc::new(RwLock::new(mem)))
             }
         };
@@ -938,11 +959,21 @@ impl IndexCell {
     /// `segment`.
     pub(crate) fn damaged(&self, segment: &[u8], d: Damage) -> Result<Index, Error> {
         let Some(p) = self.path.clone() else {
-            return Err(d.at(""));
+            return Err(d.at(self.segment_path()));
         };
         let idx = self.rebuilt(&p, segment, Some(d))?;
         *lock_write(&self.state) = Some(idx.clone());
         Ok(idx)
+    }
+
+    /// The segment file this index describes (for messages): beside the
+    /// index file, or, for the active segment's cell (no index file), its
+    /// name alone, the directory being unknown here.
+    fn segment_path(&self) -> PathBuf {
+        match &self.path {
+            Some(p) => p.with_extension("seg"),
+            None => PathBuf::from(crate::segment::segment_file_name(self.base)),
+        }
     }
 
     /// The damage found in this segment's index file, if any.

@@ -89,7 +89,9 @@ pub use streamtable::STREAM_TABLE_FILE;
 pub use subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, SubscriptionFilter};
 pub use typed::{Event, Typed, Upcasters};
 pub use uuid::Uuid;
-pub use view::{LogView, ReadAll, ReadOptions, Reader};
+#[doc(hidden)]
+pub use view::set_default_max_mapped_segments;
+pub use view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered};
 
 #[cfg(test)]
 mod tests {

@@ -1512,6 +1512,7 @@ impl Inner {
                 m
             }
         };
+        crate::view::trim_mappings(&mut p.sealed, crate::view::max_mapped());
         let mut segs = Vec::with_capacity(p.sealed.len() + 1);
         segs.extend(p.sealed.iter().cloned());
         segs.push(ViewSegment {

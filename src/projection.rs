@@ -294,7 +294,7 @@ impl LogView {
         let mut total = 0u64;
         for s in self.segments.iter() {
             starts.push(total);
-            total += s.map.bytes().len() as u64;
+            total += s.len();
         }
         (starts, total)
     }
@@ -326,7 +326,7 @@ impl LogView {
             let target = (total as u128 * k / n) as u64;
             let s = starts.partition_point(|&st| st <= target).saturating_sub(1);
             let seg = &self.segments[s];
-            let len = seg.map.bytes().len() as u64;
+            let len = seg.len();
             let local = target - starts[s];
             // The first batch starting at or after `local` (and before the
             // visible end: the writer's active index may list later ones).
@@ -369,7 +369,7 @@ impl LogView {
         let (mut seg, mut off, mut pos) = (a.seg, a.off, a.pos);
         while (seg, off) < b.key() {
             let Some(s) = self.segments.get(seg) else { break };
-            let bytes = s.map.bytes();
+            let bytes = s.bytes()?;
             let Some(rest) = bytes.get(off..).filter(|r| !r.is_empty()) else {
                 seg += 1;
                 off = SEGMENT_HEADER_LEN;
@@ -444,7 +444,7 @@ impl LogView {
 /// writer's in-memory index of the active segment also lists batches past a
 /// view's visible end).
 fn visible_stream_names(seg: &ViewSegment, names: &mut Vec<String>) -> Result<()> {
-    let bytes = seg.map.bytes();
+    let bytes = seg.bytes()?;
     let idx = seg.index.get(bytes)?;
     match &idx {
         Index::Mem(m) => {

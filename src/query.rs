@@ -175,6 +175,7 @@ impl LogView {
             from_version,
             remaining: max_count,
             buf: Vec::new(),
+            last: None,
             err,
             done: false,
         }
@@ -241,16 +242,16 @@ impl LogView {
     pub fn position_at_time(&self, time: u64) -> Result<u64> {
         // Timestamp of the first record of batch `off` in `seg` (search only;
         // the batch that decides is validated below).
-        let first_ts = |seg: &ViewSegment, off: u64| -> Option<u64> {
-            let at = off as usize + FRAME_HEADER_LEN + 24;
-            seg.map
-                .bytes()
-                .get(at..at + 8)
-                .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        let first_ts = |seg: &ViewSegment, off: u64| -> Result<Option<u64>> {
+            let at = offset_plus(off, FRAME_HEADER_LEN + 24);
+            Ok(seg
+                .bytes()?
+                .get(at..at.saturating_add(8))
+                .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])))
         };
         let first_of = |seg: &ViewSegment| -> Result<Option<u64>> {
             Ok(match seg.with_index(|x| x.frame(0))? {
-                Some((_, off)) if (off as usize) < seg.map.bytes().len() => first_ts(seg, off),
+                Some((_, off)) if off < seg.len() => first_ts(seg, off)?,
                 _ => None,
             })
         };
@@ -270,13 +271,13 @@ impl LogView {
         };
         let seg = &self.segments[si];
         let n = seg.with_index(|x| Ok(x.frame_count()))?;
-        let visible = seg.map.bytes().len() as u64;
+        let visible = seg.len();
         // The last visible batch whose first event is at or before `time`.
         let (mut lo, mut hi) = (0u32, n);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let before = match seg.with_index(|x| x.frame(mid))? {
-                Some((_, off)) if off < visible => first_ts(seg, off).is_some_and(|ts| ts <= time),
+                Some((_, off)) if off < visible => first_ts(seg, off)?.is_some_and(|ts| ts <= time),
                 _ => false,
             };
             if before {
@@ -293,7 +294,7 @@ impl LogView {
         else {
             return Ok(seg.base);
         };
-        let rest = seg.map.bytes().get(off as usize..).unwrap_or(&[]);
+        let rest = seg.bytes()?.get(offset_plus(off, 0)..).unwrap_or(&[]);
         let mut after = first;
         validate_frame_each(rest, off, true, |_, r| {
             if r.timestamp() <= time {
@@ -333,6 +334,24 @@ fn fused<T>(done: &mut bool, step: Result<Option<T>>) -> Option<Result<T>> {
     }
 }
 
+/// The stream name and first stream version of the batch at `off` of `seg`
+/// (the first record, parsed with its CRC checked), or `None` past the
+/// visible end. Used to check an index hit before using it.
+fn batch_head(seg: &ViewSegment, off: u64) -> Result<Option<(&[u8], u64)>> {
+    let bytes = seg.bytes()?;
+    let Some(rest) = bytes.get(offset_plus(off, 0)..).filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let h = crate::format::FrameHeader::parse(rest, off).map_err(|d| d.at(&*seg.path))?;
+    if h.kind != crate::format::FRAME_KIND_BATCH {
+        return Ok(Some((&[], u64::MAX)));
+    }
+    let rec = rest.get(FRAME_HEADER_LEN..).unwrap_or_default();
+    let (rec, _) = parse_record(rec, true)
+        .map_err(|(o, d)| Damage::corrupt(off + (FRAME_HEADER_LEN + o) as u64, d).at(&*seg.path))?;
+    Ok(Some((rec.stream_bytes(), rec.stream_version())))
+}
+
 /// Validate the batch at `off` of `seg` and push its records accepted by
 /// `keep` onto `buf` in the order they are to be popped (`rev`: reversed
 /// position order is popped last-first, i.e. newest first). `Ok(false)` if the
@@ -344,7 +363,7 @@ fn load_batch<'a>(
     newest_first: bool,
     keep: impl Fn(&RecordRef<'a>) -> bool,
 ) -> Result<bool> {
-    let bytes: &'a [u8] = seg.map.bytes();
+    let bytes: &'a [u8] = seg.bytes()?;
     let Some(rest) = usize::try_from(off)
         .ok()
         .and_then(|o| bytes.get(o..))
@@ -369,6 +388,23 @@ fn load_batch<'a>(
     Ok(true)
 }
 
+/// An index hit that does not match the record it points to (`detail`): if
+/// the index in use is a file, the mismatch is reported as damage of that file
+/// ([`LogView::index_damage`]) and the index rebuilt from the segment is
+/// returned, with `f` run on it; an index built from the segment itself
+/// cannot disagree with it, so there it is corruption of the segment.
+fn mismatch<T>(
+    seg: &ViewSegment,
+    index: &Index,
+    detail: String,
+    f: impl Fn(&Index) -> Result<T, Damage>,
+) -> Result<(Index, T)> {
+    match index {
+        Index::Disk(_) => seg.repinned(Damage::corrupt(0, detail), f),
+        Index::Mem(_) => Err(corrupt(&seg.path, 0, detail)),
+    }
+}
+
 /// Iterator over one stream's records, created by [`LogView::read_stream`].
 #[derive(Debug)]
 pub struct ReadStream<'a> {
@@ -384,6 +420,9 @@ pub struct ReadStream<'a> {
     remaining: u64,
     /// Records of the current batch still to yield, to be popped from the end.
     buf: Vec<RecordRef<'a>>,
+    /// The version of the last record yielded: the next one must follow it
+    /// (versions are contiguous), whatever the indexes say.
+    last: Option<u64>,
     err: Option<Error>,
     done: bool,
 }
@@ -395,6 +434,30 @@ impl<'a> ReadStream<'a> {
                 return Ok(None);
             }
             if let Some(r) = self.buf.pop() {
+                let v = r.stream_version();
+                let expected = match (self.dir, self.last) {
+                    (Direction::Forward, None) => Some(self.from_version),
+                    (Direction::Forward, Some(l)) => l.checked_add(1),
+                    (Direction::Backward, None) => None,
+                    (Direction::Backward, Some(l)) => l.checked_sub(1),
+                };
+                if expected.is_some_and(|e| e != v) {
+                    let path = self.view.segments[self.view.segment_of(r.position())]
+                        .path
+                        .with_extension("idx");
+                    return Err(corrupt(
+                        &path,
+                        0,
+                        format!(
+                            "reading stream {:?}: expected version {}, found version {v} at position {}: \
+                             the index files skip or repeat batches of the stream",
+                            self.name,
+                            expected.unwrap_or_default(),
+                            r.position()
+                        ),
+                    ));
+                }
+                self.last = Some(v);
                 self.remaining -= 1;
                 return Ok(Some(r));
             }
@@ -419,10 +482,41 @@ impl<'a> ReadStream<'a> {
                 self.next_link();
                 continue;
             };
-            let Some((_, off)) = self.entry_at(li, e)? else {
+            let Some((first_version, off)) = self.entry_at(li, e)? else {
                 self.next_link();
                 continue;
             };
+            // The hit is checked against the batch it points to: the stream's
+            // full name and the entry's first version.
+            if let Some(found) = batch_head(seg, off)?
+                && (found.0 != self.name.as_bytes() || found.1 != first_version)
+            {
+                let name = &*self.name;
+                let detail = format!(
+                    "the index entry for stream {name:?} version {first_version} points at the batch at byte {off} of {}, \
+                     which holds stream {:?} from version {}",
+                    seg.path.display(),
+                    String::from_utf8_lossy(found.0),
+                    found.1
+                );
+                let link = &mut self.links[li];
+                let (idx, info) = mismatch(seg, &link.index, detail, |x| x.find_stream(name))?;
+                let Some(info) = info else {
+                    return Err(corrupt(
+                        &seg.path,
+                        0,
+                        format!("stream {name:?} is not in the segment's rebuilt index"),
+                    ));
+                };
+                (link.index, link.info) = (idx, info);
+                // Start the link again from the rebuilt index; what was
+                // already yielded is not yielded again (`keep` below).
+                self.entry = None;
+                if self.dir == Direction::Backward {
+                    self.link = li + 1;
+                }
+                continue;
+            }
             self.entry = match self.dir {
                 Direction::Forward => Some(e + 1),
                 Direction::Backward => e.checked_sub(1),
@@ -432,9 +526,10 @@ impl<'a> ReadStream<'a> {
                 self.link = li;
             }
             let newest_first = self.dir == Direction::Backward;
+            let last = self.last;
             let visible = load_batch(seg, off, &mut self.buf, newest_first, |r| match self.dir {
-                Direction::Forward => r.stream_version() >= from,
-                Direction::Backward => r.stream_version() <= from,
+                Direction::Forward => r.stream_version() >= from && last.is_none_or(|l| r.stream_version() > l),
+                Direction::Backward => r.stream_version() <= from && last.is_none_or(|l| r.stream_version() < l),
             })?;
             if !visible {
                 // Entries past the visible end of the active segment.
@@ -536,12 +631,18 @@ pub struct ReadNamed<'a> {
     done: bool,
 }
 
+/// `off + k` as an index into a mapping, saturating: offsets come from index
+/// files (hints), so `off` may be anything; a saturated index finds nothing.
+fn offset_plus(off: u64, k: usize) -> usize {
+    usize::try_from(off).unwrap_or(usize::MAX).saturating_add(k)
+}
+
 /// The position stored at an entry's offset: a frame's first position or a
 /// record's position (for the binary search only; reading validates).
 fn entry_position(bytes: &[u8], kind: Named, off: u64) -> u64 {
-    let at = off as usize + if kind == Named::Category { 16 } else { 8 };
+    let at = offset_plus(off, if kind == Named::Category { 16 } else { 8 });
     bytes
-        .get(at..at + 8)
+        .get(at..at.saturating_add(8))
         .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
 }
 
@@ -567,9 +668,25 @@ impl<'a> ReadNamed<'a> {
         }
     }
 
+    /// An entry of the current segment's index did not match its record
+    /// (`detail`): switch to the index rebuilt from the segment (reporting the
+    /// file's damage) and read the segment again from `from`.
+    fn rebuilt(&mut self, seg: &ViewSegment, detail: String) -> Result<()> {
+        let Some((index, ..)) = self.cur.as_ref() else {
+            return Ok(());
+        };
+        let (kind, name) = (self.kind, &*self.name);
+        mismatch(seg, index, detail, |x| x.find_named(kind, name))?;
+        self.cur = None;
+        Ok(())
+    }
+
     fn step(&mut self) -> Result<Option<RecordRef<'a>>> {
         loop {
             if let Some(r) = self.buf.pop() {
+                // Nothing at or before it is returned again (after a switch
+                // to a rebuilt index, the segment is read again).
+                self.from = r.position().saturating_add(1);
                 return Ok(Some(r));
             }
             let view: &'a LogView = self.view;
@@ -586,7 +703,7 @@ impl<'a> ReadNamed<'a> {
                 };
                 self.cur = Some((index, start, count, 0));
                 // First entry at or after `from` (binary search).
-                let bytes = seg.map.bytes();
+                let bytes = seg.bytes()?;
                 let (mut lo, mut hi) = (0u32, count);
                 while lo < hi {
                     let mid = lo + (hi - lo) / 2;
@@ -595,7 +712,7 @@ impl<'a> ReadNamed<'a> {
                         // A batch wholly before `from`: its first position plus its count.
                         Named::Category => {
                             let count = bytes
-                                .get(off as usize + 24..off as usize + 28)
+                                .get(offset_plus(off, 24)..offset_plus(off, 28))
                                 .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                             entry_position(bytes, kind, off).saturating_add(count as u64) <= from
                         }
@@ -629,26 +746,39 @@ impl<'a> ReadNamed<'a> {
             };
             match kind {
                 Named::Category => {
+                    // The hit is checked against the batch it points to.
+                    if let Some((stream, _)) = batch_head(seg, off)?
+                        && std::str::from_utf8(stream).ok().and_then(crate::hash::category_of) != Some(name)
+                    {
+                        let detail = format!(
+                            "the index entry for category {name:?} points at the batch at byte {off} of {}, \
+                             which holds stream {:?}",
+                            seg.path.display(),
+                            String::from_utf8_lossy(stream)
+                        );
+                        self.rebuilt(seg, detail)?;
+                        continue;
+                    }
                     if !load_batch(seg, off, &mut self.buf, false, |r| r.position() >= from)? {
                         return Ok(None);
                     }
                 }
                 Named::Type => {
-                    let bytes: &'a [u8] = seg.map.bytes();
+                    let bytes: &'a [u8] = seg.bytes()?;
                     let Some(rest) = bytes.get(off as usize..).filter(|r| !r.is_empty()) else {
                         return Ok(None);
                     };
                     let (rec, _) =
                         parse_record(rest, true).map_err(|(o, d)| Damage::corrupt(off + o as u64, d).at(&*seg.path))?;
                     if rec.event_type() != name {
-                        return Err(corrupt(
-                            &seg.path.with_extension("idx"),
-                            0,
-                            format!(
-                                "index entry for type {name:?} points at a record of type {:?}",
-                                rec.event_type()
-                            ),
-                        ));
+                        let detail = format!(
+                            "the index entry for type {name:?} points at the record at byte {off} of {}, \
+                             which is of type {:?}",
+                            seg.path.display(),
+                            rec.event_type()
+                        );
+                        self.rebuilt(seg, detail)?;
+                        continue;
                     }
                     if rec.position() >= from {
                         return Ok(Some(rec));

@@ -25,7 +25,7 @@ use crate::segment::{
     parse_segment_file_name, resync_max_durable, segment_file_name, validate_frame, walk_segment_records,
 };
 use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
-use crate::view::{ViewSegment, open_sealed};
+use crate::view::{ViewSegment, open_sealed, open_sealed_header};
 
 /// File name of the lock file.
 pub const LOCK_FILE: &str = "annal.lock";
@@ -255,17 +255,17 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 format!("expected a segment starting at position {next} (is one missing?), found {base}"),
             ));
         }
-        let (seg, seal_next) = open_sealed(dir, base)?;
-        let bytes = seg.map.bytes();
-        let header = SegmentHeader::parse(bytes).map_err(|d| d.at(&path))?;
-        check_format(header, &path)?;
+        // Header and seal read by copying: nothing of a sealed segment is
+        // mapped before it is read.
+        let (seg, seal_next, header) = open_sealed_header(dir, base)?;
+        check_format(&header, &path)?;
         if let Some(h) = head
             && h.segment_base == base
-            && h.durable_end > bytes.len() as u64
+            && h.durable_end > seg.len()
         {
             return Err(corrupt(
                 &path,
-                bytes.len() as u64,
+                seg.len(),
                 format!(
                     "the head says bytes up to {} are durable, but the file ends here",
                     h.durable_end
@@ -572,6 +572,8 @@ fn ensure_table(
             report.rebuilt_stream_table = true;
             Some(t)
         }
+        // An I/O failure is not damage: the table may be intact.
+        Err(d) if d.is_io() => return Err(d.at(&path)),
         _ => None,
     };
     let table = match table {

@@ -5,7 +5,7 @@
 //! `check` share. Everything here works on `&[u8]`: the caller decides whether
 //! the bytes come from a copy (`pread`) or from a mapping.
 //!
-//! Invariants upheld by [`validate_frame`]: a frame reported valid is complete
+//! Invariants upheld by `validate_frame`: a frame reported valid is complete
 //! (spec 3.3), so any record parsed from it afterwards parses without error.
 
 use zerocopy::IntoBytes;
@@ -305,21 +305,45 @@ pub(crate) fn walk_segment(
 /// The largest `durable_end` of any frame header (valid magic and CRC) at a
 /// multiple-of-8 offset at or after `from` (spec 6, resynchronisation).
 pub(crate) fn resync_max_durable(file: &[u8], from: u64) -> u64 {
+    resync_max_durable_in(file, 0, from, u64::MAX)
+}
+
+/// [`resync_max_durable`] over a piece of a file: `bytes` holds the file's
+/// bytes from offset `at`, and only headers starting at a multiple-of-8
+/// offset `o` with `from <= o < until` that lie wholly inside `bytes` count.
+/// So a file read in pieces `[c_k, c_k + S + 72)` with `c_{k+1} = c_k + S`
+/// (`S` a multiple of 8), each counted with `until = c_k + S`, considers
+/// every offset exactly once and gives the same maximum as one pass over the
+/// whole file: one definition for recovery, `check` and readers.
+pub(crate) fn resync_max_durable_in(bytes: &[u8], at: u64, from: u64, until: u64) -> u64 {
     let mut best = 0;
-    let mut off = from.next_multiple_of(ALIGN);
-    while let Some(bytes) = file.get(off as usize..) {
-        if bytes.len() < FRAME_HEADER_LEN {
+    let Some(mut off) = from.max(at).checked_next_multiple_of(ALIGN) else {
+        return 0;
+    };
+    while off < until {
+        let Some(rel) = off.checked_sub(at).and_then(|r| usize::try_from(r).ok()) else {
             break;
-        }
-        if bytes.starts_with(&crate::format::FRAME_MAGIC)
-            && let Ok(h) = FrameHeader::parse(bytes, off)
+        };
+        let Some(h) = bytes.get(rel..).filter(|b| b.len() >= FRAME_HEADER_LEN) else {
+            break;
+        };
+        if h.starts_with(&crate::format::FRAME_MAGIC)
+            && let Ok(h) = FrameHeader::parse(h, off)
         {
             best = best.max(h.durable_end.get());
         }
-        off += ALIGN;
+        let Some(next) = off.checked_add(ALIGN) else { break };
+        off = next;
     }
     best
 }
+
+/// The largest `frame_len` a reader accepts (1 GiB): a frame header claiming
+/// more is not a complete frame. A reader that copies a frame to validate it
+/// allocates at most this much, whatever length a (damaged or forged) file
+/// claims. The writer never writes a larger frame (`max_batch_bytes` is
+/// bounded by it).
+pub(crate) const MAX_FRAME_LEN: u64 = 1 << 30;
 
 /// What [`walk_segment_records`] reports as it walks.
 pub(crate) trait RecordSink<'a> {

@@ -25,7 +25,10 @@ use crate::index::{Index, IndexCell, MemIndex, NO_ROW, StreamInfo};
 use crate::io::read_exact_at;
 use crate::mmap::Mapping;
 use crate::record::{RecordRef, parse_validated};
-use crate::segment::{parse_segment_file_name, segment_file_name, validate_frame};
+use crate::recovery::LOCK_FILE;
+use crate::segment::{
+    MAX_FRAME_LEN, parse_segment_file_name, resync_max_durable_in, segment_file_name, validate_frame,
+};
 use crate::streamtable::{STREAM_TABLE_FILE, StreamTable};
 
 /// One segment as seen by a view.
@@ -48,7 +51,7 @@ impl ViewSegment {
     /// read can keep using the same index (entry numbers and row handles are
     /// only meaningful within one index).
     pub(crate) fn pinned<T>(&self, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
-        let idx = self.index.get(self.map.bytes())?;
+        let idx = self.index.get(self.bytes()?)?;
         match f(&idx) {
             Ok(t) => Ok((idx, t)),
             Err(d) if matches!(idx, Index::Disk(_)) => self.repinned(d, f),
@@ -59,9 +62,19 @@ impl ViewSegment {
     /// The index file is damaged (`d`): switch to the index rebuilt from the
     /// segment and run `f` on it.
     pub(crate) fn repinned<T>(&self, d: Damage, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
-        let idx = self.index.damaged(self.map.bytes(), d)?;
+        let idx = self.index.damaged(self.bytes()?, d)?;
         let t = f(&idx).map_err(|d| d.at(&*self.path))?;
         Ok((idx, t))
+    }
+
+    /// The segment's mapped bytes (a sealed segment is mapped on first use).
+    pub(crate) fn bytes(&self) -> Result<&[u8]> {
+        self.map.try_bytes()
+    }
+
+    /// The segment's length as mapped (or to be mapped), mapping nothing.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len()
     }
 
     /// Find a stream in this segment's index.
@@ -76,7 +89,7 @@ impl ViewSegment {
             Index::Disk(f) => match f.stream_rows() {
                 Ok(rows) => Ok(rows),
                 Err(d) => {
-                    let idx = self.index.damaged(self.map.bytes(), d)?;
+                    let idx = self.index.damaged(self.bytes()?, d)?;
                     self.stream_rows(&idx)
                 }
             },
@@ -114,6 +127,43 @@ pub struct LogView {
     pub(crate) segments: Arc<[ViewSegment]>,
     pub(crate) table: Option<Arc<StreamTable>>,
     next_position: u64,
+    unrecovered: Option<Unrecovered>,
+}
+
+/// Where a [`Reader`]'s view stops vouching for a log that was not cleanly
+/// closed and has not been recovered since: what [`LogView::unrecovered`]
+/// returns.
+///
+/// The view delivers every event below `position`, each validated. Past byte
+/// `offset` of `segment` the files hold bytes that the head file does not
+/// declare visible and durable (a writer crashed, or the power was cut, before
+/// it recorded them), or the head has no valid slot for that segment: those
+/// bytes may hold events that were acknowledged, or a torn write that recovery
+/// will cut. Nothing past them is delivered until a writer opens the log
+/// (which recovers it) or `annal check --repair` runs.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrecovered {
+    /// The segment file holding the bytes the view cannot vouch for.
+    pub segment: PathBuf,
+    /// The byte offset in `segment` past which the view cannot vouch.
+    pub offset: u64,
+    /// The first position the view does not deliver (its
+    /// [`LogView::next_position`]).
+    pub position: u64,
+}
+
+impl std::fmt::Display for Unrecovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the log was not cleanly closed and has not been recovered: events from position {} on \
+             (past byte {} of {}) cannot be vouched for; open it with a writer or run `annal check --repair`",
+            self.position,
+            self.offset,
+            self.segment.display()
+        )
+    }
 }
 
 /// How to read.
@@ -136,7 +186,25 @@ impl LogView {
             segments: segments.into(),
             table,
             next_position,
+            unrecovered: None,
         }
+    }
+
+    /// Set when no writer holds the log and it was not cleanly closed nor
+    /// recovered since: the view delivers every event below
+    /// [`Unrecovered::position`] and cannot vouch for what the files hold
+    /// past [`Unrecovered::offset`] of [`Unrecovered::segment`] (bytes the
+    /// head file does not declare visible and durable, or no valid head slot
+    /// for the active segment). Such bytes may hold acknowledged events (the
+    /// head file is not synced at every commit) or a torn write; they are
+    /// delivered once a writer opens the log (which recovers it) or after
+    /// `annal check --repair`.
+    ///
+    /// `None` for a cleanly closed or recovered log, while a writer holds the
+    /// log (bytes past the visible end are then a write in progress), and for
+    /// the writer's own views.
+    pub fn unrecovered(&self) -> Option<&Unrecovered> {
+        self.unrecovered.as_ref()
     }
 
     /// Damage found in index files while reading (each was rebuilt from its
@@ -158,11 +226,23 @@ impl LogView {
 
     /// Total mapped bytes of the view.
     pub fn len_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.map.bytes().len() as u64).sum()
+        self.segments.iter().map(|s| s.len()).sum()
+    }
+
+    /// The bytes of the last segment of the view, mapping no other.
+    pub(crate) fn last_segment_bytes(&self) -> Option<Result<&[u8]>> {
+        self.segments.last().map(|s| s.bytes())
+    }
+
+    /// The path of the last segment of the view (for messages).
+    pub(crate) fn last_segment_path(&self) -> Option<&Path> {
+        self.segments.last().map(|s| s.path.as_path())
     }
 
     /// The visible bytes of each segment, in log order: the memory mappings
-    /// records borrow from (for verification tools and benchmarks).
+    /// records borrow from (for verification tools and benchmarks). Maps
+    /// every segment it yields (for as long as the view lives); a segment that
+    /// cannot be mapped yields no bytes (reads report the error).
     pub fn segment_bytes(&self) -> impl Iterator<Item = &[u8]> {
         self.segments.iter().map(|s| s.map.bytes())
     }
@@ -198,7 +278,7 @@ impl LogView {
                     None => Ok(None),
                 }
             })
-            && (o as usize) < s.map.bytes().len()
+            && o < s.len()
             && o as usize >= SEGMENT_HEADER_LEN
         {
             (pos, off) = (p, o as usize);
@@ -292,7 +372,14 @@ impl<'a> ReadAll<'a> {
             }
             let view: &'a LogView = self.view;
             let seg = view.segments.get(self.seg)?;
-            let bytes = seg.map.bytes();
+            let bytes = match seg.bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    self.done = true;
+                    self.batch = &[];
+                    return Some(Err(e));
+                }
+            };
             if self.off == SEGMENT_HEADER_LEN && seg.base != self.pos {
                 let d = Damage::corrupt(
                     32,
@@ -400,7 +487,10 @@ pub struct Reader {
     sealed: Vec<ViewSegment>,
     /// Next position after the sealed segments.
     sealed_next: u64,
-    active: Option<ActiveRead>,
+    /// Boxed: a `Reader` stays small to move around.
+    active: Option<Box<ActiveRead>>,
+    /// At most this many sealed segments stay mapped between views.
+    max_mapped: usize,
 }
 
 #[derive(Debug)]
@@ -412,9 +502,40 @@ struct ActiveRead {
     cell: Arc<IndexCell>,
     validated_end: u64,
     next_position: u64,
+    /// Largest `durable_end` among the validated frames (spec 5.1, rule 2).
+    max_durable: u64,
+    /// The file's length at the last validation.
+    file_len: u64,
+    /// The last resynchronisation scan: (from, file length, its maximum).
+    resync: Option<(u64, u64, u64)>,
+    /// The last check of the bytes past the visible end: (validated end,
+    /// file length) it covered.
+    probed: Option<(u64, u64)>,
     map: Option<Arc<Mapping>>,
     buf: Vec<u8>,
 }
+
+/// `pread` exactly `buf.len()` bytes at `off` of `path`: an OS failure is
+/// [`Error::Io`]; a file that ends first (it shrank under the reader) is
+/// [`Error::Corrupt`] at the offset where the bytes are missing.
+fn pread(file: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<()> {
+    match read_exact_at(file, buf, off) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {
+            path: path.to_owned(),
+            offset: off,
+            detail: format!(
+                "expected {} bytes here, found the end of the file (it was cut while being read)",
+                buf.len()
+            ),
+        }),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Bytes read per step of a reader's resynchronisation scan (plus a frame
+/// header's worth of overlap): its memory, whatever the file's length.
+const RESYNC_CHUNK: u64 = 1 << 20;
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
@@ -433,8 +554,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
 pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result<SegmentHeader> {
     let mut buf = [0u8; SEGMENT_HEADER_LEN];
     let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-    let n = (len as usize).min(SEGMENT_HEADER_LEN);
-    read_exact_at(file, &mut buf[..n], 0).map_err(|e| Error::io("read", path, e))?;
+    let n = usize::try_from(len).unwrap_or(usize::MAX).min(SEGMENT_HEADER_LEN);
+    pread(file, &mut buf[..n], 0, path)?;
     let h = *SegmentHeader::parse(&buf[..n]).map_err(|d| d.at(path))?;
     if h.base_position.get() != base {
         return Err(Error::Corrupt {
@@ -459,48 +580,111 @@ fn torn_at_creation(path: &Path, base: u64) -> bool {
     meta.len() <= SEGMENT_HEADER_LEN as u64 && read_segment_header(&file, path, base).is_err()
 }
 
-/// Open a sealed segment: check its header and that it ends with a seal, then
-/// map it whole. Returns the segment and the seal's next position.
-pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
+/// Check the end of a sealed segment of `len` bytes whose last
+/// `min(len, 72)` bytes are `tail`: it holds a header and a seal as its last
+/// frame. Any length is handled (the file may have been cut, or shrink while
+/// being read): no slice is taken unchecked.
+fn sealed_segment_seal(len: u64, tail: &[u8]) -> Result<crate::segment::Frame, Damage> {
+    let min = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64;
+    if len < min || tail.len() < FRAME_HEADER_LEN {
+        return Err(Damage::corrupt(
+            len,
+            format!(
+                "expected at least a {SEGMENT_HEADER_LEN}-byte header and a {FRAME_HEADER_LEN}-byte seal ({min} bytes), found a file of {len} bytes"
+            ),
+        ));
+    }
+    let seal_at = len - FRAME_HEADER_LEN as u64;
+    let f = validate_frame(tail, seal_at, true)?;
+    if f.kind != FRAME_KIND_SEAL {
+        return Err(Damage::corrupt(
+            seal_at,
+            "expected a seal frame at the end of a sealed segment, found a batch",
+        ));
+    }
+    Ok(f)
+}
+
+/// Open a sealed segment: check its header and that it ends with a seal (by
+/// copying those bytes), and give it a mapping made on first use (so opening
+/// a log maps nothing of its sealed segments). Returns the segment, the
+/// seal's next position and the header.
+pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, u64, SegmentHeader)> {
     let path = dir.join(segment_file_name(base));
     let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
-    read_segment_header(&file, &path, base)?;
-    let map = Mapping::map(
-        &file,
-        file.metadata().map_err(|e| Error::io("stat", &path, e))?.len(),
-        &path,
-    )?;
-    let bytes = map.bytes();
-    let seal_at = bytes.len().saturating_sub(FRAME_HEADER_LEN).max(SEGMENT_HEADER_LEN);
-    let seal = validate_frame(&bytes[seal_at..], seal_at as u64, true)
-        .and_then(|f| {
-            if f.kind == FRAME_KIND_SEAL {
-                Ok(f)
-            } else {
-                Err(Damage::corrupt(
-                    seal_at as u64,
-                    "expected a seal frame at the end of a sealed segment, found a batch",
-                ))
-            }
-        })
-        .map_err(|d| Error::Corrupt {
-            path: path.clone(),
-            offset: d.offset,
-            detail: format!(
-                "a segment followed by another must end with a seal (is it truncated?): {}",
-                d.detail()
-            ),
-        })?;
+    let header = read_segment_header(&file, &path, base)?;
+    let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+    let mut tail = [0u8; FRAME_HEADER_LEN];
+    let n = if len >= (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64 {
+        pread(&file, &mut tail, len - FRAME_HEADER_LEN as u64, &path)?;
+        FRAME_HEADER_LEN
+    } else {
+        0
+    };
+    let seal = sealed_segment_seal(len, &tail[..n]).map_err(|d| Error::Corrupt {
+        path: path.clone(),
+        offset: d.offset,
+        detail: format!(
+            "a segment followed by another must end with a seal (is it truncated?): {}",
+            d.detail()
+        ),
+    })?;
     let idx_path = dir.join(crate::log::index_file_name(base));
     Ok((
         ViewSegment {
             base,
+            map: Arc::new(Mapping::lazy(path.clone(), len)),
             path: Arc::new(path),
-            map: Arc::new(map),
             index: Arc::new(IndexCell::new(base, Some(idx_path), None)),
         },
         seal.first_position,
+        header,
     ))
+}
+
+/// [`open_sealed_header`] without the header.
+pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {
+    open_sealed_header(dir, base).map(|(s, n, _)| (s, n))
+}
+
+/// Default bound on the sealed segments a [`Reader`] (or the writer) keeps
+/// mapped between views.
+pub(crate) const DEFAULT_MAX_MAPPED: usize = 512;
+
+static MAX_MAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_MAPPED);
+
+/// The bound on sealed segments kept mapped between views, for readers opened
+/// from now on and for writers (default 512).
+pub(crate) fn max_mapped() -> usize {
+    MAX_MAPPED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Set the process-wide bound of [`max_mapped`]. For tests.
+#[doc(hidden)]
+pub fn set_default_max_mapped_segments(n: usize) {
+    MAX_MAPPED.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Keep at most `max` of `sealed` mapped (segment or index file): let go of
+/// the least recently mapped others, replacing them by segments that map
+/// again on first use. Views taken before keep what they hold.
+pub(crate) fn trim_mappings(sealed: &mut [ViewSegment], max: usize) {
+    let mut live: Vec<(u64, usize)> = sealed
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.map.is_mapped() || s.index.current().is_some())
+        .map(|(i, s)| (s.map.mapped_at(), i))
+        .collect();
+    if live.len() <= max {
+        return;
+    }
+    live.sort_unstable();
+    for &(_, i) in &live[..live.len() - max] {
+        let s = &mut sealed[i];
+        let Some(fresh) = s.map.fresh() else { continue };
+        s.map = Arc::new(fresh);
+        s.index = Arc::new(s.index.fresh());
+    }
 }
 
 impl Reader {
@@ -535,6 +719,7 @@ impl Reader {
             sealed: Vec::new(),
             sealed_next: 0,
             active: None,
+            max_mapped: max_mapped(),
         })
     }
 
@@ -543,7 +728,46 @@ impl Reader {
         &self.dir
     }
 
+    /// Keep at most `n` sealed segments (each with its index file) mapped
+    /// between views (default 512): each view maps the segments it reads on
+    /// first use, and holds them until it is dropped; this reader lets go of
+    /// the least recently mapped beyond `n` when it takes the next view. For
+    /// tests.
+    #[doc(hidden)]
+    pub fn set_max_mapped_segments(&mut self, n: usize) {
+        self.max_mapped = n;
+    }
+
+    fn trim_mappings(&mut self) {
+        trim_mappings(&mut self.sealed, self.max_mapped);
+    }
+
     /// Refresh and return a view of everything currently visible.
+    ///
+    /// What is visible (spec 7): the segments before the head file's segment
+    /// in full, and in the head's segment the complete batches up to the
+    /// head's `visible_end`; with no valid head slot, every complete batch.
+    /// Every batch of the active segment is validated (by copying it) before
+    /// it is delivered.
+    ///
+    /// Damage is never a quiet end of the log: a batch that is not complete
+    /// at an offset `X` below the active segment's durable boundary `B` (spec
+    /// 5.1: the largest of 128, the head slot's `durable_end` if it names the
+    /// segment, and the `durable_end` of every valid frame header in the
+    /// segment, found past the damage by scanning) is [`Error::Corrupt`]
+    /// naming the segment, the offset of the damage, `X` and `B`. Past `B` it
+    /// is a torn or in-progress write, and the view ends before it.
+    ///
+    /// If no writer holds the log and it was not cleanly closed nor recovered
+    /// since (a crash, a power cut), the files may hold events past what the
+    /// head declares, which this view holds back: [`LogView::unrecovered`]
+    /// then says from which position on the view cannot vouch for the log.
+    /// A writer's [`Log::open`](crate::Log::open) (or `annal check --repair`)
+    /// recovers it.
+    ///
+    /// Sealed segments are mapped when first read; the view keeps what it
+    /// mapped until it is dropped, and this reader keeps at most 512 sealed
+    /// segments mapped between views.
     pub fn view(&mut self) -> Result<LogView> {
         // The head first: the writer creates a segment before any head slot
         // names it, so every segment the head names is in the listing after.
@@ -602,7 +826,7 @@ impl Reader {
             let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
             read_segment_header(&file, &path, last)?;
             let index = Arc::new(RwLock::new(MemIndex::default()));
-            self.active = Some(ActiveRead {
+            self.active = Some(Box::new(ActiveRead {
                 base: last,
                 path: Arc::new(path),
                 file,
@@ -610,26 +834,51 @@ impl Reader {
                 index,
                 validated_end: SEGMENT_HEADER_LEN as u64,
                 next_position: last,
+                max_durable: SEGMENT_HEADER_LEN as u64,
+                file_len: 0,
+                resync: None,
+                probed: None,
                 map: None,
                 buf: Vec::new(),
-            });
+            }));
         }
         for seg in &self.sealed {
-            seg.index.retry_disk(seg.map.bytes());
+            if seg.index.is_missing()
+                && let Ok(bytes) = seg.bytes()
+            {
+                seg.index.retry_disk(bytes);
+            }
         }
+        self.trim_mappings();
         let table = match StreamTable::open(&self.dir.join(STREAM_TABLE_FILE)) {
             Ok(t) => t.map(Arc::new),
             // A damaged table is not used: lookups search the indexes.
             Err(_) => None,
         };
+        let newest = bases.last().copied();
         let Some(active) = self.active.as_mut() else {
             return Ok(LogView::new(self.sealed.clone(), self.sealed_next, table));
         };
-        let (limit, durable) = match head {
+        // Spec 5.1 rule 3: the head's current slot counts if it names the
+        // active segment (whether it is the newer slot or, the newer one
+        // being torn, the older).
+        let (limit, head_durable) = match head {
             Some(h) if h.segment_base == last => (h.visible_end, h.durable_end),
             _ => (u64::MAX, 0),
         };
-        active.validate(limit, durable)?;
+        active.validate(limit, head_durable)?;
+        // Bytes past the visible end with no writer to account for them (a
+        // crash left the head behind): damage there below the durable
+        // boundary is corruption too, found by checking them (not
+        // delivered).
+        let mut writer: Option<bool> = None;
+        if active.file_len > active.validated_end {
+            let held = crate::io::lock_held(&self.dir.join(LOCK_FILE));
+            writer = Some(held);
+            if !held {
+                active.probe_past_visible(head_durable)?;
+            }
+        }
         let mut segs = self.sealed.clone();
         let map = match &active.map {
             Some(m) if m.bytes().len() as u64 == active.validated_end => m.clone(),
@@ -645,75 +894,342 @@ impl Reader {
             map,
             index: active.cell.clone(),
         });
-        Ok(LogView::new(segs, active.next_position, table))
+        let mut view = LogView::new(segs, active.next_position, table);
+        view.unrecovered = self.unrecovered(head, newest, view.next_position, writer)?;
+        Ok(view)
+    }
+
+    /// The not-yet-recovered signal of a view just taken (see
+    /// [`LogView::unrecovered`]): `head` is the head's current slot, `newest`
+    /// the newest segment file, `position` the view's next position.
+    fn unrecovered(
+        &self,
+        head: Option<head::Head>,
+        newest: Option<u64>,
+        position: u64,
+        writer: Option<bool>,
+    ) -> Result<Option<Unrecovered>> {
+        let Some(active) = self.active.as_ref() else {
+            return Ok(None);
+        };
+        let head_names_active = head.is_some_and(|h| h.segment_base == active.base);
+        // Bytes past what the view delivers in the segment it reads last, or
+        // no head slot vouching for that segment while it holds frames.
+        let mut doubt = (active.file_len > active.validated_end
+            || (!head_names_active && active.file_len > SEGMENT_HEADER_LEN as u64))
+            .then(|| (active.path.to_path_buf(), active.validated_end));
+        // A newer segment the (stale) head does not name yet, holding frames.
+        if doubt.is_none()
+            && let Some(n) = newest.filter(|&n| n > active.base)
+        {
+            let path = self.dir.join(segment_file_name(n));
+            let len = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(Error::io("stat", &path, e)),
+            };
+            if len > SEGMENT_HEADER_LEN as u64 {
+                doubt = Some((path, SEGMENT_HEADER_LEN as u64));
+            }
+        }
+        let Some((segment, offset)) = doubt else {
+            return Ok(None);
+        };
+        // Probed last: a writer that took the lock since recovered the log
+        // (or is appending, which is normal).
+        if writer.unwrap_or_else(|| crate::io::lock_held(&self.dir.join(LOCK_FILE))) {
+            return Ok(None);
+        }
+        Ok(Some(Unrecovered {
+            segment,
+            offset,
+            position,
+        }))
     }
 }
 
 impl ActiveRead {
-    /// Validate complete frames from `validated_end` up to `limit` by copying
-    /// them. Damage below `durable` is corruption; past it, the writer may be
-    /// mid-write (or crashed), so validation stops quietly.
-    fn validate(&mut self, limit: u64, durable: u64) -> Result<()> {
+    /// Validate complete frames from `validated_end` up to `limit` (the
+    /// head's `visible_end`, or no limit) by copying them. A frame that is not
+    /// complete at offset `X` below the durable boundary `B` (spec 5.1: the
+    /// largest of 128, `head_durable` and the `durable_end` of every valid
+    /// frame header in the file, found past the damage by resynchronisation)
+    /// is corruption; at or past `B` it is a torn or in-progress write, and
+    /// validation stops there quietly.
+    fn validate(&mut self, limit: u64, head_durable: u64) -> Result<()> {
         let file_len = self
             .file
             .metadata()
             .map_err(|e| Error::io("stat", &*self.path, e))?
             .len();
-        let limit = limit.min(file_len);
-        loop {
+        self.file_len = file_len;
+        let end = limit.min(file_len);
+        let stop = loop {
             let off = self.validated_end;
-            if off + FRAME_HEADER_LEN as u64 > limit {
-                break;
+            if off >= end {
+                break None;
+            }
+            let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
+                break Some(Damage::corrupt(
+                    off,
+                    format!(
+                        "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
+                        file_len - off
+                    ),
+                ));
+            };
+            if hdr_end > end {
+                // The visible end falls inside: not visible yet.
+                break None;
             }
             let mut hdr = [0u8; FRAME_HEADER_LEN];
-            read_exact_at(&self.file, &mut hdr, off).map_err(|e| Error::io("read", &*self.path, e))?;
-            let step = FrameHeader::parse(&hdr, off)
-                .map(|h| h.frame_len.get())
-                .and_then(|len| {
-                    if off + len > limit {
-                        return Ok(None);
-                    }
-                    // len <= limit - off <= file length: a checked allocation.
-                    self.buf.resize(len as usize, 0);
-                    read_exact_at(&self.file, &mut self.buf, off)
-                        .map_err(|e| Damage::corrupt(off, format!("read failed: {e}")))?;
-                    let f = validate_frame(&self.buf, off, true)?;
-                    if f.first_position != self.next_position {
-                        return Err(Damage::corrupt(
-                            off + 16,
-                            format!(
-                                "expected a frame starting at position {}, found {}",
-                                self.next_position, f.first_position
-                            ),
-                        ));
-                    }
-                    Ok(Some(f))
+            pread(&self.file, &mut hdr, off, &self.path)?;
+            let h = match FrameHeader::parse(&hdr, off) {
+                Ok(h) => h,
+                Err(d) => break Some(d),
+            };
+            let len = h.frame_len.get();
+            // Before any allocation or read: a length from the file bounds
+            // nothing (spec 8; a sparse file can claim any length).
+            if len > MAX_FRAME_LEN {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!("frame_len {len} is more than the largest frame a reader accepts ({MAX_FRAME_LEN} bytes)"),
+                ));
+            }
+            let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!(
+                        "frame_len {len} runs past the end of the file ({} bytes remain)",
+                        file_len - off
+                    ),
+                ));
+            };
+            if frame_end > end {
+                break None;
+            }
+            // len <= MAX_FRAME_LEN: a bounded allocation.
+            let Ok(len_usize) = usize::try_from(len) else {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!("frame_len {len} cannot be held in memory"),
+                ));
+            };
+            self.buf.resize(len_usize, 0);
+            pread(&self.file, &mut self.buf, off, &self.path)?;
+            let f = match validate_frame(&self.buf, off, true) {
+                Ok(f) => f,
+                Err(d) => break Some(d),
+            };
+            if f.first_position != self.next_position {
+                break Some(Damage::corrupt(
+                    off + 16,
+                    format!(
+                        "expected a frame starting at position {}, found {}",
+                        self.next_position, f.first_position
+                    ),
+                ));
+            }
+            if f.kind == FRAME_KIND_BATCH {
+                self.index
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add_frame(&self.buf, off);
+            }
+            self.validated_end = frame_end;
+            self.next_position = f.next_position();
+            self.max_durable = self.max_durable.max(f.durable_end);
+        };
+        // Large buffers are not kept between refreshes.
+        if self.buf.capacity() > RESYNC_CHUNK as usize {
+            self.buf = Vec::new();
+        }
+        if let Some(d) = stop {
+            let x = self.validated_end;
+            let known = (SEGMENT_HEADER_LEN as u64).max(head_durable).max(self.max_durable);
+            let boundary = if x < known {
+                known
+            } else {
+                known.max(self.resync(x, file_len)?)
+            };
+            if x < boundary {
+                return Err(Error::Corrupt {
+                    path: self.path.to_path_buf(),
+                    offset: d.offset,
+                    detail: format!(
+                        "{}; the damaged frame starts at byte {x}, below the durable boundary at byte {boundary}, \
+                         so this is damage to durable data, not a torn write (the events from position {} on \
+                         cannot be read)",
+                        d.detail(),
+                        self.next_position
+                    ),
                 });
-            match step {
-                Ok(Some(f)) => {
-                    if f.kind == FRAME_KIND_BATCH {
-                        self.index
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .add_frame(&self.buf, off);
-                    }
-                    self.validated_end = off + f.len;
-                    self.next_position = f.next_position();
-                }
-                Ok(None) => break,
-                Err(d) if off < durable => return Err(d.at(&*self.path)),
-                Err(_) => break,
             }
         }
-        if self.validated_end < durable {
+        if self.validated_end < head_durable {
             return Err(Error::Corrupt {
                 path: self.path.to_path_buf(),
                 offset: self.validated_end,
                 detail: format!(
-                    "the head file says bytes up to {durable} are durable, but complete batches end here                      (the file is {file_len} bytes long): durable data is missing or damaged"
+                    "the head file says bytes up to {head_durable} are durable, but complete batches end here \
+                     (the file is {file_len} bytes long): durable data is missing or damaged"
                 ),
             });
         }
         Ok(())
+    }
+
+    /// With no writer holding the log: check the frames past the visible end
+    /// (which are not delivered) as [`ActiveRead::validate`] checks those
+    /// before it, so that damage below the durable boundary there is
+    /// reported too, not hidden behind a head file a crash left behind. The
+    /// result is kept until the visible end or the file's length changes.
+    fn probe_past_visible(&mut self, head_durable: u64) -> Result<()> {
+        let file_len = self.file_len;
+        if self.probed == Some((self.validated_end, file_len)) {
+            return Ok(());
+        }
+        let (mut off, mut next, mut max_durable) = (self.validated_end, self.next_position, self.max_durable);
+        let mut buf = Vec::new();
+        let stop = loop {
+            if off >= file_len {
+                break None;
+            }
+            let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
+                break Some(Damage::corrupt(
+                    off,
+                    format!(
+                        "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
+                        file_len - off
+                    ),
+                ));
+            };
+            let mut hdr = [0u8; FRAME_HEADER_LEN];
+            pread(&self.file, &mut hdr, off, &self.path)?;
+            let h = match FrameHeader::parse(&hdr, off) {
+                Ok(h) => h,
+                Err(d) => break Some(d),
+            };
+            let len = h.frame_len.get();
+            if len > MAX_FRAME_LEN {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!("frame_len {len} is more than the largest frame a reader accepts ({MAX_FRAME_LEN} bytes)"),
+                ));
+            }
+            let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!(
+                        "frame_len {len} runs past the end of the file ({} bytes remain)",
+                        file_len - off
+                    ),
+                ));
+            };
+            let Ok(len_usize) = usize::try_from(len) else {
+                break Some(Damage::corrupt(
+                    off + 8,
+                    format!("frame_len {len} cannot be held in memory"),
+                ));
+            };
+            debug_assert!(hdr_end <= frame_end);
+            buf.resize(len_usize, 0);
+            pread(&self.file, &mut buf, off, &self.path)?;
+            let f = match validate_frame(&buf, off, true) {
+                Ok(f) => f,
+                Err(d) => break Some(d),
+            };
+            if f.first_position != next {
+                break Some(Damage::corrupt(
+                    off + 16,
+                    format!(
+                        "expected a frame starting at position {next}, found {}",
+                        f.first_position
+                    ),
+                ));
+            }
+            max_durable = max_durable.max(f.durable_end);
+            next = f.next_position();
+            off = frame_end;
+        };
+        if let Some(d) = stop {
+            let known = (SEGMENT_HEADER_LEN as u64).max(head_durable).max(max_durable);
+            let boundary = if off < known {
+                known
+            } else {
+                known.max(self.resync(off, file_len)?)
+            };
+            if off < boundary {
+                return Err(Error::Corrupt {
+                    path: self.path.to_path_buf(),
+                    offset: d.offset,
+                    detail: format!(
+                        "{}; the damaged frame starts at byte {off}, past the end the head file declares visible \
+                         ({}) but below the durable boundary at byte {boundary}, so this is damage to durable data \
+                         in a log that was not recovered (the events from position {next} on cannot be read)",
+                        d.detail(),
+                        self.validated_end
+                    ),
+                });
+            }
+        }
+        self.probed = Some((self.validated_end, file_len));
+        Ok(())
+    }
+
+    /// The largest `durable_end` of a valid frame header at or past `from`
+    /// (spec 6, resynchronisation), read by copying the file in bounded
+    /// pieces: memory stays at one piece whatever the file's length. The
+    /// result is kept until the file's length or `from` changes.
+    fn resync(&mut self, from: u64, file_len: u64) -> Result<u64> {
+        if let Some((f, l, best)) = self.resync
+            && f == from
+            && l == file_len
+        {
+            return Ok(best);
+        }
+        let mut best = 0;
+        let mut at = from.next_multiple_of(crate::format::ALIGN);
+        let mut chunk = Vec::new();
+        while at < file_len {
+            let n = (file_len - at).min(RESYNC_CHUNK + FRAME_HEADER_LEN as u64);
+            // n <= RESYNC_CHUNK + 72.
+            chunk.resize(n as usize, 0);
+            pread(&self.file, &mut chunk, at, &self.path)?;
+            best = best.max(resync_max_durable_in(&chunk, at, from, at.saturating_add(RESYNC_CHUNK)));
+            at = at.saturating_add(RESYNC_CHUNK);
+        }
+        self.resync = Some((from, file_len, best));
+        Ok(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventData, ExpectedVersion, Log, Options};
+
+    /// A sealed segment's bytes of any length (a file cut, or shrinking
+    /// between the header check and the mapping) give damage naming an
+    /// offset inside them, never a panic; only the whole segment passes.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn sealed_segment_bytes_of_every_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), Options::default().segment_size(600)).unwrap();
+        for i in 0..8u8 {
+            log.append("s", ExpectedVersion::Any, &[EventData::new("E", vec![i; 100])])
+                .unwrap();
+        }
+        log.close().unwrap();
+        let bytes = std::fs::read(dir.path().join(segment_file_name(0))).unwrap();
+        assert!(bytes.len() > 300);
+        let tail = |len: usize| &bytes[len.saturating_sub(FRAME_HEADER_LEN)..len];
+        assert!(sealed_segment_seal(bytes.len() as u64, tail(bytes.len())).is_ok());
+        for len in 0..bytes.len() {
+            let d = sealed_segment_seal(len as u64, tail(len)).unwrap_err();
+            assert!(d.offset <= len as u64, "{len}: {d:?}");
+        }
     }
 }

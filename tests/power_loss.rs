@@ -139,6 +139,11 @@ struct Totals {
     empty_images: u64,
     signature_checks: u64,
     signatures_verified: u64,
+    /// Images where the reader returned fewer than the acknowledged events
+    /// and said the log is unrecovered.
+    reader_unrecovered: u64,
+    /// Images of a cleanly closed log (the reader said nothing).
+    closed_images: u64,
     /// Time spent: writing images, reader, open+read, aggregates, append+close, check.
     phase: [std::time::Duration; 6],
 }
@@ -152,6 +157,8 @@ struct Run<'a> {
     ctx: PowerCtx,
     label: String,
     totals: &'a mut Totals,
+    /// The images being checked are of a cleanly closed log.
+    closed: bool,
 }
 
 impl Run<'_> {
@@ -213,6 +220,7 @@ fn run_workload(seed: u64, budget: u64, totals: &mut Totals) {
         ctx: PowerCtx::default(),
         label,
         totals,
+        closed: false,
     };
     run.totals.workloads += 1;
     if std::env::var_os("ANNAL_POWER_VERBOSE").is_some() {
@@ -324,13 +332,18 @@ fn run_workload(seed: u64, budget: u64, totals: &mut Totals) {
         }
         run.check_images();
     }
-    // A last crash point after the final operation, then a clean close.
+    // A last crash point after the final operation, then a clean close, and
+    // a crash point after it: images of a cleanly closed log.
     io.capture_now(2);
     run.check_images();
-    io.set_enabled(false);
     if let Some(l) = log.take() {
         l.close().unwrap_or_else(|e| panic!("{}: close: {e}", run.label));
     }
+    run.check_images();
+    run.closed = true;
+    io.capture_now(1);
+    run.check_images();
+    io.set_enabled(false);
     // The model agrees with the live directory (the simulator's self-check).
     let model = io.current_files();
     for (rel, bytes) in &model {
@@ -435,9 +448,25 @@ fn check_image(run: &mut Run<'_>, img: &CrashImage) {
                 // A reader stops where the head published the log's end; the
                 // head is not synced with every append, so after a power cut a
                 // reader may see fewer than the acknowledged events (a writer's
-                // open restores them, checked below). Counted, not failed.
-                if (recs.len() as u64) < img.ctx.acked {
+                // open restores them, checked below). Never silently: the view
+                // says it cannot vouch for the log from a position at or
+                // before the first acknowledged event it misses.
+                let missing = recs.len() as u64;
+                if missing < img.ctx.acked {
                     t.reader_behind += 1;
+                    let u = view.unrecovered().unwrap_or_else(|| {
+                        panic!(
+                            "{label}: the reader returned {missing} of {} acknowledged events without saying the log is unrecovered (error: {err:?})",
+                            img.ctx.acked
+                        )
+                    });
+                    assert!(u.position <= missing, "{label}: {u:?} vouches for a missing event");
+                    t.reader_unrecovered += 1;
+                }
+                if run.closed {
+                    assert_eq!(view.unrecovered(), None, "{label}: a cleanly closed log");
+                    assert!(err.is_none(), "{label}: reading a cleanly closed log: {err:?}");
+                    t.closed_images += 1;
                 }
             }
         },
@@ -631,7 +660,12 @@ fn power_cut_at_thousands_of_crash_points() {
         "  time in image checks (write, reader, open+read, aggregates, append+close, check): {:?}",
         t.phase
     );
+    println!(
+        "  readers behind the acknowledged events said the log is unrecovered in {} images; {} images of a cleanly closed log read in full with no signal",
+        t.reader_unrecovered, t.closed_images
+    );
     assert!(t.images_torn > 0 && t.images_lost_dir > 0 && t.images_garbage_tail > 0);
+    assert!(t.closed_images > 0, "no image of a cleanly closed log was checked");
 }
 
 /// Regression (found by the simulator): a power cut just after a roll created

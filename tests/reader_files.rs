@@ -1,0 +1,215 @@
+//! Readers on files of any length and any kind (issue 13, defects 5, 6, 23):
+//! a file cut to any length is an error naming it, never a panic; a failure
+//! to open or map a file is `Error::Io`, never corruption, and does not make
+//! the writer rewrite anything; a frame claiming more than a reader accepts is
+//! refused before anything is allocated or read.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use annal::{Direction, Durability, Error, EventData, ExpectedVersion, Log, Options, Reader};
+use common::{frames, fresh_copy, read_all, segments};
+
+/// A cleanly closed log of three small segments, with index files and a
+/// stream table.
+fn build() -> tempfile::TempDir {
+    let dir = common::scratch();
+    let log = Log::open(dir.path(), Options::default().segment_size(1024)).expect("open");
+    for i in 0..24u64 {
+        let events = [EventData::new("E", common::payload(i, 60))];
+        log.append(&format!("s-{}", i % 4), ExpectedVersion::Any, &events)
+            .expect("append");
+    }
+    log.close().expect("close");
+    assert!(segments(dir.path()).len() >= 3, "{:?}", common::listing(dir.path()));
+    dir
+}
+
+/// Every read a reader offers, run to completion; an error must name a file
+/// inside the log directory.
+fn read_everything(dir: &Path, label: &str) {
+    let check = |e: Error| match &e {
+        Error::Corrupt { path, .. } | Error::Io { path, .. } => {
+            assert!(path.starts_with(dir), "{label}: error names {}: {e}", path.display())
+        }
+        Error::NotALog { .. } | Error::UnsupportedVersion { .. } => {}
+        other => panic!("{label}: unexpected error {other}"),
+    };
+    let mut reader = match Reader::open(dir) {
+        Ok(r) => r,
+        Err(e) => return check(e),
+    };
+    let view = match reader.view() {
+        Ok(v) => v,
+        Err(e) => return check(e),
+    };
+    if let Err(e) = read_all(&view, 0) {
+        check(e);
+    }
+    for s in ["s-0", "s-3", "none"] {
+        for d in [Direction::Forward, Direction::Backward] {
+            for r in view.read_stream(s, 0, d, u64::MAX) {
+                if let Err(e) = r {
+                    check(e);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn files_cut_to_every_length_up_to_300_bytes_never_panic() {
+    let log = build();
+    let segs = segments(log.path());
+    let names: Vec<String> = [
+        common::file_name(&segs[0]),
+        common::file_name(&segs[1]),
+        common::file_name(segs.last().expect("segment")),
+        common::file_name(&segs[0].with_extension("idx")),
+        "annal.head".to_owned(),
+        "annal.streams".to_owned(),
+    ]
+    .into();
+    for name in &names {
+        let full = fs::read(log.path().join(name)).expect("read");
+        for len in 0..=300usize.min(full.len()) {
+            let dir = fresh_copy(log.path());
+            fs::write(dir.path().join(name), &full[..len]).expect("cut");
+            read_everything(dir.path(), &format!("{name} cut to {len} bytes"));
+        }
+    }
+}
+
+#[test]
+fn a_sealed_segment_shorter_than_a_header_and_a_seal_is_corrupt() {
+    let log = build();
+    let dir = fresh_copy(log.path());
+    let first = segments(dir.path())[0].clone();
+    let full = fs::read(&first).expect("read");
+    for len in [128usize, 130, 199] {
+        fs::write(&first, &full[..len]).expect("cut");
+        match Reader::open(dir.path()).expect("reader").view() {
+            Err(Error::Corrupt { path, offset, detail }) => {
+                assert_eq!(path, first, "{len}: {detail}");
+                assert!(offset <= len as u64, "{len}: {offset}: {detail}");
+            }
+            other => panic!("{len}: expected Error::Corrupt, got {other:?}"),
+        }
+    }
+}
+
+/// An index file that cannot be opened (a directory or a FIFO in its place)
+/// is an I/O error, never damage: reads say so, and nothing is rebuilt in
+/// its place or reported as index damage.
+#[test]
+fn an_index_that_cannot_be_opened_is_an_io_error_not_damage() {
+    let log = build();
+    for kind in ["directory", "fifo"] {
+        let dir = fresh_copy(log.path());
+        let idx = segments(dir.path())[0].with_extension("idx");
+        fs::remove_file(&idx).expect("remove idx");
+        match kind {
+            "directory" => fs::create_dir(&idx).expect("mkdir"),
+            _ => {
+                let st = std::process::Command::new("mkfifo")
+                    .arg(&idx)
+                    .status()
+                    .expect("run mkfifo");
+                assert!(st.success(), "mkfifo");
+            }
+        }
+        let mut reader = Reader::open(dir.path()).expect("reader");
+        let view = reader.view().expect("view");
+        let got: annal::Result<Vec<_>> = view
+            .read_stream("s-0", 0, Direction::Forward, u64::MAX)
+            .map(|r| r.map(|r| r.position()))
+            .collect();
+        match got {
+            Err(Error::Io { path, .. }) => assert_eq!(path, idx, "{kind}"),
+            other => panic!("{kind}: expected Error::Io naming the index, got {other:?}"),
+        }
+        assert!(view.index_damage().is_empty(), "{kind}: {:?}", view.index_damage());
+        // The writer does not replace it either.
+        let before = fs::symlink_metadata(&idx).expect("stat").file_type();
+        match Log::open(dir.path(), Options::default().segment_size(1024)) {
+            Ok(w) => {
+                let r: annal::Result<Vec<_>> = w
+                    .view()
+                    .expect("view")
+                    .read_stream("s-0", 0, Direction::Forward, u64::MAX)
+                    .map(|r| r.map(|r| r.position()))
+                    .collect();
+                assert!(matches!(r, Err(Error::Io { .. })), "{kind}: writer read: {r:?}");
+                w.close().expect("close");
+            }
+            Err(e) => assert!(matches!(e, Error::Io { .. }), "{kind}: Log::open: {e}"),
+        }
+        let after = fs::symlink_metadata(&idx).expect("stat").file_type();
+        assert_eq!(before, after, "{kind}: the file in the index's place was replaced");
+    }
+}
+
+/// A frame header claiming 4 GiB in a sparse file: refused before any
+/// allocation or read of the frame, with its offset.
+#[test]
+fn a_frame_claiming_4_gib_is_refused_before_any_allocation() {
+    let dir = common::scratch();
+    let log = Log::open(dir.path(), Options::default().durability(Durability::Fsync)).expect("open");
+    for i in 0..6u64 {
+        log.append(
+            "s",
+            ExpectedVersion::Any,
+            &[EventData::new("E", common::payload(i, 30))],
+        )
+        .expect("append");
+    }
+    log.close().expect("close");
+    let seg = segments(dir.path()).pop().expect("segment");
+    let bytes = fs::read(&seg).expect("read");
+    let fr = frames(&bytes);
+    let victim = fr[3];
+    let claimed: u64 = 4 << 30;
+    common::edit(&seg, |b| {
+        let o = victim.offset as usize;
+        b[o + 8..o + 16].copy_from_slice(&claimed.to_le_bytes());
+        common::fix_frame_header_crc(b, o);
+    });
+    // Sparse: the file claims the length, the disk holds 8 KB.
+    let f = fs::OpenOptions::new().write(true).open(&seg).expect("open");
+    f.set_len(victim.offset + claimed + 4096).expect("set_len");
+    drop(f);
+    match Reader::open(dir.path()).expect("reader").view() {
+        Err(Error::Corrupt { path, offset, detail }) => {
+            assert_eq!(path, seg);
+            assert_eq!(offset, victim.offset + 8, "{detail}");
+            // The refusal comes from the length check that precedes the
+            // buffer's allocation and the frame's read.
+            assert!(
+                detail.contains("more than the largest frame a reader accepts"),
+                "{detail}"
+            );
+        }
+        other => panic!("expected Error::Corrupt, got {other:?}"),
+    }
+}
+
+/// A segment cut below the head's durable end, then read: a corrupt error,
+/// not a panic, naming the segment (the file shrank after the writer wrote
+/// the head).
+#[test]
+fn the_active_segment_cut_below_the_head_is_corrupt() {
+    let log = build();
+    let dir = fresh_copy(log.path());
+    let last = segments(dir.path()).pop().expect("segment");
+    let len = common::file_len(&last);
+    let f = fs::OpenOptions::new().write(true).open(&last).expect("open");
+    f.set_len(len - 8).expect("cut");
+    drop(f);
+    match Reader::open(dir.path()).expect("reader").view() {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, last),
+        other => panic!("expected Error::Corrupt, got {other:?}"),
+    }
+}
