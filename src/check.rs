@@ -66,7 +66,8 @@ use serde::Serialize;
 use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, PublicKey, hex};
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{
-    CHECKPOINT_FRAME_LEN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_SEAL, FRAME_MAGIC, FrameHeader, HEAD_SLOT_LEN, HeadSlot, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, HEAD_FILE_LEN, IDX_HEADER_LEN,
+    CHECKPOINT_FRAME_LEN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_SEAL, FRAME_MAGIC, FrameHeader, HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot, IDX_HEADER_LEN,
     IDX_STREAM_ROW_LEN, LogFormat, SEGMENT_HEADER_LEN, STB_HEADER_LEN, STB_ROW_LEN, SegmentHeader,
 };
 use crate::head::{self, HEAD_FILE, Head};
@@ -630,7 +631,10 @@ fn still_names(path: &Path, f: &fs::File) -> bool {
 /// Warn about a log directory or `snapshots/` that is a symlink or that
 /// anyone may write to: whoever can write there can replace the log's files.
 fn check_dir_safety(dir: &Path, report: &mut CheckReport) {
-    for (path, what) in [(dir.to_owned(), "the log directory"), (dir.join(SNAPSHOT_DIR), "snapshots/")] {
+    for (path, what) in [
+        (dir.to_owned(), "the log directory"),
+        (dir.join(SNAPSHOT_DIR), "snapshots/"),
+    ] {
         let Ok(m) = fs::symlink_metadata(&path) else { continue };
         if m.file_type().is_symlink() {
             let target = fs::read_link(&path).map_or(String::new(), |t| format!(" to {}", t.display()));
@@ -1295,6 +1299,9 @@ impl SegBytes {
     }
 }
 
+/// A frame claiming more than a writer writes: `(file offset, frame_len)`.
+type Oversized = (u64, u64);
+
 /// Bytes of the rest of the file `check` copies after a frame header that
 /// does not parse (the walk reports the damage at its start; the durable
 /// boundary past it is found by [`resync_file`] without a copy).
@@ -1307,7 +1314,7 @@ const TAIL_PEEK: u64 = 64 << 10;
 /// sparse file of any length, a frame claiming 4 GiB). Returns the copy (a
 /// prefix of the file, at the file's offsets) and the first frame claiming
 /// more than `max_frame`, if any, as `(offset, frame_len)`.
-fn read_active(f: &fs::File, path: &Path, len: u64, max_frame: u64) -> Result<(Vec<u8>, Option<(u64, u64)>)> {
+fn read_active(f: &fs::File, path: &Path, len: u64, max_frame: u64) -> Result<(Vec<u8>, Option<Oversized>)> {
     let mut out = Vec::new();
     read_at_into(f, path, 0, len.min(SEGMENT_HEADER_LEN as u64), &mut out)?;
     let mut off = SEGMENT_HEADER_LEN as u64;
@@ -1346,7 +1353,7 @@ fn read_active(f: &fs::File, path: &Path, len: u64, max_frame: u64) -> Result<(V
 /// The first frame of a mapped segment whose header claims more than
 /// `max_frame` bytes, as `(offset, frame_len)`, found by stepping from header
 /// to header (the bodies are not read).
-fn oversized_frame(bytes: &[u8], max_frame: u64) -> Option<(u64, u64)> {
+fn oversized_frame(bytes: &[u8], max_frame: u64) -> Option<Oversized> {
     let mut off = SEGMENT_HEADER_LEN as u64;
     loop {
         let b = bytes.get(usize::try_from(off).ok()?..)?;
@@ -1453,7 +1460,9 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
     // Never past a frame claiming more than a writer writes: its bytes are
     // not read (memory and time bounded by the limits, not by the file).
     let bytes = match cut {
-        Some((off, _)) => all.get(..(off as usize).saturating_add(FRAME_HEADER_LEN)).unwrap_or(all),
+        Some((off, _)) => all
+            .get(..(off as usize).saturating_add(FRAME_HEADER_LEN))
+            .unwrap_or(all),
         None => all,
     };
     // The durable boundary rule 2 (spec 5.1) looks at every frame header
@@ -1667,9 +1676,7 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
                 out.complete = true;
                 let n = file_len.saturating_sub(x);
                 let detail = if ctx.writer_active {
-                    format!(
-                        "the writer is still writing bytes {x}..{file_len} ({n} bytes); not checked"
-                    )
+                    format!("the writer is still writing bytes {x}..{file_len} ({n} bytes); not checked")
                 } else {
                     format!(
                         "torn tail: the {n} bytes from byte {x} (past the durable boundary at byte {boundary}) are \
@@ -1755,9 +1762,14 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
                 } else if let Some(d) = lookup_damage {
                     out.idx = IdxState::Damaged;
                     out.problems.push(damage_finding(&idx_path, &d));
-                } else if let Some(f) =
-                    compare_derived(&idx_path, &expected, &found, idx_len, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN)
-                {
+                } else if let Some(f) = compare_derived(
+                    &idx_path,
+                    &expected,
+                    &found,
+                    idx_len,
+                    IDX_HEADER_LEN,
+                    IDX_STREAM_ROW_LEN,
+                ) {
                     out.idx = IdxState::Damaged;
                     out.problems.push(f);
                 } else {
@@ -1853,7 +1865,9 @@ fn check_large_snapshot(f: &fs::File, path: &Path, len: u64) -> Result<Option<(u
     if header.get(..8) != Some(b"ANNALSNP".as_slice()) {
         return Ok(Some((0, "expected snapshot magic \"ANNALSNP\"".to_owned())));
     }
-    let stream_len = header.get(12..14).map_or(0, |b| u64::from(u16::from_le_bytes([b[0], b[1]])));
+    let stream_len = header
+        .get(12..14)
+        .map_or(0, |b| u64::from(u16::from_le_bytes([b[0], b[1]])));
     let payload_len = u64_at(&header, 40).unwrap_or(0);
     let want = 64u64.checked_add(stream_len).and_then(|x| x.checked_add(payload_len));
     if want != Some(len) {
@@ -1878,8 +1892,15 @@ fn check_large_snapshot(f: &fs::File, path: &Path, len: u64) -> Result<Option<(u
         off += buf.len() as u64;
     }
     let crc = h.finalize();
-    let stored = header.get(60..64).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    Ok((crc != stored).then(|| (60, format!("snapshot CRC mismatch: expected {crc:#010x}, found {stored:#010x}"))))
+    let stored = header
+        .get(60..64)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    Ok((crc != stored).then(|| {
+        (
+            60,
+            format!("snapshot CRC mismatch: expected {crc:#010x}, found {stored:#010x}"),
+        )
+    }))
 }
 
 /// The 32-byte chain slot of the frame header at the start of `frame` (zero

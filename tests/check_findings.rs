@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-
 use annal::{CheckOptions, CheckReport, EventData, ExpectedVersion, Log, Options, SigningKey};
 
 fn append(log: &Log, n: u64) {
@@ -199,9 +198,16 @@ fn check_while_a_writer_rolls_segments_invents_nothing() {
     stop.store(true, Ordering::Release);
     writer.join().expect("writer");
     let segments = common::segments(dir.path()).len();
-    Arc::try_unwrap(log).ok().expect("one owner").close().expect("close");
+    match Arc::try_unwrap(log) {
+        Ok(log) => log.close().expect("close"),
+        Err(_) => panic!("the writer thread still holds the log"),
+    }
     assert!(segments > 20, "the writer rolled: {segments} segments");
-    assert!(failures.is_empty(), "{} of {checks} checks invented damage: {failures:#?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {checks} checks invented damage: {failures:#?}",
+        failures.len()
+    );
     let r = check(dir.path());
     assert!(r.is_ok() && r.warnings.is_empty(), "{:?} {:?}", r.problems, r.warnings);
 }

@@ -173,7 +173,11 @@ fn sparse_head_and_snapshot_of_gibs_cost_no_more_than_their_structure() {
     sparse(&head, &bytes, 3 << 30);
     let (r, largest) = check_measured(copy.path());
     let f = problem_naming(&r, &head).unwrap_or_else(|| panic!("{:?}", r.problems));
-    assert!(f.detail.contains("expected a 128-byte head file, found 3221225472 bytes"), "{f}");
+    assert!(
+        f.detail
+            .contains("expected a 128-byte head file, found 3221225472 bytes"),
+        "{f}"
+    );
     assert!(largest < BOUND, "largest allocation {largest} bytes");
 
     let copy = common::fresh_copy(base.path());
@@ -250,7 +254,11 @@ fn a_symlinked_snapshots_folder_is_not_followed_and_repair_deletes_nothing_there
     );
     let r = annal::check(base.path(), CheckOptions::default().repair(true)).expect("repair");
     assert!(r.is_ok(), "{:?}", r.problems);
-    assert!(victim.exists(), "repair deleted a file outside the log: {:?}", r.repairs);
+    assert!(
+        victim.exists(),
+        "repair deleted a file outside the log: {:?}",
+        r.repairs
+    );
 }
 
 #[test]

@@ -589,7 +589,10 @@ fn cases_for(kind: Kind, file: &str, bytes: &[u8], rng: &mut Rng, extra_files: &
         // (the one before its seal, spec 21.5), which readers step over and
         // only check verifies (issue 13, defect 3b).
         if kind == Kind::Sealed {
-            let cp = regions.iter().filter(|r| r.what.starts_with("checkpoint ")).map(|r| (r.start, r.end));
+            let cp = regions
+                .iter()
+                .filter(|r| r.what.starts_with("checkpoint "))
+                .map(|r| (r.start, r.end));
             let (s, e) = cp.fold((u64::MAX, 0), |(a, b), (s, e)| (a.min(s), b.max(e)));
             let last_cp: Vec<&Region> = regions
                 .iter()
@@ -1007,7 +1010,9 @@ fn run_case(r: &Reference, c: &Case, stats: &mut BTreeMap<(Kind, Damage), Tally2
             .map(|f| f.to_string())
             .collect();
         if !elsewhere.is_empty() {
-            failures.push(format!("{what}: findings in files other than the damaged one: {elsewhere:?}"));
+            failures.push(format!(
+                "{what}: findings in files other than the damaged one: {elsewhere:?}"
+            ));
         }
     }
 

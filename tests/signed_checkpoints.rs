@@ -232,12 +232,15 @@ fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
     let p = problems(dir.path(), None);
     assert_eq!(p.len(), 3, "without a public key, the same three fail: {p:?}");
     assert!(
-        p.iter().all(|m| m.contains("does not verify against the public key the checkpoint names")),
+        p.iter()
+            .all(|m| m.contains("does not verify against the public key the checkpoint names")),
         "{p:?}"
     );
     assert!(p[0].contains("position 12"), "{p:?}");
     let r = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
-    let note = r.signature_note.expect("a note on what a check without --public-key proves");
+    let note = r
+        .signature_note
+        .expect("a note on what a check without --public-key proves");
     assert!(note.contains("only --public-key proves who signed"), "{note}");
     let p = problems(dir.path(), Some(pk));
     assert_eq!(p.len(), 3, "the checkpoints at 12, 18 and 20 no longer verify: {p:?}");
