@@ -27,12 +27,47 @@
 //!   without the chain, every chain slot must be zero. Checkpoint frames
 //!   (spec 3.5) repeat the stored chain; with a public key
 //!   ([`CheckOptions::public_key`]) their signatures are verified and every
-//!   sealed segment must end with one ([`CheckReport::signatures`]).
+//!   sealed segment must end with one ([`CheckReport::signatures`]); without
+//!   one, each signature is verified against the public key the checkpoint
+//!   names, which catches damage and careless forgery but proves nothing
+//!   about who signed ([`CheckReport::signature_note`] says so).
+//!
+//! How files are read: every file with [`crate::io::open_read`] (never
+//! through a symlink, never blocking on a FIFO, only a regular file; anything
+//! else is a problem naming the file and what it is), and never more than
+//! its structure allows: the head's 128 bytes (and one more, to tell a longer
+//! file), a derived file's bytes up to the length rebuilt from the segments
+//! (and one more), the active segment frame by frame with no frame longer
+//! than [`CheckOptions::max_batch_bytes`] (a longer one is reported, not
+//! read), sealed segments and derived files through a mapping, and large
+//! snapshots in bounded chunks. A symlinked `snapshots/` is not followed (a
+//! warning); a symlinked or world-writable log directory or `snapshots/` is
+//! a warning.
+//!
+//! A finding names the damaged bytes and only those: the first byte that
+//! differs (for a derived file, from the file rebuilt from the segments),
+//! or the field whose check failed. What later files are compared with
+//! (stream versions, index back pointers, the stream table) depends on
+//! every earlier segment: past a damaged segment those comparisons are
+//! skipped, and one warning on the damaged segment, starting with "a
+//! consequence", says so.
+//!
+//! While a writer holds the log, the head is read first, then the stream
+//! table, then the segments are listed: a writer writes a table only after
+//! the segments it covers exist, so no roll during the check shows a table
+//! newer than the listing. Index files and the table are compared only if
+//! the file decoded is still the one the path names (a replaced file is not
+//! compared, with a warning). Should a check with a writer active still find
+//! a problem, it looks once more and reports the second look.
 //!
 //! How findings are classified:
 //!
 //! * damage below the durable boundary of the active segment (spec 5.1), or
 //!   anywhere in a sealed segment, or in a derived file, is a **problem**;
+//! * in the head file, a slot that fails its checks while the other slot is
+//!   valid is a **warning** naming the slot (a crash while the writer wrote
+//!   it leaves that); neither slot valid, or a head that is not 128 bytes
+//!   long, is a **problem**;
 //! * a missing index file is a **problem** (the next writer open, or
 //!   `--repair`, rebuilds it), except while a writer holds the log and may
 //!   still be writing it, or for a sealed last segment or the sealed segments
