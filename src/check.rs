@@ -1157,8 +1157,10 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
             damaged = Some(o);
         }
     }
+    // The table covers the segments below its next_segment only.
+    let table_depends = damaged.is_some_and(|o| table_next.is_some_and(|n| o.base < n));
     if let Some(o) = damaged
-        && (outs.last().is_some_and(|l| l.base > o.base) || table_next.is_some())
+        && (outs.last().is_some_and(|l| l.base > o.base) || table_depends)
     {
         report.warnings.push(finding(
             &o.path,
@@ -1181,7 +1183,7 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
     if table_next.is_some_and(|n| n > active_base) || (table_next.is_some() && table_expect.is_none()) {
         table_expect = Some(latest.clone());
     }
-    if damaged.is_some() {
+    if table_depends {
         table_expect = None;
     }
 
@@ -1368,7 +1370,17 @@ fn read_active(f: &fs::File, path: &Path, len: u64, max_frame: u64) -> Result<(V
                 if n < fl {
                     break;
                 }
+                // Copy on only past a frame that is whole and valid (the walk
+                // stops at the first that is not): what is held is bounded by
+                // valid frames, not by headers claiming lengths.
+                let frame = out.get(off as usize..).unwrap_or_default();
+                if crate::segment::validate_frame(frame, off, true).is_err() {
+                    break;
+                }
                 off += fl;
+                if off >= active_copy_max(max_frame) {
+                    break;
+                }
                 if kind == FRAME_KIND_SEAL {
                     // Whatever follows a seal is reported as such by the walk.
                     read_at_into(f, path, off, (len - off).min(TAIL_PEEK), &mut out)?;
@@ -1383,6 +1395,14 @@ fn read_active(f: &fs::File, path: &Path, len: u64, max_frame: u64) -> Result<(V
         }
     }
     Ok((out, None))
+}
+
+/// The most of an active segment `check` copies: a writer's active segment
+/// holds at most `segment_size` bytes of batches (256 MiB by default), or one
+/// batch alone (spec 8), so this leaves room for both; past it the rest is
+/// not checked (a warning says so).
+fn active_copy_max(max_frame: u64) -> u64 {
+    max_frame.saturating_mul(2).saturating_add(256 << 20)
 }
 
 /// The first frame of a mapped segment whose header claims more than
@@ -1485,6 +1505,18 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
     out.bytes = file_len;
     let (data, cut) = if is_last {
         let (v, cut) = read_active(&file, &path, file_len, ctx.max_frame)?;
+        let copied = v.len() as u64;
+        if copied >= active_copy_max(ctx.max_frame) && copied < file_len {
+            out.warnings.push(finding(
+                &path,
+                copied,
+                format!(
+                    "the active segment is {file_len} bytes, more than check holds of an active segment \
+                     ({} bytes, from max_batch_bytes): the bytes from here on were not checked",
+                    active_copy_max(ctx.max_frame)
+                ),
+            ));
+        }
         (SegBytes::Copy(v), cut)
     } else {
         let m = Mapping::map(&file, file_len, &path)?;
