@@ -800,7 +800,9 @@ enum TableRead {
     Missing,
     /// Not a regular file (described).
     NotRegular(String),
-    Damaged(Damage),
+    /// Damaged: what failed, and the open file (to name the first byte that
+    /// differs from the rebuilt table) if it is a regular file.
+    Damaged(Damage, Option<(fs::File, u64)>),
     /// Valid blocks and header; the open file (read again, bounded, for the
     /// byte comparison: the same inode as the one decoded) and its length.
     Valid(StreamTable, fs::File, u64),
@@ -827,7 +829,7 @@ fn read_table(dir: &Path) -> Result<TableRead> {
         return Ok(match decoded {
             Ok(Some(t)) => TableRead::Valid(t, f, len),
             Ok(None) => TableRead::Missing,
-            Err(d) => TableRead::Damaged(d),
+            Err(d) => TableRead::Damaged(d, Some((f, len))),
         });
     }
 }
@@ -1049,6 +1051,12 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
     let table_path = dir.join(STREAM_TABLE_FILE);
     let table_next = match &table_read {
         TableRead::Valid(t, _, _) => Some(t.next_segment()),
+        // A damaged table's next_segment, as it reads: the table is rebuilt
+        // with it to name the first byte that differs.
+        TableRead::Damaged(_, Some((f, _))) => read_prefix(f, &dir.join(STREAM_TABLE_FILE), 32)
+            .ok()
+            .and_then(|b| u64_at(&b, 16))
+            .filter(|n| bases.contains(n)),
         _ => None,
     };
     let mut table_expect: Option<HashMap<Box<str>, TableEntry>> = None;
@@ -1208,8 +1216,17 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
         TableRead::NotRegular(d) => {
             report.problems.push(finding(&table_path, 0, d));
         }
-        TableRead::Damaged(d) => {
-            report.problems.push(damage_finding(&table_path, &d));
+        TableRead::Damaged(d, file) => {
+            let mut f = damage_finding(&table_path, &d);
+            if let (Some((file, _)), Some(entries), Some(next)) = (&file, &table_expect, table_next) {
+                let mask = hash_mask_of(dir);
+                let expected = encode_table(entries, next, mask);
+                let found = read_prefix(file, &table_path, expected.len() as u64 + 1)?;
+                if let Some(at) = first_difference(&expected, &found, 0) {
+                    f = exact_finding(&table_path, &d, at, &expected, &found);
+                }
+            }
+            report.problems.push(f);
             remove.push((table_path.clone(), "a damaged stream table"));
         }
         TableRead::Valid(t, file, len) => {
@@ -1226,12 +1243,7 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
                 ));
                 remove.push((table_path.clone(), "a damaged stream table"));
             } else if let Some(entries) = &table_expect {
-                let mut rows: Vec<(u64, &[u8], TableEntry)> = entries
-                    .iter()
-                    .map(|(n, e)| (crate::hash::stream_hash(n.as_bytes()) & mask, n.as_bytes(), *e))
-                    .collect();
-                rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-                let expected = streamtable::encode(rows.into_iter(), next, mask);
+                let expected = encode_table(entries, next, mask);
                 // No more than the rebuilt table and one byte: enough to
                 // tell any difference, bounded by what the segments say.
                 let bytes = read_prefix(&file, &table_path, expected.len() as u64 + 1)?;
@@ -1259,12 +1271,53 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
     Ok(Scan { report, remove })
 }
 
+/// The stream table rebuilt from `entries`.
+fn encode_table(entries: &HashMap<Box<str>, TableEntry>, next: u64, mask: u64) -> Vec<u8> {
+    let mut rows: Vec<(u64, &[u8], TableEntry)> = entries
+        .iter()
+        .map(|(n, e)| (crate::hash::stream_hash(n.as_bytes()) & mask, n.as_bytes(), *e))
+        .collect();
+    rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    streamtable::encode(rows.into_iter(), next, mask)
+}
+
 fn prev_text(p: Prev) -> String {
     if p.segment == NO_SEGMENT {
         "no earlier segment".into()
     } else {
         format!("segment {} row {}", p.segment, p.row)
     }
+}
+
+/// The first byte at which an index file differs from the one rebuilt from
+/// its segment, leaving out the back pointers of its `stream_rows` stream
+/// rows (`prev_segment`, `prev_row`: bytes `[40, 52)` of a row), which the
+/// segment alone cannot tell. Also used for the stream table with no rows to
+/// leave out.
+fn first_difference(expected: &[u8], found: &[u8], stream_rows: usize) -> Option<usize> {
+    let rows = IDX_HEADER_LEN..IDX_HEADER_LEN + stream_rows * IDX_STREAM_ROW_LEN;
+    let back_pointer = |i: usize| rows.contains(&i) && (40..52).contains(&((i - IDX_HEADER_LEN) % IDX_STREAM_ROW_LEN));
+    expected
+        .iter()
+        .zip(found)
+        .enumerate()
+        .position(|(i, (a, b))| a != b && !back_pointer(i))
+}
+
+/// A derived file's damage `d` (a failed block CRC, a header field),
+/// named at the first byte `at` that differs from the rebuilt file.
+fn exact_finding(path: &Path, d: &Damage, at: usize, expected: &[u8], found: &[u8]) -> Finding {
+    finding(
+        path,
+        at as u64,
+        format!(
+            "{}; the first byte that differs from the file rebuilt from the segments is here: expected {:#04x}, \
+             found {:#04x}",
+            d.detail(),
+            expected.get(at).copied().unwrap_or(0),
+            found.get(at).copied().unwrap_or(0)
+        ),
+    )
 }
 
 /// Compare a derived file with the bytes rebuilt from the segments; on a
@@ -1764,10 +1817,11 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
         let bytes = bytes.get(..walk.end as usize).unwrap_or(bytes);
         let idx_path = ctx.dir.join(index_file_name(base));
         let seal_crc = index::seal_crc(bytes).unwrap_or(0);
-        let idx_open = match open_checked(&idx_path)? {
-            Opened::NotRegular(d) => Err(Damage::corrupt(0, d)),
+        let opened = open_checked(&idx_path)?;
+        let idx_open = match &opened {
+            Opened::NotRegular(d) => Err(Damage::corrupt(0, d.clone())),
             Opened::Missing => Ok((None, None)),
-            Opened::File(f, len) => IdxFile::open_for(&idx_path, base, bytes).map(|x| (x, Some((f, len)))),
+            Opened::File(f, len) => IdxFile::open_for(&idx_path, base, bytes).map(|x| (x, Some((f, *len)))),
         };
         match idx_open {
             Ok((None, _)) => {
@@ -1792,12 +1846,27 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
             Err(d) => {
                 out.idx = IdxState::Damaged;
                 out.idx_bytes = fs::symlink_metadata(&idx_path).map_or(0, |m| m.len());
-                out.problems.push(damage_finding(&idx_path, &d));
+                let mut f = damage_finding(&idx_path, &d);
+                if let Opened::File(file, _) = &opened {
+                    // Name the first byte that differs from the index
+                    // rebuilt from the segment (spec 16), with the log's
+                    // hash mask (the file's own may be the damaged byte).
+                    let (expected, rows) =
+                        mem.encode(base, bytes.len() as u64, seal_crc, hash_mask_of(ctx.dir), &mut |_| {
+                            Prev::NONE
+                        });
+                    let found = read_prefix(file, &idx_path, expected.len() as u64 + 1)?;
+                    if let Some(at) = first_difference(&expected, &found, rows.len()) {
+                        f = exact_finding(&idx_path, &d, at, &expected, &found);
+                    }
+                    out.rows = rows;
+                }
+                out.problems.push(f);
             }
             Ok((Some(_), None)) => {}
             Ok((Some(file), Some((f, idx_len)))) => {
                 out.idx_bytes = idx_len;
-                let mask = u64_at(&read_prefix(&f, &idx_path, IDX_HEADER_LEN as u64)?, 32).unwrap_or(u64::MAX);
+                let mask = u64_at(&read_prefix(f, &idx_path, IDX_HEADER_LEN as u64)?, 32).unwrap_or(u64::MAX);
                 let mut prevs: HashMap<Box<str>, Prev> = HashMap::new();
                 let mut lookup_damage = None;
                 for name in mem.streams.keys() {
@@ -1816,8 +1885,8 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
                 });
                 // No more than the rebuilt index and one byte: enough to tell
                 // any difference, bounded by what the segment says.
-                let found = read_prefix(&f, &idx_path, expected.len() as u64 + 1)?;
-                if !still_names(&idx_path, &f) {
+                let found = read_prefix(f, &idx_path, expected.len() as u64 + 1)?;
+                if !still_names(&idx_path, f) {
                     // Replaced (a writer rebuilt it) while it was read: the
                     // file decoded is not the one compared.
                     out.idx = IdxState::Missing;
@@ -1827,8 +1896,16 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
                         "the index file was replaced while it was checked (a writer rebuilt it); not compared",
                     ));
                 } else if let Some(d) = lookup_damage {
+                    // A block fails its CRC: name the first byte that differs
+                    // from the rebuilt index (spec 16), leaving out the back
+                    // pointers, which this segment alone cannot tell; if only
+                    // those differ, the block.
                     out.idx = IdxState::Damaged;
-                    out.problems.push(damage_finding(&idx_path, &d));
+                    out.problems
+                        .push(match first_difference(&expected, &found, rows.len()) {
+                            Some(at) => exact_finding(&idx_path, &d, at, &expected, &found),
+                            None => damage_finding(&idx_path, &d),
+                        });
                 } else if let Some(f) = compare_derived(
                     &idx_path,
                     &expected,

@@ -211,3 +211,33 @@ fn check_while_a_writer_rolls_segments_invents_nothing() {
     let r = check(dir.path());
     assert!(r.is_ok() && r.warnings.is_empty(), "{:?} {:?}", r.problems, r.warnings);
 }
+
+/// Spec 16 (issue 13's question "which offset check names for a damaged
+/// derived file"): the first byte that differs from the file rebuilt from the
+/// segments, also when the block holding it fails its CRC.
+#[test]
+fn a_changed_byte_of_an_index_or_the_stream_table_is_named_exactly() {
+    let base = signed_log();
+    let idx = common::segments(base.path())[1].with_extension("idx");
+    let len = fs::metadata(&idx).expect("idx").len();
+    let table_len = fs::metadata(base.path().join(annal::STREAM_TABLE_FILE))
+        .expect("table")
+        .len();
+    // Bytes in the header and in the sections (before the block CRC table
+    // and footer, which are checked as such).
+    for (file, at) in [
+        (idx.clone(), 20u64),
+        (idx.clone(), 130),
+        (idx.clone(), len / 2),
+        (base.path().join(annal::STREAM_TABLE_FILE), 70),
+        (base.path().join(annal::STREAM_TABLE_FILE), table_len / 3),
+    ] {
+        let copy = common::fresh_copy(base.path());
+        let f = copy.path().join(file.file_name().expect("name"));
+        common::edit(&f, |b| b[at as usize] ^= 0x08);
+        let r = check(copy.path());
+        let p: Vec<_> = r.problems.iter().filter(|p| p.file == f).collect();
+        assert_eq!(p.len(), 1, "{} byte {at}: {:?}", f.display(), r.problems);
+        assert_eq!(p[0].offset, at, "{}: {}", f.display(), p[0]);
+    }
+}
