@@ -1219,7 +1219,20 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
         TableRead::Damaged(d, file) => {
             let mut f = damage_finding(&table_path, &d);
             if let (Some((file, _)), Some(entries), Some(next)) = (&file, &table_expect, table_next) {
-                let mask = hash_mask_of(dir);
+                // The log's hash mask from an index file (the table's own may
+                // be the damaged byte).
+                let mask = bases
+                    .iter()
+                    .find_map(|&b| {
+                        let p = dir.join(index_file_name(b));
+                        match open_checked(&p) {
+                            Ok(Opened::File(f, _)) => read_prefix(&f, &p, IDX_HEADER_LEN as u64)
+                                .ok()
+                                .and_then(|h| u64_at(&h, 32)),
+                            _ => None,
+                        }
+                    })
+                    .unwrap_or_else(|| hash_mask_of(dir));
                 let expected = encode_table(entries, next, mask);
                 let found = read_prefix(file, &table_path, expected.len() as u64 + 1)?;
                 if let Some(at) = first_difference(&expected, &found, 0) {
@@ -1294,10 +1307,21 @@ fn prev_text(p: Prev) -> String {
 /// rows (`prev_segment`, `prev_row`: bytes `[40, 52)` of a row), which the
 /// segment alone cannot tell. Also used for the stream table with no rows to
 /// leave out.
+///
+/// Only the checked region is compared (spec 16): the block CRC table and
+/// the footer depend on the back pointers too, and their own checks name the
+/// field that fails.
 fn first_difference(expected: &[u8], found: &[u8], stream_rows: usize) -> Option<usize> {
     let rows = IDX_HEADER_LEN..IDX_HEADER_LEN + stream_rows * IDX_STREAM_ROW_LEN;
     let back_pointer = |i: usize| rows.contains(&i) && (40..52).contains(&((i - IDX_HEADER_LEN) % IDX_STREAM_ROW_LEN));
-    expected
+    let checked = expected
+        .len()
+        .checked_sub(crate::blockfile::FOOTER_LEN)
+        .and_then(|f| u64_at(expected, f))
+        .and_then(|t| usize::try_from(t).ok())
+        .unwrap_or(0)
+        .min(expected.len());
+    expected[..checked]
         .iter()
         .zip(found)
         .enumerate()
