@@ -212,8 +212,10 @@ fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
     assert!(p.iter().all(|m| m.contains("not by the key given")), "{p:?}");
 
     // A forger edits event 7 (in the 4th batch), fixes its CRC and recomputes
-    // the whole unkeyed chain: self-consistent, so without the public key
-    // check sees nothing; with it, the checkpoints after the edit fail.
+    // the whole unkeyed chain: self-consistent, but the checkpoints after the
+    // edit no longer verify, with the key given as with the key each
+    // checkpoint names (issue 13, defect 4: a forger who does not sign is
+    // caught without the public key too).
     let seg = segments(dir.path()).pop().unwrap();
     let mut bytes = fs::read(&seg).unwrap();
     let f = frames(&bytes)
@@ -227,11 +229,19 @@ fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
     bytes[rec + 4..rec + 8].copy_from_slice(&crc.to_le_bytes());
     rechain(&mut bytes);
     fs::write(&seg, &bytes).unwrap();
-    assert_eq!(
-        problems(dir.path(), None),
-        Vec::<String>::new(),
-        "an unkeyed rewrite is self-consistent"
+    let p = problems(dir.path(), None);
+    assert_eq!(p.len(), 3, "without a public key, the same three fail: {p:?}");
+    assert!(
+        p.iter()
+            .all(|m| m.contains("does not verify against the public key the checkpoint names")),
+        "{p:?}"
     );
+    assert!(p[0].contains("position 12"), "{p:?}");
+    let r = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    let note = r
+        .signature_note
+        .expect("a note on what a check without --public-key proves");
+    assert!(note.contains("only --public-key proves who signed"), "{note}");
     let p = problems(dir.path(), Some(pk));
     assert_eq!(p.len(), 3, "the checkpoints at 12, 18 and 20 no longer verify: {p:?}");
     assert!(p.iter().all(|m| m.contains("does not verify")), "{p:?}");
@@ -252,9 +262,17 @@ fn an_altered_checkpoint_breaks_the_chain() {
     common::fix_frame_header_crc(&mut bytes, o);
     fs::write(&seg, &bytes).unwrap();
     let p = problems(dir.path(), None);
-    assert_eq!(p.len(), 1, "{p:?}");
+    // The chain slot no longer repeats the chain, and the signature (over
+    // that chain hash) no longer verifies against the key it names.
+    assert_eq!(p.len(), 2, "{p:?}");
     assert!(
-        p[0].contains(&format!("at byte {}", o + 40)) && p[0].contains("checkpoint was altered"),
+        p.iter()
+            .any(|m| m.contains(&format!("at byte {}", o + 40)) && m.contains("checkpoint was altered")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.contains(&format!("at byte {}", o + 104)) && m.contains("does not verify")),
         "{p:?}"
     );
 }
