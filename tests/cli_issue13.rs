@@ -626,3 +626,87 @@ fn import_from_a_terminal_says_so_and_creates_nothing_until_a_line() {
     assert!(out.contains("reading JSON lines from the terminal"), "{out}");
     assert!(!dir.exists(), "{out}");
 }
+
+/// Defect 1: every command that reads says when the log was not cleanly
+/// closed and not yet recovered (here: both head slots damaged, so no slot
+/// vouches for the active segment), and stops saying it once `check
+/// --repair` (a writer open) has recovered the log.
+#[test]
+fn every_reading_command_says_when_the_log_is_not_yet_recovered() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    let d = p(&dir);
+    for i in 0..3 {
+        let o = run(&[
+            "append",
+            d,
+            "--stream",
+            "s-1",
+            "--type",
+            "T",
+            "--data",
+            &format!("{{\"i\":{i}}}"),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let clean = run(&["read", d]);
+    assert!(clean.status.success());
+    assert!(
+        !text(&clean.stderr).contains("not been recovered"),
+        "{}",
+        text(&clean.stderr)
+    );
+
+    // Damage the magic of both head slots: a crash image cannot do this, but
+    // it leaves no valid slot, which is what the reader must signal.
+    let head = dir.join(annal::HEAD_FILE);
+    let mut bytes = std::fs::read(&head).expect("head");
+    bytes[0] ^= 0xff;
+    bytes[64] ^= 0xff;
+    std::fs::write(&head, &bytes).expect("write head");
+
+    for args in [
+        vec!["read", d],
+        vec!["stats", d],
+        vec!["anchor", d],
+        vec!["tail", d, "--limit", "0"],
+    ] {
+        let o = run(&args);
+        let err = text(&o.stderr);
+        if args[0] != "tail" {
+            assert!(err.contains("not been recovered"), "{args:?}: {err}");
+            assert!(err.contains("position"), "{args:?}: {err}");
+        }
+    }
+    let read = run(&["read", d]);
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    assert_eq!(
+        text(&read.stdout).lines().count(),
+        3,
+        "the complete batches are still delivered"
+    );
+    let stats = run(&["stats", d, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    assert!(v["unrecovered"]["position"].is_u64(), "{v}");
+    let check = run(&["check", d]);
+    assert!(
+        text(&check.stdout).contains("not been recovered"),
+        "{}",
+        text(&check.stdout)
+    );
+
+    let repair = run(&["check", d, "--repair"]);
+    assert!(
+        repair.status.success(),
+        "{}{}",
+        text(&repair.stdout),
+        text(&repair.stderr)
+    );
+    let after = run(&["read", d]);
+    assert!(
+        !text(&after.stderr).contains("not been recovered"),
+        "{}",
+        text(&after.stderr)
+    );
+    assert_eq!(text(&after.stdout).lines().count(), 3);
+}

@@ -176,6 +176,13 @@ pub struct AnchorArgs {
 
 /// Run `annal anchor`.
 pub fn anchor(a: &AnchorArgs) -> CmdResult {
+    // The anchor names the chain as far as it is recorded; say so if the log
+    // holds events past what a reader can vouch for (spec 7).
+    if let Ok(mut reader) = annal::Reader::open(&a.dir)
+        && let Ok(view) = reader.view()
+    {
+        crate::read::warn_unrecovered(&view);
+    }
     let Some(head) = annal::chain_head(&a.dir)? else {
         return Err(Failure::usage(format!(
             "{}: the log has no audit chain (it was created with --no-chain, or in format version 1), so it has \

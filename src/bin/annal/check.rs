@@ -124,10 +124,24 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Not yet recovered (spec 7): a log that no writer holds and that was not
+    // cleanly closed holds bytes past what readers deliver. `--repair` has
+    // just recovered it; otherwise say so, as every command does.
+    let unrecovered = if args.repair || report.writer_active {
+        None
+    } else {
+        annal::Reader::open(&args.dir)
+            .and_then(|mut r| r.view())
+            .ok()
+            .and_then(|v| v.unrecovered().cloned())
+    };
     if args.json {
-        print_json(&report);
+        print_json(&report, unrecovered.as_ref());
     } else {
         print_text(&args.dir, &report);
+        if let Some(u) = &unrecovered {
+            println!("WARNING: {}", escape_controls(&u.to_string()));
+        }
     }
     if report.is_ok() {
         ExitCode::SUCCESS
@@ -141,7 +155,7 @@ fn mb_per_sec(r: &CheckReport) -> f64 {
     if secs > 0.0 { r.bytes as f64 / 1e6 / secs } else { 0.0 }
 }
 
-fn print_json(r: &CheckReport) {
+fn print_json(r: &CheckReport, unrecovered: Option<&annal::Unrecovered>) {
     let doc = serde_json::json!({
         "ok": r.is_ok(),
         "problems": r.problems,
@@ -150,6 +164,12 @@ fn print_json(r: &CheckReport) {
         "chain": r.chain,
         "anchors": r.anchors,
         "signatures": r.signatures,
+        "signature_note": r.signature_note,
+        "unrecovered": unrecovered.map(|u| serde_json::json!({
+            "segment": u.segment.display().to_string(),
+            "offset": u.offset,
+            "position": u.position,
+        })),
         "summary": {
             "files": r.files,
             "records": r.records,
@@ -201,6 +221,9 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
                 s.unsigned_events
             ),
         }
+    }
+    if let Some(note) = &r.signature_note {
+        println!("note: {}", escape_controls(note));
     }
     println!(
         "checked {} files ({} bytes in all files), {} records in {:.3} s ({:.0} MB/s)",

@@ -120,6 +120,15 @@ fn open(dir: &std::path::Path) -> Result<Reader, Failure> {
     Ok(Reader::open(dir)?)
 }
 
+/// Say on standard error that the log was not cleanly closed and not yet
+/// recovered (spec 7): the view holds back what it cannot vouch for, and
+/// says so rather than ending quietly.
+pub fn warn_unrecovered(view: &annal::LogView) {
+    if let Some(u) = view.unrecovered() {
+        eprintln!("annal: warning: {}", escape_controls(&u.to_string()));
+    }
+}
+
 fn write_record(out: &mut impl Write, rec: &RecordRef<'_>, json: bool) -> Result<(), Failure> {
     if json {
         writeln!(out, "{}", record_json(rec)).map_err(out_err)
@@ -132,6 +141,7 @@ fn write_record(out: &mut impl Write, rec: &RecordRef<'_>, json: bool) -> Result
 pub fn read(a: &ReadArgs) -> CmdResult {
     let mut reader = open(&a.dir)?;
     let view = reader.view()?;
+    warn_unrecovered(&view);
     let limit = a.limit.unwrap_or(u64::MAX);
     let mut out = BufWriter::new(std::io::stdout().lock());
     let iter: Box<dyn Iterator<Item = annal::Result<RecordRef<'_>>>> = match (&a.stream, &a.category, &a.event_type) {
@@ -226,8 +236,13 @@ pub fn tail(a: &TailArgs) -> CmdResult {
     if left == 0 {
         return Ok(());
     }
+    let mut said: Option<annal::Unrecovered> = None;
     loop {
         let view = reader.view()?;
+        if view.unrecovered() != said.as_ref() {
+            warn_unrecovered(&view);
+            said = view.unrecovered().cloned();
+        }
         if start_at_end {
             next = view.next_position();
             start_at_end = false;
@@ -268,6 +283,7 @@ pub struct StatsArgs {
 pub fn stats(a: &StatsArgs) -> CmdResult {
     let mut reader = open(&a.dir)?;
     let view = reader.view()?;
+    warn_unrecovered(&view);
     let mut streams: HashMap<String, u64> = HashMap::new();
     let mut events = 0u64;
     let mut first: Option<(u64, u64)> = None;
@@ -321,6 +337,11 @@ pub fn stats(a: &StatsArgs) -> CmdResult {
             "directory": a.dir.display().to_string(),
             "segments": view.segment_count(),
             "segment_bytes": view.len_bytes(),
+            "unrecovered": view.unrecovered().map(|u| serde_json::json!({
+                "segment": u.segment.display().to_string(),
+                "offset": u.offset,
+                "position": u.position,
+            })),
             "events": events,
             "streams": streams.len(),
             "first_position": first.map(|f| f.0),
