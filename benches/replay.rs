@@ -76,12 +76,15 @@ fn sqlite_sum(db: &Connection) -> u64 {
 }
 
 fn crc_limit(view: &LogView) -> u64 {
-    view.segment_bytes().map(|b| crc32fast::hash(b) as u64).sum()
+    view.segment_bytes()
+        .map(|b| crc32fast::hash(b.expect("segment maps")) as u64)
+        .sum()
 }
 
 fn sum_limit(view: &LogView) -> u64 {
     let mut sum = 0u64;
     for bytes in view.segment_bytes() {
+        let bytes = bytes.expect("segment maps");
         let words = bytes.chunks_exact(8);
         let tail: u64 = words.remainder().iter().map(|&b| b as u64).sum();
         sum = words.fold(sum.wrapping_add(tail), |s, w| {
@@ -107,6 +110,7 @@ fn chain_verify(view: &LogView) -> (ChainHash, u64) {
     let mut chain: Option<ChainHash> = None;
     let mut batches = 0u64;
     for seg in view.segment_bytes() {
+        let seg = seg.expect("segment maps");
         let header = &seg[..SEGMENT_HEADER_LEN];
         let start: ChainHash = header[56..88].try_into().expect("32 bytes");
         let expected = chain.unwrap_or_else(|| {

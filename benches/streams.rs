@@ -94,7 +94,10 @@ fn label(prefix: &str, n: u64) -> String {
 fn describe(what: &str, dir: &Path) -> u64 {
     let log = Log::open(dir, Options::default()).expect("open");
     let view = log.view().expect("view");
-    let active = view.segment_bytes().last().map_or(0, <[u8]>::len);
+    let active = view
+        .segment_bytes()
+        .last()
+        .map_or(0, |b| b.expect("segment maps").len());
     eprintln!(
         "{what}: {} events, {} segments, {:.1} MB, active segment {:.2} MB",
         view.next_position(),

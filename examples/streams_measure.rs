@@ -150,7 +150,9 @@ fn layout(dir: &Path) -> BoxResult<(usize, u64)> {
     let view = log.view()?;
     let r = (
         view.segment_count(),
-        view.segment_bytes().last().map_or(0, |b| b.len() as u64),
+        view.segment_bytes()
+            .last()
+            .map_or(0, |b| b.map_or(0, |b| b.len() as u64)),
     );
     drop(view);
     log.close()?;

@@ -242,9 +242,10 @@ impl LogView {
     /// The visible bytes of each segment, in log order: the memory mappings
     /// records borrow from (for verification tools and benchmarks). Maps
     /// every segment it yields (for as long as the view lives); a segment that
-    /// cannot be mapped yields no bytes (reads report the error).
-    pub fn segment_bytes(&self) -> impl Iterator<Item = &[u8]> {
-        self.segments.iter().map(|s| s.map.bytes())
+    /// cannot be mapped (or whose file changed length) yields its error,
+    /// never an empty or partial slice.
+    pub fn segment_bytes(&self) -> impl Iterator<Item = Result<&[u8]>> {
+        self.segments.iter().map(|s| s.map.try_bytes())
     }
 
     /// Replay every visible record from position `from` on, in position order,

@@ -81,6 +81,7 @@ fn decoding_borrows_from_the_mapping_and_allocates_nothing() {
     let view = log.view().unwrap();
     let ranges: Vec<std::ops::Range<usize>> = view
         .segment_bytes()
+        .map(|b| b.expect("segment maps"))
         .map(|b| b.as_ptr() as usize..b.as_ptr() as usize + b.len())
         .collect();
     let inside = |p: *const u8| ranges.iter().any(|r| r.contains(&(p as usize)));

@@ -408,6 +408,7 @@ fn same(got: &Got, want: &Got, what: &str) {
 /// Base positions of the segments of a view (from their headers).
 pub fn segment_bases(view: &LogView) -> Vec<u64> {
     view.segment_bytes()
+        .map(|b| b.expect("segment maps"))
         .map(|b| u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")))
         .collect()
 }
