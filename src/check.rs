@@ -829,6 +829,9 @@ fn read_table(dir: &Path) -> Result<TableRead> {
         return Ok(match decoded {
             Ok(Some(t)) => TableRead::Valid(t, f, len),
             Ok(None) => TableRead::Missing,
+            // An operating-system failure (EMFILE, ENOMEM) says nothing about
+            // the file's bytes: an error of the check, never a finding.
+            Err(d) if d.is_io() => return Err(d.at(&path)),
             Err(d) => TableRead::Damaged(d, Some((f, len))),
         });
     }
@@ -1849,6 +1852,7 @@ fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {
             Opened::File(f, len) => IdxFile::open_for(&idx_path, base, bytes).map(|x| (x, Some((f, *len)))),
         };
         match idx_open {
+            Err(d) if d.is_io() => return Err(d.at(&idx_path)),
             Ok((None, _)) => {
                 out.idx = IdxState::Missing;
                 let f = finding(
