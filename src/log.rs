@@ -273,6 +273,7 @@ impl Options {
 
 /// What opening the log did to recover from a crash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Recovery {
     /// The log did not exist and was created.
     pub created: bool,
@@ -288,10 +289,15 @@ pub struct Recovery {
     pub rebuilt_indexes: Vec<PathBuf>,
     /// The stream table was missing, damaged or behind and was rebuilt.
     pub rebuilt_stream_table: bool,
+    /// Things found while opening that did not stop it but need a person's
+    /// attention: a log directory or `snapshots/` folder that is a symlink or
+    /// writable by others, ... Each names the file and what was found.
+    pub warnings: Vec<String>,
 }
 
 /// A torn tail removed by recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Truncation {
     /// The segment file.
     pub path: PathBuf,
@@ -337,7 +343,7 @@ struct Inner {
     dir: PathBuf,
     opts: Options,
     format: LogFormat,
-    _lock: File,
+    _lock: recovery::WriterLock,
     state: Mutex<State>,
     commit: Mutex<Commit>,
     /// `Commit::written` and `Commit::durable`, readable without the lock.
@@ -935,6 +941,22 @@ impl Inner {
                 actual: current,
             });
         }
+        // Versions and positions come from files (the stream table, the
+        // segments): none may wrap. Checked before anything is queued.
+        let n = events.len() as u64;
+        let first_version = match current {
+            None => 0,
+            Some(v) => v.checked_add(1).ok_or_else(|| version_overflow(stream, v, n))?,
+        };
+        let last_version = first_version
+            .checked_add(n - 1)
+            .ok_or_else(|| version_overflow(stream, first_version - 1, n))?;
+        if st.next_position.checked_add(n).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "the log's next position is {}: {n} more events would pass the largest position (2^64 - 1)",
+                st.next_position
+            )));
+        }
         if st.seg_has_batches && st.seg_end + batch_len > self.opts.segment_size {
             self.push_checkpoint(&mut st);
             let seal = encode_seal(st.next_position, st.seg_durable);
@@ -959,7 +981,6 @@ impl Inner {
         }
         let timestamp = (self.opts.clock)().max(st.last_timestamp);
         let first_position = st.next_position;
-        let first_version = current.map_or(0, |v| v + 1);
         let durable = st.seg_durable;
         let id_base = if events.iter().any(|e| e.id.is_none()) {
             st.ids.take(events.len() as u64)
@@ -981,7 +1002,6 @@ impl Inner {
             encode_record(buf, stream, ev, &stamp, &crc);
         }
         finish_batch_header(&mut buf[start..], first_position, events.len() as u32, durable);
-        let n = events.len() as u64;
         st.next_position += n;
         st.last_timestamp = timestamp;
         st.seg_end += batch_len;
@@ -992,7 +1012,6 @@ impl Inner {
             self.push_checkpoint(&mut st);
         }
         self.queued_appends.fetch_add(1, Ordering::AcqRel);
-        let last_version = first_version + n - 1;
         let mut rec_off = frame_offset + FRAME_HEADER_LEN as u64;
         let records = events.iter().map(|ev| {
             let here = rec_off;
@@ -1054,14 +1073,22 @@ impl Inner {
 
     /// Wait until `target` is written (and durable if `durable`), leading a
     /// group commit if no one else is.
+    ///
+    /// Bytes that were written (and made durable, if asked) count as done
+    /// even if the writer was poisoned since (by the sealer, or by work after
+    /// the commit): the failure is reported by the next call. A poisoned
+    /// writer reports [`Error::Poisoned`] only once no leader is in progress,
+    /// so an appender never gives up on bytes a running leader still writes.
     fn commit_until(&self, target: u64, durable: bool) -> Result<()> {
         let mut c = lock(&self.commit);
         loop {
-            if let Some(cause) = &c.poison {
-                return Err(Error::Poisoned { cause: cause.clone() });
-            }
             if c.written >= target && (!durable || c.durable >= target) {
                 return Ok(());
+            }
+            if !c.busy
+                && let Some(cause) = &c.poison
+            {
+                return Err(Error::Poisoned { cause: cause.clone() });
             }
             if c.busy {
                 c.parked.push(std::thread::current());
@@ -1104,10 +1131,9 @@ impl Inner {
     }
 
     /// Whether the bytes up to `target` are written (and durable, if asked),
-    /// without taking the commit lock (a poisoned writer counts as not).
+    /// without taking the commit lock.
     fn reached(&self, target: u64, durable: bool) -> bool {
-        !self.poisoned.load(Ordering::Acquire)
-            && self.written_end.load(Ordering::Acquire) >= target
+        self.written_end.load(Ordering::Acquire) >= target
             && (!durable || self.durable_end.load(Ordering::Acquire) >= target)
     }
 
@@ -1202,6 +1228,15 @@ impl Inner {
         } else {
             lock(&self.published).next_position
         };
+        {
+            let mut p = lock(&self.published);
+            p.visible_end = visible;
+            p.next_position = visible_position;
+        }
+        self.bump_published_epoch();
+        // The group's bytes are written (and durable, if asked): they are
+        // acknowledged whatever happens next. A failure of the work below
+        // (the head slot, derived files) poisons the writer for the next call.
         let head = Head {
             sequence: 0,
             segment_base: io.base,
@@ -1209,22 +1244,21 @@ impl Inner {
             visible_end: visible,
             next_position: visible_position,
         };
-        io.head.write(head)?;
-        {
-            let mut p = lock(&self.published);
-            p.visible_end = visible;
-            p.next_position = visible_position;
-        }
-        self.bump_published_epoch();
-        let damage = self.index_damage.load(Ordering::Acquire);
-        if damage != self.index_damage_handled.load(Ordering::Acquire) {
-            self.rewrite_damaged_indexes()?;
-            self.index_damage_handled.store(damage, Ordering::Release);
-        }
-        if self.table_damaged.load(Ordering::Acquire) {
-            let sealed = lock(&self.published).sealed.clone();
-            let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
-            self.install_table(&bytes, None)?;
+        let upkeep = io.head.write(head).and_then(|()| {
+            let damage = self.index_damage.load(Ordering::Acquire);
+            if damage != self.index_damage_handled.load(Ordering::Acquire) {
+                self.rewrite_damaged_indexes()?;
+                self.index_damage_handled.store(damage, Ordering::Release);
+            }
+            if self.table_damaged.load(Ordering::Acquire) {
+                let sealed = lock(&self.published).sealed.clone();
+                let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
+                self.install_table(&bytes, None)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = upkeep {
+            self.poison(&e);
         }
         let (base, durable) = (io.base, io.durable);
         drop(io);
@@ -1301,7 +1335,14 @@ impl Inner {
         };
         match lock(&self.sealer_tx).as_ref().map(|tx| tx.send(job)) {
             Some(Ok(())) => Ok(()),
-            Some(Err(mpsc::SendError(job))) => self.index_sealed(&job.seg, &job.mem, job.next_segment),
+            // The sealed segment and the next one are durable: a failure to
+            // index poisons the writer for the next call, like the sealer's.
+            Some(Err(mpsc::SendError(job))) => {
+                if let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment) {
+                    self.poison(&e);
+                }
+                Ok(())
+            }
             None => Err(Error::Closed),
         }
     }
@@ -1451,7 +1492,7 @@ impl Inner {
             let mut out = Vec::new();
             for (i, id) in ids.iter().enumerate() {
                 match st.recent_ids.get(id) {
-                    Some(r) if &*r.stream == stream && r.version == v0 + i as u64 => {
+                    Some(r) if &*r.stream == stream && v0.checked_add(i as u64) == Some(r.version) => {
                         out.push((r.version, r.position, *id))
                     }
                     _ => break,
@@ -1674,6 +1715,14 @@ pub(crate) fn write_derived(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) 
 /// The file name of the index of the segment based at `base`.
 pub(crate) fn index_file_name(base: u64) -> String {
     format!("{base:020}.idx")
+}
+
+/// The error of an append whose versions would pass `u64::MAX`.
+fn version_overflow(stream: &str, current: u64, n: u64) -> Error {
+    Error::InvalidArgument(format!(
+        "stream {stream:?} is at version {current}: {n} more events would pass the largest version (2^64 - 1); \
+         nothing was written"
+    ))
 }
 
 /// Wake every appender parked in `Inner::commit_until`.
