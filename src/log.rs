@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, SigningKey};
 use crate::chaining::{ChainState, HasherThread, write_chained};
-use crate::error::{Error, Result};
+use crate::error::{Damage, Error, Result};
 use crate::format::{
     CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_KIND_CHECKPOINT, FrameHeader, LogFormat, MAX_RECORD_LEN,
     SEGMENT_HEADER_LEN, SegmentHeader,
@@ -41,7 +41,7 @@ use crate::mmap::Mapping;
 use crate::query::Direction;
 use crate::record::{EventData, Stamp, encode_record};
 use crate::recovery::{self, Recovered};
-use crate::segment::{encode_seal, finish_batch_header, segment_file_name};
+use crate::segment::{encode_seal, finish_batch_header, frame_records, segment_file_name, validate_frame};
 use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 use crate::view::{LogView, ViewSegment};
 
@@ -214,7 +214,9 @@ impl Options {
     }
     /// How many of the most recent events with application-supplied ids are
     /// remembered for idempotent retries with `ExpectedVersion::Any` (default
-    /// 100,000; about 80 bytes each). See [`Log::append`].
+    /// 100,000; about 80 bytes each). After a reopen the window is rebuilt
+    /// from the last this many events of the log, read once at the first
+    /// lookup that needs them. See [`Log::append`].
     pub fn idempotency_window(mut self, events: usize) -> Self {
         self.idempotency_window = events;
         self
@@ -372,6 +374,8 @@ struct Inner {
     queued_appends: AtomicUsize,
     /// How long the last fsync of a group took, in microseconds.
     last_sync_micros: AtomicU64,
+    /// Warnings found after opening (see [`Log::warnings`]).
+    warnings: Mutex<Vec<String>>,
 }
 
 /// Counts a thread inside `append` for as long as it lives.
@@ -422,6 +426,11 @@ struct State {
     ids: IdGen,
     /// Events since the last signed checkpoint (with a signing key).
     unsigned_events: u64,
+    /// The position of the first event appended by this open.
+    open_position: u64,
+    /// Whether the window of recent ids holds the log's tail from before
+    /// this open (see `Inner::load_window`).
+    window_loaded: bool,
 }
 
 /// Generated event ids: UUID v7 (RFC 9562). A fresh v7 (a random draw, one
@@ -637,6 +646,8 @@ impl Log {
                 closed: false,
                 ids: IdGen::default(),
                 unsigned_events: u64::from(active_end > SEGMENT_HEADER_LEN as u64),
+                open_position: next_position,
+                window_loaded: next_position == 0,
             }),
             commit: Mutex::new(Commit {
                 busy: false,
@@ -686,6 +697,7 @@ impl Log {
             appenders: AtomicUsize::new(0),
             queued_appends: AtomicUsize::new(0),
             last_sync_micros: AtomicU64::new(0),
+            warnings: Mutex::new(Vec::new()),
             dir,
             opts,
         };
@@ -707,6 +719,16 @@ impl Log {
     /// What opening the log did: creation, a removed torn tail, ...
     pub fn recovery(&self) -> &Recovery {
         &self.inner.recovery
+    }
+
+    /// Warnings found while the log was open and while it was opened
+    /// ([`Recovery::warnings`] first): derived files (the stream table, an
+    /// index) that the segments did not confirm and that were rebuilt, ...
+    /// Each names the file and what was found. At most 100 are kept.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = self.inner.recovery.warnings.clone();
+        out.extend(lock(&self.inner.warnings).iter().cloned());
+        out
     }
 
     /// The log directory.
@@ -784,6 +806,33 @@ impl Log {
     ///   exactly (a retry) or fails with [`Error::IdempotencyConflict`]. Ids
     ///   older than the window are not detected: use `Exact` for retries that
     ///   can come late.
+    ///
+    /// Retries are recognised across reopen and across processes: `Exact` and
+    /// `NoStream` read the stored events; for `Any` and `StreamExists` the
+    /// window is rebuilt, at the first lookup after an open that the window
+    /// of this open does not answer, from the last `idempotency_window`
+    /// events written before the open (all of them count, whether their ids
+    /// were supplied or generated). That rebuild reads those events once per
+    /// open, in one sequential read, holding about 80 bytes per event.
+    ///
+    /// # Errors, and what they mean for the events
+    ///
+    /// * [`Error::InvalidArgument`], [`Error::WrongExpectedVersion`],
+    ///   [`Error::IdempotencyConflict`], [`Error::Closed`], and
+    ///   [`Error::Poisoned`] or any error returned *before* the batch was
+    ///   queued: nothing of this batch was or will be written.
+    /// * [`Error::Io`] (a failed write, fsync or roll of the group commit
+    ///   carrying this batch), or [`Error::Poisoned`] while waiting for it:
+    ///   the outcome is unknown. The batch may be in the file, wholly or in
+    ///   part, without being durable; after the log is reopened it is either
+    ///   entirely present or entirely absent (batches are atomic), never
+    ///   partly. Retry with event ids ([`EventData::with_id`]) to find out
+    ///   without writing it twice.
+    /// * `Ok` means the batch was written (and with [`Durability::Fsync`]
+    ///   made durable): a failure that happens after that (writing the head
+    ///   file, or indexing a sealed segment on the sealer thread) does not
+    ///   turn it into an error. It poisons the writer instead, and the next
+    ///   call returns [`Error::Poisoned`] naming the failure.
     ///
     /// ```
     /// # fn main() -> annal::Result<()> {
@@ -923,7 +972,7 @@ impl Inner {
         }
         let current = self.current_version(&st, stream)?;
         if events.iter().all(|e| e.id.is_some())
-            && let Some(r) = self.idempotent(&st, stream, expected, current, events)?
+            && let Some(r) = self.idempotent(&mut st, stream, expected, current, events)?
         {
             // A retry of an append that is already in the log: wait for it.
             return Ok((st.lsn, r));
@@ -1479,13 +1528,19 @@ impl Inner {
     /// part of one.
     fn idempotent(
         &self,
-        st: &State,
+        st: &mut State,
         stream: &str,
         expected: ExpectedVersion,
         current: Option<u64>,
         events: &[EventData<'_>],
     ) -> Result<Option<AppendResult>> {
         let ids: Vec<[u8; 16]> = events.iter().filter_map(|e| e.id.map(Uuid::into_bytes)).collect();
+        if matches!(expected, ExpectedVersion::Any | ExpectedVersion::StreamExists)
+            && !st.recent_ids.contains_key(&ids[0])
+        {
+            self.load_window(st)?;
+        }
+        let st = &*st;
         let k = ids.len() as u64;
         // The stored (version, position, id) of the stream's events from `v0`.
         let stored = |v0: u64| -> Result<Vec<(u64, u64, [u8; 16])>> {
@@ -1542,6 +1597,63 @@ impl Inner {
         }))
     }
 
+    /// Once per open, on the first idempotency lookup that misses: fill the
+    /// window of recent ids from the log's tail, so that a retry is
+    /// recognised across reopen and across processes. Reads the last
+    /// `idempotency_window` events written before this open (whatever their
+    /// ids: the format does not tell generated ids from supplied ones), in
+    /// one sequential read; memory is bounded by the window (about 80 bytes
+    /// an event). Ids appended since the open stay the newest.
+    fn load_window(&self, st: &mut State) -> Result<()> {
+        if st.window_loaded {
+            return Ok(());
+        }
+        let window = self.opts.idempotency_window;
+        let end = st.open_position;
+        let from = end.saturating_sub(window as u64);
+        let mut older: Vec<([u8; 16], Arc<str>, u64, u64)> = Vec::new();
+        if window > 0 && end > from {
+            let view = self.view()?;
+            let mut last: Option<Arc<str>> = None;
+            for r in view.read_all(from).until(end) {
+                let r = r?;
+                // One allocation per run of events of one stream.
+                let name = match &last {
+                    Some(n) if **n == *r.stream() => n.clone(),
+                    _ => {
+                        let n: Arc<str> = r.stream().into();
+                        last = Some(n.clone());
+                        n
+                    }
+                };
+                older.push((r.event_id().into_bytes(), name, r.stream_version(), r.position()));
+            }
+        }
+        // Older than everything remembered since the open: in front, newest
+        // of them nearest the back.
+        for (id, stream, version, position) in older.into_iter().rev() {
+            if st.recent_ids.contains_key(&id) {
+                continue;
+            }
+            st.recent_ids.insert(
+                id,
+                RecentId {
+                    stream,
+                    version,
+                    position,
+                },
+            );
+            st.recent_order.push_front(id);
+        }
+        while st.recent_order.len() > window {
+            if let Some(old) = st.recent_order.pop_front() {
+                st.recent_ids.remove(&old);
+            }
+        }
+        st.window_loaded = true;
+        Ok(())
+    }
+
     /// A view of everything visible now.
     fn view(&self) -> Result<LogView> {
         let mut p = lock(&self.published);
@@ -1576,19 +1688,53 @@ impl Inner {
                 return Ok(Some(s.last_version));
             }
         }
+        let sealed = lock(&self.published).sealed.clone();
         if let Some(t) = &st.table {
             match t.lookup(stream) {
-                Ok(e) => return Ok(e.map(|e| e.last_version)),
+                Ok(None) => return Ok(None),
+                // A hint: used only if the segments confirm it.
+                Ok(Some(e)) if table_hit_holds(&sealed, stream, e)? => return Ok(Some(e.last_version)),
+                Ok(Some(e)) => {
+                    self.warn(format!(
+                        "{}: the stream table says stream {stream:?} is at version {} (segment {}), but the segments \
+                         do not confirm it; the version was taken from the segments and the table is rebuilt",
+                        self.dir.join(STREAM_TABLE_FILE).display(),
+                        e.last_version,
+                        segment_file_name(e.at.segment)
+                    ));
+                    self.table_damaged.store(true, Ordering::Release);
+                }
                 Err(_) => self.table_damaged.store(true, Ordering::Release),
             }
         }
-        let sealed = lock(&self.published).sealed.clone();
         for seg in sealed.iter().rev() {
-            if let Some(i) = seg.find_stream(stream)? {
+            let Some(i) = seg.find_stream(stream)? else {
+                continue;
+            };
+            if last_version_holds(seg, stream, i.last_version)? {
+                return Ok(Some(i.last_version));
+            }
+            // The index file lies about the stream: rebuild the index from the
+            // segment (reported, and the file rewritten by the leader).
+            let detail = format!(
+                "the index says stream {stream:?} ends at version {} here, but the segment's records do not",
+                i.last_version
+            );
+            self.warn(format!("{}: {detail}; the index is rebuilt", seg.path.display()));
+            let idx = seg.index.damaged(seg.map.bytes(), Damage::corrupt(0, detail))?;
+            if let Some(i) = idx.find_stream(stream).map_err(|d| d.at(&*seg.path))? {
                 return Ok(Some(i.last_version));
             }
         }
         Ok(None)
+    }
+
+    /// Record a warning for [`Log::warnings`] (at most [`MAX_WARNINGS`]).
+    fn warn(&self, w: String) {
+        let mut ws = lock(&self.warnings);
+        if ws.len() < MAX_WARNINGS {
+            ws.push(w);
+        }
     }
 
     fn close(&self) -> Result<()> {
@@ -1639,6 +1785,72 @@ impl Inner {
         io.head.write(head)?;
         io.head.sync()
     }
+}
+
+/// Most warnings a writer keeps (see [`Log::warnings`]).
+const MAX_WARNINGS: usize = 100;
+
+/// Whether the stream table's entry `e` for `stream` is confirmed by the
+/// segments (spec 18: the table is a hint): the segment it names holds the
+/// stream's records up to exactly `e.last_version`, and no later sealed
+/// segment holds the stream. Costs one index lookup per sealed segment after
+/// the one named, and one frame's CRC.
+fn table_hit_holds(sealed: &[ViewSegment], stream: &str, e: TableEntry) -> Result<bool> {
+    let Ok(i) = sealed.binary_search_by_key(&e.at.segment, |s| s.base) else {
+        return Ok(false);
+    };
+    if !last_version_holds(&sealed[i], stream, e.last_version)? {
+        return Ok(false);
+    }
+    for later in &sealed[i + 1..] {
+        if later.find_stream(stream)?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `seg` holds `stream`'s records up to exactly `last_version`: its
+/// index lists the stream with that last version, and the last frame the
+/// index gives for the stream is intact (CRC) and holds a record of the
+/// stream at `last_version` and none at a later version.
+fn last_version_holds(seg: &ViewSegment, stream: &str, last_version: u64) -> Result<bool> {
+    let found = seg.with_index(|i| {
+        let Some(info) = i.find_stream(stream)? else {
+            return Ok(None);
+        };
+        let Some(last) = info.entry_count.checked_sub(1) else {
+            return Ok(None);
+        };
+        Ok(i.stream_entry(stream, &info, last)?.map(|(_, off)| (info.last_version, off)))
+    })?;
+    let Some((indexed, frame_offset)) = found else {
+        return Ok(false);
+    };
+    if indexed != last_version {
+        return Ok(false);
+    }
+    let bytes = seg.map.bytes();
+    let Some(rest) = usize::try_from(frame_offset).ok().and_then(|o| bytes.get(o..)) else {
+        return Ok(false);
+    };
+    let Ok(frame) = validate_frame(rest, frame_offset, true) else {
+        return Ok(false);
+    };
+    let Some(frame_bytes) = usize::try_from(frame.len).ok().and_then(|l| rest.get(..l)) else {
+        return Ok(false);
+    };
+    let mut seen = false;
+    for r in frame_records(frame_bytes) {
+        if r.stream() == stream {
+            match r.stream_version().cmp(&last_version) {
+                std::cmp::Ordering::Equal => seen = true,
+                std::cmp::Ordering::Greater => return Ok(false),
+                std::cmp::Ordering::Less => {}
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// The newest segment before the one being indexed that holds `name`, and
