@@ -376,7 +376,25 @@ struct Inner {
     last_sync_micros: AtomicU64,
     /// Warnings found after opening (see [`Log::warnings`]).
     warnings: Mutex<Vec<String>>,
+    /// Sealed segments not yet indexed (queued rolls included), and appends
+    /// waiting for it to fall below [`MAX_UNINDEXED`] (back-pressure).
+    backlog: Mutex<Backlog>,
+    backlog_cv: Condvar,
+    /// The sealer thread has exited (the log is closing).
+    sealer_stopped: AtomicBool,
 }
+
+/// The sealer's backlog (see `Inner::backlog`).
+#[derive(Debug, Default)]
+struct Backlog {
+    unindexed: usize,
+    waiting: usize,
+}
+
+/// Most sealed segments left to index before an append that would roll
+/// another segment waits for the sealer: bounds the work `close` (and a
+/// crash's recovery) finds, whatever the rate of appends.
+const MAX_UNINDEXED: usize = 4;
 
 /// Counts a thread inside `append` for as long as it lives.
 struct Appending<'a>(&'a AtomicUsize);
@@ -698,6 +716,9 @@ impl Log {
             queued_appends: AtomicUsize::new(0),
             last_sync_micros: AtomicU64::new(0),
             warnings: Mutex::new(Vec::new()),
+            backlog: Mutex::new(Backlog::default()),
+            backlog_cv: Condvar::new(),
+            sealer_stopped: AtomicBool::new(false),
             dir,
             opts,
         };
@@ -719,6 +740,14 @@ impl Log {
     /// What opening the log did: creation, a removed torn tail, ...
     pub fn recovery(&self) -> &Recovery {
         &self.inner.recovery
+    }
+
+    /// `(sealed segments not yet indexed, appends waiting for the sealer)`:
+    /// for tests of the back-pressure that bounds the sealer's backlog.
+    #[doc(hidden)]
+    pub fn sealer_backlog(&self) -> (usize, usize) {
+        let b = lock(&self.inner.backlog);
+        (b.unindexed, b.waiting)
     }
 
     /// Warnings found while the log was open and while it was opened
@@ -851,7 +880,13 @@ impl Log {
         let inner = &*self.inner;
         let batch_len = inner.check_batch(stream, events)?;
         let _appending = Appending::enter(&inner.appenders);
-        let (target, result) = inner.enqueue(stream, expected, events, batch_len)?;
+        let (target, result) = loop {
+            match inner.enqueue(stream, expected, events, batch_len)? {
+                Some(queued) => break queued,
+                // It would roll a segment while the sealer is behind.
+                None => inner.wait_for_sealer()?,
+            }
+        };
         inner.commit_until(target, inner.opts.durability == Durability::Fsync)?;
         Ok(result)
     }
@@ -955,14 +990,52 @@ impl Inner {
         Ok(total)
     }
 
+    /// Wait until the sealer's backlog is below [`MAX_UNINDEXED`], or the
+    /// writer is poisoned or closed.
+    fn wait_for_sealer(&self) -> Result<()> {
+        let mut b = lock(&self.backlog);
+        b.waiting += 1;
+        while b.unindexed >= MAX_UNINDEXED && !self.poisoned.load(Ordering::Acquire) && !self.sealer_stopped() {
+            b = self.backlog_cv.wait(b).unwrap_or_else(|p| p.into_inner());
+        }
+        b.waiting -= 1;
+        drop(b);
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(self.poison_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the sealer thread was stopped (the log is closing).
+    fn sealer_stopped(&self) -> bool {
+        self.sealer_stopped.load(Ordering::Acquire)
+    }
+
+    /// One sealed segment indexed (or given up on): wake appenders waiting
+    /// for the backlog.
+    fn sealed_done(&self) {
+        let mut b = lock(&self.backlog);
+        b.unindexed = b.unindexed.saturating_sub(1);
+        drop(b);
+        self.backlog_cv.notify_all();
+    }
+
+    /// Wake appenders waiting for the backlog to check the writer's state.
+    fn wake_backlog(&self) {
+        drop(lock(&self.backlog));
+        self.backlog_cv.notify_all();
+    }
+
     /// The atomic step: check the expected version, assign positions, encode.
+    /// `None`: the batch would roll a segment while [`MAX_UNINDEXED`] sealed
+    /// segments wait for the sealer; nothing was queued.
     fn enqueue(
         &self,
         stream: &str,
         expected: ExpectedVersion,
         events: &[EventData<'_>],
         batch_len: u64,
-    ) -> Result<(u64, AppendResult)> {
+    ) -> Result<Option<(u64, AppendResult)>> {
         let mut st = lock(&self.state);
         if st.closed {
             return Err(Error::Closed);
@@ -975,7 +1048,7 @@ impl Inner {
             && let Some(r) = self.idempotent(&mut st, stream, expected, current, events)?
         {
             // A retry of an append that is already in the log: wait for it.
-            return Ok((st.lsn, r));
+            return Ok(Some((st.lsn, r)));
         }
         let ok = match expected {
             ExpectedVersion::Any => true,
@@ -1007,6 +1080,13 @@ impl Inner {
             )));
         }
         if st.seg_has_batches && st.seg_end + batch_len > self.opts.segment_size {
+            {
+                let mut b = lock(&self.backlog);
+                if b.unindexed >= MAX_UNINDEXED {
+                    return Ok(None);
+                }
+                b.unindexed += 1;
+            }
             self.push_checkpoint(&mut st);
             let seal = encode_seal(st.next_position, st.seg_durable);
             let (base, prev_timestamp) = (st.next_position, st.last_timestamp);
@@ -1086,14 +1166,14 @@ impl Inner {
                 }
             }
         }
-        Ok((
+        Ok(Some((
             st.lsn,
             AppendResult {
                 first_position,
                 last_position: first_position + n - 1,
                 stream_version: last_version,
             },
-        ))
+        )))
     }
 
     /// With a signing key, queue a checkpoint frame for the leader to sign
@@ -1172,6 +1252,8 @@ impl Inner {
                     self.poisoned.store(true, Ordering::Release);
                     c.poison = Some(e.to_string());
                     unpark_all(&mut c);
+                    drop(c);
+                    self.wake_backlog();
                     return Err(e);
                 }
             }
@@ -1382,7 +1464,8 @@ impl Inner {
             mem: sealed,
             next_segment: base,
         };
-        match lock(&self.sealer_tx).as_ref().map(|tx| tx.send(job)) {
+        let sent = lock(&self.sealer_tx).as_ref().map(|tx| tx.send(job));
+        match sent {
             Some(Ok(())) => Ok(()),
             // The sealed segment and the next one are durable: a failure to
             // index poisons the writer for the next call, like the sealer's.
@@ -1390,6 +1473,7 @@ impl Inner {
                 if let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment) {
                     self.poison(&e);
                 }
+                self.sealed_done();
                 Ok(())
             }
             None => Err(Error::Closed),
@@ -1400,12 +1484,12 @@ impl Inner {
     /// poisons the writer like any failed write.
     fn run_sealer(&self, rx: mpsc::Receiver<SealJob>) {
         for job in rx {
-            if self.poisoned.load(Ordering::Acquire) {
-                continue;
-            }
-            if let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment) {
+            if !self.poisoned.load(Ordering::Acquire)
+                && let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment)
+            {
                 self.poison(&e);
             }
+            self.sealed_done();
         }
     }
 
@@ -1426,14 +1510,19 @@ impl Inner {
         }
         self.poisoned.store(true, Ordering::Release);
         unpark_all(&mut c);
+        drop(c);
+        self.wake_backlog();
     }
 
     /// Stop the sealer thread after it has indexed every sealed segment.
     fn stop_sealer(&self) {
         drop(lock(&self.sealer_tx).take());
-        if let Some(h) = lock(&self.sealer).take() {
+        let handle = lock(&self.sealer).take();
+        if let Some(h) = handle {
             let _ = h.join();
         }
+        self.sealer_stopped.store(true, Ordering::Release);
+        self.wake_backlog();
     }
 
     /// Write the index of a just-sealed segment and the new stream table
