@@ -906,6 +906,9 @@ impl Log {
     /// Make every event appended so far durable (one fsync, shared with
     /// concurrent appenders).
     pub fn sync(&self) -> Result<()> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(self.inner.poison_error());
+        }
         let target = lock(&self.inner.state).lsn;
         self.inner.commit_until(target, true)
     }
@@ -2068,5 +2071,46 @@ impl State {
         self.cur.extend_from_slice(bytes);
         self.lsn += bytes.len() as u64;
         self.seg_end += bytes.len() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(n: usize) -> Vec<EventData<'static>> {
+        (0..n).map(|_| EventData::new("E", b"{}".as_slice())).collect()
+    }
+
+    /// Issue 13, defect 21: a stream version or a position that would pass
+    /// `u64::MAX` is an error and nothing is queued (it wrapped to 0).
+    #[test]
+    fn versions_and_positions_never_wrap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(dir.path(), Options::default()).expect("open");
+        log.append("s", ExpectedVersion::Any, &one(1)).expect("append");
+        // The active index says the stream is at u64::MAX - 1 (as a forged
+        // file could make it say).
+        {
+            let st = lock(&log.inner.state);
+            write_index(&st.index).add_batch(128, 1, "s", u64::MAX - 1, 1, std::iter::once((200u64, "E")));
+        }
+        assert_eq!(log.stream_version("s").expect("version"), Some(u64::MAX - 1));
+        let r = log.append("s", ExpectedVersion::Any, &one(1)).expect("the last version fits");
+        assert_eq!(r.stream_version, u64::MAX);
+        let lsn = lock(&log.inner.state).lsn;
+        for n in [1, 2] {
+            let e = log.append("s", ExpectedVersion::Any, &one(n)).expect_err("past u64::MAX");
+            assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("largest version")), "{e}");
+        }
+        assert_eq!(lock(&log.inner.state).lsn, lsn, "nothing was queued");
+        // Positions: the next position near the end of the range.
+        lock(&log.inner.state).next_position = u64::MAX - 1;
+        let e = log.append("t", ExpectedVersion::Any, &one(2)).expect_err("past u64::MAX");
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("largest position")), "{e}");
+        assert_eq!(lock(&log.inner.state).lsn, lsn, "nothing was queued");
+        assert_eq!(lock(&log.inner.state).next_position, u64::MAX - 1);
+        // Not closed cleanly on purpose: the state was forged.
+        std::mem::forget(log);
     }
 }
