@@ -442,6 +442,23 @@ struct Gate {
     cv: Condvar,
 }
 
+impl Gate {
+    fn release(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so that a failing test does not leave the
+/// sealer (and the `close` that joins it) waiting forever.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 #[derive(Debug, Clone)]
 struct GateIo(Arc<Gate>);
 
@@ -475,6 +492,8 @@ fn appends_wait_for_the_sealer_at_the_bound_and_not_before() {
     let gate = Arc::new(Gate::default());
     let opts = Options::default().segment_size(4096).io(Arc::new(GateIo(gate.clone())));
     let log = Arc::new(Log::open(dir.path(), opts).expect("open"));
+    // Declared after the log: dropped (the gate opened) before it.
+    let _release = OpenOnDrop(gate.clone());
     let pad = vec![b'x'; 1500];
     // Every roll up to the bound: the appends return although the sealer
     // indexes nothing.
@@ -506,8 +525,7 @@ fn appends_wait_for_the_sealer_at_the_bound_and_not_before() {
     assert!(!blocked.is_finished());
     assert!(log.next_position() <= position + 1, "the waiting append queued nothing");
     // Released: the sealer catches up, the append goes on.
-    *gate.open.lock().expect("lock") = true;
-    gate.cv.notify_all();
+    gate.release();
     let r = blocked.join().expect("appender");
     assert!(r.last_position >= position);
     let log = Arc::into_inner(log).expect("sole owner");
