@@ -15,7 +15,17 @@
 //!   `busy` flag), so appenders keep encoding into the next group meanwhile.
 //! * A failed write or fsync poisons the writer: every later call fails with
 //!   [`Error::Poisoned`] until the log is reopened (after a failed fsync Linux
-//!   may drop dirty pages and report success later).
+//!   may drop dirty pages and report success later). A failure after a
+//!   group's bytes were written (and made durable, if asked) — the head
+//!   slot, the sealer indexing a sealed segment — poisons the writer too, but
+//!   the appends of that group are acknowledged: the next call reports it.
+//! * Back-pressure: an append that would roll a segment waits while
+//!   `MAX_UNINDEXED` (4) sealed segments wait for the sealer thread, so the
+//!   work left for `close` (or for recovery after a crash) stays bounded.
+//! * The stream table is a hint: a hit decides an expected version only
+//!   once the segments confirm it (`table_hit_holds`); otherwise the version
+//!   comes from the segments, the table is rebuilt and a warning is kept
+//!   ([`Log::warnings`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -604,9 +614,15 @@ impl Log {
     /// Open (or create) the log in directory `dir` for writing, recovering
     /// from a crash if needed (see [`Log::recovery`]).
     ///
-    /// Fails with [`Error::Locked`] if another writer holds the log,
-    /// [`Error::NotALog`] if `dir` holds other files, and [`Error::Corrupt`] if
-    /// data below the durable boundary is damaged (nothing is modified then).
+    /// Fails with [`Error::Locked`] if another writer holds the log (the
+    /// writer locks `annal.lock` and the directory itself, so deleting or
+    /// replacing `annal.lock` lets no second writer in), [`Error::NotALog`] if
+    /// `dir` holds other files, and [`Error::Corrupt`] if data below the
+    /// durable boundary is damaged, if the first segment (position 0) is
+    /// missing, or if a frame of the active segment claims more than
+    /// [`Options::max_batch_bytes`] (its body is not read; nothing is
+    /// modified then). Warnings that did not stop the open (a symlinked or
+    /// world-writable directory, ...) are in [`Recovery::warnings`].
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
         let dir = dir.as_ref().to_owned();
         let Recovered {
@@ -1780,12 +1796,12 @@ impl Inner {
                 return Ok(Some(s.last_version));
             }
         }
-        let sealed = lock(&self.published).sealed.clone();
+        let sealed_now = || lock(&self.published).sealed.clone();
         if let Some(t) = &st.table {
             match t.lookup(stream) {
                 Ok(None) => return Ok(None),
                 // A hint: used only if the segments confirm it.
-                Ok(Some(e)) if table_hit_holds(&sealed, stream, e)? => return Ok(Some(e.last_version)),
+                Ok(Some(e)) if table_hit_holds(&sealed_now(), stream, e)? => return Ok(Some(e.last_version)),
                 Ok(Some(e)) => {
                     self.warn(format!(
                         "{}: the stream table says stream {stream:?} is at version {} (segment {}), but the segments \
@@ -1799,6 +1815,7 @@ impl Inner {
                 Err(_) => self.table_damaged.store(true, Ordering::Release),
             }
         }
+        let sealed = sealed_now();
         for seg in sealed.iter().rev() {
             let Some(i) = seg.find_stream(stream)? else {
                 continue;
@@ -1914,7 +1931,8 @@ fn last_version_holds(seg: &ViewSegment, stream: &str, last_version: u64) -> Res
         let Some(last) = info.entry_count.checked_sub(1) else {
             return Ok(None);
         };
-        Ok(i.stream_entry(stream, &info, last)?.map(|(_, off)| (info.last_version, off)))
+        Ok(i.stream_entry(stream, &info, last)?
+            .map(|(_, off)| (info.last_version, off)))
     })?;
     let Some((indexed, frame_offset)) = found else {
         return Ok(false);
@@ -2096,18 +2114,30 @@ mod tests {
             write_index(&st.index).add_batch(128, 1, "s", u64::MAX - 1, 1, std::iter::once((200u64, "E")));
         }
         assert_eq!(log.stream_version("s").expect("version"), Some(u64::MAX - 1));
-        let r = log.append("s", ExpectedVersion::Any, &one(1)).expect("the last version fits");
+        let r = log
+            .append("s", ExpectedVersion::Any, &one(1))
+            .expect("the last version fits");
         assert_eq!(r.stream_version, u64::MAX);
         let lsn = lock(&log.inner.state).lsn;
         for n in [1, 2] {
-            let e = log.append("s", ExpectedVersion::Any, &one(n)).expect_err("past u64::MAX");
-            assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("largest version")), "{e}");
+            let e = log
+                .append("s", ExpectedVersion::Any, &one(n))
+                .expect_err("past u64::MAX");
+            assert!(
+                matches!(&e, Error::InvalidArgument(m) if m.contains("largest version")),
+                "{e}"
+            );
         }
         assert_eq!(lock(&log.inner.state).lsn, lsn, "nothing was queued");
         // Positions: the next position near the end of the range.
         lock(&log.inner.state).next_position = u64::MAX - 1;
-        let e = log.append("t", ExpectedVersion::Any, &one(2)).expect_err("past u64::MAX");
-        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("largest position")), "{e}");
+        let e = log
+            .append("t", ExpectedVersion::Any, &one(2))
+            .expect_err("past u64::MAX");
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("largest position")),
+            "{e}"
+        );
         assert_eq!(lock(&log.inner.state).lsn, lsn, "nothing was queued");
         assert_eq!(lock(&log.inner.state).next_position, u64::MAX - 1);
         // Not closed cleanly on purpose: the state was forged.

@@ -1,6 +1,8 @@
 //! Opening a log for writing: deciding whether a directory is a log, taking the
-//! writer lock, checking the segment chain, and recovering the active segment
-//! after a crash (spec section 6).
+//! writer lock (on `annal.lock` and on the directory itself), checking the
+//! segment chain (which starts at position 0), and recovering the active
+//! segment after a crash (spec section 6). No frame is read past the writer's
+//! `max_batch_bytes`, whatever its header claims.
 //!
 //! Invariant: recovery removes bytes only at or past the durable boundary of
 //! the active segment, and only after everything before them was validated;

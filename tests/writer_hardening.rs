@@ -125,10 +125,7 @@ fn a_stream_table_that_lies_low_does_not_decide_an_expected_version() {
     let e = log
         .append("victim", ExpectedVersion::Exact(0), &[ev(b"dup")])
         .expect_err("the stream is at 10");
-    assert!(
-        matches!(e, Error::WrongExpectedVersion { actual: Some(10), .. }),
-        "{e}"
-    );
+    assert!(matches!(e, Error::WrongExpectedVersion { actual: Some(10), .. }), "{e}");
     let w = log.warnings();
     assert!(
         w.iter().any(|w| w.contains(STREAM_TABLE_FILE) && w.contains("victim")),
@@ -152,9 +149,7 @@ fn a_stream_table_claiming_a_huge_version_wraps_nothing() {
     victim_log(dir.path());
     forge_table(dir.path(), "victim", u64::MAX - 1);
     let log = Log::open(dir.path(), Options::default().segment_size(4096)).expect("reopen");
-    let a = log
-        .append("victim", ExpectedVersion::Any, &[ev(b"a")])
-        .expect("append");
+    let a = log.append("victim", ExpectedVersion::Any, &[ev(b"a")]).expect("append");
     assert_eq!(a.stream_version, 11);
     let b = log
         .append("victim", ExpectedVersion::Any, &[ev(b"b"), ev(b"c")])
@@ -321,7 +316,11 @@ fn idempotent_retries_are_recognised_after_reopen() {
             .expect("retry any");
         assert_eq!(r, any1, "round {round}");
         let r = log
-            .append("a", ExpectedVersion::StreamExists, &[with_id(b"1", 1), with_id(b"2", 2)])
+            .append(
+                "a",
+                ExpectedVersion::StreamExists,
+                &[with_id(b"1", 1), with_id(b"2", 2)],
+            )
             .expect("retry stream-exists");
         assert_eq!(r, any1);
         let r = log
@@ -349,11 +348,13 @@ fn the_window_rebuilt_after_reopen_is_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let log = Log::open(dir.path(), Options::default()).expect("open");
-        log.append("a", ExpectedVersion::Any, &[with_id(b"old", 100)]).expect("old");
+        log.append("a", ExpectedVersion::Any, &[with_id(b"old", 100)])
+            .expect("old");
         for _ in 0..3 {
             log.append("n", ExpectedVersion::Any, &[ev(b"n")]).expect("noise");
         }
-        log.append("a", ExpectedVersion::Any, &[with_id(b"new", 101)]).expect("new");
+        log.append("a", ExpectedVersion::Any, &[with_id(b"new", 101)])
+            .expect("new");
         log.close().expect("close");
     }
     let log = Log::open(dir.path(), Options::default().idempotency_window(3)).expect("reopen");
@@ -511,14 +512,20 @@ fn appends_wait_for_the_sealer_at_the_bound_and_not_before() {
         let pad = vec![b'y'; 1500];
         let mut last = None;
         for _ in 0..3 {
-            last = Some(l.append("s", ExpectedVersion::Any, &[ev(&pad)]).expect("append after the wait"));
+            last = Some(
+                l.append("s", ExpectedVersion::Any, &[ev(&pad)])
+                    .expect("append after the wait"),
+            );
         }
         last.expect("appended")
     });
     let start = Instant::now();
     while log.sealer_backlog().1 == 0 {
         assert!(start.elapsed() < DEADLINE, "no append waited for the sealer");
-        assert!(!blocked.is_finished(), "three appends rolled past the bound without waiting");
+        assert!(
+            !blocked.is_finished(),
+            "three appends rolled past the bound without waiting"
+        );
         std::thread::yield_now();
     }
     assert_eq!(log.sealer_backlog(), (4, 1), "waits at the bound");
@@ -549,7 +556,10 @@ fn symlinked_or_world_writable_places_get_a_warning_and_are_never_followed() {
     let outside = root.path().join("outside");
     fs::create_dir(&real).expect("mkdir");
     fs::create_dir(&outside).expect("mkdir");
-    Log::open(&real, Options::default()).expect("create").close().expect("close");
+    Log::open(&real, Options::default())
+        .expect("create")
+        .close()
+        .expect("close");
     // A symlinked log directory.
     let link = root.path().join("link");
     std::os::unix::fs::symlink(&real, &link).expect("symlink");
@@ -564,7 +574,9 @@ fn symlinked_or_world_writable_places_get_a_warning_and_are_never_followed() {
     fs::set_permissions(&real, fs::Permissions::from_mode(0o777)).expect("chmod");
     let log = Log::open(&real, Options::default()).expect("open");
     assert!(
-        log.warnings().iter().any(|w| w.contains("0777") && w.contains("writable by others")),
+        log.warnings()
+            .iter()
+            .any(|w| w.contains("0777") && w.contains("writable by others")),
         "{:?}",
         log.warnings()
     );
@@ -656,4 +668,3 @@ fn key_files_open_to_group_or_others_special_or_oversized_are_refused() {
     let e = ChainKey::from_file(&big).expect_err("too long");
     assert!(e.to_string().contains("more than 128 bytes"), "{e}");
 }
-
