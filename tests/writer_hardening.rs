@@ -668,3 +668,32 @@ fn key_files_open_to_group_or_others_special_or_oversized_are_refused() {
     let e = ChainKey::from_file(&big).expect_err("too long");
     assert!(e.to_string().contains("more than 128 bytes"), "{e}");
 }
+
+/// Defect 15 through the CLI, each call its own process: `annal append --id
+/// U` three times stores one event ("Appending the same id again is a
+/// no-op", as `append --help` says).
+#[test]
+fn the_cli_appending_the_same_id_three_times_stores_one_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_dir = dir.path().join("log");
+    let id = "0190a6f0-0000-7000-8000-000000000001";
+    let mut outs = Vec::new();
+    for _ in 0..3 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_annal"))
+            .arg("append")
+            .arg(&log_dir)
+            .args([
+                "--stream", "order-1", "--type", "Paid", "--id", id, "--data", "{}", "--json",
+            ])
+            .output()
+            .expect("run annal");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        outs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    assert!(
+        outs.iter().all(|o| *o == outs[0]),
+        "the same result each time: {outs:?}"
+    );
+    let recs = support::read_log(&log_dir);
+    assert_eq!(recs.len(), 1, "one event stored");
+}
