@@ -68,9 +68,12 @@ impl ChainKey {
     }
 
     /// Read a key file: 64 hexadecimal digits, optionally followed by a
-    /// newline (the form [`ChainKey::write_file`] writes).
+    /// newline (the form [`ChainKey::write_file`] writes). Refuses a file
+    /// that its group or others may access (mode bits `0o077`, as ssh does
+    /// for private keys), a file that is not a regular file, and a file of
+    /// more than 128 bytes.
     pub fn from_file(path: impl AsRef<Path>) -> Result<ChainKey> {
-        read_hex_file(path.as_ref(), "chain key").map(ChainKey)
+        read_hex_file(path.as_ref(), "chain key", true).map(ChainKey)
     }
 
     /// Write the key as 64 hexadecimal digits and a newline to a new file,
@@ -133,9 +136,11 @@ impl SigningKey {
         Ok(SigningKey::from_bytes(*ChainKey::generate()?.bytes()))
     }
 
-    /// Read a key file (64 hexadecimal digits: the secret seed).
+    /// Read a key file (64 hexadecimal digits: the secret seed). Refuses a
+    /// file that its group or others may access, as [`ChainKey::from_file`]
+    /// does.
     pub fn from_file(path: impl AsRef<Path>) -> Result<SigningKey> {
-        read_hex_file(path.as_ref(), "signing key").map(SigningKey::from_bytes)
+        read_hex_file(path.as_ref(), "signing key", true).map(SigningKey::from_bytes)
     }
 
     /// Write the secret seed to a new file (mode 0600 on Unix).
@@ -175,7 +180,7 @@ impl fmt::Display for PublicKey {
 impl PublicKey {
     /// Read a public key file (64 hexadecimal digits).
     pub fn from_file(path: impl AsRef<Path>) -> Result<PublicKey> {
-        read_hex_file(path.as_ref(), "public key").map(PublicKey)
+        read_hex_file(path.as_ref(), "public key", false).map(PublicKey)
     }
 
     /// Write the key to a new file (mode 0644 on Unix).
@@ -217,8 +222,66 @@ pub(crate) fn fill_checkpoint(body: &mut [u8], key: &SigningKey, log_id: &[u8; 1
     body[100..104].fill(0);
 }
 
-fn read_hex_file(path: &Path, what: &str) -> Result<[u8; 32]> {
-    let text = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+/// Most bytes read from a key file: 64 hexadecimal digits, a line ending
+/// and a little slack. A longer file is refused without reading it all, so a
+/// key path naming `/dev/zero` or a huge file cannot grow memory.
+const KEY_FILE_MAX: usize = 128;
+
+/// Read a key file of 64 hexadecimal digits. Only a regular file is read (a
+/// FIFO or device is refused without blocking), and at most
+/// [`KEY_FILE_MAX`] bytes of it. A `secret` key file must be accessible by
+/// its owner only, as ssh requires of private keys: group or other
+/// permission bits are refused, naming the file and its mode.
+fn read_hex_file(path: &Path, what: &str, secret: bool) -> Result<[u8; 32]> {
+    use std::io::Read;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never wait for a writer of a FIFO; no effect on a regular file.
+        o.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    let file = o.open(path).map_err(|e| Error::io("open", path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: expected a {what} file, found {}",
+            path.display(),
+            crate::io::file_kind(&meta.file_type())
+        )));
+    }
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            let who = if mode & 0o004 != 0 {
+                "readable by others"
+            } else if mode & 0o040 != 0 {
+                "readable by its group"
+            } else {
+                "accessible by its group or others"
+            };
+            return Err(Error::InvalidArgument(format!(
+                "{what} file {p} has mode {mode:04o}: {who}; a secret key must be accessible by its owner only \
+                 (chmod 600 {p})",
+                p = path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut text = Vec::with_capacity(KEY_FILE_MAX + 1);
+    file.take(KEY_FILE_MAX as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| Error::io("read", path, e))?;
+    if text.len() > KEY_FILE_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "{}: expected a {what} file of 64 hexadecimal digits (32 bytes), found more than {KEY_FILE_MAX} bytes",
+            path.display()
+        )));
+    }
     let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
     let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
     parse_hex32(trimmed).ok_or_else(|| {

@@ -186,13 +186,25 @@ pub(crate) fn open_read(path: &Path) -> io::Result<File> {
 }
 
 /// Whether a process (this one included, through another open) holds the
-/// writer lock on the lock file at `path`. Takes a shared lock on a separate
-/// read-only open and releases it at once, so a writer is never kept waiting
-/// longer than its retry. A missing or non-regular lock file is not held.
+/// writer lock on the lock file at `path`, or on the log directory holding
+/// it (a writer locks both; the directory lock survives the lock file being
+/// deleted or replaced). Takes a shared lock on a separate read-only open and
+/// releases it at once, so a writer is never kept waiting longer than its
+/// retry. A missing or non-regular lock file is not held.
 pub(crate) fn lock_held(path: &Path) -> bool {
-    let Ok(f) = open_read(path) else {
-        return false;
-    };
+    if let Ok(f) = open_read(path)
+        && held(&f)
+    {
+        return true;
+    }
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir).is_ok_and(|d| d.metadata().is_ok_and(|m| m.is_dir()) && held(&d)),
+        None => File::open(".").is_ok_and(|d| held(&d)),
+    }
+}
+
+/// Whether another open holds an exclusive lock on `f`.
+fn held(f: &File) -> bool {
     match f.try_lock_shared() {
         Ok(()) => {
             let _ = f.unlock();

@@ -15,7 +15,17 @@
 //!   `busy` flag), so appenders keep encoding into the next group meanwhile.
 //! * A failed write or fsync poisons the writer: every later call fails with
 //!   [`Error::Poisoned`] until the log is reopened (after a failed fsync Linux
-//!   may drop dirty pages and report success later).
+//!   may drop dirty pages and report success later). A failure after a
+//!   group's bytes were written (and made durable, if asked) — the head
+//!   slot, the sealer indexing a sealed segment — poisons the writer too, but
+//!   the appends of that group are acknowledged: the next call reports it.
+//! * Back-pressure: an append that would roll a segment waits while
+//!   `MAX_UNINDEXED` (4) sealed segments wait for the sealer thread, so the
+//!   work left for `close` (or for recovery after a crash) stays bounded.
+//! * The stream table is a hint: a hit decides an expected version only
+//!   once the segments confirm it (`table_hit_holds`); otherwise the version
+//!   comes from the segments, the table is rebuilt and a warning is kept
+//!   ([`Log::warnings`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -28,7 +38,7 @@ use uuid::Uuid;
 
 use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, SigningKey};
 use crate::chaining::{ChainState, HasherThread, write_chained};
-use crate::error::{Error, Result};
+use crate::error::{Damage, Error, Result};
 use crate::format::{
     CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_KIND_CHECKPOINT, FrameHeader, LogFormat, MAX_RECORD_LEN,
     SEGMENT_HEADER_LEN, SegmentHeader,
@@ -41,7 +51,7 @@ use crate::mmap::Mapping;
 use crate::query::Direction;
 use crate::record::{EventData, Stamp, encode_record};
 use crate::recovery::{self, Recovered};
-use crate::segment::{encode_seal, finish_batch_header, segment_file_name};
+use crate::segment::{encode_seal, finish_batch_header, frame_records, segment_file_name, validate_frame};
 use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 use crate::view::{LogView, ViewSegment};
 
@@ -214,7 +224,9 @@ impl Options {
     }
     /// How many of the most recent events with application-supplied ids are
     /// remembered for idempotent retries with `ExpectedVersion::Any` (default
-    /// 100,000; about 80 bytes each). See [`Log::append`].
+    /// 100,000; about 80 bytes each). After a reopen the window is rebuilt
+    /// from the last this many events of the log, read once at the first
+    /// lookup that needs them. See [`Log::append`].
     pub fn idempotency_window(mut self, events: usize) -> Self {
         self.idempotency_window = events;
         self
@@ -273,6 +285,7 @@ impl Options {
 
 /// What opening the log did to recover from a crash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Recovery {
     /// The log did not exist and was created.
     pub created: bool,
@@ -288,10 +301,15 @@ pub struct Recovery {
     pub rebuilt_indexes: Vec<PathBuf>,
     /// The stream table was missing, damaged or behind and was rebuilt.
     pub rebuilt_stream_table: bool,
+    /// Things found while opening that did not stop it but need a person's
+    /// attention: a log directory or `snapshots/` folder that is a symlink or
+    /// writable by others, ... Each names the file and what was found.
+    pub warnings: Vec<String>,
 }
 
 /// A torn tail removed by recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Truncation {
     /// The segment file.
     pub path: PathBuf,
@@ -337,7 +355,7 @@ struct Inner {
     dir: PathBuf,
     opts: Options,
     format: LogFormat,
-    _lock: File,
+    _lock: recovery::WriterLock,
     state: Mutex<State>,
     commit: Mutex<Commit>,
     /// `Commit::written` and `Commit::durable`, readable without the lock.
@@ -366,7 +384,27 @@ struct Inner {
     queued_appends: AtomicUsize,
     /// How long the last fsync of a group took, in microseconds.
     last_sync_micros: AtomicU64,
+    /// Warnings found after opening (see [`Log::warnings`]).
+    warnings: Mutex<Vec<String>>,
+    /// Sealed segments not yet indexed (queued rolls included), and appends
+    /// waiting for it to fall below [`MAX_UNINDEXED`] (back-pressure).
+    backlog: Mutex<Backlog>,
+    backlog_cv: Condvar,
+    /// The sealer thread has exited (the log is closing).
+    sealer_stopped: AtomicBool,
 }
+
+/// The sealer's backlog (see `Inner::backlog`).
+#[derive(Debug, Default)]
+struct Backlog {
+    unindexed: usize,
+    waiting: usize,
+}
+
+/// Most sealed segments left to index before an append that would roll
+/// another segment waits for the sealer: bounds the work `close` (and a
+/// crash's recovery) finds, whatever the rate of appends.
+const MAX_UNINDEXED: usize = 4;
 
 /// Counts a thread inside `append` for as long as it lives.
 struct Appending<'a>(&'a AtomicUsize);
@@ -416,6 +454,11 @@ struct State {
     ids: IdGen,
     /// Events since the last signed checkpoint (with a signing key).
     unsigned_events: u64,
+    /// The position of the first event appended by this open.
+    open_position: u64,
+    /// Whether the window of recent ids holds the log's tail from before
+    /// this open (see `Inner::load_window`).
+    window_loaded: bool,
 }
 
 /// Generated event ids: UUID v7 (RFC 9562). A fresh v7 (a random draw, one
@@ -571,9 +614,15 @@ impl Log {
     /// Open (or create) the log in directory `dir` for writing, recovering
     /// from a crash if needed (see [`Log::recovery`]).
     ///
-    /// Fails with [`Error::Locked`] if another writer holds the log,
-    /// [`Error::NotALog`] if `dir` holds other files, and [`Error::Corrupt`] if
-    /// data below the durable boundary is damaged (nothing is modified then).
+    /// Fails with [`Error::Locked`] if another writer holds the log (the
+    /// writer locks `annal.lock` and the directory itself, so deleting or
+    /// replacing `annal.lock` lets no second writer in), [`Error::NotALog`] if
+    /// `dir` holds other files, and [`Error::Corrupt`] if data below the
+    /// durable boundary is damaged, if the first segment (position 0) is
+    /// missing, or if a frame of the active segment claims more than
+    /// [`Options::max_batch_bytes`] (its body is not read; nothing is
+    /// modified then). Warnings that did not stop the open (a symlinked or
+    /// world-writable directory, ...) are in [`Recovery::warnings`].
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
         let dir = dir.as_ref().to_owned();
         let Recovered {
@@ -631,6 +680,8 @@ impl Log {
                 closed: false,
                 ids: IdGen::default(),
                 unsigned_events: u64::from(active_end > SEGMENT_HEADER_LEN as u64),
+                open_position: next_position,
+                window_loaded: next_position == 0,
             }),
             commit: Mutex::new(Commit {
                 busy: false,
@@ -680,6 +731,10 @@ impl Log {
             appenders: AtomicUsize::new(0),
             queued_appends: AtomicUsize::new(0),
             last_sync_micros: AtomicU64::new(0),
+            warnings: Mutex::new(Vec::new()),
+            backlog: Mutex::new(Backlog::default()),
+            backlog_cv: Condvar::new(),
+            sealer_stopped: AtomicBool::new(false),
             dir,
             opts,
         };
@@ -701,6 +756,24 @@ impl Log {
     /// What opening the log did: creation, a removed torn tail, ...
     pub fn recovery(&self) -> &Recovery {
         &self.inner.recovery
+    }
+
+    /// `(sealed segments not yet indexed, appends waiting for the sealer)`:
+    /// for tests of the back-pressure that bounds the sealer's backlog.
+    #[doc(hidden)]
+    pub fn sealer_backlog(&self) -> (usize, usize) {
+        let b = lock(&self.inner.backlog);
+        (b.unindexed, b.waiting)
+    }
+
+    /// Warnings found while the log was open and while it was opened
+    /// ([`Recovery::warnings`] first): derived files (the stream table, an
+    /// index) that the segments did not confirm and that were rebuilt, ...
+    /// Each names the file and what was found. At most 100 are kept.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = self.inner.recovery.warnings.clone();
+        out.extend(lock(&self.inner.warnings).iter().cloned());
+        out
     }
 
     /// The log directory.
@@ -779,6 +852,33 @@ impl Log {
     ///   older than the window are not detected: use `Exact` for retries that
     ///   can come late.
     ///
+    /// Retries are recognised across reopen and across processes: `Exact` and
+    /// `NoStream` read the stored events; for `Any` and `StreamExists` the
+    /// window is rebuilt, at the first lookup after an open that the window
+    /// of this open does not answer, from the last `idempotency_window`
+    /// events written before the open (all of them count, whether their ids
+    /// were supplied or generated). That rebuild reads those events once per
+    /// open, in one sequential read, holding about 80 bytes per event.
+    ///
+    /// # Errors, and what they mean for the events
+    ///
+    /// * [`Error::InvalidArgument`], [`Error::WrongExpectedVersion`],
+    ///   [`Error::IdempotencyConflict`], [`Error::Closed`], and
+    ///   [`Error::Poisoned`] or any error returned *before* the batch was
+    ///   queued: nothing of this batch was or will be written.
+    /// * [`Error::Io`] (a failed write, fsync or roll of the group commit
+    ///   carrying this batch), or [`Error::Poisoned`] while waiting for it:
+    ///   the outcome is unknown. The batch may be in the file, wholly or in
+    ///   part, without being durable; after the log is reopened it is either
+    ///   entirely present or entirely absent (batches are atomic), never
+    ///   partly. Retry with event ids ([`EventData::with_id`]) to find out
+    ///   without writing it twice.
+    /// * `Ok` means the batch was written (and with [`Durability::Fsync`]
+    ///   made durable): a failure that happens after that (writing the head
+    ///   file, or indexing a sealed segment on the sealer thread) does not
+    ///   turn it into an error. It poisons the writer instead, and the next
+    ///   call returns [`Error::Poisoned`] naming the failure.
+    ///
     /// ```
     /// # fn main() -> annal::Result<()> {
     /// use annal::{EventData, ExpectedVersion, Log, Options, Uuid};
@@ -796,7 +896,13 @@ impl Log {
         let inner = &*self.inner;
         let batch_len = inner.check_batch(stream, events)?;
         let _appending = Appending::enter(&inner.appenders);
-        let (target, result) = inner.enqueue(stream, expected, events, batch_len)?;
+        let (target, result) = loop {
+            match inner.enqueue(stream, expected, events, batch_len)? {
+                Some(queued) => break queued,
+                // It would roll a segment while the sealer is behind.
+                None => inner.wait_for_sealer()?,
+            }
+        };
         inner.commit_until(target, inner.opts.durability == Durability::Fsync)?;
         Ok(result)
     }
@@ -816,6 +922,9 @@ impl Log {
     /// Make every event appended so far durable (one fsync, shared with
     /// concurrent appenders).
     pub fn sync(&self) -> Result<()> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(self.inner.poison_error());
+        }
         let target = lock(&self.inner.state).lsn;
         self.inner.commit_until(target, true)
     }
@@ -900,14 +1009,52 @@ impl Inner {
         Ok(total)
     }
 
+    /// Wait until the sealer's backlog is below [`MAX_UNINDEXED`], or the
+    /// writer is poisoned or closed.
+    fn wait_for_sealer(&self) -> Result<()> {
+        let mut b = lock(&self.backlog);
+        b.waiting += 1;
+        while b.unindexed >= MAX_UNINDEXED && !self.poisoned.load(Ordering::Acquire) && !self.sealer_stopped() {
+            b = self.backlog_cv.wait(b).unwrap_or_else(|p| p.into_inner());
+        }
+        b.waiting -= 1;
+        drop(b);
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(self.poison_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the sealer thread was stopped (the log is closing).
+    fn sealer_stopped(&self) -> bool {
+        self.sealer_stopped.load(Ordering::Acquire)
+    }
+
+    /// One sealed segment indexed (or given up on): wake appenders waiting
+    /// for the backlog.
+    fn sealed_done(&self) {
+        let mut b = lock(&self.backlog);
+        b.unindexed = b.unindexed.saturating_sub(1);
+        drop(b);
+        self.backlog_cv.notify_all();
+    }
+
+    /// Wake appenders waiting for the backlog to check the writer's state.
+    fn wake_backlog(&self) {
+        drop(lock(&self.backlog));
+        self.backlog_cv.notify_all();
+    }
+
     /// The atomic step: check the expected version, assign positions, encode.
+    /// `None`: the batch would roll a segment while [`MAX_UNINDEXED`] sealed
+    /// segments wait for the sealer; nothing was queued.
     fn enqueue(
         &self,
         stream: &str,
         expected: ExpectedVersion,
         events: &[EventData<'_>],
         batch_len: u64,
-    ) -> Result<(u64, AppendResult)> {
+    ) -> Result<Option<(u64, AppendResult)>> {
         let mut st = lock(&self.state);
         if st.closed {
             return Err(Error::Closed);
@@ -917,10 +1064,10 @@ impl Inner {
         }
         let current = self.current_version(&st, stream)?;
         if events.iter().all(|e| e.id.is_some())
-            && let Some(r) = self.idempotent(&st, stream, expected, current, events)?
+            && let Some(r) = self.idempotent(&mut st, stream, expected, current, events)?
         {
             // A retry of an append that is already in the log: wait for it.
-            return Ok((st.lsn, r));
+            return Ok(Some((st.lsn, r)));
         }
         let ok = match expected {
             ExpectedVersion::Any => true,
@@ -935,7 +1082,30 @@ impl Inner {
                 actual: current,
             });
         }
+        // Versions and positions come from files (the stream table, the
+        // segments): none may wrap. Checked before anything is queued.
+        let n = events.len() as u64;
+        let first_version = match current {
+            None => 0,
+            Some(v) => v.checked_add(1).ok_or_else(|| version_overflow(stream, v, n))?,
+        };
+        let last_version = first_version
+            .checked_add(n - 1)
+            .ok_or_else(|| version_overflow(stream, first_version - 1, n))?;
+        if st.next_position.checked_add(n).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "the log's next position is {}: {n} more events would pass the largest position (2^64 - 1)",
+                st.next_position
+            )));
+        }
         if st.seg_has_batches && st.seg_end + batch_len > self.opts.segment_size {
+            {
+                let mut b = lock(&self.backlog);
+                if b.unindexed >= MAX_UNINDEXED {
+                    return Ok(None);
+                }
+                b.unindexed += 1;
+            }
             self.push_checkpoint(&mut st);
             let seal = encode_seal(st.next_position, st.seg_durable);
             let (base, prev_timestamp) = (st.next_position, st.last_timestamp);
@@ -959,7 +1129,6 @@ impl Inner {
         }
         let timestamp = (self.opts.clock)().max(st.last_timestamp);
         let first_position = st.next_position;
-        let first_version = current.map_or(0, |v| v + 1);
         let durable = st.seg_durable;
         let id_base = if events.iter().any(|e| e.id.is_none()) {
             st.ids.take(events.len() as u64)
@@ -981,7 +1150,6 @@ impl Inner {
             encode_record(buf, stream, ev, &stamp, &crc);
         }
         finish_batch_header(&mut buf[start..], first_position, events.len() as u32, durable);
-        let n = events.len() as u64;
         st.next_position += n;
         st.last_timestamp = timestamp;
         st.seg_end += batch_len;
@@ -992,7 +1160,6 @@ impl Inner {
             self.push_checkpoint(&mut st);
         }
         self.queued_appends.fetch_add(1, Ordering::AcqRel);
-        let last_version = first_version + n - 1;
         let mut rec_off = frame_offset + FRAME_HEADER_LEN as u64;
         let records = events.iter().map(|ev| {
             let here = rec_off;
@@ -1018,14 +1185,14 @@ impl Inner {
                 }
             }
         }
-        Ok((
+        Ok(Some((
             st.lsn,
             AppendResult {
                 first_position,
                 last_position: first_position + n - 1,
                 stream_version: last_version,
             },
-        ))
+        )))
     }
 
     /// With a signing key, queue a checkpoint frame for the leader to sign
@@ -1054,14 +1221,22 @@ impl Inner {
 
     /// Wait until `target` is written (and durable if `durable`), leading a
     /// group commit if no one else is.
+    ///
+    /// Bytes that were written (and made durable, if asked) count as done
+    /// even if the writer was poisoned since (by the sealer, or by work after
+    /// the commit): the failure is reported by the next call. A poisoned
+    /// writer reports [`Error::Poisoned`] only once no leader is in progress,
+    /// so an appender never gives up on bytes a running leader still writes.
     fn commit_until(&self, target: u64, durable: bool) -> Result<()> {
         let mut c = lock(&self.commit);
         loop {
-            if let Some(cause) = &c.poison {
-                return Err(Error::Poisoned { cause: cause.clone() });
-            }
             if c.written >= target && (!durable || c.durable >= target) {
                 return Ok(());
+            }
+            if !c.busy
+                && let Some(cause) = &c.poison
+            {
+                return Err(Error::Poisoned { cause: cause.clone() });
             }
             if c.busy {
                 c.parked.push(std::thread::current());
@@ -1096,6 +1271,8 @@ impl Inner {
                     self.poisoned.store(true, Ordering::Release);
                     c.poison = Some(e.to_string());
                     unpark_all(&mut c);
+                    drop(c);
+                    self.wake_backlog();
                     return Err(e);
                 }
             }
@@ -1104,10 +1281,9 @@ impl Inner {
     }
 
     /// Whether the bytes up to `target` are written (and durable, if asked),
-    /// without taking the commit lock (a poisoned writer counts as not).
+    /// without taking the commit lock.
     fn reached(&self, target: u64, durable: bool) -> bool {
-        !self.poisoned.load(Ordering::Acquire)
-            && self.written_end.load(Ordering::Acquire) >= target
+        self.written_end.load(Ordering::Acquire) >= target
             && (!durable || self.durable_end.load(Ordering::Acquire) >= target)
     }
 
@@ -1202,6 +1378,15 @@ impl Inner {
         } else {
             lock(&self.published).next_position
         };
+        {
+            let mut p = lock(&self.published);
+            p.visible_end = visible;
+            p.next_position = visible_position;
+        }
+        self.bump_published_epoch();
+        // The group's bytes are written (and durable, if asked): they are
+        // acknowledged whatever happens next. A failure of the work below
+        // (the head slot, derived files) poisons the writer for the next call.
         let head = Head {
             sequence: 0,
             segment_base: io.base,
@@ -1209,22 +1394,21 @@ impl Inner {
             visible_end: visible,
             next_position: visible_position,
         };
-        io.head.write(head)?;
-        {
-            let mut p = lock(&self.published);
-            p.visible_end = visible;
-            p.next_position = visible_position;
-        }
-        self.bump_published_epoch();
-        let damage = self.index_damage.load(Ordering::Acquire);
-        if damage != self.index_damage_handled.load(Ordering::Acquire) {
-            self.rewrite_damaged_indexes()?;
-            self.index_damage_handled.store(damage, Ordering::Release);
-        }
-        if self.table_damaged.load(Ordering::Acquire) {
-            let sealed = lock(&self.published).sealed.clone();
-            let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
-            self.install_table(&bytes, None)?;
+        let upkeep = io.head.write(head).and_then(|()| {
+            let damage = self.index_damage.load(Ordering::Acquire);
+            if damage != self.index_damage_handled.load(Ordering::Acquire) {
+                self.rewrite_damaged_indexes()?;
+                self.index_damage_handled.store(damage, Ordering::Release);
+            }
+            if self.table_damaged.load(Ordering::Acquire) {
+                let sealed = lock(&self.published).sealed.clone();
+                let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
+                self.install_table(&bytes, None)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = upkeep {
+            self.poison(&e);
         }
         let (base, durable) = (io.base, io.durable);
         drop(io);
@@ -1299,9 +1483,18 @@ impl Inner {
             mem: sealed,
             next_segment: base,
         };
-        match lock(&self.sealer_tx).as_ref().map(|tx| tx.send(job)) {
+        let sent = lock(&self.sealer_tx).as_ref().map(|tx| tx.send(job));
+        match sent {
             Some(Ok(())) => Ok(()),
-            Some(Err(mpsc::SendError(job))) => self.index_sealed(&job.seg, &job.mem, job.next_segment),
+            // The sealed segment and the next one are durable: a failure to
+            // index poisons the writer for the next call, like the sealer's.
+            Some(Err(mpsc::SendError(job))) => {
+                if let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment) {
+                    self.poison(&e);
+                }
+                self.sealed_done();
+                Ok(())
+            }
             None => Err(Error::Closed),
         }
     }
@@ -1310,12 +1503,12 @@ impl Inner {
     /// poisons the writer like any failed write.
     fn run_sealer(&self, rx: mpsc::Receiver<SealJob>) {
         for job in rx {
-            if self.poisoned.load(Ordering::Acquire) {
-                continue;
-            }
-            if let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment) {
+            if !self.poisoned.load(Ordering::Acquire)
+                && let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment)
+            {
                 self.poison(&e);
             }
+            self.sealed_done();
         }
     }
 
@@ -1336,14 +1529,19 @@ impl Inner {
         }
         self.poisoned.store(true, Ordering::Release);
         unpark_all(&mut c);
+        drop(c);
+        self.wake_backlog();
     }
 
     /// Stop the sealer thread after it has indexed every sealed segment.
     fn stop_sealer(&self) {
         drop(lock(&self.sealer_tx).take());
-        if let Some(h) = lock(&self.sealer).take() {
+        let handle = lock(&self.sealer).take();
+        if let Some(h) = handle {
             let _ = h.join();
         }
+        self.sealer_stopped.store(true, Ordering::Release);
+        self.wake_backlog();
     }
 
     /// Write the index of a just-sealed segment and the new stream table
@@ -1438,20 +1636,26 @@ impl Inner {
     /// part of one.
     fn idempotent(
         &self,
-        st: &State,
+        st: &mut State,
         stream: &str,
         expected: ExpectedVersion,
         current: Option<u64>,
         events: &[EventData<'_>],
     ) -> Result<Option<AppendResult>> {
         let ids: Vec<[u8; 16]> = events.iter().filter_map(|e| e.id.map(Uuid::into_bytes)).collect();
+        if matches!(expected, ExpectedVersion::Any | ExpectedVersion::StreamExists)
+            && !st.recent_ids.contains_key(&ids[0])
+        {
+            self.load_window(st)?;
+        }
+        let st = &*st;
         let k = ids.len() as u64;
         // The stored (version, position, id) of the stream's events from `v0`.
         let stored = |v0: u64| -> Result<Vec<(u64, u64, [u8; 16])>> {
             let mut out = Vec::new();
             for (i, id) in ids.iter().enumerate() {
                 match st.recent_ids.get(id) {
-                    Some(r) if &*r.stream == stream && r.version == v0 + i as u64 => {
+                    Some(r) if &*r.stream == stream && v0.checked_add(i as u64) == Some(r.version) => {
                         out.push((r.version, r.position, *id))
                     }
                     _ => break,
@@ -1501,6 +1705,63 @@ impl Inner {
         }))
     }
 
+    /// Once per open, on the first idempotency lookup that misses: fill the
+    /// window of recent ids from the log's tail, so that a retry is
+    /// recognised across reopen and across processes. Reads the last
+    /// `idempotency_window` events written before this open (whatever their
+    /// ids: the format does not tell generated ids from supplied ones), in
+    /// one sequential read; memory is bounded by the window (about 80 bytes
+    /// an event). Ids appended since the open stay the newest.
+    fn load_window(&self, st: &mut State) -> Result<()> {
+        if st.window_loaded {
+            return Ok(());
+        }
+        let window = self.opts.idempotency_window;
+        let end = st.open_position;
+        let from = end.saturating_sub(window as u64);
+        let mut older: Vec<([u8; 16], Arc<str>, u64, u64)> = Vec::new();
+        if window > 0 && end > from {
+            let view = self.view()?;
+            let mut last: Option<Arc<str>> = None;
+            for r in view.read_all(from).until(end) {
+                let r = r?;
+                // One allocation per run of events of one stream.
+                let name = match &last {
+                    Some(n) if **n == *r.stream() => n.clone(),
+                    _ => {
+                        let n: Arc<str> = r.stream().into();
+                        last = Some(n.clone());
+                        n
+                    }
+                };
+                older.push((r.event_id().into_bytes(), name, r.stream_version(), r.position()));
+            }
+        }
+        // Older than everything remembered since the open: in front, newest
+        // of them nearest the back.
+        for (id, stream, version, position) in older.into_iter().rev() {
+            if st.recent_ids.contains_key(&id) {
+                continue;
+            }
+            st.recent_ids.insert(
+                id,
+                RecentId {
+                    stream,
+                    version,
+                    position,
+                },
+            );
+            st.recent_order.push_front(id);
+        }
+        while st.recent_order.len() > window {
+            if let Some(old) = st.recent_order.pop_front() {
+                st.recent_ids.remove(&old);
+            }
+        }
+        st.window_loaded = true;
+        Ok(())
+    }
+
     /// A view of everything visible now.
     fn view(&self) -> Result<LogView> {
         let mut p = lock(&self.published);
@@ -1536,19 +1797,54 @@ impl Inner {
                 return Ok(Some(s.last_version));
             }
         }
+        let sealed_now = || lock(&self.published).sealed.clone();
         if let Some(t) = &st.table {
             match t.lookup(stream) {
-                Ok(e) => return Ok(e.map(|e| e.last_version)),
+                Ok(None) => return Ok(None),
+                // A hint: used only if the segments confirm it.
+                Ok(Some(e)) if table_hit_holds(&sealed_now(), stream, e)? => return Ok(Some(e.last_version)),
+                Ok(Some(e)) => {
+                    self.warn(format!(
+                        "{}: the stream table says stream {stream:?} is at version {} (segment {}), but the segments \
+                         do not confirm it; the version was taken from the segments and the table is rebuilt",
+                        self.dir.join(STREAM_TABLE_FILE).display(),
+                        e.last_version,
+                        segment_file_name(e.at.segment)
+                    ));
+                    self.table_damaged.store(true, Ordering::Release);
+                }
                 Err(_) => self.table_damaged.store(true, Ordering::Release),
             }
         }
-        let sealed = lock(&self.published).sealed.clone();
+        let sealed = sealed_now();
         for seg in sealed.iter().rev() {
-            if let Some(i) = seg.find_stream(stream)? {
+            let Some(i) = seg.find_stream(stream)? else {
+                continue;
+            };
+            if last_version_holds(seg, stream, i.last_version)? {
+                return Ok(Some(i.last_version));
+            }
+            // The index file lies about the stream: rebuild the index from the
+            // segment (reported, and the file rewritten by the leader).
+            let detail = format!(
+                "the index says stream {stream:?} ends at version {} here, but the segment's records do not",
+                i.last_version
+            );
+            self.warn(format!("{}: {detail}; the index is rebuilt", seg.path.display()));
+            let idx = seg.index.damaged(seg.map.bytes(), Damage::corrupt(0, detail))?;
+            if let Some(i) = idx.find_stream(stream).map_err(|d| d.at(&*seg.path))? {
                 return Ok(Some(i.last_version));
             }
         }
         Ok(None)
+    }
+
+    /// Record a warning for [`Log::warnings`] (at most [`MAX_WARNINGS`]).
+    fn warn(&self, w: String) {
+        let mut ws = lock(&self.warnings);
+        if ws.len() < MAX_WARNINGS {
+            ws.push(w);
+        }
     }
 
     fn close(&self) -> Result<()> {
@@ -1599,6 +1895,73 @@ impl Inner {
         io.head.write(head)?;
         io.head.sync()
     }
+}
+
+/// Most warnings a writer keeps (see [`Log::warnings`]).
+const MAX_WARNINGS: usize = 100;
+
+/// Whether the stream table's entry `e` for `stream` is confirmed by the
+/// segments (spec 18: the table is a hint): the segment it names holds the
+/// stream's records up to exactly `e.last_version`, and no later sealed
+/// segment holds the stream. Costs one index lookup per sealed segment after
+/// the one named, and one frame's CRC.
+fn table_hit_holds(sealed: &[ViewSegment], stream: &str, e: TableEntry) -> Result<bool> {
+    let Ok(i) = sealed.binary_search_by_key(&e.at.segment, |s| s.base) else {
+        return Ok(false);
+    };
+    if !last_version_holds(&sealed[i], stream, e.last_version)? {
+        return Ok(false);
+    }
+    for later in &sealed[i + 1..] {
+        if later.find_stream(stream)?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `seg` holds `stream`'s records up to exactly `last_version`: its
+/// index lists the stream with that last version, and the last frame the
+/// index gives for the stream is intact (CRC) and holds a record of the
+/// stream at `last_version` and none at a later version.
+fn last_version_holds(seg: &ViewSegment, stream: &str, last_version: u64) -> Result<bool> {
+    let found = seg.with_index(|i| {
+        let Some(info) = i.find_stream(stream)? else {
+            return Ok(None);
+        };
+        let Some(last) = info.entry_count.checked_sub(1) else {
+            return Ok(None);
+        };
+        Ok(i.stream_entry(stream, &info, last)?
+            .map(|(_, off)| (info.last_version, off)))
+    })?;
+    let Some((indexed, frame_offset)) = found else {
+        return Ok(false);
+    };
+    if indexed != last_version {
+        return Ok(false);
+    }
+    let bytes = seg.map.bytes();
+    let Some(rest) = usize::try_from(frame_offset).ok().and_then(|o| bytes.get(o..)) else {
+        return Ok(false);
+    };
+    let Ok(frame) = validate_frame(rest, frame_offset, true) else {
+        return Ok(false);
+    };
+    let Some(frame_bytes) = usize::try_from(frame.len).ok().and_then(|l| rest.get(..l)) else {
+        return Ok(false);
+    };
+    let mut seen = false;
+    for r in frame_records(frame_bytes) {
+        if r.stream() == stream {
+            match r.stream_version().cmp(&last_version) {
+                std::cmp::Ordering::Equal => seen = true,
+                std::cmp::Ordering::Greater => return Ok(false),
+                std::cmp::Ordering::Less => {}
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// The newest segment before the one being indexed that holds `name`, and
@@ -1677,6 +2040,14 @@ pub(crate) fn index_file_name(base: u64) -> String {
     format!("{base:020}.idx")
 }
 
+/// The error of an append whose versions would pass `u64::MAX`.
+fn version_overflow(stream: &str, current: u64, n: u64) -> Error {
+    Error::InvalidArgument(format!(
+        "stream {stream:?} is at version {current}: {n} more events would pass the largest version (2^64 - 1); \
+         nothing was written"
+    ))
+}
+
 /// Wake every appender parked in `Inner::commit_until`.
 fn unpark_all(c: &mut Commit) {
     for t in c.parked.drain(..) {
@@ -1719,5 +2090,58 @@ impl State {
         self.cur.extend_from_slice(bytes);
         self.lsn += bytes.len() as u64;
         self.seg_end += bytes.len() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(n: usize) -> Vec<EventData<'static>> {
+        (0..n).map(|_| EventData::new("E", b"{}".as_slice())).collect()
+    }
+
+    /// Issue 13, defect 21: a stream version or a position that would pass
+    /// `u64::MAX` is an error and nothing is queued (it wrapped to 0).
+    #[test]
+    fn versions_and_positions_never_wrap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(dir.path(), Options::default()).expect("open");
+        log.append("s", ExpectedVersion::Any, &one(1)).expect("append");
+        // The active index says the stream is at u64::MAX - 1 (as a forged
+        // file could make it say).
+        {
+            let st = lock(&log.inner.state);
+            write_index(&st.index).add_batch(128, 1, "s", u64::MAX - 1, 1, std::iter::once((200u64, "E")));
+        }
+        assert_eq!(log.stream_version("s").expect("version"), Some(u64::MAX - 1));
+        let r = log
+            .append("s", ExpectedVersion::Any, &one(1))
+            .expect("the last version fits");
+        assert_eq!(r.stream_version, u64::MAX);
+        let lsn = lock(&log.inner.state).lsn;
+        for n in [1, 2] {
+            let e = log
+                .append("s", ExpectedVersion::Any, &one(n))
+                .expect_err("past u64::MAX");
+            assert!(
+                matches!(&e, Error::InvalidArgument(m) if m.contains("largest version")),
+                "{e}"
+            );
+        }
+        assert_eq!(lock(&log.inner.state).lsn, lsn, "nothing was queued");
+        // Positions: the next position near the end of the range.
+        lock(&log.inner.state).next_position = u64::MAX - 1;
+        let e = log
+            .append("t", ExpectedVersion::Any, &one(2))
+            .expect_err("past u64::MAX");
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("largest position")),
+            "{e}"
+        );
+        assert_eq!(lock(&log.inner.state).lsn, lsn, "nothing was queued");
+        assert_eq!(lock(&log.inner.state).next_position, u64::MAX - 1);
+        // Not closed cleanly on purpose: the state was forged.
+        std::mem::forget(log);
     }
 }

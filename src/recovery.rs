@@ -1,6 +1,8 @@
 //! Opening a log for writing: deciding whether a directory is a log, taking the
-//! writer lock, checking the segment chain, and recovering the active segment
-//! after a crash (spec section 6).
+//! writer lock (on `annal.lock` and on the directory itself), checking the
+//! segment chain (which starts at position 0), and recovering the active
+//! segment after a crash (spec section 6). No frame is read past the writer's
+//! `max_batch_bytes`, whatever its header claims.
 //!
 //! Invariant: recovery removes bytes only at or past the durable boundary of
 //! the active segment, and only after everything before them was validated;
@@ -15,7 +17,10 @@ use zerocopy::IntoBytes;
 
 use crate::chain::{ChainHash, Chainer, LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
 use crate::error::{Error, Result, corrupt};
-use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{
+    CHECKPOINT_FRAME_LEN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FrameHeader, LogFormat, SEGMENT_HEADER_LEN,
+    SegmentHeader,
+};
 use crate::head::{self, HEAD_FILE};
 use crate::index::{self, IndexBuilder, MemIndex};
 use crate::io::Io;
@@ -32,7 +37,7 @@ pub const LOCK_FILE: &str = "annal.lock";
 
 /// The state a writer starts from.
 pub(crate) struct Recovered {
-    pub lock: File,
+    pub lock: WriterLock,
     pub format: LogFormat,
     /// The chain hash after the last complete batch (zero without a chain).
     pub chain: ChainHash,
@@ -75,7 +80,42 @@ fn list(dir: &Path) -> Result<Listing> {
     Ok(l)
 }
 
-fn take_lock(dir: &Path, io: &dyn Io) -> Result<File> {
+/// The writer's exclusion: an exclusive `flock` on `annal.lock` (what older
+/// annal versions take and what readers and `check` probe), and one on the
+/// log directory itself. The directory lock cannot be removed under a
+/// running writer: deleting or replacing `annal.lock` lets a second writer
+/// lock the new file, but not the directory, so it still gets
+/// [`Error::Locked`].
+#[derive(Debug)]
+pub(crate) struct WriterLock {
+    _file: File,
+    _dir: File,
+}
+
+/// Take an exclusive lock on `file`, retrying a few times: a lock released
+/// by a closing writer can look held for a moment (a child process forked by
+/// another thread shares the lock file's description between its fork and
+/// its exec, the descriptor being close-on-exec); about 30 ms in all before
+/// reporting `Locked`.
+fn lock_exclusive(file: &File, path: &Path, locked: &Path) -> Result<()> {
+    let mut wait = std::time::Duration::from_millis(2);
+    for attempt in 0.. {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) if attempt < 4 => {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            Err(TryLockError::WouldBlock) => break,
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+        }
+    }
+    Err(Error::Locked {
+        path: locked.to_owned(),
+    })
+}
+
+fn take_lock(dir: &Path, io: &dyn Io) -> Result<WriterLock> {
     let path = dir.join(LOCK_FILE);
     // `symlink_metadata`: a (dangling) symlink counts as existing, and is then
     // refused by the open below (`O_NOFOLLOW`), never followed.
@@ -86,27 +126,15 @@ fn take_lock(dir: &Path, io: &dyn Io) -> Result<File> {
             Err(e) => return Err(Error::io("create", &path, e)),
         }
     }
-    let mut o = fs::OpenOptions::new();
-    o.read(true);
-    crate::io::no_follow(&mut o);
-    let file = o.open(&path).map_err(|e| Error::io("open", &path, e))?;
-    // A lock released by a closing writer can look held for a moment: a child
-    // process forked by another thread shares the lock file's description
-    // between its fork and its exec (the descriptor is close-on-exec). Retry a
-    // few times, about 30 ms in all, before reporting `Locked`.
-    let mut wait = std::time::Duration::from_millis(2);
-    for attempt in 0.. {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(TryLockError::WouldBlock) if attempt < 4 => {
-                std::thread::sleep(wait);
-                wait *= 2;
-            }
-            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path }),
-            Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
-        }
-    }
-    Err(Error::Locked { path })
+    // Never through a symlink, never blocking on a FIFO, only a regular file.
+    let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+    lock_exclusive(&file, &path, &path)?;
+    let dir_file = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    lock_exclusive(&dir_file, dir, &path)?;
+    Ok(WriterLock {
+        _file: file,
+        _dir: dir_file,
+    })
 }
 
 fn create_segment(io: &dyn Io, dir: &Path, header: &SegmentHeader, fresh: bool) -> Result<()> {
@@ -173,7 +201,10 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         }
     }
     let lock = take_lock(dir, io)?;
-    let mut report = Recovery::default();
+    let mut report = Recovery {
+        warnings: place_warnings(dir),
+        ..Recovery::default()
+    };
     // Re-list under the lock: the directory is ours now.
     let listing = list(dir)?;
     for tmp in &listing.temp {
@@ -243,8 +274,25 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
             }
         }
     };
+    // The first segment starts at position 0 (spec 2; retention, which will
+    // record removals, does not exist yet): a log whose first segment is
+    // missing is refused, as readers refuse it, never appended to.
+    if let Some(&first) = listing.segments.first()
+        && first != 0
+    {
+        return Err(corrupt(
+            &dir.join(segment_file_name(0)),
+            0,
+            format!(
+                "expected the log's first segment {} (position 0), found none: the first segment present is {} \
+                 (a segment file is missing)",
+                segment_file_name(0),
+                segment_file_name(first)
+            ),
+        ));
+    }
     // Sealed segments: header and seal only; their records are not read.
-    let mut next = listing.segments.first().copied().unwrap_or(0);
+    let mut next = 0;
     let mut sealed: Vec<ViewSegment> = Vec::with_capacity(sealed_bases.len() + 1);
     for &base in sealed_bases {
         let path = dir.join(segment_file_name(base));
@@ -333,6 +381,9 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 ));
             }
             check_format(&header, &path)?;
+            // No frame is read past the writer's limits, whatever its header
+            // claims (a sparse file can claim gigabytes of zeros).
+            check_frame_lengths(bytes, opts, &path)?;
             // One pass: every record is validated (CRC included) and indexed
             // as the walk reads it; a batch enters the index once complete.
             let mut builder = IndexBuilder::default();
@@ -412,6 +463,85 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         active_end,
         report,
     })
+}
+
+/// Warnings about where the log lives (issue 9): a log directory or
+/// `snapshots/` folder that is a symlink (files may live outside the place
+/// named), or that others may write to (anyone could plant, replace or remove
+/// its files). `snapshots/` as a symlink is never followed by the writer:
+/// snapshot saves fail and loads skip it.
+fn place_warnings(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let snapshots = dir.join(crate::snapshot::SNAPSHOT_DIR);
+    for (path, what) in [(dir, "the log directory"), (snapshots.as_path(), "the snapshot folder")] {
+        let Ok(link) = fs::symlink_metadata(path) else {
+            continue;
+        };
+        if link.file_type().is_symlink() {
+            let target = fs::read_link(path).map_or_else(|_| "?".into(), |t| t.display().to_string());
+            out.push(if path == dir {
+                format!(
+                    "{what} {} is a symbolic link (to {target}): annal works in the directory it points to",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "{what} {} is a symbolic link (to {target}): annal never follows it, so no snapshot is saved \
+                     or loaded; replace it with a directory",
+                    path.display()
+                )
+            });
+        }
+        #[cfg(unix)]
+        if let Ok(m) = fs::metadata(path)
+            && m.is_dir()
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = m.permissions().mode() & 0o7777;
+            if mode & 0o002 != 0 {
+                out.push(format!(
+                    "{what} {} has mode {mode:04o}: writable by others, who can replace or remove the log's files; \
+                     chmod o-w {}",
+                    path.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Step through the frame headers of the active segment (header only, no
+/// body) and refuse a complete-looking frame longer than this writer's limit
+/// (`max_batch_bytes`, at least a checkpoint frame): reading it would cost
+/// time and memory decided by a length read from the file. Nothing is cut:
+/// the frame may be a real batch of a writer with a larger limit. A frame
+/// that runs past the end of the file, or a header that does not parse, ends
+/// the steps: the walk that follows reports it without reading its body.
+fn check_frame_lengths(bytes: &[u8], opts: &Options, path: &Path) -> Result<()> {
+    let limit = opts.max_batch_bytes.max(CHECKPOINT_FRAME_LEN as u64);
+    let mut off = SEGMENT_HEADER_LEN as u64;
+    while let Some(rest) = usize::try_from(off).ok().and_then(|o| bytes.get(o..)) {
+        let Ok(h) = FrameHeader::parse(rest, off) else {
+            break;
+        };
+        let len = h.frame_len.get();
+        if len < FRAME_HEADER_LEN as u64 || len > rest.len() as u64 {
+            break;
+        }
+        if len > limit {
+            return Err(corrupt(
+                path,
+                off + 8,
+                format!(
+                    "the frame at byte {off} claims {len} bytes, more than max_batch_bytes ({limit}) of this writer: \
+                     not read; if a writer with a larger max_batch_bytes wrote it, open with at least that limit"
+                ),
+            ));
+        }
+        off += len;
+    }
+    Ok(())
 }
 
 /// The format of a log created by this open.

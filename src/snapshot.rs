@@ -354,25 +354,40 @@ impl SnapshotStore {
         Ok(path)
     }
 
-    /// Create the folder and make its entry durable, once per store.
+    /// Whether the folder exists, as a real directory: a symlink (or any
+    /// other file) named `snapshots` is an error, so that nothing is ever
+    /// read, written or deleted through it, outside the log directory.
+    /// Checked before every save, load and prune.
+    fn checked_dir(&self) -> Result<bool> {
+        match std::fs::symlink_metadata(&self.dir) {
+            Ok(m) if m.is_dir() => Ok(true),
+            Ok(m) => Err(Error::io(
+                "use snapshot folder",
+                &self.dir,
+                io::Error::other(format!(
+                    "expected a directory, found {}; annal never follows a symlink out of the log directory",
+                    crate::io::file_kind(&m.file_type())
+                )),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("stat", &self.dir, e)),
+        }
+    }
+
+    /// Create the folder (once per store) and make its entry durable; check
+    /// at every call that it is a real directory.
     fn ensure_dir(&self) -> Result<()> {
         if self.dir_ready.load(Ordering::Acquire) {
+            self.checked_dir()?;
             return Ok(());
         }
-        self.io
-            .create_dir(&self.dir)
-            .map_err(|e| Error::io("create directory", &self.dir, e))?;
-        // Never write snapshots through a symlinked folder (out of the log).
-        match std::fs::symlink_metadata(&self.dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::io(
-                    "create directory",
-                    &self.dir,
-                    io::Error::other("it is a symbolic link or not a directory; annal does not follow symlinks"),
-                ));
-            }
-            Err(e) => return Err(Error::io("stat", &self.dir, e)),
+        // Never create (or write) through a symlinked folder: checked before
+        // `create_dir`, which would accept a symlink to a directory.
+        if !self.checked_dir()? {
+            self.io
+                .create_dir(&self.dir)
+                .map_err(|e| Error::io("create directory", &self.dir, e))?;
+            self.checked_dir()?;
         }
         self.io
             .sync_dir(&self.log_dir)
@@ -384,6 +399,9 @@ impl SnapshotStore {
     /// The files named with `hash`, newest position first, and the leftover
     /// temp files named with it.
     fn list(&self, hash: u64) -> Result<Listing> {
+        if !self.checked_dir()? {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
@@ -445,6 +463,11 @@ impl SnapshotStore {
         schema_version: u32,
         max_version: Option<u64>,
     ) -> Result<(Option<Snapshot>, Vec<String>)> {
+        // A symlinked folder is never read through: no snapshot, a warning,
+        // and the aggregate is rebuilt from its events.
+        if let Err(e) = self.checked_dir() {
+            return Ok((None, vec![format!("skipped snapshots: {e}")]));
+        }
         let (files, _) = self.list(stream_hash(stream.as_bytes()))?;
         let mut warnings = Vec::new();
         for (_, path) in files {

@@ -11,7 +11,8 @@
 //! Cases: a failed fsync (`Durability::Fsync`); a failed, torn write
 //! (`Durability::Buffered`); a failure in each step of a segment roll (the
 //! fsync of the segment being sealed, the create of the next segment, the
-//! fsync of its header); a failed write of a head slot; and several threads
+//! fsync of its header); a failed write of a head slot (after the batch was durable: that
+//! append is acknowledged, the next call is poisoned); and several threads
 //! appending when the fsync fails.
 
 mod support;
@@ -32,6 +33,10 @@ enum Failed {
     Absent,
     /// It was written before the failure (e.g. the fsync failed): whole or absent.
     WholeOrAbsent,
+    /// The failure came after the batch was durable (the head slot): the
+    /// append is acknowledged, the next one fails with `Poisoned` naming the
+    /// failure and is absent.
+    AckedThenPoisoned,
 }
 
 struct Case {
@@ -104,7 +109,14 @@ fn run(case: Case) {
     }
     let (err, failed_stream, failed_payloads) = failure.unwrap_or_else(|| panic!("{name}: no append failed"));
     match &err {
-        Error::Io { op, .. } => assert_eq!(*op, case.op, "{name}: failed operation ({err})"),
+        Error::Io { op, .. } if case.failed != Failed::AckedThenPoisoned => {
+            assert_eq!(*op, case.op, "{name}: failed operation ({err})")
+        }
+        // The batch was durable when the failure came: acknowledged, and the
+        // next call reports the failure (issue 13, defect 11).
+        Error::Poisoned { cause } if case.failed == Failed::AckedThenPoisoned => {
+            assert!(cause.contains(&format!("{} ", case.op)), "{name}: {cause}")
+        }
         other => panic!("{name}: the failing append must return the I/O error, got {other:?}"),
     }
     assert!(Ctl::get(&ctl.injected) >= 1);
@@ -271,7 +283,7 @@ fn failed_head_write_poisons_until_reopen() {
         arm_after: 40,
         arm: |c, on| Ctl::set(&c.fail_head_write, on),
         op: "write",
-        failed: Failed::WholeOrAbsent,
+        failed: Failed::AckedThenPoisoned,
         roll: false,
     });
 }
