@@ -185,11 +185,12 @@ impl CheckOptions {
         self
     }
 
-    /// The writer's `max_batch_bytes` (default 256 MiB, as
-    /// [`Options::max_batch_bytes`]): a frame claiming more is reported
-    /// without being read, so that a length in a file never decides how much
-    /// `check` reads or holds in memory. Give the writer's value if it was
-    /// raised.
+    /// The largest frame to read (default: the format's
+    /// [`MAX_FRAME_LEN`](crate::format::MAX_FRAME_LEN), 1 GiB, which bounds
+    /// every writer's [`Options::max_batch_bytes`]): a frame claiming more is
+    /// reported without being read, so that a length in a file never decides
+    /// how much `check` reads or holds in memory. A lower value (the writer's
+    /// `max_batch_bytes`) bounds `check`'s memory further.
     pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
         self.max_batch_bytes = Some(bytes);
         self
@@ -203,8 +204,8 @@ impl CheckOptions {
     }
 }
 
-/// [`Options::max_batch_bytes`]'s default.
-const DEFAULT_MAX_BATCH_BYTES: u64 = 256 << 20;
+/// The format's limit on a frame (spec 8).
+const DEFAULT_MAX_BATCH_BYTES: u64 = crate::format::MAX_FRAME_LEN;
 
 /// What [`check`] found of the signed checkpoints (spec 21.5), when given a
 /// public key.

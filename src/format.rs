@@ -253,6 +253,12 @@ pub const SEGMENT_HEADER_LEN: usize = size_of::<SegmentHeader>();
 pub const SEGMENT_HEADER_CRC_OFFSET: usize = offset_of!(SegmentHeader, header_crc);
 /// Bytes of a frame header.
 pub const FRAME_HEADER_LEN: usize = size_of::<FrameHeader>();
+/// The largest `frame_len` of the format (1 GiB, spec 8), checked from the
+/// frame header alone (spec 3.1): a header claiming more is not a frame, so
+/// no reader, recovery or `check` reads or allocates more than this for one
+/// frame, whatever a damaged or forged file claims. A writer's
+/// `max_batch_bytes` (the whole frame) is at most this.
+pub const MAX_FRAME_LEN: u64 = 1 << 30;
 /// The frame header CRC covers `[FRAME_CRC_START, FRAME_HEADER_LEN)`.
 pub const FRAME_CRC_START: usize = offset_of!(FrameHeader, frame_len);
 /// Offset of the 32-byte chain slot in a frame header (spec 3.1, 21).
@@ -473,10 +479,13 @@ impl FrameHeader {
             ));
         }
         let len = h.frame_len.get();
-        if len < FRAME_HEADER_LEN as u64 || len % ALIGN != 0 {
+        if len < FRAME_HEADER_LEN as u64 || len % ALIGN != 0 || len > MAX_FRAME_LEN {
             return Err(Damage::corrupt(
                 off + 8,
-                format!("expected frame_len to be a multiple of 8 and at least {FRAME_HEADER_LEN}, found {len}"),
+                format!(
+                    "expected frame_len to be a multiple of 8, at least {FRAME_HEADER_LEN} and at most {MAX_FRAME_LEN}, \
+                     found {len}"
+                ),
             ));
         }
         match h.kind {

@@ -194,9 +194,11 @@ impl Options {
         self.max_event_bytes = bytes;
         self
     }
-    /// Largest encoded batch (default 256 MiB).
+    /// Largest encoded batch, its frame header included (default 256 MiB;
+    /// at most the format's [`format::MAX_FRAME_LEN`](crate::format::MAX_FRAME_LEN),
+    /// 1 GiB: a larger value is taken as that).
     pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
-        self.max_batch_bytes = bytes;
+        self.max_batch_bytes = bytes.min(crate::format::MAX_FRAME_LEN);
         self
     }
     /// Create the log if the directory is missing or empty (default `true`).
@@ -1547,7 +1549,7 @@ impl Inner {
     /// Write the index of a just-sealed segment and the new stream table
     /// (spec 17, 18), then let readers use them.
     fn index_sealed(&self, seg: &ViewSegment, mem: &RwLock<MemIndex>, next_segment: u64) -> Result<()> {
-        let bytes = seg.map.bytes();
+        let bytes = seg.bytes()?;
         let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
         let old_table = lock(&self.published).table.clone();
         let earlier: Vec<ViewSegment> = {
@@ -1598,7 +1600,7 @@ impl Inner {
             let Some(Index::Mem(mem)) = seg.index.current() else {
                 continue;
             };
-            let bytes = seg.map.bytes();
+            let bytes = seg.bytes()?;
             let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
             let earlier = &sealed[..i];
             let (idx_bytes, _) = read_index(&mem).encode(
@@ -1831,7 +1833,7 @@ impl Inner {
                 i.last_version
             );
             self.warn(format!("{}: {detail}; the index is rebuilt", seg.path.display()));
-            let idx = seg.index.damaged(seg.map.bytes(), Damage::corrupt(0, detail))?;
+            let idx = seg.index.damaged(seg.bytes()?, Damage::corrupt(0, detail))?;
             if let Some(i) = idx.find_stream(stream).map_err(|d| d.at(&*seg.path))? {
                 return Ok(Some(i.last_version));
             }
@@ -1941,7 +1943,7 @@ fn last_version_holds(seg: &ViewSegment, stream: &str, last_version: u64) -> Res
     if indexed != last_version {
         return Ok(false);
     }
-    let bytes = seg.map.bytes();
+    let bytes = seg.bytes()?;
     let Some(rest) = usize::try_from(frame_offset).ok().and_then(|o| bytes.get(o..)) else {
         return Ok(false);
     };
@@ -2001,7 +2003,7 @@ pub(crate) fn resolve_prev(table: Option<&StreamTable>, earlier: &[ViewSegment],
 pub(crate) fn rebuild_table(sealed: &[ViewSegment], next_segment: u64, hash_mask: u64) -> Result<Vec<u8>> {
     let mut latest: HashMap<Box<str>, TableEntry> = HashMap::new();
     for seg in sealed {
-        let idx = seg.index.get(seg.map.bytes())?;
+        let idx = seg.index.get(seg.bytes()?)?;
         for (name, row, last_version) in seg.stream_rows(&idx)? {
             latest.insert(
                 name,

@@ -1,8 +1,8 @@
 //! Opening a log for writing: deciding whether a directory is a log, taking the
 //! writer lock (on `annal.lock` and on the directory itself), checking the
 //! segment chain (which starts at position 0), and recovering the active
-//! segment after a crash (spec section 6). No frame is read past the writer's
-//! `max_batch_bytes`, whatever its header claims.
+//! segment after a crash (spec section 6). No frame longer than the format's
+//! `MAX_FRAME_LEN` is read, whatever its header claims (spec 3.1).
 //!
 //! Invariant: recovery removes bytes only at or past the durable boundary of
 //! the active segment, and only after everything before them was validated;
@@ -17,10 +17,7 @@ use zerocopy::IntoBytes;
 
 use crate::chain::{ChainHash, Chainer, LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
 use crate::error::{Error, Result, corrupt};
-use crate::format::{
-    CHECKPOINT_FRAME_LEN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FrameHeader, LogFormat, SEGMENT_HEADER_LEN,
-    SegmentHeader,
-};
+use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::head::{self, HEAD_FILE};
 use crate::index::{self, IndexBuilder, MemIndex};
 use crate::io::Io;
@@ -359,7 +356,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
             };
             format = Some(f);
             chain = match sealed.last() {
-                Some(prev) => seal_chain(prev.map.bytes()),
+                Some(prev) => seal_chain(prev.bytes()?),
                 None => genesis(&f, opts),
             };
             drop(map);
@@ -381,9 +378,10 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 ));
             }
             check_format(&header, &path)?;
-            // No frame is read past the writer's limits, whatever its header
-            // claims (a sparse file can claim gigabytes of zeros).
-            check_frame_lengths(bytes, opts, &path)?;
+            // No frame is read past `MAX_FRAME_LEN`, whatever its header
+            // claims (a sparse file can claim gigabytes of zeros): such a
+            // header fails `FrameHeader::parse`, so it is an incomplete frame
+            // and the durable boundary decides (spec 5.1).
             // One pass: every record is validated (CRC included) and indexed
             // as the walk reads it; a batch enters the index once complete.
             let mut builder = IndexBuilder::default();
@@ -511,39 +509,6 @@ fn place_warnings(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Step through the frame headers of the active segment (header only, no
-/// body) and refuse a complete-looking frame longer than this writer's limit
-/// (`max_batch_bytes`, at least a checkpoint frame): reading it would cost
-/// time and memory decided by a length read from the file. Nothing is cut:
-/// the frame may be a real batch of a writer with a larger limit. A frame
-/// that runs past the end of the file, or a header that does not parse, ends
-/// the steps: the walk that follows reports it without reading its body.
-fn check_frame_lengths(bytes: &[u8], opts: &Options, path: &Path) -> Result<()> {
-    let limit = opts.max_batch_bytes.max(CHECKPOINT_FRAME_LEN as u64);
-    let mut off = SEGMENT_HEADER_LEN as u64;
-    while let Some(rest) = usize::try_from(off).ok().and_then(|o| bytes.get(o..)) {
-        let Ok(h) = FrameHeader::parse(rest, off) else {
-            break;
-        };
-        let len = h.frame_len.get();
-        if len < FRAME_HEADER_LEN as u64 || len > rest.len() as u64 {
-            break;
-        }
-        if len > limit {
-            return Err(corrupt(
-                path,
-                off + 8,
-                format!(
-                    "the frame at byte {off} claims {len} bytes, more than max_batch_bytes ({limit}) of this writer: \
-                     not read; if a writer with a larger max_batch_bytes wrote it, open with at least that limit"
-                ),
-            ));
-        }
-        off += len;
-    }
-    Ok(())
-}
-
 /// The format of a log created by this open.
 fn new_format(opts: &Options) -> Result<LogFormat> {
     let chained = opts.chain && opts.format_version >= 2;
@@ -618,7 +583,7 @@ fn check_key(found: &LogFormat, opts: &Options, path: &Path) -> Result<()> {
 
 /// The timestamp of the last record of a sealed segment (from its index).
 fn last_timestamp_of(seg: &ViewSegment) -> Result<u64> {
-    let bytes = seg.map.bytes();
+    let bytes = seg.bytes()?;
     let n = seg.with_index(|i| Ok(i.frame_count()))?;
     let Some(last) = n.checked_sub(1) else {
         return Ok(SegmentHeader::parse(bytes)
@@ -643,7 +608,7 @@ fn ensure_indexes(io: &dyn Io, dir: &Path, sealed: &[ViewSegment], mask: u64, re
         if idx_path.exists() {
             continue;
         }
-        let bytes = seg.map.bytes();
+        let bytes = seg.bytes()?;
         let mem = MemIndex::rebuild(bytes).map_err(|d| d.at(&*seg.path))?;
         let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
         let earlier = &sealed[..i];
@@ -688,7 +653,7 @@ fn ensure_table(
                     continue;
                 }
                 let next_segment = sealed.get(i + 1).map_or(active_base, |s| s.base);
-                let rows = seg.stream_rows(&seg.index.get(seg.map.bytes())?)?;
+                let rows = seg.stream_rows(&seg.index.get(seg.bytes()?)?)?;
                 let bytes = match streamtable::merge(Some(&t), &rows, seg.base, next_segment, mask) {
                     Ok(b) => b,
                     Err(_) => rebuild_table(sealed, active_base, mask)?,

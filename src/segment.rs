@@ -338,12 +338,7 @@ pub(crate) fn resync_max_durable_in(bytes: &[u8], at: u64, from: u64, until: u64
     best
 }
 
-/// The largest `frame_len` a reader accepts (1 GiB): a frame header claiming
-/// more is not a complete frame. A reader that copies a frame to validate it
-/// allocates at most this much, whatever length a (damaged or forged) file
-/// claims. The writer never writes a larger frame (`max_batch_bytes` is
-/// bounded by it).
-pub(crate) const MAX_FRAME_LEN: u64 = 1 << 30;
+pub(crate) use crate::format::MAX_FRAME_LEN;
 
 /// What [`walk_segment_records`] reports as it walks.
 pub(crate) trait RecordSink<'a> {
