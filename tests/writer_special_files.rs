@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annal::io::StdIo;
-use annal::{Error, EventData, ExpectedVersion, HEAD_FILE, LOCK_FILE, Log, Options, STREAM_TABLE_FILE, Snapshot};
+use annal::{EventData, ExpectedVersion, HEAD_FILE, LOCK_FILE, Log, Options, STREAM_TABLE_FILE, Snapshot};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
