@@ -63,8 +63,7 @@ impl WriteChainArgs {
     pub fn apply(&self, opts: Options) -> Result<Options, Failure> {
         let mut opts = opts.chain(!self.no_chain);
         if let Some(p) = &self.signing_key {
-            let k = read_key_file(p, "signing key", true)?;
-            opts = opts.signing_key(annal::SigningKey::from_bytes(k));
+            opts = opts.signing_key(read_signing_key(p)?);
         }
         if let Some(n) = self.checkpoint_every {
             opts = opts.checkpoint_every(n);
@@ -88,80 +87,28 @@ pub fn open_failure(e: annal::Error) -> Failure {
 }
 
 /// Read a chain key file (exit 2 if it cannot be read, is not a key, or
-/// can be read by group or others).
+/// can be read by group or others: the library's rules, spec 21.4).
 pub fn read_key(path: &Path) -> Result<ChainKey, Failure> {
-    read_key_file(path, "chain key", true).map(ChainKey::from_bytes)
+    ChainKey::from_file(path).map_err(key_failure)
+}
+
+/// Read a signing key file (the same rules as a chain key).
+fn read_signing_key(path: &Path) -> Result<annal::SigningKey, Failure> {
+    annal::SigningKey::from_file(path).map_err(key_failure)
 }
 
 /// Read a public key file (any mode: it is no secret).
 pub fn read_public_key(path: &Path) -> Result<annal::PublicKey, Failure> {
-    read_key_file(path, "public key", false).map(annal::PublicKey)
+    annal::PublicKey::from_file(path).map_err(key_failure)
 }
 
-/// The longest key file taken: 64 hexadecimal digits and a line end.
-const KEY_FILE_MAX: u64 = 66;
-
-/// Read a file of 64 hexadecimal digits (optionally followed by a newline,
-/// as `annal keygen` writes it): a regular file, opened without following a
-/// symlink at the last component or blocking on a FIFO, and never read past
-/// [`KEY_FILE_MAX`] bytes (a key "file" that is a device cannot grow memory).
-/// A `secret` key readable by group or others is refused, as ssh does, naming
-/// the file and its mode.
-fn read_key_file(path: &Path, what: &str, secret: bool) -> Result<[u8; 32], Failure> {
-    use std::io::Read;
-    let bad = |m: String| Failure::usage(format!("cannot use the {what} file {}: {m}", path.display()));
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true);
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // O_NONBLOCK: opening a FIFO must not wait for a writer.
-        o.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
-    }
-    let f = o.open(path).map_err(|e| bad(e.to_string()))?;
-    let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("it is not a regular file".into()));
-    }
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(bad(format!(
-                "its mode is {mode:04o}, so group or others can read it; a secret key must be readable by its owner                  only (chmod 600 {})",
-                path.display()
-            )));
-        }
-    }
-    let mut text = Vec::new();
-    f.take(KEY_FILE_MAX + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| bad(e.to_string()))?;
-    let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
-    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
-    let mut key = [0u8; 32];
-    let hex = |c: u8| (c as char).to_digit(16);
-    let ok = trimmed.len() == 64
-        && key
-            .iter_mut()
-            .zip(trimmed.chunks(2))
-            .all(|(k, pair)| match (hex(pair[0]), hex(pair[1])) {
-                (Some(h), Some(l)) => {
-                    *k = (h * 16 + l) as u8;
-                    true
-                }
-                _ => false,
-            });
-    if !ok {
-        let found = if text.len() as u64 > KEY_FILE_MAX {
-            format!("more than {KEY_FILE_MAX} bytes")
-        } else {
-            format!("{} bytes that are not", text.len())
-        };
-        return Err(bad(format!("expected 64 hexadecimal digits (32 bytes), found {found}")));
-    }
-    Ok(key)
+/// A key file that cannot be used: exit 2, with the library's message
+/// (which names the file, and its mode when it is readable by others).
+fn key_failure(e: annal::Error) -> Failure {
+    Failure::usage(match e {
+        annal::Error::InvalidArgument(m) => m,
+        e => e.to_string(),
+    })
 }
 
 /// Arguments of `annal anchor`.
