@@ -126,6 +126,11 @@ impl BlockFile {
         let file = match crate::io::open_read(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // A symlink or special file under the name: damage of this file
+            // (it is rebuilt), not a failure of the operating system.
+            Err(e) if crate::io::not_a_regular_file(&e) => {
+                return Err(Damage::corrupt(0, format!("expected a regular file: {e}")));
+            }
             Err(e) => return Err(Damage::io("open", &e)),
         };
         let len = file.metadata().map_err(|e| Damage::io("stat", &e))?.len();

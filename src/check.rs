@@ -102,15 +102,17 @@ use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, PublicKey, hex};
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{
     CHECKPOINT_FRAME_LEN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT,
-    FRAME_KIND_SEAL, FRAME_MAGIC, FrameHeader, HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot, IDX_HEADER_LEN,
-    IDX_STREAM_ROW_LEN, LogFormat, SEGMENT_HEADER_LEN, STB_HEADER_LEN, STB_ROW_LEN, SegmentHeader,
+    FRAME_KIND_SEAL, FrameHeader, HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN,
+    LogFormat, SEGMENT_HEADER_LEN, STB_HEADER_LEN, STB_ROW_LEN, SegmentHeader,
 };
 use crate::head::{self, HEAD_FILE, Head};
 use crate::index::{self, IdxFile, MemIndex, NO_ROW, NO_SEGMENT, Prev};
 use crate::log::{Log, Options, index_file_name};
 use crate::mmap::Mapping;
 use crate::recovery::LOCK_FILE;
-use crate::segment::{frame_records, parse_segment_file_name, resync_max_durable, segment_file_name, walk_segment};
+use crate::segment::{
+    frame_records, parse_segment_file_name, resync_file, resync_max_durable, segment_file_name, walk_segment,
+};
 use crate::snapshot::{SNAPSHOT_DIR, SnapshotStore};
 use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 
@@ -1500,46 +1502,6 @@ fn oversized_frame(bytes: &[u8], max_frame: u64) -> Option<Oversized> {
         }
         off = off.checked_add(fl)?;
     }
-}
-
-/// [`resync_max_durable`] over the bytes `[from, len)` of the file itself,
-/// read in bounded chunks (skipping holes where the file system says where
-/// they are), for the part of the active segment that was not copied.
-fn resync_file(f: &fs::File, path: &Path, from: u64, len: u64) -> Result<u64> {
-    const CHUNK: u64 = 1 << 20;
-    let hdr = FRAME_HEADER_LEN as u64;
-    let mut best = 0;
-    let mut off = from & !7;
-    let mut buf = Vec::with_capacity(CHUNK as usize);
-    while off < len && len - off >= hdr {
-        #[cfg(target_os = "linux")]
-        match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(off)) {
-            Ok(d) if d > off => off = d & !7,
-            Ok(_) => {}
-            // ENXIO: no data past `off` (only a hole); other errors: read on.
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(_) => {}
-        }
-        if off >= len || len - off < hdr {
-            break;
-        }
-        buf.clear();
-        read_at_into(f, path, off, (len - off).min(CHUNK), &mut buf)?;
-        let mut p = 0usize;
-        while p + FRAME_HEADER_LEN <= buf.len() {
-            if buf[p..].starts_with(&FRAME_MAGIC)
-                && let Ok(h) = FrameHeader::parse(&buf[p..], off + p as u64)
-            {
-                best = best.max(h.durable_end.get());
-            }
-            p += 8;
-        }
-        if p == 0 {
-            break;
-        }
-        off += p as u64;
-    }
-    Ok(best)
 }
 
 fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Result<SegOut> {

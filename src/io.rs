@@ -215,6 +215,18 @@ fn held(f: &File) -> bool {
     }
 }
 
+/// Whether an error of [`open_read`] says the name holds something other
+/// than a regular file (a symlink refused by `O_NOFOLLOW`, a FIFO, device,
+/// socket or directory): that is damage of the log's file (it must be a
+/// regular file), not a failure of the operating system such as `EMFILE`.
+pub(crate) fn not_a_regular_file(e: &io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        return true;
+    }
+    e.kind() == io::ErrorKind::InvalidInput
+}
+
 /// A word for a file type, for messages.
 pub(crate) fn file_kind(kind: &std::fs::FileType) -> &'static str {
     #[cfg(unix)]
@@ -254,5 +266,31 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Res
         let mut f = file;
         f.seek(SeekFrom::Start(offset))?;
         f.read_exact(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_special_file_is_told_from_an_operating_system_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("d");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let e = open_read(&sub).expect_err("a directory is refused");
+        assert!(not_a_regular_file(&e), "{e}");
+        assert!(e.to_string().contains("a directory"), "{e}");
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("l");
+            std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
+            let e = open_read(&link).expect_err("a symlink is refused");
+            assert!(not_a_regular_file(&e), "{e}");
+        }
+        // EMFILE, ENOMEM, EIO: failures of the system, not of the file.
+        for errno in [24, 12, 5] {
+            assert!(!not_a_regular_file(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
     }
 }

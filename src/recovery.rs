@@ -23,9 +23,7 @@ use crate::index::{self, IndexBuilder, MemIndex};
 use crate::io::Io;
 use crate::log::{Options, Recovery, Truncation, index_file_name, rebuild_table, resolve_prev, write_derived};
 use crate::mmap::Mapping;
-use crate::segment::{
-    parse_segment_file_name, resync_max_durable, segment_file_name, validate_frame, walk_segment_records,
-};
+use crate::segment::{parse_segment_file_name, resync_file, segment_file_name, validate_frame, walk_segment_records};
 use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
 use crate::view::{ViewSegment, open_sealed, open_sealed_header};
 
@@ -392,7 +390,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
                 let x = walk.end;
                 let boundary = (SEGMENT_HEADER_LEN as u64)
                     .max(walk.max_durable)
-                    .max(resync_max_durable(bytes, x))
+                    .max(resync_file(&file, &path, x, file_len)?)
                     .max(head_durable);
                 if x < boundary {
                     return Err(corrupt(

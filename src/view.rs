@@ -26,9 +26,7 @@ use crate::io::read_exact_at;
 use crate::mmap::Mapping;
 use crate::record::{RecordRef, parse_validated};
 use crate::recovery::LOCK_FILE;
-use crate::segment::{
-    MAX_FRAME_LEN, parse_segment_file_name, resync_max_durable_in, segment_file_name, validate_frame,
-};
+use crate::segment::{Frame, RESYNC_CHUNK, parse_segment_file_name, resync_file, segment_file_name, validate_frame};
 use crate::streamtable::{STREAM_TABLE_FILE, StreamTable};
 
 /// One segment as seen by a view.
@@ -534,10 +532,6 @@ fn pread(file: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<()> {
     }
 }
 
-/// Bytes read per step of a reader's resynchronisation scan (plus a frame
-/// header's worth of overlap): its memory, whatever the file's length.
-const RESYNC_CHUNK: u64 = 1 << 20;
-
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
     let mut bases = Vec::new();
@@ -949,6 +943,87 @@ impl Reader {
     }
 }
 
+/// One step of the copy-validating walk of the active segment.
+enum Step {
+    /// A complete, valid frame (copied into the buffer), and its end offset.
+    Frame(Frame, u64),
+    /// The frame at the offset runs past `end`: not visible yet.
+    NotVisible,
+    /// The frame at the offset is not complete (spec 3.1, 3.3).
+    Damaged(Damage),
+}
+
+/// Copy the frame at `off` of the active segment into `buf` (never through a
+/// mapping: spec 7) and validate it: its header first, from the file alone
+/// (a frame header cut by the end of the file, or failing the header checks
+/// of spec 3.1, `frame_len` at most `MAX_FRAME_LEN` among them, is damage
+/// before anything is allocated), then its body, CRCs and the position it
+/// must start at (`next`). A frame that fits in the file but ends past `end`
+/// (the head's visible end) is [`Step::NotVisible`].
+fn copy_frame(
+    file: &File,
+    path: &Path,
+    buf: &mut Vec<u8>,
+    off: u64,
+    end: u64,
+    file_len: u64,
+    next: u64,
+) -> Result<Step> {
+    let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
+        return Ok(Step::Damaged(Damage::corrupt(
+            off,
+            format!(
+                "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
+                file_len.saturating_sub(off)
+            ),
+        )));
+    };
+    if hdr_end > end {
+        return Ok(Step::NotVisible);
+    }
+    let mut hdr = [0u8; FRAME_HEADER_LEN];
+    pread(file, &mut hdr, off, path)?;
+    let len = match FrameHeader::parse(&hdr, off) {
+        Ok(h) => h.frame_len.get(),
+        Err(d) => return Ok(Step::Damaged(d)),
+    };
+    let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
+        return Ok(Step::Damaged(Damage::corrupt(
+            off + 8,
+            format!(
+                "frame_len {len} runs past the end of the file ({} bytes remain)",
+                file_len.saturating_sub(off)
+            ),
+        )));
+    };
+    if frame_end > end {
+        return Ok(Step::NotVisible);
+    }
+    // `FrameHeader::parse` checked len <= MAX_FRAME_LEN: a bounded allocation.
+    let Ok(len_usize) = usize::try_from(len) else {
+        return Ok(Step::Damaged(Damage::corrupt(
+            off + 8,
+            format!("frame_len {len} cannot be held in memory"),
+        )));
+    };
+    buf.resize(len_usize, 0);
+    pread(file, buf, off, path)?;
+    let f = match validate_frame(buf, off, true) {
+        Ok(f) => f,
+        Err(d) => return Ok(Step::Damaged(d)),
+    };
+    if f.first_position != next {
+        return Ok(Step::Damaged(Damage::corrupt(
+            off + 16,
+            format!(
+                "expected a frame starting at position {next}, found {}",
+                f.first_position
+            ),
+        )));
+    }
+    Ok(Step::Frame(f, frame_end))
+}
+
 impl ActiveRead {
     /// Validate complete frames from `validated_end` up to `limit` (the
     /// head's `visible_end`, or no limit) by copying them. A frame that is not
@@ -970,68 +1045,19 @@ impl ActiveRead {
             if off >= end {
                 break None;
             }
-            let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
-                break Some(Damage::corrupt(
-                    off,
-                    format!(
-                        "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
-                        file_len - off
-                    ),
-                ));
+            let (f, frame_end) = match copy_frame(
+                &self.file,
+                &self.path,
+                &mut self.buf,
+                off,
+                end,
+                file_len,
+                self.next_position,
+            )? {
+                Step::Frame(f, frame_end) => (f, frame_end),
+                Step::NotVisible => break None,
+                Step::Damaged(d) => break Some(d),
             };
-            if hdr_end > end {
-                // The visible end falls inside: not visible yet.
-                break None;
-            }
-            let mut hdr = [0u8; FRAME_HEADER_LEN];
-            pread(&self.file, &mut hdr, off, &self.path)?;
-            let h = match FrameHeader::parse(&hdr, off) {
-                Ok(h) => h,
-                Err(d) => break Some(d),
-            };
-            let len = h.frame_len.get();
-            // Before any allocation or read: a length from the file bounds
-            // nothing (spec 8; a sparse file can claim any length).
-            if len > MAX_FRAME_LEN {
-                break Some(Damage::corrupt(
-                    off + 8,
-                    format!("frame_len {len} is more than the largest frame a reader accepts ({MAX_FRAME_LEN} bytes)"),
-                ));
-            }
-            let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
-                break Some(Damage::corrupt(
-                    off + 8,
-                    format!(
-                        "frame_len {len} runs past the end of the file ({} bytes remain)",
-                        file_len - off
-                    ),
-                ));
-            };
-            if frame_end > end {
-                break None;
-            }
-            // len <= MAX_FRAME_LEN: a bounded allocation.
-            let Ok(len_usize) = usize::try_from(len) else {
-                break Some(Damage::corrupt(
-                    off + 8,
-                    format!("frame_len {len} cannot be held in memory"),
-                ));
-            };
-            self.buf.resize(len_usize, 0);
-            pread(&self.file, &mut self.buf, off, &self.path)?;
-            let f = match validate_frame(&self.buf, off, true) {
-                Ok(f) => f,
-                Err(d) => break Some(d),
-            };
-            if f.first_position != self.next_position {
-                break Some(Damage::corrupt(
-                    off + 16,
-                    format!(
-                        "expected a frame starting at position {}, found {}",
-                        self.next_position, f.first_position
-                    ),
-                ));
-            }
             if f.kind == FRAME_KIND_BATCH {
                 self.index
                     .write()
@@ -1097,59 +1123,12 @@ impl ActiveRead {
             if off >= file_len {
                 break None;
             }
-            let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
-                break Some(Damage::corrupt(
-                    off,
-                    format!(
-                        "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
-                        file_len - off
-                    ),
-                ));
+            let (f, frame_end) = match copy_frame(&self.file, &self.path, &mut buf, off, file_len, file_len, next)? {
+                Step::Frame(f, frame_end) => (f, frame_end),
+                // `end` is the file's length: every frame that fits is visible.
+                Step::NotVisible => break None,
+                Step::Damaged(d) => break Some(d),
             };
-            let mut hdr = [0u8; FRAME_HEADER_LEN];
-            pread(&self.file, &mut hdr, off, &self.path)?;
-            let h = match FrameHeader::parse(&hdr, off) {
-                Ok(h) => h,
-                Err(d) => break Some(d),
-            };
-            let len = h.frame_len.get();
-            if len > MAX_FRAME_LEN {
-                break Some(Damage::corrupt(
-                    off + 8,
-                    format!("frame_len {len} is more than the largest frame a reader accepts ({MAX_FRAME_LEN} bytes)"),
-                ));
-            }
-            let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
-                break Some(Damage::corrupt(
-                    off + 8,
-                    format!(
-                        "frame_len {len} runs past the end of the file ({} bytes remain)",
-                        file_len - off
-                    ),
-                ));
-            };
-            let Ok(len_usize) = usize::try_from(len) else {
-                break Some(Damage::corrupt(
-                    off + 8,
-                    format!("frame_len {len} cannot be held in memory"),
-                ));
-            };
-            debug_assert!(hdr_end <= frame_end);
-            buf.resize(len_usize, 0);
-            pread(&self.file, &mut buf, off, &self.path)?;
-            let f = match validate_frame(&buf, off, true) {
-                Ok(f) => f,
-                Err(d) => break Some(d),
-            };
-            if f.first_position != next {
-                break Some(Damage::corrupt(
-                    off + 16,
-                    format!(
-                        "expected a frame starting at position {next}, found {}",
-                        f.first_position
-                    ),
-                ));
-            }
             max_durable = max_durable.max(f.durable_end);
             next = f.next_position();
             off = frame_end;
@@ -1190,17 +1169,7 @@ impl ActiveRead {
         {
             return Ok(best);
         }
-        let mut best = 0;
-        let mut at = from.next_multiple_of(crate::format::ALIGN);
-        let mut chunk = Vec::new();
-        while at < file_len {
-            let n = (file_len - at).min(RESYNC_CHUNK + FRAME_HEADER_LEN as u64);
-            // n <= RESYNC_CHUNK + 72.
-            chunk.resize(n as usize, 0);
-            pread(&self.file, &mut chunk, at, &self.path)?;
-            best = best.max(resync_max_durable_in(&chunk, at, from, at.saturating_add(RESYNC_CHUNK)));
-            at = at.saturating_add(RESYNC_CHUNK);
-        }
+        let best = resync_file(&self.file, &self.path, from, file_len)?;
         self.resync = Some((from, file_len, best));
         Ok(best)
     }
