@@ -110,6 +110,27 @@ impl StreamTable {
             .ok_or_else(|| Damage::corrupt(32, format!("row {i} of a table of {} rows", self.count)))?;
         let r = StbRow::read_from_bytes(self.bf.get(at, STB_ROW_LEN)?)
             .map_err(|_| Damage::corrupt(at as u64, "short stream table row"))?;
+        if r.reserved0.get() != 0 || r.reserved1.get() != 0 {
+            return Err(Damage::corrupt(
+                at as u64 + 14,
+                "expected the row's reserved fields (at 14 and 36) to be zero",
+            ));
+        }
+        // The row's segment is a covered one, so its base lies below
+        // `next_segment` (spec 18); the stream's newest event lies in it, so
+        // its position, which is at least its stream version (spec 11: both
+        // contiguous from 0), does too. A row that says otherwise is damage:
+        // a writer trusting it would wrap versions (issue 13 defect 21).
+        let (segment, version) = (r.segment.get(), r.last_version.get());
+        if segment >= self.next_segment || version >= self.next_segment {
+            return Err(Damage::corrupt(
+                at as u64 + 16,
+                format!(
+                    "expected the row's last_version and segment below next_segment {}, found {version} and {segment}",
+                    self.next_segment
+                ),
+            ));
+        }
         let (off, len) = (u64::from(r.name_offset.get()), u64::from(r.name_len.get()));
         // u32 + u16 cannot overflow a u64; the name area lies inside the
         // mapped file, so its offsets fit a usize.
@@ -351,5 +372,44 @@ mod tests {
         let e = t.lookup("order-1").unwrap_err();
         assert_eq!(e.offset, (STB_HEADER_LEN + 8) as u64);
         assert!(t.rows().next().unwrap().is_err());
+    }
+
+    /// A table with one row for `order-1`, its body (without block table and
+    /// footer) and its `next_segment` 100.
+    fn one_row(last_version: u64, segment: u64) -> Vec<u8> {
+        let entry = TableEntry {
+            last_version,
+            at: Prev { segment, row: 0 },
+        };
+        let name: &[u8] = b"order-1";
+        let t = encode([(stream_hash(name), name, entry)].into_iter(), 100, u64::MAX);
+        t[..t.len() - blockfile::FOOTER_LEN - 4].to_vec()
+    }
+
+    /// Issue 13 defect 21 at the parser: a row claiming a version (or a
+    /// segment) that no covered segment can hold is damage, so that a writer
+    /// falls back to the segments' indexes instead of wrapping versions.
+    #[test]
+    fn impossible_versions_and_segments_are_damage() {
+        let ok = open_body(one_row(99, 99)).unwrap().unwrap();
+        assert_eq!(ok.lookup("order-1").unwrap().map(|e| e.last_version), Some(99));
+        for (v, seg) in [(u64::MAX - 1, 0), (u64::MAX, 0), (100, 0), (0, 100), (0, u64::MAX)] {
+            let t = open_body(one_row(v, seg)).unwrap().unwrap();
+            let e = t.lookup("order-1").unwrap_err();
+            assert_eq!(e.offset, (STB_HEADER_LEN + 16) as u64, "{v} {seg}");
+            assert!(e.detail().contains("below next_segment 100"), "{e:?}");
+            assert!(t.rows().next().unwrap().is_err());
+            assert!(merge(Some(&t), &[], 100, 200, u64::MAX).is_err());
+        }
+    }
+
+    #[test]
+    fn nonzero_reserved_row_fields_are_damage() {
+        for at in [14, 15, 36, 39] {
+            let mut body = one_row(1, 0);
+            body[STB_HEADER_LEN + at] = 1;
+            let t = open_body(body).unwrap().unwrap();
+            assert_eq!(t.lookup("order-1").unwrap_err().offset, (STB_HEADER_LEN + 14) as u64);
+        }
     }
 }
