@@ -670,7 +670,9 @@ impl ActiveRead {
             let step = FrameHeader::parse(&hdr, off)
                 .map(|h| h.frame_len.get())
                 .and_then(|len| {
-                    if off + len > limit {
+                    // frame_len comes from the file: checked (found by
+                    // fuzzing, a frame_len near u64::MAX overflowed).
+                    if off.checked_add(len).is_none_or(|end| end > limit) {
                         return Ok(None);
                     }
                     // len <= limit - off <= file length: a checked allocation.
