@@ -287,9 +287,10 @@ const _: () = assert!(RECORD_CRC_START == 8);
 const _: () = assert!(HEAD_SLOT_LEN == 64);
 const _: () = assert!(HEAD_CRC_START == 8);
 
-/// Round `n` up to a multiple of [`ALIGN`].
-pub(crate) const fn align_up(n: u64) -> u64 {
-    n.div_ceil(ALIGN) * ALIGN
+/// Round `n` up to a multiple of [`ALIGN`]; `None` if that does not fit a
+/// `u64` (only a length read from a file, or a sum of them, gets that far).
+pub(crate) const fn align_up(n: u64) -> Option<u64> {
+    n.checked_next_multiple_of(ALIGN)
 }
 
 fn crc(bytes: &[u8]) -> u32 {
@@ -449,7 +450,7 @@ impl FrameHeader {
     }
 
     /// Parse the frame header at the start of `bytes`, which lie at file
-    /// offset `off`, checking magic, CRC and every field that does not need the
+    /// offset `off` (only named in errors, where offsets past it saturate), checking magic, CRC and every field that does not need the
     /// frame's body (spec 3.1). The rest of the frame need not be present; the
     /// caller checks `frame_len` against what is available.
     pub(crate) fn parse(bytes: &[u8], off: u64) -> Result<&FrameHeader, Damage> {
@@ -471,7 +472,7 @@ impl FrameHeader {
         let want = crc(&h.as_bytes()[FRAME_CRC_START..]);
         if h.header_crc.get() != want {
             return Err(Damage::corrupt(
-                off + 4,
+                off.saturating_add(4),
                 format!(
                     "frame header CRC mismatch: expected {want:#010x}, found {:#010x}",
                     h.header_crc.get()
@@ -481,7 +482,7 @@ impl FrameHeader {
         let len = h.frame_len.get();
         if len < FRAME_HEADER_LEN as u64 || len % ALIGN != 0 || len > MAX_FRAME_LEN {
             return Err(Damage::corrupt(
-                off + 8,
+                off.saturating_add(8),
                 format!(
                     "expected frame_len to be a multiple of 8, at least {FRAME_HEADER_LEN} and at most {MAX_FRAME_LEN}, \
                      found {len}"
@@ -491,7 +492,7 @@ impl FrameHeader {
         match h.kind {
             FRAME_KIND_BATCH if h.record_count.get() == 0 => {
                 return Err(Damage::corrupt(
-                    off + 24,
+                    off.saturating_add(24),
                     "expected a batch to hold at least one record, found 0",
                 ));
             }
@@ -516,7 +517,7 @@ impl FrameHeader {
             FRAME_KIND_BATCH | FRAME_KIND_SEAL | FRAME_KIND_CHECKPOINT => {}
             other => {
                 return Err(Damage::corrupt(
-                    off + 28,
+                    off.saturating_add(28),
                     format!("expected frame kind 1, 2 or 3, found {other}"),
                 ));
             }
@@ -530,7 +531,7 @@ impl FrameHeader {
             .is_none()
         {
             return Err(Damage::corrupt(
-                off + 16,
+                off.saturating_add(16),
                 "expected first_position + record_count to fit in 64 bits",
             ));
         }
@@ -538,14 +539,14 @@ impl FrameHeader {
         // chain's business (spec 21), checked by `check`, not by readers.
         if h.flags != 0 || h.reserved.get() != 0 {
             return Err(Damage::corrupt(
-                off + 29,
+                off.saturating_add(29),
                 "expected frame flags and reserved fields to be zero",
             ));
         }
         let durable = h.durable_end.get();
         if durable < SEGMENT_HEADER_LEN as u64 || durable > off {
             return Err(Damage::corrupt(
-                off + 32,
+                off.saturating_add(32),
                 format!(
                     "expected durable_end between {SEGMENT_HEADER_LEN} and the frame offset {off}, found {durable}"
                 ),
@@ -601,24 +602,24 @@ impl HeadSlot {
         let want = crc(&s.as_bytes()[HEAD_CRC_START..]);
         if s.crc.get() != want {
             return Err(Damage::corrupt(
-                at + 4,
+                at.saturating_add(4),
                 format!(
                     "head slot CRC mismatch: expected {want:#010x}, found {:#010x}",
                     s.crc.get()
                 ),
             ));
         }
-        check_version(s.format_version.get(), at + 8)?;
+        check_version(s.format_version.get(), at.saturating_add(8))?;
         if s.flags.get() != 0 || s.reserved0.get() != 0 || s.reserved1.get() != 0 {
             return Err(Damage::corrupt(
-                at + 10,
+                at.saturating_add(10),
                 "expected head slot flags and reserved fields to be zero",
             ));
         }
         let (d, v) = (s.durable_end.get(), s.visible_end.get());
         if d < SEGMENT_HEADER_LEN as u64 || d > v {
             return Err(Damage::corrupt(
-                at + 32,
+                at.saturating_add(32),
                 format!("expected {SEGMENT_HEADER_LEN} <= durable_end <= visible_end, found {d} and {v}"),
             ));
         }

@@ -80,9 +80,18 @@ impl<'a> EventData<'a> {
     }
 }
 
-/// `record_len` of spec 3.2 for the given part lengths.
+/// `record_len` of spec 3.2 for the given part lengths; `u64::MAX` (more
+/// than any record can be, [`crate::format::MAX_RECORD_LEN`]) if the sum does
+/// not fit a `u64`. The parts of a parsed record (two `u16`, two `u32`) can
+/// never get there; the sum is checked all the same.
 pub(crate) fn record_len(stream: usize, event_type: usize, metadata: usize, payload: usize) -> u64 {
-    align_up(RECORD_HEADER_LEN as u64 + stream as u64 + event_type as u64 + metadata as u64 + payload as u64)
+    [stream, event_type, metadata, payload]
+        .into_iter()
+        .try_fold(RECORD_HEADER_LEN as u64, |sum, n| {
+            sum.checked_add(u64::try_from(n).ok()?)
+        })
+        .and_then(align_up)
+        .unwrap_or(u64::MAX)
 }
 
 /// The fields of a record that the writer decides.
@@ -462,5 +471,39 @@ mod tests {
                 assert!(parse_record(&bad, false).is_ok());
             }
         }
+    }
+
+    /// Part lengths read from a file are summed with checked arithmetic: the
+    /// largest a header can claim is an error, and a sum past `u64::MAX` (not
+    /// reachable from a header, only from the `usize` API) is `u64::MAX`,
+    /// more than any record may be.
+    #[test]
+    fn the_largest_part_lengths_are_an_error_not_a_panic() {
+        assert_eq!(record_len(usize::MAX, 1, 1, 1), u64::MAX);
+        assert_eq!(record_len(0, 0, 0, usize::MAX - 71), u64::MAX, "the sum overflows");
+        assert_eq!(record_len(0, 0, 0, usize::MAX - 75), u64::MAX, "rounding up overflows");
+        assert_eq!(record_len(0, 0, 0, usize::MAX - 79), u64::MAX - 7);
+        assert_eq!(record_len(1, 1, 0, 0), 80);
+        let max = RecordHeader {
+            record_len: U32::new(u32::MAX),
+            crc: U32::ZERO,
+            position: U64::new(u64::MAX),
+            stream_version: U64::new(u64::MAX),
+            timestamp: U64::new(u64::MAX),
+            event_id: [0xff; 16],
+            schema_version: U32::new(u32::MAX),
+            flags: U16::ZERO,
+            stream_len: U16::new(u16::MAX),
+            type_len: U16::new(u16::MAX),
+            reserved0: U16::ZERO,
+            metadata_len: U32::new(u32::MAX),
+            payload_len: U32::new(u32::MAX),
+            reserved1: U32::ZERO,
+        };
+        for verify in [true, false] {
+            let e = parse_record(max.as_bytes(), verify).unwrap_err();
+            assert!(e.1.contains("expected record_len"), "{e:?}");
+        }
+        assert!(parse_validated(max.as_bytes()).is_none());
     }
 }

@@ -60,14 +60,29 @@ impl StreamTable {
         }
         let count = h.stream_count.get();
         let names_len = h.names_len.get();
+        // Every length here comes from the file: checked arithmetic
+        // throughout (found by fuzzing: `next_multiple_of` overflowed, a
+        // panic in debug builds, a wrapped length in release builds).
         let rows_end = count
             .checked_mul(STB_ROW_LEN as u64)
             .and_then(|r| r.checked_add(STB_HEADER_LEN as u64));
-        let end = rows_end.and_then(|r| r.checked_add(names_len));
-        if end.map(|e| e.next_multiple_of(8)) != Some(bf.len() as u64) {
-            return Err(Damage::corrupt(32, "stream table counts do not fit the file"));
-        }
-        let names_at = rows_end.unwrap_or(0) as usize;
+        let padded_end = rows_end
+            .and_then(|r| r.checked_add(names_len))
+            .and_then(|e| e.checked_next_multiple_of(8));
+        let names_at = match (rows_end, padded_end) {
+            (Some(r), Some(e)) if e == bf.len() as u64 => usize::try_from(r).ok(),
+            _ => None,
+        };
+        let Some(names_at) = names_at else {
+            return Err(Damage::corrupt(
+                32,
+                format!(
+                    "expected stream_count {count} rows of {STB_ROW_LEN} bytes and names_len {names_len} \
+                     (padded to 8) to fill the {} bytes before the block table, they do not",
+                    bf.len()
+                ),
+            ));
+        };
         Ok(Some(StreamTable {
             next_segment: h.next_segment.get(),
             mask: h.hash_mask.get(),
@@ -84,14 +99,54 @@ impl StreamTable {
     }
 
     fn row(&self, i: u64) -> Result<(StbRow, &[u8]), Damage> {
-        let at = STB_HEADER_LEN + i as usize * STB_ROW_LEN;
+        // `i < count`, and `open` checked that `count` rows fit the file, so
+        // none of this can overflow; it is checked all the same, so that a
+        // wrong caller gets an error and not a wrapped offset.
+        let at = usize::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_mul(STB_ROW_LEN))
+            .and_then(|x| x.checked_add(STB_HEADER_LEN))
+            .filter(|_| i < self.count)
+            .ok_or_else(|| Damage::corrupt(32, format!("row {i} of a table of {} rows", self.count)))?;
         let r = StbRow::read_from_bytes(self.bf.get(at, STB_ROW_LEN)?)
             .map_err(|_| Damage::corrupt(at as u64, "short stream table row"))?;
-        let (off, len) = (r.name_offset.get() as u64, r.name_len.get() as u64);
-        if off + len > self.names_len {
-            return Err(Damage::corrupt(at as u64, "row's name lies outside the name area"));
+        if r.reserved0.get() != 0 || r.reserved1.get() != 0 {
+            return Err(Damage::corrupt(
+                at as u64 + 14,
+                "expected the row's reserved fields (at 14 and 36) to be zero",
+            ));
         }
-        let name = self.bf.get(self.names_at + off as usize, len as usize)?;
+        // The row's segment is a covered one, so its base lies below
+        // `next_segment` (spec 18); the stream's newest event lies in it, so
+        // its position, which is at least its stream version (spec 11: both
+        // contiguous from 0), does too. A row that says otherwise is damage:
+        // a writer trusting it would wrap versions (issue 13 defect 21).
+        let (segment, version) = (r.segment.get(), r.last_version.get());
+        if segment >= self.next_segment || version >= self.next_segment {
+            return Err(Damage::corrupt(
+                at as u64 + 16,
+                format!(
+                    "expected the row's last_version and segment below next_segment {}, found {version} and {segment}",
+                    self.next_segment
+                ),
+            ));
+        }
+        let (off, len) = (u64::from(r.name_offset.get()), u64::from(r.name_len.get()));
+        // u32 + u16 cannot overflow a u64; the name area lies inside the
+        // mapped file, so its offsets fit a usize.
+        let name_at = (off + len <= self.names_len)
+            .then(|| usize::try_from(off).ok()?.checked_add(self.names_at))
+            .flatten()
+            .ok_or_else(|| {
+                Damage::corrupt(
+                    at as u64 + 8,
+                    format!(
+                        "expected the row's name ({len} bytes at {off}) inside the name area of {} bytes",
+                        self.names_len
+                    ),
+                )
+            })?;
+        let name = self.bf.get(name_at, usize::from(r.name_len.get()))?;
         Ok((r, name))
     }
 
@@ -252,4 +307,109 @@ pub(crate) fn merge(
         }
     }
     Ok(encode(out.into_iter(), next_segment, hash_mask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(count: u64, names_len: u64) -> StbHeader {
+        StbHeader {
+            magic: STB_MAGIC,
+            table_version: U16::new(STREAM_TABLE_VERSION),
+            flags: U16::ZERO,
+            reserved0: U32::ZERO,
+            next_segment: U64::new(100),
+            hash_mask: U64::new(u64::MAX),
+            stream_count: U64::new(count),
+            names_len: U64::new(names_len),
+            reserved1: [0; 16],
+        }
+    }
+
+    /// Write `body` (padded to 8) as a complete table file and open it.
+    fn open_body(mut body: Vec<u8>) -> Result<Option<StreamTable>, Damage> {
+        body.resize(body.len().next_multiple_of(8), 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STREAM_TABLE_FILE);
+        std::fs::write(&path, blockfile::finish(body, STB_MAGIC)).unwrap();
+        StreamTable::open(&path)
+    }
+
+    /// Defect 17 (issue 13): the fuzzer's input, a valid 64-byte header whose
+    /// `names_len` brings the end of the name area within 8 of `u64::MAX`, so
+    /// that rounding it up to a multiple of 8 overflowed (`attempt to add
+    /// with overflow` in `next_multiple_of`, reached through `open`).
+    #[test]
+    fn names_len_near_u64_max_is_damage_not_a_panic() {
+        for names_len in [u64::MAX - 64, u64::MAX - 64 - 3, u64::MAX - 64 - 7, u64::MAX] {
+            let e = open_body(header(0, names_len).as_bytes().to_vec()).unwrap_err();
+            assert_eq!(e.offset, 32, "{names_len}");
+            assert!(e.detail().contains("names_len"), "{e:?}");
+        }
+        // Row counts whose byte size overflows, alone or with the names.
+        for (count, names_len) in [(u64::MAX, 0), (u64::MAX / 40, 64), ((u64::MAX - 64) / 40, 8)] {
+            let e = open_body(header(count, names_len).as_bytes().to_vec()).unwrap_err();
+            assert_eq!(e.offset, 32, "{count} {names_len}");
+        }
+    }
+
+    #[test]
+    fn a_name_outside_the_name_area_is_damage() {
+        let entry = TableEntry {
+            last_version: 3,
+            at: Prev { segment: 0, row: 1 },
+        };
+        let name: &[u8] = b"order-1";
+        let good = encode([(stream_hash(name), name, entry)].into_iter(), 100, u64::MAX);
+        let body_len = good.len() - blockfile::FOOTER_LEN - 4;
+        let mut body = good[..body_len].to_vec();
+        let t = open_body(body.clone()).unwrap().unwrap();
+        assert_eq!(t.lookup("order-1").unwrap(), Some(entry));
+        // name_offset u32::MAX, name_len u16::MAX: past an area of 8 bytes.
+        body[STB_HEADER_LEN + 8..STB_HEADER_LEN + 14].copy_from_slice(&[0xff; 6]);
+        let t = open_body(body).unwrap().unwrap();
+        let e = t.lookup("order-1").unwrap_err();
+        assert_eq!(e.offset, (STB_HEADER_LEN + 8) as u64);
+        assert!(t.rows().next().unwrap().is_err());
+    }
+
+    /// A table with one row for `order-1`, its body (without block table and
+    /// footer) and its `next_segment` 100.
+    fn one_row(last_version: u64, segment: u64) -> Vec<u8> {
+        let entry = TableEntry {
+            last_version,
+            at: Prev { segment, row: 0 },
+        };
+        let name: &[u8] = b"order-1";
+        let t = encode([(stream_hash(name), name, entry)].into_iter(), 100, u64::MAX);
+        t[..t.len() - blockfile::FOOTER_LEN - 4].to_vec()
+    }
+
+    /// Issue 13 defect 21 at the parser: a row claiming a version (or a
+    /// segment) that no covered segment can hold is damage, so that a writer
+    /// falls back to the segments' indexes instead of wrapping versions.
+    #[test]
+    fn impossible_versions_and_segments_are_damage() {
+        let ok = open_body(one_row(99, 99)).unwrap().unwrap();
+        assert_eq!(ok.lookup("order-1").unwrap().map(|e| e.last_version), Some(99));
+        for (v, seg) in [(u64::MAX - 1, 0), (u64::MAX, 0), (100, 0), (0, 100), (0, u64::MAX)] {
+            let t = open_body(one_row(v, seg)).unwrap().unwrap();
+            let e = t.lookup("order-1").unwrap_err();
+            assert_eq!(e.offset, (STB_HEADER_LEN + 16) as u64, "{v} {seg}");
+            assert!(e.detail().contains("below next_segment 100"), "{e:?}");
+            assert!(t.rows().next().unwrap().is_err());
+            assert!(merge(Some(&t), &[], 100, 200, u64::MAX).is_err());
+        }
+    }
+
+    #[test]
+    fn nonzero_reserved_row_fields_are_damage() {
+        for at in [14, 15, 36, 39] {
+            let mut body = one_row(1, 0);
+            body[STB_HEADER_LEN + at] = 1;
+            let t = open_body(body).unwrap().unwrap();
+            assert_eq!(t.lookup("order-1").unwrap_err().offset, (STB_HEADER_LEN + 14) as u64);
+        }
+    }
 }

@@ -96,6 +96,8 @@ enum Target {
 }
 
 impl Target {
+    /// The decoder entry point on `data` as given (the property tests
+    /// recompute checksums themselves, for half of the mutants).
     fn run(self, data: &[u8]) {
         match self {
             Target::Segment => fuzzing::segment(data),
@@ -106,20 +108,44 @@ impl Target {
             Target::Dir => fuzzing::open_dir_bytes(data),
         }
     }
+
+    /// What the cargo-fuzz target of the same name runs on `data`, exactly
+    /// (as given, then with checksums recomputed where the target does so),
+    /// so that an input saved by the fuzzer replays here.
+    fn fuzz_target(self, data: &[u8]) {
+        match self {
+            Target::Segment => fuzzing::with_fixed(data, fuzzing::fix_segment_crcs, fuzzing::segment),
+            Target::Index => index_input(data),
+            Target::StreamTable => fuzzing::with_fixed(data, fuzzing::fix_blockfile, fuzzing::stream_table),
+            Target::Snapshot => fuzzing::with_fixed(data, fuzzing::fix_snapshot_crc, fuzzing::snapshot),
+            Target::Head => fuzzing::with_fixed(data, fuzzing::fix_head_crcs, fuzzing::head),
+            Target::Dir => fuzzing::open_dir_bytes(data),
+        }
+    }
 }
 
-/// The `index` fuzz target's input layout: `[flag][seg_len u16][segment][index]`
-/// when `flag & 1`, else `[flag][index]`.
+/// The `index` fuzz target (`fuzz/fuzz_targets/index.rs`), input layout
+/// `[flag][seg_len u16][segment][index]` when `flag & 1`, else
+/// `[flag][index]`; with `flag & 2` both checksums are recomputed first.
 fn index_input(data: &[u8]) {
-    match data {
-        [flag, a, b, rest @ ..] if flag & 1 == 1 => {
+    let Some((&flag, rest)) = data.split_first() else {
+        return;
+    };
+    let (mut seg, mut idx) = match rest {
+        [a, b, rest @ ..] if flag & 1 == 1 => {
             let n = (u16::from_le_bytes([*a, *b]) as usize).min(rest.len());
-            let (seg, idx) = rest.split_at(n);
-            fuzzing::index(idx, Some(seg));
+            let (s, i) = rest.split_at(n);
+            (Some(s.to_vec()), i.to_vec())
         }
-        [_, rest @ ..] => fuzzing::index(rest, None),
-        [] => {}
+        _ => (None, rest.to_vec()),
+    };
+    if flag & 2 == 2 {
+        if let Some(s) = seg.as_mut() {
+            fuzzing::fix_segment_crcs(s);
+        }
+        fuzzing::fix_blockfile(&mut idx);
     }
+    fuzzing::index(&idx, seg.as_deref());
 }
 
 fn index_with_segment(seg: &[u8], idx: &[u8]) -> Vec<u8> {
@@ -139,13 +165,18 @@ fn hex(b: &[u8]) -> String {
 /// watchdog; returns the largest single allocation seen in any case relative
 /// to its bound. Fails on a panic, a hang or an allocation over the bound.
 fn run_cases(target: Target, cases: Vec<Vec<u8>>, fixed_alloc: usize) -> usize {
+    run_cases_with(target, Target::run, cases, fixed_alloc)
+}
+
+/// [`run_cases`] with `run` (a [`Target`] method) as the entry point.
+fn run_cases_with(target: Target, run: fn(Target, &[u8]), cases: Vec<Vec<u8>>, fixed_alloc: usize) -> usize {
     let (tx, rx) = mpsc::channel::<(usize, Result<usize, String>)>();
     let total = cases.len();
     let worker = std::thread::spawn(move || {
         for (i, data) in cases.into_iter().enumerate() {
             LARGEST.store(0, Ordering::Relaxed);
             TRACK.store(true, Ordering::Relaxed);
-            let r = std::panic::catch_unwind(|| target.run(&data));
+            let r = std::panic::catch_unwind(|| run(target, &data));
             TRACK.store(false, Ordering::Relaxed);
             let largest = LARGEST.load(Ordering::Relaxed);
             let bound = 64 * data.len() + (1 << 20) + fixed_alloc;
@@ -593,7 +624,12 @@ fn fuzz_regressions() {
         inputs.sort();
         total += inputs.len();
         let fixed = if matches!(target, Target::Dir) { 8 << 20 } else { 0 };
-        run_cases(target, inputs.into_iter().map(|(_, b)| b).collect(), fixed);
+        run_cases_with(
+            target,
+            Target::fuzz_target,
+            inputs.into_iter().map(|(_, b)| b).collect(),
+            fixed,
+        );
     }
     println!("fuzz regressions replayed: {total}");
 }
