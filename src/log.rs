@@ -1815,7 +1815,16 @@ impl Inner {
                     ));
                     self.table_damaged.store(true, Ordering::Release);
                 }
-                Err(_) => self.table_damaged.store(true, Ordering::Release),
+                Err(d) => {
+                    self.warn(format!(
+                        "{}: the stream table is damaged at byte {} ({}); stream {stream:?}'s version was taken from \
+                         the segments and the table is rebuilt",
+                        self.dir.join(STREAM_TABLE_FILE).display(),
+                        d.offset,
+                        d.detail()
+                    ));
+                    self.table_damaged.store(true, Ordering::Release);
+                }
             }
         }
         let sealed = sealed_now();
