@@ -103,10 +103,12 @@ fn last_chain(segment: &[u8], chain_start: ChainHash) -> ChainHash {
         {
             chain.copy_from_slice(slot);
         }
-        if len == 0 {
-            break;
+        // `len` comes from the file (validated by the reader above, but a
+        // checked step keeps that from being a precondition here).
+        match off.checked_add(len) {
+            Some(next) if len > 0 => off = next,
+            _ => break,
         }
-        off += len;
     }
     chain
 }
