@@ -1074,12 +1074,7 @@ impl ActiveRead {
         }
         if let Some(d) = stop {
             let x = self.validated_end;
-            let known = (SEGMENT_HEADER_LEN as u64).max(head_durable).max(self.max_durable);
-            let boundary = if x < known {
-                known
-            } else {
-                known.max(self.resync(x, file_len)?)
-            };
+            let boundary = self.boundary(x, head_durable, self.max_durable, file_len)?;
             if x < boundary {
                 return Err(Error::Corrupt {
                     path: self.path.to_path_buf(),
@@ -1134,12 +1129,7 @@ impl ActiveRead {
             off = frame_end;
         };
         if let Some(d) = stop {
-            let known = (SEGMENT_HEADER_LEN as u64).max(head_durable).max(max_durable);
-            let boundary = if off < known {
-                known
-            } else {
-                known.max(self.resync(off, file_len)?)
-            };
+            let boundary = self.boundary(off, head_durable, max_durable, file_len)?;
             if off < boundary {
                 return Err(Error::Corrupt {
                     path: self.path.to_path_buf(),
@@ -1156,6 +1146,18 @@ impl ActiveRead {
         }
         self.probed = Some((self.validated_end, file_len));
         Ok(())
+    }
+
+    /// The durable boundary B (spec 5.1) for an incomplete frame at `x`: the
+    /// largest of 128, the head's `durable_end` and that of every frame walked
+    /// (`walked`); only if `x` is not already below those is the rest of the
+    /// file scanned for frame headers past the damage.
+    fn boundary(&mut self, x: u64, head_durable: u64, walked: u64, file_len: u64) -> Result<u64> {
+        let known = (SEGMENT_HEADER_LEN as u64).max(head_durable).max(walked);
+        if x < known {
+            return Ok(known);
+        }
+        Ok(known.max(self.resync(x, file_len)?))
     }
 
     /// The largest `durable_end` of a valid frame header at or past `from`

@@ -1,40 +1,14 @@
 //! The `annal` binary, driven as a user would.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn annal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_annal"))
-}
-
-fn run(args: &[&str]) -> Output {
-    annal().args(args).output().expect("run annal")
-}
-
-fn run_stdin(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = annal()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn annal");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
-    child.wait_with_output().expect("wait annal")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod cli_support;
+use cli_support::{annal, run, run_stdin, text};
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")

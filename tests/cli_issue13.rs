@@ -7,32 +7,11 @@
 //! unbounded read fails the test (allocation failure) instead of exhausting
 //! the machine: the assertion is on the exit code and message, never on time.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-fn annal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_annal"))
-}
-
-fn run(args: &[&str]) -> Output {
-    annal().args(args).output().expect("run annal")
-}
-
-fn run_stdin(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = annal()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn annal");
-    let mut input = child.stdin.take().expect("stdin");
-    // The command may stop reading early (a refused line): ignore EPIPE.
-    let _ = input.write_all(stdin);
-    drop(input);
-    child.wait_with_output().expect("wait annal")
-}
+mod cli_support;
+use cli_support::{run, run_stdin, text};
 
 /// Run `annal ARGS` through `sh` with at most 1 GiB of address space, so an
 /// input read whole (a device) makes the process fail, not the machine.
@@ -42,10 +21,6 @@ fn run_bounded(script_args: &str) -> Output {
         env!("CARGO_BIN_EXE_annal")
     );
     Command::new("sh").args(["-c", &cmd]).output().expect("run sh")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn p(path: &Path) -> &str {

@@ -1,0 +1,37 @@
+//! Running the `annal` binary from the CLI suites: one definition of the
+//! helpers `tests/cli.rs` and `tests/cli_issue13.rs` share.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+/// The `annal` binary this test run built.
+pub fn annal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_annal"))
+}
+
+/// Run `annal ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    annal().args(args).output().expect("run annal")
+}
+
+/// Run `annal ARGS` with `stdin` as its standard input.
+pub fn run_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = annal()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn annal");
+    let mut input = child.stdin.take().expect("stdin");
+    // The command may stop reading early (a refused line): ignore EPIPE.
+    let _ = input.write_all(stdin);
+    drop(input);
+    child.wait_with_output().expect("wait annal")
+}
+
+/// Bytes of an output as text, for assertions and messages.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
