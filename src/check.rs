@@ -32,7 +32,7 @@
 //!   names, which catches damage and careless forgery but proves nothing
 //!   about who signed ([`CheckReport::signature_note`] says so).
 //!
-//! How files are read: every file with [`crate::io::open_read`] (never
+//! How files are read: every file with [`crate::storage::io::open_read`] (never
 //! through a symlink, never blocking on a FIFO, only a regular file; anything
 //! else is a problem naming the file and what it is), and never more than
 //! its structure allows: the head's 128 bytes (and one more, to tell a longer
@@ -98,23 +98,23 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, PublicKey, hex};
+use crate::audit::chain::{Anchor, ChainHash, ChainKey, Chainer, PublicKey, hex};
 use crate::error::{Damage, DamageKind, Error, Result};
+use crate::es::snapshot::{SNAPSHOT_DIR, SnapshotStore};
+use crate::format::frame::{
+    frame_records, parse_segment_file_name, resync_file, resync_max_durable, segment_file_name, walk_segment,
+};
 use crate::format::{
     CHECKPOINT_FRAME_LEN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT,
     FRAME_KIND_SEAL, FrameHeader, HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN,
     LogFormat, SEGMENT_HEADER_LEN, STB_HEADER_LEN, STB_ROW_LEN, SegmentHeader,
 };
-use crate::head::{self, HEAD_FILE, Head};
+use crate::index::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 use crate::index::{self, IdxFile, MemIndex, NO_ROW, NO_SEGMENT, Prev};
 use crate::log::{Log, Options, index_file_name};
-use crate::mmap::Mapping;
 use crate::recovery::LOCK_FILE;
-use crate::segment::{
-    frame_records, parse_segment_file_name, resync_file, resync_max_durable, segment_file_name, walk_segment,
-};
-use crate::snapshot::{SNAPSHOT_DIR, SnapshotStore};
-use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
+use crate::storage::head::{self, HEAD_FILE, Head};
+use crate::storage::mmap::Mapping;
 
 /// A progress callback: `(bytes checked so far, bytes to check in all)`.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -517,7 +517,7 @@ fn describe_recovery(r: &crate::log::Recovery, out: &mut Vec<String>) {
 }
 
 fn writer_holds_lock(dir: &Path) -> bool {
-    crate::io::lock_held(&dir.join(LOCK_FILE))
+    crate::storage::io::lock_held(&dir.join(LOCK_FILE))
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
@@ -573,7 +573,7 @@ fn hash_mask_of(dir: &Path) -> u64 {
 enum Opened {
     /// No file of that name.
     Missing,
-    /// A regular file (opened with [`crate::io::open_read`]), and its length.
+    /// A regular file (opened with [`crate::storage::io::open_read`]), and its length.
     File(fs::File, u64),
     /// Something else under the name (a FIFO, a device, a symlink, a
     /// directory): what was found, for a finding. It was not read.
@@ -584,7 +584,7 @@ enum Opened {
 /// symlink, never blocking on a FIFO, refusing anything but a regular file
 /// (which is then described, not read).
 fn open_checked(path: &Path) -> Result<Opened> {
-    match crate::io::open_read(path) {
+    match crate::storage::io::open_read(path) {
         Ok(f) => {
             let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
             Ok(Opened::File(f, len))
@@ -603,7 +603,7 @@ fn open_checked(path: &Path) -> Result<Opened> {
                     return Ok(Opened::NotRegular(format!(
                         "expected a regular file, found {}{target}: not read (check never follows a link out of \
                          the log directory nor reads a special file)",
-                        crate::io::file_kind(&kind)
+                        crate::storage::io::file_kind(&kind)
                     )));
                 }
             }
@@ -1295,7 +1295,7 @@ fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Result<Scan> {
 fn encode_table(entries: &HashMap<Box<str>, TableEntry>, next: u64, mask: u64) -> Vec<u8> {
     let mut rows: Vec<(u64, &[u8], TableEntry)> = entries
         .iter()
-        .map(|(n, e)| (crate::hash::stream_hash(n.as_bytes()) & mask, n.as_bytes(), *e))
+        .map(|(n, e)| (crate::format::hash::stream_hash(n.as_bytes()) & mask, n.as_bytes(), *e))
         .collect();
     rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     streamtable::encode(rows.into_iter(), next, mask)
@@ -1323,7 +1323,7 @@ fn first_difference(expected: &[u8], found: &[u8], stream_rows: usize) -> Option
     let back_pointer = |i: usize| rows.contains(&i) && (40..52).contains(&((i - IDX_HEADER_LEN) % IDX_STREAM_ROW_LEN));
     let checked = expected
         .len()
-        .checked_sub(crate::blockfile::FOOTER_LEN)
+        .checked_sub(crate::index::blockfile::FOOTER_LEN)
         .and_then(|f| u64_at(expected, f))
         .and_then(|t| usize::try_from(t).ok())
         .unwrap_or(0)
@@ -1386,7 +1386,7 @@ fn compare_derived(
     } else {
         format!(
             "block {} (a row of {row_len} bytes at most starts near byte {})",
-            at / crate::blockfile::BLOCK,
+            at / crate::index::blockfile::BLOCK,
             at - (at - header_len) % row_len
         )
     };
@@ -1401,7 +1401,7 @@ fn compare_derived(
 }
 
 const fn blockfile_footer() -> usize {
-    crate::blockfile::FOOTER_LEN
+    crate::index::blockfile::FOOTER_LEN
 }
 
 /// Read a segment: sealed segments are mapped (annal never writes them
@@ -1458,7 +1458,7 @@ fn read_active(f: &fs::File, path: &Path, len: u64, max_frame: u64) -> Result<(V
                 // stops at the first that is not): what is held is bounded by
                 // valid frames, not by headers claiming lengths.
                 let frame = out.get(off as usize..).unwrap_or_default();
-                if crate::segment::validate_frame(frame, off, true).is_err() {
+                if crate::format::frame::validate_frame(frame, off, true).is_err() {
                     break;
                 }
                 off += fl;
@@ -1944,7 +1944,10 @@ fn check_snapshots(dir: &Path, report: &mut CheckReport, remove: &mut Vec<(PathB
             report.problems.push(finding(
                 &sdir,
                 0,
-                format!("expected a directory, found {}", crate::io::file_kind(&m.file_type())),
+                format!(
+                    "expected a directory, found {}",
+                    crate::storage::io::file_kind(&m.file_type())
+                ),
             ));
             return Ok(());
         }
@@ -2075,7 +2078,7 @@ impl ChainLinks {
         path: &Path,
         log: &LogFormat,
         frame: &[u8],
-        f: &crate::segment::Frame,
+        f: &crate::format::frame::Frame,
         off: u64,
     ) {
         let stored = chain_slot(frame);
@@ -2169,7 +2172,7 @@ impl ChainLinks {
         chained: bool,
         chainer: Option<&Chainer<'_>>,
         frame: &[u8],
-        f: &crate::segment::Frame,
+        f: &crate::format::frame::Frame,
         off: u64,
     ) {
         self.last_is_checkpoint = false;
@@ -2621,7 +2624,7 @@ mod tests {
     }
 
     /// File offsets of the batch frames of a segment file.
-    fn batch_offsets(bytes: &[u8]) -> Vec<(usize, crate::segment::Frame)> {
+    fn batch_offsets(bytes: &[u8]) -> Vec<(usize, crate::format::frame::Frame)> {
         let header = *SegmentHeader::parse(bytes).unwrap();
         let start = bytes.as_ptr() as usize;
         let mut v = Vec::new();

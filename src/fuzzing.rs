@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::format::frame::{RecordSink, frame_records, resync_max_durable, walk_segment_records};
 use crate::format::{FRAME_KIND_BATCH, SegmentHeader};
+use crate::index::streamtable::StreamTable;
 use crate::index::{IdxFile, MemIndex, Named};
-use crate::segment::{RecordSink, frame_records, resync_max_durable, walk_segment_records};
-use crate::streamtable::StreamTable;
 use crate::{CheckOptions, Direction, Log, Options, Reader};
 
 /// Recompute every checksum a length walk of the segment in `bytes` reaches
@@ -68,7 +68,7 @@ pub fn fix_segment_crcs(bytes: &mut [u8]) {
 /// Recompute a block file's block CRC table, table CRC and footer CRC
 /// (spec 17), where its footer's `table_offset` fits the file.
 pub fn fix_blockfile(bytes: &mut [u8]) {
-    use crate::blockfile::{BLOCK, FOOTER_LEN};
+    use crate::index::blockfile::{BLOCK, FOOTER_LEN};
     let Some(foot) = bytes.len().checked_sub(FOOTER_LEN) else {
         return;
     };
@@ -142,7 +142,7 @@ pub fn segment(bytes: &[u8]) {
                 .0
                 .wrapping_add(rec.payload().len() as u64 + rec.stream().len() as u64 + rec.event_type().len() as u64);
         }
-        fn batch(&mut self, _: u64, f: &crate::segment::Frame) {
+        fn batch(&mut self, _: u64, f: &crate::format::frame::Frame) {
             self.0 = self.0.wrapping_add(f.len);
         }
     }
@@ -151,7 +151,7 @@ pub fn segment(bytes: &[u8]) {
         let _ = resync_max_durable(bytes, walk.end);
     }
     let mut batches = Vec::new();
-    crate::segment::walk_segment(bytes, header, true, |b, f| {
+    crate::format::frame::walk_segment(bytes, header, true, |b, f| {
         if f.kind == FRAME_KIND_BATCH && batches.len() < 64 {
             batches.push(b.to_vec());
         }
@@ -224,7 +224,7 @@ pub fn index(bytes: &[u8], segment_bytes: Option<&[u8]>) {
             let seal = bytes
                 .get(32..36)
                 .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
-            match crate::blockfile::BlockFile::open_path(&path, crate::format::IDX_MAGIC) {
+            match crate::index::blockfile::BlockFile::open_path(&path, crate::format::IDX_MAGIC) {
                 Ok(Some(bf)) => IdxFile::open(bf, u64_at(16), u64_at(24), seal).map(Some),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
@@ -276,14 +276,14 @@ pub fn stream_table(bytes: &[u8]) {
 /// Decode `bytes` as a snapshot file (spec 20.3), under a snapshot file name
 /// and under a name that is not one.
 pub fn snapshot(bytes: &[u8]) {
-    let _ = crate::snapshot::testing::decode(Path::new("x.snap"), bytes);
-    let name = crate::snapshot::testing::file_name("order-7", 3);
-    let _ = crate::snapshot::testing::decode(Path::new(&name), bytes);
+    let _ = crate::es::snapshot::testing::decode(Path::new("x.snap"), bytes);
+    let name = crate::es::snapshot::testing::file_name("order-7", 3);
+    let _ = crate::es::snapshot::testing::decode(Path::new(&name), bytes);
 }
 
 /// Decode `bytes` as a head file (spec 16).
 pub fn head(bytes: &[u8]) {
-    let _ = crate::head::decode(bytes);
+    let _ = crate::storage::head::decode(bytes);
 }
 
 /// Everything that reads a log directory: `check` (read-only, then with
@@ -292,7 +292,7 @@ pub fn head(bytes: &[u8]) {
 /// append and a close, and a last reader pass. Modifies `dir`.
 pub fn open_dir(dir: &Path) {
     let _ = crate::check(dir, CheckOptions::default());
-    let _ = crate::anchor::chain_head(dir);
+    let _ = crate::read::anchor::chain_head(dir);
     replay_reader(dir);
     let _ = crate::check(dir, CheckOptions::default().repair(true));
     if let Ok(log) = Log::open(dir, Options::default().create(false)) {
@@ -405,7 +405,7 @@ pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                 if fix {
                     fix_segment_crcs(&mut bytes);
                 }
-                crate::segment::segment_file_name(0)
+                crate::format::frame::segment_file_name(0)
             }
             1 => {
                 if fix {
@@ -416,7 +416,7 @@ pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                 {
                     second_base = h.base_position.get();
                 }
-                crate::segment::segment_file_name(second_base)
+                crate::format::frame::segment_file_name(second_base)
             }
             k @ (2 | 3 | 5) => {
                 if fix {
@@ -436,8 +436,8 @@ pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
             }
             _ => format!(
                 "{}/{}",
-                crate::snapshot::SNAPSHOT_DIR,
-                crate::snapshot::testing::file_name("order-7", 3)
+                crate::es::snapshot::SNAPSHOT_DIR,
+                crate::es::snapshot::testing::file_name("order-7", 3)
             ),
         };
         files.retain(|(n, _)| *n != name);
@@ -461,12 +461,12 @@ pub fn join_dir(dir: &Path) -> Vec<u8> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| crate::segment::parse_segment_file_name(e.file_name().to_str()?))
+        .filter_map(|e| crate::format::frame::parse_segment_file_name(e.file_name().to_str()?))
         .collect();
     bases.sort_unstable();
     for base in bases {
         let other = u8::from(base != 0);
-        if let Ok(b) = std::fs::read(dir.join(crate::segment::segment_file_name(base))) {
+        if let Ok(b) = std::fs::read(dir.join(crate::format::frame::segment_file_name(base))) {
             push(other, &b);
         }
         if let Ok(b) = std::fs::read(dir.join(crate::log::index_file_name(base))) {
@@ -478,7 +478,7 @@ pub fn join_dir(dir: &Path) -> Vec<u8> {
             push(kind, &b);
         }
     }
-    let snaps = dir.join(crate::snapshot::SNAPSHOT_DIR);
+    let snaps = dir.join(crate::es::snapshot::SNAPSHOT_DIR);
     if let Some(e) = std::fs::read_dir(snaps).into_iter().flatten().flatten().next()
         && let Ok(b) = std::fs::read(e.path())
     {
@@ -491,7 +491,7 @@ pub fn join_dir(dir: &Path) -> Vec<u8> {
 /// run [`open_dir`] on it, and remove it.
 pub fn open_dir_bytes(data: &[u8]) {
     let dir = scratch("dir");
-    if std::fs::create_dir_all(dir.join(crate::snapshot::SNAPSHOT_DIR)).is_err() {
+    if std::fs::create_dir_all(dir.join(crate::es::snapshot::SNAPSHOT_DIR)).is_err() {
         return;
     }
     let ok = split_dir(data)

@@ -42,56 +42,50 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
-mod aggregate;
-mod anchor;
-mod blockfile;
-mod chain;
-mod chaining;
+mod audit;
 mod check;
 mod error;
+mod es;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
-mod hash;
-mod head;
 mod index;
-pub mod io;
 mod log;
-mod mmap;
-mod projection;
-mod query;
-mod record;
+mod read;
 mod recovery;
-pub mod segment;
-mod snapshot;
-mod streamtable;
-mod subscription;
-pub mod typed;
-mod view;
+mod storage;
 
-pub use aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
-pub use anchor::{ChainHead, chain_head, head_anchor};
-pub use chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};
+pub use storage::io;
+
+/// Segment file names (spec section 1).
+pub mod segment {
+    pub use crate::format::frame::{SEGMENT_SUFFIX, parse_segment_file_name, segment_file_name};
+}
+
+pub use audit::chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};
 pub use check::{AnchorVerdict, ChainStatus, SignatureSummary};
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
-pub use hash::{category_of, stream_hash};
-pub use head::HEAD_FILE;
+pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
+pub use es::projection::Projection;
+pub use es::snapshot::Snapshot;
+#[doc(hidden)]
+pub use es::snapshot::testing as snapshot_testing;
+pub use es::typed;
+pub use es::typed::{Event, Typed, Upcasters};
+pub use format::hash::{category_of, stream_hash};
+pub use format::record::{EventData, RecordRef};
+pub use index::streamtable::STREAM_TABLE_FILE;
 pub use log::{AppendResult, Clock, Durability, ExpectedVersion, Log, Options, Recovery, Truncation};
-pub use projection::Projection;
-pub use query::{Direction, ReadAllBackward, ReadNamed, ReadStream};
-pub use record::{EventData, RecordRef};
+pub use read::anchor::{ChainHead, chain_head, head_anchor};
+pub use read::query::{Direction, ReadAllBackward, ReadNamed, ReadStream};
+pub use read::subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, SubscriptionFilter};
+#[doc(hidden)]
+pub use read::view::set_default_max_mapped_segments;
+pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered};
 pub use recovery::LOCK_FILE;
-pub use snapshot::Snapshot;
-#[doc(hidden)]
-pub use snapshot::testing as snapshot_testing;
-pub use streamtable::STREAM_TABLE_FILE;
-pub use subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, SubscriptionFilter};
-pub use typed::{Event, Typed, Upcasters};
+pub use storage::head::HEAD_FILE;
 pub use uuid::Uuid;
-#[doc(hidden)]
-pub use view::set_default_max_mapped_segments;
-pub use view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered};
 
 #[cfg(test)]
 mod tests {

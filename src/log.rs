@@ -36,24 +36,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-use crate::chain::{Anchor, ChainHash, ChainKey, Chainer, SigningKey};
-use crate::chaining::{ChainState, HasherThread, write_chained};
+use crate::audit::chain::{Anchor, ChainHash, ChainKey, Chainer, SigningKey};
+use crate::audit::chaining::{ChainState, HasherThread, write_chained};
 use crate::error::{Damage, Error, Result};
+use crate::format::frame::{encode_seal, finish_batch_header, frame_records, segment_file_name, validate_frame};
+use crate::format::hash::stream_hash;
+use crate::format::record::{EventData, Stamp, encode_record};
 use crate::format::{
     CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_KIND_CHECKPOINT, FrameHeader, LogFormat, MAX_RECORD_LEN,
     SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use crate::hash::stream_hash;
-use crate::head::{Head, HeadWriter};
+use crate::index::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 use crate::index::{self, IdxFile, Index, IndexCell, MemIndex, Prev};
-use crate::io::{Io, IoFile, StdIo};
-use crate::mmap::Mapping;
-use crate::query::Direction;
-use crate::record::{EventData, Stamp, encode_record};
+use crate::read::query::Direction;
+use crate::read::view::{LogView, ViewSegment};
 use crate::recovery::{self, Recovered};
-use crate::segment::{encode_seal, finish_batch_header, frame_records, segment_file_name, validate_frame};
-use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
-use crate::view::{LogView, ViewSegment};
+use crate::storage::head::{Head, HeadWriter};
+use crate::storage::io::{Io, IoFile, StdIo};
+use crate::storage::mmap::Mapping;
 
 use zerocopy::IntoBytes;
 
@@ -655,7 +655,8 @@ impl Log {
             },
             format.version,
         )?;
-        let active_file = crate::io::open_read(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
+        let active_file =
+            crate::storage::io::open_read(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
         let index_damage = Arc::new(AtomicU64::new(0));
         for seg in &sealed {
             seg.index.notify(&index_damage);
@@ -909,15 +910,18 @@ impl Log {
         Ok(result)
     }
 
-    /// Append typed events (encoded with postcard, see [`crate::typed`]) as
+    /// Append typed events (encoded with postcard, see [`crate::es::typed`]) as
     /// one atomic batch.
-    pub fn append_typed<E: crate::typed::Event>(
+    pub fn append_typed<E: crate::es::typed::Event>(
         &self,
         stream: &str,
         expected: ExpectedVersion,
         events: &[E],
     ) -> Result<AppendResult> {
-        let data = events.iter().map(crate::typed::encode).collect::<Result<Vec<_>>>()?;
+        let data = events
+            .iter()
+            .map(crate::es::typed::encode)
+            .collect::<Result<Vec<_>>>()?;
         self.append(stream, expected, &data)
     }
 
@@ -1447,7 +1451,7 @@ impl Inner {
         file.sync().map_err(|e| Error::io("fsync", &path, e))?;
         fs.sync_dir(&self.dir)
             .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
-        let read_file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+        let read_file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
         let sealed_seg = {
             let mut p = lock(&self.published);
             let map = Mapping::map(&p.active_file, sealed_len, &p.active_path)?;
@@ -1775,7 +1779,7 @@ impl Inner {
                 m
             }
         };
-        crate::view::trim_mappings(&mut p.sealed, crate::view::max_mapped());
+        crate::read::view::trim_mappings(&mut p.sealed, crate::read::view::max_mapped());
         let mut segs = Vec::with_capacity(p.sealed.len() + 1);
         segs.extend(p.sealed.iter().cloned());
         segs.push(ViewSegment {

@@ -15,17 +15,19 @@ use std::sync::{Arc, RwLock};
 
 use zerocopy::IntoBytes;
 
-use crate::chain::{ChainHash, Chainer, LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
+use crate::audit::chain::{ChainHash, Chainer, LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
 use crate::error::{Error, Result, corrupt};
+use crate::format::frame::{
+    parse_segment_file_name, resync_file, segment_file_name, validate_frame, walk_segment_records,
+};
 use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
-use crate::head::{self, HEAD_FILE};
+use crate::index::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
 use crate::index::{self, IndexBuilder, MemIndex};
-use crate::io::Io;
 use crate::log::{Options, Recovery, Truncation, index_file_name, rebuild_table, resolve_prev, write_derived};
-use crate::mmap::Mapping;
-use crate::segment::{parse_segment_file_name, resync_file, segment_file_name, validate_frame, walk_segment_records};
-use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
-use crate::view::{ViewSegment, open_sealed, open_sealed_header};
+use crate::read::view::{ViewSegment, open_sealed, open_sealed_header};
+use crate::storage::head::{self, HEAD_FILE};
+use crate::storage::io::Io;
+use crate::storage::mmap::Mapping;
 
 /// File name of the lock file.
 pub const LOCK_FILE: &str = "annal.lock";
@@ -122,7 +124,7 @@ fn take_lock(dir: &Path, io: &dyn Io) -> Result<WriterLock> {
         }
     }
     // Never through a symlink, never blocking on a FIFO, only a regular file.
-    let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+    let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
     lock_exclusive(&file, &path, &path)?;
     let dir_file = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
     lock_exclusive(&dir_file, dir, &path)?;
@@ -321,7 +323,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
 
     // The active segment.
     let path = dir.join(segment_file_name(last));
-    let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+    let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
     // Mapped, not copied: we hold the writer lock, so no annal process changes
     // the file while this mapping lives (see `mmap`, case 5). It is dropped
@@ -468,7 +470,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
 /// snapshot saves fail and loads skip it.
 fn place_warnings(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let snapshots = dir.join(crate::snapshot::SNAPSHOT_DIR);
+    let snapshots = dir.join(crate::es::snapshot::SNAPSHOT_DIR);
     for (path, what) in [(dir, "the log directory"), (snapshots.as_path(), "the snapshot folder")] {
         let Ok(link) = fs::symlink_metadata(path) else {
             continue;
@@ -571,8 +573,8 @@ fn check_key(found: &LogFormat, opts: &Options, path: &Path) -> Result<()> {
             path: path.to_owned(),
             detail: format!(
                 "the key given (id {}) is not the log's chain key (id {})",
-                crate::chain::hex(&k.id()),
-                crate::chain::hex(&found.key_id)
+                crate::audit::chain::hex(&k.id()),
+                crate::audit::chain::hex(&found.key_id)
             ),
         }),
         _ => Ok(()),

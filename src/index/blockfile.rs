@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Damage;
-use crate::mmap::Mapping;
+use crate::storage::mmap::Mapping;
 
 /// Size of a checked block.
 pub const BLOCK: usize = 4096;
@@ -123,12 +123,12 @@ impl BlockFile {
     /// [`Damage::at`] turns into `Error::Io`), never as damage, so that no
     /// caller rebuilds or rewrites an intact file because of it.
     pub(crate) fn open_path(path: &std::path::Path, magic: [u8; 8]) -> Result<Option<BlockFile>, Damage> {
-        let file = match crate::io::open_read(path) {
+        let file = match crate::storage::io::open_read(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             // A symlink or special file under the name: damage of this file
             // (it is rebuilt), not a failure of the operating system.
-            Err(e) if crate::io::not_a_regular_file(&e) => {
+            Err(e) if crate::storage::io::not_a_regular_file(&e) => {
                 return Err(Damage::corrupt(0, format!("expected a regular file: {e}")));
             }
             Err(e) => return Err(Damage::io("open", &e)),

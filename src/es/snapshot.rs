@@ -24,8 +24,8 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{Damage, Error, Result};
-use crate::hash::stream_hash;
-use crate::io::{Io, read_exact_at};
+use crate::format::hash::stream_hash;
+use crate::storage::io::{Io, read_exact_at};
 
 /// One stream's state at a version: the payload is the aggregate's state,
 /// serialized by the caller (the typed layer uses postcard).
@@ -268,7 +268,7 @@ enum Read {
 /// before the lengths it states are checked against the file's size, so no
 /// content decides how much is allocated.
 fn read_file(path: &Path) -> Read {
-    let file = match crate::io::open_read(path) {
+    let file = match crate::storage::io::open_read(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Read::Gone,
         Err(e) => return Read::Unreadable(Error::io("open", path, e)),
@@ -366,7 +366,7 @@ impl SnapshotStore {
                 &self.dir,
                 io::Error::other(format!(
                     "expected a directory, found {}; annal never follows a symlink out of the log directory",
-                    crate::io::file_kind(&m.file_type())
+                    crate::storage::io::file_kind(&m.file_type())
                 )),
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -520,7 +520,7 @@ pub mod testing {
 
     use super::{Snapshot, SnapshotStore};
     use crate::error::Result;
-    use crate::io::{Io, StdIo};
+    use crate::storage::io::{Io, StdIo};
 
     /// Name of the snapshot folder inside a log directory.
     pub const SNAPSHOT_DIR: &str = super::SNAPSHOT_DIR;
@@ -552,7 +552,7 @@ pub mod testing {
 
     /// The file name of the snapshot of `stream` at global position `position`.
     pub fn file_name(stream: &str, position: u64) -> String {
-        super::file_name(crate::hash::stream_hash(stream.as_bytes()), position)
+        super::file_name(crate::format::hash::stream_hash(stream.as_bytes()), position)
     }
 }
 

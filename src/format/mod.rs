@@ -8,6 +8,10 @@
 //! spec's tables. Parsing functions take `&[u8]`, check every field before any
 //! arithmetic uses it, and report [`Damage`] with a file offset.
 
+pub(crate) mod frame;
+pub(crate) mod hash;
+pub(crate) mod record;
+
 use std::mem::{offset_of, size_of};
 
 use zerocopy::little_endian::{U16, U32, U64};
@@ -78,12 +82,12 @@ impl LogFormat {
 
     /// Whether the log carries the audit chain.
     pub(crate) fn chained(&self) -> bool {
-        self.flags & crate::chain::LOG_FLAG_CHAIN != 0
+        self.flags & crate::audit::chain::LOG_FLAG_CHAIN != 0
     }
 
     /// Whether the chain is keyed.
     pub(crate) fn keyed(&self) -> bool {
-        self.flags & crate::chain::LOG_FLAG_KEYED != 0
+        self.flags & crate::audit::chain::LOG_FLAG_KEYED != 0
     }
 }
 
@@ -372,12 +376,12 @@ impl SegmentHeader {
         }
         let (version, flags) = (h.format_version.get(), h.log_flags.get());
         let known = if version >= 2 {
-            crate::chain::LOG_FLAG_CHAIN | crate::chain::LOG_FLAG_KEYED
+            crate::audit::chain::LOG_FLAG_CHAIN | crate::audit::chain::LOG_FLAG_KEYED
         } else {
             0
         };
         let keyed_without_chain =
-            flags & crate::chain::LOG_FLAG_KEYED != 0 && flags & crate::chain::LOG_FLAG_CHAIN == 0;
+            flags & crate::audit::chain::LOG_FLAG_KEYED != 0 && flags & crate::audit::chain::LOG_FLAG_CHAIN == 0;
         if flags & !known != 0 || keyed_without_chain {
             return Err(Damage::corrupt(
                 offset_of!(SegmentHeader, log_flags) as u64,
@@ -740,7 +744,7 @@ mod tests {
     #[test]
     fn log_flags_follow_the_version() {
         let chained = LogFormat {
-            flags: crate::chain::LOG_FLAG_CHAIN | crate::chain::LOG_FLAG_KEYED,
+            flags: crate::audit::chain::LOG_FLAG_CHAIN | crate::audit::chain::LOG_FLAG_KEYED,
             key_id: [3; 16],
             ..PLAIN
         };

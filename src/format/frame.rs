@@ -11,11 +11,11 @@
 use zerocopy::IntoBytes;
 
 use crate::error::Damage;
+use crate::format::record::{RecordRef, parse_record, parse_record_with};
 use crate::format::{
     ALIGN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FrameHeader,
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use crate::record::{RecordRef, parse_record, parse_record_with};
 
 /// Suffix of segment file names.
 pub const SEGMENT_SUFFIX: &str = ".seg";
@@ -344,7 +344,7 @@ pub(crate) fn resync_file(file: &std::fs::File, path: &std::path::Path, from: u6
         // At most RESYNC_CHUNK + 72 bytes.
         let n = (len - at).min(RESYNC_CHUNK + hdr);
         chunk.resize(n as usize, 0);
-        match crate::io::read_exact_at(file, &mut chunk, at) {
+        match crate::storage::io::read_exact_at(file, &mut chunk, at) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(crate::Error::io("read", path, e)),

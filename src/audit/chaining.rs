@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use zerocopy::FromBytes;
 
-use crate::chain::{ChainHash, ChainKey, Chainer, SigningKey, fill_checkpoint};
+use crate::audit::chain::{ChainHash, ChainKey, Chainer, SigningKey, fill_checkpoint};
 use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FrameHeader};
 
 /// Chunks at least this large, with frames of at least [`OVERLAP_MIN_FRAME`]

@@ -11,11 +11,11 @@ use std::path::Path;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::blockfile::{self, BlockFile};
 use crate::error::Damage;
+use crate::format::hash::stream_hash;
 use crate::format::{STB_HEADER_LEN, STB_MAGIC, STB_ROW_LEN, STREAM_TABLE_VERSION, StbHeader, StbRow};
-use crate::hash::stream_hash;
 use crate::index::Prev;
+use crate::index::blockfile::{self, BlockFile};
 
 /// File name of the stream table.
 pub const STREAM_TABLE_FILE: &str = "annal.streams";

@@ -133,7 +133,7 @@ impl Mapping {
         let Some(path) = &self.source else {
             return Ok(&[]);
         };
-        let file = crate::io::open_read(path).map_err(|e| Error::io("open", path, e))?;
+        let file = crate::storage::io::open_read(path).map_err(|e| Error::io("open", path, e))?;
         let found = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         if found != self.len {
             return Err(Error::Corrupt {

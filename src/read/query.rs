@@ -10,10 +10,10 @@
 
 use crate::error::{Damage, Error, Result, corrupt};
 use crate::format::FRAME_HEADER_LEN;
+use crate::format::frame::validate_frame_each;
+use crate::format::record::{RecordRef, parse_record};
 use crate::index::{Index, NO_SEGMENT, Named, StreamInfo};
-use crate::record::{RecordRef, parse_record};
-use crate::segment::validate_frame_each;
-use crate::view::{LogView, ViewSegment};
+use crate::read::view::{LogView, ViewSegment};
 
 /// The direction of a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -748,7 +748,10 @@ impl<'a> ReadNamed<'a> {
                 Named::Category => {
                     // The hit is checked against the batch it points to.
                     if let Some((stream, _)) = batch_head(seg, off)?
-                        && std::str::from_utf8(stream).ok().and_then(crate::hash::category_of) != Some(name)
+                        && std::str::from_utf8(stream)
+                            .ok()
+                            .and_then(crate::format::hash::category_of)
+                            != Some(name)
                     {
                         let detail = format!(
                             "the index entry for category {name:?} points at the batch at byte {off} of {}, \

@@ -11,6 +11,9 @@
 //! and frame entries in position order (= offset order within a segment); a
 //! stream row's `prev` names the newest earlier segment holding the stream.
 
+pub(crate) mod blockfile;
+pub(crate) mod streamtable;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,15 +22,15 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::blockfile::{self, BlockFile};
 use crate::error::{Damage, Error};
+use crate::format::frame::{Frame, RecordSink, frame_records_at, walk_segment_records};
+use crate::format::hash::{category_of, stream_hash};
+use crate::format::record::RecordRef;
 use crate::format::{
     IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN, INDEX_VERSION, IdxHeader, IdxNamedRow,
     IdxStreamRow, SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use crate::hash::{category_of, stream_hash};
-use crate::record::RecordRef;
-use crate::segment::{Frame, RecordSink, frame_records_at, walk_segment_records};
+use crate::index::blockfile::BlockFile;
 
 /// No earlier segment.
 pub(crate) const NO_SEGMENT: u64 = u64::MAX;
@@ -972,7 +975,7 @@ impl IndexCell {
     fn segment_path(&self) -> PathBuf {
         match &self.path {
             Some(p) => p.with_extension("seg"),
-            None => PathBuf::from(crate::segment::segment_file_name(self.base)),
+            None => PathBuf::from(crate::format::frame::segment_file_name(self.base)),
         }
     }
 
@@ -1118,7 +1121,7 @@ mod tests {
         log.append("cart-1", ExpectedVersion::Any, &[ev("B"), ev("C"), ev("A")])
             .unwrap();
         log.close().unwrap();
-        let path = dir.path().join(crate::segment::segment_file_name(0));
+        let path = dir.path().join(crate::format::frame::segment_file_name(0));
         let mut bytes = std::fs::read(path).unwrap();
         let whole = MemIndex::rebuild(&bytes).unwrap();
         assert_eq!(whole.frames.len(), 4);

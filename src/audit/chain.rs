@@ -248,7 +248,7 @@ fn read_hex_file(path: &Path, what: &str, secret: bool) -> Result<[u8; 32]> {
         return Err(Error::InvalidArgument(format!(
             "{}: expected a {what} file, found {}",
             path.display(),
-            crate::io::file_kind(&meta.file_type())
+            crate::storage::io::file_kind(&meta.file_type())
         )));
     }
     #[cfg(unix)]

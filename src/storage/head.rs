@@ -12,7 +12,7 @@ use zerocopy::IntoBytes;
 
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot};
-use crate::io::{Io, IoFile};
+use crate::storage::io::{Io, IoFile};
 
 /// File name of the head file.
 pub const HEAD_FILE: &str = "annal.head";
@@ -72,7 +72,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Option<Head>, Vec<Damage>), Damage
 pub(crate) fn read(dir: &Path) -> Result<Option<Head>> {
     let path = dir.join(HEAD_FILE);
     let mut bytes = Vec::with_capacity(HEAD_FILE_LEN);
-    match crate::io::open_read(&path) {
+    match crate::storage::io::open_read(&path) {
         Ok(f) => {
             f.take(HEAD_FILE_LEN as u64)
                 .read_to_end(&mut bytes)

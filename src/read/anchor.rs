@@ -10,12 +10,12 @@
 
 use std::path::Path;
 
-use crate::chain::{Anchor, ChainHash};
+use crate::audit::chain::{Anchor, ChainHash};
 use crate::error::{Error, Result};
 use crate::format::{
     FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FrameHeader, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use crate::view::Reader;
+use crate::read::view::Reader;
 
 /// The head of a log's audit chain and what the log says about its chain:
 /// what [`chain_head`] returns.

@@ -26,12 +26,12 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::error::{Result, corrupt};
+use crate::format::frame::validate_frame_each;
+use crate::format::record::RecordRef;
 use crate::format::{FRAME_KIND_SEAL, SEGMENT_HEADER_LEN};
 use crate::index::Index;
-use crate::query::Direction;
-use crate::record::RecordRef;
-use crate::segment::validate_frame_each;
-use crate::view::{LogView, ViewSegment};
+use crate::read::query::Direction;
+use crate::read::view::{LogView, ViewSegment};
 
 /// A fold of records into a read model, mergeable so that parts of the log can
 /// be folded in parallel.

@@ -49,10 +49,10 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::format::record::RecordRef;
 use crate::log::Log;
-use crate::query::Direction;
-use crate::record::RecordRef;
-use crate::view::{LogView, Reader};
+use crate::read::query::Direction;
+use crate::read::view::{LogView, Reader};
 
 /// How many events a subscription copies out of one view at most before
 /// handing them out (bounds its memory, whatever the backlog).

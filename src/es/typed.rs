@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::record::{EventData, RecordRef};
+use crate::format::record::{EventData, RecordRef};
 
 /// An application event type.
 ///

@@ -18,11 +18,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::es::snapshot::{Snapshot, SnapshotStore};
+use crate::es::typed::{Event, Typed, Upcasters};
 use crate::log::{AppendResult, ExpectedVersion, Log};
-use crate::query::Direction;
-use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::typed::{Event, Typed, Upcasters};
-use crate::view::LogView;
+use crate::read::query::Direction;
+use crate::read::view::LogView;
 
 /// A consistency boundary: state folded from its events, deciding on commands.
 ///

@@ -17,17 +17,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Damage, Error, Result};
+use crate::format::frame::{
+    Frame, RESYNC_CHUNK, parse_segment_file_name, resync_file, segment_file_name, validate_frame,
+};
+use crate::format::record::{RecordRef, parse_validated};
 use crate::format::{
     FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use crate::head;
+use crate::index::streamtable::{STREAM_TABLE_FILE, StreamTable};
 use crate::index::{Index, IndexCell, MemIndex, NO_ROW, StreamInfo};
-use crate::io::read_exact_at;
-use crate::mmap::Mapping;
-use crate::record::{RecordRef, parse_validated};
 use crate::recovery::LOCK_FILE;
-use crate::segment::{Frame, RESYNC_CHUNK, parse_segment_file_name, resync_file, segment_file_name, validate_frame};
-use crate::streamtable::{STREAM_TABLE_FILE, StreamTable};
+use crate::storage::head;
+use crate::storage::io::read_exact_at;
+use crate::storage::mmap::Mapping;
 
 /// One segment as seen by a view.
 #[derive(Debug, Clone)]
@@ -568,7 +570,7 @@ pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result
 /// The segment file at `path` is no longer than a header and holds no valid
 /// header: torn while being created.
 fn torn_at_creation(path: &Path, base: u64) -> bool {
-    let Ok(file) = crate::io::open_read(path) else {
+    let Ok(file) = crate::storage::io::open_read(path) else {
         return false;
     };
     let Ok(meta) = file.metadata() else { return false };
@@ -579,7 +581,7 @@ fn torn_at_creation(path: &Path, base: u64) -> bool {
 /// `min(len, 72)` bytes are `tail`: it holds a header and a seal as its last
 /// frame. Any length is handled (the file may have been cut, or shrink while
 /// being read): no slice is taken unchecked.
-fn sealed_segment_seal(len: u64, tail: &[u8]) -> Result<crate::segment::Frame, Damage> {
+fn sealed_segment_seal(len: u64, tail: &[u8]) -> Result<crate::format::frame::Frame, Damage> {
     let min = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64;
     if len < min || tail.len() < FRAME_HEADER_LEN {
         return Err(Damage::corrupt(
@@ -606,7 +608,7 @@ fn sealed_segment_seal(len: u64, tail: &[u8]) -> Result<crate::segment::Frame, D
 /// seal's next position and the header.
 pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, u64, SegmentHeader)> {
     let path = dir.join(segment_file_name(base));
-    let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+    let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
     let header = read_segment_header(&file, &path, base)?;
     let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
     let mut tail = [0u8; FRAME_HEADER_LEN];
@@ -818,7 +820,7 @@ impl Reader {
         }
         if self.active.as_ref().is_none_or(|a| a.base != last) {
             let path = self.dir.join(segment_file_name(last));
-            let file = crate::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+            let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
             read_segment_header(&file, &path, last)?;
             let index = Arc::new(RwLock::new(MemIndex::default()));
             self.active = Some(Box::new(ActiveRead {
@@ -868,7 +870,7 @@ impl Reader {
         // delivered).
         let mut writer: Option<bool> = None;
         if active.file_len > active.validated_end {
-            let held = crate::io::lock_held(&self.dir.join(LOCK_FILE));
+            let held = crate::storage::io::lock_held(&self.dir.join(LOCK_FILE));
             writer = Some(held);
             if !held {
                 active.probe_past_visible(head_durable)?;
@@ -932,7 +934,7 @@ impl Reader {
         };
         // Probed last: a writer that took the lock since recovered the log
         // (or is appending, which is normal).
-        if writer.unwrap_or_else(|| crate::io::lock_held(&self.dir.join(LOCK_FILE))) {
+        if writer.unwrap_or_else(|| crate::storage::io::lock_held(&self.dir.join(LOCK_FILE))) {
             return Ok(None);
         }
         Ok(Some(Unrecovered {
