@@ -101,9 +101,8 @@ use serde::Serialize;
 use crate::audit::chain::{Anchor, ChainHash, ChainKey, Chainer, PublicKey, hex};
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::es::snapshot::{SNAPSHOT_DIR, SnapshotStore};
-use crate::format::frame::{
-    frame_records, parse_segment_file_name, resync_file, resync_max_durable, segment_file_name, walk_segment,
-};
+use crate::format::frame::{frame_records, resync_max_durable, walk_segment};
+use crate::format::names::{parse_segment_file_name, segment_file_name};
 use crate::format::{
     CHECKPOINT_FRAME_LEN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT,
     FRAME_KIND_SEAL, FrameHeader, HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN,
@@ -115,6 +114,7 @@ use crate::log::{Log, Options, index_file_name};
 use crate::recovery::LOCK_FILE;
 use crate::storage::head::{self, HEAD_FILE, Head};
 use crate::storage::mmap::Mapping;
+use crate::storage::resync::resync_file;
 
 /// A progress callback: `(bytes checked so far, bytes to check in all)`.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;

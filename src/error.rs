@@ -8,7 +8,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::ExpectedVersion;
+pub(crate) use crate::format::damage::{Damage, DamageKind};
+use crate::types::ExpectedVersion;
 
 /// Result alias used throughout annal.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -156,76 +157,7 @@ pub(crate) fn corrupt(path: &std::path::Path, offset: u64, detail: impl Into<Str
     }
 }
 
-/// Damage found by a parser, before the path is known. Parsers work on `&[u8]`
-/// and report offsets relative to the start of the file they were given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Damage {
-    pub offset: u64,
-    pub kind: DamageKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum DamageKind {
-    Corrupt(String),
-    Version(u16),
-    /// Not damage: an operating-system call failed while opening or reading
-    /// the file (`at` turns it into [`Error::Io`], never corruption).
-    Io(IoFailure),
-}
-
-/// An I/O failure carried through code that reports [`Damage`], rebuilt as an
-/// `io::Error` (same OS error code) when the path is attached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct IoFailure {
-    pub op: &'static str,
-    kind: io::ErrorKind,
-    raw: Option<i32>,
-    message: String,
-}
-
-impl IoFailure {
-    fn to_io_error(&self) -> io::Error {
-        match self.raw {
-            Some(code) => io::Error::from_raw_os_error(code),
-            None => io::Error::new(self.kind, self.message.clone()),
-        }
-    }
-}
-
 impl Damage {
-    pub(crate) fn corrupt(offset: u64, detail: impl Into<String>) -> Damage {
-        Damage {
-            offset,
-            kind: DamageKind::Corrupt(detail.into()),
-        }
-    }
-
-    /// An I/O failure (`op` failed with `e`), not damage.
-    pub(crate) fn io(op: &'static str, e: &io::Error) -> Damage {
-        Damage {
-            offset: 0,
-            kind: DamageKind::Io(IoFailure {
-                op,
-                kind: e.kind(),
-                raw: e.raw_os_error(),
-                message: e.to_string(),
-            }),
-        }
-    }
-
-    /// Whether this is an I/O failure rather than damage.
-    pub(crate) fn is_io(&self) -> bool {
-        matches!(self.kind, DamageKind::Io(_))
-    }
-
-    pub(crate) fn detail(&self) -> String {
-        match &self.kind {
-            DamageKind::Corrupt(d) => d.clone(),
-            DamageKind::Version(v) => format!("unsupported format version {v}"),
-            DamageKind::Io(f) => format!("{} failed: {}", f.op, f.message),
-        }
-    }
-
     /// Attach the file path.
     pub(crate) fn at(self, path: impl Into<PathBuf>) -> Error {
         match self.kind {

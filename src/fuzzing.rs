@@ -405,7 +405,7 @@ pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                 if fix {
                     fix_segment_crcs(&mut bytes);
                 }
-                crate::format::frame::segment_file_name(0)
+                crate::format::names::segment_file_name(0)
             }
             1 => {
                 if fix {
@@ -416,7 +416,7 @@ pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                 {
                     second_base = h.base_position.get();
                 }
-                crate::format::frame::segment_file_name(second_base)
+                crate::format::names::segment_file_name(second_base)
             }
             k @ (2 | 3 | 5) => {
                 if fix {
@@ -461,12 +461,12 @@ pub fn join_dir(dir: &Path) -> Vec<u8> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| crate::format::frame::parse_segment_file_name(e.file_name().to_str()?))
+        .filter_map(|e| crate::format::names::parse_segment_file_name(e.file_name().to_str()?))
         .collect();
     bases.sort_unstable();
     for base in bases {
         let other = u8::from(base != 0);
-        if let Ok(b) = std::fs::read(dir.join(crate::format::frame::segment_file_name(base))) {
+        if let Ok(b) = std::fs::read(dir.join(crate::format::names::segment_file_name(base))) {
             push(other, &b);
         }
         if let Ok(b) = std::fs::read(dir.join(crate::log::index_file_name(base))) {

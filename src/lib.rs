@@ -50,16 +50,18 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod index;
+mod live;
 mod log;
 mod read;
 mod recovery;
 mod storage;
+mod types;
 
 pub use storage::io;
 
 /// Segment file names (spec section 1).
 pub mod segment {
-    pub use crate::format::frame::{SEGMENT_SUFFIX, parse_segment_file_name, segment_file_name};
+    pub use crate::format::names::{SEGMENT_SUFFIX, parse_segment_file_name, segment_file_name};
 }
 
 pub use audit::chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};

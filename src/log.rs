@@ -39,8 +39,9 @@ use uuid::Uuid;
 use crate::audit::chain::{Anchor, ChainHash, ChainKey, Chainer, SigningKey};
 use crate::audit::chaining::{ChainState, HasherThread, write_chained};
 use crate::error::{Damage, Error, Result};
-use crate::format::frame::{encode_seal, finish_batch_header, frame_records, segment_file_name, validate_frame};
+use crate::format::frame::{encode_seal, finish_batch_header, frame_records, validate_frame};
 use crate::format::hash::stream_hash;
+use crate::format::names::segment_file_name;
 use crate::format::record::{EventData, Stamp, encode_record};
 use crate::format::{
     CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_KIND_CHECKPOINT, FrameHeader, LogFormat, MAX_RECORD_LEN,
@@ -48,12 +49,12 @@ use crate::format::{
 };
 use crate::index::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 use crate::index::{self, IdxFile, Index, IndexCell, MemIndex, Prev};
-use crate::read::query::Direction;
 use crate::read::view::{LogView, ViewSegment};
 use crate::recovery::{self, Recovered};
 use crate::storage::head::{Head, HeadWriter};
 use crate::storage::io::{Io, IoFile, StdIo};
 use crate::storage::mmap::Mapping;
+use crate::types::Direction;
 
 use zerocopy::IntoBytes;
 
@@ -70,29 +71,7 @@ pub enum Durability {
     Fsync,
 }
 
-/// The optimistic-concurrency condition of an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpectedVersion {
-    /// Append whatever the stream's version.
-    Any,
-    /// The stream must not exist yet.
-    NoStream,
-    /// The stream must exist.
-    StreamExists,
-    /// The stream's last event must have exactly this version.
-    Exact(u64),
-}
-
-impl std::fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExpectedVersion::Any => f.write_str("any version"),
-            ExpectedVersion::NoStream => f.write_str("no stream"),
-            ExpectedVersion::StreamExists => f.write_str("an existing stream"),
-            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
-        }
-    }
-}
+pub use crate::types::ExpectedVersion;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -908,21 +887,6 @@ impl Log {
         };
         inner.commit_until(target, inner.opts.durability == Durability::Fsync)?;
         Ok(result)
-    }
-
-    /// Append typed events (encoded with postcard, see [`crate::es::typed`]) as
-    /// one atomic batch.
-    pub fn append_typed<E: crate::es::typed::Event>(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: &[E],
-    ) -> Result<AppendResult> {
-        let data = events
-            .iter()
-            .map(crate::es::typed::encode)
-            .collect::<Result<Vec<_>>>()?;
-        self.append(stream, expected, &data)
     }
 
     /// Make every event appended so far durable (one fsync, shared with
@@ -2035,25 +1999,10 @@ pub(crate) fn rebuild_table(sealed: &[ViewSegment], next_segment: u64, hash_mask
     Ok(streamtable::encode(rows.into_iter(), next_segment, hash_mask))
 }
 
-/// Write a derived file atomically through the seam: temp file, fsync,
-/// rename, directory fsync (spec 1).
-pub(crate) fn write_derived(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = io.remove(&tmp);
-    let f = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_at(0, bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    f.sync().map_err(|e| Error::io("fsync", &tmp, e))?;
-    drop(f);
-    io.rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
-    io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
-}
+pub(crate) use crate::storage::io::write_derived;
 
 /// The file name of the index of the segment based at `base`.
-pub(crate) fn index_file_name(base: u64) -> String {
-    format!("{base:020}.idx")
-}
+pub(crate) use crate::format::names::index_file_name;
 
 /// The error of an append whose versions would pass `u64::MAX`.
 fn version_overflow(stream: &str, current: u64, n: u64) -> Error {

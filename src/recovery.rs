@@ -15,12 +15,12 @@ use std::sync::{Arc, RwLock};
 
 use zerocopy::IntoBytes;
 
-use crate::audit::chain::{ChainHash, Chainer, LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
+use crate::audit::chain::{ChainHash, Chainer};
 use crate::error::{Error, Result, corrupt};
-use crate::format::frame::{
-    parse_segment_file_name, resync_file, segment_file_name, validate_frame, walk_segment_records,
-};
+use crate::format::frame::{validate_frame, walk_segment_records};
+use crate::format::names::{parse_segment_file_name, segment_file_name};
 use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
 use crate::index::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
 use crate::index::{self, IndexBuilder, MemIndex};
 use crate::log::{Options, Recovery, Truncation, index_file_name, rebuild_table, resolve_prev, write_derived};
@@ -28,9 +28,9 @@ use crate::read::view::{ViewSegment, open_sealed, open_sealed_header};
 use crate::storage::head::{self, HEAD_FILE};
 use crate::storage::io::Io;
 use crate::storage::mmap::Mapping;
+use crate::storage::resync::resync_file;
 
-/// File name of the lock file.
-pub const LOCK_FILE: &str = "annal.lock";
+pub use crate::format::names::LOCK_FILE;
 
 /// The state a writer starts from.
 pub(crate) struct Recovered {
@@ -470,7 +470,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
 /// snapshot saves fail and loads skip it.
 fn place_warnings(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let snapshots = dir.join(crate::es::snapshot::SNAPSHOT_DIR);
+    let snapshots = dir.join(crate::format::names::SNAPSHOT_DIR);
     for (path, what) in [(dir, "the log directory"), (snapshots.as_path(), "the snapshot folder")] {
         let Ok(link) = fs::symlink_metadata(path) else {
             continue;

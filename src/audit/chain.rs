@@ -27,11 +27,6 @@ const GENESIS_DOMAIN: &[u8] = b"annal chain v2\0\0";
 /// BLAKE3 `derive_key` context of a key's id (spec 21.4).
 const KEY_ID_CONTEXT: &str = "annal 2026-11 chain key id";
 
-/// `log_flags` bit 0: the log carries the audit chain.
-pub const LOG_FLAG_CHAIN: u16 = 1;
-/// `log_flags` bit 1: the chain is keyed (BLAKE3 keyed mode).
-pub const LOG_FLAG_KEYED: u16 = 2;
-
 /// The secret key of keyed mode: 32 bytes, given to the writer and to `check`
 /// and never stored in the log.
 ///

@@ -45,7 +45,7 @@ pub struct Snapshot {
 }
 
 /// Name of the folder, inside the log directory, that holds snapshot files.
-pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
+pub(crate) use crate::format::names::SNAPSHOT_DIR;
 /// Magic bytes at the start of every snapshot file.
 pub(crate) const SNAPSHOT_MAGIC: [u8; 8] = *b"ANNALSNP";
 /// Version of the snapshot file layout this build reads and writes.
@@ -349,7 +349,7 @@ impl SnapshotStore {
         let path = self.dir.join(file_name(hash, snap.position));
         let _guard = SAVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         self.ensure_dir()?;
-        crate::log::write_derived(&*self.io, &self.dir, &path, &bytes)?;
+        crate::storage::io::write_derived(&*self.io, &self.dir, &path, &bytes)?;
         self.prune(snap, hash, &path, keep)?;
         Ok(path)
     }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::format::record::{EventData, RecordRef};
+use crate::{AppendResult, ExpectedVersion};
 
 /// An application event type.
 ///
@@ -166,5 +167,18 @@ impl<'a> Typed<'a> {
     /// when no upcaster applied, into this value's buffer otherwise.
     pub fn decode<'t, E: Deserialize<'t>>(&'t self) -> Result<E> {
         decode_bytes(&self.record, &self.payload)
+    }
+}
+impl crate::Log {
+    /// Append typed events (encoded with postcard, see [`crate::typed`]) as
+    /// one atomic batch.
+    pub fn append_typed<E: Event>(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[E],
+    ) -> Result<AppendResult> {
+        let data = events.iter().map(encode).collect::<Result<Vec<_>>>()?;
+        self.append(stream, expected, &data)
     }
 }

@@ -10,29 +10,12 @@
 
 use zerocopy::IntoBytes;
 
-use crate::error::Damage;
+use crate::format::damage::Damage;
 use crate::format::record::{RecordRef, parse_record, parse_record_with};
 use crate::format::{
     ALIGN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FrameHeader,
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
 };
-
-/// Suffix of segment file names.
-pub const SEGMENT_SUFFIX: &str = ".seg";
-
-/// The file name of the segment whose first record has position `base`.
-pub fn segment_file_name(base: u64) -> String {
-    format!("{base:020}{SEGMENT_SUFFIX}")
-}
-
-/// The base position named by a segment file name, if it is one.
-pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
 
 /// What a complete frame holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,53 +291,6 @@ pub(crate) fn resync_max_durable(file: &[u8], from: u64) -> u64 {
     resync_max_durable_in(file, 0, from, u64::MAX)
 }
 
-/// Bytes read at a time by [`resync_file`].
-pub(crate) const RESYNC_CHUNK: u64 = 1 << 20;
-
-/// [`resync_max_durable`] over the bytes `[from, len)` of the file itself:
-/// the scan of recovery, `check` and readers past an incomplete frame (spec
-/// 5.1, rule 3). The file is copied in pieces of [`RESYNC_CHUNK`] bytes (plus
-/// a header's overlap), so memory is bounded whatever its length, and on
-/// Linux the holes of a sparse file are skipped where the file system says
-/// where they are (`SEEK_DATA`): a hole reads as zeros, which hold no frame
-/// header. Bytes are copied, never mapped: the file may be the active
-/// segment of a running writer (spec 7). A file cut while it is scanned ends
-/// the scan there.
-pub(crate) fn resync_file(file: &std::fs::File, path: &std::path::Path, from: u64, len: u64) -> crate::Result<u64> {
-    let hdr = FRAME_HEADER_LEN as u64;
-    let mut best = 0;
-    let Some(mut at) = from.checked_next_multiple_of(ALIGN) else {
-        return Ok(0);
-    };
-    let mut chunk = Vec::new();
-    while at < len && len - at >= hdr {
-        #[cfg(target_os = "linux")]
-        match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
-            // Data starts later: [at, d) is a hole.
-            Ok(d) if d > at => at = d & !(ALIGN - 1),
-            Ok(_) => {}
-            // ENXIO: nothing but a hole past `at`.
-            Err(rustix::io::Errno::NXIO) => break,
-            // The file system cannot say: read on.
-            Err(_) => {}
-        }
-        if at >= len || len - at < hdr {
-            break;
-        }
-        // At most RESYNC_CHUNK + 72 bytes.
-        let n = (len - at).min(RESYNC_CHUNK + hdr);
-        chunk.resize(n as usize, 0);
-        match crate::storage::io::read_exact_at(file, &mut chunk, at) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(crate::Error::io("read", path, e)),
-        }
-        best = best.max(resync_max_durable_in(&chunk, at, from, at.saturating_add(RESYNC_CHUNK)));
-        at = at.saturating_add(RESYNC_CHUNK);
-    }
-    Ok(best)
-}
-
 /// [`resync_max_durable`] over a piece of a file: `bytes` holds the file's
 /// bytes from offset `at`, and only headers starting at a multiple-of-8
 /// offset `o` with `from <= o < until` that lie wholly inside `bytes` count.
@@ -482,14 +418,4 @@ pub(crate) fn walk_segment_records<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(segment_file_name(81920), "00000000000000081920.seg");
-        assert_eq!(parse_segment_file_name("00000000000000081920.seg"), Some(81920));
-        assert_eq!(parse_segment_file_name("0000000000000008192.seg"), None);
-        assert_eq!(parse_segment_file_name("0000000000000008192x.seg"), None);
-        assert_eq!(parse_segment_file_name("00000000000000081920.idx"), None);
-        assert_eq!(parse_segment_file_name("99999999999999999999.seg"), None);
-    }
 }

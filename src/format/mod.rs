@@ -8,8 +8,10 @@
 //! spec's tables. Parsing functions take `&[u8]`, check every field before any
 //! arithmetic uses it, and report [`Damage`] with a file offset.
 
+pub(crate) mod damage;
 pub(crate) mod frame;
 pub(crate) mod hash;
+pub(crate) mod names;
 pub(crate) mod record;
 
 use std::mem::{offset_of, size_of};
@@ -17,7 +19,12 @@ use std::mem::{offset_of, size_of};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::error::{Damage, DamageKind};
+use crate::format::damage::{Damage, DamageKind};
+
+/// `log_flags` bit 0: the log carries the audit chain.
+pub const LOG_FLAG_CHAIN: u16 = 1;
+/// `log_flags` bit 1: the chain is keyed (BLAKE3 keyed mode).
+pub const LOG_FLAG_KEYED: u16 = 2;
 
 /// The format version this build writes.
 pub const CURRENT_FORMAT_VERSION: u16 = 2;
@@ -82,12 +89,12 @@ impl LogFormat {
 
     /// Whether the log carries the audit chain.
     pub(crate) fn chained(&self) -> bool {
-        self.flags & crate::audit::chain::LOG_FLAG_CHAIN != 0
+        self.flags & LOG_FLAG_CHAIN != 0
     }
 
     /// Whether the chain is keyed.
     pub(crate) fn keyed(&self) -> bool {
-        self.flags & crate::audit::chain::LOG_FLAG_KEYED != 0
+        self.flags & LOG_FLAG_KEYED != 0
     }
 }
 
@@ -376,12 +383,11 @@ impl SegmentHeader {
         }
         let (version, flags) = (h.format_version.get(), h.log_flags.get());
         let known = if version >= 2 {
-            crate::audit::chain::LOG_FLAG_CHAIN | crate::audit::chain::LOG_FLAG_KEYED
+            LOG_FLAG_CHAIN | LOG_FLAG_KEYED
         } else {
             0
         };
-        let keyed_without_chain =
-            flags & crate::audit::chain::LOG_FLAG_KEYED != 0 && flags & crate::audit::chain::LOG_FLAG_CHAIN == 0;
+        let keyed_without_chain = flags & LOG_FLAG_KEYED != 0 && flags & LOG_FLAG_CHAIN == 0;
         if flags & !known != 0 || keyed_without_chain {
             return Err(Damage::corrupt(
                 offset_of!(SegmentHeader, log_flags) as u64,
@@ -744,7 +750,7 @@ mod tests {
     #[test]
     fn log_flags_follow_the_version() {
         let chained = LogFormat {
-            flags: crate::audit::chain::LOG_FLAG_CHAIN | crate::audit::chain::LOG_FLAG_KEYED,
+            flags: LOG_FLAG_CHAIN | LOG_FLAG_KEYED,
             key_id: [3; 16],
             ..PLAIN
         };

@@ -975,7 +975,7 @@ impl IndexCell {
     fn segment_path(&self) -> PathBuf {
         match &self.path {
             Some(p) => p.with_extension("seg"),
-            None => PathBuf::from(crate::format::frame::segment_file_name(self.base)),
+            None => PathBuf::from(crate::format::names::segment_file_name(self.base)),
         }
     }
 
@@ -1121,7 +1121,7 @@ mod tests {
         log.append("cart-1", ExpectedVersion::Any, &[ev("B"), ev("C"), ev("A")])
             .unwrap();
         log.close().unwrap();
-        let path = dir.path().join(crate::format::frame::segment_file_name(0));
+        let path = dir.path().join(crate::format::names::segment_file_name(0));
         let mut bytes = std::fs::read(path).unwrap();
         let whole = MemIndex::rebuild(&bytes).unwrap();
         assert_eq!(whole.frames.len(), 4);

@@ -17,8 +17,7 @@ use crate::format::{STB_HEADER_LEN, STB_MAGIC, STB_ROW_LEN, STREAM_TABLE_VERSION
 use crate::index::Prev;
 use crate::index::blockfile::{self, BlockFile};
 
-/// File name of the stream table.
-pub const STREAM_TABLE_FILE: &str = "annal.streams";
+pub use crate::format::names::STREAM_TABLE_FILE;
 
 /// A mapped stream table.
 #[derive(Debug)]

@@ -15,14 +15,7 @@ use crate::format::record::{RecordRef, parse_record};
 use crate::index::{Index, NO_SEGMENT, Named, StreamInfo};
 use crate::read::view::{LogView, ViewSegment};
 
-/// The direction of a read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Oldest first.
-    Forward,
-    /// Newest first.
-    Backward,
-}
+pub use crate::types::Direction;
 
 /// One segment holding a stream, with the index the row was read from: entry
 /// numbers are only meaningful within that index, so a read keeps using it.

@@ -8,7 +8,7 @@
 //! in each new view leaves no gap and repeats nothing, including at the switch
 //! from catch-up to live: there is no separate live channel to splice in.
 //!
-//! * From a [`Log`] (the writer, in process), a caught-up subscription sleeps
+//! * From a [`crate::Log`] (the writer, in process), a caught-up subscription sleeps
 //!   until the writer publishes new events (it is woken by the commit leader).
 //! * From a [`Reader`] (any process), it polls the head file at a bounded
 //!   interval ([`Subscription::poll_interval`], default 20 ms): never a busy
@@ -21,7 +21,7 @@
 //! # Checkpoints
 //!
 //! The caller keeps a checkpoint: the position (for
-//! [`Log::subscribe_stream`], the stream version) of the last event it
+//! [`crate::Log::subscribe_stream`], the stream version) of the last event it
 //! handled. Subscribing again with `from = checkpoint + 1` delivers the next
 //! event exactly once. For filtered subscriptions [`Subscription::position`]
 //! may be saved instead: it also skips the non-matching events already passed.
@@ -50,7 +50,6 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::format::record::RecordRef;
-use crate::log::Log;
 use crate::read::query::Direction;
 use crate::read::view::{LogView, Reader};
 
@@ -112,15 +111,29 @@ pub enum SubscriptionFilter {
     Category(String),
 }
 
+/// A log that publishes views as it grows and wakes those waiting for the
+/// next one: the writer, in process. (The read layer does not know the
+/// writer; the writer implements this.)
+pub(crate) trait Live: Send + Sync + std::fmt::Debug {
+    /// How many times new visible ends were published; read it before
+    /// taking a view, then wait for it to change.
+    fn published_epoch(&self) -> u64;
+    /// A view of everything published so far.
+    fn live_view(&self) -> Result<LogView>;
+    /// Wait until the published epoch differs from `seen` or `timeout`
+    /// passes; returns the current epoch.
+    fn wait_published(&self, seen: u64, timeout: Duration) -> u64;
+}
+
 #[derive(Debug)]
 enum Source<'a> {
-    Log(&'a Log),
+    Log(&'a dyn Live),
     Reader(Box<Reader>),
 }
 
 /// Catch-up then live delivery of a log's events, created by
-/// [`Log::subscribe_all`], [`Log::subscribe_stream`],
-/// [`Log::subscribe_category`] and the same methods of [`Reader`].
+/// [`crate::Log::subscribe_all`], [`crate::Log::subscribe_stream`],
+/// [`crate::Log::subscribe_category`] and the same methods of [`Reader`].
 ///
 /// Pull events with [`Subscription::next_timeout`] /
 /// [`Subscription::try_next`], or iterate: the iterator blocks until the next
@@ -137,37 +150,6 @@ pub struct Subscription<'a> {
     poll_interval: Duration,
     /// The iterator yielded an error.
     failed: bool,
-}
-
-impl Log {
-    /// Subscribe to every event from position `from` on (pass the last
-    /// handled position + 1 to resume from a checkpoint). Woken by this
-    /// writer when new events become visible.
-    pub fn subscribe_all(&self, from: u64) -> Subscription<'_> {
-        Subscription::new(Source::Log(self), SubscriptionFilter::All, from, 0)
-    }
-
-    /// Subscribe to the events of `stream` from version `from_version` on
-    /// (pass the last handled version + 1 to resume).
-    pub fn subscribe_stream(&self, stream: &str, from_version: u64) -> Subscription<'_> {
-        Subscription::new(
-            Source::Log(self),
-            SubscriptionFilter::Stream(stream.to_owned()),
-            0,
-            from_version,
-        )
-    }
-
-    /// Subscribe to the events of every stream of `category` from position
-    /// `from` on (pass the last handled position + 1 to resume).
-    pub fn subscribe_category(&self, category: &str, from: u64) -> Subscription<'_> {
-        Subscription::new(
-            Source::Log(self),
-            SubscriptionFilter::Category(category.to_owned()),
-            from,
-            0,
-        )
-    }
 }
 
 impl Reader {
@@ -202,6 +184,11 @@ impl Reader {
 }
 
 impl<'a> Subscription<'a> {
+    /// A subscription fed by a live log (the writer, in process).
+    pub(crate) fn live(log: &'a dyn Live, filter: SubscriptionFilter, next_position: u64, next_version: u64) -> Self {
+        Subscription::new(Source::Log(log), filter, next_position, next_version)
+    }
+
     fn new(source: Source<'a>, filter: SubscriptionFilter, next_position: u64, next_version: u64) -> Self {
         Subscription {
             source,
@@ -216,7 +203,7 @@ impl<'a> Subscription<'a> {
 
     /// Poll a [`Reader`]-based subscription at this interval while caught up
     /// (default [`DEFAULT_POLL_INTERVAL`]; at least 1 ms). Also the longest
-    /// a [`Log`]-based one sleeps between checks when iterated.
+    /// a [`crate::Log`]-based one sleeps between checks when iterated.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval.max(Duration::from_millis(1));
         self
@@ -260,7 +247,7 @@ impl<'a> Subscription<'a> {
                 Source::Reader(_) => None,
             };
             let view = match &mut self.source {
-                Source::Log(log) => log.view()?,
+                Source::Log(log) => log.live_view()?,
                 Source::Reader(r) => r.view()?,
             };
             self.fill(&view)?;

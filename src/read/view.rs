@@ -17,19 +17,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Damage, Error, Result};
-use crate::format::frame::{
-    Frame, RESYNC_CHUNK, parse_segment_file_name, resync_file, segment_file_name, validate_frame,
-};
+use crate::format::frame::{Frame, validate_frame};
+use crate::format::names::LOCK_FILE;
+use crate::format::names::{parse_segment_file_name, segment_file_name};
 use crate::format::record::{RecordRef, parse_validated};
 use crate::format::{
     FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::index::streamtable::{STREAM_TABLE_FILE, StreamTable};
 use crate::index::{Index, IndexCell, MemIndex, NO_ROW, StreamInfo};
-use crate::recovery::LOCK_FILE;
 use crate::storage::head;
 use crate::storage::io::read_exact_at;
 use crate::storage::mmap::Mapping;
+use crate::storage::resync::{RESYNC_CHUNK, resync_file};
 
 /// One segment as seen by a view.
 #[derive(Debug, Clone)]
@@ -626,7 +626,7 @@ pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, 
             d.detail()
         ),
     })?;
-    let idx_path = dir.join(crate::log::index_file_name(base));
+    let idx_path = dir.join(crate::format::names::index_file_name(base));
     Ok((
         ViewSegment {
             base,

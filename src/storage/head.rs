@@ -14,8 +14,7 @@ use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot};
 use crate::storage::io::{Io, IoFile};
 
-/// File name of the head file.
-pub const HEAD_FILE: &str = "annal.head";
+pub use crate::format::names::HEAD_FILE;
 
 /// The decoded current slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -269,6 +269,22 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Res
     }
 }
 
+/// Write a derived file atomically through the seam: temp file, fsync,
+/// rename, directory fsync (spec 1).
+pub(crate) fn write_derived(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> crate::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = io.remove(&tmp);
+    let f = io.create(&tmp).map_err(|e| crate::Error::io("create", &tmp, e))?;
+    f.write_at(0, bytes).map_err(|e| crate::Error::io("write", &tmp, e))?;
+    f.sync().map_err(|e| crate::Error::io("fsync", &tmp, e))?;
+    drop(f);
+    io.rename(&tmp, path).map_err(|e| crate::Error::io("rename", &tmp, e))?;
+    io.sync_dir(dir)
+        .map_err(|e| crate::Error::io("fsync directory", dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,3 +12,4 @@
 pub(crate) mod head;
 pub mod io;
 pub(crate) mod mmap;
+pub(crate) mod resync;

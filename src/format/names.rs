@@ -1,0 +1,53 @@
+//! File names of a log directory (spec section 1), in one place.
+//!
+//! Stream names never become file names (they are user input): every name a
+//! log directory holds is one of these, derived from numbers annal chose.
+
+/// Suffix of segment file names.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+
+/// The file name of the segment whose first record has position `base`.
+pub fn segment_file_name(base: u64) -> String {
+    format!("{base:020}{SEGMENT_SUFFIX}")
+}
+
+/// The base position named by a segment file name, if it is one.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The file name of the index file (`.idx`) of the segment based at `base`.
+pub(crate) fn index_file_name(base: u64) -> String {
+    format!("{base:020}.idx")
+}
+
+/// File name of the head file.
+pub const HEAD_FILE: &str = "annal.head";
+
+/// File name of the lock file.
+pub const LOCK_FILE: &str = "annal.lock";
+
+/// File name of the stream table.
+pub const STREAM_TABLE_FILE: &str = "annal.streams";
+
+/// Folder of snapshot files, inside the log directory.
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(segment_file_name(81920), "00000000000000081920.seg");
+        assert_eq!(parse_segment_file_name("00000000000000081920.seg"), Some(81920));
+        assert_eq!(parse_segment_file_name("0000000000000008192.seg"), None);
+        assert_eq!(parse_segment_file_name("0000000000000008192x.seg"), None);
+        assert_eq!(parse_segment_file_name("00000000000000081920.idx"), None);
+        assert_eq!(parse_segment_file_name("99999999999999999999.seg"), None);
+    }
+}
