@@ -47,6 +47,7 @@ mod check;
 mod error;
 mod es;
 pub mod format;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod index;
@@ -71,6 +72,7 @@ pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
 pub use es::projection::Projection;
 pub use es::snapshot::Snapshot;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use es::snapshot::testing as snapshot_testing;
 pub use es::typed;

@@ -513,6 +513,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
 /// Thin public wrappers over the crate-private snapshot store, for the
 /// integration tests (`tests/snapshot_files.rs`) and fuzzing only. Not part
 /// of annal's API.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod testing {
     use std::path::{Path, PathBuf};
