@@ -111,9 +111,54 @@ pub enum Error {
     /// A value could not be encoded (postcard).
     #[error("cannot encode: {0}")]
     Encode(String),
-    /// An argument is outside what annal accepts (empty batch, oversized event, ...).
+    /// An argument is outside what annal accepts and no more specific
+    /// variant below says how.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An append was given no events.
+    #[error("invalid argument: an append needs at least one event")]
+    EmptyBatch,
+    /// A stream name is empty or longer than 65,535 bytes.
+    #[error("invalid argument: a stream name must be 1 to 65535 bytes, found {len} bytes")]
+    StreamNameLength {
+        /// The name's length in bytes.
+        len: usize,
+    },
+    /// An event type is empty or longer than 65,535 bytes.
+    #[error("invalid argument: event {index}: an event type must be 1 to 65535 bytes, found {len} bytes")]
+    EventTypeLength {
+        /// The event's index in the batch.
+        index: usize,
+        /// The event type's length in bytes.
+        len: usize,
+    },
+    /// More events in one batch than a frame can count (2^32 - 1).
+    #[error("invalid argument: too many events in one batch ({count}; at most 4294967295)")]
+    TooManyEvents {
+        /// The number of events given.
+        count: usize,
+    },
+    /// An event's metadata plus payload is larger than
+    /// `Options::max_event_bytes` or the format's record limit.
+    #[error(
+        "invalid argument: event {index}: metadata + payload is {size} bytes, more than max_event_bytes ({limit}) or the format limit"
+    )]
+    EventTooLarge {
+        /// The event's index in the batch.
+        index: usize,
+        /// Its metadata plus payload, in bytes.
+        size: u64,
+        /// The largest accepted.
+        limit: u64,
+    },
+    /// A batch encodes to more bytes than `Options::max_batch_bytes`.
+    #[error("invalid argument: the batch encodes to {size} bytes, more than max_batch_bytes ({limit})")]
+    BatchTooLarge {
+        /// The encoded batch's length in bytes.
+        size: u64,
+        /// The largest accepted.
+        limit: u64,
+    },
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
