@@ -235,9 +235,9 @@ fn breaks_in_order(outs: &[SegOut], first: &SegOut, chainer: Option<&Chainer<'_>
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::chain::Anchor;
     use crate::check::files::list_segments;
     use crate::check::{CheckOptions, CheckReport, check};
-    use crate::chain::Anchor;
     use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, SEGMENT_HEADER_LEN, SegmentHeader};
     use crate::log::{Log, Options};
     use crate::segment::{segment_file_name, walk_segment};

@@ -67,9 +67,13 @@ pub(super) fn check_index(
         Ok((Some(file), Some((f, idx_len)))) => idx.compare(&file, f, idx_len, out)?,
     }
     if out.rows.is_empty() && !mem.streams.is_empty() {
-        let (_, rows) = mem.encode(base, bytes.len() as u64, idx.seal_crc, hash_mask_of(ctx.dir), &mut |_| {
-            Prev::NONE
-        });
+        let (_, rows) = mem.encode(
+            base,
+            bytes.len() as u64,
+            idx.seal_crc,
+            hash_mask_of(ctx.dir),
+            &mut |_| Prev::NONE,
+        );
         out.rows = rows;
     }
     debug_assert!(out.rows.iter().all(|r| r.1 != NO_ROW));

@@ -14,14 +14,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+#[cfg(doc)]
+use super::check;
 use crate::chain::{Anchor, ChainKey, PublicKey};
 use crate::error::{Damage, DamageKind};
 use crate::format::CHECKPOINT_FRAME_LEN;
 #[cfg(doc)]
-use super::check;
-#[cfg(doc)]
 use crate::{error::Error, log::Options};
-
 
 /// A progress callback: `(bytes checked so far, bytes to check in all)`.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;

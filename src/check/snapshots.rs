@@ -19,7 +19,11 @@ use crate::snapshot::{SNAPSHOT_DIR, SnapshotStore};
 const SNAPSHOT_READ_MAX: u64 = 64 << 20;
 
 /// Check every snapshot file; damaged ones are added to `remove`.
-pub(super) fn check_snapshots(dir: &Path, report: &mut CheckReport, remove: &mut Vec<(PathBuf, &'static str)>) -> Result<()> {
+pub(super) fn check_snapshots(
+    dir: &Path,
+    report: &mut CheckReport,
+    remove: &mut Vec<(PathBuf, &'static str)>,
+) -> Result<()> {
     let sdir = dir.join(SNAPSHOT_DIR);
     match fs::symlink_metadata(&sdir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
