@@ -105,6 +105,8 @@
 use std::path::Path;
 use std::time::Instant;
 
+#[cfg(doc)]
+use crate::chain::Anchor;
 use crate::error::{Error, Result};
 
 mod anchors;

@@ -1,4 +1,4 @@
-//! The public face of [`check`](super::check): its options ([`CheckOptions`])
+//! The public face of [`check`]: its options ([`CheckOptions`])
 //! and what it returns ([`CheckReport`], [`Finding`], [`ChainStatus`],
 //! [`AnchorVerdict`], [`SignatureSummary`]), with their `Display` and
 //! serialisation, and the constructors of findings the other steps share.
