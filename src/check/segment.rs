@@ -307,13 +307,13 @@ impl SegFile<'_> {
             _ => None,
         };
         let mut chain = ChainLinks::new(header.chain_start);
-        if header.base_position.get() != out.base {
+        let base = out.base;
+        if header.base_position.get() != base {
             out.problems.push(finding(
                 path,
                 32,
                 format!(
-                    "expected base_position {} (from the file name), found {}",
-                    out.base,
+                    "expected base_position {base} (from the file name), found {}",
                     header.base_position.get()
                 ),
             ));
@@ -407,14 +407,12 @@ impl SegFile<'_> {
             }
             None => {
                 out.complete = true;
-                if self.head_durable > file_len {
+                let head_durable = self.head_durable;
+                if head_durable > file_len {
                     out.problems.push(finding(
                         path,
                         file_len,
-                        format!(
-                            "the head says bytes up to {} are durable, but the file ends here",
-                            self.head_durable
-                        ),
+                        format!("the head says bytes up to {head_durable} are durable, but the file ends here"),
                     ));
                 }
             }
