@@ -34,7 +34,10 @@ fn stream_names_and_event_types_outside_1_to_65535_bytes_say_their_length() {
     let e = log.append(&long, ExpectedVersion::Any, &ev).expect_err("long name");
     assert!(matches!(e, Error::StreamNameLength { len: 65_536 }), "{e:?}");
 
-    let evs = [EventData::new("T", b"x".as_slice()), EventData::new("", b"x".as_slice())];
+    let evs = [
+        EventData::new("T", b"x".as_slice()),
+        EventData::new("", b"x".as_slice()),
+    ];
     let e = log.append("s", ExpectedVersion::Any, &evs).expect_err("empty type");
     assert!(matches!(e, Error::EventTypeLength { index: 1, len: 0 }), "{e:?}");
     assert_empty(&log);
@@ -49,7 +52,14 @@ fn an_event_over_max_event_bytes_names_its_index_size_and_limit() {
     ];
     let e = log.append("s", ExpectedVersion::Any, &evs).expect_err("too large");
     assert!(
-        matches!(e, Error::EventTooLarge { index: 1, size: 101, limit: 100 }),
+        matches!(
+            e,
+            Error::EventTooLarge {
+                index: 1,
+                size: 101,
+                limit: 100
+            }
+        ),
         "{e:?}"
     );
     // At the limit it is accepted.
@@ -61,7 +71,9 @@ fn an_event_over_max_event_bytes_names_its_index_size_and_limit() {
 fn a_batch_over_max_batch_bytes_says_how_large_it_encodes() {
     let (_d, log) = log(Options::default().max_batch_bytes(4096));
     let evs: Vec<EventData<'_>> = (0..40).map(|_| EventData::new("T", vec![0u8; 200])).collect();
-    let e = log.append("s", ExpectedVersion::Any, &evs).expect_err("batch too large");
+    let e = log
+        .append("s", ExpectedVersion::Any, &evs)
+        .expect_err("batch too large");
     match e {
         Error::BatchTooLarge { size, limit } => {
             assert_eq!(limit, 4096);

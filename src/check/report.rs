@@ -1,0 +1,286 @@
+//! The public face of [`check`]: its options ([`CheckOptions`])
+//! and what it returns ([`CheckReport`], [`Finding`], [`ChainStatus`],
+//! [`AnchorVerdict`], [`SignatureSummary`]), with their `Display` and
+//! serialisation, and the constructors of findings the other steps share.
+//!
+//! Invariants: a [`Finding`] names one file and one byte offset in it; the
+//! texts built here are matched by tests and by users' scripts, so they do
+//! not change. Nothing here reads a file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[cfg(doc)]
+use super::check;
+use crate::audit::chain::{Anchor, ChainKey, PublicKey};
+use crate::error::{Damage, DamageKind};
+use crate::format::CHECKPOINT_FRAME_LEN;
+#[cfg(doc)]
+use crate::{error::Error, log::Options};
+
+/// A progress callback: `(bytes checked so far, bytes to check in all)`.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Options of [`check`].
+#[derive(Clone, Default)]
+pub struct CheckOptions {
+    pub(super) repair: bool,
+    pub(super) progress: Option<ProgressFn>,
+    pub(super) key: Option<ChainKey>,
+    pub(super) anchors: Vec<Anchor>,
+    pub(super) public_key: Option<PublicKey>,
+    pub(super) max_batch_bytes: Option<u64>,
+}
+
+impl fmt::Debug for CheckOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckOptions")
+            .field("repair", &self.repair)
+            .field("progress", &self.progress.is_some())
+            .field("key", &self.key)
+            .field("anchors", &self.anchors)
+            .field("public_key", &self.public_key)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .finish()
+    }
+}
+
+impl CheckOptions {
+    /// Repair what can be repaired (see the module documentation): takes the
+    /// writer lock, so it fails with [`Error::Locked`] while a writer holds
+    /// the log.
+    pub fn repair(mut self, repair: bool) -> Self {
+        self.repair = repair;
+        self
+    }
+
+    /// Call `f(done, total)` (in bytes) as the check progresses, from any
+    /// thread.
+    pub fn progress(mut self, f: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// The secret key of a keyed audit chain (spec 21.4), to recompute its
+    /// links. Without it, a keyed chain is not verified (a warning). A key
+    /// whose id is not the log's `key_id`, or a key given for a log whose
+    /// chain is not keyed, is a problem. With [`CheckOptions::repair`], the
+    /// key is also given to the writer open that repairs (a keyed log needs
+    /// it).
+    pub fn key(mut self, key: ChainKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Check that the log's history up to `anchor.position` is the one the
+    /// anchor was taken from (see [`AnchorVerdict`]). May be given several
+    /// times.
+    pub fn anchor(mut self, anchor: Anchor) -> Self {
+        self.anchors.push(anchor);
+        self
+    }
+
+    /// Verify the signed checkpoints (spec 21.5) with `key`: every
+    /// checkpoint must be signed by it and its signature must verify, and
+    /// every sealed segment must end with a checkpoint before its seal. The
+    /// result is in [`CheckReport::signatures`].
+    pub fn public_key(mut self, key: PublicKey) -> Self {
+        self.public_key = Some(key);
+        self
+    }
+
+    /// The largest frame to read (default: the format's
+    /// [`MAX_FRAME_LEN`](crate::format::MAX_FRAME_LEN), 1 GiB, which bounds
+    /// every writer's [`Options::max_batch_bytes`]): a frame claiming more is
+    /// reported without being read, so that a length in a file never decides
+    /// how much `check` reads or holds in memory. A lower value (the writer's
+    /// `max_batch_bytes`) bounds `check`'s memory further.
+    pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
+        self.max_batch_bytes = Some(bytes);
+        self
+    }
+
+    /// The largest frame a writer with these limits writes.
+    pub(super) fn max_frame(&self) -> u64 {
+        self.max_batch_bytes
+            .unwrap_or(DEFAULT_MAX_BATCH_BYTES)
+            .max(CHECKPOINT_FRAME_LEN as u64)
+    }
+}
+
+/// The format's limit on a frame (spec 8).
+const DEFAULT_MAX_BATCH_BYTES: u64 = crate::format::MAX_FRAME_LEN;
+
+/// What [`check`] found of the signed checkpoints (spec 21.5), when given a
+/// public key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SignatureSummary {
+    /// Checkpoints whose signature verified with the key given.
+    pub verified: u64,
+    /// The position of the newest verified checkpoint: the history before it
+    /// is attested by the key's holder (if the chain verified too).
+    pub last_signed_position: Option<u64>,
+    /// Events after the newest verified checkpoint (not yet signed).
+    pub unsigned_events: u64,
+}
+
+/// What [`check`] found of the audit chain (spec 21).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ChainStatus {
+    /// The log carries no audit chain (format version 1, or created without
+    /// it), or no segment header could be read.
+    #[default]
+    Absent,
+    /// Every link was recomputed from the batches' bytes.
+    Verified {
+        /// The chain is keyed (and the key given was the log's).
+        keyed: bool,
+        /// Batches whose link was recomputed.
+        batches: u64,
+        /// Broken links found (each is also a problem).
+        broken: u64,
+    },
+    /// The links could not be recomputed; only the stored chain values were
+    /// compared with each other.
+    NotVerified {
+        /// The chain is keyed.
+        keyed: bool,
+        /// Why (no key given, a wrong key, segments that disagree on the
+        /// log's format).
+        reason: String,
+    },
+}
+
+impl fmt::Display for ChainStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainStatus::Absent => write!(f, "absent (the log has no audit chain)"),
+            ChainStatus::Verified { keyed, batches, broken } => {
+                let kind = if *keyed { "keyed" } else { "unkeyed" };
+                if *broken == 0 {
+                    write!(f, "verified ({kind}): {batches} batch links recomputed, all hold")
+                } else {
+                    write!(
+                        f,
+                        "verified ({kind}): {batches} batch links recomputed, {broken} broken"
+                    )
+                }
+            }
+            ChainStatus::NotVerified { keyed, reason } => {
+                let kind = if *keyed { "keyed" } else { "unkeyed" };
+                write!(f, "not verified ({kind}): {reason}")
+            }
+        }
+    }
+}
+
+/// The verdict on one anchor given to [`check`] ([`CheckOptions::anchor`]).
+///
+/// An anchor holds iff the log has the audit chain, its position is a batch
+/// boundary of the log (or 0), no link of the chain before it is broken, and
+/// the chain hash recomputed there equals the anchor's hash: then the history
+/// before the anchor's position is the one the anchor was taken from. An
+/// anchor that does not hold is also a problem in [`CheckReport::problems`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnchorVerdict {
+    /// The anchor, as given.
+    #[serde(serialize_with = "anchor_as_text")]
+    pub anchor: Anchor,
+    /// It holds.
+    pub ok: bool,
+    /// Why it holds, or where the history differs from it.
+    pub detail: String,
+}
+
+fn anchor_as_text<S: serde::Serializer>(a: &Anchor, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(a)
+}
+
+/// One finding of [`check`]: where, and what was expected and found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The file concerned.
+    pub file: PathBuf,
+    /// Byte offset in that file.
+    pub offset: u64,
+    /// What was expected and what was found.
+    pub detail: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}: {}", self.file.display(), self.offset, self.detail)
+    }
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Damage: the log (or a derived file) is not as the format requires.
+    pub problems: Vec<Finding>,
+    /// Things that are not damage but worth knowing (a torn tail that the
+    /// next writer open removes, a writer in progress, ...).
+    pub warnings: Vec<Finding>,
+    /// What `repair` did, one line per action (empty without repair).
+    pub repairs: Vec<String>,
+    /// A writer held the log during the check.
+    pub writer_active: bool,
+    /// Files checked.
+    pub files: u64,
+    /// Records checked (CRC included).
+    pub records: u64,
+    /// Bytes checked.
+    pub bytes: u64,
+    /// Time taken.
+    #[serde(skip)]
+    pub elapsed: Duration,
+    /// The audit chain: absent, verified, or not verified and why.
+    pub chain: ChainStatus,
+    /// One verdict per anchor given, in the order given.
+    pub anchors: Vec<AnchorVerdict>,
+    /// The signed checkpoints, if a public key was given
+    /// ([`CheckOptions::public_key`]).
+    pub signatures: Option<SignatureSummary>,
+    /// Without a public key, every checkpoint's signature is verified against
+    /// the public key the checkpoint itself names: that catches damage and a
+    /// careless forgery, but not a forger who signs with a key of their own.
+    /// When the log holds checkpoints and no public key was given, this says
+    /// so (one line, for the CLI to print); `None` otherwise.
+    pub signature_note: Option<String>,
+}
+
+impl CheckReport {
+    /// No problems (warnings allowed).
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// A finding at byte `offset` of `file`.
+pub(super) fn finding(file: &Path, offset: u64, detail: impl Into<String>) -> Finding {
+    Finding {
+        file: file.to_owned(),
+        offset,
+        detail: detail.into(),
+    }
+}
+
+/// A finding for the damage `d` a decoder reported in `file`.
+pub(super) fn damage_finding(file: &Path, d: &Damage) -> Finding {
+    let detail = match &d.kind {
+        DamageKind::Corrupt(s) => s.clone(),
+        DamageKind::Version(v) => format!("unsupported format version {v} (use a newer annal)"),
+        DamageKind::Io(_) => d.detail(),
+    };
+    finding(file, d.offset, detail)
+}
+
+/// A finding about the anchor `a`.
+pub(super) fn anchor_finding(a: &Anchor, file: &Path, offset: u64, detail: &str) -> Finding {
+    finding(file, offset, format!("anchor {a}: {detail}"))
+}
