@@ -56,18 +56,28 @@ mod hash;
 mod head;
 mod index;
 pub mod io;
-mod log;
 mod mmap;
 mod projection;
 mod query;
 mod record;
-mod recovery;
 pub mod segment;
 mod snapshot;
 mod streamtable;
 mod subscription;
 pub mod typed;
 mod view;
+mod writer;
+
+// shim: removed by the lead at merge
+mod log {
+    pub(crate) use crate::writer::{
+        AppendResult, ExpectedVersion, Log, Options, Recovery, index_file_name, write_derived,
+    };
+}
+// shim: removed by the lead at merge
+mod recovery {
+    pub(crate) use crate::writer::recovery::LOCK_FILE;
+}
 
 pub use aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
 pub use anchor::{ChainHead, chain_head, head_anchor};
@@ -77,11 +87,9 @@ pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use hash::{category_of, stream_hash};
 pub use head::HEAD_FILE;
-pub use log::{AppendResult, Clock, Durability, ExpectedVersion, Log, Options, Recovery, Truncation};
 pub use projection::Projection;
 pub use query::{Direction, ReadAllBackward, ReadNamed, ReadStream};
 pub use record::{EventData, RecordRef};
-pub use recovery::LOCK_FILE;
 pub use snapshot::Snapshot;
 #[doc(hidden)]
 pub use snapshot::testing as snapshot_testing;
@@ -92,6 +100,7 @@ pub use uuid::Uuid;
 #[doc(hidden)]
 pub use view::set_default_max_mapped_segments;
 pub use view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered};
+pub use writer::{AppendResult, Clock, Durability, ExpectedVersion, LOCK_FILE, Log, Options, Recovery, Truncation};
 
 #[cfg(test)]
 mod tests {
