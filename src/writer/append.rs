@@ -21,9 +21,9 @@ use crate::index::MemIndex;
 use crate::record::{EventData, Stamp, encode_record};
 use crate::segment::{encode_seal, finish_batch_header};
 
-use super::seal::MAX_UNINDEXED;
-use super::state::{Inner, State, write_index};
-use super::{AppendResult, ExpectedVersion, lock};
+use super::lock;
+use super::state::{IdGen, Inner, MAX_UNINDEXED, Op, State, write_index};
+use super::types::{AppendResult, ExpectedVersion};
 
 /// Counts a thread inside `append` for as long as it lives.
 pub(super) struct Appending<'a>(&'a AtomicUsize);
@@ -41,16 +41,6 @@ impl Drop for Appending<'_> {
     }
 }
 
-/// Generated event ids: UUID v7 (RFC 9562). A fresh v7 (a random draw, one
-/// system call) when the millisecond changes; otherwise the previous ids'
-/// 62 random low bits counted on (RFC 9562 section 6.2, method 2), so ids stay
-/// unique and ordered, within a batch and across batches.
-#[derive(Default)]
-pub(super) struct IdGen {
-    pub(super) ms: u128,
-    pub(super) next: u128,
-}
-
 impl IdGen {
     /// The first of `n` consecutive ids (see [`generated_id`]).
     fn take(&mut self, n: u64) -> u128 {
@@ -65,16 +55,6 @@ impl IdGen {
         self.next = u128::from_be_bytes(generated_id(base, n));
         base
     }
-}
-
-pub(super) enum Op {
-    Write(Vec<u8>),
-    Roll {
-        base: u64,
-        prev_timestamp: u64,
-        sealed: Arc<RwLock<MemIndex>>,
-        next: Arc<RwLock<MemIndex>>,
-    },
 }
 
 impl Inner {
@@ -142,69 +122,95 @@ impl Inner {
             // A retry of an append that is already in the log: wait for it.
             return Ok(Some((st.lsn, r)));
         }
-        let ok = match expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current.is_none(),
-            ExpectedVersion::StreamExists => current.is_some(),
-            ExpectedVersion::Exact(v) => current == Some(v),
-        };
-        if !ok {
-            return Err(Error::WrongExpectedVersion {
-                stream: stream.to_owned(),
-                expected,
-                actual: current,
-            });
-        }
-        // Versions and positions come from files (the stream table, the
-        // segments): none may wrap. Checked before anything is queued.
+        check_expected(stream, expected, current)?;
         let n = events.len() as u64;
-        let first_version = match current {
-            None => 0,
-            Some(v) => v.checked_add(1).ok_or_else(|| version_overflow(stream, v, n))?,
-        };
-        let last_version = first_version
-            .checked_add(n - 1)
-            .ok_or_else(|| version_overflow(stream, first_version - 1, n))?;
-        if st.next_position.checked_add(n).is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "the log's next position is {}: {n} more events would pass the largest position (2^64 - 1)",
-                st.next_position
-            )));
+        let (first_version, last_version) = batch_versions(stream, current, n, st.next_position)?;
+        if st.seg_has_batches && st.seg_end + batch_len > self.opts.segment_size && !self.queue_roll(&mut st) {
+            return Ok(None);
         }
-        if st.seg_has_batches && st.seg_end + batch_len > self.opts.segment_size {
-            {
-                let mut b = lock(&self.backlog);
-                if b.unindexed >= MAX_UNINDEXED {
-                    return Ok(None);
-                }
-                b.unindexed += 1;
-            }
+        let (first_position, frame_offset) = self.encode_batch(&mut st, stream, events, first_version, batch_len);
+        if st.unsigned_events >= self.opts.checkpoint_every {
             self.push_checkpoint(&mut st);
-            let seal = encode_seal(st.next_position, st.seg_durable);
-            let (base, prev_timestamp) = (st.next_position, st.last_timestamp);
-            st.push_bytes(&seal);
-            let chunk = std::mem::take(&mut st.cur);
-            st.pending.push(Op::Write(chunk));
-            let next = Arc::new(RwLock::new(MemIndex::default()));
-            let sealed = std::mem::replace(&mut st.index, next.clone());
-            let sealed_base = st.seg_base;
-            st.unpersisted.push((sealed_base, sealed.clone()));
-            st.pending.push(Op::Roll {
-                base,
-                prev_timestamp,
-                sealed,
-                next,
-            });
-            st.seg_base = base;
-            st.seg_end = SEGMENT_HEADER_LEN as u64;
-            st.seg_has_batches = false;
-            st.seg_durable = SEGMENT_HEADER_LEN as u64;
         }
+        self.queued_appends.fetch_add(1, Ordering::AcqRel);
+        let mut rec_off = frame_offset + FRAME_HEADER_LEN as u64;
+        let records = events.iter().map(|ev| {
+            let here = rec_off;
+            rec_off += ev.record_len(stream);
+            (here, &*ev.event_type)
+        });
+        write_index(&st.index).add_batch(frame_offset, first_position, stream, first_version, n, records);
+        if self.opts.idempotency_window > 0 && events.iter().any(|e| e.id.is_some()) {
+            st.remember_batch(
+                stream,
+                events,
+                first_version,
+                first_position,
+                self.opts.idempotency_window,
+            );
+        }
+        Ok(Some((
+            st.lsn,
+            AppendResult {
+                first_position,
+                last_position: first_position + n - 1,
+                stream_version: last_version,
+            },
+        )))
+    }
+
+    /// Queue the roll a batch needs when it does not fit the active segment:
+    /// a checkpoint (with a signing key), the seal, then the next segment for
+    /// the leader to create. `false`, with nothing queued, while
+    /// [`MAX_UNINDEXED`] sealed segments wait for the sealer.
+    fn queue_roll(&self, st: &mut State) -> bool {
+        {
+            let mut b = lock(&self.backlog);
+            if b.unindexed >= MAX_UNINDEXED {
+                return false;
+            }
+            b.unindexed += 1;
+        }
+        self.push_checkpoint(st);
+        let seal = encode_seal(st.next_position, st.seg_durable);
+        let (base, prev_timestamp) = (st.next_position, st.last_timestamp);
+        st.push_bytes(&seal);
+        let chunk = std::mem::take(&mut st.cur);
+        st.pending.push(Op::Write(chunk));
+        let next = Arc::new(RwLock::new(MemIndex::default()));
+        let sealed = std::mem::replace(&mut st.index, next.clone());
+        let sealed_base = st.seg_base;
+        st.unpersisted.push((sealed_base, sealed.clone()));
+        st.pending.push(Op::Roll {
+            base,
+            prev_timestamp,
+            sealed,
+            next,
+        });
+        st.seg_base = base;
+        st.seg_end = SEGMENT_HEADER_LEN as u64;
+        st.seg_has_batches = false;
+        st.seg_durable = SEGMENT_HEADER_LEN as u64;
+        true
+    }
+
+    /// Assign the batch its positions, timestamp and ids, encode it into the
+    /// open buffer and advance the tail. Returns the batch's first position
+    /// and the offset of its frame in the active segment.
+    fn encode_batch(
+        &self,
+        st: &mut State,
+        stream: &str,
+        events: &[EventData<'_>],
+        first_version: u64,
+        batch_len: u64,
+    ) -> (u64, u64) {
+        let n = events.len() as u64;
         let timestamp = (self.opts.clock)().max(st.last_timestamp);
         let first_position = st.next_position;
         let durable = st.seg_durable;
         let id_base = if events.iter().any(|e| e.id.is_none()) {
-            st.ids.take(events.len() as u64)
+            st.ids.take(n)
         } else {
             0
         };
@@ -229,43 +235,7 @@ impl Inner {
         st.seg_has_batches = true;
         st.lsn += batch_len;
         st.unsigned_events += n;
-        if st.unsigned_events >= self.opts.checkpoint_every {
-            self.push_checkpoint(&mut st);
-        }
-        self.queued_appends.fetch_add(1, Ordering::AcqRel);
-        let mut rec_off = frame_offset + FRAME_HEADER_LEN as u64;
-        let records = events.iter().map(|ev| {
-            let here = rec_off;
-            rec_off += ev.record_len(stream);
-            (here, &*ev.event_type)
-        });
-        write_index(&st.index).add_batch(frame_offset, first_position, stream, first_version, n, records);
-        if self.opts.idempotency_window > 0 && events.iter().any(|e| e.id.is_some()) {
-            let name: Arc<str> = stream.into();
-            for (i, ev) in events.iter().enumerate() {
-                if let Some(id) = ev.id {
-                    st.remember(
-                        id.into_bytes(),
-                        &name,
-                        first_version + i as u64,
-                        first_position + i as u64,
-                    );
-                }
-            }
-            while st.recent_order.len() > self.opts.idempotency_window {
-                if let Some(old) = st.recent_order.pop_front() {
-                    st.recent_ids.remove(&old);
-                }
-            }
-        }
-        Ok(Some((
-            st.lsn,
-            AppendResult {
-                first_position,
-                last_position: first_position + n - 1,
-                stream_version: last_version,
-            },
-        )))
+        (first_position, frame_offset)
     }
 
     /// With a signing key, queue a checkpoint frame for the leader to sign
@@ -286,6 +256,45 @@ impl Inner {
         st.push_bytes(&frame);
         st.unsigned_events = 0;
     }
+}
+
+/// The optimistic-concurrency check of an append to `stream`, whose version
+/// is `current`.
+fn check_expected(stream: &str, expected: ExpectedVersion, current: Option<u64>) -> Result<()> {
+    let ok = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current.is_none(),
+        ExpectedVersion::StreamExists => current.is_some(),
+        ExpectedVersion::Exact(v) => current == Some(v),
+    };
+    if !ok {
+        return Err(Error::WrongExpectedVersion {
+            stream: stream.to_owned(),
+            expected,
+            actual: current,
+        });
+    }
+    Ok(())
+}
+
+/// The first and last versions of a batch of `n` events to `stream`, at
+/// version `current`. Versions and positions come from files (the stream
+/// table, the segments): none may wrap, so an error if either would pass
+/// `u64::MAX`. Checked before anything is queued.
+fn batch_versions(stream: &str, current: Option<u64>, n: u64, next_position: u64) -> Result<(u64, u64)> {
+    let first_version = match current {
+        None => 0,
+        Some(v) => v.checked_add(1).ok_or_else(|| version_overflow(stream, v, n))?,
+    };
+    let last_version = first_version
+        .checked_add(n - 1)
+        .ok_or_else(|| version_overflow(stream, first_version - 1, n))?;
+    if next_position.checked_add(n).is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "the log's next position is {next_position}: {n} more events would pass the largest position (2^64 - 1)"
+        )));
+    }
+    Ok((first_version, last_version))
 }
 
 /// The error of an append whose versions would pass `u64::MAX`.

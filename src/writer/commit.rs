@@ -10,52 +10,18 @@
 //! a failure after a group's bytes are written poisons the writer without
 //! failing that group's appends.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::chain::{ChainHash, Chainer};
-use crate::chaining::{ChainState, HasherThread, write_chained};
+use crate::chain::Chainer;
+use crate::chaining::{ChainState, write_chained};
 use crate::error::{Error, Result};
-use crate::head::{Head, HeadWriter};
-use crate::io::IoFile;
+use crate::head::Head;
 
-use super::append::Op;
 use super::derived::rebuild_table;
-use super::state::Inner;
-use super::{Durability, lock};
-
-pub(super) struct Commit {
-    pub(super) busy: bool,
-    /// Appenders waiting while another leads, parked: the leader unparks them
-    /// all when it is done. Those whose bytes it covered return at once,
-    /// checking [`Inner::reached`] without taking this lock; the others
-    /// compete to lead next.
-    pub(super) parked: Vec<std::thread::Thread>,
-    pub(super) written: u64,
-    pub(super) durable: u64,
-    pub(super) poison: Option<String>,
-}
-
-/// Owned by the commit leader (the `busy` flag makes it exclusive).
-pub(super) struct IoState {
-    pub(super) file: Box<dyn IoFile>,
-    pub(super) path: PathBuf,
-    pub(super) base: u64,
-    pub(super) offset: u64,
-    pub(super) durable: u64,
-    pub(super) head: HeadWriter,
-    /// Disk space of the active segment is reserved up to here (see
-    /// [`IoFile::reserve`]); `reserved_past_end` says whether any was.
-    pub(super) reserved: u64,
-    pub(super) reserved_past_end: bool,
-    /// The audit chain's hash after the last batch written (spec 21), and
-    /// the position after that batch.
-    pub(super) chain: ChainHash,
-    pub(super) chain_position: u64,
-    /// Hashes large chunks while they are written (see `chaining`).
-    pub(super) hasher: Option<HasherThread>,
-}
+use super::lock;
+use super::options::Durability;
+use super::state::{Commit, Inner, IoState, Op};
 
 /// A group commit's leader stops gathering appenders after this long without
 /// a new arrival (see `Inner::gather`).
@@ -199,45 +165,12 @@ impl Inner {
     /// The leader's work: write everything pending in one write per segment,
     /// roll segments, fsync if asked, publish the new ends and the head slot.
     fn lead(&self, sync: bool) -> Result<(u64, bool)> {
-        let (ops, lsn, next_position) = {
-            let mut st = lock(&self.state);
-            let mut ops = std::mem::take(&mut st.pending);
-            self.queued_appends.store(0, Ordering::Release);
-            if !st.cur.is_empty() {
-                let spare = std::mem::take(&mut st.spare);
-                ops.push(Op::Write(std::mem::replace(&mut st.cur, spare)));
-            }
-            (ops, st.lsn, st.next_position)
-        };
+        let (ops, lsn, next_position) = self.take_pending();
         let mut io = lock(&self.io);
         let mut spare = None;
         for op in ops {
             match op {
-                Op::Write(bytes) => {
-                    io.reserve_for(bytes.len() as u64, self.opts.segment_size);
-                    let st: &IoState = &io;
-                    let write = |off: usize, b: &[u8]| st.file.write_at(st.offset + off as u64, b);
-                    let (mut bytes, chained) = if self.format.chained() {
-                        let mut state = ChainState {
-                            chainer: Chainer::new(self.opts.chain_key.as_ref()),
-                            signer: self.opts.signing_key.as_ref().map(|k| (k, &self.format.log_id)),
-                            chain: st.chain,
-                            position: st.chain_position,
-                        };
-                        let bytes = write_chained(&mut state, st.hasher.as_ref(), bytes, write)
-                            .map_err(|e| Error::io("write", &st.path, e))?;
-                        (bytes, Some((state.chain, state.position)))
-                    } else {
-                        write(0, &bytes).map_err(|e| Error::io("write", &st.path, e))?;
-                        (bytes, None)
-                    };
-                    if let Some(c) = chained {
-                        (io.chain, io.chain_position) = c;
-                    }
-                    io.offset += bytes.len() as u64;
-                    bytes.clear();
-                    spare = Some(bytes);
-                }
+                Op::Write(bytes) => spare = Some(self.write_chunk(&mut io, bytes)?),
                 Op::Roll {
                     base,
                     prev_timestamp,
@@ -247,12 +180,85 @@ impl Inner {
             }
         }
         if sync && io.durable < io.offset {
-            let start = Instant::now();
-            io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
-            let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.last_sync_micros.store(micros, Ordering::Relaxed);
-            io.durable = io.offset;
+            self.sync_group(&mut io)?;
         }
+        let (visible, visible_position) = self.publish(&io, next_position);
+        // The group's bytes are written (and durable, if asked): they are
+        // acknowledged whatever happens next. A failure of the work below
+        // (the head slot, derived files) poisons the writer for the next call.
+        if let Err(e) = self.upkeep(&mut io, visible, visible_position) {
+            self.poison(&e);
+        }
+        let (base, durable) = (io.base, io.durable);
+        drop(io);
+        let mut st = lock(&self.state);
+        if st.seg_base == base {
+            st.seg_durable = st.seg_durable.max(durable);
+        }
+        if let Some(b) = spare
+            && st.spare.capacity() < b.capacity()
+        {
+            st.spare = b;
+        }
+        Ok((lsn, sync))
+    }
+
+    /// Take everything pending (the open buffer last, swapped for the spare
+    /// one): the operations, and the LSN and next position after them.
+    fn take_pending(&self) -> (Vec<Op>, u64, u64) {
+        let mut st = lock(&self.state);
+        let mut ops = std::mem::take(&mut st.pending);
+        self.queued_appends.store(0, Ordering::Release);
+        if !st.cur.is_empty() {
+            let spare = std::mem::take(&mut st.spare);
+            ops.push(Op::Write(std::mem::replace(&mut st.cur, spare)));
+        }
+        (ops, st.lsn, st.next_position)
+    }
+
+    /// Write one chunk at the end of the active segment, hashing the audit
+    /// chain through it (and signing its checkpoints) if the log has one.
+    /// Returns the chunk's buffer, emptied, for reuse.
+    fn write_chunk(&self, io: &mut IoState, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        io.reserve_for(bytes.len() as u64, self.opts.segment_size);
+        let st: &IoState = io;
+        let write = |off: usize, b: &[u8]| st.file.write_at(st.offset + off as u64, b);
+        let (mut bytes, chained) = if self.format.chained() {
+            let mut state = ChainState {
+                chainer: Chainer::new(self.opts.chain_key.as_ref()),
+                signer: self.opts.signing_key.as_ref().map(|k| (k, &self.format.log_id)),
+                chain: st.chain,
+                position: st.chain_position,
+            };
+            let bytes = write_chained(&mut state, st.hasher.as_ref(), bytes, write)
+                .map_err(|e| Error::io("write", &st.path, e))?;
+            (bytes, Some((state.chain, state.position)))
+        } else {
+            write(0, &bytes).map_err(|e| Error::io("write", &st.path, e))?;
+            (bytes, None)
+        };
+        if let Some(c) = chained {
+            (io.chain, io.chain_position) = c;
+        }
+        io.offset += bytes.len() as u64;
+        bytes.clear();
+        Ok(bytes)
+    }
+
+    /// The group's one fsync; its duration tunes the next group's gathering.
+    fn sync_group(&self, io: &mut IoState) -> Result<()> {
+        let start = Instant::now();
+        io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
+        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_sync_micros.store(micros, Ordering::Relaxed);
+        io.durable = io.offset;
+        Ok(())
+    }
+
+    /// Let views see the group (written, or durable with
+    /// [`Durability::Fsync`]) and wake subscriptions. Returns the visible
+    /// end and the position there.
+    fn publish(&self, io: &IoState, next_position: u64) -> (u64, u64) {
         let visible = match self.opts.durability {
             Durability::Fsync => io.durable,
             Durability::Buffered => io.offset,
@@ -268,9 +274,12 @@ impl Inner {
             p.next_position = visible_position;
         }
         self.bump_published_epoch();
-        // The group's bytes are written (and durable, if asked): they are
-        // acknowledged whatever happens next. A failure of the work below
-        // (the head slot, derived files) poisons the writer for the next call.
+        (visible, visible_position)
+    }
+
+    /// The work after a group is acknowledged: the head slot, index files
+    /// readers found damaged, and a damaged stream table.
+    fn upkeep(&self, io: &mut IoState, visible: u64, visible_position: u64) -> Result<()> {
         let head = Head {
             sequence: 0,
             segment_base: io.base,
@@ -278,34 +287,18 @@ impl Inner {
             visible_end: visible,
             next_position: visible_position,
         };
-        let upkeep = io.head.write(head).and_then(|()| {
-            let damage = self.index_damage.load(Ordering::Acquire);
-            if damage != self.index_damage_handled.load(Ordering::Acquire) {
-                self.rewrite_damaged_indexes()?;
-                self.index_damage_handled.store(damage, Ordering::Release);
-            }
-            if self.table_damaged.load(Ordering::Acquire) {
-                let sealed = lock(&self.published).sealed.clone();
-                let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
-                self.install_table(&bytes, None)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = upkeep {
-            self.poison(&e);
+        io.head.write(head)?;
+        let damage = self.index_damage.load(Ordering::Acquire);
+        if damage != self.index_damage_handled.load(Ordering::Acquire) {
+            self.rewrite_damaged_indexes()?;
+            self.index_damage_handled.store(damage, Ordering::Release);
         }
-        let (base, durable) = (io.base, io.durable);
-        drop(io);
-        let mut st = lock(&self.state);
-        if st.seg_base == base {
-            st.seg_durable = st.seg_durable.max(durable);
+        if self.table_damaged.load(Ordering::Acquire) {
+            let sealed = lock(&self.published).sealed.clone();
+            let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
+            self.install_table(&bytes, None)?;
         }
-        if let Some(b) = spare
-            && st.spare.capacity() < b.capacity()
-        {
-            st.spare = b;
-        }
-        Ok((lsn, sync))
+        Ok(())
     }
 
     pub(super) fn poison(&self, e: &Error) {

@@ -8,17 +8,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result, corrupt};
 use crate::hash::stream_hash;
-use crate::index::{self, Index, MemIndex, Prev};
+use crate::index::{self, MemIndex, Prev};
 use crate::io::Io;
 use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable, TableEntry};
 use crate::view::ViewSegment;
 
-use super::state::{Inner, read_index};
-use super::{Recovery, lock};
+use super::types::Recovery;
 
 /// The file name of the index of the segment based at `base`.
 pub(crate) fn index_file_name(base: u64) -> String {
@@ -94,55 +92,6 @@ pub(crate) fn rebuild_table(sealed: &[ViewSegment], next_segment: u64, hash_mask
         .collect();
     rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     Ok(streamtable::encode(rows.into_iter(), next_segment, hash_mask))
-}
-
-impl Inner {
-    /// Rewrite the index files that readers found damaged, from the indexes
-    /// they rebuilt in memory (spec 17.4).
-    pub(super) fn rewrite_damaged_indexes(&self) -> Result<()> {
-        let (sealed, table) = {
-            let p = lock(&self.published);
-            (p.sealed.clone(), p.table.clone())
-        };
-        for (i, seg) in sealed.iter().enumerate() {
-            if !seg.index.needs_rewrite() {
-                continue;
-            }
-            let Some(Index::Mem(mem)) = seg.index.current() else {
-                continue;
-            };
-            let bytes = seg.bytes()?;
-            let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
-            let earlier = &sealed[..i];
-            let (idx_bytes, _) = read_index(&mem).encode(
-                seg.base,
-                bytes.len() as u64,
-                seal_crc,
-                self.opts.hash_mask,
-                &mut |name| resolve_prev(table.as_deref(), earlier, name),
-            );
-            let idx_path = self.dir.join(index_file_name(seg.base));
-            write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;
-            seg.index.mark_rewritten();
-        }
-        Ok(())
-    }
-
-    /// Write `bytes` as the stream table and let readers and appenders use it;
-    /// `covered` is a segment whose in-memory streams it now covers.
-    pub(super) fn install_table(&self, bytes: &[u8], covered: Option<u64>) -> Result<()> {
-        let path = self.dir.join(STREAM_TABLE_FILE);
-        write_derived(&*self.opts.io, &self.dir, &path, bytes)?;
-        let table = StreamTable::open(&path).map_err(|d| d.at(&path))?.map(Arc::new);
-        lock(&self.published).table = table.clone();
-        let mut st = lock(&self.state);
-        st.table = table;
-        if let Some(base) = covered {
-            st.unpersisted.retain(|(b, _)| *b != base);
-        }
-        self.table_damaged.store(false, Ordering::Release);
-        Ok(())
-    }
 }
 
 /// Write the index of every sealed segment that has none (a crash between

@@ -15,18 +15,40 @@ use crate::error::{Error, Result};
 use crate::query::Direction;
 use crate::record::EventData;
 
-use super::state::{Inner, State};
-use super::{AppendResult, ExpectedVersion};
-
-/// Where a recently appended event with an application-supplied id went.
-pub(super) struct RecentId {
-    pub(super) stream: Arc<str>,
-    pub(super) version: u64,
-    pub(super) position: u64,
-}
+use super::state::{Inner, RecentId, State};
+use super::types::{AppendResult, ExpectedVersion};
 
 impl State {
-    pub(super) fn remember(&mut self, id: [u8; 16], stream: &Arc<str>, version: u64, position: u64) {
+    /// Remember the application-supplied ids of a batch just queued to
+    /// `stream` (its first event at `first_version`, `first_position`), and
+    /// forget the oldest past the window's size.
+    pub(super) fn remember_batch(
+        &mut self,
+        stream: &str,
+        events: &[EventData<'_>],
+        first_version: u64,
+        first_position: u64,
+        window: usize,
+    ) {
+        let name: Arc<str> = stream.into();
+        for (i, ev) in events.iter().enumerate() {
+            if let Some(id) = ev.id {
+                self.remember(
+                    id.into_bytes(),
+                    &name,
+                    first_version + i as u64,
+                    first_position + i as u64,
+                );
+            }
+        }
+        while self.recent_order.len() > window {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent_ids.remove(&old);
+            }
+        }
+    }
+
+    fn remember(&mut self, id: [u8; 16], stream: &Arc<str>, version: u64, position: u64) {
         let prev = self.recent_ids.insert(
             id,
             RecentId {

@@ -43,7 +43,7 @@ mod append;
 mod commit;
 mod derived;
 mod idempotency;
-mod lock;
+mod lifecycle;
 mod options;
 pub(crate) mod recovery;
 mod seal;
@@ -51,6 +51,7 @@ mod state;
 mod typed_append;
 mod types;
 mod versions;
+mod writer_lock;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -68,9 +69,9 @@ use append::Appending;
 use state::Inner;
 
 pub(crate) use derived::{index_file_name, write_derived};
-pub use lock::LOCK_FILE;
 pub use options::{Clock, Durability, Options};
 pub use types::{AppendResult, ExpectedVersion, Recovery, Truncation};
+pub use writer_lock::LOCK_FILE;
 
 /// An append-only event log, open for writing. `Send + Sync`: share it
 /// between threads with an `Arc`.

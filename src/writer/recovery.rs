@@ -27,9 +27,10 @@ use crate::streamtable::StreamTable;
 use crate::view::{ViewSegment, open_sealed, open_sealed_header};
 
 use super::derived::{ensure_indexes, ensure_table};
-pub use super::lock::LOCK_FILE;
-use super::lock::{WriterLock, take_lock};
-use super::{Options, Recovery, Truncation};
+use super::options::Options;
+use super::types::{Recovery, Truncation};
+pub use super::writer_lock::LOCK_FILE;
+use super::writer_lock::{WriterLock, take_lock};
 
 /// The state a writer starts from.
 pub(crate) struct Recovered {

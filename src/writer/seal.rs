@@ -18,32 +18,12 @@ use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::index::{self, IdxFile, Index, IndexCell, MemIndex};
 use crate::mmap::Mapping;
 use crate::segment::segment_file_name;
-use crate::streamtable;
+use crate::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
 use crate::view::ViewSegment;
 
-use super::commit::IoState;
 use super::derived::{index_file_name, rebuild_table, resolve_prev, write_derived};
 use super::lock;
-use super::state::{Inner, read_index};
-
-/// The sealer's backlog (see `Inner::backlog`).
-#[derive(Debug, Default)]
-pub(super) struct Backlog {
-    pub(super) unindexed: usize,
-    pub(super) waiting: usize,
-}
-
-/// Most sealed segments left to index before an append that would roll
-/// another segment waits for the sealer: bounds the work `close` (and a
-/// crash's recovery) finds, whatever the rate of appends.
-pub(super) const MAX_UNINDEXED: usize = 4;
-
-/// A sealed segment to index (spec 17) and fold into the stream table.
-pub(super) struct SealJob {
-    pub(super) seg: ViewSegment,
-    pub(super) mem: Arc<RwLock<MemIndex>>,
-    pub(super) next_segment: u64,
-}
+use super::state::{Inner, IoState, MAX_UNINDEXED, SealJob, read_index};
 
 impl Inner {
     /// Start the sealer thread of a writer just built.
@@ -232,5 +212,52 @@ impl Inner {
                 }
             };
         self.install_table(&table_bytes, Some(seg.base))
+    }
+
+    /// Rewrite the index files that readers found damaged, from the indexes
+    /// they rebuilt in memory (spec 17.4).
+    pub(super) fn rewrite_damaged_indexes(&self) -> Result<()> {
+        let (sealed, table) = {
+            let p = lock(&self.published);
+            (p.sealed.clone(), p.table.clone())
+        };
+        for (i, seg) in sealed.iter().enumerate() {
+            if !seg.index.needs_rewrite() {
+                continue;
+            }
+            let Some(Index::Mem(mem)) = seg.index.current() else {
+                continue;
+            };
+            let bytes = seg.bytes()?;
+            let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
+            let earlier = &sealed[..i];
+            let (idx_bytes, _) = read_index(&mem).encode(
+                seg.base,
+                bytes.len() as u64,
+                seal_crc,
+                self.opts.hash_mask,
+                &mut |name| resolve_prev(table.as_deref(), earlier, name),
+            );
+            let idx_path = self.dir.join(index_file_name(seg.base));
+            write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;
+            seg.index.mark_rewritten();
+        }
+        Ok(())
+    }
+
+    /// Write `bytes` as the stream table and let readers and appenders use it;
+    /// `covered` is a segment whose in-memory streams it now covers.
+    pub(super) fn install_table(&self, bytes: &[u8], covered: Option<u64>) -> Result<()> {
+        let path = self.dir.join(STREAM_TABLE_FILE);
+        write_derived(&*self.opts.io, &self.dir, &path, bytes)?;
+        let table = StreamTable::open(&path).map_err(|d| d.at(&path))?.map(Arc::new);
+        lock(&self.published).table = table.clone();
+        let mut st = lock(&self.state);
+        st.table = table;
+        if let Some(base) = covered {
+            st.unpersisted.retain(|(b, _)| *b != base);
+        }
+        self.table_damaged.store(false, Ordering::Release);
+        Ok(())
     }
 }

@@ -11,26 +11,24 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
 
+use crate::chain::ChainHash;
 use crate::chaining::HasherThread;
-use crate::error::{Error, Result};
-use crate::format::{LogFormat, SEGMENT_HEADER_LEN};
-use crate::head::{Head, HeadWriter};
-use crate::index::{Index, IndexCell, MemIndex};
+use crate::error::Result;
+use crate::format::LogFormat;
+use crate::head::HeadWriter;
+use crate::index::{IndexCell, MemIndex};
+use crate::io::IoFile;
 use crate::mmap::Mapping;
-use crate::segment::segment_file_name;
 use crate::streamtable::StreamTable;
 use crate::view::{LogView, ViewSegment};
 
-use super::append::{IdGen, Op};
-use super::commit::{Commit, IoState};
-use super::idempotency::RecentId;
-use super::lock::WriterLock;
-use super::recovery::Recovered;
-use super::seal::{Backlog, SealJob};
-use super::{Options, Recovery, lock};
+use super::lock;
+use super::options::Options;
+use super::types::Recovery;
+use super::writer_lock::WriterLock;
 
 pub(super) struct Inner {
     pub(super) dir: PathBuf,
@@ -135,41 +133,85 @@ pub(super) struct Epoch {
     pub(super) waiters: usize,
 }
 
-impl State {
-    /// The appenders' state of a writer opened at `next_position`, the active
-    /// segment based at `seg_base` ending at `seg_end`.
-    fn new(
-        index: Arc<RwLock<MemIndex>>,
-        table: Option<Arc<StreamTable>>,
-        next_position: u64,
-        last_timestamp: u64,
-        seg_base: u64,
-        seg_end: u64,
-    ) -> State {
-        State {
-            index,
-            unpersisted: Vec::new(),
-            table,
-            recent_ids: HashMap::new(),
-            recent_order: VecDeque::new(),
-            next_position,
-            last_timestamp,
-            seg_end,
-            seg_has_batches: seg_end > SEGMENT_HEADER_LEN as u64,
-            seg_durable: seg_end,
-            seg_base,
-            pending: Vec::new(),
-            cur: Vec::new(),
-            spare: Vec::new(),
-            lsn: 0,
-            closed: false,
-            ids: IdGen::default(),
-            unsigned_events: u64::from(seg_end > SEGMENT_HEADER_LEN as u64),
-            open_position: next_position,
-            window_loaded: next_position == 0,
-        }
-    }
+/// Generated event ids: UUID v7 (RFC 9562). A fresh v7 (a random draw, one
+/// system call) when the millisecond changes; otherwise the previous ids'
+/// 62 random low bits counted on (RFC 9562 section 6.2, method 2), so ids stay
+/// unique and ordered, within a batch and across batches.
+#[derive(Default)]
+pub(super) struct IdGen {
+    pub(super) ms: u128,
+    pub(super) next: u128,
+}
 
+pub(super) enum Op {
+    Write(Vec<u8>),
+    Roll {
+        base: u64,
+        prev_timestamp: u64,
+        sealed: Arc<RwLock<MemIndex>>,
+        next: Arc<RwLock<MemIndex>>,
+    },
+}
+
+pub(super) struct Commit {
+    pub(super) busy: bool,
+    /// Appenders waiting while another leads, parked: the leader unparks them
+    /// all when it is done. Those whose bytes it covered return at once,
+    /// checking [`Inner::reached`] without taking this lock; the others
+    /// compete to lead next.
+    pub(super) parked: Vec<std::thread::Thread>,
+    pub(super) written: u64,
+    pub(super) durable: u64,
+    pub(super) poison: Option<String>,
+}
+
+/// Owned by the commit leader (the `busy` flag makes it exclusive).
+pub(super) struct IoState {
+    pub(super) file: Box<dyn IoFile>,
+    pub(super) path: PathBuf,
+    pub(super) base: u64,
+    pub(super) offset: u64,
+    pub(super) durable: u64,
+    pub(super) head: HeadWriter,
+    /// Disk space of the active segment is reserved up to here (see
+    /// [`IoFile::reserve`]); `reserved_past_end` says whether any was.
+    pub(super) reserved: u64,
+    pub(super) reserved_past_end: bool,
+    /// The audit chain's hash after the last batch written (spec 21), and
+    /// the position after that batch.
+    pub(super) chain: ChainHash,
+    pub(super) chain_position: u64,
+    /// Hashes large chunks while they are written (see `chaining`).
+    pub(super) hasher: Option<HasherThread>,
+}
+
+/// The sealer's backlog (see `Inner::backlog`).
+#[derive(Debug, Default)]
+pub(super) struct Backlog {
+    pub(super) unindexed: usize,
+    pub(super) waiting: usize,
+}
+
+/// Most sealed segments left to index before an append that would roll
+/// another segment waits for the sealer: bounds the work `close` (and a
+/// crash's recovery) finds, whatever the rate of appends.
+pub(super) const MAX_UNINDEXED: usize = 4;
+
+/// A sealed segment to index (spec 17) and fold into the stream table.
+pub(super) struct SealJob {
+    pub(super) seg: ViewSegment,
+    pub(super) mem: Arc<RwLock<MemIndex>>,
+    pub(super) next_segment: u64,
+}
+
+/// Where a recently appended event with an application-supplied id went.
+pub(super) struct RecentId {
+    pub(super) stream: Arc<str>,
+    pub(super) version: u64,
+    pub(super) position: u64,
+}
+
+impl State {
     /// Queue `bytes` (a seal or a checkpoint frame) in the open buffer.
     pub(super) fn push_bytes(&mut self, bytes: &[u8]) {
         self.cur.extend_from_slice(bytes);
@@ -179,113 +221,6 @@ impl State {
 }
 
 impl Inner {
-    /// The writer's state over what recovery found: opens the active segment
-    /// for writing and reading and creates the head file (spec 7).
-    pub(super) fn new(dir: PathBuf, opts: Options, recovered: Recovered) -> Result<Inner> {
-        let Recovered {
-            lock,
-            format,
-            chain,
-            next_position,
-            last_timestamp,
-            sealed,
-            table,
-            active_index,
-            active_base,
-            active_end,
-            report,
-        } = recovered;
-        let io = &*opts.io;
-        let active_path = dir.join(segment_file_name(active_base));
-        let file = io.open(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
-        let head = HeadWriter::create(
-            io,
-            &dir,
-            Head {
-                sequence: 1,
-                segment_base: active_base,
-                durable_end: active_end,
-                visible_end: active_end,
-                next_position,
-            },
-            format.version,
-        )?;
-        let active_file = crate::io::open_read(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
-        let index_damage = Arc::new(AtomicU64::new(0));
-        for seg in &sealed {
-            seg.index.notify(&index_damage);
-        }
-        let state = State::new(
-            active_index.clone(),
-            table.clone(),
-            next_position,
-            last_timestamp,
-            active_base,
-            active_end,
-        );
-        let io_state = IoState {
-            file,
-            path: active_path.clone(),
-            base: active_base,
-            offset: active_end,
-            durable: active_end,
-            reserved: active_end,
-            reserved_past_end: false,
-            head,
-            chain,
-            chain_position: next_position,
-            hasher: if format.chained() {
-                HasherThread::start(opts.chain_key.clone())
-            } else {
-                None
-            },
-        };
-        let published = Published {
-            sealed,
-            table,
-            active_index: Arc::new(IndexCell::new(active_base, None, Some(Index::Mem(active_index)))),
-            active_base,
-            active_path: Arc::new(active_path),
-            active_file,
-            visible_end: active_end,
-            next_position,
-            map: None,
-        };
-        Ok(Inner {
-            format,
-            _lock: lock,
-            state: Mutex::new(state),
-            commit: Mutex::new(Commit {
-                busy: false,
-                parked: Vec::new(),
-                written: 0,
-                durable: 0,
-                poison: None,
-            }),
-            written_end: AtomicU64::new(0),
-            durable_end: AtomicU64::new(0),
-            poisoned: AtomicBool::new(false),
-            table_damaged: AtomicBool::new(false),
-            index_damage,
-            index_damage_handled: AtomicU64::new(0),
-            sealer_tx: Mutex::new(None),
-            sealer: Mutex::new(None),
-            io: Mutex::new(io_state),
-            published: Mutex::new(published),
-            published_epoch: (Mutex::new(Epoch::default()), Condvar::new()),
-            recovery: report,
-            appenders: AtomicUsize::new(0),
-            queued_appends: AtomicUsize::new(0),
-            last_sync_micros: AtomicU64::new(0),
-            warnings: Mutex::new(Vec::new()),
-            backlog: Mutex::new(Backlog::default()),
-            backlog_cv: Condvar::new(),
-            sealer_stopped: AtomicBool::new(false),
-            dir,
-            opts,
-        })
-    }
-
     /// A view of everything visible now.
     pub(super) fn view(&self) -> Result<LogView> {
         let mut p = lock(&self.published);
@@ -315,55 +250,6 @@ impl Inner {
         if ws.len() < MAX_WARNINGS {
             ws.push(w);
         }
-    }
-
-    pub(super) fn close(&self) -> Result<()> {
-        {
-            let st = lock(&self.state);
-            if st.closed {
-                return Ok(());
-            }
-        }
-        if self.poisoned.load(Ordering::Acquire) {
-            lock(&self.state).closed = true;
-            self.stop_sealer();
-            return Err(self.poison_error());
-        }
-        let target = {
-            let mut st = lock(&self.state);
-            self.push_checkpoint(&mut st);
-            st.lsn
-        };
-        let committed = self.commit_until(target, true);
-        self.stop_sealer();
-        committed?;
-        if let Err(e) = self.rewrite_damaged_indexes() {
-            self.poison(&e);
-        }
-        if self.poisoned.load(Ordering::Acquire) {
-            lock(&self.state).closed = true;
-            return Err(self.poison_error());
-        }
-        let next_position = {
-            let mut st = lock(&self.state);
-            st.closed = true;
-            st.next_position
-        };
-        let mut io = lock(&self.io);
-        io.release_reservation()?;
-        if io.durable < io.offset {
-            io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
-            io.durable = io.offset;
-        }
-        let head = Head {
-            sequence: 0,
-            segment_base: io.base,
-            durable_end: io.durable,
-            visible_end: io.offset,
-            next_position,
-        };
-        io.head.write(head)?;
-        io.head.sync()
     }
 
     pub(super) fn bump_published_epoch(&self) {

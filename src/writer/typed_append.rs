@@ -4,7 +4,8 @@
 
 use crate::error::Result;
 
-use super::{AppendResult, ExpectedVersion, Log};
+use super::Log;
+use super::types::{AppendResult, ExpectedVersion};
 
 impl Log {
     /// Append typed events (encoded with postcard, see [`crate::typed`]) as
