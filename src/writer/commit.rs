@@ -5,10 +5,9 @@
 //!
 //! Invariants: only the leader (the `busy` flag) touches the I/O state; bytes
 //! reported written (and durable) never go back; a failed write or fsync
-//! poisons the writer, and every later call fails with
-//! [`Error::Poisoned`](crate::Error::Poisoned) until the log is reopened;
-//! a failure after a group's bytes are written poisons the writer without
-//! failing that group's appends.
+//! poisons the writer, and every later call fails with [`Error::Poisoned`]
+//! until the log is reopened; a failure after a group's bytes are written
+//! poisons the writer without failing that group's appends.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

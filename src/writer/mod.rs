@@ -4,14 +4,18 @@
 //! public methods; the work is in the submodules:
 //!
 //! * `options`, `types`: the configuration and the value types of the API.
-//! * `state`: the shared state behind a `Log` (`Inner`) and how it is built.
-//! * `append`: the atomic step of an append (check, assign, encode).
-//! * `commit`: the group commit (leader, write, fsync, poisoning).
-//! * `seal`: segment rolls and the sealer thread that indexes them.
-//! * `idempotency`: the window of recent ids and the retry check.
-//! * `versions`: a stream's current version (the stream table as a hint).
-//! * `derived`: index files and the stream table (writing and repairing).
-//! * `recovery`, `lock`: opening a directory for writing, the writer lock.
+//! * `writer_lock`, `log_format`, `derived`, `recovery`: opening a directory
+//!   for writing (the lock, the log's format and key, the index files and
+//!   stream table, crash recovery); none of them knows the running writer.
+//! * `state`: the shared state behind a `Log` (`Inner` and its parts);
+//!   `lifecycle` builds it from what recovery found and closes it.
+//! * The running writer, each an `impl Inner` over `state` (none imports
+//!   another): `append` (the atomic step of an append), `commit` (the group
+//!   commit: leader, write, fsync, poisoning), `seal` (rolls, the sealer
+//!   thread, index and stream-table upkeep), `idempotency` (the window of
+//!   recent ids, the retry check), `versions` (a stream's current version).
+//! * `typed_append`: [`Log::append_typed`], apart because it depends on the
+//!   typed-events layer above this one.
 //!
 //! # Concurrency
 //!
@@ -44,6 +48,7 @@ mod commit;
 mod derived;
 mod idempotency;
 mod lifecycle;
+mod log_format;
 mod options;
 pub(crate) mod recovery;
 mod seal;

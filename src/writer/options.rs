@@ -7,6 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::chain::{ChainKey, SigningKey};
 use crate::io::{Io, StdIo};
 
+#[cfg(doc)]
+use super::Log;
+
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {

@@ -15,9 +15,9 @@ use std::sync::{Arc, RwLock};
 
 use zerocopy::IntoBytes;
 
-use crate::chain::{ChainHash, Chainer, LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
+use crate::chain::ChainHash;
 use crate::error::{Error, Result, corrupt};
-use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::head::{self, HEAD_FILE, Head};
 use crate::index::{IndexBuilder, MemIndex};
 use crate::io::Io;
@@ -27,6 +27,7 @@ use crate::streamtable::StreamTable;
 use crate::view::{ViewSegment, open_sealed, open_sealed_header};
 
 use super::derived::{ensure_indexes, ensure_table};
+use super::log_format::{check_key, genesis, new_format, seal_chain};
 use super::options::Options;
 use super::types::{Recovery, Truncation};
 pub use super::writer_lock::LOCK_FILE;
@@ -607,78 +608,6 @@ fn place_warnings(dir: &Path) -> Vec<String> {
         }
     }
     out
-}
-
-/// The format of a log created by this open.
-fn new_format(opts: &Options) -> Result<LogFormat> {
-    let chained = opts.chain && opts.format_version >= 2;
-    if (opts.chain_key.is_some() || opts.signing_key.is_some()) && !chained {
-        return Err(Error::InvalidArgument(
-            "a chain key or signing key was given for a log created without the audit chain".into(),
-        ));
-    }
-    let mut flags = 0;
-    if chained {
-        flags |= LOG_FLAG_CHAIN;
-    }
-    if opts.chain_key.is_some() {
-        flags |= LOG_FLAG_KEYED;
-    }
-    Ok(LogFormat {
-        log_id: opts.log_id.unwrap_or_else(|| uuid::Uuid::new_v4().into_bytes()),
-        version: opts.format_version,
-        flags,
-        key_id: opts.chain_key.as_ref().map(|k| k.id()).unwrap_or_default(),
-    })
-}
-
-/// The chain hash before a log's first batch (zero without a chain).
-fn genesis(format: &LogFormat, opts: &Options) -> ChainHash {
-    if format.chained() {
-        Chainer::new(opts.chain_key.as_ref()).genesis(&format.log_id)
-    } else {
-        [0; 32]
-    }
-}
-
-/// The chain hash in the seal of a sealed segment (its last frame).
-fn seal_chain(bytes: &[u8]) -> ChainHash {
-    let at = bytes.len().saturating_sub(FRAME_HEADER_LEN) + FRAME_CHAIN_OFFSET;
-    let mut out = [0; 32];
-    if let Some(c) = bytes.get(at..at + 32) {
-        out.copy_from_slice(c);
-    }
-    out
-}
-
-/// A writer of a keyed log needs its key; a key for a log that is not keyed
-/// is refused (it would protect nothing).
-fn check_key(found: &LogFormat, opts: &Options, path: &Path) -> Result<()> {
-    if opts.signing_key.is_some() && !found.chained() {
-        return Err(Error::ChainKey {
-            path: path.to_owned(),
-            detail: "a signing key was given, but the log has no audit chain to sign".into(),
-        });
-    }
-    match (&opts.chain_key, found.keyed()) {
-        (None, true) => Err(Error::ChainKey {
-            path: path.to_owned(),
-            detail: "the log's audit chain is keyed: opening it for writing needs its key".into(),
-        }),
-        (Some(_), false) => Err(Error::ChainKey {
-            path: path.to_owned(),
-            detail: "a chain key was given, but the log's audit chain is not keyed".into(),
-        }),
-        (Some(k), true) if k.id() != found.key_id => Err(Error::ChainKey {
-            path: path.to_owned(),
-            detail: format!(
-                "the key given (id {}) is not the log's chain key (id {})",
-                crate::chain::hex(&k.id()),
-                crate::chain::hex(&found.key_id)
-            ),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// The timestamp of the last record of a sealed segment (from its index).

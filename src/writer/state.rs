@@ -1,12 +1,14 @@
-//! The shared state behind a [`Log`](super::Log) (`Inner`), how it is built
-//! from what recovery found, views, warnings, and clean close.
+//! The shared state behind a [`Log`] (`Inner`) and its parts: the
+//! appenders' state, the commit and I/O state of the leader, what views see,
+//! the sealer's queue; plus views and warnings. Building and closing it is
+//! in `lifecycle`; the behaviour is in the sibling files, each an
+//! `impl Inner`.
 //!
 //! Invariants: `state` is the appenders' lock (versions, positions, the
-//! pending bytes); `published` is what views see and only ever moves
-//! forward; the I/O state (`commit::IoState`) is touched only by the commit
-//! leader. Lock order: `state` before `published`; `io` before `published`
-//! and `state` (the leader); no lock is held across a write or an fsync
-//! except `io` by the leader.
+//! pending bytes), and an expected version is decided only under it;
+//! `published` is what views see; the I/O state is touched only by the
+//! commit leader. No lock is held across a write or an fsync except `io`,
+//! by the leader.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -25,6 +27,8 @@ use crate::mmap::Mapping;
 use crate::streamtable::StreamTable;
 use crate::view::{LogView, ViewSegment};
 
+#[cfg(doc)]
+use super::Log;
 use super::lock;
 use super::options::Options;
 use super::types::Recovery;
