@@ -1,6 +1,6 @@
 //! Building the writer from what recovery found, and closing it cleanly.
 //!
-//! Invariants: the head file is created (spec 7) before the writer takes any
+//! Invariants: the head file (spec 5.2) is created before the writer takes any
 //! append; `close` makes everything durable and writes a head whose durable
 //! boundary is the log's end, so the next open finds nothing to recover.
 
@@ -24,7 +24,7 @@ use super::state::{Backlog, Commit, Epoch, IdGen, Inner, IoState, Published, Sta
 
 impl Inner {
     /// The writer's state over what recovery found: opens the active segment
-    /// for writing and reading and creates the head file (spec 7).
+    /// for writing and reading and creates the head file (spec 5.2).
     pub(super) fn new(dir: PathBuf, opts: Options, recovered: Recovered) -> Result<Inner> {
         let Recovered {
             lock,

@@ -215,7 +215,7 @@ fn create_log(io: &dyn Io, dir: &Path, opts: &Options, lock: WriterLock, mut rep
     })
 }
 
-/// The head file (spec 7), if any; the segment it names must exist.
+/// The head file (spec 5.2), if any; the segment it names must exist.
 fn read_head(dir: &Path, segments: &[u64]) -> Result<Option<Head>> {
     let head = head::read(dir)?;
     if let Some(h) = head
