@@ -51,12 +51,10 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod index;
-mod live;
-mod log;
 mod read;
-mod recovery;
 mod storage;
 mod types;
+mod writer;
 
 pub use storage::io;
 
@@ -78,18 +76,17 @@ pub use es::snapshot::testing as snapshot_testing;
 pub use es::typed;
 pub use es::typed::{Event, Typed, Upcasters};
 pub use format::hash::{category_of, stream_hash};
+pub use format::names::{HEAD_FILE, LOCK_FILE, STREAM_TABLE_FILE};
 pub use format::record::{EventData, RecordRef};
-pub use index::streamtable::STREAM_TABLE_FILE;
-pub use log::{AppendResult, Clock, Durability, ExpectedVersion, Log, Options, Recovery, Truncation};
 pub use read::anchor::{ChainHead, chain_head, head_anchor};
-pub use read::query::{Direction, ReadAllBackward, ReadNamed, ReadStream};
+pub use read::query::{ReadAllBackward, ReadNamed, ReadStream};
 pub use read::subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, SubscriptionFilter};
 #[doc(hidden)]
 pub use read::view::set_default_max_mapped_segments;
 pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered};
-pub use recovery::LOCK_FILE;
-pub use storage::head::HEAD_FILE;
+pub use types::{Direction, ExpectedVersion};
 pub use uuid::Uuid;
+pub use writer::{AppendResult, Clock, Durability, Log, Options, Recovery, Truncation};
 
 #[cfg(test)]
 mod tests {

@@ -241,7 +241,7 @@ mod tests {
     use crate::format::frame::walk_segment;
     use crate::format::names::segment_file_name;
     use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, SEGMENT_HEADER_LEN, SegmentHeader};
-    use crate::log::{Log, Options};
+    use crate::writer::{Log, Options};
     use crate::{EventData, ExpectedVersion};
     use std::fs;
     use std::path::{Path, PathBuf};

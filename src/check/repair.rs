@@ -18,7 +18,7 @@ use super::scan::scan;
 use crate::error::{Error, Result};
 use crate::format::names::SNAPSHOT_DIR;
 use crate::index::streamtable::STREAM_TABLE_FILE;
-use crate::log::{Log, Options};
+use crate::writer::{Log, Options};
 
 /// Check the log in `dir` with [`CheckOptions::repair`] (see the module
 /// documentation); `start` is when the check began.
@@ -117,7 +117,7 @@ fn remove_inside(dir: &Path, path: &Path) -> io::Result<bool> {
 }
 
 /// What the recovery of a writer open did, one line per action.
-fn describe_recovery(r: &crate::log::Recovery, out: &mut Vec<String>) {
+fn describe_recovery(r: &crate::writer::Recovery, out: &mut Vec<String>) {
     if let Some(t) = &r.truncated {
         out.push(format!(
             "cut the torn tail of {} at byte {} ({} bytes removed: {})",

@@ -20,9 +20,10 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::es::snapshot::{Snapshot, SnapshotStore};
 use crate::es::typed::{Event, Typed, Upcasters};
-use crate::log::{AppendResult, ExpectedVersion, Log};
-use crate::read::query::Direction;
 use crate::read::view::LogView;
+use crate::types::Direction;
+use crate::types::ExpectedVersion;
+use crate::writer::{AppendResult, Log};
 
 /// A consistency boundary: state folded from its events, deciding on commands.
 ///

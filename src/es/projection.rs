@@ -30,8 +30,8 @@ use crate::format::frame::validate_frame_each;
 use crate::format::record::RecordRef;
 use crate::format::{FRAME_KIND_SEAL, SEGMENT_HEADER_LEN};
 use crate::index::Index;
-use crate::read::query::Direction;
 use crate::read::view::{LogView, ViewSegment};
+use crate::types::Direction;
 
 /// A fold of records into a read model, mergeable so that parts of the log can
 /// be folded in parallel.

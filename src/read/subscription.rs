@@ -50,8 +50,8 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::format::record::RecordRef;
-use crate::read::query::Direction;
 use crate::read::view::{LogView, Reader};
+use crate::types::Direction;
 
 /// How many events a subscription copies out of one view at most before
 /// handing them out (bounds its memory, whatever the backlog).

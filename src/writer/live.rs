@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::Result;
-use crate::log::Log;
 use crate::read::subscription::{Live, Subscription, SubscriptionFilter};
 use crate::read::view::LogView;
+use crate::writer::Log;
 
 impl Live for Log {
     fn published_epoch(&self) -> u64 {

@@ -1,0 +1,218 @@
+//! Building the writer from what recovery found, and closing it cleanly.
+//!
+//! Invariants: the head file (spec 5.2) is created before the writer takes any
+//! append; `close` makes everything durable and writes a head whose durable
+//! boundary is the log's end, so the next open finds nothing to recover.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use crate::audit::chaining::HasherThread;
+use crate::error::{Error, Result};
+use crate::format::SEGMENT_HEADER_LEN;
+use crate::format::names::segment_file_name;
+use crate::index::streamtable::StreamTable;
+use crate::index::{Index, IndexCell, MemIndex};
+use crate::storage::head::{Head, HeadWriter};
+
+use super::lock;
+use super::options::Options;
+use super::recovery::Recovered;
+use super::state::{Backlog, Commit, Epoch, IdGen, Inner, IoState, Published, State};
+
+impl Inner {
+    /// The writer's state over what recovery found: opens the active segment
+    /// for writing and reading and creates the head file (spec 5.2).
+    pub(super) fn new(dir: PathBuf, opts: Options, recovered: Recovered) -> Result<Inner> {
+        let Recovered {
+            lock,
+            format,
+            chain,
+            next_position,
+            last_timestamp,
+            sealed,
+            table,
+            active_index,
+            active_base,
+            active_end,
+            report,
+        } = recovered;
+        let io = &*opts.io;
+        let active_path = dir.join(segment_file_name(active_base));
+        let file = io.open(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
+        let head = HeadWriter::create(
+            io,
+            &dir,
+            Head {
+                sequence: 1,
+                segment_base: active_base,
+                durable_end: active_end,
+                visible_end: active_end,
+                next_position,
+            },
+            format.version,
+        )?;
+        let active_file =
+            crate::storage::io::open_read(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
+        let index_damage = Arc::new(AtomicU64::new(0));
+        for seg in &sealed {
+            seg.index.notify(&index_damage);
+        }
+        let state = State::new(
+            active_index.clone(),
+            table.clone(),
+            next_position,
+            last_timestamp,
+            active_base,
+            active_end,
+        );
+        let io_state = IoState {
+            file,
+            path: active_path.clone(),
+            base: active_base,
+            offset: active_end,
+            durable: active_end,
+            reserved: active_end,
+            reserved_past_end: false,
+            head,
+            chain,
+            chain_position: next_position,
+            hasher: if format.chained() {
+                HasherThread::start(opts.chain_key.clone())
+            } else {
+                None
+            },
+        };
+        let published = Published {
+            sealed,
+            table,
+            active_index: Arc::new(IndexCell::new(active_base, None, Some(Index::Mem(active_index)))),
+            active_base,
+            active_path: Arc::new(active_path),
+            active_file,
+            visible_end: active_end,
+            next_position,
+            map: None,
+        };
+        Ok(Inner {
+            format,
+            _lock: lock,
+            state: Mutex::new(state),
+            commit: Mutex::new(Commit {
+                busy: false,
+                parked: Vec::new(),
+                written: 0,
+                durable: 0,
+                poison: None,
+            }),
+            written_end: AtomicU64::new(0),
+            durable_end: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+            table_damaged: AtomicBool::new(false),
+            index_damage,
+            index_damage_handled: AtomicU64::new(0),
+            sealer_tx: Mutex::new(None),
+            sealer: Mutex::new(None),
+            io: Mutex::new(io_state),
+            published: Mutex::new(published),
+            published_epoch: (Mutex::new(Epoch::default()), Condvar::new()),
+            recovery: report,
+            appenders: AtomicUsize::new(0),
+            queued_appends: AtomicUsize::new(0),
+            last_sync_micros: AtomicU64::new(0),
+            warnings: Mutex::new(Vec::new()),
+            backlog: Mutex::new(Backlog::default()),
+            backlog_cv: Condvar::new(),
+            sealer_stopped: AtomicBool::new(false),
+            dir,
+            opts,
+        })
+    }
+
+    pub(super) fn close(&self) -> Result<()> {
+        {
+            let st = lock(&self.state);
+            if st.closed {
+                return Ok(());
+            }
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            lock(&self.state).closed = true;
+            self.stop_sealer();
+            return Err(self.poison_error());
+        }
+        let target = {
+            let mut st = lock(&self.state);
+            self.push_checkpoint(&mut st);
+            st.lsn
+        };
+        let committed = self.commit_until(target, true);
+        self.stop_sealer();
+        committed?;
+        if let Err(e) = self.rewrite_damaged_indexes() {
+            self.poison(&e);
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            lock(&self.state).closed = true;
+            return Err(self.poison_error());
+        }
+        let next_position = {
+            let mut st = lock(&self.state);
+            st.closed = true;
+            st.next_position
+        };
+        let mut io = lock(&self.io);
+        io.release_reservation()?;
+        if io.durable < io.offset {
+            io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
+            io.durable = io.offset;
+        }
+        let head = Head {
+            sequence: 0,
+            segment_base: io.base,
+            durable_end: io.durable,
+            visible_end: io.offset,
+            next_position,
+        };
+        io.head.write(head)?;
+        io.head.sync()
+    }
+}
+
+impl State {
+    /// The appenders' state of a writer opened at `next_position`, the active
+    /// segment based at `seg_base` ending at `seg_end`.
+    pub(super) fn new(
+        index: Arc<RwLock<MemIndex>>,
+        table: Option<Arc<StreamTable>>,
+        next_position: u64,
+        last_timestamp: u64,
+        seg_base: u64,
+        seg_end: u64,
+    ) -> State {
+        State {
+            index,
+            unpersisted: Vec::new(),
+            table,
+            recent_ids: HashMap::new(),
+            recent_order: VecDeque::new(),
+            next_position,
+            last_timestamp,
+            seg_end,
+            seg_has_batches: seg_end > SEGMENT_HEADER_LEN as u64,
+            seg_durable: seg_end,
+            seg_base,
+            pending: Vec::new(),
+            cur: Vec::new(),
+            spare: Vec::new(),
+            lsn: 0,
+            closed: false,
+            ids: IdGen::default(),
+            unsigned_events: u64::from(seg_end > SEGMENT_HEADER_LEN as u64),
+            open_position: next_position,
+            window_loaded: next_position == 0,
+        }
+    }
+}

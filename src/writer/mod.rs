@@ -1,0 +1,340 @@
+//! The writer layer: [`Log`], its [`Options`], appends with optimistic
+//! concurrency, group commit, segment rolls, idempotent retries, recovery
+//! when opening, and clean close. This file holds the [`Log`] handle and its
+//! public methods; the work is in the submodules:
+//!
+//! * `options`, `types`: the configuration and the value types of the API.
+//! * `writer_lock`, `log_format`, `derived`, `recovery`: opening a directory
+//!   for writing (the lock, the log's format and key, the index files and
+//!   stream table, crash recovery); none of them knows the running writer.
+//! * `state`: the shared state behind a `Log` (`Inner` and its parts);
+//!   `lifecycle` builds it from what recovery found and closes it.
+//! * The running writer, each an `impl Inner` over `state` (none imports
+//!   another): `append` (the atomic step of an append), `commit` (the group
+//!   commit: leader, write, fsync, poisoning), `seal` (rolls, the sealer
+//!   thread, index and stream-table upkeep), `idempotency` (the window of
+//!   recent ids, the retry check), `versions` (a stream's current version).
+//! * `typed_append`: [`Log::append_typed`], apart because it depends on the
+//!   typed-events layer above this one.
+//!
+//! # Concurrency
+//!
+//! * `state` (a mutex) holds the stream versions and the tail layout. An append
+//!   checks the expected version, assigns positions and a timestamp, and
+//!   encodes its batch into the pending buffer, all under `state`: the check
+//!   and the append are one atomic step.
+//! * Then the appender waits in `commit_until` for its bytes to be written (and
+//!   made durable, with [`Durability::Fsync`]). The first waiter that finds no
+//!   commit in progress becomes the leader: it takes *everything* pending, writes
+//!   it with one `write`, makes it durable with one fsync, and wakes the others.
+//!   No mutex is held across the write or the fsync (the leader holds only the
+//!   `busy` flag), so appenders keep encoding into the next group meanwhile.
+//! * A failed write or fsync poisons the writer: every later call fails with
+//!   [`Error::Poisoned`] until the log is reopened (after a failed fsync Linux
+//!   may drop dirty pages and report success later). A failure after a
+//!   group's bytes were written (and made durable, if asked) — the head
+//!   slot, the sealer indexing a sealed segment — poisons the writer too, but
+//!   the appends of that group are acknowledged: the next call reports it.
+//! * Back-pressure: an append that would roll a segment waits while
+//!   `MAX_UNINDEXED` (4) sealed segments wait for the sealer thread, so the
+//!   work left for `close` (or for recovery after a crash) stays bounded.
+//! * The stream table is a hint: a hit decides an expected version only
+//!   once the segments confirm it (`table_hit_holds`); otherwise the version
+//!   comes from the segments, the table is rebuilt and a warning is kept
+//!   ([`Log::warnings`]).
+
+mod append;
+mod commit;
+mod derived;
+mod idempotency;
+mod lifecycle;
+mod live;
+mod log_format;
+mod options;
+pub(crate) mod recovery;
+mod results;
+mod seal;
+mod state;
+mod versions;
+mod writer_lock;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::audit::chain::Anchor;
+#[cfg(doc)]
+use crate::error::Error;
+use crate::error::Result;
+use crate::format::record::EventData;
+use crate::read::view::LogView;
+use crate::storage::io::Io;
+
+use append::Appending;
+use state::Inner;
+
+pub use options::{Clock, Durability, Options};
+pub use results::{AppendResult, ExpectedVersion, Recovery, Truncation};
+
+/// An append-only event log, open for writing. `Send + Sync`: share it
+/// between threads with an `Arc`.
+///
+/// ```
+/// # fn main() -> annal::Result<()> {
+/// use annal::{EventData, ExpectedVersion, Log, Options};
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), Options::default())?;
+/// let r = log.append("order-42", ExpectedVersion::NoStream, &[
+///     EventData::new("OrderPlaced", br#"{"total":10}"#.as_slice()),
+///     EventData::new("ItemAdded", br#"{"sku":"A"}"#.as_slice()),
+/// ])?;
+/// assert_eq!((r.first_position, r.stream_version), (0, 1));
+/// let again = log.append("order-42", ExpectedVersion::Exact(0), &[EventData::new("X", b"".as_slice())]);
+/// assert!(matches!(again, Err(annal::Error::WrongExpectedVersion { actual: Some(1), .. })));
+/// log.close()?;
+/// # Ok(()) }
+/// ```
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Log {
+    /// Open (or create) the log in directory `dir` for writing, recovering
+    /// from a crash if needed (see [`Log::recovery`]).
+    ///
+    /// Fails with [`Error::Locked`] if another writer holds the log (the
+    /// writer locks `annal.lock` and the directory itself, so deleting or
+    /// replacing `annal.lock` lets no second writer in), [`Error::NotALog`] if
+    /// `dir` holds other files, and [`Error::Corrupt`] if data below the
+    /// durable boundary is damaged, if the first segment (position 0) is
+    /// missing, or if a frame of the active segment claims more than
+    /// [`Options::max_batch_bytes`] (its body is not read; nothing is
+    /// modified then). Warnings that did not stop the open (a symlinked or
+    /// world-writable directory, ...) are in [`Recovery::warnings`].
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
+        let dir = dir.as_ref().to_owned();
+        let recovered = recovery::open(&dir, &opts)?;
+        let inner = Arc::new(Inner::new(dir, opts, recovered)?);
+        // Index files found damaged while opening (rebuilding the stream
+        // table reads them) are replaced now.
+        inner.rewrite_damaged_indexes()?;
+        Inner::start_sealer(&inner)?;
+        Ok(Log { inner })
+    }
+
+    /// What opening the log did: creation, a removed torn tail, ...
+    pub fn recovery(&self) -> &Recovery {
+        &self.inner.recovery
+    }
+
+    /// `(sealed segments not yet indexed, appends waiting for the sealer)`:
+    /// for tests of the back-pressure that bounds the sealer's backlog.
+    #[doc(hidden)]
+    pub fn sealer_backlog(&self) -> (usize, usize) {
+        let b = lock(&self.inner.backlog);
+        (b.unindexed, b.waiting)
+    }
+
+    /// Warnings found while the log was open and while it was opened
+    /// ([`Recovery::warnings`] first): derived files (the stream table, an
+    /// index) that the segments did not confirm and that were rebuilt, ...
+    /// Each names the file and what was found. At most 100 are kept.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = self.inner.recovery.warnings.clone();
+        out.extend(lock(&self.inner.warnings).iter().cloned());
+        out
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The I/O seam the writer uses (for derived files such as snapshots).
+    pub(crate) fn io(&self) -> &Arc<dyn Io> {
+        &self.inner.opts.io
+    }
+
+    /// The head of the audit chain (spec 21): the position after the last
+    /// batch written and the chain hash there, for an auditor to keep outside
+    /// the log (see [`crate::check`] with an anchor). `None` if the log has no
+    /// chain. Waits for a group commit in progress.
+    pub fn anchor(&self) -> Option<Anchor> {
+        if !self.inner.format.chained() {
+            return None;
+        }
+        let io = lock(&self.inner.io);
+        Some(Anchor {
+            position: io.chain_position,
+            hash: io.chain,
+        })
+    }
+
+    /// Whether the log carries the audit chain (spec 21), and whether it is
+    /// keyed: `(chained, keyed)`.
+    pub fn chain_mode(&self) -> (bool, bool) {
+        (self.inner.format.chained(), self.inner.format.keyed())
+    }
+
+    /// The log's format version (`2` for logs this build creates; a log
+    /// created in version 1 stays in version 1).
+    pub fn format_version(&self) -> u16 {
+        self.inner.format.version
+    }
+
+    /// The options the log was opened with.
+    pub fn durability(&self) -> Durability {
+        self.inner.opts.durability
+    }
+
+    /// The current version of `stream` (the version of its last event), or
+    /// `None` if it has no events. Includes appends not yet durable.
+    pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+        let st = lock(&self.inner.state);
+        self.inner.current_version(&st, stream)
+    }
+
+    /// The position the next appended event will get.
+    pub fn next_position(&self) -> u64 {
+        lock(&self.inner.state).next_position
+    }
+
+    /// Append `events` to `stream` as one atomic batch, if the stream is at
+    /// `expected`. With [`Durability::Fsync`] the batch is durable when this
+    /// returns; with [`Durability::Buffered`] it is handed to the OS.
+    ///
+    /// # Idempotent retries
+    ///
+    /// When every event carries an id ([`EventData::with_id`]), repeating an
+    /// append (a retry after a timeout) returns the original result and writes
+    /// nothing:
+    ///
+    /// * `Exact(n)` (and `NoStream`, as `n` = none): if the stream is past `n`
+    ///   and the events stored at versions `n+1..` have exactly these ids, in
+    ///   order, it is a retry. If only the first few match, the append fails
+    ///   with [`Error::IdempotencyConflict`]; if none match, with
+    ///   [`Error::WrongExpectedVersion`].
+    /// * `Any` and `StreamExists`: if the first id is among the most recent
+    ///   [`Options::idempotency_window`] events with application-supplied ids
+    ///   and belongs to this stream, the batch must repeat the stored events
+    ///   exactly (a retry) or fails with [`Error::IdempotencyConflict`]. Ids
+    ///   older than the window are not detected: use `Exact` for retries that
+    ///   can come late.
+    ///
+    /// Retries are recognised across reopen and across processes: `Exact` and
+    /// `NoStream` read the stored events; for `Any` and `StreamExists` the
+    /// window is rebuilt, at the first lookup after an open that the window
+    /// of this open does not answer, from the last `idempotency_window`
+    /// events written before the open (all of them count, whether their ids
+    /// were supplied or generated). That rebuild reads those events once per
+    /// open, in one sequential read, holding about 80 bytes per event.
+    ///
+    /// # Errors, and what they mean for the events
+    ///
+    /// * [`Error::InvalidArgument`], [`Error::WrongExpectedVersion`],
+    ///   [`Error::IdempotencyConflict`], [`Error::Closed`], and
+    ///   [`Error::Poisoned`] or any error returned *before* the batch was
+    ///   queued: nothing of this batch was or will be written.
+    /// * [`Error::Io`] (a failed write, fsync or roll of the group commit
+    ///   carrying this batch), or [`Error::Poisoned`] while waiting for it:
+    ///   the outcome is unknown. The batch may be in the file, wholly or in
+    ///   part, without being durable; after the log is reopened it is either
+    ///   entirely present or entirely absent (batches are atomic), never
+    ///   partly. Retry with event ids ([`EventData::with_id`]) to find out
+    ///   without writing it twice.
+    /// * `Ok` means the batch was written (and with [`Durability::Fsync`]
+    ///   made durable): a failure that happens after that (writing the head
+    ///   file, or indexing a sealed segment on the sealer thread) does not
+    ///   turn it into an error. It poisons the writer instead, and the next
+    ///   call returns [`Error::Poisoned`] naming the failure.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use annal::{EventData, ExpectedVersion, Log, Options, Uuid};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), Options::default())?;
+    /// let id = Uuid::from_u128(7);
+    /// let batch = [EventData::new("Paid", b"{}".as_slice()).with_id(id)];
+    /// let first = log.append("order-9", ExpectedVersion::NoStream, &batch)?;
+    /// let retry = log.append("order-9", ExpectedVersion::NoStream, &batch)?;
+    /// assert_eq!(first, retry);
+    /// assert_eq!(log.view()?.next_position(), 1, "the retry wrote nothing");
+    /// # Ok(()) }
+    /// ```
+    pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData<'_>]) -> Result<AppendResult> {
+        let inner = &*self.inner;
+        let batch_len = inner.check_batch(stream, events)?;
+        let _appending = Appending::enter(&inner.appenders);
+        let (target, result) = loop {
+            match inner.enqueue(stream, expected, events, batch_len)? {
+                Some(queued) => break queued,
+                // It would roll a segment while the sealer is behind.
+                None => inner.wait_for_sealer()?,
+            }
+        };
+        inner.commit_until(target, inner.opts.durability == Durability::Fsync)?;
+        Ok(result)
+    }
+
+    /// Make every event appended so far durable (one fsync, shared with
+    /// concurrent appenders).
+    pub fn sync(&self) -> Result<()> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(self.inner.poison_error());
+        }
+        let target = lock(&self.inner.state).lsn;
+        self.inner.commit_until(target, true)
+    }
+
+    /// A consistent view of everything visible now (written, or with
+    /// [`Durability::Fsync`] durable), for reading.
+    pub fn view(&self) -> Result<LogView> {
+        self.inner.view()
+    }
+
+    /// Make everything durable, mark the log cleanly closed (its durable
+    /// boundary is its end) and release the lock. Dropping a `Log` does the
+    /// same but cannot report errors.
+    pub fn close(self) -> Result<()> {
+        self.inner.close()
+    }
+
+    /// How many times new visible ends were published (for subscriptions:
+    /// read it before taking a view, then wait for it to change).
+    pub(crate) fn published_epoch(&self) -> u64 {
+        lock(&self.inner.published_epoch.0).value
+    }
+
+    /// Wait until the published epoch differs from `seen` or `timeout` passes;
+    /// returns the current epoch.
+    pub(crate) fn wait_published(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let (m, cv) = &self.inner.published_epoch;
+        let mut g = lock(m);
+        g.waiters += 1;
+        let mut g = cv
+            .wait_timeout_while(g, timeout, |e| e.value == seen)
+            .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+        g.waiters -= 1;
+        g.value
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.inner.close();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves the data consistent
+    // enough to report errors; never propagate the poison as a panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

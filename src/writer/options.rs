@@ -1,0 +1,203 @@
+//! How a log is opened for writing: [`Options`] (a builder), [`Durability`]
+//! and [`Clock`]. Plain values: nothing here does I/O.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::audit::chain::{ChainKey, SigningKey};
+use crate::storage::io::{Io, StdIo};
+
+#[cfg(doc)]
+use super::Log;
+
+/// When an append counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The batch is handed to the operating system before `append` returns: a
+    /// killed process loses nothing, a power cut may lose the unsynced tail.
+    /// Call [`Log::sync`] to make everything appended so far durable.
+    #[default]
+    Buffered,
+    /// The batch is durable (fsynced) before `append` returns. Concurrent
+    /// appenders share fsyncs (group commit).
+    Fsync,
+}
+
+/// A clock returning nanoseconds since the Unix epoch.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// How to open a log for writing.
+///
+/// ```
+/// use annal::{Durability, Options};
+/// let opts = Options::default().durability(Durability::Fsync).segment_size(64 << 20);
+/// ```
+#[derive(Clone)]
+pub struct Options {
+    pub(crate) segment_size: u64,
+    pub(crate) durability: Durability,
+    pub(crate) max_event_bytes: u64,
+    pub(crate) max_batch_bytes: u64,
+    pub(crate) create: bool,
+    pub(crate) io: Arc<dyn Io>,
+    pub(crate) clock: Clock,
+    pub(crate) log_id: Option<[u8; 16]>,
+    pub(crate) hash_mask: u64,
+    pub(crate) idempotency_window: usize,
+    pub(crate) chain: bool,
+    pub(crate) chain_key: Option<ChainKey>,
+    pub(crate) signing_key: Option<SigningKey>,
+    pub(crate) checkpoint_every: u64,
+    pub(crate) format_version: u16,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("segment_size", &self.segment_size)
+            .field("durability", &self.durability)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("create", &self.create)
+            .field("io", &self.io)
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_clock() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_size: 256 << 20,
+            durability: Durability::Buffered,
+            max_event_bytes: 64 << 20,
+            max_batch_bytes: 256 << 20,
+            create: true,
+            io: Arc::new(StdIo),
+            clock: Arc::new(system_clock),
+            log_id: None,
+            hash_mask: u64::MAX,
+            idempotency_window: 100_000,
+            chain: true,
+            chain_key: None,
+            signing_key: None,
+            checkpoint_every: 100_000,
+            format_version: crate::format::CURRENT_FORMAT_VERSION,
+        }
+    }
+}
+
+impl Options {
+    /// Target size of a segment file in bytes (default 256 MiB). A batch that
+    /// does not fit starts a new segment; a batch larger than this is written
+    /// alone into a segment of its own.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+    /// Durability of appends (default [`Durability::Buffered`]).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Largest metadata + payload of one event (default 64 MiB; at most what
+    /// the format's `u32` record length allows, about 4 GiB).
+    pub fn max_event_bytes(mut self, bytes: u64) -> Self {
+        self.max_event_bytes = bytes;
+        self
+    }
+    /// Largest encoded batch, its frame header included (default 256 MiB;
+    /// at most the format's [`format::MAX_FRAME_LEN`](crate::format::MAX_FRAME_LEN),
+    /// 1 GiB: a larger value is taken as that).
+    pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
+        self.max_batch_bytes = bytes.min(crate::format::MAX_FRAME_LEN);
+        self
+    }
+    /// Create the log if the directory is missing or empty (default `true`).
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+    /// Route every file operation of the writer through `io` (the I/O seam;
+    /// used by tests to inject failures and simulate crashes).
+    pub fn io(mut self, io: Arc<dyn Io>) -> Self {
+        self.io = io;
+        self
+    }
+    /// Use `clock` (nanoseconds since the Unix epoch) for append timestamps.
+    /// Timestamps never go backwards whatever the clock does.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// Use this log id when creating a log (default: random). For golden
+    /// vectors and tests.
+    pub fn log_id(mut self, id: [u8; 16]) -> Self {
+        self.log_id = Some(id);
+        self
+    }
+    /// How many of the most recent events with application-supplied ids are
+    /// remembered for idempotent retries with `ExpectedVersion::Any` (default
+    /// 100,000; about 80 bytes each). After a reopen the window is rebuilt
+    /// from the last this many events of the log, read once at the first
+    /// lookup that needs them. See [`Log::append`].
+    pub fn idempotency_window(mut self, events: usize) -> Self {
+        self.idempotency_window = events;
+        self
+    }
+    /// Whether a log created by this open carries the audit chain (spec 21;
+    /// default `true`). A log's segment headers say whether it has the chain;
+    /// an existing log keeps what it was created with, whatever this says.
+    /// A writer of a chained log runs one helper thread that hashes large
+    /// batches while they are written (it spins for 200 µs after each, then
+    /// sleeps until the next).
+    pub fn chain(mut self, on: bool) -> Self {
+        self.chain = on;
+        self
+    }
+    /// The secret key of a keyed audit chain (spec 21.4). A log created with
+    /// a key is keyed for good: opening it for writing needs the same key
+    /// (its id is in every segment header), and verifying its chain needs it
+    /// too. Giving a key to an existing log that is not keyed is an error.
+    /// The key is never written to the log.
+    pub fn chain_key(mut self, key: ChainKey) -> Self {
+        self.chain_key = Some(key);
+        self
+    }
+    /// Sign the head of the audit chain with `key` (spec 21.5): the writer
+    /// writes a signed checkpoint after every
+    /// [`checkpoint_every`](Options::checkpoint_every) events, before every
+    /// seal and when the log is closed. Anyone with the
+    /// [`PublicKey`](crate::PublicKey) can then verify the history up to each
+    /// checkpoint without any secret. Needs a log with the chain.
+    pub fn signing_key(mut self, key: SigningKey) -> Self {
+        self.signing_key = Some(key);
+        self
+    }
+    /// Events between signed checkpoints (default 100,000; at least 1).
+    pub fn checkpoint_every(mut self, events: u64) -> Self {
+        self.checkpoint_every = events.max(1);
+        self
+    }
+    /// Create new logs in an older format version (`1`: no audit chain).
+    /// Only for compatibility tests; existing logs keep their version.
+    #[doc(hidden)]
+    pub fn format_version(mut self, version: u16) -> Self {
+        self.format_version = version;
+        self
+    }
+    /// Narrow the stream hash written into new index files and stream tables
+    /// (spec 19) to `mask`. Only for tests that force hash collisions: with a
+    /// narrow mask, many streams share a hash, which costs lookups time but
+    /// never mixes streams.
+    #[doc(hidden)]
+    pub fn stream_hash_mask(mut self, mask: u64) -> Self {
+        self.hash_mask = mask;
+        self
+    }
+}

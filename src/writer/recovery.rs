@@ -1,0 +1,632 @@
+//! Opening a log for writing: deciding whether a directory is a log, taking the
+//! writer lock (on `annal.lock` and on the directory itself), checking the
+//! segment chain (which starts at position 0), and recovering the active
+//! segment after a crash (spec section 6). No frame longer than the format's
+//! `MAX_FRAME_LEN` is read, whatever its header claims (spec 3.1).
+//!
+//! Invariant: recovery removes bytes only at or past the durable boundary of
+//! the active segment, and only after everything before them was validated;
+//! any other damage is returned as [`Error::Corrupt`] with nothing modified.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use zerocopy::IntoBytes;
+
+use crate::audit::chain::ChainHash;
+use crate::error::{Error, Result, corrupt};
+use crate::format::frame::{validate_frame, walk_segment_records};
+use crate::format::names::{parse_segment_file_name, segment_file_name};
+use crate::format::{LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::index::streamtable::StreamTable;
+use crate::index::{IndexBuilder, MemIndex};
+use crate::read::view::{ViewSegment, open_sealed, open_sealed_header};
+use crate::storage::head::{self, HEAD_FILE, Head};
+use crate::storage::io::Io;
+use crate::storage::mmap::Mapping;
+use crate::storage::resync::resync_file;
+
+use super::derived::{ensure_indexes, ensure_table};
+use super::log_format::{check_key, genesis, new_format, seal_chain};
+use super::options::Options;
+use super::results::{Recovery, Truncation};
+pub use super::writer_lock::LOCK_FILE;
+use super::writer_lock::{WriterLock, take_lock};
+
+/// The state a writer starts from.
+pub(crate) struct Recovered {
+    pub lock: WriterLock,
+    pub format: LogFormat,
+    /// The chain hash after the last complete batch (zero without a chain).
+    pub chain: ChainHash,
+    pub next_position: u64,
+    pub last_timestamp: u64,
+    pub sealed: Vec<ViewSegment>,
+    pub table: Option<Arc<StreamTable>>,
+    pub active_index: Arc<RwLock<MemIndex>>,
+    pub active_base: u64,
+    pub active_end: u64,
+    pub report: Recovery,
+}
+
+struct Listing {
+    segments: Vec<u64>,
+    temp: Vec<PathBuf>,
+    other: Vec<String>,
+}
+
+fn list(dir: &Path) -> Result<Listing> {
+    let rd = fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let mut l = Listing {
+        segments: Vec::new(),
+        temp: Vec::new(),
+        other: Vec::new(),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = parse_segment_file_name(&name) {
+            l.segments.push(base);
+        } else if name.ends_with(".tmp") {
+            l.temp.push(entry.path());
+        } else if name != LOCK_FILE && name != HEAD_FILE {
+            l.other.push(name.into_owned());
+        }
+    }
+    l.segments.sort_unstable();
+    Ok(l)
+}
+
+fn create_segment(io: &dyn Io, dir: &Path, header: &SegmentHeader, fresh: bool) -> Result<()> {
+    let path = dir.join(segment_file_name(header.base_position.get()));
+    let file = if fresh {
+        io.create(&path).map_err(|e| Error::io("create", &path, e))?
+    } else {
+        let f = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
+        f.truncate(0).map_err(|e| Error::io("truncate", &path, e))?;
+        f
+    };
+    file.write_at(0, header.as_bytes())
+        .map_err(|e| Error::io("write", &path, e))?;
+    file.sync().map_err(|e| Error::io("fsync", &path, e))?;
+    io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Open `dir` for writing: see the module docs. The steps, in order: make
+/// sure `dir` is (or may become) a log, take the writer lock, remove
+/// temporary files, then either create the log or check its sealed
+/// segments and recover its active one, and bring the derived files up to
+/// date.
+pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
+    let io = &*opts.io;
+    prepare_dir(io, dir, opts)?;
+    check_log_dir(dir, &list(dir)?, opts)?;
+    let lock = take_lock(dir, io)?;
+    let mut report = Recovery {
+        warnings: place_warnings(dir),
+        ..Recovery::default()
+    };
+    // Re-list under the lock: the directory is ours now.
+    let listing = list(dir)?;
+    remove_temp_files(io, dir, &listing.temp, &mut report)?;
+    let Some((&last, sealed_bases)) = listing.segments.split_last() else {
+        return create_log(io, dir, opts, lock, report);
+    };
+    let mut opening = Opening {
+        io,
+        dir,
+        opts,
+        head: read_head(dir, &listing.segments)?,
+        format: None,
+        report,
+    };
+    check_first_segment(dir, &listing.segments)?;
+    let (sealed, next) = opening.check_sealed(sealed_bases)?;
+    let tail = opening.recover_active(last, next, &sealed)?;
+    opening.finish(lock, last, sealed, tail)
+}
+
+/// Make sure `dir` is a directory, creating it (durably) if it is missing
+/// and `opts` allow it.
+fn prepare_dir(io: &dyn Io, dir: &Path, opts: &Options) -> Result<()> {
+    match fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(Error::NotALog {
+            path: dir.to_owned(),
+            detail: "it is not a directory".into(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && opts.create => {
+            io.create_dir(dir).map_err(|e| Error::io("create directory", dir, e))?;
+            // The new directory's entry is durable once its parent is synced.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                io.sync_dir(parent)
+                    .map_err(|e| Error::io("fsync directory", parent, e))?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotALog {
+            path: dir.to_owned(),
+            detail: "it does not exist (open with create to make a new log)".into(),
+        }),
+        Err(e) => Err(Error::io("stat", dir, e)),
+    }
+}
+
+/// A directory without segment files becomes a log only if it holds no
+/// other files and `opts` allow creating one.
+fn check_log_dir(dir: &Path, listing: &Listing, opts: &Options) -> Result<()> {
+    if !listing.segments.is_empty() {
+        return Ok(());
+    }
+    if !listing.other.is_empty() {
+        let mut names = listing.other.clone();
+        names.sort();
+        names.truncate(5);
+        return Err(Error::NotALog {
+            path: dir.to_owned(),
+            detail: format!(
+                "it holds no segment files (*.seg) but holds other files ({}); refusing to create a log here",
+                names.join(", ")
+            ),
+        });
+    }
+    if !opts.create {
+        return Err(Error::NotALog {
+            path: dir.to_owned(),
+            detail: "it holds no segment files (*.seg)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Delete the temporary files of an interrupted write (spec 1).
+fn remove_temp_files(io: &dyn Io, dir: &Path, temp: &[PathBuf], report: &mut Recovery) -> Result<()> {
+    for tmp in temp {
+        io.remove(tmp).map_err(|e| Error::io("remove", tmp, e))?;
+        report.removed_temp_files.push(tmp.clone());
+    }
+    if !temp.is_empty() {
+        io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Create a new log in `dir` (which holds no segment): its first segment,
+/// empty.
+fn create_log(io: &dyn Io, dir: &Path, opts: &Options, lock: WriterLock, mut report: Recovery) -> Result<Recovered> {
+    let format = new_format(opts)?;
+    let chain = genesis(&format, opts);
+    let header = SegmentHeader::new(&format, 0, 0, (opts.clock)(), chain);
+    create_segment(io, dir, &header, true)?;
+    report.created = true;
+    Ok(Recovered {
+        lock,
+        format,
+        chain,
+        next_position: 0,
+        last_timestamp: 0,
+        sealed: Vec::new(),
+        table: None,
+        active_index: Arc::new(RwLock::new(MemIndex::default())),
+        active_base: 0,
+        active_end: SEGMENT_HEADER_LEN as u64,
+        report,
+    })
+}
+
+/// The head file (spec 5.2), if any; the segment it names must exist.
+fn read_head(dir: &Path, segments: &[u64]) -> Result<Option<Head>> {
+    let head = head::read(dir)?;
+    if let Some(h) = head
+        && segments.binary_search(&h.segment_base).is_err()
+    {
+        return Err(corrupt(
+            &dir.join(HEAD_FILE),
+            24,
+            format!(
+                "the head says segment {} holds durable data, but that file does not exist",
+                segment_file_name(h.segment_base)
+            ),
+        ));
+    }
+    Ok(head)
+}
+
+/// The first segment starts at position 0 (spec 2; retention, which will
+/// record removals, does not exist yet): a log whose first segment is
+/// missing is refused, as readers refuse it, never appended to.
+fn check_first_segment(dir: &Path, segments: &[u64]) -> Result<()> {
+    if let Some(&first) = segments.first()
+        && first != 0
+    {
+        return Err(corrupt(
+            &dir.join(segment_file_name(0)),
+            0,
+            format!(
+                "expected the log's first segment {} (position 0), found none: the first segment present is {} \
+                 (a segment file is missing)",
+                segment_file_name(0),
+                segment_file_name(first)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An existing log being opened: what the steps after the lock share.
+struct Opening<'a> {
+    io: &'a dyn Io,
+    dir: &'a Path,
+    opts: &'a Options,
+    /// The head file's record of the durable boundary, if there is one.
+    head: Option<Head>,
+    /// The log's format, decided by the first segment header read.
+    format: Option<LogFormat>,
+    report: Recovery,
+}
+
+/// The active segment's file, open for reading and mapped.
+struct ActiveFile {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    map: Mapping,
+}
+
+/// What recovering the active segment found.
+struct ActiveTail {
+    /// The timestamp of the last record kept.
+    last_timestamp: u64,
+    /// The chain hash after the last complete batch.
+    chain: ChainHash,
+    /// The position after the last record kept.
+    next_position: u64,
+    /// The end of the segment's last complete frame.
+    end: u64,
+    /// The segment's records, indexed.
+    index: MemIndex,
+    /// The segment ends with a seal: the next one was never created.
+    sealed: bool,
+}
+
+impl Opening<'_> {
+    /// Every segment must belong to one log, in one format: the first header
+    /// read decides it (and must suit the key given).
+    fn check_format(&mut self, h: &SegmentHeader, path: &Path) -> Result<()> {
+        let found = LogFormat::of(h);
+        match self.format {
+            None => {
+                check_key(&found, self.opts, path)?;
+                self.format = Some(found);
+                Ok(())
+            }
+            Some(f) if f == found => Ok(()),
+            Some(f) => {
+                let (offset, what) = if f.log_id != found.log_id {
+                    (16, "log_id differs from the log's: it belongs to another log")
+                } else if f.version != found.version {
+                    (8, "format version differs from the log's")
+                } else if f.flags != found.flags {
+                    (10, "log_flags (audit chain) differ from the log's")
+                } else {
+                    (88, "chain key id differs from the log's")
+                };
+                Err(corrupt(path, offset, format!("the segment's {what}")))
+            }
+        }
+    }
+
+    /// Check the sealed segments (`bases`, in order): header and seal only,
+    /// their records are not read. Returns them and the position after the
+    /// last of them.
+    fn check_sealed(&mut self, bases: &[u64]) -> Result<(Vec<ViewSegment>, u64)> {
+        let mut next = 0;
+        let mut sealed: Vec<ViewSegment> = Vec::with_capacity(bases.len() + 1);
+        for &base in bases {
+            let path = self.dir.join(segment_file_name(base));
+            if base != next {
+                return Err(corrupt(
+                    &path,
+                    32,
+                    format!("expected a segment starting at position {next} (is one missing?), found {base}"),
+                ));
+            }
+            // Header and seal read by copying: nothing of a sealed segment is
+            // mapped before it is read.
+            let (seg, seal_next, header) = open_sealed_header(self.dir, base)?;
+            self.check_format(&header, &path)?;
+            if let Some(h) = self.head
+                && h.segment_base == base
+                && h.durable_end > seg.len()
+            {
+                return Err(corrupt(
+                    &path,
+                    seg.len(),
+                    format!(
+                        "the head says bytes up to {} are durable, but the file ends here",
+                        h.durable_end
+                    ),
+                ));
+            }
+            next = seal_next;
+            sealed.push(seg);
+        }
+        Ok((sealed, next))
+    }
+
+    /// Check the active segment (the last, based at `last`; the sealed
+    /// segments end at position `next`) and recover it after a crash
+    /// (spec 6): a header torn while the segment was created is rewritten,
+    /// a torn tail past the durable boundary is cut.
+    fn recover_active(&mut self, last: u64, next: u64, sealed: &[ViewSegment]) -> Result<ActiveTail> {
+        let path = self.dir.join(segment_file_name(last));
+        let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        // Mapped, not copied: we hold the writer lock, so no annal process changes
+        // the file while this mapping lives (see `mmap`, case 5). It is dropped
+        // before recovery truncates the file.
+        let map = Mapping::map(&file, file_len, &path)?;
+        if !sealed.is_empty() && last != next {
+            return Err(corrupt(
+                &path,
+                32,
+                format!("expected a segment starting at position {next} (is one missing?), found {last}"),
+            ));
+        }
+        let bytes = map.bytes();
+        match SegmentHeader::parse(bytes) {
+            Err(_) if bytes.len() <= SEGMENT_HEADER_LEN && self.head.is_none_or(|h| h.segment_base != last) => {
+                self.reinitialize(map, &path, last, next, sealed)
+            }
+            Err(d) => Err(d.at(&path)),
+            Ok(header) => {
+                let header = *header;
+                let active = ActiveFile {
+                    path,
+                    file,
+                    len: file_len,
+                    map,
+                };
+                self.recover_tail(active, &header, last)
+            }
+        }
+    }
+
+    /// The active segment's header was torn while it was created: it cannot
+    /// hold a frame (spec 6, step 4), so it is rewritten as an empty segment
+    /// following the sealed ones.
+    fn reinitialize(
+        &mut self,
+        map: Mapping,
+        path: &Path,
+        last: u64,
+        next: u64,
+        sealed: &[ViewSegment],
+    ) -> Result<ActiveTail> {
+        let last_timestamp = match sealed.last() {
+            Some(prev) => last_timestamp_of(prev)?,
+            None => 0,
+        };
+        let f = match self.format {
+            Some(f) => f,
+            None => new_format(self.opts)?,
+        };
+        self.format = Some(f);
+        let chain = match sealed.last() {
+            Some(prev) => seal_chain(prev.bytes()?),
+            None => genesis(&f, self.opts),
+        };
+        drop(map);
+        let header = SegmentHeader::new(&f, last, last_timestamp, (self.opts.clock)(), chain);
+        create_segment(self.io, self.dir, &header, false)?;
+        self.report.reinitialized = Some(path.to_owned());
+        Ok(ActiveTail {
+            last_timestamp,
+            chain,
+            next_position: next,
+            end: SEGMENT_HEADER_LEN as u64,
+            index: MemIndex::default(),
+            sealed: false,
+        })
+    }
+
+    /// Walk the active segment's records and cut a torn tail (spec 6): only
+    /// at or past the durable boundary, else the damage is reported and
+    /// nothing is modified.
+    fn recover_tail(&mut self, active: ActiveFile, header: &SegmentHeader, last: u64) -> Result<ActiveTail> {
+        let ActiveFile {
+            path,
+            file,
+            len: file_len,
+            map,
+        } = active;
+        let path = path.as_path();
+        if header.base_position.get() != last {
+            return Err(corrupt(
+                path,
+                32,
+                format!(
+                    "expected base_position {last} (from the file name), found {}",
+                    header.base_position.get()
+                ),
+            ));
+        }
+        self.check_format(header, path)?;
+        // No frame is read past `MAX_FRAME_LEN`, whatever its header
+        // claims (a sparse file can claim gigabytes of zeros): such a
+        // header fails `FrameHeader::parse`, so it is an incomplete frame
+        // and the durable boundary decides (spec 5.1).
+        // One pass: every record is validated (CRC included) and indexed
+        // as the walk reads it; a batch enters the index once complete.
+        let mut builder = IndexBuilder::default();
+        let walk = walk_segment_records(map.bytes(), header, true, &mut builder);
+        let index = builder.finish();
+        let head_durable = self
+            .head
+            .filter(|h| h.segment_base == last)
+            .map_or(0, |h| h.durable_end);
+        if let Some(d) = walk.stop {
+            let x = walk.end;
+            let boundary = (SEGMENT_HEADER_LEN as u64)
+                .max(walk.max_durable)
+                .max(resync_file(&file, path, x, file_len)?)
+                .max(head_durable);
+            if x < boundary {
+                return Err(corrupt(
+                    path,
+                    d.offset,
+                    format!(
+                        "{}; the damaged frame starts at byte {x}, below the durable boundary at byte {boundary}, \
+                         so this is damage to durable data, not a torn write (nothing was removed)",
+                        d.detail()
+                    ),
+                ));
+            }
+            drop(map);
+            let f = self.io.open(path).map_err(|e| Error::io("open", path, e))?;
+            f.truncate(x).map_err(|e| Error::io("truncate", path, e))?;
+            f.sync().map_err(|e| Error::io("fsync", path, e))?;
+            self.report.truncated = Some(Truncation {
+                path: path.to_owned(),
+                offset: x,
+                bytes_removed: file_len - x,
+                reason: d.detail(),
+            });
+        } else if head_durable > file_len {
+            return Err(corrupt(
+                path,
+                file_len,
+                format!("the head says bytes up to {head_durable} are durable, but the file ends here"),
+            ));
+        }
+        Ok(ActiveTail {
+            last_timestamp: walk.last_timestamp,
+            chain: walk.chain,
+            next_position: walk.next_position,
+            end: walk.end,
+            index,
+            sealed: walk.sealed,
+        })
+    }
+
+    /// Make everything kept durable, create the next segment if the active
+    /// one (based at `last`) was sealed, and bring the index files and the
+    /// stream table up to date.
+    fn finish(
+        mut self,
+        lock: WriterLock,
+        last: u64,
+        mut sealed: Vec<ViewSegment>,
+        tail: ActiveTail,
+    ) -> Result<Recovered> {
+        let (io, dir, opts) = (self.io, self.dir, self.opts);
+        let path = dir.join(segment_file_name(last));
+        // Everything kept is made durable before the head says so (spec 6, step 5).
+        let f = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
+        f.sync().map_err(|e| Error::io("fsync", &path, e))?;
+        drop(f);
+        let Some(format) = self.format else {
+            return Err(corrupt(&path, 0, "no segment header was read"));
+        };
+        let (mut active_base, mut active_end, mut active_index) = (last, tail.end, tail.index);
+        if tail.sealed {
+            // Sealed, but the next segment was never created (spec 6, step 4).
+            let (seg, _) = open_sealed(dir, last)?;
+            sealed.push(seg);
+            let header = SegmentHeader::new(
+                &format,
+                tail.next_position,
+                tail.last_timestamp,
+                (opts.clock)(),
+                tail.chain,
+            );
+            create_segment(io, dir, &header, true)?;
+            active_base = tail.next_position;
+            active_end = SEGMENT_HEADER_LEN as u64;
+            active_index = MemIndex::default();
+        }
+        ensure_indexes(io, dir, &sealed, opts.hash_mask, &mut self.report)?;
+        let table = ensure_table(io, dir, &sealed, active_base, opts.hash_mask, &mut self.report)?;
+        Ok(Recovered {
+            lock,
+            format,
+            chain: tail.chain,
+            next_position: tail.next_position,
+            last_timestamp: tail.last_timestamp,
+            sealed,
+            table,
+            active_index: Arc::new(RwLock::new(active_index)),
+            active_base,
+            active_end,
+            report: self.report,
+        })
+    }
+}
+
+/// Warnings about where the log lives (issue 9): a log directory or
+/// `snapshots/` folder that is a symlink (files may live outside the place
+/// named), or that others may write to (anyone could plant, replace or remove
+/// its files). `snapshots/` as a symlink is never followed by the writer:
+/// snapshot saves fail and loads skip it.
+fn place_warnings(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let snapshots = dir.join(crate::format::names::SNAPSHOT_DIR);
+    for (path, what) in [(dir, "the log directory"), (snapshots.as_path(), "the snapshot folder")] {
+        let Ok(link) = fs::symlink_metadata(path) else {
+            continue;
+        };
+        if link.file_type().is_symlink() {
+            let target = fs::read_link(path).map_or_else(|_| "?".into(), |t| t.display().to_string());
+            out.push(if path == dir {
+                format!(
+                    "{what} {} is a symbolic link (to {target}): annal works in the directory it points to",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "{what} {} is a symbolic link (to {target}): annal never follows it, so no snapshot is saved \
+                     or loaded; replace it with a directory",
+                    path.display()
+                )
+            });
+        }
+        #[cfg(unix)]
+        if let Ok(m) = fs::metadata(path)
+            && m.is_dir()
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = m.permissions().mode() & 0o7777;
+            if mode & 0o002 != 0 {
+                out.push(format!(
+                    "{what} {} has mode {mode:04o}: writable by others, who can replace or remove the log's files; \
+                     chmod o-w {}",
+                    path.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The timestamp of the last record of a sealed segment (from its index).
+fn last_timestamp_of(seg: &ViewSegment) -> Result<u64> {
+    let bytes = seg.bytes()?;
+    let n = seg.with_index(|i| Ok(i.frame_count()))?;
+    let Some(last) = n.checked_sub(1) else {
+        return Ok(SegmentHeader::parse(bytes)
+            .map_err(|d| d.at(&*seg.path))?
+            .prev_timestamp
+            .get());
+    };
+    let Some((_, off)) = seg.with_index(|i| i.frame(last))? else {
+        return Ok(0);
+    };
+    let rest = bytes.get(off as usize..).unwrap_or(&[]);
+    Ok(validate_frame(rest, off, true)
+        .map_err(|d| d.at(&*seg.path))?
+        .last_timestamp)
+}

@@ -1,0 +1,263 @@
+//! Segment rolls and the sealer thread. A roll (queued by an append, done
+//! by the commit leader) makes the sealed segment durable and creates the
+//! next; the sealer thread then writes the sealed segment's index file and
+//! the new stream table (spec 17, 18), so appends never wait for indexing.
+//!
+//! Invariants: segments are indexed in the order they were sealed; at most
+//! [`MAX_UNINDEXED`] sealed segments wait for the sealer before an append
+//! that would roll another waits (back-pressure); a failure to index poisons
+//! the writer but never un-acknowledges an append.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock, mpsc};
+
+use zerocopy::IntoBytes;
+
+use crate::error::{Error, Result};
+use crate::format::names::segment_file_name;
+use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::index::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
+use crate::index::{self, IdxFile, Index, IndexCell, MemIndex};
+use crate::read::view::ViewSegment;
+use crate::storage::mmap::Mapping;
+
+use super::derived::{index_file_name, rebuild_table, resolve_prev, write_derived};
+use super::lock;
+use super::state::{Inner, IoState, MAX_UNINDEXED, SealJob, read_index};
+
+impl Inner {
+    /// Start the sealer thread of a writer just built.
+    pub(super) fn start_sealer(inner: &Arc<Inner>) -> Result<()> {
+        let (tx, rx) = mpsc::channel::<SealJob>();
+        let worker = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("annal-sealer".into())
+            .spawn(move || worker.run_sealer(rx))
+            .map_err(|e| Error::io("spawn the sealer thread for", inner.dir.clone(), e))?;
+        *lock(&inner.sealer_tx) = Some(tx);
+        *lock(&inner.sealer) = Some(handle);
+        Ok(())
+    }
+
+    /// Wait until the sealer's backlog is below [`MAX_UNINDEXED`], or the
+    /// writer is poisoned or closed.
+    pub(super) fn wait_for_sealer(&self) -> Result<()> {
+        let mut b = lock(&self.backlog);
+        b.waiting += 1;
+        while b.unindexed >= MAX_UNINDEXED && !self.poisoned.load(Ordering::Acquire) && !self.sealer_stopped() {
+            b = self.backlog_cv.wait(b).unwrap_or_else(|p| p.into_inner());
+        }
+        b.waiting -= 1;
+        drop(b);
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(self.poison_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the sealer thread was stopped (the log is closing).
+    fn sealer_stopped(&self) -> bool {
+        self.sealer_stopped.load(Ordering::Acquire)
+    }
+
+    /// One sealed segment indexed (or given up on): wake appenders waiting
+    /// for the backlog.
+    fn sealed_done(&self) {
+        let mut b = lock(&self.backlog);
+        b.unindexed = b.unindexed.saturating_sub(1);
+        drop(b);
+        self.backlog_cv.notify_all();
+    }
+
+    /// Wake appenders waiting for the backlog to check the writer's state.
+    pub(super) fn wake_backlog(&self) {
+        drop(lock(&self.backlog));
+        self.backlog_cv.notify_all();
+    }
+
+    /// Seal is already written; make the segment durable, then create the next.
+    pub(super) fn roll(
+        &self,
+        io: &mut IoState,
+        base: u64,
+        prev_timestamp: u64,
+        sealed: Arc<RwLock<MemIndex>>,
+        next: Arc<RwLock<MemIndex>>,
+    ) -> Result<()> {
+        let fs = &*self.opts.io;
+        io.release_reservation()?;
+        io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
+        let sealed_len = io.offset;
+        let path = self.dir.join(segment_file_name(base));
+        let file = fs.create(&path).map_err(|e| Error::io("create", &path, e))?;
+        let header = SegmentHeader::new(&self.format, base, prev_timestamp, (self.opts.clock)(), io.chain);
+        file.write_at(0, header.as_bytes())
+            .map_err(|e| Error::io("write", &path, e))?;
+        file.sync().map_err(|e| Error::io("fsync", &path, e))?;
+        fs.sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        let read_file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+        let sealed_seg = {
+            let mut p = lock(&self.published);
+            let map = Mapping::map(&p.active_file, sealed_len, &p.active_path)?;
+            let idx_path = self.dir.join(index_file_name(p.active_base));
+            let seg = ViewSegment {
+                base: p.active_base,
+                path: p.active_path.clone(),
+                map: Arc::new(map),
+                index: Arc::new(IndexCell::new(
+                    p.active_base,
+                    Some(idx_path),
+                    Some(Index::Mem(sealed.clone())),
+                )),
+            };
+            seg.index.notify(&self.index_damage);
+            p.sealed.push(seg.clone());
+            p.active_base = base;
+            p.active_path = Arc::new(path.clone());
+            p.active_file = read_file;
+            p.active_index = Arc::new(IndexCell::new(base, None, Some(Index::Mem(next))));
+            p.visible_end = SEGMENT_HEADER_LEN as u64;
+            p.next_position = base;
+            p.map = None;
+            seg
+        };
+        io.file = file;
+        io.path = path;
+        io.base = base;
+        io.offset = SEGMENT_HEADER_LEN as u64;
+        io.durable = SEGMENT_HEADER_LEN as u64;
+        io.reserved = io.offset;
+        // Indexing runs on the sealer thread, so appends never wait for it.
+        let job = SealJob {
+            seg: sealed_seg,
+            mem: sealed,
+            next_segment: base,
+        };
+        let sent = lock(&self.sealer_tx).as_ref().map(|tx| tx.send(job));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The sealed segment and the next one are durable: a failure to
+            // index poisons the writer for the next call, like the sealer's.
+            Some(Err(mpsc::SendError(job))) => {
+                if let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment) {
+                    self.poison(&e);
+                }
+                self.sealed_done();
+                Ok(())
+            }
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// The sealer thread: index each sealed segment in order. A failure
+    /// poisons the writer like any failed write.
+    fn run_sealer(&self, rx: mpsc::Receiver<SealJob>) {
+        for job in rx {
+            if !self.poisoned.load(Ordering::Acquire)
+                && let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment)
+            {
+                self.poison(&e);
+            }
+            self.sealed_done();
+        }
+    }
+
+    /// Stop the sealer thread after it has indexed every sealed segment.
+    pub(super) fn stop_sealer(&self) {
+        drop(lock(&self.sealer_tx).take());
+        let handle = lock(&self.sealer).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.sealer_stopped.store(true, Ordering::Release);
+        self.wake_backlog();
+    }
+
+    /// Write the index of a just-sealed segment and the new stream table
+    /// (spec 17, 18), then let readers use them.
+    fn index_sealed(&self, seg: &ViewSegment, mem: &RwLock<MemIndex>, next_segment: u64) -> Result<()> {
+        let bytes = seg.bytes()?;
+        let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
+        let old_table = lock(&self.published).table.clone();
+        let earlier: Vec<ViewSegment> = {
+            let p = lock(&self.published);
+            p.sealed.iter().filter(|s| s.base < seg.base).cloned().collect()
+        };
+        let mut resolve = |name: &str| resolve_prev(old_table.as_deref(), &earlier, name);
+        let (idx_bytes, rows) = read_index(mem).encode(
+            seg.base,
+            bytes.len() as u64,
+            seal_crc,
+            self.opts.hash_mask,
+            &mut resolve,
+        );
+        let idx_path = self.dir.join(index_file_name(seg.base));
+        write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;
+        let idx = IdxFile::open_for(&idx_path, seg.base, bytes)
+            .map_err(|d| d.at(&idx_path))?
+            .ok_or_else(|| Error::Corrupt {
+                path: idx_path.clone(),
+                offset: 0,
+                detail: "the index file just written is missing".into(),
+            })?;
+        seg.index.set(Index::Disk(Arc::new(idx)));
+        let table_bytes =
+            match streamtable::merge(old_table.as_deref(), &rows, seg.base, next_segment, self.opts.hash_mask) {
+                Ok(b) => b,
+                // The old table is damaged: rebuild it from every index.
+                Err(_) => {
+                    let sealed = lock(&self.published).sealed.clone();
+                    rebuild_table(&sealed, next_segment, self.opts.hash_mask)?
+                }
+            };
+        self.install_table(&table_bytes, Some(seg.base))
+    }
+
+    /// Rewrite the index files that readers found damaged, from the indexes
+    /// they rebuilt in memory (spec 17.4).
+    pub(super) fn rewrite_damaged_indexes(&self) -> Result<()> {
+        let (sealed, table) = {
+            let p = lock(&self.published);
+            (p.sealed.clone(), p.table.clone())
+        };
+        for (i, seg) in sealed.iter().enumerate() {
+            if !seg.index.needs_rewrite() {
+                continue;
+            }
+            let Some(Index::Mem(mem)) = seg.index.current() else {
+                continue;
+            };
+            let bytes = seg.bytes()?;
+            let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
+            let earlier = &sealed[..i];
+            let (idx_bytes, _) = read_index(&mem).encode(
+                seg.base,
+                bytes.len() as u64,
+                seal_crc,
+                self.opts.hash_mask,
+                &mut |name| resolve_prev(table.as_deref(), earlier, name),
+            );
+            let idx_path = self.dir.join(index_file_name(seg.base));
+            write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;
+            seg.index.mark_rewritten();
+        }
+        Ok(())
+    }
+
+    /// Write `bytes` as the stream table and let readers and appenders use it;
+    /// `covered` is a segment whose in-memory streams it now covers.
+    pub(super) fn install_table(&self, bytes: &[u8], covered: Option<u64>) -> Result<()> {
+        let path = self.dir.join(STREAM_TABLE_FILE);
+        write_derived(&*self.opts.io, &self.dir, &path, bytes)?;
+        let table = StreamTable::open(&path).map_err(|d| d.at(&path))?.map(Arc::new);
+        lock(&self.published).table = table.clone();
+        let mut st = lock(&self.state);
+        st.table = table;
+        if let Some(base) = covered {
+            st.unpersisted.retain(|(b, _)| *b != base);
+        }
+        self.table_damaged.store(false, Ordering::Release);
+        Ok(())
+    }
+}

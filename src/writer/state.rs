@@ -1,0 +1,277 @@
+//! The shared state behind a [`Log`] (`Inner`) and its parts: the
+//! appenders' state, the commit and I/O state of the leader, what views see,
+//! the sealer's queue; plus views and warnings. Building and closing it is
+//! in `lifecycle`; the behaviour is in the sibling files, each an
+//! `impl Inner`.
+//!
+//! Invariants: `state` is the appenders' lock (versions, positions, the
+//! pending bytes), and an expected version is decided only under it;
+//! `published` is what views see; the I/O state is touched only by the
+//! commit leader. No lock is held across a write or an fsync except `io`,
+//! by the leader.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
+
+use crate::audit::chain::ChainHash;
+use crate::audit::chaining::HasherThread;
+use crate::error::Result;
+use crate::format::LogFormat;
+use crate::index::streamtable::StreamTable;
+use crate::index::{IndexCell, MemIndex};
+use crate::read::view::{LogView, ViewSegment};
+use crate::storage::head::HeadWriter;
+use crate::storage::io::IoFile;
+use crate::storage::mmap::Mapping;
+
+#[cfg(doc)]
+use super::Log;
+use super::lock;
+use super::options::Options;
+use super::results::Recovery;
+use super::writer_lock::WriterLock;
+
+pub(super) struct Inner {
+    pub(super) dir: PathBuf,
+    pub(super) opts: Options,
+    pub(super) format: LogFormat,
+    pub(super) _lock: WriterLock,
+    pub(super) state: Mutex<State>,
+    pub(super) commit: Mutex<Commit>,
+    /// `Commit::written` and `Commit::durable`, readable without the lock.
+    pub(super) written_end: AtomicU64,
+    pub(super) durable_end: AtomicU64,
+    pub(super) poisoned: AtomicBool,
+    /// A lookup found the stream table damaged; the leader rebuilds it.
+    pub(super) table_damaged: AtomicBool,
+    /// Jobs for the sealer thread, which indexes sealed segments.
+    pub(super) sealer_tx: Mutex<Option<mpsc::Sender<SealJob>>>,
+    pub(super) sealer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Bumped by index cells when a reader finds an index file damaged.
+    pub(super) index_damage: Arc<AtomicU64>,
+    /// The value of `index_damage` the leader last handled.
+    pub(super) index_damage_handled: AtomicU64,
+    pub(super) io: Mutex<IoState>,
+    pub(super) published: Mutex<Published>,
+    /// Bumped (and notified) each time the leader publishes new visible ends,
+    /// for subscriptions waiting for new events.
+    pub(super) published_epoch: (Mutex<Epoch>, Condvar),
+    pub(super) recovery: Recovery,
+    /// Threads inside `append` (for the group commit's gathering).
+    pub(super) appenders: AtomicUsize,
+    /// Appends queued since the leader last took the pending bytes (changed
+    /// under the state lock; read without it while gathering).
+    pub(super) queued_appends: AtomicUsize,
+    /// How long the last fsync of a group took, in microseconds.
+    pub(super) last_sync_micros: AtomicU64,
+    /// Warnings found after opening (see [`Log::warnings`]).
+    pub(super) warnings: Mutex<Vec<String>>,
+    /// Sealed segments not yet indexed (queued rolls included), and appends
+    /// waiting for it to fall below [`MAX_UNINDEXED`] (back-pressure).
+    pub(super) backlog: Mutex<Backlog>,
+    pub(super) backlog_cv: Condvar,
+    /// The sealer thread has exited (the log is closing).
+    pub(super) sealer_stopped: AtomicBool,
+}
+
+/// Appender-side state: what has been assigned (written or pending).
+pub(super) struct State {
+    /// Index of the active segment, including batches not yet written.
+    pub(super) index: Arc<RwLock<MemIndex>>,
+    /// Sealed segments whose streams are not yet in the stream table, oldest
+    /// first (between a roll being queued and the leader writing the table).
+    pub(super) unpersisted: Vec<(u64, Arc<RwLock<MemIndex>>)>,
+    /// The stream table covering the other sealed segments.
+    pub(super) table: Option<Arc<StreamTable>>,
+    /// Recently appended events with application-supplied ids, for
+    /// idempotent retries (bounded by `Options::idempotency_window`).
+    pub(super) recent_ids: HashMap<[u8; 16], RecentId>,
+    pub(super) recent_order: VecDeque<[u8; 16]>,
+    pub(super) next_position: u64,
+    pub(super) last_timestamp: u64,
+    pub(super) seg_end: u64,
+    pub(super) seg_has_batches: bool,
+    /// Durable end of the active segment as last reported by a commit (or 128
+    /// for a segment not yet synced), carried into each frame header.
+    pub(super) seg_durable: u64,
+    pub(super) seg_base: u64,
+    /// Complete chunks and rolls waiting for the leader, in order.
+    pub(super) pending: Vec<Op>,
+    /// The open write buffer (after everything in `pending`).
+    pub(super) cur: Vec<u8>,
+    pub(super) spare: Vec<u8>,
+    /// Bytes assigned so far (a log sequence number of bytes, across segments).
+    pub(super) lsn: u64,
+    pub(super) closed: bool,
+    pub(super) ids: IdGen,
+    /// Events since the last signed checkpoint (with a signing key).
+    pub(super) unsigned_events: u64,
+    /// The position of the first event appended by this open.
+    pub(super) open_position: u64,
+    /// Whether the window of recent ids holds the log's tail from before
+    /// this open (see `Inner::load_window`).
+    pub(super) window_loaded: bool,
+}
+
+/// What views see.
+pub(super) struct Published {
+    pub(super) sealed: Vec<ViewSegment>,
+    pub(super) table: Option<Arc<StreamTable>>,
+    pub(super) active_index: Arc<IndexCell>,
+    pub(super) active_base: u64,
+    pub(super) active_path: Arc<PathBuf>,
+    pub(super) active_file: File,
+    pub(super) visible_end: u64,
+    pub(super) next_position: u64,
+    pub(super) map: Option<Arc<Mapping>>,
+}
+
+/// The published epoch and how many threads wait for it to change (a
+/// notification costs a system call, so it is sent only to waiters).
+#[derive(Default)]
+pub(super) struct Epoch {
+    pub(super) value: u64,
+    pub(super) waiters: usize,
+}
+
+/// Generated event ids: UUID v7 (RFC 9562). A fresh v7 (a random draw, one
+/// system call) when the millisecond changes; otherwise the previous ids'
+/// 62 random low bits counted on (RFC 9562 section 6.2, method 2), so ids stay
+/// unique and ordered, within a batch and across batches.
+#[derive(Default)]
+pub(super) struct IdGen {
+    pub(super) ms: u128,
+    pub(super) next: u128,
+}
+
+pub(super) enum Op {
+    Write(Vec<u8>),
+    Roll {
+        base: u64,
+        prev_timestamp: u64,
+        sealed: Arc<RwLock<MemIndex>>,
+        next: Arc<RwLock<MemIndex>>,
+    },
+}
+
+pub(super) struct Commit {
+    pub(super) busy: bool,
+    /// Appenders waiting while another leads, parked: the leader unparks them
+    /// all when it is done. Those whose bytes it covered return at once,
+    /// checking [`Inner::reached`] without taking this lock; the others
+    /// compete to lead next.
+    pub(super) parked: Vec<std::thread::Thread>,
+    pub(super) written: u64,
+    pub(super) durable: u64,
+    pub(super) poison: Option<String>,
+}
+
+/// Owned by the commit leader (the `busy` flag makes it exclusive).
+pub(super) struct IoState {
+    pub(super) file: Box<dyn IoFile>,
+    pub(super) path: PathBuf,
+    pub(super) base: u64,
+    pub(super) offset: u64,
+    pub(super) durable: u64,
+    pub(super) head: HeadWriter,
+    /// Disk space of the active segment is reserved up to here (see
+    /// [`IoFile::reserve`]); `reserved_past_end` says whether any was.
+    pub(super) reserved: u64,
+    pub(super) reserved_past_end: bool,
+    /// The audit chain's hash after the last batch written (spec 21), and
+    /// the position after that batch.
+    pub(super) chain: ChainHash,
+    pub(super) chain_position: u64,
+    /// Hashes large chunks while they are written (see `chaining`).
+    pub(super) hasher: Option<HasherThread>,
+}
+
+/// The sealer's backlog (see `Inner::backlog`).
+#[derive(Debug, Default)]
+pub(super) struct Backlog {
+    pub(super) unindexed: usize,
+    pub(super) waiting: usize,
+}
+
+/// Most sealed segments left to index before an append that would roll
+/// another segment waits for the sealer: bounds the work `close` (and a
+/// crash's recovery) finds, whatever the rate of appends.
+pub(super) const MAX_UNINDEXED: usize = 4;
+
+/// A sealed segment to index (spec 17) and fold into the stream table.
+pub(super) struct SealJob {
+    pub(super) seg: ViewSegment,
+    pub(super) mem: Arc<RwLock<MemIndex>>,
+    pub(super) next_segment: u64,
+}
+
+/// Where a recently appended event with an application-supplied id went.
+pub(super) struct RecentId {
+    pub(super) stream: Arc<str>,
+    pub(super) version: u64,
+    pub(super) position: u64,
+}
+
+impl State {
+    /// Queue `bytes` (a seal or a checkpoint frame) in the open buffer.
+    pub(super) fn push_bytes(&mut self, bytes: &[u8]) {
+        self.cur.extend_from_slice(bytes);
+        self.lsn += bytes.len() as u64;
+        self.seg_end += bytes.len() as u64;
+    }
+}
+
+impl Inner {
+    /// A view of everything visible now.
+    pub(super) fn view(&self) -> Result<LogView> {
+        let mut p = lock(&self.published);
+        let map = match &p.map {
+            Some(m) if m.bytes().len() as u64 == p.visible_end => m.clone(),
+            _ => {
+                let m = Arc::new(Mapping::map(&p.active_file, p.visible_end, &p.active_path)?);
+                p.map = Some(m.clone());
+                m
+            }
+        };
+        crate::read::view::trim_mappings(&mut p.sealed, crate::read::view::max_mapped());
+        let mut segs = Vec::with_capacity(p.sealed.len() + 1);
+        segs.extend(p.sealed.iter().cloned());
+        segs.push(ViewSegment {
+            base: p.active_base,
+            path: p.active_path.clone(),
+            map,
+            index: p.active_index.clone(),
+        });
+        Ok(LogView::new(segs, p.next_position, p.table.clone()))
+    }
+
+    /// Record a warning for [`Log::warnings`] (at most [`MAX_WARNINGS`]).
+    pub(super) fn warn(&self, w: String) {
+        let mut ws = lock(&self.warnings);
+        if ws.len() < MAX_WARNINGS {
+            ws.push(w);
+        }
+    }
+
+    pub(super) fn bump_published_epoch(&self) {
+        let mut e = lock(&self.published_epoch.0);
+        e.value += 1;
+        if e.waiters > 0 {
+            self.published_epoch.1.notify_all();
+        }
+    }
+}
+
+/// Most warnings a writer keeps (see [`Log::warnings`]).
+pub(super) const MAX_WARNINGS: usize = 100;
+
+pub(super) fn read_index(m: &RwLock<MemIndex>) -> std::sync::RwLockReadGuard<'_, MemIndex> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn write_index(m: &RwLock<MemIndex>) -> std::sync::RwLockWriteGuard<'_, MemIndex> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
