@@ -476,7 +476,14 @@ fn a_sealer_temp_file_in_the_crash_image_is_removed_with_the_torn_tail() {
     assert_ne!(garbage[..8], original[mid as usize..mid as usize + 8]);
 
     check(&fx, "temp file, intact image", false, |_| {}, &fx.all, fx.end);
-    check(&fx, "temp file, cut at the batch start + 1", false, |b| truncate_to(b, fx.start + 1), &fx.earlier, fx.start);
+    check(
+        &fx,
+        "temp file, cut at the batch start + 1",
+        false,
+        |b| truncate_to(b, fx.start + 1),
+        &fx.earlier,
+        fx.start,
+    );
     check(
         &fx,
         "temp file, cut mid-batch + 57 garbage bytes",
