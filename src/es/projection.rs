@@ -26,9 +26,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::error::{Result, corrupt};
-use crate::format::frame::validate_frame_each;
+use crate::format::frame::FrameCursor;
 use crate::format::record::RecordRef;
-use crate::format::{FRAME_KIND_SEAL, SEGMENT_HEADER_LEN};
+use crate::format::{FRAME_FIRST_POSITION_OFFSET, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::index::Index;
 use crate::read::view::{LogView, ViewSegment};
 use crate::types::Direction;
@@ -378,7 +378,7 @@ impl LogView {
                 {
                     return Err(corrupt(
                         &next.path,
-                        32,
+                        SEGMENT_BASE_POSITION_OFFSET as u64,
                         format!(
                             "expected the segment to start at position {pos}, found base position {}",
                             next.base
@@ -387,32 +387,24 @@ impl LogView {
                 }
                 continue;
             };
-            // One pass: records are applied as they are checked. If the
-            // batch turns out damaged, the error discards the whole model.
-            let f = validate_frame_each(rest, off as u64, true, |_, r| p.apply(&mut model, &r))
-                .map_err(|d| d.at(&*s.path))?;
-            if f.first_position != pos {
-                return Err(corrupt(
-                    &s.path,
-                    off as u64 + 16,
-                    format!(
-                        "expected a frame starting at position {pos}, found {}",
-                        f.first_position
-                    ),
-                ));
+            // One pass: records are applied as they are checked. If a batch
+            // turns out damaged, the error discards the whole model.
+            let mut frames = FrameCursor::new(rest, off as u64, pos, true);
+            while (seg, off) < b.key() {
+                let Some(step) = frames.step_each(|_, r| p.apply(&mut model, &r)) else {
+                    break;
+                };
+                step.map_err(|d| d.at(&*s.path))?;
+                // Bytes after a seal are damage of the seal's segment, even
+                // where the chunk ends at the seal.
+                if frames.sealed()
+                    && let Some(Err(d)) = frames.peek()
+                {
+                    return Err(d.at(&*s.path));
+                }
+                off = frames.offset() as usize;
+                pos = frames.next_position();
             }
-            if f.kind == FRAME_KIND_SEAL && rest.len() as u64 != f.len {
-                return Err(corrupt(
-                    &s.path,
-                    off as u64 + f.len,
-                    format!(
-                        "expected the segment to end at its seal, found {} more bytes",
-                        rest.len() as u64 - f.len
-                    ),
-                ));
-            }
-            off += f.len as usize;
-            pos = f.next_position();
         }
         if let Some(s) = self.segments.get(b.seg) {
             if (seg, off) != b.key() {
@@ -428,7 +420,7 @@ impl LogView {
             if pos != b.pos {
                 return Err(corrupt(
                     &s.path,
-                    b.off as u64 + 16,
+                    b.off as u64 + FRAME_FIRST_POSITION_OFFSET as u64,
                     format!(
                         "expected a frame starting at position {pos}, but the index says {}",
                         b.pos
