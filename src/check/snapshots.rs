@@ -9,10 +9,12 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::files::{Opened, open_checked, read_at_into, read_prefix, u64_at};
+use super::files::{Opened, open_checked, read_at_into, read_prefix};
 use super::report::{CheckReport, finding};
 use crate::error::{Error, Result};
-use crate::es::snapshot::{SNAPSHOT_DIR, SnapshotStore};
+use crate::format::names::SNAPSHOT_DIR;
+use crate::format::snapshot::{SNAPSHOT_CRC_OFFSET, SNAPSHOT_HEADER_LEN, SnapshotHeader, check_header};
+use zerocopy::FromBytes;
 
 /// Snapshot files larger than this are checked by streaming (header and
 /// CRC), never held in memory whole.
@@ -73,7 +75,8 @@ pub(super) fn check_snapshots(
             check_large_snapshot(&f, &p, len)?
         } else {
             let bytes = read_prefix(&f, &p, len)?;
-            match SnapshotStore::decode(&p, &bytes) {
+            match crate::format::snapshot::decode(p.file_name().and_then(|n| n.to_str()), &bytes).map_err(|d| d.at(&p))
+            {
                 Ok(_) => None,
                 Err(Error::Corrupt { offset, detail, .. }) => Some((offset, detail)),
                 Err(e) => Some((0, e.to_string())),
@@ -90,26 +93,22 @@ pub(super) fn check_snapshots(
 /// A snapshot file too large to hold in memory (spec 20.2): its length
 /// against its header, and its CRC, computed in bounded chunks.
 fn check_large_snapshot(f: &fs::File, path: &Path, len: u64) -> Result<Option<(u64, String)>> {
-    let header = read_prefix(f, path, 64)?;
-    if header.get(..8) != Some(b"ANNALSNP".as_slice()) {
-        return Ok(Some((0, "expected snapshot magic \"ANNALSNP\"".to_owned())));
-    }
-    let stream_len = header
-        .get(12..14)
-        .map_or(0, |b| u64::from(u16::from_le_bytes([b[0], b[1]])));
-    let payload_len = u64_at(&header, 40).unwrap_or(0);
-    let want = 64u64.checked_add(stream_len).and_then(|x| x.checked_add(payload_len));
-    if want != Some(len) {
+    let header = read_prefix(f, path, SNAPSHOT_HEADER_LEN as u64)?;
+    let Ok((h, _)) = SnapshotHeader::ref_from_prefix(&header) else {
         return Ok(Some((
-            40,
-            format!(
-                "expected a file of 64 + stream_len {stream_len} + payload_len {payload_len} bytes, found {len} bytes"
-            ),
+            0,
+            format!("expected a {SNAPSHOT_HEADER_LEN}-byte snapshot header"),
         )));
+    };
+    // Magic, version and lengths: the decoder's own checks (spec 20.3).
+    if let Err(d) = check_header(h, len) {
+        return Ok(Some((d.offset, d.detail())));
     }
-    let mut h = crc32fast::Hasher::new();
-    h.update(&header[..60]);
-    let mut off = 64u64;
+    // The CRC of spec 20.2, streamed: the header without its CRC field, then
+    // the body, read in pieces.
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(header.get(..SNAPSHOT_CRC_OFFSET).unwrap_or_default());
+    let mut off = SNAPSHOT_HEADER_LEN as u64;
     let mut buf = Vec::with_capacity(1 << 20);
     while off < len {
         buf.clear();
@@ -117,17 +116,15 @@ fn check_large_snapshot(f: &fs::File, path: &Path, len: u64) -> Result<Option<(u
         if buf.is_empty() {
             break;
         }
-        h.update(&buf);
+        crc.update(&buf);
         off += buf.len() as u64;
     }
-    let crc = h.finalize();
-    let stored = header
-        .get(60..64)
-        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    Ok((crc != stored).then(|| {
+    let want = crc.finalize();
+    let stored = h.crc.get();
+    Ok((want != stored).then(|| {
         (
-            60,
-            format!("snapshot CRC mismatch: expected {crc:#010x}, found {stored:#010x}"),
+            SNAPSHOT_CRC_OFFSET as u64,
+            format!("snapshot CRC mismatch: expected {want:#010x}, found {stored:#010x}"),
         )
     }))
 }

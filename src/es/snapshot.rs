@@ -15,7 +15,6 @@
 //! [`SnapshotHeader`] is the normative byte layout of spec 20.2.
 
 use std::io;
-use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,64 +22,20 @@ use std::sync::{Arc, Mutex};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::error::{Damage, Error, Result};
+use crate::error::{Error, Result};
+use crate::format::SNAPSHOT_CRC_OFFSET;
 use crate::format::hash::stream_hash;
-use crate::format::{SNAPSHOT_CRC_OFFSET, SNAPSHOT_LENGTH_OFFSET as LENGTH_OFFSET};
+pub use crate::format::snapshot::Snapshot;
+pub(crate) use crate::format::snapshot::file_name;
+use crate::format::snapshot::{check_header, file_crc, parse_file_name};
 pub(crate) use crate::format::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SnapshotHeader};
 use crate::storage::io::{Io, read_exact_at};
 
-/// One stream's state at a version: the payload is the aggregate's state,
-/// serialized by the caller (the typed layer uses postcard).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The full stream name (1 to 65,535 bytes of UTF-8).
-    pub stream: String,
-    /// The version of the last event of the stream reflected in the state.
-    pub stream_version: u64,
-    /// The global position of that event (the event at `stream_version`).
-    pub position: u64,
-    /// The version of the aggregate's snapshot schema, chosen by the
-    /// application; a load asks for one schema version and skips the others.
-    pub schema_version: u32,
-    /// The serialized state (opaque to annal).
-    pub payload: Vec<u8>,
-}
-
 /// Name of the folder, inside the log directory, that holds snapshot files.
 pub(crate) use crate::format::names::SNAPSHOT_DIR;
-/// Extension of snapshot file names.
-const SNAPSHOT_EXT: &str = ".snap";
-
 /// Saves of every store in this process, one at a time: two saves of the
 /// same snapshot share a temp file name, and pruning lists what saves write.
 static SAVE_LOCK: Mutex<()> = Mutex::new(());
-
-/// The CRC of a snapshot file: CRC-32 of every byte except the CRC field.
-/// `bytes` is at least [`SNAPSHOT_HEADER_LEN`] long.
-fn file_crc(bytes: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&bytes[..SNAPSHOT_CRC_OFFSET]);
-    h.update(&bytes[SNAPSHOT_HEADER_LEN..]);
-    h.finalize()
-}
-
-/// The file name of the snapshot of the stream with hash `hash` at global
-/// position `position` (spec 20.1).
-pub(crate) fn file_name(hash: u64, position: u64) -> String {
-    format!("{hash:016x}-{position:020}{SNAPSHOT_EXT}")
-}
-
-/// Parse a snapshot file name into (stream hash, position); `None` for any
-/// other name (temp files included).
-pub(crate) fn parse_file_name(name: &str) -> Option<(u64, u64)> {
-    let stem = name.strip_suffix(SNAPSHOT_EXT)?;
-    let (hash, pos) = stem.split_once('-')?;
-    let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
-    if hash.len() != 16 || !hash.bytes().all(hex) || pos.len() != 20 || !pos.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    Some((u64::from_str_radix(hash, 16).ok()?, pos.parse().ok()?))
-}
 
 /// Encode `snap` as the bytes of its file (spec 20.2).
 pub(crate) fn encode(snap: &Snapshot) -> Result<Vec<u8>> {
@@ -116,109 +71,6 @@ pub(crate) fn encode(snap: &Snapshot) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The checks of spec 20.3 that need only the header and the file length:
-/// magic, format version, and lengths that fill the file exactly.
-fn check_header(h: &SnapshotHeader, file_len: u64) -> Result<(), Damage> {
-    if h.magic != SNAPSHOT_MAGIC {
-        return Err(Damage::corrupt(
-            0,
-            format!("expected snapshot magic \"ANNALSNP\", found {:02x?}", h.magic),
-        ));
-    }
-    let version = h.format_version.get();
-    if version != SNAPSHOT_FORMAT_VERSION {
-        return Err(Damage::corrupt(
-            offset_of!(SnapshotHeader, format_version) as u64,
-            format!(
-                "snapshot format version {version} is not supported (this build reads version {SNAPSHOT_FORMAT_VERSION})"
-            ),
-        ));
-    }
-    let (stream_len, payload_len) = (h.stream_len.get(), h.payload_len.get());
-    let want = (SNAPSHOT_HEADER_LEN as u64 + stream_len as u64).checked_add(payload_len);
-    if want != Some(file_len) {
-        return Err(Damage::corrupt(
-            LENGTH_OFFSET,
-            format!(
-                "expected the file to be {SNAPSHOT_HEADER_LEN} + stream_len ({stream_len}) + payload_len \
-                 ({payload_len}) bytes long, found {file_len} bytes"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Parse and check a whole snapshot file (spec 20.3), in the order stated there.
-fn parse(bytes: &[u8]) -> Result<Snapshot, Damage> {
-    let Ok((h, _)) = SnapshotHeader::ref_from_prefix(bytes) else {
-        return Err(Damage::corrupt(
-            0,
-            format!(
-                "expected a {SNAPSHOT_HEADER_LEN}-byte snapshot header, found a file of {} bytes",
-                bytes.len()
-            ),
-        ));
-    };
-    check_header(h, bytes.len() as u64)?;
-    let want = file_crc(bytes);
-    if h.crc.get() != want {
-        return Err(Damage::corrupt(
-            SNAPSHOT_CRC_OFFSET as u64,
-            format!(
-                "snapshot CRC mismatch: expected {want:#010x}, found {:#010x}",
-                h.crc.get()
-            ),
-        ));
-    }
-    for (name, off, zero) in [
-        ("flags", offset_of!(SnapshotHeader, flags), h.flags.get() == 0),
-        (
-            "reserved0",
-            offset_of!(SnapshotHeader, reserved0),
-            h.reserved0.get() == 0,
-        ),
-        (
-            "reserved1",
-            offset_of!(SnapshotHeader, reserved1),
-            h.reserved1.get() == 0,
-        ),
-        (
-            "reserved2",
-            offset_of!(SnapshotHeader, reserved2),
-            h.reserved2.iter().all(|&b| b == 0),
-        ),
-    ] {
-        if !zero {
-            return Err(Damage::corrupt(
-                off as u64,
-                format!("expected snapshot header field {name} to be zero"),
-            ));
-        }
-    }
-    // check_header proved 64 + stream_len + payload_len == bytes.len().
-    let body = &bytes[SNAPSHOT_HEADER_LEN..];
-    let (stream, payload) = body.split_at(h.stream_len.get() as usize);
-    if stream.is_empty() {
-        return Err(Damage::corrupt(
-            LENGTH_OFFSET,
-            "expected a stream name of at least 1 byte, found stream_len 0",
-        ));
-    }
-    let stream = std::str::from_utf8(stream).map_err(|e| {
-        Damage::corrupt(
-            (SNAPSHOT_HEADER_LEN + e.valid_up_to()) as u64,
-            "expected the stream name to be valid UTF-8",
-        )
-    })?;
-    Ok(Snapshot {
-        stream: stream.to_owned(),
-        stream_version: h.stream_version.get(),
-        position: h.position.get(),
-        schema_version: h.schema_version.get(),
-        payload: payload.to_vec(),
-    })
-}
-
 /// What reading one file of the folder gave.
 enum Read {
     /// The file no longer exists (pruned by a concurrent save).
@@ -252,7 +104,13 @@ fn read_file(path: &Path) -> Read {
     if let Err(e) = read_exact_at(&file, &mut head[..n], 0) {
         return Read::Unreadable(Error::io("read", path, e));
     }
-    let foreign = n >= 10 && head[..8] == SNAPSHOT_MAGIC && head[8..10] != SNAPSHOT_FORMAT_VERSION.to_le_bytes();
+    // Our magic with another format version: a newer annal wrote it.
+    let version_at = std::mem::offset_of!(SnapshotHeader, format_version);
+    let foreign = head.get(..n).is_some_and(|h| h.starts_with(&SNAPSHOT_MAGIC))
+        && head
+            .get(version_at..version_at + 2)
+            .filter(|_| n >= version_at + 2)
+            .is_some_and(|v| v != SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     let bytes = if n < SNAPSHOT_HEADER_LEN {
         head[..n].to_vec()
     } else {
@@ -456,27 +314,12 @@ impl SnapshotStore {
         }
         Ok((None, warnings))
     }
-
-    /// Decode and check a snapshot file's bytes (spec 20.3); `path` names the
-    /// file in errors, and if its name is a snapshot file name, the position
-    /// in it must equal the stored one. Errors are [`Error::Corrupt`].
-    pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
-        decode(path, bytes)
-    }
 }
 
+/// [`crate::format::snapshot::decode`] with the file's path attached to its
+/// errors ([`Error::Corrupt`]).
 fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
-    let snap = parse(bytes).map_err(|d| d.at(path))?;
-    if let Some((_, pos)) = path.file_name().and_then(|n| n.to_str()).and_then(parse_file_name)
-        && pos != snap.position
-    {
-        return Err(Error::Corrupt {
-            path: path.to_owned(),
-            offset: offset_of!(SnapshotHeader, position) as u64,
-            detail: format!("expected position {pos} (from the file name), found {}", snap.position),
-        });
-    }
-    Ok(snap)
+    crate::format::snapshot::decode(path.file_name().and_then(|n| n.to_str()), bytes).map_err(|d| d.at(path))
 }
 
 /// Thin public wrappers over the crate-private snapshot store, for the
@@ -512,7 +355,7 @@ pub mod testing {
 
     /// `SnapshotStore::decode`.
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
-        SnapshotStore::decode(path, bytes)
+        decode(path, bytes)
     }
 
     /// The bytes `save` writes for `snap`.

@@ -40,7 +40,7 @@ mod head;
 mod index_file;
 mod record_header;
 mod segment;
-mod snapshot;
+pub(crate) mod snapshot;
 mod stream_table;
 
 pub use block::*;
