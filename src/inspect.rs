@@ -17,9 +17,9 @@
 //! never depends on the file's name, except that a head file whose first
 //! slot is empty is recognised by its name.
 //!
-//! One file per kind: [`segment`](mod@segment) (segments: frames, records,
-//! checkpoints), [`derived`] (index files, the stream table, snapshots: the
-//! block footer and headers), [`head`](mod@head) (the head file).
+//! One file per kind: `segment` (segments: frames, records, checkpoints),
+//! `derived` (index files, the stream table, snapshots: the block footer and
+//! headers), `head` (the head file); everything is re-exported here.
 
 mod derived;
 mod head;
@@ -37,8 +37,8 @@ use crate::format::names::HEAD_FILE;
 use crate::format::{HEAD_MAGIC, IDX_MAGIC, SEGMENT_MAGIC, STB_MAGIC};
 
 pub use derived::{
-    BlockChecks, FooterDump, IndexDump, IndexHeaderDump, SnapshotDump, SnapshotHeaderDump, StreamTableDump,
-    StreamTableHeaderDump, index, snapshot, stream_table,
+    BlockChecks, FooterDump, IndexDump, IndexHeaderDump, SnapshotDump, SnapshotHeaderDump, StreamRowDump,
+    StreamTableDump, StreamTableHeaderDump, index, snapshot, stream_table, stream_table_rows,
 };
 pub use head::{HeadDump, HeadSlotDump, SlotDump, head};
 pub use segment::{CheckpointDump, FrameDump, RecordDump, SegmentDump, SegmentHeaderDump, segment};
@@ -149,6 +149,14 @@ pub fn inspect(bytes: &[u8], file_name: Option<&str>) -> Result<FileDump, NotAnn
             first_bytes: magic.unwrap_or(bytes).to_vec(),
         });
     })
+}
+
+/// The `record_len` (spec 3.2) of a record with parts of these lengths:
+/// its header, the parts, and the padding to a multiple of 8; `u64::MAX` if
+/// that does not fit a `u64`. For tools that check an event against the
+/// format's limits before appending it.
+pub fn record_len(stream: usize, event_type: usize, metadata: usize, payload: usize) -> u64 {
+    crate::format::record::record_len(stream, event_type, metadata, payload)
 }
 
 /// Why [`read_file`] could not read a file.

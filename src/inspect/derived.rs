@@ -9,7 +9,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::{crc, field, struct_at, u32_at};
 use crate::es::snapshot::{SNAPSHOT_HEADER_LEN, SnapshotHeader};
-use crate::format::{IDX_HEADER_LEN, IdxHeader, STB_HEADER_LEN, StbHeader};
+use crate::format::{IDX_HEADER_LEN, IdxHeader, STB_HEADER_LEN, STB_ROW_LEN, StbHeader, StbRow};
 use crate::index::blockfile::{BLOCK, FOOTER_LEN};
 
 // The footer of derived files (spec 16) has no struct in `crate::format`
@@ -248,6 +248,68 @@ pub fn stream_table(file: &[u8]) -> StreamTableDump {
         footer,
         stop,
     }
+}
+
+/// One row of the stream table (spec 18).
+#[derive(Debug, Clone)]
+pub struct StreamRowDump {
+    /// File offset of the row.
+    pub offset: u64,
+    /// `hash`.
+    pub hash: u64,
+    /// The stream name; `None` if the row points outside the name area or
+    /// the file.
+    pub name: Option<Vec<u8>>,
+    /// `last_version`.
+    pub last_version: u64,
+    /// `segment`.
+    pub segment: u64,
+    /// `row`.
+    pub row: u32,
+}
+
+/// The rows of the stream table `file`: as many of its `stream_count` as lie
+/// before the block table (before the end of the file if the footer cannot
+/// be read), in file order. Nothing here is checked against a CRC: see
+/// [`stream_table`] for that.
+pub fn stream_table_rows(file: &[u8]) -> Vec<StreamRowDump> {
+    let Some(h) = struct_at::<StbHeader>(file, 0) else {
+        return Vec::new();
+    };
+    let table_at = file
+        .len()
+        .checked_sub(FOOTER_LEN)
+        .and_then(|at| struct_at::<BlockFooter>(file, at))
+        .and_then(|f| usize::try_from(f.table_offset.get()).ok());
+    let region = table_at.and_then(|t| file.get(..t)).unwrap_or(file);
+    let count = h.stream_count.get();
+    let names_len = h.names_len.get();
+    let names_at = usize::try_from(count)
+        .ok()
+        .and_then(|n| n.checked_mul(STB_ROW_LEN)?.checked_add(STB_HEADER_LEN));
+    (0..count)
+        .map_while(|i| {
+            let at = usize::try_from(i)
+                .ok()?
+                .checked_mul(STB_ROW_LEN)?
+                .checked_add(STB_HEADER_LEN)?;
+            let r = struct_at::<StbRow>(region, at)?;
+            let (off, len) = (r.name_offset.get(), r.name_len.get());
+            let name = names_at
+                .filter(|_| u64::from(off) + u64::from(len) <= names_len)
+                .and_then(|n| n.checked_add(usize::try_from(off).ok()?))
+                .and_then(|n| field(region, n, len.into()))
+                .map(<[u8]>::to_vec);
+            Some(StreamRowDump {
+                offset: at as u64,
+                hash: r.hash.get(),
+                name,
+                last_version: r.last_version.get(),
+                segment: r.segment.get(),
+                row: r.row.get(),
+            })
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- snapshots

@@ -69,7 +69,12 @@ fn intact_files_are_described_without_problems() {
                     || matches!(h.slots.as_slice(), [_, SlotDump::Written(_)])
             ),
             FileDump::Index(i) => assert!(i.footer.is_some_and(|f| f.blocks.is_some())),
-            FileDump::StreamTable(t) => assert_eq!(t.header.map(|h| h.stream_count), Some(2)),
+            FileDump::StreamTable(t) => {
+                assert_eq!(t.header.map(|h| h.stream_count), Some(2));
+                let mut names: Vec<Vec<u8>> = stream_table_rows(bytes).into_iter().filter_map(|r| r.name).collect();
+                names.sort();
+                assert_eq!(names, [b"order-0".to_vec(), b"order-1".to_vec()]);
+            }
             FileDump::Snapshot(_) => panic!("no snapshot was written"),
         }
     }
@@ -124,6 +129,7 @@ fn no_damage_panics() {
                 b[at..].iter_mut().take(8).for_each(|x| *x = 0xff);
             }
             let _ = inspect(&b, Some(name));
+            let _ = stream_table_rows(&b);
         }
     }
 }
