@@ -51,6 +51,8 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod index;
+#[doc(hidden)]
+pub mod inspect;
 mod read;
 mod storage;
 mod types;

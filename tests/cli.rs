@@ -362,3 +362,21 @@ fn every_subcommand_help_has_an_example_and_exit_codes() {
     let out = run(&["read"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn dump_of_a_snapshot_whose_lengths_overflow_is_a_message_not_a_panic() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let snap = tmp.path().join("x.snap");
+    let mut bytes = b"ANNALSNP".to_vec();
+    bytes.resize(68, 0xff);
+    std::fs::write(&snap, &bytes).expect("write");
+    let out = run(&["dump", p(&snap)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    // 64 + 65535 + u64::MAX, computed without wrapping.
+    assert!(
+        err.contains("file length of 18446744073709617214, the file has 68 bytes"),
+        "{err}"
+    );
+    assert!(text(&out.stdout).contains("crc:            0xffffffff BAD"));
+}

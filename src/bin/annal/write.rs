@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
-use annal::format::{FRAME_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN};
+use annal::format::{FRAME_HEADER_LEN, MAX_RECORD_LEN};
 use annal::{Durability, EventData, ExpectedVersion, Log, Options, Uuid};
 use clap::Args;
 use serde::Deserialize;
@@ -218,7 +218,7 @@ fn check_event(stream: &str, event_type: &str, metadata: usize, payload: usize) 
             "metadata + payload is {body} bytes, more than the {MAX_EVENT_BYTES} bytes an event may have"
         ));
     }
-    let len = (RECORD_HEADER_LEN as u64 + stream.len() as u64 + event_type.len() as u64 + body).div_ceil(8) * 8;
+    let len = annal::inspect::record_len(stream.len(), event_type.len(), metadata, payload);
     if len > MAX_RECORD_LEN || len + FRAME_HEADER_LEN as u64 > MAX_BATCH_BYTES {
         return Err(format!("the event encodes to {len} bytes, more than a batch may hold"));
     }

@@ -1,0 +1,327 @@
+//! Inspection of segment files (spec 2, 3): the header, every frame, the
+//! records of each batch and the body of each checkpoint, in file order, up
+//! to the first length that cannot be followed.
+
+use std::mem::offset_of;
+
+use zerocopy::IntoBytes;
+
+use super::{crc, hex, struct_at, u32_at};
+use crate::format::record::record_len;
+use crate::format::{
+    CHECKPOINT_FRAME_LEN, FRAME_CRC_START, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL,
+    FRAME_MAGIC, FrameHeader, RECORD_CRC_START, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_CRC_OFFSET,
+    SEGMENT_HEADER_LEN, SegmentHeader,
+};
+
+// The checkpoint body (spec 3.5) has no struct in `crate::format` yet. Until
+// it does, its table is written here, once, and every offset of it below is
+// derived from it; when the format module gains it, this struct goes and the
+// import changes.
+
+use crate::format::CheckpointBody;
+
+/// A segment file (spec 2, 3): its header and every frame, in file order.
+#[derive(Debug, Default)]
+pub struct SegmentDump {
+    /// The header; `None` if the file is shorter than one.
+    pub header: Option<SegmentHeaderDump>,
+    /// The frames, up to the first that cannot be followed (which is listed
+    /// too if its header could be read).
+    pub frames: Vec<FrameDump>,
+    /// Why the description stops before the end of the file, if it does.
+    pub stop: Option<String>,
+}
+
+impl SegmentDump {
+    /// How many checksums do not match: header, frame headers, records,
+    /// checkpoint bodies.
+    pub fn problems(&self) -> u64 {
+        let header = self.header.as_ref().map_or(0, |h| u64::from(!h.crc_ok));
+        header + self.frames.iter().map(FrameDump::problems).sum::<u64>()
+    }
+
+    /// How many records the frames hold (as far as they were read).
+    pub fn record_count(&self) -> u64 {
+        self.frames.iter().map(|f| f.records.len() as u64).sum()
+    }
+}
+
+/// The fields of a segment header (spec 2.1).
+#[derive(Debug, Clone)]
+pub struct SegmentHeaderDump {
+    /// `format_version`.
+    pub format_version: u16,
+    /// `log_flags`.
+    pub log_flags: u16,
+    /// `log_id`.
+    pub log_id: [u8; 16],
+    /// `base_position`.
+    pub base_position: u64,
+    /// `prev_timestamp`.
+    pub prev_timestamp: u64,
+    /// `created_at`.
+    pub created_at: u64,
+    /// `chain_start`.
+    pub chain_start: [u8; 32],
+    /// `key_id`.
+    pub key_id: [u8; 16],
+    /// `header_crc` as stored.
+    pub header_crc: u32,
+    /// Whether `header_crc` matches the header.
+    pub crc_ok: bool,
+}
+
+/// One frame (spec 3.1) and what it holds.
+#[derive(Debug, Clone)]
+pub struct FrameDump {
+    /// File offset of the frame.
+    pub offset: u64,
+    /// `kind`.
+    pub kind: u8,
+    /// `frame_len`.
+    pub len: u64,
+    /// `first_position`.
+    pub first_position: u64,
+    /// `record_count`.
+    pub count: u32,
+    /// `durable_end`.
+    pub durable_end: u64,
+    /// The audit chain slot.
+    pub chain: [u8; 32],
+    /// Whether `header_crc` matches the frame header.
+    pub header_crc_ok: bool,
+    /// The records of a batch, up to the first that cannot be read.
+    pub records: Vec<RecordDump>,
+    /// The body of a checkpoint frame.
+    pub checkpoint: Option<CheckpointDump>,
+}
+
+impl FrameDump {
+    /// The name of the frame's kind: `batch`, `seal`, `checkpoint` or `invalid`.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            FRAME_KIND_BATCH => "batch",
+            FRAME_KIND_SEAL => "seal",
+            FRAME_KIND_CHECKPOINT => "checkpoint",
+            _ => "invalid",
+        }
+    }
+
+    /// How many checksums of this frame do not match: its header, its records, a checkpoint body.
+    pub fn problems(&self) -> u64 {
+        let records = self.records.iter().filter(|r| !r.crc_ok).count() as u64;
+        let body = self.checkpoint.as_ref().map_or(0, |c| u64::from(!c.body_crc_ok));
+        u64::from(!self.header_crc_ok) + records + body
+    }
+}
+
+/// One record of a batch (spec 3.2).
+#[derive(Debug, Clone)]
+pub struct RecordDump {
+    /// File offset of the record.
+    pub offset: u64,
+    /// `record_len`.
+    pub len: u32,
+    /// `position`.
+    pub position: u64,
+    /// The stream name as stored.
+    pub stream: Vec<u8>,
+    /// `stream_version`.
+    pub stream_version: u64,
+    /// The event type as stored.
+    pub event_type: Vec<u8>,
+    /// `schema_version`.
+    pub schema_version: u32,
+    /// `stream_len`.
+    pub stream_len: u16,
+    /// `type_len`.
+    pub type_len: u16,
+    /// `metadata_len`.
+    pub metadata_len: u32,
+    /// `payload_len`.
+    pub payload_len: u32,
+    /// Whether the record CRC matches.
+    pub crc_ok: bool,
+}
+
+/// The body of a signed checkpoint (spec 3.5).
+#[derive(Debug, Clone)]
+pub struct CheckpointDump {
+    /// The signer's public key; `None` if the file ends before it.
+    pub public_key: Option<[u8; 32]>,
+    /// The signature; `None` if the file ends before it.
+    pub signature: Option<[u8; 64]>,
+    /// Whether the frame has a checkpoint's length and its body CRC matches.
+    pub body_crc_ok: bool,
+}
+
+/// Describe a segment file.
+pub fn segment(file: &[u8]) -> SegmentDump {
+    let mut d = SegmentDump::default();
+    let Some(h) = struct_at::<SegmentHeader>(file, 0) else {
+        d.stop = Some(format!(
+            "the segment header needs {SEGMENT_HEADER_LEN} bytes, the file has {}",
+            file.len()
+        ));
+        return d;
+    };
+    d.header = Some(SegmentHeaderDump {
+        format_version: h.format_version.get(),
+        log_flags: h.log_flags.get(),
+        log_id: h.log_id,
+        base_position: h.base_position.get(),
+        prev_timestamp: h.prev_timestamp.get(),
+        created_at: h.created_at.get(),
+        chain_start: h.chain_start,
+        key_id: h.key_id,
+        header_crc: h.header_crc.get(),
+        crc_ok: crc(file, 0, SEGMENT_HEADER_CRC_OFFSET) == h.header_crc.get(),
+    });
+    let mut off = SEGMENT_HEADER_LEN;
+    while off < file.len() {
+        let (frame, next) = frame_at(file, off);
+        d.frames.extend(frame);
+        match next {
+            Ok(end) => off = end,
+            Err(stop) => {
+                d.stop = Some(stop);
+                break;
+            }
+        }
+    }
+    d
+}
+
+/// The frame at `off` (if its header could be read), and the offset of the
+/// next one or why the segment cannot be followed past it.
+fn frame_at(file: &[u8], off: usize) -> (Option<FrameDump>, Result<usize, String>) {
+    let left = file.len().saturating_sub(off);
+    let Some(h) = struct_at::<FrameHeader>(file, off) else {
+        return (
+            None,
+            Err(format!(
+                "at offset {off}: {left} trailing bytes, too few for a {FRAME_HEADER_LEN}-byte frame header (a torn tail?)"
+            )),
+        );
+    };
+    if h.magic != FRAME_MAGIC {
+        return (
+            None,
+            Err(format!(
+                "at offset {off}: no frame magic \"BTCH\" (found {})",
+                hex(&h.magic)
+            )),
+        );
+    }
+    let header_crc = crc(h.as_bytes(), FRAME_CRC_START, FRAME_HEADER_LEN);
+    let mut frame = FrameDump {
+        offset: off as u64,
+        kind: h.kind,
+        len: h.frame_len.get(),
+        first_position: h.first_position.get(),
+        count: h.record_count.get(),
+        durable_end: h.durable_end.get(),
+        chain: h.chain,
+        header_crc_ok: header_crc == h.header_crc.get(),
+        records: Vec::new(),
+        checkpoint: None,
+    };
+    let remaining = left as u64;
+    let len = frame.len;
+    let end = match usize::try_from(len) {
+        Ok(l) if len >= FRAME_HEADER_LEN as u64 && len.is_multiple_of(8) && len <= remaining => off + l,
+        _ => {
+            let why = format!(
+                "frame at offset {off}: frame_len {len} is not a multiple of 8 of at least {FRAME_HEADER_LEN} that \
+                 fits in the {remaining} bytes left"
+            );
+            return (Some(frame), Err(why));
+        }
+    };
+    let next = match frame.kind {
+        FRAME_KIND_BATCH => batch_records(file, off, end, &mut frame).map(|()| end),
+        FRAME_KIND_SEAL if end != file.len() => Err(format!(
+            "the seal at offset {off} is followed by {} more bytes",
+            file.len() - end
+        )),
+        FRAME_KIND_SEAL => Ok(end),
+        FRAME_KIND_CHECKPOINT => {
+            frame.checkpoint = Some(checkpoint(file, off, len));
+            Ok(end)
+        }
+        kind => Err(format!("frame at offset {off}: invalid kind {kind}")),
+    };
+    (Some(frame), next)
+}
+
+/// Read the records of the batch frame `[off, end)` into `frame.records`.
+fn batch_records(file: &[u8], off: usize, end: usize, frame: &mut FrameDump) -> Result<(), String> {
+    let count = frame.count;
+    let mut r = off + FRAME_HEADER_LEN;
+    for i in 0..count {
+        let in_frame = file.get(r..end).unwrap_or_default();
+        let Some(h) = struct_at::<RecordHeader>(in_frame, 0) else {
+            return Err(format!(
+                "frame at offset {off}: record {i} of {count} at offset {r} does not fit in the frame"
+            ));
+        };
+        let (s, t, m, p) = (
+            h.stream_len.get(),
+            h.type_len.get(),
+            h.metadata_len.get(),
+            h.payload_len.get(),
+        );
+        let rec_len = h.record_len.get();
+        let computed = record_len(s.into(), t.into(), m as usize, p as usize);
+        let left = in_frame.len();
+        let Some(rec) = in_frame
+            .get(..rec_len as usize)
+            .filter(|_| u64::from(rec_len) == computed)
+        else {
+            return Err(format!(
+                "record at offset {r}: record_len {rec_len} is invalid (lengths give {computed}, {left} bytes left in \
+                 the frame)"
+            ));
+        };
+        // `rec` holds the header and both names: its length is `computed`.
+        let names = rec.get(RECORD_HEADER_LEN..).unwrap_or_default();
+        let (stream, rest) = names.split_at_checked(usize::from(s)).unwrap_or_default();
+        frame.records.push(RecordDump {
+            offset: r as u64,
+            len: rec_len,
+            position: h.position.get(),
+            stream: stream.to_vec(),
+            stream_version: h.stream_version.get(),
+            event_type: rest.get(..usize::from(t)).unwrap_or_default().to_vec(),
+            schema_version: h.schema_version.get(),
+            stream_len: s,
+            type_len: t,
+            metadata_len: m,
+            payload_len: p,
+            crc_ok: crc(rec, RECORD_CRC_START, rec.len()) == h.crc.get(),
+        });
+        r += rec.len();
+    }
+    if r != end {
+        return Err(format!(
+            "frame at offset {off}: its {count} records end at offset {r}, the frame at {end}"
+        ));
+    }
+    Ok(())
+}
+
+/// The body of the checkpoint frame at `off`, of `frame_len` bytes. Each
+/// field is read from the file wherever it is there, even if the frame is
+/// too short for it: the dump shows what a damaged frame would hold.
+fn checkpoint(file: &[u8], off: usize, frame_len: u64) -> CheckpointDump {
+    let body = off + FRAME_HEADER_LEN;
+    let key_at = body + offset_of!(CheckpointBody, public_key);
+    let sig_at = body + offset_of!(CheckpointBody, signature);
+    let crc_at = body + offset_of!(CheckpointBody, body_crc);
+    CheckpointDump {
+        public_key: struct_at(file, key_at).copied(),
+        signature: struct_at(file, sig_at).copied(),
+        body_crc_ok: frame_len == CHECKPOINT_FRAME_LEN as u64 && crc(file, body, crc_at) == u32_at(file, crc_at),
+    }
+}
