@@ -355,7 +355,7 @@ pub mod testing {
 
     /// `SnapshotStore::decode`.
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
-        decode(path, bytes)
+        super::decode(path, bytes)
     }
 
     /// The bytes `save` writes for `snap`.
@@ -371,6 +371,10 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
+    use std::mem::offset_of;
+
+    use crate::format::snapshot::parse;
+
     use super::*;
 
     /// The offsets of spec 20.2's table, written out by hand.
