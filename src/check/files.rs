@@ -67,9 +67,9 @@ pub(super) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 pub(super) fn hash_mask_of(dir: &Path) -> u64 {
     let path = dir.join(STREAM_TABLE_FILE);
     match open_checked(&path) {
-        Ok(Opened::File(f, _)) => read_prefix(&f, &path, 32)
+        Ok(Opened::File(f, _)) => read_prefix(&f, &path, crate::format::STB_HEADER_LEN as u64)
             .ok()
-            .and_then(|b| u64_at(&b, 24))
+            .and_then(|b| u64_at(&b, crate::format::STB_HASH_MASK_OFFSET))
             .unwrap_or(u64::MAX),
         _ => u64::MAX,
     }

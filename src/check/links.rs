@@ -13,7 +13,12 @@ use std::sync::atomic::Ordering;
 use super::outcome::{Break, SegCtx, SegOut};
 use super::report::{Finding, finding};
 use crate::audit::chain::{ChainHash, Chainer, PublicKey, hex};
-use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat};
+use zerocopy::FromBytes;
+
+use crate::format::{
+    CHECKPOINT_FRAME_PUBLIC_KEY_OFFSET, CHECKPOINT_FRAME_SIGNATURE_OFFSET, CheckpointBody, FRAME_CHAIN_OFFSET,
+    FRAME_HEADER_LEN, LogFormat,
+};
 
 /// The 32-byte chain slot of the frame header at the start of `frame` (zero
 /// if the frame is too short, which a validated frame never is).
@@ -87,7 +92,7 @@ impl ChainLinks {
         if !log.chained() {
             self.zero_problems.push(finding(
                 path,
-                off + 28,
+                off + crate::format::FRAME_KIND_OFFSET as u64,
                 "expected no checkpoint frame in a log without the audit chain",
             ));
             return;
@@ -107,22 +112,24 @@ impl ChainLinks {
                 affects: p.saturating_add(1),
             });
         }
-        let (Some(key), Some(sig)) = (frame.get(72..104), frame.get(104..168)) else {
+        // The body was checked when the frame was walked (its CRC, spec 3.5).
+        let Some(body) = frame
+            .get(FRAME_HEADER_LEN..)
+            .and_then(|b| CheckpointBody::ref_from_prefix(b).ok())
+        else {
             return;
         };
-        let mut signature = [0u8; 64];
-        signature.copy_from_slice(sig);
+        let (key, signature) = (&body.0.public_key, body.0.signature);
         let Some(pk) = ctx.public_key else {
             // Without a public key: the key the checkpoint names. That
             // catches damage and a forger who does not sign (spec 21.5);
             // only a key given proves who signed (the report says so).
-            let mut named = [0u8; 32];
-            named.copy_from_slice(key);
+            let named = *key;
             ctx.self_checked.fetch_add(1, Ordering::Relaxed);
             if !PublicKey(named).verify(&log.log_id, p, &stored, &signature) {
                 self.zero_problems.push(finding(
                     path,
-                    off + 104,
+                    off + CHECKPOINT_FRAME_SIGNATURE_OFFSET as u64,
                     format!(
                         "the signature of the checkpoint at position {p} does not verify against the public key \
                          the checkpoint names ({}): the checkpoint (its key, signature, position or chain hash) \
@@ -133,10 +140,10 @@ impl ChainLinks {
             }
             return;
         };
-        if key != pk.0 {
+        if *key != pk.0 {
             self.zero_problems.push(finding(
                 path,
-                off + 72,
+                off + CHECKPOINT_FRAME_PUBLIC_KEY_OFFSET as u64,
                 format!(
                     "the checkpoint at position {p} is signed by public key {}, not by the key given ({})",
                     hex(key),
@@ -146,7 +153,7 @@ impl ChainLinks {
         } else if !pk.verify(&log.log_id, p, &stored, &signature) {
             self.zero_problems.push(finding(
                 path,
-                off + 104,
+                off + CHECKPOINT_FRAME_SIGNATURE_OFFSET as u64,
                 format!(
                     "the signature of the checkpoint at position {p} does not verify: the checkpoint (its position \
                      or chain hash) was forged or altered"

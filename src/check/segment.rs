@@ -326,7 +326,7 @@ impl SegFile<'_> {
             && walked.walk.stop.is_some()
         {
             walked.walk.stop = Some(Damage::corrupt(
-                off + 8,
+                off + crate::format::FRAME_LEN_OFFSET as u64,
                 format!(
                     "frame_len {len} is more than the largest frame a writer writes (max_batch_bytes {}); the \
                      frame was not read (give the writer's max_batch_bytes if it was raised)",

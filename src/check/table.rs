@@ -72,9 +72,9 @@ pub(super) fn table_next(dir: &Path, read: &TableRead, bases: &[u64]) -> Option<
         TableRead::Valid(t, _, _) => Some(t.next_segment()),
         // A damaged table's next_segment, as it reads: the table is rebuilt
         // with it to name the first byte that differs.
-        TableRead::Damaged(_, Some((f, _))) => read_prefix(f, &dir.join(STREAM_TABLE_FILE), 32)
+        TableRead::Damaged(_, Some((f, _))) => read_prefix(f, &dir.join(STREAM_TABLE_FILE), STB_HEADER_LEN as u64)
             .ok()
-            .and_then(|b| u64_at(&b, 16))
+            .and_then(|b| u64_at(&b, crate::format::STB_NEXT_SEGMENT_OFFSET))
             .filter(|n| bases.contains(n)),
         _ => None,
     }
@@ -153,7 +153,7 @@ impl TableExpect<'_> {
                     match open_checked(&p) {
                         Ok(Opened::File(f, _)) => read_prefix(&f, &p, IDX_HEADER_LEN as u64)
                             .ok()
-                            .and_then(|h| u64_at(&h, 32)),
+                            .and_then(|h| u64_at(&h, crate::format::IDX_HASH_MASK_OFFSET)),
                         _ => None,
                     }
                 })
@@ -182,7 +182,7 @@ impl TableExpect<'_> {
         let active_base = outs.last().map_or(0, |o| o.base);
         let next = t.next_segment();
         let head_bytes = read_prefix(file, table_path, STB_HEADER_LEN as u64)?;
-        let mask = u64_at(&head_bytes, 24).unwrap_or(u64::MAX);
+        let mask = u64_at(&head_bytes, crate::format::STB_HASH_MASK_OFFSET).unwrap_or(u64::MAX);
         if !self.bases.contains(&next) && next != outs.last().map_or(0, |o| o.next_position) {
             report.problems.push(finding(
                 table_path,

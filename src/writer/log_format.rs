@@ -7,9 +7,11 @@
 
 use std::path::Path;
 
+use zerocopy::FromBytes;
+
 use crate::audit::chain::{ChainHash, Chainer};
 use crate::error::{Error, Result};
-use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat};
+use crate::format::{FRAME_HEADER_LEN, FrameHeader, LogFormat};
 use crate::format::{LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
 
 use super::options::Options;
@@ -48,12 +50,10 @@ pub(super) fn genesis(format: &LogFormat, opts: &Options) -> ChainHash {
 
 /// The chain hash in the seal of a sealed segment (its last frame).
 pub(super) fn seal_chain(bytes: &[u8]) -> ChainHash {
-    let at = bytes.len().saturating_sub(FRAME_HEADER_LEN) + FRAME_CHAIN_OFFSET;
-    let mut out = [0; 32];
-    if let Some(c) = bytes.get(at..at + 32) {
-        out.copy_from_slice(c);
-    }
-    out
+    let seal = bytes
+        .get(bytes.len().saturating_sub(FRAME_HEADER_LEN)..)
+        .unwrap_or_default();
+    FrameHeader::ref_from_bytes(seal).map_or([0; 32], |h| h.chain)
 }
 
 /// A writer of a keyed log needs its key; a key for a log that is not keyed
