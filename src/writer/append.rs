@@ -60,40 +60,38 @@ impl IdGen {
 impl Inner {
     pub(super) fn check_batch(&self, stream: &str, events: &[EventData<'_>]) -> Result<u64> {
         if events.is_empty() {
-            return Err(Error::InvalidArgument("an append needs at least one event".into()));
+            return Err(Error::EmptyBatch);
         }
         if stream.is_empty() || stream.len() > u16::MAX as usize {
-            return Err(Error::InvalidArgument(format!(
-                "a stream name must be 1 to 65535 bytes, found {} bytes",
-                stream.len()
-            )));
+            return Err(Error::StreamNameLength { len: stream.len() });
         }
         if u32::try_from(events.len()).is_err() {
-            return Err(Error::InvalidArgument("too many events in one batch".into()));
+            return Err(Error::TooManyEvents { count: events.len() });
         }
         let mut total = FRAME_HEADER_LEN as u64;
-        for (i, ev) in events.iter().enumerate() {
+        for (index, ev) in events.iter().enumerate() {
             if ev.event_type.is_empty() || ev.event_type.len() > u16::MAX as usize {
-                return Err(Error::InvalidArgument(format!(
-                    "event {i}: an event type must be 1 to 65535 bytes, found {} bytes",
-                    ev.event_type.len()
-                )));
+                return Err(Error::EventTypeLength {
+                    index,
+                    len: ev.event_type.len(),
+                });
             }
-            let body = ev.metadata.len() as u64 + ev.payload.len() as u64;
+            let size = ev.metadata.len() as u64 + ev.payload.len() as u64;
             let len = ev.record_len(stream);
-            if body > self.opts.max_event_bytes || len > MAX_RECORD_LEN {
-                return Err(Error::InvalidArgument(format!(
-                    "event {i}: metadata + payload is {body} bytes, more than max_event_bytes ({}) or the format limit",
-                    self.opts.max_event_bytes.min(MAX_RECORD_LEN)
-                )));
+            if size > self.opts.max_event_bytes || len > MAX_RECORD_LEN {
+                return Err(Error::EventTooLarge {
+                    index,
+                    size,
+                    limit: self.opts.max_event_bytes.min(MAX_RECORD_LEN),
+                });
             }
             total += len;
         }
         if total > self.opts.max_batch_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "the batch encodes to {total} bytes, more than max_batch_bytes ({})",
-                self.opts.max_batch_bytes
-            )));
+            return Err(Error::BatchTooLarge {
+                size: total,
+                limit: self.opts.max_batch_bytes,
+            });
         }
         Ok(total)
     }
