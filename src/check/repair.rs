@@ -25,7 +25,7 @@ use crate::writer::{Log, Options};
 pub(super) fn repair(dir: &Path, opts: &CheckOptions, start: Instant) -> Result<CheckReport> {
     let mut repairs = Vec::new();
     let log_opts = || {
-        let o = Options::default().create(false).stream_hash_mask(hash_mask_of(dir));
+        let o = Options::default().create(false).with_hash_mask(hash_mask_of(dir));
         match &opts.key {
             Some(k) => o.chain_key(k.clone()),
             None => o,

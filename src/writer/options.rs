@@ -185,7 +185,9 @@ impl Options {
         self
     }
     /// Create new logs in an older format version (`1`: no audit chain).
-    /// Only for compatibility tests; existing logs keep their version.
+    /// Only for compatibility tests (feature `fuzzing`, the test hooks);
+    /// existing logs keep their version.
+    #[cfg(any(test, feature = "fuzzing"))]
     #[doc(hidden)]
     pub fn format_version(mut self, version: u16) -> Self {
         self.format_version = version;
@@ -194,9 +196,15 @@ impl Options {
     /// Narrow the stream hash written into new index files and stream tables
     /// (spec 19) to `mask`. Only for tests that force hash collisions: with a
     /// narrow mask, many streams share a hash, which costs lookups time but
-    /// never mixes streams.
+    /// never mixes streams. A test hook (feature `fuzzing`).
+    #[cfg(any(test, feature = "fuzzing"))]
     #[doc(hidden)]
-    pub fn stream_hash_mask(mut self, mask: u64) -> Self {
+    pub fn stream_hash_mask(self, mask: u64) -> Self {
+        self.with_hash_mask(mask)
+    }
+    /// The stream hash mask of new derived files: `check`'s repair keeps the
+    /// mask the log's stream table already uses.
+    pub(crate) fn with_hash_mask(mut self, mask: u64) -> Self {
         self.hash_mask = mask;
         self
     }
