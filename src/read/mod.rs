@@ -7,8 +7,20 @@
 //! its own log through the same types, which is why `writer` sits above this
 //! layer. Imports: [`crate::format`], [`crate::storage`], [`crate::index`],
 //! [`crate::audit`].
+//!
+//! Files: `view` (the view and its segments; re-exports the rest so that
+//! `crate::read::view::X` stays the one path other layers use), `replay`
+//! (`read_all`), `sealed` (opening sealed segments), `reader` (the
+//! cross-process reader), `active` (its validation of the active segment),
+//! `budget` (how many segments stay mapped), `query` (index-served reads),
+//! `subscription`, `anchor`.
 
+mod active;
 pub(crate) mod anchor;
+mod budget;
 pub(crate) mod query;
+mod reader;
+mod replay;
+mod sealed;
 pub(crate) mod subscription;
 pub(crate) mod view;
