@@ -10,6 +10,7 @@
 //! `MAX_FRAME_LEN`, and a resync scan in bounded pieces).
 
 use std::fs::File;
+use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -23,6 +24,11 @@ use crate::read::view::ViewSegment;
 use crate::storage::head::Head;
 use crate::storage::mmap::Mapping;
 use crate::storage::resync::{RESYNC_CHUNK, resync_file};
+
+/// Where a frame header holds `frame_len` (spec 3.1).
+const FRAME_LEN_AT: u64 = offset_of!(FrameHeader, frame_len) as u64;
+/// Where a frame header holds `first_position` (spec 3.1).
+const FIRST_POSITION_AT: u64 = offset_of!(FrameHeader, first_position) as u64;
 
 /// The active segment of a [`Reader`](crate::Reader): its file (read by
 /// copying), what has been validated of it, and the index built from the
@@ -171,7 +177,7 @@ fn copy_frame(
     };
     let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
         return Ok(Step::Damaged(Damage::corrupt(
-            off + 8,
+            off + FRAME_LEN_AT,
             format!(
                 "frame_len {len} runs past the end of the file ({} bytes remain)",
                 file_len.saturating_sub(off)
@@ -184,7 +190,7 @@ fn copy_frame(
     // `FrameHeader::parse` checked len <= MAX_FRAME_LEN: a bounded allocation.
     let Ok(len_usize) = usize::try_from(len) else {
         return Ok(Step::Damaged(Damage::corrupt(
-            off + 8,
+            off + FRAME_LEN_AT,
             format!("frame_len {len} cannot be held in memory"),
         )));
     };
@@ -196,7 +202,7 @@ fn copy_frame(
     };
     if f.first_position != next {
         return Ok(Step::Damaged(Damage::corrupt(
-            off + 16,
+            off + FIRST_POSITION_AT,
             format!(
                 "expected a frame starting at position {next}, found {}",
                 f.first_position

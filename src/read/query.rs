@@ -8,14 +8,28 @@
 //! (spec 19). Records are read from the mapped segments, each batch validated
 //! (CRCs included) before any of its records is returned.
 
+use std::mem::{offset_of, size_of};
+
 use crate::error::{Damage, Error, Result, corrupt};
-use crate::format::FRAME_HEADER_LEN;
 use crate::format::frame::validate_frame_each;
 use crate::format::record::{RecordRef, parse_record};
+use crate::format::{FRAME_HEADER_LEN, FrameHeader, RecordHeader};
 use crate::index::{Index, NO_SEGMENT, Named, StreamInfo};
 use crate::read::view::{LogView, ViewSegment};
 
 pub use crate::types::Direction;
+
+/// Where a frame header holds `first_position` (spec 3.1).
+const FRAME_FIRST_POSITION_AT: usize = offset_of!(FrameHeader, first_position);
+/// Where a frame header holds `record_count` (spec 3.1).
+const FRAME_RECORD_COUNT_AT: usize = offset_of!(FrameHeader, record_count);
+/// Where a record header holds its position (spec 3.2).
+const RECORD_POSITION_AT: usize = offset_of!(RecordHeader, position);
+/// Where a record header holds its timestamp (spec 3.2).
+const RECORD_TIMESTAMP_AT: usize = offset_of!(RecordHeader, timestamp);
+/// Bytes of the `u64` and `u32` fields read in place by the searches.
+const U64_LEN: usize = size_of::<u64>();
+const U32_LEN: usize = size_of::<u32>();
 
 /// One segment holding a stream, with the index the row was read from: entry
 /// numbers are only meaningful within that index, so a read keeps using it.
@@ -236,10 +250,10 @@ impl LogView {
         // Timestamp of the first record of batch `off` in `seg` (search only;
         // the batch that decides is validated below).
         let first_ts = |seg: &ViewSegment, off: u64| -> Result<Option<u64>> {
-            let at = offset_plus(off, FRAME_HEADER_LEN + 24);
+            let at = offset_plus(off, FRAME_HEADER_LEN + RECORD_TIMESTAMP_AT);
             Ok(seg
                 .bytes()?
-                .get(at..at.saturating_add(8))
+                .get(at..at.saturating_add(U64_LEN))
                 .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])))
         };
         let first_of = |seg: &ViewSegment| -> Result<Option<u64>> {
@@ -633,9 +647,15 @@ fn offset_plus(off: u64, k: usize) -> usize {
 /// The position stored at an entry's offset: a frame's first position or a
 /// record's position (for the binary search only; reading validates).
 fn entry_position(bytes: &[u8], kind: Named, off: u64) -> u64 {
-    let at = offset_plus(off, if kind == Named::Category { 16 } else { 8 });
+    let at = offset_plus(
+        off,
+        match kind {
+            Named::Category => FRAME_FIRST_POSITION_AT,
+            Named::Type => RECORD_POSITION_AT,
+        },
+    );
     bytes
-        .get(at..at.saturating_add(8))
+        .get(at..at.saturating_add(U64_LEN))
         .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
 }
 
@@ -705,7 +725,10 @@ impl<'a> ReadNamed<'a> {
                         // A batch wholly before `from`: its first position plus its count.
                         Named::Category => {
                             let count = bytes
-                                .get(offset_plus(off, 24)..offset_plus(off, 28))
+                                .get(
+                                    offset_plus(off, FRAME_RECORD_COUNT_AT)
+                                        ..offset_plus(off, FRAME_RECORD_COUNT_AT + U32_LEN),
+                                )
                                 .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                             entry_position(bytes, kind, off).saturating_add(count as u64) <= from
                         }

@@ -10,13 +10,26 @@
 //! frames wholly before `from` are skipped without validation, and no record
 //! or frame allocates.
 
+use std::mem::offset_of;
 use std::path::Path;
 
-use crate::error::{Damage, Error, Result};
+use crate::error::{Damage, Result};
 use crate::format::frame::validate_frame;
 use crate::format::record::{RecordRef, parse_validated};
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, SEGMENT_HEADER_LEN};
+use crate::format::{
+    FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
+};
 use crate::read::view::{LogView, ReadOptions};
+
+/// Where a segment header holds its base position (spec 2.1).
+const SEGMENT_BASE_POSITION_AT: u64 = offset_of!(SegmentHeader, base_position) as u64;
+/// Where a frame header holds `frame_len` (spec 3.1).
+const FRAME_LEN_AT: u64 = offset_of!(FrameHeader, frame_len) as u64;
+/// Where a frame header holds `first_position` (spec 3.1).
+const FIRST_POSITION_AT: u64 = offset_of!(FrameHeader, first_position) as u64;
+/// Bytes of a CPU cache line, the stride of the prefetch before a batch is
+/// validated without CRCs (not a format offset).
+const CACHE_LINE: usize = 64;
 
 impl LogView {
     /// Replay every visible record from position `from` on, in position order,
@@ -64,7 +77,6 @@ impl LogView {
             verify: opts.verify_crc,
             batch: &[],
             until: u64::MAX,
-            path: Path::new(""),
             done: false,
         }
     }
@@ -94,8 +106,6 @@ pub struct ReadAll<'a> {
     batch: &'a [u8],
     /// Stop before this position.
     until: u64,
-    /// The file `batch` lies in.
-    path: &'a Path,
     done: bool,
 }
 
@@ -104,6 +114,21 @@ impl<'a> ReadAll<'a> {
         self.done = true;
         self.batch = &[];
         Some(Err(d.at(path)))
+    }
+
+    /// A record of the current, validated batch no longer parses: the
+    /// segment's bytes changed under the reader. Names the segment the batch
+    /// lies in (`seg`, whose frame ends at `off`) and the record's offset.
+    #[cold]
+    fn changed_under_reader(&mut self) -> Option<Result<RecordRef<'a>>> {
+        let offset = self.off.saturating_sub(self.batch.len()) as u64;
+        let view: &'a LogView = self.view;
+        let seg = view.segments.get(self.seg).or(view.segments.last())?;
+        let d = Damage::corrupt(
+            offset,
+            "a record of a validated batch no longer parses (the file changed under the reader)",
+        );
+        self.fail(&seg.path, d)
     }
 
     /// The next record of the current batch, which was validated as a whole
@@ -134,13 +159,7 @@ impl<'a> ReadAll<'a> {
                 if let Some(r) = self.next_in_batch() {
                     return r;
                 }
-                self.done = true;
-                self.batch = &[];
-                return Some(Err(Error::Corrupt {
-                    path: self.path.to_owned(),
-                    offset: 0,
-                    detail: "a record of a validated batch no longer parses (the file changed under the reader)".into(),
-                }));
+                return self.changed_under_reader();
             }
             let view: &'a LogView = self.view;
             let seg = view.segments.get(self.seg)?;
@@ -154,7 +173,7 @@ impl<'a> ReadAll<'a> {
             };
             if self.off == SEGMENT_HEADER_LEN && seg.base != self.pos {
                 let d = Damage::corrupt(
-                    32,
+                    SEGMENT_BASE_POSITION_AT,
                     format!(
                         "expected the segment to start at position {}, found base position {}",
                         self.pos, seg.base
@@ -175,14 +194,14 @@ impl<'a> ReadAll<'a> {
             let (len, first, count) = (h.frame_len.get(), h.first_position.get(), h.record_count.get() as u64);
             if first != self.pos {
                 let d = Damage::corrupt(
-                    off + 16,
+                    off + FIRST_POSITION_AT,
                     format!("expected a frame starting at position {}, found {first}", self.pos),
                 );
                 return self.fail(&seg.path, d);
             }
             if len > rest.len() as u64 {
                 let d = Damage::corrupt(
-                    off + 8,
+                    off + FRAME_LEN_AT,
                     format!(
                         "frame_len {len} runs past the end of the segment ({} bytes remain)",
                         rest.len()
@@ -212,7 +231,7 @@ impl<'a> ReadAll<'a> {
                 // each found from the previous one's length: a chain of
                 // dependent loads from memory. Touch every cache line of
                 // the frame first, with independent loads the CPU overlaps.
-                let lines = rest.get(..len as usize).unwrap_or_default().chunks(64);
+                let lines = rest.get(..len as usize).unwrap_or_default().chunks(CACHE_LINE);
                 std::hint::black_box(lines.fold(0u8, |a, l| a ^ l.first().copied().unwrap_or(0)));
             }
             if let Err(d) = validate_frame(rest, off, self.verify) {
@@ -220,7 +239,6 @@ impl<'a> ReadAll<'a> {
             }
             // `validate_frame` checked that the frame fits in `rest`.
             self.batch = rest.get(FRAME_HEADER_LEN..len as usize).unwrap_or_default();
-            self.path = &seg.path;
             self.off += len as usize;
             self.pos = first + count;
             // Records are numbered contiguously from `first` (validated):

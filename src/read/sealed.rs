@@ -7,6 +7,7 @@
 //! a failed OS call is [`Error::Io`] naming the file, never corruption.
 
 use std::fs::File;
+use std::mem::offset_of;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,6 +19,9 @@ use crate::index::IndexCell;
 use crate::read::view::ViewSegment;
 use crate::storage::io::read_exact_at;
 use crate::storage::mmap::Mapping;
+
+/// Where a segment header holds its base position (spec 2.1).
+const SEGMENT_BASE_POSITION_AT: u64 = offset_of!(SegmentHeader, base_position) as u64;
 
 /// `pread` exactly `buf.len()` bytes at `off` of `path`: an OS failure is
 /// [`Error::Io`]; a file that ends first (it shrank under the reader) is
@@ -47,7 +51,7 @@ pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result
     if h.base_position.get() != base {
         return Err(Error::Corrupt {
             path: path.to_owned(),
-            offset: 32,
+            offset: SEGMENT_BASE_POSITION_AT,
             detail: format!(
                 "expected base_position {base} (from the file name), found {}",
                 h.base_position.get()

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Damage, Result};
+use crate::format::names::index_file_name;
 use crate::index::streamtable::StreamTable;
 use crate::index::{Index, IndexCell, NO_ROW, StreamInfo};
 use crate::storage::mmap::Mapping;
@@ -61,7 +62,13 @@ impl ViewSegment {
 
     /// The index file is damaged (`d`): switch to the index rebuilt from the
     /// segment and run `f` on it.
+    /// An I/O failure (`d.is_io()`) is no damage: it is returned as
+    /// [`Error::Io`](crate::Error::Io) naming the index file, and nothing is
+    /// rebuilt.
     pub(crate) fn repinned<T>(&self, d: Damage, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
+        if d.is_io() {
+            return Err(d.at(self.path.with_file_name(index_file_name(self.base))));
+        }
         let idx = self.index.damaged(self.bytes()?, d)?;
         let t = f(&idx).map_err(|d| d.at(&*self.path))?;
         Ok((idx, t))
@@ -89,7 +96,7 @@ impl ViewSegment {
             Index::Disk(f) => match f.stream_rows() {
                 Ok(rows) => Ok(rows),
                 Err(d) => {
-                    let idx = self.index.damaged(self.bytes()?, d)?;
+                    let (idx, ()) = self.repinned(d, |_| Ok(()))?;
                     self.stream_rows(&idx)
                 }
             },
