@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use zerocopy::FromBytes;
 
 use crate::audit::chain::{ChainHash, ChainKey, Chainer, SigningKey, fill_checkpoint};
+use crate::format::frame::FrameCursor;
 use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FrameHeader};
 
 /// Chunks at least this large, with frames of at least [`OVERLAP_MIN_FRAME`]
@@ -71,15 +72,7 @@ pub(crate) fn links(
 /// `(offset, len)` of each frame in `bytes` (whole frames, as the writer
 /// encoded them), from their headers' `frame_len`.
 fn frames(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let rest = bytes.get(at..)?;
-        let (h, _) = FrameHeader::ref_from_prefix(rest).ok()?;
-        let len = (h.frame_len.get() as usize).clamp(FRAME_HEADER_LEN, rest.len());
-        let here = at;
-        at += len;
-        Some((here, len))
-    })
+    FrameCursor::encoded_spans(bytes)
 }
 
 /// Fill in the chain slots (and checkpoint signatures) of the frames in

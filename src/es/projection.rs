@@ -26,9 +26,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::error::{Result, corrupt};
-use crate::format::frame::validate_frame_each;
+use crate::format::SEGMENT_HEADER_LEN;
+use crate::format::frame::FrameCursor;
 use crate::format::record::RecordRef;
-use crate::format::{FRAME_KIND_SEAL, SEGMENT_HEADER_LEN};
 use crate::index::Index;
 use crate::read::query::Direction;
 use crate::read::view::{LogView, ViewSegment};
@@ -387,32 +387,24 @@ impl LogView {
                 }
                 continue;
             };
-            // One pass: records are applied as they are checked. If the
-            // batch turns out damaged, the error discards the whole model.
-            let f = validate_frame_each(rest, off as u64, true, |_, r| p.apply(&mut model, &r))
-                .map_err(|d| d.at(&*s.path))?;
-            if f.first_position != pos {
-                return Err(corrupt(
-                    &s.path,
-                    off as u64 + 16,
-                    format!(
-                        "expected a frame starting at position {pos}, found {}",
-                        f.first_position
-                    ),
-                ));
+            // One pass: records are applied as they are checked. If a batch
+            // turns out damaged, the error discards the whole model.
+            let mut frames = FrameCursor::new(rest, off as u64, pos, true);
+            while (seg, off) < b.key() {
+                let Some(step) = frames.step_each(|_, r| p.apply(&mut model, &r)) else {
+                    break;
+                };
+                step.map_err(|d| d.at(&*s.path))?;
+                // Bytes after a seal are damage of the seal's segment, even
+                // where the chunk ends at the seal.
+                if frames.sealed()
+                    && let Some(Err(d)) = frames.peek()
+                {
+                    return Err(d.at(&*s.path));
+                }
+                off = frames.offset() as usize;
+                pos = frames.next_position();
             }
-            if f.kind == FRAME_KIND_SEAL && rest.len() as u64 != f.len {
-                return Err(corrupt(
-                    &s.path,
-                    off as u64 + f.len,
-                    format!(
-                        "expected the segment to end at its seal, found {} more bytes",
-                        rest.len() as u64 - f.len
-                    ),
-                ));
-            }
-            off += f.len as usize;
-            pos = f.next_position();
         }
         if let Some(s) = self.segments.get(b.seg) {
             if (seg, off) != b.key() {

@@ -8,13 +8,14 @@
 //! Invariants upheld by `validate_frame`: a frame reported valid is complete
 //! (spec 3.3), so any record parsed from it afterwards parses without error.
 
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::format::damage::Damage;
 use crate::format::record::{RecordRef, parse_record, parse_record_with};
 use crate::format::{
-    ALIGN, FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FrameHeader,
-    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+    ALIGN, FRAME_CHAIN_OFFSET, FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT,
+    FRAME_KIND_SEAL, FRAME_LEN_OFFSET, FrameHeader, RECORD_HEADER_LEN, RECORD_POSITION_OFFSET,
+    RECORD_STREAM_VERSION_OFFSET, RECORD_TIMESTAMP_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 
 /// What a complete frame holds.
@@ -25,7 +26,9 @@ pub(crate) struct Frame {
     pub first_position: u64,
     pub count: u32,
     pub durable_end: u64,
-    /// Timestamp of the last record (batches only; 0 for a seal).
+    /// Timestamp of the first record (batches only, once validated; 0 otherwise).
+    pub first_timestamp: u64,
+    /// Timestamp of the last record (batches only, once validated; 0 otherwise).
     pub last_timestamp: u64,
 }
 
@@ -33,6 +36,20 @@ impl Frame {
     /// One past the last position of this frame.
     pub fn next_position(&self) -> u64 {
         self.first_position + self.count as u64
+    }
+
+    /// What the header `h` says (timestamps 0 until the body is validated).
+    #[inline]
+    fn of_header(h: &FrameHeader) -> Frame {
+        Frame {
+            kind: h.kind,
+            len: h.frame_len.get(),
+            first_position: h.first_position.get(),
+            count: h.record_count.get(),
+            durable_end: h.durable_end.get(),
+            first_timestamp: 0,
+            last_timestamp: 0,
+        }
     }
 }
 
@@ -66,51 +83,80 @@ pub(crate) fn validate_frame_each<'a>(
     bytes: &'a [u8],
     off: u64,
     verify_crc: bool,
-    mut each: impl FnMut(usize, RecordRef<'a>),
+    each: impl FnMut(usize, RecordRef<'a>),
 ) -> Result<Frame, Damage> {
     let h = FrameHeader::parse(bytes, off)?;
-    let len = h.frame_len.get();
-    let frame = Frame {
-        kind: h.kind,
-        len,
-        first_position: h.first_position.get(),
-        count: h.record_count.get(),
-        durable_end: h.durable_end.get(),
-        last_timestamp: 0,
-    };
-    let Some(body) = usize::try_from(len).ok().and_then(|l| bytes.get(FRAME_HEADER_LEN..l)) else {
-        return Err(Damage::corrupt(
-            off + 8,
+    let frame = Frame::of_header(h);
+    let frame_bytes = frame_span(bytes, off, frame.len)?;
+    validate_body(frame, frame_bytes, off, verify_crc, each)
+}
+
+/// The first `len` bytes of `bytes` (a frame's, at file offset `off`), or the
+/// damage of a `frame_len` that runs past the end of the file.
+#[inline]
+fn frame_span(bytes: &[u8], off: u64, len: u64) -> Result<&[u8], Damage> {
+    match usize::try_from(len).ok().and_then(|l| bytes.get(..l)) {
+        Some(b) => Ok(b),
+        None => Err(Damage::corrupt(
+            off.saturating_add(FRAME_LEN_OFFSET as u64),
             format!(
                 "frame_len {len} runs past the end of the file ({} bytes remain)",
                 bytes.len()
             ),
+        )),
+    }
+}
+
+/// Check the body of a frame whose header parsed as `frame`: `frame_bytes`
+/// are exactly its `frame.len` bytes, at file offset `off`.
+#[inline]
+fn validate_body<'a>(
+    frame: Frame,
+    frame_bytes: &'a [u8],
+    off: u64,
+    verify_crc: bool,
+    each: impl FnMut(usize, RecordRef<'a>),
+) -> Result<Frame, Damage> {
+    let body = frame_bytes.get(FRAME_HEADER_LEN..).unwrap_or_default();
+    match frame.kind {
+        FRAME_KIND_SEAL => Ok(frame),
+        FRAME_KIND_CHECKPOINT => validate_checkpoint(body, off).map(|()| frame),
+        _ => validate_batch(frame, body, off, verify_crc, each),
+    }
+}
+
+/// A checkpoint's body: public key and signature under the body CRC, then
+/// zero reserved bytes (spec 3.5); the signature itself is `check`'s business.
+fn validate_checkpoint(body: &[u8], off: u64) -> Result<(), Damage> {
+    let want = crc32fast::hash(body.get(..96).unwrap_or_default());
+    let found = body
+        .get(96..100)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if want != found {
+        return Err(Damage::corrupt(
+            off + 168,
+            format!("checkpoint body CRC mismatch: expected {want:#010x}, found {found:#010x}"),
         ));
-    };
-    if h.kind == FRAME_KIND_SEAL {
-        return Ok(frame);
     }
-    if h.kind == FRAME_KIND_CHECKPOINT {
-        // Public key and signature under the body CRC, then 4 zero bytes
-        // (spec 3.5); the signature itself is `check`'s business.
-        let want = crc32fast::hash(body.get(..96).unwrap_or_default());
-        let found = body
-            .get(96..100)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        if want != found {
-            return Err(Damage::corrupt(
-                off + 168,
-                format!("checkpoint body CRC mismatch: expected {want:#010x}, found {found:#010x}"),
-            ));
-        }
-        if body.get(100..104).is_none_or(|r| r != [0; 4]) {
-            return Err(Damage::corrupt(
-                off + 172,
-                "expected the checkpoint's reserved bytes to be zero",
-            ));
-        }
-        return Ok(frame);
+    if body.get(100..104).is_none_or(|r| r != [0; 4]) {
+        return Err(Damage::corrupt(
+            off + 172,
+            "expected the checkpoint's reserved bytes to be zero",
+        ));
     }
+    Ok(())
+}
+
+/// The records of a batch (`body`: the bytes after its header at file offset
+/// `off`): `frame.count` of them, numbered from `first_position`, one stream
+/// with contiguous versions, timestamps not going back, filling the frame.
+fn validate_batch<'a>(
+    frame: Frame,
+    body: &'a [u8],
+    off: u64,
+    verify_crc: bool,
+    mut each: impl FnMut(usize, RecordRef<'a>),
+) -> Result<Frame, Damage> {
     let mut rest = body;
     let mut at = off + FRAME_HEADER_LEN as u64;
     let mut first: Option<RecordRef<'_>> = None;
@@ -122,7 +168,7 @@ pub(crate) fn validate_frame_each<'a>(
         let want_pos = frame.first_position + i;
         if rec.position() != want_pos {
             return Err(Damage::corrupt(
-                at + 8,
+                at + RECORD_POSITION_OFFSET as u64,
                 format!("expected record position {want_pos}, found {}", rec.position()),
             ));
         }
@@ -144,40 +190,11 @@ pub(crate) fn validate_frame_each<'a>(
                 }
                 first = Some(rec);
             }
-            Some(r0) => {
-                if !same_bytes(rec.stream_bytes(), r0.stream_bytes()) {
-                    return Err(Damage::corrupt(
-                        at + RECORD_HEADER_LEN as u64,
-                        format!(
-                            "expected stream {:?} throughout the batch, found {:?}",
-                            r0.stream(),
-                            String::from_utf8_lossy(rec.stream_bytes())
-                        ),
-                    ));
-                }
-                // Checked: the first record's version comes from the file
-                // (found by fuzzing: it overflowed, a panic in debug builds).
-                if r0.stream_version().checked_add(i) != Some(rec.stream_version()) {
-                    return Err(Damage::corrupt(
-                        at + 16,
-                        format!(
-                            "expected stream version {} + {i}, found {}",
-                            r0.stream_version(),
-                            rec.stream_version()
-                        ),
-                    ));
-                }
-                if rec.timestamp() < last_ts {
-                    return Err(Damage::corrupt(
-                        at + 24,
-                        format!("timestamp {} goes back from {last_ts}", rec.timestamp()),
-                    ));
-                }
-            }
+            Some(r0) => continues_batch(r0, &rec, i, last_ts, at)?,
         }
         last_ts = rec.timestamp();
         each((at - off) as usize, rec);
-        rest = &rest[rlen..];
+        rest = rest.get(rlen..).unwrap_or_default();
         at += rlen as u64;
     }
     if !rest.is_empty() {
@@ -191,9 +208,46 @@ pub(crate) fn validate_frame_each<'a>(
         ));
     }
     Ok(Frame {
+        first_timestamp: first.map_or(0, |r| r.timestamp()),
         last_timestamp: last_ts,
         ..frame
     })
+}
+
+/// Record `i` (> 0) of a batch, at file offset `at`, continues the batch
+/// that `r0` starts: same stream, the next version, no earlier timestamp than
+/// `last_ts` (the previous record's).
+#[inline(always)]
+fn continues_batch(r0: &RecordRef<'_>, rec: &RecordRef<'_>, i: u64, last_ts: u64, at: u64) -> Result<(), Damage> {
+    if !same_bytes(rec.stream_bytes(), r0.stream_bytes()) {
+        return Err(Damage::corrupt(
+            at + RECORD_HEADER_LEN as u64,
+            format!(
+                "expected stream {:?} throughout the batch, found {:?}",
+                r0.stream(),
+                String::from_utf8_lossy(rec.stream_bytes())
+            ),
+        ));
+    }
+    // Checked: the first record's version comes from the file
+    // (found by fuzzing: it overflowed, a panic in debug builds).
+    if r0.stream_version().checked_add(i) != Some(rec.stream_version()) {
+        return Err(Damage::corrupt(
+            at + RECORD_STREAM_VERSION_OFFSET as u64,
+            format!(
+                "expected stream version {} + {i}, found {}",
+                r0.stream_version(),
+                rec.stream_version()
+            ),
+        ));
+    }
+    if rec.timestamp() < last_ts {
+        return Err(Damage::corrupt(
+            at + RECORD_TIMESTAMP_OFFSET as u64,
+            format!("timestamp {} goes back from {last_ts}", rec.timestamp()),
+        ));
+    }
+    Ok(())
 }
 
 /// `a == b`, inline: names are short, and a call to `memcmp` for each record
@@ -346,9 +400,10 @@ pub(crate) fn walk_segment_records<'a>(
     verify_crc: bool,
     sink: &mut impl RecordSink<'a>,
 ) -> Walk {
+    let mut cursor = FrameCursor::segment(file, header, verify_crc);
     let mut w = Walk {
-        end: SEGMENT_HEADER_LEN as u64,
-        next_position: header.base_position.get(),
+        end: cursor.offset(),
+        next_position: cursor.next_position(),
         last_timestamp: header.prev_timestamp.get(),
         max_durable: SEGMENT_HEADER_LEN as u64,
         chain: header.chain_start,
@@ -356,66 +411,430 @@ pub(crate) fn walk_segment_records<'a>(
         stop: None,
     };
     loop {
-        let off = w.end;
-        let Some(bytes) = file.get(off as usize..) else { break };
-        if bytes.is_empty() {
-            break;
-        }
-        if w.sealed {
-            w.stop = Some(Damage::corrupt(
-                off,
-                format!("expected the file to end at the seal, found {} more bytes", bytes.len()),
-            ));
-            break;
-        }
-        let mut first_ts = None;
-        let frame = match validate_frame_each(bytes, off, verify_crc, |at, rec| {
-            first_ts.get_or_insert(rec.timestamp());
-            sink.record(off, off + at as u64, &rec);
-        }) {
-            Ok(f) => f,
-            Err(d) => {
+        let off = cursor.offset();
+        let step = cursor.step_each(|at, rec| sink.record(off, off + at as u64, &rec));
+        let f = match step {
+            None => break,
+            Some(Ok(f)) => f,
+            Some(Err(d)) => {
                 w.stop = Some(d);
                 break;
             }
         };
-        if frame.first_position != w.next_position {
-            w.stop = Some(Damage::corrupt(
-                off + 16,
+        match f.frame.kind {
+            FRAME_KIND_BATCH => {
+                w.chain = f.chain();
+                sink.batch(f.offset, &f.frame);
+            }
+            FRAME_KIND_SEAL => {}
+            _ => sink.checkpoint(f.offset, &f.frame),
+        }
+        w.max_durable = w.max_durable.max(f.frame.durable_end);
+    }
+    w.end = cursor.offset();
+    w.next_position = cursor.next_position();
+    w.last_timestamp = cursor.last_timestamp().unwrap_or(w.last_timestamp);
+    w.sealed = cursor.sealed();
+    w
+}
+
+/// A frame the [`FrameCursor`] stepped over: its file offset, what it holds
+/// and its bytes (exactly `frame.len` of them, header first).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameRef<'a> {
+    /// File offset of the frame.
+    pub offset: u64,
+    /// The frame (from [`FrameCursor::peek`]: its header only).
+    pub frame: Frame,
+    /// The frame's bytes.
+    pub bytes: &'a [u8],
+}
+
+impl FrameRef<'_> {
+    /// The chain slot stored in the frame header (not verified).
+    pub fn chain(&self) -> [u8; 32] {
+        let mut c = [0; 32];
+        if let Some(slot) = self.bytes.get(FRAME_CHAIN_OFFSET..FRAME_HEADER_LEN) {
+            c.copy_from_slice(slot);
+        }
+        c
+    }
+
+    /// The records after the header (a batch only; empty otherwise).
+    #[allow(dead_code, reason = "for the readers adopting the cursor")]
+    pub fn body(&self) -> &[u8] {
+        self.bytes.get(FRAME_HEADER_LEN..).unwrap_or_default()
+    }
+}
+
+/// The one walk over the frames of a segment: every reader of frames
+/// (replay, active-segment validation, parallel rebuild, recovery, `check`,
+/// the anchor) steps through one of these, so they agree on what a valid
+/// frame is and report the same damage.
+///
+/// A cursor holds the bytes of one segment from some file offset (`start`),
+/// the position the next frame must start at, whether a seal was passed,
+/// and optionally the last timestamp (checked when set). Each step checks:
+///
+/// 1. no bytes after a seal ("expected the segment to end at its seal");
+/// 2. the frame header (magic, CRC, fields: [`FrameHeader::parse`]);
+/// 3. `first_position` continues the previous frame;
+/// 4. `frame_len` does not run past the end of the bytes;
+/// 5. (full steps only) the body ([`validate_frame_each`]), and that a
+///    batch's first timestamp does not go back from the previous batch's.
+///
+/// On damage the cursor does not move: its [`offset`](Self::offset) is the
+/// start of the frame that is not complete (where recovery truncates).
+///
+/// How to use it:
+///
+/// ```text
+/// // Every frame validated (recovery, check, projections):
+/// let mut c = FrameCursor::new(&file[off..], off as u64, next_position, verify_crc);
+/// while let Some(step) = c.step_each(|at, rec| { /* rec is at f.offset + at */ }) {
+///     let f: FrameRef = step?;          // Damage: stop, f.offset / c.offset()
+/// }
+/// // Replay, skipping frames unread: check the header, then decide.
+/// while let Some(h) = c.peek() {
+///     let h = h?;
+///     if h.frame.kind != FRAME_KIND_BATCH || h.frame.next_position() <= from {
+///         c.skip(&h);                   // header and continuity only
+///     } else {
+///         let f = c.validate(h)?;       // body, then the cursor moves on
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub(crate) struct FrameCursor<'a> {
+    bytes: &'a [u8],
+    /// File offset of `bytes[0]`.
+    start: u64,
+    /// Index in `bytes` of the next frame.
+    at: usize,
+    next_position: u64,
+    /// The last batch's last timestamp, when checked.
+    last_timestamp: Option<u64>,
+    sealed: bool,
+    verify_crc: bool,
+}
+
+impl<'a> FrameCursor<'a> {
+    /// A cursor over `bytes`, the bytes of a segment from file offset
+    /// `start`, whose first frame must start at `next_position`. Timestamps
+    /// are not checked across frames (see [`with_timestamps`](Self::with_timestamps)).
+    pub fn new(bytes: &'a [u8], start: u64, next_position: u64, verify_crc: bool) -> Self {
+        FrameCursor {
+            bytes,
+            start,
+            at: 0,
+            next_position,
+            last_timestamp: None,
+            sealed: false,
+            verify_crc,
+        }
+    }
+
+    /// A cursor over a whole segment file whose header is `header`: from the
+    /// first frame, at the header's base position, checking timestamps from
+    /// its `prev_timestamp`.
+    pub fn segment(file: &'a [u8], header: &SegmentHeader, verify_crc: bool) -> Self {
+        FrameCursor {
+            at: SEGMENT_HEADER_LEN.min(file.len()),
+            ..FrameCursor::new(file, 0, header.base_position.get(), verify_crc)
+                .with_timestamps(header.prev_timestamp.get())
+        }
+    }
+
+    /// Check that each batch's first timestamp is not before `prev` (the
+    /// previous batch's last one), and carry it from batch to batch.
+    pub fn with_timestamps(mut self, prev: u64) -> Self {
+        self.last_timestamp = Some(prev);
+        self
+    }
+
+    /// File offset of the next frame (after a stop: of the frame that is not
+    /// complete).
+    #[inline]
+    pub fn offset(&self) -> u64 {
+        self.start + self.at as u64
+    }
+
+    /// The position the next frame must start at.
+    #[inline]
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// The last batch's last timestamp, if timestamps are checked (and no
+    /// batch was skipped unread since).
+    pub fn last_timestamp(&self) -> Option<u64> {
+        self.last_timestamp
+    }
+
+    /// Whether the cursor passed a seal.
+    pub fn sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// The bytes from the next frame on.
+    #[inline]
+    pub fn rest(&self) -> &'a [u8] {
+        self.bytes.get(self.at..).unwrap_or_default()
+    }
+
+    /// Check the next frame's header and continuity (steps 1 to 4), without
+    /// reading its body or moving: `None` at the end of the bytes. Follow it
+    /// with [`skip`](Self::skip) or [`validate`](Self::validate).
+    #[inline]
+    pub fn peek(&self) -> Option<Result<FrameRef<'a>, Damage>> {
+        let rest = self.rest();
+        if rest.is_empty() {
+            return None;
+        }
+        let off = self.offset();
+        if self.sealed {
+            return Some(Err(Damage::corrupt(
+                off,
                 format!(
-                    "expected the frame to start at position {}, found {}",
-                    w.next_position, frame.first_position
+                    "expected the segment to end at its seal, found {} more bytes",
+                    rest.len()
+                ),
+            )));
+        }
+        Some(self.check_header(rest, off))
+    }
+
+    #[inline]
+    fn check_header(&self, rest: &'a [u8], off: u64) -> Result<FrameRef<'a>, Damage> {
+        let frame = Frame::of_header(FrameHeader::parse(rest, off)?);
+        if frame.first_position != self.next_position {
+            return Err(Damage::corrupt(
+                off.saturating_add(FRAME_FIRST_POSITION_OFFSET as u64),
+                format!(
+                    "expected a frame starting at position {}, found {}",
+                    self.next_position, frame.first_position
                 ),
             ));
-            break;
         }
-        if frame.kind == FRAME_KIND_BATCH {
-            let first_ts = first_ts.unwrap_or(0);
-            if first_ts < w.last_timestamp {
-                w.stop = Some(Damage::corrupt(
-                    off + FRAME_HEADER_LEN as u64 + 24,
-                    format!("timestamp {first_ts} goes back from {}", w.last_timestamp),
-                ));
-                break;
-            }
-            w.last_timestamp = frame.last_timestamp;
-            if let Some(c) = bytes.get(FRAME_CHAIN_OFFSET..FRAME_HEADER_LEN) {
-                w.chain.copy_from_slice(c);
-            }
-            sink.batch(off, &frame);
-        } else if frame.kind == FRAME_KIND_SEAL {
-            w.sealed = true;
-        } else {
-            sink.checkpoint(off, &frame);
-        }
-        w.max_durable = w.max_durable.max(frame.durable_end);
-        w.next_position = frame.next_position();
-        w.end = off + frame.len;
+        let bytes = frame_span(rest, off, frame.len)?;
+        Ok(FrameRef {
+            offset: off,
+            frame,
+            bytes,
+        })
     }
-    w
+
+    /// Move past `f` (just returned by [`peek`](Self::peek)) unread. A batch
+    /// skipped so ends the timestamp checks (its timestamps are not read).
+    #[inline]
+    pub fn skip(&mut self, f: &FrameRef<'a>) {
+        if f.frame.kind == FRAME_KIND_BATCH {
+            self.last_timestamp = None;
+        }
+        self.advance(&f.frame);
+    }
+
+    #[inline]
+    fn advance(&mut self, frame: &Frame) {
+        self.at = self.at.saturating_add(frame.len as usize);
+        self.next_position = frame.next_position();
+        self.sealed |= frame.kind == FRAME_KIND_SEAL;
+    }
+
+    /// Validate the body of `f` (just returned by [`peek`](Self::peek)) and
+    /// move past it.
+    #[inline]
+    #[allow(dead_code, reason = "for the readers adopting the cursor")]
+    pub fn validate(&mut self, f: FrameRef<'a>) -> Result<FrameRef<'a>, Damage> {
+        self.validate_each(f, |_, _| {})
+    }
+
+    /// [`validate`](Self::validate), calling `each(offset in frame, record)`
+    /// for every record as it is checked. On error, records already passed to
+    /// `each` belong to a batch that is not complete: discard them.
+    #[inline]
+    pub fn validate_each(
+        &mut self,
+        f: FrameRef<'a>,
+        each: impl FnMut(usize, RecordRef<'a>),
+    ) -> Result<FrameRef<'a>, Damage> {
+        let frame = validate_body(f.frame, f.bytes, f.offset, self.verify_crc, each)?;
+        if frame.kind == FRAME_KIND_BATCH {
+            if let Some(last) = self.last_timestamp {
+                if frame.first_timestamp < last {
+                    return Err(Damage::corrupt(
+                        f.offset
+                            .saturating_add((FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET) as u64),
+                        format!("timestamp {} goes back from {last}", frame.first_timestamp),
+                    ));
+                }
+                self.last_timestamp = Some(frame.last_timestamp);
+            }
+        }
+        self.advance(&frame);
+        Ok(FrameRef { frame, ..f })
+    }
+
+    /// One whole step: [`peek`](Self::peek), then
+    /// [`validate_each`](Self::validate_each). `None` at the end of the bytes.
+    #[inline]
+    pub fn step_each(&mut self, each: impl FnMut(usize, RecordRef<'a>)) -> Option<Result<FrameRef<'a>, Damage>> {
+        Some(match self.peek()? {
+            Ok(f) => self.validate_each(f, each),
+            Err(d) => Err(d),
+        })
+    }
+
+    /// [`step_each`](Self::step_each) without a per-record callback.
+    #[inline]
+    #[allow(dead_code, reason = "for the readers adopting the cursor")]
+    pub fn step(&mut self) -> Option<Result<FrameRef<'a>, Damage>> {
+        self.step_each(|_, _| {})
+    }
+
+    /// `(offset, len)` of each frame in `bytes`, frames a writer just encoded
+    /// (whole, possibly with their magic hidden: see `audit::chaining`), from
+    /// their headers' `frame_len` alone, nothing validated. Not for bytes
+    /// read from a file.
+    pub fn encoded_spans(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut at = 0usize;
+        std::iter::from_fn(move || {
+            let rest = bytes.get(at..)?;
+            let (h, _) = FrameHeader::ref_from_prefix(rest).ok()?;
+            let len = usize::try_from(h.frame_len.get())
+                .unwrap_or(usize::MAX)
+                .clamp(FRAME_HEADER_LEN, rest.len());
+            let here = at;
+            at += len;
+            Some((here, len))
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::record::{EventData, Stamp, encode_record};
+    use crate::format::{CURRENT_FORMAT_VERSION, LogFormat};
+
+    /// A segment: header at base 10, then batches of `(count, timestamp)`,
+    /// then a seal if `seal`.
+    fn segment(batches: &[(u32, u64)], seal: bool) -> Vec<u8> {
+        let log = LogFormat {
+            log_id: [1; 16],
+            version: CURRENT_FORMAT_VERSION,
+            flags: 0,
+            key_id: [0; 16],
+        };
+        let mut out = SegmentHeader::new(&log, 10, 0, 0, [0; 32]).as_bytes().to_vec();
+        let (mut pos, mut version) = (10, 0);
+        for &(count, ts) in batches {
+            let at = out.len();
+            out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+            let first = pos;
+            for _ in 0..count {
+                let stamp = Stamp {
+                    position: pos,
+                    stream_version: version,
+                    timestamp: ts,
+                    event_id: [2; 16],
+                };
+                encode_record(
+                    &mut out,
+                    "s",
+                    &EventData::new("T", b"x".as_slice()),
+                    &stamp,
+                    &crc32fast::Hasher::new(),
+                );
+                (pos, version) = (pos + 1, version + 1);
+            }
+            finish_batch_header(&mut out[at..], first, count, 128);
+        }
+        if seal {
+            out.extend_from_slice(&encode_seal(pos, 128));
+        }
+        out
+    }
+
+    #[test]
+    fn the_cursor_walks_validates_and_skips() {
+        let file = segment(&[(2, 5), (1, 6), (3, 7)], true);
+        let header = SegmentHeader::parse(&file).unwrap();
+        let mut c = FrameCursor::segment(&file, header, true);
+        let mut records = 0;
+        let mut kinds = Vec::new();
+        while let Some(step) = c.step_each(|_, _| records += 1) {
+            kinds.push(step.unwrap().frame.kind);
+        }
+        assert_eq!(kinds, [1, 1, 1, 2]);
+        assert_eq!((records, c.next_position(), c.offset()), (6, 16, file.len() as u64));
+        assert!(c.sealed());
+        assert_eq!(c.last_timestamp(), Some(7));
+
+        // Header-only: skip the first batch, validate the rest.
+        let mut c = FrameCursor::segment(&file, header, false);
+        let h = c.peek().unwrap().unwrap();
+        c.skip(&h);
+        assert_eq!(c.last_timestamp(), None, "a skipped batch ends timestamp checks");
+        let h = c.peek().unwrap().unwrap();
+        assert_eq!(c.validate(h).unwrap().frame.last_timestamp, 6);
+
+        // A cursor from the middle of the segment.
+        let off = SEGMENT_HEADER_LEN + kinds.len(); // not a frame: damage
+        let mut c = FrameCursor::new(&file[off..], off as u64, 10, true);
+        assert_eq!(c.step().unwrap().unwrap_err().offset, off as u64);
+    }
+
+    #[test]
+    fn the_cursor_checks_continuity() {
+        // Timestamps going back across batches.
+        let file = segment(&[(1, 9), (1, 3)], false);
+        let header = SegmentHeader::parse(&file).unwrap();
+        let mut c = FrameCursor::segment(&file, header, true);
+        let first = c.step().unwrap().unwrap();
+        let d = c.step().unwrap().unwrap_err();
+        let second = first.offset + first.frame.len;
+        assert_eq!(d.offset, second + (FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET) as u64);
+        assert_eq!(c.offset(), second, "the cursor stays at the damaged frame");
+        // ... not checked without `with_timestamps`.
+        let mut c = FrameCursor::new(&file[SEGMENT_HEADER_LEN..], SEGMENT_HEADER_LEN as u64, 10, true);
+        assert!(c.step().unwrap().is_ok() && c.step().unwrap().is_ok());
+
+        // A position that does not continue.
+        let mut c = FrameCursor::new(&file[SEGMENT_HEADER_LEN..], SEGMENT_HEADER_LEN as u64, 11, true);
+        let d = c.step().unwrap().unwrap_err();
+        assert_eq!(d.offset, (SEGMENT_HEADER_LEN + FRAME_FIRST_POSITION_OFFSET) as u64);
+
+        // Bytes after a seal.
+        let mut file = segment(&[(1, 1)], true);
+        file.extend_from_slice(&[0; 8]);
+        let header = SegmentHeader::parse(&file).unwrap();
+        let w = walk_segment_records(&file, header, true, &mut NoSink);
+        assert!(w.sealed);
+        assert_eq!(w.stop.unwrap().offset, file.len() as u64 - 8);
+        assert_eq!(w.end, file.len() as u64 - 8);
+
+        // A frame_len past the end.
+        let file = segment(&[(2, 1)], false);
+        let header = SegmentHeader::parse(&file).unwrap();
+        let cut = &file[..file.len() - 8];
+        let w = walk_segment_records(cut, header, true, &mut NoSink);
+        assert_eq!(w.end, SEGMENT_HEADER_LEN as u64);
+        assert_eq!(w.stop.unwrap().offset, (SEGMENT_HEADER_LEN + FRAME_LEN_OFFSET) as u64);
+    }
+
+    struct NoSink;
+    impl<'a> RecordSink<'a> for NoSink {
+        fn record(&mut self, _: u64, _: u64, _: &RecordRef<'a>) {}
+        fn batch(&mut self, _: u64, _: &Frame) {}
+    }
+
+    #[test]
+    fn encoded_spans_follow_frame_len() {
+        let file = segment(&[(1, 1), (2, 1)], true);
+        let frames = &file[SEGMENT_HEADER_LEN..];
+        let spans: Vec<_> = FrameCursor::encoded_spans(frames).collect();
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans.iter().map(|s| s.1).sum::<usize>(), frames.len());
+    }
 }

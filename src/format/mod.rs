@@ -272,12 +272,32 @@ pub const FRAME_HEADER_LEN: usize = size_of::<FrameHeader>();
 pub const MAX_FRAME_LEN: u64 = 1 << 30;
 /// The frame header CRC covers `[FRAME_CRC_START, FRAME_HEADER_LEN)`.
 pub const FRAME_CRC_START: usize = offset_of!(FrameHeader, frame_len);
+/// Offset of a frame header's CRC.
+pub const FRAME_HEADER_CRC_OFFSET: usize = offset_of!(FrameHeader, header_crc);
+/// Offset of a frame header's `frame_len`.
+pub const FRAME_LEN_OFFSET: usize = offset_of!(FrameHeader, frame_len);
+/// Offset of a frame header's `first_position`.
+pub const FRAME_FIRST_POSITION_OFFSET: usize = offset_of!(FrameHeader, first_position);
+/// Offset of a frame header's `record_count`.
+pub const FRAME_RECORD_COUNT_OFFSET: usize = offset_of!(FrameHeader, record_count);
+/// Offset of a frame header's `kind`.
+pub const FRAME_KIND_OFFSET: usize = offset_of!(FrameHeader, kind);
+/// Offset of a frame header's `flags` (then `reserved`).
+pub const FRAME_FLAGS_OFFSET: usize = offset_of!(FrameHeader, flags);
+/// Offset of a frame header's `durable_end`.
+pub const FRAME_DURABLE_END_OFFSET: usize = offset_of!(FrameHeader, durable_end);
 /// Offset of the 32-byte chain slot in a frame header (spec 3.1, 21).
 pub const FRAME_CHAIN_OFFSET: usize = offset_of!(FrameHeader, chain);
 /// Bytes of a record header.
 pub const RECORD_HEADER_LEN: usize = size_of::<RecordHeader>();
 /// The record CRC covers `[RECORD_CRC_START, record_len)`.
 pub const RECORD_CRC_START: usize = offset_of!(RecordHeader, position);
+/// Offset of a record's `position`.
+pub const RECORD_POSITION_OFFSET: usize = offset_of!(RecordHeader, position);
+/// Offset of a record's `stream_version`.
+pub const RECORD_STREAM_VERSION_OFFSET: usize = offset_of!(RecordHeader, stream_version);
+/// Offset of a record's `timestamp`.
+pub const RECORD_TIMESTAMP_OFFSET: usize = offset_of!(RecordHeader, timestamp);
 /// Bytes of one head slot.
 pub const HEAD_SLOT_LEN: usize = size_of::<HeadSlot>();
 /// Bytes of the head file (two slots).

@@ -12,9 +12,8 @@ use std::path::Path;
 
 use crate::audit::chain::{Anchor, ChainHash};
 use crate::error::{Error, Result};
-use crate::format::{
-    FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FrameHeader, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader,
-};
+use crate::format::frame::FrameCursor;
+use crate::format::{FRAME_KIND_BATCH, LogFormat, SegmentHeader};
 use crate::read::view::Reader;
 
 /// The head of a log's audit chain and what the log says about its chain:
@@ -78,7 +77,7 @@ pub fn chain_head(dir: &Path) -> Result<Option<ChainHead>> {
     Ok(Some(ChainHead {
         anchor: Anchor {
             position: view.next_position(),
-            hash: last_chain(bytes, header.chain_start),
+            hash: last_chain(bytes, header),
         },
         keyed: format.keyed(),
         log_id: header.log_id,
@@ -86,29 +85,17 @@ pub fn chain_head(dir: &Path) -> Result<Option<ChainHead>> {
 }
 
 /// The chain slot of the last batch among the frames of `segment` (a
-/// segment's bytes whose frames are all complete), or `chain_start` if it
-/// holds no batch. Walks frame headers only.
-fn last_chain(segment: &[u8], chain_start: ChainHash) -> ChainHash {
-    let mut chain = chain_start;
-    let mut off = SEGMENT_HEADER_LEN;
-    while let Some(frame) = segment.get(off..) {
-        let Ok(h) = FrameHeader::parse(frame, off as u64) else {
-            break;
-        };
-        let Ok(len) = usize::try_from(h.frame_len.get()) else {
-            break;
-        };
-        if h.kind == FRAME_KIND_BATCH
-            && let Some(slot) = frame.get(FRAME_CHAIN_OFFSET..FRAME_HEADER_LEN)
-        {
-            chain.copy_from_slice(slot);
+/// segment's bytes whose frames are all complete), or the header's
+/// `chain_start` if it holds no batch. Walks frame headers only (the reader
+/// validated the bodies), stopping at the first frame that does not check.
+fn last_chain(segment: &[u8], header: &SegmentHeader) -> ChainHash {
+    let mut chain = header.chain_start;
+    let mut frames = FrameCursor::segment(segment, header, false);
+    while let Some(Ok(f)) = frames.peek() {
+        if f.frame.kind == FRAME_KIND_BATCH {
+            chain = f.chain();
         }
-        // `len` comes from the file (validated by the reader above, but a
-        // checked step keeps that from being a precondition here).
-        match off.checked_add(len) {
-            Some(next) if len > 0 => off = next,
-            _ => break,
-        }
+        frames.skip(&f);
     }
     chain
 }
