@@ -6,27 +6,24 @@
 //! returned, so a reader never returns part of an incomplete batch nor a
 //! record whose bytes fail their CRC; frames are contiguous in position
 //! across and within segments, and a gap or overlap is corruption naming the
-//! segment. This is the hot path of a replay: `next` stays small and inlined,
-//! frames wholly before `from` are skipped without validation, and no record
-//! or frame allocates.
+//! segment. Frames are walked with the one [`FrameCursor`], so replay agrees
+//! with recovery and `check` on what a valid frame is.
+//!
+//! This is the hot path of a replay: `next` stays small and inlined, frames
+//! wholly before `from` (and seals, checkpoints) are stepped over with their
+//! header checked but their body unread, and nothing allocates per record or
+//! per frame.
 
 use std::mem::offset_of;
-use std::path::Path;
 
-use crate::error::{Damage, Result};
-use crate::format::frame::validate_frame;
+use crate::error::{Damage, Error, Result};
+use crate::format::frame::{FrameCursor, FrameRef};
 use crate::format::record::{RecordRef, parse_validated};
-use crate::format::{
-    FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
-};
-use crate::read::view::{LogView, ReadOptions};
+use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::read::view::{LogView, ReadOptions, ViewSegment};
 
 /// Where a segment header holds its base position (spec 2.1).
 const SEGMENT_BASE_POSITION_AT: u64 = offset_of!(SegmentHeader, base_position) as u64;
-/// Where a frame header holds `frame_len` (spec 3.1).
-const FRAME_LEN_AT: u64 = offset_of!(FrameHeader, frame_len) as u64;
-/// Where a frame header holds `first_position` (spec 3.1).
-const FIRST_POSITION_AT: u64 = offset_of!(FrameHeader, first_position) as u64;
 /// Bytes of a CPU cache line, the stride of the prefetch before a batch is
 /// validated without CRCs (not a format offset).
 const CACHE_LINE: usize = 64;
@@ -71,6 +68,7 @@ impl LogView {
         ReadAll {
             view: self,
             seg,
+            frames: None,
             off,
             pos,
             from,
@@ -96,9 +94,13 @@ impl<'a> ReadAll<'a> {
 #[derive(Debug)]
 pub struct ReadAll<'a> {
     view: &'a LogView,
+    /// The segment being read.
     seg: usize,
+    /// The frames of segment `seg` not read yet, once it is open.
+    frames: Option<FrameCursor<'a>>,
+    /// Where segment `seg` is to be read from when it is opened: the file
+    /// offset of a frame, and the position that frame must start at.
     off: usize,
-    /// Position of the next frame's first record.
     pos: u64,
     from: u64,
     verify: bool,
@@ -110,25 +112,40 @@ pub struct ReadAll<'a> {
 }
 
 impl<'a> ReadAll<'a> {
-    fn fail(&mut self, path: &Path, d: Damage) -> Option<Result<RecordRef<'a>>> {
+    /// The segment being read (or, past the end, the last one).
+    fn segment(&self) -> Option<&'a ViewSegment> {
+        let view: &'a LogView = self.view;
+        view.segments.get(self.seg).or(view.segments.last())
+    }
+
+    /// End the iteration with `e`.
+    #[cold]
+    fn fail_with(&mut self, e: Error) -> Option<Result<RecordRef<'a>>> {
         self.done = true;
         self.batch = &[];
-        Some(Err(d.at(path)))
+        Some(Err(e))
+    }
+
+    /// End the iteration with damage `d` of the segment being read.
+    #[cold]
+    fn fail(&mut self, d: Damage) -> Option<Result<RecordRef<'a>>> {
+        let seg = self.segment()?;
+        self.fail_with(d.at(&*seg.path))
     }
 
     /// A record of the current, validated batch no longer parses: the
-    /// segment's bytes changed under the reader. Names the segment the batch
-    /// lies in (`seg`, whose frame ends at `off`) and the record's offset.
+    /// segment's bytes changed under the reader. Names the segment and the
+    /// record's offset (the batch is the tail of the frame the cursor just
+    /// moved past).
     #[cold]
     fn changed_under_reader(&mut self) -> Option<Result<RecordRef<'a>>> {
-        let offset = self.off.saturating_sub(self.batch.len()) as u64;
-        let view: &'a LogView = self.view;
-        let seg = view.segments.get(self.seg).or(view.segments.last())?;
+        let end = self.frames.as_ref().map_or(0, |c| c.offset());
+        let offset = end.saturating_sub(self.batch.len() as u64);
         let d = Damage::corrupt(
             offset,
             "a record of a validated batch no longer parses (the file changed under the reader)",
         );
-        self.fail(&seg.path, d)
+        self.fail(d)
     }
 
     /// The next record of the current batch, which was validated as a whole
@@ -147,6 +164,56 @@ impl<'a> ReadAll<'a> {
         Some(Some(Ok(rec)))
     }
 
+    /// Open segment `seg` (mapping it) at `off`, checking that a segment
+    /// read from its start begins at the expected position. `None` past the
+    /// last segment.
+    fn open_segment(&mut self) -> Option<Result<FrameCursor<'a>>> {
+        let view: &'a LogView = self.view;
+        let seg = view.segments.get(self.seg)?;
+        let bytes = match seg.bytes() {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        if self.off == SEGMENT_HEADER_LEN && seg.base != self.pos {
+            let d = Damage::corrupt(
+                SEGMENT_BASE_POSITION_AT,
+                format!(
+                    "expected the segment to start at position {}, found base position {}",
+                    self.pos, seg.base
+                ),
+            );
+            return Some(Err(d.at(&*seg.path)));
+        }
+        let rest = bytes.get(self.off..).unwrap_or_default();
+        Some(Ok(FrameCursor::new(rest, self.off as u64, self.pos, self.verify)))
+    }
+
+    /// Segment `seg` is read to its end: go on with the next one, from its
+    /// first frame, at the position `frames` ended at.
+    fn next_segment(&mut self, next_position: u64) {
+        self.frames = None;
+        self.seg += 1;
+        self.off = SEGMENT_HEADER_LEN;
+        self.pos = next_position;
+    }
+
+    /// Make the batch `f` (validated) the current one, less its records
+    /// before `from`.
+    #[inline]
+    fn enter_batch(&mut self, f: &FrameRef<'a>) {
+        // The records after the header (`FrameRef::body` borrows the
+        // `FrameRef`, not the mapping).
+        self.batch = f.bytes.get(FRAME_HEADER_LEN..).unwrap_or_default();
+        // Records are numbered contiguously from the frame's first position
+        // (validated): skip those before `from`.
+        for _ in f.frame.first_position..self.from {
+            match parse_validated(self.batch) {
+                Some((_, rest)) => self.batch = rest,
+                None => break,
+            }
+        }
+    }
+
     /// Move to the next batch frame (validating it) and return its first
     /// record at or after `from`; or the end, or the damage met.
     #[inline(never)]
@@ -161,69 +228,26 @@ impl<'a> ReadAll<'a> {
                 }
                 return self.changed_under_reader();
             }
-            let view: &'a LogView = self.view;
-            let seg = view.segments.get(self.seg)?;
-            let bytes = match seg.bytes() {
-                Ok(b) => b,
-                Err(e) => {
-                    self.done = true;
-                    self.batch = &[];
-                    return Some(Err(e));
+            let Some(frames) = self.frames.as_mut() else {
+                match self.open_segment()? {
+                    Ok(c) => self.frames = Some(c),
+                    Err(e) => return self.fail_with(e),
                 }
-            };
-            if self.off == SEGMENT_HEADER_LEN && seg.base != self.pos {
-                let d = Damage::corrupt(
-                    SEGMENT_BASE_POSITION_AT,
-                    format!(
-                        "expected the segment to start at position {}, found base position {}",
-                        self.pos, seg.base
-                    ),
-                );
-                return self.fail(&seg.path, d);
-            }
-            let Some(rest) = bytes.get(self.off..).filter(|r| !r.is_empty()) else {
-                self.seg += 1;
-                self.off = SEGMENT_HEADER_LEN;
                 continue;
             };
-            let off = self.off as u64;
-            let h = match FrameHeader::parse(rest, off) {
-                Ok(h) => h,
-                Err(d) => return self.fail(&seg.path, d),
+            let h = match frames.peek() {
+                Some(Ok(h)) => h,
+                Some(Err(d)) => return self.fail(d),
+                None => {
+                    let next = frames.next_position();
+                    self.next_segment(next);
+                    continue;
+                }
             };
-            let (len, first, count) = (h.frame_len.get(), h.first_position.get(), h.record_count.get() as u64);
-            if first != self.pos {
-                let d = Damage::corrupt(
-                    off + FIRST_POSITION_AT,
-                    format!("expected a frame starting at position {}, found {first}", self.pos),
-                );
-                return self.fail(&seg.path, d);
-            }
-            if len > rest.len() as u64 {
-                let d = Damage::corrupt(
-                    off + FRAME_LEN_AT,
-                    format!(
-                        "frame_len {len} runs past the end of the segment ({} bytes remain)",
-                        rest.len()
-                    ),
-                );
-                return self.fail(&seg.path, d);
-            }
-            if h.kind == FRAME_KIND_SEAL && rest.len() as u64 != len {
-                let d = Damage::corrupt(
-                    off + len,
-                    format!(
-                        "expected the segment to end at its seal, found {} more bytes",
-                        rest.len() as u64 - len
-                    ),
-                );
-                return self.fail(&seg.path, d);
-            }
-            if h.kind != FRAME_KIND_BATCH || first + count <= self.from {
-                // A seal or checkpoint, or a batch wholly before `from`: skip
-                // it unread.
-                self.off += len as usize;
-                self.pos = first + count;
+            if h.frame.kind != FRAME_KIND_BATCH || h.frame.next_position() <= self.from {
+                // A seal or checkpoint, or a batch wholly before `from`: step
+                // over it unread (its header and position checked).
+                frames.skip(&h);
                 continue;
             }
             if !self.verify {
@@ -231,23 +255,12 @@ impl<'a> ReadAll<'a> {
                 // each found from the previous one's length: a chain of
                 // dependent loads from memory. Touch every cache line of
                 // the frame first, with independent loads the CPU overlaps.
-                let lines = rest.get(..len as usize).unwrap_or_default().chunks(CACHE_LINE);
+                let lines = h.bytes.chunks(CACHE_LINE);
                 std::hint::black_box(lines.fold(0u8, |a, l| a ^ l.first().copied().unwrap_or(0)));
             }
-            if let Err(d) = validate_frame(rest, off, self.verify) {
-                return self.fail(&seg.path, d);
-            }
-            // `validate_frame` checked that the frame fits in `rest`.
-            self.batch = rest.get(FRAME_HEADER_LEN..len as usize).unwrap_or_default();
-            self.off += len as usize;
-            self.pos = first + count;
-            // Records are numbered contiguously from `first` (validated):
-            // skip those before `from`.
-            for _ in first..self.from {
-                match parse_validated(self.batch) {
-                    Some((_, rest)) => self.batch = rest,
-                    None => break,
-                }
+            match frames.validate(h) {
+                Ok(f) => self.enter_batch(&f),
+                Err(d) => return self.fail(d),
             }
         }
     }
