@@ -10,25 +10,19 @@
 //! `MAX_FRAME_LEN`, and a resync scan in bounded pieces).
 
 use std::fs::File;
-use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Damage, Error, Result};
-use crate::format::frame::{Frame, validate_frame};
+use crate::format::frame::{Frame, FrameCursor};
 use crate::format::names::{LOCK_FILE, segment_file_name};
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FrameHeader, SEGMENT_HEADER_LEN};
+use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_LEN_OFFSET, FrameHeader, SEGMENT_HEADER_LEN};
 use crate::index::{Index, IndexCell, MemIndex};
 use crate::read::sealed::{pread, read_segment_header};
 use crate::read::view::ViewSegment;
 use crate::storage::head::Head;
 use crate::storage::mmap::Mapping;
 use crate::storage::resync::{RESYNC_CHUNK, resync_file};
-
-/// Where a frame header holds `frame_len` (spec 3.1).
-const FRAME_LEN_AT: u64 = offset_of!(FrameHeader, frame_len) as u64;
-/// Where a frame header holds `first_position` (spec 3.1).
-const FIRST_POSITION_AT: u64 = offset_of!(FrameHeader, first_position) as u64;
 
 /// The active segment of a [`Reader`](crate::Reader): its file (read by
 /// copying), what has been validated of it, and the index built from the
@@ -158,13 +152,16 @@ fn copy_frame(
     next: u64,
 ) -> Result<Step> {
     let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
-        return Ok(Step::Damaged(Damage::corrupt(
-            off,
-            format!(
-                "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
-                file_len.saturating_sub(off)
+        return damaged(
+            Damage::corrupt(
+                off,
+                format!(
+                    "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
+                    file_len.saturating_sub(off)
+                ),
             ),
-        )));
+            path,
+        );
     };
     if hdr_end > end {
         return Ok(Step::NotVisible);
@@ -173,43 +170,52 @@ fn copy_frame(
     pread(file, &mut hdr, off, path)?;
     let len = match FrameHeader::parse(&hdr, off) {
         Ok(h) => h.frame_len.get(),
-        Err(d) => return Ok(Step::Damaged(d)),
+        Err(d) => return damaged(d, path),
     };
     let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
-        return Ok(Step::Damaged(Damage::corrupt(
-            off + FRAME_LEN_AT,
-            format!(
-                "frame_len {len} runs past the end of the file ({} bytes remain)",
-                file_len.saturating_sub(off)
+        return damaged(
+            Damage::corrupt(
+                off.saturating_add(FRAME_LEN_OFFSET as u64),
+                format!(
+                    "frame_len {len} runs past the end of the file ({} bytes remain)",
+                    file_len.saturating_sub(off)
+                ),
             ),
-        )));
+            path,
+        );
     };
     if frame_end > end {
         return Ok(Step::NotVisible);
     }
     // `FrameHeader::parse` checked len <= MAX_FRAME_LEN: a bounded allocation.
     let Ok(len_usize) = usize::try_from(len) else {
-        return Ok(Step::Damaged(Damage::corrupt(
-            off + FRAME_LEN_AT,
-            format!("frame_len {len} cannot be held in memory"),
-        )));
+        return damaged(
+            Damage::corrupt(
+                off.saturating_add(FRAME_LEN_OFFSET as u64),
+                format!("frame_len {len} cannot be held in memory"),
+            ),
+            path,
+        );
     };
     buf.resize(len_usize, 0);
     pread(file, buf, off, path)?;
-    let f = match validate_frame(buf, off, true) {
-        Ok(f) => f,
-        Err(d) => return Ok(Step::Damaged(d)),
-    };
-    if f.first_position != next {
-        return Ok(Step::Damaged(Damage::corrupt(
-            off + FIRST_POSITION_AT,
-            format!(
-                "expected a frame starting at position {next}, found {}",
-                f.first_position
-            ),
-        )));
+    // The copy holds exactly this frame: the cursor checks its header, that
+    // it starts at `next`, and its body, as every reader of frames does.
+    let step = FrameCursor::new(buf, off, next, true).step();
+    match step.unwrap_or_else(|| Err(Damage::corrupt(off, "expected a frame, found no bytes"))) {
+        Ok(f) => Ok(Step::Frame(f.frame, frame_end)),
+        Err(d) => damaged(d, path),
     }
-    Ok(Step::Frame(f, frame_end))
+}
+
+/// Damage met while copying a frame: a [`Step::Damaged`] (whether it is
+/// corruption depends on the durable boundary), unless it is an I/O failure,
+/// which is [`Error::Io`] naming the segment, never damage.
+fn damaged(d: Damage, path: &Path) -> Result<Step> {
+    if d.is_io() {
+        return Err(d.at(path));
+    }
+    Ok(Step::Damaged(d))
 }
 
 impl ActiveRead {

@@ -8,25 +8,20 @@
 //! (spec 19). Records are read from the mapped segments, each batch validated
 //! (CRCs included) before any of its records is returned.
 
-use std::mem::{offset_of, size_of};
+use std::mem::size_of;
 
 use crate::error::{Damage, Error, Result, corrupt};
 use crate::format::frame::validate_frame_each;
 use crate::format::record::{RecordRef, parse_record};
-use crate::format::{FRAME_HEADER_LEN, FrameHeader, RecordHeader};
+use crate::format::{
+    FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_RECORD_COUNT_OFFSET, RECORD_POSITION_OFFSET,
+    RECORD_TIMESTAMP_OFFSET,
+};
 use crate::index::{Index, NO_SEGMENT, Named, StreamInfo};
 use crate::read::view::{LogView, ViewSegment};
 
 pub use crate::types::Direction;
 
-/// Where a frame header holds `first_position` (spec 3.1).
-const FRAME_FIRST_POSITION_AT: usize = offset_of!(FrameHeader, first_position);
-/// Where a frame header holds `record_count` (spec 3.1).
-const FRAME_RECORD_COUNT_AT: usize = offset_of!(FrameHeader, record_count);
-/// Where a record header holds its position (spec 3.2).
-const RECORD_POSITION_AT: usize = offset_of!(RecordHeader, position);
-/// Where a record header holds its timestamp (spec 3.2).
-const RECORD_TIMESTAMP_AT: usize = offset_of!(RecordHeader, timestamp);
 /// Bytes of the `u64` and `u32` fields read in place by the searches.
 const U64_LEN: usize = size_of::<u64>();
 const U32_LEN: usize = size_of::<u32>();
@@ -250,7 +245,7 @@ impl LogView {
         // Timestamp of the first record of batch `off` in `seg` (search only;
         // the batch that decides is validated below).
         let first_ts = |seg: &ViewSegment, off: u64| -> Result<Option<u64>> {
-            let at = offset_plus(off, FRAME_HEADER_LEN + RECORD_TIMESTAMP_AT);
+            let at = offset_plus(off, FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET);
             Ok(seg
                 .bytes()?
                 .get(at..at.saturating_add(U64_LEN))
@@ -355,7 +350,7 @@ fn batch_head(seg: &ViewSegment, off: u64) -> Result<Option<(&[u8], u64)>> {
     }
     let rec = rest.get(FRAME_HEADER_LEN..).unwrap_or_default();
     let (rec, _) = parse_record(rec, true)
-        .map_err(|(o, d)| Damage::corrupt(off + (FRAME_HEADER_LEN + o) as u64, d).at(&*seg.path))?;
+        .map_err(|(o, d)| Damage::corrupt(off.saturating_add((FRAME_HEADER_LEN + o) as u64), d).at(&*seg.path))?;
     Ok(Some((rec.stream_bytes(), rec.stream_version())))
 }
 
@@ -650,8 +645,8 @@ fn entry_position(bytes: &[u8], kind: Named, off: u64) -> u64 {
     let at = offset_plus(
         off,
         match kind {
-            Named::Category => FRAME_FIRST_POSITION_AT,
-            Named::Type => RECORD_POSITION_AT,
+            Named::Category => FRAME_FIRST_POSITION_OFFSET,
+            Named::Type => RECORD_POSITION_OFFSET,
         },
     );
     bytes
@@ -726,8 +721,8 @@ impl<'a> ReadNamed<'a> {
                         Named::Category => {
                             let count = bytes
                                 .get(
-                                    offset_plus(off, FRAME_RECORD_COUNT_AT)
-                                        ..offset_plus(off, FRAME_RECORD_COUNT_AT + U32_LEN),
+                                    offset_plus(off, FRAME_RECORD_COUNT_OFFSET)
+                                        ..offset_plus(off, FRAME_RECORD_COUNT_OFFSET + U32_LEN),
                                 )
                                 .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                             entry_position(bytes, kind, off).saturating_add(count as u64) <= from
@@ -787,8 +782,8 @@ impl<'a> ReadNamed<'a> {
                     let Some(rest) = bytes.get(off as usize..).filter(|r| !r.is_empty()) else {
                         return Ok(None);
                     };
-                    let (rec, _) =
-                        parse_record(rest, true).map_err(|(o, d)| Damage::corrupt(off + o as u64, d).at(&*seg.path))?;
+                    let (rec, _) = parse_record(rest, true)
+                        .map_err(|(o, d)| Damage::corrupt(off.saturating_add(o as u64), d).at(&*seg.path))?;
                     if rec.event_type() != name {
                         let detail = format!(
                             "the index entry for type {name:?} points at the record at byte {off} of {}, \

@@ -63,14 +63,21 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
-/// The segment file at `path` is no longer than a header and holds no valid
-/// header: torn while being created.
-fn torn_at_creation(path: &Path, base: u64) -> bool {
-    let Ok(file) = crate::storage::io::open_read(path) else {
-        return false;
-    };
-    let Ok(meta) = file.metadata() else { return false };
-    meta.len() <= SEGMENT_HEADER_LEN as u64 && read_segment_header(&file, path, base).is_err()
+/// Whether the segment file at `path` is no longer than a header and holds
+/// no valid header: torn while being created. A failure to open or read it
+/// is [`Error::Io`], not a torn file.
+fn torn_at_creation(path: &Path, base: u64) -> Result<bool> {
+    let file = crate::storage::io::open_read(path).map_err(|e| Error::io("open", path, e))?;
+    let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    if len > SEGMENT_HEADER_LEN as u64 {
+        return Ok(false);
+    }
+    match read_segment_header(&file, path, base) {
+        Ok(_) => Ok(false),
+        // An I/O failure says nothing about the header: not torn.
+        Err(e @ Error::Io { .. }) => Err(e),
+        Err(_) => Ok(true),
+    }
 }
 
 impl Reader {
@@ -207,7 +214,7 @@ impl Reader {
         // that the segments before it stay readable.
         if head.is_none()
             && let [.., _, newest] = visible[..]
-            && torn_at_creation(&self.dir.join(segment_file_name(newest)), newest)
+            && torn_at_creation(&self.dir.join(segment_file_name(newest)), newest)?
         {
             visible.pop();
         }

@@ -102,13 +102,16 @@ pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, 
     } else {
         0
     };
-    let seal = sealed_segment_seal(len, &tail[..n]).map_err(|d| Error::Corrupt {
-        path: path.clone(),
-        offset: d.offset,
-        detail: format!(
-            "a segment followed by another must end with a seal (is it truncated?): {}",
-            d.detail()
-        ),
+    let seal = sealed_segment_seal(len, &tail[..n]).map_err(|d| match d.is_io() {
+        true => d.at(&path),
+        false => Error::Corrupt {
+            path: path.clone(),
+            offset: d.offset,
+            detail: format!(
+                "a segment followed by another must end with a seal (is it truncated?): {}",
+                d.detail()
+            ),
+        },
     })?;
     let idx_path = dir.join(index_file_name(base));
     Ok((
