@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::read::view::ViewSegment;
+use crate::read::logview::ViewSegment;
 
 /// Default bound on the sealed segments a [`Reader`] (or the writer) keeps
 /// mapped between views.

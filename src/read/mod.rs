@@ -8,16 +8,17 @@
 //! layer. Imports: [`crate::format`], [`crate::storage`], [`crate::index`],
 //! [`crate::audit`].
 //!
-//! Files: `view` (the view and its segments; re-exports the rest so that
-//! `crate::read::view::X` stays the one path other layers use), `replay`
-//! (`read_all`), `sealed` (opening sealed segments), `reader` (the
-//! cross-process reader), `active` (its validation of the active segment),
-//! `budget` (how many segments stay mapped), `query` (index-served reads),
-//! `subscription`, `anchor`.
+//! Files: `logview` (the view and its segments), `replay` (`read_all`),
+//! `sealed` (opening sealed segments), `reader` (the cross-process reader),
+//! `active` (its validation of the active segment), `budget` (how many
+//! segments stay mapped), `query` (index-served reads), `subscription`,
+//! `anchor`; `view` re-exports what other layers use, so that
+//! `crate::read::view::X` stays their one path.
 
 mod active;
 pub(crate) mod anchor;
 mod budget;
+mod logview;
 pub(crate) mod query;
 mod reader;
 mod replay;

@@ -18,7 +18,7 @@ use crate::format::{
     RECORD_TIMESTAMP_OFFSET,
 };
 use crate::index::{Index, NO_SEGMENT, Named, StreamInfo};
-use crate::read::view::{LogView, ViewSegment};
+use crate::read::logview::{LogView, ViewSegment};
 
 pub use crate::types::Direction;
 

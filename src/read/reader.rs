@@ -22,8 +22,8 @@ use crate::format::{HeadSlot, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::index::streamtable::{STREAM_TABLE_FILE, StreamTable};
 use crate::read::active::ActiveRead;
 use crate::read::budget::{max_mapped, trim_mappings};
+use crate::read::logview::{LogView, Unrecovered, ViewSegment};
 use crate::read::sealed::{open_sealed, read_segment_header};
-use crate::read::view::{LogView, Unrecovered, ViewSegment};
 use crate::storage::head;
 
 /// Where the head file names its segment (the first slot's `segment_base`),

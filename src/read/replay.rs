@@ -20,7 +20,7 @@ use crate::error::{Damage, Error, Result};
 use crate::format::frame::{FrameCursor, FrameRef};
 use crate::format::record::{RecordRef, parse_validated};
 use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, SEGMENT_HEADER_LEN, SegmentHeader};
-use crate::read::view::{LogView, ReadOptions, ViewSegment};
+use crate::read::logview::{LogView, ReadOptions, ViewSegment};
 
 /// Where a segment header holds its base position (spec 2.1).
 const SEGMENT_BASE_POSITION_AT: u64 = offset_of!(SegmentHeader, base_position) as u64;

@@ -16,7 +16,7 @@ use crate::format::frame::{Frame, validate_frame};
 use crate::format::names::{index_file_name, segment_file_name};
 use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_SEAL, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::index::IndexCell;
-use crate::read::view::ViewSegment;
+use crate::read::logview::ViewSegment;
 use crate::storage::io::read_exact_at;
 use crate::storage::mmap::Mapping;
 

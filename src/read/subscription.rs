@@ -50,8 +50,9 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::format::record::RecordRef;
+use crate::read::logview::LogView;
 use crate::read::query::Direction;
-use crate::read::view::{LogView, Reader};
+use crate::read::reader::Reader;
 
 /// How many events a subscription copies out of one view at most before
 /// handing them out (bounds its memory, whatever the backlog).
