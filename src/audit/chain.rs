@@ -17,7 +17,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::format::{FRAME_CHAIN_OFFSET, FRAME_CRC_START, FRAME_HEADER_LEN};
+use zerocopy::IntoBytes;
+
+use crate::format::{CheckpointBody, FRAME_CHAIN_OFFSET, FRAME_CRC_START, FRAME_HEADER_LEN};
 
 /// A chain hash: 32 bytes of BLAKE3 output.
 pub type ChainHash = [u8; 32];
@@ -94,8 +96,9 @@ impl ChainKey {
 }
 
 /// Bytes of a checkpoint frame's body (spec 3.5): public key, signature,
-/// body CRC, reserved.
-pub(crate) const CHECKPOINT_BODY_LEN: usize = 104;
+/// body CRC, reserved (the layout is [`CheckpointBody`]).
+#[allow(unused_imports, reason = "the old path of the constant")]
+pub(crate) use crate::format::CHECKPOINT_BODY_LEN;
 /// Domain prefix of the signed message (spec 21.5): 19 ASCII bytes, 5 zeros.
 const CHECKPOINT_DOMAIN: &[u8; 24] = b"annal checkpoint v2\0\0\0\0\0";
 
@@ -205,16 +208,13 @@ fn checkpoint_message(log_id: &[u8; 16], position: u64, chain: &ChainHash) -> [u
 }
 
 /// Fill in the body of a checkpoint frame (spec 3.5): `body` is the frame's
-/// bytes `[72, 176)`.
+/// bytes `[72, 176)`, laid out as a [`CheckpointBody`].
 pub(crate) fn fill_checkpoint(body: &mut [u8], key: &SigningKey, log_id: &[u8; 16], position: u64, chain: &ChainHash) {
-    if body.len() < CHECKPOINT_BODY_LEN {
+    let Some(out) = body.get_mut(..CHECKPOINT_BODY_LEN) else {
         return;
-    }
-    body[..32].copy_from_slice(&key.public_key().0);
-    body[32..96].copy_from_slice(&key.sign(log_id, position, chain));
-    let crc = crc32fast::hash(&body[..96]).to_le_bytes();
-    body[96..100].copy_from_slice(&crc);
-    body[100..104].fill(0);
+    };
+    let b = CheckpointBody::new(key.public_key().0, key.sign(log_id, position, chain));
+    out.copy_from_slice(b.as_bytes());
 }
 
 /// Most bytes read from a key file: 64 hexadecimal digits, a line ending

@@ -20,7 +20,7 @@ use zerocopy::FromBytes;
 
 use crate::audit::chain::{ChainHash, ChainKey, Chainer, SigningKey, fill_checkpoint};
 use crate::format::frame::FrameCursor;
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FrameHeader};
+use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_MAGIC, FrameHeader};
 
 /// Chunks at least this large, with frames of at least [`OVERLAP_MIN_FRAME`]
 /// bytes on average, are hashed on the hasher thread while they are written.
@@ -82,12 +82,15 @@ fn apply(bytes: &mut [u8], links: &[Link], signer: Option<(&SigningKey, &[u8; 16
         let Some(frame) = bytes.get_mut(l.offset..l.offset + l.len) else {
             continue;
         };
-        frame[..4].copy_from_slice(&crate::format::FRAME_MAGIC);
+        if let Some(magic) = frame.get_mut(..FRAME_MAGIC.len()) {
+            magic.copy_from_slice(&FRAME_MAGIC);
+        }
         if l.kind == FRAME_KIND_CHECKPOINT
             && let Some((key, log_id)) = signer
+            && let Ok((h, body)) = FrameHeader::mut_from_prefix(frame)
         {
-            let position = u64::from_le_bytes(frame[16..24].try_into().unwrap_or_default());
-            fill_checkpoint(&mut frame[FRAME_HEADER_LEN..], key, log_id, position, &l.chain);
+            let position = h.first_position.get();
+            fill_checkpoint(body, key, log_id, position, &l.chain);
         }
         FrameHeader::set_chain(frame, &l.chain);
     }
@@ -265,7 +268,7 @@ pub(crate) fn write_chained<E>(
     };
     // Hide every frame (no magic) until its chain slot is filled in.
     for &(offset, _) in &spans {
-        bytes[offset..offset + 4].fill(0);
+        bytes[offset..offset + FRAME_MAGIC.len()].fill(0);
     }
     let shared = Arc::new(bytes);
     h.offer(Job {
@@ -299,7 +302,7 @@ pub(crate) fn write_chained<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{FRAME_KIND_SEAL, FRAME_MAGIC};
+    use crate::format::{CHECKPOINT_BODY_LEN, CHECKPOINT_FRAME_LEN, FRAME_KIND_SEAL};
     use zerocopy::IntoBytes;
 
     /// A chunk of `n` batch frames of `len` bytes (records are opaque to the
@@ -311,9 +314,15 @@ mod tests {
             out.extend_from_slice(h.as_bytes());
             out.extend((FRAME_HEADER_LEN..len).map(|b| (b * 7 + i) as u8));
         }
-        let cp = FrameHeader::new(FRAME_KIND_CHECKPOINT, 176, 10 * n as u64, 0, 128);
+        let cp = FrameHeader::new(
+            FRAME_KIND_CHECKPOINT,
+            CHECKPOINT_FRAME_LEN as u64,
+            10 * n as u64,
+            0,
+            128,
+        );
         out.extend_from_slice(cp.as_bytes());
-        out.extend_from_slice(&[0; 104]);
+        out.extend_from_slice(&[0; CHECKPOINT_BODY_LEN]);
         let seal = FrameHeader::new(FRAME_KIND_SEAL, 72, 10 * n as u64, 0, 128);
         out.extend_from_slice(seal.as_bytes());
         out

@@ -15,16 +15,18 @@
 //! [`SnapshotHeader`] is the normative byte layout of spec 20.2.
 
 use std::io;
-use std::mem::{offset_of, size_of};
+use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::{Damage, Error, Result};
 use crate::format::hash::stream_hash;
+use crate::format::{SNAPSHOT_CRC_OFFSET, SNAPSHOT_LENGTH_OFFSET as LENGTH_OFFSET};
+pub(crate) use crate::format::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SnapshotHeader};
 use crate::storage::io::{Io, read_exact_at};
 
 /// One stream's state at a version: the payload is the aggregate's state,
@@ -46,41 +48,8 @@ pub struct Snapshot {
 
 /// Name of the folder, inside the log directory, that holds snapshot files.
 pub(crate) use crate::format::names::SNAPSHOT_DIR;
-/// Magic bytes at the start of every snapshot file.
-pub(crate) const SNAPSHOT_MAGIC: [u8; 8] = *b"ANNALSNP";
-/// Version of the snapshot file layout this build reads and writes.
-pub(crate) const SNAPSHOT_FORMAT_VERSION: u16 = 1;
 /// Extension of snapshot file names.
 const SNAPSHOT_EXT: &str = ".snap";
-
-/// Header of a snapshot file (spec 20.2): the normative layout.
-#[repr(C)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
-pub(crate) struct SnapshotHeader {
-    pub magic: [u8; 8],
-    pub format_version: U16,
-    pub flags: U16,
-    pub stream_len: U16,
-    pub reserved0: U16,
-    pub stream_version: U64,
-    pub position: U64,
-    pub schema_version: U32,
-    pub reserved1: U32,
-    pub payload_len: U64,
-    pub reserved2: [u8; 12],
-    pub crc: U32,
-}
-
-/// Bytes of the snapshot header.
-pub(crate) const SNAPSHOT_HEADER_LEN: usize = size_of::<SnapshotHeader>();
-/// Offset of the CRC field; the CRC covers every byte of the file but the
-/// four at `[SNAPSHOT_CRC_OFFSET, SNAPSHOT_HEADER_LEN)`.
-const SNAPSHOT_CRC_OFFSET: usize = offset_of!(SnapshotHeader, crc);
-/// Offset reported when the length fields do not fill the file exactly.
-const LENGTH_OFFSET: u64 = offset_of!(SnapshotHeader, stream_len) as u64;
-
-const _: () = assert!(SNAPSHOT_HEADER_LEN == 64);
-const _: () = assert!(SNAPSHOT_CRC_OFFSET == 60);
 
 /// Saves of every store in this process, one at a time: two saves of the
 /// same snapshot share a temp file name, and pruning lists what saves write.

@@ -13,8 +13,8 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::format::damage::Damage;
 use crate::format::record::{RecordRef, parse_record, parse_record_with};
 use crate::format::{
-    ALIGN, FRAME_CHAIN_OFFSET, FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT,
-    FRAME_KIND_SEAL, FRAME_LEN_OFFSET, FrameHeader, RECORD_HEADER_LEN, RECORD_POSITION_OFFSET,
+    ALIGN, CheckpointBody, FRAME_CHAIN_OFFSET, FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH,
+    FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FRAME_LEN_OFFSET, FrameHeader, RECORD_HEADER_LEN, RECORD_POSITION_OFFSET,
     RECORD_STREAM_VERSION_OFFSET, RECORD_TIMESTAMP_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 
@@ -65,7 +65,9 @@ pub(crate) fn encode_seal(next_position: u64, durable_end: u64) -> [u8; FRAME_HE
 pub(crate) fn finish_batch_header(out: &mut [u8], first_position: u64, count: u32, durable_end: u64) {
     let len = out.len() as u64;
     let h = FrameHeader::new(FRAME_KIND_BATCH, len, first_position, count, durable_end);
-    out[..FRAME_HEADER_LEN].copy_from_slice(h.as_bytes());
+    if let Some(header) = out.get_mut(..FRAME_HEADER_LEN) {
+        header.copy_from_slice(h.as_bytes());
+    }
 }
 
 /// Check that the frame at the start of `bytes` (at file offset `off`) is
@@ -120,31 +122,9 @@ fn validate_body<'a>(
     let body = frame_bytes.get(FRAME_HEADER_LEN..).unwrap_or_default();
     match frame.kind {
         FRAME_KIND_SEAL => Ok(frame),
-        FRAME_KIND_CHECKPOINT => validate_checkpoint(body, off).map(|()| frame),
+        FRAME_KIND_CHECKPOINT => CheckpointBody::check(body, off).map(|_| frame),
         _ => validate_batch(frame, body, off, verify_crc, each),
     }
-}
-
-/// A checkpoint's body: public key and signature under the body CRC, then
-/// zero reserved bytes (spec 3.5); the signature itself is `check`'s business.
-fn validate_checkpoint(body: &[u8], off: u64) -> Result<(), Damage> {
-    let want = crc32fast::hash(body.get(..96).unwrap_or_default());
-    let found = body
-        .get(96..100)
-        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    if want != found {
-        return Err(Damage::corrupt(
-            off + 168,
-            format!("checkpoint body CRC mismatch: expected {want:#010x}, found {found:#010x}"),
-        ));
-    }
-    if body.get(100..104).is_none_or(|r| r != [0; 4]) {
-        return Err(Damage::corrupt(
-            off + 172,
-            "expected the checkpoint's reserved bytes to be zero",
-        ));
-    }
-    Ok(())
 }
 
 /// The records of a batch (`body`: the bytes after its header at file offset
@@ -659,17 +639,17 @@ impl<'a> FrameCursor<'a> {
         each: impl FnMut(usize, RecordRef<'a>),
     ) -> Result<FrameRef<'a>, Damage> {
         let frame = validate_body(f.frame, f.bytes, f.offset, self.verify_crc, each)?;
-        if frame.kind == FRAME_KIND_BATCH {
-            if let Some(last) = self.last_timestamp {
-                if frame.first_timestamp < last {
-                    return Err(Damage::corrupt(
-                        f.offset
-                            .saturating_add((FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET) as u64),
-                        format!("timestamp {} goes back from {last}", frame.first_timestamp),
-                    ));
-                }
-                self.last_timestamp = Some(frame.last_timestamp);
+        if frame.kind == FRAME_KIND_BATCH
+            && let Some(last) = self.last_timestamp
+        {
+            if frame.first_timestamp < last {
+                return Err(Damage::corrupt(
+                    f.offset
+                        .saturating_add((FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET) as u64),
+                    format!("timestamp {} goes back from {last}", frame.first_timestamp),
+                ));
             }
+            self.last_timestamp = Some(frame.last_timestamp);
         }
         self.advance(&frame);
         Ok(FrameRef { frame, ..f })
@@ -712,6 +692,7 @@ impl<'a> FrameCursor<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests: a panic is a failure")]
 mod tests {
     use super::*;
     use crate::format::record::{EventData, Stamp, encode_record};

@@ -27,6 +27,7 @@ pub fn category_of(stream: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests: a panic is a failure")]
 mod tests {
     use super::*;
 

@@ -38,6 +38,7 @@ pub const STREAM_TABLE_FILE: &str = "annal.streams";
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests: a panic is a failure")]
 mod tests {
     use super::*;
 

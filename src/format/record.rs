@@ -12,7 +12,10 @@ use uuid::Uuid;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::format::{RECORD_CRC_START, RECORD_HEADER_LEN, RecordHeader, align_up};
+use crate::format::{
+    RECORD_CRC_OFFSET, RECORD_CRC_START, RECORD_FLAGS_OFFSET, RECORD_HEADER_LEN, RECORD_STREAM_LEN_OFFSET,
+    RecordHeader, align_up,
+};
 
 /// One event to append: its type, payload and metadata, an optional id and the
 /// payload's schema version.
@@ -139,8 +142,14 @@ pub(crate) fn encode_record(
     out.extend_from_slice(&ev.payload);
     out.resize(start + len as usize, 0);
     let mut h = crc.clone();
-    h.update(&out[start + RECORD_CRC_START..]);
-    out[start + 4..start + 8].copy_from_slice(&h.finalize().to_le_bytes());
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "`out` was just extended to `start + len`, and `len` is at least a record header"
+    )]
+    {
+        h.update(&out[start + RECORD_CRC_START..]);
+        out[start + RECORD_CRC_OFFSET..start + RECORD_CRC_START].copy_from_slice(&h.finalize().to_le_bytes());
+    }
 }
 
 /// One event as stored in the log, borrowed from the bytes it was read from
@@ -383,7 +392,7 @@ fn past_frame(len: usize, have: usize) -> (usize, String) {
 #[inline(never)]
 fn crc_mismatch(h: &RecordHeader, got: u32) -> (usize, String) {
     (
-        4,
+        RECORD_CRC_OFFSET,
         format!(
             "record CRC mismatch: stored {:#010x}, computed {got:#010x}",
             h.crc.get()
@@ -395,7 +404,7 @@ fn crc_mismatch(h: &RecordHeader, got: u32) -> (usize, String) {
 #[inline(never)]
 fn nonzero_reserved() -> (usize, String) {
     (
-        52,
+        RECORD_FLAGS_OFFSET,
         "expected record flags and reserved fields to be zero in format v1".into(),
     )
 }
@@ -403,7 +412,10 @@ fn nonzero_reserved() -> (usize, String) {
 #[cold]
 #[inline(never)]
 fn empty_name() -> (usize, String) {
-    (54, "expected a non-empty stream name and event type".into())
+    (
+        RECORD_STREAM_LEN_OFFSET,
+        "expected a non-empty stream name and event type".into(),
+    )
 }
 
 #[cold]
@@ -413,6 +425,7 @@ fn nonzero_padding(len: usize, padding: usize) -> (usize, String) {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests: a panic is a failure")]
 mod tests {
     use super::*;
 

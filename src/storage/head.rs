@@ -4,67 +4,23 @@
 //! The writer writes a slot only after the bytes it describes are written
 //! (`visible_end`) or durable (`durable_end`), so any intact slot states a true
 //! fact; a torn slot is ignored in favour of the other.
+//!
+//! This module owns the file's I/O (reading it, creating it atomically,
+//! writing slots); the slot layout and decoding the bytes are
+//! `format::head`'s ([`decode`] is re-exported from there).
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use zerocopy::IntoBytes;
 
-use crate::error::{Damage, DamageKind, Error, Result};
+use crate::error::{Error, Result};
+pub use crate::format::Head;
+pub(crate) use crate::format::decode_head as decode;
 use crate::format::{HEAD_FILE_LEN, HEAD_SLOT_LEN, HeadSlot};
 use crate::storage::io::{Io, IoFile};
 
 pub use crate::format::names::HEAD_FILE;
-
-/// The decoded current slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Head {
-    /// Slot sequence number.
-    pub sequence: u64,
-    /// Base position of the segment the ends refer to.
-    pub segment_base: u64,
-    /// File offset below which every byte is durable.
-    pub durable_end: u64,
-    /// File offset up to which readers may deliver.
-    pub visible_end: u64,
-    /// Position of the first record past `visible_end`.
-    pub next_position: u64,
-}
-
-/// Decode the current slot from the head file's bytes. `None` if no slot is
-/// valid; the damage of each invalid slot is returned for reporting. A slot
-/// that is intact (magic and CRC) but of an unsupported format version is an
-/// error, not a slot to ignore: a newer writer wrote it.
-pub(crate) fn decode(bytes: &[u8]) -> Result<(Option<Head>, Vec<Damage>), Damage> {
-    let mut best: Option<Head> = None;
-    let mut damage = Vec::new();
-    for i in 0..2 {
-        let at = i * HEAD_SLOT_LEN;
-        let slot = bytes.get(at..).unwrap_or(&[]);
-        match HeadSlot::parse(slot, at as u64) {
-            Ok(s) => {
-                let h = Head {
-                    sequence: s.sequence.get(),
-                    segment_base: s.segment_base.get(),
-                    durable_end: s.durable_end.get(),
-                    visible_end: s.visible_end.get(),
-                    next_position: s.next_position.get(),
-                };
-                if best.is_none_or(|b| h.sequence > b.sequence) {
-                    best = Some(h);
-                }
-            }
-            Err(
-                d @ Damage {
-                    kind: DamageKind::Version(_),
-                    ..
-                },
-            ) => return Err(d),
-            Err(d) => damage.push(d),
-        }
-    }
-    Ok((best, damage))
-}
 
 /// Read the head file of `dir`. `Ok(None)` if it does not exist or no slot is
 /// valid.
