@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::names::{LOCK_FILE, parse_segment_file_name, segment_file_name};
-use crate::format::{HeadSlot, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{HeadSlot, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::index::streamtable::{STREAM_TABLE_FILE, StreamTable};
 use crate::read::active::ActiveRead;
 use crate::read::budget::{max_mapped, trim_mappings};
@@ -29,8 +29,6 @@ use crate::storage::head;
 /// Where the head file names its segment (the first slot's `segment_base`),
 /// for the error when that segment does not exist.
 const HEAD_SEGMENT_BASE_AT: u64 = offset_of!(HeadSlot, segment_base) as u64;
-/// Where a segment header holds its base position.
-const SEGMENT_BASE_POSITION_AT: u64 = offset_of!(SegmentHeader, base_position) as u64;
 
 /// Reads a log without holding the writer lock, from any process.
 ///
@@ -229,7 +227,7 @@ impl Reader {
             if base != self.sealed_next {
                 return Err(Error::Corrupt {
                     path: self.dir.join(segment_file_name(base)),
-                    offset: SEGMENT_BASE_POSITION_AT,
+                    offset: SEGMENT_BASE_POSITION_OFFSET as u64,
                     detail: format!(
                         "expected a segment starting at position {}, found {base}",
                         self.sealed_next

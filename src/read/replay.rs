@@ -14,16 +14,12 @@
 //! header checked but their body unread, and nothing allocates per record or
 //! per frame.
 
-use std::mem::offset_of;
-
 use crate::error::{Damage, Error, Result};
 use crate::format::frame::{FrameCursor, FrameRef};
 use crate::format::record::{RecordRef, parse_validated};
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::read::logview::{LogView, ReadOptions, ViewSegment};
 
-/// Where a segment header holds its base position (spec 2.1).
-const SEGMENT_BASE_POSITION_AT: u64 = offset_of!(SegmentHeader, base_position) as u64;
 /// Bytes of a CPU cache line, the stride of the prefetch before a batch is
 /// validated without CRCs (not a format offset).
 const CACHE_LINE: usize = 64;
@@ -176,7 +172,7 @@ impl<'a> ReadAll<'a> {
         };
         if self.off == SEGMENT_HEADER_LEN && seg.base != self.pos {
             let d = Damage::corrupt(
-                SEGMENT_BASE_POSITION_AT,
+                SEGMENT_BASE_POSITION_OFFSET as u64,
                 format!(
                     "expected the segment to start at position {}, found base position {}",
                     self.pos, seg.base

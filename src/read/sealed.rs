@@ -7,21 +7,19 @@
 //! a failed OS call is [`Error::Io`] naming the file, never corruption.
 
 use std::fs::File;
-use std::mem::offset_of;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Damage, Error, Result};
 use crate::format::frame::{Frame, validate_frame};
 use crate::format::names::{index_file_name, segment_file_name};
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_SEAL, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{
+    FRAME_HEADER_LEN, FRAME_KIND_SEAL, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
+};
 use crate::index::IndexCell;
 use crate::read::logview::ViewSegment;
 use crate::storage::io::read_exact_at;
 use crate::storage::mmap::Mapping;
-
-/// Where a segment header holds its base position (spec 2.1).
-const SEGMENT_BASE_POSITION_AT: u64 = offset_of!(SegmentHeader, base_position) as u64;
 
 /// `pread` exactly `buf.len()` bytes at `off` of `path`: an OS failure is
 /// [`Error::Io`]; a file that ends first (it shrank under the reader) is
@@ -51,7 +49,7 @@ pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result
     if h.base_position.get() != base {
         return Err(Error::Corrupt {
             path: path.to_owned(),
-            offset: SEGMENT_BASE_POSITION_AT,
+            offset: SEGMENT_BASE_POSITION_OFFSET as u64,
             detail: format!(
                 "expected base_position {base} (from the file name), found {}",
                 h.base_position.get()
