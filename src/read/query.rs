@@ -12,6 +12,7 @@ use std::mem::size_of;
 
 use crate::error::{Damage, Error, Result, corrupt};
 use crate::format::frame::validate_frame_each;
+use crate::format::names::index_file_name;
 use crate::format::record::{RecordRef, parse_record};
 use crate::format::{
     FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_RECORD_COUNT_OFFSET, RECORD_POSITION_OFFSET,
@@ -436,46 +437,16 @@ impl<'a> ReadStream<'a> {
                 return Ok(None);
             }
             if let Some(r) = self.buf.pop() {
-                let v = r.stream_version();
-                let expected = match (self.dir, self.last) {
-                    (Direction::Forward, None) => Some(self.from_version),
-                    (Direction::Forward, Some(l)) => l.checked_add(1),
-                    (Direction::Backward, None) => None,
-                    (Direction::Backward, Some(l)) => l.checked_sub(1),
-                };
-                if expected.is_some_and(|e| e != v) {
-                    let path = self.view.segments[self.view.segment_of(r.position())]
-                        .path
-                        .with_extension("idx");
-                    return Err(corrupt(
-                        &path,
-                        0,
-                        format!(
-                            "reading stream {:?}: expected version {}, found version {v} at position {}: \
-                             the index files skip or repeat batches of the stream",
-                            self.name,
-                            expected.unwrap_or_default(),
-                            r.position()
-                        ),
-                    ));
-                }
-                self.last = Some(v);
-                self.remaining -= 1;
-                return Ok(Some(r));
+                return self.deliver(r).map(Some);
             }
-            let li = match self.dir {
-                Direction::Forward => self.link,
-                Direction::Backward => match self.link.checked_sub(1) {
-                    Some(l) => l,
-                    None => return Ok(None),
-                },
+            let Some(li) = self.current_link() else {
+                return Ok(None);
             };
             let Some(seg_i) = self.links.get(li).map(|l| l.seg) else {
                 return Ok(None);
             };
             let view: &'a LogView = self.view;
             let seg: &'a ViewSegment = &view.segments[seg_i];
-            let from = self.from_version;
             let entry = match self.entry {
                 Some(e) => Some(e),
                 None => self.first_entry(li)?,
@@ -493,30 +464,7 @@ impl<'a> ReadStream<'a> {
             if let Some(found) = batch_head(seg, off)?
                 && (found.0 != self.name.as_bytes() || found.1 != first_version)
             {
-                let name = &*self.name;
-                let detail = format!(
-                    "the index entry for stream {name:?} version {first_version} points at the batch at byte {off} of {}, \
-                     which holds stream {:?} from version {}",
-                    seg.path.display(),
-                    String::from_utf8_lossy(found.0),
-                    found.1
-                );
-                let link = &mut self.links[li];
-                let (idx, info) = mismatch(seg, &link.index, detail, |x| x.find_stream(name))?;
-                let Some(info) = info else {
-                    return Err(corrupt(
-                        &seg.path,
-                        0,
-                        format!("stream {name:?} is not in the segment's rebuilt index"),
-                    ));
-                };
-                (link.index, link.info) = (idx, info);
-                // Start the link again from the rebuilt index; what was
-                // already yielded is not yielded again (`keep` below).
-                self.entry = None;
-                if self.dir == Direction::Backward {
-                    self.link = li + 1;
-                }
+                self.relink(li, seg, off, first_version, found)?;
                 continue;
             }
             self.entry = match self.dir {
@@ -527,13 +475,7 @@ impl<'a> ReadStream<'a> {
                 // After this batch, go on with the previous link.
                 self.link = li;
             }
-            let newest_first = self.dir == Direction::Backward;
-            let last = self.last;
-            let visible = load_batch(seg, off, &mut self.buf, newest_first, |r| match self.dir {
-                Direction::Forward => r.stream_version() >= from && last.is_none_or(|l| r.stream_version() > l),
-                Direction::Backward => r.stream_version() <= from && last.is_none_or(|l| r.stream_version() < l),
-            })?;
-            if !visible {
+            if !self.load(seg, off)? {
                 // Entries past the visible end of the active segment.
                 match self.dir {
                     Direction::Forward => return Ok(None),
@@ -541,6 +483,95 @@ impl<'a> ReadStream<'a> {
                 }
             }
         }
+    }
+
+    /// Yield `r`, the next record of the stream: its version must follow
+    /// the last one yielded (or be `from_version`, forward), whatever the
+    /// indexes said.
+    fn deliver(&mut self, r: RecordRef<'a>) -> Result<RecordRef<'a>> {
+        let v = r.stream_version();
+        let expected = match (self.dir, self.last) {
+            (Direction::Forward, None) => Some(self.from_version),
+            (Direction::Forward, Some(l)) => l.checked_add(1),
+            (Direction::Backward, None) => None,
+            (Direction::Backward, Some(l)) => l.checked_sub(1),
+        };
+        if expected.is_some_and(|e| e != v) {
+            let seg = &self.view.segments[self.view.segment_of(r.position())];
+            let path = seg.path.with_file_name(index_file_name(seg.base));
+            return Err(corrupt(
+                &path,
+                0,
+                format!(
+                    "reading stream {:?}: expected version {}, found version {v} at position {}: \
+                     the index files skip or repeat batches of the stream",
+                    self.name,
+                    expected.unwrap_or_default(),
+                    r.position()
+                ),
+            ));
+        }
+        self.last = Some(v);
+        self.remaining -= 1;
+        Ok(r)
+    }
+
+    /// The link being read: forward `link`, backward the one before it;
+    /// `None` when backward reading is past the oldest.
+    fn current_link(&self) -> Option<usize> {
+        match self.dir {
+            Direction::Forward => Some(self.link),
+            Direction::Backward => self.link.checked_sub(1),
+        }
+    }
+
+    /// Entry `first_version` of link `li` points at the batch at `off` of
+    /// `seg`, which holds `found` (stream name, first version) instead:
+    /// switch the link to the index rebuilt from the segment (a damaged
+    /// index file) and read it again from its start; what was already
+    /// yielded is not yielded again (see [`ReadStream::load`]).
+    fn relink(
+        &mut self,
+        li: usize,
+        seg: &ViewSegment,
+        off: u64,
+        first_version: u64,
+        found: (&[u8], u64),
+    ) -> Result<()> {
+        let name = &*self.name;
+        let detail = format!(
+            "the index entry for stream {name:?} version {first_version} points at the batch at byte {off} of {}, \
+             which holds stream {:?} from version {}",
+            seg.path.display(),
+            String::from_utf8_lossy(found.0),
+            found.1
+        );
+        let link = &mut self.links[li];
+        let (idx, info) = mismatch(seg, &link.index, detail, |x| x.find_stream(name))?;
+        let Some(info) = info else {
+            return Err(corrupt(
+                &seg.path,
+                0,
+                format!("stream {name:?} is not in the segment's rebuilt index"),
+            ));
+        };
+        (link.index, link.info) = (idx, info);
+        self.entry = None;
+        if self.dir == Direction::Backward {
+            self.link = li + 1;
+        }
+        Ok(())
+    }
+
+    /// Validate the batch at `off` of `seg` and buffer its records of the
+    /// stream still to yield, in the order they are to be popped. `Ok(false)`
+    /// if the batch lies past the visible end.
+    fn load(&mut self, seg: &'a ViewSegment, off: u64) -> Result<bool> {
+        let (dir, from, last) = (self.dir, self.from_version, self.last);
+        load_batch(seg, off, &mut self.buf, dir == Direction::Backward, |r| match dir {
+            Direction::Forward => r.stream_version() >= from && last.is_none_or(|l| r.stream_version() > l),
+            Direction::Backward => r.stream_version() <= from && last.is_none_or(|l| r.stream_version() < l),
+        })
     }
 
     /// Entry `e` of link `li`: `(first_version, frame_offset)`. If the index
@@ -654,6 +685,16 @@ fn entry_position(bytes: &[u8], kind: Named, off: u64) -> u64 {
         .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
 }
 
+/// What a category or type read does after one index hit.
+enum Flow<'a> {
+    /// Go on with the next entry (or the records just buffered).
+    Next,
+    /// Yield this record.
+    Yield(RecordRef<'a>),
+    /// The hit lies past the visible end: the read is over.
+    End,
+}
+
 impl<'a> ReadNamed<'a> {
     /// Entry `i` of the current segment's list, from the pinned index; if the
     /// index file turns out damaged, move to the rebuilt index.
@@ -701,43 +742,9 @@ impl<'a> ReadNamed<'a> {
             let Some(seg) = view.segments.get(self.seg) else {
                 return Ok(None);
             };
-            let name_arc = self.name.clone();
-            let (kind, name, from) = (self.kind, &*name_arc, self.from);
-            if self.cur.is_none() {
-                let (index, found) = seg.pinned(|x| x.find_named(kind, name))?;
-                let Some((start, count)) = found else {
-                    self.seg += 1;
-                    continue;
-                };
-                self.cur = Some((index, start, count, 0));
-                // First entry at or after `from` (binary search).
-                let bytes = seg.bytes()?;
-                let (mut lo, mut hi) = (0u32, count);
-                while lo < hi {
-                    let mid = lo + (hi - lo) / 2;
-                    let off = self.entry(mid)?.unwrap_or(u64::MAX);
-                    let before = match kind {
-                        // A batch wholly before `from`: its first position plus its count.
-                        Named::Category => {
-                            let count = bytes
-                                .get(
-                                    offset_plus(off, FRAME_RECORD_COUNT_OFFSET)
-                                        ..offset_plus(off, FRAME_RECORD_COUNT_OFFSET + U32_LEN),
-                                )
-                                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                            entry_position(bytes, kind, off).saturating_add(count as u64) <= from
-                        }
-                        Named::Type => entry_position(bytes, kind, off) < from,
-                    };
-                    if before {
-                        lo = mid + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                if let Some(c) = self.cur.as_mut() {
-                    c.3 = lo;
-                }
+            if self.cur.is_none() && !self.open_segment(seg)? {
+                self.seg += 1;
+                continue;
             }
             let Some((count, i)) = self.cur.as_ref().map(|c| (c.2, c.3)) else {
                 continue;
@@ -755,51 +762,109 @@ impl<'a> ReadNamed<'a> {
                 self.seg += 1;
                 continue;
             };
-            match kind {
-                Named::Category => {
-                    // The hit is checked against the batch it points to.
-                    if let Some((stream, _)) = batch_head(seg, off)?
-                        && std::str::from_utf8(stream)
-                            .ok()
-                            .and_then(crate::format::hash::category_of)
-                            != Some(name)
-                    {
-                        let detail = format!(
-                            "the index entry for category {name:?} points at the batch at byte {off} of {}, \
-                             which holds stream {:?}",
-                            seg.path.display(),
-                            String::from_utf8_lossy(stream)
-                        );
-                        self.rebuilt(seg, detail)?;
-                        continue;
-                    }
-                    if !load_batch(seg, off, &mut self.buf, false, |r| r.position() >= from)? {
-                        return Ok(None);
-                    }
-                }
-                Named::Type => {
-                    let bytes: &'a [u8] = seg.bytes()?;
-                    let Some(rest) = bytes.get(off as usize..).filter(|r| !r.is_empty()) else {
-                        return Ok(None);
-                    };
-                    let (rec, _) = parse_record(rest, true)
-                        .map_err(|(o, d)| Damage::corrupt(off.saturating_add(o as u64), d).at(&*seg.path))?;
-                    if rec.event_type() != name {
-                        let detail = format!(
-                            "the index entry for type {name:?} points at the record at byte {off} of {}, \
-                             which is of type {:?}",
-                            seg.path.display(),
-                            rec.event_type()
-                        );
-                        self.rebuilt(seg, detail)?;
-                        continue;
-                    }
-                    if rec.position() >= from {
-                        return Ok(Some(rec));
-                    }
-                }
+            let flow = match self.kind {
+                Named::Category => self.category_batch(seg, off)?,
+                Named::Type => self.type_record(seg, off)?,
+            };
+            match flow {
+                Flow::Next => continue,
+                Flow::Yield(r) => return Ok(Some(r)),
+                Flow::End => return Ok(None),
             }
         }
+    }
+
+    /// Pin segment `seg`'s index and find the name's list in it, starting at
+    /// its first entry at or after `from`; `false` if the segment does not
+    /// hold the name.
+    fn open_segment(&mut self, seg: &ViewSegment) -> Result<bool> {
+        let name_arc = self.name.clone();
+        let (kind, name, from) = (self.kind, &*name_arc, self.from);
+        let (index, found) = seg.pinned(|x| x.find_named(kind, name))?;
+        let Some((start, count)) = found else {
+            return Ok(false);
+        };
+        self.cur = Some((index, start, count, 0));
+        // First entry at or after `from` (binary search).
+        let bytes = seg.bytes()?;
+        let (mut lo, mut hi) = (0u32, count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let off = self.entry(mid)?.unwrap_or(u64::MAX);
+            let before = match kind {
+                // A batch wholly before `from`: its first position plus its count.
+                Named::Category => {
+                    let count = bytes
+                        .get(
+                            offset_plus(off, FRAME_RECORD_COUNT_OFFSET)
+                                ..offset_plus(off, FRAME_RECORD_COUNT_OFFSET + U32_LEN),
+                        )
+                        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                    entry_position(bytes, kind, off).saturating_add(count as u64) <= from
+                }
+                Named::Type => entry_position(bytes, kind, off) < from,
+            };
+            if before {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if let Some(c) = self.cur.as_mut() {
+            c.3 = lo;
+        }
+        Ok(true)
+    }
+
+    /// A category's hit: the batch at `off` of `seg`, checked to hold a
+    /// stream of the category, then validated and buffered from `from` on.
+    fn category_batch(&mut self, seg: &'a ViewSegment, off: u64) -> Result<Flow<'a>> {
+        let (name, from) = (self.name.clone(), self.from);
+        if let Some((stream, _)) = batch_head(seg, off)?
+            && std::str::from_utf8(stream)
+                .ok()
+                .and_then(crate::format::hash::category_of)
+                != Some(&*name)
+        {
+            let detail = format!(
+                "the index entry for category {name:?} points at the batch at byte {off} of {}, \
+                 which holds stream {:?}",
+                seg.path.display(),
+                String::from_utf8_lossy(stream)
+            );
+            self.rebuilt(seg, detail)?;
+            return Ok(Flow::Next);
+        }
+        if !load_batch(seg, off, &mut self.buf, false, |r| r.position() >= from)? {
+            return Ok(Flow::End);
+        }
+        Ok(Flow::Next)
+    }
+
+    /// An event type's hit: the record at `off` of `seg` (its CRC checked),
+    /// checked to be of the type.
+    fn type_record(&mut self, seg: &'a ViewSegment, off: u64) -> Result<Flow<'a>> {
+        let bytes: &'a [u8] = seg.bytes()?;
+        let Some(rest) = bytes.get(offset_plus(off, 0)..).filter(|r| !r.is_empty()) else {
+            return Ok(Flow::End);
+        };
+        let (rec, _) = parse_record(rest, true)
+            .map_err(|(o, d)| Damage::corrupt(off.saturating_add(o as u64), d).at(&*seg.path))?;
+        if rec.event_type() != &*self.name {
+            let detail = format!(
+                "the index entry for type {:?} points at the record at byte {off} of {}, \
+                 which is of type {:?}",
+                self.name,
+                seg.path.display(),
+                rec.event_type()
+            );
+            self.rebuilt(seg, detail)?;
+            return Ok(Flow::Next);
+        }
+        Ok(match rec.position() >= self.from {
+            true => Flow::Yield(rec),
+            false => Flow::Next,
+        })
     }
 }
 
