@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::read::logview::ViewSegment;
 
-/// Default bound on the sealed segments a [`Reader`] (or the writer) keeps
+/// Default bound on the sealed segments a [`Reader`](crate::Reader) (or the writer) keeps
 /// mapped between views.
 pub(crate) const DEFAULT_MAX_MAPPED: usize = 512;
 
