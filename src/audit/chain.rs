@@ -19,7 +19,7 @@ use std::str::FromStr;
 use crate::error::{Error, Result};
 use zerocopy::IntoBytes;
 
-use crate::format::{CheckpointBody, FRAME_CHAIN_OFFSET, FRAME_CRC_START, FRAME_HEADER_LEN};
+use crate::format::{CheckpointBody, CheckpointMessage, FRAME_CHAIN_OFFSET, FRAME_CRC_START, FRAME_HEADER_LEN};
 
 /// A chain hash: 32 bytes of BLAKE3 output.
 pub type ChainHash = [u8; 32];
@@ -99,8 +99,6 @@ impl ChainKey {
 /// body CRC, reserved (the layout is [`CheckpointBody`]).
 #[allow(unused_imports, reason = "the old path of the constant")]
 pub(crate) use crate::format::CHECKPOINT_BODY_LEN;
-/// Domain prefix of the signed message (spec 21.5): 19 ASCII bytes, 5 zeros.
-const CHECKPOINT_DOMAIN: &[u8; 24] = b"annal checkpoint v2\0\0\0\0\0";
 
 /// The ed25519 key a writer signs checkpoints with (spec 21.5). Keep it
 /// secret; give its [`PublicKey`] to auditors.
@@ -200,10 +198,7 @@ impl PublicKey {
 
 fn checkpoint_message(log_id: &[u8; 16], position: u64, chain: &ChainHash) -> [u8; 80] {
     let mut m = [0u8; 80];
-    m[..24].copy_from_slice(CHECKPOINT_DOMAIN);
-    m[24..40].copy_from_slice(log_id);
-    m[40..48].copy_from_slice(&position.to_le_bytes());
-    m[48..].copy_from_slice(chain);
+    m.copy_from_slice(CheckpointMessage::new(log_id, position, chain).as_bytes());
     m
 }
 

@@ -26,9 +26,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::error::{Result, corrupt};
-use crate::format::SEGMENT_HEADER_LEN;
 use crate::format::frame::FrameCursor;
 use crate::format::record::RecordRef;
+use crate::format::{FRAME_FIRST_POSITION_OFFSET, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::index::Index;
 use crate::read::query::Direction;
 use crate::read::view::{LogView, ViewSegment};
@@ -378,7 +378,7 @@ impl LogView {
                 {
                     return Err(corrupt(
                         &next.path,
-                        32,
+                        SEGMENT_BASE_POSITION_OFFSET as u64,
                         format!(
                             "expected the segment to start at position {pos}, found base position {}",
                             next.base
@@ -420,7 +420,7 @@ impl LogView {
             if pos != b.pos {
                 return Err(corrupt(
                     &s.path,
-                    b.off as u64 + 16,
+                    b.off as u64 + FRAME_FIRST_POSITION_OFFSET as u64,
                     format!(
                         "expected a frame starting at position {pos}, but the index says {}",
                         b.pos

@@ -7,7 +7,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use zerocopy::little_endian::U32;
+use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::format::FRAME_HEADER_LEN;
@@ -48,6 +48,37 @@ pub const CHECKPOINT_FRAME_BODY_CRC_OFFSET: usize = FRAME_HEADER_LEN + CHECKPOIN
 /// Offset of `reserved` within the frame.
 pub const CHECKPOINT_FRAME_RESERVED_OFFSET: usize = FRAME_HEADER_LEN + CHECKPOINT_RESERVED_OFFSET;
 
+/// The message a checkpoint signs (spec 21.5): a domain prefix, the log's
+/// id, the checkpoint's `first_position` and the chain hash there.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+pub(crate) struct CheckpointMessage {
+    /// [`CHECKPOINT_DOMAIN`].
+    pub domain: [u8; 24],
+    /// The log's id.
+    pub log_id: [u8; 16],
+    /// The checkpoint frame's `first_position`.
+    pub position: U64,
+    /// The chain hash after the last batch before the checkpoint.
+    pub chain: [u8; 32],
+}
+
+/// Domain prefix of the signed message (spec 21.5): 19 ASCII bytes, 5 zeros.
+pub const CHECKPOINT_DOMAIN: &[u8; 24] = b"annal checkpoint v2\0\0\0\0\0";
+
+impl CheckpointMessage {
+    /// The message for `log_id` at `position` with chain hash `chain`.
+    pub(crate) fn new(log_id: &[u8; 16], position: u64, chain: &[u8; 32]) -> CheckpointMessage {
+        CheckpointMessage {
+            domain: *CHECKPOINT_DOMAIN,
+            log_id: *log_id,
+            position: U64::new(position),
+            chain: *chain,
+        }
+    }
+}
+
+const _: () = assert!(size_of::<CheckpointMessage>() == 80);
 const _: () = assert!(CHECKPOINT_BODY_LEN == 104);
 const _: () = assert!(CHECKPOINT_FRAME_LEN == 176);
 const _: () = assert!(CHECKPOINT_FRAME_BODY_CRC_OFFSET == 168);

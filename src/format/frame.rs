@@ -1,12 +1,19 @@
-//! Segment files: naming, frames, batch validation, and walking a segment.
+//! Frames: encoding seals and batch headers, checking that a frame is
+//! complete, and walking the frames of a segment.
 //!
-//! This module owns spec sections 1 (segment naming), 3.3 (when a batch is
-//! complete), 3.4 (seals) and the frame walk that recovery, readers and
-//! `check` share. Everything here works on `&[u8]`: the caller decides whether
-//! the bytes come from a copy (`pread`) or from a mapping.
+//! This module owns spec sections 3.3 (when a batch is complete), 3.4
+//! (seals), 6 (resynchronisation) and [`FrameCursor`], the one walk over a
+//! segment's frames that recovery, readers, projections, the anchor and
+//! `check` share (through it or [`walk_segment_records`]), with the
+//! continuity checks between frames (positions, timestamps, nothing after a
+//! seal, `frame_len` within the bytes). Everything here works on `&[u8]`: the
+//! caller decides whether the bytes come from a copy (`pread`) or from a
+//! mapping.
 //!
-//! Invariants upheld by `validate_frame`: a frame reported valid is complete
-//! (spec 3.3), so any record parsed from it afterwards parses without error.
+//! Invariants upheld by `validate_frame` and the cursor: a frame reported
+//! valid is complete (spec 3.3), so any record parsed from it afterwards
+//! parses without error; the cursor never moves past a frame it did not
+//! accept, so after a stop its offset is where the complete frames end.
 
 use zerocopy::{FromBytes, IntoBytes};
 
