@@ -7,8 +7,24 @@
 //! its own log through the same types, which is why `writer` sits above this
 //! layer. Imports: [`crate::format`], [`crate::storage`], [`crate::index`],
 //! [`crate::audit`].
+//!
+//! Files: `logview` (the view and its segments), `replay` (`read_all`),
+//! `sealed` (opening sealed segments), `reader` (the cross-process reader),
+//! `active` (its validation of the active segment), `budget` (how many
+//! segments stay mapped), `query` (index-served reads: categories, types,
+//! backward, by time), `stream` (one stream's reads), `hits` (the index-hit
+//! checks they share), `subscription`, `anchor`; `view` re-exports what
+//! other layers use, so that `crate::read::view::X` stays their one path.
 
+mod active;
 pub(crate) mod anchor;
+mod budget;
+mod hits;
+mod logview;
 pub(crate) mod query;
+mod reader;
+mod replay;
+mod sealed;
+mod stream;
 pub(crate) mod subscription;
 pub(crate) mod view;

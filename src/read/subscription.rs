@@ -50,7 +50,8 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::format::record::RecordRef;
-use crate::read::view::{LogView, Reader};
+use crate::read::logview::LogView;
+use crate::read::reader::Reader;
 use crate::types::Direction;
 
 /// How many events a subscription copies out of one view at most before

@@ -1,0 +1,247 @@
+//! [`LogView`], a consistent point-in-time set of segments, and
+//! [`ViewSegment`], one segment as a view sees it.
+//!
+//! A [`LogView`] holds the segments visible when it was taken, each by an
+//! `Arc` of its mapping, so records borrowed from a view stay valid for as
+//! long as the view lives, whatever the writer does meanwhile. What a view
+//! does lives beside it: replay ([`LogView::read_all`], in `replay`), the
+//! index-served reads (`query`); views are made by the writer and by the
+//! cross-process [`Reader`](crate::Reader) (`reader`).
+//!
+//! Invariants: a view's segments are in log order, contiguous in position;
+//! every byte a view's mapping exposes was validated before the view was
+//! handed out (a sealed segment by its header and seal, the active segment by
+//! copying each frame), so records parsed from it never fail structurally.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Damage, Result};
+use crate::format::names::index_file_name;
+use crate::index::streamtable::StreamTable;
+use crate::index::{Index, IndexCell, NO_ROW, StreamInfo};
+use crate::storage::mmap::Mapping;
+
+/// One segment as seen by a view.
+#[derive(Debug, Clone)]
+pub(crate) struct ViewSegment {
+    pub base: u64,
+    pub path: Arc<PathBuf>,
+    pub map: Arc<Mapping>,
+    pub index: Arc<IndexCell>,
+}
+
+impl ViewSegment {
+    /// Run `f` on this segment's index; if the index file turns out damaged,
+    /// rebuild the index from the segment (reported by the cell) and retry.
+    pub(crate) fn with_index<T>(&self, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<T> {
+        self.pinned(f).map(|(_, t)| t)
+    }
+
+    /// [`ViewSegment::with_index`], also returning the index used, so that a
+    /// read can keep using the same index (entry numbers and row handles are
+    /// only meaningful within one index).
+    pub(crate) fn pinned<T>(&self, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
+        let idx = self.index.get(self.bytes()?)?;
+        match f(&idx) {
+            Ok(t) => Ok((idx, t)),
+            Err(d) if matches!(idx, Index::Disk(_)) => self.repinned(d, f),
+            Err(d) => Err(d.at(&*self.path)),
+        }
+    }
+
+    /// The index file is damaged (`d`): switch to the index rebuilt from the
+    /// segment and run `f` on it.
+    /// An I/O failure (`d.is_io()`) is no damage: it is returned as
+    /// [`Error::Io`](crate::Error::Io) naming the index file, and nothing is
+    /// rebuilt.
+    pub(crate) fn repinned<T>(&self, d: Damage, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
+        if d.is_io() {
+            return Err(d.at(self.path.with_file_name(index_file_name(self.base))));
+        }
+        let idx = self.index.damaged(self.bytes()?, d)?;
+        let t = f(&idx).map_err(|d| d.at(&*self.path))?;
+        Ok((idx, t))
+    }
+
+    /// The segment's mapped bytes (a sealed segment is mapped on first use).
+    pub(crate) fn bytes(&self) -> Result<&[u8]> {
+        self.map.try_bytes()
+    }
+
+    /// The segment's length as mapped (or to be mapped), mapping nothing.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len()
+    }
+
+    /// Find a stream in this segment's index.
+    pub(crate) fn find_stream(&self, name: &str) -> Result<Option<StreamInfo>> {
+        self.with_index(|i| i.find_stream(name))
+    }
+
+    /// `(name, row, last_version)` of every stream in the segment (rows are
+    /// `NO_ROW` for an index that lives in memory).
+    pub(crate) fn stream_rows(&self, idx: &Index) -> Result<Vec<(Box<str>, u32, u64)>> {
+        match idx {
+            Index::Disk(f) => match f.stream_rows() {
+                Ok(rows) => Ok(rows),
+                Err(d) => {
+                    let (idx, ()) = self.repinned(d, |_| Ok(()))?;
+                    self.stream_rows(&idx)
+                }
+            },
+            Index::Mem(m) => Ok(m
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .streams
+                .iter()
+                .map(|(n, s)| (n.clone(), NO_ROW, s.last_version))
+                .collect()),
+        }
+    }
+}
+
+/// A consistent, point-in-time view of a log's visible records.
+///
+/// Cheap to clone; `Send + Sync`. Records read through it borrow from its
+/// memory mappings.
+///
+/// ```
+/// # fn main() -> annal::Result<()> {
+/// use annal::{EventData, ExpectedVersion, Log, Options};
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), Options::default())?;
+/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
+/// let view = log.view()?;
+/// for rec in view.read_all(0) {
+///     let rec = rec?;
+///     assert_eq!(rec.stream(), "order-1");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LogView {
+    pub(crate) segments: Arc<[ViewSegment]>,
+    pub(crate) table: Option<Arc<StreamTable>>,
+    next_position: u64,
+    pub(super) unrecovered: Option<Unrecovered>,
+}
+
+/// Where a [`Reader`](crate::Reader)'s view stops vouching for a log that was not cleanly
+/// closed and has not been recovered since: what [`LogView::unrecovered`]
+/// returns.
+///
+/// The view delivers every event below `position`, each validated. Past byte
+/// `offset` of `segment` the files hold bytes that the head file does not
+/// declare visible and durable (a writer crashed, or the power was cut, before
+/// it recorded them), or the head has no valid slot for that segment: those
+/// bytes may hold events that were acknowledged, or a torn write that recovery
+/// will cut. Nothing past them is delivered until a writer opens the log
+/// (which recovers it) or `annal check --repair` runs.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrecovered {
+    /// The segment file holding the bytes the view cannot vouch for.
+    pub segment: PathBuf,
+    /// The byte offset in `segment` past which the view cannot vouch.
+    pub offset: u64,
+    /// The first position the view does not deliver (its
+    /// [`LogView::next_position`]).
+    pub position: u64,
+}
+
+impl std::fmt::Display for Unrecovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the log was not cleanly closed and has not been recovered: events from position {} on \
+             (past byte {} of {}) cannot be vouched for; open it with a writer or run `annal check --repair`",
+            self.position,
+            self.offset,
+            self.segment.display()
+        )
+    }
+}
+
+/// How to read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    /// Check every record's CRC as it is read (default `true`). Turn off only
+    /// for trusted replays of logs that `annal check` verified.
+    pub verify_crc: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions { verify_crc: true }
+    }
+}
+
+impl LogView {
+    pub(crate) fn new(segments: Vec<ViewSegment>, next_position: u64, table: Option<Arc<StreamTable>>) -> LogView {
+        LogView {
+            segments: segments.into(),
+            table,
+            next_position,
+            unrecovered: None,
+        }
+    }
+
+    /// Set when no writer holds the log and it was not cleanly closed nor
+    /// recovered since: the view delivers every event below
+    /// [`Unrecovered::position`] and cannot vouch for what the files hold
+    /// past [`Unrecovered::offset`] of [`Unrecovered::segment`] (bytes the
+    /// head file does not declare visible and durable, or no valid head slot
+    /// for the active segment). Such bytes may hold acknowledged events (the
+    /// head file is not synced at every commit) or a torn write; they are
+    /// delivered once a writer opens the log (which recovers it) or after
+    /// `annal check --repair`.
+    ///
+    /// `None` for a cleanly closed or recovered log, while a writer holds the
+    /// log (bytes past the visible end are then a write in progress), and for
+    /// the writer's own views.
+    pub fn unrecovered(&self) -> Option<&Unrecovered> {
+        self.unrecovered.as_ref()
+    }
+
+    /// Damage found in index files while reading (each was rebuilt from its
+    /// segment, so reads stayed correct), as messages naming the file.
+    pub fn index_damage(&self) -> Vec<String> {
+        self.segments.iter().filter_map(|s| s.index.damage()).collect()
+    }
+
+    /// One past the position of the last visible record (the number of visible
+    /// records).
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// Number of segments in the view.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Total mapped bytes of the view.
+    pub fn len_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len()).sum()
+    }
+
+    /// The bytes of the last segment of the view, mapping no other.
+    pub(crate) fn last_segment_bytes(&self) -> Option<Result<&[u8]>> {
+        self.segments.last().map(|s| s.bytes())
+    }
+
+    /// The path of the last segment of the view (for messages).
+    pub(crate) fn last_segment_path(&self) -> Option<&Path> {
+        self.segments.last().map(|s| s.path.as_path())
+    }
+
+    /// The visible bytes of each segment, in log order: the memory mappings
+    /// records borrow from (for verification tools and benchmarks). Maps
+    /// every segment it yields (for as long as the view lives); a segment that
+    /// cannot be mapped (or whose file changed length) yields its error,
+    /// never an empty or partial slice.
+    pub fn segment_bytes(&self) -> impl Iterator<Item = Result<&[u8]>> {
+        self.segments.iter().map(|s| s.map.try_bytes())
+    }
+}

@@ -1,0 +1,419 @@
+//! One stream's events, forward or backward: [`LogView::read_stream`] and
+//! its iterator [`ReadStream`].
+//!
+//! A stream read finds the stream's newest segment (the segments the stream
+//! table does not cover, newest first, then the table) and follows each index
+//! row's `prev` pointer to the previous segment holding the stream: one row per
+//! segment that holds the stream, never a search per segment or per event
+//! (spec 19).
+//!
+//! Invariants: versions are delivered contiguous (a gap or a repeat, which
+//! only damaged index files could cause, is an error naming the index file);
+//! every batch is validated (CRCs included) before any of its records is
+//! returned; a hit that does not match its batch switches the segment to its
+//! rebuilt index, and nothing already delivered is delivered again.
+
+use crate::error::{Error, Result, corrupt};
+use crate::format::names::index_file_name;
+use crate::format::record::RecordRef;
+use crate::index::{Index, NO_SEGMENT, StreamInfo};
+use crate::read::hits::{batch_head, fused, load_batch, mismatch};
+use crate::read::logview::{LogView, ViewSegment};
+use crate::types::Direction;
+
+/// One segment holding a stream, with the index the row was read from: entry
+/// numbers are only meaningful within that index, so a read keeps using it.
+#[derive(Debug, Clone)]
+struct Link {
+    seg: usize,
+    index: Index,
+    info: StreamInfo,
+}
+
+type Hit = (usize, Index, StreamInfo);
+
+impl LogView {
+    /// Search segments `[0, below)` newest first for `name`.
+    fn search_before(&self, below: usize, name: &str) -> Result<Option<Hit>> {
+        for i in (0..below).rev() {
+            if let (idx, Some(info)) = self.segments[i].pinned(|x| x.find_stream(name))? {
+                return Ok(Some((i, idx, info)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The stream's row `row` in segment `i` (checked against the name).
+    fn row_at(&self, i: usize, row: u32, name: &str) -> Result<Option<Hit>> {
+        Ok(match self.segments[i].pinned(|x| x.stream_at(row, name))? {
+            (idx, Some(info)) => Some((i, idx, info)),
+            (_, None) => None,
+        })
+    }
+
+    /// The newest segment holding `name`.
+    fn newest_link(&self, name: &str) -> Result<Option<Hit>> {
+        let covered = self.table.as_ref().map_or(0, |t| t.next_segment());
+        let mut i = self.segments.len();
+        while i > 0 {
+            i -= 1;
+            let seg = &self.segments[i];
+            if seg.base < covered {
+                i += 1;
+                break;
+            }
+            if let (idx, Some(info)) = seg.pinned(|x| x.find_stream(name))? {
+                return Ok(Some((i, idx, info)));
+            }
+        }
+        let Some(table) = &self.table else { return Ok(None) };
+        match table.lookup(name) {
+            Ok(None) => Ok(None),
+            Ok(Some(e)) => match self.segment_at(e.at.segment).filter(|&j| j < i) {
+                Some(j) => match self.row_at(j, e.at.row, name)? {
+                    Some(hit) => Ok(Some(hit)),
+                    None => self.search_before(i, name),
+                },
+                None => self.search_before(i, name),
+            },
+            // A damaged table is not trusted: search the indexes it covers.
+            Err(_) => self.search_before(i, name),
+        }
+    }
+
+    /// The segments holding `name`, oldest first; with `stop_at`, no older
+    /// than the newest one whose first version is at or below it.
+    fn stream_chain(&self, name: &str, stop_at: Option<u64>) -> Result<Vec<Link>> {
+        let mut links = Vec::new();
+        let mut cur = self.newest_link(name)?;
+        while let Some((j, index, info)) = cur {
+            links.push(Link { seg: j, index, info });
+            if stop_at.is_some_and(|v| info.first_version <= v) {
+                break;
+            }
+            cur = match info.prev {
+                Some(p) if p.segment == NO_SEGMENT => None,
+                Some(p) => match self.segment_at(p.segment).filter(|&k| k < j) {
+                    Some(k) => match self.row_at(k, p.row, name)? {
+                        Some(hit) => Some(hit),
+                        None => self.search_before(j, name)?,
+                    },
+                    None => {
+                        let seg = &self.segments[j];
+                        return Err(corrupt(
+                            &seg.path.with_extension("idx"),
+                            0,
+                            format!(
+                                "stream {name:?}'s previous segment {} is not an earlier segment of this log",
+                                p.segment
+                            ),
+                        ));
+                    }
+                },
+                // An index rebuilt in memory does not know: search.
+                None => self.search_before(j, name)?,
+            };
+        }
+        links.reverse();
+        Ok(links)
+    }
+
+    /// Read the events of one stream: from version `from_version` on
+    /// (`Forward`) or down (`Backward`; pass `u64::MAX` for the newest), at
+    /// most `max_count` of them.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use annal::{Direction, EventData, ExpectedVersion, Log, Options};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), Options::default())?;
+    /// for i in 0..5u8 {
+    ///     log.append("order-1", ExpectedVersion::Any, &[EventData::new("E", vec![i])])?;
+    ///     log.append("order-2", ExpectedVersion::Any, &[EventData::new("E", vec![i])])?;
+    /// }
+    /// let view = log.view()?;
+    /// let newest_two: Vec<u64> = view
+    ///     .read_stream("order-1", u64::MAX, Direction::Backward, 2)
+    ///     .map(|r| r.map(|r| r.stream_version()))
+    ///     .collect::<annal::Result<_>>()?;
+    /// assert_eq!(newest_two, [4, 3]);
+    /// # Ok(()) }
+    /// ```
+    pub fn read_stream(&self, stream: &str, from_version: u64, dir: Direction, max_count: u64) -> ReadStream<'_> {
+        let stop = match dir {
+            Direction::Forward => Some(from_version),
+            Direction::Backward => None,
+        };
+        let (links, err) = match self.stream_chain(stream, stop) {
+            Ok(l) => (l, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let link = match dir {
+            Direction::Forward => 0,
+            Direction::Backward => links.len(),
+        };
+        ReadStream {
+            view: self,
+            name: stream.into(),
+            links,
+            link,
+            entry: None,
+            dir,
+            from_version,
+            remaining: max_count,
+            buf: Vec::new(),
+            last: None,
+            err,
+            done: false,
+        }
+    }
+
+    /// The version of the newest visible event of `stream`, or `None` if it
+    /// has none.
+    pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+        self.read_stream(stream, u64::MAX, Direction::Backward, 1)
+            .next()
+            .transpose()
+            .map(|r| r.map(|r| r.stream_version()))
+    }
+}
+
+/// Iterator over one stream's records, created by [`LogView::read_stream`].
+#[derive(Debug)]
+pub struct ReadStream<'a> {
+    view: &'a LogView,
+    name: Box<str>,
+    links: Vec<Link>,
+    /// Forward: the link being read. Backward: one past it.
+    link: usize,
+    /// The next entry of the current link to read.
+    entry: Option<u32>,
+    dir: Direction,
+    from_version: u64,
+    remaining: u64,
+    /// Records of the current batch still to yield, to be popped from the end.
+    buf: Vec<RecordRef<'a>>,
+    /// The version of the last record yielded: the next one must follow it
+    /// (versions are contiguous), whatever the indexes say.
+    last: Option<u64>,
+    err: Option<Error>,
+    done: bool,
+}
+
+impl<'a> ReadStream<'a> {
+    fn step(&mut self) -> Result<Option<RecordRef<'a>>> {
+        loop {
+            if self.remaining == 0 {
+                return Ok(None);
+            }
+            if let Some(r) = self.buf.pop() {
+                return self.deliver(r).map(Some);
+            }
+            let Some(li) = self.current_link() else {
+                return Ok(None);
+            };
+            let Some(seg_i) = self.links.get(li).map(|l| l.seg) else {
+                return Ok(None);
+            };
+            let view: &'a LogView = self.view;
+            let seg: &'a ViewSegment = &view.segments[seg_i];
+            let entry = match self.entry {
+                Some(e) => Some(e),
+                None => self.first_entry(li)?,
+            };
+            let Some(e) = entry else {
+                self.next_link();
+                continue;
+            };
+            let Some((first_version, off)) = self.entry_at(li, e)? else {
+                self.next_link();
+                continue;
+            };
+            // The hit is checked against the batch it points to: the stream's
+            // full name and the entry's first version.
+            if let Some(found) = batch_head(seg, off)?
+                && (found.0 != self.name.as_bytes() || found.1 != first_version)
+            {
+                self.relink(li, seg, off, first_version, found)?;
+                continue;
+            }
+            self.entry = match self.dir {
+                Direction::Forward => Some(e + 1),
+                Direction::Backward => e.checked_sub(1),
+            };
+            if self.dir == Direction::Backward && self.entry.is_none() {
+                // After this batch, go on with the previous link.
+                self.link = li;
+            }
+            if !self.load(seg, off)? {
+                // Entries past the visible end of the active segment.
+                match self.dir {
+                    Direction::Forward => return Ok(None),
+                    Direction::Backward => continue,
+                }
+            }
+        }
+    }
+
+    /// Yield `r`, the next record of the stream: its version must follow
+    /// the last one yielded (or be `from_version`, forward), whatever the
+    /// indexes said.
+    fn deliver(&mut self, r: RecordRef<'a>) -> Result<RecordRef<'a>> {
+        let v = r.stream_version();
+        let expected = match (self.dir, self.last) {
+            (Direction::Forward, None) => Some(self.from_version),
+            (Direction::Forward, Some(l)) => l.checked_add(1),
+            (Direction::Backward, None) => None,
+            (Direction::Backward, Some(l)) => l.checked_sub(1),
+        };
+        if expected.is_some_and(|e| e != v) {
+            let seg = &self.view.segments[self.view.segment_of(r.position())];
+            let path = seg.path.with_file_name(index_file_name(seg.base));
+            return Err(corrupt(
+                &path,
+                0,
+                format!(
+                    "reading stream {:?}: expected version {}, found version {v} at position {}: \
+                     the index files skip or repeat batches of the stream",
+                    self.name,
+                    expected.unwrap_or_default(),
+                    r.position()
+                ),
+            ));
+        }
+        self.last = Some(v);
+        self.remaining -= 1;
+        Ok(r)
+    }
+
+    /// The link being read: forward `link`, backward the one before it;
+    /// `None` when backward reading is past the oldest.
+    fn current_link(&self) -> Option<usize> {
+        match self.dir {
+            Direction::Forward => Some(self.link),
+            Direction::Backward => self.link.checked_sub(1),
+        }
+    }
+
+    /// Entry `first_version` of link `li` points at the batch at `off` of
+    /// `seg`, which holds `found` (stream name, first version) instead:
+    /// switch the link to the index rebuilt from the segment (a damaged
+    /// index file) and read it again from its start; what was already
+    /// yielded is not yielded again (see [`ReadStream::load`]).
+    fn relink(
+        &mut self,
+        li: usize,
+        seg: &ViewSegment,
+        off: u64,
+        first_version: u64,
+        found: (&[u8], u64),
+    ) -> Result<()> {
+        let name = &*self.name;
+        let detail = format!(
+            "the index entry for stream {name:?} version {first_version} points at the batch at byte {off} of {}, \
+             which holds stream {:?} from version {}",
+            seg.path.display(),
+            String::from_utf8_lossy(found.0),
+            found.1
+        );
+        let link = &mut self.links[li];
+        let (idx, info) = mismatch(seg, &link.index, detail, |x| x.find_stream(name))?;
+        let Some(info) = info else {
+            return Err(corrupt(
+                &seg.path,
+                0,
+                format!("stream {name:?} is not in the segment's rebuilt index"),
+            ));
+        };
+        (link.index, link.info) = (idx, info);
+        self.entry = None;
+        if self.dir == Direction::Backward {
+            self.link = li + 1;
+        }
+        Ok(())
+    }
+
+    /// Validate the batch at `off` of `seg` and buffer its records of the
+    /// stream still to yield, in the order they are to be popped. `Ok(false)`
+    /// if the batch lies past the visible end.
+    fn load(&mut self, seg: &'a ViewSegment, off: u64) -> Result<bool> {
+        let (dir, from, last) = (self.dir, self.from_version, self.last);
+        load_batch(seg, off, &mut self.buf, dir == Direction::Backward, |r| match dir {
+            Direction::Forward => r.stream_version() >= from && last.is_none_or(|l| r.stream_version() > l),
+            Direction::Backward => r.stream_version() <= from && last.is_none_or(|l| r.stream_version() < l),
+        })
+    }
+
+    /// Entry `e` of link `li`: `(first_version, frame_offset)`. If the index
+    /// file turns out damaged, the link moves to the rebuilt index.
+    fn entry_at(&mut self, li: usize, e: u32) -> Result<Option<(u64, u64)>> {
+        let name = &*self.name;
+        let link = &mut self.links[li];
+        match link.index.stream_entry(name, &link.info, e) {
+            Ok(x) => Ok(x),
+            Err(d) => {
+                let seg = &self.view.segments[link.seg];
+                let (idx, info) = seg.repinned(d, |x| x.find_stream(name))?;
+                let Some(info) = info else {
+                    return Err(corrupt(
+                        &seg.path,
+                        0,
+                        format!("stream {name:?} is not in its rebuilt index"),
+                    ));
+                };
+                (link.index, link.info) = (idx, info);
+                link.index
+                    .stream_entry(name, &link.info, e)
+                    .map_err(|d| d.at(&*seg.path))
+            }
+        }
+    }
+
+    /// The entry to start at in link `li`: the last batch whose first version
+    /// is at or below `from_version` (forward: or the first batch).
+    fn first_entry(&mut self, li: usize) -> Result<Option<u32>> {
+        let n = self.links[li].info.entry_count;
+        let from = self.from_version;
+        let (mut lo, mut hi) = (0u32, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let v = self.entry_at(li, mid)?.map_or(u64::MAX, |e| e.0);
+            if v <= from {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(match (self.dir, lo, n) {
+            (_, _, 0) => None,
+            (Direction::Forward, 0, _) => Some(0),
+            (Direction::Forward, l, _) => Some(l - 1),
+            (Direction::Backward, 0, _) => None,
+            (Direction::Backward, l, _) => Some(l - 1),
+        })
+    }
+
+    fn next_link(&mut self) {
+        self.entry = None;
+        match self.dir {
+            Direction::Forward => self.link += 1,
+            Direction::Backward => self.link = self.link.saturating_sub(1),
+        }
+    }
+}
+
+impl<'a> Iterator for ReadStream<'a> {
+    type Item = Result<RecordRef<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if let Some(e) = self.err.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        let step = self.step();
+        fused(&mut self.done, step)
+    }
+}
