@@ -8,6 +8,7 @@
 //! spec's tables. Parsing functions take `&[u8]`, check every field before any
 //! arithmetic uses it, and report [`Damage`] with a file offset.
 
+pub(crate) mod blockfile;
 pub(crate) mod damage;
 pub(crate) mod frame;
 pub(crate) mod hash;
