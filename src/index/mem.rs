@@ -336,6 +336,7 @@ impl MemIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::Prev;
     use crate::{EventData, ExpectedVersion, Log, Options};
 
     /// The index file encoding of `m`, to compare two indexes.
