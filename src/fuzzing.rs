@@ -445,8 +445,8 @@ pub fn split_dir(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                     fix_blockfile(&mut bytes);
                 }
                 match k {
-                    2 => crate::log::index_file_name(0),
-                    3 => crate::log::index_file_name(second_base),
+                    2 => crate::format::names::index_file_name(0),
+                    3 => crate::format::names::index_file_name(second_base),
                     _ => crate::STREAM_TABLE_FILE.to_owned(),
                 }
             }
@@ -491,7 +491,7 @@ pub fn join_dir(dir: &Path) -> Vec<u8> {
         if let Ok(b) = std::fs::read(dir.join(crate::format::names::segment_file_name(base))) {
             push(other, &b);
         }
-        if let Ok(b) = std::fs::read(dir.join(crate::log::index_file_name(base))) {
+        if let Ok(b) = std::fs::read(dir.join(crate::format::names::index_file_name(base))) {
             push(2 + other, &b);
         }
     }

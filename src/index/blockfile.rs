@@ -22,6 +22,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::Damage;
+use crate::format::ALIGN;
 pub use crate::format::blockfile::{BLOCK, FOOTER_LEN};
 use crate::format::blockfile::{BLOCK_CRC_LEN, BlockFooter, FOOTER_CRC_OFFSET, FOOTER_MAGIC_OFFSET};
 use crate::storage::mmap::Mapping;
@@ -29,7 +30,7 @@ use crate::storage::mmap::Mapping;
 /// Append the block CRC table and the footer to `body` (whose length must be a
 /// multiple of 8), making it a complete derived file.
 pub(crate) fn finish(mut body: Vec<u8>, magic: [u8; 8]) -> Vec<u8> {
-    debug_assert_eq!(body.len() % 8, 0);
+    debug_assert_eq!(body.len() as u64 % ALIGN, 0);
     let table_offset = body.len();
     let blocks = table_offset.div_ceil(BLOCK);
     let mut table = Vec::with_capacity(blocks * BLOCK_CRC_LEN);
@@ -90,7 +91,7 @@ impl<B: AsRef<[u8]>> BlockFile<B> {
             .checked_mul(BLOCK_CRC_LEN as u64)
             .and_then(|t| t.checked_add(table_offset))
             .and_then(|x| x.checked_add(FOOTER_LEN as u64));
-        let fits = table_offset.is_multiple_of(8) && blocks == expect_blocks && expect_len == Some(len as u64);
+        let fits = table_offset.is_multiple_of(ALIGN) && blocks == expect_blocks && expect_len == Some(len as u64);
         let (Some(table_offset), true) = (usize::try_from(table_offset).ok(), fits) else {
             return Err(Damage::corrupt(
                 foff,

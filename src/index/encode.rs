@@ -10,7 +10,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 
 use crate::format::hash::stream_hash;
 use crate::format::{
-    IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN, INDEX_VERSION, IdxHeader, IdxNamedRow,
+    ALIGN, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN, INDEX_VERSION, IdxHeader, IdxNamedRow,
     IdxStreamRow,
 };
 use crate::index::blockfile;
@@ -162,12 +162,13 @@ impl MemIndex {
             &frames,
             &names.0,
         ];
-        let mut body = Vec::with_capacity(IDX_HEADER_LEN + parts.iter().map(|p| p.len()).sum::<usize>() + 8);
+        let mut body =
+            Vec::with_capacity(IDX_HEADER_LEN + parts.iter().map(|p| p.len()).sum::<usize>() + ALIGN as usize);
         body.extend_from_slice(header.as_bytes());
         for part in parts {
             body.extend_from_slice(part);
         }
-        body.resize(body.len().next_multiple_of(8), 0);
+        body.resize(body.len().next_multiple_of(ALIGN as usize), 0);
         (blockfile::finish(body, IDX_MAGIC), summary)
     }
 

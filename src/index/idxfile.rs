@@ -16,8 +16,8 @@ use zerocopy::FromBytes;
 use crate::error::Damage;
 use crate::format::hash::stream_hash;
 use crate::format::{
-    FRAME_HEADER_LEN, FrameHeader, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN, INDEX_VERSION,
-    IdxHeader, IdxNamedRow, IdxStreamRow, SEGMENT_HEADER_LEN,
+    ALIGN, FRAME_HEADER_LEN, FrameHeader, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN,
+    INDEX_VERSION, IdxHeader, IdxNamedRow, IdxStreamRow, SEGMENT_HEADER_LEN,
 };
 use crate::index::blockfile::BlockFile;
 use crate::index::{FRAME_ENTRY_LEN, NAMED_ENTRY_LEN, Named, Prev, STREAM_ENTRY_LEN, StreamInfo};
@@ -112,7 +112,7 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
             at[i] = pos;
             pos = pos.saturating_add(*s);
         }
-        if pos.next_multiple_of(8) != bf.len() {
+        if pos.next_multiple_of(ALIGN as usize) != bf.len() {
             return Err(Damage::corrupt(
                 offset_of!(IdxHeader, stream_count) as u64,
                 format!(

@@ -22,7 +22,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::Damage;
 use crate::format::hash::stream_hash;
-use crate::format::{STB_HEADER_LEN, STB_MAGIC, STB_ROW_LEN, STREAM_TABLE_VERSION, StbHeader, StbRow};
+use crate::format::{ALIGN, STB_HEADER_LEN, STB_MAGIC, STB_ROW_LEN, STREAM_TABLE_VERSION, StbHeader, StbRow};
 use crate::index::Prev;
 use crate::index::blockfile::{self, BlockFile};
 use crate::storage::mmap::Mapping;
@@ -92,7 +92,7 @@ impl<B: AsRef<[u8]>> StreamTable<B> {
             .and_then(|r| r.checked_add(STB_HEADER_LEN as u64));
         let padded_end = rows_end
             .and_then(|r| r.checked_add(names_len))
-            .and_then(|e| e.checked_next_multiple_of(8));
+            .and_then(|e| e.checked_next_multiple_of(ALIGN));
         let names_at = match (rows_end, padded_end) {
             (Some(r), Some(e)) if e == bf.len() as u64 => usize::try_from(r).ok(),
             _ => None,
@@ -266,7 +266,7 @@ pub(crate) fn encode<'a>(
     };
     body[..STB_HEADER_LEN].copy_from_slice(h.as_bytes());
     body.extend_from_slice(&names);
-    body.resize(body.len().next_multiple_of(8), 0);
+    body.resize(body.len().next_multiple_of(ALIGN as usize), 0);
     blockfile::finish(body, STB_MAGIC)
 }
 
