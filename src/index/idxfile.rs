@@ -324,3 +324,33 @@ pub(crate) fn seal_crc(segment: &[u8]) -> Result<u32, Damage> {
         _ => Err(Damage::corrupt(0, "segment too short to be sealed")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::MemIndex;
+
+    /// An index decoded from a `Vec` answers the lookups of the index it was
+    /// encoded from, and a header for another segment is damage at the
+    /// field's offset.
+    #[test]
+    fn decodes_from_bytes() {
+        let mut m = MemIndex::default();
+        m.add_batch(128, 0, "order-1", 0, 2, [(200, "Placed"), (280, "Paid")].into_iter());
+        m.add_batch(400, 2, "user-7", 0, 1, [(472, "Placed")].into_iter());
+        let (bytes, rows) = m.encode(0, 4096, 0xdead_beef, u64::MAX, &mut |_| Prev::NONE);
+        assert_eq!(rows.len(), 2);
+        let f = IdxFile::from_bytes_with(bytes.clone(), 0, 4096, 0xdead_beef).unwrap();
+        let s = f.find_stream("order-1").unwrap().unwrap();
+        assert_eq!((s.first_version, s.last_version, s.entry_count), (0, 1, 1));
+        assert_eq!(f.stream_entry(&s, 0).unwrap(), (0, 128));
+        let (start, n) = f.find_named(Named::Type, "Placed").unwrap().unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(f.named_entry(Named::Type, start + 1).unwrap(), 472);
+        assert_eq!(f.find_named(Named::Category, "order").unwrap().map(|c| c.1), Some(1));
+        assert_eq!((f.frame_count(), f.frame(1).unwrap()), (2, (2, 400)));
+        assert!(f.find_stream("nope").unwrap().is_none());
+        let e = IdxFile::from_bytes_with(&bytes[..], 1, 4096, 0xdead_beef).unwrap_err();
+        assert_eq!(e.offset, offset_of!(IdxHeader, segment_base) as u64);
+    }
+}
