@@ -7,11 +7,15 @@
 //!
 //! Used by `fuzz/fuzz_targets/*` (cargo-fuzz) and `tests/decoders_proptest.rs`.
 
+use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use zerocopy::FromBytes;
+
+use crate::format::blockfile::{BLOCK_CRC_LEN, BlockFooter, FOOTER_CRC_OFFSET, FOOTER_TABLE_CRC_OFFSET};
 use crate::format::frame::{RecordSink, frame_records, resync_max_durable, walk_segment_records};
-use crate::format::{FRAME_KIND_BATCH, SegmentHeader};
+use crate::format::{FRAME_KIND_BATCH, FrameHeader, HeadSlot, IdxHeader, RecordHeader, SegmentHeader};
 use crate::index::streamtable::StreamTable;
 use crate::index::{IdxFile, MemIndex, Named};
 use crate::{CheckOptions, Direction, Log, Options, Reader};
@@ -29,7 +33,12 @@ pub fn fix_segment_crcs(bytes: &mut [u8]) {
     if bytes.len() < SEGMENT_HEADER_LEN {
         return;
     }
-    crc_at(bytes, 0..SEGMENT_HEADER_LEN - 4, SEGMENT_HEADER_LEN - 4);
+    use crate::format::SEGMENT_HEADER_CRC_OFFSET;
+    crc_at(bytes, 0..SEGMENT_HEADER_CRC_OFFSET, SEGMENT_HEADER_CRC_OFFSET);
+    const FRAME_LEN_AT: usize = offset_of!(FrameHeader, frame_len);
+    const FRAME_KIND_AT: usize = offset_of!(FrameHeader, kind);
+    const FRAME_CRC_AT: usize = offset_of!(FrameHeader, header_crc);
+    const RECORD_CRC_AT: usize = offset_of!(RecordHeader, crc);
     let u64_at = |b: &[u8], at: usize| {
         b.get(at..at + 8)
             .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or_default()))
@@ -40,24 +49,24 @@ pub fn fix_segment_crcs(bytes: &mut [u8]) {
     };
     let mut off = SEGMENT_HEADER_LEN;
     while off + FRAME_HEADER_LEN <= bytes.len() && bytes[off..].starts_with(&crate::format::FRAME_MAGIC) {
-        let len = u64_at(bytes, off + 8);
+        let len = u64_at(bytes, off + FRAME_LEN_AT);
         let end = usize::try_from(len)
             .ok()
             .and_then(|l| off.checked_add(l))
             .unwrap_or(usize::MAX)
             .min(bytes.len());
-        if bytes[off + 28] == FRAME_KIND_BATCH {
+        if bytes[off + FRAME_KIND_AT] == FRAME_KIND_BATCH {
             let mut r = off + FRAME_HEADER_LEN;
             while r + RECORD_HEADER_LEN <= end {
                 let rlen = u32_at(bytes, r) as usize;
                 if rlen < RECORD_HEADER_LEN || r + rlen > end {
                     break;
                 }
-                crc_at(bytes, r + RECORD_CRC_START..r + rlen, r + 4);
+                crc_at(bytes, r + RECORD_CRC_START..r + rlen, r + RECORD_CRC_AT);
                 r += rlen;
             }
         }
-        crc_at(bytes, off + FRAME_CRC_START..off + FRAME_HEADER_LEN, off + 4);
+        crc_at(bytes, off + FRAME_CRC_START..off + FRAME_HEADER_LEN, off + FRAME_CRC_AT);
         if len < FRAME_HEADER_LEN as u64 || end >= bytes.len() {
             break;
         }
@@ -72,20 +81,27 @@ pub fn fix_blockfile(bytes: &mut [u8]) {
     let Some(foot) = bytes.len().checked_sub(FOOTER_LEN) else {
         return;
     };
-    let table = bytes[foot..foot + 8].try_into().map_or(u64::MAX, u64::from_le_bytes);
-    let Ok(table) = usize::try_from(table) else { return };
+    let Ok(footer) = BlockFooter::read_from_bytes(&bytes[foot..]) else {
+        return;
+    };
+    let Ok(table) = usize::try_from(footer.table_offset.get()) else {
+        return;
+    };
     let blocks = table.div_ceil(BLOCK);
-    if table > foot || blocks.checked_mul(4).and_then(|t| t.checked_add(table)) != Some(foot) {
+    if table > foot || blocks.checked_mul(BLOCK_CRC_LEN).and_then(|t| t.checked_add(table)) != Some(foot) {
         return;
     }
     for b in 0..blocks {
         let c = crc32fast::hash(&bytes[b * BLOCK..((b + 1) * BLOCK).min(table)]);
-        bytes[table + b * 4..table + b * 4 + 4].copy_from_slice(&c.to_le_bytes());
+        let at = table + b * BLOCK_CRC_LEN;
+        bytes[at..at + BLOCK_CRC_LEN].copy_from_slice(&c.to_le_bytes());
     }
     let c = crc32fast::hash(&bytes[table..foot]);
-    bytes[foot + 16..foot + 20].copy_from_slice(&c.to_le_bytes());
-    let c = crc32fast::hash(&bytes[foot..foot + 20]);
-    bytes[foot + 20..foot + 24].copy_from_slice(&c.to_le_bytes());
+    let at = foot + FOOTER_TABLE_CRC_OFFSET;
+    bytes[at..at + BLOCK_CRC_LEN].copy_from_slice(&c.to_le_bytes());
+    let c = crc32fast::hash(&bytes[foot..foot + FOOTER_CRC_OFFSET]);
+    let at = foot + FOOTER_CRC_OFFSET;
+    bytes[at..at + BLOCK_CRC_LEN].copy_from_slice(&c.to_le_bytes());
 }
 
 /// Recompute the CRC of both head slots (spec 16).
@@ -95,7 +111,8 @@ pub fn fix_head_crcs(bytes: &mut [u8]) {
         let at = i * HEAD_SLOT_LEN;
         if bytes.len() >= at + HEAD_SLOT_LEN {
             let c = crc32fast::hash(&bytes[at + HEAD_CRC_START..at + HEAD_SLOT_LEN]);
-            bytes[at + 4..at + 8].copy_from_slice(&c.to_le_bytes());
+            let crc_at = at + offset_of!(HeadSlot, crc);
+            bytes[crc_at..crc_at + 4].copy_from_slice(&c.to_le_bytes());
         }
     }
 }
@@ -193,46 +210,31 @@ fn probe_index(idx: &crate::index::Index) {
 static SCRATCH: AtomicU64 = AtomicU64::new(0);
 
 /// A scratch path unique to this process and call, under `TMPDIR` (fuzzers
-/// are faster with `TMPDIR=/dev/shm`).
+/// are faster with `TMPDIR=/dev/shm`): for whole log directories only.
 fn scratch(tag: &str) -> PathBuf {
     let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("annal-fuzz-{}-{n}-{tag}", std::process::id()))
 }
 
-/// Open `bytes` as the index file (spec 17) of `segment_bytes` (a sealed
-/// segment; when `None`, the index is checked against a segment whose length
-/// and seal CRC are taken from the index header itself, so that the body is
-/// reached) and run every lookup. The index is opened by path, so the bytes
-/// are written to a scratch file first.
+/// Decode `bytes` as the index file (spec 17) of `segment_bytes` (a sealed
+/// segment; when `None`, the index is checked against a segment whose base,
+/// length and seal CRC are taken from the index header itself, so that the
+/// body is reached) and run every lookup. The bytes are decoded in place, as
+/// a mapping of the file would be.
 pub fn index(bytes: &[u8], segment_bytes: Option<&[u8]>) {
-    let path = scratch("idx");
-    if std::fs::write(&path, bytes).is_err() {
-        return;
-    }
     let opened = match segment_bytes {
         Some(seg) => {
             let base = SegmentHeader::parse(seg).map_or(0, |h| h.base_position.get());
-            IdxFile::open_for(&path, base, seg)
+            IdxFile::from_bytes(bytes, base, seg)
         }
         None => {
-            // Header fields at spec 17 offsets 16 (base), 24 (length), 32 (seal CRC).
-            let u64_at = |at: usize| {
-                bytes
-                    .get(at..at + 8)
-                    .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-            };
-            let seal = bytes
-                .get(32..36)
-                .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
-            match crate::index::blockfile::BlockFile::open_path(&path, crate::format::IDX_MAGIC) {
-                Ok(Some(bf)) => IdxFile::open(bf, u64_at(16), u64_at(24), seal).map(Some),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            }
+            let (base, len, seal) = IdxHeader::read_from_prefix(bytes).map_or((0, 0, 0), |(h, _)| {
+                (h.segment_base.get(), h.segment_len.get(), h.seal_crc.get())
+            });
+            IdxFile::from_bytes_with(bytes, base, len, seal)
         }
     };
-    let _ = std::fs::remove_file(&path);
-    let Ok(Some(idx)) = opened else { return };
+    let Ok(idx) = opened else { return };
     if let Ok(rows) = idx.stream_rows() {
         for (name, row, _) in rows.iter().take(16) {
             let _ = idx.stream_at(*row, name);
@@ -243,19 +245,39 @@ pub fn index(bytes: &[u8], segment_bytes: Option<&[u8]>) {
             }
         }
     }
-    probe_index(&crate::index::Index::Disk(std::sync::Arc::new(idx)));
+    probe_idx_file(&idx);
 }
 
-/// Open `bytes` as the stream table (spec 18) and run lookups and a full row
-/// scan.
-pub fn stream_table(bytes: &[u8]) {
-    let path = scratch("streams");
-    if std::fs::write(&path, bytes).is_err() {
-        return;
+/// [`probe_index`] for an index file over any bytes: the lookups that
+/// `Index::Disk` makes.
+fn probe_idx_file<B: AsRef<[u8]>>(idx: &IdxFile<B>) {
+    for name in PROBE_NAMES {
+        if let Ok(Some(s)) = idx.find_stream(name) {
+            for i in 0..s.entry_count.min(8) {
+                let _ = idx.stream_entry(&s, i);
+            }
+            let _ = idx.stream_at(s.row, name);
+        }
+        for kind in [Named::Category, Named::Type] {
+            if let Ok(Some((start, count))) = idx.find_named(kind, name) {
+                for i in 0..count.min(8) {
+                    let _ = idx.named_entry(kind, start.saturating_add(i));
+                }
+            }
+        }
     }
-    let opened = StreamTable::open(&path);
-    let _ = std::fs::remove_file(&path);
-    let Ok(Some(t)) = opened else { return };
+    let n = idx.frame_count();
+    for i in [0, 1, n / 2, n.saturating_sub(1)] {
+        if i < n {
+            let _ = idx.frame(i);
+        }
+    }
+}
+
+/// Decode `bytes` as the stream table (spec 18) and run lookups and a full
+/// row scan.
+pub fn stream_table(bytes: &[u8]) {
+    let Ok(t) = StreamTable::from_bytes(bytes) else { return };
     let _ = t.next_segment();
     let mut names = Vec::new();
     for row in t.rows() {

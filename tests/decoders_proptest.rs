@@ -4,7 +4,10 @@
 //! after the damage so that it reaches past the checksums) for segments,
 //! index files, the stream table, snapshots, head files and whole log
 //! directories, fed to the entry points in `annal::fuzzing` (the same ones the
-//! cargo-fuzz targets in `fuzz/` use).
+//! cargo-fuzz targets in `fuzz/` use). The single-file decoders take the
+//! bytes as they are, with no file written (`IdxFile`, `StreamTable` and
+//! `BlockFile` decode any `AsRef<[u8]>`); only the directory cases write a
+//! scratch log directory.
 //!
 //! Properties, per case:
 //! * no panic (each case runs under `catch_unwind`; the failing input is

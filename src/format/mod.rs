@@ -27,6 +27,7 @@
 //! | `names`, `hash`, `damage` | 1, 17.3 | file names, stream hashes, [`Damage`] |
 #![deny(clippy::indexing_slicing)]
 
+pub(crate) mod blockfile;
 pub(crate) mod damage;
 pub(crate) mod frame;
 pub(crate) mod hash;

@@ -5,7 +5,16 @@
 //! name), so opening a log costs nothing per stream, and it is rewritten
 //! (temp file, rename) after each seal by merging the previous table with the
 //! new segment's stream rows: a linear merge of two sorted lists.
+//!
+//! [`StreamTable::from_bytes`] decodes a table from any bytes (a `Vec` in
+//! fuzzers and tests); [`StreamTable::open`] maps the file and calls it.
+//!
+//! Invariants of an opened table: its `stream_count` rows and `names_len`
+//! bytes of names fill the checked region exactly (checked arithmetic on the
+//! file's values); each row is checked when read (reserved fields zero, name
+//! inside the name area, segment and version below `next_segment`).
 
+use std::mem::offset_of;
 use std::path::Path;
 
 use zerocopy::little_endian::{U16, U32, U64};
@@ -13,16 +22,18 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::Damage;
 use crate::format::hash::stream_hash;
-use crate::format::{STB_HEADER_LEN, STB_MAGIC, STB_ROW_LEN, STREAM_TABLE_VERSION, StbHeader, StbRow};
+use crate::format::{ALIGN, STB_HEADER_LEN, STB_MAGIC, STB_ROW_LEN, STREAM_TABLE_VERSION, StbHeader, StbRow};
 use crate::index::Prev;
 use crate::index::blockfile::{self, BlockFile};
+use crate::storage::mmap::Mapping;
 
 pub use crate::format::names::STREAM_TABLE_FILE;
 
-/// A mapped stream table.
+/// A stream table over its bytes `B` (a [`Mapping`] of the file unless said
+/// otherwise).
 #[derive(Debug)]
-pub(crate) struct StreamTable {
-    bf: BlockFile,
+pub(crate) struct StreamTable<B: AsRef<[u8]> = Mapping> {
+    bf: BlockFile<B>,
     next_segment: u64,
     mask: u64,
     count: u64,
@@ -38,11 +49,25 @@ pub(crate) struct TableEntry {
 }
 
 impl StreamTable {
-    /// Open `path` (`Ok(None)` if it does not exist).
+    /// Open `path` (`Ok(None)` if it does not exist): map it and decode it
+    /// with [`StreamTable::from_bytes`]. A failure to open or map the file is
+    /// an I/O failure ([`Damage::is_io`]), not damage.
     pub(crate) fn open(path: &Path) -> Result<Option<StreamTable>, Damage> {
-        let Some(bf) = BlockFile::open_path(path, STB_MAGIC)? else {
-            return Ok(None);
-        };
+        match BlockFile::open_path(path, STB_MAGIC)? {
+            Some(bf) => StreamTable::from_block_file(bf).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<B: AsRef<[u8]>> StreamTable<B> {
+    /// Decode the stream table `bytes` (the whole file): its footer and block
+    /// table, then its header (spec 18).
+    pub(crate) fn from_bytes(bytes: B) -> Result<StreamTable<B>, Damage> {
+        StreamTable::from_block_file(BlockFile::from_bytes(bytes, STB_MAGIC)?)
+    }
+
+    fn from_block_file(bf: BlockFile<B>) -> Result<StreamTable<B>, Damage> {
         let h = StbHeader::read_from_bytes(bf.get(0, STB_HEADER_LEN)?)
             .map_err(|_| Damage::corrupt(0, "stream table header is too short"))?;
         if h.magic != STB_MAGIC || h.table_version.get() != STREAM_TABLE_VERSION {
@@ -53,7 +78,7 @@ impl StreamTable {
         }
         if h.flags.get() != 0 || h.reserved0.get() != 0 || h.reserved1.iter().any(|&b| b != 0) {
             return Err(Damage::corrupt(
-                10,
+                offset_of!(StbHeader, flags) as u64,
                 "expected stream table flags and reserved fields to be zero",
             ));
         }
@@ -67,14 +92,14 @@ impl StreamTable {
             .and_then(|r| r.checked_add(STB_HEADER_LEN as u64));
         let padded_end = rows_end
             .and_then(|r| r.checked_add(names_len))
-            .and_then(|e| e.checked_next_multiple_of(8));
+            .and_then(|e| e.checked_next_multiple_of(ALIGN));
         let names_at = match (rows_end, padded_end) {
             (Some(r), Some(e)) if e == bf.len() as u64 => usize::try_from(r).ok(),
             _ => None,
         };
         let Some(names_at) = names_at else {
             return Err(Damage::corrupt(
-                32,
+                offset_of!(StbHeader, stream_count) as u64,
                 format!(
                     "expected stream_count {count} rows of {STB_ROW_LEN} bytes and names_len {names_len} \
                      (padded to 8) to fill the {} bytes before the block table, they do not",
@@ -82,14 +107,14 @@ impl StreamTable {
                 ),
             ));
         };
-        Ok(Some(StreamTable {
+        Ok(StreamTable {
             next_segment: h.next_segment.get(),
             mask: h.hash_mask.get(),
             count,
             names_at,
             names_len,
             bf,
-        }))
+        })
     }
 
     /// Base of the first segment the table does not cover.
@@ -106,12 +131,17 @@ impl StreamTable {
             .and_then(|i| i.checked_mul(STB_ROW_LEN))
             .and_then(|x| x.checked_add(STB_HEADER_LEN))
             .filter(|_| i < self.count)
-            .ok_or_else(|| Damage::corrupt(32, format!("row {i} of a table of {} rows", self.count)))?;
+            .ok_or_else(|| {
+                Damage::corrupt(
+                    offset_of!(StbHeader, stream_count) as u64,
+                    format!("row {i} of a table of {} rows", self.count),
+                )
+            })?;
         let r = StbRow::read_from_bytes(self.bf.get(at, STB_ROW_LEN)?)
             .map_err(|_| Damage::corrupt(at as u64, "short stream table row"))?;
         if r.reserved0.get() != 0 || r.reserved1.get() != 0 {
             return Err(Damage::corrupt(
-                at as u64 + 14,
+                (at + offset_of!(StbRow, reserved0)) as u64,
                 "expected the row's reserved fields (at 14 and 36) to be zero",
             ));
         }
@@ -123,7 +153,7 @@ impl StreamTable {
         let (segment, version) = (r.segment.get(), r.last_version.get());
         if segment >= self.next_segment || version >= self.next_segment {
             return Err(Damage::corrupt(
-                at as u64 + 16,
+                (at + offset_of!(StbRow, last_version)) as u64,
                 format!(
                     "expected the row's last_version and segment below next_segment {}, found {version} and {segment}",
                     self.next_segment
@@ -138,7 +168,7 @@ impl StreamTable {
             .flatten()
             .ok_or_else(|| {
                 Damage::corrupt(
-                    at as u64 + 8,
+                    (at + offset_of!(StbRow, name_offset)) as u64,
                     format!(
                         "expected the row's name ({len} bytes at {off}) inside the name area of {} bytes",
                         self.names_len
@@ -236,15 +266,15 @@ pub(crate) fn encode<'a>(
     };
     body[..STB_HEADER_LEN].copy_from_slice(h.as_bytes());
     body.extend_from_slice(&names);
-    body.resize(body.len().next_multiple_of(8), 0);
+    body.resize(body.len().next_multiple_of(ALIGN as usize), 0);
     blockfile::finish(body, STB_MAGIC)
 }
 
 /// Merge `old` (if any) with the stream rows of the newly indexed segment
 /// `segment` (`(name, row, last_version)`), newer entries winning, into a new
 /// table covering segments below `next_segment`.
-pub(crate) fn merge(
-    old: Option<&StreamTable>,
+pub(crate) fn merge<B: AsRef<[u8]>>(
+    old: Option<&StreamTable<B>>,
     new_rows: &[(Box<str>, u32, u64)],
     segment: u64,
     next_segment: u64,
@@ -326,13 +356,32 @@ mod tests {
         }
     }
 
-    /// Write `body` (padded to 8) as a complete table file and open it.
-    fn open_body(mut body: Vec<u8>) -> Result<Option<StreamTable>, Damage> {
+    /// Make `body` (padded to 8) a complete table file and decode it.
+    fn open_body(mut body: Vec<u8>) -> Result<Option<StreamTable<Vec<u8>>>, Damage> {
         body.resize(body.len().next_multiple_of(8), 0);
+        StreamTable::from_bytes(blockfile::finish(body, STB_MAGIC)).map(Some)
+    }
+
+    /// The path-based opener decodes the same file (and a missing file is
+    /// `None`, not damage).
+    #[test]
+    fn open_maps_the_file_and_decodes_it() {
+        let entry = TableEntry {
+            last_version: 3,
+            at: Prev { segment: 0, row: 1 },
+        };
+        let name: &[u8] = b"order-1";
+        let bytes = encode([(stream_hash(name), name, entry)].into_iter(), 100, u64::MAX);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(STREAM_TABLE_FILE);
-        std::fs::write(&path, blockfile::finish(body, STB_MAGIC)).unwrap();
-        StreamTable::open(&path)
+        assert!(StreamTable::open(&path).unwrap().is_none());
+        std::fs::write(&path, &bytes).unwrap();
+        let t = StreamTable::open(&path).unwrap().unwrap();
+        assert_eq!(t.lookup("order-1").unwrap(), Some(entry));
+        assert_eq!(
+            StreamTable::from_bytes(bytes).unwrap().lookup("order-1").unwrap(),
+            Some(entry)
+        );
     }
 
     /// Defect 17 (issue 13): the fuzzer's input, a valid 64-byte header whose

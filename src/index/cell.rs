@@ -1,0 +1,298 @@
+//! The index of one segment as readers see it: [`IndexCell`] opens the
+//! `.idx` file lazily and, if it is missing or damaged, replaces it by an
+//! index rebuilt from the segment (recording the damage, and telling the
+//! writer, which rewrites the file), so reads stay correct; [`Index`] is the
+//! one interface over the in-memory and the on-disk form.
+//!
+//! Invariants: an I/O failure opening the file is returned as `Error::Io` and
+//! nothing is rebuilt or rewritten because of it; every error names a file
+//! (the index file, or the segment it describes).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use crate::error::{Damage, Error};
+use crate::index::{IdxFile, MemIndex, NO_ROW, Named, StreamInfo};
+
+fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A segment's index as readers use it.
+#[derive(Debug, Clone)]
+pub(crate) enum Index {
+    Mem(Arc<RwLock<MemIndex>>),
+    Disk(Arc<IdxFile>),
+}
+
+/// The index of one segment, shared by every view of it.
+#[derive(Debug)]
+pub(crate) struct IndexCell {
+    /// The `.idx` path (sealed segments) or `None` (active segment).
+    path: Option<PathBuf>,
+    base: u64,
+    state: RwLock<Option<Index>>,
+    /// Damage found in the index file (reported; the index was rebuilt).
+    damage: Mutex<Option<Error>>,
+    /// The writer rewrote the file after the damage.
+    rewritten: AtomicBool,
+    /// The index in use was rebuilt because the file did not exist.
+    missing: AtomicBool,
+    /// Counter the writer watches: bumped when damage is found.
+    notify: OnceLock<Arc<AtomicU64>>,
+}
+
+impl IndexCell {
+    /// A cell for the segment based at `base` whose index file is `path`
+    /// (`None` for the active segment, whose index lives only in memory),
+    /// holding `index` or, if `None`, opening the file on first use.
+    pub(crate) fn new(base: u64, path: Option<PathBuf>, index: Option<Index>) -> IndexCell {
+        IndexCell {
+            path,
+            base,
+            state: RwLock::new(index),
+            damage: Mutex::new(None),
+            rewritten: AtomicBool::new(false),
+            missing: AtomicBool::new(false),
+            notify: OnceLock::new(),
+        }
+    }
+
+    /// Have `counter` bumped whenever damage is found in this index (the
+    /// writer then rewrites the file).
+    pub(crate) fn notify(&self, counter: &Arc<AtomicU64>) {
+        let _ = self.notify.set(counter.clone());
+    }
+
+    /// If the index in use was rebuilt because its file did not exist, and
+    /// the file exists now, switch to it (frees the in-memory index).
+    pub(crate) fn retry_disk(&self, segment: &[u8]) {
+        if !self.missing.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(p) = &self.path
+            && let Ok(Some(f)) = IdxFile::open_for(p, self.base, segment)
+        {
+            self.set(Index::Disk(Arc::new(f)));
+            self.missing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether the index in use was rebuilt because its file did not exist
+    /// (so [`IndexCell::retry_disk`] may switch to the file).
+    pub(crate) fn is_missing(&self) -> bool {
+        self.missing.load(Ordering::Acquire)
+    }
+
+    /// A cell for the same segment and index file holding nothing yet (it
+    /// opens the file on first use): for a cache that lets go of this one's
+    /// mapping. Damage found in this cell is not carried over (the file is
+    /// checked again when opened); the writer's notification is.
+    pub(crate) fn fresh(&self) -> IndexCell {
+        let cell = IndexCell::new(self.base, self.path.clone(), None);
+        if let Some(n) = self.notify.get() {
+            cell.notify(n);
+        }
+        cell
+    }
+
+    /// The index file was rewritten from the in-memory index now in use.
+    pub(crate) fn mark_rewritten(&self) {
+        self.rewritten.store(true, Ordering::Release);
+    }
+
+    /// Replace the index in use (the writer, once it wrote the file).
+    pub(crate) fn set(&self, index: Index) {
+        *lock_write(&self.state) = Some(index);
+    }
+
+    /// The index, opening the file on first use; a missing or damaged file is
+    /// replaced by an index rebuilt from `segment` (and the damage recorded).
+    pub(crate) fn get(&self, segment: &[u8]) -> Result<Index, Error> {
+        if let Some(i) = lock_read(&self.state).as_ref() {
+            return Ok(i.clone());
+        }
+        let mut st = lock_write(&self.state);
+        if let Some(i) = st.as_ref() {
+            return Ok(i.clone());
+        }
+        let idx = match &self.path {
+            Some(p) => match IdxFile::open_for(p, self.base, segment) {
+                Ok(Some(f)) => Index::Disk(Arc::new(f)),
+                Ok(None) => self.rebuilt(p, segment, None)?,
+                // Not damage: the file may well be intact (EMFILE, ENOMEM,
+                // ...). Reported as such, and nothing is rebuilt or rewritten.
+                Err(d) if d.is_io() => return Err(d.at(p)),
+                Err(d) => self.rebuilt(p, segment, Some(d))?,
+            },
+            None => {
+                // Live cells are created with their index; nothing to open.
+                let mem = MemIndex::rebuild(segment).map_err(|d| d.at(self.segment_path()))?;
+                Index::Mem(Arc::new(RwLock::new(mem)))
+            }
+        };
+        *st = Some(idx.clone());
+        Ok(idx)
+    }
+
+    /// Rebuild from the segment; `damage`: what was wrong with the file
+    /// (`None`: it does not exist).
+    fn rebuilt(&self, path: &Path, segment: &[u8], damage: Option<Damage>) -> Result<Index, Error> {
+        let seg_path = path.with_extension("seg");
+        let mem = MemIndex::rebuild(segment).map_err(|d| d.at(&seg_path))?;
+        if let Some(d) = damage {
+            *self.damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.at(path));
+            if let Some(n) = self.notify.get() {
+                n.fetch_add(1, Ordering::AcqRel);
+            }
+        } else {
+            // Not written yet (a reader racing the writer's sealer) or
+            // deleted (the writer rebuilds it when it opens the log): not
+            // damage; `retry_disk` picks the file up once it exists.
+            self.missing.store(true, Ordering::Release);
+        }
+        Ok(Index::Mem(Arc::new(RwLock::new(mem))))
+    }
+
+    /// Replace a disk index found damaged while in use by one rebuilt from
+    /// `segment`.
+    pub(crate) fn damaged(&self, segment: &[u8], d: Damage) -> Result<Index, Error> {
+        let Some(p) = self.path.clone() else {
+            return Err(d.at(self.segment_path()));
+        };
+        let idx = self.rebuilt(&p, segment, Some(d))?;
+        *lock_write(&self.state) = Some(idx.clone());
+        Ok(idx)
+    }
+
+    /// The segment file this index describes (for messages): beside the
+    /// index file, or, for the active segment's cell (no index file), its
+    /// name alone, the directory being unknown here.
+    fn segment_path(&self) -> PathBuf {
+        match &self.path {
+            Some(p) => p.with_extension("seg"),
+            None => PathBuf::from(crate::format::names::segment_file_name(self.base)),
+        }
+    }
+
+    /// The damage found in this segment's index file, if any.
+    pub(crate) fn damage(&self) -> Option<String> {
+        self.damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|e| e.to_string())
+    }
+
+    /// Whether the index in use was rebuilt (its file is damaged or missing).
+    pub(crate) fn needs_rewrite(&self) -> bool {
+        self.damage.lock().unwrap_or_else(|p| p.into_inner()).is_some() && !self.rewritten.load(Ordering::Acquire)
+    }
+
+    /// The index currently in use, if one was loaded.
+    pub(crate) fn current(&self) -> Option<Index> {
+        lock_read(&self.state).clone()
+    }
+}
+
+impl Index {
+    /// Find a stream in this segment.
+    pub(crate) fn find_stream(&self, name: &str) -> Result<Option<StreamInfo>, Damage> {
+        match self {
+            Index::Disk(f) => f.find_stream(name),
+            Index::Mem(m) => Ok(lock_read(m).streams.get(name).map(|s| StreamInfo {
+                row: NO_ROW,
+                first_version: s.first_version,
+                last_version: s.last_version,
+                entry_start: 0,
+                entry_count: s.entries.len() as u32,
+                prev: None,
+            })),
+        }
+    }
+
+    /// A stream by its row (disk) or name (memory).
+    pub(crate) fn stream_at(&self, row: u32, name: &str) -> Result<Option<StreamInfo>, Damage> {
+        match self {
+            Index::Disk(f) if row != NO_ROW => match f.stream_at(row, name)? {
+                Some(i) => Ok(Some(i)),
+                None => f.find_stream(name),
+            },
+            _ => self.find_stream(name),
+        }
+    }
+
+    /// Entry `i` of stream `name` described by `s`.
+    pub(crate) fn stream_entry(&self, name: &str, s: &StreamInfo, i: u32) -> Result<Option<(u64, u64)>, Damage> {
+        match self {
+            Index::Disk(f) => {
+                if i < s.entry_count {
+                    f.stream_entry(s, i).map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+            Index::Mem(m) => Ok(lock_read(m)
+                .streams
+                .get(name)
+                .and_then(|st| st.entries.get(i as usize).copied())),
+        }
+    }
+
+    /// Number of entries of a category or type, and a handle to read them.
+    pub(crate) fn find_named(&self, kind: Named, name: &str) -> Result<Option<(u32, u32)>, Damage> {
+        match self {
+            Index::Disk(f) => f.find_named(kind, name),
+            Index::Mem(m) => {
+                let g = lock_read(m);
+                let map = match kind {
+                    Named::Category => &g.categories,
+                    Named::Type => &g.types,
+                };
+                Ok(map.get(name).map(|v| (0, v.len() as u32)))
+            }
+        }
+    }
+
+    /// Entry `start + i` of a category or type.
+    pub(crate) fn named_entry(&self, kind: Named, name: &str, start: u32, i: u32) -> Result<Option<u64>, Damage> {
+        match self {
+            Index::Disk(f) => f.named_entry(kind, start + i).map(Some),
+            Index::Mem(m) => {
+                let g = lock_read(m);
+                let map = match kind {
+                    Named::Category => &g.categories,
+                    Named::Type => &g.types,
+                };
+                Ok(map.get(name).and_then(|v| v.get(i as usize).copied()))
+            }
+        }
+    }
+
+    /// Number of batches.
+    pub(crate) fn frame_count(&self) -> u32 {
+        match self {
+            Index::Disk(f) => f.frame_count(),
+            Index::Mem(m) => lock_read(m).frames.len() as u32,
+        }
+    }
+
+    /// Batch `i`: `(first_position, frame_offset)`.
+    pub(crate) fn frame(&self, i: u32) -> Result<Option<(u64, u64)>, Damage> {
+        match self {
+            Index::Disk(f) => {
+                if i < f.frame_count() {
+                    f.frame(i).map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+            Index::Mem(m) => Ok(lock_read(m).frames.get(i as usize).copied()),
+        }
+    }
+}
