@@ -20,7 +20,7 @@
 //! | `head` | 5.2 | [`HeadSlot`], [`decode_head`] |
 //! | `index_file` | 17 | [`IdxHeader`], [`IdxStreamRow`], [`IdxNamedRow`] |
 //! | `stream_table` | 18 | [`StbHeader`], [`StbRow`] |
-//! | `block` | 17.4 | [`BlockFooter`] |
+//! | `blockfile` | 16 | [`BlockFooter`] |
 //! | `snapshot` | 20.2 | [`SnapshotHeader`] |
 //! | `frame` | 3.3, 3.4, 6 | frame validation, [`frame::FrameCursor`], the segment walk |
 //! | `record` | 3.2 | encoding and parsing records |
@@ -34,7 +34,6 @@ pub(crate) mod hash;
 pub(crate) mod names;
 pub(crate) mod record;
 
-mod block;
 mod checkpoint;
 mod frame_header;
 mod head;
@@ -44,7 +43,7 @@ mod segment;
 pub(crate) mod snapshot;
 mod stream_table;
 
-pub use block::*;
+pub(crate) use blockfile::BlockFooter;
 pub use checkpoint::*;
 pub use frame_header::*;
 pub use head::*;
@@ -171,12 +170,6 @@ mod tests {
         assert_eq!(CHECKPOINT_FRAME_SIGNATURE_OFFSET, 104);
         assert_eq!(CHECKPOINT_FRAME_BODY_CRC_OFFSET, 168);
         assert_eq!(CHECKPOINT_FRAME_RESERVED_OFFSET, 172);
-
-        assert_eq!(BLOCK_FOOTER_TABLE_OFFSET_OFFSET, 0);
-        assert_eq!(BLOCK_FOOTER_BLOCK_COUNT_OFFSET, 8);
-        assert_eq!(BLOCK_FOOTER_TABLE_CRC_OFFSET, 16);
-        assert_eq!(BLOCK_FOOTER_CRC_OFFSET, 20);
-        assert_eq!(BLOCK_FOOTER_MAGIC_OFFSET, 24);
 
         assert_eq!(offset_of!(SnapshotHeader, stream_len), 12);
         assert_eq!(offset_of!(SnapshotHeader, crc), 60);

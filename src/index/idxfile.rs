@@ -56,6 +56,13 @@ impl IdxFile {
 impl<B: AsRef<[u8]>> IdxFile<B> {
     /// Decode the index file `bytes` (the whole file) of the sealed segment
     /// `segment` based at `base`: its footer and block table, then its header.
+    #[cfg_attr(
+        not(any(test, feature = "fuzzing")),
+        allow(
+            dead_code,
+            reason = "the decoder over plain bytes: fuzz targets and tests feed it directly"
+        )
+    )]
     pub(crate) fn from_bytes(bytes: B, base: u64, segment: &[u8]) -> Result<IdxFile<B>, Damage> {
         let seal_crc = seal_crc(segment)?;
         IdxFile::from_bytes_with(bytes, base, segment.len() as u64, seal_crc)
@@ -63,6 +70,13 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
 
     /// Decode the index file `bytes` of the segment with the given base,
     /// length and seal CRC (without the segment's bytes).
+    #[cfg_attr(
+        not(any(test, feature = "fuzzing")),
+        allow(
+            dead_code,
+            reason = "the decoder over plain bytes: fuzz targets and tests feed it directly"
+        )
+    )]
     pub(crate) fn from_bytes_with(bytes: B, base: u64, segment_len: u64, seal_crc: u32) -> Result<IdxFile<B>, Damage> {
         IdxFile::open(BlockFile::from_bytes(bytes, IDX_MAGIC)?, base, segment_len, seal_crc)
     }

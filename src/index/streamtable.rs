@@ -63,6 +63,13 @@ impl StreamTable {
 impl<B: AsRef<[u8]>> StreamTable<B> {
     /// Decode the stream table `bytes` (the whole file): its footer and block
     /// table, then its header (spec 18).
+    #[cfg_attr(
+        not(any(test, feature = "fuzzing")),
+        allow(
+            dead_code,
+            reason = "the decoder over plain bytes: fuzz targets and tests feed it directly"
+        )
+    )]
     pub(crate) fn from_bytes(bytes: B) -> Result<StreamTable<B>, Damage> {
         StreamTable::from_block_file(BlockFile::from_bytes(bytes, STB_MAGIC)?)
     }
