@@ -115,7 +115,10 @@ pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, 
     Ok((
         ViewSegment {
             base,
-            map: Arc::new(Mapping::lazy(path.clone(), len)),
+            // SAFETY: a sealed segment (its seal was just checked) is never
+            // written again by annal (mmap module, case 1); the lazy mapping
+            // also requires the file to still be `len` bytes long.
+            map: Arc::new(unsafe { Mapping::lazy(path.clone(), len) }),
             path: Arc::new(path),
             index: Arc::new(IndexCell::new(base, Some(idx_path), None)),
         },

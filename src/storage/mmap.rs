@@ -91,9 +91,15 @@ fn mmap(file: &File, len: u64, path: &Path) -> Result<Option<Mmap>> {
 }
 
 impl Mapping {
-    /// Map `[0, len)` of `file` now. The caller guarantees the conditions of
-    /// the module documentation for that range.
-    pub(crate) fn map(file: &File, len: u64, path: &Path) -> Result<Mapping> {
+    /// Map `[0, len)` of `file` now.
+    ///
+    /// # Safety
+    ///
+    /// No byte of `[0, len)` of the file may change, and the file may not be
+    /// cut below `len`, while the mapping (or any slice borrowed from it)
+    /// lives: one of the cases of the module documentation must hold for the
+    /// range, and the caller says which in a `// SAFETY:` comment.
+    pub(crate) unsafe fn map(file: &File, len: u64, path: &Path) -> Result<Mapping> {
         let m = mmap(file, len, path)?;
         Ok(Mapping {
             map: OnceLock::from(m),
@@ -108,7 +114,13 @@ impl Mapping {
     /// file is then opened again (never through a symlink, only a regular
     /// file) and must still be `len` bytes long. For sealed segments, which
     /// annal never modifies (case 1 of the module documentation).
-    pub(crate) fn lazy(path: PathBuf, len: u64) -> Mapping {
+    ///
+    /// # Safety
+    ///
+    /// As for [`Mapping::map`]: the file at `path` is one annal never
+    /// modifies again (a sealed segment), and the caller says so in a
+    /// `// SAFETY:` comment.
+    pub(crate) unsafe fn lazy(path: PathBuf, len: u64) -> Mapping {
         Mapping {
             map: OnceLock::new(),
             init: Mutex::new(()),
@@ -176,6 +188,11 @@ impl Mapping {
     /// never changes again (a sealed segment): the lazy mapping requires the
     /// file to still be `len` bytes long.
     pub(crate) fn fresh(&self) -> Option<Mapping> {
-        self.source.as_ref().map(|p| Mapping::lazy(p.clone(), self.len))
+        // SAFETY: the same range of the same file as `self`, which was made
+        // under the same guarantee (`map` or `lazy`); a file whose length
+        // changed is refused when the lazy mapping is made.
+        self.source
+            .as_ref()
+            .map(|p| unsafe { Mapping::lazy(p.clone(), self.len) })
     }
 }

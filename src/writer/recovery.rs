@@ -365,10 +365,10 @@ impl Opening<'_> {
         let path = self.dir.join(segment_file_name(last));
         let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
-        // Mapped, not copied: we hold the writer lock, so no annal process changes
-        // the file while this mapping lives (see `mmap`, case 5). It is dropped
-        // before recovery truncates the file.
-        let map = Mapping::map(&file, file_len, &path)?;
+        // SAFETY: mapped, not copied: we hold the writer lock, so no annal
+        // process changes the file while this mapping lives, and it is dropped
+        // before recovery truncates the file (mmap module, case 5).
+        let map = unsafe { Mapping::map(&file, file_len, &path) }?;
         if !sealed.is_empty() && last != next {
             return Err(corrupt(
                 &path,

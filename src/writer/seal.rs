@@ -99,7 +99,9 @@ impl Inner {
         let read_file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
         let sealed_seg = {
             let mut p = lock(&self.published);
-            let map = Mapping::map(&p.active_file, sealed_len, &p.active_path)?;
+            // SAFETY: the segment was just sealed and fsynced: annal never
+            // writes it again (mmap module, case 1).
+            let map = unsafe { Mapping::map(&p.active_file, sealed_len, &p.active_path) }?;
             let idx_path = self.dir.join(index_file_name(p.active_base));
             let seg = ViewSegment {
                 base: p.active_base,

@@ -231,7 +231,10 @@ impl Inner {
         let map = match &p.map {
             Some(m) if m.bytes().len() as u64 == p.visible_end => m.clone(),
             _ => {
-                let m = Arc::new(Mapping::map(&p.active_file, p.visible_end, &p.active_path)?);
+                // SAFETY: `[0, visible_end)` holds complete batches this writer
+                // wrote and never rewrites; it truncates only past them
+                // (mmap module, case 2).
+                let m = Arc::new(unsafe { Mapping::map(&p.active_file, p.visible_end, &p.active_path) }?);
                 p.map = Some(m.clone());
                 m
             }
