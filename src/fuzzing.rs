@@ -120,12 +120,10 @@ pub fn fix_head_crcs(bytes: &mut [u8]) {
 /// Recompute a snapshot file's CRC (spec 20.2: every byte but the CRC field
 /// at 60..64 of the 64-byte header).
 pub fn fix_snapshot_crc(bytes: &mut [u8]) {
-    if bytes.len() >= 64 {
-        let mut h = crc32fast::Hasher::new();
-        h.update(&bytes[..60]);
-        h.update(&bytes[64..]);
-        let c = h.finalize();
-        bytes[60..64].copy_from_slice(&c.to_le_bytes());
+    use crate::format::{SNAPSHOT_CRC_OFFSET, SNAPSHOT_HEADER_LEN};
+    if bytes.len() >= SNAPSHOT_HEADER_LEN {
+        let c = crate::format::snapshot::file_crc(bytes);
+        bytes[SNAPSHOT_CRC_OFFSET..SNAPSHOT_CRC_OFFSET + 4].copy_from_slice(&c.to_le_bytes());
     }
 }
 

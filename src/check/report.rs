@@ -20,7 +20,7 @@ use crate::audit::chain::{Anchor, ChainKey, PublicKey};
 use crate::error::{Damage, DamageKind};
 use crate::format::CHECKPOINT_FRAME_LEN;
 #[cfg(doc)]
-use crate::{error::Error, log::Options};
+use crate::{error::Error, writer::Options};
 
 /// A progress callback: `(bytes checked so far, bytes to check in all)`.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;

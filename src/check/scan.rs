@@ -286,7 +286,7 @@ impl<'o> Sequence<'o> {
             if s.first_version != want && (i == 0 || self.chain_ok) && self.damaged.is_none() {
                 report.problems.push(finding(
                     &o.path,
-                    s.first_offset + FRAME_HEADER_LEN as u64 + 16,
+                    s.first_offset + (FRAME_HEADER_LEN + crate::format::RECORD_STREAM_VERSION_OFFSET) as u64,
                     format!(
                         "expected stream {name:?} to continue at version {want}, found version {}",
                         s.first_version
@@ -310,7 +310,10 @@ impl<'o> Sequence<'o> {
                 if *prev != want {
                     report.problems.push(finding(
                         &idx_path,
-                        (IDX_HEADER_LEN + *row as usize * IDX_STREAM_ROW_LEN + 40) as u64,
+                        (IDX_HEADER_LEN
+                            + *row as usize * IDX_STREAM_ROW_LEN
+                            + std::mem::offset_of!(crate::format::IdxStreamRow, prev_segment))
+                            as u64,
                         format!(
                             "expected stream {name:?} (row {row}) to point back to {}, found {}",
                             prev_text(want),

@@ -495,7 +495,7 @@ fn track_versions(
             if s.last_version.checked_add(1) != Some(v) {
                 version_problems.push(finding(
                     path,
-                    off + FRAME_HEADER_LEN as u64 + 16,
+                    off + (FRAME_HEADER_LEN + crate::format::RECORD_STREAM_VERSION_OFFSET) as u64,
                     format!(
                         "expected stream {:?} to continue at version {}, found version {v}",
                         r.stream(),

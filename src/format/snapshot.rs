@@ -67,8 +67,8 @@ pub(crate) const SNAPSHOT_EXT: &str = ".snap";
 /// `bytes` is at least [`SNAPSHOT_HEADER_LEN`] long.
 pub(crate) fn file_crc(bytes: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&bytes[..SNAPSHOT_CRC_OFFSET]);
-    h.update(&bytes[SNAPSHOT_HEADER_LEN..]);
+    h.update(bytes.get(..SNAPSHOT_CRC_OFFSET).unwrap_or_default());
+    h.update(bytes.get(SNAPSHOT_HEADER_LEN..).unwrap_or_default());
     h.finalize()
 }
 
@@ -170,8 +170,10 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Snapshot, Damage> {
         }
     }
     // check_header proved 64 + stream_len + payload_len == bytes.len().
-    let body = &bytes[SNAPSHOT_HEADER_LEN..];
-    let (stream, payload) = body.split_at(h.stream_len.get() as usize);
+    let body = bytes.get(SNAPSHOT_HEADER_LEN..).unwrap_or_default();
+    let (stream, payload) = body
+        .split_at_checked(h.stream_len.get() as usize)
+        .unwrap_or((body, &[]));
     if stream.is_empty() {
         return Err(Damage::corrupt(
             SNAPSHOT_LENGTH_OFFSET,
