@@ -160,10 +160,11 @@ impl IndexCell {
     }
 
     /// Replace a disk index found damaged while in use by one rebuilt from
-    /// `segment`.
-    pub(crate) fn damaged(&self, segment: &[u8], d: Damage) -> Result<Index, Error> {
+    /// `segment` (the file `segment_path`, named in errors: an in-memory
+    /// index has no file to rebuild, so its damage is the error).
+    pub(crate) fn damaged(&self, segment_path: &std::path::Path, segment: &[u8], d: Damage) -> Result<Index, Error> {
         let Some(p) = self.path.clone() else {
-            return Err(d.at(self.segment_path()));
+            return Err(d.at(segment_path));
         };
         let idx = self.rebuilt(&p, segment, Some(d))?;
         *lock_write(&self.state) = Some(idx.clone());

@@ -59,7 +59,7 @@ impl ViewSegment {
         if d.is_io() {
             return Err(d.at(self.path.with_file_name(index_file_name(self.base))));
         }
-        let idx = self.index.damaged(self.bytes()?, d)?;
+        let idx = self.index.damaged(&self.path, self.bytes()?, d)?;
         let t = f(&idx).map_err(|d| d.at(&*self.path))?;
         Ok((idx, t))
     }

@@ -71,7 +71,7 @@ impl Inner {
                 i.last_version
             );
             self.warn(format!("{}: {detail}; the index is rebuilt", seg.path.display()));
-            let idx = seg.index.damaged(seg.bytes()?, Damage::corrupt(0, detail))?;
+            let idx = seg.index.damaged(&seg.path, seg.bytes()?, Damage::corrupt(0, detail))?;
             if let Some(i) = idx.find_stream(stream).map_err(|d| d.at(&*seg.path))? {
                 return Ok(Some(i.last_version));
             }
