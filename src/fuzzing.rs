@@ -77,7 +77,7 @@ pub fn fix_segment_crcs(bytes: &mut [u8]) {
 /// Recompute a block file's block CRC table, table CRC and footer CRC
 /// (spec 17), where its footer's `table_offset` fits the file.
 pub fn fix_blockfile(bytes: &mut [u8]) {
-    use crate::index::blockfile::{BLOCK, FOOTER_LEN};
+    use crate::format::blockfile::{BLOCK, FOOTER_LEN};
     let Some(foot) = bytes.len().checked_sub(FOOTER_LEN) else {
         return;
     };

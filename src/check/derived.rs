@@ -49,7 +49,7 @@ pub(super) fn first_difference(expected: &[u8], found: &[u8], stream_rows: usize
     let back_pointer = |i: usize| rows.contains(&i) && (40..52).contains(&((i - IDX_HEADER_LEN) % IDX_STREAM_ROW_LEN));
     let checked = expected
         .len()
-        .checked_sub(crate::index::blockfile::FOOTER_LEN)
+        .checked_sub(crate::format::blockfile::FOOTER_LEN)
         .and_then(|f| u64_at(expected, f))
         .and_then(|t| usize::try_from(t).ok())
         .unwrap_or(0)
@@ -112,7 +112,7 @@ pub(super) fn compare_derived(
     } else {
         format!(
             "block {} (a row of {row_len} bytes at most starts near byte {})",
-            at / crate::index::blockfile::BLOCK,
+            at / crate::format::blockfile::BLOCK,
             at - (at - header_len) % row_len
         )
     };
@@ -128,5 +128,5 @@ pub(super) fn compare_derived(
 
 /// The length of a block file's footer.
 const fn blockfile_footer() -> usize {
-    crate::index::blockfile::FOOTER_LEN
+    crate::format::blockfile::FOOTER_LEN
 }

@@ -23,8 +23,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::Damage;
 use crate::format::ALIGN;
-pub use crate::format::blockfile::{BLOCK, FOOTER_LEN};
-use crate::format::blockfile::{BLOCK_CRC_LEN, BlockFooter, FOOTER_CRC_OFFSET, FOOTER_MAGIC_OFFSET};
+use crate::format::blockfile::{BLOCK, BLOCK_CRC_LEN, BlockFooter, FOOTER_CRC_OFFSET, FOOTER_LEN, FOOTER_MAGIC_OFFSET};
 use crate::storage::mmap::Mapping;
 
 /// Append the block CRC table and the footer to `body` (whose length must be a

@@ -417,7 +417,7 @@ mod tests {
         };
         let name: &[u8] = b"order-1";
         let good = encode([(stream_hash(name), name, entry)].into_iter(), 100, u64::MAX);
-        let body_len = good.len() - blockfile::FOOTER_LEN - 4;
+        let body_len = good.len() - crate::format::blockfile::FOOTER_LEN - 4;
         let mut body = good[..body_len].to_vec();
         let t = open_body(body.clone()).unwrap().unwrap();
         assert_eq!(t.lookup("order-1").unwrap(), Some(entry));
@@ -438,7 +438,7 @@ mod tests {
         };
         let name: &[u8] = b"order-1";
         let t = encode([(stream_hash(name), name, entry)].into_iter(), 100, u64::MAX);
-        t[..t.len() - blockfile::FOOTER_LEN - 4].to_vec()
+        t[..t.len() - crate::format::blockfile::FOOTER_LEN - 4].to_vec()
     }
 
     /// Issue 13 defect 21 at the parser: a row claiming a version (or a

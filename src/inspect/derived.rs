@@ -8,8 +8,8 @@ use zerocopy::IntoBytes;
 
 use super::{crc, field, struct_at, u32_at};
 use crate::es::snapshot::{SNAPSHOT_HEADER_LEN, SnapshotHeader};
+use crate::format::blockfile::{BLOCK, FOOTER_LEN};
 use crate::format::{IDX_HEADER_LEN, IdxHeader, STB_HEADER_LEN, STB_ROW_LEN, StbHeader, StbRow};
-use crate::index::blockfile::{BLOCK, FOOTER_LEN};
 
 // The footer of derived files (spec 16) has no struct in `crate::format`
 // yet. Until it does, its table is written here, once, and every offset of it
