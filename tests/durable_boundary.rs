@@ -61,6 +61,30 @@ fn expect_corrupt(dir: &Path, file: &str, range: std::ops::Range<u64>, label: &s
     assert!(snapshot(dir) == before, "{label}: a failed open modified the log");
 }
 
+/// With the index checkpoint of the active segment in place, the damaged
+/// batch is not read on open: the writer opens, removes nothing, and a
+/// replay reports `Error::Corrupt` in `file` at an offset in `range`.
+fn expect_opens_then_reads_report(dir: &Path, file: &str, range: std::ops::Range<u64>, label: &str) {
+    let before = snapshot(dir);
+    let log = Log::open(dir, opts()).unwrap_or_else(|e| panic!("{label}: open: {e}"));
+    assert!(log.recovery().truncated.is_none(), "{label}");
+    let view = log.view().expect("view");
+    match read_until_err(&view, 0).1 {
+        Some(Error::Corrupt { path, offset, detail }) => {
+            assert_eq!(path, dir.join(file), "{label}: {detail}");
+            assert!(
+                range.contains(&offset),
+                "{label}: offset {offset} not in {range:?}: {detail}"
+            );
+        }
+        other => panic!("{label}: expected Error::Corrupt from the replay, got {other:?}"),
+    }
+    drop(view);
+    log.close().expect("close");
+    let after = snapshot(dir);
+    assert!(after.get(file) == before.get(file), "{label}: the segment was modified");
+}
+
 /// A reader reports the damage too, after returning only undamaged records.
 fn expect_reader_reports(dir: &Path, original: &[Rec], label: &str) {
     let mut reader = annal::Reader::open(dir).unwrap_or_else(|e| panic!("{label}: reader open: {e}"));
@@ -78,7 +102,11 @@ fn expect_reader_reports(dir: &Path, original: &[Rec], label: &str) {
 }
 
 /// (a) A cleanly closed log: its boundary is its end, so a flipped bit in the
-/// first batch of the active segment is corruption, never a cut.
+/// first batch of the active segment is corruption, never a cut. Recovery
+/// walks the segment only where no index checkpoint covers it (spec 17.5):
+/// with the checkpoints removed it walks it all and refuses to open; with
+/// them, it opens without reading the batch, changes nothing, and every read
+/// of the batch reports the damage.
 #[test]
 fn bitflip_in_first_active_batch_of_a_cleanly_closed_log_is_corruption() {
     let src = common::scratch();
@@ -107,6 +135,10 @@ fn bitflip_in_first_active_batch_of_a_cleanly_closed_log_is_corruption() {
         let copy = fresh_copy(src.path());
         let label = format!("clean log, bit {} of byte {off} of {active}", off % 8);
         common::edit(&copy.path().join(&active), |b| b[off as usize] ^= 1 << (off % 8));
+        if off % 16 == 0 {
+            expect_opens_then_reads_report(copy.path(), &active, range.clone(), &label);
+        }
+        assert_eq!(common::remove_checkpoints(copy.path()), 1, "{label}");
         expect_corrupt(copy.path(), &active, range.clone(), &label);
         expect_reader_reports(copy.path(), &original, &label);
         cases += 1;

@@ -448,6 +448,15 @@ fn stream_names_never_reach_a_path() {
             && &s[16..17] == "-"
             && s[17..37].bytes().all(|b| b.is_ascii_digit())
     };
+    let ckpt = |s: &str| {
+        s.strip_suffix(".ckpt").is_some_and(|n| {
+            let parts: Vec<&str> = n.split('-').collect();
+            parts.len() == 3
+                && parts
+                    .iter()
+                    .all(|p| p.len() == 20 && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
     let mut snaps = 0;
     for (rel, (is_dir, is_link, _)) in tree(&dir) {
         assert!(!is_link, "{rel}");
@@ -459,6 +468,7 @@ fn stream_names_never_reach_a_path() {
                     || (rel == "snapshots" && is_dir)
                     || seg(&rel, ".seg")
                     || seg(&rel, ".idx")
+                    || ckpt(&rel)
             }
             Some(("snapshots", f)) => {
                 snaps += 1;

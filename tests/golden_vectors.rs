@@ -1143,7 +1143,11 @@ fn check_writer_produces_simple(fmt: Format, name: &str) {
         j.writer.clock_readings.len(),
         "clock readings taken by the writer"
     );
-    assert_eq!(file_names(&dir), names(&[SEGMENT_FILE, HEAD_FILE, LOCK_FILE]));
+    let ckpt = golden::checkpoint_name(&dir, 0);
+    assert_eq!(
+        file_names(&dir),
+        names(&[SEGMENT_FILE, HEAD_FILE, LOCK_FILE, ckpt.as_str()])
+    );
     assert_eq!(fs::read(dir.join(LOCK_FILE)).expect("read lock").len(), 0);
     let want = dir_of(&fmt).join(name);
     let label = format!("v{}/{name}", fmt.version);

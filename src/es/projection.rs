@@ -450,6 +450,12 @@ fn visible_stream_names(seg: &ViewSegment, names: &mut Vec<String>) -> Result<()
             );
         }
         Index::Disk(_) => names.extend(seg.stream_rows(&idx)?.into_iter().map(|(n, _, _)| n.into_string())),
+        Index::Layered(l) => names.extend(
+            l.names_below(bytes.len() as u64)
+                .map_err(|d| d.at(&*seg.path))?
+                .into_iter()
+                .map(String::from),
+        ),
     }
     Ok(())
 }

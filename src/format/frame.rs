@@ -387,8 +387,8 @@ pub(crate) fn walk_segment_records<'a>(
     verify_crc: bool,
     sink: &mut impl RecordSink<'a>,
 ) -> Walk {
-    let mut cursor = FrameCursor::segment(file, header, verify_crc);
-    let mut w = Walk {
+    let cursor = FrameCursor::segment(file, header, verify_crc);
+    let w = Walk {
         end: cursor.offset(),
         next_position: cursor.next_position(),
         last_timestamp: header.prev_timestamp.get(),
@@ -397,6 +397,25 @@ pub(crate) fn walk_segment_records<'a>(
         sealed: false,
         stop: None,
     };
+    walk_records(cursor, w, sink)
+}
+
+/// [`walk_segment_records`] from the middle of a segment: `rest` holds the
+/// segment's bytes from file offset `start`, just past a complete batch
+/// whose end state `after` gives (its `end` must be `start`: the position,
+/// last timestamp, chain slot and `durable_end` after it).
+pub(crate) fn walk_segment_records_from<'a>(
+    rest: &'a [u8],
+    after: Walk,
+    verify_crc: bool,
+    sink: &mut impl RecordSink<'a>,
+) -> Walk {
+    let cursor =
+        FrameCursor::new(rest, after.end, after.next_position, verify_crc).with_timestamps(after.last_timestamp);
+    walk_records(cursor, after, sink)
+}
+
+fn walk_records<'a>(mut cursor: FrameCursor<'a>, mut w: Walk, sink: &mut impl RecordSink<'a>) -> Walk {
     loop {
         let off = cursor.offset();
         let step = cursor.step_each(|at, rec| sink.record(off, off + at as u64, &rec));

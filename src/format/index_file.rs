@@ -26,7 +26,13 @@ pub(crate) struct IdxHeader {
     pub frame_count: U32,
     pub names_len: U32,
     pub seal_crc: U32,
-    pub reserved1: [u8; 52],
+    /// Checkpoint files only (flag [`IDX_FLAG_CHECKPOINT`]): the first
+    /// segment offset covered; zero in a sealed segment's index.
+    pub covered_from: U64,
+    /// Checkpoint files only: the offset of the last frame covered (which
+    /// ends at `segment_len`); zero in a sealed segment's index.
+    pub last_frame: U64,
+    pub reserved1: [u8; 36],
 }
 
 /// Stream row of a segment index (spec 17.2).
@@ -63,6 +69,9 @@ pub(crate) struct IdxNamedRow {
 pub const IDX_MAGIC: [u8; 8] = *b"ANNALIDX";
 /// Version of the index file layout.
 pub const INDEX_VERSION: u16 = 1;
+/// Index header flag: the file is an index checkpoint of a range of the
+/// active segment (spec 17.5), not the index of a sealed segment.
+pub const IDX_FLAG_CHECKPOINT: u16 = 1;
 /// Bytes of an index header.
 pub const IDX_HEADER_LEN: usize = size_of::<IdxHeader>();
 /// Bytes of an index stream row.

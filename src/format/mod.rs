@@ -152,7 +152,9 @@ mod tests {
         assert_eq!(offset_of!(IdxHeader, frame_count), 64);
         assert_eq!(offset_of!(IdxHeader, names_len), 68);
         assert_eq!(offset_of!(IdxHeader, seal_crc), 72);
-        assert_eq!(offset_of!(IdxHeader, reserved1), 76);
+        assert_eq!(offset_of!(IdxHeader, covered_from), 76);
+        assert_eq!(offset_of!(IdxHeader, last_frame), 84);
+        assert_eq!(offset_of!(IdxHeader, reserved1), 92);
         assert_eq!(offset_of!(IdxStreamRow, first_version), 16);
         assert_eq!(offset_of!(IdxStreamRow, entry_start), 32);
         assert_eq!(offset_of!(IdxStreamRow, prev_segment), 40);

@@ -25,6 +25,33 @@ pub(crate) fn index_file_name(base: u64) -> String {
     format!("{base:020}.idx")
 }
 
+/// Suffix of index checkpoint file names (spec 17.5).
+pub const CHECKPOINT_SUFFIX: &str = ".ckpt";
+
+/// The file name of the index checkpoint of bytes `[from, to)` of the
+/// active segment based at `base` (spec 17.5).
+pub(crate) fn checkpoint_file_name(base: u64, from: u64, to: u64) -> String {
+    format!("{base:020}-{from:020}-{to:020}{CHECKPOINT_SUFFIX}")
+}
+
+/// `(base, from, to)` named by an index checkpoint file name, if it is one.
+pub(crate) fn parse_checkpoint_file_name(name: &str) -> Option<(u64, u64, u64)> {
+    let rest = name.strip_suffix(CHECKPOINT_SUFFIX)?;
+    let mut parts = rest.split('-');
+    let mut next = || -> Option<u64> {
+        let d = parts.next()?;
+        if d.len() != 20 || !d.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        d.parse().ok()
+    };
+    let (base, from, to) = (next()?, next()?, next()?);
+    if parts.next().is_some() || from >= to {
+        return None;
+    }
+    Some((base, from, to))
+}
+
 /// File name of the head file.
 pub const HEAD_FILE: &str = "annal.head";
 
@@ -50,5 +77,20 @@ mod tests {
         assert_eq!(parse_segment_file_name("0000000000000008192x.seg"), None);
         assert_eq!(parse_segment_file_name("00000000000000081920.idx"), None);
         assert_eq!(parse_segment_file_name("99999999999999999999.seg"), None);
+        let c = checkpoint_file_name(4096, 128, 65536);
+        assert_eq!(c, "00000000000000004096-00000000000000000128-00000000000000065536.ckpt");
+        assert_eq!(parse_checkpoint_file_name(&c), Some((4096, 128, 65536)));
+        assert_eq!(
+            parse_checkpoint_file_name("00000000000000004096-00000000000000000128.ckpt"),
+            None
+        );
+        assert_eq!(
+            parse_checkpoint_file_name("00000000000000004096-00000000000000065536-00000000000000000128.ckpt"),
+            None
+        );
+        assert_eq!(
+            parse_checkpoint_file_name("00000000000000004096-00000000000000000128-00000000000000065536-1.ckpt"),
+            None
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::error::{Damage, Error};
-use crate::index::{IdxFile, MemIndex, NO_ROW, Named, StreamInfo};
+use crate::index::{IdxFile, Layered, MemIndex, NO_ROW, Named, StreamInfo};
 
 fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
@@ -28,6 +28,8 @@ fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 pub(crate) enum Index {
     Mem(Arc<RwLock<MemIndex>>),
     Disk(Arc<IdxFile>),
+    /// An active segment's index checkpoints and in-memory tail (spec 17.5).
+    Layered(Arc<Layered>),
 }
 
 /// The index of one segment, shared by every view of it.
@@ -164,6 +166,22 @@ impl IndexCell {
     /// index has no file to rebuild, so its damage is the error).
     pub(crate) fn damaged(&self, segment_path: &std::path::Path, segment: &[u8], d: Damage) -> Result<Index, Error> {
         let Some(p) = self.path.clone() else {
+            // The active segment: damage of its index checkpoints (spec
+            // 17.5) replaces them by an index rebuilt from the bytes they
+            // cover; an index built from the segment itself cannot be wrong.
+            if let Some(Index::Layered(l)) = self.current()
+                && l.base_on_disk()
+            {
+                let covered = segment.get(..l.base_end as usize).unwrap_or(segment);
+                let rebuilt = MemIndex::rebuild(covered).map_err(|e| e.at(segment_path))?;
+                l.replace_base(rebuilt);
+                let file = l.files.last().cloned().unwrap_or_else(|| segment_path.to_owned());
+                *self.damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.at(file));
+                if let Some(n) = self.notify.get() {
+                    n.fetch_add(1, Ordering::AcqRel);
+                }
+                return Ok(Index::Layered(l));
+            }
             return Err(d.at(segment_path));
         };
         let idx = self.rebuilt(&p, segment, Some(d))?;
@@ -202,6 +220,16 @@ impl IndexCell {
 }
 
 impl Index {
+    /// Whether damage found in this index is damage of files (which a
+    /// rebuild from the segment replaces), not of the segment.
+    pub(crate) fn from_files(&self) -> bool {
+        match self {
+            Index::Disk(_) => true,
+            Index::Mem(_) => false,
+            Index::Layered(l) => l.base_on_disk(),
+        }
+    }
+
     /// Find a stream in this segment.
     pub(crate) fn find_stream(&self, name: &str) -> Result<Option<StreamInfo>, Damage> {
         match self {
@@ -214,6 +242,7 @@ impl Index {
                 entry_count: s.entries.len() as u32,
                 prev: None,
             })),
+            Index::Layered(l) => l.find_stream(name),
         }
     }
 
@@ -242,6 +271,7 @@ impl Index {
                 .streams
                 .get(name)
                 .and_then(|st| st.entries.get(i as usize).copied())),
+            Index::Layered(l) => l.stream_entry(name, i),
         }
     }
 
@@ -257,6 +287,7 @@ impl Index {
                 };
                 Ok(map.get(name).map(|v| (0, v.len() as u32)))
             }
+            Index::Layered(l) => l.find_named(kind, name),
         }
     }
 
@@ -272,6 +303,7 @@ impl Index {
                 };
                 Ok(map.get(name).and_then(|v| v.get(i as usize).copied()))
             }
+            Index::Layered(l) => l.named_entry(kind, name, start + i),
         }
     }
 
@@ -280,6 +312,7 @@ impl Index {
         match self {
             Index::Disk(f) => f.frame_count(),
             Index::Mem(m) => lock_read(m).frames.len() as u32,
+            Index::Layered(l) => l.frame_count(),
         }
     }
 
@@ -294,6 +327,7 @@ impl Index {
                 }
             }
             Index::Mem(m) => Ok(lock_read(m).frames.get(i as usize).copied()),
+            Index::Layered(l) => l.frame(i),
         }
     }
 }

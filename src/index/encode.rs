@@ -10,11 +10,22 @@ use zerocopy::little_endian::{U16, U32, U64};
 
 use crate::format::hash::stream_hash;
 use crate::format::{
-    ALIGN, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN, INDEX_VERSION, IdxHeader, IdxNamedRow,
-    IdxStreamRow,
+    ALIGN, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN, INDEX_VERSION,
+    IdxHeader, IdxNamedRow, IdxStreamRow,
 };
 use crate::index::blockfile;
 use crate::index::{MemIndex, MemStream, NamedLists, Prev, StreamRowSummary};
+
+/// What an index file describes (its header's identity fields).
+struct Identity {
+    segment_base: u64,
+    /// A sealed segment's length, or a checkpoint's covered end.
+    segment_len: u64,
+    /// The seal's header CRC, or a checkpoint's last frame's.
+    seal_crc: u32,
+    /// A checkpoint: `(covered_from, last_frame)`.
+    checkpoint: Option<(u64, u64)>,
+}
 
 /// The name area being built: names in the order rows are written.
 #[derive(Default)]
@@ -124,6 +135,42 @@ impl MemIndex {
         hash_mask: u64,
         resolve: &mut dyn FnMut(&str) -> Prev,
     ) -> (Vec<u8>, Vec<StreamRowSummary>) {
+        let id = Identity {
+            segment_base,
+            segment_len,
+            seal_crc,
+            checkpoint: None,
+        };
+        self.encode_as(&id, hash_mask, resolve)
+    }
+
+    /// Encode as an index checkpoint (spec 17.5) of bytes `[from, to)` of the
+    /// active segment based at `segment_base`, whose last frame starts at
+    /// `last_frame` and has the header CRC `frame_crc`. The index must hold
+    /// exactly the batches of that range; back pointers are `NONE`.
+    pub(crate) fn encode_checkpoint(
+        &self,
+        segment_base: u64,
+        (from, to): (u64, u64),
+        last_frame: u64,
+        frame_crc: u32,
+        hash_mask: u64,
+    ) -> Vec<u8> {
+        let id = Identity {
+            segment_base,
+            segment_len: to,
+            seal_crc: frame_crc,
+            checkpoint: Some((from, last_frame)),
+        };
+        self.encode_as(&id, hash_mask, &mut |_| Prev::NONE).0
+    }
+
+    fn encode_as(
+        &self,
+        id: &Identity,
+        hash_mask: u64,
+        resolve: &mut dyn FnMut(&str) -> Prev,
+    ) -> (Vec<u8>, Vec<StreamRowSummary>) {
         let h = |name: &str| stream_hash(name.as_bytes()) & hash_mask;
         let streams = sorted_by_hash(self.streams.iter().map(|(k, v)| (&**k, v)), &h);
         let (cats, types) = (sorted_named(&self.categories, &h), sorted_named(&self.types, &h));
@@ -136,10 +183,14 @@ impl MemIndex {
         let header = IdxHeader {
             magic: IDX_MAGIC,
             index_version: U16::new(INDEX_VERSION),
-            flags: U16::ZERO,
+            flags: U16::new(if id.checkpoint.is_some() {
+                IDX_FLAG_CHECKPOINT
+            } else {
+                0
+            }),
             reserved0: U32::ZERO,
-            segment_base: U64::new(segment_base),
-            segment_len: U64::new(segment_len),
+            segment_base: U64::new(id.segment_base),
+            segment_len: U64::new(id.segment_len),
             hash_mask: U64::new(hash_mask),
             stream_count: U32::new(streams.len() as u32),
             stream_entry_count: U32::new(st.entry_count),
@@ -149,8 +200,10 @@ impl MemIndex {
             type_entry_count: U32::new(ty.entry_count),
             frame_count: U32::new(self.frames.len() as u32),
             names_len: U32::new(names.0.len() as u32),
-            seal_crc: U32::new(seal_crc),
-            reserved1: [0; 52],
+            seal_crc: U32::new(id.seal_crc),
+            covered_from: U64::new(id.checkpoint.map_or(0, |c| c.0)),
+            last_frame: U64::new(id.checkpoint.map_or(0, |c| c.1)),
+            reserved1: [0; 36],
         };
         let parts = [
             &st.rows,

@@ -16,8 +16,8 @@ use zerocopy::FromBytes;
 use crate::error::Damage;
 use crate::format::hash::stream_hash;
 use crate::format::{
-    ALIGN, FRAME_HEADER_LEN, FrameHeader, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN,
-    INDEX_VERSION, IdxHeader, IdxNamedRow, IdxStreamRow, SEGMENT_HEADER_LEN,
+    ALIGN, FRAME_HEADER_LEN, FrameHeader, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN,
+    IDX_STREAM_ROW_LEN, INDEX_VERSION, IdxHeader, IdxNamedRow, IdxStreamRow, SEGMENT_HEADER_LEN,
 };
 use crate::index::blockfile::BlockFile;
 use crate::index::{FRAME_ENTRY_LEN, NAMED_ENTRY_LEN, Named, Prev, STREAM_ENTRY_LEN, StreamInfo};
@@ -92,7 +92,12 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
                 format!("expected index magic and version {INDEX_VERSION}"),
             ));
         }
-        if h.flags.get() != 0 || h.reserved0.get() != 0 || h.reserved1.iter().any(|&b| b != 0) {
+        if h.flags.get() != 0
+            || h.reserved0.get() != 0
+            || h.covered_from.get() != 0
+            || h.last_frame.get() != 0
+            || h.reserved1.iter().any(|&b| b != 0)
+        {
             return Err(Damage::corrupt(
                 offset_of!(IdxHeader, flags) as u64,
                 "expected index flags and reserved fields to be zero",
@@ -110,6 +115,67 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
                 ),
             ));
         }
+        IdxFile::layout(bf, h)
+    }
+
+    /// Check the header of an index checkpoint (spec 17.5) of bytes
+    /// `[from, to)` of the active segment based at `base` (the range its file
+    /// name gives). Its binding to the segment (the last frame's header CRC,
+    /// [`IdxFile::checkpoint_binding`]) is the caller's to check.
+    pub(crate) fn open_checkpoint(bf: BlockFile<B>, base: u64, from: u64, to: u64) -> Result<IdxFile<B>, Damage> {
+        let h = IdxHeader::read_from_bytes(bf.get(0, IDX_HEADER_LEN)?)
+            .map_err(|_| Damage::corrupt(0, "index header is too short"))?;
+        if h.magic != IDX_MAGIC || h.index_version.get() != INDEX_VERSION {
+            return Err(Damage::corrupt(
+                0,
+                format!("expected index magic and version {INDEX_VERSION}"),
+            ));
+        }
+        if h.flags.get() != IDX_FLAG_CHECKPOINT || h.reserved0.get() != 0 || h.reserved1.iter().any(|&b| b != 0) {
+            return Err(Damage::corrupt(
+                offset_of!(IdxHeader, flags) as u64,
+                format!("expected the checkpoint flag ({IDX_FLAG_CHECKPOINT}) alone and reserved fields zero"),
+            ));
+        }
+        let last = h.last_frame.get();
+        if h.segment_base.get() != base
+            || h.covered_from.get() != from
+            || h.segment_len.get() != to
+            || last < from
+            || last.saturating_add(FRAME_HEADER_LEN as u64) > to
+        {
+            return Err(Damage::corrupt(
+                offset_of!(IdxHeader, segment_base) as u64,
+                format!(
+                    "checkpoint is for segment base {} bytes [{}, {}) last frame at {last}, not for base {base} \
+                     bytes [{from}, {to}) as its name says",
+                    h.segment_base.get(),
+                    h.covered_from.get(),
+                    h.segment_len.get(),
+                ),
+            ));
+        }
+        IdxFile::layout(bf, h)
+    }
+
+    /// For a checkpoint: `(last_frame, its header CRC)`, which bind it to the
+    /// segment's bytes.
+    pub(crate) fn checkpoint_binding(&self) -> (u64, u32) {
+        (self.h.last_frame.get(), self.h.seal_crc.get())
+    }
+
+    /// The segment bytes `[from, to)` the index covers (a sealed segment's:
+    /// `[128, its length)`).
+    pub(crate) fn covered(&self) -> (u64, u64) {
+        if self.h.flags.get() == IDX_FLAG_CHECKPOINT {
+            (self.h.covered_from.get(), self.h.segment_len.get())
+        } else {
+            (SEGMENT_HEADER_LEN as u64, self.h.segment_len.get())
+        }
+    }
+
+    /// The sections' places from a checked header.
+    fn layout(bf: BlockFile<B>, h: IdxHeader) -> Result<IdxFile<B>, Damage> {
         let sizes = [
             h.stream_count.get() as usize * IDX_STREAM_ROW_LEN,
             h.stream_entry_count.get() as usize * STREAM_ENTRY_LEN,
@@ -314,6 +380,23 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
     pub(crate) fn frame(&self, i: u32) -> Result<(u64, u64), Damage> {
         let at = self.frames_at + i as usize * FRAME_ENTRY_LEN;
         Ok((self.bf.u64(at)?, self.bf.u64(at + size_of::<u64>())?))
+    }
+
+    /// Every category or event type row: `(name, entry_start, entry_count)`.
+    pub(crate) fn named_rows(&self, kind: Named) -> Result<Vec<(Box<str>, u32, u32)>, Damage> {
+        let count = match kind {
+            Named::Category => self.h.category_count.get(),
+            Named::Type => self.h.type_count.get(),
+        };
+        (0..count)
+            .map(|i| {
+                let r = self.named_row(kind, i)?;
+                let name = self.name(r.name_offset.get(), r.name_len.get())?;
+                let at = (self.names_at as u64) + u64::from(r.name_offset.get());
+                let name = std::str::from_utf8(name).map_err(|_| Damage::corrupt(at, "a name is not UTF-8"))?;
+                Ok((name.into(), r.entry_start.get(), r.entry_count.get()))
+            })
+            .collect()
     }
 
     /// Every stream row: `(name, row, last_version)`, for rebuilding the stream table.

@@ -17,6 +17,7 @@ use crate::format::frame::{Frame, RecordSink, frame_records_at, walk_segment_rec
 use crate::format::hash::category_of;
 use crate::format::record::RecordRef;
 use crate::format::{FrameHeader, SegmentHeader};
+use crate::index::{IdxFile, Named};
 
 /// The index of one segment, in memory.
 ///
@@ -318,6 +319,135 @@ impl MemIndex {
             count,
             recs.map(|(o, r)| (frame_offset + o as u64, r.event_type_bytes())),
         );
+    }
+
+    /// The index an index file holds (every row and entry read, every block
+    /// checked): to merge index checkpoints (spec 17.5), which cover
+    /// consecutive ranges of one segment, with [`MemIndex::append`].
+    pub(crate) fn from_idx<B: AsRef<[u8]>>(f: &IdxFile<B>) -> Result<MemIndex, Damage> {
+        let mut m = MemIndex::default();
+        for (kind, lists) in [(Named::Category, &mut m.categories), (Named::Type, &mut m.types)] {
+            for (name, start, count) in f.named_rows(kind)? {
+                let slot = lists.slot(&name);
+                for i in 0..count {
+                    let off = f.named_entry(kind, start.saturating_add(i))?;
+                    lists.push(slot, off);
+                }
+            }
+        }
+        for (name, row, _) in f.stream_rows()? {
+            let Some(info) = f.stream_at(row, &name)? else {
+                return Err(Damage::corrupt(
+                    0,
+                    format!("stream row {row} does not hold its own name"),
+                ));
+            };
+            let entries = (0..info.entry_count)
+                .map(|i| f.stream_entry(&info, i))
+                .collect::<Result<Vec<_>, Damage>>()?;
+            let category = category_of(&name).map_or(NO_CATEGORY, |c| m.categories.slot(c) as u32);
+            m.streams.insert(
+                name,
+                MemStream {
+                    first_version: info.first_version,
+                    last_version: info.last_version,
+                    entries,
+                    category,
+                },
+            );
+        }
+        m.frames = (0..f.frame_count())
+            .map(|i| f.frame(i))
+            .collect::<Result<Vec<_>, Damage>>()?;
+        Ok(m)
+    }
+
+    /// Append the index of the bytes that follow this index's in the same
+    /// segment (`later`'s offsets all lie past this one's).
+    pub(crate) fn append(&mut self, later: &MemIndex) {
+        for (name, offs) in later.categories.iter() {
+            let slot = self.categories.slot(name);
+            if let Some((_, v)) = self.categories.lists.get_mut(slot) {
+                v.extend_from_slice(offs);
+            }
+        }
+        for (name, offs) in later.types.iter() {
+            let slot = self.types.slot(name);
+            if let Some((_, v)) = self.types.lists.get_mut(slot) {
+                v.extend_from_slice(offs);
+            }
+        }
+        for (name, s) in &later.streams {
+            match self.streams.get_mut(name) {
+                Some(mine) => {
+                    mine.last_version = s.last_version;
+                    mine.entries.extend_from_slice(&s.entries);
+                }
+                None => {
+                    let category = category_of(name).map_or(NO_CATEGORY, |c| self.categories.slot(c) as u32);
+                    self.streams.insert(
+                        name.clone(),
+                        MemStream {
+                            first_version: s.first_version,
+                            last_version: s.last_version,
+                            entries: s.entries.clone(),
+                            category,
+                        },
+                    );
+                }
+            }
+        }
+        self.frames.extend_from_slice(&later.frames);
+        self.last_type = None;
+    }
+
+    /// The index of the batches whose frames start in `[from, to)` (entries
+    /// are in offset order, so each list's part is one run).
+    pub(crate) fn range(&self, from: u64, to: u64) -> MemIndex {
+        fn run(v: &[u64], from: u64, to: u64) -> &[u64] {
+            let a = v.partition_point(|&o| o < from);
+            let b = v.partition_point(|&o| o < to);
+            v.get(a..b).unwrap_or(&[])
+        }
+        let mut m = MemIndex::default();
+        for (src, dst) in [(&self.categories, &mut m.categories), (&self.types, &mut m.types)] {
+            for (name, offs) in src.iter() {
+                let part = run(offs, from, to);
+                if !part.is_empty() {
+                    let slot = dst.slot(name);
+                    if let Some((_, v)) = dst.lists.get_mut(slot) {
+                        v.extend_from_slice(part);
+                    }
+                }
+            }
+        }
+        for (name, s) in &self.streams {
+            let a = s.entries.partition_point(|e| e.1 < from);
+            let b = s.entries.partition_point(|e| e.1 < to);
+            let Some(part) = s.entries.get(a..b).filter(|p| !p.is_empty()) else {
+                continue;
+            };
+            // The last version in the range: the next entry's first version
+            // minus one, or the stream's last if the range holds its newest.
+            let last_version = match s.entries.get(b) {
+                Some(next) => next.0.saturating_sub(1),
+                None => s.last_version,
+            };
+            let category = category_of(name).map_or(NO_CATEGORY, |c| m.categories.slot(c) as u32);
+            m.streams.insert(
+                name.clone(),
+                MemStream {
+                    first_version: part.first().map_or(0, |e| e.0),
+                    last_version,
+                    entries: part.to_vec(),
+                    category,
+                },
+            );
+        }
+        let a = self.frames.partition_point(|f| f.1 < from);
+        let b = self.frames.partition_point(|f| f.1 < to);
+        m.frames = self.frames.get(a..b).unwrap_or(&[]).to_vec();
+        m
     }
 
     /// Build the index of a whole segment by scanning it once (every batch is

@@ -10,6 +10,9 @@
 //! * [`IndexCell`] and [`Index`] (`cell.rs`): a segment's index as readers
 //!   see it, opened lazily and rebuilt from the segment if its file is
 //!   missing or damaged, so reads stay correct.
+//! * [`Layered`] (`layered.rs`): an active segment's index checkpoints
+//!   (spec 17.5) and the in-memory index of the batches after them, as one
+//!   index.
 //! * [`streamtable`]: `annal.streams`, every stream's newest sealed version.
 //!
 //! Every decoder here works on bytes (`AsRef<[u8]>`); the path-based openers
@@ -21,13 +24,16 @@
 
 pub(crate) mod blockfile;
 mod cell;
+pub(crate) mod checkpoint;
 mod encode;
 mod idxfile;
+mod layered;
 mod mem;
 pub(crate) mod streamtable;
 
 pub(crate) use cell::{Index, IndexCell};
 pub(crate) use idxfile::{IdxFile, seal_crc};
+pub(crate) use layered::Layered;
 pub(crate) use mem::{IndexBuilder, MemIndex, MemStream, NamedLists};
 
 /// No earlier segment.

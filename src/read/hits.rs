@@ -107,9 +107,10 @@ pub(super) fn mismatch<T>(
     detail: String,
     f: impl Fn(&Index) -> Result<T, Damage>,
 ) -> Result<(Index, T)> {
-    match index {
-        Index::Disk(_) => seg.repinned(Damage::corrupt(0, detail), f),
-        Index::Mem(_) => Err(corrupt(&seg.path, 0, detail)),
+    if index.from_files() {
+        seg.repinned(Damage::corrupt(0, detail), f)
+    } else {
+        Err(corrupt(&seg.path, 0, detail))
     }
 }
 

@@ -45,7 +45,7 @@ impl ViewSegment {
         let idx = self.index.get(self.bytes()?)?;
         match f(&idx) {
             Ok(t) => Ok((idx, t)),
-            Err(d) if matches!(idx, Index::Disk(_)) => self.repinned(d, f),
+            Err(d) if idx.from_files() => self.repinned(d, f),
             Err(d) => Err(d.at(&*self.path)),
         }
     }
@@ -97,6 +97,13 @@ impl ViewSegment {
                 .iter()
                 .map(|(n, s)| (n.clone(), NO_ROW, s.last_version))
                 .collect()),
+            Index::Layered(l) => match l.stream_versions() {
+                Ok(v) => Ok(v.into_iter().map(|(n, v)| (n, NO_ROW, v)).collect()),
+                Err(d) => {
+                    let (idx, ()) = self.repinned(d, |_| Ok(()))?;
+                    self.stream_rows(&idx)
+                }
+            },
         }
     }
 }

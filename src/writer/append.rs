@@ -178,11 +178,13 @@ impl Inner {
         let next = Arc::new(RwLock::new(MemIndex::default()));
         let sealed = std::mem::replace(&mut st.index, next.clone());
         let sealed_base = st.seg_base;
-        st.unpersisted.push((sealed_base, sealed.clone()));
+        let layered = st.layered.take();
+        st.unpersisted.push((sealed_base, sealed.clone(), layered.clone()));
         st.pending.push(Op::Roll {
             base,
             prev_timestamp,
             sealed,
+            layered,
             next,
         });
         st.seg_base = base;

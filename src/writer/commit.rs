@@ -174,8 +174,9 @@ impl Inner {
                     base,
                     prev_timestamp,
                     sealed,
+                    layered,
                     next,
-                } => self.roll(&mut io, base, prev_timestamp, sealed, next)?,
+                } => self.roll(&mut io, base, prev_timestamp, (sealed, layered), next)?,
             }
         }
         if sync && io.durable < io.offset {

@@ -14,9 +14,10 @@ use crate::error::{Error, Result};
 use crate::format::SEGMENT_HEADER_LEN;
 use crate::format::names::segment_file_name;
 use crate::index::streamtable::StreamTable;
-use crate::index::{Index, IndexCell, MemIndex};
+use crate::index::{Index, IndexCell, Layered, MemIndex};
 use crate::storage::head::{Head, HeadWriter};
 
+use super::index_checkpoint::Checkpoints;
 use super::lock;
 use super::options::Options;
 use super::recovery::Recovered;
@@ -35,6 +36,7 @@ impl Inner {
             sealed,
             table,
             active_index,
+            active_layered,
             active_base,
             active_end,
             report,
@@ -60,7 +62,10 @@ impl Inner {
         for seg in &sealed {
             seg.index.notify(&index_damage);
         }
-        let state = State::new(
+        let layered =
+            active_layered.map(|(files, paths, end)| Arc::new(Layered::new(files, paths, end, active_index.clone())));
+        let checkpoints = Checkpoints::opened(active_base, layered.as_deref());
+        let mut state = State::new(
             active_index.clone(),
             table.clone(),
             next_position,
@@ -68,6 +73,7 @@ impl Inner {
             active_base,
             active_end,
         );
+        state.layered = layered.clone();
         let io_state = IoState {
             file,
             path: active_path.clone(),
@@ -88,7 +94,14 @@ impl Inner {
         let published = Published {
             sealed,
             table,
-            active_index: Arc::new(IndexCell::new(active_base, None, Some(Index::Mem(active_index)))),
+            active_index: Arc::new(IndexCell::new(
+                active_base,
+                None,
+                Some(match layered {
+                    Some(l) => Index::Layered(l),
+                    None => Index::Mem(active_index),
+                }),
+            )),
             active_base,
             active_path: Arc::new(active_path),
             active_file,
@@ -126,6 +139,7 @@ impl Inner {
             backlog: Mutex::new(Backlog::default()),
             backlog_cv: Condvar::new(),
             sealer_stopped: AtomicBool::new(false),
+            checkpoints: Mutex::new(checkpoints),
             dir,
             opts,
         })
@@ -177,7 +191,11 @@ impl Inner {
             next_position,
         };
         io.head.write(head)?;
-        io.head.sync()
+        io.head.sync()?;
+        let durable = io.durable;
+        drop(io);
+        // The next open reads none of the batches the checkpoints cover.
+        self.write_index_checkpoint(durable)
     }
 }
 
@@ -194,6 +212,7 @@ impl State {
     ) -> State {
         State {
             index,
+            layered: None,
             unpersisted: Vec::new(),
             table,
             recent_ids: HashMap::new(),

@@ -47,6 +47,7 @@ mod append;
 mod commit;
 mod derived;
 mod idempotency;
+mod index_checkpoint;
 mod lifecycle;
 mod live;
 mod log_format;

@@ -17,11 +17,12 @@ use zerocopy::IntoBytes;
 
 use crate::audit::chain::ChainHash;
 use crate::error::{Error, Result, corrupt};
-use crate::format::frame::{validate_frame, walk_segment_records};
+use crate::format::frame::{Walk, validate_frame, walk_segment_records, walk_segment_records_from};
 use crate::format::names::{parse_segment_file_name, segment_file_name};
-use crate::format::{LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::index::checkpoint;
 use crate::index::streamtable::StreamTable;
-use crate::index::{IndexBuilder, MemIndex};
+use crate::index::{Index, IndexBuilder, MemIndex};
 use crate::read::view::{ViewSegment, open_sealed, open_sealed_header};
 use crate::storage::head::{self, HEAD_FILE, Head};
 use crate::storage::io::Io;
@@ -46,6 +47,10 @@ pub(crate) struct Recovered {
     pub sealed: Vec<ViewSegment>,
     pub table: Option<Arc<StreamTable>>,
     pub active_index: Arc<RwLock<MemIndex>>,
+    /// Index checkpoints covering the active segment's start (spec 17.5):
+    /// the opened files, their paths, and where they end (the in-memory
+    /// index holds the batches from there on).
+    pub active_layered: Option<(Vec<Index>, Vec<PathBuf>, u64)>,
     pub active_base: u64,
     pub active_end: u64,
     pub report: Recovery,
@@ -122,6 +127,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         head: read_head(dir, &listing.segments)?,
         format: None,
         report,
+        stale_checkpoints: Vec::new(),
     };
     check_first_segment(dir, &listing.segments)?;
     let (sealed, next) = opening.check_sealed(sealed_bases)?;
@@ -211,6 +217,7 @@ fn create_log(io: &dyn Io, dir: &Path, opts: &Options, lock: WriterLock, mut rep
         sealed: Vec::new(),
         table: None,
         active_index: Arc::new(RwLock::new(MemIndex::default())),
+        active_layered: None,
         active_base: 0,
         active_end: SEGMENT_HEADER_LEN as u64,
         report,
@@ -266,6 +273,9 @@ struct Opening<'a> {
     /// The log's format, decided by the first segment header read.
     format: Option<LogFormat>,
     report: Recovery,
+    /// Index checkpoint files not used (spec 17.5), removed once the log
+    /// is recovered.
+    stale_checkpoints: Vec<PathBuf>,
 }
 
 /// The active segment's file, open for reading and mapped.
@@ -290,6 +300,17 @@ struct ActiveTail {
     index: MemIndex,
     /// The segment ends with a seal: the next one was never created.
     sealed: bool,
+    /// The index checkpoints covering the segment's start: the files, their
+    /// paths and where they end.
+    base: Option<(Vec<Index>, Vec<PathBuf>, u64)>,
+}
+
+/// Index checkpoints found for the active segment.
+struct CheckpointBase {
+    files: Vec<Index>,
+    paths: Vec<PathBuf>,
+    /// The state after the last batch they cover.
+    after: Walk,
 }
 
 impl Opening<'_> {
@@ -430,6 +451,7 @@ impl Opening<'_> {
             end: SEGMENT_HEADER_LEN as u64,
             index: MemIndex::default(),
             sealed: false,
+            base: None,
         })
     }
 
@@ -461,8 +483,17 @@ impl Opening<'_> {
         // and the durable boundary decides (spec 5.1).
         // One pass: every record is validated (CRC included) and indexed
         // as the walk reads it; a batch enters the index once complete.
+        // Index checkpoints (spec 17.5) cover the start of the segment:
+        // only the batches after them are walked.
+        let base = self.checkpoints(last, map.bytes());
         let mut builder = IndexBuilder::default();
-        let walk = walk_segment_records(map.bytes(), header, true, &mut builder);
+        let walk = match &base {
+            Some(b) => {
+                let rest = map.bytes().get(b.after.end as usize..).unwrap_or(&[]);
+                walk_segment_records_from(rest, b.after.clone(), true, &mut builder)
+            }
+            None => walk_segment_records(map.bytes(), header, true, &mut builder),
+        };
         let index = builder.finish();
         let head_durable = self
             .head
@@ -509,6 +540,58 @@ impl Opening<'_> {
             end: walk.end,
             index,
             sealed: walk.sealed,
+            base: base.map(|b| (b.files, b.paths, b.after.end)),
+        })
+    }
+
+    /// The index checkpoints that cover the start of the active segment
+    /// based at `base` (`bytes`, mapped whole), each checked against the
+    /// segment, and the state after the last batch they cover (that batch
+    /// validated in full). Every other checkpoint file is left for
+    /// [`Opening::finish`] to remove; a checkpoint that does not hold is
+    /// reported in the warnings and not used (nor any after it).
+    fn checkpoints(&mut self, base: u64, bytes: &[u8]) -> Option<CheckpointBase> {
+        let all = match checkpoint::list(self.dir) {
+            Ok(a) => a,
+            Err(e) => {
+                self.report.warnings.push(format!("index checkpoints not used: {e}"));
+                return None;
+            }
+        };
+        let (chain, stale) = checkpoint::chain(all, base, bytes.len() as u64);
+        self.stale_checkpoints = stale.into_iter().map(|c| c.path).collect();
+        let (files, failed) = checkpoint::open_chain(&chain, |off| checkpoint::header_in(bytes, off));
+        if let Some(e) = failed {
+            self.report
+                .warnings
+                .push(format!("{e}; the index checkpoint is not used and is removed"));
+            self.stale_checkpoints
+                .extend(chain.iter().skip(files.len()).map(|c| c.path.clone()));
+        }
+        let last = files.last()?.clone();
+        let (off, _) = last.checkpoint_binding();
+        let (_, end) = last.covered();
+        let frame = bytes
+            .get(off as usize..)
+            .map(|rest| validate_frame(rest, off, true))
+            .and_then(Result::ok)?;
+        let mut chain_slot = [0u8; 32];
+        if let Some(c) = bytes.get(off as usize + FRAME_CHAIN_OFFSET..off as usize + FRAME_HEADER_LEN) {
+            chain_slot.copy_from_slice(c);
+        }
+        let used = files.len();
+        Some(CheckpointBase {
+            files: files.into_iter().map(Index::Disk).collect(),
+            paths: chain.into_iter().take(used).map(|c| c.path).collect(),
+            after: Walk {
+                end,
+                next_position: frame.next_position(),
+                last_timestamp: frame.last_timestamp,
+                max_durable: frame.durable_end,
+                chain: chain_slot,
+                sealed: false,
+                stop: None,
+            },
         })
     }
 
@@ -532,7 +615,11 @@ impl Opening<'_> {
             return Err(corrupt(&path, 0, "no segment header was read"));
         };
         let (mut active_base, mut active_end, mut active_index) = (last, tail.end, tail.index);
+        let mut base = tail.base;
         if tail.sealed {
+            if let Some((_, paths, _)) = base.take() {
+                self.stale_checkpoints.extend(paths);
+            }
             // Sealed, but the next segment was never created (spec 6, step 4).
             let (seg, _) = open_sealed(dir, last)?;
             sealed.push(seg);
@@ -548,6 +635,13 @@ impl Opening<'_> {
             active_end = SEGMENT_HEADER_LEN as u64;
             active_index = MemIndex::default();
         }
+        for p in &self.stale_checkpoints {
+            match io.remove(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", p, e)),
+            }
+        }
         ensure_indexes(io, dir, &sealed, opts.hash_mask, &mut self.report)?;
         let table = ensure_table(io, dir, &sealed, active_base, opts.hash_mask, &mut self.report)?;
         Ok(Recovered {
@@ -558,6 +652,7 @@ impl Opening<'_> {
             last_timestamp: tail.last_timestamp,
             sealed,
             table,
+            active_layered: base.map(|(files, paths, end)| (files, paths, end)),
             active_index: Arc::new(RwLock::new(active_index)),
             active_base,
             active_end,

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::names::segment_file_name;
 use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::index::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
-use crate::index::{self, IdxFile, Index, IndexCell, MemIndex};
+use crate::index::{self, IdxFile, Index, IndexCell, Layered, MemIndex};
 use crate::read::view::ViewSegment;
 use crate::storage::mmap::Mapping;
 
@@ -81,7 +81,7 @@ impl Inner {
         io: &mut IoState,
         base: u64,
         prev_timestamp: u64,
-        sealed: Arc<RwLock<MemIndex>>,
+        (sealed, layered): (Arc<RwLock<MemIndex>>, Option<Arc<Layered>>),
         next: Arc<RwLock<MemIndex>>,
     ) -> Result<()> {
         let fs = &*self.opts.io;
@@ -110,7 +110,10 @@ impl Inner {
                 index: Arc::new(IndexCell::new(
                     p.active_base,
                     Some(idx_path),
-                    Some(Index::Mem(sealed.clone())),
+                    Some(match &layered {
+                        Some(l) => Index::Layered(l.clone()),
+                        None => Index::Mem(sealed.clone()),
+                    }),
                 )),
             };
             seg.index.notify(&self.index_damage);
@@ -134,6 +137,7 @@ impl Inner {
         let job = SealJob {
             seg: sealed_seg,
             mem: sealed,
+            layered,
             next_segment: base,
         };
         let sent = lock(&self.sealer_tx).as_ref().map(|tx| tx.send(job));
@@ -142,7 +146,7 @@ impl Inner {
             // The sealed segment and the next one are durable: a failure to
             // index poisons the writer for the next call, like the sealer's.
             Some(Err(mpsc::SendError(job))) => {
-                if let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment) {
+                if let Err(e) = self.index_sealed(&job) {
                     self.poison(&e);
                 }
                 self.sealed_done();
@@ -157,7 +161,7 @@ impl Inner {
     fn run_sealer(&self, rx: mpsc::Receiver<SealJob>) {
         for job in rx {
             if !self.poisoned.load(Ordering::Acquire)
-                && let Err(e) = self.index_sealed(&job.seg, &job.mem, job.next_segment)
+                && let Err(e) = self.index_sealed(&job)
             {
                 self.poison(&e);
             }
@@ -178,8 +182,15 @@ impl Inner {
 
     /// Write the index of a just-sealed segment and the new stream table
     /// (spec 17, 18), then let readers use them.
-    fn index_sealed(&self, seg: &ViewSegment, mem: &RwLock<MemIndex>, next_segment: u64) -> Result<()> {
+    fn index_sealed(&self, job: &SealJob) -> Result<()> {
+        let (seg, next_segment) = (&job.seg, job.next_segment);
         let bytes = seg.bytes()?;
+        // With index checkpoints, the whole index is theirs and the tail's.
+        let merged = match &job.layered {
+            Some(l) => Some(RwLock::new(l.merged().map_err(|d| d.at(&*seg.path))?)),
+            None => None,
+        };
+        let mem = merged.as_ref().unwrap_or(&job.mem);
         let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
         let old_table = lock(&self.published).table.clone();
         let earlier: Vec<ViewSegment> = {
@@ -204,6 +215,7 @@ impl Inner {
                 detail: "the index file just written is missing".into(),
             })?;
         seg.index.set(Index::Disk(Arc::new(idx)));
+        self.remove_checkpoints_of(seg.base)?;
         let table_bytes =
             match streamtable::merge(old_table.as_deref(), &rows, seg.base, next_segment, self.opts.hash_mask) {
                 Ok(b) => b,
@@ -257,7 +269,7 @@ impl Inner {
         let mut st = lock(&self.state);
         st.table = table;
         if let Some(base) = covered {
-            st.unpersisted.retain(|(b, _)| *b != base);
+            st.unpersisted.retain(|(b, _, _)| *b != base);
         }
         self.table_damaged.store(false, Ordering::Release);
         Ok(())

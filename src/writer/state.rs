@@ -21,7 +21,7 @@ use crate::audit::chaining::HasherThread;
 use crate::error::Result;
 use crate::format::LogFormat;
 use crate::index::streamtable::StreamTable;
-use crate::index::{IndexCell, MemIndex};
+use crate::index::{IndexCell, Layered, MemIndex};
 use crate::read::view::{LogView, ViewSegment};
 use crate::storage::head::HeadWriter;
 use crate::storage::io::IoFile;
@@ -29,6 +29,7 @@ use crate::storage::mmap::Mapping;
 
 #[cfg(doc)]
 use super::Log;
+use super::index_checkpoint::Checkpoints;
 use super::lock;
 use super::options::Options;
 use super::results::Recovery;
@@ -75,15 +76,21 @@ pub(super) struct Inner {
     pub(super) backlog_cv: Condvar,
     /// The sealer thread has exited (the log is closing).
     pub(super) sealer_stopped: AtomicBool,
+    /// The index checkpoint files of the active segment (spec 17.5).
+    pub(super) checkpoints: Mutex<Checkpoints>,
 }
 
 /// Appender-side state: what has been assigned (written or pending).
 pub(super) struct State {
-    /// Index of the active segment, including batches not yet written.
+    /// Index of the active segment, including batches not yet written (of
+    /// the batches after its index checkpoints, if `layered`).
     pub(super) index: Arc<RwLock<MemIndex>>,
+    /// The active segment's index checkpoints and `index`, if the writer
+    /// opened the segment from checkpoints (spec 17.5).
+    pub(super) layered: Option<Arc<Layered>>,
     /// Sealed segments whose streams are not yet in the stream table, oldest
     /// first (between a roll being queued and the leader writing the table).
-    pub(super) unpersisted: Vec<(u64, Arc<RwLock<MemIndex>>)>,
+    pub(super) unpersisted: Vec<(u64, Arc<RwLock<MemIndex>>, Option<Arc<Layered>>)>,
     /// The stream table covering the other sealed segments.
     pub(super) table: Option<Arc<StreamTable>>,
     /// Recently appended events with application-supplied ids, for
@@ -153,6 +160,8 @@ pub(super) enum Op {
         base: u64,
         prev_timestamp: u64,
         sealed: Arc<RwLock<MemIndex>>,
+        /// The sealed segment's index checkpoints and `sealed`, if any.
+        layered: Option<Arc<Layered>>,
         next: Arc<RwLock<MemIndex>>,
     },
 }
@@ -205,6 +214,8 @@ pub(super) const MAX_UNINDEXED: usize = 4;
 pub(super) struct SealJob {
     pub(super) seg: ViewSegment,
     pub(super) mem: Arc<RwLock<MemIndex>>,
+    /// The segment's index checkpoints and `mem`, if any.
+    pub(super) layered: Option<Arc<Layered>>,
     pub(super) next_segment: u64,
 }
 

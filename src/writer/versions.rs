@@ -23,9 +23,28 @@ impl Inner {
         if let Some(s) = read_index(&st.index).streams.get(stream) {
             return Ok(Some(s.last_version));
         }
-        for (_, m) in st.unpersisted.iter().rev() {
+        // Index checkpoints (spec 17.5) of the active segment, then of the
+        // segments sealed but not yet in the table: hints, confirmed by
+        // the segment.
+        if st.layered.is_some() {
+            let view = self.view()?;
+            if let Some(seg) = view.segments.last()
+                && let Some(v) = self.confirmed_version(seg, stream)?
+            {
+                return Ok(Some(v));
+            }
+        }
+        for (base, m, layered) in st.unpersisted.iter().rev() {
             if let Some(s) = read_index(m).streams.get(stream) {
                 return Ok(Some(s.last_version));
+            }
+            if layered.is_some() {
+                let seg = lock(&self.published).sealed.iter().find(|s| s.base == *base).cloned();
+                if let Some(seg) = seg
+                    && let Some(v) = self.confirmed_version(&seg, stream)?
+                {
+                    return Ok(Some(v));
+                }
             }
         }
         let sealed_now = || lock(&self.published).sealed.clone();
@@ -58,25 +77,34 @@ impl Inner {
         }
         let sealed = sealed_now();
         for seg in sealed.iter().rev() {
-            let Some(i) = seg.find_stream(stream)? else {
-                continue;
-            };
-            if last_version_holds(seg, stream, i.last_version)? {
-                return Ok(Some(i.last_version));
-            }
-            // The index file lies about the stream: rebuild the index from the
-            // segment (reported, and the file rewritten by the leader).
-            let detail = format!(
-                "the index says stream {stream:?} ends at version {} here, but the segment's records do not",
-                i.last_version
-            );
-            self.warn(format!("{}: {detail}; the index is rebuilt", seg.path.display()));
-            let idx = seg.index.damaged(&seg.path, seg.bytes()?, Damage::corrupt(0, detail))?;
-            if let Some(i) = idx.find_stream(stream).map_err(|d| d.at(&*seg.path))? {
-                return Ok(Some(i.last_version));
+            if let Some(v) = self.confirmed_version(seg, stream)? {
+                return Ok(Some(v));
             }
         }
         Ok(None)
+    }
+
+    /// The newest version of `stream` in `seg`, by its index, confirmed by
+    /// the segment's records; an index that does not hold is rebuilt from
+    /// the segment (reported, and a damaged index file rewritten by the
+    /// leader).
+    fn confirmed_version(&self, seg: &ViewSegment, stream: &str) -> Result<Option<u64>> {
+        let Some(i) = seg.find_stream(stream)? else {
+            return Ok(None);
+        };
+        if last_version_holds(seg, stream, i.last_version)? {
+            return Ok(Some(i.last_version));
+        }
+        let detail = format!(
+            "the index says stream {stream:?} ends at version {} here, but the segment's records do not",
+            i.last_version
+        );
+        self.warn(format!("{}: {detail}; the index is rebuilt", seg.path.display()));
+        let idx = seg.index.damaged(&seg.path, seg.bytes()?, Damage::corrupt(0, detail))?;
+        Ok(idx
+            .find_stream(stream)
+            .map_err(|d| d.at(&*seg.path))?
+            .map(|i| i.last_version))
     }
 }
 

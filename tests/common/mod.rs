@@ -295,3 +295,18 @@ impl annal::Aggregate for Tally {
         self.count += 1;
     }
 }
+
+/// Remove the index checkpoints (spec 17.5) of the log in `dir`, so that
+/// the next open walks the whole active segment (as after a crash before
+/// any checkpoint); returns how many there were.
+pub fn remove_checkpoints(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).expect("read dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "ckpt") {
+            std::fs::remove_file(&p).expect("remove checkpoint");
+            n += 1;
+        }
+    }
+    n
+}

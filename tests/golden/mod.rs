@@ -455,6 +455,16 @@ pub fn file_names(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// The name of the index checkpoint (spec 17.5) a writer leaves at close
+/// for the active segment based at `base` in `dir`: it covers the whole
+/// segment (the vector `checkpoint` pins its bytes).
+pub fn checkpoint_name(dir: &Path, base: u64) -> String {
+    let len = fs::metadata(dir.join(format!("{base:020}.seg")))
+        .expect("active segment")
+        .len();
+    format!("{base:020}-{:020}-{len:020}.ckpt", 128)
+}
+
 /// A clock returning `readings` in order (then the last one again), and the
 /// number of times it was called.
 pub fn planned_clock(readings: Vec<u64>) -> (Arc<dyn Fn() -> u64 + Send + Sync>, Arc<AtomicUsize>) {

@@ -1,0 +1,283 @@
+//! Index checkpoints of the active segment (spec 17.5, issue 15): a clean
+//! close writes the in-memory index of the active segment as checkpoint
+//! files, and the next open reads none of the batches they cover. Proven
+//! without timing: a payload byte of a covered batch is damaged on disk, so
+//! any open that walked the segment would fail; the open succeeds, and only
+//! a read of that batch reports the damage.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use annal::{Direction, Durability, Error, EventData, ExpectedVersion, Log, Options, Reader};
+
+fn opts() -> Options {
+    Options::default().durability(Durability::Fsync)
+}
+
+fn checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ckpt"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `n` batches of 2 events over 7 streams `s-{i}`, each batch's events
+/// carrying payloads tagged by batch.
+fn append_batches(log: &Log, from: u64, n: u64) {
+    for i in from..from + n {
+        let events = [
+            EventData::new("A", format!("batch {i} event 0").into_bytes()),
+            EventData::new("B", format!("batch {i} event 1").into_bytes()),
+        ];
+        log.append(&format!("s-{}", i % 7), ExpectedVersion::Any, &events)
+            .unwrap();
+    }
+}
+
+fn stream_payloads(view: &annal::LogView, stream: &str) -> Vec<String> {
+    view.read_stream(stream, 0, Direction::Forward, u64::MAX)
+        .map(|r| String::from_utf8(r.unwrap().payload().to_vec()).unwrap())
+        .collect()
+}
+
+fn all_payloads(view: &annal::LogView) -> Vec<String> {
+    view.read_all(0)
+        .map(|r| String::from_utf8(r.unwrap().payload().to_vec()).unwrap())
+        .collect()
+}
+
+fn expected_stream(total: u64, s: u64) -> Vec<String> {
+    (0..total)
+        .filter(|i| i % 7 == s)
+        .flat_map(|i| [format!("batch {i} event 0"), format!("batch {i} event 1")])
+        .collect()
+}
+
+#[test]
+fn close_writes_a_checkpoint_and_reopen_reads_through_it() {
+    let dir = common::scratch();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 0, 100);
+    log.close().unwrap();
+    let ck = checkpoints(dir.path());
+    assert_eq!(ck.len(), 1, "{ck:?}");
+
+    // Reopen: every read through the checkpoint and the new tail.
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 100, 20);
+    let view = log.view().unwrap();
+    for s in 0..7 {
+        assert_eq!(stream_payloads(&view, &format!("s-{s}")), expected_stream(120, s));
+    }
+    assert_eq!(all_payloads(&view).len(), 240);
+    assert_eq!(view.read_category("s", 0).count(), 240);
+    assert_eq!(view.read_event_type("B", 0).count(), 120);
+    // Expected versions come through the checkpoint too.
+    let v = view
+        .read_stream("s-3", u64::MAX, Direction::Backward, 1)
+        .next()
+        .unwrap()
+        .unwrap()
+        .stream_version();
+    assert!(matches!(
+        log.append(
+            "s-3",
+            ExpectedVersion::Exact(v - 1),
+            &[EventData::new("A", b"x".as_slice())]
+        ),
+        Err(Error::WrongExpectedVersion { .. })
+    ));
+    log.append(
+        "s-3",
+        ExpectedVersion::Exact(v),
+        &[EventData::new("A", b"x".as_slice())],
+    )
+    .unwrap();
+    log.close().unwrap();
+    // Two checkpoints: the new one covers less than half of what the first
+    // does, so it is not merged into it.
+    let ck = checkpoints(dir.path());
+    assert_eq!(ck.len(), 2, "{ck:?}");
+
+    // A cross-process reader uses the checkpoints as well.
+    let mut r = Reader::open(dir.path()).unwrap();
+    let view = r.view().unwrap();
+    let mut want = expected_stream(120, 3);
+    want.push("x".into());
+    assert_eq!(stream_payloads(&view, "s-3"), want);
+    assert_eq!(all_payloads(&view).len(), 241);
+}
+
+/// The file offset of the first occurrence of `needle` in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).position(|w| w == needle).unwrap()
+}
+
+#[test]
+fn open_reads_no_batch_a_checkpoint_covers() {
+    let dir = common::scratch();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 0, 50);
+    log.close().unwrap();
+    assert_eq!(checkpoints(dir.path()).len(), 1);
+
+    // Damage a payload byte of batch 3 (stream s-3): its CRC no longer holds.
+    let seg = dir.path().join("00000000000000000000.seg");
+    let mut bytes = fs::read(&seg).unwrap();
+    let at = find(&bytes, b"batch 3 event 1");
+    bytes[at] ^= 0x20;
+    fs::write(&seg, &bytes).unwrap();
+
+    // The writer opens without reading it, appends and reads other streams.
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 50, 1);
+    let view = log.view().unwrap();
+    assert_eq!(stream_payloads(&view, "s-2"), expected_stream(51, 2));
+    // The damaged batch is reported when read, naming the segment and offset.
+    let err = view
+        .read_stream("s-3", 0, Direction::Forward, u64::MAX)
+        .find_map(Result::err)
+        .expect("the damaged batch is an error");
+    match err {
+        Error::Corrupt { path, .. } => assert_eq!(path, seg),
+        e => panic!("{e}"),
+    }
+    log.close().unwrap();
+
+    // So does a reader in another process: it opens without walking it.
+    let mut r = Reader::open(dir.path()).unwrap();
+    let view = r.view().unwrap();
+    assert_eq!(stream_payloads(&view, "s-1"), expected_stream(51, 1));
+    assert!(
+        view.read_stream("s-3", 0, Direction::Forward, u64::MAX)
+            .any(|r| r.is_err())
+    );
+
+    // `check` reads everything, and finds it.
+    let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert!(!report.is_ok());
+}
+
+#[test]
+fn a_checkpoint_that_does_not_match_the_segment_is_not_used() {
+    let dir = common::scratch();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 0, 40);
+    log.close().unwrap();
+    let ck = checkpoints(dir.path());
+    assert_eq!(ck.len(), 1);
+
+    // A checkpoint whose blocks do not check: ignored, removed, warned about.
+    let mut b = fs::read(&ck[0]).unwrap();
+    b[200] ^= 1;
+    fs::write(&ck[0], &b).unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    assert!(
+        log.recovery().warnings.iter().any(|w| w.contains(".ckpt")),
+        "{:?}",
+        log.recovery().warnings
+    );
+    let view = log.view().unwrap();
+    for s in 0..7 {
+        assert_eq!(stream_payloads(&view, &format!("s-{s}")), expected_stream(40, s));
+    }
+    log.close().unwrap();
+    // The close wrote a good one again.
+    assert_eq!(checkpoints(dir.path()).len(), 1);
+    let log = Log::open(dir.path(), opts()).unwrap();
+    assert!(log.recovery().warnings.is_empty(), "{:?}", log.recovery().warnings);
+    log.close().unwrap();
+}
+
+#[test]
+fn a_checkpoint_that_lies_about_a_stream_is_caught_by_the_hit_check() {
+    let dir = common::scratch();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 0, 40);
+    log.close().unwrap();
+    let ck = checkpoints(dir.path()).remove(0);
+
+    // Swap two stream entries' frame offsets inside the checkpoint and fix
+    // its block checksums: a well-formed file that points at wrong batches.
+    let bytes = fs::read(&ck).unwrap();
+    let forged = swap_first_entries(&bytes);
+    fs::write(&ck, &forged).unwrap();
+
+    let log = Log::open(dir.path(), opts()).unwrap();
+    let view = log.view().unwrap();
+    for s in 0..7 {
+        assert_eq!(stream_payloads(&view, &format!("s-{s}")), expected_stream(40, s));
+    }
+    assert!(!view.index_damage().is_empty());
+    // Expected versions still right.
+    log.append(
+        "s-0",
+        ExpectedVersion::Exact(11),
+        &[EventData::new("A", b"y".as_slice())],
+    )
+    .unwrap();
+    log.close().unwrap();
+}
+
+#[test]
+fn crash_after_checkpoint_recovers_from_it() {
+    let dir = common::scratch();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 0, 30);
+    log.close().unwrap();
+    // A second session that does not close: its batches are recovered by
+    // walking only them.
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 30, 30);
+    std::mem::forget(log);
+    let copy = common::fresh_copy(dir.path());
+    let log = Log::open(copy.path(), opts()).unwrap();
+    let view = log.view().unwrap();
+    for s in 0..7 {
+        assert_eq!(stream_payloads(&view, &format!("s-{s}")), expected_stream(60, s));
+    }
+    log.close().unwrap();
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Swap the `frame_offset` of the first stream entries of stream rows 0 and
+/// 1 (both streams start at version 0 here), then recompute the block,
+/// table and footer CRCs (spec 16).
+fn swap_first_entries(idx: &[u8]) -> Vec<u8> {
+    const HEADER: usize = 128;
+    const ROW: usize = 56;
+    let mut f = idx.to_vec();
+    let streams = u32_at(&f, 40) as usize;
+    let entries_at = HEADER + streams * ROW;
+    let entry = |row: usize| entries_at + u32_at(idx, HEADER + row * ROW + 32) as usize * 16 + 8;
+    let (a, b) = (entry(0), entry(1));
+    for j in 0..8 {
+        f.swap(a + j, b + j);
+    }
+    let len = f.len();
+    let table_offset = u64_at(&f, len - 32) as usize;
+    let blocks = u64_at(&f, len - 24) as usize;
+    for k in 0..blocks {
+        let start = k * 4096;
+        let end = (start + 4096).min(table_offset);
+        let crc = crc32fast::hash(&f[start..end]);
+        f[table_offset + k * 4..table_offset + k * 4 + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+    let table_crc = crc32fast::hash(&f[table_offset..table_offset + blocks * 4]);
+    f[len - 16..len - 12].copy_from_slice(&table_crc.to_le_bytes());
+    let footer_crc = crc32fast::hash(&f[len - 32..len - 12]);
+    f[len - 12..len - 8].copy_from_slice(&footer_crc.to_le_bytes());
+    f
+}
