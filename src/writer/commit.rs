@@ -252,6 +252,7 @@ impl Inner {
         let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.last_sync_micros.store(micros, Ordering::Relaxed);
         io.durable = io.offset;
+        self.maybe_checkpoint(io.base, io.durable);
         Ok(())
     }
 

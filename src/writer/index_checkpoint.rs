@@ -66,8 +66,15 @@ impl Inner {
     /// and that no checkpoint covers yet, merging it with the smaller
     /// checkpoints before it.
     pub(super) fn write_index_checkpoint(&self, durable: u64) -> Result<()> {
+        let base = lock(&self.published).active_base;
+        self.write_index_checkpoint_of(base, durable)
+    }
+
+    /// [`Inner::write_index_checkpoint`] if the active segment is still the
+    /// one based at `base`.
+    pub(super) fn write_index_checkpoint_of(&self, base: u64, durable: u64) -> Result<()> {
         let view = self.view()?;
-        let Some(seg) = view.segments.last() else {
+        let Some(seg) = view.segments.last().filter(|s| s.base == base) else {
             return Ok(());
         };
         let bytes = seg.bytes()?;

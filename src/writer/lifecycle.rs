@@ -140,6 +140,7 @@ impl Inner {
             backlog_cv: Condvar::new(),
             sealer_stopped: AtomicBool::new(false),
             checkpoints: Mutex::new(checkpoints),
+            checkpoint_mark: AtomicU64::new(active_end),
             dir,
             opts,
         })

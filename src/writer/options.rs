@@ -48,6 +48,7 @@ pub struct Options {
     pub(crate) chain_key: Option<ChainKey>,
     pub(crate) signing_key: Option<SigningKey>,
     pub(crate) checkpoint_every: u64,
+    pub(crate) index_checkpoint_bytes: u64,
     pub(crate) format_version: u16,
 }
 
@@ -87,6 +88,7 @@ impl Default for Options {
             chain_key: None,
             signing_key: None,
             checkpoint_every: 100_000,
+            index_checkpoint_bytes: 16 << 20,
             format_version: crate::format::CURRENT_FORMAT_VERSION,
         }
     }
@@ -182,6 +184,16 @@ impl Options {
     /// Events between signed checkpoints (default 100,000; at least 1).
     pub fn checkpoint_every(mut self, events: u64) -> Self {
         self.checkpoint_every = events.max(1);
+        self
+    }
+    /// Bytes of the active segment made durable between index checkpoints
+    /// (spec 17.5; default 16 MiB): a background thread writes the index of
+    /// the batches since the last one to a checkpoint file, so that opening
+    /// the log after a crash reads at most about this many bytes of batches
+    /// (plus what was not yet durable). A clean close always writes one, so
+    /// a cleanly closed log opens without reading any batch.
+    pub fn index_checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.index_checkpoint_bytes = bytes.max(1);
         self
     }
     /// Create new logs in an older format version (`1`: no audit chain).

@@ -23,12 +23,12 @@ use crate::storage::mmap::Mapping;
 
 use super::derived::{index_file_name, rebuild_table, resolve_prev, write_derived};
 use super::lock;
-use super::state::{Inner, IoState, MAX_UNINDEXED, SealJob, read_index};
+use super::state::{Inner, IoState, MAX_UNINDEXED, SealJob, SealerJob, read_index};
 
 impl Inner {
     /// Start the sealer thread of a writer just built.
     pub(super) fn start_sealer(inner: &Arc<Inner>) -> Result<()> {
-        let (tx, rx) = mpsc::channel::<SealJob>();
+        let (tx, rx) = mpsc::channel::<SealerJob>();
         let worker = inner.clone();
         let handle = std::thread::Builder::new()
             .name("annal-sealer".into())
@@ -140,32 +140,61 @@ impl Inner {
             layered,
             next_segment: base,
         };
-        let sent = lock(&self.sealer_tx).as_ref().map(|tx| tx.send(job));
+        self.checkpoint_mark.store(SEGMENT_HEADER_LEN as u64, Ordering::Release);
+        let sent = lock(&self.sealer_tx).as_ref().map(|tx| tx.send(SealerJob::Seal(job)));
         match sent {
             Some(Ok(())) => Ok(()),
             // The sealed segment and the next one are durable: a failure to
             // index poisons the writer for the next call, like the sealer's.
-            Some(Err(mpsc::SendError(job))) => {
+            Some(Err(mpsc::SendError(SealerJob::Seal(job)))) => {
                 if let Err(e) = self.index_sealed(&job) {
                     self.poison(&e);
                 }
                 self.sealed_done();
                 Ok(())
             }
-            None => Err(Error::Closed),
+            Some(Err(_)) | None => Err(Error::Closed),
+        }
+    }
+
+    /// After a group's fsync (the commit leader): ask the sealer thread for
+    /// an index checkpoint of the active segment once `durable` is
+    /// `Options::index_checkpoint_bytes` past the last one asked for, so
+    /// that a crash's recovery walks at most about that many bytes.
+    pub(super) fn maybe_checkpoint(&self, base: u64, durable: u64) {
+        let mark = self.checkpoint_mark.load(Ordering::Acquire);
+        if durable < mark.saturating_add(self.opts.index_checkpoint_bytes) {
+            return;
+        }
+        self.checkpoint_mark.store(durable, Ordering::Release);
+        if let Some(tx) = lock(&self.sealer_tx).as_ref() {
+            let _ = tx.send(SealerJob::Checkpoint { base, durable });
         }
     }
 
     /// The sealer thread: index each sealed segment in order. A failure
     /// poisons the writer like any failed write.
-    fn run_sealer(&self, rx: mpsc::Receiver<SealJob>) {
+    fn run_sealer(&self, rx: mpsc::Receiver<SealerJob>) {
         for job in rx {
-            if !self.poisoned.load(Ordering::Acquire)
-                && let Err(e) = self.index_sealed(&job)
-            {
-                self.poison(&e);
+            match job {
+                SealerJob::Seal(job) => {
+                    if !self.poisoned.load(Ordering::Acquire)
+                        && let Err(e) = self.index_sealed(&job)
+                    {
+                        self.poison(&e);
+                    }
+                    self.sealed_done();
+                }
+                SealerJob::Checkpoint { base, durable } => {
+                    // A hint for the next open: a failure to write it loses
+                    // nothing and is reported, not fatal.
+                    if !self.poisoned.load(Ordering::Acquire)
+                        && let Err(e) = self.write_index_checkpoint_of(base, durable)
+                    {
+                        self.warn(format!("index checkpoint not written: {e}"));
+                    }
+                }
             }
-            self.sealed_done();
         }
     }
 

@@ -49,7 +49,7 @@ pub(super) struct Inner {
     /// A lookup found the stream table damaged; the leader rebuilds it.
     pub(super) table_damaged: AtomicBool,
     /// Jobs for the sealer thread, which indexes sealed segments.
-    pub(super) sealer_tx: Mutex<Option<mpsc::Sender<SealJob>>>,
+    pub(super) sealer_tx: Mutex<Option<mpsc::Sender<SealerJob>>>,
     pub(super) sealer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Bumped by index cells when a reader finds an index file damaged.
     pub(super) index_damage: Arc<AtomicU64>,
@@ -78,6 +78,18 @@ pub(super) struct Inner {
     pub(super) sealer_stopped: AtomicBool,
     /// The index checkpoint files of the active segment (spec 17.5).
     pub(super) checkpoints: Mutex<Checkpoints>,
+    /// The active segment's durable end when the last index checkpoint was
+    /// asked for (the commit leader's; reset by a roll).
+    pub(super) checkpoint_mark: AtomicU64,
+}
+
+/// Work for the sealer thread.
+pub(super) enum SealerJob {
+    /// Index a sealed segment.
+    Seal(SealJob),
+    /// Write an index checkpoint of the active segment based at `base`, up
+    /// to `durable` (spec 17.5).
+    Checkpoint { base: u64, durable: u64 },
 }
 
 /// Appender-side state: what has been assigned (written or pending).
