@@ -294,7 +294,11 @@ fn periodic_checkpoints_bound_what_recovery_walks() {
     append_batches(&log, 0, 200);
     // The sealer writes checkpoints in the background: wait for one that
     // covers batch 3 (a bounded poll on the directory, not a timing claim).
-    let covered = |d: &Path| checkpoints(d).iter().any(|p| p.to_str().unwrap().contains("-00000000000000000128-"));
+    let covered = |d: &Path| {
+        checkpoints(d)
+            .iter()
+            .any(|p| p.to_str().unwrap().contains("-00000000000000000128-"))
+    };
     for _ in 0..2000 {
         if covered(dir.path()) {
             break;
@@ -313,6 +317,9 @@ fn periodic_checkpoints_bound_what_recovery_walks() {
     let log = Log::open(image.path(), o).unwrap();
     let view = log.view().unwrap();
     assert_eq!(stream_payloads(&view, "s-5"), expected_stream(200, 5));
-    assert!(view.read_stream("s-3", 0, Direction::Forward, u64::MAX).any(|r| r.is_err()));
+    assert!(
+        view.read_stream("s-3", 0, Direction::Forward, u64::MAX)
+            .any(|r| r.is_err())
+    );
     log.close().unwrap();
 }

@@ -1,0 +1,351 @@
+//! The golden vector of index checkpoints (spec 17.5): `spec/vectors/v2/checkpoint/`.
+//!
+//! A log written by annal's writer with a fixed log id, clock and event ids,
+//! closed three times (each session appends, then closes): the active segment
+//! gets a checkpoint at each close, and the third close merges its range
+//! with the second's (spec 17.5, "Which ranges"). The test
+//!
+//! * (a) regenerates the directory (`ANNAL_REGENERATE_VECTORS=1` writes it)
+//!   and checks it byte for byte against the committed files;
+//! * (b) decodes every checkpoint file with the independent code below,
+//!   from the spec's tables alone (not annal's decoder): name, footer and
+//!   block CRCs (spec 16), header (17.1, 17.5), the binding to the segment
+//!   (`last_frame`, `seal_crc`), and that the rows and entries of the chain
+//!   list exactly the batches of the segment, each entry pointing at a batch
+//!   of its stream;
+//! * (c) reads the vector back through a writer and a reader.
+
+mod common;
+mod golden;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use annal::{Direction, EventData, ExpectedVersion, Log, Options, Reader, Uuid};
+use golden::{assert_tree_committed, crc, regenerating, vectors_dir_of};
+
+const LOG_ID: [u8; 16] = *b"checkpoint-v2-id";
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// The three sessions: (stream, event types) per append.
+const SESSIONS: [&[(&str, &[&str])]; 3] = [
+    &[
+        ("order-1", &["OrderPlaced", "ItemAdded"]),
+        ("customer-9", &["Registered"]),
+        ("order-2", &["OrderPlaced"]),
+        ("order-1", &["ItemAdded"]),
+        ("order", &["Audited"]),
+        ("order-2", &["OrderShipped", "OrderPaid"]),
+        ("cart-7", &["CartOpened"]),
+        ("cart-7", &["ItemAdded"]),
+        ("customer-4", &["Registered"]),
+        ("cart-7", &["CartClosed"]),
+        ("customer-4", &["EmailChanged"]),
+        ("order-4", &["OrderPlaced"]),
+    ],
+    &[("customer-9", &["EmailChanged"])],
+    &[
+        ("order-1", &["OrderShipped"]),
+        ("order-3", &["OrderPlaced", "ItemAdded", "ItemAdded"]),
+    ],
+];
+
+/// Write the log into `dir` (which must not exist).
+fn write_log(dir: &Path) {
+    let clock = Arc::new(AtomicU64::new(1_700_000_000_000_000_000));
+    let c = clock.clone();
+    let opts = Options::default()
+        .log_id(LOG_ID)
+        .clock(Arc::new(move || c.fetch_add(100, Ordering::SeqCst)));
+    let mut n = 0u8;
+    for session in SESSIONS {
+        let log = Log::open(dir, opts.clone()).expect("open");
+        for (stream, types) in session {
+            let events: Vec<EventData<'static>> = types
+                .iter()
+                .map(|t| {
+                    n += 1;
+                    EventData::new(*t, format!("{{\"n\":{n}}}").into_bytes())
+                        .with_id(Uuid::from_bytes(golden::id_from(n)))
+                })
+                .collect();
+            log.append(stream, ExpectedVersion::Any, &events).expect("append");
+        }
+        log.close().expect("close");
+    }
+    let _ = fs::remove_file(dir.join(annal::LOCK_FILE));
+}
+
+fn committed() -> std::path::PathBuf {
+    vectors_dir_of(2).join("checkpoint")
+}
+
+#[test]
+fn writer_produces_the_checkpoint_vector() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    write_log(&dir);
+    if regenerating() {
+        let _ = fs::remove_dir_all(committed());
+        fs::create_dir_all(committed()).expect("create vector dir");
+        for (rel, bytes) in golden::tree(&dir) {
+            fs::write(committed().join(rel), bytes).expect("write vector");
+        }
+    }
+    assert_tree_committed(&dir, &committed());
+    assert_eq!(golden::file_names(&dir), golden::file_names(&committed()));
+}
+
+/// A checkpoint file as the spec describes it, decoded independently.
+struct Ckpt {
+    from: u64,
+    to: u64,
+    /// `(stream name, first_version, last_version, [(first_version, frame_offset)])`
+    streams: Vec<(String, u64, u64, Vec<(u64, u64)>)>,
+    /// `(category or type name, [offset])`
+    categories: Vec<(String, Vec<u64>)>,
+    types: Vec<(String, Vec<u64>)>,
+    frames: Vec<(u64, u64)>,
+}
+
+/// Decode `bytes`, the checkpoint `name` of the segment `seg` (spec 16, 17.1,
+/// 17.2, 17.5), asserting every rule on the way.
+fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
+    // Name: <base>-<from>-<to>.ckpt, 20 digits each.
+    let stem = name.strip_suffix(".ckpt").expect("suffix");
+    let parts: Vec<u64> = stem
+        .split('-')
+        .map(|p| {
+            assert_eq!(p.len(), 20, "{name}");
+            p.parse().expect("digits")
+        })
+        .collect();
+    let (base, from, to) = (parts[0], parts[1], parts[2]);
+    assert!(from < to, "{name}");
+
+    // Spec 16: footer, block CRC table, block CRCs.
+    let n = bytes.len();
+    let footer = &bytes[n - 32..];
+    assert_eq!(&footer[24..32], b"ANNALIDX", "{name}: footer magic");
+    assert_eq!(u32_at(footer, 20), crc(&footer[..20]), "{name}: footer_crc");
+    let table_offset = u64_at(footer, 0) as usize;
+    let blocks = u64_at(footer, 8) as usize;
+    assert_eq!(table_offset % 8, 0);
+    assert_eq!(blocks, table_offset.div_ceil(4096));
+    assert_eq!(n, table_offset + 4 * blocks + 32);
+    assert_eq!(
+        u32_at(footer, 16),
+        crc(&bytes[table_offset..table_offset + 4 * blocks]),
+        "{name}: table_crc"
+    );
+    for b in 0..blocks {
+        let end = (4096 * (b + 1)).min(table_offset);
+        assert_eq!(
+            u32_at(bytes, table_offset + 4 * b),
+            crc(&bytes[4096 * b..end]),
+            "{name}: block {b}"
+        );
+    }
+
+    // Spec 17.1 and 17.5: the header.
+    let h = &bytes[..128];
+    assert_eq!(&h[..8], b"ANNALIDX");
+    assert_eq!(u16_at(h, 8), 1, "index_version");
+    assert_eq!(u16_at(h, 10), 1, "flags: CHECKPOINT");
+    assert_eq!(u32_at(h, 12), 0, "reserved0");
+    assert_eq!(u64_at(h, 16), base, "segment_base");
+    assert_eq!(u64_at(h, 24), to, "segment_len = to");
+    assert_eq!(u64_at(h, 32), u64::MAX, "hash_mask");
+    assert_eq!(u64_at(h, 76), from, "covered_from");
+    let last_frame = u64_at(h, 84) as usize;
+    assert!(h[92..128].iter().all(|&b| b == 0), "reserved1");
+    // The binding: the last frame is a batch of the segment ending at `to`,
+    // whose header_crc (CRC of its bytes [8, 72)) is `seal_crc`.
+    let fh = &seg[last_frame..last_frame + 72];
+    assert_eq!(&fh[..4], b"BTCH");
+    assert_eq!(fh[28], 1, "the last frame is a batch");
+    assert_eq!(u32_at(fh, 4), crc(&fh[8..72]));
+    assert_eq!(u32_at(h, 72), u32_at(fh, 4), "seal_crc = the last frame's header_crc");
+    assert_eq!(last_frame as u64 + u64_at(fh, 8), to, "the last frame ends at `to`");
+
+    // Sections, back to back (17.1).
+    let counts: Vec<usize> = (0..8).map(|i| u32_at(h, 40 + 4 * i) as usize).collect();
+    let (sc, sec, cc, cec, tc, tec, fc, names_len) = (
+        counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6], counts[7],
+    );
+    let streams_at = 128;
+    let sentries_at = streams_at + 56 * sc;
+    let cats_at = sentries_at + 16 * sec;
+    let centries_at = cats_at + 32 * cc;
+    let types_at = centries_at + 8 * cec;
+    let tentries_at = types_at + 32 * tc;
+    let frames_at = tentries_at + 8 * tec;
+    let names_at = frames_at + 16 * fc;
+    assert_eq!((names_at + names_len).next_multiple_of(8), table_offset);
+    let name_of = |off: u32, len: u16| {
+        String::from_utf8(bytes[names_at + off as usize..names_at + off as usize + len as usize].to_vec()).unwrap()
+    };
+    let hash = |s: &str| {
+        let mut x: u64 = 0xcbf29ce484222325;
+        for b in s.bytes() {
+            x ^= b as u64;
+            x = x.wrapping_mul(0x100000001b3);
+        }
+        x
+    };
+    let mut streams = Vec::new();
+    let mut prev_key: Option<(u64, String)> = None;
+    for r in 0..sc {
+        let row = &bytes[streams_at + 56 * r..streams_at + 56 * (r + 1)];
+        let name = name_of(u32_at(row, 8), u16_at(row, 12));
+        assert_eq!(u64_at(row, 0), hash(&name), "{name}: hash");
+        let key = (u64_at(row, 0), name.clone());
+        assert!(
+            prev_key
+                .as_ref()
+                .is_none_or(|p| (p.0, p.1.as_bytes()) < (key.0, key.1.as_bytes())),
+            "sorted"
+        );
+        prev_key = Some(key);
+        assert_eq!(
+            u64_at(row, 40),
+            u64::MAX,
+            "{name}: prev_segment is NONE in a checkpoint"
+        );
+        assert_eq!(u32_at(row, 48), u32::MAX, "{name}: prev_row is NONE in a checkpoint");
+        let (start, count) = (u32_at(row, 32) as usize, u32_at(row, 36) as usize);
+        let entries: Vec<(u64, u64)> = (start..start + count)
+            .map(|i| {
+                (
+                    u64_at(bytes, sentries_at + 16 * i),
+                    u64_at(bytes, sentries_at + 16 * i + 8),
+                )
+            })
+            .collect();
+        for &(v, off) in &entries {
+            assert!(
+                (from..to).contains(&off),
+                "{name}: entry at {off} outside [{from}, {to})"
+            );
+            // The batch there holds the stream (its first record's name, at
+            // record offset 72) at that version (record offset 16).
+            let rec = off as usize + 72;
+            let slen = u16_at(seg, rec + 54) as usize;
+            assert_eq!(&seg[rec + 72..rec + 72 + slen], name.as_bytes());
+            assert_eq!(u64_at(seg, rec + 16), v);
+        }
+        streams.push((name, u64_at(row, 16), u64_at(row, 24), entries));
+    }
+    let named = |rows_at: usize, count: usize, entries_at: usize| {
+        (0..count)
+            .map(|r| {
+                let row = &bytes[rows_at + 32 * r..rows_at + 32 * (r + 1)];
+                let (start, cnt) = (u32_at(row, 16) as usize, u32_at(row, 20) as usize);
+                (
+                    name_of(u32_at(row, 8), u16_at(row, 12)),
+                    (start..start + cnt)
+                        .map(|i| u64_at(bytes, entries_at + 8 * i))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let frames = (0..fc)
+        .map(|i| (u64_at(bytes, frames_at + 16 * i), u64_at(bytes, frames_at + 16 * i + 8)))
+        .collect();
+    Ckpt {
+        from,
+        to,
+        streams,
+        categories: named(cats_at, cc, centries_at),
+        types: named(types_at, tc, tentries_at),
+        frames,
+    }
+}
+
+#[test]
+fn checkpoint_vector_decodes_as_the_spec_says() {
+    let dir = committed();
+    let seg_name = "00000000000000000000.seg";
+    let seg = fs::read(dir.join(seg_name)).expect("segment");
+    let mut ckpts: Vec<Ckpt> = golden::file_names(&dir)
+        .iter()
+        .filter(|n| n.ends_with(".ckpt"))
+        .map(|n| decode(n, &fs::read(dir.join(n)).unwrap(), &seg))
+        .collect();
+    ckpts.sort_by_key(|c| c.from);
+    // Two files: the first session's, and the second and third merged (the
+    // third's range is more than half the second's).
+    assert_eq!(ckpts.len(), 2);
+    assert_eq!(ckpts[0].from, 128);
+    assert_eq!(ckpts[1].from, ckpts[0].to, "consecutive ranges");
+    assert_eq!(ckpts[1].to, seg.len() as u64, "the chain covers the whole segment");
+    // Together they list every batch of the segment exactly once, in order.
+    let batches: Vec<(u64, u64)> = common::frames(&seg)
+        .iter()
+        .filter(|f| f.kind == 1)
+        .map(|f| (f.first_position, f.offset))
+        .collect();
+    let listed: Vec<(u64, u64)> = ckpts.iter().flat_map(|c| c.frames.clone()).collect();
+    assert_eq!(listed, batches);
+    // Every stream's entries over the chain: one per batch of the stream.
+    let mut per_stream: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for c in &ckpts {
+        for (name, first, last, entries) in &c.streams {
+            assert_eq!(entries.first().map(|e| e.0), Some(*first));
+            assert!(last >= first);
+            per_stream
+                .entry(name.clone())
+                .or_default()
+                .extend(entries.iter().map(|e| e.1));
+        }
+    }
+    let expected_batches: usize = SESSIONS.iter().map(|s| s.len()).sum();
+    assert_eq!(per_stream.values().map(Vec::len).sum::<usize>(), expected_batches);
+    assert_eq!(per_stream["order-1"].len(), 3);
+    // Categories: the stream `order` has none; `order-*` are in `order`.
+    let order_cat: usize = ckpts
+        .iter()
+        .flat_map(|c| c.categories.iter().filter(|(n, _)| n == "order").map(|(_, v)| v.len()))
+        .sum();
+    assert_eq!(order_cat, 7);
+    let item_added: usize = ckpts
+        .iter()
+        .flat_map(|c| c.types.iter().filter(|(n, _)| n == "ItemAdded").map(|(_, v)| v.len()))
+        .sum();
+    assert_eq!(item_added, 5);
+}
+
+#[test]
+fn checkpoint_vector_reads_back_through_a_writer_and_a_reader() {
+    let copy = golden::copy_dir(&committed());
+    let mut r = Reader::open(copy.path()).expect("reader");
+    let view = r.view().expect("view");
+    let types: Vec<String> = view
+        .read_stream("order-3", 0, Direction::Forward, u64::MAX)
+        .map(|e| e.unwrap().event_type().to_owned())
+        .collect();
+    assert_eq!(types, ["OrderPlaced", "ItemAdded", "ItemAdded"]);
+    let log = Log::open(copy.path(), Options::default()).expect("writer");
+    assert!(log.recovery().warnings.is_empty(), "{:?}", log.recovery().warnings);
+    log.append(
+        "order-1",
+        ExpectedVersion::Exact(3),
+        &[EventData::new("X", b"{}".as_slice())],
+    )
+    .expect("expected version from the checkpoints");
+    assert_eq!(log.view().unwrap().read_all(0).count(), 20);
+    log.close().unwrap();
+}
