@@ -323,3 +323,32 @@ fn periodic_checkpoints_bound_what_recovery_walks() {
     );
     log.close().unwrap();
 }
+
+/// `check` verifies the checkpoints of the active segment against the
+/// batches they cover (spec 17.5), naming the file and the byte.
+#[test]
+fn check_compares_each_checkpoint_with_the_segment() {
+    let dir = common::scratch();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 0, 40);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    append_batches(&log, 40, 5);
+    log.close().unwrap();
+    assert_eq!(checkpoints(dir.path()).len(), 2);
+    let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+    let ck = checkpoints(dir.path()).remove(0);
+    fs::write(&ck, swap_first_entries(&fs::read(&ck).unwrap())).unwrap();
+    let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert!(!report.is_ok());
+    let p = report
+        .problems
+        .iter()
+        .find(|p| p.file == ck)
+        .expect("a problem naming the checkpoint");
+    assert!(p.detail.contains("checkpoint"), "{}", p.detail);
+    assert!(p.offset > 128, "{}", p.offset);
+}

@@ -111,6 +111,7 @@ use crate::error::{Error, Result};
 
 mod anchors;
 mod chain;
+mod checkpoints;
 mod derived;
 mod files;
 mod head;

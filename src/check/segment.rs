@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
+use super::checkpoints::check_checkpoints;
 use super::files::{Opened, open_checked, read_at_into};
 use super::idx::check_index;
 use super::links::{ChainLinks, chain_slot};
@@ -205,6 +206,12 @@ pub(super) fn check_segment(ctx: &SegCtx<'_>, base: u64, is_last: bool) -> Resul
     if out.complete && walk.sealed {
         let bytes = bytes.get(..walk.end as usize).unwrap_or(bytes);
         check_index(ctx, base, bytes, is_last, &mem, &mut out)?;
+    } else if out.complete && is_last {
+        // The active segment's index checkpoints (spec 17.5).
+        let bytes = bytes.get(..walk.end as usize).unwrap_or(bytes);
+        let (problems, warnings) = check_checkpoints(ctx, base, bytes, &mem)?;
+        out.problems.extend(problems);
+        out.warnings.extend(warnings);
     }
     Ok(out)
 }
