@@ -39,6 +39,9 @@
 //!   last ~64 MB (`active_64mb`, 500,000 events; `ANNAL_BENCH_OPEN_FULL` sets
 //!   the count).
 //!
+//! * `open_checkpoints`: `Log::open` alone of the `open_active` log with the
+//!   active segment's index checkpoints (spec 17.5) and without them.
+//!
 //! The open groups use flat sampling (an open of a large active segment takes
 //! tens of milliseconds) and time `open` + `close` (close fsyncs the head
 //! file): what a process pays to open a log and let go of it.
@@ -303,9 +306,59 @@ fn open_active(c: &mut Criterion) {
         .save();
 }
 
+/// Remove the index checkpoints (spec 17.5) of the log in `dir`.
+fn remove_checkpoints(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("read dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "ckpt") {
+            std::fs::remove_file(&p).expect("remove checkpoint");
+        }
+    }
+}
+
+/// `open_checkpoints`: `Log::open` alone (close is not timed) of a 1M-event
+/// log whose active segment holds the last ~64 MB, with the index
+/// checkpoints a clean close leaves (`checkpointed`) and with them removed
+/// before each open (`walked`: the whole active segment is walked, as every
+/// open did before checkpoints, and as recovery does after a crash before
+/// any checkpoint).
+fn open_checkpoints(c: &mut Criterion) {
+    let n = fixed_size("ANNAL_BENCH_OPEN_SMALL", 1_000_000, 10_000);
+    let full = fixed_size("ANNAL_BENCH_OPEN_FULL", 500_000, 5_000).min(n);
+    let names = names(OPEN_STREAMS);
+    let tmp = common::scratch("annal-bench-open-ckpt-");
+    let dir = tmp.path().join("log");
+    build_open_log(&dir, n, full, &names);
+    describe(&format!("open_checkpoints {n} events, last {full} active"), &dir);
+    let mut g = c.benchmark_group("open_checkpoints");
+    g.sampling_mode(SamplingMode::Flat);
+    for (name, walk) in [("checkpointed", false), ("walked", true)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    if walk {
+                        remove_checkpoints(&dir);
+                    }
+                    let start = std::time::Instant::now();
+                    let log = Log::open(&dir, Options::default()).expect("open");
+                    total += start.elapsed();
+                    black_box(log.next_position());
+                    log.close().expect("close");
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+    Figure::new("open_checkpoints", 0, 0)
+        .row("checkpointed", &[("walked", "walked", None)])
+        .save();
+}
+
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = read_stream, open, open_active
+    targets = read_stream, open, open_active, open_checkpoints
 }
 criterion_main!(benches);

@@ -74,7 +74,7 @@ fn is_derived(f: &Finding) -> bool {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    name.ends_with(".idx") || name == annal::STREAM_TABLE_FILE
+    name.ends_with(".idx") || name.ends_with(".ckpt") || name == annal::STREAM_TABLE_FILE
 }
 
 fn is_chain(f: &Finding) -> bool {

@@ -47,6 +47,8 @@ pub(crate) struct HeadWriter {
     sequence: u64,
     /// The log's format version, written into every slot.
     version: u16,
+    /// What the current slot says, while it is known to be durable.
+    durable: Option<Head>,
 }
 
 impl HeadWriter {
@@ -79,11 +81,40 @@ impl HeadWriter {
             path,
             sequence: 1,
             version,
+            durable: Some(Head { sequence: 1, ..head }),
         })
     }
 
     /// Write the next slot (not synced; see the module docs).
+    /// Keep writing the existing head file of a log that was closed cleanly
+    /// and opened without change: its current slot (`current`, durable)
+    /// already says what a new file would, so nothing is written or synced
+    /// (opening a log costs no fsync); the next write goes to the other slot.
+    pub(crate) fn reuse(io: &dyn Io, dir: &Path, current: Head, version: u16) -> Result<HeadWriter> {
+        let path = dir.join(HEAD_FILE);
+        let file = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
+        Ok(HeadWriter {
+            file,
+            path,
+            sequence: current.sequence,
+            version,
+            durable: Some(current),
+        })
+    }
+
+    /// Whether the current slot, durable, already says `head` (its
+    /// sequence aside): writing it again would change nothing.
+    pub(crate) fn already_says(&self, head: &Head) -> bool {
+        self.durable.is_some_and(|d| {
+            Head {
+                sequence: d.sequence,
+                ..*head
+            } == d
+        })
+    }
+
     pub(crate) fn write(&mut self, head: Head) -> Result<()> {
+        self.durable = None;
         let seq = self.sequence + 1;
         let slot = HeadSlot::new(
             self.version,

@@ -39,23 +39,27 @@ impl Inner {
             active_layered,
             active_base,
             active_end,
+            clean_head,
             report,
         } = recovered;
         let io = &*opts.io;
         let active_path = dir.join(segment_file_name(active_base));
         let file = io.open(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
-        let head = HeadWriter::create(
-            io,
-            &dir,
-            Head {
-                sequence: 1,
-                segment_base: active_base,
-                durable_end: active_end,
-                visible_end: active_end,
-                next_position,
-            },
-            format.version,
-        )?;
+        let head = match clean_head {
+            Some(h) => HeadWriter::reuse(io, &dir, h, format.version)?,
+            None => HeadWriter::create(
+                io,
+                &dir,
+                Head {
+                    sequence: 1,
+                    segment_base: active_base,
+                    durable_end: active_end,
+                    visible_end: active_end,
+                    next_position,
+                },
+                format.version,
+            )?,
+        };
         let active_file =
             crate::storage::io::open_read(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
         let index_damage = Arc::new(AtomicU64::new(0));
@@ -191,8 +195,12 @@ impl Inner {
             visible_end: io.offset,
             next_position,
         };
-        io.head.write(head)?;
-        io.head.sync()?;
+        // A log opened and closed without a change keeps its head file as it
+        // is (nothing to write, nothing to sync).
+        if !io.head.already_says(&head) {
+            io.head.write(head)?;
+            io.head.sync()?;
+        }
         let durable = io.durable;
         drop(io);
         // The next open reads none of the batches the checkpoints cover.

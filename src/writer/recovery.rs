@@ -53,6 +53,9 @@ pub(crate) struct Recovered {
     pub active_layered: Option<(Vec<Index>, Vec<PathBuf>, u64)>,
     pub active_base: u64,
     pub active_end: u64,
+    /// The head file's current slot, if it already describes the log as
+    /// opened (a clean close, nothing recovered): the writer keeps it.
+    pub clean_head: Option<Head>,
     pub report: Recovery,
 }
 
@@ -220,6 +223,7 @@ fn create_log(io: &dyn Io, dir: &Path, opts: &Options, lock: WriterLock, mut rep
         active_layered: None,
         active_base: 0,
         active_end: SEGMENT_HEADER_LEN as u64,
+        clean_head: None,
         report,
     })
 }
@@ -607,10 +611,24 @@ impl Opening<'_> {
     ) -> Result<Recovered> {
         let (io, dir, opts) = (self.io, self.dir, self.opts);
         let path = dir.join(segment_file_name(last));
-        // Everything kept is made durable before the head says so (spec 6, step 5).
-        let f = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
-        f.sync().map_err(|e| Error::io("fsync", &path, e))?;
-        drop(f);
+        // A clean close: the head's current slot says the whole segment is
+        // durable and visible, and nothing was cut or created since.
+        let clean_head = self.head.filter(|h| {
+            h.segment_base == last
+                && h.durable_end == tail.end
+                && h.visible_end == tail.end
+                && h.next_position == tail.next_position
+                && !tail.sealed
+                && self.report.truncated.is_none()
+                && self.report.reinitialized.is_none()
+        });
+        // Everything kept is made durable before the head says so (spec 6,
+        // step 5); after a clean close it already is.
+        if clean_head.is_none() {
+            let f = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
+            f.sync().map_err(|e| Error::io("fsync", &path, e))?;
+            drop(f);
+        }
         let Some(format) = self.format else {
             return Err(corrupt(&path, 0, "no segment header was read"));
         };
@@ -656,6 +674,7 @@ impl Opening<'_> {
             active_index: Arc::new(RwLock::new(active_index)),
             active_base,
             active_end,
+            clean_head,
             report: self.report,
         })
     }
