@@ -321,7 +321,7 @@ impl ActiveRead {
                     .get_or_insert_with(|| self.index.write().unwrap_or_else(|p| p.into_inner()))
                     .add_frame(bytes, off);
                 indexed += 1;
-                if indexed % INDEX_LOCK_FRAMES == 0 {
+                if indexed.is_multiple_of(INDEX_LOCK_FRAMES) {
                     index = None;
                 }
             }
