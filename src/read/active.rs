@@ -1,13 +1,18 @@
 //! The active segment as a [`Reader`](crate::Reader) in another process sees
 //! it: every new frame is copied (`pread`, never through a mapping: spec 7)
 //! and validated before the bytes up to it are mapped, and damage is told
-//! from a torn or in-progress write by the durable boundary (spec 5.1).
+//! from a torn or in-progress write by the durable boundary (spec 5.1). The
+//! copies are made in big reads (a chunk of 1 MiB holds many frames; a frame
+//! cut by a chunk's end is carried over to the next read), never a read per
+//! frame.
 //!
 //! Invariants: `validated_end` only grows over complete frames whose
 //! positions follow each other from the segment's base; an incomplete frame
 //! below the durable boundary is [`Error::Corrupt`] naming the segment, at or
-//! past it the walk stops quietly; memory stays bounded (one frame, at most
-//! `MAX_FRAME_LEN`, and a resync scan in bounded pieces).
+//! past it the walk stops quietly; nothing past the head's visible end is
+//! delivered (nor read by the validating walk); memory stays bounded (one
+//! chunk, or one frame when it is larger, at most `MAX_FRAME_LEN`, and a
+//! resync scan in bounded pieces).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,10 +24,10 @@ use crate::format::names::{LOCK_FILE, segment_file_name};
 use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_LEN_OFFSET, FrameHeader, SEGMENT_HEADER_LEN};
 use crate::index::{Index, IndexCell, MemIndex};
 use crate::read::logview::ViewSegment;
-use crate::read::sealed::{pread, read_segment_header};
+use crate::read::sealed::{cut_while_read, pread_upto, read_segment_header};
 use crate::storage::head::Head;
 use crate::storage::mmap::Mapping;
-use crate::storage::resync::{RESYNC_CHUNK, resync_file};
+use crate::storage::resync::resync_file;
 
 /// The active segment of a [`Reader`](crate::Reader): its file (read by
 /// copying), what has been validated of it, and the index built from the
@@ -48,7 +53,8 @@ pub(super) struct ActiveRead {
     /// file length) it covered.
     probed: Option<(u64, u64)>,
     map: Option<Arc<Mapping>>,
-    buf: Vec<u8>,
+    /// The bytes the current walk copied.
+    window: Window,
 }
 
 impl ActiveRead {
@@ -72,7 +78,7 @@ impl ActiveRead {
             resync: None,
             probed: None,
             map: None,
-            buf: Vec::new(),
+            window: Window::default(),
         })
     }
 
@@ -129,93 +135,148 @@ impl ActiveRead {
     }
 }
 
+/// How much of the active segment one read copies ahead (a frame larger than
+/// this gets a read of its own size, at most `MAX_FRAME_LEN`).
+const CHUNK: u64 = 1 << 20;
+
+/// The bytes of the active segment copied in big reads (`pread`, never
+/// through a mapping: spec 7): `bytes` are the file's bytes from offset
+/// `start`. A walk asks for each frame's bytes in turn; a frame the window
+/// does not hold whole is read with the [`CHUNK`] bytes from its start, the
+/// part already held carried over (moved to the front, not read again).
+/// Memory: one chunk, or one frame when it is larger.
+#[derive(Debug, Default)]
+struct Window {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Window {
+    /// Forget the bytes held (a new walk reads the file afresh); large
+    /// buffers are not kept.
+    fn reset(&mut self) {
+        self.bytes.clear();
+        if self.bytes.capacity() > CHUNK as usize {
+            self.bytes = Vec::new();
+        }
+    }
+
+    /// The file's bytes `[off, off + n)`, reading from `off` up to `ahead`
+    /// bytes (at least `n`) when they are not all held. A file that ends
+    /// before `off + n` (it shrank under the reader) is [`Error::Corrupt`]
+    /// at `off`, naming how many bytes were expected.
+    fn get(&mut self, file: &File, path: &Path, off: u64, n: usize, ahead: u64) -> Result<&[u8]> {
+        let held = off
+            .checked_sub(self.start)
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i <= self.bytes.len());
+        if let Some(i) = held
+            && i.checked_add(n).is_some_and(|e| e <= self.bytes.len())
+        {
+            return Ok(&self.bytes[i..i + n]);
+        }
+        // Carry the bytes from `off` on over to the front, then read the rest.
+        let keep = match held {
+            Some(i) => {
+                self.bytes.copy_within(i.., 0);
+                self.bytes.len() - i
+            }
+            None => 0,
+        };
+        self.start = off;
+        let want = usize::try_from(ahead).unwrap_or(usize::MAX).max(n);
+        self.bytes.resize(want, 0);
+        let got = keep + pread_upto(file, &mut self.bytes[keep..], off.saturating_add(keep as u64), path)?;
+        self.bytes.truncate(got);
+        if got < n {
+            return Err(cut_while_read(path, off, n));
+        }
+        Ok(&self.bytes[..n])
+    }
+
+    /// Copy the frame at `off` of the active segment (read ahead up to
+    /// `end`, never past it) and validate it: its header first (a frame
+    /// header cut by the end of the file, or failing the header checks of
+    /// spec 3.1, `frame_len` at most `MAX_FRAME_LEN` among them, is damage
+    /// before its body is read), then its body, CRCs and the position it must
+    /// start at (`next`). A frame that fits in the file but ends past `end`
+    /// (the head's visible end) is [`Step::NotVisible`].
+    fn frame(&mut self, file: &File, path: &Path, off: u64, end: u64, file_len: u64, next: u64) -> Result<Step<'_>> {
+        let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
+            return damaged(
+                Damage::corrupt(
+                    off,
+                    format!(
+                        "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
+                        file_len.saturating_sub(off)
+                    ),
+                ),
+                path,
+            );
+        };
+        if hdr_end > end {
+            return Ok(Step::NotVisible);
+        }
+        let ahead = (end - off).min(CHUNK);
+        let len = match FrameHeader::parse(self.get(file, path, off, FRAME_HEADER_LEN, ahead)?, off) {
+            Ok(h) => h.frame_len.get(),
+            Err(d) => return damaged(d, path),
+        };
+        let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
+            return damaged(
+                Damage::corrupt(
+                    off.saturating_add(FRAME_LEN_OFFSET as u64),
+                    format!(
+                        "frame_len {len} runs past the end of the file ({} bytes remain)",
+                        file_len.saturating_sub(off)
+                    ),
+                ),
+                path,
+            );
+        };
+        if frame_end > end {
+            return Ok(Step::NotVisible);
+        }
+        // `FrameHeader::parse` checked len <= MAX_FRAME_LEN: a bounded read.
+        let Ok(len_usize) = usize::try_from(len) else {
+            return damaged(
+                Damage::corrupt(
+                    off.saturating_add(FRAME_LEN_OFFSET as u64),
+                    format!("frame_len {len} cannot be held in memory"),
+                ),
+                path,
+            );
+        };
+        let bytes = self.get(file, path, off, len_usize, ahead)?;
+        // A cursor over exactly this frame checks its header, that it starts
+        // at `next`, and its body, as every reader of frames does.
+        let step = FrameCursor::new(bytes, off, next, true).step();
+        match step.unwrap_or_else(|| Err(Damage::corrupt(off, "expected a frame, found no bytes"))) {
+            Ok(f) => Ok(Step::Frame(f.frame, f.bytes)),
+            Err(d) => damaged(d, path),
+        }
+    }
+}
+
+/// How many frames the validating walk adds to the in-memory index under
+/// one taking of its write lock (views reading the index wait at most that
+/// long).
+const INDEX_LOCK_FRAMES: u32 = 1024;
+
 /// One step of the copy-validating walk of the active segment.
-enum Step {
-    /// A complete, valid frame (copied into the buffer), and its end offset.
-    Frame(Frame, u64),
+enum Step<'a> {
+    /// A complete, valid frame and its bytes (a copy).
+    Frame(Frame, &'a [u8]),
     /// The frame at the offset runs past `end`: not visible yet.
     NotVisible,
     /// The frame at the offset is not complete (spec 3.1, 3.3).
     Damaged(Damage),
 }
 
-/// Copy the frame at `off` of the active segment into `buf` (never through a
-/// mapping: spec 7) and validate it: its header first, from the file alone
-/// (a frame header cut by the end of the file, or failing the header checks
-/// of spec 3.1, `frame_len` at most `MAX_FRAME_LEN` among them, is damage
-/// before anything is allocated), then its body, CRCs and the position it
-/// must start at (`next`). A frame that fits in the file but ends past `end`
-/// (the head's visible end) is [`Step::NotVisible`].
-fn copy_frame(
-    file: &File,
-    path: &Path,
-    buf: &mut Vec<u8>,
-    off: u64,
-    end: u64,
-    file_len: u64,
-    next: u64,
-) -> Result<Step> {
-    let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
-        return damaged(
-            Damage::corrupt(
-                off,
-                format!(
-                    "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
-                    file_len.saturating_sub(off)
-                ),
-            ),
-            path,
-        );
-    };
-    if hdr_end > end {
-        return Ok(Step::NotVisible);
-    }
-    let mut hdr = [0u8; FRAME_HEADER_LEN];
-    pread(file, &mut hdr, off, path)?;
-    let len = match FrameHeader::parse(&hdr, off) {
-        Ok(h) => h.frame_len.get(),
-        Err(d) => return damaged(d, path),
-    };
-    let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
-        return damaged(
-            Damage::corrupt(
-                off.saturating_add(FRAME_LEN_OFFSET as u64),
-                format!(
-                    "frame_len {len} runs past the end of the file ({} bytes remain)",
-                    file_len.saturating_sub(off)
-                ),
-            ),
-            path,
-        );
-    };
-    if frame_end > end {
-        return Ok(Step::NotVisible);
-    }
-    // `FrameHeader::parse` checked len <= MAX_FRAME_LEN: a bounded allocation.
-    let Ok(len_usize) = usize::try_from(len) else {
-        return damaged(
-            Damage::corrupt(
-                off.saturating_add(FRAME_LEN_OFFSET as u64),
-                format!("frame_len {len} cannot be held in memory"),
-            ),
-            path,
-        );
-    };
-    buf.resize(len_usize, 0);
-    pread(file, buf, off, path)?;
-    // The copy holds exactly this frame: the cursor checks its header, that
-    // it starts at `next`, and its body, as every reader of frames does.
-    let step = FrameCursor::new(buf, off, next, true).step();
-    match step.unwrap_or_else(|| Err(Damage::corrupt(off, "expected a frame, found no bytes"))) {
-        Ok(f) => Ok(Step::Frame(f.frame, frame_end)),
-        Err(d) => damaged(d, path),
-    }
-}
-
 /// Damage met while copying a frame: a [`Step::Damaged`] (whether it is
 /// corruption depends on the durable boundary), unless it is an I/O failure,
 /// which is [`Error::Io`] naming the segment, never damage.
-fn damaged(d: Damage, path: &Path) -> Result<Step> {
+fn damaged(d: Damage, path: &Path) -> Result<Step<'static>> {
     if d.is_io() {
         return Err(d.at(path));
     }
@@ -238,38 +299,39 @@ impl ActiveRead {
             .len();
         self.file_len = file_len;
         let end = limit.min(file_len);
+        self.window.reset();
+        // The index's lock is taken once for many frames, not once a frame.
+        let mut index = None;
+        let mut indexed = 0u32;
         let stop = loop {
             let off = self.validated_end;
             if off >= end {
                 break None;
             }
-            let (f, frame_end) = match copy_frame(
-                &self.file,
-                &self.path,
-                &mut self.buf,
-                off,
-                end,
-                file_len,
-                self.next_position,
-            )? {
-                Step::Frame(f, frame_end) => (f, frame_end),
+            let (f, bytes) = match self
+                .window
+                .frame(&self.file, &self.path, off, end, file_len, self.next_position)?
+            {
+                Step::Frame(f, bytes) => (f, bytes),
                 Step::NotVisible => break None,
                 Step::Damaged(d) => break Some(d),
             };
             if f.kind == FRAME_KIND_BATCH {
-                self.index
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .add_frame(&self.buf, off);
+                index
+                    .get_or_insert_with(|| self.index.write().unwrap_or_else(|p| p.into_inner()))
+                    .add_frame(bytes, off);
+                indexed += 1;
+                if indexed.is_multiple_of(INDEX_LOCK_FRAMES) {
+                    index = None;
+                }
             }
-            self.validated_end = frame_end;
+            self.validated_end = off + f.len;
             self.next_position = f.next_position();
             self.max_durable = self.max_durable.max(f.durable_end);
         };
+        drop(index);
         // Large buffers are not kept between refreshes.
-        if self.buf.capacity() > RESYNC_CHUNK as usize {
-            self.buf = Vec::new();
-        }
+        self.window.reset();
         if let Some(d) = stop {
             let x = self.validated_end;
             let boundary = self.boundary(x, head_durable, self.max_durable, file_len)?;
@@ -311,21 +373,25 @@ impl ActiveRead {
             return Ok(());
         }
         let (mut off, mut next, mut max_durable) = (self.validated_end, self.next_position, self.max_durable);
-        let mut buf = Vec::new();
+        self.window.reset();
         let stop = loop {
             if off >= file_len {
                 break None;
             }
-            let (f, frame_end) = match copy_frame(&self.file, &self.path, &mut buf, off, file_len, file_len, next)? {
-                Step::Frame(f, frame_end) => (f, frame_end),
+            let f = match self
+                .window
+                .frame(&self.file, &self.path, off, file_len, file_len, next)?
+            {
+                Step::Frame(f, _) => f,
                 // `end` is the file's length: every frame that fits is visible.
                 Step::NotVisible => break None,
                 Step::Damaged(d) => break Some(d),
             };
             max_durable = max_durable.max(f.durable_end);
             next = f.next_position();
-            off = frame_end;
+            off += f.len;
         };
+        self.window.reset();
         if let Some(d) = stop {
             let boundary = self.boundary(off, head_durable, max_durable, file_len)?;
             if off < boundary {
@@ -372,5 +438,50 @@ impl ActiveRead {
         let best = resync_file(&self.file, &self.path, from, file_len)?;
         self.resync = Some((from, file_len, best));
         Ok(best)
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "tests: a panic is a failure"
+)]
+mod tests {
+    use super::*;
+
+    /// The window hands out exactly the file's bytes, whatever the ranges
+    /// asked (inside a chunk, cut by its end, larger than a chunk), keeps
+    /// at most a chunk or the range asked for, and a file that ends first is
+    /// corruption at the range's start naming the bytes expected.
+    #[test]
+    fn the_window_gives_the_files_bytes_in_big_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 4 * CHUNK as usize + 1000;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut w = Window::default();
+        let end = len as u64;
+        let mut off = 0usize;
+        for n in [72usize, 1000, CHUNK as usize - 500, 2 * CHUNK as usize, 600, 72] {
+            let ahead = (end - off as u64).min(CHUNK);
+            let got = w.get(&file, &path, off as u64, n, ahead).unwrap();
+            assert_eq!(got, &data[off..off + n], "{off} + {n}");
+            assert!(w.bytes.len() <= n.max(CHUNK as usize));
+            off += n;
+        }
+        // Past the end of the file: cut while being read.
+        let at = len as u64 - 10;
+        match w.get(&file, &path, at, 72, 72) {
+            Err(Error::Corrupt { offset, detail, .. }) => {
+                assert_eq!(offset, at);
+                assert!(detail.contains("expected 72 bytes"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        w.reset();
+        assert!(w.bytes.is_empty());
     }
 }

@@ -25,18 +25,63 @@ use crate::storage::mmap::Mapping;
 /// [`Error::Io`]; a file that ends first (it shrank under the reader) is
 /// [`Error::Corrupt`] at the offset where the bytes are missing.
 pub(super) fn pread(file: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<()> {
+    count_pread();
     match read_exact_at(file, buf, off) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {
-            path: path.to_owned(),
-            offset: off,
-            detail: format!(
-                "expected {} bytes here, found the end of the file (it was cut while being read)",
-                buf.len()
-            ),
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(cut_while_read(path, off, buf.len())),
         Err(e) => Err(Error::io("read", path, e)),
     }
+}
+
+/// `pread` up to `buf.len()` bytes at `off` of `path`, fewer only where the
+/// file ends: returns how many were read. An OS failure is [`Error::Io`].
+pub(super) fn pread_upto(file: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<usize> {
+    let mut done = 0usize;
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        count_pread();
+        let at = off.saturating_add(done as u64);
+        match read_at(file, rest, at) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    Ok(done)
+}
+
+/// The error of a read of `len` bytes at `off` of `path` that met the end of
+/// the file: it was cut while being read.
+pub(super) fn cut_while_read(path: &Path, off: u64, len: usize) -> Error {
+    Error::Corrupt {
+        path: path.to_owned(),
+        offset: off,
+        detail: format!("expected {len} bytes here, found the end of the file (it was cut while being read)"),
+    }
+}
+
+/// One OS read of up to `buf.len()` bytes at `off` (0: the file ends there).
+fn read_at(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_at(file, buf, off)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::Start(off))?;
+        f.read(buf)
+    }
+}
+
+/// Count one OS read of the reader's `pread` helpers, for tests that prove a
+/// walk reads in big pieces (`fuzzing::reader_preads`, the one counter; only
+/// with the test hooks built).
+#[inline]
+fn count_pread() {
+    #[cfg(feature = "fuzzing")]
+    crate::fuzzing::READER_PREADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Read and check the segment header of `file`.
