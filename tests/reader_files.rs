@@ -177,6 +177,19 @@ fn a_frame_claiming_4_gib_is_refused_before_any_allocation() {
     let f = fs::OpenOptions::new().write(true).open(&seg).expect("open");
     f.set_len(victim.offset + claimed + 4096).expect("set_len");
     drop(f);
+    // With the index checkpoint of the segment, the frame is not walked when
+    // the view is taken: a read of it refuses it, with the same offset.
+    let view = Reader::open(dir.path()).expect("reader").view().expect("view");
+    match common::read_until_err(&view, 0).1 {
+        Some(Error::Corrupt { path, offset, detail }) => {
+            assert_eq!(path, seg);
+            assert_eq!(offset, victim.offset + 8, "{detail}");
+        }
+        other => panic!("expected Error::Corrupt from the read, got {other:?}"),
+    }
+    drop(view);
+    // Without it, the walk of the active segment refuses it.
+    common::remove_checkpoints(dir.path());
     match Reader::open(dir.path()).expect("reader").view() {
         Err(Error::Corrupt { path, offset, detail }) => {
             assert_eq!(path, seg);

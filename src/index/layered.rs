@@ -13,7 +13,7 @@
 //! reported, never read again through this index.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::Damage;
 use crate::index::{Index, MemIndex, NO_ROW, Named, StreamInfo};
@@ -31,7 +31,14 @@ pub(crate) struct Layered {
     pub(crate) base_end: u64,
     /// The batches from `base_end` on.
     pub(crate) tail: Arc<RwLock<MemIndex>>,
+    /// The base layers' rows of the stream, category or event type looked
+    /// up last (a read asks for its entries one by one): `(what, name, per
+    /// base layer (entry_start, entry_count))`.
+    last: Mutex<Option<Rows>>,
 }
+
+/// What [`Layered::last`] holds.
+type Rows = (Option<Named>, Box<str>, Arc<[Option<(StreamInfo, u32, u32)>]>);
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
@@ -47,6 +54,7 @@ impl Layered {
             files,
             base_end,
             tail,
+            last: Mutex::new(None),
         }
     }
 
@@ -70,7 +78,47 @@ impl Layered {
     /// Replace the base by `rebuilt`, the index of the segment's bytes
     /// `[0, base_end)` built by scanning them.
     pub(crate) fn replace_base(&self, rebuilt: MemIndex) {
-        *self.base.write().unwrap_or_else(|p| p.into_inner()) = vec![Index::Mem(Arc::new(RwLock::new(rebuilt)))];
+        let mut base = self.base.write().unwrap_or_else(|p| p.into_inner());
+        *base = vec![Index::Mem(Arc::new(RwLock::new(rebuilt)))];
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Per base layer, the rows of `name` (a stream if `kind` is `None`):
+    /// `(stream info, entry_start, entry_count)`, `None` where it has none.
+    fn base_rows(
+        &self,
+        base: &[Index],
+        kind: Option<Named>,
+        name: &str,
+    ) -> Result<Arc<[Option<(StreamInfo, u32, u32)>]>, Damage> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, n, rows)) = last.as_ref()
+            && *k == kind
+            && **n == *name
+            && rows.len() == base.len()
+        {
+            return Ok(rows.clone());
+        }
+        let rows: Arc<[Option<(StreamInfo, u32, u32)>]> = base
+            .iter()
+            .map(|l| match kind {
+                None => Ok(l.find_stream(name)?.map(|s| (s, s.entry_start, s.entry_count))),
+                Some(k) => Ok(l.find_named(k, name)?.map(|(start, n)| {
+                    let none = StreamInfo {
+                        row: NO_ROW,
+                        first_version: 0,
+                        last_version: 0,
+                        entry_start: start,
+                        entry_count: n,
+                        prev: None,
+                    };
+                    (none, start, n)
+                })),
+            })
+            .collect::<Result<Vec<_>, Damage>>()?
+            .into();
+        *last = Some((kind, name.into(), rows.clone()));
+        Ok(rows)
     }
 
     /// The whole index in memory: every base layer read and the tail
@@ -116,16 +164,20 @@ impl Layered {
 
     /// Entry `i` of a stream over every layer.
     pub(crate) fn stream_entry(&self, name: &str, mut i: u32) -> Result<Option<(u64, u64)>, Damage> {
-        for layer in self.layers() {
-            let Some(s) = layer.find_stream(name)? else {
-                continue;
-            };
-            if i < s.entry_count {
-                return layer.stream_entry(name, &s, i);
+        let base = self.base();
+        let rows = self.base_rows(&base, None, name)?;
+        for (layer, row) in base.iter().zip(rows.iter()) {
+            let Some((s, _, n)) = row else { continue };
+            if i < *n {
+                return layer.stream_entry(name, s, i);
             }
-            i -= s.entry_count;
+            i -= n;
         }
-        Ok(None)
+        let tail = Index::Mem(self.tail.clone());
+        match tail.find_stream(name)? {
+            Some(s) if i < s.entry_count => tail.stream_entry(name, &s, i),
+            _ => Ok(None),
+        }
     }
 
     /// Number of entries of a category or event type over every layer.
@@ -141,16 +193,20 @@ impl Layered {
 
     /// Entry `i` of a category or event type over every layer.
     pub(crate) fn named_entry(&self, kind: Named, name: &str, mut i: u32) -> Result<Option<u64>, Damage> {
-        for layer in self.layers() {
-            let Some((start, n)) = layer.find_named(kind, name)? else {
-                continue;
-            };
-            if i < n {
-                return layer.named_entry(kind, name, start, i);
+        let base = self.base();
+        let rows = self.base_rows(&base, Some(kind), name)?;
+        for (layer, row) in base.iter().zip(rows.iter()) {
+            let Some((_, start, n)) = row else { continue };
+            if i < *n {
+                return layer.named_entry(kind, name, *start, i);
             }
             i -= n;
         }
-        Ok(None)
+        let tail = Index::Mem(self.tail.clone());
+        match tail.find_named(kind, name)? {
+            Some((start, n)) if i < n => tail.named_entry(kind, name, start, i),
+            _ => Ok(None),
+        }
     }
 
     /// Number of batches over every layer.

@@ -22,9 +22,10 @@ use crate::error::{Damage, Error, Result};
 use crate::format::frame::{Frame, FrameCursor};
 use crate::format::names::{LOCK_FILE, segment_file_name};
 use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_LEN_OFFSET, FrameHeader, SEGMENT_HEADER_LEN};
-use crate::index::{Index, IndexCell, MemIndex};
+use crate::index::checkpoint;
+use crate::index::{Index, IndexCell, Layered, MemIndex};
 use crate::read::logview::ViewSegment;
-use crate::read::sealed::{cut_while_read, pread_upto, read_segment_header};
+use crate::read::sealed::{cut_while_read, pread, pread_upto, read_segment_header};
 use crate::storage::head::Head;
 use crate::storage::mmap::Mapping;
 use crate::storage::resync::resync_file;
@@ -55,6 +56,8 @@ pub(super) struct ActiveRead {
     map: Option<Arc<Mapping>>,
     /// The bytes the current walk copied.
     window: Window,
+    /// Whether the segment's index checkpoints were looked for.
+    checkpoints_tried: bool,
 }
 
 impl ActiveRead {
@@ -79,6 +82,7 @@ impl ActiveRead {
             probed: None,
             map: None,
             window: Window::default(),
+            checkpoints_tried: false,
         })
     }
 
@@ -299,6 +303,10 @@ impl ActiveRead {
             .len();
         self.file_len = file_len;
         let end = limit.min(file_len);
+        if !self.checkpoints_tried {
+            self.checkpoints_tried = true;
+            self.use_checkpoints(end);
+        }
         self.window.reset();
         // The index's lock is taken once for many frames, not once a frame.
         let mut index = None;
@@ -360,6 +368,51 @@ impl ActiveRead {
             });
         }
         Ok(())
+    }
+
+    /// Before the first walk: if index checkpoints (spec 17.5) cover the
+    /// segment's start within `end` (the visible end), take their index and
+    /// start the walk where they end, after copying and validating the last
+    /// batch they cover (its position, timestamp and durable end continue
+    /// the walk). A checkpoint that does not open or does not match the
+    /// segment is not used (nor any after it): the walk covers its bytes.
+    fn use_checkpoints(&mut self, end: u64) {
+        let Some(dir) = self.path.parent() else { return };
+        let Ok(all) = checkpoint::list(dir) else { return };
+        let (chain, _) = checkpoint::chain(all, self.base, end);
+        if chain.is_empty() {
+            return;
+        }
+        let (file, path) = (&self.file, &*self.path);
+        let (files, _) = checkpoint::open_chain(&chain, |off| {
+            let mut h = vec![0u8; FRAME_HEADER_LEN];
+            pread(file, &mut h, off, path).ok().map(|()| h)
+        });
+        let Some(last) = files.last() else { return };
+        let ((off, _), (_, to)) = (last.checkpoint_binding(), last.covered());
+        // The last batch, copied (never through a mapping) and validated in
+        // full; `open_chain` checked that it is a batch ending at `to`.
+        let Ok(len) = usize::try_from(to - off) else { return };
+        let mut buf = vec![0u8; len];
+        if pread(file, &mut buf, off, path).is_err() {
+            return;
+        }
+        let Ok(h) = FrameHeader::parse(&buf, off) else { return };
+        let first = h.first_position.get();
+        let Some(Ok(f)) = FrameCursor::new(&buf, off, first, true).step() else {
+            return;
+        };
+        self.validated_end = to;
+        self.next_position = f.frame.next_position();
+        self.max_durable = self.max_durable.max(f.frame.durable_end);
+        let used = files.len();
+        let layered = Layered::new(
+            files.into_iter().map(Index::Disk).collect(),
+            chain.into_iter().take(used).map(|c| c.path).collect(),
+            to,
+            self.index.clone(),
+        );
+        self.cell.set(Index::Layered(Arc::new(layered)));
     }
 
     /// With no writer holding the log: check the frames past the visible end

@@ -15,7 +15,10 @@
 //!    the end of complete batches: for the writer's own views, the end it has
 //!    written (annal never rewrites a byte it wrote below that end); for
 //!    readers in other processes, the end they validated by *copying* the bytes
-//!    (`pread`), never through a mapping. The writer only writes past those
+//!    (`pread`), never through a mapping, or the end of the segment's index
+//!    checkpoints (spec 17.5), which cover only complete batches that were
+//!    durable when the checkpoint was written (its last batch is copied and
+//!    validated first). The writer only writes past those
 //!    ends (appending) and only truncates past every complete batch (recovery
 //!    cuts torn tails, which no reader validated), so no mapped byte changes
 //!    and no mapped page is cut from under a reader (no SIGBUS).
