@@ -160,10 +160,16 @@ impl Inner {
 /// `segment`: its offset, end and header CRC.
 fn last_durable_batch(tail: &Arc<RwLock<MemIndex>>, segment: &[u8], durable: u64) -> Option<(u64, u64, u32)> {
     let t = read_index(tail);
-    for &(_, off) in t.frames.iter().rev() {
-        let h = header_in(segment, off)?;
-        let fh = FrameHeader::parse(&h, off).ok()?;
-        let end = off.checked_add(fh.frame_len.get())?;
+    // The newest batches may lie past what the view maps (not yet visible)
+    // or past `durable`: skipped.
+    let limit = durable.min(segment.len() as u64);
+    let n = t.frames.partition_point(|f| f.1 < limit);
+    for &(_, off) in t.frames.get(..n).unwrap_or(&[]).iter().rev() {
+        let Some(h) = header_in(segment, off) else { continue };
+        let Ok(fh) = FrameHeader::parse(&h, off) else { continue };
+        let Some(end) = off.checked_add(fh.frame_len.get()) else {
+            continue;
+        };
         if end <= durable && end <= segment.len() as u64 {
             return Some((off, end, fh.header_crc.get()));
         }

@@ -614,7 +614,9 @@ impl Opening<'_> {
         // A clean close: the head's current slot says the whole segment is
         // durable and visible, and nothing was cut or created since.
         let clean_head = self.head.filter(|h| {
-            h.segment_base == last
+            // (A sequence that could not be counted on is not kept.)
+            h.sequence < u64::MAX / 2
+                && h.segment_base == last
                 && h.durable_end == tail.end
                 && h.visible_end == tail.end
                 && h.next_position == tail.next_position
