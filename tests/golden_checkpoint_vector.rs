@@ -108,12 +108,14 @@ fn writer_produces_the_checkpoint_vector() {
     assert_eq!(golden::file_names(&dir), golden::file_names(&committed()));
 }
 
+/// `(stream name, first_version, last_version, [(first_version, frame_offset)])`
+type StreamRow = (String, u64, u64, Vec<(u64, u64)>);
+
 /// A checkpoint file as the spec describes it, decoded independently.
 struct Ckpt {
     from: u64,
     to: u64,
-    /// `(stream name, first_version, last_version, [(first_version, frame_offset)])`
-    streams: Vec<(String, u64, u64, Vec<(u64, u64)>)>,
+    streams: Vec<StreamRow>,
     /// `(category or type name, [offset])`
     categories: Vec<(String, Vec<u64>)>,
     types: Vec<(String, Vec<u64>)>,

@@ -222,7 +222,7 @@ impl IndexCell {
 impl Index {
     /// Whether damage found in this index is damage of files (which a
     /// rebuild from the segment replaces), not of the segment.
-    pub(crate) fn from_files(&self) -> bool {
+    pub(crate) fn is_from_files(&self) -> bool {
         match self {
             Index::Disk(_) => true,
             Index::Mem(_) => false,

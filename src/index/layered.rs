@@ -37,8 +37,11 @@ pub(crate) struct Layered {
     last: Mutex<Option<Rows>>,
 }
 
+/// Per base layer, a row: `(stream info, entry_start, entry_count)`.
+type LayerRows = Arc<[Option<(StreamInfo, u32, u32)>]>;
+
 /// What [`Layered::last`] holds.
-type Rows = (Option<Named>, Box<str>, Arc<[Option<(StreamInfo, u32, u32)>]>);
+type Rows = (Option<Named>, Box<str>, LayerRows);
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
@@ -85,12 +88,7 @@ impl Layered {
 
     /// Per base layer, the rows of `name` (a stream if `kind` is `None`):
     /// `(stream info, entry_start, entry_count)`, `None` where it has none.
-    fn base_rows(
-        &self,
-        base: &[Index],
-        kind: Option<Named>,
-        name: &str,
-    ) -> Result<Arc<[Option<(StreamInfo, u32, u32)>]>, Damage> {
+    fn base_rows(&self, base: &[Index], kind: Option<Named>, name: &str) -> Result<LayerRows, Damage> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((k, n, rows)) = last.as_ref()
             && *k == kind
@@ -99,7 +97,7 @@ impl Layered {
         {
             return Ok(rows.clone());
         }
-        let rows: Arc<[Option<(StreamInfo, u32, u32)>]> = base
+        let rows: LayerRows = base
             .iter()
             .map(|l| match kind {
                 None => Ok(l.find_stream(name)?.map(|s| (s, s.entry_start, s.entry_count))),

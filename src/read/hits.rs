@@ -107,7 +107,7 @@ pub(super) fn mismatch<T>(
     detail: String,
     f: impl Fn(&Index) -> Result<T, Damage>,
 ) -> Result<(Index, T)> {
-    if index.from_files() {
+    if index.is_from_files() {
         seg.repinned(Damage::corrupt(0, detail), f)
     } else {
         Err(corrupt(&seg.path, 0, detail))

@@ -45,7 +45,7 @@ impl ViewSegment {
         let idx = self.index.get(self.bytes()?)?;
         match f(&idx) {
             Ok(t) => Ok((idx, t)),
-            Err(d) if idx.from_files() => self.repinned(d, f),
+            Err(d) if idx.is_from_files() => self.repinned(d, f),
             Err(d) => Err(d.at(&*self.path)),
         }
     }

@@ -672,7 +672,7 @@ impl Opening<'_> {
             last_timestamp: tail.last_timestamp,
             sealed,
             table,
-            active_layered: base.map(|(files, paths, end)| (files, paths, end)),
+            active_layered: base,
             active_index: Arc::new(RwLock::new(active_index)),
             active_base,
             active_end,

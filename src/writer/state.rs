@@ -102,7 +102,7 @@ pub(super) struct State {
     pub(super) layered: Option<Arc<Layered>>,
     /// Sealed segments whose streams are not yet in the stream table, oldest
     /// first (between a roll being queued and the leader writing the table).
-    pub(super) unpersisted: Vec<(u64, Arc<RwLock<MemIndex>>, Option<Arc<Layered>>)>,
+    pub(super) unpersisted: Vec<Unpersisted>,
     /// The stream table covering the other sealed segments.
     pub(super) table: Option<Arc<StreamTable>>,
     /// Recently appended events with application-supplied ids, for
@@ -134,6 +134,10 @@ pub(super) struct State {
     /// this open (see `Inner::load_window`).
     pub(super) window_loaded: bool,
 }
+
+/// A sealed segment not yet in the stream table: its base, its in-memory
+/// index, and its index checkpoints with it, if it had any.
+pub(super) type Unpersisted = (u64, Arc<RwLock<MemIndex>>, Option<Arc<Layered>>);
 
 /// What views see.
 pub(super) struct Published {
