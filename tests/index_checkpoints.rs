@@ -352,3 +352,37 @@ fn check_compares_each_checkpoint_with_the_segment() {
     assert!(p.detail.contains("checkpoint"), "{}", p.detail);
     assert!(p.offset > 128, "{}", p.offset);
 }
+
+/// A segment opened from its checkpoints and then sealed: its index file
+/// is the checkpoints' index and the tail's, merged (byte for byte what a
+/// rebuild from the segment gives, as `check` confirms), and the
+/// checkpoints are removed.
+#[test]
+fn a_segment_sealed_after_opening_from_checkpoints_gets_its_whole_index() {
+    let dir = common::scratch();
+    let small = opts().segment_size(16 << 10);
+    let log = Log::open(dir.path(), small.clone()).unwrap();
+    append_batches(&log, 0, 60);
+    log.close().unwrap();
+    assert_eq!(checkpoints(dir.path()).len(), 1);
+    let before = common::segments(dir.path()).len();
+    let log = Log::open(dir.path(), small.clone()).unwrap();
+    let mut n = 60;
+    while common::segments(dir.path()).len() == before {
+        append_batches(&log, n, 1);
+        n += 1;
+    }
+    log.close().unwrap();
+    // The sealed segment's checkpoints are gone; the new active segment has its own.
+    let ck = checkpoints(dir.path());
+    assert!(ck.iter().all(|p| !p.file_name().unwrap().to_str().unwrap().starts_with(&format!("{:020}-", 0))), "{ck:?}");
+    let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let log = Log::open(dir.path(), small).unwrap();
+    let view = log.view().unwrap();
+    for s in 0..7 {
+        assert_eq!(stream_payloads(&view, &format!("s-{s}")), expected_stream(n, s));
+    }
+    log.close().unwrap();
+}
