@@ -8,9 +8,13 @@
 //! `Reader::view` (which validates the whole active segment) and the first
 //! event of `read_all(0)`.
 //!
-//! * `open_read_1`: the above; criterion's throughput is the active
-//!   segment's length, so its MB/s is the rate at which the segment is
-//!   validated.
+//! * `open_read_1_checkpointed`: the above, on the log as its writer's clean
+//!   close left it: the segment's index checkpoints (spec 17.5) cover it, so
+//!   the reader walks nothing.
+//! * `open_read_1`: the same with the checkpoints removed (as after a crash
+//!   before any): the reader validates the whole segment; criterion's
+//!   throughput is the segment's length, so its MB/s is the rate at which
+//!   the segment is validated.
 //!
 //! Everything is in the page cache (the log was just written and is read
 //! once before timing), so this is a CPU and system-call figure.
@@ -75,6 +79,17 @@ fn bench(c: &mut Criterion) {
     assert_eq!(open_read_1(&path), PAYLOAD);
     let mut g = c.benchmark_group("reader_open");
     g.throughput(Throughput::Bytes(len));
+    // As the writer's clean close left it: the segment's index checkpoints
+    // (spec 17.5) cover it all, so nothing is walked.
+    g.bench_function("open_read_1_checkpointed", |b| b.iter(|| black_box(open_read_1(&path))));
+    // Without them (as after a crash before any checkpoint): the whole
+    // segment is copied and validated.
+    for e in std::fs::read_dir(&path).expect("read dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "ckpt") {
+            std::fs::remove_file(&p).expect("remove checkpoint");
+        }
+    }
     g.bench_function("open_read_1", |b| b.iter(|| black_box(open_read_1(&path))));
     g.finish();
 }

@@ -375,7 +375,15 @@ fn a_segment_sealed_after_opening_from_checkpoints_gets_its_whole_index() {
     log.close().unwrap();
     // The sealed segment's checkpoints are gone; the new active segment has its own.
     let ck = checkpoints(dir.path());
-    assert!(ck.iter().all(|p| !p.file_name().unwrap().to_str().unwrap().starts_with(&format!("{:020}-", 0))), "{ck:?}");
+    assert!(
+        ck.iter().all(|p| !p
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("{:020}-", 0))),
+        "{ck:?}"
+    );
     let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
