@@ -53,8 +53,10 @@
 //!
 //! * replay (`read_all`, forward and backward) and the parallel rebuild of
 //!   projections walk a segment in order: they keep a [`Readahead`] window
-//!   of `MADV_WILLNEED` ahead of the cursor, one advice call per
-//!   [`READAHEAD_WINDOW`] bytes, not per frame;
+//!   of `MADV_WILLNEED` ahead of the cursor, advised once per
+//!   [`READAHEAD_WINDOW`] bytes (in a few system calls of
+//!   [`WILLNEED_CHUNK`] bytes, as much as Linux reads per call), not per
+//!   frame;
 //! * `check` walks each sealed segment in full, several times: it advises
 //!   the whole mapping `MADV_SEQUENTIAL` ([`Mapping::sequential`]).
 //!
@@ -125,16 +127,31 @@ fn mmap(file: &File, len: u64, path: &Path) -> Result<Option<Mmap>> {
 /// window), small enough not to crowd the page cache.
 pub(crate) const READAHEAD_WINDOW: u64 = 8 << 20;
 
+/// Bytes per `MADV_WILLNEED` system call. Linux reads at most
+/// `max(read_ahead_kb, max_sectors_kb)` of the range of one call (the rest
+/// is silently dropped: a 16 MiB call on a disk with 8 MiB of readahead
+/// leaves half the range to be faulted in page by page), and the default
+/// `read_ahead_kb` is 128 KiB; `max_sectors_kb` is 512 KiB or more on
+/// common disks. So a window is advised in calls of this many bytes.
+const WILLNEED_CHUNK: usize = 512 << 10;
+
 /// The size of a page for aligning advised ranges (a smaller value than the
 /// real page size only makes ranges start a little earlier: memmap2 aligns
 /// the start down to the real page).
 const PAGE: u64 = 4096;
 
+/// How far ahead of its cursor a [`Readahead`] keeps advised bytes: between
+/// one and two windows, so that the disk always has a window queued while
+/// the consumer parses (with one window, the disk idles whenever parsing
+/// catches up with it).
+const READAHEAD_LEAD: u64 = 2 * READAHEAD_WINDOW;
+
 /// A window of `MADV_WILLNEED` kept ahead of a cursor walking one mapping in
-/// order (forward or backward): the kernel reads the next
-/// [`READAHEAD_WINDOW`] bytes while the consumer parses the current ones.
-/// One advice call per window: [`Readahead::at`] is a comparison per call
-/// until the cursor comes within half a window of the advised edge.
+/// order (forward or backward): the kernel reads the next bytes (between one
+/// and two [`READAHEAD_WINDOW`]s of them) while the consumer parses the
+/// current ones. One advice call per window: [`Readahead::at`] is a
+/// comparison per call until the cursor comes within [`READAHEAD_LEAD`] of
+/// the advised edge.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Readahead {
     /// Forward: the end of the range advised so far. Backward: its start.
@@ -163,16 +180,16 @@ impl Readahead {
         }
     }
 
-    /// The cursor is at byte `at` of `map`: if fewer than half a window of
-    /// bytes ahead of it are advised, advise the next window.
+    /// The cursor is at byte `at` of `map`: if fewer than
+    /// [`READAHEAD_LEAD`] bytes ahead of it are advised, advise the next
+    /// window.
     #[inline]
     pub(crate) fn at(&mut self, map: &Mapping, at: u64) {
-        const HALF: u64 = READAHEAD_WINDOW / 2;
         if self.backward {
-            if self.fresh || at < self.edge.saturating_add(HALF) {
+            if self.fresh || at < self.edge.saturating_add(READAHEAD_LEAD) {
                 self.advance_backward(map, at);
             }
-        } else if self.fresh || at.saturating_add(HALF) > self.edge {
+        } else if self.fresh || at.saturating_add(READAHEAD_LEAD) > self.edge {
             self.advance_forward(map, at);
         }
     }
@@ -294,9 +311,10 @@ impl Mapping {
     }
 
     /// Ask the kernel to read `[offset, offset + len)` of the mapping
-    /// (`MADV_WILLNEED`), without waiting for it: the range is clamped to the
-    /// mapping and widened to whole pages. Maps nothing: a lazy mapping not
-    /// made yet is left alone. A hint, so a failure is ignored.
+    /// (`MADV_WILLNEED`, in calls of [`WILLNEED_CHUNK`] bytes), without
+    /// waiting for it: the range is clamped to the mapping and widened to
+    /// whole pages. Maps nothing: a lazy mapping not made yet is left alone.
+    /// A hint, so a failure is ignored.
     pub(crate) fn prefetch(&self, offset: u64, len: u64) {
         let Some(Some(m)) = self.map.get() else {
             return;
@@ -304,7 +322,10 @@ impl Mapping {
         let Some((start, len)) = clamp_range(m.len() as u64, offset, len) else {
             return;
         };
-        let _ = m.advise_range(Advice::WillNeed, start, len);
+        let end = start + len;
+        for at in (start..end).step_by(WILLNEED_CHUNK) {
+            let _ = m.advise_range(Advice::WillNeed, at, WILLNEED_CHUNK.min(end - at));
+        }
         count(Kind::WillNeed, len as u64);
     }
 
@@ -425,14 +446,13 @@ mod tests {
             let before = fw.edge;
             fw.at(&m, at);
             if fw.edge != before || calls.is_empty() {
-                calls.push(fw.edge);
+                calls.push((at, fw.edge));
             }
         }
-        // Windows end at 8, 16, 24 MiB and the end of the file.
-        assert_eq!(
-            calls,
-            vec![READAHEAD_WINDOW, 2 * READAHEAD_WINDOW, 3 * READAHEAD_WINDOW, len]
-        );
+        // Windows of 8 MiB: the first two windows' worth of lead at the
+        // start, then one window each time the cursor comes within the lead.
+        let w = READAHEAD_WINDOW;
+        assert_eq!(calls, vec![(0, w), (4096, 2 * w), (8192, 3 * w), (w + 4096, len)]);
         let mut bw = Readahead::backward();
         let mut starts = Vec::new();
         for at in (0..=len).rev().step_by(4096) {
