@@ -534,3 +534,30 @@ pub(crate) static READER_PREADS: AtomicU64 = AtomicU64::new(0);
 pub fn reader_preads() -> u64 {
     READER_PREADS.load(Ordering::Relaxed)
 }
+
+/// Counts of the advice annal gave the kernel about its mappings since the
+/// process started (a test seam: see the module documentation of
+/// `storage::mmap`). Process-wide: a test compares counts before and after
+/// what it does, with nothing else mapping meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AdviceCounts {
+    /// Mappings advised `MADV_RANDOM` (each mapping, when it is made).
+    pub random: u64,
+    /// `MADV_WILLNEED` calls (readahead windows of sequential readers).
+    pub willneed: u64,
+    /// Bytes those `MADV_WILLNEED` calls covered.
+    pub willneed_bytes: u64,
+    /// Mappings advised `MADV_SEQUENTIAL` (segments `check` walks whole).
+    pub sequential: u64,
+}
+
+/// The advice given so far (see [`AdviceCounts`]).
+pub fn advice() -> AdviceCounts {
+    let c = &crate::storage::mmap::counters::COUNTERS;
+    AdviceCounts {
+        random: c.random.load(Ordering::Relaxed),
+        willneed: c.willneed.load(Ordering::Relaxed),
+        willneed_bytes: c.willneed_bytes.load(Ordering::Relaxed),
+        sequential: c.sequential.load(Ordering::Relaxed),
+    }
+}

@@ -289,3 +289,98 @@ impl Figure {
         }
     }
 }
+
+/// Drop every file under `path` (a file or a directory, recursively) from
+/// the page cache: `posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)` on each.
+/// Only clean pages are dropped, and none that a live mapping holds: sync
+/// the files once after writing them ([`sync_tree`]) and close the store
+/// first. Returns the number of files advised.
+pub fn evict(path: &Path) -> usize {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return 0;
+        };
+        return entries.flatten().map(|e| evict(&e.path())).sum();
+    }
+    if !meta.is_file() {
+        return 0;
+    }
+    let Ok(f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    evict_file(&f);
+    1
+}
+
+#[cfg(target_os = "linux")]
+fn evict_file(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a file descriptor that `f` owns for the
+    // duration of the call; it touches no memory of the program.
+    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn evict_file(_: &std::fs::File) {}
+
+/// `fsync` every file under `path`, so that [`evict`] can drop their pages
+/// (the page cache keeps dirty pages).
+pub fn sync_tree(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            sync_tree(&e.path());
+        }
+    } else if meta.is_file()
+        && let Ok(f) = std::fs::File::open(path)
+    {
+        let _ = f.sync_all();
+    }
+}
+
+/// Bytes of the files under `path` (recursively): `(apparent length, bytes
+/// allocated on disk)`.
+pub fn tree_bytes(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return (0, 0);
+    };
+    if meta.is_dir() {
+        return std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| tree_bytes(&e.path()))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    }
+    if meta.is_file() {
+        (meta.len(), meta.blocks() * 512)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Append `n` events of `payload` (type `event_type`) round-robin over
+/// `names`, in appends of 1 to `max_batch` events (seeded): the interleaved
+/// streams of `benches/streams.rs`'s `read_stream` log.
+pub fn build_interleaved_log(dir: &Path, n: u64, names: &[String], payload: &[u8], event_type: &str, max_batch: u64) {
+    let batch: Vec<annal::EventData<'_>> = (0..max_batch)
+        .map(|_| annal::EventData::new(event_type, payload))
+        .collect();
+    let log = annal::Log::open(dir, annal::Options::default()).expect("open");
+    let mut rng = Rng(0x5eed_0001);
+    let (mut written, mut s) = (0u64, 0usize);
+    while written < n {
+        let k = (1 + rng.below(max_batch)).min(n - written);
+        log.append(&names[s], annal::ExpectedVersion::Any, &batch[..k as usize])
+            .expect("append");
+        written += k;
+        s = (s + 1) % names.len();
+    }
+    log.close().expect("close");
+}

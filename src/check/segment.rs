@@ -250,6 +250,9 @@ fn read_segment(
         // SAFETY: not the last segment, so a sealed one: annal never writes
         // it again (mmap module, case 1).
         let m = unsafe { Mapping::map(file, file_len, path) }?;
+        // Walked whole, in order (more than once): undo the random-access
+        // advice every mapping starts with (`storage::mmap`).
+        m.sequential();
         let cut = oversized_frame(m.bytes(), ctx.max_frame);
         return Ok((SegBytes::Map(m), cut));
     }

@@ -31,6 +31,7 @@ use crate::format::record::RecordRef;
 use crate::format::{FRAME_FIRST_POSITION_OFFSET, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::index::Index;
 use crate::read::view::{LogView, ViewSegment};
+use crate::storage::mmap::Readahead;
 use crate::types::Direction;
 
 /// A fold of records into a read model, mergeable so that parts of the log can
@@ -390,7 +391,11 @@ impl LogView {
             // One pass: records are applied as they are checked. If a batch
             // turns out damaged, the error discards the whole model.
             let mut frames = FrameCursor::new(rest, off as u64, pos, true);
+            // The mapping is advised for random access (`storage::mmap`): keep
+            // a readahead window ahead of the chunk's cursor.
+            let mut ahead = Readahead::forward();
             while (seg, off) < b.key() {
+                ahead.at(&s.map, off as u64);
                 let Some(step) = frames.step_each(|_, r| p.apply(&mut model, &r)) else {
                     break;
                 };

@@ -18,6 +18,7 @@ use crate::format::{
 use crate::index::{Index, Named};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch, offset_plus};
 use crate::read::logview::{LogView, ViewSegment};
+use crate::storage::mmap::Readahead;
 
 pub use crate::read::stream::ReadStream;
 
@@ -151,6 +152,7 @@ impl LogView {
             frame: None,
             buf: Vec::new(),
             done: self.segments.is_empty(),
+            ahead: (usize::MAX, Readahead::backward()),
         }
     }
 }
@@ -393,6 +395,10 @@ pub struct ReadAllBackward<'a> {
     frame: Option<u32>,
     buf: Vec<RecordRef<'a>>,
     done: bool,
+    /// The segment the readahead window is kept in (segment mappings are
+    /// advised for random access: `storage::mmap`), and the window, kept
+    /// below the cursor.
+    ahead: (usize, Readahead),
 }
 
 impl<'a> ReadAllBackward<'a> {
@@ -438,6 +444,10 @@ impl<'a> ReadAllBackward<'a> {
             let Some((_, off)) = seg.with_index(|x| x.frame(fi))? else {
                 continue;
             };
+            if self.ahead.0 != si {
+                self.ahead = (si, Readahead::backward());
+            }
+            self.ahead.1.at(&seg.map, off);
             // Frames past the visible end (active segment) are skipped.
             load_batch(seg, off, &mut self.buf, true, |r| r.position() <= from)?;
         }

@@ -13,12 +13,18 @@
 //! wholly before `from` (and seals, checkpoints) are stepped over with their
 //! header checked but their body unread, and nothing allocates per record or
 //! per frame.
+//!
+//! Segment mappings are advised for random access (see `storage::mmap`), so
+//! the kernel does not read ahead for a replay: the cursor keeps a
+//! [`Readahead`] window of `MADV_WILLNEED` ahead of itself in the segment it
+//! reads, one advice call per window.
 
 use crate::error::{Damage, Error, Result};
 use crate::format::frame::{FrameCursor, FrameRef};
 use crate::format::record::{RecordRef, parse_validated};
 use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::read::logview::{LogView, ReadOptions, ViewSegment};
+use crate::storage::mmap::{Mapping, Readahead};
 
 /// Bytes of a CPU cache line, the stride of the prefetch before a batch is
 /// validated without CRCs (not a format offset).
@@ -72,6 +78,8 @@ impl LogView {
             batch: &[],
             until: u64::MAX,
             done: false,
+            map: None,
+            ahead: Readahead::forward(),
         }
     }
 }
@@ -105,6 +113,10 @@ pub struct ReadAll<'a> {
     /// Stop before this position.
     until: u64,
     done: bool,
+    /// The mapping of segment `seg` once it is open, and the readahead
+    /// window kept in it.
+    map: Option<&'a Mapping>,
+    ahead: Readahead,
 }
 
 impl<'a> ReadAll<'a> {
@@ -181,6 +193,8 @@ impl<'a> ReadAll<'a> {
             return Some(Err(d.at(&*seg.path)));
         }
         let rest = bytes.get(self.off..).unwrap_or_default();
+        self.map = Some(&*seg.map);
+        self.ahead = Readahead::forward();
         Some(Ok(FrameCursor::new(rest, self.off as u64, self.pos, self.verify)))
     }
 
@@ -240,6 +254,9 @@ impl<'a> ReadAll<'a> {
                     continue;
                 }
             };
+            if let Some(m) = self.map {
+                self.ahead.at(m, frames.offset());
+            }
             if h.frame.kind != FRAME_KIND_BATCH || h.frame.next_position() <= self.from {
                 // A seal or checkpoint, or a batch wholly before `from`: step
                 // over it unread (its header and position checked).

@@ -39,13 +39,41 @@
 //! Changes to the files by anything other than annal (an editor, a disk fault)
 //! are outside this contract; `annal check` exists to detect them, and every
 //! parser is written to return an error, never to panic, on any content.
+//!
+//! # Advice to the kernel
+//!
+//! Left alone, the kernel reads ahead around every page fault in a file
+//! mapping (up to the device's `read_ahead_kb`, 8 MiB on some disks): a
+//! cold stream read that touches a hundred scattered 4 KiB pages would read
+//! hundreds of MiB. So every mapping is advised `MADV_RANDOM` as soon as it
+//! is made ([`mmap`]): a fault reads the page it needs (and the kernel maps
+//! the neighbours already cached). Point reads and index probes (stream
+//! reads, lookups, the stream table, snapshots) are random access and need
+//! nothing more.
+//!
+//! Sequential consumers say so themselves, since `MADV_RANDOM` turned the
+//! kernel's readahead off for them:
+//!
+//! * replay (`read_all`, forward and backward) and the parallel rebuild of
+//!   projections walk a segment in order: they keep a [`Readahead`] window
+//!   of `MADV_WILLNEED` ahead of the cursor, advised once per
+//!   [`READAHEAD_WINDOW`] bytes (in a few system calls of
+//!   [`WILLNEED_CHUNK`] bytes, as much as Linux reads per call), not per
+//!   frame;
+//! * `check` walks each sealed segment in full, several times: it advises
+//!   the whole mapping `MADV_SEQUENTIAL` ([`Mapping::sequential`]).
+//!
+//! Advice is a hint: it changes no byte a mapping exposes (only which pages
+//! the kernel reads, and when), so it leaves the soundness argument above
+//! untouched, and a failure to give it is ignored. The advice calls go
+//! through memmap2's safe `advise` / `advise_range` (no `unsafe` here).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{Advice, Mmap, MmapOptions};
 
 use crate::error::{Error, Result};
 
@@ -90,7 +118,106 @@ fn mmap(file: &File, len: u64, path: &Path) -> Result<Option<Mmap>> {
     // to complete batches the writer never rewrites, and truncation happens
     // only past them). The mapping is read-only.
     let map = unsafe { MmapOptions::new().len(len_usize).map(file) }.map_err(|e| Error::io("mmap", path, e))?;
+    // Random access until a sequential consumer says otherwise (module
+    // documentation, "Advice to the kernel"); a hint, so a failure is ignored.
+    let _ = map.advise(Advice::Random);
+    count(Kind::Random, 1);
     Ok(Some(map))
+}
+
+/// Bytes advised `MADV_WILLNEED` at a time by a [`Readahead`]: large enough
+/// that the disk reads in long runs and the advice calls are few (one per
+/// window), small enough not to crowd the page cache.
+pub(crate) const READAHEAD_WINDOW: u64 = 8 << 20;
+
+/// Bytes per `MADV_WILLNEED` system call. Linux reads at most
+/// `max(read_ahead_kb, max_sectors_kb)` of the range of one call (the rest
+/// is silently dropped: a 16 MiB call on a disk with 8 MiB of readahead
+/// leaves half the range to be faulted in page by page), and the default
+/// `read_ahead_kb` is 128 KiB; `max_sectors_kb` is 512 KiB or more on
+/// common disks. So a window is advised in calls of this many bytes.
+const WILLNEED_CHUNK: usize = 512 << 10;
+
+/// The size of a page for aligning advised ranges (a smaller value than the
+/// real page size only makes ranges start a little earlier: memmap2 aligns
+/// the start down to the real page).
+const PAGE: u64 = 4096;
+
+/// How far ahead of its cursor a [`Readahead`] keeps advised bytes: between
+/// one and two windows, so that the disk always has a window queued while
+/// the consumer parses (with one window, the disk idles whenever parsing
+/// catches up with it).
+const READAHEAD_LEAD: u64 = 2 * READAHEAD_WINDOW;
+
+/// A window of `MADV_WILLNEED` kept ahead of a cursor walking one mapping in
+/// order (forward or backward): the kernel reads the next bytes (between one
+/// and two [`READAHEAD_WINDOW`]s of them) while the consumer parses the
+/// current ones. One advice call per window: [`Readahead::at`] is a
+/// comparison per call until the cursor comes within [`READAHEAD_LEAD`] of
+/// the advised edge.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Readahead {
+    /// Forward: the end of the range advised so far. Backward: its start.
+    edge: u64,
+    /// Nothing advised yet.
+    fresh: bool,
+    backward: bool,
+}
+
+impl Readahead {
+    /// A window for a cursor moving towards the end of the mapping.
+    pub(crate) fn forward() -> Readahead {
+        Readahead {
+            edge: 0,
+            fresh: true,
+            backward: false,
+        }
+    }
+
+    /// A window for a cursor moving towards the start of the mapping.
+    pub(crate) fn backward() -> Readahead {
+        Readahead {
+            edge: u64::MAX,
+            fresh: true,
+            backward: true,
+        }
+    }
+
+    /// The cursor is at byte `at` of `map`: if fewer than
+    /// [`READAHEAD_LEAD`] bytes ahead of it are advised, advise the next
+    /// window.
+    #[inline]
+    pub(crate) fn at(&mut self, map: &Mapping, at: u64) {
+        if self.backward {
+            if self.fresh || at < self.edge.saturating_add(READAHEAD_LEAD) {
+                self.advance_backward(map, at);
+            }
+        } else if self.fresh || at.saturating_add(READAHEAD_LEAD) > self.edge {
+            self.advance_forward(map, at);
+        }
+    }
+
+    #[cold]
+    fn advance_forward(&mut self, map: &Mapping, at: u64) {
+        let start = if self.fresh || at > self.edge { at } else { self.edge };
+        if start >= map.len() {
+            return;
+        }
+        let end = start.saturating_add(READAHEAD_WINDOW).min(map.len());
+        map.prefetch(start, end - start);
+        (self.edge, self.fresh) = (end, false);
+    }
+
+    #[cold]
+    fn advance_backward(&mut self, map: &Mapping, at: u64) {
+        let end = if self.fresh || at < self.edge { at } else { self.edge }.min(map.len());
+        if end == 0 {
+            return;
+        }
+        let start = end.saturating_sub(READAHEAD_WINDOW);
+        map.prefetch(start, end - start);
+        (self.edge, self.fresh) = (start, false);
+    }
 }
 
 impl Mapping {
@@ -186,6 +313,36 @@ impl Mapping {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Ask the kernel to read `[offset, offset + len)` of the mapping
+    /// (`MADV_WILLNEED`, in calls of [`WILLNEED_CHUNK`] bytes), without
+    /// waiting for it: the range is clamped to the mapping and widened to
+    /// whole pages. Maps nothing: a lazy mapping not made yet is left alone.
+    /// A hint, so a failure is ignored.
+    pub(crate) fn prefetch(&self, offset: u64, len: u64) {
+        let Some(Some(m)) = self.map.get() else {
+            return;
+        };
+        let Some((start, len)) = clamp_range(m.len() as u64, offset, len) else {
+            return;
+        };
+        let end = start + len;
+        for at in (start..end).step_by(WILLNEED_CHUNK) {
+            let _ = m.advise_range(Advice::WillNeed, at, WILLNEED_CHUNK.min(end - at));
+        }
+        count(Kind::WillNeed, len as u64);
+    }
+
+    /// Advise the whole mapping `MADV_SEQUENTIAL` (for a consumer that walks
+    /// it in full, in order): the kernel reads ahead aggressively again, and
+    /// may drop pages behind the reader early. Maps nothing. A hint, so a
+    /// failure is ignored.
+    pub(crate) fn sequential(&self) {
+        if let Some(Some(m)) = self.map.get() {
+            let _ = m.advise(Advice::Sequential);
+            count(Kind::Sequential, 1);
+        }
+    }
+
     /// A lazy mapping of the same range of the same file, not mapped yet
     /// (for a cache that lets go of this one). Only for a file that annal
     /// never changes again (a sealed segment): the lazy mapping requires the
@@ -197,5 +354,118 @@ impl Mapping {
         self.source
             .as_ref()
             .map(|p| unsafe { Mapping::lazy(p.clone(), self.len) })
+    }
+}
+
+/// `[offset, offset + len)` clamped to a mapping of `map_len` bytes, its
+/// start aligned down to a page: `(start, len)` as `usize`, or `None` if
+/// nothing of it lies in the mapping.
+fn clamp_range(map_len: u64, offset: u64, len: u64) -> Option<(usize, usize)> {
+    let end = offset.saturating_add(len).min(map_len);
+    let start = offset - offset % PAGE;
+    if offset >= end {
+        return None;
+    }
+    Some((usize::try_from(start).ok()?, usize::try_from(end - start).ok()?))
+}
+
+/// Which advice was given (for the test counters).
+#[derive(Clone, Copy)]
+enum Kind {
+    Random,
+    WillNeed,
+    Sequential,
+}
+
+/// Count advice given, for tests (`annal::fuzzing::advice`): no cost
+/// outside test builds.
+#[cfg(any(test, feature = "fuzzing"))]
+fn count(kind: Kind, bytes: u64) {
+    let c = &counters::COUNTERS;
+    match kind {
+        Kind::Random => c.random.fetch_add(1, Ordering::Relaxed),
+        Kind::WillNeed => {
+            c.willneed_bytes.fetch_add(bytes, Ordering::Relaxed);
+            c.willneed.fetch_add(1, Ordering::Relaxed)
+        }
+        Kind::Sequential => c.sequential.fetch_add(1, Ordering::Relaxed),
+    };
+}
+
+#[cfg(not(any(test, feature = "fuzzing")))]
+#[inline(always)]
+fn count(_: Kind, _: u64) {}
+
+/// Process-wide counts of the advice given to mappings, for tests.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod counters {
+    use std::sync::atomic::AtomicU64;
+
+    /// Advice given since the process started.
+    pub(crate) struct Counters {
+        /// Mappings advised `MADV_RANDOM` (every mapping made).
+        pub random: AtomicU64,
+        /// `MADV_WILLNEED` calls, and the bytes they covered.
+        pub willneed: AtomicU64,
+        pub willneed_bytes: AtomicU64,
+        /// Mappings advised `MADV_SEQUENTIAL`.
+        pub sequential: AtomicU64,
+    }
+
+    pub(crate) static COUNTERS: Counters = Counters {
+        random: AtomicU64::new(0),
+        willneed: AtomicU64::new(0),
+        willneed_bytes: AtomicU64::new(0),
+        sequential: AtomicU64::new(0),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamp_range_aligns_and_clamps() {
+        assert_eq!(clamp_range(10_000, 5_000, 100), Some((4096, 1004)));
+        assert_eq!(clamp_range(10_000, 0, u64::MAX), Some((0, 10_000)));
+        assert_eq!(clamp_range(10_000, 9_000, 5_000), Some((8192, 1808)));
+        assert_eq!(clamp_range(10_000, 10_000, 5), None);
+        assert_eq!(clamp_range(10_000, u64::MAX, u64::MAX), None);
+        assert_eq!(clamp_range(0, 0, 10), None);
+    }
+
+    #[test]
+    fn readahead_advises_once_per_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 3 * READAHEAD_WINDOW + 100;
+        std::fs::write(&path, vec![0u8; len as usize]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a file of this test that nothing writes while it is mapped.
+        let m = unsafe { Mapping::map(&file, len, &path) }.unwrap();
+        let mut fw = Readahead::forward();
+        let mut calls = Vec::new();
+        for at in (0..len).step_by(4096) {
+            let before = fw.edge;
+            fw.at(&m, at);
+            if fw.edge != before || calls.is_empty() {
+                calls.push((at, fw.edge));
+            }
+        }
+        // Windows of 8 MiB: the first two windows' worth of lead at the
+        // start, then one window each time the cursor comes within the lead.
+        let w = READAHEAD_WINDOW;
+        assert_eq!(calls, vec![(0, w), (4096, 2 * w), (8192, 3 * w), (w + 4096, len)]);
+        let mut bw = Readahead::backward();
+        let mut starts = Vec::new();
+        for at in (0..=len).rev().step_by(4096) {
+            let before = bw.edge;
+            bw.at(&m, at);
+            if bw.edge != before {
+                starts.push(bw.edge);
+            }
+        }
+        assert_eq!(starts.len(), 4, "{starts:?}");
+        assert_eq!(starts.last(), Some(&0));
     }
 }

@@ -92,6 +92,8 @@ pub(super) fn ensure_indexes(
             continue;
         }
         let bytes = seg.bytes()?;
+        // Walked whole: read ahead, not page by page.
+        seg.map.sequential();
         let mem = MemIndex::rebuild(bytes).map_err(|d| d.at(&*seg.path))?;
         let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
         let earlier = &sealed[..i];

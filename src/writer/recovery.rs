@@ -394,6 +394,10 @@ impl Opening<'_> {
         // process changes the file while this mapping lives, and it is dropped
         // before recovery truncates the file (mmap module, case 5).
         let map = unsafe { Mapping::map(&file, file_len, &path) }?;
+        // Walked front to back (from the end of its index checkpoints): the
+        // kernel reads ahead, where a mapping advised random would fault
+        // page by page.
+        map.sequential();
         if !sealed.is_empty() && last != next {
             return Err(corrupt(
                 &path,
