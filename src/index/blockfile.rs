@@ -220,6 +220,11 @@ impl BlockFile {
         // temporary name and renamed into place, never modified afterwards
         // (mmap module, case 3): this inode's bytes do not change.
         let map = unsafe { Mapping::map(&file, len, path) }.map_err(|e| map_failure(&e))?;
+        // Opening reads the footer and the whole block CRC table (4 bytes a
+        // block, at the end): one read of them, not a fault per page of a
+        // mapping advised random.
+        let tail = (len / (BLOCK as u64 / 4)).saturating_add(2 * BLOCK as u64).min(len);
+        map.prefetch(len - tail, tail);
         BlockFile::from_bytes(map, magic).map(Some)
     }
 }

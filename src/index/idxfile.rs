@@ -270,16 +270,10 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         name: &[u8],
         row_hash_name: &dyn Fn(u32) -> Result<(u64, u32, u16), Damage>,
     ) -> Result<Option<u32>, Damage> {
-        let (mut lo, mut hi) = (0u32, count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if row_hash_name(mid)?.0 < hash {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let mut i = lo;
+        let lo = crate::index::lower_bound_by_hash(u64::from(count), hash, self.mask(), |i| {
+            Ok(row_hash_name(u32::try_from(i).unwrap_or(u32::MAX))?.0)
+        })?;
+        let mut i = u32::try_from(lo).unwrap_or(count);
         while i < count {
             let (h, off, len) = row_hash_name(i)?;
             if h != hash {

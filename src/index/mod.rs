@@ -85,3 +85,86 @@ pub(crate) const STREAM_ENTRY_LEN: usize = size_of::<[u64; 2]>();
 pub(crate) const NAMED_ENTRY_LEN: usize = size_of::<u64>();
 /// Bytes of a frame entry: `first_position`, `frame_offset`, both `u64`.
 pub(crate) const FRAME_ENTRY_LEN: usize = size_of::<[u64; 2]>();
+
+/// The first `i` in `[0, count)` whose row hash (`hash_at(i)`) is at least
+/// `target` (`count` if none), for rows sorted by hash whose hashes lie in
+/// `[0, mask]`. Stream, category and event type hashes are close to
+/// uniform there, so a few interpolation probes narrow the range to a few
+/// rows before a binary search finishes: a lookup in a cold file reads two
+/// or three pages of rows, where a binary search reads about `log2(count /
+/// rows per page)`. The bounds are those of a binary search on the sorted
+/// hashes, so the result is right whatever the hashes' distribution (a
+/// file's rows are hints: their order is checked where they are used).
+pub(crate) fn lower_bound_by_hash<E>(
+    count: u64,
+    target: u64,
+    mask: u64,
+    hash_at: impl Fn(u64) -> Result<u64, E>,
+) -> Result<u64, E> {
+    let (mut lo, mut hi) = (0u64, count);
+    // Every row in [lo, hi) has a hash in [hash_lo, hash_hi).
+    let (mut hash_lo, mut hash_hi) = (0u128, u128::from(mask) + 1);
+    for _ in 0..3 {
+        if hi - lo <= 16 {
+            break;
+        }
+        let t = u128::from(target).clamp(hash_lo, hash_hi.saturating_sub(1).max(hash_lo));
+        let span = (hash_hi - hash_lo).max(1);
+        let offset = (t - hash_lo) * u128::from(hi - lo) / span;
+        let guess = lo.saturating_add(u64::try_from(offset).unwrap_or(u64::MAX)).min(hi - 1);
+        let h = hash_at(guess)?;
+        if h < target {
+            lo = guess + 1;
+            hash_lo = hash_lo.max(u128::from(h));
+        } else {
+            hi = guess;
+            hash_hi = hash_hi.min(u128::from(h) + 1);
+        }
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if hash_at(mid)? < target {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lower_bound_by_hash;
+
+    /// The same answer as a binary search, for uniform, clustered, equal and
+    /// narrow-mask hashes.
+    #[test]
+    fn lower_bound_by_hash_agrees_with_a_binary_search() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let sets: Vec<(Vec<u64>, u64)> = vec![
+            ((0..5000).map(|_| next()).collect(), u64::MAX),
+            ((0..5000).map(|_| next() >> 60).collect(), u64::MAX),
+            ((0..5000).map(|_| next() & 0xF).collect(), 0xF),
+            (vec![7; 300], u64::MAX),
+            (vec![], u64::MAX),
+            ((0..100).map(|i| u64::MAX - i).collect(), u64::MAX),
+        ];
+        for (mut v, mask) in sets {
+            v.sort_unstable();
+            let mut targets: Vec<u64> = v.iter().copied().take(200).collect();
+            targets.extend([0, 1, u64::MAX, u64::MAX / 2, 8, 16]);
+            targets.extend((0..200).map(|_| next() & mask));
+            for t in targets {
+                let want = v.partition_point(|&h| h < t) as u64;
+                let got = lower_bound_by_hash::<()>(v.len() as u64, t, mask, |i| Ok(v[i as usize])).unwrap();
+                assert_eq!(got, want, "target {t:#x} in {} hashes", v.len());
+            }
+        }
+    }
+}

@@ -189,15 +189,7 @@ impl<B: AsRef<[u8]>> StreamTable<B> {
     /// Look a stream up by name.
     pub(crate) fn lookup(&self, name: &str) -> Result<Option<TableEntry>, Damage> {
         let hash = stream_hash(name.as_bytes()) & self.mask;
-        let (mut lo, mut hi) = (0u64, self.count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.row(mid)?.0.hash.get() < hash {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
+        let mut lo = crate::index::lower_bound_by_hash(self.count, hash, self.mask, |i| Ok(self.row(i)?.0.hash.get()))?;
         while lo < self.count {
             let (r, n) = self.row(lo)?;
             if r.hash.get() != hash {

@@ -60,8 +60,15 @@
 //!   [`READAHEAD_WINDOW`] bytes (in a few system calls of
 //!   [`WILLNEED_CHUNK`] bytes, as much as Linux reads per call), not per
 //!   frame;
-//! * `check` walks each sealed segment in full, several times: it advises
-//!   the whole mapping `MADV_SEQUENTIAL` ([`Mapping::sequential`]).
+//! * `check` walks each sealed segment in full, several times, and recovery
+//!   and index rebuilds walk a segment from front to back: they advise the
+//!   whole mapping `MADV_SEQUENTIAL` ([`Mapping::sequential`]);
+//! * opening an index file, index checkpoint or the stream table reads its
+//!   footer and its whole block CRC table, at the end of the file: one
+//!   `MADV_WILLNEED` of that end ([`Mapping::prefetch`]), not a fault per
+//!   page. Their rows are found by interpolation on the (uniform) hashes, so
+//!   a lookup reads two or three pages of rows, not one per step of a
+//!   binary search (`index::lower_bound_by_hash`).
 //!
 //! Advice is a hint: it changes no byte a mapping exposes (only which pages
 //! the kernel reads, and when), so it leaves the soundness argument above
