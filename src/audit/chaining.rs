@@ -155,7 +155,10 @@ impl HasherThread {
     /// Start a hasher thread for a chain keyed with `key` (or plain), if the
     /// machine has a second core to run it on.
     pub(crate) fn start(key: Option<ChainKey>) -> Option<HasherThread> {
-        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        // Asked once per process: the answer reads cgroup files, which would
+        // cost every open of a log about a tenth of a millisecond.
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        if *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())) < 2 {
             return None;
         }
         let shared = Arc::new(Shared::default());

@@ -394,10 +394,6 @@ impl Opening<'_> {
         // process changes the file while this mapping lives, and it is dropped
         // before recovery truncates the file (mmap module, case 5).
         let map = unsafe { Mapping::map(&file, file_len, &path) }?;
-        // Walked front to back (from the end of its index checkpoints): the
-        // kernel reads ahead, where a mapping advised random would fault
-        // page by page.
-        map.sequential();
         if !sealed.is_empty() && last != next {
             return Err(corrupt(
                 &path,
@@ -494,6 +490,12 @@ impl Opening<'_> {
         // Index checkpoints (spec 17.5) cover the start of the segment:
         // only the batches after them are walked.
         let base = self.checkpoints(last, map.bytes());
+        // What is walked is read ahead (a mapping is advised random): the
+        // whole segment without checkpoints, else only the bytes after them.
+        match &base {
+            None => map.sequential(),
+            Some(b) => map.prefetch(b.after.end, file_len.saturating_sub(b.after.end)),
+        }
         let mut builder = IndexBuilder::default();
         let walk = match &base {
             Some(b) => {
