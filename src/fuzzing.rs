@@ -232,7 +232,10 @@ pub fn index(bytes: &[u8], segment_bytes: Option<&[u8]>) {
             IdxFile::from_bytes_with(bytes, base, len, seal)
         }
     };
+    checkpoint(bytes);
     let Ok(idx) = opened else { return };
+    // The decoder of merges: every row and entry read.
+    let _ = MemIndex::from_idx(&idx);
     if let Ok(rows) = idx.stream_rows() {
         for (name, row, _) in rows.iter().take(16) {
             let _ = idx.stream_at(*row, name);
@@ -244,6 +247,26 @@ pub fn index(bytes: &[u8], segment_bytes: Option<&[u8]>) {
         }
     }
     probe_idx_file(&idx);
+}
+
+/// Decode `bytes` as an index checkpoint (spec 17.5) of the range its own
+/// header names, and run every lookup and the merge decoder.
+fn checkpoint(bytes: &[u8]) {
+    let Some((base, from, to)) = IdxHeader::read_from_prefix(bytes)
+        .ok()
+        .map(|(h, _)| (h.segment_base.get(), h.covered_from.get(), h.segment_len.get()))
+    else {
+        return;
+    };
+    let Ok(bf) = crate::index::blockfile::BlockFile::from_bytes(bytes, crate::format::IDX_MAGIC) else {
+        return;
+    };
+    let Ok(c) = IdxFile::open_checkpoint(bf, base, from, to) else {
+        return;
+    };
+    let _ = (c.checkpoint_binding(), c.covered());
+    let _ = MemIndex::from_idx(&c);
+    probe_idx_file(&c);
 }
 
 /// [`probe_index`] for an index file over any bytes: the lookups that

@@ -394,3 +394,77 @@ fn a_segment_sealed_after_opening_from_checkpoints_gets_its_whole_index() {
     }
     log.close().unwrap();
 }
+
+/// Reads never lie when a checkpoint file is damaged: random damage to it
+/// (which its block checksums catch) leaves every reader returning exactly
+/// the events that were written, or an error; the writer opens, decides
+/// expected versions right, and `check` reports the file. (A checkpoint
+/// rewritten with valid checksums is a forgery: its hits are still checked
+/// against the segment, `a_checkpoint_that_lies_about_a_stream_is_caught_by_
+/// the_hit_check`, and `check` compares every byte, `check_compares_each_
+/// checkpoint_with_the_segment`; like an index file or the stream table, it
+/// can hide batches from a reader, never invent them: spec 17.5.)
+#[test]
+fn damaged_checkpoints_never_change_what_is_read() {
+    let src = common::scratch();
+    let log = Log::open(src.path(), opts()).unwrap();
+    append_batches(&log, 0, 80);
+    log.close().unwrap();
+    let ck_name = checkpoints(src.path())[0].file_name().unwrap().to_owned();
+    let original = fs::read(src.path().join(&ck_name)).unwrap();
+    let mut rng = common::Rng::new(common::seed("damaged_checkpoints_never_change_what_is_read"));
+    for case in 0..150 {
+        let dir = common::fresh_copy(src.path());
+        let mut b = original.clone();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(b.len() as u64) as usize;
+            b[at] ^= 1 << rng.below(8);
+        }
+        fs::write(dir.path().join(&ck_name), &b).unwrap();
+        let label = format!("case {case}");
+        // A reader in another process.
+        if let Ok(view) = Reader::open(dir.path()).and_then(|mut r| r.view()) {
+            for s in 0..7 {
+                let got: annal::Result<Vec<String>> = view
+                    .read_stream(&format!("s-{s}"), 0, Direction::Forward, u64::MAX)
+                    .map(|r| r.map(|r| String::from_utf8(r.payload().to_vec()).unwrap()))
+                    .collect();
+                if let Ok(got) = got {
+                    assert_eq!(got, expected_stream(80, s), "{label}: s-{s}");
+                }
+            }
+            let cat: annal::Result<usize> = view.read_category("s", 0).try_fold(0, |n, r| r.map(|_| n + 1));
+            assert!(cat.as_ref().map_or(true, |&n| n == 160), "{label}: {cat:?}");
+        }
+        // The writer.
+        let log = Log::open(dir.path(), opts()).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let view = log.view().unwrap();
+        for s in 0..7 {
+            assert_eq!(
+                stream_payloads(&view, &format!("s-{s}")),
+                expected_stream(80, s),
+                "{label}"
+            );
+        }
+        log.append(
+            "s-4",
+            ExpectedVersion::Exact(21),
+            &[EventData::new("A", b"z".as_slice())],
+        )
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+        drop(view);
+        log.close().unwrap();
+        let _ = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    }
+    // And `check` names a damaged checkpoint (before a writer replaces it).
+    let dir = common::fresh_copy(src.path());
+    let mut b = original.clone();
+    b[130] ^= 4;
+    fs::write(dir.path().join(&ck_name), &b).unwrap();
+    let r = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert!(
+        r.problems.iter().any(|p| p.file == dir.path().join(&ck_name)),
+        "{:?}",
+        r.problems
+    );
+}
