@@ -546,16 +546,12 @@ pub fn open_dir_bytes(data: &[u8]) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// OS reads made by the cross-process [`Reader`]'s `pread` helpers
-/// (`read::sealed`), counted there: see [`reader_preads`].
-pub(crate) static READER_PREADS: AtomicU64 = AtomicU64::new(0);
-
 /// How many OS reads the cross-process [`Reader`] has made of segment files
 /// in this process so far (each `pread` of its active-segment walk, of
 /// segment headers and seals): a test takes the difference around an
 /// operation to bound the reads it makes.
 pub fn reader_preads() -> u64 {
-    READER_PREADS.load(Ordering::Relaxed)
+    crate::read::READER_PREADS.load(Ordering::Relaxed)
 }
 
 /// Counts of the advice annal gave the kernel about its mappings since the

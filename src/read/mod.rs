@@ -25,6 +25,8 @@ pub(crate) mod query;
 mod reader;
 mod replay;
 mod sealed;
+#[cfg(feature = "fuzzing")]
+pub(crate) use sealed::READER_PREADS;
 mod stream;
 pub(crate) mod subscription;
 pub(crate) mod view;

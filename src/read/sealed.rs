@@ -21,6 +21,11 @@ use crate::read::logview::ViewSegment;
 use crate::storage::io::read_exact_at;
 use crate::storage::mmap::Mapping;
 
+/// OS reads made by the cross-process reader's `pread` helpers (a test
+/// seam, read by `fuzzing::reader_preads`).
+#[cfg(feature = "fuzzing")]
+pub(crate) static READER_PREADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// `pread` exactly `buf.len()` bytes at `off` of `path`: an OS failure is
 /// [`Error::Io`]; a file that ends first (it shrank under the reader) is
 /// [`Error::Corrupt`] at the offset where the bytes are missing.
@@ -81,7 +86,7 @@ fn read_at(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
 #[inline]
 fn count_pread() {
     #[cfg(feature = "fuzzing")]
-    crate::fuzzing::READER_PREADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    READER_PREADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Read and check the segment header of `file`.

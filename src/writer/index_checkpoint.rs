@@ -18,47 +18,14 @@ use std::io;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
-use crate::format::names::{checkpoint_file_name, parse_checkpoint_file_name};
+use crate::format::names::checkpoint_file_name;
 use crate::format::{FrameHeader, SEGMENT_HEADER_LEN};
 use crate::index::checkpoint::{self, CheckpointFile, header_in};
-use crate::index::{Index, Layered, MemIndex};
+use crate::index::{Index, MemIndex};
 use crate::storage::io::write_derived;
 
 use super::lock;
-use super::state::{Inner, read_index};
-
-/// The index checkpoint files of the active segment on disk.
-#[derive(Debug, Default)]
-pub(super) struct Checkpoints {
-    /// The segment they belong to.
-    pub(super) base: u64,
-    /// Oldest first, covering consecutive ranges from offset 128.
-    pub(super) files: Vec<CheckpointFile>,
-}
-
-impl Checkpoints {
-    /// The checkpoints a writer opened with: the files of `layered`'s base.
-    pub(super) fn opened(base: u64, layered: Option<&Layered>) -> Checkpoints {
-        let files = layered
-            .map(|l| {
-                l.files
-                    .iter()
-                    .filter_map(|p| {
-                        let name = p.file_name()?.to_str()?;
-                        let (b, from, to) = parse_checkpoint_file_name(name)?;
-                        Some(CheckpointFile {
-                            base: b,
-                            from,
-                            to,
-                            path: p.clone(),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Checkpoints { base, files }
-    }
-}
+use super::state::{Checkpoints, Inner, read_index};
 
 impl Inner {
     /// Write an index checkpoint of the active segment's batches that end at

@@ -17,11 +17,10 @@ use crate::index::streamtable::StreamTable;
 use crate::index::{Index, IndexCell, Layered, MemIndex};
 use crate::storage::head::{Head, HeadWriter};
 
-use super::index_checkpoint::Checkpoints;
 use super::lock;
 use super::options::Options;
 use super::recovery::Recovered;
-use super::state::{Backlog, Commit, Epoch, IdGen, Inner, IoState, Published, State};
+use super::state::{Backlog, Checkpoints, Commit, Epoch, IdGen, Inner, IoState, Published, State};
 
 impl Inner {
     /// The writer's state over what recovery found: opens the active segment

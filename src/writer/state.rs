@@ -20,6 +20,8 @@ use crate::audit::chain::ChainHash;
 use crate::audit::chaining::HasherThread;
 use crate::error::Result;
 use crate::format::LogFormat;
+use crate::format::names::parse_checkpoint_file_name;
+use crate::index::checkpoint::CheckpointFile;
 use crate::index::streamtable::StreamTable;
 use crate::index::{IndexCell, Layered, MemIndex};
 use crate::read::view::{LogView, ViewSegment};
@@ -29,7 +31,6 @@ use crate::storage::mmap::Mapping;
 
 #[cfg(doc)]
 use super::Log;
-use super::index_checkpoint::Checkpoints;
 use super::lock;
 use super::options::Options;
 use super::results::Recovery;
@@ -81,6 +82,39 @@ pub(super) struct Inner {
     /// The active segment's durable end when the last index checkpoint was
     /// asked for (the commit leader's; reset by a roll).
     pub(super) checkpoint_mark: AtomicU64,
+}
+
+/// The index checkpoint files of the active segment on disk.
+#[derive(Debug, Default)]
+pub(super) struct Checkpoints {
+    /// The segment they belong to.
+    pub(super) base: u64,
+    /// Oldest first, covering consecutive ranges from offset 128.
+    pub(super) files: Vec<CheckpointFile>,
+}
+
+impl Checkpoints {
+    /// The checkpoints a writer opened with: the files of `layered`'s base.
+    pub(super) fn opened(base: u64, layered: Option<&Layered>) -> Checkpoints {
+        let files = layered
+            .map(|l| {
+                l.files
+                    .iter()
+                    .filter_map(|p| {
+                        let name = p.file_name()?.to_str()?;
+                        let (b, from, to) = parse_checkpoint_file_name(name)?;
+                        Some(CheckpointFile {
+                            base: b,
+                            from,
+                            to,
+                            path: p.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Checkpoints { base, files }
+    }
 }
 
 /// Work for the sealer thread.
