@@ -29,14 +29,10 @@ use golden::{assert_tree_committed, crc, regenerating, vectors_dir_of};
 
 const LOG_ID: [u8; 16] = *b"checkpoint-v2-id";
 
+use common::{u32_at, u64_at};
+
 fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    u16::from_le_bytes([b[at], b[at + 1]])
 }
 
 /// The three sessions: (stream, event types) per append.

@@ -244,14 +244,6 @@ fn crash_after_checkpoint_recovers_from_it() {
     log.close().unwrap();
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
 /// Swap the `frame_offset` of the first stream entries of stream rows 0 and
 /// 1 (both streams start at version 0 here), then recompute the block,
 /// table and footer CRCs (spec 16).
@@ -259,26 +251,14 @@ fn swap_first_entries(idx: &[u8]) -> Vec<u8> {
     const HEADER: usize = 128;
     const ROW: usize = 56;
     let mut f = idx.to_vec();
-    let streams = u32_at(&f, 40) as usize;
+    let streams = common::u32_at(&f, 40) as usize;
     let entries_at = HEADER + streams * ROW;
-    let entry = |row: usize| entries_at + u32_at(idx, HEADER + row * ROW + 32) as usize * 16 + 8;
+    let entry = |row: usize| entries_at + common::u32_at(idx, HEADER + row * ROW + 32) as usize * 16 + 8;
     let (a, b) = (entry(0), entry(1));
     for j in 0..8 {
         f.swap(a + j, b + j);
     }
-    let len = f.len();
-    let table_offset = u64_at(&f, len - 32) as usize;
-    let blocks = u64_at(&f, len - 24) as usize;
-    for k in 0..blocks {
-        let start = k * 4096;
-        let end = (start + 4096).min(table_offset);
-        let crc = crc32fast::hash(&f[start..end]);
-        f[table_offset + k * 4..table_offset + k * 4 + 4].copy_from_slice(&crc.to_le_bytes());
-    }
-    let table_crc = crc32fast::hash(&f[table_offset..table_offset + blocks * 4]);
-    f[len - 16..len - 12].copy_from_slice(&table_crc.to_le_bytes());
-    let footer_crc = crc32fast::hash(&f[len - 32..len - 12]);
-    f[len - 12..len - 8].copy_from_slice(&footer_crc.to_le_bytes());
+    annal::fuzzing::fix_blockfile(&mut f);
     f
 }
 

@@ -84,14 +84,7 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
     /// Check the header of an index for the segment with the given base,
     /// length and seal CRC.
     pub(crate) fn open(bf: BlockFile<B>, base: u64, segment_len: u64, seal_crc: u32) -> Result<IdxFile<B>, Damage> {
-        let h = IdxHeader::read_from_bytes(bf.get(0, IDX_HEADER_LEN)?)
-            .map_err(|_| Damage::corrupt(0, "index header is too short"))?;
-        if h.magic != IDX_MAGIC || h.index_version.get() != INDEX_VERSION {
-            return Err(Damage::corrupt(
-                0,
-                format!("expected index magic and version {INDEX_VERSION}"),
-            ));
-        }
+        let h = header(&bf)?;
         if h.flags.get() != 0
             || h.reserved0.get() != 0
             || h.covered_from.get() != 0
@@ -123,14 +116,7 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
     /// name gives). Its binding to the segment (the last frame's header CRC,
     /// [`IdxFile::checkpoint_binding`]) is the caller's to check.
     pub(crate) fn open_checkpoint(bf: BlockFile<B>, base: u64, from: u64, to: u64) -> Result<IdxFile<B>, Damage> {
-        let h = IdxHeader::read_from_bytes(bf.get(0, IDX_HEADER_LEN)?)
-            .map_err(|_| Damage::corrupt(0, "index header is too short"))?;
-        if h.magic != IDX_MAGIC || h.index_version.get() != INDEX_VERSION {
-            return Err(Damage::corrupt(
-                0,
-                format!("expected index magic and version {INDEX_VERSION}"),
-            ));
-        }
+        let h = header(&bf)?;
         if h.flags.get() != IDX_FLAG_CHECKPOINT || h.reserved0.get() != 0 || h.reserved1.iter().any(|&b| b != 0) {
             return Err(Damage::corrupt(
                 offset_of!(IdxHeader, flags) as u64,
@@ -405,6 +391,19 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
             })
             .collect()
     }
+}
+
+/// The header of an index file or checkpoint: its magic and version checked.
+fn header<B: AsRef<[u8]>>(bf: &BlockFile<B>) -> Result<IdxHeader, Damage> {
+    let h = IdxHeader::read_from_bytes(bf.get(0, IDX_HEADER_LEN)?)
+        .map_err(|_| Damage::corrupt(0, "index header is too short"))?;
+    if h.magic != IDX_MAGIC || h.index_version.get() != INDEX_VERSION {
+        return Err(Damage::corrupt(
+            0,
+            format!("expected index magic and version {INDEX_VERSION}"),
+        ));
+    }
+    Ok(h)
 }
 
 /// The `header_crc` of the seal at the end of a sealed segment.
