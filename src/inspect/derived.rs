@@ -146,11 +146,15 @@ pub struct IndexHeaderDump {
     pub frame_count: u32,
     /// `names_len`.
     pub names_len: u32,
-    /// `seal_crc`.
+    /// `seal_crc` (of an index checkpoint: its last frame's header CRC).
     pub seal_crc: u32,
+    /// `covered_from` (index checkpoints, spec 17.5; zero in an index file).
+    pub covered_from: u64,
+    /// `last_frame` (index checkpoints; zero in an index file).
+    pub last_frame: u64,
 }
 
-/// Describe a segment index file.
+/// Describe a segment index file or an index checkpoint.
 pub fn index(file: &[u8]) -> IndexDump {
     let Some(h) = struct_at::<IdxHeader>(file, 0) else {
         return IndexDump {
@@ -178,6 +182,8 @@ pub fn index(file: &[u8]) -> IndexDump {
             frame_count: h.frame_count.get(),
             names_len: h.names_len.get(),
             seal_crc: h.seal_crc.get(),
+            covered_from: h.covered_from.get(),
+            last_frame: h.last_frame.get(),
         }),
         footer,
         stop,

@@ -41,7 +41,8 @@ file, not an annal file).";
 /// Arguments of `annal dump`.
 #[derive(Args)]
 pub struct DumpArgs {
-    /// The file: a segment (.seg), an index (.idx), the stream table
+    /// The file: a segment (.seg), an index (.idx) or index checkpoint
+    /// (.ckpt), the stream table
     /// (annal.streams), the head file (annal.head) or a snapshot (.snap).
     file: PathBuf,
 }
@@ -230,6 +231,11 @@ fn print_index(d: &IndexDump, t: &mut Text) {
         t.line(format!("  {:<21} {v}", format!("{label}:")));
     }
     t.line(format!("  seal_crc:             {:#010x}", h.seal_crc));
+    if h.flags & 1 == 1 {
+        // An index checkpoint of the active segment (spec 17.5).
+        t.line(format!("  covered_from:         {}", h.covered_from));
+        t.line(format!("  last_frame:           {}", h.last_frame));
+    }
     print_footer(d.footer.as_ref(), t);
 }
 
