@@ -391,8 +391,8 @@ impl LogView {
             // One pass: records are applied as they are checked. If a batch
             // turns out damaged, the error discards the whole model.
             let mut frames = FrameCursor::new(rest, off as u64, pos, true);
-            // The mapping is advised for random access (`storage::mmap`): keep
-            // a readahead window ahead of the chunk's cursor.
+            // The mapping is advised for random access (`storage::mmap`): it
+            // is advised sequential while the chunk's cursor walks it.
             let mut ahead = Readahead::forward();
             while (seg, off) < b.key() {
                 ahead.at(&s.map, off as u64);

@@ -24,7 +24,7 @@ pub(crate) struct Layered {
     /// The base layers, oldest first: checkpoint files ([`Index::Disk`]), or
     /// one index rebuilt from the segment ([`Index::Mem`]) once a file was
     /// found damaged.
-    base: RwLock<Vec<Index>>,
+    base: RwLock<Arc<[Index]>>,
     /// The checkpoint files of the base, oldest first (named in reports).
     pub(crate) files: Vec<PathBuf>,
     /// The segment offset where the base ends and the tail starts.
@@ -53,7 +53,7 @@ impl Layered {
     /// `tail` holds.
     pub(crate) fn new(base: Vec<Index>, files: Vec<PathBuf>, base_end: u64, tail: Arc<RwLock<MemIndex>>) -> Layered {
         Layered {
-            base: RwLock::new(base),
+            base: RwLock::new(base.into()),
             files,
             base_end,
             tail,
@@ -62,14 +62,16 @@ impl Layered {
     }
 
     /// The layers, oldest first (the tail last).
-    fn layers(&self) -> Vec<Index> {
-        let mut v = read(&self.base).clone();
-        v.push(Index::Mem(self.tail.clone()));
-        v
+    fn layers(&self) -> impl Iterator<Item = Index> {
+        let base = self.base();
+        let tail = Index::Mem(self.tail.clone());
+        (0..base.len())
+            .filter_map(move |i| base.get(i).cloned())
+            .chain(std::iter::once(tail))
     }
 
     /// The base layers, oldest first.
-    pub(crate) fn base(&self) -> Vec<Index> {
+    pub(crate) fn base(&self) -> Arc<[Index]> {
         read(&self.base).clone()
     }
 
@@ -82,7 +84,7 @@ impl Layered {
     /// `[0, base_end)` built by scanning them.
     pub(crate) fn replace_base(&self, rebuilt: MemIndex) {
         let mut base = self.base.write().unwrap_or_else(|p| p.into_inner());
-        *base = vec![Index::Mem(Arc::new(RwLock::new(rebuilt)))];
+        *base = Arc::new([Index::Mem(Arc::new(RwLock::new(rebuilt)))]);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
@@ -124,10 +126,10 @@ impl Layered {
     /// checkpoint).
     pub(crate) fn merged(&self) -> Result<MemIndex, Damage> {
         let mut m = MemIndex::default();
-        for layer in self.base() {
+        for layer in self.base().iter() {
             match layer {
-                Index::Disk(f) => m.append(&MemIndex::from_idx(&*f)?),
-                Index::Mem(t) => m.append(&read(&t)),
+                Index::Disk(f) => m.append(&MemIndex::from_idx(&**f)?),
+                Index::Mem(t) => m.append(&read(t)),
                 Index::Layered(l) => m.append(&l.merged()?),
             }
         }
@@ -209,9 +211,7 @@ impl Layered {
 
     /// Number of batches over every layer.
     pub(crate) fn frame_count(&self) -> u32 {
-        self.layers()
-            .iter()
-            .fold(0u32, |n, l| n.saturating_add(l.frame_count()))
+        self.layers().fold(0u32, |n, l| n.saturating_add(l.frame_count()))
     }
 
     /// Batch `i` over every layer.
@@ -230,10 +230,10 @@ impl Layered {
     /// tail may hold batches past a view's end).
     pub(crate) fn names_below(&self, len: u64) -> Result<Vec<Box<str>>, Damage> {
         let mut all: std::collections::HashSet<Box<str>> = std::collections::HashSet::new();
-        for layer in self.base() {
+        for layer in self.base().iter() {
             match layer {
                 Index::Disk(f) => all.extend(f.stream_rows()?.into_iter().map(|r| r.0)),
-                Index::Mem(m) => all.extend(read(&m).streams.keys().cloned()),
+                Index::Mem(m) => all.extend(read(m).streams.keys().cloned()),
                 Index::Layered(l) => all.extend(l.names_below(len)?),
             }
         }

@@ -15,16 +15,16 @@
 //! per frame.
 //!
 //! Segment mappings are advised for random access (see `storage::mmap`), so
-//! the kernel does not read ahead for a replay: the cursor keeps a
-//! [`Readahead`] window of `MADV_WILLNEED` ahead of itself in the segment it
-//! reads, one advice call per window.
+//! the kernel would not read ahead for a replay: while the cursor reads a
+//! segment it holds a [`Readahead`], which advises that mapping sequential
+//! (and random again once no cursor walks it).
 
 use crate::error::{Damage, Error, Result};
 use crate::format::frame::{FrameCursor, FrameRef};
 use crate::format::record::{RecordRef, parse_validated};
 use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::read::logview::{LogView, ReadOptions, ViewSegment};
-use crate::storage::mmap::{Mapping, Readahead};
+use crate::storage::mmap::Readahead;
 
 /// Bytes of a CPU cache line, the stride of the prefetch before a batch is
 /// validated without CRCs (not a format offset).
@@ -78,7 +78,6 @@ impl LogView {
             batch: &[],
             until: u64::MAX,
             done: false,
-            map: None,
             ahead: Readahead::forward(),
         }
     }
@@ -113,9 +112,7 @@ pub struct ReadAll<'a> {
     /// Stop before this position.
     until: u64,
     done: bool,
-    /// The mapping of segment `seg` once it is open, and the readahead
-    /// window kept in it.
-    map: Option<&'a Mapping>,
+    /// Read ahead in segment `seg` once it is open.
     ahead: Readahead,
 }
 
@@ -193,8 +190,8 @@ impl<'a> ReadAll<'a> {
             return Some(Err(d.at(&*seg.path)));
         }
         let rest = bytes.get(self.off..).unwrap_or_default();
-        self.map = Some(&*seg.map);
         self.ahead = Readahead::forward();
+        self.ahead.at(&seg.map, self.off as u64);
         Some(Ok(FrameCursor::new(rest, self.off as u64, self.pos, self.verify)))
     }
 
@@ -254,9 +251,6 @@ impl<'a> ReadAll<'a> {
                     continue;
                 }
             };
-            if let Some(m) = self.map {
-                self.ahead.at(m, frames.offset());
-            }
             if h.frame.kind != FRAME_KIND_BATCH || h.frame.next_position() <= self.from {
                 // A seal or checkpoint, or a batch wholly before `from`: step
                 // over it unread (its header and position checked).

@@ -54,12 +54,16 @@
 //! Sequential consumers say so themselves, since `MADV_RANDOM` turned the
 //! kernel's readahead off for them:
 //!
-//! * replay (`read_all`, forward and backward) and the parallel rebuild of
-//!   projections walk a segment in order: they keep a [`Readahead`] window
-//!   of `MADV_WILLNEED` ahead of the cursor, advised once per
-//!   [`READAHEAD_WINDOW`] bytes (in a few system calls of
-//!   [`WILLNEED_CHUNK`] bytes, as much as Linux reads per call), not per
-//!   frame;
+//! * replay (`read_all`) and the parallel rebuild of projections walk a
+//!   segment forward: while one does, its mapping is advised
+//!   `MADV_SEQUENTIAL` (the kernel's readahead), and `MADV_RANDOM` again
+//!   when the last lets go ([`Readahead`]; two calls a segment, and no
+//!   per-page cost on cached pages, where a `MADV_WILLNEED` window cost a
+//!   warm replay about 3%);
+//! * a backward replay (`read_all_backward`), which the kernel does not
+//!   detect, keeps a [`Readahead`] window of `MADV_WILLNEED` below the
+//!   cursor, advised once per [`READAHEAD_WINDOW`] bytes (in a few system
+//!   calls of [`WILLNEED_CHUNK`] bytes, as much as Linux reads per call);
 //! * `check` walks each sealed segment in full, several times, and recovery
 //!   and index rebuilds walk a segment from front to back: they advise the
 //!   whole mapping `MADV_SEQUENTIAL` ([`Mapping::sequential`]);
@@ -77,8 +81,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use memmap2::{Advice, Mmap, MmapOptions};
 
@@ -100,6 +104,9 @@ pub(crate) struct Mapping {
     /// When it was mapped or last handed out by [`Mapping::try_bytes`], on a
     /// process-wide clock: for evicting the least recently used.
     used: AtomicU64,
+    /// Forward cursors walking the mapping now ([`Readahead`]): advised
+    /// sequential while there is one.
+    sequential_users: AtomicUsize,
 }
 
 /// The clock of [`Mapping::used`].
@@ -156,19 +163,36 @@ const PAGE: u64 = 4096;
 /// catches up with it).
 const READAHEAD_LEAD: u64 = 2 * READAHEAD_WINDOW;
 
-/// A window of `MADV_WILLNEED` kept ahead of a cursor walking one mapping in
-/// order (forward or backward): the kernel reads the next bytes (between one
-/// and two [`READAHEAD_WINDOW`]s of them) while the consumer parses the
-/// current ones. One advice call per window: [`Readahead::at`] is a
-/// comparison per call until the cursor comes within [`READAHEAD_LEAD`] of
-/// the advised edge.
-#[derive(Debug, Clone, Copy)]
+/// Read ahead for a cursor walking one mapping in order.
+///
+/// * **Forward**, the kernel's own readahead does it: the mapping is
+///   advised `MADV_SEQUENTIAL` while at least one forward cursor walks it
+///   ([`Mapping::begin_sequential`]), and `MADV_RANDOM` again when the last
+///   one is dropped. Two advice calls per segment walked, whether its pages
+///   are cached or not (a `MADV_WILLNEED` costs the kernel a look at every
+///   page it names, cached or not: about 3% of a warm replay).
+/// * **Backward**, which the kernel does not detect: a window of
+///   `MADV_WILLNEED` kept below the cursor (between one and two
+///   [`READAHEAD_WINDOW`]s of bytes), one advice per window: [`Readahead::at`]
+///   is a comparison per call until the cursor comes within
+///   [`READAHEAD_LEAD`] of the advised edge.
+#[derive(Debug)]
 pub(crate) struct Readahead {
-    /// Forward: the end of the range advised so far. Backward: its start.
+    /// Backward: the start of the range advised so far.
     edge: u64,
     /// Nothing advised yet.
     fresh: bool,
     backward: bool,
+    /// Forward: the mapping advised sequential for this cursor.
+    sequential: Option<Arc<Mapping>>,
+}
+
+impl Drop for Readahead {
+    fn drop(&mut self) {
+        if let Some(m) = self.sequential.take() {
+            m.end_sequential();
+        }
+    }
 }
 
 impl Readahead {
@@ -178,6 +202,7 @@ impl Readahead {
             edge: 0,
             fresh: true,
             backward: false,
+            sequential: None,
         }
     }
 
@@ -187,32 +212,29 @@ impl Readahead {
             edge: u64::MAX,
             fresh: true,
             backward: true,
+            sequential: None,
         }
     }
 
-    /// The cursor is at byte `at` of `map`: if fewer than
-    /// [`READAHEAD_LEAD`] bytes ahead of it are advised, advise the next
-    /// window.
+    /// The cursor is at byte `at` of `map` (always the same mapping for one
+    /// `Readahead`): forward, the mapping is advised sequential on the first
+    /// call; backward, if fewer than [`READAHEAD_LEAD`] bytes below the
+    /// cursor are advised, the next window is.
     #[inline]
-    pub(crate) fn at(&mut self, map: &Mapping, at: u64) {
+    pub(crate) fn at(&mut self, map: &Arc<Mapping>, at: u64) {
         if self.backward {
             if self.fresh || at < self.edge.saturating_add(READAHEAD_LEAD) {
                 self.advance_backward(map, at);
             }
-        } else if self.fresh || at.saturating_add(READAHEAD_LEAD) > self.edge {
-            self.advance_forward(map, at);
+        } else if self.sequential.is_none() {
+            self.start_sequential(map);
         }
     }
 
     #[cold]
-    fn advance_forward(&mut self, map: &Mapping, at: u64) {
-        let start = if self.fresh || at > self.edge { at } else { self.edge };
-        if start >= map.len() {
-            return;
-        }
-        let end = start.saturating_add(READAHEAD_WINDOW).min(map.len());
-        map.prefetch(start, end - start);
-        (self.edge, self.fresh) = (end, false);
+    fn start_sequential(&mut self, map: &Arc<Mapping>) {
+        map.begin_sequential();
+        self.sequential = Some(map.clone());
     }
 
     #[cold]
@@ -244,6 +266,7 @@ impl Mapping {
             source: Some(path.to_owned()),
             len,
             used: AtomicU64::new(tick()),
+            sequential_users: AtomicUsize::new(0),
         })
     }
 
@@ -264,6 +287,7 @@ impl Mapping {
             source: Some(path),
             len,
             used: AtomicU64::new(0),
+            sequential_users: AtomicUsize::new(0),
         }
     }
 
@@ -337,6 +361,28 @@ impl Mapping {
             let _ = m.advise_range(Advice::WillNeed, at, WILLNEED_CHUNK.min(end - at));
         }
         count(Kind::WillNeed, len as u64);
+    }
+
+    /// A forward cursor starts walking the mapping: the first one advises it
+    /// `MADV_SEQUENTIAL` (see [`Readahead`]).
+    pub(crate) fn begin_sequential(&self) {
+        if self.sequential_users.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(Some(m)) = self.map.get()
+        {
+            let _ = m.advise(Advice::Sequential);
+            count(Kind::Sequential, 1);
+        }
+    }
+
+    /// A forward cursor is done with the mapping: the last one advises it
+    /// `MADV_RANDOM` again, for point reads.
+    pub(crate) fn end_sequential(&self) {
+        if self.sequential_users.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(Some(m)) = self.map.get()
+        {
+            let _ = m.advise(Advice::Random);
+            count(Kind::Random, 1);
+        }
     }
 
     /// Advise the whole mapping `MADV_SEQUENTIAL` (for a consumer that walks
@@ -442,27 +488,27 @@ mod tests {
     }
 
     #[test]
-    fn readahead_advises_once_per_window() {
+    fn readahead_advises_once_per_segment_or_window() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let len = 3 * READAHEAD_WINDOW + 100;
         std::fs::write(&path, vec![0u8; len as usize]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         // SAFETY: a file of this test that nothing writes while it is mapped.
-        let m = unsafe { Mapping::map(&file, len, &path) }.unwrap();
-        let mut fw = Readahead::forward();
-        let mut calls = Vec::new();
+        let m = Arc::new(unsafe { Mapping::map(&file, len, &path) }.unwrap());
+        // Forward: sequential while a cursor walks it, counted per cursor.
+        let (a, b) = (Readahead::forward(), Readahead::forward());
+        let (mut a, mut b) = (a, b);
         for at in (0..len).step_by(4096) {
-            let before = fw.edge;
-            fw.at(&m, at);
-            if fw.edge != before || calls.is_empty() {
-                calls.push((at, fw.edge));
-            }
+            a.at(&m, at);
+            b.at(&m, at);
         }
-        // Windows of 8 MiB: the first two windows' worth of lead at the
-        // start, then one window each time the cursor comes within the lead.
-        let w = READAHEAD_WINDOW;
-        assert_eq!(calls, vec![(0, w), (4096, 2 * w), (8192, 3 * w), (w + 4096, len)]);
+        assert_eq!(m.sequential_users.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(m.sequential_users.load(Ordering::Relaxed), 1);
+        drop(b);
+        assert_eq!(m.sequential_users.load(Ordering::Relaxed), 0);
+        // Backward: windows of 8 MiB below the cursor.
         let mut bw = Readahead::backward();
         let mut starts = Vec::new();
         for at in (0..=len).rev().step_by(4096) {
