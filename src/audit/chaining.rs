@@ -252,6 +252,20 @@ pub(crate) struct ChainState<'a> {
 /// maps it to a file offset), chaining every frame: inline for small chunks,
 /// overlapped with the write on `hasher` for large ones. Returns the chunk
 /// (its buffer is reused) and leaves `state` after its last batch.
+/// Whether `write_chained` would hash `bytes` on a hasher thread (a chunk
+/// large enough, of frames large enough, to be worth overlapping): a
+/// writer starts its hasher thread the first time one comes, not when the
+/// log is opened.
+pub(crate) fn wants_hasher(bytes: &[u8]) -> bool {
+    bytes.len() >= OVERLAP_MIN_CHUNK && worth_overlapping(bytes.len(), frames(bytes).count())
+}
+
+/// Whether a chunk of `len` bytes in `frames` frames is hashed on the
+/// hasher thread.
+fn worth_overlapping(len: usize, frames: usize) -> bool {
+    frames > 0 && len >= OVERLAP_MIN_CHUNK && len / frames >= OVERLAP_MIN_FRAME
+}
+
 pub(crate) fn write_chained<E>(
     state: &mut ChainState<'_>,
     hasher: Option<&HasherThread>,
@@ -259,9 +273,7 @@ pub(crate) fn write_chained<E>(
     mut write: impl FnMut(usize, &[u8]) -> Result<(), E>,
 ) -> Result<Vec<u8>, E> {
     let spans: Vec<(usize, usize)> = frames(&bytes).collect();
-    let overlap = hasher.filter(|_| {
-        !spans.is_empty() && bytes.len() >= OVERLAP_MIN_CHUNK && bytes.len() / spans.len() >= OVERLAP_MIN_FRAME
-    });
+    let overlap = hasher.filter(|_| worth_overlapping(bytes.len(), spans.len()));
     let Some(h) = overlap else {
         let (l, chain, position) = links(&state.chainer, state.chain, state.position, &bytes);
         apply(&mut bytes, &l, state.signer);

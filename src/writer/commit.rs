@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::audit::chain::Chainer;
-use crate::audit::chaining::{ChainState, write_chained};
+use crate::audit::chaining::{ChainState, HasherThread, wants_hasher, write_chained};
 use crate::error::{Error, Result};
 use crate::storage::head::Head;
 
@@ -221,6 +221,12 @@ impl Inner {
     /// Returns the chunk's buffer, emptied, for reuse.
     fn write_chunk(&self, io: &mut IoState, bytes: Vec<u8>) -> Result<Vec<u8>> {
         io.reserve_for(bytes.len() as u64, self.opts.segment_size);
+        // The hasher thread starts with the first chunk it would hash (opening
+        // a log starts no thread for it).
+        if self.format.chained() && io.hasher.is_none() && !io.hasher_tried && wants_hasher(&bytes) {
+            io.hasher_tried = true;
+            io.hasher = HasherThread::start(self.opts.chain_key.clone());
+        }
         let st: &IoState = io;
         let write = |off: usize, b: &[u8]| st.file.write_at(st.offset + off as u64, b);
         let (mut bytes, chained) = if self.format.chained() {

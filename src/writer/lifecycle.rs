@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use crate::audit::chaining::HasherThread;
 use crate::error::{Error, Result};
 use crate::format::SEGMENT_HEADER_LEN;
 use crate::format::names::segment_file_name;
@@ -88,11 +87,8 @@ impl Inner {
             head,
             chain,
             chain_position: next_position,
-            hasher: if format.chained() {
-                HasherThread::start(opts.chain_key.clone())
-            } else {
-                None
-            },
+            hasher: None,
+            hasher_tried: false,
         };
         let published = Published {
             sealed,

@@ -244,8 +244,11 @@ pub(super) struct IoState {
     /// the position after that batch.
     pub(super) chain: ChainHash,
     pub(super) chain_position: u64,
-    /// Hashes large chunks while they are written (see `chaining`).
+    /// Hashes large chunks while they are written (see `chaining`), once
+    /// started (by the first such chunk).
     pub(super) hasher: Option<HasherThread>,
+    /// Whether the hasher thread was started (or could not be).
+    pub(super) hasher_tried: bool,
 }
 
 /// The sealer's backlog (see `Inner::backlog`).
