@@ -204,15 +204,7 @@ fn sqlite_conn(path: &Path, mmap: bool) -> Connection {
 }
 
 fn sqlite_read(path: &Path, mmap: bool, stream: &str) -> (u64, u64) {
-    let db = sqlite_conn(path, mmap);
-    let mut stmt = db.prepare(SELECT).expect("prepare");
-    let mut rows = stmt.query([stream]).expect("query");
-    let (mut n, mut sum) = (0, 0);
-    while let Some(row) = rows.next().expect("step") {
-        sum += row.get_ref(0).expect("column").as_blob().expect("blob").len() as u64;
-        n += 1;
-    }
-    (n, sum)
+    common::sqlite_stream_sum(&sqlite_conn(path, mmap), stream)
 }
 
 fn redb_read(path: &Path, stream: &str) -> (u64, u64) {

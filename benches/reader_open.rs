@@ -84,12 +84,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("open_read_1_checkpointed", |b| b.iter(|| black_box(open_read_1(&path))));
     // Without them (as after a crash before any checkpoint): the whole
     // segment is copied and validated.
-    for e in std::fs::read_dir(&path).expect("read dir") {
-        let p = e.expect("entry").path();
-        if p.extension().is_some_and(|x| x == "ckpt") {
-            std::fs::remove_file(&p).expect("remove checkpoint");
-        }
-    }
+    common::remove_checkpoints(&path);
     g.bench_function("open_read_1", |b| b.iter(|| black_box(open_read_1(&path))));
     g.finish();
 }

@@ -146,16 +146,7 @@ fn annal_read(view: &LogView, stream: &str) -> (u64, u64) {
 
 /// Every event of `stream` through SQLite's index: `(events, payload bytes)`.
 fn sqlite_read(db: &Connection, stream: &str) -> (u64, u64) {
-    let mut stmt = db
-        .prepare_cached("SELECT data FROM events WHERE stream = ?1 ORDER BY version")
-        .expect("prepare");
-    let mut rows = stmt.query([stream]).expect("query");
-    let (mut n, mut sum) = (0, 0);
-    while let Some(row) = rows.next().expect("step") {
-        sum += row.get_ref(0).expect("column").as_blob().expect("blob").len() as u64;
-        n += 1;
-    }
-    (n, sum)
+    common::sqlite_stream_sum(db, stream)
 }
 
 fn read_stream(c: &mut Criterion) {
@@ -306,16 +297,6 @@ fn open_active(c: &mut Criterion) {
         .save();
 }
 
-/// Remove the index checkpoints (spec 17.5) of the log in `dir`.
-fn remove_checkpoints(dir: &Path) {
-    for e in std::fs::read_dir(dir).expect("read dir") {
-        let p = e.expect("entry").path();
-        if p.extension().is_some_and(|x| x == "ckpt") {
-            std::fs::remove_file(&p).expect("remove checkpoint");
-        }
-    }
-}
-
 /// `open_checkpoints`: `Log::open` alone (close is not timed) of a 1M-event
 /// log whose active segment holds the last ~64 MB, with the index
 /// checkpoints a clean close leaves (`checkpointed`) and with them removed
@@ -338,7 +319,7 @@ fn open_checkpoints(c: &mut Criterion) {
                 let mut total = std::time::Duration::ZERO;
                 for _ in 0..iters {
                     if walk {
-                        remove_checkpoints(&dir);
+                        common::remove_checkpoints(&dir);
                     }
                     let start = std::time::Instant::now();
                     let log = Log::open(&dir, Options::default()).expect("open");

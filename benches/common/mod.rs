@@ -384,3 +384,29 @@ pub fn build_interleaved_log(dir: &Path, n: u64, names: &[String], payload: &[u8
     }
     log.close().expect("close");
 }
+
+/// The SQLite baseline's read of one stream (a cached statement on `db`):
+/// `(events, payload bytes)`.
+pub fn sqlite_stream_sum(db: &Connection, stream: &str) -> (u64, u64) {
+    let mut stmt = db
+        .prepare_cached("SELECT data FROM events WHERE stream = ?1 ORDER BY version")
+        .expect("prepare");
+    let mut rows = stmt.query([stream]).expect("query");
+    let (mut n, mut sum) = (0, 0);
+    while let Some(row) = rows.next().expect("step") {
+        sum += row.get_ref(0).expect("column").as_blob().expect("blob").len() as u64;
+        n += 1;
+    }
+    (n, sum)
+}
+
+/// Remove the index checkpoints (spec 17.5) of the log in `dir`: its next
+/// open walks the whole active segment, as after a crash before any.
+pub fn remove_checkpoints(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("read dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "ckpt") {
+            std::fs::remove_file(&p).expect("remove checkpoint");
+        }
+    }
+}

@@ -40,10 +40,10 @@ impl Inner {
     /// [`Inner::write_index_checkpoint`] if the active segment is still the
     /// one based at `base`.
     pub(super) fn write_index_checkpoint_of(&self, base: u64, durable: u64) -> Result<()> {
-        let view = self.view()?;
-        let Some(seg) = view.segments.last().filter(|s| s.base == base) else {
+        let seg = self.active_view_segment()?;
+        if seg.base != base {
             return Ok(());
-        };
+        }
         let bytes = seg.bytes()?;
         let (tail, layered) = match seg.index.current() {
             Some(Index::Mem(m)) => (m, None),

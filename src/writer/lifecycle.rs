@@ -64,9 +64,18 @@ impl Inner {
         for seg in &sealed {
             seg.index.notify(&index_damage);
         }
-        let layered =
-            active_layered.map(|(files, paths, end)| Arc::new(Layered::new(files, paths, end, active_index.clone())));
-        let checkpoints = Checkpoints::opened(active_base, layered.as_deref());
+        let (layered, files) = match active_layered {
+            Some((indexes, files, end)) => {
+                let paths = files.iter().map(|c| c.path.clone()).collect();
+                let l = Arc::new(Layered::new(indexes, paths, end, active_index.clone()));
+                (Some(l), files)
+            }
+            None => (None, Vec::new()),
+        };
+        let checkpoints = Checkpoints {
+            base: active_base,
+            files,
+        };
         let mut state = State::new(
             active_index.clone(),
             table.clone(),

@@ -20,7 +20,7 @@ use crate::error::{Error, Result, corrupt};
 use crate::format::frame::{Walk, validate_frame, walk_segment_records, walk_segment_records_from};
 use crate::format::names::{parse_segment_file_name, segment_file_name};
 use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
-use crate::index::checkpoint;
+use crate::index::checkpoint::{self, CheckpointFile};
 use crate::index::streamtable::StreamTable;
 use crate::index::{Index, IndexBuilder, MemIndex};
 use crate::read::view::{ViewSegment, open_sealed, open_sealed_header};
@@ -50,7 +50,7 @@ pub(crate) struct Recovered {
     /// Index checkpoints covering the active segment's start (spec 17.5):
     /// the opened files, their paths, and where they end (the in-memory
     /// index holds the batches from there on).
-    pub active_layered: Option<(Vec<Index>, Vec<PathBuf>, u64)>,
+    pub active_layered: Option<(Vec<Index>, Vec<CheckpointFile>, u64)>,
     pub active_base: u64,
     pub active_end: u64,
     /// The head file's current slot, if it already describes the log as
@@ -305,14 +305,14 @@ struct ActiveTail {
     /// The segment ends with a seal: the next one was never created.
     sealed: bool,
     /// The index checkpoints covering the segment's start: the files, their
-    /// paths and where they end.
-    base: Option<(Vec<Index>, Vec<PathBuf>, u64)>,
+    /// names and where they end.
+    base: Option<(Vec<Index>, Vec<CheckpointFile>, u64)>,
 }
 
 /// Index checkpoints found for the active segment.
 struct CheckpointBase {
     files: Vec<Index>,
-    paths: Vec<PathBuf>,
+    names: Vec<CheckpointFile>,
     /// The state after the last batch they cover.
     after: Walk,
 }
@@ -550,7 +550,7 @@ impl Opening<'_> {
             end: walk.end,
             index,
             sealed: walk.sealed,
-            base: base.map(|b| (b.files, b.paths, b.after.end)),
+            base: base.map(|b| (b.files, b.names, b.after.end)),
         })
     }
 
@@ -592,7 +592,7 @@ impl Opening<'_> {
         let used = files.len();
         Some(CheckpointBase {
             files: files.into_iter().map(Index::Disk).collect(),
-            paths: chain.into_iter().take(used).map(|c| c.path).collect(),
+            names: chain.into_iter().take(used).collect(),
             after: Walk {
                 end,
                 next_position: frame.next_position(),
@@ -643,8 +643,8 @@ impl Opening<'_> {
         let (mut active_base, mut active_end, mut active_index) = (last, tail.end, tail.index);
         let mut base = tail.base;
         if tail.sealed {
-            if let Some((_, paths, _)) = base.take() {
-                self.stale_checkpoints.extend(paths);
+            if let Some((_, names, _)) = base.take() {
+                self.stale_checkpoints.extend(names.into_iter().map(|c| c.path));
             }
             // Sealed, but the next segment was never created (spec 6, step 4).
             let (seg, _) = open_sealed(dir, last)?;

@@ -20,7 +20,6 @@ use crate::audit::chain::ChainHash;
 use crate::audit::chaining::HasherThread;
 use crate::error::Result;
 use crate::format::LogFormat;
-use crate::format::names::parse_checkpoint_file_name;
 use crate::index::checkpoint::CheckpointFile;
 use crate::index::streamtable::StreamTable;
 use crate::index::{IndexCell, Layered, MemIndex};
@@ -91,30 +90,6 @@ pub(super) struct Checkpoints {
     pub(super) base: u64,
     /// Oldest first, covering consecutive ranges from offset 128.
     pub(super) files: Vec<CheckpointFile>,
-}
-
-impl Checkpoints {
-    /// The checkpoints a writer opened with: the files of `layered`'s base.
-    pub(super) fn opened(base: u64, layered: Option<&Layered>) -> Checkpoints {
-        let files = layered
-            .map(|l| {
-                l.files
-                    .iter()
-                    .filter_map(|p| {
-                        let name = p.file_name()?.to_str()?;
-                        let (b, from, to) = parse_checkpoint_file_name(name)?;
-                        Some(CheckpointFile {
-                            base: b,
-                            from,
-                            to,
-                            path: p.clone(),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Checkpoints { base, files }
-    }
 }
 
 /// Work for the sealer thread.
@@ -292,6 +267,23 @@ impl Inner {
     /// A view of everything visible now.
     pub(super) fn view(&self) -> Result<LogView> {
         let mut p = lock(&self.published);
+        let active = Self::active_segment(&mut p)?;
+        crate::read::view::trim_mappings(&mut p.sealed, crate::read::view::max_mapped());
+        let mut segs = Vec::with_capacity(p.sealed.len() + 1);
+        segs.extend(p.sealed.iter().cloned());
+        segs.push(active);
+        Ok(LogView::new(segs, p.next_position, p.table.clone()))
+    }
+
+    /// The active segment as a view shows it now (without the sealed ones:
+    /// for a lookup in it alone).
+    pub(super) fn active_view_segment(&self) -> Result<ViewSegment> {
+        Self::active_segment(&mut lock(&self.published))
+    }
+
+    /// The active segment of `p`, mapped up to its visible end (the mapping
+    /// is reused while that end does not move).
+    fn active_segment(p: &mut Published) -> Result<ViewSegment> {
         let map = match &p.map {
             Some(m) if m.bytes().len() as u64 == p.visible_end => m.clone(),
             _ => {
@@ -303,16 +295,12 @@ impl Inner {
                 m
             }
         };
-        crate::read::view::trim_mappings(&mut p.sealed, crate::read::view::max_mapped());
-        let mut segs = Vec::with_capacity(p.sealed.len() + 1);
-        segs.extend(p.sealed.iter().cloned());
-        segs.push(ViewSegment {
+        Ok(ViewSegment {
             base: p.active_base,
             path: p.active_path.clone(),
             map,
             index: p.active_index.clone(),
-        });
-        Ok(LogView::new(segs, p.next_position, p.table.clone()))
+        })
     }
 
     /// Record a warning for [`Log::warnings`] (at most [`MAX_WARNINGS`]).

@@ -26,13 +26,10 @@ impl Inner {
         // Index checkpoints (spec 17.5) of the active segment, then of the
         // segments sealed but not yet in the table: hints, confirmed by
         // the segment.
-        if st.layered.is_some() {
-            let view = self.view()?;
-            if let Some(seg) = view.segments.last()
-                && let Some(v) = self.confirmed_version(seg, stream)?
-            {
-                return Ok(Some(v));
-            }
+        if st.layered.is_some()
+            && let Some(v) = self.confirmed_version(&self.active_view_segment()?, stream)?
+        {
+            return Ok(Some(v));
         }
         for (base, m, layered) in st.unpersisted.iter().rev() {
             if let Some(s) = read_index(m).streams.get(stream) {
