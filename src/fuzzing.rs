@@ -163,7 +163,7 @@ pub fn segment(bytes: &[u8]) {
     }
     for verify in [true, false] {
         let walk = walk_segment_records(bytes, header, verify, &mut Sink(0));
-        let _ = resync_max_durable(bytes, walk.end);
+        let _ = resync_max_durable(bytes, walk.end, &crate::format::Layout::of(header));
     }
     let mut batches = Vec::new();
     crate::format::frame::walk_segment(bytes, header, true, |b, f| {
@@ -172,7 +172,7 @@ pub fn segment(bytes: &[u8]) {
         }
     });
     for b in &batches {
-        for r in frame_records(b) {
+        for r in frame_records(b, &crate::format::Layout::of(header)) {
             let _ = (r.event_id(), r.metadata().len(), r.schema_version());
         }
     }

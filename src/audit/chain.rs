@@ -301,13 +301,29 @@ fn write_hex_file(path: &Path, bytes: &[u8; 32], mode: u32) -> Result<()> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Chainer<'k> {
     key: Option<&'k [u8; 32]>,
+    /// Frames of format version 3 (spec 3.6): the link hashes other header bytes.
+    compact: bool,
 }
 
 impl<'k> Chainer<'k> {
-    /// Plain BLAKE3 (`key = None`) or keyed.
+    /// Plain BLAKE3 (`key = None`) or keyed, for frames of format version 1 or 2.
     pub(crate) fn new(key: Option<&'k ChainKey>) -> Chainer<'k> {
         Chainer {
             key: key.map(ChainKey::bytes),
+            compact: false,
+        }
+    }
+
+    /// Whether this chains frames of format version 3.
+    pub(crate) fn compact(&self) -> bool {
+        self.compact
+    }
+
+    /// The same hash function, for frames of `layout`.
+    pub(crate) fn for_layout(self, layout: &crate::format::Layout) -> Chainer<'k> {
+        Chainer {
+            compact: layout.compact(),
+            ..self
         }
     }
 
@@ -327,14 +343,21 @@ impl<'k> Chainer<'k> {
     }
 
     /// The chain hash after the batch frame `frame` (its whole bytes, header
-    /// included; the header's CRC and chain slot are not hashed), given the
-    /// chain hash before it (spec 21.2). `frame` must hold at least the
-    /// 72-byte header.
+    /// included; the header's CRCs and chain slot are not hashed), given the
+    /// chain hash before it (spec 21.2). `frame` must hold at least its
+    /// header (72 bytes; version 3: 32, or 64 with a chain slot).
     pub(crate) fn link(&self, prev: &ChainHash, frame: &[u8]) -> ChainHash {
         let mut h = self.hasher();
         h.update(prev);
-        h.update(frame.get(FRAME_CRC_START..FRAME_CHAIN_OFFSET).unwrap_or_default());
-        h.update(frame.get(FRAME_HEADER_LEN..).unwrap_or_default());
+        if self.compact {
+            let flags = frame.get(crate::format::FRAME_V3_FLAGS_OFFSET).copied().unwrap_or(0);
+            let header_len = crate::format::FrameHeaderV3::len_with(flags);
+            h.update(frame.get(crate::format::FRAME_V3_LINKED).unwrap_or_default());
+            h.update(frame.get(header_len..).unwrap_or_default());
+        } else {
+            h.update(frame.get(FRAME_CRC_START..FRAME_CHAIN_OFFSET).unwrap_or_default());
+            h.update(frame.get(FRAME_HEADER_LEN..).unwrap_or_default());
+        }
         *h.finalize().as_bytes()
     }
 }

@@ -20,7 +20,10 @@ use zerocopy::FromBytes;
 
 use crate::audit::chain::{ChainHash, ChainKey, Chainer, SigningKey, fill_checkpoint};
 use crate::format::frame::FrameCursor;
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_MAGIC, FrameHeader};
+use crate::format::{
+    FRAME_FLAG_CHAINED, FRAME_HEADER_LEN, FRAME_HEADER_V3_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_MAGIC,
+    FRAME_MAGIC_V3, FRAME_V3_MAGIC_OFFSET, FrameHeader, FrameHeaderV3, Layout,
+};
 
 /// Chunks at least this large, with frames of at least [`OVERLAP_MIN_FRAME`]
 /// bytes on average, are hashed on the hasher thread while they are written.
@@ -50,49 +53,106 @@ pub(crate) fn links(
     bytes: &[u8],
 ) -> (Vec<Link>, ChainHash, u64) {
     let mut out = Vec::new();
-    for (offset, len) in frames(bytes) {
+    let compact = chainer.compact();
+    for (offset, len) in frames(bytes, compact) {
         let frame = &bytes[offset..offset + len];
-        let Ok((h, _)) = FrameHeader::ref_from_prefix(frame) else {
+        let Some(h) = fields(frame, compact) else {
             break;
         };
         if h.kind == FRAME_KIND_BATCH {
             chain = chainer.link(&chain, frame);
-            position = h.first_position.get() + u64::from(h.record_count.get());
+            position = h.next_position;
         }
-        out.push(Link {
-            offset,
-            len,
-            kind: h.kind,
-            chain,
-        });
+        if h.slot {
+            out.push(Link {
+                offset,
+                len,
+                kind: h.kind,
+                chain,
+            });
+        }
     }
     (out, chain, position)
 }
 
+/// What chaining needs of a frame header the writer encoded.
+struct Fields {
+    kind: u8,
+    next_position: u64,
+    /// The frame stores a chain slot (always in versions 1 and 2).
+    slot: bool,
+}
+
+/// The [`Fields`] of the frame `frame` (whole, as encoded).
+fn fields(frame: &[u8], compact: bool) -> Option<Fields> {
+    if compact {
+        let (h, _) = FrameHeaderV3::ref_from_prefix(frame).ok()?;
+        Some(Fields {
+            kind: h.kind,
+            next_position: h.first_position.get() + u64::from(h.record_count.get()),
+            slot: h.flags & FRAME_FLAG_CHAINED != 0,
+        })
+    } else {
+        let (h, _) = FrameHeader::ref_from_prefix(frame).ok()?;
+        Some(Fields {
+            kind: h.kind,
+            next_position: h.first_position.get() + u64::from(h.record_count.get()),
+            slot: true,
+        })
+    }
+}
+
 /// `(offset, len)` of each frame in `bytes` (whole frames, as the writer
 /// encoded them), from their headers' `frame_len`.
-fn frames(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    FrameCursor::encoded_spans(bytes)
+fn frames(bytes: &[u8], compact: bool) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let layout = if compact {
+        Layout {
+            version: 3,
+            ..Layout::V2
+        }
+    } else {
+        Layout::V2
+    };
+    FrameCursor::encoded_spans(bytes, layout)
+}
+
+/// The bytes of a frame's magic: hidden (zeroed) while the frame waits for
+/// its chain slot.
+fn magic_range(compact: bool) -> std::ops::Range<usize> {
+    if compact {
+        FRAME_V3_MAGIC_OFFSET..FRAME_V3_MAGIC_OFFSET + FRAME_MAGIC_V3.len()
+    } else {
+        0..FRAME_MAGIC.len()
+    }
 }
 
 /// Fill in the chain slots (and checkpoint signatures) of the frames in
-/// `bytes`, restoring each frame's magic.
-fn apply(bytes: &mut [u8], links: &[Link], signer: Option<(&SigningKey, &[u8; 16])>) {
+/// `bytes` that store one, restoring each such frame's magic.
+fn apply(bytes: &mut [u8], links: &[Link], signer: Option<(&SigningKey, &[u8; 16])>, compact: bool) {
     for l in links {
         let Some(frame) = bytes.get_mut(l.offset..l.offset + l.len) else {
             continue;
         };
-        if let Some(magic) = frame.get_mut(..FRAME_MAGIC.len()) {
-            magic.copy_from_slice(&FRAME_MAGIC);
+        if let Some(magic) = frame.get_mut(magic_range(compact)) {
+            magic.copy_from_slice(if compact { &FRAME_MAGIC_V3[..] } else { &FRAME_MAGIC[..] });
         }
+        let header_len = if compact {
+            FRAME_HEADER_V3_LEN + crate::format::CHAIN_SLOT_LEN
+        } else {
+            FRAME_HEADER_LEN
+        };
         if l.kind == FRAME_KIND_CHECKPOINT
             && let Some((key, log_id)) = signer
-            && let Ok((h, body)) = FrameHeader::mut_from_prefix(frame)
+            && let Some(position) = fields(frame, compact).map(|f| f.next_position)
+            && let Some(body) = frame.get_mut(header_len..)
         {
-            let position = h.first_position.get();
             fill_checkpoint(body, key, log_id, position, &l.chain);
         }
-        FrameHeader::set_chain(frame, &l.chain);
+        if compact {
+            FrameHeaderV3::set_chain(frame, &l.chain);
+        } else {
+            FrameHeader::set_chain(frame, &l.chain);
+        }
     }
 }
 
@@ -154,7 +214,7 @@ fn lock(m: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
 impl HasherThread {
     /// Start a hasher thread for a chain keyed with `key` (or plain), if the
     /// machine has a second core to run it on.
-    pub(crate) fn start(key: Option<ChainKey>) -> Option<HasherThread> {
+    pub(crate) fn start(key: Option<ChainKey>, layout: Layout) -> Option<HasherThread> {
         // Asked once per process: the answer reads cgroup files, which would
         // cost every open of a log about a tenth of a millisecond.
         static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -166,7 +226,7 @@ impl HasherThread {
         let handle = std::thread::Builder::new()
             .name("annal-hasher".into())
             .spawn(move || {
-                let chainer = Chainer::new(key.as_ref());
+                let chainer = Chainer::new(key.as_ref()).for_layout(&layout);
                 while let Some(job) = next_job(&s) {
                     let r = links(&chainer, job.chain, job.position, &job.bytes);
                     drop(job.bytes);
@@ -256,8 +316,8 @@ pub(crate) struct ChainState<'a> {
 /// large enough, of frames large enough, to be worth overlapping): a
 /// writer starts its hasher thread the first time one comes, not when the
 /// log is opened.
-pub(crate) fn wants_hasher(bytes: &[u8]) -> bool {
-    bytes.len() >= OVERLAP_MIN_CHUNK && worth_overlapping(bytes.len(), frames(bytes).count())
+pub(crate) fn wants_hasher(bytes: &[u8], compact: bool) -> bool {
+    bytes.len() >= OVERLAP_MIN_CHUNK && worth_overlapping(bytes.len(), frames(bytes, compact).count())
 }
 
 /// Whether a chunk of `len` bytes in `frames` frames is hashed on the
@@ -272,18 +332,22 @@ pub(crate) fn write_chained<E>(
     mut bytes: Vec<u8>,
     mut write: impl FnMut(usize, &[u8]) -> Result<(), E>,
 ) -> Result<Vec<u8>, E> {
-    let spans: Vec<(usize, usize)> = frames(&bytes).collect();
+    let compact = state.chainer.compact();
+    let spans: Vec<(usize, usize)> = frames(&bytes, compact).collect();
     let overlap = hasher.filter(|_| worth_overlapping(bytes.len(), spans.len()));
     let Some(h) = overlap else {
         let (l, chain, position) = links(&state.chainer, state.chain, state.position, &bytes);
-        apply(&mut bytes, &l, state.signer);
+        apply(&mut bytes, &l, state.signer, compact);
         write(0, &bytes)?;
         (state.chain, state.position) = (chain, position);
         return Ok(bytes);
     };
-    // Hide every frame (no magic) until its chain slot is filled in.
-    for &(offset, _) in &spans {
-        bytes[offset..offset + FRAME_MAGIC.len()].fill(0);
+    // Hide every frame that stores a chain slot (no magic) until the slot is
+    // filled in.
+    for &(offset, len) in &spans {
+        if fields(&bytes[offset..offset + len], compact).is_some_and(|f| f.slot) {
+            bytes[offset..][magic_range(compact)].fill(0);
+        }
     }
     let shared = Arc::new(bytes);
     h.offer(Job {
@@ -300,11 +364,13 @@ pub(crate) fn write_chained<E>(
         None => links(&state.chainer, state.chain, state.position, &bytes),
     };
     written?;
-    apply(&mut bytes, &l, state.signer);
+    apply(&mut bytes, &l, state.signer, compact);
     for link in &l {
         // A checkpoint's body (signature) is written with its header.
         let len = if link.kind == FRAME_KIND_CHECKPOINT {
             link.len
+        } else if compact {
+            FRAME_HEADER_V3_LEN + crate::format::CHAIN_SLOT_LEN
         } else {
             FRAME_HEADER_LEN
         };
@@ -365,7 +431,9 @@ mod tests {
 
     #[test]
     fn overlapped_hashing_gives_the_inline_result_and_hides_frames_until_chained() {
-        let Some(h) = HasherThread::start(None) else { return };
+        let Some(h) = HasherThread::start(None, Layout::V2) else {
+            return;
+        };
         for round in 0..20 {
             let bytes = chunk(3, 24 << 10);
             let (inline, w1, c1, p1) = run(None, bytes.clone());

@@ -17,7 +17,7 @@ use super::report::{Finding, damage_finding, finding};
 use crate::error::Result;
 use crate::format::{IDX_HASH_MASK_OFFSET, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN};
 use crate::index::MemIndex;
-use crate::index::checkpoint::{self, header_in};
+use crate::index::checkpoint;
 
 /// Check the checkpoints of the active segment based at `base`, whose
 /// complete batches are `bytes` (up to the end of the last) and whose index,
@@ -58,7 +58,9 @@ pub(super) fn check_checkpoints(
                 break;
             }
         };
-        let opened = match checkpoint::open(c, |o| header_in(bytes, o)) {
+        let layout =
+            crate::format::SegmentHeader::parse(bytes).map_or(crate::format::Layout::V2, crate::format::Layout::of);
+        let opened = match checkpoint::open(c, |o| crate::format::frame::binding_at(bytes, o, &layout)) {
             Ok(f) => f,
             Err(d) if d.is_io() => return Err(d.at(&c.path)),
             Err(d) => {

@@ -15,25 +15,44 @@ use super::report::{Finding, finding};
 use crate::audit::chain::{ChainHash, Chainer, PublicKey, hex};
 use zerocopy::FromBytes;
 
-use crate::format::{
-    CHECKPOINT_FRAME_PUBLIC_KEY_OFFSET, CHECKPOINT_FRAME_SIGNATURE_OFFSET, CheckpointBody, FRAME_CHAIN_OFFSET,
-    FRAME_HEADER_LEN, LogFormat,
-};
+use crate::format::{CheckpointBody, FRAME_CHAIN_OFFSET, FRAME_HEADER_V3_LEN, Layout, LogFormat};
 
 /// The 32-byte chain slot of the frame header at the start of `frame` (zero
-/// if the frame is too short, which a validated frame never is).
-pub(super) fn chain_slot(frame: &[u8]) -> ChainHash {
+/// if the frame is too short, which a validated frame never is, or, in
+/// version 3, stores none).
+pub(super) fn chain_slot(frame: &[u8], layout: &Layout) -> ChainHash {
+    let at = if layout.compact() {
+        FRAME_HEADER_V3_LEN
+    } else {
+        FRAME_CHAIN_OFFSET
+    };
     let mut c = [0u8; 32];
-    if let Some(s) = frame.get(FRAME_CHAIN_OFFSET..FRAME_HEADER_LEN) {
+    if let Some(s) = frame.get(at..at + 32) {
         c.copy_from_slice(s);
     }
     c
 }
 
+/// File offset of the chain slot of the frame at `off` in `layout`.
+fn slot_at(off: u64, layout: &Layout) -> u64 {
+    off + if layout.compact() {
+        FRAME_HEADER_V3_LEN
+    } else {
+        FRAME_CHAIN_OFFSET
+    } as u64
+}
+
 /// The audit chain of one segment, as its batches are walked.
 pub(super) struct ChainLinks {
-    /// The stored chain hash before the next batch.
+    /// The stored chain hash before the next batch (version 3: stored at
+    /// the last slot, linked on from there when the chain can be computed).
     prev: ChainHash,
+    /// Whether `prev` is known: in version 3 without the key of a keyed
+    /// chain, not after a batch that stores no slot.
+    prev_known: bool,
+    layout: Layout,
+    /// File offset of the last batch (version 3: whether the next stores a slot).
+    last_batch: Option<u64>,
     links: u64,
     breaks: Vec<Break>,
     /// Non-zero chain slots in a log without the chain.
@@ -48,9 +67,12 @@ pub(super) struct ChainLinks {
 
 impl ChainLinks {
     /// The chain of a segment whose header's `chain_start` is `start`.
-    pub(super) fn new(start: ChainHash) -> ChainLinks {
+    pub(super) fn new(start: ChainHash, layout: Layout) -> ChainLinks {
         ChainLinks {
             prev: start,
+            prev_known: true,
+            layout,
+            last_batch: None,
             links: 0,
             breaks: Vec::new(),
             zero_problems: Vec::new(),
@@ -86,7 +108,7 @@ impl ChainLinks {
         f: &crate::format::frame::Frame,
         off: u64,
     ) {
-        let stored = chain_slot(frame);
+        let stored = chain_slot(frame, &self.layout);
         let p = f.first_position;
         self.last_is_checkpoint = true;
         if !log.chained() {
@@ -97,11 +119,11 @@ impl ChainLinks {
             ));
             return;
         }
-        if stored != self.prev {
+        if self.prev_known && stored != self.prev {
             self.breaks.push(Break {
                 finding: finding(
                     path,
-                    off + FRAME_CHAIN_OFFSET as u64,
+                    slot_at(off, &self.layout),
                     format!(
                         "audit chain broken: the checkpoint at position {p} holds chain {}, but the chain after the \
                          batch before it is {}; the checkpoint was altered",
@@ -113,8 +135,13 @@ impl ChainLinks {
             });
         }
         // The body was checked when the frame was walked (its CRC, spec 3.5).
+        let body_at = f.header_len as usize;
+        let (key_at, sig_at) = (
+            body_at + crate::format::CHECKPOINT_PUBLIC_KEY_OFFSET,
+            body_at + crate::format::CHECKPOINT_SIGNATURE_OFFSET,
+        );
         let Some(body) = frame
-            .get(FRAME_HEADER_LEN..)
+            .get(body_at..)
             .and_then(|b| CheckpointBody::ref_from_prefix(b).ok())
         else {
             return;
@@ -129,7 +156,7 @@ impl ChainLinks {
             if !PublicKey(named).verify(&log.log_id, p, &stored, &signature) {
                 self.zero_problems.push(finding(
                     path,
-                    off + CHECKPOINT_FRAME_SIGNATURE_OFFSET as u64,
+                    off + sig_at as u64,
                     format!(
                         "the signature of the checkpoint at position {p} does not verify against the public key \
                          the checkpoint names ({}): the checkpoint (its key, signature, position or chain hash) \
@@ -143,7 +170,7 @@ impl ChainLinks {
         if *key != pk.0 {
             self.zero_problems.push(finding(
                 path,
-                off + CHECKPOINT_FRAME_PUBLIC_KEY_OFFSET as u64,
+                off + key_at as u64,
                 format!(
                     "the checkpoint at position {p} is signed by public key {}, not by the key given ({})",
                     hex(key),
@@ -153,7 +180,7 @@ impl ChainLinks {
         } else if !pk.verify(&log.log_id, p, &stored, &signature) {
             self.zero_problems.push(finding(
                 path,
-                off + CHECKPOINT_FRAME_SIGNATURE_OFFSET as u64,
+                off + sig_at as u64,
                 format!(
                     "the signature of the checkpoint at position {p} does not verify: the checkpoint (its position \
                      or chain hash) was forged or altered"
@@ -183,8 +210,12 @@ impl ChainLinks {
         off: u64,
     ) {
         self.last_is_checkpoint = false;
-        let stored = chain_slot(frame);
-        let slot = off + FRAME_CHAIN_OFFSET as u64;
+        if self.layout.compact() {
+            self.batch_v3(ctx, path, chained, chainer, frame, f, off);
+            return;
+        }
+        let stored = chain_slot(frame, &self.layout);
+        let slot = slot_at(off, &self.layout);
         if !chained {
             if stored != [0; 32] {
                 self.zero_problems.push(finding(
@@ -219,6 +250,84 @@ impl ChainLinks {
             }
         }
         self.prev = stored;
+        self.anchors_in(ctx, f, stored, off);
+    }
+
+    /// [`ChainLinks::batch`] in version 3 (spec 3.6, 21.2): a batch stores
+    /// a slot exactly when it is the segment's first or the first in a new
+    /// `CHAIN_BLOCK`; the chain runs on from the last stored slot by
+    /// recomputed links, and each stored slot is compared with it.
+    #[expect(clippy::too_many_arguments, reason = "as `batch`")]
+    fn batch_v3(
+        &mut self,
+        ctx: &SegCtx<'_>,
+        path: &Path,
+        chained: bool,
+        chainer: Option<&Chainer<'_>>,
+        frame: &[u8],
+        f: &crate::format::frame::Frame,
+        off: u64,
+    ) {
+        let must = chained && crate::format::frame::batch_is_chained(off, self.last_batch);
+        self.last_batch = Some(off);
+        if must != f.chained {
+            self.zero_problems.push(finding(
+                path,
+                off + crate::format::FRAME_V3_FLAGS_OFFSET as u64,
+                if must {
+                    "expected a chain slot in this batch (the segment's first, or the first in a new 16 KiB block; \
+                     spec 3.6), found none"
+                } else {
+                    "expected no chain slot in this batch (spec 3.6), found one"
+                },
+            ));
+        }
+        if !chained {
+            return;
+        }
+        let computed = match chainer {
+            Some(c) if self.prev_known => {
+                self.links += 1;
+                Some(c.link(&self.prev, frame))
+            }
+            _ => None,
+        };
+        let p = f.first_position;
+        let stored = f.chained.then(|| chain_slot(frame, &self.layout));
+        if let (Some(c), Some(s)) = (computed, stored)
+            && c != s
+        {
+            self.breaks.push(Break {
+                finding: finding(
+                    path,
+                    slot_at(off, &self.layout),
+                    format!(
+                        "audit chain broken: the batches up to position {} hash to {}, but the chain slot of the \
+                         batch at position {p} holds {}; history differs before position {} (since the last \
+                         chain slot before it)",
+                        f.next_position(),
+                        hex(&c),
+                        hex(&s),
+                        f.next_position()
+                    ),
+                ),
+                affects: p.saturating_add(1),
+            });
+        }
+        match stored.or(computed) {
+            Some(h) => {
+                self.prev = h;
+                self.prev_known = true;
+                self.anchors_in(ctx, f, h, off);
+            }
+            None => self.prev_known = false,
+        }
+    }
+
+    /// The anchors that fall in or at the end of the batch `f` (at `off`),
+    /// whose chain hash after it is `after`.
+    fn anchors_in(&mut self, ctx: &SegCtx<'_>, f: &crate::format::frame::Frame, after: ChainHash, off: u64) {
+        let stored = after;
         let end = f.next_position();
         let mut i = ctx.anchors.partition_point(|&a| a <= f.first_position);
         while let Some(&a) = ctx.anchors.get(i)
@@ -249,7 +358,7 @@ impl ChainLinks {
     /// The seal (at file offset `off`, after position `next`): its chain slot
     /// must repeat the last batch's (or `chain_start` without a batch).
     pub(super) fn seal(&mut self, path: &Path, chained: bool, seal: ChainHash, off: u64, next: u64) {
-        let slot = off + FRAME_CHAIN_OFFSET as u64;
+        let slot = slot_at(off, &self.layout);
         if !chained {
             if seal != [0; 32] {
                 self.zero_problems.push(finding(
@@ -261,7 +370,7 @@ impl ChainLinks {
                     ),
                 ));
             }
-        } else if seal != self.prev {
+        } else if self.prev_known && seal != self.prev {
             self.breaks.push(Break {
                 finding: finding(
                     path,

@@ -25,10 +25,11 @@ use super::report::{Finding, damage_finding, finding};
 use crate::audit::chain::Chainer;
 use crate::error::{Damage, Result};
 use crate::format::frame::{Walk, frame_records, resync_max_durable, walk_segment};
+use crate::format::frame::{parse_header, seal_len};
 use crate::format::names::segment_file_name;
 use crate::format::{
-    FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FrameHeader, LogFormat,
-    SEGMENT_HEADER_LEN, SegmentHeader,
+    FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, Layout, LogFormat, SEGMENT_HEADER_LEN,
+    SegmentHeader,
 };
 use crate::index::MemIndex;
 use crate::storage::mmap::Mapping;
@@ -68,11 +69,12 @@ const TAIL_PEEK: u64 = 64 << 10;
 fn read_active(f: &fs::File, path: &Path, len: u64, max_frame: u64) -> Result<(Vec<u8>, Option<Oversized>)> {
     let mut out = Vec::new();
     read_at_into(f, path, 0, len.min(SEGMENT_HEADER_LEN as u64), &mut out)?;
+    let layout = layout_of(&out);
     let mut off = SEGMENT_HEADER_LEN as u64;
     while off < len && out.len() as u64 == off {
         let mut hdr = Vec::with_capacity(FRAME_HEADER_LEN);
         read_at_into(f, path, off, (len - off).min(FRAME_HEADER_LEN as u64), &mut hdr)?;
-        let parsed = FrameHeader::parse(&hdr, off).ok().map(|h| (h.frame_len.get(), h.kind));
+        let parsed = parse_header(&hdr, off, &layout).ok().map(|h| (h.len, h.kind));
         out.extend_from_slice(&hdr);
         let got = hdr.len() as u64;
         match parsed {
@@ -88,7 +90,7 @@ fn read_active(f: &fs::File, path: &Path, len: u64, max_frame: u64) -> Result<(V
                 // stops at the first that is not): what is held is bounded by
                 // valid frames, not by headers claiming lengths.
                 let frame = out.get(off as usize..).unwrap_or_default();
-                if crate::format::frame::validate_frame(frame, off, true).is_err() {
+                if crate::format::frame::validate_frame(frame, off, true, &layout).is_err() {
                     break;
                 }
                 off += fl;
@@ -123,15 +125,22 @@ fn active_copy_max(max_frame: u64) -> u64 {
 /// `max_frame` bytes, as `(offset, frame_len)`, found by stepping from header
 /// to header (the bodies are not read).
 fn oversized_frame(bytes: &[u8], max_frame: u64) -> Option<Oversized> {
+    let layout = layout_of(bytes);
     let mut off = SEGMENT_HEADER_LEN as u64;
     loop {
         let b = bytes.get(usize::try_from(off).ok()?..)?;
-        let fl = FrameHeader::parse(b, off).ok()?.frame_len.get();
+        let fl = parse_header(b, off, &layout).ok()?.len;
         if fl > max_frame {
             return Some((off, fl));
         }
         off = off.checked_add(fl)?;
     }
+}
+
+/// The layout of the segment whose bytes start with `bytes` (versions 1 and
+/// 2 if its header does not parse: it is reported as such elsewhere).
+fn layout_of(bytes: &[u8]) -> Layout {
+    SegmentHeader::parse(bytes).map_or(Layout::V2, Layout::of)
 }
 
 /// One segment file as read, and what deciding its durable boundary needs.
@@ -277,10 +286,11 @@ impl SegFile<'_> {
     /// past `from`, also in the part of the file not copied.
     fn resync(&self, from: u64) -> Result<u64> {
         let copied = self.bytes.len() as u64;
-        let mut best = resync_max_durable(self.bytes, from);
+        let layout = layout_of(self.bytes);
+        let mut best = resync_max_durable(self.bytes, from, &layout);
         if copied < self.file_len {
             let start = from.max(copied.saturating_sub(FRAME_HEADER_LEN as u64));
-            best = best.max(resync_file(self.file, self.path, start, self.file_len)?);
+            best = best.max(resync_file(self.file, self.path, start, self.file_len, &layout)?);
         }
         Ok(best)
     }
@@ -315,12 +325,13 @@ impl SegFile<'_> {
         out.chain_start = header.chain_start;
         // The links are recomputed when the chain is unkeyed, or keyed and the
         // key given is the log's (the sequential pass reports the other cases).
+        let layout = Layout::of(header);
         let chainer = match (format.chained(), format.keyed(), ctx.key) {
-            (true, false, _) => Some(Chainer::new(None)),
-            (true, true, Some(k)) if k.id() == format.key_id => Some(Chainer::new(Some(k))),
+            (true, false, _) => Some(Chainer::new(None).for_layout(&layout)),
+            (true, true, Some(k)) if k.id() == format.key_id => Some(Chainer::new(Some(k)).for_layout(&layout)),
             _ => None,
         };
-        let mut chain = ChainLinks::new(header.chain_start);
+        let mut chain = ChainLinks::new(header.chain_start, layout);
         let base = out.base;
         if header.base_position.get() != base {
             out.problems.push(finding(
@@ -352,8 +363,8 @@ impl SegFile<'_> {
         out.next_position = walked.walk.next_position;
         out.sealed = walked.walk.sealed;
         if walked.walk.sealed {
-            let seal_off = walked.walk.end.saturating_sub(FRAME_HEADER_LEN as u64);
-            let seal = chain_slot(self.bytes.get(seal_off as usize..).unwrap_or_default());
+            let seal_off = walked.walk.end.saturating_sub(seal_len(&layout) as u64);
+            let seal = chain_slot(self.bytes.get(seal_off as usize..).unwrap_or_default(), &layout);
             out.seal_chain = Some((seal_off, seal));
             chain.seal(path, format.chained(), seal, seal_off, walked.walk.next_position);
             chain.require_checkpoint(ctx, path, format.chained(), seal_off);
@@ -378,6 +389,7 @@ impl SegFile<'_> {
         let mut records = 0u64;
         let mut reported = 0u64;
         let seg_start = self.bytes.as_ptr() as usize;
+        let layout = Layout::of(header);
         let walk = walk_segment(self.bytes, header, true, |frame, f| {
             let off = (frame.as_ptr() as usize - seg_start) as u64;
             if f.kind == FRAME_KIND_CHECKPOINT {
@@ -388,9 +400,9 @@ impl SegFile<'_> {
                 return;
             }
             records += f.count as u64;
-            track_versions(path, frame, f, off, &mut spans, &mut version_problems);
+            track_versions(path, frame, f, off, &layout, &mut spans, &mut version_problems);
             chain.batch(ctx, path, format.chained(), chainer, frame, f, off);
-            mem.add_frame(frame, off);
+            mem.add_frame(frame, off, &layout);
             let end = off + f.len;
             if end - reported >= 8 << 20 {
                 ctx.advance(end - reported);
@@ -490,10 +502,11 @@ fn track_versions(
     frame: &[u8],
     f: &crate::format::frame::Frame,
     off: u64,
+    layout: &Layout,
     spans: &mut HashMap<Box<str>, StreamSpan>,
     version_problems: &mut Vec<Finding>,
 ) {
-    let Some(r) = frame_records(frame).next() else {
+    let Some(r) = frame_records(frame, layout).next() else {
         return;
     };
     let v = r.stream_version();
@@ -503,9 +516,15 @@ fn track_versions(
         Some(s) => {
             // Checked: versions come from the file (found by fuzzing).
             if s.last_version.checked_add(1) != Some(v) {
+                let field = if layout.compact() {
+                    let body = frame.get(f.header_len as usize..).unwrap_or_default();
+                    f.header_len as usize + crate::format::batch::peek_stream(body).map_or(0, |(_, at)| at)
+                } else {
+                    FRAME_HEADER_LEN + crate::format::RECORD_STREAM_VERSION_OFFSET
+                };
                 version_problems.push(finding(
                     path,
-                    off + (FRAME_HEADER_LEN + crate::format::RECORD_STREAM_VERSION_OFFSET) as u64,
+                    off + field as u64,
                     format!(
                         "expected stream {:?} to continue at version {}, found version {v}",
                         r.stream(),

@@ -390,7 +390,7 @@ impl LogView {
             };
             // One pass: records are applied as they are checked. If a batch
             // turns out damaged, the error discards the whole model.
-            let mut frames = FrameCursor::new(rest, off as u64, pos, true);
+            let mut frames = FrameCursor::new(rest, off as u64, pos, true, s.layout);
             // The mapping is advised for random access (`storage::mmap`): it
             // is advised sequential while the chunk's cursor walks it.
             let mut ahead = Readahead::forward();

@@ -106,9 +106,11 @@ impl CheckpointBody {
     }
 
     /// Check the body at the start of `body` (the bytes after the header of
-    /// the checkpoint frame at file offset `off`): its CRC, then its reserved
-    /// bytes (spec 3.5, in this order). The signature is `check`'s business.
-    pub(crate) fn check(body: &[u8], off: u64) -> Result<&CheckpointBody, Damage> {
+    /// a checkpoint frame; `body_off` is the body's file offset): its CRC,
+    /// then its reserved bytes (spec 3.5, in this order). The signature is
+    /// `check`'s business.
+    pub(crate) fn check(body: &[u8], body_off: u64) -> Result<&CheckpointBody, Damage> {
+        let off = body_off.saturating_sub(FRAME_HEADER_LEN as u64);
         let Ok((b, _)) = CheckpointBody::ref_from_prefix(body) else {
             // The frame header said 176 bytes, and they are there: only a
             // caller passing a short body gets here.
@@ -148,11 +150,11 @@ mod tests {
         let b = CheckpointBody::new([1; 32], [2; 64]);
         let bytes = b.as_bytes();
         assert_eq!(b.body_crc.get(), crc(bytes.get(..96).unwrap()));
-        assert!(CheckpointBody::check(bytes, 500).is_ok());
+        assert!(CheckpointBody::check(bytes, 572).is_ok());
         let mut bad = bytes.to_vec();
         bad[100] = 1;
-        assert_eq!(CheckpointBody::check(&bad, 500).unwrap_err().offset, 672);
+        assert_eq!(CheckpointBody::check(&bad, 572).unwrap_err().offset, 672);
         bad[0] ^= 1;
-        assert_eq!(CheckpointBody::check(&bad, 500).unwrap_err().offset, 668);
+        assert_eq!(CheckpointBody::check(&bad, 572).unwrap_err().offset, 668);
     }
 }

@@ -15,14 +15,17 @@
 //! parses without error; the cursor never moves past a frame it did not
 //! accept, so after a stop its offset is where the complete frames end.
 
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
+use crate::format::batch::{BodyContext, BodyRecords, parse_body};
 use crate::format::damage::Damage;
 use crate::format::record::{RecordRef, parse_record, parse_record_with};
 use crate::format::{
-    ALIGN, CheckpointBody, FRAME_CHAIN_OFFSET, FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_BATCH,
-    FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FRAME_LEN_OFFSET, FrameHeader, RECORD_HEADER_LEN, RECORD_POSITION_OFFSET,
-    RECORD_STREAM_VERSION_OFFSET, RECORD_TIMESTAMP_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
+    ALIGN, CHAIN_SLOT_LEN, CheckpointBody, FRAME_CHAIN_OFFSET, FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN,
+    FRAME_HEADER_V3_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FRAME_LEN_OFFSET, FRAME_MAGIC_V3,
+    FRAME_V3_BODY_CRC_OFFSET, FRAME_V3_FIRST_POSITION_OFFSET, FRAME_V3_LEN_OFFSET, FrameHeader, FrameHeaderV3,
+    HeaderInfo, Layout, RECORD_HEADER_LEN, RECORD_POSITION_OFFSET, RECORD_STREAM_VERSION_OFFSET,
+    RECORD_TIMESTAMP_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 
 /// What a complete frame holds.
@@ -37,6 +40,13 @@ pub(crate) struct Frame {
     pub first_timestamp: u64,
     /// Timestamp of the last record (batches only, once validated; 0 otherwise).
     pub last_timestamp: u64,
+    /// Bytes of the header (72 in versions 1 and 2; 32 or 64 in version 3).
+    pub header_len: u32,
+    /// The header stores a chain slot (versions 1 and 2: always, zero when
+    /// the log has no chain).
+    pub chained: bool,
+    /// Version 3: the CRC of the body (`body_crc`); 0 otherwise.
+    pub body_crc: u32,
 }
 
 impl Frame {
@@ -47,25 +57,155 @@ impl Frame {
 
     /// What the header `h` says (timestamps 0 until the body is validated).
     #[inline]
-    fn of_header(h: &FrameHeader) -> Frame {
+    fn of_info(h: HeaderInfo) -> Frame {
         Frame {
             kind: h.kind,
-            len: h.frame_len.get(),
-            first_position: h.first_position.get(),
-            count: h.record_count.get(),
-            durable_end: h.durable_end.get(),
+            len: h.frame_len,
+            first_position: h.first_position,
+            count: h.record_count,
+            durable_end: h.durable_end,
             first_timestamp: 0,
             last_timestamp: 0,
+            header_len: h.header_len as u32,
+            chained: h.chained,
+            body_crc: h.body_crc,
         }
     }
 }
 
-/// Encode a seal frame (spec 3.4).
-pub(crate) fn encode_seal(next_position: u64, durable_end: u64) -> [u8; FRAME_HEADER_LEN] {
+/// Parse and check the frame header at the start of `bytes` (file offset
+/// `off`) in the segment's `layout` (spec 3.1, or 3.6 for version 3): the
+/// header checks, nothing of the body.
+#[inline]
+pub(crate) fn parse_header(bytes: &[u8], off: u64, layout: &Layout) -> Result<Frame, Damage> {
+    if layout.compact() {
+        FrameHeaderV3::parse(bytes, off, layout.chained).map(Frame::of_info)
+    } else {
+        FrameHeader::parse(bytes, off).map(|h| Frame::of_info(h.info()))
+    }
+}
+
+/// The chain slot of the frame whose bytes start `frame` (its header
+/// parsed as `f`), if it stores one.
+#[inline]
+pub(crate) fn chain_slot(frame: &[u8], f: &Frame) -> Option<[u8; 32]> {
+    let at = if f.header_len as usize == FRAME_HEADER_LEN {
+        FRAME_CHAIN_OFFSET
+    } else if f.chained {
+        FRAME_HEADER_V3_LEN
+    } else {
+        return None;
+    };
+    let mut c = [0; 32];
+    c.copy_from_slice(frame.get(at..at + CHAIN_SLOT_LEN)?);
+    Some(c)
+}
+
+/// Encode a seal frame (spec 3.4; 3.6 in version 3), its chain slot zero.
+pub(crate) fn encode_seal(next_position: u64, durable_end: u64, layout: &Layout) -> Vec<u8> {
+    if layout.compact() {
+        let len = FrameHeaderV3::len_with(u8::from(layout.chained));
+        let h = FrameHeaderV3::new(
+            FRAME_KIND_SEAL,
+            layout.chained,
+            len as u64,
+            next_position,
+            0,
+            durable_end,
+            0,
+        );
+        let mut out = h.as_bytes().to_vec();
+        out.resize(len, 0);
+        FrameHeaderV3::seal_crc(&mut out);
+        return out;
+    }
     let h = FrameHeader::new(FRAME_KIND_SEAL, FRAME_HEADER_LEN as u64, next_position, 0, durable_end);
-    let mut out = [0u8; FRAME_HEADER_LEN];
-    out.copy_from_slice(h.as_bytes());
-    out
+    h.as_bytes().to_vec()
+}
+
+/// What binds an index checkpoint or index file to a frame of its segment:
+/// the frame's kind, length and `header_crc` (spec 17.1, 17.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameBinding {
+    pub kind: u8,
+    pub len: u64,
+    pub header_crc: u32,
+}
+
+/// The [`FrameBinding`] of the frame whose bytes start `frame` (at file
+/// offset `off`), if its header passes the header checks.
+pub(crate) fn binding(frame: &[u8], off: u64, layout: &Layout) -> Option<FrameBinding> {
+    let f = parse_header(frame, off, layout).ok()?;
+    let at = if layout.compact() { 0 } else { 4 };
+    let crc = u32::from_le_bytes(frame.get(at..at + 4)?.try_into().ok()?);
+    Some(FrameBinding {
+        kind: f.kind,
+        len: f.len,
+        header_crc: crc,
+    })
+}
+
+/// [`binding`] of the frame at file offset `off` of `segment` (a segment's
+/// bytes from its start).
+pub(crate) fn binding_at(segment: &[u8], off: u64, layout: &Layout) -> Option<FrameBinding> {
+    binding(segment.get(usize::try_from(off).ok()?..)?, off, layout)
+}
+
+/// The `header_crc` of the seal that ends the sealed segment `segment` (its
+/// bytes, header first), which an index file binds to (spec 17.1).
+pub(crate) fn seal_header_crc(segment: &[u8]) -> Option<u32> {
+    let layout = Layout::of(SegmentHeader::parse(segment).ok()?);
+    let at = segment.len().checked_sub(seal_len(&layout))?;
+    if at < SEGMENT_HEADER_LEN {
+        return None;
+    }
+    let crc_at = at + if layout.compact() { 0 } else { 4 };
+    Some(u32::from_le_bytes(segment.get(crc_at..crc_at + 4)?.try_into().ok()?))
+}
+
+/// Bytes of a seal frame in `layout` (spec 3.4, 3.6).
+pub(crate) fn seal_len(layout: &Layout) -> usize {
+    if layout.compact() {
+        FrameHeaderV3::len_with(u8::from(layout.chained))
+    } else {
+        FRAME_HEADER_LEN
+    }
+}
+
+/// Fill in the version-3 header of the batch frame that is `frame` (whole:
+/// header, chain slot if `chained`, body and padding), its chain slot left
+/// as it is: `body_crc`, then `header_crc`.
+pub(crate) fn finish_batch_header_v3(
+    frame: &mut [u8],
+    chained: bool,
+    first_position: u64,
+    count: u32,
+    durable_end: u64,
+) {
+    let header_len = FrameHeaderV3::len_with(u8::from(chained));
+    let body_crc = crc32fast::hash(frame.get(header_len..).unwrap_or_default());
+    let h = FrameHeaderV3::new(
+        FRAME_KIND_BATCH,
+        chained,
+        frame.len() as u64,
+        first_position,
+        count,
+        durable_end,
+        body_crc,
+    );
+    if let Some(head) = frame.get_mut(..FRAME_HEADER_V3_LEN) {
+        head.copy_from_slice(h.as_bytes());
+    }
+    FrameHeaderV3::seal_crc(frame);
+}
+
+/// Whether the version-3 batch at segment offset `off` carries a chain slot
+/// in a chained log (spec 3.6): it is the segment's first batch
+/// (`prev_batch` is `None`), or the first whose offset falls in a new
+/// [`crate::format::CHAIN_BLOCK`]-byte block.
+#[inline]
+pub(crate) fn batch_is_chained(off: u64, prev_batch: Option<u64>) -> bool {
+    prev_batch.is_none_or(|p| p / crate::format::CHAIN_BLOCK != off / crate::format::CHAIN_BLOCK)
 }
 
 /// Write a batch frame header into `out[at..at + 72]` once its records follow it.
@@ -81,8 +221,8 @@ pub(crate) fn finish_batch_header(out: &mut [u8], first_position: u64, count: u3
 /// complete (spec 3.3), with or without record CRCs. `bytes` may extend past
 /// the frame. Record structure is always checked; with `verify_crc` also the
 /// CRCs, reserved fields and padding.
-pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool) -> Result<Frame, Damage> {
-    validate_frame_each(bytes, off, verify_crc, |_, _| {})
+pub(crate) fn validate_frame(bytes: &[u8], off: u64, verify_crc: bool, layout: &Layout) -> Result<Frame, Damage> {
+    validate_frame_each(bytes, off, verify_crc, layout, |_, _| {})
 }
 
 /// [`validate_frame`], calling `each(offset in frame, record)` for every
@@ -92,12 +232,12 @@ pub(crate) fn validate_frame_each<'a>(
     bytes: &'a [u8],
     off: u64,
     verify_crc: bool,
+    layout: &Layout,
     each: impl FnMut(usize, RecordRef<'a>),
 ) -> Result<Frame, Damage> {
-    let h = FrameHeader::parse(bytes, off)?;
-    let frame = Frame::of_header(h);
+    let frame = parse_header(bytes, off, layout)?;
     let frame_bytes = frame_span(bytes, off, frame.len)?;
-    validate_body(frame, frame_bytes, off, verify_crc, each)
+    validate_body(frame, frame_bytes, off, verify_crc, layout, each)
 }
 
 /// The first `len` bytes of `bytes` (a frame's, at file offset `off`), or the
@@ -124,13 +264,38 @@ fn validate_body<'a>(
     frame_bytes: &'a [u8],
     off: u64,
     verify_crc: bool,
+    layout: &Layout,
     each: impl FnMut(usize, RecordRef<'a>),
 ) -> Result<Frame, Damage> {
-    let body = frame_bytes.get(FRAME_HEADER_LEN..).unwrap_or_default();
+    let header_len = frame.header_len as usize;
+    let body = frame_bytes.get(header_len..).unwrap_or_default();
     match frame.kind {
         FRAME_KIND_SEAL => Ok(frame),
-        FRAME_KIND_CHECKPOINT => CheckpointBody::check(body, off).map(|_| frame),
+        FRAME_KIND_CHECKPOINT => CheckpointBody::check(body, off + header_len as u64).map(|_| frame),
+        _ if layout.compact() => {
+            let cx = body_context(&frame, off, layout);
+            let crc = verify_crc.then_some((frame.body_crc, off + FRAME_V3_BODY_CRC_OFFSET as u64));
+            let head = parse_body(body, &cx, crc, each)?;
+            Ok(Frame {
+                first_timestamp: head.timestamp,
+                last_timestamp: head.timestamp,
+                ..frame
+            })
+        }
         _ => validate_batch(frame, body, off, verify_crc, each),
+    }
+}
+
+/// What parsing the version-3 body of `frame` (at file offset `off`) needs.
+#[inline]
+pub(crate) fn body_context(frame: &Frame, off: u64, layout: &Layout) -> BodyContext {
+    BodyContext {
+        first_position: frame.first_position,
+        count: frame.count,
+        prev_timestamp: layout.prev_timestamp,
+        id_seed: layout.id_seed,
+        at: off + u64::from(frame.header_len),
+        header_len: frame.header_len as usize,
     }
 }
 
@@ -254,15 +419,26 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Iterate the records of a frame that [`validate_frame`] accepted.
-pub(crate) fn frame_records(frame_bytes: &[u8]) -> impl Iterator<Item = RecordRef<'_>> {
-    frame_records_at(frame_bytes).map(|(_, r)| r)
+pub(crate) fn frame_records<'a>(frame_bytes: &'a [u8], layout: &Layout) -> impl Iterator<Item = RecordRef<'a>> {
+    frame_records_at(frame_bytes, layout).map(|(_, r)| r)
 }
 
 /// Iterate `(offset within the frame, record)` for a frame that
-/// [`validate_frame`] accepted.
-pub(crate) fn frame_records_at(frame_bytes: &[u8]) -> impl Iterator<Item = (usize, RecordRef<'_>)> {
+/// [`validate_frame`] accepted (at any file offset: version 3 needs it only
+/// in error messages, and the frame is valid).
+pub(crate) fn frame_records_at<'a>(
+    frame_bytes: &'a [u8],
+    layout: &Layout,
+) -> Box<dyn Iterator<Item = (usize, RecordRef<'a>)> + 'a> {
+    if layout.compact() {
+        let Ok(frame) = parse_header(frame_bytes, u64::from(u32::MAX), layout) else {
+            return Box::new(std::iter::empty());
+        };
+        let body = frame_bytes.get(frame.header_len as usize..).unwrap_or_default();
+        return Box::new(BodyRecords::new(body, &body_context(&frame, 0, layout)));
+    }
     let mut at = FRAME_HEADER_LEN;
-    std::iter::from_fn(move || {
+    Box::new(std::iter::from_fn(move || {
         if at >= frame_bytes.len() {
             return None;
         }
@@ -270,7 +446,7 @@ pub(crate) fn frame_records_at(frame_bytes: &[u8]) -> impl Iterator<Item = (usiz
         let here = at;
         at += len;
         Some((here, rec))
-    })
+    }))
 }
 
 /// The result of walking a segment from its header to the first frame that is
@@ -285,9 +461,15 @@ pub(crate) struct Walk {
     pub last_timestamp: u64,
     /// Largest `durable_end` among the complete frames.
     pub max_durable: u64,
-    /// The chain slot of the last complete batch, or the header's
-    /// `chain_start` if there is none (stored values, not verified).
+    /// The chain slot of the last complete batch that stores one, or the
+    /// header's `chain_start` if there is none (stored values, not
+    /// verified). In version 3 batches after it may store none: see
+    /// `chain_through`.
     pub chain: [u8; 32],
+    /// File offset just past the batch whose chain slot `chain` is (128 for
+    /// `chain_start`): the batches from there to `end` are not yet linked
+    /// into `chain` (always `end` in versions 1 and 2).
+    pub chain_through: u64,
     /// The last complete frame is a seal.
     pub sealed: bool,
     /// Why the walk stopped before the end of the bytes, if it did.
@@ -328,8 +510,8 @@ pub(crate) fn walk_segment(
 
 /// The largest `durable_end` of any frame header (valid magic and CRC) at a
 /// multiple-of-8 offset at or after `from` (spec 6, resynchronisation).
-pub(crate) fn resync_max_durable(file: &[u8], from: u64) -> u64 {
-    resync_max_durable_in(file, 0, from, u64::MAX)
+pub(crate) fn resync_max_durable(file: &[u8], from: u64, layout: &Layout) -> u64 {
+    resync_max_durable_in(file, 0, from, u64::MAX, layout)
 }
 
 /// [`resync_max_durable`] over a piece of a file: `bytes` holds the file's
@@ -339,7 +521,7 @@ pub(crate) fn resync_max_durable(file: &[u8], from: u64) -> u64 {
 /// (`S` a multiple of 8), each counted with `until = c_k + S`, considers
 /// every offset exactly once and gives the same maximum as one pass over the
 /// whole file: one definition for recovery, `check` and readers.
-pub(crate) fn resync_max_durable_in(bytes: &[u8], at: u64, from: u64, until: u64) -> u64 {
+pub(crate) fn resync_max_durable_in(bytes: &[u8], at: u64, from: u64, until: u64, layout: &Layout) -> u64 {
     let mut best = 0;
     let Some(mut off) = from.max(at).checked_next_multiple_of(ALIGN) else {
         return 0;
@@ -348,13 +530,21 @@ pub(crate) fn resync_max_durable_in(bytes: &[u8], at: u64, from: u64, until: u64
         let Some(rel) = off.checked_sub(at).and_then(|r| usize::try_from(r).ok()) else {
             break;
         };
-        let Some(h) = bytes.get(rel..).filter(|b| b.len() >= FRAME_HEADER_LEN) else {
+        let min = if layout.compact() {
+            FRAME_HEADER_V3_LEN
+        } else {
+            FRAME_HEADER_LEN
+        };
+        let Some(h) = bytes.get(rel..).filter(|b| b.len() >= min) else {
             break;
         };
-        if h.starts_with(&crate::format::FRAME_MAGIC)
-            && let Ok(h) = FrameHeader::parse(h, off)
-        {
-            best = best.max(h.durable_end.get());
+        let magic = if layout.compact() {
+            h.get(4..6) == Some(&FRAME_MAGIC_V3[..])
+        } else {
+            h.starts_with(&crate::format::FRAME_MAGIC)
+        };
+        if magic && let Ok(f) = parse_header(h, off, layout) {
+            best = best.max(f.durable_end);
         }
         let Some(next) = off.checked_add(ALIGN) else { break };
         off = next;
@@ -394,6 +584,7 @@ pub(crate) fn walk_segment_records<'a>(
         last_timestamp: header.prev_timestamp.get(),
         max_durable: SEGMENT_HEADER_LEN as u64,
         chain: header.chain_start,
+        chain_through: SEGMENT_HEADER_LEN as u64,
         sealed: false,
         stop: None,
     };
@@ -408,10 +599,11 @@ pub(crate) fn walk_segment_records_from<'a>(
     rest: &'a [u8],
     after: Walk,
     verify_crc: bool,
+    layout: &Layout,
     sink: &mut impl RecordSink<'a>,
 ) -> Walk {
-    let cursor =
-        FrameCursor::new(rest, after.end, after.next_position, verify_crc).with_timestamps(after.last_timestamp);
+    let cursor = FrameCursor::new(rest, after.end, after.next_position, verify_crc, *layout)
+        .with_timestamps(after.last_timestamp);
     walk_records(cursor, after, sink)
 }
 
@@ -429,7 +621,10 @@ fn walk_records<'a>(mut cursor: FrameCursor<'a>, mut w: Walk, sink: &mut impl Re
         };
         match f.frame.kind {
             FRAME_KIND_BATCH => {
-                w.chain = f.chain();
+                if let Some(c) = f.chain() {
+                    w.chain = c;
+                    w.chain_through = f.offset + f.frame.len;
+                }
                 sink.batch(f.offset, &f.frame);
             }
             FRAME_KIND_SEAL => {}
@@ -457,19 +652,16 @@ pub(crate) struct FrameRef<'a> {
 }
 
 impl FrameRef<'_> {
-    /// The chain slot stored in the frame header (not verified).
-    pub fn chain(&self) -> [u8; 32] {
-        let mut c = [0; 32];
-        if let Some(slot) = self.bytes.get(FRAME_CHAIN_OFFSET..FRAME_HEADER_LEN) {
-            c.copy_from_slice(slot);
-        }
-        c
+    /// The chain slot stored in the frame header (not verified), if the
+    /// frame stores one.
+    pub fn chain(&self) -> Option<[u8; 32]> {
+        chain_slot(self.bytes, &self.frame)
     }
 
-    /// The records after the header (a batch only; empty otherwise).
+    /// The bytes after the header (a batch's records; empty for a seal).
     #[allow(dead_code, reason = "for the readers adopting the cursor")]
     pub fn body(&self) -> &[u8] {
-        self.bytes.get(FRAME_HEADER_LEN..).unwrap_or_default()
+        self.bytes.get(self.frame.header_len as usize..).unwrap_or_default()
     }
 }
 
@@ -522,13 +714,15 @@ pub(crate) struct FrameCursor<'a> {
     last_timestamp: Option<u64>,
     sealed: bool,
     verify_crc: bool,
+    layout: Layout,
 }
 
 impl<'a> FrameCursor<'a> {
-    /// A cursor over `bytes`, the bytes of a segment from file offset
-    /// `start`, whose first frame must start at `next_position`. Timestamps
-    /// are not checked across frames (see [`with_timestamps`](Self::with_timestamps)).
-    pub fn new(bytes: &'a [u8], start: u64, next_position: u64, verify_crc: bool) -> Self {
+    /// A cursor over `bytes`, the bytes of a segment of `layout` from file
+    /// offset `start`, whose first frame must start at `next_position`.
+    /// Timestamps are not checked across frames (see
+    /// [`with_timestamps`](Self::with_timestamps)).
+    pub fn new(bytes: &'a [u8], start: u64, next_position: u64, verify_crc: bool, layout: Layout) -> Self {
         FrameCursor {
             bytes,
             start,
@@ -537,6 +731,7 @@ impl<'a> FrameCursor<'a> {
             last_timestamp: None,
             sealed: false,
             verify_crc,
+            layout,
         }
     }
 
@@ -546,9 +741,15 @@ impl<'a> FrameCursor<'a> {
     pub fn segment(file: &'a [u8], header: &SegmentHeader, verify_crc: bool) -> Self {
         FrameCursor {
             at: SEGMENT_HEADER_LEN.min(file.len()),
-            ..FrameCursor::new(file, 0, header.base_position.get(), verify_crc)
+            ..FrameCursor::new(file, 0, header.base_position.get(), verify_crc, Layout::of(header))
                 .with_timestamps(header.prev_timestamp.get())
         }
+    }
+
+    /// The layout of the segment's frames.
+    #[inline]
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// Check that each batch's first timestamp is not before `prev` (the
@@ -612,10 +813,15 @@ impl<'a> FrameCursor<'a> {
 
     #[inline]
     fn check_header(&self, rest: &'a [u8], off: u64) -> Result<FrameRef<'a>, Damage> {
-        let frame = Frame::of_header(FrameHeader::parse(rest, off)?);
+        let frame = parse_header(rest, off, &self.layout)?;
         if frame.first_position != self.next_position {
+            let field = if self.layout.compact() {
+                FRAME_V3_FIRST_POSITION_OFFSET
+            } else {
+                FRAME_FIRST_POSITION_OFFSET
+            };
             return Err(Damage::corrupt(
-                off.saturating_add(FRAME_FIRST_POSITION_OFFSET as u64),
+                off.saturating_add(field as u64),
                 format!(
                     "expected a frame starting at position {}, found {}",
                     self.next_position, frame.first_position
@@ -664,14 +870,19 @@ impl<'a> FrameCursor<'a> {
         f: FrameRef<'a>,
         each: impl FnMut(usize, RecordRef<'a>),
     ) -> Result<FrameRef<'a>, Damage> {
-        let frame = validate_body(f.frame, f.bytes, f.offset, self.verify_crc, each)?;
+        let frame = validate_body(f.frame, f.bytes, f.offset, self.verify_crc, &self.layout, each)?;
         if frame.kind == FRAME_KIND_BATCH
             && let Some(last) = self.last_timestamp
         {
             if frame.first_timestamp < last {
+                // Version 3: the batch's timestamp is the first field of its body.
+                let field = if self.layout.compact() {
+                    frame.header_len as usize
+                } else {
+                    FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET
+                };
                 return Err(Damage::corrupt(
-                    f.offset
-                        .saturating_add((FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET) as u64),
+                    f.offset.saturating_add(field as u64),
                     format!("timestamp {} goes back from {last}", frame.first_timestamp),
                 ));
             }
@@ -702,14 +913,24 @@ impl<'a> FrameCursor<'a> {
     /// (whole, possibly with their magic hidden: see `audit::chaining`), from
     /// their headers' `frame_len` alone, nothing validated. Not for bytes
     /// read from a file.
-    pub fn encoded_spans(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pub fn encoded_spans(bytes: &[u8], layout: Layout) -> impl Iterator<Item = (usize, usize)> + '_ {
         let mut at = 0usize;
+        let (len_at, min) = if layout.compact() {
+            (FRAME_V3_LEN_OFFSET, FRAME_HEADER_V3_LEN)
+        } else {
+            (FRAME_LEN_OFFSET, FRAME_HEADER_LEN)
+        };
         std::iter::from_fn(move || {
             let rest = bytes.get(at..)?;
-            let (h, _) = FrameHeader::ref_from_prefix(rest).ok()?;
-            let len = usize::try_from(h.frame_len.get())
-                .unwrap_or(usize::MAX)
-                .clamp(FRAME_HEADER_LEN, rest.len());
+            if rest.len() < min {
+                return None;
+            }
+            let len = if layout.compact() {
+                u64::from(u32::from_le_bytes(rest.get(len_at..len_at + 4)?.try_into().ok()?))
+            } else {
+                u64::from_le_bytes(rest.get(len_at..len_at + 8)?.try_into().ok()?)
+            };
+            let len = usize::try_from(len).unwrap_or(usize::MAX).clamp(min, rest.len());
             let here = at;
             at += len;
             Some((here, len))
@@ -721,15 +942,15 @@ impl<'a> FrameCursor<'a> {
 #[allow(clippy::indexing_slicing, reason = "tests: a panic is a failure")]
 mod tests {
     use super::*;
+    use crate::format::LogFormat;
     use crate::format::record::{EventData, Stamp, encode_record};
-    use crate::format::{CURRENT_FORMAT_VERSION, LogFormat};
 
     /// A segment: header at base 10, then batches of `(count, timestamp)`,
     /// then a seal if `seal`.
     fn segment(batches: &[(u32, u64)], seal: bool) -> Vec<u8> {
         let log = LogFormat {
             log_id: [1; 16],
-            version: CURRENT_FORMAT_VERSION,
+            version: 2,
             flags: 0,
             key_id: [0; 16],
         };
@@ -758,7 +979,7 @@ mod tests {
             finish_batch_header(&mut out[at..], first, count, 128);
         }
         if seal {
-            out.extend_from_slice(&encode_seal(pos, 128));
+            out.extend_from_slice(&encode_seal(pos, 128, &Layout::V2));
         }
         out
     }
@@ -788,7 +1009,7 @@ mod tests {
 
         // A cursor from the middle of the segment.
         let off = SEGMENT_HEADER_LEN + kinds.len(); // not a frame: damage
-        let mut c = FrameCursor::new(&file[off..], off as u64, 10, true);
+        let mut c = FrameCursor::new(&file[off..], off as u64, 10, true, Layout::V2);
         assert_eq!(c.step().unwrap().unwrap_err().offset, off as u64);
     }
 
@@ -804,11 +1025,23 @@ mod tests {
         assert_eq!(d.offset, second + (FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET) as u64);
         assert_eq!(c.offset(), second, "the cursor stays at the damaged frame");
         // ... not checked without `with_timestamps`.
-        let mut c = FrameCursor::new(&file[SEGMENT_HEADER_LEN..], SEGMENT_HEADER_LEN as u64, 10, true);
+        let mut c = FrameCursor::new(
+            &file[SEGMENT_HEADER_LEN..],
+            SEGMENT_HEADER_LEN as u64,
+            10,
+            true,
+            Layout::V2,
+        );
         assert!(c.step().unwrap().is_ok() && c.step().unwrap().is_ok());
 
         // A position that does not continue.
-        let mut c = FrameCursor::new(&file[SEGMENT_HEADER_LEN..], SEGMENT_HEADER_LEN as u64, 11, true);
+        let mut c = FrameCursor::new(
+            &file[SEGMENT_HEADER_LEN..],
+            SEGMENT_HEADER_LEN as u64,
+            11,
+            true,
+            Layout::V2,
+        );
         let d = c.step().unwrap().unwrap_err();
         assert_eq!(d.offset, (SEGMENT_HEADER_LEN + FRAME_FIRST_POSITION_OFFSET) as u64);
 
@@ -840,7 +1073,7 @@ mod tests {
     fn encoded_spans_follow_frame_len() {
         let file = segment(&[(1, 1), (2, 1)], true);
         let frames = &file[SEGMENT_HEADER_LEN..];
-        let spans: Vec<_> = FrameCursor::encoded_spans(frames).collect();
+        let spans: Vec<_> = FrameCursor::encoded_spans(frames, Layout::V2).collect();
         assert_eq!(spans.len(), 3);
         assert_eq!(spans.iter().map(|s| s.1).sum::<usize>(), frames.len());
     }

@@ -225,3 +225,277 @@ impl FrameHeader {
         Ok(h)
     }
 }
+
+/// Magic of a version-3 frame header (spec 3.6), at offset 4.
+pub const FRAME_MAGIC_V3: [u8; 2] = *b"F3";
+/// Version-3 frame flag: a 32-byte chain slot follows the fixed header.
+pub const FRAME_FLAG_CHAINED: u8 = 1;
+/// In a chained version-3 log, the first batch whose offset falls in a new
+/// block of this many bytes of its segment carries a chain slot (spec 3.6).
+pub const CHAIN_BLOCK: u64 = 16 << 10;
+/// Bytes of a chain slot.
+pub const CHAIN_SLOT_LEN: usize = 32;
+
+/// Frame header of format version 3 (spec 3.6): 32 bytes, followed by a
+/// 32-byte chain slot when `flags` has [`FRAME_FLAG_CHAINED`].
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+pub(crate) struct FrameHeaderV3 {
+    pub header_crc: U32,
+    pub magic: [u8; 2],
+    pub kind: u8,
+    pub flags: u8,
+    pub frame_len: U32,
+    pub record_count: U32,
+    pub first_position: U64,
+    pub durable_end: U32,
+    pub body_crc: U32,
+}
+
+/// Bytes of a version-3 frame header without its chain slot.
+pub const FRAME_HEADER_V3_LEN: usize = size_of::<FrameHeaderV3>();
+/// Offset of a version-3 header's magic (the CRC covers `[4, header_len)`).
+pub const FRAME_V3_MAGIC_OFFSET: usize = offset_of!(FrameHeaderV3, magic);
+/// Offset of a version-3 header's `kind`.
+pub const FRAME_V3_KIND_OFFSET: usize = offset_of!(FrameHeaderV3, kind);
+/// Offset of a version-3 header's `flags`.
+pub const FRAME_V3_FLAGS_OFFSET: usize = offset_of!(FrameHeaderV3, flags);
+/// Offset of a version-3 header's `frame_len`.
+pub const FRAME_V3_LEN_OFFSET: usize = offset_of!(FrameHeaderV3, frame_len);
+/// Offset of a version-3 header's `record_count`.
+pub const FRAME_V3_RECORD_COUNT_OFFSET: usize = offset_of!(FrameHeaderV3, record_count);
+/// Offset of a version-3 header's `first_position`.
+pub const FRAME_V3_FIRST_POSITION_OFFSET: usize = offset_of!(FrameHeaderV3, first_position);
+/// Offset of a version-3 header's `durable_end`.
+pub const FRAME_V3_DURABLE_END_OFFSET: usize = offset_of!(FrameHeaderV3, durable_end);
+/// Offset of a version-3 header's `body_crc`.
+pub const FRAME_V3_BODY_CRC_OFFSET: usize = offset_of!(FrameHeaderV3, body_crc);
+/// The bytes of a version-3 frame header that a chain link hashes:
+/// `[FRAME_V3_MAGIC_OFFSET, FRAME_V3_BODY_CRC_OFFSET)` (spec 21.2).
+pub const FRAME_V3_LINKED: std::ops::Range<usize> = FRAME_V3_MAGIC_OFFSET..FRAME_V3_BODY_CRC_OFFSET;
+
+const _: () = assert!(FRAME_HEADER_V3_LEN == 32);
+
+/// What a frame header says, in either layout (versions 1 and 2: spec 3.1;
+/// version 3: spec 3.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderInfo {
+    pub kind: u8,
+    pub frame_len: u64,
+    pub first_position: u64,
+    pub record_count: u32,
+    pub durable_end: u64,
+    /// Bytes before the body: 72 (v1, v2); 32 or 64 (v3).
+    pub header_len: usize,
+    /// The frame stores a chain slot (always in v2 where the log is chained).
+    pub chained: bool,
+    /// Version 3: the CRC of the body; 0 otherwise.
+    pub body_crc: u32,
+}
+
+impl FrameHeaderV3 {
+    /// A new header with `header_crc` left zero (see [`FrameHeaderV3::seal_crc`]).
+    pub(crate) fn new(
+        kind: u8,
+        chained: bool,
+        frame_len: u64,
+        first_position: u64,
+        record_count: u32,
+        durable_end: u64,
+        body_crc: u32,
+    ) -> FrameHeaderV3 {
+        FrameHeaderV3 {
+            header_crc: U32::ZERO,
+            magic: FRAME_MAGIC_V3,
+            kind,
+            flags: if chained { FRAME_FLAG_CHAINED } else { 0 },
+            frame_len: U32::new(frame_len as u32),
+            record_count: U32::new(record_count),
+            first_position: U64::new(first_position),
+            durable_end: U32::new(durable_end as u32),
+            body_crc: U32::new(body_crc),
+        }
+    }
+
+    /// Bytes of the header with this `flags` byte: 32, or 64 with a chain slot.
+    #[inline]
+    pub(crate) fn len_with(flags: u8) -> usize {
+        if flags & FRAME_FLAG_CHAINED != 0 {
+            FRAME_HEADER_V3_LEN + CHAIN_SLOT_LEN
+        } else {
+            FRAME_HEADER_V3_LEN
+        }
+    }
+
+    /// Fill in `header_crc` of the header at the start of `frame`: the CRC of
+    /// `[4, header_len)` (the chain slot included when there is one).
+    pub(crate) fn seal_crc(frame: &mut [u8]) {
+        let flags = frame.get(FRAME_V3_FLAGS_OFFSET).copied().unwrap_or(0);
+        let len = FrameHeaderV3::len_with(flags);
+        if let Some(covered) = frame.get(4..len) {
+            let c = crc(covered).to_le_bytes();
+            if let Some(slot) = frame.get_mut(..4) {
+                slot.copy_from_slice(&c);
+            }
+        }
+    }
+
+    /// Store `chain` in the chain slot of the chained version-3 frame at the
+    /// start of `frame` and recompute its header CRC.
+    pub(crate) fn set_chain(frame: &mut [u8], chain: &[u8; 32]) {
+        if let Some(slot) = frame.get_mut(FRAME_HEADER_V3_LEN..FRAME_HEADER_V3_LEN + CHAIN_SLOT_LEN) {
+            slot.copy_from_slice(chain);
+        }
+        FrameHeaderV3::seal_crc(frame);
+    }
+
+    /// Parse the version-3 frame header at the start of `bytes` (file offset
+    /// `off`), with the checks of spec 3.6 in their order. `chained_log`:
+    /// the log carries the audit chain (seals and checkpoints then carry a
+    /// slot, and only then may a frame).
+    pub(crate) fn parse(bytes: &[u8], off: u64, chained_log: bool) -> Result<HeaderInfo, Damage> {
+        let at = |k: usize| off.saturating_add(k as u64);
+        let Ok((h, _)) = FrameHeaderV3::ref_from_prefix(bytes) else {
+            return Err(Damage::corrupt(
+                off,
+                format!(
+                    "expected a {FRAME_HEADER_V3_LEN}-byte frame header, found {} bytes before the end of the file",
+                    bytes.len()
+                ),
+            ));
+        };
+        if h.magic != FRAME_MAGIC_V3 {
+            return Err(Damage::corrupt(
+                at(FRAME_V3_MAGIC_OFFSET),
+                format!("expected frame magic \"F3\", found {:02x?}", h.magic),
+            ));
+        }
+        if h.flags & !FRAME_FLAG_CHAINED != 0 || (h.flags != 0 && !chained_log) {
+            return Err(Damage::corrupt(
+                at(FRAME_V3_FLAGS_OFFSET),
+                format!(
+                    "expected frame flags {} (the log {} the chain), found {:#04x}",
+                    if chained_log { "0 or 1" } else { "0" },
+                    if chained_log { "carries" } else { "does not carry" },
+                    h.flags
+                ),
+            ));
+        }
+        let header_len = FrameHeaderV3::len_with(h.flags);
+        let Some(covered) = bytes.get(4..header_len) else {
+            return Err(Damage::corrupt(
+                off,
+                format!(
+                    "expected a {header_len}-byte frame header, found {} bytes before the end of the file",
+                    bytes.len()
+                ),
+            ));
+        };
+        let want = crc(covered);
+        if h.header_crc.get() != want {
+            return Err(Damage::corrupt(
+                off,
+                format!(
+                    "frame header CRC mismatch: expected {want:#010x}, found {:#010x}",
+                    h.header_crc.get()
+                ),
+            ));
+        }
+        let len = u64::from(h.frame_len.get());
+        if len < header_len as u64 || len % ALIGN != 0 || len > MAX_FRAME_LEN {
+            return Err(Damage::corrupt(
+                at(FRAME_V3_LEN_OFFSET),
+                format!(
+                    "expected frame_len to be a multiple of 8, at least {header_len} and at most {MAX_FRAME_LEN}, \
+                     found {len}"
+                ),
+            ));
+        }
+        let count = h.record_count.get();
+        let chained = h.flags & FRAME_FLAG_CHAINED != 0;
+        let checkpoint_len = (FRAME_HEADER_V3_LEN + CHAIN_SLOT_LEN + crate::format::CHECKPOINT_BODY_LEN) as u64;
+        match h.kind {
+            FRAME_KIND_BATCH if count == 0 => {
+                return Err(Damage::corrupt(
+                    at(FRAME_V3_RECORD_COUNT_OFFSET),
+                    "expected a batch to hold at least one record, found 0",
+                ));
+            }
+            FRAME_KIND_SEAL if count != 0 || len != header_len as u64 || chained != chained_log => {
+                return Err(Damage::corrupt(
+                    off,
+                    format!(
+                        "expected a seal frame of {} bytes (a chain slot exactly if the log is chained) and 0 records, \
+                         found {len} bytes and {count} records",
+                        FrameHeaderV3::len_with(u8::from(chained_log))
+                    ),
+                ));
+            }
+            FRAME_KIND_CHECKPOINT if count != 0 || !chained || len != checkpoint_len => {
+                return Err(Damage::corrupt(
+                    off,
+                    format!(
+                        "expected a chained checkpoint frame of {checkpoint_len} bytes and 0 records, found {len} bytes \
+                         and {count} records"
+                    ),
+                ));
+            }
+            FRAME_KIND_BATCH | FRAME_KIND_SEAL | FRAME_KIND_CHECKPOINT => {}
+            other => {
+                return Err(Damage::corrupt(
+                    at(FRAME_V3_KIND_OFFSET),
+                    format!("expected frame kind 1, 2 or 3, found {other}"),
+                ));
+            }
+        }
+        let first = h.first_position.get();
+        if first.checked_add(u64::from(count)).is_none() {
+            return Err(Damage::corrupt(
+                at(FRAME_V3_FIRST_POSITION_OFFSET),
+                "expected first_position + record_count to fit in 64 bits",
+            ));
+        }
+        let durable = u64::from(h.durable_end.get());
+        if durable < SEGMENT_HEADER_LEN as u64 || durable > off {
+            return Err(Damage::corrupt(
+                at(FRAME_V3_DURABLE_END_OFFSET),
+                format!(
+                    "expected durable_end between {SEGMENT_HEADER_LEN} and the frame offset {off}, found {durable}"
+                ),
+            ));
+        }
+        if h.kind != FRAME_KIND_BATCH && h.body_crc.get() != 0 {
+            return Err(Damage::corrupt(
+                at(FRAME_V3_BODY_CRC_OFFSET),
+                "expected body_crc to be zero in a seal or checkpoint frame",
+            ));
+        }
+        Ok(HeaderInfo {
+            kind: h.kind,
+            frame_len: len,
+            first_position: first,
+            record_count: count,
+            durable_end: durable,
+            header_len,
+            chained,
+            body_crc: h.body_crc.get(),
+        })
+    }
+}
+
+impl FrameHeader {
+    /// What this (version 1 or 2) header says.
+    #[inline]
+    pub(crate) fn info(&self) -> HeaderInfo {
+        HeaderInfo {
+            kind: self.kind,
+            frame_len: self.frame_len.get(),
+            first_position: self.first_position.get(),
+            record_count: self.record_count.get(),
+            durable_end: self.durable_end.get(),
+            header_len: FRAME_HEADER_LEN,
+            chained: true,
+            body_crc: 0,
+        }
+    }
+}

@@ -27,6 +27,7 @@
 //! | `names`, `hash`, `damage` | 1, 17.3 | file names, stream hashes, [`Damage`] |
 #![deny(clippy::indexing_slicing)]
 
+pub(crate) mod batch;
 pub(crate) mod blockfile;
 pub(crate) mod damage;
 pub(crate) mod frame;
@@ -56,7 +57,7 @@ pub use stream_table::*;
 use crate::format::damage::{Damage, DamageKind};
 
 /// The format version this build writes.
-pub const CURRENT_FORMAT_VERSION: u16 = 2;
+pub const CURRENT_FORMAT_VERSION: u16 = 3;
 /// The oldest format version this build reads.
 pub const OLDEST_SUPPORTED_FORMAT_VERSION: u16 = 1;
 

@@ -156,7 +156,11 @@ pub(crate) fn encode_record(
 /// (for replay: the memory-mapped segment).
 #[derive(Clone, Copy)]
 pub struct RecordRef<'a> {
-    header: &'a RecordHeader,
+    position: u64,
+    stream_version: u64,
+    timestamp: u64,
+    event_id: [u8; 16],
+    schema_version: u32,
     // UTF-8 is checked when the record's batch is validated; the accessors
     // convert lazily so replay that does not look at names pays nothing.
     stream: &'a [u8],
@@ -166,25 +170,74 @@ pub struct RecordRef<'a> {
 }
 
 impl<'a> RecordRef<'a> {
+    /// A record of a version-3 batch, from its parts (`format::batch`).
+    #[expect(clippy::too_many_arguments, reason = "one record's fields, built in one place")]
+    #[inline(always)]
+    pub(crate) fn from_parts(
+        position: u64,
+        stream_version: u64,
+        timestamp: u64,
+        event_id: [u8; 16],
+        schema_version: u32,
+        stream: &'a [u8],
+        event_type: &'a [u8],
+        metadata: &'a [u8],
+        payload: &'a [u8],
+    ) -> Self {
+        RecordRef {
+            position,
+            stream_version,
+            timestamp,
+            event_id,
+            schema_version,
+            stream,
+            event_type,
+            metadata,
+            payload,
+        }
+    }
+
+    /// A record of format version 1 or 2 whose header is `header`.
+    #[inline(always)]
+    fn of_header(
+        header: &RecordHeader,
+        stream: &'a [u8],
+        event_type: &'a [u8],
+        metadata: &'a [u8],
+        payload: &'a [u8],
+    ) -> Self {
+        RecordRef {
+            position: header.position.get(),
+            stream_version: header.stream_version.get(),
+            timestamp: header.timestamp.get(),
+            event_id: header.event_id,
+            schema_version: header.schema_version.get(),
+            stream,
+            event_type,
+            metadata,
+            payload,
+        }
+    }
+
     /// The event's global position in the log (0-based, contiguous).
     pub fn position(&self) -> u64 {
-        self.header.position.get()
+        self.position
     }
     /// The event's version within its stream (0-based, contiguous).
     pub fn stream_version(&self) -> u64 {
-        self.header.stream_version.get()
+        self.stream_version
     }
     /// Append time: nanoseconds since the Unix epoch; never decreases with position.
     pub fn timestamp(&self) -> u64 {
-        self.header.timestamp.get()
+        self.timestamp
     }
     /// The event id.
     pub fn event_id(&self) -> Uuid {
-        Uuid::from_bytes(self.header.event_id)
+        Uuid::from_bytes(self.event_id)
     }
     /// The payload's schema version.
     pub fn schema_version(&self) -> u32 {
-        self.header.schema_version.get()
+        self.schema_version
     }
     /// The stream name.
     pub fn stream(&self) -> &'a str {
@@ -282,16 +335,7 @@ pub(crate) fn parse_record_with<'a>(
     if verify_crc && !zero_padding(rec, padding) {
         return Err(nonzero_padding(len, padding.len()));
     }
-    Ok((
-        RecordRef {
-            header,
-            stream,
-            event_type,
-            metadata,
-            payload,
-        },
-        len,
-    ))
+    Ok((RecordRef::of_header(header, stream, event_type, metadata, payload), len))
 }
 
 /// Parse the next record of a batch that `validate_frame` accepted, and
@@ -308,13 +352,7 @@ pub(crate) fn parse_validated(bytes: &[u8]) -> Option<(RecordRef<'_>, &[u8])> {
     let (s, t, m, p) = part_lens(header);
     let (stream, event_type, metadata, payload, _) = split_parts(rec, s, t, m, p)?;
     Some((
-        RecordRef {
-            header,
-            stream,
-            event_type,
-            metadata,
-            payload,
-        },
+        RecordRef::of_header(header, stream, event_type, metadata, payload),
         rest,
     ))
 }

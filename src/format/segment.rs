@@ -200,3 +200,55 @@ impl SegmentHeader {
         Ok(h)
     }
 }
+
+/// How the frames of one segment are laid out, and what reading a version-3
+/// batch needs besides its bytes: everything a reader takes from the
+/// segment header to read any frame of the segment on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The segment's `format_version`.
+    pub version: u16,
+    /// The log carries the audit chain.
+    pub chained: bool,
+    /// The segment header's `prev_timestamp` (version 3 stores batch
+    /// timestamps from it).
+    pub prev_timestamp: u64,
+    /// Version 3: the log's generated-id seed (`format::batch::id_seed`).
+    pub id_seed: u128,
+}
+
+impl Layout {
+    /// Versions 1 and 2: frames and records of spec 3.1 to 3.5, which need
+    /// nothing from the segment header.
+    pub(crate) const V2: Layout = Layout {
+        version: 2,
+        chained: true,
+        prev_timestamp: 0,
+        id_seed: 0,
+    };
+
+    /// The layout of the segment whose header is `h`.
+    pub(crate) fn of(h: &SegmentHeader) -> Layout {
+        Layout::for_log(&LogFormat::of(h), h.prev_timestamp.get())
+    }
+
+    /// The layout of a segment of the log `log` whose header's
+    /// `prev_timestamp` is `prev_timestamp`.
+    pub(crate) fn for_log(log: &LogFormat, prev_timestamp: u64) -> Layout {
+        if log.version < 3 {
+            return Layout::V2;
+        }
+        Layout {
+            version: log.version,
+            chained: log.chained(),
+            prev_timestamp,
+            id_seed: crate::format::batch::id_seed(&log.log_id),
+        }
+    }
+
+    /// Version 3 (spec 3.6): compact frames and batches.
+    #[inline]
+    pub(crate) fn compact(&self) -> bool {
+        self.version >= 3
+    }
+}

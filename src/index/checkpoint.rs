@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Damage, Error};
+use crate::format::frame::FrameBinding;
 use crate::format::names::parse_checkpoint_file_name;
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FrameHeader, IDX_MAGIC, SEGMENT_HEADER_LEN};
+use crate::format::{FRAME_KIND_BATCH, IDX_MAGIC, SEGMENT_HEADER_LEN};
 use crate::index::IdxFile;
 use crate::index::blockfile::BlockFile;
 
@@ -81,22 +82,16 @@ pub(crate) fn chain(all: Vec<CheckpointFile>, base: u64, len: u64) -> (Vec<Check
 }
 
 /// Open the checkpoint `c` and check it against the segment: `frame_header`
-/// gives the segment's `FRAME_HEADER_LEN` bytes at an offset (`None` past its
+/// gives what binds the segment's frame at an offset (`None` past its
 /// end). Returns the file; damage names the offset in the checkpoint file.
-pub(crate) fn open(c: &CheckpointFile, frame_header: impl Fn(u64) -> Option<Vec<u8>>) -> Result<IdxFile, Damage> {
+pub(crate) fn open(c: &CheckpointFile, frame: impl Fn(u64) -> Option<FrameBinding>) -> Result<IdxFile, Damage> {
     let Some(bf) = BlockFile::open_path(&c.path, IDX_MAGIC)? else {
         return Err(Damage::corrupt(0, "the checkpoint file disappeared"));
     };
     let f = IdxFile::open_checkpoint(bf, c.base, c.from, c.to)?;
     let (last, crc) = f.checkpoint_binding();
-    let holds = frame_header(last).is_some_and(|h| match FrameHeader::parse(&h, last) {
-        Ok(fh) => {
-            fh.header_crc.get() == crc
-                && fh.kind == FRAME_KIND_BATCH
-                && last.checked_add(fh.frame_len.get()) == Some(c.to)
-        }
-        Err(_) => false,
-    });
+    let holds = frame(last)
+        .is_some_and(|b| b.header_crc == crc && b.kind == FRAME_KIND_BATCH && last.checked_add(b.len) == Some(c.to));
     if !holds {
         return Err(Damage::corrupt(
             crate::format::IDX_SEAL_CRC_OFFSET as u64,
@@ -115,21 +110,14 @@ pub(crate) fn open(c: &CheckpointFile, frame_header: impl Fn(u64) -> Option<Vec<
 /// why.
 pub(crate) fn open_chain(
     chain: &[CheckpointFile],
-    frame_header: impl Fn(u64) -> Option<Vec<u8>>,
+    frame: impl Fn(u64) -> Option<FrameBinding>,
 ) -> (Vec<Arc<IdxFile>>, Option<Error>) {
     let mut out = Vec::with_capacity(chain.len());
     for c in chain {
-        match open(c, &frame_header) {
+        match open(c, &frame) {
             Ok(f) => out.push(Arc::new(f)),
             Err(d) => return (out, Some(d.at(&c.path))),
         }
     }
     (out, None)
-}
-
-/// The segment's frame header at `off` from its bytes (`None` if it does
-/// not lie within them).
-pub(crate) fn header_in(segment: &[u8], off: u64) -> Option<Vec<u8>> {
-    let at = usize::try_from(off).ok()?;
-    segment.get(at..at.checked_add(FRAME_HEADER_LEN)?).map(<[u8]>::to_vec)
 }

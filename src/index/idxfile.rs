@@ -16,8 +16,8 @@ use zerocopy::FromBytes;
 use crate::error::Damage;
 use crate::format::hash::stream_hash;
 use crate::format::{
-    ALIGN, FRAME_HEADER_LEN, FrameHeader, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN,
-    IDX_STREAM_ROW_LEN, INDEX_VERSION, IdxHeader, IdxNamedRow, IdxStreamRow, SEGMENT_HEADER_LEN,
+    ALIGN, FRAME_HEADER_LEN, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN,
+    INDEX_VERSION, IdxHeader, IdxNamedRow, IdxStreamRow, SEGMENT_HEADER_LEN,
 };
 use crate::index::blockfile::BlockFile;
 use crate::index::{FRAME_ENTRY_LEN, NAMED_ENTRY_LEN, Named, Prev, STREAM_ENTRY_LEN, StreamInfo};
@@ -408,11 +408,7 @@ fn header<B: AsRef<[u8]>>(bf: &BlockFile<B>) -> Result<IdxHeader, Damage> {
 
 /// The `header_crc` of the seal at the end of a sealed segment.
 pub(crate) fn seal_crc(segment: &[u8]) -> Result<u32, Damage> {
-    let at = segment.len().saturating_sub(FRAME_HEADER_LEN);
-    match segment.get(at..).map(FrameHeader::read_from_bytes) {
-        Some(Ok(seal)) if at >= SEGMENT_HEADER_LEN => Ok(seal.header_crc.get()),
-        _ => Err(Damage::corrupt(0, "segment too short to be sealed")),
-    }
+    crate::format::frame::seal_header_crc(segment).ok_or_else(|| Damage::corrupt(0, "segment too short to be sealed"))
 }
 
 #[cfg(test)]

@@ -10,13 +10,11 @@
 
 use std::collections::HashMap;
 
-use zerocopy::FromBytes;
-
 use crate::error::Damage;
-use crate::format::frame::{Frame, RecordSink, frame_records_at, walk_segment_records};
+use crate::format::frame::{Frame, RecordSink, frame_records_at, parse_header, walk_segment_records};
 use crate::format::hash::category_of;
 use crate::format::record::RecordRef;
-use crate::format::{FrameHeader, SegmentHeader};
+use crate::format::{Layout, SegmentHeader};
 use crate::index::{IdxFile, Named};
 
 /// The index of one segment, in memory.
@@ -306,11 +304,11 @@ impl MemIndex {
     }
 
     /// Record a batch frame that `validate_frame` accepted, at `frame_offset`.
-    pub(crate) fn add_frame(&mut self, frame: &[u8], frame_offset: u64) {
-        let mut recs = frame_records_at(frame).peekable();
+    pub(crate) fn add_frame(&mut self, frame: &[u8], frame_offset: u64, layout: &Layout) {
+        let mut recs = frame_records_at(frame, layout).peekable();
         let Some((_, first)) = recs.peek().copied() else { return };
         // `record_count` of the validated frame header.
-        let count = FrameHeader::ref_from_prefix(frame).map_or(0, |(h, _)| u64::from(h.record_count.get()));
+        let count = parse_header(frame, u64::MAX, layout).map_or(0, |h| u64::from(h.count));
         self.add_batch_bytes(
             frame_offset,
             first.position(),

@@ -7,11 +7,12 @@ use std::mem::offset_of;
 use zerocopy::IntoBytes;
 
 use super::{crc, hex, struct_at, u32_at};
+use crate::format::batch::{BodyContext, parse_body};
 use crate::format::record::record_len;
 use crate::format::{
-    CHECKPOINT_FRAME_LEN, FRAME_CRC_START, FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL,
-    FRAME_MAGIC, FrameHeader, RECORD_CRC_START, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_CRC_OFFSET,
-    SEGMENT_HEADER_LEN, SegmentHeader,
+    CHECKPOINT_FRAME_LEN, FRAME_CRC_START, FRAME_FLAG_CHAINED, FRAME_HEADER_LEN, FRAME_HEADER_V3_LEN, FRAME_KIND_BATCH,
+    FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FRAME_MAGIC, FRAME_MAGIC_V3, FrameHeader, FrameHeaderV3, Layout,
+    RECORD_CRC_START, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_CRC_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 
 // The checkpoint body (spec 3.5) has no struct in `crate::format` yet. Until
@@ -87,10 +88,13 @@ pub struct FrameDump {
     pub count: u32,
     /// `durable_end`.
     pub durable_end: u64,
-    /// The audit chain slot.
+    /// The audit chain slot (zero where the frame stores none: version 3).
     pub chain: [u8; 32],
     /// Whether `header_crc` matches the frame header.
     pub header_crc_ok: bool,
+    /// Version 3 (spec 3.6): the header's length (32, or 64 with a chain
+    /// slot) and whether `body_crc` matches the body; `None` before.
+    pub v3: Option<(u32, bool)>,
     /// The records of a batch, up to the first that cannot be read.
     pub records: Vec<RecordDump>,
     /// The body of a checkpoint frame.
@@ -141,8 +145,11 @@ pub struct RecordDump {
     pub metadata_len: u32,
     /// `payload_len`.
     pub payload_len: u32,
-    /// Whether the record CRC matches.
+    /// Whether the record CRC matches (version 3: the batch's `body_crc`).
     pub crc_ok: bool,
+    /// The event id, and whether it is stored (version 3 does not store a
+    /// generated id, spec 9).
+    pub event_id: ([u8; 16], bool),
 }
 
 /// The body of a signed checkpoint (spec 3.5).
@@ -178,9 +185,14 @@ pub fn segment(file: &[u8]) -> SegmentDump {
         header_crc: h.header_crc.get(),
         crc_ok: crc(file, 0, SEGMENT_HEADER_CRC_OFFSET) == h.header_crc.get(),
     });
+    let layout = Layout::of(h);
     let mut off = SEGMENT_HEADER_LEN;
     while off < file.len() {
-        let (frame, next) = frame_at(file, off);
+        let (frame, next) = if layout.compact() {
+            frame_at_v3(file, off, &layout)
+        } else {
+            frame_at(file, off)
+        };
         d.frames.extend(frame);
         match next {
             Ok(end) => off = end,
@@ -226,6 +238,7 @@ fn frame_at(file: &[u8], off: usize) -> (Option<FrameDump>, Result<usize, String
         header_crc_ok: header_crc == h.header_crc.get(),
         records: Vec::new(),
         checkpoint: None,
+        v3: None,
     };
     let remaining = left as u64;
     let len = frame.len;
@@ -300,6 +313,7 @@ fn batch_records(file: &[u8], off: usize, end: usize, frame: &mut FrameDump) -> 
             metadata_len: m,
             payload_len: p,
             crc_ok: crc(rec, RECORD_CRC_START, rec.len()) == h.crc.get(),
+            event_id: (h.event_id, true),
         });
         r += rec.len();
     }
@@ -311,17 +325,138 @@ fn batch_records(file: &[u8], off: usize, end: usize, frame: &mut FrameDump) -> 
     Ok(())
 }
 
+/// [`frame_at`] for a segment of format version 3 (spec 3.6).
+fn frame_at_v3(file: &[u8], off: usize, layout: &Layout) -> (Option<FrameDump>, Result<usize, String>) {
+    let left = file.len().saturating_sub(off);
+    let Some(h) = struct_at::<FrameHeaderV3>(file, off) else {
+        return (
+            None,
+            Err(format!(
+                "at offset {off}: {left} trailing bytes, too few for a {FRAME_HEADER_V3_LEN}-byte frame header (a torn \
+                 tail?)"
+            )),
+        );
+    };
+    if h.magic != FRAME_MAGIC_V3 {
+        return (
+            None,
+            Err(format!(
+                "at offset {off}: no frame magic \"F3\" (found {})",
+                hex(&h.magic)
+            )),
+        );
+    }
+    let header_len = FrameHeaderV3::len_with(h.flags & FRAME_FLAG_CHAINED);
+    let mut chain = [0u8; 32];
+    if h.flags & FRAME_FLAG_CHAINED != 0
+        && let Some(c) = file.get(off + FRAME_HEADER_V3_LEN..off + header_len)
+    {
+        chain.copy_from_slice(c);
+    }
+    let len = u64::from(h.frame_len.get());
+    let body_end = usize::try_from(len)
+        .ok()
+        .and_then(|l| off.checked_add(l))
+        .filter(|&e| e <= file.len());
+    let body_crc_ok = body_end
+        .and_then(|e| file.get(off + header_len..e))
+        .is_some_and(|b| crc32fast::hash(b) == h.body_crc.get());
+    let mut frame = FrameDump {
+        offset: off as u64,
+        kind: h.kind,
+        len,
+        first_position: h.first_position.get(),
+        count: h.record_count.get(),
+        durable_end: u64::from(h.durable_end.get()),
+        chain,
+        header_crc_ok: file
+            .get(off + 4..off + header_len)
+            .is_some_and(|b| crc32fast::hash(b) == h.header_crc.get()),
+        records: Vec::new(),
+        checkpoint: None,
+        v3: Some((header_len as u32, h.kind != FRAME_KIND_BATCH || body_crc_ok)),
+    };
+    let end = match body_end {
+        Some(e) if len >= header_len as u64 && len.is_multiple_of(8) => e,
+        _ => {
+            let why = format!(
+                "frame at offset {off}: frame_len {len} is not a multiple of 8 of at least {header_len} that fits in \
+                 the {left} bytes left"
+            );
+            return (Some(frame), Err(why));
+        }
+    };
+    let next = match frame.kind {
+        FRAME_KIND_BATCH => {
+            let body = file.get(off + header_len..end).unwrap_or_default();
+            let cx = BodyContext {
+                first_position: frame.first_position,
+                count: frame.count,
+                prev_timestamp: layout.prev_timestamp,
+                id_seed: layout.id_seed,
+                at: (off + header_len) as u64,
+                header_len,
+            };
+            let mut starts = Vec::new();
+            let parsed = parse_body(body, &cx, None, |at, r| starts.push((at, r)));
+            let ends: Vec<usize> = starts.iter().skip(1).map(|(at, _)| *at).chain([end - off]).collect();
+            for ((at, r), until) in starts.iter().zip(ends) {
+                let stored = body
+                    .get(at - header_len)
+                    .is_some_and(|&f| f & crate::format::batch::RECORD_FLAG_ID != 0);
+                frame.records.push(RecordDump {
+                    offset: (off + at) as u64,
+                    len: (until - at) as u32,
+                    position: r.position(),
+                    stream: r.stream_bytes().to_vec(),
+                    stream_version: r.stream_version(),
+                    event_type: r.event_type_bytes().to_vec(),
+                    schema_version: r.schema_version(),
+                    stream_len: r.stream_bytes().len() as u16,
+                    type_len: r.event_type_bytes().len() as u16,
+                    metadata_len: r.metadata().len() as u32,
+                    payload_len: r.payload().len() as u32,
+                    crc_ok: body_crc_ok,
+                    event_id: (*r.event_id().as_bytes(), stored),
+                });
+            }
+            parsed
+                .map(|_| end)
+                .map_err(|d| format!("frame at offset {off}: {}", d.detail()))
+        }
+        FRAME_KIND_SEAL if end != file.len() => Err(format!(
+            "the seal at offset {off} is followed by {} more bytes",
+            file.len() - end
+        )),
+        FRAME_KIND_SEAL => Ok(end),
+        FRAME_KIND_CHECKPOINT => {
+            frame.checkpoint = Some(checkpoint_at(file, off + header_len, len == CHECKPOINT_V3_LEN));
+            Ok(end)
+        }
+        kind => Err(format!("frame at offset {off}: invalid kind {kind}")),
+    };
+    (Some(frame), next)
+}
+
+/// Bytes of a version-3 checkpoint frame (spec 3.6).
+const CHECKPOINT_V3_LEN: u64 = (FRAME_HEADER_V3_LEN + 32 + crate::format::CHECKPOINT_BODY_LEN) as u64;
+
 /// The body of the checkpoint frame at `off`, of `frame_len` bytes. Each
 /// field is read from the file wherever it is there, even if the frame is
 /// too short for it: the dump shows what a damaged frame would hold.
 fn checkpoint(file: &[u8], off: usize, frame_len: u64) -> CheckpointDump {
-    let body = off + FRAME_HEADER_LEN;
+    checkpoint_at(file, off + FRAME_HEADER_LEN, frame_len == CHECKPOINT_FRAME_LEN as u64)
+}
+
+/// The checkpoint body at file offset `body`; `len_ok`: its frame has a
+/// checkpoint's length.
+fn checkpoint_at(file: &[u8], body: usize, len_ok: bool) -> CheckpointDump {
     let key_at = body + offset_of!(CheckpointBody, public_key);
     let sig_at = body + offset_of!(CheckpointBody, signature);
     let crc_at = body + offset_of!(CheckpointBody, body_crc);
     CheckpointDump {
         public_key: struct_at(file, key_at).copied(),
         signature: struct_at(file, sig_at).copied(),
-        body_crc_ok: frame_len == CHECKPOINT_FRAME_LEN as u64 && crc(file, body, crc_at) == u32_at(file, crc_at),
+        body_crc_ok: len_ok && crc(file, body, crc_at) == u32_at(file, crc_at),
     }
 }

@@ -20,8 +20,11 @@ use std::sync::{Arc, RwLock};
 
 use crate::error::{Damage, Error, Result};
 use crate::format::frame::{Frame, FrameCursor};
+use crate::format::frame::{binding, parse_header};
 use crate::format::names::{LOCK_FILE, segment_file_name};
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FRAME_LEN_OFFSET, FrameHeader, SEGMENT_HEADER_LEN};
+use crate::format::{
+    FRAME_HEADER_LEN, FRAME_HEADER_V3_LEN, FRAME_KIND_BATCH, FRAME_LEN_OFFSET, Layout, SEGMENT_HEADER_LEN,
+};
 use crate::index::checkpoint;
 use crate::index::{Index, IndexCell, Layered, MemIndex};
 use crate::read::logview::ViewSegment;
@@ -58,6 +61,8 @@ pub(super) struct ActiveRead {
     window: Window,
     /// Whether the segment's index checkpoints were looked for.
     checkpoints_tried: bool,
+    /// The layout of the segment's frames (from its header).
+    layout: Layout,
 }
 
 impl ActiveRead {
@@ -66,7 +71,7 @@ impl ActiveRead {
     pub(super) fn open(dir: &Path, base: u64) -> Result<ActiveRead> {
         let path = dir.join(segment_file_name(base));
         let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
-        read_segment_header(&file, &path, base)?;
+        let layout = Layout::of(&read_segment_header(&file, &path, base)?);
         let index = Arc::new(RwLock::new(MemIndex::default()));
         Ok(ActiveRead {
             base,
@@ -83,6 +88,7 @@ impl ActiveRead {
             map: None,
             window: Window::default(),
             checkpoints_tried: false,
+            layout,
         })
     }
 
@@ -135,6 +141,7 @@ impl ActiveRead {
             path: self.path.clone(),
             map,
             index: self.cell.clone(),
+            layout: self.layout,
         })
     }
 }
@@ -205,13 +212,28 @@ impl Window {
     /// before its body is read), then its body, CRCs and the position it must
     /// start at (`next`). A frame that fits in the file but ends past `end`
     /// (the head's visible end) is [`Step::NotVisible`].
-    fn frame(&mut self, file: &File, path: &Path, off: u64, end: u64, file_len: u64, next: u64) -> Result<Step<'_>> {
-        let Some(hdr_end) = off.checked_add(FRAME_HEADER_LEN as u64).filter(|&e| e <= file_len) else {
+    #[expect(clippy::too_many_arguments, reason = "the walk's state, passed by the two walks")]
+    fn frame(
+        &mut self,
+        file: &File,
+        path: &Path,
+        off: u64,
+        end: u64,
+        file_len: u64,
+        next: u64,
+        layout: Layout,
+    ) -> Result<Step<'_>> {
+        let min_hdr = if layout.compact() {
+            FRAME_HEADER_V3_LEN
+        } else {
+            FRAME_HEADER_LEN
+        };
+        let Some(hdr_end) = off.checked_add(min_hdr as u64).filter(|&e| e <= file_len) else {
             return damaged(
                 Damage::corrupt(
                     off,
                     format!(
-                        "expected a {FRAME_HEADER_LEN}-byte frame header, found {} bytes before the end of the file",
+                        "expected a {min_hdr}-byte frame header, found {} bytes before the end of the file",
                         file_len.saturating_sub(off)
                     ),
                 ),
@@ -222,8 +244,10 @@ impl Window {
             return Ok(Step::NotVisible);
         }
         let ahead = (end - off).min(CHUNK);
-        let len = match FrameHeader::parse(self.get(file, path, off, FRAME_HEADER_LEN, ahead)?, off) {
-            Ok(h) => h.frame_len.get(),
+        // Version 3: up to the 64 bytes of a header with its chain slot.
+        let hdr = (FRAME_HEADER_LEN as u64).min(file_len - off) as usize;
+        let len = match parse_header(self.get(file, path, off, hdr.max(min_hdr), ahead)?, off, &layout) {
+            Ok(h) => h.len,
             Err(d) => return damaged(d, path),
         };
         let Some(frame_end) = off.checked_add(len).filter(|&e| e <= file_len) else {
@@ -241,7 +265,7 @@ impl Window {
         if frame_end > end {
             return Ok(Step::NotVisible);
         }
-        // `FrameHeader::parse` checked len <= MAX_FRAME_LEN: a bounded read.
+        // `parse_header` checked len <= MAX_FRAME_LEN: a bounded read.
         let Ok(len_usize) = usize::try_from(len) else {
             return damaged(
                 Damage::corrupt(
@@ -254,7 +278,7 @@ impl Window {
         let bytes = self.get(file, path, off, len_usize, ahead)?;
         // A cursor over exactly this frame checks its header, that it starts
         // at `next`, and its body, as every reader of frames does.
-        let step = FrameCursor::new(bytes, off, next, true).step();
+        let step = FrameCursor::new(bytes, off, next, true, layout).step();
         match step.unwrap_or_else(|| Err(Damage::corrupt(off, "expected a frame, found no bytes"))) {
             Ok(f) => Ok(Step::Frame(f.frame, f.bytes)),
             Err(d) => damaged(d, path),
@@ -316,10 +340,15 @@ impl ActiveRead {
             if off >= end {
                 break None;
             }
-            let (f, bytes) = match self
-                .window
-                .frame(&self.file, &self.path, off, end, file_len, self.next_position)?
-            {
+            let (f, bytes) = match self.window.frame(
+                &self.file,
+                &self.path,
+                off,
+                end,
+                file_len,
+                self.next_position,
+                self.layout,
+            )? {
                 Step::Frame(f, bytes) => (f, bytes),
                 Step::NotVisible => break None,
                 Step::Damaged(d) => break Some(d),
@@ -327,7 +356,7 @@ impl ActiveRead {
             if f.kind == FRAME_KIND_BATCH {
                 index
                     .get_or_insert_with(|| self.index.write().unwrap_or_else(|p| p.into_inner()))
-                    .add_frame(bytes, off);
+                    .add_frame(bytes, off, &self.layout);
                 indexed += 1;
                 if indexed.is_multiple_of(INDEX_LOCK_FRAMES) {
                     index = None;
@@ -384,9 +413,11 @@ impl ActiveRead {
             return;
         }
         let (file, path) = (&self.file, &*self.path);
+        let layout = self.layout;
         let (files, _) = checkpoint::open_chain(&chain, |off| {
             let mut h = vec![0u8; FRAME_HEADER_LEN];
-            pread(file, &mut h, off, path).ok().map(|()| h)
+            let n = pread_upto(file, &mut h, off, path).ok()?;
+            binding(h.get(..n)?, off, &layout)
         });
         let Some(last) = files.last() else { return };
         let ((off, _), (_, to)) = (last.checkpoint_binding(), last.covered());
@@ -397,9 +428,11 @@ impl ActiveRead {
         if pread(file, &mut buf, off, path).is_err() {
             return;
         }
-        let Ok(h) = FrameHeader::parse(&buf, off) else { return };
-        let first = h.first_position.get();
-        let Some(Ok(f)) = FrameCursor::new(&buf, off, first, true).step() else {
+        let Ok(h) = parse_header(&buf, off, &self.layout) else {
+            return;
+        };
+        let first = h.first_position;
+        let Some(Ok(f)) = FrameCursor::new(&buf, off, first, true, self.layout).step() else {
             return;
         };
         self.validated_end = to;
@@ -433,7 +466,7 @@ impl ActiveRead {
             }
             let f = match self
                 .window
-                .frame(&self.file, &self.path, off, file_len, file_len, next)?
+                .frame(&self.file, &self.path, off, file_len, file_len, next, self.layout)?
             {
                 Step::Frame(f, _) => f,
                 // `end` is the file's length: every frame that fits is visible.
@@ -488,7 +521,7 @@ impl ActiveRead {
         {
             return Ok(best);
         }
-        let best = resync_file(&self.file, &self.path, from, file_len)?;
+        let best = resync_file(&self.file, &self.path, from, file_len, &self.layout)?;
         self.resync = Some((from, file_len, best));
         Ok(best)
     }

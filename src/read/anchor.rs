@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use crate::audit::chain::{Anchor, ChainHash};
+use crate::audit::chain::{Anchor, ChainHash, Chainer};
 use crate::error::{Error, Result};
 use crate::format::frame::FrameCursor;
 use crate::format::{FRAME_KIND_BATCH, LogFormat, SegmentHeader};
@@ -74,28 +74,44 @@ pub fn chain_head(dir: &Path) -> Result<Option<ChainHead>> {
     if !format.chained() {
         return Ok(None);
     }
+    let (position, hash) = last_chain(bytes, header, view.next_position(), format.keyed());
     Ok(Some(ChainHead {
-        anchor: Anchor {
-            position: view.next_position(),
-            hash: last_chain(bytes, header),
-        },
+        anchor: Anchor { position, hash },
         keyed: format.keyed(),
         log_id: header.log_id,
     }))
 }
 
-/// The chain slot of the last batch among the frames of `segment` (a
-/// segment's bytes whose frames are all complete), or the header's
-/// `chain_start` if it holds no batch. Walks frame headers only (the reader
+/// The anchor after the last batch among the frames of `segment` (a
+/// segment's bytes whose frames are all complete, ending at position
+/// `end`): the chain slot stored with that batch (or the header's
+/// `chain_start` if it holds no batch). Walks frame headers only (the reader
 /// validated the bodies), stopping at the first frame that does not check.
-fn last_chain(segment: &[u8], header: &SegmentHeader) -> ChainHash {
-    let mut chain = header.chain_start;
+///
+/// Version 3 stores a slot in some batches only (spec 3.6): the batches after
+/// the last stored slot are linked here, which needs no key in a plain log;
+/// in a keyed log (no key given) the anchor is the one at the last stored
+/// slot, an earlier batch boundary.
+fn last_chain(segment: &[u8], header: &SegmentHeader, end: u64, keyed: bool) -> (u64, ChainHash) {
+    let mut at = (header.base_position.get(), header.chain_start);
+    let mut unlinked: Vec<&[u8]> = Vec::new();
     let mut frames = FrameCursor::segment(segment, header, false);
     while let Some(Ok(f)) = frames.peek() {
         if f.frame.kind == FRAME_KIND_BATCH {
-            chain = f.chain();
+            match f.chain() {
+                Some(c) => {
+                    at = (f.frame.next_position(), c);
+                    unlinked.clear();
+                }
+                None => unlinked.push(f.bytes),
+            }
         }
         frames.skip(&f);
     }
-    chain
+    if unlinked.is_empty() || keyed {
+        return if unlinked.is_empty() { (end, at.1) } else { at };
+    }
+    let chainer = Chainer::new(None).for_layout(frames.layout());
+    let hash = unlinked.iter().fold(at.1, |c, frame| chainer.link(&c, frame));
+    (end, hash)
 }

@@ -9,9 +9,10 @@
 //! rebuilt), or, for an index built from the segment, of the segment.
 
 use crate::error::{Damage, Result, corrupt};
-use crate::format::frame::validate_frame_each;
+use crate::format::batch::peek_head;
+use crate::format::frame::{parse_header, validate_frame_each};
 use crate::format::record::{RecordRef, parse_record};
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, FrameHeader};
+use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH};
 use crate::index::Index;
 use crate::read::logview::{LogView, ViewSegment};
 
@@ -50,9 +51,25 @@ pub(super) fn batch_head(seg: &ViewSegment, off: u64) -> Result<Option<(&[u8], u
     let Some(rest) = bytes.get(offset_plus(off, 0)..).filter(|r| !r.is_empty()) else {
         return Ok(None);
     };
-    let h = FrameHeader::parse(rest, off).map_err(|d| d.at(&*seg.path))?;
+    let h = parse_header(rest, off, &seg.layout).map_err(|d| d.at(&*seg.path))?;
     if h.kind != FRAME_KIND_BATCH {
         return Ok(Some((&[], u64::MAX)));
+    }
+    if seg.layout.compact() {
+        // Version 3: the stream and first version lead the body. They are
+        // compared with the index before the batch is validated; nothing of
+        // the batch is returned before `load_batch` validates it whole (its
+        // body CRC), and bytes that do not even parse are damage now.
+        let body = rest
+            .get(h.header_len as usize..)
+            .and_then(|b| b.get(..(h.len as usize).saturating_sub(h.header_len as usize)));
+        if let Some(head) = body.and_then(peek_head) {
+            return Ok(Some(head));
+        }
+        let d = validate_frame_each(rest, off, true, &seg.layout, |_, _| {})
+            .err()
+            .unwrap_or_else(|| Damage::corrupt(off, "expected a batch whose stream name and version parse"));
+        return Err(d.at(&*seg.path));
     }
     let rec = rest.get(FRAME_HEADER_LEN..).unwrap_or_default();
     let (rec, _) = parse_record(rec, true)
@@ -80,7 +97,7 @@ pub(super) fn load_batch<'a>(
         return Ok(false);
     };
     let start = buf.len();
-    let checked = validate_frame_each(rest, off, true, |_, r| {
+    let checked = validate_frame_each(rest, off, true, &seg.layout, |_, r| {
         if keep(&r) {
             buf.push(r);
         }

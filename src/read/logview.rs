@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Damage, Result};
+use crate::format::Layout;
 use crate::format::names::index_file_name;
 use crate::index::streamtable::StreamTable;
 use crate::index::{Index, IndexCell, NO_ROW, StreamInfo};
@@ -29,6 +30,8 @@ pub(crate) struct ViewSegment {
     pub path: Arc<PathBuf>,
     pub map: Arc<Mapping>,
     pub index: Arc<IndexCell>,
+    /// The layout of its frames (from its header).
+    pub layout: Layout,
 }
 
 impl ViewSegment {

@@ -133,7 +133,7 @@ impl LogView {
         };
         let rest = seg.bytes()?.get(offset_plus(off, 0)..).unwrap_or(&[]);
         let mut after = first;
-        validate_frame_each(rest, off, true, |_, r| {
+        validate_frame_each(rest, off, true, &seg.layout, |_, r| {
             if r.timestamp() <= time {
                 after = r.position() + 1;
             }

@@ -20,9 +20,10 @@
 //! (and random again once no cursor walks it).
 
 use crate::error::{Damage, Error, Result};
-use crate::format::frame::{FrameCursor, FrameRef};
+use crate::format::batch::BodyRecords;
+use crate::format::frame::{FrameCursor, FrameRef, body_context};
 use crate::format::record::{RecordRef, parse_validated};
-use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
+use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, Layout, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::read::logview::{LogView, ReadOptions, ViewSegment};
 use crate::storage::mmap::Readahead;
 
@@ -76,6 +77,7 @@ impl LogView {
             from,
             verify: opts.verify_crc,
             batch: &[],
+            compact: None,
             until: u64::MAX,
             done: false,
             ahead: Readahead::forward(),
@@ -107,8 +109,10 @@ pub struct ReadAll<'a> {
     pos: u64,
     from: u64,
     verify: bool,
-    /// Remaining records of the current, validated batch.
+    /// Remaining records of the current, validated batch (versions 1, 2).
     batch: &'a [u8],
+    /// Remaining records of the current, validated batch (version 3).
+    compact: Option<BodyRecords<'a>>,
     /// Stop before this position.
     until: u64,
     done: bool,
@@ -128,6 +132,7 @@ impl<'a> ReadAll<'a> {
     fn fail_with(&mut self, e: Error) -> Option<Result<RecordRef<'a>>> {
         self.done = true;
         self.batch = &[];
+        self.compact = None;
         Some(Err(e))
     }
 
@@ -159,6 +164,19 @@ impl<'a> ReadAll<'a> {
     /// validated batch never has: `next_frame` then reports it).
     #[inline(always)]
     fn next_in_batch(&mut self) -> Option<Option<Result<RecordRef<'a>>>> {
+        if let Some(it) = self.compact.as_mut() {
+            let Some((_, rec)) = it.next() else {
+                let broken = it.left() > 0;
+                self.compact = None;
+                return broken.then(|| self.changed_under_reader());
+            };
+            if rec.position() >= self.until {
+                self.done = true;
+                self.compact = None;
+                return Some(None);
+            }
+            return Some(Some(Ok(rec)));
+        }
         let (rec, rest) = parse_validated(self.batch)?;
         self.batch = rest;
         if rec.position() >= self.until {
@@ -192,7 +210,13 @@ impl<'a> ReadAll<'a> {
         let rest = bytes.get(self.off..).unwrap_or_default();
         self.ahead = Readahead::forward();
         self.ahead.at(&seg.map, self.off as u64);
-        Some(Ok(FrameCursor::new(rest, self.off as u64, self.pos, self.verify)))
+        Some(Ok(FrameCursor::new(
+            rest,
+            self.off as u64,
+            self.pos,
+            self.verify,
+            seg.layout,
+        )))
     }
 
     /// Segment `seg` is read to its end: go on with the next one, from its
@@ -207,7 +231,18 @@ impl<'a> ReadAll<'a> {
     /// Make the batch `f` (validated) the current one, less its records
     /// before `from`.
     #[inline]
-    fn enter_batch(&mut self, f: &FrameRef<'a>) {
+    fn enter_batch(&mut self, f: &FrameRef<'a>, layout: &Layout) {
+        if layout.compact() {
+            let body = f.bytes.get(f.frame.header_len as usize..).unwrap_or_default();
+            let mut it = BodyRecords::new(body, &body_context(&f.frame, f.offset, layout));
+            for _ in f.frame.first_position..self.from {
+                if it.next().is_none() {
+                    break;
+                }
+            }
+            self.compact = Some(it);
+            return;
+        }
         // The records after the header (`FrameRef::body` borrows the
         // `FrameRef`, not the mapping).
         self.batch = f.bytes.get(FRAME_HEADER_LEN..).unwrap_or_default();
@@ -234,6 +269,12 @@ impl<'a> ReadAll<'a> {
                     return r;
                 }
                 return self.changed_under_reader();
+            }
+            if self.compact.is_some() {
+                if let Some(r) = self.next_in_batch() {
+                    return r;
+                }
+                continue;
             }
             let Some(frames) = self.frames.as_mut() else {
                 match self.open_segment()? {
@@ -265,8 +306,9 @@ impl<'a> ReadAll<'a> {
                 let lines = h.bytes.chunks(CACHE_LINE);
                 std::hint::black_box(lines.fold(0u8, |a, l| a ^ l.first().copied().unwrap_or(0)));
             }
+            let layout = *frames.layout();
             match frames.validate(h) {
-                Ok(f) => self.enter_batch(&f),
+                Ok(f) => self.enter_batch(&f, &layout),
                 Err(d) => return self.fail(d),
             }
         }

@@ -11,10 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Damage, Error, Result};
-use crate::format::frame::{Frame, validate_frame};
+use crate::format::frame::{Frame, seal_len, validate_frame};
 use crate::format::names::{index_file_name, segment_file_name};
 use crate::format::{
-    FRAME_HEADER_LEN, FRAME_KIND_SEAL, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
+    FRAME_HEADER_LEN, FRAME_KIND_SEAL, Layout, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::index::IndexCell;
 use crate::read::logview::ViewSegment;
@@ -113,18 +113,20 @@ pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result
 /// `min(len, 72)` bytes are `tail`: it holds a header and a seal as its last
 /// frame. Any length is handled (the file may have been cut, or shrink while
 /// being read): no slice is taken unchecked.
-fn sealed_segment_seal(len: u64, tail: &[u8]) -> Result<Frame, Damage> {
-    let min = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64;
-    if len < min || tail.len() < FRAME_HEADER_LEN {
+fn sealed_segment_seal(len: u64, tail: &[u8], layout: &Layout) -> Result<Frame, Damage> {
+    let seal_len = seal_len(layout);
+    let min = (SEGMENT_HEADER_LEN + seal_len) as u64;
+    if len < min || tail.len() < seal_len {
         return Err(Damage::corrupt(
             len,
             format!(
-                "expected at least a {SEGMENT_HEADER_LEN}-byte header and a {FRAME_HEADER_LEN}-byte seal ({min} bytes), found a file of {len} bytes"
+                "expected at least a {SEGMENT_HEADER_LEN}-byte header and a {seal_len}-byte seal ({min} bytes), found a file of {len} bytes"
             ),
         ));
     }
-    let seal_at = len - FRAME_HEADER_LEN as u64;
-    let f = validate_frame(tail, seal_at, true)?;
+    let seal_at = len - seal_len as u64;
+    let tail = tail.get(tail.len() - seal_len..).unwrap_or_default();
+    let f = validate_frame(tail, seal_at, true, layout)?;
     if f.kind != FRAME_KIND_SEAL {
         return Err(Damage::corrupt(
             seal_at,
@@ -143,14 +145,16 @@ pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, 
     let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
     let header = read_segment_header(&file, &path, base)?;
     let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+    let layout = Layout::of(&header);
+    let want = seal_len(&layout);
     let mut tail = [0u8; FRAME_HEADER_LEN];
-    let n = if len >= (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64 {
-        pread(&file, &mut tail, len - FRAME_HEADER_LEN as u64, &path)?;
-        FRAME_HEADER_LEN
+    let n = if len >= (SEGMENT_HEADER_LEN + want) as u64 {
+        pread(&file, &mut tail[..want], len - want as u64, &path)?;
+        want
     } else {
         0
     };
-    let seal = sealed_segment_seal(len, &tail[..n]).map_err(|d| match d.is_io() {
+    let seal = sealed_segment_seal(len, &tail[..n], &layout).map_err(|d| match d.is_io() {
         true => d.at(&path),
         false => Error::Corrupt {
             path: path.clone(),
@@ -171,6 +175,7 @@ pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, 
             map: Arc::new(unsafe { Mapping::lazy(path.clone(), len) }),
             path: Arc::new(path),
             index: Arc::new(IndexCell::new(base, Some(idx_path), None)),
+            layout,
         },
         seal.first_position,
         header,
@@ -202,10 +207,11 @@ mod tests {
         log.close().unwrap();
         let bytes = std::fs::read(dir.path().join(segment_file_name(0))).unwrap();
         assert!(bytes.len() > 300);
+        let layout = Layout::of(&SegmentHeader::parse(&bytes).unwrap().clone());
         let tail = |len: usize| &bytes[len.saturating_sub(FRAME_HEADER_LEN)..len];
-        assert!(sealed_segment_seal(bytes.len() as u64, tail(bytes.len())).is_ok());
+        assert!(sealed_segment_seal(bytes.len() as u64, tail(bytes.len()), &layout).is_ok());
         for len in 0..bytes.len() {
-            let d = sealed_segment_seal(len as u64, tail(len)).unwrap_err();
+            let d = sealed_segment_seal(len as u64, tail(len), &layout).unwrap_err();
             assert!(d.offset <= len as u64, "{len}: {d:?}");
         }
     }

@@ -4,8 +4,8 @@
 //! use this one scan; the per-piece decoder is
 //! [`crate::format::frame::resync_max_durable_in`].
 
-use crate::format::FRAME_HEADER_LEN;
 use crate::format::frame::resync_max_durable_in;
+use crate::format::{FRAME_HEADER_LEN, FRAME_HEADER_V3_LEN, Layout};
 
 use crate::format::ALIGN;
 
@@ -21,8 +21,19 @@ pub(crate) const RESYNC_CHUNK: u64 = 1 << 20;
 /// header. Bytes are copied, never mapped: the file may be the active
 /// segment of a running writer (spec 7). A file cut while it is scanned ends
 /// the scan there.
-pub(crate) fn resync_file(file: &std::fs::File, path: &std::path::Path, from: u64, len: u64) -> crate::Result<u64> {
-    let hdr = FRAME_HEADER_LEN as u64;
+pub(crate) fn resync_file(
+    file: &std::fs::File,
+    path: &std::path::Path,
+    from: u64,
+    len: u64,
+    layout: &Layout,
+) -> crate::Result<u64> {
+    // The shortest frame header of the layout (version 3: 32 bytes).
+    let hdr = if layout.compact() {
+        FRAME_HEADER_V3_LEN
+    } else {
+        FRAME_HEADER_LEN
+    } as u64;
     let mut best = 0;
     let Some(mut at) = from.checked_next_multiple_of(ALIGN) else {
         return Ok(0);
@@ -42,15 +53,22 @@ pub(crate) fn resync_file(file: &std::fs::File, path: &std::path::Path, from: u6
         if at >= len || len - at < hdr {
             break;
         }
-        // At most RESYNC_CHUNK + 72 bytes.
-        let n = (len - at).min(RESYNC_CHUNK + hdr);
+        // At most RESYNC_CHUNK + 72 bytes (a header with its chain slot
+        // starting in the piece lies wholly in it).
+        let n = (len - at).min(RESYNC_CHUNK + FRAME_HEADER_LEN as u64);
         chunk.resize(n as usize, 0);
         match crate::storage::io::read_exact_at(file, &mut chunk, at) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(crate::Error::io("read", path, e)),
         }
-        best = best.max(resync_max_durable_in(&chunk, at, from, at.saturating_add(RESYNC_CHUNK)));
+        best = best.max(resync_max_durable_in(
+            &chunk,
+            at,
+            from,
+            at.saturating_add(RESYNC_CHUNK),
+            layout,
+        ));
         at = at.saturating_add(RESYNC_CHUNK);
     }
     Ok(best)

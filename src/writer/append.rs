@@ -14,10 +14,12 @@ use uuid::Uuid;
 use zerocopy::IntoBytes;
 
 use crate::error::{Error, Result};
-use crate::format::frame::{encode_seal, finish_batch_header};
+use crate::format::batch::{BatchStamp, encode_body, max_body_len};
+use crate::format::frame::{batch_is_chained, encode_seal, finish_batch_header, finish_batch_header_v3};
 use crate::format::record::{EventData, Stamp, encode_record};
 use crate::format::{
-    CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_KIND_CHECKPOINT, FrameHeader, MAX_RECORD_LEN, SEGMENT_HEADER_LEN,
+    CHAIN_SLOT_LEN, CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_HEADER_V3_LEN, FRAME_KIND_CHECKPOINT, FrameHeader,
+    FrameHeaderV3, MAX_RECORD_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::index::MemIndex;
 
@@ -87,6 +89,11 @@ impl Inner {
             }
             total += len;
         }
+        if self.format.version >= 3 {
+            // Version 3 (spec 3.6): at most this many bytes (the varints of
+            // the timestamp and first version are known only when encoded).
+            total = (FRAME_HEADER_V3_LEN + CHAIN_SLOT_LEN) as u64 + max_body_len(stream, events);
+        }
         if total > self.opts.max_batch_bytes {
             return Err(Error::BatchTooLarge {
                 size: total,
@@ -131,9 +138,11 @@ impl Inner {
             self.push_checkpoint(&mut st);
         }
         self.queued_appends.fetch_add(1, Ordering::AcqRel);
+        let compact = self.format.version >= 3;
         let mut rec_off = frame_offset + FRAME_HEADER_LEN as u64;
         let records = events.iter().map(|ev| {
-            let here = rec_off;
+            // Version 3: a record is read with its batch (the frame's offset).
+            let here = if compact { frame_offset } else { rec_off };
             rec_off += ev.record_len(stream);
             (here, &*ev.event_type)
         });
@@ -170,7 +179,7 @@ impl Inner {
             b.unindexed += 1;
         }
         self.push_checkpoint(st);
-        let seal = encode_seal(st.next_position, st.seg_durable);
+        let seal = encode_seal(st.next_position, st.seg_durable, &st.seg_layout);
         let (base, prev_timestamp) = (st.next_position, st.last_timestamp);
         st.push_bytes(&seal);
         let chunk = std::mem::take(&mut st.cur);
@@ -191,6 +200,8 @@ impl Inner {
         st.seg_end = SEGMENT_HEADER_LEN as u64;
         st.seg_has_batches = false;
         st.seg_durable = SEGMENT_HEADER_LEN as u64;
+        st.seg_layout.prev_timestamp = prev_timestamp;
+        st.seg_last_batch = None;
         true
     }
 
@@ -209,6 +220,31 @@ impl Inner {
         let timestamp = (self.opts.clock)().max(st.last_timestamp);
         let first_position = st.next_position;
         let durable = st.seg_durable;
+        if st.seg_layout.compact() {
+            // Version 3 (spec 3.6): ids the application did not give are
+            // derived from the log's id and the position, never stored.
+            let frame_offset = st.seg_end;
+            let chained = self.format.chained() && batch_is_chained(frame_offset, st.seg_last_batch);
+            let stamp = BatchStamp {
+                first_version,
+                timestamp_delta: timestamp.saturating_sub(st.seg_layout.prev_timestamp),
+            };
+            let buf = &mut st.cur;
+            let start = buf.len();
+            buf.resize(start + FrameHeaderV3::len_with(u8::from(chained)), 0);
+            encode_body(buf, start, stream, events, &stamp);
+            finish_batch_header_v3(&mut buf[start..], chained, first_position, n as u32, durable);
+            let len = (buf.len() - start) as u64;
+            debug_assert!(len <= batch_len, "the bound of check_batch holds");
+            st.seg_last_batch = Some(frame_offset);
+            st.next_position += n;
+            st.last_timestamp = timestamp;
+            st.seg_end += len;
+            st.seg_has_batches = true;
+            st.lsn += len;
+            st.unsigned_events += n;
+            return (first_position, frame_offset);
+        }
         let id_base = if events.iter().any(|e| e.id.is_none()) {
             st.ids.take(n)
         } else {
@@ -242,6 +278,25 @@ impl Inner {
     /// (spec 3.5) if events were appended since the last one.
     pub(super) fn push_checkpoint(&self, st: &mut State) {
         if self.opts.signing_key.is_none() || st.unsigned_events == 0 {
+            return;
+        }
+        if st.seg_layout.compact() {
+            // Version 3: a chained header (its slot and the body are filled
+            // in, and its CRC computed, when the leader signs it).
+            let len = FRAME_HEADER_V3_LEN + CHAIN_SLOT_LEN + crate::format::CHECKPOINT_BODY_LEN;
+            let h = FrameHeaderV3::new(
+                FRAME_KIND_CHECKPOINT,
+                true,
+                len as u64,
+                st.next_position,
+                0,
+                st.seg_durable,
+                0,
+            );
+            let mut frame = vec![0u8; len];
+            frame[..FRAME_HEADER_V3_LEN].copy_from_slice(h.as_bytes());
+            st.push_bytes(&frame);
+            st.unsigned_events = 0;
             return;
         }
         let h = FrameHeader::new(

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::audit::chain::Chainer;
 use crate::audit::chaining::{ChainState, HasherThread, wants_hasher, write_chained};
 use crate::error::{Error, Result};
+use crate::format::Layout;
 use crate::storage::head::Head;
 
 use super::derived::rebuild_table;
@@ -223,15 +224,20 @@ impl Inner {
         io.reserve_for(bytes.len() as u64, self.opts.segment_size);
         // The hasher thread starts with the first chunk it would hash (opening
         // a log starts no thread for it).
-        if self.format.chained() && io.hasher.is_none() && !io.hasher_tried && wants_hasher(&bytes) {
+        // What chaining needs of the layout: the version (no id seed).
+        let layout = Layout {
+            version: self.format.version,
+            ..Layout::V2
+        };
+        if self.format.chained() && io.hasher.is_none() && !io.hasher_tried && wants_hasher(&bytes, layout.compact()) {
             io.hasher_tried = true;
-            io.hasher = HasherThread::start(self.opts.chain_key.clone());
+            io.hasher = HasherThread::start(self.opts.chain_key.clone(), layout);
         }
         let st: &IoState = io;
         let write = |off: usize, b: &[u8]| st.file.write_at(st.offset + off as u64, b);
         let (mut bytes, chained) = if self.format.chained() {
             let mut state = ChainState {
-                chainer: Chainer::new(self.opts.chain_key.as_ref()),
+                chainer: Chainer::new(self.opts.chain_key.as_ref()).for_layout(&layout),
                 signer: self.opts.signing_key.as_ref().map(|k| (k, &self.format.log_id)),
                 chain: st.chain,
                 position: st.chain_position,

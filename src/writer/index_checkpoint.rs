@@ -18,9 +18,10 @@ use std::io;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
+use crate::format::frame::binding_at;
 use crate::format::names::checkpoint_file_name;
-use crate::format::{FrameHeader, SEGMENT_HEADER_LEN};
-use crate::index::checkpoint::{self, CheckpointFile, header_in};
+use crate::format::{Layout, SEGMENT_HEADER_LEN};
+use crate::index::checkpoint::{self, CheckpointFile};
 use crate::index::{Index, MemIndex};
 use crate::storage::io::write_derived;
 
@@ -57,7 +58,7 @@ impl Inner {
                 files: Vec::new(),
             };
         }
-        let Some((last_off, end, crc)) = last_durable_batch(&tail, bytes, durable) else {
+        let Some((last_off, end, crc)) = last_durable_batch(&tail, bytes, durable, &seg.layout) else {
             return Ok(());
         };
         // A base found damaged is written again in full.
@@ -78,7 +79,7 @@ impl Inner {
         while let Some(prev) = ck.files.last().cloned()
             && prev.to - prev.from <= 2 * (end - from)
         {
-            let f = checkpoint::open(&prev, |o| header_in(bytes, o)).map_err(|d| d.at(&prev.path))?;
+            let f = checkpoint::open(&prev, |o| binding_at(bytes, o, &seg.layout)).map_err(|d| d.at(&prev.path))?;
             let mut m = MemIndex::from_idx(&f).map_err(|d| d.at(&prev.path))?;
             m.append(&mem);
             mem = m;
@@ -125,20 +126,26 @@ impl Inner {
 
 /// The newest batch of `tail` that ends at or before `durable` within
 /// `segment`: its offset, end and header CRC.
-fn last_durable_batch(tail: &Arc<RwLock<MemIndex>>, segment: &[u8], durable: u64) -> Option<(u64, u64, u32)> {
+fn last_durable_batch(
+    tail: &Arc<RwLock<MemIndex>>,
+    segment: &[u8],
+    durable: u64,
+    layout: &Layout,
+) -> Option<(u64, u64, u32)> {
     let t = read_index(tail);
     // The newest batches may lie past what the view maps (not yet visible)
     // or past `durable`: skipped.
     let limit = durable.min(segment.len() as u64);
     let n = t.frames.partition_point(|f| f.1 < limit);
     for &(_, off) in t.frames.get(..n).unwrap_or(&[]).iter().rev() {
-        let Some(h) = header_in(segment, off) else { continue };
-        let Ok(fh) = FrameHeader::parse(&h, off) else { continue };
-        let Some(end) = off.checked_add(fh.frame_len.get()) else {
+        let Some(b) = binding_at(segment, off, layout) else {
+            continue;
+        };
+        let Some(end) = off.checked_add(b.len) else {
             continue;
         };
         if end <= durable && end <= segment.len() as u64 {
-            return Some((off, end, fh.header_crc.get()));
+            return Some((off, end, b.header_crc));
         }
     }
     None

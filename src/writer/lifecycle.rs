@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Result};
+use crate::format::Layout;
 use crate::format::SEGMENT_HEADER_LEN;
 use crate::format::names::segment_file_name;
 use crate::index::streamtable::StreamTable;
@@ -38,6 +39,8 @@ impl Inner {
             active_base,
             active_end,
             clean_head,
+            active_layout,
+            last_batch,
             report,
         } = recovered;
         let io = &*opts.io;
@@ -85,6 +88,8 @@ impl Inner {
             active_end,
         );
         state.layered = layered.clone();
+        state.seg_layout = active_layout;
+        state.seg_last_batch = last_batch;
         let io_state = IoState {
             file,
             path: active_path.clone(),
@@ -116,6 +121,7 @@ impl Inner {
             visible_end: active_end,
             next_position,
             map: None,
+            active_layout,
         };
         Ok(Inner {
             format,
@@ -245,6 +251,8 @@ impl State {
             unsigned_events: u64::from(seg_end > SEGMENT_HEADER_LEN as u64),
             open_position: next_position,
             window_loaded: next_position == 0,
+            seg_layout: Layout::V2,
+            seg_last_batch: None,
         }
     }
 }

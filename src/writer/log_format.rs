@@ -7,12 +7,11 @@
 
 use std::path::Path;
 
-use zerocopy::FromBytes;
-
 use crate::audit::chain::{ChainHash, Chainer};
 use crate::error::{Error, Result};
-use crate::format::{FRAME_HEADER_LEN, FrameHeader, LogFormat};
+use crate::format::frame::{chain_slot, parse_header, seal_len};
 use crate::format::{LOG_FLAG_CHAIN, LOG_FLAG_KEYED};
+use crate::format::{Layout, LogFormat, SegmentHeader};
 
 use super::options::Options;
 
@@ -50,10 +49,16 @@ pub(super) fn genesis(format: &LogFormat, opts: &Options) -> ChainHash {
 
 /// The chain hash in the seal of a sealed segment (its last frame).
 pub(super) fn seal_chain(bytes: &[u8]) -> ChainHash {
-    let seal = bytes
-        .get(bytes.len().saturating_sub(FRAME_HEADER_LEN)..)
-        .unwrap_or_default();
-    FrameHeader::ref_from_bytes(seal).map_or([0; 32], |h| h.chain)
+    let layout = SegmentHeader::parse(bytes).map_or(Layout::V2, Layout::of);
+    let at = bytes.len().saturating_sub(seal_len(&layout));
+    bytes
+        .get(at..)
+        .and_then(|seal| {
+            parse_header(seal, at as u64, &layout)
+                .ok()
+                .and_then(|f| chain_slot(seal, &f))
+        })
+        .unwrap_or([0; 32])
 }
 
 /// A writer of a keyed log needs its key; a key for a log that is not keyed

@@ -23,6 +23,11 @@ pub enum Durability {
     Fsync,
 }
 
+/// The largest `segment_size` (2 GiB): with a batch of up to
+/// `MAX_FRAME_LEN` alone in a segment, every segment file stays shorter than
+/// 2^32 bytes (spec 3.6).
+pub const MAX_SEGMENT_SIZE: u64 = 2 << 30;
+
 /// A clock returning nanoseconds since the Unix epoch.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -95,11 +100,13 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Target size of a segment file in bytes (default 256 MiB). A batch that
-    /// does not fit starts a new segment; a batch larger than this is written
-    /// alone into a segment of its own.
+    /// Target size of a segment file in bytes (default 256 MiB, at most
+    /// 2 GiB: a larger value is lowered to it, so that every offset in a
+    /// segment fits 32 bits, spec 3.6). A batch that does not fit starts a
+    /// new segment; a batch larger than this is written alone into a segment
+    /// of its own.
     pub fn segment_size(mut self, bytes: u64) -> Self {
-        self.segment_size = bytes;
+        self.segment_size = bytes.min(MAX_SEGMENT_SIZE);
         self
     }
     /// Durability of appends (default [`Durability::Buffered`]).

@@ -15,11 +15,13 @@ use std::sync::{Arc, RwLock};
 
 use zerocopy::IntoBytes;
 
-use crate::audit::chain::ChainHash;
+use crate::audit::chain::{ChainHash, Chainer};
 use crate::error::{Error, Result, corrupt};
-use crate::format::frame::{Walk, validate_frame, walk_segment_records, walk_segment_records_from};
+use crate::format::frame::{
+    FrameCursor, Walk, binding_at, chain_slot, validate_frame, walk_segment_records, walk_segment_records_from,
+};
 use crate::format::names::{parse_segment_file_name, segment_file_name};
-use crate::format::{FRAME_CHAIN_OFFSET, FRAME_HEADER_LEN, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{FRAME_KIND_BATCH, Layout, LogFormat, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::index::checkpoint::{self, CheckpointFile};
 use crate::index::streamtable::StreamTable;
 use crate::index::{Index, IndexBuilder, MemIndex};
@@ -56,6 +58,10 @@ pub(crate) struct Recovered {
     /// The head file's current slot, if it already describes the log as
     /// opened (a clean close, nothing recovered): the writer keeps it.
     pub clean_head: Option<Head>,
+    /// The layout of the active segment's frames.
+    pub active_layout: Layout,
+    /// File offset of the active segment's last batch, if it holds one.
+    pub last_batch: Option<u64>,
     pub report: Recovery,
 }
 
@@ -224,6 +230,8 @@ fn create_log(io: &dyn Io, dir: &Path, opts: &Options, lock: WriterLock, mut rep
         active_base: 0,
         active_end: SEGMENT_HEADER_LEN as u64,
         clean_head: None,
+        active_layout: Layout::for_log(&format, 0),
+        last_batch: None,
         report,
     })
 }
@@ -307,12 +315,18 @@ struct ActiveTail {
     /// The index checkpoints covering the segment's start: the files, their
     /// names and where they end.
     base: Option<(Vec<Index>, Vec<CheckpointFile>, u64)>,
+    /// The segment header's `prev_timestamp`.
+    prev_timestamp: u64,
+    /// File offset of the segment's last batch, if it holds one.
+    last_batch: Option<u64>,
 }
 
 /// Index checkpoints found for the active segment.
 struct CheckpointBase {
     files: Vec<Index>,
     names: Vec<CheckpointFile>,
+    /// File offset of the last batch they cover.
+    last_frame: u64,
     /// The state after the last batch they cover.
     after: Walk,
 }
@@ -456,6 +470,8 @@ impl Opening<'_> {
             index: MemIndex::default(),
             sealed: false,
             base: None,
+            prev_timestamp: last_timestamp,
+            last_batch: None,
         })
     }
 
@@ -489,7 +505,8 @@ impl Opening<'_> {
         // as the walk reads it; a batch enters the index once complete.
         // Index checkpoints (spec 17.5) cover the start of the segment:
         // only the batches after them are walked.
-        let base = self.checkpoints(last, map.bytes());
+        let layout = Layout::of(header);
+        let base = self.checkpoints(last, map.bytes(), &layout)?;
         // What is walked is read ahead (a mapping is advised random): the
         // whole segment without checkpoints, else only the bytes after them.
         match &base {
@@ -500,11 +517,19 @@ impl Opening<'_> {
         let walk = match &base {
             Some(b) => {
                 let rest = map.bytes().get(b.after.end as usize..).unwrap_or(&[]);
-                walk_segment_records_from(rest, b.after.clone(), true, &mut builder)
+                walk_segment_records_from(rest, b.after.clone(), true, &layout, &mut builder)
             }
             None => walk_segment_records(map.bytes(), header, true, &mut builder),
         };
         let index = builder.finish();
+        // Version 3: the batches after the last stored chain slot are linked
+        // here (spec 3.6), up to the end kept.
+        let chain = self.link_tail(path, map.bytes(), &layout, walk.chain, walk.chain_through, walk.end)?;
+        let last_batch = index
+            .frames
+            .last()
+            .map(|&(_, off)| off)
+            .or(base.as_ref().map(|b| b.last_frame));
         let head_durable = self
             .head
             .filter(|h| h.segment_base == last)
@@ -513,7 +538,7 @@ impl Opening<'_> {
             let x = walk.end;
             let boundary = (SEGMENT_HEADER_LEN as u64)
                 .max(walk.max_durable)
-                .max(resync_file(&file, path, x, file_len)?)
+                .max(resync_file(&file, path, x, file_len, &layout)?)
                 .max(head_durable);
             if x < boundary {
                 return Err(corrupt(
@@ -545,13 +570,49 @@ impl Opening<'_> {
         }
         Ok(ActiveTail {
             last_timestamp: walk.last_timestamp,
-            chain: walk.chain,
+            chain,
             next_position: walk.next_position,
             end: walk.end,
             index,
             sealed: walk.sealed,
             base: base.map(|b| (b.files, b.names, b.after.end)),
+            prev_timestamp: header.prev_timestamp.get(),
+            last_batch,
         })
+    }
+
+    /// The chain hash after the batches of `bytes` (the active segment) from
+    /// file offset `from`, where the chain hash is `chain`, up to `end`
+    /// (complete frames): `chain` itself unless version 3 left batches
+    /// without a chain slot there, which are linked (and validated) here.
+    fn link_tail(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        layout: &Layout,
+        chain: ChainHash,
+        from: u64,
+        end: u64,
+    ) -> Result<ChainHash> {
+        let chained = self.format.is_some_and(|f| f.chained());
+        if !layout.compact() || !chained || from >= end {
+            return Ok(chain);
+        }
+        let rest = bytes.get(from as usize..end as usize).unwrap_or_default();
+        let first = match crate::format::frame::parse_header(rest, from, layout) {
+            Ok(f) => f.first_position,
+            Err(d) => return Err(d.at(path)),
+        };
+        let chainer = Chainer::new(self.opts.chain_key.as_ref()).for_layout(layout);
+        let mut cursor = FrameCursor::new(rest, from, first, true, *layout);
+        let mut chain = chain;
+        while let Some(step) = cursor.step() {
+            let f = step.map_err(|d| d.at(path))?;
+            if f.frame.kind == FRAME_KIND_BATCH {
+                chain = chainer.link(&chain, f.bytes);
+            }
+        }
+        Ok(chain)
     }
 
     /// The index checkpoints that cover the start of the active segment
@@ -560,17 +621,17 @@ impl Opening<'_> {
     /// validated in full). Every other checkpoint file is left for
     /// [`Opening::finish`] to remove; a checkpoint that does not hold is
     /// reported in the warnings and not used (nor any after it).
-    fn checkpoints(&mut self, base: u64, bytes: &[u8]) -> Option<CheckpointBase> {
+    fn checkpoints(&mut self, base: u64, bytes: &[u8], layout: &Layout) -> Result<Option<CheckpointBase>> {
         let all = match checkpoint::list(self.dir) {
             Ok(a) => a,
             Err(e) => {
                 self.report.warnings.push(format!("index checkpoints not used: {e}"));
-                return None;
+                return Ok(None);
             }
         };
         let (chain, stale) = checkpoint::chain(all, base, bytes.len() as u64);
         self.stale_checkpoints = stale.into_iter().map(|c| c.path).collect();
-        let (files, failed) = checkpoint::open_chain(&chain, |off| checkpoint::header_in(bytes, off));
+        let (files, failed) = checkpoint::open_chain(&chain, |off| binding_at(bytes, off, layout));
         if let Some(e) = failed {
             self.report
                 .warnings
@@ -578,31 +639,82 @@ impl Opening<'_> {
             self.stale_checkpoints
                 .extend(chain.iter().skip(files.len()).map(|c| c.path.clone()));
         }
-        let last = files.last()?.clone();
+        let Some(last) = files.last().cloned() else {
+            return Ok(None);
+        };
         let (off, _) = last.checkpoint_binding();
         let (_, end) = last.covered();
-        let frame = bytes
+        let Some(frame) = bytes
             .get(off as usize..)
-            .map(|rest| validate_frame(rest, off, true))
-            .and_then(Result::ok)?;
-        let mut chain_slot = [0u8; 32];
-        if let Some(c) = bytes.get(off as usize + FRAME_CHAIN_OFFSET..off as usize + FRAME_HEADER_LEN) {
-            chain_slot.copy_from_slice(c);
-        }
+            .map(|rest| validate_frame(rest, off, true, layout))
+            .and_then(Result::ok)
+        else {
+            return Ok(None);
+        };
+        let path = self.dir.join(segment_file_name(base));
+        let chain_hash = match bytes.get(off as usize..).and_then(|f| chain_slot(f, &frame)) {
+            Some(c) => c,
+            // Version 3: the last covered batch stores no chain slot; link
+            // on from the last one that does (spec 3.6: within the last
+            // 16 KiB block with a batch), found through the checkpoints'
+            // frame entries.
+            None => match self.chain_before(&path, bytes, layout, &files, end)? {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+        };
         let used = files.len();
-        Some(CheckpointBase {
+        Ok(Some(CheckpointBase {
             files: files.into_iter().map(Index::Disk).collect(),
             names: chain.into_iter().take(used).collect(),
+            last_frame: off,
             after: Walk {
                 end,
                 next_position: frame.next_position(),
                 last_timestamp: frame.last_timestamp,
                 max_durable: frame.durable_end,
-                chain: chain_slot,
+                chain: chain_hash,
+                chain_through: end,
                 sealed: false,
                 stop: None,
             },
-        })
+        }))
+    }
+
+    /// The chain hash at `end` (where the checkpoints `files` end) in a
+    /// version-3 segment whose batch ending there stores no chain slot: the
+    /// newest batch that stores one, found newest first through the
+    /// checkpoints' frame entries (each checked against the segment), and
+    /// the batches from it to `end` linked. `None` if none is found (the
+    /// checkpoints are then not used).
+    fn chain_before(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        layout: &Layout,
+        files: &[Arc<crate::index::IdxFile>],
+        end: u64,
+    ) -> Result<Option<ChainHash>> {
+        for file in files.iter().rev() {
+            for k in (0..file.frame_count()).rev() {
+                let Ok((position, off)) = file.frame(k) else {
+                    return Ok(None);
+                };
+                let Some(rest) = bytes.get(off as usize..) else {
+                    return Ok(None);
+                };
+                let Ok(f) = crate::format::frame::parse_header(rest, off, layout) else {
+                    return Ok(None);
+                };
+                if f.first_position != position || f.kind != FRAME_KIND_BATCH {
+                    return Ok(None);
+                }
+                if let Some(c) = chain_slot(rest, &f) {
+                    return self.link_tail(path, bytes, layout, c, off + f.len, end).map(Some);
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Make everything kept durable, create the next segment if the active
@@ -641,6 +753,7 @@ impl Opening<'_> {
             return Err(corrupt(&path, 0, "no segment header was read"));
         };
         let (mut active_base, mut active_end, mut active_index) = (last, tail.end, tail.index);
+        let (mut prev_timestamp, mut last_batch) = (tail.prev_timestamp, tail.last_batch);
         let mut base = tail.base;
         if tail.sealed {
             if let Some((_, names, _)) = base.take() {
@@ -660,6 +773,7 @@ impl Opening<'_> {
             active_base = tail.next_position;
             active_end = SEGMENT_HEADER_LEN as u64;
             active_index = MemIndex::default();
+            (prev_timestamp, last_batch) = (tail.last_timestamp, None);
         }
         for p in &self.stale_checkpoints {
             match io.remove(p) {
@@ -683,6 +797,8 @@ impl Opening<'_> {
             active_base,
             active_end,
             clean_head,
+            active_layout: Layout::for_log(&format, prev_timestamp),
+            last_batch,
             report: self.report,
         })
     }
@@ -748,7 +864,7 @@ fn last_timestamp_of(seg: &ViewSegment) -> Result<u64> {
         return Ok(0);
     };
     let rest = bytes.get(off as usize..).unwrap_or(&[]);
-    Ok(validate_frame(rest, off, true)
+    Ok(validate_frame(rest, off, true, &seg.layout)
         .map_err(|d| d.at(&*seg.path))?
         .last_timestamp)
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock, mpsc};
 use zerocopy::IntoBytes;
 
 use crate::error::{Error, Result};
+use crate::format::Layout;
 use crate::format::names::segment_file_name;
 use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::index::streamtable::{self, STREAM_TABLE_FILE, StreamTable};
@@ -115,6 +116,7 @@ impl Inner {
                         None => Index::Mem(sealed.clone()),
                     }),
                 )),
+                layout: p.active_layout,
             };
             seg.index.notify(&self.index_damage);
             p.sealed.push(seg.clone());
@@ -125,6 +127,7 @@ impl Inner {
             p.visible_end = SEGMENT_HEADER_LEN as u64;
             p.next_position = base;
             p.map = None;
+            p.active_layout = Layout::for_log(&self.format, prev_timestamp);
             seg
         };
         io.file = file;

@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
 use crate::audit::chain::ChainHash;
 use crate::audit::chaining::HasherThread;
 use crate::error::Result;
+use crate::format::Layout;
 use crate::format::LogFormat;
 use crate::index::checkpoint::CheckpointFile;
 use crate::index::streamtable::StreamTable;
@@ -142,6 +143,12 @@ pub(super) struct State {
     /// Whether the window of recent ids holds the log's tail from before
     /// this open (see `Inner::load_window`).
     pub(super) window_loaded: bool,
+    /// The layout of the active segment (format version 3: the timestamps
+    /// of its batches are stored from its `prev_timestamp`).
+    pub(super) seg_layout: Layout,
+    /// File offset of the active segment's last batch (version 3: whether
+    /// the next one stores a chain slot, spec 3.6).
+    pub(super) seg_last_batch: Option<u64>,
 }
 
 /// A sealed segment not yet in the stream table: its base, its in-memory
@@ -159,6 +166,8 @@ pub(super) struct Published {
     pub(super) visible_end: u64,
     pub(super) next_position: u64,
     pub(super) map: Option<Arc<Mapping>>,
+    /// The layout of the active segment's frames.
+    pub(super) active_layout: Layout,
 }
 
 /// The published epoch and how many threads wait for it to change (a
@@ -300,6 +309,7 @@ impl Inner {
             path: p.active_path.clone(),
             map,
             index: p.active_index.clone(),
+            layout: p.active_layout,
         })
     }
 

@@ -150,14 +150,14 @@ fn last_version_holds(seg: &ViewSegment, stream: &str, last_version: u64) -> Res
     let Some(rest) = usize::try_from(frame_offset).ok().and_then(|o| bytes.get(o..)) else {
         return Ok(false);
     };
-    let Ok(frame) = validate_frame(rest, frame_offset, true) else {
+    let Ok(frame) = validate_frame(rest, frame_offset, true, &seg.layout) else {
         return Ok(false);
     };
     let Some(frame_bytes) = usize::try_from(frame.len).ok().and_then(|l| rest.get(..l)) else {
         return Ok(false);
     };
     let mut seen = false;
-    for r in frame_records(frame_bytes) {
+    for r in frame_records(frame_bytes, &seg.layout) {
         if r.stream() == stream {
             match r.stream_version().cmp(&last_version) {
                 std::cmp::Ordering::Equal => seen = true,

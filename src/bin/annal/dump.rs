@@ -160,10 +160,13 @@ fn print_frame(f: &FrameDump, t: &mut Text) {
         inspect::hex(&f.chain),
         ok(f.header_crc_ok)
     ));
+    if let Some((header_len, body_ok)) = f.v3 {
+        t.line(format!("  v3 header_len={header_len} body_crc={}", ok(body_ok)));
+    }
     for r in &f.records {
         t.line(format!(
             "  record @{} len={} position={} stream={} version={} type={} schema_version={} stream_len={} \
-             type_len={} metadata_len={} payload_len={} crc={}",
+             type_len={} metadata_len={} payload_len={} crc={} event_id={}{}",
             r.offset,
             r.len,
             r.position,
@@ -175,7 +178,9 @@ fn print_frame(f: &FrameDump, t: &mut Text) {
             r.type_len,
             r.metadata_len,
             r.payload_len,
-            ok(r.crc_ok)
+            ok(r.crc_ok),
+            uuid::Uuid::from_bytes(r.event_id.0),
+            if r.event_id.1 { "" } else { " (generated, not stored)" }
         ));
     }
     if let Some(c) = &f.checkpoint {
