@@ -403,3 +403,126 @@ impl MemIndex {
         frames
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::INDEX_VERSION_2;
+    use crate::index::{IdxFile, Named};
+    use crate::{EventData, ExpectedVersion, Log, Options};
+
+    /// A closed log's first segment: batches of several streams and mixed
+    /// event types (a type twice in one batch, a batch of one type only).
+    fn segment() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), Options::default()).unwrap();
+        let ev = |t: &'static str| EventData::new(t, b"payload".as_slice());
+        for (s, types) in [
+            ("order-1", &["A", "B", "A"][..]),
+            ("order-2", &["B"]),
+            ("cart-1", &["C", "C"]),
+            ("order-1", &["B", "C"]),
+            ("plain", &["A"]),
+        ] {
+            let evs: Vec<EventData<'_>> = types.iter().map(|t| ev(t)).collect();
+            log.append(s, ExpectedVersion::Any, &evs).unwrap();
+        }
+        log.close().unwrap();
+        std::fs::read(dir.path().join(crate::format::names::segment_file_name(0))).unwrap()
+    }
+
+    /// What a decoded file answers, in the in-memory index's terms.
+    fn answers<B: AsRef<[u8]>>(f: &IdxFile<B>, m: &MemIndex) {
+        for (name, s) in &m.streams {
+            let info = f.find_stream(name).unwrap().unwrap();
+            assert_eq!((info.first_version, info.last_version), (s.first_version, s.last_version));
+            let entries: Vec<(u64, u64)> = (0..info.entry_count).map(|i| f.stream_entry(&info, i).unwrap()).collect();
+            assert_eq!(entries, s.entries, "{name}");
+        }
+        for (kind, lists) in [(Named::Category, &m.categories), (Named::Type, &m.types)] {
+            for (name, want) in lists.iter() {
+                let (start, n) = f.find_named(kind, name).unwrap().unwrap();
+                let mut got: Vec<u64> = (0..n).map(|i| f.named_entry(kind, start + i).unwrap()).collect();
+                // A version 1 file lists records: their batches, once.
+                got.dedup();
+                assert_eq!(&got, want, "{kind:?} {name}");
+            }
+        }
+        let frames: Vec<(u64, u64)> = (0..f.frame_count()).map(|i| f.frame(i).unwrap()).collect();
+        assert_eq!(frames, m.frames);
+    }
+
+    /// Both layouts encode the same index and decode to it; version 2 lists
+    /// each batch once per event type, version 1 each record; the index
+    /// read back from either encodes to the same bytes.
+    #[test]
+    fn both_versions_round_trip() {
+        let seg = segment();
+        let m = MemIndex::rebuild(&seg).unwrap();
+        assert_eq!(m.types.get("A"), Some(&vec![m.frames[0].1, m.frames[4].1]));
+        assert_eq!(m.types.get("C").map(Vec::len), Some(2));
+        let len = seg.len() as u64;
+        let mut none = |_: &str| Prev::NONE;
+        let (v2, rows2) = m.encode(0, len, 7, u64::MAX, &mut none, &seg);
+        assert_eq!(u16::from_le_bytes([v2[8], v2[9]]), INDEX_VERSION_2);
+        let (v1, rows1) = m.encode_version(INDEX_VERSION_1, 0, len, 7, u64::MAX, &mut none, &seg).unwrap();
+        assert_eq!(u16::from_le_bytes([v1[8], v1[9]]), INDEX_VERSION_1);
+        assert_eq!(rows1, rows2);
+        assert!(v2.len() < v1.len());
+        let f2 = IdxFile::from_bytes_with(&v2[..], 0, len, 7).unwrap();
+        let f1 = IdxFile::from_bytes_with(&v1[..], 0, len, 7).unwrap();
+        assert_eq!((f1.version(), f2.version()), (INDEX_VERSION_1, INDEX_VERSION_2));
+        // Version 1 lists the 9 records by type, version 2 the 7 pairs of
+        // (batch, type): A twice, B three times, C twice.
+        let types_of = |f: &IdxFile<&[u8]>| -> u32 {
+            f.named_rows(Named::Type).unwrap().iter().map(|r| r.2).sum()
+        };
+        assert_eq!((types_of(&f1), types_of(&f2)), (9, 7));
+        answers(&f2, &m);
+        answers(&f1, &m);
+        for f in [&f1, &f2] {
+            let back = MemIndex::from_idx(f).unwrap();
+            assert_eq!(back.encode(0, len, 7, u64::MAX, &mut none, &seg).0, v2);
+        }
+    }
+
+    /// A segment too large for version 2 (forced here with a small limit:
+    /// its length, a position delta or a stream's version span reaching it)
+    /// is written in version 1, which reads back the same.
+    #[test]
+    fn too_large_for_version_2_falls_back_to_version_1() {
+        let seg = segment();
+        let m = MemIndex::rebuild(&seg).unwrap();
+        let len = seg.len() as u64;
+        assert_eq!(m.version_for(0, len, INDEX_V2_LIMIT), INDEX_VERSION_2);
+        assert_eq!(m.version_for(0, len, len + 1), INDEX_VERSION_2);
+        // The segment's length reaches the limit.
+        assert_eq!(m.version_for(0, len, len), INDEX_VERSION_1);
+        // The last batch's position delta (8 events before it) reaching the
+        // limit.
+        assert_eq!(m.frames.last().unwrap().0, 8);
+        let mut wide = MemIndex::default();
+        wide.append(&m);
+        wide.frames.last_mut().unwrap().0 = INDEX_V2_LIMIT;
+        assert_eq!(wide.version_for(0, len, INDEX_V2_LIMIT), INDEX_VERSION_1);
+        assert!(wide.encode_version(INDEX_VERSION_2, 0, len, 7, u64::MAX, &mut |_| Prev::NONE, &seg).is_none());
+        // A stream spanning 2^32 versions in the segment.
+        let mut span = MemIndex::default();
+        span.append(&m);
+        span.streams.get_mut("order-1").unwrap().last_version = INDEX_V2_LIMIT;
+        assert_eq!(span.version_for(0, len, INDEX_V2_LIMIT), INDEX_VERSION_1);
+        // What `encode` writes for a large segment: version 1, and it reads
+        // back as the index.
+        let v = m.version_for(0, len, 64);
+        assert_eq!(v, INDEX_VERSION_1);
+        let (bytes, _) = m.encode_version(v, 0, len, 7, u64::MAX, &mut |_| Prev::NONE, &seg).unwrap();
+        let f = IdxFile::from_bytes_with(&bytes[..], 0, len, 7).unwrap();
+        assert_eq!(f.version(), INDEX_VERSION_1);
+        answers(&f, &m);
+        // A checkpoint of a range too large: version 1 as well.
+        let ck = m
+            .encode_checkpoint_version(v, 0, (128, len), m.frames.last().unwrap().1, 7, u64::MAX, &seg)
+            .unwrap();
+        assert_eq!(u16::from_le_bytes([ck[8], ck[9]]), INDEX_VERSION_1);
+    }
+}
