@@ -200,7 +200,13 @@ fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
     let frames_at = tentries_at + nentry * tec;
     let names_at = frames_at + fentry * fc;
     // An entry's `u32` (version 2) or `u64` (version 1) at `at`.
-    let word = |at: usize| if v1 { u64_at(bytes, at) } else { u64::from(u32_at(bytes, at)) };
+    let word = |at: usize| {
+        if v1 {
+            u64_at(bytes, at)
+        } else {
+            u64::from(u32_at(bytes, at))
+        }
+    };
     assert_eq!((names_at + names_len).next_multiple_of(8), table_offset);
     let name_of = |off: u32, len: u16| {
         String::from_utf8(bytes[names_at + off as usize..names_at + off as usize + len as usize].to_vec()).unwrap()
@@ -239,7 +245,12 @@ fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
         let (last, start, count, prev_row) = if v1 {
             (u64_at(row, 24), u32_at(row, 32), u32_at(row, 36), u32_at(row, 48))
         } else {
-            (first + u64::from(u32_at(row, 24)), u32_at(row, 28), u32_at(row, 32), u32_at(row, 36))
+            (
+                first + u64::from(u32_at(row, 24)),
+                u32_at(row, 28),
+                u32_at(row, 32),
+                u32_at(row, 36),
+            )
         };
         assert_eq!(prev_row, u32::MAX, "{name}: prev_row is NONE in a checkpoint");
         let (start, count) = (start as usize, count as usize);
@@ -298,8 +309,14 @@ fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
         for (ty, offs) in &types {
             assert!(offs.windows(2).all(|w| w[0] < w[1]), "{ty}: each batch once, in order");
             for off in offs {
-                assert!(frames.iter().any(|f| f.1 == *off), "{ty}: {off} is a batch of the range");
-                let f = common::frames(seg).into_iter().find(|f| f.offset == *off).expect("a frame");
+                assert!(
+                    frames.iter().any(|f| f.1 == *off),
+                    "{ty}: {off} is a batch of the range"
+                );
+                let f = common::frames(seg)
+                    .into_iter()
+                    .find(|f| f.offset == *off)
+                    .expect("a frame");
                 let mut at = *off as usize + 72;
                 let mut found = false;
                 while at < (f.offset + f.len) as usize {
@@ -437,7 +454,13 @@ fn reads_back(copy: tempfile::TempDir) {
         .read_event_type("ItemAdded", 0)
         .map(|e| e.map(|e| (e.stream().to_owned(), e.stream_version())).unwrap())
         .collect();
-    let want = [("order-1", 1), ("order-1", 2), ("cart-7", 1), ("order-3", 1), ("order-3", 2)];
+    let want = [
+        ("order-1", 1),
+        ("order-1", 2),
+        ("cart-7", 1),
+        ("order-3", 1),
+        ("order-3", 2),
+    ];
     assert_eq!(items, want.map(|(s, v)| (s.to_owned(), v)));
     assert!(view.index_damage().is_empty(), "{:?}", view.index_damage());
     let log = Log::open(copy.path(), Options::default()).expect("writer");

@@ -2120,9 +2120,15 @@ fn indexed_json_layout_is_consistent() {
             let (row, sentry, nentry, fentry) = (row as u64, sentry as u64, nentry as u64, fentry as u64);
             assert_eq!(l.stream_rows, 128);
             assert_eq!(l.stream_entries, l.stream_rows + row * u64::from(h.stream_count));
-            assert_eq!(l.category_rows, l.stream_entries + sentry * u64::from(h.stream_entry_count));
+            assert_eq!(
+                l.category_rows,
+                l.stream_entries + sentry * u64::from(h.stream_entry_count)
+            );
             assert_eq!(l.category_entries, l.category_rows + 32 * u64::from(h.category_count));
-            assert_eq!(l.type_rows, l.category_entries + nentry * u64::from(h.category_entry_count));
+            assert_eq!(
+                l.type_rows,
+                l.category_entries + nentry * u64::from(h.category_entry_count)
+            );
             assert_eq!(l.type_entries, l.type_rows + 32 * u64::from(h.type_count));
             assert_eq!(l.frames, l.type_entries + nentry * u64::from(h.type_entry_count));
             assert_eq!(l.name_area, l.frames + fentry * u64::from(h.frame_count));

@@ -56,24 +56,15 @@ fn idx_bytes_per_event() {
         assert_eq!(file_len(v2_region), idx.len() as u64, "version 2 layout");
         let v1_region = 128 + 56 * c[0] + 16 * c[1] + 32 * c[2] + 8 * c[3] + 32 * c[4] + 8 * c[5] + 16 * c[6] + c[7];
         v1 += file_len(v1_region);
-        for (p, (n, size)) in parts
-            .iter_mut()
-            .zip(c.iter().zip([48, 8, 32, 4, 32, 4, 8, 1]))
-        {
+        for (p, (n, size)) in parts.iter_mut().zip(c.iter().zip([48, 8, 32, 4, 32, 4, 8, 1])) {
             *p += n * size;
         }
     }
     assert!(segments >= 3, "several sealed segments: {segments}");
     let per = |b: u64| b as f64 / events as f64;
     println!("sealed segments: {segments}, events in them: {events}");
-    println!(
-        "index version 1 (before): {v1} bytes, {:.2} bytes/event",
-        per(v1)
-    );
-    println!(
-        "index version 2 (after):  {v2} bytes, {:.2} bytes/event",
-        per(v2)
-    );
+    println!("index version 1 (before): {v1} bytes, {:.2} bytes/event", per(v1));
+    println!("index version 2 (after):  {v2} bytes, {:.2} bytes/event", per(v2));
     let labels = [
         "stream rows",
         "stream entries",

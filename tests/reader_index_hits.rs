@@ -118,8 +118,8 @@ fn forge_types(dir: &Path) {
     let idx_path = segments(dir)[0].with_extension("idx");
     let mut idx = fs::read(&idx_path).expect("read idx");
     let counts: Vec<usize> = (0..6).map(|i| u32_at(&idx, 40 + 4 * i) as usize).collect();
-    let types_at = HEADER + counts[0] * STREAM_ROW + counts[1] * STREAM_ENTRY + counts[2] * NAMED_ROW
-        + counts[3] * NAMED_ENTRY;
+    let types_at =
+        HEADER + counts[0] * STREAM_ROW + counts[1] * STREAM_ENTRY + counts[2] * NAMED_ROW + counts[3] * NAMED_ENTRY;
     let entries_at = types_at + counts[4] * NAMED_ROW;
     swap_entries(&mut idx, types_at, NAMED_ROW, counts[4], entries_at, 2);
     reseal(&mut idx);

@@ -140,7 +140,10 @@ pub(crate) const fn idx_lens(version: u16) -> IdxLens {
             stream_entry: 16,
             named_entry: 8,
             frame_entry: 16,
-            back_pointer: (offset_of!(IdxStreamRow, prev_segment), offset_of!(IdxStreamRow, reserved1)),
+            back_pointer: (
+                offset_of!(IdxStreamRow, prev_segment),
+                offset_of!(IdxStreamRow, reserved1),
+            ),
         }
     } else {
         IdxLens {

@@ -91,7 +91,11 @@ fn encode_streams(
     let mut summary = Vec::with_capacity(streams.len());
     for (row, (name, st)) in streams.iter().enumerate() {
         let prev = resolve(name);
-        let (hash, name_offset, name_len) = (U64::new(h(name)), U32::new(names.add(name)), U16::new(name.len() as u16));
+        let (hash, name_offset, name_len) = (
+            U64::new(h(name)),
+            U32::new(names.add(name)),
+            U16::new(name.len() as u16),
+        );
         let (entry_start, entry_count) = (U32::new(s.entry_count), U32::new(st.entries.len() as u32));
         if version == INDEX_VERSION_1 {
             let r = IdxStreamRow {
@@ -209,14 +213,25 @@ impl MemIndex {
         segment: &[u8],
     ) -> (Vec<u8>, Vec<StreamRowSummary>) {
         let version = self.version_for(segment_base, segment_len, INDEX_V2_LIMIT);
-        self.encode_version(version, segment_base, segment_len, seal_crc, hash_mask, resolve, segment)
-            .unwrap_or_default()
+        self.encode_version(
+            version,
+            segment_base,
+            segment_len,
+            seal_crc,
+            hash_mask,
+            resolve,
+            segment,
+        )
+        .unwrap_or_default()
     }
 
     /// [`MemIndex::encode`] in layout `version` (1 or 2): `None` if this
     /// index does not fit version 2 and `version` is 2 (`check` compares a
     /// file with the index rebuilt in the file's own version).
-    #[expect(clippy::too_many_arguments, reason = "the header's identity fields, named as in the spec")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the header's identity fields, named as in the spec"
+    )]
     pub(crate) fn encode_version(
         &self,
         version: u16,
@@ -259,7 +274,10 @@ impl MemIndex {
 
     /// [`MemIndex::encode_checkpoint`] in layout `version` (`None`: it does
     /// not fit version 2).
-    #[expect(clippy::too_many_arguments, reason = "the header's identity fields, named as in the spec")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the header's identity fields, named as in the spec"
+    )]
     pub(crate) fn encode_checkpoint_version(
         &self,
         version: u16,
@@ -330,11 +348,7 @@ impl MemIndex {
         let listed = |_: &str, offs: &[u64]| offs.to_vec();
         let cat = encode_named(&cats, &h, &mut names, lens.named_entry, &listed);
         // Version 1 lists the records of each type; the index lists batches.
-        let records = |ty: &str, offs: &[u64]| {
-            offs.iter()
-                .flat_map(|&off| records_of_type(segment, off, ty))
-                .collect()
-        };
+        let records = |ty: &str, offs: &[u64]| offs.iter().flat_map(|&off| records_of_type(segment, off, ty)).collect();
         let ty = if id.version == INDEX_VERSION_1 {
             encode_named(&types, &h, &mut names, lens.named_entry, &records)
         } else {
@@ -435,8 +449,13 @@ mod tests {
     fn answers<B: AsRef<[u8]>>(f: &IdxFile<B>, m: &MemIndex) {
         for (name, s) in &m.streams {
             let info = f.find_stream(name).unwrap().unwrap();
-            assert_eq!((info.first_version, info.last_version), (s.first_version, s.last_version));
-            let entries: Vec<(u64, u64)> = (0..info.entry_count).map(|i| f.stream_entry(&info, i).unwrap()).collect();
+            assert_eq!(
+                (info.first_version, info.last_version),
+                (s.first_version, s.last_version)
+            );
+            let entries: Vec<(u64, u64)> = (0..info.entry_count)
+                .map(|i| f.stream_entry(&info, i).unwrap())
+                .collect();
             assert_eq!(entries, s.entries, "{name}");
         }
         for (kind, lists) in [(Named::Category, &m.categories), (Named::Type, &m.types)] {
@@ -465,7 +484,9 @@ mod tests {
         let mut none = |_: &str| Prev::NONE;
         let (v2, rows2) = m.encode(0, len, 7, u64::MAX, &mut none, &seg);
         assert_eq!(u16::from_le_bytes([v2[8], v2[9]]), INDEX_VERSION_2);
-        let (v1, rows1) = m.encode_version(INDEX_VERSION_1, 0, len, 7, u64::MAX, &mut none, &seg).unwrap();
+        let (v1, rows1) = m
+            .encode_version(INDEX_VERSION_1, 0, len, 7, u64::MAX, &mut none, &seg)
+            .unwrap();
         assert_eq!(u16::from_le_bytes([v1[8], v1[9]]), INDEX_VERSION_1);
         assert_eq!(rows1, rows2);
         assert!(v2.len() < v1.len());
@@ -474,9 +495,7 @@ mod tests {
         assert_eq!((f1.version(), f2.version()), (INDEX_VERSION_1, INDEX_VERSION_2));
         // Version 1 lists the 9 records by type, version 2 the 7 pairs of
         // (batch, type): A twice, B three times, C twice.
-        let types_of = |f: &IdxFile<&[u8]>| -> u32 {
-            f.named_rows(Named::Type).unwrap().iter().map(|r| r.2).sum()
-        };
+        let types_of = |f: &IdxFile<&[u8]>| -> u32 { f.named_rows(Named::Type).unwrap().iter().map(|r| r.2).sum() };
         assert_eq!((types_of(&f1), types_of(&f2)), (9, 7));
         answers(&f2, &m);
         answers(&f1, &m);
@@ -505,7 +524,10 @@ mod tests {
         wide.append(&m);
         wide.frames.last_mut().unwrap().0 = INDEX_V2_LIMIT;
         assert_eq!(wide.version_for(0, len, INDEX_V2_LIMIT), INDEX_VERSION_1);
-        assert!(wide.encode_version(INDEX_VERSION_2, 0, len, 7, u64::MAX, &mut |_| Prev::NONE, &seg).is_none());
+        assert!(
+            wide.encode_version(INDEX_VERSION_2, 0, len, 7, u64::MAX, &mut |_| Prev::NONE, &seg)
+                .is_none()
+        );
         // A stream spanning 2^32 versions in the segment.
         let mut span = MemIndex::default();
         span.append(&m);
@@ -515,7 +537,9 @@ mod tests {
         // back as the index.
         let v = m.version_for(0, len, 64);
         assert_eq!(v, INDEX_VERSION_1);
-        let (bytes, _) = m.encode_version(v, 0, len, 7, u64::MAX, &mut |_| Prev::NONE, &seg).unwrap();
+        let (bytes, _) = m
+            .encode_version(v, 0, len, 7, u64::MAX, &mut |_| Prev::NONE, &seg)
+            .unwrap();
         let f = IdxFile::from_bytes_with(&bytes[..], 0, len, 7).unwrap();
         assert_eq!(f.version(), INDEX_VERSION_1);
         answers(&f, &m);

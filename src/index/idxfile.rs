@@ -251,7 +251,8 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         let r = if self.is_v1() {
             IdxStreamRow::read_from_bytes(bytes).map_err(|_| Damage::corrupt(at as u64, "short stream row"))?
         } else {
-            let r = IdxStreamRowV2::read_from_bytes(bytes).map_err(|_| Damage::corrupt(at as u64, "short stream row"))?;
+            let r =
+                IdxStreamRowV2::read_from_bytes(bytes).map_err(|_| Damage::corrupt(at as u64, "short stream row"))?;
             let last = r.first_version.get().checked_add(u64::from(r.last_delta.get()));
             let Some(last) = last else {
                 return Err(Damage::corrupt(at as u64, "stream row's versions are out of range"));
@@ -452,7 +453,10 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         }
         let delta = self.u32(at)?;
         let off = self.u32(at + size_of::<u32>())?;
-        Ok((self.h.segment_base.get().saturating_add(u64::from(delta)), u64::from(off)))
+        Ok((
+            self.h.segment_base.get().saturating_add(u64::from(delta)),
+            u64::from(off),
+        ))
     }
 
     /// Every category or event type row: `(name, entry_start, entry_count)`.

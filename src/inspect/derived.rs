@@ -303,7 +303,13 @@ fn index_content(file: &[u8], h: &IdxHeader) -> IndexContentDump {
                     entries: Vec::new(),
                 }
             };
-            let words = entries_in(region, at[1], d.entry_start.saturating_mul(2), d.entry_count.saturating_mul(2), half);
+            let words = entries_in(
+                region,
+                at[1],
+                d.entry_start.saturating_mul(2),
+                d.entry_count.saturating_mul(2),
+                half,
+            );
             d.entries = words.chunks_exact(2).map(|w| (w[0], w[1])).collect();
             Some(d)
         })
@@ -323,7 +329,13 @@ fn index_content(file: &[u8], h: &IdxHeader) -> IndexContentDump {
                     entry_start: r.entry_start.get(),
                     entry_count: r.entry_count.get(),
                     reserved1: r.reserved1.get(),
-                    entries: entries_in(region, entries_at, r.entry_start.get(), r.entry_count.get(), lens.named_entry),
+                    entries: entries_in(
+                        region,
+                        entries_at,
+                        r.entry_start.get(),
+                        r.entry_count.get(),
+                        lens.named_entry,
+                    ),
                 })
             })
             .collect()
@@ -636,7 +648,13 @@ mod index_content_tests {
         assert_eq!(v2.content.streams[0].reserved1, None);
         // ItemAdded: the record at 320 (version 1), its batch at 128 (version 2).
         let item = |d: &super::IndexDump| {
-            d.content.types.iter().find(|r| r.name.as_deref() == Some(&b"ItemAdded"[..])).unwrap().entries.clone()
+            d.content
+                .types
+                .iter()
+                .find(|r| r.name.as_deref() == Some(&b"ItemAdded"[..]))
+                .unwrap()
+                .entries
+                .clone()
         };
         assert_eq!((item(&v1), item(&v2)), (vec![320], vec![128]));
     }

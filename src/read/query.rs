@@ -11,7 +11,9 @@ use std::mem::size_of;
 use crate::error::{Result, corrupt};
 use crate::format::frame::validate_frame_each;
 use crate::format::record::RecordRef;
-use crate::format::{FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_RECORD_COUNT_OFFSET, RECORD_TIMESTAMP_OFFSET};
+use crate::format::{
+    FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_RECORD_COUNT_OFFSET, RECORD_TIMESTAMP_OFFSET,
+};
 use crate::index::{Index, Named};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch, offset_plus};
 use crate::read::logview::{LogView, ViewSegment};
@@ -182,7 +184,8 @@ fn batch_before(bytes: &[u8], off: u64, from: u64) -> bool {
     let field = |k: usize, n: usize| bytes.get(offset_plus(off, k)..offset_plus(off, k).saturating_add(n));
     let first = field(FRAME_FIRST_POSITION_OFFSET, U64_LEN)
         .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])));
-    let count = field(FRAME_RECORD_COUNT_OFFSET, U32_LEN).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
+    let count =
+        field(FRAME_RECORD_COUNT_OFFSET, U32_LEN).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
     first.saturating_add(u64::from(count)) <= from
 }
 

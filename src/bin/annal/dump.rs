@@ -273,7 +273,11 @@ fn print_index_content(c: &inspect::IndexContentDump, version: u16, t: &mut Text
     }
     for (label, rows, what) in [
         ("category", &c.categories, "frame_offset"),
-        ("event type", &c.types, if v1 { "record_offset" } else { "frame_offset" }),
+        (
+            "event type",
+            &c.types,
+            if v1 { "record_offset" } else { "frame_offset" },
+        ),
     ] {
         for (i, r) in rows.iter().enumerate() {
             t.line(format!(
