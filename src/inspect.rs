@@ -37,8 +37,9 @@ use crate::format::names::HEAD_FILE;
 use crate::format::{HEAD_MAGIC, IDX_MAGIC, SEGMENT_MAGIC, STB_MAGIC};
 
 pub use derived::{
-    BlockChecks, FooterDump, IndexDump, IndexHeaderDump, SnapshotDump, SnapshotHeaderDump, StreamRowDump,
-    StreamTableDump, StreamTableHeaderDump, index, snapshot, stream_table, stream_table_rows,
+    BlockChecks, FooterDump, IndexContentDump, IndexDump, IndexHeaderDump, IndexNamedRowDump, IndexStreamRowDump,
+    SnapshotDump, SnapshotHeaderDump, StreamRowDump, StreamTableDump, StreamTableHeaderDump, index, snapshot,
+    stream_table, stream_table_rows,
 };
 pub use head::{HeadDump, HeadSlotDump, SlotDump, head};
 pub use segment::{CheckpointDump, FrameDump, RecordDump, SegmentDump, SegmentHeaderDump, segment};

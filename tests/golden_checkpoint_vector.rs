@@ -13,7 +13,10 @@
 //!   (`last_frame`, `seal_crc`), and that the rows and entries of the chain
 //!   list exactly the batches of the segment, each entry pointing at a batch
 //!   of its stream;
-//! * (c) reads the vector back through a writer and a reader.
+//! * (c) reads the vector back through a writer and a reader;
+//! * (d) does (b) and (c) with the version 1 checkpoints of the same log,
+//!   as committed before index version 2 (`spec/vectors/index-v1/checkpoint/`):
+//!   they are still read.
 
 mod common;
 mod golden;
@@ -160,7 +163,9 @@ fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
     // Spec 17.1 and 17.5: the header.
     let h = &bytes[..128];
     assert_eq!(&h[..8], b"ANNALIDX");
-    assert_eq!(u16_at(h, 8), 1, "index_version");
+    let version = u16_at(h, 8);
+    assert!(version == 1 || version == 2, "index_version");
+    let v1 = version == 1;
     assert_eq!(u16_at(h, 10), 1, "flags: CHECKPOINT");
     assert_eq!(u32_at(h, 12), 0, "reserved0");
     assert_eq!(u64_at(h, 16), base, "segment_base");
@@ -183,14 +188,25 @@ fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
     let (sc, sec, cc, cec, tc, tec, fc, names_len) = (
         counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6], counts[7],
     );
+    // Version 1: 56-byte stream rows, 16-byte stream and frame entries,
+    // 8-byte category and type entries; version 2: 48, 8 and 4.
+    let (row_len, sentry, nentry, fentry) = if v1 { (56, 16, 8, 16) } else { (48, 8, 4, 8) };
     let streams_at = 128;
-    let sentries_at = streams_at + 56 * sc;
-    let cats_at = sentries_at + 16 * sec;
+    let sentries_at = streams_at + row_len * sc;
+    let cats_at = sentries_at + sentry * sec;
     let centries_at = cats_at + 32 * cc;
-    let types_at = centries_at + 8 * cec;
+    let types_at = centries_at + nentry * cec;
     let tentries_at = types_at + 32 * tc;
-    let frames_at = tentries_at + 8 * tec;
-    let names_at = frames_at + 16 * fc;
+    let frames_at = tentries_at + nentry * tec;
+    let names_at = frames_at + fentry * fc;
+    // An entry's `u32` (version 2) or `u64` (version 1) at `at`.
+    let word = |at: usize| {
+        if v1 {
+            u64_at(bytes, at)
+        } else {
+            u64::from(u32_at(bytes, at))
+        }
+    };
     assert_eq!((names_at + names_len).next_multiple_of(8), table_offset);
     let name_of = |off: u32, len: u16| {
         String::from_utf8(bytes[names_at + off as usize..names_at + off as usize + len as usize].to_vec()).unwrap()
@@ -206,7 +222,7 @@ fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
     let mut streams = Vec::new();
     let mut prev_key: Option<(u64, String)> = None;
     for r in 0..sc {
-        let row = &bytes[streams_at + 56 * r..streams_at + 56 * (r + 1)];
+        let row = &bytes[streams_at + row_len * r..streams_at + row_len * (r + 1)];
         let name = name_of(u32_at(row, 8), u16_at(row, 12));
         assert_eq!(u64_at(row, 0), hash(&name), "{name}: hash");
         let key = (u64_at(row, 0), name.clone());
@@ -222,14 +238,30 @@ fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
             u64::MAX,
             "{name}: prev_segment is NONE in a checkpoint"
         );
-        assert_eq!(u32_at(row, 48), u32::MAX, "{name}: prev_row is NONE in a checkpoint");
-        let (start, count) = (u32_at(row, 32) as usize, u32_at(row, 36) as usize);
+        let first = u64_at(row, 16);
+        // Version 1: last_version u64 at 24, entry_start, entry_count at 32,
+        // 36, prev_row at 48; version 2: last_version - first_version u32 at
+        // 24, entry_start, entry_count at 28, 32, prev_row at 36.
+        let (last, start, count, prev_row) = if v1 {
+            (u64_at(row, 24), u32_at(row, 32), u32_at(row, 36), u32_at(row, 48))
+        } else {
+            (
+                first + u64::from(u32_at(row, 24)),
+                u32_at(row, 28),
+                u32_at(row, 32),
+                u32_at(row, 36),
+            )
+        };
+        assert_eq!(prev_row, u32::MAX, "{name}: prev_row is NONE in a checkpoint");
+        let (start, count) = (start as usize, count as usize);
         let entries: Vec<(u64, u64)> = (start..start + count)
             .map(|i| {
-                (
-                    u64_at(bytes, sentries_at + 16 * i),
-                    u64_at(bytes, sentries_at + 16 * i + 8),
-                )
+                let at = sentries_at + sentry * i;
+                if v1 {
+                    (u64_at(bytes, at), u64_at(bytes, at + 8))
+                } else {
+                    (first + u64::from(u32_at(bytes, at)), u64::from(u32_at(bytes, at + 4)))
+                }
             })
             .collect();
         for &(v, off) in &entries {
@@ -244,7 +276,7 @@ fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
             assert_eq!(&seg[rec + 72..rec + 72 + slen], name.as_bytes());
             assert_eq!(u64_at(seg, rec + 16), v);
         }
-        streams.push((name, u64_at(row, 16), u64_at(row, 24), entries));
+        streams.push((name, first, last, entries));
     }
     let named = |rows_at: usize, count: usize, entries_at: usize| {
         (0..count)
@@ -254,34 +286,101 @@ fn decode(name: &str, bytes: &[u8], seg: &[u8]) -> Ckpt {
                 (
                     name_of(u32_at(row, 8), u16_at(row, 12)),
                     (start..start + cnt)
-                        .map(|i| u64_at(bytes, entries_at + 8 * i))
+                        .map(|i| word(entries_at + nentry * i))
                         .collect::<Vec<_>>(),
                 )
             })
             .collect::<Vec<_>>()
     };
-    let frames = (0..fc)
-        .map(|i| (u64_at(bytes, frames_at + 16 * i), u64_at(bytes, frames_at + 16 * i + 8)))
+    let frames: Vec<(u64, u64)> = (0..fc)
+        .map(|i| {
+            let at = frames_at + fentry * i;
+            if v1 {
+                (u64_at(bytes, at), u64_at(bytes, at + 8))
+            } else {
+                (base + u64::from(u32_at(bytes, at)), u64::from(u32_at(bytes, at + 4)))
+            }
+        })
         .collect();
+    let types = named(types_at, tc, tentries_at);
+    // Version 2's event type entries name batches of the range (each once,
+    // in order) holding a record of the type; version 1's name records.
+    if !v1 {
+        for (ty, offs) in &types {
+            assert!(offs.windows(2).all(|w| w[0] < w[1]), "{ty}: each batch once, in order");
+            for off in offs {
+                assert!(
+                    frames.iter().any(|f| f.1 == *off),
+                    "{ty}: {off} is a batch of the range"
+                );
+                let f = common::frames(seg)
+                    .into_iter()
+                    .find(|f| f.offset == *off)
+                    .expect("a frame");
+                let mut at = *off as usize + 72;
+                let mut found = false;
+                while at < (f.offset + f.len) as usize {
+                    // Record: record_len u32 at 0, type_len u16 at 56, the
+                    // stream name (stream_len u16 at 54) then the type after
+                    // the 72-byte header.
+                    let (slen, tlen) = (u16_at(seg, at + 54) as usize, u16_at(seg, at + 56) as usize);
+                    found |= &seg[at + 72 + slen..at + 72 + slen + tlen] == ty.as_bytes();
+                    at += (u32_at(seg, at) as usize).next_multiple_of(8);
+                }
+                assert!(found, "{ty}: the batch at {off} holds a record of the type");
+            }
+        }
+    }
     Ckpt {
         from,
         to,
         streams,
         categories: named(cats_at, cc, centries_at),
-        types: named(types_at, tc, tentries_at),
+        types,
         frames,
     }
 }
 
+/// The version 1 checkpoints of the vector's log (`spec/vectors/index-v1/`).
+fn committed_v1() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/vectors/index-v1/checkpoint")
+}
+
+/// The vector with its checkpoints replaced by the version 1 ones.
+fn copy_with_v1_checkpoints() -> tempfile::TempDir {
+    let copy = golden::copy_dir(&committed());
+    for n in golden::file_names(copy.path()).iter().filter(|n| n.ends_with(".ckpt")) {
+        fs::remove_file(copy.path().join(n)).expect("remove");
+    }
+    for n in golden::file_names(&committed_v1()) {
+        fs::copy(committed_v1().join(&n), copy.path().join(&n)).expect("copy");
+    }
+    copy
+}
+
 #[test]
 fn checkpoint_vector_decodes_as_the_spec_says() {
-    let dir = committed();
+    decodes_as_the_spec_says(&committed(), 2);
+}
+
+/// (d) The version 1 checkpoints decode as the spec's version 1 tables say.
+#[test]
+fn version_1_checkpoints_decode_as_the_spec_says() {
+    let copy = copy_with_v1_checkpoints();
+    decodes_as_the_spec_says(copy.path(), 1);
+}
+
+fn decodes_as_the_spec_says(dir: &Path, version: u16) {
     let seg_name = "00000000000000000000.seg";
     let seg = fs::read(dir.join(seg_name)).expect("segment");
-    let mut ckpts: Vec<Ckpt> = golden::file_names(&dir)
+    let mut ckpts: Vec<Ckpt> = golden::file_names(dir)
         .iter()
         .filter(|n| n.ends_with(".ckpt"))
-        .map(|n| decode(n, &fs::read(dir.join(n)).unwrap(), &seg))
+        .map(|n| {
+            let bytes = fs::read(dir.join(n)).unwrap();
+            assert_eq!(u16_at(&bytes, 8), version, "{n}: index_version");
+            decode(n, &bytes, &seg)
+        })
         .collect();
     ckpts.sort_by_key(|c| c.from);
     // Two files: the first session's, and the second and third merged (the
@@ -323,12 +422,27 @@ fn checkpoint_vector_decodes_as_the_spec_says() {
         .iter()
         .flat_map(|c| c.types.iter().filter(|(n, _)| n == "ItemAdded").map(|(_, v)| v.len()))
         .sum();
-    assert_eq!(item_added, 5);
+    // Five records of type ItemAdded in four batches: version 1 lists the
+    // records, version 2 the batches.
+    assert_eq!(item_added, if version == 1 { 5 } else { 4 });
 }
 
 #[test]
 fn checkpoint_vector_reads_back_through_a_writer_and_a_reader() {
-    let copy = golden::copy_dir(&committed());
+    reads_back(golden::copy_dir(&committed()));
+}
+
+/// (d) The version 1 checkpoints are used as they are: read, checked clean,
+/// and trusted by the writer's open.
+#[test]
+fn version_1_checkpoints_read_back_through_a_writer_and_a_reader() {
+    let copy = copy_with_v1_checkpoints();
+    let report = annal::check(copy.path(), annal::CheckOptions::default()).expect("check");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    reads_back(copy);
+}
+
+fn reads_back(copy: tempfile::TempDir) {
     let mut r = Reader::open(copy.path()).expect("reader");
     let view = r.view().expect("view");
     let types: Vec<String> = view
@@ -336,6 +450,19 @@ fn checkpoint_vector_reads_back_through_a_writer_and_a_reader() {
         .map(|e| e.unwrap().event_type().to_owned())
         .collect();
     assert_eq!(types, ["OrderPlaced", "ItemAdded", "ItemAdded"]);
+    let items: Vec<(String, u64)> = view
+        .read_event_type("ItemAdded", 0)
+        .map(|e| e.map(|e| (e.stream().to_owned(), e.stream_version())).unwrap())
+        .collect();
+    let want = [
+        ("order-1", 1),
+        ("order-1", 2),
+        ("cart-7", 1),
+        ("order-3", 1),
+        ("order-3", 2),
+    ];
+    assert_eq!(items, want.map(|(s, v)| (s.to_owned(), v)));
+    assert!(view.index_damage().is_empty(), "{:?}", view.index_damage());
     let log = Log::open(copy.path(), Options::default()).expect("writer");
     assert!(log.recovery().warnings.is_empty(), "{:?}", log.recovery().warnings);
     log.append(

@@ -94,11 +94,16 @@ const BLOCK: usize = 4096;
 const FOOTER_LEN: usize = 32;
 /// Spec 17.1, 18: header lengths; 17.2, 18: row and entry sizes.
 const IDX_HEADER_LEN: usize = 128;
-const IDX_STREAM_ROW_LEN: usize = 56;
-const IDX_STREAM_ENTRY_LEN: usize = 16;
 const IDX_NAMED_ROW_LEN: usize = 32;
-const IDX_NAMED_ENTRY_LEN: usize = 8;
-const IDX_FRAME_ENTRY_LEN: usize = 16;
+/// Spec 17.1: the index layout a writer writes (version 2), and the older
+/// one it still reads (version 1).
+const INDEX_VERSION: u16 = 2;
+
+/// Spec 17.1: `(stream row, stream entry, named entry, frame entry)` sizes of
+/// index version `v`.
+const fn idx_sizes(v: u16) -> (usize, usize, usize, usize) {
+    if v == 1 { (56, 16, 8, 16) } else { (48, 8, 4, 8) }
+}
 const STB_HEADER_LEN: usize = 64;
 const STB_ROW_LEN: usize = 40;
 /// Spec 17.2: "none" values of `prev_segment` and `prev_row`.
@@ -567,13 +572,16 @@ struct NamedRow {
     hash: u64,
     name_offset: u32,
     entry_start: u32,
-    /// Frame offsets (categories) or record offsets (event types).
+    /// Frame offsets (categories, and event types in version 2) or record
+    /// offsets (event types in version 1).
     entries: Vec<u64>,
 }
 
 /// One `.idx` file (spec 17), before encoding.
 #[derive(Debug, Clone)]
 struct IndexModel {
+    /// `index_version`: 1 or 2.
+    version: u16,
     file: String,
     segment_base: u64,
     segment_len: u64,
@@ -622,7 +630,7 @@ fn named_rows(pairs: &[(&str, u64)]) -> Vec<NamedRow> {
 /// Spec 17: the index of every sealed segment of `segments` (in log order),
 /// from their events. `prev_segment`/`prev_row` name the newest earlier
 /// segment holding the stream and the stream's row in that segment's index.
-fn build_indexes(segments: &[ParsedSegment]) -> Vec<IndexModel> {
+fn build_indexes(segments: &[ParsedSegment], version: u16) -> Vec<IndexModel> {
     let mut out: Vec<IndexModel> = Vec::new();
     for seg in segments {
         let Some(seal) = seg.seal else { continue };
@@ -666,7 +674,8 @@ fn build_indexes(segments: &[ParsedSegment]) -> Vec<IndexModel> {
             }
         }
         // Category entries: batches in position order; event type entries:
-        // records in position order.
+        // records in position order (version 1), or the batches holding a
+        // record of the type, each once, in position order (version 2).
         let cat_pairs: Vec<(&str, u64)> = seg
             .frames
             .iter()
@@ -675,7 +684,19 @@ fn build_indexes(segments: &[ParsedSegment]) -> Vec<IndexModel> {
         let type_pairs: Vec<(&str, u64)> = seg
             .frames
             .iter()
-            .flat_map(|f| f.records.iter().map(|r| (r.event_type.as_str(), r.offset)))
+            .flat_map(|f| {
+                let mut seen: Vec<&str> = Vec::new();
+                f.records.iter().filter_map(move |r| {
+                    if version == 1 {
+                        return Some((r.event_type.as_str(), r.offset));
+                    }
+                    if seen.contains(&r.event_type.as_str()) {
+                        return None;
+                    }
+                    seen.push(r.event_type.as_str());
+                    Some((r.event_type.as_str(), f.offset))
+                })
+            })
             .collect();
         let mut categories = named_rows(&cat_pairs);
         let mut types = named_rows(&type_pairs);
@@ -687,6 +708,7 @@ fn build_indexes(segments: &[ParsedSegment]) -> Vec<IndexModel> {
             r.name_offset = names.add(&r.name);
         }
         out.push(IndexModel {
+            version,
             file: format!("{:020}.idx", seg.base_position),
             segment_base: seg.base_position,
             segment_len: seg.length,
@@ -731,13 +753,14 @@ fn idx_layout(m: &IndexModel) -> IdxLayoutJson {
         at += len as u64;
         here
     };
-    let stream_rows = next(m.streams.len() * IDX_STREAM_ROW_LEN);
-    let stream_entries = next(entry_count(&m.streams, |r| r.entries.len()) as usize * IDX_STREAM_ENTRY_LEN);
+    let (row, sentry, nentry, fentry) = idx_sizes(m.version);
+    let stream_rows = next(m.streams.len() * row);
+    let stream_entries = next(entry_count(&m.streams, |r| r.entries.len()) as usize * sentry);
     let category_rows = next(m.categories.len() * IDX_NAMED_ROW_LEN);
-    let category_entries = next(entry_count(&m.categories, |r| r.entries.len()) as usize * IDX_NAMED_ENTRY_LEN);
+    let category_entries = next(entry_count(&m.categories, |r| r.entries.len()) as usize * nentry);
     let type_rows = next(m.types.len() * IDX_NAMED_ROW_LEN);
-    let type_entries = next(entry_count(&m.types, |r| r.entries.len()) as usize * IDX_NAMED_ENTRY_LEN);
-    let frames = next(m.frames.len() * IDX_FRAME_ENTRY_LEN);
+    let type_entries = next(entry_count(&m.types, |r| r.entries.len()) as usize * nentry);
+    let frames = next(m.frames.len() * fentry);
     let name_area = next(m.names.len());
     let name_padding = next(0);
     let block_crc_table = name_padding.next_multiple_of(8);
@@ -757,12 +780,13 @@ fn idx_layout(m: &IndexModel) -> IdxLayoutJson {
     }
 }
 
-/// Spec 17: encode an index file.
+/// Spec 17: encode an index file in its version's layout.
 fn encode_index(m: &IndexModel) -> Vec<u8> {
+    let v1 = m.version == 1;
     // 17.1 header.
     let mut h = vec![0u8; IDX_HEADER_LEN];
     put(&mut h, 0, b"ANNALIDX");
-    put(&mut h, 8, &1u16.to_le_bytes()); // index_version
+    put(&mut h, 8, &m.version.to_le_bytes()); // index_version
     // 10 flags, 12 reserved0: zero
     put(&mut h, 16, &m.segment_base.to_le_bytes());
     put(&mut h, 24, &m.segment_len.to_le_bytes());
@@ -782,27 +806,41 @@ fn encode_index(m: &IndexModel) -> Vec<u8> {
     put(&mut h, 72, &m.seal_crc.to_le_bytes());
     // 76 reserved1 (52 bytes): zero
     let mut body = h;
-    // 17.2 stream rows (56 bytes).
+    // 17.2 stream rows (56 bytes in version 1, 48 in version 2).
     for r in &m.streams {
-        let mut row = [0u8; IDX_STREAM_ROW_LEN];
+        let mut row = vec![0u8; idx_sizes(m.version).0];
         put(&mut row, 0, &r.hash.to_le_bytes());
         put(&mut row, 8, &r.name_offset.to_le_bytes());
         put(&mut row, 12, &(r.name.len() as u16).to_le_bytes());
         // 14 reserved0: zero
         put(&mut row, 16, &r.first_version.to_le_bytes());
-        put(&mut row, 24, &r.last_version.to_le_bytes());
-        put(&mut row, 32, &r.entry_start.to_le_bytes());
-        put(&mut row, 36, &(r.entries.len() as u32).to_le_bytes());
-        put(&mut row, 40, &r.prev_segment.to_le_bytes());
-        put(&mut row, 48, &r.prev_row.to_le_bytes());
-        // 52 reserved1: zero
+        if v1 {
+            put(&mut row, 24, &r.last_version.to_le_bytes());
+            put(&mut row, 32, &r.entry_start.to_le_bytes());
+            put(&mut row, 36, &(r.entries.len() as u32).to_le_bytes());
+            put(&mut row, 40, &r.prev_segment.to_le_bytes());
+            put(&mut row, 48, &r.prev_row.to_le_bytes());
+            // 52 reserved1: zero
+        } else {
+            put(&mut row, 24, &((r.last_version - r.first_version) as u32).to_le_bytes());
+            put(&mut row, 28, &r.entry_start.to_le_bytes());
+            put(&mut row, 32, &(r.entries.len() as u32).to_le_bytes());
+            put(&mut row, 36, &r.prev_row.to_le_bytes());
+            put(&mut row, 40, &r.prev_segment.to_le_bytes());
+        }
         body.extend_from_slice(&row);
     }
-    // Stream entries (16 bytes): first_version, frame_offset.
+    // Stream entries: first_version, frame_offset (16 bytes), or
+    // first_version - the row's first_version, frame_offset (8 bytes).
     for r in &m.streams {
         for &(v, off) in &r.entries {
-            body.extend_from_slice(&v.to_le_bytes());
-            body.extend_from_slice(&off.to_le_bytes());
+            if v1 {
+                body.extend_from_slice(&v.to_le_bytes());
+                body.extend_from_slice(&off.to_le_bytes());
+            } else {
+                body.extend_from_slice(&((v - r.first_version) as u32).to_le_bytes());
+                body.extend_from_slice(&(off as u32).to_le_bytes());
+            }
         }
     }
     // Category rows and entries, then event type rows and entries.
@@ -819,15 +857,25 @@ fn encode_index(m: &IndexModel) -> Vec<u8> {
             body.extend_from_slice(&row);
         }
         for r in rows {
-            for off in &r.entries {
-                body.extend_from_slice(&off.to_le_bytes());
+            for &off in &r.entries {
+                if v1 {
+                    body.extend_from_slice(&off.to_le_bytes());
+                } else {
+                    body.extend_from_slice(&(off as u32).to_le_bytes());
+                }
             }
         }
     }
-    // Frame entries (16 bytes): first_position, frame_offset.
+    // Frame entries: first_position, frame_offset (16 bytes), or
+    // first_position - segment_base, frame_offset (8 bytes).
     for &(p, off) in &m.frames {
-        body.extend_from_slice(&p.to_le_bytes());
-        body.extend_from_slice(&off.to_le_bytes());
+        if v1 {
+            body.extend_from_slice(&p.to_le_bytes());
+            body.extend_from_slice(&off.to_le_bytes());
+        } else {
+            body.extend_from_slice(&((p - m.segment_base) as u32).to_le_bytes());
+            body.extend_from_slice(&(off as u32).to_le_bytes());
+        }
     }
     push_padded(&mut body, &m.names);
     assert_eq!(body.len() as u64, idx_layout(m).block_crc_table);
@@ -943,7 +991,7 @@ fn encode_table(t: &TableModel) -> Vec<u8> {
 /// The derived files of the log whose segments are `segments`:
 /// `(file name, bytes)` per sealed segment's index, then the stream table.
 fn derived_files(segments: &[ParsedSegment]) -> Vec<(String, Vec<u8>)> {
-    let indexes = build_indexes(segments);
+    let indexes = build_indexes(segments, INDEX_VERSION);
     let table = build_table(segments, &indexes);
     let mut files: Vec<(String, Vec<u8>)> = indexes.iter().map(|m| (m.file.clone(), encode_index(m))).collect();
     files.push((STREAM_TABLE_FILE.to_owned(), encode_table(&table)));
@@ -1141,8 +1189,13 @@ struct CategoryRowJson {
 struct TypeRowJson {
     #[serde(flatten)]
     fields: NamedRowJson,
-    /// Event type entries: offsets of the records of the type.
-    record_offsets: Vec<u64>,
+    /// Version 1's event type entries: offsets of the records of the type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    record_offsets: Option<Vec<u64>>,
+    /// Version 2's event type entries: offsets of the frames of the batches
+    /// holding a record of the type, each once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frame_offsets: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1409,7 +1462,7 @@ fn index_json(m: &IndexModel, bytes: &[u8]) -> IndexJson {
         length: bytes.len() as u64,
         header: IdxHeaderJson {
             magic: "ANNALIDX".to_owned(),
-            index_version: 1,
+            index_version: m.version,
             flags: 0,
             segment_base: m.segment_base,
             segment_len: m.segment_len,
@@ -1457,7 +1510,11 @@ fn index_json(m: &IndexModel, bytes: &[u8]) -> IndexJson {
             .collect(),
         type_rows: named(&m.types)
             .into_iter()
-            .map(|(fields, record_offsets)| TypeRowJson { fields, record_offsets })
+            .map(|(fields, offsets)| TypeRowJson {
+                fields,
+                record_offsets: (m.version == 1).then(|| offsets.clone()),
+                frame_offsets: (m.version != 1).then_some(offsets),
+            })
             .collect(),
         frames: m
             .frames
@@ -1661,7 +1718,7 @@ fn build_vector(fmt: Format) -> Vector {
         .map(|(base, bytes)| (format!("{base:020}.seg"), bytes.clone()))
         .collect();
     let parsed = parse_all(&seg_files);
-    let indexes = build_indexes(&parsed);
+    let indexes = build_indexes(&parsed, INDEX_VERSION);
     let table = build_table(&parsed, &indexes);
     let idx_bytes: Vec<Vec<u8>> = indexes.iter().map(encode_index).collect();
     let table_bytes = encode_table(&table);
@@ -1705,7 +1762,9 @@ fn build_vector(fmt: Format) -> Vector {
              bytes after the name area; block_crc_table: table_offset of spec 16; footer: the 32-byte footer). \
              footer: the footer's fields and the block CRC table (one CRC per 4096-byte block of [0, \
              table_offset)). Each row lists its own entries (stream entries, frame_offsets of category entries, \
-             record_offsets of event type entries).",
+             frame_offsets of event type entries: index version 2, spec 17.2, lists each batch holding a \
+             record of the type once). Stream and frame entries are shown decoded: absolute first_version, \
+             first_position and frame_offset, whatever the layout stores.",
         "reads: calls on a view of the log (annal::Reader or annal::Log) and the positions of the records \
              they return, in order; the records are those listed under segments.",
         "The directory holds no annal.lock (a writer creates it when it opens the log).",
@@ -2056,14 +2115,23 @@ fn indexed_json_layout_is_consistent() {
             assert_eq!(h.segment_base, seg.base_position);
             assert_eq!(h.segment_len, seg.length);
             assert_eq!(Some(&h.seal_crc), seg.seal.as_ref().map(|s| &s.header_crc));
+            assert_eq!(h.index_version, INDEX_VERSION);
+            let (row, sentry, nentry, fentry) = idx_sizes(h.index_version);
+            let (row, sentry, nentry, fentry) = (row as u64, sentry as u64, nentry as u64, fentry as u64);
             assert_eq!(l.stream_rows, 128);
-            assert_eq!(l.stream_entries, l.stream_rows + 56 * u64::from(h.stream_count));
-            assert_eq!(l.category_rows, l.stream_entries + 16 * u64::from(h.stream_entry_count));
+            assert_eq!(l.stream_entries, l.stream_rows + row * u64::from(h.stream_count));
+            assert_eq!(
+                l.category_rows,
+                l.stream_entries + sentry * u64::from(h.stream_entry_count)
+            );
             assert_eq!(l.category_entries, l.category_rows + 32 * u64::from(h.category_count));
-            assert_eq!(l.type_rows, l.category_entries + 8 * u64::from(h.category_entry_count));
+            assert_eq!(
+                l.type_rows,
+                l.category_entries + nentry * u64::from(h.category_entry_count)
+            );
             assert_eq!(l.type_entries, l.type_rows + 32 * u64::from(h.type_count));
-            assert_eq!(l.frames, l.type_entries + 8 * u64::from(h.type_entry_count));
-            assert_eq!(l.name_area, l.frames + 16 * u64::from(h.frame_count));
+            assert_eq!(l.frames, l.type_entries + nentry * u64::from(h.type_entry_count));
+            assert_eq!(l.name_area, l.frames + fentry * u64::from(h.frame_count));
             assert_eq!(l.name_padding, l.name_area + u64::from(h.names_len));
             assert_eq!(l.block_crc_table, l.name_padding.next_multiple_of(8));
             assert_eq!(ix.footer.table_offset, l.block_crc_table);
@@ -2322,6 +2390,52 @@ fn json_crcs_are_the_crcs_of_the_committed_bytes() {
         for s in j["head"]["slots"].as_array().expect("slots") {
             let at = s["file_offset"].as_u64().expect("file_offset") as usize;
             assert_eq!(hex_crc(&s["crc"]), crc(&head[at + 8..at + 64]), "head slot at {at}");
+        }
+    }
+}
+
+/// Index version 1 (spec 17.1) is still read. `spec/vectors/index-v1/` holds
+/// the version 1 index files of the indexed vectors as committed before
+/// version 2: they are what the spec's version 1 tables give for the
+/// committed segments, and, put in place of the version 2 files, a reader
+/// and a writer return exactly the JSON's reads through them (no damage,
+/// nothing rebuilt or rewritten) and `annal::check` finds nothing.
+#[test]
+fn version_1_index_files_are_still_read() {
+    for fmt in [Format::V1, Format::V2] {
+        let old = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("spec/vectors/index-v1")
+            .join(format!("seg-v{}", fmt.version));
+        let parsed = parse_all(&committed_segments(&fmt));
+        let v1 = build_indexes(&parsed, 1);
+        assert_eq!(v1.len(), 2);
+        let tmp = copy_vector(&fmt);
+        for m in &v1 {
+            let bytes = fs::read(old.join(&m.file)).expect("read version 1 index");
+            assert_bytes_eq(&format!("index-v1/{}", m.file), &bytes, &encode_index(m));
+            assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 1);
+            fs::write(tmp.path().join(&m.file), &bytes).expect("put version 1 index");
+        }
+        let j = load_indexed_json(&fmt);
+        {
+            let mut reader = Reader::open(tmp.path()).expect("open reader");
+            let view = reader.view().expect("reader view");
+            check_reads("reader of version 1 indexes", &view, &j);
+        }
+        let report = annal::check(tmp.path(), annal::CheckOptions::default()).expect("check");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let log = Log::open(tmp.path(), Options::default().segment_size(SEGMENT_SIZE)).expect("open");
+        assert_eq!(log.recovery(), &annal::Recovery::default(), "nothing rebuilt");
+        let view = log.view().expect("view");
+        check_reads("writer over version 1 indexes", &view, &j);
+        drop(view);
+        log.close().expect("close");
+        for m in &v1 {
+            assert_bytes_eq(
+                &format!("{} after open and close", m.file),
+                &fs::read(tmp.path().join(&m.file)).expect("read"),
+                &fs::read(old.join(&m.file)).expect("read"),
+            );
         }
     }
 }

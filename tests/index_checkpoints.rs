@@ -246,16 +246,18 @@ fn crash_after_checkpoint_recovers_from_it() {
 
 /// Swap the `frame_offset` of the first stream entries of stream rows 0 and
 /// 1 (both streams start at version 0 here), then recompute the block,
-/// table and footer CRCs (spec 16).
+/// table and footer CRCs (spec 16). Index version 2 (spec 17.2): 48-byte
+/// rows with `entry_start` at 28, 8-byte entries with `frame_offset` at 4.
 fn swap_first_entries(idx: &[u8]) -> Vec<u8> {
     const HEADER: usize = 128;
-    const ROW: usize = 56;
+    const ROW: usize = 48;
+    assert_eq!(u16::from_le_bytes([idx[8], idx[9]]), 2, "index_version");
     let mut f = idx.to_vec();
     let streams = common::u32_at(&f, 40) as usize;
     let entries_at = HEADER + streams * ROW;
-    let entry = |row: usize| entries_at + common::u32_at(idx, HEADER + row * ROW + 32) as usize * 16 + 8;
+    let entry = |row: usize| entries_at + common::u32_at(idx, HEADER + row * ROW + 28) as usize * 8 + 4;
     let (a, b) = (entry(0), entry(1));
-    for j in 0..8 {
+    for j in 0..4 {
         f.swap(a + j, b + j);
     }
     annal::fuzzing::fix_blockfile(&mut f);

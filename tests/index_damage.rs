@@ -94,18 +94,23 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Byte offsets worth flipping in an index file, from its layout (spec 17).
+/// Byte offsets worth flipping in an index file, from its layout (spec 17,
+/// either version).
 fn idx_offsets(b: &[u8]) -> Vec<(String, u64)> {
     let len = b.len() as u64;
     let counts: Vec<u64> = (0..8).map(|i| u32_at(b, 40 + 4 * i)).collect();
+    // (stream row, stream entry, named entry, frame entry) sizes, and the
+    // stream row's prev_row offset.
+    let v1 = u16::from_le_bytes([b[8], b[9]]) == 1;
+    let (row, sentry, nentry, fentry, prev_row) = if v1 { (56, 16, 8, 16, 48) } else { (48, 8, 4, 8, 36) };
     let sizes = [
-        counts[0] * 56,
-        counts[1] * 16,
+        counts[0] * row,
+        counts[1] * sentry,
         counts[2] * 32,
-        counts[3] * 8,
+        counts[3] * nentry,
         counts[4] * 32,
-        counts[5] * 8,
-        counts[6] * 16,
+        counts[5] * nentry,
+        counts[6] * fentry,
         counts[7],
     ];
     let mut at = [0u64; 8];
@@ -140,21 +145,22 @@ fn idx_offsets(b: &[u8]) -> Vec<(String, u64)> {
         ("hash", 0),
         ("name_offset", 8),
         ("first_version", 16),
-        ("entry_count", 36),
+        ("entry_count", if v1 { 36 } else { 32 }),
         ("prev_segment", 40),
-        ("prev_row", 48),
+        ("prev_row", prev_row),
     ] {
         add(&format!("stream_row[0].{f}"), at[0] + o);
     }
-    add("stream_row[last].prev_segment", last(0, 56) + 40);
+    add("stream_row[last].prev_segment", last(0, row) + 40);
     add("stream_entry[0].first_version", at[1]);
-    add("stream_entry[last].frame_offset", last(1, 16) + 8);
+    add("stream_entry[last].frame_offset", last(1, sentry) + sentry / 2);
     add("category_row[0].hash", at[2]);
-    add("category_entry[last]", last(3, 8));
+    add("category_entry[last]", last(3, nentry));
     add("type_row[last].entry_start", last(4, 32) + 16);
     add("type_entry[0]", at[5]);
+    add("type_entry[last]", last(5, nentry));
     add("frame[0].first_position", at[6]);
-    add("frame[last].frame_offset", last(6, 16) + 8);
+    add("frame[last].frame_offset", last(6, fentry) + fentry / 2);
     add("names[0]", at[7]);
     add("names[last]", names_end - 1);
     if names_end < table_offset {

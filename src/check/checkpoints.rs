@@ -15,7 +15,7 @@ use super::files::{Opened, hash_mask_of, open_checked, read_prefix, u64_at};
 use super::outcome::SegCtx;
 use super::report::{Finding, damage_finding, finding};
 use crate::error::Result;
-use crate::format::{IDX_HASH_MASK_OFFSET, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN};
+use crate::format::{IDX_HASH_MASK_OFFSET, IDX_HEADER_LEN, idx_lens};
 use crate::index::MemIndex;
 use crate::index::checkpoint;
 
@@ -73,11 +73,16 @@ pub(super) fn check_checkpoints(
         // the damaged byte).
         let prefix = read_prefix(&file.0, &c.path, IDX_HEADER_LEN as u64)?;
         let mask = u64_at(&prefix, IDX_HASH_MASK_OFFSET).unwrap_or(mask);
-        let expected = mem
-            .range(c.from, c.to)
-            .encode_checkpoint(base, (c.from, c.to), last_frame, crc, mask);
+        // In the file's own layout version (one that opened is 1 or 2), or
+        // the writer's if the range does not fit version 2.
+        let range = mem.range(c.from, c.to);
+        let version = opened.version();
+        let expected = range
+            .encode_checkpoint_version(version, base, (c.from, c.to), last_frame, crc, mask, bytes)
+            .unwrap_or_else(|| range.encode_checkpoint(base, (c.from, c.to), last_frame, crc, mask, bytes));
         let found = read_prefix(&file.0, &c.path, expected.len() as u64 + 1)?;
-        if let Some(f) = compare_derived(&c.path, &expected, &found, file.1, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN) {
+        let row_len = idx_lens(version).stream_row;
+        if let Some(f) = compare_derived(&c.path, &expected, &found, file.1, IDX_HEADER_LEN, row_len) {
             problems.push(checkpoint_damage(&c.path, &f));
             break;
         }

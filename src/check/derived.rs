@@ -12,7 +12,9 @@ use std::path::Path;
 use super::files::u64_at;
 use super::report::{Finding, finding};
 use crate::error::Damage;
-use crate::format::{IDX_HEADER_LEN, IDX_STREAM_ROW_LEN};
+use std::mem::offset_of;
+
+use crate::format::{IDX_HEADER_LEN, IdxHeader, idx_lens};
 use crate::index::streamtable::{self, TableEntry};
 use crate::index::{NO_SEGMENT, Prev};
 
@@ -37,16 +39,24 @@ pub(super) fn prev_text(p: Prev) -> String {
 
 /// The first byte at which an index file differs from the one rebuilt from
 /// its segment, leaving out the back pointers of its `stream_rows` stream
-/// rows (`prev_segment`, `prev_row`: bytes `[40, 52)` of a row), which the
-/// segment alone cannot tell. Also used for the stream table with no rows to
-/// leave out.
+/// rows (`prev_segment`, `prev_row`: bytes `[40, 52)` of a version 1 row,
+/// `[36, 48)` of a version 2 row, the version being the rebuilt file's),
+/// which the segment alone cannot tell. Also used for the stream table with
+/// no rows to leave out.
 ///
 /// Only the checked region is compared (spec 16): the block CRC table and
 /// the footer depend on the back pointers too, and their own checks name the
 /// field that fails.
 pub(super) fn first_difference(expected: &[u8], found: &[u8], stream_rows: usize) -> Option<usize> {
-    let rows = IDX_HEADER_LEN..IDX_HEADER_LEN + stream_rows * IDX_STREAM_ROW_LEN;
-    let back_pointer = |i: usize| rows.contains(&i) && (40..52).contains(&((i - IDX_HEADER_LEN) % IDX_STREAM_ROW_LEN));
+    let version = expected
+        .get(offset_of!(IdxHeader, index_version)..)
+        .and_then(|b| b.get(..2))
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+    let lens = idx_lens(version);
+    let rows = IDX_HEADER_LEN..IDX_HEADER_LEN + stream_rows * lens.stream_row;
+    let (bp_from, bp_to) = lens.back_pointer;
+    let back_pointer =
+        |i: usize| rows.contains(&i) && (bp_from..bp_to).contains(&((i - IDX_HEADER_LEN) % lens.stream_row));
     let checked = expected
         .len()
         .checked_sub(crate::format::blockfile::FOOTER_LEN)

@@ -19,7 +19,7 @@ use super::outcome::{IdxState, SegCtx, SegOut};
 use super::report::{damage_finding, finding};
 use crate::error::{Damage, Result};
 use crate::format::names::index_file_name;
-use crate::format::{IDX_HEADER_LEN, IDX_STREAM_ROW_LEN};
+use crate::format::{IDX_HEADER_LEN, INDEX_VERSION_1, INDEX_VERSION_2, idx_lens};
 use crate::index::{self, IdxFile, MemIndex, NO_ROW, Prev};
 
 /// The index of a sealed segment, and what it is compared with.
@@ -73,6 +73,7 @@ pub(super) fn check_index(
             idx.seal_crc,
             hash_mask_of(ctx.dir),
             &mut |_| Prev::NONE,
+            bytes,
         );
         out.rows = rows;
     }
@@ -81,6 +82,32 @@ pub(super) fn check_index(
 }
 
 impl SealedIdx<'_> {
+    /// The index rebuilt from the segment in layout `version` (the file's:
+    /// `check` compares like with like, so a version 1 file written by an
+    /// earlier writer is not a difference), or in the layout a writer
+    /// chooses if `version` is neither 1 nor 2 or the segment does not fit
+    /// version 2.
+    fn rebuilt(
+        &self,
+        version: Option<u16>,
+        mask: u64,
+        resolve: &mut dyn FnMut(&str) -> Prev,
+    ) -> (Vec<u8>, Vec<index::StreamRowSummary>) {
+        let len = self.bytes.len() as u64;
+        let own = version
+            .filter(|v| matches!(*v, INDEX_VERSION_1 | INDEX_VERSION_2))
+            .and_then(|v| {
+                self.mem
+                    .encode_version(v, self.base, len, self.seal_crc, mask, resolve, self.bytes)
+            });
+        match own {
+            Some(e) => e,
+            None => self
+                .mem
+                .encode(self.base, len, self.seal_crc, mask, resolve, self.bytes),
+        }
+    }
+
     /// No index file.
     fn missing(&self, is_last: bool, out: &mut SegOut) {
         out.idx = IdxState::Missing;
@@ -111,13 +138,9 @@ impl SealedIdx<'_> {
             // Name the first byte that differs from the index
             // rebuilt from the segment (spec 16), with the log's
             // hash mask (the file's own may be the damaged byte).
-            let (expected, rows) = self.mem.encode(
-                self.base,
-                self.bytes.len() as u64,
-                self.seal_crc,
-                hash_mask_of(self.ctx.dir),
-                &mut |_| Prev::NONE,
-            );
+            let head = read_prefix(file, &self.path, IDX_HEADER_LEN as u64)?;
+            let version = index_version_of(&head);
+            let (expected, rows) = self.rebuilt(version, hash_mask_of(self.ctx.dir), &mut |_| Prev::NONE);
             let found = read_prefix(file, &self.path, expected.len() as u64 + 1)?;
             if let Some(at) = first_difference(&expected, &found, rows.len()) {
                 f = exact_finding(&self.path, d, at, &expected, &found);
@@ -147,11 +170,9 @@ impl SealedIdx<'_> {
                 }
             }
         }
-        let (expected, rows) = self
-            .mem
-            .encode(self.base, self.bytes.len() as u64, self.seal_crc, mask, &mut |n| {
-                prevs.get(n).copied().unwrap_or(Prev::NONE)
-            });
+        let (expected, rows) = self.rebuilt(Some(file.version()), mask, &mut |n| {
+            prevs.get(n).copied().unwrap_or(Prev::NONE)
+        });
         // No more than the rebuilt index and one byte: enough to tell
         // any difference, bounded by what the segment says.
         let found = read_prefix(f, path, expected.len() as u64 + 1)?;
@@ -175,7 +196,14 @@ impl SealedIdx<'_> {
                     Some(at) => exact_finding(path, &d, at, &expected, &found),
                     None => damage_finding(path, &d),
                 });
-        } else if let Some(f) = compare_derived(path, &expected, &found, idx_len, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN) {
+        } else if let Some(f) = compare_derived(
+            path,
+            &expected,
+            &found,
+            idx_len,
+            IDX_HEADER_LEN,
+            idx_lens(file.version()).stream_row,
+        ) {
             out.idx = IdxState::Damaged;
             out.problems.push(f);
         } else {
@@ -188,4 +216,10 @@ impl SealedIdx<'_> {
         out.rows = rows;
         Ok(())
     }
+}
+
+/// The `index_version` of an index file's first bytes, if it has them.
+pub(super) fn index_version_of(head: &[u8]) -> Option<u16> {
+    let at = std::mem::offset_of!(crate::format::IdxHeader, index_version);
+    head.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]))
 }

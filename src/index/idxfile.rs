@@ -3,6 +3,13 @@
 //! `Vec` in fuzzers and tests), [`IdxFile::open_for`] over a mapping of the
 //! file. Every block is checked on first use ([`BlockFile`]).
 //!
+//! Both layouts are read (spec 17.1): version 2 (32-bit offsets and deltas,
+//! event type entries pointing at batches) and version 1 (64-bit fields,
+//! event type entries pointing at records). Accessors answer in one form
+//! whatever the version: absolute versions, positions and offsets, and for
+//! an event type the offset of a batch (a version 1 record offset becomes
+//! the offset of the batch holding it, found among the frame entries).
+//!
 //! Invariants of an opened file: its header matches the segment (base, length,
 //! seal CRC); its sections, sized by the header's counts, fill the checked
 //! region exactly; rows are checked when read (entries in range, versions
@@ -16,11 +23,12 @@ use zerocopy::FromBytes;
 use crate::error::Damage;
 use crate::format::hash::stream_hash;
 use crate::format::{
-    ALIGN, FRAME_HEADER_LEN, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, IDX_STREAM_ROW_LEN,
-    INDEX_VERSION, IdxHeader, IdxNamedRow, IdxStreamRow, SEGMENT_HEADER_LEN,
+    ALIGN, FRAME_HEADER_LEN, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN,
+    INDEX_VERSION_1, INDEX_VERSION_2, IdxHeader, IdxLens, IdxNamedRow, IdxStreamRow, IdxStreamRowV2,
+    SEGMENT_HEADER_LEN, idx_lens,
 };
 use crate::index::blockfile::BlockFile;
-use crate::index::{FRAME_ENTRY_LEN, NAMED_ENTRY_LEN, Named, Prev, STREAM_ENTRY_LEN, StreamInfo};
+use crate::index::{Named, Prev, StreamInfo};
 use crate::storage::mmap::Mapping;
 
 /// A `.idx` file (spec 17) over its bytes `B` (a [`Mapping`] of the file
@@ -29,6 +37,8 @@ use crate::storage::mmap::Mapping;
 pub(crate) struct IdxFile<B: AsRef<[u8]> = Mapping> {
     bf: BlockFile<B>,
     h: IdxHeader,
+    /// Row and entry sizes of the file's `index_version`.
+    lens: IdxLens,
     streams_at: usize,
     stream_entries_at: usize,
     cats_at: usize,
@@ -162,14 +172,15 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
 
     /// The sections' places from a checked header.
     fn layout(bf: BlockFile<B>, h: IdxHeader) -> Result<IdxFile<B>, Damage> {
+        let lens = idx_lens(h.index_version.get());
         let sizes = [
-            h.stream_count.get() as usize * IDX_STREAM_ROW_LEN,
-            h.stream_entry_count.get() as usize * STREAM_ENTRY_LEN,
+            h.stream_count.get() as usize * lens.stream_row,
+            h.stream_entry_count.get() as usize * lens.stream_entry,
             h.category_count.get() as usize * IDX_NAMED_ROW_LEN,
-            h.category_entry_count.get() as usize * NAMED_ENTRY_LEN,
+            h.category_entry_count.get() as usize * lens.named_entry,
             h.type_count.get() as usize * IDX_NAMED_ROW_LEN,
-            h.type_entry_count.get() as usize * NAMED_ENTRY_LEN,
-            h.frame_count.get() as usize * FRAME_ENTRY_LEN,
+            h.type_entry_count.get() as usize * lens.named_entry,
+            h.frame_count.get() as usize * lens.frame_entry,
             h.names_len.get() as usize,
         ];
         let mut at = [0usize; 8];
@@ -189,6 +200,7 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         }
         Ok(IdxFile {
             h,
+            lens,
             streams_at: at[0],
             stream_entries_at: at[1],
             cats_at: at[2],
@@ -205,6 +217,21 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         self.h.hash_mask.get()
     }
 
+    /// The file's `index_version` (1 or 2).
+    pub(crate) fn version(&self) -> u16 {
+        self.h.index_version.get()
+    }
+
+    fn is_v1(&self) -> bool {
+        self.version() == INDEX_VERSION_1
+    }
+
+    /// The `u32` at `off` of the checked region.
+    fn u32(&self, off: usize) -> Result<u32, Damage> {
+        let b = self.bf.get(off, size_of::<u32>())?;
+        Ok(u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+    }
+
     fn name(&self, off: u32, len: u16) -> Result<&[u8], Damage> {
         let (off, len) = (off as usize, len as usize);
         if off + len > self.h.names_len.get() as usize {
@@ -216,10 +243,34 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         self.bf.get(self.names_at + off, len)
     }
 
+    /// Stream row `i` in version 1's form (a version 2 row's
+    /// `last_version` computed from its delta).
     fn stream_row(&self, i: u32) -> Result<IdxStreamRow, Damage> {
-        let at = self.streams_at + i as usize * IDX_STREAM_ROW_LEN;
-        let r = IdxStreamRow::read_from_bytes(self.bf.get(at, IDX_STREAM_ROW_LEN)?)
-            .map_err(|_| Damage::corrupt(at as u64, "short stream row"))?;
+        let at = self.streams_at + i as usize * self.lens.stream_row;
+        let bytes = self.bf.get(at, self.lens.stream_row)?;
+        let r = if self.is_v1() {
+            IdxStreamRow::read_from_bytes(bytes).map_err(|_| Damage::corrupt(at as u64, "short stream row"))?
+        } else {
+            let r =
+                IdxStreamRowV2::read_from_bytes(bytes).map_err(|_| Damage::corrupt(at as u64, "short stream row"))?;
+            let last = r.first_version.get().checked_add(u64::from(r.last_delta.get()));
+            let Some(last) = last else {
+                return Err(Damage::corrupt(at as u64, "stream row's versions are out of range"));
+            };
+            IdxStreamRow {
+                hash: r.hash,
+                name_offset: r.name_offset,
+                name_len: r.name_len,
+                reserved0: r.reserved0,
+                first_version: r.first_version,
+                last_version: last.into(),
+                entry_start: r.entry_start,
+                entry_count: r.entry_count,
+                prev_segment: r.prev_segment,
+                prev_row: r.prev_row,
+                reserved1: 0.into(),
+            }
+        };
         let end = r.entry_start.get() as u64 + r.entry_count.get() as u64;
         if end > self.h.stream_entry_count.get() as u64
             || r.entry_count.get() == 0
@@ -298,10 +349,17 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         Ok(Some(self.info(row, &r)))
     }
 
-    /// Entry `i` of a stream: `(first_version, frame_offset)`.
+    /// Entry `i` of a stream: `(first_version, frame_offset)` (version 2:
+    /// the row's `first_version` plus the entry's delta).
     pub(crate) fn stream_entry(&self, s: &StreamInfo, i: u32) -> Result<(u64, u64), Damage> {
-        let at = self.stream_entries_at + (s.entry_start as usize + i as usize) * STREAM_ENTRY_LEN;
-        Ok((self.bf.u64(at)?, self.bf.u64(at + size_of::<u64>())?))
+        let at = self.stream_entries_at + (s.entry_start as usize + i as usize) * self.lens.stream_entry;
+        if self.is_v1() {
+            return Ok((self.bf.u64(at)?, self.bf.u64(at + size_of::<u64>())?));
+        }
+        let delta = self.u32(at)?;
+        let off = self.u32(at + size_of::<u32>())?;
+        // Saturating: a wrong version is caught by the check of the batch.
+        Ok((s.first_version.saturating_add(u64::from(delta)), u64::from(off)))
     }
 
     fn named_row(&self, kind: Named, i: u32) -> Result<IdxNamedRow, Damage> {
@@ -342,13 +400,43 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         }
     }
 
-    /// Entry `i` (absolute) of a named section: a frame or record offset.
+    /// Entry `i` (absolute) of a named section: the offset of a batch. A
+    /// version 1 event type entry (a record's offset) answers the offset of
+    /// the batch holding the record: the last frame entry at or before it
+    /// (consecutive records of one batch then give the same batch, which
+    /// readers take once).
     pub(crate) fn named_entry(&self, kind: Named, i: u32) -> Result<u64, Damage> {
         let base = match kind {
             Named::Category => self.cat_entries_at,
             Named::Type => self.type_entries_at,
         };
-        self.bf.u64(base + i as usize * NAMED_ENTRY_LEN)
+        let at = base + i as usize * self.lens.named_entry;
+        if !self.is_v1() {
+            return self.u32(at).map(u64::from);
+        }
+        let off = self.bf.u64(at)?;
+        match kind {
+            Named::Category => Ok(off),
+            Named::Type => self.batch_holding(off),
+        }
+    }
+
+    /// The offset of the last batch (frame entry) starting at or before
+    /// `off`, or `off` itself if none does (the hit then fails its check).
+    fn batch_holding(&self, off: u64) -> Result<u64, Damage> {
+        let (mut lo, mut hi) = (0u32, self.frame_count());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.frame(mid)?.1 <= off {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        match lo.checked_sub(1) {
+            Some(f) => Ok(self.frame(f)?.1),
+            None => Ok(off),
+        }
     }
 
     /// Number of batches.
@@ -356,10 +444,19 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         self.h.frame_count.get()
     }
 
-    /// Batch `i`: `(first_position, frame_offset)`.
+    /// Batch `i`: `(first_position, frame_offset)` (version 2: the
+    /// segment's base plus the entry's delta).
     pub(crate) fn frame(&self, i: u32) -> Result<(u64, u64), Damage> {
-        let at = self.frames_at + i as usize * FRAME_ENTRY_LEN;
-        Ok((self.bf.u64(at)?, self.bf.u64(at + size_of::<u64>())?))
+        let at = self.frames_at + i as usize * self.lens.frame_entry;
+        if self.is_v1() {
+            return Ok((self.bf.u64(at)?, self.bf.u64(at + size_of::<u64>())?));
+        }
+        let delta = self.u32(at)?;
+        let off = self.u32(at + size_of::<u32>())?;
+        Ok((
+            self.h.segment_base.get().saturating_add(u64::from(delta)),
+            u64::from(off),
+        ))
     }
 
     /// Every category or event type row: `(name, entry_start, entry_count)`.
@@ -397,10 +494,10 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
 fn header<B: AsRef<[u8]>>(bf: &BlockFile<B>) -> Result<IdxHeader, Damage> {
     let h = IdxHeader::read_from_bytes(bf.get(0, IDX_HEADER_LEN)?)
         .map_err(|_| Damage::corrupt(0, "index header is too short"))?;
-    if h.magic != IDX_MAGIC || h.index_version.get() != INDEX_VERSION {
+    if h.magic != IDX_MAGIC || !matches!(h.index_version.get(), INDEX_VERSION_1 | INDEX_VERSION_2) {
         return Err(Damage::corrupt(
             0,
-            format!("expected index magic and version {INDEX_VERSION}"),
+            format!("expected index magic and version {INDEX_VERSION_1} or {INDEX_VERSION_2}"),
         ));
     }
     Ok(h)
@@ -424,7 +521,8 @@ mod tests {
         let mut m = MemIndex::default();
         m.add_batch(128, 0, "order-1", 0, 2, [(200, "Placed"), (280, "Paid")].into_iter());
         m.add_batch(400, 2, "user-7", 0, 1, [(472, "Placed")].into_iter());
-        let (bytes, rows) = m.encode(0, 4096, 0xdead_beef, u64::MAX, &mut |_| Prev::NONE);
+        let (bytes, rows) = m.encode(0, 4096, 0xdead_beef, u64::MAX, &mut |_| Prev::NONE, &[]);
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), crate::format::INDEX_VERSION_2);
         assert_eq!(rows.len(), 2);
         let f = IdxFile::from_bytes_with(bytes.clone(), 0, 4096, 0xdead_beef).unwrap();
         let s = f.find_stream("order-1").unwrap().unwrap();
@@ -432,7 +530,8 @@ mod tests {
         assert_eq!(f.stream_entry(&s, 0).unwrap(), (0, 128));
         let (start, n) = f.find_named(Named::Type, "Placed").unwrap().unwrap();
         assert_eq!(n, 2);
-        assert_eq!(f.named_entry(Named::Type, start + 1).unwrap(), 472);
+        // Event type entries name batches.
+        assert_eq!(f.named_entry(Named::Type, start + 1).unwrap(), 400);
         assert_eq!(f.find_named(Named::Category, "order").unwrap().map(|c| c.1), Some(1));
         assert_eq!((f.frame_count(), f.frame(1).unwrap()), (2, (2, 400)));
         assert!(f.find_stream("nope").unwrap().is_none());

@@ -21,14 +21,17 @@ use crate::index::{IdxFile, Named};
 ///
 /// Built cheaply, batch by batch: one hash lookup per batch (its stream; the
 /// stream remembers its category's slot), and per record only a comparison of
-/// its event type with the previous record's and a push of its offset.
+/// its event type with the previous record's and, for the first record of
+/// its type in the batch, a push of the batch's offset.
 #[derive(Debug, Default)]
 pub(crate) struct MemIndex {
     /// Each stream with events in the segment.
     pub streams: HashMap<Box<str>, MemStream>,
     /// Frame offsets per category, in position order.
     pub categories: NamedLists,
-    /// Record offsets per event type, in position order.
+    /// Per event type, the frame offset of every batch holding a record of
+    /// the type, once per batch, in position order (spec 17.2, version 2;
+    /// a version 1 file's record offsets become their batches' on reading).
     pub types: NamedLists,
     /// `(first_position, frame_offset)` per batch.
     pub frames: Vec<(u64, u64)>,
@@ -96,6 +99,17 @@ impl NamedLists {
             v.push(offset);
         }
     }
+
+    /// Push `offset` unless the list already ends with it (a batch is listed
+    /// once per event type).
+    #[inline]
+    fn push_once(&mut self, slot: usize, offset: u64) {
+        if let Some((_, v)) = self.lists.get_mut(slot)
+            && v.last() != Some(&offset)
+        {
+            v.push(offset);
+        }
+    }
 }
 
 /// Builds a [`MemIndex`] from the records of a single-pass walk
@@ -157,7 +171,7 @@ impl<'a> IndexBuilder<'a> {
 
 impl<'a> RecordSink<'a> for IndexBuilder<'a> {
     #[inline]
-    fn record(&mut self, frame_offset: u64, record_offset: u64, rec: &RecordRef<'a>) {
+    fn record(&mut self, frame_offset: u64, _record_offset: u64, rec: &RecordRef<'a>) {
         if self.count == 0 || frame_offset != self.frame_offset {
             self.start_batch(frame_offset, rec);
         }
@@ -166,8 +180,10 @@ impl<'a> RecordSink<'a> for IndexBuilder<'a> {
         if self.touched.last().is_none_or(|t| t.0 != slot) && !self.touched.iter().any(|t| t.0 == slot) {
             self.touched.push((slot, types.get(slot).map_or(0, |(_, v)| v.len())));
         }
-        if let Some((_, v)) = types.get_mut(slot) {
-            v.push(record_offset);
+        if let Some((_, v)) = types.get_mut(slot)
+            && v.last() != Some(&frame_offset)
+        {
+            v.push(frame_offset);
         }
         self.count += 1;
     }
@@ -211,7 +227,8 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
 
 impl MemIndex {
     /// Record a batch: its frame offset, first position, stream, first
-    /// version, event count, and `(record offset, event type)` per record.
+    /// version, event count, and `(record offset, event type)` per record
+    /// (the batch is listed once under each of its event types).
     pub(crate) fn add_batch<'t>(
         &mut self,
         frame_offset: u64,
@@ -241,9 +258,9 @@ impl MemIndex {
         count: u64,
         records: impl Iterator<Item = (u64, &'t [u8])>,
     ) {
-        for (off, ty) in records {
+        for (_, ty) in records {
             let slot = self.type_slot(ty);
-            self.types.push(slot, off);
+            self.types.push_once(slot, frame_offset);
         }
         self.add_batch_head(frame_offset, first_position, stream, first_version, count);
     }
@@ -273,7 +290,7 @@ impl MemIndex {
     }
 
     /// A batch's stream, category and frame entries (its event type entries
-    /// are added per record).
+    /// are added per record, once per type).
     fn add_batch_head(&mut self, frame_offset: u64, first_position: u64, stream: &str, first_version: u64, count: u64) {
         let last_version = first_version.saturating_add(count.saturating_sub(1));
         let category = match self.streams.get_mut(stream) {
@@ -328,8 +345,9 @@ impl MemIndex {
             for (name, start, count) in f.named_rows(kind)? {
                 let slot = lists.slot(&name);
                 for i in 0..count {
+                    // A version 1 file lists records: their batches, once.
                     let off = f.named_entry(kind, start.saturating_add(i))?;
-                    lists.push(slot, off);
+                    lists.push_once(slot, off);
                 }
             }
         }
@@ -469,7 +487,7 @@ mod tests {
 
     /// The index file encoding of `m`, to compare two indexes.
     fn encoded(m: &MemIndex) -> Vec<u8> {
-        m.encode(0, 0, 0, u64::MAX, &mut |_| Prev::NONE).0
+        m.encode(0, 0, 0, u64::MAX, &mut |_| Prev::NONE, &[]).0
     }
 
     /// A segment whose last batch has a bad third record: the single-pass
@@ -509,7 +527,9 @@ mod tests {
         // The same as the index of the complete batches alone.
         let complete = MemIndex::rebuild(&bytes[..walk.end as usize]).unwrap();
         assert_eq!(encoded(&built), encoded(&complete));
+        // "B" is in the first two batches (twice in none): one entry each.
         assert_eq!(built.types.get("B").map(Vec::len), Some(2));
+        assert_eq!(whole.types.get("A").map(Vec::len), Some(3));
     }
 
     #[test]

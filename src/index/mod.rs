@@ -78,14 +78,6 @@ pub(crate) struct StreamInfo {
     pub prev: Option<Prev>,
 }
 
-/// Bytes of a stream entry of an index (spec 17.2): `first_version`,
-/// `frame_offset`, both `u64`.
-pub(crate) const STREAM_ENTRY_LEN: usize = size_of::<[u64; 2]>();
-/// Bytes of a category or event type entry: one `u64` offset.
-pub(crate) const NAMED_ENTRY_LEN: usize = size_of::<u64>();
-/// Bytes of a frame entry: `first_position`, `frame_offset`, both `u64`.
-pub(crate) const FRAME_ENTRY_LEN: usize = size_of::<[u64; 2]>();
-
 /// The first `i` in `[0, count)` whose row hash (`hash_at(i)`) is at least
 /// `target` (`count` if none), for rows sorted by hash whose hashes lie in
 /// `[0, mask]`. Stream, category and event type hashes are close to

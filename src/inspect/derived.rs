@@ -9,7 +9,10 @@ use zerocopy::IntoBytes;
 use super::{crc, field, struct_at, u32_at};
 use crate::es::snapshot::{SNAPSHOT_HEADER_LEN, SnapshotHeader};
 use crate::format::blockfile::{BLOCK, FOOTER_LEN};
-use crate::format::{IDX_HEADER_LEN, IdxHeader, STB_HEADER_LEN, STB_ROW_LEN, StbHeader, StbRow};
+use crate::format::{
+    IDX_HEADER_LEN, IDX_NAMED_ROW_LEN, INDEX_VERSION_1, IdxHeader, IdxNamedRow, IdxStreamRow, IdxStreamRowV2,
+    STB_HEADER_LEN, STB_ROW_LEN, StbHeader, StbRow, idx_lens,
+};
 
 // The footer of derived files (spec 16) has no struct in `crate::format`
 // yet. Until it does, its table is written here, once, and every offset of it
@@ -115,6 +118,236 @@ pub struct IndexDump {
     pub footer: Option<FooterDump>,
     /// Why the description stops before the end of the file, if it does.
     pub stop: Option<String>,
+    /// The rows and entries (spec 17.2), as far as they lie in the file.
+    pub content: IndexContentDump,
+}
+
+/// The sections of an index file or checkpoint (spec 17.2), either layout
+/// version, each field as stored. Nothing here is checked against a CRC:
+/// see the footer for that. Rows and entries are listed as far as the
+/// header's counts and the checked region (or the file) allow.
+#[derive(Debug, Default, Clone)]
+pub struct IndexContentDump {
+    /// Stream rows, in file order.
+    pub streams: Vec<IndexStreamRowDump>,
+    /// Category rows, in file order.
+    pub categories: Vec<IndexNamedRowDump>,
+    /// Event type rows, in file order.
+    pub types: Vec<IndexNamedRowDump>,
+    /// Frame entries as stored: version 1 `(first_position,
+    /// frame_offset)`; version 2 `(position_delta, frame_offset)`.
+    pub frames: Vec<(u64, u64)>,
+}
+
+/// One stream row of an index (spec 17.2), as stored.
+#[derive(Debug, Clone)]
+pub struct IndexStreamRowDump {
+    /// File offset of the row.
+    pub offset: u64,
+    /// `hash`.
+    pub hash: u64,
+    /// `name_offset`.
+    pub name_offset: u32,
+    /// `name_len`.
+    pub name_len: u16,
+    /// The name; `None` if the row points outside the name area or the file.
+    pub name: Option<Vec<u8>>,
+    /// `reserved0`.
+    pub reserved0: u16,
+    /// `first_version`.
+    pub first_version: u64,
+    /// Version 1: `last_version`; version 2: `last_delta`.
+    pub last: u64,
+    /// `entry_start`.
+    pub entry_start: u32,
+    /// `entry_count`.
+    pub entry_count: u32,
+    /// `prev_segment`.
+    pub prev_segment: u64,
+    /// `prev_row`.
+    pub prev_row: u32,
+    /// Version 1 only: `reserved1`.
+    pub reserved1: Option<u32>,
+    /// The row's stream entries as stored: version 1 `(first_version,
+    /// frame_offset)`; version 2 `(version_delta, frame_offset)`.
+    pub entries: Vec<(u64, u64)>,
+}
+
+/// One category or event type row of an index (spec 17.2), as stored.
+#[derive(Debug, Clone)]
+pub struct IndexNamedRowDump {
+    /// File offset of the row.
+    pub offset: u64,
+    /// `hash`.
+    pub hash: u64,
+    /// `name_offset`.
+    pub name_offset: u32,
+    /// `name_len`.
+    pub name_len: u16,
+    /// The name; `None` if the row points outside the name area or the file.
+    pub name: Option<Vec<u8>>,
+    /// `reserved0`.
+    pub reserved0: u16,
+    /// `entry_start`.
+    pub entry_start: u32,
+    /// `entry_count`.
+    pub entry_count: u32,
+    /// `reserved1`.
+    pub reserved1: u64,
+    /// The row's entries: frame offsets (categories; event types in
+    /// version 2) or record offsets (event types in version 1).
+    pub entries: Vec<u64>,
+}
+
+/// The little-endian `u64` at `at`, if it is there.
+fn u64_in(bytes: &[u8], at: usize) -> Option<u64> {
+    field(bytes, at, 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+}
+
+/// The entry of `len` bytes (4 or 8, a `u32` or `u64`) at `at`.
+fn word_in(bytes: &[u8], at: usize, len: usize) -> Option<u64> {
+    if len == 8 {
+        u64_in(bytes, at)
+    } else {
+        field(bytes, at, 4).map(|_| u64::from(u32_at(bytes, at)))
+    }
+}
+
+/// Entries `[start, start + count)` of the section at `at` (entries of
+/// `len` bytes, pairs if `pair`), as far as they lie in `region`.
+fn entries_in(region: &[u8], at: Option<usize>, start: u32, count: u32, len: usize) -> Vec<u64> {
+    let Some(at) = at else { return Vec::new() };
+    (0..count)
+        .map_while(|i| {
+            let k = usize::try_from(u64::from(start) + u64::from(i)).ok()?;
+            word_in(region, at.checked_add(k.checked_mul(len)?)?, len)
+        })
+        .collect()
+}
+
+/// Describe the rows and entries of an index file (spec 17.2).
+fn index_content(file: &[u8], h: &IdxHeader) -> IndexContentDump {
+    let v1 = h.index_version.get() == INDEX_VERSION_1;
+    let lens = idx_lens(h.index_version.get());
+    let table_at = file
+        .len()
+        .checked_sub(FOOTER_LEN)
+        .and_then(|at| struct_at::<BlockFooter>(file, at))
+        .and_then(|f| usize::try_from(f.table_offset.get()).ok());
+    let region = table_at.and_then(|t| file.get(..t)).unwrap_or(file);
+    let sizes = [
+        (h.stream_count.get(), lens.stream_row),
+        (h.stream_entry_count.get(), lens.stream_entry),
+        (h.category_count.get(), IDX_NAMED_ROW_LEN),
+        (h.category_entry_count.get(), lens.named_entry),
+        (h.type_count.get(), IDX_NAMED_ROW_LEN),
+        (h.type_entry_count.get(), lens.named_entry),
+        (h.frame_count.get(), lens.frame_entry),
+        (h.names_len.get(), 1),
+    ];
+    // Where each section starts (`None` past `usize`).
+    let mut at = [None; 8];
+    let mut pos = Some(IDX_HEADER_LEN);
+    for (slot, (n, size)) in at.iter_mut().zip(sizes) {
+        *slot = pos;
+        pos = pos.and_then(|p| p.checked_add((n as usize).checked_mul(size)?));
+    }
+    let names_len = h.names_len.get();
+    let name = |off: u32, len: u16| {
+        at[7]
+            .filter(|_| u64::from(off) + u64::from(len) <= u64::from(names_len))
+            .and_then(|n| n.checked_add(off as usize))
+            .and_then(|n| field(region, n, len.into()))
+            .map(<[u8]>::to_vec)
+    };
+    let half = lens.stream_entry / 2;
+    let streams = (0..h.stream_count.get())
+        .map_while(|i| {
+            let off = at[0]?.checked_add((i as usize).checked_mul(lens.stream_row)?)?;
+            let mut d = if v1 {
+                let r = struct_at::<IdxStreamRow>(region, off)?;
+                IndexStreamRowDump {
+                    offset: off as u64,
+                    hash: r.hash.get(),
+                    name_offset: r.name_offset.get(),
+                    name_len: r.name_len.get(),
+                    name: name(r.name_offset.get(), r.name_len.get()),
+                    reserved0: r.reserved0.get(),
+                    first_version: r.first_version.get(),
+                    last: r.last_version.get(),
+                    entry_start: r.entry_start.get(),
+                    entry_count: r.entry_count.get(),
+                    prev_segment: r.prev_segment.get(),
+                    prev_row: r.prev_row.get(),
+                    reserved1: Some(r.reserved1.get()),
+                    entries: Vec::new(),
+                }
+            } else {
+                let r = struct_at::<IdxStreamRowV2>(region, off)?;
+                IndexStreamRowDump {
+                    offset: off as u64,
+                    hash: r.hash.get(),
+                    name_offset: r.name_offset.get(),
+                    name_len: r.name_len.get(),
+                    name: name(r.name_offset.get(), r.name_len.get()),
+                    reserved0: r.reserved0.get(),
+                    first_version: r.first_version.get(),
+                    last: u64::from(r.last_delta.get()),
+                    entry_start: r.entry_start.get(),
+                    entry_count: r.entry_count.get(),
+                    prev_segment: r.prev_segment.get(),
+                    prev_row: r.prev_row.get(),
+                    reserved1: None,
+                    entries: Vec::new(),
+                }
+            };
+            let words = entries_in(
+                region,
+                at[1],
+                d.entry_start.saturating_mul(2),
+                d.entry_count.saturating_mul(2),
+                half,
+            );
+            d.entries = words.chunks_exact(2).map(|w| (w[0], w[1])).collect();
+            Some(d)
+        })
+        .collect();
+    let named = |rows_at: Option<usize>, count: u32, entries_at: Option<usize>| -> Vec<IndexNamedRowDump> {
+        (0..count)
+            .map_while(|i| {
+                let off = rows_at?.checked_add((i as usize).checked_mul(IDX_NAMED_ROW_LEN)?)?;
+                let r = struct_at::<IdxNamedRow>(region, off)?;
+                Some(IndexNamedRowDump {
+                    offset: off as u64,
+                    hash: r.hash.get(),
+                    name_offset: r.name_offset.get(),
+                    name_len: r.name_len.get(),
+                    name: name(r.name_offset.get(), r.name_len.get()),
+                    reserved0: r.reserved0.get(),
+                    entry_start: r.entry_start.get(),
+                    entry_count: r.entry_count.get(),
+                    reserved1: r.reserved1.get(),
+                    entries: entries_in(
+                        region,
+                        entries_at,
+                        r.entry_start.get(),
+                        r.entry_count.get(),
+                        lens.named_entry,
+                    ),
+                })
+            })
+            .collect()
+    };
+    let half = lens.frame_entry / 2;
+    let words = entries_in(region, at[6], 0, h.frame_count.get().saturating_mul(2), half);
+    IndexContentDump {
+        streams,
+        categories: named(at[2], h.category_count.get(), at[3]),
+        types: named(at[4], h.type_count.get(), at[5]),
+        frames: words.chunks_exact(2).map(|w| (w[0], w[1])).collect(),
+    }
 }
 
 /// The fields of an index header (spec 17.1).
@@ -187,6 +420,7 @@ pub fn index(file: &[u8]) -> IndexDump {
         }),
         footer,
         stop,
+        content: index_content(file, h),
     }
 }
 
@@ -378,5 +612,50 @@ pub fn snapshot(file: &[u8]) -> SnapshotDump {
     SnapshotDump {
         header: Some(header),
         stop,
+    }
+}
+
+#[cfg(test)]
+mod index_content_tests {
+    use super::index;
+
+    fn vector(rel: &str) -> Vec<u8> {
+        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+    }
+
+    /// Every row and entry of both layout versions, as stored: the indexed
+    /// vector's first index in version 2 and in version 1.
+    #[test]
+    fn both_versions_are_described_field_by_field() {
+        let v2 = index(&vector("spec/vectors/v1/indexed/00000000000000000000.idx"));
+        let v1 = index(&vector("spec/vectors/index-v1/seg-v1/00000000000000000000.idx"));
+        assert_eq!(v2.header.as_ref().map(|h| h.index_version), Some(2));
+        assert_eq!(v1.header.as_ref().map(|h| h.index_version), Some(1));
+        for d in [&v1, &v2] {
+            assert!(d.stop.is_none() && d.footer.as_ref().is_some_and(|f| f.problems() == 0));
+            let c = &d.content;
+            assert_eq!((c.streams.len(), c.categories.len(), c.types.len()), (3, 2, 4));
+            let names: Vec<&[u8]> = c.streams.iter().filter_map(|r| r.name.as_deref()).collect();
+            assert_eq!(names, [&b"customer-9"[..], b"order", b"order-1"]);
+            // order-1: versions 0 and 1 in one batch at 128.
+            let o = &c.streams[2];
+            assert_eq!((o.first_version, o.last, o.entries.clone()), (0, 1, vec![(0, 128)]));
+            // Positions 0..3 in the segment based at 0: deltas equal positions.
+            assert_eq!(c.frames, [(0, 128), (2, 424), (3, 592)]);
+        }
+        assert_eq!((v1.content.streams[0].offset, v2.content.streams[1].offset), (128, 176));
+        assert_eq!(v1.content.streams[0].reserved1, Some(0));
+        assert_eq!(v2.content.streams[0].reserved1, None);
+        // ItemAdded: the record at 320 (version 1), its batch at 128 (version 2).
+        let item = |d: &super::IndexDump| {
+            d.content
+                .types
+                .iter()
+                .find(|r| r.name.as_deref() == Some(&b"ItemAdded"[..]))
+                .unwrap()
+                .entries
+                .clone()
+        };
+        assert_eq!((item(&v1), item(&v2)), (vec![320], vec![128]));
     }
 }

@@ -8,12 +8,11 @@
 
 use std::mem::size_of;
 
-use crate::error::{Damage, Result, corrupt};
+use crate::error::{Result, corrupt};
 use crate::format::frame::validate_frame_each;
-use crate::format::record::{RecordRef, parse_record};
+use crate::format::record::RecordRef;
 use crate::format::{
-    FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_RECORD_COUNT_OFFSET, RECORD_POSITION_OFFSET,
-    RECORD_TIMESTAMP_OFFSET,
+    FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_RECORD_COUNT_OFFSET, RECORD_TIMESTAMP_OFFSET,
 };
 use crate::index::{Index, Named};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch, offset_plus};
@@ -47,6 +46,7 @@ impl LogView {
             from,
             seg: self.segment_of(from),
             cur: None,
+            last_hit: None,
             buf: Vec::new(),
             done: self.segments.is_empty(),
         }
@@ -169,31 +169,30 @@ pub struct ReadNamed<'a> {
     /// The current segment's index (pinned), `(entry_start, entry_count)` in
     /// it, and the next entry.
     cur: Option<(Index, u32, u32, u32)>,
+    /// The batch of the last hit in the current segment: a version 1 index
+    /// lists an event type's records, which give one batch each; the batch
+    /// is read once.
+    last_hit: Option<u64>,
     buf: Vec<RecordRef<'a>>,
     done: bool,
 }
 
-/// The position stored at an entry's offset: a frame's first position or a
-/// record's position (for the binary search only; reading validates).
-fn entry_position(bytes: &[u8], kind: Named, off: u64) -> u64 {
-    let at = offset_plus(
-        off,
-        match kind {
-            Named::Category => FRAME_FIRST_POSITION_OFFSET,
-            Named::Type => RECORD_POSITION_OFFSET,
-        },
-    );
-    bytes
-        .get(at..at.saturating_add(U64_LEN))
-        .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
+/// Whether the batch at `off` lies wholly before position `from`: its first
+/// position plus its record count, as stored in its frame header (for the
+/// binary search only; reading validates).
+fn batch_before(bytes: &[u8], off: u64, from: u64) -> bool {
+    let field = |k: usize, n: usize| bytes.get(offset_plus(off, k)..offset_plus(off, k).saturating_add(n));
+    let first = field(FRAME_FIRST_POSITION_OFFSET, U64_LEN)
+        .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])));
+    let count =
+        field(FRAME_RECORD_COUNT_OFFSET, U32_LEN).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
+    first.saturating_add(u64::from(count)) <= from
 }
 
 /// What a category or type read does after one index hit.
-enum Flow<'a> {
+enum Flow {
     /// Go on with the next entry (or the records just buffered).
     Next,
-    /// Yield this record.
-    Yield(RecordRef<'a>),
     /// The hit lies past the visible end: the read is over.
     End,
 }
@@ -265,13 +264,15 @@ impl<'a> ReadNamed<'a> {
                 self.seg += 1;
                 continue;
             };
+            if self.last_hit.replace(off) == Some(off) {
+                continue;
+            }
             let flow = match self.kind {
                 Named::Category => self.category_batch(seg, off)?,
-                Named::Type => self.type_record(seg, off)?,
+                Named::Type => self.type_batch(seg, off)?,
             };
             match flow {
                 Flow::Next => continue,
-                Flow::Yield(r) => return Ok(Some(r)),
                 Flow::End => return Ok(None),
             }
         }
@@ -288,26 +289,15 @@ impl<'a> ReadNamed<'a> {
             return Ok(false);
         };
         self.cur = Some((index, start, count, 0));
-        // First entry at or after `from` (binary search).
+        self.last_hit = None;
+        // First entry whose batch is not wholly before `from` (binary
+        // search; every entry names a batch).
         let bytes = seg.bytes()?;
         let (mut lo, mut hi) = (0u32, count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let off = self.entry(mid)?.unwrap_or(u64::MAX);
-            let before = match kind {
-                // A batch wholly before `from`: its first position plus its count.
-                Named::Category => {
-                    let count = bytes
-                        .get(
-                            offset_plus(off, FRAME_RECORD_COUNT_OFFSET)
-                                ..offset_plus(off, FRAME_RECORD_COUNT_OFFSET + U32_LEN),
-                        )
-                        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                    entry_position(bytes, kind, off).saturating_add(count as u64) <= from
-                }
-                Named::Type => entry_position(bytes, kind, off) < from,
-            };
-            if before {
+            if batch_before(bytes, off, from) {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -321,7 +311,7 @@ impl<'a> ReadNamed<'a> {
 
     /// A category's hit: the batch at `off` of `seg`, checked to hold a
     /// stream of the category, then validated and buffered from `from` on.
-    fn category_batch(&mut self, seg: &'a ViewSegment, off: u64) -> Result<Flow<'a>> {
+    fn category_batch(&mut self, seg: &'a ViewSegment, off: u64) -> Result<Flow> {
         let (name, from) = (self.name.clone(), self.from);
         if let Some((stream, _)) = batch_head(seg, off)?
             && std::str::from_utf8(stream)
@@ -344,30 +334,29 @@ impl<'a> ReadNamed<'a> {
         Ok(Flow::Next)
     }
 
-    /// An event type's hit: the record at `off` of `seg` (its CRC checked),
-    /// checked to be of the type.
-    fn type_record(&mut self, seg: &'a ViewSegment, off: u64) -> Result<Flow<'a>> {
-        let bytes: &'a [u8] = seg.bytes()?;
-        let Some(rest) = bytes.get(offset_plus(off, 0)..).filter(|r| !r.is_empty()) else {
+    /// An event type's hit: the batch at `off` of `seg`, validated, checked
+    /// to hold at least one record of the type (spec 17.4), and its records
+    /// of the type from `from` on buffered.
+    fn type_batch(&mut self, seg: &'a ViewSegment, off: u64) -> Result<Flow> {
+        let (name, from) = (self.name.clone(), self.from);
+        let holds = std::cell::Cell::new(false);
+        let loaded = load_batch(seg, off, &mut self.buf, false, |r| {
+            let of_type = r.event_type_bytes() == name.as_bytes();
+            holds.set(holds.get() || of_type);
+            of_type && r.position() >= from
+        })?;
+        if !loaded {
             return Ok(Flow::End);
-        };
-        let (rec, _) = parse_record(rest, true)
-            .map_err(|(o, d)| Damage::corrupt(off.saturating_add(o as u64), d).at(&*seg.path))?;
-        if rec.event_type() != &*self.name {
+        }
+        if !holds.get() {
             let detail = format!(
-                "the index entry for type {:?} points at the record at byte {off} of {}, \
-                 which is of type {:?}",
-                self.name,
+                "the index entry for type {name:?} points at the batch at byte {off} of {}, which holds no record \
+                 of that type",
                 seg.path.display(),
-                rec.event_type()
             );
             self.rebuilt(seg, detail)?;
-            return Ok(Flow::Next);
         }
-        Ok(match rec.position() >= self.from {
-            true => Flow::Yield(rec),
-            false => Flow::Next,
-        })
+        Ok(Flow::Next)
     }
 }
 

@@ -97,9 +97,14 @@ pub(super) fn ensure_indexes(
         let mem = MemIndex::rebuild(bytes).map_err(|d| d.at(&*seg.path))?;
         let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
         let earlier = &sealed[..i];
-        let (idx, _) = mem.encode(seg.base, bytes.len() as u64, seal_crc, mask, &mut |name| {
-            resolve_prev(None, earlier, name)
-        });
+        let (idx, _) = mem.encode(
+            seg.base,
+            bytes.len() as u64,
+            seal_crc,
+            mask,
+            &mut |name| resolve_prev(None, earlier, name),
+            bytes,
+        );
         write_derived(io, dir, &idx_path, &idx)?;
         // The segment's cell may already hold an index rebuilt in memory
         // (recovery looked the segment up before this): switch it to the file,

@@ -86,7 +86,7 @@ impl Inner {
             from = prev.from;
             replaced.extend(ck.files.pop());
         }
-        let out = mem.encode_checkpoint(seg.base, (from, end), last_off, crc, self.opts.hash_mask);
+        let out = mem.encode_checkpoint(seg.base, (from, end), last_off, crc, self.opts.hash_mask, bytes);
         let path = self.dir.join(checkpoint_file_name(seg.base, from, end));
         let fs = &*self.opts.io;
         write_derived(fs, &self.dir, &path, &out)?;

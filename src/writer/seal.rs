@@ -236,6 +236,7 @@ impl Inner {
             seal_crc,
             self.opts.hash_mask,
             &mut resolve,
+            bytes,
         );
         let idx_path = self.dir.join(index_file_name(seg.base));
         write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;
@@ -283,6 +284,7 @@ impl Inner {
                 seal_crc,
                 self.opts.hash_mask,
                 &mut |name| resolve_prev(table.as_deref(), earlier, name),
+                bytes,
             );
             let idx_path = self.dir.join(index_file_name(seg.base));
             write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;

@@ -241,7 +241,73 @@ fn print_index(d: &IndexDump, t: &mut Text) {
         t.line(format!("  covered_from:         {}", h.covered_from));
         t.line(format!("  last_frame:           {}", h.last_frame));
     }
+    print_index_content(&d.content, h.index_version, t);
     print_footer(d.footer.as_ref(), t);
+}
+
+/// The rows and entries of an index (spec 17.2), every field as stored in
+/// the file's layout version.
+fn print_index_content(c: &inspect::IndexContentDump, version: u16, t: &mut Text) {
+    let v1 = version == 1;
+    let or_none = |n: &Option<Vec<u8>>| n.as_deref().map_or_else(|| "<outside the name area>".to_owned(), name);
+    for (i, r) in c.streams.iter().enumerate() {
+        t.line(format!(
+            "stream row {i} @{}: hash={:#018x} name_offset={} name_len={} name={} reserved0={} first_version={} {}={} \
+             entry_start={} entry_count={} prev_segment={} prev_row={}{}",
+            r.offset,
+            r.hash,
+            r.name_offset,
+            r.name_len,
+            or_none(&r.name),
+            r.reserved0,
+            r.first_version,
+            if v1 { "last_version" } else { "last_delta" },
+            r.last,
+            r.entry_start,
+            r.entry_count,
+            r.prev_segment,
+            r.prev_row,
+            r.reserved1.map_or_else(String::new, |x| format!(" reserved1={x}")),
+        ));
+        let entries: Vec<String> = r.entries.iter().map(|(v, o)| format!("({v}, {o})")).collect();
+        t.line(format!(
+            "  entries ({}, frame_offset): {}",
+            if v1 { "first_version" } else { "version_delta" },
+            entries.join(" ")
+        ));
+    }
+    for (label, rows, what) in [
+        ("category", &c.categories, "frame_offset"),
+        (
+            "event type",
+            &c.types,
+            if v1 { "record_offset" } else { "frame_offset" },
+        ),
+    ] {
+        for (i, r) in rows.iter().enumerate() {
+            t.line(format!(
+                "{label} row {i} @{}: hash={:#018x} name_offset={} name_len={} name={} reserved0={} entry_start={} \
+                 entry_count={} reserved1={}",
+                r.offset,
+                r.hash,
+                r.name_offset,
+                r.name_len,
+                or_none(&r.name),
+                r.reserved0,
+                r.entry_start,
+                r.entry_count,
+                r.reserved1
+            ));
+            let entries: Vec<String> = r.entries.iter().map(u64::to_string).collect();
+            t.line(format!("  entries ({what}): {}", entries.join(" ")));
+        }
+    }
+    let frames: Vec<String> = c.frames.iter().map(|(p, o)| format!("({p}, {o})")).collect();
+    t.line(format!(
+        "frames ({}, frame_offset): {}",
+        if v1 { "first_position" } else { "position_delta" },
+        frames.join(" ")
+    ));
 }
 
 fn print_stream_table(d: &StreamTableDump, t: &mut Text) {
