@@ -145,7 +145,10 @@ pub enum Sync {
 }
 
 /// The SQLite events table a user would otherwise pick: WAL, an integer
-/// primary key as the global position, `UNIQUE(stream, version)`.
+/// primary key as the global position, `UNIQUE(stream, version)`. It holds
+/// what annal stores of each event: position, stream, stream version, event
+/// type, timestamp, the 16-byte event id (`RecordRef::event_id`), payload and
+/// metadata. The payload's schema version is left out: every bench writes 0.
 pub fn sqlite_open(path: &Path, sync: Sync) -> Connection {
     let db = Connection::open(path).expect("open sqlite");
     let sync = match sync {
@@ -161,6 +164,7 @@ pub fn sqlite_open(path: &Path, sync: Sync) -> Connection {
              version INTEGER NOT NULL,
              type TEXT NOT NULL,
              ts INTEGER NOT NULL,
+             id BLOB NOT NULL,
              data BLOB NOT NULL,
              metadata BLOB NOT NULL,
              UNIQUE (stream, version)
@@ -170,21 +174,34 @@ pub fn sqlite_open(path: &Path, sync: Sync) -> Connection {
     db
 }
 
-/// The insert statement of the SQLite baseline.
-pub const SQLITE_INSERT: &str = "INSERT INTO events (position, stream, version, type, ts, data, metadata)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// The insert statement of the SQLite baseline for new events: position,
+/// stream, version, type, timestamp, payload, metadata; the event id is 16
+/// random bytes that SQLite draws (`randomblob(16)`), as annal draws an id
+/// for each event it appends.
+pub const SQLITE_INSERT: &str = "INSERT INTO events (position, stream, version, type, ts, data, metadata, id)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, randomblob(16))";
+
+/// The insert statement of a copy of a log's events: [`SQLITE_INSERT`]'s
+/// columns, then the event's own 16-byte id.
+pub const SQLITE_INSERT_ID: &str = "INSERT INTO events (position, stream, version, type, ts, data, metadata, id)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 /// The same events in SQLite (a table of [`sqlite_open`]): every record of
-/// `view`, positions, versions and timestamps included, in transactions of
-/// 10,000 rows.
+/// `view`, positions, versions, timestamps and ids included, in transactions
+/// of 10,000 rows.
 pub fn sqlite_copy(path: &Path, view: &annal::LogView) -> Connection {
+    sqlite_copy_in(path, view, 10_000)
+}
+
+/// [`sqlite_copy`] in transactions of `rows_per_tx` rows.
+pub fn sqlite_copy_in(path: &Path, view: &annal::LogView, rows_per_tx: usize) -> Connection {
     let mut db = sqlite_open(path, Sync::Normal);
     let mut recs = view.read_all(0).peekable();
     while recs.peek().is_some() {
         let tx = db.transaction().expect("begin");
         {
-            let mut ins = tx.prepare_cached(SQLITE_INSERT).expect("prepare");
-            for r in recs.by_ref().take(10_000) {
+            let mut ins = tx.prepare_cached(SQLITE_INSERT_ID).expect("prepare");
+            for r in recs.by_ref().take(rows_per_tx.max(1)) {
                 let r = r.expect("read");
                 ins.execute(rusqlite::params![
                     r.position() as i64,
@@ -194,6 +211,7 @@ pub fn sqlite_copy(path: &Path, view: &annal::LogView) -> Connection {
                     r.timestamp() as i64,
                     r.payload(),
                     r.metadata(),
+                    &r.event_id().as_bytes()[..],
                 ])
                 .expect("insert");
             }
