@@ -246,8 +246,10 @@ mod tests {
     use std::fs;
     use std::path::{Path, PathBuf};
 
+    /// Format version 2: the edits below use its byte layout (every frame
+    /// stores its chain slot; version 3 is covered by `tests/format_v3.rs`).
     fn opts() -> Options {
-        Options::default().segment_size(8 * 1024)
+        Options::default().segment_size(8 * 1024).format_version(2)
     }
 
     /// Append `n` batches of 2 events; returns the anchor after each batch.

@@ -80,9 +80,15 @@ fn read_active(f: &fs::File, path: &Path, len: u64, max_frame: u64) -> Result<(V
         match parsed {
             Some((fl, _)) if fl > max_frame => return Ok((out, Some((off, fl)))),
             Some((fl, kind)) => {
-                // frame_len >= the header's length (checked by the parse).
+                // frame_len >= the header's length (checked by the parse),
+                // but a version-3 frame may be shorter than the bytes read
+                // for its header: keep only the frame's.
                 let n = fl.min(len - off);
-                read_at_into(f, path, off + got, n - got, &mut out)?;
+                if n <= got {
+                    out.truncate((off + n) as usize);
+                } else {
+                    read_at_into(f, path, off + got, n - got, &mut out)?;
+                }
                 if n < fl {
                     break;
                 }
