@@ -163,6 +163,35 @@ pub(crate) fn seal_header_crc(segment: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(segment.get(crc_at..crc_at + 4)?.try_into().ok()?))
 }
 
+/// `(first_position, record_count)` as stored in the frame header at file
+/// offset `off` of `segment`, unchecked: for binary searches, whose result
+/// is validated before use.
+pub(crate) fn peek_positions(segment: &[u8], off: u64, layout: &Layout) -> Option<(u64, u32)> {
+    let at = usize::try_from(off).ok()?;
+    let count_at = if layout.compact() {
+        crate::format::FRAME_V3_RECORD_COUNT_OFFSET
+    } else {
+        crate::format::FRAME_RECORD_COUNT_OFFSET
+    };
+    let first = segment.get(at + FRAME_FIRST_POSITION_OFFSET..at + FRAME_FIRST_POSITION_OFFSET + 8)?;
+    let count = segment.get(at + count_at..at + count_at + 4)?;
+    Some((u64::from_le_bytes(first.try_into().ok()?), u32::from_le_bytes(count.try_into().ok()?)))
+}
+
+/// The timestamp of the first record of the batch at file offset `off` of
+/// `segment` (version 3: the batch's), unchecked: for binary searches.
+pub(crate) fn peek_timestamp(segment: &[u8], off: u64, layout: &Layout) -> Option<u64> {
+    let at = usize::try_from(off).ok()?;
+    if layout.compact() {
+        let flags = *segment.get(at + crate::format::FRAME_V3_FLAGS_OFFSET)?;
+        let body = segment.get(at + FrameHeaderV3::len_with(flags)..)?;
+        let (delta, _) = crate::format::batch::get_varint(body).ok()?;
+        return Some(layout.prev_timestamp.saturating_add(delta));
+    }
+    let ts = at + FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET;
+    Some(u64::from_le_bytes(segment.get(ts..ts + 8)?.try_into().ok()?))
+}
+
 /// Bytes of a seal frame in `layout` (spec 3.4, 3.6).
 pub(crate) fn seal_len(layout: &Layout) -> usize {
     if layout.compact() {

@@ -6,14 +6,12 @@
 //! to; records are read from the mapped segments, each batch validated (CRCs
 //! included) before any of its records is returned.
 
-use std::mem::size_of;
 
 use crate::error::{Result, corrupt};
 use crate::format::frame::validate_frame_each;
 use crate::format::record::RecordRef;
-use crate::format::{
-    FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_RECORD_COUNT_OFFSET, RECORD_TIMESTAMP_OFFSET,
-};
+use crate::format::Layout;
+use crate::format::frame::{peek_positions, peek_timestamp};
 use crate::index::{Index, Named};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch, offset_plus};
 use crate::read::logview::{LogView, ViewSegment};
@@ -21,9 +19,6 @@ use crate::storage::mmap::Readahead;
 
 pub use crate::read::stream::ReadStream;
 
-/// Bytes of the `u64` and `u32` fields read in place by the searches.
-const U64_LEN: usize = size_of::<u64>();
-const U32_LEN: usize = size_of::<u32>();
 
 impl LogView {
     /// Read the events of every stream of `category` (streams named
@@ -79,13 +74,8 @@ impl LogView {
     pub fn position_at_time(&self, time: u64) -> Result<u64> {
         // Timestamp of the first record of batch `off` in `seg` (search only;
         // the batch that decides is validated below).
-        let first_ts = |seg: &ViewSegment, off: u64| -> Result<Option<u64>> {
-            let at = offset_plus(off, FRAME_HEADER_LEN + RECORD_TIMESTAMP_OFFSET);
-            Ok(seg
-                .bytes()?
-                .get(at..at.saturating_add(U64_LEN))
-                .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])))
-        };
+        let first_ts =
+            |seg: &ViewSegment, off: u64| -> Result<Option<u64>> { Ok(peek_timestamp(seg.bytes()?, off, &seg.layout)) };
         let first_of = |seg: &ViewSegment| -> Result<Option<u64>> {
             Ok(match seg.with_index(|x| x.frame(0))? {
                 Some((_, off)) if off < seg.len() => first_ts(seg, off)?,
@@ -180,12 +170,8 @@ pub struct ReadNamed<'a> {
 /// Whether the batch at `off` lies wholly before position `from`: its first
 /// position plus its record count, as stored in its frame header (for the
 /// binary search only; reading validates).
-fn batch_before(bytes: &[u8], off: u64, from: u64) -> bool {
-    let field = |k: usize, n: usize| bytes.get(offset_plus(off, k)..offset_plus(off, k).saturating_add(n));
-    let first = field(FRAME_FIRST_POSITION_OFFSET, U64_LEN)
-        .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])));
-    let count =
-        field(FRAME_RECORD_COUNT_OFFSET, U32_LEN).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
+fn batch_before(bytes: &[u8], off: u64, from: u64, layout: &Layout) -> bool {
+    let (first, count) = peek_positions(bytes, off, layout).unwrap_or((u64::MAX, 0));
     first.saturating_add(u64::from(count)) <= from
 }
 
@@ -297,7 +283,7 @@ impl<'a> ReadNamed<'a> {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let off = self.entry(mid)?.unwrap_or(u64::MAX);
-            if batch_before(bytes, off, from) {
+            if batch_before(bytes, off, from, &seg.layout) {
                 lo = mid + 1;
             } else {
                 hi = mid;
