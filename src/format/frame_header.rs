@@ -271,8 +271,10 @@ pub const FRAME_V3_DURABLE_END_OFFSET: usize = offset_of!(FrameHeaderV3, durable
 /// Offset of a version-3 header's `body_crc`.
 pub const FRAME_V3_BODY_CRC_OFFSET: usize = offset_of!(FrameHeaderV3, body_crc);
 /// The bytes of a version-3 frame header that a chain link hashes:
-/// `[FRAME_V3_MAGIC_OFFSET, FRAME_V3_BODY_CRC_OFFSET)` (spec 21.2).
-pub const FRAME_V3_LINKED: std::ops::Range<usize> = FRAME_V3_MAGIC_OFFSET..FRAME_V3_BODY_CRC_OFFSET;
+/// `[FRAME_V3_KIND_OFFSET, FRAME_V3_BODY_CRC_OFFSET)` (spec 21.2): not the
+/// magic (fixed; a writer hides it while a frame waits for its chain slot),
+/// nor the CRCs (derived), nor the slot (the result).
+pub const FRAME_V3_LINKED: std::ops::Range<usize> = FRAME_V3_KIND_OFFSET..FRAME_V3_BODY_CRC_OFFSET;
 
 const _: () = assert!(FRAME_HEADER_V3_LEN == 32);
 

@@ -23,7 +23,7 @@ use zerocopy::FromBytes;
 use crate::error::Damage;
 use crate::format::hash::stream_hash;
 use crate::format::{
-    ALIGN, FRAME_HEADER_LEN, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN,
+    ALIGN, FRAME_HEADER_V3_LEN, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN,
     INDEX_VERSION_1, INDEX_VERSION_2, IdxHeader, IdxLens, IdxNamedRow, IdxStreamRow, IdxStreamRowV2,
     SEGMENT_HEADER_LEN, idx_lens,
 };
@@ -138,7 +138,7 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
             || h.covered_from.get() != from
             || h.segment_len.get() != to
             || last < from
-            || last.saturating_add(FRAME_HEADER_LEN as u64) > to
+            || last.saturating_add(FRAME_HEADER_V3_LEN as u64) > to
         {
             return Err(Damage::corrupt(
                 offset_of!(IdxHeader, segment_base) as u64,

@@ -246,13 +246,21 @@ struct TestFile {
 }
 
 /// Whether `buf` ends with a seal frame: a 72-byte frame header with magic
-/// `BTCH`, `frame_len` 72 and kind 2 (spec 3.1, 3.4).
+/// `BTCH`, `frame_len` 72 and kind 2 (spec 3.1, 3.4), or a version-3 seal
+/// of 64 or 32 bytes: magic `F3` at 4, kind 2 at 6, `frame_len` its length
+/// (spec 3.6).
 fn ends_with_seal(buf: &[u8]) -> bool {
-    let Some(start) = buf.len().checked_sub(72) else {
-        return false;
+    let v2 = buf.len().checked_sub(72).is_some_and(|start| {
+        let h = &buf[start..];
+        h[0..4] == *b"BTCH" && h[8..16] == 72u64.to_le_bytes() && h[28] == 2
+    });
+    let v3 = |len: usize| {
+        buf.len().checked_sub(len).is_some_and(|start| {
+            let h = &buf[start..];
+            h[4..6] == *b"F3" && h[6] == 2 && h[8..12] == (len as u32).to_le_bytes()
+        })
     };
-    let h = &buf[start..];
-    h[0..4] == *b"BTCH" && h[8..16] == 72u64.to_le_bytes() && h[28] == 2
+    v2 || v3(64) || v3(32)
 }
 
 impl Io for TestIo {
