@@ -28,7 +28,7 @@ use common::{Rng, fresh_copy, scratch};
 
 /// Small segments, so that a few dozen batches make several of them.
 fn small() -> Options {
-    Options::default().segment_size(4096)
+    Options::default().format_version(2).segment_size(4096)
 }
 
 /// Append `batches` batches over three streams (1 to 5 events each, payloads
@@ -558,7 +558,7 @@ fn random_anchors_fail_exactly_after_the_edit() {
 fn random_round(seed: u64) {
     let mut rng = Rng::new(seed);
     let d = scratch();
-    let log = Log::open(d.path(), Options::default().segment_size(64 << 10)).expect("open");
+    let log = Log::open(d.path(), Options::default().format_version(2).segment_size(64 << 10)).expect("open");
     let streams = ["orders", "payments", "audit", "users", "stock"];
     let mut anchors = Vec::new();
     let mut written = 0u64;

@@ -11,7 +11,7 @@ use annal::{Durability, Error, EventData, ExpectedVersion, Log, Options, Reader}
 use common::{fresh_copy, segments, snapshot};
 
 fn opts() -> Options {
-    Options::default().segment_size(1024).durability(Durability::Buffered)
+    Options::default().format_version(2).segment_size(1024).durability(Durability::Buffered)
 }
 
 /// A cleanly closed log of three segments (two sealed).
@@ -248,7 +248,7 @@ fn directory_holding_an_unrelated_file_is_not_a_log() {
     let dir = common::scratch();
     fs::write(dir.path().join("notes.txt"), b"my notes").expect("write");
     for create in [true, false] {
-        match Log::open(dir.path(), Options::default().create(create)) {
+        match Log::open(dir.path(), Options::default().format_version(2).create(create)) {
             Err(Error::NotALog { path, detail }) => {
                 assert_eq!(path, dir.path());
                 assert!(!detail.is_empty());
@@ -259,7 +259,7 @@ fn directory_holding_an_unrelated_file_is_not_a_log() {
     }
     let e = Reader::open(dir.path()).expect_err("Reader on a directory that is not a log");
     assert!(matches!(&e, Error::NotALog { path, .. } if path == dir.path()), "{e:?}");
-    let e = Log::open(dir.path(), Options::default()).expect_err("not a log");
+    let e = Log::open(dir.path(), Options::default().format_version(2)).expect_err("not a log");
     assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
     assert_eq!(common::listing(dir.path()), ["notes.txt"], "nothing was created");
     assert_eq!(fs::read(dir.path().join("notes.txt")).expect("read"), b"my notes");
@@ -270,7 +270,7 @@ fn a_regular_file_is_not_a_log() {
     let dir = common::scratch();
     let file = dir.path().join("events.db");
     fs::write(&file, b"not a directory").expect("write");
-    let e = Log::open(&file, Options::default()).expect_err("a file is not a log");
+    let e = Log::open(&file, Options::default().format_version(2)).expect_err("a file is not a log");
     match &e {
         Error::NotALog { path, .. } => assert_eq!(path, &file),
         other => panic!("expected NotALog, got {other}"),
@@ -300,7 +300,7 @@ fn empty_directory_read_only_is_not_a_log() {
     assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
     assert!(common::listing(dir.path()).is_empty(), "the reader created something");
     // Opening for writing without `create` refuses it too, creating nothing.
-    let e = Log::open(dir.path(), Options::default().create(false)).expect_err("create(false)");
+    let e = Log::open(dir.path(), Options::default().format_version(2).create(false)).expect_err("create(false)");
     assert!(matches!(e, Error::NotALog { .. }), "{e}");
     assert!(
         common::listing(dir.path()).is_empty(),

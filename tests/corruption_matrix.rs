@@ -66,7 +66,7 @@ struct Reference {
 
 fn build() -> Reference {
     let dir = common::scratch();
-    let opts = Options::default()
+    let opts = Options::default().format_version(2)
         .segment_size(SEGMENT_SIZE)
         .durability(Durability::Buffered)
         .signing_key(signer())
@@ -885,7 +885,7 @@ fn read_reader(dir: &Path, r: &Reference, what: &str) -> Result<Vec<Rec>, String
 
 /// Open a writer and read everything; the log, if it opened.
 fn read_log(dir: &Path, r: &Reference, what: &str) -> (Result<Vec<Rec>, String>, Option<Log>) {
-    let log = match Log::open(dir, Options::default().create(false)) {
+    let log = match Log::open(dir, Options::default().format_version(2).create(false)) {
         Ok(l) => l,
         Err(e) => return (Err(e.to_string()), None),
     };

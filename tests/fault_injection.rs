@@ -191,7 +191,7 @@ fn payload(tag: u64, size: u32) -> Vec<u8> {
 }
 
 fn base_opts(d: Durability, segment_size: u64) -> Options {
-    Options::default().durability(d).segment_size(segment_size)
+    Options::default().format_version(2).durability(d).segment_size(segment_size)
 }
 
 fn append(stream: u8, events: u8, size: u32) -> Step {
@@ -1088,7 +1088,7 @@ fn poisoned_by_the_sealer_always_names_the_cause() {
 fn a_failed_snapshot_after_an_append_is_reported_not_returned_as_failure() {
     let dir = common::scratch();
     let io = Arc::new(FaultIo::new());
-    let log = Log::open(dir.path(), Options::default().io(io.clone())).expect("open");
+    let log = Log::open(dir.path(), Options::default().format_version(2).io(io.clone())).expect("open");
     let repo = repo(&log);
     repo.execute("counter-x", &1).expect("first command");
     // The snapshot due after the second event: fail the creation of its

@@ -1900,7 +1900,7 @@ fn options(fmt: &Format) -> Options {
     if fmt.version == 1 {
         Options::default().format_version(1)
     } else {
-        Options::default()
+        Options::default().format_version(2)
     }
 }
 

@@ -874,10 +874,10 @@ fn copy_vector(fmt: &Format, name: &str) -> tempfile::TempDir {
 /// Options of a writer creating a log in `fmt` (and of one opening it: a keyed
 /// log needs its key).
 fn options(fmt: &Format) -> Options {
-    let mut o = Options::default();
-    if fmt.version == 1 {
-        o = o.format_version(1);
-    }
+    let mut o = Options::default().format_version(fmt.version);
+
+
+
     if let Some(k) = fmt.key {
         o = o.chain_key(ChainKey::from_bytes(k));
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use annal::{Direction, Durability, Error, EventData, ExpectedVersion, Log, Options, Reader};
 
 fn opts() -> Options {
-    Options::default().durability(Durability::Fsync)
+    Options::default().format_version(2).durability(Durability::Fsync)
 }
 
 fn checkpoints(dir: &Path) -> Vec<PathBuf> {

@@ -16,7 +16,7 @@ const HEAD: &str = "annal.head";
 const SLOT: usize = 64;
 
 fn fsync_opts() -> Options {
-    Options::default().durability(Durability::Fsync)
+    Options::default().format_version(2).durability(Durability::Fsync)
 }
 
 /// A cleanly closed log: 30 batches of 3 events, each appended with Fsync,
@@ -233,7 +233,7 @@ fn the_signal_is_absent_for_a_closed_log_and_while_a_writer_holds_it() {
 
     // A killed writer's image whose head lags (its slots describe an earlier
     // end): the reader holds back, and says so; a writer then recovers it.
-    let w = Log::open(log.path(), Options::default().durability(Durability::Buffered)).expect("open");
+    let w = Log::open(log.path(), Options::default().format_version(2).durability(Durability::Buffered)).expect("open");
     let writer_view = w.view().expect("writer view");
     assert_eq!(writer_view.unrecovered(), None, "the writer's own view");
     w.append("more", ExpectedVersion::Any, &[EventData::new("E", b"x".as_slice())])
@@ -264,7 +264,7 @@ fn the_signal_is_absent_for_a_closed_log_and_while_a_writer_holds_it() {
     assert_eq!(u.position, n);
     assert_eq!(u.segment, seg);
     // A writer recovers it: the signal is gone, every event is there.
-    Log::open(img.path(), Options::default())
+    Log::open(img.path(), Options::default().format_version(2))
         .expect("recover")
         .close()
         .expect("close");

@@ -60,7 +60,7 @@ fn verify(bytes: &[u8], f: &FrameAt, key: &PublicKey) -> bool {
 #[test]
 fn checkpoints_are_signed_every_n_events_before_seals_and_at_close() {
     let dir = scratch();
-    let opts = Options::default()
+    let opts = Options::default().format_version(2)
         .segment_size(16 << 10)
         .signing_key(signer())
         .checkpoint_every(25);
@@ -92,7 +92,7 @@ fn checkpoints_are_signed_every_n_events_before_seals_and_at_close() {
     }
 
     // Readers never see checkpoints: every event, in order, once.
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path(), Options::default().format_version(2)).unwrap();
     let all = read_all(&log.view().unwrap(), 0).unwrap();
     assert_eq!(all.len(), 240);
     assert!(all.iter().enumerate().all(|(i, r)| r.position == i as u64));
@@ -105,13 +105,13 @@ fn checkpoints_are_signed_every_n_events_before_seals_and_at_close() {
 #[test]
 fn reopening_with_or_without_the_key_keeps_every_checkpoint_valid() {
     let dir = scratch();
-    let signed = Options::default().signing_key(signer()).checkpoint_every(4);
+    let signed = Options::default().format_version(2).signing_key(signer()).checkpoint_every(4);
     let log = Log::open(dir.path(), signed.clone()).unwrap();
     append_n(&log, 3, 2);
     log.close().unwrap();
     let before = checkpoints(dir.path()).len();
     assert_eq!(before, 2, "one after 4 events, one at close");
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path(), Options::default().format_version(2)).unwrap();
     append_n(&log, 3, 1);
     log.close().unwrap();
     assert_eq!(checkpoints(dir.path()).len(), before, "no key, no checkpoint");
@@ -124,14 +124,14 @@ fn reopening_with_or_without_the_key_keeps_every_checkpoint_valid() {
     for (bytes, f) in &cps {
         assert!(verify(bytes, f, &pk));
     }
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path(), Options::default().format_version(2)).unwrap();
     assert_eq!(read_all(&log.view().unwrap(), 0).unwrap().len(), 12);
 }
 
 #[test]
 fn a_torn_checkpoint_is_cut_like_any_torn_frame() {
     let dir = scratch();
-    let opts = Options::default().signing_key(signer()).checkpoint_every(2);
+    let opts = Options::default().format_version(2).signing_key(signer()).checkpoint_every(2);
     let log = Log::open(dir.path(), opts).unwrap();
     append_n(&log, 2, 1); // the second batch is followed by a checkpoint
     let image = common::crash_image(dir.path());
@@ -142,7 +142,7 @@ fn a_torn_checkpoint_is_cut_like_any_torn_frame() {
     assert_eq!(cp.kind, CHECKPOINT);
     // Power cut while the checkpoint was being written: half of it reached the disk.
     fs::write(&seg, &bytes[..cp.offset as usize + 100]).unwrap();
-    let log = Log::open(image.path(), Options::default()).unwrap();
+    let log = Log::open(image.path(), Options::default().format_version(2)).unwrap();
     let cut = log.recovery().truncated.clone().expect("the torn checkpoint is cut");
     assert_eq!(cut.offset, cp.offset);
     assert_eq!(read_all(&log.view().unwrap(), 0).unwrap().len(), 2, "both batches stay");
@@ -151,7 +151,7 @@ fn a_torn_checkpoint_is_cut_like_any_torn_frame() {
 #[test]
 fn signing_needs_a_chain() {
     let dir = scratch();
-    let err = Log::open(dir.path(), Options::default().chain(false).signing_key(signer())).unwrap_err();
+    let err = Log::open(dir.path(), Options::default().format_version(2).chain(false).signing_key(signer())).unwrap_err();
     assert!(err.to_string().contains("audit chain"), "{err}");
 }
 
@@ -191,7 +191,7 @@ fn problems(dir: &std::path::Path, pk: Option<PublicKey>) -> Vec<String> {
 #[test]
 fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
     let dir = scratch();
-    let opts = Options::default().signing_key(signer()).checkpoint_every(6);
+    let opts = Options::default().format_version(2).signing_key(signer()).checkpoint_every(6);
     let log = Log::open(dir.path(), opts).unwrap();
     append_n(&log, 10, 2); // checkpoints at 6, 12, 18 events and at close (20)
     let head = log.anchor().unwrap();
@@ -254,7 +254,7 @@ fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
 #[test]
 fn an_altered_checkpoint_breaks_the_chain() {
     let dir = scratch();
-    let log = Log::open(dir.path(), Options::default().signing_key(signer()).checkpoint_every(4)).unwrap();
+    let log = Log::open(dir.path(), Options::default().format_version(2).signing_key(signer()).checkpoint_every(4)).unwrap();
     append_n(&log, 4, 2);
     log.close().unwrap();
     let seg = segments(dir.path()).pop().unwrap();
@@ -286,7 +286,7 @@ fn an_altered_checkpoint_breaks_the_chain() {
 #[test]
 fn large_batches_hashed_while_written_verify() {
     let dir = scratch();
-    let opts = Options::default()
+    let opts = Options::default().format_version(2)
         .segment_size(1 << 20)
         .signing_key(signer())
         .checkpoint_every(150);
@@ -343,7 +343,7 @@ impl annal::Projection for CountByStream {
 #[test]
 fn every_reader_steps_over_checkpoints() {
     let dir = scratch();
-    let opts = Options::default()
+    let opts = Options::default().format_version(2)
         .segment_size(8 << 10)
         .signing_key(signer())
         .checkpoint_every(3);
