@@ -1,0 +1,1462 @@
+//! Golden vectors of log format version 3 (`spec/format.md` sections 3.6, 9,
+//! 15 and 21.2), in `spec/vectors/v3/`:
+//!
+//! * `simple/` + `simple.json`: one segment with two batches, cleanly closed;
+//! * `torn/` + `torn.json`: the same two batches and a third one cut short,
+//!   with the head file a crashed writer leaves;
+//! * `corrupt/` + `corrupt.json`: `simple/` with one payload byte flipped;
+//! * `keyed/` + `keyed.json`: `simple/` written with a keyed chain (the
+//!   published TEST key `[0x42; 32]`).
+//!
+//! The events are v2's (same log id, clock, streams, types, payloads,
+//! metadata), except that batch 1 holds a third event, a second `ItemAdded`
+//! (so that a record without `TYPE` shows), and that this event and the
+//! batch-2 event carry no application id: their ids are generated (spec 9)
+//! and not stored.
+//!
+//! Every byte is assembled here from the spec's tables alone
+//! (`tests/golden/v3.rs`: LEB128 varints, the 32/64-byte frame header, the
+//! batch body, padding, the v3 chain links, generated ids), with
+//! `crc32fast` and `blake3` only; never annal's encoders or `annal::format`.
+//! The tests check that
+//!
+//! 1. the committed files and JSON equal the spec assembly, and regenerating
+//!    gives them byte for byte;
+//! 2. an independent reader (`tests/golden/v3.rs`) parses the committed
+//!    files back to the JSON's events, ids included, and verifies the chain;
+//! 3. annal's writer, given the same log id, clock and ids, writes the same
+//!    bytes (and, for `torn`, the same crash image);
+//! 4. annal's reader returns the same events, recovery of `torn` and the
+//!    error of `corrupt` are those the JSON documents.
+//!
+//! To (re)write the vectors from the spec assembly instead of comparing:
+//!
+//! ```text
+//! ANNAL_REGENERATE_VECTORS=1 cargo test --all-features --test golden_v3_vectors
+//! ```
+
+mod golden;
+#[path = "golden/v3.rs"]
+mod v3;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+
+use annal::{ChainKey, Error, EventData, ExpectedVersion, Log, LogView, Options, Reader, Uuid};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use golden::{
+    EventJson, Format, HeadSlot, TEST_CHAIN_KEY, assert_bytes_eq, assert_tree_committed, crc, event_of, file_names,
+    head_file_in, head_slot, hex, id_from, lines, planned_clock, regenerating, segment_header_in,
+};
+use v3::Ev;
+
+// ============================================================== the plan
+
+const VERSION: u16 = 3;
+const LOG_ID: [u8; 16] = [
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,
+];
+/// `created_at` of the segment (the first clock reading of the writer).
+const CREATED_AT: u64 = 1_700_000_000_000_000_000;
+const SEGMENT_FILE: &str = "00000000000000000000.seg";
+const HEAD_FILE: &str = "annal.head";
+const LOCK_FILE: &str = "annal.lock";
+/// Spec 2.1 / 5.1 rule 1: every frame's `durable_end` of a Buffered writer
+/// that has not fsynced since creating the segment.
+const SEGMENT_HEADER_LEN: u64 = 128;
+
+/// The log formats of the v3 vectors: the chain (spec 21), plain or keyed.
+const PLAIN: Format = Format {
+    version: VERSION,
+    chain: true,
+    key: None,
+};
+const KEYED: Format = Format {
+    version: VERSION,
+    chain: true,
+    key: Some(TEST_CHAIN_KEY),
+};
+
+/// One `append` call: one or more events of one stream, one timestamp.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    stream: &'static str,
+    timestamp: u64,
+    events: &'static [Ev],
+}
+
+const BATCH_1: Batch = Batch {
+    stream: "order-1",
+    timestamp: 1_700_000_000_000_000_100,
+    events: &[
+        Ev {
+            event_type: "OrderPlaced",
+            payload: r#"{"total":42}"#,
+            metadata: r#"{"user":"ann"}"#,
+            id: Some(id_from(0x01)),
+            schema_version: 1,
+        },
+        Ev {
+            event_type: "ItemAdded",
+            payload: r#"{"sku":"A-7"}"#,
+            metadata: "",
+            id: Some(id_from(0x11)),
+            schema_version: 0,
+        },
+        // New in v3: a second event of the same type (no TYPE), and no id.
+        Ev {
+            event_type: "ItemAdded",
+            payload: r#"{"sku":"B-2"}"#,
+            metadata: "",
+            id: None,
+            schema_version: 0,
+        },
+    ],
+};
+
+const BATCH_2: Batch = Batch {
+    stream: "customer-9",
+    timestamp: 1_700_000_000_000_000_200,
+    events: &[Ev {
+        event_type: "Registered",
+        payload: "ann",
+        metadata: "",
+        // v2 gives it id_from(0x21); in v3 its id is generated.
+        id: None,
+        schema_version: 3,
+    }],
+};
+
+/// The batch the crash tears (torn vector only).
+const BATCH_3: Batch = Batch {
+    stream: "order-1",
+    timestamp: 1_700_000_000_000_000_300,
+    events: &[Ev {
+        event_type: "OrderShipped",
+        payload: r#"{"carrier":"DHL"}"#,
+        metadata: "",
+        id: Some(id_from(0x31)),
+        schema_version: 0,
+    }],
+};
+
+/// Bytes of the torn batch's body that reached the file, after its intact
+/// 32-byte header: `timestamp_delta` (9 bytes), `stream_len` (1), `order-1`
+/// (7), `first_version` (1), the record's `rflags` (1) and the first 5 bytes
+/// of its event id.
+const TORN_BODY_BYTES_KEPT: u64 = 9 + 1 + 7 + 1 + 1 + 5;
+
+/// The corrupt vector flips the first payload byte of the first record
+/// (`{` = 0x7b becomes `z` = 0x7a).
+const FLIP_MASK: u8 = 0x01;
+
+const CRC_NOTE: &str = "CRC values are hex strings (0x and 8 lowercase hex digits) of the u32 stored little-endian in the \
+                        field: the segment header's header_crc over [0, 124) (spec 2.1), each frame's header_crc over \
+                        its [4, header_len) and body_crc over its [header_len, frame_len) (3.6), each head slot's crc \
+                        over its [8, 64) (5.2); CRC-32/ISO-HDLC as spec 'Conventions' says.";
+
+// ======================================================= spec assembly
+
+#[derive(Debug, Clone)]
+struct RecordLayout {
+    /// File offset of the record's `rflags` byte.
+    offset: u64,
+    len: u64,
+    rflags: u8,
+    position: u64,
+    stream_version: u64,
+    timestamp: u64,
+    stream: &'static str,
+    /// The event id: the stored one, or the generated one of spec 9.
+    id: [u8; 16],
+    event: Ev,
+}
+
+#[derive(Debug, Clone)]
+struct FrameLayout {
+    offset: u64,
+    len: u64,
+    header_len: u64,
+    chained: bool,
+    first_position: u64,
+    durable_end: u64,
+    header_crc: u32,
+    body_crc: u32,
+    /// The chain after the batch (spec 21.2: every batch is a link).
+    chain_after: [u8; 32],
+    timestamp_delta: u64,
+    stream: &'static str,
+    first_version: u64,
+    /// Bytes of the body without the padding, and the padding.
+    body_used: u64,
+    padding: u64,
+    records: Vec<RecordLayout>,
+}
+
+impl FrameLayout {
+    fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+    fn next_position(&self) -> u64 {
+        self.first_position + self.records.len() as u64
+    }
+}
+
+fn key_of(fmt: &Format) -> Option<&[u8; 32]> {
+    fmt.key.as_ref()
+}
+
+/// Segment 0 of a new v3 log in `fmt` holding `batches`, written by a
+/// Buffered writer that has not fsynced: every `durable_end` is 128.
+/// Positions from 0, versions from 0 per stream, `prev_timestamp` 0 (so
+/// `timestamp_delta` is the timestamp). The segment's `chain_start` is the
+/// genesis; a batch stores a chain slot by the 16 KiB rule of spec 3.6.
+fn assemble_segment(fmt: &Format, batches: &[Batch]) -> (Vec<u8>, Vec<FrameLayout>) {
+    let key = key_of(fmt);
+    let genesis = v3::genesis(key, &LOG_ID);
+    let mut chain = genesis;
+    let mut seg = segment_header_in(fmt, LOG_ID, 0, 0, CREATED_AT, &genesis);
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    let mut position = 0u64;
+    let mut prev_batch = None;
+    let mut frames = Vec::new();
+    for b in batches {
+        let offset = seg.len() as u64;
+        let chained = v3::stores_slot(fmt.chain, offset, prev_batch);
+        let header_len = if chained { 64 } else { 32 };
+        let first_version = versions.get(b.stream).map_or(0, |v| v + 1);
+        let (body, places) = v3::batch_body(b.timestamp, b.stream, first_version, b.events);
+        let (frame, after) = v3::batch_frame(
+            key,
+            Some(&chain),
+            chained,
+            position,
+            b.events.len() as u32,
+            SEGMENT_HEADER_LEN as u32,
+            &body,
+        );
+        chain = after.expect("chained log");
+        let records = places
+            .iter()
+            .zip(b.events)
+            .enumerate()
+            .map(|(i, (p, ev))| {
+                let pos = position + i as u64;
+                RecordLayout {
+                    offset: offset + header_len + p.at as u64,
+                    len: p.len as u64,
+                    rflags: p.rflags,
+                    position: pos,
+                    stream_version: first_version + i as u64,
+                    timestamp: b.timestamp,
+                    stream: b.stream,
+                    id: ev.id.unwrap_or_else(|| v3::generated_id(&LOG_ID, pos, b.timestamp)),
+                    event: *ev,
+                }
+            })
+            .collect();
+        frames.push(FrameLayout {
+            offset,
+            len: frame.len() as u64,
+            header_len,
+            chained,
+            first_position: position,
+            durable_end: SEGMENT_HEADER_LEN,
+            header_crc: u32_at(&frame, 0),
+            body_crc: u32_at(&frame, 28),
+            chain_after: chain,
+            timestamp_delta: b.timestamp,
+            stream: b.stream,
+            first_version,
+            body_used: body.len() as u64,
+            padding: frame.len() as u64 - header_len - body.len() as u64,
+            records,
+        });
+        seg.extend_from_slice(&frame);
+        prev_batch = Some(offset);
+        position += b.events.len() as u64;
+        versions.insert(b.stream, first_version + b.events.len() as u64 - 1);
+    }
+    (seg, frames)
+}
+
+/// The head slots annal's writer writes (the schedule of the v1/v2 vectors,
+/// `tests/golden_vectors.rs`): sequence 1 at creation (128/128), one per
+/// append (durable 128, visible = end of the batch), two at close (both
+/// durable = visible = the segment's end).
+fn writer_head_history(frames: &[FrameLayout], closed: bool) -> Vec<HeadSlot> {
+    let mut slots = vec![HeadSlot {
+        sequence: 1,
+        segment_base: 0,
+        durable_end: SEGMENT_HEADER_LEN,
+        visible_end: SEGMENT_HEADER_LEN,
+        next_position: 0,
+    }];
+    for f in frames {
+        slots.push(HeadSlot {
+            sequence: slots.len() as u64 + 1,
+            segment_base: 0,
+            durable_end: SEGMENT_HEADER_LEN,
+            visible_end: f.end(),
+            next_position: f.next_position(),
+        });
+    }
+    if closed {
+        let end = frames.last().map_or(SEGMENT_HEADER_LEN, FrameLayout::end);
+        let next = frames.last().map_or(0, FrameLayout::next_position);
+        for _ in 0..2 {
+            slots.push(HeadSlot {
+                sequence: slots.len() as u64 + 1,
+                segment_base: 0,
+                durable_end: end,
+                visible_end: end,
+                next_position: next,
+            });
+        }
+    }
+    slots
+}
+
+// ============================================================ JSON
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RecordJson {
+    /// File offset of the record's `rflags` byte.
+    offset: u64,
+    /// Bytes of the record (from `rflags` to the end of its payload).
+    record_len: u64,
+    /// `rflags`: bit 0 ID, 1 SCHEMA, 2 TYPE, 3 METADATA.
+    rflags: u8,
+    /// The event id is stored (ID); otherwise it is generated (spec 9).
+    id_stored: bool,
+    #[serde(flatten)]
+    event: EventJson,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FrameJson {
+    offset: u64,
+    frame_len: u64,
+    /// 64 with CHAINED, else 32.
+    header_len: u64,
+    kind: u8,
+    flags: u8,
+    first_position: u64,
+    record_count: u32,
+    durable_end: u64,
+    header_crc: String,
+    body_crc: String,
+    /// The stored chain slot (CHAINED only), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<String>,
+    /// The chain hash after this batch (stored or not), hex.
+    chain_after: String,
+    timestamp_delta: u64,
+    stream: String,
+    first_version: u64,
+    /// Body bytes before the padding, and the padding.
+    body_bytes: u64,
+    padding: u64,
+    records: Vec<RecordJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SegmentJson {
+    file: String,
+    length: u64,
+    base_position: u64,
+    prev_timestamp: u64,
+    created_at: u64,
+    header_crc: String,
+    log_flags: u16,
+    chain_start: String,
+    key_id: String,
+    frames: Vec<FrameJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct HeadSlotJson {
+    file_offset: u64,
+    crc: String,
+    #[serde(flatten)]
+    slot: HeadSlot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct HeadJson {
+    file: String,
+    current_sequence: u64,
+    slots: Vec<HeadSlotJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WriterJson {
+    durability: String,
+    clock_readings: Vec<u64>,
+    head_slots_written: Vec<HeadSlot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ChainJson {
+    hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    test_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    test_key_note: Option<String>,
+    key_id: String,
+    genesis: String,
+    /// `Log::anchor()`: `POSITION:HEX64`.
+    anchor: String,
+}
+
+/// Spec 9: the generated ids of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct GeneratedIdsJson {
+    /// S = the first 16 bytes of BLAKE3("annal event id v3" || log_id),
+    /// big-endian, mod 2^74, as `0x` and 19 hex digits.
+    seed: String,
+    /// Positions of the events whose ids are generated (not stored).
+    positions: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SimpleJson {
+    description: Vec<String>,
+    format_version: u16,
+    log_id: String,
+    log_flags: u16,
+    chain: ChainJson,
+    generated_ids: GeneratedIdsJson,
+    files: Vec<String>,
+    writer: WriterJson,
+    segment: SegmentJson,
+    head: HeadJson,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TornFrameJson {
+    offset: u64,
+    frame_len: u64,
+    header_len: u64,
+    kind: u8,
+    flags: u8,
+    first_position: u64,
+    record_count: u32,
+    durable_end: u64,
+    header_crc: String,
+    body_crc: String,
+    /// The chain after the whole batch (not stored: no CHAINED), hex.
+    chain_after: String,
+    bytes_in_file: u64,
+    records: Vec<RecordJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TruncationJson {
+    file: String,
+    offset: u64,
+    bytes_removed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RecoveryJson {
+    durable_boundary: u64,
+    first_incomplete_frame: u64,
+    /// The offset of the first check that fails in that frame (spec 3.6).
+    finding: u64,
+    truncated: TruncationJson,
+    segment_length_after: u64,
+    records: Vec<RecordJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TornJson {
+    description: Vec<String>,
+    format_version: u16,
+    log_id: String,
+    log_flags: u16,
+    chain: ChainJson,
+    generated_ids: GeneratedIdsJson,
+    files: Vec<String>,
+    writer: WriterJson,
+    segment: SegmentJson,
+    torn_frame: TornFrameJson,
+    head: HeadJson,
+    expected_recovery: RecoveryJson,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FlipJson {
+    file: String,
+    offset: u64,
+    original: u8,
+    flipped: u8,
+    location: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ErrorJson {
+    kind: String,
+    file: String,
+    offset: u64,
+    location: String,
+    damaged_frame_offset: u64,
+    durable_boundary: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CorruptJson {
+    description: Vec<String>,
+    format_version: u16,
+    log_id: String,
+    log_flags: u16,
+    based_on: String,
+    files: Vec<String>,
+    flipped_byte: FlipJson,
+    expected_error: ErrorJson,
+    bytes_removed: u64,
+}
+
+fn hex32(x: u32) -> String {
+    format!("{x:#010x}")
+}
+
+fn event_json(r: &RecordLayout) -> EventJson {
+    EventJson {
+        position: r.position,
+        stream: r.stream.to_owned(),
+        stream_version: r.stream_version,
+        timestamp: r.timestamp,
+        event_id: Uuid::from_bytes(r.id).to_string(),
+        schema_version: r.event.schema_version,
+        event_type: r.event.event_type.to_owned(),
+        metadata: r.event.metadata.to_owned(),
+        payload: r.event.payload.to_owned(),
+    }
+}
+
+fn record_json(r: &RecordLayout) -> RecordJson {
+    RecordJson {
+        offset: r.offset,
+        record_len: r.len,
+        rflags: r.rflags,
+        id_stored: r.event.id.is_some(),
+        event: event_json(r),
+    }
+}
+
+fn frame_json(f: &FrameLayout) -> FrameJson {
+    FrameJson {
+        offset: f.offset,
+        frame_len: f.len,
+        header_len: f.header_len,
+        kind: 1,
+        flags: u8::from(f.chained),
+        first_position: f.first_position,
+        record_count: f.records.len() as u32,
+        durable_end: f.durable_end,
+        header_crc: hex32(f.header_crc),
+        body_crc: hex32(f.body_crc),
+        chain: f.chained.then(|| hex(&f.chain_after)),
+        chain_after: hex(&f.chain_after),
+        timestamp_delta: f.timestamp_delta,
+        stream: f.stream.to_owned(),
+        first_version: f.first_version,
+        body_bytes: f.body_used,
+        padding: f.padding,
+        records: f.records.iter().map(record_json).collect(),
+    }
+}
+
+fn segment_json(fmt: &Format, length: u64, frames: &[FrameLayout]) -> SegmentJson {
+    let genesis = v3::genesis(key_of(fmt), &LOG_ID);
+    let header = segment_header_in(fmt, LOG_ID, 0, 0, CREATED_AT, &genesis);
+    SegmentJson {
+        file: SEGMENT_FILE.to_owned(),
+        length,
+        base_position: 0,
+        prev_timestamp: 0,
+        created_at: CREATED_AT,
+        header_crc: hex32(u32_at(&header, 124)),
+        log_flags: fmt.log_flags(),
+        chain_start: hex(&genesis),
+        key_id: hex(&fmt.key_id()),
+        frames: frames.iter().map(frame_json).collect(),
+    }
+}
+
+fn chain_json(fmt: &Format, last: Option<&FrameLayout>) -> ChainJson {
+    let genesis = v3::genesis(key_of(fmt), &LOG_ID);
+    let anchor = last.map_or((0, genesis), |f| (f.next_position(), f.chain_after));
+    ChainJson {
+        hash: if fmt.key.is_some() { "BLAKE3 keyed" } else { "BLAKE3" }.to_owned(),
+        test_key: fmt.key.map(|k| hex(&k)),
+        test_key_note: fmt.key.map(|_| {
+            "TEST KEY, PUBLISHED HERE: it exists only to make this vector reproducible. Never use it to key a \
+             real log."
+                .to_owned()
+        }),
+        key_id: hex(&fmt.key_id()),
+        genesis: hex(&genesis),
+        anchor: format!("{}:{}", anchor.0, hex(&anchor.1)),
+    }
+}
+
+fn generated_ids_json(frames: &[FrameLayout]) -> GeneratedIdsJson {
+    GeneratedIdsJson {
+        seed: format!("{:#021x}", v3::id_seed(&LOG_ID)),
+        positions: frames
+            .iter()
+            .flat_map(|f| f.records.iter())
+            .filter(|r| r.event.id.is_none())
+            .map(|r| r.position)
+            .collect(),
+    }
+}
+
+fn head_json(history: &[HeadSlot]) -> HeadJson {
+    let mut slots: Vec<HeadSlotJson> = Vec::new();
+    for s in history {
+        slots.retain(|j| j.file_offset != s.file_offset());
+        slots.push(HeadSlotJson {
+            file_offset: s.file_offset(),
+            crc: hex32(u32_at(&head_slot(VERSION, s), 4)),
+            slot: *s,
+        });
+    }
+    slots.sort_by_key(|s| s.file_offset);
+    HeadJson {
+        file: HEAD_FILE.to_owned(),
+        current_sequence: history.last().map_or(0, |s| s.sequence),
+        slots,
+    }
+}
+
+fn writer_json(batches: &[Batch], history: &[HeadSlot]) -> WriterJson {
+    WriterJson {
+        durability: "Buffered".to_owned(),
+        clock_readings: std::iter::once(CREATED_AT)
+            .chain(batches.iter().map(|b| b.timestamp))
+            .collect(),
+        head_slots_written: history.to_vec(),
+    }
+}
+
+fn v3_description(fmt: &Format) -> Vec<String> {
+    let mut d = lines(&[
+        "Format v3 (spec 3.6): the segment header and head file are v2's with format_version 3. A frame header is \
+         32 bytes (header_crc over [4, header_len), magic F3, kind, flags, frame_len u32, record_count u32, \
+         first_position u64, durable_end u32, body_crc over [header_len, frame_len)), 64 with a chain slot \
+         (flags bit 0 CHAINED).",
+        "The batch body: varints timestamp_delta (timestamp - prev_timestamp), stream_len, the stream, varint \
+         first_version, then per record rflags (bit 0 ID, 1 SCHEMA, 2 TYPE, 3 METADATA) and only the fields its \
+         flags name, then each payload_len and payload; zero padding to a multiple of 8. Record offsets are \
+         those of their rflags byte.",
+        "Events as in the v2 vectors, except: batch 1 holds a third event, a second ItemAdded (its record has no \
+         TYPE: the type is not repeated), and that event and the batch-2 event (Registered, schema_version 3) \
+         carry no application id. Their ids are generated (spec 9, generated_ids) and not stored (no ID).",
+        "Chain (spec 21.2, version 3): every batch is a link H(prev || frame[4, 28) || frame[header_len, \
+         frame_len)); only the segment's first batch (and the first batch in each new 16 KiB block, none here) \
+         stores its chain slot. chain_after is the chain hash after each batch, stored or not; chain.anchor \
+         is Log::anchor().",
+    ]);
+    if fmt.key.is_some() {
+        d.extend(lines(&[
+            "Keyed: log_flags = 3 (CHAIN | KEYED); H is BLAKE3 in keyed mode with chain.test_key; key_id = the \
+             first 16 bytes of blake3::derive_key(\"annal 2026-11 chain key id\", key). The generated ids' seed \
+             is never keyed.",
+            "chain.test_key IS A PUBLISHED TEST KEY (32 bytes of 0x42). Never use it for a real log.",
+        ]));
+    }
+    d
+}
+
+// ========================================================= the vectors
+
+struct Vector {
+    name: &'static str,
+    segment: Vec<u8>,
+    head: Vec<u8>,
+    json_text: String,
+}
+
+impl Vector {
+    fn new(name: &'static str, segment: Vec<u8>, head: Vec<u8>, json: &impl Serialize) -> Vector {
+        let mut json_text = serde_json::to_string_pretty(json).expect("serialize JSON");
+        json_text.push('\n');
+        Vector {
+            name,
+            segment,
+            head,
+            json_text,
+        }
+    }
+}
+
+fn build_simple(fmt: Format, name: &'static str) -> Vector {
+    let batches = [BATCH_1, BATCH_2];
+    let (segment, frames) = assemble_segment(&fmt, &batches);
+    let history = writer_head_history(&frames, true);
+    let mut description = lines(&[
+        "A cleanly closed log of one segment holding two batches, written by a writer in Durability::Buffered \
+         mode with an explicit log id and clock, then closed.",
+        "Batch 1: stream order-1, events OrderPlaced, ItemAdded, ItemAdded. Batch 2: stream customer-9, event \
+         Registered.",
+        "Every frame's durable_end is 128: nothing was fsynced before close. The head's current slot has \
+         durable_end = visible_end = the segment length (spec 5.2).",
+        CRC_NOTE,
+        "The directory holds no annal.lock, nor the index checkpoint (.ckpt) a writer leaves at close.",
+    ]);
+    description.extend(v3_description(&fmt));
+    let json = SimpleJson {
+        description,
+        format_version: VERSION,
+        log_id: hex(&LOG_ID),
+        log_flags: fmt.log_flags(),
+        chain: chain_json(&fmt, frames.last()),
+        generated_ids: generated_ids_json(&frames),
+        files: vec![SEGMENT_FILE.to_owned(), HEAD_FILE.to_owned()],
+        writer: writer_json(&batches, &history),
+        segment: segment_json(&fmt, segment.len() as u64, &frames),
+        head: head_json(&history),
+    };
+    Vector::new(name, segment, head_file_in(VERSION, &history), &json)
+}
+
+fn build_torn() -> Vector {
+    let fmt = PLAIN;
+    let batches = [BATCH_1, BATCH_2, BATCH_3];
+    let (full, frames) = assemble_segment(&fmt, &batches);
+    let (complete, torn) = frames.split_at(2);
+    let torn = &torn[0];
+    let cut = torn.offset + torn.header_len + TORN_BODY_BYTES_KEPT;
+    let segment = full[..cut as usize].to_vec();
+    let history = writer_head_history(complete, false);
+    let x = torn.offset;
+    let mut description = lines(&[
+        "A crash image: the two batches of simple.json, then a third batch (stream order-1, event OrderShipped, \
+         with an id) whose write was cut short, by a Buffered writer that never fsynced.",
+        "The file ends after the torn frame's 32-byte header (intact; not CHAINED: the batch lies in the same \
+         16 KiB block as the one before), and the first 24 bytes of its body: timestamp_delta (9), stream_len \
+         (1), order-1 (7), first_version (1), rflags (1) and 5 bytes of the event id.",
+        "The head file is the one the writer left: the current slot is the one written after batch 2 \
+         (durable_end 128, visible_end = end of batch 2).",
+        CRC_NOTE,
+        "Recovery (spec 6): B = 128; the first frame that is not complete is batch 3 at X = end of batch 2 \
+         (finding at X + 8, frame_len past the file's end, spec 3.6 'Complete' step 1); X >= B, so [X, end) \
+         is removed and the two complete batches remain.",
+    ]);
+    description.extend(v3_description(&fmt));
+    let json = TornJson {
+        description,
+        format_version: VERSION,
+        log_id: hex(&LOG_ID),
+        log_flags: fmt.log_flags(),
+        chain: chain_json(&fmt, complete.last()),
+        generated_ids: generated_ids_json(complete),
+        files: vec![SEGMENT_FILE.to_owned(), HEAD_FILE.to_owned()],
+        writer: writer_json(&batches, &history),
+        segment: segment_json(&fmt, segment.len() as u64, complete),
+        torn_frame: TornFrameJson {
+            offset: torn.offset,
+            frame_len: torn.len,
+            header_len: torn.header_len,
+            kind: 1,
+            flags: u8::from(torn.chained),
+            first_position: torn.first_position,
+            record_count: torn.records.len() as u32,
+            durable_end: torn.durable_end,
+            header_crc: hex32(torn.header_crc),
+            body_crc: hex32(torn.body_crc),
+            chain_after: hex(&torn.chain_after),
+            bytes_in_file: cut - torn.offset,
+            records: torn.records.iter().map(record_json).collect(),
+        },
+        head: head_json(&history),
+        expected_recovery: RecoveryJson {
+            durable_boundary: SEGMENT_HEADER_LEN,
+            first_incomplete_frame: x,
+            finding: x + 8,
+            truncated: TruncationJson {
+                file: SEGMENT_FILE.to_owned(),
+                offset: x,
+                bytes_removed: cut - x,
+            },
+            segment_length_after: x,
+            records: complete.iter().flat_map(|f| f.records.iter().map(record_json)).collect(),
+        },
+    };
+    Vector::new("torn", segment, head_file_in(VERSION, &history), &json)
+}
+
+fn build_corrupt() -> Vector {
+    let fmt = PLAIN;
+    let simple = build_simple(fmt, "simple");
+    let (_, frames) = assemble_segment(&fmt, &[BATCH_1, BATCH_2]);
+    let frame = &frames[0];
+    let rec = &frame.records[0];
+    let ev = &rec.event;
+    // The record: rflags, id (16), schema varint (1), type_len varint (1),
+    // type, metadata_len varint (1), metadata, payload_len varint (1), payload.
+    assert_eq!(rec.rflags, v3::RFLAG_ID | v3::RFLAG_SCHEMA | v3::RFLAG_TYPE | v3::RFLAG_METADATA);
+    let payload_at = rec.offset + 1 + 16 + 1 + 1 + ev.event_type.len() as u64 + 1 + ev.metadata.len() as u64 + 1;
+    assert_eq!(payload_at + ev.payload.len() as u64, rec.offset + rec.len);
+    let mut segment = simple.segment.clone();
+    let original = segment[payload_at as usize];
+    let flipped = original ^ FLIP_MASK;
+    segment[payload_at as usize] = flipped;
+    let end = frames.last().map_or(SEGMENT_HEADER_LEN, FrameLayout::end);
+    let json = CorruptJson {
+        description: lines(&[
+            "The cleanly closed log of simple.json (same head file) with one byte flipped: the first payload byte \
+             of the record at position 0, in batch 1.",
+            "The durable boundary is the segment's end (a cleanly closed log, spec 5.2): the damage is below it, \
+             so it is corruption. Opening for writing fails with Corrupt and removes nothing; a reader returns \
+             an error, never the flipped data.",
+            "expected_error.offset is the first check of spec 3.6 'Complete' that fails in the frame: step 2, \
+             the frame's body_crc field (frame offset + 28). The frame header (its header_crc covers body_crc, \
+             not the body) is intact.",
+        ]),
+        format_version: VERSION,
+        log_id: hex(&LOG_ID),
+        log_flags: fmt.log_flags(),
+        based_on: "simple.json".to_owned(),
+        files: vec![SEGMENT_FILE.to_owned(), HEAD_FILE.to_owned()],
+        flipped_byte: FlipJson {
+            file: SEGMENT_FILE.to_owned(),
+            offset: payload_at,
+            original,
+            flipped,
+            location: format!(
+                "first payload byte of the record at position 0 (frame at {}, record at {}, payload [{}, {}))",
+                frame.offset,
+                rec.offset,
+                payload_at,
+                payload_at + ev.payload.len() as u64
+            ),
+        },
+        expected_error: ErrorJson {
+            kind: "Corrupt".to_owned(),
+            file: SEGMENT_FILE.to_owned(),
+            offset: frame.offset + 28,
+            location: format!(
+                "the body_crc field (frame offset 28) of the batch at file offset {}, whose body no longer \
+                 matches it",
+                frame.offset
+            ),
+            damaged_frame_offset: frame.offset,
+            durable_boundary: end,
+        },
+        bytes_removed: 0,
+    };
+    Vector::new("corrupt", segment, simple.head, &json)
+}
+
+fn write_vector_to(base: &Path, v: &Vector) {
+    let dir = base.join(v.name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).expect("remove old vector directory");
+    }
+    fs::create_dir_all(&dir).expect("create vector directory");
+    fs::write(dir.join(SEGMENT_FILE), &v.segment).expect("write segment");
+    fs::write(dir.join(HEAD_FILE), &v.head).expect("write head");
+    fs::write(base.join(format!("{}.json", v.name)), &v.json_text).expect("write JSON");
+}
+
+fn vectors_dir() -> PathBuf {
+    golden::vectors_dir_of(VERSION)
+}
+
+/// The spec-assembled v3 vectors; with `ANNAL_REGENERATE_VECTORS=1` written
+/// to `spec/vectors/v3/` once per test process, before any test reads them.
+fn vectors() -> &'static [Vector] {
+    static V: OnceLock<Vec<Vector>> = OnceLock::new();
+    V.get_or_init(|| {
+        let v = vec![
+            build_simple(PLAIN, "simple"),
+            build_torn(),
+            build_corrupt(),
+            build_simple(KEYED, "keyed"),
+        ];
+        if regenerating() {
+            fs::create_dir_all(vectors_dir()).expect("create vectors directory");
+            for x in &v {
+                write_vector_to(&vectors_dir(), x);
+            }
+        }
+        v
+    })
+}
+
+fn dir() -> PathBuf {
+    vectors();
+    vectors_dir()
+}
+
+fn load_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    golden::load_json_from(&dir(), name)
+}
+
+fn read_vector(name: &str) -> (Vec<u8>, Vec<u8>) {
+    let d = dir().join(name);
+    (
+        fs::read(d.join(SEGMENT_FILE)).expect("read segment"),
+        fs::read(d.join(HEAD_FILE)).expect("read head"),
+    )
+}
+
+// ============================================================ helpers
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn fmt_of(name: &str) -> Format {
+    if name == "keyed" { KEYED } else { PLAIN }
+}
+
+/// Options of a writer creating (or opening) a log in `fmt`: the default
+/// format version (3), the key of a keyed log.
+fn options(fmt: &Format) -> Options {
+    let mut o = Options::default();
+    if let Some(k) = fmt.key {
+        o = o.chain_key(ChainKey::from_bytes(k));
+    }
+    o
+}
+
+fn event_data(e: &Ev) -> EventData<'static> {
+    let d = EventData::new(e.event_type, e.payload.as_bytes())
+        .with_metadata(e.metadata.as_bytes())
+        .with_schema_version(e.schema_version);
+    match e.id {
+        Some(id) => d.with_id(Uuid::from_bytes(id)),
+        None => d,
+    }
+}
+
+fn append(log: &Log, b: &Batch) {
+    let events: Vec<EventData<'_>> = b.events.iter().map(event_data).collect();
+    log.append(b.stream, ExpectedVersion::Any, &events)
+        .unwrap_or_else(|e| panic!("append to {}: {e}", b.stream));
+}
+
+fn assert_log_format(log: &Log, fmt: &Format, chain: &ChainJson) {
+    assert_eq!(log.format_version(), VERSION, "Log::format_version");
+    assert_eq!(log.chain_mode(), (fmt.chain, fmt.key.is_some()), "Log::chain_mode");
+    assert_eq!(log.anchor().map(|a| a.to_string()), Some(chain.anchor.clone()), "Log::anchor");
+}
+
+fn read_events(view: &LogView) -> annal::Result<Vec<EventJson>> {
+    view.read_all(0).map(|r| r.map(|r| event_of(&r))).collect()
+}
+
+fn expected_events(frames: &[FrameJson]) -> Vec<EventJson> {
+    frames
+        .iter()
+        .flat_map(|f| f.records.iter().map(|r| r.event.clone()))
+        .collect()
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn copy_vector(name: &str) -> tempfile::TempDir {
+    golden::copy_dir(&dir().join(name))
+}
+
+/// An event the independent reader returned, as the JSON writes it.
+fn read_event_json(e: &v3::ReadEvent) -> RecordJson {
+    RecordJson {
+        offset: e.offset,
+        record_len: e.len,
+        rflags: e.rflags,
+        id_stored: e.id_stored,
+        event: EventJson {
+            position: e.position,
+            stream: e.stream.clone(),
+            stream_version: e.stream_version,
+            timestamp: e.timestamp,
+            event_id: Uuid::from_bytes(e.id).to_string(),
+            schema_version: e.schema_version,
+            event_type: e.event_type.clone(),
+            metadata: String::from_utf8(e.metadata.clone()).expect("UTF-8 metadata"),
+            payload: String::from_utf8(e.payload.clone()).expect("UTF-8 payload"),
+        },
+    }
+}
+
+/// The frames the independent reader walked, as the JSON writes them.
+fn read_frames_json(seg: &[u8], walk: &v3::Walk, key: Option<&[u8; 32]>) -> Vec<FrameJson> {
+    let mut running = walk.header.chain_start;
+    walk.frames
+        .iter()
+        .map(|f| {
+            let frame = &seg[f.offset as usize..f.end() as usize];
+            running = v3::link(key, &running, frame, f.head.header_len());
+            FrameJson {
+                offset: f.offset,
+                frame_len: u64::from(f.head.frame_len),
+                header_len: f.head.header_len() as u64,
+                kind: f.head.kind,
+                flags: u8::from(f.head.chained),
+                first_position: f.head.first_position,
+                record_count: f.head.record_count,
+                durable_end: u64::from(f.head.durable_end),
+                header_crc: hex32(f.header_crc),
+                body_crc: hex32(f.body_crc),
+                chain: f.slot.map(|s| hex(&s)),
+                chain_after: hex(&running),
+                timestamp_delta: f.timestamp - walk.header.prev_timestamp,
+                stream: f.stream.clone(),
+                first_version: f.first_version,
+                body_bytes: f.body_used as u64,
+                padding: f.padding as u64,
+                records: f.events.iter().map(read_event_json).collect(),
+            }
+        })
+        .collect()
+}
+
+// ============================================================== tests
+
+#[test]
+fn crc_and_varints_are_the_ones_the_spec_names() {
+    assert_eq!(crc(b"123456789"), 0xCBF4_3926);
+    let enc = |v: u64| {
+        let mut b = Vec::new();
+        v3::put_varint(&mut b, v);
+        b
+    };
+    assert_eq!(enc(0), [0x00]);
+    assert_eq!(enc(1), [0x01]);
+    assert_eq!(enc(127), [0x7f]);
+    assert_eq!(enc(128), [0x80, 0x01]);
+    assert_eq!(enc(300), [0xac, 0x02]);
+    assert_eq!(enc(16_384), [0x80, 0x80, 0x01]);
+    let max = enc(u64::MAX);
+    assert_eq!(max.len(), 10);
+    assert_eq!(max[9], 0x01);
+    for v in [0, 1, 127, 128, 300, 1 << 35, CREATED_AT, u64::MAX] {
+        let b = enc(v);
+        assert_eq!(v3::get_varint(&b, 0, b.len()), Ok((v, b.len())), "{v}");
+    }
+    // Not the shortest encoding, more than 64 bits, past the end: invalid.
+    assert_eq!(v3::get_varint(&[0x80, 0x00], 0, 2), Err(0));
+    assert_eq!(v3::get_varint(&[0x81, 0x00], 0, 2), Err(0));
+    let mut eleven = vec![0xff; 9];
+    eleven.push(0x02);
+    assert_eq!(v3::get_varint(&eleven, 0, 10), Err(0));
+    assert_eq!(v3::get_varint(&[0x80, 0x80], 0, 2), Err(2));
+}
+
+/// The committed v3 vectors are exactly what the spec tables produce.
+#[test]
+fn committed_v3_vectors_equal_the_spec_assembly() {
+    for v in vectors() {
+        let d = dir().join(v.name);
+        assert_eq!(file_names(&d), names(&[SEGMENT_FILE, HEAD_FILE]), "files of {}", d.display());
+        let (seg, head) = read_vector(v.name);
+        assert_bytes_eq(&format!("v3/{}/{SEGMENT_FILE}", v.name), &seg, &v.segment);
+        assert_bytes_eq(&format!("v3/{}/{HEAD_FILE}", v.name), &head, &v.head);
+        let json: Value = load_json(&format!("{}.json", v.name));
+        let want: Value = serde_json::from_str(&v.json_text).expect("parse generated JSON");
+        assert_eq!(json, want, "v3/{}.json differs from the spec assembly", v.name);
+    }
+}
+
+/// Regenerating (into a temporary directory) gives the committed files byte
+/// for byte, JSON text included.
+#[test]
+fn regenerated_v3_vectors_are_byte_identical_to_the_committed_ones() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for v in vectors() {
+        write_vector_to(tmp.path(), v);
+    }
+    assert_tree_committed(tmp.path(), &dir());
+}
+
+/// The v3 vectors exercise what they are meant to: record flags with and
+/// without each optional field, a record without TYPE, generated ids, one
+/// chained batch and one without a slot, padding.
+#[test]
+fn v3_vectors_exercise_the_compact_encoding() {
+    let j: SimpleJson = load_json("simple.json");
+    let f = &j.segment.frames;
+    assert_eq!(f.len(), 2);
+    assert_eq!((f[0].flags, f[0].header_len, f[1].flags, f[1].header_len), (1, 64, 0, 32));
+    assert!(f[0].chain.is_some() && f[1].chain.is_none());
+    let r: Vec<&RecordJson> = f.iter().flat_map(|f| f.records.iter()).collect();
+    let (id, schema, ty, meta) = (v3::RFLAG_ID, v3::RFLAG_SCHEMA, v3::RFLAG_TYPE, v3::RFLAG_METADATA);
+    assert_eq!(r[0].rflags, id | schema | ty | meta, "OrderPlaced");
+    assert_eq!(r[1].rflags, id | ty, "ItemAdded");
+    assert_eq!(r[2].rflags, 0, "the second ItemAdded: no id, no type");
+    assert_eq!(r[3].rflags, schema | ty, "Registered: generated id, schema 3");
+    assert_eq!(j.generated_ids.positions, vec![2, 3]);
+    assert!(r.iter().all(|r| r.id_stored == (r.rflags & id != 0)));
+    assert!(f.iter().any(|f| f.padding > 0), "some batch is padded");
+    // Frames back to back from 128, 8-aligned; records back to back in bodies.
+    let mut at = SEGMENT_HEADER_LEN;
+    for fr in f {
+        assert_eq!(fr.offset, at);
+        assert_eq!(fr.frame_len % 8, 0);
+        assert_eq!(fr.header_len + fr.body_bytes + fr.padding, fr.frame_len);
+        assert!(fr.padding < 8);
+        let last = fr.records.last().expect("records");
+        assert_eq!(last.offset + last.record_len, fr.offset + fr.header_len + fr.body_bytes);
+        at += fr.frame_len;
+    }
+    assert_eq!(at, j.segment.length);
+}
+
+/// The independent reader parses every committed v3 vector with its own code
+/// from the spec (segment header, frame header checks, body, padding, chain,
+/// generated ids, head file, durable boundary) and finds what the JSON says.
+#[test]
+fn independent_reader_reads_the_committed_v3_vectors() {
+    for name in ["simple", "keyed"] {
+        let fmt = fmt_of(name);
+        let j: SimpleJson = load_json(&format!("{name}.json"));
+        let (seg, head) = read_vector(name);
+        let walk = v3::walk_segment(&seg, 0).unwrap_or_else(|at| panic!("{name}: segment header fails at {at}"));
+        assert_eq!(walk.incomplete, None, "{name}: every frame complete");
+        assert_eq!(walk.end(), seg.len() as u64);
+        let h = &walk.header;
+        assert_eq!(h.log_id, LOG_ID);
+        assert_eq!(h.log_flags, j.log_flags);
+        assert_eq!((h.base_position, h.prev_timestamp, h.created_at), (0, 0, CREATED_AT));
+        assert_eq!(hex(&h.chain_start), j.segment.chain_start);
+        assert_eq!(hex(&h.chain_start), j.chain.genesis);
+        assert_eq!(h.chain_start, v3::genesis(key_of(&fmt), &LOG_ID));
+        assert_eq!(hex(&h.key_id), j.segment.key_id);
+        assert_eq!(hex32(u32_at(&seg, 124)), j.segment.header_crc);
+        if let Some(k) = fmt.key {
+            assert_eq!(h.key_id, ChainKey::from_bytes(k).id(), "{name}: key id");
+        }
+        // Frames, body fields, records, events and ids: as the JSON lists them.
+        assert_eq!(read_frames_json(&seg, &walk, key_of(&fmt)), j.segment.frames, "{name}: frames");
+        // The chain verifies (21.3) and ends at the anchor.
+        let chain = v3::verify_chain(&seg, &walk, key_of(&fmt)).unwrap_or_else(|at| panic!("{name}: slot at {at}"));
+        let next = walk.frames.last().map_or(0, |f| f.head.first_position + u64::from(f.head.record_count));
+        assert_eq!(format!("{next}:{}", hex(&chain)), j.chain.anchor, "{name}: anchor");
+        // Every stored slot obeys the 16 KiB rule.
+        let mut prev = None;
+        for f in &walk.frames {
+            assert_eq!(f.head.chained, v3::stores_slot(true, f.offset, prev), "{name}: CHAINED at {}", f.offset);
+            prev = Some(f.offset);
+        }
+        // The head: the current slot, a cleanly closed log.
+        let cur = v3::current_slot(&head).expect("a valid head slot");
+        assert_eq!(cur.format_version, VERSION);
+        assert_eq!(cur.sequence, j.head.current_sequence);
+        assert_eq!((cur.durable_end, cur.visible_end, cur.next_position), (seg.len() as u64, seg.len() as u64, next));
+        for s in &j.head.slots {
+            let at = s.file_offset as usize;
+            assert_eq!(hex32(u32_at(&head, at + 4)), s.crc);
+            let r = v3::read_slot(&head, at).expect("valid slot");
+            assert_eq!(
+                (r.sequence, r.segment_base, r.durable_end, r.visible_end, r.next_position),
+                (s.slot.sequence, s.slot.segment_base, s.slot.durable_end, s.slot.visible_end, s.slot.next_position)
+            );
+        }
+        assert_eq!(v3::durable_boundary(&seg, &walk, Some(&cur), 0), seg.len() as u64);
+    }
+
+    // torn: the first two batches complete, the third not complete at X with
+    // the finding at X + 8 (frame_len past the file's end); B = 128 <= X: a
+    // torn tail, and the events that remain are those listed.
+    let j: TornJson = load_json("torn.json");
+    let (seg, head) = read_vector("torn");
+    let walk = v3::walk_segment(&seg, 0).expect("segment header");
+    let r = &j.expected_recovery;
+    assert_eq!(walk.incomplete, Some((r.first_incomplete_frame, r.finding)));
+    assert_eq!(read_frames_json(&seg, &walk, None), j.segment.frames);
+    let got: Vec<RecordJson> = walk.events().iter().map(read_event_json).collect();
+    assert_eq!(got, r.records);
+    let cur = v3::current_slot(&head).expect("a valid head slot");
+    let b = v3::durable_boundary(&seg, &walk, Some(&cur), 0);
+    assert_eq!(b, r.durable_boundary);
+    assert!(r.first_incomplete_frame >= b, "a torn tail, not corruption");
+    assert_eq!(seg.len() as u64 - r.first_incomplete_frame, r.truncated.bytes_removed);
+    // The torn frame's intact header is what the JSON says.
+    let t = &j.torn_frame;
+    let o = t.offset as usize;
+    assert_eq!(hex32(u32_at(&seg, o)), t.header_crc);
+    assert_eq!(hex32(u32_at(&seg, o + 28)), t.body_crc);
+    assert_eq!(u32_at(&seg, o + 8) as u64, t.frame_len);
+    assert_eq!((seg[o + 6], seg[o + 7]), (t.kind, t.flags));
+    assert_eq!(seg.len() as u64, t.offset + t.bytes_in_file);
+    assert_eq!(crc(&seg[o + 4..o + 32]), u32_at(&seg, o), "the torn header is intact");
+    let chain = v3::verify_chain(&seg, &walk, None).expect("chain");
+    assert_eq!(format!("{}:{}", r.records.len(), hex(&chain)), j.chain.anchor);
+
+    // corrupt: the first batch is not complete, finding at its body_crc
+    // (frame + 28); B is the segment's end (a cleanly closed head): X < B,
+    // corruption.
+    let j: CorruptJson = load_json("corrupt.json");
+    let (seg, head) = read_vector("corrupt");
+    let walk = v3::walk_segment(&seg, 0).expect("segment header");
+    let e = &j.expected_error;
+    assert_eq!(walk.incomplete, Some((e.damaged_frame_offset, e.offset)));
+    assert_eq!(e.offset, e.damaged_frame_offset + 28);
+    let cur = v3::current_slot(&head).expect("a valid head slot");
+    let b = v3::durable_boundary(&seg, &walk, Some(&cur), 0);
+    assert_eq!(b, e.durable_boundary);
+    assert!(e.damaged_frame_offset < b, "corruption, not a torn tail");
+    assert_eq!(seg[j.flipped_byte.offset as usize], j.flipped_byte.flipped);
+}
+
+/// Spec 9: the ids of records without ID are the formula's, UUID version 7
+/// with the RFC 9562 variant, whose time is the batch's millisecond; the
+/// stored ids are those given.
+#[test]
+fn generated_ids_follow_spec_9() {
+    let j: SimpleJson = load_json("simple.json");
+    let digest = blake3::hash(&[&b"annal event id v3"[..], &LOG_ID].concat());
+    let s = u128::from_be_bytes(digest.as_bytes()[..16].try_into().expect("16")) & ((1 << 74) - 1);
+    assert_eq!(j.generated_ids.seed, format!("{s:#021x}"));
+    for r in j.segment.frames.iter().flat_map(|f| f.records.iter()) {
+        let id = Uuid::parse_str(&r.event.event_id).expect("uuid");
+        if r.id_stored {
+            continue;
+        }
+        let v = u128::from_be_bytes(*id.as_bytes());
+        assert_eq!(v >> 80, u128::from(r.event.timestamp / 1_000_000), "ms");
+        assert_eq!((v >> 76) & 0xf, 7, "version 7");
+        assert_eq!((v >> 62) & 0b11, 0b10, "variant");
+        let rand = (((v >> 64) & 0xfff) << 62) | (v & ((1 << 62) - 1));
+        assert_eq!(rand, (s + u128::from(r.event.position)) & ((1 << 74) - 1), "R at {}", r.event.position);
+        assert_eq!(id.get_version_num(), 7);
+    }
+    // The keyed log has the same ids: the seed is not keyed.
+    let k: SimpleJson = load_json("keyed.json");
+    assert_eq!(expected_events(&k.segment.frames), expected_events(&j.segment.frames));
+}
+
+/// Every batch's CRCs and chain link, recomputed from the committed bytes.
+#[test]
+fn v3_crcs_and_links_of_the_committed_bytes() {
+    for name in ["simple", "keyed"] {
+        let fmt = fmt_of(name);
+        let j: SimpleJson = load_json(&format!("{name}.json"));
+        let (seg, _) = read_vector(name);
+        assert_eq!(u32_at(&seg, 124), crc(&seg[..124]));
+        let mut prev = v3::genesis(key_of(&fmt), &LOG_ID);
+        for f in &j.segment.frames {
+            let fr = &seg[f.offset as usize..(f.offset + f.frame_len) as usize];
+            let hl = f.header_len as usize;
+            assert_eq!(hex32(crc(&fr[4..hl])), f.header_crc, "{name}: header_crc at {}", f.offset);
+            assert_eq!(hex32(crc(&fr[hl..])), f.body_crc, "{name}: body_crc at {}", f.offset);
+            let mut hasher = match fmt.key {
+                Some(k) => blake3::Hasher::new_keyed(&k),
+                None => blake3::Hasher::new(),
+            };
+            hasher.update(&prev);
+            hasher.update(&fr[4..28]);
+            hasher.update(&fr[hl..]);
+            prev = *hasher.finalize().as_bytes();
+            assert_eq!(hex(&prev), f.chain_after, "{name}: link at {}", f.offset);
+            if f.flags == 1 {
+                assert_eq!(&fr[32..64], &prev, "{name}: stored slot at {}", f.offset);
+            }
+        }
+    }
+}
+
+/// annal's writer, given the same log id and clock, writes the vector byte
+/// for byte (the generated ids are not stored, so giving none is enough).
+fn check_writer_produces(name: &str) {
+    let fmt = fmt_of(name);
+    let j: SimpleJson = load_json(&format!("{name}.json"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir_ = tmp.path().join("log");
+    let (clock, calls) = planned_clock(j.writer.clock_readings.clone());
+    let log = Log::open(&dir_, options(&fmt).log_id(LOG_ID).clock(clock)).expect("create log");
+    assert!(log.recovery().created);
+    for b in [BATCH_1, BATCH_2] {
+        append(&log, &b);
+    }
+    assert_log_format(&log, &fmt, &j.chain);
+    assert_eq!(
+        read_events(&log.view().expect("view")).expect("read through writer"),
+        expected_events(&j.segment.frames),
+        "{name}: the writer's events and generated ids"
+    );
+    log.close().expect("close");
+    assert_eq!(calls.load(Ordering::SeqCst), j.writer.clock_readings.len(), "clock readings");
+    let ckpt = golden::checkpoint_name(&dir_, 0);
+    assert_eq!(file_names(&dir_), names(&[SEGMENT_FILE, HEAD_FILE, LOCK_FILE, ckpt.as_str()]));
+    let (seg, head) = read_vector(name);
+    assert_bytes_eq(
+        &format!("writer's segment vs v3/{name}"),
+        &fs::read(dir_.join(SEGMENT_FILE)).expect("read segment"),
+        &seg,
+    );
+    assert_bytes_eq(
+        &format!("writer's head file vs v3/{name}"),
+        &fs::read(dir_.join(HEAD_FILE)).expect("read head"),
+        &head,
+    );
+}
+
+#[test]
+fn writer_produces_the_simple_v3_vector() {
+    check_writer_produces("simple");
+}
+
+#[test]
+fn writer_produces_the_keyed_v3_vector() {
+    check_writer_produces("keyed");
+}
+
+/// The torn vector is a crash image of annal's writer: its head file is the
+/// writer's after batch 2, its segment a prefix of what it writes for batch 3.
+#[test]
+fn writer_crash_image_matches_the_torn_v3_vector() {
+    let j: TornJson = load_json("torn.json");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path().join("log");
+    let (clock, calls) = planned_clock(j.writer.clock_readings.clone());
+    let log = Log::open(&d, options(&PLAIN).log_id(LOG_ID).clock(clock)).expect("create log");
+    append(&log, &BATCH_1);
+    append(&log, &BATCH_2);
+    assert_log_format(&log, &PLAIN, &j.chain);
+    let (torn, torn_head) = read_vector("torn");
+    assert_bytes_eq(
+        "writer's head file after batch 2 vs torn vector",
+        &fs::read(d.join(HEAD_FILE)).expect("read head"),
+        &torn_head,
+    );
+    append(&log, &BATCH_3);
+    assert_eq!(calls.load(Ordering::SeqCst), j.writer.clock_readings.len());
+    let seg = fs::read(d.join(SEGMENT_FILE)).expect("read segment");
+    assert_eq!(seg.len() as u64, j.torn_frame.offset + j.torn_frame.frame_len);
+    assert_bytes_eq("writer's segment prefix vs torn vector", &seg[..torn.len()], &torn);
+    log.close().expect("close");
+}
+
+/// annal's reader (and a writer, which recovers nothing) returns the JSON's
+/// events, generated ids included.
+#[test]
+fn annal_reads_the_v3_vectors_back() {
+    for name in ["simple", "keyed"] {
+        let fmt = fmt_of(name);
+        let j: SimpleJson = load_json(&format!("{name}.json"));
+        let want = expected_events(&j.segment.frames);
+        let tmp = copy_vector(name);
+        {
+            let mut reader = Reader::open(tmp.path()).expect("open reader");
+            let view = reader.view().expect("reader view");
+            assert_eq!(read_events(&view).expect("read through reader"), want, "{name}: reader");
+            assert_eq!(view.next_position(), want.len() as u64);
+        }
+        let before = fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment");
+        if fmt.key.is_some() {
+            match Log::open(tmp.path(), Options::default()) {
+                Err(Error::ChainKey { .. }) => {}
+                other => panic!("{name}: expected Error::ChainKey without the key, got {other:?}"),
+            }
+        }
+        let log = Log::open(tmp.path(), options(&fmt)).expect("open vector");
+        assert_eq!(log.recovery(), &annal::Recovery::default());
+        assert_log_format(&log, &fmt, &j.chain);
+        assert_eq!(read_events(&log.view().expect("view")).expect("read through writer"), want);
+        log.close().expect("close");
+        assert_bytes_eq(
+            "segment after open and close",
+            &fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment"),
+            &before,
+        );
+    }
+}
+
+/// Recovery of the torn vector: the truncation and the records that remain;
+/// what remains is the simple vector.
+#[test]
+fn torn_v3_vector_recovers_as_documented() {
+    let j: TornJson = load_json("torn.json");
+    let want: Vec<EventJson> = j.expected_recovery.records.iter().map(|r| r.event.clone()).collect();
+    let tmp = copy_vector("torn");
+    let torn_bytes = fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment");
+    {
+        let mut reader = Reader::open(tmp.path()).expect("open reader");
+        let view = reader.view().expect("reader view");
+        assert_eq!(read_events(&view).expect("read through reader"), want);
+    }
+    assert_bytes_eq(
+        "torn segment after reading",
+        &fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment"),
+        &torn_bytes,
+    );
+    let log = Log::open(tmp.path(), Options::default()).expect("open torn vector");
+    let rec = log.recovery();
+    assert!(!rec.created && rec.reinitialized.is_none());
+    let t = rec.truncated.as_ref().expect("a torn tail was removed");
+    let e = &j.expected_recovery.truncated;
+    assert_eq!(file_name(&t.path), e.file);
+    assert_eq!((t.offset, t.bytes_removed), (e.offset, e.bytes_removed), "truncation; reason: {}", t.reason);
+    assert_log_format(&log, &PLAIN, &j.chain);
+    let view = log.view().expect("view");
+    assert_eq!(read_events(&view).expect("read after recovery"), want);
+    drop(view);
+    let after = fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment");
+    assert_eq!(after.len() as u64, j.expected_recovery.segment_length_after);
+    assert_bytes_eq("recovered torn segment vs simple vector", &after, &read_vector("simple").0);
+    log.close().expect("close");
+}
+
+/// The corrupt vector: `Corrupt` at the frame's body_crc field, from a writer
+/// (nothing removed) and from a reader (never the flipped data).
+#[test]
+fn corrupt_v3_vector_is_reported_at_body_crc_and_nothing_removed() {
+    let j: CorruptJson = load_json("corrupt.json");
+    let e = &j.expected_error;
+    let tmp = copy_vector("corrupt");
+    let seg_path = tmp.path().join(SEGMENT_FILE);
+    let head_path = tmp.path().join(HEAD_FILE);
+    let seg_before = fs::read(&seg_path).expect("read segment");
+    let head_before = fs::read(&head_path).expect("read head");
+    match Log::open(tmp.path(), Options::default()) {
+        Err(Error::Corrupt { path, offset, detail }) => {
+            assert_eq!(file_name(&path), e.file, "file of the error ({detail})");
+            assert_eq!(offset, e.offset, "offset of the error ({detail})");
+        }
+        other => panic!("expected Error::Corrupt, got {other:?}"),
+    }
+    assert_bytes_eq("corrupt segment after a failed open", &fs::read(&seg_path).expect("read"), &seg_before);
+    assert_bytes_eq("head after a failed open", &fs::read(&head_path).expect("read"), &head_before);
+    assert!(
+        file_names(tmp.path()).is_subset(&names(&[SEGMENT_FILE, HEAD_FILE, LOCK_FILE])),
+        "files after a failed open: {:?}",
+        file_names(tmp.path())
+    );
+    let mut reader = Reader::open(tmp.path()).expect("open reader");
+    let err = match reader.view() {
+        Err(err) => err,
+        Ok(view) => match view.read_all(0).next() {
+            Some(Err(err)) => err,
+            Some(Ok(r)) => panic!("a reader returned a record of the damaged batch: {r:?}"),
+            None => panic!("a reader returned no error for the corrupt vector"),
+        },
+    };
+    match err {
+        Error::Corrupt { path, offset, .. } => {
+            assert_eq!(file_name(&path), e.file);
+            assert_eq!(offset, e.offset);
+        }
+        other => panic!("expected Error::Corrupt from the reader, got {other:?}"),
+    }
+    assert_bytes_eq("corrupt segment after reading", &fs::read(&seg_path).expect("read"), &seg_before);
+}
