@@ -788,7 +788,10 @@ fn build_torn() -> Vector {
                 bytes_removed: cut - x,
             },
             segment_length_after: x,
-            records: complete.iter().flat_map(|f| f.records.iter().map(record_json)).collect(),
+            records: complete
+                .iter()
+                .flat_map(|f| f.records.iter().map(record_json))
+                .collect(),
         },
     };
     Vector::new("torn", segment, head_file_in(VERSION, &history), &json)
@@ -803,7 +806,10 @@ fn build_corrupt() -> Vector {
     let ev = &rec.event;
     // The record: rflags, id (16), schema varint (1), type_len varint (1),
     // type, metadata_len varint (1), metadata, payload_len varint (1), payload.
-    assert_eq!(rec.rflags, v3::RFLAG_ID | v3::RFLAG_SCHEMA | v3::RFLAG_TYPE | v3::RFLAG_METADATA);
+    assert_eq!(
+        rec.rflags,
+        v3::RFLAG_ID | v3::RFLAG_SCHEMA | v3::RFLAG_TYPE | v3::RFLAG_METADATA
+    );
     let payload_at = rec.offset + 1 + 16 + 1 + 1 + ev.event_type.len() as u64 + 1 + ev.metadata.len() as u64 + 1;
     assert_eq!(payload_at + ev.payload.len() as u64, rec.offset + rec.len);
     let mut segment = simple.segment.clone();
@@ -953,7 +959,11 @@ fn append(log: &Log, b: &Batch) {
 fn assert_log_format(log: &Log, fmt: &Format, chain: &ChainJson) {
     assert_eq!(log.format_version(), VERSION, "Log::format_version");
     assert_eq!(log.chain_mode(), (fmt.chain, fmt.key.is_some()), "Log::chain_mode");
-    assert_eq!(log.anchor().map(|a| a.to_string()), Some(chain.anchor.clone()), "Log::anchor");
+    assert_eq!(
+        log.anchor().map(|a| a.to_string()),
+        Some(chain.anchor.clone()),
+        "Log::anchor"
+    );
 }
 
 fn read_events(view: &LogView) -> annal::Result<Vec<EventJson>> {
@@ -1067,7 +1077,12 @@ fn crc_and_varints_are_the_ones_the_spec_names() {
 fn committed_v3_vectors_equal_the_spec_assembly() {
     for v in vectors() {
         let d = dir().join(v.name);
-        assert_eq!(file_names(&d), names(&[SEGMENT_FILE, HEAD_FILE]), "files of {}", d.display());
+        assert_eq!(
+            file_names(&d),
+            names(&[SEGMENT_FILE, HEAD_FILE]),
+            "files of {}",
+            d.display()
+        );
         let (seg, head) = read_vector(v.name);
         assert_bytes_eq(&format!("v3/{}/{SEGMENT_FILE}", v.name), &seg, &v.segment);
         assert_bytes_eq(&format!("v3/{}/{HEAD_FILE}", v.name), &head, &v.head);
@@ -1096,7 +1111,10 @@ fn v3_vectors_exercise_the_compact_encoding() {
     let j: SimpleJson = load_json("simple.json");
     let f = &j.segment.frames;
     assert_eq!(f.len(), 2);
-    assert_eq!((f[0].flags, f[0].header_len, f[1].flags, f[1].header_len), (1, 64, 0, 32));
+    assert_eq!(
+        (f[0].flags, f[0].header_len, f[1].flags, f[1].header_len),
+        (1, 64, 0, 32)
+    );
     assert!(f[0].chain.is_some() && f[1].chain.is_none());
     let r: Vec<&RecordJson> = f.iter().flat_map(|f| f.records.iter()).collect();
     let (id, schema, ty, meta) = (v3::RFLAG_ID, v3::RFLAG_SCHEMA, v3::RFLAG_TYPE, v3::RFLAG_METADATA);
@@ -1146,29 +1164,56 @@ fn independent_reader_reads_the_committed_v3_vectors() {
             assert_eq!(h.key_id, ChainKey::from_bytes(k).id(), "{name}: key id");
         }
         // Frames, body fields, records, events and ids: as the JSON lists them.
-        assert_eq!(read_frames_json(&seg, &walk, key_of(&fmt)), j.segment.frames, "{name}: frames");
+        assert_eq!(
+            read_frames_json(&seg, &walk, key_of(&fmt)),
+            j.segment.frames,
+            "{name}: frames"
+        );
         // The chain verifies (21.3) and ends at the anchor.
         let chain = v3::verify_chain(&seg, &walk, key_of(&fmt)).unwrap_or_else(|at| panic!("{name}: slot at {at}"));
-        let next = walk.frames.last().map_or(0, |f| f.head.first_position + u64::from(f.head.record_count));
+        let next = walk
+            .frames
+            .last()
+            .map_or(0, |f| f.head.first_position + u64::from(f.head.record_count));
         assert_eq!(format!("{next}:{}", hex(&chain)), j.chain.anchor, "{name}: anchor");
         // Every stored slot obeys the 16 KiB rule.
         let mut prev = None;
         for f in &walk.frames {
-            assert_eq!(f.head.chained, v3::stores_slot(true, f.offset, prev), "{name}: CHAINED at {}", f.offset);
+            assert_eq!(
+                f.head.chained,
+                v3::stores_slot(true, f.offset, prev),
+                "{name}: CHAINED at {}",
+                f.offset
+            );
             prev = Some(f.offset);
         }
         // The head: the current slot, a cleanly closed log.
         let cur = v3::current_slot(&head).expect("a valid head slot");
         assert_eq!(cur.format_version, VERSION);
         assert_eq!(cur.sequence, j.head.current_sequence);
-        assert_eq!((cur.durable_end, cur.visible_end, cur.next_position), (seg.len() as u64, seg.len() as u64, next));
+        assert_eq!(
+            (cur.durable_end, cur.visible_end, cur.next_position),
+            (seg.len() as u64, seg.len() as u64, next)
+        );
         for s in &j.head.slots {
             let at = s.file_offset as usize;
             assert_eq!(hex32(u32_at(&head, at + 4)), s.crc);
             let r = v3::read_slot(&head, at).expect("valid slot");
             assert_eq!(
-                (r.sequence, r.segment_base, r.durable_end, r.visible_end, r.next_position),
-                (s.slot.sequence, s.slot.segment_base, s.slot.durable_end, s.slot.visible_end, s.slot.next_position)
+                (
+                    r.sequence,
+                    r.segment_base,
+                    r.durable_end,
+                    r.visible_end,
+                    r.next_position
+                ),
+                (
+                    s.slot.sequence,
+                    s.slot.segment_base,
+                    s.slot.durable_end,
+                    s.slot.visible_end,
+                    s.slot.next_position
+                )
             );
         }
         assert_eq!(v3::durable_boundary(&seg, &walk, Some(&cur), 0), seg.len() as u64);
@@ -1237,7 +1282,12 @@ fn generated_ids_follow_spec_9() {
         assert_eq!((v >> 76) & 0xf, 7, "version 7");
         assert_eq!((v >> 62) & 0b11, 0b10, "variant");
         let rand = (((v >> 64) & 0xfff) << 62) | (v & ((1 << 62) - 1));
-        assert_eq!(rand, (s + u128::from(r.event.position)) & ((1 << 74) - 1), "R at {}", r.event.position);
+        assert_eq!(
+            rand,
+            (s + u128::from(r.event.position)) & ((1 << 74) - 1),
+            "R at {}",
+            r.event.position
+        );
         assert_eq!(id.get_version_num(), 7);
     }
     // The keyed log has the same ids: the seed is not keyed.
@@ -1257,7 +1307,12 @@ fn v3_crcs_and_links_of_the_committed_bytes() {
         for f in &j.segment.frames {
             let fr = &seg[f.offset as usize..(f.offset + f.frame_len) as usize];
             let hl = f.header_len as usize;
-            assert_eq!(hex32(crc(&fr[4..hl])), f.header_crc, "{name}: header_crc at {}", f.offset);
+            assert_eq!(
+                hex32(crc(&fr[4..hl])),
+                f.header_crc,
+                "{name}: header_crc at {}",
+                f.offset
+            );
             assert_eq!(hex32(crc(&fr[hl..])), f.body_crc, "{name}: body_crc at {}", f.offset);
             let mut hasher = match fmt.key {
                 Some(k) => blake3::Hasher::new_keyed(&k),
@@ -1295,9 +1350,16 @@ fn check_writer_produces(name: &str) {
         "{name}: the writer's events and generated ids"
     );
     log.close().expect("close");
-    assert_eq!(calls.load(Ordering::SeqCst), j.writer.clock_readings.len(), "clock readings");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        j.writer.clock_readings.len(),
+        "clock readings"
+    );
     let ckpt = golden::checkpoint_name(&dir_, 0);
-    assert_eq!(file_names(&dir_), names(&[SEGMENT_FILE, HEAD_FILE, LOCK_FILE, ckpt.as_str()]));
+    assert_eq!(
+        file_names(&dir_),
+        names(&[SEGMENT_FILE, HEAD_FILE, LOCK_FILE, ckpt.as_str()])
+    );
     let (seg, head) = read_vector(name);
     assert_bytes_eq(
         &format!("writer's segment vs v3/{name}"),
@@ -1372,7 +1434,10 @@ fn annal_reads_the_v3_vectors_back() {
         let log = Log::open(tmp.path(), options(&fmt)).expect("open vector");
         assert_eq!(log.recovery(), &annal::Recovery::default());
         assert_log_format(&log, &fmt, &j.chain);
-        assert_eq!(read_events(&log.view().expect("view")).expect("read through writer"), want);
+        assert_eq!(
+            read_events(&log.view().expect("view")).expect("read through writer"),
+            want
+        );
         log.close().expect("close");
         assert_bytes_eq(
             "segment after open and close",
@@ -1406,14 +1471,23 @@ fn torn_v3_vector_recovers_as_documented() {
     let t = rec.truncated.as_ref().expect("a torn tail was removed");
     let e = &j.expected_recovery.truncated;
     assert_eq!(file_name(&t.path), e.file);
-    assert_eq!((t.offset, t.bytes_removed), (e.offset, e.bytes_removed), "truncation; reason: {}", t.reason);
+    assert_eq!(
+        (t.offset, t.bytes_removed),
+        (e.offset, e.bytes_removed),
+        "truncation; reason: {}",
+        t.reason
+    );
     assert_log_format(&log, &PLAIN, &j.chain);
     let view = log.view().expect("view");
     assert_eq!(read_events(&view).expect("read after recovery"), want);
     drop(view);
     let after = fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment");
     assert_eq!(after.len() as u64, j.expected_recovery.segment_length_after);
-    assert_bytes_eq("recovered torn segment vs simple vector", &after, &read_vector("simple").0);
+    assert_bytes_eq(
+        "recovered torn segment vs simple vector",
+        &after,
+        &read_vector("simple").0,
+    );
     log.close().expect("close");
 }
 
@@ -1435,8 +1509,16 @@ fn corrupt_v3_vector_is_reported_at_body_crc_and_nothing_removed() {
         }
         other => panic!("expected Error::Corrupt, got {other:?}"),
     }
-    assert_bytes_eq("corrupt segment after a failed open", &fs::read(&seg_path).expect("read"), &seg_before);
-    assert_bytes_eq("head after a failed open", &fs::read(&head_path).expect("read"), &head_before);
+    assert_bytes_eq(
+        "corrupt segment after a failed open",
+        &fs::read(&seg_path).expect("read"),
+        &seg_before,
+    );
+    assert_bytes_eq(
+        "head after a failed open",
+        &fs::read(&head_path).expect("read"),
+        &head_before,
+    );
     assert!(
         file_names(tmp.path()).is_subset(&names(&[SEGMENT_FILE, HEAD_FILE, LOCK_FILE])),
         "files after a failed open: {:?}",
@@ -1458,5 +1540,181 @@ fn corrupt_v3_vector_is_reported_at_body_crc_and_nothing_removed() {
         }
         other => panic!("expected Error::Corrupt from the reader, got {other:?}"),
     }
-    assert_bytes_eq("corrupt segment after reading", &fs::read(&seg_path).expect("read"), &seg_before);
+    assert_bytes_eq(
+        "corrupt segment after reading",
+        &fs::read(&seg_path).expect("read"),
+        &seg_before,
+    );
+}
+
+/// Beyond the vectors: a larger log written by annal's writer (several
+/// segments, batches crossing 16 KiB blocks, ids given and generated, types
+/// repeated and not, metadata and schema versions or none) is read by the
+/// independent reader (every frame complete, seals chained, each segment's
+/// `chain_start` the previous seal's chain, `CHAINED` exactly by the 16 KiB
+/// rule, every stored slot verified), re-assembled from the events it holds
+/// by the spec assembly byte for byte, and annal's reader returns the same
+/// events with the same ids.
+#[test]
+fn writer_log_across_blocks_and_segments_follows_the_spec() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+    for fmt in [PLAIN, KEYED] {
+        let key = key_of(&fmt);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path().join("log");
+        let now = Arc::new(AtomicU64::new(CREATED_AT));
+        let n2 = now.clone();
+        let clock: annal::Clock = Arc::new(move || n2.fetch_add(1_234_567, Ordering::SeqCst));
+        let log = Log::open(&d, options(&fmt).log_id(LOG_ID).clock(clock).segment_size(48 << 10)).expect("create log");
+        let mut plan: Vec<(String, Vec<Ev>)> = Vec::new();
+        for i in 0..160u32 {
+            let stream = format!("s{}-{}", i % 5, "x".repeat((i % 3) as usize));
+            let n = 1 + (i % 4) as usize;
+            let events: Vec<Ev> = (0..n)
+                .map(|k| {
+                    let j = i as usize * 7 + k;
+                    Ev {
+                        event_type: ["A", "A", "Bee", "Cee"][j % 4],
+                        payload: leak("p".repeat((j * 97) % 900)),
+                        metadata: if j.is_multiple_of(3) { leak(format!("m{j}")) } else { "" },
+                        id: j.is_multiple_of(2).then(|| {
+                            let mut id = [0u8; 16];
+                            id[..8].copy_from_slice(&(j as u64 + 1).to_be_bytes());
+                            id[8] = 0x80;
+                            id
+                        }),
+                        schema_version: (j % 5) as u32,
+                    }
+                })
+                .collect();
+            let data: Vec<EventData<'_>> = events.iter().map(event_data).collect();
+            log.append(&stream, ExpectedVersion::Any, &data).expect("append");
+            plan.push((stream, events));
+        }
+        log.close().expect("close");
+
+        let mut segs: Vec<(u64, Vec<u8>)> = fs::read_dir(&d)
+            .expect("read dir")
+            .filter_map(|e| {
+                let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+                let base = name.strip_suffix(".seg")?.parse::<u64>().ok()?;
+                Some((base, fs::read(d.join(&name)).expect("read segment")))
+            })
+            .collect();
+        segs.sort();
+        assert!(segs.len() >= 3, "the plan fills several segments ({})", segs.len());
+        let mut events = Vec::new();
+        let mut chain = v3::genesis(key, &LOG_ID);
+        let mut prev_ts = 0;
+        let mut slots_after_first = 0;
+        for (i, (base, seg)) in segs.iter().enumerate() {
+            let label = format!("segment {base}");
+            let walk = v3::walk_segment(seg, *base).unwrap_or_else(|at| panic!("{label}: header fails at {at}"));
+            assert_eq!(walk.incomplete, None, "{label}");
+            let h = &walk.header;
+            assert_eq!(
+                (h.log_id, h.log_flags, h.key_id),
+                (LOG_ID, fmt.log_flags(), fmt.key_id()),
+                "{label}"
+            );
+            assert_eq!(h.chain_start, chain, "{label}: chain_start joins the previous seal");
+            assert_eq!(h.prev_timestamp, prev_ts, "{label}: prev_timestamp");
+            let last = i + 1 == segs.len();
+            let seal = walk.frames.last().filter(|f| f.head.kind == 2);
+            assert_eq!(seal.is_some(), !last, "{label}: sealed exactly if not the last");
+            let end = v3::verify_chain(seg, &walk, key).unwrap_or_else(|at| panic!("{label}: slot at {at}"));
+            // Re-assemble the segment from its events by the spec.
+            let mut want = segment_header_in(&fmt, LOG_ID, *base, h.prev_timestamp, h.created_at, &h.chain_start);
+            let mut running = h.chain_start;
+            let mut prev = None;
+            for f in &walk.frames {
+                if f.head.kind == 2 {
+                    assert_eq!(f.slot, Some(running), "{label}: the seal's slot");
+                    want.extend_from_slice(&v3::seal_frame(
+                        Some(&running),
+                        f.head.first_position,
+                        f.head.durable_end,
+                    ));
+                    continue;
+                }
+                let chained = v3::stores_slot(true, f.offset, prev);
+                assert_eq!(f.head.chained, chained, "{label}: CHAINED of the batch at {}", f.offset);
+                if chained && prev.is_some() {
+                    slots_after_first += 1;
+                }
+                prev = Some(f.offset);
+                let evs: Vec<Ev> = f
+                    .events
+                    .iter()
+                    .map(|e| Ev {
+                        event_type: leak(e.event_type.clone()),
+                        payload: leak(String::from_utf8(e.payload.clone()).expect("utf8")),
+                        metadata: leak(String::from_utf8(e.metadata.clone()).expect("utf8")),
+                        id: e.id_stored.then_some(e.id),
+                        schema_version: e.schema_version,
+                    })
+                    .collect();
+                let (body, _) = v3::batch_body(f.timestamp - h.prev_timestamp, &f.stream, f.first_version, &evs);
+                let (frame, after) = v3::batch_frame(
+                    key,
+                    Some(&running),
+                    chained,
+                    f.head.first_position,
+                    f.head.record_count,
+                    f.head.durable_end,
+                    &body,
+                );
+                running = after.expect("chain");
+                want.extend_from_slice(&frame);
+                prev_ts = f.timestamp;
+            }
+            assert_eq!(running, end);
+            assert_bytes_eq(&format!("{label} vs the spec assembly"), seg, &want);
+            chain = end;
+            events.extend(walk.events());
+        }
+        assert!(slots_after_first > 0, "some batch starts a new 16 KiB block");
+        assert_eq!(log_anchor_of(&d, &fmt), format!("{}:{}", events.len(), hex(&chain)));
+        // The plan's events, in order, with the given ids where given.
+        let planned: Vec<(&str, &Ev)> = plan
+            .iter()
+            .flat_map(|(s, evs)| evs.iter().map(move |e| (s.as_str(), e)))
+            .collect();
+        assert_eq!(planned.len(), events.len());
+        for ((stream, p), e) in planned.iter().zip(&events) {
+            assert_eq!(
+                (*stream, p.event_type, p.payload.as_bytes()),
+                (e.stream.as_str(), e.event_type.as_str(), &e.payload[..])
+            );
+            assert_eq!(
+                (p.metadata.as_bytes(), p.schema_version),
+                (&e.metadata[..], e.schema_version)
+            );
+            assert_eq!(p.id.is_some(), e.id_stored);
+            if let Some(id) = p.id {
+                assert_eq!(id, e.id);
+            } else {
+                assert_eq!(e.id, v3::generated_id(&LOG_ID, e.position, e.timestamp));
+            }
+        }
+        // annal's reader: the same events, ids included.
+        let mut reader = Reader::open(&d).expect("open reader");
+        let view = reader.view().expect("view");
+        let got = read_events(&view).expect("read");
+        let want: Vec<EventJson> = events.iter().map(|e| read_event_json(e).event).collect();
+        assert_eq!(got, want);
+    }
+}
+
+/// `Log::anchor()` of the log in `d`, opened again (with its key).
+fn log_anchor_of(d: &Path, fmt: &Format) -> String {
+    let log = Log::open(d, options(fmt)).expect("reopen");
+    let a = log.anchor().expect("anchor").to_string();
+    log.close().expect("close");
+    a
 }

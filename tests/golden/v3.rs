@@ -134,7 +134,12 @@ pub struct RecordPlace {
 
 /// Spec 3.6 "Batch body", without the padding: `timestamp_delta`,
 /// `stream_len`, stream, `first_version`, then each record.
-pub fn batch_body(timestamp_delta: u64, stream: &str, first_version: u64, events: &[Ev]) -> (Vec<u8>, Vec<RecordPlace>) {
+pub fn batch_body(
+    timestamp_delta: u64,
+    stream: &str,
+    first_version: u64,
+    events: &[Ev],
+) -> (Vec<u8>, Vec<RecordPlace>) {
     let mut b = Vec::new();
     put_varint(&mut b, timestamp_delta);
     put_varint(&mut b, stream.len() as u64);
@@ -426,7 +431,11 @@ impl Walk {
 }
 
 /// Spec 3.6 "Header checks" of the frame at `off`; `Err(finding)`.
-fn check_header(seg: &[u8], off: usize, log_chain: bool) -> Result<(FrameHead, u32, u32, Option<[u8; 32]>), usize> {
+/// A frame header that passed the checks: its fields, `header_crc`,
+/// `body_crc` and the stored chain slot.
+type CheckedHeader = (FrameHead, u32, u32, Option<[u8; 32]>);
+
+fn check_header(seg: &[u8], off: usize, log_chain: bool) -> Result<CheckedHeader, usize> {
     if off + 32 > seg.len() {
         return Err(off); // 1
     }
@@ -447,7 +456,7 @@ fn check_header(seg: &[u8], off: usize, log_chain: bool) -> Result<(FrameHead, u
         return Err(off); // 5
     }
     let frame_len = u32_at(seg, off + 8);
-    if frame_len % 8 != 0 || (frame_len as usize) < hl || u64::from(frame_len) > MAX_FRAME_LEN {
+    if !frame_len.is_multiple_of(8) || (frame_len as usize) < hl || u64::from(frame_len) > MAX_FRAME_LEN {
         return Err(off + 8); // 6
     }
     let kind = seg[off + 6];
@@ -748,7 +757,10 @@ pub fn read_slot(head: &[u8], at: usize) -> Option<ReadSlot> {
         return None;
     }
     let format_version = u16_at(head, at + 8);
-    assert!((1..=3).contains(&format_version), "head slot at {at}: format_version {format_version}");
+    assert!(
+        (1..=3).contains(&format_version),
+        "head slot at {at}: format_version {format_version}"
+    );
     if u16_at(head, at + 10) != 0 || u32_at(head, at + 12) != 0 || u64_at(head, at + 56) != 0 {
         return None;
     }
