@@ -1718,3 +1718,210 @@ fn log_anchor_of(d: &Path, fmt: &Format) -> String {
     log.close().expect("close");
     a
 }
+
+/// Spec 4 (version 3) and the order of checks of 3.6: every byte of the
+/// simple vector's frames, flipped (`^ 0x01`) in turn, is found by the
+/// independent reader at the offset the spec's order of checks names, and
+/// annal's recovery reports `Corrupt` at that same offset (the log was
+/// cleanly closed: `B` is its end) and removes nothing.
+#[test]
+fn every_flipped_frame_byte_is_reported_where_the_spec_says() {
+    let (seg, head) = read_vector("simple");
+    let cur = v3::current_slot(&head).expect("head");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut mismatches = Vec::new();
+    for at in 128..seg.len() {
+        let mut bad = seg.clone();
+        bad[at] ^= 0x01;
+        let walk = v3::walk_segment(&bad, 0).expect("segment header untouched");
+        let (x, finding) = walk.incomplete.unwrap_or_else(|| panic!("byte {at}: damage not found"));
+        assert!(
+            x < v3::durable_boundary(&bad, &walk, Some(&cur), 0),
+            "byte {at}: below B"
+        );
+        let d = tmp.path().join(format!("b{at}"));
+        fs::create_dir(&d).expect("mkdir");
+        fs::write(d.join(SEGMENT_FILE), &bad).expect("write segment");
+        fs::write(d.join(HEAD_FILE), &head).expect("write head");
+        match Log::open(&d, Options::default()) {
+            Err(Error::Corrupt { offset, detail, .. }) => {
+                if offset != finding {
+                    mismatches.push(format!("byte {at}: spec {finding}, annal {offset} ({detail})"));
+                }
+            }
+            other => mismatches.push(format!("byte {at}: spec Corrupt at {finding}, annal {other:?}")),
+        }
+        assert_eq!(
+            fs::read(d.join(SEGMENT_FILE)).expect("read"),
+            bad,
+            "byte {at}: nothing removed"
+        );
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+/// One CRC-consistent damage of the simple vector: `bad` is the segment
+/// with byte `at` of the frame at `frame` changed by `mask` and both CRCs of
+/// that frame recomputed (`body_crc`, then `header_crc`, which covers it),
+/// so the damage reaches the body parser.
+struct BodyDamage {
+    what: String,
+    frame: (u64, u64),
+    bad: Vec<u8>,
+}
+
+fn body_damages() -> Vec<BodyDamage> {
+    let j: SimpleJson = load_json("simple.json");
+    let (seg, _) = read_vector("simple");
+    let mut out = Vec::new();
+    for f in &j.segment.frames {
+        let (o, hl, end) = (
+            f.offset as usize,
+            f.header_len as usize,
+            (f.offset + f.frame_len) as usize,
+        );
+        for at in o + hl..end {
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut bad = seg.clone();
+                bad[at] ^= mask;
+                let body_crc = crc(&bad[o + hl..end]);
+                bad[o + 28..o + 32].copy_from_slice(&body_crc.to_le_bytes());
+                let header_crc = crc(&bad[o + 4..o + hl]);
+                bad[o..o + 4].copy_from_slice(&header_crc.to_le_bytes());
+                out.push(BodyDamage {
+                    what: format!("byte {at} ^ {mask:#04x}"),
+                    frame: (f.offset, f.offset + f.frame_len),
+                    bad,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What the independent reader and annal's recovery say of each damage of
+/// [`body_damages`]: `(damage, the spec's (X, end of the frame at X,
+/// finding) or None if the log is valid,
+/// annal's result: Ok(None) opened, Ok(Some(offset)) Corrupt, Err(other))`.
+#[allow(clippy::type_complexity)]
+fn judge_body_damages() -> Vec<(BodyDamage, Option<(u64, u64, u64)>, Result<Option<u64>, String>)> {
+    let (_, head) = read_vector("simple");
+    let cur = v3::current_slot(&head).expect("head");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    body_damages()
+        .into_iter()
+        .enumerate()
+        .map(|(n, dmg)| {
+            let walk = v3::walk_segment(&dmg.bad, 0).expect("segment header untouched");
+            // X is the damaged frame, or a later one (a smaller timestamp,
+            // a different record count... make a later frame fail step 5).
+            let spec = walk.incomplete.map(|(x, finding)| {
+                assert!(x >= dmg.frame.0, "{}: X before the damaged frame", dmg.what);
+                assert!(
+                    x < v3::durable_boundary(&dmg.bad, &walk, Some(&cur), 0),
+                    "{}: below B",
+                    dmg.what
+                );
+                let x_end = x + u64::from(u32_at(&dmg.bad, x as usize + 8));
+                (x, x_end, finding)
+            });
+            let d = tmp.path().join(format!("d{n}"));
+            fs::create_dir(&d).expect("mkdir");
+            fs::write(d.join(SEGMENT_FILE), &dmg.bad).expect("write segment");
+            fs::write(d.join(HEAD_FILE), &head).expect("write head");
+            let annal = match Log::open(&d, Options::default()) {
+                Ok(log) => {
+                    log.close().expect("close");
+                    Ok(None)
+                }
+                Err(Error::Corrupt { offset, .. }) => {
+                    assert_eq!(
+                        fs::read(d.join(SEGMENT_FILE)).expect("read"),
+                        dmg.bad,
+                        "{}: nothing removed",
+                        dmg.what
+                    );
+                    Ok(Some(offset))
+                }
+                Err(e) => Err(format!("{e:?}")),
+            };
+            (dmg, spec, annal)
+        })
+        .collect()
+}
+
+/// Spec 3.6 "Complete" steps 3 to 5 (the body parses field by field, the
+/// padding, the timestamps), which the CRCs hide from a random flip: for
+/// every CRC-consistent change of a body or padding byte of the simple
+/// vector (three masks), annal's recovery agrees with the independent
+/// reader: the log opens where the spec finds a valid (different) body, and
+/// `Corrupt` is reported at the spec's offset wherever that offset lies
+/// inside the frame. Where the spec's finding is the first byte past the
+/// frame (a field that runs past it), annal reports `Corrupt` inside the
+/// frame, at an offset this test does not pin (see the ignored
+/// `fields_running_past_the_frame_are_found_past_it`).
+#[test]
+fn crc_consistent_body_damage_is_reported_where_the_spec_says() {
+    let mut mismatches = Vec::new();
+    let mut found = 0;
+    let mut past = 0;
+    for (dmg, spec, annal) in judge_body_damages() {
+        let what = &dmg.what;
+        match (spec, annal) {
+            (None, Ok(None)) => {}
+            (Some((x, x_end, f)), Ok(Some(a))) if f == x_end => {
+                past += 1;
+                if !(x..x_end).contains(&a) {
+                    mismatches.push(format!(
+                        "{what}: spec past the frame at {f}, annal at {a}, not in the frame"
+                    ));
+                }
+            }
+            (Some((_, _, f)), Ok(Some(a))) => {
+                found += 1;
+                if f != a {
+                    mismatches.push(format!("{what}: spec at {f}, annal at {a}"));
+                }
+            }
+            (spec, annal) => mismatches.push(format!("{what}: spec {spec:?}, annal {annal:?}")),
+        }
+    }
+    assert!(found > 0 && past > 0, "damage of both sorts is found ({found}, {past})");
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+/// Spec 3.6 "Complete" step 3: "else at the first byte of the field that
+/// fails (...; the first byte past the frame for a field that runs past
+/// it)". A length that names more bytes than the frame holds (stream,
+/// type, metadata, payload), an event id or a varint cut by the frame's end:
+/// the spec's finding is the first byte past the frame.
+#[test]
+#[ignore = "spec/code discrepancy: annal reports a field that runs past the frame at the first byte of that \
+            field or of its length varint (src/format/batch.rs Bytes::take / bad_varint), where spec 3.6 \
+            'Complete' step 3 names the first byte past the frame"]
+fn fields_running_past_the_frame_are_found_past_it() {
+    let mut mismatches = Vec::new();
+    for (dmg, spec, annal) in judge_body_damages() {
+        if let (Some((_, x_end, f)), Ok(Some(a))) = (spec, &annal) {
+            if f == x_end && *a != f {
+                mismatches.push(format!("{}: spec at {f} (past the frame), annal at {a}", dmg.what));
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}

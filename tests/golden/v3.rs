@@ -540,7 +540,9 @@ fn parse_batch(
     let timestamp = hdr.prev_timestamp.checked_add(delta).ok_or(at)?;
     at = next;
     let (stream_len, next) = varint_in(seg, at, end, 1, 65_535)?;
-    let stream_at = at;
+    // The `stream` field starts after `stream_len`: a name that is not
+    // UTF-8 is found at its first byte.
+    let stream_at = next;
     let (stream, next) = take(seg, next, stream_len, end)?;
     let stream = utf8_at(stream, stream_at)?;
     at = next;
@@ -560,6 +562,11 @@ fn parse_batch(
         if rflags & 0xf0 != 0 {
             return Err(at);
         }
+        // Record 0 without TYPE: the `rflags` field itself fails, before
+        // any field it announces is read.
+        if i == 0 && rflags & RFLAG_TYPE == 0 {
+            return Err(rec_at);
+        }
         at += 1;
         let (id, id_stored) = if rflags & RFLAG_ID != 0 {
             let (b, next) = take(seg, at, 16, end)?;
@@ -577,10 +584,13 @@ fn parse_batch(
             0
         };
         let event_type = if rflags & RFLAG_TYPE != 0 {
-            let len_at = at;
             let (len, next) = varint_in(seg, at, end, 1, 65_535)?;
+            // A type that is not UTF-8 is found at the name's first byte
+            // (the record table's row is `type_len`, type: the name is the
+            // part that fails).
+            let name_at = next;
             let (b, next) = take(seg, next, len, end)?;
-            let t = utf8_at(b, len_at)?;
+            let t = utf8_at(b, name_at)?;
             if prev_type.as_deref() == Some(t.as_str()) {
                 return Err(rec_at); // a repeated type
             }
@@ -623,7 +633,9 @@ fn parse_batch(
     // 4: the padding.
     let used = at - off;
     let padding = (8 - used % 8) % 8;
-    if let Some(nz) = seg[at..end].iter().position(|&b| b != 0) {
+    // "else at its first non-zero byte, or where more bytes remain than
+    // that": a non-zero byte of the padding itself, else the byte past it.
+    if let Some(nz) = seg[at..(at + padding).min(end)].iter().position(|&b| b != 0) {
         return Err(at + nz);
     }
     if end - at > padding {
