@@ -1912,10 +1912,11 @@ fn crc_consistent_body_damage_is_reported_where_the_spec_says() {
 fn fields_running_past_the_frame_are_found_past_it() {
     let mut mismatches = Vec::new();
     for (dmg, spec, annal) in judge_body_damages() {
-        if let (Some((_, x_end, f)), Ok(Some(a))) = (spec, &annal) {
-            if f == x_end && *a != f {
-                mismatches.push(format!("{}: spec at {f} (past the frame), annal at {a}", dmg.what));
-            }
+        if let (Some((_, x_end, f)), Ok(Some(a))) = (spec, &annal)
+            && f == x_end
+            && *a != f
+        {
+            mismatches.push(format!("{}: spec at {f} (past the frame), annal at {a}", dmg.what));
         }
     }
     assert!(
