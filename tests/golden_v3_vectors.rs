@@ -2042,3 +2042,100 @@ fn segment_header_damage_is_reported_where_the_spec_says() {
         mismatches.join("\n")
     );
 }
+
+/// The simple vector's segment with the payload byte `payload_at` of the
+/// frame at `o` changed, and both CRCs of that frame recomputed: damage no
+/// CRC shows, only the chain (spec 21).
+fn tampered(seg: &[u8], o: usize, payload_at: usize) -> Vec<u8> {
+    let mut bad = seg.to_vec();
+    bad[payload_at] ^= 0x01;
+    let hl = if bad[o + 7] & 1 != 0 { 64 } else { 32 };
+    let end = o + u32_at(&bad, o + 8) as usize;
+    let body_crc = crc(&bad[o + hl..end]);
+    bad[o + 28..o + 32].copy_from_slice(&body_crc.to_le_bytes());
+    let header_crc = crc(&bad[o + 4..o + hl]);
+    bad[o..o + 4].copy_from_slice(&header_crc.to_le_bytes());
+    bad
+}
+
+/// `annal::check` on the v3 vectors: `simple` and `keyed` (with its key)
+/// verify, their chain links recomputed and the JSON's anchor holding;
+/// `torn` has no problem; `corrupt` is a problem at the batch's `body_crc`.
+/// And the chain of version 3 (21.2, 21.3): a CRC-consistent edit of the
+/// first batch (which stores a slot) is found at its slot, by the
+/// independent verifier and by `check`; an edit of the second batch (no
+/// slot, none after it) is caught by the anchor, recomputed.
+#[test]
+fn check_agrees_with_the_v3_vectors_and_the_chain() {
+    use annal::{Anchor, ChainStatus, CheckOptions};
+    for name in ["simple", "keyed"] {
+        let fmt = fmt_of(name);
+        let j: SimpleJson = load_json(&format!("{name}.json"));
+        let anchor: Anchor = j.chain.anchor.parse().expect("anchor");
+        let tmp = copy_vector(name);
+        let mut o = CheckOptions::default().anchor(anchor);
+        if let Some(k) = fmt.key {
+            o = o.key(ChainKey::from_bytes(k));
+        }
+        let r = annal::check(tmp.path(), o).expect("check runs");
+        assert!(r.is_ok(), "{name}: {:?}", r.problems);
+        assert_eq!(
+            r.chain,
+            ChainStatus::Verified {
+                keyed: fmt.key.is_some(),
+                batches: 2,
+                broken: 0
+            },
+            "{name}"
+        );
+        assert!(r.anchors.iter().all(|a| a.ok), "{name}: {:?}", r.anchors);
+    }
+    let tmp = copy_vector("torn");
+    let r = annal::check(tmp.path(), CheckOptions::default()).expect("check runs");
+    assert!(r.is_ok(), "torn: {:?}", r.problems);
+    let j: CorruptJson = load_json("corrupt.json");
+    let tmp = copy_vector("corrupt");
+    let r = annal::check(tmp.path(), CheckOptions::default()).expect("check runs");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| file_name(&p.file) == SEGMENT_FILE && p.offset == j.expected_error.offset),
+        "corrupt: {:?}",
+        r.problems
+    );
+
+    let s: SimpleJson = load_json("simple.json");
+    let (seg, _) = read_vector("simple");
+    let anchor: Anchor = s.chain.anchor.parse().expect("anchor");
+    for (k, f) in s.segment.frames.iter().enumerate() {
+        let last = f.records.last().expect("records");
+        let payload_at = (last.offset + last.record_len - 1) as usize;
+        let bad = tampered(&seg, f.offset as usize, payload_at);
+        let walk = v3::walk_segment(&bad, 0).expect("header");
+        assert_eq!(walk.incomplete, None, "CRC-consistent: every frame complete");
+        let verdict = v3::verify_chain(&bad, &walk, None);
+        let tmp = copy_vector("simple");
+        fs::write(tmp.path().join(SEGMENT_FILE), &bad).expect("write");
+        let r = annal::check(tmp.path(), CheckOptions::default().anchor(anchor.clone())).expect("check runs");
+        if k == 0 {
+            // Batch 1 stores its slot: the recomputed link differs from it.
+            assert_eq!(verdict, Err(f.offset + 32), "batch 1: the independent verifier");
+            assert!(
+                r.problems.iter().any(|p| p.offset == f.offset + 32),
+                "batch 1: check names the slot at {}: {:?}",
+                f.offset + 32,
+                r.problems
+            );
+        } else {
+            // Batch 2 stores none: the chain after it differs from the anchor.
+            let end = verdict.expect("no stored slot differs");
+            assert_ne!(
+                hex(&end),
+                s.chain.anchor.split(':').nth(1).expect("hash"),
+                "batch 2: the chain changed"
+            );
+        }
+        assert!(!r.anchors[0].ok, "frame {k}: the anchor does not hold: {:?}", r.anchors);
+        assert!(!r.is_ok(), "frame {k}: a problem");
+    }
+}
