@@ -2116,7 +2116,7 @@ fn check_agrees_with_the_v3_vectors_and_the_chain() {
         let verdict = v3::verify_chain(&bad, &walk, None);
         let tmp = copy_vector("simple");
         fs::write(tmp.path().join(SEGMENT_FILE), &bad).expect("write");
-        let r = annal::check(tmp.path(), CheckOptions::default().anchor(anchor.clone())).expect("check runs");
+        let r = annal::check(tmp.path(), CheckOptions::default().anchor(anchor)).expect("check runs");
         if k == 0 {
             // Batch 1 stores its slot: the recomputed link differs from it.
             assert_eq!(verdict, Err(f.offset + 32), "batch 1: the independent verifier");
