@@ -1459,6 +1459,14 @@ fn torn_v3_vector_recovers_as_documented() {
         let mut reader = Reader::open(tmp.path()).expect("open reader");
         let view = reader.view().expect("reader view");
         assert_eq!(read_events(&view).expect("read through reader"), want);
+        // Spec 7: bytes past what it delivers, no writer: not yet recovered,
+        // from X (the head's visible_end) and the position after batch 2.
+        let u = view.unrecovered().expect("the torn vector is not yet recovered");
+        assert_eq!(file_name(&u.segment), SEGMENT_FILE);
+        assert_eq!(
+            (u.offset, u.position),
+            (j.expected_recovery.first_incomplete_frame, want.len() as u64)
+        );
     }
     assert_bytes_eq(
         "torn segment after reading",
