@@ -692,21 +692,28 @@ fn v3_description(fmt: &Format) -> Vec<String> {
 
 struct Vector {
     name: &'static str,
-    segment: Vec<u8>,
-    head: Vec<u8>,
+    /// `(file name, bytes)` of the vector's directory.
+    files: Vec<(String, Vec<u8>)>,
     json_text: String,
 }
 
 impl Vector {
     fn new(name: &'static str, segment: Vec<u8>, head: Vec<u8>, json: &impl Serialize) -> Vector {
+        Vector::with_files(
+            name,
+            vec![(SEGMENT_FILE.to_owned(), segment), (HEAD_FILE.to_owned(), head)],
+            json,
+        )
+    }
+
+    fn with_files(name: &'static str, files: Vec<(String, Vec<u8>)>, json: &impl Serialize) -> Vector {
         let mut json_text = serde_json::to_string_pretty(json).expect("serialize JSON");
         json_text.push('\n');
-        Vector {
-            name,
-            segment,
-            head,
-            json_text,
-        }
+        Vector { name, files, json_text }
+    }
+
+    fn file(&self, name: &str) -> &[u8] {
+        &self.files.iter().find(|(n, _)| n == name).expect("a file of the vector").1
     }
 }
 
@@ -824,7 +831,7 @@ fn build_corrupt() -> Vector {
     );
     let payload_at = rec.offset + 1 + 16 + 1 + 1 + ev.event_type.len() as u64 + 1 + ev.metadata.len() as u64 + 1;
     assert_eq!(payload_at + ev.payload.len() as u64, rec.offset + rec.len);
-    let mut segment = simple.segment.clone();
+    let mut segment = simple.file(SEGMENT_FILE).to_vec();
     let original = segment[payload_at as usize];
     let flipped = original ^ FLIP_MASK;
     segment[payload_at as usize] = flipped;
@@ -872,7 +879,7 @@ fn build_corrupt() -> Vector {
         },
         bytes_removed: 0,
     };
-    Vector::new("corrupt", segment, simple.head, &json)
+    Vector::new("corrupt", segment, simple.file(HEAD_FILE).to_vec(), &json)
 }
 
 fn write_vector_to(base: &Path, v: &Vector) {
@@ -881,8 +888,9 @@ fn write_vector_to(base: &Path, v: &Vector) {
         fs::remove_dir_all(&dir).expect("remove old vector directory");
     }
     fs::create_dir_all(&dir).expect("create vector directory");
-    fs::write(dir.join(SEGMENT_FILE), &v.segment).expect("write segment");
-    fs::write(dir.join(HEAD_FILE), &v.head).expect("write head");
+    for (name, bytes) in &v.files {
+        fs::write(dir.join(name), bytes).expect("write vector file");
+    }
     fs::write(base.join(format!("{}.json", v.name)), &v.json_text).expect("write JSON");
 }
 
@@ -1089,15 +1097,12 @@ fn crc_and_varints_are_the_ones_the_spec_names() {
 fn committed_v3_vectors_equal_the_spec_assembly() {
     for v in vectors() {
         let d = dir().join(v.name);
-        assert_eq!(
-            file_names(&d),
-            names(&[SEGMENT_FILE, HEAD_FILE]),
-            "files of {}",
-            d.display()
-        );
-        let (seg, head) = read_vector(v.name);
-        assert_bytes_eq(&format!("v3/{}/{SEGMENT_FILE}", v.name), &seg, &v.segment);
-        assert_bytes_eq(&format!("v3/{}/{HEAD_FILE}", v.name), &head, &v.head);
+        let want: BTreeSet<String> = v.files.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(file_names(&d), want, "files of {}", d.display());
+        for (name, bytes) in &v.files {
+            let got = fs::read(d.join(name)).expect("read vector file");
+            assert_bytes_eq(&format!("v3/{}/{name}", v.name), &got, bytes);
+        }
         let json: Value = load_json(&format!("{}.json", v.name));
         let want: Value = serde_json::from_str(&v.json_text).expect("parse generated JSON");
         assert_eq!(json, want, "v3/{}.json differs from the spec assembly", v.name);

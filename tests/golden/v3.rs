@@ -824,3 +824,399 @@ pub fn durable_boundary(seg: &[u8], walk: &Walk, head: Option<&ReadSlot>, base: 
     }
     b
 }
+
+// ======================================== derived files (spec 16 to 19)
+//
+// The index files (`.idx`, index version 2, spec 17) of the sealed segments
+// and the stream table (spec 18), from the events of the segments, as
+// `tests/golden_index_vectors.rs` assembles them for versions 1 and 2
+// (its encoders, reduced to index version 2): the index files and the stream
+// table are those of version 2 in a version 3 log (spec 10); `seal_crc` is
+// the `header_crc` of the seal, at its frame offset 0 in version 3.
+
+/// Spec 17.1 / 18: the stream hash mask of every derived file (all ones).
+pub const HASH_MASK: u64 = u64::MAX;
+const BLOCK: usize = 4096;
+const FOOTER_LEN: usize = 32;
+const IDX_HEADER_LEN: usize = 128;
+const IDX_NAMED_ROW_LEN: usize = 32;
+const IDX_STREAM_ROW_LEN: usize = 48;
+const STB_HEADER_LEN: usize = 64;
+const STB_ROW_LEN: usize = 40;
+const NO_SEGMENT: u64 = u64::MAX;
+const NO_ROW: u32 = u32::MAX;
+/// Spec 17.1: the index layout version written.
+pub const INDEX_VERSION: u16 = 2;
+pub const STREAM_TABLE_FILE: &str = "annal.streams";
+
+/// Spec 19: 64-bit FNV-1a over the UTF-8 bytes of the name.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn stream_hash(name: &str) -> u64 {
+    fnv1a64(name.as_bytes()) & HASH_MASK
+}
+
+/// Spec 19: the part of the name before the first `-`; none without one.
+pub fn category(stream: &str) -> Option<&str> {
+    stream.find('-').map(|i| &stream[..i])
+}
+
+/// One batch of a sealed segment, as the index needs it.
+#[derive(Debug, Clone)]
+pub struct IdxFrame {
+    pub offset: u64,
+    pub first_position: u64,
+    pub stream: String,
+    pub first_version: u64,
+    pub last_version: u64,
+    /// The event types of its records, in record order.
+    pub types: Vec<String>,
+}
+
+/// One segment, as the derived files need it.
+#[derive(Debug, Clone)]
+pub struct IdxSegment {
+    pub base: u64,
+    pub len: u64,
+    /// The seal's `header_crc` and `first_position` (sealed segments).
+    pub seal: Option<(u32, u64)>,
+    pub frames: Vec<IdxFrame>,
+}
+
+impl IdxSegment {
+    /// From the walk of a segment of `len` bytes.
+    pub fn of(walk: &Walk, len: u64) -> IdxSegment {
+        IdxSegment {
+            base: walk.header.base_position,
+            len,
+            seal: walk
+                .frames
+                .iter()
+                .find(|f| f.head.kind == 2)
+                .map(|f| (f.header_crc, f.head.first_position)),
+            frames: walk
+                .frames
+                .iter()
+                .filter(|f| f.head.kind == 1)
+                .map(|f| IdxFrame {
+                    offset: f.offset,
+                    first_position: f.head.first_position,
+                    stream: f.stream.clone(),
+                    first_version: f.first_version,
+                    last_version: f.first_version + u64::from(f.head.record_count) - 1,
+                    types: f.events.iter().map(|e| e.event_type.clone()).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn finish_derived(mut body: Vec<u8>, magic: &[u8; 8]) -> Vec<u8> {
+    assert_eq!(body.len() % 8, 0, "table_offset is a multiple of 8");
+    let table_offset = body.len();
+    let block_count = table_offset.div_ceil(BLOCK);
+    let mut table = Vec::new();
+    for i in 0..block_count {
+        let block = &body[BLOCK * i..(BLOCK * (i + 1)).min(table_offset)];
+        table.extend_from_slice(&crc(block).to_le_bytes());
+    }
+    let mut footer = [0u8; FOOTER_LEN];
+    put(&mut footer, 0, &(table_offset as u64).to_le_bytes());
+    put(&mut footer, 8, &(block_count as u64).to_le_bytes());
+    put(&mut footer, 16, &crc(&table).to_le_bytes()); // table_crc
+    let c = crc(&footer[0..20]);
+    put(&mut footer, 20, &c.to_le_bytes()); // footer_crc of [0, 20)
+    put(&mut footer, 24, magic);
+    body.extend_from_slice(&table);
+    body.extend_from_slice(&footer);
+    body
+}
+
+fn push_padded(body: &mut Vec<u8>, names: &[u8]) {
+    body.extend_from_slice(names);
+    body.resize(body.len().next_multiple_of(8), 0);
+}
+
+#[derive(Debug, Clone)]
+struct StreamRow {
+    name: String,
+    hash: u64,
+    name_offset: u32,
+    first_version: u64,
+    last_version: u64,
+    entry_start: u32,
+    entries: Vec<(u64, u64)>,
+    prev_segment: u64,
+    prev_row: u32,
+}
+
+#[derive(Debug, Clone)]
+struct NamedRow {
+    name: String,
+    hash: u64,
+    name_offset: u32,
+    entry_start: u32,
+    entries: Vec<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct IndexModel {
+    file: String,
+    segment_base: u64,
+    segment_len: u64,
+    seal_crc: u32,
+    streams: Vec<StreamRow>,
+    categories: Vec<NamedRow>,
+    types: Vec<NamedRow>,
+    frames: Vec<(u64, u64)>,
+    names: Vec<u8>,
+}
+
+fn sort_by_hash_and_name<T>(rows: &mut [T], key: impl Fn(&T) -> (u64, &str)) {
+    rows.sort_by(|a, b| {
+        let (ha, na) = key(a);
+        let (hb, nb) = key(b);
+        (ha, na.as_bytes()).cmp(&(hb, nb.as_bytes()))
+    });
+}
+
+fn named_rows(pairs: &[(&str, u64)]) -> Vec<NamedRow> {
+    let mut rows: Vec<NamedRow> = Vec::new();
+    for &(name, entry) in pairs {
+        match rows.iter_mut().find(|r| r.name == name) {
+            Some(r) => r.entries.push(entry),
+            None => rows.push(NamedRow {
+                name: name.to_owned(),
+                hash: stream_hash(name),
+                name_offset: 0,
+                entry_start: 0,
+                entries: vec![entry],
+            }),
+        }
+    }
+    sort_by_hash_and_name(&mut rows, |r| (r.hash, &r.name));
+    let mut start = 0;
+    for r in &mut rows {
+        r.entry_start = start;
+        start += r.entries.len() as u32;
+    }
+    rows
+}
+
+/// Spec 17.2 (index version 2): stream rows with one entry per batch,
+/// category entries per batch, event type entries naming each batch that
+/// holds a record of the type once, frame entries; names in a name area.
+fn build_indexes(segments: &[IdxSegment]) -> Vec<IndexModel> {
+    let mut out: Vec<IndexModel> = Vec::new();
+    for seg in segments {
+        let Some((seal_crc, _)) = seg.seal else { continue };
+        let mut streams: Vec<StreamRow> = Vec::new();
+        for f in &seg.frames {
+            match streams.iter_mut().find(|r| r.name == f.stream) {
+                Some(r) => {
+                    r.last_version = f.last_version;
+                    r.entries.push((f.first_version, f.offset));
+                }
+                None => streams.push(StreamRow {
+                    name: f.stream.clone(),
+                    hash: stream_hash(&f.stream),
+                    name_offset: 0,
+                    first_version: f.first_version,
+                    last_version: f.last_version,
+                    entry_start: 0,
+                    entries: vec![(f.first_version, f.offset)],
+                    prev_segment: NO_SEGMENT,
+                    prev_row: NO_ROW,
+                }),
+            }
+        }
+        sort_by_hash_and_name(&mut streams, |r| (r.hash, &r.name));
+        let mut start = 0;
+        for r in &mut streams {
+            r.entry_start = start;
+            start += r.entries.len() as u32;
+            if let Some((seg_base, row)) = out.iter().rev().find_map(|m| {
+                m.streams
+                    .iter()
+                    .position(|s| s.name == r.name)
+                    .map(|i| (m.segment_base, i))
+            }) {
+                r.prev_segment = seg_base;
+                r.prev_row = row as u32;
+            }
+        }
+        let cat_pairs: Vec<(&str, u64)> = seg
+            .frames
+            .iter()
+            .filter_map(|f| category(&f.stream).map(|c| (c, f.offset)))
+            .collect();
+        let type_pairs: Vec<(&str, u64)> = seg
+            .frames
+            .iter()
+            .flat_map(|f| {
+                let mut seen: Vec<&str> = Vec::new();
+                f.types.iter().filter_map(move |t| {
+                    if seen.contains(&t.as_str()) {
+                        return None;
+                    }
+                    seen.push(t.as_str());
+                    Some((t.as_str(), f.offset))
+                })
+            })
+            .collect();
+        let mut categories = named_rows(&cat_pairs);
+        let mut types = named_rows(&type_pairs);
+        let mut names = Vec::new();
+        for r in &mut streams {
+            r.name_offset = names.len() as u32;
+            names.extend_from_slice(r.name.as_bytes());
+        }
+        for r in categories.iter_mut().chain(types.iter_mut()) {
+            r.name_offset = names.len() as u32;
+            names.extend_from_slice(r.name.as_bytes());
+        }
+        out.push(IndexModel {
+            file: format!("{:020}.idx", seg.base),
+            segment_base: seg.base,
+            segment_len: seg.len,
+            seal_crc,
+            streams,
+            categories,
+            types,
+            frames: seg.frames.iter().map(|f| (f.first_position, f.offset)).collect(),
+            names,
+        });
+    }
+    out
+}
+
+fn entry_count<T>(rows: &[T], n: impl Fn(&T) -> usize) -> u32 {
+    rows.iter().map(n).sum::<usize>() as u32
+}
+
+/// Spec 17.1 and 17.2, index version 2.
+fn encode_index(m: &IndexModel) -> Vec<u8> {
+    let mut h = vec![0u8; IDX_HEADER_LEN];
+    put(&mut h, 0, b"ANNALIDX");
+    put(&mut h, 8, &INDEX_VERSION.to_le_bytes());
+    put(&mut h, 16, &m.segment_base.to_le_bytes());
+    put(&mut h, 24, &m.segment_len.to_le_bytes());
+    put(&mut h, 32, &HASH_MASK.to_le_bytes());
+    put(&mut h, 40, &(m.streams.len() as u32).to_le_bytes());
+    put(&mut h, 44, &entry_count(&m.streams, |r| r.entries.len()).to_le_bytes());
+    put(&mut h, 48, &(m.categories.len() as u32).to_le_bytes());
+    put(&mut h, 52, &entry_count(&m.categories, |r| r.entries.len()).to_le_bytes());
+    put(&mut h, 56, &(m.types.len() as u32).to_le_bytes());
+    put(&mut h, 60, &entry_count(&m.types, |r| r.entries.len()).to_le_bytes());
+    put(&mut h, 64, &(m.frames.len() as u32).to_le_bytes());
+    put(&mut h, 68, &(m.names.len() as u32).to_le_bytes());
+    put(&mut h, 72, &m.seal_crc.to_le_bytes());
+    let mut body = h;
+    for r in &m.streams {
+        let mut row = vec![0u8; IDX_STREAM_ROW_LEN];
+        put(&mut row, 0, &r.hash.to_le_bytes());
+        put(&mut row, 8, &r.name_offset.to_le_bytes());
+        put(&mut row, 12, &(r.name.len() as u16).to_le_bytes());
+        put(&mut row, 16, &r.first_version.to_le_bytes());
+        put(&mut row, 24, &((r.last_version - r.first_version) as u32).to_le_bytes());
+        put(&mut row, 28, &r.entry_start.to_le_bytes());
+        put(&mut row, 32, &(r.entries.len() as u32).to_le_bytes());
+        put(&mut row, 36, &r.prev_row.to_le_bytes());
+        put(&mut row, 40, &r.prev_segment.to_le_bytes());
+        body.extend_from_slice(&row);
+    }
+    for r in &m.streams {
+        for &(v, off) in &r.entries {
+            body.extend_from_slice(&((v - r.first_version) as u32).to_le_bytes());
+            body.extend_from_slice(&(off as u32).to_le_bytes());
+        }
+    }
+    for rows in [&m.categories, &m.types] {
+        for r in rows {
+            let mut row = [0u8; IDX_NAMED_ROW_LEN];
+            put(&mut row, 0, &r.hash.to_le_bytes());
+            put(&mut row, 8, &r.name_offset.to_le_bytes());
+            put(&mut row, 12, &(r.name.len() as u16).to_le_bytes());
+            put(&mut row, 16, &r.entry_start.to_le_bytes());
+            put(&mut row, 20, &(r.entries.len() as u32).to_le_bytes());
+            body.extend_from_slice(&row);
+        }
+        for r in rows {
+            for &off in &r.entries {
+                body.extend_from_slice(&(off as u32).to_le_bytes());
+            }
+        }
+    }
+    for &(p, off) in &m.frames {
+        body.extend_from_slice(&((p - m.segment_base) as u32).to_le_bytes());
+        body.extend_from_slice(&(off as u32).to_le_bytes());
+    }
+    push_padded(&mut body, &m.names);
+    finish_derived(body, b"ANNALIDX")
+}
+
+/// Spec 18: the stream table, one row per stream naming the newest index
+/// row of the stream, `next_segment` the base of the first segment it does
+/// not cover (the last seal's `first_position`).
+fn encode_table(segments: &[IdxSegment], indexes: &[IndexModel]) -> Vec<u8> {
+    struct Row {
+        name: String,
+        hash: u64,
+        last_version: u64,
+        segment: u64,
+        row: u32,
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for m in indexes {
+        for (i, s) in m.streams.iter().enumerate() {
+            rows.retain(|r| r.name != s.name);
+            rows.push(Row {
+                name: s.name.clone(),
+                hash: s.hash,
+                last_version: s.last_version,
+                segment: m.segment_base,
+                row: i as u32,
+            });
+        }
+    }
+    sort_by_hash_and_name(&mut rows, |r| (r.hash, &r.name));
+    let next_segment = segments.iter().filter_map(|s| s.seal).next_back().map_or(0, |s| s.1);
+    let names: Vec<u8> = rows.iter().flat_map(|r| r.name.bytes()).collect();
+    let mut body = vec![0u8; STB_HEADER_LEN];
+    put(&mut body, 0, b"ANNALSTB");
+    put(&mut body, 8, &1u16.to_le_bytes()); // table_version
+    put(&mut body, 16, &next_segment.to_le_bytes());
+    put(&mut body, 24, &HASH_MASK.to_le_bytes());
+    put(&mut body, 32, &(rows.len() as u64).to_le_bytes());
+    put(&mut body, 40, &(names.len() as u64).to_le_bytes());
+    let mut name_offset = 0u32;
+    for r in &rows {
+        let mut row = [0u8; STB_ROW_LEN];
+        put(&mut row, 0, &r.hash.to_le_bytes());
+        put(&mut row, 8, &name_offset.to_le_bytes());
+        put(&mut row, 12, &(r.name.len() as u16).to_le_bytes());
+        put(&mut row, 16, &r.last_version.to_le_bytes());
+        put(&mut row, 24, &r.segment.to_le_bytes());
+        put(&mut row, 32, &r.row.to_le_bytes());
+        body.extend_from_slice(&row);
+        name_offset += r.name.len() as u32;
+    }
+    push_padded(&mut body, &names);
+    finish_derived(body, b"ANNALSTB")
+}
+
+/// The derived files of a log whose segments are `segments`: `(file name,
+/// bytes)` of each sealed segment's index, then the stream table.
+pub fn derived_files(segments: &[IdxSegment]) -> Vec<(String, Vec<u8>)> {
+    let indexes = build_indexes(segments);
+    let mut files: Vec<(String, Vec<u8>)> = indexes.iter().map(|m| (m.file.clone(), encode_index(m))).collect();
+    files.push((STREAM_TABLE_FILE.to_owned(), encode_table(segments, &indexes)));
+    files
+}
