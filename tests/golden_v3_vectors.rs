@@ -229,72 +229,91 @@ fn key_of(fmt: &Format) -> Option<&[u8; 32]> {
 /// `timestamp_delta` is the timestamp). The segment's `chain_start` is the
 /// genesis; a batch stores a chain slot by the 16 KiB rule of spec 3.6.
 fn assemble_segment(fmt: &Format, batches: &[Batch]) -> (Vec<u8>, Vec<FrameLayout>) {
-    let key = key_of(fmt);
-    let genesis = v3::genesis(key, &LOG_ID);
+    let genesis = v3::genesis(key_of(fmt), &LOG_ID);
     let mut chain = genesis;
     let mut seg = segment_header_in(fmt, LOG_ID, 0, 0, CREATED_AT, &genesis);
     let mut versions: HashMap<&str, u64> = HashMap::new();
     let mut position = 0u64;
-    let mut prev_batch = None;
-    let mut frames = Vec::new();
+    let mut frames: Vec<FrameLayout> = Vec::new();
     for b in batches {
-        let offset = seg.len() as u64;
-        let chained = v3::stores_slot(fmt.chain, offset, prev_batch);
-        let header_len = if chained { 64 } else { 32 };
         let first_version = versions.get(b.stream).map_or(0, |v| v + 1);
-        let (body, places) = v3::batch_body(b.timestamp, b.stream, first_version, b.events);
-        let (frame, after) = v3::batch_frame(
-            key,
-            Some(&chain),
-            chained,
-            position,
-            b.events.len() as u32,
-            SEGMENT_HEADER_LEN as u32,
-            &body,
-        );
-        chain = after.expect("chained log");
-        let records = places
-            .iter()
-            .zip(b.events)
-            .enumerate()
-            .map(|(i, (p, ev))| {
-                let pos = position + i as u64;
-                RecordLayout {
-                    offset: offset + header_len + p.at as u64,
-                    len: p.len as u64,
-                    rflags: p.rflags,
-                    position: pos,
-                    stream_version: first_version + i as u64,
-                    timestamp: b.timestamp,
-                    stream: b.stream,
-                    id: ev.id.unwrap_or_else(|| v3::generated_id(&LOG_ID, pos, b.timestamp)),
-                    event: *ev,
-                }
-            })
-            .collect();
-        frames.push(FrameLayout {
-            offset,
-            len: frame.len() as u64,
-            header_len,
-            chained,
-            first_position: position,
-            durable_end: SEGMENT_HEADER_LEN,
-            header_crc: u32_at(&frame, 0),
-            body_crc: u32_at(&frame, 28),
-            chain_after: chain,
-            timestamp_delta: b.timestamp,
-            stream: b.stream,
-            first_version,
-            body_used: body.len() as u64,
-            padding: frame.len() as u64 - header_len - body.len() as u64,
-            records,
-        });
+        let prev_batch = frames.last().map(|f| f.offset);
+        let (frame, layout) = build_batch(fmt, &chain, seg.len() as u64, prev_batch, 0, position, first_version, b);
+        chain = layout.chain_after;
+        frames.push(layout);
         seg.extend_from_slice(&frame);
-        prev_batch = Some(offset);
         position += b.events.len() as u64;
         versions.insert(b.stream, first_version + b.events.len() as u64 - 1);
     }
     (seg, frames)
+}
+
+/// Spec 3.6 and 21.2: the batch `b` at file offset `offset` of a segment
+/// whose previous batch is at `prev_batch` and whose header's
+/// `prev_timestamp` is `prev_timestamp`, starting at `position` and stream
+/// version `first_version`, after the chain hash `chain` (every
+/// `durable_end` 128). Its frame bytes and layout.
+#[allow(clippy::too_many_arguments)]
+fn build_batch(
+    fmt: &Format,
+    chain: &[u8; 32],
+    offset: u64,
+    prev_batch: Option<u64>,
+    prev_timestamp: u64,
+    position: u64,
+    first_version: u64,
+    b: &Batch,
+) -> (Vec<u8>, FrameLayout) {
+    let chained = v3::stores_slot(fmt.chain, offset, prev_batch);
+    let header_len = if chained { 64 } else { 32 };
+    let delta = b.timestamp - prev_timestamp;
+    let (body, places) = v3::batch_body(delta, b.stream, first_version, b.events);
+    let (frame, after) = v3::batch_frame(
+        key_of(fmt),
+        Some(chain),
+        chained,
+        position,
+        b.events.len() as u32,
+        SEGMENT_HEADER_LEN as u32,
+        &body,
+    );
+    let records = places
+        .iter()
+        .zip(b.events)
+        .enumerate()
+        .map(|(i, (p, ev))| {
+            let pos = position + i as u64;
+            RecordLayout {
+                offset: offset + header_len + p.at as u64,
+                len: p.len as u64,
+                rflags: p.rflags,
+                position: pos,
+                stream_version: first_version + i as u64,
+                timestamp: b.timestamp,
+                stream: b.stream,
+                id: ev.id.unwrap_or_else(|| v3::generated_id(&LOG_ID, pos, b.timestamp)),
+                event: *ev,
+            }
+        })
+        .collect();
+    let layout = FrameLayout {
+        offset,
+        len: frame.len() as u64,
+        header_len,
+        chained,
+        first_position: position,
+        durable_end: SEGMENT_HEADER_LEN,
+        header_crc: u32_at(&frame, 0),
+        body_crc: u32_at(&frame, 28),
+        chain_after: after.expect("a log with the chain"),
+        timestamp_delta: delta,
+        stream: b.stream,
+        first_version,
+        body_used: body.len() as u64,
+        padding: frame.len() as u64 - header_len - body.len() as u64,
+        records,
+    };
+    (frame, layout)
 }
 
 /// The head slots annal's writer writes (the schedule of the v1/v2 vectors,
