@@ -1112,7 +1112,11 @@ fn encode_index(m: &IndexModel) -> Vec<u8> {
     put(&mut h, 40, &(m.streams.len() as u32).to_le_bytes());
     put(&mut h, 44, &entry_count(&m.streams, |r| r.entries.len()).to_le_bytes());
     put(&mut h, 48, &(m.categories.len() as u32).to_le_bytes());
-    put(&mut h, 52, &entry_count(&m.categories, |r| r.entries.len()).to_le_bytes());
+    put(
+        &mut h,
+        52,
+        &entry_count(&m.categories, |r| r.entries.len()).to_le_bytes(),
+    );
     put(&mut h, 56, &(m.types.len() as u32).to_le_bytes());
     put(&mut h, 60, &entry_count(&m.types, |r| r.entries.len()).to_le_bytes());
     put(&mut h, 64, &(m.frames.len() as u32).to_le_bytes());
