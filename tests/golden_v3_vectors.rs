@@ -2633,8 +2633,7 @@ fn independent_reader_reads_the_indexed_v3_vector() {
         prev_ts = walk
             .frames
             .iter()
-            .filter(|f| f.head.kind == 1)
-            .next_back()
+            .rfind(|f| f.head.kind == 1)
             .map_or(prev_ts, |f| f.timestamp);
         events.extend(walk.events().iter().map(|e| read_event_json(e).event));
         idx_segments.push(v3::IdxSegment::of(&walk, seg.len() as u64));
