@@ -6,7 +6,10 @@
 //!   with the head file a crashed writer leaves;
 //! * `corrupt/` + `corrupt.json`: `simple/` with one payload byte flipped;
 //! * `keyed/` + `keyed.json`: `simple/` written with a keyed chain (the
-//!   published TEST key `[0x42; 32]`).
+//!   published TEST key `[0x42; 32]`);
+//! * `indexed/` + `indexed.json`: the v2 `indexed` log in version 3: three
+//!   segments (two sealed), their `.idx` files (index version 2) and the
+//!   stream table.
 //!
 //! The events are v2's (same log id, clock, streams, types, payloads,
 //! metadata), except that batch 1 holds a third event, a second `ItemAdded`
