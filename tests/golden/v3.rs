@@ -27,14 +27,14 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Parses the varint at `b[at..end)`. `Err(offset)`: the finding of spec 3.6
-/// "Complete" step 3 (the field's first byte for an invalid varint, `end`
-/// for one that runs past the frame).
+/// "Complete" step 3 (the field's first byte, for an invalid varint or one
+/// that runs past the frame).
 pub fn get_varint(b: &[u8], at: usize, end: usize) -> Result<(u64, usize), usize> {
     let mut v: u64 = 0;
     let mut i = 0;
     loop {
         if at + i >= end {
-            return Err(end);
+            return Err(at);
         }
         if i == 10 {
             return Err(at);
@@ -73,10 +73,10 @@ pub fn genesis(key: Option<&[u8; 32]>, log_id: &[u8; 16]) -> [u8; 32] {
     h(key, &[b"annal chain v2\0\0", log_id])
 }
 
-/// Spec 21.2 "Link, version 3": H(prev || frame[4, 28) || frame[header_len,
+/// Spec 21.2 "Link, version 3": H(prev || frame[6, 28) || frame[header_len,
 /// frame_len)).
 pub fn link(key: Option<&[u8; 32]>, prev: &[u8; 32], frame: &[u8], header_len: usize) -> [u8; 32] {
-    h(key, &[prev, &frame[4..28], &frame[header_len..]])
+    h(key, &[prev, &frame[6..28], &frame[header_len..]])
 }
 
 /// Spec 9: `S` = the first 16 bytes of BLAKE3("annal event id v3" ||
@@ -254,7 +254,7 @@ pub fn batch_frame(
         first_position,
         durable_end,
     };
-    // The link reads [4, 28) and the body only, neither the CRCs nor the
+    // The link reads [6, 28) and the body only, neither the CRCs nor the
     // slot: fill the header once without a slot to get those bytes.
     fill_header(&mut f, &fh, Some(&[0; 32]).filter(|_| chained));
     let after = chain_before.map(|prev| link(key, prev, &f, hl));
@@ -498,9 +498,12 @@ fn check_header(seg: &[u8], off: usize, log_chain: bool) -> Result<CheckedHeader
     ))
 }
 
-/// Reads `len` bytes at `at` of a frame ending at `end`.
-fn take(seg: &[u8], at: usize, len: u64, end: usize) -> Result<(&[u8], usize), usize> {
-    let stop = (at as u64).checked_add(len).filter(|&s| s <= end as u64).ok_or(end)? as usize;
+/// Reads `len` bytes at `at` of a frame ending at `end`; if they run past
+/// it, the finding is `field_at` (the first byte of the length varint that
+/// announced them, or of the field itself when it has no length: spec 3.6
+/// "Complete" step 3).
+fn take(seg: &[u8], at: usize, len: u64, end: usize, field_at: usize) -> Result<(&[u8], usize), usize> {
+    let stop = (at as u64).checked_add(len).filter(|&s| s <= end as u64).ok_or(field_at)? as usize;
     Ok((&seg[at..stop], stop))
 }
 
@@ -539,11 +542,12 @@ fn parse_batch(
     let (delta, next) = varint_in(seg, at, end, 0, u64::MAX)?;
     let timestamp = hdr.prev_timestamp.checked_add(delta).ok_or(at)?;
     at = next;
+    let len_at = at;
     let (stream_len, next) = varint_in(seg, at, end, 1, 65_535)?;
     // The `stream` field starts after `stream_len`: a name that is not
     // UTF-8 is found at its first byte.
     let stream_at = next;
-    let (stream, next) = take(seg, next, stream_len, end)?;
+    let (stream, next) = take(seg, next, stream_len, end, len_at)?;
     let stream = utf8_at(stream, stream_at)?;
     at = next;
     let (first_version, next) = get_varint(seg, at, end)?;
@@ -569,7 +573,7 @@ fn parse_batch(
         }
         at += 1;
         let (id, id_stored) = if rflags & RFLAG_ID != 0 {
-            let (b, next) = take(seg, at, 16, end)?;
+            let (b, next) = take(seg, at, 16, end, at)?;
             at = next;
             (b.try_into().expect("16"), true)
         } else {
@@ -584,12 +588,13 @@ fn parse_batch(
             0
         };
         let event_type = if rflags & RFLAG_TYPE != 0 {
+            let len_at = at;
             let (len, next) = varint_in(seg, at, end, 1, 65_535)?;
             // A type that is not UTF-8 is found at the name's first byte
             // (the record table's row is `type_len`, type: the name is the
             // part that fails).
             let name_at = next;
-            let (b, next) = take(seg, next, len, end)?;
+            let (b, next) = take(seg, next, len, end, len_at)?;
             let t = utf8_at(b, name_at)?;
             if prev_type.as_deref() == Some(t.as_str()) {
                 return Err(rec_at); // a repeated type
@@ -603,15 +608,17 @@ fn parse_batch(
             }
         };
         let metadata = if rflags & RFLAG_METADATA != 0 {
+            let len_at = at;
             let (len, next) = varint_in(seg, at, end, 1, u64::from(u32::MAX))?;
-            let (b, next) = take(seg, next, len, end)?;
+            let (b, next) = take(seg, next, len, end, len_at)?;
             at = next;
             b.to_vec()
         } else {
             Vec::new()
         };
+        let len_at = at;
         let (len, next) = varint_in(seg, at, end, 0, u64::from(u32::MAX))?;
-        let (payload, next) = take(seg, next, len, end)?;
+        let (payload, next) = take(seg, next, len, end, len_at)?;
         at = next;
         events.push(ReadEvent {
             position: fh.first_position + i,
