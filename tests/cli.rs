@@ -340,7 +340,9 @@ fn stats_and_dump_describe_a_real_log() {
     assert!(text(&out.stdout).contains("crc=BAD"));
     // Garbage after the header: a clear message, exit 1, no panic.
     bytes.truncate(128);
-    bytes.extend_from_slice(b"BTCH\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff");
+    // A version-3 frame header (spec 3.6): CRC, magic `F3`, kind 1, flags 0,
+    // then a `frame_len` of 4 GiB.
+    bytes.extend_from_slice(b"\0\0\0\0F3\x01\x00\xff\xff\xff\xff");
     bytes.resize(128 + 80, 7);
     std::fs::write(&broken, &bytes).expect("write");
     let out = run(&["dump", p(&broken)]);

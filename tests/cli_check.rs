@@ -118,8 +118,8 @@ fn flipped_byte_in_a_sealed_segment_is_a_problem_at_its_offset() {
     assert_eq!(code, 1, "{v}");
     let p = &v["problems"][0];
     assert_eq!(p["file"].as_str(), seg.to_str(), "{v}");
-    // The record whose CRC fails starts right after the frame header.
-    assert_eq!(p["offset"].as_u64(), Some(128 + 72 + 4), "{v}");
+    // Format version 3: the first frame's `body_crc` (spec 3.6) names it.
+    assert_eq!(p["offset"].as_u64(), Some(128 + 28), "{v}");
 }
 
 #[test]

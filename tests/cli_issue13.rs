@@ -559,7 +559,7 @@ fn a_failed_write_says_how_many_events_were_imported() {
     let dir = tmp.path().join("log");
     let input = tmp.path().join("in.jsonl");
     let line = "{\"stream\":\"s\",\"type\":\"T\",\"data\":{\"n\":1234567890}}\n";
-    std::fs::write(&input, line.repeat(1000)).expect("write");
+    std::fs::write(&input, line.repeat(5000)).expect("write");
     let cmd = format!(
         "trap '' XFSZ; ulimit -f 64; exec '{}' import '{}' '{}' --batch 10",
         env!("CARGO_BIN_EXE_annal"),

@@ -66,6 +66,7 @@ fn write_log(dir: &Path) {
     let clock = Arc::new(AtomicU64::new(1_700_000_000_000_000_000));
     let c = clock.clone();
     let opts = Options::default()
+        .format_version(2)
         .log_id(LOG_ID)
         .clock(Arc::new(move || c.fetch_add(100, Ordering::SeqCst)));
     let mut n = 0u8;

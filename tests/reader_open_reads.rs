@@ -53,7 +53,7 @@ fn open_and_read_one(dir: &Path) -> (u64, u64) {
 #[test]
 fn opening_reads_the_active_segment_in_chunks_not_per_frame() {
     let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    const N: u64 = 20_000;
+    const N: u64 = 25_000;
     let dir = common::scratch();
     let log = Log::open(dir.path(), Options::default()).expect("open");
     append_singles(&log, 0, N, 200);

@@ -283,7 +283,7 @@ fn child_sub_writer() {
         return;
     };
     assert_eq!(role, "writer");
-    let log = Log::open(&dir, Options::default().segment_size(16 << 10)).expect("child open");
+    let log = Log::open(&dir, Options::default().segment_size(8 << 10)).expect("child open");
     // Some events before anyone subscribes, for the catch-up.
     let mut rng = Rng::new(7);
     let mut batch = 0u32;
