@@ -11,7 +11,10 @@ use annal::{Durability, Error, EventData, ExpectedVersion, Log, Options, Reader}
 use common::{fresh_copy, segments, snapshot};
 
 fn opts() -> Options {
-    Options::default().format_version(2).segment_size(1024).durability(Durability::Buffered)
+    Options::default()
+        .format_version(2)
+        .segment_size(1024)
+        .durability(Durability::Buffered)
 }
 
 /// A cleanly closed log of three segments (two sealed).

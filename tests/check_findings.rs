@@ -27,7 +27,8 @@ fn append(log: &Log, n: u64) {
 
 fn signed_log() -> tempfile::TempDir {
     let dir = common::scratch();
-    let opts = Options::default().format_version(2)
+    let opts = Options::default()
+        .format_version(2)
         .segment_size(6 * 1024)
         .signing_key(SigningKey::from_bytes([7; 32]))
         .checkpoint_every(1000);
@@ -149,7 +150,8 @@ fn a_changed_byte_in_a_sealed_checkpoint_body_is_reported_there_only() {
 #[test]
 fn check_while_a_writer_rolls_segments_invents_nothing() {
     let dir = common::scratch();
-    let log = Arc::new(Log::open(dir.path(), Options::default().format_version(2).segment_size(2 * 1024)).expect("open"));
+    let log =
+        Arc::new(Log::open(dir.path(), Options::default().format_version(2).segment_size(2 * 1024)).expect("open"));
     append(&log, 20);
     // Rounds: the main thread opens a round and checks; the writer appends
     // up to 40 events in each round, while the check runs (so the log grows

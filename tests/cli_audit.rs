@@ -41,7 +41,10 @@ fn p(path: &Path) -> &str {
 fn v2_log(dir: &Path) {
     if !dir.join("annal.head").exists() {
         let opts = annal::Options::default().format_version(2);
-        annal::Log::open(dir, opts).expect("create a v2 log").close().expect("close");
+        annal::Log::open(dir, opts)
+            .expect("create a v2 log")
+            .close()
+            .expect("close");
     }
 }
 

@@ -66,7 +66,8 @@ struct Reference {
 
 fn build() -> Reference {
     let dir = common::scratch();
-    let opts = Options::default().format_version(2)
+    let opts = Options::default()
+        .format_version(2)
         .segment_size(SEGMENT_SIZE)
         .durability(Durability::Buffered)
         .signing_key(signer())

@@ -301,7 +301,8 @@ fn valid_dirs(scratch: &Path) -> Vec<PathBuf> {
     let key = SigningKey::from_bytes([7; 32]);
     let log = Log::open(
         &fresh,
-        Options::default().format_version(2)
+        Options::default()
+            .format_version(2)
             .durability(Durability::Buffered)
             .segment_size(1024)
             .signing_key(key)

@@ -10,7 +10,10 @@ use annal::{Durability, Error, EventData, ExpectedVersion, Log, Options, Recover
 use common::{FrameAt, Rec, Rng, crash_image, fresh_copy, read_all, read_until_err, segments, snapshot};
 
 fn opts() -> Options {
-    Options::default().format_version(2).segment_size(2048).durability(Durability::Buffered)
+    Options::default()
+        .format_version(2)
+        .segment_size(2048)
+        .durability(Durability::Buffered)
 }
 
 fn ev(ty: &str, tag: u64, meta: usize, pay: usize) -> EventData<'static> {

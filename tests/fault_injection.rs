@@ -191,7 +191,10 @@ fn payload(tag: u64, size: u32) -> Vec<u8> {
 }
 
 fn base_opts(d: Durability, segment_size: u64) -> Options {
-    Options::default().format_version(2).durability(d).segment_size(segment_size)
+    Options::default()
+        .format_version(2)
+        .durability(d)
+        .segment_size(segment_size)
 }
 
 fn append(stream: u8, events: u8, size: u32) -> Step {

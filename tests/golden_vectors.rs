@@ -876,8 +876,6 @@ fn copy_vector(fmt: &Format, name: &str) -> tempfile::TempDir {
 fn options(fmt: &Format) -> Options {
     let mut o = Options::default().format_version(fmt.version);
 
-
-
     if let Some(k) = fmt.key {
         o = o.chain_key(ChainKey::from_bytes(k));
     }

@@ -41,7 +41,13 @@ fn build(segment_size: u64, streams: usize, batches: usize, max_payload: u64, se
     let names = stream_names(streams, 3);
     let mut m = Model::default();
     let mut rng = Rng::new(seed);
-    let open = || Log::open(dir.path(), Options::default().format_version(2).segment_size(segment_size)).expect("open");
+    let open = || {
+        Log::open(
+            dir.path(),
+            Options::default().format_version(2).segment_size(segment_size),
+        )
+        .expect("open")
+    };
     let mut log = open();
     let mut stale_table = Vec::new();
     for i in 0..batches {

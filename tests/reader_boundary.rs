@@ -233,7 +233,11 @@ fn the_signal_is_absent_for_a_closed_log_and_while_a_writer_holds_it() {
 
     // A killed writer's image whose head lags (its slots describe an earlier
     // end): the reader holds back, and says so; a writer then recovers it.
-    let w = Log::open(log.path(), Options::default().format_version(2).durability(Durability::Buffered)).expect("open");
+    let w = Log::open(
+        log.path(),
+        Options::default().format_version(2).durability(Durability::Buffered),
+    )
+    .expect("open");
     let writer_view = w.view().expect("writer view");
     assert_eq!(writer_view.unrecovered(), None, "the writer's own view");
     w.append("more", ExpectedVersion::Any, &[EventData::new("E", b"x".as_slice())])

@@ -153,7 +153,11 @@ fn a_special_file_in_an_index_place_is_damage_read_around() {
 #[test]
 fn a_frame_claiming_4_gib_is_refused_before_any_allocation() {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default().durability(Durability::Fsync).format_version(2)).expect("open");
+    let log = Log::open(
+        dir.path(),
+        Options::default().durability(Durability::Fsync).format_version(2),
+    )
+    .expect("open");
     for i in 0..6u64 {
         log.append(
             "s",

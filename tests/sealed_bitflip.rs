@@ -13,7 +13,8 @@ fn build() -> (tempfile::TempDir, Vec<Rec>) {
     let src = common::scratch();
     let log = Log::open(
         src.path(),
-        Options::default().format_version(2)
+        Options::default()
+            .format_version(2)
             .segment_size(SEGMENT_SIZE)
             .durability(Durability::Buffered),
     )
@@ -92,7 +93,10 @@ fn every_flipped_bit_in_a_sealed_segment_is_reported() {
         );
 
         // Through the writer: open may refuse, else reading must report.
-        match Log::open(copy.path(), Options::default().format_version(2).segment_size(SEGMENT_SIZE)) {
+        match Log::open(
+            copy.path(),
+            Options::default().format_version(2).segment_size(SEGMENT_SIZE),
+        ) {
             Err(e) => {
                 assert!(is_damage_report(&e), "{label}: Log::open: unexpected error kind: {e}");
                 assert!(

@@ -60,7 +60,8 @@ fn verify(bytes: &[u8], f: &FrameAt, key: &PublicKey) -> bool {
 #[test]
 fn checkpoints_are_signed_every_n_events_before_seals_and_at_close() {
     let dir = scratch();
-    let opts = Options::default().format_version(2)
+    let opts = Options::default()
+        .format_version(2)
         .segment_size(16 << 10)
         .signing_key(signer())
         .checkpoint_every(25);
@@ -105,7 +106,10 @@ fn checkpoints_are_signed_every_n_events_before_seals_and_at_close() {
 #[test]
 fn reopening_with_or_without_the_key_keeps_every_checkpoint_valid() {
     let dir = scratch();
-    let signed = Options::default().format_version(2).signing_key(signer()).checkpoint_every(4);
+    let signed = Options::default()
+        .format_version(2)
+        .signing_key(signer())
+        .checkpoint_every(4);
     let log = Log::open(dir.path(), signed.clone()).unwrap();
     append_n(&log, 3, 2);
     log.close().unwrap();
@@ -131,7 +135,10 @@ fn reopening_with_or_without_the_key_keeps_every_checkpoint_valid() {
 #[test]
 fn a_torn_checkpoint_is_cut_like_any_torn_frame() {
     let dir = scratch();
-    let opts = Options::default().format_version(2).signing_key(signer()).checkpoint_every(2);
+    let opts = Options::default()
+        .format_version(2)
+        .signing_key(signer())
+        .checkpoint_every(2);
     let log = Log::open(dir.path(), opts).unwrap();
     append_n(&log, 2, 1); // the second batch is followed by a checkpoint
     let image = common::crash_image(dir.path());
@@ -151,7 +158,11 @@ fn a_torn_checkpoint_is_cut_like_any_torn_frame() {
 #[test]
 fn signing_needs_a_chain() {
     let dir = scratch();
-    let err = Log::open(dir.path(), Options::default().format_version(2).chain(false).signing_key(signer())).unwrap_err();
+    let err = Log::open(
+        dir.path(),
+        Options::default().format_version(2).chain(false).signing_key(signer()),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("audit chain"), "{err}");
 }
 
@@ -191,7 +202,10 @@ fn problems(dir: &std::path::Path, pk: Option<PublicKey>) -> Vec<String> {
 #[test]
 fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
     let dir = scratch();
-    let opts = Options::default().format_version(2).signing_key(signer()).checkpoint_every(6);
+    let opts = Options::default()
+        .format_version(2)
+        .signing_key(signer())
+        .checkpoint_every(6);
     let log = Log::open(dir.path(), opts).unwrap();
     append_n(&log, 10, 2); // checkpoints at 6, 12, 18 events and at close (20)
     let head = log.anchor().unwrap();
@@ -254,7 +268,14 @@ fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
 #[test]
 fn an_altered_checkpoint_breaks_the_chain() {
     let dir = scratch();
-    let log = Log::open(dir.path(), Options::default().format_version(2).signing_key(signer()).checkpoint_every(4)).unwrap();
+    let log = Log::open(
+        dir.path(),
+        Options::default()
+            .format_version(2)
+            .signing_key(signer())
+            .checkpoint_every(4),
+    )
+    .unwrap();
     append_n(&log, 4, 2);
     log.close().unwrap();
     let seg = segments(dir.path()).pop().unwrap();
@@ -286,7 +307,8 @@ fn an_altered_checkpoint_breaks_the_chain() {
 #[test]
 fn large_batches_hashed_while_written_verify() {
     let dir = scratch();
-    let opts = Options::default().format_version(2)
+    let opts = Options::default()
+        .format_version(2)
         .segment_size(1 << 20)
         .signing_key(signer())
         .checkpoint_every(150);
@@ -343,7 +365,8 @@ impl annal::Projection for CountByStream {
 #[test]
 fn every_reader_steps_over_checkpoints() {
     let dir = scratch();
-    let opts = Options::default().format_version(2)
+    let opts = Options::default()
+        .format_version(2)
         .segment_size(8 << 10)
         .signing_key(signer())
         .checkpoint_every(3);

@@ -175,7 +175,10 @@ pub(crate) fn peek_positions(segment: &[u8], off: u64, layout: &Layout) -> Optio
     };
     let first = segment.get(at + FRAME_FIRST_POSITION_OFFSET..at + FRAME_FIRST_POSITION_OFFSET + 8)?;
     let count = segment.get(at + count_at..at + count_at + 4)?;
-    Some((u64::from_le_bytes(first.try_into().ok()?), u32::from_le_bytes(count.try_into().ok()?)))
+    Some((
+        u64::from_le_bytes(first.try_into().ok()?),
+        u32::from_le_bytes(count.try_into().ok()?),
+    ))
 }
 
 /// The timestamp of the first record of the batch at file offset `off` of

@@ -23,9 +23,8 @@ use zerocopy::FromBytes;
 use crate::error::Damage;
 use crate::format::hash::stream_hash;
 use crate::format::{
-    ALIGN, FRAME_HEADER_V3_LEN, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN,
-    INDEX_VERSION_1, INDEX_VERSION_2, IdxHeader, IdxLens, IdxNamedRow, IdxStreamRow, IdxStreamRowV2,
-    SEGMENT_HEADER_LEN, idx_lens,
+    ALIGN, FRAME_HEADER_V3_LEN, IDX_FLAG_CHECKPOINT, IDX_HEADER_LEN, IDX_MAGIC, IDX_NAMED_ROW_LEN, INDEX_VERSION_1,
+    INDEX_VERSION_2, IdxHeader, IdxLens, IdxNamedRow, IdxStreamRow, IdxStreamRowV2, SEGMENT_HEADER_LEN, idx_lens,
 };
 use crate::index::blockfile::BlockFile;
 use crate::index::{Named, Prev, StreamInfo};

@@ -6,19 +6,17 @@
 //! to; records are read from the mapped segments, each batch validated (CRCs
 //! included) before any of its records is returned.
 
-
 use crate::error::{Result, corrupt};
-use crate::format::frame::validate_frame_each;
-use crate::format::record::RecordRef;
 use crate::format::Layout;
+use crate::format::frame::validate_frame_each;
 use crate::format::frame::{peek_positions, peek_timestamp};
+use crate::format::record::RecordRef;
 use crate::index::{Index, Named};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch, offset_plus};
 use crate::read::logview::{LogView, ViewSegment};
 use crate::storage::mmap::Readahead;
 
 pub use crate::read::stream::ReadStream;
-
 
 impl LogView {
     /// Read the events of every stream of `category` (streams named

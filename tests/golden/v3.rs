@@ -503,7 +503,10 @@ fn check_header(seg: &[u8], off: usize, log_chain: bool) -> Result<CheckedHeader
 /// announced them, or of the field itself when it has no length: spec 3.6
 /// "Complete" step 3).
 fn take(seg: &[u8], at: usize, len: u64, end: usize, field_at: usize) -> Result<(&[u8], usize), usize> {
-    let stop = (at as u64).checked_add(len).filter(|&s| s <= end as u64).ok_or(field_at)? as usize;
+    let stop = (at as u64)
+        .checked_add(len)
+        .filter(|&s| s <= end as u64)
+        .ok_or(field_at)? as usize;
     Ok((&seg[at..stop], stop))
 }
 
