@@ -15,7 +15,6 @@ use super::outcome::{Break, SegOut};
 use super::report::CheckOptions;
 use super::report::{AnchorVerdict, ChainStatus, CheckReport, Finding, finding};
 use crate::audit::chain::{Anchor, ChainHash, Chainer, hex};
-use crate::format::FRAME_CHAIN_OFFSET;
 
 /// What the anchors are checked against: the segments' outcomes and the
 /// chain across them.
@@ -168,7 +167,7 @@ impl History<'_> {
                 o.anchor_points
                     .iter()
                     .find(|x| x.0 == p)
-                    .map(|x| (x.1, o.path.as_path(), x.2 + FRAME_CHAIN_OFFSET as u64))
+                    .map(|x| (x.1, o.path.as_path(), x.2))
             })
         }
     }

@@ -334,7 +334,14 @@ impl ChainLinks {
             && a <= end
         {
             if a == end {
-                self.anchor_points.push((a, stored, off));
+                // Named at the batch's chain slot (version 3: at the batch
+                // itself if it stores none).
+                let at = if self.layout.compact() && !f.chained {
+                    off
+                } else {
+                    slot_at(off, &self.layout)
+                };
+                self.anchor_points.push((a, stored, at));
             } else {
                 self.anchor_inside.push((a, f.first_position, end, off));
             }

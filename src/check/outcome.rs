@@ -63,8 +63,9 @@ pub(super) struct SegOut {
     pub(super) links: u64,
     /// Broken links found in the segment (batch links, the seal).
     pub(super) breaks: Vec<Break>,
-    /// `(position, stored chain, frame offset)` for each anchor position at
-    /// which a batch of this segment ends.
+    /// `(position, chain hash, offset of the batch's chain slot)` for each
+    /// anchor position at which a batch of this segment ends (version 3: the
+    /// hash recomputed, and the batch's own offset, where it stores no slot).
     pub(super) anchor_points: Vec<(u64, ChainHash, u64)>,
     /// `(position, batch first position, batch end, frame offset)` for each
     /// anchor position strictly inside a batch of this segment.

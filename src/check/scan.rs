@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::format::names::LOCK_FILE;
 use crate::format::names::index_file_name;
 use crate::format::names::segment_file_name;
-use crate::format::{FRAME_HEADER_LEN, IDX_HEADER_LEN, IDX_STREAM_ROW_LEN};
+use crate::format::{FRAME_HEADER_LEN, IDX_HEADER_LEN};
 use crate::index::Prev;
 use crate::index::streamtable::TableEntry;
 use crate::storage::head::{HEAD_FILE, Head};
@@ -308,12 +308,11 @@ impl<'o> Sequence<'o> {
             for (name, row, prev) in prevs {
                 let want = self.latest.get(name).map_or(Prev::NONE, |e| e.at);
                 if *prev != want {
+                    // The row's back pointer, where its index version puts it.
+                    let lens = crate::format::idx_lens(index_version(&idx_path));
                     report.problems.push(finding(
                         &idx_path,
-                        (IDX_HEADER_LEN
-                            + *row as usize * IDX_STREAM_ROW_LEN
-                            + std::mem::offset_of!(crate::format::IdxStreamRow, prev_segment))
-                            as u64,
+                        (IDX_HEADER_LEN + *row as usize * lens.stream_row + lens.back_pointer.0) as u64,
                         format!(
                             "expected stream {name:?} (row {row}) to point back to {}, found {}",
                             prev_text(want),
@@ -370,4 +369,13 @@ impl<'o> Sequence<'o> {
         }
         table_expect
     }
+}
+
+/// The `index_version` of the index file at `path` (1 if it cannot be read:
+/// only to name the offset of a finding in it).
+fn index_version(path: &Path) -> u16 {
+    let mut v = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|f| crate::storage::io::read_exact_at(&f, &mut v, 8))
+        .map_or(1, |()| u16::from_le_bytes(v))
 }
