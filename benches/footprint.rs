@@ -129,12 +129,9 @@ fn write_annal(dir: &Path, shape: Shape, n: u64, names: &[String], format: Optio
     let payload = common::payload(PAYLOAD);
     let mut opts = Options::default();
     if let Some(v) = format {
-        // TODO(v3): `format_version` is a test hook (feature `fuzzing`, which
-        // the benches build with) that knows versions 1 and 2 today; once
-        // format version 3 lands, `ANNAL_FOOTPRINT_FORMAT=3` measures it
-        // here (and if v3 makes it a supported option, drop this note). The
-        // writer does not check the version: a log it creates in a version
-        // the readers do not know would fail only at `Reader::open`.
+        // `format_version` is a test hook (feature `fuzzing`, which the
+        // benches build with): `ANNAL_FOOTPRINT_FORMAT=2` measures the
+        // format before version 3 (the default).
         let supported = annal::format::OLDEST_SUPPORTED_FORMAT_VERSION..=annal::format::CURRENT_FORMAT_VERSION;
         assert!(
             supported.contains(&v),

@@ -1,5 +1,7 @@
 //! The frame header (spec 3.1): magic, CRC, `frame_len`, positions, kind,
-//! durable end and the chain slot; the frame kinds and the frame size limit.
+//! durable end and the chain slot; the frame kinds and the frame size limit;
+//! and the compact frame header of version 3 (spec 3.6, [`FrameHeaderV3`]),
+//! whose chain slot is optional, with [`HeaderInfo`], what either says.
 //!
 //! Invariants of a header [`FrameHeader::parse`] accepts: magic and CRC,
 //! `frame_len` a multiple of 8 in `[72, MAX_FRAME_LEN]`, a kind of 1 to 3

@@ -1,4 +1,4 @@
-//! The on-disk structures of the log format (version 2, reading version 1 too),
+//! The on-disk structures of the log format (version 3, reading versions 1 and 2 too),
 //! in one place: one file per table of `spec/format.md`, re-exported here so
 //! that `crate::format::X` names every one.
 //!
@@ -22,7 +22,9 @@
 //! | `stream_table` | 18 | [`StbHeader`], [`StbRow`] |
 //! | `blockfile` | 16 | [`BlockFooter`] |
 //! | `snapshot` | 20.2 | [`SnapshotHeader`] |
-//! | `frame` | 3.3, 3.4, 6 | frame validation, [`frame::FrameCursor`], the segment walk |
+//! | `frame` | 3.3, 3.4, 3.6, 6 | frame validation (both layouts), [`frame::FrameCursor`], the segment walk |
+//! | `frame_fields` | 3.1, 3.6, 17 | seals and batch headers encoded, chain slots, index bindings, unchecked search fields, resynchronisation |
+//! | `batch` | 3.6, 9 | the version-3 batch body: varints, generated ids, encoding and parsing |
 //! | `record` | 3.2 | encoding and parsing records |
 //! | `names`, `hash`, `damage` | 1, 17.3 | file names, stream hashes, [`Damage`] |
 #![deny(clippy::indexing_slicing)]
@@ -31,6 +33,7 @@ pub(crate) mod batch;
 pub(crate) mod blockfile;
 pub(crate) mod damage;
 pub(crate) mod frame;
+mod frame_fields;
 pub(crate) mod hash;
 pub(crate) mod names;
 pub(crate) mod record;

@@ -17,6 +17,15 @@ use super::options::Options;
 
 /// The format of a log created by this open.
 pub(super) fn new_format(opts: &Options) -> Result<LogFormat> {
+    let supported = crate::format::OLDEST_SUPPORTED_FORMAT_VERSION..=crate::format::CURRENT_FORMAT_VERSION;
+    if !supported.contains(&opts.format_version) {
+        return Err(Error::InvalidArgument(format!(
+            "format version {} was asked for a new log; this build writes versions {} to {}",
+            opts.format_version,
+            supported.start(),
+            supported.end()
+        )));
+    }
     let chained = opts.chain && opts.format_version >= 2;
     if (opts.chain_key.is_some() || opts.signing_key.is_some()) && !chained {
         return Err(Error::InvalidArgument(
