@@ -122,6 +122,33 @@ fn chain_verify(view: &LogView) -> (ChainHash, u64) {
         assert_eq!(start, expected, "chain_start");
         let mut prev = start;
         let mut off = SEGMENT_HEADER_LEN;
+        if u16::from_le_bytes([header[8], header[9]]) >= 3 {
+            // Format version 3 (spec 3.6, 21.2): a 32-byte header, a chain
+            // slot in some frames only; the link hashes [6, 28) and the body.
+            while let Some(fh) = seg.get(off..off + 32) {
+                if &fh[4..6] != b"F3" {
+                    break;
+                }
+                let len = u32::from_le_bytes(fh[8..12].try_into().expect("4 bytes")) as usize;
+                let header_len = if fh[7] & 1 != 0 { 64 } else { 32 };
+                let stored = (header_len == 64).then(|| &seg[off + 32..off + 64]);
+                if fh[6] == 1 {
+                    let frame = &seg[off..off + len];
+                    let mut h = blake3::Hasher::new();
+                    h.update(&prev);
+                    h.update(&frame[6..28]);
+                    h.update(&frame[header_len..]);
+                    prev = *h.finalize().as_bytes();
+                    batches += 1;
+                }
+                if let Some(s) = stored {
+                    assert_eq!(s, prev, "chain at byte {off}");
+                }
+                off += len;
+            }
+            chain = Some(prev);
+            continue;
+        }
         while let Some(fh) = seg.get(off..off + FRAME_HEADER_LEN) {
             if &fh[..4] != b"BTCH" {
                 break;
