@@ -737,6 +737,7 @@ mod tests {
     use super::*;
     use crate::format::LogFormat;
     use crate::format::record::{EventData, Stamp, encode_record};
+    use zerocopy::IntoBytes;
 
     /// A segment: header at base 10, then batches of `(count, timestamp)`,
     /// then a seal if `seal`.
