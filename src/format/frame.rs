@@ -16,74 +16,18 @@
 //! parses without error; the cursor never moves past a frame it did not
 //! accept, so after a stop its offset is where the complete frames end.
 
-use crate::format::batch::{BodyContext, parse_body};
+use crate::format::batch::parse_body;
 use crate::format::damage::Damage;
 use crate::format::record::{RecordRef, parse_record_with};
 use crate::format::{
     CheckpointBody, FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_HEADER_V3_LEN, FRAME_KIND_BATCH,
     FRAME_KIND_CHECKPOINT, FRAME_KIND_SEAL, FRAME_LEN_OFFSET, FRAME_V3_BODY_CRC_OFFSET, FRAME_V3_FIRST_POSITION_OFFSET,
-    FRAME_V3_LEN_OFFSET, FrameHeader, FrameHeaderV3, HeaderInfo, Layout, RECORD_HEADER_LEN, RECORD_POSITION_OFFSET,
-    RECORD_STREAM_VERSION_OFFSET, RECORD_TIMESTAMP_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
+    FRAME_V3_LEN_OFFSET, Layout, RECORD_HEADER_LEN, RECORD_POSITION_OFFSET, RECORD_STREAM_VERSION_OFFSET,
+    RECORD_TIMESTAMP_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 
-/// What a complete frame holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Frame {
-    pub kind: u8,
-    pub len: u64,
-    pub first_position: u64,
-    pub count: u32,
-    pub durable_end: u64,
-    /// Timestamp of the first record (batches only, once validated; 0 otherwise).
-    pub first_timestamp: u64,
-    /// Timestamp of the last record (batches only, once validated; 0 otherwise).
-    pub last_timestamp: u64,
-    /// Bytes of the header (72 in versions 1 and 2; 32 or 64 in version 3).
-    pub header_len: u32,
-    /// The header stores a chain slot (versions 1 and 2: always, zero when
-    /// the log has no chain).
-    pub chained: bool,
-    /// Version 3: the CRC of the body (`body_crc`); 0 otherwise.
-    pub body_crc: u32,
-}
-
-impl Frame {
-    /// One past the last position of this frame.
-    pub fn next_position(&self) -> u64 {
-        self.first_position + self.count as u64
-    }
-
-    /// What the header `h` says (timestamps 0 until the body is validated).
-    #[inline]
-    fn of_info(h: HeaderInfo) -> Frame {
-        Frame {
-            kind: h.kind,
-            len: h.frame_len,
-            first_position: h.first_position,
-            count: h.record_count,
-            durable_end: h.durable_end,
-            first_timestamp: 0,
-            last_timestamp: 0,
-            header_len: h.header_len as u32,
-            chained: h.chained,
-            body_crc: h.body_crc,
-        }
-    }
-}
-
-/// Parse and check the frame header at the start of `bytes` (file offset
-/// `off`) in the segment's `layout` (spec 3.1, or 3.6 for version 3): the
-/// header checks, nothing of the body.
-#[inline]
-pub(crate) fn parse_header(bytes: &[u8], off: u64, layout: &Layout) -> Result<Frame, Damage> {
-    if layout.compact() {
-        FrameHeaderV3::parse(bytes, off, layout.chained).map(Frame::of_info)
-    } else {
-        FrameHeader::parse(bytes, off).map(|h| Frame::of_info(h.info()))
-    }
-}
-
 pub(crate) use crate::format::frame_fields::*;
+pub(crate) use crate::format::frame_header::{Frame, body_context, parse_header};
 
 /// Check that the frame at the start of `bytes` (at file offset `off`) is
 /// complete (spec 3.3), with or without record CRCs. `bytes` may extend past
@@ -151,19 +95,6 @@ fn validate_body<'a>(
             })
         }
         _ => validate_batch(frame, body, off, verify_crc, each),
-    }
-}
-
-/// What parsing the version-3 body of `frame` (at file offset `off`) needs.
-#[inline]
-pub(crate) fn body_context(frame: &Frame, off: u64, layout: &Layout) -> BodyContext {
-    BodyContext {
-        first_position: frame.first_position,
-        count: frame.count,
-        prev_timestamp: layout.prev_timestamp,
-        id_seed: layout.id_seed,
-        at: off + u64::from(frame.header_len),
-        header_len: frame.header_len as usize,
     }
 }
 

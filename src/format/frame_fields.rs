@@ -8,7 +8,7 @@
 use zerocopy::IntoBytes;
 
 use crate::format::batch::BodyRecords;
-use crate::format::frame::{Frame, body_context, parse_header};
+use crate::format::frame_header::{Frame, body_context, parse_header};
 use crate::format::record::{RecordRef, parse_record};
 use crate::format::{
     ALIGN, CHAIN_SLOT_LEN, FRAME_CHAIN_OFFSET, FRAME_FIRST_POSITION_OFFSET, FRAME_HEADER_LEN, FRAME_HEADER_V3_LEN,

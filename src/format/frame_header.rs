@@ -1,7 +1,10 @@
 //! The frame header (spec 3.1): magic, CRC, `frame_len`, positions, kind,
 //! durable end and the chain slot; the frame kinds and the frame size limit;
 //! and the compact frame header of version 3 (spec 3.6, [`FrameHeaderV3`]),
-//! whose chain slot is optional, with [`HeaderInfo`], what either says.
+//! whose chain slot is optional, with [`HeaderInfo`], what either says;
+//! `Frame`, what a frame holds, and `parse_header`, the header checks of
+//! either layout, which the walk (`frame`) and the header fields
+//! (`frame_fields`) share.
 //!
 //! Invariants of a header [`FrameHeader::parse`] accepts: magic and CRC,
 //! `frame_len` a multiple of 8 in `[72, MAX_FRAME_LEN]`, a kind of 1 to 3
@@ -13,8 +16,9 @@ use std::mem::{offset_of, size_of};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::format::batch::BodyContext;
 use crate::format::damage::Damage;
-use crate::format::{ALIGN, CHECKPOINT_FRAME_LEN, SEGMENT_HEADER_LEN, crc};
+use crate::format::{ALIGN, CHECKPOINT_FRAME_LEN, Layout, SEGMENT_HEADER_LEN, crc};
 
 /// Magic bytes at the start of every frame.
 pub const FRAME_MAGIC: [u8; 4] = *b"BTCH";
@@ -501,5 +505,75 @@ impl FrameHeader {
             chained: true,
             body_crc: 0,
         }
+    }
+}
+
+/// What a complete frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub kind: u8,
+    pub len: u64,
+    pub first_position: u64,
+    pub count: u32,
+    pub durable_end: u64,
+    /// Timestamp of the first record (batches only, once validated; 0 otherwise).
+    pub first_timestamp: u64,
+    /// Timestamp of the last record (batches only, once validated; 0 otherwise).
+    pub last_timestamp: u64,
+    /// Bytes of the header (72 in versions 1 and 2; 32 or 64 in version 3).
+    pub header_len: u32,
+    /// The header stores a chain slot (versions 1 and 2: always, zero when
+    /// the log has no chain).
+    pub chained: bool,
+    /// Version 3: the CRC of the body (`body_crc`); 0 otherwise.
+    pub body_crc: u32,
+}
+
+impl Frame {
+    /// One past the last position of this frame.
+    pub fn next_position(&self) -> u64 {
+        self.first_position + self.count as u64
+    }
+
+    /// What the header `h` says (timestamps 0 until the body is validated).
+    #[inline]
+    fn of_info(h: HeaderInfo) -> Frame {
+        Frame {
+            kind: h.kind,
+            len: h.frame_len,
+            first_position: h.first_position,
+            count: h.record_count,
+            durable_end: h.durable_end,
+            first_timestamp: 0,
+            last_timestamp: 0,
+            header_len: h.header_len as u32,
+            chained: h.chained,
+            body_crc: h.body_crc,
+        }
+    }
+}
+
+/// Parse and check the frame header at the start of `bytes` (file offset
+/// `off`) in the segment's `layout` (spec 3.1, or 3.6 for version 3): the
+/// header checks, nothing of the body.
+#[inline]
+pub(crate) fn parse_header(bytes: &[u8], off: u64, layout: &Layout) -> Result<Frame, Damage> {
+    if layout.compact() {
+        FrameHeaderV3::parse(bytes, off, layout.chained).map(Frame::of_info)
+    } else {
+        FrameHeader::parse(bytes, off).map(|h| Frame::of_info(h.info()))
+    }
+}
+
+/// What parsing the version-3 body of `frame` (at file offset `off`) needs.
+#[inline]
+pub(crate) fn body_context(frame: &Frame, off: u64, layout: &Layout) -> BodyContext {
+    BodyContext {
+        first_position: frame.first_position,
+        count: frame.count,
+        prev_timestamp: layout.prev_timestamp,
+        id_seed: layout.id_seed,
+        at: off + u64::from(frame.header_len),
+        header_len: frame.header_len as usize,
     }
 }
