@@ -23,7 +23,7 @@ use crate::index::streamtable::{STREAM_TABLE_FILE, StreamTable};
 use crate::read::active::ActiveRead;
 use crate::read::budget::{max_mapped, trim_mappings};
 use crate::read::logview::{LogView, Unrecovered, ViewSegment};
-use crate::read::sealed::{open_sealed, read_segment_header};
+use crate::read::sealed::{open_sealed_in, prefetch_open, read_segment_header};
 use crate::storage::head;
 
 /// Where the head file names its segment (the first slot's `segment_base`),
@@ -168,7 +168,12 @@ impl Reader {
         let Some((&last, sealed)) = visible.split_last() else {
             return Ok(LogView::new(Vec::new(), 0, None));
         };
-        self.open_new_sealed(sealed)?;
+        // A first view: what it reads, asked for at once.
+        let opened = match self.active {
+            None => prefetch_open(&self.dir, sealed, Some(last)),
+            Some(_) => Vec::new(),
+        };
+        self.open_new_sealed(sealed, opened)?;
         if self.active.as_ref().is_none_or(|a| a.base != last) {
             self.active = Some(Box::new(ActiveRead::open(&self.dir, last)?));
         }
@@ -222,8 +227,10 @@ impl Reader {
     /// Open the sealed segments of `sealed` this reader has not opened yet,
     /// checking that each starts where the one before ended; a segment that
     /// was active and is now sealed stops being the active one.
-    fn open_new_sealed(&mut self, sealed: &[u64]) -> Result<()> {
-        for &base in &sealed[self.sealed.len().min(sealed.len())..] {
+    fn open_new_sealed(&mut self, sealed: &[u64], opened: Vec<Option<std::fs::File>>) -> Result<()> {
+        let from = self.sealed.len().min(sealed.len());
+        let mut opened = opened.into_iter().skip(from);
+        for &base in &sealed[from..] {
             if base != self.sealed_next {
                 return Err(Error::Corrupt {
                     path: self.dir.join(segment_file_name(base)),
@@ -234,7 +241,7 @@ impl Reader {
                     ),
                 });
             }
-            let (seg, next) = open_sealed(&self.dir, base)?;
+            let (seg, next, _) = open_sealed_in(&self.dir, base, opened.next().flatten())?;
             self.sealed.push(seg);
             self.sealed_next = next;
             if self.active.as_ref().is_some_and(|a| a.base == base) {

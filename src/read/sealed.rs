@@ -141,8 +141,17 @@ fn sealed_segment_seal(len: u64, tail: &[u8], layout: &Layout) -> Result<Frame, 
 /// a log maps nothing of its sealed segments). Returns the segment, the
 /// seal's next position and the header.
 pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, u64, SegmentHeader)> {
+    open_sealed_in(dir, base, None)
+}
+
+/// [`open_sealed_header`] with the file already open (by [`prefetch_open`]),
+/// if it is.
+pub(crate) fn open_sealed_in(dir: &Path, base: u64, opened: Option<File>) -> Result<(ViewSegment, u64, SegmentHeader)> {
     let path = dir.join(segment_file_name(base));
-    let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+    let file = match opened {
+        Some(f) => f,
+        None => crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?,
+    };
     let header = read_segment_header(&file, &path, base)?;
     let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
     let layout = Layout::of(&header);
@@ -180,6 +189,54 @@ pub(crate) fn open_sealed_header(dir: &Path, base: u64) -> Result<(ViewSegment, 
         seal.first_position,
         header,
     ))
+}
+
+/// Ask the OS to start reading, all at once, what opening a log reads
+/// before it can answer (`POSIX_FADV_WILLNEED`): the header and the seal of
+/// each sealed segment of `sealed`, the header of the active segment
+/// `active`, the first and last pages of its index checkpoints and of the
+/// stream table (their headers, footers and block tables). Opening then
+/// copies them one file after another, but a cold open waits for the disk
+/// about once instead of once a read. Advice only: a file that cannot be
+/// opened here is reported when it is opened. Returns the sealed segments'
+/// files, opened (`None` where that failed), for [`open_sealed_in`].
+pub(crate) fn prefetch_open(dir: &Path, sealed: &[u64], active: Option<u64>) -> Vec<Option<File>> {
+    let advise = |path: &Path, head: u64, tail: u64| -> Option<File> {
+        let file = crate::storage::io::open_read(path).ok()?;
+        #[cfg(target_os = "linux")]
+        {
+            let len = file.metadata().ok()?.len();
+            let advice = rustix::fs::Advice::WillNeed;
+            let _ = rustix::fs::fadvise(&file, 0, std::num::NonZeroU64::new(head), advice);
+            if tail > 0 && len > head {
+                let at = len.saturating_sub(tail).max(head);
+                let _ = rustix::fs::fadvise(&file, at, std::num::NonZeroU64::new(tail), advice);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (head, tail);
+        Some(file)
+    };
+    let files = sealed
+        .iter()
+        .map(|&base| {
+            advise(
+                &dir.join(segment_file_name(base)),
+                SEGMENT_HEADER_LEN as u64,
+                FRAME_HEADER_LEN as u64,
+            )
+        })
+        .collect();
+    if let Some(active) = active {
+        advise(&dir.join(segment_file_name(active)), SEGMENT_HEADER_LEN as u64, 0);
+        advise(&dir.join(crate::format::names::STREAM_TABLE_FILE), 4096, 8192);
+        if let Ok(all) = crate::index::checkpoint::list(dir) {
+            for c in all.iter().filter(|c| c.base == active) {
+                advise(&c.path, 4096, 8192);
+            }
+        }
+    }
+    files
 }
 
 /// [`open_sealed_header`] without the header.

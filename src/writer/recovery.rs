@@ -25,7 +25,7 @@ use crate::format::{FRAME_KIND_BATCH, Layout, LogFormat, SEGMENT_HEADER_LEN, Seg
 use crate::index::checkpoint::{self, CheckpointFile};
 use crate::index::streamtable::StreamTable;
 use crate::index::{Index, IndexBuilder, MemIndex};
-use crate::read::view::{ViewSegment, open_sealed, open_sealed_header};
+use crate::read::view::{ViewSegment, open_sealed, open_sealed_in};
 use crate::storage::head::{self, HEAD_FILE, Head};
 use crate::storage::io::Io;
 use crate::storage::mmap::Mapping;
@@ -139,7 +139,10 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         stale_checkpoints: Vec::new(),
     };
     check_first_segment(dir, &listing.segments)?;
-    let (sealed, next) = opening.check_sealed(sealed_bases)?;
+    // What opening reads, asked for at once (advice: a cold open waits for
+    // the disk about once, not once a file).
+    let opened = crate::read::view::prefetch_open(dir, sealed_bases, Some(last));
+    let (sealed, next) = opening.check_sealed(sealed_bases, opened)?;
     let tail = opening.recover_active(last, next, &sealed)?;
     opening.finish(lock, last, sealed, tail)
 }
@@ -361,9 +364,10 @@ impl Opening<'_> {
     /// Check the sealed segments (`bases`, in order): header and seal only,
     /// their records are not read. Returns them and the position after the
     /// last of them.
-    fn check_sealed(&mut self, bases: &[u64]) -> Result<(Vec<ViewSegment>, u64)> {
+    fn check_sealed(&mut self, bases: &[u64], opened: Vec<Option<File>>) -> Result<(Vec<ViewSegment>, u64)> {
         let mut next = 0;
         let mut sealed: Vec<ViewSegment> = Vec::with_capacity(bases.len() + 1);
+        let mut opened = opened.into_iter();
         for &base in bases {
             let path = self.dir.join(segment_file_name(base));
             if base != next {
@@ -375,7 +379,7 @@ impl Opening<'_> {
             }
             // Header and seal read by copying: nothing of a sealed segment is
             // mapped before it is read.
-            let (seg, seal_next, header) = open_sealed_header(self.dir, base)?;
+            let (seg, seal_next, header) = open_sealed_in(self.dir, base, opened.next().flatten())?;
             self.check_format(&header, &path)?;
             if let Some(h) = self.head
                 && h.segment_base == base
