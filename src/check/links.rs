@@ -120,19 +120,17 @@ impl ChainLinks {
             return;
         }
         if self.prev_known && stored != self.prev {
-            self.breaks.push(Break {
-                finding: finding(
-                    path,
-                    slot_at(off, &self.layout),
-                    format!(
-                        "audit chain broken: the checkpoint at position {p} holds chain {}, but the chain after the \
+            self.broken(
+                path,
+                slot_at(off, &self.layout),
+                p.saturating_add(1),
+                format!(
+                    "audit chain broken: the checkpoint at position {p} holds chain {}, but the chain after the \
                          batch before it is {}; the checkpoint was altered",
-                        hex(&stored),
-                        hex(&self.prev)
-                    ),
+                    hex(&stored),
+                    hex(&self.prev)
                 ),
-                affects: p.saturating_add(1),
-            });
+            );
         }
         // The body was checked when the frame was walked (its CRC, spec 3.5).
         let body_at = f.header_len as usize;
@@ -234,19 +232,17 @@ impl ChainLinks {
             self.links += 1;
             if computed != stored {
                 let p = f.first_position;
-                self.breaks.push(Break {
-                    finding: finding(
-                        path,
-                        slot,
-                        format!(
-                            "audit chain broken: the batch at position {p} hashes to {}, but its chain slot holds \
+                self.broken(
+                    path,
+                    slot,
+                    p.saturating_add(1),
+                    format!(
+                        "audit chain broken: the batch at position {p} hashes to {}, but its chain slot holds \
                              {}; history differs from position {p} on",
-                            hex(&computed),
-                            hex(&stored)
-                        ),
+                        hex(&computed),
+                        hex(&stored)
                     ),
-                    affects: p.saturating_add(1),
-                });
+                );
             }
         }
         self.prev = stored;
@@ -297,22 +293,20 @@ impl ChainLinks {
         if let (Some(c), Some(s)) = (computed, stored)
             && c != s
         {
-            self.breaks.push(Break {
-                finding: finding(
-                    path,
-                    slot_at(off, &self.layout),
-                    format!(
-                        "audit chain broken: the batches up to position {} hash to {}, but the chain slot of the \
+            self.broken(
+                path,
+                slot_at(off, &self.layout),
+                p.saturating_add(1),
+                format!(
+                    "audit chain broken: the batches up to position {} hash to {}, but the chain slot of the \
                          batch at position {p} holds {}; history differs before position {} (since the last \
                          chain slot before it)",
-                        f.next_position(),
-                        hex(&c),
-                        hex(&s),
-                        f.next_position()
-                    ),
+                    f.next_position(),
+                    hex(&c),
+                    hex(&s),
+                    f.next_position()
                 ),
-                affects: p.saturating_add(1),
-            });
+            );
         }
         match stored.or(computed) {
             Some(h) => {
@@ -349,6 +343,15 @@ impl ChainLinks {
         }
     }
 
+    /// A broken link found at `at` of `path`; `affects` is the smallest
+    /// anchor position whose history it concerns.
+    fn broken(&mut self, path: &Path, at: u64, affects: u64, detail: String) {
+        self.breaks.push(Break {
+            finding: finding(path, at, detail),
+            affects,
+        });
+    }
+
     /// With a public key given, a sealed segment of a chained log must end
     /// with a checkpoint just before its seal (at file offset `seal_off`).
     pub(super) fn require_checkpoint(&mut self, ctx: &SegCtx<'_>, path: &Path, chained: bool, seal_off: u64) {
@@ -378,19 +381,17 @@ impl ChainLinks {
                 ));
             }
         } else if self.prev_known && seal != self.prev {
-            self.breaks.push(Break {
-                finding: finding(
-                    path,
-                    slot,
-                    format!(
-                        "audit chain broken: the seal's chain slot holds {}, but the chain after the segment's last \
+            self.broken(
+                path,
+                slot,
+                next.saturating_add(1),
+                format!(
+                    "audit chain broken: the seal's chain slot holds {}, but the chain after the segment's last \
                          batch is {}; history differs from position {next} on",
-                        hex(&seal),
-                        hex(&self.prev)
-                    ),
+                    hex(&seal),
+                    hex(&self.prev)
                 ),
-                affects: next.saturating_add(1),
-            });
+            );
         }
     }
 }

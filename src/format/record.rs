@@ -206,17 +206,17 @@ impl<'a> RecordRef<'a> {
         metadata: &'a [u8],
         payload: &'a [u8],
     ) -> Self {
-        RecordRef {
-            position: header.position.get(),
-            stream_version: header.stream_version.get(),
-            timestamp: header.timestamp.get(),
-            event_id: header.event_id,
-            schema_version: header.schema_version.get(),
+        Self::from_parts(
+            header.position.get(),
+            header.stream_version.get(),
+            header.timestamp.get(),
+            header.event_id,
+            header.schema_version.get(),
             stream,
             event_type,
             metadata,
             payload,
-        }
+        )
     }
 
     /// The event's global position in the log (0-based, contiguous).

@@ -518,8 +518,8 @@ mod tests {
     #[test]
     fn decodes_from_bytes() {
         let mut m = MemIndex::default();
-        m.add_batch(128, 0, "order-1", 0, 2, [(200, "Placed"), (280, "Paid")].into_iter());
-        m.add_batch(400, 2, "user-7", 0, 1, [(472, "Placed")].into_iter());
+        m.add_batch(128, 0, "order-1", 0, 2, ["Placed", "Paid"].into_iter());
+        m.add_batch(400, 2, "user-7", 0, 1, ["Placed"].into_iter());
         let (bytes, rows) = m.encode(0, 4096, 0xdead_beef, u64::MAX, &mut |_| Prev::NONE, &[]);
         assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), crate::format::INDEX_VERSION_2);
         assert_eq!(rows.len(), 2);

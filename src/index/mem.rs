@@ -227,8 +227,8 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
 
 impl MemIndex {
     /// Record a batch: its frame offset, first position, stream, first
-    /// version, event count, and `(record offset, event type)` per record
-    /// (the batch is listed once under each of its event types).
+    /// version, event count, and each record's event type (the batch is
+    /// listed once under each of its event types).
     pub(crate) fn add_batch<'t>(
         &mut self,
         frame_offset: u64,
@@ -236,7 +236,7 @@ impl MemIndex {
         stream: &str,
         first_version: u64,
         count: u64,
-        records: impl Iterator<Item = (u64, &'t str)>,
+        types: impl Iterator<Item = &'t str>,
     ) {
         self.add_batch_bytes(
             frame_offset,
@@ -244,7 +244,7 @@ impl MemIndex {
             stream,
             first_version,
             count,
-            records.map(|(o, t)| (o, t.as_bytes())),
+            types.map(str::as_bytes),
         );
     }
 
@@ -256,9 +256,9 @@ impl MemIndex {
         stream: &str,
         first_version: u64,
         count: u64,
-        records: impl Iterator<Item = (u64, &'t [u8])>,
+        types: impl Iterator<Item = &'t [u8]>,
     ) {
-        for (_, ty) in records {
+        for ty in types {
             let slot = self.type_slot(ty);
             self.types.push_once(slot, frame_offset);
         }
@@ -332,7 +332,7 @@ impl MemIndex {
             first.stream(),
             first.stream_version(),
             count,
-            recs.map(|(o, r)| (frame_offset + o as u64, r.event_type_bytes())),
+            recs.map(|(_, r)| r.event_type_bytes()),
         );
     }
 

@@ -138,15 +138,8 @@ impl Inner {
             self.push_checkpoint(&mut st);
         }
         self.queued_appends.fetch_add(1, Ordering::AcqRel);
-        let compact = self.format.version >= 3;
-        let mut rec_off = frame_offset + FRAME_HEADER_LEN as u64;
-        let records = events.iter().map(|ev| {
-            // Version 3: a record is read with its batch (the frame's offset).
-            let here = if compact { frame_offset } else { rec_off };
-            rec_off += ev.record_len(stream);
-            (here, &*ev.event_type)
-        });
-        write_index(&st.index).add_batch(frame_offset, first_position, stream, first_version, n, records);
+        let types = events.iter().map(|ev| &*ev.event_type);
+        write_index(&st.index).add_batch(frame_offset, first_position, stream, first_version, n, types);
         if self.opts.idempotency_window > 0 && events.iter().any(|e| e.id.is_some()) {
             st.remember_batch(
                 stream,
@@ -388,7 +381,7 @@ mod tests {
         // file could make it say).
         {
             let st = lock(&log.inner.state);
-            write_index(&st.index).add_batch(128, 1, "s", u64::MAX - 1, 1, std::iter::once((200u64, "E")));
+            write_index(&st.index).add_batch(128, 1, "s", u64::MAX - 1, 1, std::iter::once("E"));
         }
         assert_eq!(log.stream_version("s").expect("version"), Some(u64::MAX - 1));
         let r = log
