@@ -194,6 +194,16 @@ impl<B: AsRef<[u8]>> BlockFile<B> {
 }
 
 impl BlockFile {
+    /// Ask the kernel for the pages of `[off, off + len)` of the checked
+    /// region, without waiting (see [`Mapping::prefetch`]): a hint for a
+    /// read that knows which entries it will touch next.
+    pub(crate) fn prefetch(&self, off: usize, len: usize) {
+        let end = off.saturating_add(len).min(self.table_offset);
+        if off < end {
+            self.bytes.prefetch(off as u64, (end - off) as u64);
+        }
+    }
+
     /// Map the file at `path` and check its footer and block table
     /// (`Ok(None)` if it does not exist): opens the file
     /// ([`crate::storage::io::open_read`]), maps it ([`Mapping`]) and calls
@@ -223,10 +233,16 @@ impl BlockFile {
         // Opening reads the footer and the whole block CRC table (4 bytes a
         // block, at the end): one read of them, not a fault per page of a
         // mapping advised random.
-        let tail = (len / (BLOCK as u64 / 4)).saturating_add(2 * BLOCK as u64).min(len);
+        let tail = tail_len(len);
         map.prefetch(len - tail, tail);
         BlockFile::from_bytes(map, magic).map(Some)
     }
+}
+
+/// The bytes at the end of a block file of `len` bytes that opening it
+/// reads: its block CRC table (4 bytes per block) and footer, rounded up.
+pub(crate) fn tail_len(len: u64) -> u64 {
+    (len / (BLOCK as u64 / 4)).saturating_add(2 * BLOCK as u64).min(len)
 }
 
 /// A failure to map a file as an I/O failure, whatever error the mapping

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::error::{Damage, Error};
+use crate::format::IDX_HEADER_LEN;
 use crate::index::{IdxFile, Layered, MemIndex, NO_ROW, Named, StreamInfo};
 
 fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -142,7 +143,29 @@ impl IndexCell {
         Ok(idx)
     }
 
-    /// Rebuild from the segment; `damage`: what was wrong with the file
+    /// Whether the index is open (or built) already.
+    pub(crate) fn is_open(&self) -> bool {
+        lock_read(&self.state).is_some()
+    }
+
+    /// Ask the kernel for what opening the index file reads (its header
+    /// page, its block CRC table and footer) and, with `row`, for the page
+    /// of stream row `row` (taken to be `row_len` bytes, as in the index
+    /// files of the segments after it), without waiting; nothing if the
+    /// index is open already. A hint.
+    pub(crate) fn prefetch_file(&self, row: Option<(u32, usize)>) {
+        if let Some(p) = &self.path
+            && !self.is_open()
+        {
+            let _ = crate::storage::io::advise_will_need(p, |len| {
+                let tail = crate::index::blockfile::tail_len(len);
+                let row = row.map_or((0, 0), |(r, l)| ((IDX_HEADER_LEN + r as usize * l) as u64, l as u64));
+                [(0, 4096), (len - tail, tail), row]
+            });
+        }
+    }
+
+    /// Rebuild from the segment; `damage`: what was wrong with the file    /// Rebuild from the segment; `damage`: what was wrong with the file
     /// (`None`: it does not exist).
     fn rebuilt(&self, path: &Path, segment: &[u8], damage: Option<Damage>) -> Result<Index, Error> {
         let seg_path = path.with_extension("seg");
@@ -254,6 +277,55 @@ impl Index {
                 None => f.find_stream(name),
             },
             _ => self.find_stream(name),
+        }
+    }
+
+    /// Ask the kernel for the pages holding entries `[from, from + max)` of
+    /// the stream described by `s` (index files only: an index in memory
+    /// needs no pages). A hint: nothing is read or checked.
+    pub(crate) fn prefetch_stream_entries(&self, s: &StreamInfo, from: u32, max: u32) {
+        if let Index::Disk(f) = self {
+            f.prefetch_stream_entries(s, from, max);
+        }
+    }
+
+    /// [`Index::stream_at`], comparing the row's hash rather than its name
+    /// ([`IdxFile::stream_at_hash`]); a row with another hash is searched by
+    /// name.
+    pub(crate) fn stream_at_hash(&self, row: u32, name: &str) -> Result<Option<StreamInfo>, Damage> {
+        match self {
+            Index::Disk(f) if row != NO_ROW => match f.stream_at_hash(row, name)? {
+                Some(i) => Ok(Some(i)),
+                None => f.find_stream(name),
+            },
+            _ => self.find_stream(name),
+        }
+    }
+
+    /// Ask the kernel for the page of stream row `row` (index files only; a
+    /// hint).
+    pub(crate) fn prefetch_row(&self, row: u32) {
+        if let Index::Disk(f) = self {
+            f.prefetch_row(row);
+        }
+    }
+
+    /// The length of a stream row of the index file (`None` for an index in
+    /// memory).
+    pub(crate) fn stream_row_len(&self) -> Option<usize> {
+        match self {
+            Index::Disk(f) => Some(f.stream_row_len()),
+            _ => None,
+        }
+    }
+
+    /// Ask the kernel for the rows where a search for `name` looks first
+    /// (index files only). A hint: nothing is read or checked.
+    pub(crate) fn prefetch_stream_row(&self, name: &str) {
+        match self {
+            Index::Disk(f) => f.prefetch_stream_row(name),
+            Index::Layered(l) => l.base().iter().for_each(|b| b.prefetch_stream_row(name)),
+            Index::Mem(_) => {}
         }
     }
 

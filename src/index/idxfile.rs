@@ -49,6 +49,44 @@ pub(crate) struct IdxFile<B: AsRef<[u8]> = Mapping> {
 }
 
 impl IdxFile {
+    /// The length of its stream rows.
+    pub(crate) fn stream_row_len(&self) -> usize {
+        self.lens.stream_row
+    }
+
+    /// Ask the kernel for the page of stream row `row` (a hint).
+    pub(crate) fn prefetch_row(&self, row: u32) {
+        if row < self.h.stream_count.get() {
+            self.bf.prefetch(
+                self.streams_at + row as usize * self.lens.stream_row,
+                self.lens.stream_row,
+            );
+        }
+    }
+
+    /// Ask the kernel for the rows around where a search for `name` looks
+    /// first (see [`crate::index::prefetch_guess`]).
+    pub(crate) fn prefetch_stream_row(&self, name: &str) {
+        let hash = stream_hash(name.as_bytes());
+        let count = u64::from(self.h.stream_count.get());
+        crate::index::prefetch_guess(
+            &self.bf,
+            self.streams_at,
+            self.lens.stream_row,
+            count,
+            hash,
+            self.mask(),
+        );
+    }
+
+    /// Ask the kernel for the pages of the entries of stream row `s`, at most
+    /// `max` of them, from entry `from` on (a hint; see [`BlockFile::prefetch`]).
+    pub(crate) fn prefetch_stream_entries(&self, s: &StreamInfo, from: u32, max: u32) {
+        let n = s.entry_count.saturating_sub(from).min(max) as usize;
+        let at = self.stream_entries_at + (s.entry_start as usize + from as usize) * self.lens.stream_entry;
+        self.bf.prefetch(at, n * self.lens.stream_entry);
+    }
+
     /// Open `path` for `segment` (the sealed segment's bytes): map the file
     /// and decode it with [`IdxFile::open`]. `Ok(None)` if the file does not
     /// exist; a failure to open or map it is an I/O failure
@@ -343,6 +381,21 @@ impl<B: AsRef<[u8]>> IdxFile<B> {
         }
         let r = self.stream_row(row)?;
         if self.name(r.name_offset.get(), r.name_len.get())? != name.as_bytes() {
+            return Ok(None);
+        }
+        Ok(Some(self.info(row, &r)))
+    }
+
+    /// The stream's row at `row`, if that row holds a name with the hash of
+    /// `name` (its name is not read: a reader reaching a row through a back
+    /// pointer checks the batch the row leads to, which names the stream,
+    /// and compares names only if the two disagree).
+    pub(crate) fn stream_at_hash(&self, row: u32, name: &str) -> Result<Option<StreamInfo>, Damage> {
+        if row >= self.h.stream_count.get() {
+            return Ok(None);
+        }
+        let r = self.stream_row(row)?;
+        if r.hash.get() != stream_hash(name.as_bytes()) & self.mask() {
             return Ok(None);
         }
         Ok(Some(self.info(row, &r)))

@@ -87,6 +87,35 @@ pub(crate) struct StreamInfo {
 /// rows per page)`. The bounds are those of a binary search on the sorted
 /// hashes, so the result is right whatever the hashes' distribution (a
 /// file's rows are hints: their order is checked where they are used).
+/// Bytes of rows asked for either side of a search's first guess
+/// ([`prefetch_guess`]): more than three standard deviations of where a row
+/// lies among 100,000 rows of 48 bytes with evenly spread hashes.
+const GUESS_SPAN: usize = 24 << 10;
+
+/// Ask the kernel for the rows of `bf` (`count` rows of `row_len` bytes at
+/// `rows_at`, sorted by masked hash) around the one a search for `hash`
+/// probes first ([`lower_bound_by_hash`]), so that a cold search finds them
+/// read or on their way. A hint: nothing is read or checked.
+pub(crate) fn prefetch_guess(
+    bf: &blockfile::BlockFile,
+    rows_at: usize,
+    row_len: usize,
+    count: u64,
+    hash: u64,
+    mask: u64,
+) {
+    if count == 0 {
+        return;
+    }
+    let guess = u128::from(hash & mask) * u128::from(count) / (u128::from(mask) + 1);
+    let guess = usize::try_from(guess)
+        .unwrap_or(usize::MAX)
+        .min(usize::try_from(count - 1).unwrap_or(usize::MAX));
+    let at = rows_at.saturating_add(guess.saturating_mul(row_len));
+    let from = at.saturating_sub(GUESS_SPAN).max(rows_at);
+    bf.prefetch(from, at.saturating_add(GUESS_SPAN) - from);
+}
+
 pub(crate) fn lower_bound_by_hash<E>(
     count: u64,
     target: u64,

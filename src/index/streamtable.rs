@@ -49,6 +49,13 @@ pub(crate) struct TableEntry {
 }
 
 impl StreamTable {
+    /// Ask the kernel for the rows a lookup of `name` probes first (see
+    /// [`crate::index::prefetch_guess`]).
+    pub(crate) fn prefetch_lookup(&self, name: &str) {
+        let hash = stream_hash(name.as_bytes());
+        crate::index::prefetch_guess(&self.bf, STB_HEADER_LEN, STB_ROW_LEN, self.count, hash, self.mask);
+    }
+
     /// Open `path` (`Ok(None)` if it does not exist): map it and decode it
     /// with [`StreamTable::from_bytes`]. A failure to open or map the file is
     /// an I/O failure ([`Damage::is_io`]), not damage.
@@ -130,6 +137,15 @@ impl<B: AsRef<[u8]>> StreamTable<B> {
     }
 
     fn row(&self, i: u64) -> Result<(StbRow, &[u8]), Damage> {
+        let (r, at) = self.row_only(i)?;
+        let name = self.row_name(&r, at)?;
+        Ok((r, name))
+    }
+
+    /// Row `i` and its offset, checked, without its name (a search compares
+    /// hashes first: reading the name of every row probed would read a
+    /// page of the name area per probe).
+    fn row_only(&self, i: u64) -> Result<(StbRow, usize), Damage> {
         // `i < count`, and `open` checked that `count` rows fit the file, so
         // none of this can overflow; it is checked all the same, so that a
         // wrong caller gets an error and not a wrapped offset.
@@ -167,6 +183,11 @@ impl<B: AsRef<[u8]>> StreamTable<B> {
                 ),
             ));
         }
+        Ok((r, at))
+    }
+
+    /// The name of row `r`, found at offset `at`.
+    fn row_name(&self, r: &StbRow, at: usize) -> Result<&[u8], Damage> {
         let (off, len) = (u64::from(r.name_offset.get()), u64::from(r.name_len.get()));
         // u32 + u16 cannot overflow a u64; the name area lies inside the
         // mapped file, so its offsets fit a usize.
@@ -182,20 +203,20 @@ impl<B: AsRef<[u8]>> StreamTable<B> {
                     ),
                 )
             })?;
-        let name = self.bf.get(name_at, usize::from(r.name_len.get()))?;
-        Ok((r, name))
+        self.bf.get(name_at, usize::from(r.name_len.get()))
     }
 
     /// Look a stream up by name.
     pub(crate) fn lookup(&self, name: &str) -> Result<Option<TableEntry>, Damage> {
         let hash = stream_hash(name.as_bytes()) & self.mask;
-        let mut lo = crate::index::lower_bound_by_hash(self.count, hash, self.mask, |i| Ok(self.row(i)?.0.hash.get()))?;
+        let mut lo =
+            crate::index::lower_bound_by_hash(self.count, hash, self.mask, |i| Ok(self.row_only(i)?.0.hash.get()))?;
         while lo < self.count {
-            let (r, n) = self.row(lo)?;
+            let (r, at) = self.row_only(lo)?;
             if r.hash.get() != hash {
                 break;
             }
-            if n == name.as_bytes() {
+            if self.row_name(&r, at)? == name.as_bytes() {
                 return Ok(Some(TableEntry {
                     last_version: r.last_version.get(),
                     at: Prev {

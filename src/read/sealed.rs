@@ -201,21 +201,11 @@ pub(crate) fn open_sealed_in(dir: &Path, base: u64, opened: Option<File>) -> Res
 /// opened here is reported when it is opened. Returns the sealed segments'
 /// files, opened (`None` where that failed), for [`open_sealed_in`].
 pub(crate) fn prefetch_open(dir: &Path, sealed: &[u64], active: Option<u64>) -> Vec<Option<File>> {
-    let advise = |path: &Path, head: u64, tail: u64| -> Option<File> {
-        let file = crate::storage::io::open_read(path).ok()?;
-        #[cfg(target_os = "linux")]
-        {
-            let len = file.metadata().ok()?.len();
-            let advice = rustix::fs::Advice::WillNeed;
-            let _ = rustix::fs::fadvise(&file, 0, std::num::NonZeroU64::new(head), advice);
-            if tail > 0 && len > head {
-                let at = len.saturating_sub(tail).max(head);
-                let _ = rustix::fs::fadvise(&file, at, std::num::NonZeroU64::new(tail), advice);
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = (head, tail);
-        Some(file)
+    let advise = |path: &Path, head: u64, tail: u64| {
+        crate::storage::io::advise_will_need(path, |len| {
+            let at = len.saturating_sub(tail).max(head);
+            [(0, head), (at, len.saturating_sub(at))]
+        })
     };
     let files = sealed
         .iter()

@@ -14,9 +14,10 @@
 //! rebuilt index, and nothing already delivered is delivered again.
 
 use crate::error::{Error, Result, corrupt};
+use crate::format::IDX_STREAM_ROW_V2_LEN;
 use crate::format::names::index_file_name;
 use crate::format::record::RecordRef;
-use crate::index::{Index, NO_SEGMENT, StreamInfo};
+use crate::index::{Index, NO_ROW, NO_SEGMENT, StreamInfo};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch};
 use crate::read::logview::{LogView, ViewSegment};
 use crate::types::Direction;
@@ -32,6 +33,17 @@ struct Link {
 
 type Hit = (usize, Index, StreamInfo);
 
+/// Batches a stream read asks the kernel for at once, ahead of reading them
+/// (the first page of each): a cold read then waits for the disk about once
+/// per window, not once per batch (spec 7, "Reading ahead").
+const AHEAD_BATCHES: u32 = 128;
+/// Sealed segments whose index files a cold stream read asks for ahead of
+/// its chain walk ([`LogView::prefetch_rows`]).
+const AHEAD_SEGMENTS: usize = 64;
+/// Bytes asked for at each batch's offset: its first page, which holds a
+/// batch of a few events whole.
+const AHEAD_BYTES: u64 = 4096;
+
 impl LogView {
     /// Search segments `[0, below)` newest first for `name`.
     fn search_before(&self, below: usize, name: &str) -> Result<Option<Hit>> {
@@ -43,16 +55,43 @@ impl LogView {
         Ok(None)
     }
 
-    /// The stream's row `row` in segment `i` (checked against the name).
-    fn row_at(&self, i: usize, row: u32, name: &str) -> Result<Option<Hit>> {
-        Ok(match self.segments[i].pinned(|x| x.stream_at(row, name))? {
+    /// The stream's row `row` in segment `i`, checked against the name
+    /// (`strict`) or only against its hash (see [`ReadStream::relink_strict`]).
+    fn row_at(&self, i: usize, row: u32, name: &str, strict: bool) -> Result<Option<Hit>> {
+        let found = if strict {
+            self.segments[i].pinned(|x| x.stream_at(row, name))?
+        } else {
+            self.segments[i].pinned(|x| x.stream_at_hash(row, name))?
+        };
+        Ok(match found {
             (idx, Some(info)) => Some((i, idx, info)),
             (_, None) => None,
         })
     }
 
-    /// The newest segment holding `name`.
-    fn newest_link(&self, name: &str) -> Result<Option<Hit>> {
+    /// Before a chain walk: ask the kernel for what the walk will read
+    /// first, all at once: the rows where `name` should be in the stream
+    /// table and in the active segment's index checkpoints, and the headers
+    /// and block tables of the index files of the newest [`AHEAD_SEGMENTS`]
+    /// sealed segments whose index is not open yet. Hints: nothing is mapped,
+    /// checked, reported or rebuilt here.
+    fn prefetch_rows(&self, name: &str) {
+        if let Some(t) = &self.table {
+            t.prefetch_lookup(name);
+        }
+        if let Some(active) = self.segments.last()
+            && let Some(idx) = active.index.current()
+        {
+            idx.prefetch_stream_row(name);
+        }
+        let sealed = &self.segments[..self.segments.len().saturating_sub(1)];
+        for s in sealed.iter().rev().take(AHEAD_SEGMENTS) {
+            s.index.prefetch_file(None);
+        }
+    }
+
+    /// The newest segment holding `name`.    /// The newest segment holding `name`.
+    fn newest_link(&self, name: &str, strict: bool) -> Result<Option<Hit>> {
         let covered = self.table.as_ref().map_or(0, |t| t.next_segment());
         let mut i = self.segments.len();
         while i > 0 {
@@ -70,7 +109,7 @@ impl LogView {
         match table.lookup(name) {
             Ok(None) => Ok(None),
             Ok(Some(e)) => match self.segment_at(e.at.segment).filter(|&j| j < i) {
-                Some(j) => match self.row_at(j, e.at.row, name)? {
+                Some(j) => match self.row_at(j, e.at.row, name, strict)? {
                     Some(hit) => Ok(Some(hit)),
                     None => self.search_before(i, name),
                 },
@@ -82,11 +121,31 @@ impl LogView {
     }
 
     /// The segments holding `name`, oldest first; with `stop_at`, no older
-    /// than the newest one whose first version is at or below it.
-    fn stream_chain(&self, name: &str, stop_at: Option<u64>) -> Result<Vec<Link>> {
+    /// than the newest one whose first version is at or below it. Not
+    /// `strict`, rows reached through the stream table and back pointers
+    /// are taken on their hash (a cold read then reads one page per
+    /// segment, not two); the batches they lead to are checked all the same.
+    fn stream_chain(&self, name: &str, stop_at: Option<u64>, strict: bool) -> Result<Vec<Link>> {
+        if !strict {
+            self.prefetch_rows(name);
+        }
         let mut links = Vec::new();
-        let mut cur = self.newest_link(name)?;
+        let mut cur = self.newest_link(name, strict)?;
+        let mut hinted = strict;
         while let Some((j, index, info)) = cur {
+            if !hinted && let Some(p) = info.prev.filter(|p| p.row != NO_ROW) {
+                // A stream often has the same row in the indexes of the
+                // segments before (they hold much the same streams): ask for
+                // that row's page in each at once, not one after the other.
+                hinted = true;
+                let row_len = index.stream_row_len().unwrap_or(IDX_STREAM_ROW_V2_LEN);
+                for s in self.segments[..j].iter().rev().take(AHEAD_SEGMENTS) {
+                    match s.index.current() {
+                        Some(idx) => idx.prefetch_row(p.row),
+                        None => s.index.prefetch_file(Some((p.row, row_len))),
+                    }
+                }
+            }
             links.push(Link { seg: j, index, info });
             if stop_at.is_some_and(|v| info.first_version <= v) {
                 break;
@@ -94,7 +153,7 @@ impl LogView {
             cur = match info.prev {
                 Some(p) if p.segment == NO_SEGMENT => None,
                 Some(p) => match self.segment_at(p.segment).filter(|&k| k < j) {
-                    Some(k) => match self.row_at(k, p.row, name)? {
+                    Some(k) => match self.row_at(k, p.row, name, strict)? {
                         Some(hit) => Some(hit),
                         None => self.search_before(j, name)?,
                     },
@@ -144,7 +203,7 @@ impl LogView {
             Direction::Forward => Some(from_version),
             Direction::Backward => None,
         };
-        let (links, err) = match self.stream_chain(stream, stop) {
+        let (links, err) = match self.stream_chain(stream, stop, false) {
             Ok(l) => (l, None),
             Err(e) => (Vec::new(), Some(e)),
         };
@@ -160,11 +219,15 @@ impl LogView {
             entry: None,
             dir,
             from_version,
+            stop,
+            strict: false,
             remaining: max_count,
             buf: Vec::new(),
             last: None,
             err,
             done: false,
+            loaded: 0,
+            ahead_at: 0,
         }
     }
 
@@ -190,6 +253,10 @@ pub struct ReadStream<'a> {
     entry: Option<u32>,
     dir: Direction,
     from_version: u64,
+    /// `stop_at` of the chain (see [`LogView::stream_chain`]).
+    stop: Option<u64>,
+    /// The links were found comparing names, not hashes.
+    strict: bool,
     remaining: u64,
     /// Records of the current batch still to yield, to be popped from the end.
     buf: Vec<RecordRef<'a>>,
@@ -198,9 +265,72 @@ pub struct ReadStream<'a> {
     last: Option<u64>,
     err: Option<Error>,
     done: bool,
+    /// Batches loaded so far.
+    loaded: u64,
+    /// When `loaded` reaches it, the next window of batches is asked for.
+    ahead_at: u64,
 }
 
 impl<'a> ReadStream<'a> {
+    /// Ask the kernel for what the next [`AHEAD_BATCHES`] batches of this
+    /// read need (the pages of the links' index entries, then the first page
+    /// of each batch), without waiting: hints, so nothing is checked here and
+    /// a failure is left to the read itself. Never more batches than events
+    /// still wanted (a batch holds at least one).
+    fn read_ahead(&mut self) {
+        let view: &'a LogView = self.view;
+        let want = u64::from(AHEAD_BATCHES).min(self.remaining);
+        self.ahead_at = self.loaded.saturating_add(want.max(1));
+        let Some(start) = self.current_link() else { return };
+        let order: Vec<usize> = match self.dir {
+            Direction::Forward => (start..self.links.len()).collect(),
+            Direction::Backward => (0..=start).rev().collect(),
+        };
+        if self.loaded == 0 {
+            for &li in &order {
+                let l = &self.links[li];
+                let from = match self.dir {
+                    Direction::Forward => 0,
+                    Direction::Backward => l.info.entry_count.saturating_sub(AHEAD_BATCHES),
+                };
+                l.index.prefetch_stream_entries(&l.info, from, AHEAD_BATCHES);
+            }
+        }
+        let mut left = want;
+        let mut entry = self.entry;
+        for li in order {
+            if left == 0 {
+                return;
+            }
+            let seg = &view.segments[self.links[li].seg];
+            if seg.bytes().is_err() {
+                return;
+            }
+            let mut e = match entry.take() {
+                Some(e) => Some(e),
+                None if li == start && self.loaded == 0 => self.first_entry(li).ok().flatten(),
+                None => match self.dir {
+                    Direction::Forward => Some(0),
+                    Direction::Backward => self.links[li].info.entry_count.checked_sub(1),
+                },
+            };
+            while let Some(i) = e
+                && left > 0
+            {
+                let l = &self.links[li];
+                let Ok(Some((_, off))) = l.index.stream_entry(&self.name, &l.info, i) else {
+                    break;
+                };
+                seg.map.prefetch(off, AHEAD_BYTES);
+                left -= 1;
+                e = match self.dir {
+                    Direction::Forward => i.checked_add(1),
+                    Direction::Backward => i.checked_sub(1),
+                };
+            }
+        }
+    }
+
     fn step(&mut self) -> Result<Option<RecordRef<'a>>> {
         loop {
             if self.remaining == 0 {
@@ -208,6 +338,9 @@ impl<'a> ReadStream<'a> {
             }
             if let Some(r) = self.buf.pop() {
                 return self.deliver(r).map(Some);
+            }
+            if self.loaded >= self.ahead_at {
+                self.read_ahead();
             }
             let Some(li) = self.current_link() else {
                 return Ok(None);
@@ -234,7 +367,11 @@ impl<'a> ReadStream<'a> {
             if let Some(found) = batch_head(seg, off)?
                 && (found.0 != self.name.as_bytes() || found.1 != first_version)
             {
-                self.relink(li, seg, off, first_version, found)?;
+                if self.strict {
+                    self.relink(li, seg, off, first_version, found)?;
+                } else {
+                    self.relink_strict()?;
+                }
                 continue;
             }
             self.entry = match self.dir {
@@ -245,6 +382,7 @@ impl<'a> ReadStream<'a> {
                 // After this batch, go on with the previous link.
                 self.link = li;
             }
+            self.loaded += 1;
             if !self.load(seg, off)? {
                 // Entries past the visible end of the active segment.
                 match self.dir {
@@ -293,6 +431,23 @@ impl<'a> ReadStream<'a> {
             Direction::Forward => Some(self.link),
             Direction::Backward => self.link.checked_sub(1),
         }
+    }
+
+    /// A batch reached through the links is not the one their index entry
+    /// says: before any index is called damaged, find the links again
+    /// comparing names (a row taken on its hash may be another stream's with
+    /// the same hash) and read on from the start of the chain; what was
+    /// already yielded is not yielded again (see [`ReadStream::load`]).
+    fn relink_strict(&mut self) -> Result<()> {
+        self.links = self.view.stream_chain(&self.name, self.stop, true)?;
+        self.strict = true;
+        self.entry = None;
+        self.link = match self.dir {
+            Direction::Forward => 0,
+            Direction::Backward => self.links.len(),
+        };
+        self.ahead_at = self.loaded;
+        Ok(())
     }
 
     /// Entry `first_version` of link `li` points at the batch at `off` of

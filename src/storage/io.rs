@@ -269,6 +269,34 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Res
     }
 }
 
+/// Open `path` for reading and ask the kernel for the byte ranges
+/// `ranges(len)` of it (`(offset, length)` pairs, given the file's length;
+/// `POSIX_FADV_WILLNEED`), without waiting: a hint for a caller about to read
+/// them, so that the disk gets every such request at once. The open file is
+/// returned (`None` if it cannot be opened: the read that follows reports
+/// why). Empty ranges are skipped.
+pub(crate) fn advise_will_need<const N: usize>(
+    path: &Path,
+    ranges: impl FnOnce(u64) -> [(u64, u64); N],
+) -> Option<File> {
+    let file = open_read(path).ok()?;
+    #[cfg(target_os = "linux")]
+    {
+        let len = file.metadata().ok()?.len();
+        for (at, n) in ranges(len) {
+            // (A length of zero would advise the whole file.)
+            if let Some(n) = std::num::NonZeroU64::new(n)
+                && at < len
+            {
+                let _ = rustix::fs::fadvise(&file, at, Some(n), rustix::fs::Advice::WillNeed);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = ranges;
+    Some(file)
+}
+
 /// Write a derived file atomically through the seam: temp file, fsync,
 /// rename, directory fsync (spec 1).
 pub(crate) fn write_derived(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> crate::Result<()> {
