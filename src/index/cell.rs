@@ -302,14 +302,6 @@ impl Index {
         }
     }
 
-    /// Ask the kernel for the page of stream row `row` (index files only; a
-    /// hint).
-    pub(crate) fn prefetch_row(&self, row: u32) {
-        if let Index::Disk(f) = self {
-            f.prefetch_row(row);
-        }
-    }
-
     /// The length of a stream row of the index file (`None` for an index in
     /// memory).
     pub(crate) fn stream_row_len(&self) -> Option<usize> {

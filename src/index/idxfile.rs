@@ -54,16 +54,6 @@ impl IdxFile {
         self.lens.stream_row
     }
 
-    /// Ask the kernel for the page of stream row `row` (a hint).
-    pub(crate) fn prefetch_row(&self, row: u32) {
-        if row < self.h.stream_count.get() {
-            self.bf.prefetch(
-                self.streams_at + row as usize * self.lens.stream_row,
-                self.lens.stream_row,
-            );
-        }
-    }
-
     /// Ask the kernel for the rows around where a search for `name` looks
     /// first (see [`crate::index::prefetch_guess`]).
     pub(crate) fn prefetch_stream_row(&self, name: &str) {

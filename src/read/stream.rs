@@ -37,6 +37,10 @@ type Hit = (usize, Index, StreamInfo);
 /// (the first page of each): a cold read then waits for the disk about once
 /// per window, not once per batch (spec 7, "Reading ahead").
 const AHEAD_BATCHES: u32 = 128;
+/// A first batch that takes longer than this to load came from the disk: a
+/// read that did not look cold (its indexes were open) reads ahead from then
+/// on. (A warm batch loads in about a microsecond; a disk read takes tens.)
+const COLD_BATCH: std::time::Duration = std::time::Duration::from_micros(40);
 /// Sealed segments whose index files a cold stream read asks for ahead of
 /// its chain walk ([`LogView::prefetch_rows`]).
 const AHEAD_SEGMENTS: usize = 64;
@@ -69,13 +73,20 @@ impl LogView {
         })
     }
 
-    /// Before a chain walk: ask the kernel for what the walk will read
+    /// Before a chain walk: if the read looks cold (an index file of the
+    /// newest [`AHEAD_SEGMENTS`] sealed segments is not open yet, as in the
+    /// first read of a process), ask the kernel for what the walk will read
     /// first, all at once: the rows where `name` should be in the stream
     /// table and in the active segment's index checkpoints, and the headers
-    /// and block tables of the index files of the newest [`AHEAD_SEGMENTS`]
-    /// sealed segments whose index is not open yet. Hints: nothing is mapped,
-    /// checked, reported or rebuilt here.
-    fn prefetch_rows(&self, name: &str) {
+    /// and block tables of those index files. Returns whether it did. Hints:
+    /// nothing is mapped, checked, reported or rebuilt here. (A warm read
+    /// makes no system call for them.)
+    fn prefetch_rows(&self, name: &str) -> bool {
+        let sealed = &self.segments[..self.segments.len().saturating_sub(1)];
+        let window = || sealed.iter().rev().take(AHEAD_SEGMENTS);
+        if window().all(|s| s.index.is_open()) {
+            return false;
+        }
         if let Some(t) = &self.table {
             t.prefetch_lookup(name);
         }
@@ -84,13 +95,13 @@ impl LogView {
         {
             idx.prefetch_stream_row(name);
         }
-        let sealed = &self.segments[..self.segments.len().saturating_sub(1)];
-        for s in sealed.iter().rev().take(AHEAD_SEGMENTS) {
+        for s in window() {
             s.index.prefetch_file(None);
         }
+        true
     }
 
-    /// The newest segment holding `name`.    /// The newest segment holding `name`.
+    /// The newest segment holding `name`.
     fn newest_link(&self, name: &str, strict: bool) -> Result<Option<Hit>> {
         let covered = self.table.as_ref().map_or(0, |t| t.next_segment());
         let mut i = self.segments.len();
@@ -125,25 +136,21 @@ impl LogView {
     /// `strict`, rows reached through the stream table and back pointers
     /// are taken on their hash (a cold read then reads one page per
     /// segment, not two); the batches they lead to are checked all the same.
-    fn stream_chain(&self, name: &str, stop_at: Option<u64>, strict: bool) -> Result<Vec<Link>> {
-        if !strict {
-            self.prefetch_rows(name);
-        }
+    ///
+    /// `cold` (see [`LogView::prefetch_rows`]): once a back pointer names a
+    /// row, the index files of the older segments not open yet are asked for
+    /// that row's page, all at once (a stream often has the same row in the
+    /// indexes of consecutive segments: they hold much the same streams).
+    fn stream_chain(&self, name: &str, stop_at: Option<u64>, strict: bool, cold: bool) -> Result<Vec<Link>> {
         let mut links = Vec::new();
         let mut cur = self.newest_link(name, strict)?;
-        let mut hinted = strict;
+        let mut hinted = !cold;
         while let Some((j, index, info)) = cur {
             if !hinted && let Some(p) = info.prev.filter(|p| p.row != NO_ROW) {
-                // A stream often has the same row in the indexes of the
-                // segments before (they hold much the same streams): ask for
-                // that row's page in each at once, not one after the other.
                 hinted = true;
                 let row_len = index.stream_row_len().unwrap_or(IDX_STREAM_ROW_V2_LEN);
                 for s in self.segments[..j].iter().rev().take(AHEAD_SEGMENTS) {
-                    match s.index.current() {
-                        Some(idx) => idx.prefetch_row(p.row),
-                        None => s.index.prefetch_file(Some((p.row, row_len))),
-                    }
+                    s.index.prefetch_file(Some((p.row, row_len)));
                 }
             }
             links.push(Link { seg: j, index, info });
@@ -203,7 +210,8 @@ impl LogView {
             Direction::Forward => Some(from_version),
             Direction::Backward => None,
         };
-        let (links, err) = match self.stream_chain(stream, stop, false) {
+        let cold = self.prefetch_rows(stream);
+        let (links, err) = match self.stream_chain(stream, stop, false, cold) {
             Ok(l) => (l, None),
             Err(e) => (Vec::new(), Some(e)),
         };
@@ -227,6 +235,7 @@ impl LogView {
             err,
             done: false,
             loaded: 0,
+            ahead: cold,
             ahead_at: 0,
         }
     }
@@ -267,6 +276,9 @@ pub struct ReadStream<'a> {
     done: bool,
     /// Batches loaded so far.
     loaded: u64,
+    /// Read ahead ([`ReadStream::read_ahead`]): the read looked cold from
+    /// the start, or its first batch took longer than [`COLD_BATCH`].
+    ahead: bool,
     /// When `loaded` reaches it, the next window of batches is asked for.
     ahead_at: u64,
 }
@@ -339,7 +351,7 @@ impl<'a> ReadStream<'a> {
             if let Some(r) = self.buf.pop() {
                 return self.deliver(r).map(Some);
             }
-            if self.loaded >= self.ahead_at {
+            if self.ahead && self.loaded >= self.ahead_at {
                 self.read_ahead();
             }
             let Some(li) = self.current_link() else {
@@ -383,7 +395,13 @@ impl<'a> ReadStream<'a> {
                 self.link = li;
             }
             self.loaded += 1;
-            if !self.load(seg, off)? {
+            let t = (!self.ahead && self.loaded == 1).then(std::time::Instant::now);
+            let loaded = self.load(seg, off)?;
+            if t.is_some_and(|t| t.elapsed() > COLD_BATCH) {
+                // The first batch waited for the disk: read the rest ahead.
+                (self.ahead, self.ahead_at) = (true, self.loaded);
+            }
+            if !loaded {
                 // Entries past the visible end of the active segment.
                 match self.dir {
                     Direction::Forward => return Ok(None),
@@ -439,7 +457,7 @@ impl<'a> ReadStream<'a> {
     /// the same hash) and read on from the start of the chain; what was
     /// already yielded is not yielded again (see [`ReadStream::load`]).
     fn relink_strict(&mut self) -> Result<()> {
-        self.links = self.view.stream_chain(&self.name, self.stop, true)?;
+        self.links = self.view.stream_chain(&self.name, self.stop, true, false)?;
         self.strict = true;
         self.entry = None;
         self.link = match self.dir {
