@@ -477,7 +477,9 @@ impl SubjectKeys {
             }
             Some(state) => {
                 let at = state.len;
-                let mut bytes = Zeroizing::new(Vec::new());
+                // Sized up front: no reallocation leaves a copy of a key behind.
+                let total = bodies.clone().map(|b| b.len()).sum();
+                let mut bytes = Zeroizing::new(Vec::with_capacity(total));
                 for (i, body) in bodies.enumerate() {
                     push_entry(&mut bytes, first_id + i as u64, body, at);
                 }
@@ -1375,9 +1377,12 @@ mod tests {
         u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
     }
 
+    /// A key id and, unless erased, its subject and key.
+    type SpecEntry = (u64, Option<(String, [u8; 32])>);
+
     /// Decode a key file from spec 22's tables alone (offsets written out):
     /// `(generation, [(key id, subject, key)])`, `None` for erased.
-    fn decode_by_the_spec(b: &[u8], master: Option<&[u8; 32]>) -> (u64, Vec<(u64, Option<(String, [u8; 32])>)>) {
+    fn decode_by_the_spec(b: &[u8], master: Option<&[u8; 32]>) -> (u64, Vec<SpecEntry>) {
         assert_eq!(&b[0..8], b"ANNALKEY");
         assert_eq!(u32_at(b, 92), crc32fast::hash(&b[0..92]), "header_crc");
         assert_eq!(u16_at(b, 8), 1, "file_version");

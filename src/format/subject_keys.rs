@@ -242,7 +242,8 @@ impl KeysHeader {
                 ),
             ));
         }
-        if !h.wrapped() && !(all_zero(&h.check_nonce) && all_zero(&h.check_tag)) {
+        let check_is_zero = all_zero(&h.check_nonce) && all_zero(&h.check_tag);
+        if !h.wrapped() && !check_is_zero {
             return Err(Damage::corrupt(
                 OFF_CHECK_NONCE,
                 "expected the master-key check to be zero in a file that is not wrapped",
