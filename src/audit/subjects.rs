@@ -40,7 +40,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::error::{Damage, Error, Result, corrupt};
 use crate::format::subject_keys::{
     DATA_KEY_LEN, ENTRY_HEADER_LEN, EntryBody, KEYS_CHECK_OFFSET, KEYS_FILE, KEYS_LOG_ID_OFFSET, KEYS_TMP_FILE,
-    MAX_SUBJECT_LEN, NONCE_LEN, RawBody, TAG_LEN, WrappedKey, decode, encode_file, push_entry,
+    KeysHeader, MAX_SUBJECT_LEN, NONCE_LEN, RawBody, TAG_LEN, WrappedKey, decode, encode_file, push_entry,
 };
 use crate::storage::io::{Io, IoFile, open_read};
 
@@ -754,8 +754,8 @@ fn hex(bytes: &[u8]) -> String {
 /// Check a key file's bytes and unwrap its keys (spec 22.5): the header,
 /// the log id, the master key, the entries.
 fn parse(bytes: &[u8], path: &Path, log_id: &[u8; 16], master: Option<&MasterKey>) -> Result<Parsed> {
-    let f = decode(bytes).map_err(|d| d.at(path))?;
-    let h = f.header;
+    // Spec 22.5's order: the header, the log id, the master key, the entries.
+    let h = KeysHeader::parse(bytes).map_err(|d| d.at(path))?;
     if &h.log_id != log_id {
         return Err(corrupt(
             path,
@@ -801,6 +801,7 @@ fn parse(bytes: &[u8], path: &Path, log_id: &[u8; 16], master: Option<&MasterKey
         }
         (None, None) => {}
     }
+    let f = decode(bytes).map_err(|d| d.at(path))?;
     let mut slots = Vec::with_capacity(f.entries.len());
     let mut by_subject = HashMap::new();
     for e in &f.entries {
@@ -1063,6 +1064,19 @@ mod tests {
             matches!(&e, Error::Corrupt { offset: 16, .. }) && e.to_string().contains("another log"),
             "{e}"
         );
+
+        // The header, the log id and the master key are checked before any entry.
+        let mut bytes = file_bytes(dir);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        bytes[100] ^= 1;
+        std::fs::write(dir.join(KEYS_FILE), &bytes).unwrap();
+        let e = SubjectKeys::load(dir, [7; 16], Some(&master())).unwrap_err();
+        assert!(matches!(&e, Error::Corrupt { offset: 16, .. }), "{e}");
+        let e = SubjectKeys::load(dir, LOG, Some(&wrong)).unwrap_err();
+        assert!(e.to_string().contains("does not open"), "{e}");
+        let e = SubjectKeys::load(dir, LOG, Some(&master())).unwrap_err();
+        assert!(matches!(&e, Error::Corrupt { offset: 96, .. }), "{e}");
 
         let plain = tempfile::tempdir().unwrap();
         SubjectKeys::open(&io, plain.path(), LOG, None)
