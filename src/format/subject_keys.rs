@@ -46,6 +46,8 @@ pub(crate) const ENTRY_KIND_ERASED: u8 = 2;
 
 /// Longest subject, in bytes of UTF-8.
 pub(crate) const MAX_SUBJECT_LEN: usize = 1024;
+/// Longest entry: a key entry of a wrapped file with the longest subject.
+pub(crate) const MAX_ENTRY_LEN: usize = (ENTRY_HEADER_LEN + WRAPPED_MATERIAL_LEN + MAX_SUBJECT_LEN).next_multiple_of(8);
 /// Bytes of a data key (and of a master key).
 pub(crate) const DATA_KEY_LEN: usize = 32;
 /// Bytes of an XChaCha20-Poly1305 nonce.
@@ -111,6 +113,7 @@ const _: () = assert!(KEYS_HEADER_CRC_OFFSET == 92);
 const _: () = assert!(ENTRY_HEADER_LEN == 32);
 const _: () = assert!(ENTRY_CRC_START == 4);
 const _: () = assert!(WRAPPED_MATERIAL_LEN == 72);
+const _: () = assert!(MAX_ENTRY_LEN == 1128);
 
 const OFF_VERSION: u64 = offset_of!(KeysHeader, file_version) as u64;
 const OFF_FLAGS: u64 = offset_of!(KeysHeader, flags) as u64;
@@ -449,10 +452,12 @@ fn entry_at(bytes: &[u8], p: u64, wrapped: bool) -> Result<(RawEntry<'_>, u64, u
         )));
     };
     let len = u64::from(h.entry_len.get());
-    if len < ENTRY_HEADER_LEN as u64 || !len.is_multiple_of(8) {
+    if len < ENTRY_HEADER_LEN as u64 || len > MAX_ENTRY_LEN as u64 || !len.is_multiple_of(8) {
         return Err(Fault::Torn(Damage::corrupt(
             p + E_LEN,
-            format!("expected an entry length that is a multiple of 8 of at least {ENTRY_HEADER_LEN}, found {len}"),
+            format!(
+                "expected an entry length that is a multiple of 8 from {ENTRY_HEADER_LEN} to {MAX_ENTRY_LEN}, found {len}"
+            ),
         )));
     }
     if len > n - p {
@@ -599,7 +604,8 @@ fn check_subject<'a>(e: &RawEntry<'a>, seen: &mut HashSet<&'a str>) -> Result<()
 /// whose length fits the file and whose CRC holds (0 if none): the
 /// survivors of a write past a bad entry, which tell a torn tail (all of
 /// them from the same write: `committed <= p`) from damage followed by later
-/// writes (spec 22.5).
+/// writes (spec 22.5). At most one CRC of at most [`MAX_ENTRY_LEN`] bytes per
+/// offset: linear in the file's length.
 fn max_committed_after(bytes: &[u8], p: u64) -> u64 {
     let n = bytes.len();
     let mut best = 0;
@@ -610,6 +616,7 @@ fn max_committed_after(bytes: &[u8], p: u64) -> u64 {
         {
             let len = h.entry_len.get() as usize;
             if len >= ENTRY_HEADER_LEN
+                && len <= MAX_ENTRY_LEN
                 && len.is_multiple_of(8)
                 && len <= rest.len()
                 && matches!(h.kind, ENTRY_KIND_KEY | ENTRY_KIND_ERASED)
