@@ -452,7 +452,7 @@ fn entry_at(bytes: &[u8], p: u64, wrapped: bool) -> Result<(RawEntry<'_>, u64, u
         )));
     };
     let len = u64::from(h.entry_len.get());
-    if len < ENTRY_HEADER_LEN as u64 || len > MAX_ENTRY_LEN as u64 || !len.is_multiple_of(8) {
+    if !(ENTRY_HEADER_LEN as u64..=MAX_ENTRY_LEN as u64).contains(&len) || !len.is_multiple_of(8) {
         return Err(Fault::Torn(Damage::corrupt(
             p + E_LEN,
             format!(
@@ -615,8 +615,7 @@ fn max_committed_after(bytes: &[u8], p: u64) -> u64 {
             && let Ok((h, _)) = EntryHeader::ref_from_prefix(rest)
         {
             let len = h.entry_len.get() as usize;
-            if len >= ENTRY_HEADER_LEN
-                && len <= MAX_ENTRY_LEN
+            if (ENTRY_HEADER_LEN..=MAX_ENTRY_LEN).contains(&len)
                 && len.is_multiple_of(8)
                 && len <= rest.len()
                 && matches!(h.kind, ENTRY_KIND_KEY | ENTRY_KIND_ERASED)
