@@ -175,8 +175,9 @@ impl KeysHeader {
         self.flags.get() & KEYS_FLAG_WRAPPED != 0
     }
 
-    /// Parse and check the header of a file of `file_len` bytes (spec 22.2,
-    /// checks in the order listed there).
+    /// Parse and check the header at the start of the file's `bytes` (spec
+    /// 22.5 step 1, checks in the order listed there; `base_len` against the
+    /// file's length).
     pub(crate) fn parse(bytes: &[u8]) -> Result<&KeysHeader, Damage> {
         let Ok((h, _)) = KeysHeader::ref_from_prefix(bytes) else {
             return Err(Damage::corrupt(
@@ -291,7 +292,8 @@ fn key_entry_len(material: usize, subject: usize) -> usize {
     (ENTRY_HEADER_LEN + material + subject).next_multiple_of(8)
 }
 
-/// Append one entry to `out` (spec 22.3). `committed` is the offset below
+/// Append one entry to `out` (spec 22.3); a subject is at most
+/// [`MAX_SUBJECT_LEN`] bytes (the caller checks). `committed` is the offset below
 /// which the file is durable before this entry exists (spec 22.4). Entries
 /// are appended at multiples of 8, so `out.len()` stays one.
 pub(crate) fn push_entry(out: &mut Vec<u8>, key_id: u64, body: EntryBody<'_>, committed: u64) {
