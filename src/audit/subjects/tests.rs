@@ -261,6 +261,20 @@ fn a_torn_tail_is_cut_by_the_writer_and_ignored_by_a_reader() {
     assert_eq!(w.ensure(&seam, ["d"]).unwrap(), [KeyId(3)]);
     assert_eq!(seam.ops(), ["write annal.keys", "sync annal.keys"]);
     assert_eq!(SubjectKeys::load(dir, LOG, None).unwrap().len(), 3);
+    drop(w);
+
+    // A crash that extended the file with zeros (its length made durable,
+    // not its data): a torn tail too.
+    let good = file_bytes(dir);
+    let mut zeros = good.clone();
+    zeros.resize(good.len() + 200, 0);
+    std::fs::write(dir.join(KEYS_FILE), &zeros).unwrap();
+    assert_eq!(
+        SubjectKeys::load(dir, LOG, None).unwrap().ignored_tail(),
+        Some(good.len() as u64)
+    );
+    SubjectKeys::open(&StdIo, dir, LOG, None).unwrap();
+    assert_eq!(file_bytes(dir), good);
 }
 
 #[test]
