@@ -9,3 +9,4 @@
 
 pub(crate) mod chain;
 pub(crate) mod chaining;
+pub(crate) mod subjects;

@@ -46,6 +46,7 @@ mod record_header;
 mod segment;
 pub(crate) mod snapshot;
 mod stream_table;
+pub(crate) mod subject_keys;
 
 pub(crate) use blockfile::BlockFooter;
 pub use checkpoint::*;
