@@ -67,6 +67,17 @@ pub enum Error {
         /// The stream's current version (`None`: the stream does not exist).
         actual: Option<u64>,
     },
+    /// The stream reads as deleted (spec 3.7): soft-deleted with no event
+    /// since, or hard-deleted (`tombstoned`, after which the writer refuses
+    /// every append to it and every change of its metadata). A stream that
+    /// never existed reads as no events, never as this.
+    #[error("stream {stream:?} is {}", if *tombstoned { "hard-deleted (tombstoned)" } else { "deleted" })]
+    StreamDeleted {
+        /// The stream.
+        stream: String,
+        /// Hard-deleted: no append will ever be accepted again.
+        tombstoned: bool,
+    },
     /// Another writer (in this or another process) holds the log.
     #[error("{path} is locked by another writer; close it first or open the log read-only")]
     Locked {

@@ -82,6 +82,7 @@ pub use format::names::{HEAD_FILE, LOCK_FILE, STREAM_TABLE_FILE};
 pub use format::record::{EventData, RecordRef};
 pub use read::anchor::{ChainHead, chain_head, head_anchor};
 pub use read::query::{ReadAllBackward, ReadNamed, ReadStream};
+pub use read::rules::StreamMetadata;
 pub use read::subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, SubscriptionFilter};
 #[doc(hidden)]
 pub use read::view::set_default_max_mapped_segments;

@@ -117,7 +117,10 @@ fn replay_reads_ahead_with_an_advice_per_segment_not_per_frame() {
     let d = delta(before);
     assert_eq!(d.sequential, segments as u64, "{d:?}, {segments} segments");
     assert!(d.random >= segments as u64, "{d:?}");
-    assert_eq!(d.willneed, 0, "{d:?}");
+    // No window ahead: the kernel reads ahead. (Before it starts, the replay
+    // looks the `$meta` category up in each segment's index, spec 3.7:
+    // opening an index file asks for its block table, one advice a file.)
+    assert!(d.willneed <= segments as u64, "{d:?}");
     // A replay in progress holds its segment sequential until it is dropped.
     let before = advice();
     let mut it = view.read_all(0);

@@ -157,7 +157,11 @@ fn unknown_format_version() {
                         assert_eq!(path, &file, "{label}");
                         assert_eq!(*offset, 8, "{label}");
                         assert_eq!(*found, version, "{label}");
-                        assert_eq!((*oldest, *current), (1, 3), "{label}");
+                        assert_eq!(
+                            (*oldest, *current),
+                            (1, annal::format::CURRENT_FORMAT_VERSION),
+                            "{label}"
+                        );
                     }
                     other => panic!("{label}: expected UnsupportedVersion, got {other}"),
                 }

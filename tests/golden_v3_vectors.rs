@@ -973,10 +973,10 @@ fn fmt_of(name: &str) -> Format {
     if name == "keyed" { KEYED } else { PLAIN }
 }
 
-/// Options of a writer creating (or opening) a log in `fmt`: the default
-/// format version (3), the key of a keyed log.
+/// Options of a writer creating (or opening) a log in `fmt`: format version
+/// 3, the key of a keyed log.
 fn options(fmt: &Format) -> Options {
-    let mut o = Options::default();
+    let mut o = Options::default().format_version(3);
     if let Some(k) = fmt.key {
         o = o.chain_key(ChainKey::from_bytes(k));
     }

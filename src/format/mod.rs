@@ -1,4 +1,4 @@
-//! The on-disk structures of the log format (version 3, reading versions 1 and 2 too),
+//! The on-disk structures of the log format (version 4, reading versions 1 to 3 too),
 //! in one place: one file per table of `spec/format.md`, re-exported here so
 //! that `crate::format::X` names every one.
 //!
@@ -26,6 +26,7 @@
 //! | `frame_fields` | 3.1, 3.6, 17 | seals and batch headers encoded, chain slots, index bindings, unchecked search fields, resynchronisation |
 //! | `batch` | 3.6, 9 | the version-3 batch body: varints, generated ids, encoding and parsing |
 //! | `record` | 3.2 | encoding and parsing records |
+//! | `meta` | 3.7 | system stream names, the rules record of stream metadata |
 //! | `names`, `hash`, `damage` | 1, 17.3 | file names, stream hashes, [`Damage`] |
 #![deny(clippy::indexing_slicing)]
 
@@ -35,6 +36,7 @@ pub(crate) mod damage;
 pub(crate) mod frame;
 mod frame_fields;
 pub(crate) mod hash;
+pub(crate) mod meta;
 pub(crate) mod names;
 pub(crate) mod record;
 
@@ -61,7 +63,7 @@ pub use stream_table::*;
 use crate::format::damage::{Damage, DamageKind};
 
 /// The format version this build writes.
-pub const CURRENT_FORMAT_VERSION: u16 = 3;
+pub const CURRENT_FORMAT_VERSION: u16 = 4;
 /// The oldest format version this build reads.
 pub const OLDEST_SUPPORTED_FORMAT_VERSION: u16 = 1;
 

@@ -21,7 +21,21 @@ use crate::format::Layout;
 use crate::format::names::index_file_name;
 use crate::index::streamtable::StreamTable;
 use crate::index::{Index, IndexCell, NO_ROW, StreamInfo};
+use crate::read::rules::RulesCell;
 use crate::storage::mmap::Mapping;
+
+/// A clock: nanoseconds since the Unix epoch.
+pub(crate) type NowFn = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// A view's clock (see [`LogView::now`]).
+#[derive(Clone)]
+struct ViewClock(NowFn);
+
+impl std::fmt::Debug for ViewClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ViewClock")
+    }
+}
 
 /// One segment as seen by a view.
 #[derive(Debug, Clone)]
@@ -135,6 +149,12 @@ pub struct LogView {
     pub(crate) table: Option<Arc<StreamTable>>,
     next_position: u64,
     pub(super) unrecovered: Option<Unrecovered>,
+    /// The clock `max_age` rules are measured against (spec 3.7;
+    /// nanoseconds since the epoch): the writer's for its views, else the
+    /// system's. Read only when a stream has such a rule.
+    clock: Option<ViewClock>,
+    /// The rules of the streams that have metadata, computed on first use.
+    pub(crate) rules: RulesCell,
 }
 
 /// Where a [`Reader`](crate::Reader)'s view stops vouching for a log that was not cleanly
@@ -194,6 +214,24 @@ impl LogView {
             table,
             next_position,
             unrecovered: None,
+            clock: None,
+            rules: RulesCell::default(),
+        }
+    }
+
+    /// The view, measuring `max_age` rules against `clock` (the writer's).
+    pub(crate) fn with_clock(mut self, clock: NowFn) -> LogView {
+        self.clock = Some(ViewClock(clock));
+        self
+    }
+
+    /// Now, by the view's clock (nanoseconds since the epoch).
+    pub(crate) fn now(&self) -> u64 {
+        match &self.clock {
+            Some(c) => (c.0)(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
 

@@ -13,7 +13,8 @@
 //! `active` (its validation of the active segment), `budget` (how many
 //! segments stay mapped), `query` (index-served reads: categories, types,
 //! backward, by time), `stream` (one stream's reads), `hits` (the index-hit
-//! checks they share), `subscription`, `anchor`; `view` re-exports what
+//! checks they share), `rules` (what stream metadata hides, spec 3.7),
+//! `subscription`, `anchor`; `view` re-exports what
 //! other layers use, so that `crate::read::view::X` stays their one path.
 
 mod active;
@@ -24,6 +25,7 @@ mod logview;
 pub(crate) mod query;
 mod reader;
 mod replay;
+pub(crate) mod rules;
 mod sealed;
 #[cfg(feature = "fuzzing")]
 pub(crate) use sealed::READER_PREADS;

@@ -6,7 +6,7 @@
 //! to; records are read from the mapped segments, each batch validated (CRCs
 //! included) before any of its records is returned.
 
-use crate::error::{Result, corrupt};
+use crate::error::{Error, Result, corrupt};
 use crate::format::Layout;
 use crate::format::frame::validate_frame_each;
 use crate::format::frame::{peek_positions, peek_timestamp};
@@ -14,6 +14,7 @@ use crate::format::record::RecordRef;
 use crate::index::{Index, Named};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch, offset_plus};
 use crate::read::logview::{LogView, ViewSegment};
+use crate::read::rules::Hide;
 use crate::storage::mmap::Readahead;
 
 pub use crate::read::stream::ReadStream;
@@ -21,14 +22,27 @@ pub use crate::read::stream::ReadStream;
 impl LogView {
     /// Read the events of every stream of `category` (streams named
     /// `<category>-<id>`, spec 19) from position `from` on, in position order.
+    ///
+    /// Events that stream metadata hides are skipped (spec 3.7); events of
+    /// system streams are delivered only to a read of a system category
+    /// (such as `$meta`).
     pub fn read_category(&self, category: &str, from: u64) -> ReadNamed<'_> {
-        self.read_named(Named::Category, category, from)
+        self.read_named(Named::Category, category, from).hiding(self, category)
+    }
+
+    /// Every event of a category, nothing hidden (the `$meta` category
+    /// itself is read so).
+    pub(crate) fn read_named_raw(&self, category: &str) -> ReadNamed<'_> {
+        self.read_named(Named::Category, category, 0)
     }
 
     /// Read the events of type `event_type` from position `from` on, in
     /// position order.
+    ///
+    /// Events that stream metadata hides are skipped, as by
+    /// [`LogView::read_category`].
     pub fn read_event_type(&self, event_type: &str, from: u64) -> ReadNamed<'_> {
-        self.read_named(Named::Type, event_type, from)
+        self.read_named(Named::Type, event_type, from).hiding(self, event_type)
     }
 
     fn read_named(&self, kind: Named, name: &str, from: u64) -> ReadNamed<'_> {
@@ -42,6 +56,8 @@ impl LogView {
             last_hit: None,
             buf: Vec::new(),
             done: self.segments.is_empty(),
+            hide: None,
+            err: None,
         }
     }
 
@@ -131,9 +147,16 @@ impl LogView {
     }
 
     /// Read every record from position `from` down to position 0, newest
-    /// first.
+    /// first (skipping, as [`LogView::read_all`], events of system streams
+    /// and events that stream metadata hides).
     pub fn read_all_backward(&self, from: u64) -> ReadAllBackward<'_> {
+        let (hide, err) = match self.hide(false) {
+            Ok(h) => (h, None),
+            Err(e) => (None, Some(e)),
+        };
         ReadAllBackward {
+            hide,
+            err,
             view: self,
             from,
             seg: self.segment_of(from.min(self.next_position().saturating_sub(1))) + 1,
@@ -163,6 +186,22 @@ pub struct ReadNamed<'a> {
     last_hit: Option<u64>,
     buf: Vec<RecordRef<'a>>,
     done: bool,
+    /// What metadata hides (spec 3.7).
+    hide: Option<Hide>,
+    /// An error to yield first (the rules could not be read).
+    err: Option<Error>,
+}
+
+impl<'a> ReadNamed<'a> {
+    /// Skip what metadata hides; a name starting with `$` names system
+    /// streams, whose events are then delivered.
+    fn hiding(mut self, view: &LogView, name: &str) -> ReadNamed<'a> {
+        match view.hide(name.starts_with('$')) {
+            Ok(h) => self.hide = h,
+            Err(e) => self.err = Some(e),
+        }
+        self
+    }
 }
 
 /// Whether the batch at `off` lies wholly before position `from`: its first
@@ -351,8 +390,19 @@ impl<'a> Iterator for ReadNamed<'a> {
         if self.done {
             return None;
         }
-        let step = self.step();
-        fused(&mut self.done, step)
+        if let Some(e) = self.err.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        loop {
+            let step = self.step();
+            if let (Some(h), Ok(Some(r))) = (&self.hide, &step)
+                && h.hides(r)
+            {
+                continue;
+            }
+            return fused(&mut self.done, step);
+        }
     }
 }
 
@@ -372,6 +422,10 @@ pub struct ReadAllBackward<'a> {
     /// advised for random access: `storage::mmap`), and the window, kept
     /// below the cursor.
     ahead: (usize, Readahead),
+    /// What metadata hides (spec 3.7).
+    hide: Option<Hide>,
+    /// An error to yield first (the rules could not be read).
+    err: Option<Error>,
 }
 
 impl<'a> ReadAllBackward<'a> {
@@ -434,7 +488,18 @@ impl<'a> Iterator for ReadAllBackward<'a> {
         if self.done {
             return None;
         }
-        let step = self.step();
-        fused(&mut self.done, step)
+        if let Some(e) = self.err.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        loop {
+            let step = self.step();
+            if let (Some(h), Ok(Some(r))) = (&self.hide, &step)
+                && h.hides(r)
+            {
+                continue;
+            }
+            return fused(&mut self.done, step);
+        }
     }
 }

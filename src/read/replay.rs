@@ -25,6 +25,7 @@ use crate::format::frame::{FrameCursor, FrameRef, body_context};
 use crate::format::record::{RecordRef, parse_validated};
 use crate::format::{FRAME_HEADER_LEN, FRAME_KIND_BATCH, Layout, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::read::logview::{LogView, ReadOptions, ViewSegment};
+use crate::read::rules::Hide;
 use crate::storage::mmap::Readahead;
 
 /// Bytes of a CPU cache line, the stride of the prefetch before a batch is
@@ -33,7 +34,8 @@ const CACHE_LINE: usize = 64;
 
 impl LogView {
     /// Replay every visible record from position `from` on, in position order,
-    /// checking CRCs.
+    /// checking CRCs. Events of system streams, and events that stream
+    /// metadata hides, are skipped (spec 3.7).
     pub fn read_all(&self, from: u64) -> ReadAll<'_> {
         self.read_all_with(from, ReadOptions::default())
     }
@@ -68,7 +70,13 @@ impl LogView {
         {
             (pos, off) = (p, o as usize);
         }
+        let (hide, err) = match self.hide(false) {
+            Ok(h) => (h, None),
+            Err(e) => (None, Some(e)),
+        };
         ReadAll {
+            hide,
+            err,
             view: self,
             seg,
             frames: None,
@@ -118,6 +126,11 @@ pub struct ReadAll<'a> {
     done: bool,
     /// Read ahead in segment `seg` once it is open.
     ahead: Readahead,
+    /// What metadata hides (spec 3.7): events of system streams, and what
+    /// each stream's rules hide.
+    hide: Option<Hide>,
+    /// An error to yield first (the rules could not be read).
+    err: Option<Error>,
 }
 
 impl<'a> ReadAll<'a> {
@@ -320,9 +333,21 @@ impl<'a> Iterator for ReadAll<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        match self.next_in_batch() {
-            Some(r) => r,
-            None => self.next_frame(),
+        if let Some(e) = self.err.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        loop {
+            let r = match self.next_in_batch() {
+                Some(r) => r,
+                None => self.next_frame(),
+            };
+            if let (Some(h), Some(Ok(rec))) = (&self.hide, &r)
+                && h.hides(rec)
+            {
+                continue;
+            }
+            return r;
         }
     }
 }

@@ -15,11 +15,13 @@
 
 use crate::error::{Error, Result, corrupt};
 use crate::format::IDX_STREAM_ROW_V2_LEN;
+use crate::format::meta::{is_system_stream, meta_stream};
 use crate::format::names::index_file_name;
 use crate::format::record::RecordRef;
 use crate::index::{Index, NO_ROW, NO_SEGMENT, StreamInfo};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch};
 use crate::read::logview::{LogView, ViewSegment};
+use crate::read::rules::Visible;
 use crate::types::Direction;
 
 /// One segment holding a stream, with the index the row was read from: entry
@@ -206,11 +208,64 @@ impl LogView {
     /// # Ok(()) }
     /// ```
     pub fn read_stream(&self, stream: &str, from_version: u64, dir: Direction, max_count: u64) -> ReadStream<'_> {
+        let cold = self.prefetch_rows(stream);
+        if !self.has_rules() || is_system_stream(stream) {
+            return self.stream_reader(stream, from_version, dir, max_count, cold, None);
+        }
+        if cold && let Some(t) = &self.table {
+            t.prefetch_lookup(&meta_stream(stream));
+        }
+        match self.visible(stream) {
+            Ok(None) => self.stream_reader(stream, from_version, dir, max_count, cold, None),
+            Ok(Some(v)) => {
+                let mut r = match dir {
+                    // Versions below the lowest visible one are hidden:
+                    // start there.
+                    Direction::Forward => {
+                        let from = from_version.max(v.min_version);
+                        self.stream_reader(stream, from, dir, max_count, cold, Some(v))
+                    }
+                    Direction::Backward => self.stream_reader(stream, from_version, dir, max_count, cold, Some(v)),
+                };
+                if let Some(e) = v.deleted(stream) {
+                    r.err = Some(e);
+                }
+                r
+            }
+            Err(e) => {
+                let mut r = self.stream_reader(stream, from_version, dir, 0, false, None);
+                r.err = Some(e);
+                r
+            }
+        }
+    }
+
+    /// [`LogView::read_stream`] with nothing hidden: every event of the
+    /// stream, whatever its metadata says (for the metadata itself, and
+    /// for the stream's newest version).
+    pub(crate) fn read_stream_raw(
+        &self,
+        stream: &str,
+        from_version: u64,
+        dir: Direction,
+        max_count: u64,
+    ) -> ReadStream<'_> {
+        self.stream_reader(stream, from_version, dir, max_count, false, None)
+    }
+
+    fn stream_reader(
+        &self,
+        stream: &str,
+        from_version: u64,
+        dir: Direction,
+        max_count: u64,
+        cold: bool,
+        visible: Option<Visible>,
+    ) -> ReadStream<'_> {
         let stop = match dir {
             Direction::Forward => Some(from_version),
             Direction::Backward => None,
         };
-        let cold = self.prefetch_rows(stream);
         let (links, err) = match self.stream_chain(stream, stop, false, cold) {
             Ok(l) => (l, None),
             Err(e) => (Vec::new(), Some(e)),
@@ -237,16 +292,24 @@ impl LogView {
             loaded: 0,
             ahead: cold,
             ahead_at: 0,
+            visible,
         }
     }
 
     /// The version of the newest visible event of `stream`, or `None` if it
     /// has none.
+    ///
+    /// (A stream that reads as deleted has none: `None`.)
     pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
-        self.read_stream(stream, u64::MAX, Direction::Backward, 1)
+        match self
+            .read_stream(stream, u64::MAX, Direction::Backward, 1)
             .next()
             .transpose()
-            .map(|r| r.map(|r| r.stream_version()))
+        {
+            Ok(r) => Ok(r.map(|r| r.stream_version())),
+            Err(Error::StreamDeleted { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -281,6 +344,8 @@ pub struct ReadStream<'a> {
     ahead: bool,
     /// When `loaded` reaches it, the next window of batches is asked for.
     ahead_at: u64,
+    /// What the stream's metadata leaves visible (spec 3.7; `None`: all).
+    visible: Option<Visible>,
 }
 
 impl<'a> ReadStream<'a> {
@@ -349,6 +414,16 @@ impl<'a> ReadStream<'a> {
                 return Ok(None);
             }
             if let Some(r) = self.buf.pop() {
+                if let Some(v) = &self.visible
+                    && !v.shows(r.stream_version(), r.timestamp())
+                {
+                    match self.dir {
+                        // Hidden by age: an older prefix of the stream.
+                        Direction::Forward => continue,
+                        // Everything older is hidden too.
+                        Direction::Backward => return Ok(None),
+                    }
+                }
                 return self.deliver(r).map(Some);
             }
             if self.ahead && self.loaded >= self.ahead_at {
@@ -416,7 +491,11 @@ impl<'a> ReadStream<'a> {
     /// indexes said.
     fn deliver(&mut self, r: RecordRef<'a>) -> Result<RecordRef<'a>> {
         let v = r.stream_version();
+        // Hidden by age, a stream's first visible event may come after
+        // `from_version`.
+        let by_age = self.visible.is_some_and(|v| v.min_timestamp > 0);
         let expected = match (self.dir, self.last) {
+            (Direction::Forward, None) if by_age && v >= self.from_version => None,
             (Direction::Forward, None) => Some(self.from_version),
             (Direction::Forward, Some(l)) => l.checked_add(1),
             (Direction::Backward, None) => None,

@@ -16,6 +16,7 @@ use zerocopy::IntoBytes;
 use crate::error::{Error, Result};
 use crate::format::batch::{BatchStamp, encode_body, max_body_len};
 use crate::format::frame::{batch_is_chained, encode_seal, finish_batch_header, finish_batch_header_v3};
+use crate::format::meta::StreamRules;
 use crate::format::record::{EventData, Stamp, encode_record};
 use crate::format::{
     CHAIN_SLOT_LEN, CHECKPOINT_FRAME_LEN, FRAME_HEADER_LEN, FRAME_HEADER_V3_LEN, FRAME_KIND_CHECKPOINT, FrameHeader,
@@ -112,17 +113,43 @@ impl Inner {
         expected: ExpectedVersion,
         events: &[EventData<'_>],
         batch_len: u64,
+        rules: Option<&StreamRules>,
     ) -> Result<Option<(u64, AppendResult)>> {
-        let mut st = lock(&self.state);
+        let mut st = self.lock_open()?;
+        self.enqueue_locked(&mut st, stream, expected, events, batch_len, rules)
+    }
+
+    /// The state, locked, if the log is open and healthy.
+    pub(super) fn lock_open(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        let st = lock(&self.state);
         if st.closed {
             return Err(Error::Closed);
         }
         if self.poisoned.load(Ordering::Acquire) {
             return Err(self.poison_error());
         }
-        let current = self.current_version(&st, stream)?;
+        Ok(st)
+    }
+
+    /// [`Inner::enqueue`] under the state lock. `rules`: the stream's
+    /// metadata (spec 3.7): a stream that reads as deleted accepts
+    /// `ExpectedVersion::NoStream`, its versions going on.
+    pub(super) fn enqueue_locked(
+        &self,
+        st: &mut State,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[EventData<'_>],
+        batch_len: u64,
+        rules: Option<&StreamRules>,
+    ) -> Result<Option<(u64, AppendResult)>> {
+        let current = self.current_version(st, stream)?;
+        let expected = match expected {
+            ExpectedVersion::NoStream if rules.is_some_and(|r| r.reads_as_deleted(current)) => ExpectedVersion::Any,
+            e => e,
+        };
         if events.iter().all(|e| e.id.is_some())
-            && let Some(r) = self.idempotent(&mut st, stream, expected, current, events)?
+            && let Some(r) = self.idempotent(st, stream, expected, current, events)?
         {
             // A retry of an append that is already in the log: wait for it.
             return Ok(Some((st.lsn, r)));
@@ -130,12 +157,12 @@ impl Inner {
         check_expected(stream, expected, current)?;
         let n = events.len() as u64;
         let (first_version, last_version) = batch_versions(stream, current, n, st.next_position)?;
-        if st.seg_has_batches && st.seg_end + batch_len > self.opts.segment_size && !self.queue_roll(&mut st) {
+        if st.seg_has_batches && st.seg_end + batch_len > self.opts.segment_size && !self.queue_roll(st) {
             return Ok(None);
         }
-        let (first_position, frame_offset) = self.encode_batch(&mut st, stream, events, first_version, batch_len);
+        let (first_position, frame_offset) = self.encode_batch(st, stream, events, first_version, batch_len);
         if st.unsigned_events >= self.opts.checkpoint_every {
-            self.push_checkpoint(&mut st);
+            self.push_checkpoint(st);
         }
         self.queued_appends.fetch_add(1, Ordering::AcqRel);
         let types = events.iter().map(|ev| &*ev.event_type);

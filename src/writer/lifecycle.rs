@@ -155,6 +155,7 @@ impl Inner {
             sealer_stopped: AtomicBool::new(false),
             checkpoints: Mutex::new(checkpoints),
             checkpoint_mark: AtomicU64::new(active_end),
+            rules: Default::default(),
             dir,
             opts,
         })

@@ -51,6 +51,7 @@ mod index_checkpoint;
 mod lifecycle;
 mod live;
 mod log_format;
+mod metadata;
 mod options;
 pub(crate) mod recovery;
 mod results;
@@ -274,13 +275,17 @@ impl Log {
         let inner = &*self.inner;
         let batch_len = inner.check_batch(stream, events)?;
         let _appending = Appending::enter(&inner.appenders);
+        // Held until the batch is queued (see `metadata`).
+        let rules = inner.check_append_rules(stream)?;
+        let stream_rules = rules.as_ref().and_then(|r| r.1.as_ref());
         let (target, result) = loop {
-            match inner.enqueue(stream, expected, events, batch_len)? {
+            match inner.enqueue(stream, expected, events, batch_len, stream_rules)? {
                 Some(queued) => break queued,
                 // It would roll a segment while the sealer is behind.
                 None => inner.wait_for_sealer()?,
             }
         };
+        drop(rules);
         inner.commit_until(target, inner.opts.durability == Durability::Fsync)?;
         Ok(result)
     }

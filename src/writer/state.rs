@@ -82,6 +82,8 @@ pub(super) struct Inner {
     /// The active segment's durable end when the last index checkpoint was
     /// asked for (the commit leader's; reset by a roll).
     pub(super) checkpoint_mark: AtomicU64,
+    /// Every stream's rules (spec 3.7), loaded on first need.
+    pub(super) rules: super::metadata::RulesMap,
 }
 
 /// The index checkpoint files of the active segment on disk.
@@ -281,7 +283,7 @@ impl Inner {
         let mut segs = Vec::with_capacity(p.sealed.len() + 1);
         segs.extend(p.sealed.iter().cloned());
         segs.push(active);
-        Ok(LogView::new(segs, p.next_position, p.table.clone()))
+        Ok(LogView::new(segs, p.next_position, p.table.clone()).with_clock(self.opts.clock.clone()))
     }
 
     /// The active segment as a view shows it now (without the sealed ones:
