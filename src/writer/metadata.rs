@@ -25,7 +25,11 @@ use super::state::Inner;
 use super::{Durability, Log};
 
 /// The rules of every stream that has metadata (`None`: not loaded yet).
-pub(super) type RulesMap = RwLock<Option<HashMap<Box<str>, StreamRules>>>;
+pub(super) type RulesMap = RwLock<Option<Rules>>;
+/// Stream name → its rules.
+pub(super) type Rules = HashMap<Box<str>, StreamRules>;
+/// The rules, read-locked.
+pub(super) type RulesGuard<'a> = RwLockReadGuard<'a, Option<Rules>>;
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
@@ -42,7 +46,7 @@ impl Inner {
     }
 
     /// The rules, loaded (from the log's `$meta` category) if they were not.
-    pub(super) fn rules(&self) -> Result<RwLockReadGuard<'_, Option<HashMap<Box<str>, StreamRules>>>> {
+    pub(super) fn rules(&self) -> Result<RulesGuard<'_>> {
         loop {
             let r = read(&self.rules);
             if r.is_some() {
