@@ -64,15 +64,7 @@ impl Inner {
     /// metadata: not a system stream, not tombstoned. Returns the rules'
     /// read guard (to be held until the append is queued) and the stream's
     /// rules.
-    pub(super) fn check_append_rules(
-        &self,
-        stream: &str,
-    ) -> Result<
-        Option<(
-            RwLockReadGuard<'_, Option<HashMap<Box<str>, StreamRules>>>,
-            Option<StreamRules>,
-        )>,
-    > {
+    pub(super) fn check_append_rules(&self, stream: &str) -> Result<Option<(RulesGuard<'_>, Option<StreamRules>)>> {
         if !self.has_rules() {
             return Ok(None);
         }
