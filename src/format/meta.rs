@@ -211,6 +211,7 @@ impl StreamRules {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests: a panic is a failure")]
 mod tests {
     use super::*;
 
