@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::record::RecordRef;
 use crate::read::logview::LogView;
 use crate::read::reader::Reader;
@@ -291,7 +291,14 @@ impl<'a> Subscription<'a> {
             SubscriptionFilter::Stream(s) => {
                 let it = view.read_stream(s, self.next_version, Direction::Forward, MAX_BUFFERED as u64);
                 for r in it {
-                    self.push(r?.into());
+                    let r = match r {
+                        Ok(r) => r,
+                        // A deleted stream has nothing to deliver now; a
+                        // soft-deleted one may start a new life (spec 3.7).
+                        Err(Error::StreamDeleted { .. }) => break,
+                        Err(e) => return Err(e),
+                    };
+                    self.push(r.into());
                     n += 1;
                 }
             }

@@ -1,0 +1,446 @@
+//! Stream deletion and metadata (spec 3.7, issue 16), against a model: a
+//! random history of appends, soft and hard deletions, truncations, max-count
+//! and max-age changes, clock steps and reopens; after every step every read
+//! (a stream forward, backward and from a middle version, the category, the
+//! event type, the whole log both ways, the stream's version and metadata,
+//! the writer's versions) equals what the model says is visible, and every
+//! refusal (a tombstoned stream, a system stream) is the one the spec names.
+//! After reopens, a cross-process `Reader` is compared too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use annal::{Direction, Error, EventData, ExpectedVersion, Log, LogView, Options, Reader, StreamMetadata};
+use proptest::prelude::*;
+
+const STREAMS: usize = 4;
+const MINUTE: u64 = 60 * 1_000_000_000;
+/// Clock steps are 10 minutes, ages whole hours: a reader in another process
+/// (whose clock is the system's, a few seconds past the start) sees nothing
+/// hidden by age, deterministically.
+const STEP: u64 = 10 * MINUTE;
+const HOUR: u64 = 60 * MINUTE;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        s: usize,
+        n: u64,
+    },
+    AppendNoStream {
+        s: usize,
+    },
+    Delete {
+        s: usize,
+    },
+    HardDelete {
+        s: usize,
+    },
+    Meta {
+        s: usize,
+        tb: Option<u64>,
+        mc: Option<u64>,
+        age_h: Option<u64>,
+    },
+    Tick,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let s = 0..STREAMS;
+    prop_oneof![
+        6 => (s.clone(), 1..4u64).prop_map(|(s, n)| Op::Append { s, n }),
+        1 => s.clone().prop_map(|s| Op::AppendNoStream { s }),
+        1 => s.clone().prop_map(|s| Op::Delete { s }),
+        1 => (0..8usize).prop_map(|s| Op::HardDelete { s }),
+        2 => (s, proptest::option::of(0..12u64), proptest::option::of(1..5u64), proptest::option::of(1..4u64))
+            .prop_map(|(s, tb, mc, age_h)| Op::Meta { s, tb, mc, age_h }),
+        3 => Just(Op::Tick),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Debug, Clone, Default)]
+struct Rules {
+    deleted: bool,
+    tombstone: bool,
+    tb: Option<u64>,
+    mc: Option<u64>,
+    age: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Ev {
+    position: u64,
+    version: u64,
+    ts: u64,
+    tag: String,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    events: Vec<Vec<Ev>>,
+    rules: Vec<Option<Rules>>,
+    next_position: u64,
+    /// Streams outside the model's, deleted while they had no events
+    /// (`true`: hard).
+    others: std::collections::HashMap<String, bool>,
+}
+
+fn name(s: usize) -> String {
+    format!("s-{s}")
+}
+
+impl Model {
+    fn new() -> Model {
+        Model {
+            events: vec![Vec::new(); STREAMS],
+            rules: vec![None; STREAMS],
+            next_position: 0,
+            others: Default::default(),
+        }
+    }
+
+    fn last(&self, s: usize) -> Option<u64> {
+        self.events[s].last().map(|e| e.version)
+    }
+
+    fn reads_as_deleted(&self, s: usize) -> bool {
+        self.rules[s]
+            .as_ref()
+            .is_some_and(|r| r.tombstone || (r.deleted && self.last(s).is_none_or(|l| l < r.tb.unwrap_or(0))))
+    }
+
+    fn visible(&self, s: usize, now: u64) -> Vec<Ev> {
+        let Some(r) = &self.rules[s] else {
+            return self.events[s].clone();
+        };
+        if r.tombstone {
+            return Vec::new();
+        }
+        let last = self.last(s);
+        self.events[s]
+            .iter()
+            .filter(|e| r.tb.is_none_or(|t| e.version >= t))
+            .filter(|e| r.mc.is_none_or(|n| last.is_some_and(|l| e.version + n > l)))
+            .filter(|e| r.age.is_none_or(|a| e.ts.saturating_add(a) >= now))
+            .cloned()
+            .collect()
+    }
+
+    /// Every visible event of every stream, in position order.
+    fn all_visible(&self, now: u64) -> Vec<(u64, String)> {
+        let mut v: Vec<(u64, String)> = (0..STREAMS)
+            .flat_map(|s| self.visible(s, now).into_iter().map(|e| (e.position, e.tag)))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn tags<'a>(it: impl Iterator<Item = annal::Result<annal::RecordRef<'a>>>) -> annal::Result<Vec<(u64, String)>> {
+    it.map(|r| r.map(|r| (r.position(), String::from_utf8(r.payload().to_vec()).unwrap())))
+        .collect()
+}
+
+/// Compare every read of `view` with the model at time `now`.
+fn check_view(view: &LogView, m: &Model, now: u64, ctx: &str) {
+    for s in 0..STREAMS {
+        let vis = m.visible(s, now);
+        let fwd = tags(view.read_stream(&name(s), 0, Direction::Forward, u64::MAX));
+        if m.reads_as_deleted(s) {
+            let tomb = m.rules[s].as_ref().is_some_and(|r| r.tombstone);
+            match fwd {
+                Err(Error::StreamDeleted { stream, tombstoned }) => {
+                    assert_eq!((stream.as_str(), tombstoned), (name(s).as_str(), tomb), "{ctx}: s{s}");
+                }
+                other => panic!("{ctx}: s{s} reads as deleted in the model, got {other:?}"),
+            }
+            assert_eq!(view.stream_version(&name(s)).unwrap(), None, "{ctx}: s{s} version");
+            continue;
+        }
+        let want: Vec<(u64, String)> = vis.iter().map(|e| (e.position, e.tag.clone())).collect();
+        assert_eq!(fwd.unwrap(), want, "{ctx}: s{s} forward");
+        let back = tags(view.read_stream(&name(s), u64::MAX, Direction::Backward, 3)).unwrap();
+        let want_back: Vec<(u64, String)> = want.iter().rev().take(3).cloned().collect();
+        assert_eq!(back, want_back, "{ctx}: s{s} backward");
+        if let Some(mid) = vis.get(vis.len() / 2) {
+            let from = tags(view.read_stream(&name(s), mid.version, Direction::Forward, u64::MAX)).unwrap();
+            assert_eq!(from, want[vis.len() / 2..], "{ctx}: s{s} from version {}", mid.version);
+        }
+        // From version 0 with hidden versions below: starts at the first visible.
+        assert_eq!(
+            view.stream_version(&name(s)).unwrap(),
+            vis.last().map(|e| e.version),
+            "{ctx}: s{s} version"
+        );
+        let meta = view.stream_metadata(&name(s)).unwrap();
+        match (&m.rules[s], meta) {
+            (None, None) => {}
+            (Some(r), Some(got)) => {
+                assert_eq!(
+                    (got.deleted, got.tombstoned, got.truncate_before, got.max_count),
+                    (r.deleted, r.tombstone, r.tb, r.mc),
+                    "{ctx}: s{s} metadata"
+                );
+                assert_eq!(got.max_age.map(|d| d.as_nanos() as u64), r.age, "{ctx}: s{s} max_age");
+            }
+            (r, got) => panic!("{ctx}: s{s} metadata: model {r:?}, view {got:?}"),
+        }
+    }
+    let all = m.all_visible(now);
+    assert_eq!(tags(view.read_all(0)).unwrap(), all, "{ctx}: read_all");
+    assert_eq!(tags(view.read_category("s", 0)).unwrap(), all, "{ctx}: category");
+    assert_eq!(tags(view.read_event_type("E", 0)).unwrap(), all, "{ctx}: event type");
+    let mut back = tags(view.read_all_backward(u64::MAX)).unwrap();
+    back.reverse();
+    assert_eq!(back, all, "{ctx}: read_all_backward");
+    // Metadata events are there for whoever names them.
+    let metas = m.rules.iter().filter(|r| r.is_some()).count() + m.others.len();
+    let seen: std::collections::HashSet<String> = view
+        .read_category("$meta", 0)
+        .map(|r| r.unwrap().stream().to_owned())
+        .collect();
+    assert_eq!(seen.len(), metas, "{ctx}: $meta streams");
+}
+
+fn run(ops: &[Op]) {
+    let dir = tempfile::tempdir().unwrap();
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let clock = Arc::new(AtomicU64::new(start));
+    let c = clock.clone();
+    let opts = Options::default()
+        .segment_size(8 << 10)
+        .clock(Arc::new(move || c.load(Ordering::SeqCst)));
+    let mut log = Some(Log::open(dir.path(), opts.clone()).unwrap());
+    let mut m = Model::new();
+    for (i, op) in ops.iter().enumerate() {
+        let ctx = format!("step {i} {op:?}");
+        let l = log.as_ref().unwrap();
+        let now = clock.load(Ordering::SeqCst);
+        match op {
+            Op::Append { s, n } => {
+                let tomb = m.rules[*s].as_ref().is_some_and(|r| r.tombstone);
+                let evs: Vec<EventData<'_>> = (0..*n)
+                    .map(|k| EventData::new("E", format!("{}:{}", m.next_position + k, s).into_bytes()))
+                    .collect();
+                match l.append(&name(*s), ExpectedVersion::Any, &evs) {
+                    Ok(r) => {
+                        assert!(!tomb, "{ctx}: a tombstoned stream took an append");
+                        for k in 0..*n {
+                            let v = r.stream_version + 1 - n + k;
+                            m.events[*s].push(Ev {
+                                position: r.first_position + k,
+                                version: v,
+                                ts: now,
+                                tag: format!("{}:{}", m.next_position + k, s),
+                            });
+                        }
+                        assert_eq!(r.first_position, m.next_position, "{ctx}");
+                        m.next_position += n;
+                    }
+                    Err(Error::StreamDeleted { tombstoned: true, .. }) => assert!(tomb, "{ctx}"),
+                    Err(e) => panic!("{ctx}: {e}"),
+                }
+            }
+            Op::AppendNoStream { s } => {
+                let ok = m.events[*s].is_empty() || m.reads_as_deleted(*s);
+                let tomb = m.rules[*s].as_ref().is_some_and(|r| r.tombstone);
+                let tag = format!("{}:{}", m.next_position, s);
+                match l.append(
+                    &name(*s),
+                    ExpectedVersion::NoStream,
+                    &[EventData::new("E", tag.clone().into_bytes())],
+                ) {
+                    Ok(r) => {
+                        assert!(ok && !tomb, "{ctx}: NoStream accepted");
+                        assert_eq!(
+                            r.stream_version,
+                            m.last(*s).map_or(0, |v| v + 1),
+                            "{ctx}: versions go on"
+                        );
+                        m.events[*s].push(Ev {
+                            position: r.first_position,
+                            version: r.stream_version,
+                            ts: now,
+                            tag,
+                        });
+                        m.next_position += 1;
+                    }
+                    Err(Error::StreamDeleted { tombstoned: true, .. }) => assert!(tomb, "{ctx}"),
+                    Err(Error::WrongExpectedVersion { .. }) => assert!(!ok, "{ctx}: NoStream refused"),
+                    Err(e) => panic!("{ctx}: {e}"),
+                }
+            }
+            Op::Delete { s } | Op::HardDelete { s } => {
+                let hard = matches!(op, Op::HardDelete { .. });
+                // HardDelete picks from 8: half the time a stream with no events.
+                let (s, stream) = if *s < STREAMS {
+                    (*s, name(*s))
+                } else {
+                    (usize::MAX, format!("x-{s}"))
+                };
+                let tomb = match s < STREAMS {
+                    true => m.rules[s].as_ref().is_some_and(|r| r.tombstone),
+                    false => m.others.get(&stream).copied().unwrap_or(false),
+                };
+                let expected = match s < STREAMS {
+                    true => m.last(s).map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact),
+                    false => ExpectedVersion::Any,
+                };
+                let r = if hard {
+                    l.hard_delete_stream(&stream, expected)
+                } else {
+                    l.delete_stream(&stream, expected)
+                };
+                match r {
+                    Ok(_) => {
+                        assert!(!tomb, "{ctx}: a tombstoned stream was deleted again");
+                        m.next_position += 1;
+                        if s >= STREAMS {
+                            m.others.insert(stream.clone(), hard);
+                        } else {
+                            let old = m.rules[s].clone().unwrap_or_default();
+                            let next = m.last(s).map_or(0, |v| v + 1);
+                            m.rules[s] = Some(Rules {
+                                deleted: true,
+                                tombstone: hard || old.tombstone,
+                                tb: Some(old.tb.unwrap_or(0).max(next)),
+                                ..old
+                            });
+                        }
+                    }
+                    Err(Error::StreamDeleted { tombstoned: true, .. }) => assert!(tomb, "{ctx}"),
+                    Err(e) => panic!("{ctx}: {e}"),
+                }
+            }
+            Op::Meta { s, tb, mc, age_h } => {
+                let tomb = m.rules[*s].as_ref().is_some_and(|r| r.tombstone);
+                let mut md = StreamMetadata::new();
+                if let Some(t) = tb {
+                    md = md.truncate_before(*t);
+                }
+                if let Some(n) = mc {
+                    md = md.max_count(*n);
+                }
+                if let Some(h) = age_h {
+                    md = md.max_age(Duration::from_nanos(h * HOUR));
+                }
+                match l.set_stream_metadata(&name(*s), md) {
+                    Ok(_) => {
+                        assert!(!tomb, "{ctx}");
+                        m.next_position += 1;
+                        let old = m.rules[*s].clone().unwrap_or_default();
+                        m.rules[*s] = Some(Rules {
+                            tb: if old.deleted { Some(tb.unwrap_or(0)) } else { *tb },
+                            mc: *mc,
+                            age: age_h.map(|h| h * HOUR),
+                            ..old
+                        });
+                    }
+                    Err(Error::StreamDeleted { tombstoned: true, .. }) => assert!(tomb, "{ctx}"),
+                    Err(e) => panic!("{ctx}: {e}"),
+                }
+            }
+            Op::Tick => {
+                clock.fetch_add(STEP, Ordering::SeqCst);
+            }
+            Op::Reopen => {
+                log.take().unwrap().close().unwrap();
+                // Another process, whose clock is the system's: nothing is
+                // hidden by age there (see STEP).
+                let mut r = Reader::open(dir.path()).unwrap();
+                check_view(&r.view().unwrap(), &m, start, &format!("{ctx} (reader)"));
+                log = Some(Log::open(dir.path(), opts.clone()).unwrap());
+            }
+        }
+        let l = log.as_ref().unwrap();
+        let now = clock.load(Ordering::SeqCst);
+        check_view(&l.view().unwrap(), &m, now, &ctx);
+        for s in 0..STREAMS {
+            assert_eq!(
+                l.stream_version(&name(s)).unwrap(),
+                m.last(s),
+                "{ctx}: writer's version of s{s}"
+            );
+        }
+    }
+    // System streams are the library's.
+    let l = log.as_ref().unwrap();
+    let e = l.append(
+        "$meta-s-0",
+        ExpectedVersion::Any,
+        &[EventData::new("E", b"x".as_slice())],
+    );
+    assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        max_shrink_iters: 400,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_read_hides_exactly_what_the_rules_hide(ops in proptest::collection::vec(op(), 1..40)) {
+        run(&ops);
+    }
+}
+
+#[test]
+fn a_version_3_log_refuses_deletion_and_keeps_dollar_names_ordinary() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Options::default().format_version(3)).unwrap();
+    log.append("$meta-a", ExpectedVersion::Any, &[EventData::new("E", b"x".as_slice())])
+        .unwrap();
+    let e = log.delete_stream("a", ExpectedVersion::Any).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("format version 4")),
+        "{e}"
+    );
+    let view = log.view().unwrap();
+    assert_eq!(view.read_all(0).count(), 1, "an ordinary stream in a version 3 log");
+    assert_eq!(view.stream_metadata("a").unwrap(), None);
+}
+
+#[test]
+fn a_deleted_stream_is_told_from_one_that_never_existed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Options::default()).unwrap();
+    log.append(
+        "a-1",
+        ExpectedVersion::NoStream,
+        &[EventData::new("E", b"x".as_slice())],
+    )
+    .unwrap();
+    log.delete_stream("a-1", ExpectedVersion::Exact(0)).unwrap();
+    let view = log.view().unwrap();
+    assert!(view.read_stream("never-1", 0, Direction::Forward, 10).next().is_none());
+    assert!(matches!(
+        view.read_stream("a-1", 0, Direction::Forward, 10).next(),
+        Some(Err(Error::StreamDeleted { tombstoned: false, .. }))
+    ));
+    // The deletion checked the expected version.
+    let e = log.delete_stream("a-1", ExpectedVersion::Exact(5)).unwrap_err();
+    assert!(matches!(e, Error::WrongExpectedVersion { .. }), "{e}");
+    // A subscription to it waits for its new life instead of failing.
+    let mut sub = log.subscribe_stream("a-1", 0);
+    assert!(sub.next_timeout(Duration::from_millis(1)).unwrap().is_none());
+    log.append(
+        "a-1",
+        ExpectedVersion::Exact(0),
+        &[EventData::new("E", b"y".as_slice())],
+    )
+    .unwrap();
+    let r = sub
+        .next_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("the new life");
+    assert_eq!((r.stream_version, r.payload.as_slice()), (1, b"y".as_slice()));
+}
