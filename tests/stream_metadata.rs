@@ -3,7 +3,8 @@
 //! and max-age changes, clock steps and reopens; after every step every read
 //! (a stream forward, backward and from a middle version, the category, the
 //! event type, the whole log both ways, the stream's version and metadata,
-//! the writer's versions) equals what the model says is visible, and every
+//! the writer's versions, projections rebuilt sequentially, in parallel and
+//! by stream) equals what the model says is visible, and every
 //! refusal (a tombstoned stream, a system stream) is the one the spec names.
 //! After reopens, a cross-process `Reader` is compared too.
 
@@ -139,6 +140,23 @@ impl Model {
     }
 }
 
+/// The positions of the events a projection is given.
+struct Positions;
+
+impl annal::Projection for Positions {
+    type Model = std::collections::BTreeSet<u64>;
+    fn empty(&self) -> Self::Model {
+        Default::default()
+    }
+    fn apply(&self, m: &mut Self::Model, r: &annal::RecordRef<'_>) {
+        m.insert(r.position());
+    }
+    fn merge(&self, mut a: Self::Model, b: Self::Model) -> Self::Model {
+        a.extend(b);
+        a
+    }
+}
+
 fn tags<'a>(it: impl Iterator<Item = annal::Result<annal::RecordRef<'a>>>) -> annal::Result<Vec<(u64, String)>> {
     it.map(|r| r.map(|r| (r.position(), String::from_utf8(r.payload().to_vec()).unwrap())))
         .collect()
@@ -196,6 +214,19 @@ fn check_view(view: &LogView, m: &Model, now: u64, ctx: &str) {
     let mut back = tags(view.read_all_backward(u64::MAX)).unwrap();
     back.reverse();
     assert_eq!(back, all, "{ctx}: read_all_backward");
+    // Projections see what the reads see.
+    let positions: std::collections::BTreeSet<u64> = all.iter().map(|e| e.0).collect();
+    assert_eq!(view.rebuild(&Positions).unwrap(), positions, "{ctx}: rebuild");
+    assert_eq!(
+        view.par_rebuild_chunks(&Positions, 5).unwrap(),
+        positions,
+        "{ctx}: par_rebuild"
+    );
+    assert_eq!(
+        view.par_rebuild_by_stream(&Positions).unwrap(),
+        positions,
+        "{ctx}: par_rebuild_by_stream"
+    );
     // Metadata events are there for whoever names them.
     let metas = m.rules.iter().filter(|r| r.is_some()).count() + m.others.len();
     let seen: std::collections::HashSet<String> = view

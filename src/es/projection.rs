@@ -27,9 +27,11 @@ use rayon::prelude::*;
 
 use crate::error::{Result, corrupt};
 use crate::format::frame::FrameCursor;
+use crate::format::meta::is_system_stream;
 use crate::format::record::RecordRef;
 use crate::format::{FRAME_FIRST_POSITION_OFFSET, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::index::Index;
+use crate::read::rules::Hide;
 use crate::read::view::{LogView, ViewSegment};
 use crate::storage::mmap::Readahead;
 use crate::types::Direction;
@@ -178,8 +180,9 @@ impl LogView {
     #[doc(hidden)]
     pub fn par_rebuild_chunks<P: Projection>(&self, p: &P, chunks: usize) -> Result<P::Model> {
         let cuts = self.cuts(chunks)?;
+        let hide = self.hide(false)?;
         cuts.par_windows(2)
-            .map(|w| self.fold_chunk(p, &w[0], &w[1]))
+            .map(|w| self.fold_chunk(p, &w[0], &w[1], hide.as_ref()))
             .try_reduce(|| p.empty(), |a, b| Ok(p.merge(a, b)))
     }
 
@@ -226,9 +229,10 @@ impl LogView {
     /// the indexes and the log disagree).
     pub fn par_rebuild_by_stream<P: Projection>(&self, p: &P) -> Result<P::Model> {
         let streams = self.streams()?;
+        let hide = self.hide(false)?;
         let (model, count) = streams
             .par_iter()
-            .map(|s| self.fold_stream(p, s))
+            .map(|s| self.fold_stream(p, s, hide.is_some()))
             .try_reduce(|| (p.empty(), 0), |a, b| Ok((p.merge(a.0, b.0), a.1 + b.1)))?;
         let first = self.segments.first().map_or(0, |s| s.base);
         let want = self.next_position().saturating_sub(first);
@@ -278,12 +282,22 @@ impl LogView {
     }
 
     /// Fold one stream's events; also returns how many there were.
-    fn fold_stream<P: Projection>(&self, p: &P, stream: &str) -> Result<(P::Model, u64)> {
+    /// Fold one stream's visible events; returns the model and the number
+    /// of events the stream holds, hidden ones included (for the check that
+    /// the streams hold every event). `rules`: the log has metadata (spec
+    /// 3.7): system streams are not folded, and each stream's rules apply.
+    fn fold_stream<P: Projection>(&self, p: &P, stream: &str, rules: bool) -> Result<(P::Model, u64)> {
         let mut model = p.empty();
         let mut n = 0;
-        for r in self.read_stream(stream, 0, Direction::Forward, u64::MAX) {
-            p.apply(&mut model, &r?);
+        let system = rules && is_system_stream(stream);
+        let visible = if rules && !system { self.visible(stream)? } else { None };
+        for r in self.read_stream_raw(stream, 0, Direction::Forward, u64::MAX) {
+            let r = r?;
             n += 1;
+            if system || visible.is_some_and(|v| !v.shows(r.stream_version(), r.timestamp())) {
+                continue;
+            }
+            p.apply(&mut model, &r);
         }
         Ok((model, n))
     }
@@ -365,7 +379,7 @@ impl LogView {
     /// Fold the batches from cut `a` up to cut `b`, validating each one
     /// (structure, continuity of positions and record CRCs) as
     /// [`LogView::read_all`] does.
-    fn fold_chunk<P: Projection>(&self, p: &P, a: &Cut, b: &Cut) -> Result<P::Model> {
+    fn fold_chunk<P: Projection>(&self, p: &P, a: &Cut, b: &Cut, hide: Option<&Hide>) -> Result<P::Model> {
         let mut model = p.empty();
         let (mut seg, mut off, mut pos) = (a.seg, a.off, a.pos);
         while (seg, off) < b.key() {
@@ -396,7 +410,11 @@ impl LogView {
             let mut ahead = Readahead::forward();
             while (seg, off) < b.key() {
                 ahead.at(&s.map, off as u64);
-                let Some(step) = frames.step_each(|_, r| p.apply(&mut model, &r)) else {
+                let Some(step) = frames.step_each(|_, r| {
+                    if hide.is_none_or(|h| !h.hides(&r)) {
+                        p.apply(&mut model, &r);
+                    }
+                }) else {
                     break;
                 };
                 step.map_err(|d| d.at(&*s.path))?;
