@@ -160,6 +160,19 @@ impl Reader {
     /// mapped until it is dropped, and this reader keeps at most 512 sealed
     /// segments mapped between views.
     pub fn view(&mut self) -> Result<LogView> {
+        // A first view: what it reads, the head file included, asked for
+        // at once (advice only: from a listing taken before the head is
+        // read, which the listing below, taken after it, replaces).
+        let (mut opened, ahead) = match self.active {
+            None => {
+                let listed = list_segments(&self.dir)?;
+                match listed.split_last() {
+                    Some((&last, sealed)) => (prefetch_open(&self.dir, sealed, Some(last)), sealed.to_vec()),
+                    None => (Vec::new(), Vec::new()),
+                }
+            }
+            Some(_) => (Vec::new(), Vec::new()),
+        };
         // The head first: the writer creates a segment before any head slot
         // names it, so every segment the head names is in the listing after.
         let head = head::read(&self.dir)?;
@@ -168,11 +181,11 @@ impl Reader {
         let Some((&last, sealed)) = visible.split_last() else {
             return Ok(LogView::new(Vec::new(), 0, None));
         };
-        // A first view: what it reads, asked for at once.
-        let opened = match self.active {
-            None => prefetch_open(&self.dir, sealed, Some(last)),
-            Some(_) => Vec::new(),
-        };
+        // The files opened ahead serve only if they are the segments this
+        // view opens.
+        if ahead != sealed {
+            opened.clear();
+        }
         self.open_new_sealed(sealed, opened)?;
         if self.active.as_ref().is_none_or(|a| a.base != last) {
             self.active = Some(Box::new(ActiveRead::open(&self.dir, last)?));

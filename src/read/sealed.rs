@@ -193,8 +193,8 @@ pub(crate) fn open_sealed_in(dir: &Path, base: u64, opened: Option<File>) -> Res
 
 /// Ask the OS to start reading, all at once, what opening a log reads
 /// before it can answer (`POSIX_FADV_WILLNEED`): the header and the seal of
-/// each sealed segment of `sealed`, the header of the active segment
-/// `active`, the first and last pages of its index checkpoints and of the
+/// each sealed segment of `sealed`, the head file and the header of the
+/// active segment `active`, the first and last pages of its index checkpoints and of the
 /// stream table (their headers, footers and block tables). Opening then
 /// copies them one file after another, but a cold open waits for the disk
 /// about once instead of once a read. Advice only: a file that cannot be
@@ -218,6 +218,7 @@ pub(crate) fn prefetch_open(dir: &Path, sealed: &[u64], active: Option<u64>) -> 
         })
         .collect();
     if let Some(active) = active {
+        advise(&dir.join(crate::format::names::HEAD_FILE), 4096, 0);
         advise(&dir.join(segment_file_name(active)), SEGMENT_HEADER_LEN as u64, 0);
         advise(&dir.join(crate::format::names::STREAM_TABLE_FILE), 4096, 8192);
         if let Ok(all) = crate::index::checkpoint::list(dir) {

@@ -129,6 +129,9 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
     let Some((&last, sealed_bases)) = listing.segments.split_last() else {
         return create_log(io, dir, opts, lock, report);
     };
+    // What opening reads, the head file included, asked for at once
+    // (advice: a cold open waits for the disk about once, not once a file).
+    let opened = crate::read::view::prefetch_open(dir, sealed_bases, Some(last));
     let mut opening = Opening {
         io,
         dir,
@@ -139,9 +142,6 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         stale_checkpoints: Vec::new(),
     };
     check_first_segment(dir, &listing.segments)?;
-    // What opening reads, asked for at once (advice: a cold open waits for
-    // the disk about once, not once a file).
-    let opened = crate::read::view::prefetch_open(dir, sealed_bases, Some(last));
     let (sealed, next) = opening.check_sealed(sealed_bases, opened)?;
     let tail = opening.recover_active(last, next, &sealed)?;
     opening.finish(lock, last, sealed, tail)
