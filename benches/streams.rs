@@ -14,6 +14,12 @@
 //!   stream); `ANNAL_BENCH_SCALE=10` gives the issue's 10M events in 100,000
 //!   streams; `ANNAL_BENCH_EVENTS` / `ANNAL_BENCH_STREAMS` set them exactly.
 //!
+//! * `read_stream_max_count` (issue 16): then the first half of the streams
+//!   get the metadata `max_count(10)` (spec 3.7): `annal_max_count_10` reads
+//!   one of them whole (its 10 visible events), `annal_whole` a stream of the
+//!   other half whole (~100 events), `annal_newest_10_backward` the newest 10
+//!   of such a stream backward (what an application does without the rule).
+//!
 //! * `open`: `Log::open` + `close` of a log of 1M events (`annal_1m`) and of
 //!   one of 10M events (`annal_10m`), 32-byte payloads in appends of 100
 //!   events round-robin over 10,000 streams. These are already the issue's
@@ -144,6 +150,39 @@ fn annal_read(view: &LogView, stream: &str) -> (u64, u64) {
     (n, sum)
 }
 
+/// Stream metadata (issue 16, spec 3.7): the first half of the streams get
+/// `max_count(10)`; reading one of them (its 10 visible events, found by
+/// the rules lookup) against reading a stream of the other half whole
+/// (~100 events) and its newest 10 backward (what an application does
+/// without the rule).
+fn read_stream_max_count(c: &mut Criterion, log: &Log, names: &[String]) {
+    let half = names.len() / 2;
+    for name in &names[..half] {
+        log.set_stream_metadata(name, annal::StreamMetadata::new().max_count(10))
+            .expect("metadata");
+    }
+    let view = log.view().expect("view");
+    assert_eq!(annal_read(&view, &names[0]).0, 10);
+    let mut g = c.benchmark_group("read_stream_max_count");
+    let mut rng = Rng(0x5eed);
+    g.bench_function("annal_max_count_10", |b| {
+        b.iter(|| black_box(annal_read(&view, &names[rng.below(half as u64) as usize])))
+    });
+    let mut rng = Rng(0x5eed);
+    g.bench_function("annal_whole", |b| {
+        b.iter(|| black_box(annal_read(&view, &names[half + rng.below(half as u64) as usize])))
+    });
+    let mut rng = Rng(0x5eed);
+    g.bench_function("annal_newest_10_backward", |b| {
+        b.iter(|| {
+            let name = &names[half + rng.below(half as u64) as usize];
+            let n = view.read_stream(name, u64::MAX, Direction::Backward, 10).count();
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
 /// Every event of `stream` through SQLite's index: `(events, payload bytes)`.
 fn sqlite_read(db: &Connection, stream: &str) -> (u64, u64) {
     common::sqlite_stream_sum(db, stream)
@@ -189,6 +228,7 @@ fn read_stream(c: &mut Criterion) {
     });
     g.finish();
     drop(view);
+    read_stream_max_count(c, &log, &names);
     log.close().expect("close");
     Figure::new("read_stream", n / s, n / s * READ_PAYLOAD as u64)
         .row(
