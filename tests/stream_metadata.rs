@@ -367,7 +367,7 @@ fn run(ops: &[Op]) {
                         m.next_position += 1;
                         let old = m.rules[*s].clone().unwrap_or_default();
                         m.rules[*s] = Some(Rules {
-                            tb: if old.deleted { Some(tb.unwrap_or(0)) } else { *tb },
+                            tb: if old.deleted { tb.or(old.tb) } else { *tb },
                             mc: *mc,
                             age: age_h.map(|h| h * HOUR),
                             ..old

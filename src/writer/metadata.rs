@@ -215,9 +215,10 @@ impl Log {
     }
 
     /// Set `stream`'s metadata (spec 3.7): its `truncate_before`,
-    /// `max_count` and `max_age` are replaced by those of `metadata` (a
-    /// soft deletion is kept; `deleted` and `tombstoned` of `metadata` are
-    /// ignored). Reads hide what the rules hide from the moment this
+    /// `max_count` and `max_age` are replaced by those of `metadata`; a soft
+    /// deletion is kept, and so is its `truncate_before` unless `metadata`
+    /// gives one (a lower one shows deleted events again, until the log is
+    /// compacted); `deleted` and `tombstoned` of `metadata` are ignored. Reads hide what the rules hide from the moment this
     /// returns; compaction removes it from the disk. Needs a log of format
     /// version 4.
     ///
@@ -250,9 +251,10 @@ impl Log {
         self.inner
             .change_rules(stream, ExpectedVersion::Any, move |old, _| StreamRules {
                 truncate_before: match (old.deleted, metadata.truncate_before) {
-                    // A deletion keeps TRUNCATE_BEFORE (spec 3.7).
-                    (true, t) => Some(t.unwrap_or(0)),
-                    (false, t) => t,
+                    // A deletion keeps its TRUNCATE_BEFORE unless another
+                    // is given (spec 3.7).
+                    (true, None) => old.truncate_before,
+                    (_, t) => t,
                 },
                 max_count: metadata.max_count,
                 max_age,
