@@ -74,11 +74,44 @@ fn delete_then_read_exits_1_with_a_message_and_prints_nothing() {
     assert!(read_json(&dir, &["--stream", "cart-9"]).is_empty());
     // The metadata says so.
     let out = ok(run(&["metadata", p(&dir), "cart-1"]));
-    assert!(
-        text(&out.stdout).contains("deleted:         deleted"),
-        "{}",
-        text(&out.stdout)
+    let said = text(&out.stdout);
+    assert!(said.contains("deleted:         deleted ("), "{said}");
+    assert!(said.contains("truncate before: 2\n"), "{said}");
+}
+
+#[test]
+fn setting_metadata_keeps_a_deletion_unless_truncate_before_is_given() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    ok(append(&dir, "c", &[]));
+    ok(append(&dir, "c", &[]));
+    ok(run(&["delete", p(&dir), "c"]));
+    let json = |args: &[&str]| -> Value {
+        let mut all = vec!["metadata", p(&dir), "c", "--json"];
+        all.extend_from_slice(args);
+        let out = ok(run(&all));
+        serde_json::from_str(text(&out.stdout).trim()).expect("json")
+    };
+    for args in [&["--max-count", "5"][..], &["--clear"][..], &["--max-age", "1h"][..]] {
+        let v = json(args);
+        assert_eq!(v["deleted"], true, "{args:?}: {v}");
+        assert_eq!(v["reads_as_deleted"], true, "{args:?}: {v}");
+        assert_eq!(v["truncate_before"], 2, "{args:?}: {v}");
+        let out = run(&["read", p(&dir), "--stream", "c"]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: still deleted");
+    }
+    // A new life: still flagged deleted, no longer read as deleted.
+    ok(append(&dir, "c", &["--expected-version", "no-stream"]));
+    let v = json(&[]);
+    assert_eq!(
+        (v["deleted"].clone(), v["reads_as_deleted"].clone()),
+        (true.into(), false.into())
     );
+    assert_eq!(versions(&read_json(&dir, &["--stream", "c"])), [2]);
+    // An explicit lower truncate-before shows the deleted events again.
+    let v = json(&["--truncate-before", "0"]);
+    assert_eq!(v["truncate_before"], 0);
+    assert_eq!(versions(&read_json(&dir, &["--stream", "c"])), [0, 1, 2]);
 }
 
 #[test]

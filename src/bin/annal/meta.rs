@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use annal::{AppendResult, Durability, ExpectedVersion, Log, Reader, StreamMetadata};
+use annal::{AppendResult, Direction, Durability, ExpectedVersion, Log, Reader, StreamMetadata};
 use clap::Args;
 
 use crate::jsonfmt::escape;
@@ -26,7 +26,8 @@ pub const DELETE_HELP: &str = "Examples:
 
 Deletes a stream by appending one metadata event (to the system stream
 $meta-STREAM, spec 3.7): atomic, durable with --sync, and chained like any
-other append. Prints the position of that event.
+other append. Prints the position of that event (--json: position, stream,
+hard).
 
 What it promises: from the moment it returns, reading the stream fails with
 \"stream ... is deleted\" (exit 1), distinct from a stream that never existed,
@@ -62,8 +63,15 @@ the rules that hide its older events. With --truncate-before, --max-count,
 --max-age or --clear, sets them (one metadata event appended to the system
 stream $meta-STREAM, spec 3.7) and prints the new metadata. The three rules
 are set together, as Log::set_stream_metadata does: a rule not given is
-removed (to change one, give the others again); --clear removes all three. A
-deletion is kept.
+removed (to change one, give the others again); --clear removes all three.
+A deletion is kept: on a deleted stream, the truncate-before the deletion set
+stays unless --truncate-before is given (a lower one shows deleted events
+again).
+
+With --json, one object: stream, deleted, hard_deleted, reads_as_deleted
+(deleted and no new life since), truncate_before, max_count, max_age (as
+--max-age takes it) and max_age_ns (null when not set), and position (of the
+metadata event) when it set them.
 
 --truncate-before N hides the events with a version below N; --max-count N
 keeps only the N newest events visible (N at least 1); --max-age hides events
@@ -235,6 +243,17 @@ fn check_name(stream: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether `stream` reads as deleted in a view of `log` taken now.
+fn reads_as_deleted(log: &Log, stream: &str) -> annal::Result<bool> {
+    let view = log.view()?;
+    let first = view.read_stream(stream, 0, Direction::Forward, 1).next();
+    match first {
+        Some(Err(annal::Error::StreamDeleted { .. })) => Ok(true),
+        Some(Err(e)) => Err(e),
+        _ => Ok(false),
+    }
+}
+
 /// Run `annal delete`.
 pub fn delete(a: &DeleteArgs) -> CmdResult {
     check_name(&a.stream)?;
@@ -280,7 +299,13 @@ pub fn metadata(a: &MetadataArgs) -> CmdResult {
     let log = open_writer(&a.dir, &a.size, &a.chain, a.sync)?;
     let (position, meta) = if set {
         let mut m = StreamMetadata::new();
-        if let Some(v) = a.truncate_before {
+        // A deletion hides the events below its truncate-before: keep it
+        // unless one is given (the library would set 0, showing them again).
+        let kept = match log.stream_metadata(&a.stream) {
+            Ok(current) => current.filter(|c| c.deleted).and_then(|c| c.truncate_before),
+            Err(e) => return finish(log, Err(e), false),
+        };
+        if let Some(v) = a.truncate_before.or(kept) {
             m = m.truncate_before(v);
         }
         if let Some(n) = a.max_count {
@@ -289,14 +314,18 @@ pub fn metadata(a: &MetadataArgs) -> CmdResult {
         if let Some(d) = a.max_age {
             m = m.max_age(d);
         }
-        let result = log
-            .set_stream_metadata(&a.stream, m)
-            .and_then(|r| Ok((Some(r.last_position), log.stream_metadata(&a.stream)?)));
+        let result = log.set_stream_metadata(&a.stream, m).and_then(|r| {
+            let m = log.stream_metadata(&a.stream)?;
+            Ok((Some(r.last_position), (m, reads_as_deleted(&log, &a.stream)?)))
+        });
         finish(log, result, a.sync)?
     } else {
-        let result = log.stream_metadata(&a.stream).map(|m| (None, m));
+        let result = log
+            .stream_metadata(&a.stream)
+            .and_then(|m| Ok((None, (m, reads_as_deleted(&log, &a.stream)?))));
         finish(log, result, false)?
     };
+    let (meta, reads_deleted) = meta;
     let m = meta.unwrap_or_default();
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -304,6 +333,7 @@ pub fn metadata(a: &MetadataArgs) -> CmdResult {
             "stream": a.stream,
             "deleted": m.deleted,
             "hard_deleted": m.tombstoned,
+            "reads_as_deleted": reads_deleted,
             "truncate_before": m.truncate_before,
             "max_count": m.max_count,
             "max_age": m.max_age.map(format_duration),
@@ -321,10 +351,11 @@ pub fn metadata(a: &MetadataArgs) -> CmdResult {
         let _ = writeln!(s, "set the metadata of {} at position {p}", escape(&a.stream));
     }
     let none = || "none".to_owned();
-    let deleted = match (m.deleted, m.tombstoned) {
-        (_, true) => "hard-deleted (no append is ever accepted again)",
-        (true, false) => "deleted (until an append starts a new life)",
-        (false, false) => "no",
+    let deleted = match (m.deleted, m.tombstoned, reads_deleted) {
+        (_, true, _) => "hard-deleted (no append is ever accepted again)",
+        (true, false, true) => "deleted (until an append starts a new life at the next version)",
+        (true, false, false) => "deleted, then a new life (the versions from truncate before on are visible)",
+        (false, false, _) => "no",
     };
     let _ = writeln!(s, "stream:          {}", escape(&a.stream));
     let _ = writeln!(s, "deleted:         {deleted}");
