@@ -41,7 +41,7 @@ for good (exit 1).
 What it does not promise: the events are not erased. Their bytes stay in the
 segment files until the log is compacted; `annal check` and `annal dump` still
 show them. Needs a log of format version 4 (logs of older versions are
-refused, exit 1, nothing written).
+refused, exit 1, nothing appended).
 
 Exit codes: 0 deleted; 1 refused (wrong expected version, the stream is
 already hard-deleted, a log of format version before 4, log locked by another
@@ -208,7 +208,7 @@ fn open_writer(
         let _ = log.close();
         return Err(Failure::problem(format!(
             "{} is a log of format version {v}: stream deletion and metadata need format version \
-             {META_FORMAT_VERSION} (spec 3.7); refused, nothing was written",
+             {META_FORMAT_VERSION} (spec 3.7); refused, nothing was appended",
             dir.display()
         )));
     }
