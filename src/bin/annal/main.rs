@@ -4,6 +4,7 @@ mod audit;
 mod check;
 mod dump;
 mod jsonfmt;
+mod meta;
 mod read;
 mod write;
 
@@ -15,7 +16,7 @@ use clap::{Parser, Subcommand};
 const EXIT_CODES: &str = "Exit codes:
   0  success
   1  the command ran and found a problem or was refused (wrong expected version,
-     log locked by a writer, corrupt data, a bad input line)
+     log locked by a writer, corrupt data, a bad input line, a deleted stream)
   2  the command could not run (bad arguments, not a log, unreadable path)";
 
 /// annal: append to, read, follow and inspect annal event logs.
@@ -34,6 +35,12 @@ enum Command {
     /// Append events from JSON lines (the output of `annal read --json`).
     #[command(after_help = write::IMPORT_HELP)]
     Import(write::ImportArgs),
+    /// Delete a stream (soft: a new life may follow; --hard: for good); its events are hidden from reads.
+    #[command(after_help = meta::DELETE_HELP)]
+    Delete(meta::DeleteArgs),
+    /// Print a stream's metadata, or set the rules that hide its older events (count, age, version).
+    #[command(after_help = meta::METADATA_HELP)]
+    Metadata(meta::MetadataArgs),
     /// Print events (the whole log, a stream, a category or an event type).
     #[command(after_help = read::READ_HELP)]
     Read(read::ReadArgs),
@@ -90,7 +97,8 @@ impl From<annal::Error> for Failure {
             | annal::Error::IdempotencyConflict { .. }
             | annal::Error::Corrupt { .. }
             | annal::Error::Poisoned { .. }
-            | annal::Error::Decode { .. } => 1,
+            | annal::Error::Decode { .. }
+            | annal::Error::StreamDeleted { .. } => 1,
             _ => 2,
         };
         Failure {
@@ -108,6 +116,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Append(a) => write::append(a),
         Command::Import(a) => write::import(a),
+        Command::Delete(a) => meta::delete(a),
+        Command::Metadata(a) => meta::metadata(a),
         Command::Read(a) => read::read(a),
         Command::Tail(a) => read::tail(a),
         Command::Stats(a) => read::stats(a),

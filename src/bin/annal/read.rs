@@ -37,9 +37,14 @@ Without --json, one line per event; control characters in names, types and
 text (newline, NUL, ESC, DEL, C1, bidirectional controls) and the backslash
 are escaped (\\n, \\0, \\u{1b}, \\\\); non-UTF-8 payloads print as <N bytes binary>.
 
+In a log of format version 4, events that stream metadata hides (annal
+delete, annal metadata) are not shown, nor events of system streams ($...)
+unless a read names them; a deleted stream read with --stream fails with
+\"stream ... is deleted\" (or hard-deleted) and prints nothing.
+
 Reads without the writer lock, so it works while a writer is running.
-Exit codes: 0 success; 1 corrupt data found; 2 could not run (bad arguments,
-not a log, unreadable path).";
+Exit codes: 0 success; 1 corrupt data found, or the stream is deleted; 2 could
+not run (bad arguments, not a log, unreadable path).";
 
 pub const TAIL_HELP: &str = "Examples:
   annal tail ./events --from 0 --limit 3

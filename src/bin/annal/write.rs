@@ -151,7 +151,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// The options every writing command opens a log with.
-fn write_options(
+pub fn write_options(
     size: &SegmentSizeArg,
     chain: &crate::audit::WriteChainArgs,
     d: Durability,
@@ -166,7 +166,7 @@ fn write_options(
     chain.apply(opts)
 }
 
-fn parse_expected(s: &str) -> Result<ExpectedVersion, String> {
+pub fn parse_expected(s: &str) -> Result<ExpectedVersion, String> {
     match s {
         "any" => Ok(ExpectedVersion::Any),
         "no-stream" => Ok(ExpectedVersion::NoStream),
@@ -179,7 +179,7 @@ fn parse_expected(s: &str) -> Result<ExpectedVersion, String> {
 }
 
 /// Refuse a stream name the log cannot take or no command could name again.
-fn check_stream_name(s: &str) -> Result<(), String> {
+pub fn check_stream_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > u16::MAX as usize {
         return Err(format!(
             "a stream name must be 1 to 65535 bytes, found {} bytes",
