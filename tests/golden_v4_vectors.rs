@@ -26,10 +26,14 @@
 //!    clock fixed at `now`: `read_stream` both ways, `read_all` both ways,
 //!    `read_category`, `read_event_type`, `stream_version`,
 //!    `Error::StreamDeleted`);
-//! 4. every single-byte change of a rules payload (CRCs fixed) makes annal's
-//!    read of the stream an `Error::Corrupt` naming the segment file, or,
-//!    where the rules table allows the change, show exactly what the
-//!    independent rule shows for the changed rules.
+//! 4. every single-byte change of a rules payload (all 255 other values of
+//!    each of the 120 bytes; the frame's two CRCs recomputed here from spec
+//!    3.6, since `annal::fuzzing::fix_segment_crcs` walks only the 72-byte
+//!    frames of versions 1 and 2) makes annal's read of the stream (a
+//!    `Reader`, whose clock is the system's: the spec's answer is taken
+//!    before and after the reads) an `Error::Corrupt` naming the segment
+//!    file, or, where the rules table allows the change, show exactly what
+//!    the independent rule shows for the changed rules.
 //!
 //! To (re)write the vector (annal's writer writes the bytes; the JSON is
 //! computed from them by the independent code):
