@@ -304,6 +304,9 @@ pub const MAX_FRAME_LEN: u64 = 1 << 30;
 /// A segment header (spec 2.1, `format_version` 3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegHeader {
+    /// 3, or 4 (spec 3.7: a version 4 segment is a version 3 one byte for
+    /// byte).
+    pub format_version: u16,
     pub log_flags: u16,
     pub log_id: [u8; 16],
     pub base_position: u64,
@@ -327,7 +330,8 @@ pub fn parse_segment_header(seg: &[u8], file_base: u64) -> Result<SegHeader, usi
     if &seg[0..8] != b"ANNALSEG" {
         return Err(0);
     }
-    if u16_at(seg, 8) != 3 {
+    let format_version = u16_at(seg, 8);
+    if !(3..=4).contains(&format_version) {
         return Err(8);
     }
     if u32_at(seg, 124) != crc(&seg[..124]) {
@@ -356,6 +360,7 @@ pub fn parse_segment_header(seg: &[u8], file_base: u64) -> Result<SegHeader, usi
         return Err(32);
     }
     Ok(SegHeader {
+        format_version,
         log_flags,
         log_id: seg[16..32].try_into().expect("16"),
         base_position,
@@ -780,7 +785,7 @@ pub fn read_slot(head: &[u8], at: usize) -> Option<ReadSlot> {
     }
     let format_version = u16_at(head, at + 8);
     assert!(
-        (1..=3).contains(&format_version),
+        (1..=4).contains(&format_version),
         "head slot at {at}: format_version {format_version}"
     );
     if u16_at(head, at + 10) != 0 || u32_at(head, at + 12) != 0 || u64_at(head, at + 56) != 0 {
