@@ -21,6 +21,7 @@ use super::chain::check_chain;
 use super::derived::prev_text;
 use super::files::{check_dir_safety, list_segments};
 use super::head::check_head;
+use super::hidden::check_hidden;
 use super::outcome::{IdxState, SegCtx, SegOut};
 use super::report::{CheckOptions, CheckReport, SignatureSummary, finding};
 use super::segment::check_segment;
@@ -123,6 +124,7 @@ pub(super) fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Resu
     };
     check_table(&expect, table_read, &mut report, &mut remove)?;
     check_snapshots(dir, &mut report, &mut remove)?;
+    check_hidden(dir, opts, &mut report);
     Ok(Scan { report, remove })
 }
 
