@@ -63,9 +63,11 @@ fn hidden_by(r: &StreamRules, v: u64, t: u64, last: u64, now: u64) -> Option<Hid
 /// The byte offset of `r`'s payload in the file of its segment, if the
 /// view's bytes of that segment hold it.
 fn payload_offset(view: &LogView, r: &RecordRef<'_>) -> Option<u64> {
-    let seg = view
-        .segments
-        .get(view.segments.partition_point(|s| s.base <= r.position()).checked_sub(1)?)?;
+    let seg = view.segments.get(
+        view.segments
+            .partition_point(|s| s.base <= r.position())
+            .checked_sub(1)?,
+    )?;
     let bytes = seg.bytes().ok()?;
     let start = bytes.as_ptr() as usize;
     let at = r.payload().as_ptr() as usize;

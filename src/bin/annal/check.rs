@@ -256,7 +256,11 @@ fn print_hidden(r: &CheckReport) {
             .enumerate()
             .map(|(k, h)| {
                 let events = if h.events == 1 { "event" } else { "events" };
-                let what = if k == 0 { format!("{events} hidden by") } else { "by".into() };
+                let what = if k == 0 {
+                    format!("{events} hidden by")
+                } else {
+                    "by".into()
+                };
                 format!("{} {what} {}", h.events, h.rule)
             })
             .collect();
