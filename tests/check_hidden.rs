@@ -224,6 +224,10 @@ fn the_cli_prints_a_line_per_stream_and_json_carries_the_field() {
         "{stdout}"
     );
     assert!(stdout.contains("stream a: 3 events hidden by tombstone"), "{stdout}");
+    assert!(
+        stdout.contains("stream b: 3 events hidden by deleted below version 3 (set at position"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("PROBLEM"), "{stdout}");
 
     let out = run(&["check", "--json", p(b.dir.path())]);

@@ -282,7 +282,7 @@ impl fmt::Display for HiddenBy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HiddenBy::Tombstone => write!(f, "tombstone"),
-            HiddenBy::Deleted { truncate_before } => write!(f, "deleted (truncate_before {truncate_before})"),
+            HiddenBy::Deleted { truncate_before } => write!(f, "deleted below version {truncate_before}"),
             HiddenBy::TruncateBefore { version } => write!(f, "truncate_before {version}"),
             HiddenBy::MaxCount { count } => write!(f, "max_count {count}"),
             HiddenBy::MaxAge { nanos } => write!(f, "max_age {:?}", Duration::from_nanos(*nanos)),
