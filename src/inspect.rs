@@ -42,7 +42,9 @@ pub use derived::{
     stream_table, stream_table_rows,
 };
 pub use head::{HeadDump, HeadSlotDump, SlotDump, head};
-pub use segment::{CheckpointDump, FrameDump, RecordDump, SegmentDump, SegmentHeaderDump, segment};
+pub use segment::{
+    CheckpointDump, FrameDump, RecordDump, RulesDump, RulesError, SegmentDump, SegmentHeaderDump, segment,
+};
 
 /// Length of the magic that starts a segment, index, stream table or snapshot.
 const MAGIC_LEN: usize = SEGMENT_MAGIC.len();

@@ -66,7 +66,7 @@ pub mod segment {
 }
 
 pub use audit::chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};
-pub use check::{AnchorVerdict, ChainStatus, SignatureSummary};
+pub use check::{AnchorVerdict, ChainStatus, Hidden, HiddenBy, SignatureSummary};
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};

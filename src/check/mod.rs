@@ -15,6 +15,10 @@
 //! * the stream table: blocks, header and content against the table rebuilt
 //!   from the segments it covers;
 //! * the head file, and every snapshot file (decoded and checked, spec 20.3);
+//! * in logs of format version 4, what stream metadata hides (spec 3.7):
+//!   every hidden event is counted against the rule that hides it, in
+//!   [`CheckReport::hidden`] (not damage); a metadata event whose rules
+//!   record does not decode is a problem;
 //! * the audit chain (spec 21), in logs that carry it: every batch's link is
 //!   recomputed from the chain hash stored before it (in the same parallel
 //!   pass over each segment), every seal against its segment's last batch,
@@ -96,11 +100,12 @@
 //! * `outcome`: what the per-segment pass hands to the sequential one;
 //! * `scan`: one look at the whole log (parallel, then sequential);
 //! * `chain`, `anchors`: the audit chain across segments, and the anchors;
+//! * `hidden`: what stream metadata hides, through a view of the log;
 //! * `repair`: `--repair`.
 //!
 //! Within the folder the dependencies run one way: `report` < `files` <
 //! `derived`, `head`, `snapshots`, `outcome` < `links`, `idx`, `table` <
-//! `segment`, `anchors` < `chain` < `scan` < `repair` < this module.
+//! `segment`, `anchors` < `chain`, `hidden` < `scan` < `repair` < this module.
 
 use std::path::Path;
 use std::time::Instant;
@@ -115,6 +120,7 @@ mod checkpoints;
 mod derived;
 mod files;
 mod head;
+mod hidden;
 mod idx;
 mod links;
 mod outcome;
@@ -126,7 +132,9 @@ mod snapshots;
 mod table;
 
 use files::{list_segments, writer_holds_lock};
-pub use report::{AnchorVerdict, ChainStatus, CheckOptions, CheckReport, Finding, ProgressFn, SignatureSummary};
+pub use report::{
+    AnchorVerdict, ChainStatus, CheckOptions, CheckReport, Finding, Hidden, HiddenBy, ProgressFn, SignatureSummary,
+};
 use scan::scan;
 
 /// Check the log in `dir`; see the module documentation.

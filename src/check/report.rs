@@ -1,6 +1,6 @@
 //! The public face of [`check`]: its options ([`CheckOptions`])
 //! and what it returns ([`CheckReport`], [`Finding`], [`ChainStatus`],
-//! [`AnchorVerdict`], [`SignatureSummary`]), with their `Display` and
+//! [`AnchorVerdict`], [`SignatureSummary`], [`Hidden`]), with their `Display` and
 //! serialisation, and the constructors of findings the other steps share.
 //!
 //! Invariants: a [`Finding`] names one file and one byte offset in it; the
@@ -34,6 +34,7 @@ pub struct CheckOptions {
     pub(super) anchors: Vec<Anchor>,
     pub(super) public_key: Option<PublicKey>,
     pub(super) max_batch_bytes: Option<u64>,
+    pub(super) now: Option<u64>,
 }
 
 impl fmt::Debug for CheckOptions {
@@ -45,6 +46,7 @@ impl fmt::Debug for CheckOptions {
             .field("anchors", &self.anchors)
             .field("public_key", &self.public_key)
             .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("now", &self.now)
             .finish()
     }
 }
@@ -101,6 +103,15 @@ impl CheckOptions {
     /// `max_batch_bytes`) bounds `check`'s memory further.
     pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
         self.max_batch_bytes = Some(bytes);
+        self
+    }
+
+    /// The time (nanoseconds since the Unix epoch) against which `max_age`
+    /// rules of stream metadata are measured in [`CheckReport::hidden`]
+    /// (default: the system clock when the check runs). For tests and for
+    /// asking what a reader at another time would see.
+    pub fn now(mut self, nanos: u64) -> Self {
+        self.now = Some(nanos);
         self
     }
 
@@ -218,6 +229,99 @@ impl fmt::Display for Finding {
     }
 }
 
+/// The rule of a stream's metadata (spec 3.7) that hides events, with its
+/// value: what [`Hidden::rule`] names.
+///
+/// When several rules hide an event, the first in this order names it:
+/// tombstone, deleted, truncate_before, max_count, max_age.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum HiddenBy {
+    /// The stream is hard-deleted (`Log::hard_delete_stream`): every event
+    /// is hidden.
+    Tombstone,
+    /// The stream is soft-deleted (`Log::delete_stream`): the events below
+    /// `truncate_before` are hidden.
+    Deleted {
+        /// The lowest version the deletion leaves visible.
+        truncate_before: u64,
+    },
+    /// `truncate_before`: the events with a lower version are hidden.
+    TruncateBefore {
+        /// The lowest visible version.
+        version: u64,
+    },
+    /// `max_count`: only the newest `count` events are visible.
+    MaxCount {
+        /// How many newest events are visible.
+        count: u64,
+    },
+    /// `max_age`: the events older than this, by the check's clock
+    /// ([`CheckOptions::now`]), are hidden.
+    MaxAge {
+        /// The age, in nanoseconds.
+        nanos: u64,
+    },
+}
+
+impl HiddenBy {
+    /// Its place in the order rules are named in.
+    pub(super) fn rank(&self) -> u8 {
+        match self {
+            HiddenBy::Tombstone => 0,
+            HiddenBy::Deleted { .. } => 1,
+            HiddenBy::TruncateBefore { .. } => 2,
+            HiddenBy::MaxCount { .. } => 3,
+            HiddenBy::MaxAge { .. } => 4,
+        }
+    }
+}
+
+impl fmt::Display for HiddenBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HiddenBy::Tombstone => write!(f, "tombstone"),
+            HiddenBy::Deleted { truncate_before } => write!(f, "deleted below version {truncate_before}"),
+            HiddenBy::TruncateBefore { version } => write!(f, "truncate_before {version}"),
+            HiddenBy::MaxCount { count } => write!(f, "max_count {count}"),
+            HiddenBy::MaxAge { nanos } => write!(f, "max_age {:?}", Duration::from_nanos(*nanos)),
+        }
+    }
+}
+
+/// Events of one stream that one rule of its metadata hides (spec 3.7): they
+/// are in the segments and every read but `check` and `dump` skips them. Not
+/// damage.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hidden {
+    /// The stream.
+    pub stream: String,
+    /// The rule that hides them (the first that does, see [`HiddenBy`]).
+    #[serde(flatten)]
+    pub rule: HiddenBy,
+    /// How many events it hides.
+    pub events: u64,
+    /// The position of the first event it hides.
+    pub first_position: u64,
+    /// The position of the last event it hides.
+    pub last_position: u64,
+    /// The position of the metadata event (the newest of `$meta-<stream>`)
+    /// that set the rule.
+    pub set_at: u64,
+}
+
+impl fmt::Display for Hidden {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} event(s) hidden by {} (positions {} to {}, set at position {})",
+            self.events, self.rule, self.first_position, self.last_position, self.set_at
+        )
+    }
+}
+
 /// What [`check`] found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CheckReport {
@@ -252,6 +356,11 @@ pub struct CheckReport {
     /// When the log holds checkpoints and no public key was given, this says
     /// so (one line, for the CLI to print); `None` otherwise.
     pub signature_note: Option<String>,
+    /// In a log of format version 4: the events that stream metadata hides
+    /// (spec 3.7), one entry per stream and rule, streams in name order. They
+    /// are not damage and are never in [`CheckReport::problems`]; a metadata
+    /// event that does not decode is.
+    pub hidden: Vec<Hidden>,
 }
 
 impl CheckReport {

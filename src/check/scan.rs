@@ -21,12 +21,14 @@ use super::chain::check_chain;
 use super::derived::prev_text;
 use super::files::{check_dir_safety, list_segments};
 use super::head::check_head;
+use super::hidden::check_hidden;
 use super::outcome::{IdxState, SegCtx, SegOut};
 use super::report::{CheckOptions, CheckReport, SignatureSummary, finding};
 use super::segment::check_segment;
 use super::snapshots::check_snapshots;
 use super::table::{TableExpect, check_table, read_table, table_next};
 use crate::error::{Error, Result};
+use crate::format::meta::META_FORMAT_VERSION;
 use crate::format::names::LOCK_FILE;
 use crate::format::names::index_file_name;
 use crate::format::names::segment_file_name;
@@ -123,6 +125,15 @@ pub(super) fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Resu
     };
     check_table(&expect, table_read, &mut report, &mut remove)?;
     check_snapshots(dir, &mut report, &mut remove)?;
+    // Stream metadata has its meaning from format version 4 on (the newest
+    // segment's version is the log's): older logs need no view.
+    if outs
+        .last()
+        .and_then(|o| o.format)
+        .is_some_and(|f| f.version >= META_FORMAT_VERSION)
+    {
+        check_hidden(dir, opts, &mut report);
+    }
     Ok(Scan { report, remove })
 }
 

@@ -8,6 +8,8 @@ use zerocopy::IntoBytes;
 
 use super::{crc, hex, struct_at, u32_at};
 use crate::format::batch::{BodyContext, parse_body};
+use crate::format::meta::{META_EVENT_TYPE, META_FORMAT_VERSION, META_STREAM_PREFIX, StreamRules};
+use crate::format::record::RecordRef;
 use crate::format::record::record_len;
 use crate::format::{
     CHECKPOINT_FRAME_LEN, FRAME_CRC_START, FRAME_FLAG_CHAINED, FRAME_HEADER_LEN, FRAME_HEADER_V3_LEN, FRAME_KIND_BATCH,
@@ -114,7 +116,11 @@ impl FrameDump {
 
     /// How many checksums of this frame do not match: its header, its records, a checkpoint body.
     pub fn problems(&self) -> u64 {
-        let records = self.records.iter().filter(|r| !r.crc_ok).count() as u64;
+        let records = self
+            .records
+            .iter()
+            .map(|r| u64::from(!r.crc_ok) + u64::from(matches!(r.rules, Some(Err(_)))))
+            .sum::<u64>();
         let body = self.checkpoint.as_ref().map_or(0, |c| u64::from(!c.body_crc_ok));
         u64::from(!self.header_crc_ok) + records + body
     }
@@ -150,6 +156,53 @@ pub struct RecordDump {
     /// The event id, and whether it is stored (version 3 does not store a
     /// generated id, spec 9).
     pub event_id: ([u8; 16], bool),
+    /// Format version 4: an event of a metadata stream `$meta-S` (spec
+    /// 3.7), its rules record decoded, or what is wrong with it; `None` for
+    /// every other event.
+    pub rules: Option<Result<RulesDump, RulesError>>,
+}
+
+/// The rules record of a metadata event (spec 3.7), decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RulesDump {
+    /// `DELETED`.
+    pub deleted: bool,
+    /// `TOMBSTONE`.
+    pub tombstone: bool,
+    /// `truncate_before`, with its flag.
+    pub truncate_before: Option<u64>,
+    /// `max_count`, with its flag.
+    pub max_count: Option<u64>,
+    /// `max_age` in nanoseconds, with its flag.
+    pub max_age: Option<u64>,
+}
+
+impl RulesDump {
+    /// The names of the flags set, in bit order.
+    pub fn flag_names(&self) -> Vec<&'static str> {
+        [
+            (self.deleted, "DELETED"),
+            (self.tombstone, "TOMBSTONE"),
+            (self.truncate_before.is_some(), "TRUNCATE_BEFORE"),
+            (self.max_count.is_some(), "MAX_COUNT"),
+            (self.max_age.is_some(), "MAX_AGE"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect()
+    }
+}
+
+/// What is wrong with the rules record of a metadata event (spec 3.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesError {
+    /// The file offset of the byte that fails (the payload's start when the
+    /// event itself is not a metadata event).
+    pub offset: u64,
+    /// That byte's offset within the payload.
+    pub payload_offset: u64,
+    /// What was expected and found.
+    pub detail: String,
 }
 
 /// The body of a signed checkpoint (spec 3.5).
@@ -314,6 +367,7 @@ fn batch_records(file: &[u8], off: usize, end: usize, frame: &mut FrameDump) -> 
             payload_len: p,
             crc_ok: crc(rec, RECORD_CRC_START, rec.len()) == h.crc.get(),
             event_id: (h.event_id, true),
+            rules: None,
         });
         r += rec.len();
     }
@@ -418,6 +472,9 @@ fn frame_at_v3(file: &[u8], off: usize, layout: &Layout) -> (Option<FrameDump>, 
                     payload_len: r.payload().len() as u32,
                     crc_ok: body_crc_ok,
                     event_id: (*r.event_id().as_bytes(), stored),
+                    rules: (layout.version >= META_FORMAT_VERSION
+                        && r.stream_bytes().starts_with(META_STREAM_PREFIX.as_bytes()))
+                    .then(|| rules_of(file, r)),
                 });
             }
             parsed
@@ -436,6 +493,37 @@ fn frame_at_v3(file: &[u8], off: usize, layout: &Layout) -> (Option<FrameDump>, 
         kind => Err(format!("frame at offset {off}: invalid kind {kind}")),
     };
     (Some(frame), next)
+}
+
+/// The rules record of metadata event `r` (spec 3.7), borrowed from `file`.
+fn rules_of(file: &[u8], r: &RecordRef<'_>) -> Result<RulesDump, RulesError> {
+    let payload = r.payload();
+    // The payload borrows from `file`: its start is its offset there.
+    let start = (payload.as_ptr() as usize).wrapping_sub(file.as_ptr() as usize) as u64;
+    if r.event_type_bytes() != META_EVENT_TYPE.as_bytes() || r.schema_version() != 0 || !r.metadata().is_empty() {
+        return Err(RulesError {
+            offset: start,
+            payload_offset: 0,
+            detail: format!(
+                "an event of a metadata stream must be a {META_EVENT_TYPE} event with schema version 0 and no \
+                 metadata (spec 3.7)"
+            ),
+        });
+    }
+    match StreamRules::decode(payload) {
+        Ok(d) => Ok(RulesDump {
+            deleted: d.deleted,
+            tombstone: d.tombstone,
+            truncate_before: d.truncate_before,
+            max_count: d.max_count,
+            max_age: d.max_age,
+        }),
+        Err((at, detail)) => Err(RulesError {
+            offset: start + at as u64,
+            payload_offset: at as u64,
+            detail,
+        }),
+    }
 }
 
 /// Bytes of a version-3 checkpoint frame (spec 3.6).

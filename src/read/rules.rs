@@ -281,3 +281,12 @@ impl LogView {
         Ok((!r.streams.is_empty()).then_some(r))
     }
 }
+
+impl LogView {
+    /// The rules record of metadata event `r` (an event of a `$meta-S`
+    /// stream of this view), or the error a read returns for it: for `check`,
+    /// which reports every metadata event that does not decode.
+    pub(crate) fn metadata_event_rules(&self, r: &RecordRef<'_>) -> Result<StreamRules> {
+        decode(self, r)
+    }
+}

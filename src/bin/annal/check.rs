@@ -165,6 +165,7 @@ fn print_json(r: &CheckReport, unrecovered: Option<&annal::Unrecovered>) {
         "anchors": r.anchors,
         "signatures": r.signatures,
         "signature_note": r.signature_note,
+        "hidden": r.hidden,
         "unrecovered": unrecovered.map(|u| serde_json::json!({
             "segment": u.segment.display().to_string(),
             "offset": u.offset,
@@ -233,11 +234,43 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
         r.elapsed.as_secs_f64(),
         mb_per_sec(r)
     );
+    print_hidden(r);
     let dir = dir.display().to_string();
     let dir = escape_controls(&dir);
     match (r.problems.len(), r.warnings.len()) {
         (0, 0) => println!("{dir}: ok"),
         (0, w) => println!("{dir}: ok, {w} warning(s)"),
         (p, w) => println!("{dir}: {p} problem(s), {w} warning(s)"),
+    }
+}
+
+/// One line per stream with events its metadata hides (spec 3.7): not
+/// damage, what every read but `check` and `dump` skips.
+fn print_hidden(r: &CheckReport) {
+    let mut i = 0;
+    while let Some(first) = r.hidden.get(i) {
+        let same: Vec<_> = r.hidden[i..].iter().take_while(|h| h.stream == first.stream).collect();
+        i += same.len();
+        let rules: Vec<String> = same
+            .iter()
+            .enumerate()
+            .map(|(k, h)| {
+                let events = if h.events == 1 { "event" } else { "events" };
+                let what = if k == 0 {
+                    format!("{events} hidden by")
+                } else {
+                    "by".into()
+                };
+                format!("{} {what} {}", h.events, h.rule)
+            })
+            .collect();
+        let from = same.iter().map(|h| h.first_position).min().unwrap_or_default();
+        let to = same.iter().map(|h| h.last_position).max().unwrap_or_default();
+        println!(
+            "stream {}: {} (set at position {}; positions {from} to {to})",
+            escape_controls(&first.stream),
+            rules.join(", "),
+            first.set_at
+        );
     }
 }

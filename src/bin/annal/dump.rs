@@ -34,8 +34,8 @@ Index files and the stream table exist only once a segment was sealed: a log
 smaller than its segment size (256 MiB by default) has none yet. The examples
 above make one that rolls at 256 bytes (--segment-size of `annal append`).
 
-Exit codes: 0 the file parsed and every checksum matched; 1 a bad checksum or
-an unparseable structure was found; 2 could not run (unreadable or missing
+Exit codes: 0 the file parsed and every checksum matched; 1 a bad checksum, a
+rules record that does not decode or an unparseable structure was found; 2 could not run (unreadable or missing
 file, not an annal file).";
 
 /// Arguments of `annal dump`.
@@ -75,6 +75,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
 
 fn ok(b: bool) -> &'static str {
     if b { "ok" } else { "BAD" }
+}
+
+/// A rule's value, or `-` when its flag is not set.
+fn or_unset(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".to_owned())
 }
 
 fn name(b: &[u8]) -> String {
@@ -182,6 +187,29 @@ fn print_frame(f: &FrameDump, t: &mut Text) {
             uuid::Uuid::from_bytes(r.event_id.0),
             if r.event_id.1 { "" } else { " (generated, not stored)" }
         ));
+        match &r.rules {
+            None => {}
+            Some(Ok(rules)) => t.line(format!(
+                "    rules flags={} truncate_before={} max_count={} max_age={}",
+                match rules.flag_names().join("|") {
+                    f if f.is_empty() => "none".to_owned(),
+                    f => f,
+                },
+                or_unset(rules.truncate_before.map(|v| v.to_string())),
+                or_unset(rules.max_count.map(|v| v.to_string())),
+                or_unset(
+                    rules
+                        .max_age
+                        .map(|n| format!("{:?}", std::time::Duration::from_nanos(n)))
+                ),
+            )),
+            Some(Err(e)) => t.line(format!(
+                "    rules BAD at byte {} (payload byte {}): {}",
+                e.offset,
+                e.payload_offset,
+                crate::jsonfmt::escape_controls(&e.detail)
+            )),
+        }
     }
     if let Some(c) = &f.checkpoint {
         t.line(format!(
