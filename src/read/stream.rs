@@ -89,6 +89,16 @@ impl LogView {
         if window().all(|s| s.index.is_open()) {
             return false;
         }
+        self.prefetch_lookups(name);
+        for s in window() {
+            s.index.prefetch_file(None);
+        }
+        true
+    }
+
+    /// Ask the kernel for the rows where `name` should be in the stream
+    /// table and in the active segment's index checkpoints (hints).
+    fn prefetch_lookups(&self, name: &str) {
         if let Some(t) = &self.table {
             t.prefetch_lookup(name);
         }
@@ -97,10 +107,6 @@ impl LogView {
         {
             idx.prefetch_stream_row(name);
         }
-        for s in window() {
-            s.index.prefetch_file(None);
-        }
-        true
     }
 
     /// The newest segment holding `name`.
@@ -212,8 +218,8 @@ impl LogView {
         if !self.has_rules() || is_system_stream(stream) {
             return self.stream_reader(stream, from_version, dir, max_count, cold, None);
         }
-        if cold && let Some(t) = &self.table {
-            t.prefetch_lookup(&meta_stream(stream));
+        if cold {
+            self.prefetch_lookups(&meta_stream(stream));
         }
         match self.visible(stream) {
             Ok(None) => self.stream_reader(stream, from_version, dir, max_count, cold, None),

@@ -187,7 +187,8 @@ impl Log {
     /// let log = Log::open(dir.path(), Options::default())?;
     /// log.append("cart-1", ExpectedVersion::NoStream, &[EventData::new("Added", b"{}".as_slice())])?;
     /// log.delete_stream("cart-1", ExpectedVersion::Exact(0))?;
-    /// let first = log.view()?.read_stream("cart-1", 0, Direction::Forward, 10).next();
+    /// let view = log.view()?;
+    /// let first = view.read_stream("cart-1", 0, Direction::Forward, 10).next();
     /// assert!(matches!(first, Some(Err(Error::StreamDeleted { tombstoned: false, .. }))));
     /// // A new life, at the next version:
     /// let r = log.append("cart-1", ExpectedVersion::NoStream, &[EventData::new("Added", b"{}".as_slice())])?;
