@@ -21,7 +21,7 @@ use crate::format::Layout;
 use crate::format::names::index_file_name;
 use crate::index::streamtable::StreamTable;
 use crate::index::{Index, IndexCell, NO_ROW, StreamInfo};
-use crate::read::rules::RulesCell;
+use crate::read::visibility::RulesCell;
 use crate::storage::mmap::Mapping;
 
 /// A clock: nanoseconds since the Unix epoch.

@@ -13,7 +13,8 @@
 //! `active` (its validation of the active segment), `budget` (how many
 //! segments stay mapped), `query` (index-served reads: categories, types,
 //! backward, by time), `stream` (one stream's reads), `hits` (the index-hit
-//! checks they share), `rules` (what stream metadata hides, spec 3.7),
+//! checks they share), `rules` (what stream metadata hides, spec 3.7, read
+//! from a view) and `visibility` (the same as values a view can hold),
 //! `subscription`, `anchor`; `view` re-exports what
 //! other layers use, so that `crate::read::view::X` stays their one path.
 
@@ -27,6 +28,7 @@ mod reader;
 mod replay;
 pub(crate) mod rules;
 mod sealed;
+mod visibility;
 #[cfg(feature = "fuzzing")]
 pub(crate) use sealed::READER_PREADS;
 mod stream;

@@ -9,15 +9,16 @@
 //! of format versions 1 to 3 nothing is hidden and `$` names are ordinary.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result, corrupt};
+use crate::error::{Result, corrupt};
 use crate::format::meta::{
     META_CATEGORY, META_EVENT_TYPE, META_FORMAT_VERSION, StreamRules, is_system_stream, meta_stream, meta_target,
 };
 use crate::format::record::RecordRef;
 use crate::read::logview::LogView;
+pub(crate) use crate::read::visibility::{Hide, ViewRules, Visible};
 use crate::types::Direction;
 
 /// A stream's metadata (spec 3.7): what [`LogView::stream_metadata`]
@@ -81,79 +82,11 @@ impl StreamMetadata {
 }
 
 /// The rules of one stream in one view, resolved against the view.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Visible {
-    pub rules: StreamRules,
-    /// The stream's newest version in the view (whatever is hidden).
-    pub last: Option<u64>,
-    /// Lowest visible version (`u64::MAX`: none).
-    pub min_version: u64,
-    /// Oldest visible timestamp.
-    pub min_timestamp: u64,
-}
-
-impl Visible {
-    fn new(view: &LogView, stream: &str, rules: StreamRules) -> Result<Visible> {
-        let last = view.raw_stream_version(stream)?;
-        Ok(Visible {
-            rules,
-            last,
-            min_version: rules.min_version(last),
-            min_timestamp: if rules.max_age.is_some() {
-                rules.min_timestamp(view.now())
-            } else {
-                0
-            },
-        })
-    }
-
-    /// Whether an event of the stream with version `v` and timestamp `t` is visible.
-    pub fn shows(&self, v: u64, t: u64) -> bool {
-        v >= self.min_version && t >= self.min_timestamp
-    }
-
-    /// [`Error::StreamDeleted`] if the stream reads as deleted.
-    pub fn deleted(&self, stream: &str) -> Option<Error> {
-        self.rules.reads_as_deleted(self.last).then(|| Error::StreamDeleted {
-            stream: stream.to_owned(),
-            tombstoned: self.rules.tombstone,
-        })
-    }
-}
-
-/// Every stream of a view that has rules, found from the `$meta` category.
-#[derive(Debug, Default)]
-pub(crate) struct ViewRules {
-    streams: HashMap<Box<str>, Visible>,
-}
-
-/// A view's rules, computed on first use and shared by its clones.
-pub(crate) type RulesCell = Arc<OnceLock<Arc<ViewRules>>>;
-
-/// What a read of the whole log, a category or an event type hides in a
-/// log with metadata: events of system streams (unless the read names them)
-/// and what each stream's rules hide.
-#[derive(Debug, Clone)]
-pub(crate) struct Hide {
-    rules: Option<Arc<ViewRules>>,
-    system: bool,
-}
-
-impl Hide {
-    /// Whether record `r` is hidden.
-    #[inline]
-    pub fn hides(&self, r: &RecordRef<'_>) -> bool {
-        if r.stream_bytes().first() == Some(&b'$') {
-            return !self.system;
-        }
-        match &self.rules {
-            None => false,
-            Some(m) => m
-                .streams
-                .get(r.stream())
-                .is_some_and(|v| !v.shows(r.stream_version(), r.timestamp())),
-        }
-    }
+/// What `rules` leave visible of `stream` in `view`.
+fn resolve(view: &LogView, stream: &str, rules: StreamRules) -> Result<Visible> {
+    let last = view.raw_stream_version(stream)?;
+    let now = if rules.max_age.is_some() { view.now() } else { 0 };
+    Ok(Visible::new(rules, last, now))
 }
 
 /// Decode the rules record of metadata event `r`, or an error naming the
@@ -218,7 +151,7 @@ impl LogView {
     /// What the rules of `stream` leave visible in this view (`None`: all).
     pub(crate) fn visible(&self, stream: &str) -> Result<Option<Visible>> {
         match self.stream_rules(stream)? {
-            Some(rules) => Visible::new(self, stream, rules).map(Some),
+            Some(rules) => resolve(self, stream, rules).map(Some),
             None => Ok(None),
         }
     }
@@ -254,10 +187,7 @@ impl LogView {
         if !self.has_rules() {
             return Ok(None);
         }
-        Ok(Some(Hide {
-            rules: self.rules()?,
-            system,
-        }))
+        Ok(Some(Hide::new(self.rules()?, system)))
     }
 
     /// The rules of every stream of the view that has some (`None` in a log
@@ -267,18 +197,18 @@ impl LogView {
             return Ok(None);
         }
         if let Some(r) = self.rules.get() {
-            return Ok((!r.streams.is_empty()).then(|| r.clone()));
+            return Ok((!r.is_empty()).then(|| r.clone()));
         }
         let newest = self.all_stream_rules()?;
         let mut streams = HashMap::with_capacity(newest.len());
         for (s, rules) in newest {
-            let v = Visible::new(self, &s, rules)?;
+            let v = resolve(self, &s, rules)?;
             streams.insert(s, v);
         }
-        let built = Arc::new(ViewRules { streams });
+        let built = Arc::new(ViewRules::new(streams));
         let _ = self.rules.set(built);
         let r = self.rules.get().cloned().unwrap_or_default();
-        Ok((!r.streams.is_empty()).then_some(r))
+        Ok((!r.is_empty()).then_some(r))
     }
 }
 

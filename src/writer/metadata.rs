@@ -12,7 +12,6 @@
 //! the tombstone refuses. The writer's copy is loaded from the log on first
 //! need and kept up to date by the metadata appends it queues.
 
-use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use crate::error::{Error, Result};
@@ -21,13 +20,9 @@ use crate::format::record::EventData;
 use crate::read::rules::StreamMetadata;
 
 use super::results::{AppendResult, ExpectedVersion};
-use super::state::Inner;
+use super::state::{Inner, Rules};
 use super::{Durability, Log};
 
-/// The rules of every stream that has metadata (`None`: not loaded yet).
-pub(super) type RulesMap = RwLock<Option<Rules>>;
-/// Stream name → its rules.
-pub(super) type Rules = HashMap<Box<str>, StreamRules>;
 /// The rules, read-locked.
 pub(super) type RulesGuard<'a> = RwLockReadGuard<'a, Option<Rules>>;
 

@@ -83,8 +83,14 @@ pub(super) struct Inner {
     /// asked for (the commit leader's; reset by a roll).
     pub(super) checkpoint_mark: AtomicU64,
     /// Every stream's rules (spec 3.7), loaded on first need.
-    pub(super) rules: super::metadata::RulesMap,
+    pub(super) rules: RulesMap,
 }
+
+/// The rules of every stream that has metadata (spec 3.7; `None`: not
+/// loaded yet): see `metadata`.
+pub(super) type RulesMap = std::sync::RwLock<Option<Rules>>;
+/// Stream name → its rules.
+pub(super) type Rules = std::collections::HashMap<Box<str>, crate::format::meta::StreamRules>;
 
 /// The index checkpoint files of the active segment on disk.
 #[derive(Debug, Default)]
