@@ -396,12 +396,9 @@ impl<'a> Iterator for ReadNamed<'a> {
         }
         loop {
             let step = self.step();
-            if let (Some(h), Ok(Some(r))) = (&self.hide, &step)
-                && h.hides(r)
-            {
-                continue;
+            if !Hide::skips(&self.hide, &step) {
+                return fused(&mut self.done, step);
             }
-            return fused(&mut self.done, step);
         }
     }
 }
@@ -494,12 +491,9 @@ impl<'a> Iterator for ReadAllBackward<'a> {
         }
         loop {
             let step = self.step();
-            if let (Some(h), Ok(Some(r))) = (&self.hide, &step)
-                && h.hides(r)
-            {
-                continue;
+            if !Hide::skips(&self.hide, &step) {
+                return fused(&mut self.done, step);
             }
-            return fused(&mut self.done, step);
         }
     }
 }

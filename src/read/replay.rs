@@ -342,8 +342,8 @@ impl<'a> Iterator for ReadAll<'a> {
                 Some(r) => r,
                 None => self.next_frame(),
             };
-            if let (Some(h), Some(Ok(rec))) = (&self.hide, &r)
-                && h.hides(rec)
+            if let Some(step) = &r
+                && Hide::skips(&self.hide, &step.as_ref().map(|r| Some(*r)))
             {
                 continue;
             }

@@ -87,6 +87,13 @@ impl Hide {
         Hide { rules, system }
     }
 
+    /// Whether `step` of an iterator is a record that `hide` hides (to be
+    /// skipped).
+    #[inline]
+    pub fn skips<T>(hide: &Option<Hide>, step: &Result<Option<RecordRef<'_>>, T>) -> bool {
+        matches!((hide, step), (Some(h), Ok(Some(r))) if h.hides(r))
+    }
+
     /// Whether record `r` is hidden.
     #[inline]
     pub fn hides(&self, r: &RecordRef<'_>) -> bool {
