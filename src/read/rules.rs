@@ -83,8 +83,17 @@ impl StreamMetadata {
 
 /// The rules of one stream in one view, resolved against the view.
 /// What `rules` leave visible of `stream` in `view`.
-fn resolve(view: &LogView, stream: &str, rules: StreamRules) -> Result<Visible> {
-    let last = view.raw_stream_version(stream)?;
+/// `whole`: the stream's newest version is looked up even if only a
+/// deletion needs it (a read of the stream says whether it reads as
+/// deleted; a read of many streams only hides, and needs the newest version
+/// for `max_count` alone: one lookup per stream with that rule, not per
+/// stream with rules).
+fn resolve(view: &LogView, stream: &str, rules: StreamRules, whole: bool) -> Result<Visible> {
+    let last = if rules.max_count.is_some() || (whole && rules.deleted) {
+        view.raw_stream_version(stream)?
+    } else {
+        None
+    };
     let now = if rules.max_age.is_some() { view.now() } else { 0 };
     Ok(Visible::new(rules, last, now))
 }
@@ -151,7 +160,7 @@ impl LogView {
     /// What the rules of `stream` leave visible in this view (`None`: all).
     pub(crate) fn visible(&self, stream: &str) -> Result<Option<Visible>> {
         match self.stream_rules(stream)? {
-            Some(rules) => resolve(self, stream, rules).map(Some),
+            Some(rules) => resolve(self, stream, rules, true).map(Some),
             None => Ok(None),
         }
     }
@@ -202,7 +211,7 @@ impl LogView {
         let newest = self.all_stream_rules()?;
         let mut streams = HashMap::with_capacity(newest.len());
         for (s, rules) in newest {
-            let v = resolve(self, &s, rules)?;
+            let v = resolve(self, &s, rules, false)?;
             streams.insert(s, v);
         }
         let built = Arc::new(ViewRules::new(streams));

@@ -14,7 +14,9 @@ use crate::format::record::RecordRef;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Visible {
     pub rules: StreamRules,
-    /// The stream's newest version in the view (whatever is hidden).
+    /// The stream's newest version in the view (whatever is hidden), when
+    /// the rules need it (`max_count`, or a deletion read by a stream read);
+    /// `None` otherwise.
     pub last: Option<u64>,
     /// Lowest visible version (`u64::MAX`: none).
     pub min_version: u64,
