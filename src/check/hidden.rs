@@ -22,15 +22,6 @@ use crate::format::record::RecordRef;
 use crate::read::view::{LogView, Reader};
 use crate::types::Direction;
 
-/// The check's clock: nanoseconds since the epoch.
-fn now(opts: &CheckOptions) -> u64 {
-    opts.now.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-    })
-}
-
 /// The rule that hides an event of version `v` and timestamp `t` of a stream
 /// whose newest version is `last`, the first in the order of the spec's
 /// list; `None`: visible.
@@ -97,19 +88,19 @@ fn bad_metadata(view: &LogView, r: &RecordRef<'_>, e: Error, report: &mut CheckR
 /// Add to `report` what the rules of every stream hide (and a problem for
 /// each metadata event that does not decode).
 pub(super) fn check_hidden(dir: &Path, opts: &CheckOptions, report: &mut CheckReport) {
+    // Damage the scan found already stops the view: nothing to add then.
+    let not_evaluated = |report: &mut CheckReport, e: Error| {
+        if report.problems.is_empty() {
+            report.warnings.push(finding(
+                dir,
+                0,
+                format!("what stream metadata hides was not evaluated: {e}"),
+            ));
+        }
+    };
     let view = match Reader::open(dir).and_then(|mut r| r.view()) {
         Ok(v) => v,
-        Err(e) => {
-            // Damage the scan found already stops the view: nothing to add.
-            if report.problems.is_empty() {
-                report.warnings.push(finding(
-                    dir,
-                    0,
-                    format!("what stream metadata hides was not evaluated: {e}"),
-                ));
-            }
-            return;
-        }
+        Err(e) => return not_evaluated(report, e),
     };
     if !view.has_rules() {
         return;
@@ -120,16 +111,7 @@ pub(super) fn check_hidden(dir: &Path, opts: &CheckOptions, report: &mut CheckRe
     for r in view.read_named_raw(META_CATEGORY) {
         let r = match r {
             Ok(r) => r,
-            Err(e) => {
-                if report.problems.is_empty() {
-                    report.warnings.push(finding(
-                        dir,
-                        0,
-                        format!("what stream metadata hides was not evaluated: {e}"),
-                    ));
-                }
-                return;
-            }
+            Err(e) => return not_evaluated(report, e),
         };
         let Some(target) = meta_target(r.stream()) else {
             continue;
@@ -143,7 +125,8 @@ pub(super) fn check_hidden(dir: &Path, opts: &CheckOptions, report: &mut CheckRe
         };
         newest.insert(target.into(), rules);
     }
-    let now = now(opts);
+    // The check's clock ([`CheckOptions::now`], else the system's).
+    let now = opts.now.unwrap_or_else(|| view.now());
     let mut streams: Vec<(Box<str>, StreamRules, u64)> = newest
         .into_iter()
         .filter(|(s, _)| !is_system_stream(s))

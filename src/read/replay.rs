@@ -342,8 +342,10 @@ impl<'a> Iterator for ReadAll<'a> {
                 Some(r) => r,
                 None => self.next_frame(),
             };
-            if let Some(step) = &r
-                && Hide::skips(&self.hide, &step.as_ref().map(|r| Some(*r)))
+            // (Without metadata, one test of `hide` per record, nothing copied.)
+            if let Some(h) = &self.hide
+                && let Some(Ok(rec)) = &r
+                && h.hides(rec)
             {
                 continue;
             }

@@ -57,12 +57,16 @@ impl Visible {
 /// Every stream of a view that has rules, found from the `$meta` category.
 #[derive(Debug, Default)]
 pub(crate) struct ViewRules {
-    streams: HashMap<Box<str>, Visible>,
+    /// By the stream name's bytes: a record's are looked up as stored, not
+    /// converted to a `str` per record.
+    streams: HashMap<Box<[u8]>, Visible>,
 }
 
 impl ViewRules {
     pub fn new(streams: HashMap<Box<str>, Visible>) -> ViewRules {
-        ViewRules { streams }
+        ViewRules {
+            streams: streams.into_iter().map(|(s, v)| (s.into_boxed_bytes(), v)).collect(),
+        }
     }
 
     /// No stream has rules.
@@ -106,7 +110,7 @@ impl Hide {
             None => false,
             Some(m) => m
                 .streams
-                .get(r.stream())
+                .get(r.stream_bytes())
                 .is_some_and(|v| !v.shows(r.stream_version(), r.timestamp())),
         }
     }

@@ -100,9 +100,10 @@ impl Inner {
             )));
         }
         let meta = meta_stream(stream);
-        let _loaded = self.rules()?;
-        drop(_loaded);
         let mut rules = write(&self.rules);
+        if rules.is_none() {
+            *rules = Some(self.view()?.all_stream_rules()?);
+        }
         let old = rules.as_ref().and_then(|m| m.get(stream)).copied().unwrap_or_default();
         if old.tombstone {
             return Err(Error::StreamDeleted {
