@@ -86,7 +86,9 @@ pub use read::rules::StreamMetadata;
 pub use read::subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, SubscriptionFilter};
 #[doc(hidden)]
 pub use read::view::set_default_max_mapped_segments;
-pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered};
+pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered, Unsealed};
+pub use audit::subjects::MasterKey;
+pub use format::sealed::KeyId;
 pub use types::{Direction, ExpectedVersion};
 pub use uuid::Uuid;
 pub use writer::{AppendResult, Clock, Durability, Log, Options, Recovery, Truncation};

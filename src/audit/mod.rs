@@ -9,4 +9,5 @@
 
 pub(crate) mod chain;
 pub(crate) mod chaining;
+pub(crate) mod keyring;
 pub(crate) mod subjects;

@@ -118,10 +118,7 @@ impl Drop for DataKey {
     }
 }
 
-/// The id of a data key: 1, 2, 3, ... in the order keys were created, never
-/// reused (spec 22.3). Events name their key by it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub u64);
+pub use crate::format::sealed::KeyId;
 
 /// What the key file says of a key id.
 #[derive(Debug)]
@@ -181,24 +178,24 @@ pub(crate) fn new_nonce() -> Result<Nonce> {
 /// golden vectors) a fixed seed, so that the file's bytes are deterministic.
 enum Random {
     Os,
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     Fixed {
         seed: u64,
-        counter: u64,
+        counter: std::sync::atomic::AtomicU64,
     },
 }
 
 impl Random {
-    fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+    fn fill(&self, buf: &mut [u8]) -> Result<()> {
         match self {
             Random::Os => getrandom::fill(buf)
                 .map_err(|e| Error::InvalidArgument(format!("the operating system gave no random bytes: {e}"))),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Random::Fixed { seed, counter } => {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut h = blake3::Hasher::new();
-                h.update(&seed.to_le_bytes()).update(&counter.to_le_bytes());
+                h.update(&seed.to_le_bytes()).update(&n.to_le_bytes());
                 h.finalize_xof().fill(buf);
-                *counter += 1;
                 Ok(())
             }
         }
@@ -426,7 +423,7 @@ impl SubjectKeys {
                 let key = DataKey(k);
                 k.zeroize();
                 let wrapped = match &self.master {
-                    Some(m) => Some(wrap(&mut self.random, m, &self.log_id, id, &key)?),
+                    Some(m) => Some(wrap(&self.random, m, &self.log_id, id, &key)?),
                     None => None,
                 };
                 fresh.push((s.to_owned(), key, wrapped));
@@ -451,7 +448,7 @@ impl SubjectKeys {
         match self.file.as_mut() {
             None => {
                 let check = match &self.master {
-                    Some(m) => Some(check_for(&mut self.random, m, &self.log_id)?),
+                    Some(m) => Some(check_for(&self.random, m, &self.log_id)?),
                     None => None,
                 };
                 let bytes = Zeroizing::new(encode_file(self.log_id, 1, check, bodies));
@@ -670,6 +667,30 @@ impl SubjectKeys {
         Ok(())
     }
 
+    /// Fresh nonces for `n` encryptions, from one call to the generator.
+    pub(crate) fn nonces(&self, n: usize) -> Result<Vec<Nonce>> {
+        let mut bytes = Zeroizing::new(vec![0u8; n * NONCE_LEN]);
+        self.random.fill(&mut bytes)?;
+        Ok(bytes
+            .chunks_exact(NONCE_LEN)
+            .map(|c| {
+                let mut a = [0u8; NONCE_LEN];
+                a.copy_from_slice(c);
+                a
+            })
+            .collect())
+    }
+
+    /// Fresh keys and nonces from `seed` from now on (tests and golden
+    /// vectors: deterministic bytes).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn use_fixed_random(&mut self, seed: u64) {
+        self.random = Random::Fixed {
+            seed,
+            counter: std::sync::atomic::AtomicU64::new(0),
+        };
+    }
+
     /// A writer whose fresh keys and nonces come from `seed` (tests and
     /// golden vectors: deterministic bytes).
     #[cfg(test)]
@@ -681,13 +702,13 @@ impl SubjectKeys {
         seed: u64,
     ) -> Result<SubjectKeys> {
         let mut k = SubjectKeys::open(io, dir, log_id, master)?;
-        k.random = Random::Fixed { seed, counter: 0 };
+        k.use_fixed_random(seed);
         Ok(k)
     }
 }
 
 /// `key` wrapped by the master key: nonce, ciphertext, tag (spec 22.3).
-fn wrap(random: &mut Random, master: &MasterKey, log_id: &[u8; 16], id: u64, key: &DataKey) -> Result<[u8; 72]> {
+fn wrap(random: &Random, master: &MasterKey, log_id: &[u8; 16], id: u64, key: &DataKey) -> Result<[u8; 72]> {
     let mut nonce = [0u8; NONCE_LEN];
     random.fill(&mut nonce)?;
     let sealed = Zeroizing::new(
@@ -713,7 +734,7 @@ fn wrap(random: &mut Random, master: &MasterKey, log_id: &[u8; 16], id: u64, key
 
 /// A fresh master-key check: a nonce and the tag of the empty message
 /// (spec 22.2).
-fn check_for(random: &mut Random, master: &MasterKey, log_id: &[u8; 16]) -> Result<(Nonce, [u8; TAG_LEN])> {
+fn check_for(random: &Random, master: &MasterKey, log_id: &[u8; 16]) -> Result<(Nonce, [u8; TAG_LEN])> {
     let mut nonce = [0u8; NONCE_LEN];
     random.fill(&mut nonce)?;
     let tag = master

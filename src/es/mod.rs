@@ -1,11 +1,13 @@
 //! Event sourcing on top of the log: typed events (serde + postcard, with
 //! upcasting), aggregates with optimistic concurrency and snapshots,
-//! snapshot files, and projections (sequential and parallel rebuilds).
+//! snapshot files, projections (sequential and parallel rebuilds), and
+//! erasing subjects (`erasure`: the key, then what snapshots hold).
 //!
 //! This layer uses the log through its public API ([`crate::Log`],
 //! [`crate::LogView`]) plus the parallel-rebuild hooks of the read layer.
 
 pub(crate) mod aggregate;
+mod erasure;
 pub(crate) mod projection;
 pub(crate) mod snapshot;
 pub mod typed;

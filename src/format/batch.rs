@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::format::damage::Damage;
 use crate::format::record::{EventData, RecordRef};
+use crate::format::sealed::{NONCE_LEN, Seal, SealState, TAG_LEN};
 
 /// Record flag: a 16-byte event id follows (otherwise the id is the
 /// generated one of [`generated_id`]).
@@ -26,6 +27,12 @@ pub const RECORD_FLAG_TYPE: u8 = 4;
 pub const RECORD_FLAG_METADATA: u8 = 8;
 /// Every record flag of version 3.
 pub const RECORD_FLAGS_V3: u8 = RECORD_FLAG_ID | RECORD_FLAG_SCHEMA | RECORD_FLAG_TYPE | RECORD_FLAG_METADATA;
+/// Record flag (version 4): the record is sealed for a subject (spec 3.8):
+/// its key id and nonce follow the type, its payload is the ciphertext of
+/// the metadata and payload, and it has no metadata of its own.
+pub const RECORD_FLAG_SUBJECT: u8 = 16;
+/// Every record flag of version 4.
+pub const RECORD_FLAGS_V4: u8 = RECORD_FLAGS_V3 | RECORD_FLAG_SUBJECT;
 
 /// The 17 ASCII bytes that start the input of the generated-id seed.
 const ID_SEED_CONTEXT: &[u8; 17] = b"annal event id v3";
@@ -141,6 +148,9 @@ fn record_len(ev: &EventData<'_>, prev: Option<&str>) -> usize {
     if prev != Some(&*ev.event_type) {
         n += varint_len(ev.event_type.len() as u64) + ev.event_type.len();
     }
+    if let Some(s) = &ev.sealed {
+        n += varint_len(s.key) + NONCE_LEN;
+    }
     if !ev.metadata.is_empty() {
         n += varint_len(ev.metadata.len() as u64) + ev.metadata.len();
     }
@@ -178,6 +188,9 @@ pub(crate) fn encode_body(
         if !ev.metadata.is_empty() {
             flags |= RECORD_FLAG_METADATA;
         }
+        if ev.sealed.is_some() {
+            flags |= RECORD_FLAG_SUBJECT;
+        }
         out.push(flags);
         if let Some(id) = ev.id {
             out.extend_from_slice(id.as_bytes());
@@ -188,6 +201,10 @@ pub(crate) fn encode_body(
         if flags & RECORD_FLAG_TYPE != 0 {
             put_varint(out, ev.event_type.len() as u64);
             out.extend_from_slice(ev.event_type.as_bytes());
+        }
+        if let Some(s) = &ev.sealed {
+            put_varint(out, s.key);
+            out.extend_from_slice(&s.nonce);
         }
         if !ev.metadata.is_empty() {
             put_varint(out, ev.metadata.len() as u64);
@@ -215,6 +232,8 @@ pub(crate) struct BodyContext {
     /// it (for the padding rule).
     pub at: u64,
     pub header_len: usize,
+    /// Records may be sealed for a subject (format version 4).
+    pub sealed: bool,
 }
 
 /// The batch-wide fields of a parsed body.
@@ -319,10 +338,18 @@ pub(crate) fn parse_body<'a>(
                 format!("expected record {i} of {}, found the end of the frame", cx.count),
             ));
         };
-        if flags & !RECORD_FLAGS_V3 != 0 {
+        let allowed = if cx.sealed { RECORD_FLAGS_V4 } else { RECORD_FLAGS_V3 };
+        if flags & !allowed != 0 {
+            let v = if cx.sealed { 4 } else { 3 };
             return Err(Damage::corrupt(
                 rec_at,
-                format!("expected record flags of format v3, found {flags:#04x}"),
+                format!("expected record flags of format v{v} (at most {allowed:#04x}), found {flags:#04x}"),
+            ));
+        }
+        if flags & RECORD_FLAG_SUBJECT != 0 && flags & RECORD_FLAG_METADATA != 0 {
+            return Err(Damage::corrupt(
+                rec_at,
+                "expected a sealed record (flag SUBJECT) without metadata of its own (its metadata is sealed)",
             ));
         }
         if i == 0 && flags & RECORD_FLAG_TYPE == 0 {
@@ -379,6 +406,25 @@ pub(crate) fn parse_body<'a>(
             }
             event_type = t;
         }
+        let seal = if flags & RECORD_FLAG_SUBJECT != 0 {
+            let at = b.at;
+            let key = b.varint("key_id")?;
+            if key == 0 {
+                return Err(Damage::corrupt(at, "expected a key id of at least 1, found 0"));
+            }
+            let nonce_at = b.at;
+            let nonce = b.take(NONCE_LEN as u64, "the nonce", nonce_at)?;
+            let Ok(nonce) = <&[u8; NONCE_LEN]>::try_from(nonce) else {
+                return Err(past_frame(nonce_at, "the nonce", NONCE_LEN as u64, nonce.len()));
+            };
+            Some(Seal {
+                key,
+                nonce,
+                state: SealState::Sealed,
+            })
+        } else {
+            None
+        };
         let metadata: &[u8] = if flags & RECORD_FLAG_METADATA != 0 {
             let at = b.at;
             let len = b.varint("metadata_len")?;
@@ -401,6 +447,12 @@ pub(crate) fn parse_body<'a>(
             ));
         }
         let payload = b.take(len, "the payload", at)?;
+        if seal.is_some() && len <= TAG_LEN as u64 {
+            return Err(Damage::corrupt(
+                at,
+                format!("expected a sealed payload of more than {TAG_LEN} bytes (the tag and the sealed plaintext), found {len}"),
+            ));
+        }
         let rec = RecordRef::from_parts(
             position,
             first_version + i,
@@ -411,7 +463,8 @@ pub(crate) fn parse_body<'a>(
             event_type,
             metadata,
             payload,
-        );
+        )
+        .with_seal(seal);
         each((rec_at - cx.at) as usize + cx.header_len, rec);
     }
     // Zero padding to a multiple of 8, and nothing more.
@@ -562,6 +615,17 @@ impl<'a> Iterator for BodyRecords<'a> {
         if flags & RECORD_FLAG_TYPE != 0 {
             self.event_type = self.sized()?;
         }
+        let seal = if flags & RECORD_FLAG_SUBJECT != 0 {
+            let key = self.varint()?;
+            let nonce = self.take(NONCE_LEN)?.try_into().ok()?;
+            Some(Seal {
+                key,
+                nonce,
+                state: SealState::Sealed,
+            })
+        } else {
+            None
+        };
         let metadata = if flags & RECORD_FLAG_METADATA != 0 {
             self.sized()?
         } else {
@@ -578,7 +642,8 @@ impl<'a> Iterator for BodyRecords<'a> {
             self.event_type,
             metadata,
             payload,
-        );
+        )
+        .with_seal(seal);
         self.position = self.position.wrapping_add(1);
         self.version = self.version.wrapping_add(1);
         self.left -= 1;
@@ -669,6 +734,7 @@ mod tests {
             id_seed: 3,
             at: 1_000,
             header_len,
+            sealed: true,
         }
     }
 

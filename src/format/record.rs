@@ -12,13 +12,19 @@ use uuid::Uuid;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::format::sealed::{KeyId, Seal, SealState, SealedWith};
 use crate::format::{
     RECORD_CRC_OFFSET, RECORD_CRC_START, RECORD_FLAGS_OFFSET, RECORD_HEADER_LEN, RECORD_STREAM_LEN_OFFSET,
     RecordHeader, align_up,
 };
 
-/// One event to append: its type, payload and metadata, an optional id and the
-/// payload's schema version.
+/// One event to append: its type, payload and metadata, an optional id, the
+/// payload's schema version, and the subject it names, if any.
+///
+/// An event that names a subject ([`EventData::with_subject`]) is stored
+/// sealed: its payload and metadata encrypted with the subject's key, so
+/// that [`Log::erase_subject`](crate::Log::erase_subject) can erase them
+/// later (spec 3.8, 22).
 ///
 /// ```
 /// use annal::EventData;
@@ -39,6 +45,12 @@ pub struct EventData<'a> {
     pub id: Option<Uuid>,
     /// Schema version of the payload, for upcasting.
     pub schema_version: u32,
+    /// The subject (a person) whose data the event holds: payload and
+    /// metadata are then stored encrypted with the subject's key, and erased
+    /// with it. 1 to 1024 bytes of UTF-8; format version 4.
+    pub subject: Option<Cow<'a, str>>,
+    /// Set by the writer on the sealed copy of an event it encodes.
+    pub(crate) sealed: Option<SealedWith>,
 }
 
 impl<'a> EventData<'a> {
@@ -51,6 +63,8 @@ impl<'a> EventData<'a> {
             metadata: Cow::Borrowed(&[]),
             id: None,
             schema_version: 0,
+            subject: None,
+            sealed: None,
         }
     }
 
@@ -70,6 +84,36 @@ impl<'a> EventData<'a> {
     pub fn with_schema_version(mut self, v: u32) -> Self {
         self.schema_version = v;
         self
+    }
+
+    /// Name the subject (a person) whose personal data the event holds: its
+    /// payload and metadata are stored encrypted with the subject's key and
+    /// read as erased once the subject is erased. Several events and streams
+    /// may name one subject.
+    ///
+    /// ```
+    /// use annal::EventData;
+    /// let e = EventData::new("EmailChanged", br#"{"email":"ann@example.com"}"#.as_slice())
+    ///     .with_subject("customer-42");
+    /// assert_eq!(e.subject.as_deref(), Some("customer-42"));
+    /// ```
+    pub fn with_subject(mut self, subject: impl Into<Cow<'a, str>>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// The sealed copy of this event (the writer's): `ciphertext` as its
+    /// payload, no metadata, no subject name.
+    pub(crate) fn sealed_copy(&self, ciphertext: Vec<u8>, with: SealedWith) -> EventData<'static> {
+        EventData {
+            event_type: Cow::Owned(self.event_type.clone().into_owned()),
+            payload: Cow::Owned(ciphertext),
+            metadata: Cow::Borrowed(&[]),
+            id: self.id,
+            schema_version: self.schema_version,
+            subject: None,
+            sealed: Some(with),
+        }
     }
 
     /// The number of bytes this event occupies as a record in `stream`.
@@ -167,6 +211,8 @@ pub struct RecordRef<'a> {
     event_type: &'a [u8],
     metadata: &'a [u8],
     payload: &'a [u8],
+    /// Set for a record sealed for a subject (spec 3.8).
+    seal: Option<Seal<'a>>,
 }
 
 impl<'a> RecordRef<'a> {
@@ -194,6 +240,33 @@ impl<'a> RecordRef<'a> {
             event_type,
             metadata,
             payload,
+            seal: None,
+        }
+    }
+
+    /// The record with its subject part (`None`: not sealed).
+    #[inline(always)]
+    pub(crate) fn with_seal(mut self, seal: Option<Seal<'a>>) -> Self {
+        self.seal = seal;
+        self
+    }
+
+    /// The subject part of a sealed record, as stored.
+    pub(crate) fn seal(&self) -> Option<Seal<'a>> {
+        self.seal
+    }
+
+    /// The record with `metadata` and `payload` in place of what it holds,
+    /// in the state `state` (a sealed record decrypted or erased).
+    pub(crate) fn with_content<'b>(&self, metadata: &'b [u8], payload: &'b [u8], state: SealState) -> RecordRef<'b>
+    where
+        'a: 'b,
+    {
+        RecordRef {
+            metadata,
+            payload,
+            seal: self.seal.map(|s| Seal { state, ..s }),
+            ..*self
         }
     }
 
@@ -256,13 +329,35 @@ impl<'a> RecordRef<'a> {
     pub fn event_type_bytes(&self) -> &'a [u8] {
         self.event_type
     }
-    /// The metadata bytes.
+    /// The metadata bytes. Empty for a record that is still sealed
+    /// ([`RecordRef::is_sealed`]: its metadata is inside the ciphertext) or
+    /// erased.
     pub fn metadata(&self) -> &'a [u8] {
         self.metadata
     }
-    /// The payload bytes.
+    /// The payload bytes. For a record that is still sealed
+    /// ([`RecordRef::is_sealed`]) this is the ciphertext as stored, never
+    /// the event's payload: read sealed records through
+    /// [`LogView::unseal`](crate::LogView::unseal), which decrypts them (or
+    /// says they are erased). Empty for an erased record.
     pub fn payload(&self) -> &'a [u8] {
         self.payload
+    }
+    /// The key of the subject the event names, if it names one (spec 3.8):
+    /// whether it is still sealed, decrypted or erased.
+    pub fn subject_key(&self) -> Option<KeyId> {
+        self.seal.map(|s| KeyId(s.key))
+    }
+    /// Whether payload and metadata are the stored ciphertext of a subject's
+    /// event, not yet decrypted: see [`LogView::unseal`](crate::LogView::unseal).
+    #[inline]
+    pub fn is_sealed(&self) -> bool {
+        self.seal.is_some_and(|s| s.state == SealState::Sealed)
+    }
+    /// Whether the event's subject was erased: the envelope (position,
+    /// stream, version, type, time, id) stays, payload and metadata are gone.
+    pub fn is_erased(&self) -> bool {
+        self.seal.is_some_and(|s| s.state == SealState::Erased)
     }
 }
 
@@ -278,6 +373,8 @@ impl std::fmt::Debug for RecordRef<'_> {
             .field("schema_version", &self.schema_version())
             .field("metadata_len", &self.metadata.len())
             .field("payload_len", &self.payload.len())
+            .field("subject_key", &self.subject_key())
+            .field("seal", &self.seal.map(|s| s.state))
             .finish()
     }
 }

@@ -450,6 +450,7 @@ fn frame_at_v3(file: &[u8], off: usize, layout: &Layout) -> (Option<FrameDump>, 
                 id_seed: layout.id_seed,
                 at: (off + header_len) as u64,
                 header_len,
+                sealed: layout.version >= 4,
             };
             let mut starts = Vec::new();
             let parsed = parse_body(body, &cx, None, |at, r| starts.push((at, r)));

@@ -63,6 +63,8 @@ pub(super) struct ActiveRead {
     checkpoints_tried: bool,
     /// The layout of the segment's frames (from its header).
     layout: Layout,
+    /// The log's id (from the segment header).
+    pub(super) log_id: [u8; 16],
 }
 
 impl ActiveRead {
@@ -71,7 +73,8 @@ impl ActiveRead {
     pub(super) fn open(dir: &Path, base: u64) -> Result<ActiveRead> {
         let path = dir.join(segment_file_name(base));
         let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
-        let layout = Layout::of(&read_segment_header(&file, &path, base)?);
+        let header = read_segment_header(&file, &path, base)?;
+        let layout = Layout::of(&header);
         let index = Arc::new(RwLock::new(MemIndex::default()));
         Ok(ActiveRead {
             base,
@@ -89,6 +92,7 @@ impl ActiveRead {
             window: Window::default(),
             checkpoints_tried: false,
             layout,
+            log_id: header.log_id,
         })
     }
 

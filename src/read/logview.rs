@@ -16,7 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{Damage, Result};
+use crate::audit::keyring::KeyRing;
+use crate::error::{Damage, Error, Result};
 use crate::format::Layout;
 use crate::format::names::index_file_name;
 use crate::index::streamtable::StreamTable;
@@ -155,6 +156,9 @@ pub struct LogView {
     clock: Option<ViewClock>,
     /// The rules of the streams that have metadata, computed on first use.
     pub(crate) rules: RulesCell,
+    /// The subject keys of the log (spec 22), shared with the writer or
+    /// reader that made the view.
+    pub(crate) keys: Option<Arc<KeyRing>>,
 }
 
 /// Where a [`Reader`](crate::Reader)'s view stops vouching for a log that was not cleanly
@@ -216,7 +220,21 @@ impl LogView {
             unrecovered: None,
             clock: None,
             rules: RulesCell::default(),
+            keys: None,
         }
+    }
+
+    /// The view, unsealing records with `keys`.
+    pub(crate) fn with_keys(mut self, keys: Arc<KeyRing>) -> LogView {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The view's subject keys.
+    pub(crate) fn keys(&self) -> Result<&KeyRing> {
+        self.keys.as_deref().ok_or_else(|| {
+            Error::InvalidArgument("this view was made without the log's subject keys; take one from Log::view or Reader::view".into())
+        })
     }
 
     /// The view, measuring `max_age` rules against `clock` (the writer's).

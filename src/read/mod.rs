@@ -15,7 +15,8 @@
 //! backward, by time), `stream` (one stream's reads), `hits` (the index-hit
 //! checks they share), `rules` (what stream metadata hides, spec 3.7, read
 //! from a view) and `visibility` (the same as values a view can hold),
-//! `subscription`, `anchor`; `view` re-exports what
+//! `subscription`, `anchor`, `unseal` (records made readable: sealed ones
+//! decrypted or erased, spec 3.8); `view` re-exports what
 //! other layers use, so that `crate::read::view::X` stays their one path.
 
 mod active;
@@ -33,4 +34,5 @@ mod visibility;
 pub(crate) use sealed::READER_PREADS;
 mod stream;
 pub(crate) mod subscription;
+mod unseal;
 pub(crate) mod view;

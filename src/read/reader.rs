@@ -16,6 +16,8 @@ use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::audit::keyring::KeyRing;
+use crate::audit::subjects::MasterKey;
 use crate::error::{Error, Result};
 use crate::format::names::{LOCK_FILE, parse_segment_file_name, segment_file_name};
 use crate::format::{HeadSlot, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
@@ -46,6 +48,8 @@ pub struct Reader {
     active: Option<Box<ActiveRead>>,
     /// At most this many sealed segments stay mapped between views.
     max_mapped: usize,
+    /// The subject keys (spec 22), loaded when a view first unseals.
+    keys: Arc<KeyRing>,
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
@@ -106,12 +110,22 @@ impl Reader {
             });
         }
         Ok(Reader {
-            dir,
             sealed: Vec::new(),
             sealed_next: 0,
             active: None,
             max_mapped: max_mapped(),
+            keys: Arc::new(KeyRing::reader(&dir, None)),
+            dir,
         })
+    }
+
+    /// Unseal the events of subjects (spec 22) with the data keys of a key
+    /// file wrapped by `key` (the master key the log's writer was given,
+    /// [`Options::master_key`](crate::Options::master_key)). Without it, a
+    /// wrapped key file is an error when a view first unseals a record.
+    pub fn master_key(&mut self, key: MasterKey) -> &mut Self {
+        self.keys = Arc::new(KeyRing::reader(&self.dir, Some(key)));
+        self
     }
 
     /// The log directory.
@@ -188,18 +202,21 @@ impl Reader {
         }
         self.open_new_sealed(sealed, opened)?;
         if self.active.as_ref().is_none_or(|a| a.base != last) {
-            self.active = Some(Box::new(ActiveRead::open(&self.dir, last)?));
+            let active = ActiveRead::open(&self.dir, last)?;
+            self.keys.set_log_id(active.log_id);
+            self.active = Some(Box::new(active));
         }
         self.refresh_sealed_indexes();
+        self.keys.refresh();
         let table = open_stream_table(&self.dir);
         let Some(active) = self.active.as_mut() else {
-            return Ok(LogView::new(self.sealed.clone(), self.sealed_next, table));
+            return Ok(LogView::new(self.sealed.clone(), self.sealed_next, table).with_keys(self.keys.clone()));
         };
         let (segment, writer) = active.refresh(&self.dir, head)?;
         let position = active.next_position;
         let mut segs = self.sealed.clone();
         segs.push(segment);
-        let mut view = LogView::new(segs, position, table);
+        let mut view = LogView::new(segs, position, table).with_keys(self.keys.clone());
         view.unrecovered = self.unrecovered(head, bases.last().copied(), position, writer)?;
         Ok(view)
     }

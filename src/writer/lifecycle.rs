@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
+use crate::audit::keyring::KeyRing;
 use crate::error::{Error, Result};
 use crate::format::Layout;
 use crate::format::SEGMENT_HEADER_LEN;
@@ -63,6 +64,11 @@ impl Inner {
         };
         let active_file =
             crate::storage::io::open_read(&active_path).map_err(|e| Error::io("open", &active_path, e))?;
+        let keys = KeyRing::writer(opts.io.clone(), &dir, format.log_id, opts.master_key.clone())?;
+        #[cfg(any(test, feature = "fuzzing"))]
+        if let Some(seed) = opts.fixed_random {
+            keys.use_fixed_random(seed);
+        }
         let index_damage = Arc::new(AtomicU64::new(0));
         for seg in &sealed {
             seg.index.notify(&index_damage);
@@ -156,6 +162,7 @@ impl Inner {
             checkpoints: Mutex::new(checkpoints),
             checkpoint_mark: AtomicU64::new(active_end),
             rules: Default::default(),
+            keys: Arc::new(keys),
             dir,
             opts,
         })

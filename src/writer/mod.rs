@@ -13,7 +13,9 @@
 //!   another): `append` (the atomic step of an append), `commit` (the group
 //!   commit: leader, write, fsync, poisoning), `seal` (rolls, the sealer
 //!   thread, index and stream-table upkeep), `idempotency` (the window of
-//!   recent ids, the retry check), `versions` (a stream's current version).
+//!   recent ids, the retry check), `versions` (a stream's current version),
+//!   `metadata` (stream deletion and rules), `subjects` (sealing events that
+//!   name a subject, erasing subjects' keys).
 //! * `typed_append`: [`Log::append_typed`], apart because it depends on the
 //!   typed-events layer above this one.
 //!
@@ -57,9 +59,11 @@ pub(crate) mod recovery;
 mod results;
 mod seal;
 mod state;
+mod subjects;
 mod versions;
 mod writer_lock;
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -161,6 +165,12 @@ impl Log {
     }
 
     /// The I/O seam the writer uses (for derived files such as snapshots).
+    /// Erase `subjects`' keys (the key ring's part of
+    /// [`Log::erase_subject`], which the event-sourcing layer completes).
+    pub(crate) fn erase_keys(&self, subjects: &[&str]) -> Result<Vec<Option<crate::format::sealed::KeyId>>> {
+        self.inner.erase_keys(subjects)
+    }
+
     pub(crate) fn io(&self) -> &Arc<dyn Io> {
         &self.inner.opts.io
     }
@@ -273,7 +283,13 @@ impl Log {
     /// ```
     pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData<'_>]) -> Result<AppendResult> {
         let inner = &*self.inner;
-        let batch_len = inner.check_batch(stream, events)?;
+        let mut batch_len = inner.check_batch(stream, events)?;
+        let sealed = inner.sealed_events(stream, events)?;
+        let events = &*sealed;
+        if let Cow::Owned(_) = sealed {
+            // The ciphertexts are a little longer than what they seal.
+            batch_len = inner.check_batch(stream, events)?;
+        }
         let _appending = Appending::enter(&inner.appenders);
         // Held until the batch is queued (see `metadata`).
         let rules = inner.check_append_rules(stream)?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit::chain::{ChainKey, SigningKey};
+use crate::audit::subjects::MasterKey;
 use crate::storage::io::{Io, StdIo};
 
 #[cfg(doc)]
@@ -55,6 +56,9 @@ pub struct Options {
     pub(crate) checkpoint_every: u64,
     pub(crate) index_checkpoint_bytes: u64,
     pub(crate) format_version: u16,
+    pub(crate) master_key: Option<MasterKey>,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fixed_random: Option<u64>,
 }
 
 impl std::fmt::Debug for Options {
@@ -95,6 +99,9 @@ impl Default for Options {
             checkpoint_every: 100_000,
             index_checkpoint_bytes: 16 << 20,
             format_version: crate::format::CURRENT_FORMAT_VERSION,
+            master_key: None,
+            #[cfg(any(test, feature = "fuzzing"))]
+            fixed_random: None,
         }
     }
 }
@@ -186,6 +193,24 @@ impl Options {
     /// checkpoint without any secret. Needs a log with the chain.
     pub fn signing_key(mut self, key: SigningKey) -> Self {
         self.signing_key = Some(key);
+        self
+    }
+    /// The master key that wraps the subjects' data keys in `annal.keys`
+    /// (spec 22). The key file is wrapped for its whole life if it is
+    /// created with a master key: opening the log then needs the same key,
+    /// and giving one for a key file that is not wrapped is an error. The key
+    /// is never written to the log; keep it elsewhere.
+    pub fn master_key(mut self, key: MasterKey) -> Self {
+        self.master_key = Some(key);
+        self
+    }
+    /// Take subject keys and nonces from `seed` instead of the operating
+    /// system's generator: deterministic files for golden vectors. A test
+    /// hook (feature `fuzzing`); never for real data.
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[doc(hidden)]
+    pub fn fixed_random(mut self, seed: u64) -> Self {
+        self.fixed_random = Some(seed);
         self
     }
     /// Events between signed checkpoints (default 100,000; at least 1).

@@ -84,6 +84,8 @@ pub(super) struct Inner {
     pub(super) checkpoint_mark: AtomicU64,
     /// Every stream's rules (spec 3.7), loaded on first need.
     pub(super) rules: RulesMap,
+    /// The subject keys (spec 22), shared with every view.
+    pub(super) keys: Arc<crate::audit::keyring::KeyRing>,
 }
 
 /// The rules of every stream that has metadata (spec 3.7; `None`: not
@@ -289,7 +291,9 @@ impl Inner {
         let mut segs = Vec::with_capacity(p.sealed.len() + 1);
         segs.extend(p.sealed.iter().cloned());
         segs.push(active);
-        Ok(LogView::new(segs, p.next_position, p.table.clone()).with_clock(self.opts.clock.clone()))
+        Ok(LogView::new(segs, p.next_position, p.table.clone())
+            .with_clock(self.opts.clock.clone())
+            .with_keys(self.keys.clone()))
     }
 
     /// The active segment as a view shows it now (without the sealed ones:
