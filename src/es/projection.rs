@@ -119,8 +119,19 @@ pub trait Projection: Sync {
     /// The model before any event.
     fn empty(&self) -> Self::Model;
 
-    /// Fold one record into the model.
+    /// Fold one record into the model. A record whose event names a
+    /// subject arrives decrypted (spec 3.8): its payload and metadata are
+    /// the event's.
     fn apply(&self, model: &mut Self::Model, record: &RecordRef<'_>);
+
+    /// Fold a record whose subject was erased
+    /// ([`Log::erase_subject`](crate::Log::erase_subject)) into the model,
+    /// in place of [`apply`](Projection::apply): only its envelope is left
+    /// (position, stream, version, type, time, id; payload and metadata are
+    /// empty). The default ignores it.
+    fn apply_erased(&self, model: &mut Self::Model, record: &RecordRef<'_>) {
+        let _ = (model, record);
+    }
 
     /// Combine the model of an earlier part of the log with that of the part
     /// right after it; must be associative, with [`empty`](Projection::empty)
@@ -153,9 +164,27 @@ impl LogView {
     pub fn rebuild<P: Projection>(&self, p: &P) -> Result<P::Model> {
         let mut model = p.empty();
         for r in self.read_all(0) {
-            p.apply(&mut model, &r?);
+            self.fold_into(p, &mut model, &r?)?;
         }
         Ok(model)
+    }
+
+    /// Fold `r` into `model`: as it is, or unsealed (spec 3.8: decrypted
+    /// for [`Projection::apply`], or erased for
+    /// [`Projection::apply_erased`]).
+    #[inline]
+    fn fold_into<P: Projection>(&self, p: &P, model: &mut P::Model, r: &RecordRef<'_>) -> Result<()> {
+        if !r.is_sealed() {
+            p.apply(model, r);
+            return Ok(());
+        }
+        let u = self.unseal(*r)?;
+        if u.is_erased() {
+            p.apply_erased(model, &u.record());
+        } else {
+            p.apply(model, &u.record());
+        }
+        Ok(())
     }
 
     /// [`LogView::rebuild`] in parallel over chunks of the log.
@@ -297,7 +326,7 @@ impl LogView {
             if system || visible.is_some_and(|v| !v.shows(r.stream_version(), r.timestamp())) {
                 continue;
             }
-            p.apply(&mut model, &r);
+            self.fold_into(p, &mut model, &r)?;
         }
         Ok((model, n))
     }
@@ -408,16 +437,23 @@ impl LogView {
             // The mapping is advised for random access (`storage::mmap`): it
             // is advised sequential while the chunk's cursor walks it.
             let mut ahead = Readahead::forward();
+            let mut failed = None;
             while (seg, off) < b.key() {
                 ahead.at(&s.map, off as u64);
                 let Some(step) = frames.step_each(|_, r| {
-                    if hide.is_none_or(|h| !h.hides(&r)) {
-                        p.apply(&mut model, &r);
+                    if failed.is_none()
+                        && hide.is_none_or(|h| !h.hides(&r))
+                        && let Err(e) = self.fold_into(p, &mut model, &r)
+                    {
+                        failed = Some(e);
                     }
                 }) else {
                     break;
                 };
                 step.map_err(|d| d.at(&*s.path))?;
+                if let Some(e) = failed.take() {
+                    return Err(e);
+                }
                 // Bytes after a seal are damage of the seal's segment, even
                 // where the chunk ends at the seal.
                 if frames.sealed()

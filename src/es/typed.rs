@@ -51,11 +51,27 @@ pub fn encode<E: Event>(event: &E) -> Result<EventData<'static>> {
 
 /// Decode a record's payload as it is stored (no upcasting). Borrowed fields
 /// of `E` point into the record's bytes (the mapping): nothing is copied.
+///
+/// A record of an event that names a subject must be unsealed first
+/// ([`LogView::unseal`](crate::LogView::unseal)); a sealed or erased record
+/// is an [`Error::Decode`] saying so (see [`Typed::decode_unless_erased`]
+/// for the erased case as a value).
 pub fn decode<'a, E: Deserialize<'a>>(record: &RecordRef<'a>) -> Result<E> {
     decode_bytes(record, record.payload())
 }
 
 fn decode_bytes<'b, E: Deserialize<'b>>(record: &RecordRef<'_>, payload: &'b [u8]) -> Result<E> {
+    if record.is_sealed() || record.is_erased() {
+        return Err(Error::Decode {
+            position: record.position(),
+            event_type: record.event_type().to_owned(),
+            detail: if record.is_sealed() {
+                "the event names a subject and is stored sealed: unseal it first (LogView::unseal)".into()
+            } else {
+                "the event's subject was erased: only its envelope is left".into()
+            },
+        });
+    }
     postcard::from_bytes(payload).map_err(|e| Error::Decode {
         position: record.position(),
         event_type: record.event_type().to_owned(),
@@ -109,11 +125,20 @@ impl Upcasters {
     }
 
     /// The record's payload in its current form and its schema version:
-    /// borrowed from the record when no upcaster applies.
+    /// borrowed from the record when no upcaster applies. An erased record
+    /// has no payload to upcast: it is returned as it is. A sealed one must
+    /// be unsealed first ([`LogView::unseal`](crate::LogView::unseal)).
     pub fn upcast<'a>(&self, record: &RecordRef<'a>) -> Result<(Cow<'a, [u8]>, u32)> {
         let mut payload = Cow::Borrowed(record.payload());
         let mut version = record.schema_version();
-        if self.map.is_empty() {
+        if record.is_sealed() {
+            return Err(Error::Decode {
+                position: record.position(),
+                event_type: record.event_type().to_owned(),
+                detail: "the event names a subject and is stored sealed: unseal it before upcasting".into(),
+            });
+        }
+        if self.map.is_empty() || record.is_erased() {
             return Ok((payload, version));
         }
         // Bounded: each step raises the version; a cycle is impossible.
@@ -164,9 +189,25 @@ impl<'a> Typed<'a> {
     }
 
     /// Decode the (upcast) payload. Borrowed fields point into the mapping
-    /// when no upcaster applied, into this value's buffer otherwise.
+    /// when no upcaster applied, into this value's buffer otherwise. An
+    /// erased event is an error here; [`Typed::decode_unless_erased`] gives
+    /// it as a value.
     pub fn decode<'t, E: Deserialize<'t>>(&'t self) -> Result<E> {
         decode_bytes(&self.record, &self.payload)
+    }
+
+    /// Whether the event's subject was erased (only its envelope is left).
+    pub fn is_erased(&self) -> bool {
+        self.record.is_erased()
+    }
+
+    /// The event, or `None` if its subject was erased: the erased case as
+    /// a value rather than an error.
+    pub fn decode_unless_erased<'t, E: Deserialize<'t>>(&'t self) -> Result<Option<E>> {
+        if self.is_erased() {
+            return Ok(None);
+        }
+        self.decode().map(Some)
     }
 }
 impl crate::Log {

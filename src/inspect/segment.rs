@@ -160,6 +160,9 @@ pub struct RecordDump {
     /// 3.7), its rules record decoded, or what is wrong with it; `None` for
     /// every other event.
     pub rules: Option<Result<RulesDump, RulesError>>,
+    /// Format version 4: a record sealed for a subject (spec 3.8), its key
+    /// id and nonce; the payload is then the ciphertext.
+    pub sealed: Option<(u64, [u8; 24])>,
 }
 
 /// The rules record of a metadata event (spec 3.7), decoded.
@@ -368,6 +371,7 @@ fn batch_records(file: &[u8], off: usize, end: usize, frame: &mut FrameDump) -> 
             crc_ok: crc(rec, RECORD_CRC_START, rec.len()) == h.crc.get(),
             event_id: (h.event_id, true),
             rules: None,
+            sealed: None,
         });
         r += rec.len();
     }
@@ -476,6 +480,7 @@ fn frame_at_v3(file: &[u8], off: usize, layout: &Layout) -> (Option<FrameDump>, 
                     rules: (layout.version >= META_FORMAT_VERSION
                         && r.stream_bytes().starts_with(META_STREAM_PREFIX.as_bytes()))
                     .then(|| rules_of(file, r)),
+                    sealed: r.seal().map(|s| (s.key, *s.nonce)),
                 });
             }
             parsed

@@ -50,6 +50,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::format::record::RecordRef;
+use crate::format::sealed::KeyId;
 use crate::read::logview::LogView;
 use crate::read::reader::Reader;
 use crate::types::Direction;
@@ -78,12 +79,32 @@ pub struct OwnedRecord {
     pub event_id: Uuid,
     /// The schema version of the payload.
     pub schema_version: u32,
-    /// Metadata bytes.
+    /// Metadata bytes (decrypted for an event that names a subject; empty
+    /// if erased).
     pub metadata: Vec<u8>,
-    /// Payload bytes.
+    /// Payload bytes (decrypted for an event that names a subject; empty if
+    /// erased).
     pub payload: Vec<u8>,
+    /// The key of the subject the event names, if any (spec 3.8).
+    pub subject_key: Option<KeyId>,
+    /// The event's subject was erased: only the envelope is left.
+    pub erased: bool,
 }
 
+impl OwnedRecord {
+    /// An owned copy of `r` (a record of `view`), unsealed (spec 3.8).
+    pub(crate) fn unsealed(view: &LogView, r: RecordRef<'_>) -> Result<OwnedRecord> {
+        if r.is_sealed() {
+            Ok(view.unseal(r)?.record().into())
+        } else {
+            Ok(r.into())
+        }
+    }
+}
+
+/// An owned copy of a record as it is: for a record still sealed
+/// ([`RecordRef::is_sealed`]) that is the ciphertext; subscriptions copy
+/// records unsealed.
 impl From<RecordRef<'_>> for OwnedRecord {
     fn from(r: RecordRef<'_>) -> Self {
         OwnedRecord {
@@ -96,6 +117,8 @@ impl From<RecordRef<'_>> for OwnedRecord {
             schema_version: r.schema_version(),
             metadata: r.metadata().to_vec(),
             payload: r.payload().to_vec(),
+            subject_key: r.subject_key(),
+            erased: r.is_erased(),
         }
     }
 }
@@ -278,13 +301,13 @@ impl<'a> Subscription<'a> {
         match &self.filter {
             SubscriptionFilter::All => {
                 for r in view.read_all(self.next_position).take(MAX_BUFFERED) {
-                    self.push(r?.into());
+                    self.push(OwnedRecord::unsealed(view, r?)?);
                     n += 1;
                 }
             }
             SubscriptionFilter::Category(c) => {
                 for r in view.read_category(c, self.next_position).take(MAX_BUFFERED) {
-                    self.push(r?.into());
+                    self.push(OwnedRecord::unsealed(view, r?)?);
                     n += 1;
                 }
             }
@@ -298,7 +321,7 @@ impl<'a> Subscription<'a> {
                         Err(Error::StreamDeleted { .. }) => break,
                         Err(e) => return Err(e),
                     };
-                    self.push(r.into());
+                    self.push(OwnedRecord::unsealed(view, r)?);
                     n += 1;
                 }
             }

@@ -163,15 +163,6 @@ impl LogView {
         }
     }
 
-    /// Whether `record` (sealed or already unsealed) is erased by the keys
-    /// this view's ring holds now, without decrypting anything.
-    pub(crate) fn is_erased_now(&self, record: &RecordRef<'_>) -> bool {
-        record.is_erased()
-            || record
-                .subject_key()
-                .is_some_and(|id| self.keys.as_ref().is_some_and(|r| r.is_erased(id)))
-    }
-
     /// The segment file whose mapping holds `bytes`, and their offset in it.
     fn locate(&self, bytes: &[u8]) -> (std::path::PathBuf, u64) {
         let at = bytes.as_ptr() as usize;

@@ -187,6 +187,12 @@ fn print_frame(f: &FrameDump, t: &mut Text) {
             uuid::Uuid::from_bytes(r.event_id.0),
             if r.event_id.1 { "" } else { " (generated, not stored)" }
         ));
+        if let Some((key, nonce)) = &r.sealed {
+            t.line(format!(
+                "    sealed for subject key {key} nonce={} (payload: metadata and payload encrypted, with the tag)",
+                nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ));
+        }
         match &r.rules {
             None => {}
             Some(Ok(rules)) => t.line(format!(

@@ -193,6 +193,13 @@ pub fn record_json(rec: &RecordRef<'_>) -> String {
     if rec.schema_version() != 0 {
         s.push_str(&format!(",\"schema_version\":{}", rec.schema_version()));
     }
+    if let Some(k) = rec.subject_key() {
+        s.push_str(&format!(",\"subject_key\":{}", k.0));
+    }
+    if rec.is_erased() {
+        s.push_str(",\"erased\":true}");
+        return s;
+    }
     push_bytes(&mut s, "data", rec.payload());
     if !rec.metadata().is_empty() {
         push_bytes(&mut s, "metadata", rec.metadata());
@@ -275,7 +282,11 @@ pub fn record_text(rec: &RecordRef<'_>) -> String {
         escape(rec.stream()),
         rec.stream_version(),
         escape(rec.event_type()),
-        text_bytes(rec.payload())
+        if rec.is_erased() {
+            "<erased>".to_owned()
+        } else {
+            text_bytes(rec.payload())
+        }
     );
     if !rec.metadata().is_empty() {
         line.push_str("  meta=");

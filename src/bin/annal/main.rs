@@ -41,6 +41,9 @@ enum Command {
     /// Print a stream's metadata, or set the rules that hide its older events (count, age, version).
     #[command(after_help = meta::METADATA_HELP)]
     Metadata(meta::MetadataArgs),
+    /// Erase subjects: destroy their keys, so that their events read as erased (crypto-shredding).
+    #[command(after_help = meta::ERASE_HELP)]
+    Erase(meta::EraseArgs),
     /// Print events (the whole log, a stream, a category or an event type).
     #[command(after_help = read::READ_HELP)]
     Read(read::ReadArgs),
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Command::Import(a) => write::import(a),
         Command::Delete(a) => meta::delete(a),
         Command::Metadata(a) => meta::metadata(a),
+        Command::Erase(a) => meta::erase(a),
         Command::Read(a) => read::read(a),
         Command::Tail(a) => read::tail(a),
         Command::Stats(a) => read::stats(a),

@@ -91,6 +91,44 @@ format version before 4, log locked by another writer); 2 could not run (bad
 arguments or duration, a system stream ($...), the directory is not a log,
 unreadable path).";
 
+pub const ERASE_HELP: &str = "Examples:
+  annal append ./crm --stream customer-7 --type EmailChanged --subject ann --data '{\"email\":\"ann@example.com\"}'
+  annal read ./crm --stream customer-7 --json   # the payload, decrypted
+  annal erase ./crm ann
+  annal read ./crm --stream customer-7 --json   # \"erased\":true, no data
+
+Destroys the data key of each SUBJECT in annal.keys (spec 22: the file is
+replaced atomically and fsynced), so that every event appended with
+--subject SUBJECT reads as erased from then on: its envelope (position,
+stream, version, type, time, id) stays, its payload and metadata are gone.
+The audit chain still verifies (it covers the ciphertext). A subject named
+again later gets a new key. Prints each subject's erased key id, or says it
+had no key (--json: one object per subject).
+
+What it cannot reach: copies of annal.keys made before (backups, file system
+blocks), and processes that loaded the key before and do not reload it.
+annal.keys is the one file to protect (spec 22.7).
+
+Exit codes: 0 done (also when a subject had no key); 1 refused (a log of
+format version before 4, log locked by another writer); 2 could not run (bad
+arguments, the directory is not a log, annal.keys damaged or unreadable:
+nothing was erased).";
+
+/// Arguments of `annal erase`.
+#[derive(Args)]
+pub struct EraseArgs {
+    /// The log directory (an existing log).
+    dir: PathBuf,
+    /// The subjects to erase.
+    #[arg(required = true)]
+    subjects: Vec<String>,
+    /// Print the result as JSON lines.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    chain: crate::audit::WriteChainArgs,
+}
+
 /// Arguments of `annal delete`.
 #[derive(Args)]
 pub struct DeleteArgs {
@@ -207,8 +245,8 @@ fn open_writer(
     if v < META_FORMAT_VERSION {
         let _ = log.close();
         return Err(Failure::problem(format!(
-            "{} is a log of format version {v}: stream deletion and metadata need format version \
-             {META_FORMAT_VERSION} (spec 3.7); refused, nothing was appended",
+            "{} is a log of format version {v}: stream deletion, metadata and subjects need format version \
+             {META_FORMAT_VERSION} (spec 3.7, 3.8); refused, nothing was written",
             dir.display()
         )));
     }
@@ -229,6 +267,33 @@ fn finish<T>(log: Log, result: annal::Result<T>, sync: bool) -> Result<T, Failur
     }
     log.close()?;
     Ok(r)
+}
+
+/// Run `annal erase`.
+pub fn erase(a: &EraseArgs) -> CmdResult {
+    if let Some(s) = a.subjects.iter().find(|s| s.is_empty() || s.len() > 1024) {
+        return Err(Failure::usage(format!(
+            "a subject must be 1 to 1024 bytes, found {} bytes",
+            s.len()
+        )));
+    }
+    let log = open_writer(&a.dir, &SegmentSizeArg::default(), &a.chain, true)?;
+    let names: Vec<&str> = a.subjects.iter().map(String::as_str).collect();
+    let result = log.erase_subjects(&names);
+    let erased = finish(log, result, false)?;
+    let mut out = std::io::stdout().lock();
+    for (subject, key) in a.subjects.iter().zip(erased) {
+        if a.json {
+            let v = serde_json::json!({ "subject": subject, "erased_key": key.map(|k| k.0) });
+            writeln!(out, "{v}").map_err(out_err)?;
+        } else if let Some(k) = key {
+            writeln!(out, "erased {} (key {}): its events read as erased", escape(subject), k.0).map_err(out_err)?;
+        } else {
+            writeln!(out, "{} has no key (never named, or erased already): nothing to erase", escape(subject))
+                .map_err(out_err)?;
+        }
+    }
+    Ok(())
 }
 
 fn check_name(stream: &str) -> Result<(), Failure> {

@@ -134,7 +134,11 @@ pub fn warn_unrecovered(view: &annal::LogView) {
     }
 }
 
-fn write_record(out: &mut impl Write, rec: &RecordRef<'_>, json: bool) -> Result<(), Failure> {
+/// Print `rec`, a record of `view`, unsealed (spec 3.8: decrypted, or
+/// erased).
+fn write_record(out: &mut impl Write, view: &annal::LogView, rec: &RecordRef<'_>, json: bool) -> Result<(), Failure> {
+    let u = view.unseal(*rec)?;
+    let rec = &u.record();
     if json {
         writeln!(out, "{}", record_json(rec)).map_err(out_err)
     } else {
@@ -196,7 +200,7 @@ pub fn read(a: &ReadArgs) -> CmdResult {
     };
     for rec in iter.take(usize::try_from(limit).unwrap_or(usize::MAX)) {
         let rec = rec?;
-        write_record(&mut out, &rec, a.json)?;
+        write_record(&mut out, &view, &rec, a.json)?;
     }
     out.flush().map_err(out_err)?;
     Ok(())
@@ -261,7 +265,7 @@ pub fn tail(a: &TailArgs) -> CmdResult {
                 _ => true,
             };
             if wanted {
-                write_record(&mut out, &rec, a.json)?;
+                write_record(&mut out, &view, &rec, a.json)?;
                 out.flush().map_err(out_err)?;
                 left -= 1;
                 if left == 0 {

@@ -100,6 +100,11 @@ pub struct AppendArgs {
     /// Metadata, as JSON (stored byte for byte).
     #[arg(long)]
     metadata: Option<String>,
+    /// The subject (a person) whose personal data the event holds: payload
+    /// and metadata are stored encrypted with the subject's key, and erased
+    /// with it (`annal erase`).
+    #[arg(long)]
+    subject: Option<String>,
     /// The payload, as JSON (stored byte for byte).
     #[arg(long, conflicts_with = "data_file")]
     data: Option<String>,
@@ -120,7 +125,7 @@ pub struct AppendArgs {
 }
 
 /// `--segment-size` of the commands that write.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct SegmentSizeArg {
     /// Roll to a new segment once a segment reaches this size: bytes, or with
     /// a suffix K, M or G (powers of 1024). Default 256M.
@@ -300,6 +305,9 @@ pub fn append(a: &AppendArgs) -> CmdResult {
     }
     if let Some(id) = a.id {
         ev = ev.with_id(id);
+    }
+    if let Some(s) = &a.subject {
+        ev = ev.with_subject(s.as_str());
     }
     let result = log.append(&a.stream, a.expected_version, &[ev]);
     let r = match result {
