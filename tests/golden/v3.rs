@@ -108,6 +108,8 @@ pub const RFLAG_ID: u8 = 1;
 pub const RFLAG_SCHEMA: u8 = 2;
 pub const RFLAG_TYPE: u8 = 4;
 pub const RFLAG_METADATA: u8 = 8;
+/// Spec 3.8 (version 4): record flag `SUBJECT`.
+pub const RFLAG_SUBJECT: u8 = 16;
 /// Spec 3.6: frame flag `CHAINED`.
 pub const FLAG_CHAINED: u8 = 1;
 /// Spec 3.6: the 16 KiB blocks of the chain-slot rule.
@@ -389,6 +391,9 @@ pub struct ReadEvent {
     pub offset: u64,
     pub len: u64,
     pub rflags: u8,
+    /// Version 4, `SUBJECT` (spec 3.8): the key id and nonce; `payload` is
+    /// then the sealed payload.
+    pub sealed: Option<(u64, [u8; 24])>,
 }
 
 /// One complete frame a reader walked.
@@ -571,7 +576,8 @@ fn parse_batch(
             return Err(end);
         }
         let rflags = seg[at];
-        if rflags & 0xf0 != 0 {
+        let unknown = if hdr.format_version >= 4 { 0xe0 } else { 0xf0 };
+        if rflags & unknown != 0 || rflags & (RFLAG_SUBJECT | RFLAG_METADATA) == RFLAG_SUBJECT | RFLAG_METADATA {
             return Err(at);
         }
         // Record 0 without TYPE: the `rflags` field itself fails, before
@@ -615,6 +621,14 @@ fn parse_batch(
                 None => return Err(rec_at), // record 0 without TYPE
             }
         };
+        let sealed = if rflags & RFLAG_SUBJECT != 0 {
+            let (key, next) = varint_in(seg, at, end, 1, u64::MAX)?;
+            let (nonce, next) = take(seg, next, 24, end, next)?;
+            at = next;
+            Some((key, nonce.try_into().expect("24")))
+        } else {
+            None
+        };
         let metadata = if rflags & RFLAG_METADATA != 0 {
             let len_at = at;
             let (len, next) = varint_in(seg, at, end, 1, u64::from(u32::MAX))?;
@@ -625,7 +639,8 @@ fn parse_batch(
             Vec::new()
         };
         let len_at = at;
-        let (len, next) = varint_in(seg, at, end, 0, u64::from(u32::MAX))?;
+        let min_payload = if sealed.is_some() { 17 } else { 0 };
+        let (len, next) = varint_in(seg, at, end, min_payload, u64::from(u32::MAX))?;
         let (payload, next) = take(seg, next, len, end, len_at)?;
         at = next;
         events.push(ReadEvent {
@@ -642,6 +657,7 @@ fn parse_batch(
             offset: rec_at as u64,
             len: (at - rec_at) as u64,
             rflags,
+            sealed,
         });
         prev_type = Some(event_type);
     }
