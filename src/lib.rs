@@ -66,7 +66,8 @@ pub mod segment {
 }
 
 pub use audit::chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};
-pub use check::{AnchorVerdict, ChainStatus, Hidden, HiddenBy, SignatureSummary};
+pub use audit::subjects::MasterKey;
+pub use check::{AnchorVerdict, ChainStatus, Hidden, HiddenBy, SignatureSummary, SubjectSummary};
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
@@ -80,6 +81,7 @@ pub use es::typed::{Event, Typed, Upcasters};
 pub use format::hash::{category_of, stream_hash};
 pub use format::names::{HEAD_FILE, LOCK_FILE, STREAM_TABLE_FILE};
 pub use format::record::{EventData, RecordRef};
+pub use format::sealed::KeyId;
 pub use read::anchor::{ChainHead, chain_head, head_anchor};
 pub use read::query::{ReadAllBackward, ReadNamed, ReadStream};
 pub use read::rules::StreamMetadata;
@@ -87,8 +89,6 @@ pub use read::subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, S
 #[doc(hidden)]
 pub use read::view::set_default_max_mapped_segments;
 pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered, Unsealed};
-pub use audit::subjects::MasterKey;
-pub use format::sealed::KeyId;
 pub use types::{Direction, ExpectedVersion};
 pub use uuid::Uuid;
 pub use writer::{AppendResult, Clock, Durability, Log, Options, Recovery, Truncation};

@@ -66,7 +66,10 @@ const KEYS_FILE: &str = "annal.keys";
 /// One step of the script.
 enum Op {
     /// Append to a stream: (type, payload, metadata, subject) each.
-    Append(&'static str, &'static [(&'static str, &'static str, &'static str, Option<&'static str>)]),
+    Append(
+        &'static str,
+        &'static [(&'static str, &'static str, &'static str, Option<&'static str>)],
+    ),
     Erase(&'static str),
 }
 
@@ -74,22 +77,42 @@ const SCRIPT: &[Op] = &[
     Op::Append(
         "customer-1",
         &[
-            ("Registered", r#"{"email":"ann@example.com"}"#, r#"{"ip":"10.0.0.1"}"#, Some("ann")),
+            (
+                "Registered",
+                r#"{"email":"ann@example.com"}"#,
+                r#"{"ip":"10.0.0.1"}"#,
+                Some("ann"),
+            ),
             ("Noted", r#"{"note":"public"}"#, "", None),
         ],
     ),
     Op::Append(
         "customer-2",
-        &[("Registered", r#"{"email":"bob@example.com"}"#, r#"{"ip":"10.0.0.2"}"#, Some("bob"))],
+        &[(
+            "Registered",
+            r#"{"email":"bob@example.com"}"#,
+            r#"{"ip":"10.0.0.2"}"#,
+            Some("bob"),
+        )],
     ),
     Op::Erase("bob"),
-    Op::Append("customer-2", &[("Returned", r#"{"email":"bob@new.example"}"#, "", Some("bob"))]),
+    Op::Append(
+        "customer-2",
+        &[("Returned", r#"{"email":"bob@new.example"}"#, "", Some("bob"))],
+    ),
     Op::Append("customer-1", &[("Moved", r#"{"street":"1 Main St"}"#, "", Some("ann"))]),
 ];
 
 /// The events in position order: (stream, type, payload, metadata,
 /// subject, erased by the script).
-fn script_events() -> Vec<(&'static str, &'static str, &'static str, &'static str, Option<&'static str>, bool)> {
+fn script_events() -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    bool,
+)> {
     let mut out = Vec::new();
     let mut erased_before: Vec<(&str, usize)> = Vec::new();
     for op in SCRIPT {
@@ -154,13 +177,21 @@ fn spec_keys(file: &[u8]) -> BTreeMap<u64, Option<[u8; 32]>> {
     assert_eq!(u16::from_le_bytes([file[8], file[9]]), 1, "file_version");
     assert_eq!(u16::from_le_bytes([file[10], file[11]]), 0, "flags: not WRAPPED");
     assert_eq!(&file[16..32], &LOG_ID, "log_id");
-    assert_eq!(u32::from_le_bytes(file[92..96].try_into().unwrap()), crc(&file[..92]), "header_crc");
+    assert_eq!(
+        u32::from_le_bytes(file[92..96].try_into().unwrap()),
+        crc(&file[..92]),
+        "header_crc"
+    );
     let mut out = BTreeMap::new();
     let mut at = 96;
     while at < file.len() {
         let entry_len = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
         let e = &file[at..at + entry_len];
-        assert_eq!(u32::from_le_bytes(e[0..4].try_into().unwrap()), crc(&e[4..]), "entry crc at {at}");
+        assert_eq!(
+            u32::from_le_bytes(e[0..4].try_into().unwrap()),
+            crc(&e[4..]),
+            "entry crc at {at}"
+        );
         let key_id = u64::from_le_bytes(e[16..24].try_into().unwrap());
         match e[4] {
             1 => out.insert(key_id, Some(e[32..64].try_into().unwrap())),
@@ -354,7 +385,10 @@ fn independent_reader_reads_the_committed_sealed_vector() {
             if subj.is_some() && !text.is_empty() {
                 for f in [SEGMENT_FILE, HEAD_FILE, KEYS_FILE] {
                     let bytes = committed(f);
-                    assert!(!bytes.windows(text.len()).any(|w| w == text.as_bytes()), "{text} in {f}");
+                    assert!(
+                        !bytes.windows(text.len()).any(|w| w == text.as_bytes()),
+                        "{text} in {f}"
+                    );
                 }
             }
         }
@@ -374,11 +408,17 @@ fn annal_reads_the_sealed_vector_as_the_spec_says() {
     let tmp = log_copy();
     let mut reader = Reader::open(tmp.path()).expect("reader");
     let view = reader.view().expect("view");
-    let got: Vec<_> = view.read_all(0).map(|r| view.unseal(r.expect("record")).expect("unseal")).collect();
+    let got: Vec<_> = view
+        .read_all(0)
+        .map(|r| view.unseal(r.expect("record")).expect("unseal"))
+        .collect();
     assert_eq!(got.len(), json.events.len());
     for (u, e) in got.iter().zip(&json.events) {
         let r = u.record();
-        assert_eq!((r.position(), r.stream(), r.stream_version()), (e.position, e.stream.as_str(), e.version));
+        assert_eq!(
+            (r.position(), r.stream(), r.stream_version()),
+            (e.position, e.stream.as_str(), e.version)
+        );
         assert_eq!(r.event_type(), e.event_type);
         assert_eq!(u.subject_key().map(|k| k.0), e.key_id);
         assert_eq!(u.is_erased(), e.erased);
@@ -392,7 +432,10 @@ fn annal_reads_the_sealed_vector_as_the_spec_says() {
     // And through a writer reopening it.
     let log = Log::open(tmp.path(), Options::default()).expect("open");
     let v = log.view().expect("view");
-    let erased: Vec<bool> = v.read_all(0).map(|r| v.unseal(r.unwrap()).unwrap().is_erased()).collect();
+    let erased: Vec<bool> = v
+        .read_all(0)
+        .map(|r| v.unseal(r.unwrap()).unwrap().is_erased())
+        .collect();
     assert_eq!(erased, json.events.iter().map(|e| e.erased).collect::<Vec<_>>());
     log.close().expect("close");
     let report = annal::check(tmp.path(), annal::CheckOptions::default()).expect("check");
@@ -437,11 +480,7 @@ fn every_change_of_a_live_sealed_record_is_found_by_the_aead() {
             fs::write(tmp.path().join(SEGMENT_FILE), &bad).expect("write");
             let mut reader = Reader::open(tmp.path()).expect("reader");
             let view = reader.view().expect("the frame is well formed: its CRCs were fixed");
-            let rec = view
-                .read_all(e.position)
-                .next()
-                .expect("the record")
-                .expect("parses");
+            let rec = view.read_all(e.position).next().expect("the record").expect("parses");
             match view.unseal(rec) {
                 Err(Error::Corrupt { path, offset, .. }) => {
                     assert_eq!(path.file_name().unwrap(), SEGMENT_FILE);

@@ -4,7 +4,8 @@
 use annal::{Direction, EventData, ExpectedVersion, Log, Options, Reader};
 
 fn ev(t: &str, payload: &str, subject: Option<&str>) -> EventData<'static> {
-    let e = EventData::new(t.to_owned(), payload.as_bytes().to_vec()).with_metadata(format!("meta:{payload}").into_bytes());
+    let e =
+        EventData::new(t.to_owned(), payload.as_bytes().to_vec()).with_metadata(format!("meta:{payload}").into_bytes());
     match subject {
         Some(s) => e.with_subject(s.to_owned()),
         None => e,
@@ -45,12 +46,20 @@ fn sealed_events_round_trip_and_read_as_erased_after_erasure() {
         ],
     )
     .unwrap();
-    log.append("customer-2", ExpectedVersion::NoStream, &[ev("Registered", "bob@example.com", Some("bob"))])
-        .unwrap();
+    log.append(
+        "customer-2",
+        ExpectedVersion::NoStream,
+        &[ev("Registered", "bob@example.com", Some("bob"))],
+    )
+    .unwrap();
     log.sync().unwrap();
     // The plaintext is nowhere on disk.
     for secret in ["ann@example.com", "12 Secret Street", "bob@example.com", "meta:ann@"] {
-        assert_eq!(files_holding(dir.path(), secret.as_bytes()), Vec::<std::path::PathBuf>::new(), "{secret}");
+        assert_eq!(
+            files_holding(dir.path(), secret.as_bytes()),
+            Vec::<std::path::PathBuf>::new(),
+            "{secret}"
+        );
     }
     let view = log.view().unwrap();
     let recs: Vec<_> = view.read_all(0).map(|r| r.unwrap()).collect();
@@ -99,8 +108,12 @@ fn sealed_events_round_trip_and_read_as_erased_after_erasure() {
         .collect();
     assert_eq!(s, [true, false, true]);
     // The subject named again gets a new key; old events stay erased.
-    log.append("customer-1", ExpectedVersion::Any, &[ev("Returned", "ann again", Some("ann"))])
-        .unwrap();
+    log.append(
+        "customer-1",
+        ExpectedVersion::Any,
+        &[ev("Returned", "ann again", Some("ann"))],
+    )
+    .unwrap();
     let v = log.view().unwrap();
     let last = v.read_all(4).next().unwrap().unwrap();
     assert_ne!(last.subject_key(), erased);

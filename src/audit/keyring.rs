@@ -25,8 +25,8 @@ use zeroize::Zeroizing;
 use crate::audit::subjects::{KeyState, MasterKey, OpenFailed, SubjectKeys, open, seal};
 use crate::error::{Error, Result};
 use crate::format::record::{EventData, RecordRef};
-use crate::format::subject_keys::KEYS_FILE;
 use crate::format::sealed::{KeyId, Seal, SealedWith, aad, sealed_plaintext, split_plaintext};
+use crate::format::subject_keys::KEYS_FILE;
 use crate::storage::io::Io;
 
 /// What unsealing a record gave.
@@ -222,16 +222,16 @@ impl KeyRing {
                         KeyState::Live(key) => {
                             let log_id = self.log_id().map_err(UnsealFailure::Keys)?;
                             let aad = aad(&log_id, seal.key, rec.stream_bytes(), rec.event_type_bytes());
-                            let plain = open(key, seal.nonce, &aad, rec.payload())
-                                .map(Zeroizing::new)
-                                .map_err(|OpenFailed| {
+                            let plain = open(key, seal.nonce, &aad, rec.payload()).map(Zeroizing::new).map_err(
+                                |OpenFailed| {
                                     UnsealFailure::Damaged(format!(
                                         "the sealed payload of the event at position {} does not open with key {} \
                                          (the ciphertext, its nonce or the record's stream or type was changed)",
                                         rec.position(),
                                         seal.key
                                     ))
-                                })?;
+                                },
+                            )?;
                             let (metadata, payload) = split_plaintext(&plain).map_err(|(_, why)| {
                                 UnsealFailure::Damaged(format!(
                                     "the sealed plaintext of the event at position {} does not split: {why}",
@@ -265,7 +265,8 @@ impl KeyRing {
                 Some(keys) => keys.reload().map_err(UnsealFailure::Keys)?,
                 None => {
                     let log_id = self.log_id().map_err(UnsealFailure::Keys)?;
-                    let keys = SubjectKeys::load(&self.dir, log_id, self.master.as_ref()).map_err(UnsealFailure::Keys)?;
+                    let keys =
+                        SubjectKeys::load(&self.dir, log_id, self.master.as_ref()).map_err(UnsealFailure::Keys)?;
                     *guard = Some(keys);
                 }
             }
@@ -281,6 +282,20 @@ impl KeyRing {
         let mut guard = self.write();
         let keys = guard.as_mut().ok_or_else(|| self.unloaded())?;
         keys.erase_all(io, subjects)
+    }
+
+    /// A reader's ring loaded now (for `check`: the key file verified even
+    /// when no record needed it), and what it holds: live keys, erased
+    /// keys, and the offset of a torn tail it ignored. `None` fields: no key
+    /// file.
+    pub(crate) fn load_summary(&self) -> Result<(u64, u64, Option<u64>)> {
+        let mut guard = self.write();
+        if guard.is_none() {
+            *guard = Some(SubjectKeys::load(&self.dir, self.log_id()?, self.master.as_ref())?);
+        }
+        let keys = guard.as_ref().ok_or_else(|| self.unloaded())?;
+        let live = keys.live_count() as u64;
+        Ok((live, keys.len() as u64 - live, keys.ignored_tail()))
     }
 
     /// Whether key `id` is erased in the keys as loaded (`false` for a

@@ -371,6 +371,11 @@ impl SubjectKeys {
         self.file.as_ref().map(|f| f.generation)
     }
 
+    /// How many live keys there are.
+    pub(crate) fn live_count(&self) -> usize {
+        self.slots.iter().filter(|s| matches!(s, Slot::Live { .. })).count()
+    }
+
     /// How many key ids exist (live and erased).
     pub(crate) fn len(&self) -> usize {
         self.slots.len()

@@ -101,6 +101,8 @@
 //! * `scan`: one look at the whole log (parallel, then sequential);
 //! * `chain`, `anchors`: the audit chain across segments, and the anchors;
 //! * `hidden`: what stream metadata hides, through a view of the log;
+//! * `subjects`: every sealed record opened with its key (or erased), and
+//!   the subject key file read in full (spec 3.8, 22);
 //! * `repair`: `--repair`.
 //!
 //! Within the folder the dependencies run one way: `report` < `files` <
@@ -129,11 +131,13 @@ mod report;
 mod scan;
 mod segment;
 mod snapshots;
+mod subjects;
 mod table;
 
 use files::{list_segments, writer_holds_lock};
 pub use report::{
     AnchorVerdict, ChainStatus, CheckOptions, CheckReport, Finding, Hidden, HiddenBy, ProgressFn, SignatureSummary,
+    SubjectSummary,
 };
 use scan::scan;
 

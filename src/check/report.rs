@@ -17,6 +17,7 @@ use serde::Serialize;
 #[cfg(doc)]
 use super::check;
 use crate::audit::chain::{Anchor, ChainKey, PublicKey};
+use crate::audit::subjects::MasterKey;
 use crate::error::{Damage, DamageKind};
 use crate::format::CHECKPOINT_FRAME_LEN;
 #[cfg(doc)]
@@ -35,6 +36,7 @@ pub struct CheckOptions {
     pub(super) public_key: Option<PublicKey>,
     pub(super) max_batch_bytes: Option<u64>,
     pub(super) now: Option<u64>,
+    pub(super) master_key: Option<MasterKey>,
 }
 
 impl fmt::Debug for CheckOptions {
@@ -47,6 +49,7 @@ impl fmt::Debug for CheckOptions {
             .field("public_key", &self.public_key)
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("now", &self.now)
+            .field("master_key", &self.master_key.is_some())
             .finish()
     }
 }
@@ -112,6 +115,15 @@ impl CheckOptions {
     /// asking what a reader at another time would see.
     pub fn now(mut self, nanos: u64) -> Self {
         self.now = Some(nanos);
+        self
+    }
+
+    /// The master key of a wrapped subject key file (spec 22), so that the
+    /// check can open every sealed record with its key. Without it, a
+    /// wrapped key file is reported as not verified (a warning), not as
+    /// damage.
+    pub fn master_key(mut self, key: MasterKey) -> Self {
+        self.master_key = Some(key);
         self
     }
 
@@ -361,6 +373,25 @@ pub struct CheckReport {
     /// are not damage and are never in [`CheckReport::problems`]; a metadata
     /// event that does not decode is.
     pub hidden: Vec<Hidden>,
+    /// The events sealed for a subject (spec 3.8): each was opened with its
+    /// key, or found erased. `None` when the log was not walked for them
+    /// (a format before 4, or damage found first).
+    pub subjects: Option<SubjectSummary>,
+}
+
+/// What [`check`] found of the events that name a subject (spec 3.8, 22).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SubjectSummary {
+    /// Sealed events whose key is live: each one's sealed payload opened.
+    pub sealed: u64,
+    /// Sealed events whose subject was erased (only their envelope is left;
+    /// not damage).
+    pub erased: u64,
+    /// Live keys in `annal.keys`.
+    pub live_keys: u64,
+    /// Erased keys in `annal.keys`.
+    pub erased_keys: u64,
 }
 
 impl CheckReport {

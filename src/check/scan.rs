@@ -26,6 +26,7 @@ use super::outcome::{IdxState, SegCtx, SegOut};
 use super::report::{CheckOptions, CheckReport, SignatureSummary, finding};
 use super::segment::check_segment;
 use super::snapshots::check_snapshots;
+use super::subjects::check_subjects;
 use super::table::{TableExpect, check_table, read_table, table_next};
 use crate::error::{Error, Result};
 use crate::format::meta::META_FORMAT_VERSION;
@@ -133,6 +134,7 @@ pub(super) fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Resu
         .is_some_and(|f| f.version >= META_FORMAT_VERSION)
     {
         check_hidden(dir, opts, &mut report);
+        check_subjects(dir, opts, &mut report);
     }
     Ok(Scan { report, remove })
 }

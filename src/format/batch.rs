@@ -450,7 +450,9 @@ pub(crate) fn parse_body<'a>(
         if seal.is_some() && len <= TAG_LEN as u64 {
             return Err(Damage::corrupt(
                 at,
-                format!("expected a sealed payload of more than {TAG_LEN} bytes (the tag and the sealed plaintext), found {len}"),
+                format!(
+                    "expected a sealed payload of more than {TAG_LEN} bytes (the tag and the sealed plaintext), found {len}"
+                ),
             ));
         }
         let rec = RecordRef::from_parts(

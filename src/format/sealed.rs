@@ -35,7 +35,9 @@ pub(crate) struct SealedWith {
 
 impl std::fmt::Debug for SealedWith {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedWith").field("key", &self.key).finish_non_exhaustive()
+        f.debug_struct("SealedWith")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,8 +72,11 @@ pub(crate) fn sealed_plaintext(metadata: &[u8], payload: &[u8]) -> Zeroizing<Vec
 
 /// Split a sealed plaintext into `(metadata, payload)` as byte ranges of
 /// `plain`. Errors: `(offset in plain, what was expected)`.
-pub(crate) fn split_plaintext(plain: &[u8]) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), (usize, String)> {
-    let (meta_len, n) = get_varint(plain).map_err(|e| (0, format!("expected the metadata length as a varint ({e:?})")))?;
+pub(crate) fn split_plaintext(
+    plain: &[u8],
+) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), (usize, String)> {
+    let (meta_len, n) =
+        get_varint(plain).map_err(|e| (0, format!("expected the metadata length as a varint ({e:?})")))?;
     let rest = plain.len() - n;
     match usize::try_from(meta_len) {
         Ok(m) if m <= rest => Ok((n..n + m, n + m..plain.len())),

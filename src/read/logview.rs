@@ -233,7 +233,9 @@ impl LogView {
     /// The view's subject keys.
     pub(crate) fn keys(&self) -> Result<&KeyRing> {
         self.keys.as_deref().ok_or_else(|| {
-            Error::InvalidArgument("this view was made without the log's subject keys; take one from Log::view or Reader::view".into())
+            Error::InvalidArgument(
+                "this view was made without the log's subject keys; take one from Log::view or Reader::view".into(),
+            )
         })
     }
 

@@ -94,6 +94,14 @@ impl LogView {
 }
 
 impl<'a> ReadAll<'a> {
+    /// Every record, also those of system streams and those stream
+    /// metadata hides (for `check`).
+    pub(crate) fn unhidden(mut self) -> ReadAll<'a> {
+        self.hide = None;
+        self.err = None;
+        self
+    }
+
     /// Stop before position `until` (exclusive).
     pub fn until(mut self, until: u64) -> ReadAll<'a> {
         self.until = until;

@@ -174,6 +174,9 @@ impl LogView {
                 }
             }
         }
-        (self.segments.last().map(|s| s.path.to_path_buf()).unwrap_or_default(), 0)
+        (
+            self.segments.last().map(|s| s.path.to_path_buf()).unwrap_or_default(),
+            0,
+        )
     }
 }

@@ -166,6 +166,7 @@ fn print_json(r: &CheckReport, unrecovered: Option<&annal::Unrecovered>) {
         "signatures": r.signatures,
         "signature_note": r.signature_note,
         "hidden": r.hidden,
+        "subjects": r.subjects,
         "unrecovered": unrecovered.map(|u| serde_json::json!({
             "segment": u.segment.display().to_string(),
             "offset": u.offset,
@@ -235,6 +236,15 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
         mb_per_sec(r)
     );
     print_hidden(r);
+    if let Some(s) = &r.subjects
+        && (s.sealed + s.erased + s.live_keys + s.erased_keys) > 0
+    {
+        println!(
+            "subjects: {} sealed events opened with their keys, {} erased (envelope only); \
+             annal.keys: {} live keys, {} erased",
+            s.sealed, s.erased, s.live_keys, s.erased_keys
+        );
+    }
     let dir = dir.display().to_string();
     let dir = escape_controls(&dir);
     match (r.problems.len(), r.warnings.len()) {

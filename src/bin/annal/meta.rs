@@ -287,10 +287,20 @@ pub fn erase(a: &EraseArgs) -> CmdResult {
             let v = serde_json::json!({ "subject": subject, "erased_key": key.map(|k| k.0) });
             writeln!(out, "{v}").map_err(out_err)?;
         } else if let Some(k) = key {
-            writeln!(out, "erased {} (key {}): its events read as erased", escape(subject), k.0).map_err(out_err)?;
+            writeln!(
+                out,
+                "erased {} (key {}): its events read as erased",
+                escape(subject),
+                k.0
+            )
+            .map_err(out_err)?;
         } else {
-            writeln!(out, "{} has no key (never named, or erased already): nothing to erase", escape(subject))
-                .map_err(out_err)?;
+            writeln!(
+                out,
+                "{} has no key (never named, or erased already): nothing to erase",
+                escape(subject)
+            )
+            .map_err(out_err)?;
         }
     }
     Ok(())
