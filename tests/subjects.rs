@@ -132,3 +132,168 @@ fn sealed_events_round_trip_and_read_as_erased_after_erasure() {
     let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+#[test]
+fn projections_subscriptions_and_typed_events_get_the_erased_case() {
+    use annal::{Projection, RecordRef};
+    struct Emails;
+    impl Projection for Emails {
+        type Model = (Vec<String>, u64);
+        fn empty(&self) -> Self::Model {
+            (Vec::new(), 0)
+        }
+        fn apply(&self, m: &mut Self::Model, r: &RecordRef<'_>) {
+            m.0.push(String::from_utf8(r.payload().to_vec()).unwrap());
+        }
+        fn apply_erased(&self, m: &mut Self::Model, r: &RecordRef<'_>) {
+            assert!(r.is_erased() && r.payload().is_empty());
+            m.1 += 1;
+        }
+        fn merge(&self, mut a: Self::Model, b: Self::Model) -> Self::Model {
+            a.0.extend(b.0);
+            a.1 += b.1;
+            a
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Options::default()).unwrap();
+    for i in 0..60 {
+        let who = ["ann", "bob", "cy"][i % 3];
+        log.append(
+            &format!("c-{who}"),
+            ExpectedVersion::Any,
+            &[ev("Email", &format!("{who}{i}"), Some(who))],
+        )
+        .unwrap();
+    }
+    let view = log.view().unwrap();
+    let before = view.rebuild(&Emails).unwrap();
+    assert_eq!((before.0.len(), before.1), (60, 0));
+    assert_eq!(before.0[0], "ann0");
+    log.erase_subject("bob").unwrap();
+    for m in [
+        view.rebuild(&Emails).unwrap(),
+        view.par_rebuild(&Emails).unwrap(),
+        view.par_rebuild_chunks(&Emails, 7).unwrap(),
+        view.par_rebuild_by_stream(&Emails).unwrap(),
+    ] {
+        assert_eq!(m.1, 20, "bob's 20 events erased");
+        assert_eq!(m.0.len(), 40);
+        assert!(m.0.iter().all(|e| !e.starts_with("bob")));
+    }
+    // Subscriptions deliver owned copies, unsealed.
+    let mut sub = log.subscribe_all(0);
+    let got: Vec<_> = (0..60).map(|_| sub.next().unwrap().unwrap()).collect();
+    assert!(got[0].subject_key.is_some() && !got[0].erased && got[0].payload == b"ann0");
+    assert!(got[1].erased && got[1].payload.is_empty() && got[1].metadata.is_empty());
+    assert_eq!(got[1].stream, "c-bob");
+    // The typed layer: a sealed record is refused until unsealed; an erased
+    // one is a value.
+    let rec = view.read_all(1).next().unwrap().unwrap();
+    assert!(annal::typed::decode::<String>(&rec).is_err());
+    let u = view.unseal(rec).unwrap();
+    let t = annal::Typed::new(u.record(), &annal::Upcasters::new()).unwrap();
+    assert!(t.is_erased());
+    assert_eq!(t.decode_unless_erased::<String>().unwrap(), None);
+}
+
+#[test]
+fn a_master_key_wraps_the_key_file_and_readers_need_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = annal::MasterKey::from_bytes([9; 32]);
+    let log = Log::open(dir.path(), Options::default().master_key(master.clone())).unwrap();
+    log.append(
+        "c-1",
+        ExpectedVersion::Any,
+        &[ev("Email", "ann@example.com", Some("ann"))],
+    )
+    .unwrap();
+    log.close().unwrap();
+    // The writer needs the key, and refuses another one or none.
+    let e = Log::open(dir.path(), Options::default()).unwrap_err();
+    assert!(e.to_string().contains("annal.keys"), "{e}");
+    let e = Log::open(
+        dir.path(),
+        Options::default().master_key(annal::MasterKey::from_bytes([8; 32])),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("annal.keys"), "{e}");
+    // A reader without it: an error naming the key file, never "erased".
+    let mut r = Reader::open(dir.path()).unwrap();
+    let v = r.view().unwrap();
+    let rec = v.read_all(0).next().unwrap().unwrap();
+    let e = v.unseal(rec).unwrap_err();
+    assert!(e.to_string().contains("annal.keys"), "{e}");
+    let mut r = Reader::open(dir.path()).unwrap();
+    r.master_key(master.clone());
+    let v = r.view().unwrap();
+    let rec = v.read_all(0).next().unwrap().unwrap();
+    assert_eq!(v.unseal(rec).unwrap().payload(), b"ann@example.com");
+    // check: unverified without the key (a warning), verified with it.
+    let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert!(
+        report.is_ok() && report.subjects.is_none() && !report.warnings.is_empty(),
+        "{report:?}"
+    );
+    let report = annal::check(dir.path(), annal::CheckOptions::default().master_key(master)).unwrap();
+    let s = report.subjects.unwrap();
+    assert!(report.is_ok() && report.warnings.is_empty(), "{report:?}");
+    assert_eq!((s.sealed, s.erased, s.live_keys, s.erased_keys), (1, 0, 1, 0));
+}
+
+#[test]
+fn lost_keys_are_damage_never_erasure() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Options::default()).unwrap();
+    log.append("c-1", ExpectedVersion::Any, &[ev("Email", "a", Some("ann"))])
+        .unwrap();
+    log.append("c-2", ExpectedVersion::Any, &[ev("Email", "b", Some("bob"))])
+        .unwrap();
+    log.close().unwrap();
+    // Keep the file as it was after the first key only: an older copy.
+    let keys = dir.path().join("annal.keys");
+    let full = std::fs::read(&keys).unwrap();
+    let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert_eq!(report.subjects.map(|s| (s.sealed, s.live_keys)), Some((2, 2)));
+    // The first key's entry ends where the second's begins.
+    let second = (96..full.len())
+        .step_by(8)
+        .find(|&at| full[at + 16] == 2 && full[at + 4] == 1)
+        .unwrap();
+    std::fs::write(&keys, &full[..second]).unwrap();
+    let mut r = Reader::open(dir.path()).unwrap();
+    let v = r.view().unwrap();
+    let recs: Vec<_> = v.read_all(0).map(|r| r.unwrap()).collect();
+    assert_eq!(v.unseal(recs[0]).unwrap().payload(), b"a");
+    match v.unseal(recs[1]) {
+        Err(annal::Error::Corrupt { path, detail, .. }) => {
+            assert!(path.ends_with("annal.keys"), "{path:?}");
+            assert!(detail.contains("not an erasure"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert!(!report.is_ok());
+    assert!(report.problems[0].file.ends_with("annal.keys"), "{report:?}");
+}
+
+#[test]
+fn older_formats_refuse_subjects_and_system_streams_are_not_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Options::default().format_version(3)).unwrap();
+    let e = log
+        .append("c-1", ExpectedVersion::Any, &[ev("Email", "a", Some("ann"))])
+        .unwrap_err();
+    assert!(e.to_string().contains("format version 4"), "{e}");
+    assert!(!dir.path().join("annal.keys").exists(), "no key was made");
+    // A subject of more than 1024 bytes, or empty, is refused before any key.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Options::default()).unwrap();
+    for bad in [String::new(), "x".repeat(1025)] {
+        let e = log
+            .append("c-1", ExpectedVersion::Any, &[ev("Email", "a", Some(&bad))])
+            .unwrap_err();
+        assert!(e.to_string().contains("subject"), "{e}");
+    }
+    assert_eq!(log.view().unwrap().next_position(), 0);
+}
