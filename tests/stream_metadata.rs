@@ -6,7 +6,10 @@
 //! the writer's versions, projections rebuilt sequentially, in parallel and
 //! by stream) equals what the model says is visible, and every
 //! refusal (a tombstoned stream, a system stream) is the one the spec names.
-//! After reopens, a cross-process `Reader` is compared too.
+//! After reopens, a cross-process `Reader` is compared too. Every other
+//! event names one of three subjects (stored sealed, spec 3.8), and subjects
+//! are erased at random: reads unseal to the payload, or to "erased" for
+//! the events a subject had when it was erased.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +49,9 @@ enum Op {
     },
     Tick,
     Reopen,
+    Erase {
+        p: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -59,6 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(s, tb, mc, age_h)| Op::Meta { s, tb, mc, age_h }),
         3 => Just(Op::Tick),
         1 => Just(Op::Reopen),
+        1 => (0..3usize).prop_map(|p| Op::Erase { p }),
     ]
 }
 
@@ -77,6 +84,35 @@ struct Ev {
     version: u64,
     ts: u64,
     tag: String,
+    subject: Option<String>,
+    erased: bool,
+}
+
+impl Ev {
+    /// What a read returns of it (see [`tags`]).
+    fn read_as(&self) -> String {
+        if self.erased {
+            ERASED.to_owned()
+        } else {
+            self.tag.clone()
+        }
+    }
+}
+
+/// How [`tags`] shows an erased event.
+const ERASED: &str = "<erased>";
+
+/// The subject the event at `position` names, if any.
+fn subject_of(position: u64) -> Option<String> {
+    position.is_multiple_of(2).then(|| format!("p{}", (position / 2) % 3))
+}
+
+fn event(tag: String, position: u64) -> EventData<'static> {
+    let e = EventData::new("E", tag.into_bytes());
+    match subject_of(position) {
+        Some(p) => e.with_subject(p),
+        None => e,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -133,7 +169,7 @@ impl Model {
     /// Every visible event of every stream, in position order.
     fn all_visible(&self, now: u64) -> Vec<(u64, String)> {
         let mut v: Vec<(u64, String)> = (0..STREAMS)
-            .flat_map(|s| self.visible(s, now).into_iter().map(|e| (e.position, e.tag)))
+            .flat_map(|s| self.visible(s, now).into_iter().map(|e| (e.position, e.read_as())))
             .collect();
         v.sort();
         v
@@ -149,6 +185,11 @@ impl annal::Projection for Positions {
         Default::default()
     }
     fn apply(&self, m: &mut Self::Model, r: &annal::RecordRef<'_>) {
+        assert!(!r.is_sealed(), "projections get records unsealed");
+        m.insert(r.position());
+    }
+    fn apply_erased(&self, m: &mut Self::Model, r: &annal::RecordRef<'_>) {
+        assert!(r.is_erased());
         m.insert(r.position());
     }
     fn merge(&self, mut a: Self::Model, b: Self::Model) -> Self::Model {
@@ -157,16 +198,30 @@ impl annal::Projection for Positions {
     }
 }
 
-fn tags<'a>(it: impl Iterator<Item = annal::Result<annal::RecordRef<'a>>>) -> annal::Result<Vec<(u64, String)>> {
-    it.map(|r| r.map(|r| (r.position(), String::from_utf8(r.payload().to_vec()).unwrap())))
-        .collect()
+/// Each record's position and payload, unsealed (or [`ERASED`]).
+fn tags<'a>(
+    view: &'a LogView,
+    it: impl Iterator<Item = annal::Result<annal::RecordRef<'a>>>,
+) -> annal::Result<Vec<(u64, String)>> {
+    it.map(|r| {
+        let u = view.unseal(r?)?;
+        Ok((
+            u.record().position(),
+            if u.is_erased() {
+                ERASED.to_owned()
+            } else {
+                String::from_utf8(u.payload().to_vec()).unwrap()
+            },
+        ))
+    })
+    .collect()
 }
 
 /// Compare every read of `view` with the model at time `now`.
 fn check_view(view: &LogView, m: &Model, now: u64, ctx: &str) {
     for s in 0..STREAMS {
         let vis = m.visible(s, now);
-        let fwd = tags(view.read_stream(&name(s), 0, Direction::Forward, u64::MAX));
+        let fwd = tags(view, view.read_stream(&name(s), 0, Direction::Forward, u64::MAX));
         if m.reads_as_deleted(s) {
             let tomb = m.rules[s].as_ref().is_some_and(|r| r.tombstone);
             match fwd {
@@ -178,13 +233,17 @@ fn check_view(view: &LogView, m: &Model, now: u64, ctx: &str) {
             assert_eq!(view.stream_version(&name(s)).unwrap(), None, "{ctx}: s{s} version");
             continue;
         }
-        let want: Vec<(u64, String)> = vis.iter().map(|e| (e.position, e.tag.clone())).collect();
+        let want: Vec<(u64, String)> = vis.iter().map(|e| (e.position, e.read_as())).collect();
         assert_eq!(fwd.unwrap(), want, "{ctx}: s{s} forward");
-        let back = tags(view.read_stream(&name(s), u64::MAX, Direction::Backward, 3)).unwrap();
+        let back = tags(view, view.read_stream(&name(s), u64::MAX, Direction::Backward, 3)).unwrap();
         let want_back: Vec<(u64, String)> = want.iter().rev().take(3).cloned().collect();
         assert_eq!(back, want_back, "{ctx}: s{s} backward");
         if let Some(mid) = vis.get(vis.len() / 2) {
-            let from = tags(view.read_stream(&name(s), mid.version, Direction::Forward, u64::MAX)).unwrap();
+            let from = tags(
+                view,
+                view.read_stream(&name(s), mid.version, Direction::Forward, u64::MAX),
+            )
+            .unwrap();
             assert_eq!(from, want[vis.len() / 2..], "{ctx}: s{s} from version {}", mid.version);
         }
         // From version 0 with hidden versions below: starts at the first visible.
@@ -208,10 +267,14 @@ fn check_view(view: &LogView, m: &Model, now: u64, ctx: &str) {
         }
     }
     let all = m.all_visible(now);
-    assert_eq!(tags(view.read_all(0)).unwrap(), all, "{ctx}: read_all");
-    assert_eq!(tags(view.read_category("s", 0)).unwrap(), all, "{ctx}: category");
-    assert_eq!(tags(view.read_event_type("E", 0)).unwrap(), all, "{ctx}: event type");
-    let mut back = tags(view.read_all_backward(u64::MAX)).unwrap();
+    assert_eq!(tags(view, view.read_all(0)).unwrap(), all, "{ctx}: read_all");
+    assert_eq!(tags(view, view.read_category("s", 0)).unwrap(), all, "{ctx}: category");
+    assert_eq!(
+        tags(view, view.read_event_type("E", 0)).unwrap(),
+        all,
+        "{ctx}: event type"
+    );
+    let mut back = tags(view, view.read_all_backward(u64::MAX)).unwrap();
     back.reverse();
     assert_eq!(back, all, "{ctx}: read_all_backward");
     // Projections see what the reads see.
@@ -257,7 +320,7 @@ fn run(ops: &[Op]) {
             Op::Append { s, n } => {
                 let tomb = m.rules[*s].as_ref().is_some_and(|r| r.tombstone);
                 let evs: Vec<EventData<'_>> = (0..*n)
-                    .map(|k| EventData::new("E", format!("{}:{}", m.next_position + k, s).into_bytes()))
+                    .map(|k| event(format!("{}:{}", m.next_position + k, s), m.next_position + k))
                     .collect();
                 match l.append(&name(*s), ExpectedVersion::Any, &evs) {
                     Ok(r) => {
@@ -269,6 +332,8 @@ fn run(ops: &[Op]) {
                                 version: v,
                                 ts: now,
                                 tag: format!("{}:{}", m.next_position + k, s),
+                                subject: subject_of(m.next_position + k),
+                                erased: false,
                             });
                         }
                         assert_eq!(r.first_position, m.next_position, "{ctx}");
@@ -285,7 +350,7 @@ fn run(ops: &[Op]) {
                 match l.append(
                     &name(*s),
                     ExpectedVersion::NoStream,
-                    &[EventData::new("E", tag.clone().into_bytes())],
+                    &[event(tag.clone(), m.next_position)],
                 ) {
                     Ok(r) => {
                         assert!(ok && !tomb, "{ctx}: NoStream accepted");
@@ -299,6 +364,8 @@ fn run(ops: &[Op]) {
                             version: r.stream_version,
                             ts: now,
                             tag,
+                            subject: subject_of(m.next_position),
+                            erased: false,
                         });
                         m.next_position += 1;
                     }
@@ -379,6 +446,26 @@ fn run(ops: &[Op]) {
             }
             Op::Tick => {
                 clock.fetch_add(STEP, Ordering::SeqCst);
+            }
+            Op::Erase { p } => {
+                let who = format!("p{p}");
+                let had = m
+                    .events
+                    .iter()
+                    .flatten()
+                    .any(|e| e.subject.as_deref() == Some(&*who) && !e.erased);
+                let erased = l.erase_subject(&who).unwrap();
+                // A refused append may have made a key too (keys are made
+                // before the append's atomic step): no event names it then.
+                assert!(
+                    erased.is_some() || !had,
+                    "{ctx}: live events named it, but it had no key"
+                );
+                for e in m.events.iter_mut().flatten() {
+                    if e.subject.as_deref() == Some(&*who) {
+                        e.erased = true;
+                    }
+                }
             }
             Op::Reopen => {
                 log.take().unwrap().close().unwrap();
