@@ -3,7 +3,8 @@
 //! Random seeded workloads (appends with Buffered and Fsync durability,
 //! explicit syncs, small segments so that segments roll and index files and
 //! the stream table are written, aggregates with snapshots, the audit chain,
-//! sometimes keyed or signed, reopen cycles) run on [`support::PowerIo`], a
+//! sometimes keyed or signed, events that name subjects and erasures of
+//! subjects, reopen cycles) run on [`support::PowerIo`], a
 //! power-cut simulator on the I/O seam. Before every `sync`/`sync_dir` and a
 //! sample of the other operations it takes crash images: durable bytes plus,
 //! per pending write, dropped / kept / kept in part / torn into garbage, files
@@ -16,7 +17,9 @@
 //! - `Log::open` succeeds; recovery never cuts a file below what its last
 //!   sync made durable; every durable-acknowledged event is present and
 //!   intact; the log is a prefix of what was written, ending at a batch
-//!   boundary (no record of an incomplete batch);
+//!   boundary (no record of an incomplete batch); an event whose subject's
+//!   erasure returned before the crash reads as erased (no erased key comes
+//!   back), one whose erasure was in flight reads either way;
 //! - aggregates load the same state with and without snapshots (a damaged or
 //!   lost snapshot is skipped, never wrong);
 //! - an append continues at the next position; after close, `annal::check`
@@ -70,6 +73,15 @@ struct Want {
     version: u64,
     event_type: String,
     payload: Vec<u8>,
+}
+
+/// What the workload knows of an event that names a subject (spec 3.8).
+#[derive(Debug, Clone, Default)]
+struct Sealed {
+    subject: Option<String>,
+    /// The erasure (its index in `Run::erasures`) that erases it: the first
+    /// erasure of its subject that started after it was appended.
+    erased_by: Option<usize>,
 }
 
 /// Options of one workload.
@@ -144,6 +156,9 @@ struct Totals {
     reader_unrecovered: u64,
     /// Images of a cleanly closed log (the reader said nothing).
     closed_images: u64,
+    /// Erasures of subjects the workloads ran, and records read as erased.
+    erasures: u64,
+    erased_reads: u64,
     /// Time spent: writing images, reader, open+read, aggregates, append+close, check.
     phase: [std::time::Duration; 6],
 }
@@ -152,6 +167,10 @@ struct Run<'a> {
     setup: Setup,
     io: PowerIo,
     wants: Vec<Want>,
+    /// Per position: its subject, and the erasure that erases it.
+    sealed: Vec<Sealed>,
+    /// The subjects erased, in order (the last one may be in flight).
+    erasures: Vec<String>,
     batch_ends: HashSet<u64>,
     versions: HashMap<String, u64>,
     ctx: PowerCtx,
@@ -167,7 +186,24 @@ impl Run<'_> {
     }
 
     fn record(&mut self, stream: &str, r: &annal::AppendResult, events: &[(String, Vec<u8>)]) {
+        self.record_sealed(stream, r, events, None);
+    }
+
+    /// [`Run::record`] of events that name `subject`.
+    fn record_sealed(
+        &mut self,
+        stream: &str,
+        r: &annal::AppendResult,
+        events: &[(String, Vec<u8>)],
+        subject: Option<&str>,
+    ) {
         assert_eq!(r.first_position, self.wants.len() as u64, "{}", self.label);
+        for _ in events {
+            self.sealed.push(Sealed {
+                subject: subject.map(str::to_owned),
+                erased_by: None,
+            });
+        }
         for (ty, payload) in events {
             let v = self.versions.get(stream).map_or(0, |v| v + 1);
             self.versions.insert(stream.to_owned(), v);
@@ -215,6 +251,8 @@ fn run_workload(seed: u64, budget: u64, totals: &mut Totals) {
         setup: setup.clone(),
         io: io.clone(),
         wants: Vec::new(),
+        sealed: Vec::new(),
+        erasures: Vec::new(),
         batch_ends: HashSet::from([0]),
         versions: HashMap::new(),
         ctx: PowerCtx::default(),
@@ -243,8 +281,25 @@ fn run_workload(seed: u64, budget: u64, totals: &mut Totals) {
         }
         let l = log.as_ref().expect("open log");
         match rng.range(0, 99) {
-            0..=54 => {
+            0..=5 => {
+                // Erase a subject (spec 22): its events read as erased once
+                // it returns, in every image taken after; before, as written.
+                let who = format!("p{}", rng.range(0, 2));
+                let i = run.erasures.len();
+                for w in run.sealed.iter_mut() {
+                    if w.subject.as_deref() == Some(&*who) && w.erased_by.is_none() {
+                        w.erased_by = Some(i);
+                    }
+                }
+                run.erasures.push(who.clone());
+                run.totals.erasures += 1;
+                l.erase_subject(&who).expect("erase");
+                run.ctx.erased = run.erasures.len() as u64;
+                run.note();
+            }
+            6..=54 => {
                 let stream = format!("s-{}", rng.range(0, 4));
+                let subject = (rng.range(0, 2) == 0).then(|| format!("p{}", rng.range(0, 2)));
                 let n = rng.range(1, 4);
                 let events: Vec<(String, Vec<u8>)> = (0..n)
                     .map(|i| {
@@ -257,10 +312,16 @@ fn run_workload(seed: u64, budget: u64, totals: &mut Totals) {
                     .collect();
                 let data: Vec<EventData<'_>> = events
                     .iter()
-                    .map(|(t, p)| EventData::new(t.clone(), p.as_slice()))
+                    .map(|(t, p)| {
+                        let e = EventData::new(t.clone(), p.as_slice());
+                        match &subject {
+                            Some(s) => e.with_subject(s.as_str()),
+                            None => e,
+                        }
+                    })
                     .collect();
                 let r = l.append(&stream, ExpectedVersion::Any, &data).expect("append");
-                run.record(&stream, &r, &events);
+                run.record_sealed(&stream, &r, &events, subject.as_deref());
                 if durability == Durability::Fsync {
                     run.ctx.acked = run.wants.len() as u64;
                 }
@@ -438,7 +499,7 @@ fn check_image(run: &mut Run<'_>, img: &CrashImage) {
                 t.reader_records += recs.len() as u64;
                 for (i, r) in recs.iter().enumerate() {
                     assert_eq!(r.position, i as u64, "{label}: reader positions");
-                    assert_want(&run.wants, r, &label, "reader");
+                    assert_want(&run.wants, &run.sealed, img.ctx.erased, r, &label, "reader");
                 }
                 assert!(
                     run.batch_ends.contains(&(recs.len() as u64)),
@@ -493,7 +554,8 @@ fn check_image(run: &mut Run<'_>, img: &CrashImage) {
     let recs = common::read_all(&log.view().expect("view"), 0).unwrap_or_else(|e| panic!("{label}: read: {e}"));
     for (i, r) in recs.iter().enumerate() {
         assert_eq!(r.position, i as u64, "{label}: positions");
-        assert_want(&run.wants, r, &label, "log");
+        assert_want(&run.wants, &run.sealed, img.ctx.erased, r, &label, "log");
+        t.erased_reads += r.erased as u64;
     }
     let n = recs.len() as u64;
     assert!(
@@ -578,10 +640,31 @@ fn tree(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
     out
 }
 
-fn assert_want(wants: &[Want], r: &common::Rec, label: &str, who: &str) {
+/// `r` is what was written at its position; an event whose subject's
+/// erasure had returned (`erased` erasures had, when the image was taken)
+/// reads as erased, one whose subject's erasure was in flight may read
+/// either way, and no erased key comes back.
+fn assert_want(wants: &[Want], sealed: &[Sealed], erased: u64, r: &common::Rec, label: &str, who: &str) {
+    let i = r.position as usize;
     let w = wants
-        .get(r.position as usize)
+        .get(i)
         .unwrap_or_else(|| panic!("{label}: {who} returned position {} never written", r.position));
+    let erased_by = sealed.get(i).and_then(|s| s.erased_by);
+    let must = erased_by.is_some_and(|e| (e as u64) < erased);
+    let may = erased_by.is_some_and(|e| e as u64 == erased);
+    if r.erased {
+        assert!(
+            must || may,
+            "{label}: {who}: record {} reads as erased, its subject was not",
+            r.position
+        );
+        assert!(
+            r.payload.is_empty() && r.metadata.is_empty(),
+            "{label}: {who}: erased, yet a payload"
+        );
+        return;
+    }
+    assert!(!must, "{label}: {who}: record {}: an erased key came back", r.position);
     let got = Want {
         stream: r.stream.clone(),
         version: r.stream_version,
@@ -664,8 +747,13 @@ fn power_cut_at_thousands_of_crash_points() {
         "  readers behind the acknowledged events said the log is unrecovered in {} images; {} images of a cleanly closed log read in full with no signal",
         t.reader_unrecovered, t.closed_images
     );
+    println!(
+        "  {} erasures of subjects; {} records read as erased after recovery",
+        t.erasures, t.erased_reads
+    );
     assert!(t.images_torn > 0 && t.images_lost_dir > 0 && t.images_garbage_tail > 0);
     assert!(t.closed_images > 0, "no image of a cleanly closed log was checked");
+    assert!(t.erasures > 0 && t.erased_reads > 0, "no erasure was exercised");
 }
 
 /// Regression (found by the simulator): a power cut just after a roll created

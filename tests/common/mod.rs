@@ -36,6 +36,8 @@ pub struct Rec {
     pub event_id: Uuid,
     pub schema_version: u32,
     pub timestamp: u64,
+    /// The event's subject was erased (spec 3.8).
+    pub erased: bool,
 }
 
 impl Rec {
@@ -50,13 +52,19 @@ impl Rec {
             event_id: r.event_id(),
             schema_version: r.schema_version(),
             timestamp: r.timestamp(),
+            erased: r.is_erased(),
         }
+    }
+
+    /// [`Rec::of`] of `r` unsealed by `view` (spec 3.8).
+    pub fn unsealed(view: &LogView, r: annal::RecordRef<'_>) -> annal::Result<Rec> {
+        Ok(Rec::of(&view.unseal(r)?.record()))
     }
 }
 
 /// Every record from `from` on, or the first error.
 pub fn read_all(view: &LogView, from: u64) -> annal::Result<Vec<Rec>> {
-    view.read_all(from).map(|r| r.map(|r| Rec::of(&r))).collect()
+    view.read_all(from).map(|r| Rec::unsealed(view, r?)).collect()
 }
 
 /// The records returned before the first error, and that error (if any).
@@ -64,7 +72,10 @@ pub fn read_until_err(view: &LogView, from: u64) -> (Vec<Rec>, Option<annal::Err
     let mut out = Vec::new();
     for r in view.read_all(from) {
         match r {
-            Ok(r) => out.push(Rec::of(&r)),
+            Ok(r) => match Rec::unsealed(view, r) {
+                Ok(r) => out.push(r),
+                Err(e) => return (out, Some(e)),
+            },
             Err(e) => return (out, Some(e)),
         }
     }

@@ -757,6 +757,8 @@ pub struct PowerCtx {
     pub written: u64,
     /// The workload's snapshot saves that returned `Ok`.
     pub snapshots: u64,
+    /// The workload's erasures of subjects that returned.
+    pub erased: u64,
 }
 
 /// Counts of what the random outcomes did to one image.
