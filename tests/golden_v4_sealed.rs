@@ -103,16 +103,19 @@ const SCRIPT: &[Op] = &[
     Op::Append("customer-1", &[("Moved", r#"{"street":"1 Main St"}"#, "", Some("ann"))]),
 ];
 
-/// The events in position order: (stream, type, payload, metadata,
-/// subject, erased by the script).
-fn script_events() -> Vec<(
+/// One event of the script: (stream, type, payload, metadata, subject,
+/// erased by the script).
+type ScriptEvent = (
     &'static str,
     &'static str,
     &'static str,
     &'static str,
     Option<&'static str>,
     bool,
-)> {
+);
+
+/// The events in position order.
+fn script_events() -> Vec<ScriptEvent> {
     let mut out = Vec::new();
     let mut erased_before: Vec<(&str, usize)> = Vec::new();
     for op in SCRIPT {

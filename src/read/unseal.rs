@@ -10,9 +10,7 @@
 //! so. A sealed record whose ciphertext does not open is damage, reported
 //! with the segment and the byte offset of its payload.
 
-use zeroize::Zeroizing;
-
-use crate::audit::keyring::{UnsealFailure, Unsealing};
+use crate::audit::keyring::{Plain, UnsealFailure, Unsealing};
 use crate::error::{Error, Result};
 use crate::format::record::RecordRef;
 use crate::format::sealed::{KeyId, SealState};
@@ -43,8 +41,8 @@ use crate::read::logview::LogView;
 #[derive(Clone)]
 pub struct Unsealed<'a> {
     record: RecordRef<'a>,
-    /// A decrypted record's sealed plaintext and where its parts are.
-    opened: Option<(Zeroizing<Vec<u8>>, std::ops::Range<usize>, std::ops::Range<usize>)>,
+    /// A decrypted record's sealed plaintext.
+    opened: Option<Plain>,
     erased: bool,
 }
 
@@ -73,11 +71,7 @@ impl<'a> Unsealed<'a> {
     /// value when it holds a decrypted payload.
     pub fn record(&self) -> RecordRef<'_> {
         match &self.opened {
-            Some((plain, m, p)) => self.record.with_content(
-                plain.get(m.clone()).unwrap_or_default(),
-                plain.get(p.clone()).unwrap_or_default(),
-                SealState::Opened,
-            ),
+            Some(p) => self.record.with_content(p.metadata(), p.payload(), SealState::Opened),
             None => self.record,
         }
     }
@@ -91,7 +85,7 @@ impl<'a> Unsealed<'a> {
     /// The event's payload (empty if erased).
     pub fn payload(&self) -> &[u8] {
         match &self.opened {
-            Some((plain, _, p)) => plain.get(p.clone()).unwrap_or_default(),
+            Some(p) => p.payload(),
             None => self.record.payload(),
         }
     }
@@ -99,7 +93,7 @@ impl<'a> Unsealed<'a> {
     /// The event's metadata (empty if erased).
     pub fn metadata(&self) -> &[u8] {
         match &self.opened {
-            Some((plain, m, _)) => plain.get(m.clone()).unwrap_or_default(),
+            Some(p) => p.metadata(),
             None => self.record.metadata(),
         }
     }
@@ -132,13 +126,9 @@ impl LogView {
         };
         let ring = self.keys()?;
         match ring.unseal(&record, seal) {
-            Ok(Unsealing::Opened {
-                plain,
-                metadata,
-                payload,
-            }) => Ok(Unsealed {
+            Ok(Unsealing::Opened(plain)) => Ok(Unsealed {
                 record,
-                opened: Some((plain, metadata, payload)),
+                opened: Some(plain),
                 erased: false,
             }),
             Ok(Unsealing::Erased) => Ok(Unsealed {
