@@ -222,7 +222,7 @@ const KEY_FILE_MAX: usize = 128;
 /// [`KEY_FILE_MAX`] bytes of it. A `secret` key file must be accessible by
 /// its owner only, as ssh requires of private keys: group or other
 /// permission bits are refused, naming the file and its mode.
-fn read_hex_file(path: &Path, what: &str, secret: bool) -> Result<[u8; 32]> {
+pub(crate) fn read_hex_file(path: &Path, what: &str, secret: bool) -> Result<[u8; 32]> {
     use std::io::Read;
     let mut o = std::fs::OpenOptions::new();
     o.read(true);
@@ -283,7 +283,7 @@ fn read_hex_file(path: &Path, what: &str, secret: bool) -> Result<[u8; 32]> {
     })
 }
 
-fn write_hex_file(path: &Path, bytes: &[u8; 32], mode: u32) -> Result<()> {
+pub(crate) fn write_hex_file(path: &Path, bytes: &[u8; 32], mode: u32) -> Result<()> {
     use std::io::Write;
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);

@@ -69,6 +69,20 @@ impl MasterKey {
         Ok(MasterKey(k))
     }
 
+    /// Read a key written by [`MasterKey::write_file`]: 64 hexadecimal
+    /// digits (and an optional newline), in a file no one but its owner may
+    /// read (the rules of the chain key files, spec 21.4).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<MasterKey> {
+        crate::audit::chain::read_hex_file(path.as_ref(), "master key", true).map(MasterKey)
+    }
+
+    /// Write the key as 64 hexadecimal digits and a newline to a new file,
+    /// readable and writable by its owner only (mode 0600 on Unix). Fails if
+    /// the file exists. Keep it outside the log directory and its backups.
+    pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        crate::audit::chain::write_hex_file(path.as_ref(), &self.0, 0o600)
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(&self.0.into())
     }

@@ -25,7 +25,10 @@ use crate::writer::{Log, Options};
 pub(super) fn repair(dir: &Path, opts: &CheckOptions, start: Instant) -> Result<CheckReport> {
     let mut repairs = Vec::new();
     let log_opts = || {
-        let o = Options::default().create(false).with_hash_mask(hash_mask_of(dir));
+        let mut o = Options::default().create(false).with_hash_mask(hash_mask_of(dir));
+        if let Some(k) = &opts.master_key {
+            o = o.master_key(k.clone());
+        }
         match &opts.key {
             Some(k) => o.chain_key(k.clone()),
             None => o,

@@ -56,6 +56,36 @@ pub struct WriteChainArgs {
     /// Events between signed checkpoints (with --signing-key).
     #[arg(long, value_name = "N", requires = "signing_key")]
     checkpoint_every: Option<u64>,
+    #[command(flatten)]
+    master: MasterKeyArg,
+}
+
+/// `--master-key`: the master key of a wrapped subject key file.
+#[derive(Args, Debug, Default)]
+pub struct MasterKeyArg {
+    /// The master key file (see `annal keygen --master`) that wraps the
+    /// subjects' keys in annal.keys (spec 22): needed by every command on a
+    /// log whose key file is wrapped; a key file created with it is wrapped.
+    #[arg(long, value_name = "FILE")]
+    master_key: Option<PathBuf>,
+}
+
+impl MasterKeyArg {
+    /// The key, read from its file (exit 2 if it cannot be used).
+    pub fn key(&self) -> Result<Option<annal::MasterKey>, Failure> {
+        self.master_key
+            .as_ref()
+            .map(|p| annal::MasterKey::from_file(p).map_err(key_failure))
+            .transpose()
+    }
+
+    /// `reader`, unsealing with the master key if one was given.
+    pub fn apply_to(&self, reader: &mut annal::Reader) -> Result<(), Failure> {
+        if let Some(k) = self.key()? {
+            reader.master_key(k);
+        }
+        Ok(())
+    }
 }
 
 impl WriteChainArgs {
@@ -67,6 +97,9 @@ impl WriteChainArgs {
         }
         if let Some(n) = self.checkpoint_every {
             opts = opts.checkpoint_every(n);
+        }
+        if let Some(k) = self.master.key()? {
+            opts = opts.master_key(k);
         }
         Ok(match &self.key {
             Some(p) => opts.chain_key(read_key(p)?),
@@ -80,8 +113,10 @@ pub fn open_failure(e: annal::Error) -> Failure {
     let hint = matches!(e, annal::Error::ChainKey { .. });
     let mut f = Failure::from(e);
     if hint {
-        f.message
-            .push_str(" (the key file is given with --key FILE; see annal keygen --help)");
+        f.message.push_str(
+            " (a chain key file is given with --key FILE, a master key of annal.keys with --master-key FILE; \
+             see annal keygen --help)",
+        );
     }
     f
 }
@@ -161,10 +196,20 @@ pub struct KeygenArgs {
     /// public key to FILE.pub (for auditors: `annal check --public-key`).
     #[arg(long)]
     signing: bool,
+    /// Write a master key for the subject key file instead (`--master-key`
+    /// of the other commands): keep it outside the log directory and its
+    /// backups.
+    #[arg(long, conflicts_with = "signing")]
+    master: bool,
 }
 
 /// Run `annal keygen`.
 pub fn keygen(a: &KeygenArgs) -> CmdResult {
+    if a.master {
+        annal::MasterKey::generate()?.write_file(&a.file)?;
+        eprintln!("annal: wrote a new master key to {}", a.file.display());
+        return Ok(());
+    }
     if a.signing {
         let key = annal::SigningKey::generate()?;
         let mut public = a.file.clone().into_os_string();

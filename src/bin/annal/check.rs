@@ -67,6 +67,8 @@ pub struct CheckArgs {
     /// sealed segment ends with one. Needs no secret.
     #[arg(long, value_name = "FILE")]
     pub public_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub master: crate::audit::MasterKeyArg,
 }
 
 /// Run `annal check`.
@@ -82,6 +84,14 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 eprintln!("annal: {}", f.message);
                 return ExitCode::from(f.code);
             }
+        }
+    }
+    match args.master.key() {
+        Ok(Some(k)) => opts = opts.master_key(k),
+        Ok(None) => {}
+        Err(f) => {
+            eprintln!("annal: {}", f.message);
+            return ExitCode::from(f.code);
         }
     }
     if let Some(p) = &args.public_key {

@@ -119,10 +119,14 @@ pub struct ReadArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    master: crate::audit::MasterKeyArg,
 }
 
-fn open(dir: &std::path::Path) -> Result<Reader, Failure> {
-    Ok(Reader::open(dir)?)
+fn open(dir: &std::path::Path, master: &crate::audit::MasterKeyArg) -> Result<Reader, Failure> {
+    let mut r = Reader::open(dir)?;
+    master.apply_to(&mut r)?;
+    Ok(r)
 }
 
 /// Say on standard error that the log was not cleanly closed and not yet
@@ -148,7 +152,7 @@ fn write_record(out: &mut impl Write, view: &annal::LogView, rec: &RecordRef<'_>
 
 /// Run `annal read`.
 pub fn read(a: &ReadArgs) -> CmdResult {
-    let mut reader = open(&a.dir)?;
+    let mut reader = open(&a.dir, &a.master)?;
     let view = reader.view()?;
     warn_unrecovered(&view);
     let limit = a.limit.unwrap_or(u64::MAX);
@@ -227,11 +231,13 @@ pub struct TailArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    master: crate::audit::MasterKeyArg,
 }
 
 /// Run `annal tail`: poll the reader from the last position seen.
 pub fn tail(a: &TailArgs) -> CmdResult {
-    let mut reader = open(&a.dir)?;
+    let mut reader = open(&a.dir, &a.master)?;
     let (mut next, min_version) = match (&a.stream, a.from) {
         (Some(_), v) => (0, v),
         (None, Some(p)) => (p, None),
@@ -286,11 +292,13 @@ pub struct StatsArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    master: crate::audit::MasterKeyArg,
 }
 
 /// Run `annal stats`.
 pub fn stats(a: &StatsArgs) -> CmdResult {
-    let mut reader = open(&a.dir)?;
+    let mut reader = open(&a.dir, &a.master)?;
     let view = reader.view()?;
     warn_unrecovered(&view);
     let mut streams: HashMap<String, u64> = HashMap::new();
