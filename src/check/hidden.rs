@@ -51,26 +51,12 @@ fn hidden_by(r: &StreamRules, v: u64, t: u64, last: u64, now: u64) -> Option<Hid
     None
 }
 
-/// The byte offset of `r`'s payload in the file of its segment, if the
-/// view's bytes of that segment hold it.
-fn payload_offset(view: &LogView, r: &RecordRef<'_>) -> Option<u64> {
-    let seg = view.segments.get(
-        view.segments
-            .partition_point(|s| s.base <= r.position())
-            .checked_sub(1)?,
-    )?;
-    let bytes = seg.bytes().ok()?;
-    let start = bytes.as_ptr() as usize;
-    let at = r.payload().as_ptr() as usize;
-    (at >= start && at <= start + bytes.len()).then(|| (at - start) as u64)
-}
-
 /// The problem for metadata event `r`, whose rules the view refused with `e`.
 fn bad_metadata(view: &LogView, r: &RecordRef<'_>, e: Error, report: &mut CheckReport) {
     match e {
         Error::Corrupt { path, offset, detail } => {
             let within = StreamRules::decode(r.payload()).err().map_or(0, |(at, _)| at as u64);
-            let offset = payload_offset(view, r).map_or(offset, |p| p + within);
+            let offset = view.file_offset(r.payload()).map_or(offset, |(_, p)| p + within);
             report.problems.push(finding(&path, offset, detail));
         }
         e => report.problems.push(finding(

@@ -299,6 +299,20 @@ impl LogView {
         self.segments.last().map(|s| s.bytes())
     }
 
+    /// The segment file whose mapping holds `bytes` (a slice of a record
+    /// this view returned), and the offset of `bytes` in it: for errors
+    /// that name where a record's field is.
+    pub(crate) fn file_offset(&self, bytes: &[u8]) -> Option<(&Path, u64)> {
+        let at = bytes.as_ptr() as usize;
+        self.segments.iter().find_map(|s| {
+            let map = s.bytes().ok()?;
+            let start = map.as_ptr() as usize;
+            (start..=start + map.len())
+                .contains(&at)
+                .then(|| (s.path.as_path(), (at - start) as u64))
+        })
+    }
+
     /// The path of the last segment of the view (for messages).
     pub(crate) fn last_segment_path(&self) -> Option<&Path> {
         self.segments.last().map(|s| s.path.as_path())

@@ -11,6 +11,8 @@
 //! with the segment and the byte offset of its payload.
 
 use crate::audit::keyring::{Plain, UnsealFailure, Unsealing};
+use std::path::Path;
+
 use crate::error::{Error, Result};
 use crate::format::record::RecordRef;
 use crate::format::sealed::{KeyId, SealState};
@@ -147,26 +149,12 @@ impl LogView {
                 ),
             }),
             Err(UnsealFailure::Damaged(detail)) => {
-                let (path, offset) = self.locate(record.payload());
+                let (path, offset) = match self.file_offset(record.payload()) {
+                    Some((p, o)) => (p.to_owned(), o),
+                    None => (self.last_segment_path().map(Path::to_owned).unwrap_or_default(), 0),
+                };
                 Err(Error::Corrupt { path, offset, detail })
             }
         }
-    }
-
-    /// The segment file whose mapping holds `bytes`, and their offset in it.
-    fn locate(&self, bytes: &[u8]) -> (std::path::PathBuf, u64) {
-        let at = bytes.as_ptr() as usize;
-        for s in self.segments.iter() {
-            if let Ok(map) = s.bytes() {
-                let start = map.as_ptr() as usize;
-                if (start..start + map.len()).contains(&at) {
-                    return (s.path.to_path_buf(), (at - start) as u64);
-                }
-            }
-        }
-        (
-            self.segments.last().map(|s| s.path.to_path_buf()).unwrap_or_default(),
-            0,
-        )
     }
 }
