@@ -12,7 +12,10 @@
 //! count, the stream's new version and a digest of the payloads. Every
 //! payload is self-verifying (`support::sv_payload`: a batch key, index,
 //! count, length, then bytes generated from them), so any record can be
-//! checked from its bytes alone, acknowledged or not.
+//! checked from its bytes alone, acknowledged or not. The batches of stream
+//! `kill-0` name a subject (stored sealed, spec 3.8); after every 4 of them
+//! the child erases that subject, prints `ERASED key ~` once the erasure
+//! returned, and names a new one.
 //!
 //! The parent kills the child after a random delay: in about one round in
 //! five just after the child announced that it is about to open the log (so
@@ -27,7 +30,10 @@
 //!   stream versions are contiguous, every record verifies from its bytes,
 //!   every batch is whole (all its events, in order, in one stream);
 //! * finds every batch ever acknowledged in this directory at its positions,
-//!   with its stream versions and payload digest; unacknowledged batches (an
+//!   with its stream versions and payload digest (an erased batch: whole,
+//!   every record erased; and every record of a key whose `ERASED` line was
+//!   printed reads as erased: no erased key comes back; keys erased without
+//!   a line, an erasure the kill interrupted, are at most one per kill); unacknowledged batches (an
 //!   append that completed but whose line was not printed) are at most one
 //!   per kill;
 //! * appends a batch itself (positions and versions continue), closes, and
@@ -63,6 +69,10 @@ const ENV_SEED: &str = "ANNAL_KILL_CHILD_SEED";
 const ENV_STALL: &str = "ANNAL_KILL_STALL_SEALER";
 const SEGMENT_SIZE: u64 = 64 << 10;
 const STREAMS: u64 = 5;
+/// The stream whose batches name a subject.
+const SEALED_STREAM: u64 = 0;
+/// The child erases its subject after this many of its batches.
+const ERASE_EVERY: u64 = 4;
 /// Flag of a self-verifying payload: the event carries the id `event_id`.
 const HAS_ID: u32 = 1;
 /// The last word of every complete report line (a line cut by the kill lacks it).
@@ -156,12 +166,18 @@ fn kill_child() {
     child_say(&format!("READY {} {EOL}", log.next_position()));
     let start_segments = log.view().expect("child view").segment_count();
     let start = Instant::now();
+    let (mut subject, mut sealed_batches) = (0u64, 0u64);
     // Killed long before this; the bound only keeps a lost child from running on.
     while start.elapsed() < Duration::from_secs(60) {
         let s = rng.range(0, STREAMS - 1);
         let (key, payloads) = make_batch(&mut rng);
+        let mut events = events_of(key, &payloads);
+        let who = format!("ks-{seed}-{subject}");
+        if s == SEALED_STREAM {
+            events = events.into_iter().map(|e| e.with_subject(who.as_str())).collect();
+        }
         let r = log
-            .append(&stream_name(s), ExpectedVersion::Any, &events_of(key, &payloads))
+            .append(&stream_name(s), ExpectedVersion::Any, &events)
             .expect("child append");
         let digest = payload_digest(payloads.iter().map(Vec::as_slice));
         child_say(&format!(
@@ -170,6 +186,14 @@ fn kill_child() {
             payloads.len(),
             r.stream_version
         ));
+        if s == SEALED_STREAM {
+            sealed_batches += 1;
+            if sealed_batches.is_multiple_of(ERASE_EVERY) {
+                let erased = log.erase_subject(&who).expect("child erase").expect("a live key");
+                child_say(&format!("ERASED {} {EOL}", erased.0));
+                subject += 1;
+            }
+        }
         // 4 rolls: 4 sealed segments unindexed, the back-pressure bound (the
         // next roll waits for the stalled sealer).
         if stall && log.view().expect("child view").segment_count() >= start_segments + 4 {
@@ -303,7 +327,7 @@ fn kill_while_the_sealer_lags_behind() {
         );
         let log = Log::open(dir.path(), opts()).expect("reopen");
         assert!(log.recovery().rebuilt_indexes.len() >= 3, "{:?}", log.recovery());
-        let (got, _) = read_and_verify(&log, &when);
+        let (got, _) = read_and_verify(&log, &when, &mut Erasures::default());
         assert_acked(&got, &acked, &when);
         log.close().expect("close");
         check_ok(dir.path(), &format!("{when}: after recovery"), true);
@@ -341,6 +365,8 @@ struct Stats {
     check_warnings: u64,
     max_segments: usize,
     max_events: u64,
+    erasures: u64,
+    erased_events: u64,
 }
 
 fn parse_ack(line: &str) -> Option<Acked> {
@@ -384,13 +410,25 @@ fn check_ok(dir: &Path, when: &str, expect_verified_chain: bool) -> u64 {
 struct Got {
     stream: String,
     version: u64,
-    header: SvHeader,
+    /// `None` for an erased record (no payload left to check).
+    header: Option<SvHeader>,
     payload: Vec<u8>,
+    /// The key of the record's subject, and whether it reads as erased.
+    key: Option<u64>,
+    erased: bool,
+}
+
+/// The subject keys the child said it erased (`ERASED key` lines), and the
+/// erased keys found without such a line (an erasure a kill interrupted).
+#[derive(Debug, Default)]
+struct Erasures {
+    said: std::collections::HashSet<u64>,
+    unsaid: std::collections::HashSet<u64>,
 }
 
 /// Read the whole log and check everything that holds without knowing what
 /// was acknowledged; returns the records and the number of batches.
-fn read_and_verify(log: &Log, when: &str) -> (Vec<Got>, u64) {
+fn read_and_verify(log: &Log, when: &str, erasures: &mut Erasures) -> (Vec<Got>, u64) {
     let view = log.view().expect("view");
     let mut out: Vec<Got> = Vec::new();
     let mut versions: HashMap<String, u64> = HashMap::new();
@@ -407,6 +445,44 @@ fn read_and_verify(log: &Log, when: &str) -> (Vec<Got>, u64) {
             r.stream()
         );
         versions.insert(r.stream().to_owned(), want);
+        let key = r.subject_key().map(|k| k.0);
+        assert!(
+            key.is_none() || r.stream() == stream_name(SEALED_STREAM),
+            "{when}: position {pos}: sealed, outside the subjects' stream"
+        );
+        let u = view
+            .unseal(r)
+            .unwrap_or_else(|e| panic!("{when}: position {pos}: unseal: {e}"));
+        if let Some(k) = key {
+            assert!(
+                u.is_erased() || !erasures.said.contains(&k),
+                "{when}: position {pos}: key {k} was erased, and came back"
+            );
+        }
+        if u.is_erased() {
+            let k = key.unwrap_or_default();
+            if !erasures.said.contains(&k) {
+                erasures.unsaid.insert(k);
+            }
+            // An erased batch is whole too: the next record starts one.
+            if let Some(prev) = out.last().and_then(|g| g.header.filter(|_| !g.erased)) {
+                assert_eq!(
+                    prev.index + 1,
+                    prev.count,
+                    "{when}: position {pos}: erased inside a batch"
+                );
+            }
+            out.push(Got {
+                stream: r.stream().to_owned(),
+                version: r.stream_version(),
+                header: None,
+                payload: Vec::new(),
+                key,
+                erased: true,
+            });
+            continue;
+        }
+        let r = u.record();
         let header = sv_check(r.payload()).unwrap_or_else(|e| panic!("{when}: position {pos}: corrupted payload: {e}"));
         if header.flags & HAS_ID != 0 {
             assert_eq!(
@@ -418,12 +494,11 @@ fn read_and_verify(log: &Log, when: &str) -> (Vec<Got>, u64) {
         // Batches are whole: index 0 starts one, the next indexes continue it
         // in the same stream, and the last index ends it.
         if header.index == 0 {
-            if let Some(prev) = out.last() {
+            if let Some(prev) = out.last().and_then(|g| g.header) {
                 assert_eq!(
-                    prev.header.index + 1,
-                    prev.header.count,
-                    "{when}: position {pos}: a new batch starts while batch {:?} is incomplete",
-                    prev.header
+                    prev.index + 1,
+                    prev.count,
+                    "{when}: position {pos}: a new batch starts while batch {prev:?} is incomplete"
                 );
             }
             batches += 1;
@@ -431,13 +506,14 @@ fn read_and_verify(log: &Log, when: &str) -> (Vec<Got>, u64) {
             let prev = out
                 .last()
                 .unwrap_or_else(|| panic!("{when}: position 0 is event {} of a batch", header.index));
+            let ph = prev.header.unwrap_or_else(|| {
+                panic!(
+                    "{when}: position {pos}: event {} of a batch after an erased record",
+                    header.index
+                )
+            });
             assert_eq!(
-                (
-                    prev.header.key,
-                    prev.header.index + 1,
-                    prev.header.count,
-                    prev.stream.as_str()
-                ),
+                (ph.key, ph.index + 1, ph.count, prev.stream.as_str()),
                 (header.key, header.index, header.count, r.stream()),
                 "{when}: position {pos}: the batch does not continue"
             );
@@ -445,16 +521,17 @@ fn read_and_verify(log: &Log, when: &str) -> (Vec<Got>, u64) {
         out.push(Got {
             stream: r.stream().to_owned(),
             version: r.stream_version(),
-            header,
+            header: Some(header),
             payload: r.payload().to_vec(),
+            key,
+            erased: false,
         });
     }
-    if let Some(last) = out.last() {
+    if let Some(last) = out.last().and_then(|g| g.header) {
         assert_eq!(
-            last.header.index + 1,
-            last.header.count,
-            "{when}: the log ends inside a batch: {:?}",
-            last.header
+            last.index + 1,
+            last.count,
+            "{when}: the log ends inside a batch: {last:?}"
         );
     }
     assert_eq!(view.next_position(), out.len() as u64, "{when}: next_position");
@@ -502,8 +579,26 @@ fn assert_acked(got: &[Got], acked: &[Acked], when: &str) {
             got.len()
         );
         let recs = &got[a.first as usize..end as usize];
-        assert_eq!(recs[0].header.index, 0, "{when}: {a:?} does not start a batch");
-        assert_eq!(u64::from(recs[0].header.count), a.count, "{when}: {a:?}: batch size");
+        if recs[0].erased {
+            // Erased: the batch is whole (one subject's key for all of it),
+            // its envelope as acknowledged.
+            for (i, r) in recs.iter().enumerate() {
+                assert!(
+                    r.erased && r.key == recs[0].key,
+                    "{when}: {a:?}: event {i} of an erased batch"
+                );
+                assert_eq!(r.stream, a.stream, "{when}: {a:?}: stream of event {i}");
+                assert_eq!(
+                    r.version,
+                    a.version + 1 - a.count + i as u64,
+                    "{when}: {a:?}: version of event {i}"
+                );
+            }
+            continue;
+        }
+        let h0 = recs[0].header.unwrap_or_else(|| panic!("{when}: {a:?}: no header"));
+        assert_eq!(h0.index, 0, "{when}: {a:?} does not start a batch");
+        assert_eq!(u64::from(h0.count), a.count, "{when}: {a:?}: batch size");
         for (i, r) in recs.iter().enumerate() {
             assert_eq!(r.stream, a.stream, "{when}: {a:?}: stream of event {i}");
             assert_eq!(
@@ -531,6 +626,7 @@ fn killed_writers_lose_no_acknowledged_event() {
 
     let mut dir = common::scratch();
     let mut acked: Vec<Acked> = Vec::new();
+    let mut erasures = Erasures::default();
     let mut kills_here = 0u64;
     let mut unacked_here = 0u64;
     for round in 0..rounds {
@@ -538,6 +634,7 @@ fn killed_writers_lose_no_acknowledged_event() {
         if round > 0 && round % 4 == 0 {
             dir = common::scratch();
             acked.clear();
+            erasures = Erasures::default();
             kills_here = 0;
             st.unacked_batches += std::mem::take(&mut unacked_here);
             st.fresh_dirs += 1;
@@ -592,6 +689,16 @@ fn killed_writers_lose_no_acknowledged_event() {
                 ready = true;
                 continue;
             }
+            if let Some(k) = line
+                .strip_prefix("ERASED ")
+                .and_then(|l| l.strip_suffix(EOL))
+                .and_then(|k| k.trim().parse::<u64>().ok())
+            {
+                erasures.said.insert(k);
+                erasures.unsaid.remove(&k);
+                st.erasures += 1;
+                continue;
+            }
             match parse_ack(line) {
                 Some(a) => {
                     acked.push(a);
@@ -610,7 +717,15 @@ fn killed_writers_lose_no_acknowledged_event() {
         // What the kill left, kept if a check below fails.
         let image = common::fresh_copy(dir.path());
         let verified = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            verify_round(dir.path(), &when, &mut acked, kills_here, &mut rng, &mut st)
+            verify_round(
+                dir.path(),
+                &when,
+                &mut acked,
+                &mut erasures,
+                kills_here,
+                &mut rng,
+                &mut st,
+            )
         }));
         match verified {
             Ok(unacked) => unacked_here = unacked,
@@ -628,7 +743,15 @@ fn killed_writers_lose_no_acknowledged_event() {
 
 /// Check the log a kill left in `dir`, recover it, append, check again.
 /// Returns the number of batches in the log that nobody acknowledged.
-fn verify_round(dir: &Path, when: &str, acked: &mut Vec<Acked>, kills_here: u64, rng: &mut Rng, st: &mut Stats) -> u64 {
+fn verify_round(
+    dir: &Path,
+    when: &str,
+    acked: &mut Vec<Acked>,
+    erasures: &mut Erasures,
+    kills_here: u64,
+    rng: &mut Rng,
+    st: &mut Stats,
+) -> u64 {
     {
         // The killed log: check finds no problem. A kill before the first
         // segment was created leaves a directory that is not a log yet
@@ -665,10 +788,19 @@ fn verify_round(dir: &Path, when: &str, acked: &mut Vec<Acked>, kills_here: u64,
         st.rebuilt_tables += u64::from(rec.rebuilt_stream_table);
         st.temp_removed += rec.removed_temp_files.len() as u64;
 
-        let (got, batches) = read_and_verify(&log, when);
+        let (got, batches) = read_and_verify(&log, when, erasures);
         assert_acked(&got, acked, when);
         st.ack_checks += acked.len() as u64;
-        let unacked = batches - acked.len() as u64;
+        assert!(
+            erasures.unsaid.len() as u64 <= kills_here,
+            "{when}: {} keys erased without an ERASED line, after only {kills_here} kills",
+            erasures.unsaid.len()
+        );
+        st.erased_events = st.erased_events.max(got.iter().filter(|g| g.erased).count() as u64);
+        // Batches of erased records are not counted (their boundaries are
+        // in their payloads, which are gone).
+        let acked_whole = acked.iter().filter(|a| !got[a.first as usize].erased).count() as u64;
+        let unacked = batches - acked_whole;
         assert!(
             unacked <= kills_here,
             "{when}: {unacked} batches nobody acknowledged, after only {kills_here} kills"
@@ -682,8 +814,12 @@ fn verify_round(dir: &Path, when: &str, acked: &mut Vec<Acked>, kills_here: u64,
         let stream = stream_name(s);
         let last_version = got.iter().rev().find(|g| g.stream == stream).map(|g| g.version);
         let (key, payloads) = make_batch(rng);
+        let mut events = events_of(key, &payloads);
+        if s == SEALED_STREAM {
+            events = events.into_iter().map(|e| e.with_subject("ks-parent")).collect();
+        }
         let r = log
-            .append(&stream, ExpectedVersion::Any, &events_of(key, &payloads))
+            .append(&stream, ExpectedVersion::Any, &events)
             .unwrap_or_else(|e| panic!("{when}: append after recovery: {e}"));
         assert_eq!(r.first_position, got.len() as u64, "{when}: positions continue");
         assert_eq!(
@@ -705,7 +841,7 @@ fn verify_round(dir: &Path, when: &str, acked: &mut Vec<Acked>, kills_here: u64,
             log.recovery().truncated.is_none(),
             "{when}: a clean close leaves no tail"
         );
-        let (got, _) = read_and_verify(&log, when);
+        let (got, _) = read_and_verify(&log, when, erasures);
         assert_acked(&got, acked, when);
         log.close().expect("close");
         unacked
@@ -738,6 +874,10 @@ fn print_stats(st: &Stats, seed: u64, elapsed: Duration) {
         st.check_warnings,
         st.max_segments,
         st.max_events
+    );
+    println!(
+        "kill: {} subjects erased (ERASED lines), up to {} events read as erased in one log",
+        st.erasures, st.erased_events
     );
 }
 
@@ -788,7 +928,7 @@ fn recovery_after_a_kill_before_indexing_writes_a_correct_stream_table() {
         );
         let log = Log::open(dir.path(), opts()).expect("reopen");
         assert_eq!(log.recovery().rebuilt_indexes.len(), drop_last, "{when}");
-        let (got, _) = read_and_verify(&log, &when);
+        let (got, _) = read_and_verify(&log, &when, &mut Erasures::default());
         assert_acked(&got, &acked, &when);
         log.close().expect("close");
         check_ok(dir.path(), &format!("{when}: after recovery"), true);
@@ -830,7 +970,7 @@ fn kill_during_a_roll_before_indexing() {
     let log = Log::open(dir.path(), opts()).expect("reopen");
     let rec = log.recovery().clone();
     assert!(rec.reinitialized.is_some() && rec.rebuilt_indexes.len() == 1, "{rec:?}");
-    let (got, _) = read_and_verify(&log, when);
+    let (got, _) = read_and_verify(&log, when, &mut Erasures::default());
     assert_acked(&got, &acked, when);
     assert!(!acked.is_empty());
     log.close().expect("close");
