@@ -275,6 +275,12 @@ fn lost_keys_are_damage_never_erasure() {
     let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
     assert!(!report.is_ok());
     assert!(report.problems[0].file.ends_with("annal.keys"), "{report:?}");
+    // The whole key file gone: check still sees the sealed records.
+    std::fs::remove_file(&keys).unwrap();
+    let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
+    assert!(!report.is_ok(), "{report:?}");
+    assert!(report.problems[0].file.ends_with("annal.keys"), "{report:?}");
+    assert!(report.problems[0].detail.contains("not an erasure"), "{report:?}");
 }
 
 #[test]

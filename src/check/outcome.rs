@@ -42,6 +42,8 @@ pub(super) struct SegOut {
     pub(super) problems: Vec<Finding>,
     pub(super) warnings: Vec<Finding>,
     pub(super) records: u64,
+    /// Records sealed for a subject (spec 3.8).
+    pub(super) sealed_records: u64,
     pub(super) bytes: u64,
     pub(super) log_id: Option<[u8; 16]>,
     /// Whether the segment was readable to its end (or its durable end).
@@ -84,6 +86,7 @@ impl SegOut {
             problems: Vec::new(),
             warnings: Vec::new(),
             records: 0,
+            sealed_records: 0,
             bytes: 0,
             log_id: None,
             complete: false,

@@ -33,6 +33,7 @@ use crate::format::meta::META_FORMAT_VERSION;
 use crate::format::names::LOCK_FILE;
 use crate::format::names::index_file_name;
 use crate::format::names::segment_file_name;
+use crate::format::subject_keys::KEYS_FILE;
 use crate::format::{FRAME_HEADER_LEN, IDX_HEADER_LEN};
 use crate::index::Prev;
 use crate::index::streamtable::TableEntry;
@@ -134,7 +135,12 @@ pub(super) fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Resu
         .is_some_and(|f| f.version >= META_FORMAT_VERSION)
     {
         check_hidden(dir, opts, &mut report);
-        check_subjects(dir, opts, &mut report);
+        // Sealed records to open, or a key file to read: otherwise the log
+        // has no subjects, and nothing is walked again.
+        let sealed = outs.iter().map(|o| o.sealed_records).sum::<u64>();
+        if sealed > 0 || std::fs::symlink_metadata(dir.join(KEYS_FILE)).is_ok() {
+            check_subjects(dir, opts, &mut report);
+        }
     }
     Ok(Scan { report, remove })
 }

@@ -173,6 +173,8 @@ struct Walked {
     /// Stream versions that do not continue within the segment.
     version_problems: Vec<Finding>,
     records: u64,
+    /// Records sealed for a subject (spec 3.8).
+    sealed_records: u64,
 }
 
 /// Check the segment at `base` (`is_last`: the active segment, which a
@@ -364,6 +366,7 @@ impl SegFile<'_> {
             ));
         }
         out.records = walked.records;
+        out.sealed_records = walked.sealed_records;
         out.problems.append(&mut walked.version_problems);
         out.spans = std::mem::take(&mut walked.spans).into_iter().collect();
         out.next_position = walked.walk.next_position;
@@ -393,6 +396,7 @@ impl SegFile<'_> {
         let mut spans: HashMap<Box<str>, StreamSpan> = HashMap::new();
         let mut version_problems = Vec::new();
         let mut records = 0u64;
+        let mut sealed_records = 0u64;
         let mut reported = 0u64;
         let seg_start = self.bytes.as_ptr() as usize;
         let layout = Layout::of(header);
@@ -406,6 +410,11 @@ impl SegFile<'_> {
                 return;
             }
             records += f.count as u64;
+            if layout.version >= 4 {
+                sealed_records += frame_records(frame, &layout)
+                    .filter(|r| r.subject_key().is_some())
+                    .count() as u64;
+            }
             track_versions(path, frame, f, off, &layout, &mut spans, &mut version_problems);
             chain.batch(ctx, path, format.chained(), chainer, frame, f, off);
             mem.add_frame(frame, off, &layout);
@@ -422,6 +431,7 @@ impl SegFile<'_> {
             spans,
             version_problems,
             records,
+            sealed_records,
         }
     }
 
