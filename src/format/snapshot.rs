@@ -1,6 +1,14 @@
-//! Snapshot files (spec 20): the header's normative layout, file names, and
-//! the decoder (every check of spec 20.3). Encoding and storing snapshots
-//! (temp file, fsync, rename, pruning) is `es::snapshot`'s.
+//! Snapshot files (spec 20): the header's normative layout, file names, the
+//! encoder and the decoder (every check of spec 20.3): the one definition
+//! of the layout of both format versions (1: no subject keys; 2: the key
+//! ids of the sealed events the state folded, spec 20.2). Storing snapshots
+//! (temp file, fsync, rename, pruning, removal after an erasure) is
+//! `es::snapshot`'s.
+//!
+//! Invariants: `parse(encode(s)) == s` for every snapshot `encode` accepts;
+//! a snapshot without subject keys encodes as version 1, one with keys as
+//! version 2; a parsed version 2 file names at least one key, strictly
+//! ascending, each at least 1.
 
 use std::mem::{offset_of, size_of};
 
@@ -8,11 +16,20 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::format::damage::Damage;
+use crate::format::sealed::KeyId;
 
 /// Magic bytes at the start of every snapshot file.
 pub(crate) const SNAPSHOT_MAGIC: [u8; 8] = *b"ANNALSNP";
-/// Version of the snapshot file layout this build reads and writes.
-pub(crate) const SNAPSHOT_FORMAT_VERSION: u16 = 1;
+/// Snapshot file layout version 1: a state that folded no sealed event.
+pub(crate) const SNAPSHOT_FORMAT_V1: u16 = 1;
+/// Snapshot file layout version 2: version 1 plus the subject key ids the
+/// state depends on (spec 20.2).
+pub(crate) const SNAPSHOT_FORMAT_V2: u16 = 2;
+/// The newest snapshot file layout this build reads and writes (it reads
+/// and writes every version from 1 to this one).
+pub(crate) const SNAPSHOT_FORMAT_VERSION: u16 = SNAPSHOT_FORMAT_V2;
+/// Bytes of one key id in a version 2 file's key list.
+pub(crate) const SNAPSHOT_KEY_LEN: usize = 8;
 
 /// Header of a snapshot file (spec 20.2): the normative layout.
 #[repr(C)]
@@ -26,7 +43,9 @@ pub(crate) struct SnapshotHeader {
     pub stream_version: U64,
     pub position: U64,
     pub schema_version: U32,
-    pub reserved1: U32,
+    /// Version 2: how many key ids follow the stream name (at least 1).
+    /// Version 1: `reserved1`, must be zero.
+    pub key_count: U32,
     pub payload_len: U64,
     pub reserved2: [u8; 12],
     pub crc: U32,
@@ -39,6 +58,8 @@ pub(crate) const SNAPSHOT_HEADER_LEN: usize = size_of::<SnapshotHeader>();
 pub(crate) const SNAPSHOT_CRC_OFFSET: usize = offset_of!(SnapshotHeader, crc);
 /// Offset of `stream_len`, reported when the length fields do not fill the file exactly.
 pub(crate) const SNAPSHOT_LENGTH_OFFSET: u64 = offset_of!(SnapshotHeader, stream_len) as u64;
+/// Offset of `format_version`.
+const SNAPSHOT_VERSION_OFFSET: u64 = offset_of!(SnapshotHeader, format_version) as u64;
 
 const _: () = assert!(SNAPSHOT_HEADER_LEN == 64);
 const _: () = assert!(SNAPSHOT_CRC_OFFSET == 60);
@@ -58,6 +79,76 @@ pub struct Snapshot {
     pub schema_version: u32,
     /// The serialized state (opaque to annal).
     pub payload: Vec<u8>,
+    /// The subject keys of the sealed events the state folded (erased ones
+    /// included), strictly ascending: empty for a state that folded no
+    /// sealed event (written as format version 1), else written as version
+    /// 2. A load skips a snapshot that names an erased key, and erasing a
+    /// subject removes every snapshot file that names its key (spec 20.5,
+    /// 20.6).
+    pub subject_keys: Vec<KeyId>,
+}
+
+/// Encode `snap` as the bytes of its file (spec 20.2): format version 1
+/// when it names no subject key, else version 2. Errors (nothing is
+/// written): a stream name of 0 or more than 65,535 bytes, or subject keys
+/// that are not strictly ascending ids of at least 1 (or more than
+/// `u32::MAX` of them).
+pub(crate) fn encode(snap: &Snapshot) -> Result<Vec<u8>, String> {
+    let stream_len = u16::try_from(snap.stream.len())
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            format!(
+                "a snapshot's stream name must be 1 to 65535 bytes, found {} bytes",
+                snap.stream.len()
+            )
+        })?;
+    let keys = &snap.subject_keys;
+    let key_count = u32::try_from(keys.len()).map_err(|_| {
+        format!(
+            "a snapshot names at most {} subject keys, found {}",
+            u32::MAX,
+            keys.len()
+        )
+    })?;
+    if keys.first().is_some_and(|k| k.0 == 0) || keys.windows(2).any(|w| matches!(w, [a, b] if a >= b)) {
+        return Err(format!(
+            "a snapshot's subject keys must be strictly ascending ids of at least 1, found {keys:?}"
+        ));
+    }
+    let version = if keys.is_empty() {
+        SNAPSHOT_FORMAT_V1
+    } else {
+        SNAPSHOT_FORMAT_V2
+    };
+    let header = SnapshotHeader {
+        magic: SNAPSHOT_MAGIC,
+        format_version: U16::new(version),
+        flags: U16::ZERO,
+        stream_len: U16::new(stream_len),
+        reserved0: U16::ZERO,
+        stream_version: U64::new(snap.stream_version),
+        position: U64::new(snap.position),
+        schema_version: U32::new(snap.schema_version),
+        key_count: U32::new(key_count),
+        payload_len: U64::new(snap.payload.len() as u64),
+        reserved2: [0; 12],
+        crc: U32::ZERO,
+    };
+    let mut bytes = Vec::with_capacity(
+        SNAPSHOT_HEADER_LEN + snap.stream.len() + SNAPSHOT_KEY_LEN * keys.len() + snap.payload.len(),
+    );
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(snap.stream.as_bytes());
+    for k in keys {
+        bytes.extend_from_slice(&k.0.to_le_bytes());
+    }
+    bytes.extend_from_slice(&snap.payload);
+    let crc = file_crc(&bytes);
+    if let Some(field) = bytes.get_mut(SNAPSHOT_CRC_OFFSET..SNAPSHOT_HEADER_LEN) {
+        field.copy_from_slice(&crc.to_le_bytes());
+    }
+    Ok(bytes)
 }
 
 /// Extension of snapshot file names.
@@ -90,8 +181,18 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     Some((u64::from_str_radix(hash, 16).ok()?, pos.parse().ok()?))
 }
 
+/// Bytes of a file's key list, as its header states them (0 in version 1).
+pub(crate) fn key_list_len(h: &SnapshotHeader) -> u64 {
+    if h.format_version.get() == SNAPSHOT_FORMAT_V2 {
+        SNAPSHOT_KEY_LEN as u64 * u64::from(h.key_count.get())
+    } else {
+        0
+    }
+}
+
 /// The checks of spec 20.3 that need only the header and the file length:
-/// magic, format version, and lengths that fill the file exactly.
+/// magic, format version (version 2 with at least one key), and lengths
+/// that fill the file exactly.
 pub(crate) fn check_header(h: &SnapshotHeader, file_len: u64) -> Result<(), Damage> {
     if h.magic != SNAPSHOT_MAGIC {
         return Err(Damage::corrupt(
@@ -100,26 +201,68 @@ pub(crate) fn check_header(h: &SnapshotHeader, file_len: u64) -> Result<(), Dama
         ));
     }
     let version = h.format_version.get();
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if !(SNAPSHOT_FORMAT_V1..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
         return Err(Damage::corrupt(
-            offset_of!(SnapshotHeader, format_version) as u64,
+            SNAPSHOT_VERSION_OFFSET,
             format!(
-                "snapshot format version {version} is not supported (this build reads version {SNAPSHOT_FORMAT_VERSION})"
+                "snapshot format version {version} is not supported (this build reads versions \
+                 {SNAPSHOT_FORMAT_V1} to {SNAPSHOT_FORMAT_VERSION})"
             ),
         ));
     }
+    if version == SNAPSHOT_FORMAT_V2 && h.key_count.get() == 0 {
+        return Err(Damage::corrupt(
+            SNAPSHOT_VERSION_OFFSET,
+            "snapshot format version 2 with key_count 0: a version 2 file names at least one subject key \
+             (a state without keys is written as version 1)",
+        ));
+    }
     let (stream_len, payload_len) = (h.stream_len.get(), h.payload_len.get());
-    let want = (SNAPSHOT_HEADER_LEN as u64 + stream_len as u64).checked_add(payload_len);
+    let keys_len = key_list_len(h);
+    // No overflow: 64 + 65535 + 8 * (2^32 - 1) fits in a u64 with room.
+    let want = (SNAPSHOT_HEADER_LEN as u64 + u64::from(stream_len) + keys_len).checked_add(payload_len);
     if want != Some(file_len) {
+        let keys = if version == SNAPSHOT_FORMAT_V2 {
+            format!(" + 8 * key_count ({})", h.key_count.get())
+        } else {
+            String::new()
+        };
         return Err(Damage::corrupt(
             SNAPSHOT_LENGTH_OFFSET,
             format!(
-                "expected the file to be {SNAPSHOT_HEADER_LEN} + stream_len ({stream_len}) + payload_len \
+                "expected the file to be {SNAPSHOT_HEADER_LEN} + stream_len ({stream_len}){keys} + payload_len \
                  ({payload_len}) bytes long, found {file_len} bytes"
             ),
         ));
     }
     Ok(())
+}
+
+/// The key list of a file whose header passed [`check_header`]: `list` is
+/// the file's bytes from the end of the stream name, at least the
+/// header's key list long. Errors: a key id of 0, or one not greater than
+/// the one before (at its offset in the file; `list_at` is the offset of
+/// `list`).
+pub(crate) fn parse_key_list(h: &SnapshotHeader, list: &[u8], list_at: u64) -> Result<Vec<KeyId>, Damage> {
+    let n = usize::try_from(key_list_len(h)).unwrap_or(usize::MAX);
+    let list = list.get(..n).unwrap_or(list);
+    let mut keys: Vec<KeyId> = Vec::with_capacity(list.len() / SNAPSHOT_KEY_LEN);
+    for (i, chunk) in list.chunks_exact(SNAPSHOT_KEY_LEN).enumerate() {
+        let id = u64::from_le_bytes(<[u8; SNAPSHOT_KEY_LEN]>::try_from(chunk).unwrap_or_default());
+        let prev = keys.last().map_or(0, |k| k.0);
+        if id <= prev {
+            return Err(Damage::corrupt(
+                list_at + (i * SNAPSHOT_KEY_LEN) as u64,
+                if i == 0 {
+                    format!("expected subject key ids of at least 1, found {id}")
+                } else {
+                    format!("expected strictly ascending subject key ids, found {id} after {prev}")
+                },
+            ));
+        }
+        keys.push(KeyId(id));
+    }
+    Ok(keys)
 }
 
 /// Parse and check a whole snapshot file (spec 20.3), in the order stated there.
@@ -153,8 +296,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Snapshot, Damage> {
         ),
         (
             "reserved1",
-            offset_of!(SnapshotHeader, reserved1),
-            h.reserved1.get() == 0,
+            offset_of!(SnapshotHeader, key_count),
+            h.format_version.get() != SNAPSHOT_FORMAT_V1 || h.key_count.get() == 0,
         ),
         (
             "reserved2",
@@ -169,11 +312,14 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Snapshot, Damage> {
             ));
         }
     }
-    // check_header proved 64 + stream_len + payload_len == bytes.len().
+    // check_header proved 64 + stream_len + 8 * key_count + payload_len == bytes.len().
     let body = bytes.get(SNAPSHOT_HEADER_LEN..).unwrap_or_default();
-    let (stream, payload) = body
+    let (stream, rest) = body
         .split_at_checked(h.stream_len.get() as usize)
         .unwrap_or((body, &[]));
+    let (list, payload) = rest
+        .split_at_checked(usize::try_from(key_list_len(h)).unwrap_or(usize::MAX))
+        .unwrap_or((rest, &[]));
     if stream.is_empty() {
         return Err(Damage::corrupt(
             SNAPSHOT_LENGTH_OFFSET,
@@ -186,12 +332,14 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Snapshot, Damage> {
             "expected the stream name to be valid UTF-8",
         )
     })?;
+    let subject_keys = parse_key_list(h, list, (SNAPSHOT_HEADER_LEN + stream.len()) as u64)?;
     Ok(Snapshot {
         stream: stream.to_owned(),
         stream_version: h.stream_version.get(),
         position: h.position.get(),
         schema_version: h.schema_version.get(),
         payload: payload.to_vec(),
+        subject_keys,
     })
 }
 
