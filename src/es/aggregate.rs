@@ -79,7 +79,8 @@ pub struct Loaded<A> {
     pub snapshot_version: Option<u64>,
     /// Events replayed on top of the snapshot (or from the start).
     pub replayed: u64,
-    /// Snapshots skipped (corrupt, or of another schema), one message each.
+    /// Snapshots skipped (corrupt, of another schema, or naming an erased
+    /// subject key: superseded by the erasure), one message each.
     pub warnings: Vec<String>,
 }
 

@@ -675,3 +675,24 @@ mod index_content_tests {
         assert_eq!((item(&v1), item(&v2)), (vec![320], vec![128]));
     }
 }
+
+#[cfg(test)]
+mod snapshot_tests {
+    /// Both snapshot vectors are described whole: version 2 with its key list.
+    #[test]
+    fn both_snapshot_versions_are_described() {
+        let read = |rel: &str| std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap();
+        let name = "snapshots/7d1deb86a05662d4-00000000000000000007.snap";
+        let v1 = super::snapshot(&read(&format!("spec/vectors/v1/snapshot/{name}")));
+        let v2 = super::snapshot(&read(&format!("spec/vectors/v1/snapshot-v2/{name}")));
+        for (d, version, keys) in [(&v1, 1, vec![]), (&v2, 2, vec![2, 5])] {
+            assert!(d.stop.is_none(), "{:?}", d.stop);
+            let h = d.header.as_ref().unwrap();
+            assert!(h.crc_ok);
+            assert_eq!(
+                (h.format_version, h.key_count as usize, &h.subject_keys),
+                (version, keys.len(), &keys)
+            );
+        }
+    }
+}
