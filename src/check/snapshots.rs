@@ -14,9 +14,7 @@ use super::files::{Opened, open_checked, read_at_into, read_prefix};
 use super::report::{CheckReport, finding};
 use crate::error::{Error, Result};
 use crate::format::names::SNAPSHOT_DIR;
-use crate::format::snapshot::{
-    SNAPSHOT_CRC_OFFSET, SNAPSHOT_HEADER_LEN, SnapshotHeader, check_header, key_list_len, parse_key_list,
-};
+use crate::format::snapshot::{SNAPSHOT_CRC_OFFSET, SNAPSHOT_HEADER_LEN, SnapshotHeader, check_header, read_key_list};
 use zerocopy::FromBytes;
 
 /// Snapshot files larger than this are checked by streaming (header and
@@ -132,32 +130,9 @@ fn check_large_snapshot(f: &fs::File, path: &Path, len: u64) -> Result<Option<(u
         )));
     }
     // The key list (spec 20.3, check 9), within the file (check_header),
-    // in chunks of whole key ids; each chunk's first id must exceed the
-    // previous chunk's last.
-    let start = SNAPSHOT_HEADER_LEN as u64 + u64::from(h.stream_len.get());
-    let end = start + key_list_len(h);
-    let (mut at, mut prev) = (start, 0u64);
-    while at < end {
-        buf.clear();
-        read_at_into(f, path, at, (end - at).min(1 << 20), &mut buf)?;
-        let first = buf
-            .get(..8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes);
-        if let Some(first) = first.filter(|&id| id <= prev && at > start) {
-            return Ok(Some((
-                at,
-                format!("expected strictly ascending subject key ids, found {first} after {prev}"),
-            )));
-        }
-        let keys = match parse_key_list(h, &buf, at) {
-            Ok(keys) => keys,
-            Err(d) => return Ok(Some((d.offset, d.detail()))),
-        };
-        prev = keys.last().map_or(prev, |k| k.0);
-        at += buf.len() as u64;
-    }
-    Ok(None)
+    // in bounded pieces.
+    let keys = read_key_list(h, 1 << 20, |at, n, out| read_at_into(f, path, at, n, out), |_| {})?;
+    Ok(keys.err().map(|d| (d.offset, d.detail())))
 }
 
 #[cfg(test)]

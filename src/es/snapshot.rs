@@ -26,7 +26,7 @@ use crate::format::hash::stream_hash;
 use crate::format::sealed::KeyId;
 pub use crate::format::snapshot::Snapshot;
 pub(crate) use crate::format::snapshot::file_name;
-use crate::format::snapshot::{SNAPSHOT_FORMAT_V2, check_header, key_list_len, parse_file_name, parse_key_list};
+use crate::format::snapshot::{SNAPSHOT_FORMAT_V2, check_header, parse_file_name, read_key_list};
 pub(crate) use crate::format::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SnapshotHeader};
 use crate::storage::io::{Io, read_exact_at};
 
@@ -143,17 +143,20 @@ fn names_erased_key(path: &Path, erased: Erased<'_>) -> Result<bool> {
     if n < SNAPSHOT_HEADER_LEN || check_header(h, len).is_err() {
         return Ok(true);
     }
-    // check_header: the key list lies within the file's real size.
-    let at = SNAPSHOT_HEADER_LEN as u64 + u64::from(h.stream_len.get());
-    let Ok(list_len) = usize::try_from(key_list_len(h)) else {
-        return Ok(true);
-    };
-    let mut list = vec![0u8; list_len];
-    read_exact_at(&file, &mut list, at).map_err(|e| Error::io("read", path, e))?;
-    Ok(match parse_key_list(h, &list, at) {
-        Ok(keys) => keys.into_iter().any(erased),
-        Err(_) => true,
-    })
+    // check_header: the key list lies within the file's real size; read in
+    // bounded pieces.
+    let mut names = false;
+    let keys = read_key_list(
+        h,
+        1 << 20,
+        |at, n, out| {
+            let start = out.len();
+            out.resize(start + usize::try_from(n).unwrap_or(0), 0);
+            read_exact_at(&file, &mut out[start..], at).map_err(|e| Error::io("read", path, e))
+        },
+        |keys| names |= keys.iter().any(|&k| erased(k)),
+    )?;
+    Ok(names || keys.is_err())
 }
 
 /// The files named with one stream hash: (position, path) newest first, and
@@ -234,24 +237,37 @@ impl SnapshotStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("read directory", &self.dir, e)),
         };
-        let mut doomed = Vec::new();
+        // A file that cannot be read does not stop the others' removal:
+        // the first error is returned after them.
+        let (mut doomed, mut failed) = (Vec::new(), None);
         for entry in rd {
             let entry = entry.map_err(|e| Error::io("read directory", &self.dir, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let path = entry.path();
             let temp = name.strip_suffix(".tmp").and_then(parse_file_name).is_some();
-            if temp || (parse_file_name(name).is_some() && names_erased_key(&path, erased)?) {
+            let named = !temp
+                && parse_file_name(name).is_some()
+                && names_erased_key(&path, erased).unwrap_or_else(|e| {
+                    failed.get_or_insert(e);
+                    false
+                });
+            if temp || named {
                 doomed.push(path);
             }
         }
         for path in &doomed {
-            self.remove(path)?;
+            if let Err(e) = self.remove(path) {
+                failed.get_or_insert(e);
+            }
         }
         if !doomed.is_empty() {
             self.sync_dir()?;
         }
-        Ok(doomed)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(doomed),
+        }
     }
 
     /// Remove `path` through the seam; a file already gone is fine.

@@ -238,31 +238,67 @@ pub(crate) fn check_header(h: &SnapshotHeader, file_len: u64) -> Result<(), Dama
     Ok(())
 }
 
-/// The key list of a file whose header passed [`check_header`]: `list` is
-/// the file's bytes from the end of the stream name, at least the
-/// header's key list long. Errors: a key id of 0, or one not greater than
-/// the one before (at its offset in the file; `list_at` is the offset of
-/// `list`).
-pub(crate) fn parse_key_list(h: &SnapshotHeader, list: &[u8], list_at: u64) -> Result<Vec<KeyId>, Damage> {
-    let n = usize::try_from(key_list_len(h)).unwrap_or(usize::MAX);
-    let list = list.get(..n).unwrap_or(list);
+/// Check the key ids in `list` (whole 8-byte ids; a trailing partial id
+/// is ignored), at offset `list_at` of the file, following `prev` (the id
+/// before them, if the list is read in pieces): each must be at least 1 and
+/// greater than the one before (spec 20.3, check 9). Errors at the offset
+/// of the first id that is not.
+pub(crate) fn check_key_ids(list: &[u8], list_at: u64, prev: Option<KeyId>) -> Result<Vec<KeyId>, Damage> {
     let mut keys: Vec<KeyId> = Vec::with_capacity(list.len() / SNAPSHOT_KEY_LEN);
+    let mut prev = prev;
     for (i, chunk) in list.chunks_exact(SNAPSHOT_KEY_LEN).enumerate() {
         let id = u64::from_le_bytes(<[u8; SNAPSHOT_KEY_LEN]>::try_from(chunk).unwrap_or_default());
-        let prev = keys.last().map_or(0, |k| k.0);
-        if id <= prev {
-            return Err(Damage::corrupt(
-                list_at + (i * SNAPSHOT_KEY_LEN) as u64,
-                if i == 0 {
-                    format!("expected subject key ids of at least 1, found {id}")
-                } else {
-                    format!("expected strictly ascending subject key ids, found {id} after {prev}")
-                },
-            ));
+        let at = list_at + (i * SNAPSHOT_KEY_LEN) as u64;
+        match prev {
+            None if id == 0 => {
+                return Err(Damage::corrupt(at, "expected subject key ids of at least 1, found 0"));
+            }
+            Some(p) if id <= p.0 => {
+                return Err(Damage::corrupt(
+                    at,
+                    format!("expected strictly ascending subject key ids, found {id} after {}", p.0),
+                ));
+            }
+            _ => {}
         }
+        prev = Some(KeyId(id));
         keys.push(KeyId(id));
     }
     Ok(keys)
+}
+
+/// Read and check the key list of a file whose header `h` passed
+/// [`check_header`], `read(offset, len, out)` appending `len` bytes of the
+/// file at `offset` to `out`, in pieces of at most `chunk` bytes (a
+/// multiple of 8), so that no key count decides an allocation beyond
+/// `chunk`. Calls `each` with every piece's ids; errors: `read`'s, or the
+/// damage of [`check_key_ids`].
+pub(crate) fn read_key_list<E>(
+    h: &SnapshotHeader,
+    chunk: u64,
+    mut read: impl FnMut(u64, u64, &mut Vec<u8>) -> Result<(), E>,
+    mut each: impl FnMut(&[KeyId]),
+) -> Result<Result<(), Damage>, E> {
+    let chunk = (chunk / SNAPSHOT_KEY_LEN as u64).max(1) * SNAPSHOT_KEY_LEN as u64;
+    let start = SNAPSHOT_HEADER_LEN as u64 + u64::from(h.stream_len.get());
+    let end = start + key_list_len(h);
+    let (mut at, mut prev, mut buf) = (start, None, Vec::new());
+    while at < end {
+        buf.clear();
+        read(at, (end - at).min(chunk), &mut buf)?;
+        if buf.len() < SNAPSHOT_KEY_LEN {
+            break;
+        }
+        match check_key_ids(&buf, at, prev) {
+            Ok(keys) => {
+                prev = keys.last().copied().or(prev);
+                each(&keys);
+            }
+            Err(d) => return Ok(Err(d)),
+        }
+        at += buf.len() as u64;
+    }
+    Ok(Ok(()))
 }
 
 /// Parse and check a whole snapshot file (spec 20.3), in the order stated there.
@@ -332,7 +368,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Snapshot, Damage> {
             "expected the stream name to be valid UTF-8",
         )
     })?;
-    let subject_keys = parse_key_list(h, list, (SNAPSHOT_HEADER_LEN + stream.len()) as u64)?;
+    let subject_keys = check_key_ids(list, (SNAPSHOT_HEADER_LEN + stream.len()) as u64, None)?;
     Ok(Snapshot {
         stream: stream.to_owned(),
         stream_version: h.stream_version.get(),
