@@ -368,3 +368,67 @@ fn a_subject_named_again_and_streams_without_erased_events() {
     assert_eq!(repo.snapshot("customer-ann").unwrap(), None);
     assert!(snapshots_of(dir.path(), "customer-ann").is_empty());
 }
+
+/// Saves racing erasures: for each of ten customers, one thread executes
+/// commands (a snapshot after every event) while another erases the
+/// customer's subject, later for each customer (so at another round of
+/// the saves). When both are done, no snapshot file names the
+/// erased key (checked after each erasure, before the next one could
+/// remove what it left) and no file holds any customer's plaintext.
+#[test]
+fn saves_racing_erasures_leave_no_snapshot_of_an_erased_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let email = |i: usize| format!("customer{i}@secret.example");
+    let rounds = 12;
+    for i in 0..10 {
+        let stream = format!("c-{i}");
+        log.append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[event(&registered(&email(i)), Some(&format!("s{i}")))],
+        )
+        .unwrap();
+        let key = {
+            let view = log.view().unwrap();
+            let rec = view
+                .read_stream(&stream, 0, annal::Direction::Forward, 1)
+                .next()
+                .unwrap()
+                .unwrap();
+            rec.subject_key().unwrap()
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let repo = Repository::<Customer>::new(&log).snapshot_every(1, 2);
+                for round in 0..rounds {
+                    let ex = repo.execute(&stream, &format!("note {round}")).unwrap();
+                    assert!(ex.snapshot_error.is_none(), "{ex:?}");
+                }
+            });
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(4 * i as u64));
+                assert_eq!(log.erase_subject(&format!("s{i}")).unwrap(), Some(key));
+            });
+        });
+        for p in snapshot_files(dir.path()) {
+            let (stream, version, named) = parse_snapshot(&fs::read(&p).unwrap());
+            assert!(
+                !named.contains(&key.0),
+                "{stream} (v{version}) names erased key {key:?}"
+            );
+        }
+        let loaded = Repository::<Customer>::new(&log).load(&stream).unwrap();
+        assert_eq!((loaded.state.email, loaded.state.erased.len()), (None, 1));
+        assert_eq!(loaded.state.notes.len(), rounds);
+    }
+    log.sync().unwrap();
+    for i in 0..10 {
+        assert_eq!(
+            files_holding(dir.path(), email(i).as_bytes()),
+            Vec::<PathBuf>::new(),
+            "{}",
+            email(i)
+        );
+    }
+}
