@@ -12,6 +12,12 @@
 //! exactly) before anything is returned; a file that fails a check is skipped
 //! and reported, never an error that stops a load.
 //!
+//! A snapshot of a state that folded sealed events (spec 3.8) names their
+//! subject keys (format version 2). Under erasure (spec 20.4 to 20.6): a
+//! save never keeps a file that names an erased key (it looks before and
+//! after writing, under the save lock), a load skips one, and
+//! [`SnapshotStore::remove_erased`] removes every one, under the same lock.
+//!
 //! [`SnapshotHeader`] is the normative byte layout of spec 20.2.
 
 use std::io;

@@ -394,3 +394,61 @@ pub(crate) fn decode(name: Option<&str>, bytes: &[u8]) -> Result<Snapshot, Damag
     }
     Ok(snap)
 }
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests: a panic is a failure")]
+mod tests {
+    use super::*;
+
+    fn keyed(keys: &[u64]) -> Vec<u8> {
+        let snap = Snapshot {
+            stream: "s".into(),
+            stream_version: 0,
+            position: 0,
+            schema_version: 0,
+            payload: b"state".to_vec(),
+            subject_keys: keys.iter().map(|&k| KeyId(k)).collect(),
+        };
+        encode(&snap).unwrap_or_default()
+    }
+
+    /// The key list read in pieces of any size (one id, several, all) gives
+    /// the same ids, and the same first error at the same offset, as the
+    /// whole list checked at once: continuity holds across pieces.
+    #[test]
+    fn key_lists_read_in_pieces_check_like_whole_ones() {
+        for keys in [
+            vec![1u64, 2, 9, 10, 11],
+            vec![3, 3],
+            vec![1, 2, 9, 4],
+            vec![0, 1],
+            vec![7, 8, 1, 2],
+        ] {
+            let mut file = keyed(&[1, 2, 3, 4, 5].map(|i| i * 1000)[..keys.len()]);
+            for (i, k) in keys.iter().enumerate() {
+                let at = SNAPSHOT_HEADER_LEN + 1 + 8 * i;
+                file[at..at + 8].copy_from_slice(&k.to_le_bytes());
+            }
+            let Ok((h, _)) = SnapshotHeader::ref_from_prefix(&file) else {
+                panic!("header")
+            };
+            let whole = check_key_ids(&file[65..65 + 8 * keys.len()], 65, None);
+            for chunk in [1, 8, 16, 24, 1 << 20] {
+                let mut got = Vec::new();
+                let read = |at: u64, n: u64, out: &mut Vec<u8>| -> Result<(), ()> {
+                    out.extend_from_slice(&file[at as usize..(at + n) as usize]);
+                    Ok(())
+                };
+                let r = read_key_list(h, chunk, read, |k| got.extend_from_slice(k)).unwrap_or(Ok(()));
+                match &whole {
+                    Ok(ids) => assert_eq!((r, &got), (Ok(()), ids), "{keys:?} in pieces of {chunk}"),
+                    Err(d) => assert_eq!(
+                        r.err().map(|e| e.offset),
+                        Some(d.offset),
+                        "{keys:?} in pieces of {chunk}"
+                    ),
+                }
+            }
+        }
+    }
+}
