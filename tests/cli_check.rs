@@ -56,6 +56,7 @@ fn clean_log() -> tempfile::TempDir {
         position: 3,
         schema_version: 1,
         payload: b"state".to_vec(),
+        subject_keys: Vec::new(),
     };
     annal::snapshot_testing::save(dir.path(), Arc::new(annal::io::StdIo), &snap, 2).expect("snapshot");
     log.close().expect("close");

@@ -1,6 +1,8 @@
 //! Snapshot files (`spec/format.md`, section 20): format, store, golden vector.
 //!
-//! The golden vector `spec/vectors/v1/snapshot/` + `snapshot.json` is
+//! The golden vectors `spec/vectors/v1/snapshot/` + `snapshot.json` (format
+//! version 1) and `spec/vectors/v1/snapshot-v2/` + `snapshot-v2.json`
+//! (format version 2: with subject keys) are
 //! assembled here byte by byte from the table of spec 20.2 by the "spec
 //! assembly" helpers below, which use neither annal's encoder nor its
 //! constants (only `crc32fast` for the CRC and `annal::stream_hash`, itself
@@ -26,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use annal::io::{Io, IoFile, StdIo};
 use annal::snapshot_testing as st;
-use annal::{Error, Snapshot, stream_hash};
+use annal::{Error, KeyId, Snapshot, stream_hash};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -87,6 +89,32 @@ fn assemble(stream: &str, stream_version: u64, position: u64, schema_version: u3
     f
 }
 
+/// Spec 20.2, format version 2: the version 1 layout with `format_version`
+/// 2, `key_count` at 36 and the key ids (8 bytes each, little-endian) between
+/// the stream name and the payload. With no keys: the version 1 file.
+fn assemble_keyed(
+    stream: &str,
+    stream_version: u64,
+    position: u64,
+    schema_version: u32,
+    keys: &[u64],
+    payload: &[u8],
+) -> Vec<u8> {
+    if keys.is_empty() {
+        return assemble(stream, stream_version, position, schema_version, payload);
+    }
+    let mut f = assemble(stream, stream_version, position, schema_version, b"");
+    put(&mut f, 8, &2u16.to_le_bytes()); // format_version
+    put(&mut f, 36, &(keys.len() as u32).to_le_bytes()); // key_count
+    put(&mut f, 40, &(payload.len() as u64).to_le_bytes()); // payload_len
+    for k in keys {
+        f.extend_from_slice(&k.to_le_bytes());
+    }
+    f.extend_from_slice(payload);
+    reseal(&mut f);
+    f
+}
+
 /// Recompute the CRC of an assembled file (for files that must pass the CRC
 /// and fail a later check).
 fn reseal(f: &mut [u8]) {
@@ -108,6 +136,24 @@ fn flip_offset(i: usize) -> u64 {
         0..8 => 0,
         8..10 => 8,
         12..14 | 40..48 => 12,
+        _ => 60,
+    }
+}
+
+/// The offset at which spec 20.3 reports a change of the single byte at `i`
+/// of a valid version 2 file `good`, changed into `bad`: `format_version`
+/// turned into 1 leaves a key list the version 1 lengths do not account for
+/// (12); `key_count` turned into 0 is a version 2 header without keys (8).
+fn flip_offset_v2(good: &[u8], bad: &[u8], i: usize) -> u64 {
+    let u16_at = |f: &[u8], at: usize| u16::from_le_bytes([f[at], f[at + 1]]);
+    let u32_at = |f: &[u8], at: usize| u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+    assert_eq!(u16_at(good, 8), 2);
+    match i {
+        0..8 => 0,
+        8..10 if u16_at(bad, 8) == 1 => 12,
+        8..10 => 8,
+        36..40 if u32_at(bad, 36) == 0 => 8,
+        12..14 | 36..48 => 12,
         _ => 60,
     }
 }
@@ -166,6 +212,9 @@ struct SnapshotFieldsJson {
     schema_version: u32,
     payload: String,
     payload_postcard: OrderState,
+    /// Format version 2 only: the subject key ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    subject_keys: Vec<u64>,
 }
 
 struct Vector {
@@ -229,6 +278,7 @@ fn build_vector() -> Vector {
             schema_version: SCHEMA_VERSION,
             payload: hex(&GOLDEN_PAYLOAD),
             payload_postcard: golden_state(),
+            subject_keys: Vec::new(),
         },
         length: bytes.len() as u64,
         crc: format!("{crc_value:#010x}"),
@@ -299,8 +349,146 @@ fn vector() -> &'static Vector {
     })
 }
 
+// ==================================================== the vector, v2
+
+/// The subject keys of the version 2 vector: the state folded sealed events
+/// under keys 2 and 5.
+const GOLDEN_KEYS: [u64; 2] = [2, 5];
+
+fn build_vector_v2() -> Vector {
+    let keys = GOLDEN_KEYS;
+    let bytes = assemble_keyed(STREAM, STREAM_VERSION, POSITION, SCHEMA_VERSION, &keys, &GOLDEN_PAYLOAD);
+    let name = spec_file_name(STREAM, POSITION);
+    let file = format!("snapshots/{name}");
+    let s_end = 64 + STREAM.len();
+    let p_at = s_end + 8 * keys.len();
+    let crc_value = u32::from_le_bytes([bytes[60], bytes[61], bytes[62], bytes[63]]);
+    let mut fields = vec![
+        field(&bytes, 0, 8, "magic", json!("ANNALSNP")),
+        field(&bytes, 8, 2, "format_version", json!(2)),
+        field(&bytes, 10, 2, "flags", json!(0)),
+        field(&bytes, 12, 2, "stream_len", json!(STREAM.len())),
+        field(&bytes, 14, 2, "reserved0", json!(0)),
+        field(&bytes, 16, 8, "stream_version", json!(STREAM_VERSION)),
+        field(&bytes, 24, 8, "position", json!(POSITION)),
+        field(&bytes, 32, 4, "schema_version", json!(SCHEMA_VERSION)),
+        field(&bytes, 36, 4, "key_count", json!(keys.len())),
+        field(&bytes, 40, 8, "payload_len", json!(GOLDEN_PAYLOAD.len())),
+        field(&bytes, 48, 12, "reserved2", json!(0)),
+        field(&bytes, 60, 4, "crc", json!(format!("{crc_value:#010x}"))),
+        field(&bytes, 64, STREAM.len(), "stream name", json!(STREAM)),
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        fields.push(field(
+            &bytes,
+            s_end + 8 * i,
+            8,
+            &format!("subject key {}", i + 1),
+            json!(k),
+        ));
+    }
+    fields.push(field(
+        &bytes,
+        p_at,
+        GOLDEN_PAYLOAD.len(),
+        "payload",
+        json!(hex(&GOLDEN_PAYLOAD)),
+    ));
+    let json = SnapshotJson {
+        description: [
+            "One snapshot file of format version 2 (spec 20.2): the state of the version 1 vector (snapshot.json), \
+             but folded from events sealed under subject keys 2 and 5, so the file names those keys.",
+            "Version 2 is version 1 with format_version 2, key_count (at 36, reserved1 in version 1) and, between \
+             the stream name and the payload, key_count key ids of 8 bytes, little-endian, strictly ascending, each \
+             at least 1.",
+            "The file name is the stream hash (FNV-1a 64 of the name, section 19) as 16 hex digits, '-', the \
+             position as 20 digits, '.snap'.",
+            "crc is CRC-32/ISO-HDLC of every byte of the file but the crc field: [0, 60) followed by [64, length).",
+            "fields lists every byte range of the file in order; hex is the stored bytes, value their meaning \
+             (integers little-endian).",
+            "single_byte_change_reported_at and truncation_reported_at give the error offset of spec 20.3 for \
+             any change of one byte, and for a file cut short or extended.",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+        snapshot_format_version: 2,
+        file: file.clone(),
+        file_name: FileNameJson {
+            stream_hash: format!("0x{STREAM_HASH:016x}"),
+            position: POSITION,
+            name,
+        },
+        snapshot: SnapshotFieldsJson {
+            stream: STREAM.to_owned(),
+            stream_version: STREAM_VERSION,
+            position: POSITION,
+            schema_version: SCHEMA_VERSION,
+            payload: hex(&GOLDEN_PAYLOAD),
+            payload_postcard: golden_state(),
+            subject_keys: keys.to_vec(),
+        },
+        length: bytes.len() as u64,
+        crc: format!("{crc_value:#010x}"),
+        fields,
+        bytes: hex(&bytes),
+        single_byte_change_reported_at: vec![
+            rule("[0, 8)", "magic", 0),
+            rule(
+                "[8, 10), to any value but 1",
+                "format_version (another version, or version 2 with key_count 0)",
+                8,
+            ),
+            rule(
+                "[8, 10), to 1",
+                "a version 1 file: its lengths do not account for the key list",
+                12,
+            ),
+            rule("[36, 40), to 0", "a version 2 header without keys", 8),
+            rule(
+                "[12, 14), [36, 40) to any value but 0, [40, 48)",
+                "stream_len, key_count, payload_len: the lengths do not fill the file",
+                12,
+            ),
+            rule("any other byte (the key list included)", "crc mismatch", 60),
+        ],
+        truncation_reported_at: vec![
+            rule("fewer than 64 bytes", "no complete header", 0),
+            rule(
+                "64 bytes or more, other than the stated length",
+                "the lengths do not fill the file",
+                12,
+            ),
+        ],
+    };
+    let mut json_text = serde_json::to_string_pretty(&json).expect("serialize JSON");
+    json_text.push('\n');
+    Vector { file, bytes, json_text }
+}
+
+/// The spec-assembled version 2 vector; with `ANNAL_REGENERATE_VECTORS=1`,
+/// written to `spec/vectors/v1/snapshot-v2/` and `snapshot-v2.json`.
+fn vector_v2() -> &'static Vector {
+    static V: OnceLock<Vector> = OnceLock::new();
+    V.get_or_init(|| {
+        let v = build_vector_v2();
+        if regenerating() {
+            let dir = vectors_dir().join("snapshot-v2");
+            if dir.exists() {
+                fs::remove_dir_all(&dir).expect("remove old vector directory");
+            }
+            let path = dir.join(&v.file);
+            fs::create_dir_all(path.parent().expect("parent")).expect("create vector directory");
+            fs::write(&path, &v.bytes).expect("write snapshot file");
+            fs::write(vectors_dir().join("snapshot-v2.json"), &v.json_text).expect("write JSON");
+        }
+        v
+    })
+}
+
 fn read_vector_file(rel: &str) -> Vec<u8> {
     vector();
+    vector_v2();
     let path = vectors_dir().join(rel);
     fs::read(&path).unwrap_or_else(|e| {
         panic!(
@@ -319,6 +507,14 @@ fn snap(stream: &str, stream_version: u64, position: u64, schema_version: u32, p
         position,
         schema_version,
         payload: payload.to_vec(),
+        subject_keys: Vec::new(),
+    }
+}
+
+fn keyed(s: Snapshot, keys: &[u64]) -> Snapshot {
+    Snapshot {
+        subject_keys: keys.iter().map(|&k| KeyId(k)).collect(),
+        ..s
     }
 }
 
@@ -789,17 +985,17 @@ fn huge_lengths_and_newer_versions() {
     save(dir, &snap(STREAM, 0, 1, SCHEMA_VERSION, b"v0"), 5);
     let huge = snap_dir(dir).join(spec_file_name(STREAM, 5));
     fs::write(&huge, &f).expect("write");
-    let mut v2 = vector().bytes.clone();
-    v2[8] = 2;
-    reseal(&mut v2);
+    let mut v3 = vector().bytes.clone();
+    v3[8] = 3;
+    reseal(&mut v3);
     let newer = snap_dir(dir).join(spec_file_name(STREAM, 3));
-    fs::write(&newer, &v2).expect("write");
-    let e = st::decode(&newer, &v2).expect_err("version 2");
+    fs::write(&newer, &v3).expect("write");
+    let e = st::decode(&newer, &v3).expect_err("version 3");
     assert_eq!(corrupt_offset(&e), 8);
     let (got, warnings) = load(dir, STREAM, SCHEMA_VERSION, None);
     assert_eq!(got.map(|s| s.position), Some(1));
     assert_eq!(warnings.len(), 2, "{warnings:?}");
-    assert!(warnings.iter().any(|w| w.contains("version 2")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("version 3")), "{warnings:?}");
 
     // A save prunes the damaged file but keeps the newer-version one.
     save(dir, &snap(STREAM, 9, 90, SCHEMA_VERSION, b"v9"), 1);
@@ -1074,30 +1270,317 @@ proptest! {
         payload in proptest::collection::vec(any::<u8>(), 0..300),
         flip in any::<prop::sample::Index>(),
         mask in 1u8..=255,
+        keys in proptest::collection::btree_set(1u64.., 0..5),
     ) {
-        let s = snap(&stream, version, position, schema, &payload);
+        let keys: Vec<u64> = keys.into_iter().collect();
+        let s = keyed(snap(&stream, version, position, schema, &payload), &keys);
         let bytes = st::encode(&s).expect("encode");
-        prop_assert_eq!(&bytes, &assemble(&stream, version, position, schema, &payload));
+        prop_assert_eq!(&bytes, &assemble_keyed(&stream, version, position, schema, &keys, &payload));
         let path = PathBuf::from(spec_file_name(&stream, position));
         prop_assert_eq!(st::decode(&path, &bytes).expect("decode"), s);
         let i = flip.index(bytes.len());
         let mut bad = bytes.clone();
         bad[i] ^= mask;
         let e = st::decode(&path, &bad).expect_err("changed byte");
-        prop_assert_eq!(corrupt_offset(&e), flip_offset(i));
+        let want = if keys.is_empty() { flip_offset(i) } else { flip_offset_v2(&bytes, &bad, i) };
+        prop_assert_eq!(corrupt_offset(&e), want);
     }
 
     /// Files with a valid CRC but arbitrary header fields never panic and are
     /// either rejected or decode to exactly what they state.
     #[test]
-    fn resealed_headers_never_panic(header in proptest::collection::vec(any::<u8>(), 64), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+    fn resealed_headers_never_panic(
+        header in proptest::collection::vec(any::<u8>(), 64),
+        tail in proptest::collection::vec(any::<u8>(), 0..64),
+        version in 1u16..=2,
+    ) {
         let mut f = header;
         f[..8].copy_from_slice(b"ANNALSNP");
-        f[8..10].copy_from_slice(&1u16.to_le_bytes());
+        f[8..10].copy_from_slice(&version.to_le_bytes());
         f.extend_from_slice(&tail);
         reseal(&mut f);
         if let Ok(s) = st::decode(Path::new("fuzz"), &f) {
             prop_assert_eq!(st::encode(&s).expect("encode"), f);
         }
     }
+}
+
+// ============================================== format version 2: keys
+
+fn golden_keyed() -> Snapshot {
+    keyed(golden_snapshot(), &GOLDEN_KEYS)
+}
+
+/// The committed version 2 vector is exactly what the spec table produces.
+#[test]
+fn committed_v2_vector_equals_the_spec_assembly() {
+    let v = vector_v2();
+    let dir = vectors_dir().join("snapshot-v2");
+    let names: Vec<String> = fs::read_dir(dir.join("snapshots"))
+        .expect("read vector snapshots dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [spec_file_name(STREAM, POSITION)]);
+    assert_eq!(fs::read_dir(&dir).expect("read vector dir").count(), 1);
+    assert_bytes_eq(&v.file, &read_vector_file(&format!("snapshot-v2/{}", v.file)), &v.bytes);
+    let committed: Value =
+        serde_json::from_slice(&read_vector_file("snapshot-v2.json")).expect("parse committed snapshot-v2.json");
+    let generated: Value = serde_json::from_str(&v.json_text).expect("parse generated JSON");
+    assert_eq!(committed, generated, "snapshot-v2.json differs from the spec assembly");
+}
+
+/// The version 2 JSON's field list tiles the file; its key list and payload
+/// are where the spec puts them; version 1 and 2 differ only in the
+/// version, key_count, the key list and the CRC.
+#[test]
+fn v2_vector_json_is_consistent() {
+    let j: SnapshotJson = serde_json::from_slice(&read_vector_file("snapshot-v2.json")).expect("parse");
+    let bytes = read_vector_file(&format!("snapshot-v2/{}", j.file));
+    assert_eq!(hex(&bytes), j.bytes);
+    assert_eq!(bytes.len() as u64, j.length);
+    assert_eq!(j.length, 64 + STREAM.len() as u64 + 8 * 2 + GOLDEN_PAYLOAD.len() as u64);
+    let mut at = 0;
+    for f in &j.fields {
+        assert_eq!(f.offset, at, "field {} starts where the previous ended", f.field);
+        assert_eq!(hex(&bytes[at as usize..(at + f.size) as usize]), f.hex);
+        at += f.size;
+    }
+    assert_eq!(at, j.length);
+    assert_eq!(j.snapshot.subject_keys, GOLDEN_KEYS);
+    let v1 = vector().bytes.clone();
+    let mut as_v1 = bytes.clone();
+    as_v1.drain(72..88);
+    put(&mut as_v1, 8, &1u16.to_le_bytes());
+    put(&mut as_v1, 36, &[0; 4]);
+    reseal(&mut as_v1);
+    assert_eq!(as_v1, v1);
+}
+
+/// annal writes the version 2 vector byte for byte for a snapshot with
+/// keys, and reads it back with its keys; the version 1 vector stays what a
+/// snapshot without keys writes.
+#[test]
+fn save_produces_the_v2_vector() {
+    let v = vector_v2();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = save(tmp.path(), &golden_keyed(), 1);
+    assert_eq!(path, tmp.path().join(&v.file));
+    assert_bytes_eq("saved file", &fs::read(&path).expect("read saved"), &v.bytes);
+    assert_eq!(st::encode(&golden_keyed()).expect("encode"), v.bytes);
+    assert_eq!(st::encode(&golden_snapshot()).expect("encode"), vector().bytes);
+    let committed = vectors_dir().join("snapshot-v2").join(&v.file);
+    assert_eq!(st::decode(&committed, &v.bytes).expect("decode"), golden_keyed());
+    let (got, warnings) = load(&vectors_dir().join("snapshot-v2"), STREAM, SCHEMA_VERSION, None);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(got, Some(golden_keyed()));
+    // Keys that are not strictly ascending ids of at least 1 are refused.
+    for bad in [&[0u64][..], &[3, 3], &[5, 2]] {
+        let e = st::save(tmp.path(), std_io(), &keyed(golden_snapshot(), bad), 1).expect_err("bad keys");
+        assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}: {e:?}");
+    }
+}
+
+/// Every change of a single byte of the version 2 vector (every mask) is
+/// detected at the offset of spec 20.3; a load skips the file with a
+/// warning and returns the older snapshot.
+#[test]
+fn v2_every_single_byte_change_is_detected() {
+    let good = vector_v2().bytes.clone();
+    let path = PathBuf::from("snapshots").join(spec_file_name(STREAM, POSITION));
+    let name = spec_file_name(STREAM, POSITION);
+    let (tmp, on_disk, older) = dir_with_older(&good);
+    assert_eq!(load(tmp.path(), STREAM, SCHEMA_VERSION, None).0, Some(golden_keyed()));
+    for i in 0..good.len() {
+        for mask in 1..=255u8 {
+            let mut bad = good.clone();
+            bad[i] ^= mask;
+            let e = st::decode(&path, &bad).expect_err("a changed byte must be detected");
+            let want = flip_offset_v2(&good, &bad, i);
+            assert_eq!(corrupt_offset(&e), want, "byte {i} ^ {mask:#04x}: {e}");
+            if mask == 0x01 {
+                fs::write(&on_disk, &bad).expect("write damaged");
+                let (got, warnings) = load(tmp.path(), STREAM, SCHEMA_VERSION, None);
+                assert_eq!(got.as_ref(), Some(&older), "byte {i}");
+                assert_eq!(warnings.len(), 1, "byte {i}: {warnings:?}");
+                assert!(warnings[0].contains(&name), "{warnings:?}");
+                assert!(warnings[0].contains(&format!("byte offset {want}")), "{warnings:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn v2_truncation_and_extension_are_detected() {
+    let good = vector_v2().bytes.clone();
+    let path = PathBuf::from(spec_file_name(STREAM, POSITION));
+    let mut cases: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+    for extra in [&[0u8][..], &[0; 8], b"garbage"] {
+        let mut longer = good.clone();
+        longer.extend_from_slice(extra);
+        cases.push(longer);
+    }
+    for bad in cases {
+        let e = st::decode(&path, &bad).expect_err("a wrong length must be detected");
+        assert_eq!(
+            corrupt_offset(&e),
+            length_offset(bad.len()),
+            "length {}: {e}",
+            bad.len()
+        );
+    }
+}
+
+/// Version 2 files that pass the CRC but break a later check: key ids of
+/// 0, or not strictly ascending (at the offset of the offending id); the
+/// field at 36 is `key_count`, not a reserved field.
+#[test]
+fn v2_checks_after_the_crc() {
+    let name = PathBuf::from(spec_file_name(STREAM, POSITION));
+    let file = |keys: &[u64]| assemble_keyed(STREAM, STREAM_VERSION, POSITION, SCHEMA_VERSION, keys, b"p");
+    for (keys, offset) in [
+        (&[0u64][..], 72),
+        (&[0, 4], 72),
+        (&[4, 4], 80),
+        (&[5, 2], 80),
+        (&[1, 2, 2], 88),
+    ] {
+        let e = st::decode(&name, &file(keys)).expect_err("bad key list");
+        assert_eq!(corrupt_offset(&e), offset, "{keys:?}: {e}");
+    }
+    for keys in [&[1u64][..], &[1, 2, u64::MAX]] {
+        let got = st::decode(&name, &file(keys)).expect("decode");
+        assert_eq!(got.subject_keys, keys.iter().map(|&k| KeyId(k)).collect::<Vec<_>>());
+    }
+    let mut flags = file(&[1]);
+    put(&mut flags, 10, &[1]);
+    reseal(&mut flags);
+    assert_eq!(corrupt_offset(&st::decode(&name, &flags).expect_err("flags")), 10);
+    // A version 2 header without keys, even with lengths that fit.
+    let mut empty = file(&[]);
+    put(&mut empty, 8, &[2]);
+    reseal(&mut empty);
+    assert_eq!(corrupt_offset(&st::decode(&name, &empty).expect_err("key_count 0")), 8);
+}
+
+/// A load skips a snapshot that names an erased key, with a warning naming
+/// the file and the key ("superseded by the erasure of key K"), and uses the
+/// next one.
+#[test]
+fn loads_skip_snapshots_naming_an_erased_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let plain = snap(STREAM, 1, 4, SCHEMA_VERSION, b"older");
+    save(dir, &plain, 5);
+    let newer = save(dir, &golden_keyed(), 5);
+    let load_e = |erased: &[u64]| {
+        let erased: Vec<KeyId> = erased.iter().map(|&k| KeyId(k)).collect();
+        st::load_erased(dir, STREAM, SCHEMA_VERSION, &erased).expect("load")
+    };
+    assert_eq!(load_e(&[]), (Some(golden_keyed()), vec![]));
+    assert_eq!(load_e(&[1, 3, 4]), (Some(golden_keyed()), vec![]));
+    let (got, warnings) = load_e(&[5]);
+    assert_eq!(got, Some(plain));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let file = newer.file_name().expect("name").to_string_lossy().into_owned();
+    assert!(warnings[0].contains(&file), "{warnings:?}");
+    assert!(
+        warnings[0].contains("superseded by the erasure of key 5"),
+        "{warnings:?}"
+    );
+}
+
+/// After an erasure, every snapshot file naming an erased key goes (read
+/// from its header and key list), with damaged version 2 files and leftover
+/// temp files, through the seam, then the folder is fsynced; version 1
+/// files, files naming only live keys, newer versions and other names stay.
+#[test]
+fn remove_erased_takes_what_names_an_erased_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let v1 = save(dir, &snap(STREAM, 0, 1, 0, b"plain"), 9);
+    let named = save(dir, &keyed(snap(STREAM, 1, 2, 0, b"ann's"), &[2, 5]), 9);
+    let live = save(dir, &keyed(snap("other-1", 0, 3, 0, b"bob's"), &[3]), 9);
+    let sd = snap_dir(dir);
+    let damaged = sd.join(spec_file_name(STREAM, 4));
+    let mut cut = assemble_keyed(STREAM, 3, 4, 0, &[3], b"cut short");
+    cut.truncate(cut.len() - 2);
+    fs::write(&damaged, &cut).expect("write");
+    let newer_version = sd.join(spec_file_name(STREAM, 5));
+    let mut v3 = assemble_keyed(STREAM, 4, 5, 0, &[5], b"v3");
+    put(&mut v3, 8, &3u16.to_le_bytes());
+    reseal(&mut v3);
+    fs::write(&newer_version, &v3).expect("write");
+    let temp = sd.join(format!("{}.tmp", spec_file_name("other-1", 6)));
+    fs::write(&temp, b"a save cut short").expect("write");
+    let readme = sd.join("README");
+    fs::write(&readme, b"not ours").expect("write");
+
+    let seam = Arc::new(Seam {
+        base: dir.to_owned(),
+        rec: RecordingIo::default(),
+    });
+    let mut removed = st::remove_erased(dir, seam.clone(), &[KeyId(5)]).expect("remove");
+    removed.sort();
+    let mut want = vec![named, damaged, temp];
+    want.sort();
+    assert_eq!(removed, want);
+    let calls = seam.rec.take();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    for p in &want {
+        assert!(calls.contains(&format!("remove {}", rel(dir, p))), "{calls:?}");
+    }
+    assert_eq!(calls.last().map(String::as_str), Some("sync_dir snapshots"));
+    for p in [&v1, &live, &newer_version, &readme] {
+        assert!(p.exists(), "{} stays", p.display());
+    }
+    // Nothing more to remove: nothing removed, no fsync.
+    assert_eq!(
+        st::remove_erased(dir, seam.clone(), &[KeyId(5)]).expect("again"),
+        Vec::<PathBuf>::new()
+    );
+    assert_eq!(seam.rec.take(), Vec::<String>::new());
+    // A missing folder has nothing to remove.
+    let empty = tempfile::tempdir().expect("tempdir");
+    assert!(
+        st::remove_erased(empty.path(), std_io(), &[KeyId(1)])
+            .expect("none")
+            .is_empty()
+    );
+}
+
+/// A save whose key is erased before it writes writes nothing; one whose
+/// key is erased while it writes removes its file again (and fsyncs the
+/// folder), and prunes nothing.
+#[test]
+fn saves_of_erased_keys_are_not_kept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let older = keyed(snap(STREAM, 1, 4, SCHEMA_VERSION, b"older"), &[1]);
+    save(dir, &older, 1);
+    let seam = Arc::new(Seam {
+        base: dir.to_owned(),
+        rec: RecordingIo::default(),
+    });
+    let always = |k: KeyId| k == KeyId(5);
+    let got = st::save_with(dir, seam.clone(), &golden_keyed(), 1, &always).expect("save");
+    assert_eq!(got, None);
+    assert_eq!(seam.rec.take(), Vec::<String>::new(), "nothing written");
+    // Erased between the write and the check after it.
+    let asked = AtomicBool::new(false);
+    let later = |k: KeyId| k == KeyId(5) && asked.swap(true, Ordering::SeqCst);
+    let got = st::save_with(dir, seam.clone(), &golden_keyed(), 1, &later).expect("save");
+    assert_eq!(got, None);
+    let name = spec_file_name(STREAM, POSITION);
+    let calls = seam.rec.take();
+    assert!(
+        calls.contains(&format!("rename snapshots/{name}.tmp snapshots/{name}")),
+        "{calls:?}"
+    );
+    let tail: Vec<String> = calls[calls.len() - 2..].to_vec();
+    assert_eq!(
+        tail,
+        [format!("remove snapshots/{name}"), "sync_dir snapshots".to_owned()]
+    );
+    assert_eq!(files(dir), [spec_file_name(STREAM, 4)], "the older one is not pruned");
+    assert_eq!(load(dir, STREAM, SCHEMA_VERSION, None).0, Some(older));
 }

@@ -609,6 +609,7 @@ fn symlinked_or_world_writable_places_get_a_warning_and_are_never_followed() {
         position: 0,
         schema_version: 1,
         payload: b"state".to_vec(),
+        subject_keys: Vec::new(),
     };
     let e = annal::snapshot_testing::save(&real, Arc::new(StdIo), &snap, 1).expect_err("never through a link");
     assert!(e.to_string().contains("symlink"), "{e}");

@@ -57,6 +57,7 @@ fn make_log(dir: &Path) -> PathBuf {
         position: 0,
         schema_version: 1,
         payload: b"state".to_vec(),
+        subject_keys: Vec::new(),
     };
     annal::snapshot_testing::save(dir, Arc::new(StdIo), &snap, 1).expect("snapshot")
 }
@@ -206,6 +207,7 @@ fn a_special_snapshot_file_hangs_no_load_and_no_save() {
                 position: 3,
                 schema_version: 1,
                 payload: b"newer".to_vec(),
+                subject_keys: Vec::new(),
             };
             annal::snapshot_testing::save(&d, Arc::new(StdIo), &snap, 1).expect("save")
         });

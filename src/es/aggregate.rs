@@ -10,7 +10,20 @@
 //! `WrongExpectedVersion` reloads and retries a bounded number of times.
 //! [`Repository::load_as_of`] answers temporal queries: the state as of a
 //! version, a global position, or an append time.
+//!
+//! Events that name a subject (sealed, spec 3.8) are unsealed through the
+//! view and decoded from their plaintext; an event whose subject was erased
+//! goes to [`Aggregate::apply_erased`] instead of [`Aggregate::apply`]. The
+//! repository remembers the subject keys of the sealed events a state
+//! folded and saves them with its snapshot (spec 20.2, version 2); a load
+//! skips a snapshot that names an erased key and rebuilds the state from the
+//! events, and erasing a subject removes such snapshot files
+//! ([`Log::erase_subject`]).
+//!
+//! Invariant: no payload is ever decoded from a record that is still
+//! sealed (its bytes are ciphertext).
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -20,6 +33,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::es::snapshot::{Snapshot, SnapshotStore};
 use crate::es::typed::{Event, Typed, Upcasters};
+use crate::format::record::RecordRef;
+use crate::format::sealed::KeyId;
 use crate::read::view::LogView;
 use crate::types::Direction;
 use crate::types::ExpectedVersion;
@@ -43,6 +58,14 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned {
     fn handle(&self, command: &Self::Command) -> std::result::Result<Vec<Self::Event>, Self::Error>;
     /// Evolve: fold one event into the state.
     fn apply(&mut self, event: &Self::Event);
+    /// Evolve with an event whose subject was erased (spec 22): called
+    /// instead of [`Aggregate::apply`] for it. `record` is its envelope
+    /// (position, stream, version, event type, time, id; payload and
+    /// metadata are empty, [`RecordRef::is_erased`] is true). The default
+    /// ignores it: the state is what it would be without the event's data.
+    fn apply_erased(&mut self, record: &RecordRef<'_>) {
+        let _ = record;
+    }
 }
 
 /// A loaded aggregate.
@@ -56,7 +79,8 @@ pub struct Loaded<A> {
     pub snapshot_version: Option<u64>,
     /// Events replayed on top of the snapshot (or from the start).
     pub replayed: u64,
-    /// Snapshots skipped (corrupt, or of another schema), one message each.
+    /// Snapshots skipped (corrupt, of another schema, or naming an erased
+    /// subject key: superseded by the erasure), one message each.
     pub warnings: Vec<String>,
 }
 
@@ -79,7 +103,9 @@ pub struct Executed {
     pub appended: Option<AppendResult>,
     /// Attempts made (1 unless another writer raced this one).
     pub attempts: u32,
-    /// Whether a snapshot was written after the append.
+    /// Whether a snapshot was written after the append (`false` also when
+    /// the state folded an event of an erased subject: such a snapshot is
+    /// not kept, spec 20.4).
     pub snapshot_written: bool,
     /// Why the snapshot due after the append could not be written. The
     /// command's events are in the log all the same (so `execute` returns
@@ -262,10 +288,20 @@ impl<'l, A: Aggregate> Repository<'l, A> {
 
     /// Load `stream` up to version `max` from `view`.
     fn load_upto(&self, view: &LogView, stream: &str, max: u64) -> Result<Loaded<A>> {
+        Ok(self.load_keyed(view, stream, max)?.0)
+    }
+
+    /// [`Repository::load_upto`], and the subject keys of the sealed events
+    /// the state folded (those of the snapshot it started from included).
+    fn load_keyed(&self, view: &LogView, stream: &str, max: u64) -> Result<(Loaded<A>, BTreeSet<KeyId>)> {
         let mut loaded = empty::<A>();
+        let mut keys = BTreeSet::new();
         let mut from = 0;
         if self.use_snapshots {
-            let (snap, warnings) = self.store.load(stream, A::SNAPSHOT_VERSION, Some(max))?;
+            // Asked of the keys as the view's ring holds them now; a view
+            // without the ring cannot tell, so no keyed snapshot is used.
+            let erased = |k: KeyId| view.keys().map_or(true, |r| r.is_erased(k));
+            let (snap, warnings) = self.store.load(stream, A::SNAPSHOT_VERSION, Some(max), &erased)?;
             loaded.warnings = warnings;
             if let Some(s) = snap {
                 match postcard::from_bytes::<A>(&s.payload) {
@@ -273,6 +309,7 @@ impl<'l, A: Aggregate> Repository<'l, A> {
                         loaded.state = state;
                         loaded.version = Some(s.stream_version);
                         loaded.snapshot_version = Some(s.stream_version);
+                        keys.extend(s.subject_keys.iter().copied());
                         from = s.stream_version + 1;
                     }
                     Err(e) => loaded.warnings.push(format!(
@@ -287,20 +324,26 @@ impl<'l, A: Aggregate> Repository<'l, A> {
             if r.stream_version() > max {
                 break;
             }
-            let typed = Typed::new(r, &self.upcasters)?;
-            let event: A::Event = typed.decode()?;
-            loaded.state.apply(&event);
+            keys.extend(r.subject_key());
+            let unsealed = view.unseal(r)?;
+            if unsealed.is_erased() {
+                loaded.state.apply_erased(&unsealed.record());
+            } else {
+                let typed = Typed::new(unsealed.record(), &self.upcasters)?;
+                let event: A::Event = typed.decode()?;
+                loaded.state.apply(&event);
+            }
             loaded.version = Some(r.stream_version());
             loaded.replayed += 1;
         }
-        Ok(loaded)
+        Ok((loaded, keys))
     }
 
     /// Load, handle `command`, append the events; retry on conflicts.
     pub fn execute(&self, stream: &str, command: &A::Command) -> std::result::Result<Executed, ExecuteError<A::Error>> {
         for attempt in 1..=self.max_attempts {
             let view = self.log.view()?;
-            let mut loaded = self.load_upto(&view, stream, u64::MAX)?;
+            let (mut loaded, mut keys) = self.load_keyed(&view, stream, u64::MAX)?;
             let events = loaded.state.handle(command).map_err(ExecuteError::Rejected)?;
             if events.is_empty() {
                 return Ok(Executed {
@@ -324,8 +367,11 @@ impl<'l, A: Aggregate> Repository<'l, A> {
                             for e in &events {
                                 loaded.state.apply(e);
                             }
-                            match self.write_snapshot(stream, &loaded.state, r.stream_version, r.last_position) {
-                                Ok(()) => snapshot_written = true,
+                            let saved = self.appended_keys(stream, before, &r, &mut keys).and_then(|()| {
+                                self.write_snapshot(stream, &loaded.state, r.stream_version, r.last_position, &keys)
+                            });
+                            match saved {
+                                Ok(written) => snapshot_written = written,
                                 Err(e) => snapshot_error = Some(std::sync::Arc::new(e)),
                             }
                         }
@@ -347,10 +393,13 @@ impl<'l, A: Aggregate> Repository<'l, A> {
         })
     }
 
-    /// Write a snapshot of `stream`'s current state now.
+    /// Write a snapshot of `stream`'s current state now: the version it
+    /// reflects, or `None` if the stream has no events, or if the state
+    /// folded an event of a subject whose key is erased (such a snapshot
+    /// would be skipped by every load, spec 20.5, so none is kept).
     pub fn snapshot(&self, stream: &str) -> Result<Option<u64>> {
         let view = self.log.view()?;
-        let loaded = self.load_upto(&view, stream, u64::MAX)?;
+        let (loaded, keys) = self.load_keyed(&view, stream, u64::MAX)?;
         let Some(version) = loaded.version else { return Ok(None) };
         let Some(last) = view
             .read_stream(stream, version, Direction::Forward, 1)
@@ -359,11 +408,33 @@ impl<'l, A: Aggregate> Repository<'l, A> {
         else {
             return Ok(None);
         };
-        self.write_snapshot(stream, &loaded.state, version, last.position())?;
-        Ok(Some(version))
+        Ok(self
+            .write_snapshot(stream, &loaded.state, version, last.position(), &keys)?
+            .then_some(version))
     }
 
-    fn write_snapshot(&self, stream: &str, state: &A, version: u64, position: u64) -> Result<()> {
+    /// Add to `keys` the subject keys of the events `r` appended to
+    /// `stream` from version `from` (read back: the log, not the command's
+    /// events, says which were sealed and under which key).
+    fn appended_keys(&self, stream: &str, from: u64, r: &AppendResult, keys: &mut BTreeSet<KeyId>) -> Result<()> {
+        let view = self.log.view()?;
+        for rec in view.read_stream(stream, from, Direction::Forward, r.stream_version + 1 - from) {
+            keys.extend(rec?.subject_key());
+        }
+        Ok(())
+    }
+
+    /// Save the snapshot of `state` (which folded the sealed events of
+    /// `keys`): whether it was written (`false`: one of `keys` was erased
+    /// before or while it was saved, so there is none).
+    fn write_snapshot(
+        &self,
+        stream: &str,
+        state: &A,
+        version: u64,
+        position: u64,
+        keys: &BTreeSet<KeyId>,
+    ) -> Result<bool> {
         // The events a snapshot covers must be durable before it is: a power
         // cut must not keep a snapshot of events it took back (spec 20.4).
         self.log.sync()?;
@@ -374,9 +445,12 @@ impl<'l, A: Aggregate> Repository<'l, A> {
             position,
             schema_version: A::SNAPSHOT_VERSION,
             payload,
+            subject_keys: keys.iter().copied().collect(),
         };
-        self.store.save(&snap, self.keep)?;
-        Ok(())
+        // Asked under the save lock (spec 20.4); without the ring, not kept.
+        let view = if keys.is_empty() { None } else { Some(self.log.view()?) };
+        let erased = |k: KeyId| view.as_ref().is_none_or(|v| v.keys().map_or(true, |r| r.is_erased(k)));
+        Ok(self.store.save(&snap, self.keep, &erased)?.is_some())
     }
 }
 

@@ -1,11 +1,15 @@
 //! Erasing a subject (spec 22): [`Log::erase_subject`], the log's key ring
 //! first, then what snapshots hold of the subject.
 //!
-//! Invariant: when `erase_subject` returns, the subject's key is gone from
-//! `annal.keys` (durably) and from every view of this process, so every
-//! event sealed with it reads as erased.
+//! Invariant: when `erase_subject` returns `Ok`, the subject's key is gone
+//! from `annal.keys` (durably) and from every view of this process, so
+//! every event sealed with it reads as erased; and no snapshot file names an
+//! erased key (spec 20.6): each one was removed, and the removals made
+//! durable, under the lock every snapshot save of this process takes, so a
+//! save racing the erasure either is removed here or removes its own file.
 
 use crate::error::Result;
+use crate::es::snapshot::SnapshotStore;
 use crate::format::sealed::KeyId;
 use crate::writer::Log;
 
@@ -32,7 +36,20 @@ impl Log {
 
     /// [`Log::erase_subject`] of several subjects at once (one replace of
     /// the key file): each one's erased key id, in the order given.
+    ///
+    /// Then the snapshots (spec 20.6): every snapshot file of every stream
+    /// whose key list names an erased key (of these subjects or of any
+    /// erased before) is removed, with damaged version 2 files and leftover
+    /// temp files of saves, and the `snapshots/` folder fsynced, before it
+    /// returns. Only headers and key lists are read. If that fails (an I/O
+    /// error is returned), the keys are erased all the same and loads skip
+    /// the files that remain; calling it again, even with no subjects
+    /// (`erase_subjects(&[])`), removes them.
     pub fn erase_subjects(&self, subjects: &[&str]) -> Result<Vec<Option<KeyId>>> {
-        self.erase_keys(subjects)
+        let erased = self.erase_keys(subjects)?;
+        let view = self.view()?;
+        let ring = view.keys()?;
+        SnapshotStore::new(self.dir(), self.io().clone()).remove_erased(&|k| ring.is_erased(k))?;
+        Ok(erased)
     }
 }

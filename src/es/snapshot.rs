@@ -12,6 +12,12 @@
 //! exactly) before anything is returned; a file that fails a check is skipped
 //! and reported, never an error that stops a load.
 //!
+//! A snapshot of a state that folded sealed events (spec 3.8) names their
+//! subject keys (format version 2). Under erasure (spec 20.4 to 20.6): a
+//! save never keeps a file that names an erased key (it looks before and
+//! after writing, under the save lock), a load skips one, and
+//! [`SnapshotStore::remove_erased`] removes every one, under the same lock.
+//!
 //! [`SnapshotHeader`] is the normative byte layout of spec 20.2.
 
 use std::io;
@@ -19,15 +25,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::FromBytes;
 
 use crate::error::{Error, Result};
-use crate::format::SNAPSHOT_CRC_OFFSET;
 use crate::format::hash::stream_hash;
+use crate::format::sealed::KeyId;
 pub use crate::format::snapshot::Snapshot;
 pub(crate) use crate::format::snapshot::file_name;
-use crate::format::snapshot::{check_header, file_crc, parse_file_name};
+use crate::format::snapshot::{SNAPSHOT_FORMAT_V2, check_header, parse_file_name, read_key_list};
 pub(crate) use crate::format::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SnapshotHeader};
 use crate::storage::io::{Io, read_exact_at};
 
@@ -37,38 +42,10 @@ pub(crate) use crate::format::names::SNAPSHOT_DIR;
 /// same snapshot share a temp file name, and pruning lists what saves write.
 static SAVE_LOCK: Mutex<()> = Mutex::new(());
 
-/// Encode `snap` as the bytes of its file (spec 20.2).
+/// Encode `snap` as the bytes of its file (spec 20.2): the format layer's
+/// encoder, its refusals as [`Error::InvalidArgument`].
 pub(crate) fn encode(snap: &Snapshot) -> Result<Vec<u8>> {
-    let stream_len = u16::try_from(snap.stream.len())
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "a snapshot's stream name must be 1 to 65535 bytes, found {} bytes",
-                snap.stream.len()
-            ))
-        })?;
-    let header = SnapshotHeader {
-        magic: SNAPSHOT_MAGIC,
-        format_version: U16::new(SNAPSHOT_FORMAT_VERSION),
-        flags: U16::ZERO,
-        stream_len: U16::new(stream_len),
-        reserved0: U16::ZERO,
-        stream_version: U64::new(snap.stream_version),
-        position: U64::new(snap.position),
-        schema_version: U32::new(snap.schema_version),
-        reserved1: U32::ZERO,
-        payload_len: U64::new(snap.payload.len() as u64),
-        reserved2: [0; 12],
-        crc: U32::ZERO,
-    };
-    let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_LEN + snap.stream.len() + snap.payload.len());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(snap.stream.as_bytes());
-    bytes.extend_from_slice(&snap.payload);
-    let crc = file_crc(&bytes);
-    bytes[SNAPSHOT_CRC_OFFSET..SNAPSHOT_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
-    Ok(bytes)
+    crate::format::snapshot::encode(snap).map_err(Error::InvalidArgument)
 }
 
 /// What reading one file of the folder gave.
@@ -104,13 +81,7 @@ fn read_file(path: &Path) -> Read {
     if let Err(e) = read_exact_at(&file, &mut head[..n], 0) {
         return Read::Unreadable(Error::io("read", path, e));
     }
-    // Our magic with another format version: a newer annal wrote it.
-    let version_at = std::mem::offset_of!(SnapshotHeader, format_version);
-    let foreign = head.get(..n).is_some_and(|h| h.starts_with(&SNAPSHOT_MAGIC))
-        && head
-            .get(version_at..version_at + 2)
-            .filter(|_| n >= version_at + 2)
-            .is_some_and(|v| v != SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    let foreign = is_foreign(&head[..n]);
     let bytes = if n < SNAPSHOT_HEADER_LEN {
         head[..n].to_vec()
     } else {
@@ -119,7 +90,7 @@ fn read_file(path: &Path) -> Read {
         {
             return Read::Damaged(d.at(path), foreign);
         }
-        // check_header: len = 64 + stream_len (u16) + payload_len, the file's real size.
+        // check_header: len = 64 + stream_len (u16) + 8 * key_count + payload_len, the file's real size.
         let Ok(size) = usize::try_from(len) else {
             return Read::Unreadable(Error::io("read", path, io::Error::other("file too large for memory")));
         };
@@ -133,6 +104,65 @@ fn read_file(path: &Path) -> Read {
         Ok(s) => Read::Valid(s),
         Err(e) => Read::Damaged(e, foreign),
     }
+}
+
+/// Whether a file starting with `head` has our magic and a format version
+/// this build does not know (a newer annal wrote it: never removed).
+fn is_foreign(head: &[u8]) -> bool {
+    let at = std::mem::offset_of!(SnapshotHeader, format_version);
+    head.starts_with(&SNAPSHOT_MAGIC)
+        && head
+            .get(at..at + 2)
+            .and_then(|v| <[u8; 2]>::try_from(v).ok())
+            .map(u16::from_le_bytes)
+            .is_some_and(|v| !(1..=SNAPSHOT_FORMAT_VERSION).contains(&v))
+}
+
+/// Whether a subject key is erased (asked of the log's key ring when called).
+pub(crate) type Erased<'a> = &'a dyn Fn(KeyId) -> bool;
+
+/// Whether the snapshot file at `path` must go after an erasure: a version
+/// 2 file whose key list names a key `erased` says is erased, or whose
+/// header or key list fails its checks (spec 20.6). Reads the header and
+/// the key list only. Version 1 files, files of other versions and files
+/// that are not ours are kept; a file gone meanwhile is not removed again.
+fn names_erased_key(path: &Path, erased: Erased<'_>) -> Result<bool> {
+    let file = match crate::storage::io::open_read(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let len = match file.metadata() {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => return Ok(false),
+        Err(e) => return Err(Error::io("stat", path, e)),
+    };
+    let mut head = [0u8; SNAPSHOT_HEADER_LEN];
+    let n = len.min(SNAPSHOT_HEADER_LEN as u64) as usize;
+    read_exact_at(&file, &mut head[..n], 0).map_err(|e| Error::io("read", path, e))?;
+    let Ok(h) = SnapshotHeader::ref_from_bytes(&head[..]) else {
+        return Ok(false);
+    };
+    if h.magic != SNAPSHOT_MAGIC || h.format_version.get() != SNAPSHOT_FORMAT_V2 {
+        return Ok(false);
+    }
+    if n < SNAPSHOT_HEADER_LEN || check_header(h, len).is_err() {
+        return Ok(true);
+    }
+    // check_header: the key list lies within the file's real size; read in
+    // bounded pieces.
+    let mut names = false;
+    let keys = read_key_list(
+        h,
+        1 << 20,
+        |at, n, out| {
+            let start = out.len();
+            out.resize(start + usize::try_from(n).unwrap_or(0), 0);
+            read_exact_at(&file, &mut out[start..], at).map_err(|e| Error::io("read", path, e))
+        },
+        |keys| names |= keys.iter().any(|&k| erased(k)),
+    )?;
+    Ok(names || keys.is_err())
 }
 
 /// The files named with one stream hash: (position, path) newest first, and
@@ -165,7 +195,13 @@ impl SnapshotStore {
     /// then delete this stream's older snapshots beyond the newest `keep`
     /// (`keep >= 1`; the file just written is never deleted). Returns the
     /// path written.
-    pub(crate) fn save(&self, snap: &Snapshot, keep: usize) -> Result<PathBuf> {
+    ///
+    /// A snapshot that names a key `erased` says is erased is not written,
+    /// and one whose key is erased while it is written is removed again
+    /// (spec 20.4, 20.6): `Ok(None)`, and nothing is pruned. `erased` is
+    /// asked under the lock that [`SnapshotStore::remove_erased`] holds, so
+    /// an erasure either sees the file or the save sees the erasure.
+    pub(crate) fn save(&self, snap: &Snapshot, keep: usize, erased: Erased<'_>) -> Result<Option<PathBuf>> {
         if keep == 0 {
             return Err(Error::InvalidArgument(
                 "a snapshot save must keep at least 1 snapshot per stream".into(),
@@ -175,10 +211,85 @@ impl SnapshotStore {
         let hash = stream_hash(snap.stream.as_bytes());
         let path = self.dir.join(file_name(hash, snap.position));
         let _guard = SAVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        if snap.subject_keys.iter().any(|&k| erased(k)) {
+            return Ok(None);
+        }
         self.ensure_dir()?;
         crate::storage::io::write_derived(&*self.io, &self.dir, &path, &bytes)?;
+        if snap.subject_keys.iter().any(|&k| erased(k)) {
+            self.remove(&path)?;
+            self.sync_dir()?;
+            return Ok(None);
+        }
         self.prune(snap, hash, &path, keep)?;
-        Ok(path)
+        Ok(Some(path))
+    }
+
+    /// Remove every snapshot file that names a key `erased` says is erased,
+    /// reading only headers and key lists (never a payload); also damaged
+    /// version 2 files (their key list cannot be trusted) and leftover temp
+    /// files of saves (they may hold any state). Then fsync the folder.
+    /// Holds the save lock throughout, so no save of this process writes
+    /// between the scan and the removals (spec 20.6). Returns the removed
+    /// paths. A folder that is missing, or not a real directory (never
+    /// written through), has nothing to remove.
+    pub(crate) fn remove_erased(&self, erased: Erased<'_>) -> Result<Vec<PathBuf>> {
+        let _guard = SAVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        if !matches!(self.checked_dir(), Ok(true)) {
+            return Ok(Vec::new());
+        }
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read directory", &self.dir, e)),
+        };
+        // A file that cannot be read does not stop the others' removal:
+        // the first error is returned after them.
+        let (mut doomed, mut failed) = (Vec::new(), None);
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("read directory", &self.dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let path = entry.path();
+            let temp = name.strip_suffix(".tmp").and_then(parse_file_name).is_some();
+            let named = !temp
+                && parse_file_name(name).is_some()
+                && names_erased_key(&path, erased).unwrap_or_else(|e| {
+                    failed.get_or_insert(e);
+                    false
+                });
+            if temp || named {
+                doomed.push(path);
+            }
+        }
+        for path in &doomed {
+            if let Err(e) = self.remove(path) {
+                failed.get_or_insert(e);
+            }
+        }
+        if !doomed.is_empty() {
+            self.sync_dir()?;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(doomed),
+        }
+    }
+
+    /// Remove `path` through the seam; a file already gone is fine.
+    fn remove(&self, path: &Path) -> Result<()> {
+        match self.io.remove(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", path, e)),
+        }
+    }
+
+    /// Make removals from the folder durable.
+    fn sync_dir(&self) -> Result<()> {
+        self.io
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))
     }
 
     /// Whether the folder exists, as a real directory: a symlink (or any
@@ -270,11 +381,7 @@ impl SnapshotStore {
         ours.sort_unstable_by_key(|o| std::cmp::Reverse((o.0, o.1)));
         doomed.extend(ours.into_iter().skip(keep).map(|(_, _, p)| p));
         for path in doomed.iter().filter(|p| p.as_path() != written) {
-            match self.io.remove(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", path, e)),
-            }
+            self.remove(path)?;
         }
         Ok(())
     }
@@ -283,12 +390,15 @@ impl SnapshotStore {
     /// `stream_version <= max_version` (`None`: any version). Corrupt files,
     /// files of other streams with the same hash, and schema mismatches are
     /// skipped; each skipped file of this stream (or unreadable one) is
-    /// reported as a warning naming the file and what was wrong.
+    /// reported as a warning naming the file and what was wrong. So is a
+    /// file that names a key `erased` says is erased: it is superseded by
+    /// that erasure (spec 20.5).
     pub(crate) fn load(
         &self,
         stream: &str,
         schema_version: u32,
         max_version: Option<u64>,
+        erased: Erased<'_>,
     ) -> Result<(Option<Snapshot>, Vec<String>)> {
         // A symlinked folder is never read through: no snapshot, a warning,
         // and the aggregate is rebuilt from its events.
@@ -307,7 +417,15 @@ impl SnapshotStore {
                     s.stream_version,
                     s.schema_version
                 )),
-                Read::Valid(s) => return Ok((Some(s), warnings)),
+                Read::Valid(s) => match s.subject_keys.iter().find(|&&k| erased(k)) {
+                    Some(k) => warnings.push(format!(
+                        "skipped snapshot {} of stream {stream:?} at version {}: superseded by the erasure of key {}",
+                        path.display(),
+                        s.stream_version,
+                        k.0
+                    )),
+                    None => return Ok((Some(s), warnings)),
+                },
                 Read::Gone => {}
                 Read::Damaged(e, _) | Read::Unreadable(e) => warnings.push(format!("skipped snapshot: {e}")),
             }
@@ -340,7 +458,8 @@ pub mod testing {
 
     /// `SnapshotStore::save` on the log in `dir`.
     pub fn save(dir: &Path, io: Arc<dyn Io>, snap: &Snapshot, keep: usize) -> Result<PathBuf> {
-        SnapshotStore::new(dir, io).save(snap, keep)
+        let saved = SnapshotStore::new(dir, io).save(snap, keep, &|_| false)?;
+        Ok(saved.unwrap_or_default())
     }
 
     /// `SnapshotStore::load` on the log in `dir`.
@@ -350,7 +469,37 @@ pub mod testing {
         schema_version: u32,
         max_version: Option<u64>,
     ) -> Result<(Option<Snapshot>, Vec<String>)> {
-        SnapshotStore::new(dir, Arc::new(StdIo)).load(stream, schema_version, max_version)
+        SnapshotStore::new(dir, Arc::new(StdIo)).load(stream, schema_version, max_version, &|_| false)
+    }
+
+    /// `SnapshotStore::save` on the log in `dir`, asking `erased` whether a
+    /// key is erased (before and after writing): the path written, `None`
+    /// if the snapshot names an erased key and is not kept.
+    pub fn save_with(
+        dir: &Path,
+        io: Arc<dyn Io>,
+        snap: &Snapshot,
+        keep: usize,
+        erased: &dyn Fn(crate::KeyId) -> bool,
+    ) -> Result<Option<PathBuf>> {
+        SnapshotStore::new(dir, io).save(snap, keep, erased)
+    }
+
+    /// `SnapshotStore::load` on the log in `dir`, with the keys `erased`
+    /// erased.
+    pub fn load_erased(
+        dir: &Path,
+        stream: &str,
+        schema_version: u32,
+        erased: &[crate::KeyId],
+    ) -> Result<(Option<Snapshot>, Vec<String>)> {
+        SnapshotStore::new(dir, Arc::new(StdIo)).load(stream, schema_version, None, &|k| erased.contains(&k))
+    }
+
+    /// `SnapshotStore::remove_erased` on the log in `dir`, with the keys
+    /// `erased` erased: the removed paths.
+    pub fn remove_erased(dir: &Path, io: Arc<dyn Io>, erased: &[crate::KeyId]) -> Result<Vec<PathBuf>> {
+        SnapshotStore::new(dir, io).remove_erased(&|k| erased.contains(&k))
     }
 
     /// `SnapshotStore::decode`.
@@ -388,7 +537,7 @@ mod tests {
         assert_eq!(offset_of!(SnapshotHeader, stream_version), 16);
         assert_eq!(offset_of!(SnapshotHeader, position), 24);
         assert_eq!(offset_of!(SnapshotHeader, schema_version), 32);
-        assert_eq!(offset_of!(SnapshotHeader, reserved1), 36);
+        assert_eq!(offset_of!(SnapshotHeader, key_count), 36);
         assert_eq!(offset_of!(SnapshotHeader, payload_len), 40);
         assert_eq!(offset_of!(SnapshotHeader, reserved2), 48);
         assert_eq!(offset_of!(SnapshotHeader, crc), 60);
@@ -415,10 +564,28 @@ mod tests {
             position: 7,
             schema_version: 3,
             payload: vec![1, 2, 3],
+            subject_keys: Vec::new(),
         };
         let bytes = encode(&s).unwrap();
         assert_eq!(bytes.len(), 64 + 8 + 3);
+        assert_eq!(bytes[8], 1, "no keys: version 1");
         assert_eq!(parse(&bytes).unwrap(), s);
+        let keyed = Snapshot {
+            subject_keys: vec![KeyId(2), KeyId(9)],
+            ..s.clone()
+        };
+        let bytes = encode(&keyed).unwrap();
+        assert_eq!(bytes.len(), 64 + 8 + 16 + 3);
+        assert_eq!((bytes[8], bytes[36]), (2, 2), "keys: version 2, key_count 2");
+        assert_eq!(&bytes[72..88], &[2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(parse(&bytes).unwrap(), keyed);
+        for bad in [vec![KeyId(0)], vec![KeyId(3), KeyId(3)], vec![KeyId(4), KeyId(2)]] {
+            let bad = Snapshot {
+                subject_keys: bad,
+                ..s.clone()
+            };
+            assert!(matches!(encode(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
         let empty = Snapshot {
             stream: String::new(),
             ..s.clone()

@@ -568,6 +568,11 @@ pub struct SnapshotHeaderDump {
     pub position: u64,
     /// `schema_version`.
     pub schema_version: u32,
+    /// `key_count` (format version 2; `reserved1` in version 1).
+    pub key_count: u32,
+    /// Format version 2: the subject key ids after the stream name (as far
+    /// as the file holds them); empty in version 1.
+    pub subject_keys: Vec<u64>,
     /// `payload_len`.
     pub payload_len: u64,
     /// `crc` as stored.
@@ -589,6 +594,15 @@ pub fn snapshot(file: &[u8]) -> SnapshotDump {
     };
     let stream_len = h.stream_len.get();
     let payload_len = h.payload_len.get();
+    let keys_len = crate::format::snapshot::key_list_len(h);
+    let keys_at = SNAPSHOT_HEADER_LEN + usize::from(stream_len);
+    let subject_keys = file
+        .get(keys_at.min(len)..)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .take(usize::try_from(keys_len / 8).unwrap_or(usize::MAX))
+        .map(|c| u64::from_le_bytes(<[u8; 8]>::try_from(c).unwrap_or_default()))
+        .collect();
     // The CRC covers every byte of the file but its own field.
     let mut c = crc32fast::Hasher::new();
     c.update(file.get(..offset_of!(SnapshotHeader, crc)).unwrap_or_default());
@@ -601,12 +615,14 @@ pub fn snapshot(file: &[u8]) -> SnapshotDump {
         stream_version: h.stream_version.get(),
         position: h.position.get(),
         schema_version: h.schema_version.get(),
+        key_count: h.key_count.get(),
+        subject_keys,
         payload_len,
         crc: h.crc.get(),
         crc_ok: c.finalize() == h.crc.get(),
     };
     // In u128: a payload_len near u64::MAX must not overflow the sum.
-    let expect = SNAPSHOT_HEADER_LEN as u128 + u128::from(stream_len) + u128::from(payload_len);
+    let expect = SNAPSHOT_HEADER_LEN as u128 + u128::from(stream_len) + u128::from(keys_len) + u128::from(payload_len);
     let stop = (expect != len as u128)
         .then(|| format!("the header gives a file length of {expect}, the file has {len} bytes"));
     SnapshotDump {
@@ -657,5 +673,26 @@ mod index_content_tests {
                 .clone()
         };
         assert_eq!((item(&v1), item(&v2)), (vec![320], vec![128]));
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    /// Both snapshot vectors are described whole: version 2 with its key list.
+    #[test]
+    fn both_snapshot_versions_are_described() {
+        let read = |rel: &str| std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap();
+        let name = "snapshots/7d1deb86a05662d4-00000000000000000007.snap";
+        let v1 = super::snapshot(&read(&format!("spec/vectors/v1/snapshot/{name}")));
+        let v2 = super::snapshot(&read(&format!("spec/vectors/v1/snapshot-v2/{name}")));
+        for (d, version, keys) in [(&v1, 1, vec![]), (&v2, 2, vec![2, 5])] {
+            assert!(d.stop.is_none(), "{:?}", d.stop);
+            let h = d.header.as_ref().unwrap();
+            assert!(h.crc_ok);
+            assert_eq!(
+                (h.format_version, h.key_count as usize, &h.subject_keys),
+                (version, keys.len(), &keys)
+            );
+        }
     }
 }

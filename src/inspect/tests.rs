@@ -37,6 +37,7 @@ fn snapshot_bytes() -> Vec<u8> {
         position: 9,
         schema_version: 2,
         payload: b"state".to_vec(),
+        subject_keys: Vec::new(),
     };
     crate::es::snapshot::encode(&snap).expect("encode")
 }

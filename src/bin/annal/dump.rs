@@ -371,6 +371,11 @@ fn print_snapshot(d: &SnapshotDump, t: &mut Text) {
     t.line(format!("  stream_version: {}", h.stream_version));
     t.line(format!("  position:       {}", h.position));
     t.line(format!("  schema_version: {}", h.schema_version));
+    if h.format_version == 2 {
+        t.line(format!("  key_count:      {}", h.key_count));
+        let keys: Vec<String> = h.subject_keys.iter().map(u64::to_string).collect();
+        t.line(format!("  subject keys:   {}", keys.join(", ")));
+    }
     t.line(format!("  payload_len:    {}", h.payload_len));
     t.line(format!("  crc:            {:#010x} {}", h.crc, ok(h.crc_ok)));
 }
