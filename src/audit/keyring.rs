@@ -315,7 +315,6 @@ impl KeyRing {
 
     /// Whether key `id` is erased in the keys as loaded (`false` for a
     /// ring not loaded yet, or an unknown id).
-    #[expect(dead_code, reason = "for snapshots of erased subjects, being merged")]
     pub(crate) fn is_erased(&self, id: KeyId) -> bool {
         self.read()
             .as_ref()

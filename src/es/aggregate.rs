@@ -104,8 +104,8 @@ pub struct Executed {
     /// Attempts made (1 unless another writer raced this one).
     pub attempts: u32,
     /// Whether a snapshot was written after the append (`false` also when
-    /// the state folded an event of an erased subject: such a snapshot is
-    /// not kept, spec 20.4).
+    /// a subject whose plaintext the state folded was erased meanwhile:
+    /// such a snapshot is not kept, spec 20.4).
     pub snapshot_written: bool,
     /// Why the snapshot due after the append could not be written. The
     /// command's events are in the log all the same (so `execute` returns
@@ -324,11 +324,13 @@ impl<'l, A: Aggregate> Repository<'l, A> {
             if r.stream_version() > max {
                 break;
             }
-            keys.extend(r.subject_key());
             let unsealed = view.unseal(r)?;
             if unsealed.is_erased() {
+                // Only its envelope is folded: the state holds nothing of
+                // the subject, so a snapshot of it need not name the key.
                 loaded.state.apply_erased(&unsealed.record());
             } else {
+                keys.extend(r.subject_key());
                 let typed = Typed::new(unsealed.record(), &self.upcasters)?;
                 let event: A::Event = typed.decode()?;
                 loaded.state.apply(&event);
