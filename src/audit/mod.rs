@@ -10,4 +10,5 @@
 pub(crate) mod chain;
 pub(crate) mod chaining;
 pub(crate) mod keyring;
+mod random;
 pub(crate) mod subjects;

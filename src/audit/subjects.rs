@@ -20,12 +20,6 @@
 //! Memory: data keys, the master key and the buffers that held key bytes
 //! are zeroized when dropped; an erased subject's name and key are zeroized
 //! when the erasure returns.
-#![allow(
-    dead_code,
-    reason = "the integration of issue 16 uses every item: Log::open (SubjectKeys::open, MasterKey), \
-              append with subjects (ensure, key_for, seal, new_nonce), Log::erase_subject (erase, erase_all), \
-              readers (load, reload, state, open)"
-)]
 
 use std::collections::HashMap;
 use std::fmt;
@@ -37,6 +31,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zerocopy::{FromBytes, IntoBytes};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::audit::random::Random;
 use crate::error::{Damage, Error, Result, corrupt};
 use crate::format::subject_keys::{
     DATA_KEY_LEN, ENTRY_HEADER_LEN, EntryBody, KEYS_CHECK_OFFSET, KEYS_FILE, KEYS_LOG_ID_OFFSET, KEYS_TMP_FILE,
@@ -162,7 +157,7 @@ impl std::error::Error for OpenFailed {}
 
 /// Encrypt `plaintext` with `key` (XChaCha20-Poly1305): the ciphertext and
 /// its 16-byte tag, `plaintext.len() + 16` bytes. A nonce must never be used
-/// twice with one key: take each from [`new_nonce`].
+/// twice with one key: take each from [`SubjectKeys::nonces`].
 pub(crate) fn seal(key: &DataKey, nonce: &Nonce, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     #[expect(
         clippy::expect_used,
@@ -181,39 +176,13 @@ pub(crate) fn open(key: &DataKey, nonce: &Nonce, aad: &[u8], ciphertext: &[u8]) 
 }
 
 /// A fresh random nonce from the operating system's generator (24 bytes:
-/// random nonces do not collide in practice).
+/// random nonces do not collide in practice). The writer takes a batch's
+/// nonces at once ([`SubjectKeys::nonces`]).
+#[cfg(test)]
 pub(crate) fn new_nonce() -> Result<Nonce> {
     let mut n = [0u8; NONCE_LEN];
     Random::Os.fill(&mut n)?;
     Ok(n)
-}
-
-/// Where fresh keys and nonces come from: the operating system, or (tests,
-/// golden vectors) a fixed seed, so that the file's bytes are deterministic.
-enum Random {
-    Os,
-    #[cfg(any(test, feature = "fuzzing"))]
-    Fixed {
-        seed: u64,
-        counter: std::sync::atomic::AtomicU64,
-    },
-}
-
-impl Random {
-    fn fill(&self, buf: &mut [u8]) -> Result<()> {
-        match self {
-            Random::Os => getrandom::fill(buf)
-                .map_err(|e| Error::InvalidArgument(format!("the operating system gave no random bytes: {e}"))),
-            #[cfg(any(test, feature = "fuzzing"))]
-            Random::Fixed { seed, counter } => {
-                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut h = blake3::Hasher::new();
-                h.update(&seed.to_le_bytes()).update(&n.to_le_bytes());
-                h.finalize_xof().fill(buf);
-                Ok(())
-            }
-        }
-    }
 }
 
 /// A key of the file, by index (key id = index + 1).
@@ -527,6 +496,7 @@ impl SubjectKeys {
     /// into an erased entry (spec 22.4). `None` if it had no live key
     /// (nothing is written). After it returns `Ok`, no byte of the file
     /// holds the key or the subject, and this copy of both is zeroized.
+    #[cfg(test)]
     pub(crate) fn erase(&mut self, io: &dyn Io, subject: &str) -> Result<Option<KeyId>> {
         Ok(self.erase_all(io, [subject])?.into_iter().next().flatten())
     }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::format::damage::Damage;
 use crate::format::record::{EventData, RecordRef};
 use crate::format::sealed::{NONCE_LEN, Seal, SealState, TAG_LEN};
+pub(crate) use crate::format::varint::{VarintError, get_varint, put_varint, varint_len};
 
 /// Record flag: a 16-byte event id follows (otherwise the id is the
 /// generated one of [`generated_id`]).
@@ -60,57 +61,6 @@ pub(crate) fn generated_id(seed: u128, position: u64, timestamp: u64) -> [u8; 16
     let r = (seed + u128::from(position)) & ((1 << ID_RAND_BITS) - 1);
     let v = (ms << 80) | (0x7 << 76) | ((r >> 62) << 64) | (0b10 << 62) | (r & ((1 << 62) - 1));
     v.to_be_bytes()
-}
-
-/// Append `v` to `out` as an unsigned LEB128 varint (the minimal one).
-#[inline]
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// Bytes of `v` as a varint.
-#[inline]
-pub(crate) const fn varint_len(v: u64) -> usize {
-    let bits = 64 - (v | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
-}
-
-/// Why a varint did not parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum VarintError {
-    /// The bytes end inside it.
-    Truncated,
-    /// More than 64 bits, or a longer encoding than the value needs.
-    Invalid,
-}
-
-/// Read the minimal LEB128 varint at the start of `bytes`: its value and
-/// length.
-#[inline]
-pub(crate) fn get_varint(bytes: &[u8]) -> Result<(u64, usize), VarintError> {
-    let mut v: u64 = 0;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        let low = u64::from(b & 0x7f);
-        if i == 9 && b > 1 {
-            return Err(VarintError::Invalid);
-        }
-        v |= low << (7 * i);
-        if b & 0x80 == 0 {
-            if b == 0 && i > 0 {
-                return Err(VarintError::Invalid);
-            }
-            return Ok((v, i + 1));
-        }
-    }
-    if bytes.len() >= 10 {
-        Err(VarintError::Invalid)
-    } else {
-        Err(VarintError::Truncated)
-    }
 }
 
 /// What a writer decides for a version-3 batch besides its events.

@@ -28,6 +28,7 @@
 //! | `record` | 3.2 | encoding and parsing records |
 //! | `meta` | 3.7 | system stream names, the rules record of stream metadata |
 //! | `sealed` | 3.8 | sealed records: the sealed plaintext, the AAD, key ids |
+//! | `varint` | 3.6 | LEB128 varints, minimal only |
 //! | `names`, `hash`, `damage` | 1, 17.3 | file names, stream hashes, [`Damage`] |
 #![deny(clippy::indexing_slicing)]
 
@@ -41,6 +42,7 @@ pub(crate) mod meta;
 pub(crate) mod names;
 pub(crate) mod record;
 pub(crate) mod sealed;
+pub(crate) mod varint;
 
 mod checkpoint;
 mod frame_header;

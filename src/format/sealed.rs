@@ -13,8 +13,8 @@
 
 use zeroize::Zeroizing;
 
-use crate::format::batch::{get_varint, put_varint};
 pub(crate) use crate::format::subject_keys::{NONCE_LEN, TAG_LEN};
+use crate::format::varint::{get_varint, put_varint};
 
 /// The id of a data key: 1, 2, 3, ... in the order keys were created, never
 /// reused (spec 22.3). A sealed event names its key by it
