@@ -423,15 +423,8 @@ fn the_readme_library_example_runs() {
 
 #[test]
 fn the_readme_library_example_is_this_one() {
-    let here = include_str!("cli_metadata.rs");
-    let begin = here.find("// README: begin\n").expect("begin marker") + "// README: begin\n".len();
-    let end = here.find("// README: end\n").expect("end marker");
-    let code = &here[begin..end];
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
-    let block = format!("```rust\n{code}```\n");
-    assert!(
-        readme.contains(&block),
-        "README's library example of \"Deleting streams and keeping only recent events\" must be, \
-         byte for byte, the code between the README markers of tests/cli_metadata.rs:\n{block}"
+    cli_support::assert_readme_example(
+        include_str!("cli_metadata.rs"),
+        "Deleting streams and keeping only recent events",
     );
 }

@@ -330,20 +330,26 @@ fn build_vector() -> Vector {
 }
 
 /// The spec-assembled vector; with `ANNAL_REGENERATE_VECTORS=1`, written to
-/// `spec/vectors/v1/` (once per test process, before any test reads it).
+/// `spec/vectors/v1/snapshot/` (once per test process, before any test reads it).
 fn vector() -> &'static Vector {
     static V: OnceLock<Vector> = OnceLock::new();
-    V.get_or_init(|| {
-        let v = build_vector();
+    cached_vector(&V, "snapshot", build_vector)
+}
+
+/// `build`'s vector, kept in `cell`; with `ANNAL_REGENERATE_VECTORS=1`,
+/// written to `spec/vectors/v1/<name>/` and `<name>.json` first.
+fn cached_vector(cell: &'static OnceLock<Vector>, name: &str, build: fn() -> Vector) -> &'static Vector {
+    cell.get_or_init(|| {
+        let v = build();
         if regenerating() {
-            let dir = vectors_dir().join("snapshot");
+            let dir = vectors_dir().join(name);
             if dir.exists() {
                 fs::remove_dir_all(&dir).expect("remove old vector directory");
             }
             let path = dir.join(&v.file);
             fs::create_dir_all(path.parent().expect("parent")).expect("create vector directory");
             fs::write(&path, &v.bytes).expect("write snapshot file");
-            fs::write(vectors_dir().join("snapshot.json"), &v.json_text).expect("write JSON");
+            fs::write(vectors_dir().join(format!("{name}.json")), &v.json_text).expect("write JSON");
         }
         v
     })
@@ -470,20 +476,7 @@ fn build_vector_v2() -> Vector {
 /// written to `spec/vectors/v1/snapshot-v2/` and `snapshot-v2.json`.
 fn vector_v2() -> &'static Vector {
     static V: OnceLock<Vector> = OnceLock::new();
-    V.get_or_init(|| {
-        let v = build_vector_v2();
-        if regenerating() {
-            let dir = vectors_dir().join("snapshot-v2");
-            if dir.exists() {
-                fs::remove_dir_all(&dir).expect("remove old vector directory");
-            }
-            let path = dir.join(&v.file);
-            fs::create_dir_all(path.parent().expect("parent")).expect("create vector directory");
-            fs::write(&path, &v.bytes).expect("write snapshot file");
-            fs::write(vectors_dir().join("snapshot-v2.json"), &v.json_text).expect("write JSON");
-        }
-        v
-    })
+    cached_vector(&V, "snapshot-v2", build_vector_v2)
 }
 
 fn read_vector_file(rel: &str) -> Vec<u8> {

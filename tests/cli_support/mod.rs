@@ -35,3 +35,21 @@ pub fn run_stdin(args: &[&str], stdin: &[u8]) -> Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// Assert that README holds, as a ```rust block byte for byte, the code of
+/// `source` (a test file's text) between its `// README: begin` and
+/// `// README: end` lines: the library example of README's section
+/// `section` is the one the test compiles and runs.
+pub fn assert_readme_example(source: &str, section: &str) {
+    let begin = source.find("// README: begin\n").expect("begin marker") + "// README: begin\n".len();
+    let end = source.find("// README: end\n").expect("end marker");
+    let code = &source[begin..end];
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
+    let block = format!("```rust\n{code}```\n");
+    assert!(
+        readme.contains(&block),
+        "README's library example of \"{section}\" must be, byte for byte, the code between the README markers \
+         of its test:\n{block}"
+    );
+}
