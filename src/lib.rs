@@ -66,7 +66,7 @@ pub mod segment {
 }
 
 pub use audit::chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};
-pub use check::{AnchorVerdict, ChainStatus, Hidden, HiddenBy, SignatureSummary};
+pub use check::{AnchorVerdict, ChainStatus, Hidden, HiddenBy, Retained, SignatureSummary};
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
@@ -90,6 +90,7 @@ pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered};
 pub use types::{Direction, ExpectedVersion};
 pub use uuid::Uuid;
 pub use writer::{AppendResult, Clock, Durability, Log, Options, Recovery, Truncation};
+pub use writer::{Retention, RetentionReport};
 
 #[cfg(test)]
 mod tests {

@@ -101,6 +101,8 @@
 //! * `scan`: one look at the whole log (parallel, then sequential);
 //! * `chain`, `anchors`: the audit chain across segments, and the anchors;
 //! * `hidden`: what stream metadata hides, through a view of the log;
+//! * `retention`: a front removed by log retention, and the records that
+//!   account for it (spec 3.8);
 //! * `repair`: `--repair`.
 //!
 //! Within the folder the dependencies run one way: `report` < `files` <
@@ -126,6 +128,7 @@ mod links;
 mod outcome;
 mod repair;
 mod report;
+mod retention;
 mod scan;
 mod segment;
 mod snapshots;
@@ -133,7 +136,8 @@ mod table;
 
 use files::{list_segments, writer_holds_lock};
 pub use report::{
-    AnchorVerdict, ChainStatus, CheckOptions, CheckReport, Finding, Hidden, HiddenBy, ProgressFn, SignatureSummary,
+    AnchorVerdict, ChainStatus, CheckOptions, CheckReport, Finding, Hidden, HiddenBy, ProgressFn, Retained,
+    SignatureSummary,
 };
 use scan::scan;
 

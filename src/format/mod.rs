@@ -27,6 +27,7 @@
 //! | `batch` | 3.6, 9 | the version-3 batch body: varints, generated ids, encoding and parsing |
 //! | `record` | 3.2 | encoding and parsing records |
 //! | `meta` | 3.7 | system stream names, the rules record of stream metadata |
+//! | `retention` | 3.8 | the retention record of the `$retention` stream |
 //! | `names`, `hash`, `damage` | 1, 17.3 | file names, stream hashes, [`Damage`] |
 #![deny(clippy::indexing_slicing)]
 
@@ -39,6 +40,7 @@ pub(crate) mod hash;
 pub(crate) mod meta;
 pub(crate) mod names;
 pub(crate) mod record;
+pub(crate) mod retention;
 
 mod checkpoint;
 mod frame_header;

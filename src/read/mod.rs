@@ -15,12 +15,14 @@
 //! backward, by time), `stream` (one stream's reads), `hits` (the index-hit
 //! checks they share), `rules` (what stream metadata hides, spec 3.7, read
 //! from a view) and `visibility` (the same as values a view can hold),
-//! `subscription`, `anchor`; `view` re-exports what
+//! `subscription`, `anchor`, `front` (the log's start after retention,
+//! spec 3.8); `view` re-exports what
 //! other layers use, so that `crate::read::view::X` stays their one path.
 
 mod active;
 pub(crate) mod anchor;
 mod budget;
+pub(crate) mod front;
 mod hits;
 mod logview;
 pub(crate) mod query;

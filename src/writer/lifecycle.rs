@@ -156,6 +156,7 @@ impl Inner {
             checkpoints: Mutex::new(checkpoints),
             checkpoint_mark: AtomicU64::new(active_end),
             rules: Default::default(),
+            retention_lock: Mutex::new(()),
             dir,
             opts,
         })

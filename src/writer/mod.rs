@@ -14,6 +14,8 @@
 //!   commit: leader, write, fsync, poisoning), `seal` (rolls, the sealer
 //!   thread, index and stream-table upkeep), `idempotency` (the window of
 //!   recent ids, the retry check), `versions` (a stream's current version).
+//! * `retention`, `retention_rule`: log retention (spec 3.8): the removal
+//!   of sealed segments from the front, and its rule and report.
 //! * `typed_append`: [`Log::append_typed`], apart because it depends on the
 //!   typed-events layer above this one.
 //!
@@ -55,6 +57,8 @@ mod metadata;
 mod options;
 pub(crate) mod recovery;
 mod results;
+mod retention;
+mod retention_rule;
 mod seal;
 mod state;
 mod versions;
@@ -77,6 +81,7 @@ use state::Inner;
 
 pub use options::{Clock, Durability, Options};
 pub use results::{AppendResult, ExpectedVersion, Recovery, Truncation};
+pub use retention_rule::{Retention, RetentionReport};
 
 /// An append-only event log, open for writing. `Send + Sync`: share it
 /// between threads with an `Arc`.
@@ -129,7 +134,10 @@ impl Log {
         // table reads them) are replaced now.
         inner.rewrite_damaged_indexes()?;
         Inner::start_sealer(&inner)?;
-        Ok(Log { inner })
+        // Retention (spec 3.8): finish a recorded removal, then the rule.
+        let log = Log { inner };
+        log.inner.retention_at_open()?;
+        Ok(log)
     }
 
     /// What opening the log did: creation, a removed torn tail, ...
@@ -275,17 +283,20 @@ impl Log {
         let inner = &*self.inner;
         let batch_len = inner.check_batch(stream, events)?;
         let _appending = Appending::enter(&inner.appenders);
-        // Held until the batch is queued (see `metadata`).
-        let rules = inner.check_append_rules(stream)?;
-        let stream_rules = rules.as_ref().and_then(|r| r.1.as_ref());
         let (target, result) = loop {
+            // Held until the batch is queued (see `metadata`), but not while
+            // waiting for the sealer (which takes them for retention).
+            let rules = inner.check_append_rules(stream)?;
+            let stream_rules = rules.as_ref().and_then(|r| r.1.as_ref());
             match inner.enqueue(stream, expected, events, batch_len, stream_rules)? {
                 Some(queued) => break queued,
                 // It would roll a segment while the sealer is behind.
-                None => inner.wait_for_sealer()?,
+                None => {
+                    drop(rules);
+                    inner.wait_for_sealer()?;
+                }
             }
         };
-        drop(rules);
         inner.commit_until(target, inner.opts.durability == Durability::Fsync)?;
         Ok(result)
     }

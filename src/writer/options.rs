@@ -55,6 +55,7 @@ pub struct Options {
     pub(crate) checkpoint_every: u64,
     pub(crate) index_checkpoint_bytes: u64,
     pub(crate) format_version: u16,
+    pub(crate) retention: Option<super::retention_rule::Retention>,
 }
 
 impl std::fmt::Debug for Options {
@@ -95,6 +96,7 @@ impl Default for Options {
             checkpoint_every: 100_000,
             index_checkpoint_bytes: 16 << 20,
             format_version: crate::format::CURRENT_FORMAT_VERSION,
+            retention: None,
         }
     }
 }
@@ -225,6 +227,16 @@ impl Options {
     /// mask the log's stream table already uses.
     pub(crate) fn with_hash_mask(mut self, mask: u64) -> Self {
         self.hash_mask = mask;
+        self
+    }
+    /// Log retention (spec 3.8): drop whole sealed segments from the front
+    /// of the log by age or total size, oldest first, never the active one,
+    /// after a durable `$retention` record says so. Applied after each
+    /// segment seal, at open, and by [`Log::apply_retention`](crate::Log::apply_retention).
+    /// Needs a log of format version 4 (older logs keep everything, with a
+    /// warning).
+    pub fn retention(mut self, rule: super::retention_rule::Retention) -> Self {
+        self.retention = Some(rule).filter(|r| r.is_set());
         self
     }
 }

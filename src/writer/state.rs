@@ -84,6 +84,9 @@ pub(super) struct Inner {
     pub(super) checkpoint_mark: AtomicU64,
     /// Every stream's rules (spec 3.7), loaded on first need.
     pub(super) rules: RulesMap,
+    /// Held by the sealer while it merges a segment into the stream table
+    /// and by retention while it removes segments (spec 3.8).
+    pub(super) retention_lock: Mutex<()>,
 }
 
 /// The rules of every stream that has metadata (spec 3.7; `None`: not

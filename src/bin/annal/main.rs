@@ -6,6 +6,7 @@ mod dump;
 mod jsonfmt;
 mod meta;
 mod read;
+mod retain;
 mod write;
 
 use std::fmt;
@@ -41,6 +42,9 @@ enum Command {
     /// Print a stream's metadata, or set the rules that hide its older events (count, age, version).
     #[command(after_help = meta::METADATA_HELP)]
     Metadata(meta::MetadataArgs),
+    /// Remove whole sealed segments from the front of the log by age or size (log retention), recorded first.
+    #[command(after_help = retain::RETAIN_HELP)]
+    Retain(retain::RetainArgs),
     /// Print events (the whole log, a stream, a category or an event type).
     #[command(after_help = read::READ_HELP)]
     Read(read::ReadArgs),
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Import(a) => write::import(a),
         Command::Delete(a) => meta::delete(a),
         Command::Metadata(a) => meta::metadata(a),
+        Command::Retain(a) => retain::retain(a),
         Command::Read(a) => read::read(a),
         Command::Tail(a) => read::tail(a),
         Command::Stats(a) => read::stats(a),
