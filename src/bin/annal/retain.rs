@@ -14,9 +14,10 @@ use crate::write::{SegmentSizeArg, parse_size, write_options};
 use crate::{CmdResult, Failure, out_err};
 
 pub const RETAIN_HELP: &str = "Examples:
-  annal retain ./events --max-age 90d
-  annal retain ./events --max-bytes 10G --json
-  annal check ./events
+  annal append ./kept --stream host-1 --type Sample --data '{\"cpu\":0.5}'
+  annal retain ./kept --max-age 90d
+  annal retain ./kept --max-bytes 10G --json
+  annal check ./kept
 
 Removes whole sealed segments from the front of the log, oldest first, never
 the active one: by age (a segment whose newest event is older than
