@@ -144,7 +144,8 @@ pub(super) fn check_retention(f: &Facts, outs: &[SegOut], chained: bool, report:
             0,
             format!(
                 "the retention record at position {at} removes the segments before position {}, but the log still \
-                 starts at {}: a removal was interrupted; the next writer open finishes it",
+                 starts at {}: a removal was interrupted; the next writer open (with a retention rule, when the log still \
+                 starts at 0) or `annal retain` finishes it",
                 r.removed_before, f.first_base
             ),
         ));

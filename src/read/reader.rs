@@ -166,17 +166,35 @@ impl Reader {
     /// first segment (unless the view is not yet recovered, when the record
     /// may lie past what it can vouch for).
     pub fn view(&mut self) -> Result<LogView> {
-        let view = self.view_once()?;
+        let view = self.view_racing_retention()?;
         if view.unrecovered.is_some() || crate::read::front::check_front(&view, &self.dir).is_ok() {
             return Ok(view);
         }
         // Retention removes segments only after its record is visible: a
         // head read before the record was published is stale. Look again.
-        let view = self.view_once()?;
+        let view = self.view_racing_retention()?;
         if view.unrecovered.is_none() {
             crate::read::front::check_front(&view, &self.dir)?;
         }
         Ok(view)
+    }
+
+    /// [`Reader::view_once`], again if a segment listed was removed before
+    /// it was opened (log retention runs while readers list, spec 3.8).
+    fn view_racing_retention(&mut self) -> Result<LogView> {
+        let mut tries = 0;
+        loop {
+            match self.view_once() {
+                Err(Error::Io { source, path, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        && tries < 3
+                        && path.extension().is_some_and(|e| e == "seg") =>
+                {
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     fn view_once(&mut self) -> Result<LogView> {

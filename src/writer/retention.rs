@@ -279,6 +279,11 @@ impl Inner {
         if !rule.is_set() || !self.has_rules() {
             return Ok(report);
         }
+        // A removal a crash interrupted first (`removed_before` never
+        // decreases from one record to the next).
+        if let Some(r) = self.finish_recorded(false)? {
+            return Ok(r);
+        }
         let Some(plan) = self.plan(rule)? else {
             return Ok(report);
         };
@@ -291,11 +296,39 @@ impl Inner {
         Ok(report)
     }
 
-    /// At open: finish a removal that the newest retention record states
-    /// and a crash interrupted, then apply the options' rule.
-    pub(super) fn retention_at_open(&self) -> Result<RetentionReport> {
+    /// Finish a removal that the newest retention record states and a
+    /// crash interrupted (its `removed_before` above the first segment's
+    /// base); with `strict`, also refuse a first segment above 0 that no
+    /// record accounts for. `Some` if it removed anything.
+    fn finish_recorded(&self, strict: bool) -> Result<Option<RetentionReport>> {
         let view = self.view()?;
         let first = view.segments.first().map_or(0, |s| s.base);
+        let newest = newest_retention(&view)?;
+        drop(view);
+        match newest {
+            Some((_, rec)) if rec.removed_before > first => {
+                let mut report = RetentionReport {
+                    rule: Some("recorded"),
+                    ..RetentionReport::default()
+                };
+                self.remove_front(rec.removed_before, &mut report)?;
+                self.remove_orphans()?;
+                Ok(Some(report))
+            }
+            Some((_, rec)) if rec.removed_before == first => Ok(None),
+            _ if first > 0 && strict => Err(missing_front(&self.dir, first)),
+            _ => Ok(None),
+        }
+    }
+
+    /// At open: refuse a first segment above 0 that no retention record
+    /// accounts for, finish a recorded removal a crash interrupted, then
+    /// apply the options' rule. A log that starts at 0 opened without a
+    /// rule reads nothing here (an open stays cheap); a removal interrupted
+    /// before its first file went is then finished by the next open with a
+    /// rule or the next [`Log::apply_retention`].
+    pub(super) fn retention_at_open(&self) -> Result<RetentionReport> {
+        let first = self.first_base();
         if !self.has_rules() {
             if first > 0 {
                 return Err(missing_front(&self.dir, first));
@@ -309,36 +342,31 @@ impl Inner {
             }
             return Ok(RetentionReport::default());
         }
-        let newest = newest_retention(&view)?;
-        drop(view);
-        match newest {
-            Some((_, rec)) if rec.removed_before > first => {
-                let mut report = RetentionReport {
-                    rule: Some("recorded"),
-                    ..RetentionReport::default()
-                };
-                self.remove_front(rec.removed_before, &mut report)?;
-                self.remove_orphans()?;
-                return Ok(report);
-            }
-            Some((_, rec)) if rec.removed_before == first => {}
-            _ if first > 0 => return Err(missing_front(&self.dir, first)),
-            _ => {}
+        if first == 0 && self.opts.retention.is_none() {
+            return Ok(RetentionReport::default());
         }
-        self.remove_orphans()?;
+        if let Some(r) = self.finish_recorded(true)? {
+            return Ok(r);
+        }
+        if first > 0 {
+            self.remove_orphans()?;
+        }
         match self.opts.retention {
             Some(rule) => self.apply_retention_rule(&rule, true),
             None => Ok(RetentionReport::default()),
         }
     }
 
+    /// The base of the first segment.
+    fn first_base(&self) -> u64 {
+        let p = lock(&self.published);
+        p.sealed.first().map_or(p.active_base, |s| s.base)
+    }
+
     /// Index files left below the first segment by a crash between a
     /// segment's removal and its index file's.
     fn remove_orphans(&self) -> Result<()> {
-        let first = {
-            let p = lock(&self.published);
-            p.sealed.first().map_or(p.active_base, |s| s.base)
-        };
+        let first = self.first_base();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return Ok(());
         };
@@ -436,7 +464,6 @@ impl Log {
     /// The first position of the log: the base of its first segment (0
     /// unless retention removed segments from its front).
     pub fn first_position(&self) -> u64 {
-        let p = lock(&self.inner.published);
-        p.sealed.first().map_or(p.active_base, |s| s.base)
+        self.inner.first_base()
     }
 }
