@@ -694,3 +694,34 @@ fn readers_racing_retention_see_no_fault_and_no_wrong_event() {
     Arc::try_unwrap(log).expect("one").close().expect("close");
     assert_check_clean(dir.path());
 }
+
+#[test]
+fn a_first_segment_whose_chain_start_the_record_does_not_state_is_reported() {
+    // The retention record states the chain hash at the new start: a
+    // first segment whose chain_start was changed (its header CRC fixed)
+    // no longer joins it, and an anchor after the start no longer holds.
+    let dir = scratch();
+    let log = Log::open(dir.path(), opts()).expect("open");
+    fill(&log, 150, 0);
+    log.apply_retention_with(Retention::new().max_bytes(5 * SEGMENT))
+        .expect("retain");
+    let late = log.anchor().expect("anchor");
+    log.close().expect("close");
+    assert_check_clean(dir.path());
+    let first = first_of(dir.path());
+    let seg = dir.path().join(format!("{first:020}.seg"));
+    common::edit(&seg, |b| {
+        b[60] ^= 0x01;
+        common::fix_segment_header_crc(b);
+    });
+    let r = annal::check(dir.path(), CheckOptions::default().anchor(late)).expect("check");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.offset == 56 && p.detail.contains("the retention record at position")),
+        "{:#?}",
+        r.problems
+    );
+    assert!(!r.anchors[0].ok);
+    assert_eq!(r.anchors[0].superseded_by_retention, None);
+}
