@@ -725,3 +725,42 @@ fn a_first_segment_whose_chain_start_the_record_does_not_state_is_reported() {
     assert!(!r.anchors[0].ok);
     assert_eq!(r.anchors[0].superseded_by_retention, None);
 }
+
+/// Positions of the application events, in order (a projection).
+struct Positions;
+
+impl annal::Projection for Positions {
+    type Model = Vec<u64>;
+    fn empty(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    fn apply(&self, model: &mut Vec<u64>, record: &annal::RecordRef<'_>) {
+        if !record.stream().starts_with('$') {
+            model.push(record.position());
+        }
+    }
+    fn merge(&self, mut earlier: Vec<u64>, later: Vec<u64>) -> Vec<u64> {
+        earlier.extend(later);
+        earlier
+    }
+}
+
+#[test]
+fn projections_rebuild_the_surviving_events() {
+    let dir = scratch();
+    let log = Log::open(dir.path(), opts()).expect("open");
+    let model = fill(&log, 200, 0);
+    log.apply_retention_with(Retention::new().max_bytes(8 * SEGMENT))
+        .expect("retain");
+    let first = first_of(dir.path());
+    let want: Vec<u64> = model.iter().filter(|e| e.0 >= first).map(|e| e.0).collect();
+    let view = log.view().expect("view");
+    assert_eq!(view.rebuild(&Positions).expect("rebuild"), want);
+    assert_eq!(view.par_rebuild(&Positions).expect("par_rebuild"), want);
+    assert_eq!(view.par_rebuild_chunks(&Positions, 5).expect("chunks"), want);
+    let mut by_stream = view.par_rebuild_by_stream(&Positions).expect("by stream");
+    by_stream.sort_unstable();
+    assert_eq!(by_stream, want);
+    drop(view);
+    log.close().expect("close");
+}
