@@ -226,7 +226,6 @@ impl Inner {
     /// Steps 4 to 6: remove the segments below `removed_before`, oldest
     /// first (they must be covered by the stream table).
     fn remove_front(&self, removed_before: u64, report: &mut RetentionReport) -> Result<()> {
-        let fs = &*self.opts.io;
         // Not while the sealer merges a segment into the stream table.
         let _one = lock(&self.retention_lock);
         let removed: Vec<ViewSegment> = {
@@ -251,9 +250,25 @@ impl Inner {
             st.table = None;
             covered
         };
+        // From here the stream table is not in memory: a failure poisons
+        // the writer (no append may decide a version, nor the sealer merge a
+        // segment, without it) until a reopen finishes the removal.
+        if let Err(e) = self.remove_files(&removed, covered, report) {
+            self.poison(&e);
+            return Err(e);
+        }
+        report.removed_before = Some(removed_before);
+        Ok(())
+    }
+
+    /// Steps 3 (the file) to 5 of [`Inner::remove_front`]: the stream
+    /// table file, each segment below the new start and its index file,
+    /// then the rebuilt table (covering what the old one covered).
+    fn remove_files(&self, removed: &[ViewSegment], covered: Option<u64>, report: &mut RetentionReport) -> Result<()> {
+        let fs = &*self.opts.io;
         let table_path = self.dir.join(STREAM_TABLE_FILE);
         remove_durably(fs, &self.dir, &table_path)?;
-        for seg in &removed {
+        for seg in removed {
             // Views taken before keep reading what they hold: map it now, so
             // that the removal does not take a segment from under them.
             let _ = seg.map.try_bytes();
@@ -269,7 +284,6 @@ impl Inner {
             let bytes = rebuild_table(&under, next, self.opts.hash_mask)?;
             self.install_table(&bytes, None)?;
         }
-        report.removed_before = Some(removed_before);
         Ok(())
     }
 
