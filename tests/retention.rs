@@ -764,3 +764,44 @@ fn projections_rebuild_the_surviving_events() {
     drop(view);
     log.close().expect("close");
 }
+
+#[test]
+fn a_stream_whose_events_were_all_removed_starts_again_at_version_0() {
+    // Documented (spec 3.8): its versions went with its events.
+    let dir = scratch();
+    let log = Log::open(dir.path(), opts()).expect("open");
+    log.append(
+        "early",
+        ExpectedVersion::NoStream,
+        &[EventData::new("E", b"0".as_slice())],
+    )
+    .expect("append");
+    log.append(
+        "early",
+        ExpectedVersion::Exact(0),
+        &[EventData::new("E", b"1".as_slice())],
+    )
+    .expect("append");
+    fill(&log, 150, 0);
+    log.apply_retention_with(Retention::new().max_bytes(4 * SEGMENT))
+        .expect("retain");
+    assert_eq!(log.stream_version("early").expect("version"), None);
+    assert!(matches!(
+        log.append(
+            "early",
+            ExpectedVersion::Exact(1),
+            &[EventData::new("E", b"2".as_slice())]
+        ),
+        Err(Error::WrongExpectedVersion { actual: None, .. })
+    ));
+    let r = log
+        .append(
+            "early",
+            ExpectedVersion::NoStream,
+            &[EventData::new("E", b"2".as_slice())],
+        )
+        .expect("a new start");
+    assert_eq!(r.stream_version, 0);
+    log.close().expect("close");
+    assert_check_clean(dir.path());
+}
