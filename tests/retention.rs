@@ -8,10 +8,14 @@
 //!   both ways, a category, an event type, the cross-process `Reader`)
 //!   returns exactly the surviving events, before and after a reopen, and
 //!   appends go on (versions of partly removed streams continue);
-//! * a `Reader` view taken before retention keeps reading what it held; a
-//!   new view starts at the new first segment;
+//! * a `Reader` view taken before retention keeps reading what it held (in
+//!   this process and in another one); a new view starts at the new first
+//!   segment; readers racing the sealer's retention see no fault and no
+//!   wrong event;
 //! * stream metadata whose events lay in removed segments is carried
-//!   forward: a deleted stream stays deleted;
+//!   forward: a deleted stream stays deleted; projections rebuild exactly
+//!   the surviving events; a stream whose events were all removed starts
+//!   again at version 0;
 //! * `check` is clean after retention, reports anchors before the new start
 //!   as superseded (not a problem), verifies anchors after it, and still
 //!   catches a real rewrite after it; a front segment deleted without a
@@ -804,4 +808,76 @@ fn a_stream_whose_events_were_all_removed_starts_again_at_version_0() {
     assert_eq!(r.stream_version, 0);
     log.close().expect("close");
     assert_check_clean(dir.path());
+}
+
+// ---------------------------------------------------------------------------
+// A reader in another process
+// ---------------------------------------------------------------------------
+
+mod support;
+
+/// The child side of the next test (runs only when spawned by it): a view
+/// read whole (so its segments are mapped), then, after the parent's
+/// retention, the same view read again, and a new view.
+#[test]
+fn child_reader_across_retention() {
+    let Some(dir) = std::env::var_os("ANNAL_RETENTION_CHILD_DIR") else {
+        return;
+    };
+    let digest = |view: &annal::LogView| -> (u64, u64, u64) {
+        let (mut n, mut sum, mut first) = (0u64, 0u64, u64::MAX);
+        for r in view.read_all(0) {
+            let r = r.expect("read");
+            first = first.min(r.position());
+            n += 1;
+            sum = sum
+                .wrapping_mul(31)
+                .wrapping_add(r.position() ^ r.payload().len() as u64);
+        }
+        (n, sum, first)
+    };
+    let mut reader = Reader::open(&dir).expect("reader");
+    let view = reader.view().expect("view");
+    let before = digest(&view);
+    support::child_say(&format!("READ {} {} {}", before.0, before.1, before.2));
+    // Wait for the parent: it closes our stdin after its retention.
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    let again = digest(&view);
+    support::child_say(&format!("AGAIN {} {} {}", again.0, again.1, again.2));
+    drop(view);
+    let new = digest(&reader.view().expect("new view"));
+    support::child_say(&format!("NEW {} {} {}", new.0, new.1, new.2));
+}
+
+#[test]
+fn a_reader_in_another_process_keeps_reading_the_segments_it_mapped() {
+    let dir = scratch();
+    let log = Log::open(dir.path(), opts()).expect("open");
+    let model = fill(&log, 150, 0);
+    let d = dir.path().to_str().expect("utf-8").to_owned();
+    let mut child = support::ChildProc::spawn(
+        "child_reader_across_retention",
+        &[("ANNAL_RETENTION_CHILD_DIR", d.as_str())],
+    );
+    let wait = Duration::from_secs(60);
+    let read = child.line(wait).expect("READ");
+    assert!(read.starts_with(&format!("READ {} ", model.len())), "{read}");
+    log.apply_retention_with(Retention::new().max_bytes(4 * SEGMENT))
+        .expect("retain");
+    let first = first_of(dir.path());
+    assert!(first > 0);
+    child.close_stdin();
+    let again = child.line(wait).expect("AGAIN");
+    assert_eq!(
+        again.strip_prefix("AGAIN"),
+        read.strip_prefix("READ"),
+        "the same view reads the same"
+    );
+    let new = child.line(wait).expect("NEW");
+    let kept = model.iter().filter(|e| e.0 >= first).count();
+    assert!(new.starts_with(&format!("NEW {kept} ")), "{new}");
+    assert!(new.ends_with(&format!(" {first}")), "{new}");
+    assert!(child.wait(wait).success());
+    log.close().expect("close");
 }
