@@ -28,7 +28,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::format::SegmentHeader;
 use crate::format::meta::{META_EVENT_TYPE, meta_stream};
-use crate::format::names::{index_file_name, segment_file_name};
+use crate::format::names::{index_file_name, parse_checkpoint_file_name, segment_file_name};
 use crate::format::record::EventData;
 use crate::format::retention::{RETENTION_EVENT_TYPE, RETENTION_STREAM, RetentionRecord};
 use crate::index::streamtable::STREAM_TABLE_FILE;
@@ -278,6 +278,7 @@ impl Inner {
             remove_durably(fs, &self.dir, &idx)?;
             report.removed_segments.push((*seg.path).clone());
         }
+        self.remove_orphans()?;
         let sealed = lock(&self.published).sealed.clone();
         if let Some(next) = covered {
             let under: Vec<ViewSegment> = sealed.into_iter().filter(|s| s.base < next).collect();
@@ -377,8 +378,9 @@ impl Inner {
         p.sealed.first().map_or(p.active_base, |s| s.base)
     }
 
-    /// Index files left below the first segment by a crash between a
-    /// segment's removal and its index file's.
+    /// Derived files left below the first segment: index files (a crash
+    /// between a segment's removal and its index file's) and index
+    /// checkpoints of a segment removed (spec 3.8).
     fn remove_orphans(&self) -> Result<()> {
         let first = self.first_base();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
@@ -387,12 +389,12 @@ impl Inner {
         for e in rd.flatten() {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(base) = name
+            let idx = name
                 .strip_suffix(".idx")
                 .filter(|b| b.len() == 20 && b.bytes().all(|c| c.is_ascii_digit()))
-                .and_then(|b| b.parse::<u64>().ok())
-                && base < first
-            {
+                .and_then(|b| b.parse::<u64>().ok());
+            let ckpt = parse_checkpoint_file_name(name).map(|(base, _, _)| base);
+            if idx.or(ckpt).is_some_and(|base| base < first) {
                 remove_durably(&*self.opts.io, &self.dir, &e.path())?;
             }
         }
