@@ -881,3 +881,37 @@ fn a_reader_in_another_process_keeps_reading_the_segments_it_mapped() {
     assert!(child.wait(wait).success());
     log.close().expect("close");
 }
+
+#[test]
+fn retention_in_logs_without_the_chain_keyed_and_signed() {
+    // Without the chain `chain_at` is zero; with a keyed chain the record
+    // states the keyed hash; with signed checkpoints every sealed segment
+    // left still ends with one.
+    let key = annal::ChainKey::from_bytes([7; 32]);
+    let signing = annal::SigningKey::from_bytes([9; 32]);
+    let cases: [(&str, Options, CheckOptions); 3] = [
+        ("no chain", opts().chain(false), CheckOptions::default()),
+        ("keyed", opts().chain_key(key.clone()), CheckOptions::default().key(key)),
+        (
+            "signed",
+            opts().signing_key(signing.clone()),
+            CheckOptions::default().public_key(signing.public_key()),
+        ),
+    ];
+    for (what, o, c) in cases {
+        let dir = scratch();
+        let log = Log::open(dir.path(), o.clone()).expect("open");
+        let model = fill(&log, 150, 0);
+        log.apply_retention_with(Retention::new().max_bytes(5 * SEGMENT))
+            .expect("retain");
+        log.close().expect("close");
+        let first = first_of(dir.path());
+        assert!(first > 0, "{what}");
+        let r = annal::check(dir.path(), c).expect("check");
+        assert!(r.is_ok(), "{what}: {:#?}", r.problems);
+        assert_eq!(r.retention.map(|x| x.first_position), Some(first), "{what}");
+        let log = Log::open(dir.path(), o).expect("reopen");
+        assert_reads(&log.view().expect("view"), &model, first);
+        log.close().expect("close");
+    }
+}
