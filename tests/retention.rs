@@ -175,6 +175,26 @@ fn size_retention_removes_the_oldest_sealed_segments_never_the_active_one() {
         .sum();
     assert!(total <= max + SEGMENT, "{total} bytes left, limit {max}");
     assert_reads(&log.view().expect("view"), &model, after[0]);
+    // A read from a version retention removed (other than 0) is refused.
+    let s1_first = model
+        .iter()
+        .find(|e| e.1 == "s-1" && e.0 >= after[0])
+        .map(|e| e.2)
+        .expect("s-1 left");
+    assert!(s1_first > 1);
+    match log
+        .view()
+        .expect("view")
+        .read_stream("s-1", 1, Direction::Forward, 10)
+        .next()
+    {
+        Some(Err(Error::RemovedByRetention {
+            from_version: 1,
+            first_version,
+            ..
+        })) => assert_eq!(first_version, s1_first),
+        other => panic!("{other:?}"),
+    }
     // The active segment is never removed, however small the limit.
     log.apply_retention_with(Retention::new().max_bytes(1))
         .expect("retain all");
@@ -225,15 +245,24 @@ fn age_retention_removes_segments_whose_newest_event_is_older_than_max_age() {
     // than the newest removed one.
     let view = log.view().expect("view");
     for e in &model {
-        // A removed version reads as the first surviving one.
-        let ts = view
-            .read_stream(&e.1, e.2, Direction::Forward, 1)
-            .next()
-            .map(|r| r.expect("read"))
-            .filter(|r| r.stream_version() == e.2)
-            .map(|r| r.timestamp());
+        // A read from a removed version: from 0 it starts at the first
+        // version left; from a later one it is refused.
+        let got = view.read_stream(&e.1, e.2, Direction::Forward, 1).next();
         if e.0 < first {
-            assert!(ts.is_none(), "event {} should be gone", e.0);
+            match got {
+                Some(Ok(r)) => assert!(e.2 == 0 && r.stream_version() > 0, "event {} should be gone", e.0),
+                Some(Err(Error::RemovedByRetention {
+                    from_version,
+                    first_version,
+                    ..
+                })) => {
+                    assert_eq!(from_version, e.2);
+                    assert!(first_version > e.2);
+                }
+                other => panic!("event {}: {other:?}", e.0),
+            }
+        } else {
+            assert_eq!(got.expect("one").expect("read").stream_version(), e.2);
         }
     }
     let kept_first_ts = view.read_all(0).next().expect("one").expect("read").timestamp();

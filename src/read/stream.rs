@@ -521,8 +521,25 @@ impl<'a> ReadStream<'a> {
         // Hidden by age, a stream's first visible event may come after
         // `from_version`.
         let by_age = self.visible.is_some_and(|v| v.min_timestamp > 0);
+        // Removed by retention (spec 3.8): a read from version 0 (or from
+        // the lowest version the stream's rules show) starts at the first
+        // version left; a read from a later version that retention removed
+        // is refused, never continued from a later version.
+        if self.cut && self.last.is_none() && self.dir == Direction::Forward && v > self.from_version && !by_age {
+            let shown_from = self.visible.map_or(0, |x| x.min_version);
+            if self.from_version > shown_from {
+                return Err(Error::RemovedByRetention {
+                    stream: self.name.to_string(),
+                    from_version: self.from_version,
+                    first_version: v,
+                });
+            }
+            self.last = Some(v);
+            self.remaining -= 1;
+            return Ok(r);
+        }
         let expected = match (self.dir, self.last) {
-            (Direction::Forward, None) if (by_age || self.cut) && v >= self.from_version => None,
+            (Direction::Forward, None) if by_age && v >= self.from_version => None,
             (Direction::Forward, None) => Some(self.from_version),
             (Direction::Forward, Some(l)) => l.checked_add(1),
             (Direction::Backward, None) => None,

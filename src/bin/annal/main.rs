@@ -102,7 +102,8 @@ impl From<annal::Error> for Failure {
             | annal::Error::Corrupt { .. }
             | annal::Error::Poisoned { .. }
             | annal::Error::Decode { .. }
-            | annal::Error::StreamDeleted { .. } => 1,
+            | annal::Error::StreamDeleted { .. }
+            | annal::Error::RemovedByRetention { .. } => 1,
             _ => 2,
         };
         Failure {
