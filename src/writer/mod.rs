@@ -122,10 +122,13 @@ impl Log {
     /// replacing `annal.lock` lets no second writer in), [`Error::NotALog`] if
     /// `dir` holds other files, and [`Error::Corrupt`] if data below the
     /// durable boundary is damaged, if the first segment (position 0) is
-    /// missing, or if a frame of the active segment claims more than
+    /// missing and no retention record says it was removed (spec 3.8), or if a frame of the active segment claims more than
     /// [`Options::max_batch_bytes`] (its body is not read; nothing is
     /// modified then). Warnings that did not stop the open (a symlinked or
     /// world-writable directory, ...) are in [`Recovery::warnings`].
+    ///
+    /// With [`Options::retention`] the rule is applied at open (spec 3.8),
+    /// after a removal that a crash interrupted is finished.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
         let dir = dir.as_ref().to_owned();
         let recovered = recovery::open(&dir, &opts)?;
