@@ -181,6 +181,22 @@ pub enum Error {
         /// What was expected and what was given.
         detail: String,
     },
+    /// A forward read of a stream asked for versions that log retention
+    /// removed (spec 3.9) from a version above 0 (a read from version 0
+    /// starts at the first surviving one): what followed `from_version` is
+    /// gone, so the read does not pretend to continue from it.
+    #[error(
+        "stream {stream:?}: versions {from_version} to {} were removed by log retention; its first version left is {first_version}",
+        first_version.saturating_sub(1)
+    )]
+    RemovedByRetention {
+        /// The stream.
+        stream: String,
+        /// The version the read asked for.
+        from_version: u64,
+        /// The stream's first version still in the log.
+        first_version: u64,
+    },
 }
 
 struct ActualVersion(Option<u64>);

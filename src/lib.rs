@@ -67,7 +67,7 @@ pub mod segment {
 
 pub use audit::chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};
 pub use audit::subjects::MasterKey;
-pub use check::{AnchorVerdict, ChainStatus, Hidden, HiddenBy, SignatureSummary, SubjectSummary};
+pub use check::{AnchorVerdict, ChainStatus, Hidden, HiddenBy, Retained, SignatureSummary, SubjectSummary};
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
@@ -92,6 +92,7 @@ pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered, Unseale
 pub use types::{Direction, ExpectedVersion};
 pub use uuid::Uuid;
 pub use writer::{AppendResult, Clock, Durability, Log, Options, Recovery, Truncation};
+pub use writer::{Retention, RetentionReport};
 
 #[cfg(test)]
 mod tests {

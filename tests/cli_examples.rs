@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SUBCOMMANDS: [&str; 11] = [
-    "append", "import", "delete", "metadata", "read", "tail", "stats", "dump", "check", "anchor", "keygen",
+const SUBCOMMANDS: [&str; 12] = [
+    "append", "import", "delete", "metadata", "retain", "read", "tail", "stats", "dump", "check", "anchor", "keygen",
 ];
 
 fn bin() -> PathBuf {

@@ -28,6 +28,9 @@ pub(super) struct History<'a> {
     pub(super) breaks: &'a [Break],
     /// The position where reading the log stopped first, if it did.
     pub(super) damaged_at: Option<u64>,
+    /// The log's first position and the retention record that accounts for
+    /// it, if log retention removed its front (spec 3.9).
+    pub(super) retained: Option<(u64, u64)>,
 }
 
 /// One anchor's verdict, where to report it, and whether the history was
@@ -38,6 +41,8 @@ struct Verdict {
     file: PathBuf,
     offset: u64,
     rewritten: bool,
+    /// Superseded by retention at this position (spec 3.9): not a problem.
+    superseded: Option<u64>,
 }
 
 impl Verdict {
@@ -48,6 +53,7 @@ impl Verdict {
             file: file.to_owned(),
             offset,
             rewritten: false,
+            superseded: None,
         }
     }
 }
@@ -64,6 +70,7 @@ pub(super) fn check_anchors(h: &History<'_>, anchors: &[Anchor], report: &mut Ch
                 anchor: *a,
                 ok: v.ok,
                 detail: v.detail,
+                superseded_by_retention: v.superseded,
             },
             f,
             v.rewritten,
@@ -83,7 +90,7 @@ pub(super) fn check_anchors(h: &History<'_>, anchors: &[Anchor], report: &mut Ch
             f.detail.push_str(&more);
             v.detail.push_str(&more);
         }
-        if !v.ok {
+        if !v.ok && v.superseded_by_retention.is_none() {
             report.problems.push(f);
         }
         report.anchors.push(v);
@@ -96,6 +103,21 @@ impl History<'_> {
     fn verdict(&self, a: &Anchor, chain: &ChainStatus) -> Verdict {
         let (outs, first) = (self.outs, self.first);
         let p = a.position;
+        if let Some((start, at)) = self.retained.filter(|r| p < r.0) {
+            let o = outs.first().unwrap_or(first);
+            return Verdict {
+                superseded: Some(start),
+                ..Verdict::fail(
+                    format!(
+                        "superseded by retention at {start}: the events before position {start} were removed by \
+                         log retention (the retention record at position {at}); nothing before the anchor is left \
+                         to verify"
+                    ),
+                    &o.path,
+                    32,
+                )
+            };
+        }
         if let Some(d) = self.damaged_at.filter(|&d| d < p || d == 0) {
             let o = outs.iter().rfind(|o| o.base <= d).or(outs.first());
             let (file, off) = o.map_or((first.path.clone(), 0), |o| (o.path.clone(), 0));
@@ -157,10 +179,12 @@ impl History<'_> {
     /// The stored chain hash at position `p`, where it is stored (file and
     /// offset), if `p` is 0 or the end of a batch.
     fn stored_at(&self, p: u64) -> Option<(ChainHash, &Path, u64)> {
-        if p == 0 {
+        if p == 0 || self.retained.is_some_and(|r| r.0 == p) {
+            // The chain hash at the log's start: genesis at 0, or, after
+            // retention, the first segment's chain_start (spec 3.9).
             self.outs
                 .first()
-                .filter(|o| o.base == 0)
+                .filter(|o| o.base == p)
                 .map(|o| (o.chain_start, o.path.as_path(), 56))
         } else {
             self.outs.iter().find_map(|o| {
@@ -187,6 +211,7 @@ impl History<'_> {
                 file: file.to_owned(),
                 offset,
                 rewritten: false,
+                superseded: None,
             }
         } else if expected == a.hash {
             Verdict::fail(

@@ -18,7 +18,12 @@ use crate::format::LogFormat;
 /// The sequential part of the audit chain check: the log's format across
 /// segments, the key, genesis and the joins between segments, then the
 /// anchors. Sets `report.chain` and `report.anchors`.
-pub(super) fn check_chain(outs: &[SegOut], opts: &CheckOptions, report: &mut CheckReport) {
+pub(super) fn check_chain(
+    outs: &[SegOut],
+    opts: &CheckOptions,
+    retained: Option<(u64, u64)>,
+    report: &mut CheckReport,
+) {
     let Some(first) = outs.iter().find(|o| o.format.is_some()) else {
         for a in &opts.anchors {
             let detail = "no segment header of the log could be read (see the problems above)".to_owned();
@@ -29,6 +34,7 @@ pub(super) fn check_chain(outs: &[SegOut], opts: &CheckOptions, report: &mut Che
                 anchor: *a,
                 ok: false,
                 detail,
+                superseded_by_retention: None,
             });
         }
         return;
@@ -47,7 +53,7 @@ pub(super) fn check_chain(outs: &[SegOut], opts: &CheckOptions, report: &mut Che
         not_verified = Some("the segments disagree on the log's format (see the problems)".to_owned());
     }
     let chainer = not_verified.is_none().then(|| Chainer::new(key));
-    let (breaks, damaged_at, links) = breaks_in_order(outs, first, chainer.as_ref());
+    let (breaks, damaged_at, links) = breaks_in_order(outs, first, chainer.as_ref(), retained.map(|r| r.0));
     report.problems.extend(breaks.iter().map(|b| b.finding.clone()));
     report.chain = match not_verified {
         None => ChainStatus::Verified {
@@ -63,6 +69,7 @@ pub(super) fn check_chain(outs: &[SegOut], opts: &CheckOptions, report: &mut Che
         chainer: chainer.as_ref(),
         breaks: &breaks,
         damaged_at,
+        retained,
     };
     check_anchors(&history, &opts.anchors, report);
 }
@@ -118,6 +125,7 @@ fn no_chain(first: &SegOut, fmt: &LogFormat, opts: &CheckOptions, report: &mut C
             anchor: *a,
             ok: false,
             detail,
+            superseded_by_retention: None,
         });
     }
 }
@@ -168,10 +176,18 @@ fn chain_key<'k>(
 /// The broken links in log order: genesis, then per segment its join and
 /// its own. Also where reading the log stopped first (damage, a missing
 /// segment), and the batch links recomputed.
-fn breaks_in_order(outs: &[SegOut], first: &SegOut, chainer: Option<&Chainer<'_>>) -> (Vec<Break>, Option<u64>, u64) {
+fn breaks_in_order(
+    outs: &[SegOut],
+    first: &SegOut,
+    chainer: Option<&Chainer<'_>>,
+    retained: Option<u64>,
+) -> (Vec<Break>, Option<u64>, u64) {
     let mut breaks: Vec<Break> = Vec::new();
+    // A log whose front retention removed starts from its first segment's
+    // chain_start, which the retention record states (spec 3.9).
     if let (Some(c), Some(o), Some(log_id)) = (chainer, outs.first(), first.log_id)
         && o.format.is_some()
+        && o.base == 0
     {
         let genesis = c.genesis(&log_id);
         if o.chain_start != genesis {
@@ -192,7 +208,10 @@ fn breaks_in_order(outs: &[SegOut], first: &SegOut, chainer: Option<&Chainer<'_>
         }
     }
     // Where reading the log stopped first (damage, a missing segment).
-    let mut damaged_at: Option<u64> = outs.first().filter(|o| o.base != 0).map(|_| 0);
+    let mut damaged_at: Option<u64> = outs
+        .first()
+        .filter(|o| o.base != 0 && retained != Some(o.base))
+        .map(|_| 0);
     let mut expect_next: Option<u64> = None;
     let mut links = 0;
     for (i, o) in outs.iter().enumerate() {

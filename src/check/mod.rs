@@ -103,6 +103,8 @@
 //! * `hidden`: what stream metadata hides, through a view of the log;
 //! * `subjects`: every sealed record opened with its key (or erased), and
 //!   the subject key file read in full (spec 3.8, 22);
+//! * `retention`: a front removed by log retention, and the records that
+//!   account for it (spec 3.9);
 //! * `repair`: `--repair`.
 //!
 //! Within the folder the dependencies run one way: `report` < `files` <
@@ -128,6 +130,7 @@ mod links;
 mod outcome;
 mod repair;
 mod report;
+mod retention;
 mod scan;
 mod segment;
 mod snapshots;
@@ -136,8 +139,8 @@ mod table;
 
 use files::{list_segments, writer_holds_lock};
 pub use report::{
-    AnchorVerdict, ChainStatus, CheckOptions, CheckReport, Finding, Hidden, HiddenBy, ProgressFn, SignatureSummary,
-    SubjectSummary,
+    AnchorVerdict, ChainStatus, CheckOptions, CheckReport, Finding, Hidden, HiddenBy, ProgressFn, Retained,
+    SignatureSummary, SubjectSummary,
 };
 use scan::scan;
 

@@ -218,6 +218,12 @@ pub struct AnchorVerdict {
     pub ok: bool,
     /// Why it holds, or where the history differs from it.
     pub detail: String,
+    /// The anchor's position lies before the log's first position, and a
+    /// retention record accounts for the removal (spec 3.9): the position
+    /// the log starts at now. Not a problem (`ok` is false: nothing before
+    /// that position is left to verify).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by_retention: Option<u64>,
 }
 
 fn anchor_as_text<S: serde::Serializer>(a: &Anchor, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -377,6 +383,10 @@ pub struct CheckReport {
     /// key, or found erased. `None` when the log was not walked for them
     /// (a format before 4, or damage found first).
     pub subjects: Option<SubjectSummary>,
+    /// The log's front was removed by log retention (spec 3.9) and a
+    /// retention record accounts for it; `None` for a log that starts at
+    /// position 0 (a front removed without a record is a problem).
+    pub retention: Option<Retained>,
 }
 
 /// What [`check`] found of the events that name a subject (spec 3.8, 22).
@@ -392,6 +402,32 @@ pub struct SubjectSummary {
     pub live_keys: u64,
     /// Erased keys in `annal.keys`.
     pub erased_keys: u64,
+}
+
+/// A log whose front log retention removed (spec 3.9), as `check` found it
+/// accounted for.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retained {
+    /// The log's first position: the base of its first segment.
+    pub first_position: u64,
+    /// The position of the newest retention record.
+    pub record_position: u64,
+    /// What that record says was removed: the segments before this position.
+    pub removed_before: u64,
+    /// Its rule: `age`, `size` or `age and size`.
+    pub rule: String,
+}
+
+impl fmt::Display for Retained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the log starts at position {}: the segments before position {} were removed by retention (rule: {}), \
+             recorded at position {}",
+            self.first_position, self.removed_before, self.rule, self.record_position
+        )
+    }
 }
 
 impl CheckReport {

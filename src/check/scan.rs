@@ -24,6 +24,7 @@ use super::head::check_head;
 use super::hidden::check_hidden;
 use super::outcome::{IdxState, SegCtx, SegOut};
 use super::report::{CheckOptions, CheckReport, SignatureSummary, finding};
+use super::retention::{check_retention, facts};
 use super::segment::check_segment;
 use super::snapshots::check_snapshots;
 use super::subjects::check_subjects;
@@ -106,12 +107,21 @@ pub(super) fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Resu
 
     // Sequential checks across segments, in order.
     let next = table_next(dir, &table_read, &bases);
+    // Log retention (spec 3.9): a front removed and the records that say so.
+    let v4 = outs
+        .last()
+        .and_then(|o| o.format)
+        .is_some_and(|f| f.version >= META_FORMAT_VERSION);
+    let front = facts(dir, &outs, v4);
     let mut seq = Sequence::new(dir, next);
+    seq.first_base = front.first_base;
     for (i, o) in outs.iter().enumerate() {
         seq.segment(i, o, i + 1 == outs.len(), &mut report, &mut remove);
     }
     let entries = seq.finish(&outs, &mut report);
-    check_chain(&outs, opts, &mut report);
+    check_chain(&outs, opts, front.accounted(), &mut report);
+    let chained = outs.iter().find_map(|o| o.format).is_some_and(|f| f.chained());
+    check_retention(&front, &outs, chained, &mut report);
     if opts.public_key.is_some() {
         report.signatures = Some(signature_summary(&outs));
     }
@@ -217,6 +227,10 @@ struct Sequence<'o> {
     /// warning on the damaged segment says so) instead of reported as more
     /// damage.
     damaged: Option<&'o SegOut>,
+    /// The first segment's base: above 0, log retention removed the front
+    /// (spec 3.9), so a stream's first surviving version and back pointers
+    /// may lie below it.
+    first_base: u64,
 }
 
 impl<'o> Sequence<'o> {
@@ -232,6 +246,7 @@ impl<'o> Sequence<'o> {
             any_sealed: false,
             chain_ok: true,
             damaged: None,
+            first_base: 0,
         }
     }
 
@@ -302,7 +317,9 @@ impl<'o> Sequence<'o> {
         for (name, s) in &o.spans {
             // Saturating: versions come from the files (found by fuzzing).
             let want = self.versions.get(name).map_or(0, |v: &u64| v.saturating_add(1));
-            if s.first_version != want && (i == 0 || self.chain_ok) && self.damaged.is_none() {
+            // After retention a stream's first surviving version is anything.
+            let cut = self.first_base > 0 && !self.versions.contains_key(name);
+            if s.first_version != want && !cut && (i == 0 || self.chain_ok) && self.damaged.is_none() {
                 report.problems.push(finding(
                     &o.path,
                     s.first_offset + (FRAME_HEADER_LEN + crate::format::RECORD_STREAM_VERSION_OFFSET) as u64,
@@ -326,7 +343,9 @@ impl<'o> Sequence<'o> {
         {
             for (name, row, prev) in prevs {
                 let want = self.latest.get(name).map_or(Prev::NONE, |e| e.at);
-                if *prev != want {
+                // A back pointer to a segment retention removed (spec 3.9).
+                let removed = want == Prev::NONE && prev.segment < self.first_base;
+                if *prev != want && !removed {
                     // The row's back pointer, where its index version puts it.
                     let lens = crate::format::idx_lens(index_version(&idx_path));
                     report.problems.push(finding(

@@ -29,6 +29,7 @@
 //! | `meta` | 3.7 | system stream names, the rules record of stream metadata |
 //! | `sealed` | 3.8 | sealed records: the sealed plaintext, the AAD, key ids |
 //! | `varint` | 3.6 | LEB128 varints, minimal only |
+//! | `retention` | 3.9 | the retention record of the `$retention` stream |
 //! | `names`, `hash`, `damage` | 1, 17.3 | file names, stream hashes, [`Damage`] |
 #![deny(clippy::indexing_slicing)]
 
@@ -41,6 +42,7 @@ pub(crate) mod hash;
 pub(crate) mod meta;
 pub(crate) mod names;
 pub(crate) mod record;
+pub(crate) mod retention;
 pub(crate) mod sealed;
 pub(crate) mod varint;
 

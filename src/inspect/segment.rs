@@ -119,7 +119,11 @@ impl FrameDump {
         let records = self
             .records
             .iter()
-            .map(|r| u64::from(!r.crc_ok) + u64::from(matches!(r.rules, Some(Err(_)))))
+            .map(|r| {
+                u64::from(!r.crc_ok)
+                    + u64::from(matches!(r.rules, Some(Err(_))))
+                    + u64::from(matches!(r.retention, Some(Err(_))))
+            })
             .sum::<u64>();
         let body = self.checkpoint.as_ref().map_or(0, |c| u64::from(!c.body_crc_ok));
         u64::from(!self.header_crc_ok) + records + body
@@ -163,6 +167,10 @@ pub struct RecordDump {
     /// Format version 4: a record sealed for a subject (spec 3.8), its key
     /// id and nonce; the payload is then the ciphertext.
     pub sealed: Option<(u64, [u8; 24])>,
+    /// Format version 4: an event of `$retention` (spec 3.9), its retention
+    /// record decoded, or what is wrong with it; `None` for every other
+    /// event.
+    pub retention: Option<Result<crate::format::retention::RetentionRecord, RulesError>>,
 }
 
 /// The rules record of a metadata event (spec 3.7), decoded.
@@ -372,6 +380,7 @@ fn batch_records(file: &[u8], off: usize, end: usize, frame: &mut FrameDump) -> 
             event_id: (h.event_id, true),
             rules: None,
             sealed: None,
+            retention: None,
         });
         r += rec.len();
     }
@@ -481,6 +490,9 @@ fn frame_at_v3(file: &[u8], off: usize, layout: &Layout) -> (Option<FrameDump>, 
                         && r.stream_bytes().starts_with(META_STREAM_PREFIX.as_bytes()))
                     .then(|| rules_of(file, r)),
                     sealed: r.seal().map(|s| (s.key, *s.nonce)),
+                    retention: (layout.version >= META_FORMAT_VERSION
+                        && r.stream_bytes() == crate::format::retention::RETENTION_STREAM.as_bytes())
+                    .then(|| retention_of(file, r)),
                 });
             }
             parsed
@@ -530,6 +542,29 @@ fn rules_of(file: &[u8], r: &RecordRef<'_>) -> Result<RulesDump, RulesError> {
             detail,
         }),
     }
+}
+
+/// The retention record of `$retention` event `r` (spec 3.9), borrowed
+/// from `file`.
+fn retention_of(file: &[u8], r: &RecordRef<'_>) -> Result<crate::format::retention::RetentionRecord, RulesError> {
+    use crate::format::retention::{RETENTION_EVENT_TYPE, RetentionRecord};
+    let payload = r.payload();
+    let start = (payload.as_ptr() as usize).wrapping_sub(file.as_ptr() as usize) as u64;
+    if r.event_type_bytes() != RETENTION_EVENT_TYPE.as_bytes() || r.schema_version() != 0 || !r.metadata().is_empty() {
+        return Err(RulesError {
+            offset: start,
+            payload_offset: 0,
+            detail: format!(
+                "an event of $retention must be a {RETENTION_EVENT_TYPE} event with schema version 0 and no \
+                 metadata (spec 3.9)"
+            ),
+        });
+    }
+    RetentionRecord::decode(payload).map_err(|(at, detail)| RulesError {
+        offset: start + at as u64,
+        payload_offset: at as u64,
+        detail,
+    })
 }
 
 /// Bytes of a version-3 checkpoint frame (spec 3.6).

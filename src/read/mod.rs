@@ -16,12 +16,14 @@
 //! checks they share), `rules` (what stream metadata hides, spec 3.7, read
 //! from a view) and `visibility` (the same as values a view can hold),
 //! `subscription`, `anchor`, `unseal` (records made readable: sealed ones
-//! decrypted or erased, spec 3.8); `view` re-exports what
+//! decrypted or erased, spec 3.8), `front` (the log's start after retention,
+//! spec 3.9); `view` re-exports what
 //! other layers use, so that `crate::read::view::X` stays their one path.
 
 mod active;
 pub(crate) mod anchor;
 mod budget;
+pub(crate) mod front;
 mod hits;
 mod logview;
 pub(crate) mod query;

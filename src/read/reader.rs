@@ -173,7 +173,45 @@ impl Reader {
     /// Sealed segments are mapped when first read; the view keeps what it
     /// mapped until it is dropped, and this reader keeps at most 512 sealed
     /// segments mapped between views.
+    ///
+    /// A log whose first segment does not start at position 0 is read only
+    /// if a retention record says the segments before it were removed (spec
+    /// 3.9); otherwise the view is [`Error::Corrupt`] naming the missing
+    /// first segment (unless the view is not yet recovered, when the record
+    /// may lie past what it can vouch for).
     pub fn view(&mut self) -> Result<LogView> {
+        let view = self.view_racing_retention()?;
+        if view.unrecovered.is_some() || crate::read::front::check_front(&view, &self.dir).is_ok() {
+            return Ok(view);
+        }
+        // Retention removes segments only after its record is visible: a
+        // head read before the record was published is stale. Look again.
+        let view = self.view_racing_retention()?;
+        if view.unrecovered.is_none() {
+            crate::read::front::check_front(&view, &self.dir)?;
+        }
+        Ok(view)
+    }
+
+    /// [`Reader::view_once`], again if a segment listed was removed before
+    /// it was opened (log retention runs while readers list, spec 3.9).
+    fn view_racing_retention(&mut self) -> Result<LogView> {
+        let mut tries = 0;
+        loop {
+            match self.view_once() {
+                Err(Error::Io { source, path, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        && tries < 3
+                        && path.extension().is_some_and(|e| e == "seg") =>
+                {
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn view_once(&mut self) -> Result<LogView> {
         // A first view: what it reads, the head file included, asked for
         // at once (advice only: from a listing taken before the head is
         // read, which the listing below, taken after it, replaces).
@@ -199,6 +237,14 @@ impl Reader {
         // view opens.
         if ahead != sealed {
             opened.clear();
+        }
+        // Log retention (spec 3.9) removes segments from the front: the log
+        // starts at the first segment listed. Views taken before keep the
+        // segments they hold.
+        let first = sealed.first().copied().unwrap_or(last);
+        self.sealed.retain(|s| s.base >= first);
+        if self.sealed.is_empty() {
+            self.sealed_next = self.sealed_next.max(first);
         }
         self.open_new_sealed(sealed, opened)?;
         if self.active.as_ref().is_none_or(|a| a.base != last) {

@@ -149,8 +149,14 @@ impl LogView {
     /// row, the index files of the older segments not open yet are asked for
     /// that row's page, all at once (a stream often has the same row in the
     /// indexes of consecutive segments: they hold much the same streams).
-    fn stream_chain(&self, name: &str, stop_at: Option<u64>, strict: bool, cold: bool) -> Result<Vec<Link>> {
+    ///
+    /// Also whether the chain may end at events that log retention removed
+    /// (spec 3.9): in a view that does not start at position 0, the oldest
+    /// link (a back pointer below the view's first segment ends the chain).
+    fn stream_chain(&self, name: &str, stop_at: Option<u64>, strict: bool, cold: bool) -> Result<(Vec<Link>, bool)> {
         let mut links = Vec::new();
+        let first_base = self.segments.first().map_or(0, |s| s.base);
+        let mut cut = false;
         let mut cur = self.newest_link(name, strict)?;
         let mut hinted = !cold;
         while let Some((j, index, info)) = cur {
@@ -167,6 +173,12 @@ impl LogView {
             }
             cur = match info.prev {
                 Some(p) if p.segment == NO_SEGMENT => None,
+                // Removed by retention: the stream's surviving events
+                // start here.
+                Some(p) if p.segment < first_base => {
+                    cut = true;
+                    None
+                }
                 Some(p) => match self.segment_at(p.segment).filter(|&k| k < j) {
                     Some(k) => match self.row_at(k, p.row, name, strict)? {
                         Some(hit) => Some(hit),
@@ -187,9 +199,14 @@ impl LogView {
                 // An index rebuilt in memory does not know: search.
                 None => self.search_before(j, name)?,
             };
+            // In a view that does not start at 0, the oldest link may follow
+            // removed events (an index written after the removal says NONE).
+            if cur.is_none() && first_base > 0 {
+                cut = true;
+            }
         }
         links.reverse();
-        Ok(links)
+        Ok((links, cut))
     }
 
     /// Read the events of one stream: from version `from_version` on
@@ -272,9 +289,9 @@ impl LogView {
             Direction::Forward => Some(from_version),
             Direction::Backward => None,
         };
-        let (links, err) = match self.stream_chain(stream, stop, false, cold) {
+        let ((links, cut), err) = match self.stream_chain(stream, stop, false, cold) {
             Ok(l) => (l, None),
-            Err(e) => (Vec::new(), Some(e)),
+            Err(e) => ((Vec::new(), false), Some(e)),
         };
         let link = match dir {
             Direction::Forward => 0,
@@ -299,6 +316,7 @@ impl LogView {
             ahead: cold,
             ahead_at: 0,
             visible,
+            cut,
         }
     }
 
@@ -352,6 +370,9 @@ pub struct ReadStream<'a> {
     ahead_at: u64,
     /// What the stream's metadata leaves visible (spec 3.7; `None`: all).
     visible: Option<Visible>,
+    /// Log retention removed the stream's oldest events (spec 3.9): a
+    /// forward read starts at the first surviving version.
+    cut: bool,
 }
 
 impl<'a> ReadStream<'a> {
@@ -500,6 +521,23 @@ impl<'a> ReadStream<'a> {
         // Hidden by age, a stream's first visible event may come after
         // `from_version`.
         let by_age = self.visible.is_some_and(|v| v.min_timestamp > 0);
+        // Removed by retention (spec 3.9): a read from version 0 (or from
+        // the lowest version the stream's rules show) starts at the first
+        // version left; a read from a later version that retention removed
+        // is refused, never continued from a later version.
+        if self.cut && self.last.is_none() && self.dir == Direction::Forward && v > self.from_version && !by_age {
+            let shown_from = self.visible.map_or(0, |x| x.min_version);
+            if self.from_version > shown_from {
+                return Err(Error::RemovedByRetention {
+                    stream: self.name.to_string(),
+                    from_version: self.from_version,
+                    first_version: v,
+                });
+            }
+            self.last = Some(v);
+            self.remaining -= 1;
+            return Ok(r);
+        }
         let expected = match (self.dir, self.last) {
             (Direction::Forward, None) if by_age && v >= self.from_version => None,
             (Direction::Forward, None) => Some(self.from_version),
@@ -542,7 +580,7 @@ impl<'a> ReadStream<'a> {
     /// the same hash) and read on from the start of the chain; what was
     /// already yielded is not yielded again (see [`ReadStream::load`]).
     fn relink_strict(&mut self) -> Result<()> {
-        self.links = self.view.stream_chain(&self.name, self.stop, true, false)?;
+        (self.links, self.cut) = self.view.stream_chain(&self.name, self.stop, true, false)?;
         self.strict = true;
         self.entry = None;
         self.link = match self.dir {

@@ -163,6 +163,7 @@ impl Inner {
             checkpoint_mark: AtomicU64::new(active_end),
             rules: Default::default(),
             keys: Arc::new(keys),
+            retention_lock: Mutex::new(()),
             dir,
             opts,
         })

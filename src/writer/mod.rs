@@ -16,6 +16,8 @@
 //!   recent ids, the retry check), `versions` (a stream's current version),
 //!   `metadata` (stream deletion and rules), `subjects` (sealing events that
 //!   name a subject, erasing subjects' keys).
+//! * `retention`, `retention_rule`: log retention (spec 3.9): the removal
+//!   of sealed segments from the front, and its rule and report.
 //! * `typed_append`: [`Log::append_typed`], apart because it depends on the
 //!   typed-events layer above this one.
 //!
@@ -57,6 +59,8 @@ mod metadata;
 mod options;
 pub(crate) mod recovery;
 mod results;
+mod retention;
+mod retention_rule;
 mod seal;
 mod state;
 mod subjects;
@@ -81,6 +85,7 @@ use state::Inner;
 
 pub use options::{Clock, Durability, Options};
 pub use results::{AppendResult, ExpectedVersion, Recovery, Truncation};
+pub use retention_rule::{Retention, RetentionReport};
 
 /// An append-only event log, open for writing. `Send + Sync`: share it
 /// between threads with an `Arc`.
@@ -121,10 +126,13 @@ impl Log {
     /// replacing `annal.lock` lets no second writer in), [`Error::NotALog`] if
     /// `dir` holds other files, and [`Error::Corrupt`] if data below the
     /// durable boundary is damaged, if the first segment (position 0) is
-    /// missing, or if a frame of the active segment claims more than
+    /// missing and no retention record says it was removed (spec 3.9), or if a frame of the active segment claims more than
     /// [`Options::max_batch_bytes`] (its body is not read; nothing is
     /// modified then). Warnings that did not stop the open (a symlinked or
     /// world-writable directory, ...) are in [`Recovery::warnings`].
+    ///
+    /// With [`Options::retention`] the rule is applied at open (spec 3.9),
+    /// after a removal that a crash interrupted is finished.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
         let dir = dir.as_ref().to_owned();
         let recovered = recovery::open(&dir, &opts)?;
@@ -133,7 +141,10 @@ impl Log {
         // table reads them) are replaced now.
         inner.rewrite_damaged_indexes()?;
         Inner::start_sealer(&inner)?;
-        Ok(Log { inner })
+        // Retention (spec 3.9): finish a recorded removal, then the rule.
+        let log = Log { inner };
+        log.inner.retention_at_open()?;
+        Ok(log)
     }
 
     /// What opening the log did: creation, a removed torn tail, ...
@@ -291,17 +302,20 @@ impl Log {
             batch_len = inner.check_batch(stream, events)?;
         }
         let _appending = Appending::enter(&inner.appenders);
-        // Held until the batch is queued (see `metadata`).
-        let rules = inner.check_append_rules(stream)?;
-        let stream_rules = rules.as_ref().and_then(|r| r.1.as_ref());
         let (target, result) = loop {
+            // Held until the batch is queued (see `metadata`), but not while
+            // waiting for the sealer (which takes them for retention).
+            let rules = inner.check_append_rules(stream)?;
+            let stream_rules = rules.as_ref().and_then(|r| r.1.as_ref());
             match inner.enqueue(stream, expected, events, batch_len, stream_rules)? {
                 Some(queued) => break queued,
                 // It would roll a segment while the sealer is behind.
-                None => inner.wait_for_sealer()?,
+                None => {
+                    drop(rules);
+                    inner.wait_for_sealer()?;
+                }
             }
         };
-        drop(rules);
         inner.commit_until(target, inner.opts.durability == Durability::Fsync)?;
         Ok(result)
     }

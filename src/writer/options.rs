@@ -59,6 +59,7 @@ pub struct Options {
     pub(crate) master_key: Option<MasterKey>,
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fixed_random: Option<u64>,
+    pub(crate) retention: Option<super::retention_rule::Retention>,
 }
 
 impl std::fmt::Debug for Options {
@@ -102,6 +103,7 @@ impl Default for Options {
             master_key: None,
             #[cfg(any(test, feature = "fuzzing"))]
             fixed_random: None,
+            retention: None,
         }
     }
 }
@@ -250,6 +252,16 @@ impl Options {
     /// mask the log's stream table already uses.
     pub(crate) fn with_hash_mask(mut self, mask: u64) -> Self {
         self.hash_mask = mask;
+        self
+    }
+    /// Log retention (spec 3.9): drop whole sealed segments from the front
+    /// of the log by age or total size, oldest first, never the active one,
+    /// after a durable `$retention` record says so. Applied after each
+    /// segment seal, at open, and by [`Log::apply_retention`](crate::Log::apply_retention).
+    /// Needs a log of format version 4 (older logs keep everything, with a
+    /// warning).
+    pub fn retention(mut self, rule: super::retention_rule::Retention) -> Self {
+        self.retention = Some(rule).filter(|r| r.is_set());
         self
     }
 }

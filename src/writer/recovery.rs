@@ -1,6 +1,7 @@
 //! Opening a log for writing: deciding whether a directory is a log, taking the
 //! writer lock (on `annal.lock` and on the directory itself), checking the
-//! segment chain (which starts at position 0), and recovering the active
+//! segment chain (which starts at position 0, or where log retention left
+//! it, spec 3.9), and recovering the active
 //! segment after a crash (spec section 6). No frame longer than the format's
 //! `MAX_FRAME_LEN` is read, whatever its header claims (spec 3.1).
 //!
@@ -141,8 +142,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         report,
         stale_checkpoints: Vec::new(),
     };
-    check_first_segment(dir, &listing.segments)?;
-    let (sealed, next) = opening.check_sealed(sealed_bases, opened)?;
+    let (sealed, next) = opening.check_sealed(first_base(&listing.segments), sealed_bases, opened)?;
     let tail = opening.recover_active(last, next, &sealed)?;
     opening.finish(lock, last, sealed, tail)
 }
@@ -257,25 +257,14 @@ fn read_head(dir: &Path, segments: &[u64]) -> Result<Option<Head>> {
     Ok(head)
 }
 
-/// The first segment starts at position 0 (spec 2; retention, which will
-/// record removals, does not exist yet): a log whose first segment is
-/// missing is refused, as readers refuse it, never appended to.
-fn check_first_segment(dir: &Path, segments: &[u64]) -> Result<()> {
-    if let Some(&first) = segments.first()
-        && first != 0
-    {
-        return Err(corrupt(
-            &dir.join(segment_file_name(0)),
-            0,
-            format!(
-                "expected the log's first segment {} (position 0), found none: the first segment present is {} \
-                 (a segment file is missing)",
-                segment_file_name(0),
-                segment_file_name(first)
-            ),
-        ));
-    }
-    Ok(())
+/// The first segment is the log's start: position 0, or, after log
+/// retention removed segments from the front (spec 3.9), the base of the
+/// first segment left (whose header's `chain_start` carries the chain on).
+/// Whether a retention record accounts for a missing front is `check`'s
+/// question (spec 3.9); a gap after the first segment is corruption
+/// ([`Opening::check_sealed`]).
+fn first_base(segments: &[u64]) -> u64 {
+    segments.first().copied().unwrap_or(0)
 }
 
 /// An existing log being opened: what the steps after the lock share.
@@ -364,8 +353,13 @@ impl Opening<'_> {
     /// Check the sealed segments (`bases`, in order): header and seal only,
     /// their records are not read. Returns them and the position after the
     /// last of them.
-    fn check_sealed(&mut self, bases: &[u64], opened: Vec<Option<File>>) -> Result<(Vec<ViewSegment>, u64)> {
-        let mut next = 0;
+    fn check_sealed(
+        &mut self,
+        first: u64,
+        bases: &[u64],
+        opened: Vec<Option<File>>,
+    ) -> Result<(Vec<ViewSegment>, u64)> {
+        let mut next = first;
         let mut sealed: Vec<ViewSegment> = Vec::with_capacity(bases.len() + 1);
         let mut opened = opened.into_iter();
         for &base in bases {

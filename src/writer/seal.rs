@@ -187,6 +187,8 @@ impl Inner {
                         self.poison(&e);
                     }
                     self.sealed_done();
+                    // Log retention (spec 3.9), once the segment is indexed.
+                    self.retain_after_seal();
                 }
                 SealerJob::Checkpoint { base, durable } => {
                     // A hint for the next open: a failure to write it loses
@@ -224,6 +226,8 @@ impl Inner {
         };
         let mem = merged.as_ref().unwrap_or(&job.mem);
         let seal_crc = index::seal_crc(bytes).map_err(|d| d.at(&*seg.path))?;
+        // Not while retention removes segments (spec 3.9).
+        let _one = lock(&self.retention_lock);
         let old_table = lock(&self.published).table.clone();
         let earlier: Vec<ViewSegment> = {
             let p = lock(&self.published);

@@ -86,6 +86,9 @@ pub(super) struct Inner {
     pub(super) rules: RulesMap,
     /// The subject keys (spec 22), shared with every view.
     pub(super) keys: Arc<crate::audit::keyring::KeyRing>,
+    /// Held by the sealer while it merges a segment into the stream table
+    /// and by retention while it removes segments (spec 3.9).
+    pub(super) retention_lock: Mutex<()>,
 }
 
 /// The rules of every stream that has metadata (spec 3.7; `None`: not

@@ -177,6 +177,7 @@ fn print_json(r: &CheckReport, unrecovered: Option<&annal::Unrecovered>) {
         "signature_note": r.signature_note,
         "hidden": r.hidden,
         "subjects": r.subjects,
+        "retention": r.retention,
         "unrecovered": unrecovered.map(|u| serde_json::json!({
             "segment": u.segment.display().to_string(),
             "offset": u.offset,
@@ -211,10 +212,17 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
         print_finding("WARNING", f);
     }
     println!("audit chain: {}", r.chain);
+    if let Some(ret) = &r.retention {
+        println!("retention: {ret}");
+    }
     for v in &r.anchors {
-        let verdict = if v.ok { "holds" } else { "DIFFERS" };
+        let verdict = match (v.ok, v.superseded_by_retention) {
+            (true, _) => "holds",
+            (false, Some(_)) => "superseded",
+            (false, None) => "DIFFERS",
+        };
         println!("anchor {}: {verdict}: {}", v.anchor, escape_controls(&v.detail));
-        if !v.ok {
+        if !v.ok && v.superseded_by_retention.is_none() {
             println!(
                 "  (either the history was changed, or this anchor was mistyped or taken from another log: compare it \
                  character by character with the copy kept outside the system)"

@@ -216,6 +216,26 @@ fn print_frame(f: &FrameDump, t: &mut Text) {
                 crate::jsonfmt::escape_controls(&e.detail)
             )),
         }
+        match &r.retention {
+            None => {}
+            Some(Ok(rec)) => t.line(format!(
+                "    retention rule={} removed_before={} previous_start={} newest_removed_timestamp={} max_age={} \
+                 max_bytes={} chain_at={}",
+                rec.rule(),
+                rec.removed_before,
+                rec.previous_start,
+                rec.newest_removed_timestamp,
+                or_unset(rec.max_age.map(|n| format!("{:?}", std::time::Duration::from_nanos(n)))),
+                or_unset(rec.max_bytes.map(|v| v.to_string())),
+                rec.chain_at.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )),
+            Some(Err(e)) => t.line(format!(
+                "    retention BAD at byte {} (payload byte {}): {}",
+                e.offset,
+                e.payload_offset,
+                crate::jsonfmt::escape_controls(&e.detail)
+            )),
+        }
     }
     if let Some(c) = &f.checkpoint {
         t.line(format!(

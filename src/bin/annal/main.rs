@@ -6,6 +6,7 @@ mod dump;
 mod jsonfmt;
 mod meta;
 mod read;
+mod retain;
 mod write;
 
 use std::fmt;
@@ -44,6 +45,9 @@ enum Command {
     /// Erase subjects: destroy their keys, so that their events read as erased (crypto-shredding).
     #[command(after_help = meta::ERASE_HELP)]
     Erase(meta::EraseArgs),
+    /// Remove whole sealed segments from the front of the log by age or size (log retention), recorded first.
+    #[command(after_help = retain::RETAIN_HELP)]
+    Retain(retain::RetainArgs),
     /// Print events (the whole log, a stream, a category or an event type).
     #[command(after_help = read::READ_HELP)]
     Read(read::ReadArgs),
@@ -101,7 +105,8 @@ impl From<annal::Error> for Failure {
             | annal::Error::Corrupt { .. }
             | annal::Error::Poisoned { .. }
             | annal::Error::Decode { .. }
-            | annal::Error::StreamDeleted { .. } => 1,
+            | annal::Error::StreamDeleted { .. }
+            | annal::Error::RemovedByRetention { .. } => 1,
             _ => 2,
         };
         Failure {
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
         Command::Delete(a) => meta::delete(a),
         Command::Metadata(a) => meta::metadata(a),
         Command::Erase(a) => meta::erase(a),
+        Command::Retain(a) => retain::retain(a),
         Command::Read(a) => read::read(a),
         Command::Tail(a) => read::tail(a),
         Command::Stats(a) => read::stats(a),

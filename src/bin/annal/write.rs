@@ -134,7 +134,7 @@ pub struct SegmentSizeArg {
 }
 
 /// A size in bytes: digits with an optional suffix K, M, G (KiB, MiB, GiB).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (digits, shift) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (t, 0),
