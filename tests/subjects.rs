@@ -303,3 +303,68 @@ fn older_formats_refuse_subjects_and_system_streams_are_not_sealed() {
     }
     assert_eq!(log.view().unwrap().next_position(), 0);
 }
+
+/// A typed event that names its subject: an aggregate's commands seal it,
+/// and after the erasure the aggregate folds its envelope through
+/// `apply_erased`.
+#[test]
+fn typed_events_name_their_subject_and_aggregates_fold_the_erasure() {
+    use annal::{Aggregate, RecordRef, Repository};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct EmailSet {
+        customer: String,
+        email: String,
+    }
+    impl annal::Event for EmailSet {
+        fn event_type(&self) -> &'static str {
+            "EmailSet"
+        }
+        fn subject(&self) -> Option<&str> {
+            Some(&self.customer)
+        }
+    }
+    #[derive(Default, Serialize, Deserialize)]
+    struct Customer {
+        email: Option<String>,
+        erased: u32,
+    }
+    impl Aggregate for Customer {
+        type Event = EmailSet;
+        type Command = String;
+        type Error = String;
+        fn handle(&self, email: &String) -> Result<Vec<EmailSet>, String> {
+            Ok(vec![EmailSet {
+                customer: "c-9".into(),
+                email: email.clone(),
+            }])
+        }
+        fn apply(&mut self, e: &EmailSet) {
+            self.email = Some(e.email.clone());
+        }
+        fn apply_erased(&mut self, r: &RecordRef<'_>) {
+            assert_eq!(r.event_type(), "EmailSet");
+            self.erased += 1;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let repo = Repository::<Customer>::new(&log);
+    repo.execute("customer-9", &"nine@example.com".to_owned()).unwrap();
+    log.sync().unwrap();
+    assert!(
+        files_holding(dir.path(), b"nine@example.com").is_empty(),
+        "sealed on disk"
+    );
+    let view = log.view().unwrap();
+    let rec = view.read_all(0).next().unwrap().unwrap();
+    assert!(rec.is_sealed());
+    assert_eq!(
+        repo.load("customer-9").unwrap().state.email.as_deref(),
+        Some("nine@example.com")
+    );
+    log.erase_subject("c-9").unwrap().expect("a key");
+    let loaded = repo.load("customer-9").unwrap();
+    assert_eq!((loaded.state.email, loaded.state.erased), (None, 1));
+}

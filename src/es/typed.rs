@@ -41,12 +41,25 @@ pub trait Event: Serialize {
     const SCHEMA_VERSION: u32 = 0;
     /// The event type stored in the record, e.g. the variant's name.
     fn event_type(&self) -> &'static str;
+
+    /// The subject (a person) whose personal data the event holds, if any:
+    /// the event is then stored sealed with the subject's key and read as
+    /// erased once the subject is erased (spec 3.8,
+    /// [`EventData::with_subject`]). `None` by default.
+    fn subject(&self) -> Option<&str> {
+        None
+    }
 }
 
-/// Encode a typed event as [`EventData`] (postcard payload).
+/// Encode a typed event as [`EventData`] (postcard payload; sealed for its
+/// [`Event::subject`], if it names one).
 pub fn encode<E: Event>(event: &E) -> Result<EventData<'static>> {
     let payload = postcard::to_allocvec(event).map_err(|e| Error::Encode(e.to_string()))?;
-    Ok(EventData::new(event.event_type(), payload).with_schema_version(E::SCHEMA_VERSION))
+    let data = EventData::new(event.event_type(), payload).with_schema_version(E::SCHEMA_VERSION);
+    Ok(match event.subject() {
+        Some(s) => data.with_subject(s.to_owned()),
+        None => data,
+    })
 }
 
 /// Decode a record's payload as it is stored (no upcasting). Borrowed fields
