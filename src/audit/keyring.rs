@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 use crate::audit::subjects::{KeyState, MasterKey, OpenFailed, SubjectKeys, open, seal};
 use crate::error::{Error, Result};
 use crate::format::record::{EventData, RecordRef};
-use crate::format::sealed::{KeyId, Seal, SealedWith, aad, sealed_plaintext, split_plaintext};
+use crate::format::sealed::{KeyId, MAX_KEY_ID, Seal, SealedWith, aad, sealed_plaintext, split_plaintext};
 use crate::format::subject_keys::KEYS_FILE;
 use crate::storage::io::Io;
 
@@ -342,6 +342,12 @@ fn seal_with<'e>(
         let Some((id, key)) = keys.key_for(subject) else {
             return Ok(None);
         };
+        if id.0 > MAX_KEY_ID {
+            return Err(Error::InvalidArgument(format!(
+                "subject key {} is past the largest a record can name ({MAX_KEY_ID}, spec 3.8)",
+                id.0
+            )));
+        }
         let Some(nonce) = nonces.next() else {
             return Ok(None);
         };

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::format::damage::Damage;
 use crate::format::record::{EventData, RecordRef};
-use crate::format::sealed::{NONCE_LEN, Seal, SealState, TAG_LEN};
+use crate::format::sealed::{MAX_KEY_ID, NONCE_LEN, TAG_LEN};
 pub(crate) use crate::format::varint::{VarintError, get_varint, put_varint, varint_len};
 
 /// Record flag: a 16-byte event id follows (otherwise the id is the
@@ -359,19 +359,18 @@ pub(crate) fn parse_body<'a>(
         let seal = if flags & RECORD_FLAG_SUBJECT != 0 {
             let at = b.at;
             let key = b.varint("key_id")?;
-            if key == 0 {
-                return Err(Damage::corrupt(at, "expected a key id of at least 1, found 0"));
+            if key == 0 || key > MAX_KEY_ID {
+                return Err(Damage::corrupt(
+                    at,
+                    format!("expected a key id of 1 to {MAX_KEY_ID}, found {key}"),
+                ));
             }
             let nonce_at = b.at;
             let nonce = b.take(NONCE_LEN as u64, "the nonce", nonce_at)?;
             let Ok(nonce) = <&[u8; NONCE_LEN]>::try_from(nonce) else {
                 return Err(past_frame(nonce_at, "the nonce", NONCE_LEN as u64, nonce.len()));
             };
-            Some(Seal {
-                key,
-                nonce,
-                state: SealState::Sealed,
-            })
+            Some((key, nonce))
         } else {
             None
         };
@@ -415,8 +414,11 @@ pub(crate) fn parse_body<'a>(
             event_type,
             metadata,
             payload,
-        )
-        .with_seal(seal);
+        );
+        let rec = match seal {
+            Some((key, nonce)) => rec.sealed_with(key, nonce),
+            None => rec,
+        };
         each((rec_at - cx.at) as usize + cx.header_len, rec);
     }
     // Zero padding to a multiple of 8, and nothing more.
@@ -567,14 +569,9 @@ impl<'a> Iterator for BodyRecords<'a> {
         if flags & RECORD_FLAG_TYPE != 0 {
             self.event_type = self.sized()?;
         }
-        let seal = if flags & RECORD_FLAG_SUBJECT != 0 {
+        let seal: Option<(u64, &[u8; NONCE_LEN])> = if flags & RECORD_FLAG_SUBJECT != 0 {
             let key = self.varint()?;
-            let nonce = self.take(NONCE_LEN)?.try_into().ok()?;
-            Some(Seal {
-                key,
-                nonce,
-                state: SealState::Sealed,
-            })
+            Some((key, self.take(NONCE_LEN)?.try_into().ok()?))
         } else {
             None
         };
@@ -594,8 +591,11 @@ impl<'a> Iterator for BodyRecords<'a> {
             self.event_type,
             metadata,
             payload,
-        )
-        .with_seal(seal);
+        );
+        let rec = match seal {
+            Some((key, nonce)) => rec.sealed_with(key, nonce),
+            None => rec,
+        };
         self.position = self.position.wrapping_add(1);
         self.version = self.version.wrapping_add(1);
         self.left -= 1;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::format::sealed::{KeyId, Seal, SealState, SealedWith};
+use crate::format::sealed::{KeyId, NONCE_LEN, Seal, SealState, SealedWith, SubjectWord};
 use crate::format::{
     RECORD_CRC_OFFSET, RECORD_CRC_START, RECORD_FLAGS_OFFSET, RECORD_HEADER_LEN, RECORD_STREAM_LEN_OFFSET,
     RecordHeader, align_up,
@@ -205,14 +205,17 @@ pub struct RecordRef<'a> {
     timestamp: u64,
     event_id: [u8; 16],
     schema_version: u32,
+    /// The subject's key and the seal state (spec 3.8), beside
+    /// `schema_version` so that the record is no larger for it. While
+    /// [`SealState::Sealed`], `metadata` holds the record's nonce (a sealed
+    /// record has no metadata of its own: it is inside the ciphertext).
+    subject: SubjectWord,
     // UTF-8 is checked when the record's batch is validated; the accessors
     // convert lazily so replay that does not look at names pays nothing.
     stream: &'a [u8],
     event_type: &'a [u8],
     metadata: &'a [u8],
     payload: &'a [u8],
-    /// Set for a record sealed for a subject (spec 3.8).
-    seal: Option<Seal<'a>>,
 }
 
 impl<'a> RecordRef<'a> {
@@ -240,20 +243,29 @@ impl<'a> RecordRef<'a> {
             event_type,
             metadata,
             payload,
-            seal: None,
+            subject: SubjectWord::NONE,
         }
     }
 
-    /// The record with its subject part (`None`: not sealed).
+    /// The record as stored sealed for key `key` with `nonce` (its
+    /// metadata is empty: it is inside the ciphertext).
     #[inline(always)]
-    pub(crate) fn with_seal(mut self, seal: Option<Seal<'a>>) -> Self {
-        self.seal = seal;
+    pub(crate) fn sealed_with(mut self, key: u64, nonce: &'a [u8; NONCE_LEN]) -> Self {
+        self.subject = SubjectWord::new(key, SealState::Sealed);
+        self.metadata = nonce;
         self
     }
 
-    /// The subject part of a sealed record, as stored.
+    /// The subject part of a record still sealed, as stored: its key id
+    /// and nonce.
     pub(crate) fn seal(&self) -> Option<Seal<'a>> {
-        self.seal
+        match self.subject.state()? {
+            SealState::Sealed => Some(Seal {
+                key: self.subject.key()?,
+                nonce: self.metadata.try_into().ok()?,
+            }),
+            SealState::Opened | SealState::Erased => None,
+        }
     }
 
     /// The record with `metadata` and `payload` in place of what it holds,
@@ -265,7 +277,10 @@ impl<'a> RecordRef<'a> {
         RecordRef {
             metadata,
             payload,
-            seal: self.seal.map(|s| Seal { state, ..s }),
+            subject: self
+                .subject
+                .key()
+                .map_or(SubjectWord::NONE, |k| SubjectWord::new(k, state)),
             ..*self
         }
     }
@@ -333,7 +348,7 @@ impl<'a> RecordRef<'a> {
     /// ([`RecordRef::is_sealed`]: its metadata is inside the ciphertext) or
     /// erased.
     pub fn metadata(&self) -> &'a [u8] {
-        self.metadata
+        if self.is_sealed() { &[] } else { self.metadata }
     }
     /// The payload bytes. For a record that is still sealed
     /// ([`RecordRef::is_sealed`]) this is the ciphertext as stored, never
@@ -346,18 +361,18 @@ impl<'a> RecordRef<'a> {
     /// The key of the subject the event names, if it names one (spec 3.8):
     /// whether it is still sealed, decrypted or erased.
     pub fn subject_key(&self) -> Option<KeyId> {
-        self.seal.map(|s| KeyId(s.key))
+        self.subject.key().map(KeyId)
     }
     /// Whether payload and metadata are the stored ciphertext of a subject's
     /// event, not yet decrypted: see [`LogView::unseal`](crate::LogView::unseal).
     #[inline]
     pub fn is_sealed(&self) -> bool {
-        self.seal.is_some_and(|s| s.state == SealState::Sealed)
+        self.subject.state() == Some(SealState::Sealed)
     }
     /// Whether the event's subject was erased: the envelope (position,
     /// stream, version, type, time, id) stays, payload and metadata are gone.
     pub fn is_erased(&self) -> bool {
-        self.seal.is_some_and(|s| s.state == SealState::Erased)
+        self.subject.state() == Some(SealState::Erased)
     }
 }
 
@@ -371,10 +386,10 @@ impl std::fmt::Debug for RecordRef<'_> {
             .field("timestamp", &self.timestamp())
             .field("event_id", &self.event_id())
             .field("schema_version", &self.schema_version())
-            .field("metadata_len", &self.metadata.len())
+            .field("metadata_len", &self.metadata().len())
             .field("payload_len", &self.payload.len())
             .field("subject_key", &self.subject_key())
-            .field("seal", &self.seal.map(|s| s.state))
+            .field("seal", &self.subject.state())
             .finish()
     }
 }

@@ -52,12 +52,58 @@ pub(crate) enum SealState {
     Erased,
 }
 
-/// The subject part of a sealed record: its key id and nonce, as stored.
+/// The subject part of a sealed record as stored: its key id and nonce.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Seal<'a> {
     pub key: u64,
     pub nonce: &'a [u8; NONCE_LEN],
-    pub state: SealState,
+}
+
+/// The largest key id a record may name (spec 3.8: `key_id` is 1 to
+/// 2^30 − 1), so that a record's key and its [`SealState`] pack into 32 bits
+/// ([`SubjectWord`]) and a record is no larger for it.
+pub(crate) const MAX_KEY_ID: u64 = (1 << 30) - 1;
+
+/// A record's subject key and seal state in one word: bits 0–29 the key id
+/// (0: the record names no subject), bits 30–31 the state (0 sealed, 1
+/// opened, 2 erased).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SubjectWord(u32);
+
+impl SubjectWord {
+    /// A record that names no subject.
+    pub(crate) const NONE: SubjectWord = SubjectWord(0);
+
+    /// Key `key` (1 to [`MAX_KEY_ID`], checked by the parser) in `state`.
+    #[inline]
+    pub(crate) fn new(key: u64, state: SealState) -> SubjectWord {
+        let s = match state {
+            SealState::Sealed => 0,
+            SealState::Opened => 1,
+            SealState::Erased => 2,
+        };
+        SubjectWord((key & MAX_KEY_ID) as u32 | (s << 30))
+    }
+
+    /// The key id, if the record names a subject.
+    #[inline]
+    pub(crate) fn key(self) -> Option<u64> {
+        match u64::from(self.0) & MAX_KEY_ID {
+            0 => None,
+            k => Some(k),
+        }
+    }
+
+    /// The state, if the record names a subject.
+    #[inline]
+    pub(crate) fn state(self) -> Option<SealState> {
+        self.key()?;
+        Some(match self.0 >> 30 {
+            0 => SealState::Sealed,
+            1 => SealState::Opened,
+            _ => SealState::Erased,
+        })
+    }
 }
 
 /// The sealed plaintext of an event (spec 3.8): `metadata_len` as a
