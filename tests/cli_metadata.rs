@@ -8,28 +8,13 @@ use std::process::Output;
 use serde_json::Value;
 
 mod cli_support;
-use cli_support::{run, text};
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
+use cli_support::{ok, p, run, text};
 
 /// `annal append DIR --stream S --type T --data {}` with extra arguments; asserts it succeeded.
 fn append(dir: &Path, stream: &str, extra: &[&str]) -> Output {
     let mut args = vec!["append", p(dir), "--stream", stream, "--type", "T", "--data", "{}"];
     args.extend_from_slice(extra);
     run(&args)
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
 }
 
 /// The `--json` lines of `annal read DIR ARGS`.

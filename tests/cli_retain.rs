@@ -3,27 +3,11 @@
 //! what `annal check` then says (the retention, superseded anchors).
 
 use std::path::Path;
-use std::process::Output;
 
 use serde_json::Value;
 
 mod cli_support;
-use cli_support::{run, text};
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
-}
+use cli_support::{ok, p, run, text};
 
 /// A log of `n` events in 1 KiB segments, written through the library.
 fn log_of(dir: &Path, n: u64, version: Option<u16>) {

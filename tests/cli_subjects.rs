@@ -4,27 +4,11 @@
 //! example of "Erasing personal data", compiled and run here.
 
 use std::path::Path;
-use std::process::Output;
 
 use serde_json::Value;
 
 mod cli_support;
-use cli_support::{run, text};
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
-}
+use cli_support::{ok, p, run, text};
 
 fn read_json(dir: &Path, extra: &[&str]) -> Vec<Value> {
     let mut all = vec!["read", p(dir), "--json"];

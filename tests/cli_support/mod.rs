@@ -36,6 +36,24 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `out`, after asserting that the command succeeded (its outputs shown if
+/// not).
+pub fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// A temporary path as the `&str` an argument list takes.
+pub fn p(path: &std::path::Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
 /// Assert that README holds, as a ```rust block byte for byte, the code of
 /// `source` (a test file's text) between its `// README: begin` and
 /// `// README: end` lines: the library example of README's section
