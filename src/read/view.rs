@@ -13,5 +13,5 @@ pub(crate) use crate::read::logview::ViewSegment;
 pub use crate::read::logview::{LogView, ReadOptions, Unrecovered};
 pub use crate::read::reader::Reader;
 pub use crate::read::replay::ReadAll;
-pub(crate) use crate::read::sealed::{open_sealed, open_sealed_in, prefetch_open};
+pub(crate) use crate::read::sealed::{open_sealed, open_sealed_in, prefetch_open, read_segment_header};
 pub use crate::read::unseal::Unsealed;

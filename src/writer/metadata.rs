@@ -12,7 +12,7 @@
 //! the tombstone refuses. The writer's copy is loaded from the log on first
 //! need and kept up to date by the metadata appends it queues.
 
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::RwLockReadGuard;
 
 use crate::error::{Error, Result};
 use crate::format::meta::{META_EVENT_TYPE, META_FORMAT_VERSION, StreamRules, is_system_stream, meta_stream};
@@ -21,18 +21,10 @@ use crate::read::rules::StreamMetadata;
 
 use super::results::{AppendResult, ExpectedVersion};
 use super::state::{Inner, Rules};
-use super::{Durability, Log};
+use super::{Durability, Log, read_lock as read, write_lock as write};
 
 /// The rules, read-locked.
 pub(super) type RulesGuard<'a> = RwLockReadGuard<'a, Option<Rules>>;
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Inner {
     /// Whether this log gives system streams and metadata their meaning.

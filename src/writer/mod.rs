@@ -374,3 +374,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // enough to report errors; never propagate the poison as a panic.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// `l` read-locked, whatever a panicking holder left.
+fn read_lock<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `l` write-locked, whatever a panicking holder left.
+fn write_lock<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}

@@ -33,29 +33,24 @@ use crate::format::record::EventData;
 use crate::format::retention::{RETENTION_EVENT_TYPE, RETENTION_STREAM, RetentionRecord};
 use crate::index::streamtable::STREAM_TABLE_FILE;
 use crate::read::front::{missing_front, newest_retention};
-use crate::read::view::ViewSegment;
+use crate::read::view::{ViewSegment, read_segment_header};
 use crate::types::{Direction, ExpectedVersion};
 
 use super::derived::rebuild_table;
 pub use super::retention_rule::{Retention, RetentionReport};
 use super::state::Inner;
-use super::{Durability, Log, lock};
+use super::{Durability, Log, lock, write_lock};
 
 /// The segments to remove: those below `removed_before`.
 struct Plan {
     record: RetentionRecord,
 }
 
-fn rw_write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The header of the segment at `path`, read by copying.
-fn header_of(path: &std::path::Path) -> Result<SegmentHeader> {
+/// The header of the segment based at `base`, file `path` (checked as
+/// readers check it).
+fn header_of(path: &std::path::Path, base: u64) -> Result<SegmentHeader> {
     let file = crate::storage::io::open_read(path).map_err(|e| Error::io("open", path, e))?;
-    let mut buf = [0u8; crate::format::SEGMENT_HEADER_LEN];
-    crate::storage::io::read_exact_at(&file, &mut buf, 0).map_err(|e| Error::io("read", path, e))?;
-    SegmentHeader::parse(&buf).copied().map_err(|d| d.at(path))
+    read_segment_header(&file, path, base)
 }
 
 /// Bytes of a file, 0 if it is missing.
@@ -79,30 +74,31 @@ impl Inner {
         let Some(first) = sealed.first().map(|s| s.base) else {
             return Ok(None);
         };
-        let all: Vec<(u64, PathBuf)> = {
+        // Every segment: base, path, and its header's `prev_timestamp` (the
+        // layouts the writer holds: no file is read for them).
+        let all: Vec<(u64, PathBuf, u64)> = {
             let p = lock(&self.published);
-            let mut v: Vec<(u64, PathBuf)> = p.sealed.iter().map(|s| (s.base, (*s.path).clone())).collect();
-            v.push((p.active_base, (*p.active_path).clone()));
+            let mut v: Vec<(u64, PathBuf, u64)> = p
+                .sealed
+                .iter()
+                .map(|s| (s.base, (*s.path).clone(), s.layout.prev_timestamp))
+                .collect();
+            v.push((p.active_base, (*p.active_path).clone(), p.active_layout.prev_timestamp));
             v
         };
-        // The base of the segment after the `i`-th removable one (removable
-        // or not).
-        let next_base = |i: usize| {
+        // The segment after the `i`-th removable one (removable or not).
+        let next = |i: usize| {
             let b = sealed.get(i).map_or(active_base, |s| s.base);
-            all.iter().map(|(x, _)| *x).find(|&x| x > b).unwrap_or(active_base)
+            all.iter().find(|(x, ..)| *x > b)
         };
-        let next_path = |i: usize| {
-            let b = next_base(i);
-            all.iter().find(|(x, _)| *x == b).map(|(_, p)| p.clone())
-        };
+        let next_base = |i: usize| next(i).map_or(active_base, |(x, ..)| *x);
         let mut by_age = 0usize;
         if let Some(age) = rule.max_age {
             let age = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
             let now = (self.opts.clock)();
             for i in 0..sealed.len() {
                 // A segment's newest event is the next segment's floor.
-                let Some(path) = next_path(i) else { break };
-                let newest = header_of(&path)?.prev_timestamp.get();
+                let Some(&(_, _, newest)) = next(i) else { break };
                 if newest.checked_add(age).is_some_and(|t| t < now) {
                     by_age = i + 1;
                 } else {
@@ -115,7 +111,7 @@ impl Inner {
             let size_of = |base: u64, path: &std::path::Path| {
                 file_len(path).saturating_add(file_len(&self.dir.join(index_file_name(base))))
             };
-            let mut total: u64 = all.iter().map(|(b, p)| size_of(*b, p)).sum();
+            let mut total: u64 = all.iter().map(|(b, p, _)| size_of(*b, p)).sum();
             for s in &sealed {
                 if total <= max {
                     break;
@@ -129,13 +125,13 @@ impl Inner {
             return Ok(None);
         }
         let removed_before = next_base(k - 1);
-        let path = next_path(k - 1).ok_or_else(|| {
+        let path = next(k - 1).map(|(_, p, _)| p.clone()).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "retention: segment {} is not in the log",
                 segment_file_name(removed_before)
             ))
         })?;
-        let h = header_of(&path)?;
+        let h = header_of(&path, removed_before)?;
         Ok(Some(Plan {
             record: RetentionRecord {
                 removed_before,
@@ -176,7 +172,7 @@ impl Inner {
         // The sealer thread cannot wait for the rules: an append holds them
         // while it waits for the sealer (back-pressure).
         let mut rules = if wait {
-            rw_write(&self.rules)
+            write_lock(&self.rules)
         } else {
             loop {
                 match self.rules.try_write() {
