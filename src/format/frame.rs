@@ -538,7 +538,9 @@ impl<'a> FrameCursor<'a> {
     #[inline]
     fn check_header(&self, rest: &'a [u8], off: u64) -> Result<FrameRef<'a>, Damage> {
         let frame = parse_header(rest, off, &self.layout)?;
-        if frame.first_position != self.next_position {
+        // A compacted segment (spec 3.10) may skip positions, never go back.
+        let gap_allowed = self.layout.compacted && frame.first_position > self.next_position;
+        if frame.first_position != self.next_position && !gap_allowed {
             let field = if self.layout.compact() {
                 FRAME_V3_FIRST_POSITION_OFFSET
             } else {

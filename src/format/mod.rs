@@ -35,6 +35,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod blockfile;
+pub(crate) mod compaction;
 pub(crate) mod damage;
 pub(crate) mod frame;
 mod frame_fields;
@@ -116,7 +117,8 @@ mod tests {
     fn offsets_match_the_spec_tables() {
         assert_eq!(offset_of!(SegmentHeader, format_version), 8);
         assert_eq!(offset_of!(SegmentHeader, log_flags), 10);
-        assert_eq!(offset_of!(SegmentHeader, reserved0), 12);
+        assert_eq!(offset_of!(SegmentHeader, segment_flags), 12);
+        assert_eq!(offset_of!(SegmentHeader, reserved0), 14);
         assert_eq!(offset_of!(SegmentHeader, log_id), 16);
         assert_eq!(offset_of!(SegmentHeader, base_position), 32);
         assert_eq!(offset_of!(SegmentHeader, prev_timestamp), 40);

@@ -19,6 +19,12 @@ pub const LOG_FLAG_CHAIN: u16 = 1;
 /// `log_flags` bit 1: the chain is keyed (BLAKE3 keyed mode).
 pub const LOG_FLAG_KEYED: u16 = 2;
 
+/// `segment_flags` bit 0 (format version 4, spec 3.10): the segment was
+/// rewritten by compaction; its batches may leave gaps in position.
+pub const SEGMENT_FLAG_COMPACTED: u16 = 1;
+/// Offset of the segment header's `segment_flags`.
+pub const SEGMENT_FLAGS_OFFSET: usize = offset_of!(SegmentHeader, segment_flags);
+
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ANNALSEG";
 
@@ -29,7 +35,8 @@ pub(crate) struct SegmentHeader {
     pub magic: [u8; 8],
     pub format_version: U16,
     pub log_flags: U16,
-    pub reserved0: U32,
+    pub segment_flags: U16,
+    pub reserved0: U16,
     pub log_id: [u8; 16],
     pub base_position: U64,
     pub prev_timestamp: U64,
@@ -111,7 +118,8 @@ impl SegmentHeader {
             magic: SEGMENT_MAGIC,
             format_version: U16::new(log.version),
             log_flags: U16::new(log.flags),
-            reserved0: U32::ZERO,
+            segment_flags: U16::ZERO,
+            reserved0: U16::ZERO,
             log_id: log.log_id,
             base_position: U64::new(base_position),
             prev_timestamp: U64::new(prev_timestamp),
@@ -177,6 +185,20 @@ impl SegmentHeader {
                 ),
             ));
         }
+        let segment_flags = h.segment_flags.get();
+        let known_segment = if version >= crate::format::meta::META_FORMAT_VERSION {
+            SEGMENT_FLAG_COMPACTED
+        } else {
+            0
+        };
+        if segment_flags & !known_segment != 0 {
+            return Err(Damage::corrupt(
+                SEGMENT_FLAGS_OFFSET as u64,
+                format!(
+                    "expected segment_flags of format v{version} (bits {known_segment:#x}), found {segment_flags:#06x}"
+                ),
+            ));
+        }
         let log = LogFormat::of(h);
         let chain_start: &[u8] = if log.chained() { &[] } else { &h.chain_start[..] };
         let key_id: &[u8] = if log.keyed() { &[] } else { &h.key_id[..] };
@@ -215,6 +237,9 @@ pub(crate) struct Layout {
     pub prev_timestamp: u64,
     /// Version 3: the log's generated-id seed (`format::batch::id_seed`).
     pub id_seed: u128,
+    /// Version 4: the segment was rewritten by compaction (spec 3.10): its
+    /// frames may skip positions.
+    pub compacted: bool,
 }
 
 impl Layout {
@@ -225,11 +250,15 @@ impl Layout {
         chained: true,
         prev_timestamp: 0,
         id_seed: 0,
+        compacted: false,
     };
 
     /// The layout of the segment whose header is `h`.
     pub(crate) fn of(h: &SegmentHeader) -> Layout {
-        Layout::for_log(&LogFormat::of(h), h.prev_timestamp.get())
+        Layout {
+            compacted: h.segment_flags.get() & SEGMENT_FLAG_COMPACTED != 0,
+            ..Layout::for_log(&LogFormat::of(h), h.prev_timestamp.get())
+        }
     }
 
     /// The layout of a segment of the log `log` whose header's
@@ -243,6 +272,7 @@ impl Layout {
             chained: log.chained(),
             prev_timestamp,
             id_seed: crate::format::batch::id_seed(&log.log_id),
+            compacted: false,
         }
     }
 
