@@ -67,7 +67,9 @@ pub mod segment {
 
 pub use audit::chain::{Anchor, ChainHash, ChainKey, PublicKey, SigningKey};
 pub use audit::subjects::MasterKey;
-pub use check::{AnchorVerdict, ChainStatus, Hidden, HiddenBy, Retained, SignatureSummary, SubjectSummary};
+pub use check::{
+    AnchorVerdict, ChainStatus, CompactedSegment, Hidden, HiddenBy, Retained, SignatureSummary, SubjectSummary,
+};
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};

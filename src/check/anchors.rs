@@ -5,11 +5,16 @@
 //! Invariants: an anchor holds only if the chain was recomputed, the log is
 //! readable up to its position, no link before it is broken, its position
 //! is a batch boundary (or 0) and the chain hash there equals the anchor's.
-//! Every anchor that does not hold is also one problem; a rewrite is placed
-//! between the latest anchor that holds and the earliest that does not.
+//! Every anchor that does not hold is also one problem, but for one that
+//! retention or compaction superseded (spec 3.9, 3.10); a rewrite is placed
+//! between the latest anchor that holds and the earliest that does not. An
+//! anchor at the end of a compacted segment is compared with its seal's
+//! chain slot (the original segment's end, which its compaction record
+//! states and the next segment joins), never with the rewritten batches.
 
 use std::path::{Path, PathBuf};
 
+use super::compaction::Accounted;
 use super::outcome::{Break, SegOut};
 #[cfg(doc)]
 use super::report::CheckOptions;
@@ -31,6 +36,8 @@ pub(super) struct History<'a> {
     /// The log's first position and the retention record that accounts for
     /// it, if log retention removed its front (spec 3.9).
     pub(super) retained: Option<(u64, u64)>,
+    /// The compacted segments compaction records account for (spec 3.10).
+    pub(super) compacted: &'a [Accounted],
 }
 
 /// One anchor's verdict, where to report it, and whether the history was
@@ -43,6 +50,9 @@ struct Verdict {
     rewritten: bool,
     /// Superseded by retention at this position (spec 3.9): not a problem.
     superseded: Option<u64>,
+    /// Superseded by compaction, recorded at this position (spec 3.10): not
+    /// a problem.
+    compacted: Option<u64>,
 }
 
 impl Verdict {
@@ -54,6 +64,7 @@ impl Verdict {
             offset,
             rewritten: false,
             superseded: None,
+            compacted: None,
         }
     }
 }
@@ -71,6 +82,7 @@ pub(super) fn check_anchors(h: &History<'_>, anchors: &[Anchor], report: &mut Ch
                 ok: v.ok,
                 detail: v.detail,
                 superseded_by_retention: v.superseded,
+                superseded_by_compaction: v.compacted,
             },
             f,
             v.rewritten,
@@ -90,7 +102,7 @@ pub(super) fn check_anchors(h: &History<'_>, anchors: &[Anchor], report: &mut Ch
             f.detail.push_str(&more);
             v.detail.push_str(&more);
         }
-        if !v.ok && v.superseded_by_retention.is_none() {
+        if !v.ok && !v.superseded() {
             report.problems.push(f);
         }
         report.anchors.push(v);
@@ -115,6 +127,22 @@ impl History<'_> {
                     ),
                     &o.path,
                     32,
+                )
+            };
+        }
+        if let Some(c) = self.compacted.iter().find(|c| c.base < p && p < c.next_base) {
+            let at = c.record_position;
+            return Verdict {
+                compacted: Some(at),
+                ..Verdict::fail(
+                    format!(
+                        "superseded by compaction at {at}: the segment of positions {} to {} was rewritten without \
+                         events its streams' metadata hid (the compaction record at position {at} accounts for it), \
+                         so the chain at position {p} can no longer be recomputed",
+                        c.base, c.next_base
+                    ),
+                    &c.path,
+                    c.seal_slot,
                 )
             };
         }
@@ -179,6 +207,11 @@ impl History<'_> {
     /// The stored chain hash at position `p`, where it is stored (file and
     /// offset), if `p` is 0 or the end of a batch.
     fn stored_at(&self, p: u64) -> Option<(ChainHash, &Path, u64)> {
+        if let Some(c) = self.compacted.iter().find(|c| c.next_base == p) {
+            // The seal of a compacted segment keeps the original's end
+            // (spec 3.10).
+            return Some((c.seal_chain, c.path.as_path(), c.seal_slot));
+        }
         if p == 0 || self.retained.is_some_and(|r| r.0 == p) {
             // The chain hash at the log's start: genesis at 0, or, after
             // retention, the first segment's chain_start (spec 3.9).
@@ -212,6 +245,7 @@ impl History<'_> {
                 offset,
                 rewritten: false,
                 superseded: None,
+                compacted: None,
             }
         } else if expected == a.hash {
             Verdict::fail(

@@ -10,6 +10,7 @@
 //! with its key, in segments that agree on the format).
 
 use super::anchors::{History, check_anchors};
+use super::compaction::Compaction;
 use super::outcome::{Break, SegOut};
 use super::report::{AnchorVerdict, ChainStatus, CheckOptions, CheckReport, anchor_finding, finding};
 use crate::audit::chain::{ChainKey, Chainer, hex};
@@ -22,6 +23,7 @@ pub(super) fn check_chain(
     outs: &[SegOut],
     opts: &CheckOptions,
     retained: Option<(u64, u64)>,
+    compaction: &Compaction,
     report: &mut CheckReport,
 ) {
     let Some(first) = outs.iter().find(|o| o.format.is_some()) else {
@@ -35,6 +37,7 @@ pub(super) fn check_chain(
                 ok: false,
                 detail,
                 superseded_by_retention: None,
+                superseded_by_compaction: None,
             });
         }
         return;
@@ -63,13 +66,19 @@ pub(super) fn check_chain(
         },
         Some(reason) => ChainStatus::NotVerified { keyed, reason },
     };
+    // A compacted segment no record accounts for breaks the history of
+    // every anchor after it (already a problem, spec 3.10).
+    let mut all = breaks;
+    all.extend(compaction.breaks.iter().cloned());
+    all.sort_by_key(|b| b.affects);
     let history = History {
         outs,
         first,
         chainer: chainer.as_ref(),
-        breaks: &breaks,
+        breaks: &all,
         damaged_at,
         retained,
+        compacted: &compaction.accounted,
     };
     check_anchors(&history, &opts.anchors, report);
 }
@@ -126,6 +135,7 @@ fn no_chain(first: &SegOut, fmt: &LogFormat, opts: &CheckOptions, report: &mut C
             ok: false,
             detail,
             superseded_by_retention: None,
+            superseded_by_compaction: None,
         });
     }
 }

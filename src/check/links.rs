@@ -34,7 +34,7 @@ pub(super) fn chain_slot(frame: &[u8], layout: &Layout) -> ChainHash {
 }
 
 /// File offset of the chain slot of the frame at `off` in `layout`.
-fn slot_at(off: u64, layout: &Layout) -> u64 {
+pub(super) fn slot_at(off: u64, layout: &Layout) -> u64 {
     off + if layout.compact() {
         FRAME_HEADER_V3_LEN
     } else {
@@ -63,6 +63,8 @@ pub(super) struct ChainLinks {
     last_is_checkpoint: bool,
     signed: u64,
     last_signed: Option<u64>,
+    /// A compacted segment's chain after its last batch, set at its seal.
+    chain_end: Option<ChainHash>,
 }
 
 impl ChainLinks {
@@ -81,6 +83,7 @@ impl ChainLinks {
             last_is_checkpoint: false,
             signed: 0,
             last_signed: None,
+            chain_end: None,
         }
     }
 
@@ -94,6 +97,7 @@ impl ChainLinks {
         out.problems.extend(self.zero_problems);
         out.anchor_points = self.anchor_points;
         out.anchor_inside = self.anchor_inside;
+        out.chain_end = self.chain_end;
     }
 
     /// One complete checkpoint frame at file offset `off` (spec 3.5, 21.5):
@@ -353,9 +357,18 @@ impl ChainLinks {
     }
 
     /// With a public key given, a sealed segment of a chained log must end
-    /// with a checkpoint just before its seal (at file offset `seal_off`).
-    pub(super) fn require_checkpoint(&mut self, ctx: &SegCtx<'_>, path: &Path, chained: bool, seal_off: u64) {
-        if ctx.public_key.is_some() && chained && !self.last_is_checkpoint {
+    /// with a checkpoint just before its seal (at file offset `seal_off`);
+    /// not a compacted one (spec 3.10: its checkpoints are not kept, its
+    /// compaction record accounts for it).
+    pub(super) fn require_checkpoint(
+        &mut self,
+        ctx: &SegCtx<'_>,
+        path: &Path,
+        chained: bool,
+        compacted: bool,
+        seal_off: u64,
+    ) {
+        if ctx.public_key.is_some() && chained && !compacted && !self.last_is_checkpoint {
             self.zero_problems.push(finding(
                 path,
                 seal_off,
@@ -366,9 +379,30 @@ impl ChainLinks {
     }
 
     /// The seal (at file offset `off`, after position `next`): its chain slot
-    /// must repeat the last batch's (or `chain_start` without a batch).
+    /// must repeat the last batch's (or `chain_start` without a batch). In a
+    /// compacted segment (spec 3.10) it holds the original segment's end
+    /// instead, and the chain after the last batch is kept for the
+    /// compaction record to account for.
     pub(super) fn seal(&mut self, path: &Path, chained: bool, seal: ChainHash, off: u64, next: u64) {
         let slot = slot_at(off, &self.layout);
+        if self.layout.compacted {
+            self.chain_end = match (chained, self.prev_known) {
+                (false, _) => Some([0; 32]),
+                (true, true) => Some(self.prev),
+                (true, false) => None,
+            };
+            if !chained && seal != [0; 32] {
+                self.zero_problems.push(finding(
+                    path,
+                    slot,
+                    format!(
+                        "expected a zero chain slot in the seal of a log without the audit chain, found {}",
+                        hex(&seal)
+                    ),
+                ));
+            }
+            return;
+        }
         if !chained {
             if seal != [0; 32] {
                 self.zero_problems.push(finding(

@@ -121,6 +121,7 @@ use crate::error::{Error, Result};
 mod anchors;
 mod chain;
 mod checkpoints;
+mod compaction;
 mod derived;
 mod files;
 mod head;
@@ -139,8 +140,8 @@ mod table;
 
 use files::{list_segments, writer_holds_lock};
 pub use report::{
-    AnchorVerdict, ChainStatus, CheckOptions, CheckReport, Finding, Hidden, HiddenBy, ProgressFn, Retained,
-    SignatureSummary, SubjectSummary,
+    AnchorVerdict, ChainStatus, CheckOptions, CheckReport, CompactedSegment, Finding, Hidden, HiddenBy, ProgressFn,
+    Retained, SignatureSummary, SubjectSummary,
 };
 use scan::scan;
 

@@ -14,6 +14,8 @@ use super::report::CheckOptions;
 use super::report::Finding;
 use crate::audit::chain::{ChainHash, ChainKey, PublicKey};
 use crate::format::LogFormat;
+use crate::format::compaction::CompactionRecord;
+use crate::format::meta::StreamRules;
 use crate::index::Prev;
 use crate::storage::head::Head;
 
@@ -75,6 +77,56 @@ pub(super) struct SegOut {
     /// Checkpoints whose signature verified, and the newest one's position.
     pub(super) signed: u64,
     pub(super) last_signed: Option<u64>,
+    /// The header has `segment_flags` bit `COMPACTED` (spec 3.10).
+    pub(super) compacted: bool,
+    /// The header's `prev_timestamp`.
+    pub(super) prev_timestamp: u64,
+    /// A compacted segment's chain after its last batch (`chain_start` if
+    /// none), when it could be computed; `None` otherwise.
+    pub(super) chain_end: Option<ChainHash>,
+    /// A compacted segment's batches, in order (empty for other segments).
+    pub(super) batches: Vec<BatchSpan>,
+    /// Events of the system streams compaction is checked against
+    /// (format version 4): `$compaction` records and `$meta-S` events.
+    pub(super) system: Vec<SystemEvent>,
+}
+
+/// One batch of a compacted segment, as found.
+pub(super) struct BatchSpan {
+    pub(super) first_position: u64,
+    pub(super) count: u64,
+    pub(super) first_version: u64,
+    pub(super) stream: Box<str>,
+    /// The frame's file offset.
+    pub(super) offset: u64,
+    /// The timestamp of its first record.
+    pub(super) first_timestamp: u64,
+}
+
+/// An event of a system stream that compaction is checked against.
+pub(super) enum SystemEvent {
+    /// An event of `$compaction` (spec 3.10).
+    Compaction(FoundRecord),
+    /// An event of `$meta-S` (spec 3.7): its position, `S`, and its rules
+    /// (`None` if they do not decode: `hidden` reports that).
+    Meta {
+        position: u64,
+        target: Box<str>,
+        rules: Option<StreamRules>,
+    },
+}
+
+/// An event of `$compaction` as found in a segment.
+pub(super) struct FoundRecord {
+    pub(super) position: u64,
+    pub(super) timestamp: u64,
+    /// The file offset of its payload.
+    pub(super) payload_at: u64,
+    /// The record, or `(file offset, why)` if it does not decode.
+    pub(super) record: Result<CompactionRecord, (u64, String)>,
+    /// For each stream its runs name: the stream's newest version in this
+    /// segment before the record, if it has one there.
+    pub(super) before: Vec<(Box<str>, u64)>,
 }
 
 impl SegOut {
@@ -105,6 +157,11 @@ impl SegOut {
             anchor_inside: Vec::new(),
             signed: 0,
             last_signed: None,
+            compacted: false,
+            prev_timestamp: 0,
+            chain_end: None,
+            batches: Vec::new(),
+            system: Vec::new(),
         }
     }
 }

@@ -224,6 +224,20 @@ pub struct AnchorVerdict {
     /// that position is left to verify).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub superseded_by_retention: Option<u64>,
+    /// The anchor's position lies strictly inside a segment that compaction
+    /// rewrote (spec 3.10), which a compaction record accounts for: the
+    /// position of that record. The chain there can no longer be
+    /// recomputed; not a problem (`ok` is false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by_compaction: Option<u64>,
+}
+
+impl AnchorVerdict {
+    /// The anchor was superseded (by retention or by compaction): it does
+    /// not hold, and that is not a problem.
+    pub fn superseded(&self) -> bool {
+        self.superseded_by_retention.is_some() || self.superseded_by_compaction.is_some()
+    }
 }
 
 fn anchor_as_text<S: serde::Serializer>(a: &Anchor, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -387,6 +401,10 @@ pub struct CheckReport {
     /// retention record accounts for it; `None` for a log that starts at
     /// position 0 (a front removed without a record is a problem).
     pub retention: Option<Retained>,
+    /// In a log of format version 4: the segments compaction rewrote
+    /// (spec 3.10), each accounted for by a compaction record, in log order.
+    /// A compacted segment no record accounts for is a problem instead.
+    pub compaction: Vec<CompactedSegment>,
 }
 
 /// What [`check`] found of the events that name a subject (spec 3.8, 22).
@@ -427,6 +445,59 @@ impl fmt::Display for Retained {
              recorded at position {}",
             self.first_position, self.removed_before, self.rule, self.record_position
         )
+    }
+}
+
+/// A segment rewritten by compaction (spec 3.10), as `check` found it
+/// accounted for by a compaction record.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompactedSegment {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Its base position.
+    pub base: u64,
+    /// The base of the segment after it (its seal's `first_position`).
+    pub next_base: u64,
+    /// The position of the compaction record that accounts for it.
+    pub record_position: u64,
+    /// The events missing from it, as the record lists them.
+    pub removed_events: u64,
+    /// The runs (events removed from one original batch each) the record lists.
+    pub runs: u64,
+    /// With a public key given ([`CheckOptions::public_key`]): whether a
+    /// verified signed checkpoint comes after the record (and so signs it).
+    /// A compacted segment keeps no signed checkpoint of its own: its record
+    /// accounts for it. `None` without a public key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_signed: Option<bool>,
+}
+
+impl fmt::Display for CompactedSegment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self
+            .path
+            .file_name()
+            .map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        write!(
+            f,
+            "segment {name} (positions {} to {}) was compacted: {} event(s) in {} run(s) removed, accounted for by \
+             the compaction record at position {}",
+            self.base, self.next_base, self.removed_events, self.runs, self.record_position
+        )?;
+        match self.record_signed {
+            Some(true) => write!(
+                f,
+                "; it has no signed checkpoint of its own: a signed checkpoint after the record signs it"
+            ),
+            Some(false) => write!(
+                f,
+                "; it has no signed checkpoint of its own: its compaction record accounts for it, and the record (at \
+                 position {}) comes after the last signed checkpoint",
+                self.record_position
+            ),
+            None => Ok(()),
+        }
     }
 }
 

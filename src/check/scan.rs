@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use super::chain::check_chain;
+use super::compaction::check_compaction;
 use super::derived::prev_text;
 use super::files::{check_dir_safety, list_segments};
 use super::head::check_head;
 use super::hidden::check_hidden;
-use super::outcome::{IdxState, SegCtx, SegOut};
+use super::outcome::{IdxState, SegCtx, SegOut, StreamSpan};
 use super::report::{CheckOptions, CheckReport, SignatureSummary, finding};
 use super::retention::{check_retention, facts};
 use super::segment::check_segment;
@@ -113,14 +114,18 @@ pub(super) fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Resu
         .and_then(|o| o.format)
         .is_some_and(|f| f.version >= META_FORMAT_VERSION);
     let front = facts(dir, &outs, v4);
+    let chained = outs.iter().find_map(|o| o.format).is_some_and(|f| f.chained());
+    // Compaction (spec 3.10): segments rewritten, and the records that
+    // account for them.
+    let compaction = check_compaction(&outs, chained, opts.public_key.is_some(), &mut report);
     let mut seq = Sequence::new(dir, next);
     seq.first_base = front.first_base;
     for (i, o) in outs.iter().enumerate() {
-        seq.segment(i, o, i + 1 == outs.len(), &mut report, &mut remove);
+        let spans = compaction.spans.get(&i).map_or(o.spans.as_slice(), Vec::as_slice);
+        seq.segment(i, o, spans, i + 1 == outs.len(), &mut report, &mut remove);
     }
     let entries = seq.finish(&outs, &mut report);
-    check_chain(&outs, opts, front.accounted(), &mut report);
-    let chained = outs.iter().find_map(|o| o.format).is_some_and(|f| f.chained());
+    check_chain(&outs, opts, front.accounted(), &compaction, &mut report);
     check_retention(&front, &outs, chained, &mut report);
     if opts.public_key.is_some() {
         report.signatures = Some(signature_summary(&outs));
@@ -250,11 +255,14 @@ impl<'o> Sequence<'o> {
         }
     }
 
-    /// The `i`-th segment's outcome `o`, in order.
+    /// The `i`-th segment's outcome `o`, in order; `spans`: its streams
+    /// (for a compacted segment, counting the versions its record's runs
+    /// account for).
     fn segment(
         &mut self,
         i: usize,
         o: &'o SegOut,
+        spans: &[(Box<str>, StreamSpan)],
         is_last: bool,
         report: &mut CheckReport,
         remove: &mut Vec<(PathBuf, &'static str)>,
@@ -268,7 +276,7 @@ impl<'o> Sequence<'o> {
             self.table_expect = Some(self.latest.clone());
         }
         self.join(o, report);
-        self.stream_versions(i, o, report);
+        self.stream_versions(i, o, spans, report);
         if o.sealed && o.complete {
             self.any_sealed = true;
             self.sealed(o, report, remove);
@@ -313,8 +321,8 @@ impl<'o> Sequence<'o> {
     }
 
     /// Each stream continues, in this segment, where earlier segments left it.
-    fn stream_versions(&mut self, i: usize, o: &SegOut, report: &mut CheckReport) {
-        for (name, s) in &o.spans {
+    fn stream_versions(&mut self, i: usize, o: &SegOut, spans: &[(Box<str>, StreamSpan)], report: &mut CheckReport) {
+        for (name, s) in spans {
             // Saturating: versions come from the files (found by fuzzing).
             let want = self.versions.get(name).map_or(0, |v: &u64| v.saturating_add(1));
             // After retention a stream's first surviving version is anything.

@@ -15,10 +15,11 @@ use std::fs;
 use std::path::Path;
 
 use super::checkpoints::check_checkpoints;
+use super::compaction::{batch_span, system_events};
 use super::files::{Opened, open_checked, read_at_into};
 use super::idx::check_index;
 use super::links::{ChainLinks, chain_slot};
-use super::outcome::{SegCtx, SegOut, StreamSpan};
+use super::outcome::{BatchSpan, SegCtx, SegOut, StreamSpan, SystemEvent};
 #[cfg(doc)]
 use super::report::CheckOptions;
 use super::report::{Finding, damage_finding, finding};
@@ -175,6 +176,10 @@ struct Walked {
     records: u64,
     /// Records sealed for a subject (spec 3.8).
     sealed_records: u64,
+    /// A compacted segment's batches (spec 3.10).
+    batches: Vec<BatchSpan>,
+    /// The `$compaction` and `$meta-S` events (format version 4).
+    system: Vec<SystemEvent>,
 }
 
 /// Check the segment at `base` (`is_last`: the active segment, which a
@@ -331,6 +336,8 @@ impl SegFile<'_> {
         let format = LogFormat::of(header);
         out.format = Some(format);
         out.chain_start = header.chain_start;
+        out.prev_timestamp = header.prev_timestamp.get();
+        out.compacted = Layout::of(header).compacted;
         // The links are recomputed when the chain is unkeyed, or keyed and the
         // key given is the log's (the sequential pass reports the other cases).
         let layout = Layout::of(header);
@@ -366,6 +373,8 @@ impl SegFile<'_> {
             ));
         }
         out.records = walked.records;
+        out.batches = std::mem::take(&mut walked.batches);
+        out.system = std::mem::take(&mut walked.system);
         out.sealed_records = walked.sealed_records;
         out.problems.append(&mut walked.version_problems);
         out.spans = std::mem::take(&mut walked.spans).into_iter().collect();
@@ -376,7 +385,7 @@ impl SegFile<'_> {
             let seal = chain_slot(self.bytes.get(seal_off as usize..).unwrap_or_default(), &layout);
             out.seal_chain = Some((seal_off, seal));
             chain.seal(path, format.chained(), seal, seal_off, walked.walk.next_position);
-            chain.require_checkpoint(ctx, path, format.chained(), seal_off);
+            chain.require_checkpoint(ctx, path, format.chained(), layout.compacted, seal_off);
         }
         chain.finish(out);
         walked
@@ -397,6 +406,8 @@ impl SegFile<'_> {
         let mut version_problems = Vec::new();
         let mut records = 0u64;
         let mut sealed_records = 0u64;
+        let mut batches = Vec::new();
+        let mut system = Vec::new();
         let mut reported = 0u64;
         let seg_start = self.bytes.as_ptr() as usize;
         let layout = Layout::of(header);
@@ -415,7 +426,21 @@ impl SegFile<'_> {
                     .filter(|r| r.subject_key().is_some())
                     .count() as u64;
             }
-            track_versions(path, frame, f, off, &layout, &mut spans, &mut version_problems);
+            if layout.version >= 4 {
+                system_events(frame, off, &layout, &spans, &mut system);
+            }
+            if layout.compacted {
+                batches.extend(batch_span(frame, f, off, &layout));
+            }
+            // In a compacted segment, versions skip where events were
+            // removed: the compaction record's runs account for that
+            // (`compaction`), not this walk.
+            let versions = if layout.compacted {
+                &mut Vec::new()
+            } else {
+                &mut version_problems
+            };
+            track_versions(path, frame, f, off, &layout, &mut spans, versions);
             chain.batch(ctx, path, format.chained(), chainer, frame, f, off);
             mem.add_frame(frame, off, &layout);
             let end = off + f.len;
@@ -432,6 +457,8 @@ impl SegFile<'_> {
             version_problems,
             records,
             sealed_records,
+            batches,
+            system,
         }
     }
 

@@ -178,6 +178,7 @@ fn print_json(r: &CheckReport, unrecovered: Option<&annal::Unrecovered>) {
         "hidden": r.hidden,
         "subjects": r.subjects,
         "retention": r.retention,
+        "compaction": r.compaction,
         "unrecovered": unrecovered.map(|u| serde_json::json!({
             "segment": u.segment.display().to_string(),
             "offset": u.offset,
@@ -215,14 +216,17 @@ fn print_text(dir: &std::path::Path, r: &CheckReport) {
     if let Some(ret) = &r.retention {
         println!("retention: {ret}");
     }
+    for c in &r.compaction {
+        println!("compaction: {}", escape_controls(&c.to_string()));
+    }
     for v in &r.anchors {
-        let verdict = match (v.ok, v.superseded_by_retention) {
+        let verdict = match (v.ok, v.superseded()) {
             (true, _) => "holds",
-            (false, Some(_)) => "superseded",
-            (false, None) => "DIFFERS",
+            (false, true) => "superseded",
+            (false, false) => "DIFFERS",
         };
         println!("anchor {}: {verdict}: {}", v.anchor, escape_controls(&v.detail));
-        if !v.ok && v.superseded_by_retention.is_none() {
+        if !v.ok && !v.superseded() {
             println!(
                 "  (either the history was changed, or this anchor was mistyped or taken from another log: compare it \
                  character by character with the copy kept outside the system)"
