@@ -27,14 +27,21 @@
 //! for if every version of it is below the lowest version the rules leave
 //! visible (`TOMBSTONE`, `truncate_before`, `max_count`: spec 3.7), or if
 //! the rules have `max_age` and an upper bound of the run's timestamps is
-//! older than `now − max_age`. The bound is the timestamp of the first
-//! batch the rewritten segment keeps after the run, or, for a run after its
-//! last batch, the next segment's `prev_timestamp` (the original segment's
-//! newest timestamp): timestamps never go back along positions (spec 9), so
-//! the bound is sound (a run this accepts was hidden), and it is exact for
-//! a run at the segment's end. A run may not remove the newest event of its
-//! stream (version `last`) unless the rules have `DELETED` or `TOMBSTONE`,
-//! nor events of a system stream.
+//! older than `now − max_age`. Timestamps never go back along positions
+//! (spec 9), so the segment bounds a run's: from below by the last batch it
+//! keeps before the run (or its header's `prev_timestamp`), from above by
+//! the first batch it keeps after the run (the rest of the run's own batch,
+//! when it kept one), or, for a run after its last batch, by the next
+//! segment's `prev_timestamp` (the original segment's newest timestamp).
+//! A run whose upper bound is old enough was hidden (sound: never a run
+//! that was visible); one whose lower bound is too new was not (a
+//! problem). Between the two, only the timestamps the record does not keep
+//! could tell: a **warning** that says so, not a problem, since a
+//! compaction that did nothing wrong leaves that whenever the `max_age`
+//! boundary fell just after a removed run and before the next event kept.
+//! A run may not remove the newest event of its stream (version `last`)
+//! unless the rules have `DELETED` or `TOMBSTONE`, nor events of a system
+//! stream: problems.
 //!
 //! Invariants: a compacted segment no record accounts for is one problem,
 //! at its seal, and a break of the chain for every anchor after its base
@@ -66,6 +73,9 @@ use crate::read::rules::Visible;
 /// file offset `off`, described by `f`).
 pub(super) fn batch_span(frame: &[u8], f: &Frame, off: u64, layout: &Layout) -> Option<BatchSpan> {
     let r = frame_records(frame, layout).next()?;
+    let last = frame_records(frame, layout)
+        .last()
+        .map_or(r.timestamp(), |l| l.timestamp());
     Some(BatchSpan {
         first_position: f.first_position,
         count: u64::from(f.count),
@@ -73,6 +83,7 @@ pub(super) fn batch_span(frame: &[u8], f: &Frame, off: u64, layout: &Layout) -> 
         stream: r.stream().into(),
         offset: off,
         first_timestamp: r.timestamp(),
+        last_timestamp: last,
     })
 }
 
@@ -188,6 +199,13 @@ struct RunAt<'o> {
     frame: u64,
     /// An upper bound of the run's timestamps, if one is known.
     newest: Option<u64>,
+    /// A lower bound of the run's timestamps.
+    oldest: u64,
+}
+
+/// The version of the last event of `run`.
+fn last_version(run: &RemovedRun) -> u64 {
+    run.first_version.saturating_add(run.count.saturating_sub(1))
 }
 
 /// Check every compacted segment and every compaction record of `outs` (in
@@ -255,8 +273,10 @@ pub(super) fn check_compaction(
         } = segment_runs(o, r, next);
         report.problems.extend(problems);
         for x in &runs_at {
-            if let Some(p) = run_problem(r, x, &rules, &runs) {
-                report.problems.push(finding(&o.path, x.frame, p));
+            match run_verdict(r, x, &rules, &runs) {
+                RunVerdict::Hidden => {}
+                RunVerdict::Problem(p) => report.problems.push(finding(&o.path, x.frame, p)),
+                RunVerdict::Unproven(w) => report.warnings.push(finding(&o.path, x.frame, w)),
             }
         }
         c.spans.insert(i, spans);
@@ -387,6 +407,9 @@ struct Gaps<'o, 'p> {
     from: u64,
     /// The runs met since the last batch follow each other from `from`.
     ok: bool,
+    /// The newest timestamp before the current gap (the last batch's, or
+    /// the segment's `prev_timestamp`): a lower bound of the runs' in it.
+    floor: u64,
     pending: Vec<&'o RemovedRun>,
     runs_at: Vec<RunAt<'o>>,
     problems: &'p mut Vec<Finding>,
@@ -421,6 +444,7 @@ impl<'o> Gaps<'o, '_> {
                 run: x,
                 frame: off,
                 newest,
+                oldest: self.floor,
             });
         }
         self.ok = true;
@@ -455,6 +479,7 @@ fn segment_runs<'o>(o: &'o SegOut, r: &Rec<'o>, next: Option<&SegOut>) -> Segmen
         at: o.base,
         from: o.base,
         ok: true,
+        floor: o.prev_timestamp,
         pending: Vec::new(),
         runs_at: Vec::new(),
         problems: &mut problems,
@@ -470,6 +495,7 @@ fn segment_runs<'o>(o: &'o SegOut, r: &Rec<'o>, next: Option<&SegOut>) -> Segmen
                 gaps.close(b.first_position, b.offset, Some(b.first_timestamp));
                 gaps.at = b.first_position.saturating_add(b.count);
                 gaps.from = gaps.at;
+                gaps.floor = b.last_timestamp;
             }
         }
     }
@@ -597,14 +623,26 @@ impl<'o> RunIndex<'o> {
     }
 }
 
+/// What `check` can tell of one run against its stream's rules.
+#[derive(Debug, PartialEq, Eq)]
+enum RunVerdict {
+    /// A recorded rule hid every event of the run.
+    Hidden,
+    /// No rule hid them, or the run breaks a rule of compaction: a problem.
+    Problem(String),
+    /// Only `max_age` can have hidden them, and the bounds of the run's
+    /// timestamps the segment gives do not tell: a warning.
+    Unproven(String),
+}
+
 /// Whether the run `x` of the accepted record `r` is hidden by a recorded
-/// rule (see the module documentation); the problem if it is not.
-fn run_problem(
+/// rule (see the module documentation).
+fn run_verdict(
     r: &Rec<'_>,
     x: &RunAt<'_>,
     rules: &HashMap<&str, Vec<(u64, Option<StreamRules>)>>,
     runs: &RunIndex<'_>,
-) -> Option<String> {
+) -> RunVerdict {
     let run = x.run;
     let p = r.found.position;
     let s = run.stream.as_str();
@@ -612,12 +650,12 @@ fn run_problem(
         "the compaction record at position {p} says events of stream {s:?} were removed (versions {} to {}, \
          positions {} to {})",
         run.first_version,
-        run.last_version(),
+        last_version(run),
         run.first_position,
         run.end().saturating_sub(1)
     );
     if is_system_stream(s) {
-        return Some(format!(
+        return RunVerdict::Problem(format!(
             "{what}, but events of system streams are never removed (spec 3.10)"
         ));
     }
@@ -625,35 +663,46 @@ fn run_problem(
         .get(s)
         .and_then(|v| v.get(v.partition_point(|m| m.0 < p).checked_sub(1)?));
     let Some(&(set_at, rules)) = newest else {
-        return Some(format!(
+        return RunVerdict::Problem(format!(
             "{what}, but the stream had no metadata before the record: nothing hid them (spec 3.10)"
         ));
     };
     let Some(rules) = rules else {
-        return Some(format!(
+        return RunVerdict::Problem(format!(
             "{what}, but the stream's metadata before the record (at position {set_at}) does not decode"
         ));
     };
     let last = runs.newest_before(r, s);
-    let vis = Visible::new(rules, last, r.found.timestamp);
-    let by_version = run.last_version() < vis.min_version;
-    let by_age = rules.max_age.is_some() && x.newest.is_some_and(|t| t < vis.min_timestamp);
-    if !by_version && !by_age {
-        return Some(format!(
-            "{what}, but the stream's rules (set at position {set_at}) did not hide them when the record was \
-             written (at its timestamp {}, with the stream's newest version {}) (spec 3.10)",
-            r.found.timestamp,
-            last.map_or_else(|| "none".to_owned(), |l| l.to_string())
-        ));
-    }
-    if last == Some(run.last_version()) && !rules.deleted && !rules.tombstone {
-        return Some(format!(
+    if last == Some(last_version(run)) && !rules.deleted && !rules.tombstone {
+        return RunVerdict::Problem(format!(
             "{what}, but version {} was the stream's newest event, which compaction keeps unless the stream is \
              deleted (spec 3.10)",
-            run.last_version()
+            last_version(run)
         ));
     }
-    None
+    let vis = Visible::new(rules, last, r.found.timestamp);
+    if last_version(run) < vis.min_version {
+        return RunVerdict::Hidden;
+    }
+    let newest = last.map_or_else(|| "none".to_owned(), |l| l.to_string());
+    if rules.max_age.is_none() || x.oldest >= vis.min_timestamp {
+        return RunVerdict::Problem(format!(
+            "{what}, but the stream's rules (set at position {set_at}) did not hide them when the record was \
+             written (at its timestamp {}, with the stream's newest version {newest}) (spec 3.10)",
+            r.found.timestamp
+        ));
+    }
+    if x.newest.is_some_and(|t| t < vis.min_timestamp) {
+        return RunVerdict::Hidden;
+    }
+    RunVerdict::Unproven(format!(
+        "{what}; only the stream's max_age (set at position {set_at}) can have hidden them, and the record does \
+         not keep their timestamps: they lie between {} and {}, and events older than {} were hidden when the \
+         record was written, so check cannot tell (not damage it can prove)",
+        x.oldest,
+        x.newest.map_or_else(|| "unknown".to_owned(), |t| t.to_string()),
+        vis.min_timestamp
+    ))
 }
 
 /// Records that account for no compacted segment: a record of a segment

@@ -99,8 +99,9 @@ pub(super) struct BatchSpan {
     pub(super) stream: Box<str>,
     /// The frame's file offset.
     pub(super) offset: u64,
-    /// The timestamp of its first record.
+    /// The timestamps of its first and last records.
     pub(super) first_timestamp: u64,
+    pub(super) last_timestamp: u64,
 }
 
 /// An event of a system stream that compaction is checked against.

@@ -41,6 +41,7 @@ fn batch(first_position: u64, count: u64, first_version: u64, stream: &str, offs
         stream: stream.into(),
         offset,
         first_timestamp: ts,
+        last_timestamp: ts + 10,
     }
 }
 
@@ -300,10 +301,11 @@ fn every_run_must_be_hidden_by_a_rule_recorded_before_the_record() {
     let (r, _) = check(&outs);
     assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
     assert!(
-        r.problems.iter().all(|p| p.detail.contains("did not hide them")),
+        r.problems[..2].iter().all(|p| p.detail.contains("did not hide them")),
         "{:?}",
         r.problems
     );
+    assert!(r.problems[2].detail.contains("newest event"), "{:?}", r.problems);
 
     // No metadata at all.
     let (mut outs, _) = log();
@@ -336,9 +338,20 @@ fn max_count_keeps_the_newest_and_never_removes_the_last_event() {
         ..StreamRules::default()
     };
     // max_count 1: x's newest before the record is 15 (in a run): hides
-    // 10..14 but not 15, and 15 is the newest event of x.
+    // 10..14 but not 15, the newest event of x, which stays.
     let (mut outs, _) = log();
     outs[2].system[0] = meta(115, "x", keep(1));
+    let (r, _) = check(&outs);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(
+        r.problems[0].detail.contains("newest event"),
+        "{}",
+        r.problems[0].detail
+    );
+    assert_eq!(r.problems[0].offset, 4000);
+    // max_count 3 with v16 before the record: hides 10..13, not 14.
+    outs[2].system[0] = meta(115, "x", keep(3));
+    outs[2].system[1] = found(120, 10_000, log().1, &[("x", 16)]);
     let (r, _) = check(&outs);
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     assert!(
@@ -377,34 +390,56 @@ fn max_count_keeps_the_newest_and_never_removes_the_last_event() {
 }
 
 #[test]
-fn max_age_is_judged_by_the_newest_timestamp_the_runs_can_have() {
+fn max_age_is_judged_by_the_bounds_of_the_runs_timestamps() {
     let age = |a| StreamRules {
         max_age: Some(a),
         ..StreamRules::default()
     };
-    // The record is written at 10_000. Bounds: the run at 100..103 is
-    // before the batch at 103 (timestamp 1_000), the one at 104 before
-    // the batch at 105 (2_000), the one at 108..110 before the next
-    // segment (prev_timestamp 3_000). Its last event is x's newest: a
-    // stream with only max_age keeps it, so `x` v16 is appended first.
+    // The record is written at 10_000. Bounds of the runs' timestamps: the
+    // run at 100..103 lies between the header (0) and the batch at 103
+    // (1_000..1_010), the one at 104 between that batch and the one at 105
+    // (2_000..2_010), the one at 108..110 between that and the next
+    // segment's prev_timestamp (3_000). Its last event is x's newest, which
+    // a stream with only max_age keeps: so `x` v16 comes first.
     let (mut outs, _) = log();
     outs[2].system[0] = meta(115, "x", age(5_000));
     outs[2].system[1] = found(120, 10_000, log().1, &[("x", 16)]);
     let (r, _) = check(&outs);
-    assert!(r.problems.is_empty(), "{:?}", r.problems);
-    // max_age 7_500: the bound 3_000 of the last run is too new (3_000 +
-    // 7_500 >= 10_000); the others hold.
+    assert!(
+        r.problems.is_empty() && r.warnings.is_empty(),
+        "{:?} {:?}",
+        r.problems,
+        r.warnings
+    );
+    // max_age 7_500 hides what is older than 2_500: the last run lies
+    // between 2_010 and 3_000, which cannot be told: a warning.
     outs[2].system[0] = meta(115, "x", age(7_500));
+    let (r, _) = check(&outs);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert_eq!(r.warnings[0].offset, 4000);
+    assert!(r.warnings[0].detail.contains("cannot tell"), "{}", r.warnings[0].detail);
+    // max_age 8_000 hides what is older than 2_000: the last run is newer
+    // (a problem), the one at 104 cannot be told (a warning).
+    outs[2].system[0] = meta(115, "x", age(8_000));
     let (r, _) = check(&outs);
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     assert_eq!(r.problems[0].offset, 4000);
-    // Without a next segment the tail run has no bound.
+    assert!(
+        r.problems[0].detail.contains("did not hide them"),
+        "{}",
+        r.problems[0].detail
+    );
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert_eq!(r.warnings[0].offset, 256);
+    // Without the next segment the last run has no upper bound.
     let (mut outs, _) = log();
     outs[2].base = 111;
     outs[2].system[0] = meta(115, "x", age(5_000));
     outs[2].system[1] = found(120, 10_000, log().1, &[("x", 16)]);
     let (r, _) = check(&outs);
-    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
 }
 
 #[test]
