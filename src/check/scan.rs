@@ -10,7 +10,7 @@
 //! than those it is compared with. Past the first damaged segment, what
 //! depends on earlier segments is not compared (one warning says so).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +120,7 @@ pub(super) fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Resu
     let compaction = check_compaction(&outs, chained, opts.public_key.is_some(), &mut report);
     let mut seq = Sequence::new(dir, next);
     seq.first_base = front.first_base;
+    seq.compacted = outs.iter().filter(|o| o.compacted).map(|o| o.base).collect();
     for (i, o) in outs.iter().enumerate() {
         let spans = compaction.spans.get(&i).map_or(o.spans.as_slice(), Vec::as_slice);
         seq.segment(i, o, spans, i + 1 == outs.len(), &mut report, &mut remove);
@@ -236,6 +237,11 @@ struct Sequence<'o> {
     /// (spec 3.9), so a stream's first surviving version and back pointers
     /// may lie below it.
     first_base: u64,
+    /// The bases of the segments compaction rewrote (spec 3.10): their
+    /// index files were written again, and the back pointers of later index
+    /// files into them may name the rows of the original (a row number that
+    /// changed, or a stream that left the segment).
+    compacted: HashSet<u64>,
 }
 
 impl<'o> Sequence<'o> {
@@ -252,6 +258,7 @@ impl<'o> Sequence<'o> {
             chain_ok: true,
             damaged: None,
             first_base: 0,
+            compacted: HashSet::new(),
         }
     }
 
@@ -353,7 +360,12 @@ impl<'o> Sequence<'o> {
                 let want = self.latest.get(name).map_or(Prev::NONE, |e| e.at);
                 // A back pointer to a segment retention removed (spec 3.9).
                 let removed = want == Prev::NONE && prev.segment < self.first_base;
-                if *prev != want && !removed {
+                // A back pointer into a segment compaction rewrote, written
+                // before the rewrite (spec 3.10): a hint, as readers use it.
+                let stale = *prev != Prev::NONE
+                    && self.compacted.contains(&prev.segment)
+                    && (want == Prev::NONE || want.segment <= prev.segment);
+                if *prev != want && !removed && !stale {
                     // The row's back pointer, where its index version puts it.
                     let lens = crate::format::idx_lens(index_version(&idx_path));
                     report.problems.push(finding(
