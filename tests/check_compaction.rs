@@ -17,8 +17,11 @@
 //! * a crash between the record and the swap (the original segment and its
 //!   index file put back) is a warning, not a problem;
 //! * with a public key, compacted segments (which keep no signed checkpoint)
-//!   are accounted for by their records.
+//!   are accounted for by their records;
+//! * `annal check` prints one line per compacted segment (and `--json` a
+//!   `compaction` array) and says an anchor inside one is superseded.
 
+mod cli_support;
 mod common;
 
 use std::fs;
@@ -32,6 +35,7 @@ use annal::{
     Anchor, CheckOptions, CheckReport, CompactionReport, Direction, EventData, ExpectedVersion, Log, Options, Reader,
     SigningKey, StreamMetadata,
 };
+use cli_support::{ok, p, run, text};
 use common::scratch;
 
 const SEGMENT: u64 = 4096;
@@ -415,5 +419,39 @@ fn with_a_public_key_compacted_segments_are_accounted_for_by_their_records() {
         r.compaction.iter().all(|c| c.record_signed == Some(true)),
         "{:#?}",
         r.compaction
+    );
+}
+
+#[test]
+fn annal_check_prints_one_line_per_compacted_segment_and_superseded_anchors() {
+    let dir = scratch();
+    let (report, before, _) = compacted(dir.path());
+    let r = check(dir.path(), CheckOptions::default());
+    let inside = before
+        .iter()
+        .find(|a| {
+            r.compaction
+                .iter()
+                .any(|c| c.base < a.position && a.position < c.next_base)
+        })
+        .unwrap();
+    let anchor = inside.to_string();
+    let out = ok(run(&["check", p(dir.path()), "--anchor", &anchor]));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("compaction: segment "))
+        .collect();
+    assert_eq!(lines.len(), report.compacted.len(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("anchor {anchor}: superseded: superseded by compaction at")),
+        "{stdout}"
+    );
+    let out = ok(run(&["check", "--json", p(dir.path())]));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["compaction"].as_array().map(Vec::len),
+        Some(report.compacted.len()),
+        "{doc}"
     );
 }

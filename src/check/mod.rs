@@ -35,6 +35,15 @@
 //!   one, each signature is verified against the public key the checkpoint
 //!   names, which catches damage and careless forgery but proves nothing
 //!   about who signed ([`CheckReport::signature_note`] says so).
+//! * in logs of format version 4, compaction (spec 3.10): every segment
+//!   whose header says it was compacted must be accounted for by the newest
+//!   matching `$compaction` record (its length, its seal, both chain ends),
+//!   the positions it skips must be exactly that record's runs, and every
+//!   run must have been hidden by its stream's recorded rules; the seal of a
+//!   compacted segment holds the original's end (the join with the next
+//!   segment), anchors inside it are superseded by compaction, and it needs
+//!   no signed checkpoint. The compacted segments are listed in
+//!   [`CheckReport::compaction`].
 //!
 //! How files are read: every file with [`crate::storage::io::open_read`] (never
 //! through a symlink, never blocking on a FIFO, only a regular file; anything
@@ -105,11 +114,14 @@
 //!   the subject key file read in full (spec 3.8, 22);
 //! * `retention`: a front removed by log retention, and the records that
 //!   account for it (spec 3.9);
+//! * `compaction`: segments rewritten by compaction, and the records that
+//!   account for them (spec 3.10);
 //! * `repair`: `--repair`.
 //!
 //! Within the folder the dependencies run one way: `report` < `files` <
 //! `derived`, `head`, `snapshots`, `outcome` < `links`, `idx`, `table` <
-//! `segment`, `anchors` < `chain`, `hidden` < `scan` < `repair` < this module.
+//! `compaction` < `segment`, `anchors` < `chain`, `hidden` < `scan` <
+//! `repair` < this module.
 
 use std::path::Path;
 use std::time::Instant;
