@@ -63,6 +63,7 @@ use super::outcome::{BatchSpan, Break, FoundRecord, SegOut, StreamSpan, SystemEv
 use super::report::{CheckReport, CompactedSegment, Finding, finding};
 use crate::audit::chain::{ChainHash, hex};
 use crate::format::Layout;
+use crate::format::batch::peek_stream;
 use crate::format::compaction::{COMPACTION_EVENT_TYPE, COMPACTION_STREAM, CompactionRecord, RemovedRun};
 use crate::format::frame::{Frame, frame_records};
 use crate::format::meta::{StreamRules, is_system_stream, meta_target};
@@ -88,16 +89,24 @@ pub(super) fn batch_span(frame: &[u8], f: &Frame, off: u64, layout: &Layout) -> 
 }
 
 /// The events of `$compaction` and `$meta-S` in the batch `frame` (at file
-/// offset `off`; a batch holds one stream's events), added to `out`.
+/// offset `off`, described by `f`; a batch holds one stream's events),
+/// added to `out`.
 /// `spans`: the segment's streams as walked so far (for each record, the
 /// newest version before it of every stream its runs name).
 pub(super) fn system_events(
     frame: &[u8],
+    f: &Frame,
     off: u64,
     layout: &Layout,
     spans: &HashMap<Box<str>, StreamSpan>,
     out: &mut Vec<SystemEvent>,
 ) {
+    // Most batches are not a system stream's: tell by the stream name's
+    // first byte, without parsing a record.
+    let body = frame.get(f.header_len as usize..).unwrap_or_default();
+    if layout.compact() && peek_stream(body).is_some_and(|(s, _)| s.first() != Some(&b'$')) {
+        return;
+    }
     let mut records = frame_records(frame, layout).peekable();
     let Some(stream) = records.peek().map(|r| r.stream()) else {
         return;

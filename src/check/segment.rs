@@ -427,7 +427,7 @@ impl SegFile<'_> {
                     .count() as u64;
             }
             if layout.version >= 4 {
-                system_events(frame, off, &layout, &spans, &mut system);
+                system_events(frame, f, off, &layout, &spans, &mut system);
             }
             if layout.compacted {
                 batches.extend(batch_span(frame, f, off, &layout));
