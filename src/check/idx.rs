@@ -6,7 +6,9 @@
 //! Invariants: no more of the file is read than the rebuilt index and one
 //! byte; a file replaced while it was read is not compared (a warning); a
 //! missing index is a warning where a crash or a writer in progress leaves
-//! one, a problem otherwise. The segment's stream rows (`SegOut::rows`) are
+//! one, a problem otherwise; so is the index of a compacted segment that
+//! still describes the original (a crash between compaction's swap and the
+//! index file's rewrite, spec 3.10). The segment's stream rows (`SegOut::rows`) are
 //! always filled for a sealed segment, for the stream table.
 
 use std::collections::HashMap;
@@ -19,7 +21,7 @@ use super::outcome::{IdxState, SegCtx, SegOut};
 use super::report::{damage_finding, finding};
 use crate::error::{Damage, Result};
 use crate::format::names::index_file_name;
-use crate::format::{IDX_HEADER_LEN, INDEX_VERSION_1, INDEX_VERSION_2, idx_lens};
+use crate::format::{IDX_HEADER_LEN, IDX_SEGMENT_BASE_OFFSET, INDEX_VERSION_1, INDEX_VERSION_2, idx_lens};
 use crate::index::{self, IdxFile, MemIndex, NO_ROW, Prev};
 
 /// The index of a sealed segment, and what it is compared with.
@@ -134,11 +136,20 @@ impl SealedIdx<'_> {
         out.idx = IdxState::Damaged;
         out.idx_bytes = fs::symlink_metadata(&self.path).map_or(0, |m| m.len());
         let mut f = damage_finding(&self.path, d);
+        let mut stale = false;
         if let Opened::File(file, _) = opened {
             // Name the first byte that differs from the index
             // rebuilt from the segment (spec 16), with the log's
             // hash mask (the file's own may be the damaged byte).
             let head = read_prefix(file, &self.path, IDX_HEADER_LEN as u64)?;
+            // The index of the segment compaction rewrote, as it was before
+            // (spec 3.10: a crash between the swap and the index file's
+            // rewrite leaves it; it names the same base and the original's
+            // greater length).
+            stale = out.compacted
+                && d.offset == IDX_SEGMENT_BASE_OFFSET as u64
+                && u64_at(&head, IDX_SEGMENT_BASE_OFFSET) == Some(self.base)
+                && u64_at(&head, IDX_SEGMENT_BASE_OFFSET + 8).is_some_and(|l| l > self.bytes.len() as u64);
             let version = index_version_of(&head);
             let (expected, rows) = self.rebuilt(version, hash_mask_of(self.ctx.dir), &mut |_| Prev::NONE);
             let found = read_prefix(file, &self.path, expected.len() as u64 + 1)?;
@@ -147,7 +158,20 @@ impl SealedIdx<'_> {
             }
             out.rows = rows;
         }
-        out.problems.push(f);
+        if stale {
+            out.warnings.push(finding(
+                &self.path,
+                f.offset,
+                format!(
+                    "the index file still describes the segment as it was before compaction rewrote it (a crash \
+                     between the swap and the index file's rewrite, spec 3.10), not damage of the log: readers \
+                     rebuild what it says from the segment, and annal check --repair writes it again: {}",
+                    f.detail
+                ),
+            ));
+        } else {
+            out.problems.push(f);
+        }
         Ok(())
     }
 
