@@ -6,8 +6,8 @@
 //!   read (all both ways, by stream both ways, by category, by event type,
 //!   a cross-process `Reader`, after a reopen) returns exactly the events it
 //!   returned before, and the removed payloads are in no file of the log;
-//! * the newest event of a stream that is not deleted stays; a deleted
-//!   stream's next append goes on at the deletion's version;
+//! * the newest event of a stream that is not tombstoned stays (hidden):
+//!   a deleted stream's next append goes on at the deletion's version;
 //! * a view taken before the compaction keeps reading the original files;
 //! * a second compaction after more rules removes more, and its record
 //!   lists every run; a log with nothing hidden is left as it is;
@@ -191,7 +191,8 @@ fn compaction_removes_hidden_events_and_every_read_is_unchanged() {
         Err(Error::StreamDeleted { .. })
     ));
     // The deleted stream's and the truncated events' payloads are gone
-    // from every file (the active segment holds only newer events).
+    // from every file (the active segment holds only newer events; each
+    // stream's newest event stays).
     for i in 0..40 {
         for s in ["gone-0", "trunc-0", "count-0", "age-0"] {
             let hits = files_contain(tmp.path(), &payload(s, i));
@@ -223,9 +224,13 @@ fn compaction_removes_hidden_events_and_every_read_is_unchanged() {
     let log = Log::open(tmp.path(), opts_at(&clock)).unwrap();
     same(&snapshot(&log.view().unwrap()), &expect_after);
     assert_eq!(log.stream_version("gone-0").unwrap(), Some(60));
-    // Compacting again removes nothing more (nothing new is hidden).
+    // Compacting again removes one more event: the deleted stream's old
+    // newest, now that a newer one carries its version.
     let again = log.compact().unwrap();
-    assert_eq!(again.removed_events, 0, "{again:?}");
+    assert_eq!(again.removed_events, 1, "{again:?}");
+    same(&snapshot(&log.view().unwrap()), &expect_after);
+    assert!(files_contain(tmp.path(), &payload("gone-0", 59)).is_empty());
+    assert_eq!(log.compact().unwrap().removed_events, 0);
     log.close().unwrap();
 }
 
@@ -262,6 +267,30 @@ fn the_newest_event_of_a_stream_hidden_whole_stays_and_the_versions_go_on() {
     let e = view.read_stream("age-0", 3, Direction::Forward, 10).next().unwrap();
     assert!(matches!(e, Err(Error::RemovedByCompaction { .. })), "{e:?}");
     log.close().unwrap();
+}
+
+#[test]
+fn a_reader_in_another_process_follows_a_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Mutex::new(1_000_000_000_000u64));
+    let log = build(tmp.path(), clock.clone());
+    // A reader that opened every sealed segment (unmapped until read).
+    let mut r = Reader::open(tmp.path()).unwrap();
+    let expected = snapshot(&r.view().unwrap());
+    let mut idle = Reader::open(tmp.path()).unwrap();
+    let unmapped = idle.view().unwrap();
+    let report = log.compact().unwrap();
+    assert!(!report.compacted.is_empty());
+    // Its next view reads the rewritten segments, the same events.
+    same(&snapshot(&r.view().unwrap()), &expected);
+    same(&snapshot(&idle.view().unwrap()), &expected);
+    // A view taken before, that had not mapped a segment yet, says that the
+    // segment was replaced: an error naming it, never other events.
+    let e = unmapped.read_all(0).find_map(|r| r.err());
+    match e {
+        Some(Error::Corrupt { detail, .. }) => assert!(detail.contains("compaction"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
