@@ -233,6 +233,11 @@ pub(super) fn check_compaction(
         return c;
     }
     let rules = rules_by_stream(outs);
+    // The records by the base they name, in log order.
+    let mut by_base: HashMap<u64, Vec<&Rec<'_>>> = HashMap::new();
+    for r in &recs {
+        by_base.entry(r.rec.segment_base).or_default().push(r);
+    }
     // Each compacted segment, matched with the newest record that accounts
     // for it.
     let mut accepted: Vec<(usize, &Rec<'_>)> = Vec::new();
@@ -244,7 +249,7 @@ pub(super) fn check_compaction(
         let Some((seal_off, _)) = o.seal_chain else {
             continue;
         };
-        let named: Vec<&Rec<'_>> = recs.iter().filter(|r| r.rec.segment_base == o.base).collect();
+        let named: &[&Rec<'_>] = by_base.get(&o.base).map_or(&[], Vec::as_slice);
         match named.iter().rev().find(|r| mismatch(o, r).is_none()) {
             Some(r) => accepted.push((i, r)),
             None => {
@@ -720,19 +725,24 @@ fn run_verdict(
 /// segment of the log is a problem.
 fn unswapped(outs: &[SegOut], recs: &[Rec<'_>], accepted: &[(usize, &Rec<'_>)], report: &mut CheckReport) {
     let first_base = outs.first().map_or(0, |o| o.base);
+    let taken: HashMap<u64, u64> = accepted
+        .iter()
+        .filter_map(|(i, a)| outs.get(*i).map(|o| (o.base, a.found.position)))
+        .collect();
     for r in recs {
         let base = r.rec.segment_base;
-        let taken = accepted
-            .iter()
-            .find(|(i, _)| outs.get(*i).is_some_and(|o| o.base == base));
-        if let Some((_, a)) = taken
-            && a.found.position >= r.found.position
-        {
+        let taken = taken.get(&base);
+        if taken.is_some_and(|&at| at >= r.found.position) {
             // The record swapped in, or an older one it replaces.
             continue;
         }
         let Some(holder) = outs.get(r.seg) else { continue };
-        match outs.iter().find(|o| o.base == base) {
+        // The segments are in log order, by base.
+        let named = outs
+            .binary_search_by_key(&base, |o| o.base)
+            .ok()
+            .and_then(|i| outs.get(i));
+        match named {
             Some(o) if !o.compacted || taken.is_some() => report.warnings.push(finding(
                 &o.path,
                 0,
