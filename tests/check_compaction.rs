@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use annal::io::{Io, IoFile, StdIo};
 use annal::{
-    Anchor, CheckOptions, CheckReport, CompactionReport, Direction, EventData, ExpectedVersion, Log, Options, Reader,
-    SigningKey, StreamMetadata,
+    Anchor, ChainKey, CheckOptions, CheckReport, CompactionReport, Direction, EventData, ExpectedVersion, Log, Options,
+    Reader, SigningKey, StreamMetadata,
 };
 use cli_support::{ok, p, run, text};
 use common::scratch;
@@ -613,4 +613,35 @@ fn a_crash_after_the_swap_before_the_index_is_written_again_is_a_warning_and_rep
         assert!(r.warnings.is_empty(), "image {k}: {:#?}", r.warnings);
     }
     assert!(stale_tables < images.len(), "{stale_tables}");
+}
+
+#[test]
+fn a_keyed_log_compacted_checks_clean_with_its_key_and_a_deleted_stream_goes_on() {
+    let dir = scratch();
+    let clock = Arc::new(Mutex::new(1_000_000_000_000u64));
+    let key = ChainKey::from_bytes([3; 32]);
+    let o = || opts_at(&clock).chain_key(key.clone());
+    let (log, _) = build(dir.path(), &clock, o());
+    let report = log.compact().unwrap();
+    assert!(!report.compacted.is_empty());
+    // The deleted stream's events are all gone; its versions go on.
+    let r = log
+        .append(
+            "gone",
+            ExpectedVersion::NoStream,
+            &[EventData::new("E", b"again".as_slice())],
+        )
+        .unwrap();
+    assert_eq!(r.stream_version, 50);
+    let after = log.anchor().unwrap();
+    log.close().unwrap();
+    let r = check(dir.path(), CheckOptions::default().key(key).anchor(after));
+    assert_clean(&r);
+    assert!(r.anchors[0].ok, "{:?}", r.anchors[0]);
+    assert_eq!(r.compaction.len(), report.compacted.len());
+    // Without the key the links are not recomputed: the compacted segments
+    // are still accounted for by what their records state.
+    let r = check(dir.path(), CheckOptions::default());
+    assert_clean(&r);
+    assert_eq!(r.compaction.len(), report.compacted.len());
 }
