@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-#[allow(dead_code, reason = "the simulator is shared by several test binaries")]
 mod support;
 
 use annal::io::{Io, IoFile, StdIo};
