@@ -15,7 +15,10 @@
 //!   segment, the newest record of its base whose `next_base`,
 //!   `compacted_len`, `original_end` and `compacted_end` match the file
 //!   (its seal's `first_position`, its length, its seal's chain slot, the
-//!   chain after its last batch); the positions the segment skips against
+//!   chain after its last batch, when it can be computed: not for a keyed
+//!   chain checked without its key) and that lies at or after the segment's
+//!   end (a record is appended after the segment it describes was sealed);
+//!   the positions the segment skips against
 //!   that record's runs; stream versions of the segment and the runs
 //!   contiguous together; and each run against the rules of its stream.
 //!
