@@ -197,6 +197,22 @@ pub enum Error {
         /// The stream's first version still in the log.
         first_version: u64,
     },
+    /// A forward read of a stream asked for versions that compaction
+    /// removed (spec 3.10: they were hidden by the stream's rules when it
+    /// ran, and the rules show them now), from a version above the lowest
+    /// one the rules show: the read does not pretend to continue from it.
+    #[error(
+        "stream {stream:?}: versions {from_version} to {} were removed by compaction; its first version left is {first_version}",
+        first_version.saturating_sub(1)
+    )]
+    RemovedByCompaction {
+        /// The stream.
+        stream: String,
+        /// The version the read asked for.
+        from_version: u64,
+        /// The stream's first version still in the log.
+        first_version: u64,
+    },
 }
 
 struct ActualVersion(Option<u64>);

@@ -92,7 +92,7 @@ pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered, Unseale
 pub use types::{Direction, ExpectedVersion};
 pub use uuid::Uuid;
 pub use writer::{AppendResult, Clock, Durability, Log, Options, Recovery, Truncation};
-pub use writer::{Retention, RetentionReport};
+pub use writer::{CompactionReport, Retention, RetentionReport};
 
 #[cfg(test)]
 mod tests {

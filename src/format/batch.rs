@@ -516,6 +516,12 @@ impl<'a> BodyRecords<'a> {
         it
     }
 
+    /// Offset in the frame of the next record (after the last one: of the
+    /// padding).
+    pub(crate) fn offset(&self) -> usize {
+        self.at
+    }
+
     /// Records not yet returned (more than zero after the end: the bytes
     /// did not parse, which a validated body never does unless it changed).
     pub(crate) fn left(&self) -> u32 {

@@ -66,11 +66,6 @@ impl RemovedRun {
     pub fn end(&self) -> u64 {
         self.first_position.saturating_add(self.count)
     }
-
-    /// The version of the run's last event.
-    pub fn last_version(&self) -> u64 {
-        self.first_version.saturating_add(self.count.saturating_sub(1))
-    }
 }
 
 /// A compaction record, decoded (spec 3.10).

@@ -284,6 +284,12 @@ impl LogView {
         self.next_position
     }
 
+    /// Whether a segment of the view was rewritten by compaction (spec
+    /// 3.10): positions and a stream's versions may then have gaps.
+    pub(crate) fn has_compacted(&self) -> bool {
+        self.segments.iter().any(|s| s.layout.compacted)
+    }
+
     /// Number of segments in the view.
     pub fn segment_count(&self) -> usize {
         self.segments.len()

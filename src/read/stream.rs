@@ -316,7 +316,9 @@ impl LogView {
             ahead: cold,
             ahead_at: 0,
             visible,
-            cut,
+            // A compacted segment (spec 3.10) may have removed the stream's
+            // oldest events, as retention does.
+            cut: cut || self.has_compacted(),
         }
     }
 
@@ -528,6 +530,13 @@ impl<'a> ReadStream<'a> {
         if self.cut && self.last.is_none() && self.dir == Direction::Forward && v > self.from_version && !by_age {
             let shown_from = self.visible.map_or(0, |x| x.min_version);
             if self.from_version > shown_from {
+                if self.view.has_compacted() {
+                    return Err(Error::RemovedByCompaction {
+                        stream: self.name.to_string(),
+                        from_version: self.from_version,
+                        first_version: v,
+                    });
+                }
                 return Err(Error::RemovedByRetention {
                     stream: self.name.to_string(),
                     from_version: self.from_version,

@@ -164,6 +164,7 @@ impl Inner {
             rules: Default::default(),
             keys: Arc::new(keys),
             retention_lock: Mutex::new(()),
+            compact_lock: Mutex::new(()),
             dir,
             opts,
         })

@@ -49,6 +49,7 @@
 
 mod append;
 mod commit;
+mod compaction;
 mod derived;
 mod idempotency;
 mod index_checkpoint;
@@ -83,6 +84,7 @@ use crate::storage::io::Io;
 use append::Appending;
 use state::Inner;
 
+pub use compaction::CompactionReport;
 pub use options::{Clock, Durability, Options};
 pub use results::{AppendResult, ExpectedVersion, Recovery, Truncation};
 pub use retention_rule::{Retention, RetentionReport};

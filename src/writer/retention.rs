@@ -149,7 +149,13 @@ impl Inner {
     /// Append one event of a system stream. `Ok(None)`: it would roll a
     /// segment while the sealer is behind, and `wait` is false (the
     /// sealer's own call cannot wait for itself).
-    fn append_system(&self, stream: &str, event_type: &str, payload: &[u8], wait: bool) -> Result<Option<(u64, u64)>> {
+    pub(super) fn append_system(
+        &self,
+        stream: &str,
+        event_type: &str,
+        payload: &[u8],
+        wait: bool,
+    ) -> Result<Option<(u64, u64)>> {
         let events = [EventData::new(event_type, payload)];
         let batch_len = self.check_batch(stream, &events)?;
         loop {
@@ -399,7 +405,7 @@ impl Inner {
 
     /// Wait until every sealed segment is indexed (or the writer is
     /// poisoned or closing).
-    fn wait_for_index(&self) -> Result<()> {
+    pub(super) fn wait_for_index(&self) -> Result<()> {
         let mut b = lock(&self.backlog);
         while b.unindexed > 0 && !self.poisoned.load(Ordering::Acquire) && !self.sealer_stopped.load(Ordering::Acquire)
         {

@@ -89,6 +89,8 @@ pub(super) struct Inner {
     /// Held by the sealer while it merges a segment into the stream table
     /// and by retention while it removes segments (spec 3.9).
     pub(super) retention_lock: Mutex<()>,
+    /// Held by one compaction at a time (spec 3.10).
+    pub(super) compact_lock: Mutex<()>,
 }
 
 /// The rules of every stream that has metadata (spec 3.7; `None`: not

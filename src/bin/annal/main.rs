@@ -106,7 +106,8 @@ impl From<annal::Error> for Failure {
             | annal::Error::Poisoned { .. }
             | annal::Error::Decode { .. }
             | annal::Error::StreamDeleted { .. }
-            | annal::Error::RemovedByRetention { .. } => 1,
+            | annal::Error::RemovedByRetention { .. }
+            | annal::Error::RemovedByCompaction { .. } => 1,
             _ => 2,
         };
         Failure {
