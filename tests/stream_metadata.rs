@@ -58,6 +58,8 @@ enum Op {
     Retain {
         kib: u64,
     },
+    /// Compaction (spec 3.10) of the sealed segments.
+    Compact,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -73,6 +75,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => (0..3usize).prop_map(|p| Op::Erase { p }),
         1 => (1..16u64).prop_map(|kib| Op::Retain { kib }),
+        1 => Just(Op::Compact),
     ]
 }
 
@@ -93,6 +96,8 @@ struct Ev {
     tag: String,
     subject: Option<String>,
     erased: bool,
+    /// Compaction removed it (it still counts for the stream's version).
+    removed: bool,
 }
 
 impl Ev {
@@ -150,6 +155,12 @@ impl Model {
         self.events[s].last().map(|e| e.version)
     }
 
+    /// The version a writer finds for stream `s`: a tombstoned stream whose
+    /// events compaction removed has none left.
+    fn found(&self, s: usize) -> Option<u64> {
+        self.events[s].iter().rev().find(|e| !e.removed).map(|e| e.version)
+    }
+
     fn reads_as_deleted(&self, s: usize) -> bool {
         self.rules[s]
             .as_ref()
@@ -158,7 +169,7 @@ impl Model {
 
     fn visible(&self, s: usize, now: u64) -> Vec<Ev> {
         let Some(r) = &self.rules[s] else {
-            return self.events[s].clone();
+            return self.events[s].iter().filter(|e| !e.removed).cloned().collect();
         };
         if r.tombstone {
             return Vec::new();
@@ -166,6 +177,7 @@ impl Model {
         let last = self.last(s);
         self.events[s]
             .iter()
+            .filter(|e| !e.removed)
             .filter(|e| r.tb.is_none_or(|t| e.version >= t))
             .filter(|e| r.mc.is_none_or(|n| last.is_some_and(|l| e.version + n > l)))
             .filter(|e| r.age.is_none_or(|a| e.ts.saturating_add(a) >= now))
@@ -306,6 +318,11 @@ fn check_view(view: &LogView, m: &Model, now: u64, ctx: &str) {
     assert_eq!(seen.len(), metas, "{ctx}: $meta streams");
 }
 
+thread_local! {
+    /// Events compaction removed in this thread's runs.
+    static COMPACTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Run `ops` against the model; returns how many positions retention removed.
 fn run(ops: &[Op]) -> u64 {
     let dir = tempfile::tempdir().unwrap();
@@ -343,6 +360,7 @@ fn run(ops: &[Op]) -> u64 {
                                 tag: format!("{}:{}", m.next_position + k, s),
                                 subject: subject_of(m.next_position + k),
                                 erased: false,
+                                removed: false,
                             });
                         }
                         assert_eq!(r.first_position, m.next_position, "{ctx}");
@@ -375,6 +393,7 @@ fn run(ops: &[Op]) -> u64 {
                             tag,
                             subject: subject_of(m.next_position),
                             erased: false,
+                            removed: false,
                         });
                         m.next_position += 1;
                     }
@@ -471,6 +490,32 @@ fn run(ops: &[Op]) -> u64 {
                 // The retention record and the metadata appended again.
                 m.next_position = l.view().unwrap().next_position();
             }
+            Op::Compact => {
+                // Sealed segments: every one but the newest (the active).
+                let mut bases: Vec<u64> = std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+                    .collect();
+                bases.sort_unstable();
+                let active = bases.last().copied().unwrap_or(0);
+                let r = l.compact().unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                COMPACTED.with(|c| c.set(c.get() + r.removed_events));
+                // What the rules hide now in sealed segments goes, but the
+                // newest event of a stream that is not tombstoned (spec 3.10).
+                for s in 0..STREAMS {
+                    let shown: std::collections::HashSet<u64> = m.visible(s, now).iter().map(|e| e.position).collect();
+                    let deleted = m.rules[s].as_ref().is_some_and(|r| r.tombstone);
+                    let newest = m.events[s].last().map(|e| e.position);
+                    for e in m.events[s].iter_mut() {
+                        let keep_newest = !deleted && Some(e.position) == newest;
+                        if e.position < active && !shown.contains(&e.position) && !keep_newest {
+                            e.removed = true;
+                        }
+                    }
+                }
+                m.next_position = l.view().unwrap().next_position();
+            }
             Op::Erase { p } => {
                 let who = format!("p{p}");
                 let had = m
@@ -506,7 +551,7 @@ fn run(ops: &[Op]) -> u64 {
         for s in 0..STREAMS {
             assert_eq!(
                 l.stream_version(&name(s)).unwrap(),
-                m.last(s),
+                m.found(s),
                 "{ctx}: writer's version of s{s}"
             );
         }
@@ -555,6 +600,74 @@ fn retention_in_the_model_removes_a_front() {
     ]);
     ops.extend((0..4).map(|s| Op::Append { s, n: 1 }));
     assert!(run(&ops) > 0, "retention removed nothing");
+}
+
+/// A history that surely compacts: rules hide events in sealed segments,
+/// compaction removes them, rules are lowered again (what compaction removed
+/// stays gone), a tombstoned stream loses every event, and every read (and a
+/// `Reader` after the reopen) still equals the model.
+#[test]
+fn compaction_in_the_model_removes_hidden_events_for_good() {
+    let mut ops = Vec::new();
+    for i in 0..90 {
+        ops.push(Op::Append {
+            s: i % STREAMS,
+            n: 1 + (i % 3) as u64,
+        });
+    }
+    ops.extend([
+        Op::Meta {
+            s: 0,
+            tb: Some(20),
+            mc: None,
+            age_h: None,
+        },
+        Op::Meta {
+            s: 2,
+            tb: None,
+            mc: Some(3),
+            age_h: None,
+        },
+        Op::Delete { s: 1 },
+        Op::HardDelete { s: 3 },
+        Op::Erase { p: 1 },
+        Op::Compact,
+        Op::Meta {
+            s: 0,
+            tb: Some(2),
+            mc: None,
+            age_h: None,
+        },
+        Op::Meta {
+            s: 2,
+            tb: None,
+            mc: None,
+            age_h: None,
+        },
+        Op::Reopen,
+        Op::AppendNoStream { s: 1 },
+        Op::Append { s: 2, n: 2 },
+        Op::Meta {
+            s: 0,
+            tb: None,
+            mc: None,
+            age_h: Some(1),
+        },
+        Op::Tick,
+        Op::Tick,
+        Op::Tick,
+        Op::Tick,
+        Op::Tick,
+        Op::Tick,
+        Op::Tick,
+        Op::Compact,
+        Op::Reopen,
+        Op::Compact,
+    ]);
+    ops.extend((0..STREAMS).map(|s| Op::Append { s, n: 1 }));
+    COMPACTED.with(|c| c.set(0));
+    run(&ops);
+    assert!(COMPACTED.with(|c| c.get()) > 0, "compaction removed nothing");
 }
 
 #[test]

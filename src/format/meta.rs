@@ -203,15 +203,6 @@ impl StreamRules {
         self.max_age.map_or(0, |a| now.saturating_sub(a))
     }
 
-    /// With `DELETED`: the version the stream was at when it was deleted
-    /// (`truncate_before − 1`), which its next append follows even after
-    /// compaction removed every event it had (spec 3.10).
-    pub fn deleted_at(&self) -> Option<u64> {
-        self.truncate_before
-            .filter(|_| self.deleted)
-            .and_then(|t| t.checked_sub(1))
-    }
-
     /// Whether a stream with these rules and newest version `last` reads as
     /// deleted (spec 3.7).
     pub fn reads_as_deleted(&self, last: Option<u64>) -> bool {

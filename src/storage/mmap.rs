@@ -313,7 +313,8 @@ impl Mapping {
                 path: path.clone(),
                 offset: found.min(self.len),
                 detail: format!(
-                    "expected the sealed segment to be {} bytes long (as when the log was opened), found {found}",
+                    "expected the sealed segment to be {} bytes long (as when the log was opened), found {found}: \
+                     it was replaced since (by compaction, spec 3.10); a new view reads it",
                     self.len
                 ),
             });

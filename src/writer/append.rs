@@ -144,12 +144,6 @@ impl Inner {
         rules: Option<&StreamRules>,
     ) -> Result<Option<(u64, AppendResult)>> {
         let current = self.current_version(st, stream)?;
-        // A deleted stream's events may all have been compacted away (spec
-        // 3.10): its versions go on from the deletion.
-        let current = match rules.and_then(StreamRules::deleted_at) {
-            Some(d) if current.is_none_or(|c| c < d) => Some(d),
-            _ => current,
-        };
         let expected = match expected {
             ExpectedVersion::NoStream if rules.is_some_and(|r| r.reads_as_deleted(current)) => ExpectedVersion::Any,
             e => e,

@@ -85,7 +85,7 @@ struct Rewrite {
 
 /// What the plan knows of a stream: its visibility, and the newest version
 /// it may not remove (`None`: it may remove all of them, the stream being
-/// deleted).
+/// tombstoned).
 #[derive(Clone, Copy)]
 struct StreamPlan {
     visible: Option<Visible>,
@@ -142,10 +142,11 @@ impl Inner {
             Some(rules) => {
                 let last = view.raw_stream_version(name)?;
                 let now = if rules.max_age.is_some() { view.now() } else { 0 };
-                let deleted = rules.deleted || rules.tombstone;
+                // The newest event carries the stream's version: only a
+                // tombstoned stream, never appended to again, loses it.
                 StreamPlan {
                     visible: Some(Visible::new(rules, last, now)),
-                    keep_from: if deleted { None } else { last },
+                    keep_from: if rules.tombstone { None } else { last },
                 }
             }
         };
@@ -561,7 +562,8 @@ impl Log {
     /// Compact the log (spec 3.10): rewrite every sealed segment (never the
     /// active one) without the events that stream metadata hides (deleted
     /// streams, `truncate_before`, `max_count`, `max_age`), keeping the
-    /// newest event of each stream that is not deleted, and swap each in
+    /// newest event of each stream that is not tombstoned (it carries the
+    /// stream's version), and swap each in
     /// crash-safely after a durable `$compaction` record accounts for it.
     /// Positions, versions and bytes of the events kept do not change;
     /// positions may then have gaps. Views taken before keep reading the
