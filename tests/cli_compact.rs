@@ -79,7 +79,7 @@ fn compact_removes_a_deleted_stream_from_every_file() {
         })
         .count();
     assert!(segments > 3, "a log of several segments: {segments}");
-    ok(run(&["delete", p(&dir), "secret-1"]));
+    ok(run(&["delete", p(&dir), "secret-1", "--hard"]));
     let (whole, a, b) = (
         read(&dir, &[]),
         read(&dir, &["--stream", "keep-a"]),
@@ -113,7 +113,7 @@ fn compact_removes_a_deleted_stream_from_every_file() {
     assert_eq!(read(&dir, &["--stream", "keep-a"]), a);
     assert_eq!(read(&dir, &["--stream", "keep-b"]), b);
     assert_eq!(read(&dir, &[]), whole);
-    // The deleted stream still reads as deleted.
+    // The hard-deleted stream still reads as deleted.
     let out = run(&["read", p(&dir), "--stream", "secret-1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     // Nothing left to remove: exit 0, says so, and the JSON is empty.
@@ -142,6 +142,40 @@ fn check_passes_after_compact() {
     let out = text(&ok(run(&["check", p(&dir), "--json"])).stdout);
     let c: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(c["ok"], true, "{c}");
+}
+
+/// A soft deletion keeps the stream's newest event (it carries the version
+/// the next append goes on from): its bytes stay, every older event's go.
+#[test]
+fn a_soft_deleted_stream_keeps_its_newest_event() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    build(&dir);
+    ok(run(&["delete", p(&dir), "secret-1"]));
+    let v: Value = serde_json::from_str(text(&ok(run(&["compact", p(&dir), "--json"])).stdout).trim()).expect("json");
+    assert_eq!(v["removed_events"], 9, "{v}");
+    let marker = |i: u32| format!("{}-{i}\"", String::from_utf8_lossy(SECRET)).into_bytes();
+    for i in 0..9 {
+        assert_eq!(files_holding(&dir, &marker(i)), Vec::<String>::new(), "event {i}");
+    }
+    assert_eq!(files_holding(&dir, &marker(9)).len(), 1, "the newest event stays");
+    let out = run(&["read", p(&dir), "--stream", "secret-1"]);
+    assert_eq!(out.status.code(), Some(1), "still deleted: {}", text(&out.stderr));
+    // A new life goes on at the next version.
+    let out = text(
+        &ok(run(&[
+            "append",
+            p(&dir),
+            "--stream",
+            "secret-1",
+            "--type",
+            "T",
+            "--data",
+            "{}",
+        ]))
+        .stdout,
+    );
+    assert!(out.contains("secret-1 version 10"), "{out}");
 }
 
 #[test]

@@ -28,9 +28,10 @@ record_positions, unchanged).
 
 What it promises: the events left are unchanged (positions, versions, ids,
 bytes) and every read returns exactly what it returned before; positions keep
-gaps where events were removed. The newest event of each stream that is not
-deleted stays (the stream's version goes on from it); events of system
-streams stay. `annal check` proves each rewrite was recorded and still
+gaps where events were removed. The newest event of each stream stays, still
+hidden if its rules hide it (the stream's version goes on from it), unless the
+stream is hard-deleted (annal delete --hard), which may lose them all; events
+of system streams stay. `annal check` proves each rewrite was recorded and still
 verifies the chain; an anchor taken inside a compacted segment is reported
 as superseded by compaction, never as a rewrite. A crash at any point leaves
 the original segment or the rewritten one, whole.
