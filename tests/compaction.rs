@@ -270,6 +270,30 @@ fn the_newest_event_of_a_stream_hidden_whole_stays_and_the_versions_go_on() {
 }
 
 #[test]
+fn a_reader_in_another_process_follows_a_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Mutex::new(1_000_000_000_000u64));
+    let log = build(tmp.path(), clock.clone());
+    // A reader that opened every sealed segment (unmapped until read).
+    let mut r = Reader::open(tmp.path()).unwrap();
+    let expected = snapshot(&r.view().unwrap());
+    let mut idle = Reader::open(tmp.path()).unwrap();
+    let unmapped = idle.view().unwrap();
+    let report = log.compact().unwrap();
+    assert!(!report.compacted.is_empty());
+    // Its next view reads the rewritten segments, the same events.
+    same(&snapshot(&r.view().unwrap()), &expected);
+    same(&snapshot(&idle.view().unwrap()), &expected);
+    // A view taken before, that had not mapped a segment yet, says that the
+    // segment was replaced: an error naming it, never other events.
+    let e = unmapped.read_all(0).find_map(|r| r.err());
+    match e {
+        Some(Error::Corrupt { detail, .. }) => assert!(detail.contains("compaction"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn a_second_compaction_removes_more_and_its_record_lists_every_run() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = Arc::new(Mutex::new(1_000_000_000_000u64));

@@ -57,6 +57,8 @@ pub struct SegmentHeaderDump {
     pub format_version: u16,
     /// `log_flags`.
     pub log_flags: u16,
+    /// `segment_flags` (bit 0 `COMPACTED`, spec 3.10).
+    pub segment_flags: u16,
     /// `log_id`.
     pub log_id: [u8; 16],
     /// `base_position`.
@@ -240,6 +242,7 @@ pub fn segment(file: &[u8]) -> SegmentDump {
     d.header = Some(SegmentHeaderDump {
         format_version: h.format_version.get(),
         log_flags: h.log_flags.get(),
+        segment_flags: h.segment_flags.get(),
         log_id: h.log_id,
         base_position: h.base_position.get(),
         prev_timestamp: h.prev_timestamp.get(),

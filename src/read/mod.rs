@@ -23,6 +23,7 @@
 mod active;
 pub(crate) mod anchor;
 mod budget;
+mod follow;
 pub(crate) mod front;
 mod hits;
 mod logview;

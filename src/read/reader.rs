@@ -50,6 +50,9 @@ pub struct Reader {
     max_mapped: usize,
     /// The subject keys (spec 22), loaded when a view first unseals.
     keys: Arc<KeyRing>,
+    /// Compaction records from this position on are looked at by the next
+    /// view (`follow`).
+    compaction_from: u64,
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
@@ -115,6 +118,7 @@ impl Reader {
             active: None,
             max_mapped: max_mapped(),
             keys: Arc::new(KeyRing::reader(&dir, None)),
+            compaction_from: 0,
             dir,
         })
     }
@@ -180,15 +184,31 @@ impl Reader {
     /// first segment (unless the view is not yet recovered, when the record
     /// may lie past what it can vouch for).
     pub fn view(&mut self) -> Result<LogView> {
-        let view = self.view_racing_retention()?;
+        let view = self.view_following()?;
         if view.unrecovered.is_some() || crate::read::front::check_front(&view, &self.dir).is_ok() {
             return Ok(view);
         }
         // Retention removes segments only after its record is visible: a
         // head read before the record was published is stale. Look again.
-        let view = self.view_racing_retention()?;
+        let view = self.view_following()?;
         if view.unrecovered.is_none() {
             crate::read::front::check_front(&view, &self.dir)?;
+        }
+        Ok(view)
+    }
+
+    /// [`Reader::view_racing_retention`], again if a compaction replaced a
+    /// sealed segment this reader holds (spec 3.10; see `follow`).
+    fn view_following(&mut self) -> Result<LogView> {
+        let view = self.view_racing_retention()?;
+        if view.unrecovered.is_some() {
+            return Ok(view);
+        }
+        let (changed, next) =
+            crate::read::follow::follow_compactions(&self.dir, &mut self.sealed, &view, self.compaction_from)?;
+        self.compaction_from = next;
+        if changed {
+            return self.view_racing_retention();
         }
         Ok(view)
     }

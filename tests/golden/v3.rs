@@ -1,6 +1,11 @@
 //! Format version 3 (spec 3.6, 9, 21.2 v3), from the spec's tables alone:
 //! an assembler of v3 frames and batch bodies, and an independent reader of
-//! v3 segments and head files. Used by `tests/golden_v3_vectors.rs` only.
+//! v3 segments and head files. It reads version 4 segments too (3.7, a v3
+//! segment byte for byte), those rewritten by compaction included (3.10:
+//! `segment_flags` `COMPACTED`, forward position gaps in such a segment
+//! only, its seal keeping the original chain). Used by the golden tests of
+//! versions 3 and 4 (`tests/golden_v3_vectors.rs`, `golden_v4_*.rs`,
+//! `golden_retention_vector.rs`, `golden_compacted_vector.rs`).
 //!
 //! Nothing here calls annal: only `crc32fast` (spec "Conventions") and the
 //! `blake3` crate (spec 9, 21.1).
@@ -303,6 +308,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Spec 8: `MAX_FRAME_LEN` = 2^30.
 pub const MAX_FRAME_LEN: u64 = 1 << 30;
 
+/// Spec 2.1 / 3.10: `segment_flags` bit 0 `COMPACTED` (version 4 only).
+pub const SEGMENT_FLAG_COMPACTED: u16 = 1;
+
 /// A segment header (spec 2.1, `format_version` 3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegHeader {
@@ -310,6 +318,8 @@ pub struct SegHeader {
     /// byte).
     pub format_version: u16,
     pub log_flags: u16,
+    /// Version 4: bit 0 `COMPACTED` (spec 3.10); zero otherwise.
+    pub segment_flags: u16,
     pub log_id: [u8; 16],
     pub base_position: u64,
     pub prev_timestamp: u64,
@@ -321,6 +331,11 @@ pub struct SegHeader {
 impl SegHeader {
     pub fn chain(&self) -> bool {
         self.log_flags & 1 != 0
+    }
+    /// The segment was rewritten by compaction (spec 3.10): its frames may
+    /// skip positions, forward only.
+    pub fn compacted(&self) -> bool {
+        self.segment_flags & SEGMENT_FLAG_COMPACTED != 0
     }
 }
 
@@ -345,8 +360,14 @@ pub fn parse_segment_header(seg: &[u8], file_base: u64) -> Result<SegHeader, usi
     }
     let chain = log_flags & 1 != 0;
     let keyed = log_flags & 2 != 0;
-    if u32_at(seg, 12) != 0 {
+    // `segment_flags`: zero, but for `COMPACTED` in version 4 (spec 2.1,
+    // 3.10); then `reserved0`, its own field at 14.
+    let allowed = if format_version >= 4 { SEGMENT_FLAG_COMPACTED } else { 0 };
+    if u16_at(seg, 12) & !allowed != 0 {
         return Err(12);
+    }
+    if u16_at(seg, 14) != 0 {
+        return Err(14);
     }
     if !chain && seg[56..88].iter().any(|&b| b != 0) {
         return Err(56);
@@ -364,6 +385,7 @@ pub fn parse_segment_header(seg: &[u8], file_base: u64) -> Result<SegHeader, usi
     Ok(SegHeader {
         format_version,
         log_flags,
+        segment_flags: u16_at(seg, 12),
         log_id: seg[16..32].try_into().expect("16"),
         base_position,
         prev_timestamp: u64_at(seg, 40),
@@ -437,6 +459,21 @@ impl Walk {
     /// The end of the complete frames (`X`, or the file's end).
     pub fn end(&self) -> u64 {
         self.frames.last().map_or(128, ReadFrame::end)
+    }
+    /// The positions the frames skip (spec 3.10, a segment with
+    /// `COMPACTED` only), as `(first position, count)` in position order:
+    /// from the segment's base to its first frame, between frames, and up
+    /// to the seal's `first_position`.
+    pub fn gaps(&self) -> Vec<(u64, u64)> {
+        let mut at = self.header.base_position;
+        let mut gaps = Vec::new();
+        for f in &self.frames {
+            if f.head.first_position > at {
+                gaps.push((at, f.head.first_position - at));
+            }
+            at = f.head.first_position + u64::from(f.head.record_count);
+        }
+        gaps
     }
 }
 
@@ -726,8 +763,12 @@ pub fn walk_segment(seg: &[u8], file_base: u64) -> Result<Walk, usize> {
                 // does not implement their body (spec 3.5).
                 _ => return Err(off + 6),
             };
-            // 5: against the frames before it.
-            if fh.first_position != position {
+            // 5: against the frames before it. In a segment with
+            // `COMPACTED` a frame may start above the position the previous
+            // one ended at (removed events are skipped), never below (spec
+            // 3.10).
+            let gap_ok = header.compacted() && fh.first_position > position;
+            if fh.first_position != position && !gap_ok {
                 return Err(off + 16);
             }
             if fh.kind == 1 && frame.timestamp < last_ts {
@@ -738,7 +779,7 @@ pub fn walk_segment(seg: &[u8], file_base: u64) -> Result<Walk, usize> {
         match step {
             Ok(f) => {
                 off = f.end() as usize;
-                position += u64::from(f.head.record_count);
+                position = f.head.first_position + u64::from(f.head.record_count);
                 if f.head.kind == 1 {
                     last_ts = f.timestamp;
                 } else {
@@ -762,14 +803,20 @@ pub fn walk_segment(seg: &[u8], file_base: u64) -> Result<Walk, usize> {
 /// Spec 21.3 (version 3), step 1 for one segment: from `chain_start`, links
 /// every batch; at a batch that stores a slot, compares the running hash
 /// with it and goes on from the stored value; a seal's slot is compared
-/// with the running hash. Returns the chain after the last batch (the
-/// anchor's hash) or the offset of the first slot that differs.
+/// with the running hash, except in a segment with `COMPACTED`, whose seal
+/// keeps the original seal's chain (spec 3.10: the join with the next
+/// segment, not compared with the chain after the last batch). Returns the
+/// chain after the last batch (the anchor's hash; for a compacted segment
+/// not its seal's slot) or the offset of the first slot that differs.
 pub fn verify_chain(seg: &[u8], walk: &Walk, key: Option<&[u8; 32]>) -> Result<[u8; 32], u64> {
     let mut running = walk.header.chain_start;
     for f in &walk.frames {
         let frame = &seg[f.offset as usize..f.end() as usize];
         if f.head.kind == 1 {
             running = link(key, &running, frame, f.head.header_len());
+        }
+        if f.head.kind == 2 && walk.header.compacted() {
+            continue;
         }
         if let Some(slot) = f.slot {
             if slot != running {

@@ -1,6 +1,7 @@
 //! Format version 4 (spec 3.7), from the spec's tables alone: a decoder of
 //! the 40-byte rules record of a `$meta-S` event and the visibility rule.
-//! Used by `tests/golden_v4_vectors.rs` only.
+//! Used by `tests/golden_v4_vectors.rs` and
+//! `tests/golden_compacted_vector.rs`.
 //!
 //! Nothing here calls annal (in particular not `annal::format::meta`): the
 //! bytes are read from the table of spec 3.7 and the rule is its

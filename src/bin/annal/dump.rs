@@ -137,6 +137,12 @@ fn print_segment(d: &SegmentDump, t: &mut Text) {
     t.line("  magic:          ANNALSEG");
     t.line(format!("  format_version: {}", h.format_version));
     t.line(format!("  log_flags:      {}", h.log_flags));
+    let compacted = if h.segment_flags & annal::format::SEGMENT_FLAG_COMPACTED != 0 {
+        " (compacted, spec 3.10: positions may have gaps)"
+    } else {
+        ""
+    };
+    t.line(format!("  segment_flags:  {}{compacted}", h.segment_flags));
     t.line(format!("  log_id:         {}", inspect::hex(&h.log_id)));
     t.line(format!("  base_position:  {}", h.base_position));
     t.line(format!("  prev_timestamp: {}", h.prev_timestamp));
