@@ -78,6 +78,9 @@ pub(super) fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Resu
             detail: "it holds no segment files (*.seg)".into(),
         });
     }
+    // A head naming a segment below the first one is from before log
+    // retention removed it (spec 3.9): it vouches for nothing left.
+    let head = head.filter(|h| bases.first().is_none_or(|&f| h.segment_base >= f));
     let ctx = seg_ctx(dir, head, writer_active, opts, &bases);
     if let Some(h) = head
         && bases.binary_search(&h.segment_base).is_err()

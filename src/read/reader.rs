@@ -290,6 +290,9 @@ impl Reader {
     /// The bases of the segments a view shows: all, or up to the head's
     /// segment (which must exist), less a newest segment torn at creation.
     fn visible_segments(&self, head: Option<head::Head>, bases: &[u64]) -> Result<Vec<u64>> {
+        // A head naming a segment below the first one is from before log
+        // retention removed it (spec 3.9): it vouches for nothing left.
+        let head = head.filter(|h| bases.first().is_none_or(|&f| h.segment_base >= f));
         if let Some(h) = head
             && bases.binary_search(&h.segment_base).is_err()
         {

@@ -241,7 +241,9 @@ fn create_log(io: &dyn Io, dir: &Path, opts: &Options, lock: WriterLock, mut rep
 
 /// The head file (spec 5.2), if any; the segment it names must exist.
 fn read_head(dir: &Path, segments: &[u64]) -> Result<Option<Head>> {
-    let head = head::read(dir)?;
+    // A head naming a segment below the first one is from before log
+    // retention removed it (spec 3.9): it vouches for nothing left.
+    let head = head::read(dir)?.filter(|h| segments.first().is_none_or(|&f| h.segment_base >= f));
     if let Some(h) = head
         && segments.binary_search(&h.segment_base).is_err()
     {
