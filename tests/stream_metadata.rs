@@ -119,8 +119,39 @@ fn subject_of(position: u64) -> Option<String> {
     position.is_multiple_of(2).then(|| format!("p{}", (position / 2) % 3))
 }
 
+/// Every event's payload: its tag, as a typed event (postcard), so that
+/// aggregates can load it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TagEvent(String);
+
+impl annal::Event for TagEvent {
+    fn event_type(&self) -> &'static str {
+        "E"
+    }
+}
+
+/// An aggregate that keeps the tags of its stream's events, in order (an
+/// erased event as [`ERASED`]).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Tags(Vec<String>);
+
+impl annal::Aggregate for Tags {
+    type Event = TagEvent;
+    type Command = ();
+    type Error = String;
+    fn handle(&self, _: &()) -> Result<Vec<TagEvent>, String> {
+        Ok(Vec::new())
+    }
+    fn apply(&mut self, e: &TagEvent) {
+        self.0.push(e.0.clone());
+    }
+    fn apply_erased(&mut self, _: &annal::RecordRef<'_>) {
+        self.0.push(ERASED.to_owned());
+    }
+}
+
 fn event(tag: String, position: u64) -> EventData<'static> {
-    let e = EventData::new("E", tag.into_bytes());
+    let e = EventData::new("E", postcard::to_allocvec(&TagEvent(tag)).unwrap());
     match subject_of(position) {
         Some(p) => e.with_subject(p),
         None => e,
@@ -229,7 +260,7 @@ fn tags<'a>(
             if u.is_erased() {
                 ERASED.to_owned()
             } else {
-                String::from_utf8(u.payload().to_vec()).unwrap()
+                postcard::from_bytes::<String>(u.payload()).unwrap()
             },
         ))
     })
@@ -321,6 +352,70 @@ fn check_view(view: &LogView, m: &Model, now: u64, ctx: &str) {
 thread_local! {
     /// Events compaction removed in this thread's runs.
     static COMPACTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Compare the live log's subscriptions and aggregate loads with the model
+/// at time `now`.
+fn check_live(l: &Log, m: &Model, now: u64, ctx: &str) {
+    let owned = |r: annal::OwnedRecord| {
+        let tag = if r.erased {
+            ERASED.to_owned()
+        } else {
+            postcard::from_bytes::<String>(&r.payload).unwrap()
+        };
+        (r.position, tag)
+    };
+    let mut sub = l.subscribe_all(0);
+    let mut got = Vec::new();
+    while let Some(r) = sub.try_next().unwrap_or_else(|e| panic!("{ctx}: subscribe_all: {e}")) {
+        got.push(owned(r));
+    }
+    assert_eq!(got, m.all_visible(now), "{ctx}: subscribe_all");
+    for s in 0..STREAMS {
+        let vis = m.visible(s, now);
+        let repo = annal::Repository::<Tags>::new(l);
+        if m.reads_as_deleted(s) {
+            assert!(
+                matches!(repo.load(&name(s)), Err(Error::StreamDeleted { .. })),
+                "{ctx}: s{s} aggregate of a deleted stream"
+            );
+            continue;
+        }
+        let want: Vec<(u64, String)> = vis.iter().map(|e| (e.position, e.read_as())).collect();
+        let mut sub = l.subscribe_stream(&name(s), 0);
+        let mut got = Vec::new();
+        while let Some(r) = sub
+            .try_next()
+            .unwrap_or_else(|e| panic!("{ctx}: subscribe_stream s{s}: {e}"))
+        {
+            got.push(owned(r));
+        }
+        assert_eq!(got, want, "{ctx}: s{s} subscribe_stream");
+        let tags: Vec<String> = want.iter().map(|e| e.1.clone()).collect();
+        let loaded = repo.load(&name(s)).unwrap_or_else(|e| panic!("{ctx}: s{s} load: {e}"));
+        assert_eq!(loaded.state.0, tags, "{ctx}: s{s} aggregate");
+        if let Some(mid) = vis.get(vis.len() / 2) {
+            let upto = vis.len() / 2 + 1;
+            let by_version = repo
+                .load_as_of(&name(s), annal::AsOf::Version(mid.version))
+                .unwrap_or_else(|e| panic!("{ctx}: s{s} load as of version: {e}"));
+            assert_eq!(
+                by_version.state.0,
+                tags[..upto],
+                "{ctx}: s{s} as of version {}",
+                mid.version
+            );
+            let by_position = repo
+                .load_as_of(&name(s), annal::AsOf::Position(mid.position))
+                .unwrap_or_else(|e| panic!("{ctx}: s{s} load as of position: {e}"));
+            assert_eq!(
+                by_position.state.0,
+                tags[..upto],
+                "{ctx}: s{s} as of position {}",
+                mid.position
+            );
+        }
+    }
 }
 
 /// Run `ops` against the model; returns how many positions retention removed.
@@ -548,6 +643,7 @@ fn run(ops: &[Op]) -> u64 {
         let l = log.as_ref().unwrap();
         let now = clock.load(Ordering::SeqCst);
         check_view(&l.view().unwrap(), &m, now, &ctx);
+        check_live(l, &m, now, &ctx);
         for s in 0..STREAMS {
             assert_eq!(
                 l.stream_version(&name(s)).unwrap(),
