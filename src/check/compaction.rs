@@ -194,6 +194,10 @@ pub(super) struct Compaction {
     /// the versions its record's runs account for: what the next segments'
     /// versions continue from.
     pub(super) spans: HashMap<usize, Vec<(Box<str>, StreamSpan)>>,
+    /// The compacted segments (by index) no record accounts for: what later
+    /// segments are compared with depends on events nothing accounts for,
+    /// so the sequential pass treats them as damaged.
+    pub(super) unaccounted: HashSet<usize>,
 }
 
 /// A decoded record, where it was found.
@@ -271,6 +275,7 @@ pub(super) fn check_compaction(
                     format!("a compacted segment no compaction record accounts for (spec 3.10): {why}"),
                 );
                 report.problems.push(f.clone());
+                c.unaccounted.insert(i);
                 c.breaks.push(Break {
                     finding: f,
                     affects: o.base.saturating_add(1),
