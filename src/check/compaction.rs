@@ -47,9 +47,11 @@
 //! stream: problems.
 //!
 //! Invariants: a compacted segment no record accounts for is one problem,
-//! at its seal, and a break of the chain for every anchor after its base
-//! (its events' history can no longer be recomputed, and nothing vouches
-//! for it); one that a record accounts for is listed in
+//! at its seal, a break of the chain for every anchor after its base (its
+//! events' history can no longer be recomputed, and nothing vouches for
+//! it), and damage for the sequential pass (what later segments are
+//! compared with is not compared past it, as past any damaged segment); one
+//! that a record accounts for is listed in
 //! [`CheckReport::compaction`], and anchors strictly inside it are
 //! superseded, never "rewritten" (see `anchors`). A record that does not
 //! decode is a problem at the byte of its payload that fails; a record whose
