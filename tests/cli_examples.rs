@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SUBCOMMANDS: [&str; 12] = [
-    "append", "import", "delete", "metadata", "retain", "read", "tail", "stats", "dump", "check", "anchor", "keygen",
+const SUBCOMMANDS: [&str; 13] = [
+    "append", "import", "delete", "metadata", "retain", "compact", "read", "tail", "stats", "dump", "check", "anchor",
+    "keygen",
 ];
 
 fn bin() -> PathBuf {

@@ -34,9 +34,7 @@
 //!    `COMPACTED` skip nothing;
 //! 3. annal's `Reader` returns exactly the visible events left (and reads
 //!    `sensor-1` from version 0 as 7, 8, `cart-1` as deleted), and
-//!    `annal::check` reports no problem (TODO(check): `check` does not know
-//!    spec 3.10 yet; until it does, only that every problem it reports lies
-//!    in a compacted segment);
+//!    `annal::check` reports no problem and lists each compacted segment;
 //! 4. annal's writer, given the same log id, clock and calls, writes the
 //!    committed segment files and head byte for byte; and the originals it wrote
 //!    before `compact()`, rewritten by the rules of 3.10 with this file's
@@ -785,19 +783,8 @@ fn compacted_log_vector() {
     ));
     drop(view);
     let report = annal::check(copy.path(), CheckOptions::default()).expect("check");
-    // TODO(check): `check` does not know spec 3.10 yet (being written in
-    // parallel): it reports each compacted segment's skipped positions and
-    // its seal's chain (the original's, not the chain after the last
-    // batch) as problems. When it does, this must hold:
-    // assert!(report.is_ok(), "{:#?}", report.problems);
-    // Until then, nothing outside the compacted segments is a problem.
-    for p in &report.problems {
-        let name = p.file.file_name().expect("name").to_string_lossy().into_owned();
-        assert!(
-            compacted.iter().any(|s| s.file == name),
-            "a problem outside the compacted segments: {p:#?}"
-        );
-    }
+    assert!(report.is_ok(), "{:#?}", report.problems);
+    assert_eq!(report.compaction.len(), compacted.len(), "{:#?}", report.compaction);
     // 4. annal's writer writes the segments byte for byte, and its
     // originals rewrite, by spec 3.10, to the committed files.
     let fresh = tempfile::tempdir().expect("tempdir");

@@ -2,6 +2,7 @@
 
 mod audit;
 mod check;
+mod compact;
 mod dump;
 mod jsonfmt;
 mod meta;
@@ -48,6 +49,9 @@ enum Command {
     /// Remove whole sealed segments from the front of the log by age or size (log retention), recorded first.
     #[command(after_help = retain::RETAIN_HELP)]
     Retain(retain::RetainArgs),
+    /// Rewrite sealed segments without the events stream metadata hides (compaction), recorded first.
+    #[command(after_help = compact::COMPACT_HELP)]
+    Compact(compact::CompactArgs),
     /// Print events (the whole log, a stream, a category or an event type).
     #[command(after_help = read::READ_HELP)]
     Read(read::ReadArgs),
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
         Command::Metadata(a) => meta::metadata(a),
         Command::Erase(a) => meta::erase(a),
         Command::Retain(a) => retain::retain(a),
+        Command::Compact(a) => compact::compact(a),
         Command::Read(a) => read::read(a),
         Command::Tail(a) => read::tail(a),
         Command::Stats(a) => read::stats(a),
