@@ -43,8 +43,8 @@
 //! compaction that did nothing wrong leaves that whenever the `max_age`
 //! boundary fell just after a removed run and before the next event kept.
 //! A run may not remove the newest event of its stream (version `last`)
-//! unless the rules have `DELETED` or `TOMBSTONE`, nor events of a system
-//! stream: problems.
+//! unless the rules have `TOMBSTONE`, nor events of a system stream:
+//! problems.
 //!
 //! Invariants: a compacted segment no record accounts for is one problem,
 //! at its seal, and a break of the chain for every anchor after its base
@@ -690,10 +690,10 @@ fn run_verdict(
         ));
     };
     let last = runs.newest_before(r, s);
-    if last == Some(last_version(run)) && !rules.deleted && !rules.tombstone {
+    if last == Some(last_version(run)) && !rules.tombstone {
         return RunVerdict::Problem(format!(
             "{what}, but version {} was the stream's newest event, which compaction keeps unless the stream is \
-             deleted (spec 3.10)",
+             tombstoned (spec 3.10)",
             last_version(run)
         ));
     }
