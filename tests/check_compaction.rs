@@ -645,3 +645,67 @@ fn a_keyed_log_compacted_checks_clean_with_its_key_and_a_deleted_stream_goes_on(
     assert_clean(&r);
     assert_eq!(r.compaction.len(), report.compacted.len());
 }
+
+/// `(offset, header_len, frame_len, kind)` of every frame of the version 4
+/// segment `b`.
+fn frames_v4(b: &[u8]) -> Vec<(usize, usize, usize, u8)> {
+    use annal::format::{FRAME_V3_FLAGS_OFFSET, FRAME_V3_KIND_OFFSET, FRAME_V3_LEN_OFFSET};
+    let mut v = Vec::new();
+    let mut off = 128;
+    while off + 32 <= b.len() {
+        let len = u32::from_le_bytes(b[off + FRAME_V3_LEN_OFFSET..][..4].try_into().unwrap()) as usize;
+        let header = if b[off + FRAME_V3_FLAGS_OFFSET] & 1 != 0 {
+            64
+        } else {
+            32
+        };
+        v.push((off, header, len, b[off + FRAME_V3_KIND_OFFSET]));
+        off += len;
+    }
+    v
+}
+
+/// Recompute the body and header CRCs of the version 4 frame at `off`.
+fn fix_frame(b: &mut [u8], (off, header, len, _): (usize, usize, usize, u8)) {
+    use annal::format::FRAME_V3_BODY_CRC_OFFSET;
+    let body = crc32fast::hash(&b[off + header..off + len]);
+    b[off + FRAME_V3_BODY_CRC_OFFSET..][..4].copy_from_slice(&body.to_le_bytes());
+    let head = crc32fast::hash(&b[off + 4..off + header]);
+    b[off..off + 4].copy_from_slice(&head.to_le_bytes());
+}
+
+#[test]
+fn an_edit_of_a_kept_event_with_every_crc_fixed_is_a_problem() {
+    let dir = scratch();
+    compacted(dir.path());
+    let r = check(dir.path(), CheckOptions::default());
+    let c = &r.compaction[1];
+    let original = fs::read(&c.path).unwrap();
+    let batches: Vec<_> = frames_v4(&original).into_iter().filter(|f| f.3 == 1).collect();
+    assert!(!batches.is_empty());
+    for f in batches {
+        // A byte in the middle of the body (a payload's), and the batch's
+        // first_position: each with the CRCs fixed, so only the chain, the
+        // record and the positions can tell.
+        let (off, header, len, _) = f;
+        for at in [
+            off + header + (len - header) / 2,
+            off + annal::format::FRAME_V3_FIRST_POSITION_OFFSET,
+        ] {
+            let mut b = original.clone();
+            b[at] ^= 0x01;
+            fix_frame(&mut b, f);
+            fs::write(&c.path, &b).unwrap();
+            let r = check(dir.path(), CheckOptions::default());
+            assert!(!r.is_ok(), "byte {at} of the frame at {off}, CRCs fixed: not reported");
+            // Later segments' versions are not reported as more damage.
+            assert!(
+                r.problems.iter().all(|p| !p.detail.contains("to continue at version")),
+                "{:#?}",
+                r.problems
+            );
+        }
+    }
+    fs::write(&c.path, &original).unwrap();
+    assert_clean(&check(dir.path(), CheckOptions::default()));
+}

@@ -16,9 +16,11 @@ const SECRET: &[u8] = b"S3CR3T-PAYLOAD";
 /// A log in 1 KiB segments: `secret-1` (10 events whose payloads hold
 /// [`SECRET`]) interleaved with `keep-a` and `keep-b`, then 60 more events
 /// of the kept streams, so that every `secret-1` event lies in a sealed
-/// segment.
-fn build(dir: &Path) {
+/// segment. Returns the anchor after the first 5 events (inside the first
+/// segment, so superseded once it is compacted).
+fn build(dir: &Path) -> String {
     let log = annal::Log::open(dir, annal::Options::default().segment_size(1024)).expect("open");
+    let mut anchor = None;
     let append = |s: &str, data: String| {
         log.append(
             s,
@@ -33,6 +35,9 @@ fn build(dir: &Path) {
             format!("{{\"s\":\"{}-{i}\"}}", String::from_utf8_lossy(SECRET)),
         );
         append("keep-a", format!("{{\"a\":{i}}}"));
+        if i == 1 {
+            anchor = log.anchor();
+        }
         append("keep-b", format!("{{\"b\":{i}}}"));
     }
     for i in 10..40 {
@@ -40,6 +45,9 @@ fn build(dir: &Path) {
         append("keep-b", format!("{{\"b\":{i}}}"));
     }
     log.close().expect("close");
+    let anchor = anchor.expect("a chained log has an anchor");
+    assert_eq!(anchor.position, 5);
+    anchor.to_string()
 }
 
 /// Every file under `dir` (recursively) that holds `needle` anywhere in its
@@ -116,6 +124,9 @@ fn compact_removes_a_deleted_stream_from_every_file() {
     // The hard-deleted stream still reads as deleted.
     let out = run(&["read", p(&dir), "--stream", "secret-1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // check passes.
+    let out = text(&ok(run(&["check", p(&dir)])).stdout);
+    assert!(out.contains(": ok"), "{out}");
     // Nothing left to remove: exit 0, says so, and the JSON is empty.
     let again = text(&ok(run(&["compact", p(&dir)])).stdout);
     assert!(again.starts_with("nothing to compact"), "{again}");
@@ -132,16 +143,23 @@ fn compact_removes_a_deleted_stream_from_every_file() {
 fn check_passes_after_compact() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
-    build(&dir);
+    let anchor = build(&dir);
     ok(run(&["delete", p(&dir), "secret-1"]));
     ok(run(&["metadata", p(&dir), "keep-a", "--max-count", "1"]));
     let v: Value = serde_json::from_str(text(&ok(run(&["compact", p(&dir), "--json"])).stdout).trim()).expect("json");
     assert!(v["removed_events"].as_u64().is_some_and(|n| n > 10), "{v}");
-    let out = text(&ok(run(&["check", p(&dir)])).stdout);
+    let first_record = v["record_positions"][0].as_u64().expect("a record position");
+    let out = text(&ok(run(&["check", p(&dir), "--anchor", &anchor])).stdout);
     assert!(out.contains(": ok"), "{out}");
-    let out = text(&ok(run(&["check", p(&dir), "--json"])).stdout);
+    assert!(out.contains("was compacted"), "{out}");
+    assert!(
+        out.contains(&format!("superseded: superseded by compaction at {first_record}")),
+        "the anchor inside the first segment: {out}"
+    );
+    let out = text(&ok(run(&["check", p(&dir), "--json", "--anchor", &anchor])).stdout);
     let c: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(c["ok"], true, "{c}");
+    assert_eq!(c["anchors"][0]["superseded_by_compaction"], first_record, "{c}");
 }
 
 /// A soft deletion keeps the stream's newest event (it carries the version
@@ -236,6 +254,7 @@ fn compact_needs_the_master_key_of_a_wrapped_key_file() {
         read(&dir, &["--stream", "kept-1", "--master-key", k]).lines().count(),
         12
     );
+    ok(run(&["check", p(&dir), "--master-key", k]));
 }
 
 #[test]

@@ -47,9 +47,11 @@
 //! problems.
 //!
 //! Invariants: a compacted segment no record accounts for is one problem,
-//! at its seal, and a break of the chain for every anchor after its base
-//! (its events' history can no longer be recomputed, and nothing vouches
-//! for it); one that a record accounts for is listed in
+//! at its seal, a break of the chain for every anchor after its base (its
+//! events' history can no longer be recomputed, and nothing vouches for
+//! it), and damage for the sequential pass (what later segments are
+//! compared with is not compared past it, as past any damaged segment); one
+//! that a record accounts for is listed in
 //! [`CheckReport::compaction`], and anchors strictly inside it are
 //! superseded, never "rewritten" (see `anchors`). A record that does not
 //! decode is a problem at the byte of its payload that fails; a record whose
@@ -194,6 +196,10 @@ pub(super) struct Compaction {
     /// the versions its record's runs account for: what the next segments'
     /// versions continue from.
     pub(super) spans: HashMap<usize, Vec<(Box<str>, StreamSpan)>>,
+    /// The compacted segments (by index) no record accounts for: what later
+    /// segments are compared with depends on events nothing accounts for,
+    /// so the sequential pass treats them as damaged.
+    pub(super) unaccounted: HashSet<usize>,
 }
 
 /// A decoded record, where it was found.
@@ -271,6 +277,7 @@ pub(super) fn check_compaction(
                     format!("a compacted segment no compaction record accounts for (spec 3.10): {why}"),
                 );
                 report.problems.push(f.clone());
+                c.unaccounted.insert(i);
                 c.breaks.push(Break {
                     finding: f,
                     affects: o.base.saturating_add(1),

@@ -1,7 +1,8 @@
 //! The public face of [`check`]: its options ([`CheckOptions`])
 //! and what it returns ([`CheckReport`], [`Finding`], [`ChainStatus`],
-//! [`AnchorVerdict`], [`SignatureSummary`], [`Hidden`]), with their `Display` and
-//! serialisation, and the constructors of findings the other steps share.
+//! [`AnchorVerdict`], [`SignatureSummary`], [`Hidden`], [`CompactedSegment`]),
+//! with their `Display` and serialisation, and the constructors of findings
+//! the other steps share.
 //!
 //! Invariants: a [`Finding`] names one file and one byte offset in it; the
 //! texts built here are matched by tests and by users' scripts, so they do

@@ -126,6 +126,10 @@ pub(super) fn scan(dir: &Path, writer_active: bool, opts: &CheckOptions) -> Resu
     seq.compacted = outs.iter().filter(|o| o.compacted).map(|o| o.base).collect();
     for (i, o) in outs.iter().enumerate() {
         let spans = compaction.spans.get(&i).map_or(o.spans.as_slice(), Vec::as_slice);
+        if compaction.unaccounted.contains(&i) && seq.damaged.is_none() {
+            // Its stream versions skip what nothing accounts for.
+            seq.damaged = Some(o);
+        }
         seq.segment(i, o, spans, i + 1 == outs.len(), &mut report, &mut remove);
     }
     let entries = seq.finish(&outs, &mut report);
