@@ -73,6 +73,12 @@ impl ViewRules {
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty()
     }
+
+    /// The visibility of the stream named `stream` (its name's bytes), if
+    /// it has rules.
+    pub fn get(&self, stream: &[u8]) -> Option<&Visible> {
+        self.streams.get(stream)
+    }
 }
 
 /// A view's rules, computed on first use and shared by its clones.

@@ -27,6 +27,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use zerocopy::IntoBytes;
 
@@ -36,12 +37,12 @@ use crate::format::batch::{BodyRecords, RECORD_FLAG_ID, RECORD_FLAG_SCHEMA, RECO
 use crate::format::compaction::{COMPACTION_EVENT_TYPE, COMPACTION_STREAM, CompactionRecord, RemovedRun};
 use crate::format::frame::body_context;
 use crate::format::frame::{FrameCursor, FrameRef, batch_is_chained, chain_slot, encode_seal, finish_batch_header_v3};
-use crate::format::meta::{StreamRules, is_system_stream};
+use crate::format::meta::StreamRules;
 use crate::format::{
     FRAME_HEADER_V3_LEN, FRAME_KIND_BATCH, FRAME_KIND_SEAL, FrameHeaderV3, SEGMENT_FLAG_COMPACTED, SegmentHeader,
 };
 use crate::index::{self, MemIndex};
-use crate::read::rules::Visible;
+use crate::read::rules::{ViewRules, Visible};
 use crate::read::view::{LogView, ViewSegment, open_sealed};
 use crate::types::Direction;
 
@@ -83,13 +84,22 @@ struct Rewrite {
     bytes_before: u64,
 }
 
-/// What the plan knows of a stream: its visibility, and the newest version
-/// it may not remove (`None`: it may remove all of them, the stream being
-/// tombstoned).
+/// What the plan knows of a stream with rules: its visibility, and the
+/// newest version it may not remove (`None`: it may remove all of them, the
+/// stream being tombstoned).
 #[derive(Clone, Copy)]
 struct StreamPlan {
-    visible: Option<Visible>,
+    visible: Visible,
     keep_from: Option<u64>,
+}
+
+/// What one compaction plans with: the view, its rules, each stream's plan,
+/// and the compaction records.
+struct Planning {
+    view: LogView,
+    rules: Option<Arc<ViewRules>>,
+    plans: HashMap<Box<[u8]>, Option<StreamPlan>>,
+    records: HashMap<u64, Vec<CompactionRecord>>,
 }
 
 impl Inner {
@@ -112,10 +122,15 @@ impl Inner {
                 })
                 .collect()
         };
-        let mut plans: HashMap<Box<str>, StreamPlan> = HashMap::new();
         let view = self.view()?;
+        let mut planning = Planning {
+            rules: view.rules()?,
+            records: Self::records_by_segment(&view)?,
+            plans: HashMap::new(),
+            view,
+        };
         for (seg, next_base) in segments {
-            match self.rewrite(&view, &seg, next_base, &mut plans)? {
+            match self.rewrite(&mut planning, &seg, next_base)? {
                 None => report.unchanged += 1,
                 Some(rw) => {
                     let path = (*seg.path).clone();
@@ -129,54 +144,60 @@ impl Inner {
         Ok(report)
     }
 
-    /// The plan of stream `name` in `view`, computed once per compaction.
-    fn stream_plan(&self, view: &LogView, name: &str, plans: &mut HashMap<Box<str>, StreamPlan>) -> Result<StreamPlan> {
+    /// The plan of the stream named `name` (its bytes) in `view`, whose
+    /// rules are `rules`: `None` if nothing of it may go. Computed once per
+    /// stream and compaction.
+    fn stream_plan(
+        view: &LogView,
+        rules: &ViewRules,
+        name: &[u8],
+        plans: &mut HashMap<Box<[u8]>, Option<StreamPlan>>,
+    ) -> Result<Option<StreamPlan>> {
         if let Some(p) = plans.get(name) {
             return Ok(*p);
         }
-        let plan = match view.stream_rules(name)? {
-            None => StreamPlan {
-                visible: None,
-                keep_from: None,
-            },
-            Some(rules) => {
-                let last = view.raw_stream_version(name)?;
-                let now = if rules.max_age.is_some() { view.now() } else { 0 };
+        let plan = match (name.first(), rules.get(name)) {
+            // System streams keep every event; so do streams without rules.
+            (Some(b'$'), _) | (_, None) => None,
+            (_, Some(vis)) => {
+                let last = match (vis.last, std::str::from_utf8(name)) {
+                    (Some(l), _) => Some(l),
+                    (None, Ok(n)) => view.raw_stream_version(n)?,
+                    (None, Err(_)) => None,
+                };
+                // What the view's reads hide (its clock read once), with
+                // the stream's newest version known.
+                let visible = Visible {
+                    last,
+                    min_version: vis.rules.min_version(last),
+                    ..*vis
+                };
                 // The newest event carries the stream's version: only a
                 // tombstoned stream, never appended to again, loses it.
-                StreamPlan {
-                    visible: Some(Visible::new(rules, last, now)),
-                    keep_from: if rules.tombstone { None } else { last },
-                }
+                Some(StreamPlan {
+                    visible,
+                    keep_from: if visible.rules.tombstone { None } else { last },
+                })
             }
         };
         plans.insert(name.into(), plan);
         Ok(plan)
     }
 
-    /// The compaction record that accounts for the compacted segment `seg`
-    /// as it is (the newest whose length matches), if any.
-    fn record_of(view: &LogView, seg: &ViewSegment, len: u64) -> Result<Option<CompactionRecord>> {
+    /// Every decoded compaction record of `view`, newest first, by the base
+    /// of the segment it describes.
+    fn records_by_segment(view: &LogView) -> Result<HashMap<u64, Vec<CompactionRecord>>> {
+        let mut out: HashMap<u64, Vec<CompactionRecord>> = HashMap::new();
         for r in view.read_stream_raw(COMPACTION_STREAM, u64::MAX, Direction::Backward, u64::MAX) {
-            let r = r?;
-            let Ok(rec) = CompactionRecord::decode(r.payload()) else {
-                continue;
-            };
-            if rec.segment_base == seg.base && rec.compacted_len == len {
-                return Ok(Some(rec));
+            if let Ok(rec) = CompactionRecord::decode(r?.payload()) {
+                out.entry(rec.segment_base).or_default().push(rec);
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// Steps 1 and 2 for one segment: `None` if nothing is to be removed.
-    fn rewrite(
-        &self,
-        view: &LogView,
-        seg: &ViewSegment,
-        next_base: u64,
-        plans: &mut HashMap<Box<str>, StreamPlan>,
-    ) -> Result<Option<Rewrite>> {
+    fn rewrite(&self, planning: &mut Planning, seg: &ViewSegment, next_base: u64) -> Result<Option<Rewrite>> {
         let layout = seg.layout;
         if !layout.compact() || layout.version < crate::format::meta::META_FORMAT_VERSION {
             return Ok(None);
@@ -185,7 +206,11 @@ impl Inner {
         let path = &*seg.path;
         let header = *SegmentHeader::parse(bytes).map_err(|d| d.at(path))?;
         let earlier = if layout.compacted {
-            match Self::record_of(view, seg, bytes.len() as u64)? {
+            let newest = planning
+                .records
+                .get(&seg.base)
+                .and_then(|rs| rs.iter().find(|r| r.compacted_len == bytes.len() as u64));
+            match newest.cloned() {
                 Some(r) => Some(r),
                 None => {
                     return Err(corrupt(
@@ -208,7 +233,7 @@ impl Inner {
         let mut relied_on: HashMap<String, Option<StreamRules>> = HashMap::new();
         let mut seal_slot: Option<[u8; 32]> = None;
         let mut seal_next = next_base;
-        let mut streams_before: HashMap<Vec<u8>, bool> = HashMap::new();
+        let mut streams_before: HashMap<Box<[u8]>, bool> = HashMap::new();
         let mut cursor = FrameCursor::segment(bytes, &header, true);
         while let Some(step) = cursor.peek() {
             let f = step.map_err(|d| d.at(path))?;
@@ -233,48 +258,42 @@ impl Inner {
                     }
                     let cx = body_context(&f.frame, f.offset, &layout);
                     let body = f.bytes.get(f.frame.header_len as usize..).unwrap_or_default();
-                    let mut k = 0u32;
-                    let mut stream = String::new();
-                    let mut first_version = 0;
-                    for (_, r) in BodyRecords::new(body, &cx) {
-                        if k == 0 {
-                            stream = r.stream().to_owned();
-                            first_version = r.stream_version();
-                        }
-                        if is_system_stream(&stream) {
-                            break;
-                        }
-                        let plan = self.stream_plan(view, &stream, plans)?;
-                        let Some(vis) = plan.visible else { break };
-                        let v = r.stream_version();
-                        let hidden = !vis.shows(v, r.timestamp());
-                        let keep = plan.keep_from.is_some_and(|last| v >= last);
-                        if !hidden || keep {
-                            break;
-                        }
-                        k += 1;
-                    }
-                    let name = if k == 0 {
-                        BodyRecords::new(body, &cx)
-                            .next()
-                            .map(|(_, r)| r.stream_bytes().to_vec())
-                            .unwrap_or_default()
-                    } else {
-                        stream.as_bytes().to_vec()
+                    let records = BodyRecords::new(body, &cx);
+                    let Some((_, first)) = records.clone().next() else {
+                        return Err(corrupt(path, f.offset, "a validated batch did not parse again"));
                     };
+                    let name = first.stream_bytes();
+                    let plan = match &planning.rules {
+                        Some(rules) => Self::stream_plan(&planning.view, rules, name, &mut planning.plans)?,
+                        None => None,
+                    };
+                    let mut k = 0u32;
+                    if let Some(plan) = plan {
+                        for (_, r) in records {
+                            let v = r.stream_version();
+                            let hidden = !plan.visible.shows(v, r.timestamp());
+                            let keep = plan.keep_from.is_some_and(|last| v >= last);
+                            if !hidden || keep {
+                                break;
+                            }
+                            k += 1;
+                        }
+                    }
                     let kept = k < f.frame.count;
-                    let e = streams_before.entry(name).or_insert(false);
-                    *e |= kept;
-                    if k > 0 {
-                        relied_on.insert(
-                            stream.clone(),
-                            plans.get(stream.as_str()).and_then(|p| p.visible.map(|v| v.rules)),
-                        );
+                    match streams_before.get_mut(name) {
+                        Some(e) => *e |= kept,
+                        None => {
+                            streams_before.insert(name.into(), kept);
+                        }
+                    }
+                    if let Some(plan) = plan.filter(|_| k > 0) {
+                        let stream = String::from_utf8_lossy(name).into_owned();
+                        relied_on.insert(stream.clone(), Some(plan.visible.rules));
                         removed_now += u64::from(k);
                         runs.push(RemovedRun {
                             first_position: f.frame.first_position,
                             count: u64::from(k),
-                            first_version,
+                            first_version: first.stream_version(),
                             stream,
                         });
                     }
@@ -448,35 +467,73 @@ impl Inner {
         // Views handed out keep the original: map it (and its index) now.
         let old = seg.map.try_bytes()?;
         let _ = seg.index.get(old);
-        fs.rename(&rw.tmp, &seg.path)
-            .map_err(|e| Error::io("rename", &rw.tmp, e))?;
-        fs.sync_dir(&self.dir)
-            .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
-        let (new_seg, _) = open_sealed(&self.dir, seg.base)?;
-        self.index_compacted(&new_seg)?;
-        {
-            let mut p = lock(&self.published);
-            if let Some(s) = p.sealed.iter_mut().find(|s| s.base == seg.base) {
-                *s = new_seg.clone();
+        // A stream that leaves the segment shifts the rows of its index,
+        // which the stream table names: the table goes first (as for
+        // retention, spec 3.9), so that a crash leaves none rather than a
+        // stale one, and is rebuilt after.
+        let covered = if rw.stream_gone { self.drop_table()? } else { None };
+        let swap = || -> Result<()> {
+            // The original's index goes first: a crash after the rename
+            // then leaves no index file (which an open writes) rather than
+            // one of the original (which an open would not look at).
+            let idx_path = self.dir.join(index_file_name(seg.base));
+            super::retention::remove_durably(fs, &self.dir, &idx_path)?;
+            fs.rename(&rw.tmp, &seg.path)
+                .map_err(|e| Error::io("rename", &rw.tmp, e))?;
+            fs.sync_dir(&self.dir)
+                .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+            let (new_seg, _) = open_sealed(&self.dir, seg.base)?;
+            self.index_compacted(&new_seg)?;
+            {
+                let mut p = lock(&self.published);
+                if let Some(s) = p.sealed.iter_mut().find(|s| s.base == seg.base) {
+                    *s = new_seg;
+                }
             }
-        }
-        if rw.stream_gone {
-            let (sealed, next) = {
-                let p = lock(&self.published);
-                let next = p.table.as_ref().map(|t| t.next_segment());
-                (p.sealed.clone(), next)
-            };
-            if let Some(next) = next {
+            if let Some(next) = covered {
+                let sealed = lock(&self.published).sealed.clone();
                 let under: Vec<ViewSegment> = sealed.into_iter().filter(|s| s.base < next).collect();
                 let bytes = rebuild_table(&under, next, self.opts.hash_mask)?;
                 self.install_table(&bytes, None)?;
             }
+            Ok(())
+        };
+        if let Err(e) = swap() {
+            // Without its stream table in memory the writer may not decide
+            // a version: poisoned until a reopen rebuilds it.
+            if covered.is_some() {
+                self.poison(&e);
+            }
+            return Err(e);
         }
         self.bump_published_epoch();
         report.removed_events += rw.removed_now;
         report.bytes_before += rw.bytes_before;
         report.bytes_after += rw.record.compacted_len;
         Ok(Some(position))
+    }
+
+    /// Take the stream table from memory and remove its file durably;
+    /// returns the segment it covered up to (the retention lock held).
+    fn drop_table(&self) -> Result<Option<u64>> {
+        let covered = {
+            let mut p = lock(&self.published);
+            let c = p.table.as_ref().map(|t| t.next_segment());
+            p.table = None;
+            c
+        };
+        let covered = {
+            let mut st = lock(&self.state);
+            let c = st.table.as_ref().map(|t| t.next_segment()).or(covered);
+            st.table = None;
+            c
+        };
+        let path = self.dir.join(crate::index::streamtable::STREAM_TABLE_FILE);
+        if let Err(e) = super::retention::remove_durably(&*self.opts.io, &self.dir, &path) {
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(covered)
     }
 
     /// Write the index file of the rewritten segment `seg` (spec 17).

@@ -435,7 +435,11 @@ impl Inner {
 }
 
 /// Remove `path` if it exists, then make the removal durable.
-fn remove_durably(fs: &dyn crate::storage::io::Io, dir: &std::path::Path, path: &std::path::Path) -> Result<()> {
+pub(super) fn remove_durably(
+    fs: &dyn crate::storage::io::Io,
+    dir: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<()> {
     match fs.remove(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
