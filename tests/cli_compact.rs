@@ -96,7 +96,7 @@ fn compact_removes_a_deleted_stream_from_every_file() {
     assert_eq!(a.lines().count(), 40);
     assert!(!files_holding(&dir, SECRET).is_empty(), "the bytes are there before");
 
-    let out = text(&ok(run(&["compact", p(&dir), "--json"])).stdout);
+    let out = text(&ok(run(&["compact", p(&dir), "--json", "--drop-originals"])).stdout);
     let v: Value = serde_json::from_str(out.trim()).expect("one JSON object");
     assert_eq!(v["removed_events"], 10, "{v}");
     let compacted = v["compacted"].as_array().expect("compacted");
@@ -146,7 +146,9 @@ fn check_passes_after_compact() {
     let anchor = build(&dir);
     ok(run(&["delete", p(&dir), "secret-1"]));
     ok(run(&["metadata", p(&dir), "keep-a", "--max-count", "1"]));
-    let v: Value = serde_json::from_str(text(&ok(run(&["compact", p(&dir), "--json"])).stdout).trim()).expect("json");
+    let v: Value =
+        serde_json::from_str(text(&ok(run(&["compact", p(&dir), "--json", "--drop-originals"])).stdout).trim())
+            .expect("json");
     assert!(v["removed_events"].as_u64().is_some_and(|n| n > 10), "{v}");
     let first_record = v["record_positions"][0].as_u64().expect("a record position");
     let out = text(&ok(run(&["check", p(&dir), "--anchor", &anchor])).stdout);
@@ -170,7 +172,9 @@ fn a_soft_deleted_stream_keeps_its_newest_event() {
     let dir = tmp.path().join("log");
     build(&dir);
     ok(run(&["delete", p(&dir), "secret-1"]));
-    let v: Value = serde_json::from_str(text(&ok(run(&["compact", p(&dir), "--json"])).stdout).trim()).expect("json");
+    let v: Value =
+        serde_json::from_str(text(&ok(run(&["compact", p(&dir), "--json", "--drop-originals"])).stdout).trim())
+            .expect("json");
     assert_eq!(v["removed_events"], 9, "{v}");
     let marker = |i: u32| format!("{}-{i}\"", String::from_utf8_lossy(SECRET)).into_bytes();
     for i in 0..9 {

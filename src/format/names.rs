@@ -52,6 +52,28 @@ pub(crate) fn parse_checkpoint_file_name(name: &str) -> Option<(u64, u64, u64)> 
     Some((base, from, to))
 }
 
+/// Suffix of a segment file retired by compaction (spec 3.10).
+pub const RETIRED_SUFFIX: &str = ".retired";
+
+/// The name of a hard link to the original of the segment based at `base`,
+/// which compaction replaced at `at` (seconds since the Unix epoch): kept a
+/// while for views that had not mapped it yet (spec 3.10).
+pub(crate) fn retired_file_name(base: u64, at: u64) -> String {
+    format!("{base:020}.{at:020}{RETIRED_SUFFIX}")
+}
+
+/// `(base, at)` named by a retired segment's file name, if it is one.
+pub(crate) fn parse_retired_file_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_suffix(RETIRED_SUFFIX)?;
+    let (base, at) = rest.split_once('.')?;
+    let num = |d: &str| {
+        (d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| d.parse().ok())
+            .flatten()
+    };
+    Some((num(base)?, num(at)?))
+}
+
 /// File name of the head file.
 pub const HEAD_FILE: &str = "annal.head";
 

@@ -153,7 +153,8 @@ pub(crate) fn open_sealed_in(dir: &Path, base: u64, opened: Option<File>) -> Res
         None => crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?,
     };
     let header = read_segment_header(&file, &path, base)?;
-    let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+    let meta = file.metadata().map_err(|e| Error::io("stat", &path, e))?;
+    let (len, id) = (meta.len(), crate::storage::mmap::file_id(&meta));
     let layout = Layout::of(&header);
     let want = seal_len(&layout);
     let mut tail = [0u8; FRAME_HEADER_LEN];
@@ -181,7 +182,7 @@ pub(crate) fn open_sealed_in(dir: &Path, base: u64, opened: Option<File>) -> Res
             // SAFETY: a sealed segment (its seal was just checked) is never
             // written again by annal (mmap module, case 1); the lazy mapping
             // also requires the file to still be `len` bytes long.
-            map: Arc::new(unsafe { Mapping::lazy(path.clone(), len) }),
+            map: Arc::new(unsafe { Mapping::lazy(path.clone(), len, id) }),
             path: Arc::new(path),
             index: Arc::new(IndexCell::new(base, Some(idx_path), None)),
             layout,

@@ -23,6 +23,11 @@ pub trait Io: Send + Sync + Debug {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Make the directory's entries (creates, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Give the file at `from` a second name `to` (a hard link), which must
+    /// not exist.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
     /// Create a directory and its missing parents (mode [`DIR_MODE`]).
     fn create_dir(&self, dir: &Path) -> io::Result<()> {
         let mut b = std::fs::DirBuilder::new();

@@ -101,12 +101,58 @@ pub(crate) struct Mapping {
     /// links) and the length to map.
     source: Option<PathBuf>,
     len: u64,
+    /// The identity of the file a lazy mapping maps (when it was opened):
+    /// a file put under its name since is told from it.
+    id: Option<FileId>,
     /// When it was mapped or last handed out by [`Mapping::try_bytes`], on a
     /// process-wide clock: for evicting the least recently used.
     used: AtomicU64,
     /// Forward cursors walking the mapping now ([`Readahead`]): advised
     /// sequential while there is one.
     sequential_users: AtomicUsize,
+}
+
+/// A file's identity (device, inode), on Unix.
+pub(crate) type FileId = (u64, u64);
+
+/// The identity of the file whose metadata is `m` (`None` off Unix).
+pub(crate) fn file_id(m: &std::fs::Metadata) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        None
+    }
+}
+
+/// The original of the segment file `path` that compaction replaced (spec
+/// 3.10): the retired hard link beside it that is the file `id`, `len` bytes
+/// long, opened; `None` if there is none (any more).
+fn retired_original(path: &Path, id: FileId, len: u64) -> Option<File> {
+    use crate::format::names::{parse_retired_file_name, parse_segment_file_name};
+    let base = parse_segment_file_name(path.file_name()?.to_str()?)?;
+    let dir = path.parent()?;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = e.file_name();
+        if name
+            .to_str()
+            .and_then(parse_retired_file_name)
+            .is_none_or(|(b, _)| b != base)
+        {
+            continue;
+        }
+        let Ok(f) = crate::storage::io::open_read(&e.path()) else {
+            continue;
+        };
+        if f.metadata().is_ok_and(|m| m.len() == len && file_id(&m) == Some(id)) {
+            return Some(f);
+        }
+    }
+    None
 }
 
 /// The clock of [`Mapping::used`].
@@ -265,6 +311,7 @@ impl Mapping {
             init: Mutex::new(()),
             source: Some(path.to_owned()),
             len,
+            id: None,
             used: AtomicU64::new(tick()),
             sequential_users: AtomicUsize::new(0),
         })
@@ -272,20 +319,24 @@ impl Mapping {
 
     /// A mapping of `[0, len)` of the file at `path`, made on first use: the
     /// file is then opened again (never through a symlink, only a regular
-    /// file) and must still be `len` bytes long. For sealed segments, which
-    /// annal never modifies (case 1 of the module documentation).
+    /// file) and must still be `len` bytes long and, if `id` is given, be
+    /// the file `id` (else, for a segment compaction replaced since, its
+    /// retired original is mapped if it is still there, spec 3.10). For
+    /// sealed segments, which annal never modifies (case 1 of the module
+    /// documentation).
     ///
     /// # Safety
     ///
     /// As for [`Mapping::map`]: the file at `path` is one annal never
     /// modifies again (a sealed segment), and the caller says so in a
     /// `// SAFETY:` comment.
-    pub(crate) unsafe fn lazy(path: PathBuf, len: u64) -> Mapping {
+    pub(crate) unsafe fn lazy(path: PathBuf, len: u64, id: Option<FileId>) -> Mapping {
         Mapping {
             map: OnceLock::new(),
             init: Mutex::new(()),
             source: Some(path),
             len,
+            id,
             used: AtomicU64::new(0),
             sequential_users: AtomicUsize::new(0),
         }
@@ -306,8 +357,17 @@ impl Mapping {
         let Some(path) = &self.source else {
             return Ok(&[]);
         };
-        let file = crate::storage::io::open_read(path).map_err(|e| Error::io("open", path, e))?;
-        let found = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let mut file = crate::storage::io::open_read(path).map_err(|e| Error::io("open", path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let mut found = meta.len();
+        let replaced = self.id.is_some() && file_id(&meta) != self.id;
+        if (found != self.len || replaced)
+            && let Some(original) = self.id.and_then(|id| retired_original(path, id, self.len))
+        {
+            // A segment compaction replaced since this mapping was planned:
+            // its original, kept under a retired name (spec 3.10).
+            (file, found) = (original, self.len);
+        }
         if found != self.len {
             return Err(Error::Corrupt {
                 path: path.clone(),
@@ -407,7 +467,7 @@ impl Mapping {
         // changed is refused when the lazy mapping is made.
         self.source
             .as_ref()
-            .map(|p| unsafe { Mapping::lazy(p.clone(), self.len) })
+            .map(|p| unsafe { Mapping::lazy(p.clone(), self.len, self.id) })
     }
 }
 

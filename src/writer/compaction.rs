@@ -49,6 +49,12 @@ use crate::types::Direction;
 use super::derived::{index_file_name, rebuild_table, resolve_prev, write_derived};
 use super::state::Inner;
 use super::{Log, lock, write_lock};
+use crate::format::names::{parse_retired_file_name, retired_file_name};
+
+/// Whether a segment retired at `at` (seconds) is past `grace` at `now`.
+pub(crate) fn retired_expired(at: u64, now: u64, grace: std::time::Duration) -> bool {
+    at.saturating_add(grace.as_secs()) <= now
+}
 
 /// What [`Log::compact`] did.
 #[non_exhaustive]
@@ -106,6 +112,7 @@ impl Inner {
     /// Compact every sealed segment the stream table covers.
     fn compact_all(&self) -> Result<CompactionReport> {
         let _one = lock(&self.compact_lock);
+        self.remove_retired();
         let mut report = CompactionReport::default();
         let segments: Vec<(ViewSegment, u64)> = {
             let p = lock(&self.published);
@@ -476,6 +483,19 @@ impl Inner {
             // The original's index goes first: a crash after the rename
             // then leaves no index file (which an open writes) rather than
             // one of the original (which an open would not look at).
+            // Views of other processes that planned to map the original
+            // find it under a retired name for a while (spec 3.10).
+            let retired = self.dir.join(retired_file_name(seg.base, self.now_secs()));
+            let _ = fs.remove(&retired);
+            if !self.opts.retired_grace.is_zero()
+                && let Err(e) = fs.hard_link(&seg.path, &retired)
+            {
+                self.warn(format!(
+                    "{}: not kept under {} for readers that had not mapped it yet: {e}",
+                    seg.path.display(),
+                    retired.display()
+                ));
+            }
             let idx_path = self.dir.join(index_file_name(seg.base));
             super::retention::remove_durably(fs, &self.dir, &idx_path)?;
             fs.rename(&rw.tmp, &seg.path)
@@ -511,6 +531,32 @@ impl Inner {
         report.bytes_before += rw.bytes_before;
         report.bytes_after += rw.record.compacted_len;
         Ok(Some(position))
+    }
+
+    /// The writer's clock, in whole seconds.
+    fn now_secs(&self) -> u64 {
+        (self.opts.clock)() / 1_000_000_000
+    }
+
+    /// Remove the retired originals of compacted segments (spec 3.10) kept
+    /// longer than [`Options::retired_grace`](crate::Options::retired_grace).
+    /// Errors are warnings: they are only space, and the next open or
+    /// compaction tries again.
+    pub(super) fn remove_retired(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
+        let now = self.now_secs();
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some((_, at)) = name.to_str().and_then(parse_retired_file_name) else {
+                continue;
+            };
+            if retired_expired(at, now, self.opts.retired_grace)
+                && let Err(err) = self.opts.io.remove(&e.path())
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                self.warn(format!("{}: not removed: {err}", e.path().display()));
+            }
+        }
     }
 
     /// Take the stream table from memory and remove its file durably;

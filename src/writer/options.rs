@@ -60,6 +60,7 @@ pub struct Options {
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fixed_random: Option<u64>,
     pub(crate) retention: Option<super::retention_rule::Retention>,
+    pub(crate) retired_grace: std::time::Duration,
 }
 
 impl std::fmt::Debug for Options {
@@ -104,6 +105,7 @@ impl Default for Options {
             #[cfg(any(test, feature = "fuzzing"))]
             fixed_random: None,
             retention: None,
+            retired_grace: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -262,6 +264,18 @@ impl Options {
     /// warning).
     pub fn retention(mut self, rule: super::retention_rule::Retention) -> Self {
         self.retention = Some(rule).filter(|r| r.is_set());
+        self
+    }
+
+    /// How long [`Log::compact`](crate::Log::compact) keeps the original of
+    /// each segment it rewrites, under a retired name (spec 3.10), for the
+    /// views of other processes that had not mapped it yet: default 10
+    /// minutes, removed by the first open or compaction after that. Zero
+    /// keeps none: the removed events' bytes leave the directory at once,
+    /// and such a view then gets an error naming the segment (never other
+    /// events).
+    pub fn retired_grace(mut self, grace: std::time::Duration) -> Self {
+        self.retired_grace = grace;
         self
     }
 }

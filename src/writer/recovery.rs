@@ -69,6 +69,9 @@ pub(crate) struct Recovered {
 struct Listing {
     segments: Vec<u64>,
     temp: Vec<PathBuf>,
+    /// Originals of compacted segments kept for other processes' views
+    /// (spec 3.10), and when they were retired (seconds).
+    retired: Vec<(PathBuf, u64)>,
     other: Vec<String>,
 }
 
@@ -77,6 +80,7 @@ fn list(dir: &Path) -> Result<Listing> {
     let mut l = Listing {
         segments: Vec::new(),
         temp: Vec::new(),
+        retired: Vec::new(),
         other: Vec::new(),
     };
     for entry in rd {
@@ -87,6 +91,8 @@ fn list(dir: &Path) -> Result<Listing> {
             l.segments.push(base);
         } else if name.ends_with(".tmp") {
             l.temp.push(entry.path());
+        } else if let Some((_, at)) = crate::format::names::parse_retired_file_name(&name) {
+            l.retired.push((entry.path(), at));
         } else if name != LOCK_FILE && name != HEAD_FILE {
             l.other.push(name.into_owned());
         }
@@ -127,6 +133,16 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
     // Re-list under the lock: the directory is ours now.
     let listing = list(dir)?;
     remove_temp_files(io, dir, &listing.temp, &mut report)?;
+    // Retired originals of compacted segments, once their time is up (spec
+    // 3.10; only space: an error is a warning).
+    let now = (opts.clock)() / 1_000_000_000;
+    for (path, at) in &listing.retired {
+        if super::compaction::retired_expired(*at, now, opts.retired_grace)
+            && let Err(e) = io.remove(path)
+        {
+            report.warnings.push(format!("{}: not removed: {e}", path.display()));
+        }
+    }
     let Some((&last, sealed_bases)) = listing.segments.split_last() else {
         return create_log(io, dir, opts, lock, report);
     };

@@ -57,6 +57,12 @@ pub struct CompactArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Keep no copy of the rewritten segments' originals: the removed
+    /// events' bytes leave the directory at once. Without it, each original
+    /// stays under a `.retired` name for 10 minutes, for readers in other
+    /// processes that had not mapped it yet (spec 3.10).
+    #[arg(long)]
+    drop_originals: bool,
     #[command(flatten)]
     size: SegmentSizeArg,
     #[command(flatten)]
@@ -73,7 +79,10 @@ fn file_name(p: &Path) -> String {
 pub fn compact(a: &CompactArgs) -> CmdResult {
     // Reader::open refuses a directory that is not a log without touching it.
     Reader::open(&a.dir)?;
-    let opts = write_options(&a.size, &a.chain, Durability::Fsync)?;
+    let mut opts = write_options(&a.size, &a.chain, Durability::Fsync)?;
+    if a.drop_originals {
+        opts = opts.retired_grace(std::time::Duration::ZERO);
+    }
     let log = Log::open(&a.dir, opts).map_err(crate::audit::open_failure)?;
     if log.format_version() < 4 {
         let v = log.format_version();

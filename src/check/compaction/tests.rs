@@ -70,12 +70,13 @@ fn seg(base: u64, next: u64) -> SegOut {
 /// Segment 1 originally held: `x` v10..12 at 100..103, `a` v5 at 103,
 /// `x` v13 at 104, `a` v6..8 at 105..108, `x` v14..15 at 108..110. Left:
 /// `a` v5 (103) and `a` v6..8 (105..108); removed: the three runs of `x`
-/// (`x` is deleted below version 16).
+/// (`x` is tombstoned, deleted below version 16: its newest event may go).
 fn log() -> (Vec<SegOut>, CompactionRecord) {
     let mut s0 = seg(0, 100);
     s0.spans = vec![("a".into(), span(0, 4)), ("x".into(), span(0, 9))];
     let deleted = StreamRules {
         deleted: true,
+        tombstone: true,
         truncate_before: Some(16),
         ..StreamRules::default()
     };
@@ -370,7 +371,7 @@ fn max_count_keeps_the_newest_and_never_removes_the_last_event() {
     assert!(r.problems.is_empty(), "{:?}", r.problems);
 
     // truncate_before above the newest: hides it, but compaction keeps
-    // the newest event of a stream that is not deleted.
+    // the newest event of a stream that is not tombstoned.
     let (mut outs, _) = log();
     outs[2].system[0] = meta(
         115,
