@@ -51,6 +51,15 @@ use super::state::Inner;
 use super::{Log, lock, write_lock};
 use crate::format::names::{parse_retired_file_name, retired_file_name};
 
+/// The system's clock in whole seconds: the grace of retired originals is
+/// about other processes' views, not the events' timestamps (the writer's
+/// clock).
+pub(crate) fn wall_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Whether a segment retired at `at` (seconds) is past `grace` at `now`.
 pub(crate) fn retired_expired(at: u64, now: u64, grace: std::time::Duration) -> bool {
     at.saturating_add(grace.as_secs()) <= now
@@ -485,7 +494,7 @@ impl Inner {
             // one of the original (which an open would not look at).
             // Views of other processes that planned to map the original
             // find it under a retired name for a while (spec 3.10).
-            let retired = self.dir.join(retired_file_name(seg.base, self.now_secs()));
+            let retired = self.dir.join(retired_file_name(seg.base, wall_secs()));
             let _ = fs.remove(&retired);
             if !self.opts.retired_grace.is_zero()
                 && let Err(e) = fs.hard_link(&seg.path, &retired)
@@ -533,18 +542,13 @@ impl Inner {
         Ok(Some(position))
     }
 
-    /// The writer's clock, in whole seconds.
-    fn now_secs(&self) -> u64 {
-        (self.opts.clock)() / 1_000_000_000
-    }
-
     /// Remove the retired originals of compacted segments (spec 3.10) kept
     /// longer than [`Options::retired_grace`](crate::Options::retired_grace).
     /// Errors are warnings: they are only space, and the next open or
     /// compaction tries again.
     pub(super) fn remove_retired(&self) {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
-        let now = self.now_secs();
+        let now = wall_secs();
         for e in rd.flatten() {
             let name = e.file_name();
             let Some((_, at)) = name.to_str().and_then(parse_retired_file_name) else {

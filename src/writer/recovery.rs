@@ -135,7 +135,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
     remove_temp_files(io, dir, &listing.temp, &mut report)?;
     // Retired originals of compacted segments, once their time is up (spec
     // 3.10; only space: an error is a warning).
-    let now = (opts.clock)() / 1_000_000_000;
+    let now = super::compaction::wall_secs();
     for (path, at) in &listing.retired {
         if super::compaction::retired_expired(*at, now, opts.retired_grace)
             && let Err(e) = io.remove(path)
