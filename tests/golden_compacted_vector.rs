@@ -186,6 +186,7 @@ struct Run {
     first_position: u64,
     count: u64,
     first_version: u64,
+    timestamp: u64,
     stream: String,
 }
 
@@ -272,6 +273,7 @@ fn decode_record(position: u64, p: &[u8]) -> Record {
         let (gap, next) = v3::get_varint(p, at, p.len()).expect("gap");
         let (count, next) = v3::get_varint(p, next, p.len()).expect("count");
         let (first_version, next) = v3::get_varint(p, next, p.len()).expect("first_version");
+        let (timestamp, next) = v3::get_varint(p, next, p.len()).expect("timestamp");
         let (stream_len, next) = v3::get_varint(p, next, p.len()).expect("stream_len");
         assert!(count >= 1, "a run has at least one event");
         assert!((1..=65_535).contains(&stream_len), "stream_len");
@@ -289,6 +291,7 @@ fn decode_record(position: u64, p: &[u8]) -> Record {
             first_position,
             count,
             first_version,
+            timestamp,
             stream,
         });
         at = stop;
@@ -621,6 +624,14 @@ fn rewrite(orig: &[u8], base: u64, rec: &Record) -> Vec<u8> {
             f.events[k..].iter().all(|e| !removed(e.position)),
             "a run is a prefix of a batch"
         );
+        if k > 0 {
+            let run = rec.runs.iter().find(|r| r.first_position == f.head.first_position);
+            assert_eq!(
+                run.map(|r| r.timestamp),
+                Some(f.timestamp),
+                "a run states its batch's timestamp"
+            );
+        }
         if k == f.events.len() {
             continue;
         }

@@ -29,19 +29,14 @@
 //! record was written). The runs hold no timestamps, so a run is accounted
 //! for if every version of it is below the lowest version the rules leave
 //! visible (`TOMBSTONE`, `truncate_before`, `max_count`: spec 3.7), or if
-//! the rules have `max_age` and an upper bound of the run's timestamps is
-//! older than `now − max_age`. Timestamps never go back along positions
-//! (spec 9), so the segment bounds a run's: from below by the last batch it
-//! keeps before the run (or its header's `prev_timestamp`), from above by
-//! the first batch it keeps after the run (the rest of the run's own batch,
-//! when it kept one), or, for a run after its last batch, by the next
-//! segment's `prev_timestamp` (the original segment's newest timestamp).
-//! A run whose upper bound is old enough was hidden (sound: never a run
-//! that was visible); one whose lower bound is too new was not (a
-//! problem). Between the two, only the timestamps the record does not keep
-//! could tell: a **warning** that says so, not a problem, since a
-//! compaction that did nothing wrong leaves that whenever the `max_age`
-//! boundary fell just after a removed run and before the next event kept.
+//! the rules have `max_age` and the run's timestamp (which the record
+//! states) is older than `now − max_age`. The stated timestamp must lie
+//! within the bounds the segment gives (timestamps never go back along
+//! positions, spec 9): from below the last batch it keeps before the run (or
+//! its header's `prev_timestamp`), from above the first batch it keeps after
+//! the run (the rest of the run's own batch, when it kept one), or, for a
+//! run after its last batch, the next segment's `prev_timestamp`; outside
+//! them, the record lies: a problem.
 //! A run may not remove the newest event of its stream (version `last`)
 //! unless the rules have `TOMBSTONE`, nor events of a system stream:
 //! problems.
@@ -300,7 +295,6 @@ pub(super) fn check_compaction(
             match run_verdict(r, x, &rules, &runs) {
                 RunVerdict::Hidden => {}
                 RunVerdict::Problem(p) => report.problems.push(finding(&o.path, x.frame, p)),
-                RunVerdict::Unproven(w) => report.warnings.push(finding(&o.path, x.frame, w)),
             }
         }
         c.spans.insert(i, spans);
@@ -654,9 +648,6 @@ enum RunVerdict {
     Hidden,
     /// No rule hid them, or the run breaks a rule of compaction: a problem.
     Problem(String),
-    /// Only `max_age` can have hidden them, and the bounds of the run's
-    /// timestamps the segment gives do not tell: a warning.
-    Unproven(String),
 }
 
 /// Whether the run `x` of the accepted record `r` is hidden by a recorded
@@ -709,23 +700,23 @@ fn run_verdict(
         return RunVerdict::Hidden;
     }
     let newest = last.map_or_else(|| "none".to_owned(), |l| l.to_string());
-    if rules.max_age.is_none() || x.oldest >= vis.min_timestamp {
+    // The record states the run's timestamp: it must lie within the bounds
+    // the segment gives (timestamps never go back along positions).
+    let t = run.timestamp;
+    if t < x.oldest || x.newest.is_some_and(|n| t > n) {
         return RunVerdict::Problem(format!(
-            "{what}, but the stream's rules (set at position {set_at}) did not hide them when the record was \
-             written (at its timestamp {}, with the stream's newest version {newest}) (spec 3.10)",
-            r.found.timestamp
+            "{what} at timestamp {t}, but the segment's events around them bound it to [{}, {}] (spec 3.10)",
+            x.oldest,
+            x.newest.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
         ));
     }
-    if x.newest.is_some_and(|t| t < vis.min_timestamp) {
+    if rules.max_age.is_some() && t < vis.min_timestamp {
         return RunVerdict::Hidden;
     }
-    RunVerdict::Unproven(format!(
-        "{what}; only the stream's max_age (set at position {set_at}) can have hidden them, and the record does \
-         not keep their timestamps: they lie between {} and {}, and events older than {} were hidden when the \
-         record was written, so check cannot tell (not damage it can prove)",
-        x.oldest,
-        x.newest.map_or_else(|| "unknown".to_owned(), |t| t.to_string()),
-        vis.min_timestamp
+    RunVerdict::Problem(format!(
+        "{what}, but the stream's rules (set at position {set_at}) did not hide them when the record was written \
+         (at its timestamp {}, with the stream's newest version {newest}; the events' timestamp {t}) (spec 3.10)",
+        r.found.timestamp
     ))
 }
 

@@ -57,6 +57,9 @@ pub struct RemovedRun {
     pub count: u64,
     /// Version of the first event removed.
     pub first_version: u64,
+    /// The timestamp of the removed events (every record of a batch has its
+    /// batch's timestamp, spec 3.6).
+    pub timestamp: u64,
     /// The stream they belonged to.
     pub stream: String,
 }
@@ -115,6 +118,7 @@ impl CompactionRecord {
             put_varint(&mut out, r.first_position.saturating_sub(at));
             put_varint(&mut out, r.count);
             put_varint(&mut out, r.first_version);
+            put_varint(&mut out, r.timestamp);
             put_varint(&mut out, r.stream.len() as u64);
             out.extend_from_slice(r.stream.as_bytes());
             at = r.end();
@@ -160,8 +164,8 @@ impl CompactionRecord {
             ));
         }
         let runs = head.run_count.get();
-        // Each run takes at least 5 bytes: bound the count by the payload.
-        if runs > (rest.len() / 5) as u64 {
+        // Each run takes at least 6 bytes: bound the count by the payload.
+        if runs > (rest.len() / 6) as u64 {
             return Err((
                 offset_of!(CompactionHead, run_count),
                 format!(
@@ -184,6 +188,7 @@ impl CompactionRecord {
             let gap = field("a run's gap")?;
             let count = field("a run's count")?;
             let first_version = field("a run's first_version")?;
+            let timestamp = field("a run's timestamp")?;
             let stream_len = field("a run's stream_len")?;
             let first_position = at
                 .checked_add(gap)
@@ -221,6 +226,7 @@ impl CompactionRecord {
                 first_position,
                 count,
                 first_version,
+                timestamp,
                 stream,
             });
         }
@@ -267,12 +273,14 @@ mod tests {
                     first_position: 100,
                     count: 3,
                     first_version: 0,
+                    timestamp: 1_700_000_000_000_000_000,
                     stream: "order-1".into(),
                 },
                 RemovedRun {
                     first_position: 150,
                     count: 1,
                     first_version: 3,
+                    timestamp: 1_700_000_000_000_000_001,
                     stream: "order-1".into(),
                 },
             ],
@@ -283,7 +291,7 @@ mod tests {
     fn a_record_round_trips_and_has_one_encoding() {
         let r = sample();
         let b = r.encode();
-        assert_eq!(b.len(), COMPACTION_HEAD_LEN + 2 * (4 + 7));
+        assert_eq!(b.len(), COMPACTION_HEAD_LEN + 2 * (4 + 9 + 7));
         assert_eq!(CompactionRecord::decode(&b).unwrap(), r);
         assert_eq!(CompactionRecord::decode(&b).unwrap().encode(), b);
     }

@@ -283,7 +283,7 @@ impl Inner {
                         Some(rules) => Self::stream_plan(&planning.view, rules, name, &mut planning.plans)?,
                         None => None,
                     };
-                    let mut k = 0u32;
+                    let (mut k, mut timestamp) = (0u32, 0u64);
                     if let Some(plan) = plan {
                         for (_, r) in records {
                             let v = r.stream_version();
@@ -293,6 +293,7 @@ impl Inner {
                                 break;
                             }
                             k += 1;
+                            timestamp = r.timestamp();
                         }
                     }
                     let kept = k < f.frame.count;
@@ -310,6 +311,7 @@ impl Inner {
                             first_position: f.frame.first_position,
                             count: u64::from(k),
                             first_version: first.stream_version(),
+                            timestamp,
                             stream,
                         });
                     }

@@ -24,11 +24,12 @@ fn meta(position: u64, target: &str, rules: StreamRules) -> SystemEvent {
     }
 }
 
-fn run(first_position: u64, count: u64, first_version: u64, stream: &str) -> RemovedRun {
+fn run(first_position: u64, count: u64, first_version: u64, stream: &str, timestamp: u64) -> RemovedRun {
     RemovedRun {
         first_position,
         count,
         first_version,
+        timestamp,
         stream: stream.into(),
     }
 }
@@ -92,7 +93,11 @@ fn log() -> (Vec<SegOut>, CompactionRecord) {
         compacted_len: 4096,
         original_end: [5; 32],
         compacted_end: [9; 32],
-        removed: vec![run(100, 3, 10, "x"), run(104, 1, 13, "x"), run(108, 2, 14, "x")],
+        removed: vec![
+            run(100, 3, 10, "x", 500),
+            run(104, 1, 13, "x", 1_500),
+            run(108, 2, 14, "x", 2_500),
+        ],
     };
     let mut s2 = seg(110, 130);
     s2.sealed = false;
@@ -253,10 +258,10 @@ fn gaps_must_be_exactly_the_runs() {
     missing.removed.remove(1);
     // A run that overlaps a batch kept.
     let mut overlap = rec.clone();
-    overlap.removed[1] = run(105, 1, 13, "x");
+    overlap.removed[1] = run(105, 1, 13, "x", 1_500);
     // A run past the last batch that leaves a gap before the seal.
     let mut short = rec.clone();
-    short.removed[2] = run(108, 1, 14, "x");
+    short.removed[2] = run(108, 1, 14, "x", 2_500);
     for (what, bad, at) in [
         ("missing", missing, 256),
         ("overlap", overlap, 256),
@@ -391,17 +396,16 @@ fn max_count_keeps_the_newest_and_never_removes_the_last_event() {
 }
 
 #[test]
-fn max_age_is_judged_by_the_bounds_of_the_runs_timestamps() {
+fn max_age_is_judged_by_the_runs_timestamps_within_the_segments_bounds() {
     let age = |a| StreamRules {
         max_age: Some(a),
         ..StreamRules::default()
     };
-    // The record is written at 10_000. Bounds of the runs' timestamps: the
-    // run at 100..103 lies between the header (0) and the batch at 103
-    // (1_000..1_010), the one at 104 between that batch and the one at 105
-    // (2_000..2_010), the one at 108..110 between that and the next
-    // segment's prev_timestamp (3_000). Its last event is x's newest, which
-    // a stream with only max_age keeps: so `x` v16 comes first.
+    // The record is written at 10_000; the runs' timestamps are 500, 1_500
+    // and 2_500 (bounded by the header's 0, the batches at 1_000..1_010
+    // and 2_000..2_010, and the next segment's prev_timestamp 3_000). The
+    // last run holds x's newest, which a stream with only max_age keeps: so
+    // `x` v16 comes first.
     let (mut outs, _) = log();
     outs[2].system[0] = meta(115, "x", age(5_000));
     outs[2].system[1] = found(120, 10_000, log().1, &[("x", 16)]);
@@ -412,16 +416,8 @@ fn max_age_is_judged_by_the_bounds_of_the_runs_timestamps() {
         r.problems,
         r.warnings
     );
-    // max_age 7_500 hides what is older than 2_500: the last run lies
-    // between 2_010 and 3_000, which cannot be told: a warning.
-    outs[2].system[0] = meta(115, "x", age(7_500));
-    let (r, _) = check(&outs);
-    assert!(r.problems.is_empty(), "{:?}", r.problems);
-    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
-    assert_eq!(r.warnings[0].offset, 4000);
-    assert!(r.warnings[0].detail.contains("cannot tell"), "{}", r.warnings[0].detail);
-    // max_age 8_000 hides what is older than 2_000: the last run is newer
-    // (a problem), the one at 104 cannot be told (a warning).
+    // max_age 8_000 hides what is older than 2_000: the last run (2_500)
+    // was visible: a problem at the seal, and no warning.
     outs[2].system[0] = meta(115, "x", age(8_000));
     let (r, _) = check(&outs);
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
@@ -431,16 +427,15 @@ fn max_age_is_judged_by_the_bounds_of_the_runs_timestamps() {
         "{}",
         r.problems[0].detail
     );
-    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
-    assert_eq!(r.warnings[0].offset, 256);
-    // Without the next segment the last run has no upper bound.
-    let (mut outs, _) = log();
-    outs[2].base = 111;
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    // A stated timestamp outside the bounds the segment gives is a lie.
+    let (mut outs, mut rec) = log();
+    rec.removed[1].timestamp = 2_500;
     outs[2].system[0] = meta(115, "x", age(5_000));
-    outs[2].system[1] = found(120, 10_000, log().1, &[("x", 16)]);
+    outs[2].system[1] = found(120, 10_000, rec, &[("x", 16)]);
     let (r, _) = check(&outs);
-    assert!(r.problems.is_empty(), "{:?}", r.problems);
-    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(r.problems[0].detail.contains("bound it to"), "{}", r.problems[0].detail);
 }
 
 #[test]
