@@ -156,6 +156,8 @@ pub struct LogView {
     clock: Option<ViewClock>,
     /// The rules of the streams that have metadata, computed on first use.
     pub(crate) rules: RulesCell,
+    /// A segment of the view was rewritten by compaction (spec 3.10).
+    compacted: bool,
     /// The subject keys of the log (spec 22), shared with the writer or
     /// reader that made the view.
     pub(crate) keys: Option<Arc<KeyRing>>,
@@ -214,6 +216,7 @@ impl Default for ReadOptions {
 impl LogView {
     pub(crate) fn new(segments: Vec<ViewSegment>, next_position: u64, table: Option<Arc<StreamTable>>) -> LogView {
         LogView {
+            compacted: segments.iter().any(|s| s.layout.compacted),
             segments: segments.into(),
             table,
             next_position,
@@ -287,7 +290,7 @@ impl LogView {
     /// Whether a segment of the view was rewritten by compaction (spec
     /// 3.10): positions and a stream's versions may then have gaps.
     pub(crate) fn has_compacted(&self) -> bool {
-        self.segments.iter().any(|s| s.layout.compacted)
+        self.compacted
     }
 
     /// Number of segments in the view.

@@ -60,9 +60,25 @@ pub(crate) fn wall_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Whether a segment retired at `at` (seconds) is past `grace` at `now`.
-pub(crate) fn retired_expired(at: u64, now: u64, grace: std::time::Duration) -> bool {
-    at.saturating_add(grace.as_secs()) <= now
+/// Remove the retired originals among `retired` (`(path, retired at)`)
+/// past `grace` on the system clock. Errors are only space: returned as
+/// warnings (the next open or compaction tries again).
+pub(crate) fn remove_expired_retired(
+    io: &dyn crate::storage::io::Io,
+    retired: impl IntoIterator<Item = (PathBuf, u64)>,
+    grace: std::time::Duration,
+) -> Vec<String> {
+    let now = wall_secs();
+    let mut warnings = Vec::new();
+    for (path, at) in retired {
+        if at.saturating_add(grace.as_secs()) <= now
+            && let Err(e) = io.remove(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warnings.push(format!("{}: not removed: {e}", path.display()));
+        }
+    }
+    warnings
 }
 
 /// What [`Log::compact`] did.
@@ -546,22 +562,14 @@ impl Inner {
 
     /// Remove the retired originals of compacted segments (spec 3.10) kept
     /// longer than [`Options::retired_grace`](crate::Options::retired_grace).
-    /// Errors are warnings: they are only space, and the next open or
-    /// compaction tries again.
-    pub(super) fn remove_retired(&self) {
+    fn remove_retired(&self) {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
-        let now = wall_secs();
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let Some((_, at)) = name.to_str().and_then(parse_retired_file_name) else {
-                continue;
-            };
-            if retired_expired(at, now, self.opts.retired_grace)
-                && let Err(err) = self.opts.io.remove(&e.path())
-                && err.kind() != std::io::ErrorKind::NotFound
-            {
-                self.warn(format!("{}: not removed: {err}", e.path().display()));
-            }
+        let retired = rd.flatten().filter_map(|e| {
+            let (_, at) = e.file_name().to_str().and_then(parse_retired_file_name)?;
+            Some((e.path(), at))
+        });
+        for w in remove_expired_retired(&*self.opts.io, retired, self.opts.retired_grace) {
+            self.warn(w);
         }
     }
 
@@ -619,7 +627,7 @@ impl Inner {
 /// `None` if the body does not parse.
 fn cut_body(out: &mut Vec<u8>, body: &[u8], cx: &crate::format::batch::BodyContext, k: u32) -> Option<()> {
     let mut records = BodyRecords::new(body, cx);
-    let (delta, n) = get_varint(body).ok()?;
+    let (delta, _) = get_varint(body).ok()?;
     let mut first = None;
     let mut starts = Vec::new();
     for (i, (off, r)) in (&mut records).enumerate() {
@@ -630,7 +638,6 @@ fn cut_body(out: &mut Vec<u8>, body: &[u8], cx: &crate::format::batch::BodyConte
     }
     let end = records.offset();
     let first = first?;
-    let _ = n;
     put_varint(out, delta);
     put_varint(out, first.stream_bytes().len() as u64);
     out.extend_from_slice(first.stream_bytes());

@@ -134,15 +134,10 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
     let listing = list(dir)?;
     remove_temp_files(io, dir, &listing.temp, &mut report)?;
     // Retired originals of compacted segments, once their time is up (spec
-    // 3.10; only space: an error is a warning).
-    let now = super::compaction::wall_secs();
-    for (path, at) in &listing.retired {
-        if super::compaction::retired_expired(*at, now, opts.retired_grace)
-            && let Err(e) = io.remove(path)
-        {
-            report.warnings.push(format!("{}: not removed: {e}", path.display()));
-        }
-    }
+    // 3.10).
+    let retired = listing.retired.iter().cloned();
+    let warnings = super::compaction::remove_expired_retired(io, retired, opts.retired_grace);
+    report.warnings.extend(warnings);
     let Some((&last, sealed_bases)) = listing.segments.split_last() else {
         return create_log(io, dir, opts, lock, report);
     };
