@@ -31,12 +31,10 @@ mod cli_support;
 mod common;
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annal::io::{Io, IoFile, StdIo};
 use annal::{
     Anchor, ChainKey, CheckOptions, CheckReport, CompactionReport, Direction, EventData, ExpectedVersion, Log, Options,
     Reader, SigningKey, StreamMetadata,
@@ -321,44 +319,6 @@ fn a_segment_flagged_compacted_without_a_record_is_a_problem_at_its_seal() {
     assert!(!r.anchors[0].ok, "{:?}", r.anchors[0]);
 }
 
-/// An I/O seam that copies the log directory once, right before the first
-/// rename of a rewritten segment over the original (spec 3.10 step 3): what
-/// a crash between the record and the swap leaves.
-#[derive(Debug)]
-struct BeforeSwap {
-    dir: PathBuf,
-    image: PathBuf,
-    taken: Mutex<Option<PathBuf>>,
-}
-
-impl Io for BeforeSwap {
-    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        StdIo.create(path)
-    }
-    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        StdIo.open(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut taken = self.taken.lock().unwrap();
-        if taken.is_none() && to.extension().is_some_and(|x| x == "seg") {
-            fs::create_dir_all(&self.image)?;
-            for e in fs::read_dir(&self.dir)?.flatten() {
-                if e.path().is_file() {
-                    fs::copy(e.path(), self.image.join(e.file_name()))?;
-                }
-            }
-            *taken = Some(to.to_path_buf());
-        }
-        StdIo.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        StdIo.remove(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdIo.sync_dir(dir)
-    }
-}
-
 #[test]
 fn a_crash_between_the_record_and_the_swap_is_a_warning_not_a_problem() {
     let root = scratch();
@@ -366,21 +326,23 @@ fn a_crash_between_the_record_and_the_swap_is_a_warning_not_a_problem() {
     let clock = Arc::new(Mutex::new(1_000_000_000_000u64));
     let (log, _) = build(&dir, &clock, opts_at(&clock));
     log.close().unwrap();
-    let seam = Arc::new(BeforeSwap {
-        dir: dir.clone(),
-        image: root.path().join("image"),
-        taken: Mutex::new(None),
-    });
+    // An image just before the first swap (spec 3.10 step 3).
+    let seam = Arc::new(common::DirImages::new(
+        &dir,
+        root.path(),
+        common::segment_rename,
+        common::never,
+        1,
+    ));
     let log = Log::open(&dir, opts_at(&clock).io(seam.clone())).unwrap();
     let report = log.compact().unwrap();
     log.close().unwrap();
-    let swapped = seam.taken.lock().unwrap().clone().unwrap();
-    assert_eq!(swapped, report.compacted[0]);
+    let swapped = report.compacted[0].clone();
     // The image: the record is durable, the segment is still the original
     // (and the rewritten file waits under its .tmp name), its index file
     // removed (spec 3.10, step 3): the one problem, which an open or
     // `--repair` mends.
-    let image = root.path().join("image");
+    let image = seam.images()[0].clone();
     let r = check(&image, CheckOptions::default());
     let idx = image.join(swapped.with_extension("idx").file_name().unwrap());
     assert!(
@@ -536,41 +498,6 @@ fn a_max_age_boundary_inside_a_compacted_segment_is_no_problem() {
     assert!(r.warnings.is_empty(), "{:#?}", r.warnings);
 }
 
-/// An I/O seam that copies the log directory right after each rename of a
-/// rewritten segment over the original (spec 3.10 step 3), before its index
-/// file and the stream table are written again.
-#[derive(Debug)]
-struct AfterSwap {
-    dir: PathBuf,
-    root: PathBuf,
-    images: Mutex<Vec<PathBuf>>,
-}
-
-impl Io for AfterSwap {
-    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        StdIo.create(path)
-    }
-    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        StdIo.open(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdIo.rename(from, to)?;
-        if to.extension().is_some_and(|x| x == "seg") {
-            let mut images = self.images.lock().unwrap();
-            let image = self.root.join(format!("after-{}", images.len()));
-            copy_dir(&self.dir, &image);
-            images.push(image);
-        }
-        Ok(())
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        StdIo.remove(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdIo.sync_dir(dir)
-    }
-}
-
 #[test]
 fn a_crash_after_the_swap_before_the_index_is_written_leaves_it_missing_and_repair_writes_it() {
     let root = scratch();
@@ -578,15 +505,19 @@ fn a_crash_after_the_swap_before_the_index_is_written_leaves_it_missing_and_repa
     let clock = Arc::new(Mutex::new(1_000_000_000_000u64));
     let (log, _) = build(&dir, &clock, opts_at(&clock));
     log.close().unwrap();
-    let seam = Arc::new(AfterSwap {
-        dir: dir.clone(),
-        root: root.path().to_path_buf(),
-        images: Mutex::new(Vec::new()),
-    });
+    // An image right after each swap (spec 3.10 step 3), before the index
+    // file and the stream table are written again.
+    let seam = Arc::new(common::DirImages::new(
+        &dir,
+        root.path(),
+        common::never,
+        common::segment_rename,
+        usize::MAX,
+    ));
     let log = Log::open(&dir, opts_at(&clock).io(seam.clone())).unwrap();
     let report = log.compact().unwrap();
     log.close().unwrap();
-    let images = seam.images.lock().unwrap().clone();
+    let images = seam.images();
     assert_eq!(images.len(), report.compacted.len());
     let mut stale_tables = 0;
     for (k, image) in images.iter().enumerate() {

@@ -20,14 +20,14 @@
 //!   and `check` finds no problem in any image.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
 mod support;
 
-use annal::io::{Io, IoFile, StdIo};
 use annal::{Direction, Error, EventData, ExpectedVersion, Log, Options, Reader, StreamMetadata};
 
 const SEGMENT: u64 = 4096;
@@ -408,59 +408,6 @@ fn a_log_with_nothing_hidden_is_left_as_it_is() {
     assert_eq!(r.removed_events, 0);
 }
 
-/// An I/O seam that copies the log directory before each file operation
-/// of interest, to simulate a crash there.
-#[derive(Debug)]
-struct Imaging {
-    dir: PathBuf,
-    images: Mutex<Vec<PathBuf>>,
-    root: PathBuf,
-    on: Mutex<bool>,
-}
-
-impl Imaging {
-    fn image(&self) {
-        if !*self.on.lock().unwrap() {
-            return;
-        }
-        let mut imgs = self.images.lock().unwrap();
-        // The first segments' every step (the rest repeat them).
-        if imgs.len() >= 24 {
-            return;
-        }
-        let to = self.root.join(format!("img-{}", imgs.len()));
-        std::fs::create_dir_all(&to).unwrap();
-        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
-            if e.path().is_file() {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-        imgs.push(to);
-    }
-}
-
-impl Io for Imaging {
-    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        self.image();
-        StdIo.create(path)
-    }
-    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        StdIo.open(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.image();
-        StdIo.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        self.image();
-        StdIo.remove(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.image();
-        StdIo.sync_dir(dir)
-    }
-}
-
 #[test]
 fn a_crash_at_every_step_of_a_compaction_leaves_the_same_visible_events() {
     let root = tempfile::tempdir().unwrap();
@@ -469,19 +416,23 @@ fn a_crash_at_every_step_of_a_compaction_leaves_the_same_visible_events() {
     let log = build(&dir, clock.clone());
     log.close().unwrap();
     let expected = snapshot(&Log::open(&dir, opts_at(&clock)).unwrap().view().unwrap());
-    let seam = Arc::new(Imaging {
-        dir: dir.clone(),
-        images: Mutex::new(Vec::new()),
-        root: root.path().to_path_buf(),
-        on: Mutex::new(false),
-    });
+    // An image before every file operation of the first segments'
+    // compaction (the rest repeat them).
+    let seam = Arc::new(common::DirImages::new(
+        &dir,
+        root.path(),
+        common::always,
+        common::never,
+        24,
+    ));
+    seam.on.store(false, Ordering::SeqCst);
     let log = Log::open(&dir, opts_at(&clock).io(seam.clone())).unwrap();
-    *seam.on.lock().unwrap() = true;
+    seam.on.store(true, Ordering::SeqCst);
     let report = log.compact().unwrap();
-    *seam.on.lock().unwrap() = false;
+    seam.on.store(false, Ordering::SeqCst);
     assert!(!report.compacted.is_empty());
     drop(log);
-    let images = seam.images.lock().unwrap().clone();
+    let images = seam.images();
     assert!(images.len() > 5, "{}", images.len());
     for img in images {
         let log = Log::open(&img, opts_at(&clock)).unwrap_or_else(|e| panic!("{}: {e}", img.display()));

@@ -573,29 +573,6 @@ impl Inner {
         }
     }
 
-    /// Take the stream table from memory and remove its file durably;
-    /// returns the segment it covered up to (the retention lock held).
-    fn drop_table(&self) -> Result<Option<u64>> {
-        let covered = {
-            let mut p = lock(&self.published);
-            let c = p.table.as_ref().map(|t| t.next_segment());
-            p.table = None;
-            c
-        };
-        let covered = {
-            let mut st = lock(&self.state);
-            let c = st.table.as_ref().map(|t| t.next_segment()).or(covered);
-            st.table = None;
-            c
-        };
-        let path = self.dir.join(crate::index::streamtable::STREAM_TABLE_FILE);
-        if let Err(e) = super::retention::remove_durably(&*self.opts.io, &self.dir, &path) {
-            self.poison(&e);
-            return Err(e);
-        }
-        Ok(covered)
-    }
-
     /// Write the index file of the rewritten segment `seg` (spec 17).
     fn index_compacted(&self, seg: &ViewSegment) -> Result<()> {
         let bytes = seg.bytes()?;

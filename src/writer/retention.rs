@@ -31,7 +31,6 @@ use crate::format::meta::{META_EVENT_TYPE, meta_stream};
 use crate::format::names::{index_file_name, parse_checkpoint_file_name, segment_file_name};
 use crate::format::record::EventData;
 use crate::format::retention::{RETENTION_EVENT_TYPE, RETENTION_STREAM, RetentionRecord};
-use crate::index::streamtable::STREAM_TABLE_FILE;
 use crate::read::front::{missing_front, newest_retention};
 use crate::read::view::{ViewSegment, read_segment_header};
 use crate::types::{Direction, ExpectedVersion};
@@ -243,18 +242,12 @@ impl Inner {
                 .into_iter()
                 .partition(|s| s.base < removed_before);
             p.sealed = kept;
-            p.table = None;
             gone
-        };
-        let covered = {
-            let mut st = lock(&self.state);
-            let covered = st.table.as_ref().map(|t| t.next_segment());
-            st.table = None;
-            covered
         };
         // From here the stream table is not in memory: a failure poisons
         // the writer (no append may decide a version, nor the sealer merge a
         // segment, without it) until a reopen finishes the removal.
+        let covered = self.drop_table()?;
         if let Err(e) = self.remove_files(&removed, covered, report) {
             self.poison(&e);
             return Err(e);
@@ -263,13 +256,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Steps 3 (the file) to 5 of [`Inner::remove_front`]: the stream
-    /// table file, each segment below the new start and its index file,
-    /// then the rebuilt table (covering what the old one covered).
+    /// Steps 4 and 5 of [`Inner::remove_front`] (the stream table already
+    /// dropped): each segment below the new start and its index file, then
+    /// the rebuilt table (covering what the old one covered).
     fn remove_files(&self, removed: &[ViewSegment], covered: Option<u64>, report: &mut RetentionReport) -> Result<()> {
         let fs = &*self.opts.io;
-        let table_path = self.dir.join(STREAM_TABLE_FILE);
-        remove_durably(fs, &self.dir, &table_path)?;
         for seg in removed {
             // Views taken before keep reading what they hold: map it now, so
             // that the removal does not take a segment from under them.

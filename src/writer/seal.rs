@@ -297,6 +297,31 @@ impl Inner {
         Ok(())
     }
 
+    /// Take the stream table from memory and remove its file durably (log
+    /// retention and compaction, which rebuild it after; the retention lock
+    /// held); returns the segment it covered up to. A failure poisons the
+    /// writer: without its table it may not decide a version.
+    pub(super) fn drop_table(&self) -> Result<Option<u64>> {
+        let covered = {
+            let mut p = lock(&self.published);
+            let c = p.table.as_ref().map(|t| t.next_segment());
+            p.table = None;
+            c
+        };
+        let covered = {
+            let mut st = lock(&self.state);
+            let c = st.table.as_ref().map(|t| t.next_segment()).or(covered);
+            st.table = None;
+            c
+        };
+        let path = self.dir.join(crate::index::streamtable::STREAM_TABLE_FILE);
+        if let Err(e) = super::retention::remove_durably(&*self.opts.io, &self.dir, &path) {
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(covered)
+    }
+
     /// Write `bytes` as the stream table and let readers and appenders use it;
     /// `covered` is a segment whose in-memory streams it now covers.
     pub(super) fn install_table(&self, bytes: &[u8], covered: Option<u64>) -> Result<()> {

@@ -321,3 +321,109 @@ pub fn remove_checkpoints(dir: &Path) -> usize {
     }
     n
 }
+
+/// The file operations a [`DirImages`] seam can take an image at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    Create,
+    Rename,
+    Remove,
+    SyncDir,
+}
+
+/// When a [`DirImages`] seam copies the log directory: before or after an
+/// operation, given the operation and the path it creates, renames to or
+/// removes.
+pub type ImageWhen = fn(IoOp, &Path) -> bool;
+
+/// An I/O seam that copies the log directory (its files) into `root/img-N`
+/// before or after the operations `before` / `after` choose, at most `max`
+/// times, while `on`: a crash image there.
+#[derive(Debug)]
+pub struct DirImages {
+    dir: PathBuf,
+    root: PathBuf,
+    before: ImageWhen,
+    after: ImageWhen,
+    max: usize,
+    pub on: std::sync::atomic::AtomicBool,
+    images: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl DirImages {
+    pub fn new(dir: &Path, root: &Path, before: ImageWhen, after: ImageWhen, max: usize) -> DirImages {
+        DirImages {
+            dir: dir.to_owned(),
+            root: root.to_owned(),
+            before,
+            after,
+            max,
+            on: std::sync::atomic::AtomicBool::new(true),
+            images: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The images taken, in order.
+    pub fn images(&self) -> Vec<PathBuf> {
+        self.images.lock().unwrap().clone()
+    }
+
+    fn image(&self, take: bool) {
+        if !take || !self.on.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut imgs = self.images.lock().unwrap();
+        if imgs.len() >= self.max {
+            return;
+        }
+        let to = self.root.join(format!("img-{}", imgs.len()));
+        fs::create_dir_all(&to).unwrap();
+        for e in fs::read_dir(&self.dir).unwrap().flatten() {
+            if e.path().is_file() {
+                fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+        imgs.push(to);
+    }
+
+    fn around<T>(&self, op: IoOp, path: &Path, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        self.image((self.before)(op, path));
+        let r = f()?;
+        self.image((self.after)(op, path));
+        Ok(r)
+    }
+}
+
+impl annal::io::Io for DirImages {
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn annal::io::IoFile>> {
+        self.around(IoOp::Create, path, || annal::io::StdIo.create(path))
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn annal::io::IoFile>> {
+        annal::io::StdIo.open(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.around(IoOp::Rename, to, || annal::io::StdIo.rename(from, to))
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.around(IoOp::Remove, path, || annal::io::StdIo.remove(path))
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.around(IoOp::SyncDir, dir, || annal::io::StdIo.sync_dir(dir))
+    }
+}
+
+/// For [`DirImages`]: never.
+pub fn never(_: IoOp, _: &Path) -> bool {
+    false
+}
+
+/// For [`DirImages`]: at every operation.
+pub fn always(_: IoOp, _: &Path) -> bool {
+    true
+}
+
+/// For [`DirImages`]: at a rename to a segment file (the swap of a
+/// compaction, spec 3.10).
+pub fn segment_rename(op: IoOp, to: &Path) -> bool {
+    op == IoOp::Rename && to.extension().is_some_and(|x| x == "seg")
+}
