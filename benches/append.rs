@@ -102,7 +102,7 @@ impl Target for AnnalTarget<'_> {
         }
         let path = self.dir.path().join("log");
         let _ = std::fs::remove_dir_all(&path);
-        self.log = Some(Log::open(&path, self.opts.clone()).expect("open"));
+        self.log = Some(Log::open_with(&path, self.opts.clone()).expect("open"));
     }
 
     fn write_one(&mut self) {
@@ -192,7 +192,7 @@ impl Target for LimitTarget<'_> {
 /// Bytes annal writes for one batch of `events` to a stream named like ours.
 fn batch_bytes(events: &[EventData<'_>]) -> u64 {
     let probe = common::scratch("annal-bench-probe-");
-    let log = Log::open(probe.path(), Options::default()).expect("open");
+    let log = Log::open(probe.path()).expect("open");
     let before = log.view().expect("view").len_bytes();
     log.append("order-999", ExpectedVersion::Any, events).expect("append");
     log.view().expect("view").len_bytes() - before

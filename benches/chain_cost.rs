@@ -33,7 +33,7 @@ const PAYLOAD: usize = 256;
 fn real_batch() -> (Vec<u8>, Vec<(usize, usize)>) {
     let dir = common::scratch("chain-cost");
     let path = dir.path().join("log");
-    let log = annal::Log::open(&path, Options::default().durability(annal::Durability::Buffered)).expect("open");
+    let log = annal::Log::open_with(&path, Options::default().durability(annal::Durability::Buffered)).expect("open");
     let payload = common::payload(PAYLOAD);
     let events: Vec<EventData<'_>> = (0..RECORDS)
         .map(|_| EventData::new("ItemAdded", payload.as_slice()))

@@ -302,7 +302,7 @@ fn cold_replay(c: &mut Criterion, d: &Data) {
 // ------------------------------------------------------------------ open
 
 fn annal_log_open(dir: &Path) {
-    let log = annal::Log::open(dir, annal::Options::default()).expect("open");
+    let log = annal::Log::open_with(dir, annal::Options::default()).expect("open");
     log.close().expect("close");
 }
 

@@ -93,7 +93,7 @@ fn compact_copy(pristine: &Path) -> (Duration, CompactionReport, tempfile::TempD
     let work = common::scratch("annal-bench-compaction-run-");
     let dir = work.path().join("log");
     copy_tree(pristine, &dir);
-    let log = Log::open(&dir, Options::default()).expect("open the copy");
+    let log = Log::open(&dir).expect("open the copy");
     let t = Instant::now();
     let report = log.compact().expect("compact");
     let took = t.elapsed();

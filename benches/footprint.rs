@@ -12,7 +12,7 @@
 //!
 //! Stores, each in a fresh scratch directory (`ANNAL_BENCH_DIR`):
 //!
-//! * annal: `Log::open(dir, Options::default())` (`Buffered`), appends with
+//! * annal: `Log::open(dir)` (`Buffered`), appends with
 //!   `ExpectedVersion::Any`, `close()`; the whole directory, and by kind of
 //!   file (`.seg`, `.idx`, `.ckpt`, `annal.streams`, `annal.head`, other).
 //! * SQLite: the table of `common::sqlite_open` (WAL, `synchronous = NORMAL`,
@@ -139,7 +139,7 @@ fn write_annal(dir: &Path, shape: Shape, n: u64, names: &[String], format: Optio
         );
         opts = opts.format_version(v);
     }
-    let log = Log::open(dir, opts).expect("open the log");
+    let log = Log::open_with(dir, opts).expect("open the log");
     if let Some(v) = format {
         assert_eq!(
             log.format_version(),

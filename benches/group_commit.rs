@@ -124,7 +124,7 @@ fn group_commit(c: &mut Criterion) {
         let io = CountingIo::default();
         let syncs = io.syncs.clone();
         let opts = Options::default().durability(Durability::Fsync).io(Arc::new(io));
-        let log = Log::open(dir.path().join("log"), opts).expect("open");
+        let log = Log::open_with(dir.path().join("log"), opts).expect("open");
         let appended = AtomicU64::new(0);
         let synced_before = syncs.load(Ordering::Relaxed);
         g.bench_function("annal", |b| {

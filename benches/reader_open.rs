@@ -43,7 +43,7 @@ fn single_event_log(bytes: u64) -> (tempfile::TempDir, std::path::PathBuf, u64) 
     let opts = Options::default()
         .durability(annal::Durability::Buffered)
         .segment_size(bytes.saturating_mul(2).max(64 << 20));
-    let log = annal::Log::open(&path, opts).expect("open");
+    let log = annal::Log::open_with(&path, opts).expect("open");
     let names: Vec<String> = (0..STREAMS).map(|i| format!("order-{i}")).collect();
     let payload = common::payload(PAYLOAD);
     let event = [EventData::new("ItemAdded", payload.as_slice())];

@@ -118,7 +118,7 @@ fn snapshot(c: &mut Criterion) {
 
     let start = Instant::now();
     let dir = common::scratch("annal-bench-snapshot-");
-    let log = Log::open(
+    let log = Log::open_with(
         dir.path().join("log"),
         Options::default().durability(Durability::Buffered),
     )

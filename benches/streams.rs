@@ -101,7 +101,7 @@ fn label(prefix: &str, n: u64) -> String {
 
 /// Print what a log holds; returns the size of its active segment in bytes.
 fn describe(what: &str, dir: &Path) -> u64 {
-    let log = Log::open(dir, Options::default()).expect("open");
+    let log = Log::open(dir).expect("open");
     let view = log.view().expect("view");
     let active = view
         .segment_bytes()
@@ -127,7 +127,7 @@ fn build_read_log(dir: &Path, n: u64, names: &[String]) {
     let batch: Vec<EventData<'_>> = (0..READ_MAX_BATCH)
         .map(|_| EventData::new(EVENT_TYPE, payload.as_slice()))
         .collect();
-    let log = Log::open(dir, Options::default()).expect("open");
+    let log = Log::open(dir).expect("open");
     let mut rng = Rng(0x5eed_0001);
     let (mut written, mut s) = (0u64, 0usize);
     while written < n {
@@ -196,7 +196,7 @@ fn read_stream(c: &mut Criterion) {
     let log_dir = tmp.path().join("log");
     build_read_log(&log_dir, n, &names);
     describe("read_stream log", &log_dir);
-    let log = Log::open(&log_dir, Options::default()).expect("open");
+    let log = Log::open(&log_dir).expect("open");
     let view = log.view().expect("view");
     let db = common::sqlite_copy(&tmp.path().join("events.sqlite"), &view);
     // Both sides return the same events: every stream's (together, every
@@ -261,22 +261,22 @@ fn build_open_log(dir: &Path, n: u64, active: u64, names: &[String]) {
         }
     };
     let sealed = n - active;
-    let log = Log::open(dir, Options::default()).expect("open");
+    let log = Log::open(dir).expect("open");
     append(&log, 0, sealed);
     log.close().expect("close");
     // With a 1-byte segment size, the next append starts a new segment
     // (unless the log is still empty).
     let first = OPEN_BATCH.min(active);
-    let log = Log::open(dir, Options::default().segment_size(1)).expect("open");
+    let log = Log::open_with(dir, Options::default().segment_size(1)).expect("open");
     append(&log, sealed, sealed + first);
     log.close().expect("close");
-    let log = Log::open(dir, Options::default()).expect("open");
+    let log = Log::open(dir).expect("open");
     append(&log, sealed + first, n);
     log.close().expect("close");
 }
 
 fn open_close(dir: &Path) {
-    let log = Log::open(dir, Options::default()).expect("open");
+    let log = Log::open(dir).expect("open");
     black_box(log.next_position());
     log.close().expect("close");
 }
@@ -362,7 +362,7 @@ fn open_checkpoints(c: &mut Criterion) {
                         common::remove_checkpoints(&dir);
                     }
                     let start = std::time::Instant::now();
-                    let log = Log::open(&dir, Options::default()).expect("open");
+                    let log = Log::open(&dir).expect("open");
                     total += start.elapsed();
                     black_box(log.next_position());
                     log.close().expect("close");

@@ -169,7 +169,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orders: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let big_items: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(2_000);
     let tmp = tempfile::Builder::new().prefix("annal-orders-").tempdir()?;
-    let log = Log::open(tmp.path(), Options::default().segment_size(64 << 20))?;
+    let log = Log::open_with(tmp.path(), Options::default().segment_size(64 << 20))?;
     let repo = Repository::<Order>::new(&log).snapshot_every(100, 2);
     println!("annal orders example: {orders} orders in {}", tmp.path().display());
 

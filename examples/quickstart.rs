@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("durability: {durability:?} (one sync() at the end)");
 
     // Append.
-    let log = Log::open(&dir, Options::default().durability(durability))?;
+    let log = Log::open_with(&dir, Options::default().durability(durability))?;
     // A directory given on the command line may already hold a log: append
     // after what is there and replay only what this run appended.
     let first = log.next_position();
@@ -53,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Reopen and replay.
     let start = Instant::now();
-    let log = Log::open(&dir, Options::default())?;
+    let log = Log::open(&dir)?;
     let open_secs = start.elapsed().as_secs_f64();
     let view = log.view()?;
     let start = Instant::now();

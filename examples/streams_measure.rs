@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use annal::{Direction, EventData, ExpectedVersion, Log, LogView, Options};
+use annal::{Direction, EventData, ExpectedVersion, Log, LogView};
 use rusqlite::Connection;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -71,7 +71,7 @@ fn build_log(dir: &Path, events: u64, names: &[String], seed: u64) -> BoxResult<
     let batch: Vec<EventData<'_>> = (0..MAX_BATCH)
         .map(|_| EventData::new("ItemAdded", payload.as_slice()))
         .collect();
-    let log = Log::open(dir, Options::default())?;
+    let log = Log::open(dir)?;
     let mut rng = Rng(seed);
     let (mut written, mut appends, mut s) = (0u64, 0u64, 0usize);
     while written < events {
@@ -104,7 +104,7 @@ fn build_sqlite(path: &Path, log_dir: &Path) -> BoxResult<u64> {
              UNIQUE (stream, version)
          );",
     )?;
-    let log = Log::open(log_dir, Options::default())?;
+    let log = Log::open(log_dir)?;
     let view = log.view()?;
     let mut recs = view.read_all(0).peekable();
     while recs.peek().is_some() {
@@ -146,7 +146,7 @@ fn dir_bytes(dir: &Path) -> BoxResult<u64> {
 
 /// `(segments, active segment bytes)` of a closed log.
 fn layout(dir: &Path) -> BoxResult<(usize, u64)> {
-    let log = Log::open(dir, Options::default())?;
+    let log = Log::open(dir)?;
     let view = log.view()?;
     let r = (
         view.segment_count(),
@@ -177,7 +177,7 @@ fn open_times(dir: &Path) -> BoxResult<(Duration, Duration, Duration)> {
     let mut t = Vec::with_capacity(OPENS);
     for _ in 0..OPENS {
         let start = Instant::now();
-        let log = Log::open(dir, Options::default())?;
+        let log = Log::open(dir)?;
         std::hint::black_box(log.next_position());
         log.close()?;
         t.push(start.elapsed());
@@ -211,7 +211,7 @@ fn rss() -> BoxResult<[u64; 3]> {
 /// six numbers (before, after) × (VmRSS, RssAnon, RssFile).
 fn rss_child(dir: &Path) -> BoxResult<()> {
     let before = rss()?;
-    let log = Log::open(dir, Options::default())?;
+    let log = Log::open(dir)?;
     let after = rss()?;
     std::hint::black_box(log.next_position());
     println!(
@@ -347,7 +347,7 @@ fn main() -> BoxResult<()> {
     // (c) annal reads: 1000 random streams, then the same streams again.
     let mut rng = Rng(0x5eed);
     let picks: Vec<usize> = (0..READS).map(|_| rng.below(streams) as usize).collect();
-    let log = Log::open(&big_dir, Options::default())?;
+    let log = Log::open(&big_dir)?;
     let view = log.view()?;
     let (annal_first, annal_got) = time_reads(&picks, &names, |s| annal_read(&view, s))?;
     let (annal_again, _) = time_reads(&picks, &names, |s| annal_read(&view, s))?;

@@ -338,7 +338,7 @@ pub fn open_dir(dir: &Path) {
     let _ = crate::read::anchor::chain_head(dir);
     replay_reader(dir);
     let _ = crate::check(dir, CheckOptions::default().repair(true));
-    if let Ok(log) = Log::open(dir, Options::default().create(false)) {
+    if let Ok(log) = Log::open_with(dir, Options::default().create(false)) {
         if let Ok(view) = log.view() {
             replay_view(&view);
         }

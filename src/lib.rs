@@ -25,7 +25,7 @@
 //! use annal::{Durability, EventData, ExpectedVersion, Log, Options, Reader};
 //!
 //! let dir = tempfile::tempdir().unwrap();
-//! let log = Log::open(dir.path(), Options::default().durability(Durability::Fsync))?;
+//! let log = Log::open_with(dir.path(), Options::default().durability(Durability::Fsync))?;
 //! log.append("order-7", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
 //!
 //! // Another process (or thread) reads without the lock.
@@ -82,7 +82,7 @@ pub use es::typed;
 pub use es::typed::{Event, Typed, Upcasters};
 pub use format::hash::{category_of, stream_hash};
 pub use format::names::{HEAD_FILE, LOCK_FILE, STREAM_TABLE_FILE};
-pub use format::record::{EventData, RecordRef};
+pub use format::record::{EventData, Payload, RecordRef};
 pub use format::sealed::KeyId;
 pub use read::anchor::{ChainHead, chain_head, head_anchor};
 pub use read::query::{ReadAllBackward, ReadNamed, ReadStream};

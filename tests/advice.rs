@@ -39,7 +39,7 @@ fn delta(before: AdviceCounts) -> AdviceCounts {
 /// A closed log of `events` events of `PAYLOAD` bytes, in appends of 10,
 /// round-robin over `STREAMS` streams, in segments of `SEGMENT` bytes.
 fn build(dir: &Path, events: usize) {
-    let log = Log::open(dir, Options::default().segment_size(SEGMENT)).unwrap();
+    let log = Log::open_with(dir, Options::default().segment_size(SEGMENT)).unwrap();
     let payload = vec![7u8; PAYLOAD];
     let batch: Vec<EventData<'_>> = (0..10).map(|_| EventData::new("E", payload.as_slice())).collect();
     for i in 0..events / 10 {

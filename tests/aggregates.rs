@@ -84,7 +84,7 @@ proptest! {
         keep in 1usize..4,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), Options::default().segment_size(4096)).unwrap();
+        let log = Log::open_with(dir.path(), Options::default().segment_size(4096)).unwrap();
         let snap = Repository::<Tally>::new(&log).snapshot_every(every, keep);
         let plain = Repository::<Tally>::new(&log).ignore_snapshots();
         let mut model: Vec<Vec<i64>> = vec![Vec::new(); 3];
@@ -143,7 +143,7 @@ proptest! {
 #[test]
 fn racing_executes_retry_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(Log::open(dir.path(), Options::default()).unwrap());
+    let log = Arc::new(Log::open(dir.path()).unwrap());
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let log = log.clone();
@@ -173,7 +173,7 @@ fn state_as_of_a_time_and_a_position() {
     let clock = now.clone();
     let dir = tempfile::tempdir().unwrap();
     let opts = Options::default().clock(Arc::new(move || clock.load(Ordering::SeqCst)));
-    let log = Log::open(dir.path(), opts).unwrap();
+    let log = Log::open_with(dir.path(), opts).unwrap();
     let repo = Repository::<Tally>::new(&log).snapshot_every(2, 1);
     for (i, v) in [5i64, 7, 11, 13].iter().enumerate() {
         now.store(100 * (i as u64 + 1), Ordering::SeqCst);

@@ -5,7 +5,7 @@ use annal::{Error, EventData, ExpectedVersion, Log, Options};
 
 fn log(opts: Options) -> (tempfile::TempDir, Log) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), opts).expect("open");
+    let log = Log::open_with(dir.path(), opts).expect("open");
     (dir, log)
 }
 

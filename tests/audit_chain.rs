@@ -35,7 +35,7 @@ fn small() -> Options {
 /// of 20 to 120 bytes) and return the anchor before the first batch and
 /// after each batch: `anchors[i]` is the anchor after `i` batches.
 fn build(dir: &Path, opts: Options, batches: usize, seed: u64) -> Vec<Anchor> {
-    let log = Log::open(dir, opts).expect("open");
+    let log = Log::open_with(dir, opts).expect("open");
     let mut rng = Rng::new(seed);
     let mut anchors = vec![log.anchor().expect("a new log has the chain")];
     for i in 0..batches {
@@ -558,7 +558,7 @@ fn random_anchors_fail_exactly_after_the_edit() {
 fn random_round(seed: u64) {
     let mut rng = Rng::new(seed);
     let d = scratch();
-    let log = Log::open(d.path(), Options::default().format_version(2).segment_size(64 << 10)).expect("open");
+    let log = Log::open_with(d.path(), Options::default().format_version(2).segment_size(64 << 10)).expect("open");
     let streams = ["orders", "payments", "audit", "users", "stock"];
     let mut anchors = Vec::new();
     let mut written = 0u64;

@@ -20,7 +20,7 @@ fn opts() -> Options {
 /// A cleanly closed log of three segments (two sealed).
 fn log3() -> tempfile::TempDir {
     let src = common::scratch();
-    let log = Log::open(src.path(), opts()).expect("create");
+    let log = Log::open_with(src.path(), opts()).expect("create");
     let mut i = 0u64;
     while segments(src.path()).len() < 3 {
         let events = [
@@ -55,7 +55,7 @@ enum Via {
 fn error_of(dir: &Path, via: Via, label: &str) -> Error {
     let before = snapshot(dir);
     let e = match via {
-        Via::Open => match Log::open(dir, opts()) {
+        Via::Open => match Log::open_with(dir, opts()) {
             Err(e) => e,
             Ok(log) => {
                 let (_, e) = common::read_until_err(&log.view().expect("view"), 0);
@@ -255,7 +255,7 @@ fn directory_holding_an_unrelated_file_is_not_a_log() {
     let dir = common::scratch();
     fs::write(dir.path().join("notes.txt"), b"my notes").expect("write");
     for create in [true, false] {
-        match Log::open(dir.path(), Options::default().format_version(2).create(create)) {
+        match Log::open_with(dir.path(), Options::default().format_version(2).create(create)) {
             Err(Error::NotALog { path, detail }) => {
                 assert_eq!(path, dir.path());
                 assert!(!detail.is_empty());
@@ -266,7 +266,7 @@ fn directory_holding_an_unrelated_file_is_not_a_log() {
     }
     let e = Reader::open(dir.path()).expect_err("Reader on a directory that is not a log");
     assert!(matches!(&e, Error::NotALog { path, .. } if path == dir.path()), "{e:?}");
-    let e = Log::open(dir.path(), Options::default().format_version(2)).expect_err("not a log");
+    let e = Log::open_with(dir.path(), Options::default().format_version(2)).expect_err("not a log");
     assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
     assert_eq!(common::listing(dir.path()), ["notes.txt"], "nothing was created");
     assert_eq!(fs::read(dir.path().join("notes.txt")).expect("read"), b"my notes");
@@ -277,7 +277,7 @@ fn a_regular_file_is_not_a_log() {
     let dir = common::scratch();
     let file = dir.path().join("events.db");
     fs::write(&file, b"not a directory").expect("write");
-    let e = Log::open(&file, Options::default().format_version(2)).expect_err("a file is not a log");
+    let e = Log::open_with(&file, Options::default().format_version(2)).expect_err("a file is not a log");
     match &e {
         Error::NotALog { path, .. } => assert_eq!(path, &file),
         other => panic!("expected NotALog, got {other}"),
@@ -307,11 +307,11 @@ fn empty_directory_read_only_is_not_a_log() {
     assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
     assert!(common::listing(dir.path()).is_empty(), "the reader created something");
     // Opening for writing without `create` refuses it too, creating nothing.
-    let e = Log::open(dir.path(), Options::default().format_version(2).create(false)).expect_err("create(false)");
+    let e = Log::open_with(dir.path(), Options::default().format_version(2).create(false)).expect_err("create(false)");
     assert!(matches!(e, Error::NotALog { .. }), "{e}");
     assert!(
         common::listing(dir.path()).is_empty(),
-        "Log::open(create=false) created something"
+        "Log::open_with(create=false) created something"
     );
 }
 

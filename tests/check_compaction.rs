@@ -55,7 +55,7 @@ fn opts_at(clock: &Arc<Mutex<u64>>) -> Options {
 /// `max_count` 3, `age` with `max_age` 10 s, `keep` without rules); returns
 /// the log and the anchor after each round of appends.
 fn build(dir: &Path, clock: &Arc<Mutex<u64>>, o: Options) -> (Log, Vec<Anchor>) {
-    let log = Log::open(dir, o).unwrap();
+    let log = Log::open_with(dir, o).unwrap();
     let mut anchors = Vec::new();
     for i in 0..50u64 {
         *clock.lock().unwrap() += 1_000_000_000;
@@ -131,7 +131,7 @@ fn a_compacted_log_checks_clean_and_lists_its_compacted_segments() {
 fn a_second_compaction_checks_clean_against_the_newest_record() {
     let dir = scratch();
     let (_, _, clock) = compacted(dir.path());
-    let log = Log::open(dir.path(), opts_at(&clock)).unwrap();
+    let log = Log::open_with(dir.path(), opts_at(&clock)).unwrap();
     log.set_stream_metadata("keep", StreamMetadata::new().max_count(2))
         .unwrap();
     let second = log.compact().unwrap();
@@ -149,7 +149,7 @@ fn a_second_compaction_checks_clean_against_the_newest_record() {
 fn anchors_inside_a_compacted_segment_are_superseded_and_the_others_hold() {
     let dir = scratch();
     let (_, before, clock) = compacted(dir.path());
-    let log = Log::open(dir.path(), opts_at(&clock)).unwrap();
+    let log = Log::open_with(dir.path(), opts_at(&clock)).unwrap();
     log.append(
         "keep",
         ExpectedVersion::Any,
@@ -334,7 +334,7 @@ fn a_crash_between_the_record_and_the_swap_is_a_warning_not_a_problem() {
         common::never,
         1,
     ));
-    let log = Log::open(&dir, opts_at(&clock).io(seam.clone())).unwrap();
+    let log = Log::open_with(&dir, opts_at(&clock).io(seam.clone())).unwrap();
     let report = log.compact().unwrap();
     log.close().unwrap();
     let swapped = report.compacted[0].clone();
@@ -362,7 +362,7 @@ fn a_crash_between_the_record_and_the_swap_is_a_warning_not_a_problem() {
     assert_eq!(w[0].file, image.join(swapped.file_name().unwrap()));
     assert!(w[0].detail.contains("is the original"), "{}", w[0].detail);
     // The next open and compaction finish the job; then it checks clean.
-    let log = Log::open(&image, opts_at(&clock)).unwrap();
+    let log = Log::open_with(&image, opts_at(&clock)).unwrap();
     log.compact().unwrap();
     log.close().unwrap();
     let r = check(&image, CheckOptions::default());
@@ -453,10 +453,10 @@ fn a_compacted_file_from_another_compaction_of_the_same_log_is_a_problem() {
     // The same log (same log_id, same bytes) in two places, compacted under
     // different rules.
     copy_dir(&a, &b);
-    let log = Log::open(&a, opts_at(&clock)).unwrap();
+    let log = Log::open_with(&a, opts_at(&clock)).unwrap();
     let in_a = log.compact().unwrap();
     log.close().unwrap();
-    let log = Log::open(&b, opts_at(&clock)).unwrap();
+    let log = Log::open_with(&b, opts_at(&clock)).unwrap();
     log.set_stream_metadata("keep", StreamMetadata::new().max_count(1))
         .unwrap();
     let in_b = log.compact().unwrap();
@@ -514,7 +514,7 @@ fn a_crash_after_the_swap_before_the_index_is_written_leaves_it_missing_and_repa
         common::segment_rename,
         usize::MAX,
     ));
-    let log = Log::open(&dir, opts_at(&clock).io(seam.clone())).unwrap();
+    let log = Log::open_with(&dir, opts_at(&clock).io(seam.clone())).unwrap();
     let report = log.compact().unwrap();
     log.close().unwrap();
     let images = seam.images();

@@ -32,7 +32,7 @@ fn signed_log() -> tempfile::TempDir {
         .segment_size(6 * 1024)
         .signing_key(SigningKey::from_bytes([7; 32]))
         .checkpoint_every(1000);
-    let log = Log::open(dir.path(), opts).expect("open");
+    let log = Log::open_with(dir.path(), opts).expect("open");
     append(&log, 80);
     log.close().expect("close");
     assert!(common::segments(dir.path()).len() >= 4);
@@ -55,7 +55,7 @@ fn all(r: &CheckReport) -> Vec<&annal::Finding> {
 #[test]
 fn every_changed_byte_of_the_head_is_reported_in_its_slot() {
     let base = common::scratch();
-    let log = Log::open(base.path(), Options::default().format_version(2)).expect("open");
+    let log = Log::open_with(base.path(), Options::default().format_version(2)).expect("open");
     append(&log, 5);
     log.close().expect("close");
     for at in 0..128usize {
@@ -150,8 +150,9 @@ fn a_changed_byte_in_a_sealed_checkpoint_body_is_reported_there_only() {
 #[test]
 fn check_while_a_writer_rolls_segments_invents_nothing() {
     let dir = common::scratch();
-    let log =
-        Arc::new(Log::open(dir.path(), Options::default().format_version(2).segment_size(2 * 1024)).expect("open"));
+    let log = Arc::new(
+        Log::open_with(dir.path(), Options::default().format_version(2).segment_size(2 * 1024)).expect("open"),
+    );
     append(&log, 20);
     // Rounds: the main thread opens a round and checks; the writer appends
     // up to 40 events in each round, while the check runs (so the log grows

@@ -91,7 +91,7 @@ fn build() -> Built {
     let opts = Options::default()
         .chain(false)
         .clock(Arc::new(move || clock.fetch_add(SEC, Ordering::SeqCst)));
-    let log = Log::open(dir.path(), opts).expect("open");
+    let log = Log::open_with(dir.path(), opts).expect("open");
     assert_eq!(log.format_version(), 4);
     let mut expect: Vec<(String, HiddenBy, u64, u64, u64, u64)> = Vec::new();
 
@@ -282,7 +282,7 @@ fn truncate_record(n: u64) -> [u8; 40] {
 fn a_metadata_event_that_does_not_decode_is_a_problem_naming_its_segment() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), Options::default().chain(false)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().chain(false)).expect("open");
     many(&log, "s", 3);
     let set = log
         .set_stream_metadata("s", StreamMetadata::new().truncate_before(2))
@@ -338,7 +338,7 @@ fn a_metadata_event_that_does_not_decode_is_a_problem_naming_its_segment() {
 fn a_version_3_log_hides_nothing_and_dump_decodes_no_rules() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), Options::default().format_version(3)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().format_version(3)).expect("open");
     many(&log, "x", 3);
     // In version 3 `$meta-x` is an ordinary stream, even with a rules record.
     log.append(

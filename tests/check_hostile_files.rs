@@ -66,7 +66,7 @@ fn check_measured(dir: &Path) -> (CheckReport, usize) {
 /// folder, and a few batches in the active segment.
 fn log() -> tempfile::TempDir {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default().format_version(2).segment_size(8 * 1024)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().format_version(2).segment_size(8 * 1024)).expect("open");
     for i in 0..60u64 {
         log.append(
             &format!("s-{}", i % 4),

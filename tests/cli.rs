@@ -176,7 +176,7 @@ fn append_with_wrong_expected_version_exits_1() {
 #[test]
 fn append_to_a_log_held_by_a_writer_exits_1() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let log = annal::Log::open(tmp.path(), annal::Options::default()).expect("open");
+    let log = annal::Log::open_with(tmp.path(), annal::Options::default()).expect("open");
     let out = run(&["append", p(tmp.path()), "--stream", "s", "--type", "T", "--data", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("locked"), "{}", text(&out.stderr));
@@ -274,7 +274,7 @@ fn stats_and_dump_describe_a_real_log() {
     let dir = tmp.path().join("log");
     {
         // Small segments, so that there are sealed segments with indexes and a stream table.
-        let log = annal::Log::open(&dir, annal::Options::default().segment_size(4096)).expect("open");
+        let log = annal::Log::open_with(&dir, annal::Options::default().segment_size(4096)).expect("open");
         for i in 0..200u32 {
             let stream = format!("order-{}", i % 7);
             let payload = format!("{{\"i\":{i}}}");

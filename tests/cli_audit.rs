@@ -41,7 +41,7 @@ fn p(path: &Path) -> &str {
 fn v2_log(dir: &Path) {
     if !dir.join("annal.head").exists() {
         let opts = annal::Options::default().format_version(2);
-        annal::Log::open(dir, opts)
+        annal::Log::open_with(dir, opts)
             .expect("create a v2 log")
             .close()
             .expect("close");
@@ -50,7 +50,7 @@ fn v2_log(dir: &Path) {
 
 fn append_batches(dir: &Path, from: u64, n: u64) {
     v2_log(dir);
-    let log = Log::open(dir, Options::default().segment_size(8 * 1024)).expect("open");
+    let log = Log::open_with(dir, Options::default().segment_size(8 * 1024)).expect("open");
     for i in from..from + n {
         let payload = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(60));
         log.append(

@@ -47,7 +47,7 @@ fn append_some(log: &Log, from: u64, n: u64) {
 /// stream table and a snapshot.
 fn clean_log() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     append_some(&log, 0, 200);
     log.sync().expect("sync");
     let snap = Snapshot {
@@ -218,7 +218,7 @@ fn damaged_snapshot_is_a_problem_that_repair_removes() {
 #[test]
 fn torn_tail_in_a_crash_image_is_a_warning_and_repair_cuts_it() {
     let src = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(src.path(), opts()).expect("open");
+    let log = Log::open_with(src.path(), opts()).expect("open");
     append_some(&log, 0, 100);
     log.sync().expect("sync");
     let seg = files(src.path(), "seg").last().cloned().expect("active");

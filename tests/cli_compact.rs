@@ -19,7 +19,7 @@ const SECRET: &[u8] = b"S3CR3T-PAYLOAD";
 /// segment. Returns the anchor after the first 5 events (inside the first
 /// segment, so superseded once it is compacted).
 fn build(dir: &Path) -> String {
-    let log = annal::Log::open(dir, annal::Options::default().segment_size(1024)).expect("open");
+    let log = annal::Log::open_with(dir, annal::Options::default().segment_size(1024)).expect("open");
     let mut anchor = None;
     let append = |s: &str, data: String| {
         log.append(
@@ -269,7 +269,7 @@ fn compact_refuses_what_it_cannot_do() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     // A log of format version 3: refused, nothing changed.
     let dir = tmp.path().join("v3");
-    let log = annal::Log::open(&dir, annal::Options::default().format_version(3)).expect("open");
+    let log = annal::Log::open_with(&dir, annal::Options::default().format_version(3)).expect("open");
     log.append(
         "s",
         annal::ExpectedVersion::Any,

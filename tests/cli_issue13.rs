@@ -129,7 +129,7 @@ fn read_stats_and_dump_escape_control_characters_in_names() {
         "del\x7f-c1\u{85}-bidi\u{202e}txt",
     ];
     {
-        let log = annal::Log::open(&dir, annal::Options::default()).expect("open");
+        let log = annal::Log::open_with(&dir, annal::Options::default()).expect("open");
         for s in hostile {
             log.append(
                 s,

@@ -300,7 +300,7 @@ fn a_wrong_expected_version_is_refused_with_exit_1() {
 fn a_version_3_log_refuses_delete_and_metadata() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("v3");
-    let log = annal::Log::open(&dir, annal::Options::default().format_version(3)).expect("open v3");
+    let log = annal::Log::open_with(&dir, annal::Options::default().format_version(3)).expect("open v3");
     log.append(
         "s",
         annal::ExpectedVersion::Any,
@@ -329,7 +329,7 @@ fn a_version_3_log_refuses_delete_and_metadata() {
 #[test]
 fn a_log_held_by_a_writer_is_refused_and_no_log_is_created() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let log = annal::Log::open(tmp.path(), annal::Options::default()).expect("open");
+    let log = annal::Log::open_with(tmp.path(), annal::Options::default()).expect("open");
     log.append(
         "s",
         annal::ExpectedVersion::Any,
@@ -401,7 +401,7 @@ fn delete_and_keep_recent(log: &Log) -> annal::Result<()> {
 #[test]
 fn the_readme_library_example_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(tmp.path(), annal::Options::default()).expect("open");
+    let log = Log::open_with(tmp.path(), annal::Options::default()).expect("open");
     delete_and_keep_recent(&log).expect("the README example");
     log.close().expect("close");
 }

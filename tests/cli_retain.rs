@@ -15,7 +15,7 @@ fn log_of(dir: &Path, n: u64, version: Option<u16>) {
     if let Some(v) = version {
         o = o.format_version(v);
     }
-    let log = annal::Log::open(dir, o).expect("open");
+    let log = annal::Log::open_with(dir, o).expect("open");
     for i in 0..n {
         log.append(
             &format!("host-{}", i % 3),
@@ -34,7 +34,7 @@ fn retain_removes_the_front_and_check_accounts_for_it() {
     log_of(&dir, 20, None);
     let anchor = text(&ok(run(&["anchor", p(&dir)])).stdout).trim().to_owned();
     {
-        let log = annal::Log::open(&dir, annal::Options::default().segment_size(1024)).expect("open");
+        let log = annal::Log::open_with(&dir, annal::Options::default().segment_size(1024)).expect("open");
         for i in 20..80u64 {
             log.append(
                 "host-1",

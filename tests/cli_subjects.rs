@@ -166,7 +166,7 @@ fn erase_a_customer(log: &Log) -> annal::Result<()> {
 #[test]
 fn the_readme_library_example_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(tmp.path(), annal::Options::default()).expect("open");
+    let log = Log::open_with(tmp.path(), annal::Options::default()).expect("open");
     erase_a_customer(&log).expect("the README example");
     log.close().expect("close");
 }

@@ -133,7 +133,7 @@ fn build(dir: &Path, clock: Arc<Mutex<u64>>) -> Log {
 }
 
 fn build_with(dir: &Path, opts: Options, clock: Arc<Mutex<u64>>) -> Log {
-    let log = Log::open(dir, opts).unwrap();
+    let log = Log::open_with(dir, opts).unwrap();
     for i in 0..60u64 {
         *clock.lock().unwrap() += 1_000_000_000;
         for s in ["keep-0", "keep-1", "gone-0", "count-0", "trunc-0", "age-0", "tomb-0"] {
@@ -238,7 +238,7 @@ fn compaction_removes_hidden_events_and_every_read_is_unchanged() {
     assert_eq!(r.stream_version, 60);
     let expect_after = snapshot(&log.view().unwrap());
     log.close().unwrap();
-    let log = Log::open(tmp.path(), opts_at(&clock).retired_grace(Duration::ZERO)).unwrap();
+    let log = Log::open_with(tmp.path(), opts_at(&clock).retired_grace(Duration::ZERO)).unwrap();
     same(&snapshot(&log.view().unwrap()), &expect_after);
     assert_eq!(log.stream_version("gone-0").unwrap(), Some(60));
     // Compacting again removes two more events: the deleted stream's old
@@ -351,7 +351,7 @@ fn retired_originals_are_removed_after_their_grace() {
     log.close().unwrap();
     // Within the grace an open keeps them; after it (their names say
     // when they were retired, on the system clock), removes them.
-    drop(Log::open(tmp.path(), opts_at(&clock)).unwrap());
+    drop(Log::open_with(tmp.path(), opts_at(&clock)).unwrap());
     let n = count();
     assert!(n > 0);
     let mut aged = 0;
@@ -364,7 +364,7 @@ fn retired_originals_are_removed_after_their_grace() {
         }
     }
     assert_eq!(count(), n);
-    drop(Log::open(tmp.path(), opts_at(&clock)).unwrap());
+    drop(Log::open_with(tmp.path(), opts_at(&clock)).unwrap());
     assert_eq!(count(), 0);
 }
 
@@ -390,14 +390,14 @@ fn a_second_compaction_removes_more_and_its_record_lists_every_run() {
         );
     }
     log.close().unwrap();
-    let log = Log::open(tmp.path(), opts_at(&clock)).unwrap();
+    let log = Log::open_with(tmp.path(), opts_at(&clock)).unwrap();
     same(&snapshot(&log.view().unwrap()), &before);
 }
 
 #[test]
 fn a_log_with_nothing_hidden_is_left_as_it_is() {
     let tmp = tempfile::tempdir().unwrap();
-    let log = Log::open(tmp.path(), opts()).unwrap();
+    let log = Log::open_with(tmp.path(), opts()).unwrap();
     for i in 0..100u64 {
         log.append("a", ExpectedVersion::Any, &[EventData::new("E", payload("a", i))])
             .unwrap();
@@ -415,7 +415,7 @@ fn a_crash_at_every_step_of_a_compaction_leaves_the_same_visible_events() {
     let clock = Arc::new(Mutex::new(1_000_000_000_000u64));
     let log = build(&dir, clock.clone());
     log.close().unwrap();
-    let expected = snapshot(&Log::open(&dir, opts_at(&clock)).unwrap().view().unwrap());
+    let expected = snapshot(&Log::open_with(&dir, opts_at(&clock)).unwrap().view().unwrap());
     // An image before every file operation of the first segments'
     // compaction (the rest repeat them).
     let seam = Arc::new(common::DirImages::new(
@@ -426,7 +426,7 @@ fn a_crash_at_every_step_of_a_compaction_leaves_the_same_visible_events() {
         24,
     ));
     seam.on.store(false, Ordering::SeqCst);
-    let log = Log::open(&dir, opts_at(&clock).io(seam.clone())).unwrap();
+    let log = Log::open_with(&dir, opts_at(&clock).io(seam.clone())).unwrap();
     seam.on.store(true, Ordering::SeqCst);
     let report = log.compact().unwrap();
     seam.on.store(false, Ordering::SeqCst);
@@ -435,7 +435,7 @@ fn a_crash_at_every_step_of_a_compaction_leaves_the_same_visible_events() {
     let images = seam.images();
     assert!(images.len() > 5, "{}", images.len());
     for img in images {
-        let log = Log::open(&img, opts_at(&clock)).unwrap_or_else(|e| panic!("{}: {e}", img.display()));
+        let log = Log::open_with(&img, opts_at(&clock)).unwrap_or_else(|e| panic!("{}: {e}", img.display()));
         same(&snapshot(&log.view().unwrap()), &expected);
         // The next compaction finishes the job.
         log.compact().unwrap();
@@ -493,7 +493,7 @@ fn power_cut(retain: bool) {
         );
         let at = tempfile::tempdir().unwrap();
         img.write_to(at.path());
-        let log = Log::open(at.path(), opts_at(&clock)).unwrap_or_else(|e| {
+        let log = Log::open_with(at.path(), opts_at(&clock)).unwrap_or_else(|e| {
             let keep = std::env::temp_dir().join("power-image-debug");
             let _ = std::fs::remove_dir_all(&keep);
             img.write_to(&keep);
@@ -560,7 +560,7 @@ fn compaction_kill_child() {
         return;
     };
     let clock = Arc::new(Mutex::new(KILL_CLOCK));
-    let log = Log::open(&dir, opts_at(&clock)).expect("child open");
+    let log = Log::open_with(&dir, opts_at(&clock)).expect("child open");
     support::child_say("READY");
     if std::env::var_os(ENV_KILL_RETAIN).is_some() {
         log.apply_retention_with(kill_retention()).expect("child retain");
@@ -588,7 +588,7 @@ fn a_writer_killed_while_it_compacts_loses_nothing_visible() {
     let log = build(&original, clock.clone());
     log.close().unwrap();
     *clock.lock().unwrap() = KILL_CLOCK;
-    let expected = snapshot(&Log::open(&original, opts_at(&clock)).unwrap().view().unwrap());
+    let expected = snapshot(&Log::open_with(&original, opts_at(&clock)).unwrap().view().unwrap());
     // What retention leaves, without a kill.
     let retained_dir = root.path().join("retained");
     std::fs::create_dir(&retained_dir).unwrap();
@@ -596,7 +596,7 @@ fn a_writer_killed_while_it_compacts_loses_nothing_visible() {
         std::fs::copy(e.path(), retained_dir.join(e.file_name())).unwrap();
     }
     let retained = {
-        let log = Log::open(&retained_dir, opts_at(&clock)).unwrap();
+        let log = Log::open_with(&retained_dir, opts_at(&clock)).unwrap();
         let r = log.apply_retention_with(kill_retention()).unwrap();
         assert!(r.removed_before.is_some(), "{r:?}");
         snapshot(&log.view().unwrap())
@@ -626,7 +626,7 @@ fn a_writer_killed_while_it_compacts_loses_nothing_visible() {
             _ => killed_before_done += 1,
         }
         let label = format!("round {round} (retention {retain})");
-        let log = Log::open(&dir, opts_at(&clock)).unwrap_or_else(|e| panic!("{label}: open: {e}"));
+        let log = Log::open_with(&dir, opts_at(&clock)).unwrap_or_else(|e| panic!("{label}: open: {e}"));
         if retain {
             let now = snapshot(&log.view().unwrap());
             assert!(
@@ -706,7 +706,7 @@ fn readers_racing_a_compaction_never_fault_and_never_differ() {
 fn after_erasure_and_compaction_no_file_holds_the_plaintext() {
     let tmp = tempfile::tempdir().unwrap();
     // No retired originals: the removed bytes leave at once.
-    let log = Log::open(tmp.path(), opts().retired_grace(Duration::ZERO)).unwrap();
+    let log = Log::open_with(tmp.path(), opts().retired_grace(Duration::ZERO)).unwrap();
     let secret = |i: u64| format!("alice-secret-address-{i:04}").into_bytes();
     for i in 0..60u64 {
         let ev = EventData::new("Moved", secret(i)).with_subject("alice");
@@ -737,7 +737,7 @@ fn after_erasure_and_compaction_no_file_holds_the_plaintext() {
         assert!(files_contain(tmp.path(), &secret(i)).is_empty(), "alice {i}");
     }
     // A tombstoned stream loses every event of its sealed segments.
-    let log = Log::open(tmp.path(), opts()).unwrap();
+    let log = Log::open_with(tmp.path(), opts()).unwrap();
     let active = log.view().unwrap().segment_count();
     assert!(active > 3);
     let left: Vec<u64> = (0..60)

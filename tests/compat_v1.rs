@@ -110,7 +110,7 @@ fn check_v1_vector_stays_v1(name: &str) {
         .map(|n| fs::read(dir.join(n)).expect("read segment"))
         .collect();
 
-    let log = Log::open(dir, Options::default().chain(true).segment_size(SEGMENT_SIZE)).expect("open v1 log");
+    let log = Log::open_with(dir, Options::default().chain(true).segment_size(SEGMENT_SIZE)).expect("open v1 log");
     assert_eq!(
         log.recovery(),
         &annal::Recovery::default(),
@@ -170,13 +170,13 @@ fn check_v1_vector_stays_v1(name: &str) {
     let mut reader = Reader::open(dir).expect("open reader");
     assert_eq!(read_events(&reader.view().expect("reader view")), all);
     drop(reader);
-    let log = Log::open(dir, Options::default()).expect("reopen");
+    let log = Log::open(dir).expect("reopen");
     assert_stays_v1(&log);
     log.close().expect("close");
 
     // A chain key for a log that is not keyed is refused, and changes nothing.
     let before = fs::read(dir.join(&segments[0])).expect("read segment");
-    match Log::open(dir, Options::default().chain_key(ChainKey::from_bytes([0x42; 32]))) {
+    match Log::open_with(dir, Options::default().chain_key(ChainKey::from_bytes([0x42; 32]))) {
         Err(Error::ChainKey { .. }) => {}
         other => panic!("{name}: expected Error::ChainKey for a v1 log, got {other:?}"),
     }

@@ -190,7 +190,7 @@ fn conc_child() {
             // Released when the parent writes a line.
             let _ = stdin.read_line(&mut line);
             let start = Instant::now();
-            match Log::open(dir, Options::default()) {
+            match Log::open(dir) {
                 Ok(log) => {
                     log.append(
                         "winner",
@@ -208,7 +208,7 @@ fn conc_child() {
                 Err(e) => child_say(&format!("ERROR {e}")),
             }
         }
-        "retry" => match Log::open(dir, Options::default()) {
+        "retry" => match Log::open(dir) {
             Ok(log) => {
                 log.append(
                     "loser",
@@ -233,7 +233,7 @@ fn write_and_follow(durability: Durability, readers: usize) {
     let mut rng = Rng::new(seed);
     let dir = common::scratch();
     let dir_s = dir.path().to_str().expect("utf-8 scratch dir").to_owned();
-    let log = Log::open(
+    let log = Log::open_with(
         dir.path(),
         Options::default().segment_size(SEGMENT_SIZE).durability(durability),
     )

@@ -72,7 +72,7 @@ fn build() -> Reference {
         .durability(Durability::Buffered)
         .signing_key(signer())
         .checkpoint_every(1000);
-    let log = Log::open(dir.path(), opts).expect("create the reference log");
+    let log = Log::open_with(dir.path(), opts).expect("create the reference log");
     let repo = Repository::<Tally>::new(&log).snapshot_every(3, 3);
     let mut i: u64 = 0;
     // Four sealed segments, then a few batches in the active one.
@@ -886,7 +886,7 @@ fn read_reader(dir: &Path, r: &Reference, what: &str) -> Result<Vec<Rec>, String
 
 /// Open a writer and read everything; the log, if it opened.
 fn read_log(dir: &Path, r: &Reference, what: &str) -> (Result<Vec<Rec>, String>, Option<Log>) {
-    let log = match Log::open(dir, Options::default().format_version(2).create(false)) {
+    let log = match Log::open_with(dir, Options::default().format_version(2).create(false)) {
         Ok(l) => l,
         Err(e) => return (Err(e.to_string()), None),
     };

@@ -299,7 +299,7 @@ fn valid_dirs(scratch: &Path) -> Vec<PathBuf> {
     }
     let fresh = scratch.join("signed");
     let key = SigningKey::from_bytes([7; 32]);
-    let log = Log::open(
+    let log = Log::open_with(
         &fresh,
         Options::default()
             .format_version(2)
@@ -717,7 +717,7 @@ fn positions_past_u64_max_are_damage_not_a_panic() {
 fn check_reports_a_stream_version_at_u64_max() {
     let _g = lock();
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default().format_version(2)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().format_version(2)).expect("open");
     log.append(
         "order-1",
         ExpectedVersion::Any,

@@ -47,7 +47,7 @@ fn active_frames(dir: &Path) -> (String, Vec<FrameAt>) {
 /// with every file (segments and head) byte-for-byte unchanged.
 fn expect_corrupt(dir: &Path, file: &str, range: std::ops::Range<u64>, label: &str) {
     let before = snapshot(dir);
-    match Log::open(dir, opts()) {
+    match Log::open_with(dir, opts()) {
         Err(Error::Corrupt { path, offset, detail }) => {
             assert_eq!(path, dir.join(file), "{label}: {detail}");
             assert!(
@@ -69,7 +69,7 @@ fn expect_corrupt(dir: &Path, file: &str, range: std::ops::Range<u64>, label: &s
 /// replay reports `Error::Corrupt` in `file` at an offset in `range`.
 fn expect_opens_then_reads_report(dir: &Path, file: &str, range: std::ops::Range<u64>, label: &str) {
     let before = snapshot(dir);
-    let log = Log::open(dir, opts()).unwrap_or_else(|e| panic!("{label}: open: {e}"));
+    let log = Log::open_with(dir, opts()).unwrap_or_else(|e| panic!("{label}: open: {e}"));
     assert!(log.recovery().truncated.is_none(), "{label}");
     let view = log.view().expect("view");
     match read_until_err(&view, 0).1 {
@@ -113,7 +113,7 @@ fn expect_reader_reports(dir: &Path, original: &[Rec], label: &str) {
 #[test]
 fn bitflip_in_first_active_batch_of_a_cleanly_closed_log_is_corruption() {
     let src = common::scratch();
-    let log = Log::open(src.path(), opts()).expect("create");
+    let log = Log::open_with(src.path(), opts()).expect("create");
     let mut tag = 0;
     while segments(src.path()).len() < 2 {
         tag += 1;
@@ -155,7 +155,7 @@ fn bitflip_in_first_active_batch_of_a_cleanly_closed_log_is_corruption() {
 #[test]
 fn bitflip_in_synced_batches_of_a_crash_image_is_corruption() {
     let src = common::scratch();
-    let log = Log::open(src.path(), opts()).expect("create");
+    let log = Log::open_with(src.path(), opts()).expect("create");
     batch(&log, "a", 1, 2);
     batch(&log, "b", 2, 1);
     log.sync().expect("sync");
@@ -201,7 +201,7 @@ struct Holed {
 /// B1..B3 synced, B4 and B5 written but not synced, crash image.
 fn holed() -> Holed {
     let src = common::scratch();
-    let log = Log::open(src.path(), opts()).expect("create");
+    let log = Log::open_with(src.path(), opts()).expect("create");
     batch(&log, "x", 1, 2);
     batch(&log, "y", 2, 1);
     batch(&log, "x", 3, 3);
@@ -260,7 +260,7 @@ fn hole_past_the_boundary_followed_by_a_valid_batch_is_cut() {
             let bytes = fs::read(&path).expect("read");
             assert_eq!(&bytes[e..e + 4], b"BTCH", "{label}");
 
-            let log = Log::open(copy.path(), opts()).unwrap_or_else(|err| panic!("{label}: open: {err}"));
+            let log = Log::open_with(copy.path(), opts()).unwrap_or_else(|err| panic!("{label}: open: {err}"));
             let t = log
                 .recovery()
                 .truncated
@@ -282,7 +282,7 @@ fn hole_past_the_boundary_followed_by_a_valid_batch_is_cut() {
             assert_eq!(r.first_position, h.durable.len() as u64, "{label}");
             assert_eq!(r.stream_version, 1, "{label}");
             drop(log);
-            let log = Log::open(copy.path(), opts()).unwrap_or_else(|err| panic!("{label}: reopen: {err}"));
+            let log = Log::open_with(copy.path(), opts()).unwrap_or_else(|err| panic!("{label}: reopen: {err}"));
             assert_eq!(log.recovery(), &Recovery::default(), "{label}");
             assert_eq!(
                 read_all(&log.view().expect("view"), 0).expect("read").len(),

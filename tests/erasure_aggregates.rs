@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use annal::{Aggregate, AsOf, Event, EventData, ExpectedVersion, KeyId, Log, Options, RecordRef, Repository};
+use annal::{Aggregate, AsOf, Event, EventData, ExpectedVersion, KeyId, Log, RecordRef, Repository};
 use serde::{Deserialize, Serialize};
 
 const EMAIL: &str = "ann@example.com";
@@ -197,7 +197,7 @@ fn populated(log: &Log) -> (KeyId, KeyId) {
 #[test]
 fn aggregates_load_sealed_events_snapshot_their_keys_and_survive_erasure() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     let (ann, bob) = populated(&log);
     assert_ne!(ann, bob);
     let repo = Repository::<Customer>::new(&log).snapshot_every(2, 1);
@@ -320,7 +320,7 @@ fn aggregates_load_sealed_events_snapshot_their_keys_and_survive_erasure() {
     log.close().unwrap();
 
     // Reopened: the same, and still no plaintext anywhere.
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     let repo = Repository::<Customer>::new(&log).snapshot_every(2, 1);
     let loaded = repo.load("customer-ann").unwrap();
     assert_eq!(loaded.state.erased.len(), 2);
@@ -346,7 +346,7 @@ fn aggregates_load_sealed_events_snapshot_their_keys_and_survive_erasure() {
 #[test]
 fn a_subject_named_again_and_streams_without_erased_events() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     let (ann, _) = populated(&log);
     log.erase_subject("ann").unwrap();
     // A new stream for the returning subject: its key is new.
@@ -388,7 +388,7 @@ fn a_subject_named_again_and_streams_without_erased_events() {
 #[test]
 fn saves_racing_erasures_leave_no_snapshot_of_an_erased_key() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     let email = |i: usize| format!("customer{i}@secret.example");
     let rounds = 12;
     for i in 0..10 {

@@ -390,7 +390,7 @@ fn random_workload(seed: u64) -> Workload {
 fn make_template(w: &Workload, damage: bool) -> (tempfile::TempDir, Vec<Rec>) {
     let dir = common::scratch();
     let opts = w.opts.clone();
-    let log = Log::open(dir.path(), opts.segment_size(4096)).expect("open the template");
+    let log = Log::open_with(dir.path(), opts.segment_size(4096)).expect("open the template");
     for i in 0..24u64 {
         let s = stream_name((i % 3) as u8);
         let p = vec![payload(1_000_000 + i, 300)];
@@ -398,7 +398,7 @@ fn make_template(w: &Workload, damage: bool) -> (tempfile::TempDir, Vec<Rec>) {
             .expect("template append");
     }
     log.close().expect("close the template");
-    let log = Log::open(dir.path(), w.opts.clone()).expect("reopen the template");
+    let log = Log::open_with(dir.path(), w.opts.clone()).expect("reopen the template");
     let recs = read_view(&log.view().expect("view"), 0);
     log.close().expect("close the template");
     if damage {
@@ -501,7 +501,7 @@ fn run_workload(w: &Workload, dir: &Path, fault: Option<Fault>) -> (Observed, Ve
     if armed_at_open {
         io.arm(fault);
     }
-    let log = match Log::open(dir, opts) {
+    let log = match Log::open_with(dir, opts) {
         Ok(l) => l,
         Err(e) => {
             obs.fired = io.fired();
@@ -707,7 +707,8 @@ fn verify_after(
                 .unwrap_or_else(|e| panic!("{ctx}: a visible snapshot file does not decode: {e}"));
         }
     }
-    let log = Log::open(dir, w.opts.clone()).unwrap_or_else(|e| panic!("{ctx}: reopen with the real file system: {e}"));
+    let log =
+        Log::open_with(dir, w.opts.clone()).unwrap_or_else(|e| panic!("{ctx}: reopen with the real file system: {e}"));
     let tail_cut = log.recovery().truncated.is_some();
     let recs = read_view(&log.view().expect("view"), 0);
     support::assert_contiguous(&recs);
@@ -1007,7 +1008,7 @@ fn random_workloads() {
 fn torn_new_segment_with_a_missing_index_rebuilds_a_valid_stream_table() {
     let dir = common::scratch();
     let opts = base_opts(Durability::Buffered, 4096);
-    let log = Log::open(dir.path(), opts.clone()).expect("open");
+    let log = Log::open_with(dir.path(), opts.clone()).expect("open");
     for i in 0..20u64 {
         let p = vec![payload(i, 300)];
         log.append(
@@ -1027,7 +1028,7 @@ fn torn_new_segment_with_a_missing_index_rebuilds_a_valid_stream_table() {
     std::fs::remove_file(prev.with_extension("idx")).expect("remove index");
     std::fs::remove_file(dir.path().join(annal::STREAM_TABLE_FILE)).expect("remove table");
 
-    let log = Log::open(dir.path(), opts).expect("reopen");
+    let log = Log::open_with(dir.path(), opts).expect("reopen");
     assert!(log.recovery().reinitialized.is_some(), "{:?}", log.recovery());
     assert!(log.recovery().rebuilt_stream_table);
     log.close().expect("close");
@@ -1047,7 +1048,7 @@ fn poisoned_by_the_sealer_always_names_the_cause() {
         let dir = common::scratch();
         let io = FaultIo::new();
         let opts = base_opts(Durability::Buffered, 4096).io(Arc::new(io.clone()));
-        let log = Arc::new(Log::open(dir.path(), opts).expect("open"));
+        let log = Arc::new(Log::open_with(dir.path(), opts).expect("open"));
         io.arm(Some(Fault {
             role: Role::Sealer,
             kind: OpKind::Write,
@@ -1091,7 +1092,7 @@ fn poisoned_by_the_sealer_always_names_the_cause() {
 fn a_failed_snapshot_after_an_append_is_reported_not_returned_as_failure() {
     let dir = common::scratch();
     let io = Arc::new(FaultIo::new());
-    let log = Log::open(dir.path(), Options::default().format_version(2).io(io.clone())).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().format_version(2).io(io.clone())).expect("open");
     let repo = repo(&log);
     repo.execute("counter-x", &1).expect("first command");
     // The snapshot due after the second event: fail the creation of its

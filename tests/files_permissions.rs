@@ -133,7 +133,7 @@ fn child_writes_a_log() {
     let Ok(root) = std::env::var(CHILD_ENV) else { return };
     let dir = Path::new(&root).join("log");
     let io = Arc::new(ModeIo::default());
-    let log = Log::open(
+    let log = Log::open_with(
         &dir,
         Options::default()
             .segment_size(4096)
@@ -253,7 +253,7 @@ fn assert_outside_untouched(outside: &Path, what: &str) {
 #[test]
 fn symlinks_under_derived_and_temp_names_are_replaced() {
     let (_root, dir, outside) = setup();
-    let log = Log::open(&dir, opts()).expect("create");
+    let log = Log::open_with(&dir, opts()).expect("create");
     fill(&log, "a", 3);
     log.close().expect("close");
     let active = common::segments(&dir).pop().expect("a segment");
@@ -266,7 +266,7 @@ fn symlinks_under_derived_and_temp_names_are_replaced() {
     symlink(&victim, dir.join(format!("{base}.idx"))).expect("symlink");
     symlink(&victim, dir.join(annal::STREAM_TABLE_FILE)).expect("symlink");
     symlink(&victim, dir.join(annal::HEAD_FILE).with_extension("old")).expect("symlink");
-    let log = Log::open(&dir, opts()).expect("reopen");
+    let log = Log::open_with(&dir, opts()).expect("reopen");
     // Links planted while it runs: the temp names of the derived files it
     // writes at the next roll, and of a snapshot.
     symlink(&dangling, dir.join(format!("{base}.idx.tmp"))).expect("symlink");
@@ -303,7 +303,7 @@ fn symlinks_under_derived_and_temp_names_are_replaced() {
 fn a_symlink_under_the_next_segment_name_is_refused() {
     // Planted under every name the next roll could take.
     let (_root, dir, outside) = setup();
-    let log = Log::open(&dir, opts()).expect("create");
+    let log = Log::open_with(&dir, opts()).expect("create");
     let np = log.next_position();
     for p in np + 1..np + 60 {
         symlink(outside.join(format!("seg-{p}")), dir.join(format!("{p:020}.seg"))).expect("symlink");
@@ -327,7 +327,7 @@ fn a_symlink_under_the_next_segment_name_is_refused() {
 #[test]
 fn a_symlinked_active_segment_is_refused() {
     let (_root, dir, outside) = setup();
-    let log = Log::open(&dir, opts()).expect("create");
+    let log = Log::open_with(&dir, opts()).expect("create");
     fill(&log, "a", 2);
     log.close().expect("close");
     let active = common::segments(&dir).pop().expect("segment");
@@ -335,7 +335,7 @@ fn a_symlinked_active_segment_is_refused() {
     fs::rename(&active, &copy).expect("move the active segment out");
     symlink(&copy, &active).expect("symlink");
     let before = fs::read(&copy).expect("read");
-    match Log::open(&dir, opts()) {
+    match Log::open_with(&dir, opts()) {
         Ok(log) => {
             fill(&log, "a", 2);
             log.close().expect("close");
@@ -360,18 +360,18 @@ fn a_symlinked_active_segment_is_refused() {
 #[test]
 fn a_symlinked_lock_file_is_refused() {
     let (_root, dir, outside) = setup();
-    let log = Log::open(&dir, opts()).expect("create");
+    let log = Log::open_with(&dir, opts()).expect("create");
     fill(&log, "a", 1);
     log.close().expect("close");
     fs::remove_file(dir.join(annal::LOCK_FILE)).expect("rm lock");
     symlink(outside.join("victim"), dir.join(annal::LOCK_FILE)).expect("symlink");
-    let e = Log::open(&dir, opts()).expect_err("a symlinked lock file is refused");
+    let e = Log::open_with(&dir, opts()).expect_err("a symlinked lock file is refused");
     assert!(e.to_string().contains(annal::LOCK_FILE), "names the lock file: {e}");
     assert_outside_untouched(&outside, "lock file");
     // A dangling one is refused too, and nothing is created outside.
     fs::remove_file(dir.join(annal::LOCK_FILE)).expect("rm lock");
     symlink(outside.join("new-lock"), dir.join(annal::LOCK_FILE)).expect("symlink");
-    let e = Log::open(&dir, opts()).expect_err("a dangling symlinked lock file is refused");
+    let e = Log::open_with(&dir, opts()).expect_err("a dangling symlinked lock file is refused");
     assert!(e.to_string().contains(annal::LOCK_FILE), "names the lock file: {e}");
     assert_outside_untouched(&outside, "dangling lock file");
 }
@@ -380,7 +380,7 @@ fn a_symlinked_lock_file_is_refused() {
 #[test]
 fn a_symlinked_snapshots_folder_is_refused() {
     let (_root, dir, outside) = setup();
-    let log = Log::open(&dir, opts()).expect("create");
+    let log = Log::open_with(&dir, opts()).expect("create");
     symlink(&outside, dir.join("snapshots")).expect("symlink");
     let repo = Repository::<Count>::new(&log).snapshot_every(1, 5);
     // The command's event is appended; the snapshot after it is refused and
@@ -420,7 +420,7 @@ fn stream_names_never_reach_a_path() {
         "annal.lock",
         long.as_str(),
     ];
-    let log = Log::open(&dir, opts().max_event_bytes(1 << 20).max_batch_bytes(1 << 20)).expect("create");
+    let log = Log::open_with(&dir, opts().max_event_bytes(1 << 20).max_batch_bytes(1 << 20)).expect("create");
     let repo = Repository::<Count>::new(&log).snapshot_every(1, 2);
     for (i, n) in names.iter().enumerate() {
         log.append(n, ExpectedVersion::Any, &[EventData::new("E", vec![i as u8; 300])])

@@ -51,7 +51,7 @@ fn assert_clean(dir: &Path, opts: CheckOptions) -> annal::CheckReport {
 #[test]
 fn new_logs_are_version_4_and_generated_ids_are_not_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     assert_eq!(log.format_version(), 4);
     append(&log, 0, 300);
     let from_writer: Vec<Uuid> = log.view().unwrap().read_all(0).map(|r| r.unwrap().event_id()).collect();
@@ -84,7 +84,7 @@ fn new_logs_are_version_4_and_generated_ids_are_not_stored() {
         assert_eq!(found, i % 3 == 0, "event {i}: id in the file only if given");
     }
     // The same ids after a reopen by a writer, which also appends more.
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     append(&log, 300, 10);
     log.close().unwrap();
     assert_eq!(&ids(dir.path())[..300], &from_reader[..]);
@@ -95,7 +95,7 @@ fn new_logs_are_version_4_and_generated_ids_are_not_stored() {
 #[test]
 fn chain_slots_follow_the_block_rule_and_every_link_is_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default().segment_size(64 << 10)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().segment_size(64 << 10)).unwrap();
     append(&log, 0, 3000);
     let anchor = log.anchor().unwrap();
     log.close().unwrap();
@@ -132,7 +132,7 @@ fn chain_slots_follow_the_block_rule_and_every_link_is_checked() {
 #[test]
 fn an_edit_with_fixed_crcs_breaks_the_chain_at_the_next_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default().segment_size(64 << 10)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().segment_size(64 << 10)).unwrap();
     append(&log, 0, 1000);
     let anchor = log.anchor().unwrap();
     log.close().unwrap();
@@ -189,10 +189,10 @@ fn the_writer_continues_the_chain_after_a_close_and_after_a_crash() {
             if keyed { o.chain_key(key.clone()) } else { o }
         };
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), opts()).unwrap();
+        let log = Log::open_with(dir.path(), opts()).unwrap();
         append(&log, 0, 500);
         log.close().unwrap();
-        let log = Log::open(dir.path(), opts()).unwrap();
+        let log = Log::open_with(dir.path(), opts()).unwrap();
         append(&log, 500, 500);
         log.sync().unwrap();
         // A crash image: the files as they are while the writer is open.
@@ -204,7 +204,7 @@ fn the_writer_continues_the_chain_after_a_close_and_after_a_crash() {
             }
         }
         log.close().unwrap();
-        let crashed = Log::open(image.path(), opts()).unwrap();
+        let crashed = Log::open_with(image.path(), opts()).unwrap();
         append(&crashed, 1000, 50);
         let anchor = crashed.anchor().unwrap();
         crashed.close().unwrap();
@@ -229,7 +229,7 @@ fn the_writer_continues_the_chain_after_a_close_and_after_a_crash() {
 fn a_keyed_log_without_its_key_anchors_at_the_last_slot() {
     let key = ChainKey::from_bytes([9; 32]);
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default().chain_key(key.clone())).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().chain_key(key.clone())).unwrap();
     append(&log, 0, 200);
     let head = log.anchor().unwrap();
     log.close().unwrap();

@@ -71,7 +71,7 @@ fn write_log(dir: &Path) {
         .clock(Arc::new(move || c.fetch_add(100, Ordering::SeqCst)));
     let mut n = 0u8;
     for session in SESSIONS {
-        let log = Log::open(dir, opts.clone()).expect("open");
+        let log = Log::open_with(dir, opts.clone()).expect("open");
         for (stream, types) in session {
             let events: Vec<EventData<'static>> = types
                 .iter()
@@ -464,7 +464,7 @@ fn reads_back(copy: tempfile::TempDir) {
     ];
     assert_eq!(items, want.map(|(s, v)| (s.to_owned(), v)));
     assert!(view.index_damage().is_empty(), "{:?}", view.index_damage());
-    let log = Log::open(copy.path(), Options::default()).expect("writer");
+    let log = Log::open(copy.path()).expect("writer");
     assert!(log.recovery().warnings.is_empty(), "{:?}", log.recovery().warnings);
     log.append(
         "order-1",

@@ -101,7 +101,7 @@ fn write_log(dir: &Path) -> Vec<(u64, Vec<u8>)> {
         .clock(clock)
         .durability(Durability::Buffered)
         .segment_size(512);
-    let log = Log::open(dir, opts).expect("open");
+    let log = Log::open_with(dir, opts).expect("open");
     // Segment 0: nothing in it will be left.
     append(&log, "cart-1", "Added", &["{\"sku\":\"A-1\"}", "{\"sku\":\"B-2\"}"]);
     append(&log, "sensor-1", "Read", &["{\"t\":1}", "{\"t\":2}", "{\"t\":3}"]);

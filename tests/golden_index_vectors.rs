@@ -2201,7 +2201,7 @@ fn check_writer_produces_indexed(fmt: Format) {
     let dir = tmp.path().join("log");
     let (clock, calls) = planned_clock(j.writer.clock_readings.clone());
     let opts = options(&fmt).segment_size(SEGMENT_SIZE).log_id(LOG_ID).clock(clock);
-    let log = Log::open(&dir, opts).expect("create log");
+    let log = Log::open_with(&dir, opts).expect("create log");
     assert!(log.recovery().created);
     for b in &BATCHES {
         let events: Vec<EventData<'_>> = b.events.iter().map(event_data).collect();
@@ -2297,7 +2297,7 @@ fn check_reads_back_through_a_writer(fmt: Format) {
         .iter()
         .map(|n| (n.clone(), fs::read(tmp.path().join(n)).expect("read")))
         .collect();
-    let log = Log::open(tmp.path(), Options::default().segment_size(SEGMENT_SIZE)).expect("open indexed vector");
+    let log = Log::open_with(tmp.path(), Options::default().segment_size(SEGMENT_SIZE)).expect("open indexed vector");
     assert_eq!(
         log.recovery(),
         &annal::Recovery::default(),
@@ -2424,7 +2424,7 @@ fn version_1_index_files_are_still_read() {
         }
         let report = annal::check(tmp.path(), annal::CheckOptions::default()).expect("check");
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        let log = Log::open(tmp.path(), Options::default().segment_size(SEGMENT_SIZE)).expect("open");
+        let log = Log::open_with(tmp.path(), Options::default().segment_size(SEGMENT_SIZE)).expect("open");
         assert_eq!(log.recovery(), &annal::Recovery::default(), "nothing rebuilt");
         let view = log.view().expect("view");
         check_reads("writer over version 1 indexes", &view, &j);

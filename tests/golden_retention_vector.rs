@@ -63,7 +63,7 @@ fn write_log(dir: &Path) {
         .clock(clock)
         .durability(Durability::Buffered)
         .segment_size(512);
-    let log = Log::open(dir, opts).expect("open");
+    let log = Log::open_with(dir, opts).expect("open");
     for i in 0..12u64 {
         let stream = format!("order-{}", i % 3 + 1);
         let payload = format!("{{\"n\":{i}}}");

@@ -1381,7 +1381,7 @@ fn check_writer_produces(name: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir_ = tmp.path().join("log");
     let (clock, calls) = planned_clock(j.writer.clock_readings.clone());
-    let log = Log::open(&dir_, options(&fmt).log_id(LOG_ID).clock(clock)).expect("create log");
+    let log = Log::open_with(&dir_, options(&fmt).log_id(LOG_ID).clock(clock)).expect("create log");
     assert!(log.recovery().created);
     for b in [BATCH_1, BATCH_2] {
         append(&log, &b);
@@ -1434,7 +1434,7 @@ fn writer_crash_image_matches_the_torn_v3_vector() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path().join("log");
     let (clock, calls) = planned_clock(j.writer.clock_readings.clone());
-    let log = Log::open(&d, options(&PLAIN).log_id(LOG_ID).clock(clock)).expect("create log");
+    let log = Log::open_with(&d, options(&PLAIN).log_id(LOG_ID).clock(clock)).expect("create log");
     append(&log, &BATCH_1);
     append(&log, &BATCH_2);
     assert_log_format(&log, &PLAIN, &j.chain);
@@ -1469,12 +1469,12 @@ fn annal_reads_the_v3_vectors_back() {
         }
         let before = fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment");
         if fmt.key.is_some() {
-            match Log::open(tmp.path(), Options::default()) {
+            match Log::open(tmp.path()) {
                 Err(Error::ChainKey { .. }) => {}
                 other => panic!("{name}: expected Error::ChainKey without the key, got {other:?}"),
             }
         }
-        let log = Log::open(tmp.path(), options(&fmt)).expect("open vector");
+        let log = Log::open_with(tmp.path(), options(&fmt)).expect("open vector");
         assert_eq!(log.recovery(), &annal::Recovery::default());
         assert_log_format(&log, &fmt, &j.chain);
         assert_eq!(
@@ -1516,7 +1516,7 @@ fn torn_v3_vector_recovers_as_documented() {
         &fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment"),
         &torn_bytes,
     );
-    let log = Log::open(tmp.path(), Options::default()).expect("open torn vector");
+    let log = Log::open(tmp.path()).expect("open torn vector");
     let rec = log.recovery();
     assert!(!rec.created && rec.reinitialized.is_none());
     let t = rec.truncated.as_ref().expect("a torn tail was removed");
@@ -1553,7 +1553,7 @@ fn corrupt_v3_vector_is_reported_at_body_crc_and_nothing_removed() {
     let head_path = tmp.path().join(HEAD_FILE);
     let seg_before = fs::read(&seg_path).expect("read segment");
     let head_before = fs::read(&head_path).expect("read head");
-    match Log::open(tmp.path(), Options::default()) {
+    match Log::open(tmp.path()) {
         Err(Error::Corrupt { path, offset, detail }) => {
             assert_eq!(file_name(&path), e.file, "file of the error ({detail})");
             assert_eq!(offset, e.offset, "offset of the error ({detail})");
@@ -1621,7 +1621,8 @@ fn writer_log_across_blocks_and_segments_follows_the_spec() {
         let now = Arc::new(AtomicU64::new(CREATED_AT));
         let n2 = now.clone();
         let clock: annal::Clock = Arc::new(move || n2.fetch_add(1_234_567, Ordering::SeqCst));
-        let log = Log::open(&d, options(&fmt).log_id(LOG_ID).clock(clock).segment_size(48 << 10)).expect("create log");
+        let log =
+            Log::open_with(&d, options(&fmt).log_id(LOG_ID).clock(clock).segment_size(48 << 10)).expect("create log");
         let mut plan: Vec<(String, Vec<Ev>)> = Vec::new();
         for i in 0..160u32 {
             let stream = format!("s{}-{}", i % 5, "x".repeat((i % 3) as usize));
@@ -1764,7 +1765,7 @@ fn writer_log_across_blocks_and_segments_follows_the_spec() {
 
 /// `Log::anchor()` of the log in `d`, opened again (with its key).
 fn log_anchor_of(d: &Path, fmt: &Format) -> String {
-    let log = Log::open(d, options(fmt)).expect("reopen");
+    let log = Log::open_with(d, options(fmt)).expect("reopen");
     let a = log.anchor().expect("anchor").to_string();
     log.close().expect("close");
     a
@@ -1794,7 +1795,7 @@ fn every_flipped_frame_byte_is_reported_where_the_spec_says() {
         fs::create_dir(&d).expect("mkdir");
         fs::write(d.join(SEGMENT_FILE), &bad).expect("write segment");
         fs::write(d.join(HEAD_FILE), &head).expect("write head");
-        match Log::open(&d, Options::default()) {
+        match Log::open(&d) {
             Err(Error::Corrupt { offset, detail, .. }) => {
                 if offset != finding {
                     mismatches.push(format!("byte {at}: spec {finding}, annal {offset} ({detail})"));
@@ -1890,7 +1891,7 @@ fn judge_damages(damages: Vec<BodyDamage>) -> Vec<(BodyDamage, Option<(u64, u64,
             fs::create_dir(&d).expect("mkdir");
             fs::write(d.join(SEGMENT_FILE), &dmg.bad).expect("write segment");
             fs::write(d.join(HEAD_FILE), &head).expect("write head");
-            let annal = match Log::open(&d, Options::default()) {
+            let annal = match Log::open(&d) {
                 Ok(log) => {
                     log.close().expect("close");
                     Ok(None)
@@ -2065,7 +2066,7 @@ fn segment_header_damage_is_reported_where_the_spec_says() {
                 fs::create_dir(&d).expect("mkdir");
                 fs::write(d.join(SEGMENT_FILE), &bad).expect("write segment");
                 fs::write(d.join(HEAD_FILE), &head).expect("write head");
-                let annal = match Log::open(&d, options(&PLAIN)) {
+                let annal = match Log::open_with(&d, options(&PLAIN)) {
                     Ok(log) => {
                         log.close().expect("close");
                         None
@@ -2661,7 +2662,7 @@ fn writer_produces_the_indexed_v3_vector() {
         .segment_size(INDEXED_SEGMENT_SIZE)
         .log_id(LOG_ID)
         .clock(clock);
-    let log = Log::open(&d, opts).expect("create log");
+    let log = Log::open_with(&d, opts).expect("create log");
     for b in &INDEXED_BATCHES {
         append(&log, b);
     }
@@ -2732,7 +2733,7 @@ fn annal_reads_the_indexed_v3_vector_back() {
         check("reader", &view);
     }
     assert_eq!(golden::tree(tmp.path()), before, "a reader changes nothing");
-    let log = Log::open(tmp.path(), Options::default().segment_size(INDEXED_SEGMENT_SIZE)).expect("open");
+    let log = Log::open_with(tmp.path(), Options::default().segment_size(INDEXED_SEGMENT_SIZE)).expect("open");
     assert_eq!(log.recovery(), &annal::Recovery::default());
     assert_log_format(&log, &PLAIN, &j.chain);
     check("writer", &log.view().expect("view"));

@@ -147,7 +147,7 @@ fn write_log(dir: &Path) {
         .log_id(LOG_ID)
         .clock(clock)
         .fixed_random(SEED);
-    let log = Log::open(dir, opts).expect("create log");
+    let log = Log::open_with(dir, opts).expect("create log");
     for op in SCRIPT {
         match op {
             Op::Append(s, evs) => {
@@ -433,7 +433,7 @@ fn annal_reads_the_sealed_vector_as_the_spec_says() {
         }
     }
     // And through a writer reopening it.
-    let log = Log::open(tmp.path(), Options::default()).expect("open");
+    let log = Log::open(tmp.path()).expect("open");
     let v = log.view().expect("view");
     let erased: Vec<bool> = v
         .read_all(0)

@@ -182,7 +182,7 @@ fn writer_options() -> Options {
 /// of clock readings.
 fn write_log(dir: &Path) -> usize {
     let (clock, calls) = step_clock();
-    let log = Log::open(dir, writer_options().log_id(LOG_ID).clock(clock)).expect("create log");
+    let log = Log::open_with(dir, writer_options().log_id(LOG_ID).clock(clock)).expect("create log");
     assert!(log.recovery().created);
     for op in SCRIPT {
         match op {
@@ -887,7 +887,7 @@ fn expected_stream(v: &StreamViewJson) -> StreamRead {
 }
 
 fn open_at(d: &Path, now: u64) -> Log {
-    Log::open(d, writer_options().clock(fixed_clock(now))).expect("open the vector")
+    Log::open_with(d, writer_options().clock(fixed_clock(now))).expect("open the vector")
 }
 
 #[test]

@@ -1129,7 +1129,7 @@ fn check_writer_produces_simple(fmt: Format, name: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
     let (clock, calls) = planned_clock(j.writer.clock_readings.clone());
-    let log = Log::open(&dir, options(&fmt).log_id(LOG_ID).clock(clock)).expect("create log");
+    let log = Log::open_with(&dir, options(&fmt).log_id(LOG_ID).clock(clock)).expect("create log");
     assert!(log.recovery().created);
     for b in [BATCH_1, BATCH_2] {
         append(&log, &b);
@@ -1187,7 +1187,7 @@ fn check_writer_crash_image(fmt: Format) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
     let (clock, calls) = planned_clock(j.writer.clock_readings.clone());
-    let log = Log::open(&dir, options(&fmt).log_id(LOG_ID).clock(clock)).expect("create log");
+    let log = Log::open_with(&dir, options(&fmt).log_id(LOG_ID).clock(clock)).expect("create log");
     append(&log, &BATCH_1);
     append(&log, &BATCH_2);
     assert_log_format(&log, &fmt, j.chain.as_ref());
@@ -1235,7 +1235,7 @@ fn check_simple_reads_back(fmt: Format, name: &str) {
     let before = fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment");
     if fmt.key.is_some() {
         // Opening a keyed log for writing without its key fails and changes nothing.
-        match Log::open(tmp.path(), Options::default()) {
+        match Log::open(tmp.path()) {
             Err(Error::ChainKey { .. }) => {}
             other => panic!("{name}: expected Error::ChainKey without the key, got {other:?}"),
         }
@@ -1246,7 +1246,7 @@ fn check_simple_reads_back(fmt: Format, name: &str) {
         Some(k) => Options::default().chain_key(ChainKey::from_bytes(k)),
         None => Options::default(),
     };
-    let log = Log::open(tmp.path(), opts).expect("open simple vector");
+    let log = Log::open_with(tmp.path(), opts).expect("open simple vector");
     assert_eq!(log.recovery(), &annal::Recovery::default());
     assert_log_format(&log, &fmt, j.chain.as_ref());
     assert_eq!(
@@ -1295,7 +1295,7 @@ fn check_torn_recovers(fmt: Format) {
         &torn_bytes,
     );
 
-    let log = Log::open(tmp.path(), Options::default()).expect("open torn vector");
+    let log = Log::open(tmp.path()).expect("open torn vector");
     let rec = log.recovery();
     assert!(!rec.created && rec.reinitialized.is_none());
     let t = rec.truncated.as_ref().expect("a torn tail was removed");
@@ -1347,7 +1347,7 @@ fn check_corrupt_is_reported(fmt: Format) {
     let head_before = fs::read(&head_path).expect("read head");
     assert_eq!(seg_before[j.flipped_byte.offset as usize], j.flipped_byte.flipped);
 
-    match Log::open(tmp.path(), Options::default()) {
+    match Log::open(tmp.path()) {
         Err(Error::Corrupt { path, offset, detail }) => {
             assert_eq!(file_name(&path), e.file, "file of the error ({detail})");
             assert_eq!(offset, e.offset, "offset of the error ({detail})");

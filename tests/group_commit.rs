@@ -40,7 +40,7 @@ fn concurrent_fsync_appends_share_fsyncs() {
     let io = TestIo::new();
     let ctl = io.ctl.clone();
     let log = Arc::new(
-        Log::open(
+        Log::open_with(
             dir.path(),
             Options::default().durability(Durability::Fsync).io(Arc::new(io)),
         )
@@ -155,7 +155,7 @@ fn append_concurrently(log: &Arc<Log>, threads: usize, appends: usize, prefix: &
 #[test]
 fn buffered_sync_then_copy_reopens_with_every_event() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Arc::new(Log::open(dir.path(), Options::default().segment_size(64 << 10)).expect("open"));
+    let log = Arc::new(Log::open_with(dir.path(), Options::default().segment_size(64 << 10)).expect("open"));
     let acks = append_concurrently(&log, 4, 400, "copy");
     log.sync().expect("sync");
     let next = log.next_position();
@@ -165,7 +165,7 @@ fn buffered_sync_then_copy_reopens_with_every_event() {
     // The writer goes on; the copy is independent of it.
     let later = append_concurrently(&log, 2, 50, "later");
 
-    let img = Log::open(image.path(), Options::default()).expect("reopen the copy");
+    let img = Log::open(image.path()).expect("reopen the copy");
     assert!(
         img.recovery().truncated.is_none(),
         "nothing to cut: {:?}",
@@ -194,7 +194,7 @@ fn buffered_sync_makes_a_power_cut_image_complete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let io = CrashIo::new();
     let log = Arc::new(
-        Log::open(
+        Log::open_with(
             dir.path(),
             Options::default().segment_size(32 << 10).io(Arc::new(io.clone())),
         )
@@ -241,8 +241,7 @@ fn buffered_sync_makes_a_power_cut_image_complete() {
     checked.push((img, all));
 
     for (img, before) in &checked {
-        let l = Log::open(img, Options::default())
-            .unwrap_or_else(|e| panic!("reopen the power-cut image {}: {e}", img.display()));
+        let l = Log::open(img).unwrap_or_else(|e| panic!("reopen the power-cut image {}: {e}", img.display()));
         let rec = l.recovery().clone();
         let recs: Vec<Rec> = read_view(&l.view().expect("view"), 0);
         l.close().expect("close image");
@@ -270,7 +269,7 @@ fn buffered_sync_makes_a_power_cut_image_complete() {
 fn no_deadlock(durability: Durability) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Arc::new(
-        Log::open(
+        Log::open_with(
             dir.path(),
             Options::default().durability(durability).segment_size(32 << 10),
         )

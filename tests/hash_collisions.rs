@@ -68,7 +68,7 @@ fn colliding_streams(mask: u64) {
         .to_vec();
     let mut m = Model::default();
     let mut rng = Rng::new(mask);
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     let ctx = format!("mask {mask:#x}");
     // "acct-1" ends at version 40, "acct-10" at 12, the others somewhere else.
     for i in 0..120u64 {
@@ -101,7 +101,7 @@ fn colliding_streams(mask: u64) {
     );
 
     // Straight after a reopen: the versions come from the stream table.
-    let log = Log::open(dir.path(), opts()).expect("reopen");
+    let log = Log::open_with(dir.path(), opts()).expect("reopen");
     let cross = [
         ("acct-10", ExpectedVersion::Exact(v1)),
         ("acct-1", ExpectedVersion::Exact(v10)),
@@ -166,7 +166,7 @@ fn colliding_streams(mask: u64) {
     std::fs::remove_file(dir.path().join(STREAM_TABLE_FILE)).expect("remove table");
     let idx = files_with_ext(dir.path(), "idx");
     std::fs::remove_file(&idx[idx.len() / 2]).expect("remove idx");
-    let log = Log::open(dir.path(), opts()).expect("reopen after removing derived files");
+    let log = Log::open_with(dir.path(), opts()).expect("reopen after removing derived files");
     assert!(log.recovery().rebuilt_stream_table, "{ctx}");
     assert_eq!(
         log.recovery().rebuilt_indexes,
@@ -208,7 +208,8 @@ fn mask_changes_across_reopens() {
     let mut rng = Rng::new(99);
     for (round, mask) in [0u64, u64::MAX, 0x1, 0, u64::MAX].into_iter().enumerate() {
         let ctx = format!("round {round} mask {mask:#x}");
-        let log = Log::open(dir.path(), Options::default().segment_size(2048).stream_hash_mask(mask)).expect("open");
+        let log =
+            Log::open_with(dir.path(), Options::default().segment_size(2048).stream_hash_mask(mask)).expect("open");
         // Right after opening: versions of streams written under other masks.
         probe_expected(&log, &mut m, &names, &mut rng, &format!("{ctx} after open"));
         for i in 0..40u64 {
@@ -236,7 +237,7 @@ fn mask_changes_across_reopens() {
 #[test]
 fn a_back_pointer_to_a_colliding_row_never_mixes_streams() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), masked(0)(64 << 10)).expect("open");
+    let log = Log::open_with(dir.path(), masked(0)(64 << 10)).expect("open");
     for i in 0..200u64 {
         for s in ["a-1", "b-1"] {
             log.append(

@@ -14,7 +14,7 @@ fn count(log: &Log) -> u64 {
 #[test]
 fn exact_retry_returns_the_original_result_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     log.append("s-1", ExpectedVersion::NoStream, &[ev(1)]).unwrap();
     let first = log.append("s-1", ExpectedVersion::Exact(0), &[ev(2), ev(3)]).unwrap();
     log.append("other-1", ExpectedVersion::Any, &[ev(9)]).unwrap();
@@ -41,7 +41,7 @@ fn exact_retry_returns_the_original_result_and_writes_nothing() {
 #[test]
 fn partial_overlap_is_an_error_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     log.append("s-1", ExpectedVersion::NoStream, &[ev(1), ev(2)]).unwrap();
     let before = count(&log);
     // Versions 0..1 hold ids 1, 2: a batch 1, 5 matches only in part.
@@ -65,7 +65,7 @@ fn partial_overlap_is_an_error_and_writes_nothing() {
 #[test]
 fn any_retries_are_detected_within_the_window_only() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default().idempotency_window(3)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().idempotency_window(3)).unwrap();
     let r = log.append("s-1", ExpectedVersion::Any, &[ev(1)]).unwrap();
     assert_eq!(log.append("s-1", ExpectedVersion::Any, &[ev(1)]).unwrap(), r);
     // The same id on another stream is another event.
@@ -88,7 +88,7 @@ fn exact_retries_survive_reopen_and_segment_rolls() {
     let opts = || Options::default().segment_size(2048);
     let mut results = Vec::new();
     {
-        let log = Log::open(dir.path(), opts()).unwrap();
+        let log = Log::open_with(dir.path(), opts()).unwrap();
         for i in 0..60u128 {
             let expected = if i == 0 {
                 ExpectedVersion::NoStream
@@ -100,7 +100,7 @@ fn exact_retries_survive_reopen_and_segment_rolls() {
                 .unwrap();
         }
     }
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     assert!(log.view().unwrap().segment_count() > 3);
     let before = count(&log);
     for (i, want) in results.iter().enumerate() {

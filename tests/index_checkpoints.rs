@@ -61,14 +61,14 @@ fn expected_stream(total: u64, s: u64) -> Vec<String> {
 #[test]
 fn close_writes_a_checkpoint_and_reopen_reads_through_it() {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 0, 100);
     log.close().unwrap();
     let ck = checkpoints(dir.path());
     assert_eq!(ck.len(), 1, "{ck:?}");
 
     // Reopen: every read through the checkpoint and the new tail.
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 100, 20);
     let view = log.view().unwrap();
     for s in 0..7 {
@@ -121,7 +121,7 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
 #[test]
 fn open_reads_no_batch_a_checkpoint_covers() {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 0, 50);
     log.close().unwrap();
     assert_eq!(checkpoints(dir.path()).len(), 1);
@@ -134,7 +134,7 @@ fn open_reads_no_batch_a_checkpoint_covers() {
     fs::write(&seg, &bytes).unwrap();
 
     // The writer opens without reading it, appends and reads other streams.
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 50, 1);
     let view = log.view().unwrap();
     assert_eq!(stream_payloads(&view, "s-2"), expected_stream(51, 2));
@@ -166,7 +166,7 @@ fn open_reads_no_batch_a_checkpoint_covers() {
 #[test]
 fn a_checkpoint_that_does_not_match_the_segment_is_not_used() {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 0, 40);
     log.close().unwrap();
     let ck = checkpoints(dir.path());
@@ -176,7 +176,7 @@ fn a_checkpoint_that_does_not_match_the_segment_is_not_used() {
     let mut b = fs::read(&ck[0]).unwrap();
     b[200] ^= 1;
     fs::write(&ck[0], &b).unwrap();
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     assert!(
         log.recovery().warnings.iter().any(|w| w.contains(".ckpt")),
         "{:?}",
@@ -189,7 +189,7 @@ fn a_checkpoint_that_does_not_match_the_segment_is_not_used() {
     log.close().unwrap();
     // The close wrote a good one again.
     assert_eq!(checkpoints(dir.path()).len(), 1);
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     assert!(log.recovery().warnings.is_empty(), "{:?}", log.recovery().warnings);
     log.close().unwrap();
 }
@@ -197,7 +197,7 @@ fn a_checkpoint_that_does_not_match_the_segment_is_not_used() {
 #[test]
 fn a_checkpoint_that_lies_about_a_stream_is_caught_by_the_hit_check() {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 0, 40);
     log.close().unwrap();
     let ck = checkpoints(dir.path()).remove(0);
@@ -208,7 +208,7 @@ fn a_checkpoint_that_lies_about_a_stream_is_caught_by_the_hit_check() {
     let forged = swap_first_entries(&bytes);
     fs::write(&ck, &forged).unwrap();
 
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     let view = log.view().unwrap();
     for s in 0..7 {
         assert_eq!(stream_payloads(&view, &format!("s-{s}")), expected_stream(40, s));
@@ -227,16 +227,16 @@ fn a_checkpoint_that_lies_about_a_stream_is_caught_by_the_hit_check() {
 #[test]
 fn crash_after_checkpoint_recovers_from_it() {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 0, 30);
     log.close().unwrap();
     // A second session that does not close: its batches are recovered by
     // walking only them.
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 30, 30);
     std::mem::forget(log);
     let copy = common::fresh_copy(dir.path());
-    let log = Log::open(copy.path(), opts()).unwrap();
+    let log = Log::open_with(copy.path(), opts()).unwrap();
     let view = log.view().unwrap();
     for s in 0..7 {
         assert_eq!(stream_payloads(&view, &format!("s-{s}")), expected_stream(60, s));
@@ -272,7 +272,7 @@ fn swap_first_entries(idx: &[u8]) -> Vec<u8> {
 fn periodic_checkpoints_bound_what_recovery_walks() {
     let dir = common::scratch();
     let o = opts().index_checkpoint_bytes(4096);
-    let log = Log::open(dir.path(), o.clone()).unwrap();
+    let log = Log::open_with(dir.path(), o.clone()).unwrap();
     append_batches(&log, 0, 200);
     // The sealer writes checkpoints in the background: wait for one that
     // covers batch 3 (a bounded poll on the directory, not a timing claim).
@@ -296,7 +296,7 @@ fn periodic_checkpoints_bound_what_recovery_walks() {
     let at = find(&bytes, b"batch 3 event 1");
     bytes[at] ^= 0x20;
     fs::write(&seg, &bytes).unwrap();
-    let log = Log::open(image.path(), o).unwrap();
+    let log = Log::open_with(image.path(), o).unwrap();
     let view = log.view().unwrap();
     assert_eq!(stream_payloads(&view, "s-5"), expected_stream(200, 5));
     assert!(
@@ -311,10 +311,10 @@ fn periodic_checkpoints_bound_what_recovery_walks() {
 #[test]
 fn check_compares_each_checkpoint_with_the_segment() {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 0, 40);
     log.close().unwrap();
-    let log = Log::open(dir.path(), opts()).unwrap();
+    let log = Log::open_with(dir.path(), opts()).unwrap();
     append_batches(&log, 40, 5);
     log.close().unwrap();
     assert_eq!(checkpoints(dir.path()).len(), 2);
@@ -343,12 +343,12 @@ fn check_compares_each_checkpoint_with_the_segment() {
 fn a_segment_sealed_after_opening_from_checkpoints_gets_its_whole_index() {
     let dir = common::scratch();
     let small = opts().segment_size(16 << 10);
-    let log = Log::open(dir.path(), small.clone()).unwrap();
+    let log = Log::open_with(dir.path(), small.clone()).unwrap();
     append_batches(&log, 0, 60);
     log.close().unwrap();
     assert_eq!(checkpoints(dir.path()).len(), 1);
     let before = common::segments(dir.path()).len();
-    let log = Log::open(dir.path(), small.clone()).unwrap();
+    let log = Log::open_with(dir.path(), small.clone()).unwrap();
     let mut n = 60;
     while common::segments(dir.path()).len() == before {
         append_batches(&log, n, 1);
@@ -369,7 +369,7 @@ fn a_segment_sealed_after_opening_from_checkpoints_gets_its_whole_index() {
     let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-    let log = Log::open(dir.path(), small).unwrap();
+    let log = Log::open_with(dir.path(), small).unwrap();
     let view = log.view().unwrap();
     for s in 0..7 {
         assert_eq!(stream_payloads(&view, &format!("s-{s}")), expected_stream(n, s));
@@ -389,7 +389,7 @@ fn a_segment_sealed_after_opening_from_checkpoints_gets_its_whole_index() {
 #[test]
 fn damaged_checkpoints_never_change_what_is_read() {
     let src = common::scratch();
-    let log = Log::open(src.path(), opts()).unwrap();
+    let log = Log::open_with(src.path(), opts()).unwrap();
     append_batches(&log, 0, 80);
     log.close().unwrap();
     let ck_name = checkpoints(src.path())[0].file_name().unwrap().to_owned();
@@ -419,7 +419,7 @@ fn damaged_checkpoints_never_change_what_is_read() {
             assert!(cat.as_ref().map_or(true, |&n| n == 160), "{label}: {cat:?}");
         }
         // The writer.
-        let log = Log::open(dir.path(), opts()).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let log = Log::open_with(dir.path(), opts()).unwrap_or_else(|e| panic!("{label}: {e}"));
         let view = log.view().unwrap();
         for s in 0..7 {
             assert_eq!(

@@ -42,7 +42,7 @@ fn build(segment_size: u64, streams: usize, batches: usize, max_payload: u64, se
     let mut m = Model::default();
     let mut rng = Rng::new(seed);
     let open = || {
-        Log::open(
+        Log::open_with(
             dir.path(),
             Options::default().format_version(2).segment_size(segment_size),
         )
@@ -416,7 +416,7 @@ fn run_case(b: &Built, case: &Case, seed: u64) -> u64 {
 
     // 2. The writer: recovery, expected versions straight away, reads.
     let opts = || Options::default().format_version(2).segment_size(b.segment_size);
-    let log = Log::open(&dir, opts()).unwrap_or_else(|e| panic!("{ctx}: Log::open: {e}"));
+    let log = Log::open_with(&dir, opts()).unwrap_or_else(|e| panic!("{ctx}: Log::open: {e}"));
     let r = log.recovery().clone();
     let mut want_rebuilt: Vec<PathBuf> = idx_damaged
         .iter()
@@ -492,7 +492,7 @@ fn run_case(b: &Built, case: &Case, seed: u64) -> u64 {
             view.index_damage()
         );
     }
-    let log = Log::open(&dir, opts()).unwrap_or_else(|e| panic!("{ctx}: second Log::open: {e}"));
+    let log = Log::open_with(&dir, opts()).unwrap_or_else(|e| panic!("{ctx}: second Log::open: {e}"));
     let r = log.recovery();
     assert!(
         r.rebuilt_indexes.is_empty() && !r.rebuilt_stream_table,
@@ -743,7 +743,8 @@ fn damage_in_later_blocks_is_found_lazily() {
             "{}: read_all does not use indexes",
             case.label
         );
-        let log = Log::open(&dir, Options::default().format_version(2).segment_size(b.segment_size)).expect("open");
+        let log =
+            Log::open_with(&dir, Options::default().format_version(2).segment_size(b.segment_size)).expect("open");
         if matches!(case.damage[0].0, Target::Table) {
             assert!(
                 !log.recovery().rebuilt_stream_table,
@@ -778,7 +779,8 @@ fn lazy_table_cases(b: &Built, cases: &[Case]) {
             let view = reader.view().expect("view");
             check_view(&view, &m, &b.names, &mut rng, &format!("{ctx} [reader]"));
         }
-        let log = Log::open(&dir, Options::default().format_version(2).segment_size(b.segment_size)).expect("open");
+        let log =
+            Log::open_with(&dir, Options::default().format_version(2).segment_size(b.segment_size)).expect("open");
         // Every stream's version, before anything else: some rows lie in the
         // damaged block.
         probe_expected(&log, &mut m, &b.names, &mut rng, &format!("{ctx} [writer]"));
@@ -786,7 +788,8 @@ fn lazy_table_cases(b: &Built, cases: &[Case]) {
         check_view(&view, &m, &b.names, &mut rng, &format!("{ctx} [writer]"));
         drop(view);
         log.close().expect("close");
-        let log = Log::open(&dir, Options::default().format_version(2).segment_size(b.segment_size)).expect("reopen");
+        let log =
+            Log::open_with(&dir, Options::default().format_version(2).segment_size(b.segment_size)).expect("reopen");
         probe_expected(&log, &mut m, &b.names, &mut rng, &format!("{ctx} [reopen]"));
         let view = log.view().expect("view");
         check_view(&view, &m, &b.names, &mut rng, &format!("{ctx} [reopen]"));

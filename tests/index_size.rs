@@ -31,7 +31,7 @@ fn idx_bytes_per_event() {
     const EVENTS: u64 = 200_000;
     const STREAMS: u64 = 2_000;
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default().segment_size(16 << 20)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(16 << 20)).expect("open");
     let payload = vec![0x5au8; 256];
     let types = ["Opened", "Deposited", "Withdrawn", "Closed"];
     for i in 0..EVENTS {

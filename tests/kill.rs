@@ -162,7 +162,7 @@ fn kill_child() {
         None => opts(),
         Some(m) => opts().io(Arc::new(StallIdx { roll: m == "roll" })),
     };
-    let log = Log::open(&dir, opts).expect("child open");
+    let log = Log::open_with(&dir, opts).expect("child open");
     child_say(&format!("READY {} {EOL}", log.next_position()));
     let start_segments = log.view().expect("child view").segment_count();
     let start = Instant::now();
@@ -272,7 +272,7 @@ fn kill_while_the_sealer_lags_behind() {
         if round == 1 {
             // An earlier life with indexes, so that the missing ones follow an
             // indexed segment.
-            let log = Log::open(dir.path(), opts()).expect("open");
+            let log = Log::open_with(dir.path(), opts()).expect("open");
             let mut rng = Rng::new(99);
             while log.view().expect("view").segment_count() < 3 {
                 let (key, payloads) = make_batch(&mut rng);
@@ -325,7 +325,7 @@ fn kill_while_the_sealer_lags_behind() {
             "{when}: the sealer lagged several segments: {:#?}",
             report.warnings
         );
-        let log = Log::open(dir.path(), opts()).expect("reopen");
+        let log = Log::open_with(dir.path(), opts()).expect("reopen");
         assert!(log.recovery().rebuilt_indexes.len() >= 3, "{:?}", log.recovery());
         let (got, _) = read_and_verify(&log, &when, &mut Erasures::default());
         assert_acked(&got, &acked, &when);
@@ -777,7 +777,7 @@ fn verify_round(
         }
 
         // Recovery.
-        let log = Log::open(dir, opts()).unwrap_or_else(|e| panic!("{when}: reopen after the kill: {e}"));
+        let log = Log::open_with(dir, opts()).unwrap_or_else(|e| panic!("{when}: reopen after the kill: {e}"));
         let rec = log.recovery().clone();
         if let Some(t) = &rec.truncated {
             st.torn_tails += 1;
@@ -836,7 +836,7 @@ fn verify_round(
         });
         log.close().unwrap_or_else(|e| panic!("{when}: close: {e}"));
         check_ok(dir, &format!("{when}: check after recovery and an append"), true);
-        let log = Log::open(dir, opts()).unwrap_or_else(|e| panic!("{when}: clean reopen: {e}"));
+        let log = Log::open_with(dir, opts()).unwrap_or_else(|e| panic!("{when}: clean reopen: {e}"));
         assert!(
             log.recovery().truncated.is_none(),
             "{when}: a clean close leaves no tail"
@@ -892,7 +892,7 @@ fn recovery_after_a_kill_before_indexing_writes_a_correct_stream_table() {
     let _serial = serial();
     for (drop_table, drop_last) in [(true, 0usize), (true, 1), (true, 2), (false, 1), (false, 2)] {
         let dir = common::scratch();
-        let log = Log::open(dir.path(), opts()).expect("open");
+        let log = Log::open_with(dir.path(), opts()).expect("open");
         let mut rng = Rng::new(5);
         let mut acked = Vec::new();
         while log.view().expect("view").segment_count() < 5 {
@@ -926,7 +926,7 @@ fn recovery_after_a_kill_before_indexing_writes_a_correct_stream_table() {
             "{when}: a crash state, not damage: {:#?}",
             report.problems
         );
-        let log = Log::open(dir.path(), opts()).expect("reopen");
+        let log = Log::open_with(dir.path(), opts()).expect("reopen");
         assert_eq!(log.recovery().rebuilt_indexes.len(), drop_last, "{when}");
         let (got, _) = read_and_verify(&log, &when, &mut Erasures::default());
         assert_acked(&got, &acked, &when);
@@ -967,7 +967,7 @@ fn kill_during_a_roll_before_indexing() {
     let when = "kill during a roll";
     let report = annal::check(dir.path(), CheckOptions::default()).expect("check");
     assert!(report.is_ok(), "{when}: {:#?}", report.problems);
-    let log = Log::open(dir.path(), opts()).expect("reopen");
+    let log = Log::open_with(dir.path(), opts()).expect("reopen");
     let rec = log.recovery().clone();
     assert!(rec.reinitialized.is_some() && rec.rebuilt_indexes.len() == 1, "{rec:?}");
     let (got, _) = read_and_verify(&log, when, &mut Erasures::default());

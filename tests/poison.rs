@@ -84,7 +84,7 @@ fn run(case: Case) {
     let opts = Options::default()
         .durability(case.durability)
         .segment_size(case.segment_size);
-    let log = Log::open(dir.path(), opts.clone().io(Arc::new(io))).expect("open");
+    let log = Log::open_with(dir.path(), opts.clone().io(Arc::new(io))).expect("open");
 
     let stream = |i: usize| format!("p-{}", i % STREAMS);
     let mut versions: HashMap<String, Option<u64>> = (0..STREAMS).map(|i| (stream(i), None)).collect();
@@ -167,7 +167,7 @@ fn run(case: Case) {
     assert_poisoned(&format!("{name}: close"), log.close());
 
     // Reopen with the real file system.
-    let log = Log::open(dir.path(), opts.clone()).expect("reopen after the failure");
+    let log = Log::open_with(dir.path(), opts.clone()).expect("reopen after the failure");
     println!("{name}: recovery on reopen: {:?}", log.recovery());
     let view = log.view().expect("view");
     let recs = read_view(&view, 0);
@@ -229,7 +229,7 @@ fn run(case: Case) {
     }
     log.sync().expect("sync after reopen");
     log.close().expect("close after reopen");
-    let log = Log::open(dir.path(), opts).expect("second reopen");
+    let log = Log::open_with(dir.path(), opts).expect("second reopen");
     assert!(
         log.recovery().truncated.is_none(),
         "{name}: a clean close leaves nothing to cut"
@@ -354,7 +354,7 @@ fn concurrent_appenders_share_one_failure() {
     let io = TestIo::new();
     let ctl = io.ctl.clone();
     let opts = Options::default().durability(Durability::Fsync).segment_size(32 << 10);
-    let log = Arc::new(Log::open(dir.path(), opts.clone().io(Arc::new(io))).expect("open"));
+    let log = Arc::new(Log::open_with(dir.path(), opts.clone().io(Arc::new(io))).expect("open"));
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..THREADS)
@@ -422,7 +422,7 @@ fn concurrent_appenders_share_one_failure() {
     println!("{} appends acknowledged before the failure", acks.len());
     drop(log);
 
-    let log = Log::open(dir.path(), opts).expect("reopen");
+    let log = Log::open_with(dir.path(), opts).expect("reopen");
     let recs = read_view(&log.view().expect("view"), 0);
     assert_contiguous(&recs);
     assert_stream_versions(&recs);

@@ -271,7 +271,7 @@ fn run_workload(seed: u64, budget: u64, totals: &mut Totals) {
         Durability::Fsync
     };
     let mut log = Some(
-        Log::open(&root, setup.options().durability(durability).io(Arc::new(io.clone()))).expect("create the log"),
+        Log::open_with(&root, setup.options().durability(durability).io(Arc::new(io.clone()))).expect("create the log"),
     );
     run.check_images();
     let steps = rng.range(25, 60);
@@ -385,7 +385,7 @@ fn run_workload(seed: u64, budget: u64, totals: &mut Totals) {
                 } else {
                     Durability::Fsync
                 };
-                let l = Log::open(&root, setup.options().durability(durability).io(Arc::new(io.clone())))
+                let l = Log::open_with(&root, setup.options().durability(durability).io(Arc::new(io.clone())))
                     .unwrap_or_else(|e| panic!("{}: reopen the live log: {e}", run.label));
                 assert_eq!(l.next_position(), run.wants.len() as u64, "{}", run.label);
                 log = Some(l);
@@ -537,7 +537,7 @@ fn check_image(run: &mut Run<'_>, img: &CrashImage) {
 
     // 2. The writer opens it.
     let opts = run.setup.options();
-    let log = Log::open(dir.path(), opts.clone()).unwrap_or_else(|e| panic!("{label}: Log::open: {e}"));
+    let log = Log::open_with(dir.path(), opts.clone()).unwrap_or_else(|e| panic!("{label}: Log::open: {e}"));
     let rec = log.recovery().clone();
     if let Some(tr) = &rec.truncated {
         t.truncated_on_open += 1;
@@ -767,7 +767,7 @@ fn power_cut_at_thousands_of_crash_points() {
 fn recovery_that_writes_a_missing_index_merges_real_rows_into_the_stream_table() {
     let dir = common::scratch();
     let opts = || Options::default().segment_size(1024);
-    let log = Log::open(dir.path(), opts()).expect("create");
+    let log = Log::open_with(dir.path(), opts()).expect("create");
     let mut tag = 0u64;
     let mut append = |log: &Log| {
         tag += 1;
@@ -805,7 +805,7 @@ fn recovery_that_writes_a_missing_index_merges_real_rows_into_the_stream_table()
     std::fs::write(dir.path().join(annal::STREAM_TABLE_FILE), &table).expect("old table");
     std::fs::write(dir.path().join(annal::HEAD_FILE), &head).expect("old head");
 
-    let log = Log::open(dir.path(), opts()).expect("open after the power cut");
+    let log = Log::open_with(dir.path(), opts()).expect("open after the power cut");
     let rec = log.recovery().clone();
     assert_eq!(rec.reinitialized.as_deref(), Some(third.as_path()), "{rec:?}");
     assert_eq!(rec.rebuilt_indexes, vec![second.with_extension("idx")], "{rec:?}");
@@ -823,7 +823,7 @@ fn recovery_that_writes_a_missing_index_merges_real_rows_into_the_stream_table()
 #[test]
 fn reader_without_a_head_skips_a_segment_torn_while_being_created() {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default().segment_size(1024)).expect("create");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(1024)).expect("create");
     let mut tag = 0u64;
     while common::segments(dir.path()).len() < 3 {
         tag += 1;
@@ -856,7 +856,7 @@ fn reader_without_a_head_skips_a_segment_torn_while_being_created() {
         std::fs::write(img.path().join(annal::HEAD_FILE), &garbage).expect("tear the head");
         let got = common::read_with_reader(img.path()).unwrap_or_else(|e| panic!("torn to {len} bytes: {e}"));
         assert_eq!(got, before, "torn to {len} bytes");
-        let log = Log::open(img.path(), Options::default().segment_size(1024)).expect("writer open");
+        let log = Log::open_with(img.path(), Options::default().segment_size(1024)).expect("writer open");
         assert_eq!(log.next_position(), base, "torn to {len} bytes");
         log.close().expect("close");
     }

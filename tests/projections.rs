@@ -372,7 +372,7 @@ fn workload() -> impl Strategy<Value = (usize, u64, Vec<Step>)> {
 fn run((_, segment_size, steps): &(usize, u64, Vec<Step>)) {
     let dir = scratch();
     let opts = || Options::default().segment_size(*segment_size);
-    let mut log = Log::open(dir.path(), opts()).expect("open");
+    let mut log = Log::open_with(dir.path(), opts()).expect("open");
     let mut want = Expected::new();
     for (i, s) in steps.iter().enumerate() {
         match s {
@@ -388,7 +388,7 @@ fn run((_, segment_size, steps): &(usize, u64, Vec<Step>)) {
             }
             Step::Reopen => {
                 log.close().expect("close");
-                log = Log::open(dir.path(), opts()).expect("reopen");
+                log = Log::open_with(dir.path(), opts()).expect("reopen");
             }
             Step::Check => {
                 check_view(&log.view().expect("view"), &want, &format!("writer, step {i}"));
@@ -400,7 +400,7 @@ fn run((_, segment_size, steps): &(usize, u64, Vec<Step>)) {
     check_reader(dir.path(), &want, "reader, end");
     log.close().expect("close");
     check_reader(dir.path(), &want, "reader after close");
-    let log = Log::open(dir.path(), opts()).expect("reopen");
+    let log = Log::open_with(dir.path(), opts()).expect("reopen");
     check_view(&log.view().expect("view"), &want, "writer after reopen");
     log.close().expect("close");
 }
@@ -444,7 +444,7 @@ fn fill(log: &Log, n: usize, streams: usize, want: &mut Expected) {
 fn chunks_are_balanced_by_bytes() {
     for (segment_size, batches, want_segments) in [(64 << 20, 2000, 1), (8 << 10, 2000, 40)] {
         let dir = scratch();
-        let log = Log::open(dir.path(), Options::default().segment_size(segment_size)).expect("open");
+        let log = Log::open_with(dir.path(), Options::default().segment_size(segment_size)).expect("open");
         let mut want = Expected::new();
         fill(&log, batches, 11, &mut want);
         let view = log.view().expect("view");
@@ -481,7 +481,7 @@ fn a_view_ignores_later_appends() {
     // One segment (the active index is shared with the view), then many.
     for segment_size in [64 << 20, 4096] {
         let dir = scratch();
-        let log = Log::open(dir.path(), Options::default().segment_size(segment_size)).expect("open");
+        let log = Log::open_with(dir.path(), Options::default().segment_size(segment_size)).expect("open");
         let mut want = Expected::new();
         fill(&log, 300, 5, &mut want);
         let view = log.view().expect("view");
@@ -509,7 +509,7 @@ fn a_view_ignores_later_appends() {
 fn a_stream_table_ahead_of_the_view() {
     let dir = scratch();
     let opts = || Options::default().segment_size(4096);
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     let mut want = Expected::new();
     fill(&log, 200, 4, &mut want);
     log.sync().expect("sync");
@@ -544,7 +544,7 @@ fn copy_files(from: &Path, to: &Path) {
 #[test]
 fn damage_is_reported_by_every_rebuild() {
     let dir = scratch();
-    let log = Log::open(dir.path(), Options::default().segment_size(4096)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(4096)).expect("open");
     let mut want = Expected::new();
     fill(&log, 100, 3, &mut want);
     log.append(
@@ -590,7 +590,7 @@ fn damage_is_reported_by_every_rebuild() {
 #[test]
 fn the_order_sensitive_projections_see_order() {
     let dir = scratch();
-    let log = Log::open(dir.path(), Options::default()).expect("open");
+    let log = Log::open(dir.path()).expect("open");
     let mut want = Expected::new();
     fill(&log, 40, 2, &mut want);
     let view = log.view().expect("view");
@@ -625,7 +625,7 @@ fn the_order_sensitive_projections_see_order() {
 #[ignore]
 fn timings_on_a_million_events() {
     let dir = scratch();
-    let log = Log::open(dir.path(), Options::default().segment_size(64 << 20)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(64 << 20)).expect("open");
     let t = Instant::now();
     let payload = [7u8; 100];
     let mut n = 0u64;

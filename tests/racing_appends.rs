@@ -28,7 +28,7 @@ fn payload(round: u64, thread: usize, i: usize) -> Vec<u8> {
 fn exact_races(durability: Durability, rounds: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Arc::new(
-        Log::open(
+        Log::open_with(
             dir.path(),
             Options::default().durability(durability).segment_size(64 << 10),
         )
@@ -165,7 +165,7 @@ fn exact_races_have_one_winner_per_round_fsync() {
 fn no_stream_races_create_each_stream_once() {
     const STREAMS: usize = 150;
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Arc::new(Log::open(dir.path(), Options::default()).expect("open"));
+    let log = Arc::new(Log::open(dir.path()).expect("open"));
     let barrier = Arc::new(Barrier::new(THREADS));
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -250,7 +250,7 @@ fn many_threads_many_streams_keep_versions_exact() {
     const STREAMS: u64 = 6;
     const OPS: usize = 600;
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Arc::new(Log::open(dir.path(), Options::default().segment_size(128 << 10)).expect("open"));
+    let log = Arc::new(Log::open_with(dir.path(), Options::default().segment_size(128 << 10)).expect("open"));
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             let log = log.clone();

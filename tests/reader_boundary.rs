@@ -23,7 +23,7 @@ fn fsync_opts() -> Options {
 /// over three streams; the stream `late` is written only after the middle.
 fn build() -> tempfile::TempDir {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), fsync_opts()).expect("open");
+    let log = Log::open_with(dir.path(), fsync_opts()).expect("open");
     for i in 0..30u64 {
         let stream = if i >= 20 {
             "late".to_owned()
@@ -119,7 +119,7 @@ fn damage_in_a_durable_frame_with_both_head_slots_invalid_is_an_error() {
     common::remove_checkpoints(dir.path());
     let before = common::snapshot(dir.path());
     assert!(matches!(
-        Log::open(dir.path(), fsync_opts()),
+        Log::open_with(dir.path(), fsync_opts()),
         Err(Error::Corrupt { .. })
     ));
     assert!(common::snapshot(dir.path()) == before);
@@ -233,7 +233,7 @@ fn the_signal_is_absent_for_a_closed_log_and_while_a_writer_holds_it() {
 
     // A killed writer's image whose head lags (its slots describe an earlier
     // end): the reader holds back, and says so; a writer then recovers it.
-    let w = Log::open(
+    let w = Log::open_with(
         log.path(),
         Options::default().format_version(2).durability(Durability::Buffered),
     )
@@ -268,7 +268,7 @@ fn the_signal_is_absent_for_a_closed_log_and_while_a_writer_holds_it() {
     assert_eq!(u.position, n);
     assert_eq!(u.segment, seg);
     // A writer recovers it: the signal is gone, every event is there.
-    Log::open(img.path(), Options::default().format_version(2))
+    Log::open_with(img.path(), Options::default().format_version(2))
         .expect("recover")
         .close()
         .expect("close");

@@ -16,7 +16,7 @@ use common::{frames, fresh_copy, read_all, segments};
 /// stream table.
 fn build() -> tempfile::TempDir {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default().segment_size(1024).format_version(2)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(1024).format_version(2)).expect("open");
     for i in 0..24u64 {
         let events = [EventData::new("E", common::payload(i, 60))];
         log.append(&format!("s-{}", i % 4), ExpectedVersion::Any, &events)
@@ -153,7 +153,7 @@ fn a_special_file_in_an_index_place_is_damage_read_around() {
 #[test]
 fn a_frame_claiming_4_gib_is_refused_before_any_allocation() {
     let dir = common::scratch();
-    let log = Log::open(
+    let log = Log::open_with(
         dir.path(),
         Options::default().durability(Durability::Fsync).format_version(2),
     )

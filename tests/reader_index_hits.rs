@@ -23,7 +23,7 @@ const NAMED_ENTRY: usize = 4;
 /// interleaved, all in the first (sealed) segment; then a second segment.
 fn build() -> tempfile::TempDir {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default().segment_size(2000)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(2000)).expect("open");
     for i in 0..4u8 {
         for s in ["alpha-1", "beta-1"] {
             log.append(s, ExpectedVersion::Any, &[EventData::new("E", vec![i; 20])])
@@ -130,7 +130,7 @@ fn forge_types(dir: &Path) {
 /// in batches 1 and 3, B in 1, 3 and 4, C in 2 and 4.
 fn build_types() -> tempfile::TempDir {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default().segment_size(2000)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(2000)).expect("open");
     let ev = |t: &'static str| EventData::new(t, vec![7u8; 20]);
     for (s, types) in [
         ("m-1", &["A", "B"][..]),

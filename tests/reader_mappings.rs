@@ -23,7 +23,7 @@ fn mappings(dir: &Path) -> usize {
 /// categories, closed.
 fn build() -> tempfile::TempDir {
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default().segment_size(300)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(300)).expect("open");
     for i in 0..EVENTS {
         let stream = format!("{}-{}", if i % 3 == 0 { "cat" } else { "dog" }, i % 3);
         log.append(
@@ -135,7 +135,7 @@ fn a_reader_of_hundreds_of_segments_keeps_a_bounded_number_mapped() {
 fn a_writer_opening_hundreds_of_segments_maps_none_of_them() {
     let log = build();
     let dir = log.path();
-    let w = Log::open(dir, Options::default().segment_size(300)).expect("open");
+    let w = Log::open_with(dir, Options::default().segment_size(300)).expect("open");
     assert!(
         mappings(dir) <= 2,
         "{} mappings after Log::open of {} segments",

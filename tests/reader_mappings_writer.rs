@@ -45,7 +45,7 @@ fn a_writer_of_hundreds_of_segments_keeps_a_bounded_number_mapped() {
     annal::set_default_max_mapped_segments(BOUND);
     let dir = common::scratch();
     let opts = Options::default().segment_size(300);
-    let log = Log::open(dir.path(), opts.clone()).expect("open");
+    let log = Log::open_with(dir.path(), opts.clone()).expect("open");
     for i in 0..EVENTS {
         log.append(
             &stream_of(i),
@@ -55,7 +55,7 @@ fn a_writer_of_hundreds_of_segments_keeps_a_bounded_number_mapped() {
         .expect("append");
     }
     log.close().expect("close");
-    let log = Log::open(dir.path(), opts).expect("reopen");
+    let log = Log::open_with(dir.path(), opts).expect("reopen");
     assert!(common::segments(dir.path()).len() > 300);
     // Plus the index checkpoint of the active segment (spec 17.5) the
     // reopened writer maps.

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use annal::fuzzing::reader_preads;
-use annal::{EventData, ExpectedVersion, Log, Options, Reader};
+use annal::{EventData, ExpectedVersion, Log, Reader};
 
 /// The reader's read chunk (`read::active`).
 const CHUNK: u64 = 1 << 20;
@@ -55,7 +55,7 @@ fn opening_reads_the_active_segment_in_chunks_not_per_frame() {
     let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     const N: u64 = 25_000;
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default()).expect("open");
+    let log = Log::open(dir.path()).expect("open");
     append_singles(&log, 0, N, 200);
     log.close().expect("close");
     let len = active_len(dir.path());
@@ -83,7 +83,7 @@ fn opening_reads_the_active_segment_in_chunks_not_per_frame() {
 fn a_refresh_reads_only_the_new_bytes_in_chunks() {
     let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default()).expect("open");
+    let log = Log::open(dir.path()).expect("open");
     append_singles(&log, 0, 1_000, 200);
     log.sync().expect("sync");
     let mut reader = Reader::open(dir.path()).expect("reader");
@@ -113,7 +113,7 @@ fn a_refresh_reads_only_the_new_bytes_in_chunks() {
 fn frames_larger_than_a_chunk_are_read_whole_between_small_ones() {
     let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = common::scratch();
-    let log = Log::open(dir.path(), Options::default()).expect("open");
+    let log = Log::open(dir.path()).expect("open");
     // Small frames, a frame of 2.5 chunks, small frames, another big one
     // cut by a chunk's end, small frames.
     let mut pos = 0;

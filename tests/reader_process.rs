@@ -106,7 +106,7 @@ fn child_writer() {
         "buffered-nosync" => opts.durability(Durability::Buffered).io(Arc::new(NoSyncIo)),
         other => panic!("unknown mode {other}"),
     };
-    let log = Log::open(&dir, opts).expect("child open");
+    let log = Log::open_with(&dir, opts).expect("child open");
     child_say("READY");
     let mut rng = Rng::new(0xA11CE);
     let start = Instant::now();
@@ -282,7 +282,7 @@ fn follow(mode: &str, max_batches: u32, millis: u64, kill_after: Option<Duration
     // recovers the log, and both it and a fresh reader see the same batches.
     assert!(!status.success(), "the writer was killed before it finished");
     assert!(done.is_none());
-    let log = Log::open(dir.path(), Options::default().segment_size(SEGMENT_SIZE)).expect("reopen after the kill");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(SEGMENT_SIZE)).expect("reopen after the kill");
     println!("{mode}: recovery after the kill: {:?}", log.recovery());
     let mut recovered = Seen::default();
     recovered.consume(&log.view().expect("view"));

@@ -149,7 +149,7 @@ fn assert_check_clean(dir: &Path) -> annal::CheckReport {
 fn size_retention_removes_the_oldest_sealed_segments_never_the_active_one() {
     let dir = scratch();
     let max = 6 * SEGMENT;
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     let model = fill(&log, 200, 0);
     let before = segs(dir.path());
     assert!(before.len() > 10, "{before:?}");
@@ -207,7 +207,7 @@ fn size_retention_removes_the_oldest_sealed_segments_never_the_active_one() {
     let more = fill(&log, 20, 200);
     log.close().expect("close");
     let model: Vec<Ev> = model.into_iter().chain(more).collect();
-    let log = Log::open(dir.path(), opts()).expect("reopen");
+    let log = Log::open_with(dir.path(), opts()).expect("reopen");
     assert_reads(&log.view().expect("view"), &model, first_of(dir.path()));
     let mut reader = Reader::open(dir.path()).expect("reader");
     assert_reads(&reader.view().expect("reader view"), &model, first_of(dir.path()));
@@ -227,7 +227,7 @@ fn age_retention_removes_segments_whose_newest_event_is_older_than_max_age() {
     };
     let age = Duration::from_secs(3600);
     let o = opts().clock(clock);
-    let log = Log::open(dir.path(), o.clone()).expect("open");
+    let log = Log::open_with(dir.path(), o.clone()).expect("open");
     let mut model = Vec::new();
     // Ten minutes between batches of 10 events.
     for k in 0..12u64 {
@@ -281,7 +281,7 @@ fn age_retention_removes_segments_whose_newest_event_is_older_than_max_age() {
 fn options_retention_applies_after_each_seal_and_at_open() {
     let dir = scratch();
     let rule = Retention::new().max_bytes(5 * SEGMENT);
-    let log = Log::open(dir.path(), opts().retention(rule)).expect("open");
+    let log = Log::open_with(dir.path(), opts().retention(rule)).expect("open");
     let model = fill(&log, 300, 0);
     let warnings = log.warnings();
     assert!(warnings.is_empty(), "{warnings:?}");
@@ -290,11 +290,11 @@ fn options_retention_applies_after_each_seal_and_at_open() {
     // them: it never makes an append wait).
     assert!(first_of(dir.path()) > 0);
     // An open applies it too.
-    drop(Log::open(dir.path(), opts().retention(rule)).expect("reopen with the rule"));
+    drop(Log::open_with(dir.path(), opts().retention(rule)).expect("reopen with the rule"));
     let n = segs(dir.path()).len();
     assert!(n <= 7, "retention kept {n} segments");
     let first = first_of(dir.path());
-    let log = Log::open(dir.path(), opts()).expect("reopen without the rule");
+    let log = Log::open_with(dir.path(), opts()).expect("reopen without the rule");
     assert_reads(&log.view().expect("view"), &model, first);
     log.close().expect("close");
     assert_check_clean(dir.path());
@@ -303,7 +303,7 @@ fn options_retention_applies_after_each_seal_and_at_open() {
 #[test]
 fn a_reader_view_taken_before_retention_keeps_reading_it() {
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     let model = fill(&log, 150, 0);
     let mut reader = Reader::open(dir.path()).expect("reader");
     let old = reader.view().expect("view");
@@ -327,7 +327,7 @@ fn a_reader_view_taken_before_retention_keeps_reading_it() {
 #[test]
 fn stream_metadata_in_removed_segments_is_carried_forward() {
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     log.append(
         "gone",
         ExpectedVersion::NoStream,
@@ -350,7 +350,7 @@ fn stream_metadata_in_removed_segments_is_carried_forward() {
         .expect("retain");
     assert!(first_of(dir.path()) > 0);
     log.close().expect("close");
-    let log = Log::open(dir.path(), opts()).expect("reopen");
+    let log = Log::open_with(dir.path(), opts()).expect("reopen");
     let view = log.view().expect("view");
     assert!(matches!(
         view.read_stream("kept", 0, Direction::Forward, 10).next(),
@@ -379,7 +379,7 @@ fn stream_metadata_in_removed_segments_is_carried_forward() {
 #[test]
 fn check_reports_anchors_before_retention_as_superseded_and_catches_a_rewrite_after() {
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     fill(&log, 40, 0);
     let early = log.anchor().expect("anchor");
     fill(&log, 120, 40);
@@ -429,7 +429,7 @@ fn check_reports_anchors_before_retention_as_superseded_and_catches_a_rewrite_af
 #[test]
 fn a_front_segment_deleted_without_a_record_is_reported() {
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     fill(&log, 60, 0);
     log.close().expect("close");
     let first = dir.path().join(format!("{:020}.seg", 0));
@@ -442,7 +442,7 @@ fn a_front_segment_deleted_without_a_record_is_reported() {
         r.problems
     );
     assert!(r.retention.is_none());
-    assert!(matches!(Log::open(dir.path(), opts()), Err(Error::Corrupt { .. })));
+    assert!(matches!(Log::open_with(dir.path(), opts()), Err(Error::Corrupt { .. })));
     assert!(Reader::open(dir.path()).expect("reader").view().is_err());
 }
 
@@ -451,7 +451,7 @@ fn a_front_removed_beyond_the_record_is_reported() {
     // Retention recorded up to P; then a segment at or after P deleted by
     // hand: the record does not account for it.
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     fill(&log, 150, 0);
     log.apply_retention_with(Retention::new().max_bytes(8 * SEGMENT))
         .expect("retain");
@@ -461,10 +461,10 @@ fn a_front_removed_beyond_the_record_is_reported() {
     std::fs::remove_file(dir.path().join(format!("{:020}.seg", s[0]))).expect("rm");
     let r = annal::check(dir.path(), CheckOptions::default()).expect("check");
     assert!(!r.is_ok());
-    assert!(matches!(Log::open(dir.path(), opts()), Err(Error::Corrupt { .. })));
+    assert!(matches!(Log::open_with(dir.path(), opts()), Err(Error::Corrupt { .. })));
     // A segment missing in the middle is damage, as always.
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     fill(&log, 150, 0);
     log.apply_retention_with(Retention::new().max_bytes(8 * SEGMENT))
         .expect("retain");
@@ -484,7 +484,7 @@ fn version_3_logs_refuse_retention() {
     // Format version 4 gives `$retention` its meaning; older logs keep
     // everything (their `$`-streams are ordinary).
     let dir = scratch();
-    let log = Log::open(dir.path(), opts().format_version(3)).expect("open");
+    let log = Log::open_with(dir.path(), opts().format_version(3)).expect("open");
     fill(&log, 60, 0);
     assert!(matches!(
         log.apply_retention_with(Retention::new().max_bytes(1)),
@@ -595,7 +595,7 @@ fn crash_run(cut: usize) -> (Vec<Ev>, Option<tempfile::TempDir>, usize, tempfile
     io.cut.store(cut, Ordering::SeqCst);
     *io.dir.lock().expect("dir") = Some(dir.path().to_owned());
     let o = opts().io(Arc::new(Seam(io.clone())));
-    let log = Log::open(dir.path(), o).expect("open");
+    let log = Log::open_with(dir.path(), o).expect("open");
     log.append(
         "gone",
         ExpectedVersion::NoStream,
@@ -639,7 +639,7 @@ fn a_crash_at_any_step_of_retention_leaves_a_log_that_opens_and_reads() {
         assert_eq!(seen, want, "cut {cut}: reader");
         drop(view);
         // The writer opens, finishes a recorded removal, reads the rest.
-        let log = Log::open(image.path(), opts()).unwrap_or_else(|e| panic!("cut {cut}: open: {e}"));
+        let log = Log::open_with(image.path(), opts()).unwrap_or_else(|e| panic!("cut {cut}: open: {e}"));
         let now_first = log.first_position();
         assert!(now_first >= first);
         assert_reads(&log.view().expect("view"), &model, now_first);
@@ -684,7 +684,7 @@ fn readers_racing_retention_see_no_fault_and_no_wrong_event() {
     // next view starts after it); nothing else fails.
     let dir = scratch();
     let rule = Retention::new().max_bytes(6 * SEGMENT);
-    let log = Arc::new(Log::open(dir.path(), opts().retention(rule)).expect("open"));
+    let log = Arc::new(Log::open_with(dir.path(), opts().retention(rule)).expect("open"));
     fill(&log, 20, 0);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
@@ -734,7 +734,7 @@ fn a_first_segment_whose_chain_start_the_record_does_not_state_is_reported() {
     // first segment whose chain_start was changed (its header CRC fixed)
     // no longer joins it, and an anchor after the start no longer holds.
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     fill(&log, 150, 0);
     log.apply_retention_with(Retention::new().max_bytes(5 * SEGMENT))
         .expect("retain");
@@ -781,7 +781,7 @@ impl annal::Projection for Positions {
 #[test]
 fn projections_rebuild_the_surviving_events() {
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     let model = fill(&log, 200, 0);
     log.apply_retention_with(Retention::new().max_bytes(8 * SEGMENT))
         .expect("retain");
@@ -802,7 +802,7 @@ fn projections_rebuild_the_surviving_events() {
 fn a_stream_whose_events_were_all_removed_starts_again_at_version_0() {
     // Documented (spec 3.9): its versions went with its events.
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     log.append(
         "early",
         ExpectedVersion::NoStream,
@@ -882,7 +882,7 @@ fn child_reader_across_retention() {
 #[test]
 fn a_reader_in_another_process_keeps_reading_the_segments_it_mapped() {
     let dir = scratch();
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     let model = fill(&log, 150, 0);
     let d = dir.path().to_str().expect("utf-8").to_owned();
     let mut child = support::ChildProc::spawn(
@@ -929,7 +929,7 @@ fn retention_in_logs_without_the_chain_keyed_and_signed() {
     ];
     for (what, o, c) in cases {
         let dir = scratch();
-        let log = Log::open(dir.path(), o.clone()).expect("open");
+        let log = Log::open_with(dir.path(), o.clone()).expect("open");
         let model = fill(&log, 150, 0);
         log.apply_retention_with(Retention::new().max_bytes(5 * SEGMENT))
             .expect("retain");
@@ -939,7 +939,7 @@ fn retention_in_logs_without_the_chain_keyed_and_signed() {
         let r = annal::check(dir.path(), c).expect("check");
         assert!(r.is_ok(), "{what}: {:#?}", r.problems);
         assert_eq!(r.retention.map(|x| x.first_position), Some(first), "{what}");
-        let log = Log::open(dir.path(), o).expect("reopen");
+        let log = Log::open_with(dir.path(), o).expect("reopen");
         assert_reads(&log.view().expect("view"), &model, first);
         log.close().expect("close");
     }
@@ -967,13 +967,13 @@ fn random_histories_with_retention_and_reopens_read_as_the_model() {
             let o = opts().clock(clock.clone());
             if rule_on { o.retention(rule) } else { o }
         };
-        let mut log = Log::open(dir.path(), o(with_rule)).expect("open");
+        let mut log = Log::open_with(dir.path(), o(with_rule)).expect("open");
         let mut model: Vec<Ev> = Vec::new();
         for step in 0..120u64 {
             match rng.below(20) {
                 0 => {
                     log.close().expect("close");
-                    log = Log::open(dir.path(), o(with_rule)).expect("reopen");
+                    log = Log::open_with(dir.path(), o(with_rule)).expect("reopen");
                 }
                 1 => {
                     let r = Retention::new().max_bytes((3 + rng.below(8)) * SEGMENT);

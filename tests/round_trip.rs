@@ -217,7 +217,7 @@ fn verify(log: &Log, dir: &Path, model: &mut [Model], k: u64) {
 
 fn run(ops: Vec<Op>, durability: Durability, clock: Option<Clock>, final_k: u64) {
     let dir = common::scratch();
-    let mut log = Log::open(dir.path(), opts(durability, &clock)).expect("create");
+    let mut log = Log::open_with(dir.path(), opts(durability, &clock)).expect("create");
     assert!(log.recovery().created);
     let mut model: Vec<Model> = Vec::new();
     let mut versions: HashMap<&str, u64> = HashMap::new();
@@ -291,7 +291,7 @@ fn run(ops: Vec<Op>, durability: Durability, clock: Option<Clock>, final_k: u64)
             }
             Op::Reopen { k } => {
                 log.close().expect("close");
-                log = Log::open(dir.path(), opts(durability, &clock)).expect("reopen");
+                log = Log::open_with(dir.path(), opts(durability, &clock)).expect("reopen");
                 assert_eq!(
                     log.recovery(),
                     &annal::Recovery::default(),
@@ -307,7 +307,7 @@ fn run(ops: Vec<Op>, durability: Durability, clock: Option<Clock>, final_k: u64)
     }
     verify(&log, dir.path(), &mut model, final_k);
     log.close().expect("close");
-    let log = Log::open(dir.path(), opts(durability, &clock)).expect("final reopen");
+    let log = Log::open_with(dir.path(), opts(durability, &clock)).expect("final reopen");
     verify(&log, dir.path(), &mut model, final_k / 3);
     let view = log.view().expect("view");
     let bytes: u64 = model

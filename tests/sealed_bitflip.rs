@@ -11,7 +11,7 @@ const SEGMENT_SIZE: u64 = 2048;
 
 fn build() -> (tempfile::TempDir, Vec<Rec>) {
     let src = common::scratch();
-    let log = Log::open(
+    let log = Log::open_with(
         src.path(),
         Options::default()
             .format_version(2)
@@ -93,7 +93,7 @@ fn every_flipped_bit_in_a_sealed_segment_is_reported() {
         );
 
         // Through the writer: open may refuse, else reading must report.
-        match Log::open(
+        match Log::open_with(
             copy.path(),
             Options::default().format_version(2).segment_size(SEGMENT_SIZE),
         ) {

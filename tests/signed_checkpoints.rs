@@ -65,7 +65,7 @@ fn checkpoints_are_signed_every_n_events_before_seals_and_at_close() {
         .segment_size(16 << 10)
         .signing_key(signer())
         .checkpoint_every(25);
-    let log = Log::open(dir.path(), opts).unwrap();
+    let log = Log::open_with(dir.path(), opts).unwrap();
     append_n(&log, 60, 4); // 240 events
     let anchor = log.anchor().unwrap();
     log.close().unwrap();
@@ -93,7 +93,7 @@ fn checkpoints_are_signed_every_n_events_before_seals_and_at_close() {
     }
 
     // Readers never see checkpoints: every event, in order, once.
-    let log = Log::open(dir.path(), Options::default().format_version(2)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().format_version(2)).unwrap();
     let all = read_all(&log.view().unwrap(), 0).unwrap();
     assert_eq!(all.len(), 240);
     assert!(all.iter().enumerate().all(|(i, r)| r.position == i as u64));
@@ -110,16 +110,16 @@ fn reopening_with_or_without_the_key_keeps_every_checkpoint_valid() {
         .format_version(2)
         .signing_key(signer())
         .checkpoint_every(4);
-    let log = Log::open(dir.path(), signed.clone()).unwrap();
+    let log = Log::open_with(dir.path(), signed.clone()).unwrap();
     append_n(&log, 3, 2);
     log.close().unwrap();
     let before = checkpoints(dir.path()).len();
     assert_eq!(before, 2, "one after 4 events, one at close");
-    let log = Log::open(dir.path(), Options::default().format_version(2)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().format_version(2)).unwrap();
     append_n(&log, 3, 1);
     log.close().unwrap();
     assert_eq!(checkpoints(dir.path()).len(), before, "no key, no checkpoint");
-    let log = Log::open(dir.path(), signed).unwrap();
+    let log = Log::open_with(dir.path(), signed).unwrap();
     append_n(&log, 1, 3);
     log.close().unwrap();
     let pk = signer().public_key();
@@ -128,7 +128,7 @@ fn reopening_with_or_without_the_key_keeps_every_checkpoint_valid() {
     for (bytes, f) in &cps {
         assert!(verify(bytes, f, &pk));
     }
-    let log = Log::open(dir.path(), Options::default().format_version(2)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().format_version(2)).unwrap();
     assert_eq!(read_all(&log.view().unwrap(), 0).unwrap().len(), 12);
 }
 
@@ -139,7 +139,7 @@ fn a_torn_checkpoint_is_cut_like_any_torn_frame() {
         .format_version(2)
         .signing_key(signer())
         .checkpoint_every(2);
-    let log = Log::open(dir.path(), opts).unwrap();
+    let log = Log::open_with(dir.path(), opts).unwrap();
     append_n(&log, 2, 1); // the second batch is followed by a checkpoint
     let image = common::crash_image(dir.path());
     drop(log);
@@ -149,7 +149,7 @@ fn a_torn_checkpoint_is_cut_like_any_torn_frame() {
     assert_eq!(cp.kind, CHECKPOINT);
     // Power cut while the checkpoint was being written: half of it reached the disk.
     fs::write(&seg, &bytes[..cp.offset as usize + 100]).unwrap();
-    let log = Log::open(image.path(), Options::default().format_version(2)).unwrap();
+    let log = Log::open_with(image.path(), Options::default().format_version(2)).unwrap();
     let cut = log.recovery().truncated.clone().expect("the torn checkpoint is cut");
     assert_eq!(cut.offset, cp.offset);
     assert_eq!(read_all(&log.view().unwrap(), 0).unwrap().len(), 2, "both batches stay");
@@ -158,7 +158,7 @@ fn a_torn_checkpoint_is_cut_like_any_torn_frame() {
 #[test]
 fn signing_needs_a_chain() {
     let dir = scratch();
-    let err = Log::open(
+    let err = Log::open_with(
         dir.path(),
         Options::default().format_version(2).chain(false).signing_key(signer()),
     )
@@ -206,7 +206,7 @@ fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
         .format_version(2)
         .signing_key(signer())
         .checkpoint_every(6);
-    let log = Log::open(dir.path(), opts).unwrap();
+    let log = Log::open_with(dir.path(), opts).unwrap();
     append_n(&log, 10, 2); // checkpoints at 6, 12, 18 events and at close (20)
     let head = log.anchor().unwrap();
     log.close().unwrap();
@@ -268,7 +268,7 @@ fn check_verifies_signatures_and_catches_a_consistent_rewrite() {
 #[test]
 fn an_altered_checkpoint_breaks_the_chain() {
     let dir = scratch();
-    let log = Log::open(
+    let log = Log::open_with(
         dir.path(),
         Options::default()
             .format_version(2)
@@ -315,7 +315,7 @@ fn large_batches_hashed_while_written_verify() {
     let payload = vec![0xabu8; 256];
     let events: Vec<_> = (0..100).map(|_| EventData::new("Big", payload.as_slice())).collect();
     for round in 0..2 {
-        let log = Log::open(dir.path(), opts.clone()).unwrap();
+        let log = Log::open_with(dir.path(), opts.clone()).unwrap();
         for i in 0..40 {
             log.append(&format!("big-{}", i % 7), ExpectedVersion::Any, &events)
                 .unwrap();
@@ -370,7 +370,7 @@ fn every_reader_steps_over_checkpoints() {
         .segment_size(8 << 10)
         .signing_key(signer())
         .checkpoint_every(3);
-    let log = Log::open(dir.path(), opts).unwrap();
+    let log = Log::open_with(dir.path(), opts).unwrap();
     append_n(&log, 90, 2);
     let view = log.view().unwrap();
     assert_eq!(read_all(&view, 0).unwrap().len(), 180);

@@ -430,7 +430,7 @@ fn run(ops: &[Op]) -> u64 {
     let opts = Options::default()
         .segment_size(8 << 10)
         .clock(Arc::new(move || c.load(Ordering::SeqCst)));
-    let mut log = Some(Log::open(dir.path(), opts.clone()).unwrap());
+    let mut log = Some(Log::open_with(dir.path(), opts.clone()).unwrap());
     let mut m = Model::new();
     let mut retained = 0;
     for (i, op) in ops.iter().enumerate() {
@@ -637,7 +637,7 @@ fn run(ops: &[Op]) -> u64 {
                 // hidden by age there (see STEP).
                 let mut r = Reader::open(dir.path()).unwrap();
                 check_view(&r.view().unwrap(), &m, start, &format!("{ctx} (reader)"));
-                log = Some(Log::open(dir.path(), opts.clone()).unwrap());
+                log = Some(Log::open_with(dir.path(), opts.clone()).unwrap());
             }
         }
         let l = log.as_ref().unwrap();
@@ -769,7 +769,7 @@ fn compaction_in_the_model_removes_hidden_events_for_good() {
 #[test]
 fn a_version_3_log_refuses_deletion_and_keeps_dollar_names_ordinary() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default().format_version(3)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().format_version(3)).unwrap();
     log.append("$meta-a", ExpectedVersion::Any, &[EventData::new("E", b"x".as_slice())])
         .unwrap();
     let e = log.delete_stream("a", ExpectedVersion::Any).unwrap_err();
@@ -785,7 +785,7 @@ fn a_version_3_log_refuses_deletion_and_keeps_dollar_names_ordinary() {
 #[test]
 fn a_deleted_stream_is_told_from_one_that_never_existed() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     log.append(
         "a-1",
         ExpectedVersion::NoStream,

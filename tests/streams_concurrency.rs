@@ -336,7 +336,7 @@ fn check_final(view: &LogView, acked: &Acked, ctx: &str) -> u64 {
 fn run(durability: Durability, batches: usize) {
     let dir = scratch();
     let opts = || Options::default().segment_size(4096).durability(durability);
-    let log = Log::open(dir.path(), opts()).expect("open");
+    let log = Log::open_with(dir.path(), opts()).expect("open");
     let acked: Acked = Mutex::new(HashMap::new());
     let done = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
@@ -398,7 +398,7 @@ fn run(durability: Durability, batches: usize) {
 fn check_after_reopen(dir: &Path, acked: &Acked, opts: Options) {
     let mut reader = Reader::open(dir).expect("reader");
     check_final(&reader.view().expect("view"), acked, "after close, reader");
-    let log = Log::open(dir, opts).expect("reopen");
+    let log = Log::open_with(dir, opts).expect("reopen");
     assert!(
         log.recovery().rebuilt_indexes.is_empty() && !log.recovery().rebuilt_stream_table,
         "{:?}",

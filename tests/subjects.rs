@@ -35,7 +35,7 @@ fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf
 #[test]
 fn sealed_events_round_trip_and_read_as_erased_after_erasure() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     log.append(
         "customer-1",
         ExpectedVersion::NoStream,
@@ -122,7 +122,7 @@ fn sealed_events_round_trip_and_read_as_erased_after_erasure() {
     log.close().unwrap();
 
     // Reopened: the same.
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     let v = log.view().unwrap();
     let got: Vec<_> = v.read_all(0).map(|r| v.unseal(r.unwrap()).unwrap()).collect();
     let erased: Vec<bool> = got.iter().map(|u| u.is_erased()).collect();
@@ -156,7 +156,7 @@ fn projections_subscriptions_and_typed_events_get_the_erased_case() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     for i in 0..60 {
         let who = ["ann", "bob", "cy"][i % 3];
         log.append(
@@ -201,7 +201,7 @@ fn projections_subscriptions_and_typed_events_get_the_erased_case() {
 fn a_master_key_wraps_the_key_file_and_readers_need_it() {
     let dir = tempfile::tempdir().unwrap();
     let master = annal::MasterKey::from_bytes([9; 32]);
-    let log = Log::open(dir.path(), Options::default().master_key(master.clone())).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().master_key(master.clone())).unwrap();
     log.append(
         "c-1",
         ExpectedVersion::Any,
@@ -210,9 +210,9 @@ fn a_master_key_wraps_the_key_file_and_readers_need_it() {
     .unwrap();
     log.close().unwrap();
     // The writer needs the key, and refuses another one or none.
-    let e = Log::open(dir.path(), Options::default()).unwrap_err();
+    let e = Log::open(dir.path()).unwrap_err();
     assert!(e.to_string().contains("annal.keys"), "{e}");
-    let e = Log::open(
+    let e = Log::open_with(
         dir.path(),
         Options::default().master_key(annal::MasterKey::from_bytes([8; 32])),
     )
@@ -244,7 +244,7 @@ fn a_master_key_wraps_the_key_file_and_readers_need_it() {
 #[test]
 fn lost_keys_are_damage_never_erasure() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     log.append("c-1", ExpectedVersion::Any, &[ev("Email", "a", Some("ann"))])
         .unwrap();
     log.append("c-2", ExpectedVersion::Any, &[ev("Email", "b", Some("bob"))])
@@ -286,7 +286,7 @@ fn lost_keys_are_damage_never_erasure() {
 #[test]
 fn older_formats_refuse_subjects_and_system_streams_are_not_sealed() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default().format_version(3)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().format_version(3)).unwrap();
     let e = log
         .append("c-1", ExpectedVersion::Any, &[ev("Email", "a", Some("ann"))])
         .unwrap_err();
@@ -294,7 +294,7 @@ fn older_formats_refuse_subjects_and_system_streams_are_not_sealed() {
     assert!(!dir.path().join("annal.keys").exists(), "no key was made");
     // A subject of more than 1024 bytes, or empty, is refused before any key.
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     for bad in [String::new(), "x".repeat(1025)] {
         let e = log
             .append("c-1", ExpectedVersion::Any, &[ev("Email", "a", Some(&bad))])
@@ -349,7 +349,7 @@ fn typed_events_name_their_subject_and_aggregates_fold_the_erasure() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     let repo = Repository::<Customer>::new(&log);
     repo.execute("customer-9", &"nine@example.com".to_owned()).unwrap();
     log.sync().unwrap();

@@ -50,7 +50,7 @@ fn in_process_catch_up_then_live_across_rolls() {
     const PER_WRITER: u32 = 300;
     const EXISTING: u32 = 150;
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), Options::default().segment_size(4 << 10)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(4 << 10)).expect("open");
     // Existing events, for the catch-up.
     for i in 0..EXISTING {
         let stream = format!("acct-{}", i % 3);
@@ -169,7 +169,7 @@ fn writer_stream(w: u32, i: u32) -> String {
 #[test]
 fn resume_from_checkpoint_delivers_the_next_event_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), Options::default().segment_size(1 << 10)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(1 << 10)).expect("open");
     for i in 0..40u32 {
         let stream = if i.is_multiple_of(2) { "order-1" } else { "user-1" };
         log.append(stream, ExpectedVersion::Any, &[EventData::new("E", payload(0, i))])
@@ -243,7 +243,7 @@ fn resume_from_checkpoint_delivers_the_next_event_exactly_once() {
 #[test]
 fn a_caught_up_subscription_times_out_without_events() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), Options::default()).expect("open");
+    let log = Log::open(dir.path()).expect("open");
     let mut sub = log.subscribe_all(0);
     assert_eq!(sub.next_timeout(Duration::from_millis(30)).expect("read"), None);
     let reader = Reader::open(dir.path()).expect("reader");
@@ -283,7 +283,7 @@ fn child_sub_writer() {
         return;
     };
     assert_eq!(role, "writer");
-    let log = Log::open(&dir, Options::default().segment_size(8 << 10)).expect("child open");
+    let log = Log::open_with(&dir, Options::default().segment_size(8 << 10)).expect("child open");
     // Some events before anyone subscribes, for the catch-up.
     let mut rng = Rng::new(7);
     let mut batch = 0u32;

@@ -198,7 +198,7 @@ fn build() -> Fixture {
 /// (instead of after the sealer finished).
 fn build_with(opts: Options, gate: Option<&Gate>) -> Fixture {
     let src = common::scratch();
-    let log = Log::open(src.path(), opts).expect("create log");
+    let log = Log::open_with(src.path(), opts).expect("create log");
     let mut events = Events { last_id: 0 };
     let mut ev = |ty: &str, tag: u64, meta: usize, pay: usize| events.ev(ty, tag, meta, pay);
     // Fill the first segment so that it is sealed and a second one is active.
@@ -296,7 +296,7 @@ fn check(fx: &Fixture, label: &str, drop_head: bool, damage: impl FnOnce(&mut Ve
     assert_eq!(seen, expect, "{label}: reader on the crash image");
     assert_eq!(file_len(&active), damaged_len, "{label}: a reader modified the log");
 
-    let log = Log::open(copy.path(), opts()).unwrap_or_else(|e| panic!("{label}: open: {e}"));
+    let log = Log::open_with(copy.path(), opts()).unwrap_or_else(|e| panic!("{label}: open: {e}"));
     let rec = log.recovery().clone();
     assert!(!rec.created, "{label}");
     assert_eq!(rec.reinitialized, None, "{label}");
@@ -333,7 +333,7 @@ fn check(fx: &Fixture, label: &str, drop_head: bool, damage: impl FnOnce(&mut Ve
     log.close().unwrap_or_else(|e| panic!("{label}: close: {e}"));
 
     // A reopen after that is clean.
-    let log = Log::open(copy.path(), opts()).unwrap_or_else(|e| panic!("{label}: reopen: {e}"));
+    let log = Log::open_with(copy.path(), opts()).unwrap_or_else(|e| panic!("{label}: reopen: {e}"));
     assert_eq!(log.recovery(), &Recovery::default(), "{label}: second open");
     let got = read_all(&log.view().expect("view"), 0).unwrap_or_else(|e| panic!("{label}: reread: {e}"));
     assert_eq!(got.len(), expect.len() + 1, "{label}");

@@ -64,7 +64,7 @@ impl Event for OrderEvent<'_> {
 #[test]
 fn decoding_borrows_from_the_mapping_and_allocates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default().segment_size(4096)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().segment_size(4096)).unwrap();
     for i in 0..100u64 {
         let customer = format!("customer-{i}");
         let sku = format!("sku-{i}");
@@ -140,7 +140,7 @@ fn dec<'a, T: Deserialize<'a>>(b: &'a [u8]) -> annal::Result<T> {
 #[test]
 fn upcasters_bring_old_payloads_to_the_current_form() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default()).unwrap();
+    let log = Log::open(dir.path()).unwrap();
     let v0 = EventData::new("Renamed", enc(&"ann".to_string()).unwrap()).with_schema_version(0);
     let v1 = EventData::new("Renamed", enc(&("bob".to_string(), "ann".to_string())).unwrap()).with_schema_version(1);
     log.append("user-1", ExpectedVersion::Any, &[v0, v1]).unwrap();
@@ -208,7 +208,7 @@ fn position_at_time_is_found_by_search_across_segments() {
     let opts = Options::default()
         .segment_size(2048)
         .clock(Arc::new(move || clock.load(Ordering::SeqCst)));
-    let log = Log::open(dir.path(), opts).unwrap();
+    let log = Log::open_with(dir.path(), opts).unwrap();
     // Timestamps 10, 20, 30, ... with some repeated (a clock that stalls).
     let mut stamps = Vec::new();
     for i in 0..300u64 {

@@ -53,7 +53,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 /// A log of several 4 KiB segments whose stream `victim` is at version 10,
 /// all in sealed segments, with a stream table covering them.
 fn victim_log(dir: &Path) {
-    let log = Log::open(dir, Options::default().segment_size(4096)).expect("open");
+    let log = Log::open_with(dir, Options::default().segment_size(4096)).expect("open");
     let pad = vec![b'p'; 300];
     for _ in 0..11 {
         log.append("victim", ExpectedVersion::Any, &[ev(&pad)]).expect("append");
@@ -121,7 +121,7 @@ fn a_stream_table_that_lies_low_does_not_decide_an_expected_version() {
     let dir = tempfile::tempdir().expect("tempdir");
     victim_log(dir.path());
     forge_table(dir.path(), "victim", 0);
-    let log = Log::open(dir.path(), Options::default().segment_size(4096)).expect("reopen");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(4096)).expect("reopen");
     let e = log
         .append("victim", ExpectedVersion::Exact(0), &[ev(b"dup")])
         .expect_err("the stream is at 10");
@@ -148,7 +148,7 @@ fn a_stream_table_claiming_a_huge_version_wraps_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     victim_log(dir.path());
     forge_table(dir.path(), "victim", u64::MAX - 1);
-    let log = Log::open(dir.path(), Options::default().segment_size(4096)).expect("reopen");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(4096)).expect("reopen");
     let a = log.append("victim", ExpectedVersion::Any, &[ev(b"a")]).expect("append");
     assert_eq!(a.stream_version, 11);
     let b = log
@@ -256,7 +256,7 @@ fn an_append_made_durable_is_acknowledged_although_the_sealer_failed() {
         .segment_size(4096)
         .durability(Durability::Fsync)
         .io(Arc::new(SealerFailsIo(seam.clone())));
-    let log = Log::open(dir.path(), opts).expect("open");
+    let log = Log::open_with(dir.path(), opts).expect("open");
     let pad = vec![b'x'; 1000];
     log.append("s", ExpectedVersion::Any, &[ev(&pad)]).expect("first");
     log.append("s", ExpectedVersion::Any, &[ev(&pad)]).expect("second");
@@ -280,7 +280,7 @@ fn an_append_made_durable_is_acknowledged_although_the_sealer_failed() {
     assert!(matches!(log.sync(), Err(Error::Poisoned { .. })));
     drop(log);
     // Reopened: the acknowledged events are there, the refused one is not.
-    let log = Log::open(dir.path(), Options::default().segment_size(4096)).expect("reopen");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(4096)).expect("reopen");
     assert_eq!(log.stream_version("s").expect("version"), Some(5));
     log.close().expect("close");
     let recs = support::read_log(dir.path());
@@ -299,7 +299,7 @@ fn with_id(payload: &'static [u8], id: u128) -> EventData<'static> {
 fn idempotent_retries_are_recognised_after_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (any1, exact, nostream) = {
-        let log = Log::open(dir.path(), Options::default()).expect("open");
+        let log = Log::open(dir.path()).expect("open");
         log.append("noise", ExpectedVersion::Any, &[ev(b"n")]).expect("noise");
         let any1 = log
             .append("a", ExpectedVersion::Any, &[with_id(b"1", 1), with_id(b"2", 2)])
@@ -315,7 +315,7 @@ fn idempotent_retries_are_recognised_after_reopen() {
     };
     // A new open is what a second process or CLI call does.
     for round in 0..2 {
-        let log = Log::open(dir.path(), Options::default()).expect("reopen");
+        let log = Log::open(dir.path()).expect("reopen");
         let before = log.next_position();
         let r = log
             .append("a", ExpectedVersion::Any, &[with_id(b"1", 1), with_id(b"2", 2)])
@@ -353,7 +353,7 @@ fn idempotent_retries_are_recognised_after_reopen() {
 fn the_window_rebuilt_after_reopen_is_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let log = Log::open(dir.path(), Options::default()).expect("open");
+        let log = Log::open(dir.path()).expect("open");
         log.append("a", ExpectedVersion::Any, &[with_id(b"old", 100)])
             .expect("old");
         for _ in 0..3 {
@@ -363,7 +363,7 @@ fn the_window_rebuilt_after_reopen_is_bounded() {
             .expect("new");
         log.close().expect("close");
     }
-    let log = Log::open(dir.path(), Options::default().idempotency_window(3)).expect("reopen");
+    let log = Log::open_with(dir.path(), Options::default().idempotency_window(3)).expect("reopen");
     let r = log
         .append("a", ExpectedVersion::Any, &[with_id(b"new", 101)])
         .expect("inside the window");
@@ -381,19 +381,19 @@ fn the_window_rebuilt_after_reopen_is_bounded() {
 #[test]
 fn deleting_or_replacing_the_lock_file_lets_no_second_writer_in() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = Log::open(dir.path(), Options::default()).expect("open");
+    let a = Log::open(dir.path()).expect("open");
     a.append("s", ExpectedVersion::Any, &[ev(b"a0")]).expect("append");
     fs::remove_file(dir.path().join(LOCK_FILE)).expect("rm annal.lock");
-    let e = Log::open(dir.path(), Options::default()).expect_err("a second writer");
+    let e = Log::open(dir.path()).expect_err("a second writer");
     assert!(matches!(e, Error::Locked { .. }), "{e}");
     // Replaced by a fresh file: still locked.
     fs::write(dir.path().join(LOCK_FILE), b"").expect("new lock file");
-    let e = Log::open(dir.path(), Options::default()).expect_err("a second writer");
+    let e = Log::open(dir.path()).expect_err("a second writer");
     assert!(matches!(e, Error::Locked { .. }), "{e}");
     // The first writer keeps working, and nothing it acknowledged is lost.
     a.append("s", ExpectedVersion::Exact(0), &[ev(b"a1")]).expect("append");
     a.close().expect("close");
-    let b = Log::open(dir.path(), Options::default()).expect("free once closed");
+    let b = Log::open(dir.path()).expect("free once closed");
     b.append("s", ExpectedVersion::Exact(1), &[ev(b"b2")]).expect("append");
     b.close().expect("close");
     let p: Vec<Vec<u8>> = support::read_log(dir.path()).into_iter().map(|r| r.payload).collect();
@@ -425,7 +425,7 @@ fn a_log_missing_its_first_segment_is_refused() {
     fs::remove_file(&first).expect("rm the first segment");
     let _ = fs::remove_file(first.with_extension("idx"));
     let before = listing(dir.path());
-    let e = Log::open(dir.path(), Options::default().segment_size(4096)).expect_err("refused");
+    let e = Log::open_with(dir.path(), Options::default().segment_size(4096)).expect_err("refused");
     match &e {
         Error::Corrupt { path, detail, .. } => {
             assert_eq!(path, &first, "{e}");
@@ -498,7 +498,7 @@ fn appends_wait_for_the_sealer_at_the_bound_and_not_before() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = Arc::new(Gate::default());
     let opts = Options::default().segment_size(4096).io(Arc::new(GateIo(gate.clone())));
-    let log = Arc::new(Log::open(dir.path(), opts).expect("open"));
+    let log = Arc::new(Log::open_with(dir.path(), opts).expect("open"));
     // Declared after the log: dropped (the gate opened) before it.
     let _release = OpenOnDrop(gate.clone());
     let pad = vec![b'x'; 1500];
@@ -562,14 +562,11 @@ fn symlinked_or_world_writable_places_get_a_warning_and_are_never_followed() {
     let outside = root.path().join("outside");
     fs::create_dir(&real).expect("mkdir");
     fs::create_dir(&outside).expect("mkdir");
-    Log::open(&real, Options::default())
-        .expect("create")
-        .close()
-        .expect("close");
+    Log::open(&real).expect("create").close().expect("close");
     // A symlinked log directory.
     let link = root.path().join("link");
     std::os::unix::fs::symlink(&real, &link).expect("symlink");
-    let log = Log::open(&link, Options::default()).expect("open through a link");
+    let log = Log::open(&link).expect("open through a link");
     assert!(
         log.recovery().warnings.iter().any(|w| w.contains("symbolic link")),
         "{:?}",
@@ -578,7 +575,7 @@ fn symlinked_or_world_writable_places_get_a_warning_and_are_never_followed() {
     log.close().expect("close");
     // A world-writable log directory.
     fs::set_permissions(&real, fs::Permissions::from_mode(0o777)).expect("chmod");
-    let log = Log::open(&real, Options::default()).expect("open");
+    let log = Log::open(&real).expect("open");
     assert!(
         log.warnings()
             .iter()
@@ -593,7 +590,7 @@ fn symlinked_or_world_writable_places_get_a_warning_and_are_never_followed() {
     let victim = outside.join(annal::snapshot_testing::file_name("s", 0));
     fs::write(&victim, b"not a snapshot of this log").expect("plant");
     std::os::unix::fs::symlink(&outside, real.join("snapshots")).expect("symlink");
-    let log = Log::open(&real, Options::default()).expect("open");
+    let log = Log::open(&real).expect("open");
     assert!(
         log.recovery()
             .warnings

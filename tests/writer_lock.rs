@@ -69,7 +69,7 @@ fn child_process() {
         // Try to open the log; report how it went and how long it took.
         "try-open" => {
             let start = Instant::now();
-            let res = Log::open(dir, Options::default());
+            let res = Log::open(dir);
             let ms = start.elapsed().as_millis();
             match res {
                 Err(Error::Locked { path }) => child_say(&format!("LOCKED {ms} {}", path.display())),
@@ -83,7 +83,7 @@ fn child_process() {
         }
         // Open the log, append, report, then hold it until stdin closes.
         "hold" => {
-            let log = Log::open(dir, Options::default()).expect("child open");
+            let log = Log::open(dir).expect("child open");
             append_n(&log, "held", 10);
             child_say(&format!("HOLDING {}", log.next_position()));
             let mut line = String::new();
@@ -117,13 +117,13 @@ fn run_child(mode: &str, dir: &Path) -> String {
 fn second_open_in_process_is_locked_until_the_first_is_closed() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), Options::default()).expect("open");
+    let log = Log::open(dir.path()).expect("open");
     append_n(&log, "a", 5);
 
-    assert_locked(Log::open(dir.path(), Options::default()), dir.path());
+    assert_locked(Log::open(dir.path()), dir.path());
     // Locked again, from another thread, and with other options.
     let d = dir.path().to_owned();
-    let res = std::thread::spawn(move || Log::open(&d, Options::default().segment_size(4096)))
+    let res = std::thread::spawn(move || Log::open_with(&d, Options::default().segment_size(4096)))
         .join()
         .expect("thread");
     assert_locked(res, dir.path());
@@ -135,12 +135,12 @@ fn second_open_in_process_is_locked_until_the_first_is_closed() {
 
     // After close: opening works, and locks out others in turn.
     log.close().expect("close");
-    let log = Log::open(dir.path(), Options::default()).expect("open after close");
-    assert_locked(Log::open(dir.path(), Options::default()), dir.path());
+    let log = Log::open(dir.path()).expect("open after close");
+    assert_locked(Log::open(dir.path()), dir.path());
     append_n(&log, "b", 5);
     // After drop (no close): opening works too.
     drop(log);
-    let log = Log::open(dir.path(), Options::default()).expect("open after drop");
+    let log = Log::open(dir.path()).expect("open after drop");
     assert_eq!(log.next_position(), 15);
     log.close().expect("close");
     assert_eq!(read_log(dir.path()).len(), 15);
@@ -159,7 +159,7 @@ fn threads_racing_to_create_a_log_get_one_writer() {
                 let (path, barrier) = (path.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    let res = Log::open(&path, Options::default());
+                    let res = Log::open(&path);
                     if let Ok(log) = &res {
                         log.append(
                             "winner",
@@ -196,7 +196,7 @@ fn threads_racing_to_create_a_log_get_one_writer() {
 fn child_process_is_locked_out_promptly_then_opens_after_close() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), Options::default()).expect("open");
+    let log = Log::open(dir.path()).expect("open");
     append_n(&log, "parent", 4);
 
     let start = Instant::now();
@@ -233,22 +233,22 @@ fn killed_child_releases_the_lock() {
     // A child that closes cleanly.
     let mut child = ChildProc::spawn(CHILD_FN, &[(ENV_MODE, "hold"), (ENV_DIR, dir_s)]);
     assert_eq!(child.line(TIMEOUT).as_deref(), Some("HOLDING 10"));
-    assert_locked(Log::open(dir.path(), Options::default()), dir.path());
+    assert_locked(Log::open(dir.path()), dir.path());
     child.close_stdin();
     assert_eq!(child.line(TIMEOUT).as_deref(), Some("RELEASED"));
     assert!(child.wait(TIMEOUT).success());
-    let log = Log::open(dir.path(), Options::default()).expect("open after the child closed");
+    let log = Log::open(dir.path()).expect("open after the child closed");
     assert_eq!(log.next_position(), 10);
     log.close().expect("close");
 
     // A child that is killed while it holds the log.
     let mut child = ChildProc::spawn(CHILD_FN, &[(ENV_MODE, "hold"), (ENV_DIR, dir_s)]);
     assert_eq!(child.line(TIMEOUT).as_deref(), Some("HOLDING 20"));
-    assert_locked(Log::open(dir.path(), Options::default()), dir.path());
+    assert_locked(Log::open(dir.path()), dir.path());
     child.child.kill().expect("kill child");
     let status = child.wait(TIMEOUT);
     assert!(!status.success(), "the child was killed");
-    let log = Log::open(dir.path(), Options::default()).expect("open after the child was killed");
+    let log = Log::open(dir.path()).expect("open after the child was killed");
     assert_eq!(
         log.next_position(),
         20,
@@ -264,7 +264,7 @@ fn killed_child_releases_the_lock() {
 fn readers_need_no_lock() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), Options::default().segment_size(8 << 10)).expect("open");
+    let log = Log::open_with(dir.path(), Options::default().segment_size(8 << 10)).expect("open");
     append_n(&log, "r", 300);
 
     // In this process.

@@ -39,7 +39,7 @@ fn opts() -> Options {
 /// A closed log of several segments, with indexes, a stream table and one
 /// snapshot; returns the snapshot's path.
 fn make_log(dir: &Path) -> PathBuf {
-    let log = Log::open(dir, opts()).expect("open");
+    let log = Log::open_with(dir, opts()).expect("open");
     let pad = vec![b'p'; 400];
     for i in 0..30 {
         log.append(
@@ -98,7 +98,7 @@ fn case(what: &str, pick: fn(&Path) -> PathBuf, plant: fn(&Path), want: Want) {
     let d = dir.path().to_owned();
     let name = path.file_name().expect("name").to_string_lossy().into_owned();
     let res = support::within(DEADLINE, &format!("Log::open with {what}"), move || {
-        let r = Log::open(&d, opts()).map(|log| {
+        let r = Log::open_with(&d, opts()).map(|log| {
             // Reading every stream goes through the indexes and the table.
             let view = log.view().expect("view");
             let mut n = 0usize;
@@ -189,7 +189,7 @@ fn a_special_snapshot_file_hangs_no_load_and_no_save() {
         plant(&snap_path);
         let d = dir.path().to_owned();
         let (found, warnings) = support::within(DEADLINE, &format!("a snapshot load with {what}"), move || {
-            let log = Log::open(&d, opts()).expect("open");
+            let log = Log::open_with(&d, opts()).expect("open");
             log.close().expect("close");
             annal::snapshot_testing::load(&d, "s-0", 1, None).expect("load")
         });
@@ -222,7 +222,7 @@ fn a_special_snapshot_file_hangs_no_load_and_no_save() {
 #[test]
 fn a_frame_claiming_four_gib_in_a_sparse_file_is_a_torn_tail_cut_unread() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open(dir.path(), Options::default()).expect("open");
+    let log = Log::open(dir.path()).expect("open");
     log.append("s", ExpectedVersion::Any, &[EventData::new("E", b"{}".as_slice())])
         .expect("append");
     log.close().expect("close");
@@ -247,7 +247,7 @@ fn a_frame_claiming_four_gib_in_a_sparse_file_is_a_torn_tail_cut_unread() {
     // closed log (the head says `end`), so it is a torn tail, cut without
     // reading the 4 GiB it claims.
     let log = support::within(DEADLINE, "Log::open of a sparse frame", move || {
-        Log::open(&d, Options::default()).expect("a torn tail is cut")
+        Log::open(&d).expect("a torn tail is cut")
     });
     let cut = log.recovery().truncated.clone().expect("the tail was cut");
     assert_eq!(cut.path, seg);

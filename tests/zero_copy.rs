@@ -34,7 +34,7 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn replay_borrows_from_the_mapping_and_allocates_nothing_per_record() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), Options::default().segment_size(64 << 10)).unwrap();
+    let log = Log::open_with(dir.path(), Options::default().segment_size(64 << 10)).unwrap();
     let payload = vec![9u8; 200];
     for b in 0..200u32 {
         let evs: Vec<EventData<'_>> = (0..10)

@@ -117,7 +117,7 @@ pub fn batched_log_with(
     const STREAMS: u64 = 1000;
     let dir = scratch(prefix);
     let opts = opts.durability(annal::Durability::Buffered);
-    let log = annal::Log::open(dir.path().join("log"), opts).expect("open");
+    let log = annal::Log::open_with(dir.path().join("log"), opts).expect("open");
     let names: Vec<String> = (0..STREAMS).map(|i| format!("order-{i}")).collect();
     let full: Vec<annal::EventData<'_>> = (0..BATCH as usize)
         .map(|i| annal::EventData::new(types[i % types.len()], payload))
@@ -390,7 +390,7 @@ pub fn build_interleaved_log(dir: &Path, n: u64, names: &[String], payload: &[u8
     let batch: Vec<annal::EventData<'_>> = (0..max_batch)
         .map(|_| annal::EventData::new(event_type, payload))
         .collect();
-    let log = annal::Log::open(dir, annal::Options::default()).expect("open");
+    let log = annal::Log::open_with(dir, annal::Options::default()).expect("open");
     let mut rng = Rng(0x5eed_0001);
     let (mut written, mut s) = (0u64, 0usize);
     while written < n {

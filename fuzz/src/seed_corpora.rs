@@ -26,7 +26,7 @@ fn signed_log(dir: &Path) {
         .segment_size(1024)
         .signing_key(SigningKey::from_bytes([7; 32]))
         .checkpoint_every(3);
-    let log = Log::open(dir, opts).expect("open");
+    let log = Log::open_with(dir, opts).expect("open");
     for i in 0..12u64 {
         let ev = EventData::new("Placed", format!("{{\"n\":{i}}}").into_bytes()).with_metadata(b"m".as_slice());
         log.append(&format!("order-{}", i % 3), ExpectedVersion::Any, &[ev])

@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn a_clean_chain_verifies_and_anchors_hold() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), opts()).unwrap();
+        let log = Log::open_with(dir.path(), opts()).unwrap();
         let genesis = log.anchor().unwrap();
         let anchors = append(&log, 60);
         assert_eq!(crate::head_anchor(dir.path()).unwrap(), log.anchor());
@@ -393,7 +393,7 @@ mod tests {
     #[test]
     fn an_edited_batch_is_one_finding_with_file_offset_and_position() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), opts()).unwrap();
+        let log = Log::open_with(dir.path(), opts()).unwrap();
         let anchors = append(&log, 60);
         log.close().unwrap();
         let seg = segs(dir.path())[1].clone();
@@ -438,7 +438,7 @@ mod tests {
     #[test]
     fn a_rewritten_chain_is_caught_by_anchors_only() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), opts()).unwrap();
+        let log = Log::open_with(dir.path(), opts()).unwrap();
         let anchors = append(&log, 60);
         log.close().unwrap();
         let seg = segs(dir.path())[1].clone();
@@ -454,7 +454,7 @@ mod tests {
                 fs::remove_file(p).unwrap();
             }
         }
-        Log::open(dir.path(), opts()).unwrap().close().unwrap();
+        Log::open_with(dir.path(), opts()).unwrap().close().unwrap();
         // Self-consistent: no finding without anchors.
         let r = run(dir.path(), CheckOptions::default());
         assert!(r.is_ok(), "{:?}", r.problems);
@@ -483,7 +483,7 @@ mod tests {
     #[test]
     fn anchors_past_the_end_or_inside_a_batch_fail() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), opts()).unwrap();
+        let log = Log::open_with(dir.path(), opts()).unwrap();
         let anchors = append(&log, 5);
         log.close().unwrap();
         let end = anchors.last().unwrap();
@@ -525,7 +525,7 @@ mod tests {
     fn keyed_chains_need_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let key = ChainKey::from_bytes([3; 32]);
-        let log = Log::open(dir.path(), opts().chain_key(key.clone())).unwrap();
+        let log = Log::open_with(dir.path(), opts().chain_key(key.clone())).unwrap();
         let anchors = append(&log, 30);
         log.close().unwrap();
         let a = *anchors.last().unwrap();
@@ -576,7 +576,7 @@ mod tests {
     #[test]
     fn logs_without_the_chain_must_have_zero_slots() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), opts().chain(false)).unwrap();
+        let log = Log::open_with(dir.path(), opts().chain(false)).unwrap();
         assert_eq!(log.anchor(), None);
         append_plain(&log);
         log.close().unwrap();
@@ -611,7 +611,7 @@ mod tests {
     #[test]
     fn v1_logs_have_no_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), opts().format_version(1)).unwrap();
+        let log = Log::open_with(dir.path(), opts().format_version(1)).unwrap();
         append_plain(&log);
         log.close().unwrap();
         assert_eq!(crate::head_anchor(dir.path()).unwrap(), None);
@@ -630,7 +630,7 @@ mod tests {
     #[test]
     fn head_anchor_of_an_empty_log_is_genesis() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), opts()).unwrap();
+        let log = Log::open_with(dir.path(), opts()).unwrap();
         let g = log.anchor().unwrap();
         assert_eq!(crate::head_anchor(dir.path()).unwrap(), Some(g));
         let r = run(dir.path(), CheckOptions::default().anchor(g));

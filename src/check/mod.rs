@@ -168,7 +168,7 @@ use scan::scan;
 /// # fn main() -> annal::Result<()> {
 /// use annal::{CheckOptions, EventData, ExpectedVersion, Log, Options};
 /// let dir = tempfile::tempdir().unwrap();
-/// let log = Log::open(dir.path(), Options::default())?;
+/// let log = Log::open(dir.path())?;
 /// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
 /// log.close()?;
 /// let report = annal::check(dir.path(), CheckOptions::default())?;

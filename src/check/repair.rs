@@ -34,7 +34,7 @@ pub(super) fn repair(dir: &Path, opts: &CheckOptions, start: Instant) -> Result<
             None => o,
         }
     };
-    let log = match Log::open(dir, log_opts()) {
+    let log = match Log::open_with(dir, log_opts()) {
         Ok(log) => Some(log),
         Err(e @ Error::Locked { .. }) => return Err(e),
         Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. } | Error::ChainKey { .. })) => {
@@ -81,7 +81,7 @@ pub(super) fn repair(dir: &Path, opts: &CheckOptions, start: Instant) -> Result<
     }
     log.close()?;
     // Reopening rebuilds the removed index files and stream table.
-    let log = Log::open(dir, log_opts())?;
+    let log = Log::open_with(dir, log_opts())?;
     describe_recovery(log.recovery(), &mut repairs);
     let second = scan(dir, false, opts);
     log.close()?;

@@ -179,7 +179,7 @@ impl<E> From<Error> for ExecuteError<E> {
 /// }
 ///
 /// let dir = tempfile::tempdir()?;
-/// let log = Log::open(dir.path(), Options::default())?;
+/// let log = Log::open(dir.path())?;
 /// let repo = Repository::<Counter>::new(&log).snapshot_every(2, 1);
 /// for n in [5, 3, -2] {
 ///     repo.execute("counter-1", &n)?;

@@ -98,7 +98,7 @@ use crate::types::Direction;
 /// }
 ///
 /// let dir = tempfile::tempdir().unwrap();
-/// let log = Log::open(dir.path(), Options::default())?;
+/// let log = Log::open(dir.path())?;
 /// for i in 0..100u32 {
 ///     let ty = if i % 4 == 0 { "Shipped" } else { "Placed" };
 ///     log.append(&format!("order-{}", i % 7), ExpectedVersion::Any, &[EventData::new(ty, b"{}".as_slice())])?;

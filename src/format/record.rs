@@ -53,13 +53,87 @@ pub struct EventData<'a> {
     pub(crate) sealed: Option<SealedWith>,
 }
 
+/// Bytes an [`EventData`] takes as its payload or metadata, borrowed or
+/// owned: `&[u8]`, byte string literals (`&[u8; N]`), `Vec<u8>`, `&Vec<u8>`,
+/// `Box<[u8]>`, `String`, `&str`, `&String` and `Cow<[u8]>`.
+pub trait Payload<'a> {
+    /// The bytes, borrowed where they were borrowed.
+    fn into_bytes(self) -> Cow<'a, [u8]>;
+}
+
+impl<'a> Payload<'a> for &'a [u8] {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl<'a, const N: usize> Payload<'a> for &'a [u8; N] {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self.as_slice())
+    }
+}
+
+impl<'a> Payload<'a> for Vec<u8> {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Owned(self)
+    }
+}
+
+impl<'a> Payload<'a> for &'a Vec<u8> {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self.as_slice())
+    }
+}
+
+impl<'a> Payload<'a> for Box<[u8]> {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Owned(self.into_vec())
+    }
+}
+
+impl<'a> Payload<'a> for String {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Owned(self.into_bytes())
+    }
+}
+
+impl<'a> Payload<'a> for &'a str {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl<'a> Payload<'a> for &'a String {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl<'a> Payload<'a> for Cow<'a, [u8]> {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        self
+    }
+}
+
 impl<'a> EventData<'a> {
     /// An event with the given type and payload, no metadata, a generated id,
     /// and schema version 0.
-    pub fn new(event_type: impl Into<Cow<'a, str>>, payload: impl Into<Cow<'a, [u8]>>) -> Self {
+    ///
+    /// The payload is any [`Payload`]: a byte string literal (`b"{}"`), a
+    /// slice, a `Vec<u8>`, a `String` or `&str`, or a `Cow`.
+    ///
+    /// ```
+    /// use annal::EventData;
+    /// let owned = EventData::new("Paid", vec![1, 2, 3]);
+    /// let literal = EventData::new("Paid", b"\x01\x02\x03");
+    /// let text = EventData::new("Noted", String::from("{}"));
+    /// assert_eq!(owned.payload, literal.payload);
+    /// assert_eq!(&*text.payload, b"{}");
+    /// ```
+    pub fn new(event_type: impl Into<Cow<'a, str>>, payload: impl Payload<'a>) -> Self {
         EventData {
             event_type: event_type.into(),
-            payload: payload.into(),
+            payload: payload.into_bytes(),
             metadata: Cow::Borrowed(&[]),
             id: None,
             schema_version: 0,
@@ -69,8 +143,8 @@ impl<'a> EventData<'a> {
     }
 
     /// Set the metadata.
-    pub fn with_metadata(mut self, metadata: impl Into<Cow<'a, [u8]>>) -> Self {
-        self.metadata = metadata.into();
+    pub fn with_metadata(mut self, metadata: impl Payload<'a>) -> Self {
+        self.metadata = metadata.into_bytes();
         self
     }
 

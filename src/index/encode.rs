@@ -432,7 +432,7 @@ mod tests {
     /// Format version 2: only such a segment can need index version 1.
     fn segment() -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), Options::default().format_version(2)).unwrap();
+        let log = Log::open_with(dir.path(), Options::default().format_version(2)).unwrap();
         let ev = |t: &'static str| EventData::new(t, b"payload".as_slice());
         for (s, types) in [
             ("order-1", &["A", "B", "A"][..]),

@@ -483,7 +483,7 @@ impl MemIndex {
 mod tests {
     use super::*;
     use crate::index::Prev;
-    use crate::{EventData, ExpectedVersion, Log, Options};
+    use crate::{EventData, ExpectedVersion, Log};
 
     /// The index file encoding of `m`, to compare two indexes.
     fn encoded(m: &MemIndex) -> Vec<u8> {
@@ -496,7 +496,7 @@ mod tests {
     #[test]
     fn builder_drops_the_records_of_an_incomplete_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), Options::default()).unwrap();
+        let log = Log::open(dir.path()).unwrap();
         let ev = |t: &'static str| EventData::new(t, b"payload".as_slice());
         log.append("order-1", ExpectedVersion::Any, &[ev("A"), ev("B")])
             .unwrap();

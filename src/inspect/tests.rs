@@ -9,7 +9,7 @@ use crate::{Durability, EventData, ExpectedVersion, Log, Options};
 fn written_log() -> Vec<(String, Vec<u8>)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = Options::default().segment_size(600).durability(Durability::Fsync);
-    let log = Log::open(dir.path(), opts).expect("open");
+    let log = Log::open_with(dir.path(), opts).expect("open");
     for i in 0..6u32 {
         let ev = EventData::new("Placed", format!("{{\"n\":{i}}}").into_bytes());
         log.append(&format!("order-{}", i % 2), ExpectedVersion::Any, &[ev])

@@ -44,7 +44,7 @@ pub struct ChainHead {
 /// # fn main() -> annal::Result<()> {
 /// use annal::{EventData, ExpectedVersion, Log, Options};
 /// let dir = tempfile::tempdir().unwrap();
-/// let log = Log::open(dir.path(), Options::default())?;
+/// let log = Log::open(dir.path())?;
 /// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
 /// log.sync()?;
 /// let anchor = annal::head_anchor(dir.path())?.expect("new logs carry the chain");

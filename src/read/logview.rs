@@ -135,7 +135,7 @@ impl ViewSegment {
 /// # fn main() -> annal::Result<()> {
 /// use annal::{EventData, ExpectedVersion, Log, Options};
 /// let dir = tempfile::tempdir().unwrap();
-/// let log = Log::open(dir.path(), Options::default())?;
+/// let log = Log::open(dir.path())?;
 /// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
 /// let view = log.view()?;
 /// for rec in view.read_all(0) {

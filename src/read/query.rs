@@ -74,7 +74,7 @@ impl LogView {
     /// let clock = now.clone();
     /// let dir = tempfile::tempdir().unwrap();
     /// let opts = Options::default().clock(Arc::new(move || clock.load(Ordering::SeqCst)));
-    /// let log = Log::open(dir.path(), opts)?;
+    /// let log = Log::open_with(dir.path(), opts)?;
     /// for t in [1_000, 2_000, 3_000] {
     ///     now.store(t, Ordering::SeqCst);
     ///     log.append("s-1", ExpectedVersion::Any, &[EventData::new("E", b"".as_slice())])?;

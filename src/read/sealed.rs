@@ -248,7 +248,7 @@ mod tests {
     #[allow(clippy::unwrap_used)]
     fn sealed_segment_bytes_of_every_length() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), Options::default().segment_size(600)).unwrap();
+        let log = Log::open_with(dir.path(), Options::default().segment_size(600)).unwrap();
         for i in 0..8u8 {
             log.append("s", ExpectedVersion::Any, &[EventData::new("E", vec![i; 100])])
                 .unwrap();

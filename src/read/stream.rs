@@ -217,7 +217,7 @@ impl LogView {
     /// # fn main() -> annal::Result<()> {
     /// use annal::{Direction, EventData, ExpectedVersion, Log, Options};
     /// let dir = tempfile::tempdir().unwrap();
-    /// let log = Log::open(dir.path(), Options::default())?;
+    /// let log = Log::open(dir.path())?;
     /// for i in 0..5u8 {
     ///     log.append("order-1", ExpectedVersion::Any, &[EventData::new("E", vec![i])])?;
     ///     log.append("order-2", ExpectedVersion::Any, &[EventData::new("E", vec![i])])?;

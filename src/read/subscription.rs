@@ -31,7 +31,7 @@
 //! use std::time::Duration;
 //! use annal::{EventData, ExpectedVersion, Log, Options};
 //! let dir = tempfile::tempdir().unwrap();
-//! let log = Log::open(dir.path(), Options::default())?;
+//! let log = Log::open(dir.path())?;
 //! log.append("order-1", ExpectedVersion::Any, &[EventData::new("Placed", b"{}".as_slice())])?;
 //! let mut sub = log.subscribe_category("order", 0);
 //! let first = sub.next_timeout(Duration::from_secs(1))?.expect("caught up");

@@ -26,7 +26,7 @@ use crate::read::logview::LogView;
 /// # fn main() -> annal::Result<()> {
 /// # let dir = tempfile::tempdir().unwrap();
 /// use annal::{EventData, ExpectedVersion, Log, Options};
-/// let log = Log::open(dir.path(), Options::default())?;
+/// let log = Log::open(dir.path())?;
 /// let ev = EventData::new("EmailChanged", b"ann@example.com".as_slice()).with_subject("customer-42");
 /// log.append("customer-42", ExpectedVersion::Any, &[ev])?;
 /// let view = log.view()?;

@@ -391,7 +391,7 @@ fn generated_id(base: u128, i: u64) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writer::{Log, Options};
+    use crate::writer::Log;
 
     fn one(n: usize) -> Vec<EventData<'static>> {
         (0..n).map(|_| EventData::new("E", b"{}".as_slice())).collect()
@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn versions_and_positions_never_wrap() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = Log::open(dir.path(), Options::default()).expect("open");
+        let log = Log::open(dir.path()).expect("open");
         log.append("s", ExpectedVersion::Any, &one(1)).expect("append");
         // The active index says the stream is at u64::MAX - 1 (as a forged
         // file could make it say).

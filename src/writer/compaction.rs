@@ -667,7 +667,7 @@ impl Log {
     /// # fn main() -> annal::Result<()> {
     /// use annal::{EventData, ExpectedVersion, Log, Options};
     /// let dir = tempfile::tempdir().unwrap();
-    /// let log = Log::open(dir.path(), Options::default().segment_size(4096))?;
+    /// let log = Log::open_with(dir.path(), Options::default().segment_size(4096))?;
     /// for i in 0..40u8 {
     ///     log.append("cart-1", ExpectedVersion::Any, &[EventData::new("Added", vec![i; 200])])?;
     ///     log.append("cart-2", ExpectedVersion::Any, &[EventData::new("Added", vec![i; 200])])?;

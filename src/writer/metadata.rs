@@ -172,7 +172,7 @@ impl Log {
     /// # fn main() -> annal::Result<()> {
     /// use annal::{Direction, Error, EventData, ExpectedVersion, Log, Options};
     /// let dir = tempfile::tempdir().unwrap();
-    /// let log = Log::open(dir.path(), Options::default())?;
+    /// let log = Log::open(dir.path())?;
     /// log.append("cart-1", ExpectedVersion::NoStream, &[EventData::new("Added", b"{}".as_slice())])?;
     /// log.delete_stream("cart-1", ExpectedVersion::Exact(0))?;
     /// let view = log.view()?;
@@ -215,7 +215,7 @@ impl Log {
     /// # fn main() -> annal::Result<()> {
     /// use annal::{Direction, EventData, ExpectedVersion, Log, Options, StreamMetadata};
     /// let dir = tempfile::tempdir().unwrap();
-    /// let log = Log::open(dir.path(), Options::default())?;
+    /// let log = Log::open(dir.path())?;
     /// for i in 0..5u8 {
     ///     log.append("sensor-1", ExpectedVersion::Any, &[EventData::new("Read", vec![i])])?;
     /// }

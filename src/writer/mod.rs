@@ -89,14 +89,20 @@ pub use options::{Clock, Durability, Options};
 pub use results::{AppendResult, ExpectedVersion, Recovery, Truncation};
 pub use retention_rule::{Retention, RetentionReport};
 
-/// An append-only event log, open for writing. `Send + Sync`: share it
-/// between threads with an `Arc`.
+/// An append-only event log, open for writing.
+///
+/// A `Log` is a handle: `Clone` (cheap) and `Send + Sync`, so it lives in an
+/// axum `State`, moves into spawned tasks and threads, and is shared without
+/// an `Arc`. Every clone appends through the one writer (one group commit,
+/// one lock on the directory). The log closes when [`Log::close`] is called
+/// on any clone (the others then fail with [`Error::Closed`]) or when the
+/// last clone is dropped.
 ///
 /// ```
 /// # fn main() -> annal::Result<()> {
 /// use annal::{EventData, ExpectedVersion, Log, Options};
 /// let dir = tempfile::tempdir().unwrap();
-/// let log = Log::open(dir.path(), Options::default())?;
+/// let log = Log::open(dir.path())?;
 /// let r = log.append("order-42", ExpectedVersion::NoStream, &[
 ///     EventData::new("OrderPlaced", br#"{"total":10}"#.as_slice()),
 ///     EventData::new("ItemAdded", br#"{"sku":"A"}"#.as_slice()),
@@ -107,8 +113,21 @@ pub use retention_rule::{Retention, RetentionReport};
 /// log.close()?;
 /// # Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Log {
     inner: Arc<Inner>,
+    /// Shared by the clones: the last one dropped closes the log.
+    _open: Arc<CloseOnDrop>,
+}
+
+/// Closes the log when the last [`Log`] clone lets go of it (the sealer
+/// thread holds `Inner` too, so `Inner`'s own drop cannot do it).
+struct CloseOnDrop(Arc<Inner>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.close();
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -120,6 +139,21 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
+    /// Open (or create) the log in directory `dir` for writing with the
+    /// default [`Options`]. See [`Log::open_with`] for what opening does and
+    /// how it fails; [`Options::open`] reads better with options set.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = annal::Log::open(dir.path())?;
+    /// log.append("order-1", annal::ExpectedVersion::NoStream, &[annal::EventData::new("Placed", b"{}")])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn open(dir: impl AsRef<Path>) -> Result<Log> {
+        Log::open_with(dir, Options::default())
+    }
+
     /// Open (or create) the log in directory `dir` for writing, recovering
     /// from a crash if needed (see [`Log::recovery`]).
     ///
@@ -135,7 +169,7 @@ impl Log {
     ///
     /// With [`Options::retention`] the rule is applied at open (spec 3.9),
     /// after a removal that a crash interrupted is finished.
-    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
+    pub fn open_with(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
         let dir = dir.as_ref().to_owned();
         let recovered = recovery::open(&dir, &opts)?;
         let inner = Arc::new(Inner::new(dir, opts, recovered)?);
@@ -144,7 +178,10 @@ impl Log {
         inner.rewrite_damaged_indexes()?;
         Inner::start_sealer(&inner)?;
         // Retention (spec 3.9): finish a recorded removal, then the rule.
-        let log = Log { inner };
+        let log = Log {
+            _open: Arc::new(CloseOnDrop(Arc::clone(&inner))),
+            inner,
+        };
         log.inner.retention_at_open()?;
         Ok(log)
     }
@@ -285,7 +322,7 @@ impl Log {
     /// # fn main() -> annal::Result<()> {
     /// use annal::{EventData, ExpectedVersion, Log, Options, Uuid};
     /// let dir = tempfile::tempdir().unwrap();
-    /// let log = Log::open(dir.path(), Options::default())?;
+    /// let log = Log::open(dir.path())?;
     /// let id = Uuid::from_u128(7);
     /// let batch = [EventData::new("Paid", b"{}".as_slice()).with_id(id)];
     /// let first = log.append("order-9", ExpectedVersion::NoStream, &batch)?;
@@ -339,8 +376,10 @@ impl Log {
     }
 
     /// Make everything durable, mark the log cleanly closed (its durable
-    /// boundary is its end) and release the lock. Dropping a `Log` does the
-    /// same but cannot report errors.
+    /// boundary is its end) and release the lock. Dropping the last clone of
+    /// a `Log` does the same but cannot report errors. Closing one clone
+    /// closes the log for all of them: their later calls fail with
+    /// [`Error::Closed`].
     pub fn close(self) -> Result<()> {
         self.inner.close()
     }
@@ -365,9 +404,19 @@ impl Log {
     }
 }
 
-impl Drop for Log {
-    fn drop(&mut self) {
-        let _ = self.inner.close();
+impl Options {
+    /// Open (or create) the log in `dir` with these options:
+    /// [`Log::open_with`] read left to right.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use annal::{Durability, Options};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Options::default().durability(Durability::Fsync).open(dir.path())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn open(self, dir: impl AsRef<Path>) -> Result<Log> {
+        Log::open_with(dir, self)
     }
 }
 

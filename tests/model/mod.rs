@@ -633,7 +633,7 @@ pub fn crash_image(dir: &Path, m: &Model, names: &[String], opts: &Options, rng:
     let img = scratch();
     copy_dir(dir, img.path());
     let mut m = m.clone();
-    let log = Log::open(img.path(), opts.clone()).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
+    let log = Log::open_with(img.path(), opts.clone()).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
     assert!(log.recovery().truncated.is_none(), "{ctx}: {:?}", log.recovery());
     probe_expected(&log, &mut m, names, rng, &ctx);
     let view = log.view().unwrap_or_else(|e| panic!("{ctx}: view: {e}"));
@@ -651,7 +651,7 @@ pub fn run_workload(w: &Workload, opts: &dyn Fn(u64) -> Options, label: &str) ->
     let mut rng = Rng::new(w.seed);
     let mut m = Model::default();
     let mut size = w.segment_size;
-    let open = |size: u64| Log::open(dir.path(), opts(size)).unwrap_or_else(|e| panic!("{label}: open: {e}"));
+    let open = |size: u64| Log::open_with(dir.path(), opts(size)).unwrap_or_else(|e| panic!("{label}: open: {e}"));
     let mut log = open(size);
     let mut images = 0;
     let mut reopens = 0;

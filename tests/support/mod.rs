@@ -51,8 +51,8 @@ pub fn read_view(view: &LogView, from: u64) -> Vec<Rec> {
 /// Open the log in `dir` for writing (plain `StdIo`), read every record, close.
 /// Panics if the log does not open or a read fails.
 pub fn read_log(dir: &Path) -> Vec<Rec> {
-    let log =
-        annal::Log::open(dir, annal::Options::default()).unwrap_or_else(|e| panic!("reopen {}: {e}", dir.display()));
+    let log = annal::Log::open_with(dir, annal::Options::default())
+        .unwrap_or_else(|e| panic!("reopen {}: {e}", dir.display()));
     let recs = read_view(&log.view().expect("view"), 0);
     log.close().expect("close after reading");
     recs

@@ -83,7 +83,7 @@ pub fn compact(a: &CompactArgs) -> CmdResult {
     if a.drop_originals {
         opts = opts.retired_grace(std::time::Duration::ZERO);
     }
-    let log = Log::open(&a.dir, opts).map_err(crate::audit::open_failure)?;
+    let log = Log::open_with(&a.dir, opts).map_err(crate::audit::open_failure)?;
     if log.format_version() < 4 {
         let v = log.format_version();
         let _ = log.close();

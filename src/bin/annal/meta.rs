@@ -240,7 +240,7 @@ fn open_writer(
     // Log::open would create a log in an empty one.
     Reader::open(dir)?;
     let durability = if sync { Durability::Fsync } else { Durability::Buffered };
-    let log = Log::open(dir, write_options(size, chain, durability)?).map_err(crate::audit::open_failure)?;
+    let log = Log::open_with(dir, write_options(size, chain, durability)?).map_err(crate::audit::open_failure)?;
     let v = log.format_version();
     if v < META_FORMAT_VERSION {
         let _ = log.close();

@@ -78,7 +78,7 @@ pub fn retain(a: &RetainArgs) -> CmdResult {
     // Reader::open refuses a directory that is not a log without touching it.
     Reader::open(&a.dir)?;
     let opts = write_options(&a.size, &a.chain, Durability::Fsync)?;
-    let log = Log::open(&a.dir, opts).map_err(crate::audit::open_failure)?;
+    let log = Log::open_with(&a.dir, opts).map_err(crate::audit::open_failure)?;
     let mut rule = Retention::new();
     if let Some(d) = a.max_age {
         rule = rule.max_age(d);

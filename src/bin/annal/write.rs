@@ -298,7 +298,8 @@ pub fn append(a: &AppendArgs) -> CmdResult {
     } else {
         Durability::Buffered
     };
-    let log = Log::open(&a.dir, write_options(&a.size, &a.chain, durability)?).map_err(crate::audit::open_failure)?;
+    let log =
+        Log::open_with(&a.dir, write_options(&a.size, &a.chain, durability)?).map_err(crate::audit::open_failure)?;
     let mut ev = EventData::new(a.event_type.as_str(), payload);
     if let Some(m) = &a.metadata {
         ev = ev.with_metadata(m.as_bytes());
@@ -672,7 +673,7 @@ fn import_lines(
         if log.is_none()
             && let Some(o) = opts.take()
         {
-            *log = Some(Log::open(dir, o).map_err(crate::audit::open_failure)?);
+            *log = Some(Log::open_with(dir, o).map_err(crate::audit::open_failure)?);
         }
         if batch.lines.len() as u64 >= max_batch
             || batch.lines.first().is_some_and(|f| f.stream != line.stream)
