@@ -7,7 +7,7 @@
 //! (or, for the limits, the bytes):
 //!
 //! * `annal_crc`: `view.read_all(0)`, every record's CRC checked (the default);
-//! * `annal_no_crc`: `view.read_all_with(0, ReadOptions { verify_crc: false })`
+//! * `annal_no_crc`: `view.read_all_with(0, ReadOptions::default().verify_crc(false))`
 //!   (structure still checked);
 //! * `annal_crc_nochain`: `annal_crc` over the same events in a log opened
 //!   with `Options::chain(false)`. Readers ignore the chain, so this should
@@ -213,7 +213,7 @@ fn replay(c: &mut Criterion) {
     // Every function sees the same events (and warms the page cache).
     let want = n * PAYLOAD as u64;
     assert_eq!(annal_sum(&view, ReadOptions::default()), want);
-    assert_eq!(annal_sum(&view, ReadOptions { verify_crc: false }), want);
+    assert_eq!(annal_sum(&view, ReadOptions::default().verify_crc(false)), want);
     assert_eq!(annal_sum(&view_off, ReadOptions::default()), want);
     assert_eq!(sqlite_sum(&db), want);
     black_box((crc_limit(&view), sum_limit(&view)));
@@ -233,7 +233,7 @@ fn replay(c: &mut Criterion) {
         b.iter(|| black_box(annal_sum(&view, ReadOptions::default())))
     });
     g.bench_function("annal_no_crc", |b| {
-        b.iter(|| black_box(annal_sum(&view, ReadOptions { verify_crc: false })))
+        b.iter(|| black_box(annal_sum(&view, ReadOptions::default().verify_crc(false))))
     });
     g.bench_function("annal_crc_nochain", |b| {
         b.iter(|| black_box(annal_sum(&view_off, ReadOptions::default())))

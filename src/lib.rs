@@ -87,6 +87,8 @@ pub use format::sealed::KeyId;
 pub use read::anchor::{ChainHead, chain_head, head_anchor};
 pub use read::query::{ReadAllBackward, ReadNamed, ReadStream};
 pub use read::rules::StreamMetadata;
+#[cfg(feature = "tokio")]
+pub use read::subscription::SubscriptionStream;
 pub use read::subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, SubscriptionFilter};
 #[doc(hidden)]
 pub use read::view::set_default_max_mapped_segments;

@@ -113,7 +113,7 @@ impl Aggregate for Counter {
     }
 }
 
-fn repo(log: &Log) -> Repository<'_, Counter> {
+fn repo(log: &Log) -> Repository<Counter> {
     Repository::<Counter>::new(log).snapshot_every(2, 1)
 }
 
@@ -567,7 +567,7 @@ fn run_workload(w: &Workload, dir: &Path, fault: Option<Fault>) -> (Observed, Ve
                             let pos = log.next_position() - 1;
                             acks.push(Ack::new(
                                 &s,
-                                annal::AppendResult {
+                                support::Appended {
                                     first_position: pos,
                                     last_position: pos,
                                     stream_version: v,

@@ -275,10 +275,7 @@ fn no_deadlock(durability: Durability) {
         )
         .expect("open"),
     );
-    let appends = match durability {
-        Durability::Buffered => 500,
-        Durability::Fsync => 120,
-    };
+    let appends = if durability == Durability::Fsync { 120 } else { 500 };
     let acks = within(Duration::from_secs(120), "appenders + sync + view", {
         let log = log.clone();
         move || {

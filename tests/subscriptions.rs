@@ -24,7 +24,7 @@ fn payload(writer: u32, i: u32) -> Vec<u8> {
 
 /// Pull exactly `n` events (each must come within `PATIENCE`), then check that
 /// nothing more is there right now.
-fn take(sub: &mut Subscription<'_>, n: usize) -> Vec<OwnedRecord> {
+fn take(sub: &mut Subscription, n: usize) -> Vec<OwnedRecord> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         match sub.next_timeout(PATIENCE).expect("subscription read") {
@@ -355,7 +355,7 @@ fn checksum(r: &OwnedRecord) -> u64 {
 
 /// Follow with a `Reader` subscription until it has passed position `end`
 /// (once known); `min_poll` keeps the parent subscribers polling fast.
-fn follow(mut sub: Subscription<'static>, end: &AtomicU64) -> Vec<OwnedRecord> {
+fn follow(mut sub: Subscription, end: &AtomicU64) -> Vec<OwnedRecord> {
     let mut out = Vec::new();
     loop {
         let target = end.load(Ordering::Acquire);

@@ -60,7 +60,7 @@ fn replay_borrows_from_the_mapping_and_allocates_nothing_per_record() {
         let before = ALLOCS.load(Ordering::Relaxed);
         let mut n = 0u64;
         let mut inside = 0u64;
-        for rec in view.read_all_with(0, ReadOptions { verify_crc }) {
+        for rec in view.read_all_with(0, ReadOptions::default().verify_crc(verify_crc)) {
             let rec = rec.unwrap();
             let p = rec.payload().as_ptr() as usize;
             let s = rec.stream().as_ptr() as usize;

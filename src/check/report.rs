@@ -29,6 +29,7 @@ pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Options of [`check`].
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct CheckOptions {
     pub(super) repair: bool,
     pub(super) progress: Option<ProgressFn>,
@@ -142,6 +143,7 @@ const DEFAULT_MAX_BATCH_BYTES: u64 = crate::format::MAX_FRAME_LEN;
 /// What [`check`] found of the signed checkpoints (spec 21.5), when given a
 /// public key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct SignatureSummary {
     /// Checkpoints whose signature verified with the key given.
     pub verified: u64,
@@ -155,6 +157,7 @@ pub struct SignatureSummary {
 /// What [`check`] found of the audit chain (spec 21).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ChainStatus {
     /// The log carries no audit chain (format version 1, or created without
     /// it), or no segment header could be read.
@@ -211,6 +214,7 @@ impl fmt::Display for ChainStatus {
 /// before the anchor's position is the one the anchor was taken from. An
 /// anchor that does not hold is also a problem in [`CheckReport::problems`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct AnchorVerdict {
     /// The anchor, as given.
     #[serde(serialize_with = "anchor_as_text")]
@@ -247,6 +251,7 @@ fn anchor_as_text<S: serde::Serializer>(a: &Anchor, s: S) -> std::result::Result
 
 /// One finding of [`check`]: where, and what was expected and found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Finding {
     /// The file concerned.
     pub file: PathBuf,
@@ -357,6 +362,7 @@ impl fmt::Display for Hidden {
 
 /// What [`check`] found.
 #[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
 pub struct CheckReport {
     /// Damage: the log (or a derived file) is not as the format requires.
     pub problems: Vec<Finding>,

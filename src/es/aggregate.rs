@@ -26,6 +26,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -70,6 +71,7 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned {
 
 /// A loaded aggregate.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Loaded<A> {
     /// The state.
     pub state: A,
@@ -86,6 +88,7 @@ pub struct Loaded<A> {
 
 /// Which past state to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AsOf {
     /// After the event with this stream version.
     Version(u64),
@@ -98,6 +101,7 @@ pub enum AsOf {
 
 /// What [`Repository::execute`] did.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Executed {
     /// The append, or `None` if the command produced no events.
     pub appended: Option<AppendResult>,
@@ -118,6 +122,7 @@ pub struct Executed {
 
 /// Why [`Repository::execute`] failed.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ExecuteError<E> {
     /// The aggregate refused the command.
     Rejected(E),
@@ -145,12 +150,36 @@ impl<E: fmt::Display> fmt::Display for ExecuteError<E> {
     }
 }
 
-impl<E: fmt::Display + fmt::Debug> std::error::Error for ExecuteError<E> {}
+impl<E: fmt::Display + fmt::Debug> std::error::Error for ExecuteError<E> {
+    /// The log's error, for [`ExecuteError::Log`].
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExecuteError::Log(e) => Some(e),
+            ExecuteError::Rejected(_) | ExecuteError::Conflict { .. } => None,
+        }
+    }
+}
 
 impl<E> From<Error> for ExecuteError<E> {
     fn from(e: Error) -> Self {
         ExecuteError::Log(e)
     }
+}
+
+/// One attempt of `execute`, decided: nothing to append, or events to
+/// append at an expected version.
+pub(super) enum Decided<A: Aggregate> {
+    Nothing(Executed),
+    Append(Pending<A>),
+}
+
+/// The events a command produced, with what was loaded to decide them.
+pub(super) struct Pending<A: Aggregate> {
+    loaded: Loaded<A>,
+    keys: BTreeSet<KeyId>,
+    pub(super) events: Vec<A::Event>,
+    pub(super) expected: ExpectedVersion,
+    attempt: u32,
 }
 
 /// Loads and runs aggregates of type `A` stored in a [`Log`].
@@ -189,10 +218,14 @@ impl<E> From<Error> for ExecuteError<E> {
 /// assert_eq!((loaded.state.value, loaded.version), (6, Some(2)));
 /// # Ok(()) }
 /// ```
-pub struct Repository<'l, A: Aggregate> {
-    log: &'l Log,
-    upcasters: Upcasters,
-    store: SnapshotStore,
+///
+/// A repository owns a clone of the log and is cheap to clone itself (the
+/// clones share the log, the upcasters and the snapshot settings' values):
+/// keep one in an axum `State` or move it into a task.
+pub struct Repository<A: Aggregate> {
+    log: Log,
+    upcasters: Arc<Upcasters>,
+    store: Arc<SnapshotStore>,
     every: Option<u64>,
     keep: usize,
     use_snapshots: bool,
@@ -200,7 +233,22 @@ pub struct Repository<'l, A: Aggregate> {
     _aggregate: PhantomData<fn() -> A>,
 }
 
-impl<A: Aggregate> fmt::Debug for Repository<'_, A> {
+impl<A: Aggregate> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Repository {
+            log: self.log.clone(),
+            upcasters: Arc::clone(&self.upcasters),
+            store: Arc::clone(&self.store),
+            every: self.every,
+            keep: self.keep,
+            use_snapshots: self.use_snapshots,
+            max_attempts: self.max_attempts,
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> fmt::Debug for Repository<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Repository")
             .field("log", &self.log)
@@ -211,14 +259,14 @@ impl<A: Aggregate> fmt::Debug for Repository<'_, A> {
     }
 }
 
-impl<'l, A: Aggregate> Repository<'l, A> {
-    /// A repository over `log`, without snapshots, retrying a conflicting
-    /// `execute` up to 5 times.
-    pub fn new(log: &'l Log) -> Self {
+impl<A: Aggregate> Repository<A> {
+    /// A repository over `log` (it keeps a clone of the handle), without
+    /// snapshots, retrying a conflicting `execute` up to 5 times.
+    pub fn new(log: &Log) -> Self {
         Repository {
-            log,
-            upcasters: Upcasters::new(),
-            store: SnapshotStore::new(log.dir(), log.io().clone()),
+            log: log.clone(),
+            upcasters: Arc::new(Upcasters::new()),
+            store: Arc::new(SnapshotStore::new(log.dir(), log.io().clone())),
             every: None,
             keep: 1,
             use_snapshots: true,
@@ -229,7 +277,7 @@ impl<'l, A: Aggregate> Repository<'l, A> {
 
     /// Apply these upcasters to every event read.
     pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
-        self.upcasters = upcasters;
+        self.upcasters = Arc::new(upcasters);
         self
     }
 
@@ -344,55 +392,112 @@ impl<'l, A: Aggregate> Repository<'l, A> {
     /// Load, handle `command`, append the events; retry on conflicts.
     pub fn execute(&self, stream: &str, command: &A::Command) -> std::result::Result<Executed, ExecuteError<A::Error>> {
         for attempt in 1..=self.max_attempts {
-            let view = self.log.view()?;
-            let (mut loaded, mut keys) = self.load_keyed(&view, stream, u64::MAX)?;
-            let events = loaded.state.handle(command).map_err(ExecuteError::Rejected)?;
-            if events.is_empty() {
-                return Ok(Executed {
-                    appended: None,
-                    attempts: attempt,
-                    snapshot_written: false,
-                    snapshot_error: None,
-                });
-            }
-            let expected = match loaded.version {
-                Some(v) => ExpectedVersion::Exact(v),
-                None => ExpectedVersion::NoStream,
+            let pending = match self.decide(stream, command, attempt)? {
+                Decided::Nothing(done) => return Ok(done),
+                Decided::Append(p) => p,
             };
-            match self.log.append_typed(stream, expected, &events) {
-                Ok(r) => {
-                    let (mut snapshot_written, mut snapshot_error) = (false, None);
-                    if let Some(every) = self.every {
-                        let before = loaded.version.map_or(0, |v| v + 1);
-                        let after = r.stream_version + 1;
-                        if before / every != after / every {
-                            for e in &events {
-                                loaded.state.apply(e);
-                            }
-                            let saved = self.appended_keys(stream, before, &r, &mut keys).and_then(|()| {
-                                self.write_snapshot(stream, &loaded.state, r.stream_version, r.last_position, &keys)
-                            });
-                            match saved {
-                                Ok(written) => snapshot_written = written,
-                                Err(e) => snapshot_error = Some(std::sync::Arc::new(e)),
-                            }
-                        }
-                    }
-                    return Ok(Executed {
-                        appended: Some(r),
-                        attempts: attempt,
-                        snapshot_written,
-                        snapshot_error,
-                    });
-                }
+            match self.log.append_typed(stream, pending.expected, &pending.events) {
+                Ok(r) => return Ok(self.after_append(stream, pending, r)),
                 Err(Error::WrongExpectedVersion { .. }) => continue,
                 Err(e) => return Err(ExecuteError::Log(e)),
             }
         }
-        Err(ExecuteError::Conflict {
+        Err(self.gave_up(stream))
+    }
+
+    /// One attempt's decision: load `stream` and handle `command`.
+    pub(super) fn decide(
+        &self,
+        stream: &str,
+        command: &A::Command,
+        attempt: u32,
+    ) -> std::result::Result<Decided<A>, ExecuteError<A::Error>> {
+        let view = self.log.view()?;
+        let (loaded, keys) = self.load_keyed(&view, stream, u64::MAX)?;
+        let events = loaded.state.handle(command).map_err(ExecuteError::Rejected)?;
+        if events.is_empty() {
+            return Ok(Decided::Nothing(Executed {
+                appended: None,
+                attempts: attempt,
+                snapshot_written: false,
+                snapshot_error: None,
+            }));
+        }
+        let expected = match loaded.version {
+            Some(v) => ExpectedVersion::Exact(v),
+            None => ExpectedVersion::NoStream,
+        };
+        Ok(Decided::Append(Pending {
+            loaded,
+            keys,
+            events,
+            expected,
+            attempt,
+        }))
+    }
+
+    /// Whether the append `r` of `pending` takes the stream across a
+    /// multiple of the snapshot interval (a snapshot is due).
+    pub(super) fn snapshot_due(&self, pending: &Pending<A>, r: &AppendResult) -> bool {
+        self.every.is_some_and(|every| {
+            let before = pending.loaded.version.map_or(0, |v| v + 1);
+            before / every != (r.stream_version + 1) / every
+        })
+    }
+
+    /// What `execute` returns once the events of `pending` are appended as
+    /// `r`: with a snapshot written, if one is due.
+    pub(super) fn after_append(&self, stream: &str, pending: Pending<A>, r: AppendResult) -> Executed {
+        let attempts = pending.attempt;
+        let (snapshot_written, snapshot_error) = if self.snapshot_due(&pending, &r) {
+            match self.snapshot_after(stream, pending, &r) {
+                Ok(written) => (written, None),
+                Err(e) => (false, Some(std::sync::Arc::new(e))),
+            }
+        } else {
+            (false, None)
+        };
+        Executed {
+            appended: Some(r),
+            attempts,
+            snapshot_written,
+            snapshot_error,
+        }
+    }
+
+    /// Write the snapshot due after the events of `pending` were appended as
+    /// `r`: whether it was written.
+    fn snapshot_after(&self, stream: &str, pending: Pending<A>, r: &AppendResult) -> Result<bool> {
+        let Pending {
+            mut loaded,
+            mut keys,
+            events,
+            ..
+        } = pending;
+        let before = loaded.version.map_or(0, |v| v + 1);
+        for e in &events {
+            loaded.state.apply(e);
+        }
+        self.appended_keys(stream, before, r, &mut keys)?;
+        self.write_snapshot(stream, &loaded.state, r.stream_version, r.last_position, &keys)
+    }
+
+    /// The error of an `execute` whose every attempt met a conflict.
+    pub(super) fn gave_up(&self, stream: &str) -> ExecuteError<A::Error> {
+        ExecuteError::Conflict {
             stream: stream.to_owned(),
             attempts: self.max_attempts,
-        })
+        }
+    }
+
+    /// Attempts an `execute` makes at most.
+    pub(super) fn attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The log this repository appends to.
+    pub(super) fn log(&self) -> &Log {
+        &self.log
     }
 
     /// Write a snapshot of `stream`'s current state now: the version it

@@ -19,6 +19,7 @@ use crate::read::view::Reader;
 /// The head of a log's audit chain and what the log says about its chain:
 /// what [`chain_head`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChainHead {
     /// The position after the last visible batch and the chain hash there.
     pub anchor: Anchor,

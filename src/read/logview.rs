@@ -201,6 +201,7 @@ impl std::fmt::Display for Unrecovered {
 
 /// How to read.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ReadOptions {
     /// Check every record's CRC as it is read (default `true`). Turn off only
     /// for trusted replays of logs that `annal check` verified.
@@ -210,6 +211,15 @@ pub struct ReadOptions {
 impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions { verify_crc: true }
+    }
+}
+
+impl ReadOptions {
+    /// Check every record's CRC as it is read, or not (see
+    /// [`ReadOptions::verify_crc`](ReadOptions#structfield.verify_crc)).
+    pub fn verify_crc(mut self, verify: bool) -> Self {
+        self.verify_crc = verify;
+        self
     }
 }
 

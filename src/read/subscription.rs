@@ -14,6 +14,14 @@
 //!   interval ([`Subscription::poll_interval`], default 20 ms): never a busy
 //!   loop. It follows segment rolls like [`Reader::view`] does.
 //!
+//! A subscription owns what it reads from (a clone of the [`crate::Log`], or
+//! the [`Reader`]): it is `'static` and `Send`, so it moves into a spawned
+//! thread or task. [`Subscription::event_types`] narrows any subscription to
+//! some event types. With the feature `tokio`,
+//! [`Subscription::into_stream`] turns it into a `futures::Stream`: a
+//! caught-up stream on a log is woken by the writer (a waker, no thread),
+//! one on a [`Reader`] polls with a tokio timer.
+//!
 //! Events are delivered as [`OwnedRecord`]s (owned copies), so a subscriber
 //! may keep them, send them to other threads, and take as long as it likes:
 //! the log keeps everything, so a slow subscriber never loses an event.
@@ -64,6 +72,7 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// An owned copy of one record, as delivered by a [`Subscription`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OwnedRecord {
     /// Global position.
     pub position: u64,
@@ -123,8 +132,10 @@ impl From<RecordRef<'_>> for OwnedRecord {
     }
 }
 
-/// Which events a subscription delivers.
+/// Which events a subscription delivers (see also
+/// [`Subscription::event_types`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SubscriptionFilter {
     /// Every event, in position order.
     All,
@@ -147,11 +158,15 @@ pub(crate) trait Live: Send + Sync + std::fmt::Debug {
     /// Wait until the published epoch differs from `seen` or `timeout`
     /// passes; returns the current epoch.
     fn wait_published(&self, seen: u64, timeout: Duration) -> u64;
+    /// Have `waker` woken when the published epoch changes from `seen`;
+    /// `false` (and nothing kept) if it already has.
+    #[cfg(feature = "tokio")]
+    fn wake_on_publish(&self, seen: u64, waker: &std::task::Waker) -> bool;
 }
 
 #[derive(Debug)]
-enum Source<'a> {
-    Log(&'a dyn Live),
+enum Source {
+    Log(Box<dyn Live>),
     Reader(Box<Reader>),
 }
 
@@ -162,10 +177,14 @@ enum Source<'a> {
 /// Pull events with [`Subscription::next_timeout`] /
 /// [`Subscription::try_next`], or iterate: the iterator blocks until the next
 /// event and never ends on its own (it ends only after yielding an error).
-#[derive(Debug)]
-pub struct Subscription<'a> {
-    source: Source<'a>,
+///
+/// A subscription owns its source (a clone of the log, or the reader): move
+/// it into a thread or a task freely.
+pub struct Subscription {
+    source: Source,
     filter: SubscriptionFilter,
+    /// Deliver only events of these types (all if empty).
+    event_types: Vec<String>,
     /// Every event below this position has been delivered or skipped.
     next_position: u64,
     /// For a stream subscription: the next version to deliver.
@@ -176,17 +195,30 @@ pub struct Subscription<'a> {
     failed: bool,
 }
 
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("source", &self.source)
+            .field("filter", &self.filter)
+            .field("event_types", &self.event_types)
+            .field("next_position", &self.next_position)
+            .field("next_version", &self.next_version)
+            .field("buffered", &self.buffered.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Reader {
     /// Subscribe to every event from position `from` on, following the files
     /// as the writer (in any process) grows and rolls them. The subscription
     /// owns the reader.
-    pub fn subscribe_all(self, from: u64) -> Subscription<'static> {
+    pub fn subscribe_all(self, from: u64) -> Subscription {
         Subscription::new(Source::Reader(Box::new(self)), SubscriptionFilter::All, from, 0)
     }
 
     /// Subscribe to the events of `stream` from version `from_version` on.
     /// See [`Reader::subscribe_all`].
-    pub fn subscribe_stream(self, stream: &str, from_version: u64) -> Subscription<'static> {
+    pub fn subscribe_stream(self, stream: &str, from_version: u64) -> Subscription {
         Subscription::new(
             Source::Reader(Box::new(self)),
             SubscriptionFilter::Stream(stream.to_owned()),
@@ -197,7 +229,7 @@ impl Reader {
 
     /// Subscribe to the events of every stream of `category` from position
     /// `from` on. See [`Reader::subscribe_all`].
-    pub fn subscribe_category(self, category: &str, from: u64) -> Subscription<'static> {
+    pub fn subscribe_category(self, category: &str, from: u64) -> Subscription {
         Subscription::new(
             Source::Reader(Box::new(self)),
             SubscriptionFilter::Category(category.to_owned()),
@@ -207,22 +239,43 @@ impl Reader {
     }
 }
 
-impl<'a> Subscription<'a> {
+impl Subscription {
     /// A subscription fed by a live log (the writer, in process).
-    pub(crate) fn live(log: &'a dyn Live, filter: SubscriptionFilter, next_position: u64, next_version: u64) -> Self {
+    pub(crate) fn live(log: Box<dyn Live>, filter: SubscriptionFilter, next_position: u64, next_version: u64) -> Self {
         Subscription::new(Source::Log(log), filter, next_position, next_version)
     }
 
-    fn new(source: Source<'a>, filter: SubscriptionFilter, next_position: u64, next_version: u64) -> Self {
+    fn new(source: Source, filter: SubscriptionFilter, next_position: u64, next_version: u64) -> Self {
         Subscription {
             source,
             filter,
+            event_types: Vec::new(),
             next_position,
             next_version,
             buffered: VecDeque::new(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             failed: false,
         }
+    }
+
+    /// Deliver only events of these types (the others are passed over: the
+    /// cursor, [`Subscription::position`], moves past them). Calling it
+    /// again replaces the list; an empty list delivers every type.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use annal::{EventData, ExpectedVersion, Log};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path())?;
+    /// log.append("order-1", ExpectedVersion::Any, &[EventData::new("Placed", b"{}"), EventData::new("Paid", b"{}")])?;
+    /// let mut paid = log.subscribe_all(0).event_types(["Paid"]);
+    /// assert_eq!(paid.try_next()?.map(|r| r.position), Some(1));
+    /// assert_eq!(paid.try_next()?, None);
+    /// # Ok(()) }
+    /// ```
+    pub fn event_types<S: Into<String>>(mut self, types: impl IntoIterator<Item = S>) -> Self {
+        self.event_types = types.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Poll a [`Reader`]-based subscription at this interval while caught up
@@ -270,13 +323,7 @@ impl<'a> Subscription<'a> {
                 Source::Log(log) => Some(log.published_epoch()),
                 Source::Reader(_) => None,
             };
-            let view = match &mut self.source {
-                Source::Log(log) => log.live_view()?,
-                Source::Reader(r) => r.view()?,
-            };
-            self.fill(&view)?;
-            drop(view);
-            if !self.buffered.is_empty() {
+            if !self.refill()? {
                 continue;
             }
             let now = Instant::now();
@@ -294,20 +341,34 @@ impl<'a> Subscription<'a> {
         }
     }
 
-    /// Copy up to [`MAX_BUFFERED`] events past the cursor out of `view` and
-    /// advance the cursor past them (or past the whole view if it held fewer).
-    fn fill(&mut self, view: &LogView) -> Result<()> {
+    /// Read past the cursor in a fresh view: `false` if more may be read at
+    /// once (something was buffered, or the view was not read to its end),
+    /// `true` if the subscription is caught up with everything published.
+    fn refill(&mut self) -> Result<bool> {
+        let view = match &mut self.source {
+            Source::Log(log) => log.live_view()?,
+            Source::Reader(r) => r.view()?,
+        };
+        let read_to_end = self.fill(&view)?;
+        Ok(read_to_end && self.buffered.is_empty())
+    }
+
+    /// Consider up to [`MAX_BUFFERED`] events past the cursor in `view`,
+    /// copying out those that match and advancing the cursor past all of
+    /// them (or past the whole view if it held fewer): whether the view was
+    /// read to its end.
+    fn fill(&mut self, view: &LogView) -> Result<bool> {
         let mut n = 0;
         match &self.filter {
             SubscriptionFilter::All => {
                 for r in view.read_all(self.next_position).take(MAX_BUFFERED) {
-                    self.push(OwnedRecord::unsealed(view, r?)?);
+                    self.take(view, r?)?;
                     n += 1;
                 }
             }
             SubscriptionFilter::Category(c) => {
                 for r in view.read_category(c, self.next_position).take(MAX_BUFFERED) {
-                    self.push(OwnedRecord::unsealed(view, r?)?);
+                    self.take(view, r?)?;
                     n += 1;
                 }
             }
@@ -321,26 +382,31 @@ impl<'a> Subscription<'a> {
                         Err(Error::StreamDeleted { .. }) => break,
                         Err(e) => return Err(e),
                     };
-                    self.push(OwnedRecord::unsealed(view, r)?);
+                    self.take(view, r)?;
                     n += 1;
                 }
             }
         }
-        if n < MAX_BUFFERED {
+        let read_to_end = n < MAX_BUFFERED;
+        if read_to_end {
             // Everything visible in this view has been considered.
             self.next_position = self.next_position.max(view.next_position());
         }
-        Ok(())
+        Ok(read_to_end)
     }
 
-    fn push(&mut self, r: OwnedRecord) {
-        self.next_position = r.position + 1;
-        self.next_version = r.stream_version + 1;
-        self.buffered.push_back(r);
+    /// Move the cursor past `r`, buffering a copy of it if it matches.
+    fn take(&mut self, view: &LogView, r: RecordRef<'_>) -> Result<()> {
+        self.next_position = r.position() + 1;
+        self.next_version = r.stream_version() + 1;
+        if self.event_types.is_empty() || self.event_types.iter().any(|t| t == r.event_type()) {
+            self.buffered.push_back(OwnedRecord::unsealed(view, r)?);
+        }
+        Ok(())
     }
 }
 
-impl Iterator for Subscription<'_> {
+impl Iterator for Subscription {
     type Item = Result<OwnedRecord>;
 
     /// Block until the next event. After an error, the iterator ends.
@@ -355,6 +421,106 @@ impl Iterator for Subscription<'_> {
                 Err(e) => {
                     self.failed = true;
                     return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Subscription {
+    /// This subscription as a `futures::Stream` of events (feature `tokio`),
+    /// which never blocks the task's thread.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use futures::StreamExt;
+    /// use annal::{EventData, ExpectedVersion, Log};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path())?;
+    /// log.append("order-1", ExpectedVersion::Any, &[EventData::new("Placed", b"{}")])?;
+    /// let mut events = log.subscribe_all(0).into_stream();
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// let first = rt.block_on(events.next()).expect("an event")?;
+    /// assert_eq!(first.event_type, "Placed");
+    /// # Ok(()) }
+    /// ```
+    pub fn into_stream(self) -> SubscriptionStream {
+        SubscriptionStream { sub: self, sleep: None }
+    }
+}
+
+/// A [`Subscription`] as a `futures::Stream` (feature `tokio`): see
+/// [`Subscription::into_stream`].
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub struct SubscriptionStream {
+    sub: Subscription,
+    /// The timer of a [`Reader`]-based stream waiting for its next poll.
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[cfg(feature = "tokio")]
+impl SubscriptionStream {
+    /// The subscription: its [`Subscription::position`] to checkpoint, ...
+    pub fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+
+    /// The subscription back, to use as a blocking iterator.
+    pub fn into_subscription(self) -> Subscription {
+        self.sub
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl futures_core::Stream for SubscriptionStream {
+    type Item = Result<OwnedRecord>;
+
+    /// The next event; pending while caught up. On a log the task is woken
+    /// when the writer publishes new events; on a [`Reader`] it polls at
+    /// [`Subscription::poll_interval`] with a tokio timer (so it needs a
+    /// tokio runtime with the time driver). After an error, the stream ends.
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        let sub = &mut this.sub;
+        loop {
+            if sub.failed {
+                return Poll::Ready(None);
+            }
+            if let Some(r) = sub.buffered.pop_front() {
+                return Poll::Ready(Some(Ok(r)));
+            }
+            let epoch = match &sub.source {
+                Source::Log(log) => Some(log.published_epoch()),
+                Source::Reader(_) => None,
+            };
+            match sub.refill() {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => {
+                    sub.failed = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match (&sub.source, epoch) {
+                (Source::Log(log), Some(e)) => {
+                    if log.wake_on_publish(e, cx.waker()) {
+                        return Poll::Pending;
+                    }
+                }
+                _ => {
+                    let interval = sub.poll_interval;
+                    let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.sleep = None;
                 }
             }
         }

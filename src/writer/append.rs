@@ -7,6 +7,7 @@
 //! position may wrap past `u64::MAX`); timestamps never go backwards;
 //! generated ids are UUID v7, unique and ordered.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -61,6 +62,40 @@ impl IdGen {
 }
 
 impl Inner {
+    /// Check `events` for `stream` and seal those that name a subject (spec
+    /// 3.8): the batch to enqueue and its length in bytes.
+    pub(super) fn prepare_batch<'e, 'b>(
+        &self,
+        stream: &str,
+        events: &'b [EventData<'e>],
+    ) -> Result<(Cow<'b, [EventData<'e>]>, u64)> {
+        let batch_len = self.check_batch(stream, events)?;
+        let sealed = self.sealed_events(stream, events)?;
+        // The ciphertexts are a little longer than what they seal.
+        let batch_len = match &sealed {
+            Cow::Owned(events) => self.check_batch(stream, events)?,
+            Cow::Borrowed(_) => batch_len,
+        };
+        Ok((sealed, batch_len))
+    }
+
+    /// One try at queueing a checked batch under the stream's rules:
+    /// `None` if it would roll a segment while the sealer is behind (wait for
+    /// the sealer, then try again).
+    pub(super) fn try_enqueue(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[EventData<'_>],
+        batch_len: u64,
+    ) -> Result<Option<(u64, AppendResult)>> {
+        // Held until the batch is queued (see `metadata`), but not while
+        // waiting for the sealer (which takes them for retention).
+        let rules = self.check_append_rules(stream)?;
+        let stream_rules = rules.as_ref().and_then(|r| r.1.as_ref());
+        self.enqueue(stream, expected, events, batch_len, stream_rules)
+    }
+
     pub(super) fn check_batch(&self, stream: &str, events: &[EventData<'_>]) -> Result<u64> {
         if events.is_empty() {
             return Err(Error::EmptyBatch);

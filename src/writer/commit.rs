@@ -328,9 +328,13 @@ impl Inner {
     }
 }
 
-/// Wake every appender parked in `Inner::commit_until`.
+/// Wake every appender parked in `Inner::commit_until`, and every async
+/// appender waiting for a commit.
 fn unpark_all(c: &mut Commit) {
     for t in c.parked.drain(..) {
         t.unpark();
+    }
+    for w in c.wakers.drain(..) {
+        w.wake();
     }
 }

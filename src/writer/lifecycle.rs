@@ -136,6 +136,7 @@ impl Inner {
             commit: Mutex::new(Commit {
                 busy: false,
                 parked: Vec::new(),
+                wakers: Vec::new(),
                 written: 0,
                 durable: 0,
                 poison: None,
@@ -165,6 +166,8 @@ impl Inner {
             keys: Arc::new(keys),
             retention_lock: Mutex::new(()),
             compact_lock: Mutex::new(()),
+            #[cfg(feature = "tokio")]
+            committer: Default::default(),
             dir,
             opts,
         })
@@ -177,6 +180,9 @@ impl Inner {
                 return Ok(());
             }
         }
+        // Async waiters are woken by the commit below (or the poisoning).
+        #[cfg(feature = "tokio")]
+        self.stop_committer();
         if self.poisoned.load(Ordering::Acquire) {
             lock(&self.state).closed = true;
             self.stop_sealer();

@@ -48,6 +48,8 @@
 //!   ([`Log::warnings`]).
 
 mod append;
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod commit;
 mod compaction;
 mod derived;
@@ -68,7 +70,6 @@ mod subjects;
 mod versions;
 mod writer_lock;
 
-use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -333,26 +334,13 @@ impl Log {
     /// ```
     pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData<'_>]) -> Result<AppendResult> {
         let inner = &*self.inner;
-        let mut batch_len = inner.check_batch(stream, events)?;
-        let sealed = inner.sealed_events(stream, events)?;
-        let events = &*sealed;
-        if let Cow::Owned(_) = sealed {
-            // The ciphertexts are a little longer than what they seal.
-            batch_len = inner.check_batch(stream, events)?;
-        }
+        let (events, batch_len) = inner.prepare_batch(stream, events)?;
         let _appending = Appending::enter(&inner.appenders);
         let (target, result) = loop {
-            // Held until the batch is queued (see `metadata`), but not while
-            // waiting for the sealer (which takes them for retention).
-            let rules = inner.check_append_rules(stream)?;
-            let stream_rules = rules.as_ref().and_then(|r| r.1.as_ref());
-            match inner.enqueue(stream, expected, events, batch_len, stream_rules)? {
+            match inner.try_enqueue(stream, expected, &events, batch_len)? {
                 Some(queued) => break queued,
                 // It would roll a segment while the sealer is behind.
-                None => {
-                    drop(rules);
-                    inner.wait_for_sealer()?;
-                }
+                None => inner.wait_for_sealer()?,
             }
         };
         inner.commit_until(target, inner.opts.durability == Durability::Fsync)?;
@@ -401,6 +389,20 @@ impl Log {
             .map_or_else(|p| p.into_inner().0, |(g, _)| g);
         g.waiters -= 1;
         g.value
+    }
+
+    /// Have `waker` woken at the next publish unless the published epoch
+    /// already differs from `seen` (then `false`, nothing kept).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wake_on_publish(&self, seen: u64, waker: &std::task::Waker) -> bool {
+        let mut g = lock(&self.inner.published_epoch.0);
+        if g.value != seen {
+            return false;
+        }
+        if !g.wakers.iter().any(|w| w.will_wake(waker)) {
+            g.wakers.push(waker.clone());
+        }
+        true
     }
 }
 

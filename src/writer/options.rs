@@ -13,6 +13,7 @@ use super::Log;
 
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// The batch is handed to the operating system before `append` returns: a
     /// killed process loses nothing, a power cut may lose the unsynced tail.

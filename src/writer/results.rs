@@ -9,6 +9,7 @@ pub use crate::types::ExpectedVersion;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppendResult {
     /// Global position of the batch's first event.
     pub first_position: u64,

@@ -66,14 +66,17 @@ impl Inner {
     fn sealed_done(&self) {
         let mut b = lock(&self.backlog);
         b.unindexed = b.unindexed.saturating_sub(1);
+        let wakers = std::mem::take(&mut b.wakers);
         drop(b);
         self.backlog_cv.notify_all();
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// Wake appenders waiting for the backlog to check the writer's state.
     pub(super) fn wake_backlog(&self) {
-        drop(lock(&self.backlog));
+        let wakers = std::mem::take(&mut lock(&self.backlog).wakers);
         self.backlog_cv.notify_all();
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// Seal is already written; make the segment durable, then create the next.

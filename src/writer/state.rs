@@ -91,6 +91,9 @@ pub(super) struct Inner {
     pub(super) retention_lock: Mutex<()>,
     /// Held by one compaction at a time (spec 3.10).
     pub(super) compact_lock: Mutex<()>,
+    /// The thread that leads group commits for async appenders.
+    #[cfg(feature = "tokio")]
+    pub(super) committer: super::asynchronous::Committer,
 }
 
 /// The rules of every stream that has metadata (spec 3.7; `None`: not
@@ -191,6 +194,8 @@ pub(super) struct Published {
 pub(super) struct Epoch {
     pub(super) value: u64,
     pub(super) waiters: usize,
+    /// Async subscriptions waiting for the next publish (feature `tokio`).
+    pub(super) wakers: Vec<std::task::Waker>,
 }
 
 /// Generated event ids: UUID v7 (RFC 9562). A fresh v7 (a random draw, one
@@ -222,6 +227,9 @@ pub(super) struct Commit {
     /// checking [`Inner::reached`] without taking this lock; the others
     /// compete to lead next.
     pub(super) parked: Vec<std::thread::Thread>,
+    /// Async appenders waiting the same way (feature `tokio`): woken with
+    /// the parked threads.
+    pub(super) wakers: Vec<std::task::Waker>,
     pub(super) written: u64,
     pub(super) durable: u64,
     pub(super) poison: Option<String>,
@@ -255,6 +263,8 @@ pub(super) struct IoState {
 pub(super) struct Backlog {
     pub(super) unindexed: usize,
     pub(super) waiting: usize,
+    /// Async appenders waiting for the backlog (feature `tokio`).
+    pub(super) wakers: Vec<std::task::Waker>,
 }
 
 /// Most sealed segments left to index before an append that would roll
@@ -344,6 +354,9 @@ impl Inner {
         if e.waiters > 0 {
             self.published_epoch.1.notify_all();
         }
+        let wakers = std::mem::take(&mut e.wakers);
+        drop(e);
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 }
 

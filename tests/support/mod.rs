@@ -81,16 +81,36 @@ pub fn assert_stream_versions(recs: &[Rec]) -> HashMap<String, u64> {
     last
 }
 
+/// What an append that returned `Ok` reported (an [`AppendResult`], or what
+/// a test found appended when the call reported a later failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_position: u64,
+    pub last_position: u64,
+    pub stream_version: u64,
+}
+
+impl From<AppendResult> for Appended {
+    fn from(r: AppendResult) -> Appended {
+        Appended {
+            first_position: r.first_position,
+            last_position: r.last_position,
+            stream_version: r.stream_version,
+        }
+    }
+}
+
 /// An append that returned `Ok`, with what it appended.
 #[derive(Debug, Clone)]
 pub struct Ack {
     pub stream: String,
-    pub result: AppendResult,
+    pub result: Appended,
     pub payloads: Vec<Vec<u8>>,
 }
 
 impl Ack {
-    pub fn new(stream: &str, result: AppendResult, payloads: Vec<Vec<u8>>) -> Ack {
+    pub fn new(stream: &str, result: impl Into<Appended>, payloads: Vec<Vec<u8>>) -> Ack {
+        let result = result.into();
         assert_eq!(
             result.last_position - result.first_position + 1,
             payloads.len() as u64,
