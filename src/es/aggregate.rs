@@ -491,11 +491,13 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Attempts an `execute` makes at most.
+    #[cfg(feature = "tokio")]
     pub(super) fn attempts(&self) -> u32 {
         self.max_attempts
     }
 
     /// The log this repository appends to.
+    #[cfg(feature = "tokio")]
     pub(super) fn log(&self) -> &Log {
         &self.log
     }
