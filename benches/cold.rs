@@ -145,7 +145,7 @@ fn data() -> Data {
 
 /// The SQLite and redb copies of the log's events.
 fn build_copies(data: &Data) {
-    let mut reader = Reader::open(data.log()).expect("open the log");
+    let reader = Reader::open(data.log()).expect("open the log");
     let view = reader.view().expect("view");
     assert_eq!(view.next_position(), data.n);
     let db = common::sqlite_copy(&data.sqlite(), &view);
@@ -172,7 +172,7 @@ fn build_copies(data: &Data) {
 /// Every event of `stream` from a freshly opened reader: `(events, payload
 /// bytes)`.
 fn annal_read(dir: &Path, stream: &str) -> (u64, u64) {
-    let mut reader = Reader::open(dir).expect("open");
+    let reader = Reader::open(dir).expect("open");
     let view = reader.view().expect("view");
     let (mut n, mut sum) = (0, 0);
     for r in view.read_stream(stream, 0, Direction::Forward, u64::MAX) {
@@ -184,7 +184,7 @@ fn annal_read(dir: &Path, stream: &str) -> (u64, u64) {
 
 /// Every event of the log from a freshly opened reader.
 fn annal_replay(dir: &Path) -> (u64, u64) {
-    let mut reader = Reader::open(dir).expect("open");
+    let reader = Reader::open(dir).expect("open");
     let view = reader.view().expect("view");
     let (mut n, mut sum) = (0, 0);
     for r in view.read_all(0) {
@@ -307,7 +307,7 @@ fn annal_log_open(dir: &Path) {
 }
 
 fn annal_reader_open(dir: &Path) -> u64 {
-    let mut reader = Reader::open(dir).expect("open");
+    let reader = Reader::open(dir).expect("open");
     reader.view().expect("view").next_position()
 }
 

@@ -69,7 +69,7 @@ fn active_base(dir: &Path) -> (u64, usize) {
 
 /// A `Reader` view of the log in `dir` (opened outside the timed region).
 fn view_of(dir: &Path) -> LogView {
-    let mut reader = Reader::open(dir).expect("reader");
+    let reader = Reader::open(dir).expect("reader");
     reader.view().expect("view")
 }
 

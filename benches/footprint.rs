@@ -272,7 +272,7 @@ fn main() {
         }
         assert_eq!((annal.0, annal.1), common::tree_bytes(&log_dir));
 
-        let mut reader = Reader::open(&log_dir).expect("open a reader");
+        let reader = Reader::open(&log_dir).expect("open a reader");
         let view = reader.view().expect("view");
         assert_eq!(view.next_position(), n);
         let sqlite_dir = common::scratch("annal-bench-footprint-sqlite-");

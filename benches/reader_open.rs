@@ -67,7 +67,7 @@ fn single_event_log(bytes: u64) -> (tempfile::TempDir, std::path::PathBuf, u64) 
 
 /// `Reader::open`, a view, the first event: its payload length.
 fn open_read_1(path: &std::path::Path) -> usize {
-    let mut reader = Reader::open(path).expect("reader");
+    let reader = Reader::open(path).expect("reader");
     let view = reader.view().expect("view");
     let first = view.read_all(0).next().expect("an event").expect("read");
     first.payload().len()

@@ -353,7 +353,7 @@ pub fn open_dir(dir: &Path) {
 }
 
 fn replay_reader(dir: &Path) {
-    let Ok(mut reader) = Reader::open(dir) else { return };
+    let Ok(reader) = Reader::open(dir) else { return };
     if let Ok(view) = reader.view() {
         replay_view(&view);
     }

@@ -26,7 +26,7 @@
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let log = Log::open_with(dir.path(), Options::default().durability(Durability::Fsync))?;
-//! log.append("order-7", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
+//! log.append("order-7", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}")])?;
 //!
 //! // Another process (or thread) reads without the lock.
 //! let mut reader = Reader::open(dir.path())?;
@@ -93,7 +93,7 @@ pub use read::subscription::{DEFAULT_POLL_INTERVAL, OwnedRecord, Subscription, S
 #[doc(hidden)]
 pub use read::view::set_default_max_mapped_segments;
 pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered, Unsealed};
-pub use types::{Direction, ExpectedVersion};
+pub use types::{Direction, ExpectedVersion, StreamPosition};
 pub use uuid::Uuid;
 pub use writer::{AppendResult, Clock, Durability, Log, Options, Recovery, Truncation};
 pub use writer::{CompactionReport, Retention, RetentionReport};

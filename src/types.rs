@@ -1,5 +1,5 @@
 //! Value types of the public API that every layer shares: the concurrency
-//! condition of an append and the direction of a read. They hold no
+//! condition of an append, and the direction and start of a read. They hold no
 //! behaviour beyond formatting, so the error type (which names an expected
 //! version) and the writer and readers can all use them without importing
 //! each other.
@@ -35,4 +35,50 @@ pub enum Direction {
     Forward,
     /// Newest first.
     Backward,
+}
+
+/// Where a stream read starts: a stream version, or either end.
+///
+/// `u64` converts to [`StreamPosition::At`], so a version can be passed as
+/// it is.
+///
+/// ```
+/// # fn main() -> annal::Result<()> {
+/// use annal::{Direction, EventData, ExpectedVersion, Log, StreamPosition};
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path())?;
+/// log.append("order-1", ExpectedVersion::Any, &[EventData::new("A", b""), EventData::new("B", b"")])?;
+/// let view = log.view()?;
+/// let newest = view.read_stream("order-1", StreamPosition::End, Direction::Backward, 1).next().expect("one")?;
+/// assert_eq!(newest.event_type(), "B");
+/// let from_one: Vec<_> = view.read_stream("order-1", 1, Direction::Forward, 10).collect();
+/// assert_eq!(from_one.len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPosition {
+    /// The stream's first event (version 0).
+    Start,
+    /// The stream's newest event (reading backward), or past it (forward:
+    /// nothing).
+    End,
+    /// This stream version.
+    At(u64),
+}
+
+impl StreamPosition {
+    /// The stream version this position names (`End` is `u64::MAX`).
+    pub fn version(self) -> u64 {
+        match self {
+            StreamPosition::Start => 0,
+            StreamPosition::End => u64::MAX,
+            StreamPosition::At(v) => v,
+        }
+    }
+}
+
+impl From<u64> for StreamPosition {
+    fn from(version: u64) -> StreamPosition {
+        StreamPosition::At(version)
+    }
 }

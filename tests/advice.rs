@@ -54,7 +54,7 @@ fn multi_segment_log() -> (tempfile::TempDir, usize, usize, u64) {
     let dir = tempfile::tempdir().unwrap();
     let events = 80_000;
     build(dir.path(), events);
-    let mut r = Reader::open(dir.path()).unwrap();
+    let r = Reader::open(dir.path()).unwrap();
     let view = r.view().unwrap();
     assert_eq!(view.next_position(), events as u64);
     let (segments, bytes) = (view.segment_count(), view.len_bytes());
@@ -78,7 +78,7 @@ fn point_reads_map_for_random_access_and_prefetch_only_block_tables() {
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (dir, events, segments, bytes) = multi_segment_log();
     let before = advice();
-    let mut r = Reader::open(dir.path()).unwrap();
+    let r = Reader::open(dir.path()).unwrap();
     let view = r.view().unwrap();
     let n = ok_count(view.read_stream("s-3", 0, Direction::Forward, u64::MAX));
     assert_eq!(n, events / STREAMS);
@@ -106,7 +106,7 @@ fn point_reads_map_for_random_access_and_prefetch_only_block_tables() {
 fn replay_reads_ahead_with_an_advice_per_segment_not_per_frame() {
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (dir, events, segments, bytes) = multi_segment_log();
-    let mut r = Reader::open(dir.path()).unwrap();
+    let r = Reader::open(dir.path()).unwrap();
     let view = r.view().unwrap();
 
     // Forward: each segment is advised sequential while the replay walks it
@@ -160,7 +160,7 @@ impl Projection for Count {
 fn parallel_rebuild_reads_its_chunks_ahead() {
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (dir, events, segments, bytes) = multi_segment_log();
-    let mut r = Reader::open(dir.path()).unwrap();
+    let r = Reader::open(dir.path()).unwrap();
     let view = r.view().unwrap();
     let before = advice();
     assert_eq!(view.par_rebuild(&Count).unwrap(), events as u64);

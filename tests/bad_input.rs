@@ -71,7 +71,7 @@ fn error_of(dir: &Path, via: Via, label: &str) -> Error {
                 return e;
             }
         },
-        Via::Reader => match Reader::open(dir).and_then(|mut r| r.view()) {
+        Via::Reader => match Reader::open(dir).and_then(|r| r.view()) {
             Err(e) => e,
             Ok(view) => common::read_until_err(&view, 0)
                 .1
@@ -342,7 +342,7 @@ fn truncated_active_segment_of_a_cleanly_closed_log() {
             let e = match via {
                 Via::Open => error_of(copy.path(), via, &label),
                 Via::Reader => {
-                    let r = Reader::open(copy.path()).and_then(|mut r| r.view());
+                    let r = Reader::open(copy.path()).and_then(|r| r.view());
                     let e = match r {
                         Err(e) => e,
                         Ok(view) => {

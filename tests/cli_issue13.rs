@@ -29,7 +29,7 @@ fn p(path: &Path) -> &str {
 
 /// Every event of the log at `dir`: (stream, type, payload, metadata).
 fn events(dir: &Path) -> Vec<(String, String, Vec<u8>, Vec<u8>)> {
-    let mut r = annal::Reader::open(dir).expect("reader");
+    let r = annal::Reader::open(dir).expect("reader");
     let view = r.view().expect("view");
     view.read_all(0)
         .map(|rec| {

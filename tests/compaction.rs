@@ -183,7 +183,7 @@ fn compaction_removes_hidden_events_and_every_read_is_unchanged() {
     let before = snapshot(&log.view().unwrap());
     let old_view = log.view().unwrap();
     // A reader in another process reads with the system clock.
-    let mut r = Reader::open(tmp.path()).unwrap();
+    let r = Reader::open(tmp.path()).unwrap();
     let by_reader = snapshot(&r.view().unwrap());
     let bytes_before: u64 = std::fs::read_dir(tmp.path())
         .unwrap()
@@ -294,9 +294,9 @@ fn a_reader_in_another_process_follows_a_compaction() {
     let clock = Arc::new(Mutex::new(1_000_000_000_000u64));
     let log = build(tmp.path(), clock.clone());
     // A reader that opened every sealed segment (unmapped until read).
-    let mut r = Reader::open(tmp.path()).unwrap();
+    let r = Reader::open(tmp.path()).unwrap();
     let expected = snapshot(&r.view().unwrap());
-    let mut idle = Reader::open(tmp.path()).unwrap();
+    let idle = Reader::open(tmp.path()).unwrap();
     let unmapped = idle.view().unwrap();
     let report = log.compact().unwrap();
     assert!(!report.compacted.is_empty());
@@ -315,7 +315,7 @@ fn a_reader_in_another_process_follows_a_compaction() {
     // Once they are gone (after their grace, at an open or a compaction),
     // such a view says the segment was replaced: an error naming it, never
     // other events.
-    let mut late = Reader::open(tmp.path()).unwrap();
+    let late = Reader::open(tmp.path()).unwrap();
     let stale = late.view().unwrap();
     log.set_stream_metadata("keep-1", StreamMetadata::new().max_count(2))
         .unwrap();
@@ -661,7 +661,7 @@ fn readers_racing_a_compaction_never_fault_and_never_differ() {
         .map(|i| {
             let (log, stop, expected, dir) = (log.clone(), stop.clone(), expected.clone(), tmp.path().to_owned());
             std::thread::spawn(move || {
-                let mut reader = Reader::open(&dir).unwrap();
+                let reader = Reader::open(&dir).unwrap();
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 2 {
                     if i == 0 {

@@ -167,7 +167,7 @@ fn check_v1_vector_stays_v1(name: &str) {
     assert_eq!(report.records, all.len() as u64, "{name}: records checked");
 
     // A reader sees the same, and a reopened writer still sees a v1 log.
-    let mut reader = Reader::open(dir).expect("open reader");
+    let reader = Reader::open(dir).expect("open reader");
     assert_eq!(read_events(&reader.view().expect("reader view")), all);
     drop(reader);
     let log = Log::open(dir).expect("reopen");

@@ -117,7 +117,7 @@ impl Follower {
 /// Replay with `Reader` views until the end event: `REPLAY count sum views
 /// full_replays`.
 fn replay(dir: &Path) -> String {
-    let mut reader = Reader::open(dir).expect("child Reader::open");
+    let reader = Reader::open(dir).expect("child Reader::open");
     let mut f = Follower::default();
     let (mut views, mut full) = (0u64, 0u64);
     let start = Instant::now();

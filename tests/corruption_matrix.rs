@@ -855,7 +855,7 @@ fn check_records(got: &[Rec], reference: &[Rec], what: &str) {
 /// Read through `Reader`: Ok(records) if every read succeeded, Err(message)
 /// if something failed (after checking what was returned).
 fn read_reader(dir: &Path, r: &Reference, what: &str) -> Result<Vec<Rec>, String> {
-    let mut reader = annal::Reader::open(dir).map_err(|e| e.to_string())?;
+    let reader = annal::Reader::open(dir).map_err(|e| e.to_string())?;
     let view = reader.view().map_err(|e| e.to_string())?;
     let (got, err) = common::read_until_err(&view, 0);
     check_records(&got, &r.recs, what);

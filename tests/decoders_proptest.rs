@@ -530,7 +530,7 @@ fn log_directories_survive_mutated_files() {
             std::fs::write(tmp.path().join(fname), bytes).expect("write");
         }
         let view = annal::Reader::open(tmp.path())
-            .and_then(|mut r| r.view())
+            .and_then(|r| r.view())
             .expect("valid dir opens");
         let n = view
             .read_all(0)
@@ -669,13 +669,11 @@ fn stream_version_at_u64_max_is_damage_not_a_panic() {
     fuzzing::segment(&seg);
     let dir = common::scratch();
     std::fs::write(dir.path().join("00000000000000000000.seg"), &seg).expect("write");
-    let read = annal::Reader::open(dir.path())
-        .and_then(|mut r| r.view())
-        .and_then(|v| {
-            v.read_all(0)
-                .map(|r| r.map(|r| r.position()))
-                .collect::<annal::Result<Vec<_>>>()
-        });
+    let read = annal::Reader::open(dir.path()).and_then(|r| r.view()).and_then(|v| {
+        v.read_all(0)
+            .map(|r| r.map(|r| r.position()))
+            .collect::<annal::Result<Vec<_>>>()
+    });
     // Without a head file the damaged batch reads as a torn tail: either way
     // none of its records is returned.
     let batch_first = common::u64_at(&seg, off + 16);

@@ -90,7 +90,7 @@ fn expect_opens_then_reads_report(dir: &Path, file: &str, range: std::ops::Range
 
 /// A reader reports the damage too, after returning only undamaged records.
 fn expect_reader_reports(dir: &Path, original: &[Rec], label: &str) {
-    let mut reader = annal::Reader::open(dir).unwrap_or_else(|e| panic!("{label}: reader open: {e}"));
+    let reader = annal::Reader::open(dir).unwrap_or_else(|e| panic!("{label}: reader open: {e}"));
     let (got, err) = match reader.view() {
         Ok(view) => read_until_err(&view, 0),
         Err(e) => (Vec::new(), Some(e)),

@@ -290,7 +290,7 @@ fn symlinks_under_derived_and_temp_names_are_replaced() {
     for (rel, (_, is_link, _)) in tree(&dir) {
         assert!(!is_link || rel == "annal.old", "{rel} is still a symlink");
     }
-    let mut reader = annal::Reader::open(&dir).expect("reader");
+    let reader = annal::Reader::open(&dir).expect("reader");
     assert_eq!(
         common::read_all(&reader.view().expect("view"), 0).expect("read").len(),
         65
@@ -480,7 +480,7 @@ fn stream_names_never_reach_a_path() {
     }
     assert!(snaps >= names.len(), "every stream has a snapshot ({snaps})");
     // And the data is all there, under its names.
-    let mut reader = annal::Reader::open(&dir).expect("reader");
+    let reader = annal::Reader::open(&dir).expect("reader");
     let view = reader.view().expect("view");
     for n in names {
         assert_eq!(view.stream_version(n).expect("version"), Some(2), "{n:?}");

@@ -444,7 +444,7 @@ fn version_1_checkpoints_read_back_through_a_writer_and_a_reader() {
 }
 
 fn reads_back(copy: tempfile::TempDir) {
-    let mut r = Reader::open(copy.path()).expect("reader");
+    let r = Reader::open(copy.path()).expect("reader");
     let view = r.view().expect("view");
     let types: Vec<String> = view
         .read_stream("order-3", 0, Direction::Forward, u64::MAX)

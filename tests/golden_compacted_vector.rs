@@ -763,7 +763,7 @@ fn compacted_log_vector() {
         .collect();
     // 3. annal's readers and check.
     let copy = scratch_copy(&dir);
-    let mut reader = Reader::open(copy.path()).expect("reader");
+    let reader = Reader::open(copy.path()).expect("reader");
     let view = reader.view().expect("view");
     let read: Vec<Event> = view
         .read_all(0)

@@ -2259,7 +2259,7 @@ fn check_reads_back_through_a_reader(fmt: Format) {
         .iter()
         .map(|n| (n.clone(), fs::read(tmp.path().join(n)).expect("read")))
         .collect();
-    let mut reader = Reader::open(tmp.path()).expect("open reader");
+    let reader = Reader::open(tmp.path()).expect("open reader");
     let view = reader.view().expect("reader view");
     assert_eq!(view.segment_count(), 3);
     assert_eq!(view.next_position(), 10);
@@ -2418,7 +2418,7 @@ fn version_1_index_files_are_still_read() {
         }
         let j = load_indexed_json(&fmt);
         {
-            let mut reader = Reader::open(tmp.path()).expect("open reader");
+            let reader = Reader::open(tmp.path()).expect("open reader");
             let view = reader.view().expect("reader view");
             check_reads("reader of version 1 indexes", &view, &j);
         }

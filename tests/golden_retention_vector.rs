@@ -289,7 +289,7 @@ fn retained_log_vector() {
     assert!(rec.position >= got.first_position, "the record survives");
     // 3. annal's readers and check.
     let copy = scratch_copy(&dir);
-    let mut reader = Reader::open(copy.path()).expect("reader");
+    let reader = Reader::open(copy.path()).expect("reader");
     let view = reader.view().expect("view");
     let read: Vec<Event> = view
         .read_all(0)

@@ -1462,7 +1462,7 @@ fn annal_reads_the_v3_vectors_back() {
         let want = expected_events(&j.segment.frames);
         let tmp = copy_vector(name);
         {
-            let mut reader = Reader::open(tmp.path()).expect("open reader");
+            let reader = Reader::open(tmp.path()).expect("open reader");
             let view = reader.view().expect("reader view");
             assert_eq!(read_events(&view).expect("read through reader"), want, "{name}: reader");
             assert_eq!(view.next_position(), want.len() as u64);
@@ -1499,7 +1499,7 @@ fn torn_v3_vector_recovers_as_documented() {
     let tmp = copy_vector("torn");
     let torn_bytes = fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment");
     {
-        let mut reader = Reader::open(tmp.path()).expect("open reader");
+        let reader = Reader::open(tmp.path()).expect("open reader");
         let view = reader.view().expect("reader view");
         assert_eq!(read_events(&view).expect("read through reader"), want);
         // Spec 7: bytes past what it delivers, no writer: not yet recovered,
@@ -1575,7 +1575,7 @@ fn corrupt_v3_vector_is_reported_at_body_crc_and_nothing_removed() {
         "files after a failed open: {:?}",
         file_names(tmp.path())
     );
-    let mut reader = Reader::open(tmp.path()).expect("open reader");
+    let reader = Reader::open(tmp.path()).expect("open reader");
     let err = match reader.view() {
         Err(err) => err,
         Ok(view) => match view.read_all(0).next() {
@@ -1755,7 +1755,7 @@ fn writer_log_across_blocks_and_segments_follows_the_spec() {
             }
         }
         // annal's reader: the same events, ids included.
-        let mut reader = Reader::open(&d).expect("open reader");
+        let reader = Reader::open(&d).expect("open reader");
         let view = reader.view().expect("view");
         let got = read_events(&view).expect("read");
         let want: Vec<EventJson> = events.iter().map(|e| read_event_json(e).event).collect();
@@ -2728,7 +2728,7 @@ fn annal_reads_the_indexed_v3_vector_back() {
         assert_eq!(view.index_damage(), Vec::<String>::new(), "{who}: index damage");
     };
     {
-        let mut reader = Reader::open(tmp.path()).expect("open reader");
+        let reader = Reader::open(tmp.path()).expect("open reader");
         let view = reader.view().expect("view");
         check("reader", &view);
     }

@@ -409,7 +409,7 @@ fn log_copy() -> tempfile::TempDir {
 fn annal_reads_the_sealed_vector_as_the_spec_says() {
     let json = committed_json();
     let tmp = log_copy();
-    let mut reader = Reader::open(tmp.path()).expect("reader");
+    let reader = Reader::open(tmp.path()).expect("reader");
     let view = reader.view().expect("view");
     let got: Vec<_> = view
         .read_all(0)
@@ -481,7 +481,7 @@ fn every_change_of_a_live_sealed_record_is_found_by_the_aead() {
             bad[at] ^= 0x01;
             fix_frame_crcs(&mut bad, at);
             fs::write(tmp.path().join(SEGMENT_FILE), &bad).expect("write");
-            let mut reader = Reader::open(tmp.path()).expect("reader");
+            let reader = Reader::open(tmp.path()).expect("reader");
             let view = reader.view().expect("the frame is well formed: its CRCs were fixed");
             let rec = view.read_all(e.position).next().expect("the record").expect("parses");
             match view.unseal(rec) {

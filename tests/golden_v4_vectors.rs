@@ -1026,7 +1026,7 @@ fn every_bit_of_a_rules_record_is_damage_or_shows_what_the_changed_rules_show() 
                 // reads (they differ only if a changed max_age puts an
                 // event's end of life between the two).
                 let before = system_now();
-                let mut reader = match Reader::open(tmp.path()) {
+                let reader = match Reader::open(tmp.path()) {
                     Ok(r) => r,
                     Err(e) => {
                         failures.push(format!("{what}: open: {e}"));

@@ -1225,7 +1225,7 @@ fn check_simple_reads_back(fmt: Format, name: &str) {
 
     let tmp = copy_vector(&fmt, name);
     // A reader needs no key: readers ignore the chain.
-    let mut reader = Reader::open(tmp.path()).expect("open reader");
+    let reader = Reader::open(tmp.path()).expect("open reader");
     let view = reader.view().expect("reader view");
     assert_eq!(read_events(&view).expect("read through reader"), want);
     assert_eq!(view.next_position(), want.len() as u64);
@@ -1285,7 +1285,7 @@ fn check_torn_recovers(fmt: Format) {
     let tmp = copy_vector(&fmt, "torn");
     let torn_bytes = fs::read(tmp.path().join(SEGMENT_FILE)).expect("read segment");
     {
-        let mut reader = Reader::open(tmp.path()).expect("open reader");
+        let reader = Reader::open(tmp.path()).expect("open reader");
         let view = reader.view().expect("reader view");
         assert_eq!(read_events(&view).expect("read through reader"), want);
     }
@@ -1372,7 +1372,7 @@ fn check_corrupt_is_reported(fmt: Format) {
 
     // A reader fails too: when taking the view (it validates the active segment
     // up to the durable end), or at the latest when reading batch 1.
-    let mut reader = Reader::open(tmp.path()).expect("open reader");
+    let reader = Reader::open(tmp.path()).expect("open reader");
     let err = match reader.view() {
         Err(err) => err,
         Ok(view) => {

@@ -222,7 +222,7 @@ fn mask_changes_across_reopens() {
         check_view(&view, &m, &names, &mut rng, &ctx);
         drop(view);
         log.close().expect("close");
-        let mut reader = Reader::open(dir.path()).expect("reader");
+        let reader = Reader::open(dir.path()).expect("reader");
         let view = reader.view().expect("view");
         check_view(&view, &m, &names, &mut rng, &format!("{ctx} reader"));
     }
@@ -271,7 +271,7 @@ fn a_back_pointer_to_a_colliding_row_never_mixes_streams() {
     annal::fuzzing::fix_blockfile(&mut b);
     std::fs::write(newest, &b).expect("write idx");
 
-    let mut r = Reader::open(dir.path()).expect("reader");
+    let r = Reader::open(dir.path()).expect("reader");
     let view = r.view().expect("view");
     for dir_ in [Direction::Forward, Direction::Backward] {
         let got: Vec<String> = view

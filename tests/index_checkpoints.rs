@@ -105,7 +105,7 @@ fn close_writes_a_checkpoint_and_reopen_reads_through_it() {
     assert_eq!(ck.len(), 2, "{ck:?}");
 
     // A cross-process reader uses the checkpoints as well.
-    let mut r = Reader::open(dir.path()).unwrap();
+    let r = Reader::open(dir.path()).unwrap();
     let view = r.view().unwrap();
     let mut want = expected_stream(120, 3);
     want.push("x".into());
@@ -150,7 +150,7 @@ fn open_reads_no_batch_a_checkpoint_covers() {
     log.close().unwrap();
 
     // So does a reader in another process: it opens without walking it.
-    let mut r = Reader::open(dir.path()).unwrap();
+    let r = Reader::open(dir.path()).unwrap();
     let view = r.view().unwrap();
     assert_eq!(stream_payloads(&view, "s-1"), expected_stream(51, 1));
     assert!(
@@ -405,7 +405,7 @@ fn damaged_checkpoints_never_change_what_is_read() {
         fs::write(dir.path().join(&ck_name), &b).unwrap();
         let label = format!("case {case}");
         // A reader in another process.
-        if let Ok(view) = Reader::open(dir.path()).and_then(|mut r| r.view()) {
+        if let Ok(view) = Reader::open(dir.path()).and_then(|r| r.view()) {
             for s in 0..7 {
                 let got: annal::Result<Vec<String>> = view
                     .read_stream(&format!("s-{s}"), 0, Direction::Forward, u64::MAX)

@@ -404,7 +404,7 @@ fn run_case(b: &Built, case: &Case, seed: u64) -> u64 {
     // 1. A Reader, on the damaged files as they are.
     {
         let ctx = format!("{ctx} [reader]");
-        let mut reader = Reader::open(&dir).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
+        let reader = Reader::open(&dir).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
         let view = reader.view().unwrap_or_else(|e| panic!("{ctx}: view: {e}"));
         // A missing index is rebuilt quietly by a reader (it may be racing
         // the writer's sealer); damaged ones are reported.
@@ -483,7 +483,7 @@ fn run_case(b: &Built, case: &Case, seed: u64) -> u64 {
     //    files (spec 17.4) and read the same.
     {
         let ctx = format!("{ctx} [reader after the writer]");
-        let mut reader = Reader::open(&dir).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
+        let reader = Reader::open(&dir).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
         let view = reader.view().unwrap_or_else(|e| panic!("{ctx}: view: {e}"));
         check_view(&view, &m, names, &mut rng, &ctx);
         assert!(
@@ -734,7 +734,7 @@ fn damage_in_later_blocks_is_found_lazily() {
         let dir = work.path().join("log");
         copy_dir(b.dir.path(), &dir);
         damage(&dir, case);
-        let mut reader = Reader::open(&dir).expect("reader");
+        let reader = Reader::open(&dir).expect("reader");
         let view = reader.view().expect("view");
         let n = view.read_all(0).count() as u64;
         assert_eq!(n, b.model.len(), "{}", case.label);
@@ -775,7 +775,7 @@ fn lazy_table_cases(b: &Built, cases: &[Case]) {
         let mut m = b.model.clone();
         let mut rng = Rng::new(100 + n as u64);
         {
-            let mut reader = Reader::open(&dir).expect("reader");
+            let reader = Reader::open(&dir).expect("reader");
             let view = reader.view().expect("view");
             check_view(&view, &m, &b.names, &mut rng, &format!("{ctx} [reader]"));
         }
@@ -796,7 +796,7 @@ fn lazy_table_cases(b: &Built, cases: &[Case]) {
         drop(view);
         log.close().expect("close");
         let table = std::fs::read(dir.join(STREAM_TABLE_FILE)).expect("table");
-        let mut reader = Reader::open(&dir).expect("reader");
+        let reader = Reader::open(&dir).expect("reader");
         let view = reader.view().expect("view");
         check_view(&view, &m, &b.names, &mut rng, &format!("{ctx} [reader after]"));
         // The damaged table was replaced (the writer rebuilds a table it found
@@ -855,7 +855,7 @@ fn index_file_appearing_under_a_live_read() {
         for (p, _) in &saved {
             std::fs::remove_file(p).expect("remove");
         }
-        let mut reader = Reader::open(&dir).expect("reader");
+        let reader = Reader::open(&dir).expect("reader");
         let view = reader.view().expect("view");
         // Start every read (each takes one record), then let the files appear.
         let mut streams: Vec<(String, _, Vec<model::Ev>)> = Vec::new();

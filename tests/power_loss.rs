@@ -484,7 +484,7 @@ fn check_image(run: &mut Run<'_>, img: &CrashImage) {
             // Only while no segment exists (handled above): NotALog.
             panic!("{label}: Reader::open: {e}");
         }
-        Ok(mut reader) => match reader.view() {
+        Ok(reader) => match reader.view() {
             Err(e) => {
                 // Only while nothing was acknowledged (a first segment torn
                 // while being created); never hiding acknowledged events.

@@ -325,7 +325,7 @@ fn check_view(view: &LogView, want: &Expected, what: &str) {
 }
 
 fn check_reader(dir: &Path, want: &Expected, what: &str) {
-    let mut reader = Reader::open(dir).expect("open reader");
+    let reader = Reader::open(dir).expect("open reader");
     let view = reader.view().expect("reader view");
     check_view(&view, want, what);
 }
@@ -568,7 +568,7 @@ fn damage_is_reported_by_every_rebuild() {
         }
     }
     assert!(hit);
-    let mut reader = Reader::open(dir.path()).expect("open reader");
+    let reader = Reader::open(dir.path()).expect("open reader");
     let view = reader.view().expect("view");
     assert!(view.segment_count() > 2);
     let is_corrupt = |r: annal::Result<_>| matches!(r, Err(annal::Error::Corrupt { .. }));

@@ -75,7 +75,7 @@ fn expect_reader_error(dir: &Path, seg: &Path, range: std::ops::Range<u64>, labe
     // (With them, a batch they cover is validated when read, as a sealed
     // segment's: tests/index_checkpoints.rs.)
     common::remove_checkpoints(dir);
-    let mut reader = Reader::open(dir).expect("reader");
+    let reader = Reader::open(dir).expect("reader");
     let err = match reader.view() {
         Err(e) => e,
         Ok(view) => match read_all(&view, 0) {

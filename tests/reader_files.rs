@@ -37,7 +37,7 @@ fn read_everything(dir: &Path, label: &str) {
         Error::NotALog { .. } | Error::UnsupportedVersion { .. } => {}
         other => panic!("{label}: unexpected error {other}"),
     };
-    let mut reader = match Reader::open(dir) {
+    let reader = match Reader::open(dir) {
         Ok(r) => r,
         Err(e) => return check(e),
     };
@@ -110,7 +110,7 @@ fn a_sealed_segment_shorter_than_a_header_and_a_seal_is_corrupt() {
 fn a_special_file_in_an_index_place_is_damage_read_around() {
     let log = build();
     let want: Vec<u64> = {
-        let mut reader = Reader::open(log.path()).expect("reader");
+        let reader = Reader::open(log.path()).expect("reader");
         let view = reader.view().expect("view");
         view.read_stream("s-0", 0, Direction::Forward, u64::MAX)
             .map(|r| r.map(|r| r.position()))
@@ -132,7 +132,7 @@ fn a_special_file_in_an_index_place_is_damage_read_around() {
                 assert!(st.success(), "mkfifo");
             }
         }
-        let mut reader = Reader::open(dir.path()).expect("reader");
+        let reader = Reader::open(dir.path()).expect("reader");
         let view = reader.view().expect("view");
         let got: Vec<u64> = view
             .read_stream("s-0", 0, Direction::Forward, u64::MAX)

@@ -41,7 +41,7 @@ fn append_singles(log: &Log, from: u64, n: u64, payload: usize) {
 /// position and the reads it took.
 fn open_and_read_one(dir: &Path) -> (u64, u64) {
     let before = reader_preads();
-    let mut reader = Reader::open(dir).expect("reader");
+    let reader = Reader::open(dir).expect("reader");
     let view = reader.view().expect("view");
     let first = view.read_all(0).next().expect("an event").expect("read");
     assert_eq!(first.position(), 0);
@@ -71,7 +71,7 @@ fn opening_reads_the_active_segment_in_chunks_not_per_frame() {
     );
 
     // The same reader sees the same log: a second view reads nothing new.
-    let mut reader = Reader::open(dir.path()).expect("reader");
+    let reader = Reader::open(dir.path()).expect("reader");
     reader.view().expect("view");
     let before = reader_preads();
     let view = reader.view().expect("view again");
@@ -86,7 +86,7 @@ fn a_refresh_reads_only_the_new_bytes_in_chunks() {
     let log = Log::open(dir.path()).expect("open");
     append_singles(&log, 0, 1_000, 200);
     log.sync().expect("sync");
-    let mut reader = Reader::open(dir.path()).expect("reader");
+    let reader = Reader::open(dir.path()).expect("reader");
     let first = reader.view().expect("view");
     assert_eq!(first.next_position(), 1_000);
     let old = first.len_bytes();
@@ -138,7 +138,7 @@ fn frames_larger_than_a_chunk_are_read_whole_between_small_ones() {
         "{reads} reads for a {len}-byte active segment (bound {bound})"
     );
 
-    let mut reader = Reader::open(dir.path()).expect("reader");
+    let reader = Reader::open(dir.path()).expect("reader");
     let view = reader.view().expect("view");
     let big: Vec<usize> = view
         .read_stream("big", 0, annal::Direction::Forward, u64::MAX)

@@ -205,7 +205,7 @@ fn follow(mode: &str, max_batches: u32, millis: u64, kill_after: Option<Duration
     );
     assert_eq!(child.line(Duration::from_secs(30)).as_deref(), Some("READY"));
 
-    let mut reader = Reader::open(dir.path()).expect("Reader::open");
+    let reader = Reader::open(dir.path()).expect("Reader::open");
     let mut seen = Seen::default();
     let mut acks: Vec<(u32, u64, u64)> = Vec::new();
     let mut done: Option<(u32, u64)> = None;

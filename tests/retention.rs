@@ -209,7 +209,7 @@ fn size_retention_removes_the_oldest_sealed_segments_never_the_active_one() {
     let model: Vec<Ev> = model.into_iter().chain(more).collect();
     let log = Log::open_with(dir.path(), opts()).expect("reopen");
     assert_reads(&log.view().expect("view"), &model, first_of(dir.path()));
-    let mut reader = Reader::open(dir.path()).expect("reader");
+    let reader = Reader::open(dir.path()).expect("reader");
     assert_reads(&reader.view().expect("reader view"), &model, first_of(dir.path()));
     log.close().expect("close");
     let rep = assert_check_clean(dir.path());
@@ -305,7 +305,7 @@ fn a_reader_view_taken_before_retention_keeps_reading_it() {
     let dir = scratch();
     let log = Log::open_with(dir.path(), opts()).expect("open");
     let model = fill(&log, 150, 0);
-    let mut reader = Reader::open(dir.path()).expect("reader");
+    let reader = Reader::open(dir.path()).expect("reader");
     let old = reader.view().expect("view");
     // Read it once (the mappings are made).
     assert_reads(&old, &model, 0);
@@ -632,7 +632,7 @@ fn a_crash_at_any_step_of_retention_leaves_a_log_that_opens_and_reads() {
         let first = first_of(image.path());
         assert!(first == 0 || first <= final_first, "cut {cut}: first {first}");
         // A reader before any writer: a suffix of the events.
-        let mut reader = Reader::open(image.path()).expect("reader");
+        let reader = Reader::open(image.path()).expect("reader");
         let view = reader.view().unwrap_or_else(|e| panic!("cut {cut}: reader: {e}"));
         let seen = user(common::read_all(&view, 0).expect("read"));
         let want: Vec<Ev> = model.iter().filter(|e| e.0 >= first).cloned().collect();
@@ -690,7 +690,7 @@ fn readers_racing_retention_see_no_fault_and_no_wrong_event() {
     let reader = {
         let (dir, stop) = (dir.path().to_owned(), stop.clone());
         std::thread::spawn(move || {
-            let mut r = Reader::open(&dir).expect("reader");
+            let r = Reader::open(&dir).expect("reader");
             let (mut views, mut removed_under) = (0u64, 0u64);
             while !stop.load(Ordering::SeqCst) {
                 let view = r.view().unwrap_or_else(|e| panic!("view: {e}"));
@@ -865,7 +865,7 @@ fn child_reader_across_retention() {
         }
         (n, sum, first)
     };
-    let mut reader = Reader::open(&dir).expect("reader");
+    let reader = Reader::open(&dir).expect("reader");
     let view = reader.view().expect("view");
     let before = digest(&view);
     support::child_say(&format!("READ {} {} {}", before.0, before.1, before.2));

@@ -208,7 +208,7 @@ fn verify(log: &Log, dir: &Path, model: &mut [Model], k: u64) {
     );
     assert_eq!(tail, got[k as usize..], "read_all({k})");
 
-    let mut reader = annal::Reader::open(dir).expect("Reader::open");
+    let reader = annal::Reader::open(dir).expect("Reader::open");
     let rview = reader.view().expect("Reader::view");
     let rgot: Vec<Rec> = read_all(&rview, 0).expect("Reader read_all(0)");
     assert_eq!(rgot, got, "Reader sees what the writer sees");

@@ -38,7 +38,7 @@ fn build() -> (tempfile::TempDir, Vec<Rec>) {
         i += 1;
     }
     log.close().expect("close");
-    let mut reader = annal::Reader::open(src.path()).expect("reader");
+    let reader = annal::Reader::open(src.path()).expect("reader");
     let original = common::read_all(&reader.view().expect("view"), 0).expect("read");
     (src, original)
 }
@@ -77,7 +77,7 @@ fn every_flipped_bit_in_a_sealed_segment_is_reported() {
         common::edit(&copy.path().join(&first), |b| b[off as usize] ^= 1 << bit);
 
         // Read-only, through Reader.
-        let reported = match annal::Reader::open(copy.path()).and_then(|mut r| r.view()) {
+        let reported = match annal::Reader::open(copy.path()).and_then(|r| r.view()) {
             Err(e) => Some(e),
             Ok(view) => {
                 let (got, err) = read_until_err(&view, 0);

@@ -635,7 +635,7 @@ fn run(ops: &[Op]) -> u64 {
                 log.take().unwrap().close().unwrap();
                 // Another process, whose clock is the system's: nothing is
                 // hidden by age there (see STEP).
-                let mut r = Reader::open(dir.path()).unwrap();
+                let r = Reader::open(dir.path()).unwrap();
                 check_view(&r.view().unwrap(), &m, start, &format!("{ctx} (reader)"));
                 log = Some(Log::open_with(dir.path(), opts.clone()).unwrap());
             }

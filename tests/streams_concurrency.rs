@@ -396,7 +396,7 @@ fn run(durability: Durability, batches: usize) {
 }
 
 fn check_after_reopen(dir: &Path, acked: &Acked, opts: Options) {
-    let mut reader = Reader::open(dir).expect("reader");
+    let reader = Reader::open(dir).expect("reader");
     check_final(&reader.view().expect("view"), acked, "after close, reader");
     let log = Log::open_with(dir, opts).expect("reopen");
     assert!(

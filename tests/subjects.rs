@@ -75,7 +75,7 @@ fn sealed_events_round_trip_and_read_as_erased_after_erasure() {
     assert_eq!(opened[3].payload(), b"bob@example.com");
 
     // A reader that loaded the keys before the erasure.
-    let mut early = Reader::open(dir.path()).unwrap();
+    let early = Reader::open(dir.path()).unwrap();
     let ev0 = early.view().unwrap();
     let first = ev0.read_all(0).next().unwrap().unwrap();
     assert_eq!(ev0.unseal(first).unwrap().payload(), b"ann@example.com");
@@ -89,7 +89,7 @@ fn sealed_events_round_trip_and_read_as_erased_after_erasure() {
     assert_eq!(log.erase_subject("ann").unwrap(), None, "erased already");
     // The same view, and a new one, and a reader in "another process".
     let view2 = log.view().unwrap();
-    let mut reader = Reader::open(dir.path()).unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
     let rview = reader.view().unwrap();
     for v in [&view, &view2, &rview] {
         let got: Vec<_> = v.read_all(0).map(|r| v.unseal(r.unwrap()).unwrap()).collect();
@@ -219,7 +219,7 @@ fn a_master_key_wraps_the_key_file_and_readers_need_it() {
     .unwrap_err();
     assert!(e.to_string().contains("annal.keys"), "{e}");
     // A reader without it: an error naming the key file, never "erased".
-    let mut r = Reader::open(dir.path()).unwrap();
+    let r = Reader::open(dir.path()).unwrap();
     let v = r.view().unwrap();
     let rec = v.read_all(0).next().unwrap().unwrap();
     let e = v.unseal(rec).unwrap_err();
@@ -261,7 +261,7 @@ fn lost_keys_are_damage_never_erasure() {
         .find(|&at| full[at + 16] == 2 && full[at + 4] == 1)
         .unwrap();
     std::fs::write(&keys, &full[..second]).unwrap();
-    let mut r = Reader::open(dir.path()).unwrap();
+    let r = Reader::open(dir.path()).unwrap();
     let v = r.view().unwrap();
     let recs: Vec<_> = v.read_all(0).map(|r| r.unwrap()).collect();
     assert_eq!(v.unseal(recs[0]).unwrap().payload(), b"a");

@@ -435,7 +435,7 @@ fn a_log_missing_its_first_segment_is_refused() {
     }
     assert_eq!(listing(dir.path()), before, "nothing was modified");
     // As the reader does.
-    let mut reader = annal::Reader::open(dir.path()).expect("reader");
+    let reader = annal::Reader::open(dir.path()).expect("reader");
     assert!(reader.view().is_err());
 }
 

@@ -92,7 +92,7 @@ fn child_process() {
             child_say("RELEASED");
         }
         // Read the log without the lock; report the number of records.
-        "read" => match Reader::open(dir).and_then(|mut r| r.view()) {
+        "read" => match Reader::open(dir).and_then(|r| r.view()) {
             Ok(view) => {
                 let recs = read_view(&view, 0);
                 assert_contiguous(&recs);
@@ -268,7 +268,7 @@ fn readers_need_no_lock() {
     append_n(&log, "r", 300);
 
     // In this process.
-    let mut reader = Reader::open(dir.path()).expect("Reader::open while the writer holds the lock");
+    let reader = Reader::open(dir.path()).expect("Reader::open while the writer holds the lock");
     let view = reader.view().expect("view");
     let recs = read_view(&view, 0);
     assert_contiguous(&recs);

@@ -84,7 +84,7 @@ pub(super) fn check_hidden(dir: &Path, opts: &CheckOptions, report: &mut CheckRe
             ));
         }
     };
-    let view = match Reader::open(dir).and_then(|mut r| r.view()) {
+    let view = match Reader::open(dir).and_then(|r| r.view()) {
         Ok(v) => v,
         Err(e) => return not_evaluated(report, e),
     };

@@ -169,7 +169,7 @@ use scan::scan;
 /// use annal::{CheckOptions, EventData, ExpectedVersion, Log, Options};
 /// let dir = tempfile::tempdir().unwrap();
 /// let log = Log::open(dir.path())?;
-/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
+/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}")])?;
 /// log.close()?;
 /// let report = annal::check(dir.path(), CheckOptions::default())?;
 /// assert!(report.is_ok(), "{:?}", report.problems);

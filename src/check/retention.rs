@@ -62,7 +62,7 @@ pub(super) fn facts(dir: &Path, outs: &[SegOut], with_records: bool) -> Facts {
     if !with_records {
         return f;
     }
-    let view = match Reader::open(dir).and_then(|mut r| r.view()) {
+    let view = match Reader::open(dir).and_then(|r| r.view()) {
         Ok(v) => v,
         Err(e) => {
             f.unread = Some(e.to_string());

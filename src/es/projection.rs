@@ -101,7 +101,7 @@ use crate::types::Direction;
 /// let log = Log::open(dir.path())?;
 /// for i in 0..100u32 {
 ///     let ty = if i % 4 == 0 { "Shipped" } else { "Placed" };
-///     log.append(&format!("order-{}", i % 7), ExpectedVersion::Any, &[EventData::new(ty, b"{}".as_slice())])?;
+///     log.append(&format!("order-{}", i % 7), ExpectedVersion::Any, &[EventData::new(ty, b"{}")])?;
 /// }
 /// let view = log.view()?;
 /// let counts = view.rebuild(&CountByType)?;

@@ -28,8 +28,8 @@ use crate::format::{
 ///
 /// ```
 /// use annal::EventData;
-/// let e = EventData::new("OrderPlaced", br#"{"total":42}"#.as_slice())
-///     .with_metadata(br#"{"user":"ann"}"#.as_slice())
+/// let e = EventData::new("OrderPlaced", br#"{"total":42}"#)
+///     .with_metadata(br#"{"user":"ann"}"#)
 ///     .with_schema_version(2);
 /// assert_eq!(e.event_type, "OrderPlaced");
 /// ```
@@ -167,7 +167,7 @@ impl<'a> EventData<'a> {
     ///
     /// ```
     /// use annal::EventData;
-    /// let e = EventData::new("EmailChanged", br#"{"email":"ann@example.com"}"#.as_slice())
+    /// let e = EventData::new("EmailChanged", br#"{"email":"ann@example.com"}"#)
     ///     .with_subject("customer-42");
     /// assert_eq!(e.subject.as_deref(), Some("customer-42"));
     /// ```

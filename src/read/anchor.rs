@@ -46,7 +46,7 @@ pub struct ChainHead {
 /// use annal::{EventData, ExpectedVersion, Log, Options};
 /// let dir = tempfile::tempdir().unwrap();
 /// let log = Log::open(dir.path())?;
-/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
+/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}")])?;
 /// log.sync()?;
 /// let anchor = annal::head_anchor(dir.path())?.expect("new logs carry the chain");
 /// assert_eq!(anchor.position, 1);

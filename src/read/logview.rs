@@ -136,7 +136,7 @@ impl ViewSegment {
 /// use annal::{EventData, ExpectedVersion, Log, Options};
 /// let dir = tempfile::tempdir().unwrap();
 /// let log = Log::open(dir.path())?;
-/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".as_slice())])?;
+/// log.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}")])?;
 /// let view = log.view()?;
 /// for rec in view.read_all(0) {
 ///     let rec = rec?;

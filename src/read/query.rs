@@ -77,7 +77,7 @@ impl LogView {
     /// let log = Log::open_with(dir.path(), opts)?;
     /// for t in [1_000, 2_000, 3_000] {
     ///     now.store(t, Ordering::SeqCst);
-    ///     log.append("s-1", ExpectedVersion::Any, &[EventData::new("E", b"".as_slice())])?;
+    ///     log.append("s-1", ExpectedVersion::Any, &[EventData::new("E", b"")])?;
     /// }
     /// let view = log.view()?;
     /// assert_eq!(view.position_at_time(2_500)?, 2);

@@ -38,8 +38,19 @@ const HEAD_SEGMENT_BASE_AT: u64 = offset_of!(HeadSlot, segment_base) as u64;
 /// what the writer has made visible (with `Durability::Fsync`, only what is
 /// durable), validates the new bytes of the active segment by copying them,
 /// and maps only what it validated.
+///
+/// A `Reader` is `Send + Sync`: [`Reader::view`] takes `&self` (the reader's
+/// state is behind a mutex, held while a view is taken), so one reader may be
+/// shared by threads or kept in a service's state.
 #[derive(Debug)]
 pub struct Reader {
+    dir: PathBuf,
+    state: std::sync::Mutex<State>,
+}
+
+/// What a [`Reader`] keeps between views.
+#[derive(Debug)]
+struct State {
     dir: PathBuf,
     sealed: Vec<ViewSegment>,
     /// Next position after the sealed segments.
@@ -112,15 +123,24 @@ impl Reader {
                 detail: "it holds no segment files (*.seg)".into(),
             });
         }
-        Ok(Reader {
+        let state = State {
             sealed: Vec::new(),
             sealed_next: 0,
             active: None,
             max_mapped: max_mapped(),
             keys: Arc::new(KeyRing::reader(&dir, None)),
             compaction_from: 0,
+            dir: dir.clone(),
+        };
+        Ok(Reader {
             dir,
+            state: std::sync::Mutex::new(state),
         })
+    }
+
+    /// The state, whatever a panicking holder left.
+    fn state(&mut self) -> &mut State {
+        self.state.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Unseal the events of subjects (spec 22) with the data keys of a key
@@ -128,7 +148,8 @@ impl Reader {
     /// [`Options::master_key`](crate::Options::master_key)). Without it, a
     /// wrapped key file is an error when a view first unseals a record.
     pub fn master_key(&mut self, key: MasterKey) -> &mut Self {
-        self.keys = Arc::new(KeyRing::reader(&self.dir, Some(key)));
+        let keys = Arc::new(KeyRing::reader(&self.dir, Some(key)));
+        self.state().keys = keys;
         self
     }
 
@@ -144,11 +165,7 @@ impl Reader {
     /// tests.
     #[doc(hidden)]
     pub fn set_max_mapped_segments(&mut self, n: usize) {
-        self.max_mapped = n;
-    }
-
-    fn trim_mappings(&mut self) {
-        trim_mappings(&mut self.sealed, self.max_mapped);
+        self.state().max_mapped = n;
     }
 
     /// Refresh and return a view of everything currently visible.
@@ -183,7 +200,18 @@ impl Reader {
     /// 3.9); otherwise the view is [`Error::Corrupt`] naming the missing
     /// first segment (unless the view is not yet recovered, when the record
     /// may lie past what it can vouch for).
-    pub fn view(&mut self) -> Result<LogView> {
+    pub fn view(&self) -> Result<LogView> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).view()
+    }
+}
+
+impl State {
+    fn trim_mappings(&mut self) {
+        trim_mappings(&mut self.sealed, self.max_mapped);
+    }
+
+    /// See [`Reader::view`].
+    fn view(&mut self) -> Result<LogView> {
         let view = self.view_following()?;
         if view.unrecovered.is_some() || crate::read::front::check_front(&view, &self.dir).is_ok() {
             return Ok(view);

@@ -22,7 +22,7 @@ use crate::index::{Index, NO_ROW, NO_SEGMENT, StreamInfo};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch};
 use crate::read::logview::{LogView, ViewSegment};
 use crate::read::rules::Visible;
-use crate::types::Direction;
+use crate::types::{Direction, StreamPosition};
 
 /// One segment holding a stream, with the index the row was read from: entry
 /// numbers are only meaningful within that index, so a read keeps using it.
@@ -209,13 +209,13 @@ impl LogView {
         Ok((links, cut))
     }
 
-    /// Read the events of one stream: from version `from_version` on
-    /// (`Forward`) or down (`Backward`; pass `u64::MAX` for the newest), at
-    /// most `max_count` of them.
+    /// Read the events of one stream: from `from` (a version, or
+    /// [`StreamPosition::Start`] / [`StreamPosition::End`]) on (`Forward`)
+    /// or down (`Backward`), at most `max_count` of them.
     ///
     /// ```
     /// # fn main() -> annal::Result<()> {
-    /// use annal::{Direction, EventData, ExpectedVersion, Log, Options};
+    /// use annal::{Direction, EventData, ExpectedVersion, Log, StreamPosition};
     /// let dir = tempfile::tempdir().unwrap();
     /// let log = Log::open(dir.path())?;
     /// for i in 0..5u8 {
@@ -224,13 +224,20 @@ impl LogView {
     /// }
     /// let view = log.view()?;
     /// let newest_two: Vec<u64> = view
-    ///     .read_stream("order-1", u64::MAX, Direction::Backward, 2)
+    ///     .read_stream("order-1", StreamPosition::End, Direction::Backward, 2)
     ///     .map(|r| r.map(|r| r.stream_version()))
     ///     .collect::<annal::Result<_>>()?;
     /// assert_eq!(newest_two, [4, 3]);
     /// # Ok(()) }
     /// ```
-    pub fn read_stream(&self, stream: &str, from_version: u64, dir: Direction, max_count: u64) -> ReadStream<'_> {
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: impl Into<StreamPosition>,
+        dir: Direction,
+        max_count: u64,
+    ) -> ReadStream<'_> {
+        let from_version = from.into().version();
         let cold = self.prefetch_rows(stream);
         if !self.has_rules() || is_system_stream(stream) {
             return self.stream_reader(stream, from_version, dir, max_count, cold, None);

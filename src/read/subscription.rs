@@ -40,12 +40,12 @@
 //! use annal::{EventData, ExpectedVersion, Log, Options};
 //! let dir = tempfile::tempdir().unwrap();
 //! let log = Log::open(dir.path())?;
-//! log.append("order-1", ExpectedVersion::Any, &[EventData::new("Placed", b"{}".as_slice())])?;
+//! log.append("order-1", ExpectedVersion::Any, &[EventData::new("Placed", b"{}")])?;
 //! let mut sub = log.subscribe_category("order", 0);
 //! let first = sub.next_timeout(Duration::from_secs(1))?.expect("caught up");
 //! assert_eq!((first.position, first.stream.as_str()), (0, "order-1"));
 //! assert!(sub.try_next()?.is_none(), "nothing new yet");
-//! log.append("order-2", ExpectedVersion::Any, &[EventData::new("Placed", b"{}".as_slice())])?;
+//! log.append("order-2", ExpectedVersion::Any, &[EventData::new("Placed", b"{}")])?;
 //! let live = sub.next_timeout(Duration::from_secs(1))?.expect("live");
 //! assert_eq!(live.position, 1);
 //! # Ok(()) }

@@ -27,7 +27,7 @@ use crate::read::logview::LogView;
 /// # let dir = tempfile::tempdir().unwrap();
 /// use annal::{EventData, ExpectedVersion, Log, Options};
 /// let log = Log::open(dir.path())?;
-/// let ev = EventData::new("EmailChanged", b"ann@example.com".as_slice()).with_subject("customer-42");
+/// let ev = EventData::new("EmailChanged", b"ann@example.com").with_subject("customer-42");
 /// log.append("customer-42", ExpectedVersion::Any, &[ev])?;
 /// let view = log.view()?;
 /// let rec = view.read_stream("customer-42", 0, annal::Direction::Forward, 1).next().unwrap()?;

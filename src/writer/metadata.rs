@@ -173,13 +173,13 @@ impl Log {
     /// use annal::{Direction, Error, EventData, ExpectedVersion, Log, Options};
     /// let dir = tempfile::tempdir().unwrap();
     /// let log = Log::open(dir.path())?;
-    /// log.append("cart-1", ExpectedVersion::NoStream, &[EventData::new("Added", b"{}".as_slice())])?;
+    /// log.append("cart-1", ExpectedVersion::NoStream, &[EventData::new("Added", b"{}")])?;
     /// log.delete_stream("cart-1", ExpectedVersion::Exact(0))?;
     /// let view = log.view()?;
     /// let first = view.read_stream("cart-1", 0, Direction::Forward, 10).next();
     /// assert!(matches!(first, Some(Err(Error::StreamDeleted { tombstoned: false, .. }))));
     /// // A new life, at the next version:
-    /// let r = log.append("cart-1", ExpectedVersion::NoStream, &[EventData::new("Added", b"{}".as_slice())])?;
+    /// let r = log.append("cart-1", ExpectedVersion::NoStream, &[EventData::new("Added", b"{}")])?;
     /// assert_eq!(r.stream_version, 1);
     /// # Ok(()) }
     /// ```

@@ -105,11 +105,11 @@ pub use retention_rule::{Retention, RetentionReport};
 /// let dir = tempfile::tempdir().unwrap();
 /// let log = Log::open(dir.path())?;
 /// let r = log.append("order-42", ExpectedVersion::NoStream, &[
-///     EventData::new("OrderPlaced", br#"{"total":10}"#.as_slice()),
-///     EventData::new("ItemAdded", br#"{"sku":"A"}"#.as_slice()),
+///     EventData::new("OrderPlaced", br#"{"total":10}"#),
+///     EventData::new("ItemAdded", br#"{"sku":"A"}"#),
 /// ])?;
 /// assert_eq!((r.first_position, r.stream_version), (0, 1));
-/// let again = log.append("order-42", ExpectedVersion::Exact(0), &[EventData::new("X", b"".as_slice())]);
+/// let again = log.append("order-42", ExpectedVersion::Exact(0), &[EventData::new("X", b"")]);
 /// assert!(matches!(again, Err(annal::Error::WrongExpectedVersion { actual: Some(1), .. })));
 /// log.close()?;
 /// # Ok(()) }
@@ -325,7 +325,7 @@ impl Log {
     /// let dir = tempfile::tempdir().unwrap();
     /// let log = Log::open(dir.path())?;
     /// let id = Uuid::from_u128(7);
-    /// let batch = [EventData::new("Paid", b"{}".as_slice()).with_id(id)];
+    /// let batch = [EventData::new("Paid", b"{}").with_id(id)];
     /// let first = log.append("order-9", ExpectedVersion::NoStream, &batch)?;
     /// let retry = log.append("order-9", ExpectedVersion::NoStream, &batch)?;
     /// assert_eq!(first, retry);

@@ -84,7 +84,7 @@ pub fn read_until_err(view: &LogView, from: u64) -> (Vec<Rec>, Option<annal::Err
 
 /// Read a whole log through `annal::Reader` (no lock).
 pub fn read_with_reader(dir: &Path) -> annal::Result<Vec<Rec>> {
-    let mut reader = annal::Reader::open(dir)?;
+    let reader = annal::Reader::open(dir)?;
     let view = reader.view()?;
     read_all(&view, 0)
 }

@@ -547,7 +547,7 @@ pub fn check_view(view: &LogView, m: &Model, names: &[String], rng: &mut Rng, ct
 
 /// `check_view` through a fresh `Reader` (no lock).
 pub fn check_reader(dir: &Path, m: &Model, names: &[String], rng: &mut Rng, ctx: &str) -> Vec<String> {
-    let mut reader = Reader::open(dir).unwrap_or_else(|e| panic!("{ctx}: Reader::open: {e}"));
+    let reader = Reader::open(dir).unwrap_or_else(|e| panic!("{ctx}: Reader::open: {e}"));
     let view = reader.view().unwrap_or_else(|e| panic!("{ctx}: Reader::view: {e}"));
     check_view(&view, m, names, rng, &format!("{ctx} [reader]"));
     view.index_damage()

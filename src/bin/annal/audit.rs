@@ -160,7 +160,7 @@ pub struct AnchorArgs {
 pub fn anchor(a: &AnchorArgs) -> CmdResult {
     // The anchor names the chain as far as it is recorded; say so if the log
     // holds events past what a reader can vouch for (spec 7).
-    if let Ok(mut reader) = annal::Reader::open(&a.dir)
+    if let Ok(reader) = annal::Reader::open(&a.dir)
         && let Ok(view) = reader.view()
     {
         crate::read::warn_unrecovered(&view);

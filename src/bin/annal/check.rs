@@ -141,7 +141,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         None
     } else {
         annal::Reader::open(&args.dir)
-            .and_then(|mut r| r.view())
+            .and_then(|r| r.view())
             .ok()
             .and_then(|v| v.unrecovered().cloned())
     };

@@ -152,7 +152,7 @@ fn write_record(out: &mut impl Write, view: &annal::LogView, rec: &RecordRef<'_>
 
 /// Run `annal read`.
 pub fn read(a: &ReadArgs) -> CmdResult {
-    let mut reader = open(&a.dir, &a.master)?;
+    let reader = open(&a.dir, &a.master)?;
     let view = reader.view()?;
     warn_unrecovered(&view);
     let limit = a.limit.unwrap_or(u64::MAX);
@@ -237,7 +237,7 @@ pub struct TailArgs {
 
 /// Run `annal tail`: poll the reader from the last position seen.
 pub fn tail(a: &TailArgs) -> CmdResult {
-    let mut reader = open(&a.dir, &a.master)?;
+    let reader = open(&a.dir, &a.master)?;
     let (mut next, min_version) = match (&a.stream, a.from) {
         (Some(_), v) => (0, v),
         (None, Some(p)) => (p, None),
@@ -298,7 +298,7 @@ pub struct StatsArgs {
 
 /// Run `annal stats`.
 pub fn stats(a: &StatsArgs) -> CmdResult {
-    let mut reader = open(&a.dir, &a.master)?;
+    let reader = open(&a.dir, &a.master)?;
     let view = reader.view()?;
     warn_unrecovered(&view);
     let mut streams: HashMap<String, u64> = HashMap::new();
