@@ -18,74 +18,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use annal::io::{Io, IoFile, StdIo};
 use annal::{Durability, EventData, ExpectedVersion, Log, Options};
-use common::{Figure, Sync};
+use common::{CountingIo, Figure, Sync};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 const PAYLOAD: usize = 256;
-
-/// [`StdIo`] that counts fsyncs of files (not of the directory).
-#[derive(Debug, Default)]
-struct CountingIo {
-    syncs: Arc<AtomicU64>,
-}
-
-#[derive(Debug)]
-struct CountingFile {
-    inner: Box<dyn IoFile>,
-    syncs: Arc<AtomicU64>,
-}
-
-impl Io for CountingIo {
-    fn create(&self, path: &Path) -> std::io::Result<Box<dyn IoFile>> {
-        let inner = StdIo.create(path)?;
-        Ok(Box::new(CountingFile {
-            inner,
-            syncs: self.syncs.clone(),
-        }))
-    }
-
-    fn open(&self, path: &Path) -> std::io::Result<Box<dyn IoFile>> {
-        let inner = StdIo.open(path)?;
-        Ok(Box::new(CountingFile {
-            inner,
-            syncs: self.syncs.clone(),
-        }))
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdIo.rename(from, to)
-    }
-
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        StdIo.remove(path)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdIo.sync_dir(dir)
-    }
-}
-
-impl IoFile for CountingFile {
-    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
-        self.inner.write_at(offset, buf)
-    }
-
-    fn sync(&self) -> std::io::Result<()> {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.inner.sync()
-    }
-
-    fn truncate(&self, len: u64) -> std::io::Result<()> {
-        self.inner.truncate(len)
-    }
-}
 
 /// Run `iters` calls of `one(thread)` on `threads` threads that start
 /// together and take calls from a shared counter until all are done (so no

@@ -8,9 +8,13 @@
 //! every bench runs once quickly.
 #![allow(dead_code)] // each bench uses part of this module
 
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use annal::io::{Io, IoFile, StdIo};
 use criterion::Criterion;
 use rusqlite::Connection;
 
@@ -426,5 +430,62 @@ pub fn remove_checkpoints(dir: &Path) {
         if p.extension().is_some_and(|x| x == "ckpt") {
             std::fs::remove_file(&p).expect("remove checkpoint");
         }
+    }
+}
+
+/// [`StdIo`] that counts fsyncs of files (not of the directory).
+#[derive(Debug, Default)]
+pub struct CountingIo {
+    pub syncs: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+pub struct CountingFile {
+    inner: Box<dyn IoFile>,
+    syncs: Arc<AtomicU64>,
+}
+
+impl Io for CountingIo {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        let inner = StdIo.create(path)?;
+        Ok(Box::new(CountingFile {
+            inner,
+            syncs: self.syncs.clone(),
+        }))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        let inner = StdIo.open(path)?;
+        Ok(Box::new(CountingFile {
+            inner,
+            syncs: self.syncs.clone(),
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdIo.rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        StdIo.remove(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdIo.sync_dir(dir)
+    }
+}
+
+impl IoFile for CountingFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_at(offset, buf)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.inner.sync()
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.inner.truncate(len)
     }
 }
