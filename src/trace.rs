@@ -11,10 +11,11 @@
 //!
 //! * `span!(LEVEL, "name", field = value, later = Empty, ...)`: a span,
 //!   entered until the value returned drops (bind it to `_span`). Fields
-//!   known only later are declared with [`Empty`] and filled with
+//!   known only later are declared with `Empty` and filled with
 //!   `record!`.
 //! * `record!(span, field = value, ...)`: fill fields of a span (or of
-//!   `::tracing::Span::current()`).
+//!   `::tracing::Span::current()`); the values are not computed for a span
+//!   no subscriber wants.
 //! * `event!(LEVEL, field = value, ..., "message")`: an event.
 //! * `value!(expr)`: `expr` when on, `()` when off: a value kept only for a
 //!   later `record!` (bind it to a name starting with `_`).
@@ -47,12 +48,15 @@ macro_rules! span {
     };
 }
 
-/// Fill fields of a span declared with [`Empty`].
+/// Fill fields of a span declared with `Empty`.
 #[cfg(feature = "tracing")]
 macro_rules! record {
     ($span:expr, $($field:ident = $value:expr),+ $(,)?) => {{
         let span = &$span;
-        $(span.record(stringify!($field), $value);)+
+        // A span no subscriber wants: its values are not computed.
+        if !span.is_disabled() {
+            $(span.record(stringify!($field), $value);)+
+        }
     }};
 }
 

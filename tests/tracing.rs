@@ -343,7 +343,7 @@ fn a_missing_index_file_gives_a_rewrite_event_at_open() {
     fs::remove_file(&idx0).expect("remove the index");
 
     let log = Log::open(dir.path()).expect("reopen");
-    assert_eq!(log.recovery().rebuilt_indexes, [idx0.clone()]);
+    assert_eq!(log.recovery().rebuilt_indexes, std::slice::from_ref(&idx0));
     log.close().expect("close");
     let evs = events(dir.path(), "rewrote an index file");
     assert_eq!(evs.len(), 1, "{evs:#?}");

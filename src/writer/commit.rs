@@ -169,7 +169,11 @@ impl Inner {
     fn lead(&self, sync: bool) -> Result<(u64, bool)> {
         let _span = trace::span!(DEBUG, "annal.group_commit", dir = %self.dir.display(), events = trace::Empty,
             bytes = trace::Empty, synced = trace::Empty, fsync_us = trace::Empty);
-        let _first = trace::value!(lock(&self.published).next_position);
+        let _first = trace::value!(if _span.is_disabled() {
+            0
+        } else {
+            lock(&self.published).next_position
+        });
         let (ops, lsn, next_position) = self.take_pending();
         trace::record!(
             _span,
