@@ -17,7 +17,8 @@
 //! when a read finds it and a rewrite event when the writer replaces it; a
 //! damaged snapshot file, and one of another schema, give skip events; a
 //! failed fsync gives an error event naming the cause; `check` gives a span
-//! with its counts; a warning of `Recovery::warnings` is a warn event.
+//! with its counts; a warning of `Recovery::warnings` is a warn event;
+//! segments removed by retention and segments compacted are info events.
 
 #![cfg(feature = "tracing")]
 
@@ -535,4 +536,59 @@ fn a_reader_open_is_traced() {
     Log::open(dir.path()).expect("open").close().expect("close");
     annal::Reader::open(dir.path()).expect("reader");
     assert_eq!(spans(dir.path(), "annal.reader_open").len(), 1);
+}
+
+#[test]
+fn retention_removals_are_info_events() {
+    let dir = scratch();
+    let log = Options::default().segment_size(4096).open(dir.path()).expect("open");
+    for _ in 0..1000 {
+        one("a", &log, 4);
+        if segment_count(dir.path()) > 4 {
+            break;
+        }
+    }
+    let report = log
+        .apply_retention_with(annal::Retention::new().max_bytes(1))
+        .expect("retain");
+    log.close().expect("close");
+    assert!(!report.removed_segments.is_empty(), "{report:?}");
+    let evs = events(dir.path(), "retention removed a segment");
+    assert_eq!(evs.len(), report.removed_segments.len(), "{evs:#?}");
+    for (e, removed) in evs.iter().zip(&report.removed_segments) {
+        assert_eq!(e.level, Level::INFO);
+        assert_eq!(e.field("file"), Some(removed.display().to_string().as_str()));
+    }
+}
+
+#[test]
+fn compactions_are_info_events() {
+    let dir = scratch();
+    let log = Options::default().segment_size(4096).open(dir.path()).expect("open");
+    for i in 0..40 {
+        one(if i % 2 == 0 { "gone" } else { "kept" }, &log, 4);
+    }
+    log.hard_delete_stream("gone", ExpectedVersion::Any).expect("delete");
+    let rolled_past = segment_count(dir.path()) + 1;
+    for _ in 0..1000 {
+        one("kept", &log, 4);
+        if segment_count(dir.path()) > rolled_past {
+            break;
+        }
+    }
+    log.sync().expect("sync");
+    let report = log.compact().expect("compact");
+    log.close().expect("close");
+    assert!(!report.compacted.is_empty(), "{report:?}");
+    let evs = events(dir.path(), "compacted a segment");
+    assert_eq!(evs.len(), report.compacted.len(), "{evs:#?}");
+    let names: Vec<String> = report.compacted.iter().map(|p| p.display().to_string()).collect();
+    assert!(
+        evs.iter()
+            .all(|e| e.level == Level::INFO && names.iter().any(|n| e.field("file") == Some(n)))
+    );
+    let removed: u64 = evs.iter().map(|e| e.u64("removed_events")).sum();
+    assert_eq!(removed, report.removed_events);
+    let after: u64 = evs.iter().map(|e| e.u64("bytes_after")).sum();
+    assert_eq!(after, report.bytes_after);
 }
