@@ -15,6 +15,7 @@
 //! file, offset and bytes cut, and the open span records it; a missing
 //! index file gives an index rewrite event at open, a damaged one an event
 //! when a read finds it and a rewrite event when the writer replaces it; a
+//! missing stream table a rebuild event at open; a
 //! damaged snapshot file, and one of another schema, give skip events; a
 //! failed fsync gives an error event naming the cause; `check` gives a span
 //! with its counts; a warning of `Recovery::warnings` is a warn event;
@@ -356,6 +357,22 @@ fn a_missing_index_file_gives_a_rewrite_event_at_open() {
             .iter()
             .any(|s| s.field("rebuilt_indexes") == Some("1"))
     );
+}
+
+#[test]
+fn a_missing_stream_table_gives_a_rebuild_event_at_open() {
+    let dir = scratch();
+    rolled(dir.path());
+    let table = dir.path().join(annal::STREAM_TABLE_FILE);
+    fs::remove_file(&table).expect("remove the stream table");
+
+    let log = Log::open(dir.path()).expect("reopen");
+    assert!(log.recovery().rebuilt_stream_table);
+    log.close().expect("close");
+    let evs = events(dir.path(), "rebuilt the stream table");
+    assert_eq!(evs.len(), 1, "{evs:#?}");
+    assert_eq!(evs[0].field("file"), Some(table.display().to_string().as_str()));
+    assert_eq!(evs[0].field("why"), Some("missing or damaged"));
 }
 
 #[test]

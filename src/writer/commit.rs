@@ -324,7 +324,7 @@ impl Inner {
         }
         if self.table_damaged.load(Ordering::Acquire) {
             trace::event!(WARN, file = %self.dir.join(crate::format::names::STREAM_TABLE_FILE).display(),
-                "annal rebuilds the stream table (found damaged)");
+                why = "found damaged", "annal rebuilds the stream table from the segments");
             let sealed = lock(&self.published).sealed.clone();
             let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
             self.install_table(&bytes, None)?;

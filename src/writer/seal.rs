@@ -262,6 +262,8 @@ impl Inner {
                 Ok(b) => b,
                 // The old table is damaged: rebuild it from every index.
                 Err(_) => {
+                    trace::event!(WARN, file = %self.dir.join(STREAM_TABLE_FILE).display(), why = "damaged",
+                        "annal rebuilt the stream table from the segments");
                     let sealed = lock(&self.published).sealed.clone();
                     rebuild_table(&sealed, next_segment, self.opts.hash_mask)?
                 }
