@@ -13,9 +13,8 @@
 //!   entered until the value returned drops (bind it to `_span`). Fields
 //!   known only later are declared with `Empty` and filled with
 //!   `record!`.
-//! * `record!(span, field = value, ...)`: fill fields of a span (or of
-//!   `::tracing::Span::current()`); the values are not computed for a span
-//!   no subscriber wants.
+//! * `record!(span, field = value, ...)`: fill fields of a span; the
+//!   values are not computed for a span no subscriber wants.
 //! * `event!(LEVEL, field = value, ..., "message")`: an event.
 //! * `value!(expr)`: `expr` when on, `()` when off: a value kept only for a
 //!   later `record!` (bind it to a name starting with `_`).

@@ -196,6 +196,7 @@ impl Inner {
         }
         if sync && io.durable < io.offset {
             self.sync_group(&mut io)?;
+            trace::record!(_span, fsync_us = self.last_sync_micros.load(Ordering::Relaxed));
         }
         trace::record!(_span, synced = sync);
         let (visible, visible_position) = self.publish(&io, next_position);
@@ -277,7 +278,6 @@ impl Inner {
         let start = Instant::now();
         io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
         let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        trace::record!(tracing::Span::current(), fsync_us = micros);
         self.last_sync_micros.store(micros, Ordering::Relaxed);
         io.durable = io.offset;
         self.maybe_checkpoint(io.base, io.durable);
