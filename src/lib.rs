@@ -55,6 +55,7 @@ mod index;
 pub mod inspect;
 mod read;
 mod storage;
+mod trace;
 mod types;
 mod writer;
 

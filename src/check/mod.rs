@@ -177,6 +177,23 @@ use scan::scan;
 /// # Ok(()) }
 /// ```
 pub fn check(dir: &Path, opts: CheckOptions) -> Result<CheckReport> {
+    let _span = crate::trace::span!(INFO, "annal.check", dir = %dir.display(), repair = opts.repair,
+        files = crate::trace::Empty, records = crate::trace::Empty, bytes = crate::trace::Empty,
+        problems = crate::trace::Empty, warnings = crate::trace::Empty);
+    let report = check_log(dir, opts)?;
+    crate::trace::record!(
+        _span,
+        files = report.files,
+        records = report.records,
+        bytes = report.bytes,
+        problems = report.problems.len(),
+        warnings = report.warnings.len()
+    );
+    Ok(report)
+}
+
+/// [`check`], untraced.
+fn check_log(dir: &Path, opts: CheckOptions) -> Result<CheckReport> {
     let start = Instant::now();
     let segments = list_segments(dir)?;
     if segments.is_empty() {

@@ -210,6 +210,8 @@ impl SnapshotStore {
         let bytes = encode(snap)?;
         let hash = stream_hash(snap.stream.as_bytes());
         let path = self.dir.join(file_name(hash, snap.position));
+        let _span = crate::trace::span!(DEBUG, "annal.snapshot_save", file = %path.display(), stream = %snap.stream,
+            version = snap.stream_version, bytes = bytes.len());
         let _guard = SAVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         if snap.subject_keys.iter().any(|&k| erased(k)) {
             return Ok(None);
@@ -392,8 +394,31 @@ impl SnapshotStore {
     /// skipped; each skipped file of this stream (or unreadable one) is
     /// reported as a warning naming the file and what was wrong. So is a
     /// file that names a key `erased` says is erased: it is superseded by
-    /// that erasure (spec 20.5).
+    /// that erasure (spec 20.5). Traced as span `annal.snapshot_load`, each
+    /// skip a `warn` event.
     pub(crate) fn load(
+        &self,
+        stream: &str,
+        schema_version: u32,
+        max_version: Option<u64>,
+        erased: Erased<'_>,
+    ) -> Result<(Option<Snapshot>, Vec<String>)> {
+        let _span = crate::trace::span!(DEBUG, "annal.snapshot_load", dir = %self.dir.display(), stream,
+            schema_version, version = crate::trace::Empty, bytes = crate::trace::Empty);
+        let found = self.find(stream, schema_version, max_version, erased)?;
+        crate::trace::when! {
+            if let (Some(s), _) = &found {
+                crate::trace::record!(_span, version = s.stream_version, bytes = s.payload.len());
+            }
+            for w in &found.1 {
+                crate::trace::event!(WARN, dir = %self.dir.display(), stream, why = %w, "annal skipped a snapshot");
+            }
+        }
+        Ok(found)
+    }
+
+    /// [`SnapshotStore::load`], untraced.
+    fn find(
         &self,
         stream: &str,
         schema_version: u32,

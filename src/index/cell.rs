@@ -171,6 +171,8 @@ impl IndexCell {
         let seg_path = path.with_extension("seg");
         let mem = MemIndex::rebuild(segment).map_err(|d| d.at(&seg_path))?;
         if let Some(d) = damage {
+            crate::trace::event!(WARN, file = %path.display(), offset = d.offset, why = %d.detail(),
+                "annal found an index file damaged; its segment's index is rebuilt in memory");
             *self.damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.at(path));
             if let Some(n) = self.notify.get() {
                 n.fetch_add(1, Ordering::AcqRel);
@@ -199,6 +201,8 @@ impl IndexCell {
                 let rebuilt = MemIndex::rebuild(covered).map_err(|e| e.at(segment_path))?;
                 l.replace_base(rebuilt);
                 let file = l.files.last().cloned().unwrap_or_else(|| segment_path.to_owned());
+                crate::trace::event!(WARN, file = %file.display(), offset = d.offset, why = %d.detail(),
+                    "annal found an index checkpoint damaged; the index it covers is rebuilt in memory");
                 *self.damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.at(file));
                 if let Some(n) = self.notify.get() {
                     n.fetch_add(1, Ordering::AcqRel);

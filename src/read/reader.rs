@@ -101,6 +101,7 @@ impl Reader {
     /// takes the writer lock.
     pub fn open(dir: impl AsRef<Path>) -> Result<Reader> {
         let dir = dir.as_ref().to_owned();
+        let _span = crate::trace::span!(DEBUG, "annal.reader_open", dir = %dir.display());
         match std::fs::metadata(&dir) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {

@@ -22,6 +22,7 @@ use super::derived::rebuild_table;
 use super::lock;
 use super::options::Durability;
 use super::state::{Commit, Inner, IoState, Op};
+use crate::trace;
 
 /// A group commit's leader stops gathering appenders after this long without
 /// a new arrival (see `Inner::gather`).
@@ -118,6 +119,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
+                    trace::event!(ERROR, dir = %self.dir.display(), cause = %e, "annal writer poisoned");
                     self.poisoned.store(true, Ordering::Release);
                     c.poison = Some(e.to_string());
                     unpark_all(&mut c);
@@ -165,7 +167,19 @@ impl Inner {
     /// The leader's work: write everything pending in one write per segment,
     /// roll segments, fsync if asked, publish the new ends and the head slot.
     fn lead(&self, sync: bool) -> Result<(u64, bool)> {
+        let _span = trace::span!(DEBUG, "annal.group_commit", dir = %self.dir.display(), events = trace::Empty,
+            bytes = trace::Empty, synced = trace::Empty, fsync_us = trace::Empty);
+        let _first = trace::value!(if _span.is_disabled() {
+            0
+        } else {
+            lock(&self.published).next_position
+        });
         let (ops, lsn, next_position) = self.take_pending();
+        trace::record!(
+            _span,
+            events = next_position.saturating_sub(_first),
+            bytes = ops.iter().map(Op::bytes).sum::<u64>()
+        );
         let mut io = lock(&self.io);
         let mut spare = None;
         for op in ops {
@@ -182,7 +196,9 @@ impl Inner {
         }
         if sync && io.durable < io.offset {
             self.sync_group(&mut io)?;
+            trace::record!(_span, fsync_us = self.last_sync_micros.load(Ordering::Relaxed));
         }
+        trace::record!(_span, synced = sync);
         let (visible, visible_position) = self.publish(&io, next_position);
         // The group's bytes are written (and durable, if asked): they are
         // acknowledged whatever happens next. A failure of the work below
@@ -307,6 +323,8 @@ impl Inner {
             self.index_damage_handled.store(damage, Ordering::Release);
         }
         if self.table_damaged.load(Ordering::Acquire) {
+            trace::event!(WARN, file = %self.dir.join(crate::format::names::STREAM_TABLE_FILE).display(),
+                why = "found damaged", "annal rebuilds the stream table from the segments");
             let sealed = lock(&self.published).sealed.clone();
             let bytes = rebuild_table(&sealed, io.base, self.opts.hash_mask)?;
             self.install_table(&bytes, None)?;
@@ -319,12 +337,24 @@ impl Inner {
         // thread that sees the flag must find the cause.
         let mut c = lock(&self.commit);
         if c.poison.is_none() {
+            trace::event!(ERROR, dir = %self.dir.display(), cause = %e, "annal writer poisoned");
             c.poison = Some(e.to_string());
         }
         self.poisoned.store(true, Ordering::Release);
         unpark_all(&mut c);
         drop(c);
         self.wake_backlog();
+    }
+}
+
+impl Op {
+    /// The bytes this operation writes (a roll's are in the writes before it).
+    #[cfg(feature = "tracing")]
+    fn bytes(&self) -> u64 {
+        match self {
+            Op::Write(b) => b.len() as u64,
+            Op::Roll { .. } => 0,
+        }
     }
 }
 

@@ -71,11 +71,15 @@ pub(crate) fn remove_expired_retired(
     let now = wall_secs();
     let mut warnings = Vec::new();
     for (path, at) in retired {
-        if at.saturating_add(grace.as_secs()) <= now
-            && let Err(e) = io.remove(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warnings.push(format!("{}: not removed: {e}", path.display()));
+        if at.saturating_add(grace.as_secs()) > now {
+            continue;
+        }
+        match io.remove(&path) {
+            Ok(()) => {
+                crate::trace::event!(INFO, file = %path.display(), "annal removed a retired compacted original");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warnings.push(format!("{}: not removed: {e}", path.display())),
         }
     }
     warnings
@@ -554,6 +558,8 @@ impl Inner {
             return Err(e);
         }
         self.bump_published_epoch();
+        crate::trace::event!(INFO, file = %seg.path.display(), removed_events = rw.removed_now,
+            bytes_before = rw.bytes_before, bytes_after = rw.record.compacted_len, "annal compacted a segment");
         report.removed_events += rw.removed_now;
         report.bytes_before += rw.bytes_before;
         report.bytes_after += rw.record.compacted_len;

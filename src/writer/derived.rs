@@ -106,6 +106,8 @@ pub(super) fn ensure_indexes(
             bytes,
         );
         write_derived(io, dir, &idx_path, &idx)?;
+        crate::trace::event!(WARN, file = %idx_path.display(), why = "missing",
+            "annal rewrote an index file from its segment");
         // The segment's cell may already hold an index rebuilt in memory
         // (recovery looked the segment up before this): switch it to the file,
         // so that the stream table built next records the file's rows.
@@ -155,6 +157,8 @@ pub(super) fn ensure_table(
                 }
             }
             report.rebuilt_stream_table = true;
+            crate::trace::event!(INFO, file = %path.display(), why = "behind the sealed segments",
+                "annal brought the stream table up to date");
             Some(t)
         }
         // An I/O failure is not damage: the table may be intact.
@@ -166,6 +170,8 @@ pub(super) fn ensure_table(
         None => {
             let b = rebuild_table(sealed, active_base, mask)?;
             write_derived(io, dir, &path, &b)?;
+            crate::trace::event!(WARN, file = %path.display(), why = "missing or damaged",
+                "annal rebuilt the stream table from the segments");
             report.rebuilt_stream_table = true;
             Some(reopen(&path)?)
         }

@@ -120,8 +120,16 @@ fn create_segment(io: &dyn Io, dir: &Path, header: &SegmentHeader, fresh: bool) 
 /// sure `dir` is (or may become) a log, take the writer lock, remove
 /// temporary files, then either create the log or check its sealed
 /// segments and recover its active one, and bring the derived files up to
-/// date.
+/// date. Traced as span `annal.open` (what it did, recorded at the end).
 pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
+    let _span = crate::trace::span!(INFO, "annal.open", dir = %dir.display(), segments = crate::trace::Empty,
+        created = crate::trace::Empty, truncated_bytes = crate::trace::Empty, rebuilt_indexes = crate::trace::Empty);
+    let recovered = open_log(dir, opts)?;
+    crate::trace::when! { recovered.report.trace(&_span, recovered.sealed.len() + 1); }
+    Ok(recovered)
+}
+
+fn open_log(dir: &Path, opts: &Options) -> Result<Recovered> {
     let io = &*opts.io;
     prepare_dir(io, dir, opts)?;
     check_log_dir(dir, &list(dir)?, opts)?;
@@ -154,6 +162,8 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<Recovered> {
         stale_checkpoints: Vec::new(),
     };
     let (sealed, next) = opening.check_sealed(first_base(&listing.segments), sealed_bases, opened)?;
+    let _recover =
+        crate::trace::span!(INFO, "annal.recover", segment = %segment_file_name(last), sealed = sealed.len());
     let tail = opening.recover_active(last, next, &sealed)?;
     opening.finish(lock, last, sealed, tail)
 }
@@ -566,6 +576,8 @@ impl Opening<'_> {
             let f = self.io.open(path).map_err(|e| Error::io("open", path, e))?;
             f.truncate(x).map_err(|e| Error::io("truncate", path, e))?;
             f.sync().map_err(|e| Error::io("fsync", path, e))?;
+            crate::trace::event!(WARN, file = %path.display(), offset = x, bytes = file_len - x, reason = %d.detail(),
+                "annal recovery cut a torn tail");
             self.report.truncated = Some(Truncation {
                 path: path.to_owned(),
                 offset: x,

@@ -44,6 +44,25 @@ pub struct Recovery {
     pub warnings: Vec<String>,
 }
 
+#[cfg(feature = "tracing")]
+impl Recovery {
+    /// Record what opening did on its span (`segments`: how many the log
+    /// has), and each warning as a `warn` event.
+    pub(crate) fn trace(&self, span: &tracing::Span, segments: usize) {
+        let cut = self.truncated.as_ref().map_or(0, |t| t.bytes_removed);
+        crate::trace::record!(
+            span,
+            segments = segments,
+            created = self.created,
+            truncated_bytes = cut,
+            rebuilt_indexes = self.rebuilt_indexes.len()
+        );
+        for w in &self.warnings {
+            crate::trace::event!(WARN, warning = %w, "annal warning (open)");
+        }
+    }
+}
+
 /// A torn tail removed by recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

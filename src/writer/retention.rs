@@ -269,6 +269,7 @@ impl Inner {
             report.removed_bytes += file_len(&seg.path) + file_len(&idx);
             remove_durably(fs, &self.dir, &seg.path)?;
             remove_durably(fs, &self.dir, &idx)?;
+            crate::trace::event!(INFO, file = %seg.path.display(), base = seg.base, "annal retention removed a segment");
             report.removed_segments.push((*seg.path).clone());
         }
         self.remove_orphans()?;

@@ -25,6 +25,7 @@ use crate::storage::mmap::Mapping;
 use super::derived::{index_file_name, rebuild_table, resolve_prev, write_derived};
 use super::lock;
 use super::state::{Inner, IoState, MAX_UNINDEXED, SealJob, SealerJob, read_index};
+use crate::trace;
 
 impl Inner {
     /// Start the sealer thread of a writer just built.
@@ -89,6 +90,7 @@ impl Inner {
         next: Arc<RwLock<MemIndex>>,
     ) -> Result<()> {
         let fs = &*self.opts.io;
+        let _span = trace::span!(INFO, "annal.roll", sealed = %io.path.display(), bytes = io.offset, base);
         io.release_reservation()?;
         io.file.sync().map_err(|e| Error::io("fsync", &io.path, e))?;
         let sealed_len = io.offset;
@@ -222,6 +224,8 @@ impl Inner {
     fn index_sealed(&self, job: &SealJob) -> Result<()> {
         let (seg, next_segment) = (&job.seg, job.next_segment);
         let bytes = seg.bytes()?;
+        let _span = trace::span!(INFO, "annal.seal", segment = %seg.path.display(), base = seg.base,
+            bytes = bytes.len(), next_segment);
         // With index checkpoints, the whole index is theirs and the tail's.
         let merged = match &job.layered {
             Some(l) => Some(RwLock::new(l.merged().map_err(|d| d.at(&*seg.path))?)),
@@ -261,6 +265,8 @@ impl Inner {
                 Ok(b) => b,
                 // The old table is damaged: rebuild it from every index.
                 Err(_) => {
+                    trace::event!(WARN, file = %self.dir.join(STREAM_TABLE_FILE).display(), why = "damaged",
+                        "annal rebuilt the stream table from the segments");
                     let sealed = lock(&self.published).sealed.clone();
                     rebuild_table(&sealed, next_segment, self.opts.hash_mask)?
                 }
@@ -295,6 +301,8 @@ impl Inner {
             );
             let idx_path = self.dir.join(index_file_name(seg.base));
             write_derived(&*self.opts.io, &self.dir, &idx_path, &idx_bytes)?;
+            trace::event!(WARN, file = %idx_path.display(), why = "found damaged by a read",
+                "annal rewrote an index file from its segment");
             seg.index.mark_rewritten();
         }
         Ok(())

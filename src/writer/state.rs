@@ -342,6 +342,7 @@ impl Inner {
 
     /// Record a warning for [`Log::warnings`] (at most [`MAX_WARNINGS`]).
     pub(super) fn warn(&self, w: String) {
+        crate::trace::event!(WARN, dir = %self.dir.display(), warning = %w, "annal warning");
         let mut ws = lock(&self.warnings);
         if ws.len() < MAX_WARNINGS {
             ws.push(w);
