@@ -7,6 +7,8 @@
 //! [`crate::LogView`]) plus the parallel-rebuild hooks of the read layer.
 
 pub(crate) mod aggregate;
+#[cfg(feature = "cqrs-es")]
+pub mod cqrs;
 mod erasure;
 pub(crate) mod projection;
 pub(crate) mod snapshot;
