@@ -34,10 +34,22 @@ enum BankAccountCommand {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 enum BankAccountEvent {
-    AccountOpened { account_id: String },
-    CustomerDepositedMoney { amount: f64, balance: f64 },
-    CustomerWithdrewCash { amount: f64, balance: f64 },
-    CustomerWroteCheck { check_number: String, amount: f64, balance: f64 },
+    AccountOpened {
+        account_id: String,
+    },
+    CustomerDepositedMoney {
+        amount: f64,
+        balance: f64,
+    },
+    CustomerWithdrewCash {
+        amount: f64,
+        balance: f64,
+    },
+    CustomerWroteCheck {
+        check_number: String,
+        amount: f64,
+        balance: f64,
+    },
 }
 
 impl DomainEvent for BankAccountEvent {
@@ -109,7 +121,8 @@ impl Aggregate for BankAccount {
             }
             BankAccountCommand::DepositMoney { amount } => {
                 let balance = self.balance + amount;
-                sink.write(BankAccountEvent::CustomerDepositedMoney { amount, balance }, self).await;
+                sink.write(BankAccountEvent::CustomerDepositedMoney { amount, balance }, self)
+                    .await;
             }
             BankAccountCommand::WithdrawMoney { amount, atm_id } => {
                 let balance = self.balance - amount;
@@ -117,7 +130,8 @@ impl Aggregate for BankAccount {
                     return Err("funds not available".into());
                 }
                 services.atm_withdrawal(&atm_id, amount).await?;
-                sink.write(BankAccountEvent::CustomerWithdrewCash { amount, balance }, self).await;
+                sink.write(BankAccountEvent::CustomerWithdrewCash { amount, balance }, self)
+                    .await;
             }
             BankAccountCommand::WriteCheck { check_number, amount } => {
                 let balance = self.balance - amount;
@@ -125,7 +139,15 @@ impl Aggregate for BankAccount {
                     return Err("funds not available".into());
                 }
                 services.validate_check("", &check_number).await?;
-                sink.write(BankAccountEvent::CustomerWroteCheck { check_number, amount, balance }, self).await;
+                sink.write(
+                    BankAccountEvent::CustomerWroteCheck {
+                        check_number,
+                        amount,
+                        balance,
+                    },
+                    self,
+                )
+                .await;
             }
         }
         Ok(())
@@ -166,7 +188,11 @@ impl BankAccountView {
                 self.ledger.push(("atm withdrawal".into(), *amount));
                 self.balance = *balance;
             }
-            BankAccountEvent::CustomerWroteCheck { check_number, amount, balance } => {
+            BankAccountEvent::CustomerWroteCheck {
+                check_number,
+                amount,
+                balance,
+            } => {
                 self.ledger.push((check_number.clone(), *amount));
                 self.written_checks.push(check_number.clone());
                 self.balance = *balance;
@@ -232,46 +258,94 @@ async fn bank_account_scenarios_in_every_store_mode() {
         let query = AccountQuery::default();
         let cqrs = build(log.clone(), vec![Box::new(query.clone())], services());
         let id = "ACCT-7";
-        cqrs.execute(id, BankAccountCommand::OpenAccount { account_id: id.into() }).await.unwrap();
-        let again = cqrs.execute(id, BankAccountCommand::OpenAccount { account_id: id.into() }).await;
-        assert_eq!(user_error(again.unwrap_err()), "account already open", "{mode}");
-
-        cqrs.execute(id, BankAccountCommand::DepositMoney { amount: 200.0 }).await.unwrap();
-        assert_eq!(query.get(id).balance, 200.0, "{mode}: deposit");
-        cqrs.execute(id, BankAccountCommand::DepositMoney { amount: 200.0 }).await.unwrap();
-        assert_eq!(query.get(id).balance, 400.0, "{mode}: deposit with balance");
-        cqrs.execute(id, BankAccountCommand::WithdrawMoney { amount: 100.0, atm_id: "atm-1".into() })
+        cqrs.execute(id, BankAccountCommand::OpenAccount { account_id: id.into() })
             .await
             .unwrap();
+        let again = cqrs
+            .execute(id, BankAccountCommand::OpenAccount { account_id: id.into() })
+            .await;
+        assert_eq!(user_error(again.unwrap_err()), "account already open", "{mode}");
+
+        cqrs.execute(id, BankAccountCommand::DepositMoney { amount: 200.0 })
+            .await
+            .unwrap();
+        assert_eq!(query.get(id).balance, 200.0, "{mode}: deposit");
+        cqrs.execute(id, BankAccountCommand::DepositMoney { amount: 200.0 })
+            .await
+            .unwrap();
+        assert_eq!(query.get(id).balance, 400.0, "{mode}: deposit with balance");
+        cqrs.execute(
+            id,
+            BankAccountCommand::WithdrawMoney {
+                amount: 100.0,
+                atm_id: "atm-1".into(),
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(query.get(id).balance, 300.0, "{mode}: withdraw");
 
         let before = log.next_position();
         let broke = cqrs
-            .execute(id, BankAccountCommand::WithdrawMoney { amount: 500.0, atm_id: "atm-1".into() })
+            .execute(
+                id,
+                BankAccountCommand::WithdrawMoney {
+                    amount: 500.0,
+                    atm_id: "atm-1".into(),
+                },
+            )
             .await;
         assert_eq!(user_error(broke.unwrap_err()), "funds not available", "{mode}");
         let atm = cqrs
-            .execute(id, BankAccountCommand::WithdrawMoney { amount: 10.0, atm_id: "atm-broken".into() })
+            .execute(
+                id,
+                BankAccountCommand::WithdrawMoney {
+                    amount: 10.0,
+                    atm_id: "atm-broken".into(),
+                },
+            )
             .await;
         assert_eq!(user_error(atm.unwrap_err()), "atm rule violation", "{mode}");
         let check = cqrs
-            .execute(id, BankAccountCommand::WriteCheck { check_number: "1170".into(), amount: 1000.0 })
+            .execute(
+                id,
+                BankAccountCommand::WriteCheck {
+                    check_number: "1170".into(),
+                    amount: 1000.0,
+                },
+            )
             .await;
         assert_eq!(user_error(check.unwrap_err()), "funds not available", "{mode}");
         let bounce = cqrs
-            .execute(id, BankAccountCommand::WriteCheck { check_number: "bounce".into(), amount: 1.0 })
+            .execute(
+                id,
+                BankAccountCommand::WriteCheck {
+                    check_number: "bounce".into(),
+                    amount: 1.0,
+                },
+            )
             .await;
         assert_eq!(user_error(bounce.unwrap_err()), "check invalid", "{mode}");
         assert_eq!(log.next_position(), before, "{mode}: a refused command appends nothing");
 
-        cqrs.execute(id, BankAccountCommand::WriteCheck { check_number: "1170".into(), amount: 100.0 })
-            .await
-            .unwrap();
+        cqrs.execute(
+            id,
+            BankAccountCommand::WriteCheck {
+                check_number: "1170".into(),
+                amount: 100.0,
+            },
+        )
+        .await
+        .unwrap();
         let view = query.get(id);
         assert_eq!(view.balance, 200.0, "{mode}: wrote check");
         assert_eq!(view.written_checks, ["1170"], "{mode}");
         assert_eq!(view.last_sequence, 5, "{mode}");
-        assert_eq!(log.stream_version("account-ACCT-7").unwrap(), Some(4), "{mode}: sequence 5 is version 4");
+        assert_eq!(
+            log.stream_version("account-ACCT-7").unwrap(),
+            Some(4),
+            "{mode}: sequence 5 is version 4"
+        );
     }
 }
 
@@ -283,35 +357,63 @@ async fn the_query_is_rebuilt_from_the_log_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let live = AccountQuery::default();
     {
-        let log = annal::Options::default().durability(annal::Durability::Fsync).open(dir.path()).unwrap();
+        let log = annal::Options::default()
+            .durability(annal::Durability::Fsync)
+            .open(dir.path())
+            .unwrap();
         let cqrs = annal_snapshot_cqrs::<BankAccount>(log, vec![Box::new(live.clone())], 3, services());
         for n in 0..4 {
             let id = format!("acct-{n}");
-            cqrs.execute(&id, BankAccountCommand::OpenAccount { account_id: id.clone() }).await.unwrap();
-            for d in 0..=n {
-                cqrs.execute(&id, BankAccountCommand::DepositMoney { amount: 10.0 * f64::from(d + 1) })
-                    .await
-                    .unwrap();
-            }
-            cqrs.execute(&id, BankAccountCommand::WriteCheck { check_number: format!("c{n}"), amount: 5.0 })
+            cqrs.execute(&id, BankAccountCommand::OpenAccount { account_id: id.clone() })
                 .await
                 .unwrap();
+            for d in 0..=n {
+                cqrs.execute(
+                    &id,
+                    BankAccountCommand::DepositMoney {
+                        amount: 10.0 * f64::from(d + 1),
+                    },
+                )
+                .await
+                .unwrap();
+            }
+            cqrs.execute(
+                &id,
+                BankAccountCommand::WriteCheck {
+                    check_number: format!("c{n}"),
+                    amount: 5.0,
+                },
+            )
+            .await
+            .unwrap();
         }
     }
     let log = Log::open(dir.path()).unwrap();
     let rebuilt = AccountQuery::default();
-    QueryReplay::new(AnnalEventRepository::new(log.clone()), rebuilt.clone()).replay_all().await.unwrap();
+    QueryReplay::new(AnnalEventRepository::new(log.clone()), rebuilt.clone())
+        .replay_all()
+        .await
+        .unwrap();
     assert_eq!(*rebuilt.0.lock().unwrap(), *live.0.lock().unwrap());
     assert_eq!(rebuilt.get("acct-3").balance, 10.0 + 20.0 + 30.0 + 40.0 - 5.0);
 
     let one = AccountQuery::default();
-    QueryReplay::new(AnnalEventRepository::new(log.clone()), one.clone()).replay("acct-2").await.unwrap();
+    QueryReplay::new(AnnalEventRepository::new(log.clone()), one.clone())
+        .replay("acct-2")
+        .await
+        .unwrap();
     assert_eq!(one.get("acct-2"), live.get("acct-2"));
     assert_eq!(one.0.lock().unwrap().len(), 1);
 
     let cqrs = annal_snapshot_cqrs::<BankAccount>(log.clone(), vec![Box::new(rebuilt.clone())], 3, services());
-    cqrs.execute("acct-1", BankAccountCommand::WithdrawMoney { amount: 25.0, atm_id: "atm-1".into() })
-        .await
-        .unwrap();
+    cqrs.execute(
+        "acct-1",
+        BankAccountCommand::WithdrawMoney {
+            amount: 25.0,
+            atm_id: "atm-1".into(),
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(rebuilt.get("acct-1").balance, 10.0 + 20.0 - 5.0 - 25.0);
 }

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use annal::cqrs::{AnnalEventRepository, SNAPSHOT_SCHEMA, annal_aggregate_cqrs, annal_cqrs};
 use annal::{Direction, EventData, ExpectedVersion, Log};
 use cqrs_es::doc::{Customer, CustomerCommand, CustomerEvent, CustomerService};
+use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{
     PersistedEventRepository, PersistedEventStore, PersistenceError, SemanticVersionEventUpcaster, SerializedEvent,
     SerializedSnapshot,
 };
-use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -128,7 +128,13 @@ async fn event_repositories() {
 
     let committed = [
         envelope(&id, 1, TestEvent::Created { id: id.clone() }),
-        envelope(&id, 2, TestEvent::Tested { test_name: "a test was run".into() }),
+        envelope(
+            &id,
+            2,
+            TestEvent::Tested {
+                test_name: "a test was run".into(),
+            },
+        ),
     ];
     repo.persist::<TestAggregate>(&committed, None).await.unwrap();
     let events = repo.get_events::<TestAggregate>(&id).await.unwrap();
@@ -138,8 +144,20 @@ async fn event_repositories() {
     let result = repo
         .persist::<TestAggregate>(
             &[
-                envelope(&id, 3, TestEvent::SomethingElse { description: "this should not persist".into() }),
-                envelope(&id, 2, TestEvent::SomethingElse { description: "bad sequence number".into() }),
+                envelope(
+                    &id,
+                    3,
+                    TestEvent::SomethingElse {
+                        description: "this should not persist".into(),
+                    },
+                ),
+                envelope(
+                    &id,
+                    2,
+                    TestEvent::SomethingElse {
+                        description: "bad sequence number".into(),
+                    },
+                ),
             ],
             None,
         )
@@ -149,7 +167,10 @@ async fn event_repositories() {
     assert_eq!(repo.get_events::<TestAggregate>(&id).await.unwrap().len(), 2);
 
     // verify_replay_stream
-    assert_eq!(count_stream(repo.stream_events::<TestAggregate>(&id).await.unwrap()).await, 2);
+    assert_eq!(
+        count_stream(repo.stream_events::<TestAggregate>(&id).await.unwrap()).await,
+        2
+    );
     assert!(count_stream(repo.stream_all_events::<TestAggregate>().await.unwrap()).await >= 2);
 }
 
@@ -167,8 +188,13 @@ async fn snapshot_repositories() {
         tests: tests.clone(),
     })
     .unwrap();
-    repo.persist::<TestAggregate>(&[], Some((id.clone(), first.clone(), 1))).await.unwrap();
-    assert_eq!(repo.get_snapshot::<TestAggregate>(&id).await.unwrap(), Some(snapshot(&id, 0, 1, first)));
+    repo.persist::<TestAggregate>(&[], Some((id.clone(), first.clone(), 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.get_snapshot::<TestAggregate>(&id).await.unwrap(),
+        Some(snapshot(&id, 0, 1, first))
+    );
 
     // Snapshot number iterated: updates.
     let saved = serde_json::to_value(TestAggregate {
@@ -177,8 +203,13 @@ async fn snapshot_repositories() {
         tests: tests.clone(),
     })
     .unwrap();
-    repo.persist::<TestAggregate>(&[], Some((id.clone(), saved.clone(), 2))).await.unwrap();
-    assert_eq!(repo.get_snapshot::<TestAggregate>(&id).await.unwrap(), Some(snapshot(&id, 0, 2, saved.clone())));
+    repo.persist::<TestAggregate>(&[], Some((id.clone(), saved.clone(), 2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.get_snapshot::<TestAggregate>(&id).await.unwrap(),
+        Some(snapshot(&id, 0, 2, saved.clone()))
+    );
 
     // Snapshot number not iterated: does not update.
     let not_saved = serde_json::to_value(TestAggregate {
@@ -192,7 +223,10 @@ async fn snapshot_repositories() {
         .await
         .unwrap_err();
     assert!(matches!(result, PersistenceError::OptimisticLockError), "{result:?}");
-    assert_eq!(repo.get_snapshot::<TestAggregate>(&id).await.unwrap(), Some(snapshot(&id, 0, 2, saved)));
+    assert_eq!(
+        repo.get_snapshot::<TestAggregate>(&id).await.unwrap(),
+        Some(snapshot(&id, 0, 2, saved))
+    );
 }
 
 #[tokio::test]
@@ -200,7 +234,15 @@ async fn get_last_events_returns_the_events_after_a_sequence() {
     let (_dir, log) = new_log();
     let repo = AnnalEventRepository::new(log);
     let events: Vec<_> = (1..=4)
-        .map(|n| envelope("x", n, TestEvent::Tested { test_name: format!("t{n}") }))
+        .map(|n| {
+            envelope(
+                "x",
+                n,
+                TestEvent::Tested {
+                    test_name: format!("t{n}"),
+                },
+            )
+        })
         .collect();
     repo.persist::<TestAggregate>(&events[..1], None).await.unwrap();
     repo.persist::<TestAggregate>(&events[1..], None).await.unwrap();
@@ -219,8 +261,12 @@ async fn simple_es_commit_and_load_test(event_store: PersistedEventStore<AnnalEv
     event_store
         .commit(
             vec![
-                CustomerEvent::NameAdded { name: "test_event_A".into() },
-                CustomerEvent::EmailUpdated { new_email: "email A".into() },
+                CustomerEvent::NameAdded {
+                    name: "test_event_A".into(),
+                },
+                CustomerEvent::EmailUpdated {
+                    new_email: "email A".into(),
+                },
             ],
             context,
             HashMap::new(),
@@ -233,12 +279,21 @@ async fn simple_es_commit_and_load_test(event_store: PersistedEventStore<AnnalEv
     assert_eq!(context.current_sequence, 2);
     assert_eq!(context.aggregate.email, "email A");
     event_store
-        .commit(vec![CustomerEvent::EmailUpdated { new_email: "email B".into() }], context, HashMap::new())
+        .commit(
+            vec![CustomerEvent::EmailUpdated {
+                new_email: "email B".into(),
+            }],
+            context,
+            HashMap::new(),
+        )
         .await
         .unwrap();
     assert_eq!(3, event_store.load_events(&id).await.unwrap().len());
     let context = event_store.load_aggregate(&id).await.unwrap();
-    assert_eq!((context.current_sequence, context.aggregate.email.as_str()), (3, "email B"));
+    assert_eq!(
+        (context.current_sequence, context.aggregate.email.as_str()),
+        (3, "email B")
+    );
     assert_eq!(context.aggregate.name, "test_event_A");
 }
 
@@ -257,9 +312,9 @@ async fn commit_and_load_events_snapshot_store() {
 #[tokio::test]
 async fn commit_and_load_events_aggregate_store_repository() {
     let (_dir, log) = new_log();
-    simple_es_commit_and_load_test(PersistedEventStore::new_aggregate_store(AnnalEventRepository::for_aggregate_store(
-        log,
-    )))
+    simple_es_commit_and_load_test(PersistedEventStore::new_aggregate_store(
+        AnnalEventRepository::for_aggregate_store(log),
+    ))
     .await;
 }
 
@@ -312,7 +367,14 @@ async fn events_are_records_of_stream_type_dash_id() {
     )
     .await
     .unwrap();
-    cqrs.execute(id, CustomerCommand::UpdateEmail { new_email: "a@x".into() }).await.unwrap();
+    cqrs.execute(
+        id,
+        CustomerCommand::UpdateEmail {
+            new_email: "a@x".into(),
+        },
+    )
+    .await
+    .unwrap();
 
     let view = log.view().unwrap();
     let records: Vec<_> = view
@@ -386,11 +448,23 @@ async fn a_command_on_a_stale_state_is_an_aggregate_conflict() {
     let first = store.load_aggregate("a").await.unwrap();
     let second = store.load_aggregate("a").await.unwrap();
     store
-        .commit(vec![TestEvent::Tested { test_name: "one".into() }], first, HashMap::new())
+        .commit(
+            vec![TestEvent::Tested {
+                test_name: "one".into(),
+            }],
+            first,
+            HashMap::new(),
+        )
         .await
         .unwrap();
     let e = store
-        .commit(vec![TestEvent::Tested { test_name: "two".into() }], second, HashMap::new())
+        .commit(
+            vec![TestEvent::Tested {
+                test_name: "two".into(),
+            }],
+            second,
+            HashMap::new(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, AggregateError::AggregateConflict), "{e:?}");
@@ -421,9 +495,15 @@ async fn concurrent_commands_either_commit_or_conflict() {
         }
     }
     assert!(ok >= 1);
-    let events = AnnalEventRepository::new(log.clone()).get_events::<TestAggregate>("shared").await.unwrap();
+    let events = AnnalEventRepository::new(log.clone())
+        .get_events::<TestAggregate>("shared")
+        .await
+        .unwrap();
     assert_eq!(events.len(), ok, "every success is one event, every conflict none");
-    assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=ok).collect::<Vec<_>>());
+    assert_eq!(
+        events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=ok).collect::<Vec<_>>()
+    );
 }
 
 // ---- annal: snapshots -----------------------------------------------------
@@ -436,7 +516,13 @@ async fn commit_each(store: &PersistedEventStore<AnnalEventRepository, TestAggre
     for name in names {
         let context = store.load_aggregate(id).await.unwrap();
         store
-            .commit(vec![TestEvent::Tested { test_name: name.to_string() }], context, HashMap::new())
+            .commit(
+                vec![TestEvent::Tested {
+                    test_name: name.to_string(),
+                }],
+                context,
+                HashMap::new(),
+            )
             .await
             .unwrap();
     }
@@ -492,7 +578,9 @@ async fn a_snapshot_its_events_do_not_bear_out_is_ignored() {
     // Log B: the same stream with other events at other positions, as after
     // a crash lost A's unsynced events and others were appended instead.
     let (dir_b, log_b) = new_log();
-    log_b.append("other-1", ExpectedVersion::Any, &[EventData::new("E", b"{}")]).unwrap();
+    log_b
+        .append("other-1", ExpectedVersion::Any, &[EventData::new("E", b"{}")])
+        .unwrap();
     let store_b = PersistedEventStore::new_event_store(AnnalEventRepository::new(log_b.clone()));
     commit_each(&store_b, "s", &["b1", "b2"]).await;
     let snaps = dir_b.path().join(annal::snapshot_testing::SNAPSHOT_DIR);
@@ -506,9 +594,9 @@ async fn a_snapshot_its_events_do_not_bear_out_is_ignored() {
     let store = PersistedEventStore::<_, TestAggregate>::new_snapshot_store(repo, 1);
     assert_eq!(store.load_aggregate("s").await.unwrap().aggregate.tests, ["b1", "b2"]);
     // The aggregate store's repository rebuilds it from the events too.
-    let store = PersistedEventStore::<_, TestAggregate>::new_aggregate_store(AnnalEventRepository::for_aggregate_store(
-        log_b.clone(),
-    ));
+    let store = PersistedEventStore::<_, TestAggregate>::new_aggregate_store(
+        AnnalEventRepository::for_aggregate_store(log_b.clone()),
+    );
     assert_eq!(store.load_aggregate("s").await.unwrap().aggregate.tests, ["b1", "b2"]);
 }
 
@@ -521,8 +609,12 @@ async fn the_aggregate_store_catches_up_a_snapshot_that_lags_the_events() {
     // An append whose snapshot was never written (a crash between the two).
     let meta = br#"{"event_version":"1.0","metadata":{}}"#;
     let payload = br#"{"Tested":{"test_name":"t2"}}"#;
-    log.append("TestAggregate-s", ExpectedVersion::Exact(0), &[EventData::new("Tested", payload).with_metadata(meta)])
-        .unwrap();
+    log.append(
+        "TestAggregate-s",
+        ExpectedVersion::Exact(0),
+        &[EventData::new("Tested", payload).with_metadata(meta)],
+    )
+    .unwrap();
 
     let snap = repo.get_snapshot::<TestAggregate>("s").await.unwrap().unwrap();
     assert_eq!((snap.current_sequence, snap.current_snapshot), (2, 1));
@@ -533,7 +625,15 @@ async fn the_aggregate_store_catches_up_a_snapshot_that_lags_the_events() {
     assert_eq!(context.aggregate.tests, ["t1", "t2", "t3"]);
     assert_eq!((context.current_sequence, context.current_snapshot), (3, Some(2)));
     let plain = AnnalEventRepository::new(log.clone());
-    assert_eq!(plain.get_snapshot::<TestAggregate>("s").await.unwrap().unwrap().current_sequence, 3);
+    assert_eq!(
+        plain
+            .get_snapshot::<TestAggregate>("s")
+            .await
+            .unwrap()
+            .unwrap()
+            .current_sequence,
+        3
+    );
 }
 
 // ---- annal: reopen ----------------------------------------------------------
@@ -542,7 +642,10 @@ async fn the_aggregate_store_catches_up_a_snapshot_that_lags_the_events() {
 async fn commit_close_reopen_and_load() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let log = annal::Options::default().durability(annal::Durability::Fsync).open(dir.path()).unwrap();
+        let log = annal::Options::default()
+            .durability(annal::Durability::Fsync)
+            .open(dir.path())
+            .unwrap();
         let cqrs = annal_cqrs::<TestAggregate>(log.clone(), vec![], ());
         cqrs.execute("r", "t0".into()).await.unwrap();
         let store = PersistedEventStore::new_snapshot_store(AnnalEventRepository::new(log.clone()), 2);
