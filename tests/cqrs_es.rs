@@ -676,3 +676,112 @@ async fn a_user_error_appends_nothing() {
     assert!(matches!(e, AggregateError::UserError(_)), "{e:?}");
     assert_eq!(log.next_position(), 0);
 }
+
+// ---- annal: an append does not block the runtime ---------------------------
+
+/// An I/O seam whose file syncs wait, once armed, until the test opens the
+/// gate; each waiting sync notifies `entered`.
+#[derive(Debug, Default)]
+struct Gate {
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    entered: tokio::sync::Notify,
+}
+
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+    fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        if *closed {
+            self.entered.notify_one();
+        }
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GatedIo(Arc<Gate>);
+#[derive(Debug)]
+struct GatedFile(Box<dyn annal::io::IoFile>, Arc<Gate>);
+
+impl annal::io::Io for GatedIo {
+    fn create(&self, path: &std::path::Path) -> std::io::Result<Box<dyn annal::io::IoFile>> {
+        Ok(Box::new(GatedFile(annal::io::StdIo.create(path)?, self.0.clone())))
+    }
+    fn open(&self, path: &std::path::Path) -> std::io::Result<Box<dyn annal::io::IoFile>> {
+        Ok(Box::new(GatedFile(annal::io::StdIo.open(path)?, self.0.clone())))
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        annal::io::StdIo.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        annal::io::StdIo.remove(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        annal::io::StdIo.sync_dir(dir)
+    }
+}
+
+impl annal::io::IoFile for GatedFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(offset, buf)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.1.pass();
+        self.0.sync()
+    }
+    fn truncate(&self, len: u64) -> std::io::Result<()> {
+        self.0.truncate(len)
+    }
+}
+
+/// On a current-thread runtime (one worker), a commit whose fsync waits
+/// leaves the worker free: another task on it sees the fsync start, checks
+/// the commit has not finished, and releases the fsync. An implementation
+/// that fsynced on the worker would never run that task: a watchdog thread
+/// then opens the gate, and the test fails on its flag.
+#[tokio::test(flavor = "current_thread")]
+async fn a_commit_waiting_for_fsync_leaves_the_runtime_worker_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let log = annal::Options::default()
+        .durability(annal::Durability::Fsync)
+        .io(Arc::new(GatedIo(gate.clone())))
+        .open(dir.path())
+        .unwrap();
+    let repo = AnnalEventRepository::new(log.clone());
+    gate.set(true);
+    let watchdog_fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let (gate, fired) = (gate.clone(), watchdog_fired.clone());
+        std::thread::spawn(move || {
+            if done_rx.recv_timeout(std::time::Duration::from_secs(120)).is_err() {
+                fired.store(true, std::sync::atomic::Ordering::SeqCst);
+                gate.set(false);
+            }
+        })
+    };
+
+    let entered = gate.entered.notified();
+    let commit = tokio::spawn(async move {
+        repo.persist::<TestAggregate>(&[envelope("g", 1, TestEvent::Created { id: "g".into() })], None)
+            .await
+    });
+    entered.await;
+    assert!(!commit.is_finished(), "the commit waits for its fsync");
+    gate.set(false);
+    commit.await.unwrap().unwrap();
+    done_tx.send(()).unwrap();
+    watchdog.join().unwrap();
+    assert!(
+        !watchdog_fired.load(std::sync::atomic::Ordering::SeqCst),
+        "the runtime's worker was blocked"
+    );
+    assert_eq!(log.stream_version("TestAggregate-g").unwrap(), Some(0));
+}

@@ -280,15 +280,15 @@ impl AnnalEventRepository {
     /// Feed what `read` yields into a new replay stream, from a blocking
     /// thread (the reads may walk the whole log). Stops when the stream is
     /// dropped.
-    fn replay<F>(&self, read: F) -> ReplayStream
+    fn replay<F>(&self, read: F) -> Result<ReplayStream, PersistenceError>
     where
         F: FnOnce(&LogView, &mut dyn FnMut(Result<SerializedEvent, PersistenceError>) -> bool) + Send + 'static,
     {
         let (mut feed, stream) = ReplayStream::new(self.stream_channel_size);
         let log = self.log.clone();
-        let handle = tokio::runtime::Handle::current();
+        let handle = runtime()?;
         // The task ends by itself: when the reads end or the stream is dropped.
-        drop(tokio::task::spawn_blocking(move || {
+        drop(handle.clone().spawn_blocking(move || {
             let mut push = |e: Result<SerializedEvent, PersistenceError>| push_blocking(&handle, &mut feed, e);
             match log.view() {
                 Ok(view) => read(&view, &mut push),
@@ -297,7 +297,7 @@ impl AnnalEventRepository {
                 }
             }
         }));
-        stream
+        Ok(stream)
     }
 }
 
@@ -362,7 +362,8 @@ impl PersistedEventRepository for AnnalEventRepository {
         if let Some((aggregate_id, aggregate, current_snapshot)) = snapshot_update {
             let stream = Self::stream_name(A::TYPE, &aggregate_id)?;
             let log = self.log.clone();
-            tokio::task::spawn_blocking(move || save_snapshot(&log, &stream, aggregate, current_snapshot, appended))
+            runtime()?
+                .spawn_blocking(move || save_snapshot(&log, &stream, aggregate, current_snapshot, appended))
                 .await
                 .map_err(|e| PersistenceError::UnknownError(Box::new(e)))??;
         }
@@ -372,7 +373,7 @@ impl PersistedEventRepository for AnnalEventRepository {
     async fn stream_events<A: Aggregate>(&self, aggregate_id: &str) -> Result<ReplayStream, PersistenceError> {
         let stream = Self::stream_name(A::TYPE, aggregate_id)?;
         let id = aggregate_id.to_owned();
-        Ok(self.replay(move |view, push| {
+        self.replay(move |view, push| {
             for r in view.read_stream(&stream, 0, Direction::Forward, u64::MAX) {
                 let e = r.map_err(persistence).and_then(|r| serialized(view, r, A::TYPE, &id));
                 let failed = e.is_err();
@@ -380,12 +381,12 @@ impl PersistedEventRepository for AnnalEventRepository {
                     return;
                 }
             }
-        }))
+        })
     }
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         check_type(A::TYPE)?;
-        Ok(self.replay(move |view, push| {
+        self.replay(move |view, push| {
             for r in view.read_category(A::TYPE, 0) {
                 let e = r.map_err(persistence).and_then(|r| {
                     let id = aggregate_id_of(A::TYPE, r.stream())?.to_owned();
@@ -396,7 +397,7 @@ impl PersistedEventRepository for AnnalEventRepository {
                     return;
                 }
             }
-        }))
+        })
     }
 }
 
@@ -410,7 +411,8 @@ async fn append(
     events: Vec<EventData<'static>>,
 ) -> Result<AppendResult, PersistenceError> {
     let log = log.clone();
-    tokio::task::spawn_blocking(move || log.append(&stream, expected, &events))
+    runtime()?
+        .spawn_blocking(move || log.append(&stream, expected, &events))
         .await
         .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?
         .map_err(persistence)
@@ -481,6 +483,12 @@ fn commit_data(
         n => ExpectedVersion::Exact(n as u64 - 2),
     };
     Ok((expected, data))
+}
+
+/// The tokio runtime the caller runs on: appends, snapshot writes and
+/// replays run on its blocking pool. Outside one, an error (never a panic).
+fn runtime() -> Result<tokio::runtime::Handle, PersistenceError> {
+    tokio::runtime::Handle::try_current().map_err(|e| PersistenceError::UnknownError(Box::new(e)))
 }
 
 /// Record `r` of stream `<aggregate_type>-<aggregate_id>` as a cqrs-es row.
