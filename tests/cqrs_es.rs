@@ -230,6 +230,40 @@ async fn snapshot_repositories() {
 }
 
 #[tokio::test]
+async fn stream_all_events_reads_the_aggregate_types_category_only() {
+    let (_dir, log) = new_log();
+    let repo = AnnalEventRepository::new(log.clone()).with_streaming_channel_size(2);
+    for (id, n) in [("a", 2), ("b-c", 3)] {
+        let events: Vec<_> = (1..=n)
+            .map(|s| {
+                envelope(
+                    id,
+                    s,
+                    TestEvent::Tested {
+                        test_name: format!("{id}{s}"),
+                    },
+                )
+            })
+            .collect();
+        repo.persist::<TestAggregate>(&events, None).await.unwrap();
+    }
+    // Streams of other categories, one whose name starts with the type.
+    log.append("TestAggregates-1", ExpectedVersion::Any, &[EventData::new("E", b"{}")])
+        .unwrap();
+    log.append("Customer-1", ExpectedVersion::Any, &[EventData::new("E", b"{}")])
+        .unwrap();
+
+    let mut stream = repo.stream_all_events::<TestAggregate>().await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(e) = stream.next::<TestAggregate>(&[]).await {
+        let e = e.unwrap();
+        seen.push((e.aggregate_id, e.sequence));
+    }
+    let want = [("a", 1), ("a", 2), ("b-c", 1), ("b-c", 2), ("b-c", 3)];
+    assert_eq!(seen, want.map(|(id, s)| (id.to_string(), s)));
+}
+
+#[tokio::test]
 async fn get_last_events_returns_the_events_after_a_sequence() {
     let (_dir, log) = new_log();
     let repo = AnnalEventRepository::new(log);
