@@ -258,12 +258,13 @@ impl AnnalEventRepository {
         aggregate_id: &str,
         snap: Option<SnapshotBody>,
     ) -> Result<SnapshotBody, PersistenceError> {
+        // A snapshot of another shape of the state is replayed over, as
+        // cqrs-es does with one that does not deserialize.
         let (mut state, mut current_sequence, current_snapshot) = match snap {
-            Some(s) => (
-                serde_json::from_value::<A>(s.aggregate)?,
-                s.current_sequence,
-                s.current_snapshot,
-            ),
+            Some(s) => match serde_json::from_value::<A>(s.aggregate) {
+                Ok(state) => (state, s.current_sequence, s.current_snapshot),
+                Err(_) => (A::default(), 0, s.current_snapshot),
+            },
             None => (A::default(), 0, 0),
         };
         for e in self.read_events(A::TYPE, aggregate_id, current_sequence as u64)? {
