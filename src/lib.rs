@@ -74,6 +74,8 @@ pub use check::{
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
+#[cfg(feature = "cqrs-es")]
+pub use es::cqrs;
 pub use es::projection::Projection;
 pub use es::snapshot::Snapshot;
 #[cfg(feature = "fuzzing")]

@@ -9,6 +9,8 @@
 pub(crate) mod aggregate;
 #[cfg(feature = "tokio")]
 mod asynchronous;
+#[cfg(feature = "cqrs-es")]
+pub mod cqrs;
 mod erasure;
 pub(crate) mod projection;
 pub(crate) mod snapshot;
