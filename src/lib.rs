@@ -88,6 +88,7 @@ pub use format::names::{HEAD_FILE, LOCK_FILE, STREAM_TABLE_FILE};
 pub use format::record::{EventData, Payload, RecordRef};
 pub use format::sealed::KeyId;
 pub use read::anchor::{ChainHead, chain_head, head_anchor};
+pub use read::owned::IntoRecords;
 pub use read::query::{ReadAllBackward, ReadNamed, ReadStream};
 pub use read::rules::StreamMetadata;
 #[cfg(feature = "tokio")]

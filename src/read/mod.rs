@@ -15,7 +15,8 @@
 //! backward, by time), `stream` (one stream's reads), `hits` (the index-hit
 //! checks they share), `rules` (what stream metadata hides, spec 3.7, read
 //! from a view) and `visibility` (the same as values a view can hold),
-//! `subscription`, `anchor`, `unseal` (records made readable: sealed ones
+//! `subscription`, `owned` (reads that own their view and yield owned
+//! records), `anchor`, `unseal` (records made readable: sealed ones
 //! decrypted or erased, spec 3.8), `front` (the log's start after retention,
 //! spec 3.9); `view` re-exports what
 //! other layers use, so that `crate::read::view::X` stays their one path.
@@ -27,6 +28,7 @@ mod follow;
 pub(crate) mod front;
 mod hits;
 mod logview;
+pub(crate) mod owned;
 pub(crate) mod query;
 mod reader;
 mod replay;
