@@ -1,5 +1,5 @@
-//! Event sourcing on top of the log: typed events (serde + postcard, with
-//! upcasting), aggregates with optimistic concurrency and snapshots,
+//! Event sourcing on top of the log: typed events (serde with a codec:
+//! postcard, or JSON with the `json` feature; with upcasting), aggregates with optimistic concurrency and snapshots,
 //! snapshot files, projections (sequential and parallel rebuilds), and
 //! erasing subjects (`erasure`: the key, then what snapshots hold).
 //!
@@ -7,6 +7,7 @@
 //! [`crate::LogView`]) plus the parallel-rebuild hooks of the read layer.
 
 pub(crate) mod aggregate;
+pub(crate) mod codec;
 mod erasure;
 pub(crate) mod projection;
 pub(crate) mod snapshot;
