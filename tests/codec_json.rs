@@ -343,6 +343,14 @@ fn cli_read_json_prints_json_payloads_as_json_and_postcard_as_base64() {
         &[EventData::new("Noted", br#"{"x":1}"#)],
     )
     .expect("opaque");
+    // JSON text with whitespace around it: flagged, but not exact JSON for
+    // a JSON line: base64, with the codec.
+    log.append(
+        "note-1",
+        ExpectedVersion::Any,
+        &[EventData::json_text("Noted", b" [1, 2]\n").expect("json text")],
+    )
+    .expect("json text");
     log.close().expect("close");
 
     let out = run(&["read", p(&dir), "--json"]);
@@ -351,7 +359,7 @@ fn cli_read_json_prints_json_payloads_as_json_and_postcard_as_base64() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 4);
     // The postcard event: base64 of its bytes, no codec.
     let postcard = annal::typed::encode(&AccountV0::Opened { owner: "ann".into() }).expect("encode");
     assert_eq!(lines[0]["type"], "Opened");
@@ -367,6 +375,8 @@ fn cli_read_json_prints_json_payloads_as_json_and_postcard_as_base64() {
     // Opaque JSON text: data, no codec (as before version 5).
     assert!(lines[2].get("codec").is_none());
     assert_eq!(lines[2]["data"], serde_json::json!({"x": 1}));
+    assert_eq!(lines[3]["codec"], "json");
+    assert_eq!(lines[3]["data_base64"], "IFsxLCAyXQo=");
 
     // `read --json | import` keeps the mark and the bytes.
     let copy = tmp.path().join("copy");
@@ -387,6 +397,7 @@ fn cli_read_json_prints_json_payloads_as_json_and_postcard_as_base64() {
             (false, postcard.payload.to_vec()),
             (true, br#"{"Deposited":{"cents":42}}"#.to_vec()),
             (false, br#"{"x":1}"#.to_vec()),
+            (true, b" [1, 2]\n".to_vec()),
         ]
     );
     // A codec other than json, or json data that is not JSON, is refused.

@@ -123,3 +123,29 @@ impl EventData<'static> {
         Ok(EventData::new(event_type, payload).marked_json())
     }
 }
+
+#[cfg(feature = "json")]
+impl<'a> EventData<'a> {
+    /// An event whose payload is `text`, already JSON, kept byte for byte
+    /// (whitespace, key order and number spelling as given) and marked as
+    /// JSON like [`EventData::json`]. Text that is not exactly one JSON value
+    /// (whitespace around it allowed) is refused ([`Error::InvalidArgument`]).
+    /// Feature `json`.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// let e = annal::EventData::json_text("Noted", br#"{"b": 1, "a": 2}"#)?;
+    /// assert_eq!(&*e.payload, br#"{"b": 1, "a": 2}"#);
+    /// assert!(annal::EventData::json_text("Noted", b"{oops").is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn json_text(
+        event_type: impl Into<std::borrow::Cow<'a, str>>,
+        text: impl crate::Payload<'a>,
+    ) -> Result<EventData<'a>> {
+        let data = EventData::new(event_type, text);
+        serde_json::from_slice::<serde::de::IgnoredAny>(&data.payload)
+            .map_err(|e| Error::InvalidArgument(format!("the payload is not one JSON value: {e}")))?;
+        Ok(data.marked_json())
+    }
+}

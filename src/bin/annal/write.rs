@@ -64,8 +64,8 @@ Input: one JSON object per line:
   {\"stream\": \"order-1\", \"type\": \"Placed\", \"data\": {...}, \"metadata\": {...}, \"id\": \"<uuid>\"}
 \"metadata\" and \"id\" are optional; \"data_base64\" / \"metadata_base64\" carry
 non-JSON bytes; \"schema_version\" is optional; \"codec\": \"json\" (as `read --json`
-writes it) marks the data as JSON (it must be exactly one JSON value; a log of
-format version 5); other fields (position, version,
+writes it) marks the data as JSON (it must be one JSON value; a log of format
+version 5); other fields (position, version,
 timestamp) are ignored; events keep their ids. JSON data and metadata are
 stored byte for byte as they are written in the line (never re-serialised:
 big integers, 1E5, repeated keys and key order stay as they are), so
@@ -440,9 +440,8 @@ fn parse_line(bytes: &[u8]) -> Result<Line, String> {
     let json = match l.codec {
         None => false,
         Some(serde_json::Value::String(c)) if c == "json" => {
-            match serde_json::from_slice::<&RawValue>(&data) {
-                Ok(raw) if raw.get().len() == data.len() => {}
-                _ => return Err("\"codec\" is \"json\" but the data is not exactly one JSON value".into()),
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_err() {
+                return Err("\"codec\" is \"json\" but the data is not one JSON value".into());
             }
             true
         }
@@ -484,13 +483,8 @@ fn flush(log: Option<&Log>, batch: &mut Batch, done: &mut Progress) -> Result<()
         .iter()
         .map(|l| {
             let e = if l.json {
-                // Checked by `parse_line` to be exactly one JSON value: a raw
-                // value serialises as its text, byte for byte.
-                let raw: &RawValue = serde_json::from_slice(&l.data).map_err(|e| Failure {
-                    code: 1,
-                    message: format!("line {}: {e}", batch.first_line),
-                })?;
-                EventData::json(l.event_type.clone(), raw).map_err(Failure::from)?
+                // Checked by `parse_line` to be one JSON value; kept byte for byte.
+                EventData::json_text(l.event_type.as_str(), l.data.as_slice()).map_err(Failure::from)?
             } else {
                 EventData::new(l.event_type.as_str(), l.data.as_slice())
             };
