@@ -786,6 +786,35 @@ mod tests {
     }
 
     #[test]
+    fn the_json_flag_is_read_in_version_5_and_damage_before() {
+        let events = [
+            EventData::new("T", b"[1]".as_slice()).marked_json(),
+            EventData::new("T", b"\x01".as_slice()),
+        ];
+        let mut out = vec![0u8; 32];
+        let stamp = BatchStamp {
+            first_version: 0,
+            timestamp_delta: 0,
+        };
+        encode_body(&mut out, 0, "s", &events, &stamp);
+        let body = out[32..].to_vec();
+        let mut got = Vec::new();
+        parse_body(&body, &cx(2, 32), None, |_, r| got.push(r.is_json())).unwrap();
+        assert_eq!(got, [true, false], "the flag is per record, not carried like the type");
+        let listed: Vec<bool> = BodyRecords::new(&body, &cx(2, 32)).map(|(_, r)| r.is_json()).collect();
+        assert_eq!(listed, got);
+        for version in [3, 4] {
+            let old = BodyContext { version, ..cx(2, 32) };
+            let err = parse_body(&body, &old, None, |_, _| {}).unwrap_err();
+            // The first record's `rflags`: after the varints of the
+            // timestamp (1), the stream's length (1), the stream (1) and
+            // the first version (1).
+            assert_eq!(err.offset, old.at + 4, "v{version}");
+            assert!(err.detail().contains(&format!("format v{version}")), "{}", err.detail());
+        }
+    }
+
+    #[test]
     fn padding_and_repeated_types_are_checked() {
         let events = [
             EventData::new("T", b"x".as_slice()),
