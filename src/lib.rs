@@ -82,7 +82,7 @@ pub use es::snapshot::Snapshot;
 #[doc(hidden)]
 pub use es::snapshot::testing as snapshot_testing;
 pub use es::typed;
-pub use es::typed::{Event, Typed, Upcasters};
+pub use es::typed::{Codec, Event, Typed, Upcasters};
 pub use format::hash::{category_of, stream_hash};
 pub use format::names::{HEAD_FILE, LOCK_FILE, STREAM_TABLE_FILE};
 pub use format::record::{EventData, Payload, RecordRef};

@@ -92,7 +92,7 @@ fn build() -> Built {
         .chain(false)
         .clock(Arc::new(move || clock.fetch_add(SEC, Ordering::SeqCst)));
     let log = Log::open_with(dir.path(), opts).expect("open");
-    assert_eq!(log.format_version(), 4);
+    assert_eq!(log.format_version(), 5);
     let mut expect: Vec<(String, HiddenBy, u64, u64, u64, u64)> = Vec::new();
 
     // Tombstone: every event.

@@ -49,10 +49,10 @@ fn assert_clean(dir: &Path, opts: CheckOptions) -> annal::CheckReport {
 }
 
 #[test]
-fn new_logs_are_version_4_and_generated_ids_are_not_stored() {
+fn new_logs_are_version_5_and_generated_ids_are_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path()).unwrap();
-    assert_eq!(log.format_version(), 4);
+    assert_eq!(log.format_version(), 5);
     append(&log, 0, 300);
     let from_writer: Vec<Uuid> = log.view().unwrap().read_all(0).map(|r| r.unwrap().event_id()).collect();
     log.close().unwrap();

@@ -97,6 +97,8 @@ fn write_log(dir: &Path) -> Vec<(u64, Vec<u8>)> {
     let n = Arc::new(AtomicU64::new(0));
     let clock = Arc::new(move || CLOCK_START + n.fetch_add(1, Ordering::SeqCst) * CLOCK_STEP);
     let opts = Options::default()
+        // A version 4 vector (new logs are version 5).
+        .format_version(4)
         .log_id(LOG_ID)
         .clock(clock)
         .durability(Durability::Buffered)

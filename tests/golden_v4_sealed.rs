@@ -143,6 +143,8 @@ fn write_log(dir: &Path) {
     let c = calls.clone();
     let clock = Arc::new(move || CLOCK_START + c.fetch_add(1, Ordering::SeqCst) as u64 * CLOCK_STEP);
     let opts = Options::default()
+        // A version 4 vector (new logs are version 5).
+        .format_version(4)
         .durability(Durability::Buffered)
         .log_id(LOG_ID)
         .clock(clock)

@@ -1,5 +1,5 @@
-//! Event sourcing on top of the log: typed events (serde + postcard, with
-//! upcasting), aggregates with optimistic concurrency and snapshots,
+//! Event sourcing on top of the log: typed events (serde with a codec:
+//! postcard, or JSON with the `json` feature; with upcasting), aggregates with optimistic concurrency and snapshots,
 //! snapshot files, projections (sequential and parallel rebuilds), and
 //! erasing subjects (`erasure`: the key, then what snapshots hold).
 //!
@@ -9,6 +9,7 @@
 pub(crate) mod aggregate;
 #[cfg(feature = "tokio")]
 mod asynchronous;
+pub(crate) mod codec;
 #[cfg(feature = "cqrs-es")]
 pub mod cqrs;
 mod erasure;

@@ -1,13 +1,17 @@
-//! Typed events: application event types encoded with postcard, and
-//! upcasting of older payloads.
+//! Typed events: application event types encoded with a [`Codec`]
+//! (postcard by default, JSON with the `json` feature), and upcasting of
+//! older payloads.
 //!
 //! An [`Event`] is any serde type that names its event type (stored in each
-//! record, so category and type reads work on typed logs too) and the schema
-//! version its payload is written with. [`decode`] reads a record's payload
-//! into an event type; types with `&str`/`&[u8]` fields borrow them straight
-//! from the memory-mapped segment (zero-copy). [`Upcasters`] turn payloads
-//! written with an older schema version into the current form before
-//! decoding; [`Typed`] carries a record together with its upcast payload.
+//! record, so category and type reads work on typed logs too), the schema
+//! version its payload is written with, and its codec ([`Event::CODEC`]).
+//! [`decode`] reads a record's payload into an event type with the codec
+//! the record names (its `JSON` flag, spec 3.11), whatever the reading type
+//! would write: a stream may mix codecs. Postcard types with `&str`/`&[u8]`
+//! fields borrow them straight from the memory-mapped segment (zero-copy).
+//! [`Upcasters`] turn payloads written with an older schema version into the
+//! current form before decoding; [`Typed`] carries a record together with
+//! its upcast payload.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -15,6 +19,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::es::codec::Codec;
 use crate::format::record::{EventData, RecordRef};
 use crate::{AppendResult, ExpectedVersion};
 
@@ -39,6 +44,12 @@ use crate::{AppendResult, ExpectedVersion};
 pub trait Event: Serialize {
     /// Schema version of the payloads written now (see [`Upcasters`]).
     const SCHEMA_VERSION: u32 = 0;
+    /// The codec payloads are written with now: [`Codec::Postcard`] by
+    /// default; `Codec::Json` (feature `json`) writes JSON text and marks the
+    /// record as JSON (format version 5, spec 3.11). Reading never uses
+    /// this: a record is decoded with the codec it names, so changing it
+    /// leaves older events readable.
+    const CODEC: Codec = Codec::Postcard;
     /// The event type stored in the record, e.g. the variant's name.
     fn event_type(&self) -> &'static str;
 
@@ -51,19 +62,22 @@ pub trait Event: Serialize {
     }
 }
 
-/// Encode a typed event as [`EventData`] (postcard payload; sealed for its
-/// [`Event::subject`], if it names one).
+/// Encode a typed event as [`EventData`] with its [`Event::CODEC`] (a JSON
+/// payload marked as JSON; sealed for its [`Event::subject`], if it names
+/// one).
 pub fn encode<E: Event>(event: &E) -> Result<EventData<'static>> {
-    let payload = postcard::to_allocvec(event).map_err(|e| Error::Encode(e.to_string()))?;
-    let data = EventData::new(event.event_type(), payload).with_schema_version(E::SCHEMA_VERSION);
+    let payload = E::CODEC.to_bytes(event)?;
+    let data = E::CODEC.mark(EventData::new(event.event_type(), payload).with_schema_version(E::SCHEMA_VERSION));
     Ok(match event.subject() {
         Some(s) => data.with_subject(s.to_owned()),
         None => data,
     })
 }
 
-/// Decode a record's payload as it is stored (no upcasting). Borrowed fields
-/// of `E` point into the record's bytes (the mapping): nothing is copied.
+/// Decode a record's payload as it is stored (no upcasting), with the codec
+/// the record names ([`Codec::of_record`]: serde_json for a record flagged
+/// JSON, postcard otherwise). Borrowed fields of `E` point into the
+/// record's bytes (the mapping): nothing is copied.
 ///
 /// A record of an event that names a subject must be unsealed first
 /// ([`LogView::unseal`](crate::LogView::unseal)); a sealed or erased record
@@ -85,17 +99,22 @@ fn decode_bytes<'b, E: Deserialize<'b>>(record: &RecordRef<'_>, payload: &'b [u8
             },
         });
     }
-    postcard::from_bytes(payload).map_err(|e| Error::Decode {
-        position: record.position(),
-        event_type: record.event_type().to_owned(),
-        detail: e.to_string(),
-    })
+    Codec::of_record(record)?
+        .from_bytes(payload)
+        .map_err(|detail| Error::Decode {
+            position: record.position(),
+            event_type: record.event_type().to_owned(),
+            detail,
+        })
 }
 
 type Upcast = Box<dyn Fn(&[u8]) -> Result<Vec<u8>> + Send + Sync>;
 
 /// Functions that turn a payload of `(event type, schema version v)` into
-/// version `v + 1`; applied in a chain until no function matches.
+/// version `v + 1`; applied in a chain until no function matches. A
+/// function gets and returns bytes in the codec of the record it upcasts
+/// ([`Typed::codec`]): JSON text for a record flagged JSON, postcard
+/// otherwise.
 ///
 /// ```
 /// # fn main() -> annal::Result<()> {
@@ -201,6 +220,12 @@ impl<'a> Typed<'a> {
         self.schema_version
     }
 
+    /// The codec the payload is decoded with: the one the record names
+    /// ([`Codec::of_record`]).
+    pub fn codec(&self) -> Result<Codec> {
+        Codec::of_record(&self.record)
+    }
+
     /// Decode the (upcast) payload. Borrowed fields point into the mapping
     /// when no upcaster applied, into this value's buffer otherwise. An
     /// erased event is an error here; [`Typed::decode_unless_erased`] gives
@@ -224,8 +249,8 @@ impl<'a> Typed<'a> {
     }
 }
 impl crate::Log {
-    /// Append typed events (encoded with postcard, see [`crate::typed`]) as
-    /// one atomic batch.
+    /// Append typed events (each encoded with its [`Event::CODEC`], see
+    /// [`crate::typed`]) as one atomic batch.
     pub fn append_typed<E: Event>(
         &self,
         stream: &str,

@@ -34,6 +34,22 @@ pub const RECORD_FLAGS_V3: u8 = RECORD_FLAG_ID | RECORD_FLAG_SCHEMA | RECORD_FLA
 pub const RECORD_FLAG_SUBJECT: u8 = 16;
 /// Every record flag of version 4.
 pub const RECORD_FLAGS_V4: u8 = RECORD_FLAGS_V3 | RECORD_FLAG_SUBJECT;
+/// Record flag (version 5): the payload is JSON text (spec 3.11). It adds no
+/// field: it only says how the payload is encoded.
+pub const RECORD_FLAG_JSON: u8 = 32;
+/// Every record flag of version 5.
+pub const RECORD_FLAGS_V5: u8 = RECORD_FLAGS_V4 | RECORD_FLAG_JSON;
+/// The first format version whose records may carry [`RECORD_FLAG_JSON`].
+pub const JSON_FORMAT_VERSION: u16 = 5;
+
+/// The record flags a segment of format `version` (3 or later) allows.
+pub(crate) const fn record_flags_of(version: u16) -> u8 {
+    match version {
+        0..=3 => RECORD_FLAGS_V3,
+        4 => RECORD_FLAGS_V4,
+        _ => RECORD_FLAGS_V5,
+    }
+}
 
 /// The 17 ASCII bytes that start the input of the generated-id seed.
 const ID_SEED_CONTEXT: &[u8; 17] = b"annal event id v3";
@@ -141,6 +157,9 @@ pub(crate) fn encode_body(
         if ev.sealed.is_some() {
             flags |= RECORD_FLAG_SUBJECT;
         }
+        if ev.json {
+            flags |= RECORD_FLAG_JSON;
+        }
         out.push(flags);
         if let Some(id) = ev.id {
             out.extend_from_slice(id.as_bytes());
@@ -182,8 +201,9 @@ pub(crate) struct BodyContext {
     /// it (for the padding rule).
     pub at: u64,
     pub header_len: usize,
-    /// Records may be sealed for a subject (format version 4).
-    pub sealed: bool,
+    /// The format version of the segment (3 or later): which record flags
+    /// it allows ([`record_flags_of`]).
+    pub version: u16,
 }
 
 /// The batch-wide fields of a parsed body.
@@ -288,12 +308,14 @@ pub(crate) fn parse_body<'a>(
                 format!("expected record {i} of {}, found the end of the frame", cx.count),
             ));
         };
-        let allowed = if cx.sealed { RECORD_FLAGS_V4 } else { RECORD_FLAGS_V3 };
+        let allowed = record_flags_of(cx.version);
         if flags & !allowed != 0 {
-            let v = if cx.sealed { 4 } else { 3 };
             return Err(Damage::corrupt(
                 rec_at,
-                format!("expected record flags of format v{v} (at most {allowed:#04x}), found {flags:#04x}"),
+                format!(
+                    "expected record flags of format v{} (at most {allowed:#04x}), found {flags:#04x}",
+                    cx.version
+                ),
             ));
         }
         if flags & RECORD_FLAG_SUBJECT != 0 && flags & RECORD_FLAG_METADATA != 0 {
@@ -418,7 +440,8 @@ pub(crate) fn parse_body<'a>(
         let rec = match seal {
             Some((key, nonce)) => rec.sealed_with(key, nonce),
             None => rec,
-        };
+        }
+        .json_if(flags & RECORD_FLAG_JSON != 0);
         each((rec_at - cx.at) as usize + cx.header_len, rec);
     }
     // Zero padding to a multiple of 8, and nothing more.
@@ -601,7 +624,8 @@ impl<'a> Iterator for BodyRecords<'a> {
         let rec = match seal {
             Some((key, nonce)) => rec.sealed_with(key, nonce),
             None => rec,
-        };
+        }
+        .json_if(flags & RECORD_FLAG_JSON != 0);
         self.position = self.position.wrapping_add(1);
         self.version = self.version.wrapping_add(1);
         self.left -= 1;
@@ -692,7 +716,7 @@ mod tests {
             id_seed: 3,
             at: 1_000,
             header_len,
-            sealed: true,
+            version: JSON_FORMAT_VERSION,
         }
     }
 
@@ -758,6 +782,35 @@ mod tests {
                 )
                 .is_err()
             );
+        }
+    }
+
+    #[test]
+    fn the_json_flag_is_read_in_version_5_and_damage_before() {
+        let events = [
+            EventData::new("T", b"[1]".as_slice()).marked_json(),
+            EventData::new("T", b"\x01".as_slice()),
+        ];
+        let mut out = vec![0u8; 32];
+        let stamp = BatchStamp {
+            first_version: 0,
+            timestamp_delta: 0,
+        };
+        encode_body(&mut out, 0, "s", &events, &stamp);
+        let body = out[32..].to_vec();
+        let mut got = Vec::new();
+        parse_body(&body, &cx(2, 32), None, |_, r| got.push(r.is_json())).unwrap();
+        assert_eq!(got, [true, false], "the flag is per record, not carried like the type");
+        let listed: Vec<bool> = BodyRecords::new(&body, &cx(2, 32)).map(|(_, r)| r.is_json()).collect();
+        assert_eq!(listed, got);
+        for version in [3, 4] {
+            let old = BodyContext { version, ..cx(2, 32) };
+            let err = parse_body(&body, &old, None, |_, _| {}).unwrap_err();
+            // The first record's `rflags`: after the varints of the
+            // timestamp (1), the stream's length (1), the stream (1) and
+            // the first version (1).
+            assert_eq!(err.offset, old.at + 4, "v{version}");
+            assert!(err.detail().contains(&format!("format v{version}")), "{}", err.detail());
         }
     }
 

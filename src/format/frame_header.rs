@@ -575,6 +575,6 @@ pub(crate) fn body_context(frame: &Frame, off: u64, layout: &Layout) -> BodyCont
         id_seed: layout.id_seed,
         at: off + u64::from(frame.header_len),
         header_len: frame.header_len as usize,
-        sealed: layout.version >= 4,
+        version: layout.version,
     }
 }

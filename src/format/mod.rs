@@ -70,7 +70,7 @@ pub use stream_table::*;
 use crate::format::damage::{Damage, DamageKind};
 
 /// The format version this build writes.
-pub const CURRENT_FORMAT_VERSION: u16 = 4;
+pub const CURRENT_FORMAT_VERSION: u16 = 5;
 /// The oldest format version this build reads.
 pub const OLDEST_SUPPORTED_FORMAT_VERSION: u16 = 1;
 

@@ -51,6 +51,10 @@ pub struct EventData<'a> {
     pub subject: Option<Cow<'a, str>>,
     /// Set by the writer on the sealed copy of an event it encodes.
     pub(crate) sealed: Option<SealedWith>,
+    /// The payload is JSON text (record flag `JSON`, format version 5,
+    /// spec 3.11): set by `EventData::json` and typed events of the JSON
+    /// codec, never on bytes that were not serialised as JSON.
+    pub(crate) json: bool,
 }
 
 /// Bytes an [`EventData`] takes as its payload or metadata, borrowed or
@@ -139,6 +143,7 @@ impl<'a> EventData<'a> {
             schema_version: 0,
             subject: None,
             sealed: None,
+            json: false,
         }
     }
 
@@ -176,6 +181,27 @@ impl<'a> EventData<'a> {
         self
     }
 
+    /// Whether the payload is marked as JSON text (spec 3.11): events made
+    /// by `EventData::json` (feature `json`) or by a typed event whose
+    /// codec is JSON. A log of format version 5 stores the mark in the
+    /// record; older logs refuse such events.
+    ///
+    /// ```
+    /// let e = annal::EventData::new("Noted", b"{}");
+    /// assert!(!e.is_json(), "bytes given as they are are opaque");
+    /// ```
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// This event with its payload marked as JSON text (the caller
+    /// serialised it with serde_json).
+    #[cfg_attr(not(feature = "json"), allow(dead_code, reason = "marked only by the JSON codec"))]
+    pub(crate) fn marked_json(mut self) -> Self {
+        self.json = true;
+        self
+    }
+
     /// The sealed copy of this event (the writer's): `ciphertext` as its
     /// payload, no metadata, no subject name.
     pub(crate) fn sealed_copy(&self, ciphertext: Vec<u8>, with: SealedWith) -> EventData<'static> {
@@ -187,6 +213,7 @@ impl<'a> EventData<'a> {
             schema_version: self.schema_version,
             subject: None,
             sealed: Some(with),
+            json: self.json,
         }
     }
 
@@ -284,6 +311,8 @@ pub struct RecordRef<'a> {
     /// [`SealState::Sealed`], `metadata` holds the record's nonce (a sealed
     /// record has no metadata of its own: it is inside the ciphertext).
     subject: SubjectWord,
+    /// The record flag `JSON` (format version 5, spec 3.11).
+    json: bool,
     // UTF-8 is checked when the record's batch is validated; the accessors
     // convert lazily so replay that does not look at names pays nothing.
     stream: &'a [u8],
@@ -318,7 +347,15 @@ impl<'a> RecordRef<'a> {
             metadata,
             payload,
             subject: SubjectWord::NONE,
+            json: false,
         }
+    }
+
+    /// The record with the `JSON` flag set if `json` (spec 3.11).
+    #[inline(always)]
+    pub(crate) fn json_if(mut self, json: bool) -> Self {
+        self.json = json;
+        self
     }
 
     /// The record as stored sealed for key `key` with `nonce` (its
@@ -443,6 +480,15 @@ impl<'a> RecordRef<'a> {
     pub fn is_sealed(&self) -> bool {
         self.subject.state() == Some(SealState::Sealed)
     }
+    /// Whether the record says its payload is JSON text (the record flag
+    /// `JSON` of format version 5, spec 3.11): typed events decode it with
+    /// serde_json, `annal read --json` prints it as a JSON value. `false`
+    /// for every record of an older log, and for payloads appended as
+    /// bytes (opaque, or postcard from typed events).
+    #[inline]
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
     /// Whether the event's subject was erased: the envelope (position,
     /// stream, version, type, time, id) stays, payload and metadata are gone.
     pub fn is_erased(&self) -> bool {
@@ -464,6 +510,7 @@ impl std::fmt::Debug for RecordRef<'_> {
             .field("payload_len", &self.payload.len())
             .field("subject_key", &self.subject_key())
             .field("seal", &self.subject.state())
+            .field("json", &self.json)
             .finish()
     }
 }

@@ -169,6 +169,9 @@ pub struct RecordDump {
     /// Format version 4: a record sealed for a subject (spec 3.8), its key
     /// id and nonce; the payload is then the ciphertext.
     pub sealed: Option<(u64, [u8; 24])>,
+    /// Format version 5: the record's `JSON` flag (spec 3.11), its payload
+    /// declared JSON text.
+    pub json: bool,
     /// Format version 4: an event of `$retention` (spec 3.9), its retention
     /// record decoded, or what is wrong with it; `None` for every other
     /// event.
@@ -383,6 +386,7 @@ fn batch_records(file: &[u8], off: usize, end: usize, frame: &mut FrameDump) -> 
             event_id: (h.event_id, true),
             rules: None,
             sealed: None,
+            json: false,
             retention: None,
         });
         r += rec.len();
@@ -466,7 +470,7 @@ fn frame_at_v3(file: &[u8], off: usize, layout: &Layout) -> (Option<FrameDump>, 
                 id_seed: layout.id_seed,
                 at: (off + header_len) as u64,
                 header_len,
-                sealed: layout.version >= 4,
+                version: layout.version,
             };
             let mut starts = Vec::new();
             let parsed = parse_body(body, &cx, None, |at, r| starts.push((at, r)));
@@ -493,6 +497,7 @@ fn frame_at_v3(file: &[u8], off: usize, layout: &Layout) -> (Option<FrameDump>, 
                         && r.stream_bytes().starts_with(META_STREAM_PREFIX.as_bytes()))
                     .then(|| rules_of(file, r)),
                     sealed: r.seal().map(|s| (s.key, *s.nonce)),
+                    json: r.is_json(),
                     retention: (layout.version >= META_FORMAT_VERSION
                         && r.stream_bytes() == crate::format::retention::RETENTION_STREAM.as_bytes())
                     .then(|| retention_of(file, r)),

@@ -98,6 +98,8 @@ pub struct OwnedRecord {
     pub subject_key: Option<KeyId>,
     /// The event's subject was erased: only the envelope is left.
     pub erased: bool,
+    /// The payload is JSON (the record flag of format version 5, spec 3.11).
+    pub json: bool,
 }
 
 impl OwnedRecord {
@@ -128,6 +130,7 @@ impl From<RecordRef<'_>> for OwnedRecord {
             payload: r.payload().to_vec(),
             subject_key: r.subject_key(),
             erased: r.is_erased(),
+            json: r.is_json(),
         }
     }
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use zerocopy::IntoBytes;
 
 use crate::error::{Error, Result};
-use crate::format::batch::{BatchStamp, encode_body, max_body_len};
+use crate::format::batch::{BatchStamp, JSON_FORMAT_VERSION, encode_body, max_body_len};
 use crate::format::frame::{batch_is_chained, encode_seal, finish_batch_header, finish_batch_header_v3};
 use crate::format::meta::StreamRules;
 use crate::format::record::{EventData, Stamp, encode_record};
@@ -108,6 +108,14 @@ impl Inner {
         }
         let mut total = FRAME_HEADER_LEN as u64;
         for (index, ev) in events.iter().enumerate() {
+            if ev.is_json() && self.format.version < JSON_FORMAT_VERSION {
+                return Err(Error::InvalidArgument(format!(
+                    "event {index} is marked JSON (EventData::json, a typed event of the JSON codec): that needs \
+                     format version {JSON_FORMAT_VERSION}; this log is version {} (spec 10), so nothing was written: \
+                     append its bytes unmarked (EventData::new) or use a log created by this version",
+                    self.format.version
+                )));
+            }
             if ev.event_type.is_empty() || ev.event_type.len() > u16::MAX as usize {
                 return Err(Error::EventTypeLength {
                     index,

@@ -1,7 +1,8 @@
 //! Format version 3 (spec 3.6, 9, 21.2 v3), from the spec's tables alone:
 //! an assembler of v3 frames and batch bodies, and an independent reader of
 //! v3 segments and head files. It reads version 4 segments too (3.7, a v3
-//! segment byte for byte), those rewritten by compaction included (3.10:
+//! segment byte for byte) and version 5 ones (3.11: a v4 segment whose
+//! records may have the `JSON` flag), those rewritten by compaction included (3.10:
 //! `segment_flags` `COMPACTED`, forward position gaps in such a segment
 //! only, its seal keeping the original chain). Used by the golden tests of
 //! versions 3 and 4 (`tests/golden_v3_vectors.rs`, `golden_v4_*.rs`,
@@ -115,6 +116,8 @@ pub const RFLAG_TYPE: u8 = 4;
 pub const RFLAG_METADATA: u8 = 8;
 /// Spec 3.8 (version 4): record flag `SUBJECT`.
 pub const RFLAG_SUBJECT: u8 = 16;
+/// Spec 3.11 (version 5): record flag `JSON`.
+pub const RFLAG_JSON: u8 = 32;
 /// Spec 3.6: frame flag `CHAINED`.
 pub const FLAG_CHAINED: u8 = 1;
 /// Spec 3.6: the 16 KiB blocks of the chain-slot rule.
@@ -348,7 +351,7 @@ pub fn parse_segment_header(seg: &[u8], file_base: u64) -> Result<SegHeader, usi
         return Err(0);
     }
     let format_version = u16_at(seg, 8);
-    if !(3..=4).contains(&format_version) {
+    if !(3..=5).contains(&format_version) {
         return Err(8);
     }
     if u32_at(seg, 124) != crc(&seg[..124]) {
@@ -613,7 +616,11 @@ fn parse_batch(
             return Err(end);
         }
         let rflags = seg[at];
-        let unknown = if hdr.format_version >= 4 { 0xe0 } else { 0xf0 };
+        let unknown = match hdr.format_version {
+            3 => 0xf0,
+            4 => 0xe0,
+            _ => 0xc0,
+        };
         if rflags & unknown != 0 || rflags & (RFLAG_SUBJECT | RFLAG_METADATA) == RFLAG_SUBJECT | RFLAG_METADATA {
             return Err(at);
         }
@@ -848,7 +855,7 @@ pub fn read_slot(head: &[u8], at: usize) -> Option<ReadSlot> {
     }
     let format_version = u16_at(head, at + 8);
     assert!(
-        (1..=4).contains(&format_version),
+        (1..=5).contains(&format_version),
         "head slot at {at}: format_version {format_version}"
     );
     if u16_at(head, at + 10) != 0 || u32_at(head, at + 12) != 0 || u64_at(head, at + 56) != 0 {

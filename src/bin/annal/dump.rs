@@ -193,6 +193,9 @@ fn print_frame(f: &FrameDump, t: &mut Text) {
             uuid::Uuid::from_bytes(r.event_id.0),
             if r.event_id.1 { "" } else { " (generated, not stored)" }
         ));
+        if r.json {
+            t.line("    payload: JSON (record flag JSON, spec 3.11)");
+        }
         if let Some((key, nonce)) = &r.sealed {
             t.line(format!(
                 "    sealed for subject key {key} nonce={} (payload: metadata and payload encrypted, with the tag)",

@@ -179,7 +179,8 @@ fn push_bytes(out: &mut String, key: &str, bytes: &[u8]) {
 /// One record as a JSON object (the line format of `read --json` and `import`),
 /// its fields in a fixed, readable order. `data` and `metadata` are written
 /// byte for byte as stored when they are JSON (see [`exact_json`]);
-/// `schema_version` only when it is not 0, `metadata` only when not empty.
+/// `schema_version` only when it is not 0, `codec` (`"json"`) only for a
+/// record flagged JSON (spec 3.11), `metadata` only when not empty.
 pub fn record_json(rec: &RecordRef<'_>) -> String {
     let mut s = format!(
         "{{\"position\":{},\"stream\":{},\"version\":{},\"type\":{},\"timestamp\":\"{}\",\"id\":\"{}\"",
@@ -195,6 +196,11 @@ pub fn record_json(rec: &RecordRef<'_>) -> String {
     }
     if let Some(k) = rec.subject_key() {
         s.push_str(&format!(",\"subject_key\":{}", k.0));
+    }
+    if rec.is_json() {
+        // The record says its payload is JSON text (spec 3.11): `import`
+        // marks it again.
+        s.push_str(",\"codec\":\"json\"");
     }
     if rec.is_erased() {
         s.push_str(",\"erased\":true}");

@@ -31,7 +31,11 @@ parses it (numbers of any size, repeated keys and key order kept exactly as
 written; arrays and objects nested at most 128 deep), with no whitespace
 around it and no line break in it; otherwise as data_base64 / metadata_base64
 (standard base64 of the exact bytes). So `read --json | import` copies every
-payload exactly.
+payload exactly. An event whose record says its payload is JSON (format
+version 5: EventData::json, typed events of the JSON codec) has
+\"codec\":\"json\" before its data, and its data is that JSON value; other
+payloads (opaque bytes, postcard-encoded typed events) are data when their
+bytes happen to be exact JSON, data_base64 otherwise.
 
 Without --json, one line per event; control characters in names, types and
 text (newline, NUL, ESC, DEL, C1, bidirectional controls) and the backslash

@@ -63,7 +63,9 @@ pub const IMPORT_HELP: &str = "Examples:
 Input: one JSON object per line:
   {\"stream\": \"order-1\", \"type\": \"Placed\", \"data\": {...}, \"metadata\": {...}, \"id\": \"<uuid>\"}
 \"metadata\" and \"id\" are optional; \"data_base64\" / \"metadata_base64\" carry
-non-JSON bytes; \"schema_version\" is optional; other fields (position, version,
+non-JSON bytes; \"schema_version\" is optional; \"codec\": \"json\" (as `read --json`
+writes it) marks the data as JSON (it must be one JSON value; a log of format
+version 5); other fields (position, version,
 timestamp) are ignored; events keep their ids. JSON data and metadata are
 stored byte for byte as they are written in the line (never re-serialised:
 big integers, 1E5, repeated keys and key order stay as they are), so
@@ -377,6 +379,7 @@ struct LineIn<'a> {
     metadata_base64: Option<String>,
     id: Option<String>,
     schema_version: Option<serde_json::Value>,
+    codec: Option<serde_json::Value>,
 }
 
 /// A present field as its raw text (`null` included: it is JSON data too).
@@ -392,6 +395,8 @@ struct Line {
     metadata: Vec<u8>,
     id: Option<Uuid>,
     schema_version: u32,
+    /// `"codec": "json"`: the data is marked as JSON (spec 3.11).
+    json: bool,
     /// Its encoded size (record_len).
     len: u64,
 }
@@ -432,6 +437,16 @@ fn parse_line(bytes: &[u8]) -> Result<Line, String> {
             .and_then(|n| u32::try_from(n).ok())
             .ok_or("\"schema_version\" must be an integer from 0 to 4294967295")?,
     };
+    let json = match l.codec {
+        None => false,
+        Some(serde_json::Value::String(c)) if c == "json" => {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_err() {
+                return Err("\"codec\" is \"json\" but the data is not one JSON value".into());
+            }
+            true
+        }
+        Some(_) => return Err("\"codec\" must be \"json\" (or absent: bytes as they are)".into()),
+    };
     let len = check_event(&stream, &event_type, metadata.len(), data.len())?;
     Ok(Line {
         stream,
@@ -440,6 +455,7 @@ fn parse_line(bytes: &[u8]) -> Result<Line, String> {
         metadata,
         id,
         schema_version,
+        json,
         len,
     })
 }
@@ -466,15 +482,21 @@ fn flush(log: Option<&Log>, batch: &mut Batch, done: &mut Progress) -> Result<()
         .lines
         .iter()
         .map(|l| {
-            let mut e = EventData::new(l.event_type.as_str(), l.data.as_slice())
+            let e = if l.json {
+                // Checked by `parse_line` to be one JSON value; kept byte for byte.
+                EventData::json_text(l.event_type.as_str(), l.data.as_slice()).map_err(Failure::from)?
+            } else {
+                EventData::new(l.event_type.as_str(), l.data.as_slice())
+            };
+            let mut e = e
                 .with_metadata(l.metadata.as_slice())
                 .with_schema_version(l.schema_version);
             if let Some(id) = l.id {
                 e = e.with_id(id);
             }
-            e
+            Ok(e)
         })
-        .collect();
+        .collect::<Result<_, Failure>>()?;
     let last = batch.first_line + batch.lines.len() as u64 - 1;
     log.append(&batch.lines[0].stream, ExpectedVersion::Any, &events)
         .map_err(|e| {
