@@ -175,11 +175,12 @@ impl Iterator for IntoRecords {
     type Item = Result<OwnedRecord>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.buffered.is_empty() && !self.done {
-            if let Err(e) = self.fill() {
-                self.done = true;
-                return Some(Err(e));
-            }
+        if self.buffered.is_empty()
+            && !self.done
+            && let Err(e) = self.fill()
+        {
+            self.done = true;
+            return Some(Err(e));
         }
         self.buffered.pop_front().map(Ok)
     }
