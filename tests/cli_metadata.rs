@@ -301,12 +301,8 @@ fn a_version_3_log_refuses_delete_and_metadata() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("v3");
     let log = annal::Log::open_with(&dir, annal::Options::default().format_version(3)).expect("open v3");
-    log.append(
-        "s",
-        annal::ExpectedVersion::Any,
-        &[annal::EventData::new("T", b"{}".as_slice())],
-    )
-    .expect("append");
+    log.append("s", annal::ExpectedVersion::Any, &[annal::EventData::new("T", b"{}")])
+        .expect("append");
     log.close().expect("close");
     for args in [
         vec!["delete", p(&dir), "s"],
@@ -330,12 +326,8 @@ fn a_version_3_log_refuses_delete_and_metadata() {
 fn a_log_held_by_a_writer_is_refused_and_no_log_is_created() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let log = annal::Log::open_with(tmp.path(), annal::Options::default()).expect("open");
-    log.append(
-        "s",
-        annal::ExpectedVersion::Any,
-        &[annal::EventData::new("T", b"{}".as_slice())],
-    )
-    .expect("append");
+    log.append("s", annal::ExpectedVersion::Any, &[annal::EventData::new("T", b"{}")])
+        .expect("append");
     for args in [
         vec!["delete", p(tmp.path()), "s"],
         vec!["metadata", p(tmp.path()), "s"],
@@ -368,7 +360,7 @@ use std::time::Duration;
 use annal::{Direction, Error, EventData, ExpectedVersion, Log, StreamMetadata};
 
 fn delete_and_keep_recent(log: &Log) -> annal::Result<()> {
-    let added = || [EventData::new("ItemAdded", br#"{"sku":"A-7"}"#.as_slice())];
+    let added = || [EventData::new("ItemAdded", br#"{"sku":"A-7"}"#)];
     log.append("cart-7", ExpectedVersion::NoStream, &added())?;
     log.delete_stream("cart-7", ExpectedVersion::Exact(0))?;
     // Reads say so at once, distinctly from a stream that never existed.
@@ -381,7 +373,7 @@ fn delete_and_keep_recent(log: &Log) -> annal::Result<()> {
     assert_eq!(r.stream_version, 1);
 
     // Keep only the 100 newest readings, and none older than 90 days.
-    let readings: Vec<EventData<'_>> = (0..150).map(|_| EventData::new("Read", b"{}".as_slice())).collect();
+    let readings: Vec<EventData<'_>> = (0..150).map(|_| EventData::new("Read", b"{}")).collect();
     log.append("sensor-7", ExpectedVersion::NoStream, &readings)?;
     let ninety_days = Duration::from_secs(90 * 86_400);
     log.set_stream_metadata("sensor-7", StreamMetadata::new().max_count(100).max_age(ninety_days))?;

@@ -145,8 +145,7 @@ fn a_master_key_file_wraps_the_keys() {
 use annal::{Direction, EventData, ExpectedVersion, Log};
 
 fn erase_a_customer(log: &Log) -> annal::Result<()> {
-    let email =
-        EventData::new("EmailChanged", br#"{"email":"ann@example.com"}"#.as_slice()).with_subject("customer-42");
+    let email = EventData::new("EmailChanged", br#"{"email":"ann@example.com"}"#).with_subject("customer-42");
     log.append("customer-42", ExpectedVersion::Any, &[email])?;
     let view = log.view()?;
     let rec = view

@@ -131,7 +131,7 @@ impl Inner {
         };
         Ok(Inner {
             format,
-            _lock: lock,
+            writer_lock: Mutex::new(Some(lock)),
             state: Mutex::new(state),
             commit: Mutex::new(Commit {
                 busy: false,
@@ -173,7 +173,18 @@ impl Inner {
         })
     }
 
+    /// Close the log (see `close_log`), then, whatever the outcome, mark it
+    /// closed and let go of the writer lock: no handle appends after this,
+    /// and another writer may open the log.
     pub(super) fn close(&self) -> Result<()> {
+        let closed = self.close_log();
+        lock(&self.state).closed = true;
+        drop(lock(&self.writer_lock).take());
+        closed
+    }
+
+    /// Make everything durable and mark the log cleanly closed.
+    fn close_log(&self) -> Result<()> {
         {
             let st = lock(&self.state);
             if st.closed {

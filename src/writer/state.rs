@@ -40,7 +40,10 @@ pub(super) struct Inner {
     pub(super) dir: PathBuf,
     pub(super) opts: Options,
     pub(super) format: LogFormat,
-    pub(super) _lock: WriterLock,
+    /// The writer lock, let go of when the log is closed (other handles on
+    /// `Inner`, such as a clone of the `Log` kept by a repository, must not
+    /// keep it).
+    pub(super) writer_lock: Mutex<Option<WriterLock>>,
     pub(super) state: Mutex<State>,
     pub(super) commit: Mutex<Commit>,
     /// `Commit::written` and `Commit::durable`, readable without the lock.
