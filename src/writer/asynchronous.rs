@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::error::{Error, Result};
@@ -34,25 +34,6 @@ use super::lock;
 use super::options::Durability;
 use super::results::{AppendResult, ExpectedVersion};
 use super::state::{Inner, MAX_UNINDEXED};
-
-/// What async waiters asked the committer thread for.
-#[derive(Debug, Default)]
-struct Requests {
-    /// Write everything up to here (a log-sequence target of `commit_until`).
-    written: u64,
-    /// Make everything up to here durable.
-    durable: u64,
-    stop: bool,
-}
-
-/// The committer thread: it leads group commits for async waiters, so that
-/// no write or fsync runs on a task's thread.
-#[derive(Debug, Default)]
-pub(super) struct Committer {
-    requests: Mutex<Requests>,
-    wake: Condvar,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
 
 impl Inner {
     /// Ask the committer thread (started on first use) to commit up to

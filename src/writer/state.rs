@@ -96,7 +96,7 @@ pub(super) struct Inner {
     pub(super) compact_lock: Mutex<()>,
     /// The thread that leads group commits for async appenders.
     #[cfg(feature = "tokio")]
-    pub(super) committer: super::asynchronous::Committer,
+    pub(super) committer: Committer,
 }
 
 /// The rules of every stream that has metadata (spec 3.7; `None`: not
@@ -259,6 +259,28 @@ pub(super) struct IoState {
     pub(super) hasher: Option<HasherThread>,
     /// Whether the hasher thread was started (or could not be).
     pub(super) hasher_tried: bool,
+}
+
+/// What async waiters asked the committer thread for.
+#[cfg(feature = "tokio")]
+#[derive(Debug, Default)]
+pub(super) struct Requests {
+    /// Write everything up to here (a log-sequence target of `commit_until`).
+    pub(super) written: u64,
+    /// Make everything up to here durable.
+    pub(super) durable: u64,
+    pub(super) stop: bool,
+}
+
+/// The committer thread (feature `tokio`; see `asynchronous`): it leads
+/// group commits for async waiters, so that no write or fsync runs on a
+/// task's thread.
+#[cfg(feature = "tokio")]
+#[derive(Debug, Default)]
+pub(super) struct Committer {
+    pub(super) requests: Mutex<Requests>,
+    pub(super) wake: Condvar,
+    pub(super) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The sealer's backlog (see `Inner::backlog`).
