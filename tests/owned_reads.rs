@@ -30,24 +30,25 @@ fn borrowed<'v>(view: &'v LogView, f: impl FnOnce(&'v LogView) -> Vec<OwnedRecor
 #[test]
 fn owning_reads_yield_what_borrowing_reads_yield() {
     let dir = tempfile::tempdir().unwrap();
-    // More than one chunk (256) of every query.
-    let log = log_with(dir.path(), 2000);
+    // More than one chunk (1,024) of every query.
+    let log = log_with(dir.path(), 9000);
     let view = log.view().unwrap();
     let all = borrowed(&view, |v| v.read_all(0).map(|r| r.unwrap().into()).collect());
-    assert_eq!(all.len(), 2000);
+    assert_eq!(all.len(), 9000);
     assert_eq!(collect(view.clone().into_read_all(0)), all);
     assert_eq!(collect(view.clone().into_read_all(1500)), all[1500..]);
+    assert_eq!(collect(view.clone().into_read_all(7000)), all[7000..]);
     let cat: Vec<OwnedRecord> = view.read_category("order", 7).map(|r| r.unwrap().into()).collect();
     assert_eq!(collect(view.clone().into_read_category("order", 7)), cat);
     let paid: Vec<OwnedRecord> = view.read_event_type("Paid", 0).map(|r| r.unwrap().into()).collect();
-    assert_eq!(paid.len(), 667);
+    assert_eq!(paid.len(), 3000);
     assert_eq!(collect(view.clone().into_read_event_type("Paid", 0)), paid);
     for (from, dir, max) in [
         (StreamPosition::Start, Direction::Forward, u64::MAX),
-        (StreamPosition::At(100), Direction::Forward, 300),
+        (StreamPosition::At(100), Direction::Forward, 1300),
         (StreamPosition::End, Direction::Backward, u64::MAX),
-        (StreamPosition::At(400), Direction::Backward, 257),
-        (StreamPosition::End, Direction::Backward, 256),
+        (StreamPosition::At(2100), Direction::Backward, 1025),
+        (StreamPosition::End, Direction::Backward, 1024),
         (StreamPosition::End, Direction::Forward, 10),
     ] {
         let want: Vec<OwnedRecord> = view

@@ -20,7 +20,7 @@ use crate::read::subscription::OwnedRecord;
 use crate::types::{Direction, StreamPosition};
 
 /// Records copied out of the view per chunk (bounds the iterator's memory).
-const CHUNK: usize = 256;
+const CHUNK: usize = 1024;
 
 #[derive(Debug)]
 enum Query {

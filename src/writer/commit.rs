@@ -119,12 +119,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    trace::event!(ERROR, dir = %self.dir.display(), cause = %e, "annal writer poisoned");
-                    self.poisoned.store(true, Ordering::Release);
-                    c.poison = Some(e.to_string());
-                    unpark_all(&mut c);
-                    drop(c);
-                    self.wake_backlog();
+                    self.poison_locked(c, &e);
                     return Err(e);
                 }
             }
@@ -333,9 +328,14 @@ impl Inner {
     }
 
     pub(super) fn poison(&self, e: &Error) {
+        self.poison_locked(lock(&self.commit), e);
+    }
+
+    /// [`Inner::poison`] with the commit lock held (released here); the
+    /// first cause is kept.
+    fn poison_locked(&self, mut c: std::sync::MutexGuard<'_, Commit>, e: &Error) {
         // The cause first, then the flag (both under the commit lock): a
         // thread that sees the flag must find the cause.
-        let mut c = lock(&self.commit);
         if c.poison.is_none() {
             trace::event!(ERROR, dir = %self.dir.display(), cause = %e, "annal writer poisoned");
             c.poison = Some(e.to_string());
