@@ -390,6 +390,12 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Load, handle `command`, append the events; retry on conflicts.
+    ///
+    /// Before each retry it waits until views show the append that won (with
+    /// [`Durability::Fsync`](crate::Durability::Fsync) that is after its
+    /// fsync), so an attempt fails only when another append to the stream
+    /// succeeded after the previous one loaded it: with N commands racing
+    /// on one stream, N attempts each are enough.
     pub fn execute(&self, stream: &str, command: &A::Command) -> std::result::Result<Executed, ExecuteError<A::Error>> {
         for attempt in 1..=self.max_attempts {
             let pending = match self.decide(stream, command, attempt)? {
@@ -398,7 +404,7 @@ impl<A: Aggregate> Repository<A> {
             };
             match self.log.append_typed(stream, pending.expected, &pending.events) {
                 Ok(r) => return Ok(self.after_append(stream, pending, r)),
-                Err(Error::WrongExpectedVersion { .. }) => continue,
+                Err(Error::WrongExpectedVersion { .. }) => self.log.wait_visible(self.log.next_position()),
                 Err(e) => return Err(ExecuteError::Log(e)),
             }
         }

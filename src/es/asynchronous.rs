@@ -91,7 +91,11 @@ where
                     });
                 }
                 Ok(r) => return Ok(self.after_append(stream, pending, r)),
-                Err(Error::WrongExpectedVersion { .. }) => continue,
+                // As `execute`: the next attempt decides on a view that
+                // shows the append that won (woken by its publish).
+                Err(Error::WrongExpectedVersion { .. }) => {
+                    self.log().visible_async(self.log().next_position()).await;
+                }
                 Err(e) => return Err(ExecuteError::Log(e)),
             }
         }

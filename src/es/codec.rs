@@ -50,18 +50,25 @@ impl Codec {
     /// [`Codec::Postcard`]. Without the `json` feature a JSON record is an
     /// [`Error::Decode`] saying so.
     pub fn of_record(record: &RecordRef<'_>) -> Result<Codec> {
-        if !record.is_json() {
+        Codec::of_flag(record.is_json(), record.position(), record.event_type())
+    }
+
+    /// [`Codec::of_record`] from the record's `JSON` flag (`position` and
+    /// `event_type` name the record in the error).
+    pub(crate) fn of_flag(json: bool, position: u64, event_type: &str) -> Result<Codec> {
+        if !json {
             return Ok(Codec::Postcard);
         }
         #[cfg(feature = "json")]
         {
+            let _ = (position, event_type);
             Ok(Codec::Json)
         }
         #[cfg(not(feature = "json"))]
         {
             Err(Error::Decode {
-                position: record.position(),
-                event_type: record.event_type().to_owned(),
+                position,
+                event_type: event_type.to_owned(),
                 detail: "the record's payload is JSON (flag JSON, spec 3.11): build annal with the `json` feature to \
                          decode it"
                     .into(),

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 pub use crate::es::codec::Codec;
 use crate::format::record::{EventData, RecordRef};
+use crate::read::subscription::OwnedRecord;
 use crate::{AppendResult, ExpectedVersion};
 
 /// An application event type.
@@ -106,6 +107,48 @@ fn decode_bytes<'b, E: Deserialize<'b>>(record: &RecordRef<'_>, payload: &'b [u8
             event_type: record.event_type().to_owned(),
             detail,
         })
+}
+
+impl OwnedRecord {
+    /// Decode the payload of a subscription's record as it is stored (no
+    /// upcasting), with the codec the record names ([`OwnedRecord::json`]:
+    /// serde_json; otherwise postcard), like [`decode`] does for a
+    /// [`RecordRef`]. Borrowed fields of `E` point into this record.
+    ///
+    /// An erased event ([`OwnedRecord::erased`]) has no payload: it is an
+    /// [`Error::Decode`] saying so.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use annal::{Event, ExpectedVersion, Log};
+    /// use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    /// struct Deposited { cents: u64 }
+    /// impl Event for Deposited {
+    ///     fn event_type(&self) -> &'static str { "Deposited" }
+    /// }
+    /// let dir = tempfile::tempdir()?;
+    /// let log = Log::open(dir.path())?;
+    /// log.append_typed("account-1", ExpectedVersion::NoStream, &[Deposited { cents: 5 }])?;
+    /// let first = log.subscribe_category("account", 0).next().expect("one event")?;
+    /// assert_eq!(first.decode::<Deposited>()?, Deposited { cents: 5 });
+    /// # Ok(()) }
+    /// ```
+    pub fn decode<'a, E: Deserialize<'a>>(&'a self) -> Result<E> {
+        let failed = |detail: String| Error::Decode {
+            position: self.position,
+            event_type: self.event_type.clone(),
+            detail,
+        };
+        if self.erased {
+            return Err(failed(
+                "the event's subject was erased: only its envelope is left".into(),
+            ));
+        }
+        Codec::of_flag(self.json, self.position, &self.event_type)?
+            .from_bytes(&self.payload)
+            .map_err(failed)
+    }
 }
 
 type Upcast = Box<dyn Fn(&[u8]) -> Result<Vec<u8>> + Send + Sync>;

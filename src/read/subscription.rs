@@ -165,6 +165,10 @@ pub(crate) trait Live: Send + Sync + std::fmt::Debug {
     /// `false` (and nothing kept) if it already has.
     #[cfg(feature = "tokio")]
     fn wake_on_publish(&self, seen: u64, waker: &std::task::Waker) -> bool;
+    /// Why the log will publish nothing more ([`Error::Closed`], or
+    /// poisoned), if so; read before taking a view: a view taken after
+    /// holds everything it will ever publish.
+    fn ended(&self) -> Option<Error>;
 }
 
 #[derive(Debug)]
@@ -313,7 +317,10 @@ impl Subscription {
     }
 
     /// The next event, waiting up to `timeout` for one to be appended.
-    /// `Ok(None)` if none came in time.
+    /// `Ok(None)` if none came in time. On a [`Log`](crate::Log) that was
+    /// closed (by any clone) or poisoned, once every event it published was
+    /// delivered: [`Error::Closed`] or [`Error::Poisoned`], at once (nothing
+    /// more can come).
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<OwnedRecord>> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
@@ -322,12 +329,16 @@ impl Subscription {
             }
             // Read the epoch before the view: a publish after this read wakes
             // the wait below, one before it is in the view.
-            let epoch = match &self.source {
-                Source::Log(log) => Some(log.published_epoch()),
-                Source::Reader(_) => None,
+            let (epoch, ended) = match &self.source {
+                Source::Log(log) => (Some(log.published_epoch()), log.ended()),
+                Source::Reader(_) => (None, None),
             };
             if !self.refill()? {
                 continue;
+            }
+            // Caught up with a view taken after the log ended.
+            if let Some(e) = ended {
+                return Err(e);
             }
             let now = Instant::now();
             let left = match deadline {
@@ -412,7 +423,9 @@ impl Subscription {
 impl Iterator for Subscription {
     type Item = Result<OwnedRecord>;
 
-    /// Block until the next event. After an error, the iterator ends.
+    /// Block until the next event. After an error, the iterator ends; on a
+    /// [`Log`](crate::Log) that was closed, it ends once every event the log
+    /// published was delivered (a poisoned log's cause is its last item).
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
@@ -421,6 +434,10 @@ impl Iterator for Subscription {
             match self.next_timeout(self.poll_interval.max(Duration::from_millis(100))) {
                 Ok(Some(r)) => return Some(Ok(r)),
                 Ok(None) => continue,
+                Err(Error::Closed) => {
+                    self.failed = true;
+                    return None;
+                }
                 Err(e) => {
                     self.failed = true;
                     return Some(Err(e));
@@ -480,7 +497,9 @@ impl SubscriptionStream {
 impl futures_core::Stream for SubscriptionStream {
     type Item = Result<OwnedRecord>;
 
-    /// The next event; pending while caught up. On a log the task is woken
+    /// The next event; pending while caught up. Like the iterator, it ends
+    /// after everything a closed log published (with the cause, if the log
+    /// was poisoned). On a log the task is woken
     /// when the writer publishes new events; on a [`Reader`] it polls at
     /// [`Subscription::poll_interval`] with a tokio timer (so it needs a
     /// tokio runtime with the time driver). After an error, the stream ends.
@@ -499,9 +518,9 @@ impl futures_core::Stream for SubscriptionStream {
             if let Some(r) = sub.buffered.pop_front() {
                 return Poll::Ready(Some(Ok(r)));
             }
-            let epoch = match &sub.source {
-                Source::Log(log) => Some(log.published_epoch()),
-                Source::Reader(_) => None,
+            let (epoch, ended) = match &sub.source {
+                Source::Log(log) => (Some(log.published_epoch()), log.ended()),
+                Source::Reader(_) => (None, None),
             };
             match sub.refill() {
                 Ok(false) => continue,
@@ -510,6 +529,15 @@ impl futures_core::Stream for SubscriptionStream {
                     sub.failed = true;
                     return Poll::Ready(Some(Err(e)));
                 }
+            }
+            // Caught up with a view taken after the log ended: a close ends
+            // the stream, a poisoning ends it with the cause.
+            if let Some(e) = ended {
+                sub.failed = true;
+                return Poll::Ready(match e {
+                    Error::Closed => None,
+                    e => Some(Err(e)),
+                });
             }
             match (&sub.source, epoch) {
                 (Source::Log(log), Some(e)) => {

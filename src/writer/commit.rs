@@ -344,6 +344,8 @@ impl Inner {
         unpark_all(&mut c);
         drop(c);
         self.wake_backlog();
+        // Subscriptions and waiters for a publish see that none will come.
+        self.bump_published_epoch();
     }
 }
 

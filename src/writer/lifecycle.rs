@@ -180,6 +180,8 @@ impl Inner {
         let closed = self.close_log();
         lock(&self.state).closed = true;
         drop(lock(&self.writer_lock).take());
+        // Subscriptions and waiters see that nothing more will come.
+        self.bump_published_epoch();
         closed
     }
 

@@ -25,6 +25,10 @@ impl Live for Log {
     fn wake_on_publish(&self, seen: u64, waker: &std::task::Waker) -> bool {
         Log::wake_on_publish(self, seen, waker)
     }
+
+    fn ended(&self) -> Option<crate::Error> {
+        Log::ended(self)
+    }
 }
 
 impl Log {

@@ -75,9 +75,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::audit::chain::Anchor;
-#[cfg(doc)]
-use crate::error::Error;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::record::EventData;
 use crate::read::view::LogView;
 use crate::storage::io::Io;
@@ -389,6 +387,55 @@ impl Log {
             .map_or_else(|p| p.into_inner().0, |(g, _)| g);
         g.waiters -= 1;
         g.value
+    }
+
+    /// Why this log will publish nothing more, if it will not: it was
+    /// poisoned ([`Error::Poisoned`]) or closed ([`Error::Closed`]). Both
+    /// wake everyone waiting for a publish.
+    pub(crate) fn ended(&self) -> Option<Error> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Some(self.inner.poison_error());
+        }
+        lock(&self.inner.state).closed.then_some(Error::Closed)
+    }
+
+    /// One past the last position views show now (the published end).
+    fn published_position(&self) -> u64 {
+        lock(&self.inner.published).next_position
+    }
+
+    /// Wait until views show every position below `target` (positions the
+    /// writer handed out: their commits publish them), or the log ended
+    /// ([`Log::ended`]).
+    pub(crate) fn wait_visible(&self, target: u64) {
+        loop {
+            let epoch = self.published_epoch();
+            if self.published_position() >= target || self.ended().is_some() {
+                return;
+            }
+            self.wait_published(epoch, std::time::Duration::MAX);
+        }
+    }
+
+    /// [`Log::wait_visible`] for a task: the waker is woken by the publish.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn visible_async(&self, target: u64) {
+        loop {
+            let epoch = self.published_epoch();
+            if self.published_position() >= target || self.ended().is_some() {
+                return;
+            }
+            let mut registered = false;
+            std::future::poll_fn(|cx| {
+                if !registered && self.wake_on_publish(epoch, cx.waker()) {
+                    registered = true;
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+        }
     }
 
     /// Have `waker` woken at the next publish unless the published epoch
