@@ -332,6 +332,84 @@ fn a_reader_in_another_process_follows_a_compaction() {
     }
 }
 
+/// An I/O seam that holds the first swap of a compaction (the rename of a
+/// rewritten segment over its original) until released: the record is
+/// durable and the original linked as retired by then.
+#[derive(Debug)]
+struct HoldSwap {
+    at_swap: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl annal::io::Io for HoldSwap {
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn annal::io::IoFile>> {
+        annal::io::StdIo.create(path)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn annal::io::IoFile>> {
+        annal::io::StdIo.open(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        if from.to_string_lossy().ends_with(".seg.tmp")
+            && let Some(tx) = self.at_swap.lock().unwrap().take()
+        {
+            tx.send(()).unwrap();
+            self.go.lock().unwrap().recv().unwrap();
+        }
+        annal::io::StdIo.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        annal::io::StdIo.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        annal::io::StdIo.sync_dir(dir)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        annal::io::StdIo.hard_link(from, to)
+    }
+}
+
+/// A reader whose first view is taken between a compaction's record and its
+/// swap opens the originals; it must still follow the swap (a first view
+/// skips the records below its end only when no compaction is in flight),
+/// or once the retired originals are gone it could read nothing.
+#[test]
+fn a_reader_first_opened_mid_compaction_follows_its_swap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Mutex::new(1_000_000_000_000u64));
+    let (at_swap, reached) = std::sync::mpsc::channel();
+    let (release, go) = std::sync::mpsc::channel();
+    let seam = Arc::new(HoldSwap {
+        at_swap: Mutex::new(Some(at_swap)),
+        go: Mutex::new(go),
+    });
+    let log = build_with(tmp.path(), opts_at(&clock).io(seam), clock.clone());
+    // (A reader's clock is the system's: compare readers with readers.)
+    let expected = snapshot(&Reader::open(tmp.path()).unwrap().view().unwrap());
+    let compacting = std::thread::spawn(move || {
+        let report = log.compact().unwrap();
+        (log, report)
+    });
+    reached.recv().unwrap();
+    // Its first view opens every sealed segment (the originals) and maps
+    // none: nothing is read through it.
+    let r = Reader::open(tmp.path()).unwrap();
+    let first = r.view().unwrap();
+    release.send(()).unwrap();
+    let (log, report) = compacting.join().unwrap();
+    assert!(!report.compacted.is_empty());
+    // The held swap's record is below the first view's end.
+    assert!(report.record_positions[0] < first.next_position());
+    drop(first);
+    // The originals' grace is over.
+    for e in std::fs::read_dir(tmp.path()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".retired") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    same(&snapshot(&r.view().unwrap()), &expected);
+    log.close().unwrap();
+}
+
 /// Retired originals go once their grace has passed: at the next
 /// compaction or open.
 #[test]

@@ -13,8 +13,9 @@
 
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::compaction::{COMPACTION_STREAM, CompactionRecord};
+use crate::format::names::{parse_retired_file_name, parse_segment_file_name};
 use crate::read::logview::{LogView, ViewSegment};
 use crate::read::sealed::open_sealed_in;
 use crate::types::Direction;
@@ -83,6 +84,34 @@ pub(crate) fn follow_compactions(
         }
     }
     Ok((changed, next))
+}
+
+/// Whether `dir` shows a compaction that may still swap a segment under a
+/// reader that just opened it: a rewrite not yet renamed over its segment
+/// (`<segment>.tmp`, which exists from before the compaction's record is
+/// appended until the swap), or a retired original (linked before the swap
+/// and kept for the grace period) (spec 3.10).
+///
+/// A reader's first view opens every sealed segment itself; if a listing
+/// taken after that shows neither, no record below the view's end names a
+/// swap it has not seen (a record's swap either happened before the
+/// segment was opened, or leaves one of the two in the listing), so the
+/// records below it need not be read: that lookup is several cold page
+/// reads on a first view.
+pub(crate) fn compaction_traces(dir: &Path) -> Result<bool> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let rewrite = name
+            .strip_suffix(".tmp")
+            .is_some_and(|n| parse_segment_file_name(n).is_some());
+        if rewrite || parse_retired_file_name(name).is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Reopen every segment of `sealed` whose file is no longer the length it

@@ -229,8 +229,15 @@ impl State {
     /// [`Reader::view_racing_retention`], again if a compaction replaced a
     /// sealed segment this reader holds (spec 3.10; see `follow`).
     fn view_following(&mut self) -> Result<LogView> {
+        let first = self.sealed.is_empty() && self.compaction_from == 0;
         let view = self.view_racing_retention()?;
         if view.unrecovered.is_some() {
+            return Ok(view);
+        }
+        // A first view opened every sealed segment itself: without a
+        // compaction in flight there is nothing below its end to follow.
+        if first && !crate::read::follow::compaction_traces(&self.dir)? {
+            self.compaction_from = view.next_position();
             return Ok(view);
         }
         let (changed, next) =

@@ -194,42 +194,52 @@ pub(crate) fn open_sealed_in(dir: &Path, base: u64, opened: Option<File>) -> Res
 
 /// Ask the OS to start reading, all at once, what opening a log reads
 /// before it can answer (`POSIX_FADV_WILLNEED`): the header and the seal of
-/// each sealed segment of `sealed`, the head file and the header of the
-/// active segment `active`, the first and last pages of its index checkpoints and of the
-/// stream table (their headers, footers and block tables). Opening then
+/// each sealed segment of `sealed`, the head file, the header and the last
+/// pages of the active segment `active`, the first page of its index checkpoints and of
+/// the stream table and their whole block CRC tables and footers (what
+/// opening them reads). Opening then
 /// copies them one file after another, but a cold open waits for the disk
 /// about once instead of once a read. Advice only: a file that cannot be
 /// opened here is reported when it is opened. Returns the sealed segments'
 /// files, opened (`None` where that failed), for [`open_sealed_in`].
 pub(crate) fn prefetch_open(dir: &Path, sealed: &[u64], active: Option<u64>) -> Vec<Option<File>> {
-    let advise = |path: &Path, head: u64, tail: u64| {
+    // `tail`: how many bytes at the end, for a file of `len` bytes.
+    let advise = |path: &Path, head: u64, tail: fn(u64) -> u64| {
         crate::storage::io::advise_will_need(path, |len| {
-            let at = len.saturating_sub(tail).max(head);
+            let at = len.saturating_sub(tail(len)).max(head);
             [(0, head), (at, len.saturating_sub(at))]
         })
     };
+    // Derived files: opening one reads its whole block CRC table and footer.
+    let block_tail = crate::index::blockfile::tail_len;
     let files = sealed
         .iter()
         .map(|&base| {
-            advise(
-                &dir.join(segment_file_name(base)),
-                SEGMENT_HEADER_LEN as u64,
-                FRAME_HEADER_LEN as u64,
-            )
+            advise(&dir.join(segment_file_name(base)), SEGMENT_HEADER_LEN as u64, |_| {
+                FRAME_HEADER_LEN as u64
+            })
         })
         .collect();
     if let Some(active) = active {
-        advise(&dir.join(crate::format::names::HEAD_FILE), 4096, 0);
-        advise(&dir.join(segment_file_name(active)), SEGMENT_HEADER_LEN as u64, 0);
-        advise(&dir.join(crate::format::names::STREAM_TABLE_FILE), 4096, 8192);
+        advise(&dir.join(crate::format::names::HEAD_FILE), 4096, |_| 0);
+        // Its header, and its last pages: the last batch, which the reader
+        // checks and the writer continues from.
+        advise(&dir.join(segment_file_name(active)), SEGMENT_HEADER_LEN as u64, |_| {
+            ACTIVE_TAIL
+        });
+        advise(&dir.join(crate::format::names::STREAM_TABLE_FILE), 4096, block_tail);
         if let Ok(all) = crate::index::checkpoint::list(dir) {
             for c in all.iter().filter(|c| c.base == active) {
-                advise(&c.path, 4096, 8192);
+                advise(&c.path, 4096, block_tail);
             }
         }
     }
     files
 }
+
+/// Bytes at the end of the active segment that opening asks for ahead (the
+/// last batch of a log of small batches; a larger one is read as usual).
+const ACTIVE_TAIL: u64 = 8192;
 
 /// [`open_sealed_header`] without the header.
 pub(crate) fn open_sealed(dir: &Path, base: u64) -> Result<(ViewSegment, u64)> {

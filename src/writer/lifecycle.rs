@@ -21,7 +21,7 @@ use crate::storage::head::{Head, HeadWriter};
 use super::lock;
 use super::options::Options;
 use super::recovery::Recovered;
-use super::state::{Backlog, Checkpoints, Commit, Epoch, IdGen, Inner, IoState, Published, State};
+use super::state::{Backlog, Checkpoints, Commit, Epoch, IdGen, Inner, IoState, Published, SealerLine, State};
 
 impl Inner {
     /// The writer's state over what recovery found: opens the active segment
@@ -147,7 +147,8 @@ impl Inner {
             table_damaged: AtomicBool::new(false),
             index_damage,
             index_damage_handled: AtomicU64::new(0),
-            sealer_tx: Mutex::new(None),
+            sealer_tx: Mutex::new(SealerLine::Idle),
+            this: std::sync::OnceLock::new(),
             sealer: Mutex::new(None),
             io: Mutex::new(io_state),
             published: Mutex::new(published),

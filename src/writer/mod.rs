@@ -175,7 +175,7 @@ impl Log {
         // Index files found damaged while opening (rebuilding the stream
         // table reads them) are replaced now.
         inner.rewrite_damaged_indexes()?;
-        Inner::start_sealer(&inner)?;
+        Inner::start_sealer(&inner);
         // Retention (spec 3.9): finish a recorded removal, then the rule.
         let log = Log {
             _open: Arc::new(CloseOnDrop(Arc::clone(&inner))),

@@ -417,7 +417,7 @@ impl Inner {
         let Some(rule) = self.opts.retention.filter(|r| r.is_set()) else {
             return;
         };
-        if self.poisoned.load(Ordering::Acquire) || lock(&self.sealer_tx).is_none() {
+        if self.poisoned.load(Ordering::Acquire) || !self.sealer_running() {
             return;
         }
         if let Err(e) = self.apply_retention_rule(&rule, false) {

@@ -24,21 +24,52 @@ use crate::storage::mmap::Mapping;
 
 use super::derived::{index_file_name, rebuild_table, resolve_prev, write_derived};
 use super::lock;
-use super::state::{Inner, IoState, MAX_UNINDEXED, SealJob, SealerJob, read_index};
+use super::state::{Inner, IoState, MAX_UNINDEXED, SealJob, SealerJob, SealerLine, read_index};
 use crate::trace;
 
 impl Inner {
-    /// Start the sealer thread of a writer just built.
-    pub(super) fn start_sealer(inner: &Arc<Inner>) -> Result<()> {
-        let (tx, rx) = mpsc::channel::<SealerJob>();
-        let worker = inner.clone();
-        let handle = std::thread::Builder::new()
-            .name("annal-sealer".into())
-            .spawn(move || worker.run_sealer(rx))
-            .map_err(|e| Error::io("spawn the sealer thread for", inner.dir.clone(), e))?;
-        *lock(&inner.sealer_tx) = Some(tx);
-        *lock(&inner.sealer) = Some(handle);
-        Ok(())
+    /// Let a writer just built start its sealer thread when it first has a
+    /// job for it (a log opened and closed without one never starts it).
+    pub(super) fn start_sealer(inner: &Arc<Inner>) {
+        let _ = inner.this.set(Arc::downgrade(inner));
+    }
+
+    /// Hand `job` to the sealer thread, starting it if this is its first.
+    /// `Err(job)` if no thread takes it (it could not be started, or it
+    /// stopped): the caller does it itself or drops it. `None` once the
+    /// sealer was stopped (the log is closing).
+    fn to_sealer(&self, job: SealerJob) -> Option<std::result::Result<(), SealerJob>> {
+        let mut line = lock(&self.sealer_tx);
+        if let SealerLine::Idle = *line {
+            let Some(worker) = self.this.get().and_then(std::sync::Weak::upgrade) else {
+                return Some(Err(job));
+            };
+            let (tx, rx) = mpsc::channel::<SealerJob>();
+            let spawned = std::thread::Builder::new()
+                .name("annal-sealer".into())
+                .spawn(move || worker.run_sealer(rx));
+            match spawned {
+                Ok(handle) => {
+                    *lock(&self.sealer) = Some(handle);
+                    *line = SealerLine::Open(tx);
+                }
+                Err(e) => {
+                    self.warn(format!("the sealer thread could not be started ({e}): indexing inline"));
+                    return Some(Err(job));
+                }
+            }
+        }
+        match &*line {
+            SealerLine::Open(tx) => Some(tx.send(job).map_err(|e| e.0)),
+            SealerLine::Idle => Some(Err(job)),
+            SealerLine::Closed => None,
+        }
+    }
+
+    /// Whether the sealer thread is running (it is the caller, if asked
+    /// from it).
+    pub(super) fn sealer_running(&self) -> bool {
+        matches!(*lock(&self.sealer_tx), SealerLine::Open(_))
     }
 
     /// Wait until the sealer's backlog is below [`MAX_UNINDEXED`], or the
@@ -149,12 +180,11 @@ impl Inner {
             next_segment: base,
         };
         self.checkpoint_mark.store(SEGMENT_HEADER_LEN as u64, Ordering::Release);
-        let sent = lock(&self.sealer_tx).as_ref().map(|tx| tx.send(SealerJob::Seal(job)));
-        match sent {
+        match self.to_sealer(SealerJob::Seal(job)) {
             Some(Ok(())) => Ok(()),
             // The sealed segment and the next one are durable: a failure to
             // index poisons the writer for the next call, like the sealer's.
-            Some(Err(mpsc::SendError(SealerJob::Seal(job)))) => {
+            Some(Err(SealerJob::Seal(job))) => {
                 if let Err(e) = self.index_sealed(&job) {
                     self.poison(&e);
                 }
@@ -175,9 +205,8 @@ impl Inner {
             return;
         }
         self.checkpoint_mark.store(durable, Ordering::Release);
-        if let Some(tx) = lock(&self.sealer_tx).as_ref() {
-            let _ = tx.send(SealerJob::Checkpoint { base, durable });
-        }
+        // A hint: if no thread takes it, the next one (or close) writes it.
+        let _ = self.to_sealer(SealerJob::Checkpoint { base, durable });
     }
 
     /// The sealer thread: index each sealed segment in order. A failure
@@ -210,7 +239,7 @@ impl Inner {
 
     /// Stop the sealer thread after it has indexed every sealed segment.
     pub(super) fn stop_sealer(&self) {
-        drop(lock(&self.sealer_tx).take());
+        drop(std::mem::replace(&mut *lock(&self.sealer_tx), SealerLine::Closed));
         let handle = lock(&self.sealer).take();
         if let Some(h) = handle {
             let _ = h.join();

@@ -52,8 +52,12 @@ pub(super) struct Inner {
     pub(super) poisoned: AtomicBool,
     /// A lookup found the stream table damaged; the leader rebuilds it.
     pub(super) table_damaged: AtomicBool,
-    /// Jobs for the sealer thread, which indexes sealed segments.
-    pub(super) sealer_tx: Mutex<Option<mpsc::Sender<SealerJob>>>,
+    /// Jobs for the sealer thread, which indexes sealed segments and writes
+    /// index checkpoints. The thread starts with its first job (a log
+    /// opened and closed without one never starts it): `SealerLine`.
+    pub(super) sealer_tx: Mutex<SealerLine>,
+    /// This writer, for the sealer thread it starts (set once it is built).
+    pub(super) this: std::sync::OnceLock<std::sync::Weak<Inner>>,
     pub(super) sealer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Bumped by index cells when a reader finds an index file damaged.
     pub(super) index_damage: Arc<AtomicU64>,
@@ -112,6 +116,18 @@ pub(super) struct Checkpoints {
     pub(super) base: u64,
     /// Oldest first, covering consecutive ranges from offset 128.
     pub(super) files: Vec<CheckpointFile>,
+}
+
+/// The way to the sealer thread.
+#[derive(Default)]
+pub(super) enum SealerLine {
+    /// Not started yet: the first job starts it.
+    #[default]
+    Idle,
+    /// Running.
+    Open(mpsc::Sender<SealerJob>),
+    /// Stopped (the log is closing): no thread starts again.
+    Closed,
 }
 
 /// Work for the sealer thread.
