@@ -15,9 +15,10 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::compaction::{COMPACTION_STREAM, CompactionRecord};
-use crate::format::names::{parse_retired_file_name, parse_segment_file_name};
+use crate::format::names::parse_segment_file_name;
 use crate::read::logview::{LogView, ViewSegment};
 use crate::read::sealed::open_sealed_in;
+use crate::storage::mmap::file_id;
 use crate::types::Direction;
 
 /// Reopen the sealed segments of `sealed` that a compaction replaced, as
@@ -86,32 +87,37 @@ pub(crate) fn follow_compactions(
     Ok((changed, next))
 }
 
-/// Whether `dir` shows a compaction that may still swap a segment under a
-/// reader that just opened it: a rewrite not yet renamed over its segment
+/// Whether a compaction may have swapped, or may still swap, a segment of
+/// `sealed` (just opened by a reader's first view) since it was opened:
+/// `dir` holds a rewrite not yet renamed over its segment
 /// (`<segment>.tmp`, which exists from before the compaction's record is
-/// appended until the swap), or a retired original (linked before the swap
-/// and kept for the grace period) (spec 3.10).
+/// appended until the swap), or a file under a segment's name is no longer
+/// the one opened (another identity or length) (spec 3.10).
 ///
-/// A reader's first view opens every sealed segment itself; if a listing
-/// taken after that shows neither, no record below the view's end names a
-/// swap it has not seen (a record's swap either happened before the
-/// segment was opened, or leaves one of the two in the listing), so the
-/// records below it need not be read: that lookup is several cold page
-/// reads on a first view.
-pub(crate) fn compaction_traces(dir: &Path) -> Result<bool> {
+/// If neither, no record below the view's end names a swap the reader has
+/// not seen: a swap before the segment was opened gave it the rewritten
+/// file, one between the opening and the stat below changed the file
+/// under the name, and one after the listing had its `.tmp` in it (the
+/// listing comes first). So the records below the end need not be read:
+/// that lookup is several cold page reads on a first view.
+pub(crate) fn compaction_traces(dir: &Path, sealed: &[ViewSegment]) -> Result<bool> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
         let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
         let rewrite = name
-            .strip_suffix(".tmp")
+            .to_str()
+            .and_then(|n| n.strip_suffix(".tmp"))
             .is_some_and(|n| parse_segment_file_name(n).is_some());
-        if rewrite || parse_retired_file_name(name).is_some() {
+        if rewrite {
             return Ok(true);
         }
     }
-    Ok(false)
+    Ok(sealed.iter().any(|s| match std::fs::symlink_metadata(&*s.path) {
+        Ok(m) => m.len() != s.map.len() || file_id(&m) != s.map.identity(),
+        // Gone (log retention) or unreadable: read the records.
+        Err(_) => true,
+    }))
 }
 
 /// Reopen every segment of `sealed` whose file is no longer the length it

@@ -236,7 +236,7 @@ impl State {
         }
         // A first view opened every sealed segment itself: without a
         // compaction in flight there is nothing below its end to follow.
-        if first && !crate::read::follow::compaction_traces(&self.dir)? {
+        if first && !crate::read::follow::compaction_traces(&self.dir, &self.sealed)? {
             self.compaction_from = view.next_position();
             return Ok(view);
         }

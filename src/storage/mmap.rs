@@ -390,6 +390,11 @@ impl Mapping {
         self.try_bytes().unwrap_or(&[])
     }
 
+    /// The identity of the file a lazy mapping maps (when it was opened).
+    pub(crate) fn identity(&self) -> Option<FileId> {
+        self.id
+    }
+
     /// The length mapped (or to be mapped), without mapping anything.
     pub(crate) fn len(&self) -> u64 {
         self.len
