@@ -127,7 +127,7 @@ impl OwnedRecord {
     /// impl Event for Deposited {
     ///     fn event_type(&self) -> &'static str { "Deposited" }
     /// }
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let log = Log::open(dir.path())?;
     /// log.append_typed("account-1", ExpectedVersion::NoStream, &[Deposited { cents: 5 }])?;
     /// let first = log.subscribe_category("account", 0).next().expect("one event")?;
