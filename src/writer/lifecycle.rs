@@ -161,6 +161,7 @@ impl Inner {
             backlog: Mutex::new(Backlog::default()),
             backlog_cv: Condvar::new(),
             sealer_stopped: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             checkpoints: Mutex::new(checkpoints),
             checkpoint_mark: AtomicU64::new(active_end),
             rules: Default::default(),
@@ -182,6 +183,7 @@ impl Inner {
         lock(&self.state).closed = true;
         drop(lock(&self.writer_lock).take());
         // Subscriptions and waiters see that nothing more will come.
+        self.closed.store(true, Ordering::Release);
         self.bump_published_epoch();
         closed
     }

@@ -391,12 +391,13 @@ impl Log {
 
     /// Why this log will publish nothing more, if it will not: it was
     /// poisoned ([`Error::Poisoned`]) or closed ([`Error::Closed`]). Both
-    /// wake everyone waiting for a publish.
+    /// wake everyone waiting for a publish. Two atomic loads while neither
+    /// (subscriptions ask before every view).
     pub(crate) fn ended(&self) -> Option<Error> {
         if self.inner.poisoned.load(Ordering::Acquire) {
             return Some(self.inner.poison_error());
         }
-        lock(&self.inner.state).closed.then_some(Error::Closed)
+        self.inner.closed.load(Ordering::Acquire).then_some(Error::Closed)
     }
 
     /// One past the last position views show now (the published end).

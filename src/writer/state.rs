@@ -84,6 +84,9 @@ pub(super) struct Inner {
     pub(super) backlog_cv: Condvar,
     /// The sealer thread has exited (the log is closing).
     pub(super) sealer_stopped: AtomicBool,
+    /// The log was closed: nothing more will be published (read without
+    /// the state lock by subscriptions and waiters, `Log::ended`).
+    pub(super) closed: AtomicBool,
     /// The index checkpoint files of the active segment (spec 17.5).
     pub(super) checkpoints: Mutex<Checkpoints>,
     /// The active segment's durable end when the last index checkpoint was
