@@ -173,6 +173,27 @@ pub enum Error {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// An object of a remote log (spec 23) could not be read or written, or
+    /// does not hold what it should: `object` names it (URL and name), and
+    /// for damage the byte offset within it.
+    #[error("remote log object {object}: {detail}")]
+    Remote {
+        /// The object (the remote log's URL and the object's name).
+        object: String,
+        /// What failed, or what was expected and found (with the offset).
+        detail: String,
+    },
+    /// Another writer took the remote log (spec 23.3): this one ships
+    /// nothing more.
+    #[error("the remote log {url} was taken by another writer (epoch {found}, this writer's {ours}): shipping stopped")]
+    Fenced {
+        /// The remote log.
+        url: String,
+        /// This writer's epoch.
+        ours: u64,
+        /// The newer epoch found in the store.
+        found: u64,
+    },
     /// The audit chain's key is missing, not needed, or not the log's.
     #[error("{path}: {detail}")]
     ChainKey {

@@ -54,6 +54,8 @@ mod index;
 #[doc(hidden)]
 pub mod inspect;
 mod read;
+#[cfg(feature = "remote")]
+pub mod remote;
 mod storage;
 mod trace;
 mod types;

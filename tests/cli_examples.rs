@@ -127,7 +127,12 @@ fn run_all(dir: &Path, examples: &[(String, String)]) {
 fn every_help_example_runs_as_printed() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut all = Vec::new();
-    for sub in SUBCOMMANDS {
+    let remote: &[&str] = if cfg!(feature = "remote") {
+        &["replicate", "restore"]
+    } else {
+        &[]
+    };
+    for sub in SUBCOMMANDS.iter().chain(remote) {
         let examples = help_examples(&help(sub));
         assert!(!examples.is_empty(), "annal {sub} --help has no examples");
         for e in examples {

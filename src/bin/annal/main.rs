@@ -7,6 +7,8 @@ mod dump;
 mod jsonfmt;
 mod meta;
 mod read;
+#[cfg(feature = "remote")]
+mod remote;
 mod retain;
 mod write;
 
@@ -72,6 +74,14 @@ enum Command {
     /// Write a new secret key for a keyed audit chain to a new file; print its id.
     #[command(after_help = audit::KEYGEN_HELP)]
     Keygen(audit::KeygenArgs),
+    /// Ship the log's durable bytes to object storage (S3, file://), once or following it.
+    #[cfg(feature = "remote")]
+    #[command(after_help = remote::REPLICATE_HELP)]
+    Replicate(remote::ReplicateArgs),
+    /// Rebuild a log from object storage, optionally cut at a position or a time.
+    #[cfg(feature = "remote")]
+    #[command(after_help = remote::RESTORE_HELP)]
+    Restore(remote::RestoreArgs),
 }
 
 /// A failure of a command: a message for stderr and the exit code.
@@ -141,6 +151,10 @@ fn main() -> ExitCode {
         Command::Check(a) => return check::run(a),
         Command::Anchor(a) => audit::anchor(a),
         Command::Keygen(a) => audit::keygen(a),
+        #[cfg(feature = "remote")]
+        Command::Replicate(a) => remote::replicate(a),
+        #[cfg(feature = "remote")]
+        Command::Restore(a) => remote::restore_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,250 @@
+//! The manifest of a remote log (spec 23.2): what the store holds, as one
+//! immutable object per version, `manifest/<seq>` (20 digits).
+//!
+//! Bytes: the line `ANNALMANIFEST 1\n`, a JSON object (the body), and the
+//! line `\ncrc32 XXXXXXXX\n` (CRC-32, IEEE, of the body's bytes exactly as
+//! stored, 8 lowercase hex digits). A manifest whose magic, CRC or JSON does
+//! not hold is damage naming the object; it is never read as "no manifest".
+//!
+//! Invariants: a manifest lists only objects written before it (each with
+//! its length and BLAKE3), sealed segments in base order and contiguous,
+//! the active segment's parts contiguous from offset 0; `next_position` is
+//! the position after the last whole batch the objects hold.
+
+use serde::{Deserialize, Serialize};
+
+/// The first line of a manifest object.
+pub const MANIFEST_MAGIC: &[u8] = b"ANNALMANIFEST 1\n";
+/// The version of the manifest format this build writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// One shipped object: its name under the log's prefix, length and BLAKE3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipped {
+    /// The object's name under the remote log's prefix.
+    pub object: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// BLAKE3 of its bytes, 64 lowercase hex digits.
+    pub blake3: String,
+}
+
+/// A sealed segment in the store: the segment file and its index file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedEntry {
+    /// The segment's base position.
+    pub base: u64,
+    /// The segment file.
+    pub segment: Shipped,
+    /// Its index file, if it was shipped (a restore rebuilds a missing one).
+    pub index: Option<Shipped>,
+}
+
+/// A piece of the active segment: bytes `[from, to)` of its file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// First byte (file offset).
+    pub from: u64,
+    /// One past the last byte.
+    pub to: u64,
+    /// The object holding them.
+    pub shipped: Shipped,
+}
+
+/// The active segment as far as it was shipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveEntry {
+    /// The segment's base position.
+    pub base: u64,
+    /// Its bytes from offset 0, in order, without gaps.
+    pub parts: Vec<Part>,
+}
+
+impl ActiveEntry {
+    /// One past the last byte shipped.
+    pub fn end(&self) -> u64 {
+        self.parts.last().map_or(0, |p| p.to)
+    }
+}
+
+/// One version of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_VERSION`].
+    pub version: u32,
+    /// This manifest's sequence number (its object is `manifest/<seq>`).
+    pub seq: u64,
+    /// The fencing epoch of the writer that wrote it (spec 23.3).
+    pub epoch: u64,
+    /// That writer's id (random per replicator), 32 hex digits.
+    pub writer: String,
+    /// The log's id (from its segment headers), 32 hex digits.
+    pub log_id: String,
+    /// Sealed segments, in base order.
+    pub sealed: Vec<SealedEntry>,
+    /// The active segment, if any of it was shipped.
+    pub active: Option<ActiveEntry>,
+    /// The position after the last whole batch the objects hold.
+    pub next_position: u64,
+    /// When this manifest was written (nanoseconds since the Unix epoch, the
+    /// writer's clock).
+    pub written_at: u64,
+    /// The append time of the newest event shipped (nanoseconds), if any.
+    pub newest_event_at: Option<u64>,
+}
+
+/// The object name of manifest `seq`.
+pub fn manifest_object(seq: u64) -> String {
+    format!("manifest/{seq:020}")
+}
+
+impl Manifest {
+    /// The manifest's bytes (spec 23.2).
+    pub fn encode(&self) -> Vec<u8> {
+        let body = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let mut out = Vec::with_capacity(MANIFEST_MAGIC.len() + body.len() + 16);
+        out.extend_from_slice(MANIFEST_MAGIC);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(format!("\ncrc32 {:08x}\n", crc32fast::hash(&body)).as_bytes());
+        out
+    }
+
+    /// Parse a manifest's bytes; `Err((offset, what was expected))`.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, (u64, String)> {
+        let body = bytes
+            .strip_prefix(MANIFEST_MAGIC)
+            .ok_or((0, "expected the line \"ANNALMANIFEST 1\"".to_owned()))?;
+        const TRAILER: usize = "\ncrc32 00000000\n".len();
+        let split = body
+            .len()
+            .checked_sub(TRAILER)
+            .ok_or((bytes.len() as u64, "expected the crc32 line at the end".to_owned()))?;
+        let (json, trailer) = body.split_at(split);
+        let at = (MANIFEST_MAGIC.len() + split) as u64;
+        let hex = trailer
+            .strip_prefix(b"\ncrc32 ")
+            .and_then(|t| t.strip_suffix(b"\n"))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or((at, "expected \"\\ncrc32 XXXXXXXX\\n\" at the end".to_owned()))?;
+        let crc = crc32fast::hash(json);
+        if crc != hex {
+            return Err((
+                MANIFEST_MAGIC.len() as u64,
+                format!("expected the body's CRC-32 to be {hex:08x} (its trailer), found {crc:08x}"),
+            ));
+        }
+        let m: Manifest = serde_json::from_slice(json).map_err(|e| {
+            (
+                MANIFEST_MAGIC.len() as u64,
+                format!("expected the manifest's JSON: {e}"),
+            )
+        })?;
+        if m.version != MANIFEST_VERSION {
+            return Err((
+                MANIFEST_MAGIC.len() as u64,
+                format!("expected manifest version {MANIFEST_VERSION}, found {}", m.version),
+            ));
+        }
+        m.validate().map_err(|e| (MANIFEST_MAGIC.len() as u64, e))?;
+        Ok(m)
+    }
+
+    /// The invariants of the module doc.
+    fn validate(&self) -> Result<(), String> {
+        for w in self.sealed.windows(2) {
+            if w[0].base >= w[1].base {
+                return Err(format!(
+                    "expected sealed segments in base order, found {} then {}",
+                    w[0].base, w[1].base
+                ));
+            }
+        }
+        if let (Some(a), Some(last)) = (&self.active, self.sealed.last())
+            && a.base <= last.base
+        {
+            return Err(format!(
+                "expected the active segment after the sealed ones, found base {}",
+                a.base
+            ));
+        }
+        if let Some(a) = &self.active {
+            let mut at = 0;
+            for p in &a.parts {
+                if p.from != at || p.to <= p.from || p.shipped.len != p.to - p.from {
+                    return Err(format!(
+                        "expected the active segment's parts contiguous from 0, found [{}, {}) after {at}",
+                        p.from, p.to
+                    ));
+                }
+                at = p.to;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests: a panic is a failure")]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            seq: 3,
+            epoch: 2,
+            writer: "00".repeat(16),
+            log_id: "11".repeat(16),
+            sealed: vec![SealedEntry {
+                base: 0,
+                segment: Shipped {
+                    object: "segments/x.seg".into(),
+                    len: 10,
+                    blake3: "ab".repeat(32),
+                },
+                index: None,
+            }],
+            active: Some(ActiveEntry {
+                base: 7,
+                parts: vec![Part {
+                    from: 0,
+                    to: 128,
+                    shipped: Shipped {
+                        object: "tail/a".into(),
+                        len: 128,
+                        blake3: "cd".repeat(32),
+                    },
+                }],
+            }),
+            next_position: 7,
+            written_at: 1,
+            newest_event_at: Some(2),
+        }
+    }
+
+    #[test]
+    fn a_manifest_round_trips_and_every_changed_byte_is_found() {
+        let m = sample();
+        let bytes = m.encode();
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(Manifest::decode(&b).is_err(), "byte {i} changed, still read");
+        }
+        for cut in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn parts_with_a_gap_are_refused() {
+        let mut m = sample();
+        if let Some(a) = m.active.as_mut() {
+            a.parts[0].from = 1;
+        }
+        let e = Manifest::decode(&m.encode()).unwrap_err();
+        assert!(e.1.contains("contiguous"), "{e:?}");
+    }
+}

@@ -1,0 +1,245 @@
+//! The log shipped to object storage (feature `remote`, spec 23): a remote
+//! log is a folder of immutable objects in an S3 bucket (or any store the
+//! `object_store` crate speaks: S3-compatible stores, a local folder,
+//! memory) plus a manifest, versioned as one object per version.
+//!
+//! - [`RemoteLog`]: an address (`s3://bucket/prefix`, `file:///path`) and
+//!   the store behind it, configured from the standard AWS environment
+//!   variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+//!   `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`);
+//! - [`Replicator`]: ships what a log directory holds durably (sealed
+//!   segments and their index files whole, the active segment in parts) and
+//!   writes a new manifest, taking the remote log with a fencing epoch
+//!   first (a newer epoch in the store stops it: [`Error::Fenced`]);
+//! - [`restore`]: a local log rebuilt from a manifest, cut at a batch
+//!   boundary.
+//!
+//! Invariants: an object is written once and never changed (segment and
+//! part objects are named by their content's BLAKE3; a manifest version is
+//! created only if absent, `If-None-Match: *`); a manifest names only
+//! objects written before it, each with its length and BLAKE3, which every
+//! read checks; the latest manifest is found by probing names upward from
+//! a known one, never from a listing.
+
+mod manifest;
+mod restore;
+mod ship;
+
+use std::sync::Arc;
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use crate::error::{Error, Result};
+
+pub use manifest::{ActiveEntry, Manifest, Part, SealedEntry, Shipped};
+pub use restore::{RestoreReport, RestoreTo, restore};
+pub use ship::{Replicator, ShipReport};
+
+/// A remote log: a store and the prefix its objects live under.
+#[derive(Debug, Clone)]
+pub struct RemoteLog {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    url: String,
+}
+
+/// What a create-if-absent put found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Created {
+    /// This put created the object.
+    Created,
+    /// The object already existed (it was left as it was).
+    Existed,
+}
+
+impl RemoteLog {
+    /// The remote log at `url`: `s3://bucket/prefix` (credentials, endpoint
+    /// and region from the standard AWS environment variables; conditional
+    /// puts by ETag, which S3 and SeaweedFS honour) or `file:///path` (a
+    /// local folder, created if missing).
+    pub fn open(url: &str) -> Result<RemoteLog> {
+        RemoteLog::open_with_options(url, std::iter::empty::<(&str, &str)>())
+    }
+
+    /// [`RemoteLog::open`] with S3 settings given here rather than in the
+    /// environment (each over the environment's): `object_store`'s
+    /// configuration keys, such as `aws_endpoint_url`, `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_region`, `aws_allow_http`.
+    pub fn open_with_options<K: AsRef<str>, V: Into<String>>(
+        url: &str,
+        options: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<RemoteLog> {
+        let bad = |detail: String| Error::Remote {
+            object: url.to_owned(),
+            detail,
+        };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("expected s3://BUCKET/PREFIX".into()));
+            }
+            let mut builder = object_store::aws::AmazonS3Builder::from_env();
+            for (k, v) in options {
+                let key = k
+                    .as_ref()
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|e| bad(format!("the option {:?}: {e}", k.as_ref())))?;
+                builder = builder.with_config(key, v);
+            }
+            let store = builder
+                .with_bucket_name(bucket)
+                .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+                .build()
+                .map_err(|e| bad(format!("configuring the S3 client: {e}")))?;
+            return Ok(RemoteLog::from_store(Arc::new(store), prefix, url));
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(bad("expected file:///ABSOLUTE/PATH".into()));
+            }
+            std::fs::create_dir_all(path).map_err(|e| bad(format!("creating the folder: {e}")))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(path)
+                .map_err(|e| bad(format!("opening the folder: {e}")))?;
+            return Ok(RemoteLog::from_store(Arc::new(store), "", url));
+        }
+        Err(bad("expected an address s3://BUCKET/PREFIX or file:///PATH".into()))
+    }
+
+    /// A remote log in `store` under `prefix`; `url` names it in messages.
+    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, url: &str) -> RemoteLog {
+        RemoteLog {
+            store,
+            prefix: ObjectPath::from(prefix.trim_matches('/')),
+            url: url.to_owned(),
+        }
+    }
+
+    /// The address this remote log was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, object: &str) -> ObjectPath {
+        object.split('/').fold(self.prefix.clone(), |p, part| p.child(part))
+    }
+
+    /// An error naming `object` of this remote log.
+    pub(crate) fn error(&self, object: &str, detail: impl std::fmt::Display) -> Error {
+        Error::Remote {
+            object: format!("{}/{object}", self.url.trim_end_matches('/')),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The bytes of `object`; `Ok(None)` if there is none.
+    pub(crate) async fn get(&self, object: &str) -> Result<Option<bytes::Bytes>> {
+        match self.store.get(&self.path(object)).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| self.error(object, format!("GET: {e}"))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(object, format!("GET: {e}"))),
+        }
+    }
+
+    /// Create `object` with `bytes` unless it exists (`If-None-Match: *`).
+    pub(crate) async fn create(&self, object: &str, bytes: Vec<u8>) -> Result<Created> {
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .store
+            .put_opts(&self.path(object), PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(Created::Created),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Ok(Created::Existed)
+            }
+            Err(e) => Err(self.error(object, format!("PUT: {e}"))),
+        }
+    }
+
+    /// Read `object` and check it is `s`'s length and BLAKE3.
+    pub(crate) async fn get_checked(&self, s: &Shipped) -> Result<bytes::Bytes> {
+        let bytes = self
+            .get(&s.object)
+            .await?
+            .ok_or_else(|| self.error(&s.object, "expected the object the manifest names, found none"))?;
+        if bytes.len() as u64 != s.len {
+            return Err(self.error(
+                &s.object,
+                format!("expected {} bytes (the manifest), found {}", s.len, bytes.len()),
+            ));
+        }
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        if hash != s.blake3 {
+            return Err(self.error(
+                &s.object,
+                format!("expected BLAKE3 {} (the manifest), found {hash}", s.blake3),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// The manifest `seq`, if it exists.
+    pub(crate) async fn manifest(&self, seq: u64) -> Result<Option<Manifest>> {
+        let object = manifest::manifest_object(seq);
+        match self.get(&object).await? {
+            None => Ok(None),
+            Some(b) => Manifest::decode(&b)
+                .map(Some)
+                .map_err(|(at, what)| self.error(&object, format!("at byte {at}: {what}"))),
+        }
+    }
+
+    /// The newest manifest, found by probing `manifest/<seq>` upward from
+    /// `from` (1 for none known): `None` if the remote log has none.
+    pub async fn latest_manifest_from(&self, from: u64) -> Result<Option<Manifest>> {
+        let mut seq = from.max(1);
+        let mut newest = None;
+        // Gallop up, then search down between the last found and the first
+        // missing: O(log n) GETs whatever the number of versions.
+        let mut step = 1u64;
+        let mut missing = None;
+        loop {
+            match self.manifest(seq).await? {
+                Some(m) => {
+                    newest = Some(m);
+                    seq = seq.saturating_add(step);
+                    step = step.saturating_mul(2);
+                }
+                None => {
+                    missing = Some(seq);
+                    break;
+                }
+            }
+            if newest.is_none() {
+                break;
+            }
+        }
+        let (Some(mut lo), Some(mut hi)) = (newest.as_ref().map(|m: &Manifest| m.seq), missing) else {
+            return Ok(newest);
+        };
+        // `lo` exists, `hi` does not: versions are created in order, so the
+        // newest is the last existing one below `hi`.
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match self.manifest(mid).await? {
+                Some(m) => {
+                    lo = mid;
+                    newest = Some(m);
+                }
+                None => hi = mid,
+            }
+        }
+        Ok(newest)
+    }
+
+    /// The newest manifest (`None`: nothing was shipped here yet).
+    pub async fn latest_manifest(&self) -> Result<Option<Manifest>> {
+        self.latest_manifest_from(1).await
+    }
+}

@@ -1,0 +1,413 @@
+//! Shipping a log directory's durable bytes to a remote log (spec 23.4).
+//!
+//! Invariants: only durable bytes are shipped (sealed segments, and the
+//! active segment up to the head file's `durable_end`, every frame of it
+//! validated with its CRCs first); every object a manifest names is
+//! written before the manifest; the replicator holds the remote log by its
+//! epoch and stops at the first sign of a newer one.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::frame::FrameCursor;
+use crate::format::names::{index_file_name, parse_segment_file_name, segment_file_name};
+use crate::format::{Layout, SEGMENT_HEADER_LEN, SegmentHeader};
+
+use super::manifest::{ActiveEntry, MANIFEST_VERSION, Manifest, Part, SealedEntry, Shipped, manifest_object};
+use super::{Created, RemoteLog};
+
+/// Bytes read and uploaded at a time from a segment file.
+const CHUNK: usize = 8 << 20;
+
+/// What one [`Replicator::ship_once`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ShipReport {
+    /// The manifest version written (or the one that was current, if there
+    /// was nothing new).
+    pub manifest_seq: u64,
+    /// This replicator's epoch.
+    pub epoch: u64,
+    /// Objects uploaded.
+    pub objects: usize,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// The position after the last batch the remote log holds.
+    pub shipped_position: u64,
+    /// The position after the last durable batch of the local log.
+    pub durable_position: u64,
+    /// Positions durable locally and not shipped (`durable - shipped`).
+    pub lag_positions: u64,
+}
+
+/// Ships a log directory to a remote log, one round per [`ship_once`](Replicator::ship_once).
+#[derive(Debug)]
+pub struct Replicator {
+    dir: PathBuf,
+    remote: RemoteLog,
+    writer: String,
+    epoch: Option<u64>,
+    last: Option<Manifest>,
+    /// `(ours, found)` once another writer's newer epoch was seen: every
+    /// later round is refused.
+    fenced: Option<(u64, u64)>,
+}
+
+impl Replicator {
+    /// A replicator of the log in `dir` to `remote`. It takes the remote log
+    /// (a new fencing epoch) at its first round.
+    pub fn new(dir: impl AsRef<Path>, remote: RemoteLog) -> Replicator {
+        let mut id = [0u8; 16];
+        let _ = getrandom::fill(&mut id);
+        Replicator {
+            dir: dir.as_ref().to_owned(),
+            remote,
+            writer: hex(&id),
+            epoch: None,
+            last: None,
+            fenced: None,
+        }
+    }
+
+    /// The remote log.
+    pub fn remote(&self) -> &RemoteLog {
+        &self.remote
+    }
+
+    /// Take the remote log: a new manifest version with the next epoch,
+    /// created only if absent. Another writer that created that version
+    /// first wins; this one is fenced.
+    async fn acquire(&mut self, log_id: &str) -> Result<()> {
+        let latest = self.remote.latest_manifest().await?;
+        if let Some(m) = &latest
+            && m.log_id != log_id
+        {
+            return Err(self.remote.error(
+                &manifest_object(m.seq),
+                format!(
+                    "expected the log {log_id} (the local log's id), found the log {}",
+                    m.log_id
+                ),
+            ));
+        }
+        let epoch = latest.as_ref().map_or(1, |m| m.epoch + 1);
+        let m = latest.unwrap_or_else(|| Manifest {
+            version: MANIFEST_VERSION,
+            seq: 0,
+            epoch: 0,
+            writer: String::new(),
+            log_id: log_id.to_owned(),
+            sealed: Vec::new(),
+            active: None,
+            next_position: 0,
+            written_at: 0,
+            newest_event_at: None,
+        });
+        let m = self.commit(m, epoch).await?;
+        self.epoch = Some(epoch);
+        self.last = Some(m);
+        Ok(())
+    }
+
+    /// Write `m` as the next manifest version (after `m.seq`), by this
+    /// writer at epoch `ours`; [`Error::Fenced`] (for good: later rounds are
+    /// refused too) if another writer wrote that version.
+    async fn commit(&mut self, mut m: Manifest, ours: u64) -> Result<Manifest> {
+        m.seq += 1;
+        m.epoch = ours;
+        m.writer = self.writer.clone();
+        m.written_at = now_nanos();
+        let object = manifest_object(m.seq);
+        match self.remote.create(&object, m.encode()).await? {
+            Created::Created => Ok(m),
+            Created::Existed => {
+                let found = self.remote.manifest(m.seq).await?;
+                match found {
+                    // Our own earlier attempt, whose answer was lost.
+                    Some(f) if f.writer == self.writer && f.epoch == ours => Ok(f),
+                    Some(f) => {
+                        self.fenced = Some((ours, f.epoch));
+                        Err(self.fenced_error(ours, f.epoch))
+                    }
+                    None => Err(self
+                        .remote
+                        .error(&object, "expected the manifest version another put created, found none")),
+                }
+            }
+        }
+    }
+
+    fn fenced_error(&self, ours: u64, found: u64) -> Error {
+        Error::Fenced {
+            url: self.remote.url().to_owned(),
+            ours,
+            found,
+        }
+    }
+
+    /// One round: take the remote log if not yet held, upload every sealed
+    /// segment (and index file) the remote log lacks and the active
+    /// segment's durable bytes past what was shipped, then write a new
+    /// manifest version (only if something was shipped).
+    pub async fn ship_once(&mut self) -> Result<ShipReport> {
+        if let Some((ours, found)) = self.fenced {
+            return Err(self.fenced_error(ours, found));
+        }
+        let local = LocalLog::scan(&self.dir)?;
+        if self.epoch.is_none() {
+            self.acquire(&local.log_id).await?;
+        }
+        let mut m = self.last.clone().ok_or(Error::Closed)?;
+        let (mut objects, mut bytes) = (0usize, 0u64);
+        // Sealed segments: new ones, ones rewritten by compaction (another
+        // length), index files that appeared since.
+        for &base in &local.sealed {
+            let path = self.dir.join(segment_file_name(base));
+            let len = std::fs::metadata(&path).map_err(|e| Error::io("stat", &path, e))?.len();
+            let have = m.sealed.iter().position(|e| e.base == base);
+            let same = have.is_some_and(|i| m.sealed[i].segment.len == len);
+            if !same {
+                let seg = self.upload_file(&path, "segments", base, "seg").await?;
+                objects += 1;
+                bytes += seg.len;
+                let entry = SealedEntry {
+                    base,
+                    segment: seg,
+                    index: None,
+                };
+                match have {
+                    Some(i) => m.sealed[i] = entry,
+                    None => {
+                        m.sealed.push(entry);
+                        m.sealed.sort_by_key(|e| e.base);
+                    }
+                }
+            }
+            let idx = self.dir.join(index_file_name(base));
+            if let Some(e) = m.sealed.iter_mut().find(|e| e.base == base)
+                && e.index.is_none()
+                && idx.is_file()
+            {
+                let shipped = self.upload_file(&idx, "segments", base, "idx").await?;
+                objects += 1;
+                bytes += shipped.len;
+                e.index = Some(shipped);
+            }
+        }
+        // The active segment, up to its durable end.
+        let mut next_position = m.next_position;
+        if let Some(base) = local.active {
+            if m.active.as_ref().is_none_or(|a| a.base != base) {
+                // A new active segment: every sealed one below it is shipped.
+                m.active = Some(ActiveEntry {
+                    base,
+                    parts: Vec::new(),
+                });
+                next_position = base;
+            }
+            let shipped_end = m.active.as_ref().map_or(0, ActiveEntry::end);
+            if let Some(durable) = local.durable_end.filter(|&d| d > shipped_end) {
+                let (part, next, newest) = self.ship_part(base, shipped_end, durable, next_position).await?;
+                objects += 1;
+                bytes += part.shipped.len;
+                if let Some(a) = m.active.as_mut() {
+                    a.parts.push(part);
+                }
+                next_position = next;
+                m.newest_event_at = newest.or(m.newest_event_at);
+            }
+        }
+        m.sealed.retain(|e| local.active.is_none_or(|a| e.base < a));
+        let durable_position = local.durable_position.unwrap_or(next_position).max(next_position);
+        if objects > 0 || next_position != m.next_position {
+            m.next_position = next_position;
+            let written = self.commit(m, self.epoch.unwrap_or(0)).await?;
+            self.last = Some(written);
+        }
+        let last = self.last.as_ref().ok_or(Error::Closed)?;
+        Ok(ShipReport {
+            manifest_seq: last.seq,
+            epoch: last.epoch,
+            objects,
+            bytes,
+            shipped_position: last.next_position,
+            durable_position,
+            lag_positions: durable_position.saturating_sub(last.next_position),
+        })
+    }
+
+    /// [`ship_once`](Replicator::ship_once) for callers without a tokio
+    /// runtime: runs it on a current-thread runtime of its own.
+    pub fn ship_once_blocking(&mut self) -> Result<ShipReport> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start a runtime for", &self.dir, e))?;
+        rt.block_on(self.ship_once())
+    }
+
+    /// Upload the file at `path` as `<folder>/<base>-<BLAKE3>.<ext>`
+    /// (content-addressed: a retry or another writer uploads the same bytes
+    /// under the same name), unless it is there already.
+    async fn upload_file(&self, path: &Path, folder: &str, base: u64, ext: &str) -> Result<Shipped> {
+        // One open file for both passes: a file renamed over the name
+        // meanwhile (compaction) is not mixed in.
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut len = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(buf.get(..n).unwrap_or_default());
+            len += n as u64;
+        }
+        let hash = hasher.finalize().to_hex().to_string();
+        let object = format!("{folder}/{base:020}-{}.{ext}", hash.get(..32).unwrap_or_default());
+        let shipped = Shipped {
+            object: object.clone(),
+            len,
+            blake3: hash,
+        };
+        let location = self.remote.path(&object);
+        if let Ok(meta) = self.remote.store.head(&location).await
+            && meta.size == len
+        {
+            return Ok(shipped);
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+        if blake3::hash(&bytes).to_hex().as_str() != shipped.blake3 {
+            return Err(Error::io(
+                "read (the file changed while it was shipped)",
+                path,
+                std::io::Error::other("retry"),
+            ));
+        }
+        self.remote
+            .store
+            .put(&location, object_store::PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.remote.error(&object, format!("PUT: {e}")))?;
+        Ok(shipped)
+    }
+
+    /// Ship bytes `[from, to)` of the active segment based at `base` as one
+    /// part, after validating every frame in it (`next_position`: where the
+    /// first frame after `from` starts). Returns the part, the position
+    /// after its last batch and that batch's last timestamp.
+    async fn ship_part(&self, base: u64, from: u64, to: u64, next_position: u64) -> Result<(Part, u64, Option<u64>)> {
+        let path = self.dir.join(segment_file_name(base));
+        let file = std::fs::File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let mut header = vec![0u8; SEGMENT_HEADER_LEN];
+        read_at(&file, &mut header, 0, &path)?;
+        let h = *SegmentHeader::parse(&header).map_err(|d| d.at(&path))?;
+        let mut bytes = vec![0u8; usize::try_from(to - from).unwrap_or(usize::MAX)];
+        read_at(&file, &mut bytes, from, &path)?;
+        // Validate what is shipped: every frame whole, its CRCs right.
+        let (start, first_position) = if from == 0 {
+            (SEGMENT_HEADER_LEN as u64, h.base_position.get())
+        } else {
+            (from, next_position)
+        };
+        let skip = usize::try_from(start - from).unwrap_or(usize::MAX);
+        let frames = bytes.get(skip..).unwrap_or_default();
+        let mut cursor = FrameCursor::new(frames, start, first_position, true, Layout::of(&h));
+        let mut newest = None;
+        while let Some(step) = cursor.step_each(|_, r| newest = Some(r.timestamp())) {
+            step.map_err(|d| d.at(&path))?;
+        }
+        let (end, next) = (cursor.offset(), cursor.next_position());
+        if end != to {
+            return Err(Error::Corrupt {
+                path: path.clone(),
+                offset: end,
+                detail: format!("expected whole frames up to the durable end {to}, found a frame running past it"),
+            });
+        }
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let object = format!(
+            "tail/{base:020}/{from:020}-{to:020}-{}",
+            hash.get(..32).unwrap_or_default()
+        );
+        let shipped = Shipped {
+            object: object.clone(),
+            len: to - from,
+            blake3: hash,
+        };
+        self.remote
+            .store
+            .put(&self.remote.path(&object), object_store::PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.remote.error(&object, format!("PUT: {e}")))?;
+        Ok((Part { from, to, shipped }, next, newest))
+    }
+}
+
+/// What a log directory holds durably, for a round of shipping.
+struct LocalLog {
+    log_id: String,
+    /// Bases of the sealed segments (every segment but the newest).
+    sealed: Vec<u64>,
+    /// Base of the active (newest) segment.
+    active: Option<u64>,
+    /// The active segment's durable end, if the head file names it.
+    durable_end: Option<u64>,
+    /// The position after the last durable batch, if the head names the
+    /// active segment with `durable_end == visible_end`.
+    durable_position: Option<u64>,
+}
+
+impl LocalLog {
+    fn scan(dir: &Path) -> Result<LocalLog> {
+        // The head first: a segment the head names is in the listing after.
+        let head = crate::storage::head::read(dir)?;
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+        let mut bases = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+            if let Some(b) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+                bases.push(b);
+            }
+        }
+        bases.sort_unstable();
+        let Some((&active, sealed)) = bases.split_last() else {
+            return Err(Error::NotALog {
+                path: dir.to_owned(),
+                detail: "expected a log directory with segment files, found none".into(),
+            });
+        };
+        let first = dir.join(segment_file_name(bases.first().copied().unwrap_or(active)));
+        let file = std::fs::File::open(&first).map_err(|e| Error::io("open", &first, e))?;
+        let mut header = vec![0u8; SEGMENT_HEADER_LEN];
+        read_at(&file, &mut header, 0, &first)?;
+        let h = *SegmentHeader::parse(&header).map_err(|d| d.at(&first))?;
+        let named = head.filter(|h| h.segment_base == active);
+        Ok(LocalLog {
+            log_id: hex(&h.log_id),
+            sealed: sealed.to_vec(),
+            active: Some(active),
+            durable_end: named.map(|h| h.durable_end),
+            durable_position: named
+                .filter(|h| h.durable_end == h.visible_end)
+                .map(|h| h.next_position),
+        })
+    }
+}
+
+fn read_at(file: &std::fs::File, buf: &mut [u8], at: u64, path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, at).map_err(|e| Error::io("read", path, e))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

