@@ -198,6 +198,31 @@ fn a_restore_cut_at_a_position_keeps_whole_batches() {
 }
 
 #[test]
+fn an_anchor_of_the_original_verifies_on_a_restore_cut_at_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    append(&log, 0, 150);
+    // An anchor kept outside: the chain's head now.
+    let anchor = annal::head_anchor(&src).unwrap().unwrap();
+    append(&log, 150, 150);
+    let remote = memory();
+    let rt = rt();
+    rt.block_on(Replicator::new(&src, remote.clone()).ship_once()).unwrap();
+    for (name, to) in [
+        ("cut", RestoreTo::Position(anchor.position - 1)),
+        ("whole", RestoreTo::Latest),
+    ] {
+        let dst = tmp.path().join(name);
+        rt.block_on(restore(&remote, &dst, to)).unwrap();
+        let report = annal::check(&dst, CheckOptions::default().anchor(anchor)).unwrap();
+        assert!(report.problems.is_empty(), "{name}: {:?}", report.problems);
+        assert!(report.anchors.iter().all(|v| v.ok), "{name}: {:?}", report.anchors);
+        assert_eq!(report.anchors.len(), 1);
+    }
+}
+
+#[test]
 fn a_restore_cut_at_a_time_keeps_the_batches_appended_by_then() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

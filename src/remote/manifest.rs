@@ -20,6 +20,7 @@ pub const MANIFEST_VERSION: u32 = 1;
 
 /// One shipped object: its name under the log's prefix, length and BLAKE3.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Shipped {
     /// The object's name under the remote log's prefix.
     pub object: String,
@@ -31,6 +32,7 @@ pub struct Shipped {
 
 /// A sealed segment in the store: the segment file and its index file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SealedEntry {
     /// The segment's base position.
     pub base: u64,
@@ -42,6 +44,7 @@ pub struct SealedEntry {
 
 /// A piece of the active segment: bytes `[from, to)` of its file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Part {
     /// First byte (file offset).
     pub from: u64,
@@ -53,6 +56,7 @@ pub struct Part {
 
 /// The active segment as far as it was shipped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActiveEntry {
     /// The segment's base position.
     pub base: u64,
@@ -69,6 +73,7 @@ impl ActiveEntry {
 
 /// One version of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// [`MANIFEST_VERSION`].
     pub version: u32,
