@@ -436,3 +436,237 @@ fn on_seaweedfs_two_replicators_racing_for_one_remote_log_one_holds_it() {
         );
     }
 }
+
+// ------------------------------------------------- a store that misbehaves
+
+/// An in-memory store that fails, hangs or delays requests on demand, and
+/// records the order in which puts completed. A remote log is never listed
+/// (a listing can lie): `list` panics.
+#[derive(Debug, Default)]
+struct FaultyStore {
+    inner: InMemory,
+    /// Fail every n-th request (0: none).
+    fail_every: std::sync::atomic::AtomicU64,
+    calls: std::sync::atomic::AtomicU64,
+    /// Never answer while set.
+    hang: std::sync::atomic::AtomicBool,
+    /// Delay each put by up to this many ms (pseudo-random per call).
+    max_delay_ms: std::sync::atomic::AtomicU64,
+    completed: std::sync::Mutex<Vec<String>>,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultyStore")
+    }
+}
+
+impl FaultyStore {
+    async fn fault(&self) -> object_store::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.calls.fetch_add(1, SeqCst) + 1;
+        if self.hang.load(SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let every = self.fail_every.load(SeqCst);
+        if every > 0 && n % every == 0 {
+            self.failures.fetch_add(1, SeqCst);
+            return Err(object_store::Error::Generic {
+                store: "FaultyStore",
+                source: "injected failure".into(),
+            });
+        }
+        let max = self.max_delay_ms.load(SeqCst);
+        if max > 0 {
+            let ms = (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % max;
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.fault().await?;
+        let r = self.inner.put_opts(location, payload, opts).await;
+        if r.is_ok() {
+            self.completed.lock().unwrap().push(location.to_string());
+        }
+        r
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.fault().await?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.fault().await?;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn delete(&self, location: &ObjectPath) -> object_store::Result<()> {
+        self.inner.delete(location).await
+    }
+
+    fn list(
+        &self,
+        _prefix: Option<&ObjectPath>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        panic!("a remote log is never listed: listings can lie")
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        _prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<object_store::ListResult> {
+        panic!("a remote log is never listed: listings can lie")
+    }
+
+    async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+        self.inner.copy(from, to).await
+    }
+
+    async fn copy_if_not_exists(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+#[test]
+fn failed_rounds_lose_nothing_and_manifests_never_precede_their_objects() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    let store = Arc::new(FaultyStore::default());
+    store.fail_every.store(4, SeqCst);
+    store.max_delay_ms.store(3, SeqCst);
+    let remote = RemoteLog::from_store(store.clone(), "f", "faulty://f");
+    let rt = rt();
+    let mut rep = Replicator::new(&src, remote.clone());
+    let (mut ok, mut failed) = (0, 0);
+    for k in 0..40u64 {
+        append(&log, k * 10, 10);
+        match rt.block_on(rep.ship_once()) {
+            Ok(_) => ok += 1,
+            Err(Error::Remote { .. }) => failed += 1,
+            Err(e) => panic!("round {k}: {e}"),
+        }
+    }
+    assert!(ok > 0 && failed > 0, "ok {ok}, failed {failed}");
+    store.fail_every.store(0, SeqCst);
+    let last = rt.block_on(rep.ship_once()).unwrap();
+    assert_eq!(last.shipped_position, log.next_position());
+    assert_eq!(last.lag_positions, 0);
+    assert_eq!(last.lag, std::time::Duration::ZERO, "{last:?}");
+    let dst = tmp.path().join("dst");
+    rt.block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
+    assert_eq!(events(&dst), events(&src));
+    clean(&dst);
+    // Every manifest version names only objects whose puts completed
+    // before its own.
+    let completed = store.completed.lock().unwrap().clone();
+    let at = |name: &str| completed.iter().position(|c| c == &format!("f/{name}"));
+    let newest = rt.block_on(remote.latest_manifest()).unwrap().unwrap();
+    for seq in 1..=newest.seq {
+        let object = format!("manifest/{seq:020}");
+        let m_at = at(&object).unwrap_or_else(|| panic!("{object} never completed"));
+        let m = rt
+            .block_on(async {
+                store
+                    .inner
+                    .get(&ObjectPath::from(format!("f/{object}")))
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+            })
+            .unwrap();
+        let m = annal::remote::Manifest::decode(&m).unwrap();
+        let named = m
+            .sealed
+            .iter()
+            .flat_map(|e| std::iter::once(&e.segment).chain(e.index.as_ref()))
+            .chain(m.active.iter().flat_map(|a| a.parts.iter().map(|p| &p.shipped)));
+        for s in named {
+            let o_at = at(&s.object).unwrap_or_else(|| panic!("{} named by {object}, never put", s.object));
+            assert!(o_at < m_at, "{} completed after {object}", s.object);
+        }
+    }
+}
+
+#[test]
+fn a_follower_retries_timeouts_and_failures_and_stops_when_asked() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    append(&log, 0, 50);
+    let store = Arc::new(FaultyStore::default());
+    let remote =
+        RemoteLog::from_store(store.clone(), "f", "faulty://f").request_timeout(std::time::Duration::from_millis(20));
+    let rt = rt();
+    let mut rep = Replicator::new(&src, remote.clone());
+    // First the store hangs (every request times out), then it fails every
+    // other request, then it works: the follower goes on through all of it
+    // and stops when told to.
+    store.hang.store(true, SeqCst);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_tx = Some(stop_tx);
+    let mut rounds: Vec<Result<u64, String>> = Vec::new();
+    let ms = std::time::Duration::from_millis;
+    let follow = annal::remote::Follow::every(ms(1)).backoff(ms(1), ms(4));
+    let done = rt.block_on(rep.follow(
+        follow,
+        |r| {
+            rounds.push(r.as_ref().map(|r| r.shipped_position).map_err(|e| e.to_string()));
+            match rounds.len() {
+                3 => {
+                    store.hang.store(false, SeqCst);
+                    store.fail_every.store(2, SeqCst);
+                }
+                8 => store.fail_every.store(0, SeqCst),
+                _ => {}
+            }
+            if rounds.len() >= 12
+                && matches!(rounds.last(), Some(Ok(_)))
+                && let Some(tx) = stop_tx.take()
+            {
+                let _ = tx.send(());
+            }
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    done.unwrap();
+    assert!(
+        rounds[..3]
+            .iter()
+            .all(|r| matches!(r, Err(e) if e.contains("no answer within"))),
+        "{rounds:?}"
+    );
+    assert_eq!(
+        rounds.last().unwrap().as_ref().ok(),
+        Some(&log.next_position()),
+        "{rounds:?}"
+    );
+    let dst = tmp.path().join("dst");
+    rt.block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
+    assert_eq!(events(&dst), events(&src));
+}

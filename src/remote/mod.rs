@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 
 pub use manifest::{ActiveEntry, Manifest, Part, SealedEntry, Shipped};
 pub use restore::{RestoreReport, RestoreTo, restore};
-pub use ship::{Replicator, ShipReport};
+pub use ship::{Follow, Replicator, ShipReport};
 
 /// A remote log: a store and the prefix its objects live under.
 #[derive(Debug, Clone)]
@@ -42,7 +42,13 @@ pub struct RemoteLog {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
+    /// The longest one request may take before it counts as failed.
+    timeout: std::time::Duration,
 }
+
+/// How long one request to the store may take by default before it counts
+/// as failed (and is retried by a following replicator).
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a create-if-absent put found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +119,27 @@ impl RemoteLog {
             store,
             prefix: ObjectPath::from(prefix.trim_matches('/')),
             url: url.to_owned(),
+            timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+
+    /// The longest one request may take before it counts as failed
+    /// ([`DEFAULT_REQUEST_TIMEOUT`] unless set).
+    pub fn request_timeout(mut self, timeout: std::time::Duration) -> RemoteLog {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Run one request against the store, failing it after the timeout.
+    async fn request<T>(
+        &self,
+        object: &str,
+        what: &str,
+        f: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<object_store::Result<T>> {
+        tokio::time::timeout(self.timeout, f)
+            .await
+            .map_err(|_| self.error(object, format!("{what}: no answer within {:?}", self.timeout)))
     }
 
     /// The address this remote log was opened with.
@@ -135,25 +161,53 @@ impl RemoteLog {
 
     /// The bytes of `object`; `Ok(None)` if there is none.
     pub(crate) async fn get(&self, object: &str) -> Result<Option<bytes::Bytes>> {
-        match self.store.get(&self.path(object)).await {
-            Ok(r) => r
-                .bytes()
-                .await
-                .map(Some)
-                .map_err(|e| self.error(object, format!("GET: {e}"))),
+        let path = self.path(object);
+        let got = self
+            .request(object, "GET", async {
+                match self.store.get(&path).await {
+                    Ok(r) => r.bytes().await,
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        match got {
+            Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(object, format!("GET: {e}"))),
         }
     }
 
+    /// The length of `object`, if it exists.
+    pub(crate) async fn len_of(&self, object: &str) -> Result<Option<u64>> {
+        match self
+            .request(object, "HEAD", self.store.head(&self.path(object)))
+            .await?
+        {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(object, format!("HEAD: {e}"))),
+        }
+    }
+
+    /// Write `object` (a content-addressed one: the same name always holds
+    /// the same bytes).
+    pub(crate) async fn put(&self, object: &str, bytes: Vec<u8>) -> Result<()> {
+        self.request(
+            object,
+            "PUT",
+            self.store.put(&self.path(object), PutPayload::from(bytes)),
+        )
+        .await?
+        .map(|_| ())
+        .map_err(|e| self.error(object, format!("PUT: {e}")))
+    }
+
     /// Create `object` with `bytes` unless it exists (`If-None-Match: *`).
     pub(crate) async fn create(&self, object: &str, bytes: Vec<u8>) -> Result<Created> {
         let opts = PutOptions::from(PutMode::Create);
-        match self
-            .store
-            .put_opts(&self.path(object), PutPayload::from(bytes), opts)
-            .await
-        {
+        let path = self.path(object);
+        let put = self.store.put_opts(&path, PutPayload::from(bytes), opts);
+        match self.request(object, "PUT (If-None-Match)", put).await? {
             Ok(_) => Ok(Created::Created),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                 Ok(Created::Existed)

@@ -6,8 +6,10 @@
 //! written before the manifest; the replicator holds the remote log by its
 //! epoch and stops at the first sign of a newer one.
 
+use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::frame::FrameCursor;
@@ -39,6 +41,59 @@ pub struct ShipReport {
     pub durable_position: u64,
     /// Positions durable locally and not shipped (`durable - shipped`).
     pub lag_positions: u64,
+    /// How long since a round of this replicator last left the store
+    /// holding everything that was durable here (zero when this one did):
+    /// the store is at most this far behind in time.
+    pub lag: Duration,
+}
+
+/// How a following replicator ([`Replicator::follow`]) paces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Follow {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// The first wait after a failed round; doubled after each failure.
+    pub min_backoff: Duration,
+    /// The longest wait after failures.
+    pub max_backoff: Duration,
+}
+
+impl Default for Follow {
+    fn default() -> Follow {
+        Follow {
+            interval: Duration::from_secs(1),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Follow {
+    /// Rounds every `interval`, the default backoff.
+    pub fn every(interval: Duration) -> Follow {
+        Follow {
+            interval,
+            ..Follow::default()
+        }
+    }
+
+    /// Wait `min` after a first failed round, doubling up to `max`.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Follow {
+        self.min_backoff = min;
+        self.max_backoff = max.max(min);
+        self
+    }
+}
+
+/// Whether a failed round ends a following replicator: another writer
+/// holds the remote log, or the local log is damaged or gone. Anything else
+/// (the store, the network, a timeout) is retried.
+fn fatal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Fenced { .. } | Error::Corrupt { .. } | Error::NotALog { .. } | Error::Closed
+    )
 }
 
 /// Ships a log directory to a remote log, one round per [`ship_once`](Replicator::ship_once).
@@ -52,6 +107,8 @@ pub struct Replicator {
     /// `(ours, found)` once another writer's newer epoch was seen: every
     /// later round is refused.
     fenced: Option<(u64, u64)>,
+    /// When a round last left the store holding everything durable here.
+    caught_up: Instant,
 }
 
 impl Replicator {
@@ -67,6 +124,7 @@ impl Replicator {
             epoch: None,
             last: None,
             fenced: None,
+            caught_up: Instant::now(),
         }
     }
 
@@ -226,6 +284,10 @@ impl Replicator {
             self.last = Some(written);
         }
         let last = self.last.as_ref().ok_or(Error::Closed)?;
+        let lag_positions = durable_position.saturating_sub(last.next_position);
+        if lag_positions == 0 {
+            self.caught_up = Instant::now();
+        }
         Ok(ShipReport {
             manifest_seq: last.seq,
             epoch: last.epoch,
@@ -233,8 +295,56 @@ impl Replicator {
             bytes,
             shipped_position: last.next_position,
             durable_position,
-            lag_positions: durable_position.saturating_sub(last.next_position),
+            lag_positions,
+            lag: if lag_positions == 0 {
+                Duration::ZERO
+            } else {
+                self.caught_up.elapsed()
+            },
         })
+    }
+
+    /// Ship a round every `follow.interval` until `stop` completes. A round
+    /// that fails on the store, the network or a timeout is retried after a
+    /// backoff (doubling from `min_backoff` to `max_backoff`, reset by a
+    /// round that succeeds); the replicator stops with the error only when
+    /// another writer holds the remote log ([`Error::Fenced`]) or the local
+    /// log is damaged. `each` sees every round's outcome.
+    pub async fn follow(
+        &mut self,
+        follow: Follow,
+        mut each: impl FnMut(&Result<ShipReport>),
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let mut stop = std::pin::pin!(stop);
+        let mut backoff = follow.min_backoff;
+        loop {
+            let round = self.ship_once().await;
+            each(&round);
+            let wait = match &round {
+                Ok(_) => {
+                    backoff = follow.min_backoff;
+                    follow.interval
+                }
+                Err(e) if fatal(e) => return round.map(|_| ()),
+                Err(_) => {
+                    let w = backoff;
+                    backoff = backoff.saturating_mul(2).min(follow.max_backoff);
+                    w
+                }
+            };
+            let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
+            let stopped = std::future::poll_fn(|cx| {
+                if stop.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(true);
+                }
+                sleep.as_mut().poll(cx).map(|()| false)
+            })
+            .await;
+            if stopped {
+                return Ok(());
+            }
+        }
     }
 
     /// [`ship_once`](Replicator::ship_once) for callers without a tokio
@@ -272,10 +382,7 @@ impl Replicator {
             len,
             blake3: hash,
         };
-        let location = self.remote.path(&object);
-        if let Ok(meta) = self.remote.store.head(&location).await
-            && meta.size == len
-        {
+        if self.remote.len_of(&object).await? == Some(len) {
             return Ok(shipped);
         }
         let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
@@ -286,11 +393,7 @@ impl Replicator {
                 std::io::Error::other("retry"),
             ));
         }
-        self.remote
-            .store
-            .put(&location, object_store::PutPayload::from(bytes))
-            .await
-            .map_err(|e| self.remote.error(&object, format!("PUT: {e}")))?;
+        self.remote.put(&object, bytes).await?;
         Ok(shipped)
     }
 
@@ -337,11 +440,7 @@ impl Replicator {
             len: to - from,
             blake3: hash,
         };
-        self.remote
-            .store
-            .put(&self.remote.path(&object), object_store::PutPayload::from(bytes))
-            .await
-            .map_err(|e| self.remote.error(&object, format!("PUT: {e}")))?;
+        self.remote.put(&object, bytes).await?;
         Ok((Part { from, to, shipped }, next, newest))
     }
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use annal::remote::{RemoteLog, Replicator, RestoreTo, restore};
+use annal::remote::{Follow, RemoteLog, Replicator, RestoreTo, ShipReport, restore};
 use clap::Args;
 
 use crate::{CmdResult, Failure, out_err};
@@ -108,34 +108,63 @@ fn failure(e: annal::Error) -> Failure {
     }
 }
 
+fn print_round(out: &mut impl Write, r: &ShipReport, json: bool, always: bool) -> CmdResult {
+    if json {
+        writeln!(
+            out,
+            "{{\"manifest\":{},\"epoch\":{},\"objects\":{},\"bytes\":{},\"shipped_position\":{},\"durable_position\":{},\"lag_positions\":{},\"lag_seconds\":{:.3}}}",
+            r.manifest_seq,
+            r.epoch,
+            r.objects,
+            r.bytes,
+            r.shipped_position,
+            r.durable_position,
+            r.lag_positions,
+            r.lag.as_secs_f64()
+        )
+        .map_err(out_err)?;
+    } else if always || r.objects > 0 {
+        writeln!(
+            out,
+            "manifest {} (epoch {}): {} object(s), {} bytes shipped; the store holds positions below {}, lag {} position(s), {:.3} s",
+            r.manifest_seq,
+            r.epoch,
+            r.objects,
+            r.bytes,
+            r.shipped_position,
+            r.lag_positions,
+            r.lag.as_secs_f64()
+        )
+        .map_err(out_err)?;
+    }
+    out.flush().map_err(out_err)
+}
+
 pub fn replicate(a: &ReplicateArgs) -> CmdResult {
     let remote = RemoteLog::open(&a.url).map_err(|e| Failure::usage(e.to_string()))?;
     let mut rep = Replicator::new(&a.dir, remote);
     let rt = runtime()?;
     let mut out = std::io::stdout().lock();
-    loop {
+    if a.once {
         let r = rt.block_on(rep.ship_once()).map_err(failure)?;
-        if a.json {
-            writeln!(
-                out,
-                "{{\"manifest\":{},\"epoch\":{},\"objects\":{},\"bytes\":{},\"shipped_position\":{},\"durable_position\":{},\"lag_positions\":{}}}",
-                r.manifest_seq, r.epoch, r.objects, r.bytes, r.shipped_position, r.durable_position, r.lag_positions
-            )
-            .map_err(out_err)?;
-        } else if a.once || r.objects > 0 {
-            writeln!(
-                out,
-                "manifest {} (epoch {}): {} object(s), {} bytes shipped; the store holds positions below {}, lag {} position(s)",
-                r.manifest_seq, r.epoch, r.objects, r.bytes, r.shipped_position, r.lag_positions
-            )
-            .map_err(out_err)?;
-        }
-        out.flush().map_err(out_err)?;
-        if a.once {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(a.interval_ms.max(1)));
+        return print_round(&mut out, &r, a.json, true);
     }
+    // Follow until interrupted; failed rounds are retried with backoff.
+    let mut printed = Ok(());
+    let follow = Follow::every(Duration::from_millis(a.interval_ms.max(1)));
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let each = |round: &annal::Result<ShipReport>| match round {
+        Ok(r) => {
+            if printed.is_ok() {
+                printed = print_round(&mut out, r, a.json, false);
+            }
+        }
+        Err(e) => eprintln!("annal: a round failed ({e}); retrying"),
+    };
+    rt.block_on(rep.follow(follow, each, stop)).map_err(failure)?;
+    printed
 }
 
 pub fn restore_cmd(a: &RestoreArgs) -> CmdResult {
