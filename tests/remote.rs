@@ -470,7 +470,7 @@ impl FaultyStore {
             std::future::pending::<()>().await;
         }
         let every = self.fail_every.load(SeqCst);
-        if every > 0 && n % every == 0 {
+        if every > 0 && n.is_multiple_of(every) {
             self.failures.fetch_add(1, SeqCst);
             return Err(object_store::Error::Generic {
                 store: "FaultyStore",
