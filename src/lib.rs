@@ -101,6 +101,8 @@ pub use read::view::set_default_max_mapped_segments;
 pub use read::view::{LogView, ReadAll, ReadOptions, Reader, Unrecovered, Unsealed};
 pub use types::{Direction, ExpectedVersion, StreamPosition};
 pub use uuid::Uuid;
+#[cfg(feature = "remote")]
+pub use writer::ReplicationStatus;
 pub use writer::{AppendResult, Clock, Durability, Log, Options, Recovery, Truncation};
 pub use writer::{CompactionReport, Retention, RetentionReport};
 

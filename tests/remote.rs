@@ -257,6 +257,38 @@ fn a_restore_cut_at_a_time_keeps_the_batches_appended_by_then() {
 }
 
 #[test]
+fn a_writer_ships_from_its_own_process_and_close_ships_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let remote = memory();
+    let ms = std::time::Duration::from_millis;
+    let log = Options::default()
+        .segment_size(16 << 10)
+        .replicate_to(remote.clone(), annal::remote::Follow::every(ms(2)))
+        .open(&src)
+        .unwrap();
+    // Buffered appends: the replicator ships what is durable as it goes;
+    // close makes the rest durable and its last round ships it.
+    append(&log, 0, 300);
+    let handle = log.clone();
+    let next = log.next_position();
+    log.close().unwrap();
+    let status = handle.replication().unwrap();
+    assert!(status.stopped, "{status:?}");
+    assert!(status.error.is_none(), "{status:?}");
+    assert_eq!(
+        status.last.as_ref().map(|r| r.shipped_position),
+        Some(next),
+        "{status:?}"
+    );
+    drop(handle);
+    let dst = tmp.path().join("dst");
+    rt().block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
+    assert_eq!(events(&dst), events(&src));
+    clean(&dst);
+}
+
+#[test]
 fn a_second_writer_fences_the_first() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

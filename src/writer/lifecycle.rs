@@ -162,6 +162,8 @@ impl Inner {
             backlog_cv: Condvar::new(),
             sealer_stopped: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            #[cfg(feature = "remote")]
+            replication: Mutex::new(None),
             checkpoints: Mutex::new(checkpoints),
             checkpoint_mark: AtomicU64::new(active_end),
             rules: Default::default(),
@@ -185,6 +187,9 @@ impl Inner {
         // Subscriptions and waiters see that nothing more will come.
         self.closed.store(true, Ordering::Release);
         self.bump_published_epoch();
+        // The replicator's last round reads the closed log's final files.
+        #[cfg(feature = "remote")]
+        self.stop_replicator();
         closed
     }
 

@@ -61,6 +61,8 @@ mod log_format;
 mod metadata;
 mod options;
 pub(crate) mod recovery;
+#[cfg(feature = "remote")]
+mod replication;
 mod results;
 mod retention;
 mod retention_rule;
@@ -85,6 +87,8 @@ use state::Inner;
 
 pub use compaction::CompactionReport;
 pub use options::{Clock, Durability, Options};
+#[cfg(feature = "remote")]
+pub use replication::ReplicationStatus;
 pub use results::{AppendResult, ExpectedVersion, Recovery, Truncation};
 pub use retention_rule::{Retention, RetentionReport};
 
@@ -176,6 +180,8 @@ impl Log {
         // table reads them) are replaced now.
         inner.rewrite_damaged_indexes()?;
         Inner::start_sealer(&inner);
+        #[cfg(feature = "remote")]
+        inner.start_replicator()?;
         // Retention (spec 3.9): finish a recorded removal, then the rule.
         let log = Log {
             _open: Arc::new(CloseOnDrop(Arc::clone(&inner))),
@@ -183,6 +189,13 @@ impl Log {
         };
         log.inner.retention_at_open()?;
         Ok(log)
+    }
+
+    /// How far the replicator of [`Options::replicate_to`] got (feature
+    /// `remote`): `None` if the log runs none.
+    #[cfg(feature = "remote")]
+    pub fn replication(&self) -> Option<ReplicationStatus> {
+        self.inner.replication_status()
     }
 
     /// What opening the log did: creation, a removed torn tail, ...

@@ -62,6 +62,8 @@ pub struct Options {
     pub(crate) fixed_random: Option<u64>,
     pub(crate) retention: Option<super::retention_rule::Retention>,
     pub(crate) retired_grace: std::time::Duration,
+    #[cfg(feature = "remote")]
+    pub(crate) replicate: Option<(crate::remote::RemoteLog, crate::remote::Follow)>,
 }
 
 impl std::fmt::Debug for Options {
@@ -107,6 +109,8 @@ impl Default for Options {
             fixed_random: None,
             retention: None,
             retired_grace: std::time::Duration::from_secs(600),
+            #[cfg(feature = "remote")]
+            replicate: None,
         }
     }
 }
@@ -265,6 +269,20 @@ impl Options {
     /// warning).
     pub fn retention(mut self, rule: super::retention_rule::Retention) -> Self {
         self.retention = Some(rule).filter(|r| r.is_set());
+        self
+    }
+
+    /// Ship the log to `remote` from inside this process (feature `remote`,
+    /// spec 23): a thread of the log's runs a [`Replicator`] at `follow`'s
+    /// pace (failed rounds retried with backoff), reading the log's files,
+    /// never its appenders' locks; `close` ships a last round after the log
+    /// is cleanly closed, so the store then holds every event.
+    /// [`Log::replication`](crate::Log::replication) says how far it got.
+    ///
+    /// [`Replicator`]: crate::remote::Replicator
+    #[cfg(feature = "remote")]
+    pub fn replicate_to(mut self, remote: crate::remote::RemoteLog, follow: crate::remote::Follow) -> Self {
+        self.replicate = Some((remote, follow));
         self
     }
 

@@ -84,6 +84,9 @@ pub(super) struct Inner {
     pub(super) backlog_cv: Condvar,
     /// The sealer thread has exited (the log is closing).
     pub(super) sealer_stopped: AtomicBool,
+    /// The replicator of `Options::replicate_to` (feature `remote`).
+    #[cfg(feature = "remote")]
+    pub(super) replication: Mutex<Option<super::replication::ReplicationThread>>,
     /// The log was closed: nothing more will be published (read without
     /// the state lock by subscriptions and waiters, `Log::ended`).
     pub(super) closed: AtomicBool,

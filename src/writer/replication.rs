@@ -1,0 +1,127 @@
+//! The replicator a writer runs in its own process (feature `remote`,
+//! `Options::replicate_to`): a thread with a current-thread tokio runtime
+//! that follows the log's files into a remote log (spec 23.4).
+//!
+//! Invariants: the thread reads the log's files only (the head file and
+//! the segments), never the appenders' state, so shipping never holds an
+//! append; it stops when the log closes, after a last round over the
+//! cleanly closed files; what it saw is in [`ReplicationStatus`].
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::remote::{Follow, RemoteLog, Replicator, ShipReport};
+
+use super::lock;
+use super::state::Inner;
+
+/// How far the log's in-process replicator got ([`Log::replication`]).
+///
+/// [`Log::replication`]: crate::Log::replication
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ReplicationStatus {
+    /// Rounds run.
+    pub rounds: u64,
+    /// The last round that succeeded.
+    pub last: Option<ShipReport>,
+    /// The last round's error, if it failed (cleared by a round that
+    /// succeeds).
+    pub error: Option<String>,
+    /// The replicator stopped for good: the log closed, or another writer
+    /// holds the remote log (then `error` says so).
+    pub stopped: bool,
+}
+
+/// The running replicator: its thread, the way to stop it, its status.
+pub(super) struct ReplicationThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub(super) status: Arc<Mutex<ReplicationStatus>>,
+}
+
+impl Inner {
+    /// Start the replicator of `Options::replicate_to`, if set.
+    pub(super) fn start_replicator(&self) -> Result<()> {
+        let Some((remote, follow)) = self.opts.replicate.clone() else {
+            return Ok(());
+        };
+        let dir = self.dir.clone();
+        let status = Arc::new(Mutex::new(ReplicationStatus::default()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shared = Arc::clone(&status);
+        let thread = std::thread::Builder::new()
+            .name("annal-replicator".into())
+            .spawn(move || run(&dir, remote, follow, stopped, &shared))
+            .map_err(|e| Error::io("spawn the replicator thread for", self.dir.clone(), e))?;
+        *lock(&self.replication) = Some(ReplicationThread {
+            stop: Some(stop),
+            thread: Some(thread),
+            status,
+        });
+        Ok(())
+    }
+
+    /// Stop the replicator (after its last round) and wait for it.
+    pub(super) fn stop_replicator(&self) {
+        let running = lock(&self.replication)
+            .as_mut()
+            .map(|r| (r.stop.take(), r.thread.take()));
+        if let Some((stop, thread)) = running {
+            if let Some(s) = stop {
+                let _ = s.send(());
+            }
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// The replicator's status, if the log runs one.
+    pub(super) fn replication_status(&self) -> Option<ReplicationStatus> {
+        lock(&self.replication).as_ref().map(|r| lock(&r.status).clone())
+    }
+}
+
+/// The replicator thread: follow until stopped, then one last round (the
+/// log is closed by then: its files are final).
+fn run(
+    dir: &std::path::Path,
+    remote: RemoteLog,
+    follow: Follow,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+    status: &Mutex<ReplicationStatus>,
+) {
+    let record = |round: &Result<ShipReport>| {
+        let mut s = lock(status);
+        s.rounds += 1;
+        match round {
+            Ok(r) => {
+                s.last = Some(r.clone());
+                s.error = None;
+            }
+            Err(e) => {
+                crate::trace::event!(WARN, dir = %dir.display(), error = %e, "annal replication round failed");
+                s.error = Some(e.to_string());
+            }
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let mut s = lock(status);
+            s.error = Some(format!("cannot start the replicator's runtime: {e}"));
+            s.stopped = true;
+            return;
+        }
+    };
+    let mut rep = Replicator::new(dir, remote);
+    let followed = rt.block_on(rep.follow(follow, &record, async {
+        let _ = stopped.await;
+    }));
+    if followed.is_ok() {
+        let last = rt.block_on(rep.ship_once());
+        record(&last);
+    }
+    lock(status).stopped = true;
+}
