@@ -251,19 +251,43 @@ impl State {
 
     /// [`Reader::view_once`], again if a segment listed was removed before
     /// it was opened (log retention runs while readers list, spec 3.9).
+    ///
+    /// A segment that is gone and below the first one listed now was
+    /// removed from the front by retention: the view is taken again, as
+    /// often as that happens (each time retention made progress; a busy
+    /// writer with small segments removes one at every seal). A segment
+    /// gone otherwise is looked for 3 times, then the error is returned.
     fn view_racing_retention(&mut self) -> Result<LogView> {
         let mut tries = 0;
+        let mut removed_ahead = 0u32;
         loop {
             match self.view_once() {
                 Err(Error::Io { source, path, .. })
                     if source.kind() == std::io::ErrorKind::NotFound
-                        && tries < 3
-                        && path.extension().is_some_and(|e| e == "seg") =>
+                        && path.extension().is_some_and(|e| e == "seg")
+                        && (tries < 3 || (removed_ahead < 10_000 && self.removed_from_front(&path))) =>
                 {
-                    tries += 1;
+                    if self.removed_from_front(&path) {
+                        removed_ahead += 1;
+                    } else {
+                        tries += 1;
+                    }
                 }
                 r => return r,
             }
+        }
+    }
+
+    /// Whether the segment file `path` lies below the first segment listed
+    /// now (log retention removed it).
+    fn removed_from_front(&self, path: &Path) -> bool {
+        let base = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_segment_file_name);
+        match (base, list_segments(&self.dir).ok().and_then(|l| l.first().copied())) {
+            (Some(b), Some(first)) => b < first,
+            _ => false,
         }
     }
 

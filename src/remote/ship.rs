@@ -7,7 +7,6 @@
 //! epoch and stops at the first sign of a newer one.
 
 use std::future::Future;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,9 +17,6 @@ use crate::format::{Layout, SEGMENT_HEADER_LEN, SegmentHeader};
 
 use super::manifest::{ActiveEntry, MANIFEST_VERSION, Manifest, Part, SealedEntry, Shipped, manifest_object};
 use super::{Created, RemoteLog};
-
-/// Bytes read and uploaded at a time from a segment file.
-const CHUNK: usize = 8 << 20;
 
 /// What one [`Replicator::ship_once`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -359,41 +355,22 @@ impl Replicator {
 
     /// Upload the file at `path` as `<folder>/<base>-<BLAKE3>.<ext>`
     /// (content-addressed: a retry or another writer uploads the same bytes
-    /// under the same name), unless it is there already.
+    /// under the same name), unless it is there already. The file is read
+    /// once, through one open file: a file renamed over the name meanwhile
+    /// (compaction) is not mixed in.
     async fn upload_file(&self, path: &Path, folder: &str, base: u64, ext: &str) -> Result<Shipped> {
-        // One open file for both passes: a file renamed over the name
-        // meanwhile (compaction) is not mixed in.
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut len = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = file.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(buf.get(..n).unwrap_or_default());
-            len += n as u64;
-        }
-        let hash = hasher.finalize().to_hex().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
         let object = format!("{folder}/{base:020}-{}.{ext}", hash.get(..32).unwrap_or_default());
+        let len = bytes.len() as u64;
         let shipped = Shipped {
             object: object.clone(),
             len,
             blake3: hash,
         };
-        if self.remote.len_of(&object).await? == Some(len) {
-            return Ok(shipped);
+        if self.remote.len_of(&object).await? != Some(len) {
+            self.remote.put(&object, bytes).await?;
         }
-        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-        if blake3::hash(&bytes).to_hex().as_str() != shipped.blake3 {
-            return Err(Error::io(
-                "read (the file changed while it was shipped)",
-                path,
-                std::io::Error::other("retry"),
-            ));
-        }
-        self.remote.put(&object, bytes).await?;
         Ok(shipped)
     }
 
