@@ -88,7 +88,7 @@ use state::Inner;
 pub use compaction::CompactionReport;
 pub use options::{Clock, Durability, Options};
 #[cfg(feature = "remote")]
-pub use replication::ReplicationStatus;
+pub use results::ReplicationStatus;
 pub use results::{AppendResult, ExpectedVersion, Recovery, Truncation};
 pub use retention_rule::{Retention, RetentionReport};
 

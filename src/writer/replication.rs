@@ -13,32 +13,8 @@ use crate::error::{Error, Result};
 use crate::remote::{Follow, RemoteLog, Replicator, ShipReport};
 
 use super::lock;
-use super::state::Inner;
-
-/// How far the log's in-process replicator got ([`Log::replication`]).
-///
-/// [`Log::replication`]: crate::Log::replication
-#[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
-pub struct ReplicationStatus {
-    /// Rounds run.
-    pub rounds: u64,
-    /// The last round that succeeded.
-    pub last: Option<ShipReport>,
-    /// The last round's error, if it failed (cleared by a round that
-    /// succeeds).
-    pub error: Option<String>,
-    /// The replicator stopped for good: the log closed, or another writer
-    /// holds the remote log (then `error` says so).
-    pub stopped: bool,
-}
-
-/// The running replicator: its thread, the way to stop it, its status.
-pub(super) struct ReplicationThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    pub(super) status: Arc<Mutex<ReplicationStatus>>,
-}
+use super::results::ReplicationStatus;
+use super::state::{Inner, ReplicationThread};
 
 impl Inner {
     /// Start the replicator of `Options::replicate_to`, if set.

@@ -76,3 +76,22 @@ pub struct Truncation {
     /// Why the data at `offset` was not a complete batch.
     pub reason: String,
 }
+
+#[cfg(feature = "remote")]
+/// How far the log's in-process replicator got ([`Log::replication`]).
+///
+/// [`Log::replication`]: crate::Log::replication
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ReplicationStatus {
+    /// Rounds run.
+    pub rounds: u64,
+    /// The last round that succeeded.
+    pub last: Option<crate::remote::ShipReport>,
+    /// The last round's error, if it failed (cleared by a round that
+    /// succeeds).
+    pub error: Option<String>,
+    /// The replicator stopped for good: the log closed, or another writer
+    /// holds the remote log (then `error` says so).
+    pub stopped: bool,
+}

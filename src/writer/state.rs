@@ -86,7 +86,7 @@ pub(super) struct Inner {
     pub(super) sealer_stopped: AtomicBool,
     /// The replicator of `Options::replicate_to` (feature `remote`).
     #[cfg(feature = "remote")]
-    pub(super) replication: Mutex<Option<super::replication::ReplicationThread>>,
+    pub(super) replication: Mutex<Option<ReplicationThread>>,
     /// The log was closed: nothing more will be published (read without
     /// the state lock by subscriptions and waiters, `Log::ended`).
     pub(super) closed: AtomicBool,
@@ -417,4 +417,12 @@ pub(super) fn read_index(m: &RwLock<MemIndex>) -> std::sync::RwLockReadGuard<'_,
 
 pub(super) fn write_index(m: &RwLock<MemIndex>) -> std::sync::RwLockWriteGuard<'_, MemIndex> {
     m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The running replicator: its thread, the way to stop it, its status.
+#[cfg(feature = "remote")]
+pub(super) struct ReplicationThread {
+    pub(super) stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(super) thread: Option<std::thread::JoinHandle<()>>,
+    pub(super) status: Arc<Mutex<super::results::ReplicationStatus>>,
 }
