@@ -218,7 +218,9 @@ impl Replicator {
         // length), index files that appeared since.
         for &base in &local.sealed {
             let path = self.dir.join(segment_file_name(base));
-            let len = std::fs::metadata(&path).map_err(|e| Error::io("stat", &path, e))?.len();
+            let len = std::fs::symlink_metadata(&path)
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
             let have = m.sealed.iter().position(|e| e.base == base);
             let same = have.is_some_and(|i| m.sealed[i].segment.len == len);
             if !same {
@@ -241,7 +243,7 @@ impl Replicator {
             let idx = self.dir.join(index_file_name(base));
             if let Some(e) = m.sealed.iter_mut().find(|e| e.base == base)
                 && e.index.is_none()
-                && idx.is_file()
+                && std::fs::symlink_metadata(&idx).is_ok_and(|m| m.is_file())
             {
                 let shipped = self.upload_file(&idx, "segments", base, "idx").await?;
                 objects += 1;
@@ -359,7 +361,7 @@ impl Replicator {
     /// once, through one open file: a file renamed over the name meanwhile
     /// (compaction) is not mixed in.
     async fn upload_file(&self, path: &Path, folder: &str, base: u64, ext: &str) -> Result<Shipped> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+        let bytes = read_file(path)?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
         let object = format!("{folder}/{base:020}-{}.{ext}", hash.get(..32).unwrap_or_default());
         let len = bytes.len() as u64;
@@ -380,7 +382,7 @@ impl Replicator {
     /// after its last batch and that batch's last timestamp.
     async fn ship_part(&self, base: u64, from: u64, to: u64, next_position: u64) -> Result<(Part, u64, Option<u64>)> {
         let path = self.dir.join(segment_file_name(base));
-        let file = std::fs::File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let file = open(&path)?;
         let mut header = vec![0u8; SEGMENT_HEADER_LEN];
         read_at(&file, &mut header, 0, &path)?;
         let h = *SegmentHeader::parse(&header).map_err(|d| d.at(&path))?;
@@ -456,7 +458,7 @@ impl LocalLog {
             });
         };
         let first = dir.join(segment_file_name(bases.first().copied().unwrap_or(active)));
-        let file = std::fs::File::open(&first).map_err(|e| Error::io("open", &first, e))?;
+        let file = open(&first)?;
         let mut header = vec![0u8; SEGMENT_HEADER_LEN];
         read_at(&file, &mut header, 0, &first)?;
         let h = *SegmentHeader::parse(&header).map_err(|d| d.at(&first))?;
@@ -471,6 +473,21 @@ impl LocalLog {
                 .map(|h| h.next_position),
         })
     }
+}
+
+/// Open a file of the log for reading, never following a link out of it.
+fn open(path: &Path) -> Result<std::fs::File> {
+    crate::storage::io::open_read(path).map_err(|e| Error::io("open", path, e))
+}
+
+/// The whole file at `path`, read through one open file.
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    open(path)?
+        .read_to_end(&mut out)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(out)
 }
 
 fn read_at(file: &std::fs::File, buf: &mut [u8], at: u64, path: &Path) -> Result<()> {
