@@ -82,3 +82,11 @@ impl From<u64> for StreamPosition {
         StreamPosition::At(version)
     }
 }
+
+/// Now, by the system clock, in nanoseconds since the Unix epoch (0 before
+/// it, `u64::MAX` past 2554): the default clock of writers and views.
+pub(crate) fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

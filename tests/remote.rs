@@ -71,6 +71,24 @@ fn log_in(dir: &Path) -> Log {
         .unwrap()
 }
 
+/// A log of `batches` batches (see [`append`]) in a new temporary folder:
+/// `(folder, log directory, log)`.
+fn source(batches: u64) -> (tempfile::TempDir, std::path::PathBuf, Log) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    append(&log, 0, batches);
+    (tmp, src, log)
+}
+
+/// Restore the newest manifest of `remote` into `dst`: it reads as the log
+/// in `src`, event for event, and `check` is clean.
+fn restores_whole(rt: &tokio::runtime::Runtime, remote: &RemoteLog, src: &Path, dst: &Path) {
+    rt.block_on(restore(remote, dst, RestoreTo::Latest)).unwrap();
+    assert_eq!(events(dst), events(src));
+    clean(dst);
+}
+
 fn memory() -> RemoteLog {
     RemoteLog::from_store(Arc::new(InMemory::new()), "logs/one", "memory://logs/one")
 }
@@ -144,18 +162,12 @@ fn rounds_ship_only_what_is_new_and_a_restore_sees_them_all() {
     append(&log, 100, 400);
     let big = rt.block_on(rep.ship_once()).unwrap();
     assert_eq!(big.shipped_position, log.next_position());
-    let dst = tmp.path().join("dst");
-    rt.block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
-    assert_eq!(events(&dst), events(&src));
-    clean(&dst);
+    restores_whole(&rt, &remote, &src, &tmp.path().join("dst"));
 }
 
 #[test]
 fn a_restore_cut_at_a_position_keeps_whole_batches() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let log = log_in(&src);
-    append(&log, 0, 300);
+    let (tmp, src, _log) = source(300);
     let remote = memory();
     let rt = rt();
     rt.block_on(Replicator::new(&src, remote.clone()).ship_once()).unwrap();
@@ -199,10 +211,7 @@ fn a_restore_cut_at_a_position_keeps_whole_batches() {
 
 #[test]
 fn an_anchor_of_the_original_verifies_on_a_restore_cut_at_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let log = log_in(&src);
-    append(&log, 0, 150);
+    let (tmp, src, log) = source(150);
     // An anchor kept outside: the chain's head now.
     let anchor = annal::head_anchor(&src).unwrap().unwrap();
     append(&log, 150, 150);
@@ -282,18 +291,12 @@ fn a_writer_ships_from_its_own_process_and_close_ships_the_rest() {
         "{status:?}"
     );
     drop(handle);
-    let dst = tmp.path().join("dst");
-    rt().block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
-    assert_eq!(events(&dst), events(&src));
-    clean(&dst);
+    restores_whole(&rt(), &remote, &src, &tmp.path().join("dst"));
 }
 
 #[test]
 fn a_second_writer_fences_the_first() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let log = log_in(&src);
-    append(&log, 0, 50);
+    let (_tmp, src, log) = source(50);
     let remote = memory();
     let rt = rt();
     let mut first = Replicator::new(&src, remote.clone());
@@ -314,10 +317,7 @@ fn a_second_writer_fences_the_first() {
 
 #[test]
 fn an_object_that_does_not_match_its_manifest_is_an_error_naming_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let log = log_in(&src);
-    append(&log, 0, 100);
+    let (tmp, src, _log) = source(100);
     let store = Arc::new(InMemory::new());
     let remote = RemoteLog::from_store(store.clone(), "p", "memory://p");
     let rt = rt();
@@ -441,10 +441,7 @@ fn on_seaweedfs_32_concurrent_conditional_creates_have_one_winner() {
 
 #[test]
 fn on_seaweedfs_two_replicators_racing_for_one_remote_log_one_holds_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let log = log_in(&src);
-    append(&log, 0, 40);
+    let (_tmp, src, log) = source(40);
     let remote = s3("race");
     let rt = rt();
     for _ in 0..3 {
@@ -606,10 +603,7 @@ fn failed_rounds_lose_nothing_and_manifests_never_precede_their_objects() {
     assert_eq!(last.shipped_position, log.next_position());
     assert_eq!(last.lag_positions, 0);
     assert_eq!(last.lag, std::time::Duration::ZERO, "{last:?}");
-    let dst = tmp.path().join("dst");
-    rt.block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
-    assert_eq!(events(&dst), events(&src));
-    clean(&dst);
+    restores_whole(&rt, &remote, &src, &tmp.path().join("dst"));
     // Every manifest version names only objects whose puts completed
     // before its own.
     let completed = store.completed.lock().unwrap().clone();
@@ -645,10 +639,7 @@ fn failed_rounds_lose_nothing_and_manifests_never_precede_their_objects() {
 #[test]
 fn a_follower_retries_timeouts_and_failures_and_stops_when_asked() {
     use std::sync::atomic::Ordering::SeqCst;
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let log = log_in(&src);
-    append(&log, 0, 50);
+    let (tmp, src, log) = source(50);
     let store = Arc::new(FaultyStore::default());
     let remote =
         RemoteLog::from_store(store.clone(), "f", "faulty://f").request_timeout(std::time::Duration::from_millis(20));
@@ -698,7 +689,5 @@ fn a_follower_retries_timeouts_and_failures_and_stops_when_asked() {
         Some(&log.next_position()),
         "{rounds:?}"
     );
-    let dst = tmp.path().join("dst");
-    rt.block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
-    assert_eq!(events(&dst), events(&src));
+    restores_whole(&rt, &remote, &src, &tmp.path().join("dst"));
 }

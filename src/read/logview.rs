@@ -262,9 +262,7 @@ impl LogView {
     pub(crate) fn now(&self) -> u64 {
         match &self.clock {
             Some(c) => (c.0)(),
-            None => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            None => crate::types::now_nanos(),
         }
     }
 

@@ -66,7 +66,8 @@ struct State {
     compaction_from: u64,
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+/// The bases of the segment files in `dir`, sorted.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
     let mut bases = Vec::new();
     for entry in rd {

@@ -29,7 +29,7 @@ pub(crate) static READER_PREADS: std::sync::atomic::AtomicU64 = std::sync::atomi
 /// `pread` exactly `buf.len()` bytes at `off` of `path`: an OS failure is
 /// [`Error::Io`]; a file that ends first (it shrank under the reader) is
 /// [`Error::Corrupt`] at the offset where the bytes are missing.
-pub(super) fn pread(file: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<()> {
+pub(crate) fn pread(file: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<()> {
     count_pread();
     match read_exact_at(file, buf, off) {
         Ok(()) => Ok(()),

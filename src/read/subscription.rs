@@ -311,6 +311,17 @@ impl Subscription {
         self.buffered.front().map_or(self.next_version, |r| r.stream_version)
     }
 
+    /// Read before taking a view, from a log in this process: its published
+    /// epoch (a publish after this wakes the wait that follows, one before
+    /// it is in the view) and whether it ended (then the view holds all it
+    /// will ever publish). `(None, None)` for a [`Reader`].
+    fn before_view(&self) -> (Option<u64>, Option<Error>) {
+        match &self.source {
+            Source::Log(log) => (Some(log.published_epoch()), log.ended()),
+            Source::Reader(_) => (None, None),
+        }
+    }
+
     /// The next event, if there is one now (never waits for the writer).
     pub fn try_next(&mut self) -> Result<Option<OwnedRecord>> {
         self.next_timeout(Duration::ZERO)
@@ -329,10 +340,7 @@ impl Subscription {
             }
             // Read the epoch before the view: a publish after this read wakes
             // the wait below, one before it is in the view.
-            let (epoch, ended) = match &self.source {
-                Source::Log(log) => (Some(log.published_epoch()), log.ended()),
-                Source::Reader(_) => (None, None),
-            };
+            let (epoch, ended) = self.before_view();
             if !self.refill()? {
                 continue;
             }
@@ -518,10 +526,7 @@ impl futures_core::Stream for SubscriptionStream {
             if let Some(r) = sub.buffered.pop_front() {
                 return Poll::Ready(Some(Ok(r)));
             }
-            let (epoch, ended) = match &sub.source {
-                Source::Log(log) => (Some(log.published_epoch()), log.ended()),
-                Source::Reader(_) => (None, None),
-            };
+            let (epoch, ended) = sub.before_view();
             match sub.refill() {
                 Ok(false) => continue,
                 Ok(true) => {}

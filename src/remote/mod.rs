@@ -243,53 +243,44 @@ impl RemoteLog {
         let object = manifest::manifest_object(seq);
         match self.get(&object).await? {
             None => Ok(None),
-            Some(b) => Manifest::decode(&b)
-                .map(Some)
-                .map_err(|(at, what)| self.error(&object, format!("at byte {at}: {what}"))),
+            Some(b) => {
+                let m =
+                    Manifest::decode(&b).map_err(|(at, what)| self.error(&object, format!("at byte {at}: {what}")))?;
+                if m.seq != seq {
+                    return Err(self.error(&object, format!("expected \"seq\": {seq} (its name), found {}", m.seq)));
+                }
+                Ok(Some(m))
+            }
         }
     }
 
     /// The newest manifest, found by probing `manifest/<seq>` upward from
-    /// `from` (1 for none known): `None` if the remote log has none.
+    /// `from` (a version known to exist, or 1): `None` if the remote log has
+    /// none. Versions are created in order and never removed, so the
+    /// versions that exist are `1..=newest`: gallop up in doubling steps to
+    /// the first missing one, then search between the last found and it
+    /// (O(log n) GETs, whatever the number of versions).
     pub async fn latest_manifest_from(&self, from: u64) -> Result<Option<Manifest>> {
-        let mut seq = from.max(1);
-        let mut newest = None;
-        // Gallop up, then search down between the last found and the first
-        // missing: O(log n) GETs whatever the number of versions.
-        let mut step = 1u64;
-        let mut missing = None;
-        loop {
-            match self.manifest(seq).await? {
-                Some(m) => {
-                    newest = Some(m);
-                    seq = seq.saturating_add(step);
-                    step = step.saturating_mul(2);
-                }
-                None => {
-                    missing = Some(seq);
-                    break;
-                }
-            }
-            if newest.is_none() {
-                break;
-            }
-        }
-        let (Some(mut lo), Some(mut hi)) = (newest.as_ref().map(|m: &Manifest| m.seq), missing) else {
-            return Ok(newest);
+        let Some(mut newest) = self.manifest(from.max(1)).await? else {
+            return Ok(None);
         };
-        // `lo` exists, `hi` does not: versions are created in order, so the
-        // newest is the last existing one below `hi`.
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
+        let mut step = 1u64;
+        let mut missing = loop {
+            let seq = newest.seq.saturating_add(step);
+            match self.manifest(seq).await? {
+                Some(m) => newest = m,
+                None => break seq,
+            }
+            step = step.saturating_mul(2);
+        };
+        while missing - newest.seq > 1 {
+            let mid = newest.seq + (missing - newest.seq) / 2;
             match self.manifest(mid).await? {
-                Some(m) => {
-                    lo = mid;
-                    newest = Some(m);
-                }
-                None => hi = mid,
+                Some(m) => newest = m,
+                None => missing = mid,
             }
         }
-        Ok(newest)
+        Ok(Some(newest))
     }
 
     /// The newest manifest (`None`: nothing was shipped here yet).

@@ -10,10 +10,12 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::audit::chain::hex;
 use crate::error::{Error, Result};
 use crate::format::frame::FrameCursor;
-use crate::format::names::{index_file_name, parse_segment_file_name, segment_file_name};
+use crate::format::names::{index_file_name, segment_file_name};
 use crate::format::{Layout, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::read::view::{list_segments, pread};
 
 use super::manifest::{ActiveEntry, MANIFEST_VERSION, Manifest, Part, SealedEntry, Shipped, manifest_object};
 use super::{Created, RemoteLog};
@@ -171,7 +173,7 @@ impl Replicator {
         m.seq += 1;
         m.epoch = ours;
         m.writer = self.writer.clone();
-        m.written_at = now_nanos();
+        m.written_at = crate::types::now_nanos();
         let object = manifest_object(m.seq);
         match self.remote.create(&object, m.encode()).await? {
             Created::Created => Ok(m),
@@ -384,10 +386,10 @@ impl Replicator {
         let path = self.dir.join(segment_file_name(base));
         let file = open(&path)?;
         let mut header = vec![0u8; SEGMENT_HEADER_LEN];
-        read_at(&file, &mut header, 0, &path)?;
+        pread(&file, &mut header, 0, &path)?;
         let h = *SegmentHeader::parse(&header).map_err(|d| d.at(&path))?;
         let mut bytes = vec![0u8; usize::try_from(to - from).unwrap_or(usize::MAX)];
-        read_at(&file, &mut bytes, from, &path)?;
+        pread(&file, &mut bytes, from, &path)?;
         // Validate what is shipped: every frame whole, its CRCs right.
         let (start, first_position) = if from == 0 {
             (SEGMENT_HEADER_LEN as u64, h.base_position.get())
@@ -442,15 +444,7 @@ impl LocalLog {
     fn scan(dir: &Path) -> Result<LocalLog> {
         // The head first: a segment the head names is in the listing after.
         let head = crate::storage::head::read(dir)?;
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
-        let mut bases = Vec::new();
-        for entry in rd {
-            let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
-            if let Some(b) = entry.file_name().to_str().and_then(parse_segment_file_name) {
-                bases.push(b);
-            }
-        }
-        bases.sort_unstable();
+        let bases = list_segments(dir)?;
         let Some((&active, sealed)) = bases.split_last() else {
             return Err(Error::NotALog {
                 path: dir.to_owned(),
@@ -460,7 +454,7 @@ impl LocalLog {
         let first = dir.join(segment_file_name(bases.first().copied().unwrap_or(active)));
         let file = open(&first)?;
         let mut header = vec![0u8; SEGMENT_HEADER_LEN];
-        read_at(&file, &mut header, 0, &first)?;
+        pread(&file, &mut header, 0, &first)?;
         let h = *SegmentHeader::parse(&header).map_err(|d| d.at(&first))?;
         let named = head.filter(|h| h.segment_base == active);
         Ok(LocalLog {
@@ -488,19 +482,4 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
         .read_to_end(&mut out)
         .map_err(|e| Error::io("read", path, e))?;
     Ok(out)
-}
-
-fn read_at(file: &std::fs::File, buf: &mut [u8], at: u64, path: &Path) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, at).map_err(|e| Error::io("read", path, e))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

@@ -2,7 +2,6 @@
 //! and [`Clock`]. Plain values: nothing here does I/O.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit::chain::{ChainKey, SigningKey};
 use crate::audit::subjects::MasterKey;
@@ -79,12 +78,6 @@ impl std::fmt::Debug for Options {
     }
 }
 
-fn system_clock() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -94,7 +87,7 @@ impl Default for Options {
             max_batch_bytes: 256 << 20,
             create: true,
             io: Arc::new(StdIo),
-            clock: Arc::new(system_clock),
+            clock: Arc::new(crate::types::now_nanos),
             log_id: None,
             hash_mask: u64::MAX,
             idempotency_window: 100_000,
