@@ -12,7 +12,10 @@ pub(crate) use crate::read::budget::{max_mapped, trim_mappings};
 pub(crate) use crate::read::logview::ViewSegment;
 pub use crate::read::logview::{LogView, ReadOptions, Unrecovered};
 pub use crate::read::reader::Reader;
+#[cfg(feature = "remote")]
 pub(crate) use crate::read::reader::list_segments;
 pub use crate::read::replay::ReadAll;
-pub(crate) use crate::read::sealed::{open_sealed, open_sealed_in, pread, prefetch_open, read_segment_header};
+#[cfg(feature = "remote")]
+pub(crate) use crate::read::sealed::pread;
+pub(crate) use crate::read::sealed::{open_sealed, open_sealed_in, prefetch_open, read_segment_header};
 pub use crate::read::unseal::Unsealed;
