@@ -194,6 +194,17 @@ pub enum Error {
         /// The newer epoch found in the store.
         found: u64,
     },
+    /// A replica's files disagree with the remote log it copies (spec 23.6):
+    /// it is kept as it is and copies nothing more.
+    #[error("{path}: the replica diverged from the remote log {url}: {detail}; remove the directory and follow again")]
+    Diverged {
+        /// The replica's directory (or the file that differs).
+        path: PathBuf,
+        /// The remote log.
+        url: String,
+        /// What differs (with the offset, where a byte does).
+        detail: String,
+    },
     /// The audit chain's key is missing, not needed, or not the log's.
     #[error("{path}: {detail}")]
     ChainKey {

@@ -22,6 +22,8 @@
 //! a known one, never from a listing.
 
 mod manifest;
+mod reader;
+mod replica;
 mod restore;
 mod ship;
 
@@ -33,6 +35,8 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use crate::error::{Error, Result};
 
 pub use manifest::{ActiveEntry, Manifest, Part, SealedEntry, Shipped};
+pub use reader::RemoteReader;
+pub use replica::{REPLICA_FILE, Replica, ReplicaReport};
 pub use restore::{RestoreReport, RestoreTo, restore};
 pub use ship::{Follow, Replicator, ShipReport};
 
@@ -49,6 +53,30 @@ pub struct RemoteLog {
 /// How long one request to the store may take by default before it counts
 /// as failed (and is retried by a following replicator).
 pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The runtime every S3 request of this process runs on (one thread,
+/// started with the first remote log). Connections are pooled per store and
+/// a pooled connection belongs to the runtime that opened it: a store used
+/// from two runtimes (a writer's replicator thread and a remote reader's
+/// current-thread runtime, say) would otherwise park requests on a
+/// connection whose runtime is not being driven, until they time out.
+fn io_runtime(url: &str) -> Result<tokio::runtime::Handle> {
+    static IO: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = std::sync::OnceLock::new();
+    match IO.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("annal-remote-io")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(rt) => Ok(rt.handle().clone()),
+        Err(e) => Err(Error::Remote {
+            object: url.to_owned(),
+            detail: format!("starting the runtime for requests: {e}"),
+        }),
+    }
+}
 
 /// What a create-if-absent put found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +123,7 @@ impl RemoteLog {
                 builder = builder.with_config(key, v);
             }
             let store = builder
+                .with_http_connector(object_store::client::SpawnedReqwestConnector::new(io_runtime(url)?))
                 .with_bucket_name(bucket)
                 .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
                 .build()
@@ -174,18 +203,6 @@ impl RemoteLog {
             Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(object, format!("GET: {e}"))),
-        }
-    }
-
-    /// The length of `object`, if it exists.
-    pub(crate) async fn len_of(&self, object: &str) -> Result<Option<u64>> {
-        match self
-            .request(object, "HEAD", self.store.head(&self.path(object)))
-            .await?
-        {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error(object, format!("HEAD: {e}"))),
         }
     }
 
@@ -286,5 +303,58 @@ impl RemoteLog {
     /// The newest manifest (`None`: nothing was shipped here yet).
     pub async fn latest_manifest(&self) -> Result<Option<Manifest>> {
         self.latest_manifest_from(1).await
+    }
+}
+
+/// Something that works in rounds against a remote log: a replicator, a
+/// replica.
+pub(crate) trait Rounds {
+    /// What a round reports.
+    type Report;
+    /// One round.
+    async fn round(&mut self) -> Result<Self::Report>;
+    /// Whether a failed round ends the following (else it is retried).
+    fn fatal(e: &Error) -> bool;
+}
+
+/// Run a round of `r` every `follow.interval` until `stop` completes. A
+/// round that fails with an error `R::fatal` does not name (the store, the
+/// network, a timeout) is retried after a backoff (doubling from
+/// `min_backoff` to `max_backoff`, reset by a round that succeeds); a fatal
+/// one ends the following with it. `each` sees every round's outcome.
+pub(crate) async fn rounds<R: Rounds>(
+    r: &mut R,
+    follow: Follow,
+    mut each: impl FnMut(&Result<R::Report>),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let mut stop = std::pin::pin!(stop);
+    let mut backoff = follow.min_backoff;
+    loop {
+        let round = r.round().await;
+        each(&round);
+        let wait = match &round {
+            Ok(_) => {
+                backoff = follow.min_backoff;
+                follow.interval
+            }
+            Err(e) if R::fatal(e) => return round.map(|_| ()),
+            Err(_) => {
+                let w = backoff;
+                backoff = backoff.saturating_mul(2).min(follow.max_backoff);
+                w
+            }
+        };
+        let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
+        let stopped = std::future::poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(true);
+            }
+            sleep.as_mut().poll(cx).map(|()| false)
+        })
+        .await;
+        if stopped {
+            return Ok(());
+        }
     }
 }

@@ -6,7 +6,6 @@
 //! written before the manifest; the replicator holds the remote log by its
 //! epoch and stops at the first sign of a newer one.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -82,16 +81,6 @@ impl Follow {
         self.max_backoff = max.max(min);
         self
     }
-}
-
-/// Whether a failed round ends a following replicator: another writer
-/// holds the remote log, or the local log is damaged or gone. Anything else
-/// (the store, the network, a timeout) is retried.
-fn fatal(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Fenced { .. } | Error::Corrupt { .. } | Error::NotALog { .. } | Error::Closed
-    )
 }
 
 /// Ships a log directory to a remote log, one round per [`ship_once`](Replicator::ship_once).
@@ -313,38 +302,10 @@ impl Replicator {
     pub async fn follow(
         &mut self,
         follow: Follow,
-        mut each: impl FnMut(&Result<ShipReport>),
+        each: impl FnMut(&Result<ShipReport>),
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
-        let mut stop = std::pin::pin!(stop);
-        let mut backoff = follow.min_backoff;
-        loop {
-            let round = self.ship_once().await;
-            each(&round);
-            let wait = match &round {
-                Ok(_) => {
-                    backoff = follow.min_backoff;
-                    follow.interval
-                }
-                Err(e) if fatal(e) => return round.map(|_| ()),
-                Err(_) => {
-                    let w = backoff;
-                    backoff = backoff.saturating_mul(2).min(follow.max_backoff);
-                    w
-                }
-            };
-            let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
-            let stopped = std::future::poll_fn(|cx| {
-                if stop.as_mut().poll(cx).is_ready() {
-                    return std::task::Poll::Ready(true);
-                }
-                sleep.as_mut().poll(cx).map(|()| false)
-            })
-            .await;
-            if stopped {
-                return Ok(());
-            }
-        }
+        super::rounds(self, follow, each, stop).await
     }
 
     /// [`ship_once`](Replicator::ship_once) for callers without a tokio
@@ -372,9 +333,9 @@ impl Replicator {
             len,
             blake3: hash,
         };
-        if self.remote.len_of(&object).await? != Some(len) {
-            self.remote.put(&object, bytes).await?;
-        }
+        // Created unless it exists (`If-None-Match: *`): one request either
+        // way (content-addressed: an object under this name holds these bytes).
+        self.remote.create(&object, bytes).await?;
         Ok(shipped)
     }
 
@@ -482,4 +443,21 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
         .read_to_end(&mut out)
         .map_err(|e| Error::io("read", path, e))?;
     Ok(out)
+}
+
+impl super::Rounds for Replicator {
+    type Report = ShipReport;
+
+    async fn round(&mut self) -> Result<ShipReport> {
+        self.ship_once().await
+    }
+
+    /// Another writer holds the remote log, or the local log is damaged or
+    /// gone. Anything else (the store, the network, a timeout) is retried.
+    fn fatal(e: &Error) -> bool {
+        matches!(
+            e,
+            Error::Fenced { .. } | Error::Corrupt { .. } | Error::NotALog { .. } | Error::Closed
+        )
+    }
 }

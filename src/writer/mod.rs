@@ -72,6 +72,9 @@ mod subjects;
 mod versions;
 mod writer_lock;
 
+#[cfg(feature = "remote")]
+pub(crate) use writer_lock::{WriterLock, take_lock};
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};

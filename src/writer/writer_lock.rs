@@ -49,7 +49,7 @@ fn lock_exclusive(file: &File, path: &Path, locked: &Path) -> Result<()> {
     })
 }
 
-pub(super) fn take_lock(dir: &Path, io: &dyn Io) -> Result<WriterLock> {
+pub(crate) fn take_lock(dir: &Path, io: &dyn Io) -> Result<WriterLock> {
     let path = dir.join(LOCK_FILE);
     // `symlink_metadata`: a (dangling) symlink counts as existing, and is then
     // refused by the open below (`O_NOFOLLOW`), never followed.

@@ -103,7 +103,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 fn failure(e: annal::Error) -> Failure {
     match e {
-        annal::Error::Fenced { .. } | annal::Error::Remote { .. } => Failure::problem(e),
+        annal::Error::Fenced { .. } | annal::Error::Diverged { .. } | annal::Error::Remote { .. } => {
+            Failure::problem(e)
+        }
         e => e.into(),
     }
 }
