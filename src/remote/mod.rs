@@ -12,7 +12,11 @@
 //!   writes a new manifest, taking the remote log with a fencing epoch
 //!   first (a newer epoch in the store stops it: [`Error::Fenced`]);
 //! - [`restore`]: a local log rebuilt from a manifest, cut at a batch
-//!   boundary.
+//!   boundary;
+//! - [`Replica`]: a local read-only copy kept up to date round by round
+//!   (`annal follow`), read by any [`Reader`](crate::Reader);
+//! - [`RemoteReader`] ([`Reader::open_remote`](crate::Reader::open_remote)):
+//!   views of a remote log over a replica in a cache directory.
 //!
 //! Invariants: an object is written once and never changed (segment and
 //! part objects are named by their content's BLAKE3; a manifest version is

@@ -82,6 +82,10 @@ enum Command {
     #[cfg(feature = "remote")]
     #[command(after_help = remote::RESTORE_HELP)]
     Restore(remote::RestoreArgs),
+    /// Keep a local read-only copy of a log in object storage up to date (a replica).
+    #[cfg(feature = "remote")]
+    #[command(after_help = remote::FOLLOW_HELP)]
+    Follow(remote::FollowArgs),
 }
 
 /// A failure of a command: a message for stderr and the exit code.
@@ -135,7 +139,15 @@ impl From<annal::Error> for Failure {
 pub type CmdResult = Result<(), Failure>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `read`, `stats` and `check` of a URL run on a copy of the remote log.
+    let _copy = match remote_copy(&mut cli.command) {
+        Ok(copy) => copy,
+        Err(f) => {
+            eprintln!("annal: {}", jsonfmt::escape_controls(&f.message));
+            return ExitCode::from(f.code);
+        }
+    };
     let result = match &cli.command {
         Command::Append(a) => write::append(a),
         Command::Import(a) => write::import(a),
@@ -155,6 +167,8 @@ fn main() -> ExitCode {
         Command::Replicate(a) => remote::replicate(a),
         #[cfg(feature = "remote")]
         Command::Restore(a) => remote::restore_cmd(a),
+        #[cfg(feature = "remote")]
+        Command::Follow(a) => remote::follow(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,6 +180,50 @@ fn main() -> ExitCode {
             eprintln!("annal: {}", jsonfmt::escape_controls(&f.message));
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// The directory argument of the commands that read a log, if they take a
+/// remote log's URL too.
+fn read_dir_arg(command: &mut Command) -> Option<&mut std::path::PathBuf> {
+    match command {
+        Command::Read(a) => Some(&mut a.dir),
+        Command::Stats(a) => Some(&mut a.dir),
+        Command::Check(a) => Some(&mut a.dir),
+        _ => None,
+    }
+}
+
+/// If `command` reads a remote log's URL, copy it into a temporary
+/// directory (kept while the returned value lives) and point the command
+/// there.
+#[cfg(feature = "remote")]
+fn remote_copy(command: &mut Command) -> Result<Option<remote::RemoteCopy>, Failure> {
+    if let Command::Check(a) = command
+        && a.repair
+        && remote::is_url(&a.dir)
+    {
+        return Err(Failure::usage(
+            "check --repair takes a log directory: a remote log is repaired where it is written",
+        ));
+    }
+    let Some(dir) = read_dir_arg(command).filter(|d| remote::is_url(d)) else {
+        return Ok(None);
+    };
+    let url = dir.to_string_lossy().into_owned();
+    let copy = remote::RemoteCopy::fetch(&url)?;
+    *dir = copy.dir().to_owned();
+    Ok(Some(copy))
+}
+
+/// Without the `remote` feature, a URL is refused with a clear message.
+#[cfg(not(feature = "remote"))]
+fn remote_copy(command: &mut Command) -> Result<Option<()>, Failure> {
+    match read_dir_arg(command).and_then(|d| d.to_str()) {
+        Some(s) if s.starts_with("s3://") || s.starts_with("file://") => Err(Failure::usage(format!(
+            "{s}: reading a remote log needs annal built with the remote feature"
+        ))),
+        _ => Ok(None),
     }
 }
 

@@ -101,7 +101,7 @@ fn parse_limit(s: &str) -> Result<u64, String> {
 #[derive(Args)]
 pub struct ReadArgs {
     /// The log directory.
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Only this stream.
     #[arg(long, conflicts_with_all = ["category", "event_type"])]
     stream: Option<String>,
@@ -218,7 +218,7 @@ pub fn read(a: &ReadArgs) -> CmdResult {
 #[derive(Args)]
 pub struct TailArgs {
     /// The log directory.
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Only this stream (it may not exist yet).
     #[arg(long, conflicts_with = "category")]
     stream: Option<String>,
@@ -292,7 +292,7 @@ pub fn tail(a: &TailArgs) -> CmdResult {
 #[derive(Args)]
 pub struct StatsArgs {
     /// The log directory.
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,

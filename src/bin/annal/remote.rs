@@ -1,11 +1,13 @@
-//! `annal replicate` and `annal restore` (feature `remote`, spec 23): a log
-//! shipped to object storage and rebuilt from it.
+//! `annal replicate`, `annal restore` and `annal follow` (feature `remote`,
+//! spec 23): a log shipped to object storage, rebuilt from it, and copied
+//! from it as a read-only replica; `read`, `stats` and `check` of a URL read
+//! a copy of the remote log ([`RemoteCopy`]).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use annal::remote::{Follow, RemoteLog, Replicator, RestoreTo, ShipReport, restore};
+use annal::remote::{Follow, RemoteLog, Replica, ReplicaReport, Replicator, RestoreTo, ShipReport, restore};
 use clap::Args;
 
 use crate::{CmdResult, Failure, out_err};
@@ -60,6 +62,60 @@ clean, and an anchor taken from the original at or below the cut verifies.
 Exit codes: 0 restored; 1 refused (an object does not match its manifest,
 DIR holds files); 2 could not run (bad arguments, the store cannot be
 reached, nothing was shipped there).";
+
+pub const FOLLOW_HELP: &str = "Examples:
+  annal append ./followed --stream order-1 --type Placed --data '{}'
+  annal replicate ./followed file://$PWD/followed-store --once
+  annal follow file://$PWD/followed-store ./replica --once
+  annal read ./replica
+  annal append ./followed --stream order-1 --type Paid --data '{}'
+  annal replicate ./followed file://$PWD/followed-store --once
+  annal follow file://$PWD/followed-store ./replica --once --json
+  annal read ./followed-store # exit 2
+  annal read file://$PWD/followed-store --stream order-1
+  annal check file://$PWD/followed-store
+
+On another machine, following an S3 log every 500 ms, with a reader beside it:
+annal follow s3://my-bucket/orders ./orders-replica --interval-ms 500 &
+annal tail ./orders-replica
+
+Keeps DIR a read-only copy of the remote log at URL: each round reads the
+newest manifest and copies what DIR lacks (sealed segments and index files
+once, a segment rewritten by compaction again, the active segment's new
+parts), every object checked against the length and BLAKE3 the manifest
+gives, then moves DIR's head file over it, so `annal read`, `annal tail` and
+a Reader in any process see whole batches as they arrive. DIR is created, or
+must be a replica already (it holds annal.replica); the follower holds its
+writer lock. Without --once it copies every --interval-ms until
+interrupted, printing a line per round that copied something.
+
+`annal read`, `annal stats` and `annal check` also take a URL instead of a
+directory: they copy the remote log into a temporary directory first (removed
+afterwards) and run there, with the same checks (CRCs, seals, the chain,
+--anchor).
+
+Exit codes: 0 copied (or nothing new); 1 refused (DIR diverged from the
+remote log, an object does not match its manifest, corrupt data); 2 could
+not run (bad arguments, DIR is a log or holds other files, the store cannot
+be reached).";
+
+/// Arguments of `annal follow`.
+#[derive(Args)]
+pub struct FollowArgs {
+    /// The remote log: s3://BUCKET/PREFIX or file:///PATH.
+    url: String,
+    /// The replica's directory (created, or a replica already).
+    dir: PathBuf,
+    /// Copy what is new once and exit.
+    #[arg(long)]
+    once: bool,
+    /// Time between rounds, without --once.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Print each round as a JSON line.
+    #[arg(long)]
+    json: bool,
+}
 
 /// Arguments of `annal replicate`.
 #[derive(Args)]
@@ -194,4 +250,106 @@ pub fn restore_cmd(a: &RestoreArgs) -> CmdResult {
         }
     )
     .map_err(out_err)
+}
+
+fn print_copy(out: &mut impl Write, r: &ReplicaReport, json: bool, always: bool) -> CmdResult {
+    if json {
+        writeln!(
+            out,
+            "{{\"manifest\":{},\"objects\":{},\"bytes\":{},\"next_position\":{}}}",
+            r.manifest_seq, r.objects, r.bytes, r.next_position
+        )
+        .map_err(out_err)?;
+    } else if always || r.objects > 0 {
+        writeln!(
+            out,
+            "manifest {}: copied {} object(s), {} bytes; the replica holds positions below {}",
+            r.manifest_seq, r.objects, r.bytes, r.next_position
+        )
+        .map_err(out_err)?;
+    }
+    out.flush().map_err(out_err)
+}
+
+fn open_replica(url: &str, dir: &std::path::Path) -> Result<Replica, Failure> {
+    let remote = RemoteLog::open(url).map_err(|e| Failure::usage(e.to_string()))?;
+    Replica::open(remote, dir).map_err(|e| match e {
+        annal::Error::NotALog { .. } => Failure::usage(e),
+        e => failure(e),
+    })
+}
+
+pub fn follow(a: &FollowArgs) -> CmdResult {
+    let mut replica = open_replica(&a.url, &a.dir)?;
+    let rt = runtime()?;
+    let mut out = std::io::stdout().lock();
+    if a.once {
+        let r = rt.block_on(replica.sync_once()).map_err(failure)?;
+        return print_copy(&mut out, &r, a.json, true);
+    }
+    let mut printed = Ok(());
+    let follow = Follow::every(Duration::from_millis(a.interval_ms.max(1)));
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let each = |round: &annal::Result<ReplicaReport>| match round {
+        Ok(r) => {
+            if printed.is_ok() {
+                printed = print_copy(&mut out, r, a.json, false);
+            }
+        }
+        Err(e) => eprintln!("annal: a round failed ({e}); retrying"),
+    };
+    rt.block_on(replica.follow(follow, each, stop)).map_err(failure)?;
+    printed
+}
+
+/// Whether `arg` names a remote log (`s3://...`, `file://...`) rather than
+/// a directory.
+pub fn is_url(arg: &std::path::Path) -> bool {
+    arg.to_str()
+        .is_some_and(|s| s.starts_with("s3://") || s.starts_with("file://"))
+}
+
+/// A copy of a remote log in a new temporary directory, for the commands
+/// that read a log (`read`, `stats`, `check`); removed when dropped.
+pub struct RemoteCopy {
+    dir: PathBuf,
+}
+
+impl RemoteCopy {
+    /// Copy the remote log at `url` (its newest manifest) into a new
+    /// temporary directory. The replica lets go of the directory's writer
+    /// lock before the command reads it.
+    pub fn fetch(url: &str) -> Result<RemoteCopy, Failure> {
+        let dir = std::env::temp_dir().join(format!(
+            "annal-copy-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir(&dir)
+            .map_err(|e| Failure::usage(format!("cannot create a directory for the copy {}: {e}", dir.display())))?;
+        let copy = RemoteCopy { dir };
+        let mut replica = open_replica(url, &copy.dir)?;
+        runtime()?.block_on(replica.sync_once()).map_err(failure)?;
+        if replica.is_empty() {
+            return Err(Failure::usage(format!(
+                "{url}: expected a remote log with a shipped segment, found none (nothing was shipped there)"
+            )));
+        }
+        Ok(copy)
+    }
+
+    /// The directory holding the copy.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl Drop for RemoteCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
