@@ -361,6 +361,8 @@ struct FaultyStore {
     max_delay_ms: std::sync::atomic::AtomicU64,
     completed: std::sync::Mutex<Vec<String>>,
     failures: std::sync::atomic::AtomicU64,
+    /// Fail every read of a sealed segment's object while set.
+    refuse_segment_reads: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Display for FaultyStore {
@@ -424,6 +426,14 @@ impl ObjectStore for FaultyStore {
         options: object_store::GetOptions,
     ) -> object_store::Result<object_store::GetResult> {
         self.fault().await?;
+        if self.refuse_segment_reads.load(std::sync::atomic::Ordering::SeqCst)
+            && location.as_ref().contains("/segments/")
+        {
+            return Err(object_store::Error::Generic {
+                store: "FaultyStore",
+                source: "injected failure (segment reads refused)".into(),
+            });
+        }
         self.inner.get_opts(location, options).await
     }
 
@@ -568,4 +578,64 @@ fn a_follower_retries_timeouts_and_failures_and_stops_when_asked() {
         "{rounds:?}"
     );
     restores_whole(&rt, &remote, &src, &tmp.path().join("dst"));
+}
+
+/// Wait (a bounded number of short sleeps) until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..5_000 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    panic!("never happened: {what}");
+}
+
+#[test]
+fn local_retention_removes_only_segments_confirmed_in_the_store() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let ms = std::time::Duration::from_millis;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let store = Arc::new(FaultyStore::default());
+    store.refuse_segment_reads.store(true, SeqCst);
+    let remote = RemoteLog::from_store(store.clone(), "r", "faulty://r");
+    let log = Options::default()
+        .segment_size(16 << 10)
+        .durability(Durability::Fsync)
+        .retention(annal::Retention::new().max_bytes(3 * (16 << 10)))
+        .replicate_to(
+            remote.clone(),
+            annal::remote::Follow::every(ms(2)).backoff(ms(1), ms(4)),
+        )
+        .open(&src)
+        .unwrap();
+    append(&log, 0, 400);
+    let next = log.next_position();
+    // Everything is shipped, but no sealed segment can be read back: none is
+    // confirmed, so none is removed, whatever the rule says.
+    eventually("everything shipped", || {
+        log.replication()
+            .and_then(|s| s.last)
+            .is_some_and(|r| r.shipped_position == next && r.unconfirmed.is_some())
+    });
+    let status = log.replication().unwrap();
+    assert_eq!(status.last.as_ref().unwrap().confirmed_below, 0, "{status:?}");
+    log.apply_retention().unwrap();
+    assert_eq!(log.first_position(), 0, "nothing unconfirmed is removed");
+    // Reads back succeed: the segments are confirmed and the rule removes
+    // them, from the replicator's thread, without another seal.
+    store.refuse_segment_reads.store(false, SeqCst);
+    eventually("the front removed", || log.first_position() > 0);
+    let first = log.first_position();
+    let confirmed = log.replication().unwrap().last.unwrap().confirmed_below;
+    assert!(first <= confirmed, "removed below {first}, confirmed below {confirmed}");
+    log.close().unwrap();
+    // The store holds the whole log, the removed front included.
+    let dst = tmp.path().join("dst");
+    rt().block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
+    let restored = events(&dst);
+    assert_eq!(restored.len() as u64, next);
+    assert_eq!(restored[first as usize..], events(&src)[..]);
+    clean(&dst);
 }

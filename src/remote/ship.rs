@@ -38,6 +38,16 @@ pub struct ShipReport {
     pub durable_position: u64,
     /// Positions durable locally and not shipped (`durable - shipped`).
     pub lag_positions: u64,
+    /// Every sealed segment of the local log based below this position is
+    /// confirmed in the store: its object was read back after the manifest
+    /// named it and its BLAKE3 equals the local file's (spec 23.4). What
+    /// local retention may remove when the log ships (`Options::replicate_to`).
+    /// 0 unless the replicator is [`confirming`](Replicator::confirming).
+    pub confirmed_below: u64,
+    /// Why the segment at `confirmed_below` could not be confirmed this round
+    /// (the store did not answer, or its object does not match), if a read
+    /// back failed; the next round tries again.
+    pub unconfirmed: Option<String>,
     /// How long since a round of this replicator last left the store
     /// holding everything that was durable here (zero when this one did):
     /// the store is at most this far behind in time.
@@ -96,6 +106,10 @@ pub struct Replicator {
     fenced: Option<(u64, u64)>,
     /// When a round last left the store holding everything durable here.
     caught_up: Instant,
+    /// Whether rounds confirm sealed segments ([`Replicator::confirming`]).
+    confirming: bool,
+    /// Sealed segments confirmed in the store: base → BLAKE3 of the content.
+    confirmed: std::collections::HashMap<u64, String>,
 }
 
 impl Replicator {
@@ -112,7 +126,18 @@ impl Replicator {
             last: None,
             fenced: None,
             caught_up: Instant::now(),
+            confirming: false,
+            confirmed: std::collections::HashMap::new(),
         }
+    }
+
+    /// Whether each round also confirms the sealed segments the store holds
+    /// (reads each back once and compares it with the local file), for
+    /// [`ShipReport::confirmed_below`]: what local retention may remove.
+    /// Off by default (it reads every sealed segment back once).
+    pub fn confirming(mut self, yes: bool) -> Replicator {
+        self.confirming = yes;
+        self
     }
 
     /// The remote log.
@@ -272,6 +297,7 @@ impl Replicator {
             let written = self.commit(m, self.epoch.unwrap_or(0)).await?;
             self.last = Some(written);
         }
+        let (confirmed_below, unconfirmed) = self.confirm(&local).await?;
         let last = self.last.as_ref().ok_or(Error::Closed)?;
         let lag_positions = durable_position.saturating_sub(last.next_position);
         if lag_positions == 0 {
@@ -285,6 +311,8 @@ impl Replicator {
             shipped_position: last.next_position,
             durable_position,
             lag_positions,
+            confirmed_below,
+            unconfirmed,
             lag: if lag_positions == 0 {
                 Duration::ZERO
             } else {
@@ -306,6 +334,40 @@ impl Replicator {
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         super::rounds(self, follow, each, stop).await
+    }
+
+    /// Confirm the local sealed segments, oldest first, that the newest
+    /// manifest names: read each object back and compare its BLAKE3 with the
+    /// local file's, once per content (a segment rewritten by compaction is
+    /// confirmed again). Returns the base of the first sealed segment not
+    /// confirmed (the active segment's base if all are), and why, if a read
+    /// back failed (the store's failure does not fail the round: what it
+    /// shipped is shipped).
+    async fn confirm(&mut self, local: &LocalLog) -> Result<(u64, Option<String>)> {
+        let Some(m) = self.last.clone().filter(|_| self.confirming) else {
+            return Ok((0, None));
+        };
+        for &base in &local.sealed {
+            let Some(e) = m.sealed.iter().find(|e| e.base == base) else {
+                return Ok((base, None));
+            };
+            if self.confirmed.get(&base) == Some(&e.segment.blake3) {
+                continue;
+            }
+            let path = self.dir.join(segment_file_name(base));
+            let here = blake3::hash(&read_file(&path)?).to_hex().to_string();
+            if here != e.segment.blake3 {
+                // Rewritten here since it was shipped: the next round ships it.
+                return Ok((base, None));
+            }
+            // Read back: its length and BLAKE3 must be the manifest's, which
+            // are the local file's.
+            if let Err(err) = self.remote.get_checked(&e.segment).await {
+                return Ok((base, Some(err.to_string())));
+            }
+            self.confirmed.insert(base, here);
+        }
+        Ok((local.active.unwrap_or(0), None))
     }
 
     /// [`ship_once`](Replicator::ship_once) for callers without a tokio

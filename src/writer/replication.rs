@@ -7,7 +7,8 @@
 //! append; it stops when the log closes, after a last round over the
 //! cleanly closed files; what it saw is in [`ReplicationStatus`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, Result};
 use crate::remote::{Follow, RemoteLog, Replicator, ShipReport};
@@ -24,8 +25,14 @@ impl Inner {
         };
         let dir = self.dir.clone();
         let status = Arc::new(Mutex::new(ReplicationStatus::default()));
+        let confirmed_below = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let shared = Arc::clone(&status);
+        let shared = Shared {
+            status: Arc::clone(&status),
+            confirmed_below: Arc::clone(&confirmed_below),
+            inner: self.this.get().cloned().unwrap_or_default(),
+            retains: self.opts.retention.is_some_and(|r| r.is_set()),
+        };
         let thread = std::thread::Builder::new()
             .name("annal-replicator".into())
             .spawn(move || run(&dir, remote, follow, stopped, &shared))
@@ -34,6 +41,7 @@ impl Inner {
             stop: Some(stop),
             thread: Some(thread),
             status,
+            confirmed_below,
         });
         Ok(())
     }
@@ -53,10 +61,33 @@ impl Inner {
         }
     }
 
+    /// Where local retention must stop when the log ships: the base of the
+    /// first sealed segment the store does not hold confirmed (`None`: the
+    /// log does not ship, nothing limits retention).
+    pub(super) fn retention_limit(&self) -> Option<u64> {
+        self.opts.replicate.as_ref()?;
+        Some(
+            lock(&self.replication)
+                .as_ref()
+                .map_or(0, |r| r.confirmed_below.load(Ordering::Acquire)),
+        )
+    }
+
     /// The replicator's status, if the log runs one.
     pub(super) fn replication_status(&self) -> Option<ReplicationStatus> {
         lock(&self.replication).as_ref().map(|r| lock(&r.status).clone())
     }
+}
+
+/// What the replicator thread shares with the log.
+struct Shared {
+    status: Arc<Mutex<ReplicationStatus>>,
+    confirmed_below: Arc<AtomicU64>,
+    /// The log, to apply its retention rule once more segments are
+    /// confirmed in the store.
+    inner: Weak<Inner>,
+    /// Whether the log has a retention rule (then rounds confirm).
+    retains: bool,
 }
 
 /// The replicator thread: follow until stopped, then one last round (the
@@ -66,8 +97,9 @@ fn run(
     remote: RemoteLog,
     follow: Follow,
     stopped: tokio::sync::oneshot::Receiver<()>,
-    status: &Mutex<ReplicationStatus>,
+    shared: &Shared,
 ) {
+    let status = &*shared.status;
     let record = |round: &Result<ShipReport>| {
         let mut s = lock(status);
         s.rounds += 1;
@@ -75,6 +107,15 @@ fn run(
             Ok(r) => {
                 s.last = Some(r.clone());
                 s.error = None;
+                drop(s);
+                let before = shared.confirmed_below.fetch_max(r.confirmed_below, Ordering::AcqRel);
+                // Segments newly confirmed in the store: the rule may remove
+                // them now (not only at the next seal).
+                if r.confirmed_below > before
+                    && let Some(inner) = shared.inner.upgrade()
+                {
+                    inner.retain_after_seal();
+                }
             }
             Err(e) => {
                 crate::trace::event!(WARN, dir = %dir.display(), error = %e, "annal replication round failed");
@@ -91,7 +132,7 @@ fn run(
             return;
         }
     };
-    let mut rep = Replicator::new(dir, remote);
+    let mut rep = Replicator::new(dir, remote).confirming(shared.retains);
     let followed = rt.block_on(rep.follow(follow, &record, async {
         let _ = stopped.await;
     }));

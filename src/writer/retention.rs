@@ -119,7 +119,12 @@ impl Inner {
                 by_size += 1;
             }
         }
-        let k = by_age.max(by_size);
+        // A log that ships removes only what the store holds confirmed.
+        let k = match self.confirmed_count(&sealed) {
+            Some(confirmed) => by_age.max(by_size).min(confirmed),
+            None => by_age.max(by_size),
+        };
+        let (by_age, by_size) = (by_age.min(k), by_size.min(k));
         if k == 0 {
             return Ok(None);
         }
@@ -143,6 +148,20 @@ impl Inner {
                 chain_at: h.chain_start,
             },
         }))
+    }
+
+    /// How many of the removable `sealed` segments (oldest first) the store
+    /// holds confirmed, if the log ships (`Options::replicate_to`).
+    #[cfg(feature = "remote")]
+    fn confirmed_count(&self, sealed: &[ViewSegment]) -> Option<usize> {
+        let limit = self.retention_limit()?;
+        Some(sealed.iter().take_while(|s| s.base < limit).count())
+    }
+
+    /// Without the `remote` feature nothing ships: nothing limits retention.
+    #[cfg(not(feature = "remote"))]
+    fn confirmed_count(&self, _sealed: &[ViewSegment]) -> Option<usize> {
+        None
     }
 
     /// Append one event of a system stream. `Ok(None)`: it would roll a

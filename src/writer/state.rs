@@ -425,4 +425,7 @@ pub(super) struct ReplicationThread {
     pub(super) stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub(super) thread: Option<std::thread::JoinHandle<()>>,
     pub(super) status: Arc<Mutex<super::results::ReplicationStatus>>,
+    /// [`crate::remote::ShipReport::confirmed_below`] of the last round:
+    /// local retention removes no segment based at or above it.
+    pub(super) confirmed_below: Arc<std::sync::atomic::AtomicU64>,
 }
