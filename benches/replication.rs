@@ -13,8 +13,9 @@
 //!   round every 10 ms); for each batch, the time from its acknowledgement
 //!   (durable) to the first manifest version holding it (visible to any
 //!   restore or remote reader): p50, p99, max.
-//! * `restore`: a restore of the shipped log against a replay of the local
-//!   one (the same events).
+//! * `restore`: a restore of the shipped log and a replay through a remote
+//!   reader (cold: a new cache; warm: a cache up to date) against a replay
+//!   of the local one (the same events).
 //!
 //! `cargo bench --features remote --bench replication`.
 
@@ -168,6 +169,28 @@ fn restore_vs_replay(c: &mut Criterion) {
             let dst = tmp.path().join(format!("restored-{k}"));
             rt.block_on(restore(&remote, &dst, RestoreTo::Latest)).expect("restore");
             std::fs::remove_dir_all(&dst).expect("remove");
+        })
+    });
+    // A remote reader in a new cache: open (copies every object the
+    // manifest names, each checked), then the same replay.
+    g.bench_function("remote_replay_cold", |b| {
+        b.iter(|| {
+            let reader = annal::remote::RemoteReader::open(remote.clone()).expect("remote reader");
+            let view = reader.reader().view().expect("view");
+            view.read_all(0)
+                .map(|r| r.expect("read").payload().len() as u64)
+                .sum::<u64>()
+        })
+    });
+    // A remote reader whose cache is up to date: a view costs a manifest
+    // probe, then the replay is local.
+    let warm = annal::remote::RemoteReader::open(remote.clone()).expect("remote reader");
+    g.bench_function("remote_replay_warm", |b| {
+        b.iter(|| {
+            let view = warm.view().expect("view");
+            view.read_all(0)
+                .map(|r| r.expect("read").payload().len() as u64)
+                .sum::<u64>()
         })
     });
     g.bench_function("local_replay", |b| {
