@@ -639,3 +639,54 @@ fn local_retention_removes_only_segments_confirmed_in_the_store() {
     assert_eq!(restored[first as usize..], events(&src)[..]);
     clean(&dst);
 }
+
+#[test]
+fn segments_larger_than_a_chunk_ship_in_parts_and_come_back_whole() {
+    big_segments(memory());
+}
+
+#[test]
+fn on_seaweedfs_segments_larger_than_a_chunk_ship_in_parts_and_come_back_whole() {
+    big_segments(s3("multipart"));
+}
+
+/// Segments of 20 MiB: each sealed one is uploaded in parts of 8 MiB
+/// (multipart), read back to be confirmed, and streamed back by restores
+/// and replicas.
+fn big_segments(remote: RemoteLog) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = Options::default().segment_size(20 << 20).open(&src).unwrap();
+    let payload = vec![0x5a_u8; 64 << 10];
+    for i in 0..700u64 {
+        let mut p = payload.clone();
+        p[..8].copy_from_slice(&i.to_le_bytes());
+        log.append(
+            &format!("big-{}", i % 7),
+            ExpectedVersion::Any,
+            &[EventData::new("Big", p)],
+        )
+        .unwrap();
+    }
+    log.close().unwrap();
+    let rt = rt();
+    let report = rt
+        .block_on(Replicator::new(&src, remote.clone()).confirming(true).ship_once())
+        .unwrap();
+    assert!(report.confirmed_below > 0, "{report:?}");
+    let sealed: Vec<u64> = rt
+        .block_on(remote.latest_manifest())
+        .unwrap()
+        .unwrap()
+        .sealed
+        .iter()
+        .map(|e| e.segment.len)
+        .collect();
+    assert!(sealed.iter().any(|&len| len > 8 << 20), "{sealed:?}");
+    restores_whole(&rt, &remote, &src, &tmp.path().join("dst"));
+    let replica = tmp.path().join("replica");
+    let mut r = annal::remote::Replica::open(remote, &replica).unwrap();
+    rt.block_on(r.sync_once()).unwrap();
+    drop(r);
+    assert_eq!(events(&replica), events(&src));
+}

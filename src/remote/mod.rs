@@ -30,6 +30,7 @@ mod reader;
 mod replica;
 mod restore;
 mod ship;
+mod transfer;
 
 use std::sync::Arc;
 
@@ -235,28 +236,6 @@ impl RemoteLog {
             }
             Err(e) => Err(self.error(object, format!("PUT: {e}"))),
         }
-    }
-
-    /// Read `object` and check it is `s`'s length and BLAKE3.
-    pub(crate) async fn get_checked(&self, s: &Shipped) -> Result<bytes::Bytes> {
-        let bytes = self
-            .get(&s.object)
-            .await?
-            .ok_or_else(|| self.error(&s.object, "expected the object the manifest names, found none"))?;
-        if bytes.len() as u64 != s.len {
-            return Err(self.error(
-                &s.object,
-                format!("expected {} bytes (the manifest), found {}", s.len, bytes.len()),
-            ));
-        }
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        if hash != s.blake3 {
-            return Err(self.error(
-                &s.object,
-                format!("expected BLAKE3 {} (the manifest), found {hash}", s.blake3),
-            ));
-        }
-        Ok(bytes)
     }
 
     /// The manifest `seq`, if it exists.

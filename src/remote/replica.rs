@@ -28,6 +28,7 @@ use crate::writer::WriterLock;
 
 use super::RemoteLog;
 use super::manifest::{Manifest, Shipped};
+use super::transfer::to_file;
 
 /// The file that marks a directory as a replica (it holds the remote log's
 /// address, for people): `annal follow` uses a directory that holds files
@@ -247,9 +248,8 @@ impl Replica {
                             ),
                         ));
                     }
-                    let data = self.remote.get_checked(&e.segment).await?;
-                    self.install(&segment_file_name(e.base), &data)?;
-                    self.note_log(&data)?;
+                    self.install(&segment_file_name(e.base), &[&e.segment]).await?;
+                    self.note_log(e.base)?;
                     self.local.push(Local {
                         base: e.base,
                         len: e.segment.len,
@@ -314,13 +314,13 @@ impl Replica {
         }
     }
 
-    /// Learn the log's id and format version from a first segment's bytes.
-    fn note_log(&mut self, data: &[u8]) -> Result<()> {
+    /// Learn the log's id and format version from the header of the first
+    /// segment the replica installed (based at `base`).
+    fn note_log(&mut self, base: u64) -> Result<()> {
         if self.log.is_none() {
-            let path = self
-                .dir
-                .join(segment_file_name(self.local.first().map_or(0, |l| l.base)));
-            let h = crate::format::SegmentHeader::parse(data).map_err(|d| d.at(&path))?;
+            let path = self.dir.join(segment_file_name(base));
+            let file = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
+            let h = read_segment_header(&file, &path, base)?;
             self.log = Some((h.log_id, h.format_version.get()));
         }
         Ok(())
@@ -334,8 +334,7 @@ impl Replica {
         if !replace && std::fs::symlink_metadata(self.dir.join(&name)).is_ok() {
             return Ok((0, 0));
         }
-        let data = self.remote.get_checked(index).await?;
-        self.install(&name, &data)?;
+        self.install(&name, &[index]).await?;
         Ok((1, index.len))
     }
 
@@ -344,7 +343,6 @@ impl Replica {
     /// missing, never stale), then the rewrite is renamed over it, as the
     /// writer swaps it (spec 3.10).
     async fn replace_rewritten(&mut self, i: usize, e: &super::SealedEntry) -> Result<(usize, u64)> {
-        let data = self.remote.get_checked(&e.segment).await?;
         let idx = self.dir.join(index_file_name(e.base));
         if std::fs::symlink_metadata(&idx).is_ok() {
             self.io.remove(&idx).map_err(|err| Error::io("remove", &idx, err))?;
@@ -352,7 +350,7 @@ impl Replica {
                 .sync_dir(&self.dir)
                 .map_err(|err| Error::io("fsync directory", &self.dir, err))?;
         }
-        self.install(&segment_file_name(e.base), &data)?;
+        self.install(&segment_file_name(e.base), &[&e.segment]).await?;
         self.local[i].len = e.segment.len;
         let (o, b) = self.ensure_index(e.base, e.index.as_ref(), true).await?;
         Ok((o + 1, b + e.segment.len))
@@ -373,14 +371,41 @@ impl Replica {
                 ),
             ));
         }
-        let data = self.remote.get_checked(&e.segment).await?;
+        // The object streams by: its first `l.len` bytes are compared with
+        // the replica's, the rest appended (undone if the object fails its
+        // checks at the end).
         let path = self.dir.join(segment_file_name(l.base));
-        let here = std::fs::read(&path).map_err(|err| Error::io("read", &path, err))?;
-        let held = usize::try_from(l.len).unwrap_or(usize::MAX);
-        if let Some(at) = here.iter().zip(data.iter()).position(|(a, b)| a != b).or_else(|| {
-            // The file on disk may hold more than was noted (a failed round).
-            (here.len() < held).then_some(here.len())
-        }) {
+        let file = crate::storage::io::open_read(&path).map_err(|err| Error::io("open", &path, err))?;
+        let out = self.io.open(&path).map_err(|err| Error::io("open", &path, err))?;
+        let mut at = 0u64;
+        let mut differs: Option<u64> = None;
+        let mut here = Vec::new();
+        let copied = self
+            .remote
+            .download(&e.segment, |chunk| {
+                let n = chunk.len() as u64;
+                let held = l.len.saturating_sub(at).min(n);
+                if held > 0 && differs.is_none() {
+                    here.resize(usize::try_from(held).unwrap_or(0), 0);
+                    crate::read::view::pread(&file, &mut here, at, &path)?;
+                    let theirs = chunk.get(..here.len()).unwrap_or_default();
+                    differs = here.iter().zip(theirs).position(|(a, b)| a != b).map(|k| at + k as u64);
+                }
+                if held < n {
+                    let rest = chunk.get(usize::try_from(held).unwrap_or(0)..).unwrap_or_default();
+                    out.write_at(at + held, rest)
+                        .map_err(|err| Error::io("write", &path, err))?;
+                }
+                at += n;
+                Ok(())
+            })
+            .await;
+        if let Err(err) = copied.and_then(|()| out.sync().map_err(|err| Error::io("fsync", &path, err))) {
+            let _ = out.truncate(l.len);
+            return Err(err);
+        }
+        if let Some(at) = differs {
+            let _ = out.truncate(l.len);
             return Err(Error::Diverged {
                 path,
                 url: self.remote.url().to_owned(),
@@ -390,15 +415,14 @@ impl Replica {
                 ),
             });
         }
-        let rest = data.get(here.len()..).unwrap_or_default();
-        self.append(l.base, here.len() as u64, rest)?;
+        let rest = e.segment.len - l.len;
         self.local[i] = Local {
             base: l.base,
             len: e.segment.len,
             sealed: true,
         };
         let (o, b) = self.ensure_index(l.base, e.index.as_ref(), true).await?;
-        Ok((o + 1, b + rest.len() as u64))
+        Ok((o + 1, b + rest))
     }
 
     /// Copy the active segment's parts the replica lacks: appended to its
@@ -420,11 +444,16 @@ impl Replica {
                         ),
                     ));
                 }
+                let path = self.dir.join(segment_file_name(a.base));
+                let out = self.io.open(&path).map_err(|e| Error::io("open", &path, e))?;
                 for p in a.parts.iter().skip(from.unwrap_or(a.parts.len())) {
-                    let data = self.remote.get_checked(&p.shipped).await?;
-                    self.append(a.base, p.from, &data)?;
+                    let copied = self.remote.download(&p.shipped, to_file(&*out, &path, p.from)).await;
+                    if let Err(e) = copied.and_then(|()| out.sync().map_err(|e| Error::io("fsync", &path, e))) {
+                        let _ = out.truncate(p.from);
+                        return Err(e);
+                    }
                     objects += 1;
-                    bytes += data.len() as u64;
+                    bytes += p.shipped.len;
                     if let Some(last) = self.local.last_mut() {
                         last.len = p.to;
                     }
@@ -451,17 +480,14 @@ impl Replica {
                 ));
             }
             _ => {
-                let mut data = Vec::with_capacity(usize::try_from(a.end()).unwrap_or(0));
-                for p in &a.parts {
-                    data.extend_from_slice(&self.remote.get_checked(&p.shipped).await?);
-                    objects += 1;
-                }
-                self.install(&segment_file_name(a.base), &data)?;
-                self.note_log(&data)?;
-                bytes += data.len() as u64;
+                let parts: Vec<&Shipped> = a.parts.iter().map(|p| &p.shipped).collect();
+                self.install(&segment_file_name(a.base), &parts).await?;
+                self.note_log(a.base)?;
+                objects += parts.len();
+                bytes += a.end();
                 self.local.push(Local {
                     base: a.base,
-                    len: data.len() as u64,
+                    len: a.end(),
                     sealed: false,
                 });
             }
@@ -469,13 +495,18 @@ impl Replica {
         Ok((objects, bytes))
     }
 
-    /// Write `data` whole under `name`: a temporary file, fsynced, renamed
-    /// into place, the directory fsynced.
-    fn install(&self, name: &str, data: &[u8]) -> Result<()> {
+    /// Write the objects `from`, one after the other, whole under `name`: a
+    /// temporary file, fsynced, renamed into place, the directory fsynced.
+    /// Each object streams into the file and is checked as it arrives.
+    async fn install(&self, name: &str, from: &[&Shipped]) -> Result<()> {
         let tmp = self.dir.join(REPLICA_TMP);
         let _ = self.io.remove(&tmp);
         let f = self.io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_at(0, data).map_err(|e| Error::io("write", &tmp, e))?;
+        let mut at = 0u64;
+        for s in from {
+            self.remote.download(s, to_file(&*f, &tmp, at)).await?;
+            at += s.len;
+        }
         f.sync().map_err(|e| Error::io("fsync", &tmp, e))?;
         drop(f);
         let path = self.dir.join(name);
@@ -483,14 +514,6 @@ impl Replica {
         self.io
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("fsync directory", &self.dir, e))
-    }
-
-    /// Append `data` at `at` to the segment based at `base`, durably.
-    fn append(&self, base: u64, at: u64, data: &[u8]) -> Result<()> {
-        let path = self.dir.join(segment_file_name(base));
-        let f = self.io.open(&path).map_err(|e| Error::io("open", &path, e))?;
-        f.write_at(at, data).map_err(|e| Error::io("write", &path, e))?;
-        f.sync().map_err(|e| Error::io("fsync", &path, e))
     }
 
     /// Move the head file over what the replica now holds: its last

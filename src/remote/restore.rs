@@ -64,28 +64,16 @@ pub async fn restore(remote: &RemoteLog, dir: &Path, to: RestoreTo) -> Result<Re
         .ok_or_else(|| remote.error("manifest/", "expected a manifest, found none (nothing was shipped)"))?;
     let mut bases = Vec::new();
     let mut bytes = 0u64;
-    let write = |name: String, data: &[u8]| -> Result<()> {
-        let path = dir.join(name);
-        std::fs::write(&path, data).map_err(|e| Error::io("write", &path, e))
-    };
     for e in &m.sealed {
-        let seg = remote.get_checked(&e.segment).await?;
-        write(segment_file_name(e.base), &seg)?;
-        bytes += seg.len() as u64;
+        bytes += write(remote, &dir.join(segment_file_name(e.base)), &[&e.segment]).await?;
         if let Some(i) = &e.index {
-            let idx = remote.get_checked(i).await?;
-            write(index_file_name(e.base), &idx)?;
-            bytes += idx.len() as u64;
+            bytes += write(remote, &dir.join(index_file_name(e.base)), &[i]).await?;
         }
         bases.push(e.base);
     }
     if let Some(a) = m.active.as_ref().filter(|a| !a.parts.is_empty()) {
-        let mut seg = Vec::with_capacity(usize::try_from(a.end()).unwrap_or(0));
-        for p in &a.parts {
-            seg.extend_from_slice(&remote.get_checked(&p.shipped).await?);
-        }
-        write(segment_file_name(a.base), &seg)?;
-        bytes += seg.len() as u64;
+        let parts: Vec<&super::Shipped> = a.parts.iter().map(|p| &p.shipped).collect();
+        bytes += write(remote, &dir.join(segment_file_name(a.base)), &parts).await?;
         bases.push(a.base);
     }
     let mut next_position = m.next_position;
@@ -110,6 +98,24 @@ pub async fn restore(remote: &RemoteLog, dir: &Path, to: RestoreTo) -> Result<Re
         next_position,
         cut: cut.map(|(b, o, _)| (b, o)),
     })
+}
+
+/// Create the file at `path` from the objects `from`, one after the other,
+/// each streamed in and checked as it arrives. Returns the bytes written.
+async fn write(remote: &RemoteLog, path: &Path, from: &[&super::Shipped]) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create_new(path).map_err(|e| Error::io("create", path, e))?;
+    let mut at = 0u64;
+    for s in from {
+        remote
+            .download(s, |chunk| {
+                file.write_all_at(chunk, at).map_err(|e| Error::io("write", path, e))?;
+                at += chunk.len() as u64;
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(at)
 }
 
 /// Cut the restored segments `bases` (in order) before the first batch `to`

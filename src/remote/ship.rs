@@ -17,6 +17,7 @@ use crate::format::{Layout, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::read::view::{list_segments, pread};
 
 use super::manifest::{ActiveEntry, MANIFEST_VERSION, Manifest, Part, SealedEntry, Shipped, manifest_object};
+use super::transfer::hash_file;
 use super::{Created, RemoteLog};
 
 /// What one [`Replicator::ship_once`] did.
@@ -355,14 +356,16 @@ impl Replicator {
                 continue;
             }
             let path = self.dir.join(segment_file_name(base));
-            let here = blake3::hash(&read_file(&path)?).to_hex().to_string();
+            let file = open(&path)?;
+            let len = file.metadata().map_err(|err| Error::io("stat", &path, err))?.len();
+            let here = hash_file(&file, &path, len)?;
             if here != e.segment.blake3 {
                 // Rewritten here since it was shipped: the next round ships it.
                 return Ok((base, None));
             }
             // Read back: its length and BLAKE3 must be the manifest's, which
             // are the local file's.
-            if let Err(err) = self.remote.get_checked(&e.segment).await {
+            if let Err(err) = self.remote.download(&e.segment, |_| Ok(())).await {
                 return Ok((base, Some(err.to_string())));
             }
             self.confirmed.insert(base, here);
@@ -383,22 +386,20 @@ impl Replicator {
     /// Upload the file at `path` as `<folder>/<base>-<BLAKE3>.<ext>`
     /// (content-addressed: a retry or another writer uploads the same bytes
     /// under the same name), unless it is there already. The file is read
-    /// once, through one open file: a file renamed over the name meanwhile
-    /// (compaction) is not mixed in.
+    /// through one open file (a file renamed over the name meanwhile, by
+    /// compaction, is not mixed in), in chunks: hashed first, then uploaded
+    /// (in parts if it is large).
     async fn upload_file(&self, path: &Path, folder: &str, base: u64, ext: &str) -> Result<Shipped> {
-        let bytes = read_file(path)?;
-        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let file = open(path)?;
+        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let hash = hash_file(&file, path, len)?;
         let object = format!("{folder}/{base:020}-{}.{ext}", hash.get(..32).unwrap_or_default());
-        let len = bytes.len() as u64;
-        let shipped = Shipped {
-            object: object.clone(),
+        self.remote.upload_file(&object, &file, path, len).await?;
+        Ok(Shipped {
+            object,
             len,
             blake3: hash,
-        };
-        // Created unless it exists (`If-None-Match: *`): one request either
-        // way (content-addressed: an object under this name holds these bytes).
-        self.remote.create(&object, bytes).await?;
-        Ok(shipped)
+        })
     }
 
     /// Ship bytes `[from, to)` of the active segment based at `base` as one
@@ -495,16 +496,6 @@ impl LocalLog {
 /// Open a file of the log for reading, never following a link out of it.
 fn open(path: &Path) -> Result<std::fs::File> {
     crate::storage::io::open_read(path).map_err(|e| Error::io("open", path, e))
-}
-
-/// The whole file at `path`, read through one open file.
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    open(path)?
-        .read_to_end(&mut out)
-        .map_err(|e| Error::io("read", path, e))?;
-    Ok(out)
 }
 
 impl super::Rounds for Replicator {
