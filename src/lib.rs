@@ -76,6 +76,7 @@ pub use check::{
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
+pub use es::consumer::{DurableBuilder, DurableSubscription, MAX_SUBSCRIPTION_NAME, SUBSCRIPTION_FILE_PREFIX};
 #[cfg(feature = "cqrs-es")]
 pub use es::cqrs;
 pub use es::projection::Projection;

@@ -30,12 +30,14 @@
 //! | `sealed` | 3.8 | sealed records: the sealed plaintext, the AAD, key ids |
 //! | `varint` | 3.6 | LEB128 varints, minimal only |
 //! | `retention` | 3.9 | the retention record of the `$retention` stream |
+//! | `consumer` | 24 | the checkpoint slots of a named durable subscription |
 //! | `names`, `hash`, `damage` | 1, 17.3 | file names, stream hashes, [`Damage`] |
 #![deny(clippy::indexing_slicing)]
 
 pub(crate) mod batch;
 pub(crate) mod blockfile;
 pub(crate) mod compaction;
+pub(crate) mod consumer;
 pub(crate) mod damage;
 pub(crate) mod frame;
 mod frame_fields;

@@ -5,7 +5,8 @@
 //! segments, opens the sealed ones it has not seen (header and seal checked),
 //! validates the new bytes of the active segment by copying them (`active`)
 //! and maps only what it validated. It never writes a file nor takes the
-//! writer lock.
+//! writer lock (a durable subscription opened from a reader writes its own
+//! checkpoint file: `es::consumer`, spec 24).
 //!
 //! Invariants: sealed segments are contiguous in position (a gap is
 //! corruption naming the segment); the view never delivers bytes past the

@@ -1,0 +1,223 @@
+//! The checkpoint file of a named durable subscription (spec 24): two
+//! alternating CRC-protected slots, like the head file's, each saying where
+//! the subscription resumes. Pure bytes; reading, writing and locking the
+//! file is `es::consumer`'s.
+//!
+//! Invariants of a slot [`ConsumerSlot::parse`] accepts: magic, CRC, version
+//! 1, zero flags and reserved bytes. Of two valid slots the one with the
+//! higher sequence is current; a torn slot is ignored in favour of the
+//! other; a file with no valid slot is damage, never "start from 0".
+
+use std::mem::{offset_of, size_of};
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::format::crc;
+use crate::format::damage::Damage;
+
+/// Magic bytes at the start of every slot.
+pub const CONSUMER_MAGIC: [u8; 8] = *b"ANNALSUB";
+/// The slot version this build writes and reads.
+pub const CONSUMER_VERSION: u16 = 1;
+
+/// One slot of a subscription's checkpoint file (spec 24.2).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+pub(crate) struct ConsumerSlot {
+    pub magic: [u8; 8],
+    pub crc: U32,
+    pub version: U16,
+    pub flags: U16,
+    pub sequence: U64,
+    pub next_position: U64,
+    pub next_version: U64,
+    pub filter: [u8; 16],
+    pub reserved: U64,
+}
+
+/// Bytes of one slot.
+pub const CONSUMER_SLOT_LEN: usize = size_of::<ConsumerSlot>();
+/// Bytes of the file (two slots).
+pub const CONSUMER_FILE_LEN: usize = 2 * CONSUMER_SLOT_LEN;
+/// The CRC covers `[CONSUMER_CRC_START, CONSUMER_SLOT_LEN)`.
+pub const CONSUMER_CRC_START: usize = offset_of!(ConsumerSlot, version);
+const CRC_OFFSET: usize = offset_of!(ConsumerSlot, crc);
+const VERSION_OFFSET: usize = offset_of!(ConsumerSlot, version);
+const FLAGS_OFFSET: usize = offset_of!(ConsumerSlot, flags);
+const RESERVED_OFFSET: usize = offset_of!(ConsumerSlot, reserved);
+
+const _: () = assert!(CONSUMER_SLOT_LEN == 64);
+const _: () = assert!(CONSUMER_CRC_START == 12);
+
+/// Where a subscription resumes, as one slot says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    /// Slot sequence number (the higher of two valid slots is current).
+    pub sequence: u64,
+    /// The next position to deliver (every event below it was handled or
+    /// passed over).
+    pub next_position: u64,
+    /// For a stream subscription, the next version to deliver (else 0).
+    pub next_version: u64,
+    /// The first 16 bytes of BLAKE3 of the subscription's filter (spec 24.3).
+    pub filter: [u8; 16],
+}
+
+impl ConsumerSlot {
+    /// The slot stating `c`, its CRC filled in.
+    pub(crate) fn new(c: &Checkpoint) -> ConsumerSlot {
+        let mut s = ConsumerSlot {
+            magic: CONSUMER_MAGIC,
+            crc: U32::ZERO,
+            version: U16::new(CONSUMER_VERSION),
+            flags: U16::ZERO,
+            sequence: U64::new(c.sequence),
+            next_position: U64::new(c.next_position),
+            next_version: U64::new(c.next_version),
+            filter: c.filter,
+            reserved: U64::ZERO,
+        };
+        s.crc = U32::new(s.computed_crc());
+        s
+    }
+
+    fn computed_crc(&self) -> u32 {
+        crc(self.as_bytes().get(CONSUMER_CRC_START..).unwrap_or_default())
+    }
+
+    /// Parse one slot; `at` is its file offset, for error messages.
+    pub(crate) fn parse(bytes: &[u8], at: u64) -> Result<Checkpoint, Damage> {
+        let Ok((s, _)) = ConsumerSlot::ref_from_prefix(bytes) else {
+            return Err(Damage::corrupt(
+                at,
+                format!(
+                    "expected a {CONSUMER_SLOT_LEN}-byte checkpoint slot, found {} bytes",
+                    bytes.len()
+                ),
+            ));
+        };
+        if s.magic != CONSUMER_MAGIC {
+            return Err(Damage::corrupt(
+                at,
+                format!("expected checkpoint magic \"ANNALSUB\", found {:02x?}", s.magic),
+            ));
+        }
+        let want = s.computed_crc();
+        if s.crc.get() != want {
+            return Err(Damage::corrupt(
+                at.saturating_add(CRC_OFFSET as u64),
+                format!(
+                    "checkpoint slot CRC mismatch: expected {want:#010x}, found {:#010x}",
+                    s.crc.get()
+                ),
+            ));
+        }
+        if s.version.get() != CONSUMER_VERSION {
+            return Err(Damage::corrupt(
+                at.saturating_add(VERSION_OFFSET as u64),
+                format!(
+                    "expected checkpoint version {CONSUMER_VERSION}, found {}",
+                    s.version.get()
+                ),
+            ));
+        }
+        if s.flags.get() != 0 {
+            return Err(Damage::corrupt(
+                at.saturating_add(FLAGS_OFFSET as u64),
+                "expected checkpoint flags to be zero",
+            ));
+        }
+        if s.reserved.get() != 0 {
+            return Err(Damage::corrupt(
+                at.saturating_add(RESERVED_OFFSET as u64),
+                "expected the checkpoint's reserved bytes to be zero",
+            ));
+        }
+        Ok(Checkpoint {
+            sequence: s.sequence.get(),
+            next_position: s.next_position.get(),
+            next_version: s.next_version.get(),
+            filter: s.filter,
+        })
+    }
+}
+
+/// Decode a checkpoint file's bytes: the current slot. A file of any other
+/// length, or with no valid slot, is damage (the first slot's, or the
+/// length's); one torn slot is not.
+pub(crate) fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, Damage> {
+    if bytes.len() != CONSUMER_FILE_LEN {
+        return Err(Damage::corrupt(
+            0,
+            format!(
+                "expected a {CONSUMER_FILE_LEN}-byte checkpoint file, found {} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    let first = ConsumerSlot::parse(bytes, 0);
+    let second = ConsumerSlot::parse(
+        bytes.get(CONSUMER_SLOT_LEN..).unwrap_or_default(),
+        CONSUMER_SLOT_LEN as u64,
+    );
+    match (first, second) {
+        (Ok(a), Ok(b)) => Ok(if b.sequence > a.sequence { b } else { a }),
+        (Ok(a), Err(_)) => Ok(a),
+        (Err(_), Ok(b)) => Ok(b),
+        (Err(d), Err(_)) => Err(d),
+    }
+}
+
+/// The offset of the slot the checkpoint with `sequence` is written to:
+/// odd sequences in the first slot, even in the second.
+pub(crate) fn slot_offset(sequence: u64) -> u64 {
+    if sequence % 2 == 1 { 0 } else { CONSUMER_SLOT_LEN as u64 }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn cp(sequence: u64, next_position: u64) -> Checkpoint {
+        Checkpoint {
+            sequence,
+            next_position,
+            next_version: 0,
+            filter: [7; 16],
+        }
+    }
+
+    fn file(a: &Checkpoint, b: &Checkpoint) -> Vec<u8> {
+        let mut v = ConsumerSlot::new(a).as_bytes().to_vec();
+        v.extend_from_slice(ConsumerSlot::new(b).as_bytes());
+        v
+    }
+
+    #[test]
+    fn the_newer_slot_wins_and_a_torn_one_is_passed_over() {
+        let bytes = file(&cp(3, 30), &cp(4, 40));
+        assert_eq!(decode_checkpoint(&bytes).unwrap().next_position, 40);
+        for at in 0..CONSUMER_FILE_LEN {
+            let mut torn = bytes.clone();
+            torn[at] ^= 0x10;
+            let got = decode_checkpoint(&torn).unwrap();
+            let want = if at < CONSUMER_SLOT_LEN { 40 } else { 30 };
+            assert_eq!(got.next_position, want, "byte {at} flipped");
+        }
+    }
+
+    #[test]
+    fn no_valid_slot_or_a_wrong_length_is_damage_never_a_fresh_start() {
+        let mut bytes = file(&cp(1, 10), &cp(2, 20));
+        bytes[0] ^= 1;
+        bytes[CONSUMER_SLOT_LEN + 20] ^= 1;
+        let d = decode_checkpoint(&bytes).unwrap_err();
+        assert_eq!(d.offset, 0, "{d:?}");
+        for len in [0, 1, 64, 127, 129] {
+            let d = decode_checkpoint(&vec![0u8; len]).unwrap_err();
+            assert!(d.detail().contains("128-byte"), "{d:?}");
+        }
+    }
+}
