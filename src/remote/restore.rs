@@ -62,6 +62,15 @@ pub async fn restore(remote: &RemoteLog, dir: &Path, to: RestoreTo) -> Result<Re
         .latest_manifest()
         .await?
         .ok_or_else(|| remote.error("manifest/", "expected a manifest, found none (nothing was shipped)"))?;
+    // The version a writer takes the remote log with names nothing until
+    // its first round ships (a crash or a failed round can leave it the
+    // newest): nothing was shipped, and an empty directory is no log.
+    if m.sealed.is_empty() && m.active.as_ref().is_none_or(|a| a.parts.is_empty()) {
+        return Err(remote.error(
+            &super::manifest::manifest_object(m.seq),
+            "expected a manifest naming a segment, found only the one taking the remote log (nothing was shipped)",
+        ));
+    }
     let mut bases = Vec::new();
     let mut bytes = 0u64;
     for e in &m.sealed {
