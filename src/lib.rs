@@ -80,6 +80,7 @@ pub use es::consumer::{DurableBuilder, DurableSubscription, MAX_SUBSCRIPTION_NAM
 #[cfg(feature = "cqrs-es")]
 pub use es::cqrs;
 pub use es::projection::Projection;
+pub use es::runner::{PROJECTION_FILE_PREFIX, ProjectionBuilder, ProjectionRunner};
 pub use es::snapshot::Snapshot;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

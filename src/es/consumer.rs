@@ -285,7 +285,7 @@ impl DurableBuilder {
 
 /// A subscription name is a plain file name: 1 to 100 ASCII letters,
 /// digits, `-`, `_` and `.`, not starting with `.`.
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_SUBSCRIPTION_NAME
         && !name.starts_with('.')
@@ -306,8 +306,7 @@ fn check_name(name: &str) -> Result<()> {
 fn read_checkpoint(file: &File, path: &Path) -> Result<Checkpoint> {
     use std::io::Read;
     let mut bytes = Vec::with_capacity(CONSUMER_FILE_LEN + 1);
-    (&*file)
-        .take(CONSUMER_FILE_LEN as u64 + 1)
+    file.take(CONSUMER_FILE_LEN as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io("read", path, e))?;
     decode_checkpoint(&bytes).map_err(|d| d.at(path))

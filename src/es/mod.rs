@@ -15,5 +15,6 @@ pub(crate) mod consumer;
 pub mod cqrs;
 mod erasure;
 pub(crate) mod projection;
+pub(crate) mod runner;
 pub(crate) mod snapshot;
 pub mod typed;

@@ -173,7 +173,7 @@ impl LogView {
     /// for [`Projection::apply`], or erased for
     /// [`Projection::apply_erased`]).
     #[inline]
-    fn fold_into<P: Projection>(&self, p: &P, model: &mut P::Model, r: &RecordRef<'_>) -> Result<()> {
+    pub(crate) fn fold_into<P: Projection>(&self, p: &P, model: &mut P::Model, r: &RecordRef<'_>) -> Result<()> {
         if !r.is_sealed() {
             p.apply(model, r);
             return Ok(());

@@ -1,7 +1,8 @@
 //! The checkpoint file of a named durable subscription (spec 24): two
 //! alternating CRC-protected slots, like the head file's, each saying where
-//! the subscription resumes. Pure bytes; reading, writing and locking the
-//! file is `es::consumer`'s.
+//! the subscription resumes; and a projection's file (spec 24.5): its model
+//! and checkpoint under one CRC. Pure bytes; reading, writing and locking
+//! the files is `es::consumer`'s and `es::runner`'s.
 //!
 //! Invariants of a slot [`ConsumerSlot::parse`] accepts: magic, CRC, version
 //! 1, zero flags and reserved bytes. Of two valid slots the one with the
@@ -175,6 +176,100 @@ pub(crate) fn slot_offset(sequence: u64) -> u64 {
     if sequence % 2 == 1 { 0 } else { CONSUMER_SLOT_LEN as u64 }
 }
 
+/// Magic bytes at the start of a projection file (spec 24.5).
+pub const PROJECTION_MAGIC: [u8; 8] = *b"ANNALPRJ";
+/// The projection file version this build writes and reads.
+pub const PROJECTION_VERSION: u16 = 1;
+/// Bytes before the model in a projection file.
+pub const PROJECTION_HEADER_LEN: usize = 32;
+/// The longest model a projection file may hold (1 GiB): a larger length is
+/// damage, never an allocation.
+pub const MAX_PROJECTION_MODEL: u64 = 1 << 30;
+
+/// A projection file's bytes (spec 24.5): the model (already serialized)
+/// and the position after the last event folded into it, one CRC over both.
+pub(crate) fn encode_projection(next_position: u64, model: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PROJECTION_HEADER_LEN + model.len() + 4);
+    out.extend_from_slice(&PROJECTION_MAGIC);
+    out.extend_from_slice(&PROJECTION_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&next_position.to_le_bytes());
+    out.extend_from_slice(&(model.len() as u64).to_le_bytes());
+    out.extend_from_slice(model);
+    let c = crc(&out);
+    out.extend_from_slice(&c.to_le_bytes());
+    out
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b.get(at..at + 8).unwrap_or(&[0; 8]));
+    u64::from_le_bytes(a)
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    let mut a = [0u8; 2];
+    a.copy_from_slice(b.get(at..at + 2).unwrap_or(&[0; 2]));
+    u16::from_le_bytes(a)
+}
+
+/// Decode a projection file: `(next_position, model bytes)`.
+pub(crate) fn decode_projection(bytes: &[u8]) -> Result<(u64, &[u8]), Damage> {
+    if bytes.len() < PROJECTION_HEADER_LEN + 4 {
+        return Err(Damage::corrupt(
+            0,
+            format!(
+                "expected a projection file of at least {} bytes, found {}",
+                PROJECTION_HEADER_LEN + 4,
+                bytes.len()
+            ),
+        ));
+    }
+    if bytes.get(..8) != Some(&PROJECTION_MAGIC[..]) {
+        return Err(Damage::corrupt(0, "expected projection magic \"ANNALPRJ\""));
+    }
+    let version = le_u16(bytes, 8);
+    if version != PROJECTION_VERSION {
+        return Err(Damage::corrupt(
+            8,
+            format!("expected projection file version {PROJECTION_VERSION}, found {version}"),
+        ));
+    }
+    if le_u16(bytes, 10) != 0 || le_u64(bytes, 12) & 0xffff_ffff != 0 {
+        return Err(Damage::corrupt(
+            10,
+            "expected projection flags and reserved bytes to be zero",
+        ));
+    }
+    let len = le_u64(bytes, 24);
+    let want = (PROJECTION_HEADER_LEN as u64 + 4).saturating_add(len);
+    if len > MAX_PROJECTION_MODEL || want != bytes.len() as u64 {
+        return Err(Damage::corrupt(
+            24,
+            format!(
+                "expected a model length that fills the file ({} bytes after the header and CRC), found {len}",
+                bytes.len().saturating_sub(PROJECTION_HEADER_LEN + 4)
+            ),
+        ));
+    }
+    let body = bytes.len() - 4;
+    let mut c = [0u8; 4];
+    c.copy_from_slice(bytes.get(body..).unwrap_or(&[0; 4]));
+    let stored = u32::from_le_bytes(c);
+    let computed = crc(bytes.get(..body).unwrap_or_default());
+    if stored != computed {
+        return Err(Damage::corrupt(
+            body as u64,
+            format!("projection file CRC mismatch: expected {computed:#010x}, found {stored:#010x}"),
+        ));
+    }
+    Ok((
+        le_u64(bytes, 16),
+        bytes.get(PROJECTION_HEADER_LEN..body).unwrap_or_default(),
+    ))
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {
@@ -218,6 +313,20 @@ mod tests {
         for len in [0, 1, 64, 127, 129] {
             let d = decode_checkpoint(&vec![0u8; len]).unwrap_err();
             assert!(d.detail().contains("128-byte"), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn a_projection_file_round_trips_and_every_flipped_byte_is_damage() {
+        let bytes = encode_projection(42, b"model bytes");
+        assert_eq!(decode_projection(&bytes).unwrap(), (42, &b"model bytes"[..]));
+        for at in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[at] ^= 0x01;
+            assert!(decode_projection(&b).is_err(), "byte {at}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode_projection(&bytes[..cut]).is_err(), "cut at {cut}");
         }
     }
 }
