@@ -205,6 +205,17 @@ pub enum Error {
         /// What differs (with the offset, where a byte does).
         detail: String,
     },
+    /// A durable subscription's handler kept failing on an event and the
+    /// run was told to stop (the event is not acknowledged).
+    #[error("subscription {subscription:?}: the handler failed on the event at position {position}: {detail}")]
+    Handler {
+        /// The subscription.
+        subscription: String,
+        /// The event's position.
+        position: u64,
+        /// The handler's last error.
+        detail: String,
+    },
     /// The audit chain's key is missing, not needed, or not the log's.
     #[error("{path}: {detail}")]
     ChainKey {

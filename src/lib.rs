@@ -76,7 +76,9 @@ pub use check::{
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
-pub use es::consumer::{DurableBuilder, DurableSubscription, MAX_SUBSCRIPTION_NAME, SUBSCRIPTION_FILE_PREFIX};
+pub use es::consumer::{
+    DurableBuilder, DurableSubscription, MAX_SUBSCRIPTION_NAME, OnFailure, Parked, Retry, SUBSCRIPTION_FILE_PREFIX,
+};
 #[cfg(feature = "cqrs-es")]
 pub use es::cqrs;
 pub use es::projection::Projection;

@@ -55,7 +55,10 @@ fn a_subscription_resumes_after_close_at_the_next_unacknowledged_event() {
     let report = annal::check(dir.path(), annal::CheckOptions::default()).unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
     assert!(
-        !report.warnings.iter().any(|w| w.file.to_string_lossy().contains("annal.sub")),
+        !report
+            .warnings
+            .iter()
+            .any(|w| w.file.to_string_lossy().contains("annal.sub")),
         "{report:?}"
     );
     // Acknowledging an event not delivered is refused.
@@ -183,7 +186,11 @@ fn random_deliveries_acks_commits_and_crashes_handle_every_event_in_order() {
                 }
                 7 => {
                     sub.commit().unwrap();
-                    assert_eq!(sub.committed(), acked_next, "seed {seed}: a commit writes what was acknowledged");
+                    assert_eq!(
+                        sub.committed(),
+                        acked_next,
+                        "seed {seed}: a commit writes what was acknowledged"
+                    );
                 }
                 8 => {
                     // A crash: nothing more is written; the file says what it says.
@@ -384,4 +391,66 @@ fn a_readers_durable_subscription_follows_the_writer_and_resumes() {
         .open()
         .unwrap();
     assert_eq!(sub.committed(), 6);
+}
+
+#[test]
+fn a_failing_handler_is_retried_then_parked_or_stops_the_run() {
+    use annal::{OnFailure, Retry};
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    append(&log, "order-1", "Placed", 8);
+    let ms = Duration::from_millis;
+    // Positions 2 and 5 always fail; 3 fails twice, then succeeds.
+    let mut attempts = std::collections::HashMap::<u64, u32>::new();
+    let handled = std::cell::RefCell::new(Vec::new());
+    let seen = std::cell::Cell::new(0u32);
+    let mut sub = log.durable_subscription("parking").commit_every(1).open().unwrap();
+    sub.run(
+        Retry::new(3, OnFailure::Park).backoff(ms(1), ms(2)),
+        ms(5),
+        |r| {
+            let n = attempts.entry(r.position).or_default();
+            *n += 1;
+            seen.set(seen.get() + 1);
+            match r.position {
+                2 | 5 => Err(format!("cannot bill {}\nat all", r.position)),
+                3 if *n < 3 => Err("not yet".to_owned()),
+                p => {
+                    handled.borrow_mut().push(p);
+                    Ok(())
+                }
+            }
+        },
+        // 8 events: five at the first attempt, three at the third.
+        || seen.get() >= 5 + 3 * 3,
+    )
+    .unwrap();
+    let handled = handled.into_inner();
+    assert_eq!(handled, [0, 1, 3, 4, 6, 7]);
+    assert_eq!(attempts[&2], 3);
+    assert_eq!(attempts[&3], 3);
+    let parked = sub.parked().unwrap();
+    assert_eq!(parked.iter().map(|p| p.position).collect::<Vec<_>>(), [2, 5]);
+    assert_eq!(parked[0].why, "cannot bill 2 at all", "one line each");
+    assert_eq!(sub.committed(), 8, "parked events are acknowledged");
+    sub.close().unwrap();
+
+    // Stop: the run ends with the error; the event is delivered again.
+    let mut sub = log.durable_subscription("stopping").commit_every(1).open().unwrap();
+    let err = sub
+        .run(
+            Retry::new(2, OnFailure::Stop).backoff(ms(1), ms(1)),
+            ms(5),
+            |r| if r.position == 4 { Err("down") } else { Ok(()) },
+            || false,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Handler { position: 4, .. }), "{err}");
+    sub.close().unwrap();
+    let mut sub = log.durable_subscription("stopping").open().unwrap();
+    assert_eq!(sub.try_next().unwrap().unwrap().position, 4);
+    // A damaged parked list is an error naming it.
+    std::fs::write(dir.path().join("annal.sub.parking.parked"), "2\tx\n").unwrap();
+    let p = log.durable_subscription("parking").open().unwrap();
+    assert!(matches!(p.parked(), Err(Error::Corrupt { offset: 0, .. })));
 }

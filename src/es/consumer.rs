@@ -312,6 +312,65 @@ fn read_checkpoint(file: &File, path: &Path) -> Result<Checkpoint> {
     decode_checkpoint(&bytes).map_err(|d| d.at(path))
 }
 
+/// What [`DurableSubscription::run`] does with an event whose handler keeps
+/// failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnFailure {
+    /// Stop the run with [`Error::Handler`]; the event is not acknowledged
+    /// (the next run delivers it again).
+    Stop,
+    /// Park it (the parked list) and go on with the next event.
+    Park,
+}
+
+/// How [`DurableSubscription::run`] retries a failing handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retry {
+    /// Attempts in all (at least 1).
+    pub attempts: u32,
+    /// The wait after the first failure; doubled after each.
+    pub min_backoff: Duration,
+    /// The longest wait.
+    pub max_backoff: Duration,
+    /// What to do once the attempts are spent.
+    pub then: OnFailure,
+}
+
+impl Retry {
+    /// `attempts` in all (at least 1), waiting 10 ms doubling up to 1 s,
+    /// then `then`.
+    pub fn new(attempts: u32, then: OnFailure) -> Retry {
+        Retry {
+            attempts: attempts.max(1),
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            then,
+        }
+    }
+
+    /// Wait `min` after a first failure, doubling up to `max`.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Retry {
+        self.min_backoff = min;
+        self.max_backoff = max.max(min);
+        self
+    }
+}
+
+/// An event a handler could not handle, parked by
+/// [`DurableSubscription::run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Parked {
+    /// Its position.
+    pub position: u64,
+    /// Its stream version.
+    pub stream_version: u64,
+    /// The handler's last error (control characters made spaces).
+    pub why: String,
+}
+
 /// A named durable subscription: a [`Subscription`] that resumes, after a
 /// crash or a restart, at the first event it had not acknowledged (spec
 /// 24). Deliver with [`next_timeout`](DurableSubscription::next_timeout) or
@@ -462,6 +521,119 @@ impl DurableSubscription {
         self.pending = 0;
         self.last_commit = Instant::now();
         Ok(())
+    }
+
+    /// Deliver events to `handler` until `stop` returns true (asked between
+    /// events, at least every `poll`) or the log is closed: each event is
+    /// acknowledged once `handler` succeeds. A failure is retried as
+    /// `retry` says (with a growing wait); when the attempts are spent the
+    /// event is parked (written to the parked list first, then
+    /// acknowledged: see [`parked`](DurableSubscription::parked)) or the run
+    /// stops with [`Error::Handler`], as `retry.then` says. Commits what was
+    /// acknowledged before returning.
+    pub fn run<E: std::fmt::Display>(
+        &mut self,
+        retry: Retry,
+        poll: Duration,
+        mut handler: impl FnMut(&OwnedRecord) -> std::result::Result<(), E>,
+        mut stop: impl FnMut() -> bool,
+    ) -> Result<()> {
+        while !stop() {
+            let r = match self.next_timeout(poll) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(Error::Closed) => break,
+                Err(e) => return Err(e),
+            };
+            let mut wait = retry.min_backoff;
+            let mut attempt = 1u32;
+            loop {
+                match handler(&r) {
+                    Ok(()) => break,
+                    Err(e) if attempt < retry.attempts => {
+                        crate::trace::event!(WARN, subscription = %self.name, position = r.position, error = %e, "annal handler failed; retrying");
+                        let _ = &e;
+                        std::thread::sleep(wait);
+                        wait = wait.saturating_mul(2).min(retry.max_backoff);
+                        attempt += 1;
+                    }
+                    Err(e) => match retry.then {
+                        OnFailure::Park => {
+                            self.park(&r, &e.to_string())?;
+                            break;
+                        }
+                        OnFailure::Stop => {
+                            self.commit()?;
+                            return Err(Error::Handler {
+                                subscription: self.name.clone(),
+                                position: r.position,
+                                detail: e.to_string(),
+                            });
+                        }
+                    },
+                }
+            }
+            self.ack(&r)?;
+        }
+        self.commit()
+    }
+
+    /// The parked list's file: `annal.sub.<name>.parked` (spec 24.6).
+    pub fn parked_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".parked");
+        PathBuf::from(p)
+    }
+
+    /// Append `r` to the parked list, durably, with why it was parked.
+    fn park(&mut self, r: &OwnedRecord, why: &str) -> Result<()> {
+        use std::io::Write;
+        let path = self.parked_path();
+        let mut o = std::fs::OpenOptions::new();
+        o.append(true).create(true);
+        crate::storage::io::no_follow(&mut o);
+        let mut f = o.open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let why: String = why.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        writeln!(f, "{}\t{}\t{}", r.position, r.stream_version, why).map_err(|e| Error::io("write", &path, e))?;
+        f.sync_data().map_err(|e| Error::io("fsync", &path, e))
+    }
+
+    /// The events parked so far, oldest first: `(position, why)`. A line
+    /// that does not parse is an error naming the file and its offset.
+    pub fn parked(&self) -> Result<Vec<Parked>> {
+        let path = self.parked_path();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            let bad = |detail: &str| Error::Corrupt {
+                path: path.clone(),
+                offset: at,
+                detail: detail.to_owned(),
+            };
+            let body = line
+                .strip_suffix(b"\n")
+                .ok_or_else(|| bad("expected a line ending in a line feed"))?;
+            let body = std::str::from_utf8(body).map_err(|_| bad("expected UTF-8 text"))?;
+            let mut f = body.splitn(3, '\t');
+            let (Some(p), Some(v), Some(why)) = (f.next(), f.next(), f.next()) else {
+                return Err(bad("expected POSITION<TAB>VERSION<TAB>WHY"));
+            };
+            let (Ok(position), Ok(stream_version)) = (p.parse(), v.parse()) else {
+                return Err(bad("expected decimal POSITION and VERSION"));
+            };
+            out.push(Parked {
+                position,
+                stream_version,
+                why: why.to_owned(),
+            });
+            at += line.len() as u64;
+        }
+        Ok(out)
     }
 
     /// Commit what was acknowledged and let go of the subscription's name.
