@@ -76,6 +76,7 @@ pub use check::{
 pub use check::{CheckOptions, CheckReport, Finding, ProgressFn, check};
 pub use error::{Error, Result};
 pub use es::aggregate::{Aggregate, AsOf, ExecuteError, Executed, Loaded, Repository};
+pub use es::competing::{CompetingBuilder, CompetingConsumer};
 pub use es::consumer::{
     DurableBuilder, DurableSubscription, MAX_SUBSCRIPTION_NAME, OnFailure, Parked, Retry, SUBSCRIPTION_FILE_PREFIX,
 };

@@ -60,6 +60,9 @@ pub struct DurableBuilder {
     start: u64,
     commit_every: u64,
     commit_interval: Duration,
+    /// `(k, n)`: the partition `k` of `n` of a competing subscription (spec
+    /// 24.7): only streams whose hash is `k` modulo `n`.
+    partition: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for DurableBuilder {
@@ -123,7 +126,16 @@ impl DurableBuilder {
             start: 0,
             commit_every: 100,
             commit_interval: Duration::from_secs(1),
+            partition: None,
         }
+    }
+
+    /// The partition `k` of `n` of the competing subscription of this name
+    /// (spec 24.7): its own checkpoint file `annal.sub.<name>~<k>`, and only
+    /// the events of streams whose hash is `k` modulo `n`.
+    pub(crate) fn partition(mut self, k: u32, n: u32) -> DurableBuilder {
+        self.partition = Some((k, n.max(1)));
+        self
     }
 
     /// Only the events of `stream` (in version order).
@@ -191,6 +203,9 @@ impl DurableBuilder {
             text.push_str("\ntype:");
             text.push_str(t);
         }
+        if let Some((k, n)) = self.partition {
+            text.push_str(&format!("\npartition:{k}/{n}"));
+        }
         let mut id = [0u8; 16];
         id.copy_from_slice(blake3::hash(text.as_bytes()).as_bytes().get(..16).unwrap_or(&[0; 16]));
         id
@@ -201,10 +216,25 @@ impl DurableBuilder {
     /// holds it; [`Error::Corrupt`] naming it if no slot is valid;
     /// [`Error::InvalidArgument`] if it was created with another filter),
     /// and resume after what it says.
-    pub fn open(self) -> Result<DurableSubscription> {
+    pub fn open(mut self) -> Result<DurableSubscription> {
         check_name(&self.name)?;
-        let path = self.dir.join(format!("{SUBSCRIPTION_FILE_PREFIX}{}", self.name));
+        let path = match self.partition {
+            None => self.dir.join(format!("{SUBSCRIPTION_FILE_PREFIX}{}", self.name)),
+            Some((k, _)) => self.dir.join(format!("{SUBSCRIPTION_FILE_PREFIX}{}~{k}", self.name)),
+        };
         let filter = self.filter_id();
+        let predicate = match (self.partition, self.predicate.take()) {
+            (None, p) => p,
+            (Some((k, n)), p) => {
+                let mine = move |r: &OwnedRecord| {
+                    crate::format::hash::stream_hash(r.stream.as_bytes()) % u64::from(n) == u64::from(k)
+                };
+                Some(match p {
+                    Some(p) => Arc::new(move |r: &OwnedRecord| mine(r) && p(r)) as Predicate,
+                    None => Arc::new(mine) as Predicate,
+                })
+            }
+        };
         let io = StdIo;
         if std::fs::symlink_metadata(&path).is_err() {
             let first = Checkpoint {
@@ -227,7 +257,7 @@ impl DurableBuilder {
                 .get_mut(..slot.as_bytes().len())
                 .unwrap_or_default()
                 .copy_from_slice(slot.as_bytes());
-            crate::storage::io::write_derived(&io, &self.dir, &path, &bytes)?;
+            create_once(&self.dir, &path, &bytes)?;
         }
         // Never through a link, never a FIFO: a regular file only.
         let lock = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
@@ -270,7 +300,7 @@ impl DurableBuilder {
             file,
             _lock: lock,
             stream: matches!(self.filter, SubscriptionFilter::Stream(_)),
-            predicate: self.predicate,
+            predicate,
             committed: current,
             acked: (current.next_position, current.next_version),
             delivered: (current.next_position, current.next_version),
@@ -281,6 +311,34 @@ impl DurableBuilder {
             abandoned: false,
         })
     }
+}
+
+/// Create `path` holding `bytes` unless it exists, whole and durably, even
+/// when other processes race to create it: the bytes go to a temporary file
+/// of a name of this call's own (fsynced), which is linked to `path` (a
+/// link never replaces a file: one racer's link wins, the others find the
+/// file there), then removed; the directory is fsynced.
+fn create_once(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).map_err(|e| Error::io("draw a name in", dir, std::io::Error::other(e)))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", crate::audit::chain::hex(&id)));
+    let tmp = PathBuf::from(tmp);
+    let io = StdIo;
+    let f = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let written = f
+        .write_at(0, bytes)
+        .and_then(|()| f.sync())
+        .map_err(|e| Error::io("write", &tmp, e));
+    drop(f);
+    let linked = written.and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("link", path, e)),
+    });
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 /// A subscription name is a plain file name: 1 to 100 ASCII letters,
@@ -413,6 +471,11 @@ impl std::fmt::Debug for DurableSubscription {
 }
 
 impl DurableSubscription {
+    /// Whether every event delivered was acknowledged.
+    pub(crate) fn idle(&self) -> bool {
+        self.delivered == self.acked
+    }
+
     /// The subscription's name.
     pub fn name(&self) -> &str {
         &self.name

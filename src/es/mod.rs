@@ -10,6 +10,7 @@ pub(crate) mod aggregate;
 #[cfg(feature = "tokio")]
 mod asynchronous;
 pub(crate) mod codec;
+pub(crate) mod competing;
 pub(crate) mod consumer;
 #[cfg(feature = "cqrs-es")]
 pub mod cqrs;
