@@ -216,6 +216,15 @@ pub enum Error {
         /// The handler's last error.
         detail: String,
     },
+    /// A durable subscription's checkpoint names events the log no longer
+    /// holds (spec 24.4): it does not resume on its own.
+    #[error("{path}: {detail}")]
+    LostEvents {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
     /// The audit chain's key is missing, not needed, or not the log's.
     #[error("{path}: {detail}")]
     ChainKey {

@@ -454,3 +454,68 @@ fn a_failing_handler_is_retried_then_parked_or_stops_the_run() {
     let p = log.durable_subscription("parking").open().unwrap();
     assert!(matches!(p.parked(), Err(Error::Corrupt { offset: 0, .. })));
 }
+
+/// Copy the files of the log in `from` (segments, index files, head, stream
+/// table; no checkpoint) into a new directory.
+fn copy_log(from: &std::path::Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if !name.starts_with("annal.sub.") && !name.starts_with("annal.proj.") && e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.path().join(&name)).unwrap();
+        }
+    }
+    to
+}
+
+#[test]
+fn a_checkpoint_past_events_the_log_lost_never_skips_the_new_ones() {
+    // The log as a power loss would leave it: 5 events durable; the
+    // consumer had handled 10 (the last 5 appended Buffered and lost).
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    append(&log, "order-1", "Placed", 5);
+    log.close().unwrap();
+    let durable = copy_log(dir.path());
+    let log = Log::open(dir.path()).unwrap();
+    append(&log, "order-1", "Placed", 5);
+    let mut sub = log.durable_subscription("lossy").commit_every(1).open().unwrap();
+    let got = drain(&mut sub);
+    sub.ack(got.last().unwrap()).unwrap();
+    sub.close().unwrap();
+    log.close().unwrap();
+    let checkpoint = std::fs::read(dir.path().join("annal.sub.lossy")).unwrap();
+
+    // Lost tail, nothing new yet: resume at the end, then the new events.
+    let lost = copy_log(durable.path());
+    std::fs::write(lost.path().join("annal.sub.lossy"), &checkpoint).unwrap();
+    let log = Log::open(lost.path()).unwrap();
+    let mut sub = log.durable_subscription("lossy").open().unwrap();
+    assert_eq!(sub.committed(), 5, "clamped to the log's end");
+    append(&log, "order-2", "New", 3);
+    let again: Vec<(u64, String)> = drain(&mut sub).iter().map(|r| (r.position, r.stream.clone())).collect();
+    assert_eq!(
+        again,
+        [(5, "order-2".into()), (6, "order-2".into()), (7, "order-2".into())]
+    );
+    drop(sub);
+    log.close().unwrap();
+
+    // Lost tail, and new events already took the positions: refused.
+    let reused = copy_log(durable.path());
+    std::fs::write(reused.path().join("annal.sub.lossy"), &checkpoint).unwrap();
+    let log = Log::open(reused.path()).unwrap();
+    append(&log, "order-3", "New", 7);
+    match log.durable_subscription("lossy").open() {
+        Err(Error::LostEvents { path, detail }) => {
+            assert_eq!(path, reused.path().join("annal.sub.lossy"));
+            assert!(detail.contains("position 9"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Told where to resume (the file removed, a start given), it goes on.
+    std::fs::remove_file(reused.path().join("annal.sub.lossy")).unwrap();
+    let mut sub = log.durable_subscription("lossy").start_at(5).open().unwrap();
+    assert_eq!(drain(&mut sub).len(), 7);
+}

@@ -11,7 +11,8 @@
 //! * (b) decodes it with the independent code below, from the spec's table
 //!   alone: magic, CRC-32 of bytes 12..64, version, flags, sequence, next
 //!   position and version, the filter's BLAKE3 prefix of "category:order",
-//!   reserved zero; the current slot is the one with the higher sequence;
+//!   the last event's fingerprint; the current slot is the one with the
+//!   higher sequence;
 //! * (c) opens the committed copy through annal: it resumes where the
 //!   vector says.
 
@@ -34,18 +35,29 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// A log of 4 events: order-1 x2, customer-1, order-2.
+/// The id of the events of the vectors: bytes `n, n+1, ..., n+15`.
+fn id(n: u8) -> [u8; 16] {
+    std::array::from_fn(|i| n.wrapping_add(i as u8))
+}
+
+/// A log of 4 events: order-1 x2, customer-1, order-2, with the ids
+/// `id(10)`, `id(20)`, `id(30)`, `id(40)`.
 fn log_in(dir: &Path) -> Log {
     let log = Log::open(dir).unwrap();
-    for stream in ["order-1", "order-1", "customer-1", "order-2"] {
-        log.append(stream, ExpectedVersion::Any, &[EventData::new("E", b"{}")])
-            .unwrap();
+    for (k, stream) in ["order-1", "order-1", "customer-1", "order-2"].into_iter().enumerate() {
+        let ev = EventData::new("E", b"{}").with_id(annal::Uuid::from_bytes(id(10 * (k as u8 + 1))));
+        log.append(stream, ExpectedVersion::Any, &[ev]).unwrap();
     }
     log
 }
 
+/// The fingerprint of an id (spec 24.2): its first 8 bytes, little-endian.
+fn fp(id: [u8; 16]) -> u64 {
+    u64::from_le_bytes(id[..8].try_into().unwrap())
+}
+
 /// (b): the slot at `at` of `file`, decoded from the spec's table.
-fn slot(file: &[u8], at: usize) -> (u64, u64, u64, [u8; 16]) {
+fn slot(file: &[u8], at: usize) -> (u64, u64, u64, [u8; 16], u64) {
     let s = &file[at..at + 64];
     assert_eq!(&s[0..8], b"ANNALSUB", "magic at {at}");
     assert_eq!(
@@ -55,12 +67,12 @@ fn slot(file: &[u8], at: usize) -> (u64, u64, u64, [u8; 16]) {
     );
     assert_eq!(u16_at(s, 12), 1, "version");
     assert_eq!(u16_at(s, 14), 0, "flags");
-    assert_eq!(u64_at(s, 56), 0, "reserved");
     (
         u64_at(s, 16),
         u64_at(s, 24),
         u64_at(s, 32),
         s[40..56].try_into().unwrap(),
+        u64_at(s, 56),
     )
 }
 
@@ -90,8 +102,8 @@ fn the_checkpoint_file_is_the_committed_vector_and_decodes_from_the_spec() {
     let filter: [u8; 16] = blake3::hash(b"category:order").as_bytes()[..16].try_into().unwrap();
     // Sequence 3 (odd: the first slot) is current: next position 2 (after
     // order-1@1, position 1); sequence 2 (second slot) said 1.
-    assert_eq!(slot(&file, 0), (3, 2, 0, filter));
-    assert_eq!(slot(&file, 64), (2, 1, 0, filter));
+    assert_eq!(slot(&file, 0), (3, 2, 0, filter, fp(id(20))));
+    assert_eq!(slot(&file, 64), (2, 1, 0, filter, fp(id(10))));
     // (c) annal resumes at the vector's checkpoint: the next order event is
     // order-2 at position 3 (customer-1 at 2 is not of the category).
     let dir2 = tempfile::tempdir().unwrap();
@@ -149,9 +161,10 @@ fn the_projection_file_is_the_committed_vector_and_decodes_from_the_spec() {
     assert_eq!(u16_at(&file, 10), 0);
     assert_eq!(&file[12..16], &[0, 0, 0, 0]);
     assert_eq!(u64_at(&file, 16), 4);
-    let len = u64_at(&file, 24) as usize;
-    assert_eq!(file.len(), 32 + len + 4);
-    let model = &file[32..32 + len];
+    assert_eq!(u64_at(&file, 24), fp(id(40)), "the last event folded: order-2's");
+    let len = u64_at(&file, 32) as usize;
+    assert_eq!(file.len(), 40 + len + 4);
+    let model = &file[40..40 + len];
     let mut want = vec![3u8];
     for (s, n) in [("order-1", 2u8), ("customer-1", 1), ("order-2", 1)] {
         want.push(s.len() as u8);

@@ -247,8 +247,8 @@ fn runners_killed_at_random_fold_every_event_exactly_once() {
         // exactly the events below the saved position.
         let file = std::fs::read(dir.path().join("annal.proj.positions")).unwrap();
         let next = u64::from_le_bytes(file[16..24].try_into().unwrap());
-        let len = u64::from_le_bytes(file[24..32].try_into().unwrap()) as usize;
-        let model: Vec<u64> = postcard::from_bytes(&file[32..32 + len]).unwrap();
+        let len = u64::from_le_bytes(file[32..40].try_into().unwrap()) as usize;
+        let model: Vec<u64> = postcard::from_bytes(&file[40..40 + len]).unwrap();
         let view = log.view().unwrap();
         let all: Vec<u64> = view.read_all(0).map(|r| r.unwrap().position()).collect();
         let below: Vec<u64> = all.iter().copied().take_while(|&p| p < next).collect();
@@ -279,4 +279,39 @@ fn runners_killed_at_random_fold_every_event_exactly_once() {
     }
     writer.1.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.0.join().unwrap();
+}
+
+#[test]
+fn a_saved_model_of_events_the_log_lost_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    append(&log, 5);
+    log.close().unwrap();
+    // The durable state a power loss leaves: these 5 events.
+    let durable = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), durable.path().join(e.file_name())).unwrap();
+    }
+    let log = Log::open(dir.path()).unwrap();
+    append(&log, 5);
+    log.projection("lossy", Positions).open().unwrap().close().unwrap();
+    log.close().unwrap();
+    let saved = std::fs::read(dir.path().join("annal.proj.lossy")).unwrap();
+    for new_events in [0, 2, 9] {
+        let image = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(durable.path()).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), image.path().join(e.file_name())).unwrap();
+        }
+        std::fs::write(image.path().join("annal.proj.lossy"), &saved).unwrap();
+        let log = Log::open(image.path()).unwrap();
+        append(&log, new_events);
+        let r = log.projection("lossy", Positions).open().unwrap();
+        assert_eq!(
+            r.model(),
+            &log.view().unwrap().rebuild(&Positions).unwrap(),
+            "{new_events} new events: the model is this log's"
+        );
+    }
 }

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use zerocopy::IntoBytes;
 
 use crate::error::{Error, Result};
-use crate::format::consumer::{CONSUMER_FILE_LEN, Checkpoint, ConsumerSlot, decode_checkpoint, slot_offset};
+use crate::format::consumer::{
+    CONSUMER_FILE_LEN, Checkpoint, ConsumerSlot, decode_checkpoint, fingerprint, slot_offset,
+};
 use crate::read::subscription::{OwnedRecord, Subscription, SubscriptionFilter};
 use crate::read::view::Reader;
 use crate::storage::io::{Io, IoFile, StdIo};
@@ -250,6 +252,7 @@ impl DurableBuilder {
                     0
                 },
                 filter,
+                last_event: 0,
             };
             let mut bytes = [0u8; CONSUMER_FILE_LEN];
             let slot = ConsumerSlot::new(&first);
@@ -276,6 +279,7 @@ impl DurableBuilder {
             )));
         }
         let file = io.open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let current = settle(&self.from, &self.filter, current, &path, &*file)?;
         let sub = match self.from {
             From::Log(log) => match &self.filter {
                 SubscriptionFilter::All => log.subscribe_all(current.next_position),
@@ -303,6 +307,7 @@ impl DurableBuilder {
             predicate,
             committed: current,
             acked: (current.next_position, current.next_version),
+            acked_event: current.last_event,
             delivered: (current.next_position, current.next_version),
             pending: 0,
             last_commit: Instant::now(),
@@ -311,6 +316,74 @@ impl DurableBuilder {
             abandoned: false,
         })
     }
+}
+
+/// Check that the log still holds what `current` says was handled, before a
+/// subscription resumes from it (spec 24.4). A checkpoint past the log's
+/// end (the log lost events the consumer had seen: appended with
+/// `Durability::Buffered`, then a power loss) resumes at the end, the
+/// clamped checkpoint written at once: new events take those positions, and
+/// none is skipped. A checkpoint whose last event is in the log under
+/// another id (lost, then its position taken by a new event) is
+/// [`Error::LostEvents`]: where the new events begin cannot be told.
+fn settle(
+    from: &From,
+    filter: &SubscriptionFilter,
+    current: Checkpoint,
+    path: &Path,
+    file: &dyn IoFile,
+) -> Result<Checkpoint> {
+    let view = match from {
+        From::Log(log) => log.view()?,
+        From::Reader(r) => r.view()?,
+    };
+    let end = view.next_position();
+    let stream_end = match filter {
+        SubscriptionFilter::Stream(s) => view
+            .read_stream(
+                s,
+                crate::types::StreamPosition::End,
+                crate::types::Direction::Backward,
+                1,
+            )
+            .next()
+            .and_then(|r| r.ok())
+            .map_or(0, |r| r.stream_version() + 1),
+        _ => u64::MAX,
+    };
+    if current.next_position > end || current.next_version > stream_end {
+        let clamped = Checkpoint {
+            sequence: current.sequence + 1,
+            next_position: current.next_position.min(end),
+            next_version: current.next_version.min(stream_end),
+            filter: current.filter,
+            last_event: 0,
+        };
+        crate::trace::event!(WARN, path = %path.display(), from = current.next_position, to = clamped.next_position, "annal subscription checkpoint past the log's end (events lost); resuming at the end");
+        let slot = ConsumerSlot::new(&clamped);
+        file.write_at(slot_offset(clamped.sequence), slot.as_bytes())
+            .and_then(|()| file.sync())
+            .map_err(|e| Error::io("write", path, e))?;
+        return Ok(clamped);
+    }
+    if current.last_event != 0 && current.next_position > 0 {
+        let at = current.next_position - 1;
+        if let Some(Ok(r)) = view.read_all(at).next()
+            && r.position() == at
+            && fingerprint(r.event_id().as_bytes()) != current.last_event
+        {
+            return Err(Error::LostEvents {
+                path: path.to_owned(),
+                detail: format!(
+                    "the event at position {at} is not the one this subscription handled there: the log lost \
+                     events it had delivered (appended with Durability::Buffered, then a power loss) and new \
+                     events took their positions; remove the checkpoint file, or open it with start_at, to say \
+                     where it resumes"
+                ),
+            });
+        }
+    }
+    Ok(current)
 }
 
 /// Create `path` holding `bytes` unless it exists, whole and durably, even
@@ -447,6 +520,8 @@ pub struct DurableSubscription {
     committed: Checkpoint,
     /// `(next position, next version)` after the last acknowledged event.
     acked: (u64, u64),
+    /// The fingerprint of the last acknowledged event's id.
+    acked_event: u64,
     /// The same after the last delivered event.
     delivered: (u64, u64),
     /// Acknowledgements since the last write.
@@ -512,6 +587,7 @@ impl DurableSubscription {
             if self.predicate.as_ref().is_some_and(|keep| !keep(&r)) {
                 if self.delivered == self.acked {
                     self.acked = after;
+                    self.acked_event = fingerprint(r.event_id.as_bytes());
                     self.delivered = after;
                     self.pending += 1;
                     self.commit_if_due()?;
@@ -549,6 +625,7 @@ impl DurableSubscription {
         }
         if after > self.acked {
             self.acked = after;
+            self.acked_event = fingerprint(r.event_id.as_bytes());
             self.pending += 1;
         }
         self.commit_if_due()
@@ -570,6 +647,7 @@ impl DurableSubscription {
             next_position: self.acked.0,
             next_version: if self.stream { self.acked.1 } else { 0 },
             filter: self.committed.filter,
+            last_event: self.acked_event,
         };
         if (next.next_position, next.next_version) == (self.committed.next_position, self.committed.next_version) {
             self.pending = 0;

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::es::projection::Projection;
-use crate::format::consumer::{decode_projection, encode_projection};
+use crate::format::consumer::{decode_projection, encode_projection, fingerprint};
 use crate::read::view::{LogView, Reader};
 use crate::storage::io::StdIo;
 use crate::writer::Log;
@@ -186,13 +186,27 @@ where
             model: self.projection.empty(),
             projection: self.projection,
             next_position: 0,
+            last_event: 0,
             pending: 0,
             last_save: Instant::now(),
             save_every: self.save_every,
             save_interval: self.save_interval,
         };
+        // A file past the log's end, or whose last event the log holds
+        // under another id, folded events the log lost (appended with
+        // `Durability::Buffered`, then a power loss): its model is not this
+        // log's; rebuild it.
+        let loaded = match loaded {
+            Some((next, last, model)) if runner.still_holds(next, last)? => Some((next, last, model)),
+            Some(_) => {
+                crate::trace::event!(WARN, path = %runner.path.display(), "annal projection file names events the log lost; rebuilding");
+                None
+            }
+            None => None,
+        };
         match loaded {
-            Some((next, model)) => {
+            Some((next, last, model)) => {
+                runner.last_event = last;
                 runner.model = model;
                 runner.next_position = next;
                 runner.catch_up()?;
@@ -201,6 +215,7 @@ where
                 let view = runner.source.view()?;
                 runner.model = view.par_rebuild(&runner.projection)?;
                 runner.next_position = view.next_position();
+                runner.last_event = last_event_below(&view, runner.next_position);
                 runner.pending = 1;
             }
         }
@@ -225,8 +240,18 @@ fn lock_name(path: &std::path::Path) -> Result<File> {
     }
 }
 
-/// The position and model a projection file holds.
-fn read_projection<P: Projection>(f: File, path: &std::path::Path) -> Result<(u64, P::Model)>
+/// The fingerprint of the id of the event at `next - 1`, if there is one
+/// there (0: none).
+fn last_event_below(view: &LogView, next: u64) -> u64 {
+    let Some(at) = next.checked_sub(1) else { return 0 };
+    match view.read_all(at).next() {
+        Some(Ok(r)) if r.position() == at => fingerprint(r.event_id().as_bytes()),
+        _ => 0,
+    }
+}
+
+/// The position, last event and model a projection file holds.
+fn read_projection<P: Projection>(f: File, path: &std::path::Path) -> Result<(u64, u64, P::Model)>
 where
     P::Model: DeserializeOwned,
 {
@@ -244,7 +269,7 @@ where
     f.take(cap)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io("read", path, e))?;
-    let (next, model) = decode_projection(&bytes).map_err(|d| d.at(path))?;
+    let (next, last, model) = decode_projection(&bytes).map_err(|d| d.at(path))?;
     let model = postcard::from_bytes(model).map_err(|e| {
         Error::InvalidArgument(format!(
             "{}: the saved model does not deserialize as this projection's model ({e}); a projection whose model \
@@ -252,7 +277,7 @@ where
             path.display()
         ))
     })?;
-    Ok((next, model))
+    Ok((next, last, model))
 }
 
 /// A projection kept up to date from the log: its model, and the position
@@ -266,6 +291,8 @@ pub struct ProjectionRunner<P: Projection> {
     projection: P,
     model: P::Model,
     next_position: u64,
+    /// The fingerprint of the last event folded (0: none known).
+    last_event: u64,
     pending: u64,
     last_save: Instant,
     save_every: u64,
@@ -296,6 +323,18 @@ where
         self.next_position
     }
 
+    /// Whether the log holds what a file at `next` with `last` folded: its
+    /// end is not below `next`, and the event at `next - 1`, if there is one
+    /// there, has the fingerprint `last` (0: not checked).
+    fn still_holds(&self, next: u64, last: u64) -> Result<bool> {
+        let view = self.source.view()?;
+        if next > view.next_position() {
+            return Ok(false);
+        }
+        let here = last_event_below(&view, next);
+        Ok(last == 0 || here == 0 || here == last)
+    }
+
     /// Fold every event visible now past the model's position.
     fn catch_up(&mut self) -> Result<u64> {
         let view = self.source.view()?;
@@ -308,6 +347,7 @@ where
         let end = view.next_position();
         if end > self.next_position {
             self.next_position = end;
+            self.last_event = last_event_below(&view, end);
             self.pending += folded.max(1);
         }
         Ok(folded)
@@ -356,7 +396,7 @@ where
         let model = postcard::to_allocvec(&self.model).map_err(|e| {
             Error::InvalidArgument(format!("{}: the model does not serialize: {e}", self.path.display()))
         })?;
-        let bytes = encode_projection(self.next_position, &model);
+        let bytes = encode_projection(self.next_position, self.last_event, &model);
         let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
         crate::storage::io::write_derived(&StdIo, dir, &self.path, &bytes)?;
         self.pending = 0;

@@ -5,7 +5,7 @@
 //! the files is `es::consumer`'s and `es::runner`'s.
 //!
 //! Invariants of a slot [`ConsumerSlot::parse`] accepts: magic, CRC, version
-//! 1, zero flags and reserved bytes. Of two valid slots the one with the
+//! 1, zero flags. Of two valid slots the one with the
 //! higher sequence is current; a torn slot is ignored in favour of the
 //! other; a file with no valid slot is damage, never "start from 0".
 
@@ -34,7 +34,7 @@ pub(crate) struct ConsumerSlot {
     pub next_position: U64,
     pub next_version: U64,
     pub filter: [u8; 16],
-    pub reserved: U64,
+    pub last_event: U64,
 }
 
 /// Bytes of one slot.
@@ -46,7 +46,6 @@ pub const CONSUMER_CRC_START: usize = offset_of!(ConsumerSlot, version);
 const CRC_OFFSET: usize = offset_of!(ConsumerSlot, crc);
 const VERSION_OFFSET: usize = offset_of!(ConsumerSlot, version);
 const FLAGS_OFFSET: usize = offset_of!(ConsumerSlot, flags);
-const RESERVED_OFFSET: usize = offset_of!(ConsumerSlot, reserved);
 
 const _: () = assert!(CONSUMER_SLOT_LEN == 64);
 const _: () = assert!(CONSUMER_CRC_START == 12);
@@ -63,6 +62,18 @@ pub(crate) struct Checkpoint {
     pub next_version: u64,
     /// The first 16 bytes of BLAKE3 of the subscription's filter (spec 24.3).
     pub filter: [u8; 16],
+    /// The fingerprint of the event at `next_position - 1` ([`fingerprint`]
+    /// of its id), 0 if none is named: what proves, at the next open, that
+    /// the log still holds the events the consumer handled.
+    pub last_event: u64,
+}
+
+/// The fingerprint of an event id: its first 8 bytes, little-endian, or 1
+/// if those are all zero (0 names no event).
+pub(crate) fn fingerprint(id: &[u8; 16]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(id.get(..8).unwrap_or(&[0; 8]));
+    u64::from_le_bytes(b).max(1)
 }
 
 impl ConsumerSlot {
@@ -77,7 +88,7 @@ impl ConsumerSlot {
             next_position: U64::new(c.next_position),
             next_version: U64::new(c.next_version),
             filter: c.filter,
-            reserved: U64::ZERO,
+            last_event: U64::new(c.last_event),
         };
         s.crc = U32::new(s.computed_crc());
         s
@@ -129,17 +140,12 @@ impl ConsumerSlot {
                 "expected checkpoint flags to be zero",
             ));
         }
-        if s.reserved.get() != 0 {
-            return Err(Damage::corrupt(
-                at.saturating_add(RESERVED_OFFSET as u64),
-                "expected the checkpoint's reserved bytes to be zero",
-            ));
-        }
         Ok(Checkpoint {
             sequence: s.sequence.get(),
             next_position: s.next_position.get(),
             next_version: s.next_version.get(),
             filter: s.filter,
+            last_event: s.last_event.get(),
         })
     }
 }
@@ -181,20 +187,22 @@ pub const PROJECTION_MAGIC: [u8; 8] = *b"ANNALPRJ";
 /// The projection file version this build writes and reads.
 pub const PROJECTION_VERSION: u16 = 1;
 /// Bytes before the model in a projection file.
-pub const PROJECTION_HEADER_LEN: usize = 32;
+pub const PROJECTION_HEADER_LEN: usize = 40;
 /// The longest model a projection file may hold (1 GiB): a larger length is
 /// damage, never an allocation.
 pub const MAX_PROJECTION_MODEL: u64 = 1 << 30;
 
-/// A projection file's bytes (spec 24.5): the model (already serialized)
-/// and the position after the last event folded into it, one CRC over both.
-pub(crate) fn encode_projection(next_position: u64, model: &[u8]) -> Vec<u8> {
+/// A projection file's bytes (spec 24.5): the model (already serialized),
+/// the position after the last event folded into it and that event's
+/// [`fingerprint`] (0: none), one CRC over all.
+pub(crate) fn encode_projection(next_position: u64, last_event: u64, model: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PROJECTION_HEADER_LEN + model.len() + 4);
     out.extend_from_slice(&PROJECTION_MAGIC);
     out.extend_from_slice(&PROJECTION_VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&next_position.to_le_bytes());
+    out.extend_from_slice(&last_event.to_le_bytes());
     out.extend_from_slice(&(model.len() as u64).to_le_bytes());
     out.extend_from_slice(model);
     let c = crc(&out);
@@ -214,8 +222,8 @@ fn le_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(a)
 }
 
-/// Decode a projection file: `(next_position, model bytes)`.
-pub(crate) fn decode_projection(bytes: &[u8]) -> Result<(u64, &[u8]), Damage> {
+/// Decode a projection file: `(next_position, last_event, model bytes)`.
+pub(crate) fn decode_projection(bytes: &[u8]) -> Result<(u64, u64, &[u8]), Damage> {
     if bytes.len() < PROJECTION_HEADER_LEN + 4 {
         return Err(Damage::corrupt(
             0,
@@ -242,11 +250,11 @@ pub(crate) fn decode_projection(bytes: &[u8]) -> Result<(u64, &[u8]), Damage> {
             "expected projection flags and reserved bytes to be zero",
         ));
     }
-    let len = le_u64(bytes, 24);
+    let len = le_u64(bytes, 32);
     let want = (PROJECTION_HEADER_LEN as u64 + 4).saturating_add(len);
     if len > MAX_PROJECTION_MODEL || want != bytes.len() as u64 {
         return Err(Damage::corrupt(
-            24,
+            32,
             format!(
                 "expected a model length that fills the file ({} bytes after the header and CRC), found {len}",
                 bytes.len().saturating_sub(PROJECTION_HEADER_LEN + 4)
@@ -266,6 +274,7 @@ pub(crate) fn decode_projection(bytes: &[u8]) -> Result<(u64, &[u8]), Damage> {
     }
     Ok((
         le_u64(bytes, 16),
+        le_u64(bytes, 24),
         bytes.get(PROJECTION_HEADER_LEN..body).unwrap_or_default(),
     ))
 }
@@ -281,6 +290,7 @@ mod tests {
             next_position,
             next_version: 0,
             filter: [7; 16],
+            last_event: 9,
         }
     }
 
@@ -318,8 +328,8 @@ mod tests {
 
     #[test]
     fn a_projection_file_round_trips_and_every_flipped_byte_is_damage() {
-        let bytes = encode_projection(42, b"model bytes");
-        assert_eq!(decode_projection(&bytes).unwrap(), (42, &b"model bytes"[..]));
+        let bytes = encode_projection(42, 7, b"model bytes");
+        assert_eq!(decode_projection(&bytes).unwrap(), (42, 7, &b"model bytes"[..]));
         for at in 0..bytes.len() {
             let mut b = bytes.clone();
             b[at] ^= 0x01;
