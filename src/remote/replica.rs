@@ -24,7 +24,7 @@ use crate::format::names::{index_file_name, segment_file_name};
 use crate::read::view::{list_segments, read_segment_header};
 use crate::storage::head::{self, Head, HeadWriter};
 use crate::storage::io::{Io, StdIo};
-use crate::writer::WriterLock;
+use crate::storage::writer_lock::WriterLock;
 
 use super::RemoteLog;
 use super::manifest::{Manifest, Shipped};
@@ -136,7 +136,7 @@ impl Replica {
             let text = format!("a read-only replica of {}, kept by annal follow\n", remote.url());
             crate::storage::io::write_derived(&io, &dir, &marker, text.as_bytes())?;
         }
-        let lock = crate::writer::take_lock(&dir, &io)?;
+        let lock = crate::storage::writer_lock::take_lock(&dir, &io)?;
         let tmp = dir.join(REPLICA_TMP);
         if std::fs::symlink_metadata(&tmp).is_ok() {
             io.remove(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;

@@ -4,8 +4,8 @@
 //! public methods; the work is in the submodules:
 //!
 //! * `options`, `types`: the configuration and the value types of the API.
-//! * `writer_lock`, `log_format`, `derived`, `recovery`: opening a directory
-//!   for writing (the lock, the log's format and key, the index files and
+//! * `log_format`, `derived`, `recovery`: opening a directory for writing
+//!   (the lock, from `storage::writer_lock`; the log's format and key, the index files and
 //!   stream table, crash recovery); none of them knows the running writer.
 //! * `state`: the shared state behind a `Log` (`Inner` and its parts);
 //!   `lifecycle` builds it from what recovery found and closes it.
@@ -70,10 +70,6 @@ mod seal;
 mod state;
 mod subjects;
 mod versions;
-mod writer_lock;
-
-#[cfg(feature = "remote")]
-pub(crate) use writer_lock::{WriterLock, take_lock};
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

@@ -36,8 +36,8 @@ use super::derived::{ensure_indexes, ensure_table};
 use super::log_format::{check_key, genesis, new_format, seal_chain};
 use super::options::Options;
 use super::results::{Recovery, Truncation};
-pub use super::writer_lock::LOCK_FILE;
-use super::writer_lock::{WriterLock, take_lock};
+pub use crate::storage::writer_lock::LOCK_FILE;
+use crate::storage::writer_lock::{WriterLock, take_lock};
 
 /// The state a writer starts from.
 pub(crate) struct Recovered {

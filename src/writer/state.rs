@@ -34,7 +34,7 @@ use super::Log;
 use super::lock;
 use super::options::Options;
 use super::results::Recovery;
-use super::writer_lock::WriterLock;
+use crate::storage::writer_lock::WriterLock;
 
 pub(super) struct Inner {
     pub(super) dir: PathBuf,
