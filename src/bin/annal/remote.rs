@@ -166,7 +166,7 @@ fn failure(e: annal::Error) -> Failure {
     }
 }
 
-fn print_round(out: &mut impl Write, r: &ShipReport, json: bool, always: bool) -> CmdResult {
+fn print_round(out: &mut std::io::StdoutLock<'static>, r: &ShipReport, json: bool, always: bool) -> CmdResult {
     if json {
         writeln!(
             out,
@@ -207,21 +207,40 @@ pub fn replicate(a: &ReplicateArgs) -> CmdResult {
         let r = rt.block_on(rep.ship_once()).map_err(failure)?;
         return print_round(&mut out, &r, a.json, true);
     }
-    // Follow until interrupted; failed rounds are retried with backoff.
+    drop(out);
+    follow_rounds(a.interval_ms, a.json, print_round, |follow, each, stop| {
+        rt.block_on(rep.follow(follow, each, stop))
+    })
+}
+
+/// Follow until interrupted (Ctrl-C), a round every `interval_ms`: `run`
+/// drives the rounds (failed ones are retried with backoff by the library),
+/// each round that did something is printed with `print`.
+fn follow_rounds<R>(
+    interval_ms: u64,
+    json: bool,
+    print: fn(&mut std::io::StdoutLock<'static>, &R, bool, bool) -> CmdResult,
+    run: impl FnOnce(
+        Follow,
+        &mut dyn FnMut(&annal::Result<R>),
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+    ) -> annal::Result<()>,
+) -> CmdResult {
+    let mut out = std::io::stdout().lock();
     let mut printed = Ok(());
-    let follow = Follow::every(Duration::from_millis(a.interval_ms.max(1)));
-    let stop = async {
+    let follow = Follow::every(Duration::from_millis(interval_ms.max(1)));
+    let stop = Box::pin(async {
         let _ = tokio::signal::ctrl_c().await;
-    };
-    let each = |round: &annal::Result<ShipReport>| match round {
+    });
+    let mut each = |round: &annal::Result<R>| match round {
         Ok(r) => {
             if printed.is_ok() {
-                printed = print_round(&mut out, r, a.json, false);
+                printed = print(&mut out, r, json, false);
             }
         }
         Err(e) => eprintln!("annal: a round failed ({e}); retrying"),
     };
-    rt.block_on(rep.follow(follow, each, stop)).map_err(failure)?;
+    run(follow, &mut each, stop).map_err(failure)?;
     printed
 }
 
@@ -252,7 +271,7 @@ pub fn restore_cmd(a: &RestoreArgs) -> CmdResult {
     .map_err(out_err)
 }
 
-fn print_copy(out: &mut impl Write, r: &ReplicaReport, json: bool, always: bool) -> CmdResult {
+fn print_copy(out: &mut std::io::StdoutLock<'static>, r: &ReplicaReport, json: bool, always: bool) -> CmdResult {
     if json {
         writeln!(
             out,
@@ -287,21 +306,10 @@ pub fn follow(a: &FollowArgs) -> CmdResult {
         let r = rt.block_on(replica.sync_once()).map_err(failure)?;
         return print_copy(&mut out, &r, a.json, true);
     }
-    let mut printed = Ok(());
-    let follow = Follow::every(Duration::from_millis(a.interval_ms.max(1)));
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let each = |round: &annal::Result<ReplicaReport>| match round {
-        Ok(r) => {
-            if printed.is_ok() {
-                printed = print_copy(&mut out, r, a.json, false);
-            }
-        }
-        Err(e) => eprintln!("annal: a round failed ({e}); retrying"),
-    };
-    rt.block_on(replica.follow(follow, each, stop)).map_err(failure)?;
-    printed
+    drop(out);
+    follow_rounds(a.interval_ms, a.json, print_copy, |follow, each, stop| {
+        rt.block_on(replica.follow(follow, each, stop))
+    })
 }
 
 /// Whether `arg` names a remote log (`s3://...`, `file://...`) rather than
