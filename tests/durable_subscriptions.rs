@@ -519,3 +519,57 @@ fn a_checkpoint_past_events_the_log_lost_never_skips_the_new_ones() {
     let mut sub = log.durable_subscription("lossy").start_at(5).open().unwrap();
     assert_eq!(drain(&mut sub).len(), 7);
 }
+
+#[test]
+fn a_subscription_resumes_across_rolls_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = annal::Options::default()
+        .segment_size(4 << 10)
+        .open(dir.path())
+        .unwrap();
+    for i in 0..120u64 {
+        let stream = if i % 2 == 0 { "order-1" } else { "order-2" };
+        log.append(stream, ExpectedVersion::Any, &[EventData::new("E", vec![b'x'; 100])])
+            .unwrap();
+    }
+    let mut sub = log.durable_subscription("through").commit_every(1).open().unwrap();
+    let first: Vec<OwnedRecord> = (0..41).map(|_| sub.try_next().unwrap().unwrap()).collect();
+    assert_eq!(
+        first.last().unwrap().stream,
+        "order-1",
+        "the last one handled will be compacted away"
+    );
+    sub.ack(first.last().unwrap()).unwrap();
+    sub.close().unwrap();
+    // order-1 keeps its newest event only; compaction removes the others
+    // from the sealed segments, the checkpoint's last event among them.
+    log.set_stream_metadata("order-1", annal::StreamMetadata::new().max_count(1))
+        .unwrap();
+    for i in 0..40u64 {
+        log.append(
+            "order-2",
+            ExpectedVersion::Any,
+            &[EventData::new("E", vec![b'y'; 100 + i as usize])],
+        )
+        .unwrap();
+    }
+    let report = log.compact().unwrap();
+    assert!(report.removed_events > 0, "{report:?}");
+    let mut sub = log.durable_subscription("through").open().unwrap();
+    let rest = drain(&mut sub);
+    // What it delivers: the visible events after its checkpoint, in order.
+    let expected: Vec<u64> = log
+        .view()
+        .unwrap()
+        .read_all(first.last().unwrap().position + 1)
+        .map(|r| r.unwrap().position())
+        .collect();
+    assert_eq!(rest.iter().map(|r| r.position).collect::<Vec<_>>(), expected);
+    // Of order-1, only its newest event (position 118) is left visible.
+    let order_1: Vec<u64> = rest
+        .iter()
+        .filter(|r| r.stream == "order-1")
+        .map(|r| r.position)
+        .collect();
+    assert_eq!(order_1, [118], "hidden events stay hidden");
+}
