@@ -118,8 +118,9 @@ fn member_child() {
     loop {
         if let Some(r) = m.next_timeout(Duration::from_millis(10)).unwrap() {
             let k = m.partition_of(&r.stream);
-            writeln!(out, "{} {} {} {k}", r.position, r.stream, r.stream_version).unwrap();
-            out.flush().unwrap();
+            // One write per line: a kill never leaves half a line.
+            out.write_all(format!("{} {} {} {k}\n", r.position, r.stream, r.stream_version).as_bytes())
+                .unwrap();
             m.ack(&r).unwrap();
         }
     }

@@ -202,7 +202,9 @@ fn runner_child() {
     loop {
         runner.step(Duration::from_millis(2)).unwrap();
         while let Some(r) = sub.try_next().unwrap() {
-            writeln!(effects, "{}", r.position).unwrap();
+            // One write per line: a kill never leaves half a line that the
+            // next child's line would run on from.
+            effects.write_all(format!("{}\n", r.position).as_bytes()).unwrap();
             sub.ack(&r).unwrap();
         }
     }

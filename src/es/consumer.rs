@@ -264,10 +264,18 @@ impl DurableBuilder {
         }
         // Never through a link, never a FIFO: a regular file only.
         let lock = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { path }),
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        if self.partition.is_some() {
+            // A partition of a competing subscription: held or not, at once
+            // (a member tries many; a held one is another member's lease).
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+            }
+        } else {
+            // Retried briefly: a lock let go of can look held while a child
+            // process forked by another thread has not yet exec'd.
+            crate::storage::writer_lock::lock_exclusive(&lock, &path, &path)?;
         }
         let current = read_checkpoint(&lock, &path)?;
         if current.filter != filter {

@@ -233,11 +233,10 @@ fn lock_name(path: &std::path::Path) -> Result<File> {
     o.read(true).write(true).create(true);
     crate::storage::io::no_follow(&mut o);
     let f = o.open(path).map_err(|e| Error::io("open", path, e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: path.to_owned() }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
-    }
+    // Retried briefly: a lock let go of can look held while a child process
+    // forked by another thread has not yet exec'd.
+    crate::storage::writer_lock::lock_exclusive(&f, path, path)?;
+    Ok(f)
 }
 
 /// The fingerprint of the id of the event at `next - 1`, if there is one

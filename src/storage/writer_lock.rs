@@ -31,7 +31,7 @@ pub(crate) struct WriterLock {
 /// another thread shares the lock file's description between its fork and
 /// its exec, the descriptor being close-on-exec); about 30 ms in all before
 /// reporting `Locked`.
-fn lock_exclusive(file: &File, path: &Path, locked: &Path) -> Result<()> {
+pub(crate) fn lock_exclusive(file: &File, path: &Path, locked: &Path) -> Result<()> {
     let mut wait = std::time::Duration::from_millis(2);
     for attempt in 0.. {
         match file.try_lock() {
