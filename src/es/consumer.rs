@@ -237,7 +237,11 @@ impl DurableBuilder {
                 })
             }
         };
-        let io = StdIo;
+        // Through the log's I/O seam when the writer is in this process.
+        let io: Arc<dyn Io> = match &self.from {
+            From::Log(log) => Arc::clone(log.io()),
+            From::Reader(_) => Arc::new(StdIo),
+        };
         if std::fs::symlink_metadata(&path).is_err() {
             let first = Checkpoint {
                 sequence: 1,
@@ -260,7 +264,7 @@ impl DurableBuilder {
                 .get_mut(..slot.as_bytes().len())
                 .unwrap_or_default()
                 .copy_from_slice(slot.as_bytes());
-            create_once(&self.dir, &path, &bytes)?;
+            create_once(&*io, &self.dir, &path, &bytes)?;
         }
         // Never through a link, never a FIFO: a regular file only.
         let lock = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
@@ -399,25 +403,24 @@ fn settle(
 /// of a name of this call's own (fsynced), which is linked to `path` (a
 /// link never replaces a file: one racer's link wins, the others find the
 /// file there), then removed; the directory is fsynced.
-fn create_once(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+fn create_once(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| Error::io("draw a name in", dir, std::io::Error::other(e)))?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", crate::audit::chain::hex(&id)));
     let tmp = PathBuf::from(tmp);
-    let io = StdIo;
     let f = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let written = f
         .write_at(0, bytes)
         .and_then(|()| f.sync())
         .map_err(|e| Error::io("write", &tmp, e));
     drop(f);
-    let linked = written.and_then(|()| match std::fs::hard_link(&tmp, path) {
+    let linked = written.and_then(|()| match io.hard_link(&tmp, path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io("link", path, e)),
     });
-    let _ = std::fs::remove_file(&tmp);
+    let _ = io.remove(&tmp);
     linked?;
     io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
 }

@@ -62,6 +62,14 @@ impl Source {
         }
     }
 
+    /// The I/O seam of the writer in this process, or the file system.
+    fn io(&self) -> std::sync::Arc<dyn crate::storage::io::Io> {
+        match self {
+            Source::Log(l) => std::sync::Arc::clone(l.io()),
+            Source::Reader(_) => std::sync::Arc::new(StdIo),
+        }
+    }
+
     fn epoch(&self) -> u64 {
         match self {
             Source::Log(l) => l.published_epoch(),
@@ -397,7 +405,7 @@ where
         })?;
         let bytes = encode_projection(self.next_position, self.last_event, &model);
         let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
-        crate::storage::io::write_derived(&StdIo, dir, &self.path, &bytes)?;
+        crate::storage::io::write_derived(&*self.source.io(), dir, &self.path, &bytes)?;
         self.pending = 0;
         self.last_save = Instant::now();
         Ok(())
