@@ -146,11 +146,7 @@ fn lines_of(path: &std::path::Path) -> Vec<(u64, String, u64, u32)> {
 
 #[test]
 fn members_killed_and_replaced_hand_their_partitions_on() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    eprintln!("seed {seed}");
+    let seed = support::test_seed();
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let dir_s = dir.path().to_str().unwrap().to_owned();

@@ -17,9 +17,12 @@
 //! - from another process's point of view: a `Reader`'s durable
 //!   subscription.
 
+mod support;
+
 use std::time::Duration;
 
 use annal::{Error, EventData, ExpectedVersion, Log, OwnedRecord, Reader};
+use support::Rng;
 
 fn append(log: &Log, stream: &str, ty: &str, n: usize) {
     for _ in 0..n {
@@ -96,35 +99,10 @@ fn after_a_crash_what_was_acknowledged_since_the_last_commit_comes_again() {
     );
 }
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn random_deliveries_acks_commits_and_crashes_handle_every_event_in_order() {
-    let seed = std::env::var("ANNAL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("ANNAL_SEED={seed}");
-    let mut rng = Rng(seed);
+    let seed = support::test_seed();
+    let mut rng = Rng::new(seed);
     for round in 0..6 {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
@@ -147,9 +125,9 @@ fn random_deliveries_acks_commits_and_crashes_handle_every_event_in_order() {
         let mut resumed_at = Some(0u64);
         let mut acked_next = 0u64;
         for _ in 0..400 {
-            match rng.below(10) {
+            match rng.range(0, 9) {
                 0..=2 => {
-                    let stream = if rng.below(3) == 0 { "customer-1" } else { "order-7" };
+                    let stream = if rng.range(0, 2) == 0 { "customer-1" } else { "order-7" };
                     let r = log
                         .append(stream, ExpectedVersion::Any, &[EventData::new("E", b"{}")])
                         .unwrap();
@@ -177,7 +155,7 @@ fn random_deliveries_acks_commits_and_crashes_handle_every_event_in_order() {
                         pending.push(r.position);
                         // Acknowledging an event acknowledges those delivered
                         // before it: they are handled.
-                        if rng.below(4) != 0 {
+                        if rng.range(0, 3) != 0 {
                             sub.ack(&r).unwrap();
                             acked_next = r.position + 1;
                             handled.append(&mut pending);

@@ -53,16 +53,7 @@ struct Returned {
 
 #[test]
 fn power_cuts_during_checkpoints_and_saves_never_skip_nor_fold_twice() {
-    let seed = std::env::var("ANNAL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos() as u64
-        });
-    eprintln!("ANNAL_TEST_SEED={seed}");
+    let seed = support::test_seed();
     let mut rng = Rng::new(seed);
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("log");

@@ -70,11 +70,7 @@ fn append(log: &Log, n: u64) {
 
 #[test]
 fn random_steps_and_crashes_keep_the_model_equal_to_a_rebuild() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    eprintln!("seed {seed}");
+    let seed = support::test_seed();
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path()).unwrap();
@@ -212,11 +208,7 @@ fn runner_child() {
 
 #[test]
 fn runners_killed_at_random_fold_every_event_exactly_once() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    eprintln!("seed {seed}");
+    let seed = support::test_seed();
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let dir_s = dir.path().to_str().unwrap().to_owned();

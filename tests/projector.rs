@@ -31,11 +31,7 @@ fn projector_child() {
 
 #[test]
 fn the_example_service_survives_kill_9() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    eprintln!("seed {seed}");
+    let seed = support::test_seed();
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let dir_s = dir.path().to_str().unwrap().to_owned();

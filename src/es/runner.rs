@@ -346,15 +346,22 @@ where
     fn catch_up(&mut self) -> Result<u64> {
         let view = self.source.view()?;
         let mut folded = 0u64;
+        let mut last = None;
         for r in view.read_all(self.next_position) {
             let r = r?;
             view.fold_into(&self.projection, &mut self.model, &r)?;
+            last = Some((r.position(), r.event_id()));
             folded += 1;
         }
         let end = view.next_position();
         if end > self.next_position {
             self.next_position = end;
-            self.last_event = last_event_below(&view, end);
+            // The event at `end - 1` if it is the last one folded (as
+            // `last_event_below` would find it, without reading it again).
+            self.last_event = match last {
+                Some((p, id)) if p + 1 == end => fingerprint(id.as_bytes()),
+                _ => 0,
+            };
             self.pending += folded.max(1);
         }
         Ok(folded)

@@ -179,6 +179,21 @@ impl Rng {
     }
 }
 
+/// The seed of a randomized test: `ANNAL_TEST_SEED` if set, else drawn from
+/// the clock; printed, so that a failure can be run again.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("ANNAL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    eprintln!("ANNAL_TEST_SEED={seed}");
+    seed
+}
+
 // ---------------------------------------------------------------------------
 // An I/O seam that counts calls and injects failures
 // ---------------------------------------------------------------------------
