@@ -90,8 +90,15 @@ pub(crate) fn seal_header_crc(segment: &[u8]) -> Option<u32> {
     if at < SEGMENT_HEADER_LEN {
         return None;
     }
+    seal_crc_in_tail(segment, &layout)
+}
+
+/// The CRC field of the seal frame that ends `tail` (the last bytes of a
+/// sealed segment of `layout`, at least a seal's length), unchecked.
+pub(crate) fn seal_crc_in_tail(tail: &[u8], layout: &Layout) -> Option<u32> {
+    let at = tail.len().checked_sub(seal_len(layout))?;
     let crc_at = at + if layout.compact() { 0 } else { 4 };
-    Some(u32::from_le_bytes(segment.get(crc_at..crc_at + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(tail.get(crc_at..crc_at + 4)?.try_into().ok()?))
 }
 
 /// `(first_position, record_count)` as stored in the frame header at file

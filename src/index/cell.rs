@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use crate::error::{Damage, Error};
 use crate::format::IDX_HEADER_LEN;
 use crate::index::{IdxFile, Layered, MemIndex, NO_ROW, Named, StreamInfo};
+use crate::storage::mmap::{Fetch, Pin};
 
 fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
@@ -48,6 +49,19 @@ pub(crate) struct IndexCell {
     missing: AtomicBool,
     /// Counter the writer watches: bumped when damage is found.
     notify: OnceLock<Arc<AtomicU64>>,
+    /// The index file is fetched into a local cache, not in the log
+    /// directory (a sealed segment kept in an object store, spec 23.7).
+    fetched: Option<FetchedIndex>,
+}
+
+/// Where a fetched index file comes from and what it must describe.
+#[derive(Debug)]
+struct FetchedIndex {
+    fetch: Arc<dyn Fetch>,
+    segment_len: u64,
+    seal_crc: u32,
+    /// Keeps the fetched copy in its cache while the index is open.
+    pin: OnceLock<Pin>,
 }
 
 impl IndexCell {
@@ -63,6 +77,78 @@ impl IndexCell {
             rewritten: AtomicBool::new(false),
             missing: AtomicBool::new(false),
             notify: OnceLock::new(),
+            fetched: None,
+        }
+    }
+
+    /// A cell for the sealed segment based at `base`, `segment_len` bytes
+    /// long and sealed by a seal whose CRC is `seal_crc`, whose index file
+    /// `fetch` brings into a local cache on first use ([`IndexCell::get_fetched`]:
+    /// no byte of the segment is needed to open it). `name` names the index
+    /// file in messages.
+    pub(crate) fn fetched(
+        base: u64,
+        name: PathBuf,
+        fetch: Arc<dyn Fetch>,
+        segment_len: u64,
+        seal_crc: u32,
+    ) -> IndexCell {
+        let mut cell = IndexCell::new(base, Some(name), None);
+        cell.fetched = Some(FetchedIndex {
+            fetch,
+            segment_len,
+            seal_crc,
+            pin: OnceLock::new(),
+        });
+        cell
+    }
+
+    /// Whether the index file is fetched into a cache
+    /// ([`IndexCell::fetched`]).
+    pub(crate) fn is_fetched(&self) -> bool {
+        self.fetched.is_some()
+    }
+
+    /// The index of a cell made by [`IndexCell::fetched`], fetching and
+    /// opening the file on first use without the segment's bytes:
+    /// `Ok(Err(damage))` if the file is damaged (then [`IndexCell::get`]
+    /// with the segment rebuilds it and records the damage); an error to
+    /// fetch or open it is returned as such.
+    pub(crate) fn get_fetched(&self) -> Result<Result<Index, Damage>, Error> {
+        if let Some(i) = lock_read(&self.state).as_ref() {
+            return Ok(Ok(i.clone()));
+        }
+        let mut st = lock_write(&self.state);
+        if let Some(i) = st.as_ref() {
+            return Ok(Ok(i.clone()));
+        }
+        match self.open_fetched()? {
+            Ok(idx) => {
+                *st = Some(idx.clone());
+                Ok(Ok(idx))
+            }
+            Err(d) => Ok(Err(d)),
+        }
+    }
+
+    /// Fetch and open the index file of a fetched cell.
+    fn open_fetched(&self) -> Result<Result<Index, Damage>, Error> {
+        let Some(f) = &self.fetched else {
+            return Err(Error::InvalidArgument("not an index fetched into a cache".into()));
+        };
+        let got = f.fetch.fetch()?;
+        let opened = match crate::index::blockfile::BlockFile::open_path(&got.path, crate::format::IDX_MAGIC) {
+            Ok(Some(bf)) => IdxFile::open(bf, self.base, f.segment_len, f.seal_crc),
+            Ok(None) => Err(Damage::corrupt(0, "expected the cached index file, found none")),
+            Err(d) => Err(d),
+        };
+        match opened {
+            Ok(file) => {
+                let _ = f.pin.set(got.pin);
+                Ok(Ok(Index::Disk(Arc::new(file))))
+            }
+            Err(d) if d.is_io() => Err(d.at(&got.path)),
+            Err(d) => Ok(Err(d)),
         }
     }
 
@@ -97,7 +183,13 @@ impl IndexCell {
     /// mapping. Damage found in this cell is not carried over (the file is
     /// checked again when opened); the writer's notification is.
     pub(crate) fn fresh(&self) -> IndexCell {
-        let cell = IndexCell::new(self.base, self.path.clone(), None);
+        let mut cell = IndexCell::new(self.base, self.path.clone(), None);
+        cell.fetched = self.fetched.as_ref().map(|f| FetchedIndex {
+            fetch: f.fetch.clone(),
+            segment_len: f.segment_len,
+            seal_crc: f.seal_crc,
+            pin: OnceLock::new(),
+        });
         if let Some(n) = self.notify.get() {
             cell.notify(n);
         }
@@ -125,6 +217,10 @@ impl IndexCell {
             return Ok(i.clone());
         }
         let idx = match &self.path {
+            Some(p) if self.fetched.is_some() => match self.open_fetched()? {
+                Ok(idx) => idx,
+                Err(d) => self.rebuilt(p, segment, Some(d))?,
+            },
             Some(p) => match IdxFile::open_for(p, self.base, segment) {
                 Ok(Some(f)) => Index::Disk(Arc::new(f)),
                 Ok(None) => self.rebuilt(p, segment, None)?,

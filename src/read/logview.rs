@@ -60,7 +60,17 @@ impl ViewSegment {
     /// read can keep using the same index (entry numbers and row handles are
     /// only meaningful within one index).
     pub(crate) fn pinned<T>(&self, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
-        let idx = self.index.get(self.bytes()?)?;
+        // An index fetched into a cache opens without the segment's bytes
+        // (a cold segment is then fetched only to read its records); a
+        // damaged one is rebuilt from them.
+        let fetched = match self.index.is_fetched() {
+            true => self.index.get_fetched()?.ok(),
+            false => None,
+        };
+        let idx = match fetched {
+            Some(idx) => idx,
+            None => self.index.get(self.bytes()?)?,
+        };
         match f(&idx) {
             Ok(t) => Ok((idx, t)),
             Err(d) if idx.is_from_files() => self.repinned(d, f),

@@ -18,12 +18,15 @@
 //! `subscription`, `owned` (reads that own their view and yield owned
 //! records), `anchor`, `unseal` (records made readable: sealed ones
 //! decrypted or erased, spec 3.8), `front` (the log's start after retention,
-//! spec 3.9); `view` re-exports what
+//! spec 3.9), `cold` (sealed segments kept in an object store, read in
+//! front of the directory's, spec 23.7); `view` re-exports what
 //! other layers use, so that `crate::read::view::X` stays their one path.
 
 mod active;
 pub(crate) mod anchor;
 mod budget;
+#[cfg(feature = "remote")]
+pub(crate) mod cold;
 mod follow;
 pub(crate) mod front;
 mod hits;

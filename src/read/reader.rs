@@ -25,6 +25,8 @@ use crate::format::{HeadSlot, SEGMENT_BASE_POSITION_OFFSET, SEGMENT_HEADER_LEN};
 use crate::index::streamtable::{STREAM_TABLE_FILE, StreamTable};
 use crate::read::active::ActiveRead;
 use crate::read::budget::{max_mapped, trim_mappings};
+#[cfg(feature = "remote")]
+use crate::read::cold::{ColdFront, ColdTier};
 use crate::read::logview::{LogView, Unrecovered, ViewSegment};
 use crate::read::sealed::{open_sealed_in, prefetch_open, read_segment_header};
 use crate::storage::head;
@@ -65,6 +67,10 @@ struct State {
     /// Compaction records from this position on are looked at by the next
     /// view (`follow`).
     compaction_from: u64,
+    /// Sealed segments kept in an object store, in front of the
+    /// directory's (spec 23.7).
+    #[cfg(feature = "remote")]
+    cold: Option<ColdFront>,
 }
 
 /// The bases of the segment files in `dir`, sorted.
@@ -133,6 +139,8 @@ impl Reader {
             max_mapped: max_mapped(),
             keys: Arc::new(KeyRing::reader(&dir, None)),
             compaction_from: 0,
+            #[cfg(feature = "remote")]
+            cold: None,
             dir: dir.clone(),
         };
         Ok(Reader {
@@ -154,6 +162,13 @@ impl Reader {
         let keys = Arc::new(KeyRing::reader(&self.dir, Some(key)));
         self.state().keys = keys;
         self
+    }
+
+    /// Read the sealed segments that `tier` holds below the directory's
+    /// first segment as if they were in the directory (spec 23.7).
+    #[cfg(feature = "remote")]
+    pub(crate) fn set_cold(&self, tier: Arc<dyn ColdTier>) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).cold = Some(ColdFront::new(tier));
     }
 
     /// The log directory.
@@ -337,16 +352,33 @@ impl State {
         self.refresh_sealed_indexes();
         self.keys.refresh();
         let table = open_stream_table(&self.dir);
+        let mut segs = self.cold_below(first)?;
+        segs.extend(self.sealed.iter().cloned());
         let Some(active) = self.active.as_mut() else {
-            return Ok(LogView::new(self.sealed.clone(), self.sealed_next, table).with_keys(self.keys.clone()));
+            return Ok(LogView::new(segs, self.sealed_next, table).with_keys(self.keys.clone()));
         };
         let (segment, writer) = active.refresh(&self.dir, head)?;
         let position = active.next_position;
-        let mut segs = self.sealed.clone();
         segs.push(segment);
         let mut view = LogView::new(segs, position, table).with_keys(self.keys.clone());
         view.unrecovered = self.unrecovered(head, bases.last().copied(), position, writer)?;
         Ok(view)
+    }
+
+    /// The sealed segments kept in an object store below `first`, the
+    /// directory's first segment (spec 23.7).
+    #[cfg(feature = "remote")]
+    fn cold_below(&mut self, first: u64) -> Result<Vec<ViewSegment>> {
+        match self.cold.as_mut() {
+            Some(c) => c.below(Some(first)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Without the feature `remote`, there are none.
+    #[cfg(not(feature = "remote"))]
+    fn cold_below(&mut self, _first: u64) -> Result<Vec<ViewSegment>> {
+        Ok(Vec::new())
     }
 
     /// The bases of the segments a view shows: all, or up to the head's

@@ -95,7 +95,13 @@ pub(crate) fn read_segment_header(file: &File, path: &Path, base: u64) -> Result
     let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
     let n = usize::try_from(len).unwrap_or(usize::MAX).min(SEGMENT_HEADER_LEN);
     pread(file, &mut buf[..n], 0, path)?;
-    let h = *SegmentHeader::parse(&buf[..n]).map_err(|d| d.at(path))?;
+    parse_segment_header(&buf[..n], path, base)
+}
+
+/// Check the segment header at the start of `bytes` (the first bytes of the
+/// segment `path`, of any length): valid, and naming `base`.
+pub(crate) fn parse_segment_header(bytes: &[u8], path: &Path, base: u64) -> Result<SegmentHeader> {
+    let h = *SegmentHeader::parse(bytes).map_err(|d| d.at(path))?;
     if h.base_position.get() != base {
         return Err(Error::Corrupt {
             path: path.to_owned(),
@@ -136,6 +142,22 @@ fn sealed_segment_seal(len: u64, tail: &[u8], layout: &Layout) -> Result<Frame, 
     Ok(f)
 }
 
+/// Check that a sealed segment `path` of `len` bytes, whose last bytes are
+/// `tail` (at most a seal's length), ends with a seal; returns the seal.
+pub(crate) fn check_seal(len: u64, tail: &[u8], layout: &Layout, path: &Path) -> Result<Frame> {
+    sealed_segment_seal(len, tail, layout).map_err(|d| match d.is_io() {
+        true => d.at(path),
+        false => Error::Corrupt {
+            path: path.to_owned(),
+            offset: d.offset,
+            detail: format!(
+                "a segment followed by another must end with a seal (is it truncated?): {}",
+                d.detail()
+            ),
+        },
+    })
+}
+
 /// Open a sealed segment: check its header and that it ends with a seal (by
 /// copying those bytes), and give it a mapping made on first use (so opening
 /// a log maps nothing of its sealed segments). Returns the segment, the
@@ -164,17 +186,7 @@ pub(crate) fn open_sealed_in(dir: &Path, base: u64, opened: Option<File>) -> Res
     } else {
         0
     };
-    let seal = sealed_segment_seal(len, &tail[..n], &layout).map_err(|d| match d.is_io() {
-        true => d.at(&path),
-        false => Error::Corrupt {
-            path: path.clone(),
-            offset: d.offset,
-            detail: format!(
-                "a segment followed by another must end with a seal (is it truncated?): {}",
-                d.detail()
-            ),
-        },
-    })?;
+    let seal = check_seal(len, &tail[..n], &layout, &path)?;
     let idx_path = dir.join(index_file_name(base));
     Ok((
         ViewSegment {

@@ -30,6 +30,7 @@ mod reader;
 mod replica;
 mod restore;
 mod ship;
+mod tier;
 mod transfer;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub use reader::RemoteReader;
 pub use replica::{REPLICA_FILE, Replica, ReplicaReport};
 pub use restore::{RestoreReport, RestoreTo, restore};
 pub use ship::{Follow, Replicator, ShipReport};
+pub use tier::{CacheStats, DEFAULT_CACHE_BYTES};
 
 /// A remote log: a store and the prefix its objects live under.
 #[derive(Debug, Clone)]
@@ -174,6 +176,46 @@ impl RemoteLog {
         tokio::time::timeout(self.timeout, f)
             .await
             .map_err(|_| self.error(object, format!("{what}: no answer within {:?}", self.timeout)))
+    }
+
+    /// The bytes `range` of `object`: exactly the range's length, or an
+    /// error naming the object.
+    pub(crate) async fn get_range(&self, object: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let want = range.end - range.start;
+        let at = range.start;
+        let got = self
+            .request(object, "GET (a range)", self.store.get_range(&self.path(object), range))
+            .await?;
+        match got {
+            Ok(b) if b.len() as u64 == want => Ok(b.to_vec()),
+            Ok(b) => Err(self.error(
+                object,
+                format!("expected {want} bytes at offset {at}, found {}", b.len()),
+            )),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(self.error(object, "expected the object the manifest names, found none"))
+            }
+            Err(e) => Err(self.error(object, format!("GET of {want} bytes at offset {at}: {e}"))),
+        }
+    }
+
+    /// Run `f` on the process's I/O runtime and wait for it, from code
+    /// that is not async (a reader's view, a mapping made on first use).
+    /// Blocks the calling thread as a file read does.
+    pub(crate) fn block<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let rt = io_runtime(&self.url)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv()
+            .map_err(|_| self.error("", "the request's task ended without an answer"))?
     }
 
     /// The address this remote log was opened with.

@@ -93,6 +93,12 @@ pub struct Replica {
     /// The manifest version copied last (0: none).
     seq: u64,
     next_position: u64,
+    /// Whether the replica keeps every sealed segment (else only the
+    /// newest segment: a remote reader's partial copy, whose sealed
+    /// segments are read from the store, spec 23.7).
+    whole: bool,
+    /// The sealed segments of the manifest copied last.
+    sealed: Vec<super::SealedEntry>,
 }
 
 impl Replica {
@@ -151,9 +157,26 @@ impl Replica {
             log: None,
             seq: 0,
             next_position: 0,
+            whole: true,
+            sealed: Vec::new(),
         };
         replica.scan()?;
         Ok(replica)
+    }
+
+    /// Keep only the newest segment from the next round on: the sealed
+    /// segments below it are removed from the directory once the head no
+    /// longer names them, and are read from the store (spec 23.7). The
+    /// directory is then no log by itself: a reader of it needs the store
+    /// ([`RemoteReader`](super::RemoteReader)).
+    pub(crate) fn partial(mut self) -> Replica {
+        self.whole = false;
+        self
+    }
+
+    /// The sealed segments of the manifest copied last.
+    pub(crate) fn sealed(&self) -> &[super::SealedEntry] {
+        &self.sealed
     }
 
     /// The replica's directory (open a [`Reader`](crate::Reader) on it).
@@ -229,8 +252,23 @@ impl Replica {
             ));
         }
         let (mut objects, mut bytes) = (0usize, 0u64);
+        // A partial replica copies the newest segment only.
+        let newest = match m.active.as_ref().filter(|a| !a.parts.is_empty()) {
+            Some(a) => Some(a.base),
+            None => m.sealed.last().map(|e| e.base),
+        };
+        let whole = self.whole;
+        let below = |base: u64| !whole && newest.is_some_and(|n| base < n);
         for e in &m.sealed {
             let at = self.local.iter().position(|l| l.base == e.base);
+            if below(e.base) {
+                // Sealed in the store: read from there; the copy goes once
+                // the head no longer names it.
+                if let Some(i) = at {
+                    self.local[i].sealed = true;
+                }
+                continue;
+            }
             let (o, b) = match at {
                 Some(i) if self.local[i].sealed && self.local[i].len == e.segment.len => {
                     self.ensure_index(e.base, e.index.as_ref(), false).await?
@@ -270,6 +308,10 @@ impl Replica {
         self.seq = m.seq;
         self.next_position = m.next_position;
         self.publish()?;
+        if let Some(n) = newest.filter(|_| !self.whole) {
+            self.drop_below(n)?;
+        }
+        self.sealed = m.sealed;
         Ok(self.report(objects, bytes))
     }
 
@@ -511,6 +553,32 @@ impl Replica {
         drop(f);
         let path = self.dir.join(name);
         self.io.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
+        self.io
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))
+    }
+
+    /// Remove the segments (and index files) below `newest` from a partial
+    /// replica (after the head moved past them: readers of the store find
+    /// them there).
+    fn drop_below(&mut self, newest: u64) -> Result<()> {
+        let gone: Vec<u64> = self.local.iter().filter(|l| l.base < newest).map(|l| l.base).collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for base in &gone {
+            for path in [
+                self.dir.join(segment_file_name(*base)),
+                self.dir.join(index_file_name(*base)),
+            ] {
+                match self.io.remove(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", &path, e)),
+                }
+            }
+        }
+        self.local.retain(|l| l.base >= newest);
         self.io
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("fsync directory", &self.dir, e))

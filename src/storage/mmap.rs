@@ -35,6 +35,11 @@
 //! 5. **Recovery** maps the whole active segment while it holds the writer lock
 //!    (so no annal process writes to the file), reads it, and drops the
 //!    mapping before it truncates a torn tail.
+//! 6. **Cached copies of sealed segments kept in an object store** (spec
+//!    23.7, [`Mapping::fetched`]) are written whole under a temporary name,
+//!    renamed into place and never written again; the cache removes one only
+//!    while no mapping pins it, and removing a name leaves a mapping of the
+//!    file intact.
 //!
 //! Changes to the files by anything other than annal (an editor, a disk fault)
 //! are outside this contract; `annal check` exists to detect them, and every
@@ -100,6 +105,10 @@ pub(crate) struct Mapping {
     /// What to map lazily: the file's path (reopened without following
     /// links) and the length to map.
     source: Option<PathBuf>,
+    /// Or a cache that fetches the file on first use ([`Mapping::fetched`]).
+    fetch: Option<Arc<dyn Fetch>>,
+    /// What keeps a fetched file in its cache while this mapping lives.
+    pin: OnceLock<Pin>,
     len: u64,
     /// The identity of the file a lazy mapping maps (when it was opened):
     /// a file put under its name since is told from it.
@@ -114,6 +123,30 @@ pub(crate) struct Mapping {
 
 /// A file's identity (device, inode), on Unix.
 pub(crate) type FileId = (u64, u64);
+
+/// What keeps a fetched file in its cache (see [`Fetch`]): the cache lets
+/// go of a file only while nothing holds its pin.
+pub(crate) type Pin = Arc<dyn std::any::Any + Send + Sync>;
+
+/// A file that lives outside the log directory (a sealed segment kept in an
+/// object store, spec 23.7) and is fetched into a local cache on first use.
+pub(crate) trait Fetch: Send + Sync + std::fmt::Debug {
+    /// The file's local copy, opened: written whole before it was named
+    /// and never written again (the cache only removes it, once no pin is
+    /// held), and a pin that keeps it in the cache.
+    fn fetch(&self) -> Result<Fetched>;
+}
+
+/// A file [`Fetch`] made available.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// The local copy, opened.
+    pub file: File,
+    /// Its path (for messages).
+    pub path: PathBuf,
+    /// Held while the copy is mapped.
+    pub pin: Pin,
+}
 
 /// The identity of the file whose metadata is `m` (`None` off Unix).
 pub(crate) fn file_id(m: &std::fs::Metadata) -> Option<FileId> {
@@ -310,6 +343,8 @@ impl Mapping {
             map: OnceLock::from(m),
             init: Mutex::new(()),
             source: Some(path.to_owned()),
+            fetch: None,
+            pin: OnceLock::new(),
             len,
             id: None,
             used: AtomicU64::new(tick()),
@@ -335,8 +370,29 @@ impl Mapping {
             map: OnceLock::new(),
             init: Mutex::new(()),
             source: Some(path),
+            fetch: None,
+            pin: OnceLock::new(),
             len,
             id,
+            used: AtomicU64::new(0),
+            sequential_users: AtomicUsize::new(0),
+        }
+    }
+
+    /// A mapping of the first `len` bytes of a file that `fetch` makes
+    /// available on first use (then checked to be `len` bytes long), held
+    /// in its cache for as long as the mapping lives. For sealed segments
+    /// kept in an object store: case 1 of the module documentation, and the
+    /// cache writes a copy whole before naming it and never again.
+    pub(crate) fn fetched(fetch: Arc<dyn Fetch>, len: u64) -> Mapping {
+        Mapping {
+            map: OnceLock::new(),
+            init: Mutex::new(()),
+            source: None,
+            fetch: Some(fetch),
+            pin: OnceLock::new(),
+            len,
+            id: None,
             used: AtomicU64::new(0),
             sequential_users: AtomicUsize::new(0),
         }
@@ -353,6 +409,9 @@ impl Mapping {
         let _guard = self.init.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = self.map.get() {
             return Ok(m.as_deref().unwrap_or(&[]));
+        }
+        if let Some(fetch) = &self.fetch {
+            return self.map_fetched(fetch.as_ref());
         }
         let Some(path) = &self.source else {
             return Ok(&[]);
@@ -380,6 +439,27 @@ impl Mapping {
             });
         }
         let m = mmap(&file, self.len, path)?;
+        self.used.store(tick(), Ordering::Relaxed);
+        Ok(self.map.get_or_init(|| m).as_deref().unwrap_or(&[]))
+    }
+
+    /// Fetch the file, check its length and map it (the caller holds
+    /// `init`).
+    fn map_fetched(&self, fetch: &dyn Fetch) -> Result<&[u8]> {
+        let got = fetch.fetch()?;
+        let found = got.file.metadata().map_err(|e| Error::io("stat", &got.path, e))?.len();
+        if found != self.len {
+            return Err(Error::Corrupt {
+                path: got.path,
+                offset: found.min(self.len),
+                detail: format!(
+                    "expected the cached copy of a sealed segment to be {} bytes long, found {found}",
+                    self.len
+                ),
+            });
+        }
+        let m = mmap(&got.file, self.len, &got.path)?;
+        let _ = self.pin.set(got.pin);
         self.used.store(tick(), Ordering::Relaxed);
         Ok(self.map.get_or_init(|| m).as_deref().unwrap_or(&[]))
     }
@@ -467,6 +547,9 @@ impl Mapping {
     /// never changes again (a sealed segment): the lazy mapping requires the
     /// file to still be `len` bytes long.
     pub(crate) fn fresh(&self) -> Option<Mapping> {
+        if let Some(fetch) = &self.fetch {
+            return Some(Mapping::fetched(fetch.clone(), self.len));
+        }
         // SAFETY: the same range of the same file as `self`, which was made
         // under the same guarantee (`map` or `lazy`); a file whose length
         // changed is refused when the lazy mapping is made.

@@ -1,0 +1,305 @@
+//! Sealed segments read from the store (issue 18, spec 23.7): a remote
+//! reader copies only the newest segment, opens each sealed segment by two
+//! ranged reads (its header and its seal), fetches a segment whole into a
+//! bounded cache only when a view reads it, and reads exactly what a local
+//! reader reads; damage in the store is an error naming the object.
+//!
+//! The store counts its requests (whole GETs and ranged GETs by object), so
+//! "fetches only what it reads" is asserted on counts, not on time.
+
+#![cfg(feature = "remote")]
+
+mod remote_support;
+
+use remote_support::*;
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use annal::remote::{RemoteLog, RemoteReader, Replicator};
+use annal::{Direction, Error, EventData, ExpectedVersion, LogView, Reader, StreamPosition};
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetResult, ObjectStore, PutOptions, PutPayload, PutResult};
+
+/// An in-memory store that records every GET: `(object, ranged)`.
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: InMemory,
+    gets: Mutex<Vec<(String, bool)>>,
+    puts: AtomicU64,
+}
+
+impl std::fmt::Display for CountingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CountingStore")
+    }
+}
+
+impl CountingStore {
+    /// Whole GETs of sealed segment objects since the last call.
+    fn take_gets(&self) -> Vec<(String, bool)> {
+        std::mem::take(&mut *self.gets.lock().unwrap())
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for CountingStore {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.puts.fetch_add(1, SeqCst);
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> object_store::Result<GetResult> {
+        let ranged = options.range.is_some();
+        self.gets.lock().unwrap().push((location.to_string(), ranged));
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn delete(&self, location: &ObjectPath) -> object_store::Result<()> {
+        self.inner.delete(location).await
+    }
+
+    fn list(
+        &self,
+        _prefix: Option<&ObjectPath>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        panic!("a remote log is never listed: listings can lie")
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        _prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<object_store::ListResult> {
+        panic!("a remote log is never listed: listings can lie")
+    }
+
+    async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+        self.inner.copy(from, to).await
+    }
+
+    async fn copy_if_not_exists(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+/// `(position, stream, version, payload)` of every event of `view`.
+fn all(view: &LogView) -> Vec<(u64, String, u64, Vec<u8>)> {
+    view.read_all(0)
+        .map(|r| {
+            let r = r.unwrap();
+            (
+                r.position(),
+                r.stream().to_owned(),
+                r.stream_version(),
+                r.payload().to_vec(),
+            )
+        })
+        .collect()
+}
+
+fn stream(view: &LogView, name: &str, dir: Direction) -> Vec<(u64, u64)> {
+    let from = match dir {
+        Direction::Forward => StreamPosition::Start,
+        _ => StreamPosition::End,
+    };
+    view.read_stream(name, from, dir, u64::MAX)
+        .map(|r| {
+            let r = r.unwrap();
+            (r.position(), r.stream_version())
+        })
+        .collect()
+}
+
+/// Whole GETs of sealed segment objects among `gets`.
+fn segment_fetches(gets: &[(String, bool)]) -> Vec<&str> {
+    gets.iter()
+        .filter(|(o, ranged)| !ranged && o.contains("/segments/") && o.ends_with(".seg"))
+        .map(|(o, _)| o.as_str())
+        .collect()
+}
+
+/// Bytes of the files in the reader's segment cache, on disk.
+fn cache_bytes_on_disk(reader: &RemoteReader) -> u64 {
+    std::fs::read_dir(reader.dir().join("annal.cache"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_remote_reader_reads_sealed_segments_from_the_store_within_its_budget() {
+    let (_tmp, src, log) = source(900);
+    // A stream that only the newest batches hold.
+    for i in 0..3 {
+        log.append(
+            "late",
+            ExpectedVersion::Any,
+            &[EventData::new("L", format!("late {i}"))],
+        )
+        .unwrap();
+    }
+    let store = Arc::new(CountingStore::default());
+    let remote = RemoteLog::from_store(store.clone(), "logs/tiered", "memory://logs/tiered");
+    let rt = rt();
+    let mut rep = Replicator::new(&src, remote.clone());
+    rt.block_on(rep.ship_once()).unwrap();
+    let local = Reader::open(&src).unwrap().view().unwrap();
+    let sealed = local.segment_count() - 1;
+    assert!(sealed >= 10, "{sealed} sealed segments");
+    store.take_gets();
+
+    let budget = 3 * (16 << 10) + 8 * 1024;
+    let reader = RemoteReader::open_bounded(remote.clone(), budget).unwrap();
+    // Opening read the manifests and the newest segment's parts, and each
+    // sealed segment's header and seal by ranged reads: no whole segment.
+    let view = reader.view().unwrap();
+    let gets = store.take_gets();
+    assert!(segment_fetches(&gets).is_empty(), "{gets:?}");
+    let ranged = gets.iter().filter(|(o, r)| *r && o.contains("/segments/")).count();
+    assert_eq!(ranged, 2 * sealed, "a header and a seal per sealed segment: {gets:?}");
+    assert_eq!(view.segment_count(), local.segment_count());
+    // Only the newest segment is in the reader's directory.
+    let segs = std::fs::read_dir(reader.dir())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg"))
+        .count();
+    assert_eq!(segs, 1);
+
+    // A stream held by the newest sealed segments fetches only those.
+    assert_eq!(
+        stream(&view, "late", Direction::Backward),
+        stream(&local, "late", Direction::Backward)
+    );
+    let fetched = segment_fetches(&store.take_gets()).len();
+    assert!(
+        fetched <= 1,
+        "{fetched} segments fetched for a stream in the newest ones"
+    );
+    drop(view);
+
+    // A replay reads every segment: the same events as the local log.
+    let view = reader.view().unwrap();
+    assert_eq!(all(&view), all(&local));
+    let stats = reader.cache_stats().unwrap();
+    assert!(stats.held_bytes > budget, "a live view holds what it read: {stats:?}");
+    for s in ["s-0", "s-7", "late"] {
+        for d in [Direction::Forward, Direction::Backward] {
+            assert_eq!(stream(&view, s, d), stream(&local, s, d), "{s} {d:?}");
+        }
+    }
+    assert_eq!(
+        view.read_category("s", 0)
+            .map(|r| r.unwrap().position())
+            .collect::<Vec<_>>(),
+        local
+            .read_category("s", 0)
+            .map(|r| r.unwrap().position())
+            .collect::<Vec<_>>()
+    );
+    drop(view);
+    // Once no view holds them, the next refresh keeps the cache within its
+    // budget, on disk too.
+    reader.refresh().unwrap();
+    let stats = reader.cache_stats().unwrap();
+    assert!(stats.bytes <= budget, "{stats:?}");
+    assert_eq!(stats.held_bytes, 0, "{stats:?}");
+    assert_eq!(cache_bytes_on_disk(&reader), stats.bytes);
+    assert!(stats.fetches as usize >= sealed, "{stats:?}");
+
+    // Replays again, one view at a time: each fetches what the cache let go
+    // of, never more than once per view, and reads the same events.
+    let before = stats.fetches;
+    assert_eq!(all(&reader.view().unwrap()), all(&local));
+    let again = reader.cache_stats().unwrap().fetches - before;
+    assert!(again as usize <= 2 * sealed, "a segment and its index at most: {again}");
+
+    // New rounds: the reader follows, through seals, and reads them all.
+    append(&log, 900, 300);
+    rt.block_on(rep.ship_once()).unwrap();
+    let local = Reader::open(&src).unwrap().view().unwrap();
+    assert_eq!(all(&reader.view().unwrap()), all(&local));
+    let segs = std::fs::read_dir(reader.dir())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg"))
+        .count();
+    assert_eq!(segs, 1, "still only the newest segment is copied");
+    let dir = reader.dir().to_owned();
+    drop(reader);
+    assert!(!dir.exists());
+    log.close().unwrap();
+}
+
+#[test]
+fn damage_in_the_store_is_an_error_naming_the_object() {
+    let (tmp, src, log) = source(500);
+    let store_dir = tmp.path().join("store");
+    let url = format!("file://{}", store_dir.display());
+    let remote = RemoteLog::open(&url).unwrap();
+    let rt = rt();
+    rt.block_on(Replicator::new(&src, remote.clone()).ship_once()).unwrap();
+    log.close().unwrap();
+    let mut objects: Vec<_> = std::fs::read_dir(store_dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    objects.sort();
+    assert!(objects.len() >= 4);
+
+    // A byte in the middle of a sealed segment: the view opens (header and
+    // seal are intact) and reading it fails on its BLAKE3, naming it.
+    let mid = &objects[1];
+    let mut bytes = std::fs::read(mid).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(mid, &bytes).unwrap();
+    let reader = Reader::open_remote(&url).unwrap();
+    let view = reader.view().unwrap();
+    let name = mid.file_name().unwrap().to_string_lossy().into_owned();
+    let err = view
+        .read_all(0)
+        .find_map(|r| r.err())
+        .expect("an error, not a silent prefix");
+    match &err {
+        Error::Remote { object, detail } => {
+            assert!(object.ends_with(&name), "{object}");
+            assert!(detail.contains("BLAKE3"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Events before the damaged segment were delivered, and none after it.
+    let delivered: Vec<u64> = view.read_all(0).map_while(|r| r.ok()).map(|r| r.position()).collect();
+    assert_eq!(delivered.first(), Some(&0));
+    drop(view);
+    drop(reader);
+    bytes[at] ^= 0x40;
+    std::fs::write(mid, &bytes).unwrap();
+
+    // A header damaged: the view itself fails, naming the object.
+    let first = &objects[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    bytes[9] ^= 0x01;
+    std::fs::write(first, &bytes).unwrap();
+    let reader = Reader::open_remote(&url).unwrap();
+    let name = first.file_name().unwrap().to_string_lossy().into_owned();
+    match reader.view() {
+        Err(Error::Corrupt { path, .. } | Error::UnsupportedVersion { path, .. }) => {
+            assert!(path.to_string_lossy().ends_with(&name), "{path:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
