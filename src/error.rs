@@ -225,6 +225,39 @@ pub enum Error {
         /// What was found.
         detail: String,
     },
+    /// A version of a projection (spec 24.8) was superseded: a higher
+    /// version took over serving its name. Its runner saves nothing more
+    /// (its files may be retired); a runner of it is not opened again.
+    /// `version` 0 is the unversioned projection.
+    #[error(
+        "projection {name:?}: version {version} was superseded by version {by}, which serves now; it saves nothing more"
+    )]
+    Superseded {
+        /// The projection's name.
+        name: String,
+        /// The superseded version (0: the unversioned projection).
+        version: u64,
+        /// The version that serves.
+        by: u64,
+    },
+    /// A version of a projection did not take over (spec 24.8): the version
+    /// serving is no longer the one its runner last saw (another version
+    /// took over first). The runner now builds beside the one found; a
+    /// later take-over replaces that one.
+    #[error(
+        "projection {name:?}: version {version} did not take over: version {found} serves, not version {expected} as this runner last saw"
+    )]
+    ServingChanged {
+        /// The projection's name.
+        name: String,
+        /// The version that tried to take over.
+        version: u64,
+        /// The serving version its runner last saw (0: the unversioned
+        /// projection, or none).
+        expected: u64,
+        /// The serving version found.
+        found: u64,
+    },
     /// The audit chain's key is missing, not needed, or not the log's.
     #[error("{path}: {detail}")]
     ChainKey {

@@ -83,7 +83,8 @@ pub use es::consumer::{
 #[cfg(feature = "cqrs-es")]
 pub use es::cqrs;
 pub use es::projection::Projection;
-pub use es::runner::{PROJECTION_FILE_PREFIX, ProjectionBuilder, ProjectionRunner};
+pub use es::runner::{PROJECTION_FILE_PREFIX, ProjectionBuilder, ProjectionRunner, TakeOver, TakenOver};
+pub use es::serving::{Served, ServingProjection};
 pub use es::snapshot::Snapshot;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

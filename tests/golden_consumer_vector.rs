@@ -1,5 +1,7 @@
 //! The golden vector of a durable subscription's checkpoint file (spec 24):
-//! `spec/vectors/consumer/annal.sub.billing`.
+//! `spec/vectors/consumer/annal.sub.billing`; of a projection file (24.5):
+//! `annal.proj.per-stream`; of a serving file (24.8):
+//! `annal.proj.per-stream~serving`.
 //!
 //! A subscription `billing` of the category `order`, committing at every
 //! acknowledgement: created (sequence 1, next position 0, first slot), then
@@ -183,4 +185,65 @@ fn the_projection_file_is_the_committed_vector_and_decodes_from_the_spec() {
     let r = log2.projection("per-stream", PerStream).open().unwrap();
     assert_eq!(r.position(), 5);
     assert_eq!(r.model().last(), Some(&("order-9".to_owned(), 1)));
+}
+
+#[test]
+fn the_serving_file_is_the_committed_vector_and_decodes_from_the_spec() {
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/vectors/consumer/annal.proj.per-stream~serving");
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(dir.path());
+    // Version 1 serves at once (nothing served); version 2 builds beside it
+    // and takes over at position 4; version 1's files are retired.
+    log.projection("per-stream", PerStream)
+        .version(1)
+        .open()
+        .unwrap()
+        .close()
+        .unwrap();
+    let mut v2 = log.projection("per-stream", PerStream).version(2).open().unwrap();
+    let taken = v2.take_over().unwrap();
+    assert_eq!((taken.previous, taken.retired), (Some(1), true));
+    v2.close().unwrap();
+    let written = std::fs::read(dir.path().join("annal.proj.per-stream~serving")).unwrap();
+    if regenerating() {
+        std::fs::write(&committed, &written).unwrap();
+    }
+    let file = std::fs::read(&committed).unwrap();
+    assert_eq!(written, file, "annal writes the committed vector byte for byte");
+    // (b) from the spec's table: 40 bytes, magic, CRC-32 of bytes 12..40,
+    // version, flags, the serving version, the previous one, the position
+    // it took over at.
+    assert_eq!(file.len(), 40);
+    assert_eq!(&file[0..8], b"ANNALSRV");
+    assert_eq!(u32::from_le_bytes(file[8..12].try_into().unwrap()), crc(&file[12..40]));
+    assert_eq!(u16_at(&file, 12), 1);
+    assert_eq!(u16_at(&file, 14), 0);
+    assert_eq!(u64_at(&file, 16), 2, "serving");
+    assert_eq!(u64_at(&file, 24), 1, "previous");
+    assert_eq!(u64_at(&file, 32), 4, "position");
+    // A version's model file is a projection file (24.5): the same bytes
+    // as the unversioned vector of the same projection over the same log.
+    let v2_file = std::fs::read(dir.path().join("annal.proj.per-stream~v2")).unwrap();
+    let unversioned =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/vectors/consumer/annal.proj.per-stream"))
+            .unwrap();
+    assert_eq!(v2_file, unversioned);
+    assert!(!dir.path().join("annal.proj.per-stream~v1").exists(), "retired");
+    // (c) annal reads the committed file: version 2 serves, version 1 and
+    // the unversioned projection are superseded, version 2's runner serves
+    // (rebuilt here: its model file is not copied).
+    let dir2 = tempfile::tempdir().unwrap();
+    let log2 = log_in(dir2.path());
+    std::fs::copy(&committed, dir2.path().join("annal.proj.per-stream~serving")).unwrap();
+    let serving = annal::ServingProjection::new(dir2.path(), "per-stream").unwrap();
+    assert_eq!(serving.version().unwrap(), Some(2));
+    for v in [0, 1] {
+        match log2.projection("per-stream", PerStream).version(v).open() {
+            Err(annal::Error::Superseded { version, by, .. }) => assert_eq!((version, by), (v, 2)),
+            other => panic!("version {v}: {other:?}"),
+        }
+    }
+    let r = log2.projection("per-stream", PerStream).version(2).open().unwrap();
+    assert!(r.is_serving());
+    assert_eq!(r.position(), 4);
 }

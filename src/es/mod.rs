@@ -17,5 +17,6 @@ pub mod cqrs;
 mod erasure;
 pub(crate) mod projection;
 pub(crate) mod runner;
+pub(crate) mod serving;
 pub(crate) mod snapshot;
 pub mod typed;

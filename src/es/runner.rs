@@ -10,6 +10,14 @@
 //! folds with the same code as [`LogView::rebuild`](crate::LogView::rebuild),
 //! so its model equals a rebuild over the same events; one runner per name
 //! at a time (an exclusive lock on `annal.proj.<name>.lock`).
+//!
+//! Versions (spec 24.8): a runner opened with
+//! [`version`](ProjectionBuilder::version) keeps its model in
+//! `annal.proj.<name>~v<version>` and its lock beside; which version serves
+//! is the serving file's, switched by [`ProjectionRunner::take_over`]
+//! (`es::serving` holds the protocol). A runner reads the serving file at
+//! each step and save: once a higher version serves, it is superseded and
+//! saves nothing more.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -20,13 +28,15 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::es::projection::Projection;
-use crate::format::consumer::{decode_projection, encode_projection, fingerprint};
+use crate::es::serving::{self, ServingProjection};
+use crate::format::consumer::{encode_projection, fingerprint};
+use crate::format::serving::{lock_file_name, model_file_name};
 use crate::read::view::{LogView, Reader};
 use crate::storage::io::StdIo;
 use crate::writer::Log;
 
 /// The prefix of a projection's file name: `annal.proj.<name>`.
-pub const PROJECTION_FILE_PREFIX: &str = "annal.proj.";
+pub use crate::format::serving::PROJECTION_FILE_PREFIX;
 
 /// What a runner reads: the writer in this process, or a [`Reader`] in
 /// any process.
@@ -87,6 +97,39 @@ impl Source {
     }
 }
 
+/// When a version of a projection takes over serving its name from the
+/// version serving (spec 24.8), besides by
+/// [`ProjectionRunner::take_over`]: the builder's
+/// [`take_over`](ProjectionBuilder::take_over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TakeOver {
+    /// Only when [`ProjectionRunner::take_over`] is called (the default).
+    /// A version opened when nothing serves (no serving file, no
+    /// unversioned projection file) takes over at once all the same.
+    #[default]
+    Manual,
+    /// As soon as it has caught up with the log's visible end: at
+    /// [`open`](ProjectionBuilder::open), after its first catch-up.
+    WhenCaughtUp,
+    /// At the first step (or open) after which its position is at least
+    /// this one.
+    AtPosition(u64),
+}
+
+/// What [`ProjectionRunner::take_over`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TakenOver {
+    /// The version it took over from (0: the unversioned projection, or
+    /// none); `None` if this version already served.
+    pub previous: Option<u64>,
+    /// Whether the previous version's files were removed (no runner held
+    /// its lock); if not, its runner's [`retire`](ProjectionRunner::retire)
+    /// or [`ServingProjection::retire_superseded`] removes them later.
+    pub retired: bool,
+}
+
 /// Options of a projection runner, from [`Log::projection`] or
 /// [`Reader::projection`]; [`open`](ProjectionBuilder::open) opens it.
 #[must_use = "a builder does nothing until it is opened"]
@@ -97,13 +140,16 @@ pub struct ProjectionBuilder<P> {
     projection: P,
     save_every: u64,
     save_interval: Duration,
+    version: u64,
+    take_over: TakeOver,
 }
 
 impl Log {
     /// A runner of `projection` under `name` (see [`ProjectionRunner`]).
-    /// A new version of a projection is a new name (`revenue-v2`): it builds
-    /// beside the running one, which keeps serving until the new one has
-    /// caught up.
+    /// A new version of a projection (a new model, another fold) is opened
+    /// with [`version`](ProjectionBuilder::version): it builds beside the
+    /// version serving, which keeps serving until the new one takes over
+    /// ([`ProjectionRunner::take_over`]).
     ///
     /// ```
     /// # fn main() -> annal::Result<()> {
@@ -130,6 +176,12 @@ impl Log {
     pub fn projection<P: Projection>(&self, name: &str, projection: P) -> ProjectionBuilder<P> {
         ProjectionBuilder::new(Source::Log(self.clone()), name, projection)
     }
+
+    /// The serving model of the projection `name` in this log's directory
+    /// (see [`ServingProjection`]); retiring goes through the log's I/O.
+    pub fn serving_projection(&self, name: &str) -> Result<ServingProjection> {
+        ServingProjection::with_io(self.dir(), name, std::sync::Arc::clone(self.io()))
+    }
 }
 
 impl Reader {
@@ -138,6 +190,12 @@ impl Reader {
     /// file and lock are the files it writes in the log directory.
     pub fn projection<P: Projection>(self, name: &str, projection: P) -> ProjectionBuilder<P> {
         ProjectionBuilder::new(Source::Reader(Box::new(self)), name, projection)
+    }
+
+    /// The serving model of the projection `name` in this log's directory
+    /// (see [`ServingProjection`]).
+    pub fn serving_projection(&self, name: &str) -> Result<ServingProjection> {
+        ServingProjection::new(self.dir(), name)
     }
 }
 
@@ -149,6 +207,8 @@ impl<P> ProjectionBuilder<P> {
             projection,
             save_every: 1000,
             save_interval: Duration::from_secs(1),
+            version: 0,
+            take_over: TakeOver::Manual,
         }
     }
 }
@@ -170,26 +230,105 @@ where
         self
     }
 
+    /// Run version `version` (at least 1; 0, the default, is the
+    /// unversioned projection) of the projection (spec 24.8):
+    /// its model is kept in `annal.proj.<name>~v<version>`, beside the other
+    /// versions'. If a lower version serves (or the unversioned projection,
+    /// version 0), this one builds beside it, catching up with a parallel
+    /// rebuild while the serving one keeps running and keeping its model,
+    /// and serves once it [takes over](ProjectionRunner::take_over); if
+    /// nothing serves, it serves at once. Without a version, the runner is
+    /// the unversioned projection of `annal.proj.<name>` (version 0), which
+    /// a version takes over from like from any other: that is how an
+    /// unversioned projection is upgraded.
+    ///
+    /// ```
+    /// # fn main() -> annal::Result<()> {
+    /// use annal::{Error, EventData, ExpectedVersion, Log, Projection, RecordRef};
+    /// struct Count(u64); // each event counts this much
+    /// impl Projection for Count {
+    ///     type Model = u64;
+    ///     fn empty(&self) -> u64 { 0 }
+    ///     fn apply(&self, n: &mut u64, _: &RecordRef<'_>) { *n += self.0 }
+    ///     fn merge(&self, a: u64, b: u64) -> u64 { a + b }
+    /// }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path())?;
+    /// log.append("order-1", ExpectedVersion::Any, &[EventData::new("Placed", b"{}")])?;
+    /// let mut v1 = log.projection("count", Count(1)).version(1).open()?; // serves
+    /// let mut v2 = log.projection("count", Count(10)).version(2).open()?; // builds beside
+    /// assert!(v1.is_serving() && !v2.is_serving());
+    /// log.append("order-1", ExpectedVersion::Any, &[EventData::new("Paid", b"{}")])?;
+    /// v1.step(std::time::Duration::ZERO)?;           // v1 keeps serving
+    /// assert_eq!(*v1.model(), 2);
+    /// v2.take_over()?;                               // caught up: switched
+    /// assert_eq!(*v2.model(), 20);
+    /// assert!(matches!(v1.step(std::time::Duration::ZERO),
+    ///     Err(Error::Superseded { version: 1, by: 2, .. })));
+    /// v1.retire()?;                                  // its files removed
+    /// # Ok(()) }
+    /// ```
+    pub fn version(mut self, version: u64) -> ProjectionBuilder<P> {
+        self.version = version;
+        self
+    }
+
+    /// When this version takes over by itself (default
+    /// [`TakeOver::Manual`]); for a version (see
+    /// [`version`](ProjectionBuilder::version)).
+    pub fn take_over(mut self, when: TakeOver) -> ProjectionBuilder<P> {
+        self.take_over = when;
+        self
+    }
+
     /// Open the runner: take its name ([`Error::Locked`] if another runner
-    /// holds it), load its file (the model and position; [`Error::Corrupt`]
-    /// naming it if damaged, [`Error::InvalidArgument`] if the model no
-    /// longer deserializes), and catch up with the log: from nothing with a
+    /// holds it; [`Error::Superseded`] if a higher version serves), load its
+    /// file (the model and position; [`Error::Corrupt`] naming it if
+    /// damaged, [`Error::InvalidArgument`] if the model no longer
+    /// deserializes), and catch up with the log: from nothing with a
     /// parallel rebuild, else from the file's position on. The caught-up
-    /// model is saved.
+    /// model is saved. A version takes over if nothing serves, or if its
+    /// [`take_over`](ProjectionBuilder::take_over) option says so.
     pub fn open(self) -> Result<ProjectionRunner<P>> {
         super::consumer::check_name(&self.name)?;
+        if self.version == 0 && self.take_over != TakeOver::Manual {
+            return Err(Error::InvalidArgument(format!(
+                "projection {:?}: only a version (ProjectionBuilder::version, at least 1) takes over",
+                self.name
+            )));
+        }
         let dir = self.source.dir().to_owned();
-        let path = dir.join(format!("{PROJECTION_FILE_PREFIX}{}", self.name));
-        let lock_path = dir.join(format!("{PROJECTION_FILE_PREFIX}{}.lock", self.name));
+        let path = dir.join(model_file_name(&self.name, self.version));
+        let lock_path = dir.join(lock_file_name(&self.name, self.version));
+        // Before the lock (a superseded version leaves no lock file behind)
+        // and again under it (a superseded version never saves again).
+        let superseded = |serving: u64| Error::Superseded {
+            name: self.name.clone(),
+            version: self.version,
+            by: serving,
+        };
+        let serving = serving::serving_version(&dir, &self.name)?;
+        if serving > self.version {
+            return Err(superseded(serving));
+        }
         let lock = lock_name(&lock_path)?;
-        let loaded = match crate::storage::io::open_read(&path) {
-            Ok(f) => Some(read_projection::<P>(f, &path)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io("open", &path, e)),
+        let serving = serving::serving_version(&dir, &self.name)?;
+        if serving > self.version {
+            return Err(superseded(serving));
+        }
+        let loaded = match serving::read_model_file(&path)? {
+            Some((next, last, model)) => Some((next, last, deserialize_model::<P>(&model, &path)?)),
+            None => None,
         };
         let mut runner = ProjectionRunner {
             source: self.source,
             path,
+            dir,
+            name: self.name,
+            version: self.version,
+            serving,
+            superseded: None,
+            take_over: self.take_over,
             _lock: lock,
             model: self.projection.empty(),
             projection: self.projection,
@@ -230,6 +369,16 @@ where
         if runner.pending > 0 {
             runner.save()?;
         }
+        // A version opened when nothing serves serves at once.
+        let nothing_serves =
+            runner.version > 0 && serving == 0 && !runner.dir.join(model_file_name(&runner.name, 0)).exists();
+        if nothing_serves || runner.take_over_due() {
+            match runner.take_over() {
+                // Another version took over first: this one builds beside it.
+                Ok(_) | Err(Error::ServingChanged { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(runner)
     }
 }
@@ -257,34 +406,18 @@ fn last_event_below(view: &LogView, next: u64) -> u64 {
     }
 }
 
-/// The position, last event and model a projection file holds.
-fn read_projection<P: Projection>(f: File, path: &std::path::Path) -> Result<(u64, u64, P::Model)>
+/// The model of a projection file at `path`, deserialized.
+fn deserialize_model<P: Projection>(model: &[u8], path: &std::path::Path) -> Result<P::Model>
 where
     P::Model: DeserializeOwned,
 {
-    use std::io::Read;
-    let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-    let cap = crate::format::consumer::MAX_PROJECTION_MODEL + 64;
-    if len > cap {
-        return Err(Error::Corrupt {
-            path: path.to_owned(),
-            offset: 0,
-            detail: format!("expected a projection file of at most {cap} bytes, found {len}"),
-        });
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    f.take(cap)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
-    let (next, last, model) = decode_projection(&bytes).map_err(|d| d.at(path))?;
-    let model = postcard::from_bytes(model).map_err(|e| {
+    postcard::from_bytes(model).map_err(|e| {
         Error::InvalidArgument(format!(
             "{}: the saved model does not deserialize as this projection's model ({e}); a projection whose model \
-             type changed takes a new name",
+             type changed takes a new version (ProjectionBuilder::version)",
             path.display()
         ))
-    })?;
-    Ok((next, last, model))
+    })
 }
 
 /// A projection kept up to date from the log: its model, and the position
@@ -294,6 +427,16 @@ where
 pub struct ProjectionRunner<P: Projection> {
     source: Source,
     path: PathBuf,
+    dir: PathBuf,
+    name: String,
+    /// This runner's version (0: the unversioned projection).
+    version: u64,
+    /// The version serving, as last read from the serving file (0: none,
+    /// or the unversioned projection).
+    serving: u64,
+    /// The version that superseded this one, once seen.
+    superseded: Option<u64>,
+    take_over: TakeOver,
     _lock: File,
     projection: P,
     model: P::Model,
@@ -310,6 +453,8 @@ impl<P: Projection> std::fmt::Debug for ProjectionRunner<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProjectionRunner")
             .field("path", &self.path)
+            .field("version", &self.version)
+            .field("serving", &self.serving)
             .field("next_position", &self.next_position)
             .field("pending", &self.pending)
             .finish_non_exhaustive()
@@ -328,6 +473,128 @@ where
     /// The position after the last event folded into the model.
     pub fn position(&self) -> u64 {
         self.next_position
+    }
+
+    /// This runner's version (0: the unversioned projection).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether this runner's version served when the serving file was last
+    /// read (at open, each step and save, and a take-over). The unversioned
+    /// projection serves while no serving file exists.
+    pub fn is_serving(&self) -> bool {
+        self.superseded.is_none() && self.serving == self.version
+    }
+
+    /// Read the serving file: [`Error::Superseded`] once a higher version
+    /// serves (and from then on, without reading it again).
+    fn observe(&mut self) -> Result<()> {
+        if self.superseded.is_none() {
+            let found = serving::serving_version(&self.dir, &self.name)?;
+            if found > self.version {
+                self.superseded = Some(found);
+            } else {
+                self.serving = found;
+            }
+        }
+        match self.superseded {
+            Some(by) => Err(Error::Superseded {
+                name: self.name.clone(),
+                version: self.version,
+                by,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the builder's [`TakeOver`] option says to take over now.
+    fn take_over_due(&self) -> bool {
+        if self.version == 0 || self.is_serving() {
+            return false;
+        }
+        match self.take_over {
+            TakeOver::Manual => false,
+            TakeOver::WhenCaughtUp => true,
+            TakeOver::AtPosition(p) => self.next_position >= p,
+        }
+    }
+
+    /// Take over serving the projection's name (spec 24.8): fold every
+    /// event visible now, save the model, then switch the serving file to
+    /// this version, atomically and only if it still names the version this
+    /// runner last saw serve; then retire that version's files if no runner
+    /// holds its lock. A crash at any moment leaves one version serving, the
+    /// old or this one, each with its saved model. From then on, readers
+    /// ([`ServingProjection`]) load this version's model, and the old
+    /// version's runner gets [`Error::Superseded`] at its next step or save.
+    ///
+    /// Errors: [`Error::ServingChanged`] if another version took over since
+    /// this runner last read the serving file (this one now builds beside
+    /// it: a second call takes over from it), [`Error::Superseded`] if a
+    /// higher version serves, [`Error::InvalidArgument`] for the unversioned
+    /// projection. A failure to remove the old version's files after the
+    /// switch is not an error of the take-over: `retired` is false.
+    pub fn take_over(&mut self) -> Result<TakenOver> {
+        if self.version == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "projection {:?}: only a version (ProjectionBuilder::version, at least 1) takes over",
+                self.name
+            )));
+        }
+        self.observe()?;
+        if self.serving == self.version {
+            return Ok(TakenOver {
+                previous: None,
+                retired: false,
+            });
+        }
+        self.catch_up()?;
+        self.write_model()?;
+        let io = self.source.io();
+        let expected = self.serving;
+        match serving::switch(&*io, &self.dir, &self.name, self.version, expected, self.next_position) {
+            Ok(_) => {}
+            Err(e) => {
+                match e {
+                    Error::ServingChanged { found, .. } => self.serving = found,
+                    Error::Superseded { by, .. } => self.superseded = Some(by),
+                    _ => {}
+                }
+                return Err(e);
+            }
+        }
+        self.serving = self.version;
+        // Not an error of the take-over, which is done: the files stay for
+        // a later retirement, which reports why.
+        let retired = serving::retire(&*io, &self.dir, &self.name, expected);
+        crate::trace::when! {
+            if let Err(e) = &retired {
+                crate::trace::event!(WARN, error = %e, "annal could not retire a superseded projection version");
+            }
+        }
+        let retired = retired.unwrap_or(false);
+        Ok(TakenOver {
+            previous: Some(expected),
+            retired,
+        })
+    }
+
+    /// Remove this superseded version's files (its model, its lock file):
+    /// [`Error::InvalidArgument`] if it is not superseded (it serves, or may
+    /// take over).
+    pub fn retire(mut self) -> Result<()> {
+        match self.observe() {
+            Err(Error::Superseded { .. }) => {}
+            Ok(()) => {
+                return Err(Error::InvalidArgument(format!(
+                    "projection {:?}: version {} is not superseded; only a superseded version is retired",
+                    self.name, self.version
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        serving::remove_version_files(&*self.source.io(), &self.dir, &self.name, self.version)
     }
 
     /// Whether the log holds what a file at `next` with `last` folded: its
@@ -370,7 +637,11 @@ where
     /// Fold what is new, waiting up to `timeout` for something to be
     /// appended if nothing is; save when due. Returns the events folded.
     /// [`Error::Closed`] once the log is closed and everything was folded.
+    ///
+    /// [`Error::Superseded`] once a higher version serves (spec 24.8): the
+    /// runner saves nothing more.
     pub fn step(&mut self, timeout: Duration) -> Result<u64> {
+        self.observe()?;
         let epoch = self.source.epoch();
         let ended = self.source.ended();
         let mut folded = self.catch_up()?;
@@ -381,6 +652,13 @@ where
             }
             self.source.wait(epoch, timeout);
             folded = self.catch_up()?;
+        }
+        if self.take_over_due() {
+            match self.take_over() {
+                // Another version took over first: builds beside it.
+                Ok(_) | Err(Error::ServingChanged { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         if self.pending >= self.save_every || (self.pending > 0 && self.last_save.elapsed() >= self.save_interval) {
             self.save()?;
@@ -403,7 +681,14 @@ where
 
     /// Save the model and its position now: one file, written whole
     /// (temporary file, fsync, rename, directory fsync).
+    /// [`Error::Superseded`] (nothing written) once a higher version serves.
     pub fn save(&mut self) -> Result<()> {
+        self.observe()?;
+        self.write_model()
+    }
+
+    /// Write the model file if anything changed since it was written.
+    fn write_model(&mut self) -> Result<()> {
         if self.pending == 0 && self.path.exists() {
             return Ok(());
         }
@@ -418,7 +703,8 @@ where
         Ok(())
     }
 
-    /// Save and let go of the name.
+    /// Save and let go of the name ([`Error::Superseded`], nothing saved,
+    /// once a higher version serves).
     pub fn close(mut self) -> Result<()> {
         self.save()
     }

@@ -31,6 +31,7 @@
 //! | `varint` | 3.6 | LEB128 varints, minimal only |
 //! | `retention` | 3.9 | the retention record of the `$retention` stream |
 //! | `consumer` | 24 | the checkpoint slots of a named durable subscription |
+//! | `serving` | 24.8 | versions of a projection: their file names, the serving file |
 //! | `names`, `hash`, `damage` | 1, 17.3 | file names, stream hashes, [`Damage`] |
 #![deny(clippy::indexing_slicing)]
 
@@ -47,6 +48,7 @@ pub(crate) mod names;
 pub(crate) mod record;
 pub(crate) mod retention;
 pub(crate) mod sealed;
+pub(crate) mod serving;
 pub(crate) mod varint;
 
 mod checkpoint;
