@@ -6,6 +6,8 @@
 //!   reader loads the new model, the old runner gets `Superseded` at its
 //!   next step and save (and writes nothing), a superseded version is not
 //!   opened again, and its files are retired;
+//! - the same with the old version's runner in another process (through a
+//!   `Reader`): it serves until the switch, then sees it and retires;
 //! - an unversioned projection is upgraded by a version like any other;
 //! - automatic take-overs, at a position or when caught up;
 //! - two concurrent take-overs from one version: exactly one wins;
@@ -16,6 +18,8 @@
 //!   has at most one serving version, whose model equals a rebuild of the
 //!   events below its position, and the switch completes from it;
 //! - a damaged serving file is `Corrupt`, naming the file and the offset.
+
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -28,6 +32,7 @@ use annal::io::{Io, IoFile, StdIo};
 use annal::{
     Error, EventData, ExpectedVersion, Log, Options, Projection, Reader, RecordRef, ServingProjection, TakeOver,
 };
+use support::{ChildProc, child_say};
 
 /// Version 1's model: events per stream.
 struct PerStream;
@@ -187,6 +192,78 @@ fn the_old_version_serves_while_the_new_one_builds_then_it_takes_over() {
     assert!(again.is_serving());
     assert_eq!(again.take_over().unwrap().previous, None, "it already serves");
     assert_eq!(reader.load::<Vec<u64>>().unwrap().unwrap().position, 48);
+}
+
+const CHILD_FN: &str = "old_version_child";
+const ENV_DIR: &str = "ANNAL_VERSIONS_DIR";
+
+/// The child: version 1's runner through a `Reader`, saving at every event,
+/// stepping until it is superseded; then it retires.
+#[test]
+fn old_version_child() {
+    let Ok(dir) = std::env::var(ENV_DIR) else { return };
+    let mut v1 = Reader::open(&dir)
+        .unwrap()
+        .projection("p", Positions)
+        .version(1)
+        .save_every(1)
+        .open()
+        .unwrap();
+    child_say(&format!("READY {}", v1.is_serving()));
+    loop {
+        match v1.step(Duration::from_millis(5)) {
+            Ok(_) => {}
+            Err(Error::Superseded { version, by, .. }) => {
+                child_say(&format!("SUPERSEDED {version} {by}"));
+                v1.retire().unwrap();
+                child_say("RETIRED");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn the_old_version_serves_from_another_process_until_the_new_one_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    append(&log, 20);
+    let mut child = ChildProc::spawn(CHILD_FN, &[(ENV_DIR, dir.path().to_str().unwrap())]);
+    assert_eq!(child.line(Duration::from_secs(60)).as_deref(), Some("READY true"));
+    // What the other process saves is what a reader of the serving model
+    // loads, as it comes.
+    let mut reader = ServingProjection::new(dir.path(), "p").unwrap();
+    append(&log, 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let served = loop {
+        let served = reader.load::<Vec<u64>>().unwrap().unwrap();
+        if served.position == 30 {
+            break served;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never saved position 30"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!((served.version, served.model), (1, (0..30).collect::<Vec<u64>>()));
+    // Version 2 builds here while the child serves, then takes over; the
+    // child holds its lock, so its files stay until it retires them.
+    let mut v2 = log.projection("p", Positions).version(2).open().unwrap();
+    assert!(!v2.is_serving());
+    append(&log, 5);
+    let taken = v2.take_over().unwrap();
+    assert_eq!((taken.previous, taken.retired), (Some(1), false));
+    assert_eq!(child.line(Duration::from_secs(60)).as_deref(), Some("SUPERSEDED 1 2"));
+    assert_eq!(child.line(Duration::from_secs(60)).as_deref(), Some("RETIRED"));
+    assert!(child.wait(Duration::from_secs(60)).success());
+    assert!(!dir.path().join("annal.proj.p~v1").exists());
+    assert!(!dir.path().join("annal.proj.p~v1.lock").exists());
+    assert!(reader.changed().unwrap());
+    let served = reader.load::<Vec<u64>>().unwrap().unwrap();
+    assert_eq!((served.version, served.position), (2, 35));
+    assert_eq!(served.model, log.view().unwrap().rebuild(&Positions).unwrap());
 }
 
 #[test]
