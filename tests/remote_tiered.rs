@@ -303,3 +303,101 @@ fn damage_in_the_store_is_an_error_naming_the_object() {
         other => panic!("{other:?}"),
     }
 }
+
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    panic!("never happened: {what}");
+}
+
+#[test]
+fn reads_below_what_local_retention_left_go_to_the_store() {
+    use annal::remote::{Follow, RestoreTo, restore};
+    let ms = std::time::Duration::from_millis;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let store = Arc::new(CountingStore::default());
+    let remote = RemoteLog::from_store(store.clone(), "r", "memory://r");
+    let log = annal::Options::default()
+        .segment_size(16 << 10)
+        .durability(annal::Durability::Fsync)
+        .retention(annal::Retention::new().max_bytes(3 * (16 << 10)))
+        .replicate_to(remote.clone(), Follow::every(ms(2)).backoff(ms(1), ms(4)))
+        .remote_cache_bytes(4 * (16 << 10))
+        .open(&src)
+        .unwrap();
+    // A stream that only the first segment holds, and one in every segment.
+    log.append(
+        "early",
+        ExpectedVersion::Any,
+        &[EventData::new("E", "first"), EventData::new("E", "second")],
+    )
+    .unwrap();
+    append(&log, 0, 700);
+    let next = log.next_position();
+    eventually("the front removed and everything shipped", || {
+        log.first_position() > 0
+            && log
+                .replication()
+                .and_then(|s| s.last)
+                .is_some_and(|r| r.shipped_position == next)
+    });
+    let first = log.first_position();
+    assert!(first > 0);
+    // The store holds the whole log: the reference.
+    let dst = tmp.path().join("dst");
+    rt().block_on(restore(&remote, &dst, RestoreTo::Latest)).unwrap();
+    let whole = Reader::open(&dst).unwrap().view().unwrap();
+    assert_eq!(whole.next_position(), next);
+
+    // The writer's views show the whole log.
+    let view = log.view().unwrap();
+    assert_eq!(all(&view), all(&whole));
+    assert_eq!(view.read_all(0).next().unwrap().unwrap().position(), 0);
+    for s in ["early", "s-0", "s-5", "s-11"] {
+        for d in [Direction::Forward, Direction::Backward] {
+            assert_eq!(stream(&view, s, d), stream(&whole, s, d), "{s} {d:?}");
+        }
+    }
+    assert_eq!(stream(&view, "early", Direction::Forward).len(), 2);
+    drop(view);
+    // A subscription from 0 delivers from 0.
+    let mut sub = log.subscribe_all(0);
+    let want: Vec<u64> = all(&whole).iter().map(|e| e.0).collect();
+    let got: Vec<u64> = want.iter().map(|_| sub.next().unwrap().unwrap().position).collect();
+    assert_eq!(got, want);
+    drop(sub);
+
+    // A reader of the directory alone starts where retention left it; with
+    // the store, it reads the whole log.
+    let local = Reader::open(&src).unwrap().view().unwrap();
+    assert_eq!(local.read_all(0).next().unwrap().unwrap().position(), first);
+    assert!(stream(&local, "early", Direction::Forward).is_empty());
+    drop(local);
+    let reader = Reader::open(&src)
+        .unwrap()
+        .with_remote(remote.clone(), 1 << 20)
+        .unwrap();
+    let view = reader.view().unwrap();
+    assert_eq!(all(&view), all(&whole));
+    for s in ["early", "s-3"] {
+        for d in [Direction::Forward, Direction::Backward] {
+            assert_eq!(stream(&view, s, d), stream(&whole, s, d), "{s} {d:?}");
+        }
+    }
+    drop(view);
+    // The writer's cache lives in the log directory, within its budget once
+    // no view holds a copy.
+    let _ = log.view().unwrap();
+    let cache: u64 = std::fs::read_dir(src.join("annal.cache"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(cache <= 4 * (16 << 10), "{cache}");
+    log.close().unwrap();
+    clean(&src);
+}

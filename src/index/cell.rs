@@ -86,6 +86,7 @@ impl IndexCell {
     /// `fetch` brings into a local cache on first use ([`IndexCell::get_fetched`]:
     /// no byte of the segment is needed to open it). `name` names the index
     /// file in messages.
+    #[cfg(feature = "remote")]
     pub(crate) fn fetched(
         base: u64,
         name: PathBuf,

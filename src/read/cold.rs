@@ -65,6 +65,10 @@ pub(crate) trait ColdTier: Send + Sync + std::fmt::Debug {
     /// What fetches the index file of `seg` into the local cache when a
     /// view first looks something up in it (`None`: the store holds none).
     fn index_fetcher(&self, seg: &ColdSegment) -> Option<Arc<dyn Fetch>>;
+
+    /// Learn again which segments the store holds (its list did not reach
+    /// the directory's first segment: the directory moved on since).
+    fn refresh(&self) -> Result<()>;
 }
 
 /// The cold segments in front of a log directory's, opened once each.
@@ -86,9 +90,22 @@ impl ColdFront {
 
     /// The tier's segments below `first` (where the directory's first
     /// segment starts; `None`: the directory holds none), opened (header
-    /// and seal checked, nothing mapped), in log order, contiguous, the last
-    /// ending at `first`.
-    pub(crate) fn below(&mut self, first: Option<u64>) -> Result<Vec<ViewSegment>> {
+    /// and seal checked, the header naming the log `log_id`; nothing
+    /// mapped), in log order, contiguous, the last ending at `first`.
+    pub(crate) fn below(&mut self, first: Option<u64>, log_id: [u8; 16]) -> Result<Vec<ViewSegment>> {
+        match self.assemble(first, log_id) {
+            Ok(v) if !v.is_empty() || first.is_none_or(|f| f == 0) => Ok(v),
+            // Nothing below, or not up to the directory's first segment:
+            // the tier's list may be older than the directory.
+            _ => {
+                self.tier.refresh()?;
+                self.assemble(first, log_id)
+            }
+        }
+    }
+
+    /// [`ColdFront::below`] from the tier's list as it is.
+    fn assemble(&mut self, first: Option<u64>, log_id: [u8; 16]) -> Result<Vec<ViewSegment>> {
         if first == Some(0) {
             self.opened.clear();
             return Ok(Vec::new());
@@ -101,7 +118,7 @@ impl ColdFront {
             .filter(|w| !self.opened.iter().any(|(c, ..)| c == **w))
             .map(|w| (*w).clone())
             .collect();
-        self.open(&new)?;
+        self.open(&new, log_id)?;
         let mut out = Vec::with_capacity(wanted.len());
         let mut expected = wanted.first().map(|w| w.base);
         for w in &wanted {
@@ -147,7 +164,7 @@ impl ColdFront {
 
     /// Open `segs`: their headers and seals, read by ranged reads all at
     /// once.
-    fn open(&mut self, segs: &[ColdSegment]) -> Result<()> {
+    fn open(&mut self, segs: &[ColdSegment], log_id: [u8; 16]) -> Result<()> {
         if segs.is_empty() {
             return Ok(());
         }
@@ -170,6 +187,17 @@ impl ColdFront {
                 });
             };
             let header = parse_segment_header(head, &s.name, s.base)?;
+            if header.log_id != log_id {
+                return Err(Error::Corrupt {
+                    path: s.name.clone(),
+                    offset: std::mem::offset_of!(crate::format::SegmentHeader, log_id) as u64,
+                    detail: format!(
+                        "expected log id {} (the log directory's), found {}: the store holds another log",
+                        crate::audit::chain::hex(&log_id),
+                        crate::audit::chain::hex(&header.log_id)
+                    ),
+                });
+            }
             let layout = Layout::of(&header);
             let seal = check_seal(s.len, tail, &layout, &s.name)?;
             // The index is opened without the segment: what it must

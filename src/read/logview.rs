@@ -171,6 +171,10 @@ pub struct LogView {
     /// The subject keys of the log (spec 22), shared with the writer or
     /// reader that made the view.
     pub(crate) keys: Option<Arc<KeyRing>>,
+    /// How many of the first segments are kept in a store, not in the log
+    /// directory (spec 23.7): local retention removed them, or a remote
+    /// reader left them there.
+    pub(crate) front: usize,
 }
 
 /// Where a [`Reader`](crate::Reader)'s view stops vouching for a log that was not cleanly
@@ -244,7 +248,28 @@ impl LogView {
             clock: None,
             rules: RulesCell::default(),
             keys: None,
+            front: 0,
         }
+    }
+
+    /// The view with `front` (sealed segments kept in a store, ending
+    /// where its first starts, spec 23.7) before its segments.
+    pub(crate) fn with_front(mut self, front: Vec<ViewSegment>) -> LogView {
+        if front.is_empty() {
+            return self;
+        }
+        self.compacted |= front.iter().any(|s| s.layout.compacted);
+        self.front = front.len();
+        let mut segs = front;
+        segs.extend(self.segments.iter().cloned());
+        self.segments = segs.into();
+        self
+    }
+
+    /// The first position of the view's first segment (`None`: no segment).
+    #[cfg(feature = "remote")]
+    pub(crate) fn first_base(&self) -> Option<u64> {
+        self.segments.first().map(|s| s.base)
     }
 
     /// The view, unsealing records with `keys`.

@@ -352,15 +352,20 @@ impl State {
         self.refresh_sealed_indexes();
         self.keys.refresh();
         let table = open_stream_table(&self.dir);
-        let mut segs = self.cold_below(first)?;
-        segs.extend(self.sealed.iter().cloned());
+        let log_id = self.active.as_ref().map_or([0; 16], |a| a.log_id);
+        let front = self.cold_below(first, log_id)?;
+        let mut segs = self.sealed.clone();
         let Some(active) = self.active.as_mut() else {
-            return Ok(LogView::new(segs, self.sealed_next, table).with_keys(self.keys.clone()));
+            return Ok(LogView::new(segs, self.sealed_next, table)
+                .with_keys(self.keys.clone())
+                .with_front(front));
         };
         let (segment, writer) = active.refresh(&self.dir, head)?;
         let position = active.next_position;
         segs.push(segment);
-        let mut view = LogView::new(segs, position, table).with_keys(self.keys.clone());
+        let mut view = LogView::new(segs, position, table)
+            .with_keys(self.keys.clone())
+            .with_front(front);
         view.unrecovered = self.unrecovered(head, bases.last().copied(), position, writer)?;
         Ok(view)
     }
@@ -368,16 +373,16 @@ impl State {
     /// The sealed segments kept in an object store below `first`, the
     /// directory's first segment (spec 23.7).
     #[cfg(feature = "remote")]
-    fn cold_below(&mut self, first: u64) -> Result<Vec<ViewSegment>> {
+    fn cold_below(&mut self, first: u64, log_id: [u8; 16]) -> Result<Vec<ViewSegment>> {
         match self.cold.as_mut() {
-            Some(c) => c.below(Some(first)),
+            Some(c) => c.below(Some(first), log_id),
             None => Ok(Vec::new()),
         }
     }
 
     /// Without the feature `remote`, there are none.
     #[cfg(not(feature = "remote"))]
-    fn cold_below(&mut self, _first: u64) -> Result<Vec<ViewSegment>> {
+    fn cold_below(&mut self, _first: u64, _log_id: [u8; 16]) -> Result<Vec<ViewSegment>> {
         Ok(Vec::new())
     }
 

@@ -124,9 +124,15 @@ impl LogView {
                 return Ok(Some((i, idx, info)));
             }
         }
-        let Some(table) = &self.table else { return Ok(None) };
+        // Segments kept in a store (spec 23.7) are in no stream table: a
+        // stream the table does not know may have events only there.
+        let in_front = |i: usize| match self.front {
+            0 => Ok(None),
+            front => self.search_before(i.min(front), name),
+        };
+        let Some(table) = &self.table else { return in_front(i) };
         match table.lookup(name) {
-            Ok(None) => Ok(None),
+            Ok(None) => in_front(i),
             Ok(Some(e)) => match self.segment_at(e.at.segment).filter(|&j| j < i) {
                 Some(j) => match self.row_at(j, e.at.row, name, strict)? {
                     Some(hit) => Ok(Some(hit)),
@@ -172,6 +178,12 @@ impl LogView {
                 break;
             }
             cur = match info.prev {
+                // An index written after local retention removed the
+                // segments the view reads from a store (spec 23.7) ends the
+                // chain: the stream's earlier versions are looked for there.
+                Some(p) if p.segment == NO_SEGMENT && self.front > 0 && j >= self.front && info.first_version > 0 => {
+                    self.search_before(self.front, name)?
+                }
                 Some(p) if p.segment == NO_SEGMENT => None,
                 // Removed by retention: the stream's surviving events
                 // start here.

@@ -46,6 +46,7 @@ pub use replica::{REPLICA_FILE, Replica, ReplicaReport};
 pub use restore::{RestoreReport, RestoreTo, restore};
 pub use ship::{Follow, Replicator, ShipReport};
 pub use tier::{CacheStats, DEFAULT_CACHE_BYTES};
+pub(crate) use tier::{RemoteTier, SegmentCache};
 
 /// A remote log: a store and the prefix its objects live under.
 #[derive(Debug, Clone)]

@@ -87,6 +87,26 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Read the segments that local retention removed from this log from
+    /// `remote`, the store its writer ships to ([`Options::replicate_to`](crate::Options::replicate_to),
+    /// `annal replicate`): views show the whole log, the removed segments
+    /// read as a [`RemoteReader`] reads sealed segments (two ranged reads to
+    /// open each, fetched into a temporary cache of at most `cache_bytes`
+    /// when first read, removed when the reader is dropped). The store's
+    /// segments must be this log's (its id) and end where the directory's
+    /// first segment starts, or a view is an error naming the object.
+    pub fn with_remote(self, remote: RemoteLog, cache_bytes: u64) -> Result<Reader> {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id)
+            .map_err(|e| Error::io("draw a name for", std::env::temp_dir(), std::io::Error::other(e)))?;
+        let dir = std::env::temp_dir().join(format!("annal-cache-{}", crate::audit::chain::hex(&id)));
+        let cache = SegmentCache::open(&dir, cache_bytes, true)?;
+        self.set_cold(Arc::new(RemoteTier::new(remote, Arc::new(cache))));
+        Ok(self)
+    }
+}
+
 impl RemoteReader {
     /// A reader of `remote` over a new temporary directory, removed when
     /// the reader is dropped, caching at most [`DEFAULT_CACHE_BYTES`] of
@@ -129,7 +149,7 @@ impl RemoteReader {
         let tier = match budget {
             Some(bytes) => {
                 replica = replica.partial();
-                let segments = Arc::new(SegmentCache::open(&dir.join(CACHE_DIR), bytes)?);
+                let segments = Arc::new(SegmentCache::open(&dir.join(CACHE_DIR), bytes, false)?);
                 Some(Arc::new(RemoteTier::new(remote, segments)))
             }
             None => None,

@@ -111,6 +111,9 @@ pub struct Replicator {
     confirming: bool,
     /// Sealed segments confirmed in the store: base → BLAKE3 of the content.
     confirmed: std::collections::HashMap<u64, String>,
+    /// Told the sealed segments of each manifest a round leaves (the
+    /// writer's views read those below the local front, spec 23.7).
+    tier: Option<std::sync::Arc<super::RemoteTier>>,
 }
 
 impl Replicator {
@@ -129,6 +132,7 @@ impl Replicator {
             caught_up: Instant::now(),
             confirming: false,
             confirmed: std::collections::HashMap::new(),
+            tier: None,
         }
     }
 
@@ -138,6 +142,12 @@ impl Replicator {
     /// Off by default (it reads every sealed segment back once).
     pub fn confirming(mut self, yes: bool) -> Replicator {
         self.confirming = yes;
+        self
+    }
+
+    /// Tell `tier` the sealed segments of each manifest a round leaves.
+    pub(crate) fn feeding(mut self, tier: std::sync::Arc<super::RemoteTier>) -> Replicator {
+        self.tier = Some(tier);
         self
     }
 
@@ -300,6 +310,9 @@ impl Replicator {
         }
         let (confirmed_below, unconfirmed) = self.confirm(&local).await?;
         let last = self.last.as_ref().ok_or(Error::Closed)?;
+        if let Some(t) = &self.tier {
+            t.set_sealed(&last.sealed);
+        }
         let lag_positions = durable_position.saturating_sub(last.next_position);
         if lag_positions == 0 {
             self.caught_up = Instant::now();

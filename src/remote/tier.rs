@@ -38,6 +38,9 @@ pub(crate) struct RemoteTier {
     /// The sealed segments of the newest manifest taken, as segments and as
     /// the manifest's entries (by object name).
     sealed: Mutex<Sealed>,
+    /// Whether `sealed` was set (else the first use reads the newest
+    /// manifest).
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 /// The sealed segments a tier holds: in log order, and the manifest's
@@ -51,6 +54,7 @@ impl RemoteTier {
             remote,
             cache,
             sealed: Mutex::new((Arc::from(Vec::new()), Arc::new(HashMap::new()))),
+            loaded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -69,6 +73,7 @@ impl RemoteTier {
             by_name.insert(name, e.clone());
         }
         *lock(&self.sealed) = (Arc::from(segs), Arc::new(by_name));
+        self.loaded.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The name of `s` in messages: the remote log's URL and the object.
@@ -109,7 +114,17 @@ impl RemoteTier {
 
 impl ColdTier for RemoteTier {
     fn segments(&self) -> Result<Arc<[ColdSegment]>> {
+        if !self.loaded.load(std::sync::atomic::Ordering::Acquire) {
+            self.refresh()?;
+        }
         Ok(lock(&self.sealed).0.clone())
+    }
+
+    fn refresh(&self) -> Result<()> {
+        let remote = self.remote.clone();
+        let newest = self.remote.block(async move { remote.latest_manifest().await })?;
+        self.set_sealed(newest.as_ref().map_or(&[], |m| &m.sealed));
+        Ok(())
     }
 
     fn read_ranges(&self, asks: &[(ColdSegment, Range<u64>)]) -> Result<Vec<Vec<u8>>> {
@@ -181,6 +196,18 @@ pub(crate) struct SegmentCache {
     dir: PathBuf,
     budget: u64,
     inner: Mutex<CacheInner>,
+    /// Whether the directory is removed when the cache is dropped.
+    temporary: bool,
+}
+
+impl Drop for SegmentCache {
+    fn drop(&mut self) {
+        if self.temporary {
+            // Never follows a link out of the directory (std's
+            // remove_dir_all removes links, not what they point to).
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -230,8 +257,8 @@ pub struct CacheStats {
 impl SegmentCache {
     /// A cache in `dir` (created if missing; copies a former cache left
     /// there are removed) holding at most `budget` bytes of copies that no
-    /// view holds.
-    pub(crate) fn open(dir: &Path, budget: u64) -> Result<SegmentCache> {
+    /// view holds; a `temporary` one removes `dir` when dropped.
+    pub(crate) fn open(dir: &Path, budget: u64, temporary: bool) -> Result<SegmentCache> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
         for entry in rd {
@@ -249,6 +276,7 @@ impl SegmentCache {
             dir: dir.to_owned(),
             budget,
             inner: Mutex::new(CacheInner::default()),
+            temporary,
         })
     }
 

@@ -369,8 +369,17 @@ impl Log {
 
     /// A consistent view of everything visible now (written, or with
     /// [`Durability::Fsync`] durable), for reading.
+    ///
+    /// With [`Options::replicate_to`] and a retention rule, the segments
+    /// retention removed here are read from the store (spec 23.7): a view
+    /// shows the whole log, fetching a removed segment into a bounded cache
+    /// in the log directory (`annal.cache/`,
+    /// [`Options::remote_cache_bytes`]) when it is first read.
     pub fn view(&self) -> Result<LogView> {
-        self.inner.view()
+        let view = self.inner.view()?;
+        #[cfg(feature = "remote")]
+        let view = self.inner.with_cold(view);
+        Ok(view)
     }
 
     /// Make everything durable, mark the log cleanly closed (its durable

@@ -63,6 +63,10 @@ pub struct Options {
     pub(crate) retired_grace: std::time::Duration,
     #[cfg(feature = "remote")]
     pub(crate) replicate: Option<(crate::remote::RemoteLog, crate::remote::Follow)>,
+    /// Bytes of the store's segments cached for reads below the local
+    /// front (feature `remote`).
+    #[cfg(feature = "remote")]
+    pub(crate) remote_cache_bytes: u64,
 }
 
 impl std::fmt::Debug for Options {
@@ -104,6 +108,8 @@ impl Default for Options {
             retired_grace: std::time::Duration::from_secs(600),
             #[cfg(feature = "remote")]
             replicate: None,
+            #[cfg(feature = "remote")]
+            remote_cache_bytes: crate::remote::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -276,6 +282,17 @@ impl Options {
     #[cfg(feature = "remote")]
     pub fn replicate_to(mut self, remote: crate::remote::RemoteLog, follow: crate::remote::Follow) -> Self {
         self.replicate = Some((remote, follow));
+        self
+    }
+
+    /// At most `bytes` of the store's sealed segments (and index files)
+    /// that no view holds stay cached in the log directory (`annal.cache/`)
+    /// for reads below what local retention left (default
+    /// [`DEFAULT_CACHE_BYTES`](crate::remote::DEFAULT_CACHE_BYTES); feature
+    /// `remote`, with [`Options::replicate_to`] and a retention rule).
+    #[cfg(feature = "remote")]
+    pub fn remote_cache_bytes(mut self, bytes: u64) -> Self {
+        self.remote_cache_bytes = bytes;
         self
     }
 

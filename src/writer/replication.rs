@@ -11,7 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, Result};
-use crate::remote::{Follow, RemoteLog, Replicator, ShipReport};
+use crate::read::cold::ColdFront;
+use crate::read::view::LogView;
+use crate::remote::{Follow, RemoteLog, RemoteTier, Replicator, SegmentCache, ShipReport};
+
+/// The cache of the store's segments inside the log directory.
+const CACHE_DIR: &str = "annal.cache";
 
 use super::lock;
 use super::results::ReplicationStatus;
@@ -27,11 +32,22 @@ impl Inner {
         let status = Arc::new(Mutex::new(ReplicationStatus::default()));
         let confirmed_below = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let retains = self.opts.retention.is_some_and(|r| r.is_set());
+        // A log whose retention removes confirmed segments reads them from
+        // the store (spec 23.7), through a cache in the log directory.
+        let tier = match retains {
+            true => {
+                let cache = SegmentCache::open(&self.dir.join(CACHE_DIR), self.opts.remote_cache_bytes, false)?;
+                Some(Arc::new(RemoteTier::new(remote.clone(), Arc::new(cache))))
+            }
+            false => None,
+        };
         let shared = Shared {
             status: Arc::clone(&status),
             confirmed_below: Arc::clone(&confirmed_below),
             inner: self.this.get().cloned().unwrap_or_default(),
-            retains: self.opts.retention.is_some_and(|r| r.is_set()),
+            retains,
+            tier: tier.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("annal-replicator".into())
@@ -42,8 +58,42 @@ impl Inner {
             thread: Some(thread),
             status,
             confirmed_below,
+            cold: tier
+                .clone()
+                .map(|t| Arc::new(Mutex::new(ColdFront::new(t as Arc<dyn crate::read::cold::ColdTier>)))),
+            tier,
         });
         Ok(())
+    }
+
+    /// `view` with the store's sealed segments below its first one in
+    /// front (spec 23.7), if local retention removed segments of a log that
+    /// ships. If the store cannot say which it holds (it cannot be
+    /// reached), the view is the local one: reads of removed events are
+    /// then [`Error::RemovedByRetention`], as without a store.
+    pub(super) fn with_cold(&self, view: LogView) -> LogView {
+        let Some(first) = view.first_base().filter(|&b| b > 0) else {
+            return view;
+        };
+        let (cold, tier) = match lock(&self.replication).as_ref() {
+            Some(ReplicationThread {
+                cold: Some(c),
+                tier: Some(t),
+                ..
+            }) => (c.clone(), t.clone()),
+            _ => return view,
+        };
+        tier.cache().trim();
+        match lock(&cold).below(Some(first), self.format.log_id) {
+            Ok(segs) if !segs.is_empty() => view.with_front(segs),
+            Ok(_) => view,
+            Err(e) => {
+                crate::trace::event!(WARN, dir = %self.dir.display(), error = %e,
+                    "annal could not read the store's segments below the local front");
+                let _ = e;
+                view
+            }
+        }
     }
 
     /// Stop the replicator (after its last round) and wait for it.
@@ -88,6 +138,9 @@ struct Shared {
     inner: Weak<Inner>,
     /// Whether the log has a retention rule (then rounds confirm).
     retains: bool,
+    /// The store's segments as the log's views read them, kept up to date
+    /// by each round.
+    tier: Option<Arc<RemoteTier>>,
 }
 
 /// The replicator thread: follow until stopped, then one last round (the
@@ -133,6 +186,9 @@ fn run(
         }
     };
     let mut rep = Replicator::new(dir, remote).confirming(shared.retains);
+    if let Some(t) = &shared.tier {
+        rep = rep.feeding(t.clone());
+    }
     let followed = rt.block_on(rep.follow(follow, &record, async {
         let _ = stopped.await;
     }));

@@ -428,4 +428,8 @@ pub(super) struct ReplicationThread {
     /// [`crate::remote::ShipReport::confirmed_below`] of the last round:
     /// local retention removes no segment based at or above it.
     pub(super) confirmed_below: Arc<std::sync::atomic::AtomicU64>,
+    /// The store's sealed segments below the local front, read through a
+    /// bounded cache (a log with a retention rule; spec 23.7).
+    pub(super) cold: Option<Arc<Mutex<crate::read::cold::ColdFront>>>,
+    pub(super) tier: Option<Arc<crate::remote::RemoteTier>>,
 }
