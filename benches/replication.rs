@@ -171,8 +171,9 @@ fn restore_vs_replay(c: &mut Criterion) {
             std::fs::remove_dir_all(&dst).expect("remove");
         })
     });
-    // A remote reader in a new cache: open (copies every object the
-    // manifest names, each checked), then the same replay.
+    // A remote reader in a new cache: open (copies the newest segment,
+    // opens each sealed one by two ranged reads), then the same replay,
+    // which fetches each sealed segment whole (checked) on first read.
     g.bench_function("remote_replay_cold", |b| {
         b.iter(|| {
             let reader = annal::remote::RemoteReader::open(remote.clone()).expect("remote reader");
@@ -182,8 +183,20 @@ fn restore_vs_replay(c: &mut Criterion) {
                 .sum::<u64>()
         })
     });
-    // A remote reader whose cache is up to date: a view costs a manifest
-    // probe, then the replay is local.
+    // A remote reader in a new cache reading one stream's newest 100
+    // events: the index files it looks in and the segments holding them
+    // are fetched, no other.
+    g.bench_function("remote_stream_read_cold", |b| {
+        b.iter(|| {
+            let reader = annal::remote::RemoteReader::open(remote.clone()).expect("remote reader");
+            let view = reader.reader().view().expect("view");
+            view.read_stream("s-7", annal::StreamPosition::End, annal::Direction::Backward, 100)
+                .map(|r| r.expect("read").payload().len() as u64)
+                .sum::<u64>()
+        })
+    });
+    // A remote reader whose cache holds the segments (within its budget):
+    // a view costs a manifest probe, then the replay maps cached copies.
     let warm = annal::remote::RemoteReader::open(remote.clone()).expect("remote reader");
     g.bench_function("remote_replay_warm", |b| {
         b.iter(|| {

@@ -401,3 +401,41 @@ fn reads_below_what_local_retention_left_go_to_the_store() {
     log.close().unwrap();
     clean(&src);
 }
+
+#[test]
+fn annal_read_and_stats_of_a_url_read_sealed_segments_from_the_store() {
+    let (tmp, src, log) = source(600);
+    let url = format!("file://{}", tmp.path().join("store").display());
+    let rt = rt();
+    rt.block_on(Replicator::new(&src, RemoteLog::open(&url).unwrap()).ship_once())
+        .unwrap();
+    log.close().unwrap();
+    let annal = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_annal"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let local = src.to_str().unwrap();
+    for extra in [&["--stream", "s-3"][..], &["--stream", "s-3", "--backward"], &[]] {
+        let mut remote_args = vec!["read", url.as_str()];
+        remote_args.extend_from_slice(extra);
+        let mut local_args = vec!["read", local];
+        local_args.extend_from_slice(extra);
+        let (r, l) = (annal(&remote_args), annal(&local_args));
+        assert!(!l.is_empty());
+        assert_eq!(r, l, "{extra:?}");
+    }
+    let events =
+        |s: &str| -> serde_json::Value { serde_json::from_str::<serde_json::Value>(s).unwrap()["events"].clone() };
+    assert_eq!(
+        events(&annal(&["stats", url.as_str(), "--json"])),
+        events(&annal(&["stats", local, "--json"]))
+    );
+}

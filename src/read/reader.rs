@@ -228,8 +228,28 @@ impl State {
         trim_mappings(&mut self.sealed, self.max_mapped);
     }
 
-    /// See [`Reader::view`].
+    /// See [`Reader::view`]: [`State::view_checked`], again while log
+    /// retention removes, from the front, a segment the check of the
+    /// view's front was reading (its first records are read there).
     fn view(&mut self) -> Result<LogView> {
+        let mut removed_ahead = 0u32;
+        loop {
+            match self.view_checked() {
+                Err(Error::Io { source, path, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        && path.extension().is_some_and(|e| e == "seg")
+                        && removed_ahead < 10_000
+                        && self.removed_from_front(&path) =>
+                {
+                    removed_ahead += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// A view whose front is checked (see [`Reader::view`]).
+    fn view_checked(&mut self) -> Result<LogView> {
         let view = self.view_following()?;
         if view.unrecovered.is_some() || crate::read::front::check_front(&view, &self.dir).is_ok() {
             return Ok(view);

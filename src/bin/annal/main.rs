@@ -211,8 +211,22 @@ fn remote_copy(command: &mut Command) -> Result<Option<remote::RemoteCopy>, Fail
         return Ok(None);
     };
     let url = dir.to_string_lossy().into_owned();
-    let copy = remote::RemoteCopy::fetch(&url)?;
-    *dir = copy.dir().to_owned();
+    // `read` and `stats` read a partial copy (the newest segment) and the
+    // sealed segments from the store, fetched as they are read; `check`
+    // reads every byte, from a whole copy.
+    let copy = match command {
+        Command::Read(_) | Command::Stats(_) => remote::RemoteCopy::partial(&url)?,
+        _ => remote::RemoteCopy::fetch(&url)?,
+    };
+    match command {
+        Command::Read(a) => (a.dir, a.remote) = (copy.dir().to_owned(), Some(url)),
+        Command::Stats(a) => (a.dir, a.remote) = (copy.dir().to_owned(), Some(url)),
+        _ => {
+            if let Some(dir) = read_dir_arg(command) {
+                *dir = copy.dir().to_owned();
+            }
+        }
+    }
     Ok(Some(copy))
 }
 

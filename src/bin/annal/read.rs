@@ -102,6 +102,10 @@ fn parse_limit(s: &str) -> Result<u64, String> {
 pub struct ReadArgs {
     /// The log directory.
     pub dir: PathBuf,
+    /// The remote log `dir` is a partial copy of (set for a URL argument):
+    /// its sealed segments are read from there.
+    #[arg(skip)]
+    pub remote: Option<String>,
     /// Only this stream.
     #[arg(long, conflicts_with_all = ["category", "event_type"])]
     stream: Option<String>,
@@ -127,9 +131,16 @@ pub struct ReadArgs {
     master: crate::audit::MasterKeyArg,
 }
 
-fn open(dir: &std::path::Path, master: &crate::audit::MasterKeyArg) -> Result<Reader, Failure> {
+fn open(dir: &std::path::Path, master: &crate::audit::MasterKeyArg, remote: Option<&str>) -> Result<Reader, Failure> {
     let mut r = Reader::open(dir)?;
     master.apply_to(&mut r)?;
+    #[cfg(feature = "remote")]
+    if let Some(url) = remote {
+        let remote = annal::remote::RemoteLog::open(url)?;
+        r = r.with_remote(remote, annal::remote::DEFAULT_CACHE_BYTES)?;
+    }
+    #[cfg(not(feature = "remote"))]
+    let _ = remote;
     Ok(r)
 }
 
@@ -156,7 +167,7 @@ fn write_record(out: &mut impl Write, view: &annal::LogView, rec: &RecordRef<'_>
 
 /// Run `annal read`.
 pub fn read(a: &ReadArgs) -> CmdResult {
-    let reader = open(&a.dir, &a.master)?;
+    let reader = open(&a.dir, &a.master, a.remote.as_deref())?;
     let view = reader.view()?;
     warn_unrecovered(&view);
     let limit = a.limit.unwrap_or(u64::MAX);
@@ -241,7 +252,7 @@ pub struct TailArgs {
 
 /// Run `annal tail`: poll the reader from the last position seen.
 pub fn tail(a: &TailArgs) -> CmdResult {
-    let reader = open(&a.dir, &a.master)?;
+    let reader = open(&a.dir, &a.master, None)?;
     let (mut next, min_version) = match (&a.stream, a.from) {
         (Some(_), v) => (0, v),
         (None, Some(p)) => (p, None),
@@ -293,6 +304,9 @@ pub fn tail(a: &TailArgs) -> CmdResult {
 pub struct StatsArgs {
     /// The log directory.
     pub dir: PathBuf,
+    /// The remote log `dir` is a partial copy of (set for a URL argument).
+    #[arg(skip)]
+    pub remote: Option<String>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -302,7 +316,7 @@ pub struct StatsArgs {
 
 /// Run `annal stats`.
 pub fn stats(a: &StatsArgs) -> CmdResult {
-    let reader = open(&a.dir, &a.master)?;
+    let reader = open(&a.dir, &a.master, a.remote.as_deref())?;
     let view = reader.view()?;
     warn_unrecovered(&view);
     let mut streams: HashMap<String, u64> = HashMap::new();

@@ -90,9 +90,12 @@ writer lock. Without --once it copies every --interval-ms until
 interrupted, printing a line per round that copied something.
 
 `annal read`, `annal stats` and `annal check` also take a URL instead of a
-directory: they copy the remote log into a temporary directory first (removed
-afterwards) and run there, with the same checks (CRCs, seals, the chain,
---anchor).
+directory, with the same checks (CRCs, seals, the chain, --anchor). `read`
+and `stats` copy only the newest segment into a temporary directory and
+read each sealed segment from the store when they first need it (its
+header and seal by ranged reads, its index file, then the segment, into a
+bounded temporary cache); `check` copies the whole remote log into a
+temporary directory first. Both are removed afterwards.
 
 Exit codes: 0 copied (or nothing new); 1 refused (DIR diverged from the
 remote log, an object does not match its manifest, corrupt data); 2 could
@@ -323,6 +326,8 @@ pub fn is_url(arg: &std::path::Path) -> bool {
 /// that read a log (`read`, `stats`, `check`); removed when dropped.
 pub struct RemoteCopy {
     dir: PathBuf,
+    /// A partial copy's reader (it removes its directory when dropped).
+    partial: Option<annal::remote::RemoteReader>,
 }
 
 impl RemoteCopy {
@@ -339,7 +344,7 @@ impl RemoteCopy {
         ));
         std::fs::create_dir(&dir)
             .map_err(|e| Failure::usage(format!("cannot create a directory for the copy {}: {e}", dir.display())))?;
-        let copy = RemoteCopy { dir };
+        let copy = RemoteCopy { dir, partial: None };
         let mut replica = open_replica(url, &copy.dir)?;
         runtime()?.block_on(replica.sync_once()).map_err(failure)?;
         if replica.is_empty() {
@@ -350,6 +355,23 @@ impl RemoteCopy {
         Ok(copy)
     }
 
+    /// A partial copy of the remote log at `url`: its newest segment only,
+    /// in a new temporary directory; the command reads the sealed segments
+    /// from the store (spec 23.7).
+    pub fn partial(url: &str) -> Result<RemoteCopy, Failure> {
+        let remote = RemoteLog::open(url).map_err(failure)?;
+        let reader = annal::remote::RemoteReader::open(remote).map_err(|e| match e {
+            annal::Error::Remote { ref detail, .. } if detail.contains("nothing was shipped") => Failure::usage(
+                format!("{url}: expected a remote log with a shipped segment, found none (nothing was shipped there)"),
+            ),
+            e => failure(e),
+        })?;
+        Ok(RemoteCopy {
+            dir: reader.dir().to_owned(),
+            partial: Some(reader),
+        })
+    }
+
     /// The directory holding the copy.
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
@@ -358,6 +380,8 @@ impl RemoteCopy {
 
 impl Drop for RemoteCopy {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.partial.take().is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
