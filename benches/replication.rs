@@ -148,7 +148,18 @@ fn restore_vs_replay(c: &mut Criterion) {
     let payload = common::payload(PAYLOAD);
     let evs = batch(&payload);
     let tmp = common::scratch("annal-bench-restore-");
-    let log = open(&tmp.path().join("log"), Some(folder(&tmp.path().join("store"))));
+    // Segments of 4 MiB: a log of many sealed segments, as a remote
+    // reader meets it (the default 64 MiB would hold this one whole in its
+    // active segment).
+    let log = Options::default()
+        .durability(Durability::Fsync)
+        .segment_size(4 << 20)
+        .replicate_to(
+            folder(&tmp.path().join("store")),
+            Follow::every(Duration::from_millis(10)),
+        )
+        .open(tmp.path().join("log"))
+        .expect("open");
     for i in 0..n / BATCH as u64 {
         log.append(&format!("s-{}", i % 100), ExpectedVersion::Any, &evs)
             .expect("append");
@@ -181,6 +192,15 @@ fn restore_vs_replay(c: &mut Criterion) {
             view.read_all(0)
                 .map(|r| r.expect("read").payload().len() as u64)
                 .sum::<u64>()
+        })
+    });
+    // A remote reader in a new cache: open and a first view, reading
+    // nothing (the newest segment's parts, two ranged reads per sealed
+    // segment).
+    g.bench_function("remote_open_cold", |b| {
+        b.iter(|| {
+            let reader = annal::remote::RemoteReader::open(remote.clone()).expect("remote reader");
+            reader.reader().view().expect("view").next_position()
         })
     });
     // A remote reader in a new cache reading one stream's newest 100

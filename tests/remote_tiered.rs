@@ -132,6 +132,19 @@ fn segment_fetches(gets: &[(String, bool)]) -> Vec<&str> {
         .collect()
 }
 
+/// The bases of the segment files in `dir`, in order.
+fn segment_bases(dir: &std::path::Path) -> Vec<u64> {
+    let mut b: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".seg").and_then(|b| b.parse().ok())
+        })
+        .collect();
+    b.sort_unstable();
+    b
+}
+
 /// Bytes of the files in the reader's segment cache, on disk.
 fn cache_bytes_on_disk(reader: &RemoteReader) -> u64 {
     std::fs::read_dir(reader.dir().join("annal.cache"))
@@ -190,6 +203,32 @@ fn a_remote_reader_reads_sealed_segments_from_the_store_within_its_budget() {
         "{fetched} segments fetched for a stream in the newest ones"
     );
     drop(view);
+    // A stream in every segment, its newest events: the index files of the
+    // segments that hold it are read, and only the newest segments'
+    // records.
+    let bases = segment_bases(&src);
+    for n in [3, 40] {
+        let view = reader.view().unwrap();
+        let newest: Vec<u64> = view
+            .read_stream("s-3", StreamPosition::End, Direction::Backward, n)
+            .map(|r| r.unwrap().position())
+            .collect();
+        assert_eq!(newest.len() as u64, n);
+        // The sealed segments holding them (the newest one is local).
+        let mut holding: Vec<u64> = newest
+            .iter()
+            .map(|p| *bases.iter().rfind(|b| *b <= p).unwrap())
+            .filter(|b| Some(b) != bases.last())
+            .collect();
+        holding.dedup();
+        let fetched = segment_fetches(&store.take_gets()).len();
+        assert!(
+            fetched <= holding.len(),
+            "{fetched} segments fetched for the newest {n} events of a stream, held by {}",
+            holding.len()
+        );
+        drop(view);
+    }
 
     // A replay reads every segment: the same events as the local log.
     let view = reader.view().unwrap();
@@ -438,4 +477,39 @@ fn annal_read_and_stats_of_a_url_read_sealed_segments_from_the_store() {
         events(&annal(&["stats", url.as_str(), "--json"])),
         events(&annal(&["stats", local, "--json"]))
     );
+}
+
+#[test]
+fn a_stream_read_fetches_only_the_segments_it_reads_not_those_it_could_read_ahead() {
+    // Batches of 20 events of one stream, ten streams in turn: the newest
+    // 20 events of a stream are one batch, and a read ahead that counted a
+    // batch per event wanted would reach into every older segment.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = log_in(&src);
+    for i in 0..400u64 {
+        let evs: Vec<EventData> = (0..20)
+            .map(|k| EventData::new("E", format!("{i}.{k} {}", "x".repeat(100))))
+            .collect();
+        log.append(&format!("s-{}", i % 10), ExpectedVersion::Any, &evs)
+            .unwrap();
+    }
+    let store = Arc::new(CountingStore::default());
+    let remote = RemoteLog::from_store(store.clone(), "logs/ahead", "memory://logs/ahead");
+    rt().block_on(Replicator::new(&src, remote.clone()).ship_once())
+        .unwrap();
+    log.close().unwrap();
+    let bases = segment_bases(&src);
+    assert!(bases.len() > 8, "{} segments", bases.len());
+    let reader = RemoteReader::open(remote).unwrap();
+    store.take_gets();
+    let view = reader.view().unwrap();
+    // s-3's newest batch is sealed (the newest batches are s-9's).
+    let got: Vec<u64> = view
+        .read_stream("s-3", StreamPosition::End, Direction::Backward, 20)
+        .map(|r| r.unwrap().position())
+        .collect();
+    assert_eq!(got.len(), 20);
+    let fetched = segment_fetches(&store.take_gets()).len();
+    assert_eq!(fetched, 1, "the one segment holding the batch");
 }

@@ -428,6 +428,11 @@ impl<'a> ReadStream<'a> {
                 return;
             }
             let seg = &view.segments[self.links[li].seg];
+            // A hint never downloads: a segment kept in a store (spec 23.7)
+            // is fetched when the read reaches it, not ahead.
+            if seg.map.is_fetched() && !seg.map.is_mapped() {
+                return;
+            }
             if seg.bytes().is_err() {
                 return;
             }

@@ -480,6 +480,12 @@ impl Mapping {
         self.len
     }
 
+    /// Whether the file is fetched into a cache on first use
+    /// ([`Mapping::fetched`]).
+    pub(crate) fn is_fetched(&self) -> bool {
+        self.fetch.is_some()
+    }
+
     /// Whether the bytes are mapped now (an empty range counts as not).
     pub(crate) fn is_mapped(&self) -> bool {
         self.map.get().is_some_and(|m| m.is_some())
