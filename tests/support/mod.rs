@@ -748,6 +748,8 @@ enum FileOp {
 struct PInode {
     durable: Vec<u8>,
     pending: Vec<FileOp>,
+    /// Given a further name by [`Io::hard_link`] (may have several).
+    linked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -839,8 +841,13 @@ pub struct CrashImage {
     pub ctx: PowerCtx,
     /// Directories (relative to the log directory) that exist in the image.
     pub dirs: Vec<PathBuf>,
-    /// Files (relative to the log directory) and their bytes.
+    /// Files (relative to the log directory) and their bytes (every name
+    /// of a file with several, each with the file's bytes).
     pub files: BTreeMap<PathBuf, Vec<u8>>,
+    /// Names that are further hard links of one file: name, and the name
+    /// under [`CrashImage::files`] it shares its inode with (in
+    /// [`CrashImage::write_to`], a hard link to it).
+    pub links: BTreeMap<PathBuf, PathBuf>,
     /// For each file of the image: the length its last `sync` made durable.
     pub durable_len: BTreeMap<PathBuf, u64>,
     pub stats: ImageStats,
@@ -854,7 +861,12 @@ impl CrashImage {
             std::fs::create_dir_all(dst.join(d)).expect("create image dir");
         }
         for (p, bytes) in &self.files {
-            std::fs::write(dst.join(p), bytes).expect("write image file");
+            if !self.links.contains_key(p) {
+                std::fs::write(dst.join(p), bytes).expect("write image file");
+            }
+        }
+        for (p, first) in &self.links {
+            std::fs::hard_link(dst.join(first), dst.join(p)).expect("link image file");
         }
     }
 }
@@ -883,15 +895,19 @@ struct PState {
     enabled: bool,
 }
 
-/// [`StdIo`] that also keeps what a power cut would leave: per file its
-/// durable bytes and its pending writes and truncations; per directory its
-/// durable entries and its pending creates, renames and removes (durable after
-/// `sync_dir`). Before chosen operations (every sync, a sample of the others)
-/// it takes crash images: durable bytes plus, for each pending write
-/// independently, dropped, kept, kept in part (cut at a sector boundary or a
-/// byte) or torn (garbage over some of its sectors); files may grow with
-/// garbage; pending directory operations are lost or kept (a rename is
-/// atomic). Images are kept in memory until [`PowerIo::take_images`].
+/// [`StdIo`] that also keeps what a power cut would leave: per file (inode)
+/// its durable bytes and its pending writes and truncations; per directory
+/// its durable entries and its pending creates, hard links, renames and
+/// removes (durable after `sync_dir`). A hard link is a new entry for an
+/// existing inode: durable only with its directory's sync, its bytes the
+/// inode's (every name shows the same ones, as durable as the file's own
+/// syncs made them). Before chosen operations (every sync, a sample of the
+/// others) it takes crash images: durable bytes plus, for each pending
+/// write independently, dropped, kept, kept in part (cut at a sector
+/// boundary or a byte) or torn (garbage over some of its sectors); files
+/// may grow with garbage; pending directory operations are lost or kept (a
+/// rename is atomic, and kept only with what gave its source its name).
+/// Images are kept in memory until [`PowerIo::take_images`].
 #[derive(Clone)]
 pub struct PowerIo {
     st: Arc<Mutex<PState>>,
@@ -1014,6 +1030,26 @@ impl PState {
         d.pending.push(op);
     }
 
+    /// The inode of the file at `path` (`rel` in the log directory); one
+    /// not made through the seam is taken as durable, its entry too.
+    fn known(&mut self, path: &Path, rel: &Path) -> io::Result<usize> {
+        if let Some(i) = self.lookup(rel) {
+            return Ok(i);
+        }
+        let bytes = std::fs::read(path)?;
+        let ino = self.inodes.len();
+        self.inodes.push(PInode {
+            durable: bytes,
+            pending: Vec::new(),
+            linked: false,
+        });
+        let (dir, name) = PState::split(rel);
+        let d = self.dirs.entry(dir).or_default();
+        d.durable.insert(name.clone(), Entry::File(ino));
+        d.current.insert(name, Entry::File(ino));
+        Ok(ino)
+    }
+
     fn lookup(&self, rel: &Path) -> Option<usize> {
         let (parent, name) = Self::split(rel);
         match self.dirs.get(&parent)?.current.get(&name)? {
@@ -1077,15 +1113,20 @@ impl PState {
             ctx: self.ctx,
             dirs: Vec::new(),
             files: BTreeMap::new(),
+            links: BTreeMap::new(),
             durable_len: BTreeMap::new(),
             stats: ImageStats::default(),
         };
         // Directory operations: per directory, a prefix (journalled file
-        // systems) or each independently.
+        // systems) or each independently. Each file's outcomes are drawn
+        // from a generator of its own (of this image and its inode), so
+        // that they do not depend on its names (temporary files may have
+        // random ones).
+        let files_seed = self.rng.next_u64();
         let mut rng = self.rng.clone();
         let dirs = self.dirs.clone();
-        let mut done = std::collections::HashSet::new();
-        self.image_dir(&dirs, Path::new(""), &mut img, &mut rng, &mut done);
+        let mut done = HashMap::new();
+        self.image_dir(&dirs, Path::new(""), &mut img, &mut rng, &mut done, files_seed);
         self.rng = rng;
         self.captured.push(img);
     }
@@ -1096,7 +1137,8 @@ impl PState {
         dir: &Path,
         img: &mut CrashImage,
         rng: &mut Rng,
-        done: &mut std::collections::HashSet<usize>,
+        done: &mut HashMap<usize, PathBuf>,
+        files_seed: u64,
     ) {
         let Some(d) = dirs.get(dir) else { return };
         if !dir.as_os_str().is_empty() {
@@ -1105,7 +1147,7 @@ impl PState {
         let mut names = d.durable.clone();
         let n = d.pending.len();
         img.stats.pending_dir_ops += n as u64;
-        let keep: Vec<bool> = match img.mode {
+        let mut keep: Vec<bool> = match img.mode {
             "durable" => vec![false; n],
             "all-kept" => vec![true; n],
             _ => {
@@ -1117,6 +1159,21 @@ impl PState {
                 }
             }
         };
+        // A rename kept keeps what gave its source that name (the create,
+        // link or rename before it, transitively): a rename moves the entry
+        // it finds, so `a -> b` lost and `b -> c` kept cannot leave both
+        // `a` and `c` (one file under two names it never had at once).
+        for i in (0..n).rev() {
+            if let (true, DirOp::Rename(from, _, _)) = (keep[i], &d.pending[i]) {
+                let made = d.pending[..i].iter().rposition(|op| match op {
+                    DirOp::Link(name, _) | DirOp::Rename(_, name, _) => name == from,
+                    DirOp::Unlink(_) => false,
+                });
+                if let Some(j) = made {
+                    keep[j] = true;
+                }
+            }
+        }
         for (op, keep) in d.pending.iter().zip(keep) {
             if !keep {
                 img.stats.lost_dir_ops += 1;
@@ -1140,17 +1197,28 @@ impl PState {
             let p = dir.join(&name);
             match e {
                 Entry::File(i) => {
-                    if !done.insert(i) {
-                        // Two names for one file: possible only with lost
-                        // operations kept out of order; keep the first.
-                        continue;
-                    }
                     let ino = &self.inodes[i];
                     img.durable_len.insert(p.clone(), ino.durable.len() as u64);
-                    let bytes = image_file(ino, img.mode, rng, &mut img.stats);
+                    if let Some(first) = done.get(&i) {
+                        // A further name of one file (a hard link): the
+                        // same inode, so the same bytes.
+                        assert!(
+                            ino.linked,
+                            "PowerIo: {} and {} name one file that was never linked",
+                            first.display(),
+                            p.display()
+                        );
+                        let bytes = img.files[first].clone();
+                        img.links.insert(p.clone(), first.clone());
+                        img.files.insert(p, bytes);
+                        continue;
+                    }
+                    done.insert(i, p.clone());
+                    let mut file_rng = Rng::new(files_seed ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                    let bytes = image_file(ino, img.mode, &mut file_rng, &mut img.stats);
                     img.files.insert(p, bytes);
                 }
-                Entry::Dir => self.image_dir(dirs, &p, img, rng, done),
+                Entry::Dir => self.image_dir(dirs, &p, img, rng, done, files_seed),
             }
         }
     }
@@ -1271,24 +1339,7 @@ impl Io for PowerIo {
         };
         st.point(false, format_args!("open {}", rel.display()));
         let inner = StdIo.open(path)?;
-        let ino = match st.lookup(&rel) {
-            Some(i) => i,
-            None => {
-                // Not made through the seam: all of it is durable (and its
-                // entry too).
-                let bytes = std::fs::read(path)?;
-                let ino = st.inodes.len();
-                st.inodes.push(PInode {
-                    durable: bytes,
-                    pending: Vec::new(),
-                });
-                let (dir, name) = PState::split(&rel);
-                let d = st.dirs.entry(dir).or_default();
-                d.durable.insert(name.clone(), Entry::File(ino));
-                d.current.insert(name, Entry::File(ino));
-                ino
-            }
-        };
+        let ino = st.known(path, &rel)?;
         Ok(Box::new(PowerFile {
             inner,
             ino,
@@ -1306,6 +1357,10 @@ impl Io for PowerIo {
         let (dt, nt) = PState::split(&rt);
         assert_eq!(df, dt, "PowerIo models renames within one directory only");
         let ino = st.lookup(&rf).expect("renamed file is known to the model");
+        if st.lookup(&rt) == Some(ino) {
+            // Two links of one file: rename(2) does nothing.
+            return Ok(());
+        }
         st.dir_op(&df, DirOp::Rename(nf, nt, ino));
         Ok(())
     }
@@ -1331,6 +1386,22 @@ impl Io for PowerIo {
             d.durable = d.current.clone();
             d.pending.clear();
         }
+        Ok(())
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let (Some(rf), Some(rt)) = (st.rel(from), st.rel(to)) else {
+            return std::fs::hard_link(from, to);
+        };
+        st.point(false, format_args!("link {} {}", rf.display(), rt.display()));
+        let ino = st.known(from, &rf)?;
+        std::fs::hard_link(from, to)?;
+        // A new entry of `to`'s directory, durable when that directory is
+        // synced; the file's bytes are the inode's (shared), as durable as
+        // its own syncs made them.
+        st.inodes[ino].linked = true;
+        let (dt, nt) = PState::split(&rt);
+        st.dir_op(&dt, DirOp::Link(nt, Entry::File(ino)));
         Ok(())
     }
     fn create_dir(&self, dir: &Path) -> io::Result<()> {
