@@ -130,7 +130,7 @@ fn child_writer() {
 }
 
 /// What the parent has read so far.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Seen {
     next_position: u64,
     /// (first, last) position of each batch, indexed by batch id.
@@ -246,6 +246,10 @@ fn follow(mode: &str, max_batches: u32, millis: u64, kill_after: Option<Duration
     // One more refresh after the child closed the log (or died).
     let view = reader.view().expect("final view");
     seen.consume(&view);
+    // Bytes the killed writer wrote past what its head announced: held back
+    // by the reader (spec 7), recovered by the next writer.
+    let held_back = view.unrecovered().is_some();
+    drop(view);
     println!(
         "{mode}{}: {} batches acknowledged, {} batches / {} events seen, {} views, up to {} segments",
         if kill_after.is_some() { " (writer killed)" } else { "" },
@@ -286,10 +290,24 @@ fn follow(mode: &str, max_batches: u32, millis: u64, kill_after: Option<Duration
     println!("{mode}: recovery after the kill: {:?}", log.recovery());
     let mut recovered = Seen::default();
     recovered.consume(&log.view().expect("view"));
-    assert_eq!(
-        recovered.batches, seen.batches,
+    // The new writer sees what the reader saw, and, if the reader held
+    // bytes back, whole batches the writer wrote but never announced
+    // (never acknowledged: every acknowledged batch was seen above).
+    assert!(
+        recovered.batches.starts_with(&seen.batches),
         "the new writer sees what the reader saw"
     );
+    if recovered.batches.len() > seen.batches.len() {
+        assert!(
+            held_back,
+            "batches past what the reader saw, which it did not say it held back"
+        );
+        println!(
+            "{mode}: {} batch(es) written but not announced before the kill, recovered whole",
+            recovered.batches.len() - seen.batches.len()
+        );
+        seen = recovered.clone();
+    }
     let mut fresh = Seen::default();
     fresh.consume(&Reader::open(dir.path()).expect("Reader::open").view().expect("view"));
     assert_eq!(fresh.batches, seen.batches, "a fresh reader sees the same");

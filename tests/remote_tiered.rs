@@ -96,21 +96,6 @@ impl ObjectStore for CountingStore {
     }
 }
 
-/// `(position, stream, version, payload)` of every event of `view`.
-fn all(view: &LogView) -> Vec<(u64, String, u64, Vec<u8>)> {
-    view.read_all(0)
-        .map(|r| {
-            let r = r.unwrap();
-            (
-                r.position(),
-                r.stream().to_owned(),
-                r.stream_version(),
-                r.payload().to_vec(),
-            )
-        })
-        .collect()
-}
-
 fn stream(view: &LogView, name: &str, dir: Direction) -> Vec<(u64, u64)> {
     let from = match dir {
         Direction::Forward => StreamPosition::Start,
@@ -232,7 +217,7 @@ fn a_remote_reader_reads_sealed_segments_from_the_store_within_its_budget() {
 
     // A replay reads every segment: the same events as the local log.
     let view = reader.view().unwrap();
-    assert_eq!(all(&view), all(&local));
+    assert_eq!(view_events(&view), view_events(&local));
     let stats = reader.cache_stats().unwrap();
     assert!(stats.held_bytes > budget, "a live view holds what it read: {stats:?}");
     for s in ["s-0", "s-7", "late"] {
@@ -262,7 +247,7 @@ fn a_remote_reader_reads_sealed_segments_from_the_store_within_its_budget() {
     // Replays again, one view at a time: each fetches what the cache let go
     // of, never more than once per view, and reads the same events.
     let before = stats.fetches;
-    assert_eq!(all(&reader.view().unwrap()), all(&local));
+    assert_eq!(view_events(&reader.view().unwrap()), view_events(&local));
     let again = reader.cache_stats().unwrap().fetches - before;
     assert!(again as usize <= 2 * sealed, "a segment and its index at most: {again}");
 
@@ -270,7 +255,7 @@ fn a_remote_reader_reads_sealed_segments_from_the_store_within_its_budget() {
     append(&log, 900, 300);
     rt.block_on(rep.ship_once()).unwrap();
     let local = Reader::open(&src).unwrap().view().unwrap();
-    assert_eq!(all(&reader.view().unwrap()), all(&local));
+    assert_eq!(view_events(&reader.view().unwrap()), view_events(&local));
     let segs = std::fs::read_dir(reader.dir())
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg"))
@@ -395,7 +380,7 @@ fn reads_below_what_local_retention_left_go_to_the_store() {
 
     // The writer's views show the whole log.
     let view = log.view().unwrap();
-    assert_eq!(all(&view), all(&whole));
+    assert_eq!(view_events(&view), view_events(&whole));
     assert_eq!(view.read_all(0).next().unwrap().unwrap().position(), 0);
     for s in ["early", "s-0", "s-5", "s-11"] {
         for d in [Direction::Forward, Direction::Backward] {
@@ -406,7 +391,7 @@ fn reads_below_what_local_retention_left_go_to_the_store() {
     drop(view);
     // A subscription from 0 delivers from 0.
     let mut sub = log.subscribe_all(0);
-    let want: Vec<u64> = all(&whole).iter().map(|e| e.0).collect();
+    let want: Vec<u64> = view_events(&whole).iter().map(|e| e.0).collect();
     let got: Vec<u64> = want.iter().map(|_| sub.next().unwrap().unwrap().position).collect();
     assert_eq!(got, want);
     drop(sub);
@@ -422,7 +407,7 @@ fn reads_below_what_local_retention_left_go_to_the_store() {
         .with_remote(remote.clone(), 1 << 20)
         .unwrap();
     let view = reader.view().unwrap();
-    assert_eq!(all(&view), all(&whole));
+    assert_eq!(view_events(&view), view_events(&whole));
     for s in ["early", "s-3"] {
         for d in [Direction::Forward, Direction::Backward] {
             assert_eq!(stream(&view, s, d), stream(&whole, s, d), "{s} {d:?}");

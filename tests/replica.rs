@@ -342,18 +342,5 @@ fn on_seaweedfs_a_remote_reader_tails_a_live_log() {
     // After the writer's last round, the reader sees everything.
     let view = reader.view().unwrap();
     assert_eq!(view.read_all(0).count() as u64, next);
-    let expected = events(&src);
-    let got: Vec<_> = view
-        .read_all(0)
-        .map(|r| {
-            let r = r.unwrap();
-            (
-                r.position(),
-                r.stream().to_owned(),
-                r.stream_version(),
-                r.payload().to_vec(),
-            )
-        })
-        .collect();
-    assert_eq!(got, expected);
+    assert_eq!(view_events(&view), events(&src));
 }

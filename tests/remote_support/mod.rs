@@ -14,7 +14,11 @@ use object_store::memory::InMemory;
 
 /// `(position, stream, version, payload)` of every event of the log in `dir`.
 pub fn events(dir: &Path) -> Vec<(u64, String, u64, Vec<u8>)> {
-    let view = Reader::open(dir).unwrap().view().unwrap();
+    view_events(&Reader::open(dir).unwrap().view().unwrap())
+}
+
+/// `(position, stream, version, payload)` of every event of `view`.
+pub fn view_events(view: &annal::LogView) -> Vec<(u64, String, u64, Vec<u8>)> {
     view.read_all(0)
         .map(|r| {
             let r = r.unwrap();
