@@ -498,3 +498,51 @@ fn a_stream_read_fetches_only_the_segments_it_reads_not_those_it_could_read_ahea
     let fetched = segment_fetches(&store.take_gets()).len();
     assert_eq!(fetched, 1, "the one segment holding the batch");
 }
+
+#[test]
+fn annal_retain_with_remote_removes_only_what_the_store_holds_confirmed() {
+    let (tmp, src, log) = source(700);
+    log.close().unwrap();
+    let url = format!("file://{}", tmp.path().join("store").display());
+    let whole = events(&src);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_annal"))
+        .args([
+            "retain",
+            src.to_str().unwrap(),
+            "--max-bytes",
+            "48K",
+            "--json",
+            "--remote",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let first = v["first_position"].as_u64().unwrap();
+    let confirmed = v["confirmed_below"].as_u64().unwrap();
+    assert!(first > 0, "{v}");
+    assert!(first <= confirmed, "{v}");
+    assert!(v["removed_segments"].as_u64().unwrap() > 0, "{v}");
+    // The store holds the whole log; the directory starts at `first`, and
+    // with the store a reader sees the whole log again.
+    let dst = tmp.path().join("dst");
+    rt().block_on(annal::remote::restore(
+        &RemoteLog::open(&url).unwrap(),
+        &dst,
+        annal::remote::RestoreTo::Latest,
+    ))
+    .unwrap();
+    let user = |e: &Vec<(u64, String, u64, Vec<u8>)>| -> Vec<(u64, String, u64, Vec<u8>)> {
+        e.iter().filter(|r| !r.1.starts_with('$')).cloned().collect()
+    };
+    assert_eq!(user(&events(&dst))[..whole.len()], whole[..]);
+    assert_eq!(events(&src).first().unwrap().0, first);
+    let reader = Reader::open(&src)
+        .unwrap()
+        .with_remote(RemoteLog::open(&url).unwrap(), 1 << 20)
+        .unwrap();
+    assert_eq!(user(&view_events(&reader.view().unwrap())), user(&events(&dst)));
+    clean(&src);
+}

@@ -41,9 +41,18 @@ first if you need one). A stream all of whose events were removed reads as
 no events, and its next append starts at version 0 again. Needs a log of
 format version 4 (older logs are refused, exit 1, nothing removed).
 
+With --remote URL (the store the log ships to, spec 23), only segments the
+store holds confirmed are removed: the log's replicator ships what is
+durable, reads each sealed segment back from the store and compares it with
+the local file by BLAKE3, and the rule removes only those that matched
+(printed: confirmed_below). A store that cannot be reached or read back
+removes nothing (exit 1). The removed segments stay readable from the store
+(`annal read URL`, `Reader::with_remote`, a writer with replicate_to).
+
 Exit codes: 0 done (also when nothing had to go); 1 refused (a log of format
-version before 4, log locked by another writer, corrupt data); 2 could not
-run (bad arguments, the directory is not a log).";
+version before 4, log locked by another writer, corrupt data, the store
+could not confirm); 2 could not run (bad arguments, the directory is not a
+log).";
 
 /// Arguments of `annal retain`.
 #[derive(Args)]
@@ -61,6 +70,10 @@ pub struct RetainArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// The remote log this log ships to (s3://BUCKET/PREFIX, file:///PATH):
+    /// remove only segments it holds confirmed (needs the remote feature).
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
     #[command(flatten)]
     size: SegmentSizeArg,
     #[command(flatten)]
@@ -77,8 +90,6 @@ pub fn retain(a: &RetainArgs) -> CmdResult {
     }
     // Reader::open refuses a directory that is not a log without touching it.
     Reader::open(&a.dir)?;
-    let opts = write_options(&a.size, &a.chain, Durability::Fsync)?;
-    let log = Log::open_with(&a.dir, opts).map_err(crate::audit::open_failure)?;
     let mut rule = Retention::new();
     if let Some(d) = a.max_age {
         rule = rule.max_age(d);
@@ -86,17 +97,17 @@ pub fn retain(a: &RetainArgs) -> CmdResult {
     if let Some(n) = a.max_bytes {
         rule = rule.max_bytes(n);
     }
-    let report = match log.apply_retention_with(rule) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = log.close();
-            let refused = matches!(e, annal::Error::InvalidArgument(_));
-            let f = Failure::from(e);
-            return Err(if refused { Failure::problem(f.message) } else { f });
+    let opts = write_options(&a.size, &a.chain, Durability::Fsync)?;
+    let (report, first, confirmed_below) = match &a.remote {
+        Some(url) => retain_confirmed(a, opts, rule, url)?,
+        None => {
+            let log = Log::open_with(&a.dir, opts).map_err(crate::audit::open_failure)?;
+            let report = apply(&log, rule)?;
+            let first = log.first_position();
+            log.close()?;
+            (report, first, None)
         }
     };
-    let first = log.first_position();
-    log.close()?;
     let mut out = std::io::stdout().lock();
     if a.json {
         let v = serde_json::json!({
@@ -107,6 +118,7 @@ pub fn retain(a: &RetainArgs) -> CmdResult {
             "rule": report.rule,
             "max_age": a.max_age.map(format_duration),
             "max_bytes": a.max_bytes,
+            "confirmed_below": confirmed_below,
         });
         writeln!(out, "{v}").map_err(out_err)?;
     } else if let (Some(at), Some(rule)) = (report.record_position, report.rule) {
@@ -117,8 +129,124 @@ pub fn retain(a: &RetainArgs) -> CmdResult {
             report.removed_bytes
         )
         .map_err(out_err)?;
+    } else if let Some(rule) = report.rule.filter(|_| !report.removed_segments.is_empty()) {
+        writeln!(
+            out,
+            "removed {} segment(s), {} bytes, by {rule}: the log starts at position {first}",
+            report.removed_segments.len(),
+            report.removed_bytes
+        )
+        .map_err(out_err)?;
     } else {
         writeln!(out, "nothing to remove: the log starts at position {first}").map_err(out_err)?;
     }
+    if let Some(c) = confirmed_below {
+        writeln!(out, "the store holds confirmed every segment below position {c}").map_err(out_err)?;
+    }
     Ok(())
+}
+
+/// Apply `rule` to `log` (closed again on failure).
+fn apply(log: &Log, rule: Retention) -> Result<annal::RetentionReport, Failure> {
+    log.apply_retention_with(rule).map_err(|e| {
+        let _ = log.clone().close();
+        let refused = matches!(e, annal::Error::InvalidArgument(_));
+        let f = Failure::from(e);
+        if refused { Failure::problem(f.message) } else { f }
+    })
+}
+
+/// `annal retain --remote URL`: the log opened with its replicator to
+/// `url`, confirming; the rule removes only segments the store holds
+/// confirmed. Returns the report (of everything removed, by the rounds and
+/// by the last pass), the first position left and where confirmation
+/// reached.
+#[cfg(feature = "remote")]
+fn retain_confirmed(
+    a: &RetainArgs,
+    opts: annal::Options,
+    rule: Retention,
+    url: &str,
+) -> Result<(annal::RetentionReport, u64, Option<u64>), Failure> {
+    use annal::remote::{Follow, RemoteLog};
+    let remote = RemoteLog::open(url)?;
+    let before = segment_files(&a.dir)?;
+    let follow =
+        Follow::every(Duration::from_millis(20)).backoff(Duration::from_millis(20), Duration::from_millis(500));
+    let log = opts
+        .retention(rule)
+        .replicate_to(remote, follow)
+        .open(&a.dir)
+        .map_err(crate::audit::open_failure)?;
+    // A round that succeeded, and the one after it begun: the first one's
+    // confirmations were applied by then (the replicator applies the rule
+    // after a round that confirms more, before the next round).
+    let started = std::time::Instant::now();
+    let confirmed = loop {
+        let status = log.replication().unwrap_or_default();
+        if status.stopped || started.elapsed() > Duration::from_secs(120) {
+            let _ = log.close();
+            return Err(Failure::problem(format!(
+                "{url}: the store could not confirm the log's segments ({}); nothing was removed that it does not hold",
+                status.error.unwrap_or_else(|| "no round succeeded within 120 s".into())
+            )));
+        }
+        if status.rounds >= 2
+            && let Some(last) = status.last.filter(|_| status.error.is_none())
+        {
+            break last;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut report = apply(&log, rule)?;
+    let first = log.first_position();
+    log.close()?;
+    // What the replicator's rounds removed before the last pass, from the
+    // files gone.
+    let after = segment_files(&a.dir)?;
+    let gone: Vec<&(PathBuf, u64)> = before.iter().filter(|f| !after.contains(f)).collect();
+    if gone.len() > report.removed_segments.len() {
+        report.removed_segments = gone
+            .iter()
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
+            .map(|(p, _)| p.clone())
+            .collect();
+        report.removed_bytes = gone.iter().map(|(_, n)| n).sum();
+        report.rule = report.rule.or(Some(match (a.max_age, a.max_bytes) {
+            (Some(_), Some(_)) => "age and size",
+            (Some(_), None) => "age",
+            _ => "size",
+        }));
+    }
+    Ok((report, first, Some(confirmed.confirmed_below)))
+}
+
+/// The segment and index files of the log in `dir`, with their lengths.
+#[cfg(feature = "remote")]
+fn segment_files(dir: &std::path::Path) -> Result<Vec<(PathBuf, u64)>, Failure> {
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| Failure::usage(format!("cannot read the directory {}: {e}", dir.display())))?;
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "seg" || x == "idx")
+            && let Ok(m) = e.metadata()
+        {
+            out.push((path, m.len()));
+        }
+    }
+    Ok(out)
+}
+
+/// Without the `remote` feature, --remote is refused.
+#[cfg(not(feature = "remote"))]
+fn retain_confirmed(
+    _a: &RetainArgs,
+    _opts: annal::Options,
+    _rule: Retention,
+    url: &str,
+) -> Result<(annal::RetentionReport, u64, Option<u64>), Failure> {
+    Err(Failure::usage(format!(
+        "{url}: --remote needs annal built with the remote feature"
+    )))
 }
