@@ -690,3 +690,166 @@ fn big_segments(remote: RemoteLog) {
     drop(r);
     assert_eq!(events(&replica), events(&src));
 }
+
+// ------------------------------------------------------ garbage collection
+
+/// The objects of `store` under `prefix`, by name.
+fn objects_under(rt: &tokio::runtime::Runtime, store: &InMemory, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let p = ObjectPath::from(prefix);
+    let mut v: Vec<String> = rt
+        .block_on(
+            store
+                .list(Some(&p))
+                .map_ok(|m| m.location.to_string())
+                .try_collect::<Vec<_>>(),
+        )
+        .unwrap();
+    v.sort();
+    v
+}
+
+#[test]
+fn garbage_collection_keeps_the_newest_versions_and_every_object_they_name() {
+    use annal::remote::{Keep, Replica};
+    let store = Arc::new(InMemory::new());
+    let remote = RemoteLog::from_store(store.clone(), "logs/gc", "memory://logs/gc");
+    let (tmp, src, log) = source(10);
+    let rt = rt();
+    let mut rep = Replicator::new(&src, remote.clone());
+    rt.block_on(rep.ship_once()).unwrap();
+    // A replica that follows from an early version.
+    let replica_dir = tmp.path().join("replica");
+    let mut replica = Replica::open(remote.clone(), &replica_dir).unwrap();
+    rt.block_on(replica.sync_once()).unwrap();
+    let mut newest = 0;
+    for round in 0..30u64 {
+        append(&log, 10 + round * 12, 12);
+        newest = rt.block_on(rep.ship_once()).unwrap().manifest_seq;
+    }
+    let parts_before = objects_under(&rt, &store, "logs/gc/tail").len();
+    let manifests_before = objects_under(&rt, &store, "logs/gc/manifest").len() as u64;
+    assert_eq!(manifests_before, newest);
+
+    let g = rt
+        .block_on(rep.collect_garbage(Keep::versions(3).grace(std::time::Duration::ZERO)))
+        .unwrap();
+    assert_eq!(g.floor, newest - 2, "{g:?}");
+    assert_eq!(g.manifests_removed, newest - 3, "{g:?}");
+    assert!(g.objects_removed > 0 && g.bytes_removed > 0, "{g:?}");
+    // The kept versions and the floor object, nothing else.
+    let manifests = objects_under(&rt, &store, "logs/gc/manifest");
+    assert_eq!(manifests.len(), 4, "{manifests:?}");
+    assert!(manifests.iter().any(|m| m.ends_with("/floor")));
+    // Parts of segments since shipped whole are gone; what is left is named.
+    let parts = objects_under(&rt, &store, "logs/gc/tail");
+    assert!(
+        parts.len() < parts_before,
+        "{} parts left of {parts_before}",
+        parts.len()
+    );
+    let m = rt.block_on(remote.latest_manifest()).unwrap().unwrap();
+    assert_eq!(m.seq, newest);
+    for p in &parts {
+        let name = p.strip_prefix("logs/gc/").unwrap();
+        let named = m.active.iter().flat_map(|a| &a.parts).any(|x| x.shipped.object == name);
+        assert!(named, "{name} is named by no kept version");
+    }
+    // Everything reads as before: a restore, a remote reader, and the
+    // replica that was at version 1 (below the floor now) follows on.
+    restores_whole(&rt, &remote, &src, &tmp.path().join("restored"));
+    let reader = annal::remote::RemoteReader::open(remote.clone()).unwrap();
+    assert_eq!(view_events(&reader.view().unwrap()), events(&src));
+    let r = rt.block_on(replica.sync_once()).unwrap();
+    assert_eq!(r.manifest_seq, newest);
+    drop(replica);
+    assert_eq!(events(&replica_dir), events(&src));
+    // A second collection right away has nothing to remove.
+    let again = rt
+        .block_on(rep.collect_garbage(Keep::versions(3).grace(std::time::Duration::ZERO)))
+        .unwrap();
+    assert_eq!((again.manifests_removed, again.objects_removed), (0, 0), "{again:?}");
+    // A grace period keeps what is younger than it.
+    append(&log, 400, 40);
+    for _ in 0..6 {
+        rt.block_on(rep.ship_once()).unwrap();
+        append(&log, 440, 3);
+    }
+    let kept = rt
+        .block_on(rep.collect_garbage(Keep::versions(1).grace(std::time::Duration::from_secs(3600))))
+        .unwrap();
+    assert_eq!(kept.objects_removed, 0, "{kept:?}");
+    assert!(kept.manifests_removed > 0, "{kept:?}");
+    // A replicator another writer fenced collects nothing.
+    let mut other = Replicator::new(&src, remote.clone());
+    rt.block_on(other.ship_once()).unwrap();
+    let before = objects_under(&rt, &store, "logs/gc").len();
+    match rt.block_on(rep.collect_garbage(Keep::versions(1).grace(std::time::Duration::ZERO))) {
+        Err(Error::Fenced { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(objects_under(&rt, &store, "logs/gc").len(), before);
+    log.close().unwrap();
+}
+
+#[test]
+fn a_following_replicator_collects_between_rounds() {
+    use annal::remote::{Follow, Keep};
+    let ms = std::time::Duration::from_millis;
+    let store = Arc::new(InMemory::new());
+    let remote = RemoteLog::from_store(store.clone(), "logs/gcf", "memory://logs/gcf");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let log = Options::default()
+        .segment_size(16 << 10)
+        .durability(Durability::Fsync)
+        .replicate_to(
+            remote.clone(),
+            Follow::every(ms(1)).keep(Keep::versions(4).grace(std::time::Duration::ZERO)),
+        )
+        .open(&src)
+        .unwrap();
+    let rt = rt();
+    for i in 0..60u64 {
+        append(&log, i * 5, 5);
+        std::thread::sleep(ms(2));
+    }
+    let handle = log.clone();
+    log.close().unwrap();
+    let status = handle.replication().unwrap();
+    assert!(status.error.is_none(), "{status:?}");
+    let newest = rt.block_on(remote.latest_manifest()).unwrap().unwrap().seq;
+    let manifests = objects_under(&rt, &store, "logs/gcf/manifest").len() as u64;
+    assert!(newest > 12, "{newest} versions");
+    // At most twice the kept versions (a collection runs once 8 pile up),
+    // plus the last round's and the floor object.
+    assert!(
+        manifests <= 2 * 4 + 2,
+        "{manifests} manifest objects for {newest} versions"
+    );
+    restores_whole(&rt, &remote, &src, &tmp.path().join("restored"));
+}
+
+#[test]
+fn on_seaweedfs_garbage_collection_keeps_what_the_newest_versions_name() {
+    use annal::remote::Keep;
+    let prefix = format!("gc-{}-{}", std::process::id(), rand_suffix());
+    let remote = RemoteLog::from_store(s3_store(), &prefix, &format!("s3://annal/{prefix}"));
+    let (tmp, src, log) = source(10);
+    let rt = rt();
+    let mut rep = Replicator::new(&src, remote.clone());
+    for round in 0..12u64 {
+        append(&log, 10 + round * 15, 15);
+        rt.block_on(rep.ship_once()).unwrap();
+    }
+    let newest = rt.block_on(remote.latest_manifest()).unwrap().unwrap().seq;
+    let g = rt
+        .block_on(rep.collect_garbage(Keep::versions(2).grace(std::time::Duration::ZERO)))
+        .unwrap();
+    assert_eq!(g.floor, newest - 1, "{g:?}");
+    assert!(g.objects_removed > 0, "{g:?}");
+    let fresh = RemoteLog::from_store(s3_store(), &prefix, &format!("s3://annal/{prefix}"));
+    assert_eq!(rt.block_on(fresh.latest_manifest()).unwrap().unwrap().seq, newest);
+    restores_whole(&rt, &fresh, &src, &tmp.path().join("restored"));
+    log.close().unwrap();
+}

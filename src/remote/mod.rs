@@ -25,6 +25,7 @@
 //! read checks; the latest manifest is found by probing names upward from
 //! a known one, never from a listing.
 
+mod gc;
 mod manifest;
 mod reader;
 mod replica;
@@ -40,6 +41,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Error, Result};
 
+pub use gc::{GcReport, Keep};
 pub use manifest::{ActiveEntry, Manifest, Part, SealedEntry, Shipped};
 pub use reader::RemoteReader;
 pub use replica::{REPLICA_FILE, Replica, ReplicaReport};
@@ -303,8 +305,11 @@ impl RemoteLog {
     /// versions that exist are `1..=newest`: gallop up in doubling steps to
     /// the first missing one, then search between the last found and it
     /// (O(log n) GETs, whatever the number of versions).
+    ///
+    /// If `from` was removed by garbage collection (spec 23.8), the search
+    /// starts at the floor instead.
     pub async fn latest_manifest_from(&self, from: u64) -> Result<Option<Manifest>> {
-        let Some(mut newest) = self.manifest(from.max(1)).await? else {
+        let Some(mut newest) = self.first_manifest_from(from.max(1)).await? else {
             return Ok(None);
         };
         let mut step = 1u64;
@@ -329,6 +334,30 @@ impl RemoteLog {
     /// The newest manifest (`None`: nothing was shipped here yet).
     pub async fn latest_manifest(&self) -> Result<Option<Manifest>> {
         self.latest_manifest_from(1).await
+    }
+
+    /// Manifest `from`, or, if it was collected, the floor's (spec 23.8:
+    /// read again while a collection moves the floor): `None` if the remote
+    /// log has no manifest from there on.
+    async fn first_manifest_from(&self, from: u64) -> Result<Option<Manifest>> {
+        if let Some(m) = self.manifest(from).await? {
+            return Ok(Some(m));
+        }
+        for _ in 0..8 {
+            let floor = self.floor().await?;
+            if floor <= from {
+                // Nothing was collected from there on: nothing exists.
+                return Ok(None);
+            }
+            if let Some(m) = self.manifest(floor).await? {
+                return Ok(Some(m));
+            }
+        }
+        Err(self.error(
+            manifest::FLOOR_OBJECT,
+            "expected the manifest the floor names, found none in 8 tries (the floor keeps moving, or a version \
+             above it was removed)",
+        ))
     }
 }
 

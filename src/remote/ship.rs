@@ -65,6 +65,9 @@ pub struct Follow {
     pub min_backoff: Duration,
     /// The longest wait after failures.
     pub max_backoff: Duration,
+    /// Collect the remote log's garbage between rounds, keeping this much
+    /// ([`Follow::keep`]; `None`, the default: never).
+    pub keep: Option<super::Keep>,
 }
 
 impl Default for Follow {
@@ -73,6 +76,7 @@ impl Default for Follow {
             interval: Duration::from_secs(1),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
+            keep: None,
         }
     }
 }
@@ -87,6 +91,16 @@ impl Follow {
     }
 
     /// Wait `min` after a first failed round, doubling up to `max`.
+    /// Collect the remote log's garbage between rounds (spec 23.8): once
+    /// twice `keep.versions` versions pile up above the floor, the older
+    /// half goes, with the objects only they named (older than
+    /// `keep.grace`). See [`Replicator::collect_garbage`].
+    pub fn keep(mut self, keep: super::Keep) -> Follow {
+        self.keep = Some(keep);
+        self
+    }
+
+    /// Back off from `min` to `max` after failed rounds.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Follow {
         self.min_backoff = min;
         self.max_backoff = max.max(min);
@@ -114,6 +128,9 @@ pub struct Replicator {
     /// Told the sealed segments of each manifest a round leaves (the
     /// writer's views read those below the local front, spec 23.7).
     tier: Option<std::sync::Arc<super::RemoteTier>>,
+    /// Garbage collection between rounds ([`Follow::keep`]), and the floor
+    /// the last collection left.
+    keep: Option<(super::Keep, u64)>,
 }
 
 impl Replicator {
@@ -133,6 +150,7 @@ impl Replicator {
             confirming: false,
             confirmed: std::collections::HashMap::new(),
             tier: None,
+            keep: None,
         }
     }
 
@@ -347,7 +365,40 @@ impl Replicator {
         each: impl FnMut(&Result<ShipReport>),
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
+        self.keep = follow.keep.map(|k| (k, 0));
         super::rounds(self, follow, each, stop).await
+    }
+
+    /// The newest manifest this replicator wrote or read (`None` before its
+    /// first round).
+    pub(crate) fn last_manifest(&self) -> Option<&Manifest> {
+        self.last.as_ref()
+    }
+
+    /// After a round: collect garbage if [`Follow::keep`] asked for it and
+    /// twice the versions it keeps piled up above the last floor. A failed
+    /// collection is retried after the next rounds; only fencing ends the
+    /// following.
+    async fn collect_if_due(&mut self) -> Result<()> {
+        let Some((keep, floor)) = self.keep else { return Ok(()) };
+        let seq = self.last.as_ref().map_or(0, |m| m.seq);
+        if seq < floor.max(1).saturating_add(keep.versions.saturating_mul(2)) {
+            return Ok(());
+        }
+        match self.collect_garbage(keep).await {
+            Ok(r) => {
+                crate::trace::event!(DEBUG, url = %self.remote.url(), floor = r.floor, manifests = r.manifests_removed,
+                    objects = r.objects_removed, bytes = r.bytes_removed, "annal collected a remote log's garbage");
+                self.keep = Some((keep, r.floor));
+                Ok(())
+            }
+            Err(e @ Error::Fenced { .. }) => Err(e),
+            Err(e) => {
+                crate::trace::event!(WARN, url = %self.remote.url(), error = %e, "annal could not collect a remote log's garbage");
+                let _ = e;
+                Ok(())
+            }
+        }
     }
 
     /// Confirm the local sealed segments, oldest first, that the newest
@@ -515,7 +566,9 @@ impl super::Rounds for Replicator {
     type Report = ShipReport;
 
     async fn round(&mut self) -> Result<ShipReport> {
-        self.ship_once().await
+        let report = self.ship_once().await?;
+        self.collect_if_due().await?;
+        Ok(report)
     }
 
     /// Another writer holds the remote log, or the local log is damaged or

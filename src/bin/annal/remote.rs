@@ -17,6 +17,7 @@ pub const REPLICATE_HELP: &str = "Examples:
   annal replicate ./shipped file://$PWD/backup --once
   annal append ./shipped --stream order-1 --type Paid --data '{}'
   annal replicate ./shipped file://$PWD/backup --once --json
+  annal replicate ./shipped file://$PWD/backup --once --keep-versions 1 --keep-grace 1ms
 
 To S3 (or SeaweedFS, MinIO, ...), following the log every 500 ms:
 annal replicate ./orders s3://my-bucket/orders --interval-ms 500
@@ -29,6 +30,13 @@ replicator that finds a newer epoch stops (exit 1) and ships nothing more.
 Without --once it ships every --interval-ms until interrupted, printing a
 line per round that shipped something (lag: positions durable here and not
 in the store).
+
+With --keep-versions N the replicator also collects the remote log's
+garbage (spec 23.8): manifest versions older than the newest N go (with
+--once after the round; when following, once 2N versions pile up), and so
+do objects that no kept version names (parts of segments since shipped
+whole, segments compaction rewrote) once they are --keep-grace old (default
+1h). Readers that start from the newest manifest are unaffected.
 
 s3:// addresses are configured from the standard AWS environment variables
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
@@ -136,6 +144,13 @@ pub struct ReplicateArgs {
     /// Print each round as a JSON line.
     #[arg(long)]
     json: bool,
+    /// Collect garbage, keeping the newest N manifest versions (spec 23.8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep_versions: Option<u64>,
+    /// With --keep-versions: remove unnamed objects only once this old (a
+    /// whole number with a unit: 90d, 12h, 30m, 45s, 500ms; default 1h).
+    #[arg(long, value_name = "DURATION", value_parser = crate::meta::parse_duration, requires = "keep_versions")]
+    keep_grace: Option<Duration>,
 }
 
 /// Arguments of `annal restore`.
@@ -205,13 +220,41 @@ pub fn replicate(a: &ReplicateArgs) -> CmdResult {
     let remote = RemoteLog::open(&a.url).map_err(|e| Failure::usage(e.to_string()))?;
     let mut rep = Replicator::new(&a.dir, remote);
     let rt = runtime()?;
+    let keep = a.keep_versions.map(|n| {
+        let k = annal::remote::Keep::versions(n);
+        a.keep_grace.map_or(k, |g| k.grace(g))
+    });
     let mut out = std::io::stdout().lock();
     if a.once {
         let r = rt.block_on(rep.ship_once()).map_err(failure)?;
-        return print_round(&mut out, &r, a.json, true);
+        print_round(&mut out, &r, a.json, true)?;
+        if let Some(k) = keep {
+            let g = rt.block_on(rep.collect_garbage(k)).map_err(failure)?;
+            if a.json {
+                let v = serde_json::json!({
+                    "floor": g.floor,
+                    "manifests_removed": g.manifests_removed,
+                    "objects_removed": g.objects_removed,
+                    "bytes_removed": g.bytes_removed,
+                });
+                writeln!(out, "{v}").map_err(out_err)?;
+            } else {
+                writeln!(
+                    out,
+                    "collected: manifest versions below {} ({} removed), {} objects ({} bytes) no kept version names",
+                    g.floor, g.manifests_removed, g.objects_removed, g.bytes_removed
+                )
+                .map_err(out_err)?;
+            }
+        }
+        return Ok(());
     }
     drop(out);
     follow_rounds(a.interval_ms, a.json, print_round, |follow, each, stop| {
+        let follow = match keep {
+            Some(k) => follow.keep(k),
+            None => follow,
+        };
         rt.block_on(rep.follow(follow, each, stop))
     })
 }
