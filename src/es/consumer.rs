@@ -403,7 +403,27 @@ fn settle(
 /// of a name of this call's own (fsynced), which is linked to `path` (a
 /// link never replaces a file: one racer's link wins, the others find the
 /// file there), then removed; the directory is fsynced.
+///
+/// A writer opening the directory removes every `*.tmp` it finds (spec
+/// 6, recovery), which may be this call's temporary file between its creation and
+/// its link: the link then finds no source, and the creation starts again
+/// under a new name (a writer's recovery runs once per open, so a few tries
+/// are enough; the last failure is reported).
 fn create_once(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    const TRIES: usize = 8;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match create_once_try(io, dir, path, bytes) {
+            Err(Error::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound && attempt < TRIES => {
+                continue;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn create_once_try(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| Error::io("draw a name in", dir, std::io::Error::other(e)))?;
     let mut tmp = path.as_os_str().to_owned();
@@ -808,5 +828,76 @@ impl Drop for DurableSubscription {
         if !self.abandoned {
             let _ = self.commit();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::io::IoFile;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The real file system, but the first `sweeps` links find their source
+    /// removed just before, as a writer's recovery removing `*.tmp` would.
+    #[derive(Debug)]
+    struct Sweeping {
+        sweeps: AtomicUsize,
+    }
+
+    impl Io for Sweeping {
+        fn create(&self, path: &Path) -> std::io::Result<Box<dyn IoFile>> {
+            StdIo.create(path)
+        }
+        fn open(&self, path: &Path) -> std::io::Result<Box<dyn IoFile>> {
+            StdIo.open(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            StdIo.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> std::io::Result<()> {
+            StdIo.remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            StdIo.sync_dir(dir)
+        }
+        fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            if self
+                .sweeps
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                std::fs::remove_file(from)?;
+            }
+            StdIo.hard_link(from, to)
+        }
+    }
+
+    #[test]
+    fn a_creation_whose_temporary_a_recovery_removed_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("annal.sub.x");
+        let io = Sweeping {
+            sweeps: AtomicUsize::new(3),
+        };
+        create_once(&io, dir.path(), &path, b"whole").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["annal.sub.x"], "no temporary left behind");
+
+        // A sweep at every try: reported, naming the file, nothing left.
+        let path = dir.path().join("annal.sub.y");
+        let io = Sweeping {
+            sweeps: AtomicUsize::new(usize::MAX),
+        };
+        let err = create_once(&io, dir.path(), &path, b"whole").unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { op: "link", path: p, .. } if *p == path),
+            "{err}"
+        );
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
