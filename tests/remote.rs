@@ -471,7 +471,7 @@ fn failed_rounds_lose_nothing_and_manifests_never_precede_their_objects() {
     let src = tmp.path().join("src");
     let log = log_in(&src);
     let store = Arc::new(FaultyStore::default());
-    store.fail_every.store(4, SeqCst);
+    store.fail_every.store(7, SeqCst);
     store.max_delay_ms.store(3, SeqCst);
     let remote = RemoteLog::from_store(store.clone(), "f", "faulty://f");
     let rt = rt();
@@ -789,6 +789,57 @@ fn garbage_collection_keeps_the_newest_versions_and_every_object_they_name() {
         other => panic!("{other:?}"),
     }
     assert_eq!(objects_under(&rt, &store, "logs/gc").len(), before);
+    log.close().unwrap();
+}
+
+#[test]
+fn a_stale_writer_that_recreates_a_collected_version_is_fenced_and_removes_nothing() {
+    use annal::remote::Keep;
+    let store = Arc::new(InMemory::new());
+    let remote = RemoteLog::from_store(store.clone(), "logs/stale", "memory://logs/stale");
+    let (_tmp, src, log) = source(10);
+    let rt = rt();
+    // The first writer ships version 1 and stalls.
+    let mut stale = Replicator::new(&src, remote.clone());
+    let first = rt.block_on(stale.ship_once()).unwrap();
+    let taken = first.manifest_seq + 1;
+    // Another takes over (the next version) and ships on, collecting all
+    // but the newest version: the stale writer's and the take-over are gone.
+    let mut holder = Replicator::new(&src, remote.clone());
+    for round in 0..6u64 {
+        append(&log, 10 + round * 5, 5);
+        rt.block_on(holder.ship_once()).unwrap();
+    }
+    // A collection told to keep no version keeps the newest all the same.
+    let mut keep = Keep::versions(1).grace(std::time::Duration::ZERO);
+    keep.versions = 0;
+    let g = rt.block_on(holder.collect_garbage(keep)).unwrap();
+    let newest = rt.block_on(remote.latest_manifest()).unwrap().unwrap();
+    assert_eq!(g.floor, newest.seq, "{g:?}");
+    assert!(g.floor > taken, "{g:?}");
+    let objects = objects_under(&rt, &store, "logs/stale");
+    // The stale writer wakes up: creating the take-over's version again
+    // succeeds (it was removed), but the floor is above it: fenced, its version removed, and
+    // nothing of the holder's touched.
+    append(&log, 40, 5);
+    match rt.block_on(stale.ship_once()) {
+        Err(Error::Fenced { ours, found, .. }) => assert_eq!((ours, found), (first.epoch, newest.epoch)),
+        other => panic!("{other:?}"),
+    }
+    match rt.block_on(stale.collect_garbage(Keep::versions(1).grace(std::time::Duration::ZERO))) {
+        Err(Error::Fenced { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let after = objects_under(&rt, &store, "logs/stale");
+    let holders: Vec<_> = after.iter().filter(|o| objects.contains(o)).collect();
+    assert_eq!(holders.len(), objects.len(), "the holder's objects are all there");
+    assert!(
+        !after.iter().any(|o| o.ends_with(&format!("manifest/{taken:020}"))),
+        "{after:?}"
+    );
+    assert_eq!(rt.block_on(remote.latest_manifest()).unwrap().unwrap().seq, newest.seq);
+    // The holder goes on.
+    rt.block_on(holder.ship_once()).unwrap();
     log.close().unwrap();
 }
 

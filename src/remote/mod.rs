@@ -301,34 +301,49 @@ impl RemoteLog {
 
     /// The newest manifest, found by probing `manifest/<seq>` upward from
     /// `from` (a version known to exist, or 1): `None` if the remote log has
-    /// none. Versions are created in order and never removed, so the
-    /// versions that exist are `1..=newest`: gallop up in doubling steps to
-    /// the first missing one, then search between the last found and it
-    /// (O(log n) GETs, whatever the number of versions).
+    /// none. Versions are created in order and removed only from the oldest
+    /// on (spec 23.8), so the versions that exist are `floor..=newest`:
+    /// gallop up in doubling steps to the first missing one, then search
+    /// between the last found and it (O(log n) GETs, whatever the number of
+    /// versions).
     ///
-    /// If `from` was removed by garbage collection (spec 23.8), the search
-    /// starts at the floor instead.
+    /// If `from` was removed by garbage collection, the search starts at
+    /// the floor instead; and since a collection may remove the versions
+    /// the search passes over while it runs, the floor is read after it: a
+    /// floor above the version found starts the search again from there.
     pub async fn latest_manifest_from(&self, from: u64) -> Result<Option<Manifest>> {
-        let Some(mut newest) = self.first_manifest_from(from.max(1)).await? else {
-            return Ok(None);
-        };
-        let mut step = 1u64;
-        let mut missing = loop {
-            let seq = newest.seq.saturating_add(step);
-            match self.manifest(seq).await? {
-                Some(m) => newest = m,
-                None => break seq,
+        let mut from = from.max(1);
+        for _ in 0..8 {
+            let Some(mut newest) = self.first_manifest_from(from).await? else {
+                return Ok(None);
+            };
+            let mut step = 1u64;
+            let mut missing = loop {
+                let seq = newest.seq.saturating_add(step);
+                match self.manifest(seq).await? {
+                    Some(m) => newest = m,
+                    None => break seq,
+                }
+                step = step.saturating_mul(2);
+            };
+            while missing - newest.seq > 1 {
+                let mid = newest.seq + (missing - newest.seq) / 2;
+                match self.manifest(mid).await? {
+                    Some(m) => newest = m,
+                    None => missing = mid,
+                }
             }
-            step = step.saturating_mul(2);
-        };
-        while missing - newest.seq > 1 {
-            let mid = newest.seq + (missing - newest.seq) / 2;
-            match self.manifest(mid).await? {
-                Some(m) => newest = m,
-                None => missing = mid,
+            let floor = self.floor().await?;
+            if floor <= newest.seq {
+                return Ok(Some(newest));
             }
+            from = floor;
         }
-        Ok(Some(newest))
+        Err(self.error(
+            manifest::FLOOR_OBJECT,
+            "expected the newest manifest version at or above the floor, found the floor above every version found \
+             in 8 searches (the floor keeps moving)",
+        ))
     }
 
     /// The newest manifest (`None`: nothing was shipped here yet).
@@ -338,7 +353,7 @@ impl RemoteLog {
 
     /// Manifest `from`, or, if it was collected, the floor's (spec 23.8:
     /// read again while a collection moves the floor): `None` if the remote
-    /// log has no manifest from there on.
+    /// log has no manifest from there on (`from` is 1: nothing was shipped).
     async fn first_manifest_from(&self, from: u64) -> Result<Option<Manifest>> {
         if let Some(m) = self.manifest(from).await? {
             return Ok(Some(m));
@@ -346,8 +361,19 @@ impl RemoteLog {
         for _ in 0..8 {
             let floor = self.floor().await?;
             if floor <= from {
-                // Nothing was collected from there on: nothing exists.
-                return Ok(None);
+                if from == 1 {
+                    // Nothing was shipped, or nothing collected.
+                    return Ok(None);
+                }
+                // A version read before is gone, and the floor is not above
+                // it: a floor moved back, or versions removed by hand.
+                return Err(self.error(
+                    &manifest::manifest_object(from),
+                    format!(
+                        "expected this version (read before) or a floor above it, found neither (the floor is \
+                         {floor})"
+                    ),
+                ));
             }
             if let Some(m) = self.manifest(floor).await? {
                 return Ok(Some(m));

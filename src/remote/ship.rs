@@ -90,7 +90,6 @@ impl Follow {
         }
     }
 
-    /// Wait `min` after a first failed round, doubling up to `max`.
     /// Collect the remote log's garbage between rounds (spec 23.8): once
     /// twice `keep.versions` versions pile up above the floor, the older
     /// half goes, with the objects only they named (older than
@@ -100,7 +99,8 @@ impl Follow {
         self
     }
 
-    /// Back off from `min` to `max` after failed rounds.
+    /// Back off after failed rounds: wait `min` after a first failed round,
+    /// doubling up to `max`.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Follow {
         self.min_backoff = min;
         self.max_backoff = max.max(min);
@@ -131,6 +131,9 @@ pub struct Replicator {
     /// Garbage collection between rounds ([`Follow::keep`]), and the floor
     /// the last collection left.
     keep: Option<(super::Keep, u64)>,
+    /// Objects a collection found named by no kept version, and since when
+    /// (spec 23.8: removed once unnamed for the grace period).
+    pub(super) unnamed_since: std::collections::HashMap<String, Instant>,
 }
 
 impl Replicator {
@@ -151,6 +154,7 @@ impl Replicator {
             confirmed: std::collections::HashMap::new(),
             tier: None,
             keep: None,
+            unnamed_since: std::collections::HashMap::new(),
         }
     }
 
@@ -219,7 +223,24 @@ impl Replicator {
         m.written_at = crate::types::now_nanos();
         let object = manifest_object(m.seq);
         match self.remote.create(&object, m.encode()).await? {
-            Created::Created => Ok(m),
+            Created::Created => {
+                // A version garbage collection removed can be created again
+                // (spec 23.3): below the floor, it is not the newest, and
+                // this writer is fenced. The floor is written before any
+                // version below it is removed, so it is read here.
+                let floor = self.remote.floor().await?;
+                if floor > m.seq {
+                    let _ = self.remote.remove(&object).await;
+                    let found = self
+                        .remote
+                        .latest_manifest_from(floor)
+                        .await?
+                        .map_or(ours.saturating_add(1), |f| f.epoch);
+                    self.fenced = Some((ours, found));
+                    return Err(self.fenced_error(ours, found));
+                }
+                Ok(m)
+            }
             Created::Existed => {
                 let found = self.remote.manifest(m.seq).await?;
                 match found {
