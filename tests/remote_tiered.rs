@@ -505,6 +505,13 @@ fn annal_retain_with_remote_removes_only_what_the_store_holds_confirmed() {
     log.close().unwrap();
     let url = format!("file://{}", tmp.path().join("store").display());
     let whole = events(&src);
+    let segments = || {
+        std::fs::read_dir(&src)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+            .count() as u64
+    };
+    let segments_before = segments();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_annal"))
         .args([
             "retain",
@@ -525,6 +532,13 @@ fn annal_retain_with_remote_removes_only_what_the_store_holds_confirmed() {
     assert!(first > 0, "{v}");
     assert!(first <= confirmed, "{v}");
     assert!(v["removed_segments"].as_u64().unwrap() > 0, "{v}");
+    // What it says it removed is what is gone (the active segment, grown
+    // by the retention record, is not counted).
+    assert_eq!(
+        v["removed_segments"].as_u64().unwrap(),
+        segments_before - segments(),
+        "{v}"
+    );
     // The store holds the whole log; the directory starts at `first`, and
     // with the store a reader sees the whole log again.
     let dst = tmp.path().join("dst");

@@ -154,24 +154,26 @@ fn run(
 ) {
     let status = &*shared.status;
     let record = |round: &Result<ShipReport>| {
-        let mut s = lock(status);
-        s.rounds += 1;
         match round {
             Ok(r) => {
-                s.last = Some(r.clone());
-                s.error = None;
-                drop(s);
                 let before = shared.confirmed_below.fetch_max(r.confirmed_below, Ordering::AcqRel);
                 // Segments newly confirmed in the store: the rule may remove
-                // them now (not only at the next seal).
+                // them now (not only at the next seal), before the round is
+                // reported (a status showing the round shows its removals).
                 if r.confirmed_below > before
                     && let Some(inner) = shared.inner.upgrade()
                 {
                     inner.retain_after_seal();
                 }
+                let mut s = lock(status);
+                s.rounds += 1;
+                s.last = Some(r.clone());
+                s.error = None;
             }
             Err(e) => {
                 crate::trace::event!(WARN, dir = %dir.display(), error = %e, "annal replication round failed");
+                let mut s = lock(status);
+                s.rounds += 1;
                 s.error = Some(e.to_string());
             }
         }

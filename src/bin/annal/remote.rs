@@ -35,8 +35,12 @@ With --keep-versions N the replicator also collects the remote log's
 garbage (spec 23.8): manifest versions older than the newest N go (with
 --once after the round; when following, once 2N versions pile up), and so
 do objects that no kept version names (parts of segments since shipped
-whole, segments compaction rewrote) once they are --keep-grace old (default
-1h). Readers that start from the newest manifest are unaffected.
+whole, segments compaction rewrote) once they were uploaded and named by no
+version for --keep-grace (default 1h; the 1ms above is for a demonstration
+only: a reader that read an older manifest a moment ago may find its
+objects gone). Readers that start from the newest
+manifest are unaffected. With --json the collection is a line of its own,
+with \"collected\": true.
 
 s3:// addresses are configured from the standard AWS environment variables
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
@@ -232,6 +236,7 @@ pub fn replicate(a: &ReplicateArgs) -> CmdResult {
             let g = rt.block_on(rep.collect_garbage(k)).map_err(failure)?;
             if a.json {
                 let v = serde_json::json!({
+                    "collected": true,
                     "floor": g.floor,
                     "manifests_removed": g.manifests_removed,
                     "objects_removed": g.objects_removed,

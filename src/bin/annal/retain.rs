@@ -178,12 +178,14 @@ fn retain_confirmed(
         .replicate_to(remote, follow)
         .open(&a.dir)
         .map_err(crate::audit::open_failure)?;
-    // A round that succeeded, and the one after it begun: the first one's
-    // confirmations were applied by then (the replicator applies the rule
-    // after a round that confirms more, before the next round).
+    // A round that succeeded: the replicator applied the rule to what it
+    // confirmed before reporting the round.
     let started = std::time::Instant::now();
     let confirmed = loop {
         let status = log.replication().unwrap_or_default();
+        if let Some(last) = status.last {
+            break last;
+        }
         if status.stopped || started.elapsed() > Duration::from_secs(120) {
             let _ = log.close();
             return Err(Failure::problem(format!(
@@ -191,21 +193,21 @@ fn retain_confirmed(
                 status.error.unwrap_or_else(|| "no round succeeded within 120 s".into())
             )));
         }
-        if status.rounds >= 2
-            && let Some(last) = status.last.filter(|_| status.error.is_none())
-        {
-            break last;
-        }
+        // No round succeeded yet, so nothing was removed yet.
         std::thread::sleep(Duration::from_millis(10));
     };
     let mut report = apply(&log, rule)?;
     let first = log.first_position();
     log.close()?;
     // What the replicator's rounds removed before the last pass, from the
-    // files gone.
-    let after = segment_files(&a.dir)?;
-    let gone: Vec<&(PathBuf, u64)> = before.iter().filter(|f| !after.contains(f)).collect();
-    if gone.len() > report.removed_segments.len() {
+    // files gone (by name: the active segment grows meanwhile).
+    let after: std::collections::HashSet<PathBuf> = segment_files(&a.dir)?.into_iter().map(|(p, _)| p).collect();
+    let gone: Vec<&(PathBuf, u64)> = before.iter().filter(|(p, _)| !after.contains(p)).collect();
+    let gone_segments = gone
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
+        .count();
+    if gone_segments > report.removed_segments.len() {
         report.removed_segments = gone
             .iter()
             .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
