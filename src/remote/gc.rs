@@ -127,7 +127,11 @@ impl Listing<'_> {
             .to_owned();
         let now = crate::types::now_nanos();
         let modified = meta.last_modified.timestamp_nanos_opt().map_or(0, |n| n.max(0) as u64);
-        Ok(Some((name, meta.size, Duration::from_nanos(now.saturating_sub(modified)))))
+        Ok(Some((
+            name,
+            meta.size,
+            Duration::from_nanos(now.saturating_sub(modified)),
+        )))
     }
 }
 
