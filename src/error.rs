@@ -226,8 +226,9 @@ pub enum Error {
         detail: String,
     },
     /// A version of a projection (spec 24.8) was superseded: a higher
-    /// version took over serving its name. Its runner saves nothing more
-    /// (its files may be retired); a runner of it is not opened again.
+    /// version took over serving its name. Its runner begins no save from
+    /// then on (its files may be retired); a runner of it is not opened
+    /// again.
     /// `version` 0 is the unversioned projection.
     #[error(
         "projection {name:?}: version {version} was superseded by version {by}, which serves now; it saves nothing more"
@@ -240,10 +241,13 @@ pub enum Error {
         /// The version that serves.
         by: u64,
     },
-    /// A version of a projection did not take over (spec 24.8): the version
-    /// serving is no longer the one its runner last saw (another version
-    /// took over first). The runner now builds beside the one found; a
-    /// later take-over replaces that one.
+    /// A version of a projection did not take over (spec 24.8): the
+    /// serving file, read under the switch lock, does not name `expected`,
+    /// the version its runner last read from it (at its open, its latest
+    /// step or save, or a take-over that failed so; a take-over never reads
+    /// it again to choose what it replaces): another version took over
+    /// since. Nothing was switched. The runner now remembers `found` and
+    /// builds beside it; a later take-over replaces that one.
     #[error(
         "projection {name:?}: version {version} did not take over: version {found} serves, not version {expected} as this runner last saw"
     )]
@@ -252,8 +256,8 @@ pub enum Error {
         name: String,
         /// The version that tried to take over.
         version: u64,
-        /// The serving version its runner last saw (0: the unversioned
-        /// projection, or none).
+        /// The serving version its runner last read (0: no serving file:
+        /// the unversioned projection, or none).
         expected: u64,
         /// The serving version found.
         found: u64,

@@ -11,6 +11,15 @@
 //! - an unversioned projection is upgraded by a version like any other;
 //! - automatic take-overs, at a position or when caught up;
 //! - two concurrent take-overs from one version: exactly one wins;
+//! - a take-over compares the version its runner last saw serve, never one
+//!   it reads again: of two versions that saw one serve, the second to take
+//!   over fails (`ServingChanged`) instead of replacing the first, and a
+//!   version opened when nothing served does not replace one that took
+//!   over during its rebuild;
+//! - the switch lock is waited for a bounded time (`Locked` naming it), and
+//!   a retirement takes it, fsyncing the directory before it removes;
+//! - a save or a switch whose temporary file a writer's recovery removed
+//!   starts again; names that could be another name's files are refused;
 //! - a crash at every file operation of the whole life (first serving
 //!   version, the new one built, saved, switched, the old one retired),
 //!   as a process crash (the files as they are) and as a power cut (only
@@ -360,6 +369,10 @@ fn two_concurrent_take_overs_from_one_version_exactly_one_wins() {
         let v1 = log.projection(&name, Positions).version(1).open().unwrap();
         let v2 = log.projection(&name, Positions).version(2).open().unwrap();
         let v3 = log.projection(&name, Positions).version(3).open().unwrap();
+        // Both saw version 1 serve (at their open): that is what each
+        // take-over compares, never a version read again, so whichever
+        // switches second fails, whatever the timing.
+        assert!(v1.is_serving() && !v2.is_serving() && !v3.is_serving());
         append(&log, 1);
         let barrier = std::sync::Barrier::new(2);
         let (mut v2, mut v3, r2, r3) = std::thread::scope(|s| {
@@ -413,6 +426,353 @@ fn two_concurrent_take_overs_from_one_version_exactly_one_wins() {
         drop((v1, v2, v3));
     }
     eprintln!("version 2 won {} rounds, version 3 {}", wins[0], wins[1]);
+}
+
+#[test]
+fn a_take_over_compares_the_version_its_runner_saw_not_one_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    append(&log, 10);
+    // The unversioned projection serves; versions 1 and 2 (manual) both
+    // see it serve, and build beside it.
+    let old = log.projection("p", PerStream).save_every(1).open().unwrap();
+    let mut v1 = log.projection("p", Positions).version(1).open().unwrap();
+    let mut v2 = log.projection("p", Positions).version(2).open().unwrap();
+    assert!(!v1.is_serving() && !v2.is_serving());
+    append(&log, 2);
+    assert_eq!(v1.take_over().unwrap().previous, Some(0));
+    // Version 2 was promoted over version 0, which no longer serves: it
+    // does not replace version 1, which nobody told it of.
+    match v2.take_over() {
+        Err(Error::ServingChanged {
+            name,
+            version,
+            expected,
+            found,
+        }) => assert_eq!((name.as_str(), version, expected, found), ("p", 2, 0, 1)),
+        other => panic!("{other:?}"),
+    }
+    let serving = log.serving_projection("p").unwrap();
+    assert_eq!(serving.version().unwrap(), Some(1));
+    assert!(v1.is_serving() && !v2.is_serving());
+    // It has seen version 1 serve now: promoted again, it takes over.
+    assert_eq!(v2.take_over().unwrap().previous, Some(1));
+    assert_eq!(serving.version().unwrap(), Some(2));
+    assert!(matches!(v1.step(Duration::ZERO), Err(Error::Superseded { by: 2, .. })));
+    drop((old, v1));
+    assert_eq!(serving.retire_superseded().unwrap(), [0, 1]);
+}
+
+/// Version 2's model, the positions as `Positions`, whose first event
+/// folded (in its rebuild) waits until the test lets it go on.
+struct Gated {
+    gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+impl Projection for Gated {
+    type Model = Vec<u64>;
+    fn empty(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    fn apply(&self, m: &mut Vec<u64>, r: &RecordRef<'_>) {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some((rebuilding, go_on)) = gate {
+            rebuilding.send(()).unwrap();
+            go_on.recv().unwrap();
+        }
+        m.push(r.position());
+    }
+    fn merge(&self, mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
+        a.extend(b);
+        a
+    }
+}
+
+#[test]
+fn a_version_opened_when_nothing_served_does_not_replace_one_that_took_over_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    append(&log, 10);
+    let (rebuilding, in_rebuild) = std::sync::mpsc::channel();
+    let (go_on, gate) = std::sync::mpsc::channel();
+    let gated = Gated {
+        gate: Mutex::new(Some((rebuilding, gate))),
+    };
+    // Version 2's rebuild runs in a pool of its own, so that version 1's
+    // rebuild (in the global pool) never waits for the thread held at the
+    // gate.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    std::thread::scope(|s| {
+        let opening = s.spawn(|| pool.install(|| log.projection("p", gated).version(2).open()));
+        // Version 2 read "nothing serves" and is rebuilding.
+        in_rebuild.recv().unwrap();
+        let v1 = log.projection("p", Positions).version(1).open().unwrap();
+        assert!(v1.is_serving(), "nothing served: version 1 serves at once");
+        go_on.send(()).unwrap();
+        let mut v2 = opening.join().unwrap().unwrap();
+        // Nobody promoted version 2: it builds beside version 1.
+        assert!(!v2.is_serving());
+        assert_eq!(log.serving_projection("p").unwrap().version().unwrap(), Some(1));
+        assert_eq!(v2.model(), &(0..10).collect::<Vec<u64>>());
+        assert_eq!(v2.take_over().unwrap().previous, Some(1));
+        drop(v1);
+    });
+}
+
+/// The real file system, each call named in `calls` (`op file-name`).
+#[derive(Debug, Clone, Default)]
+struct Recording {
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recording {
+    fn note(&self, op: &str, path: &Path) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        self.calls.lock().unwrap().push(format!("{op} {name}"));
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+impl Io for Recording {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        self.note("create", path);
+        StdIo.create(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        StdIo.open(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.note("rename", to);
+        StdIo.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.note("remove", path);
+        StdIo.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.calls.lock().unwrap().push("sync directory".into());
+        StdIo.sync_dir(dir)
+    }
+}
+
+/// Hold the switch lock of `p` in `dir` as a switch in another process
+/// would (an `flock` of another open).
+fn hold_switch_lock(dir: &Path) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("annal.proj.p~serving.lock"))
+        .unwrap();
+    f.lock().unwrap();
+    f
+}
+
+#[test]
+fn the_switch_lock_is_waited_for_a_bounded_time_and_retiring_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Recording::default();
+    let log = Log::open_with(dir.path(), Options::default().io(Arc::new(io.clone()))).unwrap();
+    append(&log, 5);
+    let v1 = log.projection("p", Positions).version(1).open().unwrap();
+    let mut v2 = log.projection("p", Positions).version(2).open().unwrap();
+    let taken = v2.take_over().unwrap();
+    assert_eq!(
+        (taken.previous, taken.retired),
+        (Some(1), false),
+        "version 1's runner is open"
+    );
+    drop(v1);
+    let lock_path = dir.path().join("annal.proj.p~serving.lock");
+    let serving = log.serving_projection("p").unwrap();
+
+    // A process stopped while it holds the switch lock (between the rename
+    // of a switch and its directory fsync, say): a take-over and a
+    // retirement wait a few seconds, then report the lock, and change
+    // nothing.
+    let held = hold_switch_lock(dir.path());
+    let mut v3 = log.projection("p", Positions).version(3).open().unwrap();
+    assert!(!v3.is_serving());
+    match v3.take_over() {
+        Err(Error::Locked { path }) => assert_eq!(path, lock_path),
+        other => panic!("{other:?}"),
+    }
+    assert!(!v3.is_serving());
+    match serving.retire_superseded() {
+        Err(Error::Locked { path }) => assert_eq!(path, lock_path),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(serving.version().unwrap(), Some(2));
+    assert!(dir.path().join("annal.proj.p~v1").exists());
+    assert!(dir.path().join("annal.proj.p~v1.lock").exists());
+
+    // Let go: the retirement makes the directory durable (the switch's
+    // rename with it) before it removes anything.
+    drop(held);
+    io.take();
+    assert_eq!(serving.retire_superseded().unwrap(), [1]);
+    let calls = io.take();
+    let first_removal = calls.iter().position(|c| c.starts_with("remove")).unwrap();
+    assert_eq!(calls[first_removal - 1], "sync directory", "{calls:?}");
+    assert_eq!(calls.last().map(String::as_str), Some("sync directory"), "{calls:?}");
+    assert!(calls.contains(&"remove annal.proj.p~v1".to_owned()), "{calls:?}");
+    assert!(calls.contains(&"remove annal.proj.p~v1.lock".to_owned()), "{calls:?}");
+    assert_eq!(v3.take_over().unwrap().previous, Some(2));
+}
+
+/// The real file system, but the first `sweeps` renames of a projection's
+/// temporary file find it removed just before, as a writer's recovery in
+/// another process removing `*.tmp` would.
+#[derive(Debug)]
+struct Sweeping {
+    sweeps: AtomicU64,
+}
+
+impl Io for Sweeping {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        StdIo.create(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        StdIo.open(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if is_projection(from)
+            && self
+                .sweeps
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            std::fs::remove_file(from)?;
+        }
+        StdIo.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        StdIo.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdIo.sync_dir(dir)
+    }
+}
+
+#[test]
+fn a_save_or_a_switch_whose_temporary_a_recovery_removed_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(Sweeping {
+        sweeps: AtomicU64::new(0),
+    });
+    let log = Log::open_with(dir.path(), Options::default().io(io.clone())).unwrap();
+    append(&log, 5);
+    // Opening saves version 1's model, then switches to it (nothing
+    // served): both renames find their temporary file gone, twice each.
+    io.sweeps.store(2, Ordering::SeqCst);
+    let mut v1 = log.projection("p", Positions).version(1).save_every(1).open().unwrap();
+    assert!(v1.is_serving());
+    assert_eq!(io.sweeps.load(Ordering::SeqCst), 0);
+    io.sweeps.store(3, Ordering::SeqCst);
+    append(&log, 2);
+    v1.step(Duration::ZERO).unwrap();
+    let mut v2 = log.projection("p", Positions).version(2).open().unwrap();
+    v2.take_over().unwrap();
+    assert_eq!(io.sweeps.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        files(dir.path(), "annal.proj."),
+        [
+            "annal.proj.p~serving",
+            "annal.proj.p~serving.lock",
+            "annal.proj.p~v1",
+            "annal.proj.p~v1.lock",
+            "annal.proj.p~v2",
+            "annal.proj.p~v2.lock"
+        ],
+        "no temporary file left"
+    );
+    let served = log
+        .serving_projection("p")
+        .unwrap()
+        .load::<Vec<u64>>()
+        .unwrap()
+        .unwrap();
+    assert_eq!((served.version, served.model), (2, (0..7).collect::<Vec<u64>>()));
+    // A sweep at every try: reported, the old model intact.
+    io.sweeps.store(u64::MAX, Ordering::SeqCst);
+    append(&log, 1);
+    v2.step(Duration::ZERO).unwrap();
+    match v2.save() {
+        Err(Error::Io {
+            op: "rename", source, ..
+        }) => assert_eq!(source.kind(), io::ErrorKind::NotFound),
+        other => panic!("{other:?}"),
+    }
+    let served = log
+        .serving_projection("p")
+        .unwrap()
+        .load::<Vec<u64>>()
+        .unwrap()
+        .unwrap();
+    assert_eq!(served.position, 7);
+    drop(v1);
+}
+
+#[test]
+fn a_temporary_file_left_by_a_crashed_save_is_removed_by_the_next_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    append(&log, 3);
+    log.projection("p", Positions)
+        .version(1)
+        .open()
+        .unwrap()
+        .close()
+        .unwrap();
+    let left = dir.path().join("annal.proj.p~v1.00112233445566ff.tmp");
+    let other = dir.path().join("annal.proj.p~v2.00112233445566ff.tmp");
+    std::fs::write(&left, b"torn").unwrap();
+    std::fs::write(&other, b"not version 1's").unwrap();
+    let v1 = log.projection("p", Positions).version(1).open().unwrap();
+    assert!(!left.exists());
+    assert!(other.exists());
+    drop(v1);
+}
+
+#[test]
+fn names_that_could_name_another_names_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    // The model of `b.lock` would be the lock file of `b`'s version 0; a
+    // writer's recovery removes `*.tmp`; `b.parked` would be `b`'s parked
+    // list.
+    for name in ["b.lock", "b.tmp", "b.parked", "b.Lock"] {
+        assert!(
+            matches!(log.projection(name, Positions).open(), Err(Error::InvalidArgument(_))),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                log.projection(name, Positions).version(1).open(),
+                Err(Error::InvalidArgument(_))
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(ServingProjection::new(dir.path(), name), Err(Error::InvalidArgument(_))),
+            "{name}"
+        );
+        assert!(
+            matches!(log.durable_subscription(name).open(), Err(Error::InvalidArgument(_))),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        files(dir.path(), "annal.proj."),
+        Vec::<String>::new(),
+        "nothing created"
+    );
+    assert_eq!(files(dir.path(), "annal.sub."), Vec::<String>::new(), "nothing created");
+    log.projection("b.locks", Positions).open().unwrap();
 }
 
 #[test]

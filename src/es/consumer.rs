@@ -445,8 +445,17 @@ fn create_once_try(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> Result
     io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// A subscription name is a plain file name: 1 to 100 ASCII letters,
-/// digits, `-`, `_` and `.`, not starting with `.`.
+/// The endings a subscription's or projection's name must not have (spec
+/// 24.1), in any case: every file of a name is `annal.sub.<name>` or
+/// `annal.proj.<name>` followed by nothing, `~...`, `.lock`, `.parked` or
+/// `.<16 hex digits>.tmp`, so a name ending so could name another name's
+/// file (the lock of `b` is the model of `b.lock`), and a writer's recovery
+/// removes every `*.tmp`.
+const REFUSED_NAME_ENDINGS: [&str; 3] = [".lock", ".tmp", ".parked"];
+
+/// A subscription name (and a projection's) is a plain file name: 1 to 100
+/// ASCII letters, digits, `-`, `_` and `.`, not starting with `.`, not
+/// ending in `.lock`, `.tmp` or `.parked` (in any case; spec 24.1).
 pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_SUBSCRIPTION_NAME
@@ -454,14 +463,20 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
             "subscription name {name:?}: expected 1 to {MAX_SUBSCRIPTION_NAME} ASCII letters, digits, '-', '_' or \
              '.', not starting with '.'"
-        )))
+        )));
     }
+    let lower = name.to_ascii_lowercase();
+    if let Some(end) = REFUSED_NAME_ENDINGS.iter().find(|e| lower.ends_with(*e)) {
+        return Err(Error::InvalidArgument(format!(
+            "subscription name {name:?}: a name must not end in '.lock', '.tmp' or '.parked' (in any case; this \
+             one ends in {end:?}): those endings are of other names' files (spec 24.1)"
+        )));
+    }
+    Ok(())
 }
 
 /// The current checkpoint in the open file `file` (at `path`).
@@ -870,6 +885,33 @@ mod tests {
             }
             StdIo.hard_link(from, to)
         }
+    }
+
+    #[test]
+    fn names_that_could_name_another_names_file_are_refused() {
+        for ok in [
+            "b", "b.x", "b.locks", "lock", "tmp", "b-lock", "b.tmp1", "a.lock.b", "parked", "b_tmp",
+        ] {
+            check_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "b.lock",
+            "b.tmp",
+            "b.parked",
+            "b.LOCK",
+            "b.Tmp",
+            "x.y.parked",
+            ".lock",
+            "b~v1",
+            "b~serving",
+            "",
+            ".b",
+            "b/c",
+        ] {
+            assert!(matches!(check_name(bad), Err(Error::InvalidArgument(_))), "{bad}");
+        }
+        let e = check_name("b.lock").unwrap_err().to_string();
+        assert!(e.contains("must not end in") && e.contains("24.1"), "{e}");
     }
 
     #[test]

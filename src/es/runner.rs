@@ -16,8 +16,8 @@
 //! `annal.proj.<name>~v<version>` and its lock beside; which version serves
 //! is the serving file's, switched by [`ProjectionRunner::take_over`]
 //! (`es::serving` holds the protocol). A runner reads the serving file at
-//! each step and save: once a higher version serves, it is superseded and
-//! saves nothing more.
+//! each step and save: once it finds a higher version serving, it is
+//! superseded and begins no save again.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -106,7 +106,9 @@ impl Source {
 pub enum TakeOver {
     /// Only when [`ProjectionRunner::take_over`] is called (the default).
     /// A version opened when nothing serves (no serving file, no
-    /// unversioned projection file) takes over at once all the same.
+    /// unversioned projection file) takes over at once all the same, unless
+    /// another version took over while it caught up: it then builds beside
+    /// that one.
     #[default]
     Manual,
     /// As soon as it has caught up with the log's visible end: at
@@ -287,7 +289,9 @@ where
     /// damaged, [`Error::InvalidArgument`] if the model no longer
     /// deserializes), and catch up with the log: from nothing with a
     /// parallel rebuild, else from the file's position on. The caught-up
-    /// model is saved. A version takes over if nothing serves, or if its
+    /// model is saved. A version takes over if nothing serves (when it read
+    /// the serving file, before catching up: from nothing, so that a
+    /// version that took over meanwhile is not replaced), or if its
     /// [`take_over`](ProjectionBuilder::take_over) option says so.
     pub fn open(self) -> Result<ProjectionRunner<P>> {
         super::consumer::check_name(&self.name)?;
@@ -316,6 +320,13 @@ where
         if serving > self.version {
             return Err(superseded(serving));
         }
+        // Temporary files of a save of this version that crashed: no other
+        // save of it is under way (the lock).
+        crate::storage::io::remove_shared_temps(
+            &*self.source.io(),
+            &dir,
+            &[&model_file_name(&self.name, self.version)],
+        )?;
         let loaded = match serving::read_model_file(&path)? {
             Some((next, last, model)) => Some((next, last, deserialize_model::<P>(&model, &path)?)),
             None => None,
@@ -369,11 +380,21 @@ where
         if runner.pending > 0 {
             runner.save()?;
         }
-        // A version opened when nothing serves serves at once.
+        // A version opened when nothing serves serves at once: from 0, as
+        // read above, so that if another version took over meanwhile (this
+        // one spent long in its rebuild) the switch finds it and this one
+        // builds beside it instead.
         let nothing_serves =
-            runner.version > 0 && serving == 0 && !runner.dir.join(model_file_name(&runner.name, 0)).exists();
-        if nothing_serves || runner.take_over_due() {
-            match runner.take_over() {
+            runner.version > 0 && serving == 0 && !serving::present(&runner.dir.join(model_file_name(&runner.name, 0)));
+        let due = if nothing_serves {
+            Some(0)
+        } else if runner.take_over_due() {
+            Some(runner.serving)
+        } else {
+            None
+        };
+        if let Some(expected) = due {
+            match runner.take_over_from(expected) {
                 // Another version took over first: this one builds beside it.
                 Ok(_) | Err(Error::ServingChanged { .. }) => {}
                 Err(e) => return Err(e),
@@ -487,25 +508,32 @@ where
         self.superseded.is_none() && self.serving == self.version
     }
 
-    /// Read the serving file: [`Error::Superseded`] once a higher version
+    /// Read the serving file and remember the version found as the one
+    /// last seen serving: [`Error::Superseded`] once a higher version
     /// serves (and from then on, without reading it again).
     fn observe(&mut self) -> Result<()> {
-        if self.superseded.is_none() {
-            let found = serving::serving_version(&self.dir, &self.name)?;
-            if found > self.version {
-                self.superseded = Some(found);
-            } else {
-                self.serving = found;
-            }
-        }
-        match self.superseded {
-            Some(by) => Err(Error::Superseded {
+        let found = self.serving_now()?;
+        self.serving = found;
+        Ok(())
+    }
+
+    /// The version the serving file names now (0: none), without
+    /// remembering it as seen: [`Error::Superseded`] if it is above this
+    /// one (remembered: from then on without reading it again).
+    fn serving_now(&mut self) -> Result<u64> {
+        let found = match self.superseded {
+            Some(by) => by,
+            None => serving::serving_version(&self.dir, &self.name)?,
+        };
+        if found > self.version {
+            self.superseded = Some(found);
+            return Err(Error::Superseded {
                 name: self.name.clone(),
                 version: self.version,
-                by,
-            }),
-            None => Ok(()),
+                by: found,
+            });
         }
+        Ok(found)
     }
 
     /// Whether the builder's [`TakeOver`] option says to take over now.
@@ -520,21 +548,36 @@ where
         }
     }
 
-    /// Take over serving the projection's name (spec 24.8): fold every
-    /// event visible now, save the model, then switch the serving file to
-    /// this version, atomically and only if it still names the version this
-    /// runner last saw serve; then retire that version's files if no runner
-    /// holds its lock. A crash at any moment leaves one version serving, the
-    /// old or this one, each with its saved model. From then on, readers
-    /// ([`ServingProjection`]) load this version's model, and the old
-    /// version's runner gets [`Error::Superseded`] at its next step or save.
+    /// Take over serving the projection's name (spec 24.8) from the
+    /// version this runner last saw serve: fold every event visible now,
+    /// save the model, then switch the serving file to this version,
+    /// atomically and only if it still names that version; then retire
+    /// that version's files if no runner holds its lock. A crash at any
+    /// moment leaves one version serving, the old or this one, each with
+    /// its saved model. From then on, readers ([`ServingProjection`]) load
+    /// this version's model, and the old version's runner gets
+    /// [`Error::Superseded`] at its next step or save.
     ///
-    /// Errors: [`Error::ServingChanged`] if another version took over since
-    /// this runner last read the serving file (this one now builds beside
-    /// it: a second call takes over from it), [`Error::Superseded`] if a
-    /// higher version serves, [`Error::InvalidArgument`] for the unversioned
-    /// projection. A failure to remove the old version's files after the
-    /// switch is not an error of the take-over: `retired` is false.
+    /// What is compared: the version this runner last read from the
+    /// serving file, at its [open](ProjectionBuilder::open), its last
+    /// [step](ProjectionRunner::step) or [save](ProjectionRunner::save), or
+    /// a take-over that failed with [`Error::ServingChanged`] (0: no
+    /// serving file, which the switch then requires). This call reads the
+    /// serving file only to tell that a higher version serves, or that this
+    /// one already does; it never takes what it finds as the version to
+    /// take over from. So a take-over decided on what was seen serving
+    /// replaces only that: if another version took over since, nothing is
+    /// switched.
+    ///
+    /// Errors: [`Error::ServingChanged`] if the serving file no longer
+    /// names the version this runner last saw (another version took over
+    /// since; the runner now remembers the one found and builds beside it:
+    /// a second call takes over from it), [`Error::Superseded`] if a higher
+    /// version serves, [`Error::Locked`] naming the switch lock file if a
+    /// switch in another process held it for more than a few seconds,
+    /// [`Error::InvalidArgument`] for the unversioned projection. A failure
+    /// to remove the old version's files after the switch is not an error
+    /// of the take-over: `retired` is false.
     pub fn take_over(&mut self) -> Result<TakenOver> {
         if self.version == 0 {
             return Err(Error::InvalidArgument(format!(
@@ -542,8 +585,16 @@ where
                 self.name
             )));
         }
-        self.observe()?;
-        if self.serving == self.version {
+        self.take_over_from(self.serving)
+    }
+
+    /// [`take_over`](ProjectionRunner::take_over) from `expected`, the
+    /// version the switch requires the serving file to name (0: none).
+    fn take_over_from(&mut self, expected: u64) -> Result<TakenOver> {
+        // Read to tell a higher version serving, or this one; what the
+        // switch compares is `expected`, not what is read here.
+        if self.serving_now()? == self.version {
+            self.serving = self.version;
             return Ok(TakenOver {
                 previous: None,
                 retired: false,
@@ -552,7 +603,6 @@ where
         self.catch_up()?;
         self.write_model()?;
         let io = self.source.io();
-        let expected = self.serving;
         match serving::switch(&*io, &self.dir, &self.name, self.version, expected, self.next_position) {
             Ok(_) => {}
             Err(e) => {
@@ -582,7 +632,9 @@ where
 
     /// Remove this superseded version's files (its model, its lock file):
     /// [`Error::InvalidArgument`] if it is not superseded (it serves, or may
-    /// take over).
+    /// take over). Takes the switch lock while it removes them
+    /// ([`Error::Locked`] naming it if a switch holds it longer than a few
+    /// seconds), so the switch that superseded it is durable first.
     pub fn retire(mut self) -> Result<()> {
         match self.observe() {
             Err(Error::Superseded { .. }) => {}
@@ -594,7 +646,9 @@ where
             }
             Err(e) => return Err(e),
         }
-        serving::remove_version_files(&*self.source.io(), &self.dir, &self.name, self.version)
+        // Versions only go up: still superseded under the switch lock.
+        serving::remove_version_files(&*self.source.io(), &self.dir, &self.name, self.version)?;
+        Ok(())
     }
 
     /// Whether the log holds what a file at `next` with `last` folded: its
@@ -639,7 +693,7 @@ where
     /// [`Error::Closed`] once the log is closed and everything was folded.
     ///
     /// [`Error::Superseded`] once a higher version serves (spec 24.8): the
-    /// runner saves nothing more.
+    /// runner begins no save from then on.
     pub fn step(&mut self, timeout: Duration) -> Result<u64> {
         self.observe()?;
         let epoch = self.source.epoch();
@@ -682,6 +736,10 @@ where
     /// Save the model and its position now: one file, written whole
     /// (temporary file, fsync, rename, directory fsync).
     /// [`Error::Superseded`] (nothing written) once a higher version serves.
+    /// The serving file is read before the write, not under the switch
+    /// lock: a save that read it just before a switch may land just after
+    /// (no reader follows this version's file any more then); no save begun
+    /// after it saw the switch writes anything.
     pub fn save(&mut self) -> Result<()> {
         self.observe()?;
         self.write_model()
@@ -689,7 +747,7 @@ where
 
     /// Write the model file if anything changed since it was written.
     fn write_model(&mut self) -> Result<()> {
-        if self.pending == 0 && self.path.exists() {
+        if self.pending == 0 && serving::present(&self.path) {
             return Ok(());
         }
         let model = postcard::to_allocvec(&self.model).map_err(|e| {
@@ -697,7 +755,7 @@ where
         })?;
         let bytes = encode_projection(self.next_position, self.last_event, &model);
         let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
-        crate::storage::io::write_derived(&*self.source.io(), dir, &self.path, &bytes)?;
+        crate::storage::io::write_shared(&*self.source.io(), dir, &self.path, &bytes)?;
         self.pending = 0;
         self.last_save = Instant::now();
         Ok(())

@@ -5,32 +5,42 @@
 //! `annal.proj.<name>~v<v>` (the unversioned projection, version 0, in
 //! `annal.proj.<name>`), each written whole like any projection file (24.5).
 //! One small file, `annal.proj.<name>~serving`, names the version that
-//! serves; none names version 0. A take-over by `v`:
+//! serves; none names version 0. A take-over by `v` from `u`, the version
+//! its runner last read from the serving file (at its open, a step or a
+//! save; the take-over itself does not read it again for this):
 //!
 //! 1. saves `v`'s model (durable before anything names it);
-//! 2. takes the switch lock `annal.proj.<name>~serving.lock` (blocking:
-//!    one switch at a time);
-//! 3. reads the serving file: it must still name the version the runner
-//!    last saw (else [`Error::ServingChanged`]) and a lower one (else
-//!    [`Error::Superseded`]): two take-overs from one version, one wins;
-//! 4. writes the serving file naming `v` whole (temporary file, fsync,
-//!    rename, directory fsync) and lets go of the lock;
+//! 2. takes the switch lock `annal.proj.<name>~serving.lock` (one switch at
+//!    a time; waiting at most [`SWITCH_LOCK_WAIT`], then
+//!    [`Error::Locked`]);
+//! 3. reads the serving file: a version above `v` is
+//!    [`Error::Superseded`]; any version but `u` (or, for `u` = 0, a file
+//!    at all) is [`Error::ServingChanged`]: of two take-overs from one
+//!    version, one wins, and a version promoted from a stale `u` does not
+//!    go live;
+//! 4. writes the serving file naming `v` whole (a temporary file of its own
+//!    name, fsync, rename, directory fsync) and lets go of the lock;
 //! 5. retires the previous version: its files are removed if no runner
 //!    holds its lock (else by [`ProjectionRunner::retire`] or
-//!    [`ServingProjection::retire_superseded`] later).
+//!    [`ServingProjection::retire_superseded`] later), under the switch
+//!    lock and after a directory fsync, so the switch is durable first.
 //!
 //! Invariants: the serving file changes only by a rename, so a crash at any
 //! step leaves it naming the old version or the new one, and the model of
 //! either was made durable before the switch (step 1) and is removed only
-//! once superseded (step 5); versions only go up, so a superseded runner
-//! never serves again: it learns it at its next step or save (which it does
-//! not write), and a runner of a superseded version is not opened.
+//! once superseded, durably (step 5); versions only go up, so a superseded
+//! runner never serves again: no save it begins after it has seen the
+//! switch (at its next step or save) writes anything, and a runner of a
+//! superseded version is not opened. (A save that had read the serving file
+//! before the switch may still land after it: no reader follows that file
+//! any more, and it is removed when the runner's lock is free.)
 //!
 //! [`ProjectionRunner::retire`]: crate::ProjectionRunner::retire
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
@@ -98,15 +108,47 @@ fn open_lock(path: &Path) -> Result<File> {
     o.open(path).map_err(|e| Error::io("open", path, e))
 }
 
-/// Switch the serving file of `name` to `version`, which saw `expected`
-/// serve (0: none, or the unversioned projection) and whose model, saved,
-/// is at `position`. Steps 2 to 4 of the protocol; the previous version on
-/// success.
+/// Whether something (a file, a link, anything) is at `path`; links are
+/// never followed.
+pub(crate) fn present(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// How long a switch or a retirement waits for the switch lock before
+/// [`Error::Locked`]: a switch holds it for one small write and two
+/// fsyncs, so only a process stopped while holding it (or a disk stalled
+/// that long) keeps it longer.
+pub(crate) const SWITCH_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The switch lock of `name` (`annal.proj.<name>~serving.lock`, created if
+/// missing), held while the returned file is open. Waits up to
+/// [`SWITCH_LOCK_WAIT`], retrying with a backoff, then [`Error::Locked`]
+/// naming the lock file.
+fn lock_switch(dir: &Path, name: &str) -> Result<File> {
+    let path = dir.join(switch_lock_name(name));
+    let lock = open_lock(&path)?;
+    let deadline = Instant::now() + SWITCH_LOCK_WAIT;
+    let mut wait = Duration::from_millis(1);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
+    }
+}
+
+/// Switch the serving file of `name` to `version`, whose model, saved, is
+/// at `position`, only if the serving file names `expected` (0: it does not
+/// exist), the version the runner last read from it: what is found under
+/// the lock is compared with `expected`, never taken in its place. Steps 2
+/// to 4 of the protocol; the previous version on success.
 pub(crate) fn switch(io: &dyn Io, dir: &Path, name: &str, version: u64, expected: u64, position: u64) -> Result<u64> {
-    let lock_path = dir.join(switch_lock_name(name));
-    let lock = open_lock(&lock_path)?;
-    // Blocking: a switch holds it for one small write.
-    lock.lock().map_err(|e| Error::io("lock", &lock_path, e))?;
+    let lock = lock_switch(dir, name)?;
     let found = serving_version(dir, name)?;
     if found > version {
         return Err(Error::Superseded {
@@ -126,43 +168,69 @@ pub(crate) fn switch(io: &dyn Io, dir: &Path, name: &str, version: u64, expected
             found,
         });
     }
+    let path = dir.join(serving_file_name(name));
+    // Temporary files of a switch that crashed; no switch is under way but
+    // this one (the lock).
+    crate::storage::io::remove_shared_temps(io, dir, &[&serving_file_name(name)])?;
     let bytes = encode_serving(&Serving {
         serving: version,
         previous: found,
         position,
     });
-    crate::storage::io::write_derived(io, dir, &dir.join(serving_file_name(name)), &bytes)?;
+    crate::storage::io::write_shared(io, dir, &path, &bytes)?;
     drop(lock);
     Ok(found)
 }
 
-/// Remove the files of `version` of `name` (its model, a temporary file
-/// left of it, its lock file), whose lock the caller holds, then make the
-/// removals durable.
-pub(crate) fn remove_version_files(io: &dyn Io, dir: &Path, name: &str, version: u64) -> Result<()> {
-    let model = dir.join(model_file_name(name, version));
-    let mut tmp = model.as_os_str().to_owned();
-    tmp.push(".tmp");
-    for path in [
-        model.clone(),
-        PathBuf::from(tmp),
-        dir.join(lock_file_name(name, version)),
-    ] {
-        match io.remove(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", &path, e)),
-        }
+/// Remove the files of `version` of `name` (its model, temporary files
+/// left of it, its lock file), whose lock the caller holds, if a higher
+/// version serves; then make the removals durable. Whether they were
+/// removed (false: not superseded).
+///
+/// The serving file is read under the switch lock, and the directory is
+/// fsynced before anything is removed: the rename that made a higher
+/// version serve is durable before a file of the lower one is gone, even if
+/// the switch that renamed it has not yet fsynced the directory (a process
+/// that died between the two, whose lock is free). Without both, a power
+/// cut could keep the removal and lose the switch: a serving file naming a
+/// version without a model.
+pub(crate) fn remove_version_files(io: &dyn Io, dir: &Path, name: &str, version: u64) -> Result<bool> {
+    let switch_lock = lock_switch(dir, name)?;
+    if serving_version(dir, name)? <= version {
+        return Ok(false);
     }
-    io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
+    io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    let model_name = model_file_name(name, version);
+    let model = dir.join(&model_name);
+    match io.remove(&model) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &model, e)),
+    }
+    crate::storage::io::remove_shared_temps(io, dir, &[&model_name])?;
+    let lock = dir.join(lock_file_name(name, version));
+    match io.remove(&lock) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &lock, e)),
+    }
+    io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    drop(switch_lock);
+    Ok(true)
 }
 
 /// Retire `version` of `name` if it is superseded and no runner holds its
-/// lock: its files are removed (step 5). Whether they were (false: held, or
-/// nothing to remove).
+/// lock: its files are removed (step 5). Whether they were (false: not
+/// superseded, held, or nothing to remove). Nothing is created for a
+/// version that is not superseded (its lock file is opened only then).
 pub(crate) fn retire(io: &dyn Io, dir: &Path, name: &str, version: u64) -> Result<bool> {
     let lock_path = dir.join(lock_file_name(name, version));
-    if !lock_path.exists() && !dir.join(model_file_name(name, version)).exists() {
+    if !present(&lock_path) && !present(&dir.join(model_file_name(name, version))) {
+        return Ok(false);
+    }
+    // Versions only go up: once superseded, always. Read here first so
+    // that a version still serving, or building, is not touched.
+    if serving_version(dir, name)? <= version {
         return Ok(false);
     }
     let lock = open_lock(&lock_path)?;
@@ -171,13 +239,11 @@ pub(crate) fn retire(io: &dyn Io, dir: &Path, name: &str, version: u64) -> Resul
         Err(TryLockError::WouldBlock) => return Ok(false),
         Err(TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
     }
-    // Versions only go up: once superseded, always; checked under its lock.
-    if serving_version(dir, name)? <= version {
-        return Ok(false);
-    }
-    remove_version_files(io, dir, name, version)?;
+    // A runner that opens the version now finds it superseded under this
+    // lock (or, after the removal, under a lock file of its own) and stops.
+    let removed = remove_version_files(io, dir, name, version)?;
     drop(lock);
-    Ok(true)
+    Ok(removed)
 }
 
 /// The model of the version of a projection that serves, as its runner last
@@ -197,7 +263,8 @@ pub struct Served<M> {
 /// process (an HTTP service, say) that need not know its versions: which
 /// version serves, its model as last saved, whether another version took
 /// over since the last load, and the removal of superseded versions' files.
-/// It reads files and takes no lock (retiring takes the retired version's).
+/// Loading reads files and takes no lock; retiring takes the retired
+/// version's lock and, briefly, the switch lock.
 ///
 /// ```
 /// # fn main() -> annal::Result<()> {
@@ -254,7 +321,7 @@ impl ServingProjection {
     pub fn version(&self) -> Result<Option<u64>> {
         match read_serving(&self.dir, &self.name)? {
             Some(s) => Ok(Some(s.serving)),
-            None if self.dir.join(model_file_name(&self.name, 0)).exists() => Ok(Some(0)),
+            None if present(&self.dir.join(model_file_name(&self.name, 0))) => Ok(Some(0)),
             None => Ok(None),
         }
     }
@@ -326,7 +393,9 @@ impl ServingProjection {
 
     /// Remove the files of every version below the serving one whose lock
     /// no runner holds (a runner still open keeps its files until it is
-    /// closed or retires them). The versions retired.
+    /// closed or retires them). The versions retired. Each removal takes
+    /// the switch lock ([`Error::Locked`] naming it if a switch holds it
+    /// longer than a few seconds).
     pub fn retire_superseded(&self) -> Result<Vec<u64>> {
         let serving = serving_version(&self.dir, &self.name)?;
         if serving == 0 {
@@ -355,5 +424,55 @@ impl ServingProjection {
             }
         }
         Ok(retired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn retiring_a_version_not_superseded_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Version 0's model alone, no lock file, nothing above it serving.
+        std::fs::write(dir.path().join("annal.proj.p"), b"model").unwrap();
+        assert!(!retire(&StdIo, dir.path(), "p", 0).unwrap());
+        assert_eq!(names(dir.path()), ["annal.proj.p"]);
+        // Version 1 serves: version 0 is retired, lock file and all.
+        std::fs::write(
+            dir.path().join("annal.proj.p~serving"),
+            encode_serving(&Serving {
+                serving: 1,
+                previous: 0,
+                position: 0,
+            }),
+        )
+        .unwrap();
+        assert!(!retire(&StdIo, dir.path(), "p", 1).unwrap(), "version 1 has no files");
+        assert!(retire(&StdIo, dir.path(), "p", 0).unwrap());
+        assert_eq!(names(dir.path()), ["annal.proj.p~serving", "annal.proj.p~serving.lock"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_under_a_model_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("model");
+        // A dangling link: present, never followed to see what it names.
+        std::os::unix::fs::symlink(&target, dir.path().join("annal.proj.p")).unwrap();
+        assert!(present(&dir.path().join("annal.proj.p")));
+        let serving = ServingProjection::new(dir.path(), "p").unwrap();
+        assert_eq!(serving.version().unwrap(), Some(0));
+        assert!(!target.exists());
     }
 }

@@ -229,6 +229,7 @@ mod tests {
             "annal.proj.b~v",
             "annal.proj.b~v7.lock",
             "annal.proj.b~v7.tmp",
+            "annal.proj.b~v7.0123456789abcdef.tmp",
             "annal.proj.b~serving",
             "annal.proj.bc",
             "annal.proj.b.x",

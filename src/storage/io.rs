@@ -318,6 +318,98 @@ pub(crate) fn write_derived(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) 
         .map_err(|e| crate::Error::io("fsync directory", dir, e))
 }
 
+/// Tries of [`write_shared`] before it reports a rename that found no
+/// source.
+const SHARED_WRITE_TRIES: usize = 8;
+
+/// Write a file of the log directory that processes other than the writer
+/// write (a projection's model, a serving file: spec 24.5, 24.8)
+/// atomically through the seam: the bytes go to a temporary file of a name
+/// of this call's own ([`shared_temp_name`]: `<path>.<16 hex digits>.tmp`),
+/// fsynced, renamed over `path`, the directory fsynced.
+///
+/// A writer opening the directory in another process removes every
+/// `*.tmp` it finds (spec 6, recovery), which may be this call's temporary
+/// file between its creation and its rename: the rename then finds no
+/// source (`NotFound`), and the write starts again under a new name, which
+/// that sweep (it listed the directory before) never removes. Up to 8
+/// tries; the last failure is reported. The writer's own derived files use
+/// [`write_derived`]: no other process's recovery runs while it holds the
+/// log.
+pub(crate) fn write_shared(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> crate::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match write_shared_try(io, dir, path, bytes) {
+            Err(crate::Error::Io {
+                op: "rename",
+                ref source,
+                ..
+            }) if source.kind() == io::ErrorKind::NotFound && attempt < SHARED_WRITE_TRIES => {}
+            other => return other,
+        }
+    }
+}
+
+fn write_shared_try(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> crate::Result<()> {
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).map_err(|e| crate::Error::io("draw a name in", dir, io::Error::other(e)))?;
+    let tmp = shared_temp_name(path, u64::from_le_bytes(id));
+    let f = io.create(&tmp).map_err(|e| crate::Error::io("create", &tmp, e))?;
+    let written = f
+        .write_at(0, bytes)
+        .map_err(|e| crate::Error::io("write", &tmp, e))
+        .and_then(|()| f.sync().map_err(|e| crate::Error::io("fsync", &tmp, e)));
+    drop(f);
+    if let Err(e) = written.and_then(|()| io.rename(&tmp, path).map_err(|e| crate::Error::io("rename", &tmp, e))) {
+        // Nothing of it is left for the next try or a later sweep.
+        let _ = io.remove(&tmp);
+        return Err(e);
+    }
+    io.sync_dir(dir)
+        .map_err(|e| crate::Error::io("fsync directory", dir, e))
+}
+
+/// The temporary file of [`write_shared`] for `path` with the number `id`:
+/// `<path>.<id as 16 lowercase hex digits>.tmp`.
+pub(crate) fn shared_temp_name(path: &Path, id: u64) -> std::path::PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{id:016x}.tmp"));
+    std::path::PathBuf::from(tmp)
+}
+
+/// Whether `file` is a temporary file name of [`write_shared`] for the file
+/// name `of`.
+pub(crate) fn is_shared_temp_of(file: &str, of: &str) -> bool {
+    file.strip_prefix(of)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.strip_suffix(".tmp"))
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Remove every temporary file of [`write_shared`] for the file names
+/// `of` in `dir` (left by a write that crashed; the caller makes sure no
+/// write of them is under way). Whether any was removed (the caller makes
+/// the removals durable if it needs to).
+pub(crate) fn remove_shared_temps(io: &dyn Io, dir: &Path, of: &[&str]) -> crate::Result<bool> {
+    let rd = std::fs::read_dir(dir).map_err(|e| crate::Error::io("read directory", dir, e))?;
+    let mut removed = false;
+    for e in rd {
+        let e = e.map_err(|e| crate::Error::io("read directory", dir, e))?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if of.iter().any(|of| is_shared_temp_of(name, of)) {
+            let path = e.path();
+            match io.remove(&path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(crate::Error::io("remove", &path, e)),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +433,114 @@ mod tests {
         for errno in [24, 12, 5] {
             assert!(!not_a_regular_file(&io::Error::from_raw_os_error(errno)), "{errno}");
         }
+    }
+
+    /// The real file system, but the first `sweeps` renames find their
+    /// source removed just before, as a writer's recovery removing `*.tmp`
+    /// in another process would.
+    #[derive(Debug)]
+    struct Sweeping {
+        sweeps: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Io for Sweeping {
+        fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+            StdIo.create(path)
+        }
+        fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+            StdIo.open(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            use std::sync::atomic::Ordering;
+            if self
+                .sweeps
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                std::fs::remove_file(from)?;
+            }
+            StdIo.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            StdIo.remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            StdIo.sync_dir(dir)
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_shared_write_whose_temporary_a_recovery_removed_starts_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("annal.proj.p");
+        std::fs::write(&path, b"old").expect("write");
+        let io = Sweeping {
+            sweeps: std::sync::atomic::AtomicUsize::new(3),
+        };
+        write_shared(&io, dir.path(), &path, b"new").expect("written on the fourth try");
+        assert_eq!(std::fs::read(&path).expect("read"), b"new");
+        assert_eq!(names(dir.path()), ["annal.proj.p"], "no temporary left behind");
+
+        // A sweep at every try: the rename reported, the old file intact.
+        let io = Sweeping {
+            sweeps: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        };
+        let e = write_shared(&io, dir.path(), &path, b"newer").expect_err("every try swept");
+        assert!(
+            matches!(&e, crate::Error::Io { op: "rename", source, .. } if source.kind() == io::ErrorKind::NotFound),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), b"new");
+        assert_eq!(names(dir.path()), ["annal.proj.p"]);
+    }
+
+    #[test]
+    fn shared_temporaries_are_told_by_name_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("annal.proj.b");
+        let tmp = shared_temp_name(&path, 0xfe);
+        assert_eq!(
+            tmp.file_name().and_then(|n| n.to_str()),
+            Some("annal.proj.b.00000000000000fe.tmp")
+        );
+        assert!(is_shared_temp_of("annal.proj.b.00000000000000fe.tmp", "annal.proj.b"));
+        for other in [
+            "annal.proj.b.tmp",
+            "annal.proj.b.00000000000000FE.tmp",
+            "annal.proj.b.00000000000000fe0.tmp",
+            "annal.proj.b.00000000000000fe.lock",
+            "annal.proj.bc.00000000000000fe.tmp",
+            "annal.proj.b.00000000000000fe.00000000000000fe.tmp",
+        ] {
+            assert!(!is_shared_temp_of(other, "annal.proj.b"), "{other}");
+        }
+        for n in [
+            "annal.proj.b",
+            "annal.proj.b.00000000000000fe.tmp",
+            "annal.proj.b.0123456789abcdef.tmp",
+            "annal.proj.b.0123456789abcdef",
+            "annal.proj.b.0123456789abcdef.0123456789abcdef.tmp",
+        ] {
+            std::fs::write(dir.path().join(n), b"").expect("write");
+        }
+        assert!(remove_shared_temps(&StdIo, dir.path(), &["annal.proj.b"]).expect("removed"));
+        assert_eq!(
+            names(dir.path()),
+            [
+                "annal.proj.b",
+                "annal.proj.b.0123456789abcdef",
+                "annal.proj.b.0123456789abcdef.0123456789abcdef.tmp"
+            ]
+        );
+        assert!(!remove_shared_temps(&StdIo, dir.path(), &["annal.proj.b"]).expect("none"));
     }
 }
