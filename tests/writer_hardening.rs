@@ -701,3 +701,46 @@ fn the_cli_appending_the_same_id_three_times_stores_one_event() {
     let recs = support::read_log(&log_dir);
     assert_eq!(recs.len(), 1, "one event stored");
 }
+
+/// The real file system, but a temporary file is gone by the time the
+/// writer's recovery removes it: another process (a subscription's or a
+/// projection's write) renamed it into place after the listing.
+#[derive(Debug)]
+struct TakenTempIo;
+
+impl Io for TakenTempIo {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        StdIo.create(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        StdIo.open(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdIo.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        if path.to_string_lossy().ends_with(".tmp") {
+            let done = path.with_extension("done");
+            fs::rename(path, &done)?;
+        }
+        StdIo.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdIo.sync_dir(dir)
+    }
+}
+
+#[test]
+fn a_temporary_file_another_process_renamed_after_the_listing_does_not_fail_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.close().unwrap();
+    fs::write(dir.path().join("annal.sub.x.0123456789abcdef.tmp"), b"theirs").unwrap();
+    let log = Options::default().io(Arc::new(TakenTempIo)).open(dir.path()).unwrap();
+    // Theirs, renamed by them, untouched.
+    assert_eq!(
+        fs::read(dir.path().join("annal.sub.x.0123456789abcdef.done")).unwrap(),
+        b"theirs"
+    );
+    log.close().unwrap();
+}

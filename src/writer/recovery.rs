@@ -224,8 +224,13 @@ fn check_log_dir(dir: &Path, listing: &Listing, opts: &Options) -> Result<()> {
 /// Delete the temporary files of an interrupted write (spec 1).
 fn remove_temp_files(io: &dyn Io, dir: &Path, temp: &[PathBuf], report: &mut Recovery) -> Result<()> {
     for tmp in temp {
-        io.remove(tmp).map_err(|e| Error::io("remove", tmp, e))?;
-        report.removed_temp_files.push(tmp.clone());
+        match io.remove(tmp) {
+            Ok(()) => report.removed_temp_files.push(tmp.clone()),
+            // Gone since the listing: another process (a subscription's or
+            // a projection's write, spec 24) renamed or removed its own.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", tmp, e)),
+        }
     }
     if !temp.is_empty() {
         io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
