@@ -8,6 +8,7 @@
 //! nothing is rebuilt or rewritten because of it; every error names a file
 //! (the index file, or the segment it describes).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use crate::error::{Damage, Error};
 use crate::format::IDX_HEADER_LEN;
 use crate::index::{IdxFile, Layered, MemIndex, NO_ROW, Named, StreamInfo};
-use crate::storage::mmap::{Fetch, Pin};
+use crate::storage::mmap::{Fetch, Mapping, Pin};
 
 fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
@@ -52,6 +53,53 @@ pub(crate) struct IndexCell {
     /// The index file is fetched into a local cache, not in the log
     /// directory (a sealed segment kept in an object store, spec 23.7).
     fetched: Option<FetchedIndex>,
+    /// The segment this index describes, in messages, when it is not the
+    /// file beside the index file (`segment_path`): an object of a store.
+    segment: Option<PathBuf>,
+    /// Streams known to be in none of the segments of the run this one
+    /// belongs to (the segments a store holds in front of a log
+    /// directory's, spec 23.7), shared by every cell of the run.
+    absent: Option<Arc<KnownAbsent>>,
+}
+
+/// Streams known to be in none of a run of immutable segments below a
+/// position (the sealed segments a store holds in front of a log
+/// directory's, spec 23.7): a stream the stream table does not know is
+/// looked for in them once, not at every read. Valid because those
+/// segments never change (compaction only removes events) and the run only
+/// grows at its end; bounded: forgotten all at once beyond
+/// [`KnownAbsent::MAX`] names.
+#[derive(Debug, Default)]
+pub(crate) struct KnownAbsent {
+    /// Stream name -> the position below which no segment of the run holds
+    /// it.
+    below: Mutex<HashMap<Box<str>, u64>>,
+}
+
+impl KnownAbsent {
+    /// Names remembered at most.
+    pub(crate) const MAX: usize = 1 << 16;
+
+    /// The position below which no segment of the run holds `name` (0:
+    /// nothing known).
+    pub(crate) fn below(&self, name: &str) -> u64 {
+        self.lock().get(name).copied().unwrap_or(0)
+    }
+
+    /// No segment of the run below position `end` (a segment boundary)
+    /// holds `name`.
+    pub(crate) fn record(&self, name: &str, end: u64) {
+        let mut m = self.lock();
+        if m.len() >= Self::MAX && !m.contains_key(name) {
+            m.clear();
+        }
+        let e = m.entry(name.into()).or_default();
+        *e = (*e).max(end);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, u64>> {
+        self.below.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Where a fetched index file comes from and what it must describe.
@@ -78,18 +126,22 @@ impl IndexCell {
             missing: AtomicBool::new(false),
             notify: OnceLock::new(),
             fetched: None,
+            segment: None,
+            absent: None,
         }
     }
 
-    /// A cell for the sealed segment based at `base`, `segment_len` bytes
-    /// long and sealed by a seal whose CRC is `seal_crc`, whose index file
-    /// `fetch` brings into a local cache on first use ([`IndexCell::get_fetched`]:
+    /// A cell for the sealed segment `segment` (its name in messages: an
+    /// object of a store) based at `base`, `segment_len` bytes long and
+    /// sealed by a seal whose CRC is `seal_crc`, whose index file `fetch`
+    /// brings into a local cache on first use ([`IndexCell::get_fetched`]:
     /// no byte of the segment is needed to open it). `name` names the index
     /// file in messages.
     #[cfg(feature = "remote")]
     pub(crate) fn fetched(
         base: u64,
         name: PathBuf,
+        segment: PathBuf,
         fetch: Arc<dyn Fetch>,
         segment_len: u64,
         seal_crc: u32,
@@ -101,7 +153,40 @@ impl IndexCell {
             seal_crc,
             pin: OnceLock::new(),
         });
+        cell.segment = Some(segment);
         cell
+    }
+
+    /// A cell for the sealed segment `segment` (its name in messages: an
+    /// object of a store) based at `base`, which has no index file: the
+    /// index is built from the segment's bytes on first use.
+    #[cfg(feature = "remote")]
+    pub(crate) fn unindexed(base: u64, segment: PathBuf) -> IndexCell {
+        let mut cell = IndexCell::new(base, None, None);
+        cell.segment = Some(segment);
+        cell
+    }
+
+    /// The cell, one of the run of segments `other` belongs to (whose
+    /// absent streams its [`KnownAbsent`] remembers), or the first of a new
+    /// run if `other` is `None` or in none.
+    #[cfg(feature = "remote")]
+    pub(crate) fn in_run_of(mut self, other: Option<&IndexCell>) -> IndexCell {
+        let run = other.and_then(|o| o.absent.clone()).unwrap_or_default();
+        self.absent = Some(run);
+        self
+    }
+
+    /// The streams known absent from the run of segments this cell's
+    /// belongs to ([`IndexCell::in_run`]).
+    pub(crate) fn known_absent(&self) -> Option<&Arc<KnownAbsent>> {
+        self.absent.as_ref()
+    }
+
+    /// The index file (for messages; `None`: the index lives in memory, or
+    /// is built from the segment).
+    pub(crate) fn file(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Whether the index file is fetched into a cache
@@ -132,17 +217,24 @@ impl IndexCell {
         }
     }
 
-    /// Fetch and open the index file of a fetched cell.
+    /// Fetch and open the index file of a fetched cell: the copy the fetch
+    /// opened, mapped (not reopened by its name).
     fn open_fetched(&self) -> Result<Result<Index, Damage>, Error> {
         let Some(f) = &self.fetched else {
             return Err(Error::InvalidArgument("not an index fetched into a cache".into()));
         };
         let got = f.fetch.fetch()?;
-        let opened = match crate::index::blockfile::BlockFile::open_path(&got.path, crate::format::IDX_MAGIC) {
-            Ok(Some(bf)) => IdxFile::open(bf, self.base, f.segment_len, f.seal_crc),
-            Ok(None) => Err(Damage::corrupt(0, "expected the cached index file, found none")),
-            Err(d) => Err(d),
-        };
+        let len = got.file.metadata().map_err(|e| Error::io("stat", &got.path, e))?.len();
+        // SAFETY: a `Fetch` returns a private copy, written whole before it
+        // was named and never written again, kept in its cache while its
+        // pin is held (mmap module, case 6): the pin is kept below for as
+        // long as the index opened from this mapping is the cell's.
+        let map = unsafe { Mapping::map(&got.file, len, &got.path) }?;
+        // Opening reads the footer and the block CRC table, at the end.
+        let tail = crate::index::blockfile::tail_len(len);
+        map.prefetch(len - tail, tail);
+        let opened = crate::index::blockfile::BlockFile::from_bytes(map, crate::format::IDX_MAGIC)
+            .and_then(|bf| IdxFile::open(bf, self.base, f.segment_len, f.seal_crc));
         match opened {
             Ok(file) => {
                 let _ = f.pin.set(got.pin);
@@ -191,6 +283,8 @@ impl IndexCell {
             seal_crc: f.seal_crc,
             pin: OnceLock::new(),
         });
+        cell.segment = self.segment.clone();
+        cell.absent = self.absent.clone();
         if let Some(n) = self.notify.get() {
             cell.notify(n);
         }
@@ -249,9 +343,11 @@ impl IndexCell {
     /// page, its block CRC table and footer) and, with `row`, for the page
     /// of stream row `row` (taken to be `row_len` bytes, as in the index
     /// files of the segments after it), without waiting; nothing if the
-    /// index is open already. A hint.
+    /// index is open already, and for an index file kept in a store (its
+    /// name is no local path: the file is fetched when first used). A hint.
     pub(crate) fn prefetch_file(&self, row: Option<(u32, usize)>) {
         if let Some(p) = &self.path
+            && self.fetched.is_none()
             && !self.is_open()
         {
             let _ = crate::storage::io::advise_will_need(p, |len| {
@@ -262,10 +358,10 @@ impl IndexCell {
         }
     }
 
-    /// Rebuild from the segment; `damage`: what was wrong with the file    /// Rebuild from the segment; `damage`: what was wrong with the file
+    /// Rebuild from the segment; `damage`: what was wrong with the file
     /// (`None`: it does not exist).
     fn rebuilt(&self, path: &Path, segment: &[u8], damage: Option<Damage>) -> Result<Index, Error> {
-        let seg_path = path.with_extension("seg");
+        let seg_path = self.segment_path();
         let mem = MemIndex::rebuild(segment).map_err(|d| d.at(&seg_path))?;
         if let Some(d) = damage {
             crate::trace::event!(WARN, file = %path.display(), offset = d.offset, why = %d.detail(),
@@ -313,13 +409,15 @@ impl IndexCell {
         Ok(idx)
     }
 
-    /// The segment file this index describes (for messages): beside the
-    /// index file, or, for the active segment's cell (no index file), its
-    /// name alone, the directory being unknown here.
+    /// The segment file this index describes (for messages): the object
+    /// a store holds it in, else beside the index file, or, for the active
+    /// segment's cell (no index file), its name alone, the directory being
+    /// unknown here.
     fn segment_path(&self) -> PathBuf {
-        match &self.path {
-            Some(p) => p.with_extension("seg"),
-            None => PathBuf::from(crate::format::names::segment_file_name(self.base)),
+        match (&self.segment, &self.path) {
+            (Some(s), _) => s.clone(),
+            (None, Some(p)) => p.with_extension("seg"),
+            (None, None) => PathBuf::from(crate::format::names::segment_file_name(self.base)),
         }
     }
 
@@ -494,5 +592,85 @@ impl Index {
             Index::Mem(m) => Ok(lock_read(m).frames.get(i as usize).copied()),
             Index::Layered(l) => l.frame(i),
         }
+    }
+}
+
+#[cfg(all(test, feature = "remote"))]
+mod tests {
+    use super::*;
+    use crate::storage::mmap::Fetched;
+
+    /// Fetches a file of the test (never written while mapped), counting.
+    #[derive(Debug)]
+    struct FileFetch(PathBuf, AtomicU64);
+
+    // SAFETY: the test's file is written before it is fetched, never again.
+    unsafe impl Fetch for FileFetch {
+        fn fetch(&self) -> Result<Fetched, Error> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let file = std::fs::File::open(&self.0).map_err(|e| Error::io("open", &self.0, e))?;
+            Ok(Fetched {
+                file,
+                path: self.0.clone(),
+                pin: Arc::new(()),
+            })
+        }
+    }
+
+    const SEG: &str = "s3://b/log/segments/00000000000000000000-aaaa.seg";
+    const IDX: &str = "s3://b/log/segments/00000000000000000000-bbbb.idx";
+
+    fn error_path(e: &Error) -> PathBuf {
+        match e {
+            Error::Corrupt { path, .. } | Error::Io { path, .. } => path.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cells_of_segments_kept_in_a_store_name_their_objects() {
+        // No index object: built from the segment, whose damage names it.
+        let cell = IndexCell::unindexed(0, PathBuf::from(SEG));
+        let err = cell.get(&[0u8; 300]).unwrap_err();
+        assert_eq!(error_path(&err), Path::new(SEG));
+        // A damaged index object: reported under its name, and a rebuild
+        // from a damaged segment names the segment's object (not the index
+        // object's name with another extension).
+        let tmp = tempfile::tempdir().unwrap();
+        let copy = tmp.path().join("copy.idx");
+        std::fs::write(&copy, [1u8; 200]).unwrap();
+        let fetch = Arc::new(FileFetch(copy, AtomicU64::new(0)));
+        let cell = IndexCell::fetched(0, PathBuf::from(IDX), PathBuf::from(SEG), fetch.clone(), 300, 7);
+        assert!(matches!(cell.get_fetched(), Ok(Err(_))));
+        let err = cell.get(&[0u8; 300]).unwrap_err();
+        assert_eq!(error_path(&err), Path::new(SEG));
+        assert_eq!(cell.file(), Some(Path::new(IDX)));
+        // A read-ahead hint never opens a store's name as a local path,
+        // and fetches nothing.
+        let before = fetch.1.load(Ordering::SeqCst);
+        cell.fresh().prefetch_file(Some((3, 48)));
+        assert_eq!(fetch.1.load(Ordering::SeqCst), before);
+        // A cell made fresh keeps the names and the run.
+        let run = IndexCell::unindexed(1, PathBuf::from(SEG)).in_run_of(None);
+        let other = IndexCell::unindexed(2, PathBuf::from(SEG)).in_run_of(Some(&run));
+        assert!(Arc::ptr_eq(run.known_absent().unwrap(), other.known_absent().unwrap()));
+        assert!(Arc::ptr_eq(
+            run.known_absent().unwrap(),
+            run.fresh().known_absent().unwrap()
+        ));
+        assert_eq!(error_path(&run.fresh().get(&[0u8; 300]).unwrap_err()), Path::new(SEG));
+    }
+
+    #[test]
+    fn known_absent_streams_are_bounded_and_only_grow() {
+        let a = KnownAbsent::default();
+        assert_eq!(a.below("s"), 0);
+        a.record("s", 100);
+        a.record("s", 50);
+        assert_eq!(a.below("s"), 100);
+        for i in 0..KnownAbsent::MAX {
+            a.record(&format!("x-{i}"), 1);
+        }
+        assert!(a.lock().len() <= KnownAbsent::MAX);
     }
 }

@@ -85,11 +85,23 @@ impl ViewSegment {
     /// rebuilt.
     pub(crate) fn repinned<T>(&self, d: Damage, f: impl Fn(&Index) -> Result<T, Damage>) -> Result<(Index, T)> {
         if d.is_io() {
-            return Err(d.at(self.path.with_file_name(index_file_name(self.base))));
+            return Err(d.at(self.index_name()));
         }
         let idx = self.index.damaged(&self.path, self.bytes()?, d)?;
         let t = f(&idx).map_err(|d| d.at(&*self.path))?;
         Ok((idx, t))
+    }
+
+    /// The index file of this segment, for messages: the cell's (for a
+    /// segment kept in a store, spec 23.7, the index object), else, for a
+    /// segment kept in a store with no index object, the segment's object
+    /// (its index is built from it), else the file beside the segment.
+    pub(crate) fn index_name(&self) -> PathBuf {
+        match self.index.file() {
+            Some(p) => p.to_owned(),
+            None if self.map.is_fetched() => self.path.to_path_buf(),
+            None => self.path.with_file_name(index_file_name(self.base)),
+        }
     }
 
     /// The segment's mapped bytes (a sealed segment is mapped on first use).
@@ -353,11 +365,13 @@ impl LogView {
 
     /// The segment file whose mapping holds `bytes` (a slice of a record
     /// this view returned), and the offset of `bytes` in it: for errors
-    /// that name where a record's field is.
+    /// that name where a record's field is. Looks only at segments mapped
+    /// already (a record's bytes can only be in one of those): maps
+    /// nothing, and never fetches a segment kept in a store.
     pub(crate) fn file_offset(&self, bytes: &[u8]) -> Option<(&Path, u64)> {
         let at = bytes.as_ptr() as usize;
         self.segments.iter().find_map(|s| {
-            let map = s.bytes().ok()?;
+            let map = s.map.mapped_bytes()?;
             let start = map.as_ptr() as usize;
             (start..=start + map.len())
                 .contains(&at)
@@ -377,5 +391,56 @@ impl LogView {
     /// never an empty or partial slice.
     pub fn segment_bytes(&self) -> impl Iterator<Item = Result<&[u8]>> {
         self.segments.iter().map(|s| s.map.try_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::mmap::{Fetch, Fetched};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A segment kept in a store: counts its fetches, and fetches nothing.
+    #[derive(Debug, Default)]
+    struct Unreachable(AtomicU64);
+
+    // SAFETY: returns no file.
+    unsafe impl Fetch for Unreachable {
+        fn fetch(&self) -> Result<Fetched> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(Error::InvalidArgument("not fetched in this test".into()))
+        }
+    }
+
+    #[test]
+    fn the_file_of_a_records_bytes_is_found_without_mapping_or_fetching_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("00000000000000000100.seg");
+        std::fs::write(&path, [5u8; 4096]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a file of this test that nothing writes while it is mapped.
+        let local = Arc::new(unsafe { Mapping::map(&file, 4096, &path) }.unwrap());
+        let fetch = Arc::new(Unreachable::default());
+        let segment = |base, map, path: &Path| ViewSegment {
+            base,
+            path: Arc::new(path.to_owned()),
+            map,
+            index: Arc::new(IndexCell::new(base, None, None)),
+            layout: Layout::V2,
+        };
+        let cold = segment(
+            0,
+            Arc::new(Mapping::fetched(fetch.clone(), 1 << 20)),
+            Path::new("s3://b/segments/x.seg"),
+        );
+        let view = LogView::new(vec![segment(100, local.clone(), &path)], 200, None).with_front(vec![cold]);
+        let bytes = &local.bytes()[1000..1010];
+        assert_eq!(view.file_offset(bytes), Some((path.as_path(), 1000)));
+        assert_eq!(view.file_offset(&[1, 2, 3]), None);
+        assert_eq!(
+            fetch.0.load(Ordering::SeqCst),
+            0,
+            "a segment of the store was fetched for a message"
+        );
     }
 }

@@ -16,7 +16,6 @@
 use crate::error::{Error, Result, corrupt};
 use crate::format::IDX_STREAM_ROW_V2_LEN;
 use crate::format::meta::{is_system_stream, meta_stream};
-use crate::format::names::index_file_name;
 use crate::format::record::RecordRef;
 use crate::index::{Index, NO_ROW, NO_SEGMENT, StreamInfo};
 use crate::read::hits::{batch_head, fused, load_batch, mismatch};
@@ -109,11 +108,41 @@ impl LogView {
         }
     }
 
+    /// Search the segments kept in a store (`[0, front)`, spec 23.7)
+    /// newest first for `name`, skipping those it is known to be absent
+    /// from. These segments never change (compaction only removes events)
+    /// and their run only grows at its end, so once a search of all of
+    /// them finds nothing, the stream is remembered absent below the
+    /// run's end (shared by every view of the run, through its index
+    /// cells): later reads search only segments added since. A segment
+    /// with no index object is searched all the same (its index is built
+    /// from the segment, which is downloaded for it, once for the run):
+    /// reads never skip a segment that might hold the stream.
+    fn search_front(&self, name: &str) -> Result<Option<Hit>> {
+        let front = self.front.min(self.segments.len());
+        let absent = self.segments[..front].first().and_then(|s| s.index.known_absent());
+        let known = absent.map_or(0, |a| a.below(name));
+        for i in (0..front).rev() {
+            if self.segments[i].base < known {
+                break;
+            }
+            if let (idx, Some(info)) = self.segments[i].pinned(|x| x.find_stream(name))? {
+                return Ok(Some((i, idx, info)));
+            }
+        }
+        if let (Some(a), Some(end)) = (absent, self.segments.get(front)) {
+            a.record(name, end.base);
+        }
+        Ok(None)
+    }
+
     /// The newest segment holding `name`.
     fn newest_link(&self, name: &str, strict: bool) -> Result<Option<Hit>> {
         let covered = self.table.as_ref().map_or(0, |t| t.next_segment());
         let mut i = self.segments.len();
-        while i > 0 {
+        // The segments kept in a store are in no stream table: searched
+        // after the table (and through their own cache), never here.
+        while i > self.front {
             i -= 1;
             let seg = &self.segments[i];
             if seg.base < covered {
@@ -126,13 +155,13 @@ impl LogView {
         }
         // Segments kept in a store (spec 23.7) are in no stream table: a
         // stream the table does not know may have events only there.
-        let in_front = |i: usize| match self.front {
+        let in_front = || match self.front {
             0 => Ok(None),
-            front => self.search_before(i.min(front), name),
+            _ => self.search_front(name),
         };
-        let Some(table) = &self.table else { return in_front(i) };
+        let Some(table) = &self.table else { return in_front() };
         match table.lookup(name) {
-            Ok(None) => in_front(i),
+            Ok(None) => in_front(),
             Ok(Some(e)) => match self.segment_at(e.at.segment).filter(|&j| j < i) {
                 Some(j) => match self.row_at(j, e.at.row, name, strict)? {
                     Some(hit) => Ok(Some(hit)),
@@ -182,7 +211,7 @@ impl LogView {
                 // segments the view reads from a store (spec 23.7) ends the
                 // chain: the stream's earlier versions are looked for there.
                 Some(p) if p.segment == NO_SEGMENT && self.front > 0 && j >= self.front && info.first_version > 0 => {
-                    self.search_before(self.front, name)?
+                    self.search_front(name)?
                 }
                 Some(p) if p.segment == NO_SEGMENT => None,
                 // Removed by retention: the stream's surviving events
@@ -199,7 +228,7 @@ impl LogView {
                     None => {
                         let seg = &self.segments[j];
                         return Err(corrupt(
-                            &seg.path.with_extension("idx"),
+                            &seg.index_name(),
                             0,
                             format!(
                                 "stream {name:?}'s previous segment {} is not an earlier segment of this log",
@@ -580,7 +609,7 @@ impl<'a> ReadStream<'a> {
         };
         if expected.is_some_and(|e| e != v) {
             let seg = &self.view.segments[self.view.segment_of(r.position())];
-            let path = seg.path.with_file_name(index_file_name(seg.base));
+            let path = seg.index_name();
             return Err(corrupt(
                 &path,
                 0,

@@ -35,11 +35,13 @@
 //! 5. **Recovery** maps the whole active segment while it holds the writer lock
 //!    (so no annal process writes to the file), reads it, and drops the
 //!    mapping before it truncates a torn tail.
-//! 6. **Cached copies of sealed segments kept in an object store** (spec
-//!    23.7, [`Mapping::fetched`]) are written whole under a temporary name,
-//!    renamed into place and never written again; the cache removes one only
-//!    while no mapping pins it, and removing a name leaves a mapping of the
-//!    file intact.
+//! 6. **Cached copies of sealed segments kept in an object store, and of
+//!    their index files** (spec 23.7, [`Mapping::fetched`], fetched index
+//!    files) are written whole under a temporary name, renamed into place
+//!    and never written again; the cache removes one only while no mapping
+//!    pins it, and removing a name leaves a mapping of the file intact.
+//!    [`Fetch`] is an `unsafe trait`: each implementation vouches for this
+//!    of the files it returns.
 //!
 //! Changes to the files by anything other than annal (an editor, a disk fault)
 //! are outside this contract; `annal check` exists to detect them, and every
@@ -129,11 +131,22 @@ pub(crate) type FileId = (u64, u64);
 pub(crate) type Pin = Arc<dyn std::any::Any + Send + Sync>;
 
 /// A file that lives outside the log directory (a sealed segment kept in an
-/// object store, spec 23.7) and is fetched into a local cache on first use.
-pub(crate) trait Fetch: Send + Sync + std::fmt::Debug {
-    /// The file's local copy, opened: written whole before it was named
-    /// and never written again (the cache only removes it, once no pin is
-    /// held), and a pin that keeps it in the cache.
+/// object store, spec 23.7, or its index file) and is fetched into a local
+/// cache on first use: [`Mapping::fetched`] and fetched index files map
+/// what it returns.
+///
+/// # Safety
+///
+/// Every file [`Fetch::fetch`] returns is a private copy (in a directory
+/// its cache owns, under a name the cache made): written whole before it
+/// was named, and never written nor cut again while the pin it returns (or
+/// any clone of it) is held; the cache may only remove its name (which
+/// leaves a mapping of it intact). This is case 6 of the module
+/// documentation, and mappings of the file rely on it: an implementation
+/// that breaks it makes a live `&[u8]` change.
+pub(crate) unsafe trait Fetch: Send + Sync + std::fmt::Debug {
+    /// The file's local copy, opened, and a pin that keeps it in the cache
+    /// (see the trait's safety contract).
     fn fetch(&self) -> Result<Fetched>;
 }
 
@@ -209,7 +222,8 @@ fn mmap(file: &File, len: u64, path: &Path) -> Result<Option<Mmap>> {
     // file are never modified by annal while any mapping of them lives
     // (sealed segments are immutable; the active segment is mapped only up
     // to complete batches the writer never rewrites, and truncation happens
-    // only past them). The mapping is read-only.
+    // only past them; a cached copy from a `Fetch` is never written again,
+    // by that unsafe trait's contract). The mapping is read-only.
     let map = unsafe { MmapOptions::new().len(len_usize).map(file) }.map_err(|e| Error::io("mmap", path, e))?;
     // Random access until a sequential consumer says otherwise (module
     // documentation, "Advice to the kernel"); a hint, so a failure is ignored.
@@ -382,8 +396,9 @@ impl Mapping {
     /// A mapping of the first `len` bytes of a file that `fetch` makes
     /// available on first use (then checked to be `len` bytes long), held
     /// in its cache for as long as the mapping lives. For sealed segments
-    /// kept in an object store: case 1 of the module documentation, and the
-    /// cache writes a copy whole before naming it and never again.
+    /// kept in an object store: case 6 of the module documentation, which
+    /// every implementation of the `unsafe` trait [`Fetch`] vouches for
+    /// (so this needs no `unsafe` of its caller).
     pub(crate) fn fetched(fetch: Arc<dyn Fetch>, len: u64) -> Mapping {
         Mapping {
             map: OnceLock::new(),
@@ -458,10 +473,19 @@ impl Mapping {
                 ),
             });
         }
+        // (`mmap`'s SAFETY holds for this file by the `Fetch` contract:
+        // case 6, a private copy never written again while `got.pin`,
+        // kept below for the mapping's life, is held.)
         let m = mmap(&got.file, self.len, &got.path)?;
         let _ = self.pin.set(got.pin);
         self.used.store(tick(), Ordering::Relaxed);
         Ok(self.map.get_or_init(|| m).as_deref().unwrap_or(&[]))
+    }
+
+    /// The bytes if they are mapped already (`None`: a lazy mapping not
+    /// made yet, or an empty range), mapping nothing.
+    pub(crate) fn mapped_bytes(&self) -> Option<&[u8]> {
+        self.map.get()?.as_deref()
     }
 
     /// The mapped bytes; empty if a lazy mapping cannot be made (callers
