@@ -78,8 +78,13 @@ pub enum Error {
         /// Hard-deleted: no append will ever be accepted again.
         tombstoned: bool,
     },
-    /// Another writer (in this or another process) holds the log.
-    #[error("{path} is locked by another writer; close it first or open the log read-only")]
+    /// Another holder (in this or another process) holds the lock file:
+    /// the log's writer lock, or a subscription's, a partition's, a
+    /// projection runner's or a projection switch's lock.
+    #[error(
+        "{path} is locked by another holder (the log's writer, or a consumer, runner or switch of that name); close \
+         it first (a log can be opened read-only beside its writer)"
+    )]
     Locked {
         /// The lock file.
         path: PathBuf,
