@@ -156,19 +156,22 @@ fn run(
     let record = |round: &Result<ShipReport>| {
         match round {
             Ok(r) => {
+                // What the store holds confirmed first, then the round's
+                // report: a status showing the round lets retention remove
+                // what it confirmed; then the removals the round allows.
                 let before = shared.confirmed_below.fetch_max(r.confirmed_below, Ordering::AcqRel);
+                let mut s = lock(status);
+                s.rounds += 1;
+                s.last = Some(r.clone());
+                s.error = None;
+                drop(s);
                 // Segments newly confirmed in the store: the rule may remove
-                // them now (not only at the next seal), before the round is
-                // reported (a status showing the round shows its removals).
+                // them now (not only at the next seal).
                 if r.confirmed_below > before
                     && let Some(inner) = shared.inner.upgrade()
                 {
                     inner.retain_after_seal();
                 }
-                let mut s = lock(status);
-                s.rounds += 1;
-                s.last = Some(r.clone());
-                s.error = None;
             }
             Err(e) => {
                 crate::trace::event!(WARN, dir = %dir.display(), error = %e, "annal replication round failed");

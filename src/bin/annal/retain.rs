@@ -178,8 +178,8 @@ fn retain_confirmed(
         .replicate_to(remote, follow)
         .open(&a.dir)
         .map_err(crate::audit::open_failure)?;
-    // A round that succeeded: the replicator applied the rule to what it
-    // confirmed before reporting the round.
+    // A round that succeeded: what it confirmed is what the rule may remove
+    // (by the pass below, or by the replicator's thread, whichever first).
     let started = std::time::Instant::now();
     let confirmed = loop {
         let status = log.replication().unwrap_or_default();
