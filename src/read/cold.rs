@@ -39,7 +39,13 @@ use crate::index::IndexCell;
 use crate::read::budget::max_mapped;
 use crate::read::logview::ViewSegment;
 use crate::read::sealed::{check_seal, parse_segment_header};
-use crate::storage::mmap::{Fetch, Fetched, Mapping};
+use crate::storage::mmap::{Fetch, Mapping};
+
+mod asking;
+mod checked;
+
+use asking::Asking;
+use checked::CheckedFetch;
 
 /// The first back-off after the store failed, or after a refresh of the
 /// list did not fit the directory: no request to the store before it
@@ -129,73 +135,6 @@ struct Opened {
     view: ViewSegment,
     /// The position after it (its seal's).
     next: u64,
-}
-
-/// When the front asks the store (a refresh of its list, ranged reads).
-struct Asking {
-    /// The clock of the back-off.
-    clock: Clock,
-    /// The directory's first segment the last refresh was for.
-    refreshed_for: Option<Option<u64>>,
-    /// No request before this instant: the store failed (every request
-    /// waits), or a refresh for `refreshed_for` did not fit (another
-    /// waits, unless the directory changed).
-    quiet_until: Option<Instant>,
-    /// The last wait set.
-    backoff: Duration,
-    /// The last request failed: the store cannot be reached.
-    unreachable: bool,
-    /// The directory's first segment below which the store was found to
-    /// hold nothing (its segments start at or above it): settled, asked
-    /// again never (the store's first segment never moves down).
-    settled: Option<u64>,
-}
-
-impl std::fmt::Debug for Asking {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Asking")
-            .field("refreshed_for", &self.refreshed_for)
-            .field("quiet_until", &self.quiet_until)
-            .field("backoff", &self.backoff)
-            .field("unreachable", &self.unreachable)
-            .field("settled", &self.settled)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Asking {
-    /// Wait before the next request: after a failure of the store, or a
-    /// refresh that did not fit.
-    fn back_off(&mut self, now: Instant, unreachable: bool) {
-        self.backoff = (self.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-        self.quiet_until = Some(now + self.backoff);
-        self.unreachable = unreachable;
-    }
-
-    /// A request succeeded.
-    fn reached(&mut self) {
-        self.unreachable = false;
-        self.backoff = Duration::ZERO;
-        self.quiet_until = None;
-    }
-
-    /// Whether the front may read ranges of objects now (to open segments
-    /// its list names): unless the store failed and the back-off did not
-    /// pass yet.
-    fn may_read(&self, now: Instant) -> bool {
-        !self.unreachable || self.quiet_until.is_none_or(|t| now >= t)
-    }
-
-    /// Whether the front may take the newest manifest now, for a directory
-    /// whose first segment is `first`: unless the store failed, or a
-    /// refresh for the same directory did not fit, and the back-off did
-    /// not pass yet.
-    fn may_ask(&self, now: Instant, first: Option<u64>) -> bool {
-        match self.quiet_until {
-            Some(t) if now < t => !self.unreachable && self.refreshed_for != Some(first),
-            _ => true,
-        }
-    }
 }
 
 /// What the front's list says of the segments below a directory's first.
@@ -509,64 +448,12 @@ fn ends(len: u64) -> (Range<u64>, Range<u64>) {
     (0..len.min(header), len - tail..len)
 }
 
-/// A segment's fetch, checked against the header and the end the segment
-/// was opened from (by ranged reads, which no hash covers): the fetched
-/// copy is checked against the manifest's BLAKE3 by the tier, so a copy
-/// whose first or last bytes differ means the ranged reads returned other
-/// bytes than the object holds, and the view was opened from them.
-#[derive(Debug)]
-struct CheckedFetch {
-    inner: Arc<dyn Fetch>,
-    name: PathBuf,
-    len: u64,
-    head: Vec<u8>,
-    tail: Vec<u8>,
-}
-
-// SAFETY: returns what `inner` returned (a `Fetch`, which vouches for it),
-// after reading some of its bytes.
-unsafe impl Fetch for CheckedFetch {
-    fn fetch(&self) -> Result<Fetched> {
-        let got = self.inner.fetch()?;
-        let (head, tail) = ends(self.len);
-        for (range, want) in [(head, &self.head), (tail, &self.tail)] {
-            let mut found = vec![0u8; want.len()];
-            read_at(&got.file, &mut found, range.start).map_err(|e| Error::io("read", &got.path, e))?;
-            if found != *want {
-                return Err(Error::Remote {
-                    object: self.name.display().to_string(),
-                    detail: format!(
-                        "expected bytes [{}, {}) of the object to be those a ranged read of it returned when the \
-                         segment was opened, found others: the store returned other bytes than the object holds",
-                        range.start, range.end
-                    ),
-                });
-            }
-        }
-        Ok(got)
-    }
-}
-
-/// Read `buf.len()` bytes of `file` at `offset`.
-fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek};
-        let mut f = file.try_clone()?;
-        f.seek(std::io::SeekFrom::Start(offset))?;
-        f.read_exact(buf)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::names::segment_file_name;
     use crate::read::logview::LogView;
+    use crate::storage::mmap::Fetched;
     use crate::types::Direction;
     use crate::{EventData, ExpectedVersion, StreamPosition};
     use std::path::Path;
