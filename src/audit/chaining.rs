@@ -227,7 +227,8 @@ impl HasherThread {
             .name("annal-hasher".into())
             .spawn(move || {
                 let chainer = Chainer::new(key.as_ref()).for_layout(&layout);
-                while let Some(job) = next_job(&s) {
+                let mut spin = true;
+                while let Some(job) = next_job(&s, &mut spin) {
                     let r = links(&chainer, job.chain, job.position, &job.bytes);
                     drop(job.bytes);
                     lock(&s.slot).done = Some(r);
@@ -277,8 +278,16 @@ impl HasherThread {
 /// The next job: spin briefly (appends in a stream come every few tens of
 /// microseconds, and waking a parked thread costs more), then park until the
 /// leader offers one. `None` when the handle was dropped.
-fn next_job(s: &Shared) -> Option<Job> {
-    let mut start = Instant::now();
+///
+/// The spin is only worth it while jobs come within it: `spin` says whether
+/// the last job came within [`HASHER_SPIN`] of the wait's start. When they
+/// come further apart (appends that each wait for an fsync, or a paused
+/// writer), the thread parks at once, so it does not take a core from the
+/// rest of the process (a replicator, the caller's own threads) for nothing;
+/// a job that comes quickly again turns the spin back on.
+fn next_job(s: &Shared, spin: &mut bool) -> Option<Job> {
+    let waited = Instant::now();
+    let mut start = waited;
     loop {
         if s.stop.load(Ordering::Acquire) {
             return None;
@@ -288,10 +297,11 @@ fn next_job(s: &Shared) -> Option<Job> {
             s.offered.store(false, Ordering::Release);
             if let Some(job) = slot.job.take() {
                 s.busy.store(true, Ordering::Release);
+                *spin = waited.elapsed() < HASHER_SPIN;
                 return Some(job);
             }
         }
-        if start.elapsed() < HASHER_SPIN {
+        if *spin && start.elapsed() < HASHER_SPIN {
             std::hint::spin_loop();
         } else {
             std::thread::park();
