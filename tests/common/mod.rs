@@ -101,6 +101,8 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Copy every file of the log in `src` (segments and head, not the lock) into `dst`.
+/// A file gone since the listing (a writer's background temporary file,
+/// renamed meanwhile) is left out, as a crash before it was made would.
 pub fn copy_log(src: &Path, dst: &Path) {
     for e in fs::read_dir(src).expect("read log dir") {
         let e = e.expect("dir entry");
@@ -108,7 +110,13 @@ pub fn copy_log(src: &Path, dst: &Path) {
         if name == annal::LOCK_FILE {
             continue;
         }
-        fs::copy(e.path(), dst.join(&name)).expect("copy log file");
+        match fs::copy(e.path(), dst.join(&name)) {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let _ = fs::remove_file(dst.join(&name));
+            }
+            Err(err) => panic!("copy log file {}: {err}", e.path().display()),
+        }
     }
 }
 
