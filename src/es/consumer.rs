@@ -264,7 +264,7 @@ impl DurableBuilder {
                 .get_mut(..slot.as_bytes().len())
                 .unwrap_or_default()
                 .copy_from_slice(slot.as_bytes());
-            create_once(&*io, &self.dir, &path, &bytes)?;
+            crate::storage::io::create_shared(&*io, &self.dir, &path, &bytes)?;
         }
         // Never through a link, never a FIFO: a regular file only.
         let lock = crate::storage::io::open_read(&path).map_err(|e| Error::io("open", &path, e))?;
@@ -396,53 +396,6 @@ fn settle(
         }
     }
     Ok(current)
-}
-
-/// Create `path` holding `bytes` unless it exists, whole and durably, even
-/// when other processes race to create it: the bytes go to a temporary file
-/// of a name of this call's own (fsynced), which is linked to `path` (a
-/// link never replaces a file: one racer's link wins, the others find the
-/// file there), then removed; the directory is fsynced.
-///
-/// A writer opening the directory removes every `*.tmp` it finds (spec
-/// 6, recovery), which may be this call's temporary file between its creation and
-/// its link: the link then finds no source, and the creation starts again
-/// under a new name (a writer's recovery runs once per open, so a few tries
-/// are enough; the last failure is reported).
-fn create_once(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    const TRIES: usize = 8;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match create_once_try(io, dir, path, bytes) {
-            Err(Error::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound && attempt < TRIES => {
-                continue;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn create_once_try(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut id = [0u8; 8];
-    getrandom::fill(&mut id).map_err(|e| Error::io("draw a name in", dir, std::io::Error::other(e)))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", crate::audit::chain::hex(&id)));
-    let tmp = PathBuf::from(tmp);
-    let f = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    let written = f
-        .write_at(0, bytes)
-        .and_then(|()| f.sync())
-        .map_err(|e| Error::io("write", &tmp, e));
-    drop(f);
-    let linked = written.and_then(|()| match io.hard_link(&tmp, path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io("link", path, e)),
-    });
-    let _ = io.remove(&tmp);
-    linked?;
-    io.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 /// The endings a subscription's or projection's name must not have (spec

@@ -318,9 +318,19 @@ pub(crate) fn write_derived(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) 
         .map_err(|e| crate::Error::io("fsync directory", dir, e))
 }
 
-/// Tries of [`write_shared`] before it reports a rename that found no
-/// source.
+/// Tries of [`write_shared`] and [`create_shared`] before they report a
+/// rename or link that found no source.
 const SHARED_WRITE_TRIES: usize = 8;
+
+/// How a shared write puts its temporary file in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Renamed over the file.
+    Replace,
+    /// Linked to the name, which a link never replaces: if the file exists
+    /// (another creator's link won), it is left as it is.
+    IfAbsent,
+}
 
 /// Write a file of the log directory that processes other than the writer
 /// write (a projection's model, a serving file: spec 24.5, 24.8)
@@ -337,12 +347,26 @@ const SHARED_WRITE_TRIES: usize = 8;
 /// [`write_derived`]: no other process's recovery runs while it holds the
 /// log.
 pub(crate) fn write_shared(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> crate::Result<()> {
+    shared(io, dir, path, bytes, Place::Replace)
+}
+
+/// Create `path` holding `bytes` unless it exists, whole and durably, even
+/// when other processes race to create it (a subscription's checkpoint
+/// file, spec 24.2): as [`write_shared`], but the temporary file is
+/// hard-linked to `path` (one racer's link wins, the others find the file
+/// there), then removed. A link that finds its temporary file swept starts
+/// again, as a rename does there.
+pub(crate) fn create_shared(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> crate::Result<()> {
+    shared(io, dir, path, bytes, Place::IfAbsent)
+}
+
+fn shared(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8], place: Place) -> crate::Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match write_shared_try(io, dir, path, bytes) {
+        match shared_try(io, dir, path, bytes, place) {
             Err(crate::Error::Io {
-                op: "rename",
+                op: "rename" | "link",
                 ref source,
                 ..
             }) if source.kind() == io::ErrorKind::NotFound && attempt < SHARED_WRITE_TRIES => {}
@@ -351,7 +375,7 @@ pub(crate) fn write_shared(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -
     }
 }
 
-fn write_shared_try(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> crate::Result<()> {
+fn shared_try(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8], place: Place) -> crate::Result<()> {
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| crate::Error::io("draw a name in", dir, io::Error::other(e)))?;
     let tmp = shared_temp_name(path, u64::from_le_bytes(id));
@@ -361,11 +385,20 @@ fn write_shared_try(io: &dyn Io, dir: &Path, path: &Path, bytes: &[u8]) -> crate
         .map_err(|e| crate::Error::io("write", &tmp, e))
         .and_then(|()| f.sync().map_err(|e| crate::Error::io("fsync", &tmp, e)));
     drop(f);
-    if let Err(e) = written.and_then(|()| io.rename(&tmp, path).map_err(|e| crate::Error::io("rename", &tmp, e))) {
-        // Nothing of it is left for the next try or a later sweep.
+    let placed = written.and_then(|()| match place {
+        Place::Replace => io.rename(&tmp, path).map_err(|e| crate::Error::io("rename", &tmp, e)),
+        Place::IfAbsent => match io.hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(crate::Error::io("link", path, e)),
+        },
+    });
+    // Nothing of it is left for the next try or a later sweep (a rename
+    // that succeeded left nothing to remove).
+    if placed.is_err() || place == Place::IfAbsent {
         let _ = io.remove(&tmp);
-        return Err(e);
     }
+    placed?;
     io.sync_dir(dir)
         .map_err(|e| crate::Error::io("fsync directory", dir, e))
 }
@@ -435,12 +468,26 @@ mod tests {
         }
     }
 
-    /// The real file system, but the first `sweeps` renames find their
-    /// source removed just before, as a writer's recovery removing `*.tmp`
-    /// in another process would.
+    /// The real file system, but the first `sweeps` renames and links find
+    /// their source removed just before, as a writer's recovery removing
+    /// `*.tmp` in another process would.
     #[derive(Debug)]
     struct Sweeping {
         sweeps: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Sweeping {
+        fn sweep(&self, from: &Path) -> io::Result<()> {
+            use std::sync::atomic::Ordering;
+            if self
+                .sweeps
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                std::fs::remove_file(from)?;
+            }
+            Ok(())
+        }
     }
 
     impl Io for Sweeping {
@@ -451,14 +498,7 @@ mod tests {
             StdIo.open(path)
         }
         fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            use std::sync::atomic::Ordering;
-            if self
-                .sweeps
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                std::fs::remove_file(from)?;
-            }
+            self.sweep(from)?;
             StdIo.rename(from, to)
         }
         fn remove(&self, path: &Path) -> io::Result<()> {
@@ -467,6 +507,38 @@ mod tests {
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
             StdIo.sync_dir(dir)
         }
+        fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.sweep(from)?;
+            StdIo.hard_link(from, to)
+        }
+    }
+
+    #[test]
+    fn a_creation_whose_temporary_a_recovery_removed_starts_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("annal.sub.x");
+        let io = Sweeping {
+            sweeps: std::sync::atomic::AtomicUsize::new(3),
+        };
+        create_shared(&io, dir.path(), &path, b"whole").expect("created on the fourth try");
+        assert_eq!(std::fs::read(&path).expect("read"), b"whole");
+        assert_eq!(names(dir.path()), ["annal.sub.x"], "no temporary left behind");
+        // An existing file is left as it is.
+        create_shared(&StdIo, dir.path(), &path, b"other").expect("exists");
+        assert_eq!(std::fs::read(&path).expect("read"), b"whole");
+
+        // A sweep at every try: reported, naming the file, nothing left.
+        let path = dir.path().join("annal.sub.y");
+        let io = Sweeping {
+            sweeps: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        };
+        let err = create_shared(&io, dir.path(), &path, b"whole").expect_err("every try swept");
+        assert!(
+            matches!(&err, crate::Error::Io { op: "link", path: p, .. } if *p == path),
+            "{err}"
+        );
+        assert!(!path.exists());
+        assert_eq!(names(dir.path()), ["annal.sub.x"]);
     }
 
     fn names(dir: &Path) -> Vec<String> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::ends;
 use crate::error::{Error, Result};
+use crate::storage::io::read_exact_at;
 use crate::storage::mmap::{Fetch, Fetched};
 
 /// A segment's fetch, checked against the header and the end the segment
@@ -30,7 +31,7 @@ unsafe impl Fetch for CheckedFetch {
         let (head, tail) = ends(self.len);
         for (range, want) in [(head, &self.head), (tail, &self.tail)] {
             let mut found = vec![0u8; want.len()];
-            read_at(&got.file, &mut found, range.start).map_err(|e| Error::io("read", &got.path, e))?;
+            read_exact_at(&got.file, &mut found, range.start).map_err(|e| Error::io("read", &got.path, e))?;
             if found != *want {
                 return Err(Error::Remote {
                     object: self.name.display().to_string(),
@@ -43,20 +44,5 @@ unsafe impl Fetch for CheckedFetch {
             }
         }
         Ok(got)
-    }
-}
-
-/// Read `buf.len()` bytes of `file` at `offset`.
-fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek};
-        let mut f = file.try_clone()?;
-        f.seek(std::io::SeekFrom::Start(offset))?;
-        f.read_exact(buf)
     }
 }
