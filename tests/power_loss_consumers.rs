@@ -212,7 +212,7 @@ thread_local! {
 }
 
 /// Operations of the I/O seam that one creation of a checkpoint file does
-/// (`create_once` in `src/es/consumer.rs`): create the temporary file,
+/// (`create_shared` in `src/storage/io.rs`): create the temporary file,
 /// write, fsync, link, remove it, fsync the directory.
 const CREATE_OPS: usize = 6;
 
